@@ -1,0 +1,2 @@
+//! Codec benchmarks (filled in by the codec test work).
+fn main() {}
