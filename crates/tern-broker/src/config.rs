@@ -1,0 +1,159 @@
+//! Broker configuration: every limit has a name, a default and a check.
+//!
+//! The same struct is read from TOML (`tern broker --config FILE`) and built in
+//! code ([`crate::BrokerBuilder`]). Unknown keys are errors, so a misspelt
+//! setting is reported instead of ignored.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::BrokerError;
+
+/// Broker settings. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses of plain TCP listeners (default `["127.0.0.1:1883"]`).
+    pub listen: Vec<SocketAddr>,
+    /// Largest packet accepted from a client, in bytes, fixed header included
+    /// (default 1 MiB; advertised to 5.0 clients as Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Seconds a new connection may take to send CONNECT (default 10).
+    pub connect_timeout_secs: u64,
+    /// Most simultaneous connections (default 100,000); more are refused.
+    pub max_connections: usize,
+    /// Receive Maximum advertised to 5.0 clients: unacknowledged QoS 2 messages a
+    /// client may have in flight towards us; also the 3.1.1 cap (default 100).
+    pub receive_maximum: u16,
+    /// Most QoS 1/2 messages in flight towards one client (also bounded by the
+    /// client's own Receive Maximum; default 100).
+    pub max_inflight: u16,
+    /// Messages queued for one session beyond the in-flight window (default 1,000);
+    /// beyond it new messages for that session are dropped and counted.
+    pub max_queued_messages: usize,
+    /// Whether QoS 0 messages are queued for offline persistent sessions (default false).
+    pub queue_qos0_offline: bool,
+    /// Topic Alias Maximum advertised to 5.0 clients (default 10; 0 disables).
+    pub topic_alias_maximum: u16,
+    /// Highest keep-alive accepted, in seconds; 5.0 clients asking for more are
+    /// told this value with Server Keep Alive, 3.1.1 clients are refused
+    /// (default 65,535 = no limit).
+    pub max_keepalive: u16,
+    /// Longest session expiry interval granted, in seconds (default 4,294,967,295 = never).
+    pub max_session_expiry: u32,
+    /// Most subscriptions one session may hold (default 1,000).
+    pub max_subscriptions_per_client: usize,
+    /// Most levels in a topic name or filter (default 128).
+    pub max_topic_levels: usize,
+    /// Most retained messages held (default 100,000).
+    pub max_retained: usize,
+    /// Longest client identifier accepted, in bytes (default 256).
+    pub max_client_id_len: usize,
+    /// Whether clients may connect without credentials (default true).
+    pub allow_anonymous: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            max_packet_size: 1024 * 1024,
+            connect_timeout_secs: 10,
+            max_connections: 100_000,
+            receive_maximum: 100,
+            max_inflight: 100,
+            max_queued_messages: 1000,
+            queue_qos0_offline: false,
+            topic_alias_maximum: 10,
+            max_keepalive: u16::MAX,
+            max_session_expiry: u32::MAX,
+            max_subscriptions_per_client: 1000,
+            max_topic_levels: 128,
+            max_retained: 100_000,
+            max_client_id_len: 256,
+            allow_anonymous: true,
+        }
+    }
+}
+
+impl Config {
+    /// Read a TOML file; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, BrokerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BrokerError::Config(format!("cannot read {}: {e}", path.display())))?;
+        Config::from_toml(&text).map_err(|e| match e {
+            BrokerError::Config(m) => BrokerError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parse TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, BrokerError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| BrokerError::Config(e.message().replace('\n', " ")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check that every value is usable; the error names the field and the fix.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        fn bad(field: &str, fix: &str) -> Result<(), BrokerError> {
+            Err(BrokerError::Config(format!("`{field}`: {fix}")))
+        }
+        if self.listen.is_empty() {
+            return bad("listen", "give at least one address, e.g. listen = [\"127.0.0.1:1883\"]");
+        }
+        if self.max_packet_size < 64 {
+            return bad("max_packet_size", "must be at least 64 bytes");
+        }
+        if self.receive_maximum == 0 {
+            return bad("receive_maximum", "must be between 1 and 65535");
+        }
+        if self.max_inflight == 0 {
+            return bad("max_inflight", "must be between 1 and 65535");
+        }
+        if self.connect_timeout_secs == 0 {
+            return bad("connect_timeout_secs", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.max_topic_levels == 0 {
+            return bad("max_topic_levels", "must be at least 1");
+        }
+        if self.max_client_id_len < 23 {
+            return bad("max_client_id_len", "must be at least 23 ([MQTT-3.1.3-5])");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let c = Config::from_toml("listen = [\"0.0.0.0:1884\"]\nmax_inflight = 5\n").expect("valid");
+        assert_eq!(c.listen, vec![SocketAddr::from(([0, 0, 0, 0], 1884))]);
+        assert_eq!(c.max_inflight, 5);
+        assert_eq!(c.max_queued_messages, 1000);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_toml("max_inflight = 0").unwrap_err().to_string();
+        assert!(e.contains("max_inflight"), "{e}");
+        let e = Config::from_toml("max_infligth = 3").unwrap_err().to_string();
+        assert!(e.contains("max_infligth"), "{e}");
+        let e = Config::from_toml("listen = [\"nonsense\"]").unwrap_err().to_string();
+        assert!(e.contains("invalid socket address"), "{e}");
+    }
+}

@@ -1,0 +1,267 @@
+//! What the broker does with each packet a connected client sends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_proto::{
+    topic, Ack, PacketId, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use tern_proto::{Disconnect, Packet};
+
+use super::{Close, Conn};
+use crate::message::Message;
+use crate::router::SubEntry;
+use crate::session::InflightState;
+
+fn violation(rc: ReasonCode, why: &str) -> Close {
+    Close::Violation(rc, why.to_string())
+}
+
+impl Conn {
+    pub(super) fn on_packet(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, now),
+            Packet::PubAck(a) => self.on_puback(a),
+            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubRel(a) => self.on_pubrel(a),
+            Packet::PubComp(a) => self.on_pubcomp(a),
+            Packet::Subscribe(s) => self.on_subscribe(s, now),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => {
+                self.send(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            // [MQTT-3.1.0-2]
+            Packet::Connect(_) => Err(violation(ReasonCode::ProtocolError, "[MQTT-3.1.0-2] second CONNECT")),
+            Packet::Auth(_) => Err(violation(
+                ReasonCode::ProtocolError,
+                "[MQTT-4.12.0-6] AUTH without an authentication method in CONNECT",
+            )),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(violation(
+                ReasonCode::ProtocolError,
+                "client sent a packet only a server may send",
+            )),
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish, now: Instant) -> Result<(), Close> {
+        let cfg = &self.shared.config;
+        // Topic alias (v5 section 3.3.2.3.4).
+        let topic = match p.properties.topic_alias {
+            Some(alias) => {
+                if alias > cfg.topic_alias_maximum {
+                    return Err(violation(ReasonCode::TopicAliasInvalid, "topic alias above Topic Alias Maximum"));
+                }
+                if p.topic.is_empty() {
+                    match self.inbound_aliases.get(&alias) {
+                        Some(t) => t.clone(),
+                        None => {
+                            return Err(violation(ReasonCode::ProtocolError, "topic alias used before it was set"))
+                        }
+                    }
+                } else {
+                    self.inbound_aliases.insert(alias, p.topic.clone());
+                    p.topic.clone()
+                }
+            }
+            None => p.topic.clone(),
+        };
+        // [MQTT-3.3.4-6]
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(violation(ReasonCode::ProtocolError, "[MQTT-3.3.4-6] PUBLISH with a subscription identifier"));
+        }
+        // [MQTT-3.3.2-14]
+        if let Some(rt) = &p.properties.response_topic {
+            if topic::validate_topic_name(rt).is_err() {
+                return Err(violation(ReasonCode::ProtocolError, "[MQTT-3.3.2-14] response topic is not a topic name"));
+            }
+        }
+        if topic.split('/').count() > cfg.max_topic_levels {
+            return Err(violation(ReasonCode::TopicNameInvalid, "topic has more levels than max_topic_levels"));
+        }
+        let qos = p.qos;
+        let packet_id = p.packet_id;
+        let msg = Arc::new(Message::from_publish(p, topic, Some(self.client_id.clone()), now));
+        match (qos, packet_id) {
+            (QoS::AtMostOnce, _) => {
+                self.route(&msg);
+            }
+            (QoS::AtLeastOnce, Some(id)) => {
+                let n = self.route(&msg);
+                self.send(Packet::PubAck(self.pub_ack(id, n)));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                let fresh = {
+                    let mut st = self.cell.lock();
+                    if st.inbound_qos2.contains(&id.get()) {
+                        false
+                    } else if st.inbound_qos2.len() >= usize::from(cfg.receive_maximum) {
+                        // v5 section 3.3.4: more unacknowledged QoS 2 than Receive Maximum.
+                        return Err(violation(ReasonCode::ReceiveMaximumExceeded, "receive maximum exceeded"));
+                    } else {
+                        st.inbound_qos2.insert(id.get());
+                        true
+                    }
+                };
+                // [MQTT-4.3.3-10] (v5) / 3.1.1 method B: deliver once, until PUBREL.
+                let n = if fresh { self.route(&msg) } else { 1 };
+                self.send(Packet::PubRec(self.pub_ack(id, n)));
+            }
+            _ => return Err(violation(ReasonCode::ProtocolError, "QoS > 0 without packet identifier")),
+        }
+        Ok(())
+    }
+
+    fn pub_ack(&self, id: PacketId, matched: usize) -> Ack {
+        if matched == 0 && self.version.is_v5() {
+            Ack::with_reason(id, ReasonCode::NoMatchingSubscribers)
+        } else {
+            Ack::new(id)
+        }
+    }
+
+    fn route(&self, msg: &Arc<Message>) -> usize {
+        if msg.retain && !self.shared.retain(msg) {
+            tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "retained store full (max_retained); message not retained");
+        }
+        self.shared.publish(msg)
+    }
+
+    fn on_puback(&mut self, a: Ack) -> Result<(), Close> {
+        let mut st = self.cell.lock();
+        self.check_attached(&st)?;
+        match st.find_inflight(a.packet_id) {
+            Some(i) if st.inflight[i].out.qos == QoS::AtLeastOnce => {
+                st.inflight.remove(i);
+                Ok(())
+            }
+            Some(_) => Err(violation(ReasonCode::ProtocolError, "PUBACK for a QoS 2 delivery")),
+            None => {
+                tracing::debug!(client_id = %self.client_id, id = a.packet_id.get(), "PUBACK for unknown packet id");
+                Ok(())
+            }
+        }
+    }
+
+    fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
+        let reply = {
+            let mut st = self.cell.lock();
+            self.check_attached(&st)?;
+            match st.find_inflight(a.packet_id) {
+                Some(i) if st.inflight[i].out.qos == QoS::ExactlyOnce => {
+                    if a.reason_code.is_error() {
+                        // [MQTT-4.4.0-2] an error PUBREC completes the delivery.
+                        st.inflight.remove(i);
+                        None
+                    } else {
+                        st.inflight[i].state = InflightState::Released;
+                        Some(Ack::new(a.packet_id))
+                    }
+                }
+                Some(_) => return Err(violation(ReasonCode::ProtocolError, "PUBREC for a QoS 1 delivery")),
+                None if self.version.is_v5() => Some(Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound)),
+                None => Some(Ack::new(a.packet_id)),
+            }
+        };
+        if let Some(r) = reply {
+            self.send(Packet::PubRel(r));
+        }
+        Ok(())
+    }
+
+    fn on_pubrel(&mut self, a: Ack) -> Result<(), Close> {
+        let found = self.cell.lock().inbound_qos2.remove(&a.packet_id.get());
+        let reply = if found || !self.version.is_v5() {
+            Ack::new(a.packet_id)
+        } else {
+            Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound)
+        };
+        self.send(Packet::PubComp(reply));
+        Ok(())
+    }
+
+    fn on_pubcomp(&mut self, a: Ack) -> Result<(), Close> {
+        let mut st = self.cell.lock();
+        self.check_attached(&st)?;
+        if let Some(i) = st.find_inflight(a.packet_id) {
+            if st.inflight[i].state == InflightState::Released {
+                st.inflight.remove(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {
+        let cfg = &self.shared.config;
+        let sub_id = s.properties.subscription_identifier;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, opts) in &s.filters {
+            let parsed = match topic::parse_filter(filter) {
+                Ok(p) if p.filter.split('/').count() <= cfg.max_topic_levels => p,
+                _ => {
+                    tracing::debug!(client_id = %self.client_id, %filter, "invalid topic filter");
+                    codes.push(ReasonCode::TopicFilterInvalid);
+                    continue;
+                }
+            };
+            let is_new = !self.cell.lock().subscriptions.contains_key(&**filter);
+            if is_new && self.cell.lock().subscriptions.len() >= cfg.max_subscriptions_per_client {
+                codes.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
+            let entry = SubEntry {
+                options: *opts,
+                id: sub_id,
+                session: self.cell.clone(),
+                shared: parsed.share_group.map(|_| Arc::from(&**filter)),
+            };
+            let existed = self.shared.subscribe(filter, &self.cell, entry);
+            self.cell.lock().subscriptions.insert(filter.to_string(), (*opts, sub_id));
+            codes.push(ReasonCode::granted(opts.qos));
+            // Retained messages are not sent for shared subscriptions (v5 section 4.8.2).
+            let send = parsed.share_group.is_none()
+                && match opts.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send {
+                retained.push((parsed.filter.to_string(), opts.qos));
+            }
+        }
+        let ack = SubAck { packet_id: s.packet_id, properties: Default::default(), reason_codes: codes };
+        self.send(Packet::SubAck(ack));
+        for (filter, qos) in retained {
+            self.shared.send_retained(&filter, &self.cell, qos, sub_id, now);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let existed = self.cell.lock().subscriptions.remove(&**filter).is_some();
+            self.shared.unsubscribe(filter, &self.cell);
+            codes.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
+        }
+        if !self.version.is_v5() {
+            codes.clear();
+        }
+        let ack = UnsubAck { packet_id: u.packet_id, properties: Default::default(), reason_codes: codes };
+        self.send(Packet::UnsubAck(ack));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            // v5 section 3.14.2.2.2: a non-zero expiry after CONNECT said 0 is a Protocol Error.
+            if self.connect_expiry == 0 && expiry != 0 {
+                return Err(violation(ReasonCode::ProtocolError, "DISCONNECT sets session expiry after CONNECT had 0"));
+            }
+            self.cell.lock().expiry_interval = expiry.min(self.shared.config.max_session_expiry);
+        }
+        Err(Close::ClientDisconnect { with_will: d.reason() == ReasonCode::DisconnectWithWill })
+    }
+}

@@ -1,0 +1,359 @@
+//! One task per connection: read → decode → handle; session queue → encode →
+//! write; one keep-alive deadline; close with the right reason code.
+//!
+//! The task owns the socket and the connection-scoped state (topic aliases,
+//! will, keep-alive). Session state lives in the shared [`SessionCell`] so it
+//! survives the connection.
+
+mod connect;
+mod handle;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tern_proto::codec::{Decoded, Decoder};
+use tern_proto::{ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::message::Message;
+use crate::session::{InflightState, SessionCell, Takeover};
+use crate::shared::Shared;
+
+/// Most bytes encoded into the write buffer before it is flushed.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// The will of this connection.
+#[derive(Debug)]
+pub(crate) struct WillState {
+    pub message: Arc<Message>,
+    /// Will Delay Interval in seconds.
+    pub delay: u32,
+}
+
+/// How a connection ends.
+#[derive(Debug)]
+pub(crate) enum Close {
+    /// The client sent DISCONNECT; `with_will` for reason 0x04 ([MQTT-3.14.4-3]).
+    ClientDisconnect { with_will: bool },
+    /// The client broke a rule: send DISCONNECT with this code (5.0) and close.
+    Violation(ReasonCode, String),
+    /// No packet within 1.5 × keep-alive ([MQTT-3.1.2-24]).
+    KeepAliveTimeout,
+    /// A newer connection took the session over.
+    TakenOver(Takeover),
+    /// The peer closed the socket or it failed.
+    Transport(String),
+}
+
+/// A connection after a successful CONNECT.
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+    cell: Arc<SessionCell>,
+    conn_id: u64,
+    version: ProtocolVersion,
+    client_id: Arc<str>,
+    peer: SocketAddr,
+    waker: Arc<Notify>,
+    keep_alive: Duration,
+    will: Option<WillState>,
+    /// Session Expiry Interval given in CONNECT (for the DISCONNECT rule of v5 3.14.2.2.2).
+    connect_expiry: u32,
+    inbound_aliases: HashMap<u16, ByteString>,
+    out: BytesMut,
+    decoder: Decoder,
+}
+
+impl Conn {
+    #[allow(clippy::too_many_arguments, reason = "built once, from the CONNECT phase")]
+    fn new(
+        shared: Arc<Shared>,
+        cell: Arc<SessionCell>,
+        conn_id: u64,
+        version: ProtocolVersion,
+        client_id: Arc<str>,
+        peer: SocketAddr,
+        waker: Arc<Notify>,
+        keep_alive: u16,
+        will: Option<WillState>,
+        connect_expiry: u32,
+    ) -> Conn {
+        let decoder = Decoder::new(version, shared.config.max_packet_size);
+        Conn {
+            shared,
+            cell,
+            conn_id,
+            version,
+            client_id,
+            peer,
+            waker,
+            keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
+            will,
+            connect_expiry,
+            inbound_aliases: HashMap::new(),
+            out: BytesMut::with_capacity(4096),
+            decoder,
+        }
+    }
+
+    fn send(&mut self, packet: Packet) {
+        if let Err(e) = packet.encode(self.version, &mut self.out) {
+            tracing::warn!(client_id = %self.client_id, "cannot encode {:?}: {e}", packet.packet_type());
+        }
+    }
+
+    /// Resend unacknowledged deliveries in their original order, PUBLISH with DUP
+    /// or PUBREL ([MQTT-4.4.0-1]).
+    fn resend_inflight(&mut self, now: Instant) -> Result<(), Close> {
+        let packets: Vec<Packet> = {
+            let st = self.cell.lock();
+            self.check_attached(&st)?;
+            st.inflight
+                .iter()
+                .map(|i| match i.state {
+                    InflightState::Published => {
+                        Packet::Publish(i.out.to_publish(self.version, Some(i.packet_id), true, now))
+                    }
+                    InflightState::Released => Packet::PubRel(tern_proto::Ack::new(i.packet_id)),
+                })
+                .collect()
+        };
+        for p in packets {
+            self.send(p);
+        }
+        Ok(())
+    }
+
+    fn check_attached(&self, st: &crate::session::SessionState) -> Result<(), Close> {
+        if st.conn_id == Some(self.conn_id) {
+            return Ok(());
+        }
+        let t = st.takeover.filter(|t| t.old_conn == self.conn_id);
+        Err(Close::TakenOver(t.unwrap_or(Takeover { old_conn: self.conn_id, session_ended: true })))
+    }
+
+    /// Move queued messages into the write buffer while the in-flight window has
+    /// room; `Ok(true)` when more are waiting for buffer space.
+    fn pump(&mut self, now: Instant) -> Result<bool, Close> {
+        let mut st = self.cell.lock();
+        self.check_attached(&st)?;
+        let window = usize::from(st.client_receive_maximum.min(self.shared.config.max_inflight));
+        let max_size = st.client_max_packet_size;
+        while let Some(front) = st.queue.front() {
+            if self.out.len() >= WRITE_BATCH {
+                return Ok(true);
+            }
+            if front.msg.is_expired(now) {
+                st.queue.pop_front();
+                continue;
+            }
+            let needs_id = front.qos != tern_proto::QoS::AtMostOnce;
+            if needs_id && st.inflight.len() >= window {
+                break;
+            }
+            let Some(out) = st.queue.pop_front() else { break };
+            let packet_id = if needs_id { st.allocate_packet_id() } else { None };
+            let publish = Packet::Publish(out.to_publish(self.version, packet_id, false, now));
+            // [MQTT-3.1.2-25]: never send a packet above the client's Maximum Packet Size.
+            match publish.encoded_len(self.version) {
+                Ok(n) if n as u64 <= u64::from(max_size) => {}
+                _ => {
+                    tracing::debug!(client_id = %self.client_id, "message dropped: larger than the client's maximum packet size");
+                    continue;
+                }
+            }
+            if let Err(e) = publish.encode(self.version, &mut self.out) {
+                tracing::warn!(client_id = %self.client_id, "cannot encode PUBLISH: {e}");
+                continue;
+            }
+            if let Some(packet_id) = packet_id {
+                st.inflight.push_back(crate::session::Inflight { packet_id, out, state: InflightState::Published });
+            }
+        }
+        Ok(false)
+    }
+
+    fn deadline(&self, last_rx: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        (!self.keep_alive.is_zero()).then(|| last_rx + self.keep_alive)
+    }
+
+    async fn drive<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, buf: &mut BytesMut) -> Close {
+        let now = Instant::now();
+        if let Err(c) = self.resend_inflight(now) {
+            return c;
+        }
+        let mut last_rx = tokio::time::Instant::now();
+        // Bytes that arrived together with CONNECT.
+        if let Err(c) = self.decode_all(buf) {
+            return c;
+        }
+        loop {
+            let more = match self.pump(Instant::now()) {
+                Ok(more) => more,
+                Err(c) => return c,
+            };
+            if !self.out.is_empty() {
+                if let Err(e) = io.write_all(&self.out).await {
+                    return Close::Transport(format!("write failed: {e}"));
+                }
+                self.out.clear();
+            }
+            let deadline = self.deadline(last_rx);
+            tokio::select! {
+                biased;
+                r = io.read_buf(buf) => match r {
+                    Ok(0) => return Close::Transport("peer closed the connection".into()),
+                    Ok(_) => {
+                        last_rx = tokio::time::Instant::now();
+                        if let Err(c) = self.decode_all(buf) {
+                            return c;
+                        }
+                    }
+                    Err(e) => return Close::Transport(format!("read failed: {e}")),
+                },
+                _ = self.waker.notified() => {}
+                _ = sleep_opt(deadline) => return Close::KeepAliveTimeout,
+                _ = std::future::ready(()), if more => {}
+            }
+        }
+    }
+
+    fn decode_all(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
+        loop {
+            match self.decoder.decode(buf) {
+                Ok(Decoded::Packet(p)) => self.on_packet(p, Instant::now())?,
+                Ok(Decoded::NeedMore(_)) => return Ok(()),
+                Err(e) => return Err(Close::Violation(e.reason_code(), e.to_string())),
+            }
+        }
+    }
+
+    async fn finish<S: AsyncWrite + Unpin>(mut self, io: &mut S, close: Close) {
+        let peer = self.peer;
+        let client_id = self.client_id.clone();
+        match &close {
+            Close::ClientDisconnect { .. } => tracing::info!(%peer, %client_id, "client disconnected"),
+            Close::Violation(rc, why) => tracing::warn!(%peer, %client_id, reason = %rc, "closing connection: {why}"),
+            Close::KeepAliveTimeout => tracing::info!(%peer, %client_id, "keep-alive timeout"),
+            Close::TakenOver(_) => tracing::info!(%peer, %client_id, "session taken over by a new connection"),
+            Close::Transport(why) => tracing::info!(%peer, %client_id, "connection lost: {why}"),
+        }
+        // 5.0: tell the client why, where the server initiates the close (section 4.13).
+        let code = match &close {
+            Close::Violation(rc, _) => Some(*rc),
+            Close::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            Close::TakenOver(_) => Some(ReasonCode::SessionTakenOver),
+            _ => None,
+        };
+        if let (true, Some(rc)) = (self.version.is_v5(), code) {
+            self.out.clear();
+            self.send(Packet::Disconnect(Disconnect::with_reason(rc)));
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&self.out)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+        self.detach(close);
+    }
+
+    /// Leave the session and decide about the will ([MQTT-3.1.2-8], [MQTT-3.1.2-10]).
+    fn detach(mut self, close: Close) {
+        let will = self.will.take();
+        if let Close::TakenOver(t) = close {
+            if let Some(w) = will {
+                let expiry = self.cell.lock().expiry_interval;
+                if w.delay == 0 || t.session_ended || expiry == 0 {
+                    self.shared.publish_will(&w.message);
+                }
+            }
+            return;
+        }
+        let publish_will = !matches!(close, Close::ClientDisconnect { with_will: false });
+        let (expiry, generation) = {
+            let mut st = self.cell.lock();
+            if st.conn_id != Some(self.conn_id) {
+                return;
+            }
+            st.conn_id = None;
+            st.waker = None;
+            st.generation += 1;
+            (st.expiry_interval, st.generation)
+        };
+        self.cell.set_connected(false);
+        if let (true, Some(w)) = (publish_will, will) {
+            if w.delay == 0 || expiry == 0 {
+                self.shared.publish_will(&w.message);
+            } else {
+                self.cell.lock().pending_will = Some(w.message.clone());
+                spawn_will_timer(self.shared.clone(), self.cell.clone(), generation, w.delay.min(expiry));
+            }
+        }
+        if expiry == 0 {
+            self.shared.end_session(&self.cell);
+        } else if expiry != u32::MAX {
+            spawn_expiry_timer(self.shared.clone(), self.cell.clone(), generation, expiry);
+        }
+    }
+}
+
+async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn spawn_will_timer(shared: Arc<Shared>, cell: Arc<SessionCell>, generation: u64, secs: u32) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+        let will = {
+            let mut st = cell.lock();
+            if st.generation != generation || st.ended {
+                return;
+            }
+            st.pending_will.take()
+        };
+        if let Some(w) = will {
+            shared.publish_will(&w);
+        }
+    });
+}
+
+fn spawn_expiry_timer(shared: Arc<Shared>, cell: Arc<SessionCell>, generation: u64, secs: u32) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+        let expired = {
+            let st = cell.lock();
+            st.generation == generation && st.conn_id.is_none()
+        };
+        if expired {
+            shared.end_session(&cell);
+        }
+    });
+}
+
+/// Serve one accepted connection until it closes.
+pub(crate) async fn serve<S>(mut io: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    let connect = match connect::read_connect(&mut io, &mut buf, &shared).await {
+        Ok(c) => c,
+        Err(r) => return log_refused(peer, r),
+    };
+    let mut conn = match connect::accept(&mut io, connect, &shared, peer).await {
+        Ok(c) => c,
+        Err(r) => return log_refused(peer, r),
+    };
+    let close = conn.drive(&mut io, &mut buf).await;
+    conn.finish(&mut io, close).await;
+}
+
+fn log_refused(peer: SocketAddr, r: connect::Refused) {
+    match r {
+        connect::Refused::Silent(why) => tracing::info!(%peer, "connection closed before CONNACK: {why}"),
+        connect::Refused::Answered(rc, why) => tracing::info!(%peer, reason = %rc, "connection refused: {why}"),
+    }
+}

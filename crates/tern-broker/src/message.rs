@@ -1,0 +1,73 @@
+//! The routed message: one reference-counted value shared by every subscriber.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_proto::codec::PublishProperties;
+use tern_proto::{ByteString, Bytes, PacketId, ProtocolVersion, Publish, QoS};
+
+/// An application message as the broker routes and stores it.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Properties forwarded unchanged (topic alias and subscription identifiers removed).
+    pub properties: PublishProperties,
+    /// When the Message Expiry Interval runs out.
+    pub expires_at: Option<Instant>,
+    /// Client identifier of the publisher (for No Local), `None` for wills published on behalf of a session that is gone.
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Message {
+    /// Build from a received PUBLISH whose topic alias is already resolved.
+    pub fn from_publish(p: Publish, topic: ByteString, publisher: Option<Arc<str>>, now: Instant) -> Message {
+        let mut properties = p.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let expires_at =
+            properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s)));
+        Message { topic, payload: p.payload, qos: p.qos, retain: p.retain, properties, expires_at, publisher }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// One message on its way to one session, with the per-subscriber decisions.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: Vec<u32>,
+    /// The shared subscription (full `$share/g/filter`) this delivery came through.
+    pub shared: Option<Arc<str>>,
+}
+
+impl Outgoing {
+    /// The PUBLISH for a subscriber speaking `version`.
+    ///
+    /// For a 3.x subscriber the 5.0 properties are dropped (the one place where
+    /// that happens); for 5.0 the remaining message expiry is forwarded
+    /// ([MQTT-3.3.2-6]) and the subscription identifiers added ([MQTT-3.3.4-3]).
+    pub fn to_publish(&self, version: ProtocolVersion, packet_id: Option<PacketId>, dup: bool, now: Instant) -> Publish {
+        let mut p = Publish::new(self.msg.topic.clone(), self.msg.payload.clone());
+        p.qos = self.qos;
+        p.packet_id = packet_id;
+        p.dup = dup;
+        p.retain = self.retain;
+        if version.is_v5() {
+            p.properties = self.msg.properties.clone();
+            if let Some(at) = self.msg.expires_at {
+                let left = at.saturating_duration_since(now).as_secs();
+                p.properties.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
+            }
+            p.properties.subscription_identifiers.clone_from(&self.sub_ids);
+        }
+        p
+    }
+}

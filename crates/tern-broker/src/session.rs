@@ -1,0 +1,203 @@
+//! Sessions: the state that outlives a connection (subscriptions, queued and
+//! in-flight messages, QoS 2 packet ids) and the registry that finds them by
+//! client identifier.
+//!
+//! A [`SessionCell`] is shared between the registry, the router (for delivery)
+//! and the connection attached to it, if any. Lock order: router, then
+//! retained store, then a session; a session lock is never held across an
+//! `.await` or while taking another lock.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tern_proto::{PacketId, ProtocolVersion, QoS, SubscriptionOptions};
+use tokio::sync::Notify;
+
+use crate::message::Outgoing;
+
+/// Where a QoS 1/2 delivery to the client stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InflightState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// A QoS 1/2 delivery awaiting acknowledgement.
+#[derive(Debug, Clone)]
+pub(crate) struct Inflight {
+    pub packet_id: PacketId,
+    pub out: Outgoing,
+    pub state: InflightState,
+}
+
+/// Why a connection must stop using a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Takeover {
+    /// The connection that was replaced.
+    pub old_conn: u64,
+    /// Whether the new connection ends the old session (Clean Start).
+    pub session_ended: bool,
+}
+
+/// The mutable part of a session.
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    /// The connection currently attached, if any.
+    pub conn_id: Option<u64>,
+    /// Incremented on every attach and detach; timers check it before acting.
+    pub generation: u64,
+    pub version: ProtocolVersion,
+    /// Full filter (with `$share/g/` prefix) → options and subscription identifier.
+    pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
+    /// Messages waiting for the in-flight window or for the client to come back.
+    pub queue: VecDeque<Outgoing>,
+    /// Sent QoS 1/2 messages awaiting acknowledgement, in the order they were sent.
+    pub inflight: VecDeque<Inflight>,
+    next_packet_id: u16,
+    /// Incoming QoS 2 packet ids acknowledged with PUBREC and awaiting PUBREL.
+    pub inbound_qos2: HashSet<u16>,
+    /// Session Expiry Interval in seconds (`u32::MAX`: never).
+    pub expiry_interval: u32,
+    /// Client's Receive Maximum.
+    pub client_receive_maximum: u16,
+    /// Client's Maximum Packet Size.
+    pub client_max_packet_size: u32,
+    /// Messages dropped because the queue was full.
+    pub dropped: u64,
+    /// Set when a newer connection took this session over.
+    pub takeover: Option<Takeover>,
+    /// The session has ended; cells still held by someone must not be used.
+    pub ended: bool,
+    /// Wakes the attached connection.
+    pub waker: Option<Arc<Notify>>,
+    /// A will waiting for its Will Delay Interval (v5 section 3.1.3.2.2).
+    pub pending_will: Option<Arc<crate::message::Message>>,
+}
+
+/// A session shared between the registry, the router and its connection.
+#[derive(Debug)]
+pub(crate) struct SessionCell {
+    pub client_id: Arc<str>,
+    state: Mutex<SessionState>,
+    connected: AtomicBool,
+}
+
+impl SessionCell {
+    pub fn new(client_id: Arc<str>, version: ProtocolVersion) -> SessionCell {
+        SessionCell {
+            client_id,
+            state: Mutex::new(SessionState {
+                conn_id: None,
+                generation: 0,
+                version,
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                inflight: VecDeque::new(),
+                next_packet_id: 1,
+                inbound_qos2: HashSet::new(),
+                expiry_interval: 0,
+                client_receive_maximum: u16::MAX,
+                client_max_packet_size: u32::MAX,
+                dropped: 0,
+                takeover: None,
+                ended: false,
+                waker: None,
+                pending_will: None,
+            }),
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    /// Lock the state. A poisoned lock (a panic elsewhere) is recovered: the
+    /// state is plain data whose invariants each method re-establishes.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn set_connected(&self, v: bool) {
+        self.connected.store(v, Ordering::Relaxed)
+    }
+
+    /// Queue a message for this session; `false` when it was dropped.
+    pub fn enqueue(&self, out: Outgoing, max_queued: usize, queue_qos0_offline: bool) -> bool {
+        let mut st = self.lock();
+        if st.ended {
+            return false;
+        }
+        if st.conn_id.is_none() && out.qos == QoS::AtMostOnce && !queue_qos0_offline {
+            return false;
+        }
+        if st.queue.len() >= max_queued {
+            st.dropped += 1;
+            return false;
+        }
+        st.queue.push_back(out);
+        let waker = st.waker.clone();
+        drop(st);
+        if let Some(w) = waker {
+            w.notify_one();
+        }
+        true
+    }
+}
+
+impl SessionState {
+    /// A packet identifier not used by any in-flight message ([MQTT-2.2.1-4]).
+    /// The caller keeps the in-flight window below 65,535, so one is free.
+    pub fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        for _ in 0..=u16::MAX as u32 {
+            let id = PacketId::new(self.next_packet_id);
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if let Some(id) = id {
+                if !self.inflight.iter().any(|i| i.packet_id == id) {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    /// Position of the in-flight entry for `id`.
+    pub fn find_inflight(&self, id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|i| i.packet_id == id)
+    }
+}
+
+/// Client identifier → session.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    map: Mutex<HashMap<Arc<str>, Arc<SessionCell>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<SessionCell>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, client_id: &str) -> Option<Arc<SessionCell>> {
+        self.lock().get(client_id).cloned()
+    }
+
+    pub fn insert(&self, cell: Arc<SessionCell>) -> Option<Arc<SessionCell>> {
+        self.lock().insert(cell.client_id.clone(), cell)
+    }
+
+    /// Remove `cell` if it is still the registered session for its client id.
+    pub fn remove_if_same(&self, cell: &Arc<SessionCell>) -> bool {
+        let mut map = self.lock();
+        match map.get(&cell.client_id) {
+            Some(c) if Arc::ptr_eq(c, cell) => {
+                map.remove(&cell.client_id);
+                true
+            }
+            _ => false,
+        }
+    }
+}

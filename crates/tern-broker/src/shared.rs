@@ -1,0 +1,213 @@
+//! State shared by all connections: router, retained messages, sessions, and
+//! the operations that touch several of them (publish, subscribe, end of session).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use tern_proto::topic;
+use tern_proto::QoS;
+
+use crate::message::{Message, Outgoing};
+use crate::router::{Match, Router, SubEntry};
+use crate::session::{Registry, SessionCell};
+use crate::Config;
+
+/// Counters, read by tests and (later) `$SYS`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub connections: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_dropped: AtomicU64,
+}
+
+/// Everything connections share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: Config,
+    router: RwLock<Router>,
+    retained: RwLock<HashMap<String, Arc<Message>>>,
+    pub sessions: Registry,
+    next_conn_id: AtomicU64,
+    pub counters: Counters,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Shared {
+        Shared {
+            config,
+            router: RwLock::default(),
+            retained: RwLock::default(),
+            sessions: Registry::default(),
+            next_conn_id: AtomicU64::new(1),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Store or clear the retained message for its topic ([MQTT-3.3.1-5], [MQTT-3.3.1-10]).
+    /// Returns `false` when the store is full and the message was not kept.
+    pub fn retain(&self, msg: &Arc<Message>) -> bool {
+        let mut r = write(&self.retained);
+        if msg.payload.is_empty() {
+            r.remove(&*msg.topic);
+            return true;
+        }
+        if r.len() >= self.config.max_retained && !r.contains_key(&*msg.topic) {
+            return false;
+        }
+        r.insert(msg.topic.to_string(), msg.clone());
+        true
+    }
+
+    /// Route a message to every matching session; returns how many sessions it reached.
+    pub fn publish(&self, msg: &Arc<Message>) -> usize {
+        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        let mut normal: HashMap<*const SessionCell, (Arc<SessionCell>, Outgoing)> = HashMap::new();
+        let mut shared: Vec<(Arc<SessionCell>, Outgoing)> = Vec::new();
+        {
+            let router = read(&self.router);
+            router.for_each_match(&msg.topic, |m| match m {
+                Match::Normal(client, e) => {
+                    // [MQTT-3.8.3-3] No Local.
+                    if e.options.no_local && msg.publisher.as_deref() == Some(&**client) {
+                        return;
+                    }
+                    let qos = msg.qos.min(e.options.qos);
+                    // [MQTT-3.3.1-12], [MQTT-3.3.1-13]: RETAIN is kept only with Retain As Published.
+                    let retain = msg.retain && e.options.retain_as_published;
+                    let key = Arc::as_ptr(&e.session);
+                    let slot = normal.entry(key).or_insert_with(|| {
+                        let out = Outgoing { msg: msg.clone(), qos, retain, sub_ids: Vec::new(), shared: None };
+                        (e.session.clone(), out)
+                    });
+                    // Overlapping subscriptions: one delivery at the highest QoS with
+                    // every subscription identifier (v5 section 3.3.4).
+                    slot.1.qos = slot.1.qos.max(qos);
+                    slot.1.retain |= retain;
+                    if let Some(id) = e.id {
+                        slot.1.sub_ids.push(id);
+                    }
+                }
+                Match::Shared(e) => {
+                    let out = Outgoing {
+                        msg: msg.clone(),
+                        qos: msg.qos.min(e.options.qos),
+                        retain: msg.retain && e.options.retain_as_published,
+                        sub_ids: e.id.into_iter().collect(),
+                        shared: e.shared.clone(),
+                    };
+                    shared.push((e.session.clone(), out));
+                }
+            });
+        }
+        let n = normal.len() + shared.len();
+        for (cell, out) in normal.into_values().chain(shared) {
+            self.deliver(&cell, out);
+        }
+        n
+    }
+
+    fn deliver(&self, cell: &SessionCell, out: Outgoing) {
+        if !cell.enqueue(out, self.config.max_queued_messages, self.config.queue_qos0_offline) {
+            self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Add a subscription to the router; `true` when it replaced an existing one.
+    pub fn subscribe(&self, full_filter: &str, cell: &Arc<SessionCell>, entry_opts: SubEntry) -> bool {
+        let Ok(parsed) = topic::parse_filter(full_filter) else { return false };
+        write(&self.router).subscribe(parsed.filter, parsed.share_group, &cell.client_id, entry_opts)
+    }
+
+    /// Remove a subscription from the router; `true` when it existed.
+    pub fn unsubscribe(&self, full_filter: &str, cell: &Arc<SessionCell>) -> bool {
+        let Ok(parsed) = topic::parse_filter(full_filter) else { return false };
+        write(&self.router).unsubscribe(parsed.filter, parsed.share_group, &cell.client_id)
+    }
+
+    /// Queue the retained messages matching `filter` for `cell` (always with RETAIN set,
+    /// [MQTT-3.3.1-8]).
+    pub fn send_retained(&self, filter: &str, cell: &SessionCell, qos: QoS, sub_id: Option<u32>, now: Instant) {
+        let matching: Vec<Arc<Message>> = read(&self.retained)
+            .values()
+            .filter(|m| !m.is_expired(now) && topic::matches(&m.topic, filter))
+            .cloned()
+            .collect();
+        for msg in matching {
+            let out = Outgoing { qos: msg.qos.min(qos), msg, retain: true, sub_ids: sub_id.into_iter().collect(), shared: None };
+            self.deliver(cell, out);
+        }
+    }
+
+    /// End a session: remove its subscriptions and registry entry; messages it held
+    /// through shared subscriptions go to another member of their group.
+    pub fn end_session(&self, cell: &Arc<SessionCell>) {
+        let (subs, orphans, will) = {
+            let mut st = cell.lock();
+            if st.ended {
+                return;
+            }
+            st.ended = true;
+            let will = st.pending_will.take();
+            let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
+            let mut orphans: Vec<Outgoing> = st.inflight.drain(..).map(|i| i.out).collect();
+            orphans.extend(st.queue.drain(..));
+            orphans.retain(|o| o.shared.is_some());
+            (subs, orphans, will)
+        };
+        for f in &subs {
+            self.unsubscribe(f, cell);
+        }
+        self.sessions.remove_if_same(cell);
+        for out in orphans {
+            if let Some(filter) = out.shared.clone() {
+                self.redeliver_shared(&filter, out);
+            }
+        }
+        // A delayed will is sent when the session ends first (v5 section 3.1.2.5).
+        if let Some(w) = will {
+            self.publish_will(&w);
+        }
+        tracing::debug!(client_id = %cell.client_id, "session ended");
+    }
+
+    /// Publish a will message (retained if it asked to be).
+    pub fn publish_will(&self, msg: &Arc<Message>) {
+        tracing::debug!(topic = %msg.topic, "publishing will");
+        if msg.retain {
+            self.retain(msg);
+        }
+        self.publish(msg);
+    }
+
+    fn redeliver_shared(&self, full_filter: &str, out: Outgoing) {
+        let target = {
+            let router = read(&self.router);
+            let mut chosen = None;
+            router.for_each_match(&out.msg.topic, |m| {
+                if let Match::Shared(e) = m {
+                    if chosen.is_none() && e.shared.as_deref() == Some(full_filter) {
+                        chosen = Some(e.session.clone());
+                    }
+                }
+            });
+            chosen
+        };
+        if let Some(cell) = target {
+            self.deliver(&cell, out);
+        }
+    }
+}
