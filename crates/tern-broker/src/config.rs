@@ -104,7 +104,10 @@ impl Config {
             Err(BrokerError::Config(format!("`{field}`: {fix}")))
         }
         if self.listen.is_empty() {
-            return bad("listen", "give at least one address, e.g. listen = [\"127.0.0.1:1883\"]");
+            return bad(
+                "listen",
+                "give at least one address, e.g. listen = [\"127.0.0.1:1883\"]",
+            );
         }
         if self.max_packet_size < 64 {
             return bad("max_packet_size", "must be at least 64 bytes");
@@ -153,7 +156,9 @@ mod tests {
         assert!(e.contains("max_inflight"), "{e}");
         let e = Config::from_toml("max_infligth = 3").unwrap_err().to_string();
         assert!(e.contains("max_infligth"), "{e}");
-        let e = Config::from_toml("listen = [\"nonsense\"]").unwrap_err().to_string();
+        let e = Config::from_toml("listen = [\"nonsense\"]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid socket address"), "{e}");
     }
 }

@@ -51,7 +51,10 @@ impl BrokerBuilder {
 
     /// Start from a configuration.
     pub fn from_config(config: Config) -> BrokerBuilder {
-        BrokerBuilder { config, listen_set: true }
+        BrokerBuilder {
+            config,
+            listen_set: true,
+        }
     }
 
     /// Add a TCP listener address (the first call replaces the default 127.0.0.1:1883).
@@ -89,15 +92,23 @@ impl Broker {
         config.validate()?;
         let mut listeners = Vec::new();
         for addr in &config.listen {
-            let l = TcpListener::bind(addr).await.map_err(|source| BrokerError::Bind { addr: *addr, source })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BrokerError::Bind { addr: *addr, source })?;
             listeners.push(l);
         }
-        Ok(Broker { shared: Arc::new(shared::Shared::new(config)), listeners })
+        Ok(Broker {
+            shared: Arc::new(shared::Shared::new(config)),
+            listeners,
+        })
     }
 
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Serve until the task is dropped.
@@ -162,7 +173,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<shared::Shared>, limit: 
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            shared.counters.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared
+                .counters
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             connection::serve(stream, peer, shared).await;
             drop(permit);
         });

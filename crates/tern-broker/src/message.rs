@@ -27,9 +27,18 @@ impl Message {
         let mut properties = p.properties;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
-        let expires_at =
-            properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s)));
-        Message { topic, payload: p.payload, qos: p.qos, retain: p.retain, properties, expires_at, publisher }
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            expires_at,
+            publisher,
+        }
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {
@@ -54,7 +63,13 @@ impl Outgoing {
     /// For a 3.x subscriber the 5.0 properties are dropped (the one place where
     /// that happens); for 5.0 the remaining message expiry is forwarded
     /// ([MQTT-3.3.2-6]) and the subscription identifiers added ([MQTT-3.3.4-3]).
-    pub fn to_publish(&self, version: ProtocolVersion, packet_id: Option<PacketId>, dup: bool, now: Instant) -> Publish {
+    pub fn to_publish(
+        &self,
+        version: ProtocolVersion,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        now: Instant,
+    ) -> Publish {
         let mut p = Publish::new(self.msg.topic.clone(), self.msg.payload.clone());
         p.qos = self.qos;
         p.packet_id = packet_id;

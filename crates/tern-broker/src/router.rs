@@ -59,7 +59,13 @@ pub(crate) struct Router {
 
 impl Router {
     /// Add or replace a subscription; `true` when it already existed.
-    pub fn subscribe(&mut self, filter: &str, group: Option<&str>, client: &Arc<str>, entry: SubEntry) -> bool {
+    pub fn subscribe(
+        &mut self,
+        filter: &str,
+        group: Option<&str>,
+        client: &Arc<str>,
+        entry: SubEntry,
+    ) -> bool {
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = node.children.entry(level.into()).or_default();
@@ -98,7 +104,9 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client: &Arc<st
         return match group {
             None => node.subs.remove(client).is_some(),
             Some(g) => {
-                let Some(grp) = node.shared.get_mut(g) else { return false };
+                let Some(grp) = node.shared.get_mut(g) else {
+                    return false;
+                };
                 let before = grp.members.len();
                 grp.members.retain(|(c, _)| c != client);
                 let removed = grp.members.len() != before;
@@ -109,7 +117,9 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client: &Arc<st
             }
         };
     };
-    let Some(child) = node.children.get_mut(*first) else { return false };
+    let Some(child) = node.children.get_mut(*first) else {
+        return false;
+    };
     let removed = remove(child, rest, group, client);
     if child.is_empty() {
         node.children.remove(*first);

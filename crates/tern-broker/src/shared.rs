@@ -90,7 +90,13 @@ impl Shared {
                     let retain = msg.retain && e.options.retain_as_published;
                     let key = Arc::as_ptr(&e.session);
                     let slot = normal.entry(key).or_insert_with(|| {
-                        let out = Outgoing { msg: msg.clone(), qos, retain, sub_ids: Vec::new(), shared: None };
+                        let out = Outgoing {
+                            msg: msg.clone(),
+                            qos,
+                            retain,
+                            sub_ids: Vec::new(),
+                            shared: None,
+                        };
                         (e.session.clone(), out)
                     });
                     // Overlapping subscriptions: one delivery at the highest QoS with
@@ -121,33 +127,54 @@ impl Shared {
     }
 
     fn deliver(&self, cell: &SessionCell, out: Outgoing) {
-        if !cell.enqueue(out, self.config.max_queued_messages, self.config.queue_qos0_offline) {
+        if !cell.enqueue(
+            out,
+            self.config.max_queued_messages,
+            self.config.queue_qos0_offline,
+        ) {
             self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Add a subscription to the router; `true` when it replaced an existing one.
     pub fn subscribe(&self, full_filter: &str, cell: &Arc<SessionCell>, entry_opts: SubEntry) -> bool {
-        let Ok(parsed) = topic::parse_filter(full_filter) else { return false };
+        let Ok(parsed) = topic::parse_filter(full_filter) else {
+            return false;
+        };
         write(&self.router).subscribe(parsed.filter, parsed.share_group, &cell.client_id, entry_opts)
     }
 
     /// Remove a subscription from the router; `true` when it existed.
     pub fn unsubscribe(&self, full_filter: &str, cell: &Arc<SessionCell>) -> bool {
-        let Ok(parsed) = topic::parse_filter(full_filter) else { return false };
+        let Ok(parsed) = topic::parse_filter(full_filter) else {
+            return false;
+        };
         write(&self.router).unsubscribe(parsed.filter, parsed.share_group, &cell.client_id)
     }
 
     /// Queue the retained messages matching `filter` for `cell` (always with RETAIN set,
     /// [MQTT-3.3.1-8]).
-    pub fn send_retained(&self, filter: &str, cell: &SessionCell, qos: QoS, sub_id: Option<u32>, now: Instant) {
+    pub fn send_retained(
+        &self,
+        filter: &str,
+        cell: &SessionCell,
+        qos: QoS,
+        sub_id: Option<u32>,
+        now: Instant,
+    ) {
         let matching: Vec<Arc<Message>> = read(&self.retained)
             .values()
             .filter(|m| !m.is_expired(now) && topic::matches(&m.topic, filter))
             .cloned()
             .collect();
         for msg in matching {
-            let out = Outgoing { qos: msg.qos.min(qos), msg, retain: true, sub_ids: sub_id.into_iter().collect(), shared: None };
+            let out = Outgoing {
+                qos: msg.qos.min(qos),
+                msg,
+                retain: true,
+                sub_ids: sub_id.into_iter().collect(),
+                shared: None,
+            };
             self.deliver(cell, out);
         }
     }

@@ -78,7 +78,12 @@ async fn refuse_bad_connect<S: AsyncWrite + Unpin>(io: &mut S, buf: &[u8], e: De
     match (&e, level) {
         // [MQTT-3.1.2-2]: unsupported level gets return code 0x01 in 3.1.1 form, then close.
         (DecodeError::UnsupportedProtocolLevel(_), _) => {
-            send_connack(io, ProtocolVersion::V3_1_1, ConnAck::new(ReasonCode::UnsupportedProtocolVersion, false)).await;
+            send_connack(
+                io,
+                ProtocolVersion::V3_1_1,
+                ConnAck::new(ReasonCode::UnsupportedProtocolVersion, false),
+            )
+            .await;
             Refused::Answered(ReasonCode::UnsupportedProtocolVersion, why)
         }
         // v5: errors in CONNECT may be reported with CONNACK >= 0x80 ([MQTT-3.2.2-7]).
@@ -92,9 +97,8 @@ async fn refuse_bad_connect<S: AsyncWrite + Unpin>(io: &mut S, buf: &[u8], e: De
     }
 }
 
-fn refuse(version: ProtocolVersion, rc: ReasonCode, why: impl Into<String>) -> (ConnAck, Refused) {
-    let _ = version;
-    (ConnAck::new(rc, false), Refused::Answered(rc, why.into()))
+fn refuse(rc: ReasonCode, why: &str) -> (ReasonCode, String) {
+    (rc, why.to_string())
 }
 
 /// Check a decoded CONNECT, attach the session and answer with CONNACK.
@@ -109,9 +113,9 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let cfg = &shared.config;
     let mut props = ConnAckProperties::default();
 
-    if let Err((ack, why)) = check_connect(&c, shared) {
-        send_connack(io, v, ack).await;
-        return Err(why);
+    if let Err((rc, why)) = check_connect(&c, shared) {
+        send_connack(io, v, ConnAck::new(rc, false)).await;
+        return Err(Refused::Answered(rc, why));
     }
 
     // Client identifier: [MQTT-3.1.3-6..8] (3.1.1), [MQTT-3.1.3-6,7] (5.0).
@@ -126,9 +130,13 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     };
 
     let expiry = match v {
-        ProtocolVersion::V5 => c.properties.session_expiry_interval.unwrap_or(0).min(cfg.max_session_expiry),
+        ProtocolVersion::V5 => c
+            .properties
+            .session_expiry_interval
+            .unwrap_or(0)
+            .min(cfg.max_session_expiry),
         _ if c.clean_start => 0,
-        _ => u32::MAX.min(cfg.max_session_expiry),
+        _ => cfg.max_session_expiry,
     };
     if v.is_v5() && c.properties.session_expiry_interval.unwrap_or(0) > cfg.max_session_expiry {
         props.session_expiry_interval = Some(expiry);
@@ -159,7 +167,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
         }
     }
-    let ack = ConnAck { session_present, reason_code: ReasonCode::Success, properties: props };
+    let ack = ConnAck {
+        session_present,
+        reason_code: ReasonCode::Success,
+        properties: props,
+    };
     send_connack(io, v, ack).await;
 
     let now = Instant::now();
@@ -182,11 +194,25 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             },
             payload: w.payload,
         };
-        WillState { message: Arc::new(Message::from_publish(p, w.topic, Some(client_id.clone()), now)), delay }
+        WillState {
+            message: Arc::new(Message::from_publish(p, w.topic, Some(client_id.clone()), now)),
+            delay,
+        }
     });
 
     tracing::info!(%peer, client_id = %client_id, version = %v, clean_start = c.clean_start, session_present, keep_alive, "client connected");
-    Ok(Conn::new(shared.clone(), cell, conn_id, v, client_id, peer, waker, keep_alive, will, expiry))
+    Ok(Conn::new(
+        shared.clone(),
+        cell,
+        conn_id,
+        v,
+        client_id,
+        peer,
+        waker,
+        keep_alive,
+        will,
+        expiry,
+    ))
 }
 
 fn random_seed() -> u64 {
@@ -196,17 +222,19 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-fn check_connect(c: &Connect, shared: &Shared) -> Result<(), (ConnAck, Refused)> {
+fn check_connect(c: &Connect, shared: &Shared) -> Result<(), (ReasonCode, String)> {
     let v = c.protocol_version;
     let cfg = &shared.config;
     if c.client_id.len() > cfg.max_client_id_len {
-        return Err(refuse(v, ReasonCode::ClientIdentifierNotValid, "client identifier too long"));
+        return Err(refuse(
+            ReasonCode::ClientIdentifierNotValid,
+            "client identifier too long",
+        ));
     }
     if c.client_id.is_empty() {
         // [MQTT-3.1.3-8]: 3.1.1 empty id needs clean session; 3.1 always needs an id.
         if v == ProtocolVersion::V3_1 || (v == ProtocolVersion::V3_1_1 && !c.clean_start) {
             return Err(refuse(
-                v,
                 ReasonCode::ClientIdentifierNotValid,
                 "[MQTT-3.1.3-8] empty client identifier without clean session",
             ));
@@ -214,24 +242,37 @@ fn check_connect(c: &Connect, shared: &Shared) -> Result<(), (ConnAck, Refused)>
     }
     if v.is_v5() && c.properties.authentication_method.is_some() {
         // [MQTT-4.12.0-1] no enhanced authentication method is configured.
-        return Err(refuse(v, ReasonCode::BadAuthenticationMethod, "unsupported authentication method"));
+        return Err(refuse(
+            ReasonCode::BadAuthenticationMethod,
+            "unsupported authentication method",
+        ));
     }
     if !cfg.allow_anonymous && c.username.is_none() {
-        return Err(refuse(v, ReasonCode::NotAuthorized, "anonymous clients are not allowed"));
+        return Err(refuse(
+            ReasonCode::NotAuthorized,
+            "anonymous clients are not allowed",
+        ));
     }
     if let Some(w) = &c.will {
         let levels_ok = w.topic.split('/').count() <= cfg.max_topic_levels;
         if topic::validate_topic_name(&w.topic).is_err() || !levels_ok {
-            return Err(refuse(v, ReasonCode::TopicNameInvalid, "invalid will topic"));
+            return Err(refuse(ReasonCode::TopicNameInvalid, "invalid will topic"));
         }
         if let Some(rt) = &w.properties.response_topic {
             if topic::validate_topic_name(rt).is_err() {
-                return Err(refuse(v, ReasonCode::ProtocolError, "[MQTT-3.3.2-14] will response topic has wildcards"));
+                return Err(refuse(
+                    ReasonCode::ProtocolError,
+                    "[MQTT-3.3.2-14] will response topic has wildcards",
+                ));
             }
         }
     }
-    if !v.is_v5() && cfg.max_keepalive != u16::MAX && (c.keep_alive == 0 || c.keep_alive > cfg.max_keepalive) {
-        return Err(refuse(v, ReasonCode::ServerUnavailable, "keep-alive above max_keepalive"));
+    if !v.is_v5() && cfg.max_keepalive != u16::MAX && (c.keep_alive == 0 || c.keep_alive > cfg.max_keepalive)
+    {
+        return Err(refuse(
+            ReasonCode::ServerUnavailable,
+            "keep-alive above max_keepalive",
+        ));
     }
     Ok(())
 }
@@ -255,7 +296,10 @@ fn attach_session(
             let kicked = {
                 let mut st = old.lock();
                 let kicked = st.conn_id.map(|old_conn| {
-                    st.takeover = Some(Takeover { old_conn, session_ended: false });
+                    st.takeover = Some(Takeover {
+                        old_conn,
+                        session_ended: false,
+                    });
                     st.waker.take()
                 });
                 st.conn_id = Some(conn_id);
@@ -275,7 +319,10 @@ fn attach_session(
         let kicked = {
             let mut st = old.lock();
             let kicked = st.conn_id.map(|old_conn| {
-                st.takeover = Some(Takeover { old_conn, session_ended: true });
+                st.takeover = Some(Takeover {
+                    old_conn,
+                    session_ended: true,
+                });
                 st.waker.take()
             });
             st.conn_id = None;

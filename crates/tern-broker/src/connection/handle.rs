@@ -33,15 +33,20 @@ impl Conn {
             }
             Packet::Disconnect(d) => self.on_disconnect(d),
             // [MQTT-3.1.0-2]
-            Packet::Connect(_) => Err(violation(ReasonCode::ProtocolError, "[MQTT-3.1.0-2] second CONNECT")),
+            Packet::Connect(_) => Err(violation(
+                ReasonCode::ProtocolError,
+                "[MQTT-3.1.0-2] second CONNECT",
+            )),
             Packet::Auth(_) => Err(violation(
                 ReasonCode::ProtocolError,
                 "[MQTT-4.12.0-6] AUTH without an authentication method in CONNECT",
             )),
-            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(violation(
-                ReasonCode::ProtocolError,
-                "client sent a packet only a server may send",
-            )),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(violation(
+                    ReasonCode::ProtocolError,
+                    "client sent a packet only a server may send",
+                ))
+            }
         }
     }
 
@@ -51,13 +56,19 @@ impl Conn {
         let topic = match p.properties.topic_alias {
             Some(alias) => {
                 if alias > cfg.topic_alias_maximum {
-                    return Err(violation(ReasonCode::TopicAliasInvalid, "topic alias above Topic Alias Maximum"));
+                    return Err(violation(
+                        ReasonCode::TopicAliasInvalid,
+                        "topic alias above Topic Alias Maximum",
+                    ));
                 }
                 if p.topic.is_empty() {
                     match self.inbound_aliases.get(&alias) {
                         Some(t) => t.clone(),
                         None => {
-                            return Err(violation(ReasonCode::ProtocolError, "topic alias used before it was set"))
+                            return Err(violation(
+                                ReasonCode::ProtocolError,
+                                "topic alias used before it was set",
+                            ))
                         }
                     }
                 } else {
@@ -69,16 +80,25 @@ impl Conn {
         };
         // [MQTT-3.3.4-6]
         if !p.properties.subscription_identifiers.is_empty() {
-            return Err(violation(ReasonCode::ProtocolError, "[MQTT-3.3.4-6] PUBLISH with a subscription identifier"));
+            return Err(violation(
+                ReasonCode::ProtocolError,
+                "[MQTT-3.3.4-6] PUBLISH with a subscription identifier",
+            ));
         }
         // [MQTT-3.3.2-14]
         if let Some(rt) = &p.properties.response_topic {
             if topic::validate_topic_name(rt).is_err() {
-                return Err(violation(ReasonCode::ProtocolError, "[MQTT-3.3.2-14] response topic is not a topic name"));
+                return Err(violation(
+                    ReasonCode::ProtocolError,
+                    "[MQTT-3.3.2-14] response topic is not a topic name",
+                ));
             }
         }
         if topic.split('/').count() > cfg.max_topic_levels {
-            return Err(violation(ReasonCode::TopicNameInvalid, "topic has more levels than max_topic_levels"));
+            return Err(violation(
+                ReasonCode::TopicNameInvalid,
+                "topic has more levels than max_topic_levels",
+            ));
         }
         let qos = p.qos;
         let packet_id = p.packet_id;
@@ -98,7 +118,10 @@ impl Conn {
                         false
                     } else if st.inbound_qos2.len() >= usize::from(cfg.receive_maximum) {
                         // v5 section 3.3.4: more unacknowledged QoS 2 than Receive Maximum.
-                        return Err(violation(ReasonCode::ReceiveMaximumExceeded, "receive maximum exceeded"));
+                        return Err(violation(
+                            ReasonCode::ReceiveMaximumExceeded,
+                            "receive maximum exceeded",
+                        ));
                     } else {
                         st.inbound_qos2.insert(id.get());
                         true
@@ -108,7 +131,12 @@ impl Conn {
                 let n = if fresh { self.route(&msg) } else { 1 };
                 self.send(Packet::PubRec(self.pub_ack(id, n)));
             }
-            _ => return Err(violation(ReasonCode::ProtocolError, "QoS > 0 without packet identifier")),
+            _ => {
+                return Err(violation(
+                    ReasonCode::ProtocolError,
+                    "QoS > 0 without packet identifier",
+                ))
+            }
         }
         Ok(())
     }
@@ -136,7 +164,10 @@ impl Conn {
                 st.inflight.remove(i);
                 Ok(())
             }
-            Some(_) => Err(violation(ReasonCode::ProtocolError, "PUBACK for a QoS 2 delivery")),
+            Some(_) => Err(violation(
+                ReasonCode::ProtocolError,
+                "PUBACK for a QoS 2 delivery",
+            )),
             None => {
                 tracing::debug!(client_id = %self.client_id, id = a.packet_id.get(), "PUBACK for unknown packet id");
                 Ok(())
@@ -159,8 +190,16 @@ impl Conn {
                         Some(Ack::new(a.packet_id))
                     }
                 }
-                Some(_) => return Err(violation(ReasonCode::ProtocolError, "PUBREC for a QoS 1 delivery")),
-                None if self.version.is_v5() => Some(Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound)),
+                Some(_) => {
+                    return Err(violation(
+                        ReasonCode::ProtocolError,
+                        "PUBREC for a QoS 1 delivery",
+                    ))
+                }
+                None if self.version.is_v5() => Some(Ack::with_reason(
+                    a.packet_id,
+                    ReasonCode::PacketIdentifierNotFound,
+                )),
                 None => Some(Ack::new(a.packet_id)),
             }
         };
@@ -218,7 +257,10 @@ impl Conn {
                 shared: parsed.share_group.map(|_| Arc::from(&**filter)),
             };
             let existed = self.shared.subscribe(filter, &self.cell, entry);
-            self.cell.lock().subscriptions.insert(filter.to_string(), (*opts, sub_id));
+            self.cell
+                .lock()
+                .subscriptions
+                .insert(filter.to_string(), (*opts, sub_id));
             codes.push(ReasonCode::granted(opts.qos));
             // Retained messages are not sent for shared subscriptions (v5 section 4.8.2).
             let send = parsed.share_group.is_none()
@@ -231,7 +273,11 @@ impl Conn {
                 retained.push((parsed.filter.to_string(), opts.qos));
             }
         }
-        let ack = SubAck { packet_id: s.packet_id, properties: Default::default(), reason_codes: codes };
+        let ack = SubAck {
+            packet_id: s.packet_id,
+            properties: Default::default(),
+            reason_codes: codes,
+        };
         self.send(Packet::SubAck(ack));
         for (filter, qos) in retained {
             self.shared.send_retained(&filter, &self.cell, qos, sub_id, now);
@@ -244,12 +290,20 @@ impl Conn {
         for filter in &u.filters {
             let existed = self.cell.lock().subscriptions.remove(&**filter).is_some();
             self.shared.unsubscribe(filter, &self.cell);
-            codes.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
+            codes.push(if existed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
         }
         if !self.version.is_v5() {
             codes.clear();
         }
-        let ack = UnsubAck { packet_id: u.packet_id, properties: Default::default(), reason_codes: codes };
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            properties: Default::default(),
+            reason_codes: codes,
+        };
         self.send(Packet::UnsubAck(ack));
         Ok(())
     }
@@ -258,10 +312,15 @@ impl Conn {
         if let Some(expiry) = d.properties.session_expiry_interval {
             // v5 section 3.14.2.2.2: a non-zero expiry after CONNECT said 0 is a Protocol Error.
             if self.connect_expiry == 0 && expiry != 0 {
-                return Err(violation(ReasonCode::ProtocolError, "DISCONNECT sets session expiry after CONNECT had 0"));
+                return Err(violation(
+                    ReasonCode::ProtocolError,
+                    "DISCONNECT sets session expiry after CONNECT had 0",
+                ));
             }
             self.cell.lock().expiry_interval = expiry.min(self.shared.config.max_session_expiry);
         }
-        Err(Close::ClientDisconnect { with_will: d.reason() == ReasonCode::DisconnectWithWill })
+        Err(Close::ClientDisconnect {
+            with_will: d.reason() == ReasonCode::DisconnectWithWill,
+        })
     }
 }

@@ -132,7 +132,10 @@ impl Conn {
             return Ok(());
         }
         let t = st.takeover.filter(|t| t.old_conn == self.conn_id);
-        Err(Close::TakenOver(t.unwrap_or(Takeover { old_conn: self.conn_id, session_ended: true })))
+        Err(Close::TakenOver(t.unwrap_or(Takeover {
+            old_conn: self.conn_id,
+            session_ended: true,
+        })))
     }
 
     /// Move queued messages into the write buffer while the in-flight window has
@@ -170,7 +173,11 @@ impl Conn {
                 continue;
             }
             if let Some(packet_id) = packet_id {
-                st.inflight.push_back(crate::session::Inflight { packet_id, out, state: InflightState::Published });
+                st.inflight.push_back(crate::session::Inflight {
+                    packet_id,
+                    out,
+                    state: InflightState::Published,
+                });
             }
         }
         Ok(false)
@@ -236,9 +243,13 @@ impl Conn {
         let client_id = self.client_id.clone();
         match &close {
             Close::ClientDisconnect { .. } => tracing::info!(%peer, %client_id, "client disconnected"),
-            Close::Violation(rc, why) => tracing::warn!(%peer, %client_id, reason = %rc, "closing connection: {why}"),
+            Close::Violation(rc, why) => {
+                tracing::warn!(%peer, %client_id, reason = %rc, "closing connection: {why}")
+            }
             Close::KeepAliveTimeout => tracing::info!(%peer, %client_id, "keep-alive timeout"),
-            Close::TakenOver(_) => tracing::info!(%peer, %client_id, "session taken over by a new connection"),
+            Close::TakenOver(_) => {
+                tracing::info!(%peer, %client_id, "session taken over by a new connection")
+            }
             Close::Transport(why) => tracing::info!(%peer, %client_id, "connection lost: {why}"),
         }
         // 5.0: tell the client why, where the server initiates the close (section 4.13).
@@ -248,9 +259,11 @@ impl Conn {
             Close::TakenOver(_) => Some(ReasonCode::SessionTakenOver),
             _ => None,
         };
+        // Acknowledgements already encoded go out first, then the DISCONNECT.
         if let (true, Some(rc)) = (self.version.is_v5(), code) {
-            self.out.clear();
             self.send(Packet::Disconnect(Disconnect::with_reason(rc)));
+        }
+        if !self.out.is_empty() && !matches!(close, Close::Transport(_)) {
             let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&self.out)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
@@ -286,7 +299,12 @@ impl Conn {
                 self.shared.publish_will(&w.message);
             } else {
                 self.cell.lock().pending_will = Some(w.message.clone());
-                spawn_will_timer(self.shared.clone(), self.cell.clone(), generation, w.delay.min(expiry));
+                spawn_will_timer(
+                    self.shared.clone(),
+                    self.cell.clone(),
+                    generation,
+                    w.delay.min(expiry),
+                );
             }
         }
         if expiry == 0 {
@@ -354,6 +372,8 @@ where
 fn log_refused(peer: SocketAddr, r: connect::Refused) {
     match r {
         connect::Refused::Silent(why) => tracing::info!(%peer, "connection closed before CONNACK: {why}"),
-        connect::Refused::Answered(rc, why) => tracing::info!(%peer, reason = %rc, "connection refused: {why}"),
+        connect::Refused::Answered(rc, why) => {
+            tracing::info!(%peer, reason = %rc, "connection refused: {why}")
+        }
     }
 }

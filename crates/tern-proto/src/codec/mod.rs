@@ -152,9 +152,19 @@ impl Decoder {
         if buf.len() < size {
             return Ok(Decoded::NeedMore(size - buf.len()));
         }
-        let mut frame = buf.split_to(size).freeze();
-        let body = frame.split_off(header.header_len);
-        Packet::decode_body(header.packet_type, header.flags, body, self.version).map(Decoded::Packet)
+        let frame = buf.split_to(size).freeze();
+        let body = frame.slice(header.header_len..);
+        match Packet::decode_body(header.packet_type, header.flags, body, self.version) {
+            Ok(p) => Ok(Decoded::Packet(p)),
+            Err(e) => {
+                // Put the bytes back so the buffer is as it was (a copy, on the error path only).
+                let rest = std::mem::take(buf);
+                buf.reserve(frame.len() + rest.len());
+                buf.extend_from_slice(&frame);
+                buf.extend_from_slice(&rest);
+                Err(e)
+            }
+        }
     }
 }
 

@@ -1,0 +1,131 @@
+//! Bad input closes that one connection with the right code and leaves the
+//! others alone; sizes are checked before buffering.
+
+use tern_proto::{QoS, ReasonCode};
+
+use crate::harness::*;
+
+/// A subscriber and a publisher that keep working while a test misbehaves.
+async fn canary(addr: std::net::SocketAddr) -> (Raw, Raw) {
+    let mut sub = Raw::connect(addr, V5, "canary-sub").await;
+    sub.subscribe("canary", QoS::AtLeastOnce).await;
+    let publ = Raw::connect(addr, V3, "canary-pub").await;
+    (sub, publ)
+}
+
+async fn canary_still_works(sub: &mut Raw, publ: &mut Raw) {
+    publ.publish("canary", "alive", QoS::AtLeastOnce, false).await;
+    let p = sub.recv_publish().await;
+    assert_eq!(&p.payload[..], b"alive");
+    sub.ack(&p).await;
+}
+
+#[tokio::test]
+async fn malformed_packets_close_only_their_connection() {
+    let b = start().await;
+    let (mut sub, mut publ) = canary(b.addr()).await;
+    // (bytes after CONNECT, expected v5 DISCONNECT reason); all of them also close a 3.1.1 connection.
+    let cases: &[(&[u8], ReasonCode)] = &[
+        // A1 / [MQTT-1.5.5-1]: five-byte Remaining Length.
+        (&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], ReasonCode::MalformedPacket),
+        // A8 / [MQTT-3.8.1-1]: SUBSCRIBE with flags 0000.
+        (
+            &[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00],
+            ReasonCode::MalformedPacket,
+        ),
+        // D1 / [MQTT-3.3.1-4]: QoS 3.
+        (
+            &[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+            ReasonCode::MalformedPacket,
+        ),
+        // D2 / [MQTT-2.2.1-3]: QoS 1 with packet identifier 0.
+        (
+            &[0x32, 0x06, 0x00, 0x01, b'a', 0x00, 0x00, 0x00],
+            ReasonCode::ProtocolError,
+        ),
+        // F1 / [MQTT-3.8.3-2]: SUBSCRIBE without filters.
+        (&[0x82, 0x03, 0x00, 0x01, 0x00], ReasonCode::MalformedPacket),
+        // B3 / [MQTT-1.5.4-2]: U+0000 in a topic.
+        (
+            &[0x30, 0x06, 0x00, 0x03, b'a', 0x00, b'b', 0x00],
+            ReasonCode::MalformedPacket,
+        ),
+        // A10: CONNACK from a client.
+        (&[0x20, 0x03, 0x00, 0x00, 0x00], ReasonCode::ProtocolError),
+        // A9: 3.1.1-style trailing byte after a PINGREQ.
+        (&[0xC0, 0x01, 0x00], ReasonCode::MalformedPacket),
+    ];
+    for (i, (bytes, expected)) in cases.iter().enumerate() {
+        for v in [V3, V5] {
+            let mut bad = Raw::connect(b.addr(), v, &format!("bad{i}")).await;
+            bad.send_bytes(bytes).await;
+            let got = bad.expect_closed().await;
+            // 3.1.1 [MQTT-4.8.0-1]: close; 5.0 [MQTT-4.13.1-1]: DISCONNECT with the reason, then close.
+            assert_eq!(got, v.is_v5().then_some(*expected), "case {i} {v}");
+        }
+        canary_still_works(&mut sub, &mut publ).await;
+    }
+    // G1 (5.0 only; in 3.1.1 these bytes are a payload): unknown property identifier in PUBLISH.
+    let mut bad = Raw::connect(b.addr(), V5, "badprop").await;
+    bad.send_bytes(&[0x30, 0x06, 0x00, 0x01, b'a', 0x02, 0x7F, 0x00])
+        .await;
+    assert_eq!(bad.expect_closed().await, Some(ReasonCode::MalformedPacket));
+    canary_still_works(&mut sub, &mut publ).await;
+}
+
+#[tokio::test]
+async fn huge_remaining_length_is_refused_from_the_fixed_header() {
+    let b = start_with(|c| c.max_packet_size = 1024).await;
+    let (mut sub, mut publ) = canary(b.addr()).await;
+    // Before CONNECT: a 268,435,455-byte packet announced, nothing else sent.
+    let mut raw = Raw::open(b.addr(), V3).await;
+    raw.send_bytes(&[0x10, 0xFF, 0xFF, 0xFF, 0x7F]).await;
+    assert_eq!(raw.expect_closed().await, None);
+    // After CONNECT (v5): DISCONNECT 0x95 Packet too large.
+    let mut raw = Raw::connect(b.addr(), V5, "big").await;
+    raw.send_bytes(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F]).await;
+    assert_eq!(raw.expect_closed().await, Some(ReasonCode::PacketTooLarge));
+    canary_still_works(&mut sub, &mut publ).await;
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_connect_timeout() {
+    let b = start_with(|c| c.connect_timeout_secs = 1).await;
+    let mut raw = Raw::open(b.addr(), V3).await;
+    let started = std::time::Instant::now();
+    assert_eq!(raw.expect_closed().await, None);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn one_byte_at_a_time_is_parsed() {
+    let b = start().await;
+    let (mut sub, _publ) = canary(b.addr()).await;
+    let mut raw = Raw::open(b.addr(), V3).await;
+    let connect = [
+        0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x01, b'x',
+    ];
+    let publish = [
+        0x30, 0x0D, 0x00, 0x06, b'c', b'a', b'n', b'a', b'r', b'y', b'a', b'l', b'i', b'v', b'e',
+    ];
+    for byte in connect.iter().chain(publish.iter()) {
+        raw.send_bytes(&[*byte]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(matches!(raw.recv().await, tern_proto::Packet::ConnAck(_)));
+    assert_eq!(&sub.recv_publish().await.payload[..], b"alive");
+}
+
+#[tokio::test]
+async fn many_packets_in_one_segment_are_all_handled() {
+    let b = start().await;
+    let mut raw = Raw::connect(b.addr(), V3, "burst").await;
+    let mut bytes = Vec::new();
+    for _ in 0..100 {
+        bytes.extend_from_slice(&[0xC0, 0x00]); // PINGREQ
+    }
+    raw.send_bytes(&bytes).await;
+    for _ in 0..100 {
+        assert!(matches!(raw.recv().await, tern_proto::Packet::PingResp));
+    }
+}

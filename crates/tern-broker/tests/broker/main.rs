@@ -1,0 +1,14 @@
+//! Broker integration tests over real sockets on ephemeral ports. Each test
+//! cites the normative statement it checks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+mod connect;
+mod limits;
+mod publish;
+mod retain;
+mod session;
+mod subscribe;
+mod v5;
+mod will;

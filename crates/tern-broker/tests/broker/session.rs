@@ -1,0 +1,168 @@
+//! Persistent sessions: queued messages, resend on reconnect, expiry.
+
+use std::time::Duration;
+
+use tern_proto::{Connect, Disconnect, Packet, QoS, ReasonCode};
+
+use crate::harness::*;
+
+fn persistent(v: tern_proto::ProtocolVersion, id: &str) -> Connect {
+    let mut c = Connect::new(v, id);
+    c.clean_start = false;
+    c.keep_alive = 0;
+    if v.is_v5() {
+        c.properties.session_expiry_interval = Some(300);
+    }
+    c
+}
+
+#[tokio::test]
+async fn offline_session_gets_queued_qos1_and_qos2_mqtt_3_1_2_4() {
+    let b = start().await;
+    for v in [V3, V5] {
+        let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(v, "dev")).await;
+        assert!(!ack.session_present);
+        sub.subscribe("cmd/#", QoS::ExactlyOnce).await;
+        sub.disconnect().await;
+
+        let mut publ = Raw::connect(b.addr(), v, "ctl").await;
+        publ.publish("cmd/1", "one", QoS::AtLeastOnce, false).await;
+        publ.publish("cmd/2", "two", QoS::ExactlyOnce, false).await;
+        publ.publish("cmd/3", "zero", QoS::AtMostOnce, false).await;
+
+        // [MQTT-3.1.2-4] / [MQTT-3.2.2-2]: the session resumes with Session Present = 1.
+        let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(v, "dev")).await;
+        assert!(ack.session_present);
+        let p1 = sub.recv_publish().await;
+        assert_eq!((&p1.payload[..], p1.qos), (&b"one"[..], QoS::AtLeastOnce));
+        sub.ack(&p1).await;
+        let p2 = sub.recv_publish().await;
+        assert_eq!((&p2.payload[..], p2.qos), (&b"two"[..], QoS::ExactlyOnce));
+        sub.ack(&p2).await;
+        // QoS 0 is not queued for offline sessions by default.
+        sub.expect_silence(200).await;
+        // Clean up: end the session.
+        let mut c = Connect::new(v, "dev");
+        c.keep_alive = 0;
+        let (sub, ack) = Raw::connect_with(b.addr(), c).await;
+        assert!(
+            !ack.session_present,
+            "[MQTT-3.1.2-6] clean session discards state"
+        );
+        sub.disconnect().await;
+    }
+}
+
+#[tokio::test]
+async fn unacknowledged_messages_are_resent_with_dup_mqtt_4_4_0_1() {
+    let b = start().await;
+    for v in [V3, V5] {
+        let (mut sub, _) = Raw::connect_with(b.addr(), persistent(v, "resend")).await;
+        sub.subscribe("r", QoS::ExactlyOnce).await;
+        let mut publ = Raw::connect(b.addr(), v, "p").await;
+        publ.publish("r", "q1", QoS::AtLeastOnce, false).await;
+        publ.publish("r", "q2", QoS::ExactlyOnce, false).await;
+        let first = sub.recv_publish().await;
+        let second = sub.recv_publish().await;
+        // Acknowledge the QoS 2 message half-way (PUBREC) and then drop the connection.
+        sub.send(Packet::PubRec(tern_proto::Ack::new(second.packet_id.unwrap())))
+            .await;
+        assert!(matches!(sub.recv().await, Packet::PubRel(_)));
+        drop(sub);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(v, "resend")).await;
+        assert!(ack.session_present);
+        // [MQTT-4.4.0-1]: PUBLISH again with DUP and the same id, then PUBREL, in order.
+        let again = sub.recv_publish().await;
+        assert!(again.dup);
+        assert_eq!(again.packet_id, first.packet_id);
+        assert_eq!(again.payload, first.payload);
+        match sub.recv().await {
+            Packet::PubRel(a) => assert_eq!(Some(a.packet_id), second.packet_id),
+            p => panic!("expected PUBREL, got {p:?}"),
+        }
+        sub.send(Packet::PubAck(tern_proto::Ack::new(again.packet_id.unwrap())))
+            .await;
+        sub.send(Packet::PubComp(tern_proto::Ack::new(second.packet_id.unwrap())))
+            .await;
+        sub.sync().await;
+        sub.expect_silence(100).await;
+        let mut c = Connect::new(v, "resend");
+        c.keep_alive = 0;
+        Raw::connect_with(b.addr(), c).await.0.disconnect().await;
+    }
+}
+
+#[tokio::test]
+async fn session_expiry_zero_ends_the_session_at_disconnect() {
+    let b = start().await;
+    let mut c = Connect::new(V5, "short");
+    c.clean_start = false;
+    c.keep_alive = 0;
+    let (mut sub, _) = Raw::connect_with(b.addr(), c.clone()).await;
+    sub.subscribe("s", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let (_sub, ack) = Raw::connect_with(b.addr(), c).await;
+    assert!(!ack.session_present);
+}
+
+#[tokio::test]
+async fn session_expiry_interval_elapses() {
+    let b = start().await;
+    let mut c = persistent(V5, "expiring");
+    c.properties.session_expiry_interval = Some(1);
+    let (mut sub, _) = Raw::connect_with(b.addr(), c.clone()).await;
+    sub.subscribe("s", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_sub, ack) = Raw::connect_with(b.addr(), c).await;
+    assert!(!ack.session_present, "the session should have expired");
+}
+
+#[tokio::test]
+async fn disconnect_can_change_session_expiry() {
+    let b = start().await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "changer")).await;
+    sub.subscribe("s", QoS::AtLeastOnce).await;
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(0);
+    sub.send(Packet::Disconnect(d)).await;
+    assert_eq!(sub.expect_closed().await, None);
+    let (_sub, ack) = Raw::connect_with(b.addr(), persistent(V5, "changer")).await;
+    assert!(
+        !ack.session_present,
+        "expiry set to 0 at DISCONNECT ends the session"
+    );
+}
+
+#[tokio::test]
+async fn disconnect_setting_expiry_after_zero_is_a_protocol_error() {
+    let b = start().await;
+    let mut c = Connect::new(V5, "zero");
+    c.keep_alive = 0;
+    let (mut raw, _) = Raw::connect_with(b.addr(), c).await;
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(30);
+    raw.send(Packet::Disconnect(d)).await;
+    // v5 section 3.14.2.2.2.
+    assert_eq!(raw.expect_closed().await, Some(ReasonCode::ProtocolError));
+}
+
+#[tokio::test]
+async fn queue_is_bounded_per_session() {
+    let b = start_with(|c| c.max_queued_messages = 5).await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V3, "bounded")).await;
+    sub.subscribe("flood", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publ = Raw::connect(b.addr(), V3, "p").await;
+    for _ in 0..20 {
+        publ.publish("flood", "m", QoS::AtLeastOnce, false).await;
+    }
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V3, "bounded")).await;
+    for _ in 0..5 {
+        let p = sub.recv_publish().await;
+        sub.ack(&p).await;
+    }
+    sub.expect_silence(200).await;
+}
