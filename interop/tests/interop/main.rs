@@ -1,0 +1,5 @@
+//! Interoperability: clients nobody here wrote, against the Tern broker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod mosquitto_clients;
+mod paho;
