@@ -54,6 +54,28 @@ pub struct Config {
     pub max_client_id_len: usize,
     /// Whether clients may connect without credentials (default true).
     pub allow_anonymous: bool,
+    /// Highest QoS accepted from publishers and granted to subscribers (0, 1 or 2; default 2).
+    pub max_qos: u8,
+    /// Whether retained messages are supported (default true).
+    pub retain_available: bool,
+    /// Whether filters with `+`/`#` are accepted (default true).
+    pub wildcard_subscriptions: bool,
+    /// Whether `$share/` subscriptions are accepted (default true).
+    pub shared_subscriptions: bool,
+    /// Whether 5.0 Subscription Identifiers are accepted (default true).
+    pub subscription_identifiers: bool,
+    /// Most payload bytes queued for one session (default 16 MiB); beyond it messages are dropped and counted.
+    pub max_queued_bytes: usize,
+    /// Longest topic name or filter, in bytes (default 65,535).
+    pub max_topic_length: usize,
+    /// Most new connections accepted per second (default 50,000); more get CONNACK
+    /// 0x9F Connection rate exceeded (5.0) or 0x03 Server unavailable (3.1.1).
+    pub max_connect_rate: u32,
+    /// Seconds between `$SYS/broker/...` updates (default 10; 0 disables them).
+    pub sys_interval_secs: u64,
+    /// Prefix of the Response Information returned to 5.0 clients that request it;
+    /// the client identifier is appended (default `"response/"`).
+    pub response_information_prefix: String,
 }
 
 impl Default for Config {
@@ -75,6 +97,16 @@ impl Default for Config {
             max_retained: 100_000,
             max_client_id_len: 256,
             allow_anonymous: true,
+            max_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
+            subscription_identifiers: true,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_topic_length: 65_535,
+            max_connect_rate: 50_000,
+            sys_interval_secs: 10,
+            response_information_prefix: "response/".to_string(),
         }
     }
 }
@@ -127,6 +159,15 @@ impl Config {
         if self.max_topic_levels == 0 {
             return bad("max_topic_levels", "must be at least 1");
         }
+        if self.max_qos > 2 {
+            return bad("max_qos", "must be 0, 1 or 2");
+        }
+        if self.max_connect_rate == 0 {
+            return bad("max_connect_rate", "must be at least 1 connection per second");
+        }
+        if self.max_topic_length == 0 || self.max_topic_length > 65_535 {
+            return bad("max_topic_length", "must be between 1 and 65535");
+        }
         if self.max_client_id_len < 23 {
             return bad("max_client_id_len", "must be at least 23 ([MQTT-3.1.3-5])");
         }
@@ -135,6 +176,10 @@ impl Config {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    pub(crate) fn max_qos(&self) -> tern_proto::QoS {
+        tern_proto::QoS::from_bits(self.max_qos).unwrap_or(tern_proto::QoS::ExactlyOnce)
     }
 }
 

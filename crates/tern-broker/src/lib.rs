@@ -19,28 +19,42 @@
 //! - `router.rs`: the subscription trie with shared groups.
 //! - `shared.rs`: publish, retain, subscribe and end-of-session across those.
 
+mod auth;
 mod config;
 mod connection;
 mod error;
+mod listener;
 mod message;
 mod router;
 mod session;
 mod shared;
+mod sys;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
+pub use auth::{AuthExchange, AuthStep, Authenticator};
 pub use config::Config;
 pub use error::BrokerError;
 
 /// Builds a broker from defaults plus changes.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct BrokerBuilder {
     config: Config,
     listen_set: bool,
+    authenticators: Vec<Arc<dyn Authenticator>>,
+}
+
+impl std::fmt::Debug for BrokerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BrokerBuilder {
@@ -54,6 +68,7 @@ impl BrokerBuilder {
         BrokerBuilder {
             config,
             listen_set: true,
+            authenticators: Vec::new(),
         }
     }
 
@@ -73,9 +88,26 @@ impl BrokerBuilder {
         self
     }
 
+    /// Offer an enhanced authentication method (MQTT 5.0 AUTH exchange).
+    pub fn authenticator(mut self, a: Arc<dyn Authenticator>) -> BrokerBuilder {
+        self.authenticators.push(a);
+        self
+    }
+
     /// Validate the configuration and bind every listener.
     pub async fn bind(self) -> Result<Broker, BrokerError> {
-        Broker::bind(self.config).await
+        self.config.validate()?;
+        let mut listeners = Vec::new();
+        for addr in &self.config.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BrokerError::Bind { addr: *addr, source })?;
+            listeners.push(l);
+        }
+        Ok(Broker {
+            shared: Arc::new(shared::Shared::new(self.config, self.authenticators)),
+            listeners,
+        })
     }
 }
 
@@ -89,18 +121,7 @@ pub struct Broker {
 impl Broker {
     /// Validate `config` and bind its listeners.
     pub async fn bind(config: Config) -> Result<Broker, BrokerError> {
-        config.validate()?;
-        let mut listeners = Vec::new();
-        for addr in &config.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| BrokerError::Bind { addr: *addr, source })?;
-            listeners.push(l);
-        }
-        Ok(Broker {
-            shared: Arc::new(shared::Shared::new(config)),
-            listeners,
-        })
+        BrokerBuilder::from_config(config).bind().await
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -113,27 +134,54 @@ impl Broker {
 
     /// Serve until the task is dropped.
     pub async fn run(self) {
-        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serve until `stop` completes, then shut down gracefully: stop accepting,
+    /// send 5.0 clients DISCONNECT 0x8B (Server shutting down), close every
+    /// connection, and wait (at most 5 s) for the connection tasks to finish.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) {
+        let shared = self.shared;
+        let limits = listener::Limits::new(&shared.config);
         let mut tasks = tokio::task::JoinSet::new();
         for l in self.listeners {
             tracing::info!(addr = ?l.local_addr().ok(), "listening (mqtt over tcp)");
-            tasks.spawn(accept_loop(l, self.shared.clone(), limit.clone()));
+            tasks.spawn(listener::accept_loop(l, shared.clone(), limits.clone()));
         }
-        while tasks.join_next().await.is_some() {}
+        if shared.config.sys_interval_secs > 0 {
+            tasks.spawn(sys::publish_loop(shared.clone()));
+        }
+        stop.await;
+        tracing::info!("shutting down");
+        tasks.abort_all();
+        let _ = shared.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while limits.active() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
-    /// Serve on the current tokio runtime in the background; the handle stops it when dropped.
+    /// Serve on the current tokio runtime in the background.
     pub fn spawn(self) -> BrokerHandle {
         let addrs = self.local_addrs();
-        let task = tokio::spawn(self.run());
-        BrokerHandle { addrs, task }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.run_until(async {
+            let _ = rx.await;
+        }));
+        BrokerHandle {
+            addrs,
+            stop: Some(tx),
+            task,
+        }
     }
 }
 
-/// A running broker; dropping it stops the listeners.
+/// A running broker. [`BrokerHandle::shutdown`] stops it gracefully; dropping the
+/// handle stops it too.
 #[derive(Debug)]
 pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -147,38 +195,20 @@ impl BrokerHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
     }
+
+    /// Shut down gracefully and wait until it is done.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Drop for BrokerHandle {
     fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<shared::Shared>, limit: Arc<Semaphore>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Usually EMFILE: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection refused: max_connections reached");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            shared
-                .counters
-                .connections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            connection::serve(stream, peer, shared).await;
-            drop(permit);
-        });
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }

@@ -55,6 +55,7 @@ pub(crate) enum Match<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Router {
     root: Node,
+    count: usize,
 }
 
 impl Router {
@@ -70,7 +71,7 @@ impl Router {
         for level in filter.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
-        match group {
+        let existed = match group {
             None => node.subs.insert(client.clone(), entry).is_some(),
             Some(g) => {
                 let group = node.shared.entry(g.into()).or_default();
@@ -82,13 +83,26 @@ impl Router {
                     false
                 }
             }
+        };
+        if !existed {
+            self.count += 1;
         }
+        existed
     }
 
     /// Remove a subscription; `true` when it existed.
     pub fn unsubscribe(&mut self, filter: &str, group: Option<&str>, client: &Arc<str>) -> bool {
         let levels: Vec<&str> = filter.split('/').collect();
-        remove(&mut self.root, &levels, group, client)
+        let removed = remove(&mut self.root, &levels, group, client);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    /// Number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.count
     }
 
     /// Call `f` for every subscription matching `topic`; one member per shared group.

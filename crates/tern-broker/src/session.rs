@@ -67,6 +67,8 @@ pub(crate) struct SessionState {
     pub client_max_packet_size: u32,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// Payload bytes in `queue`.
+    pub queued_bytes: usize,
     /// Set when a newer connection took this session over.
     pub takeover: Option<Takeover>,
     /// The session has ended; cells still held by someone must not be used.
@@ -102,6 +104,7 @@ impl SessionCell {
                 client_receive_maximum: u16::MAX,
                 client_max_packet_size: u32::MAX,
                 dropped: 0,
+                queued_bytes: 0,
                 takeover: None,
                 ended: false,
                 waker: None,
@@ -126,18 +129,28 @@ impl SessionCell {
     }
 
     /// Queue a message for this session; `false` when it was dropped.
-    pub fn enqueue(&self, out: Outgoing, max_queued: usize, queue_qos0_offline: bool) -> bool {
+    ///
+    /// Drop policy: QoS 0 messages for an offline session are not queued unless
+    /// `queue_qos0_offline`; any message that would take the queue beyond
+    /// `max_queued_messages` or `max_queued_bytes` is dropped and counted in
+    /// `dropped` (the newest is dropped, so what was queued first is delivered first).
+    pub fn enqueue(&self, out: Outgoing, cfg: &crate::Config) -> bool {
         let mut st = self.lock();
         if st.ended {
             return false;
         }
-        if st.conn_id.is_none() && out.qos == QoS::AtMostOnce && !queue_qos0_offline {
+        if st.conn_id.is_none() && out.qos == QoS::AtMostOnce && !cfg.queue_qos0_offline {
             return false;
         }
-        if st.queue.len() >= max_queued {
+        let size = out.msg.payload.len();
+        if st.queue.len() >= cfg.max_queued_messages || st.queued_bytes + size > cfg.max_queued_bytes {
             st.dropped += 1;
+            if st.dropped.is_power_of_two() {
+                tracing::warn!(client_id = %self.client_id, dropped = st.dropped, "session queue full: dropping messages");
+            }
             return false;
         }
+        st.queued_bytes += size;
         st.queue.push_back(out);
         let waker = st.waker.clone();
         drop(st);
@@ -162,6 +175,13 @@ impl SessionState {
             }
         }
         None
+    }
+
+    /// Take the next queued message.
+    pub fn pop_queued(&mut self) -> Option<Outgoing> {
+        let out = self.queue.pop_front()?;
+        self.queued_bytes = self.queued_bytes.saturating_sub(out.msg.payload.len());
+        Some(out)
     }
 
     /// Position of the in-flight entry for `id`.

@@ -14,12 +14,18 @@ use crate::router::{Match, Router, SubEntry};
 use crate::session::{Registry, SessionCell};
 use crate::Config;
 
-/// Counters, read by tests and (later) `$SYS`.
+/// Counters published under `$SYS/broker/...`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Connections accepted since start.
     pub connections: AtomicU64,
+    /// Clients connected now.
+    pub connected: AtomicU64,
     pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
     pub messages_dropped: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
 }
 
 /// Everything connections share.
@@ -31,6 +37,16 @@ pub(crate) struct Shared {
     pub sessions: Registry,
     next_conn_id: AtomicU64,
     pub counters: Counters,
+    pub authenticators: Vec<Arc<dyn crate::Authenticator>>,
+    /// Set to `true` when the broker shuts down.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for dyn crate::Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Authenticator({})", self.method())
+    }
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -42,8 +58,11 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Shared {
+    pub fn new(config: Config, authenticators: Vec<Arc<dyn crate::Authenticator>>) -> Shared {
         Shared {
+            authenticators,
+            shutdown: tokio::sync::watch::channel(false).0,
+            started: Instant::now(),
             config,
             router: RwLock::default(),
             retained: RwLock::default(),
@@ -72,9 +91,19 @@ impl Shared {
         true
     }
 
+    /// Number of subscriptions and of retained messages.
+    pub fn sizes(&self) -> (usize, usize) {
+        (read(&self.router).len(), read(&self.retained).len())
+    }
+
     /// Route a message to every matching session; returns how many sessions it reached.
     pub fn publish(&self, msg: &Arc<Message>) -> usize {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.publish_internal(msg)
+    }
+
+    /// Route without counting the message as received (`$SYS`, wills).
+    pub fn publish_internal(&self, msg: &Arc<Message>) -> usize {
         let mut normal: HashMap<*const SessionCell, (Arc<SessionCell>, Outgoing)> = HashMap::new();
         let mut shared: Vec<(Arc<SessionCell>, Outgoing)> = Vec::new();
         {
@@ -127,11 +156,7 @@ impl Shared {
     }
 
     fn deliver(&self, cell: &SessionCell, out: Outgoing) {
-        if !cell.enqueue(
-            out,
-            self.config.max_queued_messages,
-            self.config.queue_qos0_offline,
-        ) {
+        if !cell.enqueue(out, &self.config) {
             self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -192,6 +217,7 @@ impl Shared {
             let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
             let mut orphans: Vec<Outgoing> = st.inflight.drain(..).map(|i| i.out).collect();
             orphans.extend(st.queue.drain(..));
+            st.queued_bytes = 0;
             orphans.retain(|o| o.shared.is_some());
             (subs, orphans, will)
         };

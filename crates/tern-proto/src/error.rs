@@ -81,6 +81,10 @@ pub enum DecodeError {
     /// Reserved bits of the subscription options byte are set ([MQTT-3.8.3-4], v5 [MQTT-3.8.3-5]).
     #[error("[MQTT-3.8.3-5] reserved bits set in subscription options")]
     InvalidSubscriptionOptions,
+    /// v5: Maximum QoS 3 in the subscription options, a Protocol Error (section 3.8.3.1).
+    /// (3.1.1 treats it as malformed: [`DecodeError::InvalidQoS`].)
+    #[error("maximum QoS 3 in subscription options is a protocol error (section 3.8.3.1)")]
+    InvalidSubscriptionQoS,
     /// Retain Handling 3 (v5 section 3.8.3.1).
     #[error("retain handling 3 is a protocol error (section 3.8.3.1)")]
     InvalidRetainHandling,
@@ -143,6 +147,9 @@ impl DecodeError {
             | DuplicateProperty(_)
             | InvalidPropertyValue(_)
             | InvalidRetainHandling
+            | InvalidSubscriptionQoS
+            | EmptySubscribe
+            | EmptyUnsubscribe
             | NoLocalOnSharedSubscription
             | ReasonCodeNotAllowed { .. }
             | UnknownReturnCode(_) => ReasonCode::ProtocolError,
@@ -158,8 +165,6 @@ impl DecodeError {
             | ReservedConnectFlag
             | InvalidWillFlags
             | PasswordWithoutUsername
-            | EmptySubscribe
-            | EmptyUnsubscribe
             | InvalidSubscriptionOptions
             | UnknownProperty(_)
             | PropertyNotAllowed { .. }

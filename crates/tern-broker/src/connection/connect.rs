@@ -15,6 +15,7 @@ use super::{Conn, WillState};
 use crate::message::Message;
 use crate::session::{SessionCell, Takeover};
 use crate::shared::Shared;
+use crate::AuthStep;
 
 /// Why no session was established.
 #[derive(Debug)]
@@ -104,6 +105,7 @@ fn refuse(rc: ReasonCode, why: &str) -> (ReasonCode, String) {
 /// Check a decoded CONNECT, attach the session and answer with CONNACK.
 pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
+    buf: &mut BytesMut,
     connect: Box<Connect>,
     shared: &Arc<Shared>,
     peer: SocketAddr,
@@ -114,7 +116,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut props = ConnAckProperties::default();
 
     if let Err((rc, why)) = check_connect(&c, shared) {
-        send_connack(io, v, ConnAck::new(rc, false)).await;
+        let mut ack = ConnAck::new(rc, false);
+        if v.is_v5() {
+            ack.properties.reason_string = Some(why.as_str().into());
+        }
+        send_connack(io, v, ack).await;
         return Err(Refused::Answered(rc, why));
     }
 
@@ -128,6 +134,22 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         Arc::from(&*c.client_id)
     };
+
+    // Enhanced authentication (v5 section 4.12) before the session is touched.
+    if let Some(method) = &c.properties.authentication_method {
+        match enhanced_auth(io, buf, shared, &c, &client_id).await {
+            Ok(data) => {
+                props.authentication_method = Some(method.clone());
+                props.authentication_data = data;
+            }
+            Err((rc, why)) => {
+                let mut ack = ConnAck::new(rc, false);
+                ack.properties.reason_string = Some(why.as_str().into());
+                send_connack(io, v, ack).await;
+                return Err(Refused::Answered(rc, why));
+            }
+        }
+    }
 
     let expiry = match v {
         ProtocolVersion::V5 => c
@@ -166,6 +188,26 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         if cfg.topic_alias_maximum > 0 {
             props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
         }
+        // Absent means "supported" / QoS 2; say so only where we differ (v5 section 3.2.2.3).
+        if cfg.max_qos < 2 {
+            props.maximum_qos = Some(cfg.max_qos);
+        }
+        if !cfg.retain_available {
+            props.retain_available = Some(0);
+        }
+        if !cfg.wildcard_subscriptions {
+            props.wildcard_subscription_available = Some(0);
+        }
+        if !cfg.subscription_identifiers {
+            props.subscription_identifier_available = Some(0);
+        }
+        if !cfg.shared_subscriptions {
+            props.shared_subscription_available = Some(0);
+        }
+        if c.properties.request_response_information == Some(1) {
+            props.response_information =
+                Some(format!("{}{}", cfg.response_information_prefix, client_id).into());
+        }
     }
     let ack = ConnAck {
         session_present,
@@ -201,7 +243,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     });
 
     tracing::info!(%peer, client_id = %client_id, version = %v, clean_start = c.clean_start, session_present, keep_alive, "client connected");
-    Ok(Conn::new(
+    shared
+        .counters
+        .connected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut conn = Conn::new(
         shared.clone(),
         cell,
         conn_id,
@@ -212,7 +258,89 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         keep_alive,
         will,
         expiry,
-    ))
+    );
+    conn.problem_information = c.properties.request_problem_information != Some(0);
+    conn.client_alias_maximum = if v.is_v5() {
+        c.properties.topic_alias_maximum.unwrap_or(0)
+    } else {
+        0
+    };
+    conn.auth_method = c.properties.authentication_method.clone();
+    conn.username = c.username.clone();
+    Ok(conn)
+}
+
+/// Run the AUTH exchange of a CONNECT; the final Authentication Data on success.
+async fn enhanced_auth<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    c: &Connect,
+    client_id: &str,
+) -> Result<Option<tern_proto::Bytes>, (ReasonCode, String)> {
+    let Some(method) = c.properties.authentication_method.clone() else {
+        return Ok(None);
+    };
+    let Some(auth) = shared.authenticators.iter().find(|a| a.method() == &*method) else {
+        return Err(refuse(
+            ReasonCode::BadAuthenticationMethod,
+            "unsupported authentication method",
+        ));
+    };
+    let mut exchange = auth.begin(client_id, c.username.as_deref());
+    let mut data = c.properties.authentication_data.clone();
+    let decoder = Decoder::new(ProtocolVersion::V5, shared.config.max_packet_size);
+    let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+    loop {
+        match exchange.step(data.as_deref()) {
+            AuthStep::Success(d) => return Ok(d),
+            AuthStep::Failure => return Err(refuse(ReasonCode::NotAuthorized, "authentication failed")),
+            AuthStep::Continue(d) => {
+                let mut a = tern_proto::Auth {
+                    reason_code: Some(ReasonCode::ContinueAuthentication),
+                    properties: Default::default(),
+                };
+                a.properties.authentication_method = Some(method.clone());
+                a.properties.authentication_data = Some(d);
+                let mut out = BytesMut::new();
+                if Packet::Auth(a).encode(ProtocolVersion::V5, &mut out).is_err()
+                    || io.write_all(&out).await.is_err()
+                {
+                    return Err(refuse(ReasonCode::UnspecifiedError, "cannot send AUTH"));
+                }
+                let reply = loop {
+                    match decoder.decode(buf) {
+                        Ok(Decoded::Packet(p)) => break p,
+                        Ok(Decoded::NeedMore(_)) => {}
+                        Err(e) => return Err((e.reason_code(), e.to_string())),
+                    }
+                    match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => {
+                            return Err(refuse(
+                                ReasonCode::NotAuthorized,
+                                "authentication exchange abandoned",
+                            ))
+                        }
+                    }
+                };
+                match reply {
+                    Packet::Auth(a)
+                        if a.reason_code == Some(ReasonCode::ContinueAuthentication)
+                            && a.properties.authentication_method.as_ref() == Some(&method) =>
+                    {
+                        data = a.properties.authentication_data;
+                    }
+                    _ => {
+                        return Err(refuse(
+                            ReasonCode::ProtocolError,
+                            "[MQTT-4.12.0-7] expected AUTH 0x18 with the same authentication method",
+                        ))
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn random_seed() -> u64 {
@@ -240,12 +368,14 @@ fn check_connect(c: &Connect, shared: &Shared) -> Result<(), (ReasonCode, String
             ));
         }
     }
-    if v.is_v5() && c.properties.authentication_method.is_some() {
-        // [MQTT-4.12.0-1] no enhanced authentication method is configured.
-        return Err(refuse(
-            ReasonCode::BadAuthenticationMethod,
-            "unsupported authentication method",
-        ));
+    if let Some(method) = &c.properties.authentication_method {
+        // [MQTT-4.12.0-1]: a method we do not offer.
+        if !shared.authenticators.iter().any(|a| a.method() == &**method) {
+            return Err(refuse(
+                ReasonCode::BadAuthenticationMethod,
+                "unsupported authentication method",
+            ));
+        }
     }
     if !cfg.allow_anonymous && c.username.is_none() {
         return Err(refuse(
@@ -254,7 +384,17 @@ fn check_connect(c: &Connect, shared: &Shared) -> Result<(), (ReasonCode, String
         ));
     }
     if let Some(w) = &c.will {
-        let levels_ok = w.topic.split('/').count() <= cfg.max_topic_levels;
+        if w.qos > cfg.max_qos() {
+            return Err(refuse(ReasonCode::QoSNotSupported, "will QoS above max_qos"));
+        }
+        if w.retain && !cfg.retain_available {
+            return Err(refuse(
+                ReasonCode::RetainNotSupported,
+                "will retain while retain is not available",
+            ));
+        }
+        let levels_ok =
+            w.topic.split('/').count() <= cfg.max_topic_levels && w.topic.len() <= cfg.max_topic_length;
         if topic::validate_topic_name(&w.topic).is_err() || !levels_ok {
             return Err(refuse(ReasonCode::TopicNameInvalid, "invalid will topic"));
         }

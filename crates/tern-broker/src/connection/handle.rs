@@ -37,10 +37,7 @@ impl Conn {
                 ReasonCode::ProtocolError,
                 "[MQTT-3.1.0-2] second CONNECT",
             )),
-            Packet::Auth(_) => Err(violation(
-                ReasonCode::ProtocolError,
-                "[MQTT-4.12.0-6] AUTH without an authentication method in CONNECT",
-            )),
+            Packet::Auth(a) => self.on_auth(a),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(violation(
                     ReasonCode::ProtocolError,
@@ -94,10 +91,23 @@ impl Conn {
                 ));
             }
         }
-        if topic.split('/').count() > cfg.max_topic_levels {
+        if topic.len() > cfg.max_topic_length || topic.split('/').count() > cfg.max_topic_levels {
             return Err(violation(
                 ReasonCode::TopicNameInvalid,
-                "topic has more levels than max_topic_levels",
+                "topic longer than max_topic_length or max_topic_levels",
+            ));
+        }
+        // v5 section 3.2.2.3.4 / 3.2.2.3.5: above the advertised Maximum QoS, or RETAIN without Retain Available.
+        if p.qos > cfg.max_qos() {
+            return Err(violation(
+                ReasonCode::QoSNotSupported,
+                "PUBLISH QoS above Maximum QoS",
+            ));
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(violation(
+                ReasonCode::RetainNotSupported,
+                "RETAIN set while Retain Available is 0",
             ));
         }
         let qos = p.qos;
@@ -234,17 +244,39 @@ impl Conn {
     fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {
         let cfg = &self.shared.config;
         let sub_id = s.properties.subscription_identifier;
+        if sub_id.is_some() && !cfg.subscription_identifiers {
+            return Err(violation(
+                ReasonCode::SubscriptionIdentifiersNotSupported,
+                "Subscription Identifier while Subscription Identifier Available is 0",
+            ));
+        }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         for (filter, opts) in &s.filters {
             let parsed = match topic::parse_filter(filter) {
-                Ok(p) if p.filter.split('/').count() <= cfg.max_topic_levels => p,
+                Ok(p)
+                    if p.filter.split('/').count() <= cfg.max_topic_levels
+                        && filter.len() <= cfg.max_topic_length =>
+                {
+                    p
+                }
                 _ => {
                     tracing::debug!(client_id = %self.client_id, %filter, "invalid topic filter");
                     codes.push(ReasonCode::TopicFilterInvalid);
                     continue;
                 }
             };
+            if parsed.share_group.is_some() && !cfg.shared_subscriptions {
+                codes.push(ReasonCode::SharedSubscriptionsNotSupported);
+                continue;
+            }
+            if topic::has_wildcards(parsed.filter) && !cfg.wildcard_subscriptions {
+                codes.push(ReasonCode::WildcardSubscriptionsNotSupported);
+                continue;
+            }
+            let mut opts = *opts;
+            opts.qos = opts.qos.min(cfg.max_qos());
+            let opts = &opts;
             let is_new = !self.cell.lock().subscriptions.contains_key(&**filter);
             if is_new && self.cell.lock().subscriptions.len() >= cfg.max_subscriptions_per_client {
                 codes.push(ReasonCode::QuotaExceeded);
@@ -273,11 +305,14 @@ impl Conn {
                 retained.push((parsed.filter.to_string(), opts.qos));
             }
         }
-        let ack = SubAck {
+        let mut ack = SubAck {
             packet_id: s.packet_id,
             properties: Default::default(),
             reason_codes: codes,
         };
+        if self.version.is_v5() && self.problem_information && ack.reason_codes.iter().any(|c| c.is_error()) {
+            ack.properties.reason_string = Some("one or more topic filters were refused".into());
+        }
         self.send(Packet::SubAck(ack));
         for (filter, qos) in retained {
             self.shared.send_retained(&filter, &self.cell, qos, sub_id, now);
@@ -305,6 +340,58 @@ impl Conn {
             reason_codes: codes,
         };
         self.send(Packet::UnsubAck(ack));
+        Ok(())
+    }
+
+    /// Re-authentication (v5 section 4.12.1).
+    fn on_auth(&mut self, a: tern_proto::Auth) -> Result<(), Close> {
+        let Some(method) = self.auth_method.clone() else {
+            return Err(violation(
+                ReasonCode::ProtocolError,
+                "[MQTT-4.12.0-6] AUTH without an authentication method in CONNECT",
+            ));
+        };
+        // [MQTT-4.12.1-1]: the same method as in CONNECT.
+        if a.properties.authentication_method.as_ref() != Some(&method) {
+            return Err(violation(
+                ReasonCode::ProtocolError,
+                "[MQTT-4.12.1-1] AUTH with a different method",
+            ));
+        }
+        let data = a.properties.authentication_data.as_deref();
+        let step = match (a.reason_code, self.reauth.as_mut()) {
+            (Some(ReasonCode::ReAuthenticate), None) => {
+                let Some(auth) = self.shared.authenticators.iter().find(|x| x.method() == &*method) else {
+                    return Err(Close::NotAuthorized);
+                };
+                let mut ex = auth.begin(&self.client_id, self.username.as_deref());
+                let step = ex.step(data);
+                self.reauth = Some(ex);
+                step
+            }
+            (Some(ReasonCode::ContinueAuthentication), Some(ex)) => ex.step(data),
+            _ => {
+                return Err(violation(
+                    ReasonCode::ProtocolError,
+                    "unexpected AUTH reason code",
+                ))
+            }
+        };
+        let mut reply = tern_proto::Auth::default();
+        reply.properties.authentication_method = Some(method);
+        match step {
+            crate::AuthStep::Continue(d) => {
+                reply.reason_code = Some(ReasonCode::ContinueAuthentication);
+                reply.properties.authentication_data = Some(d);
+            }
+            crate::AuthStep::Success(d) => {
+                self.reauth = None;
+                reply.reason_code = Some(ReasonCode::Success);
+                reply.properties.authentication_data = d;
+            }
+            crate::AuthStep::Failure => return Err(Close::NotAuthorized),
+        }
+        self.send(Packet::Auth(reply));
         Ok(())
     }
 

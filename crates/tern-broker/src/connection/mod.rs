@@ -47,6 +47,10 @@ pub(crate) enum Close {
     TakenOver(Takeover),
     /// The peer closed the socket or it failed.
     Transport(String),
+    /// The broker is shutting down (v5 DISCONNECT 0x8B).
+    Shutdown,
+    /// Re-authentication failed (v5 DISCONNECT 0x87).
+    NotAuthorized,
 }
 
 /// A connection after a successful CONNECT.
@@ -63,8 +67,18 @@ pub(crate) struct Conn {
     /// Session Expiry Interval given in CONNECT (for the DISCONNECT rule of v5 3.14.2.2.2).
     connect_expiry: u32,
     inbound_aliases: HashMap<u16, ByteString>,
+    /// Topic → alias for messages we send (v5 Topic Alias Maximum of the client).
+    outbound_aliases: HashMap<ByteString, u16>,
+    /// The client's Topic Alias Maximum (0: no aliases towards it).
+    pub(super) client_alias_maximum: u16,
+    /// Request Problem Information (v5 [MQTT-3.1.2-29]): reason strings on acknowledgements.
+    pub(super) problem_information: bool,
     out: BytesMut,
     decoder: Decoder,
+    /// The enhanced authentication method of CONNECT, and a re-authentication in progress.
+    pub(super) auth_method: Option<ByteString>,
+    pub(super) reauth: Option<Box<dyn crate::AuthExchange>>,
+    pub(super) username: Option<ByteString>,
 }
 
 impl Conn {
@@ -94,8 +108,14 @@ impl Conn {
             will,
             connect_expiry,
             inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            client_alias_maximum: 0,
+            problem_information: true,
             out: BytesMut::with_capacity(4096),
             decoder,
+            auth_method: None,
+            reauth: None,
+            username: None,
         }
     }
 
@@ -141,7 +161,8 @@ impl Conn {
     /// Move queued messages into the write buffer while the in-flight window has
     /// room; `Ok(true)` when more are waiting for buffer space.
     fn pump(&mut self, now: Instant) -> Result<bool, Close> {
-        let mut st = self.cell.lock();
+        let cell = self.cell.clone();
+        let mut st = cell.lock();
         self.check_attached(&st)?;
         let window = usize::from(st.client_receive_maximum.min(self.shared.config.max_inflight));
         let max_size = st.client_max_packet_size;
@@ -150,20 +171,25 @@ impl Conn {
                 return Ok(true);
             }
             if front.msg.is_expired(now) {
-                st.queue.pop_front();
+                st.pop_queued();
                 continue;
             }
             let needs_id = front.qos != tern_proto::QoS::AtMostOnce;
             if needs_id && st.inflight.len() >= window {
                 break;
             }
-            let Some(out) = st.queue.pop_front() else { break };
+            let Some(out) = st.pop_queued() else { break };
             let packet_id = if needs_id { st.allocate_packet_id() } else { None };
-            let publish = Packet::Publish(out.to_publish(self.version, packet_id, false, now));
+            let mut publish = out.to_publish(self.version, packet_id, false, now);
+            let new_alias = self.apply_outbound_alias(&mut publish);
+            let publish = Packet::Publish(publish);
             // [MQTT-3.1.2-25]: never send a packet above the client's Maximum Packet Size.
             match publish.encoded_len(self.version) {
                 Ok(n) if n as u64 <= u64::from(max_size) => {}
                 _ => {
+                    if let Some(topic) = new_alias {
+                        self.outbound_aliases.remove(&topic);
+                    }
                     tracing::debug!(client_id = %self.client_id, "message dropped: larger than the client's maximum packet size");
                     continue;
                 }
@@ -172,6 +198,10 @@ impl Conn {
                 tracing::warn!(client_id = %self.client_id, "cannot encode PUBLISH: {e}");
                 continue;
             }
+            self.shared
+                .counters
+                .messages_out
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(packet_id) = packet_id {
                 st.inflight.push_back(crate::session::Inflight {
                     packet_id,
@@ -181,6 +211,27 @@ impl Conn {
             }
         }
         Ok(false)
+    }
+
+    /// Use a topic alias towards the client when it allows them: the first use of a
+    /// topic sends it with a new alias, later uses send only the alias.
+    /// Returns the topic when this call created its alias (to undo if the packet is not sent).
+    fn apply_outbound_alias(&mut self, p: &mut tern_proto::Publish) -> Option<ByteString> {
+        if self.client_alias_maximum == 0 {
+            return None;
+        }
+        if let Some(&alias) = self.outbound_aliases.get(&p.topic) {
+            p.properties.topic_alias = Some(alias);
+            p.topic = ByteString::new();
+            None
+        } else if self.outbound_aliases.len() < usize::from(self.client_alias_maximum) {
+            let alias = self.outbound_aliases.len() as u16 + 1;
+            self.outbound_aliases.insert(p.topic.clone(), alias);
+            p.properties.topic_alias = Some(alias);
+            Some(p.topic.clone())
+        } else {
+            None
+        }
     }
 
     fn deadline(&self, last_rx: tokio::time::Instant) -> Option<tokio::time::Instant> {
@@ -193,6 +244,10 @@ impl Conn {
             return c;
         }
         let mut last_rx = tokio::time::Instant::now();
+        let mut shutdown = self.shared.shutdown.subscribe();
+        if *shutdown.borrow() {
+            return Close::Shutdown;
+        }
         // Bytes that arrived together with CONNECT.
         if let Err(c) = self.decode_all(buf) {
             return c;
@@ -206,6 +261,7 @@ impl Conn {
                 if let Err(e) = io.write_all(&self.out).await {
                     return Close::Transport(format!("write failed: {e}"));
                 }
+                crate::listener::count(&self.shared.counters.bytes_out, self.out.len());
                 self.out.clear();
             }
             let deadline = self.deadline(last_rx);
@@ -213,7 +269,8 @@ impl Conn {
                 biased;
                 r = io.read_buf(buf) => match r {
                     Ok(0) => return Close::Transport("peer closed the connection".into()),
-                    Ok(_) => {
+                    Ok(n) => {
+                        crate::listener::count(&self.shared.counters.bytes_in, n);
                         last_rx = tokio::time::Instant::now();
                         if let Err(c) = self.decode_all(buf) {
                             return c;
@@ -222,6 +279,7 @@ impl Conn {
                     Err(e) => return Close::Transport(format!("read failed: {e}")),
                 },
                 _ = self.waker.notified() => {}
+                _ = shutdown.changed() => return Close::Shutdown,
                 _ = sleep_opt(deadline) => return Close::KeepAliveTimeout,
                 _ = std::future::ready(()), if more => {}
             }
@@ -251,17 +309,25 @@ impl Conn {
                 tracing::info!(%peer, %client_id, "session taken over by a new connection")
             }
             Close::Transport(why) => tracing::info!(%peer, %client_id, "connection lost: {why}"),
+            Close::Shutdown => tracing::info!(%peer, %client_id, "closing: server shutting down"),
+            Close::NotAuthorized => tracing::warn!(%peer, %client_id, "re-authentication failed"),
         }
         // 5.0: tell the client why, where the server initiates the close (section 4.13).
         let code = match &close {
             Close::Violation(rc, _) => Some(*rc),
             Close::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
             Close::TakenOver(_) => Some(ReasonCode::SessionTakenOver),
+            Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            Close::NotAuthorized => Some(ReasonCode::NotAuthorized),
             _ => None,
         };
         // Acknowledgements already encoded go out first, then the DISCONNECT.
         if let (true, Some(rc)) = (self.version.is_v5(), code) {
-            self.send(Packet::Disconnect(Disconnect::with_reason(rc)));
+            let mut d = Disconnect::with_reason(rc);
+            if let Close::Violation(_, why) = &close {
+                d.properties.reason_string = Some(why.as_str().into());
+            }
+            self.send(Packet::Disconnect(d));
         }
         if !self.out.is_empty() && !matches!(close, Close::Transport(_)) {
             let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&self.out)).await;
@@ -272,7 +338,20 @@ impl Conn {
 
     /// Leave the session and decide about the will ([MQTT-3.1.2-8], [MQTT-3.1.2-10]).
     fn detach(mut self, close: Close) {
+        self.shared
+            .counters
+            .connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let will = self.will.take();
+        if matches!(close, Close::Shutdown) {
+            // Nobody is left to receive it; the session keeps its state for the process lifetime.
+            let mut st = self.cell.lock();
+            if st.conn_id == Some(self.conn_id) {
+                st.conn_id = None;
+                st.waker = None;
+            }
+            return;
+        }
         if let Close::TakenOver(t) = close {
             if let Some(w) = will {
                 let expiry = self.cell.lock().expiry_interval;
@@ -361,7 +440,7 @@ where
         Ok(c) => c,
         Err(r) => return log_refused(peer, r),
     };
-    let mut conn = match connect::accept(&mut io, connect, &shared, peer).await {
+    let mut conn = match connect::accept(&mut io, &mut buf, connect, &shared, peer).await {
         Ok(c) => c,
         Err(r) => return log_refused(peer, r),
     };

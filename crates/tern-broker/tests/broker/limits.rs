@@ -43,8 +43,8 @@ async fn malformed_packets_close_only_their_connection() {
             &[0x32, 0x06, 0x00, 0x01, b'a', 0x00, 0x00, 0x00],
             ReasonCode::ProtocolError,
         ),
-        // F1 / [MQTT-3.8.3-2]: SUBSCRIBE without filters.
-        (&[0x82, 0x03, 0x00, 0x01, 0x00], ReasonCode::MalformedPacket),
+        // F1 / v5 [MQTT-3.8.3-2]: SUBSCRIBE without filters is a Protocol Error.
+        (&[0x82, 0x03, 0x00, 0x01, 0x00], ReasonCode::ProtocolError),
         // B3 / [MQTT-1.5.4-2]: U+0000 in a topic.
         (
             &[0x30, 0x06, 0x00, 0x03, b'a', 0x00, b'b', 0x00],

@@ -5,6 +5,7 @@
 mod harness;
 
 mod connect;
+mod features;
 mod limits;
 mod publish;
 mod retain;

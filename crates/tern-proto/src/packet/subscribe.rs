@@ -54,7 +54,12 @@ impl SubscriptionOptions {
         if b & reserved != 0 {
             return Err(DecodeError::InvalidSubscriptionOptions);
         }
-        let qos = QoS::from_bits(b & 0x03).ok_or(DecodeError::InvalidQoS)?;
+        // QoS 3: malformed in 3.1.1 ([MQTT-3-8.3-4]), a Protocol Error in 5.0 (section 3.8.3.1).
+        let qos = QoS::from_bits(b & 0x03).ok_or(if v.is_v5() {
+            DecodeError::InvalidSubscriptionQoS
+        } else {
+            DecodeError::InvalidQoS
+        })?;
         let retain_handling = match (b >> 4) & 0x03 {
             0 => RetainHandling::SendAtSubscribe,
             1 => RetainHandling::SendIfNew,

@@ -35,10 +35,8 @@ pub fn run(args: Args) -> Result<(), BrokerError> {
             // Printed on stdout so scripts can learn the port when listening on port 0.
             println!("tern broker listening on {addr}");
         }
-        tokio::select! {
-            _ = broker.run() => {}
-            _ = shutdown_signal() => tracing::info!("shutting down"),
-        }
+        // SIGINT/SIGTERM: graceful shutdown (5.0 clients get DISCONNECT 0x8B).
+        broker.run_until(shutdown_signal()).await;
         Ok(())
     })
 }

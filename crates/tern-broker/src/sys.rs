@@ -1,0 +1,68 @@
+//! `$SYS/broker/...`: broker statistics published as retained messages at
+//! `sys_interval_secs`. Wildcard subscriptions starting with `#` or `+` do not
+//! see them ([MQTT-4.7.2-1]); subscribe to `$SYS/#`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_proto::codec::PublishProperties;
+use tern_proto::QoS;
+
+use crate::message::Message;
+use crate::shared::Shared;
+
+/// Publish the statistics once.
+pub(crate) fn publish_once(shared: &Shared) {
+    let c = &shared.counters;
+    let (subscriptions, retained) = shared.sizes();
+    let values: [(&str, String); 11] = [
+        ("version", format!("tern {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "uptime",
+            format!("{} seconds", shared.started.elapsed().as_secs()),
+        ),
+        (
+            "clients/connected",
+            c.connected.load(Ordering::Relaxed).to_string(),
+        ),
+        ("clients/total", c.connections.load(Ordering::Relaxed).to_string()),
+        (
+            "messages/received",
+            c.messages_in.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "messages/sent",
+            c.messages_out.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "messages/dropped",
+            c.messages_dropped.load(Ordering::Relaxed).to_string(),
+        ),
+        ("bytes/received", c.bytes_in.load(Ordering::Relaxed).to_string()),
+        ("bytes/sent", c.bytes_out.load(Ordering::Relaxed).to_string()),
+        ("subscriptions/count", subscriptions.to_string()),
+        ("retained messages/count", retained.to_string()),
+    ];
+    for (name, value) in values {
+        let msg = Arc::new(Message {
+            topic: format!("$SYS/broker/{name}").into(),
+            payload: value.into(),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            expires_at: None,
+            publisher: None,
+        });
+        shared.retain(&msg);
+        shared.publish_internal(&msg);
+    }
+}
+
+pub(crate) async fn publish_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval_secs));
+    loop {
+        tick.tick().await;
+        publish_once(&shared);
+    }
+}
