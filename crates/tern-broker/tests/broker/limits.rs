@@ -129,3 +129,53 @@ async fn many_packets_in_one_segment_are_all_handled() {
         assert!(matches!(raw.recv().await, tern_proto::Packet::PingResp));
     }
 }
+
+#[tokio::test]
+async fn ten_thousand_duplicate_qos2_publishes_are_delivered_once_e1() {
+    // RELIABILITY E1 (CVE-2023-28366): the same id again and again, never PUBREL.
+    let b = start().await;
+    let mut sub = Raw::connect(b.addr(), V5, "sub").await;
+    sub.subscribe("dup", QoS::ExactlyOnce).await;
+    let mut publ = Raw::connect(b.addr(), V5, "pub").await;
+    let mut bytes = Vec::new();
+    for i in 0..10_000 {
+        let mut p = tern_proto::Publish::new("dup", "x");
+        p.qos = QoS::ExactlyOnce;
+        p.packet_id = Some(pid(1));
+        p.dup = i > 0;
+        let mut out = bytes::BytesMut::new();
+        tern_proto::Packet::Publish(p).encode(V5, &mut out).unwrap();
+        bytes.extend_from_slice(&out);
+    }
+    publ.send_bytes(&bytes).await;
+    for _ in 0..10_000 {
+        assert!(matches!(publ.recv().await, tern_proto::Packet::PubRec(_)));
+    }
+    let p = sub.recv_publish().await;
+    sub.ack(&p).await;
+    sub.expect_silence(300).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_does_not_hold_up_others() {
+    let b = start_with(|c| c.max_queued_messages = 100).await;
+    // The stalled subscriber: connects, subscribes, then never reads its socket.
+    let mut stalled = Raw::connect(b.addr(), V3, "stalled").await;
+    stalled.subscribe("firehose", QoS::AtMostOnce).await;
+    let mut healthy = Raw::connect(b.addr(), V3, "healthy").await;
+    healthy.subscribe("firehose/end", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connect(b.addr(), V3, "pub").await;
+    let payload = "x".repeat(1024);
+    let mut bytes = Vec::new();
+    let mut out = bytes::BytesMut::new();
+    tern_proto::Packet::Publish(tern_proto::Publish::new("firehose", payload)).encode(V3, &mut out).unwrap();
+    for _ in 0..20_000 {
+        bytes.extend_from_slice(&out);
+    }
+    // 20 MB of QoS 0 towards the stalled client, far more than socket buffers hold.
+    publ.send_bytes(&bytes).await;
+    publ.publish("firehose/end", "done", QoS::AtLeastOnce, false).await;
+    let p = healthy.recv_publish().await;
+    assert_eq!(&p.payload[..], b"done");
+    drop(stalled);
+}
