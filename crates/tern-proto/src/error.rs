@@ -14,8 +14,8 @@ use crate::ReasonCode;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
-    /// A variable byte integer used more than four bytes (v5 [MQTT-1.5.5-1], 3.1.1 section 2.2.3).
-    #[error("[MQTT-1.5.5-1] variable byte integer longer than 4 bytes")]
+    /// A variable byte integer used more than four bytes (v5 section 1.5.5, 3.1.1 section 2.2.3).
+    #[error("variable byte integer longer than 4 bytes (section 1.5.5)")]
     VarIntTooLong,
     /// The packet is larger than the maximum packet size we accept.
     #[error("packet of {size} bytes exceeds the maximum packet size of {max} bytes")]

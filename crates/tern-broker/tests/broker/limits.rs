@@ -26,7 +26,7 @@ async fn malformed_packets_close_only_their_connection() {
     let (mut sub, mut publ) = canary(b.addr()).await;
     // (bytes after CONNECT, expected v5 DISCONNECT reason); all of them also close a 3.1.1 connection.
     let cases: &[(&[u8], ReasonCode)] = &[
-        // A1 / [MQTT-1.5.5-1]: five-byte Remaining Length.
+        // A1 (v5 section 1.5.5): five-byte Remaining Length.
         (&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], ReasonCode::MalformedPacket),
         // A8 / [MQTT-3.8.1-1]: SUBSCRIBE with flags 0000.
         (
@@ -168,13 +168,16 @@ async fn a_subscriber_that_never_reads_does_not_hold_up_others() {
     let payload = "x".repeat(1024);
     let mut bytes = Vec::new();
     let mut out = bytes::BytesMut::new();
-    tern_proto::Packet::Publish(tern_proto::Publish::new("firehose", payload)).encode(V3, &mut out).unwrap();
+    tern_proto::Packet::Publish(tern_proto::Publish::new("firehose", payload))
+        .encode(V3, &mut out)
+        .unwrap();
     for _ in 0..20_000 {
         bytes.extend_from_slice(&out);
     }
     // 20 MB of QoS 0 towards the stalled client, far more than socket buffers hold.
     publ.send_bytes(&bytes).await;
-    publ.publish("firehose/end", "done", QoS::AtLeastOnce, false).await;
+    publ.publish("firehose/end", "done", QoS::AtLeastOnce, false)
+        .await;
     let p = healthy.recv_publish().await;
     assert_eq!(&p.payload[..], b"done");
     drop(stalled);

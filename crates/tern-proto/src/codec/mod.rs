@@ -27,7 +27,10 @@ pub const MAX_PACKET_SIZE: u32 = 268_435_460;
 
 /// What [`Decoder::decode`] found at the front of the buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(clippy::large_enum_variant, reason = "NeedMore is transient; boxing would allocate per packet")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "NeedMore is transient; boxing would allocate per packet"
+)]
 pub enum Decoded {
     /// A whole packet, now removed from the buffer.
     Packet(Packet),

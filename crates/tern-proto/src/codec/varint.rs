@@ -16,7 +16,7 @@ pub(crate) enum VarInt {
     Incomplete,
 }
 
-/// Read a variable byte integer; a fifth byte is malformed ([MQTT-1.5.5-1]).
+/// Read a variable byte integer; a fifth byte is malformed (v5 section 1.5.5, 3.1.1 section 2.2.3).
 /// Non-minimal encodings are accepted, as 3.1.1 does not forbid them.
 pub(crate) fn read(bytes: &[u8]) -> Result<VarInt, DecodeError> {
     let mut value: u32 = 0;
@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn five_bytes_are_malformed_mqtt_1_5_5_1() {
-        // [MQTT-1.5.5-1]
+        // v5 section 1.5.5 / 3.1.1 section 2.2.3: at most four bytes.
         assert_eq!(
             read(&[0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),
             Err(DecodeError::VarIntTooLong)
