@@ -73,6 +73,15 @@ pub struct Config {
     pub max_connect_rate: u32,
     /// Seconds between `$SYS/broker/...` updates (default 10; 0 disables them).
     pub sys_interval_secs: u64,
+    /// Directory of the durable store; absent: state is kept in memory only
+    /// (`tern broker` defaults to `./tern-data`).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// When stored changes reach the disk: `"always"` (default; acknowledged QoS 1/2
+    /// messages survive `kill -9` and power loss) or `"interval"`.
+    pub sync: crate::store::SyncPolicy,
+    /// With `sync = "interval"`, milliseconds between syncs (default 100): a power
+    /// loss can lose up to this much acknowledged data; a crash of the process alone loses none.
+    pub sync_interval_ms: u64,
     /// Prefix of the Response Information returned to 5.0 clients that request it;
     /// the client identifier is appended (default `"response/"`).
     pub response_information_prefix: String,
@@ -107,6 +116,9 @@ impl Default for Config {
             max_connect_rate: 50_000,
             sys_interval_secs: 10,
             response_information_prefix: "response/".to_string(),
+            data_dir: None,
+            sync: crate::store::SyncPolicy::Always,
+            sync_interval_ms: 100,
         }
     }
 }
@@ -167,6 +179,9 @@ impl Config {
         }
         if self.max_topic_length == 0 || self.max_topic_length > 65_535 {
             return bad("max_topic_length", "must be between 1 and 65535");
+        }
+        if self.sync_interval_ms == 0 {
+            return bad("sync_interval_ms", "must be at least 1");
         }
         if self.max_client_id_len < 23 {
             return bad("max_client_id_len", "must be at least 23 ([MQTT-3.1.3-5])");

@@ -28,6 +28,7 @@ mod message;
 mod router;
 mod session;
 mod shared;
+mod store;
 mod sys;
 
 use std::future::Future;
@@ -40,6 +41,7 @@ use tokio::net::TcpListener;
 pub use auth::{AuthExchange, AuthStep, Authenticator};
 pub use config::Config;
 pub use error::BrokerError;
+pub use store::SyncPolicy;
 
 /// Builds a broker from defaults plus changes.
 #[derive(Default)]
@@ -104,10 +106,30 @@ impl BrokerBuilder {
                 .map_err(|source| BrokerError::Bind { addr: *addr, source })?;
             listeners.push(l);
         }
-        Ok(Broker {
-            shared: Arc::new(shared::Shared::new(self.config, self.authenticators)),
-            listeners,
-        })
+        let (store, loaded) = match &self.config.data_dir {
+            Some(dir) => {
+                let interval = Duration::from_millis(self.config.sync_interval_ms);
+                let (s, l) = store::Store::open(dir, self.config.sync, interval)
+                    .map_err(|e| BrokerError::Store(format!("data directory {}: {e}", dir.display())))?;
+                (Some(s), Some(l))
+            }
+            None => (None, None),
+        };
+        let shared = Arc::new(shared::Shared::new(self.config, self.authenticators, store));
+        if let Some(loaded) = loaded {
+            let started = std::time::Instant::now();
+            let r = shared.restore(loaded)?;
+            tracing::info!(
+                sessions = r.sessions,
+                messages = r.messages,
+                retained = r.retained,
+                expired_sessions = r.expired_sessions,
+                expired_messages = r.expired_messages,
+                elapsed = ?started.elapsed(),
+                "state restored from the data directory"
+            );
+        }
+        Ok(Broker { shared, listeners })
     }
 }
 
@@ -158,6 +180,9 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while limits.active() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(store) = shared.store.clone() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
     }
 

@@ -55,6 +55,12 @@ pub(crate) struct Outgoing {
     pub sub_ids: Vec<u32>,
     /// The shared subscription (full `$share/g/filter`) this delivery came through.
     pub shared: Option<Arc<str>>,
+    /// Sequence number of its record in the store (0: not stored).
+    pub seq: u64,
+    /// Store sequence number of the change that stored it: it is not sent before
+    /// that change is committed, so a crash cannot make the broker deliver a QoS 2
+    /// message twice (0: no wait).
+    pub commit_seq: u64,
 }
 
 impl Outgoing {

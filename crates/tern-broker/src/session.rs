@@ -77,6 +77,12 @@ pub(crate) struct SessionState {
     pub waker: Option<Arc<Notify>>,
     /// A will waiting for its Will Delay Interval (v5 section 3.1.3.2.2).
     pub pending_will: Option<Arc<crate::message::Message>>,
+    /// When the pending will is due.
+    pub pending_will_at: Option<std::time::Instant>,
+    /// Whether the session is kept in the store (persistence on and expiry > 0).
+    pub persistent: bool,
+    /// Next sequence number for a stored message.
+    pub next_seq: u64,
 }
 
 /// A session shared between the registry, the router and its connection.
@@ -109,6 +115,9 @@ impl SessionCell {
                 ended: false,
                 waker: None,
                 pending_will: None,
+                pending_will_at: None,
+                persistent: false,
+                next_seq: 1,
             }),
             connected: AtomicBool::new(false),
         }
@@ -134,7 +143,12 @@ impl SessionCell {
     /// `queue_qos0_offline`; any message that would take the queue beyond
     /// `max_queued_messages` or `max_queued_bytes` is dropped and counted in
     /// `dropped` (the newest is dropped, so what was queued first is delivered first).
-    pub fn enqueue(&self, out: Outgoing, cfg: &crate::Config) -> bool {
+    pub fn enqueue(
+        &self,
+        mut out: Outgoing,
+        cfg: &crate::Config,
+        store: Option<&crate::store::Store>,
+    ) -> bool {
         let mut st = self.lock();
         if st.ended {
             return false;
@@ -151,6 +165,12 @@ impl SessionCell {
             return false;
         }
         st.queued_bytes += size;
+        if let (true, Some(store), true) = (st.persistent, store, out.qos != QoS::AtMostOnce) {
+            out.seq = st.next_seq;
+            st.next_seq += 1;
+            let rec = crate::store::record::queued(&out, None, std::time::Instant::now());
+            out.commit_seq = store.submit(crate::store::Op::PutMessage(self.client_id.clone(), out.seq, rec));
+        }
         st.queue.push_back(out);
         let waker = st.waker.clone();
         drop(st);

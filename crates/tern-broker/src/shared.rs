@@ -12,6 +12,7 @@ use tern_proto::QoS;
 use crate::message::{Message, Outgoing};
 use crate::router::{Match, Router, SubEntry};
 use crate::session::{Registry, SessionCell};
+use crate::store::{record, Op, Store};
 use crate::Config;
 
 /// Counters published under `$SYS/broker/...`.
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     /// Set to `true` when the broker shuts down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     pub started: Instant,
+    /// The durable store, when persistence is on.
+    pub store: Option<Arc<Store>>,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -58,8 +61,13 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(config: Config, authenticators: Vec<Arc<dyn crate::Authenticator>>) -> Shared {
+    pub fn new(
+        config: Config,
+        authenticators: Vec<Arc<dyn crate::Authenticator>>,
+        store: Option<Arc<Store>>,
+    ) -> Shared {
         Shared {
+            store,
             authenticators,
             shutdown: tokio::sync::watch::channel(false).0,
             started: Instant::now(),
@@ -80,15 +88,32 @@ impl Shared {
     /// Returns `false` when the store is full and the message was not kept.
     pub fn retain(&self, msg: &Arc<Message>) -> bool {
         let mut r = write(&self.retained);
+        // $SYS statistics are regenerated at start; they are not worth a disk write.
+        let store = self.store.as_ref().filter(|_| !msg.topic.starts_with("$SYS/"));
         if msg.payload.is_empty() {
-            r.remove(&*msg.topic);
+            if r.remove(&*msg.topic).is_some() {
+                if let Some(s) = store {
+                    s.submit(Op::DelRetained(msg.topic.to_string()));
+                }
+            }
             return true;
         }
         if r.len() >= self.config.max_retained && !r.contains_key(&*msg.topic) {
             return false;
         }
+        if let Some(s) = store {
+            s.submit(Op::PutRetained(
+                msg.topic.to_string(),
+                record::retained(msg, Instant::now()),
+            ));
+        }
         r.insert(msg.topic.to_string(), msg.clone());
         true
+    }
+
+    /// Put a retained message back at start (it is already in the store).
+    pub fn restore_retained(&self, msg: Arc<Message>) {
+        write(&self.retained).insert(msg.topic.to_string(), msg);
     }
 
     /// Number of subscriptions and of retained messages.
@@ -125,6 +150,8 @@ impl Shared {
                             retain,
                             sub_ids: Vec::new(),
                             shared: None,
+                            seq: 0,
+                            commit_seq: 0,
                         };
                         (e.session.clone(), out)
                     });
@@ -143,6 +170,8 @@ impl Shared {
                         retain: msg.retain && e.options.retain_as_published,
                         sub_ids: e.id.into_iter().collect(),
                         shared: e.shared.clone(),
+                        seq: 0,
+                        commit_seq: 0,
                     };
                     shared.push((e.session.clone(), out));
                 }
@@ -156,7 +185,7 @@ impl Shared {
     }
 
     fn deliver(&self, cell: &SessionCell, out: Outgoing) {
-        if !cell.enqueue(out, &self.config) {
+        if !cell.enqueue(out, &self.config, self.store.as_deref()) {
             self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -199,6 +228,8 @@ impl Shared {
                 retain: true,
                 sub_ids: sub_id.into_iter().collect(),
                 shared: None,
+                seq: 0,
+                commit_seq: 0,
             };
             self.deliver(cell, out);
         }
@@ -225,6 +256,9 @@ impl Shared {
             self.unsubscribe(f, cell);
         }
         self.sessions.remove_if_same(cell);
+        if let Some(s) = &self.store {
+            s.submit(Op::DelSession(cell.client_id.clone()));
+        }
         for out in orphans {
             if let Some(filter) = out.shared.clone() {
                 self.redeliver_shared(&filter, out);
@@ -235,6 +269,34 @@ impl Shared {
             self.publish_will(&w);
         }
         tracing::debug!(client_id = %cell.client_id, "session ended");
+    }
+
+    /// Write the session's durable part (when persistence is on and the session outlives its
+    /// connection).
+    pub fn persist_session(&self, cell: &SessionCell, disconnected: bool) {
+        let Some(store) = &self.store else { return };
+        let st = cell.lock();
+        if !st.persistent || st.ended {
+            return;
+        }
+        let rec = record::SessionRecord {
+            version: st.version,
+            expiry_interval: st.expiry_interval,
+            disconnected_at: if disconnected { record::wall_now() } else { 0 },
+            subscriptions: st
+                .subscriptions
+                .iter()
+                .map(|(f, (o, id))| (f.clone(), *o, *id))
+                .collect(),
+            pending_will: st
+                .pending_will
+                .as_ref()
+                .map(|w| (record::to_wall(st.pending_will_at, Instant::now()), w.clone())),
+        };
+        store.submit(Op::PutSession(
+            cell.client_id.clone(),
+            record::session(&rec, Instant::now()),
+        ));
     }
 
     /// Publish a will message (retained if it asked to be).

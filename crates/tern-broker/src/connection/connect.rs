@@ -176,11 +176,14 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let (cell, session_present) = attach_session(shared, &client_id, v, c.clean_start, conn_id, &waker);
     {
         let mut st = cell.lock();
+        st.persistent = shared.store.is_some() && expiry > 0;
+        st.pending_will_at = None;
         st.expiry_interval = expiry;
         st.client_receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
         st.client_max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
         st.waker = Some(waker.clone());
     }
+    shared.persist_session(&cell, false);
 
     if v.is_v5() {
         props.receive_maximum = Some(cfg.receive_maximum);

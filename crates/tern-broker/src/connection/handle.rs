@@ -12,6 +12,7 @@ use super::{Close, Conn};
 use crate::message::Message;
 use crate::router::SubEntry;
 use crate::session::InflightState;
+use crate::store::{record, Op};
 
 fn violation(rc: ReasonCode, why: &str) -> Close {
     Close::Violation(rc, why.to_string())
@@ -112,7 +113,46 @@ impl Conn {
         }
         let qos = p.qos;
         let packet_id = p.packet_id;
+        if qos != QoS::AtMostOnce {
+            self.needs_commit = true;
+            // A store that failed cannot keep what we would acknowledge: refuse instead.
+            if let (Some(id), true) = (
+                packet_id,
+                self.shared.store.as_ref().is_some_and(|s| s.is_failed()),
+            ) {
+                if !self.version.is_v5() {
+                    return Err(violation(
+                        ReasonCode::UnspecifiedError,
+                        "storage failed; cannot accept QoS 1/2",
+                    ));
+                }
+                let ack = Ack::with_reason(id, ReasonCode::UnspecifiedError);
+                self.send(if qos == QoS::AtLeastOnce {
+                    Packet::PubAck(ack)
+                } else {
+                    Packet::PubRec(ack)
+                });
+                return Ok(());
+            }
+        }
         let msg = Arc::new(Message::from_publish(p, topic, Some(self.client_id.clone()), now));
+        // The QoS 2 packet id and the copies routed to sessions are stored atomically: a
+        // crash can lose both (the publisher resends) but never keep one without the other.
+        let group = self.shared.store.as_ref().map(|s| s.group());
+        let result = self.publish_routed(msg, qos, packet_id);
+        if let (Some(store), Some(g)) = (&self.shared.store, group) {
+            store.end_group(g);
+        }
+        result
+    }
+
+    fn publish_routed(
+        &mut self,
+        msg: Arc<Message>,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+    ) -> Result<(), Close> {
+        let cfg = &self.shared.config;
         match (qos, packet_id) {
             (QoS::AtMostOnce, _) => {
                 self.route(&msg);
@@ -134,6 +174,7 @@ impl Conn {
                         ));
                     } else {
                         st.inbound_qos2.insert(id.get());
+                        self.store_op(&st, || Op::PutQos2(self.client_id.clone(), id.get()));
                         true
                     }
                 };
@@ -171,7 +212,9 @@ impl Conn {
         self.check_attached(&st)?;
         match st.find_inflight(a.packet_id) {
             Some(i) if st.inflight[i].out.qos == QoS::AtLeastOnce => {
-                st.inflight.remove(i);
+                if let Some(done) = st.inflight.remove(i) {
+                    self.forget(&st, done.out.seq);
+                }
                 Ok(())
             }
             Some(_) => Err(violation(
@@ -193,10 +236,21 @@ impl Conn {
                 Some(i) if st.inflight[i].out.qos == QoS::ExactlyOnce => {
                     if a.reason_code.is_error() {
                         // [MQTT-4.4.0-2] an error PUBREC completes the delivery.
-                        st.inflight.remove(i);
+                        if let Some(done) = st.inflight.remove(i) {
+                            self.forget(&st, done.out.seq);
+                        }
                         None
                     } else {
                         st.inflight[i].state = InflightState::Released;
+                        let i = &st.inflight[i];
+                        if i.out.seq != 0 {
+                            let rec = record::queued(
+                                &i.out,
+                                Some((InflightState::Released, i.packet_id)),
+                                Instant::now(),
+                            );
+                            self.store_op(&st, || Op::PutMessage(self.client_id.clone(), i.out.seq, rec));
+                        }
                         Some(Ack::new(a.packet_id))
                     }
                 }
@@ -220,7 +274,15 @@ impl Conn {
     }
 
     fn on_pubrel(&mut self, a: Ack) -> Result<(), Close> {
-        let found = self.cell.lock().inbound_qos2.remove(&a.packet_id.get());
+        let found = {
+            let mut st = self.cell.lock();
+            let found = st.inbound_qos2.remove(&a.packet_id.get());
+            if found {
+                self.store_op(&st, || Op::DelQos2(self.client_id.clone(), a.packet_id.get()));
+                self.needs_commit = true;
+            }
+            found
+        };
         let reply = if found || !self.version.is_v5() {
             Ack::new(a.packet_id)
         } else {
@@ -235,10 +297,26 @@ impl Conn {
         self.check_attached(&st)?;
         if let Some(i) = st.find_inflight(a.packet_id) {
             if st.inflight[i].state == InflightState::Released {
-                st.inflight.remove(i);
+                if let Some(done) = st.inflight.remove(i) {
+                    self.forget(&st, done.out.seq);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Submit a store change for this session, if it is persistent.
+    pub(super) fn store_op(&self, st: &crate::session::SessionState, op: impl FnOnce() -> Op) {
+        if let (true, Some(store)) = (st.persistent, &self.shared.store) {
+            store.submit(op());
+        }
+    }
+
+    /// Delete the stored record of a finished delivery.
+    pub(super) fn forget(&self, st: &crate::session::SessionState, seq: u64) {
+        if seq != 0 {
+            self.store_op(st, || Op::DelMessage(self.client_id.clone(), seq));
+        }
     }
 
     fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {
@@ -314,6 +392,8 @@ impl Conn {
             ack.properties.reason_string = Some("one or more topic filters were refused".into());
         }
         self.send(Packet::SubAck(ack));
+        self.shared.persist_session(&self.cell, false);
+        self.needs_commit = true;
         for (filter, qos) in retained {
             self.shared.send_retained(&filter, &self.cell, qos, sub_id, now);
         }
@@ -331,6 +411,8 @@ impl Conn {
                 ReasonCode::NoSubscriptionExisted
             });
         }
+        self.shared.persist_session(&self.cell, false);
+        self.needs_commit = true;
         if !self.version.is_v5() {
             codes.clear();
         }

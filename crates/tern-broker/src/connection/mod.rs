@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::message::Message;
 use crate::session::{InflightState, SessionCell, Takeover};
 use crate::shared::Shared;
+use crate::store::{record, Op};
 
 /// Most bytes encoded into the write buffer before it is flushed.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -77,6 +78,11 @@ pub(crate) struct Conn {
     decoder: Decoder,
     /// The enhanced authentication method of CONNECT, and a re-authentication in progress.
     pub(super) auth_method: Option<ByteString>,
+    /// Store changes were made that must be committed before the next write
+    /// (acknowledgements wait for them).
+    pub(super) needs_commit: bool,
+    /// The queue's head waits for a store commit.
+    waiting_for_commit: bool,
     pub(super) reauth: Option<Box<dyn crate::AuthExchange>>,
     pub(super) username: Option<ByteString>,
 }
@@ -114,6 +120,8 @@ impl Conn {
             out: BytesMut::with_capacity(4096),
             decoder,
             auth_method: None,
+            needs_commit: false,
+            waiting_for_commit: false,
             reauth: None,
             username: None,
         }
@@ -166,12 +174,22 @@ impl Conn {
         self.check_attached(&st)?;
         let window = usize::from(st.client_receive_maximum.min(self.shared.config.max_inflight));
         let max_size = st.client_max_packet_size;
+        let committed = self.shared.store.as_ref().map_or(u64::MAX, |s| s.committed());
+        self.waiting_for_commit = false;
         while let Some(front) = st.queue.front() {
             if self.out.len() >= WRITE_BATCH {
                 return Ok(true);
             }
+            if front.commit_seq > committed {
+                // Not durable yet: sending it now could lead to a second delivery after a crash.
+                self.waiting_for_commit = true;
+                break;
+            }
             if front.msg.is_expired(now) {
-                st.pop_queued();
+                // [MQTT-3.3.2-5]: an expired message is not delivered.
+                if let Some(gone) = st.pop_queued() {
+                    self.forget(&st, gone.seq);
+                }
                 continue;
             }
             let needs_id = front.qos != tern_proto::QoS::AtMostOnce;
@@ -191,6 +209,7 @@ impl Conn {
                         self.outbound_aliases.remove(&topic);
                     }
                     tracing::debug!(client_id = %self.client_id, "message dropped: larger than the client's maximum packet size");
+                    self.forget(&st, out.seq);
                     continue;
                 }
             }
@@ -203,6 +222,10 @@ impl Conn {
                 .messages_out
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(packet_id) = packet_id {
+                if out.seq != 0 {
+                    let rec = record::queued(&out, Some((InflightState::Published, packet_id)), now);
+                    self.store_op(&st, || Op::PutMessage(self.client_id.clone(), out.seq, rec));
+                }
                 st.inflight.push_back(crate::session::Inflight {
                     packet_id,
                     out,
@@ -245,6 +268,7 @@ impl Conn {
         }
         let mut last_rx = tokio::time::Instant::now();
         let mut shutdown = self.shared.shutdown.subscribe();
+        let mut committed = self.shared.store.as_ref().map(|s| s.watch_committed());
         if *shutdown.borrow() {
             return Close::Shutdown;
         }
@@ -257,6 +281,9 @@ impl Conn {
                 Ok(more) => more,
                 Err(c) => return c,
             };
+            if let Err(c) = self.commit().await {
+                return c;
+            }
             if !self.out.is_empty() {
                 if let Err(e) = io.write_all(&self.out).await {
                     return Close::Transport(format!("write failed: {e}"));
@@ -280,10 +307,31 @@ impl Conn {
                 },
                 _ = self.waker.notified() => {}
                 _ = shutdown.changed() => return Close::Shutdown,
+                _ = wait_commit(&mut committed), if self.waiting_for_commit => {}
                 _ = sleep_opt(deadline) => return Close::KeepAliveTimeout,
                 _ = std::future::ready(()), if more => {}
             }
         }
+    }
+
+    /// Wait until the store changes made so far are committed, so that the
+    /// acknowledgements in `out` promise nothing the store does not hold.
+    async fn commit(&mut self) -> Result<(), Close> {
+        if !std::mem::take(&mut self.needs_commit) {
+            return Ok(());
+        }
+        let Some(store) = self.shared.store.clone() else {
+            return Ok(());
+        };
+        if let Err(e) = store.wait(store.submitted()).await {
+            // Nothing that is not stored is acknowledged: drop the pending acknowledgements.
+            self.out.clear();
+            return Err(Close::Violation(
+                ReasonCode::UnspecifiedError,
+                format!("cannot store messages: {e}"),
+            ));
+        }
+        Ok(())
     }
 
     fn decode_all(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
@@ -344,12 +392,17 @@ impl Conn {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let will = self.will.take();
         if matches!(close, Close::Shutdown) {
-            // Nobody is left to receive it; the session keeps its state for the process lifetime.
-            let mut st = self.cell.lock();
-            if st.conn_id == Some(self.conn_id) {
+            // Nobody is left to receive the will; a persistent session is written
+            // as disconnected now, so that its expiry runs from here after a restart.
+            {
+                let mut st = self.cell.lock();
+                if st.conn_id != Some(self.conn_id) {
+                    return;
+                }
                 st.conn_id = None;
                 st.waker = None;
             }
+            self.shared.persist_session(&self.cell, true);
             return;
         }
         if let Close::TakenOver(t) = close {
@@ -377,7 +430,12 @@ impl Conn {
             if w.delay == 0 || expiry == 0 {
                 self.shared.publish_will(&w.message);
             } else {
-                self.cell.lock().pending_will = Some(w.message.clone());
+                {
+                    let mut st = self.cell.lock();
+                    st.pending_will = Some(w.message.clone());
+                    st.pending_will_at =
+                        Some(Instant::now() + Duration::from_secs(u64::from(w.delay.min(expiry))));
+                }
                 spawn_will_timer(
                     self.shared.clone(),
                     self.cell.clone(),
@@ -388,9 +446,23 @@ impl Conn {
         }
         if expiry == 0 {
             self.shared.end_session(&self.cell);
-        } else if expiry != u32::MAX {
-            spawn_expiry_timer(self.shared.clone(), self.cell.clone(), generation, expiry);
+        } else {
+            self.shared.persist_session(&self.cell, true);
+            if expiry != u32::MAX {
+                spawn_expiry_timer(self.shared.clone(), self.cell.clone(), generation, expiry);
+            }
         }
+    }
+}
+
+async fn wait_commit(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -401,9 +473,18 @@ async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn spawn_will_timer(shared: Arc<Shared>, cell: Arc<SessionCell>, generation: u64, secs: u32) {
+pub(crate) fn spawn_will_timer(shared: Arc<Shared>, cell: Arc<SessionCell>, generation: u64, secs: u32) {
+    spawn_will_timer_after(shared, cell, generation, Duration::from_secs(u64::from(secs)))
+}
+
+pub(crate) fn spawn_will_timer_after(
+    shared: Arc<Shared>,
+    cell: Arc<SessionCell>,
+    generation: u64,
+    after: Duration,
+) {
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+        tokio::time::sleep(after).await;
         let will = {
             let mut st = cell.lock();
             if st.generation != generation || st.ended {
@@ -413,13 +494,23 @@ fn spawn_will_timer(shared: Arc<Shared>, cell: Arc<SessionCell>, generation: u64
         };
         if let Some(w) = will {
             shared.publish_will(&w);
+            shared.persist_session(&cell, true);
         }
     });
 }
 
-fn spawn_expiry_timer(shared: Arc<Shared>, cell: Arc<SessionCell>, generation: u64, secs: u32) {
+pub(crate) fn spawn_expiry_timer(shared: Arc<Shared>, cell: Arc<SessionCell>, generation: u64, secs: u32) {
+    spawn_expiry_timer_after(shared, cell, generation, Duration::from_secs(u64::from(secs)))
+}
+
+pub(crate) fn spawn_expiry_timer_after(
+    shared: Arc<Shared>,
+    cell: Arc<SessionCell>,
+    generation: u64,
+    after: Duration,
+) {
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+        tokio::time::sleep(after).await;
         let expired = {
             let st = cell.lock();
             st.generation == generation && st.conn_id.is_none()

@@ -7,6 +7,7 @@ mod harness;
 mod connect;
 mod features;
 mod limits;
+mod persistence;
 mod publish;
 mod retain;
 mod session;

@@ -14,6 +14,12 @@ pub struct Args {
     /// TOML configuration file; keys are those of tern_broker::Config, missing keys take defaults.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Directory of the durable store (default: the config file's `data_dir`, else ./tern-data).
+    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
+    data_dir: Option<PathBuf>,
+    /// Keep all state in memory: nothing survives a restart.
+    #[arg(long)]
+    in_memory: bool,
 }
 
 /// Start the broker and serve until Ctrl-C or SIGTERM.
@@ -24,6 +30,13 @@ pub fn run(args: Args) -> Result<(), BrokerError> {
     };
     if !args.listen.is_empty() {
         config.listen = args.listen;
+    }
+    if args.in_memory {
+        config.data_dir = None;
+    } else if let Some(dir) = args.data_dir {
+        config.data_dir = Some(dir);
+    } else if config.data_dir.is_none() {
+        config.data_dir = Some(PathBuf::from("tern-data"));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

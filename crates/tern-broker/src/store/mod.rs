@@ -1,0 +1,273 @@
+//! Durable state: retained messages, persistent sessions, their queued and
+//! in-flight messages and incoming QoS 2 packet ids.
+//!
+//! Connections describe changes as [`Op`]s and submit them in the order they
+//! happen (under the session lock that orders them); one writer thread applies
+//! everything pending in a single transaction (group commit) and publishes the
+//! sequence number it has committed. A connection that must not acknowledge
+//! before its changes are durable waits for that number ([`Store::wait`]).
+//!
+//! ### Durability
+//! - `sync = "always"` (default): each group commit is synced to disk before
+//!   any waiter is released, so no acknowledged QoS 1/2 message is lost on
+//!   `kill -9` or power loss.
+//! - `sync = "interval"`: commits are written without sync and released at
+//!   once; a sync runs every `sync_interval_ms`. A crash of the process loses
+//!   nothing the OS already has; a power loss can lose up to the last interval.
+
+mod engine;
+pub(crate) mod record;
+mod recover;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+pub(crate) use engine::{Engine, Loaded};
+
+/// When commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// Sync every group commit before acknowledging (no acknowledged message is lost).
+    #[default]
+    Always,
+    /// Sync every `sync_interval_ms`; a power loss may lose up to one interval.
+    Interval,
+}
+
+/// One change to the durable state.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    PutRetained(String, Bytes),
+    DelRetained(String),
+    PutSession(Arc<str>, Bytes),
+    /// Deletes the session with its messages and QoS 2 ids.
+    DelSession(Arc<str>),
+    PutMessage(Arc<str>, u64, Bytes),
+    DelMessage(Arc<str>, u64),
+    PutQos2(Arc<str>, u16),
+    DelQos2(Arc<str>, u16),
+}
+
+/// Why the store cannot keep data.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage error: {0}")]
+pub struct StoreError(pub String);
+
+#[derive(Debug, Default)]
+struct Pending {
+    ops: Vec<Op>,
+    /// Sequence number of the last submitted op.
+    submitted: u64,
+    /// First sequence number of each open group (see [`Store::group`]).
+    open_groups: Vec<u64>,
+}
+
+/// Changes that must be committed together or not at all: the writer commits
+/// only up to the start of the oldest open group. Close it with [`Store::end_group`].
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Group(u64);
+
+/// Handle to the durable store, shared by all connections.
+#[derive(Debug)]
+pub(crate) struct Store {
+    pending: Mutex<Pending>,
+    wake: std::sync::Condvar,
+    committed: tokio::sync::watch::Sender<u64>,
+    failed: AtomicBool,
+    error: Mutex<Option<StoreError>>,
+    closing: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`, load its content, and start the writer thread.
+    pub fn open(
+        dir: &Path,
+        sync: SyncPolicy,
+        interval: Duration,
+    ) -> Result<(Arc<Store>, Loaded), StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let engine = Engine::open(dir)?;
+        let loaded = engine.load()?;
+        let store = Arc::new(Store {
+            pending: Mutex::new(Pending::default()),
+            wake: std::sync::Condvar::new(),
+            committed: tokio::sync::watch::channel(0).0,
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        });
+        let s = store.clone();
+        let handle = std::thread::Builder::new()
+            .name("tern-store".into())
+            .spawn(move || s.writer(engine, sync, interval))
+            .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
+        *store.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok((store, loaded))
+    }
+
+    /// Commit and sync what is pending, then close the database (blocking).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Queue a change; returns its sequence number.
+    pub fn submit(&self, op: Op) -> u64 {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.ops.push(op);
+        p.submitted += 1;
+        let seq = p.submitted;
+        drop(p);
+        self.wake.notify_one();
+        seq
+    }
+
+    /// Open a group: changes submitted until it ends are committed atomically.
+    pub fn group(&self) -> Group {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let start = p.submitted + 1;
+        p.open_groups.push(start);
+        Group(start)
+    }
+
+    /// Close a group; returns the sequence number to wait for.
+    pub fn end_group(&self, g: Group) -> u64 {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = p.open_groups.iter().position(|&s| s == g.0) {
+            p.open_groups.swap_remove(i);
+        }
+        let upto = p.submitted;
+        drop(p);
+        self.wake.notify_one();
+        upto
+    }
+
+    /// The sequence number committed so far.
+    pub fn committed(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Notified whenever more is committed.
+    pub fn watch_committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// The sequence number of the last change submitted so far.
+    pub fn submitted(&self) -> u64 {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).submitted
+    }
+
+    /// Whether a storage error has happened (then QoS 1/2 messages must be refused).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Wait until every change up to `seq` is committed (durably with `sync = "always"`).
+    pub async fn wait(&self, seq: u64) -> Result<(), StoreError> {
+        let mut rx = self.committed.subscribe();
+        loop {
+            if self.is_failed() {
+                let e = self.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                return Err(e.unwrap_or_else(|| StoreError("unknown".into())));
+            }
+            if *rx.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError("store writer stopped".into()));
+            }
+        }
+    }
+
+    fn writer(&self, mut engine: Engine, sync: SyncPolicy, interval: Duration) {
+        let mut last_sync = std::time::Instant::now();
+        let mut unsynced = false;
+        loop {
+            let (ops, upto) = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    // Commit up to the start of the oldest open group (groups are atomic).
+                    let base = p.submitted - p.ops.len() as u64;
+                    let limit = p.open_groups.iter().min().map_or(p.submitted, |s| s - 1);
+                    if limit > base {
+                        break;
+                    }
+                    if self.closing.load(Ordering::Relaxed) {
+                        drop(p);
+                        if let Err(e) = engine.sync() {
+                            tracing::error!("{e} while closing the store");
+                        }
+                        return;
+                    }
+                    let wait = if unsynced {
+                        interval.saturating_sub(last_sync.elapsed())
+                    } else {
+                        Duration::from_secs(3600)
+                    };
+                    let (g, timeout) = self.wake.wait_timeout(p, wait).unwrap_or_else(|e| e.into_inner());
+                    p = g;
+                    if timeout.timed_out() && unsynced && p.ops.is_empty() {
+                        break;
+                    }
+                }
+                let base = p.submitted - p.ops.len() as u64;
+                let limit = p
+                    .open_groups
+                    .iter()
+                    .min()
+                    .map_or(p.submitted, |s| s - 1)
+                    .max(base);
+                let n = (limit - base) as usize;
+                let rest = p.ops.split_off(n);
+                (std::mem::replace(&mut p.ops, rest), limit)
+            };
+            let durable = match sync {
+                SyncPolicy::Always => true,
+                SyncPolicy::Interval => last_sync.elapsed() >= interval,
+            };
+            let result = if ops.is_empty() {
+                engine.sync()
+            } else {
+                engine.apply(&ops, durable)
+            };
+            match result {
+                Ok(()) => {
+                    if durable || ops.is_empty() {
+                        last_sync = std::time::Instant::now();
+                        unsynced = false;
+                    } else {
+                        unsynced = true;
+                    }
+                    self.committed.send_replace(upto);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{e}; refusing QoS 1/2 messages from now on (nothing unsaved is acknowledged)"
+                    );
+                    *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    self.failed.store(true, Ordering::Relaxed);
+                    self.committed.send_replace(0);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! Versioned, checksummed on-disk records. Messages are stored in the
+//! tern-proto 5.0 PUBLISH encoding, so properties need no second format.
+//!
+//! Every value is `[version u8][crc32 of the rest u32 BE][body]`; a record whose
+//! checksum or version does not match is reported as corrupt, never guessed at.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tern_proto::codec::{Decoded, Decoder, MAX_PACKET_SIZE};
+use tern_proto::{ByteString, Packet, PacketId, ProtocolVersion, Publish, QoS, SubscriptionOptions};
+
+use crate::message::{Message, Outgoing};
+use crate::session::InflightState;
+
+const VERSION: u8 = 1;
+
+/// A record that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt record: {0}")]
+pub struct Corrupt(pub &'static str);
+
+fn seal(body: BytesMut) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    out.put_u8(VERSION);
+    out.put_u32(crc32fast::hash(&body));
+    out.extend_from_slice(&body);
+    out.freeze()
+}
+
+fn open(raw: &[u8]) -> Result<Bytes, Corrupt> {
+    if raw.len() < 5 {
+        return Err(Corrupt("record shorter than its header"));
+    }
+    if raw[0] != VERSION {
+        return Err(Corrupt("unknown record version"));
+    }
+    let crc = u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]);
+    if crc32fast::hash(&raw[5..]) != crc {
+        return Err(Corrupt("checksum mismatch"));
+    }
+    Ok(Bytes::copy_from_slice(&raw[5..]))
+}
+
+/// Wall-clock milliseconds for an `Instant` deadline (0: none), so remaining
+/// times can be recomputed after a restart.
+pub fn to_wall(at: Option<Instant>, now: Instant) -> u64 {
+    let Some(at) = at else { return 0 };
+    let wall = SystemTime::now() + at.saturating_duration_since(now);
+    wall.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The `Instant` for a stored wall-clock time (0: none); past times become `now`.
+pub fn from_wall(ms: u64, now: Instant) -> Option<Instant> {
+    if ms == 0 {
+        return None;
+    }
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    Some(now + at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// Milliseconds since the epoch, now.
+pub fn wall_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_u32(s.len() as u32);
+    b.put_slice(s.as_bytes());
+}
+
+fn get_str(b: &mut Bytes) -> Result<String, Corrupt> {
+    let n = get_u32(b)? as usize;
+    if b.remaining() < n {
+        return Err(Corrupt("string past the end"));
+    }
+    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| Corrupt("string is not UTF-8"))
+}
+
+fn get_u8(b: &mut Bytes) -> Result<u8, Corrupt> {
+    if b.remaining() < 1 {
+        return Err(Corrupt("truncated"));
+    }
+    Ok(b.get_u8())
+}
+
+fn get_u16(b: &mut Bytes) -> Result<u16, Corrupt> {
+    if b.remaining() < 2 {
+        return Err(Corrupt("truncated"));
+    }
+    Ok(b.get_u16())
+}
+
+fn get_u32(b: &mut Bytes) -> Result<u32, Corrupt> {
+    if b.remaining() < 4 {
+        return Err(Corrupt("truncated"));
+    }
+    Ok(b.get_u32())
+}
+
+fn get_u64(b: &mut Bytes) -> Result<u64, Corrupt> {
+    if b.remaining() < 8 {
+        return Err(Corrupt("truncated"));
+    }
+    Ok(b.get_u64())
+}
+
+/// Append a message: expiry (wall ms), publisher, then the PUBLISH (5.0 encoding, length-prefixed).
+fn put_message(b: &mut BytesMut, m: &Message, now: Instant) {
+    b.put_u64(to_wall(m.expires_at, now));
+    put_str(b, m.publisher.as_deref().unwrap_or(""));
+    let mut p = Publish::new(m.topic.clone(), m.payload.clone());
+    p.retain = m.retain;
+    p.properties = m.properties.clone();
+    // QoS is kept apart: a stored PUBLISH has no packet identifier.
+    b.put_u8(m.qos.as_u8());
+    let mut enc = BytesMut::new();
+    let _ = Packet::Publish(p).encode(ProtocolVersion::V5, &mut enc);
+    b.put_u32(enc.len() as u32);
+    b.extend_from_slice(&enc);
+}
+
+fn get_message(b: &mut Bytes, now: Instant) -> Result<Message, Corrupt> {
+    let expires = get_u64(b)?;
+    let publisher = get_str(b)?;
+    let qos = QoS::from_bits(get_u8(b)?).ok_or(Corrupt("bad QoS"))?;
+    let n = get_u32(b)? as usize;
+    if b.remaining() < n {
+        return Err(Corrupt("message past the end"));
+    }
+    let mut raw = BytesMut::from(&b.split_to(n)[..]);
+    let p = match Decoder::new(ProtocolVersion::V5, MAX_PACKET_SIZE).decode(&mut raw) {
+        Ok(Decoded::Packet(Packet::Publish(p))) => p,
+        _ => return Err(Corrupt("stored PUBLISH does not decode")),
+    };
+    Ok(Message {
+        topic: p.topic,
+        payload: p.payload,
+        qos,
+        retain: p.retain,
+        properties: p.properties,
+        expires_at: from_wall(expires, now),
+        publisher: (!publisher.is_empty()).then(|| Arc::from(publisher.as_str())),
+    })
+}
+
+/// A retained message.
+pub fn retained(m: &Message, now: Instant) -> Bytes {
+    let mut b = BytesMut::new();
+    put_message(&mut b, m, now);
+    seal(b)
+}
+
+/// Read a retained message.
+pub fn read_retained(raw: &[u8], now: Instant) -> Result<Message, Corrupt> {
+    let mut b = open(raw)?;
+    get_message(&mut b, now)
+}
+
+/// A message held for a session: where it stands, then the delivery.
+pub fn queued(out: &Outgoing, state: Option<(InflightState, PacketId)>, now: Instant) -> Bytes {
+    let mut b = BytesMut::new();
+    match state {
+        None => {
+            b.put_u8(0);
+            b.put_u16(0);
+        }
+        Some((InflightState::Published, id)) => {
+            b.put_u8(1);
+            b.put_u16(id.get());
+        }
+        Some((InflightState::Released, id)) => {
+            b.put_u8(2);
+            b.put_u16(id.get());
+        }
+    }
+    b.put_u8(out.qos.as_u8());
+    b.put_u8(out.retain as u8);
+    b.put_u16(out.sub_ids.len() as u16);
+    for id in &out.sub_ids {
+        b.put_u32(*id);
+    }
+    put_str(&mut b, out.shared.as_deref().unwrap_or(""));
+    put_message(&mut b, &out.msg, now);
+    seal(b)
+}
+
+/// A stored delivery and its state.
+pub struct StoredDelivery {
+    pub state: Option<(InflightState, PacketId)>,
+    pub out: Outgoing,
+}
+
+/// Read a message held for a session.
+pub fn read_queued(raw: &[u8], now: Instant) -> Result<StoredDelivery, Corrupt> {
+    let mut b = open(raw)?;
+    let state = get_u8(&mut b)?;
+    let id = PacketId::new(get_u16(&mut b)?);
+    let state = match (state, id) {
+        (0, _) => None,
+        (1, Some(id)) => Some((InflightState::Published, id)),
+        (2, Some(id)) => Some((InflightState::Released, id)),
+        _ => return Err(Corrupt("bad delivery state")),
+    };
+    let qos = QoS::from_bits(get_u8(&mut b)?).ok_or(Corrupt("bad QoS"))?;
+    let retain = get_u8(&mut b)? != 0;
+    let n = get_u16(&mut b)?;
+    let mut sub_ids = Vec::with_capacity(n.into());
+    for _ in 0..n {
+        sub_ids.push(get_u32(&mut b)?);
+    }
+    let shared = get_str(&mut b)?;
+    let msg = Arc::new(get_message(&mut b, now)?);
+    let shared = (!shared.is_empty()).then(|| Arc::from(shared.as_str()));
+    Ok(StoredDelivery {
+        state,
+        out: Outgoing {
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            shared,
+            seq: 0,
+            commit_seq: 0,
+        },
+    })
+}
+
+/// What is kept of a session between connections.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub version: ProtocolVersion,
+    pub expiry_interval: u32,
+    /// When the client went away (wall ms), 0 while connected.
+    pub disconnected_at: u64,
+    pub subscriptions: Vec<(String, SubscriptionOptions, Option<u32>)>,
+    /// A will waiting for its delay: when to publish it (wall ms) and the message.
+    pub pending_will: Option<(u64, Arc<Message>)>,
+}
+
+fn options_byte(o: &SubscriptionOptions) -> u8 {
+    o.qos.as_u8()
+        | (o.no_local as u8) << 2
+        | (o.retain_as_published as u8) << 3
+        | (o.retain_handling as u8) << 4
+}
+
+fn options_from(b: u8) -> Result<SubscriptionOptions, Corrupt> {
+    use tern_proto::RetainHandling::*;
+    Ok(SubscriptionOptions {
+        qos: QoS::from_bits(b & 3).ok_or(Corrupt("bad subscription QoS"))?,
+        no_local: b & 4 != 0,
+        retain_as_published: b & 8 != 0,
+        retain_handling: match (b >> 4) & 3 {
+            0 => SendAtSubscribe,
+            1 => SendIfNew,
+            2 => DoNotSend,
+            _ => return Err(Corrupt("bad retain handling")),
+        },
+    })
+}
+
+/// Encode a session record.
+pub fn session(s: &SessionRecord, now: Instant) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(s.version.level());
+    b.put_u32(s.expiry_interval);
+    b.put_u64(s.disconnected_at);
+    b.put_u32(s.subscriptions.len() as u32);
+    for (f, o, id) in &s.subscriptions {
+        put_str(&mut b, f);
+        b.put_u8(options_byte(o));
+        b.put_u32(id.unwrap_or(0));
+    }
+    match &s.pending_will {
+        None => b.put_u8(0),
+        Some((at, m)) => {
+            b.put_u8(1);
+            b.put_u64(*at);
+            put_message(&mut b, m, now);
+        }
+    }
+    seal(b)
+}
+
+/// Read a session record.
+pub fn read_session(raw: &[u8], now: Instant) -> Result<SessionRecord, Corrupt> {
+    let mut b = open(raw)?;
+    let version = match get_u8(&mut b)? {
+        3 => ProtocolVersion::V3_1,
+        4 => ProtocolVersion::V3_1_1,
+        5 => ProtocolVersion::V5,
+        _ => return Err(Corrupt("bad protocol level")),
+    };
+    let expiry_interval = get_u32(&mut b)?;
+    let disconnected_at = get_u64(&mut b)?;
+    let n = get_u32(&mut b)?;
+    let mut subscriptions = Vec::new();
+    for _ in 0..n {
+        let f = get_str(&mut b)?;
+        let o = options_from(get_u8(&mut b)?)?;
+        let id = get_u32(&mut b)?;
+        subscriptions.push((f, o, (id != 0).then_some(id)));
+    }
+    let pending_will = match get_u8(&mut b)? {
+        0 => None,
+        _ => {
+            let at = get_u64(&mut b)?;
+            Some((at, Arc::new(get_message(&mut b, now)?)))
+        }
+    };
+    Ok(SessionRecord {
+        version,
+        expiry_interval,
+        disconnected_at,
+        subscriptions,
+        pending_will,
+    })
+}
+
+/// The key of a message: client id, a zero byte (never part of an MQTT string), and the sequence number.
+pub fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(client_id.len() + 9);
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The key of an incoming QoS 2 packet id.
+pub fn qos2_key(client_id: &str, id: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(client_id.len() + 3);
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Split a message or QoS 2 key into client id and the number after it.
+pub fn split_key(k: &[u8]) -> Result<(ByteString, u64), Corrupt> {
+    let pos = k
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(Corrupt("key without separator"))?;
+    let id = std::str::from_utf8(&k[..pos]).map_err(|_| Corrupt("client id is not UTF-8"))?;
+    let mut n = 0u64;
+    for &b in &k[pos + 1..] {
+        n = (n << 8) | u64::from(b);
+    }
+    Ok((ByteString::from(id), n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> Message {
+        let properties = tern_proto::codec::PublishProperties {
+            user_properties: vec![("a".into(), "b".into())],
+            ..Default::default()
+        };
+        Message {
+            topic: "t/1".into(),
+            payload: Bytes::from_static(b"payload"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties,
+            expires_at: None,
+            publisher: Some(Arc::from("pub")),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let now = Instant::now();
+        let out = Outgoing {
+            msg: Arc::new(msg()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: vec![3, 9],
+            shared: None,
+            seq: 0,
+            commit_seq: 0,
+        };
+        let id = PacketId::new(7).unwrap();
+        let raw = queued(&out, Some((InflightState::Released, id)), now);
+        let back = read_queued(&raw, now).unwrap();
+        assert_eq!(back.state, Some((InflightState::Released, id)));
+        assert_eq!(back.out.sub_ids, vec![3, 9]);
+        assert_eq!(back.out.msg.payload, out.msg.payload);
+        assert_eq!(back.out.msg.properties, out.msg.properties);
+        assert_eq!(back.out.msg.publisher.as_deref(), Some("pub"));
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let now = Instant::now();
+        let mut raw = retained(&msg(), now).to_vec();
+        assert!(read_retained(&raw, now).is_ok());
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        assert!(read_retained(&raw, now).is_err());
+        assert!(read_retained(&raw[..3], now).is_err());
+        assert!(read_session(b"\x09\x00\x00\x00\x00", now).is_err());
+    }
+
+    #[test]
+    fn keys_split_back() {
+        let (id, n) = split_key(&message_key("dev/1", 42)).unwrap();
+        assert_eq!((&id[..], n), ("dev/1", 42));
+    }
+}

@@ -1,0 +1,232 @@
+//! Durable state across restarts (in process, graceful restarts). Crash tests
+//! with `kill -9` of the real binary are in crates/tern/tests/persistence.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tern_broker::{BrokerBuilder, BrokerHandle};
+use tern_proto::{Ack, Connect, Packet, Publish, QoS, ReasonCode, Will};
+
+use crate::harness::*;
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("tern-test-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start_in(dir: &TempDir) -> BrokerHandle {
+    BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(|c| c.data_dir = Some(dir.0.clone()))
+        .bind()
+        .await
+        .expect("bind")
+        .spawn()
+}
+
+fn persistent(v: tern_proto::ProtocolVersion, id: &str) -> Connect {
+    let mut c = Connect::new(v, id);
+    c.clean_start = false;
+    c.keep_alive = 0;
+    if v.is_v5() {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
+#[tokio::test]
+async fn queued_messages_subscriptions_and_retained_survive_a_restart() {
+    let dir = TempDir::new("restart");
+    for v in [V3, V5] {
+        let b = start_in(&dir).await;
+        let (mut sub, _) = Raw::connect_with(b.addr(), persistent(v, "device")).await;
+        sub.subscribe("cmd/#", QoS::ExactlyOnce).await;
+        sub.disconnect().await;
+        let mut publ = Raw::connect(b.addr(), v, "ctl").await;
+        publ.publish("cmd/a", "one", QoS::AtLeastOnce, false).await;
+        publ.publish("cmd/b", "two", QoS::ExactlyOnce, false).await;
+        publ.publish("state/x", "kept", QoS::AtLeastOnce, true).await;
+        drop(publ);
+        b.shutdown().await;
+
+        let b = start_in(&dir).await;
+        let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(v, "device")).await;
+        assert!(ack.session_present, "session restored");
+        let p1 = sub.recv_publish().await;
+        assert_eq!((&p1.payload[..], p1.qos), (&b"one"[..], QoS::AtLeastOnce));
+        sub.ack(&p1).await;
+        let p2 = sub.recv_publish().await;
+        assert_eq!((&p2.payload[..], p2.qos), (&b"two"[..], QoS::ExactlyOnce));
+        sub.ack(&p2).await;
+        // The subscription itself survived: a new message still arrives.
+        let mut publ = Raw::connect(b.addr(), v, "ctl").await;
+        publ.publish("cmd/c", "three", QoS::AtLeastOnce, false).await;
+        let p3 = sub.recv_publish().await;
+        assert_eq!(&p3.payload[..], b"three");
+        sub.ack(&p3).await;
+        let mut late = Raw::connect(b.addr(), v, "late").await;
+        late.subscribe("state/#", QoS::AtMostOnce).await;
+        assert_eq!(&late.recv_publish().await.payload[..], b"kept");
+        publ.publish("state/x", "", QoS::AtLeastOnce, true).await;
+        // End the session so the next round starts clean.
+        let (s, _) = Raw::connect_with(b.addr(), Connect::new(v, "device")).await;
+        s.disconnect().await;
+        sub.expect_closed().await;
+        b.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn in_flight_deliveries_resume_after_a_restart_mqtt_4_4_0_1() {
+    let dir = TempDir::new("inflight");
+    let b = start_in(&dir).await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "slow")).await;
+    sub.subscribe("t", QoS::ExactlyOnce).await;
+    let mut publ = Raw::connect(b.addr(), V5, "p").await;
+    publ.publish("t", "q1", QoS::AtLeastOnce, false).await;
+    publ.publish("t", "q2", QoS::ExactlyOnce, false).await;
+    let first = sub.recv_publish().await;
+    let second = sub.recv_publish().await;
+    sub.send(Packet::PubRec(Ack::new(second.packet_id.unwrap())))
+        .await;
+    assert!(matches!(sub.recv().await, Packet::PubRel(_)));
+    sub.sync().await;
+    b.shutdown().await;
+
+    let b = start_in(&dir).await;
+    let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(V5, "slow")).await;
+    assert!(ack.session_present);
+    let again = sub.recv_publish().await;
+    assert!(again.dup);
+    assert_eq!(
+        (again.packet_id, &again.payload[..]),
+        (first.packet_id, &b"q1"[..])
+    );
+    match sub.recv().await {
+        Packet::PubRel(a) => assert_eq!(Some(a.packet_id), second.packet_id),
+        p => panic!("expected PUBREL, got {p:?}"),
+    }
+    sub.send(Packet::PubAck(Ack::new(again.packet_id.unwrap()))).await;
+    sub.send(Packet::PubComp(Ack::new(second.packet_id.unwrap())))
+        .await;
+    sub.sync().await;
+    b.shutdown().await;
+    // Acknowledged: gone after another restart.
+    let b = start_in(&dir).await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "slow")).await;
+    sub.expect_silence(300).await;
+}
+
+#[tokio::test]
+async fn incoming_qos2_stays_exactly_once_across_a_restart_mqtt_4_3_3_10() {
+    let dir = TempDir::new("qos2in");
+    let b = start_in(&dir).await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "sub")).await;
+    sub.subscribe("x", QoS::ExactlyOnce).await;
+    sub.disconnect().await;
+    let (mut publ, _) = Raw::connect_with(b.addr(), persistent(V5, "pub")).await;
+    let mut p = Publish::new("x", "once");
+    p.qos = QoS::ExactlyOnce;
+    p.packet_id = Some(pid(5));
+    publ.send(Packet::Publish(p.clone())).await;
+    assert!(matches!(publ.recv().await, Packet::PubRec(_)));
+    drop(publ);
+    b.shutdown().await;
+
+    let b = start_in(&dir).await;
+    let (mut publ, ack) = Raw::connect_with(b.addr(), persistent(V5, "pub")).await;
+    assert!(ack.session_present);
+    // The publisher did not see PUBCOMP: it sends the PUBLISH again with DUP.
+    p.dup = true;
+    publ.send(Packet::Publish(p)).await;
+    assert!(matches!(publ.recv().await, Packet::PubRec(_)));
+    publ.send(Packet::PubRel(Ack::new(pid(5)))).await;
+    match publ.recv().await {
+        Packet::PubComp(a) => assert_eq!(a.reason_code, ReasonCode::Success),
+        p => panic!("{p:?}"),
+    }
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "sub")).await;
+    let got = sub.recv_publish().await;
+    assert_eq!(&got.payload[..], b"once");
+    sub.ack(&got).await;
+    sub.expect_silence(300).await;
+}
+
+#[tokio::test]
+async fn session_expiry_counts_while_the_broker_is_down() {
+    let dir = TempDir::new("expiry");
+    let b = start_in(&dir).await;
+    let mut c = persistent(V5, "brief");
+    c.properties.session_expiry_interval = Some(1);
+    let (mut sub, _) = Raw::connect_with(b.addr(), c.clone()).await;
+    sub.subscribe("t", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let (keep, _) = Raw::connect_with(b.addr(), persistent(V5, "durable")).await;
+    keep.disconnect().await;
+    b.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let b = start_in(&dir).await;
+    let (_sub, ack) = Raw::connect_with(b.addr(), c).await;
+    assert!(!ack.session_present, "expired while the broker was down");
+    let (_keep, ack) = Raw::connect_with(b.addr(), persistent(V5, "durable")).await;
+    assert!(ack.session_present);
+}
+
+#[tokio::test]
+async fn a_delayed_will_fires_after_a_restart() {
+    let dir = TempDir::new("will");
+    let b = start_in(&dir).await;
+    let mut c = persistent(V5, "dying");
+    c.will = Some(Will {
+        topic: "wills/dying".into(),
+        payload: "gone".into(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: tern_proto::codec::WillProperties {
+            will_delay_interval: Some(2),
+            ..Default::default()
+        },
+    });
+    let (dev, _) = Raw::connect_with(b.addr(), c).await;
+    drop(dev);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.shutdown().await;
+    let b = start_in(&dir).await;
+    let mut watcher = Raw::connect(b.addr(), V5, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let p = watcher.recv_publish().await;
+    assert_eq!(&p.payload[..], b"gone");
+}
+
+#[tokio::test]
+async fn a_damaged_data_directory_is_refused_with_a_clear_error() {
+    let dir = TempDir::new("corrupt");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(
+        dir.0.join("tern.redb"),
+        b"this is not a database, just garbage bytes".repeat(100),
+    )
+    .unwrap();
+    let err = BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(|c| c.data_dir = Some(dir.0.clone()))
+        .bind()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data directory"), "{err}");
+}

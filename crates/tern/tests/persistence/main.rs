@@ -1,0 +1,370 @@
+//! Crash tests: the real `tern broker` binary is killed with SIGKILL at random
+//! points while a publisher sends numbered QoS 1 and QoS 2 messages to an
+//! offline persistent session; after the last restart the subscriber must
+//! receive every message the publisher saw acknowledged, QoS 2 exactly once
+//! (RELIABILITY.md section 4, [MQTT-4.3.3-10], [MQTT-4.4.0-1]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tern_proto::codec::{Decoded, Decoder};
+use tern_proto::{
+    Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Broker {
+    fn start(dir: &Path, sync: &str) -> Broker {
+        let config = dir.with_extension("toml");
+        std::fs::write(&config, format!("sync = \"{sync}\"\nsys_interval_secs = 0\n")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["broker", "--listen", "127.0.0.1:0", "--log", "warn", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tern broker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .expect("broker prints its address");
+        Broker { child, addr }
+    }
+
+    fn kill9(mut self) {
+        // SIGKILL: no shutdown code runs.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Peer {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl Peer {
+    async fn connect(addr: SocketAddr, id: &str) -> Option<(Peer, bool)> {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        let mut p = Peer {
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::new(V5, 1 << 24),
+        };
+        let mut c = Connect::new(V5, id);
+        c.clean_start = false;
+        c.keep_alive = 0;
+        c.properties.session_expiry_interval = Some(3600);
+        p.send(&Packet::Connect(Box::new(c))).await.ok()?;
+        match p.recv(Duration::from_secs(5)).await? {
+            Packet::ConnAck(a) if !a.reason_code.is_error() => Some((p, a.session_present)),
+            _ => None,
+        }
+    }
+
+    async fn send(&mut self, p: &Packet) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        p.encode(V5, &mut out).unwrap();
+        self.stream.write_all(&out).await
+    }
+
+    async fn recv(&mut self, wait: Duration) -> Option<Packet> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Decoded::Packet(p) = self.decoder.decode(&mut self.buf).ok()? {
+                return Some(p);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// One numbered message as the publisher sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Unacked,
+    /// QoS 2: PUBREC seen, PUBCOMP not yet.
+    Received,
+    Done,
+}
+
+struct Publisher {
+    msgs: BTreeMap<u16, (QoS, State)>,
+}
+
+impl Publisher {
+    fn publish_packet(id: u16, qos: QoS, dup: bool) -> Packet {
+        let mut p = Publish::new(format!("crash/{id}"), format!("{id}"));
+        p.qos = qos;
+        p.packet_id = PacketId::new(id);
+        p.dup = dup;
+        Packet::Publish(p)
+    }
+
+    /// Connect, resend what is unfinished, then publish `new` more; stops when the broker dies.
+    async fn round(&mut self, addr: SocketAddr, new: u16) {
+        let Some((mut peer, _)) = Peer::connect(addr, "crash-publisher").await else {
+            return;
+        };
+        // Resume: PUBLISH again with DUP for unacknowledged, PUBREL for received ([MQTT-4.4.0-1]).
+        for (&id, &(qos, state)) in &self.msgs {
+            let p = match state {
+                State::Unacked => Self::publish_packet(id, qos, true),
+                State::Received => Packet::PubRel(Ack::new(PacketId::new(id).unwrap())),
+                State::Done => continue,
+            };
+            if peer.send(&p).await.is_err() {
+                return;
+            }
+        }
+        let first = self.msgs.keys().next_back().map_or(1, |k| k + 1);
+        for id in first..first.saturating_add(new) {
+            let qos = if id % 2 == 0 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            };
+            self.msgs.insert(id, (qos, State::Unacked));
+            if peer.send(&Self::publish_packet(id, qos, false)).await.is_err() {
+                return;
+            }
+            // Keep a window of acknowledgements flowing.
+            while let Some(p) = peer
+                .recv(Duration::from_millis(if id % 16 == 0 { 5 } else { 0 }))
+                .await
+            {
+                self.on_ack(&mut peer, p).await;
+            }
+        }
+        while let Some(p) = peer.recv(Duration::from_millis(500)).await {
+            self.on_ack(&mut peer, p).await;
+        }
+    }
+
+    async fn on_ack(&mut self, peer: &mut Peer, p: Packet) {
+        match p {
+            Packet::PubAck(a) => {
+                self.msgs.get_mut(&a.packet_id.get()).unwrap().1 = State::Done;
+            }
+            Packet::PubRec(a) => {
+                self.msgs.get_mut(&a.packet_id.get()).unwrap().1 = State::Received;
+                let _ = peer.send(&Packet::PubRel(Ack::new(a.packet_id))).await;
+            }
+            Packet::PubComp(a) => {
+                self.msgs.get_mut(&a.packet_id.get()).unwrap().1 = State::Done;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn acknowledged(&self) -> Vec<u16> {
+        self.msgs
+            .iter()
+            .filter(|(_, (_, s))| *s != State::Unacked)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(self.0.with_extension("toml"));
+    }
+}
+
+/// Receive and acknowledge everything the broker sends; count deliveries per number.
+async fn drain(sub: &mut Peer) -> HashMap<u16, (QoS, usize)> {
+    let mut seen: HashMap<u16, (QoS, usize)> = HashMap::new();
+    let started = Instant::now();
+    while let Some(p) = sub.recv(Duration::from_secs(2)).await {
+        match p {
+            Packet::Publish(p) => {
+                let n: u16 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+                seen.entry(n).or_insert((p.qos, 0)).1 += 1;
+                let id = p.packet_id.unwrap();
+                match p.qos {
+                    QoS::AtLeastOnce => sub.send(&Packet::PubAck(Ack::new(id))).await.unwrap(),
+                    QoS::ExactlyOnce => sub.send(&Packet::PubRec(Ack::new(id))).await.unwrap(),
+                    QoS::AtMostOnce => panic!("QoS 0 delivery"),
+                }
+            }
+            Packet::PubRel(a) => sub.send(&Packet::PubComp(Ack::new(a.packet_id))).await.unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    seen
+}
+
+fn seed() -> u64 {
+    std::env::var("TERN_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+async fn crash_test(sync: &str) {
+    let dir = TempDir(std::env::temp_dir().join(format!("tern-crash-{}-{sync}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let mut rng = seed();
+    eprintln!("crash test seed {rng} (set TERN_CRASH_SEED to repeat)");
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+
+    // The subscriber makes its persistent session and goes away.
+    let broker = Broker::start(&dir.0, sync);
+    let (mut sub, _) = Peer::connect(broker.addr, "crash-subscriber").await.unwrap();
+    sub.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        filters: vec![("crash/#".into(), SubscriptionOptions::qos(QoS::ExactlyOnce))],
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(
+        sub.recv(Duration::from_secs(5)).await,
+        Some(Packet::SubAck(_))
+    ));
+    drop(sub);
+    broker.kill9();
+
+    let mut publisher = Publisher {
+        msgs: BTreeMap::new(),
+    };
+    for round in 0..5 {
+        let broker = Broker::start(&dir.0, sync);
+        let addr = broker.addr;
+        let kill_after = Duration::from_millis(30 + next() % 250);
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(kill_after).await;
+            broker.kill9();
+        });
+        publisher.round(addr, 1500).await;
+        killer.await.unwrap();
+        eprintln!(
+            "round {round}: killed after {kill_after:?}, {} acknowledged so far",
+            publisher.acknowledged().len()
+        );
+    }
+    // A last round without a crash finishes everything.
+    let broker = Broker::start(&dir.0, sync);
+    publisher.round(broker.addr, 0).await;
+    let acknowledged = publisher.acknowledged();
+    assert!(
+        publisher.msgs.values().all(|(_, s)| *s == State::Done),
+        "publisher could not finish"
+    );
+
+    let (mut sub, present) = Peer::connect(broker.addr, "crash-subscriber").await.unwrap();
+    assert!(present, "the subscriber's session survived every crash");
+    let seen = drain(&mut sub).await;
+    let missing: Vec<u16> = acknowledged
+        .iter()
+        .copied()
+        .filter(|n| !seen.contains_key(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    for (n, (qos, count)) in &seen {
+        if *qos == QoS::ExactlyOnce {
+            assert_eq!(*count, 1, "QoS 2 message {n} delivered {count} times");
+        }
+    }
+    eprintln!(
+        "{} messages acknowledged, all delivered; QoS 2 exactly once",
+        acknowledged.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_message_is_lost_across_kill_9_with_sync_always() {
+    crash_test("always").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_interval_makes_changes_durable_within_the_interval() {
+    // With `sync = "interval"` a crash may lose what was acknowledged within the last
+    // interval (100 ms here); what is older than that must survive `kill -9`.
+    let dir = TempDir(std::env::temp_dir().join(format!("tern-crash-{}-interval", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let broker = Broker::start(&dir.0, "interval");
+    let (mut sub, _) = Peer::connect(broker.addr, "interval-subscriber").await.unwrap();
+    sub.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        filters: vec![("crash/#".into(), SubscriptionOptions::qos(QoS::ExactlyOnce))],
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(
+        sub.recv(Duration::from_secs(5)).await,
+        Some(Packet::SubAck(_))
+    ));
+    drop(sub);
+    let mut publisher = Publisher {
+        msgs: BTreeMap::new(),
+    };
+    publisher.round(broker.addr, 20).await;
+    assert!(publisher.msgs.values().all(|(_, s)| *s != State::Unacked));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    broker.kill9();
+    let broker = Broker::start(&dir.0, "interval");
+    let (mut sub, present) = Peer::connect(broker.addr, "interval-subscriber").await.unwrap();
+    assert!(present);
+    let seen = drain(&mut sub).await;
+    assert_eq!(
+        seen.len(),
+        20,
+        "messages acknowledged 400 ms before the crash were lost"
+    );
+}
