@@ -230,3 +230,109 @@ async fn a_damaged_data_directory_is_refused_with_a_clear_error() {
         .to_string();
     assert!(err.contains("data directory"), "{err}");
 }
+
+/// Mount a small tmpfs (needs root; CI runs as root). `None` where mounting is not allowed
+/// outside CI; in CI (CI=true) that is a failure.
+fn small_tmpfs(dir: &TempDir, size: &str) -> Option<Mount> {
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&dir.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var("CI").is_err(), "CI runs as root and must be able to mount a tmpfs");
+        eprintln!("skipping the disk-full test: mounting a tmpfs needs root");
+        return None;
+    }
+    Some(Mount(dir.0.clone()))
+}
+
+/// Unmounts on drop, also when the test fails.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_qos1_instead_of_acknowledging_it() {
+    let dir = TempDir::new("full");
+    let Some(_mount) = small_tmpfs(&dir, "2M") else { return };
+    let data = TempDir(dir.0.join("data"));
+    let start = || async {
+        BrokerBuilder::new()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .configure(|c| {
+                c.data_dir = Some(data.0.clone());
+                c.max_queued_messages = 100_000;
+                c.max_queued_bytes = 1 << 30;
+            })
+            .bind()
+            .await
+            .expect("bind")
+            .spawn()
+    };
+    let b = start().await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "offline")).await;
+    sub.subscribe("big/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut live = Raw::connect(b.addr(), V5, "live").await;
+    live.subscribe("qos0", QoS::AtMostOnce).await;
+
+    let mut publ = Raw::connect(b.addr(), V5, "pub").await;
+    let payload = "x".repeat(32 * 1024);
+    let mut acked = Vec::new();
+    let mut refused = false;
+    for i in 1..=200u16 {
+        let mut p = Publish::new(format!("big/{i}"), payload.clone());
+        p.qos = QoS::AtLeastOnce;
+        p.packet_id = Some(pid(i));
+        publ.send(Packet::Publish(p)).await;
+        match publ.next().await {
+            Some(Packet::PubAck(a)) if a.reason_code == ReasonCode::Success => acked.push(i),
+            // Storage failed: refused with 0x80, or the connection closed without an acknowledgement.
+            Some(Packet::PubAck(a)) => {
+                assert!(a.reason_code.is_error(), "{a:?}");
+                refused = true;
+                break;
+            }
+            Some(Packet::Disconnect(d)) => {
+                assert!(d.reason().is_error());
+                refused = true;
+                break;
+            }
+            None => {
+                refused = true;
+                break;
+            }
+            Some(p) => panic!("{p:?}"),
+        }
+    }
+    assert!(refused, "2 MB cannot hold 200 × 32 KB");
+    assert!(!acked.is_empty());
+    // QoS 0 keeps flowing to connected clients.
+    let mut other = Raw::connect(b.addr(), V5, "other").await;
+    other.publish("qos0", "still here", QoS::AtMostOnce, false).await;
+    assert_eq!(&live.recv_publish().await.payload[..], b"still here");
+    drop((publ, other, live));
+    b.shutdown().await;
+
+    // Room again: everything that was acknowledged is there.
+    let _ = std::process::Command::new("mount").args(["-o", "remount,size=64M"]).arg(&dir.0).status();
+    let b = start().await;
+    let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(V5, "offline")).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while let Ok(Some(Packet::Publish(p))) = sub.next_within(Duration::from_millis(500)).await {
+        sub.ack(&p).await;
+        got.push(p.topic[4..].parse::<u16>().unwrap());
+    }
+    for i in &acked {
+        assert!(got.contains(i), "acknowledged message {i} lost (got {} of {})", got.len(), acked.len());
+    }
+    b.shutdown().await;
+    drop(data);
+}
