@@ -11,6 +11,8 @@
 //!   buffering, `Bytes` slices for strings and payloads) and the property tables.
 //!   Encoding is [`Packet::encode`], which computes the exact size first.
 //! - [`topic`]: topic name / filter validation, `$share` parsing, [`topic::matches`].
+//! - [`session`]: the client's session state machine, sans-IO: inputs are
+//!   `handle_*` calls with the current time, outputs are `poll_*` calls.
 //! - [`ReasonCode`] and the errors, with [`DecodeError::reason_code`] as the one
 //!   place where a decode failure becomes a wire code.
 //!
@@ -37,6 +39,7 @@ mod error;
 pub mod packet;
 mod qos;
 mod reason;
+pub mod session;
 pub mod topic;
 mod version;
 

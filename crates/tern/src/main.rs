@@ -1,6 +1,7 @@
 //! `tern`: the Tern MQTT broker and command-line tools.
 
 mod cmd;
+mod output;
 
 use std::process::ExitCode;
 
@@ -21,10 +22,36 @@ struct Cli {
 enum Command {
     /// Run the broker (embedded defaults: 127.0.0.1:1883, no config file needed).
     Broker(cmd::broker::Args),
+    /// Publish a message (like mosquitto_pub).
+    Pub(cmd::publish::Args),
+    /// Subscribe and print messages (like mosquitto_sub).
+    Sub(cmd::subscribe::Args),
+    /// Load-test any MQTT broker: fan-in, fan-out, pairs, latency, connection storm.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if e.use_stderr()
+                && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // One line that names the flag, not clap's usage block.
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", message.join(" "));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let filter = std::env::var("RUST_LOG").unwrap_or(cli.log.clone());
     let env_filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
         Ok(f) => f,
@@ -38,10 +65,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Broker(args) => cmd::broker::run(args),
+        Command::Broker(args) => cmd::broker::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| e.to_string()),
+        Command::Pub(args) => cmd::publish::run(args),
+        Command::Sub(args) => cmd::subscribe::run(args),
+        Command::Bench(args) => cmd::bench::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| e.to_string()),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

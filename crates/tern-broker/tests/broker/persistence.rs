@@ -241,7 +241,10 @@ fn small_tmpfs(dir: &TempDir, size: &str) -> Option<Mount> {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(std::env::var("CI").is_err(), "CI runs as root and must be able to mount a tmpfs");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root and must be able to mount a tmpfs"
+        );
         eprintln!("skipping the disk-full test: mounting a tmpfs needs root");
         return None;
     }
@@ -260,7 +263,9 @@ impl Drop for Mount {
 #[tokio::test]
 async fn a_full_disk_refuses_qos1_instead_of_acknowledging_it() {
     let dir = TempDir::new("full");
-    let Some(_mount) = small_tmpfs(&dir, "2M") else { return };
+    let Some(_mount) = small_tmpfs(&dir, "2M") else {
+        return;
+    };
     let data = TempDir(dir.0.join("data"));
     let start = || async {
         BrokerBuilder::new()
@@ -321,7 +326,10 @@ async fn a_full_disk_refuses_qos1_instead_of_acknowledging_it() {
     b.shutdown().await;
 
     // Room again: everything that was acknowledged is there.
-    let _ = std::process::Command::new("mount").args(["-o", "remount,size=64M"]).arg(&dir.0).status();
+    let _ = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64M"])
+        .arg(&dir.0)
+        .status();
     let b = start().await;
     let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(V5, "offline")).await;
     assert!(ack.session_present);
@@ -331,7 +339,12 @@ async fn a_full_disk_refuses_qos1_instead_of_acknowledging_it() {
         got.push(p.topic[4..].parse::<u16>().unwrap());
     }
     for i in &acked {
-        assert!(got.contains(i), "acknowledged message {i} lost (got {} of {})", got.len(), acked.len());
+        assert!(
+            got.contains(i),
+            "acknowledged message {i} lost (got {} of {})",
+            got.len(),
+            acked.len()
+        );
     }
     b.shutdown().await;
     drop(data);

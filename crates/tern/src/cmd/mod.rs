@@ -1,3 +1,7 @@
 //! The subcommands.
 
+pub mod bench;
 pub mod broker;
+pub mod connect;
+pub mod publish;
+pub mod subscribe;

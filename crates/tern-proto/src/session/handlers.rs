@@ -1,0 +1,282 @@
+//! What the client does with each packet from the server once connected:
+//! the QoS flows in both directions, SUBACK/UNSUBACK, and every check of the
+//! server's behaviour (RELIABILITY.md section K) that closes the connection.
+
+use std::time::Instant;
+
+use super::alias::AliasError;
+use super::inbound::Qos2Arrival;
+use super::outbound::{AckMatch, InFlight};
+use super::{ClientSession, CloseReason, Event, PublishError, PublishOutcome, RequestError};
+use crate::codec::AckProperties;
+use crate::{Ack, Packet, Publish, QoS, ReasonCode, SubAck, UnsubAck};
+
+impl ClientSession {
+    pub(super) fn on_packet(&mut self, now: Instant, packet: Packet) {
+        match packet {
+            Packet::Publish(p) => self.on_publish(now, p),
+            Packet::PubAck(a) => self.on_puback(now, a),
+            Packet::PubRec(a) => self.on_pubrec(now, a),
+            Packet::PubRel(a) => self.on_pubrel(now, a),
+            Packet::PubComp(a) => self.on_pubcomp(now, a),
+            Packet::SubAck(s) => self.on_suback(now, s),
+            Packet::UnsubAck(u) => self.on_unsuback(now, u),
+            Packet::PingResp => {}
+            Packet::Disconnect(d) => self.close(CloseReason::ServerDisconnect(d)),
+            Packet::ConnAck(_) => self.violation(
+                now,
+                ReasonCode::ProtocolError,
+                "[MQTT-3.2.0-2] second CONNACK on one connection".into(),
+            ),
+            Packet::Auth(_) => self.violation(
+                now,
+                ReasonCode::ProtocolError,
+                "[MQTT-4.12.0-6] AUTH although CONNECT had no authentication method".into(),
+            ),
+            other => self.violation(
+                now,
+                ReasonCode::ProtocolError,
+                format!("{:?} is a packet only a client may send", other.packet_type()),
+            ),
+        }
+    }
+
+    /// [MQTT-3.1.2-29]: with Request Problem Information 0 the server may not send
+    /// a Reason String or User Properties except in PUBLISH, CONNACK and DISCONNECT.
+    fn problem_information_ok(&mut self, now: Instant, props: &AckProperties, what: &str) -> bool {
+        if self.config.no_problem_information()
+            && (props.reason_string.is_some() || !props.user_properties.is_empty())
+        {
+            self.violation(
+                now,
+                ReasonCode::ProtocolError,
+                format!(
+                    "[MQTT-3.1.2-29] {what} carries a Reason String or User Property after Request Problem Information 0"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn on_publish(&mut self, now: Instant, mut p: Publish) {
+        if let Some(alias) = p.properties.topic_alias {
+            match self.aliases_in.resolve(&p.topic, alias) {
+                Ok(t) => p.topic = t,
+                Err(AliasError::AboveMaximum) => {
+                    return self.violation(
+                        now,
+                        ReasonCode::TopicAliasInvalid,
+                        format!(
+                            "[MQTT-3.3.2-11] topic alias {alias} above our Topic Alias Maximum {}",
+                            self.config.topic_alias_maximum()
+                        ),
+                    )
+                }
+                Err(AliasError::Unknown) => {
+                    return self.violation(
+                        now,
+                        ReasonCode::ProtocolError,
+                        format!("topic alias {alias} used before it was set on this connection"),
+                    )
+                }
+            }
+            p.properties.topic_alias = None;
+        }
+        let Some(id) = p.packet_id else {
+            self.events.push_back(Event::Message(p));
+            return;
+        };
+        match p.qos {
+            QoS::AtMostOnce => self.events.push_back(Event::Message(p)),
+            QoS::AtLeastOnce => {
+                // [MQTT-4.3.2-4], [MQTT-4.6.0-2]: PUBACK in the order of arrival.
+                self.events.push_back(Event::Message(p));
+                self.send(now, Packet::PubAck(Ack::new(id)));
+            }
+            QoS::ExactlyOnce => match self.inbound.on_publish(id, p.dup) {
+                Qos2Arrival::Deliver => {
+                    self.events.push_back(Event::Message(p));
+                    self.send(now, Packet::PubRec(Ack::new(id)));
+                }
+                Qos2Arrival::Duplicate => self.send(now, Packet::PubRec(Ack::new(id))),
+                Qos2Arrival::IdInUse => {
+                    let ack = if self.version.is_v5() {
+                        Ack::with_reason(id, ReasonCode::PacketIdentifierInUse)
+                    } else {
+                        Ack::new(id)
+                    };
+                    self.send(now, Packet::PubRec(ack));
+                }
+                Qos2Arrival::QuotaExceeded => self.violation(
+                    now,
+                    ReasonCode::ReceiveMaximumExceeded,
+                    format!(
+                        "[MQTT-3.3.4-9] more than our Receive Maximum ({}) unacknowledged QoS 2 messages",
+                        self.config.receive_maximum()
+                    ),
+                ),
+            },
+        }
+    }
+
+    fn complete(&mut self, f: Box<InFlight>, reason_code: ReasonCode, properties: AckProperties) {
+        self.ids.release(f.id);
+        let result = if reason_code.is_error() {
+            Err(PublishError::Rejected {
+                reason_code,
+                properties,
+            })
+        } else {
+            Ok(PublishOutcome {
+                reason_code,
+                properties,
+            })
+        };
+        self.events.push_back(Event::PublishDone {
+            token: f.token,
+            result,
+        });
+    }
+
+    fn on_puback(&mut self, now: Instant, a: Ack) {
+        if !self.problem_information_ok(now, &a.properties, "PUBACK") {
+            return;
+        }
+        match self.outbound.on_puback(a.packet_id) {
+            AckMatch::Completed(f) => self.complete(f, a.reason_code, a.properties),
+            AckMatch::WrongQoS => self.violation(
+                now,
+                ReasonCode::ProtocolError,
+                format!("PUBACK for packet {}, a QoS 2 message", a.packet_id),
+            ),
+            _ => {}
+        }
+    }
+
+    fn on_pubrec(&mut self, now: Instant, a: Ack) {
+        if !self.problem_information_ok(now, &a.properties, "PUBREC") {
+            return;
+        }
+        match self.outbound.on_pubrec(a.packet_id, a.reason_code.is_error()) {
+            // [MQTT-4.4.0-2]: a failure code ends the flow.
+            AckMatch::Completed(f) => self.complete(f, a.reason_code, a.properties),
+            // [MQTT-4.3.3-4]
+            AckMatch::Released | AckMatch::AlreadyReleased => {
+                self.send(now, Packet::PubRel(Ack::new(a.packet_id)))
+            }
+            AckMatch::WrongQoS => self.violation(
+                now,
+                ReasonCode::ProtocolError,
+                format!(
+                    "PUBREC for packet {}, which is not an unreleased QoS 2 message",
+                    a.packet_id
+                ),
+            ),
+            AckMatch::Unknown => {
+                let rel = if self.version.is_v5() {
+                    Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound)
+                } else {
+                    Ack::new(a.packet_id)
+                };
+                self.send(now, Packet::PubRel(rel));
+            }
+        }
+    }
+
+    fn on_pubrel(&mut self, now: Instant, a: Ack) {
+        if !self.problem_information_ok(now, &a.properties, "PUBREL") {
+            return;
+        }
+        // [MQTT-4.3.3-11]
+        let known = self.inbound.on_pubrel(a.packet_id);
+        let comp = if known || !self.version.is_v5() {
+            Ack::new(a.packet_id)
+        } else {
+            Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound)
+        };
+        self.send(now, Packet::PubComp(comp));
+    }
+
+    fn on_pubcomp(&mut self, now: Instant, a: Ack) {
+        if !self.problem_information_ok(now, &a.properties, "PUBCOMP") {
+            return;
+        }
+        if let AckMatch::Completed(f) = self.outbound.on_pubcomp(a.packet_id) {
+            self.complete(f, a.reason_code, a.properties);
+        }
+    }
+
+    fn on_suback(&mut self, now: Instant, s: SubAck) {
+        if !self.problem_information_ok(now, &s.properties, "SUBACK") {
+            return;
+        }
+        let Some((token, sub)) = self.requests.take_subscribe(s.packet_id) else {
+            return;
+        };
+        self.ids.release(sub.packet_id);
+        if s.reason_codes.len() != sub.filters.len() {
+            let detail = format!(
+                "[MQTT-3.8.4-6] SUBACK has {} reason codes for {} topic filters",
+                s.reason_codes.len(),
+                sub.filters.len()
+            );
+            if let Some(token) = token {
+                self.events.push_back(Event::SubscribeDone {
+                    token,
+                    result: Err(RequestError::Protocol(detail.clone())),
+                });
+            }
+            return self.violation(now, ReasonCode::ProtocolError, detail);
+        }
+        let sub_id = sub.properties.subscription_identifier;
+        for ((filter, opts), code) in sub.filters.into_iter().zip(&s.reason_codes) {
+            if code.is_error() {
+                self.subscriptions.removed(&filter);
+                if token.is_none() {
+                    self.events.push_back(Event::ResubscribeFailed {
+                        filter,
+                        reason_code: *code,
+                    });
+                }
+            } else {
+                self.subscriptions.granted(filter, (opts, sub_id));
+            }
+        }
+        if let Some(token) = token {
+            self.events
+                .push_back(Event::SubscribeDone { token, result: Ok(s) });
+        }
+    }
+
+    fn on_unsuback(&mut self, now: Instant, u: UnsubAck) {
+        if !self.problem_information_ok(now, &u.properties, "UNSUBACK") {
+            return;
+        }
+        let Some((token, unsub)) = self.requests.take_unsubscribe(u.packet_id) else {
+            return;
+        };
+        self.ids.release(unsub.packet_id);
+        if self.version.is_v5() && u.reason_codes.len() != unsub.filters.len() {
+            let detail = format!(
+                "[MQTT-3.11.3-1] UNSUBACK has {} reason codes for {} topic filters",
+                u.reason_codes.len(),
+                unsub.filters.len()
+            );
+            if let Some(token) = token {
+                self.events.push_back(Event::UnsubscribeDone {
+                    token,
+                    result: Err(RequestError::Protocol(detail.clone())),
+                });
+            }
+            return self.violation(now, ReasonCode::ProtocolError, detail);
+        }
+        for f in &unsub.filters {
+            self.subscriptions.removed(f);
+        }
+        if let Some(token) = token {
+            self.events
+                .push_back(Event::UnsubscribeDone { token, result: Ok(u) });
+        }
+    }
+}

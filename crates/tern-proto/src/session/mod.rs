@@ -1,0 +1,696 @@
+//! The client side of an MQTT session, sans-IO.
+//!
+//! [`ClientSession`] holds everything a client must remember about its session
+//! and its current connection — packet identifiers, the outgoing window, QoS 2
+//! messages awaiting PUBREL, subscriptions, topic aliases, keep-alive deadlines —
+//! and decides every packet to send. It never touches a socket or a clock: the
+//! driver feeds it decoded packets and the current time, and executes what it
+//! asks for (the quinn-proto model).
+//!
+//! ## Call order
+//! 1. Open a transport, then call [`ClientSession::start_connect`]: CONNECT is queued.
+//! 2. Loop:
+//!    - feed inputs: [`ClientSession::handle_packet`] for each decoded packet,
+//!      [`ClientSession::handle_decode_error`] when the bytes do not decode,
+//!      [`ClientSession::handle_timeout`] when the instant from
+//!      [`ClientSession::poll_timeout`] has passed, and commands
+//!      ([`ClientSession::publish`], [`ClientSession::subscribe`],
+//!      [`ClientSession::unsubscribe`], [`ClientSession::disconnect`]);
+//!    - drain outputs: [`ClientSession::poll_transmit`] until `None` (encode and
+//!      write each packet in order), then [`ClientSession::poll_event`] until `None`;
+//!    - re-arm the timer with [`ClientSession::poll_timeout`].
+//! 3. On [`Event::Closed`] flush what was transmitted and close the transport; when
+//!    the transport fails by itself call [`ClientSession::handle_connection_lost`].
+//!    The session state survives: call `start_connect` again on a new transport to
+//!    resume it, or [`ClientSession::abandon`] to fail everything still pending.
+//!
+//! ## Layout
+//! - `packet_ids.rs`: identifier allocation, never reusing one in use.
+//! - `handlers.rs`: what each packet from the server does once connected.
+//! - `outbound.rs`: the in-flight window (Receive Maximum quota) and the queue.
+//! - `inbound.rs`: incoming QoS 2 identifiers awaiting PUBREL.
+//! - `requests.rs`: SUBSCRIBE/UNSUBSCRIBE awaiting answers; granted subscriptions.
+//! - `keepalive.rs`: PINGREQ schedule and dead-connection detection.
+//! - `alias.rs`: topic aliases in both directions.
+//! - `config.rs`, `event.rs`: settings, server limits, events and errors.
+
+mod alias;
+mod config;
+mod event;
+mod handlers;
+mod inbound;
+mod keepalive;
+mod outbound;
+mod packet_ids;
+mod requests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+
+pub use config::{ClientConfig, ServerLimits};
+pub use event::{CloseReason, Event, PublishError, PublishOutcome, RequestError, Token};
+
+use crate::codec::{SubscribeProperties, UnsubscribeProperties};
+use crate::packet::PacketType;
+use crate::{
+    topic, Ack, ConnAck, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe,
+    SubscriptionOptions, Unsubscribe,
+};
+use alias::{AliasUse, InboundAliases, OutboundAliases};
+use inbound::Inbound;
+use keepalive::{KeepAlive, KeepAliveAction};
+use outbound::{InFlight, Outbound, Stage};
+use packet_ids::PacketIds;
+use requests::{Request, RequestKind, Requests, Subscriptions};
+
+/// Filters per SUBSCRIBE when re-establishing subscriptions.
+const RESUBSCRIBE_CHUNK: usize = 64;
+
+/// Where the current connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No connection.
+    Offline,
+    /// CONNECT sent, waiting for CONNACK.
+    Connecting,
+    /// CONNACK Success received.
+    Connected,
+}
+
+/// The protocol state of one MQTT client, across connections. See the module
+/// documentation for the call order.
+#[derive(Debug)]
+pub struct ClientSession {
+    config: ClientConfig,
+    version: ProtocolVersion,
+    phase: Phase,
+    client_id: ByteString,
+    /// A CONNACK Success was received at least once.
+    connected_once: bool,
+    /// Clean Start of the CONNECT in flight.
+    sent_clean_start: bool,
+    limits: ServerLimits,
+    ids: PacketIds,
+    outbound: Outbound,
+    inbound: Inbound,
+    requests: Requests,
+    subscriptions: Subscriptions,
+    /// Keep-alive of the current connection (set by CONNACK).
+    keepalive: Option<KeepAlive>,
+    connect_deadline: Option<Instant>,
+    aliases_in: InboundAliases,
+    aliases_out: OutboundAliases,
+    transmit: VecDeque<Packet>,
+    events: VecDeque<Event>,
+    next_token: u64,
+}
+
+impl ClientSession {
+    /// A session that has not connected yet; `now` starts no timer.
+    pub fn new(config: ClientConfig) -> ClientSession {
+        let version = config.connect.protocol_version;
+        let client_id = config.connect.client_id.clone();
+        let inbound = Inbound::new(config.receive_maximum());
+        let outbound = Outbound::new(config.max_queued);
+        let requests = Requests::new(config.max_requests);
+        ClientSession {
+            version,
+            phase: Phase::Offline,
+            client_id,
+            connected_once: false,
+            sent_clean_start: config.connect.clean_start,
+            limits: ServerLimits::default(),
+            ids: PacketIds::default(),
+            outbound,
+            inbound,
+            requests,
+            subscriptions: Subscriptions::default(),
+            keepalive: None,
+            connect_deadline: None,
+            aliases_in: InboundAliases::default(),
+            aliases_out: OutboundAliases::default(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            next_token: 0,
+            config,
+        }
+    }
+
+    // ----- state -----
+
+    /// The protocol version spoken.
+    pub fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// Whether a CONNACK Success was received on the current connection.
+    pub fn is_connected(&self) -> bool {
+        self.phase == Phase::Connected
+    }
+
+    /// The client identifier: the configured one, or the one the server assigned.
+    pub fn client_id(&self) -> &ByteString {
+        &self.client_id
+    }
+
+    /// The limits of the server, from the last CONNACK.
+    pub fn server_limits(&self) -> &ServerLimits {
+        &self.limits
+    }
+
+    /// The largest packet to accept from the server (our Maximum Packet Size):
+    /// configure the decoder with it.
+    pub fn max_incoming_packet_size(&self) -> u32 {
+        self.config.maximum_packet_size()
+    }
+
+    /// The keep-alive interval in force (the server's Server Keep Alive wins, [MQTT-3.2.2-21]).
+    pub fn keep_alive(&self) -> Duration {
+        self.keepalive
+            .as_ref()
+            .map_or(Duration::ZERO, KeepAlive::interval)
+    }
+
+    /// Unacknowledged QoS 1/2 messages.
+    pub fn inflight_len(&self) -> usize {
+        self.outbound.inflight_len()
+    }
+
+    /// Messages waiting to be sent.
+    pub fn queued_len(&self) -> usize {
+        self.outbound.pending_len()
+    }
+
+    /// Incoming QoS 2 messages delivered and awaiting PUBREL.
+    pub fn awaiting_pubrel_len(&self) -> usize {
+        self.inbound.len()
+    }
+
+    /// Whether [`ClientSession::publish`] would accept another message now.
+    pub fn can_publish(&self) -> bool {
+        self.outbound.has_room()
+    }
+
+    /// Whether [`ClientSession::subscribe`]/[`ClientSession::unsubscribe`] would accept another request now.
+    pub fn can_request(&self) -> bool {
+        self.requests.has_room()
+    }
+
+    // ----- outputs -----
+
+    /// The next packet to write, in order.
+    pub fn poll_transmit(&mut self) -> Option<Packet> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`ClientSession::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Offline => None,
+            Phase::Connecting => self.connect_deadline,
+            Phase::Connected => self.keepalive.as_ref().and_then(KeepAlive::deadline),
+        }
+    }
+
+    // ----- inputs -----
+
+    /// A transport is open: queue CONNECT and start the connect timeout.
+    ///
+    /// The first connection uses the configured Clean Start. Later ones resume the
+    /// session: 5.0 sends Clean Start 0 (with the assigned client identifier, if
+    /// any); 3.1.1 keeps the configured Clean Session, because Clean Session 0
+    /// there creates a session that never expires.
+    pub fn start_connect(&mut self, now: Instant) {
+        self.transmit.clear();
+        let mut connect = self.config.connect.clone();
+        connect.client_id = self.client_id.clone();
+        if self.connected_once && self.version.is_v5() {
+            connect.clean_start = false;
+        }
+        self.sent_clean_start = connect.clean_start;
+        self.phase = Phase::Connecting;
+        self.connect_deadline = Some(now + self.config.connect_timeout);
+        self.keepalive = None;
+        self.aliases_in.reset(0);
+        self.aliases_out.reset(0);
+        self.requests.mark_unsent();
+        self.send(now, Packet::Connect(Box::new(connect)));
+    }
+
+    /// A packet arrived from the server.
+    pub fn handle_packet(&mut self, now: Instant, packet: Packet) {
+        match self.phase {
+            Phase::Offline => return,
+            Phase::Connecting => match packet {
+                Packet::ConnAck(ack) => self.on_connack(now, ack),
+                other => self.violation(
+                    now,
+                    ReasonCode::ProtocolError,
+                    format!(
+                        "[MQTT-3.2.0-1] {:?} before CONNACK; the server must send CONNACK first",
+                        other.packet_type()
+                    ),
+                ),
+            },
+            Phase::Connected => {
+                if let Some(k) = &mut self.keepalive {
+                    k.on_rx(now);
+                }
+                self.on_packet(now, packet);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The bytes from the server do not decode: close with the error's reason code
+    /// (0x81 Malformed Packet, 0x82 Protocol Error, 0x95 Packet too large, 0x94
+    /// Topic Alias invalid).
+    pub fn handle_decode_error(&mut self, now: Instant, error: &crate::DecodeError) {
+        if self.phase != Phase::Offline {
+            self.violation(now, error.reason_code(), error.to_string());
+        }
+    }
+
+    /// The timer from [`ClientSession::poll_timeout`] expired (or any time has passed).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Offline => {}
+            Phase::Connecting => {
+                if self.connect_deadline.is_some_and(|d| now >= d) {
+                    self.close(CloseReason::ConnectTimeout);
+                }
+            }
+            Phase::Connected => match self.keepalive.as_mut().map(|k| k.poll(now)) {
+                None | Some(KeepAliveAction::Idle) => {}
+                Some(KeepAliveAction::Ping) => self.transmit.push_back(Packet::PingReq),
+                Some(KeepAliveAction::Dead) => self.close(CloseReason::KeepAliveTimeout),
+            },
+        }
+    }
+
+    /// The transport closed or failed by itself.
+    pub fn handle_connection_lost(&mut self, _now: Instant) {
+        if self.phase != Phase::Offline {
+            self.close(CloseReason::TransportLost);
+        }
+    }
+
+    // ----- commands -----
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        Token(self.next_token)
+    }
+
+    /// Publish a message. The session assigns the packet identifier and manages
+    /// DUP and the topic alias (any given alias is replaced). The message waits in
+    /// the queue while offline or while the server's Receive Maximum is reached; its
+    /// outcome comes as [`Event::PublishDone`] with the returned token.
+    pub fn publish(&mut self, now: Instant, mut publish: Publish) -> Result<Token, PublishError> {
+        topic::validate_topic_name(&publish.topic).map_err(PublishError::InvalidTopic)?;
+        if let Some(rt) = &publish.properties.response_topic {
+            topic::validate_topic_name(rt).map_err(PublishError::InvalidResponseTopic)?;
+        }
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return Err(PublishError::SubscriptionIdentifier);
+        }
+        publish.dup = false;
+        publish.packet_id = None;
+        publish.properties.topic_alias = None;
+        self.check_publish(&publish)?;
+        if !self.outbound.has_room() {
+            return Err(PublishError::QueueFull);
+        }
+        let token = self.token();
+        self.outbound.enqueue(token, publish);
+        self.pump(now);
+        Ok(token)
+    }
+
+    /// Check a message against the version and the server's limits (known after
+    /// the first CONNACK).
+    fn check_publish(&self, publish: &Publish) -> Result<(), PublishError> {
+        if self.connected_once {
+            if publish.qos > self.limits.maximum_qos {
+                return Err(PublishError::QoSNotSupported {
+                    requested: publish.qos,
+                    maximum: self.limits.maximum_qos,
+                });
+            }
+            if publish.retain && !self.limits.retain_available {
+                return Err(PublishError::RetainNotSupported);
+            }
+        }
+        let mut probe = Packet::Publish(publish.clone());
+        if let Packet::Publish(p) = &mut probe {
+            if p.qos != QoS::AtMostOnce {
+                p.packet_id = PacketId::new(1);
+            }
+        }
+        let size = probe.encoded_len(self.version).map_err(PublishError::Encode)?;
+        if size as u64 > u64::from(self.limits.maximum_packet_size) {
+            return Err(PublishError::PacketTooLarge {
+                size,
+                max: self.limits.maximum_packet_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Subscribe to filters; the outcome comes as [`Event::SubscribeDone`].
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        filters: Vec<(ByteString, SubscriptionOptions)>,
+        properties: SubscribeProperties,
+    ) -> Result<Token, RequestError> {
+        if filters.is_empty() {
+            return Err(RequestError::NoFilters);
+        }
+        for (f, _) in &filters {
+            topic::parse_filter(f).map_err(|error| RequestError::InvalidFilter {
+                filter: f.clone(),
+                error,
+            })?;
+        }
+        if properties.subscription_identifier.is_some()
+            && self.connected_once
+            && !self.limits.subscription_identifiers
+        {
+            return Err(RequestError::SubscriptionIdentifiersNotSupported);
+        }
+        let token = self.token();
+        self.request(now, token, |packet_id| {
+            RequestKind::Subscribe(Subscribe {
+                packet_id,
+                properties,
+                filters,
+            })
+        })?;
+        Ok(token)
+    }
+
+    /// Unsubscribe from filters; the outcome comes as [`Event::UnsubscribeDone`].
+    pub fn unsubscribe(
+        &mut self,
+        now: Instant,
+        filters: Vec<ByteString>,
+        properties: UnsubscribeProperties,
+    ) -> Result<Token, RequestError> {
+        if filters.is_empty() {
+            return Err(RequestError::NoFilters);
+        }
+        let token = self.token();
+        self.request(now, token, |packet_id| {
+            RequestKind::Unsubscribe(Unsubscribe {
+                packet_id,
+                properties,
+                filters,
+            })
+        })?;
+        Ok(token)
+    }
+
+    fn request(
+        &mut self,
+        now: Instant,
+        token: Token,
+        build: impl FnOnce(PacketId) -> RequestKind,
+    ) -> Result<(), RequestError> {
+        if !self.requests.has_room() {
+            return Err(RequestError::QueueFull);
+        }
+        let id = self.ids.allocate().ok_or(RequestError::QueueFull)?;
+        let kind = build(id);
+        let packet = request_packet(&kind);
+        if let Err(e) = packet.encoded_len(self.version) {
+            self.ids.release(id);
+            return Err(RequestError::Encode(e));
+        }
+        let sent = self.phase == Phase::Connected;
+        if sent {
+            self.send(now, packet);
+        }
+        self.requests.push(Request {
+            token: Some(token),
+            kind,
+            sent,
+        });
+        Ok(())
+    }
+
+    /// Disconnect normally: DISCONNECT (5.0: with `disconnect`'s reason code and
+    /// properties) and [`Event::Closed`] with [`CloseReason::LocalDisconnect`].
+    /// Pending work stays; call [`ClientSession::abandon`] to fail it.
+    pub fn disconnect(&mut self, now: Instant, disconnect: Disconnect) {
+        match self.phase {
+            Phase::Offline => {}
+            Phase::Connecting => self.close(CloseReason::LocalDisconnect),
+            Phase::Connected => {
+                let d = if self.version.is_v5() {
+                    disconnect
+                } else {
+                    Disconnect::default()
+                };
+                self.send(now, Packet::Disconnect(d));
+                self.close(CloseReason::LocalDisconnect);
+            }
+        }
+    }
+
+    /// The session ends for good: every queued or unacknowledged publish and every
+    /// unanswered request fails with `Closed`.
+    pub fn abandon(&mut self) {
+        for token in self.outbound.drain() {
+            self.events.push_back(Event::PublishDone {
+                token,
+                result: Err(PublishError::Closed),
+            });
+        }
+        for r in self.requests.drain() {
+            let Some(token) = r.token else { continue };
+            self.events.push_back(match r.kind {
+                RequestKind::Subscribe(_) => Event::SubscribeDone {
+                    token,
+                    result: Err(RequestError::Closed),
+                },
+                RequestKind::Unsubscribe(_) => Event::UnsubscribeDone {
+                    token,
+                    result: Err(RequestError::Closed),
+                },
+            });
+        }
+        self.ids.clear();
+    }
+
+    // ----- internals -----
+
+    fn send(&mut self, now: Instant, packet: Packet) {
+        if let Some(k) = &mut self.keepalive {
+            k.on_tx(now);
+        }
+        self.transmit.push_back(packet);
+    }
+
+    /// The server broke a rule: 5.0 sends DISCONNECT with `reason_code`, then close.
+    fn violation(&mut self, now: Instant, reason_code: ReasonCode, detail: String) {
+        let reason_code = if reason_code.allowed_in(PacketType::Disconnect) {
+            reason_code
+        } else {
+            ReasonCode::ProtocolError
+        };
+        if self.version.is_v5() {
+            self.send(now, Packet::Disconnect(Disconnect::with_reason(reason_code)));
+        }
+        self.close(CloseReason::ProtocolViolation { reason_code, detail });
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        self.phase = Phase::Offline;
+        self.connect_deadline = None;
+        self.requests.mark_unsent();
+        self.events.push_back(Event::Closed(reason));
+    }
+
+    fn on_connack(&mut self, now: Instant, ack: ConnAck) {
+        if ack.reason_code.is_error() {
+            // [MQTT-3.2.2-7]: the server closes after a failure code.
+            self.close(CloseReason::Refused(ack));
+            return;
+        }
+        if ack.session_present && self.sent_clean_start {
+            // [MQTT-3.2.2-2] requires Session Present 0 after Clean Start 1; we have
+            // no session state to resume, so we must close ([MQTT-3.2.2-4]).
+            self.violation(
+                now,
+                ReasonCode::ProtocolError,
+                "[MQTT-3.2.2-4] CONNACK Session Present=1 but the client has no session (Clean Start=1)"
+                    .into(),
+            );
+            return;
+        }
+        self.limits = if self.version.is_v5() {
+            ServerLimits::from_connack(&ack.properties)
+        } else {
+            ServerLimits::default()
+        };
+        if let Some(id) = &ack.properties.assigned_client_identifier {
+            self.client_id = id.clone();
+        }
+        let keep_alive = ack
+            .properties
+            .server_keep_alive
+            .unwrap_or(self.config.connect.keep_alive);
+        self.keepalive = Some(KeepAlive::new(now, Duration::from_secs(u64::from(keep_alive))));
+        self.aliases_in.reset(self.config.topic_alias_maximum());
+        let out_max = if self.config.topic_aliases {
+            self.limits.topic_alias_maximum
+        } else {
+            0
+        };
+        self.aliases_out.reset(out_max);
+        self.phase = Phase::Connected;
+        self.connect_deadline = None;
+        if ack.session_present {
+            self.resend_inflight(now);
+        } else {
+            self.session_lost();
+        }
+        self.connected_once = true;
+        self.events.push_back(Event::Connected {
+            session_present: ack.session_present,
+            connack: ack,
+        });
+        for kind in self.requests.take_unsent() {
+            self.send(now, request_packet(&kind));
+        }
+    }
+
+    /// Resend unacknowledged PUBLISH (DUP=1) and PUBREL in their original order
+    /// with their original identifiers ([MQTT-4.4.0-1], [MQTT-4.6.0-1], [MQTT-3.3.1-1]).
+    fn resend_inflight(&mut self, now: Instant) {
+        let packets: Vec<Packet> = self
+            .outbound
+            .inflight()
+            .map(|f| match f.stage {
+                Stage::Published => {
+                    let mut p = f.publish.clone();
+                    p.dup = true;
+                    Packet::Publish(p)
+                }
+                Stage::Released => Packet::PubRel(Ack::new(f.id)),
+            })
+            .collect();
+        for p in packets {
+            self.send(now, p);
+        }
+    }
+
+    /// The server has no session for us ([MQTT-3.2.2-5]): drop our session state,
+    /// send unacknowledged messages again as new ones, and re-subscribe.
+    fn session_lost(&mut self) {
+        self.inbound.clear();
+        let (ids, released) = self.outbound.requeue_unacknowledged();
+        for id in ids {
+            self.ids.release(id);
+        }
+        for f in released {
+            self.events.push_back(Event::PublishDone {
+                token: f.token,
+                result: Err(PublishError::SessionLost),
+            });
+        }
+        if self.connected_once && !self.subscriptions.is_empty() {
+            for (sub_id, filters) in self.subscriptions.groups(RESUBSCRIBE_CHUNK).into_iter().rev() {
+                let properties = SubscribeProperties {
+                    subscription_identifier: sub_id,
+                    ..Default::default()
+                };
+                // Internal requests are sent by on_connack with the others.
+                let Some(packet_id) = self.ids.allocate() else {
+                    break;
+                };
+                self.requests.push_front(Request {
+                    token: None,
+                    kind: RequestKind::Subscribe(Subscribe {
+                        packet_id,
+                        properties,
+                        filters,
+                    }),
+                    sent: false,
+                });
+            }
+        }
+    }
+
+    /// Move queued messages into the window while the quota allows
+    /// ([MQTT-3.3.4-7], [MQTT-4.9.0-2]).
+    fn pump(&mut self, now: Instant) {
+        if self.phase != Phase::Connected {
+            return;
+        }
+        let quota = usize::from(self.limits.receive_maximum.min(self.config.max_inflight).max(1));
+        while let Some(q) = self.outbound.next_sendable(quota) {
+            if let Err(e) = self.check_publish(&q.publish) {
+                self.events.push_back(Event::PublishDone {
+                    token: q.token,
+                    result: Err(e),
+                });
+                continue;
+            }
+            if q.publish.qos == QoS::AtMostOnce {
+                let wire = self.with_alias(q.publish);
+                self.send(now, Packet::Publish(wire));
+                self.events.push_back(Event::PublishDone {
+                    token: q.token,
+                    result: Ok(PublishOutcome::default()),
+                });
+                continue;
+            }
+            let Some(id) = self.ids.allocate() else {
+                self.outbound.unsend(q);
+                break;
+            };
+            let mut publish = q.publish;
+            publish.packet_id = Some(id);
+            let wire = self.with_alias(publish.clone());
+            self.send(now, Packet::Publish(wire));
+            self.outbound.push_inflight(InFlight {
+                token: q.token,
+                id,
+                publish,
+                stage: Stage::Published,
+            });
+        }
+    }
+
+    /// The message as it goes on the wire on this connection: with a topic alias
+    /// when they are enabled.
+    fn with_alias(&mut self, mut p: Publish) -> Publish {
+        match self.aliases_out.assign(&p.topic) {
+            AliasUse::None => {}
+            AliasUse::Set(a) => p.properties.topic_alias = Some(a),
+            AliasUse::Reuse(a) => {
+                p.properties.topic_alias = Some(a);
+                p.topic = ByteString::new();
+            }
+        }
+        p
+    }
+}
+
+fn request_packet(kind: &RequestKind) -> Packet {
+    match kind {
+        RequestKind::Subscribe(s) => Packet::Subscribe(s.clone()),
+        RequestKind::Unsubscribe(u) => Packet::Unsubscribe(u.clone()),
+    }
+}

@@ -1,0 +1,293 @@
+//! Outgoing PUBLISH flow: the in-flight window limited by the server's
+//! Receive Maximum, the queue of messages waiting for room, and the resend
+//! order when a session is resumed.
+//!
+//! ### Invariants
+//! - `inflight` is in the order the PUBLISH packets were first sent; that is
+//!   the order they are resent in ([MQTT-4.6.0-1]).
+//! - The caller never puts more than the send quota into `inflight`
+//!   ([MQTT-3.3.4-7], [MQTT-4.9.0-2]); QoS 0 messages never enter it.
+//! - `pending` holds at most `max_pending` messages accepted from the
+//!   application (messages taken back from `inflight` when a session is lost
+//!   may go beyond it: they were accepted already and are bounded by the quota).
+
+use std::collections::VecDeque;
+
+use super::event::Token;
+use crate::{PacketId, Publish, QoS};
+
+/// Where an unacknowledged QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// One unacknowledged outgoing message.
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight {
+    pub token: Token,
+    pub id: PacketId,
+    /// The message with its full topic (never an alias), QoS > 0.
+    pub publish: Publish,
+    pub stage: Stage,
+}
+
+/// A message waiting to be sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Queued {
+    pub token: Token,
+    pub publish: Publish,
+}
+
+/// How an acknowledgement matched the window.
+#[derive(Debug)]
+pub(crate) enum AckMatch {
+    /// The flow is finished: the message left the window.
+    Completed(Box<InFlight>),
+    /// PUBREC accepted: send PUBREL, wait for PUBCOMP.
+    Released,
+    /// PUBREC for a message already released: send PUBREL again.
+    AlreadyReleased,
+    /// The acknowledgement does not fit the message's QoS (PUBACK for QoS 2, PUBREC for QoS 1).
+    WrongQoS,
+    /// No message with this identifier is in flight at this stage.
+    Unknown,
+}
+
+/// The outgoing window and queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbound {
+    inflight: VecDeque<InFlight>,
+    pending: VecDeque<Queued>,
+    max_pending: usize,
+}
+
+impl Outbound {
+    /// An empty window whose queue holds at most `max_pending` messages.
+    pub(crate) fn new(max_pending: usize) -> Outbound {
+        Outbound {
+            inflight: VecDeque::new(),
+            pending: VecDeque::new(),
+            max_pending: max_pending.max(1),
+        }
+    }
+
+    /// Unacknowledged messages.
+    pub(crate) fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Messages waiting to be sent.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether another message from the application fits in the queue.
+    pub(crate) fn has_room(&self) -> bool {
+        self.pending.len() < self.max_pending
+    }
+
+    /// Queue a message behind the others.
+    pub(crate) fn enqueue(&mut self, token: Token, publish: Publish) {
+        self.pending.push_back(Queued { token, publish });
+    }
+
+    /// Take the next message if the window allows it: QoS 0 always, QoS 1/2
+    /// while fewer than `quota` messages are in flight. Order is kept: a QoS 0
+    /// message does not overtake a QoS 1 message waiting for room.
+    pub(crate) fn next_sendable(&mut self, quota: usize) -> Option<Queued> {
+        let front = self.pending.front()?;
+        if front.publish.qos != QoS::AtMostOnce && self.inflight.len() >= quota {
+            return None;
+        }
+        self.pending.pop_front()
+    }
+
+    /// Put a message back at the head of the queue (no identifier was free).
+    pub(crate) fn unsend(&mut self, q: Queued) {
+        self.pending.push_front(q);
+    }
+
+    /// Record a sent QoS 1/2 PUBLISH.
+    pub(crate) fn push_inflight(&mut self, f: InFlight) {
+        self.inflight.push_back(f);
+    }
+
+    fn position(&self, id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|f| f.id == id)
+    }
+
+    fn remove(&mut self, i: usize) -> AckMatch {
+        match self.inflight.remove(i) {
+            Some(f) => AckMatch::Completed(Box::new(f)),
+            None => AckMatch::Unknown,
+        }
+    }
+
+    /// PUBACK arrived.
+    pub(crate) fn on_puback(&mut self, id: PacketId) -> AckMatch {
+        match self.position(id) {
+            Some(i) if self.inflight[i].publish.qos == QoS::AtLeastOnce => self.remove(i),
+            Some(_) => AckMatch::WrongQoS,
+            None => AckMatch::Unknown,
+        }
+    }
+
+    /// PUBREC arrived; `failed` when its reason code is 0x80 or above, which
+    /// ends the flow ([MQTT-4.4.0-2]).
+    pub(crate) fn on_pubrec(&mut self, id: PacketId, failed: bool) -> AckMatch {
+        let Some(i) = self.position(id) else {
+            return AckMatch::Unknown;
+        };
+        let f = &mut self.inflight[i];
+        match (f.publish.qos, f.stage) {
+            (QoS::ExactlyOnce, Stage::Published) if failed => self.remove(i),
+            (QoS::ExactlyOnce, Stage::Published) => {
+                f.stage = Stage::Released;
+                AckMatch::Released
+            }
+            (QoS::ExactlyOnce, Stage::Released) => AckMatch::AlreadyReleased,
+            _ => AckMatch::WrongQoS,
+        }
+    }
+
+    /// PUBCOMP arrived.
+    pub(crate) fn on_pubcomp(&mut self, id: PacketId) -> AckMatch {
+        match self.position(id) {
+            Some(i) if self.inflight[i].stage == Stage::Released => self.remove(i),
+            _ => AckMatch::Unknown,
+        }
+    }
+
+    /// The in-flight messages in their original order, for a resumed session
+    /// ([MQTT-4.4.0-1]).
+    pub(crate) fn inflight(&self) -> impl Iterator<Item = &InFlight> {
+        self.inflight.iter()
+    }
+
+    /// The server has no session: every message still waiting for PUBACK or
+    /// PUBREC goes back to the head of the queue, in order, to be sent as a new
+    /// message; the messages already released are returned (their fate is
+    /// unknown). The identifiers of both are returned for release.
+    pub(crate) fn requeue_unacknowledged(&mut self) -> (Vec<PacketId>, Vec<InFlight>) {
+        let mut ids = Vec::with_capacity(self.inflight.len());
+        let mut released = Vec::new();
+        let mut again = Vec::new();
+        for mut f in self.inflight.drain(..) {
+            ids.push(f.id);
+            match f.stage {
+                Stage::Published => {
+                    f.publish.packet_id = None;
+                    f.publish.dup = false;
+                    again.push(Queued {
+                        token: f.token,
+                        publish: f.publish,
+                    });
+                }
+                Stage::Released => released.push(f),
+            }
+        }
+        for q in again.into_iter().rev() {
+            self.pending.push_front(q);
+        }
+        (ids, released)
+    }
+
+    /// Remove everything: the tokens of in-flight and queued messages.
+    pub(crate) fn drain(&mut self) -> Vec<Token> {
+        let mut tokens: Vec<Token> = self.inflight.drain(..).map(|f| f.token).collect();
+        tokens.extend(self.pending.drain(..).map(|q| q.token));
+        tokens
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(qos: QoS) -> Publish {
+        let mut p = Publish::new("t", "x");
+        p.qos = qos;
+        p
+    }
+
+    fn pid(n: u16) -> PacketId {
+        PacketId::new(n).unwrap()
+    }
+
+    fn send(o: &mut Outbound, quota: usize, id: u16) -> bool {
+        match o.next_sendable(quota) {
+            Some(q) => {
+                o.push_inflight(InFlight {
+                    token: q.token,
+                    id: pid(id),
+                    publish: q.publish,
+                    stage: Stage::Published,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn window_respects_quota_and_keeps_order_mqtt_3_3_4_7() {
+        let mut o = Outbound::new(10);
+        o.enqueue(Token(1), publish(QoS::AtLeastOnce));
+        o.enqueue(Token(2), publish(QoS::AtLeastOnce));
+        o.enqueue(Token(3), publish(QoS::AtMostOnce));
+        assert!(send(&mut o, 1, 1));
+        // Quota 1 reached: the second QoS 1 waits and the QoS 0 behind it too.
+        assert!(o.next_sendable(1).is_none());
+        assert!(matches!(o.on_puback(pid(1)), AckMatch::Completed(f) if f.token == Token(1)));
+        assert!(send(&mut o, 1, 2));
+        assert_eq!(o.next_sendable(1).map(|q| q.token), Some(Token(3)));
+    }
+
+    #[test]
+    fn qos2_flow_and_mismatched_acknowledgements() {
+        let mut o = Outbound::new(10);
+        o.enqueue(Token(1), publish(QoS::ExactlyOnce));
+        o.enqueue(Token(2), publish(QoS::AtLeastOnce));
+        assert!(send(&mut o, 10, 1));
+        assert!(send(&mut o, 10, 2));
+        assert!(matches!(o.on_puback(pid(1)), AckMatch::WrongQoS));
+        assert!(matches!(o.on_pubrec(pid(2), false), AckMatch::WrongQoS));
+        assert!(matches!(o.on_pubcomp(pid(1)), AckMatch::Unknown));
+        assert!(matches!(o.on_pubrec(pid(1), false), AckMatch::Released));
+        assert!(matches!(o.on_pubrec(pid(1), false), AckMatch::AlreadyReleased));
+        assert!(matches!(o.on_pubcomp(pid(1)), AckMatch::Completed(_)));
+        assert!(matches!(o.on_puback(pid(9)), AckMatch::Unknown));
+    }
+
+    #[test]
+    fn failed_pubrec_ends_the_flow_mqtt_4_4_0_2() {
+        let mut o = Outbound::new(10);
+        o.enqueue(Token(1), publish(QoS::ExactlyOnce));
+        assert!(send(&mut o, 10, 1));
+        assert!(matches!(o.on_pubrec(pid(1), true), AckMatch::Completed(_)));
+        assert_eq!(o.inflight_len(), 0);
+    }
+
+    #[test]
+    fn lost_session_requeues_in_order() {
+        let mut o = Outbound::new(10);
+        for t in 1..=3 {
+            o.enqueue(Token(t), publish(QoS::ExactlyOnce));
+        }
+        for id in 1..=3 {
+            assert!(send(&mut o, 10, id));
+        }
+        assert!(matches!(o.on_pubrec(pid(2), false), AckMatch::Released));
+        o.enqueue(Token(4), publish(QoS::AtMostOnce));
+        let (ids, released) = o.requeue_unacknowledged();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].token, Token(2));
+        let order: Vec<Token> = std::iter::from_fn(|| o.next_sendable(10).map(|q| q.token)).collect();
+        assert_eq!(order, vec![Token(1), Token(3), Token(4)]);
+    }
+}

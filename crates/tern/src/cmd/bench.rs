@@ -1,0 +1,565 @@
+//! `tern bench`: an MQTT load generator for any broker.
+//!
+//! Scenarios: fan-in (N publishers → 1 subscriber), fan-out (1 publisher → N
+//! subscribers), pairs (N publisher/subscriber pairs), latency (one pair at a
+//! fixed rate, percentiles from a send timestamp in the payload) and conn (a
+//! connection storm: connects per second and, with `--broker-pid`, broker
+//! memory per idle connection). Messages carry (publisher, sequence, time), so
+//! lost and duplicated deliveries are counted. A progress line goes to stderr
+//! every second; the result is one `key=value` line on stdout.
+//!
+//! The generator speaks the protocol with tern-proto directly (no client
+//! library in between), so that its own cost stays small next to the broker's.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tern_proto::codec::{Decoded, Decoder};
+use tern_proto::{
+    Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Options of `tern bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Broker host.
+    #[arg(long, short = 'H', default_value = "127.0.0.1")]
+    host: String,
+    /// Broker port.
+    #[arg(long, short, default_value_t = 1883)]
+    port: u16,
+    /// What to run.
+    #[arg(long, short, value_enum, default_value = "fan-in")]
+    scenario: Scenario,
+    /// Publishers (fan-in).
+    #[arg(long, default_value_t = 8)]
+    publishers: usize,
+    /// Subscribers (fan-out).
+    #[arg(long, default_value_t = 32)]
+    subscribers: usize,
+    /// Publisher/subscriber pairs (pairs).
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+    /// QoS of publishes and subscriptions (0, 1 or 2).
+    #[arg(long, short, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Payload size in bytes (at least 24: publisher, sequence and timestamp).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Protocol version: 311 or 5.
+    #[arg(long = "protocol", short = 'V', default_value = "311", value_parser = parse_version)]
+    version: ProtocolVersion,
+    /// Unacknowledged QoS 1/2 publishes per publisher.
+    #[arg(long, default_value_t = 64)]
+    inflight: u16,
+    /// Seconds of publishing.
+    #[arg(long, short, default_value_t = 10.0)]
+    duration: f64,
+    /// Messages per publisher (instead of --duration).
+    #[arg(long, short)]
+    count: Option<u64>,
+    /// Messages per second (latency scenario).
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// Connections to open (conn scenario).
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// PID of the broker, to report its memory per connection (conn scenario).
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Bench scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// N publishers, one subscriber, one topic.
+    FanIn,
+    /// One publisher, N subscribers.
+    FanOut,
+    /// N publisher → subscriber pairs on their own topics.
+    Pairs,
+    /// One pair at a fixed rate; latency percentiles.
+    Latency,
+    /// Many idle connections: connects per second and broker memory.
+    Conn,
+}
+
+fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
+    match s {
+        "311" | "3.1.1" | "mqttv311" => Ok(ProtocolVersion::V3_1_1),
+        "5" | "5.0" | "mqttv5" => Ok(ProtocolVersion::V5),
+        _ => Err("use 311 or 5".into()),
+    }
+}
+
+/// Errors of a bench run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A connection failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The broker answered in a way the bench cannot go on with.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+const HEADER: usize = 24;
+
+#[derive(Default)]
+struct Stats {
+    sent: AtomicU64,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    out_of_order: AtomicU64,
+    /// Nanoseconds since the epoch of the last delivery.
+    last_rx_ns: AtomicU64,
+    latencies_us: Mutex<Vec<u32>>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    out: BytesMut,
+    decoder: Decoder,
+    version: ProtocolVersion,
+}
+
+impl Conn {
+    async fn open(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        id: &str,
+        keep_alive: u16,
+    ) -> Result<Conn, BenchError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut c = Conn {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+            out: BytesMut::with_capacity(64 * 1024),
+            decoder: Decoder::new(version, 1 << 24),
+            version,
+        };
+        let mut connect = Connect::new(version, id);
+        connect.keep_alive = keep_alive;
+        if version.is_v5() {
+            connect.properties.receive_maximum = Some(u16::MAX);
+        }
+        c.push(&Packet::Connect(Box::new(connect)));
+        c.flush().await?;
+        match c.read_packet().await? {
+            Packet::ConnAck(a) if !a.reason_code.is_error() => Ok(c),
+            p => Err(BenchError::Protocol(format!("connect refused: {p:?}"))),
+        }
+    }
+
+    fn push(&mut self, p: &Packet) {
+        if let Err(e) = p.encode(self.version, &mut self.out) {
+            tracing::warn!("cannot encode: {e}");
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), BenchError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn try_packet(&mut self) -> Result<Option<Packet>, BenchError> {
+        match self.decoder.decode(&mut self.buf) {
+            Ok(Decoded::Packet(p)) => Ok(Some(p)),
+            Ok(Decoded::NeedMore(_)) => Ok(None),
+            Err(e) => Err(BenchError::Protocol(format!("broker sent a bad packet: {e}"))),
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), BenchError> {
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(BenchError::Protocol("broker closed the connection".into()));
+        }
+        Ok(())
+    }
+
+    async fn read_packet(&mut self) -> Result<Packet, BenchError> {
+        loop {
+            if let Some(p) = self.try_packet()? {
+                return Ok(p);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), BenchError> {
+        let s = Subscribe {
+            packet_id: PacketId::new(1).ok_or_else(|| BenchError::Protocol("id".into()))?,
+            properties: Default::default(),
+            filters: vec![(filter.into(), SubscriptionOptions::qos(qos))],
+        };
+        self.push(&Packet::Subscribe(s));
+        self.flush().await?;
+        loop {
+            match self.read_packet().await? {
+                Packet::SubAck(a) if a.reason_codes.iter().all(|c| !c.is_error()) => return Ok(()),
+                Packet::SubAck(a) => return Err(BenchError::Protocol(format!("subscribe refused: {a:?}"))),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn payload(size: usize, publisher: u32, seq: u64, epoch: Instant) -> Bytes {
+    let mut b = BytesMut::with_capacity(size.max(HEADER));
+    b.put_u32(publisher);
+    b.put_u64(seq);
+    b.put_u64(epoch.elapsed().as_nanos() as u64);
+    b.put_u32(0);
+    b.resize(size.max(HEADER), b'x');
+    b.freeze()
+}
+
+/// Publish until `stop` (or `count`), keeping `inflight` QoS 1/2 messages outstanding.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per scenario; a struct would only rename them"
+)]
+async fn publisher(
+    mut c: Conn,
+    id: u32,
+    topic: String,
+    qos: QoS,
+    size: usize,
+    inflight: u16,
+    count: Option<u64>,
+    rate: Option<u64>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    epoch: Instant,
+) -> Result<(), BenchError> {
+    let mut seq = 0u64;
+    let mut free: Vec<u16> = (1..=inflight.max(1)).rev().collect();
+    let mut outstanding = 0usize;
+    let started = Instant::now();
+    let done = |seq: u64| stop.load(Ordering::Relaxed) || count.is_some_and(|n| seq >= n);
+    loop {
+        // Send a batch.
+        let mut batch = 0;
+        while batch < 64 && !done(seq) {
+            if let Some(r) = rate {
+                let due = started + Duration::from_nanos(seq * 1_000_000_000 / r.max(1));
+                if Instant::now() < due {
+                    if batch == 0 {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    break;
+                }
+            }
+            let packet_id = if qos == QoS::AtMostOnce {
+                None
+            } else {
+                match free.pop() {
+                    Some(id) => PacketId::new(id),
+                    None => break,
+                }
+            };
+            let mut p = Publish::new(topic.as_str(), payload(size, id, seq, epoch));
+            p.qos = qos;
+            p.packet_id = packet_id;
+            c.push(&Packet::Publish(p));
+            seq += 1;
+            batch += 1;
+            if packet_id.is_some() {
+                outstanding += 1;
+            }
+        }
+        stats.sent.fetch_add(batch, Ordering::Relaxed);
+        c.flush().await?;
+        if done(seq) && outstanding == 0 {
+            return Ok(());
+        }
+        // Collect acknowledgements (wait for them only when the window is full or at the end).
+        let must_wait = qos != QoS::AtMostOnce && (free.is_empty() || done(seq));
+        loop {
+            while let Some(p) = c.try_packet()? {
+                match p {
+                    Packet::PubAck(a) | Packet::PubComp(a) => {
+                        free.push(a.packet_id.get());
+                        outstanding -= 1;
+                    }
+                    Packet::PubRec(a) => c.push(&Packet::PubRel(Ack::new(a.packet_id))),
+                    _ => {}
+                }
+            }
+            c.flush().await?;
+            if !must_wait || !free.is_empty() && !done(seq) || outstanding == 0 {
+                break;
+            }
+            c.read_more().await?;
+        }
+        if qos == QoS::AtMostOnce || !must_wait {
+            // Take in whatever is readable without waiting.
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, c.stream.read_buf(&mut c.buf)).await {
+                if n == 0 {
+                    return Err(BenchError::Protocol("broker closed the connection".into()));
+                }
+            }
+        }
+    }
+}
+
+/// Receive until `stop` and nothing arrives for a while; acknowledge; count.
+async fn subscriber(
+    mut c: Conn,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    epoch: Instant,
+    latency: bool,
+) -> Result<(), BenchError> {
+    let mut next: HashMap<u32, u64> = HashMap::new();
+    let mut lat = Vec::new();
+    loop {
+        while let Some(p) = c.try_packet()? {
+            match p {
+                Packet::Publish(p) => {
+                    if p.payload.len() >= HEADER {
+                        let b = &p.payload;
+                        let publisher = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                        let seq = u64::from_be_bytes([b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]]);
+                        let ts = u64::from_be_bytes([b[12], b[13], b[14], b[15], b[16], b[17], b[18], b[19]]);
+                        let expected = next.entry(publisher).or_insert(0);
+                        if seq < *expected {
+                            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            if seq > *expected {
+                                stats.out_of_order.fetch_add(seq - *expected, Ordering::Relaxed);
+                            }
+                            *expected = seq + 1;
+                            stats.received.fetch_add(1, Ordering::Relaxed);
+                            stats
+                                .last_rx_ns
+                                .fetch_max(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        }
+                        if latency {
+                            let now = epoch.elapsed().as_nanos() as u64;
+                            lat.push((now.saturating_sub(ts) / 1000).min(u64::from(u32::MAX)) as u32);
+                        }
+                    }
+                    match (p.qos, p.packet_id) {
+                        (QoS::AtLeastOnce, Some(id)) => c.push(&Packet::PubAck(Ack::new(id))),
+                        (QoS::ExactlyOnce, Some(id)) => c.push(&Packet::PubRec(Ack::new(id))),
+                        _ => {}
+                    }
+                }
+                Packet::PubRel(a) => c.push(&Packet::PubComp(Ack::new(a.packet_id))),
+                _ => {}
+            }
+        }
+        c.flush().await?;
+        let wait = if stop.load(Ordering::Relaxed) {
+            Duration::from_millis(1000)
+        } else {
+            Duration::from_secs(3600)
+        };
+        match tokio::time::timeout(wait, c.read_more()).await {
+            Ok(r) => r?,
+            Err(_) => break,
+        }
+    }
+    if latency {
+        if let Ok(mut l) = stats.latencies_us.lock() {
+            l.extend(lat);
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Run the bench on a new runtime.
+pub fn run(args: Args) -> Result<(), BenchError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: Args) -> Result<(), BenchError> {
+    let addr: SocketAddr = tokio::net::lookup_host((args.host.as_str(), args.port))
+        .await?
+        .next()
+        .ok_or_else(|| BenchError::Protocol(format!("cannot resolve --host {}", args.host)))?;
+    if args.scenario == Scenario::Conn {
+        return connection_storm(addr, &args).await;
+    }
+    let qos = QoS::from_bits(args.qos).unwrap_or(QoS::AtMostOnce);
+    let run_id = std::process::id();
+    let epoch = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (npub, nsub, topics): (usize, usize, Vec<String>) = match args.scenario {
+        Scenario::FanIn => (args.publishers, 1, vec![format!("bench/{run_id}/fan-in")]),
+        Scenario::FanOut => (1, args.subscribers, vec![format!("bench/{run_id}/fan-out")]),
+        Scenario::Pairs => (
+            args.pairs,
+            args.pairs,
+            (0..args.pairs)
+                .map(|i| format!("bench/{run_id}/pair/{i}"))
+                .collect(),
+        ),
+        Scenario::Latency => (1, 1, vec![format!("bench/{run_id}/latency")]),
+        Scenario::Conn => unreachable!("handled above"),
+    };
+    // Subscribers first.
+    let mut subs = Vec::new();
+    for i in 0..nsub {
+        let mut c = Conn::open(addr, args.version, &format!("bench-{run_id}-sub-{i}"), 0).await?;
+        c.subscribe(&topics[i % topics.len()], qos).await?;
+        subs.push(tokio::spawn(subscriber(
+            c,
+            stop.clone(),
+            stats.clone(),
+            epoch,
+            args.scenario == Scenario::Latency,
+        )));
+    }
+    let rate = (args.scenario == Scenario::Latency).then_some(args.rate);
+    let mut pubs = Vec::new();
+    for i in 0..npub {
+        let c = Conn::open(addr, args.version, &format!("bench-{run_id}-pub-{i}"), 0).await?;
+        pubs.push(tokio::spawn(publisher(
+            c,
+            i as u32,
+            topics[i % topics.len()].clone(),
+            qos,
+            args.size,
+            args.inflight,
+            args.count,
+            rate,
+            stop.clone(),
+            stats.clone(),
+            epoch,
+        )));
+    }
+    let started = Instant::now();
+    let mut last = (0u64, 0u64);
+    let deadline = (args.count.is_none()).then(|| started + Duration::from_secs_f64(args.duration));
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sent = stats.sent.load(Ordering::Relaxed);
+        let received = stats.received.load(Ordering::Relaxed);
+        if !args.quiet {
+            eprintln!(
+                "[{:5.1}s] sent {sent} ({}/s) received {received} ({}/s)",
+                started.elapsed().as_secs_f64(),
+                sent - last.0,
+                received - last.1
+            );
+        }
+        last = (sent, received);
+        if deadline.is_some_and(|d| Instant::now() >= d) || pubs.iter().all(|p| p.is_finished()) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let publish_secs = started.elapsed().as_secs_f64();
+    for p in pubs {
+        p.await
+            .map_err(|e| BenchError::Protocol(format!("publisher task failed: {e}")))??;
+    }
+    for s in subs {
+        s.await
+            .map_err(|e| BenchError::Protocol(format!("subscriber task failed: {e}")))??;
+    }
+    // Deliveries per second, from the start of publishing to the last delivery.
+    let start_ns = started.duration_since(epoch).as_nanos() as u64;
+    let active = (stats.last_rx_ns.load(Ordering::Relaxed).saturating_sub(start_ns)) as f64 / 1e9;
+    let sent = stats.sent.load(Ordering::Relaxed);
+    let received = stats.received.load(Ordering::Relaxed);
+    let factor = match args.scenario {
+        Scenario::FanOut => nsub as u64,
+        _ => 1,
+    };
+    let expected = sent * factor;
+    let lost = expected.saturating_sub(received);
+    let mut lat = stats.latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    println!(
+        "result scenario={:?} protocol={} qos={} size={} publishers={npub} subscribers={nsub} seconds={publish_secs:.2} \
+         sent={sent} expected={expected} received={received} lost={lost} duplicates={} rate={:.0} p50_us={} p99_us={} p999_us={}",
+        args.scenario,
+        args.version,
+        args.qos,
+        args.size,
+        stats.duplicates.load(Ordering::Relaxed),
+        received as f64 / active.max(0.001),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999),
+    );
+    Ok(())
+}
+
+async fn connection_storm(addr: SocketAddr, args: &Args) -> Result<(), BenchError> {
+    let before = args.broker_pid.and_then(rss_kib);
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| BenchError::Protocol(e.to_string()))?;
+        let v = args.version;
+        tasks.push(tokio::spawn(async move {
+            let c = Conn::open(addr, v, &format!("bench-conn-{}-{i}", std::process::id()), 0).await;
+            drop(permit);
+            c
+        }));
+    }
+    let mut conns = Vec::with_capacity(args.connections);
+    for t in tasks {
+        conns.push(t.await.map_err(|e| BenchError::Protocol(e.to_string()))??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = args.broker_pid.and_then(rss_kib);
+    let per_conn = match (before, after) {
+        (Some(b), Some(a)) => format!(
+            "{:.0}",
+            (a.saturating_sub(b) * 1024) as f64 / conns.len().max(1) as f64
+        ),
+        _ => "n/a".into(),
+    };
+    println!(
+        "result scenario=Conn protocol={} connections={} seconds={secs:.2} rate={:.0} broker_bytes_per_connection={per_conn}",
+        args.version,
+        conns.len(),
+        conns.len() as f64 / secs
+    );
+    Ok(())
+}

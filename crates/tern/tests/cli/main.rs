@@ -1,0 +1,387 @@
+//! Runs the built `tern` binary: `tern pub` and `tern sub` against a broker
+//! started in this process on port 0. Every wait is bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tern_broker::{BrokerBuilder, BrokerHandle};
+
+const WAIT: Duration = Duration::from_secs(10);
+const TERN: &str = env!("CARGO_BIN_EXE_tern");
+
+/// Our broker on 127.0.0.1:0, on a runtime of its own.
+struct Broker {
+    handle: Option<BrokerHandle>,
+    rt: tokio::runtime::Runtime,
+    port: String,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.block_on(async {
+            BrokerBuilder::new()
+                .listen("127.0.0.1:0".parse().unwrap())
+                .bind()
+                .await
+                .unwrap()
+                .spawn()
+        });
+        let port = handle.addr().port().to_string();
+        Broker {
+            handle: Some(handle),
+            rt,
+            port,
+        }
+    }
+
+    /// `tern <cmd> -h 127.0.0.1 -p PORT args...`
+    fn cmd(&self, sub: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(TERN);
+        c.arg(sub).args(["-h", "127.0.0.1", "-p", &self.port]).args(args);
+        c
+    }
+
+    /// Run `tern pub` to completion; panics unless it succeeds.
+    fn publish(&self, args: &[&str]) {
+        let out = run(self.cmd("pub", args), None);
+        assert!(
+            out.status.success(),
+            "tern pub {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let handle = self.handle.take();
+        self.rt.block_on(async move { drop(handle) });
+    }
+}
+
+/// Run to completion with `stdin`, killing the process after [`WAIT`].
+fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).unwrap();
+    }
+    wait(child)
+}
+
+fn wait(mut child: Child) -> Output {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "process did not finish in {WAIT:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `tern sub` whose stdout is read line by line.
+struct Sub {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Sub {
+    fn start(broker: &Broker, args: &[&str]) -> Sub {
+        let mut child = broker
+            .cmd("sub", args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Sub { child, lines }
+    }
+
+    /// Publish with `probe` until the subscriber prints something: it is then
+    /// subscribed. Returns the first line.
+    fn ready(&self, mut probe: impl FnMut()) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            probe();
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "tern sub never received anything");
+        }
+    }
+
+    fn line(&self) -> String {
+        self.lines.recv_timeout(WAIT).expect("a line from tern sub")
+    }
+
+    /// Wait for exit; returns the status.
+    fn finish(mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tern sub did not exit in {WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn pub_to_sub_round_trip_in_both_versions() {
+    let b = Broker::start();
+    for v in ["311", "5"] {
+        let sub = Sub::start(&b, &["-V", v, "-t", "rt/#", "-q", "1", "-C", "1", "-v"]);
+        let line = sub.ready(|| b.publish(&["-V", v, "-t", "rt/x", "-q", "1", "-m", "hello world"]));
+        assert_eq!(line, "rt/x hello world", "MQTT {v}");
+        assert!(sub.finish().success());
+    }
+}
+
+#[test]
+fn qos2_with_v5_properties_printed_as_json() {
+    let b = Broker::start();
+    let sub = Sub::start(&b, &["-t", "j/#", "-q", "2", "-C", "1", "--json"]);
+    let line = sub.ready(|| {
+        b.publish(&[
+            "-t",
+            "j/1",
+            "-q",
+            "2",
+            "-m",
+            "{\"v\":1}",
+            "--user-property",
+            "a=1",
+            "--user-property",
+            "b=x=y",
+            "--content-type",
+            "application/json",
+            "--message-expiry",
+            "60",
+            "--response-topic",
+            "j/reply",
+            "--correlation-data",
+            "c-1",
+        ])
+    });
+    for part in [
+        r#""topic":"j/1""#,
+        r#""qos":2"#,
+        r#""retain":false"#,
+        r#""payload":"{\"v\":1}""#,
+        r#""content_type":"application/json""#,
+        r#""response_topic":"j/reply""#,
+        r#""correlation_data":"c-1""#,
+        r#""user_properties":[["a","1"],["b","x=y"]]"#,
+        r#""message_expiry_interval":"#,
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+    assert!(sub.finish().success());
+}
+
+#[test]
+fn message_from_file_stdin_lines_stdin_file_and_null() {
+    let b = Broker::start();
+    let dir = std::env::temp_dir().join(format!("tern-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("payload.txt");
+    std::fs::write(&file, "from a file").unwrap();
+
+    let sub = Sub::start(&b, &["-t", "src/#", "-q", "1", "-C", "6", "-v"]);
+    sub.ready(|| b.publish(&["-t", "src/probe", "-m", "p"]));
+    b.publish(&["-t", "src/file", "-q", "1", "-f", file.to_str().unwrap()]);
+    let out = run(
+        b.cmd("pub", &["-t", "src/line", "-q", "1", "-l"]),
+        Some(b"one\ntwo\n"),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(b.cmd("pub", &["-t", "src/all", "-s"]), Some(b"all\nof it"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    b.publish(&["-t", "src/null", "-n"]);
+    let got: Vec<String> = (0..6).map(|_| sub.line()).collect();
+    // The probe may have been received more than once before the others.
+    let got: Vec<&str> = got
+        .iter()
+        .map(String::as_str)
+        .filter(|l| *l != "src/probe p")
+        .collect();
+    assert_eq!(
+        got[..5],
+        [
+            "src/file from a file",
+            "src/line one",
+            "src/line two",
+            "src/all all",
+            "of it"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn retained_message_and_persistent_session_with_count() {
+    let b = Broker::start();
+    b.publish(&["-t", "ret/a", "-r", "-q", "1", "-m", "kept"]);
+    // No race: the retained message is sent at subscription time.
+    let sub = Sub::start(&b, &["-t", "ret/#", "-C", "1", "-v"]);
+    assert_eq!(sub.line(), "ret/a kept");
+    assert!(sub.finish().success());
+
+    // -c with -x: the session (and its queued QoS 1 message) survives between runs.
+    for v in ["311", "5"] {
+        let id = format!("persist-{v}");
+        let mut first: Vec<&str> = vec!["-V", v, "-c", "-i", &id, "-t", "queued", "-q", "1", "-W", "1"];
+        if v == "5" {
+            first.extend(["-x", "60"]);
+        }
+        let status = Sub::start(&b, &first).finish();
+        assert_eq!(status.code(), Some(27), "-W expires with status 27");
+        b.publish(&["-V", v, "-t", "queued", "-q", "1", "-m", "while away"]);
+        let mut again = first.clone();
+        again.truncate(again.len() - 2);
+        let again = [again, vec!["-C", "1"]].concat();
+        let sub = Sub::start(&b, &again);
+        assert_eq!(sub.line(), "while away", "MQTT {v}");
+        assert!(sub.finish().success());
+    }
+}
+
+#[test]
+fn will_is_published_when_tern_sub_dies() {
+    let b = Broker::start();
+    let watcher = Sub::start(&b, &["-t", "will/#", "-t", "ready", "-v"]);
+    watcher.ready(|| b.publish(&["-t", "ready", "-m", "1"]));
+    let dying = Sub::start(
+        &b,
+        &[
+            "-t",
+            "dying/ping",
+            "--will-topic",
+            "will/dying",
+            "--will-payload",
+            "gone",
+            "--will-qos",
+            "1",
+        ],
+    );
+    dying.ready(|| b.publish(&["-t", "dying/ping", "-m", "are you there"]));
+    drop(dying); // SIGKILL: no DISCONNECT, so the broker publishes the will.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let line = watcher.line();
+        if line == "will/dying gone" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no will");
+    }
+}
+
+#[test]
+fn bad_arguments_give_one_line_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["pub", "-t", "a", "-m", "x", "-q", "3"], "--qos"),
+        (&["pub", "-t", "a"], "--message"),
+        (&["pub", "-m", "x"], "--topic"),
+        (&["pub", "-t", "a/#", "-m", "x"], "--topic"),
+        (&["pub", "-t", "a", "-m", "x", "-V", "6"], "--protocol-version"),
+        (&["pub", "-t", "a", "-m", "x", "-p", "port"], "--port"),
+        (
+            &["pub", "-t", "a", "-m", "x", "--user-property", "novalue"],
+            "--user-property",
+        ),
+        (
+            &["pub", "-t", "a", "-m", "x", "-V", "311", "--content-type", "t"],
+            "--content-type",
+        ),
+        (
+            &["pub", "-t", "a", "-m", "x", "-f", "/nonexistent/file"],
+            "--file",
+        ),
+        (&["pub", "-t", "a", "-m", "x", "--will-qos", "1"], "--will-topic"),
+        (&["sub"], "--topic"),
+        (&["sub", "-t", "a/#/b"], "--topic"),
+        (&["sub", "-t", "a", "-v", "--json"], "--json"),
+        (&["sub", "-t", "a", "-V", "311", "--no-local"], "--no-local"),
+        (&["sub", "-t", "a", "--retain-handling", "3"], "--retain-handling"),
+        (&["sub", "-t", "a", "-C", "many"], "--count"),
+        (&["sub", "-t", "a", "-c"], "--disable-clean-session"),
+    ];
+    for (args, flag) in cases {
+        let out = run(
+            {
+                let mut c = Command::new(TERN);
+                c.args(*args).args(["-p", "1"]);
+                c
+            },
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: one line expected, got {stderr:?}"
+        );
+        assert!(stderr.contains(flag), "{args:?}: {stderr:?} does not name {flag}");
+    }
+}
+
+#[test]
+fn unreachable_broker_is_a_one_line_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut c = Command::new(TERN);
+    c.args(["pub", "-h", "127.0.0.1", "-p", &port, "-t", "a", "-m", "x"]);
+    let out = run(c, None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
