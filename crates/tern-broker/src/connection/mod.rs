@@ -117,7 +117,7 @@ impl Conn {
             outbound_aliases: HashMap::new(),
             client_alias_maximum: 0,
             problem_information: true,
-            out: BytesMut::with_capacity(4096),
+            out: BytesMut::new(),
             decoder,
             auth_method: None,
             needs_commit: false,
@@ -290,8 +290,13 @@ impl Conn {
                 }
                 crate::listener::count(&self.shared.counters.bytes_out, self.out.len());
                 self.out.clear();
+                // Give back a buffer that a burst made large.
+                if self.out.capacity() > 4 * WRITE_BATCH {
+                    self.out = BytesMut::new();
+                }
             }
             let deadline = self.deadline(last_rx);
+            reserve_for_read(buf);
             tokio::select! {
                 biased;
                 r = io.read_buf(buf) => match r {
@@ -466,6 +471,16 @@ async fn wait_commit(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
     }
 }
 
+/// Make room for a read: at least 2 KiB free, and release the buffer of an idle connection.
+fn reserve_for_read(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 64 * 1024 {
+        *buf = BytesMut::new();
+    }
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(2048);
+    }
+}
+
 async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -526,7 +541,8 @@ pub(crate) async fn serve<S>(mut io: S, peer: SocketAddr, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(4096);
+    // Buffers start empty and grow on demand: an idle connection holds no buffer space.
+    let mut buf = BytesMut::new();
     let connect = match connect::read_connect(&mut io, &mut buf, &shared).await {
         Ok(c) => c,
         Err(r) => return log_refused(peer, r),

@@ -73,6 +73,10 @@ pub struct Args {
     /// PID of the broker, to report its memory per connection (conn scenario).
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Subscribers keep persistent sessions (clean session 0 / session expiry 1 h), so a
+    /// broker with persistence stores every QoS 1/2 message for them.
+    #[arg(long)]
+    persistent: bool,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
@@ -139,6 +143,7 @@ impl Conn {
         version: ProtocolVersion,
         id: &str,
         keep_alive: u16,
+        persistent: bool,
     ) -> Result<Conn, BenchError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -151,6 +156,12 @@ impl Conn {
         };
         let mut connect = Connect::new(version, id);
         connect.keep_alive = keep_alive;
+        if persistent {
+            connect.clean_start = false;
+            if version.is_v5() {
+                connect.properties.session_expiry_interval = Some(3600);
+            }
+        }
         if version.is_v5() {
             connect.properties.receive_maximum = Some(u16::MAX);
         }
@@ -436,7 +447,14 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
     // Subscribers first.
     let mut subs = Vec::new();
     for i in 0..nsub {
-        let mut c = Conn::open(addr, args.version, &format!("bench-{run_id}-sub-{i}"), 0).await?;
+        let mut c = Conn::open(
+            addr,
+            args.version,
+            &format!("bench-{run_id}-sub-{i}"),
+            0,
+            args.persistent,
+        )
+        .await?;
         c.subscribe(&topics[i % topics.len()], qos).await?;
         subs.push(tokio::spawn(subscriber(
             c,
@@ -449,7 +467,7 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
     let rate = (args.scenario == Scenario::Latency).then_some(args.rate);
     let mut pubs = Vec::new();
     for i in 0..npub {
-        let c = Conn::open(addr, args.version, &format!("bench-{run_id}-pub-{i}"), 0).await?;
+        let c = Conn::open(addr, args.version, &format!("bench-{run_id}-pub-{i}"), 0, false).await?;
         pubs.push(tokio::spawn(publisher(
             c,
             i as u32,
@@ -536,7 +554,14 @@ async fn connection_storm(addr: SocketAddr, args: &Args) -> Result<(), BenchErro
             .map_err(|e| BenchError::Protocol(e.to_string()))?;
         let v = args.version;
         tasks.push(tokio::spawn(async move {
-            let c = Conn::open(addr, v, &format!("bench-conn-{}-{i}", std::process::id()), 0).await;
+            let c = Conn::open(
+                addr,
+                v,
+                &format!("bench-conn-{}-{i}", std::process::id()),
+                0,
+                false,
+            )
+            .await;
             drop(permit);
             c
         }));
