@@ -338,6 +338,7 @@ async fn subscriber(
 ) -> Result<(), BenchError> {
     let mut next: HashMap<u32, u64> = HashMap::new();
     let mut lat = Vec::new();
+    let mut quiet_since: Option<Instant> = None;
     loop {
         while let Some(p) = c.try_packet()? {
             match p {
@@ -376,14 +377,19 @@ async fn subscriber(
             }
         }
         c.flush().await?;
-        let wait = if stop.load(Ordering::Relaxed) {
-            Duration::from_millis(1000)
-        } else {
-            Duration::from_secs(3600)
-        };
-        match tokio::time::timeout(wait, c.read_more()).await {
-            Ok(r) => r?,
-            Err(_) => break,
+        // After the publishers stop, one quiet second ends the subscriber.
+        match tokio::time::timeout(Duration::from_millis(200), c.read_more()).await {
+            Ok(r) => {
+                r?;
+                quiet_since = None;
+            }
+            Err(_) if stop.load(Ordering::Relaxed) => {
+                let since = *quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_secs(1) {
+                    break;
+                }
+            }
+            Err(_) => {}
         }
     }
     if latency {
