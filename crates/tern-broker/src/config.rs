@@ -73,6 +73,11 @@ pub struct Config {
     pub max_connect_rate: u32,
     /// Seconds between `$SYS/broker/...` updates (default 10; 0 disables them).
     pub sys_interval_secs: u64,
+    /// How long a publisher of QoS 1/2 messages is slowed down (its socket not read)
+    /// while a connected subscriber's queue is over its limits, in milliseconds
+    /// (default 2,000). A subscriber that does not drain within this time is
+    /// treated as stalled: messages for it are dropped and counted instead.
+    pub backpressure_timeout_ms: u64,
     /// Directory of the durable store; absent: state is kept in memory only
     /// (`tern broker` defaults to `./tern-data`).
     pub data_dir: Option<std::path::PathBuf>,
@@ -116,6 +121,7 @@ impl Default for Config {
             max_connect_rate: 50_000,
             sys_interval_secs: 10,
             response_information_prefix: "response/".to_string(),
+            backpressure_timeout_ms: 2000,
             data_dir: None,
             sync: crate::store::SyncPolicy::Always,
             sync_interval_ms: 100,
@@ -191,6 +197,10 @@ impl Config {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    pub(crate) fn backpressure_timeout(&self) -> Duration {
+        Duration::from_millis(self.backpressure_timeout_ms)
     }
 
     pub(crate) fn max_qos(&self) -> tern_proto::QoS {

@@ -83,6 +83,8 @@ pub(crate) struct SessionState {
     pub persistent: bool,
     /// Next sequence number for a stored message.
     pub next_seq: u64,
+    /// Since when the queue is over its limits (publishers are being slowed).
+    pub full_since: Option<std::time::Instant>,
 }
 
 /// A session shared between the registry, the router and its connection.
@@ -90,6 +92,8 @@ pub(crate) struct SessionState {
 pub(crate) struct SessionCell {
     pub client_id: Arc<str>,
     state: Mutex<SessionState>,
+    /// Notified when the queue drains below half its limits (publishers waiting on it).
+    pub space: Notify,
     connected: AtomicBool,
 }
 
@@ -118,8 +122,10 @@ impl SessionCell {
                 pending_will_at: None,
                 persistent: false,
                 next_seq: 1,
+                full_since: None,
             }),
             connected: AtomicBool::new(false),
+            space: Notify::new(),
         }
     }
 
@@ -148,21 +154,37 @@ impl SessionCell {
         mut out: Outgoing,
         cfg: &crate::Config,
         store: Option<&crate::store::Store>,
-    ) -> bool {
+    ) -> Enqueued {
         let mut st = self.lock();
         if st.ended {
-            return false;
+            return Enqueued::Dropped;
         }
         if st.conn_id.is_none() && out.qos == QoS::AtMostOnce && !cfg.queue_qos0_offline {
-            return false;
+            return Enqueued::Dropped;
         }
         let size = out.msg.payload.len();
+        let mut pressure = false;
         if st.queue.len() >= cfg.max_queued_messages || st.queued_bytes + size > cfg.max_queued_bytes {
-            st.dropped += 1;
-            if st.dropped.is_power_of_two() {
-                tracing::warn!(client_id = %self.client_id, dropped = st.dropped, "session queue full: dropping messages");
+            // QoS 1/2 to a connected client that is draining: queue beyond the limit (up to
+            // twice it) and tell the publisher to slow down, rather than drop what it was
+            // told is accepted. A client that does not drain for backpressure_timeout_ms
+            // is treated as stalled: its messages are dropped and nobody waits for it.
+            let patient = out.qos != QoS::AtMostOnce
+                && st.conn_id.is_some()
+                && st.queue.len() < 2 * cfg.max_queued_messages
+                && st.queued_bytes + size <= 2 * cfg.max_queued_bytes
+                && st
+                    .full_since
+                    .is_none_or(|t| t.elapsed() < cfg.backpressure_timeout());
+            if !patient {
+                st.dropped += 1;
+                if st.dropped.is_power_of_two() {
+                    tracing::warn!(client_id = %self.client_id, dropped = st.dropped, "session queue full: dropping messages");
+                }
+                return Enqueued::Dropped;
             }
-            return false;
+            st.full_since.get_or_insert_with(std::time::Instant::now);
+            pressure = true;
         }
         st.queued_bytes += size;
         if let (true, Some(store), true) = (st.persistent, store, out.qos != QoS::AtMostOnce) {
@@ -177,8 +199,35 @@ impl SessionCell {
         if let Some(w) = waker {
             w.notify_one();
         }
-        true
+        if pressure {
+            Enqueued::Pressure
+        } else {
+            Enqueued::Queued
+        }
     }
+
+    /// Whether a publisher slowed down for this session may go on: its queue is
+    /// below half the limits, or it is gone, offline or stalled.
+    pub fn has_room(&self, cfg: &crate::Config) -> bool {
+        let st = self.lock();
+        st.ended
+            || st.conn_id.is_none()
+            || st
+                .full_since
+                .is_none_or(|t| t.elapsed() >= cfg.backpressure_timeout())
+            || (st.queue.len() <= cfg.max_queued_messages / 2 && st.queued_bytes <= cfg.max_queued_bytes / 2)
+    }
+}
+
+/// What happened to a message offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Queued.
+    Queued,
+    /// Queued beyond the limits: the publisher should wait for [`SessionCell::has_room`].
+    Pressure,
+    /// Dropped (counted).
+    Dropped,
 }
 
 impl SessionState {
@@ -201,6 +250,9 @@ impl SessionState {
     pub fn pop_queued(&mut self) -> Option<Outgoing> {
         let out = self.queue.pop_front()?;
         self.queued_bytes = self.queued_bytes.saturating_sub(out.msg.payload.len());
+        if self.queue.is_empty() {
+            self.full_since = None;
+        }
         Some(out)
     }
 

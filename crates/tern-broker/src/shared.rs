@@ -11,7 +11,7 @@ use tern_proto::QoS;
 
 use crate::message::{Message, Outgoing};
 use crate::router::{Match, Router, SubEntry};
-use crate::session::{Registry, SessionCell};
+use crate::session::{Enqueued, Registry, SessionCell};
 use crate::store::{record, Op, Store};
 use crate::Config;
 
@@ -122,13 +122,19 @@ impl Shared {
     }
 
     /// Route a message to every matching session; returns how many sessions it reached.
-    pub fn publish(&self, msg: &Arc<Message>) -> usize {
+    /// Sessions whose queues are over their limits are added to `pressure`: the
+    /// publisher should wait until they have room.
+    pub fn publish(&self, msg: &Arc<Message>, pressure: &mut Vec<Arc<SessionCell>>) -> usize {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.publish_internal(msg)
+        self.route(msg, Some(pressure))
     }
 
-    /// Route without counting the message as received (`$SYS`, wills).
+    /// Route without counting the message as received and without backpressure (`$SYS`, wills).
     pub fn publish_internal(&self, msg: &Arc<Message>) -> usize {
+        self.route(msg, None)
+    }
+
+    fn route(&self, msg: &Arc<Message>, mut pressure: Option<&mut Vec<Arc<SessionCell>>>) -> usize {
         let mut normal: HashMap<*const SessionCell, (Arc<SessionCell>, Outgoing)> = HashMap::new();
         let mut shared: Vec<(Arc<SessionCell>, Outgoing)> = Vec::new();
         {
@@ -179,15 +185,23 @@ impl Shared {
         }
         let n = normal.len() + shared.len();
         for (cell, out) in normal.into_values().chain(shared) {
-            self.deliver(&cell, out);
+            if self.deliver(&cell, out) == Enqueued::Pressure {
+                if let Some(p) = pressure.as_deref_mut() {
+                    if !p.iter().any(|c| Arc::ptr_eq(c, &cell)) {
+                        p.push(cell);
+                    }
+                }
+            }
         }
         n
     }
 
-    fn deliver(&self, cell: &SessionCell, out: Outgoing) {
-        if !cell.enqueue(out, &self.config, self.store.as_deref()) {
+    fn deliver(&self, cell: &SessionCell, out: Outgoing) -> Enqueued {
+        let r = cell.enqueue(out, &self.config, self.store.as_deref());
+        if r == Enqueued::Dropped {
             self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
+        r
     }
 
     /// Add a subscription to the router; `true` when it replaced an existing one.
@@ -305,7 +319,7 @@ impl Shared {
         if msg.retain {
             self.retain(msg);
         }
-        self.publish(msg);
+        self.publish_internal(msg);
     }
 
     fn redeliver_shared(&self, full_filter: &str, out: Outgoing) {

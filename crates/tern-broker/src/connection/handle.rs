@@ -200,11 +200,11 @@ impl Conn {
         }
     }
 
-    fn route(&self, msg: &Arc<Message>) -> usize {
+    fn route(&mut self, msg: &Arc<Message>) -> usize {
         if msg.retain && !self.shared.retain(msg) {
             tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "retained store full (max_retained); message not retained");
         }
-        self.shared.publish(msg)
+        self.shared.publish(msg, &mut self.pressure)
     }
 
     fn on_puback(&mut self, a: Ack) -> Result<(), Close> {

@@ -83,6 +83,9 @@ pub(crate) struct Conn {
     pub(super) needs_commit: bool,
     /// The queue's head waits for a store commit.
     waiting_for_commit: bool,
+    /// Subscriber sessions over their queue limits: this client's socket is not
+    /// read until they have room (backpressure instead of loss for QoS 1/2).
+    pub(super) pressure: Vec<Arc<SessionCell>>,
     pub(super) reauth: Option<Box<dyn crate::AuthExchange>>,
     pub(super) username: Option<ByteString>,
 }
@@ -122,6 +125,7 @@ impl Conn {
             auth_method: None,
             needs_commit: false,
             waiting_for_commit: false,
+            pressure: Vec::new(),
             reauth: None,
             username: None,
         }
@@ -233,6 +237,10 @@ impl Conn {
                 });
             }
         }
+        // Publishers slowed down for this session may go on.
+        if st.full_since.is_some() && st.queue.len() <= self.shared.config.max_queued_messages / 2 {
+            cell.space.notify_waiters();
+        }
         Ok(false)
     }
 
@@ -297,9 +305,21 @@ impl Conn {
             }
             let deadline = self.deadline(last_rx);
             reserve_for_read(buf);
+            let cfg = &self.shared.config;
+            self.pressure.retain(|c| !c.has_room(cfg));
+            if self.pressure.is_empty() && !buf.is_empty() {
+                // Packets left buffered while this client was slowed down.
+                if let Err(c) = self.decode_all(buf) {
+                    return c;
+                }
+                if !self.out.is_empty() || !self.pressure.is_empty() {
+                    continue;
+                }
+            }
+            let slowed = self.pressure.first().cloned();
             tokio::select! {
                 biased;
-                r = io.read_buf(buf) => match r {
+                r = io.read_buf(buf), if slowed.is_none() => match r {
                     Ok(0) => return Close::Transport("peer closed the connection".into()),
                     Ok(n) => {
                         crate::listener::count(&self.shared.counters.bytes_in, n);
@@ -313,6 +333,7 @@ impl Conn {
                 _ = self.waker.notified() => {}
                 _ = shutdown.changed() => return Close::Shutdown,
                 _ = wait_commit(&mut committed), if self.waiting_for_commit => {}
+                _ = wait_room(slowed.as_deref()), if slowed.is_some() => {}
                 _ = sleep_opt(deadline) => return Close::KeepAliveTimeout,
                 _ = std::future::ready(()), if more => {}
             }
@@ -339,8 +360,13 @@ impl Conn {
         Ok(())
     }
 
+    /// Handle the complete packets in `buf`; stops early (leaving the rest buffered)
+    /// while a subscriber this client publishes to is over its queue limits.
     fn decode_all(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
         loop {
+            if !self.pressure.is_empty() {
+                return Ok(());
+            }
             match self.decoder.decode(buf) {
                 Ok(Decoded::Packet(p)) => self.on_packet(p, Instant::now())?,
                 Ok(Decoded::NeedMore(_)) => return Ok(()),
@@ -457,6 +483,16 @@ impl Conn {
                 spawn_expiry_timer(self.shared.clone(), self.cell.clone(), generation, expiry);
             }
         }
+    }
+}
+
+/// Wake when a slowed-for session may have room (re-checked by the caller).
+async fn wait_room(cell: Option<&SessionCell>) {
+    match cell {
+        Some(c) => {
+            let _ = tokio::time::timeout(Duration::from_millis(20), c.space.notified()).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

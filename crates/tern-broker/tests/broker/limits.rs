@@ -182,3 +182,68 @@ async fn a_subscriber_that_never_reads_does_not_hold_up_others() {
     assert_eq!(&p.payload[..], b"done");
     drop(stalled);
 }
+
+#[tokio::test]
+async fn qos1_publishers_are_slowed_for_a_slow_subscriber_instead_of_losing_messages() {
+    let b = start_with(|c| c.max_queued_messages = 10).await;
+    let mut c = tern_proto::Connect::new(V5, "slow");
+    c.keep_alive = 0;
+    c.properties.receive_maximum = Some(2);
+    let (mut sub, _) = Raw::connect_with(b.addr(), c).await;
+    sub.subscribe("bp", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connect(b.addr(), V5, "fast").await;
+    // 300 QoS 1 publishes in one write: far beyond the queue of 10 + window of 2.
+    let mut bytes = Vec::new();
+    for i in 1..=300u16 {
+        let mut p = tern_proto::Publish::new("bp", i.to_string());
+        p.qos = QoS::AtLeastOnce;
+        p.packet_id = Some(pid(i));
+        let mut out = bytes::BytesMut::new();
+        tern_proto::Packet::Publish(p).encode(V5, &mut out).unwrap();
+        bytes.extend_from_slice(&out);
+    }
+    publ.send_bytes(&bytes).await;
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 300 {
+            let _ = publ.recv().await;
+            n += 1;
+        }
+        publ
+    });
+    for i in 1..=300u16 {
+        let p = sub.recv_publish().await;
+        assert_eq!(p.payload, i.to_string().into_bytes(), "in order, none lost");
+        sub.ack(&p).await;
+        if i % 50 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    reader.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_qos1_subscriber_only_delays_the_publisher_for_the_backpressure_timeout() {
+    let b = start_with(|c| {
+        c.max_queued_messages = 10;
+        c.backpressure_timeout_ms = 300;
+    })
+    .await;
+    let mut stalled = Raw::connect(b.addr(), V3, "stalled").await;
+    stalled.subscribe("st/#", QoS::AtLeastOnce).await;
+    let mut healthy = Raw::connect(b.addr(), V3, "healthy").await;
+    healthy.subscribe("st/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connect(b.addr(), V3, "pub").await;
+    let started = std::time::Instant::now();
+    for i in 0..100 {
+        publ.publish(&format!("st/{i}"), "m", QoS::AtLeastOnce, false)
+            .await;
+    }
+    // The stalled client never reads: after the timeout its messages are dropped.
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    for _ in 0..100 {
+        let p = healthy.recv_publish().await;
+        healthy.ack(&p).await;
+    }
+    drop(stalled);
+}
