@@ -64,8 +64,8 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Decoded::NeedMore(_)) => {}
             Err(e) => return Err(refuse_bad_connect(io, buf, e).await),
         }
-        if buf.capacity() - buf.len() < 256 {
-            buf.reserve(1024);
+        if buf.capacity() - buf.len() < 128 {
+            buf.reserve(256);
         }
         match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
             Err(_) => return Err(Refused::Silent("no CONNECT within the connect timeout".into())),

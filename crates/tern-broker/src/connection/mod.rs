@@ -275,6 +275,7 @@ impl Conn {
             return c;
         }
         let mut last_rx = tokio::time::Instant::now();
+        let mut read_hint = MIN_READ;
         let mut shutdown = self.shared.shutdown.subscribe();
         let mut committed = self.shared.store.as_ref().map(|s| s.watch_committed());
         if *shutdown.borrow() {
@@ -304,7 +305,7 @@ impl Conn {
                 }
             }
             let deadline = self.deadline(last_rx);
-            reserve_for_read(buf);
+            reserve_for_read(buf, read_hint);
             let cfg = &self.shared.config;
             self.pressure.retain(|c| !c.has_room(cfg));
             if self.pressure.is_empty() && !buf.is_empty() {
@@ -322,6 +323,8 @@ impl Conn {
                 r = io.read_buf(buf), if slowed.is_none() => match r {
                     Ok(0) => return Close::Transport("peer closed the connection".into()),
                     Ok(n) => {
+                        // Double the next read when this one filled the space, shrink after small ones.
+                        read_hint = if n >= read_hint { (read_hint * 2).min(MAX_READ) } else { (read_hint / 2).max(n).max(MIN_READ) };
                         crate::listener::count(&self.shared.counters.bytes_in, n);
                         last_rx = tokio::time::Instant::now();
                         if let Err(c) = self.decode_all(buf) {
@@ -508,14 +511,21 @@ async fn wait_commit(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
 }
 
 /// Make room for a read: at least 2 KiB free, and release the buffer of an idle connection.
-fn reserve_for_read(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 64 * 1024 {
+/// Make room for the next read, sized by how much the last reads brought (`hint`):
+/// a busy connection reads up to 64 KiB at a time, an idle one keeps only a small buffer.
+fn reserve_for_read(buf: &mut BytesMut, hint: usize) {
+    if buf.is_empty() && buf.capacity() > 4 * hint.max(MIN_READ) {
         *buf = BytesMut::new();
     }
-    if buf.capacity() - buf.len() < 512 {
-        buf.reserve(2048);
+    let want = hint.clamp(MIN_READ, MAX_READ);
+    if buf.capacity() - buf.len() < want / 2 {
+        buf.reserve(want);
     }
 }
+
+/// Smallest and largest read sizes.
+const MIN_READ: usize = 256;
+const MAX_READ: usize = 64 * 1024;
 
 async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
