@@ -1,7 +1,7 @@
 //! The subscription trie: literal, `+` and `#` children per level; shared
 //! subscription groups; one walk per published topic.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 

@@ -55,7 +55,11 @@ pub(crate) struct SessionState {
     /// Messages waiting for the in-flight window or for the client to come back.
     pub queue: VecDeque<Outgoing>,
     /// Sent QoS 1/2 messages awaiting acknowledgement, in the order they were sent.
+    /// Change it only through `push_inflight` / `remove_inflight` / `drain_inflight`,
+    /// which keep `ids_in_use` in step.
     pub inflight: VecDeque<Inflight>,
+    /// Packet identifiers of `inflight`.
+    ids_in_use: rustc_hash::FxHashSet<u16>,
     next_packet_id: u16,
     /// Incoming QoS 2 packet ids acknowledged with PUBREC and awaiting PUBREL.
     pub inbound_qos2: HashSet<u16>,
@@ -108,6 +112,7 @@ impl SessionCell {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
                 inflight: VecDeque::new(),
+                ids_in_use: rustc_hash::FxHashSet::default(),
                 next_packet_id: 1,
                 inbound_qos2: HashSet::new(),
                 expiry_interval: 0,
@@ -238,7 +243,7 @@ impl SessionState {
             let id = PacketId::new(self.next_packet_id);
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
             if let Some(id) = id {
-                if !self.inflight.iter().any(|i| i.packet_id == id) {
+                if !self.ids_in_use.contains(&id.get()) {
                     return Some(id);
                 }
             }
@@ -254,6 +259,25 @@ impl SessionState {
             self.full_since = None;
         }
         Some(out)
+    }
+
+    /// Record a delivery as in flight.
+    pub fn push_inflight(&mut self, i: Inflight) {
+        self.ids_in_use.insert(i.packet_id.get());
+        self.inflight.push_back(i);
+    }
+
+    /// Remove the in-flight entry at `index`.
+    pub fn remove_inflight(&mut self, index: usize) -> Option<Inflight> {
+        let i = self.inflight.remove(index)?;
+        self.ids_in_use.remove(&i.packet_id.get());
+        Some(i)
+    }
+
+    /// Take every in-flight entry.
+    pub fn drain_inflight(&mut self) -> Vec<Inflight> {
+        self.ids_in_use.clear();
+        self.inflight.drain(..).collect()
     }
 
     /// Position of the in-flight entry for `id`.

@@ -135,7 +135,10 @@ impl Shared {
     }
 
     fn route(&self, msg: &Arc<Message>, mut pressure: Option<&mut Vec<Arc<SessionCell>>>) -> usize {
-        let mut normal: HashMap<*const SessionCell, (Arc<SessionCell>, Outgoing)> = HashMap::new();
+        // Deliveries, one per session (overlapping subscriptions collapse); found by a linear
+        // scan while few, through an index once there are many.
+        let mut normal: Vec<(Arc<SessionCell>, Outgoing)> = Vec::new();
+        let mut index: rustc_hash::FxHashMap<*const SessionCell, usize> = Default::default();
         let mut shared: Vec<(Arc<SessionCell>, Outgoing)> = Vec::new();
         {
             let router = read(&self.router);
@@ -149,7 +152,15 @@ impl Shared {
                     // [MQTT-3.3.1-12], [MQTT-3.3.1-13]: RETAIN is kept only with Retain As Published.
                     let retain = msg.retain && e.options.retain_as_published;
                     let key = Arc::as_ptr(&e.session);
-                    let slot = normal.entry(key).or_insert_with(|| {
+                    let found = if normal.len() <= 16 {
+                        normal.iter().position(|(c, _)| Arc::as_ptr(c) == key)
+                    } else {
+                        if index.is_empty() {
+                            index.extend(normal.iter().enumerate().map(|(i, (c, _))| (Arc::as_ptr(c), i)));
+                        }
+                        index.get(&key).copied()
+                    };
+                    let at = found.unwrap_or_else(|| {
                         let out = Outgoing {
                             msg: msg.clone(),
                             qos,
@@ -159,8 +170,13 @@ impl Shared {
                             seq: 0,
                             commit_seq: 0,
                         };
-                        (e.session.clone(), out)
+                        normal.push((e.session.clone(), out));
+                        if !index.is_empty() {
+                            index.insert(key, normal.len() - 1);
+                        }
+                        normal.len() - 1
                     });
+                    let slot = &mut normal[at];
                     // Overlapping subscriptions: one delivery at the highest QoS with
                     // every subscription identifier (v5 section 3.3.4).
                     slot.1.qos = slot.1.qos.max(qos);
@@ -184,7 +200,7 @@ impl Shared {
             });
         }
         let n = normal.len() + shared.len();
-        for (cell, out) in normal.into_values().chain(shared) {
+        for (cell, out) in normal.into_iter().chain(shared) {
             if self.deliver(&cell, out) == Enqueued::Pressure {
                 if let Some(p) = pressure.as_deref_mut() {
                     if !p.iter().any(|c| Arc::ptr_eq(c, &cell)) {
@@ -260,7 +276,7 @@ impl Shared {
             st.ended = true;
             let will = st.pending_will.take();
             let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
-            let mut orphans: Vec<Outgoing> = st.inflight.drain(..).map(|i| i.out).collect();
+            let mut orphans: Vec<Outgoing> = st.drain_inflight().into_iter().map(|i| i.out).collect();
             orphans.extend(st.queue.drain(..));
             st.queued_bytes = 0;
             orphans.retain(|o| o.shared.is_some());

@@ -212,7 +212,7 @@ impl Conn {
         self.check_attached(&st)?;
         match st.find_inflight(a.packet_id) {
             Some(i) if st.inflight[i].out.qos == QoS::AtLeastOnce => {
-                if let Some(done) = st.inflight.remove(i) {
+                if let Some(done) = st.remove_inflight(i) {
                     self.forget(&st, done.out.seq);
                 }
                 Ok(())
@@ -236,7 +236,7 @@ impl Conn {
                 Some(i) if st.inflight[i].out.qos == QoS::ExactlyOnce => {
                     if a.reason_code.is_error() {
                         // [MQTT-4.4.0-2] an error PUBREC completes the delivery.
-                        if let Some(done) = st.inflight.remove(i) {
+                        if let Some(done) = st.remove_inflight(i) {
                             self.forget(&st, done.out.seq);
                         }
                         None
@@ -297,7 +297,7 @@ impl Conn {
         self.check_attached(&st)?;
         if let Some(i) = st.find_inflight(a.packet_id) {
             if st.inflight[i].state == InflightState::Released {
-                if let Some(done) = st.inflight.remove(i) {
+                if let Some(done) = st.remove_inflight(i) {
                     self.forget(&st, done.out.seq);
                 }
             }

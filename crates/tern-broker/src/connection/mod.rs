@@ -230,7 +230,7 @@ impl Conn {
                     let rec = record::queued(&out, Some((InflightState::Published, packet_id)), now);
                     self.store_op(&st, || Op::PutMessage(self.client_id.clone(), out.seq, rec));
                 }
-                st.inflight.push_back(crate::session::Inflight {
+                st.push_inflight(crate::session::Inflight {
                     packet_id,
                     out,
                     state: InflightState::Published,

@@ -127,7 +127,7 @@ impl Shared {
             let mut st = cell.lock();
             st.next_seq = st.next_seq.max(seq + 1);
             match d.state {
-                Some((state, packet_id)) => st.inflight.push_back(Inflight {
+                Some((state, packet_id)) => st.push_inflight(Inflight {
                     packet_id,
                     out: d.out,
                     state,
