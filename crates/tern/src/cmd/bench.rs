@@ -11,17 +11,14 @@
 //! The generator speaks the protocol with tern-proto directly (no client
 //! library in between), so that its own cost stays small next to the broker's.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use tern_proto::codec::{Decoded, Decoder};
-use tern_proto::{
-    Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
-};
+use tern_proto::{Ack, Connect, Packet, PacketId, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -229,14 +226,49 @@ impl Conn {
     }
 }
 
-fn payload(size: usize, publisher: u32, seq: u64, epoch: Instant) -> Bytes {
-    let mut b = BytesMut::with_capacity(size.max(HEADER));
-    b.put_u32(publisher);
-    b.put_u64(seq);
-    b.put_u64(epoch.elapsed().as_nanos() as u64);
-    b.put_u32(0);
-    b.resize(size.max(HEADER), b'x');
-    b.freeze()
+/// Append a PUBLISH straight into `out` (no per-message allocation): the generator
+/// must cost little next to the broker it measures.
+#[allow(clippy::too_many_arguments, reason = "the fields of one PUBLISH")]
+fn put_publish(
+    out: &mut BytesMut,
+    version: ProtocolVersion,
+    topic: &str,
+    qos: QoS,
+    packet_id: Option<PacketId>,
+    size: usize,
+    publisher: u32,
+    seq: u64,
+    epoch: Instant,
+) {
+    let size = size.max(HEADER);
+    let body = 2 + topic.len() + packet_id.map_or(0, |_| 2) + usize::from(version.is_v5()) + size;
+    out.reserve(body + 5);
+    out.put_u8(0x30 | (qos.as_u8() << 1));
+    let mut n = body;
+    loop {
+        let mut byte = (n & 0x7F) as u8;
+        n >>= 7;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_u16(topic.len() as u16);
+    out.put_slice(topic.as_bytes());
+    if let Some(id) = packet_id {
+        out.put_u16(id.get());
+    }
+    if version.is_v5() {
+        out.put_u8(0); // no properties
+    }
+    out.put_u32(publisher);
+    out.put_u64(seq);
+    out.put_u64(epoch.elapsed().as_nanos() as u64);
+    out.put_u32(0);
+    out.put_bytes(b'x', size - HEADER);
 }
 
 /// Publish until `stop` (or `count`), keeping `inflight` QoS 1/2 messages outstanding.
@@ -283,10 +315,9 @@ async fn publisher(
                     None => break,
                 }
             };
-            let mut p = Publish::new(topic.as_str(), payload(size, id, seq, epoch));
-            p.qos = qos;
-            p.packet_id = packet_id;
-            c.push(&Packet::Publish(p));
+            put_publish(
+                &mut c.out, c.version, &topic, qos, packet_id, size, id, seq, epoch,
+            );
             seq += 1;
             batch += 1;
             if packet_id.is_some() {
@@ -336,7 +367,8 @@ async fn subscriber(
     epoch: Instant,
     latency: bool,
 ) -> Result<(), BenchError> {
-    let mut next: HashMap<u32, u64> = HashMap::new();
+    // Next expected sequence number per publisher (publishers are numbered from 0).
+    let mut next: Vec<u64> = Vec::new();
     let mut lat = Vec::new();
     let mut quiet_since: Option<Instant> = None;
     loop {
@@ -348,7 +380,11 @@ async fn subscriber(
                         let publisher = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
                         let seq = u64::from_be_bytes([b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]]);
                         let ts = u64::from_be_bytes([b[12], b[13], b[14], b[15], b[16], b[17], b[18], b[19]]);
-                        let expected = next.entry(publisher).or_insert(0);
+                        let p = publisher as usize;
+                        if next.len() <= p {
+                            next.resize(p + 1, 0);
+                        }
+                        let expected = &mut next[p];
                         if seq < *expected {
                             stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         } else {
