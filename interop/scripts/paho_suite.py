@@ -1,8 +1,11 @@
 """paho-mqtt scenarios against a broker: python3 paho_suite.py HOST PORT SCENARIO.
 
 Each scenario prints "ok SCENARIO" and exits 0, or raises (exit 1) with the reason.
-Every wait is bounded.
+Every wait is bounded. The transport comes from the environment: TERN_TRANSPORT
+(tcp, tls, ws or wss; default tcp), TERN_CAFILE (the CA for tls/wss) and
+TERN_WS_PATH (default /mqtt).
 """
+import os
 import sys
 import threading
 import time
@@ -13,6 +16,7 @@ from paho.mqtt.properties import Properties
 
 HOST, PORT, SCENARIO = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 WAIT = 10.0
+TRANSPORT = os.environ.get("TERN_TRANSPORT", "tcp")
 
 
 class Peer:
@@ -22,7 +26,13 @@ class Peer:
         self.v5 = v5
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         kwargs = {} if v5 else {"clean_session": clean}
+        if TRANSPORT in ("ws", "wss"):
+            kwargs["transport"] = "websockets"
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **kwargs)
+        if TRANSPORT in ("ws", "wss"):
+            self.c.ws_set_options(path=os.environ.get("TERN_WS_PATH", "/mqtt"))
+        if TRANSPORT in ("tls", "wss"):
+            self.c.tls_set(ca_certs=os.environ["TERN_CAFILE"])
         self.messages = []
         self.cond = threading.Condition()
         self.connack = None

@@ -9,8 +9,16 @@ use tern_broker::{BrokerBuilder, BrokerHandle};
 
 /// Start a Tern broker on 127.0.0.1 with an ephemeral port.
 pub async fn start_tern() -> Result<BrokerHandle, tern_broker::BrokerError> {
+    start_tern_with(|b| b).await
+}
+
+/// Start a Tern broker on 127.0.0.1 with an ephemeral port (the first listener),
+/// with more listeners or settings from `f`.
+pub async fn start_tern_with(
+    f: impl FnOnce(BrokerBuilder) -> BrokerBuilder,
+) -> Result<BrokerHandle, tern_broker::BrokerError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    Ok(BrokerBuilder::new().listen(addr).bind().await?.spawn())
+    Ok(f(BrokerBuilder::new().listen(addr)).bind().await?.spawn())
 }
 
 /// Whether a program can be found on PATH (or at an absolute path).

@@ -25,6 +25,13 @@ pub enum AuthStep {
 pub trait AuthExchange: Send {
     /// Feed the Authentication Data the client sent (in CONNECT or AUTH).
     fn step(&mut self, data: Option<&[u8]>) -> AuthStep;
+
+    /// After [`AuthStep::Success`]: the user the exchange authenticated, which then
+    /// is the client's user name for the ACL (default: none; the CONNECT user name
+    /// is used).
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 /// An enhanced authentication method.

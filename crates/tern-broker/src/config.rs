@@ -52,8 +52,19 @@ pub struct Config {
     pub max_retained: usize,
     /// Longest client identifier accepted, in bytes (default 256).
     pub max_client_id_len: usize,
-    /// Whether clients may connect without credentials (default true).
+    /// Whether clients may connect without credentials (default true); a listener's
+    /// own `allow_anonymous` overrides it.
     pub allow_anonymous: bool,
+    /// Password file (`user:hash` lines written by `tern passwd`); when set, a client
+    /// giving a user name must give its password. Reloaded on SIGHUP.
+    pub password_file: Option<std::path::PathBuf>,
+    /// ACL file (see the README's Security section); when set, everything it does
+    /// not allow is denied. Reloaded on SIGHUP.
+    pub acl_file: Option<std::path::PathBuf>,
+    /// Further listeners, each `[[listener]]` table with its own kind (tcp, tls, ws,
+    /// wss), address and settings.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
     /// Highest QoS accepted from publishers and granted to subscribers (0, 1 or 2; default 2).
     pub max_qos: u8,
     /// Whether retained messages are supported (default true).
@@ -92,6 +103,142 @@ pub struct Config {
     pub response_information_prefix: String,
 }
 
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ListenerKind {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS (rustls; TLS 1.2 and 1.3; ALPN `mqtt`).
+    Tls,
+    /// MQTT over WebSocket (subprotocol `mqtt`, binary frames).
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// Whether the listener needs a certificate and key.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    /// Whether the listener speaks WebSocket.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+
+    /// The kind as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+}
+
+impl std::fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[listener]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `tcp`, `tls`, `ws` or `wss`.
+    pub kind: ListenerKind,
+    /// Address to bind, e.g. `"0.0.0.0:8883"`.
+    pub address: SocketAddr,
+    /// Overrides the global `allow_anonymous` for this listener.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// tls/wss: PEM file with the server certificate chain (leaf first).
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    /// tls/wss: PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+    /// tls/wss: PEM file of the CA(s) that client certificates must chain to (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// tls/wss with `client_ca`: refuse clients without a certificate (default true).
+    #[serde(default)]
+    pub require_client_cert: Option<bool>,
+    /// tls/wss: the client certificate's subject CN is the user name (needs `client_ca`).
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// ws/wss: the HTTP path of the WebSocket endpoint (default `/mqtt`).
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".to_string()
+}
+
+impl ListenerConfig {
+    /// A listener of `kind` on `address` with default settings.
+    pub fn new(kind: ListenerKind, address: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            kind,
+            address,
+            allow_anonymous: None,
+            cert: None,
+            key: None,
+            client_ca: None,
+            require_client_cert: None,
+            use_identity_as_username: false,
+            path: default_ws_path(),
+        }
+    }
+
+    fn validate(&self, i: usize) -> Result<(), BrokerError> {
+        let bad =
+            |field: &str, fix: &str| Err(BrokerError::Config(format!("`listener[{i}].{field}`: {fix}")));
+        if self.kind.is_tls() {
+            if self.cert.is_none() {
+                return bad(
+                    "cert",
+                    "a tls/wss listener needs `cert`, the PEM certificate chain file",
+                );
+            }
+            if self.key.is_none() {
+                return bad("key", "a tls/wss listener needs `key`, the PEM private key file");
+            }
+        } else {
+            for (field, set) in [
+                ("cert", self.cert.is_some()),
+                ("key", self.key.is_some()),
+                ("client_ca", self.client_ca.is_some()),
+                ("require_client_cert", self.require_client_cert.is_some()),
+                ("use_identity_as_username", self.use_identity_as_username),
+            ] {
+                if set {
+                    return bad(
+                        field,
+                        "only tls and wss listeners take TLS settings; remove it or set kind = \"tls\"",
+                    );
+                }
+            }
+        }
+        if self.use_identity_as_username && self.client_ca.is_none() {
+            return bad(
+                "use_identity_as_username",
+                "needs `client_ca` to verify client certificates",
+            );
+        }
+        if self.kind.is_websocket() && !self.path.starts_with('/') {
+            return bad("path", "must start with '/', e.g. \"/mqtt\"");
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -111,6 +258,9 @@ impl Default for Config {
             max_retained: 100_000,
             max_client_id_len: 256,
             allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+            listeners: Vec::new(),
             max_qos: 2,
             retain_available: true,
             wildcard_subscriptions: true,
@@ -153,10 +303,10 @@ impl Config {
         fn bad(field: &str, fix: &str) -> Result<(), BrokerError> {
             Err(BrokerError::Config(format!("`{field}`: {fix}")))
         }
-        if self.listen.is_empty() {
+        if self.listen.is_empty() && self.listeners.is_empty() {
             return bad(
                 "listen",
-                "give at least one address, e.g. listen = [\"127.0.0.1:1883\"]",
+                "give at least one address, e.g. listen = [\"127.0.0.1:1883\"], or a [[listener]] table",
             );
         }
         if self.max_packet_size < 64 {
@@ -189,6 +339,9 @@ impl Config {
         if self.sync_interval_ms == 0 {
             return bad("sync_interval_ms", "must be at least 1");
         }
+        for (i, l) in self.listeners.iter().enumerate() {
+            l.validate(i)?;
+        }
         if self.max_client_id_len < 23 {
             return bad("max_client_id_len", "must be at least 23 ([MQTT-3.1.3-5])");
         }
@@ -218,6 +371,32 @@ mod tests {
         assert_eq!(c.listen, vec![SocketAddr::from(([0, 0, 0, 0], 1884))]);
         assert_eq!(c.max_inflight, 5);
         assert_eq!(c.max_queued_messages, 1000);
+    }
+
+    #[test]
+    fn listener_tables() {
+        let c = Config::from_toml(
+            "password_file = \"pw\"\n[[listener]]\nkind = \"wss\"\naddress = \"0.0.0.0:8443\"\n\
+             cert = \"c.pem\"\nkey = \"k.pem\"\nallow_anonymous = false\n\
+             [[listener]]\nkind = \"ws\"\naddress = \"127.0.0.1:8080\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[0].kind, ListenerKind::Wss);
+        assert_eq!(c.listeners[0].allow_anonymous, Some(false));
+        assert_eq!(c.listeners[1].path, "/mqtt");
+        let e = Config::from_toml("[[listener]]\nkind = \"tls\"\naddress = \"0.0.0.0:8883\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`listener[0].cert`"), "{e}");
+        let e = Config::from_toml("[[listener]]\nkind = \"ws\"\naddress = \"0.0.0.0:1\"\ncert = \"c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`listener[0].cert`"), "{e}");
+        let e = Config::from_toml("[[listener]]\nkind = \"quic\"\naddress = \"0.0.0.0:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("quic"), "{e}");
     }
 
     #[test]

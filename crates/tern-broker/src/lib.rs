@@ -1,8 +1,9 @@
 //! # tern-broker
 //!
-//! The Tern MQTT broker as a library: MQTT 3.1, 3.1.1 and 5.0 over TCP, with
-//! retained messages, wills, persistent sessions, shared subscriptions and the
-//! 5.0 flow-control features.
+//! The Tern MQTT broker as a library: MQTT 3.1, 3.1.1 and 5.0 over TCP, TLS,
+//! WebSocket and WebSocket over TLS, with retained messages, wills, persistent
+//! sessions, shared subscriptions, the 5.0 flow-control features, password and
+//! certificate authentication, SCRAM-SHA-256 enhanced authentication and ACLs.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), tern_broker::BrokerError> {
@@ -18,6 +19,8 @@
 //! - `session.rs`: session state that outlives connections; the registry.
 //! - `router.rs`: the subscription trie with shared groups.
 //! - `shared.rs`: publish, retain, subscribe and end-of-session across those.
+//! - `listener/`: accept loops and the TLS / WebSocket handshakes.
+//! - `security/`: password file, ACL, per-listener anonymous policy, reload.
 
 mod auth;
 mod config;
@@ -26,6 +29,7 @@ mod error;
 mod listener;
 mod message;
 mod router;
+pub mod security;
 mod session;
 mod shared;
 mod store;
@@ -39,8 +43,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub use auth::{AuthExchange, AuthStep, Authenticator};
-pub use config::Config;
+pub use config::{Config, ListenerConfig, ListenerKind};
 pub use error::BrokerError;
+pub use security::SecurityHandle;
 pub use store::SyncPolicy;
 
 /// Builds a broker from defaults plus changes.
@@ -96,15 +101,45 @@ impl BrokerBuilder {
         self
     }
 
-    /// Validate the configuration and bind every listener.
+    /// Add a listener of any kind (see [`ListenerConfig`]).
+    pub fn listener(mut self, listener: ListenerConfig) -> BrokerBuilder {
+        if !self.listen_set {
+            self.config.listen.clear();
+            self.listen_set = true;
+        }
+        self.config.listeners.push(listener);
+        self
+    }
+
+    /// Validate the configuration, load the TLS, password and ACL files, and bind
+    /// every listener: first the `listen` addresses, then the `[[listener]]` tables.
     pub async fn bind(self) -> Result<Broker, BrokerError> {
         self.config.validate()?;
-        let mut listeners = Vec::new();
+        let security = Arc::new(security::Security::load(&self.config)?);
+        let mut authenticators = self.authenticators;
+        if self.config.password_file.is_some()
+            && !authenticators
+                .iter()
+                .any(|a| a.method() == security::scram::METHOD)
+        {
+            authenticators.push(Arc::new(security::scram::ScramAuthenticator::new(
+                security.clone(),
+            )));
+        }
+        let mut endpoints = Vec::new();
+        let tcp = Arc::new(listener::Endpoint::tcp(&self.config));
         for addr in &self.config.listen {
-            let l = TcpListener::bind(addr)
+            endpoints.push((*addr, tcp.clone()));
+        }
+        for (i, l) in self.config.listeners.iter().enumerate() {
+            endpoints.push((l.address, Arc::new(listener::Endpoint::new(&self.config, l, i)?)));
+        }
+        let mut listeners = Vec::new();
+        for (addr, endpoint) in endpoints {
+            let socket = TcpListener::bind(addr)
                 .await
-                .map_err(|source| BrokerError::Bind { addr: *addr, source })?;
-            listeners.push(l);
+                .map_err(|source| BrokerError::Bind { addr, source })?;
+            listeners.push(listener::Bound { socket, endpoint });
         }
         let (store, loaded) = match &self.config.data_dir {
             Some(dir) => {
@@ -115,7 +150,7 @@ impl BrokerBuilder {
             }
             None => (None, None),
         };
-        let shared = Arc::new(shared::Shared::new(self.config, self.authenticators, store));
+        let shared = Arc::new(shared::Shared::new(self.config, authenticators, store, security));
         if let Some(loaded) = loaded {
             let started = std::time::Instant::now();
             let r = shared.restore(loaded)?;
@@ -137,7 +172,7 @@ impl BrokerBuilder {
 #[derive(Debug)]
 pub struct Broker {
     shared: Arc<shared::Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<listener::Bound>,
 }
 
 impl Broker {
@@ -150,8 +185,21 @@ impl Broker {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|l| l.socket.local_addr().ok())
             .collect()
+    }
+
+    /// Each bound listener's kind and address, in the order of [`Broker::local_addrs`].
+    pub fn listeners(&self) -> Vec<(ListenerKind, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| Some((l.endpoint.kind, l.socket.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// Reload the password and ACL files, and count authentication failures.
+    pub fn security(&self) -> SecurityHandle {
+        SecurityHandle(self.shared.security.clone())
     }
 
     /// Serve until the task is dropped.
@@ -167,7 +215,7 @@ impl Broker {
         let limits = listener::Limits::new(&shared.config);
         let mut tasks = tokio::task::JoinSet::new();
         for l in self.listeners {
-            tracing::info!(addr = ?l.local_addr().ok(), "listening (mqtt over tcp)");
+            tracing::info!(addr = ?l.socket.local_addr().ok(), "listening (mqtt over {})", l.endpoint.kind);
             tasks.spawn(listener::accept_loop(l, shared.clone(), limits.clone()));
         }
         if shared.config.sys_interval_secs > 0 {
@@ -189,12 +237,16 @@ impl Broker {
     /// Serve on the current tokio runtime in the background.
     pub fn spawn(self) -> BrokerHandle {
         let addrs = self.local_addrs();
+        let listeners = self.listeners();
+        let security = self.security();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async {
             let _ = rx.await;
         }));
         BrokerHandle {
             addrs,
+            listeners,
+            security,
             stop: Some(tx),
             task,
         }
@@ -206,6 +258,8 @@ impl Broker {
 #[derive(Debug)]
 pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
+    listeners: Vec<(ListenerKind, SocketAddr)>,
+    security: SecurityHandle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -219,6 +273,16 @@ impl BrokerHandle {
     /// The first listener's address.
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// The address of the first listener of `kind`.
+    pub fn addr_of(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    }
+
+    /// Reload the password and ACL files, and count authentication failures.
+    pub fn security(&self) -> &SecurityHandle {
+        &self.security
     }
 
     /// Shut down gracefully and wait until it is done.

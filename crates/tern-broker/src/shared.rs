@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub started: Instant,
     /// The durable store, when persistence is on.
     pub store: Option<Arc<Store>>,
+    /// Password file, ACL and authentication counters (reloadable).
+    pub security: Arc<crate::security::Security>,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -65,9 +67,11 @@ impl Shared {
         config: Config,
         authenticators: Vec<Arc<dyn crate::Authenticator>>,
         store: Option<Arc<Store>>,
+        security: Arc<crate::security::Security>,
     ) -> Shared {
         Shared {
             store,
+            security,
             authenticators,
             shutdown: tokio::sync::watch::channel(false).0,
             started: Instant::now(),
@@ -276,7 +280,13 @@ impl Shared {
             st.ended = true;
             let will = st.pending_will.take();
             let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
-            let mut orphans: Vec<Outgoing> = st.drain_inflight().into_iter().map(|i| i.out).collect();
+            // A QoS 2 delivery that had started is never passed to another member (v5 [MQTT-4.8.2-5]).
+            let mut orphans: Vec<Outgoing> = st
+                .drain_inflight()
+                .into_iter()
+                .map(|i| i.out)
+                .filter(|o| o.qos != QoS::ExactlyOnce)
+                .collect();
             orphans.extend(st.queue.drain(..));
             st.queued_bytes = 0;
             orphans.retain(|o| o.shared.is_some());

@@ -16,7 +16,7 @@ use crate::shared::Shared;
 pub(crate) fn publish_once(shared: &Shared) {
     let c = &shared.counters;
     let (subscriptions, retained) = shared.sizes();
-    let values: [(&str, String); 11] = [
+    let values: [(&str, String); 12] = [
         ("version", format!("tern {}", env!("CARGO_PKG_VERSION"))),
         (
             "uptime",
@@ -43,6 +43,7 @@ pub(crate) fn publish_once(shared: &Shared) {
         ("bytes/sent", c.bytes_out.load(Ordering::Relaxed).to_string()),
         ("subscriptions/count", subscriptions.to_string()),
         ("retained messages/count", retained.to_string()),
+        ("clients/auth_failures", shared.security.failures().to_string()),
     ];
     for (name, value) in values {
         let msg = Arc::new(Message {

@@ -180,6 +180,7 @@ impl Client {
     pub async fn connect(options: Options) -> Result<(Client, Events), ClientError> {
         let endpoint = options.endpoint()?;
         let config = options.to_config(&endpoint)?;
+        let connector = options.connector_for(&endpoint)?;
         let version = config.connect.protocol_version;
         let (publish_tx, publish_rx) = mpsc::channel(16);
         let (request_tx, request_rx) = mpsc::channel(16);
@@ -189,6 +190,7 @@ impl Client {
         let (first_tx, first_rx) = oneshot::channel();
         let driver = Driver::new(
             &options,
+            connector,
             endpoint,
             config,
             crate::driver::Channels {

@@ -65,6 +65,7 @@ struct Io {
 enum Input {
     Read(io::Result<usize>),
     Wrote(io::Result<usize>),
+    Flushed(io::Result<()>),
     Timer,
     Publish(Option<PublishCommand>),
     Request(Option<RequestCommand>),
@@ -91,18 +92,29 @@ pub(crate) struct Driver {
     disconnect_replies: Vec<oneshot::Sender<()>>,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// Bytes were written since the last flush (TLS and WebSocket hold them until then).
+    needs_flush: bool,
     decoder: Decoder,
     attempt: u32,
 }
 
 impl Driver {
-    pub(crate) fn new(options: &Options, endpoint: Endpoint, config: ClientConfig, ch: Channels) -> Driver {
-        let session = ClientSession::new(config);
+    pub(crate) fn new(
+        options: &Options,
+        connector: Arc<dyn Connector>,
+        endpoint: Endpoint,
+        config: ClientConfig,
+        ch: Channels,
+    ) -> Driver {
+        let mut session = ClientSession::new(config);
+        if let Some((user, password)) = &options.scram {
+            session.set_auth_method(Box::new(crate::scram::ScramSha256::new(user, password)));
+        }
         let decoder = Decoder::new(session.version(), session.max_incoming_packet_size());
         Driver {
             session,
             endpoint,
-            connector: options.connector.clone(),
+            connector,
             connect_timeout: options.connect_timeout,
             reconnect: options.reconnect.clone(),
             ch,
@@ -118,6 +130,7 @@ impl Driver {
             disconnect_replies: Vec::new(),
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::with_capacity(READ_CHUNK),
+            needs_flush: false,
             decoder,
             attempt: 0,
         }
@@ -175,6 +188,7 @@ impl Driver {
     async fn serve(&mut self, mut io: Io) {
         self.read_buf.clear();
         self.write_buf.clear();
+        self.needs_flush = false;
         self.closed = None;
         self.decoder = Decoder::new(self.session.version(), self.session.max_incoming_packet_size());
         self.session.start_connect(Instant::now());
@@ -195,10 +209,14 @@ impl Driver {
             let input = self.wait_input(Some(&mut io), timer).await;
             let now = Instant::now();
             match input {
-                Input::Read(Ok(0)) | Input::Read(Err(_)) | Input::Wrote(Ok(0)) | Input::Wrote(Err(_)) => {
-                    self.session.handle_connection_lost(now)
-                }
-                Input::Read(Ok(_)) | Input::Wrote(Ok(_)) => {}
+                Input::Read(Ok(0))
+                | Input::Read(Err(_))
+                | Input::Wrote(Ok(0))
+                | Input::Wrote(Err(_))
+                | Input::Flushed(Err(_)) => self.session.handle_connection_lost(now),
+                Input::Wrote(Ok(_)) => self.needs_flush = true,
+                Input::Flushed(Ok(())) => self.needs_flush = false,
+                Input::Read(Ok(_)) => {}
                 Input::Timer => self.session.handle_timeout(now),
                 other => self.on_command(now, other),
             }
@@ -226,11 +244,13 @@ impl Driver {
             ch,
             read_buf,
             write_buf,
+            needs_flush,
             app,
             session,
             events_open,
             ..
         } = self;
+        let write_or_flush = !write_buf.is_empty() || *needs_flush;
         let can_read = app.len() < APP_HIGH_WATER;
         let take_commands = write_buf.len() < WRITE_HIGH_WATER;
         let can_publish = take_commands && session.can_publish();
@@ -247,7 +267,7 @@ impl Driver {
             slot = events.reserve_owned(), if deliver => Input::Slot(slot),
             c = ch.control.recv() => Input::Control(c),
             r = read_some(rd, read_buf), if has_io && can_read => Input::Read(r),
-            w = write_some(wr, write_buf), if has_io && !write_buf.is_empty() => Input::Wrote(w),
+            w = write_some(wr, write_buf), if has_io && write_or_flush => w,
             _ = sleep_until(timer), if timer.is_some() => Input::Timer,
             c = ch.request.recv(), if can_request => Input::Request(c),
             c = ch.publish.recv(), if can_publish => Input::Publish(c),
@@ -318,7 +338,7 @@ impl Driver {
                 self.events_open = false;
                 self.app.clear();
             }
-            Input::Read(_) | Input::Wrote(_) | Input::Timer => {}
+            Input::Read(_) | Input::Wrote(_) | Input::Flushed(_) | Input::Timer => {}
         }
     }
 
@@ -466,9 +486,11 @@ async fn read_some(rd: Option<&mut ReadHalf<Box<dyn Transport>>>, buf: &mut Byte
     }
 }
 
-async fn write_some(wr: Option<&mut WriteHalf<Box<dyn Transport>>>, buf: &mut BytesMut) -> io::Result<usize> {
+/// Write buffered bytes, or flush once they are all written.
+async fn write_some(wr: Option<&mut WriteHalf<Box<dyn Transport>>>, buf: &mut BytesMut) -> Input {
     match wr {
-        Some(wr) => wr.write_buf(buf).await,
+        Some(wr) if !buf.is_empty() => Input::Wrote(wr.write_buf(buf).await),
+        Some(wr) => Input::Flushed(wr.flush().await),
         None => std::future::pending().await,
     }
 }

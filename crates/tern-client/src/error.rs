@@ -23,9 +23,6 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A URL scheme that Tern will support but does not yet (`mqtts`, `ws`, `wss`).
-    #[error("URL scheme `{0}://` is not supported yet; use mqtt://")]
-    UnsupportedScheme(String),
     /// The transport could not be opened.
     #[error("cannot connect to {addr}: {source}")]
     Transport {

@@ -27,9 +27,10 @@
 //! ```
 //!
 //! ## What it does
-//! - MQTT 3.1.1 and 5.0 ([`Options::version`]), over TCP (`mqtt://`); the
-//!   transport is pluggable ([`transport::Connector`]). `mqtts://`, `ws://` and
-//!   `wss://` give [`ClientError::UnsupportedScheme`] for now.
+//! - MQTT 3.1.1 and 5.0 ([`Options::version`]), over TCP (`mqtt://`), TLS
+//!   (`mqtts://`, [`transport::TlsOptions`] for CA, client certificate and SNI),
+//!   WebSocket (`ws://`) and WebSocket over TLS (`wss://`); the transport is
+//!   pluggable ([`transport::Connector`]).
 //! - Publishing waits for PUBACK (QoS 1) or PUBCOMP (QoS 2) and returns the 5.0
 //!   reason code and properties ([`PublishOutcome`]); failures are typed
 //!   ([`ClientError`], [`PublishError`]). At most the server's Receive Maximum
@@ -65,6 +66,7 @@ mod error;
 mod event;
 mod options;
 mod request;
+mod scram;
 pub mod transport;
 
 pub use backoff::Reconnect;

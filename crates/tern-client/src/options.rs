@@ -11,7 +11,9 @@ use tern_proto::session::ClientConfig;
 use tern_proto::{ByteString, Bytes, Connect, ProtocolVersion, QoS, Will};
 
 use crate::backoff::Reconnect;
-use crate::transport::{Connector, Endpoint, Scheme, TcpConnector, UrlError};
+use crate::transport::{
+    Connector, Endpoint, Scheme, TcpConnector, TlsConnector, TlsOptions, UrlError, WsConnector,
+};
 use crate::ClientError;
 
 /// The Will Message: published by the server if the connection ends without a
@@ -124,7 +126,9 @@ pub struct Options {
     pub(crate) max_inflight: u16,
     pub(crate) topic_aliases: bool,
     pub(crate) event_capacity: usize,
-    pub(crate) connector: Arc<dyn Connector>,
+    pub(crate) connector: Option<Arc<dyn Connector>>,
+    pub(crate) tls: Option<TlsOptions>,
+    pub(crate) scram: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for Options {
@@ -145,13 +149,16 @@ impl std::fmt::Debug for Options {
             .field("max_inflight", &self.max_inflight)
             .field("topic_aliases", &self.topic_aliases)
             .field("event_capacity", &self.event_capacity)
+            .field("tls", &self.tls)
+            .field("scram", &self.scram.as_ref().map(|(u, _)| u))
             .finish()
     }
 }
 
 impl Options {
-    /// Options for the server at `url` (`mqtt://host[:port]`; `mqtts://`, `ws://`
-    /// and `wss://` are recognised but not supported yet). Defaults: MQTT 5.0,
+    /// Options for the server at `url`: `mqtt://host[:port]` (TCP), `mqtts://` (TLS),
+    /// `ws://host[:port][/path]` or `wss://` (WebSocket, path `/mqtt` by default).
+    /// TLS trusts the system's CA certificates unless [`Options::tls`] says otherwise. Defaults: MQTT 5.0,
     /// server-assigned client id, keep-alive 60 s, clean start, connect timeout
     /// 10 s, automatic reconnection, 1,000 queued messages, 64 buffered events.
     pub fn new(url: impl Into<String>) -> Options {
@@ -171,7 +178,9 @@ impl Options {
             max_inflight: u16::MAX,
             topic_aliases: false,
             event_capacity: 64,
-            connector: Arc::new(TcpConnector),
+            connector: None,
+            tls: None,
+            scram: None,
         }
     }
 
@@ -300,20 +309,58 @@ impl Options {
         self
     }
 
-    /// Use a custom transport instead of TCP (TLS, WebSocket, in-memory...).
+    /// Use a custom transport instead of the one the URL's scheme selects (an
+    /// in-memory pipe, a proxy...).
     pub fn connector(mut self, connector: impl Connector) -> Options {
-        self.connector = Arc::new(connector);
+        self.connector = Some(Arc::new(connector));
         self
     }
 
-    /// The endpoint, checking the scheme.
+    /// TLS settings for `mqtts://` and `wss://`: CA certificates, client certificate,
+    /// server name (SNI), a certificate to accept for tests.
+    pub fn tls(mut self, tls: TlsOptions) -> Options {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Authenticate with SCRAM-SHA-256 (MQTT 5.0 enhanced authentication, method
+    /// `SCRAM-SHA-256`): the password is never sent, and the server must prove it
+    /// knows it too, or the connection is closed. Tern brokers offer it for the
+    /// users of their password file.
+    pub fn scram_sha256(mut self, username: impl Into<String>, password: impl Into<String>) -> Options {
+        self.scram = Some((username.into(), password.into()));
+        self
+    }
+
+    /// The connector for `endpoint`: the custom one, or the scheme's.
+    pub(crate) fn connector_for(&self, endpoint: &Endpoint) -> Result<Arc<dyn Connector>, ClientError> {
+        if let Some(c) = &self.connector {
+            return Ok(c.clone());
+        }
+        let tls = self.tls.clone().unwrap_or_default();
+        Ok(match endpoint.scheme {
+            Scheme::Mqtt => {
+                if self.tls.is_some() {
+                    return Err(ClientError::InvalidOption {
+                        option: "tls",
+                        reason: "TLS settings need an mqtts:// or wss:// URL".into(),
+                    });
+                }
+                Arc::new(TcpConnector)
+            }
+            Scheme::Mqtts => Arc::new(TlsConnector::new(&tls)?),
+            Scheme::Ws => Arc::new(WsConnector::plain()),
+            Scheme::Wss => Arc::new(WsConnector::tls(&tls)?),
+        })
+    }
+
+    /// The endpoint of the URL.
     pub(crate) fn endpoint(&self) -> Result<Endpoint, ClientError> {
         match Endpoint::parse(&self.url) {
-            Ok((e, _)) if e.scheme == Scheme::Mqtt => Ok(e),
-            Ok((_, scheme)) => Err(ClientError::UnsupportedScheme(scheme)),
+            Ok((e, _)) => Ok(e),
             Err(UrlError::UnknownScheme) => Err(ClientError::InvalidUrl {
                 url: self.url.clone(),
-                reason: "unknown scheme; use mqtt://host:port",
+                reason: "unknown scheme; use mqtt://, mqtts://, ws:// or wss://",
             }),
             Err(UrlError::Invalid(reason)) => Err(ClientError::InvalidUrl {
                 url: self.url.clone(),
@@ -379,6 +426,12 @@ impl Options {
             if let Some((name, _)) = v5_only.iter().find(|(_, set)| *set) {
                 return bad(name, "is an MQTT 5.0 feature; use .version(ProtocolVersion::V5)");
             }
+        }
+        if self.scram.is_some() && !v.is_v5() {
+            return bad(
+                "scram_sha256",
+                "enhanced authentication is MQTT 5.0 only; use .version(ProtocolVersion::V5)",
+            );
         }
         if self.properties.receive_maximum == Some(0) {
             return bad("receive_maximum", "must be between 1 and 65,535");
@@ -446,8 +499,7 @@ mod tests {
             .session_expiry(5))
         .contains("`session_expiry`"));
         assert!(err(Options::new("mqtt://h").will(LastWill::new("a/#", "x"))).contains("`will`"));
-        assert!(err(Options::new("mqtts://h")).contains("not supported yet"));
-        assert!(err(Options::new("ws://h:80/mqtt")).contains("`ws://`"));
+        assert!(err(Options::new("gopher://h")).contains("unknown scheme"));
         assert!(err(Options::new("mqtt://h:port")).contains("port"));
     }
 

@@ -28,6 +28,8 @@ enum Command {
     Sub(cmd::subscribe::Args),
     /// Load-test any MQTT broker: fan-in, fan-out, pairs, latency, connection storm.
     Bench(cmd::bench::Args),
+    /// Manage the broker's password file: add, update or delete users.
+    Passwd(cmd::passwd::Args),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| e.to_string()),
+        Command::Passwd(args) => cmd::passwd::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -69,6 +69,7 @@ async fn finish(mut child: std::process::Child, out: Arc<Mutex<String>>) -> Stri
 
 #[tokio::test]
 async fn mosquitto_pub_to_mosquitto_sub_all_qos_both_versions() {
+    // v3.1.1 [MQTT-7.0.0-2]: a third-party client needs no extension to work with Tern.
     require("mosquitto_sub", "apt-get install mosquitto-clients");
     let broker = start_tern().await.unwrap();
     let port = broker.addr().port();

@@ -60,3 +60,78 @@ async fn paho_shared_subscription_v5() {
 async fn paho_retained_and_no_local_v5() {
     paho_scenario("retain_nolocal_v5").await;
 }
+
+/// A CA file and a server certificate for localhost / 127.0.0.1, in `dir`:
+/// (CA file, certificate file, key file).
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "paho interop CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let files = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&files.0, ca_pem).unwrap();
+    std::fs::write(&files.1, cert.pem()).unwrap();
+    std::fs::write(&files.2, key.serialize_pem()).unwrap();
+    files
+}
+
+/// paho-mqtt over TLS, WebSocket and WebSocket over TLS, both protocol versions.
+#[tokio::test]
+async fn paho_over_tls_ws_and_wss() {
+    use tern_broker::{ListenerConfig, ListenerKind};
+    assert!(
+        paho_available(),
+        "paho-mqtt is not installed; .ci/run installs it (pip install paho-mqtt)"
+    );
+    let dir = std::env::temp_dir().join(format!("tern-interop-paho-tls-{}", std::process::id()));
+    let (ca, cert, key) = certificates(&dir);
+    let any = "127.0.0.1:0".parse().unwrap();
+    let tls = |kind| {
+        let mut l = ListenerConfig::new(kind, any);
+        l.cert = Some(cert.clone());
+        l.key = Some(key.clone());
+        l
+    };
+    let broker = tern_interop::start_tern_with(|b| {
+        b.listener(tls(ListenerKind::Tls))
+            .listener(ListenerConfig::new(ListenerKind::Ws, any))
+            .listener(tls(ListenerKind::Wss))
+    })
+    .await
+    .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/paho_suite.py");
+    for (transport, kind) in [
+        ("tls", ListenerKind::Tls),
+        ("ws", ListenerKind::Ws),
+        ("wss", ListenerKind::Wss),
+    ] {
+        let port = broker.addr_of(kind).unwrap().port().to_string();
+        for scenario in ["qos_v311", "qos_v5"] {
+            let mut cmd = Command::new("python3");
+            cmd.args([script, "127.0.0.1", &port, scenario])
+                .env("TERN_TRANSPORT", transport)
+                .env("TERN_CAFILE", &ca);
+            let out = run(cmd, Duration::from_secs(30)).await;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains(&format!("ok {scenario}")),
+                "paho {scenario} over {transport} failed:\n{stdout}\n{stderr}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

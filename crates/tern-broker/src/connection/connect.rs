@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tern_proto::codec::{ConnAckProperties, Decoded, Decoder};
 use tern_proto::{topic, ConnAck, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
 use super::{Conn, WillState};
@@ -40,7 +40,7 @@ fn peek_level(buf: &[u8]) -> Option<u8> {
 async fn send_connack<S: AsyncWrite + Unpin>(io: &mut S, version: ProtocolVersion, ack: ConnAck) {
     let mut out = BytesMut::new();
     if Packet::ConnAck(ack).encode(version, &mut out).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&out)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), super::write_flush(io, &out)).await;
     }
 }
 
@@ -101,6 +101,20 @@ async fn refuse_bad_connect<S: AsyncWrite + Unpin>(io: &mut S, buf: &[u8], e: De
     }
 }
 
+/// The CONNACK without the Reason String and User Properties the client's Maximum Packet
+/// Size has no room for (v5 [MQTT-3.2.2-19], [MQTT-3.2.2-20]).
+fn fit(ack: ConnAck, c: &Connect) -> ConnAck {
+    let mut p = Packet::ConnAck(ack);
+    p.fit_within(
+        c.protocol_version,
+        c.properties.maximum_packet_size.unwrap_or(u32::MAX),
+    );
+    match p {
+        Packet::ConnAck(a) => a,
+        _ => ConnAck::new(ReasonCode::UnspecifiedError, false),
+    }
+}
+
 fn refuse(rc: ReasonCode, why: &str) -> (ReasonCode, String) {
     (rc, why.to_string())
 }
@@ -112,6 +126,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     connect: Box<Connect>,
     shared: &Arc<Shared>,
     peer: SocketAddr,
+    origin: &crate::security::Origin,
 ) -> Result<Conn, Refused> {
     let c = *connect;
     let v = c.protocol_version;
@@ -123,7 +138,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         if v.is_v5() {
             ack.properties.reason_string = Some(why.as_str().into());
         }
-        send_connack(io, v, ack).await;
+        send_connack(io, v, fit(ack, &c)).await;
         return Err(Refused::Answered(rc, why));
     }
 
@@ -139,18 +154,56 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     };
 
     // Enhanced authentication (v5 section 4.12) before the session is touched.
+    let mut enhanced_identity = None;
     if let Some(method) = &c.properties.authentication_method {
         match enhanced_auth(io, buf, shared, &c, &client_id).await {
-            Ok(data) => {
+            Ok((data, identity)) => {
                 props.authentication_method = Some(method.clone());
                 props.authentication_data = data;
+                enhanced_identity = identity;
             }
             Err((rc, why)) => {
+                shared
+                    .security
+                    .failed(peer, &client_id, c.username.as_deref(), rc, &why);
                 let mut ack = ConnAck::new(rc, false);
                 ack.properties.reason_string = Some(why.as_str().into());
-                send_connack(io, v, ack).await;
+                send_connack(io, v, fit(ack, &c)).await;
                 return Err(Refused::Answered(rc, why));
             }
+        }
+    }
+
+    // Who the client is: certificate, enhanced authentication, password file, or anonymous.
+    let username = match shared.security.authenticate(origin, &c, enhanced_identity).await {
+        Ok(u) => u,
+        Err((rc, why)) => {
+            shared
+                .security
+                .failed(peer, &client_id, c.username.as_deref(), rc, &why);
+            let mut ack = ConnAck::new(rc, false);
+            if v.is_v5() {
+                ack.properties.reason_string = Some(why.as_str().into());
+            }
+            send_connack(io, v, fit(ack, &c)).await;
+            return Err(Refused::Answered(rc, why));
+        }
+    };
+    // The will is published in the client's name: it needs the right to publish there.
+    if let Some(w) = &c.will {
+        let action = crate::security::Action::Publish;
+        if !shared
+            .security
+            .allows(action, username.as_deref(), &client_id, &w.topic)
+        {
+            let why = format!("the ACL does not allow publishing the will on {:?}", &*w.topic);
+            tracing::warn!(%peer, client_id = %client_id, "connection refused: {why}");
+            let mut ack = ConnAck::new(ReasonCode::NotAuthorized, false);
+            if v.is_v5() {
+                ack.properties.reason_string = Some(why.as_str().into());
+            }
+            send_connack(io, v, fit(ack, &c)).await;
+            return Err(Refused::Answered(ReasonCode::NotAuthorized, why));
         }
     }
 
@@ -220,7 +273,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         reason_code: ReasonCode::Success,
         properties: props,
     };
-    send_connack(io, v, ack).await;
+    send_connack(io, v, fit(ack, &c)).await;
 
     let now = Instant::now();
     let will = c.will.map(|w| {
@@ -272,20 +325,21 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         0
     };
     conn.auth_method = c.properties.authentication_method.clone();
-    conn.username = c.username.clone();
+    conn.username = username;
     Ok(conn)
 }
 
-/// Run the AUTH exchange of a CONNECT; the final Authentication Data on success.
+/// Run the AUTH exchange of a CONNECT; on success the final Authentication Data
+/// and the identity the exchange established, if it names one.
 async fn enhanced_auth<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
     c: &Connect,
     client_id: &str,
-) -> Result<Option<tern_proto::Bytes>, (ReasonCode, String)> {
+) -> Result<(Option<tern_proto::Bytes>, Option<tern_proto::ByteString>), (ReasonCode, String)> {
     let Some(method) = c.properties.authentication_method.clone() else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let Some(auth) = shared.authenticators.iter().find(|a| a.method() == &*method) else {
         return Err(refuse(
@@ -299,7 +353,7 @@ async fn enhanced_auth<S: AsyncRead + AsyncWrite + Unpin>(
     let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
     loop {
         match exchange.step(data.as_deref()) {
-            AuthStep::Success(d) => return Ok(d),
+            AuthStep::Success(d) => return Ok((d, exchange.identity().map(Into::into))),
             AuthStep::Failure => return Err(refuse(ReasonCode::NotAuthorized, "authentication failed")),
             AuthStep::Continue(d) => {
                 let mut a = tern_proto::Auth {
@@ -310,7 +364,7 @@ async fn enhanced_auth<S: AsyncRead + AsyncWrite + Unpin>(
                 a.properties.authentication_data = Some(d);
                 let mut out = BytesMut::new();
                 if Packet::Auth(a).encode(ProtocolVersion::V5, &mut out).is_err()
-                    || io.write_all(&out).await.is_err()
+                    || super::write_flush(io, &out).await.is_err()
                 {
                     return Err(refuse(ReasonCode::UnspecifiedError, "cannot send AUTH"));
                 }
@@ -382,12 +436,6 @@ fn check_connect(c: &Connect, shared: &Shared) -> Result<(), (ReasonCode, String
                 "unsupported authentication method",
             ));
         }
-    }
-    if !cfg.allow_anonymous && c.username.is_none() {
-        return Err(refuse(
-            ReasonCode::NotAuthorized,
-            "anonymous clients are not allowed",
-        ));
     }
     if let Some(w) = &c.will {
         if w.qos > cfg.max_qos() {

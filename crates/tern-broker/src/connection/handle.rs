@@ -11,6 +11,7 @@ use tern_proto::{Disconnect, Packet};
 use super::{Close, Conn};
 use crate::message::Message;
 use crate::router::SubEntry;
+use crate::security::Action;
 use crate::session::InflightState;
 use crate::store::{record, Op};
 
@@ -111,6 +112,16 @@ impl Conn {
                 "RETAIN set while Retain Available is 0",
             ));
         }
+        let user = self.username.as_deref();
+        if !self
+            .shared
+            .security
+            .allows(Action::Publish, user, &self.client_id, &topic)
+        {
+            tracing::info!(client_id = %self.client_id, %topic, "PUBLISH denied by the ACL");
+            self.deny_publish(p.qos, p.packet_id);
+            return Ok(());
+        }
         let qos = p.qos;
         let packet_id = p.packet_id;
         if qos != QoS::AtMostOnce {
@@ -190,6 +201,23 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// A PUBLISH the ACL refuses is not routed ([MQTT-3.3.5-2]). 5.0 answers
+    /// PUBACK/PUBREC 0x87 Not authorized; 3.1.1 cannot say so and acknowledges as
+    /// usual (the PUBREL of QoS 2 then gets its PUBCOMP like any unknown id).
+    fn deny_publish(&mut self, qos: QoS, packet_id: Option<PacketId>) {
+        let Some(id) = packet_id else { return };
+        let ack = if self.version.is_v5() {
+            Ack::with_reason(id, ReasonCode::NotAuthorized)
+        } else {
+            Ack::new(id)
+        };
+        self.send(if qos == QoS::ExactlyOnce {
+            Packet::PubRec(ack)
+        } else {
+            Packet::PubAck(ack)
+        });
     }
 
     fn pub_ack(&self, id: PacketId, matched: usize) -> Ack {
@@ -350,6 +378,17 @@ impl Conn {
             }
             if topic::has_wildcards(parsed.filter) && !cfg.wildcard_subscriptions {
                 codes.push(ReasonCode::WildcardSubscriptionsNotSupported);
+                continue;
+            }
+            let user = self.username.as_deref();
+            if !self
+                .shared
+                .security
+                .allows(Action::Subscribe, user, &self.client_id, parsed.filter)
+            {
+                // SUBACK 0x87 Not authorized (3.1.1: 0x80 Failure).
+                tracing::info!(client_id = %self.client_id, %filter, "SUBSCRIBE denied by the ACL");
+                codes.push(ReasonCode::NotAuthorized);
                 continue;
             }
             let mut opts = *opts;

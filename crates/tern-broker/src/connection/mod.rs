@@ -131,7 +131,13 @@ impl Conn {
         }
     }
 
-    fn send(&mut self, packet: Packet) {
+    fn send(&mut self, mut packet: Packet) {
+        // 5.0: a Reason String or User Property the client's Maximum Packet Size has no room
+        // for is left out (v5 [MQTT-3.9.2-1], [MQTT-3.14.2-3] and the like).
+        if self.version.is_v5() && packet.has_diagnostics() {
+            let max = self.cell.lock().client_max_packet_size;
+            packet.fit_within(self.version, max);
+        }
         if let Err(e) = packet.encode(self.version, &mut self.out) {
             tracing::warn!(client_id = %self.client_id, "cannot encode {:?}: {e}", packet.packet_type());
         }
@@ -179,6 +185,7 @@ impl Conn {
         let window = usize::from(st.client_receive_maximum.min(self.shared.config.max_inflight));
         let max_size = st.client_max_packet_size;
         let committed = self.shared.store.as_ref().map_or(u64::MAX, |s| s.committed());
+        let acl = self.shared.security.acl();
         self.waiting_for_commit = false;
         while let Some(front) = st.queue.front() {
             if self.out.len() >= WRITE_BATCH {
@@ -195,6 +202,22 @@ impl Conn {
                     self.forget(&st, gone.seq);
                 }
                 continue;
+            }
+            // The ACL may not let this client receive the topic (checked at delivery, so a
+            // reloaded ACL also stops live and resumed subscriptions).
+            if let Some(acl) = &acl {
+                let action = crate::security::Action::Receive;
+                if !acl.allows(
+                    action,
+                    self.username.as_deref(),
+                    &self.client_id,
+                    &front.msg.topic,
+                ) {
+                    if let Some(gone) = st.pop_queued() {
+                        self.forget(&st, gone.seq);
+                    }
+                    continue;
+                }
             }
             let needs_id = front.qos != tern_proto::QoS::AtMostOnce;
             if needs_id && st.inflight.len() >= window {
@@ -294,7 +317,7 @@ impl Conn {
                 return c;
             }
             if !self.out.is_empty() {
-                if let Err(e) = io.write_all(&self.out).await {
+                if let Err(e) = write_flush(io, &self.out).await {
                     return Close::Transport(format!("write failed: {e}"));
                 }
                 crate::listener::count(&self.shared.counters.bytes_out, self.out.len());
@@ -412,7 +435,7 @@ impl Conn {
             self.send(Packet::Disconnect(d));
         }
         if !self.out.is_empty() && !matches!(close, Close::Transport(_)) {
-            let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&self.out)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), write_flush(io, &self.out)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
         self.detach(close);
@@ -583,8 +606,12 @@ pub(crate) fn spawn_expiry_timer_after(
 }
 
 /// Serve one accepted connection until it closes.
-pub(crate) async fn serve<S>(mut io: S, peer: SocketAddr, shared: Arc<Shared>)
-where
+pub(crate) async fn serve<S>(
+    mut io: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    origin: crate::security::Origin,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Buffers start empty and grow on demand: an idle connection holds no buffer space.
@@ -593,12 +620,18 @@ where
         Ok(c) => c,
         Err(r) => return log_refused(peer, r),
     };
-    let mut conn = match connect::accept(&mut io, &mut buf, connect, &shared, peer).await {
+    let mut conn = match connect::accept(&mut io, &mut buf, connect, &shared, peer, &origin).await {
         Ok(c) => c,
         Err(r) => return log_refused(peer, r),
     };
     let close = conn.drive(&mut io, &mut buf).await;
     conn.finish(&mut io, close).await;
+}
+
+/// Write and flush: TLS and WebSocket streams hold bytes back until flushed.
+pub(crate) async fn write_flush<S: AsyncWrite + Unpin>(io: &mut S, data: &[u8]) -> std::io::Result<()> {
+    io.write_all(data).await?;
+    io.flush().await
 }
 
 fn log_refused(peer: SocketAddr, r: connect::Refused) {

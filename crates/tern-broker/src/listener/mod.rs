@@ -1,5 +1,17 @@
 //! Accept loops: connection limit, connect-rate limit, and the polite refusal
-//! of clients beyond them.
+//! of clients beyond them; then the transport's own handshake (TLS, WebSocket)
+//! turns the socket into the byte stream `connection::serve` runs MQTT on.
+//!
+//! - `tls.rs`: rustls server configuration from PEM files, mutual TLS, the
+//!   client certificate's CN.
+//! - `ws.rs`: the WebSocket upgrade (path, `mqtt` subprotocol) and the adapter
+//!   from binary messages to a byte stream.
+//!
+//! Every handshake runs under the connect timeout, and a failed one is logged
+//! with the peer's address and closed; nothing about MQTT is decided here.
+
+mod tls;
+mod ws;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,8 +24,105 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::config::{ListenerConfig, ListenerKind};
+use crate::security::{ListenerPolicy, Origin};
 use crate::shared::Shared;
-use crate::Config;
+use crate::{BrokerError, Config};
+
+/// A bound listener, before it serves.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub socket: TcpListener,
+    pub endpoint: Arc<Endpoint>,
+}
+
+/// How a listener turns accepted sockets into MQTT byte streams.
+pub(crate) struct Endpoint {
+    pub kind: ListenerKind,
+    policy: Arc<ListenerPolicy>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ws_path: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("kind", &self.kind)
+            .field("policy", &self.policy)
+            .field("ws_path", &self.ws_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// The endpoint of a plain `listen` address.
+    pub fn tcp(cfg: &Config) -> Endpoint {
+        Endpoint {
+            kind: ListenerKind::Tcp,
+            policy: Arc::new(ListenerPolicy {
+                allow_anonymous: cfg.allow_anonymous,
+                identity_as_username: false,
+            }),
+            tls: None,
+            ws_path: String::new(),
+        }
+    }
+
+    /// The endpoint of `[[listener]]` number `index`; TLS material is loaded here, and
+    /// errors name the field.
+    pub fn new(cfg: &Config, l: &ListenerConfig, index: usize) -> Result<Endpoint, BrokerError> {
+        let tls = if l.kind.is_tls() {
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(l, index)?))
+        } else {
+            None
+        };
+        Ok(Endpoint {
+            kind: l.kind,
+            policy: Arc::new(ListenerPolicy {
+                allow_anonymous: l.allow_anonymous.unwrap_or(cfg.allow_anonymous),
+                identity_as_username: l.use_identity_as_username,
+            }),
+            tls,
+            ws_path: l.path.clone(),
+        })
+    }
+
+    /// Run the transport handshake and serve MQTT on the result.
+    async fn serve(&self, stream: TcpStream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
+        let timeout = shared.config.connect_timeout();
+        let max_frame = shared.config.max_packet_size as usize;
+        let kind = self.kind;
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::info!(%peer, listener = %kind, "{what} failed, connection closed: {e}");
+        };
+        let (plain, tls) = match &self.tls {
+            Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => (None, Some(s)),
+                Ok(Err(e)) => return fail("TLS handshake", &e),
+                Err(_) => return fail("TLS handshake", &"not finished within the connect timeout"),
+            },
+            None => (Some(stream), None),
+        };
+        let origin = Origin {
+            policy: self.policy.clone(),
+            cert_name: tls.as_ref().and_then(|s| tls::peer_name(s.get_ref().1)),
+        };
+        let websocket = kind.is_websocket();
+        match (plain, tls) {
+            (Some(s), _) if !websocket => crate::connection::serve(s, peer, shared, origin).await,
+            (_, Some(s)) if !websocket => crate::connection::serve(s, peer, shared, origin).await,
+            (Some(s), _) => match ws::accept(s, &self.ws_path, max_frame, timeout).await {
+                Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
+                Err(e) => fail("WebSocket handshake", &e),
+            },
+            (_, Some(s)) => match ws::accept(s, &self.ws_path, max_frame, timeout).await {
+                Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
+                Err(e) => fail("WebSocket handshake", &e),
+            },
+            (None, None) => {}
+        }
+    }
+}
 
 /// Most refusals answered at once; connections beyond are closed without a word.
 const MAX_PENDING_REFUSALS: usize = 256;
@@ -69,7 +178,11 @@ impl Limits {
     }
 }
 
-pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
+pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, limits: Limits) {
+    let Bound {
+        socket: listener,
+        endpoint,
+    } = bound;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -88,18 +201,23 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, limi
             .unwrap_or(true);
         if !rate_ok {
             tracing::warn!(%peer, "connection refused: max_connect_rate exceeded");
-            refuse(stream, &limits, ReasonCode::ConnectionRateExceeded);
+            if endpoint.kind == ListenerKind::Tcp {
+                refuse(stream, &limits, ReasonCode::ConnectionRateExceeded);
+            }
             continue;
         }
         let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: max_connections reached");
-            refuse(stream, &limits, ReasonCode::ServerBusy);
+            if endpoint.kind == ListenerKind::Tcp {
+                refuse(stream, &limits, ReasonCode::ServerBusy);
+            }
             continue;
         };
         let shared = shared.clone();
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
             shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-            crate::connection::serve(stream, peer, shared).await;
+            endpoint.serve(stream, peer, shared).await;
             drop(permit);
         });
     }

@@ -10,13 +10,14 @@ use crate::harness::*;
 async fn first_packet_must_be_connect_mqtt_3_1_0_1() {
     let b = start().await;
     let mut c = Raw::open(b.addr(), V3).await;
-    // [MQTT-3.1.0-1] a PUBACK before CONNECT: closed, nothing sent.
+    // v3.1.1 [MQTT-3.1.0-1] a PUBACK before CONNECT: closed, nothing sent.
     c.send_bytes(&[0x40, 0x02, 0x00, 0x01]).await;
     assert_eq!(c.expect_closed().await, None);
 }
 
 #[tokio::test]
 async fn second_connect_is_a_protocol_error_mqtt_3_1_0_2() {
+    // v3.1.1+v5 [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
     let b = start().await;
     for v in [V3, V5] {
         let mut c = Raw::connect(b.addr(), v, "twice").await;
@@ -29,6 +30,7 @@ async fn second_connect_is_a_protocol_error_mqtt_3_1_0_2() {
 
 #[tokio::test]
 async fn unsupported_protocol_level_gets_connack_1_mqtt_3_1_2_2() {
+    // v3.1.1 [MQTT-3.1.2-2]: CONNACK 0x01, then close.
     let b = start().await;
     let mut c = Raw::open(b.addr(), V3).await;
     // CONNECT "MQTT" level 6.
@@ -45,6 +47,7 @@ async fn unsupported_protocol_level_gets_connack_1_mqtt_3_1_2_2() {
 
 #[tokio::test]
 async fn reserved_connect_flag_closes_mqtt_3_1_2_3() {
+    // v3.1.1+v5 [MQTT-3.1.2-3]: the reserved flag must be 0.
     let b = start().await;
     let mut c = Raw::open(b.addr(), V3).await;
     c.send_bytes(&[
@@ -52,7 +55,7 @@ async fn reserved_connect_flag_closes_mqtt_3_1_2_3() {
     ])
     .await;
     assert_eq!(c.expect_closed().await, None);
-    // 5.0 may answer with CONNACK 0x81 before closing ([MQTT-3.2.2-7]).
+    // 5.0 may answer with CONNACK 0x81 before closing (v5 [MQTT-3.2.2-7]).
     let mut c = Raw::open(b.addr(), V5).await;
     c.send_bytes(&[
         0x10, 0x0E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x03, 0x00, 0x3C, 0x00, 0x00, 0x01, b'a',
@@ -71,7 +74,7 @@ async fn empty_client_id_without_clean_session_is_rejected_mqtt_3_1_3_8() {
     let mut c = Connect::new(V3, "");
     c.clean_start = false;
     let (mut raw, ack) = Raw::connect_with(b.addr(), c).await;
-    // [MQTT-3.1.3-8] CONNACK 0x02 Identifier rejected, then close.
+    // v3.1.1 [MQTT-3.1.3-8] CONNACK 0x02 Identifier rejected, then close.
     assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
     assert_eq!(raw.expect_closed().await, None);
 }
@@ -79,7 +82,7 @@ async fn empty_client_id_without_clean_session_is_rejected_mqtt_3_1_3_8() {
 #[tokio::test]
 async fn empty_client_id_gets_an_assigned_identifier() {
     let b = start().await;
-    // [MQTT-3.1.3-6] 3.1.1 with clean session: accepted.
+    // v3.1.1 [MQTT-3.1.3-6] 3.1.1 with clean session: accepted.
     let (_c, ack) = Raw::connect_with(b.addr(), Connect::new(V3, "")).await;
     assert_eq!(ack.reason_code, ReasonCode::Success);
     // v5 [MQTT-3.2.2-16]: the CONNACK carries the Assigned Client Identifier.
@@ -108,25 +111,30 @@ async fn connack_advertises_limits_in_v5() {
 #[tokio::test]
 async fn session_takeover_closes_the_older_connection() {
     let b = start().await;
-    // 3.1.1 [MQTT-3.1.4-2]: the existing client is disconnected.
+    // v3.1.1 [MQTT-3.1.4-2]: the existing client is disconnected.
     let mut old = Raw::connect(b.addr(), V3, "same").await;
     let _new = Raw::connect(b.addr(), V3, "same").await;
     assert_eq!(old.expect_closed().await, None);
-    // 5.0 [MQTT-3.1.4-3]: DISCONNECT 0x8E Session taken over.
+    // v5 [MQTT-3.1.4-3]: DISCONNECT 0x8E Session taken over.
     let mut old = Raw::connect(b.addr(), V5, "same5").await;
     let _new = Raw::connect(b.addr(), V5, "same5").await;
     assert_eq!(old.expect_closed().await, Some(ReasonCode::SessionTakenOver));
 }
 
 #[tokio::test]
-async fn keep_alive_is_enforced_at_one_and_a_half_times_mqtt_3_1_2_24() {
+async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     let b = start().await;
-    let mut c = Connect::new(V5, "sleepy");
-    c.keep_alive = 1;
-    let (mut raw, _) = Raw::connect_with(b.addr(), c).await;
+    let mut c5 = Connect::new(V5, "sleepy5");
+    c5.keep_alive = 1;
+    let (mut raw5, _) = Raw::connect_with(b.addr(), c5).await;
+    let mut c3 = Connect::new(V3, "sleepy3");
+    c3.keep_alive = 1;
+    let (mut raw3, _) = Raw::connect_with(b.addr(), c3).await;
     let started = std::time::Instant::now();
-    // [MQTT-3.1.2-24] (3.1.1) / v5 [MQTT-3.1.2-22]: closed after 1.5 × keep-alive of silence.
-    assert_eq!(raw.expect_closed().await, Some(ReasonCode::KeepAliveTimeout));
+    // v3.1.1 [MQTT-3.1.2-24] / v5 [MQTT-3.1.2-22]: closed after 1.5 × keep-alive of silence
+    // (5.0: DISCONNECT 0x8D first); v5 [MQTT-3.2.2-22]: the client's value is used.
+    let (r5, r3) = tokio::join!(raw5.expect_closed(), raw3.expect_closed());
+    assert_eq!((r5, r3), (Some(ReasonCode::KeepAliveTimeout), None));
     assert!(
         started.elapsed() >= Duration::from_millis(1400),
         "closed too early"
@@ -141,7 +149,7 @@ async fn pings_keep_the_connection_alive_mqtt_3_12_4_1() {
     let (mut raw, _) = Raw::connect_with(b.addr(), c).await;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        // [MQTT-3.12.4-1] the server answers PINGREQ with PINGRESP.
+        // v3.1.1 [MQTT-3.12.4-1] the server answers PINGREQ with PINGRESP.
         raw.sync().await;
     }
 }
@@ -169,6 +177,7 @@ async fn mqtt_3_1_is_accepted() {
 
 #[tokio::test]
 async fn enhanced_authentication_is_refused_with_0x8c_mqtt_4_12_0_1() {
+    // v5 [MQTT-4.12.0-1]: a method the server does not offer: CONNACK 0x8C, then close.
     let b = start().await;
     let mut c = Connect::new(V5, "scram");
     c.properties.authentication_method = Some("SCRAM-SHA-1".into());

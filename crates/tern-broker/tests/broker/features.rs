@@ -86,10 +86,11 @@ async fn outbound_topic_aliases_are_used_when_the_client_allows_them() {
         (&first.topic[..], first.properties.topic_alias),
         ("al/one", Some(1))
     );
-    // The second use sends only the alias; [MQTT-3.3.2-10] the client maps it back.
+    // The second use sends only the alias, which the client maps back.
     let second = sub.recv_publish().await;
     assert_eq!((&second.topic[..], second.properties.topic_alias), ("", Some(1)));
-    // No room for a second alias (the client allowed 1): full topic, no alias.
+    // No room for a second alias (the client allowed 1): full topic, no alias
+    // (v5 [MQTT-3.1.2-26], v5 [MQTT-3.3.2-11]).
     let third = sub.recv_publish().await;
     assert_eq!((&third.topic[..], third.properties.topic_alias), ("al/two", None));
 }
@@ -189,7 +190,7 @@ async fn enhanced_authentication_exchange_v5_section_4_12() {
         }
         p => panic!("{p:?}"),
     }
-    // Re-authentication ([MQTT-4.12.1-1]: same method).
+    // Re-authentication (v5 [MQTT-4.12.1-1]: same method).
     raw.send(auth_packet(ReasonCode::ReAuthenticate, "hello")).await;
     assert!(
         matches!(raw.recv().await, Packet::Auth(a) if a.reason_code == Some(ReasonCode::ContinueAuthentication))

@@ -28,24 +28,24 @@ async fn malformed_packets_close_only_their_connection() {
     let cases: &[(&[u8], ReasonCode)] = &[
         // A1 (v5 section 1.5.5): five-byte Remaining Length.
         (&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], ReasonCode::MalformedPacket),
-        // A8 / [MQTT-3.8.1-1]: SUBSCRIBE with flags 0000.
+        // A8 / v3.1.1+v5 [MQTT-3.8.1-1]: SUBSCRIBE with flags 0000.
         (
             &[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00],
             ReasonCode::MalformedPacket,
         ),
-        // D1 / [MQTT-3.3.1-4]: QoS 3.
+        // D1 / v3.1.1+v5 [MQTT-3.3.1-4]: QoS 3.
         (
             &[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
             ReasonCode::MalformedPacket,
         ),
-        // D2 / [MQTT-2.2.1-3]: QoS 1 with packet identifier 0.
+        // D2 / v3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]: QoS 1 with packet identifier 0.
         (
             &[0x32, 0x06, 0x00, 0x01, b'a', 0x00, 0x00, 0x00],
             ReasonCode::ProtocolError,
         ),
-        // F1 / v5 [MQTT-3.8.3-2]: SUBSCRIBE without filters is a Protocol Error.
+        // F1 / v3.1.1 [MQTT-3.8.3-3], v5 [MQTT-3.8.3-2]: SUBSCRIBE without filters is a Protocol Error.
         (&[0x82, 0x03, 0x00, 0x01, 0x00], ReasonCode::ProtocolError),
-        // B3 / [MQTT-1.5.4-2]: U+0000 in a topic.
+        // B3 / v3.1.1 [MQTT-1.5.3-2], v5 [MQTT-1.5.4-2], v3.1.1+v5 [MQTT-4.7.3-2]: U+0000 in a topic.
         (
             &[0x30, 0x06, 0x00, 0x03, b'a', 0x00, b'b', 0x00],
             ReasonCode::MalformedPacket,
@@ -60,7 +60,7 @@ async fn malformed_packets_close_only_their_connection() {
             let mut bad = Raw::connect(b.addr(), v, &format!("bad{i}")).await;
             bad.send_bytes(bytes).await;
             let got = bad.expect_closed().await;
-            // 3.1.1 [MQTT-4.8.0-1]: close; 5.0 [MQTT-4.13.1-1]: DISCONNECT with the reason, then close.
+            // v3.1.1 [MQTT-4.8.0-1]: close; v5 [MQTT-4.13.1-1]: DISCONNECT with the reason, then close.
             assert_eq!(got, v.is_v5().then_some(*expected), "case {i} {v}");
         }
         canary_still_works(&mut sub, &mut publ).await;

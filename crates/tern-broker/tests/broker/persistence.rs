@@ -92,6 +92,7 @@ async fn queued_messages_subscriptions_and_retained_survive_a_restart() {
 
 #[tokio::test]
 async fn in_flight_deliveries_resume_after_a_restart_mqtt_4_4_0_1() {
+    // v5 [MQTT-4.4.0-1]: in-flight deliveries resume after a restart.
     let dir = TempDir::new("inflight");
     let b = start_in(&dir).await;
     let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "slow")).await;
@@ -133,6 +134,7 @@ async fn in_flight_deliveries_resume_after_a_restart_mqtt_4_4_0_1() {
 
 #[tokio::test]
 async fn incoming_qos2_stays_exactly_once_across_a_restart_mqtt_4_3_3_10() {
+    // v5 [MQTT-4.3.3-10]: a repeated QoS 2 PUBLISH after a restart is not delivered again.
     let dir = TempDir::new("qos2in");
     let b = start_in(&dir).await;
     let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "sub")).await;

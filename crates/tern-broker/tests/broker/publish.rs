@@ -16,7 +16,7 @@ async fn qos_flows_and_downgrade_mqtt_3_8_4_6() {
             for pub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
                 publ.publish("q/t", "x", pub_qos, false).await;
                 let p = sub.recv_publish().await;
-                // [MQTT-3.8.4-6] (3.1.1 [MQTT-3.8.4-6]): delivered at min(publish QoS, granted QoS).
+                // v3.1.1 [MQTT-3.8.4-6] / v5 [MQTT-3.8.4-8]: delivered at min(publish QoS, granted QoS).
                 assert_eq!(p.qos, pub_qos.min(sub_qos), "{v} sub {sub_qos:?} pub {pub_qos:?}");
                 assert_eq!(p.packet_id.is_some(), p.qos != QoS::AtMostOnce);
                 sub.ack(&p).await;
@@ -53,7 +53,7 @@ async fn qos2_duplicate_publish_is_delivered_once_mqtt_4_3_3_10() {
         p.packet_id = Some(pid(9));
         p.dup = dup;
         publ.send(Packet::Publish(p)).await;
-        // Every copy is answered with PUBREC, only the first is forwarded.
+        // Every copy is answered with PUBREC, only the first is forwarded (v5 [MQTT-4.3.3-10]).
         assert!(matches!(publ.recv().await, Packet::PubRec(a) if a.packet_id == pid(9)));
     }
     publ.send(Packet::PubRel(Ack::new(pid(9)))).await;
@@ -63,7 +63,7 @@ async fn qos2_duplicate_publish_is_delivered_once_mqtt_4_3_3_10() {
     let p = sub.recv_publish().await;
     sub.ack(&p).await;
     sub.expect_silence(200).await;
-    // After PUBCOMP the same id is a new message ([MQTT-4.3.3-9] / 3.1.1 method B).
+    // After PUBCOMP the same id is a new message (v5 [MQTT-4.3.3-12]).
     publ.publish("once", "again", QoS::ExactlyOnce, false).await;
     assert_eq!(&sub.recv_publish().await.payload[..], b"again");
 }
@@ -94,7 +94,8 @@ async fn messages_keep_their_order_per_topic_mqtt_4_6_0_5() {
         p.packet_id = Some(pid(i + 1));
         publ.send(Packet::Publish(p)).await;
     }
-    // [MQTT-4.6.0-5] (3.1.1) / v5 [MQTT-4.6.0-6]: forwarded in the order received.
+    // v3.1.1 [MQTT-4.6.0-6]: forwarded in the order received (every topic is ordered,
+    // v3.1.1 [MQTT-4.6.0-5]).
     for i in 0..50u16 {
         let p = sub.recv_publish().await;
         assert_eq!(p.payload, i.to_string().into_bytes());
@@ -110,7 +111,7 @@ async fn overlapping_subscriptions_deliver_once_at_max_qos_mqtt_3_3_5_1() {
     sub.subscribe("a/#", QoS::AtLeastOnce).await;
     let mut publ = Raw::connect(b.addr(), V3, "pub").await;
     publ.publish("a/b", "x", QoS::ExactlyOnce, false).await;
-    // [MQTT-3.3.5-1]: the maximum QoS of the matching subscriptions.
+    // v3.1.1 [MQTT-3.3.5-1]: the maximum QoS of the matching subscriptions.
     let p = sub.recv_publish().await;
     assert_eq!(p.qos, QoS::AtLeastOnce);
     sub.ack(&p).await;
@@ -137,7 +138,7 @@ async fn inflight_window_respects_client_receive_maximum_mqtt_3_3_4_9() {
     }
     sub.expect_silence(200).await;
     let ids: std::collections::HashSet<_> = got.iter().map(|p| p.packet_id).collect();
-    // [MQTT-2.2.1-4]: identifiers in use are distinct.
+    // v5 [MQTT-2.2.1-4]: identifiers in use are distinct.
     assert_eq!(ids.len(), 3);
     for p in &got {
         sub.ack(p).await;
@@ -150,6 +151,7 @@ async fn inflight_window_respects_client_receive_maximum_mqtt_3_3_4_9() {
 
 #[tokio::test]
 async fn dollar_topics_do_not_match_leading_wildcards_mqtt_4_7_2_1() {
+    // v3.1.1 [MQTT-4.7.2-1]: `#` and `+/x` do not match `$foo/x`.
     let b = start().await;
     let mut all = Raw::connect(b.addr(), V3, "all").await;
     all.subscribe("#", QoS::AtMostOnce).await;
@@ -176,6 +178,6 @@ async fn pubrec_with_error_reason_ends_the_delivery_mqtt_4_4_0_2() {
         ReasonCode::UnspecifiedError,
     )))
     .await;
-    // No PUBREL follows: the delivery is over.
+    // No PUBREL follows: the delivery is over (v5 [MQTT-4.4.0-2]).
     sub.expect_silence(200).await;
 }

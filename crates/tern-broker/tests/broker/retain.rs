@@ -12,7 +12,7 @@ async fn retained_message_is_stored_replaced_and_deleted() {
     let mut publ = Raw::connect(b.addr(), V3, "p").await;
     publ.publish("state/lamp", "on", QoS::AtLeastOnce, true).await;
     publ.publish("state/lamp", "off", QoS::AtLeastOnce, true).await;
-    // [MQTT-3.3.1-5] stored, replacing the previous one; [MQTT-3.3.1-6]/[MQTT-3.3.1-8] sent on
+    // v3.1.1 [MQTT-3.3.1-5] stored, replacing the previous one; v3.1.1 [MQTT-3.3.1-6] / v3.1.1 [MQTT-3.3.1-8] sent on
     // subscribe with RETAIN set.
     let mut sub = Raw::connect(b.addr(), V3, "s").await;
     sub.subscribe("state/+", QoS::AtLeastOnce).await;
@@ -20,11 +20,11 @@ async fn retained_message_is_stored_replaced_and_deleted() {
     assert!(p.retain);
     assert_eq!(&p.payload[..], b"off");
     sub.ack(&p).await;
-    // [MQTT-3.3.1-9]: forwarded to existing subscribers with RETAIN cleared (3.1.1).
+    // v3.1.1 [MQTT-3.3.1-9]: forwarded to existing subscribers with RETAIN cleared (3.1.1).
     publ.publish("state/lamp", "on", QoS::AtMostOnce, true).await;
     let live = sub.recv_publish().await;
     assert!(!live.retain);
-    // [MQTT-3.3.1-10] an empty retained payload deletes it; [MQTT-3.3.1-11] and is not stored.
+    // v3.1.1 [MQTT-3.3.1-10] an empty retained payload deletes it; v3.1.1 [MQTT-3.3.1-11] and is not stored.
     publ.publish("state/lamp", "", QoS::AtMostOnce, true).await;
     let _ = sub.recv_publish().await;
     let mut late = Raw::connect(b.addr(), V3, "late").await;
@@ -87,6 +87,7 @@ async fn retained_message_expires_v5() {
 
 #[tokio::test]
 async fn retained_message_keeps_remaining_expiry_v5_mqtt_3_3_2_6() {
+    // v5 [MQTT-3.3.2-6]: the retained copy carries the time left.
     let b = start().await;
     let mut publ = Raw::connect(b.addr(), V5, "p").await;
     let mut p = Publish::new("exp/y", "later");

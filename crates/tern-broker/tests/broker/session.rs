@@ -30,7 +30,8 @@ async fn offline_session_gets_queued_qos1_and_qos2_mqtt_3_1_2_4() {
         publ.publish("cmd/2", "two", QoS::ExactlyOnce, false).await;
         publ.publish("cmd/3", "zero", QoS::AtMostOnce, false).await;
 
-        // [MQTT-3.1.2-4] / [MQTT-3.2.2-2]: the session resumes with Session Present = 1.
+        // v3.1.1 [MQTT-3.1.2-4] / v3.1.1 [MQTT-3.2.2-2], v5 [MQTT-3.1.2-5] / v5 [MQTT-3.2.2-3]: the
+        // session resumes with Session Present = 1, holding what was queued (v3.1.1 [MQTT-3.1.2-5]).
         let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(v, "dev")).await;
         assert!(ack.session_present);
         let p1 = sub.recv_publish().await;
@@ -47,7 +48,7 @@ async fn offline_session_gets_queued_qos1_and_qos2_mqtt_3_1_2_4() {
         let (sub, ack) = Raw::connect_with(b.addr(), c).await;
         assert!(
             !ack.session_present,
-            "[MQTT-3.1.2-6] clean session discards state"
+            "v3.1.1 [MQTT-3.1.2-6] / v5 [MQTT-3.1.2-4] clean session discards state"
         );
         sub.disconnect().await;
     }
@@ -73,7 +74,7 @@ async fn unacknowledged_messages_are_resent_with_dup_mqtt_4_4_0_1() {
 
         let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(v, "resend")).await;
         assert!(ack.session_present);
-        // [MQTT-4.4.0-1]: PUBLISH again with DUP and the same id, then PUBREL, in order.
+        // v3.1.1+v5 [MQTT-4.4.0-1]: PUBLISH again with DUP and the same id, then PUBREL, in order.
         let again = sub.recv_publish().await;
         assert!(again.dup);
         assert_eq!(again.packet_id, first.packet_id);

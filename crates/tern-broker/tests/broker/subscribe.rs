@@ -20,7 +20,8 @@ async fn invalid_filters_get_a_failure_code_per_filter() {
         };
         c.send(Packet::Subscribe(s)).await;
         match c.recv().await {
-            // [MQTT-3.8.4-5] (3.1.1) one code per filter, in order; v5 0x8F Topic Filter invalid.
+            // v3.1.1 [MQTT-3.8.4-5] / v5 [MQTT-3.8.4-6]: one code per filter, in order
+            // (v3.1.1+v5 [MQTT-3.9.3-1]); v5 0x8F Topic Filter invalid.
             Packet::SubAck(a) => {
                 assert_eq!(a.packet_id, pid(3));
                 assert_eq!(a.reason_codes[0], ReasonCode::GrantedQoS1);
@@ -35,6 +36,7 @@ async fn invalid_filters_get_a_failure_code_per_filter() {
 
 #[tokio::test]
 async fn resubscribe_replaces_the_subscription_mqtt_3_8_4_3() {
+    // v3.1.1 [MQTT-3.8.4-3]: the same filter again replaces the subscription.
     let b = start().await;
     let mut sub = Raw::connect(b.addr(), V3, "s").await;
     sub.subscribe("t", QoS::AtMostOnce).await;
@@ -76,6 +78,7 @@ async fn unsubscribe_stops_delivery_and_reports_v5_codes() {
 
 #[tokio::test]
 async fn no_local_v5_mqtt_3_8_3_3() {
+    // v5 [MQTT-3.8.3-3]: No Local keeps our own messages away.
     let b = start().await;
     let mut c = Raw::connect(b.addr(), V5, "echo").await;
     let opts = SubscriptionOptions {
@@ -94,6 +97,7 @@ async fn no_local_v5_mqtt_3_8_3_3() {
 
 #[tokio::test]
 async fn subscription_identifiers_are_delivered_v5_mqtt_3_3_4_3() {
+    // v5 [MQTT-3.3.4-3], v5 [MQTT-3.3.4-4]: one copy carrying both identifiers.
     let b = start().await;
     let mut c = Raw::connect(b.addr(), V5, "ids").await;
     c.subscribe_with("s/+", SubscriptionOptions::qos(QoS::AtMostOnce), Some(11))
@@ -150,6 +154,7 @@ async fn shared_subscription_redelivers_unacknowledged_messages_of_a_leaving_mem
 
 #[tokio::test]
 async fn invalid_shared_filters_get_0x8f_v5_mqtt_4_8_2_2() {
+    // v5 [MQTT-4.8.2-1], v5 [MQTT-4.8.2-2]: malformed share names and filters.
     let b = start().await;
     let mut c = Raw::connect(b.addr(), V5, "c").await;
     for f in ["$share/", "$share//a", "$share/a+b/c", "$share/name"] {

@@ -34,7 +34,7 @@ async fn topic_alias_errors() {
     p.properties.topic_alias = Some(3);
     c.send(Packet::Publish(p)).await;
     assert_eq!(c.expect_closed().await, Some(ReasonCode::TopicAliasInvalid));
-    // Alias 0: [MQTT-3.3.2-8], 0x94.
+    // Alias 0: v5 [MQTT-3.3.2-8], 0x94.
     let mut c = Raw::connect(b.addr(), V5, "b").await;
     c.send_bytes(&[0x30, 0x07, 0x00, 0x01, b't', 0x03, 0x23, 0x00, 0x00])
         .await;
@@ -49,6 +49,7 @@ async fn topic_alias_errors() {
 
 #[tokio::test]
 async fn expired_messages_are_not_delivered_mqtt_3_3_2_5() {
+    // v5 [MQTT-3.3.2-5]: a queued message that expired is not delivered.
     let b = start().await;
     let mut c = Connect::new(V5, "offline");
     c.clean_start = false;
@@ -74,7 +75,7 @@ async fn expired_messages_are_not_delivered_mqtt_3_3_2_5() {
     let (mut sub, _) = Raw::connect_with(b.addr(), c).await;
     let p = sub.recv_publish().await;
     assert_eq!(&p.payload[..], b"long");
-    // [MQTT-3.3.2-6]: the expiry forwarded is the time left.
+    // v5 [MQTT-3.3.2-6]: the expiry forwarded is the time left.
     assert!(p.properties.message_expiry_interval.unwrap() < 100);
     sub.ack(&p).await;
     sub.expect_silence(200).await;
@@ -82,6 +83,7 @@ async fn expired_messages_are_not_delivered_mqtt_3_3_2_5() {
 
 #[tokio::test]
 async fn messages_above_client_maximum_packet_size_are_dropped_mqtt_3_1_2_25() {
+    // v5 [MQTT-3.1.2-24], v5 [MQTT-3.1.2-25]: too large for the client: dropped, the next one flows.
     let b = start().await;
     let mut c = Connect::new(V5, "small");
     c.keep_alive = 0;
@@ -113,7 +115,9 @@ async fn properties_are_forwarded_unchanged_and_in_order_mqtt_3_3_2_17() {
     p.properties.payload_format_indicator = Some(1);
     publ.send(Packet::Publish(p.clone())).await;
     let got = sub.recv_publish().await;
-    // [MQTT-3.3.2-17] / [MQTT-3.3.2-18]: user properties unaltered, order kept.
+    // v5 [MQTT-3.3.2-17] / v5 [MQTT-3.3.2-18]: user properties unaltered, order kept;
+    // v5 [MQTT-3.3.2-20], v5 [MQTT-3.3.2-15], v5 [MQTT-3.3.2-16], v5 [MQTT-3.3.2-4]: Content Type,
+    // Response Topic, Correlation Data and Payload Format Indicator unaltered.
     assert_eq!(got.properties.user_properties, p.properties.user_properties);
     assert_eq!(got.properties.content_type, p.properties.content_type);
     assert_eq!(got.properties.response_topic, p.properties.response_topic);
@@ -157,6 +161,7 @@ async fn v5_publisher_to_v3_subscriber_and_back() {
 
 #[tokio::test]
 async fn publish_with_subscription_identifier_is_a_protocol_error_mqtt_3_3_4_6() {
+    // v5 [MQTT-3.3.4-6]: a client must not send a Subscription Identifier.
     let b = start().await;
     let mut c = Raw::connect(b.addr(), V5, "c").await;
     let mut p = Publish::new("t", "x");

@@ -23,6 +23,7 @@ fn with_will(v: tern_proto::ProtocolVersion, id: &str, delay: Option<u32>) -> Co
 
 #[tokio::test]
 async fn will_is_published_on_abnormal_close_mqtt_3_1_2_8() {
+    // v3.1.1+v5 [MQTT-3.1.2-8]: the will is published when the connection drops.
     let b = start().await;
     for v in [V3, V5] {
         let mut watcher = Raw::connect(b.addr(), v, "watcher").await;
@@ -39,6 +40,7 @@ async fn will_is_published_on_abnormal_close_mqtt_3_1_2_8() {
 
 #[tokio::test]
 async fn will_is_discarded_on_disconnect_mqtt_3_1_2_10() {
+    // v3.1.1 [MQTT-3.1.2-10], v3.1.1 [MQTT-3.14.4-3]: DISCONNECT removes the will.
     let b = start().await;
     let mut watcher = Raw::connect(b.addr(), V3, "watcher").await;
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
@@ -89,7 +91,7 @@ async fn will_delay_is_cancelled_by_reconnection_v5() {
     let (dev, _) = Raw::connect_with(b.addr(), c.clone()).await;
     drop(dev);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Reconnect within the delay: the will is not sent ([MQTT-3.1.3-9]).
+    // Reconnect within the delay: the will is not sent (v5 [MQTT-3.1.3-9]).
     let (dev, ack) = Raw::connect_with(b.addr(), c.clone()).await;
     assert!(ack.session_present);
     watcher.expect_silence(1500).await;

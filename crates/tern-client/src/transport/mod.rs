@@ -1,12 +1,15 @@
 //! Transports: how the client gets a byte stream to the server.
 //!
 //! The protocol code only needs an ordered, reliable byte stream
-//! ([`Transport`]); a [`Connector`] opens one for an [`Endpoint`]. TCP is built
-//! in ([`TcpConnector`]); TLS and WebSocket will be further connectors, without
-//! changes to the protocol code. A custom connector is set with
+//! ([`Transport`]); a [`Connector`] opens one for an [`Endpoint`]. Built in:
+//! [`TcpConnector`] (`mqtt://`), [`TlsConnector`] (`mqtts://`, rustls) and
+//! [`WsConnector`] (`ws://`, `wss://`, tokio-tungstenite), chosen by the URL's
+//! scheme; TLS settings come from [`TlsOptions`]. A custom connector is set with
 //! [`crate::Options::connector`].
 
 mod tcp;
+mod tls;
+mod ws;
 
 use std::future::Future;
 use std::io;
@@ -15,6 +18,8 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use tcp::TcpConnector;
+pub use tls::{TlsConnector, TlsOptions};
+pub use ws::WsConnector;
 
 /// A byte stream to the server.
 pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -36,11 +41,11 @@ pub trait Connector: Send + Sync + 'static {
 pub enum Scheme {
     /// `mqtt://`: plain TCP (default port 1883).
     Mqtt,
-    /// `mqtts://`: TLS (default port 8883); not supported yet.
+    /// `mqtts://`: TLS (default port 8883).
     Mqtts,
-    /// `ws://`: WebSocket (default port 80); not supported yet.
+    /// `ws://`: WebSocket (default port 80, default path `/mqtt`).
     Ws,
-    /// `wss://`: WebSocket over TLS (default port 443); not supported yet.
+    /// `wss://`: WebSocket over TLS (default port 443, default path `/mqtt`).
     Wss,
 }
 
@@ -85,7 +90,7 @@ pub struct Endpoint {
     pub host: String,
     /// TCP port.
     pub port: u16,
-    /// Path (WebSocket); `/` when absent.
+    /// Path (WebSocket); `/mqtt` when absent.
     pub path: String,
     /// User name from the URL's `user:password@`, if any.
     pub username: Option<String>,
@@ -120,7 +125,7 @@ impl Endpoint {
         let scheme = Scheme::parse(scheme_text).ok_or(UrlError::UnknownScheme)?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+            None => (rest, "/mqtt"),
         };
         let (userinfo, hostport) = match authority.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),

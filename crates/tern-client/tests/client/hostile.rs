@@ -37,6 +37,7 @@ fn ok() -> ConnAck {
 
 #[tokio::test]
 async fn k1_suback_with_fewer_or_more_codes_than_filters_mqtt_3_8_4_6() {
+    // v5 [MQTT-3.8.4-6]: a SUBACK must have one code per filter; otherwise 0x82.
     for codes in [vec![], vec![ReasonCode::GrantedQoS1, ReasonCode::GrantedQoS1]] {
         let (_s, mut peer, c, mut events) = setup(V5, |o| o, ok()).await;
         let sub = tokio::spawn(async move { c.subscribe("a/b", QoS::AtLeastOnce).await });
@@ -58,6 +59,7 @@ async fn k1_suback_with_fewer_or_more_codes_than_filters_mqtt_3_8_4_6() {
 
 #[tokio::test]
 async fn k2_session_present_when_the_client_has_none_mqtt_3_2_2_4() {
+    // v5 [MQTT-3.2.2-4]: Session Present 1 without a session: the client closes.
     for v in [V3, V5] {
         let server = FakeServer::start().await;
         let connecting = tokio::spawn(Client::connect(options(server.addr(), v, "k2")));
@@ -76,6 +78,7 @@ async fn k2_session_present_when_the_client_has_none_mqtt_3_2_2_4() {
 
 #[tokio::test]
 async fn k3_second_connack_mqtt_3_2_0_2() {
+    // v5 [MQTT-3.2.0-2]: a second CONNACK is a Protocol Error.
     let (_s, mut peer, _c, mut events) = setup(V5, |o| o, ok()).await;
     peer.send(Packet::ConnAck(ok())).await;
     assert_eq!(peer.expect_close().await, Some(ReasonCode::ProtocolError));
@@ -84,6 +87,8 @@ async fn k3_second_connack_mqtt_3_2_0_2() {
 
 #[tokio::test]
 async fn k3_refused_connack_followed_by_data_mqtt_3_2_2_7() {
+    // v5 [MQTT-3.2.2-7], v5 [MQTT-4.13.2-1]: after a refusal the connection is closed and later
+    // data is not processed.
     let server = FakeServer::start().await;
     let connecting = tokio::spawn(Client::connect(options(server.addr(), V5, "k3")));
     let mut peer = server.accept().await;
@@ -114,6 +119,7 @@ async fn k3_refused_connack_followed_by_data_mqtt_3_2_2_7() {
 
 #[tokio::test]
 async fn k4_topic_alias_above_the_clients_maximum_mqtt_3_3_2_11() {
+    // v5 [MQTT-3.3.2-11]: an alias above our maximum is the server's error: 0x94.
     let (_s, mut peer, _c, mut events) = setup(V5, |o| o.topic_alias_maximum(2), ok()).await;
     let mut p = Publish::new("t", "x");
     p.properties.topic_alias = Some(3);
@@ -124,6 +130,7 @@ async fn k4_topic_alias_above_the_clients_maximum_mqtt_3_3_2_11() {
 
 #[tokio::test]
 async fn k4_topic_alias_zero_mqtt_3_3_2_8() {
+    // v5 [MQTT-3.3.2-8]: Topic Alias 0 is never valid: 0x94.
     let (_s, mut peer, _c, mut events) = setup(V5, |o| o.topic_alias_maximum(2), ok()).await;
     // PUBLISH "t" with properties [0x23 Topic Alias = 0].
     peer.send_bytes(&[0x30, 0x07, 0x00, 0x01, b't', 0x03, 0x23, 0x00, 0x00])
@@ -134,6 +141,7 @@ async fn k4_topic_alias_zero_mqtt_3_3_2_8() {
 
 #[tokio::test]
 async fn k5_packet_above_the_clients_maximum_packet_size_mqtt_3_1_2_24() {
+    // v5 [MQTT-3.1.2-24]: a packet above our Maximum Packet Size is the server's error: 0x95.
     let (_s, mut peer, _c, mut events) = setup(V5, |o| o.maximum_packet_size(128), ok()).await;
     peer.send(Packet::Publish(Publish::new("big", vec![7u8; 500])))
         .await;
@@ -143,6 +151,7 @@ async fn k5_packet_above_the_clients_maximum_packet_size_mqtt_3_1_2_24() {
 
 #[tokio::test]
 async fn k6_reason_string_when_problem_information_was_refused_mqtt_3_1_2_29() {
+    // v5 [MQTT-3.1.2-29]: a Reason String on a PUBACK after Request Problem Information 0.
     let (_s, mut peer, c, mut events) = setup(V5, |o| o.request_problem_information(false), ok()).await;
     let publ = tokio::spawn(async move { c.publish("a", "b", QoS::AtLeastOnce).await });
     let Packet::Publish(p) = peer.recv().await else {
@@ -281,7 +290,7 @@ async fn server_limits_from_connack_are_respected() {
     let quiet = tokio::time::timeout(std::time::Duration::from_millis(200), peer.recv()).await;
     assert!(
         quiet.is_err(),
-        "[MQTT-3.3.4-7] a second PUBLISH beyond Receive Maximum: {quiet:?}"
+        "v5 [MQTT-3.3.4-7] a second PUBLISH beyond Receive Maximum: {quiet:?}"
     );
     peer.send(Packet::PubAck(tern_proto::Ack::new(first.packet_id.unwrap())))
         .await;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod broker;
+mod conformance;
 mod hostile;
 mod mosquitto;
 mod reconnect;

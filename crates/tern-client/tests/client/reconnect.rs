@@ -51,6 +51,7 @@ async fn resumes_the_session_and_delivers_what_was_published_offline() {
 
 #[tokio::test]
 async fn resubscribes_when_the_server_has_no_session_mqtt_3_2_2_5() {
+    // v5 [MQTT-3.2.2-5]: Session Present 0: the session state is dropped and rebuilt.
     let b = broker().await;
     let proxy = Proxy::start(b.addr()).await;
     for v in [V3, V5] {
@@ -94,6 +95,7 @@ async fn reconnect_disabled_stops_the_client() {
 
 #[tokio::test]
 async fn resends_publish_with_dup_and_pubrel_in_order_mqtt_4_4_0_1() {
+    // v5 [MQTT-4.4.0-1], v5 [MQTT-4.6.0-1]: unacknowledged PUBLISH and PUBREL again, in order.
     let server = FakeServer::start().await;
     let opts = options(server.addr(), V5, "resender").session_expiry(300);
     let connecting = tokio::spawn(Client::connect(opts));
@@ -122,9 +124,9 @@ async fn resends_publish_with_dup_and_pubrel_in_order_mqtt_4_4_0_1() {
     let Packet::Publish(r1) = peer.recv().await else {
         panic!()
     };
-    assert!(r1.dup, "[MQTT-3.3.1-1] DUP on re-delivery");
+    assert!(r1.dup, "v5 [MQTT-3.3.1-1] DUP on re-delivery");
     assert_eq!((r1.packet_id, &*r1.topic), (Some(id1), "a"));
-    // [MQTT-4.3.3-6] the PUBLISH of b is not sent again after its PUBREL.
+    // v5 [MQTT-4.3.3-6] the PUBLISH of b is not sent again after its PUBREL.
     assert_eq!(peer.recv().await, Packet::PubRel(Ack::new(id2)));
     peer.send(Packet::PubAck(Ack::new(id1))).await;
     peer.send(Packet::PubComp(Ack::new(id2))).await;

@@ -268,6 +268,13 @@ pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 impl Mosquitto {
     /// Start Mosquitto, or `None` (with a note) when it is not installed.
     pub async fn start() -> Option<Mosquitto> {
+        Mosquitto::start_with(|_, _| String::new()).await.map(|(m, _)| m)
+    }
+
+    /// Start Mosquitto with more configuration: `extra(dir, port)` gets the temporary
+    /// directory and a free port for one more listener, and returns configuration
+    /// lines. Returns the broker and that port.
+    pub async fn start_with(extra: impl FnOnce(&std::path::Path, u16) -> String) -> Option<(Mosquitto, u16)> {
         if !std::path::Path::new(MOSQUITTO).exists() {
             eprintln!("note: {MOSQUITTO} not found; install the Debian package `mosquitto` to run this test");
             return None;
@@ -281,9 +288,15 @@ impl Mosquitto {
         let dir = std::env::temp_dir().join(format!("tern-client-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("mosquitto.conf");
+        let extra_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let extra = extra(&dir, extra_port);
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!("per_listener_settings false\nallow_anonymous true\npersistence false\nlistener {port} 127.0.0.1\n{extra}"),
         )
         .unwrap();
         let child = Command::new(MOSQUITTO)
@@ -308,7 +321,17 @@ impl Mosquitto {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Some(m)
+        if !extra.is_empty() {
+            let extra_addr: SocketAddr = format!("127.0.0.1:{extra_port}").parse().unwrap();
+            while TcpStream::connect(extra_addr).await.is_err() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "mosquitto did not start listening on {extra_addr}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Some((m, extra_port))
     }
 }
 

@@ -599,7 +599,7 @@ mod tests {
             decode::<ConnectProperties>(b"\x02\x17\x02"),
             Err(DecodeError::InvalidPropertyValue(0x17))
         );
-        // [MQTT-3.3.2-8] Topic Alias 0.
+        // v5 [MQTT-3.3.2-8] Topic Alias 0.
         assert_eq!(
             decode::<PublishProperties>(b"\x03\x23\x00\x00"),
             Err(DecodeError::TopicAliasZero)

@@ -117,7 +117,7 @@ mod tests {
     #[test]
     fn strings_follow_section_1_5_4() {
         assert_eq!(s(b"\x00\x03abc").map(|s| s.to_string()), Ok("abc".into()));
-        // [MQTT-1.5.4-1] ill-formed: C3 28, lone continuation, truncated sequence, overlong C0 80
+        // v3.1.1 [MQTT-1.5.3-1] / v5 [MQTT-1.5.4-1] ill-formed: C3 28, lone continuation, truncated sequence, overlong C0 80
         for bad in [
             &b"\x00\x02\xC3\x28"[..],
             b"\x00\x01\x80",
@@ -129,11 +129,11 @@ mod tests {
                 Err(DecodeError::InvalidUtf8)
             );
         }
-        // [MQTT-1.5.4-1] surrogate U+D800 encoded as ED A0 80
+        // v3.1.1 [MQTT-1.5.3-1] / v5 [MQTT-1.5.4-1] surrogate U+D800 encoded as ED A0 80
         assert_eq!(s(b"\x00\x03\xED\xA0\x80"), Err(DecodeError::InvalidUtf8));
-        // [MQTT-1.5.4-2] U+0000
+        // v3.1.1 [MQTT-1.5.3-2] / v5 [MQTT-1.5.4-2] U+0000
         assert_eq!(s(b"\x00\x03a\x00b"), Err(DecodeError::NullCharacter));
-        // [MQTT-1.5.4-3] a BOM is not stripped
+        // v3.1.1 [MQTT-1.5.3-3] / v5 [MQTT-1.5.4-3] a BOM is not stripped
         assert_eq!(s(b"\x00\x04\xEF\xBB\xBFa").map(|s| s.len()), Ok(4));
         // Length beyond the packet.
         assert_eq!(s(b"\x00\x05ab"), Err(DecodeError::Truncated("test")));

@@ -67,7 +67,8 @@ mod tests {
 
     #[test]
     fn boundaries_from_the_spec_table() {
-        // v5 table 1-1 / 3.1.1 table 2.4: the edges of each length.
+        // v5 table 1-1 / 3.1.1 table 2.4: the edges of each length, written in the fewest
+        // bytes (v5 [MQTT-1.5.5-1]).
         let cases: &[(u32, &[u8])] = &[
             (0, &[0x00]),
             (127, &[0x7F]),
@@ -89,7 +90,7 @@ mod tests {
     }
 
     #[test]
-    fn five_bytes_are_malformed_mqtt_1_5_5_1() {
+    fn five_bytes_are_malformed() {
         // v5 section 1.5.5 / 3.1.1 section 2.2.3: at most four bytes.
         assert_eq!(
             read(&[0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),

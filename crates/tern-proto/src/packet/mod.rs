@@ -27,7 +27,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::reader::Reader;
 use crate::codec::varint;
-use crate::{DecodeError, EncodeError, ProtocolVersion};
+use crate::{ByteString, DecodeError, EncodeError, ProtocolVersion};
 
 /// The control packet types (fixed header bits 7-4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -216,6 +216,70 @@ impl Packet {
             Packet::PingReq | Packet::PingResp => Ok(0),
             Packet::Disconnect(p) => p.body_len(v),
             Packet::Auth(p) => p.body_len(v),
+        }
+    }
+
+    /// Whether the packet carries a Reason String or User Properties that
+    /// [`Packet::fit_within`] may leave out.
+    pub fn has_diagnostics(&self) -> bool {
+        match self.diagnostics() {
+            Some((reason, user)) => reason.is_some() || !user.is_empty(),
+            None => false,
+        }
+    }
+
+    /// Make the packet fit in `max` bytes by leaving out what a 5.0 sender must drop
+    /// rather than exceed the receiver's Maximum Packet Size: the Reason String first,
+    /// then the User Properties, of CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK,
+    /// UNSUBACK, DISCONNECT and AUTH (v5 [MQTT-3.2.2-19], [MQTT-3.4.2-2],
+    /// [MQTT-3.9.2-1], [MQTT-3.14.2-3] and the like). Other packets are left as they
+    /// are. Returns whether the packet fits now.
+    pub fn fit_within(&mut self, version: ProtocolVersion, max: u32) -> bool {
+        let fits = |p: &Packet| p.encoded_len(version).is_ok_and(|n| n as u64 <= u64::from(max));
+        if fits(self) {
+            return true;
+        }
+        if let Some((reason, _)) = self.diagnostics_mut() {
+            *reason = None;
+        }
+        if fits(self) {
+            return true;
+        }
+        if let Some((_, user)) = self.diagnostics_mut() {
+            user.clear();
+        }
+        fits(self)
+    }
+
+    #[allow(clippy::type_complexity, reason = "a pair of two property fields")]
+    fn diagnostics(&self) -> Option<(&Option<ByteString>, &Vec<(ByteString, ByteString)>)> {
+        match self {
+            Packet::ConnAck(p) => Some((&p.properties.reason_string, &p.properties.user_properties)),
+            Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+                Some((&p.properties.reason_string, &p.properties.user_properties))
+            }
+            Packet::SubAck(p) => Some((&p.properties.reason_string, &p.properties.user_properties)),
+            Packet::UnsubAck(p) => Some((&p.properties.reason_string, &p.properties.user_properties)),
+            Packet::Disconnect(p) => Some((&p.properties.reason_string, &p.properties.user_properties)),
+            Packet::Auth(p) => Some((&p.properties.reason_string, &p.properties.user_properties)),
+            _ => None,
+        }
+    }
+
+    #[allow(clippy::type_complexity, reason = "a pair of two property fields")]
+    fn diagnostics_mut(&mut self) -> Option<(&mut Option<ByteString>, &mut Vec<(ByteString, ByteString)>)> {
+        match self {
+            Packet::ConnAck(p) => Some((&mut p.properties.reason_string, &mut p.properties.user_properties)),
+            Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+                Some((&mut p.properties.reason_string, &mut p.properties.user_properties))
+            }
+            Packet::SubAck(p) => Some((&mut p.properties.reason_string, &mut p.properties.user_properties)),
+            Packet::UnsubAck(p) => Some((&mut p.properties.reason_string, &mut p.properties.user_properties)),
+            Packet::Disconnect(p) => {
+                Some((&mut p.properties.reason_string, &mut p.properties.user_properties))
+            }
+            Packet::Auth(p) => Some((&mut p.properties.reason_string, &mut p.properties.user_properties)),
+            _ => None,
         }
     }
 

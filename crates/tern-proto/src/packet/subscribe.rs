@@ -50,11 +50,11 @@ impl SubscriptionOptions {
 
     fn decode(b: u8, v: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError> {
         let reserved = if v.is_v5() { 0xC0 } else { 0xFC };
-        // [MQTT-3-8.3-4] (3.1.1), [MQTT-3.8.3-5] (5.0)
+        // v3.1.1 [MQTT-3.8.3-4] (printed 3-8.3-4), v5 [MQTT-3.8.3-5]
         if b & reserved != 0 {
             return Err(DecodeError::InvalidSubscriptionOptions);
         }
-        // QoS 3: malformed in 3.1.1 ([MQTT-3-8.3-4]), a Protocol Error in 5.0 (section 3.8.3.1).
+        // QoS 3: malformed in 3.1.1 (v3.1.1 [MQTT-3.8.3-4]), a Protocol Error in 5.0 (section 3.8.3.1).
         let qos = QoS::from_bits(b & 0x03).ok_or(if v.is_v5() {
             DecodeError::InvalidSubscriptionQoS
         } else {

@@ -125,9 +125,9 @@ mod tests {
         assert_eq!(a.resolve(&t, 1), Ok(t.clone()));
         assert_eq!(a.resolve(&empty, 1), Ok(t));
         assert_eq!(a.resolve(&empty, 2), Err(AliasError::Unknown));
-        // [MQTT-3.3.2-11]
+        // v5 [MQTT-3.3.2-10]: 1..=maximum accepted; above it the server broke v5 [MQTT-3.3.2-11].
         assert_eq!(a.resolve(&"x".into(), 3), Err(AliasError::AboveMaximum));
-        // [MQTT-3.3.2-7] mappings do not survive the connection.
+        // v5 [MQTT-3.3.2-7] mappings do not survive the connection.
         a.reset(2);
         assert_eq!(a.resolve(&empty, 1), Err(AliasError::Unknown));
     }

@@ -112,6 +112,10 @@ pub enum RequestError {
         /// What is wrong with it.
         error: TopicError,
     },
+    /// No Local was asked for on a shared subscription, which 5.0 forbids
+    /// (v5 [MQTT-3.8.3-4]).
+    #[error("No Local cannot be set on the shared subscription {0:?}")]
+    NoLocalOnSharedSubscription(ByteString),
     /// The server said Subscription Identifier Available = 0.
     #[error("the server does not support subscription identifiers")]
     SubscriptionIdentifiersNotSupported,

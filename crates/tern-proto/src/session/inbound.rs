@@ -86,13 +86,14 @@ mod tests {
 
     #[test]
     fn delivered_once_until_pubrel_mqtt_4_3_3_10() {
+        // v5 [MQTT-4.3.3-10] / v3.1.1 [MQTT-4.3.3-2]: a repeat before PUBREL is not delivered again.
         let mut i = Inbound::new(10);
         assert_eq!(i.on_publish(pid(1), false), Qos2Arrival::Deliver);
         assert_eq!(i.on_publish(pid(1), true), Qos2Arrival::Duplicate);
         assert_eq!(i.on_publish(pid(1), false), Qos2Arrival::IdInUse);
         assert!(i.on_pubrel(pid(1)));
         assert!(!i.on_pubrel(pid(1)));
-        // [MQTT-4.3.3-12] after PUBCOMP the identifier starts a new publication.
+        // v5 [MQTT-4.3.3-12] after PUBCOMP the identifier starts a new publication.
         assert_eq!(i.on_publish(pid(1), false), Qos2Arrival::Deliver);
     }
 

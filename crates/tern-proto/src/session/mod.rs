@@ -26,6 +26,7 @@
 //!
 //! ## Layout
 //! - `packet_ids.rs`: identifier allocation, never reusing one in use.
+//! - `auth.rs`: [`AuthMethod`], enhanced authentication (5.0) supplied by the application.
 //! - `handlers.rs`: what each packet from the server does once connected.
 //! - `outbound.rs`: the in-flight window (Receive Maximum quota) and the queue.
 //! - `inbound.rs`: incoming QoS 2 identifiers awaiting PUBREL.
@@ -35,6 +36,7 @@
 //! - `config.rs`, `event.rs`: settings, server limits, events and errors.
 
 mod alias;
+mod auth;
 mod config;
 mod event;
 mod handlers;
@@ -51,6 +53,7 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
+pub use auth::AuthMethod;
 pub use config::{ClientConfig, ServerLimits};
 pub use event::{CloseReason, Event, PublishError, PublishOutcome, RequestError, Token};
 
@@ -107,6 +110,8 @@ pub struct ClientSession {
     transmit: VecDeque<Packet>,
     events: VecDeque<Event>,
     next_token: u64,
+    /// The enhanced authentication method, if any (5.0).
+    auth: Option<Box<dyn AuthMethod>>,
 }
 
 impl ClientSession {
@@ -136,8 +141,15 @@ impl ClientSession {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             next_token: 0,
+            auth: None,
             config,
         }
+    }
+
+    /// Authenticate every connection with this enhanced authentication method
+    /// (5.0 section 4.12); see [`AuthMethod`] for the order of calls.
+    pub fn set_auth_method(&mut self, method: Box<dyn AuthMethod>) {
+        self.auth = Some(method);
     }
 
     // ----- state -----
@@ -237,6 +249,10 @@ impl ClientSession {
             connect.clean_start = false;
         }
         self.sent_clean_start = connect.clean_start;
+        if let (Some(auth), true) = (self.auth.as_mut(), self.version.is_v5()) {
+            connect.properties.authentication_method = Some(auth.name().into());
+            connect.properties.authentication_data = auth.start();
+        }
         self.phase = Phase::Connecting;
         self.connect_deadline = Some(now + self.config.connect_timeout);
         self.keepalive = None;
@@ -252,6 +268,7 @@ impl ClientSession {
             Phase::Offline => return,
             Phase::Connecting => match packet {
                 Packet::ConnAck(ack) => self.on_connack(now, ack),
+                Packet::Auth(a) if self.auth.is_some() => self.on_auth_exchange(now, a),
                 other => self.violation(
                     now,
                     ReasonCode::ProtocolError,
@@ -376,11 +393,15 @@ impl ClientSession {
         if filters.is_empty() {
             return Err(RequestError::NoFilters);
         }
-        for (f, _) in &filters {
-            topic::parse_filter(f).map_err(|error| RequestError::InvalidFilter {
+        for (f, options) in &filters {
+            let parsed = topic::parse_filter(f).map_err(|error| RequestError::InvalidFilter {
                 filter: f.clone(),
                 error,
             })?;
+            // No Local on a shared subscription is a Protocol Error (v5 [MQTT-3.8.3-4]).
+            if options.no_local && parsed.share_group.is_some() {
+                return Err(RequestError::NoLocalOnSharedSubscription(f.clone()));
+            }
         }
         if properties.subscription_identifier.is_some()
             && self.connected_once
@@ -494,7 +515,12 @@ impl ClientSession {
 
     // ----- internals -----
 
-    fn send(&mut self, now: Instant, packet: Packet) {
+    fn send(&mut self, now: Instant, mut packet: Packet) {
+        // 5.0: a Reason String or User Property the server's Maximum Packet Size has no room
+        // for is left out (v5 [MQTT-3.14.2-3], [MQTT-3.4.2-2] and the like).
+        if self.version.is_v5() && packet.has_diagnostics() {
+            packet.fit_within(self.version, self.limits.maximum_packet_size);
+        }
         if let Some(k) = &mut self.keepalive {
             k.on_tx(now);
         }
@@ -521,11 +547,50 @@ impl ClientSession {
         self.events.push_back(Event::Closed(reason));
     }
 
+    /// AUTH 0x18 during the CONNECT phase: the next step of enhanced authentication.
+    fn on_auth_exchange(&mut self, now: Instant, a: crate::Auth) {
+        let Some(auth) = self.auth.as_mut() else { return };
+        let method_ok = a.properties.authentication_method.as_deref() == Some(auth.name());
+        if a.reason_code != Some(ReasonCode::ContinueAuthentication) || !method_ok {
+            return self.violation(
+                now,
+                ReasonCode::ProtocolError,
+                "v5 section 4.12: expected AUTH 0x18 with our authentication method".into(),
+            );
+        }
+        match auth.step(a.properties.authentication_data.as_deref()) {
+            Ok(data) => {
+                let mut reply = crate::Auth {
+                    reason_code: Some(ReasonCode::ContinueAuthentication),
+                    properties: Default::default(),
+                };
+                reply.properties.authentication_method = Some(auth.name().into());
+                reply.properties.authentication_data = Some(data);
+                self.send(now, Packet::Auth(reply));
+            }
+            Err(e) => self.violation(
+                now,
+                ReasonCode::NotAuthorized,
+                format!("enhanced authentication: {e}"),
+            ),
+        }
+    }
+
     fn on_connack(&mut self, now: Instant, ack: ConnAck) {
         if ack.reason_code.is_error() {
             // [MQTT-3.2.2-7]: the server closes after a failure code.
             self.close(CloseReason::Refused(ack));
             return;
+        }
+        if let (Some(auth), true) = (self.auth.as_mut(), self.version.is_v5()) {
+            if let Err(e) = auth.finish(ack.properties.authentication_data.as_deref()) {
+                self.violation(
+                    now,
+                    ReasonCode::NotAuthorized,
+                    format!("enhanced authentication: {e}"),
+                );
+                return;
+            }
         }
         if ack.session_present && self.sent_clean_start {
             // [MQTT-3.2.2-2] requires Session Present 0 after Clean Start 1; we have

@@ -235,6 +235,7 @@ mod tests {
 
     #[test]
     fn window_respects_quota_and_keeps_order_mqtt_3_3_4_7() {
+        // v5 [MQTT-3.3.4-7], v5 [MQTT-4.9.0-2]: no QoS>0 PUBLISH beyond the quota.
         let mut o = Outbound::new(10);
         o.enqueue(Token(1), publish(QoS::AtLeastOnce));
         o.enqueue(Token(2), publish(QoS::AtLeastOnce));
@@ -265,6 +266,7 @@ mod tests {
 
     #[test]
     fn failed_pubrec_ends_the_flow_mqtt_4_4_0_2() {
+        // v5 [MQTT-4.4.0-2]: a PUBREC of 0x80 or more ends the flow.
         let mut o = Outbound::new(10);
         o.enqueue(Token(1), publish(QoS::ExactlyOnce));
         assert!(send(&mut o, 10, 1));

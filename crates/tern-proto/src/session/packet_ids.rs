@@ -102,6 +102,7 @@ mod tests {
 
     #[test]
     fn never_hands_out_an_identifier_in_use_mqtt_2_2_1_3() {
+        // v5 [MQTT-2.2.1-3] / v3.1.1 [MQTT-2.3.1-2]: never an identifier in use, never 0.
         let mut ids = PacketIds::default();
         let a = ids.allocate().unwrap();
         let b = ids.allocate().unwrap();

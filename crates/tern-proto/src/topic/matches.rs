@@ -54,7 +54,7 @@ mod tests {
 
     #[test]
     fn dollar_topics_mqtt_4_7_2_1() {
-        // [MQTT-4.7.2-1]
+        // v3.1.1+v5 [MQTT-4.7.2-1]
         assert!(!matches("$SYS/broker/clients", "#"));
         assert!(!matches("$SYS/monitor/Clients", "+/monitor/Clients"));
         assert!(matches("$SYS/monitor/Clients", "$SYS/#"));

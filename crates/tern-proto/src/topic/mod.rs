@@ -122,12 +122,12 @@ mod tests {
     fn topic_names() {
         assert_eq!(validate_topic_name("a/b"), Ok(()));
         assert_eq!(validate_topic_name("/"), Ok(()));
-        // [MQTT-4.7.3-1]
+        // v3.1.1+v5 [MQTT-4.7.3-1]
         assert_eq!(validate_topic_name(""), Err(TopicError::Empty));
-        // [MQTT-3.3.2-2]
+        // v3.1.1+v5 [MQTT-3.3.2-2]
         assert_eq!(validate_topic_name("a/+"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a/#"), Err(TopicError::WildcardInName));
-        // [MQTT-4.7.3-2]
+        // v3.1.1+v5 [MQTT-4.7.3-2]
         assert_eq!(validate_topic_name("a\0b"), Err(TopicError::NullCharacter));
     }
 
@@ -146,7 +146,7 @@ mod tests {
         ] {
             assert_eq!(validate_topic_filter(ok), Ok(()), "{ok}");
         }
-        // [MQTT-4.7.1-2]
+        // v3.1.1 [MQTT-4.7.1-2] / v5 [MQTT-4.7.1-1]
         for bad in ["a/#/b", "a#", "#/", "sport/tennis#"] {
             assert_eq!(
                 validate_topic_filter(bad),
@@ -154,7 +154,7 @@ mod tests {
                 "{bad}"
             );
         }
-        // [MQTT-4.7.1-3]
+        // v3.1.1 [MQTT-4.7.1-3] / v5 [MQTT-4.7.1-2]
         for bad in ["a+/b", "+a", "sport+"] {
             assert_eq!(
                 validate_topic_filter(bad),
@@ -181,7 +181,7 @@ mod tests {
                 filter: "a/b"
             })
         );
-        // [MQTT-4.8.2-1] [MQTT-4.8.2-2]
+        // v5 [MQTT-4.8.2-1] v5 [MQTT-4.8.2-2]
         for bad in [
             "$share/",
             "$share//a",

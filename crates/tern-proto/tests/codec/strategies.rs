@@ -19,15 +19,15 @@
 //! - CONNECT is encoded by its own `protocol_version`, whatever version is
 //!   passed to `encode`, so it is generated with any of the three versions and
 //!   decodes the same on any decoder. A 3.x CONNECT has a password only with a
-//!   user name ([MQTT-3.1.2-22]); a 5.0 one may have either alone.
+//!   user name (v3.1.1 [MQTT-3.1.2-22]); a 5.0 one may have either alone.
 //! - PUBLISH: packet identifier present exactly when QoS > 0, DUP only with
-//!   QoS > 0 ([MQTT-3.3.1-2]), topic a valid name without wildcards
-//!   ([MQTT-3.3.2-2]), empty only in 5.0 with a Topic Alias.
-//! - Strings never contain U+0000 ([MQTT-1.5.4-2]); property values stay in
+//!   QoS > 0 (v3.1.1+v5 [MQTT-3.3.1-2]), topic a valid name without wildcards
+//!   (v3.1.1+v5 [MQTT-3.3.2-2]), empty only in 5.0 with a Topic Alias.
+//! - Strings never contain U+0000 (v3.1.1 [MQTT-1.5.3-2], v5 [MQTT-1.5.4-2]); property values stay in
 //!   the ranges the specification allows (Receive Maximum, Maximum Packet
 //!   Size, Topic Alias and Subscription Identifier non-zero; the "0 or 1"
 //!   bytes 0 or 1).
-//! - A `$share/` filter never has No Local ([MQTT-3.8.3-4]).
+//! - A `$share/` filter never has No Local (v5 [MQTT-3.8.3-4]).
 
 use bytes::Bytes;
 use proptest::collection::vec;
@@ -339,7 +339,7 @@ fn connect() -> impl Strategy<Value = Packet> {
         )
             .prop_map(
                 move |(clean_start, keep_alive, client_id, will, username, password, properties)| {
-                    // [MQTT-3.1.2-22]: 3.x sends a password only with a user name.
+                    // v3.1.1 [MQTT-3.1.2-22]: 3.x sends a password only with a user name.
                     let password = if pv.is_v5() || username.is_some() {
                         password
                     } else {
@@ -381,7 +381,7 @@ fn connack(v: ProtocolVersion) -> BoxedStrategy<Packet> {
     (select(codes), any::<bool>(), props_for(v, connack_properties()))
         .prop_map(|(reason_code, session_present, properties)| {
             Packet::ConnAck(ConnAck {
-                // v5 [MQTT-3.2.2-6], 3.1.1 [MQTT-3.2.2-4]: Session Present only with Success.
+                // v5 [MQTT-3.2.2-6], v3.1.1 [MQTT-3.2.2-4]: Session Present only with Success.
                 session_present: session_present && reason_code == ReasonCode::Success,
                 reason_code,
                 properties,
@@ -471,7 +471,7 @@ fn subscription_options(v: ProtocolVersion) -> BoxedStrategy<SubscriptionOptions
 
 fn subscribe(v: ProtocolVersion) -> BoxedStrategy<Packet> {
     let filter = (topic_filter(), subscription_options(v)).prop_map(|(f, mut o)| {
-        // [MQTT-3.8.3-4]: no No Local on a shared subscription.
+        // v5 [MQTT-3.8.3-4]: no No Local on a shared subscription.
         if f.starts_with("$share/") {
             o.no_local = false;
         }

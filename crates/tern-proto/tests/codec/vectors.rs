@@ -3,9 +3,9 @@
 //! Each valid vector is checked both ways: the bytes decode to the struct and
 //! the struct encodes to exactly the bytes. Each invalid vector is checked
 //! for the exact [`DecodeError`] and for the reason code it maps to.
-//! Normative statements are cited as `[MQTT-x.y.z-n]`; where 3.1.1 and 5.0
-//! number a rule differently both are given, 5.0 marked "v5". Rules that the
-//! specifications state without a number are cited by section.
+//! Normative statements are cited with the version they belong to (`v3.1.1`, `v5`,
+//! or `v3.1.1+v5` where both number the rule the same way; see docs/conformance.md).
+//! Rules that the specifications state without a number are cited by section.
 //!
 //! Layout comments use `|` between fields; strings are written as hex with
 //! their text alongside.
@@ -267,9 +267,9 @@ fn valid_body_of_each_type(v: ProtocolVersion) -> Vec<(PacketType, Vec<u8>)> {
     out
 }
 
-/// 3.1.1 [MQTT-2.2.2-1], [MQTT-2.2.2-2]; v5 [MQTT-2.1.3-1]; and per packet
-/// [MQTT-3.6.1-1] (PUBREL 0010), [MQTT-3.8.1-1] (SUBSCRIBE 0010),
-/// [MQTT-3.10.1-1] (UNSUBSCRIBE 0010), [MQTT-3.14.1-1] (DISCONNECT),
+/// v3.1.1 [MQTT-2.2.2-1], v3.1.1 [MQTT-2.2.2-2]; v5 [MQTT-2.1.3-1]; and per packet
+/// v3.1.1+v5 [MQTT-3.6.1-1] (PUBREL 0010), v3.1.1+v5 [MQTT-3.8.1-1] (SUBSCRIBE 0010),
+/// v3.1.1+v5 [MQTT-3.10.1-1] (UNSUBSCRIBE 0010), v3.1.1+v5 [MQTT-3.14.1-1] (DISCONNECT),
 /// v5 [MQTT-3.15.1-1] (AUTH 0000); every other type 0000. Any other flags are
 /// a Malformed Packet.
 #[test]
@@ -409,7 +409,7 @@ fn connect_5(flags: u8, properties: &[u8], payload: &[u8]) -> Vec<u8> {
     )
 }
 
-/// [MQTT-3.1.2-3] (3.1.1 and v5): the reserved flag is 0; v5: "If the reserved flag is not 0 it is a
+/// v3.1.1+v5 [MQTT-3.1.2-3]: the reserved flag is 0; v5: "If the reserved flag is not 0 it is a
 /// Malformed Packet".
 #[test]
 fn connect_reserved_flag_mqtt_3_1_2_3() {
@@ -429,8 +429,8 @@ fn connect_reserved_flag_mqtt_3_1_2_3() {
     );
 }
 
-/// 3.1.1 [MQTT-3.1.2-11] (Will QoS and Will Retain 0 without the Will Flag),
-/// [MQTT-3.1.2-15] (Will Retain); v5 [MQTT-3.1.2-11] (Will QoS), [MQTT-3.1.2-13] (Will Retain).
+/// v3.1.1 [MQTT-3.1.2-11] (Will QoS and Will Retain 0 without the Will Flag),
+/// v3.1.1 [MQTT-3.1.2-13] (Will QoS), v3.1.1 [MQTT-3.1.2-15] (Will Retain); v5 [MQTT-3.1.2-11] (Will QoS), v5 [MQTT-3.1.2-13] (Will Retain).
 #[test]
 fn connect_will_flags_without_will_flag() {
     for flags in [0x0A, 0x12, 0x22, 0x3A] {
@@ -447,7 +447,7 @@ fn connect_will_flags_without_will_flag() {
     }
 }
 
-/// 3.1.1 [MQTT-3.1.2-14], v5 [MQTT-3.1.2-12]: Will QoS 3 ("a Malformed Packet" in 5.0).
+/// v3.1.1 [MQTT-3.1.2-14], v5 [MQTT-3.1.2-12]: Will QoS 3 ("a Malformed Packet" in 5.0).
 #[test]
 fn connect_will_qos_3() {
     // flags 1E: will QoS 3, will, clean | client "a" | will topic "w" | will payload "x"
@@ -465,7 +465,7 @@ fn connect_will_qos_3() {
     );
 }
 
-/// 3.1.1 [MQTT-3.1.2-22]: no password without a user name. 5.0 allows it
+/// v3.1.1 [MQTT-3.1.2-22]: no password without a user name. 5.0 allows it
 /// (section 3.1.2.9).
 #[test]
 fn connect_password_without_user_name() {
@@ -480,7 +480,7 @@ fn connect_password_without_user_name() {
     assert_vector(V5, &bytes_5, &Packet::Connect(Box::new(expected)));
 }
 
-/// 3.1.1 [MQTT-3.1.2-2], v5 [MQTT-3.1.2-2]: an unsupported level is answered
+/// v3.1.1 [MQTT-3.1.2-2], v5 [MQTT-3.1.2-2]: an unsupported level is answered
 /// with 0x84 Unsupported Protocol Version (3.1.1 return code 1).
 #[test]
 fn connect_unsupported_protocol_level() {
@@ -506,7 +506,7 @@ fn connect_unsupported_protocol_level() {
     );
 }
 
-/// 3.1.1 [MQTT-3.1.2-1], v5 [MQTT-3.1.2-1]: the protocol name must be "MQTT"
+/// v3.1.1 [MQTT-3.1.2-1], v5 [MQTT-3.1.2-1]: the protocol name must be "MQTT"
 /// (v5 allows answering 0x84 before closing).
 #[test]
 fn connect_wrong_protocol_name() {
@@ -856,7 +856,7 @@ fn publish_5_empty_topic_with_topic_alias() {
     assert_vector(V5, &h("30 07 00 00 03 23 00 05 70"), &expected);
 }
 
-/// 3.1.1 [MQTT-1.5.3-3], v5 [MQTT-1.5.4-3]: EF BB BF is U+FEFF and is kept.
+/// v3.1.1 [MQTT-1.5.3-3], v5 [MQTT-1.5.4-3]: EF BB BF is U+FEFF and is kept.
 #[test]
 fn publish_topic_keeps_a_byte_order_mark() {
     let expected = Packet::Publish(Publish::new("\u{FEFF}a", Bytes::new()));
@@ -868,7 +868,7 @@ fn publish_topic_keeps_a_byte_order_mark() {
     assert_eq!(p.topic.as_bytes()[..], h("EF BB BF 61")[..]);
 }
 
-/// 3.1.1 and v5 [MQTT-3.3.1-4]: QoS bits 11 ("a Malformed Packet" in 5.0).
+/// v3.1.1+v5 [MQTT-3.3.1-4]: QoS bits 11 ("a Malformed Packet" in 5.0).
 #[test]
 fn publish_qos_3_mqtt_3_3_1_4() {
     for first in [0x36, 0x37, 0x3E, 0x3F] {
@@ -882,7 +882,7 @@ fn publish_qos_3_mqtt_3_3_1_4() {
     }
 }
 
-/// 3.1.1 and v5 [MQTT-3.3.1-2]: DUP is 0 for all QoS 0 messages.
+/// v3.1.1+v5 [MQTT-3.3.1-2]: DUP is 0 for all QoS 0 messages.
 #[test]
 fn publish_dup_on_qos_0_mqtt_3_3_1_2() {
     for v in BOTH {
@@ -896,7 +896,7 @@ fn publish_dup_on_qos_0_mqtt_3_3_1_2() {
     }
 }
 
-/// 3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]: a QoS > 0 PUBLISH has a non-zero Packet Identifier.
+/// v3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]: a QoS > 0 PUBLISH has a non-zero Packet Identifier.
 #[test]
 fn publish_packet_identifier_0() {
     assert_protocol_error(
@@ -913,7 +913,7 @@ fn publish_packet_identifier_0() {
     assert_protocol_error(V5, &h("34 08 00 03 61 2F 62 00 00 00"), DecodeError::ZeroPacketId);
 }
 
-/// 3.1.1 and v5 [MQTT-3.3.2-2]: no wildcards in a Topic Name.
+/// v3.1.1+v5 [MQTT-3.3.2-2]: no wildcards in a Topic Name.
 #[test]
 fn publish_topic_with_wildcards_mqtt_3_3_2_2() {
     for topic in ["a/+", "a/#", "+", "#", "a+b"] {
@@ -931,7 +931,7 @@ fn publish_topic_with_wildcards_mqtt_3_3_2_2() {
     }
 }
 
-/// 3.1.1 [MQTT-4.7.3-1]: topic names are at least one character long.
+/// v3.1.1 [MQTT-4.7.3-1]: topic names are at least one character long.
 /// v5 section 3.3.2.1: "It is a Protocol Error if the Topic Name is zero
 /// length and there is no Topic Alias."
 #[test]
@@ -1125,7 +1125,7 @@ fn ack_errors() {
                 DecodeError::TrailingBytes(1, t),
             );
         }
-        // 3.1.1 [MQTT-2.3.1-6], v5 [MQTT-2.2.1-5]: the identifier of the PUBLISH, which is never 0.
+        // v3.1.1 [MQTT-2.3.1-6], v5 [MQTT-2.2.1-5]: the identifier of the PUBLISH, which is never 0.
         for v in BOTH {
             assert_protocol_error(v, &[first, 0x02, 0x00, 0x00], DecodeError::ZeroPacketId);
             assert_malformed(
@@ -1141,7 +1141,7 @@ fn ack_errors() {
             DecodeError::UnknownReasonCode(0x05),
         );
     }
-    // v5 [MQTT-3.4.2-1], [MQTT-3.5.2-1], [MQTT-3.6.2-1], [MQTT-3.7.2-1]: only the packet's own reason codes.
+    // v5 [MQTT-3.4.2-1], v5 [MQTT-3.5.2-1], v5 [MQTT-3.6.2-1], v5 [MQTT-3.7.2-1]: only the packet's own reason codes.
     let not_allowed = [
         (0x40, PacketType::PubAck, ReasonCode::PacketIdentifierNotFound),
         (0x50, PacketType::PubRec, ReasonCode::MalformedPacket),
@@ -1283,7 +1283,7 @@ fn subscribe_5_shared() {
     );
 }
 
-/// 3.1.1 [MQTT-3.8.3-3] ("a protocol violation"), v5 [MQTT-3.8.3-2] ("A
+/// v3.1.1 [MQTT-3.8.3-3] ("a protocol violation"), v5 [MQTT-3.8.3-2] ("A
 /// SUBSCRIBE packet with no Payload is a Protocol Error").
 #[test]
 fn subscribe_without_filters() {
@@ -1291,14 +1291,14 @@ fn subscribe_without_filters() {
     assert_protocol_error(V5, &h("82 03 00 0A 00"), DecodeError::EmptySubscribe);
 }
 
-/// 3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]: SUBSCRIBE needs a non-zero Packet Identifier.
+/// v3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]: SUBSCRIBE needs a non-zero Packet Identifier.
 #[test]
 fn subscribe_packet_identifier_0() {
     assert_protocol_error(V3_1_1, &h("82 06 00 00 00 01 61 00"), DecodeError::ZeroPacketId);
     assert_protocol_error(V5, &h("82 07 00 00 00 00 01 61 00"), DecodeError::ZeroPacketId);
 }
 
-/// 3.1.1 [MQTT-3-8.3-4] (sic): reserved bits 7-2 of the options byte must be 0
+/// v3.1.1 [MQTT-3.8.3-4] (printed `MQTT-3-8.3-4` in the appendix): reserved bits 7-2 of the options byte must be 0
 /// and QoS must be 0, 1 or 2, else the packet is malformed.
 #[test]
 fn subscribe_3_1_1_options_reserved_bits() {
@@ -1437,7 +1437,7 @@ fn suback_5() {
 
 #[test]
 fn suback_errors() {
-    // 3.1.1 [MQTT-3.9.3-2]: return codes other than 00, 01, 02, 80 are reserved.
+    // v3.1.1 [MQTT-3.9.3-2]: return codes other than 00, 01, 02, 80 are reserved.
     for code in [0x03, 0x7F, 0x81, 0xFF] {
         assert_protocol_error(
             V3_1_1,
@@ -1462,7 +1462,7 @@ fn suback_errors() {
             packet: PacketType::SubAck,
         },
     );
-    // 3.1.1 [MQTT-2.3.1-7], v5 [MQTT-2.2.1-6]: the SUBSCRIBE's identifier, never 0.
+    // v3.1.1 [MQTT-2.3.1-7], v5 [MQTT-2.2.1-6]: the SUBSCRIBE's identifier, never 0.
     assert_protocol_error(V3_1_1, &h("90 03 00 00 00"), DecodeError::ZeroPacketId);
     assert_protocol_error(V5, &h("90 04 00 00 00 00"), DecodeError::ZeroPacketId);
 }
@@ -1501,7 +1501,7 @@ fn unsubscribe_5() {
     );
 }
 
-/// 3.1.1 and v5 [MQTT-3.10.3-2]: at least one Topic Filter ("a protocol
+/// v3.1.1+v5 [MQTT-3.10.3-2]: at least one Topic Filter ("a protocol
 /// violation" in 3.1.1, "a Protocol Error" in 5.0).
 #[test]
 fn unsubscribe_without_filters_mqtt_3_10_3_2() {
@@ -1511,7 +1511,7 @@ fn unsubscribe_without_filters_mqtt_3_10_3_2() {
 
 #[test]
 fn unsubscribe_errors() {
-    // 3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3].
+    // v3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3].
     assert_protocol_error(V3_1_1, &h("A2 05 00 00 00 01 61"), DecodeError::ZeroPacketId);
     assert_protocol_error(V5, &h("A2 06 00 00 00 00 01 61"), DecodeError::ZeroPacketId);
     // v5 3.10.2.1: only User Property.
@@ -1751,7 +1751,7 @@ fn auth_5_errors() {
 // UTF-8 strings everywhere they occur
 // ---------------------------------------------------------------------------
 
-/// 3.1.1 [MQTT-1.5.3-1], [MQTT-1.5.3-2]; v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2]:
+/// v3.1.1 [MQTT-1.5.3-1], v3.1.1 [MQTT-1.5.3-2]; v5 [MQTT-1.5.4-1], v5 [MQTT-1.5.4-2]:
 /// ill-formed UTF-8 (C3 28), a surrogate (ED A0 80 = U+D800), an overlong
 /// encoding (C0 80) and U+0000 are Malformed Packets, in every string field.
 #[test]
@@ -1977,7 +1977,7 @@ fn five_only_features_are_not_in_version_for_3_x() {
 #[test]
 fn other_encode_errors() {
     for v in BOTH {
-        // [MQTT-2.3.1-5] / v5 [MQTT-2.2.1-2]: an identifier exactly when QoS > 0.
+        // v3.1.1 [MQTT-2.3.1-5] / v5 [MQTT-2.2.1-2]: an identifier exactly when QoS > 0.
         let mut p = Publish::new("t", "p");
         p.qos = QoS::AtLeastOnce;
         assert_encode_error(
@@ -2010,11 +2010,11 @@ fn other_encode_errors() {
             EncodeError::Invalid("UNSUBSCRIBE without topic filters"),
         );
 
-        // [MQTT-4.7.3-3]: at most 65,535 bytes.
+        // v3.1.1+v5 [MQTT-4.7.3-3]: at most 65,535 bytes.
         let long = Packet::Publish(Publish::new("a".repeat(65_536), "p"));
         assert_encode_error(v, &long, EncodeError::FieldTooLong("topic name"));
     }
-    // 3.1.1 [MQTT-3.1.2-22].
+    // v3.1.1 [MQTT-3.1.2-22].
     let mut c = Connect::new(V3_1_1, "a");
     c.password = Some(b(b"pw"));
     let p = Packet::Connect(Box::new(c));

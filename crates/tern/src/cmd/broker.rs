@@ -3,14 +3,68 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tern_broker::{Broker, BrokerError, Config};
+use tern_broker::{Broker, BrokerError, Config, ListenerConfig, ListenerKind};
+
+/// A `--listen` value: `ADDR:PORT` (plain TCP) or `mqtt://`, `mqtts://`, `ws://`,
+/// `wss://` followed by `ADDR:PORT` and, for WebSocket, an optional path.
+#[derive(Debug, Clone)]
+struct Listen {
+    kind: ListenerKind,
+    addr: SocketAddr,
+    path: Option<String>,
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    let (kind, rest) = match s.split_once("://") {
+        None => (ListenerKind::Tcp, s),
+        Some(("mqtt" | "tcp", r)) => (ListenerKind::Tcp, r),
+        Some(("mqtts" | "tls" | "ssl", r)) => (ListenerKind::Tls, r),
+        Some(("ws", r)) => (ListenerKind::Ws, r),
+        Some(("wss", r)) => (ListenerKind::Wss, r),
+        Some((other, _)) => return Err(format!("unknown scheme `{other}`; use mqtt, mqtts, ws or wss")),
+    };
+    let (addr, path) = match rest.find('/') {
+        Some(i) if kind == ListenerKind::Ws || kind == ListenerKind::Wss => {
+            (&rest[..i], Some(rest[i..].to_string()))
+        }
+        Some(_) => return Err("only ws:// and wss:// listeners take a path".into()),
+        None => (rest, None),
+    };
+    let addr = addr
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("`{addr}` is not ADDR:PORT, e.g. 0.0.0.0:8883 or [::]:8883"))?;
+    Ok(Listen { kind, addr, path })
+}
 
 /// Options of `tern broker`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on (repeatable); replaces the config file's `listen`.
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Vec<SocketAddr>,
+    /// Listener (repeatable): ADDR:PORT for MQTT over TCP, or mqtts://ADDR:PORT (TLS),
+    /// ws://ADDR:PORT[/PATH] or wss://ADDR:PORT[/PATH] (WebSocket, path /mqtt by default).
+    /// Replaces the config file's `listen` and `[[listener]]` tables.
+    #[arg(long, value_name = "[SCHEME://]ADDR:PORT", value_parser = parse_listen)]
+    listen: Vec<Listen>,
+    /// PEM certificate chain for the mqtts:// and wss:// listeners of --listen.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// PEM private key for the mqtts:// and wss:// listeners of --listen.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// PEM CA certificates: mqtts:// and wss:// listeners of --listen require client certificates signed by them.
+    #[arg(long = "client-ca", value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// Take the user name from the client certificate's CN (needs --client-ca).
+    #[arg(long = "use-identity-as-username", requires = "client_ca")]
+    use_identity_as_username: bool,
+    /// Password file written by `tern passwd` (replaces the config file's `password_file`).
+    #[arg(long = "password-file", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// ACL file (replaces the config file's `acl_file`).
+    #[arg(long = "acl-file", value_name = "FILE")]
+    acl_file: Option<PathBuf>,
+    /// Refuse clients without credentials on every listener (sets `allow_anonymous = false`).
+    #[arg(long = "no-anonymous")]
+    no_anonymous: bool,
     /// TOML configuration file; keys are those of tern_broker::Config, missing keys take defaults.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -29,7 +83,42 @@ pub fn run(args: Args) -> Result<(), BrokerError> {
         None => Config::default(),
     };
     if !args.listen.is_empty() {
-        config.listen = args.listen;
+        config.listen.clear();
+        config.listeners.clear();
+        for l in &args.listen {
+            if l.kind == ListenerKind::Tcp {
+                config.listen.push(l.addr);
+                continue;
+            }
+            let mut lc = ListenerConfig::new(l.kind, l.addr);
+            if let Some(p) = &l.path {
+                lc.path = p.clone();
+            }
+            if l.kind.is_tls() {
+                if args.cert.is_none() || args.key.is_none() {
+                    return Err(BrokerError::Config(
+                        "--listen mqtts:// and wss:// need --cert FILE and --key FILE".into(),
+                    ));
+                }
+                lc.cert = args.cert.clone();
+                lc.key = args.key.clone();
+                lc.client_ca = args.client_ca.clone();
+                lc.use_identity_as_username = args.use_identity_as_username;
+            }
+            config.listeners.push(lc);
+        }
+    }
+    if let Some(p) = args.password_file {
+        config.password_file = Some(p);
+    }
+    if let Some(p) = args.acl_file {
+        config.acl_file = Some(p);
+    }
+    if args.no_anonymous {
+        config.allow_anonymous = false;
+        for l in &mut config.listeners {
+            l.allow_anonymous = Some(false);
+        }
     }
     if args.in_memory {
         config.data_dir = None;
@@ -44,14 +133,41 @@ pub fn run(args: Args) -> Result<(), BrokerError> {
         .map_err(|e| BrokerError::Config(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
         let broker = Broker::bind(config).await?;
-        for addr in broker.local_addrs() {
+        for (kind, addr) in broker.listeners() {
             // Printed on stdout so scripts can learn the port when listening on port 0.
-            println!("tern broker listening on {addr}");
+            if kind == ListenerKind::Tcp {
+                println!("tern broker listening on {addr}");
+            } else {
+                println!("tern broker listening on {addr} ({kind})");
+            }
         }
+        reload_on_hangup(broker.security());
         // SIGINT/SIGTERM: graceful shutdown (5.0 clients get DISCONNECT 0x8B).
         broker.run_until(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// SIGHUP: read the password and ACL files again (a broken file keeps the old one).
+fn reload_on_hangup(security: tern_broker::SecurityHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the password and ACL files");
+                        // A failure is logged by reload and the files in force stay.
+                        let _ = security.reload();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot handle SIGHUP: {e}"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = security;
 }
 
 async fn shutdown_signal() {

@@ -15,9 +15,23 @@ pub struct ConnectArgs {
     /// Broker port.
     #[arg(short = 'p', long, default_value_t = 1883)]
     pub port: u16,
-    /// Broker URL, instead of --host/--port: mqtt://[user[:password]@]host[:port].
+    /// Broker URL, instead of --host/--port: mqtt://[user[:password]@]host[:port], or
+    /// mqtts:// (TLS), ws://host[:port][/path], wss:// (WebSocket; path /mqtt by default).
     #[arg(short = 'L', long, value_name = "URL")]
     pub url: Option<String>,
+    /// TLS: trust the CA certificates of this PEM file (default: the system's). Without
+    /// --url, connects with TLS to --host/--port.
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<std::path::PathBuf>,
+    /// TLS: client certificate chain (PEM) for servers that ask for one (needs --key).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// TLS: private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// TLS: the server name to send (SNI) and verify (default: the host).
+    #[arg(long = "tls-server-name", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// MQTT version: 5 (default) or 311.
     #[arg(short = 'V', long = "protocol-version", value_name = "311|5", default_value = "5", value_parser = parse_version)]
     pub version: ProtocolVersion,
@@ -151,10 +165,12 @@ pub fn flag_error(flag: &str, problem: impl std::fmt::Display) -> String {
 impl ConnectArgs {
     /// Client options from the flags; `role` ("pub"/"sub") names generated client ids.
     pub fn options(&self, role: &str, reconnect: bool) -> Result<Options, String> {
+        let tls = self.cafile.is_some() || self.cert.is_some() || self.tls_server_name.is_some();
+        let scheme = if tls { "mqtts" } else { "mqtt" };
         let url = match &self.url {
             Some(u) => u.clone(),
-            None if self.host.contains(':') => format!("mqtt://[{}]:{}", self.host, self.port),
-            None => format!("mqtt://{}:{}", self.host, self.port),
+            None if self.host.contains(':') => format!("{scheme}://[{}]:{}", self.host, self.port),
+            None => format!("{scheme}://{}:{}", self.host, self.port),
         };
         let v5 = self.version == ProtocolVersion::V5;
         if !v5 {
@@ -196,6 +212,19 @@ impl ConnectArgs {
         }
         if let Some(s) = self.session_expiry {
             o = o.session_expiry(s);
+        }
+        if tls {
+            let mut t = tern_client::transport::TlsOptions::new();
+            if let Some(ca) = &self.cafile {
+                t = t.ca_file(ca);
+            }
+            if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+                t = t.client_auth_files(cert, key);
+            }
+            if let Some(name) = &self.tls_server_name {
+                t = t.server_name(name.as_str());
+            }
+            o = o.tls(t);
         }
         if let Some(topic) = &self.will_topic {
             if let Err(e) = tern_proto::topic::validate_topic_name(topic) {

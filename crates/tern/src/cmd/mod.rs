@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod broker;
 pub mod connect;
+pub mod passwd;
 pub mod publish;
 pub mod subscribe;

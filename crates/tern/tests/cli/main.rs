@@ -385,3 +385,142 @@ fn unreachable_broker_is_a_one_line_error() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
+
+/// A `tern broker` process, killed on drop.
+struct BrokerProcess {
+    child: Child,
+    port: String,
+}
+
+impl BrokerProcess {
+    fn start(args: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(TERN)
+            .args([
+                "broker",
+                "--listen",
+                "127.0.0.1:0",
+                "--in-memory",
+                "--log",
+                "warn",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(WAIT).expect("tern broker prints its address");
+        let port = line.rsplit(':').next().unwrap().trim().to_string();
+        BrokerProcess { child, port }
+    }
+
+    fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// `tern pub` as `user`/`password`; whether it succeeded.
+    fn publish_as(&self, user: &str, password: &str) -> bool {
+        let mut c = Command::new(TERN);
+        c.args([
+            "pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port,
+            "-u",
+            user,
+            "-P",
+            password,
+        ])
+        .args(["-t", "t", "-m", "x", "--connect-timeout", "3"]);
+        run(c, None).status.success()
+    }
+
+    /// Publish until the answer is `expected` (a reload is asynchronous).
+    fn eventually(&self, user: &str, password: &str, expected: bool) {
+        let deadline = Instant::now() + WAIT;
+        while self.publish_as(user, password) != expected {
+            assert!(
+                Instant::now() < deadline,
+                "{user}/{password} never became {expected}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tern passwd add/update/delete` manage the password file; `tern broker` reads it
+/// again on SIGHUP without a restart.
+#[test]
+fn passwd_manages_users_and_sighup_reloads_them() {
+    let dir = std::env::temp_dir().join(format!("tern-cli-passwd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("passwd");
+    let file_s = file.to_str().unwrap();
+    let passwd = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut c = Command::new(TERN);
+        c.arg("passwd").args(args);
+        run(c, stdin)
+    };
+    let out = passwd(&["add", file_s, "alice", "--iterations", "1000"], Some(b"one\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("alice:$pbkdf2-sha512$i=1000$"), "{text}");
+    assert!(!text.contains("one"), "{text}");
+    let out = passwd(&["add", file_s, "alice", "-p", "x", "--iterations", "1000"], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already exists") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    let broker = BrokerProcess::start(&["--password-file", file_s, "--no-anonymous"]);
+    assert!(broker.publish_as("alice", "one"));
+    assert!(!broker.publish_as("alice", "two"));
+
+    let out = passwd(
+        &["update", file_s, "alice", "-p", "two", "--iterations", "1000"],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    broker.hangup();
+    broker.eventually("alice", "two", true);
+    assert!(!broker.publish_as("alice", "one"));
+
+    // A broken file at SIGHUP keeps the one in force.
+    std::fs::write(&file, "alice\n").unwrap();
+    broker.hangup();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(broker.publish_as("alice", "two"));
+
+    let out = passwd(&["add", file_s, "bob", "-p", "b", "--iterations", "1000"], None);
+    assert!(!out.status.success(), "a malformed file is not rewritten");
+    std::fs::remove_file(&file).unwrap();
+    let out = passwd(&["add", file_s, "bob", "-p", "b", "--iterations", "1000"], None);
+    assert!(out.status.success());
+    let out = passwd(&["delete", file_s, "bob"], None);
+    assert!(out.status.success());
+    broker.hangup();
+    broker.eventually("alice", "two", false);
+    let _ = std::fs::remove_dir_all(&dir);
+}

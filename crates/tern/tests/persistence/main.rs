@@ -2,7 +2,7 @@
 //! points while a publisher sends numbered QoS 1 and QoS 2 messages to an
 //! offline persistent session; after the last restart the subscriber must
 //! receive every message the publisher saw acknowledged, QoS 2 exactly once
-//! (RELIABILITY.md section 4, [MQTT-4.3.3-10], [MQTT-4.4.0-1]).
+//! (RELIABILITY.md section 4, v5 [MQTT-4.3.3-10], v5 [MQTT-4.4.0-1]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -140,7 +140,7 @@ impl Publisher {
         let Some((mut peer, _)) = Peer::connect(addr, "crash-publisher").await else {
             return;
         };
-        // Resume: PUBLISH again with DUP for unacknowledged, PUBREL for received ([MQTT-4.4.0-1]).
+        // Resume: PUBLISH again with DUP for unacknowledged, PUBREL for received (v5 [MQTT-4.4.0-1]).
         for (&id, &(qos, state)) in &self.msgs {
             let p = match state {
                 State::Unacked => Self::publish_packet(id, qos, true),

@@ -5,6 +5,7 @@ use crate::DecodeError;
 
 #[test]
 fn k1_suback_with_the_wrong_number_of_codes_mqtt_3_8_4_6() {
+    // v5 [MQTT-3.8.4-6]: one code per filter, or the client closes with 0x82.
     for codes in [vec![], vec![ReasonCode::Success, ReasonCode::Success]] {
         let mut h = Harness::v5();
         h.connect();
@@ -37,6 +38,7 @@ fn k1_suback_with_the_wrong_number_of_codes_mqtt_3_8_4_6() {
 
 #[test]
 fn k2_session_present_after_clean_start_mqtt_3_2_2_4() {
+    // v5 [MQTT-3.2.2-4]: Session Present 1 after Clean Start 1: close with 0x82.
     let mut h = Harness::v5();
     h.connect_with(ConnAck::new(ReasonCode::Success, true));
     assert_eq!(disconnect_sent(&h.sent()), Some(ReasonCode::ProtocolError));
@@ -46,6 +48,8 @@ fn k2_session_present_after_clean_start_mqtt_3_2_2_4() {
 
 #[test]
 fn k3_second_connack_mqtt_3_2_0_2_and_packets_before_connack() {
+    // v5 [MQTT-3.2.0-2]: a second CONNACK, and v5 [MQTT-3.2.0-1] a PUBLISH before it, are Protocol
+    // Errors.
     let mut h = Harness::v5();
     h.connect();
     h.recv(Packet::ConnAck(ConnAck::new(ReasonCode::Success, false)));
@@ -61,6 +65,7 @@ fn k3_second_connack_mqtt_3_2_0_2_and_packets_before_connack() {
 
 #[test]
 fn k4_topic_alias_above_our_maximum_mqtt_3_3_2_11() {
+    // v5 [MQTT-3.3.2-11]: an alias above our maximum: 0x94.
     let mut c = config(ProtocolVersion::V5);
     c.connect.properties.topic_alias_maximum = Some(2);
     let mut h = Harness::new(c);
@@ -84,6 +89,7 @@ fn k4_topic_alias_above_our_maximum_mqtt_3_3_2_11() {
 
 #[test]
 fn k4_topic_alias_zero_mqtt_3_3_2_8_and_unknown_alias() {
+    // v5 [MQTT-3.3.2-8]: alias 0: 0x94.
     let mut h = Harness::v5();
     h.connect();
     // Alias 0 is refused by the decoder; its reason code is 0x94.
@@ -116,6 +122,7 @@ fn k5_packet_too_large_is_disconnect_0x95() {
 
 #[test]
 fn k6_reason_string_after_request_problem_information_0_mqtt_3_1_2_29() {
+    // v5 [MQTT-3.1.2-29]: Reason String on an ack after Request Problem Information 0: 0x82.
     let mut c = config(ProtocolVersion::V5);
     c.connect.properties.request_problem_information = Some(0);
     let mut h = Harness::new(c);

@@ -7,6 +7,7 @@ use super::*;
 use crate::codec::{ConnAckProperties, PublishProperties};
 use crate::{Connect, SubAck, UnsubAck};
 
+mod conformance;
 mod hostile;
 
 struct Harness {
@@ -132,6 +133,7 @@ fn disconnect_sent(sent: &[Packet]) -> Option<ReasonCode> {
 
 #[test]
 fn qos0_completes_when_handed_to_the_transport_mqtt_4_3_1_1() {
+    // v5 [MQTT-4.3.1-1]: QoS 0, DUP 0, no identifier (v5 [MQTT-2.2.1-2]).
     let mut h = Harness::v5();
     h.connect();
     let t = h.publish(qos_publish("a/b", QoS::AtMostOnce));
@@ -149,7 +151,7 @@ fn qos1_completes_on_puback_with_reason_and_properties() {
     let t = h.publish(qos_publish("a/b", QoS::AtLeastOnce));
     let sent = h.sent();
     let id = publishes(&sent)[0].packet_id.unwrap();
-    // [MQTT-4.3.2-2] first transmission with DUP 0.
+    // v5 [MQTT-4.3.2-2] first transmission with DUP 0.
     assert!(!publishes(&sent)[0].dup);
     assert!(done(&h.events()).is_empty(), "not complete before PUBACK");
     let mut ack = Ack::with_reason(id, ReasonCode::NoMatchingSubscribers);
@@ -170,6 +172,7 @@ fn qos1_completes_on_puback_with_reason_and_properties() {
 
 #[test]
 fn qos2_completes_on_pubcomp_after_pubrel_mqtt_4_3_3_4() {
+    // v5 [MQTT-4.3.3-4]: PUBREL with the same identifier after PUBREC; done at PUBCOMP.
     let mut h = Harness::v5();
     h.connect();
     let t = h.publish(qos_publish("a/b", QoS::ExactlyOnce));
@@ -183,6 +186,7 @@ fn qos2_completes_on_pubcomp_after_pubrel_mqtt_4_3_3_4() {
 
 #[test]
 fn failed_ack_is_a_typed_error_and_frees_the_slot_mqtt_4_4_0_2() {
+    // v5 [MQTT-4.4.0-2]: an ack of 0x80 or more completes the message; it is not resent.
     let mut h = Harness::v5();
     h.connect();
     let t1 = h.publish(qos_publish("a", QoS::AtLeastOnce));
@@ -211,6 +215,7 @@ fn failed_ack_is_a_typed_error_and_frees_the_slot_mqtt_4_4_0_2() {
 
 #[test]
 fn incoming_qos1_is_delivered_and_acknowledged_mqtt_4_3_2_4() {
+    // v5 [MQTT-4.3.2-4]: PUBACK with the identifier of the PUBLISH.
     let mut h = Harness::v5();
     h.connect();
     let mut p = qos_publish("in", QoS::AtLeastOnce);
@@ -222,6 +227,7 @@ fn incoming_qos1_is_delivered_and_acknowledged_mqtt_4_3_2_4() {
 
 #[test]
 fn incoming_qos2_is_delivered_exactly_once_mqtt_4_3_3_10() {
+    // v5 [MQTT-4.3.3-10]: PUBREC for a repeat, no second delivery.
     let mut h = Harness::v5();
     h.connect();
     let mut p = qos_publish("in", QoS::ExactlyOnce);
@@ -237,7 +243,7 @@ fn incoming_qos2_is_delivered_exactly_once_mqtt_4_3_3_10() {
     assert_eq!(h.events(), vec![Event::Message(p.clone())], "delivered once");
     h.recv(Packet::PubRel(Ack::new(pid(9))));
     assert_eq!(h.sent(), vec![Packet::PubComp(Ack::new(pid(9)))]);
-    // [MQTT-4.3.3-12] after PUBCOMP the identifier starts a new message.
+    // v5 [MQTT-4.3.3-12] after PUBCOMP the identifier starts a new message.
     h.recv(Packet::Publish(p.clone()));
     assert_eq!(h.events(), vec![Event::Message(p)]);
 }
@@ -274,6 +280,7 @@ fn mismatched_handshake_is_a_protocol_error() {
 
 #[test]
 fn receive_maximum_holds_publishes_back_mqtt_3_3_4_7() {
+    // v5 [MQTT-3.3.4-7]: no more than the server's Receive Maximum in flight.
     let mut h = Harness::v5();
     let mut ack = ConnAck::new(ReasonCode::Success, false);
     ack.properties.receive_maximum = Some(2);
@@ -286,9 +293,9 @@ fn receive_maximum_holds_publishes_back_mqtt_3_3_4_7() {
     h.publish(qos_publish("t/q0", QoS::AtMostOnce));
     let sent = h.sent();
     let first = publishes(&sent);
-    assert_eq!(first.len(), 2, "[MQTT-4.9.0-2] quota of 2");
+    assert_eq!(first.len(), 2, "v5 [MQTT-4.9.0-2] quota of 2");
     assert_eq!(h.s.queued_len(), 4);
-    // [MQTT-3.3.4-8] other packets are not delayed by the quota.
+    // v5 [MQTT-3.3.4-8] other packets are not delayed by the quota.
     h.s.subscribe(
         h.now,
         vec![("x".into(), SubscriptionOptions::default())],
@@ -343,6 +350,7 @@ fn full_queue_refuses_instead_of_dropping() {
 
 #[test]
 fn resumed_session_resends_publish_with_dup_and_pubrel_in_order_mqtt_4_4_0_1() {
+    // v5 [MQTT-4.4.0-1], v5 [MQTT-4.6.0-1]: resend with original identifiers, in order.
     let mut c = config(ProtocolVersion::V5);
     c.connect.clean_start = true;
     c.connect.properties.session_expiry_interval = Some(300);
@@ -366,11 +374,11 @@ fn resumed_session_resends_publish_with_dup_and_pubrel_in_order_mqtt_4_4_0_1() {
     assert_eq!(resent.len(), 3, "{resent:?}");
     match (&resent[0], &resent[1], &resent[2]) {
         (Packet::Publish(a), Packet::Publish(b), Packet::PubRel(c)) => {
-            // [MQTT-3.3.1-1] DUP on re-delivery; original identifiers, original order.
+            // v5 [MQTT-3.3.1-1] DUP on re-delivery; original identifiers, original order.
             assert!(a.dup && b.dup);
             assert_eq!((&*a.topic, a.packet_id), ("a", Some(ids[0])));
             assert_eq!((&*b.topic, b.packet_id), ("b", Some(ids[1])));
-            // [MQTT-4.3.3-6] no PUBLISH once PUBREL was sent.
+            // v5 [MQTT-4.3.3-6] no PUBLISH once PUBREL was sent.
             assert_eq!(c.packet_id, ids[2]);
         }
         other => panic!("unexpected resend {other:?}"),
@@ -386,6 +394,7 @@ fn resumed_session_resends_publish_with_dup_and_pubrel_in_order_mqtt_4_4_0_1() {
 
 #[test]
 fn lost_session_sends_again_as_new_and_resubscribes_mqtt_3_2_2_5() {
+    // v5 [MQTT-3.2.2-5]: Session Present 0 discards the client's session state.
     let mut h = Harness::v5();
     h.connect();
     let sub =
@@ -481,6 +490,7 @@ fn keep_alive_pings_and_detects_a_dead_connection_within_one_and_a_half_interval
     assert_eq!(h.s.poll_timeout(), Some(h.t0 + Duration::from_secs(10)));
     h.advance(Duration::from_secs(9));
     assert!(h.sent().is_empty());
+    // v5 [MQTT-3.1.2-20]: nothing else to send within the keep-alive: PINGREQ.
     h.advance(Duration::from_secs(1));
     assert_eq!(h.sent(), vec![Packet::PingReq]);
     h.recv(Packet::PingResp);
@@ -498,6 +508,7 @@ fn keep_alive_pings_and_detects_a_dead_connection_within_one_and_a_half_interval
 
 #[test]
 fn server_keep_alive_overrides_ours_mqtt_3_2_2_21() {
+    // v5 [MQTT-3.2.2-21] / v5 [MQTT-3.1.2-21]: the Server Keep Alive is used.
     let mut h = Harness::v5();
     let mut ack = ConnAck::new(ReasonCode::Success, false);
     ack.properties.server_keep_alive = Some(3);
@@ -521,6 +532,7 @@ fn connack_must_arrive_within_the_connect_timeout() {
 
 #[test]
 fn refused_connack_closes_and_later_data_is_ignored_mqtt_3_2_2_7() {
+    // v5 [MQTT-3.2.2-7], v5 [MQTT-4.13.2-1]: a refusal ends the connection.
     let mut h = Harness::v5();
     let refused = ConnAck::new(ReasonCode::NotAuthorized, false);
     h.connect_with(refused.clone());
@@ -542,7 +554,7 @@ fn server_limits_are_enforced_before_sending() {
         ..Default::default()
     };
     h.connect_with(ack);
-    // [MQTT-3.2.2-11]
+    // v5 [MQTT-3.2.2-11]
     assert_eq!(
         h.s.publish(h.now, qos_publish("a", QoS::ExactlyOnce)),
         Err(PublishError::QoSNotSupported {
@@ -550,17 +562,17 @@ fn server_limits_are_enforced_before_sending() {
             maximum: QoS::AtLeastOnce
         })
     );
-    // [MQTT-3.2.2-14]
+    // v5 [MQTT-3.2.2-14]
     let mut r = qos_publish("a", QoS::AtMostOnce);
     r.retain = true;
     assert_eq!(h.s.publish(h.now, r), Err(PublishError::RetainNotSupported));
-    // [MQTT-3.2.2-15]
+    // v5 [MQTT-3.2.2-15]
     let big = Publish::new("a", vec![0u8; 100]);
     assert!(matches!(
         h.s.publish(h.now, big),
         Err(PublishError::PacketTooLarge { max: 64, .. })
     ));
-    // [MQTT-3.3.4-6]
+    // v5 [MQTT-3.3.4-6]
     let mut with_id = qos_publish("a", QoS::AtMostOnce);
     with_id.properties.subscription_identifiers = vec![1];
     assert_eq!(
@@ -587,6 +599,7 @@ fn v5_properties_on_a_311_connection_are_an_encode_error() {
 
 #[test]
 fn outgoing_topic_aliases_are_assigned_per_connection_mqtt_3_3_2_7() {
+    // v5 [MQTT-3.3.2-7]: aliases start afresh on every connection.
     let mut c = config(ProtocolVersion::V5);
     c.topic_aliases = true;
     let mut h = Harness::new(c);
