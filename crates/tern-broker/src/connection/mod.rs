@@ -187,9 +187,12 @@ impl Conn {
         let committed = self.shared.store.as_ref().map_or(u64::MAX, |s| s.committed());
         let acl = self.shared.security.acl();
         self.waiting_for_commit = false;
+        let mut popped = false;
+        let mut more = false;
         while let Some(front) = st.queue.front() {
             if self.out.len() >= WRITE_BATCH {
-                return Ok(true);
+                more = true;
+                break;
             }
             if front.commit_seq > committed {
                 // Not durable yet: sending it now could lead to a second delivery after a crash.
@@ -224,6 +227,7 @@ impl Conn {
                 break;
             }
             let Some(out) = st.pop_queued() else { break };
+            popped = true;
             let packet_id = if needs_id { st.allocate_packet_id() } else { None };
             let mut publish = out.to_publish(self.version, packet_id, false, now);
             let new_alias = self.apply_outbound_alias(&mut publish);
@@ -260,11 +264,16 @@ impl Conn {
                 });
             }
         }
-        // Publishers slowed down for this session may go on.
-        if st.full_since.is_some() && st.queue.len() <= self.shared.config.max_queued_messages / 2 {
-            cell.space.notify_waiters();
+        // The subscriber made progress: it is slow, not stalled, so the stall clock restarts;
+        // publishers slowed down for it may go on once it is under half its limits.
+        if popped && st.full_since.is_some() {
+            st.full_since = Some(Instant::now());
+            if st.queue.len() <= self.shared.config.max_queued_messages / 2 {
+                st.full_since = None;
+                cell.space.notify_waiters();
+            }
         }
-        Ok(false)
+        Ok(more)
     }
 
     /// Use a topic alias towards the client when it allows them: the first use of a
