@@ -72,6 +72,8 @@ pub(crate) struct Conn {
     outbound_aliases: HashMap<ByteString, u16>,
     /// The client's Topic Alias Maximum (0: no aliases towards it).
     pub(super) client_alias_maximum: u16,
+    /// The client's Maximum Packet Size, as last read from its session.
+    client_max_packet_size: u32,
     /// Request Problem Information (v5 [MQTT-3.1.2-29]): reason strings on acknowledgements.
     pub(super) problem_information: bool,
     out: BytesMut,
@@ -120,6 +122,7 @@ impl Conn {
             outbound_aliases: HashMap::new(),
             client_alias_maximum: 0,
             problem_information: true,
+            client_max_packet_size: u32::MAX,
             out: BytesMut::new(),
             decoder,
             auth_method: None,
@@ -178,19 +181,67 @@ impl Conn {
 
     /// Move queued messages into the write buffer while the in-flight window has
     /// room; `Ok(true)` when more are waiting for buffer space.
+    ///
+    /// Two phases: messages are taken from the queue (and recorded as in flight)
+    /// under the session lock, then encoded without it, so publishers enqueueing
+    /// for this session wait only for the short first phase.
     fn pump(&mut self, now: Instant) -> Result<bool, Close> {
         let cell = self.cell.clone();
-        let mut st = cell.lock();
-        self.check_attached(&st)?;
+        let (batch, more) = {
+            let mut st = cell.lock();
+            self.check_attached(&st)?;
+            self.take_batch(&mut st, now)
+        };
+        for (out, packet_id) in batch {
+            let mut publish = out.to_publish(self.version, packet_id, false, now);
+            let new_alias = self.apply_outbound_alias(&mut publish);
+            let publish = Packet::Publish(publish);
+            // [MQTT-3.1.2-25]: never send a packet above the client's Maximum Packet Size.
+            let fits = publish
+                .encoded_len(self.version)
+                .is_ok_and(|n| n as u64 <= u64::from(self.client_max_packet_size));
+            if !fits || publish.encode(self.version, &mut self.out).is_err() {
+                if let Some(topic) = new_alias {
+                    self.outbound_aliases.remove(&topic);
+                }
+                tracing::debug!(client_id = %self.client_id, "message dropped: larger than the client's maximum packet size");
+                let mut st = cell.lock();
+                if let Some(id) = packet_id {
+                    if let Some(i) = st.find_inflight(id) {
+                        st.remove_inflight(i);
+                    }
+                }
+                self.forget(&st, out.seq);
+                continue;
+            }
+            self.shared
+                .counters
+                .messages_out
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(more)
+    }
+
+    /// The first phase of [`Conn::pump`]: take what may be sent now, allocate packet
+    /// ids and record QoS 1/2 deliveries as in flight (and in the store).
+    fn take_batch(
+        &mut self,
+        st: &mut crate::session::SessionState,
+        now: Instant,
+    ) -> (
+        Vec<(crate::message::Outgoing, Option<tern_proto::PacketId>)>,
+        bool,
+    ) {
         let window = usize::from(st.client_receive_maximum.min(self.shared.config.max_inflight));
-        let max_size = st.client_max_packet_size;
+        self.client_max_packet_size = st.client_max_packet_size;
         let committed = self.shared.store.as_ref().map_or(u64::MAX, |s| s.committed());
         let acl = self.shared.security.acl();
         self.waiting_for_commit = false;
-        let mut popped = false;
+        let mut batch = Vec::new();
+        let mut budget = WRITE_BATCH.saturating_sub(self.out.len());
         let mut more = false;
         while let Some(front) = st.queue.front() {
-            if self.out.len() >= WRITE_BATCH {
+            if budget == 0 {
                 more = true;
                 break;
             }
@@ -202,7 +253,7 @@ impl Conn {
             if front.msg.is_expired(now) {
                 // [MQTT-3.3.2-5]: an expired message is not delivered.
                 if let Some(gone) = st.pop_queued() {
-                    self.forget(&st, gone.seq);
+                    self.forget(st, gone.seq);
                 }
                 continue;
             }
@@ -217,7 +268,7 @@ impl Conn {
                     &front.msg.topic,
                 ) {
                     if let Some(gone) = st.pop_queued() {
-                        self.forget(&st, gone.seq);
+                        self.forget(st, gone.seq);
                     }
                     continue;
                 }
@@ -227,53 +278,31 @@ impl Conn {
                 break;
             }
             let Some(out) = st.pop_queued() else { break };
-            popped = true;
+            budget = budget.saturating_sub(out.msg.payload.len() + out.msg.topic.len() + 8);
             let packet_id = if needs_id { st.allocate_packet_id() } else { None };
-            let mut publish = out.to_publish(self.version, packet_id, false, now);
-            let new_alias = self.apply_outbound_alias(&mut publish);
-            let publish = Packet::Publish(publish);
-            // [MQTT-3.1.2-25]: never send a packet above the client's Maximum Packet Size.
-            match publish.encoded_len(self.version) {
-                Ok(n) if n as u64 <= u64::from(max_size) => {}
-                _ => {
-                    if let Some(topic) = new_alias {
-                        self.outbound_aliases.remove(&topic);
-                    }
-                    tracing::debug!(client_id = %self.client_id, "message dropped: larger than the client's maximum packet size");
-                    self.forget(&st, out.seq);
-                    continue;
-                }
-            }
-            if let Err(e) = publish.encode(self.version, &mut self.out) {
-                tracing::warn!(client_id = %self.client_id, "cannot encode PUBLISH: {e}");
-                continue;
-            }
-            self.shared
-                .counters
-                .messages_out
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(packet_id) = packet_id {
                 if out.seq != 0 {
                     let rec = record::queued(&out, Some((InflightState::Published, packet_id)), now);
-                    self.store_op(&st, || Op::PutMessage(self.client_id.clone(), out.seq, rec));
+                    self.store_op(st, || Op::PutMessage(self.client_id.clone(), out.seq, rec));
                 }
                 st.push_inflight(crate::session::Inflight {
                     packet_id,
-                    out,
+                    out: out.clone(),
                     state: InflightState::Published,
                 });
             }
+            batch.push((out, packet_id));
         }
         // The subscriber made progress: it is slow, not stalled, so the stall clock restarts;
         // publishers slowed down for it may go on once it is under half its limits.
-        if popped && st.full_since.is_some() {
+        if !batch.is_empty() && st.full_since.is_some() {
             st.full_since = Some(Instant::now());
             if st.queue.len() <= self.shared.config.max_queued_messages / 2 {
                 st.full_since = None;
-                cell.space.notify_waiters();
+                self.cell.space.notify_waiters();
             }
         }
-        Ok(more)
+        (batch, more)
     }
 
     /// Use a topic alias towards the client when it allows them: the first use of a
