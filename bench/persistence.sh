@@ -13,15 +13,17 @@ cargo build --release -j2 -p tern >/dev/null
 TERN=target/release/tern
 WORK=$(mktemp -d)
 PIDS=()
-trap 'kill ${PIDS[*]} 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill ${PIDS[*]} $(cat "$WORK/pids" 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_tern() { # name config-lines...
   local name=$1; shift
   local port; port=$(free_port)
   printf '%s\n' "listen = [\"127.0.0.1:$port\"]" "sys_interval_secs = 0" "$@" >"$WORK/$name.toml"
-  $TERN broker --config "$WORK/$name.toml" --log warn >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  PIDS+=($!)
+  # No data_dir in the config means in memory here (the binary would otherwise use ./tern-data).
+  local mem=""; grep -q '^data_dir' "$WORK/$name.toml" || mem="--in-memory"
+  $TERN broker --config "$WORK/$name.toml" $mem --log warn >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  echo $! >>"$WORK/pids"   # called in $(...): a subshell, so PIDS would not see it
   echo "$port"
 }
 
