@@ -107,9 +107,9 @@ impl Router {
 
     /// Call `f` for every subscription matching `topic`; one member per shared group.
     pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(Match<'a>)) {
-        let levels: Vec<&str> = topic.split('/').collect();
+        // The level iterator is cloned at each `+` branch: no allocation per publish.
         let dollar = topic.starts_with('$');
-        walk(&self.root, &levels, 0, dollar, &mut f);
+        walk(&self.root, topic.split('/'), 0, dollar, &mut f);
     }
 }
 
@@ -165,7 +165,13 @@ fn pick_member(g: &SharedGroup) -> Option<&(Arc<str>, SubEntry)> {
         .or_else(|| g.members.get(start % n))
 }
 
-fn walk<'a>(node: &'a Node, levels: &[&str], depth: usize, dollar: bool, f: &mut impl FnMut(Match<'a>)) {
+fn walk<'a>(
+    node: &'a Node,
+    mut levels: std::str::Split<'_, char>,
+    depth: usize,
+    dollar: bool,
+    f: &mut impl FnMut(Match<'a>),
+) {
     // [MQTT-4.7.2-1]: wildcards at the first level do not match `$` topics.
     let wild_ok = !(dollar && depth == 0);
     if wild_ok {
@@ -173,16 +179,16 @@ fn walk<'a>(node: &'a Node, levels: &[&str], depth: usize, dollar: bool, f: &mut
             emit(hash, f);
         }
     }
-    let Some((first, rest)) = levels.split_first() else {
+    let Some(first) = levels.next() else {
         emit(node, f);
         return;
     };
-    if let Some(child) = node.children.get(*first) {
-        walk(child, rest, depth + 1, dollar, f);
+    if let Some(child) = node.children.get(first) {
+        walk(child, levels.clone(), depth + 1, dollar, f);
     }
     if wild_ok {
         if let Some(plus) = node.children.get("+") {
-            walk(plus, rest, depth + 1, dollar, f);
+            walk(plus, levels, depth + 1, dollar, f);
         }
     }
 }

@@ -525,18 +525,13 @@ impl Conn {
             if w.delay == 0 || expiry == 0 {
                 self.shared.publish_will(&w.message);
             } else {
+                let after = Duration::from_secs(u64::from(w.delay.min(expiry)));
                 {
                     let mut st = self.cell.lock();
                     st.pending_will = Some(w.message.clone());
-                    st.pending_will_at =
-                        Some(Instant::now() + Duration::from_secs(u64::from(w.delay.min(expiry))));
+                    st.pending_will_at = Some(Instant::now() + after);
                 }
-                spawn_will_timer(
-                    self.shared.clone(),
-                    self.cell.clone(),
-                    generation,
-                    w.delay.min(expiry),
-                );
+                spawn_will_timer(self.shared.clone(), self.cell.clone(), generation, after);
             }
         }
         if expiry == 0 {
@@ -544,7 +539,8 @@ impl Conn {
         } else {
             self.shared.persist_session(&self.cell, true);
             if expiry != u32::MAX {
-                spawn_expiry_timer(self.shared.clone(), self.cell.clone(), generation, expiry);
+                let after = Duration::from_secs(u64::from(expiry));
+                spawn_expiry_timer(self.shared.clone(), self.cell.clone(), generation, after);
             }
         }
     }
@@ -595,11 +591,9 @@ async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-pub(crate) fn spawn_will_timer(shared: Arc<Shared>, cell: Arc<SessionCell>, generation: u64, secs: u32) {
-    spawn_will_timer_after(shared, cell, generation, Duration::from_secs(u64::from(secs)))
-}
-
-pub(crate) fn spawn_will_timer_after(
+/// Publish the session's pending will after `after`, unless the session was
+/// reattached (its generation changed) or ended meanwhile.
+pub(crate) fn spawn_will_timer(
     shared: Arc<Shared>,
     cell: Arc<SessionCell>,
     generation: u64,
@@ -621,11 +615,8 @@ pub(crate) fn spawn_will_timer_after(
     });
 }
 
-pub(crate) fn spawn_expiry_timer(shared: Arc<Shared>, cell: Arc<SessionCell>, generation: u64, secs: u32) {
-    spawn_expiry_timer_after(shared, cell, generation, Duration::from_secs(u64::from(secs)))
-}
-
-pub(crate) fn spawn_expiry_timer_after(
+/// End the session after `after` if no connection attached to it meanwhile.
+pub(crate) fn spawn_expiry_timer(
     shared: Arc<Shared>,
     cell: Arc<SessionCell>,
     generation: u64,

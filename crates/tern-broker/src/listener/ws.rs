@@ -18,15 +18,11 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use futures_core::Stream;
-use futures_sink::Sink;
+use tern_ws::WsStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// Largest HTTP upgrade request read.
 const MAX_REQUEST: usize = 16 * 1024;
@@ -94,10 +90,7 @@ where
         .await
         .map_err(|_| WsError::Timeout)??;
     ws.get_mut().remaining = None;
-    Ok(WsStream {
-        ws,
-        pending: Bytes::new(),
-    })
+    Ok(WsStream::new(ws))
 }
 
 fn refusal(status: StatusCode, why: &str) -> ErrorResponse {
@@ -150,65 +143,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// MQTT bytes over a WebSocket: reads concatenate binary messages, each write is
-/// one binary message.
-#[derive(Debug)]
-pub(crate) struct WsStream<S> {
-    ws: WebSocketStream<S>,
-    pending: Bytes,
-}
-
-fn io_error(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
-    io::Error::other(e)
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
-                Some(Ok(Message::Binary(data))) => this.pending = data,
-                Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "[MQTT-6.0.0-1] text WebSocket message; MQTT needs binary messages",
-                    )))
-                }
-                // Pings are answered by tungstenite.
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let ws = Pin::new(&mut self.ws);
-        ready!(Sink::<Message>::poll_ready(ws, cx)).map_err(io_error)?;
-        Pin::new(&mut self.ws)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(io_error)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Message>::poll_flush(Pin::new(&mut self.ws), cx).map_err(io_error)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Message>::poll_close(Pin::new(&mut self.ws), cx).map_err(io_error)
     }
 }

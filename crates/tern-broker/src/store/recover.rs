@@ -8,7 +8,7 @@ use tern_proto::PacketId;
 
 use super::record::{self, Corrupt};
 use super::{Loaded, Op};
-use crate::connection::{spawn_expiry_timer_after, spawn_will_timer_after};
+use crate::connection::{spawn_expiry_timer, spawn_will_timer};
 use crate::router::SubEntry;
 use crate::session::{Inflight, SessionCell};
 use crate::shared::Shared;
@@ -101,7 +101,7 @@ impl Shared {
                 (st.pending_will_at, st.generation)
             };
             if let Some(at) = will_at {
-                spawn_will_timer_after(
+                spawn_will_timer(
                     self.clone(),
                     cell.clone(),
                     generation,
@@ -110,7 +110,7 @@ impl Shared {
             }
             if rec.expiry_interval != u32::MAX {
                 let left = Duration::from_millis(expires_at.saturating_sub(wall));
-                spawn_expiry_timer_after(self.clone(), cell.clone(), generation, left);
+                spawn_expiry_timer(self.clone(), cell.clone(), generation, left);
             }
             self.sessions.insert(cell.clone());
             cells.insert(client.clone(), cell);

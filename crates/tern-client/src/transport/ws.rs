@@ -5,18 +5,12 @@
 //! ([MQTT-6.0.0-2]). A text message from the server is an error.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
-use futures_core::Stream;
-use futures_sink::Sink;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tern_ws::WsStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use super::tls::{TlsConnector, TlsOptions};
 use super::{ConnectFuture, Connector, Endpoint, Transport};
@@ -74,10 +68,7 @@ where
             "[MQTT-6.0.0-4] the server did not select the WebSocket subprotocol `mqtt`",
         ));
     }
-    Ok(Box::new(WsStream {
-        ws,
-        pending: Bytes::new(),
-    }))
+    Ok(Box::new(WsStream::new(ws)))
 }
 
 impl Connector for WsConnector {
@@ -92,57 +83,5 @@ impl Connector for WsConnector {
                 }
             }
         })
-    }
-}
-
-/// MQTT bytes over a WebSocket.
-struct WsStream<S> {
-    ws: WebSocketStream<S>,
-    pending: Bytes,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
-                Some(Ok(Message::Binary(data))) => this.pending = data,
-                Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "[MQTT-6.0.0-1] text WebSocket message from the server",
-                    )))
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(other(e))),
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        ready!(Sink::<Message>::poll_ready(Pin::new(&mut self.ws), cx)).map_err(other)?;
-        Pin::new(&mut self.ws)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(other)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Message>::poll_flush(Pin::new(&mut self.ws), cx).map_err(other)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Message>::poll_close(Pin::new(&mut self.ws), cx).map_err(other)
     }
 }
