@@ -2,6 +2,7 @@
 //! with the conformance tests.
 
 use tern_broker::{BrokerBuilder, BrokerHandle, Config};
+use tern_proto::{Connect, ProtocolVersion};
 
 pub use tern_testkit::raw::{pid, Raw, V3, V5};
 
@@ -23,4 +24,16 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> BrokerHandle {
         .await
         .expect("bind")
         .spawn()
+}
+
+/// A CONNECT that keeps its session: clean session 0 (3.1.1) or clean start 0 with a
+/// one-hour Session Expiry Interval (5.0); keep-alive off.
+pub fn persistent(v: ProtocolVersion, id: &str) -> Connect {
+    let mut c = Connect::new(v, id);
+    c.clean_start = false;
+    c.keep_alive = 0;
+    if v.is_v5() {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
 }

@@ -38,16 +38,6 @@ async fn start_in(dir: &TempDir) -> BrokerHandle {
         .spawn()
 }
 
-fn persistent(v: tern_proto::ProtocolVersion, id: &str) -> Connect {
-    let mut c = Connect::new(v, id);
-    c.clean_start = false;
-    c.keep_alive = 0;
-    if v.is_v5() {
-        c.properties.session_expiry_interval = Some(3600);
-    }
-    c
-}
-
 #[tokio::test]
 async fn queued_messages_subscriptions_and_retained_survive_a_restart() {
     let dir = TempDir::new("restart");

@@ -6,16 +6,6 @@ use tern_proto::{Connect, Disconnect, Packet, QoS, ReasonCode};
 
 use crate::harness::*;
 
-fn persistent(v: tern_proto::ProtocolVersion, id: &str) -> Connect {
-    let mut c = Connect::new(v, id);
-    c.clean_start = false;
-    c.keep_alive = 0;
-    if v.is_v5() {
-        c.properties.session_expiry_interval = Some(300);
-    }
-    c
-}
-
 #[tokio::test]
 async fn offline_session_gets_queued_qos1_and_qos2_mqtt_3_1_2_4() {
     let b = start().await;
