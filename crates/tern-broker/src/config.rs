@@ -31,8 +31,10 @@ pub struct Config {
     /// Most QoS 1/2 messages in flight towards one client (also bounded by the
     /// client's own Receive Maximum; default 100).
     pub max_inflight: u16,
-    /// Messages queued for one session beyond the in-flight window (default 1,000);
-    /// beyond it new messages for that session are dropped and counted.
+    /// Messages queued for one session beyond the in-flight window (default 1,000).
+    /// Beyond it, publishers are slowed down while the session's client is connected
+    /// and draining (see `backpressure_timeout_ms`); otherwise new messages for the
+    /// session are dropped and counted.
     pub max_queued_messages: usize,
     /// Whether QoS 0 messages are queued for offline persistent sessions (default false).
     pub queue_qos0_offline: bool,
@@ -84,11 +86,15 @@ pub struct Config {
     pub max_connect_rate: u32,
     /// Seconds between `$SYS/broker/...` updates (default 10; 0 disables them).
     pub sys_interval_secs: u64,
-    /// How long a publisher of QoS 1/2 messages is slowed down (its socket not read)
-    /// while a connected subscriber's queue is over its limits, in milliseconds
-    /// (default 2,000). A subscriber that does not drain within this time is
-    /// treated as stalled: messages for it are dropped and counted instead.
+    /// How long a publisher is slowed down (its socket not read) while a connected
+    /// subscriber's queue is over its limits, in milliseconds (default 2,000). A
+    /// subscriber that does not drain within this time is treated as stalled:
+    /// messages for it are dropped and counted instead.
     pub backpressure_timeout_ms: u64,
+    /// Whether QoS 0 publishers are slowed down for a draining subscriber too
+    /// (default true). With false, QoS 0 messages beyond a connected subscriber's
+    /// queue limits are dropped at once, and only QoS 1/2 publishers wait.
+    pub backpressure_qos0: bool,
     /// Directory of the durable store; absent: state is kept in memory only
     /// (`tern broker` defaults to `./tern-data`).
     pub data_dir: Option<std::path::PathBuf>,
@@ -272,6 +278,7 @@ impl Default for Config {
             sys_interval_secs: 10,
             response_information_prefix: "response/".to_string(),
             backpressure_timeout_ms: 2000,
+            backpressure_qos0: true,
             data_dir: None,
             sync: crate::store::SyncPolicy::Always,
             sync_interval_ms: 100,

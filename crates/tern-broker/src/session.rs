@@ -151,9 +151,11 @@ impl SessionCell {
     /// Queue a message for this session; `false` when it was dropped.
     ///
     /// Drop policy: QoS 0 messages for an offline session are not queued unless
-    /// `queue_qos0_offline`; any message that would take the queue beyond
-    /// `max_queued_messages` or `max_queued_bytes` is dropped and counted in
-    /// `dropped` (the newest is dropped, so what was queued first is delivered first).
+    /// `queue_qos0_offline`; a message that would take the queue beyond
+    /// `max_queued_messages` or `max_queued_bytes` is queued with
+    /// [`Enqueued::Pressure`] while the client is connected and draining (up to
+    /// twice the limits), and otherwise dropped and counted in `dropped` (the
+    /// newest is dropped, so what was queued first is delivered first).
     pub fn enqueue(
         &self,
         mut out: Outgoing,
@@ -170,11 +172,13 @@ impl SessionCell {
         let size = out.msg.payload.len();
         let mut pressure = false;
         if st.queue.len() >= cfg.max_queued_messages || st.queued_bytes + size > cfg.max_queued_bytes {
-            // QoS 1/2 to a connected client that is draining: queue beyond the limit (up to
-            // twice it) and tell the publisher to slow down, rather than drop what it was
-            // told is accepted. A client that does not drain for backpressure_timeout_ms
-            // is treated as stalled: its messages are dropped and nobody waits for it.
-            let patient = out.qos != QoS::AtMostOnce
+            // To a connected client that is draining: queue beyond the limit (up to twice
+            // it) and tell the publisher to slow down, rather than drop what QoS 1/2
+            // publishers were told is accepted (and, with backpressure_qos0, what QoS 0
+            // publishers send faster than the subscriber reads). A client that does not
+            // drain for backpressure_timeout_ms is treated as stalled: its messages are
+            // dropped and nobody waits for it.
+            let patient = (out.qos != QoS::AtMostOnce || cfg.backpressure_qos0)
                 && st.conn_id.is_some()
                 && st.queue.len() < 2 * cfg.max_queued_messages
                 && st.queued_bytes + size <= 2 * cfg.max_queued_bytes

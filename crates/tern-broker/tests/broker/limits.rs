@@ -247,3 +247,65 @@ async fn a_stalled_qos1_subscriber_only_delays_the_publisher_for_the_backpressur
     }
     drop(stalled);
 }
+
+/// 2,000 QoS 0 messages of 8 KiB (16 MiB) for "qos0/bp", written in one go by a task
+/// (the write blocks while the broker holds the publisher back).
+async fn qos0_flood(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<Raw> {
+    let mut publ = Raw::connect(addr, V3, "qos0-flood").await;
+    let mut one = bytes::BytesMut::new();
+    tern_proto::Packet::Publish(tern_proto::Publish::new("qos0/bp", "x".repeat(8192)))
+        .encode(V3, &mut one)
+        .unwrap();
+    let bytes: Vec<u8> = one.iter().copied().cycle().take(one.len() * 2000).collect();
+    tokio::spawn(async move {
+        publ.send_bytes(&bytes).await;
+        publ
+    })
+}
+
+/// Messages received until 500 ms pass without one.
+async fn count_until_quiet(sub: &mut Raw) -> usize {
+    let mut n = 0;
+    while let Ok(Some(p)) = sub.next_within(std::time::Duration::from_millis(500)).await {
+        if matches!(p, tern_proto::Packet::Publish(_)) {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn qos0_publishers_are_slowed_for_a_draining_subscriber_by_default() {
+    let b = start_with(|c| c.max_queued_messages = 10).await;
+    let mut sub = Raw::connect(b.addr(), V3, "slow0").await;
+    sub.subscribe("qos0/bp", QoS::AtMostOnce).await;
+    let publisher = qos0_flood(b.addr()).await;
+    // Far more than the queue of 10 and the socket buffers; the subscriber starts late
+    // but within backpressure_timeout_ms, so the publisher waits instead of losing.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(count_until_quiet(&mut sub).await, 2000);
+    publisher.await.unwrap();
+}
+
+#[tokio::test]
+async fn without_backpressure_qos0_messages_beyond_the_queue_are_dropped() {
+    let b = start_with(|c| {
+        c.max_queued_messages = 10;
+        c.backpressure_qos0 = false;
+    })
+    .await;
+    let mut sub = Raw::connect(b.addr(), V3, "slow0").await;
+    sub.subscribe("qos0/bp", QoS::AtMostOnce).await;
+    let publisher = qos0_flood(b.addr()).await;
+    // The publisher is never held back: its whole write completes while nobody reads.
+    let mut publ = tokio::time::timeout(std::time::Duration::from_secs(10), publisher)
+        .await
+        .expect("the publisher was slowed down")
+        .unwrap();
+    publ.sync().await;
+    let n = count_until_quiet(&mut sub).await;
+    assert!(
+        n < 2000,
+        "{n} delivered: QoS 0 beyond the queue limit must be dropped"
+    );
+}
