@@ -132,7 +132,12 @@ struct Conn {
     out: BytesMut,
     decoder: Decoder,
     version: ProtocolVersion,
+    /// When a packet was last sent (PINGREQ after half the keep-alive of silence).
+    last_tx: Instant,
 }
+
+/// Keep-alive of the bench's connections, in seconds (some brokers refuse 0).
+const KEEP_ALIVE: u16 = 60;
 
 impl Conn {
     async fn open(
@@ -150,6 +155,7 @@ impl Conn {
             out: BytesMut::with_capacity(64 * 1024),
             decoder: Decoder::new(version, 1 << 24),
             version,
+            last_tx: Instant::now(),
         };
         let mut connect = Connect::new(version, id);
         connect.keep_alive = keep_alive;
@@ -180,6 +186,7 @@ impl Conn {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
             self.out.clear();
+            self.last_tx = Instant::now();
         }
         Ok(())
     }
@@ -349,12 +356,15 @@ async fn publisher(
             c.read_more().await?;
         }
         if qos == QoS::AtMostOnce || !must_wait {
-            // Take in whatever is readable without waiting.
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, c.stream.read_buf(&mut c.buf)).await {
-                if n == 0 {
-                    return Err(BenchError::Protocol("broker closed the connection".into()));
-                }
+            // Take in whatever is readable without waiting, then let the other
+            // tasks (the subscribers above all) run before the next batch.
+            match c.stream.try_read_buf(&mut c.buf) {
+                Ok(0) => return Err(BenchError::Protocol("broker closed the connection".into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
             }
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -411,6 +421,9 @@ async fn subscriber(
                 Packet::PubRel(a) => c.push(&Packet::PubComp(Ack::new(a.packet_id))),
                 _ => {}
             }
+        }
+        if c.last_tx.elapsed() >= Duration::from_secs(u64::from(KEEP_ALIVE / 2)) {
+            c.push(&Packet::PingReq);
         }
         c.flush().await?;
         // After the publishers stop, one quiet second ends the subscriber.
@@ -493,7 +506,7 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
             addr,
             args.version,
             &format!("bench-{run_id}-sub-{i}"),
-            0,
+            KEEP_ALIVE,
             args.persistent,
         )
         .await?;
@@ -509,7 +522,14 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
     let rate = (args.scenario == Scenario::Latency).then_some(args.rate);
     let mut pubs = Vec::new();
     for i in 0..npub {
-        let c = Conn::open(addr, args.version, &format!("bench-{run_id}-pub-{i}"), 0, false).await?;
+        let c = Conn::open(
+            addr,
+            args.version,
+            &format!("bench-{run_id}-pub-{i}"),
+            KEEP_ALIVE,
+            false,
+        )
+        .await?;
         pubs.push(tokio::spawn(publisher(
             c,
             i as u32,
@@ -600,7 +620,7 @@ async fn connection_storm(addr: SocketAddr, args: &Args) -> Result<(), BenchErro
                 addr,
                 v,
                 &format!("bench-conn-{}-{i}", std::process::id()),
-                0,
+                KEEP_ALIVE,
                 false,
             )
             .await;
