@@ -15,6 +15,17 @@ use crate::session::{Enqueued, Registry, SessionCell};
 use crate::store::{record, Op, Store};
 use crate::Config;
 
+/// The deliveries of one publish, kept per worker thread so that routing does not
+/// allocate a new list for every message (taken and put back within `route`).
+type Deliveries = Vec<(Arc<SessionCell>, Outgoing)>;
+
+/// Largest scratch capacity kept for reuse.
+const MAX_KEPT_SCRATCH: usize = 4096;
+
+thread_local! {
+    static ROUTE_SCRATCH: std::cell::Cell<Deliveries> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Counters published under `$SYS/broker/...`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -141,9 +152,9 @@ impl Shared {
     fn route(&self, msg: &Arc<Message>, mut pressure: Option<&mut Vec<Arc<SessionCell>>>) -> usize {
         // Deliveries, one per session (overlapping subscriptions collapse); found by a linear
         // scan while few, through an index once there are many.
-        let mut normal: Vec<(Arc<SessionCell>, Outgoing)> = Vec::new();
+        let mut normal = ROUTE_SCRATCH.with(|s| s.take());
         let mut index: rustc_hash::FxHashMap<*const SessionCell, usize> = Default::default();
-        let mut shared: Vec<(Arc<SessionCell>, Outgoing)> = Vec::new();
+        let mut shared: Deliveries = Vec::new();
         {
             let router = read(&self.router);
             router.for_each_match(&msg.topic, |m| match m {
@@ -204,7 +215,7 @@ impl Shared {
             });
         }
         let n = normal.len() + shared.len();
-        for (cell, out) in normal.into_iter().chain(shared) {
+        for (cell, out) in normal.drain(..).chain(shared) {
             if self.deliver(&cell, out) == Enqueued::Pressure {
                 if let Some(p) = pressure.as_deref_mut() {
                     if !p.iter().any(|c| Arc::ptr_eq(c, &cell)) {
@@ -212,6 +223,9 @@ impl Shared {
                     }
                 }
             }
+        }
+        if normal.capacity() <= MAX_KEPT_SCRATCH {
+            ROUTE_SCRATCH.with(|s| s.set(normal));
         }
         n
     }

@@ -27,6 +27,18 @@ use crate::store::{record, Op};
 /// Most bytes encoded into the write buffer before it is flushed.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// A batch of deliveries taken from a session queue; kept per worker thread so that
+/// [`Conn::pump`] does not allocate one per call (taken and put back within the
+/// call, with no `.await` in between).
+type Batch = Vec<(crate::message::Outgoing, Option<tern_proto::PacketId>)>;
+
+/// Largest batch capacity kept for reuse.
+const MAX_KEPT_BATCH: usize = 4096;
+
+thread_local! {
+    static BATCH: std::cell::Cell<Batch> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// The will of this connection.
 #[derive(Debug)]
 pub(crate) struct WillState {
@@ -187,20 +199,23 @@ impl Conn {
     /// for this session wait only for the short first phase.
     fn pump(&mut self, now: Instant) -> Result<bool, Close> {
         let cell = self.cell.clone();
-        let (batch, more) = {
+        let (mut batch, more) = {
             let mut st = cell.lock();
             self.check_attached(&st)?;
             self.take_batch(&mut st, now)
         };
-        for (out, packet_id) in batch {
+        let mut sent = 0u64;
+        for (out, packet_id) in batch.drain(..) {
             let mut publish = out.to_publish(self.version, packet_id, false, now);
             let new_alias = self.apply_outbound_alias(&mut publish);
-            let publish = Packet::Publish(publish);
+            let mark = self.out.len();
             // [MQTT-3.1.2-25]: never send a packet above the client's Maximum Packet Size.
-            let fits = publish
-                .encoded_len(self.version)
-                .is_ok_and(|n| n as u64 <= u64::from(self.client_max_packet_size));
-            if !fits || publish.encode(self.version, &mut self.out).is_err() {
+            let fits = match publish.encode(self.version, &mut self.out) {
+                Ok(n) => n as u64 <= u64::from(self.client_max_packet_size),
+                Err(_) => false,
+            };
+            if !fits {
+                self.out.truncate(mark);
                 if let Some(topic) = new_alias {
                     self.outbound_aliases.remove(&topic);
                 }
@@ -214,30 +229,27 @@ impl Conn {
                 self.forget(&st, out.seq);
                 continue;
             }
-            self.shared
-                .counters
-                .messages_out
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            sent += 1;
         }
+        if batch.capacity() <= MAX_KEPT_BATCH {
+            BATCH.with(|b| b.set(batch));
+        }
+        self.shared
+            .counters
+            .messages_out
+            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         Ok(more)
     }
 
     /// The first phase of [`Conn::pump`]: take what may be sent now, allocate packet
     /// ids and record QoS 1/2 deliveries as in flight (and in the store).
-    fn take_batch(
-        &mut self,
-        st: &mut crate::session::SessionState,
-        now: Instant,
-    ) -> (
-        Vec<(crate::message::Outgoing, Option<tern_proto::PacketId>)>,
-        bool,
-    ) {
+    fn take_batch(&mut self, st: &mut crate::session::SessionState, now: Instant) -> (Batch, bool) {
         let window = usize::from(st.client_receive_maximum.min(self.shared.config.max_inflight));
         self.client_max_packet_size = st.client_max_packet_size;
         let committed = self.shared.store.as_ref().map_or(u64::MAX, |s| s.committed());
         let acl = self.shared.security.acl();
         self.waiting_for_commit = false;
-        let mut batch = Vec::new();
+        let mut batch = BATCH.with(|b| b.take());
         let mut budget = WRITE_BATCH.saturating_sub(self.out.len());
         let mut more = false;
         while let Some(front) = st.queue.front() {

@@ -297,36 +297,55 @@ impl Packet {
     /// The exact size is computed first, so `buf` grows at most once and
     /// nothing is written when an error is returned.
     pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
-        let body = self.body_len(version)?;
-        if body > varint::MAX_VARINT as usize {
-            return Err(EncodeError::TooLarge(body));
-        }
-        buf.reserve(1 + varint::len(body as u32) + body);
-        buf.put_u8(self.first_byte());
-        varint::write(body as u32, buf);
-        let start = buf.len();
         let v = version;
-        match self {
-            Packet::Connect(p) => p.write(buf),
-            Packet::ConnAck(p) => p.write(v, buf),
-            Packet::Publish(p) => p.write(v, buf),
-            Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => p.write(v, buf),
-            Packet::Subscribe(p) => p.write(v, buf),
-            Packet::SubAck(p) => p.write(v, buf),
-            Packet::Unsubscribe(p) => p.write(v, buf),
-            Packet::UnsubAck(p) => p.write(v, buf),
-            Packet::PingReq | Packet::PingResp => {}
-            Packet::Disconnect(p) => p.write(v, buf),
-            Packet::Auth(p) => p.write(buf),
-        }
-        debug_assert_eq!(
-            buf.len() - start,
-            body,
-            "body_len disagrees with write for {:?}",
-            self.packet_type()
-        );
-        Ok(())
+        frame(
+            self.first_byte(),
+            self.body_len(version)?,
+            buf,
+            |buf| match self {
+                Packet::Connect(p) => p.write(buf),
+                Packet::ConnAck(p) => p.write(v, buf),
+                Packet::Publish(p) => p.write(v, buf),
+                Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+                    p.write(v, buf)
+                }
+                Packet::Subscribe(p) => p.write(v, buf),
+                Packet::SubAck(p) => p.write(v, buf),
+                Packet::Unsubscribe(p) => p.write(v, buf),
+                Packet::UnsubAck(p) => p.write(v, buf),
+                Packet::PingReq | Packet::PingResp => {}
+                Packet::Disconnect(p) => p.write(v, buf),
+                Packet::Auth(p) => p.write(buf),
+            },
+        )
+        .map(|_| ())
     }
+}
+
+/// Append a fixed header (`first_byte`, Remaining Length `body`) and the body that
+/// `write` puts; returns the bytes appended. Nothing is written on error.
+pub(crate) fn frame(
+    first_byte: u8,
+    body: usize,
+    buf: &mut BytesMut,
+    write: impl FnOnce(&mut BytesMut),
+) -> Result<usize, EncodeError> {
+    if body > varint::MAX_VARINT as usize {
+        return Err(EncodeError::TooLarge(body));
+    }
+    let total = 1 + varint::len(body as u32) + body;
+    buf.reserve(total);
+    buf.put_u8(first_byte);
+    varint::write(body as u32, buf);
+    let start = buf.len();
+    write(buf);
+    debug_assert_eq!(
+        buf.len() - start,
+        body,
+        "body_len disagrees with write for packet type {}",
+        first_byte >> 4
+    );
+    Ok(total)
 }
 
 /// Fail with [`EncodeError::NotInVersion`] when `present` and `version` is 3.x.

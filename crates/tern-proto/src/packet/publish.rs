@@ -45,6 +45,26 @@ impl Publish {
         }
     }
 
+    /// Append this PUBLISH, encoded for `version`, to `buf`; returns the bytes
+    /// appended. The same as [`crate::Packet::encode`] of `Packet::Publish`, without
+    /// moving the PUBLISH into a [`crate::Packet`] first.
+    ///
+    /// ```
+    /// use tern_proto::{Packet, ProtocolVersion, Publish};
+    /// let p = Publish::new("a/b", "hi");
+    /// let mut direct = bytes::BytesMut::new();
+    /// let n = p.encode(ProtocolVersion::V5, &mut direct).unwrap();
+    /// let mut wrapped = bytes::BytesMut::new();
+    /// Packet::Publish(p).encode(ProtocolVersion::V5, &mut wrapped).unwrap();
+    /// assert_eq!((n, direct), (wrapped.len(), wrapped));
+    /// ```
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<usize, EncodeError> {
+        let first = ((crate::PacketType::Publish as u8) << 4) | self.flags();
+        super::frame(first, self.body_len(version)?, buf, |buf| {
+            self.write(version, buf)
+        })
+    }
+
     pub(crate) fn flags(&self) -> u8 {
         ((self.dup as u8) << 3) | (self.qos.as_u8() << 1) | self.retain as u8
     }
