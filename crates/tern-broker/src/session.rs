@@ -202,8 +202,13 @@ impl SessionCell {
             let rec = crate::store::record::queued(&out, None, std::time::Instant::now());
             out.commit_seq = store.submit(crate::store::Op::PutMessage(self.client_id.clone(), out.seq, rec));
         }
+        // Wake the connection only when the queue was empty: a connection leaves
+        // messages queued only while it has reason to come back to them on its own
+        // (a full in-flight window, a full write buffer, a store commit to wait for).
+        // Waking it for every message of a fan-out made it spin on a full window.
+        let was_empty = st.queue.is_empty();
         st.queue.push_back(out);
-        let waker = st.waker.clone();
+        let waker = if was_empty { st.waker.clone() } else { None };
         drop(st);
         if let Some(w) = waker {
             w.notify_one();
