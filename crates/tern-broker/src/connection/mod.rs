@@ -657,16 +657,22 @@ pub(crate) async fn serve<S>(
 {
     // Buffers start empty and grow on demand: an idle connection holds no buffer space.
     let mut buf = BytesMut::new();
-    let connect = match connect::read_connect(&mut io, &mut buf, &shared).await {
+    // The phases before and after `drive` are boxed: inline, the task of every idle
+    // connection would keep room for their state (timers, the authentication exchange).
+    let connect = match Box::pin(connect::read_connect(&mut io, &mut buf, &shared)).await {
         Ok(c) => c,
         Err(r) => return log_refused(peer, r),
     };
-    let mut conn = match connect::accept(&mut io, &mut buf, connect, &shared, peer, &origin).await {
+    let accepted = Box::pin(connect::accept(
+        &mut io, &mut buf, connect, &shared, peer, &origin,
+    ))
+    .await;
+    let mut conn = match accepted {
         Ok(c) => c,
         Err(r) => return log_refused(peer, r),
     };
     let close = conn.drive(&mut io, &mut buf).await;
-    conn.finish(&mut io, close).await;
+    Box::pin(conn.finish(&mut io, close)).await;
 }
 
 /// Write and flush: TLS and WebSocket streams hold bytes back until flushed.

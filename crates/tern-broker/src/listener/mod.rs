@@ -95,32 +95,44 @@ impl Endpoint {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             tracing::info!(%peer, listener = %kind, "{what} failed, connection closed: {e}");
         };
-        let (plain, tls) = match &self.tls {
-            Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => (None, Some(s)),
+        // Every connection's task is as large as the future it runs: plain MQTT over
+        // TCP, the common case, stays free of the (much larger) state of the TLS and
+        // WebSocket layers, which are boxed.
+        let Some(acceptor) = &self.tls else {
+            let origin = Origin {
+                policy: self.policy.clone(),
+                cert_name: None,
+            };
+            if !kind.is_websocket() {
+                return crate::connection::serve(stream, peer, shared, origin).await;
+            }
+            return Box::pin(async move {
+                match ws::accept(stream, &self.ws_path, max_frame, timeout).await {
+                    Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
+                    Err(e) => fail("WebSocket handshake", &e),
+                }
+            })
+            .await;
+        };
+        Box::pin(async move {
+            let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
                 Ok(Err(e)) => return fail("TLS handshake", &e),
                 Err(_) => return fail("TLS handshake", &"not finished within the connect timeout"),
-            },
-            None => (Some(stream), None),
-        };
-        let origin = Origin {
-            policy: self.policy.clone(),
-            cert_name: tls.as_ref().and_then(|s| tls::peer_name(s.get_ref().1)),
-        };
-        let websocket = kind.is_websocket();
-        match (plain, tls) {
-            (Some(s), _) if !websocket => crate::connection::serve(s, peer, shared, origin).await,
-            (_, Some(s)) if !websocket => crate::connection::serve(s, peer, shared, origin).await,
-            (Some(s), _) => match ws::accept(s, &self.ws_path, max_frame, timeout).await {
+            };
+            let origin = Origin {
+                policy: self.policy.clone(),
+                cert_name: tls::peer_name(tls.get_ref().1),
+            };
+            if !kind.is_websocket() {
+                return crate::connection::serve(tls, peer, shared, origin).await;
+            }
+            match ws::accept(tls, &self.ws_path, max_frame, timeout).await {
                 Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
                 Err(e) => fail("WebSocket handshake", &e),
-            },
-            (_, Some(s)) => match ws::accept(s, &self.ws_path, max_frame, timeout).await {
-                Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
-                Err(e) => fail("WebSocket handshake", &e),
-            },
-            (None, None) => {}
-        }
+            }
+        })
+        .await
     }
 }
 
