@@ -99,6 +99,9 @@ pub(crate) struct SessionCell {
     /// Notified when the queue drains below half its limits (publishers waiting on it).
     pub space: Notify,
     connected: AtomicBool,
+    /// Whether the queue is over its limits (`full_since` is set), readable without
+    /// the lock: a publisher batching its deliveries queues them at once when it is.
+    over: AtomicBool,
 }
 
 impl SessionCell {
@@ -131,6 +134,7 @@ impl SessionCell {
             }),
             connected: AtomicBool::new(false),
             space: Notify::new(),
+            over: AtomicBool::new(false),
         }
     }
 
@@ -148,7 +152,17 @@ impl SessionCell {
         self.connected.store(v, Ordering::Relaxed)
     }
 
-    /// Queue a message for this session; `false` when it was dropped.
+    /// Whether the queue was over its limits when last looked at (a hint, without the lock).
+    pub fn is_over(&self) -> bool {
+        self.over.load(Ordering::Relaxed)
+    }
+
+    /// Refresh the [`SessionCell::is_over`] hint from the locked state.
+    pub fn note_fullness(&self, st: &SessionState) {
+        self.over.store(st.full_since.is_some(), Ordering::Relaxed)
+    }
+
+    /// Queue a message for this session.
     ///
     /// Drop policy: QoS 0 messages for an offline session are not queued unless
     /// `queue_qos0_offline`; a message that would take the queue beyond
@@ -158,11 +172,61 @@ impl SessionCell {
     /// newest is dropped, so what was queued first is delivered first).
     pub fn enqueue(
         &self,
+        out: Outgoing,
+        cfg: &crate::Config,
+        store: Option<&crate::store::Store>,
+    ) -> Enqueued {
+        match self.enqueue_all(std::iter::once(out), cfg, store) {
+            (_, 1..) => Enqueued::Dropped,
+            (true, _) => Enqueued::Pressure,
+            (false, _) => Enqueued::Queued,
+        }
+    }
+
+    /// Queue several messages under one lock, in order. Returns whether any went
+    /// beyond the limits (the publisher should wait for [`SessionCell::has_room`])
+    /// and how many were dropped.
+    pub fn enqueue_all(
+        &self,
+        outs: impl Iterator<Item = Outgoing>,
+        cfg: &crate::Config,
+        store: Option<&crate::store::Store>,
+    ) -> (bool, u64) {
+        let mut st = self.lock();
+        // Wake the connection only when the queue was empty: a connection leaves
+        // messages queued only while it has reason to come back to them on its own
+        // (a full in-flight window, a full write buffer, a store commit to wait for).
+        // Waking it for every message of a fan-out made it spin on a full window.
+        let was_empty = st.queue.is_empty();
+        let mut pressure = false;
+        let mut dropped = 0;
+        for out in outs {
+            match self.enqueue_locked(&mut st, out, cfg, store) {
+                Enqueued::Dropped => dropped += 1,
+                Enqueued::Pressure => pressure = true,
+                Enqueued::Queued => {}
+            }
+        }
+        self.note_fullness(&st);
+        let waker = if was_empty && !st.queue.is_empty() {
+            st.waker.clone()
+        } else {
+            None
+        };
+        drop(st);
+        if let Some(w) = waker {
+            w.notify_one();
+        }
+        (pressure, dropped)
+    }
+
+    fn enqueue_locked(
+        &self,
+        st: &mut SessionState,
         mut out: Outgoing,
         cfg: &crate::Config,
         store: Option<&crate::store::Store>,
     ) -> Enqueued {
-        let mut st = self.lock();
         if st.ended {
             return Enqueued::Dropped;
         }
@@ -202,17 +266,7 @@ impl SessionCell {
             let rec = crate::store::record::queued(&out, None, std::time::Instant::now());
             out.commit_seq = store.submit(crate::store::Op::PutMessage(self.client_id.clone(), out.seq, rec));
         }
-        // Wake the connection only when the queue was empty: a connection leaves
-        // messages queued only while it has reason to come back to them on its own
-        // (a full in-flight window, a full write buffer, a store commit to wait for).
-        // Waking it for every message of a fan-out made it spin on a full window.
-        let was_empty = st.queue.is_empty();
         st.queue.push_back(out);
-        let waker = if was_empty { st.waker.clone() } else { None };
-        drop(st);
-        if let Some(w) = waker {
-            w.notify_one();
-        }
         if pressure {
             Enqueued::Pressure
         } else {

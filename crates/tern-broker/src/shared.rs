@@ -15,14 +15,15 @@ use crate::session::{Enqueued, Registry, SessionCell};
 use crate::store::{record, Op, Store};
 use crate::Config;
 
-/// The deliveries of one publish, kept per worker thread so that routing does not
-/// allocate a new list for every message (taken and put back within `route`).
-type Deliveries = Vec<(Arc<SessionCell>, Outgoing)>;
+/// Deliveries: a session and the message on its way to it.
+pub(crate) type Deliveries = Vec<(Arc<SessionCell>, Outgoing)>;
 
 /// Largest scratch capacity kept for reuse.
 const MAX_KEPT_SCRATCH: usize = 4096;
 
 thread_local! {
+    /// The deliveries of one message in `route`, kept per worker thread so that
+    /// routing does not allocate a new list for every message.
     static ROUTE_SCRATCH: std::cell::Cell<Deliveries> = const { std::cell::Cell::new(Vec::new()) };
 }
 
@@ -144,15 +145,67 @@ impl Shared {
         self.route(msg, Some(pressure))
     }
 
+    /// Route a message into `pending` without queueing it yet: a publisher's
+    /// connection collects the messages of one read this way and hands them to
+    /// [`Shared::deliver_all`], so that each session is locked once per batch
+    /// rather than once per message. Returns how many sessions it reaches.
+    pub fn publish_deferred(&self, msg: &Arc<Message>, pending: &mut Deliveries) -> usize {
+        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.collect(msg, pending)
+    }
+
     /// Route without counting the message as received and without backpressure (`$SYS`, wills).
     pub fn publish_internal(&self, msg: &Arc<Message>) -> usize {
         self.route(msg, None)
     }
 
-    fn route(&self, msg: &Arc<Message>, mut pressure: Option<&mut Vec<Arc<SessionCell>>>) -> usize {
+    fn route(&self, msg: &Arc<Message>, pressure: Option<&mut Vec<Arc<SessionCell>>>) -> usize {
+        let mut deliveries = ROUTE_SCRATCH.with(|s| s.take());
+        let n = self.collect(msg, &mut deliveries);
+        self.deliver_all(&mut deliveries, pressure);
+        if deliveries.capacity() <= MAX_KEPT_SCRATCH {
+            ROUTE_SCRATCH.with(|s| s.set(deliveries));
+        }
+        n
+    }
+
+    /// Queue `pending` (emptied), each session's messages under one lock and in
+    /// the order they were routed; sessions over their limits are added to `pressure`.
+    pub fn deliver_all(&self, pending: &mut Deliveries, mut pressure: Option<&mut Vec<Arc<SessionCell>>>) {
+        if pending.len() > 1 {
+            // Stable: each session keeps its messages in routing order.
+            pending.sort_by_key(|(c, _)| Arc::as_ptr(c) as usize);
+        }
+        let mut it = pending.drain(..).peekable();
+        while let Some((cell, first)) = it.next() {
+            let rest = std::iter::from_fn(|| it.next_if(|(c, _)| Arc::ptr_eq(c, &cell)).map(|(_, o)| o));
+            let (over, dropped) = cell.enqueue_all(
+                std::iter::once(first).chain(rest),
+                &self.config,
+                self.store.as_deref(),
+            );
+            if dropped > 0 {
+                self.counters
+                    .messages_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+            }
+            if over {
+                if let Some(p) = pressure.as_deref_mut() {
+                    if !p.iter().any(|c| Arc::ptr_eq(c, &cell)) {
+                        p.push(cell);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Append to `out` one delivery per matching session (shared subscriptions last);
+    /// returns how many.
+    fn collect(&self, msg: &Arc<Message>, out: &mut Deliveries) -> usize {
         // Deliveries, one per session (overlapping subscriptions collapse); found by a linear
         // scan while few, through an index once there are many.
-        let mut normal = ROUTE_SCRATCH.with(|s| s.take());
+        let start = out.len();
+        let normal = out;
         let mut index: rustc_hash::FxHashMap<*const SessionCell, usize> = Default::default();
         let mut shared: Deliveries = Vec::new();
         {
@@ -167,11 +220,20 @@ impl Shared {
                     // [MQTT-3.3.1-12], [MQTT-3.3.1-13]: RETAIN is kept only with Retain As Published.
                     let retain = msg.retain && e.options.retain_as_published;
                     let key = Arc::as_ptr(&e.session);
-                    let found = if normal.len() <= 16 {
-                        normal.iter().position(|(c, _)| Arc::as_ptr(c) == key)
+                    // Only this message's deliveries (from `start`) are candidates.
+                    let found = if normal.len() - start <= 16 {
+                        normal[start..]
+                            .iter()
+                            .position(|(c, _)| Arc::as_ptr(c) == key)
+                            .map(|i| start + i)
                     } else {
                         if index.is_empty() {
-                            index.extend(normal.iter().enumerate().map(|(i, (c, _))| (Arc::as_ptr(c), i)));
+                            index.extend(
+                                normal[start..]
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, (c, _))| (Arc::as_ptr(c), start + i)),
+                            );
                         }
                         index.get(&key).copied()
                     };
@@ -214,20 +276,8 @@ impl Shared {
                 }
             });
         }
-        let n = normal.len() + shared.len();
-        for (cell, out) in normal.drain(..).chain(shared) {
-            if self.deliver(&cell, out) == Enqueued::Pressure {
-                if let Some(p) = pressure.as_deref_mut() {
-                    if !p.iter().any(|c| Arc::ptr_eq(c, &cell)) {
-                        p.push(cell);
-                    }
-                }
-            }
-        }
-        if normal.capacity() <= MAX_KEPT_SCRATCH {
-            ROUTE_SCRATCH.with(|s| s.set(normal));
-        }
-        n
+        normal.append(&mut shared);
+        normal.len() - start
     }
 
     fn deliver(&self, cell: &SessionCell, out: Outgoing) -> Enqueued {

@@ -232,7 +232,35 @@ impl Conn {
         if msg.retain && !self.shared.retain(msg) {
             tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "retained store full (max_retained); message not retained");
         }
-        self.shared.publish(msg, &mut self.pressure)
+        if self.shared.store.is_some() {
+            // Queued at once: the store groups a QoS 2 packet id with the copies routed
+            // for it, so they must be submitted inside the group.
+            return self.shared.publish(msg, &mut self.pressure);
+        }
+        let start = self.pending.len();
+        let n = self.shared.publish_deferred(msg, &mut self.pending);
+        self.pending_bytes += n * msg.payload.len();
+        let cfg = &self.shared.config;
+        let full = self.pending.len() >= super::DELIVER_BATCH.min(cfg.max_queued_messages / 4)
+            || self.pending_bytes >= cfg.max_queued_bytes / 4
+            || self.pending[start..].iter().any(|(cell, _)| cell.is_over());
+        if full {
+            self.deliver_pending();
+        }
+        n
+    }
+
+    /// Queue the deliveries collected from the packets decoded so far (before any
+    /// acknowledgement for them is written, and before backpressure is checked).
+    pub(super) fn deliver_pending(&mut self) {
+        if !self.pending.is_empty() {
+            self.shared
+                .deliver_all(&mut self.pending, Some(&mut self.pressure));
+        }
+        self.pending_bytes = 0;
+        if self.pending.capacity() > super::DELIVER_BATCH * 4 {
+            self.pending = Vec::new();
+        }
     }
 
     fn on_puback(&mut self, a: Ack) -> Result<(), Close> {

@@ -32,6 +32,14 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// call, with no `.await` in between).
 type Batch = Vec<(crate::message::Outgoing, Option<tern_proto::PacketId>)>;
 
+/// Most deliveries collected from one read before they are queued; see
+/// [`crate::shared::Shared::publish_deferred`]. A batch is also queued once it
+/// holds a quarter of a session's limits, or reaches a session that is already
+/// over them, so that a publisher runs at most that far past a subscriber's
+/// queue limit (which the 2x margin for draining subscribers absorbs) before it
+/// is slowed down.
+const DELIVER_BATCH: usize = 256;
+
 /// Largest batch capacity kept for reuse.
 const MAX_KEPT_BATCH: usize = 4096;
 
@@ -100,6 +108,11 @@ pub(crate) struct Conn {
     /// Subscriber sessions over their queue limits: this client's socket is not
     /// read until they have room (backpressure instead of loss for QoS 1/2).
     pub(super) pressure: Vec<Arc<SessionCell>>,
+    /// Messages routed from the packets being decoded, not yet queued (see
+    /// [`crate::shared::Shared::publish_deferred`]).
+    pub(super) pending: crate::shared::Deliveries,
+    /// Payload bytes in `pending`.
+    pub(super) pending_bytes: usize,
     pub(super) reauth: Option<Box<dyn crate::AuthExchange>>,
     pub(super) username: Option<ByteString>,
 }
@@ -141,6 +154,8 @@ impl Conn {
             needs_commit: false,
             waiting_for_commit: false,
             pressure: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
             reauth: None,
             username: None,
         }
@@ -249,6 +264,7 @@ impl Conn {
         let committed = self.shared.store.as_ref().map_or(u64::MAX, |s| s.committed());
         let acl = self.shared.security.acl();
         self.waiting_for_commit = false;
+        let was_full = st.full_since.is_some();
         let mut batch = BATCH.with(|b| b.take());
         let mut budget = WRITE_BATCH.saturating_sub(self.out.len());
         let mut more = false;
@@ -306,14 +322,16 @@ impl Conn {
             batch.push((out, packet_id));
         }
         // The subscriber made progress: it is slow, not stalled, so the stall clock restarts;
-        // publishers slowed down for it may go on once it is under half its limits.
-        if !batch.is_empty() && st.full_since.is_some() {
+        // publishers slowed down for it may go on once it is under half its limits. (Taking
+        // the last message clears `full_since` too: `was_full` makes sure they are told.)
+        if !batch.is_empty() && was_full {
             st.full_since = Some(Instant::now());
             if st.queue.len() <= self.shared.config.max_queued_messages / 2 {
                 st.full_since = None;
                 self.cell.space.notify_waiters();
             }
         }
+        self.cell.note_fullness(st);
         (batch, more)
     }
 
@@ -439,6 +457,13 @@ impl Conn {
     /// Handle the complete packets in `buf`; stops early (leaving the rest buffered)
     /// while a subscriber this client publishes to is over its queue limits.
     fn decode_all(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
+        let r = self.decode_packets(buf);
+        // Whatever was accepted before an error is delivered all the same.
+        self.deliver_pending();
+        r
+    }
+
+    fn decode_packets(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
         loop {
             if !self.pressure.is_empty() {
                 return Ok(());
