@@ -23,6 +23,10 @@ pub struct Config {
     pub max_packet_size: u32,
     /// Seconds a new connection may take to send CONNECT (default 10).
     pub connect_timeout_secs: u64,
+    /// Connections the kernel may hold for each listener before they are accepted
+    /// (default 4,096; the kernel caps it at `net.core.somaxconn`). A full backlog
+    /// drops new connection attempts, which the clients retry only after a second.
+    pub listen_backlog: u32,
     /// Most simultaneous connections (default 100,000); more are refused.
     pub max_connections: usize,
     /// Receive Maximum advertised to 5.0 clients: unacknowledged QoS 2 messages a
@@ -251,6 +255,7 @@ impl Default for Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
             max_packet_size: 1024 * 1024,
             connect_timeout_secs: 10,
+            listen_backlog: 4096,
             max_connections: 100_000,
             receive_maximum: 100,
             max_inflight: 100,
@@ -327,6 +332,9 @@ impl Config {
         }
         if self.connect_timeout_secs == 0 {
             return bad("connect_timeout_secs", "must be at least 1");
+        }
+        if self.listen_backlog == 0 {
+            return bad("listen_backlog", "must be at least 1");
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
@@ -410,6 +418,8 @@ mod tests {
     fn errors_name_the_field() {
         let e = Config::from_toml("max_inflight = 0").unwrap_err().to_string();
         assert!(e.contains("max_inflight"), "{e}");
+        let e = Config::from_toml("listen_backlog = 0").unwrap_err().to_string();
+        assert!(e.contains("listen_backlog"), "{e}");
         let e = Config::from_toml("max_infligth = 3").unwrap_err().to_string();
         assert!(e.contains("max_infligth"), "{e}");
         let e = Config::from_toml("listen = [\"nonsense\"]")

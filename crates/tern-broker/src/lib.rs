@@ -136,8 +136,7 @@ impl BrokerBuilder {
         }
         let mut listeners = Vec::new();
         for (addr, endpoint) in endpoints {
-            let socket = TcpListener::bind(addr)
-                .await
+            let socket = bind_listener(addr, self.config.listen_backlog)
                 .map_err(|source| BrokerError::Bind { addr, source })?;
             listeners.push(listener::Bound { socket, endpoint });
         }
@@ -300,4 +299,18 @@ impl Drop for BrokerHandle {
             let _ = stop.send(());
         }
     }
+}
+
+/// Bind a listening socket with room for `backlog` connections waiting to be
+/// accepted (the standard library's default of 128 overflows in a reconnect storm,
+/// and each dropped SYN costs that client a one-second retransmission).
+fn bind_listener(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
