@@ -147,7 +147,30 @@ impl Conn {
         keep_alive: u16,
         persistent: bool,
     ) -> Result<Conn, BenchError> {
-        let stream = TcpStream::connect(addr).await?;
+        Conn::open_from(addr, None, version, id, keep_alive, persistent).await
+    }
+
+    /// [`Conn::open`] from a given local address (any port).
+    async fn open_from(
+        addr: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        version: ProtocolVersion,
+        id: &str,
+        keep_alive: u16,
+        persistent: bool,
+    ) -> Result<Conn, BenchError> {
+        let stream = match local {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         stream.set_nodelay(true)?;
         let mut c = Conn {
             stream,
@@ -615,9 +638,19 @@ async fn connection_storm(addr: SocketAddr, args: &Args) -> Result<(), BenchErro
             .await
             .map_err(|e| BenchError::Protocol(e.to_string()))?;
         let v = args.version;
+        // Towards a loopback broker, spread the connections over 127.0.0.2-251: from one
+        // source address, the kernel's search for a free ephemeral port costs the
+        // generator more than the broker spends on the whole connection.
+        let local = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_loopback() => Some(std::net::IpAddr::V4(
+                std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 250) as u8),
+            )),
+            _ => None,
+        };
         tasks.push(tokio::spawn(async move {
-            let c = Conn::open(
+            let c = Conn::open_from(
                 addr,
+                local,
                 v,
                 &format!("bench-conn-{}-{i}", std::process::id()),
                 KEEP_ALIVE,
