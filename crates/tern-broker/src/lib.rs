@@ -223,7 +223,7 @@ impl Broker {
         stop.await;
         tracing::info!("shutting down");
         tasks.abort_all();
-        let _ = shared.shutdown.send(true);
+        shared.begin_shutdown();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while limits.active() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -360,6 +360,11 @@ impl Registry {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every session (a snapshot: the registry is not locked while the caller uses them).
+    pub fn all(&self) -> Vec<Arc<SessionCell>> {
+        self.lock().values().cloned().collect()
+    }
+
     pub fn get(&self, client_id: &str) -> Option<Arc<SessionCell>> {
         self.lock().get(client_id).cloned()
     }

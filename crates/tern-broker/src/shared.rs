@@ -51,8 +51,8 @@ pub(crate) struct Shared {
     next_conn_id: AtomicU64,
     pub counters: Counters,
     pub authenticators: Vec<Arc<dyn crate::Authenticator>>,
-    /// Set to `true` when the broker shuts down.
-    pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Set when the broker shuts down (see [`Shared::begin_shutdown`]).
+    shutting_down: std::sync::atomic::AtomicBool,
     pub started: Instant,
     /// The durable store, when persistence is on.
     pub store: Option<Arc<Store>>,
@@ -85,7 +85,7 @@ impl Shared {
             store,
             security,
             authenticators,
-            shutdown: tokio::sync::watch::channel(false).0,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
             config,
             router: RwLock::default(),
@@ -152,6 +152,24 @@ impl Shared {
     pub fn publish_deferred(&self, msg: &Arc<Message>, pending: &mut Deliveries) -> usize {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         self.collect(msg, pending)
+    }
+
+    /// Tell every attached connection to close with v5 0x8B Server shutting down:
+    /// the flag first, then each session's waker (a connection attaching meanwhile
+    /// checks the flag when it starts).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for cell in self.sessions.all() {
+            let waker = cell.lock().waker.clone();
+            if let Some(w) = waker {
+                w.notify_one();
+            }
+        }
+    }
+
+    /// Whether [`Shared::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Route without counting the message as received and without backpressure (`$SYS`, wills).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tern_proto::codec::{ConnAckProperties, Decoded, Decoder};
-use tern_proto::{topic, ConnAck, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode};
+use tern_proto::{topic, ByteString, ConnAck, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
@@ -282,7 +282,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             dup: false,
             qos: w.qos,
             retain: w.retain,
-            topic: w.topic.clone(),
+            topic: ByteString::from(w.topic.to_string()),
             packet_id: None,
             properties: tern_proto::codec::PublishProperties {
                 payload_format_indicator: w.properties.payload_format_indicator,
@@ -293,10 +293,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 user_properties: w.properties.user_properties,
                 ..Default::default()
             },
-            payload: w.payload,
+            payload: tern_proto::Bytes::copy_from_slice(&w.payload),
         };
+        let topic = p.topic.clone();
         WillState {
-            message: Arc::new(Message::from_publish(p, w.topic, Some(client_id.clone()), now)),
+            message: Arc::new(Message::from_publish(p, topic, Some(client_id.clone()), now)),
             delay,
         }
     });
@@ -325,7 +326,9 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         0
     };
     conn.auth_method = c.properties.authentication_method.clone();
-    conn.username = username;
+    // Own copies: a slice would keep the whole read buffer of the CONNECT alive for as
+    // long as the connection lasts.
+    conn.username = username.map(|u| ByteString::from(u.to_string()));
     Ok(conn)
 }
 

@@ -367,9 +367,10 @@ impl Conn {
         }
         let mut last_rx = tokio::time::Instant::now();
         let mut read_hint = MIN_READ;
-        let mut shutdown = self.shared.shutdown.subscribe();
         let mut committed = self.shared.store.as_ref().map(|s| s.watch_committed());
-        if *shutdown.borrow() {
+        // Shutdown wakes every attached connection through its waker; one that attached
+        // after that sees the flag here.
+        if self.shared.is_shutting_down() {
             return Close::Shutdown;
         }
         // Bytes that arrived together with CONNECT.
@@ -409,6 +410,18 @@ impl Conn {
                 }
             }
             let slowed = self.pressure.first().cloned();
+            // While slowed down, look at the subscriber's queue again at least every 20 ms
+            // (the wake-up on its `space` can come before this task waits for it).
+            let wake_at = match (&slowed, deadline) {
+                (Some(_), d) => {
+                    let poll = tokio::time::Instant::now() + ROOM_POLL;
+                    Some(d.map_or(poll, |d| d.min(poll)))
+                }
+                (None, d) => d,
+            };
+            // The futures of this select! live in every connection's task, idle ones
+            // included: each branch is kept small (the commit wait, needed only with a
+            // store, is boxed when it is used).
             tokio::select! {
                 biased;
                 r = io.read_buf(buf), if slowed.is_none() => match r {
@@ -424,11 +437,18 @@ impl Conn {
                     }
                     Err(e) => return Close::Transport(format!("read failed: {e}")),
                 },
-                _ = self.waker.notified() => {}
-                _ = shutdown.changed() => return Close::Shutdown,
+                _ = self.waker.notified() => {
+                    if self.shared.is_shutting_down() {
+                        return Close::Shutdown;
+                    }
+                }
                 _ = wait_commit(&mut committed), if self.waiting_for_commit => {}
                 _ = wait_room(slowed.as_deref()), if slowed.is_some() => {}
-                _ = sleep_opt(deadline) => return Close::KeepAliveTimeout,
+                _ = sleep_opt(wake_at) => {
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        return Close::KeepAliveTimeout;
+                    }
+                }
                 _ = std::future::ready(()), if more => {}
             }
         }
@@ -583,17 +603,25 @@ impl Conn {
     }
 }
 
-/// Wake when a slowed-for session may have room (re-checked by the caller).
+/// Longest wait before a publisher slowed down for a subscriber looks at its queue again.
+const ROOM_POLL: Duration = Duration::from_millis(20);
+
+/// Wake when a slowed-for session may have room (re-checked by the caller, which
+/// also polls every [`ROOM_POLL`]).
 async fn wait_room(cell: Option<&SessionCell>) {
     match cell {
-        Some(c) => {
-            let _ = tokio::time::timeout(Duration::from_millis(20), c.space.notified()).await;
-        }
+        Some(c) => c.space.notified().await,
         None => std::future::pending().await,
     }
 }
 
+/// Wait for the store's next commit. Boxed when first polled: select! creates this
+/// future on every turn, and inline its state would sit in every connection's task.
 async fn wait_commit(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    Box::pin(wait_commit_inner(rx)).await
+}
+
+async fn wait_commit_inner(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
     match rx {
         Some(rx) => {
             if rx.changed().await.is_err() {
@@ -604,11 +632,11 @@ async fn wait_commit(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
     }
 }
 
-/// Make room for a read: at least 2 KiB free, and release the buffer of an idle connection.
 /// Make room for the next read, sized by how much the last reads brought (`hint`):
-/// a busy connection reads up to 64 KiB at a time, an idle one keeps only a small buffer.
+/// a busy connection reads up to 64 KiB at a time, an idle one keeps only a small
+/// buffer (an empty buffer more than twice the size wanted is given back).
 fn reserve_for_read(buf: &mut BytesMut, hint: usize) {
-    if buf.is_empty() && buf.capacity() > 4 * hint.max(MIN_READ) {
+    if buf.is_empty() && buf.capacity() > 2 * hint.max(MIN_READ) {
         *buf = BytesMut::new();
     }
     let want = hint.clamp(MIN_READ, MAX_READ);
@@ -618,7 +646,7 @@ fn reserve_for_read(buf: &mut BytesMut, hint: usize) {
 }
 
 /// Smallest and largest read sizes.
-const MIN_READ: usize = 256;
+const MIN_READ: usize = 64;
 const MAX_READ: usize = 64 * 1024;
 
 async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
