@@ -710,22 +710,23 @@ pub(crate) async fn serve<S>(
 {
     // Buffers start empty and grow on demand: an idle connection holds no buffer space.
     let mut buf = BytesMut::new();
-    // The phases before and after `drive` are boxed: inline, the task of every idle
-    // connection would keep room for their state (timers, the authentication exchange).
-    let connect = match Box::pin(connect::read_connect(&mut io, &mut buf, &shared)).await {
-        Ok(c) => c,
-        Err(r) => return log_refused(peer, r),
-    };
-    let accepted = Box::pin(connect::accept(
-        &mut io, &mut buf, connect, &shared, peer, &origin,
-    ))
+    // This future lives in the task of every connection, idle ones included, so it is
+    // kept small: the phases before and after `drive` are boxed (their timers and the
+    // authentication exchange need room only for a moment), and so is the `Conn`
+    // (inline, the compiler keeps two copies of it: the phase's result and the local).
+    let opened = Box::pin(async {
+        let connect = connect::read_connect(&mut io, &mut buf, &shared).await?;
+        connect::accept(&mut io, &mut buf, connect, &shared, peer, &origin)
+            .await
+            .map(Box::new)
+    })
     .await;
-    let mut conn = match accepted {
+    let mut conn = match opened {
         Ok(c) => c,
         Err(r) => return log_refused(peer, r),
     };
     let close = conn.drive(&mut io, &mut buf).await;
-    Box::pin(conn.finish(&mut io, close)).await;
+    Box::pin((*conn).finish(&mut io, close)).await;
 }
 
 /// Write and flush: TLS and WebSocket streams hold bytes back until flushed.

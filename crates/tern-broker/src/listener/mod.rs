@@ -87,52 +87,49 @@ impl Endpoint {
         })
     }
 
-    /// Run the transport handshake and serve MQTT on the result.
-    async fn serve(&self, stream: TcpStream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
+    /// The origin of plain MQTT-over-TCP connections, `None` for listeners with a
+    /// TLS or WebSocket layer (served by [`Endpoint::serve_layered`]).
+    fn plain_origin(&self) -> Option<Origin> {
+        (self.tls.is_none() && !self.kind.is_websocket()).then(|| Origin {
+            policy: self.policy.clone(),
+            cert_name: None,
+        })
+    }
+
+    /// Run the TLS and/or WebSocket handshake and serve MQTT on the result.
+    async fn serve_layered(&self, stream: TcpStream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
         let timeout = shared.config.connect_timeout();
         let max_frame = shared.config.max_packet_size as usize;
         let kind = self.kind;
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             tracing::info!(%peer, listener = %kind, "{what} failed, connection closed: {e}");
         };
-        // Every connection's task is as large as the future it runs: plain MQTT over
-        // TCP, the common case, stays free of the (much larger) state of the TLS and
-        // WebSocket layers, which are boxed.
         let Some(acceptor) = &self.tls else {
             let origin = Origin {
                 policy: self.policy.clone(),
                 cert_name: None,
             };
-            if !kind.is_websocket() {
-                return crate::connection::serve(stream, peer, shared, origin).await;
-            }
-            return Box::pin(async move {
-                match ws::accept(stream, &self.ws_path, max_frame, timeout).await {
-                    Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
-                    Err(e) => fail("WebSocket handshake", &e),
-                }
-            })
-            .await;
-        };
-        Box::pin(async move {
-            let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return fail("TLS handshake", &e),
-                Err(_) => return fail("TLS handshake", &"not finished within the connect timeout"),
-            };
-            let origin = Origin {
-                policy: self.policy.clone(),
-                cert_name: tls::peer_name(tls.get_ref().1),
-            };
-            if !kind.is_websocket() {
-                return crate::connection::serve(tls, peer, shared, origin).await;
-            }
-            match ws::accept(tls, &self.ws_path, max_frame, timeout).await {
+            return match ws::accept(stream, &self.ws_path, max_frame, timeout).await {
                 Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
                 Err(e) => fail("WebSocket handshake", &e),
-            }
-        })
-        .await
+            };
+        };
+        let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return fail("TLS handshake", &e),
+            Err(_) => return fail("TLS handshake", &"not finished within the connect timeout"),
+        };
+        let origin = Origin {
+            policy: self.policy.clone(),
+            cert_name: tls::peer_name(tls.get_ref().1),
+        };
+        if !kind.is_websocket() {
+            return crate::connection::serve(tls, peer, shared, origin).await;
+        }
+        match ws::accept(tls, &self.ws_path, max_frame, timeout).await {
+            Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
+            Err(e) => fail("WebSocket handshake", &e),
+        }
     }
 }
 
@@ -225,13 +222,26 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, limits: Limit
             }
             continue;
         };
+        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
-        let endpoint = endpoint.clone();
-        tokio::spawn(async move {
-            shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-            endpoint.serve(stream, peer, shared).await;
-            drop(permit);
-        });
+        // Every connection's task is as large as the future it runs: plain MQTT over TCP,
+        // the common case, runs alone in its task; the much larger state of the TLS and
+        // WebSocket layers is boxed, for the connections that use them.
+        match endpoint.plain_origin() {
+            Some(origin) => {
+                tokio::spawn(async move {
+                    crate::connection::serve(stream, peer, shared, origin).await;
+                    drop(permit);
+                });
+            }
+            None => {
+                let endpoint = endpoint.clone();
+                tokio::spawn(async move {
+                    Box::pin(endpoint.serve_layered(stream, peer, shared)).await;
+                    drop(permit);
+                });
+            }
+        }
     }
 }
 
