@@ -41,6 +41,22 @@ impl Message {
         }
     }
 
+    /// A copy that owns its bytes. A received message's topic, payload and
+    /// properties are slices of the read buffer they arrived in (up to 64 KiB,
+    /// shared with the other messages of that read) and keep all of it alive;
+    /// what is kept for long, like a retained message, is copied out first.
+    pub fn detached(&self) -> Message {
+        Message {
+            topic: ByteString::from(self.topic.to_string()),
+            payload: Bytes::copy_from_slice(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.detached(),
+            expires_at: self.expires_at,
+            publisher: self.publisher.clone(),
+        }
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
@@ -90,5 +106,29 @@ impl Outgoing {
             p.properties.subscription_identifiers.clone_from(&self.sub_ids);
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detached_message_keeps_no_read_buffer_alive() {
+        let read = Bytes::from(b"a/topicpayload".to_vec());
+        let mut p = Publish::new(ByteString::try_from(read.slice(0..7)).unwrap(), read.slice(7..));
+        p.properties.correlation_data = Some(read.slice(0..1));
+        let m = Message::from_publish(p.clone(), p.topic.clone(), None, Instant::now());
+        let d = m.detached();
+        assert_eq!(
+            (&d.topic, &d.payload, &d.properties),
+            (&m.topic, &m.payload, &m.properties)
+        );
+        let inside = |b: &[u8]| read.as_ptr_range().contains(&b.as_ptr());
+        assert!(inside(&m.payload));
+        assert!(!inside(&d.payload) && !inside(d.topic.as_bytes()));
+        assert!(!inside(
+            d.properties.correlation_data.as_deref().unwrap_or_default()
+        ));
     }
 }

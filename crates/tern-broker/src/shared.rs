@@ -123,7 +123,7 @@ impl Shared {
                 record::retained(msg, Instant::now()),
             ));
         }
-        r.insert(msg.topic.to_string(), msg.clone());
+        r.insert(msg.topic.to_string(), Arc::new(msg.detached()));
         true
     }
 

@@ -71,7 +71,9 @@ impl Conn {
                         }
                     }
                 } else {
-                    self.inbound_aliases.insert(alias, p.topic.clone());
+                    // An own copy: a slice would keep its whole read buffer alive.
+                    self.inbound_aliases
+                        .insert(alias, tern_proto::ByteString::from(p.topic.to_string()));
                     p.topic.clone()
                 }
             }

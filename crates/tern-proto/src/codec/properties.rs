@@ -297,6 +297,28 @@ fn not_allowed(id: u8, context: &'static str) -> DecodeError {
     }
 }
 
+/// Copy into storage of its own (see the `detached` methods of the property sets).
+pub(crate) trait Detach {
+    fn detach(&self) -> Self;
+}
+
+impl Detach for ByteString {
+    fn detach(&self) -> Self {
+        ByteString::from(self.to_string())
+    }
+}
+
+impl Detach for Bytes {
+    fn detach(&self) -> Self {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+macro_rules! detach_by_copy {
+    ($($t:ty),*) => { $( impl Detach for $t { fn detach(&self) -> Self { *self } } )* };
+}
+detach_by_copy!(u8, u16, u32);
+
 macro_rules! property_set {
     (
         $(#[$doc:meta])*
@@ -319,6 +341,21 @@ macro_rules! property_set {
             pub fn is_empty(&self) -> bool {
                 true $( && self.$field.is_none() )* $( && self.$rfield.is_empty() )?
                     && self.user_properties.is_empty()
+            }
+
+            /// A copy whose strings and binary data own their bytes. Decoded
+            /// properties are slices of the buffer they were read into and keep
+            /// all of it alive; a copy kept for long (a retained message) should not.
+            pub fn detached(&self) -> $name {
+                $name {
+                    $( $field: self.$field.as_ref().map(Detach::detach), )*
+                    $( $rfield: self.$rfield.iter().map(Detach::detach).collect(), )?
+                    user_properties: self
+                        .user_properties
+                        .iter()
+                        .map(|(k, v)| (k.detach(), v.detach()))
+                        .collect(),
+                }
             }
         }
 
@@ -619,5 +656,21 @@ mod tests {
             decode::<SubscribeProperties>(b"\x04\x0B\x01\x0B\x02"),
             Err(DecodeError::DuplicateProperty(0x0B))
         );
+    }
+
+    #[test]
+    fn detached_copies_equal_the_original_but_own_their_bytes() {
+        // Response Topic "r", Correlation Data [1, 2], User Property a=b.
+        let buf = Bytes::from_static(b"\x10\x08\x00\x01r\x09\x00\x02\x01\x02\x26\x00\x01a\x00\x01b");
+        let p = PublishProperties::decode(&mut Reader::new(buf.clone())).expect("valid");
+        let d = p.detached();
+        assert_eq!(d, p);
+        let inside = |b: &[u8]| buf.as_ptr_range().contains(&b.as_ptr());
+        assert!(inside(p.correlation_data.as_deref().unwrap_or_default()));
+        assert!(!inside(d.correlation_data.as_deref().unwrap_or_default()));
+        assert!(!inside(
+            d.response_topic.as_deref().unwrap_or_default().as_bytes()
+        ));
+        assert!(!inside(d.user_properties[0].1.as_bytes()));
     }
 }
