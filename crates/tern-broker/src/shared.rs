@@ -295,6 +295,18 @@ impl Shared {
             });
         }
         normal.append(&mut shared);
+        // A message waiting for an offline session may wait for long: it gets a copy that
+        // owns its bytes rather than pinning the publisher's read buffer (one copy per
+        // message, shared by all its deliveries).
+        let kept_offline = |(c, out): &(Arc<SessionCell>, Outgoing)| {
+            !c.is_connected() && (out.qos != QoS::AtMostOnce || self.config.queue_qos0_offline)
+        };
+        if normal[start..].iter().any(kept_offline) {
+            let owned = Arc::new(msg.detached());
+            for (_, out) in &mut normal[start..] {
+                out.msg = owned.clone();
+            }
+        }
         normal.len() - start
     }
 
