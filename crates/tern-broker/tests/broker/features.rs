@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_broker::{AuthExchange, AuthStep, Authenticator};
-use tern_proto::{Auth, Connect, Packet, Publish, QoS, ReasonCode, SubscriptionOptions};
+use tern_proto::{Connect, Packet, Publish, QoS, ReasonCode, SubscriptionOptions};
 
+use crate::challenge::{auth_packet, Challenge};
 use crate::harness::*;
 
 #[tokio::test]
@@ -116,47 +116,13 @@ async fn response_information_and_reason_strings_v5() {
     }
 }
 
-/// A toy challenge-response method for the tests.
-struct Challenge;
-struct ChallengeExchange {
-    step: u8,
-}
-
-impl Authenticator for Challenge {
-    fn method(&self) -> &str {
-        "TEST-CHALLENGE"
-    }
-    fn begin(&self, _client_id: &str, _username: Option<&str>) -> Box<dyn AuthExchange> {
-        Box::new(ChallengeExchange { step: 0 })
-    }
-}
-
-impl AuthExchange for ChallengeExchange {
-    fn step(&mut self, data: Option<&[u8]>) -> AuthStep {
-        self.step += 1;
-        match (self.step, data) {
-            (1, Some(b"hello")) => AuthStep::Continue("challenge".into()),
-            (2, Some(b"response")) => AuthStep::Success(Some("welcome".into())),
-            _ => AuthStep::Failure,
-        }
-    }
-}
-
-fn auth_packet(rc: ReasonCode, data: &'static str) -> Packet {
-    let mut a = Auth {
-        reason_code: Some(rc),
-        properties: Default::default(),
-    };
-    a.properties.authentication_method = Some("TEST-CHALLENGE".into());
-    a.properties.authentication_data = Some(data.into());
-    Packet::Auth(a)
-}
-
 #[tokio::test]
 async fn enhanced_authentication_exchange_v5_section_4_12() {
     let b = tern_broker::BrokerBuilder::new()
         .listen("127.0.0.1:0".parse().unwrap())
-        .authenticator(Arc::new(Challenge))
+        .authenticator(Arc::new(Challenge {
+            welcome: Some("welcome"),
+        }))
         .bind()
         .await
         .unwrap()

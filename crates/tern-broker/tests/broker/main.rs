@@ -2,6 +2,8 @@
 //! cites the normative statement it checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../common/challenge.rs"]
+mod challenge;
 mod harness;
 
 mod connect;

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use tern_broker::{AuthExchange, AuthStep, Authenticator};
-use tern_proto::{Auth, Packet, ReasonCode};
+use tern_proto::{Packet, ReasonCode};
 
+use crate::challenge::{auth_packet, Challenge};
 use crate::support::*;
 
 #[tokio::test]
@@ -77,42 +77,6 @@ async fn auth_is_checked_v5() {
     assert_eq!(c.expect_closed().await, Some(ReasonCode::ProtocolError));
 }
 
-/// A two-step challenge for the tests.
-struct Challenge;
-struct ChallengeExchange {
-    step: u8,
-}
-
-impl Authenticator for Challenge {
-    fn method(&self) -> &str {
-        "TEST-CHALLENGE"
-    }
-    fn begin(&self, _client_id: &str, _username: Option<&str>) -> Box<dyn AuthExchange> {
-        Box::new(ChallengeExchange { step: 0 })
-    }
-}
-
-impl AuthExchange for ChallengeExchange {
-    fn step(&mut self, data: Option<&[u8]>) -> AuthStep {
-        self.step += 1;
-        match (self.step, data) {
-            (1, Some(b"hello")) => AuthStep::Continue("challenge".into()),
-            (2, Some(b"response")) => AuthStep::Success(None),
-            _ => AuthStep::Failure,
-        }
-    }
-}
-
-fn auth(rc: ReasonCode, data: &'static str) -> Packet {
-    let mut a = Auth {
-        reason_code: Some(rc),
-        properties: Default::default(),
-    };
-    a.properties.authentication_method = Some("TEST-CHALLENGE".into());
-    a.properties.authentication_data = Some(data.into());
-    Packet::Auth(a)
-}
-
 /// The next AUTH: its reason code and method; also checks it fits in 64 bytes.
 async fn recv_auth(c: &mut Raw) -> (Option<ReasonCode>, Option<String>) {
     match c.recv().await {
@@ -132,7 +96,7 @@ async fn recv_auth(c: &mut Raw) -> (Option<ReasonCode>, Option<String>) {
 async fn enhanced_authentication_v5() {
     let b = tern_broker::BrokerBuilder::new()
         .listen("127.0.0.1:0".parse().unwrap())
-        .authenticator(Arc::new(Challenge))
+        .authenticator(Arc::new(Challenge { welcome: None }))
         .bind()
         .await
         .unwrap()
@@ -152,7 +116,7 @@ async fn enhanced_authentication_v5() {
         recv_auth(&mut raw).await,
         (Some(ReasonCode::ContinueAuthentication), method.clone())
     );
-    raw.send(auth(ReasonCode::ContinueAuthentication, "response"))
+    raw.send(auth_packet(ReasonCode::ContinueAuthentication, "response"))
         .await;
     match raw.recv().await {
         Packet::ConnAck(a) => {
@@ -162,19 +126,21 @@ async fn enhanced_authentication_v5() {
         p => panic!("{p:?}"),
     }
     // v5 [MQTT-4.12.1-2]: a failed re-authentication closes the connection (DISCONNECT first).
-    raw.send(auth(ReasonCode::ReAuthenticate, "hello")).await;
+    raw.send(auth_packet(ReasonCode::ReAuthenticate, "hello")).await;
     assert_eq!(
         recv_auth(&mut raw).await,
         (Some(ReasonCode::ContinueAuthentication), method)
     );
-    raw.send(auth(ReasonCode::ContinueAuthentication, "wrong")).await;
+    raw.send(auth_packet(ReasonCode::ContinueAuthentication, "wrong"))
+        .await;
     assert_eq!(raw.expect_closed().await, Some(ReasonCode::NotAuthorized));
     // v5 [MQTT-4.12.0-4]: the server rejects the authentication: CONNACK 0x87, then closed.
     c.client_id = "authn2".into();
     let mut raw = Raw::open(b.addr(), V5).await;
     raw.send(Packet::Connect(Box::new(c))).await;
     recv_auth(&mut raw).await;
-    raw.send(auth(ReasonCode::ContinueAuthentication, "wrong")).await;
+    raw.send(auth_packet(ReasonCode::ContinueAuthentication, "wrong"))
+        .await;
     match raw.recv().await {
         Packet::ConnAck(a) => assert_eq!(a.reason_code, ReasonCode::NotAuthorized),
         p => panic!("{p:?}"),

@@ -5,6 +5,8 @@
 //! (`v3.1.1`, `v5`); docs/conformance.md traces them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../common/challenge.rs"]
+mod challenge;
 mod support;
 
 mod acks;
