@@ -310,6 +310,9 @@ fn bind_listener(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<Tc
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    // As the standard library does: on Windows SO_REUSEADDR would let a second
+    // process bind the same port.
+    #[cfg(not(windows))]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)

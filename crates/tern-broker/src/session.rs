@@ -99,9 +99,10 @@ pub(crate) struct SessionCell {
     /// Notified when the queue drains below half its limits (publishers waiting on it).
     pub space: Notify,
     connected: AtomicBool,
-    /// Whether the queue is over its limits (`full_since` is set), readable without
-    /// the lock: a publisher batching its deliveries queues them at once when it is.
-    over: AtomicBool,
+    /// Whether the queue is at half its limits or beyond, readable without the lock: a
+    /// publisher batching its deliveries queues them at once when it is, so that
+    /// backpressure stops it before the 2x margin runs out.
+    near_full: AtomicBool,
 }
 
 impl SessionCell {
@@ -134,7 +135,7 @@ impl SessionCell {
             }),
             connected: AtomicBool::new(false),
             space: Notify::new(),
-            over: AtomicBool::new(false),
+            near_full: AtomicBool::new(false),
         }
     }
 
@@ -152,14 +153,18 @@ impl SessionCell {
         self.connected.store(v, Ordering::Relaxed)
     }
 
-    /// Whether the queue was over its limits when last looked at (a hint, without the lock).
-    pub fn is_over(&self) -> bool {
-        self.over.load(Ordering::Relaxed)
+    /// Whether the queue was at half its limits or beyond when last looked at (a
+    /// hint, read without the lock).
+    pub fn is_near_full(&self) -> bool {
+        self.near_full.load(Ordering::Relaxed)
     }
 
-    /// Refresh the [`SessionCell::is_over`] hint from the locked state.
-    pub fn note_fullness(&self, st: &SessionState) {
-        self.over.store(st.full_since.is_some(), Ordering::Relaxed)
+    /// Refresh the [`SessionCell::is_near_full`] hint from the locked state.
+    pub fn note_fullness(&self, st: &SessionState, cfg: &crate::Config) {
+        let near = st.full_since.is_some()
+            || st.queue.len() >= cfg.max_queued_messages / 2
+            || st.queued_bytes >= cfg.max_queued_bytes / 2;
+        self.near_full.store(near, Ordering::Relaxed)
     }
 
     /// Queue a message for this session.
@@ -207,7 +212,7 @@ impl SessionCell {
                 Enqueued::Queued => {}
             }
         }
-        self.note_fullness(&st);
+        self.note_fullness(&st, cfg);
         let waker = if was_empty && !st.queue.is_empty() {
             st.waker.clone()
         } else {

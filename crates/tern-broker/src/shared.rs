@@ -48,6 +48,12 @@ pub(crate) struct Shared {
     router: RwLock<Router>,
     retained: RwLock<HashMap<String, Arc<Message>>>,
     pub sessions: Registry,
+    /// Serializes attaching connections to sessions (see `connect::attach_session`).
+    pub attach_lock: std::sync::Mutex<()>,
+    /// Most deliveries a publisher's connection collects before queueing them (see
+    /// [`Shared::publish_deferred`]): small enough that every worker thread at once
+    /// cannot take a session from half its limits past twice them.
+    pub deliver_batch: usize,
     next_conn_id: AtomicU64,
     pub counters: Counters,
     pub authenticators: Vec<Arc<dyn crate::Authenticator>>,
@@ -81,6 +87,8 @@ impl Shared {
         store: Option<Arc<Store>>,
         security: Arc<crate::security::Security>,
     ) -> Shared {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let deliver_batch = (config.max_queued_messages / (2 * workers)).clamp(1, 256);
         Shared {
             store,
             security,
@@ -91,6 +99,8 @@ impl Shared {
             router: RwLock::default(),
             retained: RwLock::default(),
             sessions: Registry::default(),
+            attach_lock: std::sync::Mutex::new(()),
+            deliver_batch,
             next_conn_id: AtomicU64::new(1),
             counters: Counters::default(),
         }

@@ -297,7 +297,9 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let topic = p.topic.clone();
         WillState {
-            message: Arc::new(Message::from_publish(p, topic, Some(client_id.clone()), now)),
+            // Detached: the will lives as long as the connection and must not keep the
+            // CONNECT's read buffer alive.
+            message: Arc::new(Message::from_publish(p, topic, Some(client_id.clone()), now).detached()),
             delay,
         }
     });
@@ -325,7 +327,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         0
     };
-    conn.auth_method = c.properties.authentication_method.clone();
+    conn.auth_method = c
+        .properties
+        .authentication_method
+        .as_ref()
+        .map(|m| ByteString::from(m.to_string()));
     // Own copies: a slice would keep the whole read buffer of the CONNECT alive for as
     // long as the connection lasts.
     conn.username = username.map(|u| ByteString::from(u.to_string()));
@@ -487,6 +493,10 @@ fn attach_session(
     waker: &Arc<Notify>,
 ) -> (Arc<SessionCell>, bool) {
     let _ = waker;
+    // One attach at a time: two CONNECTs with the same new client identifier must not
+    // both create a session (the second would replace the first in the registry and
+    // leave its connection attached to a session nobody can find or take over).
+    let _attaching = shared.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
     let existing = shared.sessions.get(client_id);
     if let Some(old) = existing {
         if !clean_start && !old.lock().ended {

@@ -243,9 +243,9 @@ impl Conn {
         let n = self.shared.publish_deferred(msg, &mut self.pending);
         self.pending_bytes += n * msg.payload.len();
         let cfg = &self.shared.config;
-        let full = self.pending.len() >= super::DELIVER_BATCH.min(cfg.max_queued_messages / 4)
+        let full = self.pending.len() >= self.shared.deliver_batch
             || self.pending_bytes >= cfg.max_queued_bytes / 4
-            || self.pending[start..].iter().any(|(cell, _)| cell.is_over());
+            || self.pending[start..].iter().any(|(cell, _)| cell.is_near_full());
         if full {
             self.deliver_pending();
         }
@@ -260,7 +260,8 @@ impl Conn {
                 .deliver_all(&mut self.pending, Some(&mut self.pressure));
         }
         self.pending_bytes = 0;
-        if self.pending.capacity() > super::DELIVER_BATCH * 4 {
+        // An idle connection keeps no batch space (a busy one allocates once per read).
+        if self.pending.capacity() > 64 {
             self.pending = Vec::new();
         }
     }
@@ -378,6 +379,9 @@ impl Conn {
     }
 
     fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {
+        // Retained messages are queued at once: what this client published before
+        // the SUBSCRIBE goes first, in order.
+        self.deliver_pending();
         let cfg = &self.shared.config;
         let sub_id = s.properties.subscription_identifier;
         if sub_id.is_some() && !cfg.subscription_identifiers {

@@ -32,14 +32,6 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// call, with no `.await` in between).
 type Batch = Vec<(crate::message::Outgoing, Option<tern_proto::PacketId>)>;
 
-/// Most deliveries collected from one read before they are queued; see
-/// [`crate::shared::Shared::publish_deferred`]. A batch is also queued once it
-/// holds a quarter of a session's limits, or reaches a session that is already
-/// over them, so that a publisher runs at most that far past a subscriber's
-/// queue limit (which the 2x margin for draining subscribers absorbs) before it
-/// is slowed down.
-const DELIVER_BATCH: usize = 256;
-
 /// Largest batch capacity kept for reuse.
 const MAX_KEPT_BATCH: usize = 4096;
 
@@ -220,6 +212,9 @@ impl Conn {
             self.take_batch(&mut st, now)
         };
         let mut sent = 0u64;
+        // A dropped QoS 1/2 message frees its in-flight slot, and no acknowledgement
+        // will come for it: the caller must pump again rather than wait.
+        let mut freed = false;
         for (out, packet_id) in batch.drain(..) {
             let mut publish = out.to_publish(self.version, packet_id, false, now);
             let new_alias = self.apply_outbound_alias(&mut publish);
@@ -239,6 +234,7 @@ impl Conn {
                 if let Some(id) = packet_id {
                     if let Some(i) = st.find_inflight(id) {
                         st.remove_inflight(i);
+                        freed = true;
                     }
                 }
                 self.forget(&st, out.seq);
@@ -253,7 +249,7 @@ impl Conn {
             .counters
             .messages_out
             .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-        Ok(more)
+        Ok(more || freed)
     }
 
     /// The first phase of [`Conn::pump`]: take what may be sent now, allocate packet
@@ -331,7 +327,7 @@ impl Conn {
                 self.cell.space.notify_waiters();
             }
         }
-        self.cell.note_fullness(st);
+        self.cell.note_fullness(st, &self.shared.config);
         (batch, more)
     }
 
@@ -401,15 +397,26 @@ impl Conn {
             let cfg = &self.shared.config;
             self.pressure.retain(|c| !c.has_room(cfg));
             if self.pressure.is_empty() && !buf.is_empty() {
-                // Packets left buffered while this client was slowed down.
+                // Packets left buffered while this client was slowed down. If any were
+                // handled (acknowledgements may have opened the in-flight window), go
+                // round again to pump; a partial packet alone waits for more bytes.
+                let before = buf.len();
                 if let Err(c) = self.decode_all(buf) {
                     return c;
                 }
-                if !self.out.is_empty() || !self.pressure.is_empty() {
+                if buf.len() != before {
                     continue;
                 }
             }
             let slowed = self.pressure.first().cloned();
+            // A slowed-down client's socket is not read, so its keep-alive cannot be
+            // judged: the clock stops while it waits and starts again after.
+            let deadline = if slowed.is_some() {
+                last_rx = tokio::time::Instant::now();
+                None
+            } else {
+                deadline
+            };
             // While slowed down, look at the subscriber's queue again at least every 20 ms
             // (the wake-up on its `space` can come before this task waits for it).
             let wake_at = match (&slowed, deadline) {

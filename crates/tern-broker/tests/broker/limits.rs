@@ -355,3 +355,27 @@ async fn many_qos1_publishers_flooding_one_slow_subscriber_lose_nothing_and_keep
         r.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_message_dropped_for_its_size_does_not_hold_up_the_rest_of_the_queue() {
+    // v5 [MQTT-3.1.2-25]: a PUBLISH above the client's Maximum Packet Size is not sent;
+    // it must not keep its in-flight slot, or the queue behind it would wait forever.
+    let b = start().await;
+    let mut c = tern_proto::Connect::new(V5, "small-window");
+    c.keep_alive = 0;
+    c.properties.receive_maximum = Some(1);
+    c.properties.maximum_packet_size = Some(200);
+    let (mut sub, _) = Raw::connect_with(b.addr(), c).await;
+    sub.subscribe("mps/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connect(b.addr(), V5, "mps-pub").await;
+    publ.publish("mps/a", "first", QoS::AtLeastOnce, false).await;
+    publ.publish("mps/b", &"x".repeat(1000), QoS::AtLeastOnce, false)
+        .await;
+    publ.publish("mps/c", "third", QoS::AtLeastOnce, false).await;
+    let first = sub.recv_publish().await;
+    assert_eq!(&first.payload[..], b"first");
+    sub.ack(&first).await;
+    let third = sub.recv_publish().await;
+    assert_eq!(&third.payload[..], b"third");
+    sub.ack(&third).await;
+}
