@@ -112,6 +112,23 @@ SCENARIOS=(
   "latency-qos1|--scenario latency --rate 5000 --qos 1"
 )
 
+# Wait (up to 60 s) until every broker is idle: one still working off the last
+# scenario (rumqttd delivers its backlog long after the publishers stop) would
+# disturb the next run, whichever broker it measures.
+settle() {
+  for _ in $(seq 120); do
+    local busy=0 t0 t1
+    for b in "${BROKERS[@]}"; do
+      t0=$(cpu_ticks "${PID[$b]}")
+      sleep 0.1
+      t1=$(cpu_ticks "${PID[$b]}")
+      if [ $((t1 - t0)) -gt 1 ]; then busy=1; fi
+    done
+    [ $busy = 0 ] && return 0
+    sleep 0.3
+  done
+}
+
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
@@ -121,6 +138,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for broker in "${BROKERS[@]}"; do
       port=${PORT[$broker]}
       pid=${PID[$broker]}
+      settle
       before=$(cpu_ticks "$pid")
       # shellcheck disable=SC2086 # $args is a list of arguments
       line=$(timeout 600 $TERN bench --port "$port" -V "$PROTOCOL" --duration "$SECS" --quiet $args | grep '^result' || echo "result failed")

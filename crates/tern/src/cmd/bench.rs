@@ -139,6 +139,10 @@ struct Conn {
 /// Keep-alive of the bench's connections, in seconds (some brokers refuse 0).
 const KEEP_ALIVE: u16 = 60;
 
+/// Keep-alive of the connection storm's idle connections, which send nothing: long
+/// enough that none is closed before the broker's memory is read.
+const STORM_KEEP_ALIVE: u16 = 3600;
+
 impl Conn {
     async fn open(
         addr: SocketAddr,
@@ -167,8 +171,14 @@ impl Conn {
                 } else {
                     tokio::net::TcpSocket::new_v6()?
                 };
-                socket.bind(SocketAddr::new(ip, 0))?;
-                socket.connect(addr).await?
+                match socket.bind(SocketAddr::new(ip, 0)) {
+                    Ok(()) => socket.connect(addr).await?,
+                    // Only 127.0.0.1 is configured on some systems (macOS, the BSDs).
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                        TcpStream::connect(addr).await?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         stream.set_nodelay(true)?;
@@ -653,7 +663,7 @@ async fn connection_storm(addr: SocketAddr, args: &Args) -> Result<(), BenchErro
                 local,
                 v,
                 &format!("bench-conn-{}-{i}", std::process::id()),
-                KEEP_ALIVE,
+                STORM_KEEP_ALIVE,
                 false,
             )
             .await;
