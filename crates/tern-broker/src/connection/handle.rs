@@ -21,6 +21,10 @@ fn violation(rc: ReasonCode, why: &str) -> Close {
 
 impl Conn {
     pub(super) fn on_packet(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
+        if !matches!(packet, Packet::PubAck(_)) {
+            // PUBACKs are applied in batches; anything else sees them applied first.
+            self.apply_pubacks()?;
+        }
         match packet {
             Packet::Publish(p) => self.on_publish(p, now),
             Packet::PubAck(a) => self.on_puback(a),
@@ -266,25 +270,52 @@ impl Conn {
         }
     }
 
+    /// PUBACKs are collected and applied together (one session lock for all those
+    /// of one read, rather than one per message): see [`Conn::apply_pubacks`].
     fn on_puback(&mut self, a: Ack) -> Result<(), Close> {
-        let mut st = self.cell.lock();
-        self.check_attached(&st)?;
-        match st.find_inflight(a.packet_id) {
-            Some(i) if st.inflight[i].out.qos == QoS::AtLeastOnce => {
-                if let Some(done) = st.remove_inflight(i) {
-                    self.forget(&st, done.out.seq);
+        self.pubacks.push(a.packet_id);
+        if self.pubacks.len() >= MAX_PUBACK_BATCH {
+            self.apply_pubacks()?;
+        }
+        Ok(())
+    }
+
+    /// Release the in-flight QoS 1 deliveries of the PUBACKs collected so far.
+    pub(super) fn apply_pubacks(&mut self) -> Result<(), Close> {
+        if self.pubacks.is_empty() {
+            return Ok(());
+        }
+        let mut ids = std::mem::take(&mut self.pubacks);
+        let result = {
+            let mut st = self.cell.lock();
+            self.check_attached(&st).and_then(|()| {
+                for &id in &ids {
+                    match st.find_inflight(id) {
+                        Some(i) if st.inflight[i].out.qos == QoS::AtLeastOnce => {
+                            if let Some(done) = st.remove_inflight(i) {
+                                self.forget(&st, done.out.seq);
+                            }
+                        }
+                        Some(_) => {
+                            return Err(violation(
+                                ReasonCode::ProtocolError,
+                                "PUBACK for a QoS 2 delivery",
+                            ))
+                        }
+                        None => {
+                            tracing::debug!(client_id = %self.client_id, id = id.get(), "PUBACK for unknown packet id");
+                        }
+                    }
                 }
                 Ok(())
-            }
-            Some(_) => Err(violation(
-                ReasonCode::ProtocolError,
-                "PUBACK for a QoS 2 delivery",
-            )),
-            None => {
-                tracing::debug!(client_id = %self.client_id, id = a.packet_id.get(), "PUBACK for unknown packet id");
-                Ok(())
-            }
+            })
+        };
+        ids.clear();
+        // Small enough to keep; a burst's larger list is given back (idle memory).
+        if ids.capacity() <= 16 {
+            self.pubacks = ids;
         }
+        result
     }
 
     fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
@@ -566,3 +597,6 @@ impl Conn {
         })
     }
 }
+
+/// Most PUBACKs collected before they are applied.
+const MAX_PUBACK_BATCH: usize = 256;

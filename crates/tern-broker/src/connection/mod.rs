@@ -105,6 +105,8 @@ pub(crate) struct Conn {
     pub(super) pending: crate::shared::Deliveries,
     /// Payload bytes in `pending`.
     pub(super) pending_bytes: usize,
+    /// PUBACKs received and not yet applied (see `handle.rs`, `apply_pubacks`).
+    pub(super) pubacks: Vec<tern_proto::PacketId>,
     pub(super) reauth: Option<Box<dyn crate::AuthExchange>>,
     pub(super) username: Option<ByteString>,
 }
@@ -148,6 +150,7 @@ impl Conn {
             pressure: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
+            pubacks: Vec::new(),
             reauth: None,
             username: None,
         }
@@ -485,9 +488,10 @@ impl Conn {
     /// while a subscriber this client publishes to is over its queue limits.
     fn decode_all(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
         let r = self.decode_packets(buf);
-        // Whatever was accepted before an error is delivered all the same.
+        // Whatever was accepted or acknowledged before an error counts all the same.
         self.deliver_pending();
-        r
+        let acks = self.apply_pubacks();
+        r.and(acks)
     }
 
     fn decode_packets(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
