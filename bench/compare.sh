@@ -9,6 +9,7 @@
 #   bench/compare.sh [ROUNDS=3] [SECONDS=5]       results also go to bench/results.txt
 #   PROTOCOL=5 bench/compare.sh                   MQTT 5.0 instead of 3.1.1
 #   CONNECTIONS=15000 bench/compare.sh            size of the connection storm (0: skip it)
+#   ONLY=latency bench/compare.sh                 only the scenarios whose name matches (grep -E)
 #
 # Needs: mosquitto (Debian package) and a release build of tern (built here).
 # rumqttd is used when `rumqttd` is on PATH or RUMQTTD names it
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 SECS=${2:-5}
 PROTOCOL=${PROTOCOL:-311}
+ONLY=${ONLY:-.}
 CONNECTIONS=${CONNECTIONS:-15000}
 RUMQTTD=${RUMQTTD:-$(command -v rumqttd || true)}
 cargo build --release -j2 -p tern >/dev/null
@@ -135,6 +137,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for s in "${SCENARIOS[@]}"; do
     name=${s%%|*}
     args=${s#*|}
+    grep -qE "$ONLY" <<<"$name" || continue
     for broker in "${BROKERS[@]}"; do
       port=${PORT[$broker]}
       pid=${PID[$broker]}
@@ -161,8 +164,8 @@ if [ "$CONNECTIONS" -gt 0 ]; then
       --broker-pid "$BROKER_PID" | grep '^result' || echo "result failed")
     kill "$BROKER_PID" 2>/dev/null || true
     field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$line"; }
-    printf 'conn\t%s\t%s\t%s\t%s\n' "$broker" "$(field connections)" "$(field rate)" \
-      "$(field broker_bytes_per_connection)" >>"$RESULTS"
+    printf 'conn\t%s\t%s\t%s\t%s\t%s\n' "$broker" "$(field connections)" "$(field rate)" \
+      "$(field broker_bytes_per_connection)" "$(field failed)" >>"$RESULTS"
     echo "conn $broker: $line" >&2
   done
 fi
@@ -204,9 +207,9 @@ for n in names:
     print(row)
 if conns:
     print()
-    print(f"{'connection storm':18}{'connections':>12}{'connects/s':>12}{'bytes/conn':>12}")
+    print(f"{'connection storm':18}{'connections':>12}{'failed':>8}{'connects/s':>12}{'bytes/conn':>12}")
     for b in brokers:
         if b in conns:
             c = conns[b]
-            print(f"{b:18}{c[0]:>12}{c[1]:>12}{c[2]:>12}")
+            print(f"{b:18}{c[0]:>12}{c[3]:>8}{c[1]:>12}{c[2]:>12}")
 PY

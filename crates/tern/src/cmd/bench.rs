@@ -671,9 +671,20 @@ async fn connection_storm(addr: SocketAddr, args: &Args) -> Result<(), BenchErro
             c
         }));
     }
+    // A connection the broker refuses or resets is counted, not fatal: the storm
+    // reports how many were held.
     let mut conns = Vec::with_capacity(args.connections);
+    let mut failed = 0usize;
     for t in tasks {
-        conns.push(t.await.map_err(|e| BenchError::Protocol(e.to_string()))??);
+        match t.await.map_err(|e| BenchError::Protocol(e.to_string()))? {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                if failed == 0 {
+                    eprintln!("connection failed: {e}");
+                }
+                failed += 1;
+            }
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -686,7 +697,7 @@ async fn connection_storm(addr: SocketAddr, args: &Args) -> Result<(), BenchErro
         _ => "n/a".into(),
     };
     println!(
-        "result scenario=Conn protocol={} connections={} seconds={secs:.2} rate={:.0} broker_bytes_per_connection={per_conn}",
+        "result scenario=Conn protocol={} connections={} failed={failed} seconds={secs:.2} rate={:.0} broker_bytes_per_connection={per_conn}",
         args.version,
         conns.len(),
         conns.len() as f64 / secs
