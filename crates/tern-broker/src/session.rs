@@ -7,7 +7,7 @@
 //! retained store, then a session; a session lock is never held across an
 //! `.await` or while taking another lock.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -62,7 +62,7 @@ pub(crate) struct SessionState {
     ids_in_use: rustc_hash::FxHashSet<u16>,
     next_packet_id: u16,
     /// Incoming QoS 2 packet ids acknowledged with PUBREC and awaiting PUBREL.
-    pub inbound_qos2: HashSet<u16>,
+    pub inbound_qos2: rustc_hash::FxHashSet<u16>,
     /// Session Expiry Interval in seconds (`u32::MAX`: never).
     pub expiry_interval: u32,
     /// Client's Receive Maximum.
@@ -118,7 +118,7 @@ impl SessionCell {
                 inflight: VecDeque::new(),
                 ids_in_use: rustc_hash::FxHashSet::default(),
                 next_packet_id: 1,
-                inbound_qos2: HashSet::new(),
+                inbound_qos2: rustc_hash::FxHashSet::default(),
                 expiry_interval: 0,
                 client_receive_maximum: u16::MAX,
                 client_max_packet_size: u32::MAX,

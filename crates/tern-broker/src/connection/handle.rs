@@ -65,7 +65,7 @@ impl Conn {
                     ));
                 }
                 if p.topic.is_empty() {
-                    match self.inbound_aliases.get(&alias) {
+                    match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(t) => t.clone(),
                         None => {
                             return Err(violation(
@@ -76,7 +76,9 @@ impl Conn {
                     }
                 } else {
                     // An own copy: a slice would keep its whole read buffer alive.
-                    self.inbound_aliases
+                    self.aliases
+                        .get_or_insert_with(Box::default)
+                        .inbound
                         .insert(alias, tern_proto::ByteString::from(p.topic.to_string()));
                     p.topic.clone()
                 }

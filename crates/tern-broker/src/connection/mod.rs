@@ -39,6 +39,15 @@ thread_local! {
     static BATCH: std::cell::Cell<Batch> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// Topic aliases of one connection (v5 section 3.3.2.3.4).
+#[derive(Debug, Default)]
+pub(crate) struct Aliases {
+    /// Alias → topic, set by the client (bounded by our Topic Alias Maximum).
+    pub inbound: HashMap<u16, ByteString>,
+    /// Topic → alias for messages we send (bounded by the client's Topic Alias Maximum).
+    pub outbound: HashMap<ByteString, u16>,
+}
+
 /// The will of this connection.
 #[derive(Debug)]
 pub(crate) struct WillState {
@@ -79,9 +88,9 @@ pub(crate) struct Conn {
     will: Option<WillState>,
     /// Session Expiry Interval given in CONNECT (for the DISCONNECT rule of v5 3.14.2.2.2).
     connect_expiry: u32,
-    inbound_aliases: HashMap<u16, ByteString>,
-    /// Topic → alias for messages we send (v5 Topic Alias Maximum of the client).
-    outbound_aliases: HashMap<ByteString, u16>,
+    /// Topic aliases in both directions; allocated on first use (3.1.1 clients, and
+    /// most 5.0 ones, never use them).
+    aliases: Option<Box<Aliases>>,
     /// The client's Topic Alias Maximum (0: no aliases towards it).
     pub(super) client_alias_maximum: u16,
     /// The client's Maximum Packet Size, as last read from its session.
@@ -137,8 +146,7 @@ impl Conn {
             keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
             will,
             connect_expiry,
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
+            aliases: None,
             client_alias_maximum: 0,
             problem_information: true,
             client_max_packet_size: u32::MAX,
@@ -229,8 +237,8 @@ impl Conn {
             };
             if !fits {
                 self.out.truncate(mark);
-                if let Some(topic) = new_alias {
-                    self.outbound_aliases.remove(&topic);
+                if let (Some(topic), Some(a)) = (new_alias, self.aliases.as_mut()) {
+                    a.outbound.remove(&topic);
                 }
                 tracing::debug!(client_id = %self.client_id, "message dropped: larger than the client's maximum packet size");
                 let mut st = cell.lock();
@@ -341,13 +349,15 @@ impl Conn {
         if self.client_alias_maximum == 0 {
             return None;
         }
-        if let Some(&alias) = self.outbound_aliases.get(&p.topic) {
+        let max = usize::from(self.client_alias_maximum);
+        let outbound = &mut self.aliases.get_or_insert_with(Box::default).outbound;
+        if let Some(&alias) = outbound.get(&p.topic) {
             p.properties.topic_alias = Some(alias);
             p.topic = ByteString::new();
             None
-        } else if self.outbound_aliases.len() < usize::from(self.client_alias_maximum) {
-            let alias = self.outbound_aliases.len() as u16 + 1;
-            self.outbound_aliases.insert(p.topic.clone(), alias);
+        } else if outbound.len() < max {
+            let alias = outbound.len() as u16 + 1;
+            outbound.insert(p.topic.clone(), alias);
             p.properties.topic_alias = Some(alias);
             Some(p.topic.clone())
         } else {
@@ -621,7 +631,8 @@ const ROOM_POLL: Duration = Duration::from_millis(20);
 /// also polls every [`ROOM_POLL`]).
 async fn wait_room(cell: Option<&SessionCell>) {
     match cell {
-        Some(c) => c.space.notified().await,
+        // Boxed when first polled, like the commit wait: only slowed-down publishers need it.
+        Some(c) => Box::pin(c.space.notified()).await,
         None => std::future::pending().await,
     }
 }
@@ -711,33 +722,44 @@ pub(crate) fn spawn_expiry_timer(
 }
 
 /// Serve one accepted connection until it closes.
-pub(crate) async fn serve<S>(
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an
+/// `async fn` keeps its arguments twice in its future (as passed, and as locals),
+/// the block captures them once.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice in every connection's task"
+)]
+pub(crate) fn serve<S>(
     mut io: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     origin: crate::security::Origin,
-) where
+) -> impl std::future::Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Buffers start empty and grow on demand: an idle connection holds no buffer space.
-    let mut buf = BytesMut::new();
-    // This future lives in the task of every connection, idle ones included, so it is
-    // kept small: the phases before and after `drive` are boxed (their timers and the
-    // authentication exchange need room only for a moment), and so is the `Conn`
-    // (inline, the compiler keeps two copies of it: the phase's result and the local).
-    let opened = Box::pin(async {
-        let connect = connect::read_connect(&mut io, &mut buf, &shared).await?;
-        connect::accept(&mut io, &mut buf, connect, &shared, peer, &origin)
-            .await
-            .map(Box::new)
-    })
-    .await;
-    let mut conn = match opened {
-        Ok(c) => c,
-        Err(r) => return log_refused(peer, r),
-    };
-    let close = conn.drive(&mut io, &mut buf).await;
-    Box::pin((*conn).finish(&mut io, close)).await;
+    async move {
+        // Buffers start empty and grow on demand: an idle connection holds no buffer space.
+        let mut buf = BytesMut::new();
+        // This future lives in the task of every connection, idle ones included, so it is
+        // kept small: the phases before and after `drive` are boxed (their timers and the
+        // authentication exchange need room only for a moment), and so is the `Conn`
+        // (inline, the compiler keeps two copies of it: the phase's result and the local).
+        let opened = Box::pin(async {
+            let connect = connect::read_connect(&mut io, &mut buf, &shared).await?;
+            connect::accept(&mut io, &mut buf, connect, &shared, peer, &origin)
+                .await
+                .map(Box::new)
+        })
+        .await;
+        let mut conn = match opened {
+            Ok(c) => c,
+            Err(r) => return log_refused(peer, r),
+        };
+        let close = conn.drive(&mut io, &mut buf).await;
+        Box::pin((*conn).finish(&mut io, close)).await;
+    }
 }
 
 /// Write and flush: TLS and WebSocket streams hold bytes back until flushed.
