@@ -37,3 +37,11 @@ pub fn persistent(v: ProtocolVersion, id: &str) -> Connect {
     }
     c
 }
+
+/// A 5.0 CONNECT with a small Receive Maximum (a slow consumer); keep-alive off.
+pub fn narrow_window(id: &str, receive_maximum: u16) -> Connect {
+    let mut c = Connect::new(V5, id);
+    c.keep_alive = 0;
+    c.properties.receive_maximum = Some(receive_maximum);
+    c
+}

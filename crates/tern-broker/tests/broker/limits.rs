@@ -183,26 +183,27 @@ async fn a_subscriber_that_never_reads_does_not_hold_up_others() {
     drop(stalled);
 }
 
+/// QoS 1 PUBLISHes 1..=n on `topic` (payload and packet id: the number), encoded
+/// for 5.0 back to back, to be sent in one write.
+fn qos1_burst(topic: &str, n: u16) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in 1..=n {
+        let mut p = tern_proto::Publish::new(topic, i.to_string());
+        p.qos = QoS::AtLeastOnce;
+        p.packet_id = Some(pid(i));
+        bytes.extend_from_slice(&tern_testkit::raw::encode(&tern_proto::Packet::Publish(p), V5));
+    }
+    bytes
+}
+
 #[tokio::test]
 async fn qos1_publishers_are_slowed_for_a_slow_subscriber_instead_of_losing_messages() {
     let b = start_with(|c| c.max_queued_messages = 10).await;
-    let mut c = tern_proto::Connect::new(V5, "slow");
-    c.keep_alive = 0;
-    c.properties.receive_maximum = Some(2);
-    let (mut sub, _) = Raw::connect_with(b.addr(), c).await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), narrow_window("slow", 2)).await;
     sub.subscribe("bp", QoS::AtLeastOnce).await;
     let mut publ = Raw::connect(b.addr(), V5, "fast").await;
     // 300 QoS 1 publishes in one write: far beyond the queue of 10 + window of 2.
-    let mut bytes = Vec::new();
-    for i in 1..=300u16 {
-        let mut p = tern_proto::Publish::new("bp", i.to_string());
-        p.qos = QoS::AtLeastOnce;
-        p.packet_id = Some(pid(i));
-        let mut out = bytes::BytesMut::new();
-        tern_proto::Packet::Publish(p).encode(V5, &mut out).unwrap();
-        bytes.extend_from_slice(&out);
-    }
-    publ.send_bytes(&bytes).await;
+    publ.send_bytes(&qos1_burst("bp", 300)).await;
     let reader = tokio::spawn(async move {
         let mut n = 0;
         while n < 300 {
@@ -315,23 +316,14 @@ async fn many_qos1_publishers_flooding_one_slow_subscriber_lose_nothing_and_keep
     // Publishers' deliveries are queued in batches; the batches must not run past the
     // subscriber's limits into drops while it drains (v3.1.1+v5 [MQTT-4.6.0-6]: order per publisher).
     let b = start_with(|c| c.max_queued_messages = 10).await;
-    let mut c = tern_proto::Connect::new(V5, "slow-many");
-    c.keep_alive = 0;
-    c.properties.receive_maximum = Some(4);
-    let (mut sub, _) = Raw::connect_with(b.addr(), c).await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), narrow_window("slow-many", 4)).await;
     sub.subscribe("many/#", QoS::AtLeastOnce).await;
     const PUBLISHERS: usize = 8;
     const EACH: u16 = 200;
     let mut readers = Vec::new();
     for n in 0..PUBLISHERS {
         let mut publ = Raw::connect(b.addr(), V5, &format!("many-{n}")).await;
-        let mut bytes = Vec::new();
-        for i in 1..=EACH {
-            let mut p = tern_proto::Publish::new(format!("many/{n}"), i.to_string());
-            p.qos = QoS::AtLeastOnce;
-            p.packet_id = Some(pid(i));
-            bytes.extend_from_slice(&tern_testkit::raw::encode(&tern_proto::Packet::Publish(p), V5));
-        }
+        let bytes = qos1_burst(&format!("many/{n}"), EACH);
         readers.push(tokio::spawn(async move {
             publ.send_bytes(&bytes).await;
             for _ in 0..EACH {
@@ -361,9 +353,7 @@ async fn a_message_dropped_for_its_size_does_not_hold_up_the_rest_of_the_queue()
     // v5 [MQTT-3.1.2-25]: a PUBLISH above the client's Maximum Packet Size is not sent;
     // it must not keep its in-flight slot, or the queue behind it would wait forever.
     let b = start().await;
-    let mut c = tern_proto::Connect::new(V5, "small-window");
-    c.keep_alive = 0;
-    c.properties.receive_maximum = Some(1);
+    let mut c = narrow_window("small-window", 1);
     c.properties.maximum_packet_size = Some(200);
     let (mut sub, _) = Raw::connect_with(b.addr(), c).await;
     sub.subscribe("mps/#", QoS::AtLeastOnce).await;

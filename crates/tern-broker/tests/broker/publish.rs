@@ -121,10 +121,7 @@ async fn overlapping_subscriptions_deliver_once_at_max_qos_mqtt_3_3_5_1() {
 #[tokio::test]
 async fn inflight_window_respects_client_receive_maximum_mqtt_3_3_4_9() {
     let b = start().await;
-    let mut c = tern_proto::Connect::new(V5, "slow");
-    c.keep_alive = 0;
-    c.properties.receive_maximum = Some(3);
-    let (mut sub, _) = Raw::connect_with(b.addr(), c).await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), narrow_window("slow", 3)).await;
     sub.subscribe_with("w", SubscriptionOptions::qos(QoS::AtLeastOnce), None)
         .await;
     let mut publ = Raw::connect(b.addr(), V5, "fast").await;
