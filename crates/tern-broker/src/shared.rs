@@ -158,9 +158,10 @@ impl Shared {
     /// Route a message into `pending` without queueing it yet: a publisher's
     /// connection collects the messages of one read this way and hands them to
     /// [`Shared::deliver_all`], so that each session is locked once per batch
-    /// rather than once per message. Returns how many sessions it reaches.
+    /// rather than once per message. Returns how many sessions it reaches. The
+    /// caller counts the messages in `messages_in` (once per batch: the counter is
+    /// shared by every connection).
     pub fn publish_deferred(&self, msg: &Arc<Message>, pending: &mut Deliveries) -> usize {
-        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         self.collect(msg, pending)
     }
 

@@ -248,6 +248,7 @@ impl Conn {
         let start = self.pending.len();
         let n = self.shared.publish_deferred(msg, &mut self.pending);
         self.pending_bytes += n * msg.payload.len();
+        self.pending_messages += 1;
         let cfg = &self.shared.config;
         let full = self.pending.len() >= self.shared.deliver_batch
             || self.pending_bytes >= cfg.max_queued_bytes / 4
@@ -266,6 +267,13 @@ impl Conn {
                 .deliver_all(&mut self.pending, Some(&mut self.pressure));
         }
         self.pending_bytes = 0;
+        if self.pending_messages > 0 {
+            let n = std::mem::take(&mut self.pending_messages);
+            self.shared
+                .counters
+                .messages_in
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
         // An idle connection keeps no batch space (a busy one allocates once per read).
         if self.pending.capacity() > 64 {
             self.pending = Vec::new();

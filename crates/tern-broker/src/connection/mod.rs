@@ -114,6 +114,8 @@ pub(crate) struct Conn {
     pub(super) pending: crate::shared::Deliveries,
     /// Payload bytes in `pending`.
     pub(super) pending_bytes: usize,
+    /// Messages routed into `pending` (counted in `messages_in` when it is queued).
+    pub(super) pending_messages: u64,
     /// PUBACKs received and not yet applied (see `handle.rs`, `apply_pubacks`).
     pub(super) pubacks: Vec<tern_proto::PacketId>,
     pub(super) reauth: Option<Box<dyn crate::AuthExchange>>,
@@ -158,6 +160,7 @@ impl Conn {
             pressure: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
+            pending_messages: 0,
             pubacks: Vec::new(),
             reauth: None,
             username: None,
