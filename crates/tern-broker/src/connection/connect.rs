@@ -229,12 +229,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 
     let conn_id = shared.next_conn_id();
     let waker = Arc::new(Notify::new());
-    let (cell, session_present) = attach_session(shared, &client_id, v, c.clean_start, conn_id, &waker);
+    let (cell, session_present) = attach_session(shared, &client_id, v, c.clean_start, expiry, conn_id);
     {
         let mut st = cell.lock();
         st.persistent = shared.store.is_some() && expiry > 0;
         st.pending_will_at = None;
-        st.expiry_interval = expiry;
         st.client_receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
         st.client_max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
         st.waker = Some(waker.clone());
@@ -489,17 +488,23 @@ fn attach_session(
     client_id: &Arc<str>,
     v: ProtocolVersion,
     clean_start: bool,
+    expiry: u32,
     conn_id: u64,
-    waker: &Arc<Notify>,
 ) -> (Arc<SessionCell>, bool) {
-    let _ = waker;
     // One attach at a time: two CONNECTs with the same new client identifier must not
     // both create a session (the second would replace the first in the registry and
     // leave its connection attached to a session nobody can find or take over).
     let _attaching = shared.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
     let existing = shared.sessions.get(client_id);
     if let Some(old) = existing {
-        if !clean_start && !old.lock().ended {
+        // A session whose expiry is 0 ends with its connection ([MQTT-3.1.2-6]): even while
+        // that connection is still closing (its DISCONNECT can be behind this CONNECT), it is
+        // never handed over as present. Only a session that outlives its connection resumes.
+        let resumable = {
+            let st = old.lock();
+            !st.ended && st.expiry_interval > 0
+        };
+        if !clean_start && resumable {
             let kicked = {
                 let mut st = old.lock();
                 let kicked = st.conn_id.map(|old_conn| {
@@ -512,6 +517,9 @@ fn attach_session(
                 st.conn_id = Some(conn_id);
                 st.generation += 1;
                 st.version = v;
+                // Set under the attach lock: a CONNECT racing this one sees at once whether
+                // the session outlives this connection.
+                st.expiry_interval = expiry;
                 // A pending delayed will is cancelled by the reconnection ([MQTT-3.1.3-9]).
                 st.pending_will = None;
                 kicked
@@ -522,7 +530,8 @@ fn attach_session(
             old.set_connected(true);
             return (old, true);
         }
-        // Clean Start: the old session ends (its connection, if any, is told to go).
+        // Clean Start, or a session that ends with its connection: the old session ends (its
+        // connection, if any, is told to go).
         let kicked = {
             let mut st = old.lock();
             let kicked = st.conn_id.map(|old_conn| {
@@ -545,6 +554,7 @@ fn attach_session(
         let mut st = cell.lock();
         st.conn_id = Some(conn_id);
         st.generation = 1;
+        st.expiry_interval = expiry;
     }
     cell.set_connected(true);
     shared.sessions.insert(cell.clone());

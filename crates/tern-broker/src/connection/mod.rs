@@ -520,7 +520,7 @@ impl Conn {
         }
     }
 
-    async fn finish<S: AsyncWrite + Unpin>(mut self, io: &mut S, close: Close) {
+    async fn finish<S: AsyncWrite + Unpin>(mut self, io: &mut S, close: Close) -> bool {
         let peer = self.peer;
         let client_id = self.client_id.clone();
         match &close {
@@ -556,8 +556,11 @@ impl Conn {
         if !self.out.is_empty() && !matches!(close, Close::Transport(_)) {
             let _ = tokio::time::timeout(Duration::from_secs(1), write_flush(io, &self.out)).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+        // The peer may still be writing; whether to wait for it before closing (see
+        // [`close_politely`]). Not after its own DISCONNECT or a broken socket.
+        let linger = !matches!(close, Close::Transport(_) | Close::ClientDisconnect { .. });
         self.detach(close);
+        linger
     }
 
     /// Leave the session and decide about the will ([MQTT-3.1.2-8], [MQTT-3.1.2-10]).
@@ -758,12 +761,54 @@ where
         .await;
         let mut conn = match opened {
             Ok(c) => c,
-            Err(r) => return log_refused(peer, r),
+            Err(r) => {
+                let answered = matches!(r, connect::Refused::Answered(..));
+                log_refused(peer, r);
+                return Box::pin(close_politely(&mut io, &mut buf, answered)).await;
+            }
         };
         let close = conn.drive(&mut io, &mut buf).await;
-        Box::pin((*conn).finish(&mut io, close)).await;
+        let linger = Box::pin((*conn).finish(&mut io, close)).await;
+        Box::pin(close_politely(&mut io, &mut buf, linger)).await;
     }
 }
+
+/// Longest time a closing connection keeps reading (and discarding) what its peer still sends.
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
+
+/// Close after the last packet (a refusing CONNACK, a DISCONNECT with its reason code) has
+/// been written: shut the write side down, then, with `linger`, read and discard whatever the
+/// peer still sends until it closes too, for at most [`LINGER`].
+///
+/// Closing a socket with unread input makes the kernel answer with a reset, which can destroy
+/// the last packet before the peer reads it, and a peer that is still writing (a PUBREL for an
+/// earlier PUBREC, say) would see a broken pipe instead of the reason code. Reading costs no
+/// memory beyond `buf` as it is (cleared before each read), and a peer that never stops writing
+/// holds the socket for [`LINGER`] at most.
+pub(crate) async fn close_politely<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    linger: bool,
+) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    if !linger {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER;
+    if buf.capacity() < MIN_LINGER_READ {
+        buf.reserve(MIN_LINGER_READ);
+    }
+    loop {
+        buf.clear();
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// Read size while lingering.
+const MIN_LINGER_READ: usize = 4096;
 
 /// Write and flush: TLS and WebSocket streams hold bytes back until flushed.
 pub(crate) async fn write_flush<S: AsyncWrite + Unpin>(io: &mut S, data: &[u8]) -> std::io::Result<()> {

@@ -280,6 +280,7 @@ fn refuse(stream: TcpStream, limits: &Limits, rc: ReasonCode) {
                 .is_ok()
             {
                 let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+                crate::connection::close_politely(&mut stream, &mut buf, true).await;
             }
         }
     });

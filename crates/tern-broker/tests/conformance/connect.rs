@@ -106,6 +106,47 @@ async fn session_present_says_whether_the_session_was_kept() {
     }
 }
 
+/// Rounds of the clean-session race per version; `TERN_RACE_ROUNDS` raises it for longer runs.
+fn race_rounds() -> usize {
+    std::env::var("TERN_RACE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200)
+}
+
+// Several worker threads, so that the broker really handles the two connections in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_session_that_just_ended_is_never_resumed() {
+    // v3.1.1 [MQTT-3.1.2-6]: a Clean Session 1 session lasts as long as its connection and is
+    // never reused; v5 [MQTT-3.1.2-6]: Clean Start 0 without a session creates a new one (a
+    // Session Expiry Interval of 0 ends the session with its connection). The client sends
+    // DISCONNECT and connects again at once, without waiting for the broker to close the first
+    // connection: whichever of the two the broker handles first, Session Present must be 0.
+    let b = start().await;
+    for v in [V3, V5] {
+        for round in 0..race_rounds() {
+            let id = format!("race-{round}");
+            let (mut s, ack) = Raw::connect_with(b.addr(), persistent(v, &id)).await;
+            assert!(!ack.session_present, "{v} round {round}: fresh id");
+            s.subscribe("race/t", QoS::AtLeastOnce).await;
+            s.disconnect().await;
+
+            let (mut s, ack) = Raw::connect_with(b.addr(), connect(v, &id)).await;
+            assert!(!ack.session_present, "{v} round {round}: clean start");
+            s.send(Packet::Disconnect(Default::default())).await;
+
+            let (s2, ack) = Raw::connect_with(b.addr(), persistent(v, &id)).await;
+            assert!(
+                !ack.session_present,
+                "{v} round {round}: the clean session ended with its connection"
+            );
+            drop(s);
+            s2.disconnect().await;
+            end_session(b.addr(), v, &id).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_refused_connect_is_answered_then_closed_and_nothing_after_it_is_processed() {
     let b = start_with(|c| c.max_client_id_len = 23).await;
