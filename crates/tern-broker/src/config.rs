@@ -111,6 +111,22 @@ pub struct Config {
     /// Prefix of the Response Information returned to 5.0 clients that request it;
     /// the client identifier is appended (default `"response/"`).
     pub response_information_prefix: String,
+    /// How the `tern` binary writes its log: `"text"` (default; colours only on a terminal) or
+    /// `"json"` (one object per line, for log shippers). The library itself leaves logging to
+    /// the program that embeds it.
+    pub log_format: LogFormat,
+}
+
+/// The format of log lines (see [`Config::log_format`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the event's fields as keys.
+    Json,
 }
 
 /// The protocol a listener speaks.
@@ -287,6 +303,7 @@ impl Default for Config {
             data_dir: None,
             sync: crate::store::SyncPolicy::Always,
             sync_interval_ms: 100,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -296,17 +313,38 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, BrokerError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| BrokerError::Config(format!("cannot read {}: {e}", path.display())))?;
-        Config::from_toml(&text).map_err(|e| match e {
-            BrokerError::Config(m) => BrokerError::Config(format!("{}: {m}", path.display())),
-            other => other,
-        })
+        Config::parse(&text, &path.display().to_string())
     }
 
     /// Parse TOML text.
     pub fn from_toml(text: &str) -> Result<Config, BrokerError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| BrokerError::Config(e.message().replace('\n', " ")))?;
-        config.validate()?;
+        Config::parse(text, "config")
+    }
+
+    /// Parse and validate; errors begin with `origin:LINE:COLUMN:` where the bad value is
+    /// known (`tern.toml:3:19: invalid type: string "big", expected u32`), `origin:LINE:`
+    /// where only its key is.
+    fn parse(text: &str, origin: &str) -> Result<Config, BrokerError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            let at = match e.span() {
+                Some(span) => {
+                    let (line, column) = line_column(text, span.start);
+                    format!("{origin}:{line}:{column}")
+                }
+                None => origin.to_string(),
+            };
+            BrokerError::Config(format!("{at}: {message}"))
+        })?;
+        config.validate().map_err(|e| match e {
+            BrokerError::Config(m) => {
+                let at = key_of(&m)
+                    .and_then(|key| key_line(text, key))
+                    .map_or(origin.to_string(), |line| format!("{origin}:{line}"));
+                BrokerError::Config(format!("{at}: {m}"))
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -376,6 +414,41 @@ impl Config {
     }
 }
 
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The key a validation message names first (`` `max_inflight`: ... ``).
+fn key_of(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix('`')?;
+    let end = rest.find('`')?;
+    // `[[listener]]` 2 `cert` and the like name a table: leave those without a line.
+    rest[..end]
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        .then(|| &rest[..end])
+}
+
+/// The 1-based line where `key` is set at the top level of `text` (before any table).
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim_start();
+        if l.starts_with('[') {
+            return None;
+        }
+        if let Some(rest) = l.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,5 +499,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("invalid socket address"), "{e}");
+    }
+
+    #[test]
+    fn errors_give_the_line_and_column_of_the_bad_value() {
+        let text = "listen = [\"127.0.0.1:1883\"]\n# limits\nmax_queued_bytes = \"big\"\n";
+        let e = Config::from_toml(text).unwrap_err().to_string();
+        assert!(
+            e.ends_with("config:3:20: invalid type: string \"big\", expected usize"),
+            "{e}"
+        );
+        // Validation errors name the key and its line.
+        let e = Config::from_toml("\n\nmax_inflight = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config:3: `max_inflight`"), "{e}");
+        let e = Config::from_toml("log_format = \"xml\"").unwrap_err().to_string();
+        assert!(e.contains("config:1:14: unknown variant `xml`"), "{e}");
+        assert_eq!(
+            Config::from_toml("log_format = \"json\"").unwrap().log_format,
+            LogFormat::Json
+        );
     }
 }

@@ -43,7 +43,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub use auth::{AuthExchange, AuthStep, Authenticator};
-pub use config::{Config, ListenerConfig, ListenerKind};
+pub use config::{Config, ListenerConfig, ListenerKind, LogFormat};
 pub use error::BrokerError;
 pub use security::SecurityHandle;
 pub use store::SyncPolicy;
@@ -138,6 +138,7 @@ impl BrokerBuilder {
         for (addr, endpoint) in endpoints {
             let socket = bind_listener(addr, self.config.listen_backlog)
                 .map_err(|source| BrokerError::Bind { addr, source })?;
+            let endpoint = Arc::new(endpoint.bound_to(socket.local_addr().unwrap_or(addr)));
             listeners.push(listener::Bound { socket, endpoint });
         }
         let (store, loaded) = match &self.config.data_dir {
@@ -214,7 +215,9 @@ impl Broker {
         let limits = listener::Limits::new(&shared.config);
         let mut tasks = tokio::task::JoinSet::new();
         for l in self.listeners {
-            tracing::info!(addr = ?l.socket.local_addr().ok(), "listening (mqtt over {})", l.endpoint.kind);
+            // Debug: the embedding program announces its listeners (`tern broker` prints one
+            // line each), so that a start-up shows each listener once.
+            tracing::debug!(listener = %l.endpoint.name(), "listening");
             tasks.spawn(listener::accept_loop(l, shared.clone(), limits.clone()));
         }
         if shared.config.sys_interval_secs > 0 {

@@ -1,6 +1,7 @@
 //! `tern`: the Tern MQTT broker and command-line tools.
 
 mod cmd;
+mod logging;
 mod output;
 
 use std::process::ExitCode;
@@ -14,6 +15,10 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `tern_broker=trace` (or set RUST_LOG).
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// Log format: `text` (default) or `json`, one object per line (for the broker, also
+    /// `log_format` in the config file; this flag wins).
+    #[arg(long = "log-format", global = true, value_name = "FORMAT")]
+    log_format: Option<logging::Format>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,28 +59,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let filter = std::env::var("RUST_LOG").unwrap_or(cli.log.clone());
-    let env_filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: --log {filter:?} is not a valid log filter ({e}); try --log info");
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let (log, format) = (cli.log.as_str(), cli.log_format);
+    let text = || logging::init(log, format.unwrap_or(logging::Format::Text));
     let result = match cli.command {
-        Command::Broker(args) => cmd::broker::run(args)
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(|e| e.to_string()),
-        Command::Pub(args) => cmd::publish::run(args),
-        Command::Sub(args) => cmd::subscribe::run(args),
-        Command::Bench(args) => cmd::bench::run(args)
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(|e| e.to_string()),
-        Command::Passwd(args) => cmd::passwd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Broker(args) => run_broker(args, log, format),
+        Command::Pub(args) => text().and_then(|()| cmd::publish::run(args)),
+        Command::Sub(args) => text().and_then(|()| cmd::subscribe::run(args)),
+        Command::Bench(args) => text().and_then(|()| {
+            cmd::bench::run(args)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| e.to_string())
+        }),
+        Command::Passwd(args) => text().and_then(|()| cmd::passwd::run(args).map(|()| ExitCode::SUCCESS)),
     };
     match result {
         Ok(code) => code,
@@ -84,4 +79,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tern broker`: the configuration first, since it may choose the log format.
+fn run_broker(
+    args: cmd::broker::Args,
+    log: &str,
+    format: Option<logging::Format>,
+) -> Result<ExitCode, String> {
+    let config = cmd::broker::config(args).map_err(|e| e.to_string())?;
+    logging::init(log, format.unwrap_or(config.log_format.into()))?;
+    cmd::broker::run(config)
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(|e| e.to_string())
 }

@@ -303,7 +303,17 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
     });
 
-    tracing::info!(%peer, client_id = %client_id, version = %v, clean_start = c.clean_start, session_present, keep_alive, "client connected");
+    tracing::info!(
+        %peer,
+        client_id = &*client_id,
+        listener = &*origin.policy.name,
+        version = %v,
+        username = username.as_deref().unwrap_or(""),
+        clean_start = c.clean_start,
+        session_present,
+        keep_alive,
+        "client connected"
+    );
     shared
         .counters
         .connected
@@ -319,6 +329,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         keep_alive,
         will,
         expiry,
+        origin.policy.clone(),
     );
     conn.problem_information = c.properties.request_problem_information != Some(0);
     conn.client_alias_maximum = if v.is_v5() {

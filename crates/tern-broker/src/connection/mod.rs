@@ -120,6 +120,8 @@ pub(crate) struct Conn {
     pub(super) pubacks: Vec<tern_proto::PacketId>,
     pub(super) reauth: Option<Box<dyn crate::AuthExchange>>,
     pub(super) username: Option<ByteString>,
+    /// The listener the client came through (its name is a field of connection logs).
+    listener: Arc<crate::security::ListenerPolicy>,
 }
 
 impl Conn {
@@ -135,6 +137,7 @@ impl Conn {
         keep_alive: u16,
         will: Option<WillState>,
         connect_expiry: u32,
+        listener: Arc<crate::security::ListenerPolicy>,
     ) -> Conn {
         let decoder = Decoder::new(version, shared.config.max_packet_size);
         Conn {
@@ -164,6 +167,7 @@ impl Conn {
             pubacks: Vec::new(),
             reauth: None,
             username: None,
+            listener,
         }
     }
 
@@ -521,21 +525,7 @@ impl Conn {
     }
 
     async fn finish<S: AsyncWrite + Unpin>(mut self, io: &mut S, close: Close) -> bool {
-        let peer = self.peer;
-        let client_id = self.client_id.clone();
-        match &close {
-            Close::ClientDisconnect { .. } => tracing::info!(%peer, %client_id, "client disconnected"),
-            Close::Violation(rc, why) => {
-                tracing::warn!(%peer, %client_id, reason = %rc, "closing connection: {why}")
-            }
-            Close::KeepAliveTimeout => tracing::info!(%peer, %client_id, "keep-alive timeout"),
-            Close::TakenOver(_) => {
-                tracing::info!(%peer, %client_id, "session taken over by a new connection")
-            }
-            Close::Transport(why) => tracing::info!(%peer, %client_id, "connection lost: {why}"),
-            Close::Shutdown => tracing::info!(%peer, %client_id, "closing: server shutting down"),
-            Close::NotAuthorized => tracing::warn!(%peer, %client_id, "re-authentication failed"),
-        }
+        self.log_close(&close);
         // 5.0: tell the client why, where the server initiates the close (section 4.13).
         let code = match &close {
             Close::Violation(rc, _) => Some(*rc),
@@ -561,6 +551,30 @@ impl Conn {
         let linger = !matches!(close, Close::Transport(_) | Close::ClientDisconnect { .. });
         self.detach(close);
         linger
+    }
+
+    /// One log event for the end of the connection, with the fields of every connection event
+    /// (client id, peer address, listener, protocol version, user name).
+    fn log_close(&self, close: &Close) {
+        let peer = self.peer;
+        let client_id = &*self.client_id;
+        let listener = &*self.listener.name;
+        let version = self.version;
+        let username = self.username.as_deref().unwrap_or("");
+        macro_rules! event {
+            ($level:ident, $($rest:tt)+) => {
+                tracing::$level!(%peer, client_id, listener, %version, username, $($rest)+)
+            };
+        }
+        match close {
+            Close::ClientDisconnect { .. } => event!(info, "client disconnected"),
+            Close::Violation(rc, why) => event!(warn, reason = %rc, "closing connection: {why}"),
+            Close::KeepAliveTimeout => event!(info, "keep-alive timeout"),
+            Close::TakenOver(_) => event!(info, "session taken over by a new connection"),
+            Close::Transport(why) => event!(info, "connection lost: {why}"),
+            Close::Shutdown => event!(info, "closing: server shutting down"),
+            Close::NotAuthorized => event!(warn, "re-authentication failed"),
+        }
     }
 
     /// Leave the session and decide about the will ([MQTT-3.1.2-8], [MQTT-3.1.2-10]).
@@ -763,7 +777,7 @@ where
             Ok(c) => c,
             Err(r) => {
                 let answered = matches!(r, connect::Refused::Answered(..));
-                log_refused(peer, r);
+                log_refused(peer, &origin, r);
                 return Box::pin(close_politely(&mut io, &mut buf, answered)).await;
             }
         };
@@ -816,11 +830,14 @@ pub(crate) async fn write_flush<S: AsyncWrite + Unpin>(io: &mut S, data: &[u8]) 
     io.flush().await
 }
 
-fn log_refused(peer: SocketAddr, r: connect::Refused) {
+fn log_refused(peer: SocketAddr, origin: &crate::security::Origin, r: connect::Refused) {
+    let listener = &*origin.policy.name;
     match r {
-        connect::Refused::Silent(why) => tracing::info!(%peer, "connection closed before CONNACK: {why}"),
+        connect::Refused::Silent(why) => {
+            tracing::info!(%peer, listener, "connection closed before CONNACK: {why}")
+        }
         connect::Refused::Answered(rc, why) => {
-            tracing::info!(%peer, reason = %rc, "connection refused: {why}")
+            tracing::info!(%peer, listener, reason = %rc, "connection refused: {why}")
         }
     }
 }

@@ -60,6 +60,7 @@ impl Endpoint {
         Endpoint {
             kind: ListenerKind::Tcp,
             policy: Arc::new(ListenerPolicy {
+                name: ListenerKind::Tcp.to_string().into(),
                 allow_anonymous: cfg.allow_anonymous,
                 identity_as_username: false,
             }),
@@ -79,12 +80,30 @@ impl Endpoint {
         Ok(Endpoint {
             kind: l.kind,
             policy: Arc::new(ListenerPolicy {
+                name: l.kind.to_string().into(),
                 allow_anonymous: l.allow_anonymous.unwrap_or(cfg.allow_anonymous),
                 identity_as_username: l.use_identity_as_username,
             }),
             tls,
             ws_path: l.path.clone(),
         })
+    }
+
+    /// The listener's name in logs.
+    pub fn name(&self) -> &str {
+        &self.policy.name
+    }
+
+    /// The same endpoint, named after the address it is bound to (for logs).
+    pub fn bound_to(&self, addr: std::net::SocketAddr) -> Endpoint {
+        let mut policy = (*self.policy).clone();
+        policy.name = format!("{} {addr}", self.kind).into();
+        Endpoint {
+            kind: self.kind,
+            policy: Arc::new(policy),
+            tls: self.tls.clone(),
+            ws_path: self.ws_path.clone(),
+        }
     }
 
     /// The origin of plain MQTT-over-TCP connections, `None` for listeners with a
@@ -102,7 +121,7 @@ impl Endpoint {
         let max_frame = shared.config.max_packet_size as usize;
         let kind = self.kind;
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            tracing::info!(%peer, listener = %kind, "{what} failed, connection closed: {e}");
+            tracing::info!(%peer, listener = %self.policy.name, "{what} failed, connection closed: {e}");
         };
         let Some(acceptor) = &self.tls else {
             let origin = Origin {

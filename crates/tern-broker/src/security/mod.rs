@@ -43,6 +43,8 @@ use password::PasswordFile;
 /// How one listener treats clients (resolved from its settings and the global ones).
 #[derive(Debug, Clone)]
 pub(crate) struct ListenerPolicy {
+    /// The listener's name in logs: its kind and bound address, e.g. `tls 0.0.0.0:8883`.
+    pub name: Box<str>,
     /// Whether clients without credentials may connect.
     pub allow_anonymous: bool,
     /// Take the user name from the client certificate's CN.

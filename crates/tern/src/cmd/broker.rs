@@ -76,8 +76,9 @@ pub struct Args {
     in_memory: bool,
 }
 
-/// Start the broker and serve until Ctrl-C or SIGTERM.
-pub fn run(args: Args) -> Result<(), BrokerError> {
+/// The configuration `args` describe: the config file (or the embedded defaults) with the
+/// flags applied.
+pub fn config(args: Args) -> Result<Config, BrokerError> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -127,6 +128,11 @@ pub fn run(args: Args) -> Result<(), BrokerError> {
     } else if config.data_dir.is_none() {
         config.data_dir = Some(PathBuf::from("tern-data"));
     }
+    Ok(config)
+}
+
+/// Start the broker and serve until Ctrl-C or SIGTERM.
+pub fn run(config: Config) -> Result<(), BrokerError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use tern_broker::{BrokerBuilder, BrokerHandle};
 
+mod logs;
+
 const WAIT: Duration = Duration::from_secs(10);
 const TERN: &str = env!("CARGO_BIN_EXE_tern");
 
