@@ -14,7 +14,9 @@
 //! - [`session`]: the client's session state machine, sans-IO: inputs are
 //!   `handle_*` calls with the current time, outputs are `poll_*` calls.
 //! - [`ReasonCode`] and the errors, with [`DecodeError::reason_code`] as the one
-//!   place where a decode failure becomes a wire code.
+//!   place where a decode failure becomes a wire code, and [`Violation`] (rules
+//!   broken in packets that decoded, by either side) with [`Violation::reason_code`]
+//!   as the one place where what closes a connection becomes a DISCONNECT code.
 //!
 //! ## Example
 //! ```
@@ -42,6 +44,7 @@ mod reason;
 pub mod session;
 pub mod topic;
 mod version;
+mod violation;
 
 pub use bytes::Bytes;
 pub use bytestring::ByteString;
@@ -54,3 +57,4 @@ pub use packet::{
 pub use qos::{PacketId, QoS};
 pub use reason::ReasonCode;
 pub use version::ProtocolVersion;
+pub use violation::{Role, Violation};

@@ -5,7 +5,7 @@ use bytestring::ByteString;
 
 use crate::codec::AckProperties;
 use crate::topic::TopicError;
-use crate::{ConnAck, Disconnect, EncodeError, Publish, QoS, ReasonCode, SubAck, UnsubAck};
+use crate::{ConnAck, Disconnect, EncodeError, Publish, QoS, ReasonCode, SubAck, UnsubAck, Violation};
 
 /// Identifies a command (publish, subscribe, unsubscribe) until its outcome
 /// is reported by an [`Event`].
@@ -123,9 +123,10 @@ pub enum RequestError {
     #[error(transparent)]
     Encode(EncodeError),
     /// The server's answer broke a rule (for example a SUBACK whose number of
-    /// reason codes differs from the number of filters, [MQTT-3.8.4-6]).
+    /// reason codes differs from the number of filters, [MQTT-3.8.4-6]); the
+    /// connection is closed for it too.
     #[error("protocol violation by the server: {0}")]
-    Protocol(String),
+    Protocol(Violation),
     /// Too many requests are waiting for an answer.
     #[error("too many requests are waiting for an answer")]
     QueueFull,
@@ -148,10 +149,11 @@ pub enum CloseReason {
     ServerDisconnect(Disconnect),
     /// The server broke a rule; we closed (5.0: after sending DISCONNECT with this code).
     ProtocolViolation {
-        /// The reason code sent (or that would have been sent, for 3.1.1).
+        /// The reason code sent (or that would have been sent, for 3.1.1):
+        /// always `violation.reason_code()`.
         reason_code: ReasonCode,
-        /// What happened, citing the statement where one applies.
-        detail: String,
+        /// The rule broken; its message cites the statement where one applies.
+        violation: Violation,
     },
     /// The transport failed or the server closed it.
     TransportLost,
@@ -166,8 +168,11 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ConnectTimeout => f.write_str("no CONNACK within the connect timeout"),
             CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout: no answer to PINGREQ"),
             CloseReason::ServerDisconnect(d) => write!(f, "the server disconnected: {}", d.reason()),
-            CloseReason::ProtocolViolation { reason_code, detail } => {
-                write!(f, "protocol violation by the server ({reason_code}): {detail}")
+            CloseReason::ProtocolViolation {
+                reason_code,
+                violation,
+            } => {
+                write!(f, "protocol violation by the server ({reason_code}): {violation}")
             }
             CloseReason::TransportLost => f.write_str("connection lost"),
             CloseReason::LocalDisconnect => f.write_str("disconnected by the application"),

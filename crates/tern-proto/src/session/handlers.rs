@@ -9,7 +9,8 @@ use super::inbound::Qos2Arrival;
 use super::outbound::{AckMatch, InFlight};
 use super::{ClientSession, CloseReason, Event, PublishError, PublishOutcome, RequestError};
 use crate::codec::AckProperties;
-use crate::{Ack, Packet, Publish, QoS, ReasonCode, SubAck, UnsubAck};
+use crate::packet::PacketType;
+use crate::{Ack, Packet, Publish, QoS, ReasonCode, Role, SubAck, UnsubAck, Violation};
 
 impl ClientSession {
     pub(super) fn on_packet(&mut self, now: Instant, packet: Packet) {
@@ -23,37 +24,23 @@ impl ClientSession {
             Packet::UnsubAck(u) => self.on_unsuback(now, u),
             Packet::PingResp => {}
             Packet::Disconnect(d) => self.close(CloseReason::ServerDisconnect(d)),
-            Packet::ConnAck(_) => self.violation(
-                now,
-                ReasonCode::ProtocolError,
-                "[MQTT-3.2.0-2] second CONNACK on one connection".into(),
-            ),
-            Packet::Auth(_) => self.violation(
-                now,
-                ReasonCode::ProtocolError,
-                "[MQTT-4.12.0-6] AUTH although CONNECT had no authentication method".into(),
-            ),
-            other => self.violation(
-                now,
-                ReasonCode::ProtocolError,
-                format!("{:?} is a packet only a client may send", other.packet_type()),
-            ),
+            Packet::ConnAck(_) => self.violation(now, Violation::SecondConnAck),
+            Packet::Auth(_) if self.auth.is_none() => {
+                self.violation(now, Violation::AuthWithoutMethod { by: Role::Server })
+            }
+            // The client never starts a re-authentication.
+            Packet::Auth(_) => self.violation(now, Violation::UnsolicitedAuth),
+            other => self.violation(now, Violation::ClientOnlyPacket(other.packet_type())),
         }
     }
 
     /// [MQTT-3.1.2-29]: with Request Problem Information 0 the server may not send
     /// a Reason String or User Properties except in PUBLISH, CONNACK and DISCONNECT.
-    fn problem_information_ok(&mut self, now: Instant, props: &AckProperties, what: &str) -> bool {
+    fn problem_information_ok(&mut self, now: Instant, props: &AckProperties, what: PacketType) -> bool {
         if self.config.no_problem_information()
             && (props.reason_string.is_some() || !props.user_properties.is_empty())
         {
-            self.violation(
-                now,
-                ReasonCode::ProtocolError,
-                format!(
-                    "[MQTT-3.1.2-29] {what} carries a Reason String or User Property after Request Problem Information 0"
-                ),
-            );
+            self.violation(now, Violation::ProblemInformationNotRequested(what));
             return false;
         }
         true
@@ -64,21 +51,12 @@ impl ClientSession {
             match self.aliases_in.resolve(&p.topic, alias) {
                 Ok(t) => p.topic = t,
                 Err(AliasError::AboveMaximum) => {
-                    return self.violation(
-                        now,
-                        ReasonCode::TopicAliasInvalid,
-                        format!(
-                            "[MQTT-3.3.2-11] topic alias {alias} above our Topic Alias Maximum {}",
-                            self.config.topic_alias_maximum()
-                        ),
-                    )
+                    let maximum = self.config.topic_alias_maximum();
+                    let by = Role::Server;
+                    return self.violation(now, Violation::TopicAliasAboveMaximum { alias, maximum, by });
                 }
                 Err(AliasError::Unknown) => {
-                    return self.violation(
-                        now,
-                        ReasonCode::ProtocolError,
-                        format!("topic alias {alias} used before it was set on this connection"),
-                    )
+                    return self.violation(now, Violation::TopicAliasUnknown { alias })
                 }
             }
             p.properties.topic_alias = None;
@@ -108,14 +86,11 @@ impl ClientSession {
                     };
                     self.send(now, Packet::PubRec(ack));
                 }
-                Qos2Arrival::QuotaExceeded => self.violation(
-                    now,
-                    ReasonCode::ReceiveMaximumExceeded,
-                    format!(
-                        "[MQTT-3.3.4-9] more than our Receive Maximum ({}) unacknowledged QoS 2 messages",
-                        self.config.receive_maximum()
-                    ),
-                ),
+                Qos2Arrival::QuotaExceeded => {
+                    let maximum = self.config.receive_maximum();
+                    let by = Role::Server;
+                    self.violation(now, Violation::ReceiveMaximumExceeded { maximum, by })
+                }
             },
         }
     }
@@ -140,22 +115,18 @@ impl ClientSession {
     }
 
     fn on_puback(&mut self, now: Instant, a: Ack) {
-        if !self.problem_information_ok(now, &a.properties, "PUBACK") {
+        if !self.problem_information_ok(now, &a.properties, PacketType::PubAck) {
             return;
         }
         match self.outbound.on_puback(a.packet_id) {
             AckMatch::Completed(f) => self.complete(f, a.reason_code, a.properties),
-            AckMatch::WrongQoS => self.violation(
-                now,
-                ReasonCode::ProtocolError,
-                format!("PUBACK for packet {}, a QoS 2 message", a.packet_id),
-            ),
+            AckMatch::WrongQoS => self.violation(now, Violation::PubAckForQoS2(a.packet_id)),
             _ => {}
         }
     }
 
     fn on_pubrec(&mut self, now: Instant, a: Ack) {
-        if !self.problem_information_ok(now, &a.properties, "PUBREC") {
+        if !self.problem_information_ok(now, &a.properties, PacketType::PubRec) {
             return;
         }
         match self.outbound.on_pubrec(a.packet_id, a.reason_code.is_error()) {
@@ -165,14 +136,8 @@ impl ClientSession {
             AckMatch::Released | AckMatch::AlreadyReleased => {
                 self.send(now, Packet::PubRel(Ack::new(a.packet_id)))
             }
-            AckMatch::WrongQoS => self.violation(
-                now,
-                ReasonCode::ProtocolError,
-                format!(
-                    "PUBREC for packet {}, which is not an unreleased QoS 2 message",
-                    a.packet_id
-                ),
-            ),
+            // Only QoS 1 and 2 messages are in flight.
+            AckMatch::WrongQoS => self.violation(now, Violation::PubRecForQoS1(a.packet_id)),
             AckMatch::Unknown => {
                 let rel = if self.version.is_v5() {
                     Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound)
@@ -185,7 +150,7 @@ impl ClientSession {
     }
 
     fn on_pubrel(&mut self, now: Instant, a: Ack) {
-        if !self.problem_information_ok(now, &a.properties, "PUBREL") {
+        if !self.problem_information_ok(now, &a.properties, PacketType::PubRel) {
             return;
         }
         // [MQTT-4.3.3-11]
@@ -199,7 +164,7 @@ impl ClientSession {
     }
 
     fn on_pubcomp(&mut self, now: Instant, a: Ack) {
-        if !self.problem_information_ok(now, &a.properties, "PUBCOMP") {
+        if !self.problem_information_ok(now, &a.properties, PacketType::PubComp) {
             return;
         }
         if let AckMatch::Completed(f) = self.outbound.on_pubcomp(a.packet_id) {
@@ -208,7 +173,7 @@ impl ClientSession {
     }
 
     fn on_suback(&mut self, now: Instant, s: SubAck) {
-        if !self.problem_information_ok(now, &s.properties, "SUBACK") {
+        if !self.problem_information_ok(now, &s.properties, PacketType::SubAck) {
             return;
         }
         let Some((token, sub)) = self.requests.take_subscribe(s.packet_id) else {
@@ -216,18 +181,17 @@ impl ClientSession {
         };
         self.ids.release(sub.packet_id);
         if s.reason_codes.len() != sub.filters.len() {
-            let detail = format!(
-                "[MQTT-3.8.4-6] SUBACK has {} reason codes for {} topic filters",
-                s.reason_codes.len(),
-                sub.filters.len()
-            );
+            let v = Violation::SubAckCodeCount {
+                codes: s.reason_codes.len(),
+                filters: sub.filters.len(),
+            };
             if let Some(token) = token {
                 self.events.push_back(Event::SubscribeDone {
                     token,
-                    result: Err(RequestError::Protocol(detail.clone())),
+                    result: Err(RequestError::Protocol(v.clone())),
                 });
             }
-            return self.violation(now, ReasonCode::ProtocolError, detail);
+            return self.violation(now, v);
         }
         let sub_id = sub.properties.subscription_identifier;
         for ((filter, opts), code) in sub.filters.into_iter().zip(&s.reason_codes) {
@@ -250,7 +214,7 @@ impl ClientSession {
     }
 
     fn on_unsuback(&mut self, now: Instant, u: UnsubAck) {
-        if !self.problem_information_ok(now, &u.properties, "UNSUBACK") {
+        if !self.problem_information_ok(now, &u.properties, PacketType::UnsubAck) {
             return;
         }
         let Some((token, unsub)) = self.requests.take_unsubscribe(u.packet_id) else {
@@ -258,18 +222,17 @@ impl ClientSession {
         };
         self.ids.release(unsub.packet_id);
         if self.version.is_v5() && u.reason_codes.len() != unsub.filters.len() {
-            let detail = format!(
-                "[MQTT-3.11.3-1] UNSUBACK has {} reason codes for {} topic filters",
-                u.reason_codes.len(),
-                unsub.filters.len()
-            );
+            let v = Violation::UnsubAckCodeCount {
+                codes: u.reason_codes.len(),
+                filters: unsub.filters.len(),
+            };
             if let Some(token) = token {
                 self.events.push_back(Event::UnsubscribeDone {
                     token,
-                    result: Err(RequestError::Protocol(detail.clone())),
+                    result: Err(RequestError::Protocol(v.clone())),
                 });
             }
-            return self.violation(now, ReasonCode::ProtocolError, detail);
+            return self.violation(now, v);
         }
         for f in &unsub.filters {
             self.subscriptions.removed(f);

@@ -58,10 +58,9 @@ pub use config::{ClientConfig, ServerLimits};
 pub use event::{CloseReason, Event, PublishError, PublishOutcome, RequestError, Token};
 
 use crate::codec::{SubscribeProperties, UnsubscribeProperties};
-use crate::packet::PacketType;
 use crate::{
-    topic, Ack, ConnAck, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe,
-    SubscriptionOptions, Unsubscribe,
+    topic, Ack, ConnAck, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Role,
+    Subscribe, SubscriptionOptions, Unsubscribe, Violation,
 };
 use alias::{AliasUse, InboundAliases, OutboundAliases};
 use inbound::Inbound;
@@ -269,14 +268,7 @@ impl ClientSession {
             Phase::Connecting => match packet {
                 Packet::ConnAck(ack) => self.on_connack(now, ack),
                 Packet::Auth(a) if self.auth.is_some() => self.on_auth_exchange(now, a),
-                other => self.violation(
-                    now,
-                    ReasonCode::ProtocolError,
-                    format!(
-                        "[MQTT-3.2.0-1] {:?} before CONNACK; the server must send CONNACK first",
-                        other.packet_type()
-                    ),
-                ),
+                other => self.violation(now, Violation::BeforeConnAck(other.packet_type())),
             },
             Phase::Connected => {
                 if let Some(k) = &mut self.keepalive {
@@ -293,7 +285,7 @@ impl ClientSession {
     /// Topic Alias invalid).
     pub fn handle_decode_error(&mut self, now: Instant, error: &crate::DecodeError) {
         if self.phase != Phase::Offline {
-            self.violation(now, error.reason_code(), error.to_string());
+            self.violation(now, Violation::Decode(error.clone()));
         }
     }
 
@@ -527,17 +519,17 @@ impl ClientSession {
         self.transmit.push_back(packet);
     }
 
-    /// The server broke a rule: 5.0 sends DISCONNECT with `reason_code`, then close.
-    fn violation(&mut self, now: Instant, reason_code: ReasonCode, detail: String) {
-        let reason_code = if reason_code.allowed_in(PacketType::Disconnect) {
-            reason_code
-        } else {
-            ReasonCode::ProtocolError
-        };
+    /// The server broke a rule: 5.0 sends DISCONNECT with its reason code
+    /// ([`Violation::reason_code`]), then close.
+    fn violation(&mut self, now: Instant, violation: Violation) {
+        let reason_code = violation.reason_code();
         if self.version.is_v5() {
             self.send(now, Packet::Disconnect(Disconnect::with_reason(reason_code)));
         }
-        self.close(CloseReason::ProtocolViolation { reason_code, detail });
+        self.close(CloseReason::ProtocolViolation {
+            reason_code,
+            violation,
+        });
     }
 
     fn close(&mut self, reason: CloseReason) {
@@ -550,13 +542,20 @@ impl ClientSession {
     /// AUTH 0x18 during the CONNECT phase: the next step of enhanced authentication.
     fn on_auth_exchange(&mut self, now: Instant, a: crate::Auth) {
         let Some(auth) = self.auth.as_mut() else { return };
-        let method_ok = a.properties.authentication_method.as_deref() == Some(auth.name());
-        if a.reason_code != Some(ReasonCode::ContinueAuthentication) || !method_ok {
+        if a.reason_code != Some(ReasonCode::ContinueAuthentication) {
+            let code = a.reason_code.unwrap_or(ReasonCode::Success);
             return self.violation(
                 now,
-                ReasonCode::ProtocolError,
-                "v5 section 4.12: expected AUTH 0x18 with our authentication method".into(),
+                Violation::UnexpectedAuthReasonCode {
+                    code,
+                    by: Role::Server,
+                },
             );
+        }
+        if a.properties.authentication_method.as_deref() != Some(auth.name()) {
+            let expected = auth.name().into();
+            let received = a.properties.authentication_method;
+            return self.violation(now, Violation::AuthMethodMismatch { expected, received });
         }
         match auth.step(a.properties.authentication_data.as_deref()) {
             Ok(data) => {
@@ -568,11 +567,7 @@ impl ClientSession {
                 reply.properties.authentication_data = Some(data);
                 self.send(now, Packet::Auth(reply));
             }
-            Err(e) => self.violation(
-                now,
-                ReasonCode::NotAuthorized,
-                format!("enhanced authentication: {e}"),
-            ),
+            Err(e) => self.violation(now, Violation::AuthenticationFailed(e)),
         }
     }
 
@@ -584,23 +579,14 @@ impl ClientSession {
         }
         if let (Some(auth), true) = (self.auth.as_mut(), self.version.is_v5()) {
             if let Err(e) = auth.finish(ack.properties.authentication_data.as_deref()) {
-                self.violation(
-                    now,
-                    ReasonCode::NotAuthorized,
-                    format!("enhanced authentication: {e}"),
-                );
+                self.violation(now, Violation::AuthenticationFailed(e));
                 return;
             }
         }
         if ack.session_present && self.sent_clean_start {
             // [MQTT-3.2.2-2] requires Session Present 0 after Clean Start 1; we have
             // no session state to resume, so we must close ([MQTT-3.2.2-4]).
-            self.violation(
-                now,
-                ReasonCode::ProtocolError,
-                "[MQTT-3.2.2-4] CONNACK Session Present=1 but the client has no session (Clean Start=1)"
-                    .into(),
-            );
+            self.violation(now, Violation::SessionPresentWithoutSession);
             return;
         }
         self.limits = if self.version.is_v5() {
