@@ -81,6 +81,10 @@ pub struct Config {
     pub shared_subscriptions: bool,
     /// Whether 5.0 Subscription Identifiers are accepted (default true).
     pub subscription_identifiers: bool,
+    /// The 5.0 SUBACK code for a filter the ACL refuses: `"not_authorized"` (0x87, default) or
+    /// `"unspecified_error"` (0x80), for clients written to the 3.1.1 rule that know only 0x80
+    /// (MQTT 3.1.1 always gets 0x80).
+    pub denied_subscription_reason: DeniedSubscription,
     /// Most payload bytes queued for one session (default 16 MiB); beyond it messages are dropped and counted.
     pub max_queued_bytes: usize,
     /// Longest topic name or filter, in bytes (default 65,535).
@@ -115,6 +119,28 @@ pub struct Config {
     /// `"json"` (one object per line, for log shippers). The library itself leaves logging to
     /// the program that embeds it.
     pub log_format: LogFormat,
+}
+
+/// The SUBACK code of a subscription the ACL refuses (see [`Config::denied_subscription_reason`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DeniedSubscription {
+    /// 0x87 Not authorized.
+    #[default]
+    NotAuthorized,
+    /// 0x80 Unspecified error.
+    UnspecifiedError,
+}
+
+impl DeniedSubscription {
+    /// The reason code.
+    pub fn reason_code(self) -> tern_proto::ReasonCode {
+        match self {
+            DeniedSubscription::NotAuthorized => tern_proto::ReasonCode::NotAuthorized,
+            DeniedSubscription::UnspecifiedError => tern_proto::ReasonCode::UnspecifiedError,
+        }
+    }
 }
 
 /// The format of log lines (see [`Config::log_format`]).
@@ -293,6 +319,7 @@ impl Default for Config {
             wildcard_subscriptions: true,
             shared_subscriptions: true,
             subscription_identifiers: true,
+            denied_subscription_reason: DeniedSubscription::NotAuthorized,
             max_queued_bytes: 16 * 1024 * 1024,
             max_topic_length: 65_535,
             max_connect_rate: 50_000,
@@ -377,8 +404,10 @@ impl Config {
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
         }
-        if self.max_topic_levels == 0 {
-            return bad("max_topic_levels", "must be at least 1");
+        if self.max_topic_levels == 0 || self.max_topic_levels > MAX_TOPIC_LEVELS {
+            // The subscription trie walks a topic level by level, one stack frame each: the
+            // cap keeps a client's deepest filter far from the end of a task's stack.
+            return bad("max_topic_levels", "must be between 1 and 256");
         }
         if self.max_qos > 2 {
             return bad("max_qos", "must be 0, 1 or 2");
@@ -413,6 +442,9 @@ impl Config {
         tern_proto::QoS::from_bits(self.max_qos).unwrap_or(tern_proto::QoS::ExactlyOnce)
     }
 }
+
+/// The largest `max_topic_levels` accepted (see `router.rs`: one stack frame per level).
+pub(crate) const MAX_TOPIC_LEVELS: usize = 256;
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {

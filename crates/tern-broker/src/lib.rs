@@ -18,22 +18,34 @@
 //! - `connection/`: one task per client: CONNECT phase, packet handling, delivery.
 //! - `session.rs`: session state that outlives connections; the registry.
 //! - `router.rs`: the subscription trie with shared groups.
+//! - `retained.rs`: the retained messages, indexed by topic level for lookups by filter.
 //! - `shared.rs`: publish, retain, subscribe and end-of-session across those.
+//! - `clock.rs`: the time of protocol deadlines ([`Clock`]; [`ManualClock`] for tests).
+//! - `scheduler.rs`: one timer for the session expiry and delayed wills of offline sessions.
 //! - `listener/`: accept loops and the TLS / WebSocket handshakes.
 //! - `security/`: password file, ACL, per-listener anonymous policy, reload.
 
 mod auth;
+mod clock;
 mod config;
 mod connection;
 mod error;
+mod inspect;
 mod listener;
 mod message;
+mod retained;
 mod router;
+mod scheduler;
 pub mod security;
 mod session;
 mod shared;
 mod store;
 mod sys;
+
+/// For the `fuzz/` targets only (cargo feature `fuzzing`): not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,8 +55,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub use auth::{AuthExchange, AuthStep, Authenticator};
-pub use config::{Config, ListenerConfig, ListenerKind, LogFormat};
+pub use clock::{Clock, ManualClock};
+pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFormat};
 pub use error::BrokerError;
+pub use inspect::{ConnectionInfo, SessionInfo, SubscriptionInfo};
 pub use security::SecurityHandle;
 pub use store::SyncPolicy;
 
@@ -54,6 +68,7 @@ pub struct BrokerBuilder {
     config: Config,
     listen_set: bool,
     authenticators: Vec<Arc<dyn Authenticator>>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -76,6 +91,7 @@ impl BrokerBuilder {
             config,
             listen_set: true,
             authenticators: Vec::new(),
+            clock: Clock::system(),
         }
     }
 
@@ -92,6 +108,13 @@ impl BrokerBuilder {
     /// Change the configuration in place.
     pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> BrokerBuilder {
         f(&mut self.config);
+        self
+    }
+
+    /// Take the time of protocol deadlines (message and session expiry, will delays) from
+    /// `clock` instead of the system: a [`ManualClock`] lets a test pass an hour at once.
+    pub fn clock(mut self, clock: impl Into<Clock>) -> BrokerBuilder {
+        self.clock = clock.into();
         self
     }
 
@@ -150,7 +173,13 @@ impl BrokerBuilder {
             }
             None => (None, None),
         };
-        let shared = Arc::new(shared::Shared::new(self.config, authenticators, store, security));
+        let shared = Arc::new(shared::Shared::new(
+            self.config,
+            authenticators,
+            store,
+            security,
+            self.clock,
+        ));
         if let Some(loaded) = loaded {
             let started = std::time::Instant::now();
             let r = shared.restore(loaded)?;
@@ -220,6 +249,7 @@ impl Broker {
             tracing::debug!(listener = %l.endpoint.name(), "listening");
             tasks.spawn(listener::accept_loop(l, shared.clone(), limits.clone()));
         }
+        tasks.spawn(scheduler::run(shared.clone()));
         if shared.config.sys_interval_secs > 0 {
             tasks.spawn(sys::publish_loop(shared.clone()));
         }
@@ -241,6 +271,7 @@ impl Broker {
         let addrs = self.local_addrs();
         let listeners = self.listeners();
         let security = self.security();
+        let core = self.shared.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async {
             let _ = rx.await;
@@ -249,6 +280,7 @@ impl Broker {
             addrs,
             listeners,
             security,
+            core,
             stop: Some(tx),
             task,
         }
@@ -262,6 +294,7 @@ pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
     listeners: Vec<(ListenerKind, SocketAddr)>,
     security: SecurityHandle,
+    core: Arc<shared::Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -285,6 +318,24 @@ impl BrokerHandle {
     /// Reload the password and ACL files, and count authentication failures.
     pub fn security(&self) -> &SecurityHandle {
         &self.security
+    }
+
+    /// Every session, connected or not, sorted by client identifier.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.core.session_infos()
+    }
+
+    /// The session of `client_id`, if it has one.
+    pub fn session(&self, client_id: &str) -> Option<SessionInfo> {
+        self.core.session_info(client_id)
+    }
+
+    /// Disconnect a client as an administrator: its connection, if any, is closed (5.0:
+    /// DISCONNECT 0x98 Administrative action) and its will published; with
+    /// `discard_session` its session ends too (at once if it is offline). Returns whether
+    /// the client had a session.
+    pub fn disconnect(&self, client_id: &str, discard_session: bool) -> bool {
+        self.core.disconnect_client(client_id, discard_session)
     }
 
     /// Shut down gracefully and wait until it is done.

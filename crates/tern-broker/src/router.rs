@@ -192,3 +192,50 @@ fn walk<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(cell: &Arc<SessionCell>) -> SubEntry {
+        SubEntry {
+            options: Default::default(),
+            id: None,
+            session: cell.clone(),
+            shared: None,
+        }
+    }
+
+    /// The trie recurses once per level: at the deepest filter the configuration allows, on
+    /// a quarter of a tokio worker's 2 MiB stack, subscribing, matching, unsubscribing and
+    /// dropping all work.
+    #[test]
+    fn the_deepest_allowed_topics_fit_in_a_small_stack() {
+        let levels = crate::config::MAX_TOPIC_LEVELS;
+        let run = move || {
+            let cell = Arc::new(SessionCell::new(
+                Arc::from("deep"),
+                tern_proto::ProtocolVersion::V5,
+            ));
+            let client: Arc<str> = Arc::from("deep");
+            let topic = vec!["a"; levels].join("/");
+            let plus = vec!["+"; levels - 1].join("/") + "/#";
+            let mut r = Router::default();
+            r.subscribe(&topic, None, &client, entry(&cell));
+            r.subscribe(&plus, None, &client, entry(&cell));
+            r.subscribe(&topic, Some("g"), &client, entry(&cell));
+            let mut matched = 0;
+            r.for_each_match(&topic, |_| matched += 1);
+            assert_eq!(matched, 3);
+            assert!(r.unsubscribe(&topic, None, &client));
+            assert!(r.unsubscribe(&plus, None, &client));
+            drop(r);
+        };
+        std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(run)
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+    }
+}

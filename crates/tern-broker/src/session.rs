@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tern_proto::{PacketId, ProtocolVersion, QoS, SubscriptionOptions};
 use tokio::sync::Notify;
 
+use crate::clock::Clock;
 use crate::message::Outgoing;
 
 /// Where a QoS 1/2 delivery to the client stands.
@@ -31,6 +32,21 @@ pub(crate) struct Inflight {
     pub packet_id: PacketId,
     pub out: Outgoing,
     pub state: InflightState,
+}
+
+/// The connection attached to a session, as listed by the broker's admin API.
+#[derive(Debug)]
+pub(crate) struct Attached {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The authenticated user name, if any (own bytes, not a slice of the CONNECT).
+    pub username: Option<tern_proto::ByteString>,
+    /// The listener it came through.
+    pub listener: Arc<crate::security::ListenerPolicy>,
+    /// The keep-alive in force, in seconds.
+    pub keep_alive: u16,
+    /// When it connected, in milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
 }
 
 /// Why a connection must stop using a session.
@@ -79,6 +95,11 @@ pub(crate) struct SessionState {
     pub ended: bool,
     /// Wakes the attached connection.
     pub waker: Option<Arc<Notify>>,
+    /// Who the attached connection is (`None` while offline).
+    pub attached: Option<Arc<Attached>>,
+    /// Set by an administrator's disconnect: the attached connection closes (5.0 DISCONNECT
+    /// 0x98 Administrative action); `true` also ends the session.
+    pub kicked: Option<bool>,
     /// A will waiting for its Will Delay Interval (v5 section 3.1.3.2.2).
     pub pending_will: Option<Arc<crate::message::Message>>,
     /// When the pending will is due.
@@ -127,6 +148,8 @@ impl SessionCell {
                 takeover: None,
                 ended: false,
                 waker: None,
+                attached: None,
+                kicked: None,
                 pending_will: None,
                 pending_will_at: None,
                 persistent: false,
@@ -180,8 +203,9 @@ impl SessionCell {
         out: Outgoing,
         cfg: &crate::Config,
         store: Option<&crate::store::Store>,
+        clock: &Clock,
     ) -> Enqueued {
-        match self.enqueue_all(std::iter::once(out), cfg, store) {
+        match self.enqueue_all(std::iter::once(out), cfg, store, clock) {
             (_, 1..) => Enqueued::Dropped,
             (true, _) => Enqueued::Pressure,
             (false, _) => Enqueued::Queued,
@@ -196,6 +220,7 @@ impl SessionCell {
         outs: impl Iterator<Item = Outgoing>,
         cfg: &crate::Config,
         store: Option<&crate::store::Store>,
+        clock: &Clock,
     ) -> (bool, u64) {
         let mut st = self.lock();
         // Wake the connection only when the queue was empty: a connection leaves
@@ -206,7 +231,7 @@ impl SessionCell {
         let mut pressure = false;
         let mut dropped = 0;
         for out in outs {
-            match self.enqueue_locked(&mut st, out, cfg, store) {
+            match self.enqueue_locked(&mut st, out, cfg, store, clock) {
                 Enqueued::Dropped => dropped += 1,
                 Enqueued::Pressure => pressure = true,
                 Enqueued::Queued => {}
@@ -231,6 +256,7 @@ impl SessionCell {
         mut out: Outgoing,
         cfg: &crate::Config,
         store: Option<&crate::store::Store>,
+        clock: &Clock,
     ) -> Enqueued {
         if st.ended {
             return Enqueued::Dropped;
@@ -253,7 +279,7 @@ impl SessionCell {
                 && st.queued_bytes + size <= 2 * cfg.max_queued_bytes
                 && st
                     .full_since
-                    .is_none_or(|t| t.elapsed() < cfg.backpressure_timeout());
+                    .is_none_or(|t| clock.now().saturating_duration_since(t) < cfg.backpressure_timeout());
             if !patient {
                 st.dropped += 1;
                 if st.dropped.is_power_of_two() {
@@ -261,14 +287,14 @@ impl SessionCell {
                 }
                 return Enqueued::Dropped;
             }
-            st.full_since.get_or_insert_with(std::time::Instant::now);
+            st.full_since.get_or_insert_with(|| clock.now());
             pressure = true;
         }
         st.queued_bytes += size;
         if let (true, Some(store), true) = (st.persistent, store, out.qos != QoS::AtMostOnce) {
             out.seq = st.next_seq;
             st.next_seq += 1;
-            let rec = crate::store::record::queued(&out, None, std::time::Instant::now());
+            let rec = crate::store::record::queued(&out, None, clock.stamp());
             out.commit_seq = store.submit(crate::store::Op::PutMessage(self.client_id.clone(), out.seq, rec));
         }
         st.queue.push_back(out);
@@ -281,13 +307,13 @@ impl SessionCell {
 
     /// Whether a publisher slowed down for this session may go on: its queue is
     /// below half the limits, or it is gone, offline or stalled.
-    pub fn has_room(&self, cfg: &crate::Config) -> bool {
+    pub fn has_room(&self, cfg: &crate::Config, clock: &Clock) -> bool {
         let st = self.lock();
         st.ended
             || st.conn_id.is_none()
             || st
                 .full_since
-                .is_none_or(|t| t.elapsed() >= cfg.backpressure_timeout())
+                .is_none_or(|t| clock.now().saturating_duration_since(t) >= cfg.backpressure_timeout())
             || (st.queue.len() <= cfg.max_queued_messages / 2 && st.queued_bytes <= cfg.max_queued_bytes / 2)
     }
 }

@@ -1,7 +1,6 @@
 //! State shared by all connections: router, retained messages, sessions, and
 //! the operations that touch several of them (publish, subscribe, end of session).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -10,6 +9,7 @@ use tern_proto::topic;
 use tern_proto::QoS;
 
 use crate::message::{Message, Outgoing};
+use crate::retained::RetainedStore;
 use crate::router::{Match, Router, SubEntry};
 use crate::session::{Enqueued, Registry, SessionCell};
 use crate::store::{record, Op, Store};
@@ -46,7 +46,7 @@ pub(crate) struct Counters {
 pub(crate) struct Shared {
     pub config: Config,
     router: RwLock<Router>,
-    retained: RwLock<HashMap<String, Arc<Message>>>,
+    retained: RwLock<RetainedStore<Arc<Message>>>,
     pub sessions: Registry,
     /// Serializes attaching connections to sessions (see `connect::attach_session`).
     pub attach_lock: std::sync::Mutex<()>,
@@ -64,6 +64,10 @@ pub(crate) struct Shared {
     pub store: Option<Arc<Store>>,
     /// Password file, ACL and authentication counters (reloadable).
     pub security: Arc<crate::security::Security>,
+    /// The time of protocol deadlines.
+    pub clock: crate::clock::Clock,
+    /// Session expiry and delayed wills of offline sessions.
+    pub scheduler: crate::scheduler::Scheduler,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -86,6 +90,7 @@ impl Shared {
         authenticators: Vec<Arc<dyn crate::Authenticator>>,
         store: Option<Arc<Store>>,
         security: Arc<crate::security::Security>,
+        clock: crate::clock::Clock,
     ) -> Shared {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let deliver_batch = (config.max_queued_messages / (2 * workers)).clamp(1, 256);
@@ -95,6 +100,8 @@ impl Shared {
             authenticators,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
+            clock,
+            scheduler: crate::scheduler::Scheduler::default(),
             config,
             router: RwLock::default(),
             retained: RwLock::default(),
@@ -117,29 +124,30 @@ impl Shared {
         // $SYS statistics are regenerated at start; they are not worth a disk write.
         let store = self.store.as_ref().filter(|_| !msg.topic.starts_with("$SYS/"));
         if msg.payload.is_empty() {
-            if r.remove(&*msg.topic).is_some() {
+            if r.remove(&msg.topic).is_some() {
                 if let Some(s) = store {
                     s.submit(Op::DelRetained(msg.topic.to_string()));
                 }
             }
             return true;
         }
-        if r.len() >= self.config.max_retained && !r.contains_key(&*msg.topic) {
+        if r.len() >= self.config.max_retained && !r.contains(&msg.topic) {
             return false;
         }
         if let Some(s) = store {
             s.submit(Op::PutRetained(
                 msg.topic.to_string(),
-                record::retained(msg, Instant::now()),
+                record::retained(msg, self.clock.stamp()),
             ));
         }
-        r.insert(msg.topic.to_string(), Arc::new(msg.detached()));
+        r.insert(&msg.topic, Arc::new(msg.detached()));
         true
     }
 
     /// Put a retained message back at start (it is already in the store).
     pub fn restore_retained(&self, msg: Arc<Message>) {
-        write(&self.retained).insert(msg.topic.to_string(), msg);
+        let topic = msg.topic.clone();
+        write(&self.retained).insert(&topic, msg);
     }
 
     /// Number of subscriptions and of retained messages.
@@ -212,6 +220,7 @@ impl Shared {
                 std::iter::once(first).chain(rest),
                 &self.config,
                 self.store.as_deref(),
+                &self.clock,
             );
             if dropped > 0 {
                 self.counters
@@ -322,7 +331,7 @@ impl Shared {
     }
 
     fn deliver(&self, cell: &SessionCell, out: Outgoing) -> Enqueued {
-        let r = cell.enqueue(out, &self.config, self.store.as_deref());
+        let r = cell.enqueue(out, &self.config, self.store.as_deref(), &self.clock);
         if r == Enqueued::Dropped {
             self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -355,11 +364,9 @@ impl Shared {
         sub_id: Option<u32>,
         now: Instant,
     ) {
-        let matching: Vec<Arc<Message>> = read(&self.retained)
-            .values()
-            .filter(|m| !m.is_expired(now) && topic::matches(&m.topic, filter))
-            .cloned()
-            .collect();
+        // The index walks only the branches that `filter` matches.
+        let mut matching = read(&self.retained).matching(filter);
+        matching.retain(|m| !m.is_expired(now));
         for msg in matching {
             let out = Outgoing {
                 qos: msg.qos.min(qos),
@@ -397,6 +404,7 @@ impl Shared {
             orphans.retain(|o| o.shared.is_some());
             (subs, orphans, will)
         };
+        self.scheduler.cancel(cell);
         for f in &subs {
             self.unsubscribe(f, cell);
         }
@@ -427,7 +435,7 @@ impl Shared {
         let rec = record::SessionRecord {
             version: st.version,
             expiry_interval: st.expiry_interval,
-            disconnected_at: if disconnected { record::wall_now() } else { 0 },
+            disconnected_at: if disconnected { self.clock.wall_ms() } else { 0 },
             subscriptions: st
                 .subscriptions
                 .iter()
@@ -436,11 +444,11 @@ impl Shared {
             pending_will: st
                 .pending_will
                 .as_ref()
-                .map(|w| (record::to_wall(st.pending_will_at, Instant::now()), w.clone())),
+                .map(|w| (record::to_wall(st.pending_will_at, self.clock.stamp()), w.clone())),
         };
         store.submit(Op::PutSession(
             cell.client_id.clone(),
-            record::session(&rec, Instant::now()),
+            record::session(&rec, self.clock.stamp()),
         ));
     }
 

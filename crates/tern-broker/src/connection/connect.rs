@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tern_proto::codec::{ConnAckProperties, Decoded, Decoder};
@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::{Conn, WillState};
 use crate::message::Message;
-use crate::session::{SessionCell, Takeover};
+use crate::session::{Attached, SessionCell, Takeover};
 use crate::shared::Shared;
 use crate::AuthStep;
 
@@ -229,9 +229,20 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 
     let conn_id = shared.next_conn_id();
     let waker = Arc::new(Notify::new());
+    let attached = Arc::new(Attached {
+        peer,
+        // Own copies: a slice would keep the whole read buffer of the CONNECT alive for as
+        // long as the connection lasts.
+        username: username.map(|u| ByteString::from(u.to_string())),
+        listener: origin.policy.clone(),
+        keep_alive,
+        connected_at_ms: shared.clock.wall_ms(),
+    });
     let (cell, session_present) = attach_session(shared, &client_id, v, c.clean_start, expiry, conn_id);
     {
         let mut st = cell.lock();
+        st.attached = Some(attached.clone());
+        st.kicked = None;
         st.persistent = shared.store.is_some() && expiry > 0;
         st.pending_will_at = None;
         st.client_receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -274,7 +285,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     };
     send_connack(io, v, fit(ack, &c)).await;
 
-    let now = Instant::now();
+    let now = shared.clock.now();
     let will = c.will.map(|w| {
         let delay = w.properties.will_delay_interval.unwrap_or(0);
         let p = tern_proto::Publish {
@@ -308,7 +319,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         client_id = &*client_id,
         listener = &*origin.policy.name,
         version = %v,
-        username = username.as_deref().unwrap_or(""),
+        username = attached.username.as_deref().unwrap_or(""),
         clean_start = c.clean_start,
         session_present,
         keep_alive,
@@ -324,12 +335,10 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         conn_id,
         v,
         client_id,
-        peer,
+        attached,
         waker,
-        keep_alive,
         will,
         expiry,
-        origin.policy.clone(),
     );
     conn.problem_information = c.properties.request_problem_information != Some(0);
     conn.client_alias_maximum = if v.is_v5() {
@@ -342,9 +351,6 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         .authentication_method
         .as_ref()
         .map(|m| ByteString::from(m.to_string()));
-    // Own copies: a slice would keep the whole read buffer of the CONNECT alive for as
-    // long as the connection lasts.
-    conn.username = username.map(|u| ByteString::from(u.to_string()));
     Ok(conn)
 }
 
@@ -538,6 +544,8 @@ fn attach_session(
             if let Some(Some(w)) = kicked {
                 w.notify_one();
             }
+            // Attached again: its expiry and delayed will no longer run.
+            shared.scheduler.cancel(&old);
             old.set_connected(true);
             return (old, true);
         }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tern_proto::{
-    topic, Ack, PacketId, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    topic, Ack, PacketId, Publish, QoS, ReasonCode, RetainHandling, Role, SubAck, Subscribe, UnsubAck,
+    Unsubscribe, Violation,
 };
 use tern_proto::{Disconnect, Packet};
 
@@ -14,10 +15,6 @@ use crate::router::SubEntry;
 use crate::security::Action;
 use crate::session::InflightState;
 use crate::store::{record, Op};
-
-fn violation(rc: ReasonCode, why: &str) -> Close {
-    Close::Violation(rc, why.to_string())
-}
 
 impl Conn {
     pub(super) fn on_packet(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
@@ -38,17 +35,10 @@ impl Conn {
                 Ok(())
             }
             Packet::Disconnect(d) => self.on_disconnect(d),
-            // [MQTT-3.1.0-2]
-            Packet::Connect(_) => Err(violation(
-                ReasonCode::ProtocolError,
-                "[MQTT-3.1.0-2] second CONNECT",
-            )),
+            Packet::Connect(_) => Err(Close::Violation(Violation::SecondConnect)),
             Packet::Auth(a) => self.on_auth(a),
-            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Err(violation(
-                    ReasonCode::ProtocolError,
-                    "client sent a packet only a server may send",
-                ))
+            p @ (Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp) => {
+                Err(Close::Violation(Violation::ServerOnlyPacket(p.packet_type())))
             }
         }
     }
@@ -59,20 +49,16 @@ impl Conn {
         let topic = match p.properties.topic_alias {
             Some(alias) => {
                 if alias > cfg.topic_alias_maximum {
-                    return Err(violation(
-                        ReasonCode::TopicAliasInvalid,
-                        "topic alias above Topic Alias Maximum",
-                    ));
+                    return Err(Close::Violation(Violation::TopicAliasAboveMaximum {
+                        alias,
+                        maximum: cfg.topic_alias_maximum,
+                        by: Role::Client,
+                    }));
                 }
                 if p.topic.is_empty() {
                     match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(t) => t.clone(),
-                        None => {
-                            return Err(violation(
-                                ReasonCode::ProtocolError,
-                                "topic alias used before it was set",
-                            ))
-                        }
+                        None => return Err(Close::Violation(Violation::TopicAliasUnknown { alias })),
                     }
                 } else {
                     // An own copy: a slice would keep its whole read buffer alive.
@@ -85,42 +71,34 @@ impl Conn {
             }
             None => p.topic.clone(),
         };
-        // [MQTT-3.3.4-6]
         if !p.properties.subscription_identifiers.is_empty() {
-            return Err(violation(
-                ReasonCode::ProtocolError,
-                "[MQTT-3.3.4-6] PUBLISH with a subscription identifier",
-            ));
+            return Err(Close::Violation(Violation::PublishWithSubscriptionId));
         }
-        // [MQTT-3.3.2-14]
         if let Some(rt) = &p.properties.response_topic {
-            if topic::validate_topic_name(rt).is_err() {
-                return Err(violation(
-                    ReasonCode::ProtocolError,
-                    "[MQTT-3.3.2-14] response topic is not a topic name",
-                ));
+            if let Err(e) = topic::validate_topic_name(rt) {
+                return Err(Close::Violation(Violation::ResponseTopicInvalid(e)));
             }
         }
-        if topic.len() > cfg.max_topic_length || topic.split('/').count() > cfg.max_topic_levels {
-            return Err(violation(
-                ReasonCode::TopicNameInvalid,
-                "topic longer than max_topic_length or max_topic_levels",
-            ));
+        let levels = topic.split('/').count();
+        if topic.len() > cfg.max_topic_length || levels > cfg.max_topic_levels {
+            return Err(Close::Violation(Violation::TopicAboveLimits {
+                length: topic.len(),
+                levels,
+                max_length: cfg.max_topic_length,
+                max_levels: cfg.max_topic_levels,
+            }));
         }
         // v5 section 3.2.2.3.4 / 3.2.2.3.5: above the advertised Maximum QoS, or RETAIN without Retain Available.
         if p.qos > cfg.max_qos() {
-            return Err(violation(
-                ReasonCode::QoSNotSupported,
-                "PUBLISH QoS above Maximum QoS",
-            ));
+            return Err(Close::Violation(Violation::QoSNotSupported {
+                qos: p.qos,
+                maximum: cfg.max_qos(),
+            }));
         }
         if p.retain && !cfg.retain_available {
-            return Err(violation(
-                ReasonCode::RetainNotSupported,
-                "RETAIN set while Retain Available is 0",
-            ));
+            return Err(Close::Violation(Violation::RetainNotSupported));
         }
-        let user = self.username.as_deref();
+        let user = self.info.username.as_deref();
         if !self
             .shared
             .security
@@ -140,10 +118,9 @@ impl Conn {
                 self.shared.store.as_ref().is_some_and(|s| s.is_failed()),
             ) {
                 if !self.version.is_v5() {
-                    return Err(violation(
-                        ReasonCode::UnspecifiedError,
-                        "storage failed; cannot accept QoS 1/2",
-                    ));
+                    return Err(Close::Violation(Violation::StorageFailed(
+                        "the store has failed".into(),
+                    )));
                 }
                 let ack = Ack::with_reason(id, ReasonCode::UnspecifiedError);
                 self.send(if qos == QoS::AtLeastOnce {
@@ -186,11 +163,10 @@ impl Conn {
                     if st.inbound_qos2.contains(&id.get()) {
                         false
                     } else if st.inbound_qos2.len() >= usize::from(cfg.receive_maximum) {
-                        // v5 section 3.3.4: more unacknowledged QoS 2 than Receive Maximum.
-                        return Err(violation(
-                            ReasonCode::ReceiveMaximumExceeded,
-                            "receive maximum exceeded",
-                        ));
+                        return Err(Close::Violation(Violation::ReceiveMaximumExceeded {
+                            maximum: cfg.receive_maximum,
+                            by: Role::Client,
+                        }));
                     } else {
                         st.inbound_qos2.insert(id.get());
                         self.store_op(&st, || Op::PutQos2(self.client_id.clone(), id.get()));
@@ -201,12 +177,7 @@ impl Conn {
                 let n = if fresh { self.route(&msg) } else { 1 };
                 self.send(Packet::PubRec(self.pub_ack(id, n)));
             }
-            _ => {
-                return Err(violation(
-                    ReasonCode::ProtocolError,
-                    "QoS > 0 without packet identifier",
-                ))
-            }
+            (qos, None) => return Err(Close::Violation(Violation::MissingPacketId(qos))),
         }
         Ok(())
     }
@@ -306,12 +277,7 @@ impl Conn {
                                 self.forget(&st, done.out.seq);
                             }
                         }
-                        Some(_) => {
-                            return Err(violation(
-                                ReasonCode::ProtocolError,
-                                "PUBACK for a QoS 2 delivery",
-                            ))
-                        }
+                        Some(_) => return Err(Close::Violation(Violation::PubAckForQoS2(id))),
                         None => {
                             tracing::debug!(client_id = %self.client_id, id = id.get(), "PUBACK for unknown packet id");
                         }
@@ -347,19 +313,14 @@ impl Conn {
                             let rec = record::queued(
                                 &i.out,
                                 Some((InflightState::Released, i.packet_id)),
-                                Instant::now(),
+                                self.shared.clock.stamp(),
                             );
                             self.store_op(&st, || Op::PutMessage(self.client_id.clone(), i.out.seq, rec));
                         }
                         Some(Ack::new(a.packet_id))
                     }
                 }
-                Some(_) => {
-                    return Err(violation(
-                        ReasonCode::ProtocolError,
-                        "PUBREC for a QoS 1 delivery",
-                    ))
-                }
+                Some(_) => return Err(Close::Violation(Violation::PubRecForQoS1(a.packet_id))),
                 None if self.version.is_v5() => Some(Ack::with_reason(
                     a.packet_id,
                     ReasonCode::PacketIdentifierNotFound,
@@ -426,10 +387,7 @@ impl Conn {
         let cfg = &self.shared.config;
         let sub_id = s.properties.subscription_identifier;
         if sub_id.is_some() && !cfg.subscription_identifiers {
-            return Err(violation(
-                ReasonCode::SubscriptionIdentifiersNotSupported,
-                "Subscription Identifier while Subscription Identifier Available is 0",
-            ));
+            return Err(Close::Violation(Violation::SubscriptionIdentifiersNotSupported));
         }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
@@ -455,7 +413,7 @@ impl Conn {
                 codes.push(ReasonCode::WildcardSubscriptionsNotSupported);
                 continue;
             }
-            let user = self.username.as_deref();
+            let user = self.info.username.as_deref();
             if !self
                 .shared
                 .security
@@ -463,7 +421,7 @@ impl Conn {
             {
                 // SUBACK 0x87 Not authorized (3.1.1: 0x80 Failure).
                 tracing::info!(client_id = %self.client_id, %filter, "SUBSCRIBE denied by the ACL");
-                codes.push(ReasonCode::NotAuthorized);
+                codes.push(cfg.denied_subscription_reason.reason_code());
                 continue;
             }
             let mut opts = *opts;
@@ -542,17 +500,16 @@ impl Conn {
     /// Re-authentication (v5 section 4.12.1).
     fn on_auth(&mut self, a: tern_proto::Auth) -> Result<(), Close> {
         let Some(method) = self.auth_method.clone() else {
-            return Err(violation(
-                ReasonCode::ProtocolError,
-                "[MQTT-4.12.0-6] AUTH without an authentication method in CONNECT",
-            ));
+            return Err(Close::Violation(Violation::AuthWithoutMethod {
+                by: Role::Client,
+            }));
         };
-        // [MQTT-4.12.1-1]: the same method as in CONNECT.
+        // The same method as in CONNECT (v5 [MQTT-4.12.0-5], [MQTT-4.12.1-1]).
         if a.properties.authentication_method.as_ref() != Some(&method) {
-            return Err(violation(
-                ReasonCode::ProtocolError,
-                "[MQTT-4.12.1-1] AUTH with a different method",
-            ));
+            return Err(Close::Violation(Violation::AuthMethodMismatch {
+                expected: method,
+                received: a.properties.authentication_method,
+            }));
         }
         let data = a.properties.authentication_data.as_deref();
         let step = match (a.reason_code, self.reauth.as_mut()) {
@@ -560,17 +517,17 @@ impl Conn {
                 let Some(auth) = self.shared.authenticators.iter().find(|x| x.method() == &*method) else {
                     return Err(Close::NotAuthorized);
                 };
-                let mut ex = auth.begin(&self.client_id, self.username.as_deref());
+                let mut ex = auth.begin(&self.client_id, self.info.username.as_deref());
                 let step = ex.step(data);
                 self.reauth = Some(ex);
                 step
             }
             (Some(ReasonCode::ContinueAuthentication), Some(ex)) => ex.step(data),
-            _ => {
-                return Err(violation(
-                    ReasonCode::ProtocolError,
-                    "unexpected AUTH reason code",
-                ))
+            (code, _) => {
+                return Err(Close::Violation(Violation::UnexpectedAuthReasonCode {
+                    code: code.unwrap_or(ReasonCode::Success),
+                    by: Role::Client,
+                }))
             }
         };
         let mut reply = tern_proto::Auth::default();
@@ -595,10 +552,7 @@ impl Conn {
         if let Some(expiry) = d.properties.session_expiry_interval {
             // v5 section 3.14.2.2.2: a non-zero expiry after CONNECT said 0 is a Protocol Error.
             if self.connect_expiry == 0 && expiry != 0 {
-                return Err(violation(
-                    ReasonCode::ProtocolError,
-                    "DISCONNECT sets session expiry after CONNECT had 0",
-                ));
+                return Err(Close::Violation(Violation::SessionExpiryAfterZero { expiry }));
             }
             self.cell.lock().expiry_interval = expiry.min(self.shared.config.max_session_expiry);
         }

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tern_proto::codec::{Decoded, Decoder};
-use tern_proto::{ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use tern_proto::{ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode, Violation};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::message::Message;
-use crate::session::{InflightState, SessionCell, Takeover};
+use crate::scheduler::Due;
+use crate::session::{Attached, InflightState, SessionCell, Takeover};
 use crate::shared::Shared;
 use crate::store::{record, Op};
 
@@ -61,8 +62,9 @@ pub(crate) struct WillState {
 pub(crate) enum Close {
     /// The client sent DISCONNECT; `with_will` for reason 0x04 ([MQTT-3.14.4-3]).
     ClientDisconnect { with_will: bool },
-    /// The client broke a rule: send DISCONNECT with this code (5.0) and close.
-    Violation(ReasonCode, String),
+    /// The client broke a rule (or the store failed): send DISCONNECT with
+    /// [`Violation::reason_code`] and the message as Reason String (5.0), and close.
+    Violation(Violation),
     /// No packet within 1.5 × keep-alive ([MQTT-3.1.2-24]).
     KeepAliveTimeout,
     /// A newer connection took the session over.
@@ -73,6 +75,9 @@ pub(crate) enum Close {
     Shutdown,
     /// Re-authentication failed (v5 DISCONNECT 0x87).
     NotAuthorized,
+    /// An administrator disconnected the client (v5 DISCONNECT 0x98); `discard` also
+    /// ends its session.
+    Kicked { discard: bool },
 }
 
 /// A connection after a successful CONNECT.
@@ -82,7 +87,8 @@ pub(crate) struct Conn {
     conn_id: u64,
     version: ProtocolVersion,
     client_id: Arc<str>,
-    peer: SocketAddr,
+    /// Peer address, user name, listener (shared with the session, for the admin API).
+    info: Arc<Attached>,
     waker: Arc<Notify>,
     keep_alive: Duration,
     will: Option<WillState>,
@@ -119,9 +125,6 @@ pub(crate) struct Conn {
     /// PUBACKs received and not yet applied (see `handle.rs`, `apply_pubacks`).
     pub(super) pubacks: Vec<tern_proto::PacketId>,
     pub(super) reauth: Option<Box<dyn crate::AuthExchange>>,
-    pub(super) username: Option<ByteString>,
-    /// The listener the client came through (its name is a field of connection logs).
-    listener: Arc<crate::security::ListenerPolicy>,
 }
 
 impl Conn {
@@ -132,12 +135,10 @@ impl Conn {
         conn_id: u64,
         version: ProtocolVersion,
         client_id: Arc<str>,
-        peer: SocketAddr,
+        info: Arc<Attached>,
         waker: Arc<Notify>,
-        keep_alive: u16,
         will: Option<WillState>,
         connect_expiry: u32,
-        listener: Arc<crate::security::ListenerPolicy>,
     ) -> Conn {
         let decoder = Decoder::new(version, shared.config.max_packet_size);
         Conn {
@@ -146,9 +147,9 @@ impl Conn {
             conn_id,
             version,
             client_id,
-            peer,
             waker,
-            keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
+            keep_alive: Duration::from_millis(u64::from(info.keep_alive) * 1500),
+            info,
             will,
             connect_expiry,
             aliases: None,
@@ -166,8 +167,6 @@ impl Conn {
             pending_messages: 0,
             pubacks: Vec::new(),
             reauth: None,
-            username: None,
-            listener,
         }
     }
 
@@ -203,6 +202,16 @@ impl Conn {
             self.send(p);
         }
         Ok(())
+    }
+
+    /// An administrator's disconnect aimed at this connection, if one came.
+    fn take_kick(&self) -> Option<bool> {
+        let mut st = self.cell.lock();
+        if st.conn_id == Some(self.conn_id) {
+            st.kicked.take()
+        } else {
+            None
+        }
     }
 
     fn check_attached(&self, st: &crate::session::SessionState) -> Result<(), Close> {
@@ -305,7 +314,7 @@ impl Conn {
                 let action = crate::security::Action::Receive;
                 if !acl.allows(
                     action,
-                    self.username.as_deref(),
+                    self.info.username.as_deref(),
                     &self.client_id,
                     &front.msg.topic,
                 ) {
@@ -324,7 +333,10 @@ impl Conn {
             let packet_id = if needs_id { st.allocate_packet_id() } else { None };
             if let Some(packet_id) = packet_id {
                 if out.seq != 0 {
-                    let rec = record::queued(&out, Some((InflightState::Published, packet_id)), now);
+                    // The wall clock matters only for an expiry (read once per message then).
+                    let wall_ms = out.msg.expires_at.map_or(0, |_| self.shared.clock.wall_ms());
+                    let stamp = crate::clock::Stamp { now, wall_ms };
+                    let rec = record::queued(&out, Some((InflightState::Published, packet_id)), stamp);
                     self.store_op(st, || Op::PutMessage(self.client_id.clone(), out.seq, rec));
                 }
                 st.push_inflight(crate::session::Inflight {
@@ -339,7 +351,7 @@ impl Conn {
         // publishers slowed down for it may go on once it is under half its limits. (Taking
         // the last message clears `full_since` too: `was_full` makes sure they are told.)
         if !batch.is_empty() && was_full {
-            st.full_since = Some(Instant::now());
+            st.full_since = Some(now);
             if st.queue.len() <= self.shared.config.max_queued_messages / 2 {
                 st.full_since = None;
                 self.cell.space.notify_waiters();
@@ -377,7 +389,7 @@ impl Conn {
     }
 
     async fn drive<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, buf: &mut BytesMut) -> Close {
-        let now = Instant::now();
+        let now = self.shared.clock.now();
         if let Err(c) = self.resend_inflight(now) {
             return c;
         }
@@ -389,12 +401,15 @@ impl Conn {
         if self.shared.is_shutting_down() {
             return Close::Shutdown;
         }
+        if let Some(discard) = self.take_kick() {
+            return Close::Kicked { discard };
+        }
         // Bytes that arrived together with CONNECT.
         if let Err(c) = self.decode_all(buf) {
             return c;
         }
         loop {
-            let more = match self.pump(Instant::now()) {
+            let more = match self.pump(self.shared.clock.now()) {
                 Ok(more) => more,
                 Err(c) => return c,
             };
@@ -415,7 +430,8 @@ impl Conn {
             let deadline = self.deadline(last_rx);
             reserve_for_read(buf, read_hint);
             let cfg = &self.shared.config;
-            self.pressure.retain(|c| !c.has_room(cfg));
+            let clock = &self.shared.clock;
+            self.pressure.retain(|c| !c.has_room(cfg, clock));
             if self.pressure.is_empty() && !buf.is_empty() {
                 // Packets left buffered while this client was slowed down. If any were
                 // handled (acknowledgements may have opened the in-flight window), go
@@ -468,6 +484,9 @@ impl Conn {
                     if self.shared.is_shutting_down() {
                         return Close::Shutdown;
                     }
+                    if let Some(discard) = self.take_kick() {
+                        return Close::Kicked { discard };
+                    }
                 }
                 _ = wait_commit(&mut committed), if self.waiting_for_commit => {}
                 _ = wait_room(slowed.as_deref()), if slowed.is_some() => {}
@@ -493,10 +512,7 @@ impl Conn {
         if let Err(e) = store.wait(store.submitted()).await {
             // Nothing that is not stored is acknowledged: drop the pending acknowledgements.
             self.out.clear();
-            return Err(Close::Violation(
-                ReasonCode::UnspecifiedError,
-                format!("cannot store messages: {e}"),
-            ));
+            return Err(Close::Violation(Violation::StorageFailed(e.to_string())));
         }
         Ok(())
     }
@@ -517,9 +533,9 @@ impl Conn {
                 return Ok(());
             }
             match self.decoder.decode(buf) {
-                Ok(Decoded::Packet(p)) => self.on_packet(p, Instant::now())?,
+                Ok(Decoded::Packet(p)) => self.on_packet(p, self.shared.clock.now())?,
                 Ok(Decoded::NeedMore(_)) => return Ok(()),
-                Err(e) => return Err(Close::Violation(e.reason_code(), e.to_string())),
+                Err(e) => return Err(Close::Violation(e.into())),
             }
         }
     }
@@ -528,18 +544,19 @@ impl Conn {
         self.log_close(&close);
         // 5.0: tell the client why, where the server initiates the close (section 4.13).
         let code = match &close {
-            Close::Violation(rc, _) => Some(*rc),
+            Close::Violation(v) => Some(v.reason_code()),
             Close::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
             Close::TakenOver(_) => Some(ReasonCode::SessionTakenOver),
             Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
             Close::NotAuthorized => Some(ReasonCode::NotAuthorized),
+            Close::Kicked { .. } => Some(ReasonCode::AdministrativeAction),
             _ => None,
         };
         // Acknowledgements already encoded go out first, then the DISCONNECT.
         if let (true, Some(rc)) = (self.version.is_v5(), code) {
             let mut d = Disconnect::with_reason(rc);
-            if let Close::Violation(_, why) = &close {
-                d.properties.reason_string = Some(why.as_str().into());
+            if let Close::Violation(v) = &close {
+                d.properties.reason_string = Some(v.to_string().into());
             }
             self.send(Packet::Disconnect(d));
         }
@@ -556,11 +573,11 @@ impl Conn {
     /// One log event for the end of the connection, with the fields of every connection event
     /// (client id, peer address, listener, protocol version, user name).
     fn log_close(&self, close: &Close) {
-        let peer = self.peer;
+        let peer = self.info.peer;
         let client_id = &*self.client_id;
-        let listener = &*self.listener.name;
+        let listener = &*self.info.listener.name;
         let version = self.version;
-        let username = self.username.as_deref().unwrap_or("");
+        let username = self.info.username.as_deref().unwrap_or("");
         macro_rules! event {
             ($level:ident, $($rest:tt)+) => {
                 tracing::$level!(%peer, client_id, listener, %version, username, $($rest)+)
@@ -568,12 +585,13 @@ impl Conn {
         }
         match close {
             Close::ClientDisconnect { .. } => event!(info, "client disconnected"),
-            Close::Violation(rc, why) => event!(warn, reason = %rc, "closing connection: {why}"),
+            Close::Violation(v) => event!(warn, reason = %v.reason_code(), "closing connection: {v}"),
             Close::KeepAliveTimeout => event!(info, "keep-alive timeout"),
             Close::TakenOver(_) => event!(info, "session taken over by a new connection"),
             Close::Transport(why) => event!(info, "connection lost: {why}"),
             Close::Shutdown => event!(info, "closing: server shutting down"),
             Close::NotAuthorized => event!(warn, "re-authentication failed"),
+            Close::Kicked { discard } => event!(info, discard, "disconnected by an administrator"),
         }
     }
 
@@ -594,6 +612,7 @@ impl Conn {
                 }
                 st.conn_id = None;
                 st.waker = None;
+                st.attached = None;
             }
             self.shared.persist_session(&self.cell, true);
             return;
@@ -608,6 +627,8 @@ impl Conn {
             return;
         }
         let publish_will = !matches!(close, Close::ClientDisconnect { with_will: false });
+        let discard = matches!(close, Close::Kicked { discard: true });
+        let now = self.shared.clock.now();
         let (expiry, generation) = {
             let mut st = self.cell.lock();
             if st.conn_id != Some(self.conn_id) {
@@ -615,6 +636,7 @@ impl Conn {
             }
             st.conn_id = None;
             st.waker = None;
+            st.attached = None;
             st.generation += 1;
             (st.expiry_interval, st.generation)
         };
@@ -623,22 +645,26 @@ impl Conn {
             if w.delay == 0 || expiry == 0 {
                 self.shared.publish_will(&w.message);
             } else {
-                let after = Duration::from_secs(u64::from(w.delay.min(expiry)));
+                let at = now + Duration::from_secs(u64::from(w.delay.min(expiry)));
                 {
                     let mut st = self.cell.lock();
                     st.pending_will = Some(w.message.clone());
-                    st.pending_will_at = Some(Instant::now() + after);
+                    st.pending_will_at = Some(at);
                 }
-                spawn_will_timer(self.shared.clone(), self.cell.clone(), generation, after);
+                self.shared
+                    .scheduler
+                    .schedule(at, Due::Will, &self.cell, generation);
             }
         }
-        if expiry == 0 {
+        if expiry == 0 || discard {
             self.shared.end_session(&self.cell);
         } else {
             self.shared.persist_session(&self.cell, true);
             if expiry != u32::MAX {
-                let after = Duration::from_secs(u64::from(expiry));
-                spawn_expiry_timer(self.shared.clone(), self.cell.clone(), generation, after);
+                let at = now + Duration::from_secs(u64::from(expiry));
+                self.shared
+                    .scheduler
+                    .schedule(at, Due::Expiry, &self.cell, generation);
             }
         }
     }
@@ -696,49 +722,6 @@ async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Publish the session's pending will after `after`, unless the session was
-/// reattached (its generation changed) or ended meanwhile.
-pub(crate) fn spawn_will_timer(
-    shared: Arc<Shared>,
-    cell: Arc<SessionCell>,
-    generation: u64,
-    after: Duration,
-) {
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        let will = {
-            let mut st = cell.lock();
-            if st.generation != generation || st.ended {
-                return;
-            }
-            st.pending_will.take()
-        };
-        if let Some(w) = will {
-            shared.publish_will(&w);
-            shared.persist_session(&cell, true);
-        }
-    });
-}
-
-/// End the session after `after` if no connection attached to it meanwhile.
-pub(crate) fn spawn_expiry_timer(
-    shared: Arc<Shared>,
-    cell: Arc<SessionCell>,
-    generation: u64,
-    after: Duration,
-) {
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        let expired = {
-            let st = cell.lock();
-            st.generation == generation && st.conn_id.is_none()
-        };
-        if expired {
-            shared.end_session(&cell);
-        }
-    });
 }
 
 /// Serve one accepted connection until it closes.

@@ -5,7 +5,9 @@
 //! checksum or version does not match is reported as corrupt, never guessed at.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::clock::Stamp;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tern_proto::codec::{Decoded, Decoder, MAX_PACKET_SIZE};
@@ -45,30 +47,18 @@ fn open(raw: &[u8]) -> Result<Bytes, Corrupt> {
 
 /// Wall-clock milliseconds for an `Instant` deadline (0: none), so remaining
 /// times can be recomputed after a restart.
-pub fn to_wall(at: Option<Instant>, now: Instant) -> u64 {
+pub fn to_wall(at: Option<Instant>, now: Stamp) -> u64 {
     let Some(at) = at else { return 0 };
-    let wall = SystemTime::now() + at.saturating_duration_since(now);
-    wall.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1)
-        .max(1)
+    let left = u64::try_from(at.saturating_duration_since(now.now).as_millis()).unwrap_or(u64::MAX);
+    now.wall_ms.saturating_add(left).max(1)
 }
 
 /// The `Instant` for a stored wall-clock time (0: none); past times become `now`.
-pub fn from_wall(ms: u64, now: Instant) -> Option<Instant> {
+pub fn from_wall(ms: u64, now: Stamp) -> Option<Instant> {
     if ms == 0 {
         return None;
     }
-    let at = UNIX_EPOCH + Duration::from_millis(ms);
-    Some(now + at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
-}
-
-/// Milliseconds since the epoch, now.
-pub fn wall_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    Some(now.now + Duration::from_millis(ms.saturating_sub(now.wall_ms)))
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
@@ -113,7 +103,7 @@ fn get_u64(b: &mut Bytes) -> Result<u64, Corrupt> {
 }
 
 /// Append a message: expiry (wall ms), publisher, then the PUBLISH (5.0 encoding, length-prefixed).
-fn put_message(b: &mut BytesMut, m: &Message, now: Instant) {
+fn put_message(b: &mut BytesMut, m: &Message, now: Stamp) {
     b.put_u64(to_wall(m.expires_at, now));
     put_str(b, m.publisher.as_deref().unwrap_or(""));
     let mut p = Publish::new(m.topic.clone(), m.payload.clone());
@@ -127,7 +117,7 @@ fn put_message(b: &mut BytesMut, m: &Message, now: Instant) {
     b.extend_from_slice(&enc);
 }
 
-fn get_message(b: &mut Bytes, now: Instant) -> Result<Message, Corrupt> {
+fn get_message(b: &mut Bytes, now: Stamp) -> Result<Message, Corrupt> {
     let expires = get_u64(b)?;
     let publisher = get_str(b)?;
     let qos = QoS::from_bits(get_u8(b)?).ok_or(Corrupt("bad QoS"))?;
@@ -152,20 +142,20 @@ fn get_message(b: &mut Bytes, now: Instant) -> Result<Message, Corrupt> {
 }
 
 /// A retained message.
-pub fn retained(m: &Message, now: Instant) -> Bytes {
+pub fn retained(m: &Message, now: Stamp) -> Bytes {
     let mut b = BytesMut::new();
     put_message(&mut b, m, now);
     seal(b)
 }
 
 /// Read a retained message.
-pub fn read_retained(raw: &[u8], now: Instant) -> Result<Message, Corrupt> {
+pub fn read_retained(raw: &[u8], now: Stamp) -> Result<Message, Corrupt> {
     let mut b = open(raw)?;
     get_message(&mut b, now)
 }
 
 /// A message held for a session: where it stands, then the delivery.
-pub fn queued(out: &Outgoing, state: Option<(InflightState, PacketId)>, now: Instant) -> Bytes {
+pub fn queued(out: &Outgoing, state: Option<(InflightState, PacketId)>, now: Stamp) -> Bytes {
     let mut b = BytesMut::new();
     match state {
         None => {
@@ -199,7 +189,7 @@ pub struct StoredDelivery {
 }
 
 /// Read a message held for a session.
-pub fn read_queued(raw: &[u8], now: Instant) -> Result<StoredDelivery, Corrupt> {
+pub fn read_queued(raw: &[u8], now: Stamp) -> Result<StoredDelivery, Corrupt> {
     let mut b = open(raw)?;
     let state = get_u8(&mut b)?;
     let id = PacketId::new(get_u16(&mut b)?);
@@ -268,7 +258,7 @@ fn options_from(b: u8) -> Result<SubscriptionOptions, Corrupt> {
 }
 
 /// Encode a session record.
-pub fn session(s: &SessionRecord, now: Instant) -> Bytes {
+pub fn session(s: &SessionRecord, now: Stamp) -> Bytes {
     let mut b = BytesMut::new();
     b.put_u8(s.version.level());
     b.put_u32(s.expiry_interval);
@@ -291,7 +281,7 @@ pub fn session(s: &SessionRecord, now: Instant) -> Bytes {
 }
 
 /// Read a session record.
-pub fn read_session(raw: &[u8], now: Instant) -> Result<SessionRecord, Corrupt> {
+pub fn read_session(raw: &[u8], now: Stamp) -> Result<SessionRecord, Corrupt> {
     let mut b = open(raw)?;
     let version = match get_u8(&mut b)? {
         3 => ProtocolVersion::V3_1,
@@ -379,7 +369,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let now = Instant::now();
+        let now = crate::clock::Clock::system().stamp();
         let out = Outgoing {
             msg: Arc::new(msg()),
             qos: QoS::AtLeastOnce,
@@ -401,7 +391,7 @@ mod tests {
 
     #[test]
     fn corruption_is_detected() {
-        let now = Instant::now();
+        let now = crate::clock::Clock::system().stamp();
         let mut raw = retained(&msg(), now).to_vec();
         assert!(read_retained(&raw, now).is_ok());
         let last = raw.len() - 1;

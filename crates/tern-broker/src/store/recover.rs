@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tern_proto::PacketId;
 
 use super::record::{self, Corrupt};
 use super::{Loaded, Op};
-use crate::connection::{spawn_expiry_timer, spawn_will_timer};
 use crate::router::SubEntry;
+use crate::scheduler::Due;
 use crate::session::{Inflight, SessionCell};
 use crate::shared::Shared;
 use crate::BrokerError;
@@ -34,8 +34,8 @@ impl Shared {
     /// Load sessions (offline, with their subscriptions, queues, in-flight messages and
     /// QoS 2 ids) and retained messages; drop what expired while the broker was down.
     pub(crate) fn restore(self: &Arc<Self>, loaded: Loaded) -> Result<Restored, BrokerError> {
-        let now = Instant::now();
-        let wall = record::wall_now();
+        let stamp = self.clock.stamp();
+        let (now, wall) = (stamp.now, stamp.wall_ms);
         let store = self.store.clone();
         let submit = |op: Op| {
             if let Some(s) = &store {
@@ -44,7 +44,7 @@ impl Shared {
         };
         let mut r = Restored::default();
         for (topic, raw) in &loaded.retained {
-            let msg = record::read_retained(raw, now).map_err(|e| corrupt("retained", topic, e))?;
+            let msg = record::read_retained(raw, stamp).map_err(|e| corrupt("retained", topic, e))?;
             if msg.is_expired(now) {
                 submit(Op::DelRetained(topic.clone()));
                 continue;
@@ -54,7 +54,7 @@ impl Shared {
         }
         let mut cells: HashMap<String, Arc<SessionCell>> = HashMap::new();
         for (client, raw) in &loaded.sessions {
-            let rec = record::read_session(raw, now).map_err(|e| corrupt("sessions", client, e))?;
+            let rec = record::read_session(raw, stamp).map_err(|e| corrupt("sessions", client, e))?;
             let client_id: Arc<str> = Arc::from(client.as_str());
             // A session that was connected at the crash counts as disconnected now.
             let gone_at = if rec.disconnected_at == 0 {
@@ -83,7 +83,7 @@ impl Shared {
                 }
                 if let Some((at, will)) = &rec.pending_will {
                     st.pending_will = Some(will.clone());
-                    st.pending_will_at = record::from_wall(*at, now);
+                    st.pending_will_at = record::from_wall(*at, stamp);
                 }
             }
             for (filter, options, id) in &rec.subscriptions {
@@ -101,16 +101,11 @@ impl Shared {
                 (st.pending_will_at, st.generation)
             };
             if let Some(at) = will_at {
-                spawn_will_timer(
-                    self.clone(),
-                    cell.clone(),
-                    generation,
-                    at.saturating_duration_since(now),
-                );
+                self.scheduler.schedule(at, Due::Will, &cell, generation);
             }
             if rec.expiry_interval != u32::MAX {
-                let left = Duration::from_millis(expires_at.saturating_sub(wall));
-                spawn_expiry_timer(self.clone(), cell.clone(), generation, left);
+                let at = now + Duration::from_millis(expires_at.saturating_sub(wall));
+                self.scheduler.schedule(at, Due::Expiry, &cell, generation);
             }
             self.sessions.insert(cell.clone());
             cells.insert(client.clone(), cell);
@@ -122,7 +117,7 @@ impl Shared {
                 submit(Op::DelMessage(Arc::from(&*client), seq));
                 continue;
             };
-            let mut d = record::read_queued(raw, now).map_err(|e| corrupt("messages", &client, e))?;
+            let mut d = record::read_queued(raw, stamp).map_err(|e| corrupt("messages", &client, e))?;
             d.out.seq = seq;
             let mut st = cell.lock();
             st.next_seq = st.next_seq.max(seq + 1);

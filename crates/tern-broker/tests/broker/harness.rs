@@ -1,7 +1,7 @@
 //! Starting a broker for a test; the raw MQTT peer is `tern_testkit::raw`, shared
 //! with the conformance tests.
 
-use tern_broker::{BrokerBuilder, BrokerHandle, Config};
+use tern_broker::{BrokerBuilder, BrokerHandle, Config, ManualClock};
 use tern_proto::{Connect, ProtocolVersion};
 
 pub use tern_testkit::raw::{pid, Raw, V3, V5};
@@ -24,6 +24,29 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> BrokerHandle {
         .await
         .expect("bind")
         .spawn()
+}
+
+/// A broker on 127.0.0.1:0 whose protocol time (message and session expiry, will delays)
+/// moves only with [`pass`].
+pub async fn start_clocked(f: impl FnOnce(&mut Config)) -> (BrokerHandle, ManualClock) {
+    let clock = ManualClock::new();
+    let b = BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(f)
+        .clock(clock.clone())
+        .bind()
+        .await
+        .expect("bind")
+        .spawn();
+    (b, clock)
+}
+
+/// Let `d` of protocol time pass at once, and let the broker act on what fell due.
+pub async fn pass(clock: &ManualClock, d: std::time::Duration) {
+    clock.advance(d);
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// A CONNECT that keeps its session: clean session 0 (3.1.1) or clean start 0 with a

@@ -6,6 +6,7 @@
 mod challenge;
 mod harness;
 
+mod admin;
 mod close;
 mod connect;
 mod features;

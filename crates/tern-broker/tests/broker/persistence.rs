@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tern_broker::{BrokerBuilder, BrokerHandle};
+use tern_broker::{BrokerBuilder, BrokerHandle, Clock, ManualClock};
 use tern_proto::{Ack, Connect, Packet, Publish, QoS, ReasonCode, Will};
 
 use crate::harness::*;
@@ -29,9 +29,15 @@ impl Drop for TempDir {
 }
 
 async fn start_in(dir: &TempDir) -> BrokerHandle {
+    start_in_with(dir, Clock::system()).await
+}
+
+/// A broker on the data directory `dir`, with protocol time from `clock`.
+async fn start_in_with(dir: &TempDir, clock: impl Into<Clock>) -> BrokerHandle {
     BrokerBuilder::new()
         .listen("127.0.0.1:0".parse().unwrap())
         .configure(|c| c.data_dir = Some(dir.0.clone()))
+        .clock(clock)
         .bind()
         .await
         .expect("bind")
@@ -161,7 +167,8 @@ async fn incoming_qos2_stays_exactly_once_across_a_restart_mqtt_4_3_3_10() {
 #[tokio::test]
 async fn session_expiry_counts_while_the_broker_is_down() {
     let dir = TempDir::new("expiry");
-    let b = start_in(&dir).await;
+    let clock = ManualClock::new();
+    let b = start_in_with(&dir, clock.clone()).await;
     let mut c = persistent(V5, "brief");
     c.properties.session_expiry_interval = Some(1);
     let (mut sub, _) = Raw::connect_with(b.addr(), c.clone()).await;
@@ -170,8 +177,8 @@ async fn session_expiry_counts_while_the_broker_is_down() {
     let (keep, _) = Raw::connect_with(b.addr(), persistent(V5, "durable")).await;
     keep.disconnect().await;
     b.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let b = start_in(&dir).await;
+    clock.advance(Duration::from_millis(1500));
+    let b = start_in_with(&dir, clock.clone()).await;
     let (_sub, ack) = Raw::connect_with(b.addr(), c).await;
     assert!(!ack.session_present, "expired while the broker was down");
     let (_keep, ack) = Raw::connect_with(b.addr(), persistent(V5, "durable")).await;
@@ -181,7 +188,8 @@ async fn session_expiry_counts_while_the_broker_is_down() {
 #[tokio::test]
 async fn a_delayed_will_fires_after_a_restart() {
     let dir = TempDir::new("will");
-    let b = start_in(&dir).await;
+    let clock = ManualClock::new();
+    let b = start_in_with(&dir, clock.clone()).await;
     let mut c = persistent(V5, "dying");
     c.will = Some(Will {
         topic: "wills/dying".into(),
@@ -197,9 +205,12 @@ async fn a_delayed_will_fires_after_a_restart() {
     drop(dev);
     tokio::time::sleep(Duration::from_millis(200)).await;
     b.shutdown().await;
-    let b = start_in(&dir).await;
+    let b = start_in_with(&dir, clock.clone()).await;
     let mut watcher = Raw::connect(b.addr(), V5, "watcher").await;
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    // Not before its delay, which counts from the disconnection (v5 section 3.1.3.2.2).
+    watcher.expect_silence(100).await;
+    pass(&clock, Duration::from_secs(2)).await;
     let p = watcher.recv_publish().await;
     assert_eq!(&p.payload[..], b"gone");
 }

@@ -72,14 +72,14 @@ async fn retain_handling_and_retain_as_published_v5() {
 
 #[tokio::test]
 async fn retained_message_expires_v5() {
-    let b = start().await;
+    let (b, clock) = start_clocked(|_| {}).await;
     let mut publ = Raw::connect(b.addr(), V5, "p").await;
     let mut p = Publish::new("exp/x", "soon gone");
     p.retain = true;
     p.properties.message_expiry_interval = Some(1);
     publ.send(Packet::Publish(p)).await;
     publ.sync().await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    pass(&clock, Duration::from_millis(1200)).await;
     let mut sub = Raw::connect(b.addr(), V5, "s").await;
     sub.subscribe("exp/#", QoS::AtMostOnce).await;
     sub.expect_silence(200).await;

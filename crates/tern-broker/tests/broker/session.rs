@@ -100,13 +100,18 @@ async fn session_expiry_zero_ends_the_session_at_disconnect() {
 
 #[tokio::test]
 async fn session_expiry_interval_elapses() {
-    let b = start().await;
+    let (b, clock) = start_clocked(|_| {}).await;
     let mut c = persistent(V5, "expiring");
     c.properties.session_expiry_interval = Some(1);
     let (mut sub, _) = Raw::connect_with(b.addr(), c.clone()).await;
     sub.subscribe("s", QoS::AtLeastOnce).await;
     sub.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Not yet: the expiry has not run out.
+    pass(&clock, Duration::from_millis(900)).await;
+    let (s, ack) = Raw::connect_with(b.addr(), c.clone()).await;
+    assert!(ack.session_present, "the session expired too early");
+    s.disconnect().await;
+    pass(&clock, Duration::from_millis(1100)).await;
     let (_sub, ack) = Raw::connect_with(b.addr(), c).await;
     assert!(!ack.session_present, "the session should have expired");
 }

@@ -50,7 +50,7 @@ async fn topic_alias_errors() {
 #[tokio::test]
 async fn expired_messages_are_not_delivered_mqtt_3_3_2_5() {
     // v5 [MQTT-3.3.2-5]: a queued message that expired is not delivered.
-    let b = start().await;
+    let (b, clock) = start_clocked(|_| {}).await;
     let mut c = Connect::new(V5, "offline");
     c.clean_start = false;
     c.keep_alive = 0;
@@ -71,7 +71,7 @@ async fn expired_messages_are_not_delivered_mqtt_3_3_2_5() {
     p.properties.message_expiry_interval = Some(100);
     publ.send(Packet::Publish(p)).await;
     publ.recv().await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    pass(&clock, Duration::from_millis(1200)).await;
     let (mut sub, _) = Raw::connect_with(b.addr(), c).await;
     let p = sub.recv_publish().await;
     assert_eq!(&p.payload[..], b"long");

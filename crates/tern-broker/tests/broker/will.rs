@@ -82,25 +82,35 @@ async fn will_is_published_on_protocol_error_and_keepalive_timeout() {
 
 #[tokio::test]
 async fn will_delay_is_cancelled_by_reconnection_v5() {
-    let b = start().await;
+    let (b, clock) = start_clocked(|_| {}).await;
     let mut watcher = Raw::connect(b.addr(), V5, "watcher").await;
     watcher.subscribe("wills/#", QoS::AtMostOnce).await;
     let mut c = with_will(V5, "delayed", Some(1));
     c.clean_start = false;
     c.properties.session_expiry_interval = Some(60);
+    // DISCONNECT 0x04 asks for the will; once the broker has closed, its delay is running.
+    let leave_with_will = |mut dev: Raw| async move {
+        dev.send(Packet::Disconnect(Disconnect::with_reason(
+            ReasonCode::DisconnectWithWill,
+        )))
+        .await;
+        assert_eq!(dev.expect_closed().await, None);
+    };
     let (dev, _) = Raw::connect_with(b.addr(), c.clone()).await;
-    drop(dev);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    leave_with_will(dev).await;
+    pass(&clock, Duration::from_millis(500)).await;
     // Reconnect within the delay: the will is not sent (v5 [MQTT-3.1.3-9]).
     let (dev, ack) = Raw::connect_with(b.addr(), c.clone()).await;
     assert!(ack.session_present);
-    watcher.expect_silence(1500).await;
-    // Now drop and stay away: the will comes after about one second.
-    drop(dev);
-    let started = std::time::Instant::now();
+    pass(&clock, Duration::from_secs(5)).await;
+    watcher.expect_silence(100).await;
+    // Now leave and stay away: the will comes once its second has passed, not before.
+    leave_with_will(dev).await;
+    pass(&clock, Duration::from_millis(900)).await;
+    watcher.expect_silence(100).await;
+    pass(&clock, Duration::from_millis(100)).await;
     let p = watcher.recv_publish().await;
     assert_eq!(&p.payload[..], b"gone");
-    assert!(started.elapsed() >= Duration::from_millis(800));
 }
 
 #[tokio::test]

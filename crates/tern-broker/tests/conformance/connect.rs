@@ -353,19 +353,19 @@ async fn assigned_client_identifiers_are_unique_and_name_a_real_session_v5() {
 
 #[tokio::test]
 async fn an_expired_session_is_discarded_v5() {
-    let b = start().await;
+    let (b, clock) = start_clocked(|_| {}).await;
     let mut c = persistent(V5, "expires");
     c.properties.session_expiry_interval = Some(1);
     let (mut s, _) = Raw::connect_with(b.addr(), c.clone()).await;
     s.subscribe("e/t", QoS::AtLeastOnce).await;
     // v5 [MQTT-4.1.0-1]: the state stays while the connection is open, longer than the expiry.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    pass(&clock, Duration::from_secs(3600)).await;
     let mut p = Raw::connect(b.addr(), V5, "expires-pub").await;
     p.publish("e/t", "still here", QoS::AtLeastOnce, false).await;
     let got = s.recv_publish().await;
     s.ack(&got).await;
     s.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pass(&clock, Duration::from_millis(1500)).await;
     // v5 [MQTT-4.1.0-2]: closed and the Session Expiry Interval has passed: discarded.
     let (_s, ack) = Raw::connect_with(b.addr(), c).await;
     assert!(!ack.session_present);

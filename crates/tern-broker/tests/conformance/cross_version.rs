@@ -78,7 +78,7 @@ async fn v5_publisher_to_v3_subscriber() {
 
 #[tokio::test]
 async fn message_expiry_of_a_v5_publisher_applies_to_a_v3_session() {
-    let b = start().await;
+    let (b, clock) = start_clocked(|_| {}).await;
     let (mut v3, _) = Raw::connect_with(b.addr(), persistent(V3, "z3")).await;
     v3.subscribe("z/#", QoS::AtLeastOnce).await;
     v3.disconnect().await;
@@ -88,7 +88,7 @@ async fn message_expiry_of_a_v5_publisher_applies_to_a_v3_session() {
     v5.send(Packet::Publish(short)).await;
     v5.recv().await;
     v5.publish("z/long", "kept", QoS::AtLeastOnce, false).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pass(&clock, Duration::from_millis(1500)).await;
     // v5 [MQTT-3.3.2-5]: the expired message is not delivered, whatever the subscriber speaks.
     let (mut v3, _) = Raw::connect_with(b.addr(), persistent(V3, "z3")).await;
     let p = v3.recv_publish().await;

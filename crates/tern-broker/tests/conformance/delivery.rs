@@ -89,7 +89,7 @@ async fn qos2_delivery_after_pubrec_resends_pubrel_not_publish() {
 
 #[tokio::test]
 async fn sent_qos2_messages_are_not_expired_v5() {
-    let b = start().await;
+    let (b, clock) = start_clocked(|_| {}).await;
     let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "d-exp")).await;
     sub.subscribe("dexp/t", QoS::ExactlyOnce).await;
     let mut publ = Raw::connect(b.addr(), V5, "d-exp-pub").await;
@@ -98,7 +98,7 @@ async fn sent_qos2_messages_are_not_expired_v5() {
     publ.send(Packet::Publish(p)).await;
     let first = sub.recv_publish().await;
     drop(sub);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pass(&clock, Duration::from_millis(1500)).await;
     // v5 [MQTT-4.3.3-7]: once sent, the message is not expired: it is resent on reconnection.
     let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "d-exp")).await;
     let again = sub.recv_publish().await;

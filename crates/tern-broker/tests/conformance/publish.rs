@@ -152,12 +152,12 @@ async fn qos2_publish_is_received_exactly_once() {
 
 #[tokio::test]
 async fn qos2_handshake_goes_on_after_the_message_expired_v5() {
-    let b = start().await;
+    let (b, clock) = start_clocked(|_| {}).await;
     let mut publ = Raw::connect(b.addr(), V5, "exp-pub").await;
     // QoS 2 PUBLISH "t", id 9, Message Expiry Interval 1 s.
     publ.send_hex("34 0C 00 01 74 00 09 05 02 00 00 00 01 78").await;
     publ.expect_hex("50 03 00 09 10").await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    pass(&clock, Duration::from_millis(1300)).await;
     // v5 [MQTT-4.3.3-13]: the message has expired, the handshake still completes.
     publ.send_hex("62 02 00 09").await;
     publ.expect_hex("70 02 00 09").await;

@@ -1,6 +1,6 @@
 //! Starting a broker for a test, and small builders of packets.
 
-use tern_broker::{BrokerBuilder, BrokerHandle, Config};
+use tern_broker::{BrokerBuilder, BrokerHandle, Config, ManualClock};
 use tern_proto::{Connect, ProtocolVersion, Publish, QoS};
 pub use tern_testkit::raw::{hex, pid, Raw, V3, V5};
 
@@ -18,6 +18,29 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> BrokerHandle {
         .await
         .expect("bind")
         .spawn()
+}
+
+/// A broker on 127.0.0.1:0 whose protocol time (message and session expiry, will delays)
+/// moves only with [`pass`].
+pub async fn start_clocked(f: impl FnOnce(&mut Config)) -> (BrokerHandle, ManualClock) {
+    let clock = ManualClock::new();
+    let b = BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(f)
+        .clock(clock.clone())
+        .bind()
+        .await
+        .expect("bind")
+        .spawn();
+    (b, clock)
+}
+
+/// Let `d` of protocol time pass at once, and let the broker act on what fell due.
+pub async fn pass(clock: &ManualClock, d: std::time::Duration) {
+    clock.advance(d);
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// A CONNECT without keep-alive.

@@ -148,6 +148,29 @@ async fn denied_subscribe_gets_failure_codes() {
     assert_eq!(subscribe(&mut bob3, "public/a").await, ReasonCode::GrantedQoS1);
 }
 
+/// `denied_subscription_reason = "unspecified_error"`: 5.0 clients that know only the
+/// 3.1.1 failure code get 0x80 for a refused filter (v5 [MQTT-3.9.3-2] lets the server choose).
+#[tokio::test]
+async fn denied_subscribe_can_answer_unspecified_error() {
+    let dir = TempDir::new("acl-0x80");
+    let acl = dir.file("acl", RULES);
+    let pw = dir.file("passwd", &passwords(&[("alice", "a"), ("bob", "b")]));
+    let b = start(|b| {
+        b.configure(|c| {
+            c.acl_file = Some(acl);
+            c.password_file = Some(pw);
+            c.denied_subscription_reason = tern_broker::DeniedSubscription::UnspecifiedError;
+        })
+    })
+    .await;
+    let mut bob5 = login(&b, V5, "bob5", "bob").await;
+    assert_eq!(
+        subscribe(&mut bob5, "alice/#").await,
+        ReasonCode::UnspecifiedError
+    );
+    assert_eq!(subscribe(&mut bob5, "public/+").await, ReasonCode::GrantedQoS1);
+}
+
 /// `receive` is checked at delivery: a subscription may be wider than what the
 /// client may read.
 #[tokio::test]

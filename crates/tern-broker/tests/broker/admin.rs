@@ -1,0 +1,111 @@
+//! The broker's public face for an embedding program or an admin API: listing sessions
+//! and disconnecting clients through `BrokerHandle`.
+
+use tern_proto::{Connect, QoS, ReasonCode, RetainHandling, SubscriptionOptions, Will};
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn sessions_list_connected_clients_and_offline_persistent_sessions() {
+    let b = start().await;
+    assert!(b.sessions().is_empty());
+    let mut c = Connect::new(V5, "online");
+    c.keep_alive = 30;
+    c.username = Some("alice".into());
+    let (mut online, _) = Raw::connect_with(b.addr(), c).await;
+    let opts = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: false,
+        retain_handling: RetainHandling::DoNotSend,
+    };
+    online.subscribe_with("a/+", opts, Some(7)).await;
+    online.subscribe("$share/g/b/#", QoS::AtMostOnce).await;
+
+    let (mut offline, _) = Raw::connect_with(b.addr(), persistent(V3, "offline")).await;
+    offline.subscribe("x/#", QoS::ExactlyOnce).await;
+    offline.disconnect().await;
+    let mut publ = Raw::connect(b.addr(), V5, "publisher").await;
+    publ.publish("x/1", "queued", QoS::AtLeastOnce, false).await;
+
+    let all = b.sessions();
+    let ids: Vec<&str> = all.iter().map(|s| s.client_id.as_str()).collect();
+    assert_eq!(ids, ["offline", "online", "publisher"]);
+
+    let on = b.session("online").expect("listed");
+    assert_eq!(on.protocol_version, V5);
+    let conn = on.connection.expect("connected");
+    assert_eq!(conn.username.as_deref(), Some("alice"));
+    assert_eq!(conn.keep_alive, 30);
+    assert_eq!(conn.listener, format!("tcp {}", b.addr()));
+    assert_eq!(conn.peer.ip(), b.addr().ip());
+    assert!(conn.connected_at <= std::time::SystemTime::now());
+    let filters: Vec<(&str, Option<u32>)> = on
+        .subscriptions
+        .iter()
+        .map(|s| (s.filter.as_str(), s.identifier))
+        .collect();
+    assert_eq!(filters, [("$share/g/b/#", None), ("a/+", Some(7))]);
+    assert_eq!(on.subscriptions[1].options, opts);
+    assert_eq!(on.expiry_interval, 0);
+
+    let off = b.session("offline").expect("kept");
+    assert!(off.connection.is_none());
+    assert_eq!(off.protocol_version, V3);
+    assert_eq!((off.queued, off.inflight), (1, 0));
+    assert_eq!(off.queued_bytes, "queued".len());
+    assert_eq!(
+        off.expiry_interval,
+        u32::MAX,
+        "3.1.1 Clean Session 0 never expires"
+    );
+
+    assert!(b.session("nobody").is_none());
+}
+
+#[tokio::test]
+async fn an_administrator_disconnects_a_client_and_its_will_is_published() {
+    let b = start().await;
+    let mut watcher = Raw::connect(b.addr(), V5, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtMostOnce).await;
+    let mut c = persistent(V5, "device");
+    c.will = Some(Will {
+        topic: "wills/device".into(),
+        payload: "gone".into(),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (mut dev, _) = Raw::connect_with(b.addr(), c.clone()).await;
+    dev.subscribe("cmd/#", QoS::AtLeastOnce).await;
+
+    assert!(b.disconnect("device", false));
+    // v5 section 4.13: the server says why it closes: DISCONNECT 0x98 Administrative action.
+    assert_eq!(dev.expect_closed().await, Some(ReasonCode::AdministrativeAction));
+    // The client did not send DISCONNECT: its will is published (v5 [MQTT-3.1.2-8]).
+    let will = watcher.recv_publish().await;
+    assert_eq!(&will.payload[..], b"gone");
+    // Its persistent session stays, offline, with its subscription.
+    let s = b.session("device").expect("kept");
+    assert!(s.connection.is_none());
+    assert_eq!(s.subscriptions.len(), 1);
+    let (dev, ack) = Raw::connect_with(b.addr(), c.clone()).await;
+    assert!(ack.session_present);
+
+    // 3.1.1 clients get no DISCONNECT: the connection is closed.
+    let (mut old, _) = Raw::connect_with(b.addr(), persistent(V3, "old")).await;
+    assert!(b.disconnect("old", false));
+    assert_eq!(old.expect_closed().await, None);
+
+    // Discarding the session: connected or offline, it is gone.
+    assert!(b.disconnect("device", true));
+    let mut dev = dev;
+    assert_eq!(dev.expect_closed().await, Some(ReasonCode::AdministrativeAction));
+    watcher.recv_publish().await;
+    assert!(b.session("old").is_some_and(|s| s.connection.is_none()));
+    assert!(b.disconnect("old", true));
+    let (_dev, ack) = Raw::connect_with(b.addr(), c).await;
+    assert!(!ack.session_present);
+    assert!(b.session("old").is_none());
+    assert!(!b.disconnect("nobody", true));
+}
