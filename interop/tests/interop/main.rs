@@ -4,3 +4,4 @@
 mod browser;
 mod mosquitto_clients;
 mod paho;
+mod paho_suites;
