@@ -132,7 +132,8 @@ async fn packets_split_across_and_combined_in_messages() {
 
 /// RELIABILITY.md H4: a text message (v3.1.1+v5 [MQTT-6.0.0-1]), an oversized message, a wrong
 /// path, a missing `mqtt` subprotocol (v3.1.1+v5 [MQTT-6.0.0-3]), a plain HTTP request and an
-/// endless request are all refused or closed, and the listener keeps serving.
+/// endless request are all refused or closed, and the listener keeps serving. Refused upgrade
+/// requests get an HTTP answer first: 400, 404, 426 (with the version the server speaks), 431.
 #[tokio::test]
 async fn hostile_websocket_input_is_closed() {
     let ws_listener = tern_broker::ListenerConfig::new(ListenerKind::Ws, "127.0.0.1:0".parse().unwrap());
@@ -185,6 +186,36 @@ async fn hostile_websocket_input_is_closed() {
     }
     let ws = ws_open(addr, "/mqtt", Some("mqtt")).await.unwrap();
     let _ = ws;
+    // Refused requests get an HTTP answer before the close.
+    let upgrade =
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (name, request, status, header) in [
+        ("plain GET", "GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), 400, None),
+        ("wrong path", "GET /other HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), 404, None),
+        (
+            "version 8",
+            format!("GET /mqtt HTTP/1.1\r\nHost: x\r\n{upgrade}Sec-WebSocket-Version: 8\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"),
+            426,
+            Some("sec-websocket-version: 13"),
+        ),
+        (
+            "huge head",
+            format!("GET /mqtt HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(20 * 1024)),
+            431,
+            None,
+        ),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "{name}: not closed");
+        let text = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(text.starts_with(&format!("http/1.1 {status} ")), "{name}: {text}");
+        if let Some(h) = header {
+            assert!(text.contains(h), "{name}: {text}");
+        }
+    }
     let endpoint = tern_client::transport::Endpoint {
         scheme: tern_client::transport::Scheme::Ws,
         host: "127.0.0.1".into(),
