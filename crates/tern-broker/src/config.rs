@@ -23,6 +23,14 @@ pub struct Config {
     pub max_packet_size: u32,
     /// Seconds a new connection may take to send CONNECT (default 10).
     pub connect_timeout_secs: u64,
+    /// Largest first packet (CONNECT) accepted, in bytes (default 128 KiB: a CONNECT with a
+    /// 64 KiB will and its properties; never above `max_packet_size`). Before CONNECT a
+    /// client is not authenticated, so what it may make the broker hold is kept small.
+    pub max_connect_packet_size: u32,
+    /// Seconds without a byte of a packet in progress before the connection is closed
+    /// (default 30; 0 disables), whatever the keep-alive: a partial packet holds buffer
+    /// space. A client that keeps sending, however slowly, is never cut off by it.
+    pub packet_stall_timeout_secs: u64,
     /// Connections the kernel may hold for each listener before they are accepted
     /// (default 4,096; the kernel caps it at `net.core.somaxconn`). A full backlog
     /// drops new connection attempts, which the clients retry only after a second.
@@ -297,6 +305,8 @@ impl Default for Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
             max_packet_size: 1024 * 1024,
             connect_timeout_secs: 10,
+            max_connect_packet_size: 128 * 1024,
+            packet_stall_timeout_secs: 30,
             listen_backlog: 4096,
             max_connections: 100_000,
             receive_maximum: 100,
@@ -389,6 +399,9 @@ impl Config {
         if self.max_packet_size < 64 {
             return bad("max_packet_size", "must be at least 64 bytes");
         }
+        if self.max_connect_packet_size < 64 {
+            return bad("max_connect_packet_size", "must be at least 64 bytes");
+        }
         if self.receive_maximum == 0 {
             return bad("receive_maximum", "must be between 1 and 65535");
         }
@@ -432,6 +445,16 @@ impl Config {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// The size limit of the first packet.
+    pub(crate) fn connect_packet_limit(&self) -> u32 {
+        self.max_connect_packet_size.min(self.max_packet_size)
+    }
+
+    /// How long a partial packet may go without a byte; `None`: forever.
+    pub(crate) fn packet_stall_timeout(&self) -> Option<Duration> {
+        (self.packet_stall_timeout_secs > 0).then(|| Duration::from_secs(self.packet_stall_timeout_secs))
     }
 
     pub(crate) fn backpressure_timeout(&self) -> Duration {

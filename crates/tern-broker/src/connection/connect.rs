@@ -50,7 +50,9 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<Box<Connect>, Refused> {
-    let decoder = Decoder::new(ProtocolVersion::V3_1_1, shared.config.max_packet_size);
+    // The first packet has a limit of its own, smaller than max_packet_size: an unauthenticated
+    // client holds at most that much of the broker's memory until the connect timeout.
+    let decoder = Decoder::new(ProtocolVersion::V3_1_1, shared.config.connect_packet_limit());
     let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
     loop {
         match decoder.decode(buf) {

@@ -78,6 +78,8 @@ pub(crate) enum Close {
     /// An administrator disconnected the client (v5 DISCONNECT 0x98); `discard` also
     /// ends its session.
     Kicked { discard: bool },
+    /// No byte of a packet in progress for `packet_stall_timeout_secs`.
+    Stalled,
 }
 
 /// A connection after a successful CONNECT.
@@ -445,6 +447,16 @@ impl Conn {
                 }
             }
             let slowed = self.pressure.first().cloned();
+            // What is left in the buffer here is a packet in progress: it may wait for its
+            // next byte only so long, keep-alive or not.
+            let stall = match self.shared.config.packet_stall_timeout() {
+                Some(t) if !buf.is_empty() => Some(last_rx + t),
+                _ => None,
+            };
+            let deadline = match (deadline, stall) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
             // A slowed-down client's socket is not read, so its keep-alive cannot be
             // judged: the clock stops while it waits and starts again after.
             let deadline = if slowed.is_some() {
@@ -491,7 +503,11 @@ impl Conn {
                 _ = wait_commit(&mut committed), if self.waiting_for_commit => {}
                 _ = wait_room(slowed.as_deref()), if slowed.is_some() => {}
                 _ = sleep_opt(wake_at) => {
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    let now = tokio::time::Instant::now();
+                    if slowed.is_none() && stall.is_some_and(|s| now >= s) {
+                        return Close::Stalled;
+                    }
+                    if deadline.is_some_and(|d| now >= d) {
                         return Close::KeepAliveTimeout;
                     }
                 }
@@ -592,6 +608,7 @@ impl Conn {
             Close::Shutdown => event!(info, "closing: server shutting down"),
             Close::NotAuthorized => event!(warn, "re-authentication failed"),
             Close::Kicked { discard } => event!(info, discard, "disconnected by an administrator"),
+            Close::Stalled => event!(warn, "closing connection: a packet in progress stalled"),
         }
     }
 

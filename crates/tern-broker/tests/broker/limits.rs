@@ -369,3 +369,63 @@ async fn a_message_dropped_for_its_size_does_not_hold_up_the_rest_of_the_queue()
     assert_eq!(&third.payload[..], b"third");
     sub.ack(&third).await;
 }
+
+#[tokio::test]
+async fn the_first_packet_has_a_smaller_limit_of_its_own() {
+    // Before CONNECT nobody is authenticated: `max_connect_packet_size` caps what a socket can
+    // make the broker buffer, below `max_packet_size`. 5.0: CONNACK 0x95; 3.1.1: closed.
+    let b = start_with(|c| {
+        c.max_connect_packet_size = 1024;
+        c.max_packet_size = 1 << 20;
+    })
+    .await;
+    let (mut sub, mut publ) = canary(b.addr()).await;
+    for (v, level) in [(V5, 5u8), (V3, 4u8)] {
+        let mut c = Raw::open(b.addr(), v).await;
+        // CONNECT announcing 2,000 bytes: fixed header, then the start of its variable header.
+        let mut head = vec![
+            0x10, 0xD0, 0x0F, 0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0x02, 0x00, 0x00,
+        ];
+        head.extend_from_slice(&[0u8; 64]);
+        c.send_bytes(&head).await;
+        if v.is_v5() {
+            c.expect_hex("20 03 00 95 00").await;
+        }
+        assert_eq!(c.expect_closed().await, None, "{v}");
+    }
+    // A CONNECT within the limit is accepted, and later packets may be larger.
+    let mut big = Raw::connect(b.addr(), V5, "big-later").await;
+    big.publish("big", &"x".repeat(4000), QoS::AtLeastOnce, false)
+        .await;
+    canary_still_works(&mut sub, &mut publ).await;
+}
+
+#[tokio::test]
+async fn a_stalled_packet_in_progress_is_closed_and_a_slow_one_is_not() {
+    // packet_stall_timeout_secs: no byte of a packet in progress for that long closes the
+    // connection, with keep-alive off; a client that keeps sending is never cut off.
+    let b = start_with(|c| c.packet_stall_timeout_secs = 1).await;
+    let mut p = tern_proto::Publish::new("stall", "0123456789".repeat(10));
+    p.qos = QoS::AtLeastOnce;
+    p.packet_id = Some(pid(5));
+    let bytes = tern_testkit::raw::encode(&tern_proto::Packet::Publish(p), V5);
+
+    let mut stalled = Raw::connect(b.addr(), V5, "stalled").await;
+    stalled.send_bytes(&bytes[..20]).await;
+    let started = std::time::Instant::now();
+    assert_eq!(stalled.expect_closed().await, None);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+
+    let mut slow = Raw::connect(b.addr(), V5, "slow").await;
+    // One byte every 100 ms: the packet takes about 11 s in all, far beyond the timeout,
+    // but no gap reaches it. Only the first 15 bytes go slowly, to keep the test short.
+    for chunk in bytes[..15].chunks(1) {
+        slow.send_bytes(chunk).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    slow.send_bytes(&bytes[15..]).await;
+    match slow.recv().await {
+        tern_proto::Packet::PubAck(a) => assert_eq!(a.packet_id, pid(5)),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
