@@ -58,6 +58,14 @@ pub struct Config {
     pub max_keepalive: u16,
     /// Longest session expiry interval granted, in seconds (default 4,294,967,295 = never).
     pub max_session_expiry: u32,
+    /// Session expiry of MQTT 3.1.1 (and 3.1) Clean Session 0 sessions, in seconds, which
+    /// that protocol keeps forever (Mosquitto's `persistent_client_expiration`); 0 (default)
+    /// keeps them forever, as the specification says.
+    pub v3_session_expiry_secs: u32,
+    /// Most sessions, connected or not (default 1,000,000). A new client identifier beyond
+    /// it is refused (5.0: CONNACK 0x97 Quota exceeded; 3.1.1: 0x03 Server unavailable); an
+    /// existing session can always be resumed.
+    pub max_sessions: usize,
     /// Most subscriptions one session may hold (default 1,000).
     pub max_subscriptions_per_client: usize,
     /// Most levels in a topic name or filter (default 128).
@@ -316,6 +324,8 @@ impl Default for Config {
             topic_alias_maximum: 10,
             max_keepalive: u16::MAX,
             max_session_expiry: u32::MAX,
+            v3_session_expiry_secs: 0,
+            max_sessions: 1_000_000,
             max_subscriptions_per_client: 1000,
             max_topic_levels: 128,
             max_retained: 100_000,
@@ -416,6 +426,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
+        }
+        if self.max_sessions == 0 {
+            return bad("max_sessions", "must be at least 1");
         }
         if self.max_topic_levels == 0 || self.max_topic_levels > MAX_TOPIC_LEVELS {
             // The subscription trie walks a topic level by level, one stack frame each: the

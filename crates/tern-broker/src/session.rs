@@ -396,6 +396,11 @@ impl Registry {
         self.lock().values().cloned().collect()
     }
 
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn get(&self, client_id: &str) -> Option<Arc<SessionCell>> {
         self.lock().get(client_id).cloned()
     }

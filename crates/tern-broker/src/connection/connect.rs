@@ -216,6 +216,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             .unwrap_or(0)
             .min(cfg.max_session_expiry),
         _ if c.clean_start => 0,
+        _ if cfg.v3_session_expiry_secs > 0 => cfg.v3_session_expiry_secs.min(cfg.max_session_expiry),
         _ => cfg.max_session_expiry,
     };
     if v.is_v5() && c.properties.session_expiry_interval.unwrap_or(0) > cfg.max_session_expiry {
@@ -240,7 +241,23 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         keep_alive,
         connected_at_ms: shared.clock.wall_ms(),
     });
-    let (cell, session_present) = attach_session(shared, &client_id, v, c.clean_start, expiry, conn_id);
+    let Some((cell, session_present)) = attach_session(shared, &client_id, v, c.clean_start, expiry, conn_id)
+    else {
+        // A new client identifier beyond max_sessions: nothing was attached or ended.
+        let rc = if v.is_v5() {
+            ReasonCode::QuotaExceeded
+        } else {
+            ReasonCode::ServerUnavailable
+        };
+        let why = format!("max_sessions ({}) reached", cfg.max_sessions);
+        tracing::warn!(%peer, client_id = &*client_id, "connection refused: {why}");
+        let mut ack = ConnAck::new(rc, false);
+        if v.is_v5() {
+            ack.properties.reason_string = Some(why.as_str().into());
+        }
+        send_connack(io, v, fit(ack, &c)).await;
+        return Err(Refused::Answered(rc, why));
+    };
     {
         let mut st = cell.lock();
         st.attached = Some(attached.clone());
@@ -509,12 +526,15 @@ fn attach_session(
     clean_start: bool,
     expiry: u32,
     conn_id: u64,
-) -> (Arc<SessionCell>, bool) {
+) -> Option<(Arc<SessionCell>, bool)> {
     // One attach at a time: two CONNECTs with the same new client identifier must not
     // both create a session (the second would replace the first in the registry and
     // leave its connection attached to a session nobody can find or take over).
     let _attaching = shared.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
     let existing = shared.sessions.get(client_id);
+    if existing.is_none() && shared.sessions.len() >= shared.config.max_sessions {
+        return None;
+    }
     if let Some(old) = existing {
         // A session whose expiry is 0 ends with its connection ([MQTT-3.1.2-6]): even while
         // that connection is still closing (its DISCONNECT can be behind this CONNECT), it is
@@ -549,7 +569,7 @@ fn attach_session(
             // Attached again: its expiry and delayed will no longer run.
             shared.scheduler.cancel(&old);
             old.set_connected(true);
-            return (old, true);
+            return Some((old, true));
         }
         // Clean Start, or a session that ends with its connection: the old session ends (its
         // connection, if any, is told to go).
@@ -579,5 +599,5 @@ fn attach_session(
     }
     cell.set_connected(true);
     shared.sessions.insert(cell.clone());
-    (cell, false)
+    Some((cell, false))
 }

@@ -162,3 +162,51 @@ async fn queue_is_bounded_per_session() {
     }
     sub.expect_silence(200).await;
 }
+
+#[tokio::test]
+async fn max_sessions_refuses_new_client_ids_and_lets_existing_sessions_resume() {
+    let b = start_with(|c| c.max_sessions = 3).await;
+    for id in ["kept-1", "kept-2"] {
+        let (s, _) = Raw::connect_with(b.addr(), persistent(V5, id)).await;
+        s.disconnect().await;
+    }
+    let _online = Raw::connect(b.addr(), V3, "online").await;
+    // A fourth client identifier: 5.0 CONNACK 0x97 Quota exceeded, 3.1.1 0x03.
+    let (_r, ack) = Raw::connect_with(b.addr(), persistent(V5, "fourth")).await;
+    assert_eq!(ack.reason_code, ReasonCode::QuotaExceeded);
+    let (_r, ack) = Raw::connect_with(b.addr(), Connect::new(V3, "fourth-v3")).await;
+    assert_eq!(ack.reason_code, ReasonCode::ServerUnavailable);
+    // Existing sessions resume, and a clean start on an existing id replaces it.
+    let (s, ack) = Raw::connect_with(b.addr(), persistent(V5, "kept-1")).await;
+    assert_eq!(
+        (ack.reason_code, ack.session_present),
+        (ReasonCode::Success, true)
+    );
+    s.disconnect().await;
+    let (s, ack) = Raw::connect_with(b.addr(), Connect::new(V5, "kept-2")).await;
+    assert_eq!(
+        (ack.reason_code, ack.session_present),
+        (ReasonCode::Success, false)
+    );
+    // kept-2's session ended with that clean connection: there is room again.
+    s.disconnect().await;
+    let (_s, ack) = Raw::connect_with(b.addr(), persistent(V5, "fourth")).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+}
+
+#[tokio::test]
+async fn v3_persistent_sessions_can_be_given_an_expiry() {
+    // 3.1.1 keeps a Clean Session 0 session forever; v3_session_expiry_secs bounds it.
+    let (b, clock) = start_clocked(|c| c.v3_session_expiry_secs = 600).await;
+    let (s, _) = Raw::connect_with(b.addr(), persistent(V3, "old-device")).await;
+    s.disconnect().await;
+    assert_eq!(b.session("old-device").unwrap().expiry_interval, 600);
+    pass(&clock, Duration::from_secs(599)).await;
+    let (s, ack) = Raw::connect_with(b.addr(), persistent(V3, "old-device")).await;
+    assert!(ack.session_present);
+    s.disconnect().await;
+    pass(&clock, Duration::from_secs(601)).await;
+    assert!(b.session("old-device").is_none());
+    let (_s, ack) = Raw::connect_with(b.addr(), persistent(V3, "old-device")).await;
+    assert!(!ack.session_present);
+}
