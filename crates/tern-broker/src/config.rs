@@ -31,6 +31,10 @@ pub struct Config {
     /// (default 30; 0 disables), whatever the keep-alive: a partial packet holds buffer
     /// space. A client that keeps sending, however slowly, is never cut off by it.
     pub packet_stall_timeout_secs: u64,
+    /// Bytes all connections together may hold in partially received packets (default
+    /// 256 MiB; at least `max_packet_size`). Beyond it the connections holding the oldest
+    /// partial packets are closed (5.0: DISCONNECT 0x97 Quota exceeded), logged and counted.
+    pub max_partial_bytes: usize,
     /// Connections the kernel may hold for each listener before they are accepted
     /// (default 4,096; the kernel caps it at `net.core.somaxconn`). A full backlog
     /// drops new connection attempts, which the clients retry only after a second.
@@ -315,6 +319,7 @@ impl Default for Config {
             connect_timeout_secs: 10,
             max_connect_packet_size: 128 * 1024,
             packet_stall_timeout_secs: 30,
+            max_partial_bytes: 256 << 20,
             listen_backlog: 4096,
             max_connections: 100_000,
             receive_maximum: 100,
@@ -411,6 +416,12 @@ impl Config {
         }
         if self.max_connect_packet_size < 64 {
             return bad("max_connect_packet_size", "must be at least 64 bytes");
+        }
+        if (self.max_partial_bytes as u64) < u64::from(self.max_packet_size) {
+            return bad(
+                "max_partial_bytes",
+                "must be at least max_packet_size (one packet in progress must fit)",
+            );
         }
         if self.receive_maximum == 0 {
             return bad("receive_maximum", "must be between 1 and 65535");

@@ -26,6 +26,7 @@
 //! - `security/`: password file, ACL, per-listener anonymous policy, reload.
 
 mod auth;
+mod budget;
 mod clock;
 mod config;
 mod connection;

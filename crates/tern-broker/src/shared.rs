@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub clock: crate::clock::Clock,
     /// Session expiry and delayed wills of offline sessions.
     pub scheduler: crate::scheduler::Scheduler,
+    /// Bytes held in partially received packets, all connections together.
+    pub partial: Arc<crate::budget::PartialBudget>,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -102,6 +104,7 @@ impl Shared {
             started: Instant::now(),
             clock,
             scheduler: crate::scheduler::Scheduler::default(),
+            partial: crate::budget::PartialBudget::new(config.max_partial_bytes),
             config,
             router: RwLock::default(),
             retained: RwLock::default(),

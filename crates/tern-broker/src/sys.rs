@@ -16,7 +16,7 @@ use crate::shared::Shared;
 pub(crate) fn publish_once(shared: &Shared) {
     let c = &shared.counters;
     let (subscriptions, retained) = shared.sizes();
-    let values: [(&str, String); 12] = [
+    let values: [(&str, String); 13] = [
         ("version", format!("tern {}", env!("CARGO_PKG_VERSION"))),
         (
             "uptime",
@@ -44,6 +44,8 @@ pub(crate) fn publish_once(shared: &Shared) {
         ("subscriptions/count", subscriptions.to_string()),
         ("retained messages/count", retained.to_string()),
         ("clients/auth_failures", shared.security.failures().to_string()),
+        // Connections closed because the budget for partial packets ran out.
+        ("clients/evicted", shared.partial.evictions().to_string()),
     ];
     for (name, value) in values {
         let msg = Arc::new(Message {

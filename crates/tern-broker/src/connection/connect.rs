@@ -54,6 +54,9 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     // client holds at most that much of the broker's memory until the connect timeout.
     let decoder = Decoder::new(ProtocolVersion::V3_1_1, shared.config.connect_packet_limit());
     let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+    // A large CONNECT in progress counts against the broker-wide budget for partial packets.
+    let mut claim = None;
+    let mut evict: Option<Arc<Notify>> = None;
     loop {
         match decoder.decode(buf) {
             Ok(Decoded::Packet(Packet::Connect(c))) => return Ok(c),
@@ -66,14 +69,32 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Decoded::NeedMore(_)) => {}
             Err(e) => return Err(refuse_bad_connect(io, buf, e).await),
         }
+        if buf.len() >= crate::budget::TRACKED {
+            let wake = evict.get_or_insert_with(|| Arc::new(Notify::new()));
+            shared.partial.hold(&mut claim, buf.len(), wake);
+        }
+        if crate::budget::evicted(&claim) {
+            return Err(Refused::Silent(
+                "the budget for partial packets (max_partial_bytes) ran out and this CONNECT in progress was among the oldest".into(),
+            ));
+        }
         if buf.capacity() - buf.len() < 128 {
             buf.reserve(256);
         }
-        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
-            Err(_) => return Err(Refused::Silent("no CONNECT within the connect timeout".into())),
-            Ok(Ok(0)) => return Err(Refused::Silent("closed before CONNECT".into())),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Refused::Silent(format!("read error before CONNECT: {e}"))),
+        let evicted = async {
+            match &evict {
+                Some(w) => w.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, io.read_buf(buf)) => match r {
+                Err(_) => return Err(Refused::Silent("no CONNECT within the connect timeout".into())),
+                Ok(Ok(0)) => return Err(Refused::Silent("closed before CONNECT".into())),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Refused::Silent(format!("read error before CONNECT: {e}"))),
+            },
+            () = evicted => {}
         }
     }
 }

@@ -80,6 +80,9 @@ pub(crate) enum Close {
     Kicked { discard: bool },
     /// No byte of a packet in progress for `packet_stall_timeout_secs`.
     Stalled,
+    /// Its packet in progress was among the oldest when the broker-wide budget for partial
+    /// packets ran out (v5 DISCONNECT 0x97 Quota exceeded).
+    Evicted,
 }
 
 /// A connection after a successful CONNECT.
@@ -127,6 +130,9 @@ pub(crate) struct Conn {
     /// PUBACKs received and not yet applied (see `handle.rs`, `apply_pubacks`).
     pub(super) pubacks: Vec<tern_proto::PacketId>,
     pub(super) reauth: Option<Box<dyn crate::AuthExchange>>,
+    /// This connection's share of the budget for partial packets, while its packet in
+    /// progress is large enough to count.
+    partial: Option<crate::budget::Claim>,
 }
 
 impl Conn {
@@ -169,6 +175,7 @@ impl Conn {
             pending_messages: 0,
             pubacks: Vec::new(),
             reauth: None,
+            partial: None,
         }
     }
 
@@ -446,6 +453,16 @@ impl Conn {
                     continue;
                 }
             }
+            // What is left in the buffer counts against the broker-wide budget for partial
+            // packets once it is large (nothing to do for the small remainders of most reads).
+            if buf.len() >= crate::budget::TRACKED || self.partial.is_some() {
+                self.shared
+                    .partial
+                    .hold(&mut self.partial, buf.len(), &self.waker);
+                if crate::budget::evicted(&self.partial) {
+                    return Close::Evicted;
+                }
+            }
             let slowed = self.pressure.first().cloned();
             // What is left in the buffer here is a packet in progress: it may wait for its
             // next byte only so long, keep-alive or not.
@@ -498,6 +515,9 @@ impl Conn {
                     }
                     if let Some(discard) = self.take_kick() {
                         return Close::Kicked { discard };
+                    }
+                    if crate::budget::evicted(&self.partial) {
+                        return Close::Evicted;
                     }
                 }
                 _ = wait_commit(&mut committed), if self.waiting_for_commit => {}
@@ -566,6 +586,7 @@ impl Conn {
             Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
             Close::NotAuthorized => Some(ReasonCode::NotAuthorized),
             Close::Kicked { .. } => Some(ReasonCode::AdministrativeAction),
+            Close::Evicted => Some(ReasonCode::QuotaExceeded),
             _ => None,
         };
         // Acknowledgements already encoded go out first, then the DISCONNECT.
@@ -609,6 +630,10 @@ impl Conn {
             Close::NotAuthorized => event!(warn, "re-authentication failed"),
             Close::Kicked { discard } => event!(info, discard, "disconnected by an administrator"),
             Close::Stalled => event!(warn, "closing connection: a packet in progress stalled"),
+            Close::Evicted => event!(
+                warn,
+                "closing connection: the budget for partial packets (max_partial_bytes) ran out and its packet in progress was among the oldest"
+            ),
         }
     }
 

@@ -429,3 +429,65 @@ async fn a_stalled_packet_in_progress_is_closed_and_a_slow_one_is_not() {
         other => panic!("expected PUBACK, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn over_the_partial_packet_budget_the_oldest_partial_packets_are_closed() {
+    // max_partial_bytes bounds what all connections together hold in packets in progress;
+    // beyond it the oldest holders go (5.0: DISCONNECT 0x97 Quota exceeded), not the newest.
+    let b = start_with(|c| {
+        c.max_packet_size = 256 * 1024;
+        c.max_partial_bytes = 1024 * 1024;
+    })
+    .await;
+    let (mut sub, mut publ) = canary(b.addr()).await;
+    // A PUBLISH announcing 250,000 bytes, of which each holder sends 200,000.
+    let mut partial = vec![0x30, 0x90, 0xA1, 0x0F, 0x00, 0x01, b'p'];
+    partial.resize(200_000, b'x');
+    let mut holders = Vec::new();
+    for i in 0..5 {
+        let mut h = Raw::connect(b.addr(), V5, &format!("holder-{i}")).await;
+        h.send_bytes(&partial).await;
+        // Let the broker read it all: the holders must be counted in this order.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        holders.push(h);
+    }
+    // 5 x 200,000 fits in 1 MiB; the sixth does not: the oldest (holder-0) is closed.
+    let mut newest = Raw::connect(b.addr(), V5, "holder-5").await;
+    newest.send_bytes(&partial).await;
+    assert_eq!(holders[0].expect_closed().await, Some(ReasonCode::QuotaExceeded));
+    for h in &mut holders[1..] {
+        h.expect_silence(100).await;
+    }
+    newest.expect_silence(100).await;
+    canary_still_works(&mut sub, &mut publ).await;
+}
+
+#[tokio::test]
+async fn connects_in_progress_count_against_the_partial_packet_budget() {
+    // Unauthenticated sockets holding most of a large CONNECT: the oldest are closed once the
+    // budget runs out, and a new client still connects.
+    let b = start_with(|c| {
+        c.max_packet_size = 256 * 1024;
+        c.max_connect_packet_size = 256 * 1024;
+        c.max_partial_bytes = 1024 * 1024;
+    })
+    .await;
+    // A 3.1.1 CONNECT announcing 250,000 bytes, 200,000 of them sent.
+    let mut partial = vec![
+        0x10, 0x90, 0xA1, 0x0F, 0x00, 0x04, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0,
+    ];
+    partial.resize(200_000, b'x');
+    let mut socks = Vec::new();
+    for _ in 0..6 {
+        let mut s = Raw::open(b.addr(), V3).await;
+        s.send_bytes(&partial).await;
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        socks.push(s);
+    }
+    socks[0].expect_closed_silently().await;
+    for s in &mut socks[1..] {
+        s.expect_silence(100).await;
+    }
+    let c = Raw::connect(b.addr(), V5, "still-welcome").await;
+    c.disconnect().await;
+}
