@@ -71,7 +71,7 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if buf.len() >= crate::budget::TRACKED {
             let wake = evict.get_or_insert_with(|| Arc::new(Notify::new()));
-            shared.partial.hold(&mut claim, buf.len(), wake);
+            shared.partial.hold(&mut claim, buf.capacity(), wake);
         }
         if crate::budget::evicted(&claim) {
             return Err(Refused::Silent(

@@ -456,9 +456,13 @@ impl Conn {
             // What is left in the buffer counts against the broker-wide budget for partial
             // packets once it is large (nothing to do for the small remainders of most reads).
             if buf.len() >= crate::budget::TRACKED || self.partial.is_some() {
-                self.shared
-                    .partial
-                    .hold(&mut self.partial, buf.len(), &self.waker);
+                // The memory held is the buffer's capacity, not only the bytes in it.
+                let held = if buf.len() >= crate::budget::TRACKED {
+                    buf.capacity()
+                } else {
+                    0
+                };
+                self.shared.partial.hold(&mut self.partial, held, &self.waker);
                 if crate::budget::evicted(&self.partial) {
                     return Close::Evicted;
                 }
@@ -821,9 +825,9 @@ pub(crate) const LINGER: Duration = Duration::from_secs(2);
 ///
 /// Closing a socket with unread input makes the kernel answer with a reset, which can destroy
 /// the last packet before the peer reads it, and a peer that is still writing (a PUBREL for an
-/// earlier PUBREC, say) would see a broken pipe instead of the reason code. Reading costs no
-/// memory beyond `buf` as it is (cleared before each read), and a peer that never stops writing
-/// holds the socket for [`LINGER`] at most.
+/// earlier PUBREC, say) would see a broken pipe instead of the reason code. Reading uses `buf`
+/// (cleared before each read, and replaced by a small one if a large packet had grown it), and
+/// a peer that never stops writing holds the socket for [`LINGER`] at most.
 pub(crate) async fn close_politely<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
@@ -834,6 +838,11 @@ pub(crate) async fn close_politely<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     }
     let deadline = tokio::time::Instant::now() + LINGER;
+    // A buffer that a large packet made large is given back first: thousands of closing
+    // connections (an attack cut short) must not keep their buffers while they linger.
+    if buf.capacity() > 4 * MIN_LINGER_READ {
+        *buf = BytesMut::new();
+    }
     if buf.capacity() < MIN_LINGER_READ {
         buf.reserve(MIN_LINGER_READ);
     }
