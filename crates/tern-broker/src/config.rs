@@ -580,6 +580,22 @@ mod tests {
         assert!(e.contains("invalid socket address"), "{e}");
     }
 
+    /// The README lists every key with its default: that block parses, and says what
+    /// `Config::default()` says (but `data_dir`, which `tern broker` sets and the library does not).
+    #[test]
+    fn the_readme_lists_the_defaults() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("where it shows):\n\n```toml\n")
+            .expect("the defaults block");
+        let block = &readme[start..];
+        let block = &block[block.find("```toml\n").expect("fence") + 8..];
+        let block = &block[..block.find("```").expect("closing fence")];
+        let mut parsed = Config::from_toml(block).expect("the README's defaults parse");
+        parsed.data_dir = None;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+    }
+
     #[test]
     fn errors_give_the_line_and_column_of_the_bad_value() {
         let text = "listen = [\"127.0.0.1:1883\"]\n# limits\nmax_queued_bytes = \"big\"\n";
