@@ -51,9 +51,40 @@ impl Clock {
 
     /// Wait until the clock reads `at` or later.
     pub(crate) async fn sleep_until(&self, at: Instant) {
+        self.wait_until(at).wait().await
+    }
+
+    /// What to wait on for `at`: the runtime's timer for the system clock, a boxed wait for a
+    /// manual one. A connection keeps one in its task, so the common case stays as small as
+    /// tokio's own timer.
+    pub(crate) fn wait_until(&self, at: Instant) -> Wait {
         match &self.manual {
-            None => tokio::time::sleep_until(at.into()).await,
-            Some(m) => m.sleep_until(at).await,
+            None => Wait::Until(at.into()),
+            Some(m) => {
+                let m = m.clone();
+                Wait::Manual(Box::pin(async move { m.sleep_until(at).await }))
+            }
+        }
+    }
+}
+
+/// A wait on the broker's clock (see [`Clock::wait_until`]).
+pub(crate) enum Wait {
+    /// Nothing to wait for.
+    Never,
+    /// The runtime's timer.
+    Until(tokio::time::Instant),
+    /// A manual clock passing the deadline.
+    Manual(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+}
+
+impl Wait {
+    /// Wait (forever for [`Wait::Never`]).
+    pub(crate) async fn wait(self) {
+        match self {
+            Wait::Never => std::future::pending().await,
+            Wait::Until(at) => tokio::time::sleep_until(at).await,
+            Wait::Manual(f) => f.await,
         }
     }
 }

@@ -19,6 +19,7 @@ use tern_proto::{ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode, Vi
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::clock::Wait;
 use crate::message::Message;
 use crate::scheduler::Due;
 use crate::session::{Attached, InflightState, SessionCell, Takeover};
@@ -393,7 +394,15 @@ impl Conn {
         }
     }
 
-    fn deadline(&self, last_rx: tokio::time::Instant) -> Option<tokio::time::Instant> {
+    /// When a packet in progress (what is left in `buf`) has waited too long for its next byte.
+    fn stall_deadline(&self, buf: &BytesMut, last_rx: Instant) -> Option<Instant> {
+        match self.shared.config.packet_stall_timeout() {
+            Some(t) if !buf.is_empty() => Some(last_rx + t),
+            _ => None,
+        }
+    }
+
+    fn deadline(&self, last_rx: Instant) -> Option<Instant> {
         (!self.keep_alive.is_zero()).then(|| last_rx + self.keep_alive)
     }
 
@@ -402,7 +411,9 @@ impl Conn {
         if let Err(c) = self.resend_inflight(now) {
             return c;
         }
-        let mut last_rx = tokio::time::Instant::now();
+        // Keep-alive and the stall timer run on the broker's clock (a test's ManualClock
+        // passes them at once); only the slowed publisher's poll uses the runtime's clock.
+        let mut last_rx = self.shared.clock.now();
         let mut read_hint = MIN_READ;
         let mut committed = self.shared.store.as_ref().map(|s| s.watch_committed());
         // Shutdown wakes every attached connection through its waker; one that attached
@@ -470,10 +481,7 @@ impl Conn {
             let slowed = self.pressure.first().cloned();
             // What is left in the buffer here is a packet in progress: it may wait for its
             // next byte only so long, keep-alive or not.
-            let stall = match self.shared.config.packet_stall_timeout() {
-                Some(t) if !buf.is_empty() => Some(last_rx + t),
-                _ => None,
-            };
+            let stall = self.stall_deadline(buf, last_rx);
             let deadline = match (deadline, stall) {
                 (Some(d), Some(s)) => Some(d.min(s)),
                 (d, s) => d.or(s),
@@ -481,19 +489,18 @@ impl Conn {
             // A slowed-down client's socket is not read, so its keep-alive cannot be
             // judged: the clock stops while it waits and starts again after.
             let deadline = if slowed.is_some() {
-                last_rx = tokio::time::Instant::now();
+                last_rx = self.shared.clock.now();
                 None
             } else {
                 deadline
             };
             // While slowed down, look at the subscriber's queue again at least every 20 ms
-            // (the wake-up on its `space` can come before this task waits for it).
-            let wake_at = match (&slowed, deadline) {
-                (Some(_), d) => {
-                    let poll = tokio::time::Instant::now() + ROOM_POLL;
-                    Some(d.map_or(poll, |d| d.min(poll)))
-                }
-                (None, d) => d,
+            // (the wake-up on its `space` can come before this task waits for it); otherwise
+            // wait for the deadline on the broker's clock.
+            let wait = match (&slowed, deadline) {
+                (Some(_), _) => Wait::Until(tokio::time::Instant::now() + ROOM_POLL),
+                (None, Some(d)) => self.shared.clock.wait_until(d),
+                (None, None) => Wait::Never,
             };
             // The futures of this select! live in every connection's task, idle ones
             // included: each branch is kept small (the commit wait, needed only with a
@@ -506,7 +513,7 @@ impl Conn {
                         // Double the next read when this one filled the space, shrink after small ones.
                         read_hint = if n >= read_hint { (read_hint * 2).min(MAX_READ) } else { (read_hint / 2).max(n).max(MIN_READ) };
                         crate::listener::count(&self.shared.counters.bytes_in, n);
-                        last_rx = tokio::time::Instant::now();
+                        last_rx = self.shared.clock.now();
                         if let Err(c) = self.decode_all(buf) {
                             return c;
                         }
@@ -526,9 +533,9 @@ impl Conn {
                 }
                 _ = wait_commit(&mut committed), if self.waiting_for_commit => {}
                 _ = wait_room(slowed.as_deref()), if slowed.is_some() => {}
-                _ = sleep_opt(wake_at) => {
-                    let now = tokio::time::Instant::now();
-                    if slowed.is_none() && stall.is_some_and(|s| now >= s) {
+                _ = wait.wait() => {
+                    let now = self.shared.clock.now();
+                    if slowed.is_none() && self.stall_deadline(buf, last_rx).is_some_and(|s| now >= s) {
                         return Close::Stalled;
                     }
                     if deadline.is_some_and(|d| now >= d) {
@@ -762,13 +769,6 @@ fn reserve_for_read(buf: &mut BytesMut, hint: usize) {
 /// Smallest and largest read sizes.
 const MIN_READ: usize = 64;
 const MAX_READ: usize = 64 * 1024;
-
-async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Serve one accepted connection until it closes.
 ///

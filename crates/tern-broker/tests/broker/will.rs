@@ -65,7 +65,7 @@ async fn disconnect_with_will_message_publishes_it_v5() {
 
 #[tokio::test]
 async fn will_is_published_on_protocol_error_and_keepalive_timeout() {
-    let b = start().await;
+    let (b, clock) = start_clocked(|_| {}).await;
     let mut watcher = Raw::connect(b.addr(), V5, "watcher").await;
     watcher.subscribe("wills/#", QoS::AtMostOnce).await;
     let (mut dev, _) = Raw::connect_with(b.addr(), with_will(V5, "dev", None)).await;
@@ -76,6 +76,7 @@ async fn will_is_published_on_protocol_error_and_keepalive_timeout() {
     c.keep_alive = 1;
     let (_dev, _) = Raw::connect_with(b.addr(), c).await;
     // Closed at 1.5 s: the will follows.
+    pass(&clock, Duration::from_millis(1600)).await;
     let p = watcher.recv_publish().await;
     assert_eq!(&p.payload[..], b"gone");
 }
