@@ -30,6 +30,7 @@ mod budget;
 mod clock;
 mod config;
 mod connection;
+mod durability;
 mod error;
 mod inspect;
 mod listener;

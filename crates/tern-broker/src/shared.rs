@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub scheduler: crate::scheduler::Scheduler,
     /// Bytes held in partially received packets, all connections together.
     pub partial: Arc<crate::budget::PartialBudget>,
+    /// What protocol handling keeps on disk (a no-op without a store).
+    pub durability: crate::durability::Durability,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -96,6 +98,7 @@ impl Shared {
     ) -> Shared {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let deliver_batch = (config.max_queued_messages / (2 * workers)).clamp(1, 256);
+        let durability = crate::durability::Durability::new(store.clone(), clock.clone());
         Shared {
             store,
             security,
@@ -105,6 +108,7 @@ impl Shared {
             clock,
             scheduler: crate::scheduler::Scheduler::default(),
             partial: crate::budget::PartialBudget::new(config.max_partial_bytes),
+            durability,
             config,
             router: RwLock::default(),
             retained: RwLock::default(),

@@ -283,7 +283,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         let mut st = cell.lock();
         st.attached = Some(attached.clone());
         st.kicked = None;
-        st.persistent = shared.store.is_some() && expiry > 0;
+        st.persistent = shared.durability.enabled() && expiry > 0;
         st.pending_will_at = None;
         st.client_receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
         st.client_max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);

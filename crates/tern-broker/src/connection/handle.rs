@@ -14,7 +14,6 @@ use crate::message::Message;
 use crate::router::SubEntry;
 use crate::security::Action;
 use crate::session::InflightState;
-use crate::store::{record, Op};
 
 impl Conn {
     pub(super) fn on_packet(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
@@ -113,10 +112,7 @@ impl Conn {
         if qos != QoS::AtMostOnce {
             self.needs_commit = true;
             // A store that failed cannot keep what we would acknowledge: refuse instead.
-            if let (Some(id), true) = (
-                packet_id,
-                self.shared.store.as_ref().is_some_and(|s| s.is_failed()),
-            ) {
+            if let (Some(id), true) = (packet_id, self.shared.durability.failed()) {
                 if !self.version.is_v5() {
                     return Err(Close::Violation(Violation::StorageFailed(
                         "the store has failed".into(),
@@ -134,11 +130,9 @@ impl Conn {
         let msg = Arc::new(Message::from_publish(p, topic, Some(self.client_id.clone()), now));
         // The QoS 2 packet id and the copies routed to sessions are stored atomically: a
         // crash can lose both (the publisher resends) but never keep one without the other.
-        let group = self.shared.store.as_ref().map(|s| s.group());
+        let group = self.shared.durability.group();
         let result = self.publish_routed(msg, qos, packet_id);
-        if let (Some(store), Some(g)) = (&self.shared.store, group) {
-            store.end_group(g);
-        }
+        self.shared.durability.end_group(group);
         result
     }
 
@@ -169,7 +163,7 @@ impl Conn {
                         }));
                     } else {
                         st.inbound_qos2.insert(id.get());
-                        self.store_op(&st, || Op::PutQos2(self.client_id.clone(), id.get()));
+                        self.shared.durability.put_qos2(&st, &self.client_id, id);
                         true
                     }
                 };
@@ -211,7 +205,7 @@ impl Conn {
         if msg.retain && !self.shared.retain(msg) {
             tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "retained store full (max_retained); message not retained");
         }
-        if self.shared.store.is_some() {
+        if self.shared.durability.enabled() {
             // Queued at once: the store groups a QoS 2 packet id with the copies routed
             // for it, so they must be submitted inside the group.
             return self.shared.publish(msg, &mut self.pressure);
@@ -309,14 +303,14 @@ impl Conn {
                     } else {
                         st.inflight[i].state = InflightState::Released;
                         let i = &st.inflight[i];
-                        if i.out.seq != 0 {
-                            let rec = record::queued(
-                                &i.out,
-                                Some((InflightState::Released, i.packet_id)),
-                                self.shared.clock.stamp(),
-                            );
-                            self.store_op(&st, || Op::PutMessage(self.client_id.clone(), i.out.seq, rec));
-                        }
+                        self.shared.durability.put_delivery(
+                            &st,
+                            &self.client_id,
+                            &i.out,
+                            InflightState::Released,
+                            i.packet_id,
+                            self.shared.clock.now(),
+                        );
                         Some(Ack::new(a.packet_id))
                     }
                 }
@@ -339,7 +333,9 @@ impl Conn {
             let mut st = self.cell.lock();
             let found = st.inbound_qos2.remove(&a.packet_id.get());
             if found {
-                self.store_op(&st, || Op::DelQos2(self.client_id.clone(), a.packet_id.get()));
+                self.shared
+                    .durability
+                    .forget_qos2(&st, &self.client_id, a.packet_id);
                 self.needs_commit = true;
             }
             found
@@ -366,18 +362,9 @@ impl Conn {
         Ok(())
     }
 
-    /// Submit a store change for this session, if it is persistent.
-    pub(super) fn store_op(&self, st: &crate::session::SessionState, op: impl FnOnce() -> Op) {
-        if let (true, Some(store)) = (st.persistent, &self.shared.store) {
-            store.submit(op());
-        }
-    }
-
     /// Delete the stored record of a finished delivery.
     pub(super) fn forget(&self, st: &crate::session::SessionState, seq: u64) {
-        if seq != 0 {
-            self.store_op(st, || Op::DelMessage(self.client_id.clone(), seq));
-        }
+        self.shared.durability.forget_delivery(st, &self.client_id, seq);
     }
 
     fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {

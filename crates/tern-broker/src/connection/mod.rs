@@ -24,7 +24,6 @@ use crate::message::Message;
 use crate::scheduler::Due;
 use crate::session::{Attached, InflightState, SessionCell, Takeover};
 use crate::shared::Shared;
-use crate::store::{record, Op};
 
 /// Most bytes encoded into the write buffer before it is flushed.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -294,7 +293,7 @@ impl Conn {
     fn take_batch(&mut self, st: &mut crate::session::SessionState, now: Instant) -> (Batch, bool) {
         let window = usize::from(st.client_receive_maximum.min(self.shared.config.max_inflight));
         self.client_max_packet_size = st.client_max_packet_size;
-        let committed = self.shared.store.as_ref().map_or(u64::MAX, |s| s.committed());
+        let committed = self.shared.durability.committed();
         let acl = self.shared.security.acl();
         self.waiting_for_commit = false;
         let was_full = st.full_since.is_some();
@@ -342,13 +341,14 @@ impl Conn {
             budget = budget.saturating_sub(out.msg.payload.len() + out.msg.topic.len() + 8);
             let packet_id = if needs_id { st.allocate_packet_id() } else { None };
             if let Some(packet_id) = packet_id {
-                if out.seq != 0 {
-                    // The wall clock matters only for an expiry (read once per message then).
-                    let wall_ms = out.msg.expires_at.map_or(0, |_| self.shared.clock.wall_ms());
-                    let stamp = crate::clock::Stamp { now, wall_ms };
-                    let rec = record::queued(&out, Some((InflightState::Published, packet_id)), stamp);
-                    self.store_op(st, || Op::PutMessage(self.client_id.clone(), out.seq, rec));
-                }
+                self.shared.durability.put_delivery(
+                    st,
+                    &self.client_id,
+                    &out,
+                    InflightState::Published,
+                    packet_id,
+                    now,
+                );
                 st.push_inflight(crate::session::Inflight {
                     packet_id,
                     out: out.clone(),
@@ -415,7 +415,7 @@ impl Conn {
         // passes them at once); only the slowed publisher's poll uses the runtime's clock.
         let mut last_rx = self.shared.clock.now();
         let mut read_hint = MIN_READ;
-        let mut committed = self.shared.store.as_ref().map(|s| s.watch_committed());
+        let mut committed = self.shared.durability.watch_committed();
         // Shutdown wakes every attached connection through its waker; one that attached
         // after that sees the flag here.
         if self.shared.is_shutting_down() {
@@ -553,10 +553,7 @@ impl Conn {
         if !std::mem::take(&mut self.needs_commit) {
             return Ok(());
         }
-        let Some(store) = self.shared.store.clone() else {
-            return Ok(());
-        };
-        if let Err(e) = store.wait(store.submitted()).await {
+        if let Err(e) = self.shared.durability.wait_submitted().await {
             // Nothing that is not stored is acknowledged: drop the pending acknowledgements.
             self.out.clear();
             return Err(Close::Violation(Violation::StorageFailed(e.to_string())));

@@ -1,0 +1,116 @@
+//! What the protocol handling asks of durable storage, in its own terms: keep this delivery at
+//! this stage, forget it, keep or forget a QoS 2 packet identifier, group the changes of one
+//! PUBLISH, and say when acknowledgements may go out. The connection code calls only this; the
+//! store's records and operations (`store::record`, `store::Op`) stay behind it.
+//!
+//! This is the first step towards the `Durability` trait of docs/design/protocol-core.md (typed
+//! changes, a redb implementation, the cluster's later): today it is a thin layer over the one
+//! [`Store`], a no-op when the broker keeps no state on disk.
+//!
+//! Every change is submitted while the session lock that orders it is held (`st`), and only for
+//! a session kept in the store (`st.persistent`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_proto::PacketId;
+
+use crate::clock::{Clock, Stamp};
+use crate::message::Outgoing;
+use crate::session::{InflightState, SessionState};
+use crate::store::{record, Group, Op, Store};
+
+/// The durable storage of a broker, as its protocol handling sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Durability {
+    store: Option<Arc<Store>>,
+    /// For the wall-clock times in stored records.
+    clock: Clock,
+}
+
+impl Durability {
+    /// Over `store`; `None` keeps nothing.
+    pub fn new(store: Option<Arc<Store>>, clock: Clock) -> Durability {
+        Durability { store, clock }
+    }
+
+    /// Whether anything is kept at all.
+    pub fn enabled(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Whether storing has failed (then QoS 1/2 messages must be refused).
+    pub fn failed(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.is_failed())
+    }
+
+    /// Keep a delivery of `client` at `stage` (it was sent with `packet_id`) at time `now`.
+    pub fn put_delivery(
+        &self,
+        st: &SessionState,
+        client: &Arc<str>,
+        out: &Outgoing,
+        stage: InflightState,
+        packet_id: PacketId,
+        now: Instant,
+    ) {
+        if let (Some(store), true, true) = (&self.store, st.persistent, out.seq != 0) {
+            // The wall clock matters only for an expiry (read once per message then).
+            let wall_ms = out.msg.expires_at.map_or(0, |_| self.clock.wall_ms());
+            let rec = record::queued(out, Some((stage, packet_id)), Stamp { now, wall_ms });
+            store.submit(Op::PutMessage(client.clone(), out.seq, rec));
+        }
+    }
+
+    /// Forget a finished (or dropped) delivery of `client`.
+    pub fn forget_delivery(&self, st: &SessionState, client: &Arc<str>, seq: u64) {
+        if let (Some(store), true, true) = (&self.store, st.persistent, seq != 0) {
+            store.submit(Op::DelMessage(client.clone(), seq));
+        }
+    }
+
+    /// Keep an incoming QoS 2 packet identifier awaiting PUBREL.
+    pub fn put_qos2(&self, st: &SessionState, client: &Arc<str>, id: PacketId) {
+        if let (Some(store), true) = (&self.store, st.persistent) {
+            store.submit(Op::PutQos2(client.clone(), id.get()));
+        }
+    }
+
+    /// Forget an incoming QoS 2 packet identifier (PUBREL came).
+    pub fn forget_qos2(&self, st: &SessionState, client: &Arc<str>, id: PacketId) {
+        if let (Some(store), true) = (&self.store, st.persistent) {
+            store.submit(Op::DelQos2(client.clone(), id.get()));
+        }
+    }
+
+    /// Open a group: what is submitted until [`Durability::end_group`] is durable together or
+    /// not at all (a QoS 2 packet identifier and the copies routed for it).
+    pub fn group(&self) -> Option<Group> {
+        self.store.as_ref().map(|s| s.group())
+    }
+
+    /// Close a group.
+    pub fn end_group(&self, g: Option<Group>) {
+        if let (Some(store), Some(g)) = (&self.store, g) {
+            store.end_group(g);
+        }
+    }
+
+    /// The highest change durable so far (`u64::MAX` without a store: everything is).
+    pub fn committed(&self) -> u64 {
+        self.store.as_ref().map_or(u64::MAX, |s| s.committed())
+    }
+
+    /// Notified whenever more is durable (`None` without a store).
+    pub fn watch_committed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.store.as_ref().map(|s| s.watch_committed())
+    }
+
+    /// Wait until everything submitted so far is durable.
+    pub async fn wait_submitted(&self) -> Result<(), crate::store::StoreError> {
+        match &self.store {
+            Some(store) => store.wait(store.submitted()).await,
+            None => Ok(()),
+        }
+    }
+}
