@@ -83,7 +83,10 @@ impl PartialBudget {
     /// `wake` is the connection's waker, notified if it is evicted.
     pub fn hold(self: &Arc<Self>, claim: &mut Option<Claim>, bytes: usize, wake: &Arc<Notify>) {
         if bytes < TRACKED {
-            *claim = None;
+            // An evicted claim is kept: the connection must still see that it was evicted.
+            if !evicted(claim) {
+                *claim = None;
+            }
             return;
         }
         let c = claim.get_or_insert_with(|| {
@@ -97,6 +100,9 @@ impl PartialBudget {
             self.lock().insert(holder.id, holder.clone());
             Claim(holder)
         });
+        // Resizing and evicting happen under the holders' lock, so that an eviction never sees
+        // a claim's new size before the total does (only large partial packets get here).
+        let mut holders = self.lock();
         if c.0.evicted.load(Ordering::Relaxed) {
             return;
         }
@@ -107,13 +113,12 @@ impl PartialBudget {
             self.held.fetch_sub(before - bytes, Ordering::Relaxed) - (before - bytes)
         };
         if total > self.limit {
-            self.evict_oldest();
+            self.evict_oldest(&mut holders);
         }
     }
 
     /// Evict the oldest claims until the total fits.
-    fn evict_oldest(&self) {
-        let mut holders = self.lock();
+    fn evict_oldest(&self, holders: &mut BTreeMap<u64, Arc<Holder>>) {
         while self.held.load(Ordering::Relaxed) > self.limit {
             let Some((_, h)) = holders.pop_first() else { break };
             h.evicted.store(true, Ordering::Relaxed);
@@ -135,7 +140,8 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         let budget = &self.0.budget;
-        budget.lock().remove(&self.0.id);
+        let mut holders = budget.lock();
+        holders.remove(&self.0.id);
         let bytes = self.0.bytes.swap(0, Ordering::Relaxed);
         budget.held.fetch_sub(bytes, Ordering::Relaxed);
     }

@@ -32,7 +32,7 @@ pub struct Config {
     /// space. A client that keeps sending, however slowly, is never cut off by it.
     pub packet_stall_timeout_secs: u64,
     /// Bytes all connections together may hold in partially received packets (default
-    /// 256 MiB; at least `max_packet_size`). Beyond it the connections holding the oldest
+    /// 256 MiB; at least 2 x `max_packet_size` + 64 KiB). Beyond it the connections holding the oldest
     /// partial packets are closed (5.0: DISCONNECT 0x97 Quota exceeded), logged and counted.
     pub max_partial_bytes: usize,
     /// Connections the kernel may hold for each listener before they are accepted
@@ -417,10 +417,12 @@ impl Config {
         if self.max_connect_packet_size < 64 {
             return bad("max_connect_packet_size", "must be at least 64 bytes");
         }
-        if (self.max_partial_bytes as u64) < u64::from(self.max_packet_size) {
+        // One packet in progress must fit, counted by its buffer's capacity (up to about twice
+        // the packet, plus a read's worth).
+        if (self.max_partial_bytes as u64) < 2 * u64::from(self.max_packet_size) + 65_536 {
             return bad(
                 "max_partial_bytes",
-                "must be at least max_packet_size (one packet in progress must fit)",
+                "must be at least 2 x max_packet_size + 64 KiB (one packet in progress must fit)",
             );
         }
         if self.receive_maximum == 0 {

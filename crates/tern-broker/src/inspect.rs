@@ -92,23 +92,23 @@ impl Shared {
         let Some(cell) = self.sessions.get(client_id) else {
             return false;
         };
-        let waker = {
+        // A connection that is attached (its waker may not be set yet, in the moment after
+        // attaching) sees the flag when woken or when its loop starts.
+        let (attached, waker) = {
             let mut st = cell.lock();
             if st.ended {
                 return false;
             }
-            match st.conn_id {
-                Some(_) => {
-                    st.kicked = Some(discard_session);
-                    st.waker.clone()
-                }
-                None => None,
+            if st.conn_id.is_some() {
+                st.kicked = Some(discard_session);
             }
+            (st.conn_id.is_some(), st.waker.clone())
         };
-        match waker {
-            Some(w) => w.notify_one(),
-            None if discard_session => self.end_session(&cell),
-            None => {}
+        match (attached, waker) {
+            (true, Some(w)) => w.notify_one(),
+            (true, None) => {}
+            (false, _) if discard_session => self.end_session(&cell),
+            (false, _) => {}
         }
         tracing::info!(client_id, discard_session, "disconnected by an administrator");
         true

@@ -282,7 +282,6 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     {
         let mut st = cell.lock();
         st.attached = Some(attached.clone());
-        st.kicked = None;
         st.persistent = shared.durability.enabled() && expiry > 0;
         st.pending_will_at = None;
         st.client_receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -575,6 +574,8 @@ fn attach_session(
                     st.waker.take()
                 });
                 st.conn_id = Some(conn_id);
+                // An administrator's disconnect was for the old connection.
+                st.kicked = None;
                 st.generation += 1;
                 st.version = v;
                 // Set under the attach lock: a CONNECT racing this one sees at once whether

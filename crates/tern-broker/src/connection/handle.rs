@@ -541,7 +541,12 @@ impl Conn {
             if self.connect_expiry == 0 && expiry != 0 {
                 return Err(Close::Violation(Violation::SessionExpiryAfterZero { expiry }));
             }
-            self.cell.lock().expiry_interval = expiry.min(self.shared.config.max_session_expiry);
+            // Only while this connection still holds the session: a DISCONNECT handled after a
+            // new connection took the session over must not shorten the new one's expiry.
+            let mut st = self.cell.lock();
+            if st.conn_id == Some(self.conn_id) {
+                st.expiry_interval = expiry.min(self.shared.config.max_session_expiry);
+            }
         }
         Err(Close::ClientDisconnect {
             with_will: d.reason() == ReasonCode::DisconnectWithWill,

@@ -677,13 +677,15 @@ impl Conn {
             return;
         }
         let publish_will = !matches!(close, Close::ClientDisconnect { with_will: false });
-        let discard = matches!(close, Close::Kicked { discard: true });
+        let mut discard = matches!(close, Close::Kicked { discard: true });
         let now = self.shared.clock.now();
         let (expiry, generation) = {
             let mut st = self.cell.lock();
             if st.conn_id != Some(self.conn_id) {
                 return;
             }
+            // An administrator asked to discard the session, and the client left first.
+            discard |= st.kicked.take() == Some(true);
             st.conn_id = None;
             st.waker = None;
             st.attached = None;
@@ -808,6 +810,11 @@ where
             }
         };
         let close = conn.drive(&mut io, &mut buf).await;
+        // What is left unread is of no use now: a buffer that a large packet grew (an evicted
+        // or stalled one) is given back before the last writes, not after.
+        if buf.capacity() > MAX_READ {
+            buf = BytesMut::new();
+        }
         let linger = Box::pin((*conn).finish(&mut io, close)).await;
         Box::pin(close_politely(&mut io, &mut buf, linger)).await;
     }

@@ -99,10 +99,16 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
-    // tungstenite reads the request again from what was read here, then the socket.
+    // tungstenite reads the request again from what was read here, then the socket. It refuses
+    // bytes after the head that arrive with it ("junk"), so the head is replayed alone and what
+    // came after it (a client's first frame, sent without waiting for the 101) by a later read.
+    let end = head_end(&head, 0).unwrap_or(head.len());
+    let mut head = head.freeze();
+    let rest = head.split_off(end);
     let replay = Prefixed {
         inner: stream,
-        prefix: head.freeze(),
+        prefix: head,
+        rest,
     };
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(replay, answer, Some(config));
     let ws = tokio::time::timeout_at(deadline, handshake)
@@ -113,10 +119,13 @@ where
 
 /// Read until the end of the request head (an empty line), at most [`MAX_REQUEST`] bytes.
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, head: &mut BytesMut) -> Result<(), Refusal> {
+    let mut scanned = 0;
     loop {
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head_end(head, scanned).is_some() {
             return Ok(());
         }
+        // Only new bytes are searched next time (a client sending a byte at a time).
+        scanned = head.len().saturating_sub(3);
         if head.len() >= MAX_REQUEST {
             return Err((
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -133,6 +142,14 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, head: &mut BytesMut) ->
             Ok(_) => {}
         }
     }
+}
+
+/// Where the request head ends (after its empty line), searching from `from`.
+fn head_end(head: &[u8], from: usize) -> Option<usize> {
+    head.get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| from + i + 4)
 }
 
 /// Check the request head; the subprotocol to answer with.
@@ -192,11 +209,13 @@ fn header_values<'h>(
         .map(str::trim)
 }
 
-/// A stream that first yields the bytes already read from it.
+/// A stream that first yields the bytes already read from it: the request head, then (by a
+/// read of its own) whatever came after it.
 #[derive(Debug)]
 pub(crate) struct Prefixed<S> {
     inner: S,
     prefix: Bytes,
+    rest: Bytes,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
@@ -206,6 +225,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.prefix.is_empty() {
+            std::mem::swap(&mut this.prefix, &mut this.rest);
+        }
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));

@@ -370,3 +370,35 @@ async fn an_expired_session_is_discarded_v5() {
     let (_s, ack) = Raw::connect_with(b.addr(), c).await;
     assert!(!ack.session_present);
 }
+
+// Several worker threads, so that the broker really handles the two connections in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_disconnect_does_not_shorten_the_session_of_the_connection_that_took_over() {
+    // v5 [MQTT-3.1.2-5]: a session resumed with Clean Start 0 keeps the expiry its new
+    // connection asked for. The old connection's DISCONNECT (Session Expiry Interval 0) may be
+    // handled after the new CONNECT took the session over: it must not end the new session.
+    let b = start().await;
+    for round in 0..race_rounds() / 2 {
+        let id = format!("late-{round}");
+        let (mut old, _) = Raw::connect_with(b.addr(), persistent(V5, &id)).await;
+        old.subscribe("late/t", QoS::AtLeastOnce).await;
+        let mut d = tern_proto::Disconnect::default();
+        d.properties.session_expiry_interval = Some(0);
+        old.send(Packet::Disconnect(d)).await;
+        let (new, ack) = Raw::connect_with(b.addr(), persistent(V5, &id)).await;
+        drop(old);
+        if ack.session_present {
+            // The new connection holds the session, with its own expiry: leaving keeps it.
+            new.disconnect().await;
+            let (again, ack) = Raw::connect_with(b.addr(), persistent(V5, &id)).await;
+            assert!(
+                ack.session_present,
+                "round {round}: the old DISCONNECT ended the new session"
+            );
+            again.disconnect().await;
+        } else {
+            new.disconnect().await;
+        }
+        end_session(b.addr(), V5, &id).await;
+    }
+}

@@ -295,3 +295,45 @@ async fn client_library_over_ws_and_wss() {
         .await
         .is_err());
 }
+
+/// A client may send its first WebSocket frame (here the MQTT CONNECT) in the same write as the
+/// upgrade request, without waiting for the 101: the frame is kept and read after the handshake.
+#[tokio::test]
+async fn a_first_frame_sent_with_the_upgrade_request_is_read() {
+    let ws_listener = tern_broker::ListenerConfig::new(ListenerKind::Ws, "127.0.0.1:0".parse().unwrap());
+    let b = start(|b| b.listener(ws_listener)).await;
+    let addr = b.addr_of(ListenerKind::Ws).unwrap();
+    let mut request = b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+        .to_vec();
+    // A masked binary frame holding a 3.1.1 CONNECT with client id "p".
+    let connect = [
+        0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 4, 0x02, 0x00, 0x00, 0x00, 0x01, b'p',
+    ];
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    request.extend_from_slice(&[0x82, 0x80 | connect.len() as u8]);
+    request.extend_from_slice(&mask);
+    request.extend(connect.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&request).await.unwrap();
+    // The 101 response, then a binary frame with CONNACK 0x00.
+    let mut got = Vec::new();
+    let connack = [0x82, 0x04, 0x20, 0x02, 0x00, 0x00];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !got.windows(connack.len()).any(|w| w == connack) {
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "no CONNACK after the 101: {other:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
