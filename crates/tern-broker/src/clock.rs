@@ -1,11 +1,11 @@
 //! The broker's source of time for protocol deadlines: message expiry, Session Expiry
-//! Interval, Will Delay Interval, how long a subscriber has been stalled, and the wall-clock
-//! times written to the store.
+//! Interval, Will Delay Interval, keep-alive, the stall timer of a packet in progress, how long
+//! a subscriber has been stalled, and the wall-clock times written to the store.
 //!
 //! [`Clock::system`] reads the operating system's clocks. A [`ManualClock`] stands still
 //! until [`ManualClock::advance`] moves it: tests and simulations use it to let an hour of
-//! session expiry pass at once, without sleeping. Timers of the transport (the CONNECT
-//! deadline, keep-alive, closing) are not protocol state and keep using the runtime's timer.
+//! session expiry pass at once, without sleeping. The CONNECT deadline, the slowed publisher's
+//! poll and the linger after closing keep using the runtime's timer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! What the protocol handling asks of durable storage, in its own terms: keep this delivery at
+//! What the protocol handling asks of durable storage, in its own terms: keep a queued message, keep a delivery at
 //! this stage, forget it, keep or forget a QoS 2 packet identifier, group the changes of one
 //! PUBLISH, and say when acknowledgements may go out. The connection code calls only this; the
 //! store's records and operations (`store::record`, `store::Op`) stay behind it.
@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tern_proto::PacketId;
+use tern_proto::{PacketId, QoS};
 
 use crate::clock::{Clock, Stamp};
 use crate::message::Outgoing;
@@ -44,6 +44,24 @@ impl Durability {
         self.store.as_ref().is_some_and(|s| s.is_failed())
     }
 
+    /// Keep a QoS 1/2 message queued for `client`'s persistent session: it gets the session's
+    /// next sequence number, and the ticket its delivery must wait for (`commit_seq`).
+    /// The clock is read only then (this is on the publish path, once per delivery).
+    pub fn put_queued(&self, st: &mut SessionState, client: &Arc<str>, out: &mut Outgoing) {
+        if let (Some(store), true, true) = (&self.store, st.persistent, out.qos != QoS::AtMostOnce) {
+            out.seq = st.next_seq;
+            st.next_seq += 1;
+            let rec = record::queued(out, None, self.stamp(out, self.clock.now()));
+            out.commit_seq = store.submit(Op::PutMessage(client.clone(), out.seq, rec));
+        }
+    }
+
+    /// The time `now` with the wall clock read only when the message has an expiry to store.
+    fn stamp(&self, out: &Outgoing, now: Instant) -> Stamp {
+        let wall_ms = out.msg.expires_at.map_or(0, |_| self.clock.wall_ms());
+        Stamp { now, wall_ms }
+    }
+
     /// Keep a delivery of `client` at `stage` (it was sent with `packet_id`) at time `now`.
     pub fn put_delivery(
         &self,
@@ -55,9 +73,7 @@ impl Durability {
         now: Instant,
     ) {
         if let (Some(store), true, true) = (&self.store, st.persistent, out.seq != 0) {
-            // The wall clock matters only for an expiry (read once per message then).
-            let wall_ms = out.msg.expires_at.map_or(0, |_| self.clock.wall_ms());
-            let rec = record::queued(out, Some((stage, packet_id)), Stamp { now, wall_ms });
+            let rec = record::queued(out, Some((stage, packet_id)), self.stamp(out, now));
             store.submit(Op::PutMessage(client.clone(), out.seq, rec));
         }
     }

@@ -202,10 +202,10 @@ impl SessionCell {
         &self,
         out: Outgoing,
         cfg: &crate::Config,
-        store: Option<&crate::store::Store>,
+        durability: &crate::durability::Durability,
         clock: &Clock,
     ) -> Enqueued {
-        match self.enqueue_all(std::iter::once(out), cfg, store, clock) {
+        match self.enqueue_all(std::iter::once(out), cfg, durability, clock) {
             (_, 1..) => Enqueued::Dropped,
             (true, _) => Enqueued::Pressure,
             (false, _) => Enqueued::Queued,
@@ -219,7 +219,7 @@ impl SessionCell {
         &self,
         outs: impl Iterator<Item = Outgoing>,
         cfg: &crate::Config,
-        store: Option<&crate::store::Store>,
+        durability: &crate::durability::Durability,
         clock: &Clock,
     ) -> (bool, u64) {
         let mut st = self.lock();
@@ -231,7 +231,7 @@ impl SessionCell {
         let mut pressure = false;
         let mut dropped = 0;
         for out in outs {
-            match self.enqueue_locked(&mut st, out, cfg, store, clock) {
+            match self.enqueue_locked(&mut st, out, cfg, durability, clock) {
                 Enqueued::Dropped => dropped += 1,
                 Enqueued::Pressure => pressure = true,
                 Enqueued::Queued => {}
@@ -255,7 +255,7 @@ impl SessionCell {
         st: &mut SessionState,
         mut out: Outgoing,
         cfg: &crate::Config,
-        store: Option<&crate::store::Store>,
+        durability: &crate::durability::Durability,
         clock: &Clock,
     ) -> Enqueued {
         if st.ended {
@@ -291,12 +291,7 @@ impl SessionCell {
             pressure = true;
         }
         st.queued_bytes += size;
-        if let (true, Some(store), true) = (st.persistent, store, out.qos != QoS::AtMostOnce) {
-            out.seq = st.next_seq;
-            st.next_seq += 1;
-            let rec = crate::store::record::queued(&out, None, clock.stamp());
-            out.commit_seq = store.submit(crate::store::Op::PutMessage(self.client_id.clone(), out.seq, rec));
-        }
+        durability.put_queued(st, &self.client_id, &mut out);
         st.queue.push_back(out);
         if pressure {
             Enqueued::Pressure

@@ -226,7 +226,7 @@ impl Shared {
             let (over, dropped) = cell.enqueue_all(
                 std::iter::once(first).chain(rest),
                 &self.config,
-                self.store.as_deref(),
+                &self.durability,
                 &self.clock,
             );
             if dropped > 0 {
@@ -338,7 +338,7 @@ impl Shared {
     }
 
     fn deliver(&self, cell: &SessionCell, out: Outgoing) -> Enqueued {
-        let r = cell.enqueue(out, &self.config, self.store.as_deref(), &self.clock);
+        let r = cell.enqueue(out, &self.config, &self.durability, &self.clock);
         if r == Enqueued::Dropped {
             self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -124,6 +124,16 @@ async fn refuse_bad_connect<S: AsyncWrite + Unpin>(io: &mut S, buf: &[u8], e: De
     }
 }
 
+/// Answer CONNECT `c` with a refusing CONNACK carrying `rc` (and, for 5.0, `why` as Reason String).
+async fn refuse_with<S: AsyncWrite + Unpin>(io: &mut S, c: &Connect, rc: ReasonCode, why: String) -> Refused {
+    let mut ack = ConnAck::new(rc, false);
+    if c.protocol_version.is_v5() {
+        ack.properties.reason_string = Some(why.as_str().into());
+    }
+    send_connack(io, c.protocol_version, fit(ack, c)).await;
+    Refused::Answered(rc, why)
+}
+
 /// The CONNACK without the Reason String and User Properties the client's Maximum Packet
 /// Size has no room for (v5 [MQTT-3.2.2-19], [MQTT-3.2.2-20]).
 fn fit(ack: ConnAck, c: &Connect) -> ConnAck {
@@ -157,12 +167,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut props = ConnAckProperties::default();
 
     if let Err((rc, why)) = check_connect(&c, shared) {
-        let mut ack = ConnAck::new(rc, false);
-        if v.is_v5() {
-            ack.properties.reason_string = Some(why.as_str().into());
-        }
-        send_connack(io, v, fit(ack, &c)).await;
-        return Err(Refused::Answered(rc, why));
+        return Err(refuse_with(io, &c, rc, why).await);
     }
 
     // Client identifier: [MQTT-3.1.3-6..8] (3.1.1), [MQTT-3.1.3-6,7] (5.0).
@@ -189,10 +194,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 shared
                     .security
                     .failed(peer, &client_id, c.username.as_deref(), rc, &why);
-                let mut ack = ConnAck::new(rc, false);
-                ack.properties.reason_string = Some(why.as_str().into());
-                send_connack(io, v, fit(ack, &c)).await;
-                return Err(Refused::Answered(rc, why));
+                return Err(refuse_with(io, &c, rc, why).await);
             }
         }
     }
@@ -204,12 +206,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             shared
                 .security
                 .failed(peer, &client_id, c.username.as_deref(), rc, &why);
-            let mut ack = ConnAck::new(rc, false);
-            if v.is_v5() {
-                ack.properties.reason_string = Some(why.as_str().into());
-            }
-            send_connack(io, v, fit(ack, &c)).await;
-            return Err(Refused::Answered(rc, why));
+            return Err(refuse_with(io, &c, rc, why).await);
         }
     };
     // The will is published in the client's name: it needs the right to publish there.
@@ -221,12 +218,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         {
             let why = format!("the ACL does not allow publishing the will on {:?}", &*w.topic);
             tracing::warn!(%peer, client_id = %client_id, "connection refused: {why}");
-            let mut ack = ConnAck::new(ReasonCode::NotAuthorized, false);
-            if v.is_v5() {
-                ack.properties.reason_string = Some(why.as_str().into());
-            }
-            send_connack(io, v, fit(ack, &c)).await;
-            return Err(Refused::Answered(ReasonCode::NotAuthorized, why));
+            return Err(refuse_with(io, &c, ReasonCode::NotAuthorized, why).await);
         }
     }
 
@@ -272,12 +264,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let why = format!("max_sessions ({}) reached", cfg.max_sessions);
         tracing::warn!(%peer, client_id = &*client_id, "connection refused: {why}");
-        let mut ack = ConnAck::new(rc, false);
-        if v.is_v5() {
-            ack.properties.reason_string = Some(why.as_str().into());
-        }
-        send_connack(io, v, fit(ack, &c)).await;
-        return Err(Refused::Answered(rc, why));
+        return Err(refuse_with(io, &c, rc, why).await);
     };
     {
         let mut st = cell.lock();
