@@ -11,27 +11,23 @@
 //! a session kept in the store (`st.persistent`).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tern_proto::{PacketId, QoS};
 
-use crate::clock::{Clock, Stamp};
 use crate::message::Outgoing;
 use crate::session::{InflightState, SessionState};
-use crate::store::{record, Group, Op, Store};
+use crate::store::{record, Group, Op, Payload, Store};
 
 /// The durable storage of a broker, as its protocol handling sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct Durability {
     store: Option<Arc<Store>>,
-    /// For the wall-clock times in stored records.
-    clock: Clock,
 }
 
 impl Durability {
     /// Over `store`; `None` keeps nothing.
-    pub fn new(store: Option<Arc<Store>>, clock: Clock) -> Durability {
-        Durability { store, clock }
+    pub fn new(store: Option<Arc<Store>>) -> Durability {
+        Durability { store }
     }
 
     /// Whether anything is kept at all.
@@ -45,24 +41,34 @@ impl Durability {
     }
 
     /// Keep a QoS 1/2 message queued for `client`'s persistent session: it gets the session's
-    /// next sequence number, and the ticket its delivery must wait for (`commit_seq`).
-    /// The clock is read only then (this is on the publish path, once per delivery).
+    /// next sequence number, and the ticket its delivery must wait for (`commit_seq`). The
+    /// message itself is written once, whatever the number of sessions queueing it; each
+    /// session's record refers to it.
     pub fn put_queued(&self, st: &mut SessionState, client: &Arc<str>, out: &mut Outgoing) {
         if let (Some(store), true, true) = (&self.store, st.persistent, out.qos != QoS::AtMostOnce) {
             out.seq = st.next_seq;
             st.next_seq += 1;
-            let rec = record::queued(out, None, self.stamp(out, self.clock.now()));
-            out.commit_seq = store.submit(Op::PutMessage(client.clone(), out.seq, rec));
+            out.commit_seq = store.submit(Self::record(store, client, out, None));
         }
     }
 
-    /// The time `now` with the wall clock read only when the message has an expiry to store.
-    fn stamp(&self, out: &Outgoing, now: Instant) -> Stamp {
-        let wall_ms = out.msg.expires_at.map_or(0, |_| self.clock.wall_ms());
-        Stamp { now, wall_ms }
+    /// The change that keeps `out` for `client` at `state`.
+    fn record(
+        store: &Store,
+        client: &Arc<str>,
+        out: &Outgoing,
+        state: Option<(InflightState, PacketId)>,
+    ) -> Op {
+        let id = out.msg.stored.get_or_assign(|| store.next_payload_id());
+        let rec = record::queued(out, state, id);
+        let payload = Payload {
+            id,
+            msg: out.msg.clone(),
+        };
+        Op::PutMessage(client.clone(), out.seq, rec, payload)
     }
 
-    /// Keep a delivery of `client` at `stage` (it was sent with `packet_id`) at time `now`.
+    /// Keep a delivery of `client` at `stage` (it was sent with `packet_id`).
     pub fn put_delivery(
         &self,
         st: &SessionState,
@@ -70,11 +76,9 @@ impl Durability {
         out: &Outgoing,
         stage: InflightState,
         packet_id: PacketId,
-        now: Instant,
     ) {
         if let (Some(store), true, true) = (&self.store, st.persistent, out.seq != 0) {
-            let rec = record::queued(out, Some((stage, packet_id)), self.stamp(out, now));
-            store.submit(Op::PutMessage(client.clone(), out.seq, rec));
+            store.submit(Self::record(store, client, out, Some((stage, packet_id))));
         }
     }
 

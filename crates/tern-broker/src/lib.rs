@@ -169,7 +169,7 @@ impl BrokerBuilder {
         let (store, loaded) = match &self.config.data_dir {
             Some(dir) => {
                 let interval = Duration::from_millis(self.config.sync_interval_ms);
-                let (s, l) = store::Store::open(dir, self.config.sync, interval)
+                let (s, l) = store::Store::open(dir, self.config.sync, interval, self.clock.clone())
                     .map_err(|e| BrokerError::Store(format!("data directory {}: {e}", dir.display())))?;
                 (Some(s), Some(l))
             }

@@ -1,5 +1,6 @@
 //! The routed message: one reference-counted value shared by every subscriber.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,37 @@ pub(crate) struct Message {
     pub expires_at: Option<Instant>,
     /// Client identifier of the publisher (for No Local), `None` for wills published on behalf of a session that is gone.
     pub publisher: Option<Arc<str>>,
+    /// The id of its payload record in the store, once a persistent session queued it.
+    pub stored: StoredId,
+}
+
+/// The id of a message's payload record in the store (0: not stored): every session that
+/// queues the message refers to the one record.
+#[derive(Debug, Default)]
+pub(crate) struct StoredId(AtomicU64);
+
+impl StoredId {
+    /// The id, given one from `fresh` if it has none yet (two racing callers agree on one).
+    pub fn get_or_assign(&self, fresh: impl FnOnce() -> u64) -> u64 {
+        match self.0.load(Ordering::Relaxed) {
+            0 => {
+                let new = fresh();
+                match self
+                    .0
+                    .compare_exchange(0, new, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    Ok(_) => new,
+                    Err(current) => current,
+                }
+            }
+            id => id,
+        }
+    }
+
+    /// An id read back from the store.
+    pub fn known(id: u64) -> StoredId {
+        StoredId(AtomicU64::new(id))
+    }
 }
 
 impl Message {
@@ -38,6 +70,7 @@ impl Message {
             properties,
             expires_at,
             publisher,
+            stored: StoredId::default(),
         }
     }
 
@@ -54,6 +87,7 @@ impl Message {
             properties: self.properties.detached(),
             expires_at: self.expires_at,
             publisher: self.publisher.clone(),
+            stored: StoredId::default(),
         }
     }
 

@@ -98,7 +98,7 @@ impl Shared {
     ) -> Shared {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let deliver_batch = (config.max_queued_messages / (2 * workers)).clamp(1, 256);
-        let durability = crate::durability::Durability::new(store.clone(), clock.clone());
+        let durability = crate::durability::Durability::new(store.clone());
         Shared {
             store,
             security,

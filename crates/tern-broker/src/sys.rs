@@ -56,6 +56,7 @@ pub(crate) fn publish_once(shared: &Shared) {
             properties: PublishProperties::default(),
             expires_at: None,
             publisher: None,
+            stored: Default::default(),
         });
         shared.retain(&msg);
         shared.publish_internal(&msg);

@@ -309,7 +309,6 @@ impl Conn {
                             &i.out,
                             InflightState::Released,
                             i.packet_id,
-                            self.shared.clock.now(),
                         );
                         Some(Ack::new(a.packet_id))
                     }

@@ -347,7 +347,6 @@ impl Conn {
                     &out,
                     InflightState::Published,
                     packet_id,
-                    now,
                 );
                 st.push_inflight(crate::session::Inflight {
                     packet_id,

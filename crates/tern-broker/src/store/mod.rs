@@ -7,6 +7,10 @@
 //! sequence number it has committed. A connection that must not acknowledge
 //! before its changes are durable waits for that number ([`Store::wait`]).
 //!
+//! A message queued for several persistent sessions is written once (a payload record) and
+//! referenced by each session's queued record; the writer thread counts the references and
+//! deletes a payload with its last reference, in the same transaction.
+//!
 //! ### Durability
 //! - `sync = "always"` (default): each group commit is synced to disk before
 //!   any waiter is released, so no acknowledged QoS 1/2 message is lost on
@@ -20,7 +24,7 @@ pub(crate) mod record;
 mod recover;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,10 +52,19 @@ pub(crate) enum Op {
     PutSession(Arc<str>, Bytes),
     /// Deletes the session with its messages and QoS 2 ids.
     DelSession(Arc<str>),
-    PutMessage(Arc<str>, u64, Bytes),
+    /// A queued or in-flight message of a session (client id, sequence number, record); the
+    /// record refers to `payload`, which is written with its first reference.
+    PutMessage(Arc<str>, u64, Bytes, Payload),
     DelMessage(Arc<str>, u64),
     PutQos2(Arc<str>, u16),
     DelQos2(Arc<str>, u16),
+}
+
+/// The message a queued record refers to, with its payload id.
+#[derive(Debug, Clone)]
+pub(crate) struct Payload {
+    pub id: u64,
+    pub msg: Arc<crate::message::Message>,
 }
 
 /// Why the store cannot keep data.
@@ -84,6 +97,9 @@ pub(crate) struct Store {
     error: Mutex<Option<StoreError>>,
     closing: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The next payload id (ids are never reused: the first after a restart follows the
+    /// highest stored).
+    next_payload: AtomicU64,
 }
 
 impl Store {
@@ -92,6 +108,7 @@ impl Store {
         dir: &Path,
         sync: SyncPolicy,
         interval: Duration,
+        clock: crate::clock::Clock,
     ) -> Result<(Arc<Store>, Loaded), StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
@@ -100,8 +117,9 @@ impl Store {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
-        let engine = Engine::open(dir)?;
+        let mut engine = Engine::open(dir, clock)?;
         let loaded = engine.load()?;
+        let next_payload = loaded.payloads.iter().map(|(id, _)| id + 1).max().unwrap_or(1);
         let store = Arc::new(Store {
             pending: Mutex::new(Pending::default()),
             wake: std::sync::Condvar::new(),
@@ -110,6 +128,7 @@ impl Store {
             error: Mutex::new(None),
             closing: AtomicBool::new(false),
             thread: Mutex::new(None),
+            next_payload: AtomicU64::new(next_payload),
         });
         let s = store.clone();
         let handle = std::thread::Builder::new()
@@ -128,6 +147,11 @@ impl Store {
         if let Some(h) = handle {
             let _ = h.join();
         }
+    }
+
+    /// A payload id never used before.
+    pub fn next_payload_id(&self) -> u64 {
+        self.next_payload.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Queue a change; returns its sequence number.

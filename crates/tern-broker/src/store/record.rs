@@ -3,6 +3,10 @@
 //!
 //! Every value is `[version u8][crc32 of the rest u32 BE][body]`; a record whose
 //! checksum or version does not match is reported as corrupt, never guessed at.
+//!
+//! A message queued for sessions is stored once, as a payload record, and each session's
+//! queued record refers to it by id (version 2 of the queued record). Version 1 queued
+//! records, written before, carry the message inline; they are still read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +21,8 @@ use crate::message::{Message, Outgoing};
 use crate::session::InflightState;
 
 const VERSION: u8 = 1;
+/// Queued records that refer to a payload record.
+const QUEUED_BY_REF: u8 = 2;
 
 /// A record that cannot be read back.
 #[derive(Debug, thiserror::Error)]
@@ -24,25 +30,34 @@ const VERSION: u8 = 1;
 pub struct Corrupt(pub &'static str);
 
 fn seal(body: BytesMut) -> Bytes {
+    seal_as(VERSION, body)
+}
+
+fn seal_as(version: u8, body: BytesMut) -> Bytes {
     let mut out = BytesMut::with_capacity(body.len() + 5);
-    out.put_u8(VERSION);
+    out.put_u8(version);
     out.put_u32(crc32fast::hash(&body));
     out.extend_from_slice(&body);
     out.freeze()
 }
 
 fn open(raw: &[u8]) -> Result<Bytes, Corrupt> {
+    match open_any(raw)? {
+        (VERSION, b) => Ok(b),
+        _ => Err(Corrupt("unknown record version")),
+    }
+}
+
+/// The version and body of a record of any version.
+fn open_any(raw: &[u8]) -> Result<(u8, Bytes), Corrupt> {
     if raw.len() < 5 {
         return Err(Corrupt("record shorter than its header"));
-    }
-    if raw[0] != VERSION {
-        return Err(Corrupt("unknown record version"));
     }
     let crc = u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]);
     if crc32fast::hash(&raw[5..]) != crc {
         return Err(Corrupt("checksum mismatch"));
     }
-    Ok(Bytes::copy_from_slice(&raw[5..]))
+    Ok((raw[0], Bytes::copy_from_slice(&raw[5..])))
 }
 
 /// Wall-clock milliseconds for an `Instant` deadline (0: none), so remaining
@@ -138,6 +153,7 @@ fn get_message(b: &mut Bytes, now: Stamp) -> Result<Message, Corrupt> {
         properties: p.properties,
         expires_at: from_wall(expires, now),
         publisher: (!publisher.is_empty()).then(|| Arc::from(publisher.as_str())),
+        stored: Default::default(),
     })
 }
 
@@ -154,9 +170,23 @@ pub fn read_retained(raw: &[u8], now: Stamp) -> Result<Message, Corrupt> {
     get_message(&mut b, now)
 }
 
-/// A message held for a session: where it stands, then the delivery.
-pub fn queued(out: &Outgoing, state: Option<(InflightState, PacketId)>, now: Stamp) -> Bytes {
+/// A message stored once for every session that queues it.
+pub fn payload(m: &Message, now: Stamp) -> Bytes {
     let mut b = BytesMut::new();
+    put_message(&mut b, m, now);
+    seal(b)
+}
+
+/// Read a payload record.
+pub fn read_payload(raw: &[u8], now: Stamp) -> Result<Message, Corrupt> {
+    let mut b = open(raw)?;
+    get_message(&mut b, now)
+}
+
+/// A message held for a session: where it stands, the delivery's own decisions, then the
+/// id of the payload record holding the message.
+pub fn queued(out: &Outgoing, state: Option<(InflightState, PacketId)>, payload_id: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(32);
     match state {
         None => {
             b.put_u8(0);
@@ -178,8 +208,20 @@ pub fn queued(out: &Outgoing, state: Option<(InflightState, PacketId)>, now: Sta
         b.put_u32(*id);
     }
     put_str(&mut b, out.shared.as_deref().unwrap_or(""));
-    put_message(&mut b, &out.msg, now);
-    seal(b)
+    b.put_u64(payload_id);
+    seal_as(QUEUED_BY_REF, b)
+}
+
+/// The payload id a queued record refers to, read without checking the rest (the store's
+/// writer keeps its reference counts with it); `None` for an inline (version 1) record.
+pub fn queued_payload_id(raw: &[u8]) -> Option<u64> {
+    match raw.first() {
+        Some(&QUEUED_BY_REF) if raw.len() >= 13 => {
+            let tail: [u8; 8] = raw[raw.len() - 8..].try_into().ok()?;
+            Some(u64::from_be_bytes(tail))
+        }
+        _ => None,
+    }
 }
 
 /// A stored delivery and its state.
@@ -188,9 +230,17 @@ pub struct StoredDelivery {
     pub out: Outgoing,
 }
 
-/// Read a message held for a session.
-pub fn read_queued(raw: &[u8], now: Stamp) -> Result<StoredDelivery, Corrupt> {
-    let mut b = open(raw)?;
+/// Read a message held for a session; `payload` finds the message of a record that refers
+/// to one (`None`: no such payload record).
+pub fn read_queued(
+    raw: &[u8],
+    now: Stamp,
+    payload: impl FnOnce(u64) -> Option<Arc<Message>>,
+) -> Result<StoredDelivery, Corrupt> {
+    let (version, mut b) = open_any(raw)?;
+    if version != VERSION && version != QUEUED_BY_REF {
+        return Err(Corrupt("unknown record version"));
+    }
     let state = get_u8(&mut b)?;
     let id = PacketId::new(get_u16(&mut b)?);
     let state = match (state, id) {
@@ -207,7 +257,11 @@ pub fn read_queued(raw: &[u8], now: Stamp) -> Result<StoredDelivery, Corrupt> {
         sub_ids.push(get_u32(&mut b)?);
     }
     let shared = get_str(&mut b)?;
-    let msg = Arc::new(get_message(&mut b, now)?);
+    let msg = if version == QUEUED_BY_REF {
+        payload(get_u64(&mut b)?).ok_or(Corrupt("queued message refers to a missing payload"))?
+    } else {
+        Arc::new(get_message(&mut b, now)?)
+    };
     let shared = (!shared.is_empty()).then(|| Arc::from(shared.as_str()));
     Ok(StoredDelivery {
         state,
@@ -364,6 +418,7 @@ mod tests {
             properties,
             expires_at: None,
             publisher: Some(Arc::from("pub")),
+            stored: Default::default(),
         }
     }
 
@@ -380,13 +435,39 @@ mod tests {
             commit_seq: 0,
         };
         let id = PacketId::new(7).unwrap();
-        let raw = queued(&out, Some((InflightState::Released, id)), now);
-        let back = read_queued(&raw, now).unwrap();
+        let raw = queued(&out, Some((InflightState::Released, id)), 42);
+        assert_eq!(queued_payload_id(&raw), Some(42));
+        let back = read_queued(&raw, now, |p| (p == 42).then(|| out.msg.clone())).unwrap();
         assert_eq!(back.state, Some((InflightState::Released, id)));
         assert_eq!(back.out.sub_ids, vec![3, 9]);
-        assert_eq!(back.out.msg.payload, out.msg.payload);
-        assert_eq!(back.out.msg.properties, out.msg.properties);
-        assert_eq!(back.out.msg.publisher.as_deref(), Some("pub"));
+        assert!(Arc::ptr_eq(&back.out.msg, &out.msg));
+        assert!(
+            read_queued(&raw, now, |_| None).is_err(),
+            "a missing payload is corruption"
+        );
+        let m = read_payload(&payload(&out.msg, now), now).unwrap();
+        assert_eq!(m.payload, out.msg.payload);
+        assert_eq!(m.properties, out.msg.properties);
+        assert_eq!(m.publisher.as_deref(), Some("pub"));
+    }
+
+    #[test]
+    fn inline_queued_records_of_version_1_are_still_read() {
+        // Written by Tern before payloads were stored once: the message follows the delivery.
+        let now = crate::clock::Clock::system().stamp();
+        let mut b = BytesMut::new();
+        b.put_u8(1);
+        b.put_u16(5);
+        b.put_u8(1);
+        b.put_u8(0);
+        b.put_u16(0);
+        put_str(&mut b, "");
+        put_message(&mut b, &msg(), now);
+        let raw = seal(b);
+        assert_eq!(queued_payload_id(&raw), None);
+        let back = read_queued(&raw, now, |_| None).unwrap();
+        assert_eq!(back.state.map(|s| s.1.get()), Some(5));
+        assert_eq!(&back.out.msg.payload[..], b"payload");
     }
 
     #[test]

@@ -52,6 +52,14 @@ impl Shared {
             self.restore_retained(Arc::new(msg));
             r.retained += 1;
         }
+        // Queued messages, each read once and shared by every session that queues it.
+        let mut payloads: HashMap<u64, Arc<crate::message::Message>> = HashMap::new();
+        for (id, raw) in &loaded.payloads {
+            let mut msg =
+                record::read_payload(raw, stamp).map_err(|e| corrupt("payloads", &id.to_string(), e))?;
+            msg.stored = crate::message::StoredId::known(*id);
+            payloads.insert(*id, Arc::new(msg));
+        }
         let mut cells: HashMap<String, Arc<SessionCell>> = HashMap::new();
         for (client, raw) in &loaded.sessions {
             let rec = record::read_session(raw, stamp).map_err(|e| corrupt("sessions", client, e))?;
@@ -117,7 +125,8 @@ impl Shared {
                 submit(Op::DelMessage(Arc::from(&*client), seq));
                 continue;
             };
-            let mut d = record::read_queued(raw, stamp).map_err(|e| corrupt("messages", &client, e))?;
+            let mut d = record::read_queued(raw, stamp, |id| payloads.get(&id).cloned())
+                .map_err(|e| corrupt("messages", &client, e))?;
             d.out.seq = seq;
             let mut st = cell.lock();
             st.next_seq = st.next_seq.max(seq + 1);
