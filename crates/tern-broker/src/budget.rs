@@ -1,4 +1,5 @@
-//! The broker-wide budget for bytes held in partially received packets.
+//! The broker-wide budgets: bytes held in partially received packets ([`PartialBudget`]) and
+//! bytes queued for sessions ([`QueueBudget`]).
 //!
 //! Every connection may hold one packet in progress, up to `max_packet_size` (before CONNECT,
 //! `max_connect_packet_size`). Thousands of sockets each holding 99 % of a large packet take
@@ -150,6 +151,82 @@ impl Drop for Claim {
 /// Whether `claim` was evicted.
 pub(crate) fn evicted(claim: &Option<Claim>) -> bool {
     claim.as_ref().is_some_and(Claim::evicted)
+}
+
+/// Payload bytes queued for all sessions together (`max_queued_bytes_total`), counted per
+/// queued copy as each session's own `queued_bytes` is. When it is exhausted, messages for
+/// offline sessions are not queued; connected sessions keep their own limits.
+///
+/// Updated once per batch, not per message: a publisher's batch of deliveries to one session
+/// adds what it queued, a connection's batch of sends takes out what it took. Concurrent
+/// publishers may each see the same room, so the total can go beyond the budget by what they
+/// queue at that moment (a batch each).
+#[derive(Debug)]
+pub(crate) struct QueueBudget {
+    limit: usize,
+    used: AtomicUsize,
+    /// Messages not queued because the budget was exhausted.
+    refused: AtomicU64,
+}
+
+impl QueueBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> QueueBudget {
+        QueueBudget {
+            limit,
+            used: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes that may still be queued.
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+
+    /// Bytes queued now, all sessions together.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// `n` more bytes were queued.
+    pub fn grew(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// `n` queued bytes were taken out (sent, expired, or their session ended).
+    pub fn shrank(&self, n: usize) {
+        if n > 0 {
+            // Never below zero, whatever a caller's mistake: the budget would open wide.
+            let _ = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+        }
+    }
+
+    /// `n` messages for `client_id` were not queued for lack of room (logged at powers of two).
+    pub fn refused(&self, n: u64, client_id: &str) {
+        if n == 0 {
+            return;
+        }
+        let before = self.refused.fetch_add(n, Ordering::Relaxed);
+        let after = before + n;
+        if (before + 1).next_power_of_two() <= after {
+            tracing::warn!(
+                client_id,
+                refused = after,
+                limit = self.limit,
+                "max_queued_bytes_total reached: not queueing messages"
+            );
+        }
+    }
+
+    /// Messages refused since start.
+    pub fn refusals(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

@@ -107,6 +107,11 @@ pub struct Config {
     pub denied_subscription_reason: DeniedSubscription,
     /// Most payload bytes queued for one session (default 16 MiB); beyond it messages are dropped and counted.
     pub max_queued_bytes: usize,
+    /// Most payload bytes queued for all sessions together, counted once per queued copy
+    /// (default 1 GiB). Beyond it, messages for sessions whose client is offline are not
+    /// queued (dropped, logged and counted in `$SYS/broker/messages/dropped_over_budget`),
+    /// whatever their QoS; connected clients' queues keep their own limits.
+    pub max_queued_bytes_total: usize,
     /// Longest topic name or filter, in bytes (default 65,535).
     pub max_topic_length: usize,
     /// Most new connections accepted per second (default 50,000); more get CONNACK
@@ -346,6 +351,7 @@ impl Default for Config {
             subscription_identifiers: true,
             denied_subscription_reason: DeniedSubscription::NotAuthorized,
             max_queued_bytes: 16 * 1024 * 1024,
+            max_queued_bytes_total: 1 << 30,
             max_topic_length: 65_535,
             max_connect_rate: 50_000,
             sys_interval_secs: 10,
@@ -442,6 +448,9 @@ impl Config {
         }
         if self.max_sessions == 0 {
             return bad("max_sessions", "must be at least 1");
+        }
+        if self.max_queued_bytes_total == 0 {
+            return bad("max_queued_bytes_total", "must be at least 1");
         }
         if self.max_topic_levels == 0 || self.max_topic_levels > MAX_TOPIC_LEVELS {
             // The subscription trie walks a topic level by level, one stack frame each: the

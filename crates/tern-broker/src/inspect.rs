@@ -13,8 +13,39 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_proto::{ProtocolVersion, SubscriptionOptions};
 
+use std::sync::atomic::Ordering;
+
 use crate::session::SessionCell;
 use crate::shared::Shared;
+
+/// Broker-wide counters and the state of its budgets, read at one moment (each value on its
+/// own: they are not taken under one lock). The `$SYS/broker/...` topics publish the same.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Clients connected now.
+    pub connected: u64,
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// Subscriptions, all sessions together.
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// PUBLISH packets received from clients.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: u64,
+    /// Messages not queued for a session (its queue full, the broker-wide budget exhausted).
+    pub messages_dropped: u64,
+    /// Payload bytes queued for all sessions together (limit: `max_queued_bytes_total`).
+    pub queued_bytes: usize,
+    /// Messages not queued because `max_queued_bytes_total` was reached.
+    pub dropped_over_budget: u64,
+    /// Connections closed because the budget for partial packets ran out.
+    pub evicted: u64,
+}
 
 /// A session: a connected client, or a persistent session waiting for its client.
 #[derive(Debug, Clone)]
@@ -149,4 +180,25 @@ fn info(cell: &SessionCell) -> Option<SessionInfo> {
         dropped: st.dropped,
         will_pending: st.pending_will.is_some(),
     })
+}
+
+impl Shared {
+    /// The broker's counters now.
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let (subscriptions, retained) = self.sizes();
+        Stats {
+            connections_total: c.connections.load(Ordering::Relaxed),
+            connected: c.connected.load(Ordering::Relaxed),
+            sessions: self.sessions.len(),
+            subscriptions,
+            retained,
+            messages_received: c.messages_in.load(Ordering::Relaxed),
+            messages_sent: c.messages_out.load(Ordering::Relaxed),
+            messages_dropped: c.messages_dropped.load(Ordering::Relaxed),
+            queued_bytes: self.queued.used(),
+            dropped_over_budget: self.queued.refusals(),
+            evicted: self.partial.evictions(),
+        }
+    }
 }

@@ -60,7 +60,7 @@ pub use auth::{AuthExchange, AuthStep, Authenticator};
 pub use clock::{Clock, ManualClock};
 pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFormat};
 pub use error::BrokerError;
-pub use inspect::{ConnectionInfo, SessionInfo, SubscriptionInfo};
+pub use inspect::{ConnectionInfo, SessionInfo, Stats, SubscriptionInfo};
 pub use security::SecurityHandle;
 pub use store::SyncPolicy;
 
@@ -320,6 +320,11 @@ impl BrokerHandle {
     /// Reload the password and ACL files, and count authentication failures.
     pub fn security(&self) -> &SecurityHandle {
         &self.security
+    }
+
+    /// Broker-wide counters and budgets now.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
     }
 
     /// Every session, connected or not, sorted by client identifier.

@@ -198,14 +198,8 @@ impl SessionCell {
     /// [`Enqueued::Pressure`] while the client is connected and draining (up to
     /// twice the limits), and otherwise dropped and counted in `dropped` (the
     /// newest is dropped, so what was queued first is delivered first).
-    pub fn enqueue(
-        &self,
-        out: Outgoing,
-        cfg: &crate::Config,
-        durability: &crate::durability::Durability,
-        clock: &Clock,
-    ) -> Enqueued {
-        match self.enqueue_all(std::iter::once(out), cfg, durability, clock) {
+    pub fn enqueue(&self, out: Outgoing, q: &Queueing<'_>) -> Enqueued {
+        match self.enqueue_all(std::iter::once(out), q) {
             (_, 1..) => Enqueued::Dropped,
             (true, _) => Enqueued::Pressure,
             (false, _) => Enqueued::Queued,
@@ -215,14 +209,12 @@ impl SessionCell {
     /// Queue several messages under one lock, in order. Returns whether any went
     /// beyond the limits (the publisher should wait for [`SessionCell::has_room`])
     /// and how many were dropped.
-    pub fn enqueue_all(
-        &self,
-        outs: impl Iterator<Item = Outgoing>,
-        cfg: &crate::Config,
-        durability: &crate::durability::Durability,
-        clock: &Clock,
-    ) -> (bool, u64) {
+    pub fn enqueue_all(&self, outs: impl Iterator<Item = Outgoing>, q: &Queueing<'_>) -> (bool, u64) {
+        let cfg = q.config;
         let mut st = self.lock();
+        let before = st.queued_bytes;
+        let mut room = q.budget.room();
+        let mut refused = 0;
         // Wake the connection only when the queue was empty: a connection leaves
         // messages queued only while it has reason to come back to them on its own
         // (a full in-flight window, a full write buffer, a store commit to wait for).
@@ -231,12 +223,18 @@ impl SessionCell {
         let mut pressure = false;
         let mut dropped = 0;
         for out in outs {
-            match self.enqueue_locked(&mut st, out, cfg, durability, clock) {
+            match self.enqueue_locked(&mut st, out, q, &mut room) {
                 Enqueued::Dropped => dropped += 1,
+                Enqueued::OverBudget => {
+                    dropped += 1;
+                    refused += 1;
+                }
                 Enqueued::Pressure => pressure = true,
                 Enqueued::Queued => {}
             }
         }
+        q.budget.grew(st.queued_bytes.saturating_sub(before));
+        q.budget.refused(refused, &self.client_id);
         self.note_fullness(&st, cfg);
         let waker = if was_empty && !st.queue.is_empty() {
             st.waker.clone()
@@ -250,14 +248,15 @@ impl SessionCell {
         (pressure, dropped)
     }
 
+    /// Queue one message; `room` is what is left of the broker-wide budget.
     fn enqueue_locked(
         &self,
         st: &mut SessionState,
         mut out: Outgoing,
-        cfg: &crate::Config,
-        durability: &crate::durability::Durability,
-        clock: &Clock,
+        q: &Queueing<'_>,
+        room: &mut usize,
     ) -> Enqueued {
+        let (cfg, clock) = (q.config, q.clock);
         if st.ended {
             return Enqueued::Dropped;
         }
@@ -265,6 +264,13 @@ impl SessionCell {
             return Enqueued::Dropped;
         }
         let size = out.msg.payload.len();
+        // The broker-wide budget stops what piles up for clients that are away; a connected
+        // client's queue drains and stays under its own limits (and backpressure), so live
+        // traffic is never cut because offline sessions filled the budget.
+        if size > *room && st.conn_id.is_none() {
+            st.dropped += 1;
+            return Enqueued::OverBudget;
+        }
         let mut pressure = false;
         if st.queue.len() >= cfg.max_queued_messages || st.queued_bytes + size > cfg.max_queued_bytes {
             // To a connected client that is draining: queue beyond the limit (up to twice
@@ -291,7 +297,8 @@ impl SessionCell {
             pressure = true;
         }
         st.queued_bytes += size;
-        durability.put_queued(st, &self.client_id, &mut out);
+        *room = room.saturating_sub(size);
+        q.durability.put_queued(st, &self.client_id, &mut out);
         st.queue.push_back(out);
         if pressure {
             Enqueued::Pressure
@@ -322,6 +329,18 @@ pub(crate) enum Enqueued {
     Pressure,
     /// Dropped (counted).
     Dropped,
+    /// Dropped: the broker-wide budget for queued bytes is exhausted (counted).
+    OverBudget,
+}
+
+/// What queueing a message for a session depends on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queueing<'a> {
+    pub config: &'a crate::Config,
+    pub durability: &'a crate::durability::Durability,
+    pub clock: &'a Clock,
+    /// Bytes queued for all sessions together.
+    pub budget: &'a crate::budget::QueueBudget,
 }
 
 impl SessionState {

@@ -11,7 +11,7 @@ use tern_proto::QoS;
 use crate::message::{Message, Outgoing};
 use crate::retained::RetainedStore;
 use crate::router::{Match, Router, SubEntry};
-use crate::session::{Enqueued, Registry, SessionCell};
+use crate::session::{Enqueued, Queueing, Registry, SessionCell};
 use crate::store::{record, Op, Store};
 use crate::Config;
 
@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     pub partial: Arc<crate::budget::PartialBudget>,
     /// What protocol handling keeps on disk (a no-op without a store).
     pub durability: crate::durability::Durability,
+    /// Bytes queued for sessions, all sessions together.
+    pub queued: crate::budget::QueueBudget,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -108,6 +110,7 @@ impl Shared {
             clock,
             scheduler: crate::scheduler::Scheduler::default(),
             partial: crate::budget::PartialBudget::new(config.max_partial_bytes),
+            queued: crate::budget::QueueBudget::new(config.max_queued_bytes_total),
             durability,
             config,
             router: RwLock::default(),
@@ -117,6 +120,16 @@ impl Shared {
             deliver_batch,
             next_conn_id: AtomicU64::new(1),
             counters: Counters::default(),
+        }
+    }
+
+    /// What queueing a message for a session depends on.
+    pub fn queueing(&self) -> Queueing<'_> {
+        Queueing {
+            config: &self.config,
+            durability: &self.durability,
+            clock: &self.clock,
+            budget: &self.queued,
         }
     }
 
@@ -220,15 +233,11 @@ impl Shared {
             // Stable: each session keeps its messages in routing order.
             pending.sort_by_key(|(c, _)| Arc::as_ptr(c) as usize);
         }
+        let q = self.queueing();
         let mut it = pending.drain(..).peekable();
         while let Some((cell, first)) = it.next() {
             let rest = std::iter::from_fn(|| it.next_if(|(c, _)| Arc::ptr_eq(c, &cell)).map(|(_, o)| o));
-            let (over, dropped) = cell.enqueue_all(
-                std::iter::once(first).chain(rest),
-                &self.config,
-                &self.durability,
-                &self.clock,
-            );
+            let (over, dropped) = cell.enqueue_all(std::iter::once(first).chain(rest), &q);
             if dropped > 0 {
                 self.counters
                     .messages_dropped
@@ -338,7 +347,7 @@ impl Shared {
     }
 
     fn deliver(&self, cell: &SessionCell, out: Outgoing) -> Enqueued {
-        let r = cell.enqueue(out, &self.config, &self.durability, &self.clock);
+        let r = cell.enqueue(out, &self.queueing());
         if r == Enqueued::Dropped {
             self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -407,6 +416,7 @@ impl Shared {
                 .filter(|o| o.qos != QoS::ExactlyOnce)
                 .collect();
             orphans.extend(st.queue.drain(..));
+            self.queued.shrank(st.queued_bytes);
             st.queued_bytes = 0;
             orphans.retain(|o| o.shared.is_some());
             (subs, orphans, will)

@@ -16,7 +16,7 @@ use crate::shared::Shared;
 pub(crate) fn publish_once(shared: &Shared) {
     let c = &shared.counters;
     let (subscriptions, retained) = shared.sizes();
-    let values: [(&str, String); 13] = [
+    let values: [(&str, String); 15] = [
         ("version", format!("tern {}", env!("CARGO_PKG_VERSION"))),
         (
             "uptime",
@@ -46,6 +46,13 @@ pub(crate) fn publish_once(shared: &Shared) {
         ("clients/auth_failures", shared.security.failures().to_string()),
         // Connections closed because the budget for partial packets ran out.
         ("clients/evicted", shared.partial.evictions().to_string()),
+        // Payload bytes queued for all sessions together, and messages not queued because
+        // that total reached max_queued_bytes_total.
+        ("messages/queued_bytes", shared.queued.used().to_string()),
+        (
+            "messages/dropped_over_budget",
+            shared.queued.refusals().to_string(),
+        ),
     ];
     for (name, value) in values {
         let msg = Arc::new(Message {

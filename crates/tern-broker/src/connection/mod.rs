@@ -297,6 +297,7 @@ impl Conn {
         let acl = self.shared.security.acl();
         self.waiting_for_commit = false;
         let was_full = st.full_since.is_some();
+        let queued_before = st.queued_bytes;
         let mut batch = BATCH.with(|b| b.take());
         let mut budget = WRITE_BATCH.saturating_sub(self.out.len());
         let mut more = false;
@@ -366,6 +367,9 @@ impl Conn {
                 self.cell.space.notify_waiters();
             }
         }
+        self.shared
+            .queued
+            .shrank(queued_before.saturating_sub(st.queued_bytes));
         self.cell.note_fullness(st, &self.shared.config);
         (batch, more)
     }

@@ -143,6 +143,7 @@ impl Shared {
                 }
                 None => {
                     st.queued_bytes += d.out.msg.payload.len();
+                    self.queued.grew(d.out.msg.payload.len());
                     st.queue.push_back(d.out);
                 }
             }

@@ -60,6 +60,8 @@ async fn queued_messages_subscriptions_and_retained_survive_a_restart() {
         b.shutdown().await;
 
         let b = start_in(&dir).await;
+        // What was restored counts in the broker-wide queue budget ("one" and "two").
+        assert_eq!(b.stats().queued_bytes, 6);
         let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(v, "device")).await;
         assert!(ack.session_present, "session restored");
         let p1 = sub.recv_publish().await;
