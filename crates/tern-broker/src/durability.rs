@@ -1,33 +1,176 @@
-//! What the protocol handling asks of durable storage, in its own terms: keep a queued message, keep a delivery at
-//! this stage, forget it, keep or forget a QoS 2 packet identifier, group the changes of one
-//! PUBLISH, and say when acknowledgements may go out. The connection code calls only this; the
-//! store's records and operations (`store::record`, `store::Op`) stay behind it.
+//! The broker's seam to durable storage: the [`Durability`] trait, the typed [`Change`]s the
+//! broker submits to it, and what an implementation hands back at start ([`Stored`]).
 //!
-//! This is the first step towards the `Durability` trait of docs/design/protocol-core.md (typed
-//! changes, a redb implementation, the cluster's later): today it is a thin layer over the one
-//! [`Store`], a no-op when the broker keeps no state on disk.
+//! The embedded redb store (`store/`) is the first implementation; a cluster backend writes the
+//! same changes elsewhere. The broker submits each change while it holds the lock that orders it
+//! (the session lock), so an implementation sees the changes of one session in the order they
+//! happened, and makes them durable in the order of their [`Ticket`]s.
 //!
-//! Every change is submitted while the session lock that orders it is held (`st`), and only for
-//! a session kept in the store (`st.persistent`).
+//! ### The contract
+//! - *Order*: a change is durable only when every change with a smaller ticket is.
+//! - *Groups*: the changes submitted between [`Durability::group`] and
+//!   [`Durability::end_group`] become durable together or not at all (a QoS 2 packet id and the
+//!   copies routed for it).
+//! - *Acknowledge after durability*: the broker sends a PUBACK/PUBREC, or delivers a stored
+//!   message, only once [`Durability::durable`] has reached the ticket of the change behind it.
+//! - *Failure*: once an implementation cannot keep data it says so ([`Durability::error`]) for
+//!   good; the broker then refuses QoS 1/2 messages rather than acknowledge what is not kept.
+//!
+//! Inside the crate, [`Persistence`] is what the protocol handling calls: it decides which
+//! sessions are kept (persistent ones) and is a no-op when the broker keeps nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tern_proto::{PacketId, QoS};
+use tern_proto::{PacketId, ProtocolVersion, QoS, SubscriptionOptions};
+
+pub use crate::message::Message;
+pub use crate::session::InflightState;
+pub use crate::store::StoreError;
 
 use crate::message::Outgoing;
-use crate::session::{InflightState, SessionState};
-use crate::store::{record, Group, Op, Payload, Store};
+use crate::session::SessionState;
 
-/// The durable storage of a broker, as its protocol handling sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct Durability {
-    store: Option<Arc<Store>>,
+/// The position of a change in the order of submission; durability advances in ticket order.
+pub type Ticket = u64;
+
+/// Changes that must be durable together (see [`Durability::group`]).
+#[derive(Debug)]
+#[must_use]
+pub struct Group(Ticket);
+
+impl Group {
+    /// A group whose first change will get the ticket `first`.
+    pub fn starting_at(first: Ticket) -> Group {
+        Group(first)
+    }
+
+    /// The ticket of its first change.
+    pub fn first(&self) -> Ticket {
+        self.0
+    }
 }
 
-impl Durability {
-    /// Over `store`; `None` keeps nothing.
-    pub fn new(store: Option<Arc<Store>>) -> Durability {
-        Durability { store }
+/// One change to the durable state of the broker.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Change {
+    /// Keep the retained message of its topic (replacing the one before).
+    PutRetained(Arc<Message>),
+    /// Forget the retained message of a topic.
+    DelRetained(String),
+    /// Keep (or replace) the durable part of a client's session.
+    PutSession(Arc<str>, SessionSnapshot),
+    /// Forget a session with its deliveries and QoS 2 packet ids.
+    DelSession(Arc<str>),
+    /// Keep (or replace, at a later stage) a delivery of a client's session.
+    PutDelivery(Arc<str>, StoredDelivery),
+    /// Forget a client's delivery by its sequence number (finished, expired or dropped).
+    DelDelivery(Arc<str>, u64),
+    /// Keep an incoming QoS 2 packet id awaiting PUBREL.
+    PutQos2(Arc<str>, u16),
+    /// Forget an incoming QoS 2 packet id (PUBREL came).
+    DelQos2(Arc<str>, u16),
+}
+
+/// What is kept of a session between connections.
+#[derive(Debug, Clone)]
+pub struct SessionSnapshot {
+    /// The protocol version of its last connection.
+    pub version: ProtocolVersion,
+    /// Session Expiry Interval in seconds (`u32::MAX`: never).
+    pub expiry_interval: u32,
+    /// When the client went away, in wall-clock milliseconds since the Unix epoch; 0 while
+    /// connected.
+    pub disconnected_at: u64,
+    /// Full filter (with `$share/GROUP/`), options and subscription identifier.
+    pub subscriptions: Vec<(String, SubscriptionOptions, Option<u32>)>,
+    /// A will waiting for its delay: when it is due (wall ms) and the message.
+    pub pending_will: Option<(u64, Arc<Message>)>,
+}
+
+/// A message queued for a session, or sent and not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct StoredDelivery {
+    /// Its place in the session's order (unique per session, increasing).
+    pub seq: u64,
+    /// `None` while queued; the stage and packet id once sent.
+    pub stage: Option<(InflightState, PacketId)>,
+    /// The QoS of this delivery (the lower of the message's and the subscription's).
+    pub qos: QoS,
+    /// RETAIN as this subscriber gets it.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/GROUP/filter`) it came through.
+    pub shared: Option<Arc<str>>,
+    /// The message, shared by every delivery of it.
+    pub message: Arc<Message>,
+    /// The message's id: the same for every session's delivery of one message, so that an
+    /// implementation stores the message once.
+    pub message_id: u64,
+}
+
+/// What an implementation holds when the broker starts.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// Retained messages.
+    pub retained: Vec<Arc<Message>>,
+    /// Sessions, by client identifier.
+    pub sessions: Vec<(Arc<str>, SessionSnapshot)>,
+    /// Deliveries, in order of client identifier and then sequence number; deliveries of one
+    /// message share its `Arc`.
+    pub deliveries: Vec<(Arc<str>, StoredDelivery)>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL.
+    pub qos2: Vec<(Arc<str>, u16)>,
+}
+
+/// Durable storage for the broker's state. See the module documentation for the contract.
+pub trait Durability: Send + Sync + std::fmt::Debug {
+    /// Queue `change`; returns its ticket.
+    fn submit(&self, change: Change) -> Ticket;
+
+    /// Open a group: what is submitted until [`Durability::end_group`] becomes durable together.
+    fn group(&self) -> Group;
+
+    /// Close a group; returns the ticket to wait for.
+    fn end_group(&self, group: Group) -> Ticket;
+
+    /// The ticket of the last change submitted so far.
+    fn submitted(&self) -> Ticket;
+
+    /// Every change up to this ticket is durable.
+    fn durable(&self) -> Ticket;
+
+    /// Notified whenever [`Durability::durable`] advances.
+    fn watch_durable(&self) -> tokio::sync::watch::Receiver<Ticket>;
+
+    /// Why the implementation can no longer keep data, once that has happened.
+    fn error(&self) -> Option<StoreError>;
+
+    /// Make everything submitted durable and release the storage (blocking; at shutdown).
+    fn close(&self);
+}
+
+/// What the protocol handling asks of durable storage, in its own terms: keep a queued message,
+/// keep a delivery at a stage, forget it, keep or forget a QoS 2 packet id, group the changes
+/// of one PUBLISH, and say when acknowledgements may go out. A no-op without storage; only
+/// sessions kept in the store (`st.persistent`) are written.
+#[derive(Debug, Clone)]
+pub(crate) struct Persistence {
+    store: Option<Arc<dyn Durability>>,
+    /// The next message id (ids are never reused: after a restart they follow the highest
+    /// stored).
+    next_message_id: Arc<AtomicU64>,
+}
+
+impl Persistence {
+    /// Over `store`; `None` keeps nothing. Message ids start at `first_message_id`.
+    pub fn new(store: Option<Arc<dyn Durability>>, first_message_id: u64) -> Persistence {
+        Persistence {
+            store,
+            next_message_id: Arc::new(AtomicU64::new(first_message_id.max(1))),
+        }
     }
 
     /// Whether anything is kept at all.
@@ -37,35 +180,49 @@ impl Durability {
 
     /// Whether storing has failed (then QoS 1/2 messages must be refused).
     pub fn failed(&self) -> bool {
-        self.store.as_ref().is_some_and(|s| s.is_failed())
+        self.store.as_ref().is_some_and(|s| s.error().is_some())
+    }
+
+    /// Submit a change that is not about one session's queue (retained messages, session
+    /// records); `None` without storage.
+    pub fn submit(&self, change: Change) -> Option<Ticket> {
+        self.store.as_ref().map(|s| s.submit(change))
     }
 
     /// Keep a QoS 1/2 message queued for `client`'s persistent session: it gets the session's
-    /// next sequence number, and the ticket its delivery must wait for (`commit_seq`). The
-    /// message itself is written once, whatever the number of sessions queueing it; each
-    /// session's record refers to it.
+    /// next sequence number, and the ticket its delivery must wait for (`commit_seq`).
     pub fn put_queued(&self, st: &mut SessionState, client: &Arc<str>, out: &mut Outgoing) {
         if let (Some(store), true, true) = (&self.store, st.persistent, out.qos != QoS::AtMostOnce) {
             out.seq = st.next_seq;
             st.next_seq += 1;
-            out.commit_seq = store.submit(Self::record(store, client, out, None));
+            out.commit_seq = store.submit(self.delivery(client, out, None));
         }
     }
 
-    /// The change that keeps `out` for `client` at `state`.
-    fn record(
-        store: &Store,
+    /// The change that keeps `out` for `client` at `stage`.
+    fn delivery(
+        &self,
         client: &Arc<str>,
         out: &Outgoing,
-        state: Option<(InflightState, PacketId)>,
-    ) -> Op {
-        let id = out.msg.stored.get_or_assign(|| store.next_payload_id());
-        let rec = record::queued(out, state, id);
-        let payload = Payload {
-            id,
-            msg: out.msg.clone(),
-        };
-        Op::PutMessage(client.clone(), out.seq, rec, payload)
+        stage: Option<(InflightState, PacketId)>,
+    ) -> Change {
+        let message_id = out
+            .msg
+            .stored
+            .get_or_assign(|| self.next_message_id.fetch_add(1, Ordering::Relaxed));
+        Change::PutDelivery(
+            client.clone(),
+            StoredDelivery {
+                seq: out.seq,
+                stage,
+                qos: out.qos,
+                retain: out.retain,
+                subscription_ids: out.sub_ids.clone(),
+                shared: out.shared.clone(),
+                message: out.msg.clone(),
+                message_id,
+            },
+        )
     }
 
     /// Keep a delivery of `client` at `stage` (it was sent with `packet_id`).
@@ -78,32 +235,32 @@ impl Durability {
         packet_id: PacketId,
     ) {
         if let (Some(store), true, true) = (&self.store, st.persistent, out.seq != 0) {
-            store.submit(Self::record(store, client, out, Some((stage, packet_id))));
+            store.submit(self.delivery(client, out, Some((stage, packet_id))));
         }
     }
 
     /// Forget a finished (or dropped) delivery of `client`.
     pub fn forget_delivery(&self, st: &SessionState, client: &Arc<str>, seq: u64) {
         if let (Some(store), true, true) = (&self.store, st.persistent, seq != 0) {
-            store.submit(Op::DelMessage(client.clone(), seq));
+            store.submit(Change::DelDelivery(client.clone(), seq));
         }
     }
 
     /// Keep an incoming QoS 2 packet identifier awaiting PUBREL.
     pub fn put_qos2(&self, st: &SessionState, client: &Arc<str>, id: PacketId) {
         if let (Some(store), true) = (&self.store, st.persistent) {
-            store.submit(Op::PutQos2(client.clone(), id.get()));
+            store.submit(Change::PutQos2(client.clone(), id.get()));
         }
     }
 
     /// Forget an incoming QoS 2 packet identifier (PUBREL came).
     pub fn forget_qos2(&self, st: &SessionState, client: &Arc<str>, id: PacketId) {
         if let (Some(store), true) = (&self.store, st.persistent) {
-            store.submit(Op::DelQos2(client.clone(), id.get()));
+            store.submit(Change::DelQos2(client.clone(), id.get()));
         }
     }
 
-    /// Open a group: what is submitted until [`Durability::end_group`] is durable together or
+    /// Open a group: what is submitted until [`Persistence::end_group`] is durable together or
     /// not at all (a QoS 2 packet identifier and the copies routed for it).
     pub fn group(&self) -> Option<Group> {
         self.store.as_ref().map(|s| s.group())
@@ -117,20 +274,242 @@ impl Durability {
     }
 
     /// The highest change durable so far (`u64::MAX` without a store: everything is).
-    pub fn committed(&self) -> u64 {
-        self.store.as_ref().map_or(u64::MAX, |s| s.committed())
+    pub fn committed(&self) -> Ticket {
+        self.store.as_ref().map_or(u64::MAX, |s| s.durable())
     }
 
     /// Notified whenever more is durable (`None` without a store).
-    pub fn watch_committed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.store.as_ref().map(|s| s.watch_committed())
+    pub fn watch_committed(&self) -> Option<tokio::sync::watch::Receiver<Ticket>> {
+        self.store.as_ref().map(|s| s.watch_durable())
     }
 
     /// Wait until everything submitted so far is durable.
-    pub async fn wait_submitted(&self) -> Result<(), crate::store::StoreError> {
-        match &self.store {
-            Some(store) => store.wait(store.submitted()).await,
-            None => Ok(()),
+    pub async fn wait_submitted(&self) -> Result<(), StoreError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let target = store.submitted();
+        let mut rx = store.watch_durable();
+        loop {
+            if let Some(e) = store.error() {
+                return Err(e);
+            }
+            if *rx.borrow_and_update() >= target {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError("the store stopped".into()));
+            }
         }
     }
+
+    /// Make everything durable and release the storage (blocking).
+    pub fn close(&self) {
+        if let Some(s) = &self.store {
+            s.close();
+        }
+    }
+}
+
+/// A [`Durability`] in memory: changes become durable when released (at once by default), and
+/// a crash forgets what was not. For tests and simulations of storage (acknowledgements held
+/// back, a crash between any two changes, a restart from what was durable), and for embedding
+/// programs that want the broker's persistence semantics without a disk.
+#[derive(Debug)]
+pub struct InMemory {
+    state: std::sync::Mutex<MemoryState>,
+    durable: tokio::sync::watch::Sender<Ticket>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    /// Submitted, not durable yet, with their tickets.
+    pending: std::collections::VecDeque<(Ticket, Change)>,
+    submitted: Ticket,
+    open_groups: Vec<Ticket>,
+    /// Whether changes wait for [`InMemory::release`].
+    held: bool,
+    /// Between [`InMemory::crash`] and [`InMemory::restart`]: the broker that was using it is
+    /// gone, and what it still submits is lost.
+    crashed: bool,
+    retained: std::collections::BTreeMap<String, Arc<Message>>,
+    sessions: std::collections::BTreeMap<Arc<str>, SessionSnapshot>,
+    deliveries: std::collections::BTreeMap<(Arc<str>, u64), StoredDelivery>,
+    qos2: std::collections::BTreeSet<(Arc<str>, u16)>,
+}
+
+impl MemoryState {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::PutRetained(m) => {
+                self.retained.insert(m.topic.to_string(), m);
+            }
+            Change::DelRetained(t) => {
+                self.retained.remove(&t);
+            }
+            Change::PutSession(c, s) => {
+                self.sessions.insert(c, s);
+            }
+            Change::DelSession(c) => {
+                self.sessions.remove(&c);
+                self.deliveries.retain(|(k, _), _| *k != c);
+                self.qos2.retain(|(k, _)| *k != c);
+            }
+            Change::PutDelivery(c, d) => {
+                self.deliveries.insert((c, d.seq), d);
+            }
+            Change::DelDelivery(c, seq) => {
+                self.deliveries.remove(&(c, seq));
+            }
+            Change::PutQos2(c, id) => {
+                self.qos2.insert((c, id));
+            }
+            Change::DelQos2(c, id) => {
+                self.qos2.remove(&(c, id));
+            }
+        }
+    }
+
+    /// Apply what may become durable: up to the start of the oldest open group.
+    fn release(&mut self) -> Ticket {
+        let limit = self.open_groups.iter().min().map_or(self.submitted, |s| s - 1);
+        while self.pending.front().is_some_and(|(t, _)| *t <= limit) {
+            if let Some((_, c)) = self.pending.pop_front() {
+                self.apply(c);
+            }
+        }
+        self.pending.front().map_or(self.submitted, |(t, _)| t - 1)
+    }
+}
+
+impl Default for InMemory {
+    fn default() -> Self {
+        InMemory {
+            state: Default::default(),
+            durable: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl InMemory {
+    /// Empty; changes are durable as soon as they are submitted (groups permitting).
+    pub fn new() -> Arc<InMemory> {
+        Arc::new(InMemory::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hold changes back until [`InMemory::release`] (`true`), or release them as they come.
+    pub fn hold(&self, held: bool) {
+        let mut st = self.lock();
+        st.held = held;
+        if !held {
+            let t = st.release();
+            self.durable.send_replace(t);
+        }
+    }
+
+    /// Make what was submitted durable (up to the start of an open group).
+    pub fn release(&self) {
+        let t = self.lock().release();
+        self.durable.send_replace(t);
+    }
+
+    /// Changes submitted and not durable yet.
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// A power loss: what was not durable is gone, and so is the broker using it (what it
+    /// submits until [`InMemory::restart`] is lost; it sees an error).
+    pub fn crash(&self) {
+        let mut st = self.lock();
+        st.pending.clear();
+        st.open_groups.clear();
+        st.crashed = true;
+        // Wake whoever waits for durability: they find the error.
+        self.durable.send_modify(|_| {});
+    }
+
+    /// Start again after a crash (or for the first time): changes are released as they come,
+    /// and the broker gets what is durable.
+    pub fn restart(&self) -> Stored {
+        {
+            let mut st = self.lock();
+            st.crashed = false;
+            st.held = false;
+        }
+        self.stored()
+    }
+
+    /// What is durable now, as a broker restarting on this storage gets it.
+    pub fn stored(&self) -> Stored {
+        let st = self.lock();
+        Stored {
+            retained: st.retained.values().cloned().collect(),
+            sessions: st.sessions.iter().map(|(c, s)| (c.clone(), s.clone())).collect(),
+            deliveries: st
+                .deliveries
+                .iter()
+                .map(|((c, _), d)| (c.clone(), d.clone()))
+                .collect(),
+            qos2: st.qos2.iter().cloned().collect(),
+        }
+    }
+}
+
+impl Durability for InMemory {
+    fn submit(&self, change: Change) -> Ticket {
+        let mut st = self.lock();
+        st.submitted += 1;
+        let t = st.submitted;
+        if st.crashed {
+            return t;
+        }
+        st.pending.push_back((t, change));
+        if !st.held {
+            let d = st.release();
+            self.durable.send_replace(d);
+        }
+        t
+    }
+
+    fn group(&self) -> Group {
+        let mut st = self.lock();
+        let first = st.submitted + 1;
+        st.open_groups.push(first);
+        Group::starting_at(first)
+    }
+
+    fn end_group(&self, group: Group) -> Ticket {
+        let mut st = self.lock();
+        if let Some(i) = st.open_groups.iter().position(|&s| s == group.first()) {
+            st.open_groups.swap_remove(i);
+        }
+        if !st.held {
+            let d = st.release();
+            self.durable.send_replace(d);
+        }
+        st.submitted
+    }
+
+    fn submitted(&self) -> Ticket {
+        self.lock().submitted
+    }
+
+    fn durable(&self) -> Ticket {
+        *self.durable.borrow()
+    }
+
+    fn watch_durable(&self) -> tokio::sync::watch::Receiver<Ticket> {
+        self.durable.subscribe()
+    }
+
+    fn error(&self) -> Option<StoreError> {
+        self.lock()
+            .crashed
+            .then(|| StoreError("the storage crashed (simulated)".into()))
+    }
+
+    fn close(&self) {}
 }

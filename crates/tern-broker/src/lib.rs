@@ -30,11 +30,12 @@ mod budget;
 mod clock;
 mod config;
 mod connection;
-mod durability;
+pub mod durability;
 mod error;
 mod inspect;
 mod listener;
 mod message;
+mod restore;
 mod retained;
 mod router;
 mod scheduler;
@@ -59,6 +60,7 @@ use tokio::net::TcpListener;
 pub use auth::{AuthExchange, AuthStep, Authenticator};
 pub use clock::{Clock, ManualClock};
 pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFormat};
+pub use durability::{Durability, Stored};
 pub use error::BrokerError;
 pub use inspect::{ConnectionInfo, SessionInfo, Stats, SubscriptionInfo};
 pub use security::SecurityHandle;
@@ -71,6 +73,7 @@ pub struct BrokerBuilder {
     listen_set: bool,
     authenticators: Vec<Arc<dyn Authenticator>>,
     clock: Clock,
+    durability: Option<(Arc<dyn Durability>, Stored)>,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -94,6 +97,7 @@ impl BrokerBuilder {
             listen_set: true,
             authenticators: Vec::new(),
             clock: Clock::system(),
+            durability: None,
         }
     }
 
@@ -114,6 +118,22 @@ impl BrokerBuilder {
     }
 
     /// Take the time of protocol deadlines (message and session expiry, will delays) from
+    /// Keep the broker's durable state in `durability` (which holds `stored` now) instead of
+    /// the embedded store of `data_dir`: the seam for other storage backends and for tests.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tern_broker::BrokerError> {
+    /// use tern_broker::{durability::InMemory, BrokerBuilder};
+    /// let mem = InMemory::new();
+    /// let broker = BrokerBuilder::new().durability(mem.clone(), mem.restart()).bind().await?;
+    /// broker.run().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn durability(mut self, durability: Arc<dyn Durability>, stored: Stored) -> BrokerBuilder {
+        self.durability = Some((durability, stored));
+        self
+    }
+
     /// `clock` instead of the system: a [`ManualClock`] lets a test pass an hour at once.
     pub fn clock(mut self, clock: impl Into<Clock>) -> BrokerBuilder {
         self.clock = clock.into();
@@ -166,25 +186,32 @@ impl BrokerBuilder {
             let endpoint = Arc::new(endpoint.bound_to(socket.local_addr().unwrap_or(addr)));
             listeners.push(listener::Bound { socket, endpoint });
         }
-        let (store, loaded) = match &self.config.data_dir {
-            Some(dir) => {
-                let interval = Duration::from_millis(self.config.sync_interval_ms);
-                let (s, l) = store::Store::open(dir, self.config.sync, interval, self.clock.clone())
-                    .map_err(|e| BrokerError::Store(format!("data directory {}: {e}", dir.display())))?;
-                (Some(s), Some(l))
-            }
-            None => (None, None),
-        };
+        let (store, stored): (Option<Arc<dyn Durability>>, Option<Stored>) =
+            match (self.durability, &self.config.data_dir) {
+                (Some((d, stored)), _) => (Some(d), Some(stored)),
+                (None, Some(dir)) => {
+                    let interval = Duration::from_millis(self.config.sync_interval_ms);
+                    let (s, l) = store::Store::open(dir, self.config.sync, interval, self.clock.clone())
+                        .map_err(|e| BrokerError::Store(format!("data directory {}: {e}", dir.display())))?;
+                    (Some(s), Some(l))
+                }
+                (None, None) => (None, None),
+            };
+        // Message ids go on after the highest stored (an implementation stores a message once per id).
+        let first_id = stored
+            .as_ref()
+            .and_then(|s| s.deliveries.iter().map(|(_, d)| d.message_id).max())
+            .map_or(1, |m| m + 1);
         let shared = Arc::new(shared::Shared::new(
             self.config,
             authenticators,
-            store,
+            durability::Persistence::new(store, first_id),
             security,
             self.clock,
         ));
-        if let Some(loaded) = loaded {
+        if let Some(stored) = stored {
             let started = std::time::Instant::now();
-            let r = shared.restore(loaded)?;
+            let r = shared.restore(stored);
             tracing::info!(
                 sessions = r.sessions,
                 messages = r.messages,
@@ -263,8 +290,9 @@ impl Broker {
         while limits.active() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if let Some(store) = shared.store.clone() {
-            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        if shared.durability.enabled() {
+            let d = shared.durability.clone();
+            let _ = tokio::task::spawn_blocking(move || d.close()).await;
         }
     }
 

@@ -7,12 +7,17 @@ use std::time::{Duration, Instant};
 use tern_proto::codec::PublishProperties;
 use tern_proto::{ByteString, Bytes, PacketId, ProtocolVersion, Publish, QoS};
 
-/// An application message as the broker routes and stores it.
+/// An application message as the broker routes and stores it: one value shared by every
+/// subscriber's delivery of it.
 #[derive(Debug)]
-pub(crate) struct Message {
+pub struct Message {
+    /// The topic name.
     pub topic: ByteString,
+    /// The application payload.
     pub payload: Bytes,
+    /// The QoS it was published with.
     pub qos: QoS,
+    /// Whether it was published with RETAIN.
     pub retain: bool,
     /// Properties forwarded unchanged (topic alias and subscription identifiers removed).
     pub properties: PublishProperties,
@@ -20,8 +25,8 @@ pub(crate) struct Message {
     pub expires_at: Option<Instant>,
     /// Client identifier of the publisher (for No Local), `None` for wills published on behalf of a session that is gone.
     pub publisher: Option<Arc<str>>,
-    /// The id of its payload record in the store, once a persistent session queued it.
-    pub stored: StoredId,
+    /// Its id in durable storage, once a persistent session queued it.
+    pub(crate) stored: StoredId,
 }
 
 /// The id of a message's payload record in the store (0: not stored): every session that
@@ -91,6 +96,7 @@ impl Message {
         }
     }
 
+    /// Whether its Message Expiry Interval has run out at `now`.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }

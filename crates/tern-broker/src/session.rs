@@ -19,7 +19,7 @@ use crate::message::Outgoing;
 
 /// Where a QoS 1/2 delivery to the client stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InflightState {
+pub enum InflightState {
     /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published,
     /// PUBREL sent, waiting for PUBCOMP.
@@ -337,7 +337,7 @@ pub(crate) enum Enqueued {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Queueing<'a> {
     pub config: &'a crate::Config,
-    pub durability: &'a crate::durability::Durability,
+    pub durability: &'a crate::durability::Persistence,
     pub clock: &'a Clock,
     /// Bytes queued for all sessions together.
     pub budget: &'a crate::budget::QueueBudget,

@@ -8,11 +8,12 @@ use std::time::Instant;
 use tern_proto::topic;
 use tern_proto::QoS;
 
+use crate::durability::{Change, SessionSnapshot};
 use crate::message::{Message, Outgoing};
 use crate::retained::RetainedStore;
 use crate::router::{Match, Router, SubEntry};
 use crate::session::{Enqueued, Queueing, Registry, SessionCell};
-use crate::store::{record, Op, Store};
+use crate::store::record;
 use crate::Config;
 
 /// Deliveries: a session and the message on its way to it.
@@ -60,8 +61,6 @@ pub(crate) struct Shared {
     /// Set when the broker shuts down (see [`Shared::begin_shutdown`]).
     shutting_down: std::sync::atomic::AtomicBool,
     pub started: Instant,
-    /// The durable store, when persistence is on.
-    pub store: Option<Arc<Store>>,
     /// Password file, ACL and authentication counters (reloadable).
     pub security: Arc<crate::security::Security>,
     /// The time of protocol deadlines.
@@ -71,7 +70,7 @@ pub(crate) struct Shared {
     /// Bytes held in partially received packets, all connections together.
     pub partial: Arc<crate::budget::PartialBudget>,
     /// What protocol handling keeps on disk (a no-op without a store).
-    pub durability: crate::durability::Durability,
+    pub durability: crate::durability::Persistence,
     /// Bytes queued for sessions, all sessions together.
     pub queued: crate::budget::QueueBudget,
 }
@@ -94,15 +93,13 @@ impl Shared {
     pub fn new(
         config: Config,
         authenticators: Vec<Arc<dyn crate::Authenticator>>,
-        store: Option<Arc<Store>>,
+        durability: crate::durability::Persistence,
         security: Arc<crate::security::Security>,
         clock: crate::clock::Clock,
     ) -> Shared {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let deliver_batch = (config.max_queued_messages / (2 * workers)).clamp(1, 256);
-        let durability = crate::durability::Durability::new(store.clone());
         Shared {
-            store,
             security,
             authenticators,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
@@ -142,25 +139,22 @@ impl Shared {
     pub fn retain(&self, msg: &Arc<Message>) -> bool {
         let mut r = write(&self.retained);
         // $SYS statistics are regenerated at start; they are not worth a disk write.
-        let store = self.store.as_ref().filter(|_| !msg.topic.starts_with("$SYS/"));
+        let durable = !msg.topic.starts_with("$SYS/");
         if msg.payload.is_empty() {
-            if r.remove(&msg.topic).is_some() {
-                if let Some(s) = store {
-                    s.submit(Op::DelRetained(msg.topic.to_string()));
-                }
+            if r.remove(&msg.topic).is_some() && durable {
+                self.durability.submit(Change::DelRetained(msg.topic.to_string()));
             }
             return true;
         }
         if r.len() >= self.config.max_retained && !r.contains(&msg.topic) {
             return false;
         }
-        if let Some(s) = store {
-            s.submit(Op::PutRetained(
-                msg.topic.to_string(),
-                record::retained(msg, self.clock.stamp()),
-            ));
+        // Kept for long: a copy that owns its bytes, the same for memory and the store.
+        let kept = Arc::new(msg.detached());
+        if durable {
+            self.durability.submit(Change::PutRetained(kept.clone()));
         }
-        r.insert(&msg.topic, Arc::new(msg.detached()));
+        r.insert(&msg.topic, kept);
         true
     }
 
@@ -426,9 +420,7 @@ impl Shared {
             self.unsubscribe(f, cell);
         }
         self.sessions.remove_if_same(cell);
-        if let Some(s) = &self.store {
-            s.submit(Op::DelSession(cell.client_id.clone()));
-        }
+        self.durability.submit(Change::DelSession(cell.client_id.clone()));
         for out in orphans {
             if let Some(filter) = out.shared.clone() {
                 self.redeliver_shared(&filter, out);
@@ -444,12 +436,14 @@ impl Shared {
     /// Write the session's durable part (when persistence is on and the session outlives its
     /// connection).
     pub fn persist_session(&self, cell: &SessionCell, disconnected: bool) {
-        let Some(store) = &self.store else { return };
+        if !self.durability.enabled() {
+            return;
+        }
         let st = cell.lock();
         if !st.persistent || st.ended {
             return;
         }
-        let rec = record::SessionRecord {
+        let snapshot = SessionSnapshot {
             version: st.version,
             expiry_interval: st.expiry_interval,
             disconnected_at: if disconnected { self.clock.wall_ms() } else { 0 },
@@ -463,10 +457,9 @@ impl Shared {
                 .as_ref()
                 .map(|w| (record::to_wall(st.pending_will_at, self.clock.stamp()), w.clone())),
         };
-        store.submit(Op::PutSession(
-            cell.client_id.clone(),
-            record::session(&rec, self.clock.stamp()),
-        ));
+        // Submitted under the session lock, which orders it with the session's other changes.
+        self.durability
+            .submit(Change::PutSession(cell.client_id.clone(), snapshot));
     }
 
     /// Publish a will message (retained if it asked to be).

@@ -7,10 +7,13 @@
 use std::ops::Range;
 use std::path::Path;
 
-use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Op, StoreError};
+use std::sync::Arc;
+
+use super::record::{self, Corrupt};
+use super::StoreError;
+use crate::durability::{Change, Stored};
 
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -19,20 +22,14 @@ const QOS2: TableDefinition<&[u8], ()> = TableDefinition::new("qos2");
 /// Messages queued for persistent sessions, each stored once (payload id -> record).
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 
-/// Everything read back at start.
-#[derive(Debug, Default)]
-pub(crate) struct Loaded {
-    pub retained: Vec<(String, Bytes)>,
-    pub sessions: Vec<(String, Bytes)>,
-    /// Message key (client id, 0, sequence) and record, in key order.
-    pub messages: Vec<(Vec<u8>, Bytes)>,
-    pub qos2: Vec<Vec<u8>>,
-    /// Payload records still referred to, by id.
-    pub payloads: Vec<(u64, Bytes)>,
-}
-
 fn err(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("{what}: {e}"))
+}
+
+fn corrupt(table: &str, key: &str, e: Corrupt) -> StoreError {
+    StoreError(format!(
+        "{e} in {table} ({key}); the data directory is damaged: restore it from a backup or move it aside to start empty"
+    ))
 }
 
 /// Keys of one client: `client_id 0 ..` up to `client_id 1`.
@@ -82,49 +79,65 @@ impl Engine {
     }
 
     /// Read everything back, count the references to each payload, and delete the payloads
-    /// nothing refers to.
-    pub fn load(&mut self) -> Result<Loaded, StoreError> {
+    /// nothing refers to. A record that does not read back is an error (never guessed at).
+    pub fn load(&mut self) -> Result<Stored, StoreError> {
+        let stamp = self.clock.stamp();
         let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
-        let mut l = Loaded::default();
+        let mut l = Stored::default();
         let t = txn.open_table(RETAINED).map_err(|e| err("open retained", e))?;
         for row in t.iter().map_err(|e| err("read retained", e))? {
             let (k, v) = row.map_err(|e| err("read retained", e))?;
-            l.retained
-                .push((k.value().to_string(), Bytes::copy_from_slice(v.value())));
+            let msg =
+                record::read_retained(v.value(), stamp).map_err(|e| corrupt("retained", k.value(), e))?;
+            l.retained.push(Arc::new(msg));
         }
         let t = txn.open_table(SESSIONS).map_err(|e| err("open sessions", e))?;
         for row in t.iter().map_err(|e| err("read sessions", e))? {
             let (k, v) = row.map_err(|e| err("read sessions", e))?;
-            l.sessions
-                .push((k.value().to_string(), Bytes::copy_from_slice(v.value())));
+            let rec =
+                record::read_session(v.value(), stamp).map_err(|e| corrupt("sessions", k.value(), e))?;
+            l.sessions.push((Arc::from(k.value()), rec));
         }
+        // References first: only payloads something refers to are read (each once, shared by
+        // the deliveries that refer to it); the others are deleted below.
+        self.refs.clear();
+        let mut rows = Vec::new();
         let t = txn.open_table(MESSAGES).map_err(|e| err("open messages", e))?;
         for row in t.iter().map_err(|e| err("read messages", e))? {
             let (k, v) = row.map_err(|e| err("read messages", e))?;
-            l.messages
-                .push((k.value().to_vec(), Bytes::copy_from_slice(v.value())));
-        }
-        let t = txn.open_table(QOS2).map_err(|e| err("open qos2", e))?;
-        for row in t.iter().map_err(|e| err("read qos2", e))? {
-            let (k, _) = row.map_err(|e| err("read qos2", e))?;
-            l.qos2.push(k.value().to_vec());
-        }
-        self.refs.clear();
-        for (_, raw) in &l.messages {
-            if let Some(id) = super::record::queued_payload_id(raw) {
+            if let Some(id) = record::queued_payload_id(v.value()) {
                 *self.refs.entry(id).or_insert(0) += 1;
             }
+            rows.push((k.value().to_vec(), v.value().to_vec()));
         }
+        let mut payloads = rustc_hash::FxHashMap::default();
         let mut orphans = Vec::new();
         let t = txn.open_table(PAYLOADS).map_err(|e| err("open payloads", e))?;
         for row in t.iter().map_err(|e| err("read payloads", e))? {
             let (k, v) = row.map_err(|e| err("read payloads", e))?;
             let id = k.value();
-            if self.refs.contains_key(&id) {
-                l.payloads.push((id, Bytes::copy_from_slice(v.value())));
-            } else {
+            if !self.refs.contains_key(&id) {
                 orphans.push(id);
+                continue;
             }
+            let mut msg = record::read_payload(v.value(), stamp)
+                .map_err(|e| corrupt("payloads", &id.to_string(), e))?;
+            msg.stored = crate::message::StoredId::known(id);
+            payloads.insert(id, Arc::new(msg));
+        }
+        for (k, v) in rows {
+            let (client, seq) = record::split_key(&k).map_err(|e| corrupt("messages", "key", e))?;
+            let d = record::read_queued(&v, seq, stamp, |id| payloads.get(&id).cloned())
+                .map_err(|e| corrupt("messages", &client, e))?;
+            l.deliveries.push((Arc::from(&client[..]), d));
+        }
+        let t = txn.open_table(QOS2).map_err(|e| err("open qos2", e))?;
+        for row in t.iter().map_err(|e| err("read qos2", e))? {
+            let (k, _) = row.map_err(|e| err("read qos2", e))?;
+            let (client, id) = record::split_key(k.value()).map_err(|e| corrupt("qos2", "key", e))?;
+            let id =
+                u16::try_from(id).map_err(|_| corrupt("qos2", &client, Corrupt("packet id out of range")))?;
+            l.qos2.push((Arc::from(&client[..]), id));
         }
         drop(t);
         drop(txn);
@@ -141,8 +154,8 @@ impl Engine {
         Ok(l)
     }
 
-    /// Apply `ops` in one transaction; `durable` syncs it to disk before returning.
-    pub fn apply(&mut self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
+    /// Encode and apply `ops` in one transaction; `durable` syncs it to disk before returning.
+    pub fn apply(&mut self, ops: &[Change], durable: bool) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -157,53 +170,54 @@ impl Engine {
             let mut qos2 = txn.open_table(QOS2).map_err(|e| err("open qos2", e))?;
             let mut payloads = txn.open_table(PAYLOADS).map_err(|e| err("open payloads", e))?;
             let refs = &mut self.refs;
-            let mut stamp = None;
+            // Wall-clock times (message expiry, will delay) are written from the time of the commit.
+            let stamp = self.clock.stamp();
             let mut released = Vec::new();
             for op in ops {
-                let r =
-                    match op {
-                        Op::PutRetained(t, v) => retained.insert(t.as_str(), &v[..]).map(drop),
-                        Op::DelRetained(t) => retained.remove(t.as_str()).map(drop),
-                        Op::PutSession(c, v) => sessions.insert(&**c, &v[..]).map(drop),
-                        Op::DelSession(c) => {
-                            let range = client_range(c);
-                            sessions
-                                .remove(&**c)
-                                .and_then(|_| {
-                                    messages.retain_in(&range.start[..]..&range.end[..], |_, v| {
-                                        released.extend(super::record::queued_payload_id(v));
-                                        false
-                                    })
+                let r = match op {
+                    Change::PutRetained(m) => retained
+                        .insert(&*m.topic, &record::retained(m, stamp)[..])
+                        .map(drop),
+                    Change::DelRetained(t) => retained.remove(t.as_str()).map(drop),
+                    Change::PutSession(c, snap) => {
+                        sessions.insert(&**c, &record::session(snap, stamp)[..]).map(drop)
+                    }
+                    Change::DelSession(c) => {
+                        let range = client_range(c);
+                        sessions
+                            .remove(&**c)
+                            .and_then(|_| {
+                                messages.retain_in(&range.start[..]..&range.end[..], |_, v| {
+                                    released.extend(record::queued_payload_id(v));
+                                    false
                                 })
-                                .and_then(|_| qos2.retain_in(&range.start[..]..&range.end[..], |_, _| false))
-                        }
-                        Op::PutMessage(c, seq, v, p) => {
-                            let key = super::record::message_key(c, *seq);
-                            let old = messages
-                                .insert(&key[..], &v[..])
-                                .map(|old| old.and_then(|g| super::record::queued_payload_id(g.value())));
-                            // The new reference is taken before the old one (a stage change of
-                            // the same delivery) is released, so the payload stays.
-                            let n = refs.entry(p.id).or_insert(0);
-                            *n += 1;
-                            let first = *n == 1;
-                            old.and_then(|old| {
-                                released.extend(old);
-                                if first {
-                                    let stamp = *stamp.get_or_insert_with(|| self.clock.stamp());
-                                    payloads.insert(p.id, &super::record::payload(&p.msg, stamp)[..])?;
-                                }
-                                Ok(())
                             })
-                        }
-                        Op::DelMessage(c, seq) => messages
-                            .remove(&super::record::message_key(c, *seq)[..])
-                            .map(|old| {
-                                released.extend(old.and_then(|g| super::record::queued_payload_id(g.value())))
-                            }),
-                        Op::PutQos2(c, id) => qos2.insert(&super::record::qos2_key(c, *id)[..], ()).map(drop),
-                        Op::DelQos2(c, id) => qos2.remove(&super::record::qos2_key(c, *id)[..]).map(drop),
-                    };
+                            .and_then(|_| qos2.retain_in(&range.start[..]..&range.end[..], |_, _| false))
+                    }
+                    Change::PutDelivery(c, d) => {
+                        let key = record::message_key(c, d.seq);
+                        let old = messages
+                            .insert(&key[..], &record::queued(d)[..])
+                            .map(|old| old.and_then(|g| record::queued_payload_id(g.value())));
+                        // The new reference is taken before the old one (a stage change of
+                        // the same delivery) is released, so the payload stays.
+                        let n = refs.entry(d.message_id).or_insert(0);
+                        *n += 1;
+                        let first = *n == 1;
+                        old.and_then(|old| {
+                            released.extend(old);
+                            if first {
+                                payloads.insert(d.message_id, &record::payload(&d.message, stamp)[..])?;
+                            }
+                            Ok(())
+                        })
+                    }
+                    Change::DelDelivery(c, seq) => messages
+                        .remove(&record::message_key(c, *seq)[..])
+                        .map(|old| released.extend(old.and_then(|g| record::queued_payload_id(g.value())))),
+                    Change::PutQos2(c, id) => qos2.insert(&record::qos2_key(c, *id)[..], ()).map(drop),
+                    Change::DelQos2(c, id) => qos2.remove(&record::qos2_key(c, *id)[..]).map(drop),
+                };
                 r.map_err(|e| err("write", e))?;
                 for id in released.drain(..) {
                     if let Some(n) = refs.get_mut(&id) {
@@ -230,9 +244,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::message::{Message, Outgoing};
+    use crate::durability::StoredDelivery;
+    use crate::message::Message;
     use crate::session::InflightState;
-    use crate::store::{record, Payload};
+    use bytes::Bytes;
 
     struct Dir(std::path::PathBuf);
     impl Drop for Dir {
@@ -254,8 +269,8 @@ mod tests {
         t.iter().unwrap().count()
     }
 
-    fn out(body: &'static [u8]) -> Outgoing {
-        let msg = Message {
+    fn message(body: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message {
             topic: "t".into(),
             payload: Bytes::from_static(body),
             qos: tern_proto::QoS::AtLeastOnce,
@@ -264,30 +279,27 @@ mod tests {
             expires_at: None,
             publisher: None,
             stored: Default::default(),
-        };
-        Outgoing {
-            msg: Arc::new(msg),
-            qos: tern_proto::QoS::AtLeastOnce,
-            retain: false,
-            sub_ids: Vec::new(),
-            shared: None,
-            seq: 1,
-            commit_seq: 0,
-        }
+        })
     }
 
     fn put(
         client: &str,
         seq: u64,
-        o: &Outgoing,
+        m: &Arc<Message>,
         id: u64,
-        state: Option<(InflightState, tern_proto::PacketId)>,
-    ) -> Op {
-        let p = Payload {
-            id,
-            msg: o.msg.clone(),
+        stage: Option<(InflightState, tern_proto::PacketId)>,
+    ) -> Change {
+        let d = StoredDelivery {
+            seq,
+            stage,
+            qos: tern_proto::QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            shared: None,
+            message: m.clone(),
+            message_id: id,
         };
-        Op::PutMessage(Arc::from(client), seq, record::queued(o, state, id), p)
+        Change::PutDelivery(Arc::from(client), d)
     }
 
     #[test]
@@ -296,30 +308,34 @@ mod tests {
         let clock = crate::clock::Clock::system();
         let mut e = Engine::open(&d.0, clock.clone()).unwrap();
         e.load().unwrap();
-        let o = out(b"shared payload");
-        let ops: Vec<Op> = ["a", "b", "c"].iter().map(|c| put(c, 1, &o, 7, None)).collect();
+        let o = message(b"shared payload");
+        let ops: Vec<Change> = ["a", "b", "c"].iter().map(|c| put(c, 1, &o, 7, None)).collect();
         e.apply(&ops, false).unwrap();
         assert_eq!(payload_rows(&e), 1, "three sessions, one payload record");
         // A stage change rewrites the delivery: still one payload, three references.
         let sent = Some((InflightState::Published, tern_proto::PacketId::new(1).unwrap()));
         e.apply(&[put("a", 1, &o, 7, sent)], false).unwrap();
-        e.apply(&[Op::DelMessage(Arc::from("a"), 1)], false).unwrap();
-        e.apply(&[Op::DelSession(Arc::from("b"))], false).unwrap();
+        e.apply(&[Change::DelDelivery(Arc::from("a"), 1)], false).unwrap();
+        e.apply(&[Change::DelSession(Arc::from("b"))], false).unwrap();
         assert_eq!(payload_rows(&e), 1, "c still refers to it");
-        e.apply(&[Op::DelMessage(Arc::from("c"), 1)], false).unwrap();
+        e.apply(&[Change::DelDelivery(Arc::from("c"), 1)], false).unwrap();
         assert_eq!(payload_rows(&e), 0, "deleted with the last reference");
 
         // After a restart the counts are rebuilt from the queued records.
-        let o2 = out(b"second");
+        let o2 = message(b"second");
         e.apply(&[put("a", 2, &o2, 8, None), put("b", 2, &o2, 8, None)], true)
             .unwrap();
         drop(e);
         let mut e = Engine::open(&d.0, clock).unwrap();
         let l = e.load().unwrap();
-        assert_eq!(l.payloads.len(), 1);
-        e.apply(&[Op::DelMessage(Arc::from("a"), 2)], false).unwrap();
+        assert_eq!(l.deliveries.len(), 2);
+        assert!(
+            Arc::ptr_eq(&l.deliveries[0].1.message, &l.deliveries[1].1.message),
+            "read once, shared"
+        );
+        e.apply(&[Change::DelDelivery(Arc::from("a"), 2)], false).unwrap();
         assert_eq!(payload_rows(&e), 1);
-        e.apply(&[Op::DelSession(Arc::from("b"))], false).unwrap();
+        e.apply(&[Change::DelSession(Arc::from("b"))], false).unwrap();
         assert_eq!(payload_rows(&e), 0);
     }
 
@@ -335,7 +351,7 @@ mod tests {
         txn.commit().unwrap();
         drop(e);
         let mut e = Engine::open(&d.0, clock).unwrap();
-        assert!(e.load().unwrap().payloads.is_empty());
+        assert!(e.load().unwrap().deliveries.is_empty());
         assert_eq!(payload_rows(&e), 0);
     }
 }

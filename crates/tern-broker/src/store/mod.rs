@@ -1,11 +1,10 @@
-//! Durable state: retained messages, persistent sessions, their queued and
-//! in-flight messages and incoming QoS 2 packet ids.
+//! The embedded implementation of [`Durability`]: retained messages, persistent sessions,
+//! their queued and in-flight messages and incoming QoS 2 packet ids, in one redb file.
 //!
-//! Connections describe changes as [`Op`]s and submit them in the order they
-//! happen (under the session lock that orders them); one writer thread applies
-//! everything pending in a single transaction (group commit) and publishes the
-//! sequence number it has committed. A connection that must not acknowledge
-//! before its changes are durable waits for that number ([`Store::wait`]).
+//! The broker submits typed [`Change`]s in the order they happen (under the session lock that
+//! orders them); one writer thread encodes and applies everything pending in a single
+//! transaction (group commit) and publishes the ticket it has committed. A connection that
+//! must not acknowledge before its changes are durable waits for that ticket.
 //!
 //! A message queued for several persistent sessions is written once (a payload record) and
 //! referenced by each session's queued record; the writer thread counts the references and
@@ -21,17 +20,17 @@
 
 mod engine;
 pub(crate) mod record;
-mod recover;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Deserialize;
 
-pub(crate) use engine::{Engine, Loaded};
+pub(crate) use engine::Engine;
+
+use crate::durability::{Change, Durability, Group, Stored, Ticket};
 
 /// When commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -44,29 +43,6 @@ pub enum SyncPolicy {
     Interval,
 }
 
-/// One change to the durable state.
-#[derive(Debug, Clone)]
-pub(crate) enum Op {
-    PutRetained(String, Bytes),
-    DelRetained(String),
-    PutSession(Arc<str>, Bytes),
-    /// Deletes the session with its messages and QoS 2 ids.
-    DelSession(Arc<str>),
-    /// A queued or in-flight message of a session (client id, sequence number, record); the
-    /// record refers to `payload`, which is written with its first reference.
-    PutMessage(Arc<str>, u64, Bytes, Payload),
-    DelMessage(Arc<str>, u64),
-    PutQos2(Arc<str>, u16),
-    DelQos2(Arc<str>, u16),
-}
-
-/// The message a queued record refers to, with its payload id.
-#[derive(Debug, Clone)]
-pub(crate) struct Payload {
-    pub id: u64,
-    pub msg: Arc<crate::message::Message>,
-}
-
 /// Why the store cannot keep data.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("storage error: {0}")]
@@ -74,18 +50,12 @@ pub struct StoreError(pub String);
 
 #[derive(Debug, Default)]
 struct Pending {
-    ops: Vec<Op>,
+    ops: Vec<Change>,
     /// Sequence number of the last submitted op.
     submitted: u64,
     /// First sequence number of each open group (see [`Store::group`]).
     open_groups: Vec<u64>,
 }
-
-/// Changes that must be committed together or not at all: the writer commits
-/// only up to the start of the oldest open group. Close it with [`Store::end_group`].
-#[derive(Debug)]
-#[must_use]
-pub(crate) struct Group(u64);
 
 /// Handle to the durable store, shared by all connections.
 #[derive(Debug)]
@@ -97,9 +67,6 @@ pub(crate) struct Store {
     error: Mutex<Option<StoreError>>,
     closing: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// The next payload id (ids are never reused: the first after a restart follows the
-    /// highest stored).
-    next_payload: AtomicU64,
 }
 
 impl Store {
@@ -109,7 +76,7 @@ impl Store {
         sync: SyncPolicy,
         interval: Duration,
         clock: crate::clock::Clock,
-    ) -> Result<(Arc<Store>, Loaded), StoreError> {
+    ) -> Result<(Arc<Store>, Stored), StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
         #[cfg(unix)]
@@ -119,7 +86,6 @@ impl Store {
         }
         let mut engine = Engine::open(dir, clock)?;
         let loaded = engine.load()?;
-        let next_payload = loaded.payloads.iter().map(|(id, _)| id + 1).max().unwrap_or(1);
         let store = Arc::new(Store {
             pending: Mutex::new(Pending::default()),
             wake: std::sync::Condvar::new(),
@@ -128,7 +94,6 @@ impl Store {
             error: Mutex::new(None),
             closing: AtomicBool::new(false),
             thread: Mutex::new(None),
-            next_payload: AtomicU64::new(next_payload),
         });
         let s = store.clone();
         let handle = std::thread::Builder::new()
@@ -139,87 +104,9 @@ impl Store {
         Ok((store, loaded))
     }
 
-    /// Commit and sync what is pending, then close the database (blocking).
-    pub fn close(&self) {
-        self.closing.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
-    }
-
-    /// A payload id never used before.
-    pub fn next_payload_id(&self) -> u64 {
-        self.next_payload.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Queue a change; returns its sequence number.
-    pub fn submit(&self, op: Op) -> u64 {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.ops.push(op);
-        p.submitted += 1;
-        let seq = p.submitted;
-        drop(p);
-        self.wake.notify_one();
-        seq
-    }
-
-    /// Open a group: changes submitted until it ends are committed atomically.
-    pub fn group(&self) -> Group {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let start = p.submitted + 1;
-        p.open_groups.push(start);
-        Group(start)
-    }
-
-    /// Close a group; returns the sequence number to wait for.
-    pub fn end_group(&self, g: Group) -> u64 {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = p.open_groups.iter().position(|&s| s == g.0) {
-            p.open_groups.swap_remove(i);
-        }
-        let upto = p.submitted;
-        drop(p);
-        self.wake.notify_one();
-        upto
-    }
-
-    /// The sequence number committed so far.
-    pub fn committed(&self) -> u64 {
-        *self.committed.borrow()
-    }
-
-    /// Notified whenever more is committed.
-    pub fn watch_committed(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.committed.subscribe()
-    }
-
-    /// The sequence number of the last change submitted so far.
-    pub fn submitted(&self) -> u64 {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).submitted
-    }
-
     /// Whether a storage error has happened (then QoS 1/2 messages must be refused).
-    pub fn is_failed(&self) -> bool {
+    fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
-    }
-
-    /// Wait until every change up to `seq` is committed (durably with `sync = "always"`).
-    pub async fn wait(&self, seq: u64) -> Result<(), StoreError> {
-        let mut rx = self.committed.subscribe();
-        loop {
-            if self.is_failed() {
-                let e = self.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                return Err(e.unwrap_or_else(|| StoreError("unknown".into())));
-            }
-            if *rx.borrow_and_update() >= seq {
-                return Ok(());
-            }
-            if rx.changed().await.is_err() {
-                return Err(StoreError("store writer stopped".into()));
-            }
-        }
     }
 
     fn writer(&self, mut engine: Engine, sync: SyncPolicy, interval: Duration) {
@@ -292,6 +179,66 @@ impl Store {
                     self.committed.send_replace(0);
                 }
             }
+        }
+    }
+}
+
+impl Durability for Store {
+    fn submit(&self, change: Change) -> Ticket {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.ops.push(change);
+        p.submitted += 1;
+        let seq = p.submitted;
+        drop(p);
+        self.wake.notify_one();
+        seq
+    }
+
+    fn group(&self) -> Group {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let start = p.submitted + 1;
+        p.open_groups.push(start);
+        Group::starting_at(start)
+    }
+
+    fn end_group(&self, g: Group) -> Ticket {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = p.open_groups.iter().position(|&s| s == g.first()) {
+            p.open_groups.swap_remove(i);
+        }
+        let upto = p.submitted;
+        drop(p);
+        self.wake.notify_one();
+        upto
+    }
+
+    fn submitted(&self) -> Ticket {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).submitted
+    }
+
+    fn durable(&self) -> Ticket {
+        *self.committed.borrow()
+    }
+
+    fn watch_durable(&self) -> tokio::sync::watch::Receiver<Ticket> {
+        self.committed.subscribe()
+    }
+
+    fn error(&self) -> Option<StoreError> {
+        if !self.is_failed() {
+            return None;
+        }
+        let e = self.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(e.unwrap_or_else(|| StoreError("unknown".into())))
+    }
+
+    /// Commit and sync what is pending, then close the database (blocking).
+    fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
         }
     }
 }

@@ -17,7 +17,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tern_proto::codec::{Decoded, Decoder, MAX_PACKET_SIZE};
 use tern_proto::{ByteString, Packet, PacketId, ProtocolVersion, Publish, QoS, SubscriptionOptions};
 
-use crate::message::{Message, Outgoing};
+use crate::durability::{SessionSnapshot, StoredDelivery};
+use crate::message::Message;
 use crate::session::InflightState;
 
 const VERSION: u8 = 1;
@@ -185,9 +186,9 @@ pub fn read_payload(raw: &[u8], now: Stamp) -> Result<Message, Corrupt> {
 
 /// A message held for a session: where it stands, the delivery's own decisions, then the
 /// id of the payload record holding the message.
-pub fn queued(out: &Outgoing, state: Option<(InflightState, PacketId)>, payload_id: u64) -> Bytes {
+pub fn queued(d: &StoredDelivery) -> Bytes {
     let mut b = BytesMut::with_capacity(32);
-    match state {
+    match d.stage {
         None => {
             b.put_u8(0);
             b.put_u16(0);
@@ -201,14 +202,14 @@ pub fn queued(out: &Outgoing, state: Option<(InflightState, PacketId)>, payload_
             b.put_u16(id.get());
         }
     }
-    b.put_u8(out.qos.as_u8());
-    b.put_u8(out.retain as u8);
-    b.put_u16(out.sub_ids.len() as u16);
-    for id in &out.sub_ids {
+    b.put_u8(d.qos.as_u8());
+    b.put_u8(d.retain as u8);
+    b.put_u16(d.subscription_ids.len() as u16);
+    for id in &d.subscription_ids {
         b.put_u32(*id);
     }
-    put_str(&mut b, out.shared.as_deref().unwrap_or(""));
-    b.put_u64(payload_id);
+    put_str(&mut b, d.shared.as_deref().unwrap_or(""));
+    b.put_u64(d.message_id);
     seal_as(QUEUED_BY_REF, b)
 }
 
@@ -224,16 +225,11 @@ pub fn queued_payload_id(raw: &[u8]) -> Option<u64> {
     }
 }
 
-/// A stored delivery and its state.
-pub struct StoredDelivery {
-    pub state: Option<(InflightState, PacketId)>,
-    pub out: Outgoing,
-}
-
-/// Read a message held for a session; `payload` finds the message of a record that refers
+/// Read the delivery `seq` of a session; `payload` finds the message of a record that refers
 /// to one (`None`: no such payload record).
 pub fn read_queued(
     raw: &[u8],
+    seq: u64,
     now: Stamp,
     payload: impl FnOnce(u64) -> Option<Arc<Message>>,
 ) -> Result<StoredDelivery, Corrupt> {
@@ -243,7 +239,7 @@ pub fn read_queued(
     }
     let state = get_u8(&mut b)?;
     let id = PacketId::new(get_u16(&mut b)?);
-    let state = match (state, id) {
+    let stage = match (state, id) {
         (0, _) => None,
         (1, Some(id)) => Some((InflightState::Published, id)),
         (2, Some(id)) => Some((InflightState::Released, id)),
@@ -252,41 +248,29 @@ pub fn read_queued(
     let qos = QoS::from_bits(get_u8(&mut b)?).ok_or(Corrupt("bad QoS"))?;
     let retain = get_u8(&mut b)? != 0;
     let n = get_u16(&mut b)?;
-    let mut sub_ids = Vec::with_capacity(n.into());
+    let mut subscription_ids = Vec::with_capacity(n.into());
     for _ in 0..n {
-        sub_ids.push(get_u32(&mut b)?);
+        subscription_ids.push(get_u32(&mut b)?);
     }
     let shared = get_str(&mut b)?;
-    let msg = if version == QUEUED_BY_REF {
-        payload(get_u64(&mut b)?).ok_or(Corrupt("queued message refers to a missing payload"))?
+    let (message, message_id) = if version == QUEUED_BY_REF {
+        let id = get_u64(&mut b)?;
+        let m = payload(id).ok_or(Corrupt("queued message refers to a missing payload"))?;
+        (m, id)
     } else {
-        Arc::new(get_message(&mut b, now)?)
+        // Written inline before payloads were stored once: it gets an id when next written.
+        (Arc::new(get_message(&mut b, now)?), 0)
     };
-    let shared = (!shared.is_empty()).then(|| Arc::from(shared.as_str()));
     Ok(StoredDelivery {
-        state,
-        out: Outgoing {
-            msg,
-            qos,
-            retain,
-            sub_ids,
-            shared,
-            seq: 0,
-            commit_seq: 0,
-        },
+        seq,
+        stage,
+        qos,
+        retain,
+        subscription_ids,
+        shared: (!shared.is_empty()).then(|| Arc::from(shared.as_str())),
+        message,
+        message_id,
     })
-}
-
-/// What is kept of a session between connections.
-#[derive(Debug, Clone)]
-pub struct SessionRecord {
-    pub version: ProtocolVersion,
-    pub expiry_interval: u32,
-    /// When the client went away (wall ms), 0 while connected.
-    pub disconnected_at: u64,
-    pub subscriptions: Vec<(String, SubscriptionOptions, Option<u32>)>,
-    /// A will waiting for its delay: when to publish it (wall ms) and the message.
-    pub pending_will: Option<(u64, Arc<Message>)>,
 }
 
 fn options_byte(o: &SubscriptionOptions) -> u8 {
@@ -312,7 +296,7 @@ fn options_from(b: u8) -> Result<SubscriptionOptions, Corrupt> {
 }
 
 /// Encode a session record.
-pub fn session(s: &SessionRecord, now: Stamp) -> Bytes {
+pub fn session(s: &SessionSnapshot, now: Stamp) -> Bytes {
     let mut b = BytesMut::new();
     b.put_u8(s.version.level());
     b.put_u32(s.expiry_interval);
@@ -335,7 +319,7 @@ pub fn session(s: &SessionRecord, now: Stamp) -> Bytes {
 }
 
 /// Read a session record.
-pub fn read_session(raw: &[u8], now: Stamp) -> Result<SessionRecord, Corrupt> {
+pub fn read_session(raw: &[u8], now: Stamp) -> Result<SessionSnapshot, Corrupt> {
     let mut b = open(raw)?;
     let version = match get_u8(&mut b)? {
         3 => ProtocolVersion::V3_1,
@@ -360,7 +344,7 @@ pub fn read_session(raw: &[u8], now: Stamp) -> Result<SessionRecord, Corrupt> {
             Some((at, Arc::new(get_message(&mut b, now)?)))
         }
     };
-    Ok(SessionRecord {
+    Ok(SessionSnapshot {
         version,
         expiry_interval,
         disconnected_at,
@@ -425,29 +409,32 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let now = crate::clock::Clock::system().stamp();
-        let out = Outgoing {
-            msg: Arc::new(msg()),
+        let id = PacketId::new(7).unwrap();
+        let d = StoredDelivery {
+            seq: 4,
+            stage: Some((InflightState::Released, id)),
             qos: QoS::AtLeastOnce,
             retain: false,
-            sub_ids: vec![3, 9],
-            shared: None,
-            seq: 0,
-            commit_seq: 0,
+            subscription_ids: vec![3, 9],
+            shared: Some(Arc::from("$share/g/t")),
+            message: Arc::new(msg()),
+            message_id: 42,
         };
-        let id = PacketId::new(7).unwrap();
-        let raw = queued(&out, Some((InflightState::Released, id)), 42);
+        let raw = queued(&d);
         assert_eq!(queued_payload_id(&raw), Some(42));
-        let back = read_queued(&raw, now, |p| (p == 42).then(|| out.msg.clone())).unwrap();
-        assert_eq!(back.state, Some((InflightState::Released, id)));
-        assert_eq!(back.out.sub_ids, vec![3, 9]);
-        assert!(Arc::ptr_eq(&back.out.msg, &out.msg));
+        let back = read_queued(&raw, 4, now, |p| (p == 42).then(|| d.message.clone())).unwrap();
+        assert_eq!(back.stage, Some((InflightState::Released, id)));
+        assert_eq!(back.subscription_ids, vec![3, 9]);
+        assert_eq!(back.shared.as_deref(), Some("$share/g/t"));
+        assert_eq!((back.seq, back.message_id), (4, 42));
+        assert!(Arc::ptr_eq(&back.message, &d.message));
         assert!(
-            read_queued(&raw, now, |_| None).is_err(),
+            read_queued(&raw, 4, now, |_| None).is_err(),
             "a missing payload is corruption"
         );
-        let m = read_payload(&payload(&out.msg, now), now).unwrap();
-        assert_eq!(m.payload, out.msg.payload);
-        assert_eq!(m.properties, out.msg.properties);
+        let m = read_payload(&payload(&d.message, now), now).unwrap();
+        assert_eq!(m.payload, d.message.payload);
+        assert_eq!(m.properties, d.message.properties);
         assert_eq!(m.publisher.as_deref(), Some("pub"));
     }
 
@@ -465,9 +452,10 @@ mod tests {
         put_message(&mut b, &msg(), now);
         let raw = seal(b);
         assert_eq!(queued_payload_id(&raw), None);
-        let back = read_queued(&raw, now, |_| None).unwrap();
-        assert_eq!(back.state.map(|s| s.1.get()), Some(5));
-        assert_eq!(&back.out.msg.payload[..], b"payload");
+        let back = read_queued(&raw, 1, now, |_| None).unwrap();
+        assert_eq!(back.stage.map(|s| s.1.get()), Some(5));
+        assert_eq!(&back.message.payload[..], b"payload");
+        assert_eq!(back.message_id, 0, "it gets an id when next written");
     }
 
     #[test]

@@ -354,3 +354,69 @@ async fn a_full_disk_refuses_qos1_instead_of_acknowledging_it() {
     b.shutdown().await;
     drop(data);
 }
+
+/// A broker whose durable state is `mem`, (re)started on what is durable in it.
+async fn start_on(mem: &std::sync::Arc<tern_broker::durability::InMemory>) -> BrokerHandle {
+    BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .durability(mem.clone(), mem.restart())
+        .bind()
+        .await
+        .expect("bind")
+        .spawn()
+}
+
+#[tokio::test]
+async fn a_qos1_message_for_a_persistent_session_is_acknowledged_only_once_durable() {
+    // The Durability seam's contract, through another implementation than the embedded store:
+    // no PUBACK before the message for the offline persistent session is durable, and after
+    // a crash the broker restarts from exactly what was durable.
+    let mem = tern_broker::durability::InMemory::new();
+    let b = start_on(&mem).await;
+    let (mut dev, _) = Raw::connect_with(b.addr(), persistent(V5, "dev")).await;
+    dev.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    dev.disconnect().await;
+    let mut publ = Raw::connect(b.addr(), V5, "ctl").await;
+    publ.publish("cmd/1", "kept", QoS::AtLeastOnce, false).await;
+
+    mem.hold(true);
+    let mut p = Publish::new("cmd/2", "not acknowledged");
+    p.qos = QoS::AtLeastOnce;
+    p.packet_id = tern_proto::PacketId::new(9);
+    publ.send(Packet::Publish(p)).await;
+    publ.expect_silence(200).await;
+    assert!(mem.pending() > 0);
+    // Power loss before it was durable: the publisher was never told it was accepted.
+    mem.crash();
+    drop(publ);
+    b.shutdown().await;
+
+    let b = start_on(&mem).await;
+    let (mut dev, ack) = Raw::connect_with(b.addr(), persistent(V5, "dev")).await;
+    assert!(ack.session_present);
+    let got = dev.recv_publish().await;
+    assert_eq!(&got.payload[..], b"kept");
+    dev.ack(&got).await;
+    dev.expect_silence(200).await;
+
+    // Released: the PUBACK goes out once the change is durable.
+    dev.disconnect().await;
+    mem.hold(true);
+    let mut publ = Raw::connect(b.addr(), V5, "ctl").await;
+    let mut p = Publish::new("cmd/3", "acknowledged");
+    p.qos = QoS::AtLeastOnce;
+    p.packet_id = tern_proto::PacketId::new(10);
+    publ.send(Packet::Publish(p)).await;
+    publ.expect_silence(100).await;
+    mem.release();
+    match publ.recv().await {
+        Packet::PubAck(a) => assert_eq!(a.packet_id.get(), 10),
+        p => panic!("expected PUBACK, got {p:?}"),
+    }
+    mem.crash();
+    drop(publ);
+    b.shutdown().await;
+    let b = start_on(&mem).await;
+    let (mut dev, _) = Raw::connect_with(b.addr(), persistent(V5, "dev")).await;
+    assert_eq!(&dev.recv_publish().await.payload[..], b"acknowledged");
+}

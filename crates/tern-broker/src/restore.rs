@@ -1,4 +1,4 @@
-//! Rebuilding the broker's state from the store at start.
+//! Rebuilding the broker's state at start from what its [`Durability`](crate::Durability) holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,19 +6,13 @@ use std::time::Duration;
 
 use tern_proto::PacketId;
 
-use super::record::{self, Corrupt};
-use super::{Loaded, Op};
+use crate::durability::{Change, Stored};
+use crate::message::Outgoing;
 use crate::router::SubEntry;
 use crate::scheduler::Due;
 use crate::session::{Inflight, SessionCell};
 use crate::shared::Shared;
-use crate::BrokerError;
-
-fn corrupt(table: &str, key: &str, e: Corrupt) -> BrokerError {
-    BrokerError::Store(format!(
-        "{e} in {table} ({key}); the data directory is damaged: restore it from a backup or move it aside to start empty"
-    ))
-}
+use crate::store::record;
 
 /// What was restored, for the start-up log line.
 #[derive(Debug, Default)]
@@ -33,37 +27,23 @@ pub(crate) struct Restored {
 impl Shared {
     /// Load sessions (offline, with their subscriptions, queues, in-flight messages and
     /// QoS 2 ids) and retained messages; drop what expired while the broker was down.
-    pub(crate) fn restore(self: &Arc<Self>, loaded: Loaded) -> Result<Restored, BrokerError> {
+    pub(crate) fn restore(self: &Arc<Self>, stored: Stored) -> Restored {
         let stamp = self.clock.stamp();
         let (now, wall) = (stamp.now, stamp.wall_ms);
-        let store = self.store.clone();
-        let submit = |op: Op| {
-            if let Some(s) = &store {
-                s.submit(op);
-            }
+        let submit = |c: Change| {
+            self.durability.submit(c);
         };
         let mut r = Restored::default();
-        for (topic, raw) in &loaded.retained {
-            let msg = record::read_retained(raw, stamp).map_err(|e| corrupt("retained", topic, e))?;
+        for msg in stored.retained {
             if msg.is_expired(now) {
-                submit(Op::DelRetained(topic.clone()));
+                submit(Change::DelRetained(msg.topic.to_string()));
                 continue;
             }
-            self.restore_retained(Arc::new(msg));
+            self.restore_retained(msg);
             r.retained += 1;
         }
-        // Queued messages, each read once and shared by every session that queues it.
-        let mut payloads: HashMap<u64, Arc<crate::message::Message>> = HashMap::new();
-        for (id, raw) in &loaded.payloads {
-            let mut msg =
-                record::read_payload(raw, stamp).map_err(|e| corrupt("payloads", &id.to_string(), e))?;
-            msg.stored = crate::message::StoredId::known(*id);
-            payloads.insert(*id, Arc::new(msg));
-        }
-        let mut cells: HashMap<String, Arc<SessionCell>> = HashMap::new();
-        for (client, raw) in &loaded.sessions {
-            let rec = record::read_session(raw, stamp).map_err(|e| corrupt("sessions", client, e))?;
-            let client_id: Arc<str> = Arc::from(client.as_str());
+        let mut cells: HashMap<Arc<str>, Arc<SessionCell>> = HashMap::new();
+        for (client_id, rec) in stored.sessions {
             // A session that was connected at the crash counts as disconnected now.
             let gone_at = if rec.disconnected_at == 0 {
                 wall
@@ -76,7 +56,7 @@ impl Shared {
                 if let Some((_, will)) = &rec.pending_will {
                     self.publish_will(will);
                 }
-                submit(Op::DelSession(client_id));
+                submit(Change::DelSession(client_id));
                 r.expired_sessions += 1;
                 continue;
             }
@@ -116,51 +96,52 @@ impl Shared {
                 self.scheduler.schedule(at, Due::Expiry, &cell, generation);
             }
             self.sessions.insert(cell.clone());
-            cells.insert(client.clone(), cell);
+            cells.insert(client_id, cell);
             r.sessions += 1;
         }
-        for (key, raw) in &loaded.messages {
-            let (client, seq) = record::split_key(key).map_err(|e| corrupt("messages", "key", e))?;
-            let Some(cell) = cells.get(&*client) else {
-                submit(Op::DelMessage(Arc::from(&*client), seq));
+        for (client, d) in stored.deliveries {
+            let Some(cell) = cells.get(&client) else {
+                submit(Change::DelDelivery(client, d.seq));
                 continue;
             };
-            let mut d = record::read_queued(raw, stamp, |id| payloads.get(&id).cloned())
-                .map_err(|e| corrupt("messages", &client, e))?;
-            d.out.seq = seq;
+            let out = Outgoing {
+                msg: d.message,
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids: d.subscription_ids,
+                shared: d.shared,
+                seq: d.seq,
+                commit_seq: 0,
+            };
             let mut st = cell.lock();
-            st.next_seq = st.next_seq.max(seq + 1);
-            match d.state {
+            st.next_seq = st.next_seq.max(d.seq + 1);
+            match d.stage {
                 Some((state, packet_id)) => st.push_inflight(Inflight {
                     packet_id,
-                    out: d.out,
+                    out,
                     state,
                 }),
-                None if d.out.msg.is_expired(now) => {
-                    submit(Op::DelMessage(cell.client_id.clone(), seq));
+                None if out.msg.is_expired(now) => {
+                    submit(Change::DelDelivery(client, d.seq));
                     r.expired_messages += 1;
                     continue;
                 }
                 None => {
-                    st.queued_bytes += d.out.msg.payload.len();
-                    self.queued.grew(d.out.msg.payload.len());
-                    st.queue.push_back(d.out);
+                    st.queued_bytes += out.msg.payload.len();
+                    self.queued.grew(out.msg.payload.len());
+                    st.queue.push_back(out);
                 }
             }
             r.messages += 1;
         }
-        for key in &loaded.qos2 {
-            let (client, id) = record::split_key(key).map_err(|e| corrupt("qos2", "key", e))?;
-            match (
-                cells.get(&*client),
-                u16::try_from(id).ok().and_then(PacketId::new),
-            ) {
+        for (client, id) in stored.qos2 {
+            match (cells.get(&client), PacketId::new(id)) {
                 (Some(cell), Some(id)) => {
                     cell.lock().inbound_qos2.insert(id.get());
                 }
-                _ => submit(Op::DelQos2(Arc::from(&*client), id as u16)),
+                _ => submit(Change::DelQos2(client, id)),
             }
         }
-        Ok(r)
+        r
     }
 }
