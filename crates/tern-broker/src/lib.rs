@@ -302,6 +302,7 @@ impl Broker {
         let listeners = self.listeners();
         let security = self.security();
         let core = self.shared.clone();
+        let stream_origin = self.listeners.first().map(|l| l.endpoint.stream_origin());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async {
             let _ = rx.await;
@@ -311,6 +312,7 @@ impl Broker {
             listeners,
             security,
             core,
+            stream_origin,
             stop: Some(tx),
             task,
         }
@@ -325,6 +327,8 @@ pub struct BrokerHandle {
     listeners: Vec<(ListenerKind, SocketAddr)>,
     security: SecurityHandle,
     core: Arc<shared::Shared>,
+    /// The first listener's policy, for streams handed over by [`BrokerHandle::serve_stream`].
+    stream_origin: Option<security::Origin>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -348,6 +352,25 @@ impl BrokerHandle {
     /// Reload the password and ACL files, and count authentication failures.
     pub fn security(&self) -> &SecurityHandle {
         &self.security
+    }
+
+    /// Serve MQTT on a byte stream that did not come through a listener (an in-process
+    /// client, a pipe, a simulated network), with the first listener's policy (anonymous
+    /// access, authentication), on the current runtime. `peer` is what logs and the admin API
+    /// show as its address.
+    pub fn serve_stream<S>(&self, io: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(origin) = self.stream_origin.clone() else {
+            return;
+        };
+        let shared = self.core.clone();
+        shared
+            .counters
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(connection::serve(io, peer, shared, origin));
     }
 
     /// Broker-wide counters and budgets now.

@@ -132,6 +132,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         match next {
             Some(at) => {
                 tokio::select! {
+                    biased;
                     _ = shared.clock.sleep_until(at) => {}
                     _ = changed => {}
                 }

@@ -87,7 +87,10 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
                 None => std::future::pending().await,
             }
         };
+        // Biased (here and in every select! of the broker): polled in a fixed order, a run
+        // on a current-thread runtime is reproducible (the simulation replays seeds).
         tokio::select! {
+            biased;
             r = tokio::time::timeout_at(deadline, io.read_buf(buf)) => match r {
                 Err(_) => return Err(Refused::Silent("no CONNECT within the connect timeout".into())),
                 Ok(Ok(0)) => return Err(Refused::Silent("closed before CONNECT".into())),

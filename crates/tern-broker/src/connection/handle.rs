@@ -310,6 +310,13 @@ impl Conn {
                             InflightState::Released,
                             i.packet_id,
                         );
+                        // PUBREL goes out only once the Released stage is durable: the client
+                        // forgets the packet id at PUBREL, so after a crash the broker must
+                        // resend PUBREL, never the PUBLISH it would take for a new message
+                        // (found by the simulation, tern-sim).
+                        if st.persistent && i.out.seq != 0 {
+                            self.needs_commit = true;
+                        }
                         Some(Ack::new(a.packet_id))
                     }
                 }

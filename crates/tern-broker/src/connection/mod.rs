@@ -197,6 +197,12 @@ impl Conn {
         let packets: Vec<Packet> = {
             let st = self.cell.lock();
             self.check_attached(&st)?;
+            // The stages resent here may have been reached by the connection before this one
+            // and not be durable yet: resend only once they are, or a crash could make the
+            // broker resend a PUBLISH the client already released (found by tern-sim).
+            if st.persistent && !st.inflight.is_empty() {
+                self.needs_commit = true;
+            }
             st.inflight
                 .iter()
                 .map(|i| match i.state {
@@ -349,6 +355,12 @@ impl Conn {
                     InflightState::Published,
                     packet_id,
                 );
+                // A QoS 2 delivery goes out only once its packet id is durable: after a crash
+                // the broker must resend it with that id [MQTT-4.4.0-1], or the client, which
+                // deduplicates by packet id until PUBREL, takes it for a new message.
+                if out.qos == tern_proto::QoS::ExactlyOnce && st.persistent && out.seq != 0 {
+                    self.needs_commit = true;
+                }
                 st.push_inflight(crate::session::Inflight {
                     packet_id,
                     out: out.clone(),
@@ -560,6 +572,16 @@ impl Conn {
             // Nothing that is not stored is acknowledged: drop the pending acknowledgements.
             self.out.clear();
             return Err(Close::Violation(Violation::StorageFailed(e.to_string())));
+        }
+        // A newer connection may have taken the session over meanwhile: then nothing of it
+        // goes out here any more (its deliveries are resent there) [MQTT-3.1.4-3].
+        let attached = {
+            let st = self.cell.lock();
+            self.check_attached(&st)
+        };
+        if let Err(c) = attached {
+            self.out.clear();
+            return Err(c);
         }
         Ok(())
     }

@@ -106,6 +106,15 @@ impl Endpoint {
         }
     }
 
+    /// The origin of a byte stream handed to the broker directly (as if it came through this
+    /// listener, without its TLS or WebSocket layer).
+    pub fn stream_origin(&self) -> Origin {
+        Origin {
+            policy: self.policy.clone(),
+            cert_name: None,
+        }
+    }
+
     /// The origin of plain MQTT-over-TCP connections, `None` for listeners with a
     /// TLS or WebSocket layer (served by [`Endpoint::serve_layered`]).
     fn plain_origin(&self) -> Option<Origin> {

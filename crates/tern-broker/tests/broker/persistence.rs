@@ -420,3 +420,45 @@ async fn a_qos1_message_for_a_persistent_session_is_acknowledged_only_once_durab
     let (mut dev, _) = Raw::connect_with(b.addr(), persistent(V5, "dev")).await;
     assert_eq!(&dev.recv_publish().await.payload[..], b"acknowledged");
 }
+
+#[tokio::test]
+async fn qos2_deliveries_to_a_persistent_session_stay_exactly_once_across_crashes_mqtt_4_4_0_1() {
+    // Found by the simulation (tern-sim seeds 16, 17 and 157). A QoS 2 delivery is resent
+    // after a crash with its original packet id [MQTT-4.4.0-1], so the broker sends a PUBLISH
+    // only once its packet id is durable, and a PUBREL only once the Released stage is: the
+    // client forgets the id at PUBREL and would take a resent PUBLISH for a new message.
+    let mem = tern_broker::durability::InMemory::new();
+    let b = start_on(&mem).await;
+    let (mut dev, _) = Raw::connect_with(b.addr(), persistent(V5, "dev")).await;
+    dev.subscribe("cmd/#", QoS::ExactlyOnce).await;
+    let mut publ = Raw::connect(b.addr(), V5, "ctl").await;
+    publ.publish("cmd/1", "once", QoS::ExactlyOnce, false).await;
+    let first = dev.recv_publish().await;
+    let id = first.packet_id.expect("QoS 2 has a packet id");
+
+    // PUBREC while storage holds back: no PUBREL until the Released stage is durable.
+    mem.hold(true);
+    dev.send(Packet::PubRec(Ack::new(id))).await;
+    dev.expect_silence(200).await;
+    mem.release();
+    match dev.recv().await {
+        Packet::PubRel(a) => assert_eq!(a.packet_id, id),
+        p => panic!("expected PUBREL, got {p:?}"),
+    }
+    // The client completes and forgets the id; the broker crashes before PUBCOMP is durable.
+    dev.send(Packet::PubComp(Ack::new(id))).await;
+    mem.crash();
+    drop((dev, publ));
+    b.shutdown().await;
+
+    // After the restart the broker resends PUBREL, never the PUBLISH.
+    let b = start_on(&mem).await;
+    let (mut dev, ack) = Raw::connect_with(b.addr(), persistent(V5, "dev")).await;
+    assert!(ack.session_present);
+    match dev.recv().await {
+        Packet::PubRel(a) => assert_eq!(a.packet_id, id),
+        p => panic!("expected PUBREL {id:?}, got {p:?}"),
+    }
+    dev.send(Packet::PubComp(Ack::new(id))).await;
+    dev.expect_silence(200).await;
+}
