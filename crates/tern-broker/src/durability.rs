@@ -34,6 +34,56 @@ use crate::session::SessionState;
 /// The position of a change in the order of submission; durability advances in ticket order.
 pub type Ticket = u64;
 
+/// How far durability has got, and a way to wait for it to go further.
+///
+/// Waiters are woken in the order they started waiting (a tokio `Notify`), with no random
+/// choice anywhere, so that a simulated run replays exactly (tokio's `watch` channel spreads
+/// its receivers over several notifiers at random).
+#[derive(Debug, Default)]
+pub struct Progress {
+    ticket: AtomicU64,
+    failed: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// Every change up to this ticket is durable.
+    pub fn get(&self) -> Ticket {
+        self.ticket.load(Ordering::Acquire)
+    }
+
+    /// Everything up to `ticket` is durable now.
+    pub fn advance(&self, ticket: Ticket) {
+        self.ticket.fetch_max(ticket, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// Nothing more will become durable: wake every waiter (they find the error).
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether [`Progress::fail`] was called.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Wait until durability goes beyond `seen` (or fails).
+    pub async fn wait_past(&self, seen: Ticket) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the check: an advance in between is not missed.
+            changed.as_mut().enable();
+            if self.get() > seen || self.has_failed() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 /// Changes that must be durable together (see [`Durability::group`]).
 #[derive(Debug)]
 #[must_use]
@@ -139,11 +189,14 @@ pub trait Durability: Send + Sync + std::fmt::Debug {
     /// The ticket of the last change submitted so far.
     fn submitted(&self) -> Ticket;
 
-    /// Every change up to this ticket is durable.
-    fn durable(&self) -> Ticket;
+    /// How far durability has got (every change up to its ticket is durable), to read and to
+    /// wait on.
+    fn progress(&self) -> &Progress;
 
-    /// Notified whenever [`Durability::durable`] advances.
-    fn watch_durable(&self) -> tokio::sync::watch::Receiver<Ticket>;
+    /// Every change up to this ticket is durable.
+    fn durable(&self) -> Ticket {
+        self.progress().get()
+    }
 
     /// Why the implementation can no longer keep data, once that has happened.
     fn error(&self) -> Option<StoreError>;
@@ -278,26 +331,27 @@ impl Persistence {
         self.store.as_ref().map_or(u64::MAX, |s| s.durable())
     }
 
-    /// Notified whenever more is durable (`None` without a store).
-    pub fn watch_committed(&self) -> Option<tokio::sync::watch::Receiver<Ticket>> {
-        self.store.as_ref().map(|s| s.watch_durable())
+    /// Wait until more than `seen` is durable (forever without a store).
+    pub async fn wait_past(&self, seen: Ticket) {
+        match &self.store {
+            Some(s) => s.progress().wait_past(seen).await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Wait until everything submitted so far is durable.
     pub async fn wait_submitted(&self) -> Result<(), StoreError> {
         let Some(store) = &self.store else { return Ok(()) };
         let target = store.submitted();
-        let mut rx = store.watch_durable();
         loop {
             if let Some(e) = store.error() {
                 return Err(e);
             }
-            if *rx.borrow_and_update() >= target {
+            let seen = store.durable();
+            if seen >= target {
                 return Ok(());
             }
-            if rx.changed().await.is_err() {
-                return Err(StoreError("the store stopped".into()));
-            }
+            store.progress().wait_past(seen).await;
         }
     }
 
@@ -313,10 +367,10 @@ impl Persistence {
 /// a crash forgets what was not. For tests and simulations of storage (acknowledgements held
 /// back, a crash between any two changes, a restart from what was durable), and for embedding
 /// programs that want the broker's persistence semantics without a disk.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct InMemory {
     state: std::sync::Mutex<MemoryState>,
-    durable: tokio::sync::watch::Sender<Ticket>,
+    durable: Progress,
 }
 
 #[derive(Debug, Default)]
@@ -380,15 +434,6 @@ impl MemoryState {
     }
 }
 
-impl Default for InMemory {
-    fn default() -> Self {
-        InMemory {
-            state: Default::default(),
-            durable: tokio::sync::watch::channel(0).0,
-        }
-    }
-}
-
 impl InMemory {
     /// Empty; changes are durable as soon as they are submitted (groups permitting).
     pub fn new() -> Arc<InMemory> {
@@ -405,14 +450,14 @@ impl InMemory {
         st.held = held;
         if !held {
             let t = st.release();
-            self.durable.send_replace(t);
+            self.durable.advance(t);
         }
     }
 
     /// Make what was submitted durable (up to the start of an open group).
     pub fn release(&self) {
         let t = self.lock().release();
-        self.durable.send_replace(t);
+        self.durable.advance(t);
     }
 
     /// Changes submitted and not durable yet.
@@ -428,7 +473,8 @@ impl InMemory {
         st.open_groups.clear();
         st.crashed = true;
         // Wake whoever waits for durability: they find the error.
-        self.durable.send_modify(|_| {});
+        drop(st);
+        self.durable.changed.notify_waiters();
     }
 
     /// Start again after a crash (or for the first time): changes are released as they come,
@@ -469,7 +515,7 @@ impl Durability for InMemory {
         st.pending.push_back((t, change));
         if !st.held {
             let d = st.release();
-            self.durable.send_replace(d);
+            self.durable.advance(d);
         }
         t
     }
@@ -488,7 +534,7 @@ impl Durability for InMemory {
         }
         if !st.held {
             let d = st.release();
-            self.durable.send_replace(d);
+            self.durable.advance(d);
         }
         st.submitted
     }
@@ -497,12 +543,8 @@ impl Durability for InMemory {
         self.lock().submitted
     }
 
-    fn durable(&self) -> Ticket {
-        *self.durable.borrow()
-    }
-
-    fn watch_durable(&self) -> tokio::sync::watch::Receiver<Ticket> {
-        self.durable.subscribe()
+    fn progress(&self) -> &Progress {
+        &self.durable
     }
 
     fn error(&self) -> Option<StoreError> {

@@ -116,6 +116,9 @@ pub(crate) struct SessionState {
 #[derive(Debug)]
 pub(crate) struct SessionCell {
     pub client_id: Arc<str>,
+    /// Creation order (unique in the process): sessions are locked in this order when a
+    /// batch of deliveries is queued, so that a run does not depend on memory addresses.
+    pub order: u64,
     state: Mutex<SessionState>,
     /// Notified when the queue drains below half its limits (publishers waiting on it).
     pub space: Notify,
@@ -128,8 +131,10 @@ pub(crate) struct SessionCell {
 
 impl SessionCell {
     pub fn new(client_id: Arc<str>, version: ProtocolVersion) -> SessionCell {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         SessionCell {
             client_id,
+            order: NEXT.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(SessionState {
                 conn_id: None,
                 generation: 0,
@@ -397,11 +402,13 @@ impl SessionState {
 /// Client identifier → session.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    map: Mutex<HashMap<Arc<str>, Arc<SessionCell>>>,
+    /// Fx hashing: no per-process random seed, so iteration order depends only on what the
+    /// map holds (reproducible simulations), and cheaper than SipHash for these keys.
+    map: Mutex<rustc_hash::FxHashMap<Arc<str>, Arc<SessionCell>>>,
 }
 
 impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<SessionCell>>> {
+    fn lock(&self) -> MutexGuard<'_, rustc_hash::FxHashMap<Arc<str>, Arc<SessionCell>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 

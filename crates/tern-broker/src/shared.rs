@@ -225,7 +225,7 @@ impl Shared {
     pub fn deliver_all(&self, pending: &mut Deliveries, mut pressure: Option<&mut Vec<Arc<SessionCell>>>) {
         if pending.len() > 1 {
             // Stable: each session keeps its messages in routing order.
-            pending.sort_by_key(|(c, _)| Arc::as_ptr(c) as usize);
+            pending.sort_by_key(|(c, _)| c.order);
         }
         let q = self.queueing();
         let mut it = pending.drain(..).peekable();

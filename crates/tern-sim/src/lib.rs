@@ -127,10 +127,24 @@ pub struct Summary {
     pub takeovers: usize,
     /// Storage crashes (and broker restarts).
     pub crashes: usize,
+    /// A digest of every packet the clients received, in order: equal digests for one seed
+    /// show that the run replays exactly.
+    pub digest: u64,
 }
 
 /// Run one seed.
 pub fn run(seed: u64, options: &Options) -> Result<Summary, Failure> {
+    if let Ok(filter) = std::env::var("TERN_SIM_TRACE") {
+        if filter.contains("debug") || filter.contains("trace") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+                    "tern_broker={filter}"
+                )))
+                .without_time()
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -428,6 +442,10 @@ impl Sim {
 
     async fn handle(&mut self, c: usize, link: &mut Link, current: bool, p: Packet) {
         self.trace(|| format!("{} <- {p:?} (current link: {current})", self.clients[c].id));
+        // FNV-1a over what arrived where.
+        for b in format!("{c}{current}{p:?}").bytes() {
+            self.summary.digest = (self.summary.digest ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
         match p {
             Packet::ConnAck(ack) => {
                 if ack.reason_code.is_error() {

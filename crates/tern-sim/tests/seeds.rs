@@ -49,3 +49,16 @@ fn every_seed_keeps_the_invariants() {
         );
     }
 }
+
+#[test]
+fn a_seed_replays_exactly() {
+    let options = Options::default();
+    for seed in [3, 157, 901] {
+        let a = run(seed, &options).map_err(|f| f.to_string());
+        let b = run(seed, &options).map_err(|f| f.to_string());
+        match (a, b) {
+            (Ok(a), Ok(b)) => assert_eq!(a.digest, b.digest, "seed {seed} ran differently twice"),
+            (a, b) => assert_eq!(a.err(), b.err(), "seed {seed}"),
+        }
+    }
+}

@@ -117,6 +117,8 @@ pub(crate) struct Conn {
     pub(super) needs_commit: bool,
     /// The queue's head waits for a store commit.
     waiting_for_commit: bool,
+    /// The durable ticket when the queue was last looked at (a commit wait waits past it).
+    seen_commit: u64,
     /// Subscriber sessions over their queue limits: this client's socket is not
     /// read until they have room (backpressure instead of loss for QoS 1/2).
     pub(super) pressure: Vec<Arc<SessionCell>>,
@@ -169,6 +171,7 @@ impl Conn {
             auth_method: None,
             needs_commit: false,
             waiting_for_commit: false,
+            seen_commit: 0,
             pressure: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
@@ -300,6 +303,7 @@ impl Conn {
         let window = usize::from(st.client_receive_maximum.min(self.shared.config.max_inflight));
         self.client_max_packet_size = st.client_max_packet_size;
         let committed = self.shared.durability.committed();
+        self.seen_commit = committed;
         let acl = self.shared.security.acl();
         self.waiting_for_commit = false;
         let was_full = st.full_since.is_some();
@@ -430,7 +434,8 @@ impl Conn {
         // passes them at once); only the slowed publisher's poll uses the runtime's clock.
         let mut last_rx = self.shared.clock.now();
         let mut read_hint = MIN_READ;
-        let mut committed = self.shared.durability.watch_committed();
+        // The durability the commit waits below are on (an Arc, not a borrow of self).
+        let shared = self.shared.clone();
         // Shutdown wakes every attached connection through its waker; one that attached
         // after that sees the flag here.
         if self.shared.is_shutting_down() {
@@ -546,7 +551,7 @@ impl Conn {
                         return Close::Evicted;
                     }
                 }
-                _ = wait_commit(&mut committed), if self.waiting_for_commit => {}
+                _ = wait_commit(&shared.durability, self.seen_commit), if self.waiting_for_commit => {}
                 _ = wait_room(slowed.as_deref()), if slowed.is_some() => {}
                 _ = wait.wait() => {
                     let now = self.shared.clock.now();
@@ -762,19 +767,8 @@ async fn wait_room(cell: Option<&SessionCell>) {
 
 /// Wait for the store's next commit. Boxed when first polled: select! creates this
 /// future on every turn, and inline its state would sit in every connection's task.
-async fn wait_commit(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    Box::pin(wait_commit_inner(rx)).await
-}
-
-async fn wait_commit_inner(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    match rx {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
+async fn wait_commit(durability: &crate::durability::Persistence, seen: u64) {
+    Box::pin(durability.wait_past(seen)).await
 }
 
 /// Make room for the next read, sized by how much the last reads brought (`hint`):

@@ -62,7 +62,7 @@ struct Pending {
 pub(crate) struct Store {
     pending: Mutex<Pending>,
     wake: std::sync::Condvar,
-    committed: tokio::sync::watch::Sender<u64>,
+    committed: crate::durability::Progress,
     failed: AtomicBool,
     error: Mutex<Option<StoreError>>,
     closing: AtomicBool,
@@ -89,7 +89,7 @@ impl Store {
         let store = Arc::new(Store {
             pending: Mutex::new(Pending::default()),
             wake: std::sync::Condvar::new(),
-            committed: tokio::sync::watch::channel(0).0,
+            committed: crate::durability::Progress::default(),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             closing: AtomicBool::new(false),
@@ -168,7 +168,7 @@ impl Store {
                     } else {
                         unsynced = true;
                     }
-                    self.committed.send_replace(upto);
+                    self.committed.advance(upto);
                 }
                 Err(e) => {
                     tracing::error!(
@@ -176,7 +176,7 @@ impl Store {
                     );
                     *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                     self.failed.store(true, Ordering::Relaxed);
-                    self.committed.send_replace(0);
+                    self.committed.fail();
                 }
             }
         }
@@ -216,12 +216,8 @@ impl Durability for Store {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).submitted
     }
 
-    fn durable(&self) -> Ticket {
-        *self.committed.borrow()
-    }
-
-    fn watch_durable(&self) -> tokio::sync::watch::Receiver<Ticket> {
-        self.committed.subscribe()
+    fn progress(&self) -> &crate::durability::Progress {
+        &self.committed
     }
 
     fn error(&self) -> Option<StoreError> {
