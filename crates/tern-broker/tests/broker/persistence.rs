@@ -424,7 +424,7 @@ async fn a_qos1_message_for_a_persistent_session_is_acknowledged_only_once_durab
 #[tokio::test]
 async fn qos2_deliveries_to_a_persistent_session_stay_exactly_once_across_crashes_mqtt_4_4_0_1() {
     // Found by the simulation (tern-sim seeds 16, 17 and 157). A QoS 2 delivery is resent
-    // after a crash with its original packet id [MQTT-4.4.0-1], so the broker sends a PUBLISH
+    // after a crash with its original packet id v5 [MQTT-4.4.0-1], so the broker sends a PUBLISH
     // only once its packet id is durable, and a PUBREL only once the Released stage is: the
     // client forgets the id at PUBREL and would take a resent PUBLISH for a new message.
     let mem = tern_broker::durability::InMemory::new();
