@@ -188,3 +188,51 @@ fn configuration_errors_give_the_file_line_and_column() {
     assert!(stderr.contains(&format!("{path}:2: `max_inflight`")), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A raw MQTT CONNECT (3.1.1, or 5.0 with a Session Expiry Interval) without clean start;
+/// returns the CONNACK's session-present flag and reason code.
+fn connect_persistent(port: &str, id: &str, v5: bool) -> (bool, u8) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', if v5 { 5 } else { 4 }, 0, 0, 0];
+    if v5 {
+        body.extend_from_slice(&[5, 0x11, 0xff, 0xff, 0xff, 0xff]);
+    }
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    s.write_all(&packet).unwrap();
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x20, "CONNACK");
+    let answer = (head[2] & 1 == 1, head[3]);
+    let _ = s.write_all(&[0xe0, 0]);
+    answer
+}
+
+#[test]
+fn max_sessions_from_the_config_file_refuses_the_next_client_id_and_lets_existing_ones_resume() {
+    let dir = std::env::temp_dir().join(format!("tern-cli-max-sessions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tern.toml");
+    std::fs::write(&file, "listen = [\"127.0.0.1:0\"]\nmax_sessions = 1000\n").unwrap();
+    let b = Logged::start(&["--config", file.to_str().unwrap()]);
+    let line = b.stdout.recv_timeout(WAIT).expect("a start-up line");
+    let port = Logged::port_of(&line);
+    for i in 0..1000 {
+        assert_eq!(
+            connect_persistent(&port, &format!("dev-{i}"), i % 2 == 0),
+            (false, 0)
+        );
+    }
+    // The 1,001st client identifier: 5.0 CONNACK 0x97 Quota exceeded, 3.1.1 0x03.
+    assert_eq!(connect_persistent(&port, "dev-1000", true).1, 0x97);
+    assert_eq!(connect_persistent(&port, "dev-1001", false).1, 0x03);
+    b.log_until("max_sessions (1000) reached");
+    // Existing sessions resume.
+    assert_eq!(connect_persistent(&port, "dev-7", false), (true, 0));
+    assert_eq!(connect_persistent(&port, "dev-8", true), (true, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
