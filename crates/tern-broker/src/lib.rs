@@ -26,6 +26,7 @@
 //! - `security/`: password file, ACL, per-listener anonymous policy, reload.
 
 mod auth;
+pub mod backplane;
 mod budget;
 mod clock;
 mod config;
@@ -63,6 +64,7 @@ pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFo
 pub use durability::{Durability, Stored};
 pub use error::BrokerError;
 pub use inspect::{ConnectionInfo, SessionInfo, Stats, SubscriptionInfo};
+pub use message::Message;
 pub use security::SecurityHandle;
 pub use store::SyncPolicy;
 
@@ -74,6 +76,7 @@ pub struct BrokerBuilder {
     authenticators: Vec<Arc<dyn Authenticator>>,
     clock: Clock,
     durability: Option<(Arc<dyn Durability>, Stored)>,
+    backplane: Option<Arc<dyn backplane::Backplane>>,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -98,6 +101,7 @@ impl BrokerBuilder {
             authenticators: Vec::new(),
             clock: Clock::system(),
             durability: None,
+            backplane: None,
         }
     }
 
@@ -131,6 +135,13 @@ impl BrokerBuilder {
     /// ```
     pub fn durability(mut self, durability: Arc<dyn Durability>, stored: Stored) -> BrokerBuilder {
         self.durability = Some((durability, stored));
+        self
+    }
+
+    /// Tell `backplane` what this broker's clients publish and subscribe to (a cluster, a
+    /// bridge); messages from it come in through [`BrokerHandle::publish`].
+    pub fn backplane(mut self, backplane: Arc<dyn backplane::Backplane>) -> BrokerBuilder {
+        self.backplane = Some(backplane);
         self
     }
 
@@ -202,13 +213,15 @@ impl BrokerBuilder {
             .as_ref()
             .and_then(|s| s.deliveries.iter().map(|(_, d)| d.message_id).max())
             .map_or(1, |m| m + 1);
-        let shared = Arc::new(shared::Shared::new(
+        let mut core = shared::Shared::new(
             self.config,
             authenticators,
             durability::Persistence::new(store, first_id),
             security,
             self.clock,
-        ));
+        );
+        core.backplane = self.backplane;
+        let shared = Arc::new(core);
         if let Some(stored) = stored {
             let started = std::time::Instant::now();
             let r = shared.restore(stored);
@@ -371,6 +384,23 @@ impl BrokerHandle {
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(connection::serve(io, peer, shared, origin));
+    }
+
+    /// Deliver a message that came from elsewhere (another node of a cluster, a bridge) to
+    /// this broker's sessions, and keep it if it is retained, without handing it back to the
+    /// [`Backplane`](backplane::Backplane). Returns how many sessions it reached, or why the
+    /// topic is not a valid topic name.
+    pub fn publish(&self, message: Message) -> Result<usize, tern_proto::topic::TopicError> {
+        tern_proto::topic::validate_topic_name(&message.topic)?;
+        let msg = Arc::new(message);
+        self.core
+            .counters
+            .messages_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if msg.retain && !self.core.retain(&msg) {
+            tracing::warn!(topic = %msg.topic, "retained store full (max_retained); message not retained");
+        }
+        Ok(self.core.publish_internal(&msg))
     }
 
     /// Broker-wide counters and budgets now.

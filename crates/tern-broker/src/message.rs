@@ -59,6 +59,21 @@ impl StoredId {
 }
 
 impl Message {
+    /// A message to `topic` with `payload`, no properties, no expiry and no publisher (for
+    /// [`BrokerHandle::publish`](crate::BrokerHandle::publish)).
+    pub fn new(topic: impl Into<ByteString>, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+            properties: PublishProperties::default(),
+            expires_at: None,
+            publisher: None,
+            stored: StoredId::default(),
+        }
+    }
+
     /// Build from a received PUBLISH whose topic alias is already resolved.
     pub fn from_publish(p: Publish, topic: ByteString, publisher: Option<Arc<str>>, now: Instant) -> Message {
         let mut properties = p.properties;

@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     pub durability: crate::durability::Persistence,
     /// Bytes queued for sessions, all sessions together.
     pub queued: crate::budget::QueueBudget,
+    /// Other brokers (a cluster's nodes, a bridge), when there are any.
+    pub backplane: Option<Arc<dyn crate::backplane::Backplane>>,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -108,6 +110,7 @@ impl Shared {
             scheduler: crate::scheduler::Scheduler::default(),
             partial: crate::budget::PartialBudget::new(config.max_partial_bytes),
             queued: crate::budget::QueueBudget::new(config.max_queued_bytes_total),
+            backplane: None,
             durability,
             config,
             router: RwLock::default(),
@@ -174,7 +177,11 @@ impl Shared {
     /// publisher should wait until they have room.
     pub fn publish(&self, msg: &Arc<Message>, pressure: &mut Vec<Arc<SessionCell>>) -> usize {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.route(msg, Some(pressure))
+        let n = self.route(msg, Some(pressure));
+        if let Some(b) = &self.backplane {
+            b.published(msg);
+        }
+        n
     }
 
     /// Route a message into `pending` without queueing it yet: a publisher's
@@ -184,7 +191,11 @@ impl Shared {
     /// caller counts the messages in `messages_in` (once per batch: the counter is
     /// shared by every connection).
     pub fn publish_deferred(&self, msg: &Arc<Message>, pending: &mut Deliveries) -> usize {
-        self.collect(msg, pending)
+        let n = self.collect(msg, pending);
+        if let Some(b) = &self.backplane {
+            b.published(msg);
+        }
+        n
     }
 
     /// Tell every attached connection to close with v5 0x8B Server shutting down:
@@ -353,7 +364,12 @@ impl Shared {
         let Ok(parsed) = topic::parse_filter(full_filter) else {
             return false;
         };
-        write(&self.router).subscribe(parsed.filter, parsed.share_group, &cell.client_id, entry_opts)
+        let replaced =
+            write(&self.router).subscribe(parsed.filter, parsed.share_group, &cell.client_id, entry_opts);
+        if let (Some(b), false) = (&self.backplane, replaced) {
+            b.subscribed(full_filter);
+        }
+        replaced
     }
 
     /// Remove a subscription from the router; `true` when it existed.
@@ -361,7 +377,11 @@ impl Shared {
         let Ok(parsed) = topic::parse_filter(full_filter) else {
             return false;
         };
-        write(&self.router).unsubscribe(parsed.filter, parsed.share_group, &cell.client_id)
+        let existed = write(&self.router).unsubscribe(parsed.filter, parsed.share_group, &cell.client_id);
+        if let (Some(b), true) = (&self.backplane, existed) {
+            b.unsubscribed(full_filter);
+        }
+        existed
     }
 
     /// Queue the retained messages matching `filter` for `cell` (always with RETAIN set,
@@ -469,6 +489,9 @@ impl Shared {
             self.retain(msg);
         }
         self.publish_internal(msg);
+        if let Some(b) = &self.backplane {
+            b.published(msg);
+        }
     }
 
     fn redeliver_shared(&self, full_filter: &str, out: Outgoing) {

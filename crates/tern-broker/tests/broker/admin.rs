@@ -109,3 +109,77 @@ async fn an_administrator_disconnects_a_client_and_its_will_is_published() {
     assert!(b.session("old").is_none());
     assert!(!b.disconnect("nobody", true));
 }
+
+/// A backplane that records what it hears.
+#[derive(Debug, Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl tern_broker::backplane::Backplane for Recorder {
+    fn published(&self, m: &std::sync::Arc<tern_broker::Message>) {
+        let line = format!("pub {} {}", m.topic, String::from_utf8_lossy(&m.payload));
+        self.0.lock().unwrap().push(line);
+    }
+    fn subscribed(&self, filter: &str) {
+        self.0.lock().unwrap().push(format!("sub {filter}"));
+    }
+    fn unsubscribed(&self, filter: &str) {
+        self.0.lock().unwrap().push(format!("unsub {filter}"));
+    }
+}
+
+#[tokio::test]
+async fn a_backplane_hears_publishes_and_subscriptions_and_brings_messages_in() {
+    let rec = std::sync::Arc::new(Recorder::default());
+    let b = tern_broker::BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .backplane(rec.clone())
+        .bind()
+        .await
+        .unwrap()
+        .spawn();
+    let mut sub = Raw::connect(b.addr(), V5, "sub").await;
+    sub.subscribe("a/#", QoS::AtLeastOnce).await;
+    sub.subscribe("$share/g/b", QoS::AtMostOnce).await;
+    let mut publ = Raw::connect(b.addr(), V3, "pub").await;
+    publ.publish("a/1", "local", QoS::AtLeastOnce, false).await;
+    assert_eq!(&sub.recv_publish().await.payload[..], b"local");
+
+    // A message from another node reaches local sessions and is not echoed back.
+    let from_elsewhere = tern_broker::Message::new("a/2", "remote", QoS::AtLeastOnce, true);
+    assert_eq!(b.publish(from_elsewhere), Ok(1));
+    let p = sub.recv_publish().await;
+    assert_eq!(&p.payload[..], b"remote");
+    sub.ack(&p).await;
+    assert!(b
+        .publish(tern_broker::Message::new("a/+", "x", QoS::AtMostOnce, false))
+        .is_err());
+    // It was retained here too.
+    let mut late = Raw::connect(b.addr(), V5, "late").await;
+    late.subscribe("a/2", QoS::AtMostOnce).await;
+    assert_eq!(&late.recv_publish().await.payload[..], b"remote");
+
+    sub.send(tern_proto::Packet::Unsubscribe(tern_proto::Unsubscribe {
+        packet_id: pid(8),
+        properties: Default::default(),
+        filters: vec!["a/#".into()],
+    }))
+    .await;
+    assert!(matches!(sub.recv().await, tern_proto::Packet::UnsubAck(_)));
+    drop(sub);
+    drop(late);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let seen = rec.0.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            "sub a/#",
+            "sub $share/g/b",
+            "pub a/1 local",
+            "sub a/2",
+            "unsub a/#",
+            "unsub $share/g/b",
+            "unsub a/2",
+        ],
+        "{seen:#?}"
+    );
+}
