@@ -9,11 +9,12 @@ use tern_proto::{
 };
 use tern_proto::{Disconnect, Packet};
 
-use super::{Close, Conn};
+use super::{Aliases, Close, Conn};
 use crate::message::Message;
 use crate::router::SubEntry;
 use crate::security::Action;
 use crate::session::InflightState;
+use tern_proto::session::alias::AliasError;
 
 impl Conn {
     pub(super) fn on_packet(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
@@ -47,25 +48,26 @@ impl Conn {
         // Topic alias (v5 section 3.3.2.3.4).
         let topic = match p.properties.topic_alias {
             Some(alias) => {
-                if alias > cfg.topic_alias_maximum {
-                    return Err(Close::Violation(Violation::TopicAliasAboveMaximum {
-                        alias,
-                        maximum: cfg.topic_alias_maximum,
-                        by: Role::Client,
-                    }));
-                }
-                if p.topic.is_empty() {
-                    match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
-                        Some(t) => t.clone(),
-                        None => return Err(Close::Violation(Violation::TopicAliasUnknown { alias })),
+                let (ours, clients) = (cfg.topic_alias_maximum, self.client_alias_maximum);
+                let aliases = self.aliases.get_or_insert_with(|| Aliases::new(ours, clients));
+                // An own copy when the mapping is set: a slice would keep its whole read
+                // buffer alive.
+                let given = match p.topic.is_empty() {
+                    true => tern_proto::ByteString::new(),
+                    false => tern_proto::ByteString::from(p.topic.to_string()),
+                };
+                match aliases.inbound.resolve(&given, alias) {
+                    Ok(t) => t,
+                    Err(AliasError::AboveMaximum) => {
+                        return Err(Close::Violation(Violation::TopicAliasAboveMaximum {
+                            alias,
+                            maximum: cfg.topic_alias_maximum,
+                            by: Role::Client,
+                        }))
                     }
-                } else {
-                    // An own copy: a slice would keep its whole read buffer alive.
-                    self.aliases
-                        .get_or_insert_with(Box::default)
-                        .inbound
-                        .insert(alias, tern_proto::ByteString::from(p.topic.to_string()));
-                    p.topic.clone()
+                    Err(AliasError::Unknown) => {
+                        return Err(Close::Violation(Violation::TopicAliasUnknown { alias }))
+                    }
                 }
             }
             None => p.topic.clone(),

@@ -8,10 +8,10 @@
 mod connect;
 mod handle;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tern_proto::session::alias::{AliasUse, InboundAliases, OutboundAliases};
 
 use bytes::BytesMut;
 use tern_proto::codec::{Decoded, Decoder};
@@ -40,13 +40,25 @@ thread_local! {
     static BATCH: std::cell::Cell<Batch> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Topic aliases of one connection (v5 section 3.3.2.3.4).
+/// Topic aliases of one connection (v5 section 3.3.2.3.4): the same components as the
+/// client's session (tern_proto::session::alias), the least recently used alias reassigned
+/// when all are taken.
 #[derive(Debug, Default)]
 pub(crate) struct Aliases {
-    /// Alias → topic, set by the client (bounded by our Topic Alias Maximum).
-    pub inbound: HashMap<u16, ByteString>,
-    /// Topic → alias for messages we send (bounded by the client's Topic Alias Maximum).
-    pub outbound: HashMap<ByteString, u16>,
+    /// Set by the client (bounded by our Topic Alias Maximum).
+    pub inbound: InboundAliases,
+    /// For messages we send (bounded by the client's Topic Alias Maximum).
+    pub outbound: OutboundAliases,
+}
+
+impl Aliases {
+    /// Both directions, with their maxima.
+    pub fn new(ours: u16, clients: u16) -> Box<Aliases> {
+        let mut a = Box::<Aliases>::default();
+        a.inbound.reset(ours);
+        a.outbound.reset(clients);
+        a
+    }
 }
 
 /// The will of this connection.
@@ -271,8 +283,8 @@ impl Conn {
             };
             if !fits {
                 self.out.truncate(mark);
-                if let (Some(topic), Some(a)) = (new_alias, self.aliases.as_mut()) {
-                    a.outbound.remove(&topic);
+                if let (Some(alias), Some(a)) = (new_alias, self.aliases.as_mut()) {
+                    a.outbound.forget(alias);
                 }
                 tracing::debug!(client_id = %self.client_id, "message dropped: larger than the client's maximum packet size");
                 let mut st = cell.lock();
@@ -392,24 +404,24 @@ impl Conn {
 
     /// Use a topic alias towards the client when it allows them: the first use of a
     /// topic sends it with a new alias, later uses send only the alias.
-    /// Returns the topic when this call created its alias (to undo if the packet is not sent).
-    fn apply_outbound_alias(&mut self, p: &mut tern_proto::Publish) -> Option<ByteString> {
+    /// Returns the alias when this call set it (to undo if the packet is not sent).
+    fn apply_outbound_alias(&mut self, p: &mut tern_proto::Publish) -> Option<u16> {
         if self.client_alias_maximum == 0 {
             return None;
         }
-        let max = usize::from(self.client_alias_maximum);
-        let outbound = &mut self.aliases.get_or_insert_with(Box::default).outbound;
-        if let Some(&alias) = outbound.get(&p.topic) {
-            p.properties.topic_alias = Some(alias);
-            p.topic = ByteString::new();
-            None
-        } else if outbound.len() < max {
-            let alias = outbound.len() as u16 + 1;
-            outbound.insert(p.topic.clone(), alias);
-            p.properties.topic_alias = Some(alias);
-            Some(p.topic.clone())
-        } else {
-            None
+        let (ours, clients) = (self.shared.config.topic_alias_maximum, self.client_alias_maximum);
+        let aliases = self.aliases.get_or_insert_with(|| Aliases::new(ours, clients));
+        match aliases.outbound.assign(&p.topic) {
+            AliasUse::None => None,
+            AliasUse::Reuse(alias) => {
+                p.properties.topic_alias = Some(alias);
+                p.topic = ByteString::new();
+                None
+            }
+            AliasUse::Set(alias) => {
+                p.properties.topic_alias = Some(alias);
+                Some(alias)
+            }
         }
     }
 

@@ -1,4 +1,5 @@
-//! MQTT 5.0 topic aliases (section 3.3.2.3.4), both directions.
+//! MQTT 5.0 topic aliases (section 3.3.2.3.4), both directions, for either side of a
+//! connection: the client's session and the broker's connections use these same types.
 //!
 //! Mappings live for one network connection only ([MQTT-3.3.2-7]): both maps
 //! are reset on every new connection.
@@ -14,29 +15,31 @@ use bytestring::ByteString;
 
 /// Why an inbound PUBLISH's topic alias cannot be resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AliasError {
+pub enum AliasError {
     /// Above the Topic Alias Maximum we sent in CONNECT ([MQTT-3.3.2-11], [MQTT-3.3.2-10]).
     AboveMaximum,
     /// An empty topic with an alias that was never mapped on this connection.
     Unknown,
 }
 
-/// Aliases the server set for topics it sends us.
+/// Aliases the peer set for topics it sends us.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct InboundAliases {
+pub struct InboundAliases {
     maximum: u16,
     map: HashMap<u16, ByteString>,
 }
 
 impl InboundAliases {
     /// Forget every mapping; accept aliases `1..=maximum` from now on.
-    pub(crate) fn reset(&mut self, maximum: u16) {
+    pub fn reset(&mut self, maximum: u16) {
         self.maximum = maximum;
         self.map.clear();
     }
 
-    /// The topic a PUBLISH stands for, learning a new mapping when the topic is given.
-    pub(crate) fn resolve(&mut self, topic: &ByteString, alias: u16) -> Result<ByteString, AliasError> {
+    /// The topic a PUBLISH stands for, learning a new mapping when the topic is given (a
+    /// caller that keeps received packets' buffers short-lived passes a copy that owns its
+    /// bytes: the mapping outlives the packet).
+    pub fn resolve(&mut self, topic: &ByteString, alias: u16) -> Result<ByteString, AliasError> {
         if alias == 0 || alias > self.maximum {
             return Err(AliasError::AboveMaximum);
         }
@@ -51,7 +54,7 @@ impl InboundAliases {
 
 /// How an outgoing PUBLISH uses an alias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AliasUse {
+pub enum AliasUse {
     /// No alias: send the topic.
     None,
     /// Send the topic and this alias, which from now on stands for it.
@@ -60,10 +63,10 @@ pub(crate) enum AliasUse {
     Reuse(u16),
 }
 
-/// Aliases we assign for topics we send (up to the server's Topic Alias Maximum,
-/// [MQTT-3.3.2-9], [MQTT-3.2.2-17]).
+/// Aliases we assign for topics we send (up to the peer's Topic Alias Maximum,
+/// [MQTT-3.3.2-9], [MQTT-3.2.2-17], [MQTT-3.1.2-26]).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct OutboundAliases {
+pub struct OutboundAliases {
     maximum: u16,
     by_topic: HashMap<ByteString, u16>,
     /// Index `alias - 1`: the topic and the tick at which it was last used.
@@ -73,15 +76,33 @@ pub(crate) struct OutboundAliases {
 
 impl OutboundAliases {
     /// Forget every mapping; use aliases `1..=maximum` (0 disables them).
-    pub(crate) fn reset(&mut self, maximum: u16) {
+    pub fn reset(&mut self, maximum: u16) {
         self.maximum = maximum;
         self.by_topic.clear();
         self.slots.clear();
         self.tick = 0;
     }
 
+    /// Undo the [`AliasUse::Set`] of `alias` whose PUBLISH was not sent after all (too large
+    /// for the peer, say): the peer never learnt it, so it is free again and its topic has
+    /// none.
+    pub fn forget(&mut self, alias: u16) {
+        let Some(slot) = usize::from(alias)
+            .checked_sub(1)
+            .and_then(|i| self.slots.get_mut(i))
+        else {
+            return;
+        };
+        let topic = std::mem::take(&mut slot.0);
+        // Tick 0: the least recently used of all, so the next new topic takes it.
+        slot.1 = 0;
+        if self.by_topic.get(&topic) == Some(&alias) {
+            self.by_topic.remove(&topic);
+        }
+    }
+
     /// Pick the alias for `topic`.
-    pub(crate) fn assign(&mut self, topic: &ByteString) -> AliasUse {
+    pub fn assign(&mut self, topic: &ByteString) -> AliasUse {
         if self.maximum == 0 || topic.is_empty() {
             return AliasUse::None;
         }
@@ -145,5 +166,22 @@ mod tests {
         assert_eq!(a.assign(&y), AliasUse::Set(1));
         a.reset(0);
         assert_eq!(a.assign(&x), AliasUse::None);
+    }
+
+    #[test]
+    fn a_forgotten_alias_is_free_again_and_its_topic_has_none() {
+        let mut a = OutboundAliases::default();
+        a.reset(2);
+        let (x, y, z): (ByteString, ByteString, ByteString) = ("x".into(), "y".into(), "z".into());
+        assert_eq!(a.assign(&x), AliasUse::Set(1));
+        assert_eq!(a.assign(&y), AliasUse::Set(2));
+        a.forget(1);
+        // x's PUBLISH never went out: next time x is sent in full with a new alias, and the
+        // freed alias is the first taken.
+        assert_eq!(a.assign(&z), AliasUse::Set(1));
+        assert_eq!(a.assign(&x), AliasUse::Set(2));
+        assert_eq!(a.assign(&y), AliasUse::Set(1));
+        a.forget(0);
+        a.forget(9);
     }
 }

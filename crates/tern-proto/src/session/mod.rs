@@ -35,7 +35,7 @@
 //! - `alias.rs`: topic aliases in both directions.
 //! - `config.rs`, `event.rs`: settings, server limits, events and errors.
 
-mod alias;
+pub mod alias;
 mod auth;
 mod config;
 mod event;
