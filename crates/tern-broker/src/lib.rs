@@ -283,7 +283,7 @@ impl Broker {
     /// connection, and wait (at most 5 s) for the connection tasks to finish.
     pub async fn run_until(self, stop: impl Future<Output = ()>) {
         let shared = self.shared;
-        let limits = listener::Limits::new(&shared.config);
+        let limits = listener::Limits::new(&shared.config, shared.clock.now());
         let mut tasks = tokio::task::JoinSet::new();
         for l in self.listeners {
             // Debug: the embedding program announces its listeners (`tern broker` prints one

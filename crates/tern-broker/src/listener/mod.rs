@@ -195,7 +195,8 @@ impl TokenBucket {
 }
 
 impl Limits {
-    pub fn new(cfg: &Config) -> Limits {
+    /// The limits of `cfg`; the connection rate is measured on `now`'s clock.
+    pub fn new(cfg: &Config, now: Instant) -> Limits {
         let per_sec = f64::from(cfg.max_connect_rate);
         Limits {
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -204,7 +205,7 @@ impl Limits {
             rate: Arc::new(Mutex::new(TokenBucket {
                 tokens: per_sec,
                 per_sec,
-                last: Instant::now(),
+                last: now,
             })),
         }
     }
@@ -234,7 +235,7 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, limits: Limit
         let rate_ok = limits
             .rate
             .lock()
-            .map(|mut b| b.take(Instant::now()))
+            .map(|mut b| b.take(shared.clock.now()))
             .unwrap_or(true);
         if !rate_ok {
             tracing::warn!(%peer, "connection refused: max_connect_rate exceeded");

@@ -93,7 +93,10 @@ async fn outbound_topic_aliases_are_used_when_the_client_allows_them() {
     // in full with it, never an alias above the maximum (v5 [MQTT-3.1.2-26], v5 [MQTT-3.3.2-11]).
     // The client's session does the same (one alias component for both).
     let third = sub.recv_publish().await;
-    assert_eq!((&third.topic[..], third.properties.topic_alias), ("al/two", Some(1)));
+    assert_eq!(
+        (&third.topic[..], third.properties.topic_alias),
+        ("al/two", Some(1))
+    );
     let fourth = sub.recv_publish().await;
     assert_eq!((&fourth.topic[..], fourth.properties.topic_alias), ("", Some(1)));
 }
@@ -215,7 +218,7 @@ async fn connections_beyond_max_connections_get_server_busy() {
 
 #[tokio::test]
 async fn connect_rate_limit_gives_0x9f() {
-    let b = start_with(|c| c.max_connect_rate = 2).await;
+    let (b, clock) = start_clocked(|c| c.max_connect_rate = 2).await;
     let mut refused = 0;
     for i in 0..6 {
         let (_c, ack) = Raw::connect_with(b.addr(), Connect::new(V5, format!("r{i}"))).await;
@@ -224,7 +227,7 @@ async fn connect_rate_limit_gives_0x9f() {
         }
     }
     assert!(refused >= 3, "only {refused} refused");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    pass(&clock, Duration::from_millis(1100)).await;
     let (_c, ack) = Raw::connect_with(b.addr(), Connect::new(V5, "later")).await;
     assert_eq!(ack.reason_code, ReasonCode::Success);
 }

@@ -68,3 +68,14 @@ pub fn narrow_window(id: &str, receive_maximum: u16) -> Connect {
     c.properties.receive_maximum = Some(receive_maximum);
     c
 }
+
+/// Wait (in steps of 10 ms, for at most 5 s) until `cond` holds; panics with `what` if it never does.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("not within 5 s: {what}");
+}

@@ -281,9 +281,12 @@ async fn qos0_publishers_are_slowed_for_a_draining_subscriber_by_default() {
     let mut sub = Raw::connect(b.addr(), V3, "slow0").await;
     sub.subscribe("qos0/bp", QoS::AtMostOnce).await;
     let publisher = qos0_flood(b.addr()).await;
-    // Far more than the queue of 10 and the socket buffers; the subscriber starts late
-    // but within backpressure_timeout_ms, so the publisher waits instead of losing.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Far more than the queue of 10 and the socket buffers; the subscriber starts late (its
+    // queue full) but within backpressure_timeout_ms, so the publisher waits instead of losing.
+    eventually("the subscriber's queue is full", || {
+        b.session("slow0").is_some_and(|s| s.queued >= 10)
+    })
+    .await;
     assert_eq!(count_until_quiet(&mut sub).await, 2000);
     publisher.await.unwrap();
 }

@@ -205,7 +205,11 @@ async fn a_delayed_will_fires_after_a_restart() {
     });
     let (dev, _) = Raw::connect_with(b.addr(), c).await;
     drop(dev);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the will waits for its delay", || {
+        b.session("dying")
+            .is_some_and(|s| s.connection.is_none() && s.will_pending)
+    })
+    .await;
     b.shutdown().await;
     let b = start_in_with(&dir, clock.clone()).await;
     let mut watcher = Raw::connect(b.addr(), V5, "watcher").await;

@@ -123,7 +123,8 @@ async fn will_retain_is_honoured() {
     }
     let (dev, _) = Raw::connect_with(b.addr(), c).await;
     drop(dev);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The will is published as the connection closes, before its session ends.
+    eventually("the session ended", || b.session("retainer").is_none()).await;
     let mut late = Raw::connect(b.addr(), V3, "late").await;
     late.subscribe("wills/dev", QoS::AtMostOnce).await;
     let p = late.recv_publish().await;
