@@ -116,9 +116,11 @@ pub(crate) struct SessionState {
 #[derive(Debug)]
 pub(crate) struct SessionCell {
     pub client_id: Arc<str>,
-    /// Creation order (unique in the process): sessions are locked in this order when a
-    /// batch of deliveries is queued, so that a run does not depend on memory addresses.
-    pub order: u64,
+    /// Creation order: sessions are locked in this order when a batch of deliveries is
+    /// queued, so that a run does not depend on memory addresses (32 bits: it sits in the
+    /// padding beside the flags below; after 2^32 sessions it wraps, which only changes that
+    /// order).
+    pub order: u32,
     state: Mutex<SessionState>,
     /// Notified when the queue drains below half its limits (publishers waiting on it).
     pub space: Notify,
@@ -131,7 +133,7 @@ pub(crate) struct SessionCell {
 
 impl SessionCell {
     pub fn new(client_id: Arc<str>, version: ProtocolVersion) -> SessionCell {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         SessionCell {
             client_id,
             order: NEXT.fetch_add(1, Ordering::Relaxed),
