@@ -107,7 +107,6 @@ pub(crate) struct Conn {
     /// Peer address, user name, listener (shared with the session, for the admin API).
     info: Arc<Attached>,
     waker: Arc<Notify>,
-    keep_alive: Duration,
     will: Option<WillState>,
     /// Session Expiry Interval given in CONNECT (for the DISCONNECT rule of v5 3.14.2.2.2).
     connect_expiry: u32,
@@ -170,7 +169,6 @@ impl Conn {
             version,
             client_id,
             waker,
-            keep_alive: Duration::from_millis(u64::from(info.keep_alive) * 1500),
             info,
             will,
             connect_expiry,
@@ -434,7 +432,10 @@ impl Conn {
     }
 
     fn deadline(&self, last_rx: Instant) -> Option<Instant> {
-        (!self.keep_alive.is_zero()).then(|| last_rx + self.keep_alive)
+        // One and a half times the keep-alive in force (section 3.1.2.10); read from the
+        // connection's shared description rather than kept twice.
+        let secs = self.info.keep_alive;
+        (secs != 0).then(|| last_rx + Duration::from_millis(u64::from(secs) * 1500))
     }
 
     async fn drive<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, buf: &mut BytesMut) -> Close {
