@@ -5,10 +5,15 @@
 //! A snapshot is taken under each session's lock in turn, never all at once: a listing is
 //! consistent per session, not across sessions.
 //!
+//! [`BrokerStats`] adds up what the broker holds (connections, sessions, queued and
+//! partially received bytes) and what it counted, behind [`BrokerHandle::stats`].
+//!
 //! [`BrokerHandle::sessions`]: crate::BrokerHandle::sessions
+//! [`BrokerHandle::stats`]: crate::BrokerHandle::stats
 //! [`BrokerHandle::session`]: crate::BrokerHandle::session
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_proto::{ProtocolVersion, SubscriptionOptions};
@@ -59,6 +64,46 @@ pub struct ConnectionInfo {
     pub connected_at: SystemTime,
 }
 
+/// What a running broker holds now, and what it has counted since it started: the figures
+/// its limits bound (`max_connections`, `max_sessions`, `max_partial_bytes`, the queue limits).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Sockets being served now, before and after CONNECT (at most `max_connections`).
+    pub connections_open: usize,
+    /// Clients connected now (after a successful CONNACK).
+    pub clients_connected: u64,
+    /// Connections accepted since start (those refused at the connection limit not counted).
+    pub connections_total: u64,
+    /// Sessions, connected or not (at most `max_sessions`).
+    pub sessions: usize,
+    /// Subscriptions of all sessions together.
+    pub subscriptions: usize,
+    /// Bytes held now in packets in progress, as the budget counts them (partial packets
+    /// above 16 KiB, by buffer capacity; at most `max_partial_bytes`).
+    pub partial_bytes: usize,
+    /// Connections closed since start because the budget for partial packets ran out.
+    pub partial_evictions: u64,
+    /// Messages waiting in session queues now, all sessions together.
+    pub queued_messages: usize,
+    /// Payload bytes of those messages.
+    pub queued_bytes: usize,
+    /// The longest queue of any one session, in messages (at most twice
+    /// `max_queued_messages`).
+    pub largest_queue: usize,
+    /// The largest queue of any one session, in payload bytes (at most twice
+    /// `max_queued_bytes`).
+    pub largest_queue_bytes: usize,
+    /// QoS 1/2 messages sent and not yet acknowledged, all sessions together.
+    pub inflight: usize,
+    /// PUBLISH packets received since start (wills included).
+    pub messages_received: u64,
+    /// PUBLISH packets sent since start.
+    pub messages_sent: u64,
+    /// Messages dropped at full queues since start.
+    pub messages_dropped: u64,
+}
+
 /// One subscription of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -72,6 +117,38 @@ pub struct SubscriptionInfo {
 }
 
 impl Shared {
+    /// The broker's figures now; `connections_open` comes from the listeners' limit.
+    pub(crate) fn stats(&self, connections_open: usize) -> BrokerStats {
+        let c = &self.counters;
+        let (subscriptions, _) = self.sizes();
+        let mut stats = BrokerStats {
+            connections_open,
+            clients_connected: c.connected.load(Ordering::Relaxed),
+            connections_total: c.connections.load(Ordering::Relaxed),
+            subscriptions,
+            partial_bytes: self.partial.held(),
+            partial_evictions: self.partial.evictions(),
+            messages_received: c.messages_in.load(Ordering::Relaxed),
+            messages_sent: c.messages_out.load(Ordering::Relaxed),
+            messages_dropped: c.messages_dropped.load(Ordering::Relaxed),
+            ..BrokerStats::default()
+        };
+        // One session lock at a time, as for the session listing.
+        for cell in self.sessions.all() {
+            let st = cell.lock();
+            if st.ended {
+                continue;
+            }
+            stats.sessions += 1;
+            stats.queued_messages += st.queue.len();
+            stats.queued_bytes += st.queued_bytes;
+            stats.largest_queue = stats.largest_queue.max(st.queue.len());
+            stats.largest_queue_bytes = stats.largest_queue_bytes.max(st.queued_bytes);
+            stats.inflight += st.inflight.len();
+        }
+        stats
+    }
+
     /// Every session, sorted by client identifier.
     pub(crate) fn session_infos(&self) -> Vec<SessionInfo> {
         let mut all: Vec<SessionInfo> = self.sessions.all().iter().filter_map(|c| info(c)).collect();

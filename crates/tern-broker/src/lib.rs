@@ -60,7 +60,7 @@ pub use auth::{AuthExchange, AuthStep, Authenticator};
 pub use clock::{Clock, ManualClock};
 pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFormat};
 pub use error::BrokerError;
-pub use inspect::{ConnectionInfo, SessionInfo, SubscriptionInfo};
+pub use inspect::{BrokerStats, ConnectionInfo, SessionInfo, SubscriptionInfo};
 pub use security::SecurityHandle;
 pub use store::SyncPolicy;
 
@@ -195,7 +195,12 @@ impl BrokerBuilder {
                 "state restored from the data directory"
             );
         }
-        Ok(Broker { shared, listeners })
+        let limits = listener::Limits::new(&shared.config);
+        Ok(Broker {
+            shared,
+            listeners,
+            limits,
+        })
     }
 }
 
@@ -204,6 +209,8 @@ impl BrokerBuilder {
 pub struct Broker {
     shared: Arc<shared::Shared>,
     listeners: Vec<listener::Bound>,
+    /// The connection limit and connect rate, shared by every listener.
+    limits: listener::Limits,
 }
 
 impl Broker {
@@ -243,7 +250,7 @@ impl Broker {
     /// connection, and wait (at most 5 s) for the connection tasks to finish.
     pub async fn run_until(self, stop: impl Future<Output = ()>) {
         let shared = self.shared;
-        let limits = listener::Limits::new(&shared.config);
+        let limits = self.limits;
         let mut tasks = tokio::task::JoinSet::new();
         for l in self.listeners {
             // Debug: the embedding program announces its listeners (`tern broker` prints one
@@ -274,6 +281,7 @@ impl Broker {
         let listeners = self.listeners();
         let security = self.security();
         let core = self.shared.clone();
+        let limits = self.limits.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async {
             let _ = rx.await;
@@ -283,6 +291,7 @@ impl Broker {
             listeners,
             security,
             core,
+            limits,
             stop: Some(tx),
             task,
         }
@@ -297,6 +306,7 @@ pub struct BrokerHandle {
     listeners: Vec<(ListenerKind, SocketAddr)>,
     security: SecurityHandle,
     core: Arc<shared::Shared>,
+    limits: listener::Limits,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -330,6 +340,12 @@ impl BrokerHandle {
     /// The session of `client_id`, if it has one.
     pub fn session(&self, client_id: &str) -> Option<SessionInfo> {
         self.core.session_info(client_id)
+    }
+
+    /// What the broker holds now and what it has counted since start: open connections,
+    /// sessions, bytes in packets in progress and queued, evictions and drops.
+    pub fn stats(&self) -> BrokerStats {
+        self.core.stats(self.limits.active())
     }
 
     /// Disconnect a client as an administrator: its connection, if any, is closed (5.0:
