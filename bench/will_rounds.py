@@ -3,8 +3,9 @@ connected then dropped, against a broker on 127.0.0.1:PORT whose process id is P
 
     python3 bench/will_rounds.py PORT PID ROUNDS N SIZE [WAIT_S]
 
-Prints the broker's RSS (MiB) at the start, at the peak and 1 s after each round, and WAIT_S
-seconds (default 3) after the last.
+Prints the broker's RSS (MiB) at the start, at the peak and 1 s after each round (with how long
+after the round's close it first came within 64 MiB of the start), and WAIT_S seconds (default
+3) after the last, with the time it took to come within 64 MiB of the start.
 """
 import socket, struct, sys, time
 port, pid, rounds, n, size = map(int, sys.argv[1:6])
@@ -26,7 +27,8 @@ def connect(cid):
     body += struct.pack(">H", len(will_topic)) + will_topic
     body += struct.pack(">H", len(payload)) + payload
     return b"\x10" + varint(len(body)) + body
-print("start", rss())
+start = rss()
+print("start", start)
 for r in range(rounds):
     socks = []
     for i in range(n):
@@ -38,7 +40,25 @@ for r in range(rounds):
     peak = rss()
     for s in socks:
         s.close()
-    time.sleep(1.0)
-    print(f"round {r}: peak {peak} after {rss()}")
-time.sleep(float(sys.argv[6]) if len(sys.argv) > 6 else 3)
-print("end", rss())
+    t0, back = time.time(), None
+    while time.time() - t0 < 1.0:
+        if back is None and rss() - start <= 64:
+            back = time.time() - t0
+        time.sleep(0.05)
+    last = back
+    back = "not within 1 s" if back is None else f"{back:.2f} s"
+    print(f"round {r}: peak {peak} after {rss()} (within 64 MiB of start after {back})")
+wait = float(sys.argv[6]) if len(sys.argv) > 6 else 3
+t0 = time.time()
+back = None
+while time.time() - t0 < wait:
+    if back is None and rss() - start <= 64:
+        back = time.time() - t0
+    time.sleep(0.25)
+end = rss()
+if back is None and end - start <= 64:
+    back = wait
+# Counted from the last round's close (which was followed by 1 s of sampling).
+back = last if last is not None else None if back is None else back + 1.0
+print("end", end)
+print("within 64 MiB of start", "never" if back is None else f"{back:.2f} s after the last round's close")

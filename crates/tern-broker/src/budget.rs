@@ -68,9 +68,11 @@ impl PartialBudget {
         self.holders.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes held in partial packets now (those above [`TRACKED`]).
-    #[cfg(test)]
+    /// Bytes held in partial packets now (those above [`TRACKED`]). Read under the holders'
+    /// lock, which every change of the total takes: never a total in the middle of an eviction,
+    /// so never above the limit.
     pub fn held(&self) -> usize {
+        let _holders = self.lock();
         self.held.load(Ordering::Relaxed)
     }
 

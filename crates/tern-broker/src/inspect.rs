@@ -5,47 +5,22 @@
 //! A snapshot is taken under each session's lock in turn, never all at once: a listing is
 //! consistent per session, not across sessions.
 //!
+//! [`BrokerStats`] adds up what the broker holds (connections, sessions, queued and
+//! partially received bytes) and what it counted, behind [`BrokerHandle::stats`].
+//!
 //! [`BrokerHandle::sessions`]: crate::BrokerHandle::sessions
+//! [`BrokerHandle::stats`]: crate::BrokerHandle::stats
 //! [`BrokerHandle::session`]: crate::BrokerHandle::session
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_proto::{ProtocolVersion, SubscriptionOptions};
 
-use std::sync::atomic::Ordering;
 
 use crate::session::SessionCell;
 use crate::shared::Shared;
-
-/// Broker-wide counters and the state of its budgets, read at one moment (each value on its
-/// own: they are not taken under one lock). The `$SYS/broker/...` topics publish the same.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Connections accepted since start.
-    pub connections_total: u64,
-    /// Clients connected now.
-    pub connected: u64,
-    /// Sessions, connected or not.
-    pub sessions: usize,
-    /// Subscriptions, all sessions together.
-    pub subscriptions: usize,
-    /// Retained messages.
-    pub retained: usize,
-    /// PUBLISH packets received from clients.
-    pub messages_received: u64,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: u64,
-    /// Messages not queued for a session (its queue full, the broker-wide budget exhausted).
-    pub messages_dropped: u64,
-    /// Payload bytes queued for all sessions together (limit: `max_queued_bytes_total`).
-    pub queued_bytes: usize,
-    /// Messages not queued because `max_queued_bytes_total` was reached.
-    pub dropped_over_budget: u64,
-    /// Connections closed because the budget for partial packets ran out.
-    pub evicted: u64,
-}
 
 /// A session: a connected client, or a persistent session waiting for its client.
 #[derive(Debug, Clone)]
@@ -90,6 +65,50 @@ pub struct ConnectionInfo {
     pub connected_at: SystemTime,
 }
 
+/// What a running broker holds now, and what it has counted since it started: the figures
+/// its limits bound (`max_connections`, `max_sessions`, `max_partial_bytes`, the queue limits).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Sockets being served now, before and after CONNECT (at most `max_connections`).
+    pub connections_open: usize,
+    /// Clients connected now (after a successful CONNACK).
+    pub clients_connected: u64,
+    /// Connections accepted since start (those refused at the connection limit not counted).
+    pub connections_total: u64,
+    /// Sessions, connected or not (at most `max_sessions`).
+    pub sessions: usize,
+    /// Subscriptions of all sessions together.
+    pub subscriptions: usize,
+    /// Bytes held now in packets in progress, as the budget counts them (partial packets
+    /// above 16 KiB, by buffer capacity; at most `max_partial_bytes`).
+    pub partial_bytes: usize,
+    /// Connections closed since start because the budget for partial packets ran out.
+    pub partial_evictions: u64,
+    /// Messages waiting in session queues now, all sessions together.
+    pub queued_messages: usize,
+    /// Payload bytes of those messages.
+    pub queued_bytes: usize,
+    /// The longest queue of any one session, in messages (at most twice
+    /// `max_queued_messages`).
+    pub largest_queue: usize,
+    /// The largest queue of any one session, in payload bytes (at most twice
+    /// `max_queued_bytes`).
+    pub largest_queue_bytes: usize,
+    /// QoS 1/2 messages sent and not yet acknowledged, all sessions together.
+    pub inflight: usize,
+    /// PUBLISH packets received since start (wills included).
+    pub messages_received: u64,
+    /// PUBLISH packets sent since start.
+    pub messages_sent: u64,
+    /// Messages not queued since start (a full queue, or the broker-wide budget).
+    pub messages_dropped: u64,
+    /// Of those, messages not queued because `max_queued_bytes_total` was reached.
+    pub dropped_over_budget: u64,
+    /// Retained messages.
+    pub retained: usize,
+}
+
 /// One subscription of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -103,6 +122,40 @@ pub struct SubscriptionInfo {
 }
 
 impl Shared {
+    /// The broker's figures now; `connections_open` comes from the listeners' limit.
+    pub(crate) fn stats(&self, connections_open: usize) -> BrokerStats {
+        let c = &self.counters;
+        let (subscriptions, retained) = self.sizes();
+        let mut stats = BrokerStats {
+            connections_open,
+            clients_connected: c.connected.load(Ordering::Relaxed),
+            connections_total: c.connections.load(Ordering::Relaxed),
+            subscriptions,
+            partial_bytes: self.partial.held(),
+            partial_evictions: self.partial.evictions(),
+            messages_received: c.messages_in.load(Ordering::Relaxed),
+            messages_sent: c.messages_out.load(Ordering::Relaxed),
+            messages_dropped: c.messages_dropped.load(Ordering::Relaxed),
+            dropped_over_budget: self.queued.refusals(),
+            retained,
+            ..BrokerStats::default()
+        };
+        // One session lock at a time, as for the session listing.
+        for cell in self.sessions.all() {
+            let st = cell.lock();
+            if st.ended {
+                continue;
+            }
+            stats.sessions += 1;
+            stats.queued_messages += st.queue.len();
+            stats.queued_bytes += st.queued_bytes;
+            stats.largest_queue = stats.largest_queue.max(st.queue.len());
+            stats.largest_queue_bytes = stats.largest_queue_bytes.max(st.queued_bytes);
+            stats.inflight += st.inflight.len();
+        }
+        stats
+    }
+
     /// Every session, sorted by client identifier.
     pub(crate) fn session_infos(&self) -> Vec<SessionInfo> {
         let mut all: Vec<SessionInfo> = self.sessions.all().iter().filter_map(|c| info(c)).collect();
@@ -180,25 +233,4 @@ fn info(cell: &SessionCell) -> Option<SessionInfo> {
         dropped: st.dropped,
         will_pending: st.pending_will.is_some(),
     })
-}
-
-impl Shared {
-    /// The broker's counters now.
-    pub(crate) fn stats(&self) -> Stats {
-        let c = &self.counters;
-        let (subscriptions, retained) = self.sizes();
-        Stats {
-            connections_total: c.connections.load(Ordering::Relaxed),
-            connected: c.connected.load(Ordering::Relaxed),
-            sessions: self.sessions.len(),
-            subscriptions,
-            retained,
-            messages_received: c.messages_in.load(Ordering::Relaxed),
-            messages_sent: c.messages_out.load(Ordering::Relaxed),
-            messages_dropped: c.messages_dropped.load(Ordering::Relaxed),
-            queued_bytes: self.queued.used(),
-            dropped_over_budget: self.queued.refusals(),
-            evicted: self.partial.evictions(),
-        }
-    }
 }

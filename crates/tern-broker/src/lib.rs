@@ -63,7 +63,7 @@ pub use clock::{Clock, ManualClock};
 pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFormat};
 pub use durability::{Durability, Stored};
 pub use error::BrokerError;
-pub use inspect::{ConnectionInfo, SessionInfo, Stats, SubscriptionInfo};
+pub use inspect::{BrokerStats, ConnectionInfo, SessionInfo, SubscriptionInfo};
 pub use message::Message;
 pub use security::SecurityHandle;
 pub use store::SyncPolicy;
@@ -235,7 +235,12 @@ impl BrokerBuilder {
                 "state restored from the data directory"
             );
         }
-        Ok(Broker { shared, listeners })
+        let limits = listener::Limits::new(&shared.config, shared.clock.now());
+        Ok(Broker {
+            shared,
+            listeners,
+            limits,
+        })
     }
 }
 
@@ -244,6 +249,8 @@ impl BrokerBuilder {
 pub struct Broker {
     shared: Arc<shared::Shared>,
     listeners: Vec<listener::Bound>,
+    /// The connection limit and connect rate, shared by every listener.
+    limits: listener::Limits,
 }
 
 impl Broker {
@@ -283,7 +290,7 @@ impl Broker {
     /// connection, and wait (at most 5 s) for the connection tasks to finish.
     pub async fn run_until(self, stop: impl Future<Output = ()>) {
         let shared = self.shared;
-        let limits = listener::Limits::new(&shared.config, shared.clock.now());
+        let limits = self.limits;
         let mut tasks = tokio::task::JoinSet::new();
         for l in self.listeners {
             // Debug: the embedding program announces its listeners (`tern broker` prints one
@@ -316,6 +323,7 @@ impl Broker {
         let security = self.security();
         let core = self.shared.clone();
         let stream_origin = self.listeners.first().map(|l| l.endpoint.stream_origin());
+        let limits = self.limits.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async {
             let _ = rx.await;
@@ -326,6 +334,7 @@ impl Broker {
             security,
             core,
             stream_origin,
+            limits,
             stop: Some(tx),
             task,
         }
@@ -342,6 +351,7 @@ pub struct BrokerHandle {
     core: Arc<shared::Shared>,
     /// The first listener's policy, for streams handed over by [`BrokerHandle::serve_stream`].
     stream_origin: Option<security::Origin>,
+    limits: listener::Limits,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -403,11 +413,6 @@ impl BrokerHandle {
         Ok(self.core.publish_internal(&msg))
     }
 
-    /// Broker-wide counters and budgets now.
-    pub fn stats(&self) -> Stats {
-        self.core.stats()
-    }
-
     /// Every session, connected or not, sorted by client identifier.
     pub fn sessions(&self) -> Vec<SessionInfo> {
         self.core.session_infos()
@@ -416,6 +421,12 @@ impl BrokerHandle {
     /// The session of `client_id`, if it has one.
     pub fn session(&self, client_id: &str) -> Option<SessionInfo> {
         self.core.session_info(client_id)
+    }
+
+    /// What the broker holds now and what it has counted since start: open connections,
+    /// sessions, bytes in packets in progress and queued, evictions and drops.
+    pub fn stats(&self) -> BrokerStats {
+        self.core.stats(self.limits.active())
     }
 
     /// Disconnect a client as an administrator: its connection, if any, is closed (5.0:

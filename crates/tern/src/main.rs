@@ -8,6 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc, with background threads that purge freed pages (see docs/memory.md): glibc's
+/// arenas keep what an attack made the broker allocate, jemalloc gives it back.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Tern: an MQTT 3.1.1 / 5.0 broker and tools.
 #[derive(Debug, Parser)]
 #[command(name = "tern", version, about)]
