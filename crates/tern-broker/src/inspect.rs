@@ -18,7 +18,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_proto::{ProtocolVersion, SubscriptionOptions};
 
-
 use crate::session::SessionCell;
 use crate::shared::Shared;
 

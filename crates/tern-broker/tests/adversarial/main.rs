@@ -17,6 +17,7 @@
 mod support;
 
 mod malformed;
+mod offline_flood;
 mod oversize;
 mod partial_connect;
 mod partial_publish;
