@@ -444,8 +444,8 @@ impl Config {
             return bad("max_sessions", "must be at least 1");
         }
         if self.max_topic_levels == 0 || self.max_topic_levels > MAX_TOPIC_LEVELS {
-            // The subscription trie walks a topic level by level, one stack frame each: the
-            // cap keeps a client's deepest filter far from the end of a task's stack.
+            // The cap dates from a subscription trie that recursed per level; it still bounds
+            // the levels a walk steps through for one topic.
             return bad("max_topic_levels", "must be between 1 and 256");
         }
         if self.max_qos > 2 {
@@ -492,7 +492,7 @@ impl Config {
     }
 }
 
-/// The largest `max_topic_levels` accepted (see `router.rs`: one stack frame per level).
+/// The largest `max_topic_levels` accepted.
 pub(crate) const MAX_TOPIC_LEVELS: usize = 256;
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

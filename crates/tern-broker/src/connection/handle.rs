@@ -425,7 +425,14 @@ impl Conn {
                 session: self.cell.clone(),
                 shared: parsed.share_group.map(|_| Arc::from(&**filter)),
             };
-            let existed = self.shared.subscribe(filter, &self.cell, entry);
+            let existed = match self.shared.subscribe(filter, &self.cell, entry) {
+                Ok(existed) => existed,
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, %filter, "subscription refused: {e}");
+                    codes.push(ReasonCode::QuotaExceeded);
+                    continue;
+                }
+            };
             self.cell
                 .lock()
                 .subscriptions
