@@ -792,7 +792,7 @@ mod tests {
         // 4.7.1.3: `+` matches one level, an empty one too.
         assert_eq!(tags("sport/"), BTreeSet::from([1, 2, 4, 6]));
         assert_eq!(tags("/finance"), BTreeSet::from([2, 4, 5]));
-        // [MQTT-4.7.2-1]: wildcards at the first level do not match `$` topics.
+        // v3.1.1+v5 [MQTT-4.7.2-1]: wildcards at the first level do not match `$` topics.
         assert_eq!(tags("$SYS/monitor/Clients"), BTreeSet::from([7]));
         assert_eq!(tags("$SYS"), BTreeSet::from([7]));
     }
