@@ -132,6 +132,14 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def subscribe_all(port, args):
     rng = random.Random(args.seed)
     subs = []
@@ -231,11 +239,12 @@ def main():
     print(f"baseline (no subscribers): {base_ms:.4f} ms CPU per publish "
           f"({args.baseline_publishes} publishes, {base_wall:.2f} s)")
 
-    t0, c0 = time.monotonic(), cpu_ticks(args.pid)
+    t0, c0, m0 = time.monotonic(), cpu_ticks(args.pid), rss_mib(args.pid)
     subs, refused = subscribe_all(args.port, args)
     sub_s = (cpu_ticks(args.pid) - c0) / HZ
     print(f"subscribed {args.clients} x {args.filters} filters of {{a,+}}^{args.levels} "
-          f"in {time.monotonic() - t0:.1f} s ({sub_s:.2f} s broker CPU); refused: {refused}")
+          f"in {time.monotonic() - t0:.1f} s ({sub_s:.2f} s broker CPU, broker RSS "
+          f"{m0:.0f} -> {rss_mib(args.pid):.0f} MiB); refused: {refused}")
 
     stop = threading.Event()
     t = threading.Thread(target=drain, args=(subs, counts, stop), daemon=True)

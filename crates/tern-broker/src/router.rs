@@ -3,9 +3,11 @@
 //! published topic.
 //!
 //! ### Cost of a publish
-//! A publish visits only the nodes whose filter prefix matches its topic, breadth
-//! first: at each level of the topic it holds the list of nodes reached so far and
-//! takes from each the literal child for that level and the `+` child. `+` and `#`
+//! A publish visits only the nodes whose filter prefix matches its topic. While they
+//! form a single path (no `+` child on the way, the usual case) it just follows it;
+//! from the first node with a `+` child on, it goes breadth first: at each level of
+//! the topic it holds the list of nodes reached so far (kept per thread) and takes
+//! from each the literal child for that level and the `+` child. `+` and `#`
 //! children are fields, not keys of the children's map; a node's only literal child
 //! (the usual case) is kept inline; names of up to 14 bytes are compared as one
 //! 15-byte value prepared once per level. So a step reads one cache line, with no
@@ -516,12 +518,38 @@ impl Router {
     /// Call `f` for every subscription matching `topic`; one member per shared group.
     /// A session with several matching filters is reported once per filter.
     pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(Match<'a>)) {
-        let (mut here, mut next) = FRONTIER.with(Cell::take);
-        here.clear();
-        here.push(ROOT as u32);
         // [MQTT-4.7.2-1]: wildcards at the first level do not match topics beginning with `$`.
         let mut wild_ok = !topic.starts_with('$');
-        for level in topic.split('/') {
+        let mut levels = topic.split('/');
+        // While the walk follows a single path (no `+` child to take as well), it needs no
+        // list of nodes: most publishes end here.
+        let mut i = ROOT;
+        loop {
+            let node = &self.nodes[i];
+            if wild_ok && node.plus.is_some() {
+                break;
+            }
+            if wild_ok {
+                // `#` matches the parent level too (`a/#` matches `a`).
+                if let Some(hash) = node.hash {
+                    self.emit(hash, &mut f);
+                }
+            }
+            let Some(level) = levels.next() else {
+                emit(node, &mut f);
+                return;
+            };
+            match node.children.get(&Probe::new(level)) {
+                Some(child) => i = at(child),
+                None => return,
+            }
+            wild_ok = true;
+        }
+        // From the node `i`, whose next level has not been taken yet: breadth first.
+        let (mut here, mut next) = FRONTIER.with(Cell::take);
+        here.clear();
+        here.push(i as u32);
+        for level in levels {
             let probe = Probe::new(level);
             next.clear();
             for batch in here.chunks(BATCH) {

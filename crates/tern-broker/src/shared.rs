@@ -258,8 +258,10 @@ impl Shared {
     fn collect(&self, msg: &Arc<Message>, out: &mut Deliveries) -> usize {
         let start = out.len();
         let normal = out;
-        let mut seen = SEEN_SCRATCH.with(|s| s.take());
-        let mut shared = SHARED_SCRATCH.with(|s| s.take());
+        // Taken from their per-thread scratch only when needed: most messages reach few
+        // sessions and no shared subscription.
+        let mut seen: Option<rustc_hash::FxHashMap<usize, usize>> = None;
+        let mut shared: Option<Deliveries> = None;
         {
             let router = read(&self.router);
             router.for_each_match(&msg.topic, |m| match m {
@@ -278,19 +280,23 @@ impl Shared {
                     // one probe of `seen`, however many of its filters match.
                     let key = Arc::as_ptr(&e.session) as usize;
                     let mine = &normal[start..];
-                    let found = if seen.is_empty() && mine.len() <= FEW_DELIVERIES {
-                        mine.iter()
+                    let found = match &mut seen {
+                        None if mine.len() <= FEW_DELIVERIES => mine
+                            .iter()
                             .position(|(c, _)| Arc::as_ptr(c) as usize == key)
-                            .map(|i| start + i)
-                    } else {
-                        if seen.is_empty() {
-                            seen.extend(
-                                mine.iter()
-                                    .enumerate()
-                                    .map(|(i, (c, _))| (Arc::as_ptr(c) as usize, start + i)),
-                            );
-                        }
-                        seen.get(&key).copied()
+                            .map(|i| start + i),
+                        _ => seen
+                            .get_or_insert_with(|| {
+                                let mut index = SEEN_SCRATCH.with(std::cell::Cell::take);
+                                index.extend(
+                                    mine.iter()
+                                        .enumerate()
+                                        .map(|(i, (c, _))| (Arc::as_ptr(c) as usize, start + i)),
+                                );
+                                index
+                            })
+                            .get(&key)
+                            .copied(),
                     };
                     let at = found.unwrap_or_else(|| {
                         normal.push((
@@ -305,8 +311,8 @@ impl Shared {
                                 commit_seq: 0,
                             },
                         ));
-                        if !seen.is_empty() {
-                            seen.insert(key, normal.len() - 1);
+                        if let Some(index) = &mut seen {
+                            index.insert(key, normal.len() - 1);
                         }
                         normal.len() - 1
                     });
@@ -327,20 +333,23 @@ impl Shared {
                         seq: 0,
                         commit_seq: 0,
                     };
-                    shared.push((e.session.clone(), out));
+                    shared
+                        .get_or_insert_with(|| SHARED_SCRATCH.with(std::cell::Cell::take))
+                        .push((e.session.clone(), out));
                 }
             });
         }
-        normal.append(&mut shared);
-        if shared.capacity() <= MAX_KEPT_SCRATCH {
-            SHARED_SCRATCH.with(|s| s.set(shared));
+        if let Some(mut shared) = shared {
+            normal.append(&mut shared);
+            if shared.capacity() <= MAX_KEPT_SCRATCH {
+                SHARED_SCRATCH.with(|s| s.set(shared));
+            }
         }
-        // `clear` writes the whole table even when empty: most messages never fill it.
-        if !seen.is_empty() {
-            seen.clear();
-        }
-        if seen.capacity() <= MAX_KEPT_SCRATCH {
-            SEEN_SCRATCH.with(|s| s.set(seen));
+        if let Some(mut index) = seen {
+            index.clear();
+            if index.capacity() <= MAX_KEPT_SCRATCH {
+                SEEN_SCRATCH.with(|s| s.set(index));
+            }
         }
         // A message waiting for an offline session may wait for long: it gets a copy that
         // owns its bytes rather than pinning the publisher's read buffer (one copy per
