@@ -72,6 +72,11 @@ pub struct Config {
     pub max_sessions: usize,
     /// Most subscriptions one session may hold (default 1,000).
     pub max_subscriptions_per_client: usize,
+    /// Most of those whose filter has `+` or `#` (shared ones included; default 1,000). A
+    /// publish costs one step per matching filter, and overlapping wildcard filters can
+    /// all match one topic: this bounds what one client adds to every publish, apart from
+    /// exact filters (cheap, one topic each), which may be raised for bridges and gateways.
+    pub max_wildcard_subscriptions_per_client: usize,
     /// Most levels in a topic name or filter (default 128).
     pub max_topic_levels: usize,
     /// Most retained messages held (default 100,000).
@@ -337,6 +342,7 @@ impl Default for Config {
             v3_session_expiry_secs: 0,
             max_sessions: 1_000_000,
             max_subscriptions_per_client: 1000,
+            max_wildcard_subscriptions_per_client: 1000,
             max_topic_levels: 128,
             max_retained: 100_000,
             max_client_id_len: 256,
@@ -452,9 +458,15 @@ impl Config {
         if self.max_queued_bytes_total == 0 {
             return bad("max_queued_bytes_total", "must be at least 1");
         }
+        if self.max_wildcard_subscriptions_per_client == 0 {
+            return bad(
+                "max_wildcard_subscriptions_per_client",
+                "must be at least 1; to refuse wildcard filters, set wildcard_subscriptions = false",
+            );
+        }
         if self.max_topic_levels == 0 || self.max_topic_levels > MAX_TOPIC_LEVELS {
-            // The subscription trie walks a topic level by level, one stack frame each: the
-            // cap keeps a client's deepest filter far from the end of a task's stack.
+            // The cap dates from a subscription trie that recursed per level; it still bounds
+            // the levels a walk steps through for one topic.
             return bad("max_topic_levels", "must be between 1 and 256");
         }
         if self.max_qos > 2 {
@@ -501,7 +513,7 @@ impl Config {
     }
 }
 
-/// The largest `max_topic_levels` accepted (see `router.rs`: one stack frame per level).
+/// The largest `max_topic_levels` accepted.
 pub(crate) const MAX_TOPIC_LEVELS: usize = 256;
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

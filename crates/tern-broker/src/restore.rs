@@ -82,7 +82,9 @@ impl Shared {
                     session: cell.clone(),
                     shared,
                 };
-                self.subscribe(filter, &cell, entry);
+                if let Err(e) = self.subscribe(filter, &cell, entry) {
+                    tracing::warn!(client_id = %cell.client_id, %filter, "stored subscription not restored: {e}");
+                }
             }
             let (will_at, generation) = {
                 let st = cell.lock();

@@ -67,7 +67,7 @@ pub(crate) struct SessionState {
     pub generation: u64,
     pub version: ProtocolVersion,
     /// Full filter (with `$share/g/` prefix) → options and subscription identifier.
-    pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
+    pub subscriptions: Subscriptions,
     /// Messages waiting for the in-flight window or for the client to come back.
     pub queue: VecDeque<Outgoing>,
     /// Sent QoS 1/2 messages awaiting acknowledgement, in the order they were sent.
@@ -141,7 +141,7 @@ impl SessionCell {
                 conn_id: None,
                 generation: 0,
                 version,
-                subscriptions: HashMap::new(),
+                subscriptions: Subscriptions::default(),
                 queue: VecDeque::new(),
                 inflight: VecDeque::new(),
                 ids_in_use: rustc_hash::FxHashSet::default(),
@@ -327,6 +327,67 @@ impl SessionCell {
     }
 }
 
+/// A session's subscriptions, by full filter (with the `$share/{group}/` prefix for
+/// shared ones), and how many of them have wildcards.
+///
+/// ### Invariants
+/// `wildcards` is the number of filters in `map` with `+` or `#` (a share name cannot
+/// hold either, so the full filter tells): every change goes through these methods.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    map: HashMap<String, (SubscriptionOptions, Option<u32>)>,
+    wildcards: usize,
+}
+
+impl Subscriptions {
+    /// Add or replace a subscription; the options and identifier it replaces.
+    pub fn insert(
+        &mut self,
+        filter: String,
+        value: (SubscriptionOptions, Option<u32>),
+    ) -> Option<(SubscriptionOptions, Option<u32>)> {
+        let wild = tern_proto::topic::has_wildcards(&filter);
+        let old = self.map.insert(filter, value);
+        if old.is_none() && wild {
+            self.wildcards += 1;
+        }
+        old
+    }
+
+    /// Remove a subscription; its options and identifier.
+    pub fn remove(&mut self, filter: &str) -> Option<(SubscriptionOptions, Option<u32>)> {
+        let old = self.map.remove(filter);
+        if old.is_some() && tern_proto::topic::has_wildcards(filter) {
+            self.wildcards -= 1;
+        }
+        old
+    }
+
+    /// Remove every subscription.
+    pub fn drain(&mut self) -> impl Iterator<Item = (String, (SubscriptionOptions, Option<u32>))> + '_ {
+        self.wildcards = 0;
+        self.map.drain()
+    }
+
+    pub fn contains_key(&self, filter: &str) -> bool {
+        self.map.contains_key(filter)
+    }
+
+    /// Number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Number of subscriptions whose filter has `+` or `#`.
+    pub fn wildcards(&self) -> usize {
+        self.wildcards
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &(SubscriptionOptions, Option<u32>))> {
+        self.map.iter()
+    }
+}
+
 /// What happened to a message offered to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Enqueued {
@@ -442,5 +503,27 @@ impl Registry {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_count_their_wildcard_filters() {
+        let mut s = Subscriptions::default();
+        let v = (SubscriptionOptions::default(), None);
+        assert!(s.insert("a/+".into(), v).is_none());
+        assert!(s.insert("a/+".into(), v).is_some());
+        s.insert("$share/g/b/#".into(), v);
+        s.insert("exact".into(), v);
+        assert_eq!((s.len(), s.wildcards()), (3, 2));
+        assert!(s.remove("a/+").is_some());
+        assert!(s.remove("a/+").is_none());
+        assert!(s.remove("exact").is_some());
+        assert_eq!((s.len(), s.wildcards()), (1, 1));
+        assert_eq!(s.drain().count(), 1);
+        assert_eq!((s.len(), s.wildcards()), (0, 0));
     }
 }

@@ -11,7 +11,7 @@ use tern_proto::QoS;
 use crate::durability::{Change, SessionSnapshot};
 use crate::message::{Message, Outgoing};
 use crate::retained::RetainedStore;
-use crate::router::{Match, Router, SubEntry};
+use crate::router::{Match, Router, SubEntry, TrieFull};
 use crate::session::{Enqueued, Queueing, Registry, SessionCell};
 use crate::store::record;
 use crate::Config;
@@ -22,10 +22,19 @@ pub(crate) type Deliveries = Vec<(Arc<SessionCell>, Outgoing)>;
 /// Largest scratch capacity kept for reuse.
 const MAX_KEPT_SCRATCH: usize = 4096;
 
+/// Deliveries of one message looked through one by one; beyond, `SEEN_SCRATCH` indexes them.
+const FEW_DELIVERIES: usize = 8;
+
 thread_local! {
     /// The deliveries of one message in `route`, kept per worker thread so that
     /// routing does not allocate a new list for every message.
     static ROUTE_SCRATCH: std::cell::Cell<Deliveries> = const { std::cell::Cell::new(Vec::new()) };
+    /// [`Shared::collect`]'s session → position of its delivery, for the message being
+    /// routed (emptied after each), and its shared-subscription deliveries: kept per
+    /// worker thread, so that routing allocates neither per message.
+    static SEEN_SCRATCH: std::cell::Cell<rustc_hash::FxHashMap<usize, usize>> =
+        std::cell::Cell::new(Default::default());
+    static SHARED_SCRATCH: std::cell::Cell<Deliveries> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Counters published under `$SYS/broker/...`.
@@ -261,64 +270,71 @@ impl Shared {
     /// Append to `out` one delivery per matching session (shared subscriptions last);
     /// returns how many.
     fn collect(&self, msg: &Arc<Message>, out: &mut Deliveries) -> usize {
-        // Deliveries, one per session (overlapping subscriptions collapse); found by a linear
-        // scan while few, through an index once there are many.
         let start = out.len();
         let normal = out;
-        let mut index: rustc_hash::FxHashMap<*const SessionCell, usize> = Default::default();
-        let mut shared: Deliveries = Vec::new();
+        // Taken from their per-thread scratch only when needed: most messages reach few
+        // sessions and no shared subscription.
+        let mut seen: Option<rustc_hash::FxHashMap<usize, usize>> = None;
+        let mut shared: Option<Deliveries> = None;
         {
             let router = read(&self.router);
             router.for_each_match(&msg.topic, |m| match m {
-                Match::Normal(client, e) => {
+                Match::Normal(e) => {
                     // [MQTT-3.8.3-3] No Local.
-                    if e.options.no_local && msg.publisher.as_deref() == Some(&**client) {
+                    if e.options.no_local && msg.publisher.as_deref() == Some(&*e.session.client_id) {
                         return;
                     }
                     let qos = msg.qos.min(e.options.qos);
                     // [MQTT-3.3.1-12], [MQTT-3.3.1-13]: RETAIN is kept only with Retain As Published.
                     let retain = msg.retain && e.options.retain_as_published;
-                    let key = Arc::as_ptr(&e.session);
-                    // Only this message's deliveries (from `start`) are candidates.
-                    let found = if normal.len() - start <= 16 {
-                        normal[start..]
+                    // Overlapping subscriptions of one session collapse while the trie is
+                    // walked, into one delivery at the highest QoS with every subscription
+                    // identifier (v5 section 3.3.4, 3.1.1 section 3.3.5). The session's
+                    // delivery is found by a scan while this message has few, then in
+                    // one probe of `seen`, however many of its filters match.
+                    let key = Arc::as_ptr(&e.session) as usize;
+                    let mine = &normal[start..];
+                    let found = match &mut seen {
+                        None if mine.len() <= FEW_DELIVERIES => mine
                             .iter()
-                            .position(|(c, _)| Arc::as_ptr(c) == key)
-                            .map(|i| start + i)
-                    } else {
-                        if index.is_empty() {
-                            index.extend(
-                                normal[start..]
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(i, (c, _))| (Arc::as_ptr(c), start + i)),
-                            );
-                        }
-                        index.get(&key).copied()
+                            .position(|(c, _)| Arc::as_ptr(c) as usize == key)
+                            .map(|i| start + i),
+                        _ => seen
+                            .get_or_insert_with(|| {
+                                let mut index = SEEN_SCRATCH.with(std::cell::Cell::take);
+                                index.extend(
+                                    mine.iter()
+                                        .enumerate()
+                                        .map(|(i, (c, _))| (Arc::as_ptr(c) as usize, start + i)),
+                                );
+                                index
+                            })
+                            .get(&key)
+                            .copied(),
                     };
                     let at = found.unwrap_or_else(|| {
-                        let out = Outgoing {
-                            msg: msg.clone(),
-                            qos,
-                            retain,
-                            sub_ids: Vec::new(),
-                            shared: None,
-                            seq: 0,
-                            commit_seq: 0,
-                        };
-                        normal.push((e.session.clone(), out));
-                        if !index.is_empty() {
+                        normal.push((
+                            e.session.clone(),
+                            Outgoing {
+                                msg: msg.clone(),
+                                qos,
+                                retain,
+                                sub_ids: Vec::new(),
+                                shared: None,
+                                seq: 0,
+                                commit_seq: 0,
+                            },
+                        ));
+                        if let Some(index) = &mut seen {
                             index.insert(key, normal.len() - 1);
                         }
                         normal.len() - 1
                     });
-                    let slot = &mut normal[at];
-                    // Overlapping subscriptions: one delivery at the highest QoS with
-                    // every subscription identifier (v5 section 3.3.4).
-                    slot.1.qos = slot.1.qos.max(qos);
-                    slot.1.retain |= retain;
+                    let slot = &mut normal[at].1;
+                    slot.qos = slot.qos.max(qos);
+                    slot.retain |= retain;
                     if let Some(id) = e.id {
-                        slot.1.sub_ids.push(id);
+                        slot.sub_ids.push(id);
                     }
                 }
                 Match::Shared(e) => {
@@ -331,11 +347,24 @@ impl Shared {
                         seq: 0,
                         commit_seq: 0,
                     };
-                    shared.push((e.session.clone(), out));
+                    shared
+                        .get_or_insert_with(|| SHARED_SCRATCH.with(std::cell::Cell::take))
+                        .push((e.session.clone(), out));
                 }
             });
         }
-        normal.append(&mut shared);
+        if let Some(mut shared) = shared {
+            normal.append(&mut shared);
+            if shared.capacity() <= MAX_KEPT_SCRATCH {
+                SHARED_SCRATCH.with(|s| s.set(shared));
+            }
+        }
+        if let Some(mut index) = seen {
+            index.clear();
+            if index.capacity() <= MAX_KEPT_SCRATCH {
+                SEEN_SCRATCH.with(|s| s.set(index));
+            }
+        }
         // A message waiting for an offline session may wait for long: it gets a copy that
         // owns its bytes rather than pinning the publisher's read buffer (one copy per
         // message, shared by all its deliveries).
@@ -360,16 +389,21 @@ impl Shared {
     }
 
     /// Add a subscription to the router; `true` when it replaced an existing one.
-    pub fn subscribe(&self, full_filter: &str, cell: &Arc<SessionCell>, entry_opts: SubEntry) -> bool {
+    pub fn subscribe(
+        &self,
+        full_filter: &str,
+        cell: &Arc<SessionCell>,
+        entry_opts: SubEntry,
+    ) -> Result<bool, TrieFull> {
         let Ok(parsed) = topic::parse_filter(full_filter) else {
-            return false;
+            return Ok(false);
         };
         let replaced =
-            write(&self.router).subscribe(parsed.filter, parsed.share_group, &cell.client_id, entry_opts);
+            write(&self.router).subscribe(parsed.filter, parsed.share_group, &cell.client_id, entry_opts)?;
         if let (Some(b), false) = (&self.backplane, replaced) {
             b.subscribed(full_filter);
         }
-        replaced
+        Ok(replaced)
     }
 
     /// Remove a subscription from the router; `true` when it existed.

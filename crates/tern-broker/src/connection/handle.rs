@@ -386,6 +386,9 @@ impl Conn {
         }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        // Filters refused by max_subscriptions_per_client and by
+        // max_wildcard_subscriptions_per_client: logged once per SUBSCRIBE, not per filter.
+        let mut refused = (0usize, 0usize);
         for (filter, opts) in &s.filters {
             let parsed = match topic::parse_filter(filter) {
                 Ok(p)
@@ -422,8 +425,25 @@ impl Conn {
             let mut opts = *opts;
             opts.qos = opts.qos.min(cfg.max_qos());
             let opts = &opts;
-            let is_new = !self.cell.lock().subscriptions.contains_key(&**filter);
-            if is_new && self.cell.lock().subscriptions.len() >= cfg.max_subscriptions_per_client {
+            let (is_new, held, wildcards) = {
+                let st = self.cell.lock();
+                let subs = &st.subscriptions;
+                (!subs.contains_key(filter), subs.len(), subs.wildcards())
+            };
+            // A new filter beyond a limit: SUBACK 0x97 Quota exceeded (3.1.1: 0x80 Failure) for
+            // that filter alone, v5 [MQTT-3.8.4-7] / v3.1.1 [MQTT-3.8.4-5].
+            if is_new && held >= cfg.max_subscriptions_per_client {
+                refused.0 += 1;
+                codes.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
+            // Overlapping wildcard filters can all match one topic, and a publish costs a step
+            // per matching filter: a client's wildcard filters are bounded apart.
+            if is_new
+                && topic::has_wildcards(parsed.filter)
+                && wildcards >= cfg.max_wildcard_subscriptions_per_client
+            {
+                refused.1 += 1;
                 codes.push(ReasonCode::QuotaExceeded);
                 continue;
             }
@@ -433,7 +453,14 @@ impl Conn {
                 session: self.cell.clone(),
                 shared: parsed.share_group.map(|_| Arc::from(&**filter)),
             };
-            let existed = self.shared.subscribe(filter, &self.cell, entry);
+            let existed = match self.shared.subscribe(filter, &self.cell, entry) {
+                Ok(existed) => existed,
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, %filter, "subscription refused: {e}");
+                    codes.push(ReasonCode::QuotaExceeded);
+                    continue;
+                }
+            };
             self.cell
                 .lock()
                 .subscriptions
@@ -449,6 +476,14 @@ impl Conn {
             if send {
                 retained.push((parsed.filter.to_string(), opts.qos));
             }
+        }
+        if refused.0 > 0 {
+            tracing::info!(client_id = %self.client_id, refused = refused.0, limit = cfg.max_subscriptions_per_client,
+                "SUBSCRIBE refused: max_subscriptions_per_client reached");
+        }
+        if refused.1 > 0 {
+            tracing::info!(client_id = %self.client_id, refused = refused.1, limit = cfg.max_wildcard_subscriptions_per_client,
+                "SUBSCRIBE refused: max_wildcard_subscriptions_per_client reached");
         }
         let mut ack = SubAck {
             packet_id: s.packet_id,
@@ -470,7 +505,7 @@ impl Conn {
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
         let mut codes = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
-            let existed = self.cell.lock().subscriptions.remove(&**filter).is_some();
+            let existed = self.cell.lock().subscriptions.remove(filter).is_some();
             self.shared.unsubscribe(filter, &self.cell);
             codes.push(if existed {
                 ReasonCode::Success

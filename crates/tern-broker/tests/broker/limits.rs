@@ -492,3 +492,90 @@ async fn connects_in_progress_count_against_the_partial_packet_budget() {
     let c = Raw::connect(b.addr(), V5, "still-welcome").await;
     c.disconnect().await;
 }
+
+/// SUBSCRIBE to `filters` (QoS 1 each) with packet identifier `id`; the SUBACK's codes.
+async fn subscribe_all(c: &mut Raw, id: u16, filters: &[&str]) -> Vec<ReasonCode> {
+    let s = tern_proto::Subscribe {
+        packet_id: pid(id),
+        properties: Default::default(),
+        filters: filters
+            .iter()
+            .map(|f| {
+                (
+                    (*f).into(),
+                    tern_proto::SubscriptionOptions::qos(QoS::AtLeastOnce),
+                )
+            })
+            .collect(),
+    };
+    c.send(tern_proto::Packet::Subscribe(s)).await;
+    match c.recv().await {
+        tern_proto::Packet::SubAck(a) => {
+            assert_eq!(a.packet_id, pid(id));
+            a.reason_codes
+        }
+        p => panic!("expected SUBACK, got {p:?}"),
+    }
+}
+
+async fn unsubscribe(c: &mut Raw, filter: &str) {
+    c.send(tern_proto::Packet::Unsubscribe(tern_proto::Unsubscribe {
+        packet_id: pid(9),
+        properties: Default::default(),
+        filters: vec![filter.into()],
+    }))
+    .await;
+    assert!(matches!(c.recv().await, tern_proto::Packet::UnsubAck(_)));
+}
+
+#[tokio::test]
+async fn wildcard_filters_beyond_their_limit_get_quota_exceeded_one_by_one() {
+    let b = start_with(|c| c.max_wildcard_subscriptions_per_client = 3).await;
+    let mut publ = Raw::connect(b.addr(), V3, "wild-pub").await;
+    let ok = ReasonCode::GrantedQoS1;
+    for v in [V5, V3] {
+        // 5.0: 0x97 Quota exceeded; 3.1.1 knows only 0x80 Failure.
+        let quota = if v.is_v5() {
+            ReasonCode::QuotaExceeded
+        } else {
+            ReasonCode::UnspecifiedError
+        };
+        let mut c = Raw::connect(b.addr(), v, "wild").await;
+        // v5 [MQTT-3.8.4-6], v5 [MQTT-3.8.4-7], v5 [MQTT-3.9.3-1] / v3.1.1 [MQTT-3.8.4-5],
+        // v3.1.1 [MQTT-3.9.3-1], v3.1.1 [MQTT-3.9.3-2]: one code per filter, in order, each
+        // the granted QoS or a failure. Three wildcard filters fit, a shared one included;
+        // exact filters do not count.
+        let codes = subscribe_all(
+            &mut c,
+            1,
+            &["w/+", "x/#", "exact/1", "$share/g/y/+", "z/+/z", "exact/2", "#"],
+        )
+        .await;
+        assert_eq!(codes, [ok, ok, ok, ok, quota, ok, quota], "{v}");
+        // The same filter again replaces its subscription: not a new one.
+        assert_eq!(subscribe_all(&mut c, 2, &["w/+"]).await, [ok], "{v}");
+        // A refused filter was not subscribed.
+        publ.publish("z/a/z", "refused", QoS::AtMostOnce, false).await;
+        publ.publish("exact/2", "granted", QoS::AtMostOnce, false).await;
+        assert_eq!(&c.recv_publish().await.payload[..], b"granted", "{v}");
+        // Unsubscribing a wildcard filter makes room for another.
+        unsubscribe(&mut c, "x/#").await;
+        assert_eq!(
+            subscribe_all(&mut c, 3, &["z/+/z", "#"]).await,
+            [ok, quota],
+            "{v}"
+        );
+        // The next round's session (Clean Start, the same client identifier) starts with none.
+        drop(c);
+    }
+}
+
+#[tokio::test]
+async fn filters_beyond_max_subscriptions_per_client_get_quota_exceeded() {
+    let b = start_with(|c| c.max_subscriptions_per_client = 2).await;
+    let mut c = Raw::connect(b.addr(), V5, "many").await;
+    let ok = ReasonCode::GrantedQoS1;
+    // v5 [MQTT-3.8.4-7]: a failure for that filter alone (0x97 Quota exceeded).
+    let codes = subscribe_all(&mut c, 1, &["a", "b/+", "c", "a"]).await;
+    assert_eq!(codes, [ok, ok, ReasonCode::QuotaExceeded, ok]);
+}

@@ -178,3 +178,54 @@ async fn pubrec_with_error_reason_ends_the_delivery_mqtt_4_4_0_2() {
     // No PUBREL follows: the delivery is over (v5 [MQTT-4.4.0-2]).
     sub.expect_silence(200).await;
 }
+
+#[tokio::test]
+async fn overlapping_filters_of_many_sessions_give_each_one_delivery_mqtt_3_3_4_2() {
+    // More sessions than the router collapses by a scan (8), each with five filters that
+    // all match: every session still gets one copy.
+    let b = start().await;
+    let filters = ["o/a/b", "o/+/b", "o/a/+", "o/#", "+/+/+"];
+    let mut subs = Vec::new();
+    for i in 0..12usize {
+        let v = if i % 2 == 0 { V5 } else { V3 };
+        let mut c = Raw::connect(b.addr(), v, &format!("ov{i}")).await;
+        for (j, f) in filters.iter().enumerate() {
+            // One filter at QoS 0 or 1 (both in each version), the others at 0.
+            let qos = if j == i % filters.len() && i / 2 % 2 == 1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            let id = v.is_v5().then_some(j as u32 + 1);
+            c.subscribe_with(f, SubscriptionOptions::qos(qos), id).await;
+        }
+        subs.push(c);
+    }
+    let mut publ = Raw::connect(b.addr(), V5, "ov-pub").await;
+    publ.publish("o/a/b", "x", QoS::ExactlyOnce, false).await;
+    // Matched by `o/#` alone: the next message each session receives.
+    publ.publish("o/end", "end", QoS::AtMostOnce, false).await;
+    for (i, c) in subs.iter_mut().enumerate() {
+        let got = c.recv_publish().await;
+        // v5 [MQTT-3.3.4-2] / v3.1.1 [MQTT-3.3.5-1]: once, at the highest QoS of the
+        // matching subscriptions.
+        let want = if i / 2 % 2 == 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        assert_eq!(got.qos, want, "session {i}");
+        if i % 2 == 0 {
+            // v5 [MQTT-3.3.4-3]: with the identifiers of all of them.
+            let mut ids = got.properties.subscription_identifiers.clone();
+            ids.sort();
+            assert_eq!(ids, [1, 2, 3, 4, 5], "session {i}");
+        }
+        c.ack(&got).await;
+        assert_eq!(
+            &*c.recv_publish().await.topic,
+            "o/end",
+            "session {i}: one copy only"
+        );
+    }
+}
