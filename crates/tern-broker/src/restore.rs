@@ -83,6 +83,8 @@ impl Shared {
                     shared,
                 };
                 if let Err(e) = self.subscribe(filter, &cell, entry) {
+                    // The session must not list a subscription the router does not hold.
+                    cell.lock().subscriptions.remove(filter);
                     tracing::warn!(client_id = %cell.client_id, %filter, "stored subscription not restored: {e}");
                 }
             }
