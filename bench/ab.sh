@@ -8,6 +8,7 @@
 #   ENV_NAME="VAR=value ..."      environment of variant NAME (e.g. ENV_je="_RJEM_MALLOC_CONF=...")
 #   CONNECTIONS=15000             size of the idle-connection storm per variant (0: skip it)
 #   ONLY=qos1                     only the scenarios whose name matches (grep -E)
+#   PROTOCOL=5                    MQTT 5.0 instead of 3.1.1
 #
 # Prints per scenario the median delivered msg/s of each variant and its ratio to the first, and
 # the broker's CPU seconds per million delivered messages (from /proc, the generator not counted);
@@ -24,6 +25,7 @@ for v in "$@"; do
 done
 GEN=${GEN:-${BIN[${NAMES[0]}]}}
 ONLY=${ONLY:-.}
+PROTOCOL=${PROTOCOL:-311}
 CONNECTIONS=${CONNECTIONS:-15000}
 WORK=$(mktemp -d)
 PIDS=()
@@ -90,7 +92,7 @@ for round in $(seq 1 "$ROUNDS"); do
       settle
       before=$(cpu_ticks "${PID[$n]}")
       # shellcheck disable=SC2086 # $args is a list of arguments
-      line=$(timeout 300 "$GEN" bench --port "${PORT[$n]}" --duration "$SECS" --quiet $args | grep '^result' || echo "result failed")
+      line=$(timeout 300 "$GEN" bench --port "${PORT[$n]}" -V "$PROTOCOL" --duration "$SECS" --quiet $args | grep '^result' || echo "result failed")
       after=$(cpu_ticks "${PID[$n]}")
       rate=$(sed -n 's/.* rate=\([0-9.]*\).*/\1/p' <<<"$line")
       received=$(sed -n 's/.* received=\([0-9]*\).*/\1/p' <<<"$line")
@@ -102,7 +104,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for n in "${order[@]}"; do
       port=$(free_port)
       start "$n" "$port"
-      line=$(timeout 300 "$GEN" bench --port "$port" --scenario conn --connections "$CONNECTIONS" \
+      line=$(timeout 300 "$GEN" bench --port "$port" -V "$PROTOCOL" --scenario conn --connections "$CONNECTIONS" \
         --broker-pid "$STARTED_PID" | grep '^result' || echo "result failed")
       kill "$STARTED_PID" 2>/dev/null || true
       wait "$STARTED_PID" 2>/dev/null || true
