@@ -16,7 +16,7 @@
 //! - *Failure*: once an implementation cannot keep data it says so ([`Durability::error`]) for
 //!   good; the broker then refuses QoS 1/2 messages rather than acknowledge what is not kept.
 //!
-//! Inside the crate, [`Persistence`] is what the protocol handling calls: it decides which
+//! Inside the crate, `Persistence` is what the protocol handling calls: it decides which
 //! sessions are kept (persistent ones) and is a no-op when the broker keeps nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_proto::{ProtocolVersion, SubscriptionOptions};
 
+use crate::broker_core::Core;
 use crate::session::SessionCell;
-use crate::shared::Shared;
 
 /// A session: a connected client, or a persistent session waiting for its client.
 #[derive(Debug, Clone)]
@@ -120,7 +120,7 @@ pub struct SubscriptionInfo {
     pub identifier: Option<u32>,
 }
 
-impl Shared {
+impl Core {
     /// The broker's figures now; `connections_open` comes from the listeners' limit.
     pub(crate) fn stats(&self, connections_open: usize) -> BrokerStats {
         let c = &self.counters;

@@ -19,7 +19,7 @@
 //! - `session.rs`: session state that outlives connections; the registry.
 //! - `router.rs`: the subscription trie with shared groups.
 //! - `retained.rs`: the retained messages, indexed by topic level for lookups by filter.
-//! - `shared.rs`: publish, retain, subscribe and end-of-session across those.
+//! - `broker_core.rs`: the core (`Core`): publish, retain, subscribe and end-of-session across those.
 //! - `clock.rs`: the time of protocol deadlines ([`Clock`]; [`ManualClock`] for tests).
 //! - `scheduler.rs`: one timer for the session expiry and delayed wills of offline sessions.
 //! - `listener/`: accept loops and the TLS / WebSocket handshakes.
@@ -27,6 +27,7 @@
 
 mod auth;
 pub mod backplane;
+mod broker_core;
 mod budget;
 mod clock;
 mod config;
@@ -42,7 +43,6 @@ mod router;
 mod scheduler;
 pub mod security;
 mod session;
-mod shared;
 mod store;
 mod sys;
 
@@ -213,7 +213,7 @@ impl BrokerBuilder {
             .as_ref()
             .and_then(|s| s.deliveries.iter().map(|(_, d)| d.message_id).max())
             .map_or(1, |m| m + 1);
-        let mut core = shared::Shared::new(
+        let mut core = broker_core::Core::new(
             self.config,
             authenticators,
             durability::Persistence::new(store, first_id),
@@ -247,7 +247,7 @@ impl BrokerBuilder {
 /// A broker whose listeners are bound.
 #[derive(Debug)]
 pub struct Broker {
-    shared: Arc<shared::Shared>,
+    shared: Arc<broker_core::Core>,
     listeners: Vec<listener::Bound>,
     /// The connection limit and connect rate, shared by every listener.
     limits: listener::Limits,
@@ -348,7 +348,7 @@ pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
     listeners: Vec<(ListenerKind, SocketAddr)>,
     security: SecurityHandle,
-    core: Arc<shared::Shared>,
+    core: Arc<broker_core::Core>,
     /// The first listener's policy, for streams handed over by [`BrokerHandle::serve_stream`].
     stream_origin: Option<security::Origin>,
     limits: listener::Limits,

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use tern_proto::PacketId;
 
+use crate::broker_core::Core;
 use crate::durability::{Change, Stored};
 use crate::message::Outgoing;
 use crate::router::SubEntry;
 use crate::scheduler::Due;
 use crate::session::{Inflight, SessionCell};
-use crate::shared::Shared;
 use crate::store::record;
 
 /// What was restored, for the start-up log line.
@@ -24,7 +24,7 @@ pub(crate) struct Restored {
     pub expired_messages: usize,
 }
 
-impl Shared {
+impl Core {
     /// Load sessions (offline, with their subscriptions, queues, in-flight messages and
     /// QoS 2 ids) and retained messages; drop what expired while the broker was down.
     pub(crate) fn restore(self: &Arc<Self>, stored: Stored) -> Restored {

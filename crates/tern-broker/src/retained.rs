@@ -19,7 +19,7 @@
 //!   PUBLISH and SUBSCRIBE). Other strings never panic; what they match is
 //!   unspecified.
 //! - The store only indexes: limits (`max_retained`), expiry and persistence are
-//!   the caller's (`Shared::retain`, `Shared::send_retained`).
+//!   the caller's (`Core::retain`, `Core::send_retained`).
 //!
 //! ### Invariants
 //! - Every node but the root holds a value or has children: `remove` prunes the

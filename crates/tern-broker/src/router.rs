@@ -16,7 +16,7 @@
 //! before handling them ([`Router::warm`]), so that their cache misses overlap
 //! instead of following one another. The work is one step per matching node plus one
 //! per matching subscription (an element of a contiguous list); collapsing a session's
-//! overlapping subscriptions into one delivery is the caller's (`Shared::collect`,
+//! overlapping subscriptions into one delivery is the caller's (`Core::collect`,
 //! one probe per subscription). Many overlapping wildcard filters make both counts
 //! large, which is why `max_wildcard_subscriptions_per_client` bounds them per client.
 //!

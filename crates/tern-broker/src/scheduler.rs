@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::broker_core::Core;
 use crate::session::SessionCell;
-use crate::shared::Shared;
 
 /// What falls due for a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,7 +122,7 @@ impl Scheduler {
 }
 
 /// Run the jobs of `shared.scheduler` as they fall due, until the task is dropped.
-pub(crate) async fn run(shared: Arc<Shared>) {
+pub(crate) async fn run(shared: Arc<Core>) {
     loop {
         let (jobs, next) = shared.scheduler.take_due(shared.clock.now());
         for job in jobs {
@@ -142,7 +142,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-fn fire(shared: &Shared, job: Job) {
+fn fire(shared: &Core, job: Job) {
     let Job {
         due,
         cell,

@@ -9,11 +9,11 @@ use std::time::Duration;
 use tern_proto::codec::PublishProperties;
 use tern_proto::QoS;
 
+use crate::broker_core::Core;
 use crate::message::Message;
-use crate::shared::Shared;
 
 /// Publish the statistics once.
-pub(crate) fn publish_once(shared: &Shared) {
+pub(crate) fn publish_once(shared: &Core) {
     let c = &shared.counters;
     let (subscriptions, retained) = shared.sizes();
     let values: [(&str, String); 15] = [
@@ -70,7 +70,7 @@ pub(crate) fn publish_once(shared: &Shared) {
     }
 }
 
-pub(crate) async fn publish_loop(shared: Arc<Shared>) {
+pub(crate) async fn publish_loop(shared: Arc<Core>) {
     let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval_secs));
     loop {
         tick.tick().await;

@@ -12,9 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
 use super::{Conn, WillState};
+use crate::broker_core::Core;
 use crate::message::Message;
 use crate::session::{Attached, SessionCell, Takeover};
-use crate::shared::Shared;
 use crate::AuthStep;
 
 /// Why no session was established.
@@ -48,7 +48,7 @@ async fn send_connack<S: AsyncWrite + Unpin>(io: &mut S, version: ProtocolVersio
 pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
-    shared: &Shared,
+    shared: &Core,
 ) -> Result<Box<Connect>, Refused> {
     // The first packet has a limit of its own, smaller than max_packet_size: an unauthenticated
     // client holds at most that much of the broker's memory until the connect timeout.
@@ -160,7 +160,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     connect: Box<Connect>,
-    shared: &Arc<Shared>,
+    shared: &Arc<Core>,
     peer: SocketAddr,
     origin: &crate::security::Origin,
 ) -> Result<Conn, Refused> {
@@ -388,7 +388,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 async fn enhanced_auth<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
-    shared: &Shared,
+    shared: &Core,
     c: &Connect,
     client_id: &str,
 ) -> Result<(Option<tern_proto::Bytes>, Option<tern_proto::ByteString>), (ReasonCode, String)> {
@@ -464,7 +464,7 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-fn check_connect(c: &Connect, shared: &Shared) -> Result<(), (ReasonCode, String)> {
+fn check_connect(c: &Connect, shared: &Core) -> Result<(), (ReasonCode, String)> {
     let v = c.protocol_version;
     let cfg = &shared.config;
     if c.client_id.len() > cfg.max_client_id_len {
@@ -530,7 +530,7 @@ fn check_connect(c: &Connect, shared: &Shared) -> Result<(), (ReasonCode, String
 /// An older connection on the same client id is told to go ([MQTT-3.1.4-2],
 /// v5 [MQTT-3.1.4-3]); with Clean Start its session ends and a new one begins.
 fn attach_session(
-    shared: &Arc<Shared>,
+    shared: &Arc<Core>,
     client_id: &Arc<str>,
     v: ProtocolVersion,
     clean_start: bool,

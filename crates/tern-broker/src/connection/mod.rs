@@ -19,11 +19,11 @@ use tern_proto::{ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode, Vi
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::broker_core::Core;
 use crate::clock::Wait;
 use crate::message::Message;
 use crate::scheduler::Due;
 use crate::session::{Attached, InflightState, SessionCell, Takeover};
-use crate::shared::Shared;
 
 /// Most bytes encoded into the write buffer before it is flushed.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -99,7 +99,7 @@ pub(crate) enum Close {
 
 /// A connection after a successful CONNECT.
 pub(crate) struct Conn {
-    shared: Arc<Shared>,
+    shared: Arc<Core>,
     cell: Arc<SessionCell>,
     conn_id: u64,
     version: ProtocolVersion,
@@ -134,8 +134,8 @@ pub(crate) struct Conn {
     /// read until they have room (backpressure instead of loss for QoS 1/2).
     pub(super) pressure: Vec<Arc<SessionCell>>,
     /// Messages routed from the packets being decoded, not yet queued (see
-    /// [`crate::shared::Shared::publish_deferred`]).
-    pub(super) pending: crate::shared::Deliveries,
+    /// [`crate::broker_core::Core::publish_deferred`]).
+    pub(super) pending: crate::broker_core::Deliveries,
     /// Payload bytes in `pending`.
     pub(super) pending_bytes: usize,
     /// Messages routed into `pending` (counted in `messages_in` when it is queued).
@@ -151,7 +151,7 @@ pub(crate) struct Conn {
 impl Conn {
     #[allow(clippy::too_many_arguments, reason = "built once, from the CONNECT phase")]
     fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Core>,
         cell: Arc<SessionCell>,
         conn_id: u64,
         version: ProtocolVersion,
@@ -813,7 +813,7 @@ const MAX_READ: usize = 64 * 1024;
 pub(crate) fn serve<S>(
     mut io: S,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<Core>,
     origin: crate::security::Origin,
 ) -> impl std::future::Future<Output = ()>
 where

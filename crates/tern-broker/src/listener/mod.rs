@@ -24,9 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::broker_core::Core;
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::security::{ListenerPolicy, Origin};
-use crate::shared::Shared;
 use crate::{BrokerError, Config};
 
 /// A bound listener, before it serves.
@@ -125,7 +125,7 @@ impl Endpoint {
     }
 
     /// Run the TLS and/or WebSocket handshake and serve MQTT on the result.
-    async fn serve_layered(&self, stream: TcpStream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
+    async fn serve_layered(&self, stream: TcpStream, peer: std::net::SocketAddr, shared: Arc<Core>) {
         let timeout = shared.config.connect_timeout();
         let max_frame = shared.config.max_packet_size as usize;
         let kind = self.kind;
@@ -216,7 +216,7 @@ impl Limits {
     }
 }
 
-pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, limits: Limits) {
+pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Core>, limits: Limits) {
     let Bound {
         socket: listener,
         endpoint,

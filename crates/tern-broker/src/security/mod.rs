@@ -2,7 +2,7 @@
 //! per-listener anonymous policy, and the identity a client gets from its TLS
 //! certificate or enhanced authentication.
 //!
-//! ## Decisions at CONNECT ([`Security::authenticate`])
+//! ## Decisions at CONNECT (`Security::authenticate`)
 //! 1. A listener with `use_identity_as_username` takes the user name from the
 //!    verified client certificate's subject CN; without one the client is refused
 //!    (0x87 / 3.1.1 0x05; a CN that is not UTF-8 too, RELIABILITY.md B7).

@@ -1,5 +1,8 @@
-//! State shared by all connections: router, retained messages, sessions, and
-//! the operations that touch several of them (publish, subscribe, end of session).
+//! The broker core: what all connections share (router, retained messages, sessions, the
+//! scheduler, budgets, the `Durability` and `Backplane` seams) and the operations that touch
+//! several of them (publish, subscribe, retain, end of session). Named "core" so that
+//! "shared" means `$share` subscriptions only; variables holding it are still often called
+//! `shared`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -29,7 +32,7 @@ thread_local! {
     /// The deliveries of one message in `route`, kept per worker thread so that
     /// routing does not allocate a new list for every message.
     static ROUTE_SCRATCH: std::cell::Cell<Deliveries> = const { std::cell::Cell::new(Vec::new()) };
-    /// [`Shared::collect`]'s session → position of its delivery, for the message being
+    /// [`Core::collect`]'s session → position of its delivery, for the message being
     /// routed (emptied after each), and its shared-subscription deliveries: kept per
     /// worker thread, so that routing allocates neither per message.
     static SEEN_SCRATCH: std::cell::Cell<rustc_hash::FxHashMap<usize, usize>> =
@@ -53,7 +56,7 @@ pub(crate) struct Counters {
 
 /// Everything connections share.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Core {
     pub config: Config,
     router: RwLock<Router>,
     retained: RwLock<RetainedStore<Arc<Message>>>,
@@ -61,13 +64,13 @@ pub(crate) struct Shared {
     /// Serializes attaching connections to sessions (see `connect::attach_session`).
     pub attach_lock: std::sync::Mutex<()>,
     /// Most deliveries a publisher's connection collects before queueing them (see
-    /// [`Shared::publish_deferred`]): small enough that every worker thread at once
+    /// [`Core::publish_deferred`]): small enough that every worker thread at once
     /// cannot take a session from half its limits past twice them.
     pub deliver_batch: usize,
     next_conn_id: AtomicU64,
     pub counters: Counters,
     pub authenticators: Vec<Arc<dyn crate::Authenticator>>,
-    /// Set when the broker shuts down (see [`Shared::begin_shutdown`]).
+    /// Set when the broker shuts down (see [`Core::begin_shutdown`]).
     shutting_down: std::sync::atomic::AtomicBool,
     pub started: Instant,
     /// Password file, ACL and authentication counters (reloadable).
@@ -100,17 +103,17 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Shared {
+impl Core {
     pub fn new(
         config: Config,
         authenticators: Vec<Arc<dyn crate::Authenticator>>,
         durability: crate::durability::Persistence,
         security: Arc<crate::security::Security>,
         clock: crate::clock::Clock,
-    ) -> Shared {
+    ) -> Core {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let deliver_batch = (config.max_queued_messages / (2 * workers)).clamp(1, 256);
-        Shared {
+        Core {
             security,
             authenticators,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
@@ -195,7 +198,7 @@ impl Shared {
 
     /// Route a message into `pending` without queueing it yet: a publisher's
     /// connection collects the messages of one read this way and hands them to
-    /// [`Shared::deliver_all`], so that each session is locked once per batch
+    /// [`Core::deliver_all`], so that each session is locked once per batch
     /// rather than once per message. Returns how many sessions it reaches. The
     /// caller counts the messages in `messages_in` (once per batch: the counter is
     /// shared by every connection).
@@ -220,7 +223,7 @@ impl Shared {
         }
     }
 
-    /// Whether [`Shared::begin_shutdown`] was called.
+    /// Whether [`Core::begin_shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
