@@ -173,11 +173,13 @@ struct Link {
     /// The client has a newer connection with its CONNACK: nothing may arrive here any more.
     superseded: bool,
     open: bool,
+    /// Print what is sent (`TERN_SIM_TRACE`).
+    trace: bool,
 }
 
 impl Link {
     async fn send(&mut self, p: Packet) {
-        if std::env::var_os("TERN_SIM_TRACE").is_some() {
+        if self.trace {
             eprintln!("           -> {p:?}");
         }
         let mut b = BytesMut::new();
@@ -387,6 +389,7 @@ impl Sim {
             version: client.version,
             superseded: false,
             open: true,
+            trace: self.tracing,
         };
         let mut connect = Connect::new(client.version, client.id.clone());
         connect.clean_start = false;
@@ -790,6 +793,7 @@ impl Sim {
             version: ProtocolVersion::V5,
             superseded: false,
             open: true,
+            trace: self.tracing,
         };
         link.send(Packet::Connect(Box::new(Connect::new(
             ProtocolVersion::V5,
