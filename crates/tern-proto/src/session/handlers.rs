@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::alias::AliasError;
 use super::inbound::Qos2Arrival;
-use super::outbound::{AckMatch, InFlight};
+use super::outbound::{AckMatch, InFlight, Queued};
 use super::{ClientSession, CloseReason, Event, PublishError, PublishOutcome, RequestError};
 use crate::codec::AckProperties;
 use crate::packet::PacketType;
@@ -95,7 +95,7 @@ impl ClientSession {
         }
     }
 
-    fn complete(&mut self, f: Box<InFlight>, reason_code: ReasonCode, properties: AckProperties) {
+    fn complete(&mut self, f: Box<InFlight<Queued>>, reason_code: ReasonCode, properties: AckProperties) {
         self.ids.release(f.id);
         let result = if reason_code.is_error() {
             Err(PublishError::Rejected {
@@ -109,7 +109,7 @@ impl ClientSession {
             })
         };
         self.events.push_back(Event::PublishDone {
-            token: f.token,
+            token: f.message.token,
             result,
         });
     }
@@ -118,7 +118,7 @@ impl ClientSession {
         if !self.problem_information_ok(now, &a.properties, PacketType::PubAck) {
             return;
         }
-        match self.outbound.on_puback(a.packet_id) {
+        match self.outbound.window().on_puback(a.packet_id) {
             AckMatch::Completed(f) => self.complete(f, a.reason_code, a.properties),
             AckMatch::WrongQoS => self.violation(now, Violation::PubAckForQoS2(a.packet_id)),
             _ => {}
@@ -129,7 +129,11 @@ impl ClientSession {
         if !self.problem_information_ok(now, &a.properties, PacketType::PubRec) {
             return;
         }
-        match self.outbound.on_pubrec(a.packet_id, a.reason_code.is_error()) {
+        match self
+            .outbound
+            .window()
+            .on_pubrec(a.packet_id, a.reason_code.is_error())
+        {
             // [MQTT-4.4.0-2]: a failure code ends the flow.
             AckMatch::Completed(f) => self.complete(f, a.reason_code, a.properties),
             // [MQTT-4.3.3-4]
@@ -167,7 +171,7 @@ impl ClientSession {
         if !self.problem_information_ok(now, &a.properties, PacketType::PubComp) {
             return;
         }
-        if let AckMatch::Completed(f) = self.outbound.on_pubcomp(a.packet_id) {
+        if let AckMatch::Completed(f) = self.outbound.window().on_pubcomp(a.packet_id) {
             self.complete(f, a.reason_code, a.properties);
         }
     }

@@ -65,6 +65,12 @@ impl Inbound {
         self.awaiting_rel.remove(&id)
     }
 
+    /// An identifier read back from a stored session (beyond the limit if need be: it was
+    /// accepted under the limit in force then).
+    pub(crate) fn restore(&mut self, id: PacketId) {
+        self.awaiting_rel.insert(id);
+    }
+
     /// Forget everything (no session on the server).
     pub(crate) fn clear(&mut self) {
         self.awaiting_rel.clear();

@@ -91,6 +91,13 @@ impl KeepAlive {
     }
 }
 
+/// The server's side of the rule: a connection whose client has sent nothing for one and a
+/// half times its keep-alive (in seconds; 0 disables it) is closed at this instant
+/// (v5 [MQTT-3.1.2-22], v3.1.1 [MQTT-3.1.2-24]).
+pub(crate) fn server_deadline(last_rx: Instant, keep_alive: u16) -> Option<Instant> {
+    (keep_alive != 0).then(|| last_rx + Duration::from_millis(u64::from(keep_alive) * 1500))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@
 //! - `keepalive.rs`: PINGREQ schedule and dead-connection detection.
 //! - `alias.rs`: topic aliases in both directions.
 //! - `config.rs`, `event.rs`: settings, server limits, events and errors.
+//! - `server.rs`: [`server::ServerSession`], the server's side, built from the same components.
 
 pub mod alias;
 mod auth;
@@ -45,6 +46,7 @@ mod keepalive;
 mod outbound;
 mod packet_ids;
 mod requests;
+pub mod server;
 #[cfg(test)]
 mod tests;
 
@@ -56,6 +58,7 @@ use bytestring::ByteString;
 pub use auth::AuthMethod;
 pub use config::{ClientConfig, ServerLimits};
 pub use event::{CloseReason, Event, PublishError, PublishOutcome, RequestError, Token};
+pub use outbound::{AckMatch, Deliverable, InFlight, Stage, Window};
 
 use crate::codec::{SubscribeProperties, UnsubscribeProperties};
 use crate::{
@@ -65,7 +68,7 @@ use crate::{
 use alias::{AliasUse, InboundAliases, OutboundAliases};
 use inbound::Inbound;
 use keepalive::{KeepAlive, KeepAliveAction};
-use outbound::{InFlight, Outbound, Stage};
+use outbound::Outbound;
 use packet_ids::PacketIds;
 use requests::{Request, RequestKind, Requests, Subscriptions};
 
@@ -634,7 +637,7 @@ impl ClientSession {
             .inflight()
             .map(|f| match f.stage {
                 Stage::Published => {
-                    let mut p = f.publish.clone();
+                    let mut p = f.message.publish.clone();
                     p.dup = true;
                     Packet::Publish(p)
                 }
@@ -656,7 +659,7 @@ impl ClientSession {
         }
         for f in released {
             self.events.push_back(Event::PublishDone {
-                token: f.token,
+                token: f.message.token,
                 result: Err(PublishError::SessionLost),
             });
         }
@@ -711,15 +714,14 @@ impl ClientSession {
                 self.outbound.unsend(q);
                 break;
             };
-            let mut publish = q.publish;
-            publish.packet_id = Some(id);
-            let wire = self.with_alias(publish.clone());
+            let mut q = q;
+            q.publish.packet_id = Some(id);
+            let wire = self.with_alias(q.publish.clone());
             self.send(now, Packet::Publish(wire));
             self.outbound.push_inflight(InFlight {
-                token: q.token,
                 id,
-                publish,
                 stage: Stage::Published,
+                message: q,
             });
         }
     }

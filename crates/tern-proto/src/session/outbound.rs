@@ -1,12 +1,12 @@
-//! Outgoing PUBLISH flow: the in-flight window limited by the server's
-//! Receive Maximum, the queue of messages waiting for room, and the resend
-//! order when a session is resumed.
+//! Outgoing PUBLISH flow, for both roles: the in-flight [`Window`] (shared by the client
+//! session and the server's [`super::server::ServerState`]) and, for the client, the queue of
+//! messages waiting for room and the resend order when a session is resumed.
 //!
 //! ### Invariants
-//! - `inflight` is in the order the PUBLISH packets were first sent; that is
-//!   the order they are resent in ([MQTT-4.6.0-1]).
-//! - The caller never puts more than the send quota into `inflight`
-//!   ([MQTT-3.3.4-7], [MQTT-4.9.0-2]); QoS 0 messages never enter it.
+//! - A window is in the order the PUBLISH packets were first sent; that is the order they
+//!   are resent in ([MQTT-4.6.0-1]).
+//! - The caller never puts more than the send quota into a window ([MQTT-3.3.4-7],
+//!   [MQTT-4.9.0-2]); QoS 0 messages never enter it.
 //! - `pending` holds at most `max_pending` messages accepted from the
 //!   application (messages taken back from `inflight` when a session is lost
 //!   may go beyond it: they were accepted already and are bounded by the quota).
@@ -18,21 +18,28 @@ use crate::{PacketId, Publish, QoS};
 
 /// Where an unacknowledged QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stage {
+pub enum Stage {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published,
     /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
     Released,
 }
 
+/// What a window needs to know of the messages it holds.
+pub trait Deliverable {
+    /// The QoS it was sent with (1 or 2).
+    fn qos(&self) -> QoS;
+}
+
 /// One unacknowledged outgoing message.
 #[derive(Debug, Clone)]
-pub(crate) struct InFlight {
-    pub token: Token,
+pub struct InFlight<M> {
+    /// Its packet identifier.
     pub id: PacketId,
-    /// The message with its full topic (never an alias), QoS > 0.
-    pub publish: Publish,
+    /// Where its flow stands.
     pub stage: Stage,
+    /// The message (for the client: its token and PUBLISH with the full topic, never an alias).
+    pub message: M,
 }
 
 /// A message waiting to be sent.
@@ -42,11 +49,17 @@ pub(crate) struct Queued {
     pub publish: Publish,
 }
 
+impl Deliverable for Queued {
+    fn qos(&self) -> QoS {
+        self.publish.qos
+    }
+}
+
 /// How an acknowledgement matched the window.
 #[derive(Debug)]
-pub(crate) enum AckMatch {
+pub enum AckMatch<M> {
     /// The flow is finished: the message left the window.
-    Completed(Box<InFlight>),
+    Completed(Box<InFlight<M>>),
     /// PUBREC accepted: send PUBREL, wait for PUBCOMP.
     Released,
     /// PUBREC for a message already released: send PUBREL again.
@@ -57,10 +70,109 @@ pub(crate) enum AckMatch {
     Unknown,
 }
 
+/// Unacknowledged QoS 1/2 messages in the order they were first sent.
+#[derive(Debug, Clone)]
+pub struct Window<M> {
+    inflight: VecDeque<InFlight<M>>,
+}
+
+impl<M> Default for Window<M> {
+    fn default() -> Self {
+        Window {
+            inflight: VecDeque::new(),
+        }
+    }
+}
+
+impl<M: Deliverable> Window<M> {
+    /// Unacknowledged messages.
+    pub fn len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+    }
+
+    /// Record a sent QoS 1/2 PUBLISH (or, when a session is restored, one at any stage).
+    pub fn push(&mut self, f: InFlight<M>) {
+        self.inflight.push_back(f);
+    }
+
+    /// The message in flight with `id`.
+    pub fn get(&self, id: PacketId) -> Option<&InFlight<M>> {
+        self.inflight.iter().find(|f| f.id == id)
+    }
+
+    fn position(&self, id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|f| f.id == id)
+    }
+
+    /// Take the message with `id` out of the window, whatever its stage.
+    pub fn remove(&mut self, id: PacketId) -> Option<InFlight<M>> {
+        let i = self.position(id)?;
+        self.inflight.remove(i)
+    }
+
+    fn complete(&mut self, i: usize) -> AckMatch<M> {
+        match self.inflight.remove(i) {
+            Some(f) => AckMatch::Completed(Box::new(f)),
+            None => AckMatch::Unknown,
+        }
+    }
+
+    /// PUBACK arrived.
+    pub fn on_puback(&mut self, id: PacketId) -> AckMatch<M> {
+        match self.position(id) {
+            Some(i) if self.inflight[i].message.qos() == QoS::AtLeastOnce => self.complete(i),
+            Some(_) => AckMatch::WrongQoS,
+            None => AckMatch::Unknown,
+        }
+    }
+
+    /// PUBREC arrived; `failed` when its reason code is 0x80 or above, which
+    /// ends the flow ([MQTT-4.4.0-2]).
+    pub fn on_pubrec(&mut self, id: PacketId, failed: bool) -> AckMatch<M> {
+        let Some(i) = self.position(id) else {
+            return AckMatch::Unknown;
+        };
+        let f = &mut self.inflight[i];
+        match (f.message.qos(), f.stage) {
+            (QoS::ExactlyOnce, Stage::Published) if failed => self.complete(i),
+            (QoS::ExactlyOnce, Stage::Published) => {
+                f.stage = Stage::Released;
+                AckMatch::Released
+            }
+            (QoS::ExactlyOnce, Stage::Released) => AckMatch::AlreadyReleased,
+            _ => AckMatch::WrongQoS,
+        }
+    }
+
+    /// PUBCOMP arrived.
+    pub fn on_pubcomp(&mut self, id: PacketId) -> AckMatch<M> {
+        match self.position(id) {
+            Some(i) if self.inflight[i].stage == Stage::Released => self.complete(i),
+            _ => AckMatch::Unknown,
+        }
+    }
+
+    /// The in-flight messages in their original order, for a resumed session
+    /// ([MQTT-4.4.0-1]).
+    pub fn iter(&self) -> impl Iterator<Item = &InFlight<M>> {
+        self.inflight.iter()
+    }
+
+    /// Take every message out, in order.
+    pub fn drain(&mut self) -> impl Iterator<Item = InFlight<M>> + '_ {
+        self.inflight.drain(..)
+    }
+}
+
 /// The outgoing window and queue.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbound {
-    inflight: VecDeque<InFlight>,
+    inflight: Window<Queued>,
     pending: VecDeque<Queued>,
     max_pending: usize,
 }
@@ -69,7 +181,7 @@ impl Outbound {
     /// An empty window whose queue holds at most `max_pending` messages.
     pub(crate) fn new(max_pending: usize) -> Outbound {
         Outbound {
-            inflight: VecDeque::new(),
+            inflight: Window::default(),
             pending: VecDeque::new(),
             max_pending: max_pending.max(1),
         }
@@ -112,59 +224,18 @@ impl Outbound {
     }
 
     /// Record a sent QoS 1/2 PUBLISH.
-    pub(crate) fn push_inflight(&mut self, f: InFlight) {
-        self.inflight.push_back(f);
+    pub(crate) fn push_inflight(&mut self, f: InFlight<Queued>) {
+        self.inflight.push(f);
     }
 
-    fn position(&self, id: PacketId) -> Option<usize> {
-        self.inflight.iter().position(|f| f.id == id)
-    }
-
-    fn remove(&mut self, i: usize) -> AckMatch {
-        match self.inflight.remove(i) {
-            Some(f) => AckMatch::Completed(Box::new(f)),
-            None => AckMatch::Unknown,
-        }
-    }
-
-    /// PUBACK arrived.
-    pub(crate) fn on_puback(&mut self, id: PacketId) -> AckMatch {
-        match self.position(id) {
-            Some(i) if self.inflight[i].publish.qos == QoS::AtLeastOnce => self.remove(i),
-            Some(_) => AckMatch::WrongQoS,
-            None => AckMatch::Unknown,
-        }
-    }
-
-    /// PUBREC arrived; `failed` when its reason code is 0x80 or above, which
-    /// ends the flow ([MQTT-4.4.0-2]).
-    pub(crate) fn on_pubrec(&mut self, id: PacketId, failed: bool) -> AckMatch {
-        let Some(i) = self.position(id) else {
-            return AckMatch::Unknown;
-        };
-        let f = &mut self.inflight[i];
-        match (f.publish.qos, f.stage) {
-            (QoS::ExactlyOnce, Stage::Published) if failed => self.remove(i),
-            (QoS::ExactlyOnce, Stage::Published) => {
-                f.stage = Stage::Released;
-                AckMatch::Released
-            }
-            (QoS::ExactlyOnce, Stage::Released) => AckMatch::AlreadyReleased,
-            _ => AckMatch::WrongQoS,
-        }
-    }
-
-    /// PUBCOMP arrived.
-    pub(crate) fn on_pubcomp(&mut self, id: PacketId) -> AckMatch {
-        match self.position(id) {
-            Some(i) if self.inflight[i].stage == Stage::Released => self.remove(i),
-            _ => AckMatch::Unknown,
-        }
+    /// The in-flight window.
+    pub(crate) fn window(&mut self) -> &mut Window<Queued> {
+        &mut self.inflight
     }
 
     /// The in-flight messages in their original order, for a resumed session
     /// ([MQTT-4.4.0-1]).
-    pub(crate) fn inflight(&self) -> impl Iterator<Item = &InFlight> {
+    pub(crate) fn inflight(&self) -> impl Iterator<Item = &InFlight<Queued>> {
         self.inflight.iter()
     }
 
@@ -172,20 +243,17 @@ impl Outbound {
     /// PUBREC goes back to the head of the queue, in order, to be sent as a new
     /// message; the messages already released are returned (their fate is
     /// unknown). The identifiers of both are returned for release.
-    pub(crate) fn requeue_unacknowledged(&mut self) -> (Vec<PacketId>, Vec<InFlight>) {
+    pub(crate) fn requeue_unacknowledged(&mut self) -> (Vec<PacketId>, Vec<InFlight<Queued>>) {
         let mut ids = Vec::with_capacity(self.inflight.len());
         let mut released = Vec::new();
         let mut again = Vec::new();
-        for mut f in self.inflight.drain(..) {
+        for mut f in self.inflight.drain() {
             ids.push(f.id);
             match f.stage {
                 Stage::Published => {
-                    f.publish.packet_id = None;
-                    f.publish.dup = false;
-                    again.push(Queued {
-                        token: f.token,
-                        publish: f.publish,
-                    });
+                    f.message.publish.packet_id = None;
+                    f.message.publish.dup = false;
+                    again.push(f.message);
                 }
                 Stage::Released => released.push(f),
             }
@@ -198,7 +266,7 @@ impl Outbound {
 
     /// Remove everything: the tokens of in-flight and queued messages.
     pub(crate) fn drain(&mut self) -> Vec<Token> {
-        let mut tokens: Vec<Token> = self.inflight.drain(..).map(|f| f.token).collect();
+        let mut tokens: Vec<Token> = self.inflight.drain().map(|f| f.message.token).collect();
         tokens.extend(self.pending.drain(..).map(|q| q.token));
         tokens
     }
@@ -222,10 +290,9 @@ mod tests {
         match o.next_sendable(quota) {
             Some(q) => {
                 o.push_inflight(InFlight {
-                    token: q.token,
                     id: pid(id),
-                    publish: q.publish,
                     stage: Stage::Published,
+                    message: q,
                 });
                 true
             }
@@ -243,7 +310,9 @@ mod tests {
         assert!(send(&mut o, 1, 1));
         // Quota 1 reached: the second QoS 1 waits and the QoS 0 behind it too.
         assert!(o.next_sendable(1).is_none());
-        assert!(matches!(o.on_puback(pid(1)), AckMatch::Completed(f) if f.token == Token(1)));
+        assert!(
+            matches!(o.window().on_puback(pid(1)), AckMatch::Completed(f) if f.message.token == Token(1))
+        );
         assert!(send(&mut o, 1, 2));
         assert_eq!(o.next_sendable(1).map(|q| q.token), Some(Token(3)));
     }
@@ -255,13 +324,16 @@ mod tests {
         o.enqueue(Token(2), publish(QoS::AtLeastOnce));
         assert!(send(&mut o, 10, 1));
         assert!(send(&mut o, 10, 2));
-        assert!(matches!(o.on_puback(pid(1)), AckMatch::WrongQoS));
-        assert!(matches!(o.on_pubrec(pid(2), false), AckMatch::WrongQoS));
-        assert!(matches!(o.on_pubcomp(pid(1)), AckMatch::Unknown));
-        assert!(matches!(o.on_pubrec(pid(1), false), AckMatch::Released));
-        assert!(matches!(o.on_pubrec(pid(1), false), AckMatch::AlreadyReleased));
-        assert!(matches!(o.on_pubcomp(pid(1)), AckMatch::Completed(_)));
-        assert!(matches!(o.on_puback(pid(9)), AckMatch::Unknown));
+        assert!(matches!(o.window().on_puback(pid(1)), AckMatch::WrongQoS));
+        assert!(matches!(o.window().on_pubrec(pid(2), false), AckMatch::WrongQoS));
+        assert!(matches!(o.window().on_pubcomp(pid(1)), AckMatch::Unknown));
+        assert!(matches!(o.window().on_pubrec(pid(1), false), AckMatch::Released));
+        assert!(matches!(
+            o.window().on_pubrec(pid(1), false),
+            AckMatch::AlreadyReleased
+        ));
+        assert!(matches!(o.window().on_pubcomp(pid(1)), AckMatch::Completed(_)));
+        assert!(matches!(o.window().on_puback(pid(9)), AckMatch::Unknown));
     }
 
     #[test]
@@ -270,7 +342,10 @@ mod tests {
         let mut o = Outbound::new(10);
         o.enqueue(Token(1), publish(QoS::ExactlyOnce));
         assert!(send(&mut o, 10, 1));
-        assert!(matches!(o.on_pubrec(pid(1), true), AckMatch::Completed(_)));
+        assert!(matches!(
+            o.window().on_pubrec(pid(1), true),
+            AckMatch::Completed(_)
+        ));
         assert_eq!(o.inflight_len(), 0);
     }
 
@@ -283,12 +358,12 @@ mod tests {
         for id in 1..=3 {
             assert!(send(&mut o, 10, id));
         }
-        assert!(matches!(o.on_pubrec(pid(2), false), AckMatch::Released));
+        assert!(matches!(o.window().on_pubrec(pid(2), false), AckMatch::Released));
         o.enqueue(Token(4), publish(QoS::AtMostOnce));
         let (ids, released) = o.requeue_unacknowledged();
         assert_eq!(ids.len(), 3);
         assert_eq!(released.len(), 1);
-        assert_eq!(released[0].token, Token(2));
+        assert_eq!(released[0].message.token, Token(2));
         let order: Vec<Token> = std::iter::from_fn(|| o.next_sendable(10).map(|q| q.token)).collect();
         assert_eq!(order, vec![Token(1), Token(3), Token(4)]);
     }

@@ -1,4 +1,5 @@
-//! Packet identifier allocation for the packets a client sends.
+//! Packet identifier allocation, for both roles: the packets a client sends, and the
+//! deliveries of a server session.
 //!
 //! PUBLISH (QoS > 0), SUBSCRIBE and UNSUBSCRIBE share one identifier space: a
 //! new packet gets an identifier that no unacknowledged packet holds
@@ -7,17 +8,31 @@
 //! ### Invariants
 //! - An identifier handed out by [`PacketIds::allocate`] is never handed out
 //!   again until [`PacketIds::release`] is called for it.
-//! - Memory is fixed: one bit per identifier (8 KiB).
+//! - Memory follows use: nothing while no identifier is in use, a short list while
+//!   few are (an in-flight window is 100 by default: a server holds one set per
+//!   session, and an idle one must stay small), one bit per identifier (8 KiB) once
+//!   more than [`FEW`] are.
 
 use crate::PacketId;
 
 const WORDS: usize = 65536 / 64;
 
+/// Most identifiers kept as a list before the set becomes a bitmap.
+const FEW: usize = 256;
+
+#[derive(Clone)]
+enum Used {
+    /// The identifiers in use, unordered (at most [`FEW`]).
+    Few(Vec<u16>),
+    /// One bit per identifier.
+    Many(Box<[u64; WORDS]>),
+}
+
 /// The set of identifiers in use, with a rotating cursor so that a released
 /// identifier is not reused immediately.
 #[derive(Clone)]
 pub(crate) struct PacketIds {
-    used: Box<[u64; WORDS]>,
+    used: Used,
     in_use: usize,
     cursor: u16,
 }
@@ -34,7 +49,7 @@ impl std::fmt::Debug for PacketIds {
 impl Default for PacketIds {
     fn default() -> Self {
         PacketIds {
-            used: Box::new([0; WORDS]),
+            used: Used::Few(Vec::new()),
             in_use: 0,
             cursor: 0,
         }
@@ -47,16 +62,47 @@ impl PacketIds {
     }
 
     /// Whether `id` is held by an unacknowledged packet.
-    #[cfg(test)]
     pub(crate) fn contains(&self, id: PacketId) -> bool {
-        let (w, b) = Self::bit(id.get());
-        self.used[w] & b != 0
+        let id = id.get();
+        match &self.used {
+            Used::Few(v) => v.contains(&id),
+            Used::Many(bits) => {
+                let (w, b) = Self::bit(id);
+                bits[w] & b != 0
+            }
+        }
     }
 
     /// How many identifiers are in use.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.in_use
+    }
+
+    /// Mark `id` as used (a restored session's deliveries); `false` when it already was.
+    pub(crate) fn insert(&mut self, id: PacketId) -> bool {
+        if self.contains(id) {
+            return false;
+        }
+        if let Used::Few(v) = &self.used {
+            if v.len() >= FEW {
+                let mut bits = Box::new([0u64; WORDS]);
+                for &i in v {
+                    let (w, b) = Self::bit(i);
+                    bits[w] |= b;
+                }
+                self.used = Used::Many(bits);
+            }
+        }
+        match &mut self.used {
+            Used::Few(v) => v.push(id.get()),
+            Used::Many(bits) => {
+                let (w, b) = Self::bit(id.get());
+                bits[w] |= b;
+            }
+        }
+        self.in_use += 1;
+        true
     }
 
     /// A free identifier, marked as used; `None` when all 65,535 are taken.
@@ -67,31 +113,43 @@ impl PacketIds {
         let mut id = self.cursor;
         loop {
             id = id.wrapping_add(1);
-            if id == 0 {
-                id = 1;
-            }
-            let (w, b) = Self::bit(id);
-            if self.used[w] & b == 0 {
-                self.used[w] |= b;
-                self.in_use += 1;
+            let Some(pid) = PacketId::new(id) else {
+                continue;
+            };
+            if self.insert(pid) {
                 self.cursor = id;
-                return PacketId::new(id);
+                return Some(pid);
             }
         }
     }
 
     /// Free `id` for reuse.
     pub(crate) fn release(&mut self, id: PacketId) {
-        let (w, b) = Self::bit(id.get());
-        if self.used[w] & b != 0 {
-            self.used[w] &= !b;
-            self.in_use -= 1;
+        let id = id.get();
+        match &mut self.used {
+            Used::Few(v) => {
+                if let Some(i) = v.iter().position(|&x| x == id) {
+                    v.swap_remove(i);
+                    self.in_use -= 1;
+                    // A burst's list is given back once it is over.
+                    if v.is_empty() && v.capacity() > 16 {
+                        *v = Vec::new();
+                    }
+                }
+            }
+            Used::Many(bits) => {
+                let (w, b) = Self::bit(id);
+                if bits[w] & b != 0 {
+                    bits[w] &= !b;
+                    self.in_use -= 1;
+                }
+            }
         }
     }
 
-    /// Free every identifier.
+    /// Free every identifier (and the memory that held them).
     pub(crate) fn clear(&mut self) {
-        self.used.fill(0);
+        self.used = Used::Few(Vec::new());
         self.in_use = 0;
     }
 }
@@ -128,5 +186,26 @@ mod tests {
         ids.clear();
         assert_eq!(ids.len(), 0);
         assert!(ids.allocate().is_some());
+    }
+
+    #[test]
+    fn list_and_bitmap_agree() {
+        // Across the switch from the short list to the bitmap, and with releases in between.
+        let mut ids = PacketIds::default();
+        let mut model = std::collections::BTreeSet::new();
+        for round in 0..3 * FEW {
+            let id = ids.allocate().unwrap();
+            assert!(model.insert(id.get()), "{id} handed out twice");
+            if round % 3 == 0 {
+                let gone = *model.iter().next().unwrap();
+                model.remove(&gone);
+                ids.release(PacketId::new(gone).unwrap());
+            }
+            assert_eq!(ids.len(), model.len());
+        }
+        for i in 1..=u16::MAX {
+            assert_eq!(ids.contains(PacketId::new(i).unwrap()), model.contains(&i));
+        }
+        assert!(!ids.insert(PacketId::new(*model.iter().next().unwrap()).unwrap()));
     }
 }
