@@ -58,6 +58,8 @@ pub(crate) struct Counters {
 #[derive(Debug)]
 pub(crate) struct Core {
     pub config: Config,
+    /// The protocol rules of every session, read off `config` once.
+    pub rules: Arc<tern_proto::session::server::ServerRules>,
     router: RwLock<Router>,
     retained: RwLock<RetainedStore<Arc<Message>>>,
     pub sessions: Registry,
@@ -124,6 +126,7 @@ impl Core {
             queued: crate::budget::QueueBudget::new(config.max_queued_bytes_total),
             backplane: None,
             durability,
+            rules: Arc::new(config.server_rules()),
             config,
             router: RwLock::default(),
             retained: RwLock::default(),
@@ -458,12 +461,13 @@ impl Core {
             }
             st.ended = true;
             let will = st.pending_will.take();
-            let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
+            let subs: Vec<String> = st.proto.subscriptions.drain().map(|(f, _)| f).collect();
             // A QoS 2 delivery that had started is never passed to another member (v5 [MQTT-4.8.2-5]).
             let mut orphans: Vec<Outgoing> = st
+                .proto
                 .drain_inflight()
                 .into_iter()
-                .map(|i| i.out)
+                .map(|i| i.message)
                 .filter(|o| o.qos != QoS::ExactlyOnce)
                 .collect();
             orphans.extend(st.queue.drain(..));
@@ -505,6 +509,7 @@ impl Core {
             expiry_interval: st.expiry_interval,
             disconnected_at: if disconnected { self.clock.wall_ms() } else { 0 },
             subscriptions: st
+                .proto
                 .subscriptions
                 .iter()
                 .map(|(f, (o, id))| (f.clone(), *o, *id))

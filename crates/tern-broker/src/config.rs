@@ -511,6 +511,26 @@ impl Config {
     pub(crate) fn max_qos(&self) -> tern_proto::QoS {
         tern_proto::QoS::from_bits(self.max_qos).unwrap_or(tern_proto::QoS::ExactlyOnce)
     }
+
+    /// The protocol rules every session of this broker enforces.
+    pub(crate) fn server_rules(&self) -> tern_proto::session::server::ServerRules {
+        tern_proto::session::server::ServerRules {
+            receive_maximum: self.receive_maximum,
+            topic_alias_maximum: self.topic_alias_maximum,
+            maximum_qos: self.max_qos(),
+            retain_available: self.retain_available,
+            max_topic_length: self.max_topic_length,
+            max_topic_levels: self.max_topic_levels,
+            max_session_expiry: self.max_session_expiry,
+            max_inflight: self.max_inflight,
+            subscription_identifiers: self.subscription_identifiers,
+            shared_subscriptions: self.shared_subscriptions,
+            wildcard_subscriptions: self.wildcard_subscriptions,
+            max_subscriptions: self.max_subscriptions_per_client,
+            max_wildcard_subscriptions: self.max_wildcard_subscriptions_per_client,
+            denied_subscription: self.denied_subscription_reason.reason_code(),
+        }
+    }
 }
 
 /// The largest `max_topic_levels` accepted.

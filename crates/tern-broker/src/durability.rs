@@ -278,39 +278,46 @@ impl Persistence {
         )
     }
 
-    /// Keep a delivery of `client` at `stage` (it was sent with `packet_id`).
+    /// Keep a delivery of `client` at `stage` (it was sent with `packet_id`); whether
+    /// anything was written.
     pub fn put_delivery(
         &self,
-        st: &SessionState,
+        persistent: bool,
         client: &Arc<str>,
         out: &Outgoing,
         stage: InflightState,
         packet_id: PacketId,
-    ) {
-        if let (Some(store), true, true) = (&self.store, st.persistent, out.seq != 0) {
+    ) -> bool {
+        if let (Some(store), true, true) = (&self.store, persistent, out.seq != 0) {
             store.submit(self.delivery(client, out, Some((stage, packet_id))));
+            return true;
         }
+        false
     }
 
     /// Forget a finished (or dropped) delivery of `client`.
-    pub fn forget_delivery(&self, st: &SessionState, client: &Arc<str>, seq: u64) {
-        if let (Some(store), true, true) = (&self.store, st.persistent, seq != 0) {
+    pub fn forget_delivery(&self, persistent: bool, client: &Arc<str>, seq: u64) {
+        if let (Some(store), true, true) = (&self.store, persistent, seq != 0) {
             store.submit(Change::DelDelivery(client.clone(), seq));
         }
     }
 
-    /// Keep an incoming QoS 2 packet identifier awaiting PUBREL.
-    pub fn put_qos2(&self, st: &SessionState, client: &Arc<str>, id: PacketId) {
-        if let (Some(store), true) = (&self.store, st.persistent) {
+    /// Keep an incoming QoS 2 packet identifier awaiting PUBREL; whether it was written.
+    pub fn put_qos2(&self, persistent: bool, client: &Arc<str>, id: PacketId) -> bool {
+        if let (Some(store), true) = (&self.store, persistent) {
             store.submit(Change::PutQos2(client.clone(), id.get()));
+            return true;
         }
+        false
     }
 
-    /// Forget an incoming QoS 2 packet identifier (PUBREL came).
-    pub fn forget_qos2(&self, st: &SessionState, client: &Arc<str>, id: PacketId) {
-        if let (Some(store), true) = (&self.store, st.persistent) {
+    /// Forget an incoming QoS 2 packet identifier (PUBREL came); whether it was written.
+    pub fn forget_qos2(&self, persistent: bool, client: &Arc<str>, id: PacketId) -> bool {
+        if let (Some(store), true) = (&self.store, persistent) {
             store.submit(Change::DelQos2(client.clone(), id.get()));
+            return true;
         }
+        false
     }
 
     /// Open a group: what is submitted until [`Persistence::end_group`] is durable together or
@@ -360,6 +367,49 @@ impl Persistence {
         if let Some(s) = &self.store {
             s.close();
         }
+    }
+}
+
+/// The store changes of one session's protocol state (`tern_proto`'s [`Persist`]), as
+/// [`Change`]s for the session of `client`; nothing is written for a session that is not
+/// kept in the store.
+///
+/// [`Persist`]: tern_proto::session::server::Persist
+pub(crate) struct SessionChanges<'a> {
+    pub persistence: &'a Persistence,
+    pub client: &'a Arc<str>,
+    pub persistent: bool,
+}
+
+impl SessionChanges<'_> {
+    /// Forget the stored record of a delivery (dropped, expired or refused by the ACL).
+    pub fn forget(&self, seq: u64) {
+        self.persistence
+            .forget_delivery(self.persistent, self.client, seq)
+    }
+}
+
+impl tern_proto::session::server::Persist<Outgoing> for SessionChanges<'_> {
+    fn qos2_received(&mut self, id: PacketId) -> bool {
+        self.persistence.put_qos2(self.persistent, self.client, id)
+    }
+
+    fn qos2_released(&mut self, id: PacketId) -> bool {
+        self.persistence.forget_qos2(self.persistent, self.client, id)
+    }
+
+    fn delivery_stage(&mut self, f: &tern_proto::session::InFlight<Outgoing>) -> bool {
+        self.persistence
+            .put_delivery(self.persistent, self.client, &f.message, f.stage, f.id)
+    }
+
+    fn delivery_done(&mut self, message: &Outgoing) {
+        self.persistence
+            .forget_delivery(self.persistent, self.client, message.seq)
+    }
+
+    fn persistent(&self) -> bool {
+        self.persistent && self.persistence.enabled()
     }
 }
 

@@ -37,7 +37,7 @@ impl Router {
         let session = self
             .sessions
             .entry(client.to_owned())
-            .or_insert_with(|| Arc::new(SessionCell::new(client.into(), ProtocolVersion::V5)))
+            .or_insert_with(|| Arc::new(SessionCell::new(client.into(), ProtocolVersion::V5, 100)))
             .clone();
         let entry = SubEntry {
             options: SubscriptionOptions::default(),

@@ -150,7 +150,7 @@ impl Core {
             stats.queued_bytes += st.queued_bytes;
             stats.largest_queue = stats.largest_queue.max(st.queue.len());
             stats.largest_queue_bytes = stats.largest_queue_bytes.max(st.queued_bytes);
-            stats.inflight += st.inflight.len();
+            stats.inflight += st.proto.inflight_len();
         }
         stats
     }
@@ -211,6 +211,7 @@ fn info(cell: &SessionCell) -> Option<SessionInfo> {
         connected_at: UNIX_EPOCH + Duration::from_millis(a.connected_at_ms),
     });
     let mut subscriptions: Vec<SubscriptionInfo> = st
+        .proto
         .subscriptions
         .iter()
         .map(|(filter, (options, identifier))| SubscriptionInfo {
@@ -226,7 +227,7 @@ fn info(cell: &SessionCell) -> Option<SessionInfo> {
         connection,
         expiry_interval: st.expiry_interval,
         subscriptions,
-        inflight: st.inflight.len(),
+        inflight: st.proto.inflight_len(),
         queued: st.queue.len(),
         queued_bytes: st.queued_bytes,
         dropped: st.dropped,

@@ -164,6 +164,24 @@ impl Outgoing {
     }
 }
 
+impl tern_proto::session::Deliverable for Outgoing {
+    fn qos(&self) -> QoS {
+        self.qos
+    }
+}
+
+impl tern_proto::session::server::Delivery for Outgoing {
+    fn to_publish(
+        &self,
+        version: ProtocolVersion,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        now: Instant,
+    ) -> Publish {
+        Outgoing::to_publish(self, version, packet_id, dup, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use crate::durability::{Change, Stored};
 use crate::message::Outgoing;
 use crate::router::SubEntry;
 use crate::scheduler::Due;
-use crate::session::{Inflight, SessionCell};
+use crate::session::SessionCell;
 use crate::store::record;
 
 /// What was restored, for the start-up log line.
@@ -60,14 +60,18 @@ impl Core {
                 r.expired_sessions += 1;
                 continue;
             }
-            let cell = Arc::new(SessionCell::new(client_id.clone(), rec.version));
+            let cell = Arc::new(SessionCell::new(
+                client_id.clone(),
+                rec.version,
+                self.config.receive_maximum,
+            ));
             {
                 let mut st = cell.lock();
                 st.expiry_interval = rec.expiry_interval;
                 st.persistent = true;
                 st.generation = 1;
                 for (filter, options, id) in &rec.subscriptions {
-                    st.subscriptions.insert(filter.clone(), (*options, *id));
+                    st.proto.subscriptions.insert(filter.clone(), (*options, *id));
                 }
                 if let Some((at, will)) = &rec.pending_will {
                     st.pending_will = Some(will.clone());
@@ -84,7 +88,7 @@ impl Core {
                 };
                 if let Err(e) = self.subscribe(filter, &cell, entry) {
                     // The session must not list a subscription the router does not hold.
-                    cell.lock().subscriptions.remove(filter);
+                    cell.lock().proto.subscriptions.remove(filter);
                     tracing::warn!(client_id = %cell.client_id, %filter, "stored subscription not restored: {e}");
                 }
             }
@@ -120,11 +124,14 @@ impl Core {
             let mut st = cell.lock();
             st.next_seq = st.next_seq.max(d.seq + 1);
             match d.stage {
-                Some((state, packet_id)) => st.push_inflight(Inflight {
-                    packet_id,
-                    out,
-                    state,
-                }),
+                Some((stage, packet_id)) => {
+                    if !st.proto.restore(packet_id, stage, out) {
+                        // Two stored deliveries with one packet id cannot both be resent.
+                        tracing::warn!(client_id = %client, id = packet_id.get(), "stored delivery dropped: its packet id is taken");
+                        submit(Change::DelDelivery(client, d.seq));
+                        continue;
+                    }
+                }
                 None if out.msg.is_expired(now) => {
                     submit(Change::DelDelivery(client, d.seq));
                     r.expired_messages += 1;
@@ -141,7 +148,7 @@ impl Core {
         for (client, id) in stored.qos2 {
             match (cells.get(&client), PacketId::new(id)) {
                 (Some(cell), Some(id)) => {
-                    cell.lock().inbound_qos2.insert(id.get());
+                    cell.lock().proto.restore_qos2(id);
                 }
                 _ => submit(Change::DelQos2(client, id)),
             }

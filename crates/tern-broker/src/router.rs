@@ -735,7 +735,13 @@ mod tests {
         fn get(&mut self, id: &str) -> Arc<SessionCell> {
             self.0
                 .entry(id.to_owned())
-                .or_insert_with(|| Arc::new(SessionCell::new(Arc::from(id), tern_proto::ProtocolVersion::V5)))
+                .or_insert_with(|| {
+                    Arc::new(SessionCell::new(
+                        Arc::from(id),
+                        tern_proto::ProtocolVersion::V5,
+                        100,
+                    ))
+                })
                 .clone()
         }
     }

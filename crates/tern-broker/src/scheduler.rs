@@ -181,7 +181,11 @@ mod tests {
     use std::time::Duration;
 
     fn cell(id: &str) -> Arc<SessionCell> {
-        Arc::new(SessionCell::new(Arc::from(id), tern_proto::ProtocolVersion::V5))
+        Arc::new(SessionCell::new(
+            Arc::from(id),
+            tern_proto::ProtocolVersion::V5,
+            100,
+        ))
     }
 
     #[test]

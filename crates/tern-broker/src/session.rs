@@ -7,32 +7,22 @@
 //! retained store, then a session; a session lock is never held across an
 //! `.await` or while taking another lock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tern_proto::{PacketId, ProtocolVersion, QoS, SubscriptionOptions};
+use tern_proto::{ProtocolVersion, QoS};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::message::Outgoing;
 
-/// Where a QoS 1/2 delivery to the client stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InflightState {
-    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
-    Published,
-    /// PUBREL sent, waiting for PUBCOMP.
-    Released,
-}
+/// Where a QoS 1/2 delivery to the client stands (the window of the sans-IO session).
+pub use tern_proto::session::Stage as InflightState;
 
-/// A QoS 1/2 delivery awaiting acknowledgement.
-#[derive(Debug, Clone)]
-pub(crate) struct Inflight {
-    pub packet_id: PacketId,
-    pub out: Outgoing,
-    pub state: InflightState,
-}
+/// The protocol state of a session that outlives its connections: the delivery window with
+/// its packet identifiers, incoming QoS 2 identifiers, subscriptions.
+pub(crate) type Protocol = tern_proto::session::server::ServerState<Outgoing>;
 
 /// The connection attached to a session, as listed by the broker's admin API.
 #[derive(Debug)]
@@ -66,25 +56,13 @@ pub(crate) struct SessionState {
     /// Incremented on every attach and detach; timers check it before acting.
     pub generation: u64,
     pub version: ProtocolVersion,
-    /// Full filter (with `$share/g/` prefix) → options and subscription identifier.
-    pub subscriptions: Subscriptions,
+    /// The in-flight window, incoming QoS 2 identifiers and subscriptions (full filter,
+    /// with the `$share/g/` prefix, → options and subscription identifier).
+    pub proto: Protocol,
     /// Messages waiting for the in-flight window or for the client to come back.
     pub queue: VecDeque<Outgoing>,
-    /// Sent QoS 1/2 messages awaiting acknowledgement, in the order they were sent.
-    /// Change it only through `push_inflight` / `remove_inflight` / `drain_inflight`,
-    /// which keep `ids_in_use` in step.
-    pub inflight: VecDeque<Inflight>,
-    /// Packet identifiers of `inflight`.
-    ids_in_use: rustc_hash::FxHashSet<u16>,
-    next_packet_id: u16,
-    /// Incoming QoS 2 packet ids acknowledged with PUBREC and awaiting PUBREL.
-    pub inbound_qos2: rustc_hash::FxHashSet<u16>,
     /// Session Expiry Interval in seconds (`u32::MAX`: never).
     pub expiry_interval: u32,
-    /// Client's Receive Maximum.
-    pub client_receive_maximum: u16,
-    /// Client's Maximum Packet Size.
-    pub client_max_packet_size: u32,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
     /// Payload bytes in `queue`.
@@ -132,7 +110,7 @@ pub(crate) struct SessionCell {
 }
 
 impl SessionCell {
-    pub fn new(client_id: Arc<str>, version: ProtocolVersion) -> SessionCell {
+    pub fn new(client_id: Arc<str>, version: ProtocolVersion, receive_maximum: u16) -> SessionCell {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         SessionCell {
             client_id,
@@ -141,15 +119,9 @@ impl SessionCell {
                 conn_id: None,
                 generation: 0,
                 version,
-                subscriptions: Subscriptions::default(),
+                proto: Protocol::new(receive_maximum),
                 queue: VecDeque::new(),
-                inflight: VecDeque::new(),
-                ids_in_use: rustc_hash::FxHashSet::default(),
-                next_packet_id: 1,
-                inbound_qos2: rustc_hash::FxHashSet::default(),
                 expiry_interval: 0,
-                client_receive_maximum: u16::MAX,
-                client_max_packet_size: u32::MAX,
                 dropped: 0,
                 queued_bytes: 0,
                 takeover: None,
@@ -327,67 +299,6 @@ impl SessionCell {
     }
 }
 
-/// A session's subscriptions, by full filter (with the `$share/{group}/` prefix for
-/// shared ones), and how many of them have wildcards.
-///
-/// ### Invariants
-/// `wildcards` is the number of filters in `map` with `+` or `#` (a share name cannot
-/// hold either, so the full filter tells): every change goes through these methods.
-#[derive(Debug, Default)]
-pub(crate) struct Subscriptions {
-    map: HashMap<String, (SubscriptionOptions, Option<u32>)>,
-    wildcards: usize,
-}
-
-impl Subscriptions {
-    /// Add or replace a subscription; the options and identifier it replaces.
-    pub fn insert(
-        &mut self,
-        filter: String,
-        value: (SubscriptionOptions, Option<u32>),
-    ) -> Option<(SubscriptionOptions, Option<u32>)> {
-        let wild = tern_proto::topic::has_wildcards(&filter);
-        let old = self.map.insert(filter, value);
-        if old.is_none() && wild {
-            self.wildcards += 1;
-        }
-        old
-    }
-
-    /// Remove a subscription; its options and identifier.
-    pub fn remove(&mut self, filter: &str) -> Option<(SubscriptionOptions, Option<u32>)> {
-        let old = self.map.remove(filter);
-        if old.is_some() && tern_proto::topic::has_wildcards(filter) {
-            self.wildcards -= 1;
-        }
-        old
-    }
-
-    /// Remove every subscription.
-    pub fn drain(&mut self) -> impl Iterator<Item = (String, (SubscriptionOptions, Option<u32>))> + '_ {
-        self.wildcards = 0;
-        self.map.drain()
-    }
-
-    pub fn contains_key(&self, filter: &str) -> bool {
-        self.map.contains_key(filter)
-    }
-
-    /// Number of subscriptions.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Number of subscriptions whose filter has `+` or `#`.
-    pub fn wildcards(&self) -> usize {
-        self.wildcards
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &(SubscriptionOptions, Option<u32>))> {
-        self.map.iter()
-    }
-}
-
 /// What happened to a message offered to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Enqueued {
@@ -412,21 +323,6 @@ pub(crate) struct Queueing<'a> {
 }
 
 impl SessionState {
-    /// A packet identifier not used by any in-flight message ([MQTT-2.2.1-4]).
-    /// The caller keeps the in-flight window below 65,535, so one is free.
-    pub fn allocate_packet_id(&mut self) -> Option<PacketId> {
-        for _ in 0..=u16::MAX as u32 {
-            let id = PacketId::new(self.next_packet_id);
-            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if let Some(id) = id {
-                if !self.ids_in_use.contains(&id.get()) {
-                    return Some(id);
-                }
-            }
-        }
-        None
-    }
-
     /// Take the next queued message.
     pub fn pop_queued(&mut self) -> Option<Outgoing> {
         let out = self.queue.pop_front()?;
@@ -435,30 +331,6 @@ impl SessionState {
             self.full_since = None;
         }
         Some(out)
-    }
-
-    /// Record a delivery as in flight.
-    pub fn push_inflight(&mut self, i: Inflight) {
-        self.ids_in_use.insert(i.packet_id.get());
-        self.inflight.push_back(i);
-    }
-
-    /// Remove the in-flight entry at `index`.
-    pub fn remove_inflight(&mut self, index: usize) -> Option<Inflight> {
-        let i = self.inflight.remove(index)?;
-        self.ids_in_use.remove(&i.packet_id.get());
-        Some(i)
-    }
-
-    /// Take every in-flight entry.
-    pub fn drain_inflight(&mut self) -> Vec<Inflight> {
-        self.ids_in_use.clear();
-        self.inflight.drain(..).collect()
-    }
-
-    /// Position of the in-flight entry for `id`.
-    pub fn find_inflight(&self, id: PacketId) -> Option<usize> {
-        self.inflight.iter().position(|i| i.packet_id == id)
     }
 }
 
@@ -503,27 +375,5 @@ impl Registry {
             }
             _ => false,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subscriptions_count_their_wildcard_filters() {
-        let mut s = Subscriptions::default();
-        let v = (SubscriptionOptions::default(), None);
-        assert!(s.insert("a/+".into(), v).is_none());
-        assert!(s.insert("a/+".into(), v).is_some());
-        s.insert("$share/g/b/#".into(), v);
-        s.insert("exact".into(), v);
-        assert_eq!((s.len(), s.wildcards()), (3, 2));
-        assert!(s.remove("a/+").is_some());
-        assert!(s.remove("a/+").is_none());
-        assert!(s.remove("exact").is_some());
-        assert_eq!((s.len(), s.wildcards()), (1, 1));
-        assert_eq!(s.drain().count(), 1);
-        assert_eq!((s.len(), s.wildcards()), (0, 0));
     }
 }

@@ -11,11 +11,12 @@ use tern_proto::{topic, ByteString, ConnAck, Connect, DecodeError, Packet, Proto
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
-use super::{Conn, WillState};
+use super::{Conn, Link, WillState};
 use crate::broker_core::Core;
 use crate::message::Message;
 use crate::session::{Attached, SessionCell, Takeover};
 use crate::AuthStep;
+use tern_proto::session::server::{ClientLimits, ServerSession};
 
 /// Why no session was established.
 #[derive(Debug)]
@@ -274,8 +275,6 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         st.attached = Some(attached.clone());
         st.persistent = shared.durability.enabled() && expiry > 0;
         st.pending_will_at = None;
-        st.client_receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
-        st.client_max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
         st.waker = Some(waker.clone());
     }
     shared.persist_session(&cell, false);
@@ -315,6 +314,12 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     send_connack(io, v, fit(ack, &c)).await;
 
     let now = shared.clock.now();
+    let limits = ClientLimits::from_connect(&c, keep_alive);
+    let auth_method = c
+        .properties
+        .authentication_method
+        .as_ref()
+        .map(|m| ByteString::from(m.to_string()));
     let will = c.will.map(|w| {
         let delay = w.properties.will_delay_interval.unwrap_or(0);
         let p = tern_proto::Publish {
@@ -358,28 +363,34 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         .counters
         .connected
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut conn = Conn::new(
-        shared.clone(),
+    let session = ServerSession::new(v, shared.rules.clone(), limits, auth_method, now);
+    let link = Link {
+        shared: shared.clone(),
         cell,
         conn_id,
-        v,
+        version: v,
         client_id,
-        attached,
+        info: attached,
         waker,
         will,
-        expiry,
-    );
-    conn.problem_information = c.properties.request_problem_information != Some(0);
-    conn.client_alias_maximum = if v.is_v5() {
-        c.properties.topic_alias_maximum.unwrap_or(0)
-    } else {
-        0
+        out: BytesMut::new(),
+        needs_commit: false,
+        waiting_for_commit: false,
+        seen_commit: 0,
+        pressure: Vec::new(),
+        pending: Vec::new(),
+        pending_bytes: 0,
+        pending_messages: 0,
+        group: None,
+        reauth: None,
+        partial: None,
     };
-    conn.auth_method = c
-        .properties
-        .authentication_method
-        .as_ref()
-        .map(|m| ByteString::from(m.to_string()));
+    let decoder = Decoder::new(v, shared.config.max_packet_size);
+    let conn = Conn {
+        session,
+        link,
+        decoder,
+    };
     Ok(conn)
 }
 
@@ -602,7 +613,11 @@ fn attach_session(
         }
         shared.end_session(&old);
     }
-    let cell = Arc::new(SessionCell::new(client_id.clone(), v));
+    let cell = Arc::new(SessionCell::new(
+        client_id.clone(),
+        v,
+        shared.config.receive_maximum,
+    ));
     {
         let mut st = cell.lock();
         st.conn_id = Some(conn_id);

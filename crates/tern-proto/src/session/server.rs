@@ -538,7 +538,7 @@ impl ServerSession {
             Packet::Subscribe(s) => self.on_subscribe(now, s, host),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, host),
             Packet::PingReq => {
-                host.transmit(Packet::PingResp);
+                self.send(host, Packet::PingResp);
                 Ok(())
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d, host).into()),
@@ -665,7 +665,7 @@ impl ServerSession {
         if qos == QoS::AtLeastOnce {
             let matched = host.route(p, topic, now);
             let ack = self.pub_ack(id, matched);
-            host.transmit(Packet::PubAck(ack));
+            self.send(host, Packet::PubAck(ack));
             return Ok(());
         }
         // QoS 2: the identifier and the copies routed for it are stored atomically: a crash
@@ -684,11 +684,11 @@ impl ServerSession {
             Ok(Qos2Arrival::Deliver) => {
                 let matched = host.route(p, topic, now);
                 let ack = self.pub_ack(id, matched);
-                host.transmit(Packet::PubRec(ack));
+                self.send(host, Packet::PubRec(ack));
                 Ok(())
             }
             Ok(Qos2Arrival::Duplicate) => {
-                host.transmit(Packet::PubRec(Ack::new(id)));
+                self.send(host, Packet::PubRec(Ack::new(id)));
                 Ok(())
             }
             // A new message with an identifier still awaiting PUBREL ([MQTT-2.2.1-3] broken
@@ -698,7 +698,7 @@ impl ServerSession {
                     true => Ack::with_reason(id, ReasonCode::PacketIdentifierInUse),
                     false => Ack::new(id),
                 };
-                host.transmit(Packet::PubRec(ack));
+                self.send(host, Packet::PubRec(ack));
                 Ok(())
             }
             Ok(Qos2Arrival::QuotaExceeded) => Err(violation(Violation::ReceiveMaximumExceeded {
@@ -711,10 +711,13 @@ impl ServerSession {
     }
 
     fn ack_publish<H: ServerHost>(&self, qos: QoS, ack: Ack, host: &mut H) {
-        host.transmit(match qos {
-            QoS::ExactlyOnce => Packet::PubRec(ack),
-            _ => Packet::PubAck(ack),
-        });
+        self.send(
+            host,
+            match qos {
+                QoS::ExactlyOnce => Packet::PubRec(ack),
+                _ => Packet::PubAck(ack),
+            },
+        );
     }
 
     /// A PUBLISH the ACL refuses is not routed ([MQTT-3.3.5-2]). 5.0 answers
@@ -760,7 +763,7 @@ impl ServerSession {
                 if wait == Some(true) {
                     host.ack_when_durable();
                 }
-                host.transmit(Packet::PubRel(Ack::new(a.packet_id)));
+                self.send(host, Packet::PubRel(Ack::new(a.packet_id)));
             }
             AckMatch::WrongQoS => return Err(violation(Violation::PubRecForQoS1(a.packet_id))),
             _ if failed => {}
@@ -770,7 +773,7 @@ impl ServerSession {
                     true => Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound),
                     false => Ack::new(a.packet_id),
                 };
-                host.transmit(Packet::PubRel(rel));
+                self.send(host, Packet::PubRel(rel));
             }
         }
         Ok(())
@@ -790,7 +793,7 @@ impl ServerSession {
             true => Ack::new(a.packet_id),
             false => Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound),
         };
-        host.transmit(Packet::PubComp(reply));
+        self.send(host, Packet::PubComp(reply));
         Ok(())
     }
 
@@ -907,7 +910,7 @@ impl ServerSession {
         }
         host.subscriptions_changed();
         host.ack_when_durable();
-        host.transmit(Packet::SubAck(ack));
+        self.send(host, Packet::SubAck(ack));
         for (filter, qos) in retained {
             host.send_retained(&filter, qos, sub_id, now);
         }
@@ -929,11 +932,14 @@ impl ServerSession {
         if !self.version.is_v5() {
             codes.clear();
         }
-        host.transmit(Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            properties: Default::default(),
-            reason_codes: codes,
-        }));
+        self.send(
+            host,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: Default::default(),
+                reason_codes: codes,
+            }),
+        );
         Ok(())
     }
 
@@ -975,7 +981,7 @@ impl ServerSession {
             AuthAnswer::Failure => return Err(SessionClose::NotAuthorized.into()),
         }
         reply.properties.authentication_method = Some(method);
-        host.transmit(Packet::Auth(reply));
+        self.send(host, Packet::Auth(reply));
         Ok(())
     }
 
@@ -1036,6 +1042,12 @@ impl ServerSession {
         }
     }
 
+    /// Send `packet`, fitted to what the client accepts.
+    fn send<H: ServerHost>(&self, host: &mut H, mut packet: Packet) {
+        self.fit(&mut packet);
+        host.transmit(packet);
+    }
+
     /// Make a packet fit what the client accepts: a Reason String or User Property the
     /// client's Maximum Packet Size has no room for is left out (v5 [MQTT-3.9.2-1],
     /// [MQTT-3.14.2-3] and the like).
@@ -1067,7 +1079,7 @@ impl ServerSession {
             host.ack_when_durable();
         }
         for p in packets {
-            host.transmit(p);
+            self.send(host, p);
         }
         Ok(())
     }

@@ -238,7 +238,7 @@ fn qos1_is_routed_then_acknowledged_once_durable_mqtt_4_3_2_2() {
 
 #[test]
 fn qos2_is_delivered_once_until_pubrel_mqtt_4_3_3_10() {
-    // v5 [MQTT-4.3.3-10]: no second delivery before PUBREL; [MQTT-4.3.3-11] PUBCOMP for PUBREL.
+    // v5 [MQTT-4.3.3-10]: no second delivery before PUBREL; v5 [MQTT-4.3.3-11] PUBCOMP for PUBREL.
     let (mut s, t0) = session(ProtocolVersion::V5);
     let mut h = Host::new();
     s.handle_packet(t0, publish("a", QoS::ExactlyOnce, Some(7), false), &mut h)
@@ -253,7 +253,7 @@ fn qos2_is_delivered_once_until_pubrel_mqtt_4_3_3_10() {
         (reason(&sent[0]), reason(&sent[1])),
         (ReasonCode::Success, ReasonCode::Success)
     );
-    // DUP=0 with an identifier awaiting PUBREL: the sender reused it ([MQTT-2.2.1-3]).
+    // DUP=0 with an identifier awaiting PUBREL: the sender reused it (v5 [MQTT-2.2.1-3]).
     s.handle_packet(t0, publish("a", QoS::ExactlyOnce, Some(7), false), &mut h)
         .unwrap();
     assert_eq!(reason(&h.take()[0]), ReasonCode::PacketIdentifierInUse);
@@ -261,7 +261,7 @@ fn qos2_is_delivered_once_until_pubrel_mqtt_4_3_3_10() {
     s.handle_packet(t0, Packet::PubRel(Ack::new(pid(7))), &mut h)
         .unwrap();
     assert!(matches!(&h.take()[..], [Packet::PubComp(a)] if a.reason_code == ReasonCode::Success));
-    // [MQTT-4.3.3-12]: after PUBREL the identifier starts a new message.
+    // v5 [MQTT-4.3.3-12]: after PUBREL the identifier starts a new message.
     s.handle_packet(t0, publish("a", QoS::ExactlyOnce, Some(7), false), &mut h)
         .unwrap();
     assert_eq!(h.routed.len(), 2);
@@ -289,7 +289,7 @@ fn qos2_beyond_our_receive_maximum_is_0x93_mqtt_3_3_4_9() {
 
 #[test]
 fn denied_publish_is_not_routed_mqtt_3_3_5_2() {
-    // v5 [MQTT-3.3.5-2]: 0x87 in 5.0; 3.1.1 acknowledges as usual.
+    // v3.1.1 [MQTT-3.3.5-2]: not routed; 5.0 says 0x87, 3.1.1 acknowledges as usual.
     for (v, code) in [
         (ProtocolVersion::V5, ReasonCode::NotAuthorized),
         (ProtocolVersion::V3_1_1, ReasonCode::Success),
@@ -370,7 +370,7 @@ fn deliveries_complete_on_their_acknowledgements_mqtt_4_3_3_4() {
     // A PUBACK for the QoS 2 delivery is a protocol error.
     s.handle_packet(t0, Packet::PubAck(Ack::new(b)), &mut h).unwrap();
     assert_eq!(close_code(s.flush_acks(&mut h)), ReasonCode::ProtocolError);
-    // [MQTT-4.3.3-4] PUBREC → PUBREL; PUBCOMP ends it.
+    // v5 [MQTT-4.3.3-4] PUBREC → PUBREL; PUBCOMP ends it.
     s.handle_packet(t0, Packet::PubRec(Ack::new(b)), &mut h).unwrap();
     assert!(matches!(&h.take()[..], [Packet::PubRel(r)] if r.packet_id == b));
     assert_eq!(h.state.inflight().next().unwrap().stage, Stage::Released);
@@ -562,6 +562,6 @@ fn deliveries_use_aliases_and_respect_the_maximum_packet_size() {
     let mut q = Publish::new("long/topic", "x");
     assert_eq!(s.outgoing(&mut q), None);
     assert!(q.topic.is_empty() && q.properties.topic_alias == Some(1));
-    // [MQTT-3.1.2-25] nothing above the client's Maximum Packet Size.
+    // v5 [MQTT-3.1.2-25] nothing above the client's Maximum Packet Size.
     assert!(s.fits(1000) && !s.fits(1001));
 }

@@ -1,0 +1,333 @@
+//! The broker's side of one connection's session: what the sans-IO
+//! [`ServerSession`](tern_proto::session::server::ServerSession) asks of the broker
+//! ([`ServerHost`]), carried out on the core (routing, subscriptions, the ACL, the store).
+//! No protocol rule lives here: each method does one thing the session decided.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tern_proto::session::server::{
+    AuthAnswer, Note, Permission, Persist, Refused, ServerHost, ServerState, SessionClose,
+};
+use tern_proto::{ByteString, Packet, ProtocolVersion, Publish, QoS, SubscriptionOptions, Violation};
+use tokio::sync::Notify;
+
+use crate::broker_core::Core;
+use crate::durability::SessionChanges;
+use crate::message::{Message, Outgoing};
+use crate::router::SubEntry;
+use crate::security::Action;
+use crate::session::{Attached, SessionCell, SessionState, Takeover};
+
+/// The will of this connection.
+#[derive(Debug)]
+pub(crate) struct WillState {
+    pub message: Arc<Message>,
+    /// Will Delay Interval in seconds.
+    pub delay: u32,
+}
+
+/// How a connection ends.
+#[derive(Debug)]
+pub(crate) enum Close {
+    /// The client sent DISCONNECT; `with_will` for reason 0x04 ([MQTT-3.14.4-3]).
+    ClientDisconnect { with_will: bool },
+    /// The client broke a rule (or the store failed): send DISCONNECT with
+    /// [`Violation::reason_code`] and the message as Reason String (5.0), and close.
+    Violation(Violation),
+    /// No packet within 1.5 × keep-alive ([MQTT-3.1.2-24]).
+    KeepAliveTimeout,
+    /// A newer connection took the session over.
+    TakenOver(Takeover),
+    /// The peer closed the socket or it failed.
+    Transport(String),
+    /// The broker is shutting down (v5 DISCONNECT 0x8B).
+    Shutdown,
+    /// Re-authentication failed (v5 DISCONNECT 0x87).
+    NotAuthorized,
+    /// An administrator disconnected the client (v5 DISCONNECT 0x98); `discard` also
+    /// ends its session.
+    Kicked { discard: bool },
+    /// No byte of a packet in progress for `packet_stall_timeout_secs`.
+    Stalled,
+    /// Its packet in progress was among the oldest when the broker-wide budget for partial
+    /// packets ran out (v5 DISCONNECT 0x97 Quota exceeded).
+    Evicted,
+}
+
+impl From<SessionClose> for Close {
+    fn from(c: SessionClose) -> Close {
+        match c {
+            SessionClose::Disconnect { with_will } => Close::ClientDisconnect { with_will },
+            SessionClose::Violation(v) => Close::Violation(v),
+            SessionClose::KeepAliveTimeout => Close::KeepAliveTimeout,
+            SessionClose::NotAuthorized => Close::NotAuthorized,
+        }
+    }
+}
+
+/// What the connection holds besides its [`ServerSession`](tern_proto::session::server::ServerSession).
+pub(crate) struct Link {
+    pub shared: Arc<Core>,
+    pub cell: Arc<SessionCell>,
+    pub conn_id: u64,
+    pub version: ProtocolVersion,
+    pub client_id: Arc<str>,
+    /// Peer address, user name, listener (shared with the session, for the admin API).
+    pub info: Arc<Attached>,
+    pub waker: Arc<Notify>,
+    pub will: Option<WillState>,
+    /// Encoded packets waiting to be written.
+    pub out: BytesMut,
+    /// Store changes were made that must be committed before the next write
+    /// (acknowledgements wait for them).
+    pub needs_commit: bool,
+    /// The queue's head waits for a store commit.
+    pub waiting_for_commit: bool,
+    /// The durable ticket when the queue was last looked at (a commit wait waits past it).
+    pub seen_commit: u64,
+    /// Subscriber sessions over their queue limits: this client's socket is not
+    /// read until they have room (backpressure instead of loss for QoS 1/2).
+    pub pressure: Vec<Arc<SessionCell>>,
+    /// Messages routed from the packets being decoded, not yet queued (see
+    /// [`crate::broker_core::Core::publish_deferred`]).
+    pub pending: crate::broker_core::Deliveries,
+    /// Payload bytes in `pending`.
+    pub pending_bytes: usize,
+    /// Messages routed into `pending` (counted in `messages_in` when it is queued).
+    pub pending_messages: u64,
+    /// The store group of the QoS 2 PUBLISH being handled.
+    pub group: Option<crate::durability::Group>,
+    /// A re-authentication exchange in progress.
+    pub reauth: Option<Box<dyn crate::AuthExchange>>,
+    /// This connection's share of the budget for partial packets, while its packet in
+    /// progress is large enough to count.
+    pub partial: Option<crate::budget::Claim>,
+}
+
+impl Link {
+    /// Whether this connection still holds its session.
+    pub fn check_attached(&self, st: &SessionState) -> Result<(), Close> {
+        if st.conn_id == Some(self.conn_id) {
+            return Ok(());
+        }
+        let t = st.takeover.filter(|t| t.old_conn == self.conn_id);
+        Err(Close::TakenOver(t.unwrap_or(Takeover {
+            old_conn: self.conn_id,
+            session_ended: true,
+        })))
+    }
+
+    /// The store changes of the locked session state.
+    pub fn changes<'a>(&'a self, persistent: bool) -> SessionChanges<'a> {
+        SessionChanges {
+            persistence: &self.shared.durability,
+            client: &self.client_id,
+            persistent,
+        }
+    }
+
+    fn route_message(&mut self, msg: &Arc<Message>) -> usize {
+        if msg.retain && !self.shared.retain(msg) {
+            tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "retained store full (max_retained); message not retained");
+        }
+        if self.shared.durability.enabled() {
+            // Queued at once: the store groups a QoS 2 packet id with the copies routed
+            // for it, so they must be submitted inside the group.
+            return self.shared.publish(msg, &mut self.pressure);
+        }
+        let start = self.pending.len();
+        let n = self.shared.publish_deferred(msg, &mut self.pending);
+        self.pending_bytes += n * msg.payload.len();
+        self.pending_messages += 1;
+        let cfg = &self.shared.config;
+        let full = self.pending.len() >= self.shared.deliver_batch
+            || self.pending_bytes >= cfg.max_queued_bytes / 4
+            || self.pending[start..].iter().any(|(cell, _)| cell.is_near_full());
+        if full {
+            self.deliver_pending();
+        }
+        n
+    }
+
+    /// Queue the deliveries collected from the packets decoded so far (before any
+    /// acknowledgement for them is written, and before backpressure is checked).
+    pub fn deliver_pending(&mut self) {
+        if !self.pending.is_empty() {
+            self.shared
+                .deliver_all(&mut self.pending, Some(&mut self.pressure));
+        }
+        self.pending_bytes = 0;
+        if self.pending_messages > 0 {
+            let n = std::mem::take(&mut self.pending_messages);
+            self.shared
+                .counters
+                .messages_in
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        // An idle connection keeps no batch space (a busy one allocates once per read).
+        if self.pending.capacity() > 64 {
+            self.pending = Vec::new();
+        }
+    }
+}
+
+impl ServerHost for Link {
+    type Message = Outgoing;
+    type Close = Close;
+
+    fn transmit(&mut self, packet: Packet) {
+        if let Err(e) = packet.encode(self.version, &mut self.out) {
+            tracing::warn!(client_id = %self.client_id, "cannot encode {:?}: {e}", packet.packet_type());
+        }
+    }
+
+    fn allows(&mut self, permission: Permission, topic: &str) -> bool {
+        let action = match permission {
+            Permission::Publish => Action::Publish,
+            Permission::Subscribe => Action::Subscribe,
+        };
+        let user = self.info.username.as_deref();
+        self.shared.security.allows(action, user, &self.client_id, topic)
+    }
+
+    fn with_state<R>(
+        &mut self,
+        f: impl FnOnce(&mut ServerState<Outgoing>, &mut dyn Persist<Outgoing>) -> R,
+    ) -> Result<R, Close> {
+        let cell = self.cell.clone();
+        let mut st = cell.lock();
+        self.check_attached(&st)?;
+        let SessionState {
+            proto, persistent, ..
+        } = &mut *st;
+        Ok(f(proto, &mut self.changes(*persistent)))
+    }
+
+    fn route(&mut self, publish: Publish, topic: ByteString, now: Instant) -> usize {
+        let msg = Arc::new(Message::from_publish(
+            publish,
+            topic,
+            Some(self.client_id.clone()),
+            now,
+        ));
+        self.route_message(&msg)
+    }
+
+    fn begin_group(&mut self) {
+        self.group = self.shared.durability.group();
+    }
+
+    fn end_group(&mut self) {
+        self.shared.durability.end_group(self.group.take());
+    }
+
+    fn storage_failed(&self) -> bool {
+        self.shared.durability.failed()
+    }
+
+    fn ack_when_durable(&mut self) {
+        self.needs_commit = true;
+    }
+
+    fn subscribe(
+        &mut self,
+        full_filter: &str,
+        share_group: Option<&str>,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Result<bool, Refused> {
+        let entry = SubEntry {
+            options,
+            id,
+            session: self.cell.clone(),
+            shared: share_group.map(|_| Arc::from(full_filter)),
+        };
+        self.shared.subscribe(full_filter, &self.cell, entry).map_err(|e| {
+            tracing::warn!(client_id = %self.client_id, filter = full_filter, "subscription refused: {e}");
+            Refused
+        })
+    }
+
+    fn unsubscribe(&mut self, full_filter: &str) {
+        self.shared.unsubscribe(full_filter, &self.cell);
+    }
+
+    fn send_retained(&mut self, filter: &str, qos: QoS, id: Option<u32>, now: Instant) {
+        // What this client published before the SUBSCRIBE is queued first, in order.
+        self.deliver_pending();
+        self.shared.send_retained(filter, &self.cell, qos, id, now);
+    }
+
+    fn subscriptions_changed(&mut self) {
+        self.shared.persist_session(&self.cell, false);
+    }
+
+    fn set_session_expiry(&mut self, secs: u32) {
+        // Only while this connection still holds the session: a DISCONNECT handled after a
+        // new connection took the session over must not shorten the new one's expiry.
+        let mut st = self.cell.lock();
+        if st.conn_id == Some(self.conn_id) {
+            st.expiry_interval = secs;
+        }
+    }
+
+    fn reauthenticate(&mut self, method: &str, begin: bool, data: Option<&[u8]>) -> AuthAnswer {
+        if begin {
+            let Some(auth) = self.shared.authenticators.iter().find(|x| x.method() == method) else {
+                return AuthAnswer::Failure;
+            };
+            self.reauth = Some(auth.begin(&self.client_id, self.info.username.as_deref()));
+        }
+        let Some(ex) = self.reauth.as_mut() else {
+            return AuthAnswer::Failure;
+        };
+        match ex.step(data) {
+            crate::AuthStep::Continue(d) => AuthAnswer::Continue(d),
+            crate::AuthStep::Success(d) => {
+                self.reauth = None;
+                AuthAnswer::Success(d)
+            }
+            crate::AuthStep::Failure => {
+                self.reauth = None;
+                AuthAnswer::Failure
+            }
+        }
+    }
+
+    fn note(&mut self, note: Note<'_>) {
+        let client_id = &*self.client_id;
+        let cfg = &self.shared.config;
+        match note {
+            Note::PublishDenied(topic) => tracing::info!(client_id, %topic, "PUBLISH denied by the ACL"),
+            Note::SubscribeDenied(filter) => {
+                tracing::info!(client_id, %filter, "SUBSCRIBE denied by the ACL")
+            }
+            Note::InvalidFilter(filter) => tracing::debug!(client_id, %filter, "invalid topic filter"),
+            Note::SubscriptionsRefused {
+                count,
+                wildcard: false,
+            } => tracing::info!(
+                client_id,
+                refused = count,
+                limit = cfg.max_subscriptions_per_client,
+                "SUBSCRIBE refused: max_subscriptions_per_client reached"
+            ),
+            Note::SubscriptionsRefused {
+                count,
+                wildcard: true,
+            } => tracing::info!(
+                client_id,
+                refused = count,
+                limit = cfg.max_wildcard_subscriptions_per_client,
+                "SUBSCRIBE refused: max_wildcard_subscriptions_per_client reached"
+            ),
+            Note::UnknownAck(id) => tracing::debug!(
+                client_id,
+                id = id.get(),
+                "acknowledgement for an unknown packet id"
+            ),
+        }
+    }
+}
