@@ -55,6 +55,11 @@ impl Levels {
         out
     }
 
+    /// As written, valid or not.
+    pub fn raw(&self) -> String {
+        self.join()
+    }
+
     /// As a topic name, if it is a valid one.
     pub fn topic(&self) -> Option<String> {
         let t = self.join();

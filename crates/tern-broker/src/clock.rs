@@ -1,11 +1,14 @@
-//! The broker's source of time for protocol deadlines: message expiry, Session Expiry
-//! Interval, Will Delay Interval, keep-alive, the stall timer of a packet in progress, how long
-//! a subscriber has been stalled, and the wall-clock times written to the store.
+//! The broker's source of time for protocol deadlines: the CONNECT deadline (and that of an
+//! enhanced-authentication exchange), message expiry, Session Expiry Interval, Will Delay
+//! Interval, keep-alive, the stall timer of a packet in progress, how long a subscriber has
+//! been stalled, and the wall-clock times written to the store.
 //!
 //! [`Clock::system`] reads the operating system's clocks. A [`ManualClock`] stands still
 //! until [`ManualClock::advance`] moves it: tests and simulations use it to let an hour of
-//! session expiry pass at once, without sleeping. The CONNECT deadline, the slowed publisher's
-//! poll and the linger after closing keep using the runtime's timer.
+//! session expiry pass at once, without sleeping. Only timers of the transport, which bound
+//! how long one socket may hold the broker and decide nothing of the protocol, keep the
+//! runtime's timer: write timeouts, the WebSocket handshake, the linger after closing, and
+//! the 20 ms poll of a publisher slowed down for a subscriber.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

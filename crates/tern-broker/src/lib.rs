@@ -221,10 +221,10 @@ impl BrokerBuilder {
             self.clock,
         );
         core.backplane = self.backplane;
-        let shared = Arc::new(core);
+        let core = Arc::new(core);
         if let Some(stored) = stored {
             let started = std::time::Instant::now();
-            let r = shared.restore(stored);
+            let r = core.restore(stored);
             tracing::info!(
                 sessions = r.sessions,
                 messages = r.messages,
@@ -235,9 +235,9 @@ impl BrokerBuilder {
                 "state restored from the data directory"
             );
         }
-        let limits = listener::Limits::new(&shared.config, shared.clock.now());
+        let limits = listener::Limits::new(&core.config, core.clock.now());
         Ok(Broker {
-            shared,
+            core,
             listeners,
             limits,
         })
@@ -247,7 +247,7 @@ impl BrokerBuilder {
 /// A broker whose listeners are bound.
 #[derive(Debug)]
 pub struct Broker {
-    shared: Arc<broker_core::Core>,
+    core: Arc<broker_core::Core>,
     listeners: Vec<listener::Bound>,
     /// The connection limit and connect rate, shared by every listener.
     limits: listener::Limits,
@@ -277,7 +277,7 @@ impl Broker {
 
     /// Reload the password and ACL files, and count authentication failures.
     pub fn security(&self) -> SecurityHandle {
-        SecurityHandle(self.shared.security.clone())
+        SecurityHandle(self.core.security.clone())
     }
 
     /// Serve until the task is dropped.
@@ -289,29 +289,29 @@ impl Broker {
     /// send 5.0 clients DISCONNECT 0x8B (Server shutting down), close every
     /// connection, and wait (at most 5 s) for the connection tasks to finish.
     pub async fn run_until(self, stop: impl Future<Output = ()>) {
-        let shared = self.shared;
+        let core = self.core;
         let limits = self.limits;
         let mut tasks = tokio::task::JoinSet::new();
         for l in self.listeners {
             // Debug: the embedding program announces its listeners (`tern broker` prints one
             // line each), so that a start-up shows each listener once.
             tracing::debug!(listener = %l.endpoint.name(), "listening");
-            tasks.spawn(listener::accept_loop(l, shared.clone(), limits.clone()));
+            tasks.spawn(listener::accept_loop(l, core.clone(), limits.clone()));
         }
-        tasks.spawn(scheduler::run(shared.clone()));
-        if shared.config.sys_interval_secs > 0 {
-            tasks.spawn(sys::publish_loop(shared.clone()));
+        tasks.spawn(scheduler::run(core.clone()));
+        if core.config.sys_interval_secs > 0 {
+            tasks.spawn(sys::publish_loop(core.clone()));
         }
         stop.await;
         tracing::info!("shutting down");
         tasks.abort_all();
-        shared.begin_shutdown();
+        core.begin_shutdown();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while limits.active() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if shared.durability.enabled() {
-            let d = shared.durability.clone();
+        if core.durability.enabled() {
+            let d = core.durability.clone();
             let _ = tokio::task::spawn_blocking(move || d.close()).await;
         }
     }
@@ -321,7 +321,7 @@ impl Broker {
         let addrs = self.local_addrs();
         let listeners = self.listeners();
         let security = self.security();
-        let core = self.shared.clone();
+        let core = self.core.clone();
         let stream_origin = self.listeners.first().map(|l| l.endpoint.stream_origin());
         let limits = self.limits.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -388,12 +388,11 @@ impl BrokerHandle {
         let Some(origin) = self.stream_origin.clone() else {
             return;
         };
-        let shared = self.core.clone();
-        shared
-            .counters
+        let core = self.core.clone();
+        core.counters
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::spawn(connection::serve(io, peer, shared, origin));
+        tokio::spawn(connection::serve(io, peer, core, origin));
     }
 
     /// Deliver a message that came from elsewhere (another node of a cluster, a bridge) to

@@ -121,19 +121,19 @@ impl Scheduler {
     }
 }
 
-/// Run the jobs of `shared.scheduler` as they fall due, until the task is dropped.
-pub(crate) async fn run(shared: Arc<Core>) {
+/// Run the jobs of `core.scheduler` as they fall due, until the task is dropped.
+pub(crate) async fn run(core: Arc<Core>) {
     loop {
-        let (jobs, next) = shared.scheduler.take_due(shared.clock.now());
+        let (jobs, next) = core.scheduler.take_due(core.clock.now());
         for job in jobs {
-            fire(&shared, job);
+            fire(&core, job);
         }
-        let changed = shared.scheduler.changed.notified();
+        let changed = core.scheduler.changed.notified();
         match next {
             Some(at) => {
                 tokio::select! {
                     biased;
-                    _ = shared.clock.sleep_until(at) => {}
+                    _ = core.clock.sleep_until(at) => {}
                     _ = changed => {}
                 }
             }
@@ -142,7 +142,7 @@ pub(crate) async fn run(shared: Arc<Core>) {
     }
 }
 
-fn fire(shared: &Core, job: Job) {
+fn fire(core: &Core, job: Job) {
     let Job {
         due,
         cell,
@@ -159,8 +159,8 @@ fn fire(shared: &Core, job: Job) {
                 st.pending_will.take()
             };
             if let Some(w) = will {
-                shared.publish_will(&w);
-                shared.persist_session(&cell, true);
+                core.publish_will(&w);
+                core.persist_session(&cell, true);
             }
         }
         Due::Expiry => {
@@ -169,7 +169,7 @@ fn fire(shared: &Core, job: Job) {
                 st.generation == generation && st.conn_id.is_none()
             };
             if expired {
-                shared.end_session(&cell);
+                core.end_session(&cell);
             }
         }
     }

@@ -13,15 +13,12 @@ use crate::broker_core::Core;
 use crate::message::Message;
 
 /// Publish the statistics once.
-pub(crate) fn publish_once(shared: &Core) {
-    let c = &shared.counters;
-    let (subscriptions, retained) = shared.sizes();
+pub(crate) fn publish_once(core: &Core) {
+    let c = &core.counters;
+    let (subscriptions, retained) = core.sizes();
     let values: [(&str, String); 15] = [
         ("version", format!("tern {}", env!("CARGO_PKG_VERSION"))),
-        (
-            "uptime",
-            format!("{} seconds", shared.started.elapsed().as_secs()),
-        ),
+        ("uptime", format!("{} seconds", core.started.elapsed().as_secs())),
         (
             "clients/connected",
             c.connected.load(Ordering::Relaxed).to_string(),
@@ -43,16 +40,13 @@ pub(crate) fn publish_once(shared: &Core) {
         ("bytes/sent", c.bytes_out.load(Ordering::Relaxed).to_string()),
         ("subscriptions/count", subscriptions.to_string()),
         ("retained messages/count", retained.to_string()),
-        ("clients/auth_failures", shared.security.failures().to_string()),
+        ("clients/auth_failures", core.security.failures().to_string()),
         // Connections closed because the budget for partial packets ran out.
-        ("clients/evicted", shared.partial.evictions().to_string()),
+        ("clients/evicted", core.partial.evictions().to_string()),
         // Payload bytes queued for all sessions together, and messages not queued because
         // that total reached max_queued_bytes_total.
-        ("messages/queued_bytes", shared.queued.used().to_string()),
-        (
-            "messages/dropped_over_budget",
-            shared.queued.refusals().to_string(),
-        ),
+        ("messages/queued_bytes", core.queued.used().to_string()),
+        ("messages/dropped_over_budget", core.queued.refusals().to_string()),
     ];
     for (name, value) in values {
         let msg = Arc::new(Message {
@@ -65,15 +59,15 @@ pub(crate) fn publish_once(shared: &Core) {
             publisher: None,
             stored: Default::default(),
         });
-        shared.retain(&msg);
-        shared.publish_internal(&msg);
+        core.retain(&msg);
+        core.publish_internal(&msg);
     }
 }
 
-pub(crate) async fn publish_loop(shared: Arc<Core>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval_secs));
+pub(crate) async fn publish_loop(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(core.config.sys_interval_secs));
     loop {
         tick.tick().await;
-        publish_once(&shared);
+        publish_once(&core);
     }
 }

@@ -77,7 +77,7 @@ impl Conn {
     /// Leave the session and decide about the will ([MQTT-3.1.2-8], [MQTT-3.1.2-10]).
     fn detach(mut self, close: Close) {
         self.link
-            .shared
+            .core
             .counters
             .connected
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -94,21 +94,21 @@ impl Conn {
                 st.waker = None;
                 st.attached = None;
             }
-            self.link.shared.persist_session(&self.link.cell, true);
+            self.link.core.persist_session(&self.link.cell, true);
             return;
         }
         if let Close::TakenOver(t) = close {
             if let Some(w) = will {
                 let expiry = self.link.cell.lock().expiry_interval;
                 if w.delay == 0 || t.session_ended || expiry == 0 {
-                    self.link.shared.publish_will(&w.message);
+                    self.link.core.publish_will(&w.message);
                 }
             }
             return;
         }
         let publish_will = !matches!(close, Close::ClientDisconnect { with_will: false });
         let mut discard = matches!(close, Close::Kicked { discard: true });
-        let now = self.link.shared.clock.now();
+        let now = self.link.core.clock.now();
         let (expiry, generation) = {
             let mut st = self.link.cell.lock();
             if st.conn_id != Some(self.link.conn_id) {
@@ -125,7 +125,7 @@ impl Conn {
         self.link.cell.set_connected(false);
         if let (true, Some(w)) = (publish_will, will) {
             if w.delay == 0 || expiry == 0 {
-                self.link.shared.publish_will(&w.message);
+                self.link.core.publish_will(&w.message);
             } else {
                 let at = now + Duration::from_secs(u64::from(w.delay.min(expiry)));
                 {
@@ -134,19 +134,19 @@ impl Conn {
                     st.pending_will_at = Some(at);
                 }
                 self.link
-                    .shared
+                    .core
                     .scheduler
                     .schedule(at, Due::Will, &self.link.cell, generation);
             }
         }
         if expiry == 0 || discard {
-            self.link.shared.end_session(&self.link.cell);
+            self.link.core.end_session(&self.link.cell);
         } else {
-            self.link.shared.persist_session(&self.link.cell, true);
+            self.link.core.persist_session(&self.link.cell, true);
             if expiry != u32::MAX {
                 let at = now + Duration::from_secs(u64::from(expiry));
                 self.link
-                    .shared
+                    .core
                     .scheduler
                     .schedule(at, Due::Expiry, &self.link.cell, generation);
             }

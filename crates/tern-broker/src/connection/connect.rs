@@ -49,12 +49,12 @@ async fn send_connack<S: AsyncWrite + Unpin>(io: &mut S, version: ProtocolVersio
 pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
-    shared: &Core,
+    core: &Core,
 ) -> Result<Box<Connect>, Refused> {
     // The first packet has a limit of its own, smaller than max_packet_size: an unauthenticated
     // client holds at most that much of the broker's memory until the connect timeout.
-    let decoder = Decoder::new(ProtocolVersion::V3_1_1, shared.config.connect_packet_limit());
-    let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+    let decoder = Decoder::new(ProtocolVersion::V3_1_1, core.config.connect_packet_limit());
+    let deadline = core.clock.now() + core.config.connect_timeout();
     // A large CONNECT in progress counts against the broker-wide budget for partial packets.
     let mut claim = None;
     let mut evict: Option<Arc<Notify>> = None;
@@ -72,7 +72,7 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if buf.len() >= crate::budget::TRACKED {
             let wake = evict.get_or_insert_with(|| Arc::new(Notify::new()));
-            shared.partial.hold(&mut claim, buf.capacity(), wake);
+            core.partial.hold(&mut claim, buf.capacity(), wake);
         }
         if crate::budget::evicted(&claim) {
             return Err(Refused::Silent(
@@ -92,13 +92,16 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
         // on a current-thread runtime is reproducible (the simulation replays seeds).
         tokio::select! {
             biased;
-            r = tokio::time::timeout_at(deadline, io.read_buf(buf)) => match r {
-                Err(_) => return Err(Refused::Silent("no CONNECT within the connect timeout".into())),
-                Ok(Ok(0)) => return Err(Refused::Silent("closed before CONNECT".into())),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(Refused::Silent(format!("read error before CONNECT: {e}"))),
+            r = io.read_buf(buf) => match r {
+                Ok(0) => return Err(Refused::Silent("closed before CONNECT".into())),
+                Ok(_) => {}
+                Err(e) => return Err(Refused::Silent(format!("read error before CONNECT: {e}"))),
             },
             () = evicted => {}
+            // On the broker's clock: a test's ManualClock passes it without waiting.
+            () = core.clock.sleep_until(deadline) => {
+                return Err(Refused::Silent("no CONNECT within the connect timeout".into()))
+            }
         }
     }
 }
@@ -161,22 +164,22 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     connect: Box<Connect>,
-    shared: &Arc<Core>,
+    core: &Arc<Core>,
     peer: SocketAddr,
     origin: &crate::security::Origin,
 ) -> Result<Conn, Refused> {
     let c = *connect;
     let v = c.protocol_version;
-    let cfg = &shared.config;
+    let cfg = &core.config;
     let mut props = ConnAckProperties::default();
 
-    if let Err((rc, why)) = check_connect(&c, shared) {
+    if let Err((rc, why)) = check_connect(&c, core) {
         return Err(refuse_with(io, &c, rc, why).await);
     }
 
     // Client identifier: [MQTT-3.1.3-6..8] (3.1.1), [MQTT-3.1.3-6,7] (5.0).
     let client_id: Arc<str> = if c.client_id.is_empty() {
-        let assigned: Arc<str> = format!("tern-{:016x}", shared.next_conn_id() ^ random_seed()).into();
+        let assigned: Arc<str> = format!("tern-{:016x}", core.next_conn_id() ^ random_seed()).into();
         if v.is_v5() {
             props.assigned_client_identifier = Some(assigned.as_ref().into());
         }
@@ -188,15 +191,14 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     // Enhanced authentication (v5 section 4.12) before the session is touched.
     let mut enhanced_identity = None;
     if let Some(method) = &c.properties.authentication_method {
-        match enhanced_auth(io, buf, shared, &c, &client_id).await {
+        match enhanced_auth(io, buf, core, &c, &client_id).await {
             Ok((data, identity)) => {
                 props.authentication_method = Some(method.clone());
                 props.authentication_data = data;
                 enhanced_identity = identity;
             }
             Err((rc, why)) => {
-                shared
-                    .security
+                core.security
                     .failed(peer, &client_id, c.username.as_deref(), rc, &why);
                 return Err(refuse_with(io, &c, rc, why).await);
             }
@@ -204,11 +206,10 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
 
     // Who the client is: certificate, enhanced authentication, password file, or anonymous.
-    let username = match shared.security.authenticate(origin, &c, enhanced_identity).await {
+    let username = match core.security.authenticate(origin, &c, enhanced_identity).await {
         Ok(u) => u,
         Err((rc, why)) => {
-            shared
-                .security
+            core.security
                 .failed(peer, &client_id, c.username.as_deref(), rc, &why);
             return Err(refuse_with(io, &c, rc, why).await);
         }
@@ -216,7 +217,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     // The will is published in the client's name: it needs the right to publish there.
     if let Some(w) = &c.will {
         let action = crate::security::Action::Publish;
-        if !shared
+        if !core
             .security
             .allows(action, username.as_deref(), &client_id, &w.topic)
         {
@@ -247,7 +248,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         props.server_keep_alive = Some(keep_alive);
     }
 
-    let conn_id = shared.next_conn_id();
+    let conn_id = core.next_conn_id();
     let waker = Arc::new(Notify::new());
     let attached = Arc::new(Attached {
         peer,
@@ -256,9 +257,9 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         username: username.map(|u| ByteString::from(u.to_string())),
         listener: origin.policy.clone(),
         keep_alive,
-        connected_at_ms: shared.clock.wall_ms(),
+        connected_at_ms: core.clock.wall_ms(),
     });
-    let Some((cell, session_present)) = attach_session(shared, &client_id, v, c.clean_start, expiry, conn_id)
+    let Some((cell, session_present)) = attach_session(core, &client_id, v, c.clean_start, expiry, conn_id)
     else {
         // A new client identifier beyond max_sessions: nothing was attached or ended.
         let rc = if v.is_v5() {
@@ -273,11 +274,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     {
         let mut st = cell.lock();
         st.attached = Some(attached.clone());
-        st.persistent = shared.durability.enabled() && expiry > 0;
+        st.persistent = core.durability.enabled() && expiry > 0;
         st.pending_will_at = None;
         st.waker = Some(waker.clone());
     }
-    shared.persist_session(&cell, false);
+    core.persist_session(&cell, false);
 
     if v.is_v5() {
         props.receive_maximum = Some(cfg.receive_maximum);
@@ -313,7 +314,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     };
     send_connack(io, v, fit(ack, &c)).await;
 
-    let now = shared.clock.now();
+    let now = core.clock.now();
     let limits = ClientLimits::from_connect(&c, keep_alive);
     let auth_method = c
         .properties
@@ -359,13 +360,12 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         keep_alive,
         "client connected"
     );
-    shared
-        .counters
+    core.counters
         .connected
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let session = ServerSession::new(v, shared.rules.clone(), limits, auth_method, now);
+    let session = ServerSession::new(v, core.rules.clone(), limits, auth_method, now);
     let link = Link {
-        shared: shared.clone(),
+        core: core.clone(),
         cell,
         conn_id,
         version: v,
@@ -385,7 +385,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         reauth: None,
         partial: None,
     };
-    let decoder = Decoder::new(v, shared.config.max_packet_size);
+    let decoder = Decoder::new(v, core.config.max_packet_size);
     let conn = Conn {
         session,
         link,
@@ -399,14 +399,14 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 async fn enhanced_auth<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
-    shared: &Core,
+    core: &Core,
     c: &Connect,
     client_id: &str,
 ) -> Result<(Option<tern_proto::Bytes>, Option<tern_proto::ByteString>), (ReasonCode, String)> {
     let Some(method) = c.properties.authentication_method.clone() else {
         return Ok((None, None));
     };
-    let Some(auth) = shared.authenticators.iter().find(|a| a.method() == &*method) else {
+    let Some(auth) = core.authenticators.iter().find(|a| a.method() == &*method) else {
         return Err(refuse(
             ReasonCode::BadAuthenticationMethod,
             "unsupported authentication method",
@@ -414,8 +414,8 @@ async fn enhanced_auth<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut exchange = auth.begin(client_id, c.username.as_deref());
     let mut data = c.properties.authentication_data.clone();
-    let decoder = Decoder::new(ProtocolVersion::V5, shared.config.max_packet_size);
-    let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+    let decoder = Decoder::new(ProtocolVersion::V5, core.config.max_packet_size);
+    let deadline = core.clock.now() + core.config.connect_timeout();
     loop {
         match exchange.step(data.as_deref()) {
             AuthStep::Success(d) => return Ok((d, exchange.identity().map(Into::into))),
@@ -439,9 +439,14 @@ async fn enhanced_auth<S: AsyncRead + AsyncWrite + Unpin>(
                         Ok(Decoded::NeedMore(_)) => {}
                         Err(e) => return Err((e.reason_code(), e.to_string())),
                     }
-                    match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => {
+                    let read = tokio::select! {
+                        biased;
+                        r = io.read_buf(buf) => matches!(r, Ok(n) if n > 0),
+                        () = core.clock.sleep_until(deadline) => false,
+                    };
+                    match read {
+                        true => {}
+                        false => {
                             return Err(refuse(
                                 ReasonCode::NotAuthorized,
                                 "authentication exchange abandoned",
@@ -475,9 +480,9 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-fn check_connect(c: &Connect, shared: &Core) -> Result<(), (ReasonCode, String)> {
+fn check_connect(c: &Connect, core: &Core) -> Result<(), (ReasonCode, String)> {
     let v = c.protocol_version;
-    let cfg = &shared.config;
+    let cfg = &core.config;
     if c.client_id.len() > cfg.max_client_id_len {
         return Err(refuse(
             ReasonCode::ClientIdentifierNotValid,
@@ -495,7 +500,7 @@ fn check_connect(c: &Connect, shared: &Core) -> Result<(), (ReasonCode, String)>
     }
     if let Some(method) = &c.properties.authentication_method {
         // [MQTT-4.12.0-1]: a method we do not offer.
-        if !shared.authenticators.iter().any(|a| a.method() == &**method) {
+        if !core.authenticators.iter().any(|a| a.method() == &**method) {
             return Err(refuse(
                 ReasonCode::BadAuthenticationMethod,
                 "unsupported authentication method",
@@ -541,7 +546,7 @@ fn check_connect(c: &Connect, shared: &Core) -> Result<(), (ReasonCode, String)>
 /// An older connection on the same client id is told to go ([MQTT-3.1.4-2],
 /// v5 [MQTT-3.1.4-3]); with Clean Start its session ends and a new one begins.
 fn attach_session(
-    shared: &Arc<Core>,
+    core: &Arc<Core>,
     client_id: &Arc<str>,
     v: ProtocolVersion,
     clean_start: bool,
@@ -551,9 +556,9 @@ fn attach_session(
     // One attach at a time: two CONNECTs with the same new client identifier must not
     // both create a session (the second would replace the first in the registry and
     // leave its connection attached to a session nobody can find or take over).
-    let _attaching = shared.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
-    let existing = shared.sessions.get(client_id);
-    if existing.is_none() && shared.sessions.len() >= shared.config.max_sessions {
+    let _attaching = core.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let existing = core.sessions.get(client_id);
+    if existing.is_none() && core.sessions.len() >= core.config.max_sessions {
         return None;
     }
     if let Some(old) = existing {
@@ -590,7 +595,7 @@ fn attach_session(
                 w.notify_one();
             }
             // Attached again: its expiry and delayed will no longer run.
-            shared.scheduler.cancel(&old);
+            core.scheduler.cancel(&old);
             old.set_connected(true);
             return Some((old, true));
         }
@@ -611,12 +616,12 @@ fn attach_session(
         if let Some(Some(w)) = kicked {
             w.notify_one();
         }
-        shared.end_session(&old);
+        core.end_session(&old);
     }
     let cell = Arc::new(SessionCell::new(
         client_id.clone(),
         v,
-        shared.config.receive_maximum,
+        core.config.receive_maximum,
     ));
     {
         let mut st = cell.lock();
@@ -625,6 +630,6 @@ fn attach_session(
         st.expiry_interval = expiry;
     }
     cell.set_connected(true);
-    shared.sessions.insert(cell.clone());
+    core.sessions.insert(cell.clone());
     Some((cell, false))
 }

@@ -69,7 +69,7 @@ impl Conn {
         if batch.capacity() <= MAX_KEPT_BATCH {
             BATCH.with(|b| b.set(batch));
         }
-        link.shared
+        link.core
             .counters
             .messages_out
             .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
@@ -86,9 +86,9 @@ fn take_batch(
     now: Instant,
 ) -> (Batch, bool) {
     let window = session.window();
-    let committed = link.shared.durability.committed();
+    let committed = link.core.durability.committed();
     link.seen_commit = committed;
-    let acl = link.shared.security.acl();
+    let acl = link.core.security.acl();
     link.waiting_for_commit = false;
     let was_full = st.full_since.is_some();
     let queued_before = st.queued_bytes;
@@ -149,14 +149,14 @@ fn take_batch(
     // the last message clears `full_since` too: `was_full` makes sure they are told.)
     if !batch.is_empty() && was_full {
         st.full_since = Some(now);
-        if st.queue.len() <= link.shared.config.max_queued_messages / 2 {
+        if st.queue.len() <= link.core.config.max_queued_messages / 2 {
             st.full_since = None;
             link.cell.space.notify_waiters();
         }
     }
-    link.shared
+    link.core
         .queued
         .shrank(queued_before.saturating_sub(st.queued_bytes));
-    link.cell.note_fullness(st, &link.shared.config);
+    link.cell.note_fullness(st, &link.core.config);
     (batch, more)
 }

@@ -69,7 +69,7 @@ impl From<SessionClose> for Close {
 
 /// What the connection holds besides its [`ServerSession`](tern_proto::session::server::ServerSession).
 pub(crate) struct Link {
-    pub shared: Arc<Core>,
+    pub core: Arc<Core>,
     pub cell: Arc<SessionCell>,
     pub conn_id: u64,
     pub version: ProtocolVersion,
@@ -122,27 +122,27 @@ impl Link {
     /// The store changes of the locked session state.
     pub fn changes<'a>(&'a self, persistent: bool) -> SessionChanges<'a> {
         SessionChanges {
-            persistence: &self.shared.durability,
+            persistence: &self.core.durability,
             client: &self.client_id,
             persistent,
         }
     }
 
     fn route_message(&mut self, msg: &Arc<Message>) -> usize {
-        if msg.retain && !self.shared.retain(msg) {
+        if msg.retain && !self.core.retain(msg) {
             tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "retained store full (max_retained); message not retained");
         }
-        if self.shared.durability.enabled() {
+        if self.core.durability.enabled() {
             // Queued at once: the store groups a QoS 2 packet id with the copies routed
             // for it, so they must be submitted inside the group.
-            return self.shared.publish(msg, &mut self.pressure);
+            return self.core.publish(msg, &mut self.pressure);
         }
         let start = self.pending.len();
-        let n = self.shared.publish_deferred(msg, &mut self.pending);
+        let n = self.core.publish_deferred(msg, &mut self.pending);
         self.pending_bytes += n * msg.payload.len();
         self.pending_messages += 1;
-        let cfg = &self.shared.config;
-        let full = self.pending.len() >= self.shared.deliver_batch
+        let cfg = &self.core.config;
+        let full = self.pending.len() >= self.core.deliver_batch
             || self.pending_bytes >= cfg.max_queued_bytes / 4
             || self.pending[start..].iter().any(|(cell, _)| cell.is_near_full());
         if full {
@@ -155,13 +155,12 @@ impl Link {
     /// acknowledgement for them is written, and before backpressure is checked).
     pub fn deliver_pending(&mut self) {
         if !self.pending.is_empty() {
-            self.shared
-                .deliver_all(&mut self.pending, Some(&mut self.pressure));
+            self.core.deliver_all(&mut self.pending, Some(&mut self.pressure));
         }
         self.pending_bytes = 0;
         if self.pending_messages > 0 {
             let n = std::mem::take(&mut self.pending_messages);
-            self.shared
+            self.core
                 .counters
                 .messages_in
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -189,7 +188,7 @@ impl ServerHost for Link {
             Permission::Subscribe => Action::Subscribe,
         };
         let user = self.info.username.as_deref();
-        self.shared.security.allows(action, user, &self.client_id, topic)
+        self.core.security.allows(action, user, &self.client_id, topic)
     }
 
     fn with_state<R>(
@@ -216,15 +215,15 @@ impl ServerHost for Link {
     }
 
     fn begin_group(&mut self) {
-        self.group = self.shared.durability.group();
+        self.group = self.core.durability.group();
     }
 
     fn end_group(&mut self) {
-        self.shared.durability.end_group(self.group.take());
+        self.core.durability.end_group(self.group.take());
     }
 
     fn storage_failed(&self) -> bool {
-        self.shared.durability.failed()
+        self.core.durability.failed()
     }
 
     fn ack_when_durable(&mut self) {
@@ -244,24 +243,24 @@ impl ServerHost for Link {
             session: self.cell.clone(),
             shared: share_group.map(|_| Arc::from(full_filter)),
         };
-        self.shared.subscribe(full_filter, &self.cell, entry).map_err(|e| {
+        self.core.subscribe(full_filter, &self.cell, entry).map_err(|e| {
             tracing::warn!(client_id = %self.client_id, filter = full_filter, "subscription refused: {e}");
             Refused
         })
     }
 
     fn unsubscribe(&mut self, full_filter: &str) {
-        self.shared.unsubscribe(full_filter, &self.cell);
+        self.core.unsubscribe(full_filter, &self.cell);
     }
 
     fn send_retained(&mut self, filter: &str, qos: QoS, id: Option<u32>, now: Instant) {
         // What this client published before the SUBSCRIBE is queued first, in order.
         self.deliver_pending();
-        self.shared.send_retained(filter, &self.cell, qos, id, now);
+        self.core.send_retained(filter, &self.cell, qos, id, now);
     }
 
     fn subscriptions_changed(&mut self) {
-        self.shared.persist_session(&self.cell, false);
+        self.core.persist_session(&self.cell, false);
     }
 
     fn set_session_expiry(&mut self, secs: u32) {
@@ -275,7 +274,7 @@ impl ServerHost for Link {
 
     fn reauthenticate(&mut self, method: &str, begin: bool, data: Option<&[u8]>) -> AuthAnswer {
         if begin {
-            let Some(auth) = self.shared.authenticators.iter().find(|x| x.method() == method) else {
+            let Some(auth) = self.core.authenticators.iter().find(|x| x.method() == method) else {
                 return AuthAnswer::Failure;
             };
             self.reauth = Some(auth.begin(&self.client_id, self.info.username.as_deref()));
@@ -298,7 +297,7 @@ impl ServerHost for Link {
 
     fn note(&mut self, note: Note<'_>) {
         let client_id = &*self.client_id;
-        let cfg = &self.shared.config;
+        let cfg = &self.core.config;
         match note {
             Note::PublishDenied(topic) => tracing::info!(client_id, %topic, "PUBLISH denied by the ACL"),
             Note::SubscribeDenied(filter) => {

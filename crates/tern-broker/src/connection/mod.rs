@@ -49,14 +49,14 @@ impl Conn {
 
     /// When a packet in progress (what is left in `buf`) has waited too long for its next byte.
     fn stall_deadline(&self, buf: &BytesMut, last_rx: Instant) -> Option<Instant> {
-        match self.link.shared.config.packet_stall_timeout() {
+        match self.link.core.config.packet_stall_timeout() {
             Some(t) if !buf.is_empty() => Some(last_rx + t),
             _ => None,
         }
     }
 
     async fn drive<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, buf: &mut BytesMut) -> Close {
-        let core = self.link.shared.clone();
+        let core = self.link.core.clone();
         let clock = &core.clock;
         if let Err(c) = self.session.resume(clock.now(), &mut self.link) {
             return c;
@@ -199,7 +199,7 @@ impl Conn {
         if !std::mem::take(&mut self.link.needs_commit) {
             return Ok(());
         }
-        if let Err(e) = self.link.shared.durability.wait_submitted().await {
+        if let Err(e) = self.link.core.durability.wait_submitted().await {
             // Nothing that is not stored is acknowledged: drop the pending acknowledgements.
             self.link.out.clear();
             return Err(Close::Violation(Violation::StorageFailed(e.to_string())));
@@ -231,7 +231,7 @@ impl Conn {
         while self.link.pressure.is_empty() {
             match self.decoder.decode(buf) {
                 Ok(Decoded::Packet(p)) => {
-                    let now = self.link.shared.clock.now();
+                    let now = self.link.core.clock.now();
                     self.session.handle_packet(now, p, &mut self.link)?
                 }
                 Ok(Decoded::NeedMore(_)) => return Ok(()),
@@ -290,7 +290,7 @@ const MAX_READ: usize = 64 * 1024;
 pub(crate) fn serve<S>(
     mut io: S,
     peer: SocketAddr,
-    shared: Arc<Core>,
+    core: Arc<Core>,
     origin: crate::security::Origin,
 ) -> impl std::future::Future<Output = ()>
 where
@@ -304,8 +304,8 @@ where
         // authentication exchange need room only for a moment), and so is the `Conn`
         // (inline, the compiler keeps two copies of it: the phase's result and the local).
         let opened = Box::pin(async {
-            let connect = connect::read_connect(&mut io, &mut buf, &shared).await?;
-            connect::accept(&mut io, &mut buf, connect, &shared, peer, &origin)
+            let connect = connect::read_connect(&mut io, &mut buf, &core).await?;
+            connect::accept(&mut io, &mut buf, connect, &core, peer, &origin)
                 .await
                 .map(Box::new)
         })

@@ -125,9 +125,9 @@ impl Endpoint {
     }
 
     /// Run the TLS and/or WebSocket handshake and serve MQTT on the result.
-    async fn serve_layered(&self, stream: TcpStream, peer: std::net::SocketAddr, shared: Arc<Core>) {
-        let timeout = shared.config.connect_timeout();
-        let max_frame = shared.config.max_packet_size as usize;
+    async fn serve_layered(&self, stream: TcpStream, peer: std::net::SocketAddr, core: Arc<Core>) {
+        let timeout = core.config.connect_timeout();
+        let max_frame = core.config.max_packet_size as usize;
         let kind = self.kind;
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             tracing::info!(%peer, listener = %self.policy.name, "{what} failed, connection closed: {e}");
@@ -138,7 +138,7 @@ impl Endpoint {
                 cert_name: None,
             };
             return match ws::accept(stream, &self.ws_path, max_frame, timeout).await {
-                Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
+                Ok(io) => crate::connection::serve(io, peer, core, origin).await,
                 Err(e) => fail("WebSocket handshake", &e),
             };
         };
@@ -152,10 +152,10 @@ impl Endpoint {
             cert_name: tls::peer_name(tls.get_ref().1),
         };
         if !kind.is_websocket() {
-            return crate::connection::serve(tls, peer, shared, origin).await;
+            return crate::connection::serve(tls, peer, core, origin).await;
         }
         match ws::accept(tls, &self.ws_path, max_frame, timeout).await {
-            Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
+            Ok(io) => crate::connection::serve(io, peer, core, origin).await,
             Err(e) => fail("WebSocket handshake", &e),
         }
     }
@@ -216,7 +216,7 @@ impl Limits {
     }
 }
 
-pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Core>, limits: Limits) {
+pub(crate) async fn accept_loop(bound: Bound, core: Arc<Core>, limits: Limits) {
     let Bound {
         socket: listener,
         endpoint,
@@ -235,7 +235,7 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Core>, limits: Limits)
         let rate_ok = limits
             .rate
             .lock()
-            .map(|mut b| b.take(shared.clock.now()))
+            .map(|mut b| b.take(core.clock.now()))
             .unwrap_or(true);
         if !rate_ok {
             tracing::warn!(%peer, "connection refused: max_connect_rate exceeded");
@@ -251,22 +251,22 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Core>, limits: Limits)
             }
             continue;
         };
-        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-        let shared = shared.clone();
+        core.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let core = core.clone();
         // Every connection's task is as large as the future it runs: plain MQTT over TCP,
         // the common case, runs alone in its task; the much larger state of the TLS and
         // WebSocket layers is boxed, for the connections that use them.
         match endpoint.plain_origin() {
             Some(origin) => {
                 tokio::spawn(async move {
-                    crate::connection::serve(stream, peer, shared, origin).await;
+                    crate::connection::serve(stream, peer, core, origin).await;
                     drop(permit);
                 });
             }
             None => {
                 let endpoint = endpoint.clone();
                 tokio::spawn(async move {
-                    Box::pin(endpoint.serve_layered(stream, peer, shared)).await;
+                    Box::pin(endpoint.serve_layered(stream, peer, core)).await;
                     drop(permit);
                 });
             }
