@@ -60,6 +60,8 @@ pub(crate) struct Core {
     pub config: Config,
     /// The protocol rules of every session, read off `config` once.
     pub rules: Arc<tern_proto::session::server::ServerRules>,
+    /// The rules of the CONNECT phase, read off `config` once.
+    pub connect_rules: tern_proto::session::server::ConnectRules,
     router: RwLock<Router>,
     retained: RwLock<RetainedStore<Arc<Message>>>,
     pub sessions: Registry,
@@ -127,6 +129,7 @@ impl Core {
             backplane: None,
             durability,
             rules: Arc::new(config.server_rules()),
+            connect_rules: config.connect_rules(),
             config,
             router: RwLock::default(),
             retained: RwLock::default(),

@@ -512,11 +512,21 @@ impl Config {
         tern_proto::QoS::from_bits(self.max_qos).unwrap_or(tern_proto::QoS::ExactlyOnce)
     }
 
+    /// The rules of the CONNECT phase.
+    pub(crate) fn connect_rules(&self) -> tern_proto::session::server::ConnectRules {
+        tern_proto::session::server::ConnectRules {
+            max_client_id_len: self.max_client_id_len,
+            max_keepalive: self.max_keepalive,
+            v3_session_expiry: self.v3_session_expiry_secs,
+        }
+    }
+
     /// The protocol rules every session of this broker enforces.
     pub(crate) fn server_rules(&self) -> tern_proto::session::server::ServerRules {
         tern_proto::session::server::ServerRules {
             receive_maximum: self.receive_maximum,
             topic_alias_maximum: self.topic_alias_maximum,
+            max_packet_size: self.max_packet_size,
             maximum_qos: self.max_qos(),
             retain_available: self.retain_available,
             max_topic_length: self.max_topic_length,

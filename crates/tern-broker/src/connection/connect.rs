@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tern_proto::codec::{ConnAckProperties, Decoded, Decoder};
-use tern_proto::{topic, ByteString, ConnAck, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode};
+use tern_proto::codec::{Decoded, Decoder};
+use tern_proto::{ByteString, ConnAck, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
@@ -16,7 +16,7 @@ use crate::broker_core::Core;
 use crate::message::Message;
 use crate::session::{Attached, SessionCell, Takeover};
 use crate::AuthStep;
-use tern_proto::session::server::{ClientLimits, ServerSession};
+use tern_proto::session::server::{check_connect, continues_auth, ClientLimits, ServerSession};
 
 /// Why no session was established.
 #[derive(Debug)]
@@ -171,14 +171,16 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let c = *connect;
     let v = c.protocol_version;
     let cfg = &core.config;
-    let mut props = ConnAckProperties::default();
-
-    if let Err((rc, why)) = check_connect(&c, core) {
-        return Err(refuse_with(io, &c, rc, why).await);
-    }
+    // The protocol's rules (tern_proto): what is acceptable and what it is granted.
+    let offers = |m: &str| core.authenticators.iter().any(|a| a.method() == m);
+    let granted = match check_connect(&c, &core.rules, &core.connect_rules, offers) {
+        Ok(g) => g,
+        Err((rc, why)) => return Err(refuse_with(io, &c, rc, why).await),
+    };
+    let mut props = granted.connack;
 
     // Client identifier: [MQTT-3.1.3-6..8] (3.1.1), [MQTT-3.1.3-6,7] (5.0).
-    let client_id: Arc<str> = if c.client_id.is_empty() {
+    let client_id: Arc<str> = if granted.assign_client_id {
         let assigned: Arc<str> = format!("tern-{:016x}", core.next_conn_id() ^ random_seed()).into();
         if v.is_v5() {
             props.assigned_client_identifier = Some(assigned.as_ref().into());
@@ -227,27 +229,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 
-    let expiry = match v {
-        ProtocolVersion::V5 => c
-            .properties
-            .session_expiry_interval
-            .unwrap_or(0)
-            .min(cfg.max_session_expiry),
-        _ if c.clean_start => 0,
-        _ if cfg.v3_session_expiry_secs > 0 => cfg.v3_session_expiry_secs.min(cfg.max_session_expiry),
-        _ => cfg.max_session_expiry,
-    };
-    if v.is_v5() && c.properties.session_expiry_interval.unwrap_or(0) > cfg.max_session_expiry {
-        props.session_expiry_interval = Some(expiry);
-    }
-
-    // Keep-alive: 5.0 clients asking for more than we allow get Server Keep Alive.
-    let mut keep_alive = c.keep_alive;
-    if cfg.max_keepalive != u16::MAX && (keep_alive == 0 || keep_alive > cfg.max_keepalive) && v.is_v5() {
-        keep_alive = cfg.max_keepalive;
-        props.server_keep_alive = Some(keep_alive);
-    }
-
+    let (expiry, keep_alive) = (granted.session_expiry, granted.keep_alive);
     let conn_id = core.next_conn_id();
     let waker = Arc::new(Notify::new());
     let attached = Arc::new(Attached {
@@ -280,32 +262,8 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
     core.persist_session(&cell, false);
 
-    if v.is_v5() {
-        props.receive_maximum = Some(cfg.receive_maximum);
-        props.maximum_packet_size = Some(cfg.max_packet_size);
-        if cfg.topic_alias_maximum > 0 {
-            props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
-        }
-        // Absent means "supported" / QoS 2; say so only where we differ (v5 section 3.2.2.3).
-        if cfg.max_qos < 2 {
-            props.maximum_qos = Some(cfg.max_qos);
-        }
-        if !cfg.retain_available {
-            props.retain_available = Some(0);
-        }
-        if !cfg.wildcard_subscriptions {
-            props.wildcard_subscription_available = Some(0);
-        }
-        if !cfg.subscription_identifiers {
-            props.subscription_identifier_available = Some(0);
-        }
-        if !cfg.shared_subscriptions {
-            props.shared_subscription_available = Some(0);
-        }
-        if c.properties.request_response_information == Some(1) {
-            props.response_information =
-                Some(format!("{}{}", cfg.response_information_prefix, client_id).into());
-        }
+    if v.is_v5() && c.properties.request_response_information == Some(1) {
+        props.response_information = Some(format!("{}{}", cfg.response_information_prefix, client_id).into());
     }
     let ack = ConnAck {
         session_present,
@@ -454,19 +412,14 @@ async fn enhanced_auth<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                 };
-                match reply {
-                    Packet::Auth(a)
-                        if a.reason_code == Some(ReasonCode::ContinueAuthentication)
-                            && a.properties.authentication_method.as_ref() == Some(&method) =>
-                    {
-                        data = a.properties.authentication_data;
-                    }
-                    _ => {
-                        return Err(refuse(
-                            ReasonCode::ProtocolError,
-                            "[MQTT-4.12.0-7] expected AUTH 0x18 with the same authentication method",
-                        ))
-                    }
+                if !continues_auth(&reply, &method) {
+                    return Err(refuse(
+                        ReasonCode::ProtocolError,
+                        "[MQTT-4.12.0-7] expected AUTH 0x18 with the same authentication method",
+                    ));
+                }
+                if let Packet::Auth(a) = reply {
+                    data = a.properties.authentication_data;
                 }
             }
         }
@@ -478,67 +431,6 @@ fn random_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0);
     h.finish()
-}
-
-fn check_connect(c: &Connect, core: &Core) -> Result<(), (ReasonCode, String)> {
-    let v = c.protocol_version;
-    let cfg = &core.config;
-    if c.client_id.len() > cfg.max_client_id_len {
-        return Err(refuse(
-            ReasonCode::ClientIdentifierNotValid,
-            "client identifier too long",
-        ));
-    }
-    if c.client_id.is_empty() {
-        // [MQTT-3.1.3-8]: 3.1.1 empty id needs clean session; 3.1 always needs an id.
-        if v == ProtocolVersion::V3_1 || (v == ProtocolVersion::V3_1_1 && !c.clean_start) {
-            return Err(refuse(
-                ReasonCode::ClientIdentifierNotValid,
-                "[MQTT-3.1.3-8] empty client identifier without clean session",
-            ));
-        }
-    }
-    if let Some(method) = &c.properties.authentication_method {
-        // [MQTT-4.12.0-1]: a method we do not offer.
-        if !core.authenticators.iter().any(|a| a.method() == &**method) {
-            return Err(refuse(
-                ReasonCode::BadAuthenticationMethod,
-                "unsupported authentication method",
-            ));
-        }
-    }
-    if let Some(w) = &c.will {
-        if w.qos > cfg.max_qos() {
-            return Err(refuse(ReasonCode::QoSNotSupported, "will QoS above max_qos"));
-        }
-        if w.retain && !cfg.retain_available {
-            return Err(refuse(
-                ReasonCode::RetainNotSupported,
-                "will retain while retain is not available",
-            ));
-        }
-        let levels_ok =
-            w.topic.split('/').count() <= cfg.max_topic_levels && w.topic.len() <= cfg.max_topic_length;
-        if topic::validate_topic_name(&w.topic).is_err() || !levels_ok {
-            return Err(refuse(ReasonCode::TopicNameInvalid, "invalid will topic"));
-        }
-        if let Some(rt) = &w.properties.response_topic {
-            if topic::validate_topic_name(rt).is_err() {
-                return Err(refuse(
-                    ReasonCode::ProtocolError,
-                    "[MQTT-3.3.2-14] will response topic has wildcards",
-                ));
-            }
-        }
-    }
-    if !v.is_v5() && cfg.max_keepalive != u16::MAX && (c.keep_alive == 0 || c.keep_alive > cfg.max_keepalive)
-    {
-        return Err(refuse(
-            ReasonCode::ServerUnavailable,
-            "keep-alive above max_keepalive",
-        ));
-    }
-    Ok(())
 }
 
 /// Find or create the session for `client_id` and attach this connection.

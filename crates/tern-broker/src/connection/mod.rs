@@ -48,9 +48,9 @@ impl Conn {
     }
 
     /// When a packet in progress (what is left in `buf`) has waited too long for its next byte.
-    fn stall_deadline(&self, buf: &BytesMut, last_rx: Instant) -> Option<Instant> {
+    fn stall_deadline(&self, buf: &BytesMut) -> Option<Instant> {
         match self.link.core.config.packet_stall_timeout() {
-            Some(t) if !buf.is_empty() => Some(last_rx + t),
+            Some(t) if !buf.is_empty() => Some(self.session.last_rx() + t),
             _ => None,
         }
     }
@@ -62,8 +62,8 @@ impl Conn {
             return c;
         }
         // Keep-alive and the stall timer run on the broker's clock (a test's ManualClock
-        // passes them at once); only the slowed publisher's poll uses the runtime's clock.
-        let mut last_rx = clock.now();
+        // passes them at once) from the session's last reception; only the slowed publisher's
+        // poll uses the runtime's clock.
         let mut read_hint = MIN_READ;
         // Shutdown wakes every attached connection through its waker; one that attached
         // after that sees the flag here.
@@ -130,11 +130,10 @@ impl Conn {
             // the buffer otherwise is a packet in progress: it may wait for its next byte
             // only so long, keep-alive or not.
             let deadline = if slowed.is_some() {
-                last_rx = clock.now();
-                self.session.pause_keep_alive(last_rx);
+                self.session.pause_keep_alive(clock.now());
                 None
             } else {
-                match (self.session.poll_timeout(), self.stall_deadline(buf, last_rx)) {
+                match (self.session.poll_timeout(), self.stall_deadline(buf)) {
                     (Some(d), Some(s)) => Some(d.min(s)),
                     (d, s) => d.or(s),
                 }
@@ -158,8 +157,7 @@ impl Conn {
                         // Double the next read when this one filled the space, shrink after small ones.
                         read_hint = if n >= read_hint { (read_hint * 2).min(MAX_READ) } else { (read_hint / 2).max(n).max(MIN_READ) };
                         crate::listener::count(&core.counters.bytes_in, n);
-                        last_rx = clock.now();
-                        self.session.handle_rx(last_rx);
+                        self.session.handle_rx(clock.now());
                         if let Err(c) = self.decode_all(buf) {
                             return c;
                         }
@@ -181,7 +179,7 @@ impl Conn {
                 _ = wait_room(slowed.as_deref()), if slowed.is_some() => {}
                 _ = wait.wait() => {
                     let now = clock.now();
-                    if slowed.is_none() && self.stall_deadline(buf, last_rx).is_some_and(|s| now >= s) {
+                    if slowed.is_none() && self.stall_deadline(buf).is_some_and(|s| now >= s) {
                         return Close::Stalled;
                     }
                     if let Some(c) = self.session.handle_timeout(now) {

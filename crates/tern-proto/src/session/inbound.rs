@@ -10,8 +10,6 @@
 //!   sends more unreleased QoS 2 messages breaks section 4.9 and is disconnected
 //!   with 0x93, so memory stays bounded.
 
-use std::collections::HashSet;
-
 use crate::PacketId;
 
 /// What to do with an incoming QoS 2 PUBLISH.
@@ -31,16 +29,18 @@ pub(crate) enum Qos2Arrival {
 /// Identifiers of incoming QoS 2 messages delivered and not yet released.
 #[derive(Debug, Clone)]
 pub(crate) struct Inbound {
-    awaiting_rel: HashSet<PacketId>,
-    limit: usize,
+    /// Fx hashing: no per-set random state (a server keeps one set per session) and a
+    /// reproducible order.
+    awaiting_rel: rustc_hash::FxHashSet<PacketId>,
+    limit: u16,
 }
 
 impl Inbound {
     /// Hold at most `limit` unreleased identifiers.
     pub(crate) fn new(limit: u16) -> Inbound {
         Inbound {
-            awaiting_rel: HashSet::new(),
-            limit: usize::from(limit.max(1)),
+            awaiting_rel: rustc_hash::FxHashSet::default(),
+            limit: limit.max(1),
         }
     }
 
@@ -53,7 +53,7 @@ impl Inbound {
                 Qos2Arrival::IdInUse
             };
         }
-        if self.awaiting_rel.len() >= self.limit {
+        if self.awaiting_rel.len() >= usize::from(self.limit) {
             return Qos2Arrival::QuotaExceeded;
         }
         self.awaiting_rel.insert(id);

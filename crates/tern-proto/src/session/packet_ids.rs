@@ -33,7 +33,7 @@ enum Used {
 #[derive(Clone)]
 pub(crate) struct PacketIds {
     used: Used,
-    in_use: usize,
+    in_use: u32,
     cursor: u16,
 }
 
@@ -76,7 +76,7 @@ impl PacketIds {
     /// How many identifiers are in use.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.in_use
+        self.in_use as usize
     }
 
     /// Mark `id` as used (a restored session's deliveries); `false` when it already was.
@@ -107,7 +107,7 @@ impl PacketIds {
 
     /// A free identifier, marked as used; `None` when all 65,535 are taken.
     pub(crate) fn allocate(&mut self) -> Option<PacketId> {
-        if self.in_use >= usize::from(u16::MAX) {
+        if self.in_use >= u32::from(u16::MAX) {
             return None;
         }
         let mut id = self.cursor;

@@ -20,6 +20,10 @@
 //! and its acknowledgement matching ([`Window`]), packet identifiers, incoming QoS 2
 //! identifiers, topic aliases (least recently used reuse) and the keep-alive rule.
 
+mod connect;
+
+pub use connect::{check_connect, continues_auth, ConnectRules, Granted, Refusal};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +47,8 @@ pub struct ServerRules {
     pub receive_maximum: u16,
     /// Our Topic Alias Maximum.
     pub topic_alias_maximum: u16,
+    /// Our Maximum Packet Size.
+    pub max_packet_size: u32,
     /// The highest QoS granted and accepted.
     pub maximum_qos: QoS,
     /// Whether RETAIN is accepted.
@@ -75,6 +81,7 @@ impl Default for ServerRules {
         ServerRules {
             receive_maximum: 65_535,
             topic_alias_maximum: 0,
+            max_packet_size: 268_435_455,
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
             max_topic_length: 65_535,
@@ -438,8 +445,8 @@ pub struct ServerSession {
     client: ClientLimits,
     /// When the client was last heard from.
     last_rx: Instant,
-    /// The enhanced authentication method of CONNECT.
-    auth_method: Option<ByteString>,
+    /// The enhanced authentication method of CONNECT (boxed: few clients have one).
+    auth_method: Option<Box<ByteString>>,
     /// A re-authentication is in progress.
     reauthenticating: bool,
     /// Allocated on first use: 3.1.1 clients, and most 5.0 ones, never use aliases.
@@ -465,7 +472,7 @@ impl ServerSession {
             rules,
             client,
             last_rx: now,
-            auth_method,
+            auth_method: auth_method.map(Box::new),
             reauthenticating: false,
             aliases: None,
             pubacks: Vec::new(),
@@ -485,6 +492,11 @@ impl ServerSession {
     /// Most deliveries in flight to this client: its Receive Maximum, within ours.
     pub fn window(&self) -> usize {
         usize::from(self.client.receive_maximum.min(self.rules.max_inflight).max(1))
+    }
+
+    /// When the client was last heard from (or the keep-alive clock restarted).
+    pub fn last_rx(&self) -> Instant {
+        self.last_rx
     }
 
     /// Bytes arrived at `now`: the client is alive.
@@ -945,7 +957,7 @@ impl ServerSession {
 
     /// Re-authentication (v5 section 4.12.1).
     fn on_auth<H: ServerHost>(&mut self, a: Auth, host: &mut H) -> Result<(), H::Close> {
-        let Some(method) = self.auth_method.clone() else {
+        let Some(method) = self.auth_method.as_deref().cloned() else {
             return Err(violation(Violation::AuthWithoutMethod { by: Role::Client }));
         };
         // The same method as in CONNECT (v5 [MQTT-4.12.0-5], [MQTT-4.12.1-1]).
