@@ -100,10 +100,10 @@ impl ServerHost for Host {
     type Message = Msg;
     type Close = Closed;
 
-    fn transmit(&mut self, packet: Packet) {
+    fn transmit(&mut self, packet: &Packet) {
         let mut out = BytesMut::new();
         packet.encode(self.version, &mut out).expect("every packet the session sends encodes");
-        self.sent.push(packet);
+        self.sent.push(packet.clone());
     }
     fn allows(&mut self, _: Permission, _: &str) -> bool {
         !self.deny

@@ -32,7 +32,7 @@ impl Conn {
             }
             let mut p = Packet::Disconnect(d);
             self.session.fit(&mut p);
-            self.link.transmit(p);
+            self.link.transmit(&p);
         }
         if !self.link.out.is_empty() && !matches!(close, Close::Transport(_)) {
             let _ = tokio::time::timeout(Duration::from_secs(1), write_flush(io, &self.link.out)).await;

@@ -176,7 +176,7 @@ impl ServerHost for Link {
     type Message = Outgoing;
     type Close = Close;
 
-    fn transmit(&mut self, packet: Packet) {
+    fn transmit(&mut self, packet: &Packet) {
         if let Err(e) = packet.encode(self.version, &mut self.out) {
             tracing::warn!(client_id = %self.client_id, "cannot encode {:?}: {e}", packet.packet_type());
         }

@@ -95,7 +95,7 @@ impl ClientSession {
         }
     }
 
-    fn complete(&mut self, f: Box<InFlight<Queued>>, reason_code: ReasonCode, properties: AckProperties) {
+    fn complete(&mut self, f: InFlight<Queued>, reason_code: ReasonCode, properties: AckProperties) {
         self.ids.release(f.id);
         let result = if reason_code.is_error() {
             Err(PublishError::Rejected {

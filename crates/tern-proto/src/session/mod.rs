@@ -58,7 +58,7 @@ use bytestring::ByteString;
 pub use auth::AuthMethod;
 pub use config::{ClientConfig, ServerLimits};
 pub use event::{CloseReason, Event, PublishError, PublishOutcome, RequestError, Token};
-pub use outbound::{AckMatch, Deliverable, InFlight, Stage, Window};
+pub use outbound::{AckMatch, Deliverable, InFlight, PubRec, Stage, Window};
 
 use crate::codec::{SubscribeProperties, UnsubscribeProperties};
 use crate::{

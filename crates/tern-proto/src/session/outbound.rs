@@ -57,9 +57,14 @@ impl Deliverable for Queued {
 
 /// How an acknowledgement matched the window.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned, not stored: boxing would allocate per acknowledgement"
+)]
 pub enum AckMatch<M> {
-    /// The flow is finished: the message left the window.
-    Completed(Box<InFlight<M>>),
+    /// The flow is finished: the message left the window (returned by value: boxing it
+    /// would cost an allocation per acknowledgement).
+    Completed(InFlight<M>),
     /// PUBREC accepted: send PUBREL, wait for PUBCOMP.
     Released,
     /// PUBREC for a message already released: send PUBREL again.
@@ -67,6 +72,21 @@ pub enum AckMatch<M> {
     /// The acknowledgement does not fit the message's QoS (PUBACK for QoS 2, PUBREC for QoS 1).
     WrongQoS,
     /// No message with this identifier is in flight at this stage.
+    Unknown,
+}
+
+/// How a PUBREC matched the window (see [`Window::on_pubrec_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubRec {
+    /// An error PUBREC ended the flow: the message left the window.
+    Completed,
+    /// Accepted: send PUBREL, wait for PUBCOMP.
+    Released,
+    /// For a message already released: send PUBREL again.
+    AlreadyReleased,
+    /// The message is QoS 1.
+    WrongQoS,
+    /// No message with this identifier is in flight.
     Unknown,
 }
 
@@ -106,6 +126,10 @@ impl<M: Deliverable> Window<M> {
     }
 
     fn position(&self, id: PacketId) -> Option<usize> {
+        // Acknowledgements mostly come in the order the messages were sent: the oldest first.
+        if self.inflight.front().is_some_and(|f| f.id == id) {
+            return Some(0);
+        }
         self.inflight.iter().position(|f| f.id == id)
     }
 
@@ -117,7 +141,7 @@ impl<M: Deliverable> Window<M> {
 
     fn complete(&mut self, i: usize) -> AckMatch<M> {
         match self.inflight.remove(i) {
-            Some(f) => AckMatch::Completed(Box::new(f)),
+            Some(f) => AckMatch::Completed(f),
             None => AckMatch::Unknown,
         }
     }
@@ -134,19 +158,50 @@ impl<M: Deliverable> Window<M> {
     /// PUBREC arrived; `failed` when its reason code is 0x80 or above, which
     /// ends the flow ([MQTT-4.4.0-2]).
     pub fn on_pubrec(&mut self, id: PacketId, failed: bool) -> AckMatch<M> {
+        let mut done = None;
+        match self.on_pubrec_with(id, failed, |_| {}, |f| done = Some(f)) {
+            PubRec::Completed => done.map_or(AckMatch::Unknown, AckMatch::Completed),
+            PubRec::Released => AckMatch::Released,
+            PubRec::AlreadyReleased => AckMatch::AlreadyReleased,
+            PubRec::WrongQoS => AckMatch::WrongQoS,
+            PubRec::Unknown => AckMatch::Unknown,
+        }
+    }
+
+    /// PUBREC arrived, in one pass over the window: `released` is called with the message
+    /// for [`PubRec::Released`] and [`PubRec::AlreadyReleased`], `completed` is given the
+    /// message that left the window for [`PubRec::Completed`]. The answer is small (the
+    /// message is not returned through it).
+    pub fn on_pubrec_with(
+        &mut self,
+        id: PacketId,
+        failed: bool,
+        released: impl FnOnce(&InFlight<M>),
+        completed: impl FnOnce(InFlight<M>),
+    ) -> PubRec {
         let Some(i) = self.position(id) else {
-            return AckMatch::Unknown;
+            return PubRec::Unknown;
         };
         let f = &mut self.inflight[i];
-        match (f.message.qos(), f.stage) {
-            (QoS::ExactlyOnce, Stage::Published) if failed => self.complete(i),
+        let r = match (f.message.qos(), f.stage) {
+            (QoS::ExactlyOnce, Stage::Published) if failed => PubRec::Completed,
             (QoS::ExactlyOnce, Stage::Published) => {
                 f.stage = Stage::Released;
-                AckMatch::Released
+                PubRec::Released
             }
-            (QoS::ExactlyOnce, Stage::Released) => AckMatch::AlreadyReleased,
-            _ => AckMatch::WrongQoS,
+            (QoS::ExactlyOnce, Stage::Released) => PubRec::AlreadyReleased,
+            _ => PubRec::WrongQoS,
+        };
+        match r {
+            PubRec::Released | PubRec::AlreadyReleased => released(&self.inflight[i]),
+            PubRec::Completed => {
+                if let Some(f) = self.inflight.remove(i) {
+                    completed(f);
+                }
+            }
+            _ => {}
         }
+        r
     }
 
     /// PUBCOMP arrived.

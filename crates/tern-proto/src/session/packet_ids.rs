@@ -8,22 +8,22 @@
 //! ### Invariants
 //! - An identifier handed out by [`PacketIds::allocate`] is never handed out
 //!   again until [`PacketIds::release`] is called for it.
-//! - Memory follows use: nothing while no identifier is in use, a short list while
+//! - Memory follows use: nothing while no identifier is in use, a small hash set while
 //!   few are (an in-flight window is 100 by default: a server holds one set per
 //!   session, and an idle one must stay small), one bit per identifier (8 KiB) once
-//!   more than [`FEW`] are.
+//!   more than [`FEW`] are. Both answer in constant time.
 
 use crate::PacketId;
 
 const WORDS: usize = 65536 / 64;
 
-/// Most identifiers kept as a list before the set becomes a bitmap.
+/// Most identifiers kept in the hash set before the set becomes a bitmap.
 const FEW: usize = 256;
 
 #[derive(Clone)]
 enum Used {
-    /// The identifiers in use, unordered (at most [`FEW`]).
-    Few(Vec<u16>),
+    /// The identifiers in use (at most [`FEW`]).
+    Few(rustc_hash::FxHashSet<u16>),
     /// One bit per identifier.
     Many(Box<[u64; WORDS]>),
 }
@@ -49,7 +49,7 @@ impl std::fmt::Debug for PacketIds {
 impl Default for PacketIds {
     fn default() -> Self {
         PacketIds {
-            used: Used::Few(Vec::new()),
+            used: Used::Few(Default::default()),
             in_use: 0,
             cursor: 0,
         }
@@ -62,6 +62,7 @@ impl PacketIds {
     }
 
     /// Whether `id` is held by an unacknowledged packet.
+    #[cfg(test)]
     pub(crate) fn contains(&self, id: PacketId) -> bool {
         let id = id.get();
         match &self.used {
@@ -81,11 +82,8 @@ impl PacketIds {
 
     /// Mark `id` as used (a restored session's deliveries); `false` when it already was.
     pub(crate) fn insert(&mut self, id: PacketId) -> bool {
-        if self.contains(id) {
-            return false;
-        }
         if let Used::Few(v) = &self.used {
-            if v.len() >= FEW {
+            if v.len() >= FEW && !v.contains(&id.get()) {
                 let mut bits = Box::new([0u64; WORDS]);
                 for &i in v {
                     let (w, b) = Self::bit(i);
@@ -94,15 +92,17 @@ impl PacketIds {
                 self.used = Used::Many(bits);
             }
         }
-        match &mut self.used {
-            Used::Few(v) => v.push(id.get()),
+        let fresh = match &mut self.used {
+            Used::Few(v) => v.insert(id.get()),
             Used::Many(bits) => {
                 let (w, b) = Self::bit(id.get());
+                let fresh = bits[w] & b == 0;
                 bits[w] |= b;
+                fresh
             }
-        }
-        self.in_use += 1;
-        true
+        };
+        self.in_use += u32::from(fresh);
+        fresh
     }
 
     /// A free identifier, marked as used; `None` when all 65,535 are taken.
@@ -128,12 +128,11 @@ impl PacketIds {
         let id = id.get();
         match &mut self.used {
             Used::Few(v) => {
-                if let Some(i) = v.iter().position(|&x| x == id) {
-                    v.swap_remove(i);
+                if v.remove(&id) {
                     self.in_use -= 1;
-                    // A burst's list is given back once it is over.
+                    // A burst's table is given back once it is over.
                     if v.is_empty() && v.capacity() > 16 {
-                        *v = Vec::new();
+                        *v = Default::default();
                     }
                 }
             }
@@ -149,7 +148,7 @@ impl PacketIds {
 
     /// Free every identifier (and the memory that held them).
     pub(crate) fn clear(&mut self) {
-        self.used = Used::Few(Vec::new());
+        self.used = Used::Few(Default::default());
         self.in_use = 0;
     }
 }

@@ -33,7 +33,7 @@ use bytestring::ByteString;
 
 use super::alias::{AliasError, AliasUse, InboundAliases, OutboundAliases};
 use super::inbound::{Inbound, Qos2Arrival};
-use super::outbound::{AckMatch, Deliverable, InFlight, Stage, Window};
+use super::outbound::{AckMatch, Deliverable, InFlight, PubRec, Stage, Window};
 use super::packet_ids::PacketIds;
 use crate::{
     topic, Ack, Auth, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
@@ -226,8 +226,9 @@ pub trait ServerHost {
     /// How the broker closes a connection; the session's reasons are some of them.
     type Close: From<SessionClose>;
 
-    /// Send a packet to the client (in order with every other).
-    fn transmit(&mut self, packet: Packet);
+    /// Send a packet to the client (in order with every other); by reference, so that the
+    /// packet is encoded where it was built instead of being moved (a packet is large).
+    fn transmit(&mut self, packet: &Packet);
     /// Whether the ACL allows this client `permission` on `topic`.
     fn allows(&mut self, permission: Permission, topic: &str) -> bool;
     /// Run `f` on the session's lasting state, with the sink for its store changes. `Err`
@@ -525,6 +526,9 @@ impl ServerSession {
     }
 
     /// Handle one packet from the client.
+    // Always inlined into the driver's decode loop: the packet is then matched where it was
+    // decoded instead of being copied into the call (a packet with a PUBLISH inside is large).
+    #[inline(always)]
     pub fn handle_packet<H: ServerHost>(
         &mut self,
         now: Instant,
@@ -544,9 +548,10 @@ impl ServerSession {
                 }
                 Ok(())
             }
-            Packet::PubRec(a) => self.on_pubrec(a, host),
-            Packet::PubRel(a) => self.on_pubrel(a, host),
-            Packet::PubComp(a) => self.on_pubcomp(a, host),
+            // Acknowledgements by identifier: the packet is not copied into the handlers.
+            Packet::PubRec(a) => self.on_pubrec(a.packet_id, a.reason_code.is_error(), host),
+            Packet::PubRel(a) => self.on_pubrel(a.packet_id, host),
+            Packet::PubComp(a) => self.on_pubcomp(a.packet_id, host),
             Packet::Subscribe(s) => self.on_subscribe(now, s, host),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, host),
             Packet::PingReq => {
@@ -752,38 +757,40 @@ impl ServerSession {
         }
     }
 
-    fn on_pubrec<H: ServerHost>(&mut self, a: Ack, host: &mut H) -> Result<(), H::Close> {
-        let failed = a.reason_code.is_error();
-        let (outcome, wait) =
-            host.with_state(|st, persist| match st.window.on_pubrec(a.packet_id, failed) {
+    fn on_pubrec<H: ServerHost>(&mut self, id: PacketId, failed: bool, host: &mut H) -> Result<(), H::Close> {
+        let (outcome, wait) = host.with_state(|st, persist| {
+            let mut wait = false;
+            let mut done = None;
+            let m = st.window.on_pubrec_with(
+                id,
+                failed,
+                |f| wait = persist.delivery_stage(f),
                 // [MQTT-4.4.0-2] an error PUBREC completes the delivery.
-                AckMatch::Completed(f) => {
-                    st.complete(&f, persist);
-                    (AckMatch::Unknown, None)
-                }
-                AckMatch::Released | AckMatch::AlreadyReleased => {
-                    let wait = st.window.get(a.packet_id).map(|f| persist.delivery_stage(f));
-                    (AckMatch::Released, wait)
-                }
-                other => (other, None),
-            })?;
+                |f| done = Some(f),
+            );
+            if let Some(f) = done {
+                st.complete(&f, persist);
+            }
+            (m, wait)
+        })?;
         match outcome {
             // PUBREL goes out only once the Released stage is durable: the client forgets the
             // packet id at PUBREL, so after a crash the broker must resend PUBREL, never the
             // PUBLISH it would take for a new message (found by the simulation, tern-sim).
-            AckMatch::Released => {
-                if wait == Some(true) {
+            PubRec::Released | PubRec::AlreadyReleased => {
+                if wait {
                     host.ack_when_durable();
                 }
-                self.send(host, Packet::PubRel(Ack::new(a.packet_id)));
+                self.send(host, Packet::PubRel(Ack::new(id)));
             }
-            AckMatch::WrongQoS => return Err(violation(Violation::PubRecForQoS1(a.packet_id))),
-            _ if failed => {}
-            _ => {
+            PubRec::WrongQoS => return Err(violation(Violation::PubRecForQoS1(id))),
+            PubRec::Completed => {}
+            PubRec::Unknown if failed => {}
+            PubRec::Unknown => {
                 // [MQTT-4.3.3-4] / v5 0x92 for an identifier not in flight.
                 let rel = match self.version.is_v5() {
-                    true => Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound),
-                    false => Ack::new(a.packet_id),
+                    true => Ack::with_reason(id, ReasonCode::PacketIdentifierNotFound),
+                    false => Ack::new(id),
                 };
                 self.send(host, Packet::PubRel(rel));
             }
@@ -791,26 +798,25 @@ impl ServerSession {
         Ok(())
     }
 
-    fn on_pubrel<H: ServerHost>(&mut self, a: Ack, host: &mut H) -> Result<(), H::Close> {
-        // [MQTT-4.3.3-11]: whether or not this connection still holds the session, the
-        // identifier is released where it is held.
+    fn on_pubrel<H: ServerHost>(&mut self, id: PacketId, host: &mut H) -> Result<(), H::Close> {
+        // [MQTT-4.3.3-11]: PUBCOMP, whether the identifier was known or not.
         let (found, wait) = host.with_state(|st, persist| {
-            let found = st.inbound.on_pubrel(a.packet_id);
-            (found, found && persist.qos2_released(a.packet_id))
+            let found = st.inbound.on_pubrel(id);
+            (found, found && persist.qos2_released(id))
         })?;
         if wait {
             host.ack_when_durable();
         }
         let reply = match found || !self.version.is_v5() {
-            true => Ack::new(a.packet_id),
-            false => Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound),
+            true => Ack::new(id),
+            false => Ack::with_reason(id, ReasonCode::PacketIdentifierNotFound),
         };
         self.send(host, Packet::PubComp(reply));
         Ok(())
     }
 
-    fn on_pubcomp<H: ServerHost>(&mut self, a: Ack, host: &mut H) -> Result<(), H::Close> {
-        let known = host.with_state(|st, persist| match st.window.on_pubcomp(a.packet_id) {
+    fn on_pubcomp<H: ServerHost>(&mut self, id: PacketId, host: &mut H) -> Result<(), H::Close> {
+        let known = host.with_state(|st, persist| match st.window.on_pubcomp(id) {
             AckMatch::Completed(f) => {
                 st.complete(&f, persist);
                 true
@@ -818,7 +824,7 @@ impl ServerSession {
             _ => false,
         })?;
         if !known {
-            host.note(Note::UnknownAck(a.packet_id));
+            host.note(Note::UnknownAck(id));
         }
         Ok(())
     }
@@ -1055,9 +1061,10 @@ impl ServerSession {
     }
 
     /// Send `packet`, fitted to what the client accepts.
+    #[inline(always)]
     fn send<H: ServerHost>(&self, host: &mut H, mut packet: Packet) {
         self.fit(&mut packet);
-        host.transmit(packet);
+        host.transmit(&packet);
     }
 
     /// Make a packet fit what the client accepts: a Reason String or User Property the

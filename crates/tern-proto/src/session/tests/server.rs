@@ -108,8 +108,8 @@ impl Host {
 impl ServerHost for Host {
     type Message = Msg;
     type Close = Closed;
-    fn transmit(&mut self, packet: Packet) {
-        self.sent.push(packet);
+    fn transmit(&mut self, packet: &Packet) {
+        self.sent.push(packet.clone());
     }
     fn allows(&mut self, _: Permission, topic: &str) -> bool {
         !self.denied.contains(&topic)
