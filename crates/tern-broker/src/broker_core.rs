@@ -15,7 +15,7 @@ use crate::durability::{Change, SessionSnapshot};
 use crate::message::{Message, Outgoing};
 use crate::retained::RetainedStore;
 use crate::router::{Match, Router, SubEntry, TrieFull};
-use crate::session::{Enqueued, Queueing, Registry, SessionCell};
+use crate::session::{Enqueued, Queueing, Registry, RetainedItem, SessionCell};
 use crate::store::record;
 use crate::Config;
 
@@ -440,17 +440,98 @@ impl Core {
         // The index walks only the branches that `filter` matches.
         let mut matching = read(&self.retained).matching(filter);
         matching.retain(|m| !m.is_expired(now));
-        for msg in matching {
-            let out = Outgoing {
+        if matching.is_empty() {
+            return;
+        }
+        {
+            let mut st = cell.lock();
+            if st.ended {
+                return;
+            }
+            let backlog = st.retained.get_or_insert_with(Default::default);
+            // Bounded: one SUBSCRIBE adds at most what is retained, and repeated SUBSCRIBEs
+            // stop adding once the backlog holds `max_retained` messages.
+            let room = self.config.max_retained.saturating_sub(backlog.len());
+            let dropped = matching.len().saturating_sub(room);
+            backlog.extend(matching.into_iter().take(room).map(|msg| RetainedItem {
                 qos: msg.qos.min(qos),
                 msg,
+                sub_id,
+            }));
+            if dropped > 0 {
+                st.dropped += dropped as u64;
+                self.counters
+                    .messages_dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                tracing::warn!(client_id = %cell.client_id, dropped, "retained messages not sent: the session's backlog of retained messages is full (max_retained)");
+            }
+            cell.note_streaming(&st);
+        }
+        self.stream_retained(cell, now);
+    }
+
+    /// Move retained messages waiting for `cell` into its queue while the queue is under half
+    /// its limits. Called when a SUBSCRIBE adds them and by the session's connection each time
+    /// it looks at the queue, so that they flow at the pace the client acknowledges.
+    ///
+    /// A retained message replaced or cleared since the SUBSCRIBE is not sent: its newer state
+    /// was published after the subscription and reached the client as a live message. The
+    /// retained index is read-locked while the messages are queued (lock order: retained, then
+    /// session), so a newer retained message cannot be queued between the check and the queueing.
+    pub fn stream_retained(&self, cell: &SessionCell, now: Instant) {
+        if !cell.is_streaming() {
+            return;
+        }
+        let cfg = &self.config;
+        let batch: Vec<RetainedItem> = {
+            let mut st = cell.lock();
+            let room = (cfg.max_queued_messages / 2).saturating_sub(st.queue.len());
+            let bytes_room = (cfg.max_queued_bytes / 2).saturating_sub(st.queued_bytes);
+            let Some(backlog) = st.retained.as_mut() else {
+                return;
+            };
+            let (mut bytes, mut n) = (0, 0);
+            while n < room.min(backlog.len()) && bytes_room > 0 {
+                let size = backlog[n].msg.payload.len();
+                // At least one message goes, however large, once there is room at all.
+                if n > 0 && bytes + size > bytes_room {
+                    break;
+                }
+                bytes += size;
+                n += 1;
+            }
+            let batch = backlog.drain(..n).collect();
+            if backlog.is_empty() {
+                st.retained = None;
+            }
+            cell.note_streaming(&st);
+            batch
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let retained = read(&self.retained);
+        let outs = batch
+            .into_iter()
+            .filter(|r| {
+                let current = retained.get(&r.msg.topic);
+                current.is_some_and(|c| Arc::ptr_eq(c, &r.msg)) && !r.msg.is_expired(now)
+            })
+            .map(|r| Outgoing {
+                qos: r.qos,
+                msg: r.msg,
                 retain: true,
-                sub_ids: sub_id.into_iter().collect(),
+                sub_ids: r.sub_id.into_iter().collect(),
                 shared: None,
                 seq: 0,
                 commit_seq: 0,
-            };
-            self.deliver(cell, out);
+            });
+        let (_, dropped) = cell.enqueue_all(outs, &self.queueing());
+        drop(retained);
+        if dropped > 0 {
+            self.counters
+                .messages_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
@@ -474,6 +555,8 @@ impl Core {
                 .filter(|o| o.qos != QoS::ExactlyOnce)
                 .collect();
             orphans.extend(st.queue.drain(..));
+            st.retained = None;
+            cell.note_streaming(&st);
             self.queued.shrank(st.queued_bytes);
             st.queued_bytes = 0;
             orphans.retain(|o| o.shared.is_some());

@@ -61,6 +61,11 @@ pub(crate) struct SessionState {
     pub proto: Protocol,
     /// Messages waiting for the in-flight window or for the client to come back.
     pub queue: VecDeque<Outgoing>,
+    /// Retained messages a SUBSCRIBE matched that have not entered the queue yet: they are
+    /// moved into it as it drains (`Core::stream_retained`), so that a filter matching more
+    /// retained messages than the queue holds gets every one of them under flow control
+    /// instead of losing the rest to the queue's limits. Allocated only while streaming.
+    pub retained: Option<Box<VecDeque<RetainedItem>>>,
     /// Session Expiry Interval in seconds (`u32::MAX`: never).
     pub expiry_interval: u32,
     /// Messages dropped because the queue was full.
@@ -90,6 +95,15 @@ pub(crate) struct SessionState {
     pub full_since: Option<std::time::Instant>,
 }
 
+/// A retained message waiting to enter a session's queue (see [`SessionState::retained`]).
+#[derive(Debug)]
+pub(crate) struct RetainedItem {
+    pub msg: Arc<crate::message::Message>,
+    /// The QoS of the delivery (the lower of the message's and the subscription's).
+    pub qos: QoS,
+    pub sub_id: Option<u32>,
+}
+
 /// A session shared between the registry, the router and its connection.
 #[derive(Debug)]
 pub(crate) struct SessionCell {
@@ -103,6 +117,9 @@ pub(crate) struct SessionCell {
     /// Notified when the queue drains below half its limits (publishers waiting on it).
     pub space: Notify,
     connected: AtomicBool,
+    /// Whether retained messages are waiting to enter the queue (a hint read without the
+    /// lock on every turn of the connection's loop).
+    streaming: AtomicBool,
     /// Whether the queue is at half its limits or beyond, readable without the lock: a
     /// publisher batching its deliveries queues them at once when it is, so that
     /// backpressure stops it before the 2x margin runs out.
@@ -121,6 +138,7 @@ impl SessionCell {
                 version,
                 proto: Protocol::new(receive_maximum),
                 queue: VecDeque::new(),
+                retained: None,
                 expiry_interval: 0,
                 dropped: 0,
                 queued_bytes: 0,
@@ -136,6 +154,7 @@ impl SessionCell {
                 full_since: None,
             }),
             connected: AtomicBool::new(false),
+            streaming: AtomicBool::new(false),
             space: Notify::new(),
             near_full: AtomicBool::new(false),
         }
@@ -153,6 +172,17 @@ impl SessionCell {
 
     pub fn set_connected(&self, v: bool) {
         self.connected.store(v, Ordering::Relaxed)
+    }
+
+    /// Whether retained messages are waiting to enter the queue (a hint, read without the lock).
+    pub fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed)
+    }
+
+    /// Refresh [`SessionCell::is_streaming`] from the locked state.
+    pub fn note_streaming(&self, st: &SessionState) {
+        let streaming = st.retained.as_ref().is_some_and(|r| !r.is_empty());
+        self.streaming.store(streaming, Ordering::Relaxed)
     }
 
     /// Whether the queue was at half its limits or beyond when last looked at (a

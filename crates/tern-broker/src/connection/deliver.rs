@@ -35,6 +35,8 @@ impl Conn {
     pub(super) fn pump(&mut self, now: Instant) -> Result<bool, Close> {
         let (session, link) = (&mut self.session, &mut self.link);
         let cell = link.cell.clone();
+        // Retained messages a SUBSCRIBE matched enter the queue as it drains.
+        link.core.stream_retained(&cell, now);
         let (mut batch, more) = {
             let mut st = cell.lock();
             link.check_attached(&st)?;
@@ -158,5 +160,9 @@ fn take_batch(
         .queued
         .shrank(queued_before.saturating_sub(st.queued_bytes));
     link.cell.note_fullness(st, &link.core.config);
+    // Retained messages still waiting to enter the queue, and the queue drained: come back
+    // for them at once (with messages left in the queue, an acknowledgement or buffer space
+    // brings the connection back).
+    more |= st.queue.is_empty() && link.cell.is_streaming();
     (batch, more)
 }
