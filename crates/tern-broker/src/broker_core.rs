@@ -87,6 +87,12 @@ pub(crate) struct Core {
     pub queued: crate::budget::QueueBudget,
     /// Other brokers (a cluster's nodes, a bridge), when there are any.
     pub backplane: Option<Arc<dyn crate::backplane::Backplane>>,
+    /// Figures for the metrics endpoint beyond `counters` (see `metrics.rs`).
+    pub metrics: crate::metrics::Metrics,
+    /// The embedded store's commit figures, when the broker uses it.
+    pub store_metrics: Option<Arc<crate::metrics::StoreMetrics>>,
+    /// Live traces of clients' packets (see `trace.rs`).
+    pub trace: Arc<crate::trace::Tracer>,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -132,6 +138,9 @@ impl Core {
             deliver_batch,
             next_conn_id: AtomicU64::new(1),
             counters: Counters::default(),
+            metrics: crate::metrics::Metrics::default(),
+            store_metrics: None,
+            trace: Arc::default(),
         }
     }
 
@@ -190,6 +199,7 @@ impl Core {
     pub fn publish(&self, msg: &Arc<Message>, pressure: &mut Vec<Arc<SessionCell>>) -> usize {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         let n = self.route(msg, Some(pressure));
+        self.count_unrouted(n);
         if let Some(b) = &self.backplane {
             b.published(msg);
         }
@@ -204,10 +214,29 @@ impl Core {
     /// shared by every connection).
     pub fn publish_deferred(&self, msg: &Arc<Message>, pending: &mut Deliveries) -> usize {
         let n = self.collect(msg, pending);
+        self.count_unrouted(n);
         if let Some(b) = &self.backplane {
             b.published(msg);
         }
         n
+    }
+
+    /// Count a client's message that reached no session (one branch otherwise).
+    #[inline]
+    fn count_unrouted(&self, reached: usize) {
+        if reached == 0 {
+            self.metrics.no_subscribers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The retained messages whose topic matches `filter` (a valid filter).
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        read(&self.retained).matching(filter)
+    }
+
+    /// The retained message of `topic`.
+    pub fn retained_get(&self, topic: &str) -> Option<Arc<Message>> {
+        read(&self.retained).get(topic).cloned()
     }
 
     /// Tell every attached connection to close with v5 0x8B Server shutting down:

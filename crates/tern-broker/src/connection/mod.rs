@@ -470,6 +470,7 @@ impl Conn {
                 return c;
             }
             if !self.out.is_empty() {
+                crate::trace::bytes_out(&self.shared, &self.client_id, self.version, &self.out);
                 if let Err(e) = write_flush(io, &self.out).await {
                     return Close::Transport(format!("write failed: {e}"));
                 }
@@ -620,7 +621,10 @@ impl Conn {
                 return Ok(());
             }
             match self.decoder.decode(buf) {
-                Ok(Decoded::Packet(p)) => self.on_packet(p, self.shared.clock.now())?,
+                Ok(Decoded::Packet(p)) => {
+                    crate::trace::packet_in(&self.shared, &self.client_id, self.version, &p);
+                    self.on_packet(p, self.shared.clock.now())?
+                }
                 Ok(Decoded::NeedMore(_)) => return Ok(()),
                 Err(e) => return Err(Close::Violation(e.into())),
             }
