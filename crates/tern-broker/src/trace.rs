@@ -263,3 +263,49 @@ fn type_name(p: &Packet) -> &'static str {
         Packet::Auth(_) => "AUTH",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracing_is_on_while_a_receiver_lives() {
+        let t = Arc::new(Tracer::default());
+        assert!(!t.on());
+        let a = t.subscribe("c");
+        let b = t.subscribe("c");
+        let other = t.subscribe("d");
+        assert!(t.on());
+        drop(a);
+        assert!(t.sender("c").is_some(), "b still traces c");
+        drop(b);
+        assert!(t.sender("c").is_none());
+        assert!(t.on(), "d is still traced");
+        drop(other);
+        assert!(!t.on());
+    }
+
+    #[test]
+    fn outgoing_bytes_are_summarised_packet_by_packet() {
+        let mut out = BytesMut::new();
+        let mut p = tern_proto::Publish::new("a/b", bytes::Bytes::from(vec![7u8; 100]));
+        p.qos = tern_proto::QoS::AtLeastOnce;
+        p.packet_id = tern_proto::PacketId::new(3);
+        Packet::Publish(p).encode(ProtocolVersion::V5, &mut out).unwrap();
+        Packet::PingResp.encode(ProtocolVersion::V5, &mut out).unwrap();
+        let mut buf = BytesMut::from(&out[..]);
+        let d = Decoder::new(ProtocolVersion::V5, u32::MAX);
+        let mut seen = Vec::new();
+        while let Ok(Decoded::Packet(p)) = d.decode(&mut buf) {
+            seen.push(summarise(Direction::Out, &p, 0));
+        }
+        assert_eq!(seen[0].packet_type, "PUBLISH");
+        assert_eq!(seen[0].packet_id, Some(3));
+        assert_eq!(seen[0].payload_size, Some(100));
+        assert_eq!(
+            seen[0].payload_preview.as_ref().map(|p| p.len()),
+            Some(PAYLOAD_PREVIEW)
+        );
+        assert_eq!(seen[1].packet_type, "PINGRESP");
+    }
+}

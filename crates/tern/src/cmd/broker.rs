@@ -185,7 +185,11 @@ async fn start_http(
         Ok(http) => {
             // Not println!: a script that read the MQTT line may have closed our stdout.
             use std::io::Write as _;
-            let _ = writeln!(std::io::stdout(), "tern http listening on http://{}", http.local_addr());
+            let _ = writeln!(
+                std::io::stdout(),
+                "tern http listening on http://{}",
+                http.local_addr()
+            );
             Ok(Some(http))
         }
         Err(tern_admin::Error::Bind { addr, source }) if !config.explicit => {
