@@ -461,7 +461,7 @@ pub async fn shared_groups(State(st): S) -> ApiResult {
 }
 
 /// A payload as JSON: text when it is UTF-8, else base64; cut at `max` bytes.
-fn payload_json(p: &[u8], max: usize) -> Value {
+pub(crate) fn payload_json(p: &[u8], max: usize) -> Value {
     let cut = &p[..p.len().min(max)];
     match std::str::from_utf8(cut) {
         Ok(text) => {

@@ -135,6 +135,7 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route("/publish", post(api::publish))
         .route("/trace/{id}", get(trace::stream))
+        .route("/watch", get(trace::watch))
         .route("/openapi.json", get(api::openapi))
         .fallback(api::not_found);
     Router::new()

@@ -216,6 +216,16 @@ impl Admin {
         self.core.trace.subscribe(client_id)
     }
 
+    /// Watch the messages routed on topics matching `filter` until the receiver is dropped.
+    /// `filter` is a topic filter without `$share/`; the error says what is wrong with it.
+    pub fn watch(&self, filter: &str) -> Result<crate::watch::WatchReceiver, String> {
+        if filter.starts_with("$share/") {
+            return Err("a watch sees every message: give the filter without $share/GROUP/".into());
+        }
+        tern_proto::topic::validate_topic_filter(filter).map_err(|e| e.to_string())?;
+        Ok(self.core.watch.subscribe(filter))
+    }
+
     /// The figures behind `/metrics` (walks the sessions and the retained messages once).
     pub fn metrics(&self) -> MetricsSnapshot {
         let core = &self.core;

@@ -93,6 +93,8 @@ pub(crate) struct Core {
     pub store_metrics: Option<Arc<crate::metrics::StoreMetrics>>,
     /// Live traces of clients' packets (see `trace.rs`).
     pub trace: Arc<crate::trace::Tracer>,
+    /// Watches of topic filters (see `watch.rs`).
+    pub watch: Arc<crate::watch::Watcher>,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -141,6 +143,7 @@ impl Core {
             metrics: crate::metrics::Metrics::default(),
             store_metrics: None,
             trace: Arc::default(),
+            watch: Arc::default(),
         }
     }
 
@@ -302,6 +305,9 @@ impl Core {
     /// Append to `out` one delivery per matching session (shared subscriptions last);
     /// returns how many.
     fn collect(&self, msg: &Arc<Message>, out: &mut Deliveries) -> usize {
+        if self.watch.on() {
+            self.watch.offer(msg);
+        }
         let start = out.len();
         let normal = out;
         // Taken from their per-thread scratch only when needed: most messages reach few

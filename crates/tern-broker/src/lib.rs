@@ -49,6 +49,7 @@ mod session;
 mod store;
 mod sys;
 pub mod trace;
+pub mod watch;
 
 /// For the `fuzz/` targets only (cargo feature `fuzzing`): not part of the API.
 #[cfg(feature = "fuzzing")]

@@ -74,3 +74,31 @@ async fn a_trace_shows_the_clients_packets_in_and_out() {
     assert_eq!(ack["reason_codes"][0], 0x10, "5.0: no matching subscribers");
     assert_eq!(ack["size"], 5, "fixed header, packet id, reason code");
 }
+
+#[tokio::test]
+async fn a_watch_streams_the_messages_on_matching_topics() {
+    let t = start().await;
+    assert_eq!(get(t.http, "/api/v1/watch?filter=a/%23/b").await.status, 400);
+    assert_eq!(get(t.http, "/api/v1/watch?filter=%24share/g/a").await.status, 400);
+    assert_eq!(get(t.http, "/api/v1/watch").await.status, 400);
+    let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    s.write_all(b"GET /api/v1/watch?filter=w/%2B HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(s).lines();
+    assert!(lines.next_line().await.unwrap().unwrap().contains(" 200 "));
+    let (c, _e) = client(&t, "watched").await;
+    // The watch may start after the first publishes: publish until one is seen.
+    let publisher = tokio::spawn(async move {
+        loop {
+            c.publish("other/1", "no", QoS::AtMostOnce).await.unwrap();
+            c.publish("w/1", "{\"t\": 21.5}", QoS::AtLeastOnce).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let seen = next_packet(&mut lines).await;
+    publisher.abort();
+    assert_eq!(seen["topic"], "w/1");
+    assert_eq!(seen["qos"], 1);
+    assert_eq!(seen["payload"], "{\"t\": 21.5}");
+}
