@@ -20,12 +20,14 @@
 //! - `api.rs`: the `/api/v1` handlers and their JSON shapes; errors are [`api::ApiError`].
 //! - `metrics.rs`: the `/metrics` collector (prometheus-client), read at scrape time.
 //! - `dashboard.rs`: the dashboard's files (`static/`), served from memory.
-//! - `trace.rs`: a client's packets as server-sent events.
+//! - `trace.rs`: a client's packets, and the messages on a filter, as server-sent events.
+//! - `tls.rs`: HTTPS with `http.cert` and `http.key`.
 
 mod api;
 mod auth;
 mod dashboard;
 mod metrics;
+mod tls;
 mod trace;
 
 use std::net::SocketAddr;
@@ -65,6 +67,8 @@ pub(crate) struct AppState {
 #[derive(Debug)]
 pub struct HttpServer {
     listener: tokio::net::TcpListener,
+    /// HTTPS, when `http.cert` and `http.key` are given.
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
     addr: SocketAddr,
 }
@@ -76,12 +80,15 @@ impl HttpServer {
         let Some(addr) = config.listen else {
             return Err(Error::Config("`http.listen`: the HTTP endpoint is off".into()));
         };
-        if config.cert.is_some() || config.key.is_some() {
-            return Err(Error::Config(
-                "`http.cert`/`http.key`: HTTPS is not available yet; serve on loopback behind a TLS proxy"
-                    .into(),
-            ));
-        }
+        let tls = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "`http.cert` and `http.key` go together (HTTPS)".into(),
+                ))
+            }
+        };
         let auth = auth::Auth::load(config, addr, admin.config().password_file.is_some())?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -96,6 +103,7 @@ impl HttpServer {
         });
         Ok(HttpServer {
             listener,
+            tls,
             router: router(state),
             addr,
         })
@@ -106,10 +114,24 @@ impl HttpServer {
         self.addr
     }
 
+    /// Whether it serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serve until the task is dropped.
     pub async fn run(self) {
+        use axum::serve::ListenerExt as _;
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(self.listener, app).await {
+        let served = match self.tls {
+            None => axum::serve(self.listener, app).await,
+            Some(config) => match tls::TlsListener::new(self.listener, config) {
+                // tap_io: the peer address reaches ConnectInfo as for plain TCP.
+                Ok(l) => axum::serve(l.tap_io(|_| {}), app).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = served {
             tracing::error!("HTTP endpoint stopped: {e}");
         }
     }

@@ -24,6 +24,8 @@
 //! - `scheduler.rs`: one timer for the session expiry and delayed wills of offline sessions.
 //! - `listener/`: accept loops and the TLS / WebSocket handshakes.
 //! - `security/`: password file, ACL, per-listener anonymous policy, reload.
+//! - `admin.rs`: [`Admin`], operator access for an HTTP endpoint (the `tern-admin` crate);
+//!   `metrics.rs`, `trace.rs`, `watch.rs`: what it reads, none of it per message when unused.
 
 mod admin;
 mod auth;

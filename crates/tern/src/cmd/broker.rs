@@ -185,9 +185,10 @@ async fn start_http(
         Ok(http) => {
             // Not println!: a script that read the MQTT line may have closed our stdout.
             use std::io::Write as _;
+            let scheme = if http.is_tls() { "https" } else { "http" };
             let _ = writeln!(
                 std::io::stdout(),
-                "tern http listening on http://{}",
+                "tern http listening on {scheme}://{}",
                 http.local_addr()
             );
             Ok(Some(http))
