@@ -247,6 +247,13 @@ impl Collector for BrokerCollector {
                 ConstCounter::new(n).encode(enc.encode_family(&[("reason", reason)])?)?;
             }
         }
+        counter(
+            e,
+            "tern_publisher_slowdowns",
+            "Times a publisher was told to wait for a subscriber over its queue limits",
+            None,
+            m.publisher_slowdowns,
+        )?;
         gauge(
             e,
             "tern_queued_messages",

@@ -55,6 +55,8 @@ pub struct MetricsSnapshot {
     pub auth_failures: u64,
     /// Messages from clients that matched no subscription.
     pub no_subscribers: u64,
+    /// Times a publisher was told to wait for a subscriber over its queue limits.
+    pub publisher_slowdowns: u64,
     /// Payload bytes received in packets, all connections.
     pub bytes_received: u64,
     /// Bytes sent, all connections.
@@ -237,6 +239,7 @@ impl Admin {
             refused_busy: m.refused_busy.load(Ordering::Relaxed),
             auth_failures: core.security.failures(),
             no_subscribers: m.no_subscribers.load(Ordering::Relaxed),
+            publisher_slowdowns: m.slowdowns.load(Ordering::Relaxed),
             bytes_received: c.bytes_in.load(Ordering::Relaxed),
             bytes_sent: c.bytes_out.load(Ordering::Relaxed),
             ..MetricsSnapshot::default()

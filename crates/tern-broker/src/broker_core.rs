@@ -296,6 +296,7 @@ impl Core {
                 if let Some(p) = pressure.as_deref_mut() {
                     if !p.iter().any(|c| Arc::ptr_eq(c, &cell)) {
                         p.push(cell);
+                        self.metrics.slowdowns.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }

@@ -2,7 +2,8 @@
 //!
 //! Nothing here is touched per message on the publish path: refusals are counted per refused
 //! connection, accepted connections per accept, store commits per commit (on the store's
-//! writer thread), and messages without subscribers only when a message reaches nobody.
+//! writer thread), messages without subscribers only when a message reaches nobody, and
+//! publisher slow-downs only when a subscriber is over its limits.
 //! Everything else ([`crate::Admin::metrics`]) is read when the endpoint is scraped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,9 @@ pub(crate) struct Metrics {
     pub refused_busy: AtomicU64,
     /// Messages published by clients that matched no subscription.
     pub no_subscribers: AtomicU64,
+    /// Times a publisher was told to wait for a subscriber over its queue limits (once per
+    /// publisher batch and subscriber; only while one is over).
+    pub slowdowns: AtomicU64,
     /// Connections accepted per listener (its name, `tcp 127.0.0.1:1883`).
     pub accepted: Mutex<Vec<(String, Arc<AtomicU64>)>>,
 }
