@@ -1,13 +1,15 @@
 //! Live trace of one client's packets, for the admin API's trace stream and `tern trace`.
 //!
-//! With no trace running, a connection pays one relaxed load of [`Tracer::on`] per packet
-//! received and per batch written. While at least one trace runs, each packet of every
-//! connection also looks its client id up in a small map behind a mutex; the packets of the
-//! traced clients are summarised into [`TraceEvent`]s (the outgoing ones decoded again from
-//! the bytes about to be written) and sent on a bounded broadcast channel: a reader that
-//! falls behind loses events ([`TraceReceiver::recv`] says how many), never slows the client.
+//! With no trace running, a connection pays one relaxed load of [`Tracer::on`] per read and
+//! per batch written, never per packet, and the packets are not touched. While at least one
+//! trace runs, each read and write of every connection also looks its client id up in a small
+//! map behind a mutex; the bytes of the traced clients are decoded a second time, into
+//! [`TraceEvent`]s (what was read, once the connection has consumed it; what is about to be
+//! written), sent on a bounded broadcast channel: a reader that falls behind loses events
+//! ([`TraceReceiver::recv`] says how many), never slows the client.
 //!
-//! The connection code calls [`packet_in`] and [`bytes_out`], nothing else.
+//! The connection code calls [`before_decode`] / [`after_decode`] around decoding a read,
+//! and [`bytes_out`] before writing, nothing else.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,11 +150,29 @@ impl Drop for TraceReceiver {
     }
 }
 
-/// Hook: a packet received from `client_id`.
+/// Hook, before the packets in `buf` are decoded: a copy of `buf` when `client_id` is traced
+/// (the only cost otherwise: one relaxed load per read, not per packet).
 #[inline]
-pub(crate) fn packet_in(core: &Core, client_id: &str, version: ProtocolVersion, packet: &Packet) {
+pub(crate) fn before_decode(core: &Core, client_id: &str, buf: &BytesMut) -> Option<bytes::Bytes> {
     if core.trace.on() {
-        traced_in(core, client_id, version, packet);
+        traced_before(core, client_id, buf)
+    } else {
+        None
+    }
+}
+
+/// Hook, after decoding: `left` bytes of what [`before_decode`] copied were not consumed;
+/// the packets before them were received.
+#[inline]
+pub(crate) fn after_decode(
+    core: &Core,
+    client_id: &str,
+    version: ProtocolVersion,
+    before: Option<bytes::Bytes>,
+    left: usize,
+) {
+    if let Some(before) = before {
+        traced_in(core, client_id, version, before, left);
     }
 }
 
@@ -165,33 +185,45 @@ pub(crate) fn bytes_out(core: &Core, client_id: &str, version: ProtocolVersion, 
 }
 
 #[cold]
-fn traced_in(core: &Core, client_id: &str, version: ProtocolVersion, packet: &Packet) {
-    let Some(tx) = core.trace.sender(client_id) else {
-        return;
-    };
-    let mut buf = BytesMut::new();
-    let size = match packet.encode(version, &mut buf) {
-        Ok(()) => buf.len(),
-        Err(_) => 0,
-    };
-    let _ = tx.send(summarise(Direction::In, packet, size));
+fn traced_before(core: &Core, client_id: &str, buf: &BytesMut) -> Option<bytes::Bytes> {
+    core.trace
+        .sender(client_id)
+        .map(|_| bytes::Bytes::copy_from_slice(buf))
 }
 
 #[cold]
-fn traced_out(core: &Core, client_id: &str, version: ProtocolVersion, out: &[u8]) {
+fn traced_in(core: &Core, client_id: &str, version: ProtocolVersion, before: bytes::Bytes, left: usize) {
     let Some(tx) = core.trace.sender(client_id) else {
         return;
     };
-    let mut buf = BytesMut::from(out);
+    let consumed = before.len().saturating_sub(left);
+    summarise_all(&tx, Direction::In, version, &before[..consumed]);
+}
+
+/// Send one event per whole packet in `bytes`.
+fn summarise_all(
+    tx: &broadcast::Sender<TraceEvent>,
+    direction: Direction,
+    version: ProtocolVersion,
+    bytes: &[u8],
+) {
+    let mut buf = BytesMut::from(bytes);
     let decoder = Decoder::new(version, u32::MAX);
     loop {
         let before = buf.len();
         match decoder.decode(&mut buf) {
             Ok(Decoded::Packet(p)) => {
-                let _ = tx.send(summarise(Direction::Out, &p, before - buf.len()));
+                let _ = tx.send(summarise(direction, &p, before - buf.len()));
             }
             _ => return,
         }
+    }
+}
+
+#[cold]
+fn traced_out(core: &Core, client_id: &str, version: ProtocolVersion, out: &[u8]) {
+    if let Some(tx) = core.trace.sender(client_id) {
+        summarise_all(&tx, Direction::Out, version, out);
     }
 }
 

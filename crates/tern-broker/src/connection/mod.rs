@@ -608,7 +608,9 @@ impl Conn {
     /// Handle the complete packets in `buf`; stops early (leaving the rest buffered)
     /// while a subscriber this client publishes to is over its queue limits.
     fn decode_all(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
+        let traced = crate::trace::before_decode(&self.shared, &self.client_id, buf);
         let r = self.decode_packets(buf);
+        crate::trace::after_decode(&self.shared, &self.client_id, self.version, traced, buf.len());
         // Whatever was accepted or acknowledged before an error counts all the same.
         self.deliver_pending();
         let acks = self.apply_pubacks();
@@ -621,10 +623,7 @@ impl Conn {
                 return Ok(());
             }
             match self.decoder.decode(buf) {
-                Ok(Decoded::Packet(p)) => {
-                    crate::trace::packet_in(&self.shared, &self.client_id, self.version, &p);
-                    self.on_packet(p, self.shared.clock.now())?
-                }
+                Ok(Decoded::Packet(p)) => self.on_packet(p, self.shared.clock.now())?,
                 Ok(Decoded::NeedMore(_)) => return Ok(()),
                 Err(e) => return Err(Close::Violation(e.into())),
             }
