@@ -91,6 +91,14 @@ pub(crate) struct Core {
     pub queued: crate::budget::QueueBudget,
     /// Other brokers (a cluster's nodes, a bridge), when there are any.
     pub backplane: Option<Arc<dyn crate::backplane::Backplane>>,
+    /// Figures for the metrics endpoint beyond `counters` (see `metrics.rs`).
+    pub metrics: crate::metrics::Metrics,
+    /// The embedded store's commit figures, when the broker uses it.
+    pub store_metrics: Option<Arc<crate::metrics::StoreMetrics>>,
+    /// Live traces of clients' packets (see `trace.rs`).
+    pub trace: Arc<crate::trace::Tracer>,
+    /// Watches of topic filters (see `watch.rs`).
+    pub watch: Arc<crate::watch::Watcher>,
 }
 
 impl std::fmt::Debug for dyn crate::Authenticator {
@@ -138,6 +146,10 @@ impl Core {
             deliver_batch,
             next_conn_id: AtomicU64::new(1),
             counters: Counters::default(),
+            metrics: crate::metrics::Metrics::default(),
+            store_metrics: None,
+            trace: Arc::default(),
+            watch: Arc::default(),
         }
     }
 
@@ -196,6 +208,7 @@ impl Core {
     pub fn publish(&self, msg: &Arc<Message>, pressure: &mut Vec<Arc<SessionCell>>) -> usize {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         let n = self.route(msg, Some(pressure));
+        self.count_unrouted(n);
         if let Some(b) = &self.backplane {
             b.published(msg);
         }
@@ -210,10 +223,29 @@ impl Core {
     /// shared by every connection).
     pub fn publish_deferred(&self, msg: &Arc<Message>, pending: &mut Deliveries) -> usize {
         let n = self.collect(msg, pending);
+        self.count_unrouted(n);
         if let Some(b) = &self.backplane {
             b.published(msg);
         }
         n
+    }
+
+    /// Count a client's message that reached no session (one branch otherwise).
+    #[inline]
+    fn count_unrouted(&self, reached: usize) {
+        if reached == 0 {
+            self.metrics.no_subscribers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The retained messages whose topic matches `filter` (a valid filter).
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        read(&self.retained).matching(filter)
+    }
+
+    /// The retained message of `topic`.
+    pub fn retained_get(&self, topic: &str) -> Option<Arc<Message>> {
+        read(&self.retained).get(topic).cloned()
     }
 
     /// Tell every attached connection to close with v5 0x8B Server shutting down:
@@ -270,6 +302,7 @@ impl Core {
                 if let Some(p) = pressure.as_deref_mut() {
                     if !p.iter().any(|c| Arc::ptr_eq(c, &cell)) {
                         p.push(cell);
+                        self.metrics.slowdowns.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -279,6 +312,9 @@ impl Core {
     /// Append to `out` one delivery per matching session (shared subscriptions last);
     /// returns how many.
     fn collect(&self, msg: &Arc<Message>, out: &mut Deliveries) -> usize {
+        if self.watch.on() {
+            self.watch.offer(msg);
+        }
         let start = out.len();
         let normal = out;
         // Taken from their per-thread scratch only when needed: most messages reach few

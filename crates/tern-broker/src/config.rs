@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::BrokerError;
 
 /// Broker settings. Field names are the TOML keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Addresses of plain TCP listeners (default `["127.0.0.1:1883"]`).
@@ -149,10 +149,13 @@ pub struct Config {
     /// `"json"` (one object per line, for log shippers). The library itself leaves logging to
     /// the program that embeds it.
     pub log_format: LogFormat,
+    /// The HTTP endpoint of `tern broker`: metrics, admin API, dashboard (`[http]`, or
+    /// `http = "ADDR:PORT"`; `http = ""` turns it off). The library does not serve it.
+    pub http: crate::http_config::HttpConfig,
 }
 
 /// The SUBACK code of a subscription the ACL refuses (see [`Config::denied_subscription_reason`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DeniedSubscription {
@@ -174,7 +177,7 @@ impl DeniedSubscription {
 }
 
 /// The format of log lines (see [`Config::log_format`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum LogFormat {
@@ -186,7 +189,7 @@ pub enum LogFormat {
 }
 
 /// The protocol a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum ListenerKind {
@@ -229,7 +232,7 @@ impl std::fmt::Display for ListenerKind {
 }
 
 /// One `[[listener]]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// `tcp`, `tls`, `ws` or `wss`.
@@ -368,6 +371,7 @@ impl Default for Config {
             sync: crate::store::SyncPolicy::Always,
             sync_interval_ms: 100,
             log_format: LogFormat::Text,
+            http: crate::http_config::HttpConfig::default(),
         }
     }
 }

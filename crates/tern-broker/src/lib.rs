@@ -24,7 +24,10 @@
 //! - `scheduler.rs`: one timer for the session expiry and delayed wills of offline sessions.
 //! - `listener/`: accept loops and the TLS / WebSocket handshakes.
 //! - `security/`: password file, ACL, per-listener anonymous policy, reload.
+//! - `admin.rs`: [`Admin`], operator access for an HTTP endpoint (the `tern-admin` crate);
+//!   `metrics.rs`, `trace.rs`, `watch.rs`: what it reads, none of it per message when unused.
 
+mod admin;
 mod auth;
 pub mod backplane;
 mod broker_core;
@@ -34,9 +37,11 @@ mod config;
 mod connection;
 pub mod durability;
 mod error;
+mod http_config;
 mod inspect;
 mod listener;
 mod message;
+mod metrics;
 mod restore;
 mod retained;
 mod router;
@@ -45,6 +50,8 @@ pub mod security;
 mod session;
 mod store;
 mod sys;
+pub mod trace;
+pub mod watch;
 
 /// For the `fuzz/` targets only (cargo feature `fuzzing`): not part of the API.
 #[cfg(feature = "fuzzing")]
@@ -58,13 +65,16 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use admin::{Admin, MetricsSnapshot, NotReady, StoreSnapshot};
 pub use auth::{AuthExchange, AuthStep, Authenticator};
 pub use clock::{Clock, ManualClock};
 pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFormat};
 pub use durability::{Durability, Stored};
 pub use error::BrokerError;
+pub use http_config::{HttpConfig, DEFAULT_HTTP};
 pub use inspect::{BrokerStats, ConnectionInfo, SessionInfo, SubscriptionInfo};
 pub use message::Message;
+pub use metrics::HistogramSnapshot;
 pub use security::SecurityHandle;
 pub use store::SyncPolicy;
 
@@ -197,6 +207,7 @@ impl BrokerBuilder {
             let endpoint = Arc::new(endpoint.bound_to(socket.local_addr().unwrap_or(addr)));
             listeners.push(listener::Bound { socket, endpoint });
         }
+        let mut store_metrics = None;
         let (store, stored): (Option<Arc<dyn Durability>>, Option<Stored>) =
             match (self.durability, &self.config.data_dir) {
                 (Some((d, stored)), _) => (Some(d), Some(stored)),
@@ -204,6 +215,7 @@ impl BrokerBuilder {
                     let interval = Duration::from_millis(self.config.sync_interval_ms);
                     let (s, l) = store::Store::open(dir, self.config.sync, interval, self.clock.clone())
                         .map_err(|e| BrokerError::Store(format!("data directory {}: {e}", dir.display())))?;
+                    store_metrics = Some(s.metrics.clone());
                     (Some(s), Some(l))
                 }
                 (None, None) => (None, None),
@@ -221,6 +233,7 @@ impl BrokerBuilder {
             self.clock,
         );
         core.backplane = self.backplane;
+        core.store_metrics = store_metrics;
         let core = Arc::new(core);
         if let Some(stored) = stored {
             let started = std::time::Instant::now();
@@ -278,6 +291,11 @@ impl Broker {
     /// Reload the password and ACL files, and count authentication failures.
     pub fn security(&self) -> SecurityHandle {
         SecurityHandle(self.core.security.clone())
+    }
+
+    /// Operator access (admin API, metrics, traces) to this broker once it runs.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.core.clone(), self.limits.clone(), self.listeners())
     }
 
     /// Serve until the task is dropped.
@@ -400,16 +418,12 @@ impl BrokerHandle {
     /// [`Backplane`](backplane::Backplane). Returns how many sessions it reached, or why the
     /// topic is not a valid topic name.
     pub fn publish(&self, message: Message) -> Result<usize, tern_proto::topic::TopicError> {
-        tern_proto::topic::validate_topic_name(&message.topic)?;
-        let msg = Arc::new(message);
-        self.core
-            .counters
-            .messages_in
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if msg.retain && !self.core.retain(&msg) {
-            tracing::warn!(topic = %msg.topic, "retained store full (max_retained); message not retained");
-        }
-        Ok(self.core.publish_internal(&msg))
+        self.core.publish_from_outside(message)
+    }
+
+    /// Operator access (admin API, metrics, traces) to this broker.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.core.clone(), self.limits.clone(), self.listeners.clone())
     }
 
     /// Every session, connected or not, sorted by client identifier.

@@ -65,7 +65,10 @@ pub(crate) struct SessionState {
     /// moved into it as it drains (`Core::stream_retained`), so that a filter matching more
     /// retained messages than the queue holds gets every one of them under flow control
     /// instead of losing the rest to the queue's limits. Allocated only while streaming.
-    #[allow(clippy::box_collection, reason = "one pointer in every session; the deque only while streaming")]
+    #[allow(
+        clippy::box_collection,
+        reason = "one pointer in every session; the deque only while streaming"
+    )]
     pub retained: Option<Box<VecDeque<RetainedItem>>>,
     /// Session Expiry Interval in seconds (`u32::MAX`: never).
     pub expiry_interval: u32,

@@ -41,6 +41,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Manage the broker's password file: add, update or delete users.
     Passwd(cmd::passwd::Args),
+    /// Show a client's packets in and out, live, from the broker's HTTP endpoint.
+    Trace(cmd::trace::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Command::Passwd(args) => text().and_then(|()| cmd::passwd::run(args).map(|()| ExitCode::SUCCESS)),
+        Command::Trace(args) => text().and_then(|()| cmd::trace::run(args).map(|()| ExitCode::SUCCESS)),
     };
     match result {
         Ok(code) => code,

@@ -86,6 +86,7 @@ impl Conn {
                 return c;
             }
             if !self.link.out.is_empty() {
+                crate::trace::bytes_out(&core, &self.link.client_id, self.link.version, &self.link.out);
                 if let Err(e) = write_flush(io, &self.link.out).await {
                     return Close::Transport(format!("write failed: {e}"));
                 }
@@ -218,7 +219,15 @@ impl Conn {
     /// Handle the complete packets in `buf`; stops early (leaving the rest buffered)
     /// while a subscriber this client publishes to is over its queue limits.
     fn decode_all(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
+        let traced = crate::trace::before_decode(&self.link.core, &self.link.client_id, buf);
         let r = self.decode_packets(buf);
+        crate::trace::after_decode(
+            &self.link.core,
+            &self.link.client_id,
+            self.link.version,
+            traced,
+            buf.len(),
+        );
         // Whatever was accepted or acknowledged before an error counts all the same.
         self.link.deliver_pending();
         let acks = self.session.flush_acks(&mut self.link);

@@ -221,6 +221,7 @@ pub(crate) async fn accept_loop(bound: Bound, core: Arc<Core>, limits: Limits) {
         socket: listener,
         endpoint,
     } = bound;
+    let accepted = core.metrics.listener(endpoint.name());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -239,6 +240,7 @@ pub(crate) async fn accept_loop(bound: Bound, core: Arc<Core>, limits: Limits) {
             .unwrap_or(true);
         if !rate_ok {
             tracing::warn!(%peer, "connection refused: max_connect_rate exceeded");
+            core.metrics.refused_rate.fetch_add(1, Ordering::Relaxed);
             if endpoint.kind == ListenerKind::Tcp {
                 refuse(stream, &limits, ReasonCode::ConnectionRateExceeded);
             }
@@ -246,12 +248,14 @@ pub(crate) async fn accept_loop(bound: Bound, core: Arc<Core>, limits: Limits) {
         }
         let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: max_connections reached");
+            core.metrics.refused_busy.fetch_add(1, Ordering::Relaxed);
             if endpoint.kind == ListenerKind::Tcp {
                 refuse(stream, &limits, ReasonCode::ServerBusy);
             }
             continue;
         };
         core.counters.connections.fetch_add(1, Ordering::Relaxed);
+        accepted.fetch_add(1, Ordering::Relaxed);
         let core = core.clone();
         // Every connection's task is as large as the future it runs: plain MQTT over TCP,
         // the common case, runs alone in its task; the much larger state of the TLS and

@@ -33,7 +33,7 @@ pub(crate) use engine::Engine;
 use crate::durability::{Change, Durability, Group, Stored, Ticket};
 
 /// When commits reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncPolicy {
     /// Sync every group commit before acknowledging (no acknowledged message is lost).
@@ -67,6 +67,8 @@ pub(crate) struct Store {
     error: Mutex<Option<StoreError>>,
     closing: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Commits, changes per commit and commit time, for the metrics endpoint.
+    pub metrics: Arc<crate::metrics::StoreMetrics>,
 }
 
 impl Store {
@@ -94,6 +96,7 @@ impl Store {
             error: Mutex::new(None),
             closing: AtomicBool::new(false),
             thread: Mutex::new(None),
+            metrics: Arc::default(),
         });
         let s = store.clone();
         let handle = std::thread::Builder::new()
@@ -155,11 +158,13 @@ impl Store {
                 SyncPolicy::Always => true,
                 SyncPolicy::Interval => last_sync.elapsed() >= interval,
             };
+            let started = std::time::Instant::now();
             let result = if ops.is_empty() {
                 engine.sync()
             } else {
                 engine.apply(&ops, durable)
             };
+            self.metrics.commit(ops.len(), started.elapsed());
             match result {
                 Ok(()) => {
                     if durable || ops.is_empty() {

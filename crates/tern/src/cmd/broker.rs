@@ -74,6 +74,14 @@ pub struct Args {
     /// Keep all state in memory: nothing survives a restart.
     #[arg(long)]
     in_memory: bool,
+    /// Serve metrics, the admin API and the dashboard on ADDR:PORT (default 127.0.0.1:18083;
+    /// replaces the config file's `http`). A non-loopback address needs `http.admins` or
+    /// `http.tokens_file`.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "no_http")]
+    http: Option<SocketAddr>,
+    /// No HTTP endpoint (same as `http = ""`).
+    #[arg(long = "no-http")]
+    no_http: bool,
 }
 
 /// The configuration `args` describe: the config file (or the embedded defaults) with the
@@ -121,6 +129,11 @@ pub fn config(args: Args) -> Result<Config, BrokerError> {
             l.allow_anonymous = Some(false);
         }
     }
+    if let Some(addr) = args.http {
+        config.http.set_listen(Some(addr));
+    } else if args.no_http {
+        config.http.set_listen(None);
+    }
     if args.in_memory {
         config.data_dir = None;
     } else if let Some(dir) = args.data_dir {
@@ -137,6 +150,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         .enable_all()
         .build()
         .map_err(|e| BrokerError::Config(format!("cannot start the runtime: {e}")))?;
+    let config_http = config.http.clone();
     rt.block_on(async {
         let broker = Broker::bind(config).await?;
         for (kind, addr) in broker.listeners() {
@@ -148,10 +162,47 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             }
         }
         reload_on_hangup(broker.security());
+        if let Some(http) = start_http(&broker, &config_http).await? {
+            tokio::spawn(http.run());
+        }
         // SIGINT/SIGTERM: graceful shutdown (5.0 clients get DISCONNECT 0x8B).
         broker.run_until(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Bind the HTTP endpoint of `config`, if any, and print its address on stdout. The default
+/// address, when taken (another broker on this machine), is skipped with a warning; an address
+/// the operator gave must work.
+async fn start_http(
+    broker: &Broker,
+    config: &tern_broker::HttpConfig,
+) -> Result<Option<tern_admin::HttpServer>, BrokerError> {
+    if config.listen.is_none() {
+        return Ok(None);
+    }
+    match tern_admin::HttpServer::bind(broker.admin(), config).await {
+        Ok(http) => {
+            // Not println!: a script that read the MQTT line may have closed our stdout.
+            use std::io::Write as _;
+            let scheme = if http.is_tls() { "https" } else { "http" };
+            let _ = writeln!(
+                std::io::stdout(),
+                "tern http listening on {scheme}://{}",
+                http.local_addr()
+            );
+            Ok(Some(http))
+        }
+        Err(tern_admin::Error::Bind { addr, source }) if !config.explicit => {
+            tracing::warn!("no HTTP endpoint: cannot bind the default {addr}: {source} (set --http ADDR:PORT or --no-http)");
+            Ok(None)
+        }
+        Err(e) => Err(BrokerError::Config(
+            e.to_string()
+                .trim_start_matches("configuration error: ")
+                .to_string(),
+        )),
+    }
 }
 
 /// SIGHUP: read the password and ACL files again (a broken file keeps the old one).

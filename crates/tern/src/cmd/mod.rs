@@ -6,3 +6,4 @@ pub mod connect;
 pub mod passwd;
 pub mod publish;
 pub mod subscribe;
+pub mod trace;

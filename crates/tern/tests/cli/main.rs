@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tern_broker::{BrokerBuilder, BrokerHandle};
 
 mod logs;
+mod operate;
 
 const WAIT: Duration = Duration::from_secs(10);
 const TERN: &str = env!("CARGO_BIN_EXE_tern");

@@ -1,0 +1,396 @@
+//! The admin API over HTTP: listings, disconnect, retained messages, publish, health, the
+//! errors of bad input, and the security rules.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use tern_client::{Event, QoS};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn health_and_broker_information() {
+    let t = start().await;
+    assert_eq!(get(t.http, "/healthz").await.status, 200);
+    let r = get(t.http, "/readyz").await;
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ready")));
+    let b = get(t.http, "/api/v1/broker").await.json();
+    assert_eq!(b["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(b["listeners"][0]["address"], t.mqtt().to_string());
+    assert_eq!(b["listeners"][0]["kind"], "tcp");
+    let c = get(t.http, "/api/v1/config").await.json();
+    assert_eq!(c["max_inflight"], 100);
+    let spec = get(t.http, "/api/v1/openapi.json").await;
+    assert_eq!(spec.status, 200);
+    assert_eq!(spec.json()["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+}
+
+#[tokio::test]
+async fn clients_are_listed_filtered_paged_and_disconnected() {
+    let t = start().await;
+    let (_a, _ea) = client(&t, "sensor-1").await;
+    let (_b, _eb) = client(&t, "sensor-2").await;
+    let (c, mut ec) = client(&t, "actuator-1").await;
+    c.subscribe("cmd/#", QoS::AtLeastOnce).await.unwrap();
+
+    let all = get(t.http, "/api/v1/clients").await.json();
+    assert_eq!(all["total"], 3);
+    let ids: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["actuator-1", "sensor-1", "sensor-2"]);
+    let page = get(t.http, "/api/v1/clients?client_id=sensor-&limit=1&offset=1")
+        .await
+        .json();
+    assert_eq!(
+        (page["total"].as_u64(), page["items"][0]["client_id"].as_str()),
+        (Some(2), Some("sensor-2"))
+    );
+    let by_addr = get(t.http, "/api/v1/clients?address=127.0.0.1&listener=tcp")
+        .await
+        .json();
+    assert_eq!(by_addr["total"], 3);
+    assert_eq!(
+        get(t.http, "/api/v1/clients?user=nobody").await.json()["total"],
+        0
+    );
+
+    let one = get(t.http, "/api/v1/clients/actuator-1").await.json();
+    assert_eq!(one["protocol_version"], "5.0");
+    assert_eq!(one["subscriptions"][0]["filter"], "cmd/#");
+    assert_eq!(one["subscriptions"][0]["qos"], 1);
+    assert_eq!(
+        one["connection"]["address"]
+            .as_str()
+            .map(|a| a.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+    let subs = get(t.http, "/api/v1/subscriptions?filter=cmd/%23").await.json();
+    assert_eq!(
+        (subs["total"].as_u64(), subs["items"][0]["client_id"].as_str()),
+        (Some(1), Some("actuator-1"))
+    );
+
+    let kicked = request(t.http, "DELETE", "/api/v1/clients/actuator-1", &[], "").await;
+    assert_eq!(kicked.status, 200, "{}", kicked.body);
+    let reason = eventually(5, "the client to be disconnected", || {
+        let next = ec.try_recv();
+        async move {
+            match next {
+                Some(Event::Disconnected { reason }) => Some(reason.to_string()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        reason.contains("0x98") || reason.to_lowercase().contains("administrative"),
+        "{reason}"
+    );
+    eventually(5, "the listing to drop it", || async {
+        (get(t.http, "/api/v1/clients").await.json()["total"] == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        request(t.http, "DELETE", "/api/v1/clients/nobody", &[], "")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(get(t.http, "/api/v1/clients/nobody").await.status, 404);
+}
+
+#[tokio::test]
+async fn offline_sessions_are_listed_and_discarded() {
+    let t = start().await;
+    let (c, _e) = tern_client::Client::connect(
+        tern_client::Options::new(format!("mqtt://{}", t.mqtt()))
+            .client_id("keeper")
+            .clean_start(false)
+            .session_expiry(3600)
+            .reconnect(tern_client::Reconnect::disabled()),
+    )
+    .await
+    .unwrap();
+    c.subscribe("keep/#", QoS::AtLeastOnce).await.unwrap();
+    c.disconnect().await.unwrap();
+    let s = eventually(5, "an offline session", || async {
+        let v = get(t.http, "/api/v1/sessions?online=false").await.json();
+        (v["total"] == 1).then_some(v)
+    })
+    .await;
+    assert_eq!(s["items"][0]["client_id"], "keeper");
+    assert_eq!(s["items"][0]["connected"], false);
+    assert_eq!(get(t.http, "/api/v1/clients").await.json()["total"], 0);
+    let r = request(
+        t.http,
+        "POST",
+        "/api/v1/clients/keeper/disconnect",
+        &[],
+        "{\"discard_session\": true}",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(get(t.http, "/api/v1/sessions").await.json()["total"], 0);
+}
+
+#[tokio::test]
+async fn publish_and_retained_messages() {
+    let t = start().await;
+    let (c, mut events) = client(&t, "listener").await;
+    c.subscribe("api/#", QoS::AtLeastOnce).await.unwrap();
+    let body = serde_json::json!({
+        "topic": "api/1", "payload": "hello", "qos": 1, "retain": true,
+        "properties": { "content_type": "text/plain", "user_properties": [["k", "v"]] }
+    });
+    let r = request(t.http, "POST", "/api/v1/publish", &[], &body.to_string()).await;
+    assert_eq!(
+        (r.status, r.json()["sessions_reached"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.body
+    );
+    let m = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(Event::Message(m)) = events.recv().await {
+                break m;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((m.topic.as_ref(), m.payload_str()), ("api/1", Some("hello")));
+    assert_eq!(m.properties.content_type.as_deref(), Some("text/plain"));
+
+    let binary = base64::engine::general_purpose::STANDARD.encode([0u8, 159, 146, 150]);
+    let body = serde_json::json!({ "topic": "api/bin", "payload": binary, "payload_encoding": "base64", "retain": true });
+    assert_eq!(
+        request(t.http, "POST", "/api/v1/publish", &[], &body.to_string())
+            .await
+            .status,
+        200
+    );
+
+    let list = get(t.http, "/api/v1/retained?filter=api/%23").await.json();
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["items"][0]["topic"], "api/1");
+    assert_eq!(list["items"][0]["payload"], "hello");
+    assert_eq!(list["items"][1]["payload_encoding"], "base64");
+    assert_eq!(list["items"][1]["payload"], binary);
+    let one = get(t.http, "/api/v1/retained/api/1").await.json();
+    assert_eq!(one["content_type"], "text/plain");
+    assert_eq!(
+        request(t.http, "DELETE", "/api/v1/retained/api/1", &[], "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(t.http, "/api/v1/retained/api/1").await.status, 404);
+    assert_eq!(
+        request(t.http, "DELETE", "/api/v1/retained/api/1", &[], "")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(get(t.http, "/api/v1/retained").await.json()["total"], 1);
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_4xx_as_json() {
+    let t = start().await;
+    let cases: [(&str, &str, &str, u16); 12] = [
+        ("GET", "/api/v1/clients?limit=100000", "", 400),
+        ("GET", "/api/v1/clients?limit=0", "", 400),
+        ("GET", "/api/v1/clients?offset=-1", "", 400),
+        ("GET", "/api/v1/clients?nonsense=1", "", 400),
+        ("GET", "/api/v1/retained?filter=a/%23/b", "", 400),
+        ("POST", "/api/v1/publish", "{not json", 400),
+        ("POST", "/api/v1/publish", "{\"topic\": \"a/+\"}", 400),
+        ("POST", "/api/v1/publish", "{\"topic\": \"a\", \"qos\": 3}", 400),
+        (
+            "POST",
+            "/api/v1/publish",
+            "{\"topic\": \"a\", \"payload\": \"!\", \"payload_encoding\": \"base64\"}",
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/publish",
+            "{\"topic\": \"a\", \"surprise\": 1}",
+            400,
+        ),
+        ("GET", "/api/v1/no/such/thing", "", 404),
+        ("DELETE", "/api/v1/clients/x?discard_session=maybe", "", 400),
+    ];
+    for (method, path, body, status) in cases {
+        let r = request(t.http, method, path, &[], body).await;
+        assert_eq!(r.status, status, "{method} {path} {body}: {}", r.body);
+        assert!(r.json()["error"].is_string(), "{method} {path}: {}", r.body);
+    }
+    let huge = format!(
+        "{{\"topic\": \"a\", \"payload\": \"{}\"}}",
+        "x".repeat(5 * 1024 * 1024)
+    );
+    assert_eq!(
+        request(t.http, "POST", "/api/v1/publish", &[], &huge)
+            .await
+            .status,
+        413
+    );
+    // The broker still serves.
+    assert_eq!(get(t.http, "/healthz").await.status, 200);
+}
+
+fn password_file(dir: &TempDir) -> std::path::PathBuf {
+    let mut f = tern_broker::security::password::PasswordFile::default();
+    f.add("alice", b"wonderland", 1000).unwrap();
+    f.add("bob", b"builder", 1000).unwrap();
+    let p = dir.0.join("passwords");
+    f.save(&p).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn credentials_are_required_when_configured_and_failures_are_limited() {
+    let dir = TempDir::new("auth");
+    let passwords = password_file(&dir);
+    let tokens = dir.0.join("tokens");
+    std::fs::write(&tokens, format!("# ci\n{}\n", tern_admin::hash_token("t0ken"))).unwrap();
+    let t = start_with(|c, h| {
+        c.password_file = Some(passwords.clone());
+        h.admins = vec!["alice".into()];
+        h.tokens_file = Some(tokens.clone());
+    })
+    .await;
+    let basic = |u: &str, p: &str| {
+        format!(
+            "Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    };
+    // Health probes are open; everything else needs credentials.
+    assert_eq!(get(t.http, "/healthz").await.status, 200);
+    let r = get(t.http, "/api/v1/clients").await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.headers.to_lowercase().contains("www-authenticate: basic"),
+        "{}",
+        r.headers
+    );
+    assert_eq!(get(t.http, "/metrics").await.status, 401);
+    assert_eq!(get(t.http, "/").await.status, 401);
+    let ok = request(
+        t.http,
+        "GET",
+        "/api/v1/clients",
+        &[&basic("alice", "wonderland")],
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let token = request(t.http, "GET", "/metrics", &["Authorization: Bearer t0ken"], "").await;
+    assert_eq!(token.status, 200);
+    // bob has a password but is not an admin.
+    assert_eq!(
+        request(t.http, "GET", "/api/v1/clients", &[&basic("bob", "builder")], "")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        request(t.http, "GET", "/api/v1/clients", &[&basic("alice", "wrong")], "")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        request(
+            t.http,
+            "GET",
+            "/api/v1/clients",
+            &["Authorization: Bearer nope"],
+            ""
+        )
+        .await
+        .status,
+        401
+    );
+    // 6 failures so far; more until the limit, then 429 even with the right password.
+    for _ in 0..(tern_admin::MAX_FAILURES - 6) {
+        assert_eq!(get(t.http, "/api/v1/broker").await.status, 401);
+    }
+    let limited = request(
+        t.http,
+        "GET",
+        "/api/v1/clients",
+        &[&basic("alice", "wonderland")],
+        "",
+    )
+    .await;
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    let m = request(t.http, "GET", "/healthz", &[], "").await;
+    assert_eq!(m.status, 200);
+}
+
+#[tokio::test]
+async fn a_public_address_without_credentials_does_not_start() {
+    let broker = tern_broker::BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .bind()
+        .await
+        .unwrap()
+        .spawn();
+    let mut http = tern_broker::HttpConfig::default();
+    http.set_listen(Some("0.0.0.0:0".parse().unwrap()));
+    let err = tern_admin::HttpServer::bind(broker.admin(), &http)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a loopback address"), "{err}");
+}
+
+#[tokio::test]
+async fn https_with_the_certificate_and_key_of_the_http_table() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("https");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.0.join("http.pem"), dir.0.join("http.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let t = start_with(|_, h| {
+        h.cert = Some(cert_path.clone());
+        h.key = Some(key_path.clone());
+    })
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /api/v1/broker HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains("\"version\""), "{text}");
+    // Plain HTTP on the HTTPS port gets nothing useful, and the endpoint goes on serving.
+    assert_ne!(get(t.http, "/healthz").await.status, 200);
+    let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    assert!(connector.connect(name, tcp).await.is_ok());
+}

@@ -1,0 +1,305 @@
+//! [`Admin`]: what an operator's endpoint (the `tern-admin` HTTP server, or an embedding
+//! program's own) may read and do on a running broker: sessions and clients, retained
+//! messages, publish, reload, readiness, the figures behind `/metrics`, and live traces.
+//!
+//! A cheap clone of handles to the broker core; it never holds the broker alive past a
+//! shutdown in any way that matters (a disconnect or publish then reaches nobody).
+//! Listings lock one session at a time (see `inspect.rs`); scraping the metrics walks the
+//! sessions once and the retained messages once, under their read locks, off the publish path.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_proto::topic::TopicError;
+use tern_proto::ProtocolVersion;
+
+use crate::broker_core::Core;
+use crate::metrics::HistogramSnapshot;
+use crate::trace::TraceReceiver;
+use crate::{BrokerStats, Config, ListenerKind, Message, SecurityHandle, SessionInfo};
+
+/// Operator access to a running broker (see the module documentation): from
+/// [`crate::Broker::admin`] or [`crate::BrokerHandle::admin`].
+#[derive(Debug, Clone)]
+pub struct Admin {
+    core: Arc<Core>,
+    limits: crate::listener::Limits,
+    listeners: Arc<[(ListenerKind, SocketAddr)]>,
+}
+
+/// The figures behind `/metrics`, read at one moment.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Sessions, queues, in-flight messages and the `$SYS` counters.
+    pub stats: BrokerStats,
+    /// Clients connected now, by listener name and protocol version ("3.1", "3.1.1", "5.0").
+    pub connections: Vec<(String, &'static str, u64)>,
+    /// Connections accepted since start, by listener name.
+    pub accepted: Vec<(String, u64)>,
+    /// Sessions with a connection attached.
+    pub sessions_online: u64,
+    /// Sessions waiting for their client.
+    pub sessions_offline: u64,
+    /// Distinct `$share` groups (group name and filter).
+    pub shared_groups: u64,
+    /// Payload bytes of the retained messages.
+    pub retained_bytes: u64,
+    /// Connections refused by the listeners at `max_connect_rate`.
+    pub refused_rate: u64,
+    /// Connections refused by the listeners at `max_connections`.
+    pub refused_busy: u64,
+    /// Clients refused for failed authentication.
+    pub auth_failures: u64,
+    /// Messages from clients that matched no subscription.
+    pub no_subscribers: u64,
+    /// Times a publisher was told to wait for a subscriber over its queue limits.
+    pub publisher_slowdowns: u64,
+    /// Payload bytes received in packets, all connections.
+    pub bytes_received: u64,
+    /// Bytes sent, all connections.
+    pub bytes_sent: u64,
+    /// Store commits, changes committed and commit durations, with the embedded store.
+    pub store: Option<StoreSnapshot>,
+}
+
+/// The embedded store's figures.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StoreSnapshot {
+    /// Commits since start.
+    pub commits: u64,
+    /// Changes committed since start (their ratio to `commits` is the batch size).
+    pub changes: u64,
+    /// Duration of each commit (with `sync = "always"`, mostly its fsync), in seconds.
+    pub commit_seconds: HistogramSnapshot,
+}
+
+/// Why [`Admin::ready`] says no.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// The broker is shutting down.
+    ShuttingDown,
+    /// The store failed; QoS 1/2 messages are refused.
+    StoreFailed,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotReady::ShuttingDown => "the broker is shutting down",
+            NotReady::StoreFailed => "the store failed: QoS 1/2 messages are refused",
+        })
+    }
+}
+
+fn version_name(v: ProtocolVersion) -> &'static str {
+    if v.is_v5() {
+        "5.0"
+    } else if v == ProtocolVersion::V3_1_1 {
+        "3.1.1"
+    } else {
+        "3.1"
+    }
+}
+
+impl Admin {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        limits: crate::listener::Limits,
+        listeners: Vec<(ListenerKind, SocketAddr)>,
+    ) -> Admin {
+        Admin {
+            core,
+            limits,
+            listeners: listeners.into(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// Each bound listener's kind and address.
+    pub fn listeners(&self) -> &[(ListenerKind, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// Time since the broker started.
+    pub fn uptime(&self) -> Duration {
+        self.core.started.elapsed()
+    }
+
+    /// Reload the password and ACL files; count authentication failures.
+    pub fn security(&self) -> SecurityHandle {
+        SecurityHandle(self.core.security.clone())
+    }
+
+    /// Whether `password` is `user`'s in the password file in force (PBKDF2: slow on
+    /// purpose; call it off the runtime's worker threads). False without a password file.
+    pub fn check_password(&self, user: &str, password: &[u8]) -> bool {
+        self.core
+            .security
+            .passwords()
+            .is_some_and(|p| p.verify(user, password))
+    }
+
+    /// See [`crate::BrokerHandle::stats`].
+    pub fn stats(&self) -> BrokerStats {
+        self.core.stats(self.limits.active())
+    }
+
+    /// See [`crate::BrokerHandle::sessions`].
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.core.session_infos()
+    }
+
+    /// See [`crate::BrokerHandle::session`].
+    pub fn session(&self, client_id: &str) -> Option<SessionInfo> {
+        self.core.session_info(client_id)
+    }
+
+    /// See [`crate::BrokerHandle::disconnect`].
+    pub fn disconnect(&self, client_id: &str, discard_session: bool) -> bool {
+        self.core.disconnect_client(client_id, discard_session)
+    }
+
+    /// See [`crate::BrokerHandle::publish`].
+    pub fn publish(&self, message: Message) -> Result<usize, TopicError> {
+        self.core.publish_from_outside(message)
+    }
+
+    /// The retained messages whose topic matches `filter`, sorted by topic.
+    pub fn retained(&self, filter: &str) -> Result<Vec<Arc<Message>>, TopicError> {
+        tern_proto::topic::parse_filter(filter)?;
+        let mut all = self.core.retained_matching(filter);
+        all.sort_by(|a, b| a.topic.cmp(&b.topic));
+        Ok(all)
+    }
+
+    /// The retained message of `topic`.
+    pub fn retained_message(&self, topic: &str) -> Option<Arc<Message>> {
+        self.core.retained_get(topic)
+    }
+
+    /// Delete the retained message of `topic` (subscribers are not told). Returns whether
+    /// there was one.
+    pub fn delete_retained(&self, topic: &str) -> bool {
+        if self.core.retained_get(topic).is_none() {
+            return false;
+        }
+        let empty = Arc::new(Message::new(
+            topic.to_string(),
+            bytes::Bytes::new(),
+            tern_proto::QoS::AtMostOnce,
+            true,
+        ));
+        self.core.retain(&empty);
+        true
+    }
+
+    /// Whether the broker serves: listeners bound (always, for an `Admin`), the store
+    /// working, not shutting down.
+    pub fn ready(&self) -> Result<(), NotReady> {
+        if self.core.is_shutting_down() {
+            return Err(NotReady::ShuttingDown);
+        }
+        if self.core.durability.failed() {
+            return Err(NotReady::StoreFailed);
+        }
+        Ok(())
+    }
+
+    /// Trace `client_id`'s packets from now until the receiver is dropped.
+    pub fn trace(&self, client_id: &str) -> TraceReceiver {
+        self.core.trace.subscribe(client_id)
+    }
+
+    /// Watch the messages routed on topics matching `filter` until the receiver is dropped.
+    /// `filter` is a topic filter without `$share/`; the error says what is wrong with it.
+    pub fn watch(&self, filter: &str) -> Result<crate::watch::WatchReceiver, String> {
+        if filter.starts_with("$share/") {
+            return Err("a watch sees every message: give the filter without $share/GROUP/".into());
+        }
+        tern_proto::topic::validate_topic_filter(filter).map_err(|e| e.to_string())?;
+        Ok(self.core.watch.subscribe(filter))
+    }
+
+    /// The figures behind `/metrics` (walks the sessions and the retained messages once).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let core = &self.core;
+        let c = &core.counters;
+        let m = &core.metrics;
+        let mut s = MetricsSnapshot {
+            stats: self.stats(),
+            refused_rate: m.refused_rate.load(Ordering::Relaxed),
+            refused_busy: m.refused_busy.load(Ordering::Relaxed),
+            auth_failures: core.security.failures(),
+            no_subscribers: m.no_subscribers.load(Ordering::Relaxed),
+            publisher_slowdowns: m.slowdowns.load(Ordering::Relaxed),
+            bytes_received: c.bytes_in.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_out.load(Ordering::Relaxed),
+            ..MetricsSnapshot::default()
+        };
+        s.accepted = m
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, c)| (n.clone(), c.load(Ordering::Relaxed)))
+            .collect();
+        let mut groups = std::collections::BTreeSet::new();
+        for info in core.session_infos() {
+            match &info.connection {
+                Some(conn) => {
+                    s.sessions_online += 1;
+                    let v = version_name(info.protocol_version);
+                    match s
+                        .connections
+                        .iter_mut()
+                        .find(|(l, ver, _)| *l == conn.listener && *ver == v)
+                    {
+                        Some((_, _, n)) => *n += 1,
+                        None => s.connections.push((conn.listener.clone(), v, 1)),
+                    }
+                }
+                None => s.sessions_offline += 1,
+            }
+            for sub in &info.subscriptions {
+                if let Some(rest) = sub.filter.strip_prefix("$share/") {
+                    groups.insert(rest.to_string());
+                }
+            }
+        }
+        s.shared_groups = groups.len() as u64;
+        // `#` does not match topics beginning with `$` ([MQTT-4.7.2-1]); `$SYS` apart.
+        s.retained_bytes = ["#", "$SYS/#"]
+            .iter()
+            .flat_map(|f| core.retained_matching(f))
+            .map(|m| m.payload.len() as u64)
+            .sum();
+        s.store = core.store_metrics.as_ref().map(|st| StoreSnapshot {
+            commits: st.commits.load(Ordering::Relaxed),
+            changes: st.changes.load(Ordering::Relaxed),
+            commit_seconds: st.duration.snapshot(),
+        });
+        s
+    }
+}
+
+impl Core {
+    /// A message from outside the MQTT listeners (a cluster, a bridge, the admin API):
+    /// counted as received, kept if retained, routed, not handed to the backplane.
+    pub(crate) fn publish_from_outside(&self, message: Message) -> Result<usize, TopicError> {
+        tern_proto::topic::validate_topic_name(&message.topic)?;
+        let msg = Arc::new(message);
+        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        if msg.retain && !self.retain(&msg) {
+            tracing::warn!(topic = %msg.topic, "retained store full (max_retained); message not retained");
+        }
+        Ok(self.publish_internal(&msg))
+    }
+}

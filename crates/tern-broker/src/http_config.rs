@@ -1,0 +1,143 @@
+//! The `[http]` table: where `tern broker` serves metrics, the admin API and the dashboard,
+//! and who may use them. The broker library only carries it; the `tern-admin` crate serves it.
+//!
+//! ```toml
+//! [http]
+//! listen = "0.0.0.0:18083"          # "" turns it off; `http = "ADDR:PORT"` is short for this
+//! admins = ["alice"]                # users of `password_file` allowed in (HTTP Basic)
+//! tokens_file = "/etc/tern/tokens"  # bearer tokens, one SHA-256 hex digest a line
+//! cert = "/etc/tern/server.pem"     # TLS, as for listeners
+//! key = "/etc/tern/server.key"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Default address of the HTTP endpoint.
+pub const DEFAULT_HTTP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18083);
+
+/// The HTTP endpoint's settings (see the module documentation).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// Address to serve on (default 127.0.0.1:18083); `None`: no HTTP endpoint.
+    pub listen: Option<SocketAddr>,
+    /// Whether `listen` was given (flag or file) rather than defaulted: a default address
+    /// that is taken is skipped with a warning, a configured one stops the broker.
+    #[serde(skip)]
+    pub explicit: bool,
+    /// Users of the password file who may use the endpoint (HTTP Basic).
+    pub admins: Vec<String>,
+    /// File of bearer tokens, each line the lowercase hex SHA-256 of a token (`#` comments).
+    pub tokens_file: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: Some(DEFAULT_HTTP),
+            explicit: false,
+            admins: Vec::new(),
+            tokens_file: None,
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Serve on `addr` (`None`: off), as given by the operator.
+    pub fn set_listen(&mut self, addr: Option<SocketAddr>) {
+        self.listen = addr;
+        self.explicit = true;
+    }
+
+    /// Whether credentials are configured (admins or a token file).
+    pub fn has_credentials(&self) -> bool {
+        !self.admins.is_empty() || self.tokens_file.is_some()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Table {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    tokens_file: Option<PathBuf>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Repr {
+    Addr(String),
+    Table(Table),
+}
+
+fn parse_addr<E: serde::de::Error>(s: &str) -> Result<Option<SocketAddr>, E> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        E::custom(format!(
+            "`http`: `{s}` is not ADDR:PORT, e.g. 127.0.0.1:18083 (\"\" turns it off)"
+        ))
+    })
+}
+
+impl<'de> Deserialize<'de> for HttpConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HttpConfig, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::Addr(s) => HttpConfig {
+                listen: parse_addr(&s)?,
+                explicit: true,
+                ..HttpConfig::default()
+            },
+            Repr::Table(t) => HttpConfig {
+                explicit: t.listen.is_some(),
+                listen: match t.listen {
+                    Some(s) => parse_addr(&s)?,
+                    None => Some(DEFAULT_HTTP),
+                },
+                admins: t.admins,
+                tokens_file: t.tokens_file,
+                cert: t.cert,
+                key: t.key,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn http_is_an_address_a_table_or_off() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.http.listen, Some(super::DEFAULT_HTTP));
+        assert!(!c.http.explicit);
+        let c = Config::from_toml("http = \"\"").unwrap();
+        assert_eq!(c.http.listen, None);
+        let c = Config::from_toml("http = \"0.0.0.0:9000\"").unwrap();
+        assert_eq!(c.http.listen, Some("0.0.0.0:9000".parse().unwrap()));
+        let c = Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\nadmins = [\"alice\"]").unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(c.http.admins, vec!["alice".to_string()]);
+        assert!(Config::from_toml("http = \"nonsense\"").is_err());
+        assert!(Config::from_toml("[http]\nlistn = \"127.0.0.1:0\"").is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! `tern broker`'s HTTP endpoint from the command line: the address it prints, the refusal
+//! of a public address without credentials, and `tern trace`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::{run, TERN, WAIT};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawn `tern ARGS` and hand its stdout lines to a channel.
+fn spawn_lines(args: &[&str]) -> (Killed, mpsc::Receiver<String>) {
+    let mut child = Command::new(TERN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Killed(child), rx)
+}
+
+/// Lines until one contains `needle`.
+fn until(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return l,
+            Ok(_) => {}
+            Err(_) => panic!("no line with {needle:?} within {WAIT:?}"),
+        }
+    }
+}
+
+#[test]
+fn broker_prints_its_http_address_and_tern_trace_shows_a_clients_packets() {
+    let (_broker, lines) = spawn_lines(&[
+        "broker",
+        "--in-memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--log",
+        "warn",
+    ]);
+    let mqtt = until(&lines, "tern broker listening on");
+    let port = mqtt.rsplit(':').next().unwrap().trim().to_string();
+    let http = until(&lines, "tern http listening on http://127.0.0.1:");
+    let url = http.rsplit(' ').next().unwrap().to_string();
+
+    let (_trace, traced) = spawn_lines(&["trace", "cli-traced", "--http", &url]);
+    until(&traced, "tracing cli-traced");
+    let mut c = Command::new(TERN);
+    c.args([
+        "pub",
+        "-p",
+        &port,
+        "-i",
+        "cli-traced",
+        "-t",
+        "cli/t",
+        "-m",
+        "seen",
+        "-q",
+        "1",
+    ]);
+    let out = run(c, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = until(&traced, "PUBLISH");
+    assert!(
+        line.contains("in  PUBLISH") && line.contains("topic=cli/t") && line.contains("qos=1"),
+        "{line}"
+    );
+    assert!(line.contains("payload(4)=\"seen\""), "{line}");
+    let ack = until(&traced, "PUBACK");
+    assert!(ack.contains("out PUBACK"), "{ack}");
+}
+
+#[test]
+fn a_public_http_address_without_credentials_stops_the_broker() {
+    let mut c = Command::new(TERN);
+    c.args([
+        "broker",
+        "--in-memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "0.0.0.0:0",
+    ]);
+    let started = Instant::now();
+    let out = run(c, None);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address") && err.contains("http.admins"),
+        "{err}"
+    );
+}
