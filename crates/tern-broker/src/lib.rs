@@ -182,6 +182,11 @@ impl BrokerBuilder {
                 security.clone(),
             )));
         }
+        if self.config.auth.jwt.is_some()
+            && !authenticators.iter().any(|a| a.method() == security::jwt::METHOD)
+        {
+            authenticators.push(Arc::new(security::jwt::JwtMethod::new(&security)));
+        }
         let mut endpoints = Vec::new();
         let tcp = Arc::new(listener::Endpoint::tcp(&self.config));
         for addr in &self.config.listen {
@@ -222,6 +227,11 @@ impl BrokerBuilder {
         );
         core.backplane = self.backplane;
         let shared = Arc::new(core);
+        let tls_slots = listeners
+            .iter()
+            .filter_map(|l| Some((l.endpoint.name().to_string(), l.endpoint.tls_slot()?)))
+            .collect();
+        shared.security.attach(&shared, tls_slots);
         if let Some(stored) = stored {
             let started = std::time::Instant::now();
             let r = shared.restore(stored);
@@ -299,6 +309,7 @@ impl Broker {
             tasks.spawn(listener::accept_loop(l, shared.clone(), limits.clone()));
         }
         tasks.spawn(scheduler::run(shared.clone()));
+        tasks.spawn(shared.security.clone().run());
         if shared.config.sys_interval_secs > 0 {
             tasks.spawn(sys::publish_loop(shared.clone()));
         }

@@ -636,7 +636,7 @@ impl Conn {
             Close::TakenOver(_) => Some(ReasonCode::SessionTakenOver),
             Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
             Close::NotAuthorized => Some(ReasonCode::NotAuthorized),
-            Close::Kicked { .. } => Some(ReasonCode::AdministrativeAction),
+            Close::Kicked { .. } => Some(self.shared.security.kick_reason(&self.client_id)),
             Close::Evicted => Some(ReasonCode::QuotaExceeded),
             _ => None,
         };

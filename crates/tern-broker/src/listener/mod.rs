@@ -10,7 +10,7 @@
 //! Every handshake runs under the connect timeout, and a failed one is logged
 //! with the peer's address and closed; nothing about MQTT is decided here.
 
-mod tls;
+pub(crate) mod tls;
 mod ws;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +40,7 @@ pub(crate) struct Bound {
 pub(crate) struct Endpoint {
     pub kind: ListenerKind,
     policy: Arc<ListenerPolicy>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<tls::TlsSlot>>,
     ws_path: String,
 }
 
@@ -73,7 +73,7 @@ impl Endpoint {
     /// errors name the field.
     pub fn new(cfg: &Config, l: &ListenerConfig, index: usize) -> Result<Endpoint, BrokerError> {
         let tls = if l.kind.is_tls() {
-            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(l, index)?))
+            Some(Arc::new(tls::TlsSlot::new(l, index)?))
         } else {
             None
         };
@@ -87,6 +87,11 @@ impl Endpoint {
             tls,
             ws_path: l.path.clone(),
         })
+    }
+
+    /// The listener's TLS configuration, which a reload replaces (tls and wss listeners).
+    pub fn tls_slot(&self) -> Option<Arc<tls::TlsSlot>> {
+        self.tls.clone()
     }
 
     /// The listener's name in logs.
@@ -132,7 +137,7 @@ impl Endpoint {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             tracing::info!(%peer, listener = %self.policy.name, "{what} failed, connection closed: {e}");
         };
-        let Some(acceptor) = &self.tls else {
+        let Some(slot) = &self.tls else {
             let origin = Origin {
                 policy: self.policy.clone(),
                 cert_name: None,
@@ -142,6 +147,7 @@ impl Endpoint {
                 Err(e) => fail("WebSocket handshake", &e),
             };
         };
+        let acceptor = slot.acceptor();
         let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return fail("TLS handshake", &e),
@@ -231,6 +237,12 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Core>, limits: Limits)
                 continue;
             }
         };
+        // A banned address is closed before anything else (no TLS handshake, no CONNECT).
+        if shared.security.banned_address(peer.ip()) {
+            tracing::info!(%peer, "connection refused: the address is banned");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let rate_ok = limits
             .rate

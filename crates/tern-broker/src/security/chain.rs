@@ -1,0 +1,264 @@
+//! The authentication chain: `[auth]` settings, and the sources asked in their order at
+//! CONNECT.
+//!
+//! ```toml
+//! [auth]
+//! chain = ["jwt", "http", "password_file"]   # the default: the configured ones, in this order
+//! ```
+//!
+//! Each source looks at the CONNECT and either decides (accepts, naming the user and maybe
+//! granting an access list; or refuses with a reason code) or passes to the next:
+//! - `jwt` decides for passwords that look like a token (three base64url parts); others pass.
+//!   A bad token is CONNACK 0x86 Bad User Name or Password (3.1.1: 0x04).
+//! - `http` decides as the service answers (`allow`, `deny`: 0x87 / 0x05, `ignore`: pass);
+//!   a service that cannot answer decides by `on_error` (`deny`: 0x88 Server unavailable /
+//!   0x03, `allow`, `next`).
+//! - `password_file` decides for user names it knows, and for every user name when it is
+//!   the last source (a wrong or missing password: 0x86 / 0x04); unknown users pass on.
+//!
+//! When no source decides, the listener's anonymous policy does, as without a chain.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tern_proto::{ByteString, Connect, ReasonCode};
+
+use super::ban::FlappingConfig;
+use super::grants::Grant;
+use super::hook::{ConnectInfo, Hook, HookConfig, OnError, Verdict};
+use super::jwt::{Jwt, JwtConfig};
+use super::{Origin, Security};
+
+/// `[auth]`: the sources beyond the password file, their order, and the protections that
+/// run before them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The order in which sources are asked (default: `jwt`, `http`, `password_file`, those
+    /// that are configured).
+    pub chain: Vec<Source>,
+    /// `[auth.jwt]`: tokens in the password or the 5.0 method `JWT`.
+    pub jwt: Option<JwtConfig>,
+    /// `[auth.http]`: the HTTP hook.
+    pub http: Option<HookConfig>,
+    /// The ban list file (see `docs/auth.md`); reloaded on SIGHUP.
+    pub ban_file: Option<PathBuf>,
+    /// `[auth.flapping]`: refuse clients that reconnect too often.
+    pub flapping: FlappingConfig,
+    /// Authentication checks (password hashing, token verification, hook requests) running at
+    /// once, at most (default 16); more CONNECTs wait their turn, within the connect timeout.
+    pub max_concurrent_checks: usize,
+    /// A client with a verified certificate must authenticate as the user named by its CN
+    /// (e.g. the JWT subject must equal the CN); a client without one is refused (default false).
+    pub cert_cn_must_match_user: bool,
+    /// Seconds between two looks at the modification times of the password, ACL and ban files
+    /// and of the listeners' certificates: a change reloads them as SIGHUP does (default 0:
+    /// only SIGHUP).
+    pub watch_interval_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            chain: Vec::new(),
+            jwt: None,
+            http: None,
+            ban_file: None,
+            flapping: FlappingConfig::default(),
+            max_concurrent_checks: 16,
+            cert_cn_must_match_user: false,
+            watch_interval_secs: 0,
+        }
+    }
+}
+
+/// An authentication source of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `[auth.jwt]`.
+    Jwt,
+    /// `[auth.http]` `url`.
+    Http,
+    /// `password_file`.
+    PasswordFile,
+}
+
+/// The sources built from the configuration (replaced whole by a reload).
+#[derive(Debug, Default)]
+pub(crate) struct Sources {
+    pub order: Vec<Source>,
+    pub jwt: Option<Arc<Jwt>>,
+    pub hook: Option<Arc<Hook>>,
+}
+
+impl Sources {
+    /// Build the sources; errors name the setting.
+    pub fn new(auth: &AuthConfig, password_file: bool) -> Result<Sources, String> {
+        let jwt = auth.jwt.as_ref().map(Jwt::new).transpose()?.map(Arc::new);
+        let hook = auth.http.as_ref().map(Hook::new).transpose()?.map(Arc::new);
+        if hook.as_ref().is_some_and(|h| h.checks_acl()) {
+            return Err("`auth.http.acl_url`: ACL decisions by the hook need the connection to wait for them, \
+                        which it cannot yet; give the client's access list in the CONNECT answer (`acl`) instead"
+                .into());
+        }
+        let configured = |s: Source| match s {
+            Source::Jwt => jwt.is_some(),
+            Source::Http => hook.as_ref().is_some_and(|h| h.checks_connect()),
+            Source::PasswordFile => password_file,
+        };
+        let order = if auth.chain.is_empty() {
+            [Source::Jwt, Source::Http, Source::PasswordFile]
+                .into_iter()
+                .filter(|s| configured(*s))
+                .collect()
+        } else {
+            for (i, s) in auth.chain.iter().enumerate() {
+                if !configured(*s) {
+                    return Err(format!("`auth.chain[{i}]`: {s:?} is not configured"));
+                }
+                if auth.chain[..i].contains(s) {
+                    return Err(format!("`auth.chain[{i}]`: {s:?} is listed twice"));
+                }
+            }
+            auth.chain.clone()
+        };
+        Ok(Sources { order, jwt, hook })
+    }
+}
+
+/// Who a source accepted.
+#[derive(Debug, Default)]
+pub(crate) struct Identity {
+    pub username: Option<ByteString>,
+    pub grant: Option<Grant>,
+    pub expires: Option<std::time::SystemTime>,
+    pub disconnect_at_expiry: bool,
+}
+
+type Refusal = (ReasonCode, String);
+
+impl Security {
+    /// Run the chain (see the module documentation): `Ok(None)` when no source decided.
+    pub(crate) async fn run_chain(
+        &self,
+        origin: &Origin,
+        peer: std::net::SocketAddr,
+        client_id: &str,
+        c: &Connect,
+    ) -> Result<Option<Identity>, Refusal> {
+        let sources = self.sources();
+        let password = c.password.as_deref();
+        let connect_user = || c.username.clone().map(|u| ByteString::from(u.to_string()));
+        let last = sources.order.len().saturating_sub(1);
+        for (i, source) in sources.order.iter().enumerate() {
+            match source {
+                Source::Jwt => {
+                    let (Some(jwt), Some(pw)) = (&sources.jwt, password) else {
+                        continue;
+                    };
+                    if !Jwt::looks_like_token(pw) {
+                        continue;
+                    }
+                    let token = std::str::from_utf8(pw).unwrap_or_default();
+                    return match jwt.verify(token) {
+                        Ok(v) => Ok(Some(Identity {
+                            username: v.username.map(ByteString::from).or_else(connect_user),
+                            grant: v.grant,
+                            expires: v.expires,
+                            disconnect_at_expiry: jwt.config().disconnect_on_expiry,
+                        })),
+                        Err(e) => Err((ReasonCode::BadUserNameOrPassword, format!("JWT refused: {e}"))),
+                    };
+                }
+                Source::Http => {
+                    let Some(hook) = &sources.hook else { continue };
+                    let info = ConnectInfo {
+                        client_id,
+                        username: c.username.as_deref(),
+                        password,
+                        peer,
+                        cn: origin.cert_name.as_ref().and_then(|n| n.as_deref()),
+                        listener: &origin.policy.name,
+                        protocol: c.protocol_version.level(),
+                    };
+                    match hook.connect(&info).await {
+                        Verdict::Allow { username, grant } => {
+                            return Ok(Some(Identity {
+                                username: username.map(ByteString::from).or_else(connect_user),
+                                grant,
+                                ..Identity::default()
+                            }))
+                        }
+                        Verdict::Deny => {
+                            return Err((
+                                ReasonCode::NotAuthorized,
+                                "refused by the HTTP auth service".into(),
+                            ))
+                        }
+                        Verdict::Ignore => continue,
+                        Verdict::Error(e) => match hook.on_error() {
+                            OnError::Deny => {
+                                return Err((
+                                    ReasonCode::ServerUnavailable,
+                                    format!("the HTTP auth service did not answer ({e}); on_error = deny"),
+                                ))
+                            }
+                            OnError::Allow => {
+                                tracing::warn!(%peer, client_id, "HTTP auth service failed ({e}); on_error = allow");
+                                return Ok(Some(Identity {
+                                    username: connect_user(),
+                                    ..Identity::default()
+                                }));
+                            }
+                            OnError::Next => {
+                                tracing::warn!(%peer, client_id, "HTTP auth service failed ({e}); asking the next source");
+                                continue;
+                            }
+                        },
+                    }
+                }
+                Source::PasswordFile => {
+                    let Some(file) = self.passwords() else { continue };
+                    let Some(user) = &c.username else {
+                        if password.is_some() && i == last {
+                            return Err((
+                                ReasonCode::BadUserNameOrPassword,
+                                "password without a user name".into(),
+                            ));
+                        }
+                        continue;
+                    };
+                    let user_s = user.to_string();
+                    if i != last && !file.contains(&user_s) {
+                        continue;
+                    }
+                    let password = c.password.clone();
+                    let ok = tokio::task::spawn_blocking(move || match password {
+                        Some(p) => file.verify(&user_s, &p),
+                        None => {
+                            // As slow as a check, so the answer time does not tell whether the user exists.
+                            let _ = file.verify(&user_s, b"");
+                            false
+                        }
+                    })
+                    .await
+                    .unwrap_or(false);
+                    return if ok {
+                        Ok(Some(Identity {
+                            username: connect_user(),
+                            ..Identity::default()
+                        }))
+                    } else {
+                        Err((
+                            ReasonCode::BadUserNameOrPassword,
+                            "bad user name or password".into(),
+                        ))
+                    };
+                }
+            }
+        }
+        Ok(None)
+    }
+}
