@@ -11,7 +11,7 @@
   auth_peer.py serve DIR          An HTTP/1.1 service on 127.0.0.1, port 0; prints "PORT n".
                                   GET /jwks.json: DIR/jwks.json (503 while DIR/jwks.down exists).
                                   POST /auth: the answer depends on the user name (see answer()).
-                                  GET /stats: {"requests": n, "connections": n} seen so far.
+                                  GET /stats: {"requests": n, "connections": n} seen so far (not counting /stats).
 """
 
 import base64
@@ -111,7 +111,7 @@ def answer(body):
         # Allowed when the password is "open sesame".
         ok = body.get("password") == "open sesame"
         return 200, json.dumps({"result": "allow" if ok else "deny"})
-    return 200, json.dumps({"result": "deny"})
+    return 200, json.dumps({"result": "ignore"})
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -134,6 +134,13 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
+        if self.path == "/stats":
+            # The test asking: neither its request nor its connection counts.
+            with LOCK:
+                if not getattr(self, "stats_conn", False):
+                    STATS["connections"] -= 1
+                    self.stats_conn = True
+                return self.send(200, json.dumps(STATS))
         with LOCK:
             STATS["requests"] += 1
         if self.path == "/jwks.json":
@@ -141,9 +148,6 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(503, "down")
             with open(os.path.join(self.server.dir, "jwks.json")) as f:
                 return self.send(200, f.read())
-        if self.path == "/stats":
-            with LOCK:
-                return self.send(200, json.dumps(STATS))
         self.send(404, "")
 
     def do_POST(self):

@@ -9,6 +9,7 @@ mod support;
 
 mod acl;
 mod auth;
+mod hook;
 mod jwt;
 mod scram;
 mod tls;

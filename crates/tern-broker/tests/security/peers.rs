@@ -111,10 +111,9 @@ impl Service {
         s.read_to_string(&mut text).await.unwrap();
         let body = text.split("\r\n\r\n").nth(1).unwrap();
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        // This request and its connection count too.
         (
-            v["requests"].as_u64().unwrap() - 1,
-            v["connections"].as_u64().unwrap() - 1,
+            v["requests"].as_u64().unwrap(),
+            v["connections"].as_u64().unwrap(),
         )
     }
 
