@@ -11,6 +11,7 @@ mod acl;
 mod auth;
 mod hook;
 mod jwt;
+mod protect;
 mod scram;
 mod tls;
 mod ws;
