@@ -49,6 +49,10 @@ pub struct AuthConfig {
     /// Authentication checks (password hashing, token verification, hook requests) running at
     /// once, at most (default 16); more CONNECTs wait their turn, within the connect timeout.
     pub max_concurrent_checks: usize,
+    /// Of those, password hashes computed at once (PBKDF2, on the blocking pool), at most
+    /// (default 0: half the cores, at least 1), so that a flood of CONNECTs with wrong
+    /// passwords leaves CPU to the connected clients.
+    pub max_concurrent_hashes: usize,
     /// A client with a verified certificate must authenticate as the user named by its CN
     /// (e.g. the JWT subject must equal the CN); a client without one is refused (default false).
     pub cert_cn_must_match_user: bool,
@@ -67,6 +71,7 @@ impl Default for AuthConfig {
             ban_file: None,
             flapping: FlappingConfig::default(),
             max_concurrent_checks: 16,
+            max_concurrent_hashes: 0,
             cert_cn_must_match_user: false,
             watch_interval_secs: 0,
         }
@@ -235,6 +240,9 @@ impl Security {
                         continue;
                     }
                     let password = c.password.clone();
+                    // Hashing is bounded apart (cores / 2): a flood of bad passwords keeps a
+                    // core for the connected clients.
+                    let _hashing = self.hashing.acquire().await;
                     let ok = tokio::task::spawn_blocking(move || match password {
                         Some(p) => file.verify(&user_s, &p),
                         None => {

@@ -111,6 +111,8 @@ pub(crate) struct Security {
     flapping: ban::Flapping,
     /// Bounds the authentication checks running at once.
     checks: tokio::sync::Semaphore,
+    /// Bounds the password hashes computed at once.
+    hashing: tokio::sync::Semaphore,
     cert_cn_must_match_user: bool,
     watch_interval_secs: u64,
     /// The TLS configurations of the listeners, reloaded with the files.
@@ -195,6 +197,10 @@ impl Security {
             bans,
             flapping: ban::Flapping::new(auth.flapping.clone()),
             checks: tokio::sync::Semaphore::new(auth.max_concurrent_checks.max(1)),
+            hashing: tokio::sync::Semaphore::new(match auth.max_concurrent_hashes {
+                0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+                n => n,
+            }),
             cert_cn_must_match_user: auth.cert_cn_must_match_user,
             watch_interval_secs: auth.watch_interval_secs,
             tls: Mutex::default(),

@@ -16,6 +16,7 @@
 
 mod support;
 
+mod auth_flood;
 mod malformed;
 mod offline_flood;
 mod oversize;
