@@ -655,3 +655,21 @@ impl SecurityHandle {
         self.0.failures()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// Every TOML block of docs/auth.md is a valid configuration.
+    #[test]
+    fn auth_doc_examples_parse() {
+        let doc = include_str!("../../../../docs/auth.md");
+        let mut blocks = 0;
+        for part in doc.split("```toml\n").skip(1) {
+            let block = &part[..part.find("```").unwrap()];
+            crate::Config::from_toml(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            blocks += 1;
+        }
+        assert!(blocks >= 8, "{blocks} blocks");
+    }
+}

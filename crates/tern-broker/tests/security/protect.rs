@@ -259,3 +259,31 @@ async fn revoked_client_certificates_are_refused() {
     std::fs::write(&crl, "not a crl").unwrap();
     assert!(b.security().reload().is_err());
 }
+
+/// `watch_interval_secs`: a changed file is reloaded without SIGHUP.
+#[tokio::test]
+async fn watched_files_are_reloaded_when_they_change() {
+    let dir = TempDir::new("watch");
+    let bans = dir.file("bans", "# none yet\n");
+    let b = start_with(Config {
+        auth: AuthConfig {
+            ban_file: Some(bans.clone()),
+            watch_interval_secs: 1,
+            ..AuthConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let (_, rc) = connect_tcp(b.addr(), V5, "w", None, None).await;
+    assert_eq!(rc, ReasonCode::Success);
+    std::fs::write(&bans, "clientid w\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, rc) = connect_tcp(b.addr(), V5, "w", None, None).await;
+        if rc == ReasonCode::Banned {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the changed ban file was not reloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
