@@ -10,6 +10,7 @@
 //! Every handshake runs under the connect timeout, and a failed one is logged
 //! with the peer's address and closed; nothing about MQTT is decided here.
 
+pub(crate) mod throttle;
 pub(crate) mod tls;
 mod ws;
 
@@ -143,7 +144,7 @@ impl Endpoint {
                 cert_name: None,
             };
             return match ws::accept(stream, &self.ws_path, max_frame, timeout).await {
-                Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
+                Ok(io) => serve_limited(io, peer, shared, origin).await,
                 Err(e) => fail("WebSocket handshake", &e),
             };
         };
@@ -158,12 +159,25 @@ impl Endpoint {
             cert_name: tls::peer_name(tls.get_ref().1),
         };
         if !kind.is_websocket() {
-            return crate::connection::serve(tls, peer, shared, origin).await;
+            return serve_limited(tls, peer, shared, origin).await;
         }
         match ws::accept(tls, &self.ws_path, max_frame, timeout).await {
-            Ok(io) => crate::connection::serve(io, peer, shared, origin).await,
+            Ok(io) => serve_limited(io, peer, shared, origin).await,
             Err(e) => fail("WebSocket handshake", &e),
         }
+    }
+}
+
+/// Serve MQTT on `io`, through the per-client rate limits when they are configured.
+async fn serve_limited<S>(io: S, peer: std::net::SocketAddr, shared: Arc<Core>, origin: Origin)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = shared.config.auth.rate_limit;
+    if limits.enabled() {
+        crate::connection::serve(throttle::Throttled::new(io, &limits), peer, shared, origin).await
+    } else {
+        crate::connection::serve(io, peer, shared, origin).await
     }
 }
 
@@ -268,7 +282,14 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Core>, limits: Limits)
         // Every connection's task is as large as the future it runs: plain MQTT over TCP,
         // the common case, runs alone in its task; the much larger state of the TLS and
         // WebSocket layers is boxed, for the connections that use them.
+        let limited = shared.config.auth.rate_limit.enabled();
         match endpoint.plain_origin() {
+            Some(origin) if limited => {
+                tokio::spawn(async move {
+                    Box::pin(serve_limited(stream, peer, shared, origin)).await;
+                    drop(permit);
+                });
+            }
             Some(origin) => {
                 tokio::spawn(async move {
                     crate::connection::serve(stream, peer, shared, origin).await;

@@ -46,6 +46,8 @@ pub struct AuthConfig {
     pub ban_file: Option<PathBuf>,
     /// `[auth.flapping]`: refuse clients that reconnect too often.
     pub flapping: FlappingConfig,
+    /// `[auth.rate_limit]`: messages and bytes per second each client may send.
+    pub rate_limit: RateLimitConfig,
     /// Authentication checks (password hashing, token verification, hook requests) running at
     /// once, at most (default 16); more CONNECTs wait their turn, within the connect timeout.
     pub max_concurrent_checks: usize,
@@ -70,11 +72,42 @@ impl Default for AuthConfig {
             http: None,
             ban_file: None,
             flapping: FlappingConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             max_concurrent_checks: 16,
             max_concurrent_hashes: 0,
             cert_cn_must_match_user: false,
             watch_interval_secs: 0,
         }
+    }
+}
+
+/// `[auth.rate_limit]`: per-client inbound limits, applied by `listener/throttle.rs` as
+/// backpressure (the client's socket is not read while it is over them).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// MQTT packets a client may send per second (0: no limit).
+    pub messages_per_sec: u32,
+    /// Bytes a client may send per second (0: no limit).
+    pub bytes_per_sec: u64,
+    /// Seconds of sending a quiet client may do at once (the buckets' size; default 1).
+    pub burst_secs: f64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> RateLimitConfig {
+        RateLimitConfig {
+            messages_per_sec: 0,
+            bytes_per_sec: 0,
+            burst_secs: 1.0,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// Whether any limit is set.
+    pub fn enabled(&self) -> bool {
+        self.messages_per_sec > 0 || self.bytes_per_sec > 0
     }
 }
 

@@ -63,7 +63,7 @@ use crate::listener::tls::TlsSlot;
 use crate::{BrokerError, Config};
 pub(crate) use acl::{Acl, Action};
 pub use ban::{Ban, BanTarget, FlappingConfig};
-pub use chain::{AuthConfig, Source};
+pub use chain::{AuthConfig, RateLimitConfig, Source};
 use chain::{Identity, Sources};
 use grants::{Decision, Grants};
 pub use hook::{HookConfig, OnError};
