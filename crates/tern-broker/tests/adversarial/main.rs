@@ -16,7 +16,6 @@
 
 mod support;
 
-mod auth_flood;
 mod malformed;
 mod offline_flood;
 mod oversize;
