@@ -56,6 +56,8 @@ pub struct JwtConfig {
     pub jwks_url: Option<String>,
     /// Seconds between two fetches of the key set (default 300).
     pub jwks_refresh_secs: u64,
+    /// CA certificates (PEM) of an https `jwks_url` (default: the system's roots).
+    pub jwks_ca_file: Option<std::path::PathBuf>,
     /// Required `aud` (one of the token's audiences must be this).
     pub audience: Option<String>,
     /// Required `iss`.
@@ -82,6 +84,7 @@ impl Default for JwtConfig {
             secret_file: None,
             jwks_url: None,
             jwks_refresh_secs: 300,
+            jwks_ca_file: None,
             audience: None,
             issuer: None,
             leeway_secs: 30,
@@ -192,6 +195,7 @@ impl std::fmt::Debug for Jwt {
 /// The fetched key set and what its refresh task needs.
 struct Jwks {
     target: Target,
+    client: HttpClient,
     keys: RwLock<KeySet>,
     /// When an early refresh was last asked for.
     last_ask: std::sync::Mutex<Option<Instant>>,
@@ -286,6 +290,13 @@ impl Jwt {
         let jwks = match &config.jwks_url {
             Some(url) => Some(Jwks {
                 target: Target::parse(url).map_err(|e| format!("`auth.jwt.jwks_url`: {e}"))?,
+                client: {
+                    if let Some(ca) = &config.jwks_ca_file {
+                        std::fs::metadata(ca)
+                            .map_err(|e| format!("`auth.jwt.jwks_ca_file` {}: {e}", ca.display()))?;
+                    }
+                    HttpClient::new(Duration::from_secs(10), 2, config.jwks_ca_file.as_deref())
+                },
                 keys: RwLock::new(Arc::new(Vec::new())),
                 last_ask: std::sync::Mutex::new(None),
                 ask: Arc::new(tokio::sync::Notify::new()),
@@ -453,11 +464,11 @@ impl Jwt {
     }
 
     /// Fetch the JWKS once; on any failure the keys in force stay. Returns the number of keys.
-    pub async fn fetch_jwks(&self, client: &HttpClient) -> Result<usize, String> {
+    pub async fn fetch_jwks(&self) -> Result<usize, String> {
         let Some(jwks) = &self.jwks else {
             return Ok(0);
         };
-        let r = client.get(&jwks.target).await.map_err(|e| e.to_string())?;
+        let r = jwks.client.get(&jwks.target).await.map_err(|e| e.to_string())?;
         if r.status != 200 {
             return Err(format!("HTTP status {}", r.status));
         }

@@ -119,8 +119,6 @@ pub(crate) struct Security {
     tls: Mutex<Vec<(String, Weak<TlsSlot>)>>,
     /// The broker, for disconnecting clients whose credentials expire.
     core: OnceLock<Weak<crate::broker_core::Core>>,
-    /// The HTTP client of the JWKS fetches (the hook has its own, with its timeout).
-    jwks_client: http::HttpClient,
 }
 
 /// What the connection consults for each publish, subscription and delivery: the access
@@ -205,7 +203,6 @@ impl Security {
             watch_interval_secs: auth.watch_interval_secs,
             tls: Mutex::default(),
             core: OnceLock::new(),
-            jwks_client: http::HttpClient::new(std::time::Duration::from_secs(10), 2, None),
         })
     }
 
@@ -545,7 +542,7 @@ impl Security {
             };
             drop(sources);
             let url = jwt.jwks_target().map(|t| t.url()).unwrap_or_default();
-            match jwt.fetch_jwks(&self.jwks_client).await {
+            match jwt.fetch_jwks().await {
                 Ok(n) => tracing::info!(%url, keys = n, "JWKS fetched"),
                 Err(e) => tracing::warn!(%url, "JWKS fetch failed, keeping the keys in force: {e}"),
             }

@@ -8,7 +8,9 @@
                                   "raw_header"?}; prints a JSON object name -> token. "key" is
                                   rsa, ec, ed, hmac or a file name in DIR; alg "none" makes an
                                   unsigned token by hand (pyjwt refuses to).
-  auth_peer.py serve DIR          An HTTP/1.1 service on 127.0.0.1, port 0; prints "PORT n".
+  auth_peer.py serve DIR [CERT KEY]
+                                  An HTTP/1.1 service on 127.0.0.1, port 0 (HTTPS with CERT and
+                                  KEY, PEM files); prints "PORT n".
                                   GET /jwks.json: DIR/jwks.json (503 while DIR/jwks.down exists).
                                   POST /auth: the answer depends on the user name (see answer()).
                                   GET /stats: {"requests": n, "connections": n} seen so far (not counting /stats).
@@ -163,9 +165,14 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
-def serve(d):
+def serve(d, cert=None, key=None):
     srv = Server(("127.0.0.1", 0), Handler)
     srv.dir = d
+    if cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print("PORT", srv.server_address[1], flush=True)
     # Stop when the test that started us goes away (its end of stdin closes).
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
@@ -179,6 +186,6 @@ if __name__ == "__main__":
     elif cmd == "tokens":
         tokens(sys.argv[2], sys.argv[3])
     elif cmd == "serve":
-        serve(sys.argv[2])
+        serve(*sys.argv[2:5])
     else:
         sys.exit("unknown command " + cmd)

@@ -388,3 +388,44 @@ async fn certificate_cn_must_match_the_token_subject() {
         assert_eq!(ack.reason_code, expected, "{token}");
     }
 }
+
+/// An https JWKS (the issue's `jwks_url = "https://..."`): the broker verifies the service's
+/// certificate against `jwks_ca_file` and uses the keys; one whose CA it does not trust gives it
+/// no keys, and tokens are refused.
+#[tokio::test]
+async fn jwks_over_https() {
+    let keys = Keys::new("jwt-https");
+    let pki = Pki::new("jwt-https");
+    let service = Service::start_tls(&keys.dir.0, &pki.server_cert, &pki.server_key);
+    let stranger = Pki::new("jwt-https-stranger");
+    let t = keys.tokens(json!([{"name": "ed", "alg": "EdDSA", "key": "ed", "kid": "ed1", "claims": {"sub": "d", "exp": now() + 600}}]));
+    for (ca, expected) in [
+        (&pki.ca_file, ReasonCode::Success),
+        (&stranger.ca_file, ReasonCode::BadUserNameOrPassword),
+    ] {
+        let config = Config {
+            allow_anonymous: false,
+            auth: tern_broker::security::AuthConfig {
+                jwt: Some(tern_broker::security::JwtConfig {
+                    algorithms: vec!["EdDSA".into()],
+                    jwks_url: Some(service.https_url("/jwks.json")),
+                    jwks_ca_file: Some(ca.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let b = start_with(config).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut rc;
+        loop {
+            rc = connect_tcp(b.addr(), V5, "d", Some("d"), Some(&t["ed"])).await.1;
+            if rc == ReasonCode::Success || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(rc, expected);
+    }
+}

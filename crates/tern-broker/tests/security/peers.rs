@@ -72,10 +72,21 @@ pub struct Service {
 impl Service {
     /// Serve `dir` (its `jwks.json`) and the hook.
     pub fn start(dir: &Path) -> Service {
-        let mut child = Command::new("python3")
-            .arg(script())
-            .arg("serve")
-            .arg(dir)
+        Service::start_with(dir, None)
+    }
+
+    /// The same over TLS with this certificate and key (PEM files).
+    pub fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Service {
+        Service::start_with(dir, Some((cert, key)))
+    }
+
+    fn start_with(dir: &Path, tls: Option<(&Path, &Path)>) -> Service {
+        let mut cmd = Command::new("python3");
+        cmd.arg(script()).arg("serve").arg(dir);
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -96,6 +107,11 @@ impl Service {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The https URL of `path`, by the name the test certificates carry.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
     }
 
     /// `{"requests": n, "connections": n}` the service has seen.
