@@ -177,6 +177,14 @@ pub(crate) struct Identity {
 
 type Refusal = (ReasonCode, String);
 
+/// What one source made of a CONNECT.
+type Step = Option<Result<Identity, Refusal>>;
+
+/// The CONNECT user name, as the broker keeps it (its own bytes).
+fn connect_user(c: &Connect) -> Option<ByteString> {
+    c.username.clone().map(|u| ByteString::from(u.to_string()))
+}
+
 impl Security {
     /// Run the chain (see the module documentation): `Ok(None)` when no source decided.
     pub(crate) async fn run_chain(
@@ -187,119 +195,131 @@ impl Security {
         c: &Connect,
     ) -> Result<Option<Identity>, Refusal> {
         let sources = self.sources();
-        let password = c.password.as_deref();
-        let connect_user = || c.username.clone().map(|u| ByteString::from(u.to_string()));
         let last = sources.order.len().saturating_sub(1);
         for (i, source) in sources.order.iter().enumerate() {
-            match source {
-                Source::Jwt => {
-                    let (Some(jwt), Some(pw)) = (&sources.jwt, password) else {
-                        continue;
-                    };
-                    if !Jwt::looks_like_token(pw) {
-                        continue;
-                    }
-                    let token = std::str::from_utf8(pw).unwrap_or_default();
-                    return match jwt.verify(token) {
-                        Ok(v) => Ok(Some(Identity {
-                            username: v.username.map(ByteString::from).or_else(connect_user),
-                            grant: v.grant,
-                            expires: v.expires,
-                            disconnect_at_expiry: jwt.config().disconnect_on_expiry,
-                        })),
-                        Err(e) => Err((ReasonCode::BadUserNameOrPassword, format!("JWT refused: {e}"))),
-                    };
-                }
-                Source::Http => {
-                    let Some(hook) = &sources.hook else { continue };
-                    let info = ConnectInfo {
-                        client_id,
-                        username: c.username.as_deref(),
-                        password,
-                        peer,
-                        cn: origin.cert_name.as_ref().and_then(|n| n.as_deref()),
-                        listener: &origin.policy.name,
-                        protocol: c.protocol_version.level(),
-                    };
-                    match hook.connect(&info).await {
-                        Verdict::Allow { username, grant } => {
-                            return Ok(Some(Identity {
-                                username: username.map(ByteString::from).or_else(connect_user),
-                                grant,
-                                ..Identity::default()
-                            }))
-                        }
-                        Verdict::Deny => {
-                            return Err((
-                                ReasonCode::NotAuthorized,
-                                "refused by the HTTP auth service".into(),
-                            ))
-                        }
-                        Verdict::Ignore => continue,
-                        Verdict::Error(e) => match hook.on_error() {
-                            OnError::Deny => {
-                                return Err((
-                                    ReasonCode::ServerUnavailable,
-                                    format!("the HTTP auth service did not answer ({e}); on_error = deny"),
-                                ))
-                            }
-                            OnError::Allow => {
-                                tracing::warn!(%peer, client_id, "HTTP auth service failed ({e}); on_error = allow");
-                                return Ok(Some(Identity {
-                                    username: connect_user(),
-                                    ..Identity::default()
-                                }));
-                            }
-                            OnError::Next => {
-                                tracing::warn!(%peer, client_id, "HTTP auth service failed ({e}); asking the next source");
-                                continue;
-                            }
-                        },
-                    }
-                }
-                Source::PasswordFile => {
-                    let Some(file) = self.passwords() else { continue };
-                    let Some(user) = &c.username else {
-                        if password.is_some() && i == last {
-                            return Err((
-                                ReasonCode::BadUserNameOrPassword,
-                                "password without a user name".into(),
-                            ));
-                        }
-                        continue;
-                    };
-                    let user_s = user.to_string();
-                    if i != last && !file.contains(&user_s) {
-                        continue;
-                    }
-                    let password = c.password.clone();
-                    // Hashing is bounded apart (cores / 2): a flood of bad passwords keeps a
-                    // core for the connected clients.
-                    let _hashing = self.hashing.acquire().await;
-                    let ok = tokio::task::spawn_blocking(move || match password {
-                        Some(p) => file.verify(&user_s, &p),
-                        None => {
-                            // As slow as a check, so the answer time does not tell whether the user exists.
-                            let _ = file.verify(&user_s, b"");
-                            false
-                        }
-                    })
-                    .await
-                    .unwrap_or(false);
-                    return if ok {
-                        Ok(Some(Identity {
-                            username: connect_user(),
-                            ..Identity::default()
-                        }))
-                    } else {
-                        Err((
-                            ReasonCode::BadUserNameOrPassword,
-                            "bad user name or password".into(),
-                        ))
-                    };
-                }
+            let step = match source {
+                Source::Jwt => jwt_step(sources.jwt.as_deref(), c),
+                Source::Http => match &sources.hook {
+                    Some(hook) => http_step(hook, origin, peer, client_id, c).await,
+                    None => None,
+                },
+                Source::PasswordFile => self.password_step(c, i == last).await,
+            };
+            if let Some(decided) = step {
+                return decided.map(Some);
             }
         }
         Ok(None)
+    }
+
+    /// The password file: decides for the users it knows, and for all when it is the last source.
+    async fn password_step(&self, c: &Connect, last: bool) -> Step {
+        let file = self.passwords()?;
+        let Some(user) = &c.username else {
+            return (c.password.is_some() && last).then(|| {
+                Err((
+                    ReasonCode::BadUserNameOrPassword,
+                    "password without a user name".into(),
+                ))
+            });
+        };
+        let user_s = user.to_string();
+        if !last && !file.contains(&user_s) {
+            return None;
+        }
+        let password = c.password.clone();
+        // Hashing is bounded apart (cores / 2): a flood of bad passwords keeps a core for the
+        // connected clients.
+        let _hashing = self.hashing.acquire().await;
+        let ok = tokio::task::spawn_blocking(move || match password {
+            Some(p) => file.verify(&user_s, &p),
+            None => {
+                // As slow as a check, so the answer time does not tell whether the user exists.
+                let _ = file.verify(&user_s, b"");
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        Some(if ok {
+            Ok(Identity {
+                username: connect_user(c),
+                ..Identity::default()
+            })
+        } else {
+            Err((
+                ReasonCode::BadUserNameOrPassword,
+                "bad user name or password".into(),
+            ))
+        })
+    }
+}
+
+/// JWT: decides for passwords that look like a token.
+fn jwt_step(jwt: Option<&Jwt>, c: &Connect) -> Step {
+    let (jwt, pw) = (jwt?, c.password.as_deref()?);
+    if !Jwt::looks_like_token(pw) {
+        return None;
+    }
+    let token = std::str::from_utf8(pw).unwrap_or_default();
+    Some(match jwt.verify(token) {
+        Ok(v) => Ok(Identity {
+            username: v.username.map(ByteString::from).or_else(|| connect_user(c)),
+            grant: v.grant,
+            expires: v.expires,
+            disconnect_at_expiry: jwt.config().disconnect_on_expiry,
+        }),
+        Err(e) => Err((ReasonCode::BadUserNameOrPassword, format!("JWT refused: {e}"))),
+    })
+}
+
+/// The HTTP hook: decides as the service answers, or as `on_error` says when it cannot.
+async fn http_step(
+    hook: &Hook,
+    origin: &Origin,
+    peer: std::net::SocketAddr,
+    client_id: &str,
+    c: &Connect,
+) -> Step {
+    if !hook.checks_connect() {
+        return None;
+    }
+    let info = ConnectInfo {
+        client_id,
+        username: c.username.as_deref(),
+        password: c.password.as_deref(),
+        peer,
+        cn: origin.cert_name.as_ref().and_then(|n| n.as_deref()),
+        listener: &origin.policy.name,
+        protocol: c.protocol_version.level(),
+    };
+    match hook.connect(&info).await {
+        Verdict::Allow { username, grant } => Some(Ok(Identity {
+            username: username.map(ByteString::from).or_else(|| connect_user(c)),
+            grant,
+            ..Identity::default()
+        })),
+        Verdict::Deny => Some(Err((
+            ReasonCode::NotAuthorized,
+            "refused by the HTTP auth service".into(),
+        ))),
+        Verdict::Ignore => None,
+        Verdict::Error(e) => match hook.on_error() {
+            OnError::Deny => Some(Err((
+                ReasonCode::ServerUnavailable,
+                format!("the HTTP auth service did not answer ({e}); on_error = deny"),
+            ))),
+            OnError::Allow => {
+                tracing::warn!(%peer, client_id, "HTTP auth service failed ({e}); on_error = allow");
+                Some(Ok(Identity {
+                    username: connect_user(c),
+                    ..Identity::default()
+                }))
+            }
+            OnError::Next => {
+                tracing::warn!(%peer, client_id, "HTTP auth service failed ({e}); asking the next source");
+                None
+            }
+        },
     }
 }

@@ -418,31 +418,7 @@ impl Security {
             let _permit = self.checks.acquire().await;
             match self.run_chain(origin, peer, client_id, c).await? {
                 Some(identity) => identity,
-                None => {
-                    let has_passwords = self.passwords().is_some();
-                    let anonymous = match (&c.username, &c.password) {
-                        (username, _) if origin.policy.allow_anonymous => Ok(username.clone()),
-                        (Some(_), _) if has_passwords => refuse(
-                            ReasonCode::BadUserNameOrPassword,
-                            "no source accepted these credentials",
-                        ),
-                        (Some(_), _) => refuse(
-                            ReasonCode::BadUserNameOrPassword,
-                            "no password_file to check user names, and anonymous clients are not allowed",
-                        ),
-                        (None, Some(_)) => {
-                            refuse(ReasonCode::BadUserNameOrPassword, "password without a user name")
-                        }
-                        (None, None) => refuse(
-                            ReasonCode::NotAuthorized,
-                            "anonymous clients are not allowed on this listener",
-                        ),
-                    }?;
-                    Identity {
-                        username: anonymous.map(|u| ByteString::from(u.to_string())),
-                        ..Identity::default()
-                    }
-                }
+                None => self.anonymous(origin, c)?,
             }
         };
         if self.cert_cn_must_match_user && origin.cert_name.is_some() {
@@ -492,6 +468,39 @@ impl Security {
         } else {
             ReasonCode::AdministrativeAction
         }
+    }
+
+    /// No source decided: the listener's anonymous policy does.
+    fn anonymous(&self, origin: &Origin, c: &Connect) -> Result<Identity, (ReasonCode, String)> {
+        let refuse = |rc: ReasonCode, why: &str| Err((rc, why.to_string()));
+        let username = match (&c.username, &c.password) {
+            (username, _) if origin.policy.allow_anonymous => username.clone(),
+            (Some(_), _) if self.passwords().is_some() => {
+                return refuse(
+                    ReasonCode::BadUserNameOrPassword,
+                    "no source accepted these credentials",
+                )
+            }
+            (Some(_), _) => {
+                return refuse(
+                    ReasonCode::BadUserNameOrPassword,
+                    "no password_file to check user names, and anonymous clients are not allowed",
+                )
+            }
+            (None, Some(_)) => {
+                return refuse(ReasonCode::BadUserNameOrPassword, "password without a user name")
+            }
+            (None, None) => {
+                return refuse(
+                    ReasonCode::NotAuthorized,
+                    "anonymous clients are not allowed on this listener",
+                )
+            }
+        };
+        Ok(Identity {
+            username: username.map(|u| ByteString::from(u.to_string())),
+            ..Identity::default()
+        })
     }
 
     /// Disconnect the connected clients a new ban names.
