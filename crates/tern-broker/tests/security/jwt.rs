@@ -429,3 +429,94 @@ async fn jwks_over_https() {
         assert_eq!(rc, expected);
     }
 }
+
+/// Real clients: `mosquitto_sub` and `mosquitto_pub` (Debian's mosquitto-clients, installed by
+/// scripts/test) with tokens in the password, in both protocol versions; the token's access
+/// list holds for them too, and a bad token makes `mosquitto_pub` fail.
+#[tokio::test]
+async fn mosquitto_clients_with_tokens() {
+    use std::process::{Command, Stdio};
+    let keys = Keys::new("jwt-mosquitto");
+    let b = start_with(issue_config(&keys.path("rsa.pub"))).await;
+    let port = b.addr().port().to_string();
+    let t = keys.tokens(json!([
+        {"name": "sub", "alg": "RS256", "key": "rsa", "claims": claims("watcher")},
+        {"name": "dev1", "alg": "RS256", "key": "rsa", "claims": claims("dev1")},
+        {"name": "expired", "alg": "RS256", "key": "rsa", "claims": with(claims("dev1"), json!({"exp": now() - 3600}))},
+    ]));
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-i",
+            "watcher",
+            "-u",
+            "watcher",
+        ])
+        .args([
+            "-P",
+            &t["sub"],
+            "-t",
+            "devices/#",
+            "-q",
+            "1",
+            "-C",
+            "2",
+            "-W",
+            "10",
+            "-v",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (apt-get install mosquitto-clients)");
+    // Wait for the subscription (the broker lists it).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.session("watcher").is_none_or(|s| s.subscriptions.is_empty()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mosquitto_sub did not subscribe"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The broker runs on this test's runtime: the clients run on the blocking pool.
+    let publish = |version: &'static str, topic: &'static str, token: &str| {
+        let (port, token) = (port.clone(), token.to_string());
+        tokio::task::spawn_blocking(move || {
+            Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-V",
+                    version,
+                    "-i",
+                    "dev1",
+                    "-u",
+                    "dev1",
+                ])
+                .args(["-P", &token, "-t", topic, "-m", "hello", "-q", "1"])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        })
+    };
+    assert!(publish("mqttv5", "devices/dev1/a", &t["dev1"]).await.unwrap());
+    // Outside the token's access list: acknowledged with 0x87 (5.0), not delivered.
+    publish("mqttv5", "devices/dev2/b", &t["dev1"]).await.unwrap();
+    assert!(publish("mqttv311", "devices/dev1/c", &t["dev1"]).await.unwrap());
+    assert!(!publish("mqttv5", "devices/dev1/d", &t["expired"]).await.unwrap());
+    assert!(!publish("mqttv311", "devices/dev1/d", &t["expired"])
+        .await
+        .unwrap());
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "devices/dev1/a hello\ndevices/dev1/c hello\n");
+}
