@@ -58,7 +58,10 @@ impl Peer {
     }
 
     pub async fn tcp(addr: SocketAddr, version: ProtocolVersion) -> Peer {
-        Peer::over(TcpStream::connect(addr).await.unwrap(), version)
+        let s = TcpStream::connect(addr).await.unwrap();
+        // Small packets at once (Nagle would hold a PUBACK until the previous segment is acknowledged).
+        s.set_nodelay(true).unwrap();
+        Peer::over(s, version)
     }
 
     pub async fn send(&mut self, p: Packet) {
