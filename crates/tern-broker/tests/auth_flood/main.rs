@@ -3,8 +3,8 @@
 //! counted; password hashing is bounded to half the cores (`max_concurrent_hashes`), so the
 //! pairs keep being served. Their round-trip latency is measured before and during the
 //! flood and printed (`--nocapture`); nothing may be lost, and the p99 round trip during the
-//! flood must stay under 10 ms, as the issue asks, or under 3 times the p99 before the flood
-//! when the machine is too busy for 10 ms to mean anything. On the 2-core development machine
+//! flood must stay under 10 ms, as the issue asks, or under 8 times the quiet p99 (measured
+//! before and after the flood) when other work on the machine makes 10 ms meaningless. On the 2-core development machine
 //! (debug build) it was 2.8 ms (quiet: 1.8 ms); with 16 hashes at once instead of 1 it was 43 ms.
 //!
 //! A test binary of its own: cargo runs test binaries one after the other, so nothing else of
@@ -126,6 +126,10 @@ async fn wrong_password_flood_does_not_starve_connected_clients() {
     }
     let flood_time = started.elapsed();
     let mut during = std::mem::take(&mut *samples.lock().unwrap());
+    // Quiet again: the machine's own noise, before and after, is the baseline.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut after = std::mem::take(&mut *samples.lock().unwrap());
+    after.sort();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -136,6 +140,7 @@ async fn wrong_password_flood_does_not_starve_connected_clients() {
     assert_eq!(refused.load(Ordering::Relaxed), ATTACKS);
     assert_eq!(b.security().auth_failures(), ATTACKS as u64);
     let (q50, q99) = (percentile(&quiet, 0.5), percentile(&quiet, 0.99));
+    let a99 = percentile(&after, 0.99);
     let (d50, d99, dmax) = (
         percentile(&during, 0.5),
         percentile(&during, 0.99),
@@ -143,13 +148,16 @@ async fn wrong_password_flood_does_not_starve_connected_clients() {
     );
     eprintln!(
         "auth flood: {ATTACKS} wrong passwords in {flood_time:?} ({:.0}/s); {PAIRS} pairs' QoS 1 round trips: \
-         quiet p50 {q50:?} p99 {q99:?} ({} samples); during the flood p50 {d50:?} p99 {d99:?} max {dmax:?} ({} samples)",
+         quiet p50 {q50:?} p99 {q99:?} ({} samples); during the flood p50 {d50:?} p99 {d99:?} max {dmax:?} ({} samples); \
+         quiet after p99 {a99:?}",
         ATTACKS as f64 / flood_time.as_secs_f64(),
         quiet.len(),
         during.len()
     );
     assert!(!during.is_empty(), "no round trip completed during the flood");
-    let bound = STALL.max(q99 * 3);
+    // 10 ms, unless the machine is busy with something else (its quiet p99 before or after the
+    // flood is high): then 8 times that. With 16 hashes at once the p99 was 17 times the quiet one.
+    let bound = STALL.max(q99.max(a99) * 8);
     assert!(
         d99 < bound,
         "p99 round trip of {d99:?} during the flood (bound {bound:?})"
