@@ -292,7 +292,7 @@ pub async fn broker(State(st): S) -> ApiResult {
 }
 
 /// Keys whose values are secrets, or paths to them, masked in `/api/v1/config`.
-const SECRET_KEYS: [&str; 2] = ["key", "tokens_file"];
+const SECRET_KEYS: [&str; 4] = ["key", "tokens_file", "secret", "secret_file"];
 
 fn mask(v: &mut Value) {
     match v {

@@ -92,6 +92,9 @@ pub struct Config {
     /// ACL file (see the README's Security section); when set, everything it does
     /// not allow is denied. Reloaded on SIGHUP.
     pub acl_file: Option<std::path::PathBuf>,
+    /// `[auth]`: JWT, the HTTP hook, the order of the authentication sources, bans and
+    /// flapping detection (see `docs/auth.md`).
+    pub auth: crate::security::AuthConfig,
     /// Further listeners, each `[[listener]]` table with its own kind (tcp, tls, ws,
     /// wss), address and settings.
     #[serde(rename = "listener")]
@@ -254,6 +257,10 @@ pub struct ListenerConfig {
     /// tls/wss with `client_ca`: refuse clients without a certificate (default true).
     #[serde(default)]
     pub require_client_cert: Option<bool>,
+    /// Certificate revocation lists (PEM) for client certificates, with `client_ca`;
+    /// reloaded with the certificates (SIGHUP).
+    #[serde(default)]
+    pub crl_file: Option<std::path::PathBuf>,
     /// tls/wss: the client certificate's subject CN is the user name (needs `client_ca`).
     #[serde(default)]
     pub use_identity_as_username: bool,
@@ -277,6 +284,7 @@ impl ListenerConfig {
             key: None,
             client_ca: None,
             require_client_cert: None,
+            crl_file: None,
             use_identity_as_username: false,
             path: default_ws_path(),
         }
@@ -301,6 +309,7 @@ impl ListenerConfig {
                 ("key", self.key.is_some()),
                 ("client_ca", self.client_ca.is_some()),
                 ("require_client_cert", self.require_client_cert.is_some()),
+                ("crl_file", self.crl_file.is_some()),
                 ("use_identity_as_username", self.use_identity_as_username),
             ] {
                 if set {
@@ -310,6 +319,12 @@ impl ListenerConfig {
                     );
                 }
             }
+        }
+        if self.crl_file.is_some() && self.client_ca.is_none() {
+            return bad(
+                "crl_file",
+                "needs `client_ca`: revocation lists are for client certificates",
+            );
         }
         if self.use_identity_as_username && self.client_ca.is_none() {
             return bad(
@@ -352,6 +367,7 @@ impl Default for Config {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            auth: crate::security::AuthConfig::default(),
             listeners: Vec::new(),
             max_qos: 2,
             retain_available: true,

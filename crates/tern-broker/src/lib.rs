@@ -192,6 +192,11 @@ impl BrokerBuilder {
                 security.clone(),
             )));
         }
+        if self.config.auth.jwt.is_some()
+            && !authenticators.iter().any(|a| a.method() == security::jwt::METHOD)
+        {
+            authenticators.push(Arc::new(security::jwt::JwtMethod::new(&security)));
+        }
         let mut endpoints = Vec::new();
         let tcp = Arc::new(listener::Endpoint::tcp(&self.config));
         for addr in &self.config.listen {
@@ -235,6 +240,11 @@ impl BrokerBuilder {
         core.backplane = self.backplane;
         core.store_metrics = store_metrics;
         let core = Arc::new(core);
+        let tls_slots = listeners
+            .iter()
+            .filter_map(|l| Some((l.endpoint.name().to_string(), l.endpoint.tls_slot()?)))
+            .collect();
+        core.security.attach(&core, tls_slots);
         if let Some(stored) = stored {
             let started = std::time::Instant::now();
             let r = core.restore(stored);
@@ -317,6 +327,7 @@ impl Broker {
             tasks.spawn(listener::accept_loop(l, core.clone(), limits.clone()));
         }
         tasks.spawn(scheduler::run(core.clone()));
+        tasks.spawn(core.security.clone().run());
         if core.config.sys_interval_secs > 0 {
             tasks.spawn(sys::publish_loop(core.clone()));
         }

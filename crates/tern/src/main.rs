@@ -96,9 +96,10 @@ fn run_broker(
     log: &str,
     format: Option<logging::Format>,
 ) -> Result<ExitCode, String> {
+    let config_file = args.config_file();
     let config = cmd::broker::config(args).map_err(|e| e.to_string())?;
     logging::init(log, format.unwrap_or(config.log_format.into()))?;
-    cmd::broker::run(config)
+    cmd::broker::run(config, config_file)
         .map(|()| ExitCode::SUCCESS)
         .map_err(|e| e.to_string())
 }

@@ -20,7 +20,8 @@ impl Conn {
             Close::TakenOver(_) => Some(ReasonCode::SessionTakenOver),
             Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
             Close::NotAuthorized => Some(ReasonCode::NotAuthorized),
-            Close::Kicked { .. } => Some(ReasonCode::AdministrativeAction),
+            // 0x87 when the client's credentials expired, else 0x98 Administrative action.
+            Close::Kicked { .. } => Some(self.link.core.security.kick_reason(&self.link.client_id)),
             Close::Evicted => Some(ReasonCode::QuotaExceeded),
             _ => None,
         };

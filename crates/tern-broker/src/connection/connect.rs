@@ -208,7 +208,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
 
     // Who the client is: certificate, enhanced authentication, password file, or anonymous.
-    let username = match core.security.authenticate(origin, &c, enhanced_identity).await {
+    let username = match core
+        .security
+        .authenticate(origin, peer, &client_id, &c, enhanced_identity)
+        .await
+    {
         Ok(u) => u,
         Err((rc, why)) => {
             core.security

@@ -10,7 +10,8 @@
 //! Every handshake runs under the connect timeout, and a failed one is logged
 //! with the peer's address and closed; nothing about MQTT is decided here.
 
-mod tls;
+pub(crate) mod throttle;
+pub(crate) mod tls;
 mod ws;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +41,7 @@ pub(crate) struct Bound {
 pub(crate) struct Endpoint {
     pub kind: ListenerKind,
     policy: Arc<ListenerPolicy>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<tls::TlsSlot>>,
     ws_path: String,
 }
 
@@ -73,7 +74,7 @@ impl Endpoint {
     /// errors name the field.
     pub fn new(cfg: &Config, l: &ListenerConfig, index: usize) -> Result<Endpoint, BrokerError> {
         let tls = if l.kind.is_tls() {
-            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(l, index)?))
+            Some(Arc::new(tls::TlsSlot::new(l, index)?))
         } else {
             None
         };
@@ -87,6 +88,11 @@ impl Endpoint {
             tls,
             ws_path: l.path.clone(),
         })
+    }
+
+    /// The listener's TLS configuration, which a reload replaces (tls and wss listeners).
+    pub fn tls_slot(&self) -> Option<Arc<tls::TlsSlot>> {
+        self.tls.clone()
     }
 
     /// The listener's name in logs.
@@ -132,16 +138,17 @@ impl Endpoint {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             tracing::info!(%peer, listener = %self.policy.name, "{what} failed, connection closed: {e}");
         };
-        let Some(acceptor) = &self.tls else {
+        let Some(slot) = &self.tls else {
             let origin = Origin {
                 policy: self.policy.clone(),
                 cert_name: None,
             };
             return match ws::accept(stream, &self.ws_path, max_frame, timeout).await {
-                Ok(io) => crate::connection::serve(io, peer, core, origin).await,
+                Ok(io) => serve_limited(io, peer, core, origin).await,
                 Err(e) => fail("WebSocket handshake", &e),
             };
         };
+        let acceptor = slot.acceptor();
         let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return fail("TLS handshake", &e),
@@ -152,12 +159,25 @@ impl Endpoint {
             cert_name: tls::peer_name(tls.get_ref().1),
         };
         if !kind.is_websocket() {
-            return crate::connection::serve(tls, peer, core, origin).await;
+            return serve_limited(tls, peer, core, origin).await;
         }
         match ws::accept(tls, &self.ws_path, max_frame, timeout).await {
-            Ok(io) => crate::connection::serve(io, peer, core, origin).await,
+            Ok(io) => serve_limited(io, peer, core, origin).await,
             Err(e) => fail("WebSocket handshake", &e),
         }
+    }
+}
+
+/// Serve MQTT on `io`, through the per-client rate limits when they are configured.
+async fn serve_limited<S>(io: S, peer: std::net::SocketAddr, core: Arc<Core>, origin: Origin)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = core.config.auth.rate_limit;
+    if limits.enabled() {
+        crate::connection::serve(throttle::Throttled::new(io, &limits), peer, core, origin).await
+    } else {
+        crate::connection::serve(io, peer, core, origin).await
     }
 }
 
@@ -232,6 +252,12 @@ pub(crate) async fn accept_loop(bound: Bound, core: Arc<Core>, limits: Limits) {
                 continue;
             }
         };
+        // A banned address is closed before anything else (no TLS handshake, no CONNECT).
+        if core.security.banned_address(peer.ip()) {
+            tracing::info!(%peer, "connection refused: the address is banned");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let rate_ok = limits
             .rate
@@ -260,7 +286,14 @@ pub(crate) async fn accept_loop(bound: Bound, core: Arc<Core>, limits: Limits) {
         // Every connection's task is as large as the future it runs: plain MQTT over TCP,
         // the common case, runs alone in its task; the much larger state of the TLS and
         // WebSocket layers is boxed, for the connections that use them.
+        let limited = core.config.auth.rate_limit.enabled();
         match endpoint.plain_origin() {
+            Some(origin) if limited => {
+                tokio::spawn(async move {
+                    Box::pin(serve_limited(stream, peer, core, origin)).await;
+                    drop(permit);
+                });
+            }
             Some(origin) => {
                 tokio::spawn(async move {
                     crate::connection::serve(stream, peer, core, origin).await;

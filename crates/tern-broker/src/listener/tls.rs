@@ -77,7 +77,20 @@ pub(super) fn server_config(l: &ListenerConfig, index: usize) -> Result<Arc<Serv
                     )
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl_path) = &l.crl_file {
+                let crls = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(crl_path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| bad(index, "crl_file", format!("{}: {e}", crl_path.display())))?;
+                if crls.is_empty() {
+                    return Err(bad(
+                        index,
+                        "crl_file",
+                        format!("{}: no CRL in it", crl_path.display()),
+                    ));
+                }
+                verifier = verifier.with_crls(crls);
+            }
             let verifier = if l.require_client_cert.unwrap_or(true) {
                 verifier
             } else {
@@ -103,6 +116,57 @@ pub(super) fn server_config(l: &ListenerConfig, index: usize) -> Result<Arc<Serv
         _ => vec![b"mqtt".to_vec()],
     };
     Ok(Arc::new(config))
+}
+
+/// A listener's TLS configuration, replaced whole by [`TlsSlot::reload`]: new handshakes
+/// use the new certificate, key, client CA and CRL; established connections keep theirs.
+pub(crate) struct TlsSlot {
+    listener: ListenerConfig,
+    index: usize,
+    acceptor: std::sync::RwLock<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for TlsSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSlot")
+            .field("index", &self.index)
+            .field("address", &self.listener.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSlot {
+    /// Load the listener's TLS files; errors name the field.
+    pub fn new(l: &ListenerConfig, index: usize) -> Result<TlsSlot, BrokerError> {
+        Ok(TlsSlot {
+            listener: l.clone(),
+            index,
+            acceptor: std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(server_config(l, index)?)),
+        })
+    }
+
+    /// The acceptor for a new handshake.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.acceptor.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The files this configuration is read from.
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        let l = &self.listener;
+        [&l.cert, &l.key, &l.client_ca, &l.crl_file]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Read the listener's files again. A file that does not load or a key that does not
+    /// match its certificate keeps the configuration in force; the error names the field.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = server_config(&self.listener, self.index).map_err(|e| e.to_string())?;
+        *self.acceptor.write().unwrap_or_else(|e| e.into_inner()) = tokio_rustls::TlsAcceptor::from(config);
+        Ok(())
+    }
 }
 
 /// The subject CN of the client's verified certificate: `None` without a

@@ -40,7 +40,7 @@ async fn login(b: &tern_broker::BrokerHandle, v: tern_proto::ProtocolVersion, id
     p
 }
 
-async fn subscribe(p: &mut Peer, filter: &str) -> ReasonCode {
+pub async fn subscribe(p: &mut Peer, filter: &str) -> ReasonCode {
     p.send(Packet::Subscribe(Subscribe {
         packet_id: tern_proto::PacketId::new(9).unwrap(),
         properties: Default::default(),
@@ -53,7 +53,7 @@ async fn subscribe(p: &mut Peer, filter: &str) -> ReasonCode {
     }
 }
 
-async fn publish(p: &mut Peer, topic: &str, qos: QoS) -> Option<Ack> {
+pub async fn publish(p: &mut Peer, topic: &str, qos: QoS) -> Option<Ack> {
     let mut m = Publish::new(topic, "x");
     m.qos = qos;
     m.packet_id = tern_proto::PacketId::new(5).filter(|_| qos != QoS::AtMostOnce);
@@ -67,7 +67,7 @@ async fn publish(p: &mut Peer, topic: &str, qos: QoS) -> Option<Ack> {
     }
 }
 
-async fn expect_message(p: &mut Peer, topic: &str) {
+pub async fn expect_message(p: &mut Peer, topic: &str) {
     match p.recv().await {
         Packet::Publish(m) => {
             assert_eq!(&*m.topic, topic);

@@ -4,10 +4,14 @@
 //! listener binds port 0; every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod peers;
 mod support;
 
 mod acl;
 mod auth;
+mod hook;
+mod jwt;
+mod protect;
 mod scram;
 mod tls;
 mod ws;

@@ -58,7 +58,10 @@ impl Peer {
     }
 
     pub async fn tcp(addr: SocketAddr, version: ProtocolVersion) -> Peer {
-        Peer::over(TcpStream::connect(addr).await.unwrap(), version)
+        let s = TcpStream::connect(addr).await.unwrap();
+        // Small packets at once (Nagle would hold a PUBACK until the previous segment is acknowledged).
+        s.set_nodelay(true).unwrap();
+        Peer::over(s, version)
     }
 
     pub async fn send(&mut self, p: Packet) {
@@ -254,6 +257,38 @@ impl Pki {
         f(&mut p);
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// A new server certificate for localhost / 127.0.0.1 with its own key: (certificate
+    /// PEM, key PEM).
+    pub fn server(&self) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A CRL of this CA revoking these serial numbers (PEM).
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|n| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*n),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
     }
 
     /// A client certificate from a CA nobody trusts.

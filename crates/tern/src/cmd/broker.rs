@@ -84,6 +84,13 @@ pub struct Args {
     no_http: bool,
 }
 
+impl Args {
+    /// The configuration file given with `--config`, read again on SIGHUP for `[auth]`.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone()
+    }
+}
+
 /// The configuration `args` describe: the config file (or the embedded defaults) with the
 /// flags applied.
 pub fn config(args: Args) -> Result<Config, BrokerError> {
@@ -144,8 +151,9 @@ pub fn config(args: Args) -> Result<Config, BrokerError> {
     Ok(config)
 }
 
-/// Start the broker and serve until Ctrl-C or SIGTERM.
-pub fn run(config: Config) -> Result<(), BrokerError> {
+/// Start the broker and serve until Ctrl-C or SIGTERM. On SIGHUP the security files are
+/// read again, and the `[auth]` table of `config_file` when there is one.
+pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -161,7 +169,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
                 println!("tern broker listening on {addr} ({kind})");
             }
         }
-        reload_on_hangup(broker.security());
+        reload_on_hangup(broker.security(), config_file);
         if let Some(http) = start_http(&broker, &config_http).await? {
             tokio::spawn(http.run());
         }
@@ -205,8 +213,9 @@ async fn start_http(
     }
 }
 
-/// SIGHUP: read the password and ACL files again (a broken file keeps the old one).
-fn reload_on_hangup(security: tern_broker::SecurityHandle) {
+/// SIGHUP: read the password, ACL and ban files and the TLS certificates again, and the
+/// `[auth]` sources from the configuration file (a broken file keeps what is in force).
+fn reload_on_hangup(security: tern_broker::SecurityHandle, config_file: Option<PathBuf>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -214,9 +223,17 @@ fn reload_on_hangup(security: tern_broker::SecurityHandle) {
             Ok(mut hup) => {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
-                        tracing::info!("SIGHUP: reloading the password and ACL files");
-                        // A failure is logged by reload and the files in force stay.
+                        tracing::info!("SIGHUP: reloading the security files, certificates and [auth]");
+                        // A failure is logged by reload and what is in force stays.
                         let _ = security.reload();
+                        if let Some(path) = &config_file {
+                            match Config::from_file(path) {
+                                Ok(c) => {
+                                    let _ = security.reload_auth(&c.auth);
+                                }
+                                Err(e) => tracing::error!("SIGHUP: keeping [auth] in force: {e}"),
+                            }
+                        }
                     }
                 });
             }
@@ -224,7 +241,7 @@ fn reload_on_hangup(security: tern_broker::SecurityHandle) {
         }
     }
     #[cfg(not(unix))]
-    let _ = security;
+    let _ = (security, config_file);
 }
 
 async fn shutdown_signal() {

@@ -527,3 +527,50 @@ fn passwd_manages_users_and_sighup_reloads_them() {
     broker.eventually("alice", "two", false);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An HS256 token for `sub` signed with `secret`, made by pyjwt (installed by scripts/test).
+fn hs256_token(sub: &str, secret: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import jwt, sys; print(jwt.encode({'sub': sys.argv[1]}, sys.argv[2], algorithm='HS256'))",
+            sub,
+            secret,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyjwt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `tern broker --config FILE` reads the `[auth]` table again on SIGHUP: a new JWT secret
+/// takes effect without a restart; a file that does not parse keeps the one in force.
+#[test]
+fn sighup_reloads_the_auth_table() {
+    let dir = std::env::temp_dir().join(format!("tern-cli-auth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tern.toml");
+    let config = |secret: &str| {
+        format!("allow_anonymous = false\n[auth.jwt]\nalgorithms = [\"HS256\"]\nsecret = \"{secret}\"\nrequire_exp = false\n")
+    };
+    std::fs::write(&file, config("first secret")).unwrap();
+    let broker = BrokerProcess::start(&["--config", file.to_str().unwrap()]);
+    let one = hs256_token("dev", "first secret");
+    let two = hs256_token("dev", "second secret");
+    assert!(broker.publish_as("dev", &one));
+    assert!(!broker.publish_as("dev", &two));
+    std::fs::write(&file, config("second secret")).unwrap();
+    broker.hangup();
+    broker.eventually("dev", &two, true);
+    assert!(!broker.publish_as("dev", &one));
+    std::fs::write(&file, "[auth.jwt]\nalgorithms = 7\n").unwrap();
+    broker.hangup();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(broker.publish_as("dev", &two));
+    let _ = std::fs::remove_dir_all(&dir);
+}
