@@ -666,9 +666,6 @@ mod tests {
         let block = &block[..block.find("```").expect("closing fence")];
         let mut parsed = Config::from_toml(block).expect("the README's defaults parse");
         parsed.data_dir = None;
-        // The block names `http`, which marks it as given (a taken default address is only
-        // skipped); the address is the default's.
-        parsed.http.explicit = false;
         assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
     }
 

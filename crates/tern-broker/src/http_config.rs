@@ -23,12 +23,9 @@ pub const DEFAULT_HTTP: SocketAddr =
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HttpConfig {
-    /// Address to serve on (default 127.0.0.1:18083); `None`: no HTTP endpoint.
+    /// Address to serve on (default 127.0.0.1:18083, which `tern broker` skips with a warning
+    /// when it is taken; any other address must work); `None`: no HTTP endpoint.
     pub listen: Option<SocketAddr>,
-    /// Whether `listen` was given (flag or file) rather than defaulted: a default address
-    /// that is taken is skipped with a warning, a configured one stops the broker.
-    #[serde(skip)]
-    pub explicit: bool,
     /// Users of the password file who may use the endpoint (HTTP Basic).
     pub admins: Vec<String>,
     /// File of bearer tokens, each line the lowercase hex SHA-256 of a token (`#` comments).
@@ -43,7 +40,6 @@ impl Default for HttpConfig {
     fn default() -> HttpConfig {
         HttpConfig {
             listen: Some(DEFAULT_HTTP),
-            explicit: false,
             admins: Vec::new(),
             tokens_file: None,
             cert: None,
@@ -53,10 +49,9 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
-    /// Serve on `addr` (`None`: off), as given by the operator.
+    /// Serve on `addr` (`None`: off).
     pub fn set_listen(&mut self, addr: Option<SocketAddr>) {
         self.listen = addr;
-        self.explicit = true;
     }
 
     /// Whether credentials are configured (admins or a token file).
@@ -103,11 +98,9 @@ impl<'de> Deserialize<'de> for HttpConfig {
         Ok(match Repr::deserialize(d)? {
             Repr::Addr(s) => HttpConfig {
                 listen: parse_addr(&s)?,
-                explicit: true,
                 ..HttpConfig::default()
             },
             Repr::Table(t) => HttpConfig {
-                explicit: t.listen.is_some(),
                 listen: match t.listen {
                     Some(s) => parse_addr(&s)?,
                     None => Some(DEFAULT_HTTP),
@@ -129,7 +122,6 @@ mod tests {
     fn http_is_an_address_a_table_or_off() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.http.listen, Some(super::DEFAULT_HTTP));
-        assert!(!c.http.explicit);
         let c = Config::from_toml("http = \"\"").unwrap();
         assert_eq!(c.http.listen, None);
         let c = Config::from_toml("http = \"0.0.0.0:9000\"").unwrap();

@@ -180,8 +180,8 @@ pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerErr
 }
 
 /// Bind the HTTP endpoint of `config`, if any, and print its address on stdout. The default
-/// address, when taken (another broker on this machine), is skipped with a warning; an address
-/// the operator gave must work.
+/// address, when taken (another broker on this machine), is skipped with a warning; any other
+/// address must work.
 async fn start_http(
     broker: &Broker,
     config: &tern_broker::HttpConfig,
@@ -201,7 +201,7 @@ async fn start_http(
             );
             Ok(Some(http))
         }
-        Err(tern_admin::Error::Bind { addr, source }) if !config.explicit => {
+        Err(tern_admin::Error::Bind { addr, source }) if addr == tern_broker::DEFAULT_HTTP => {
             tracing::warn!("no HTTP endpoint: cannot bind the default {addr}: {source} (set --http ADDR:PORT or --no-http)");
             Ok(None)
         }

@@ -87,14 +87,26 @@ impl Drop for Logged {
 
 #[test]
 fn one_start_up_line_per_listener_and_no_colour_codes_off_a_terminal() {
-    let b = Logged::start(&["--listen", "127.0.0.1:0", "--listen", "ws://127.0.0.1:0"]);
+    let b = Logged::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "ws://127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ]);
     let first = b.stdout.recv_timeout(WAIT).expect("a start-up line");
     let second = b.stdout.recv_timeout(WAIT).expect("a start-up line");
+    let third = b.stdout.recv_timeout(WAIT).expect("the HTTP endpoint's line");
     assert!(
         first.starts_with("tern broker listening on 127.0.0.1:"),
         "{first}"
     );
     assert!(second.ends_with("(ws)"), "{second}");
+    assert!(
+        third.starts_with("tern http listening on http://127.0.0.1:"),
+        "{third}"
+    );
     let port = Logged::port_of(&first);
     Logged::publish(&port, "plain-1", "alice");
     let log = b.log_until("client disconnected");
