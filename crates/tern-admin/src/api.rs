@@ -413,9 +413,15 @@ pub async fn kick_post(
     State(st): S,
     Extension(who): Extension<Who>,
     Path(id): Path<String>,
-    body: Option<Json<KickQuery>>,
+    body: axum::body::Bytes,
 ) -> ApiResult {
-    let discard = body.is_some_and(|b| b.discard_session);
+    let discard = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        serde_json::from_slice::<KickQuery>(&body)
+            .map_err(|e| ApiError::bad(format!("body: {e}")))?
+            .discard_session
+    };
     do_kick(&st, &who, &id, discard)
 }
 

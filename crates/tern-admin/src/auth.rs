@@ -10,6 +10,9 @@
 //!   logged with the peer's address; after [`MAX_FAILURES`] failures from one address
 //!   within [`FAILURE_WINDOW`], that address gets 429 until the window ends.
 //! - Each request carries [`Who`] made it, for the log line of every mutating call.
+//! - No CORS. A mutating request whose `Origin` is another site gets 403 (request forgery from
+//!   a web page), and so does, on an endpoint open without credentials, a request whose `Host`
+//!   is not a loopback name (DNS rebinding).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -149,6 +152,47 @@ fn credential(req: &Request) -> Option<Credential> {
     }
 }
 
+/// Whether `host` (a Host header or an Origin's authority, with or without port) names this
+/// machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuse what a web page of another site could make a browser send here: a mutating request
+/// whose `Origin` is not this endpoint (cross-site request forgery; GET and HEAD change
+/// nothing), and, on an endpoint open without credentials, a `Host` that is not a loopback
+/// name (a DNS name rebound to 127.0.0.1 by an attacker's page).
+fn same_origin(req: &Request, open: bool) -> Result<(), &'static str> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if open && !host.is_empty() && !is_loopback_host(host) {
+        return Err(
+            "the endpoint serves loopback without credentials: use localhost or 127.0.0.1 as the host",
+        );
+    }
+    let safe = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if !safe {
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let authority = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, a)| a.trim_end_matches('/'));
+            if authority != Some(host) {
+                return Err("cross-origin request refused");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Middleware: let the request through with its [`Who`], or answer 401/429.
 pub(crate) async fn check(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let peer = req
@@ -157,6 +201,10 @@ pub(crate) async fn check(State(state): State<Arc<AppState>>, mut req: Request, 
         .map(|c| c.0)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let auth = &state.auth;
+    if let Err(why) = same_origin(&req, auth.open) {
+        tracing::warn!(%peer, path = %req.uri().path(), "HTTP request refused: {why}");
+        return crate::api::ApiError::new(StatusCode::FORBIDDEN, why).into_response();
+    }
     if auth.open {
         req.extensions_mut()
             .insert(Who(format!("anonymous@{}", peer.ip())));
@@ -221,6 +269,29 @@ mod tests {
         let t = parse_tokens(&format!("# ops\n{h}\n"), "t").unwrap();
         assert_eq!(t.len(), 1);
         assert!(parse_tokens("s3cret\n", "t").is_err());
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "localhost:18083",
+            "127.0.0.1:18083",
+            "127.1.2.3",
+            "[::1]:80",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:18083",
+            "10.0.0.1:18083",
+            "[2001:db8::1]:1",
+            "localhost.evil",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
                 ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response()
             }),
         )
+        // Browsers ask for it; there is none (204 rather than a 404 in the console).
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .route(
             "/style.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response() }),

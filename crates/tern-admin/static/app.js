@@ -166,28 +166,59 @@ async function loadSubscriptions() {
   } catch (e) { showError(e.message); }
 }
 
-// ---- topics: retained messages as a tree ----
+// ---- topics: retained messages, and topics seen live, as a tree ----
+// Node keys: "\u0000" holds a retained message's summary, "\u0001" the last message seen live.
+let topicRoot = {};
+let topicsLive = null;
+function topicNode(topic) {
+  let node = topicRoot;
+  for (const level of topic.split("/")) node = (node[level] ??= {});
+  return node;
+}
 async function loadTopics() {
   const filter = $("#topics-filter").value.trim() || "#";
   try {
     const page = await api(`/retained?limit=1000&filter=${encodeURIComponent(filter)}`);
-    const root = {};
-    for (const m of page.items) {
-      let node = root;
-      for (const level of m.topic.split("/")) node = (node[level] ??= {});
-      node["\u0000"] = m;
-    }
-    $("#topic-tree").replaceChildren(...treeItems(root));
+    topicRoot = {};
+    for (const m of page.items) topicNode(m.topic)["\u0000"] = m;
+    drawTopics();
   } catch (e) { showError(e.message); }
 }
+function drawTopics() { $("#topic-tree").replaceChildren(...treeItems(topicRoot)); }
 function treeItems(node) {
-  return Object.keys(node).filter((k) => k !== "\u0000").sort().map((k) => {
-    const child = node[k], msg = child["\u0000"];
-    const li = el("li", {}, el("span", { class: msg ? "leaf" : "node", onclick: msg ? () => showRetained(msg.topic) : null }, k || "(empty)"));
+  return Object.keys(node).filter((k) => k !== "\u0000" && k !== "\u0001").sort().map((k) => {
+    const child = node[k], msg = child["\u0000"], seen = child["\u0001"];
+    const click = msg ? () => showRetained(msg.topic) : seen ? () => showSeen(seen) : null;
+    const li = el("li", {}, el("span", { class: msg || seen ? "leaf" : "node", onclick: click, title: seen && !msg ? "seen live" : "" }, (k || "(empty)") + (seen && !msg ? " \u2022" : "")));
     const sub = treeItems(child);
     if (sub.length) li.append(el("ul", {}, ...sub));
     return li;
   });
+}
+function showSeen(m) {
+  $("#topic-name").textContent = `${m.topic} (seen live ${new Date(m.at).toLocaleTimeString()}, QoS ${m.qos}, ${m.payload_size} bytes)`;
+  $("#topic-payload").textContent = preview(m.payload, m.payload_encoding);
+  $("#topic-delete").hidden = true;
+}
+// Topics seen live: a watch of the filter while the Topics view is open (the broker sends every
+// matching message meanwhile, so it runs only on request, and stops when the view is left).
+function toggleTopicsLive() {
+  if (topicsLive) { stopTopicsLive(); return; }
+  const filter = $("#topics-filter").value.trim() || "#";
+  topicsLive = new EventSource(`/api/v1/watch?filter=${encodeURIComponent(filter)}`);
+  let dirty = false;
+  topicsLive.addEventListener("message", (ev) => { const m = JSON.parse(ev.data); topicNode(m.topic)["\u0001"] = m; dirty = true; });
+  topicsLive.timer = setInterval(() => { if (dirty) { dirty = false; drawTopics(); } }, 1000);
+  $("#topics-live").textContent = "Stop live topics";
+  $("#topics-status").textContent = `watching ${filter}`;
+}
+function stopTopicsLive() {
+  if (!topicsLive) return;
+  clearInterval(topicsLive.timer);
+  topicsLive.close();
+  topicsLive = null;
+  $("#topics-live").textContent = "Add topics seen live";
+  $("#topics-status").textContent = "";
 }
 async function showRetained(topic) {
   try {
@@ -277,6 +308,7 @@ function route() {
   document.querySelectorAll(".view").forEach((v) => { v.hidden = v.id !== "view-" + view; });
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.view === view));
   clearInterval(refresh);
+  if (view !== "topics") stopTopicsLive();
   const load = loaders[view];
   if (load) { load(); if (view !== "topics") refresh = setInterval(load, 2000); }
   if (view === "overview") Object.values(charts).forEach((c) => c.draw());
@@ -288,6 +320,7 @@ $("#clients-search").addEventListener("input", loadClients);
 $("#sessions-search").addEventListener("input", loadSessions);
 $("#subs-search").addEventListener("input", loadSubscriptions);
 $("#topics-load").addEventListener("click", loadTopics);
+$("#topics-live").addEventListener("click", toggleTopicsLive);
 $("#watch-start").addEventListener("click", startWatch);
 $("#watch-stop").addEventListener("click", stopWatch);
 $("#publish-form").addEventListener("submit", publish);

@@ -2,8 +2,9 @@
 // interop/browser/node_modules): node dashboard.mjs URL [SCREENSHOT.png]
 //
 // Run by tests/http/dashboard.rs, which connects the MQTT clients `dash-client` (publishing
-// all along) and `dash-tracer` (publishing too). Prints one line per step that passed:
-//   loaded / chart changed / client shown / trace shows PUBLISH / kicked
+// on dash/load all along, after a retained message on dash/retained/temp) and `dash-tracer`
+// (publishing too). Prints one line per step that passed:
+//   loaded / chart changed / client shown / topics shown / trace shows PUBLISH / kicked
 // then "ok", and exits 0; or prints "failed: why" and exits 1.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -51,6 +52,13 @@ try {
   await page.click('nav a[data-view="clients"]');
   await page.waitForSelector('tr[data-client="dash-client"]', { timeout: STEP_MS });
   console.log("client shown");
+
+  await page.click('nav a[data-view="topics"]');
+  await page.click("#topic-tree >> text=temp");
+  await page.waitForFunction(() => document.getElementById("topic-payload").textContent.includes('"t": 21'), null, { timeout: STEP_MS });
+  await page.click("#topics-live");
+  await page.waitForSelector("#topic-tree >> text=load \u2022", { timeout: STEP_MS });
+  console.log("topics shown");
 
   await page.click('nav a[data-view="trace"]');
   await page.fill("#trace-client", "dash-tracer");

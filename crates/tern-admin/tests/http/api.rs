@@ -230,6 +230,15 @@ async fn bad_input_gets_the_right_4xx_as_json() {
         assert_eq!(r.status, status, "{method} {path} {body}: {}", r.body);
         assert!(r.json()["error"].is_string(), "{method} {path}: {}", r.body);
     }
+    let r = request(
+        t.http,
+        "POST",
+        "/api/v1/clients/x/disconnect",
+        &[],
+        "{\"discard\": 1}",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
     let huge = format!(
         "{{\"topic\": \"a\", \"payload\": \"{}\"}}",
         "x".repeat(5 * 1024 * 1024)
@@ -393,4 +402,44 @@ async fn https_with_the_certificate_and_key_of_the_http_table() {
     let tcp = tokio::net::TcpStream::connect(t.http).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     assert!(connector.connect(name, tcp).await.is_ok());
+}
+
+#[tokio::test]
+async fn requests_a_web_page_of_another_site_could_send_are_refused() {
+    let t = start().await;
+    let (_c, _e) = client(&t, "victim").await;
+    // A form posted by a page of another site, and a DNS name rebound to 127.0.0.1.
+    let forged = request(
+        t.http,
+        "POST",
+        "/api/v1/clients/victim/disconnect",
+        &["Origin: http://evil.example"],
+        "",
+    )
+    .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let rebound = request(
+        t.http,
+        "GET",
+        "/api/v1/clients",
+        &["Host: evil.example:18083"],
+        "",
+    )
+    .await;
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
+    assert!(
+        get(t.http, "/api/v1/clients/victim").await.status == 200,
+        "still connected"
+    );
+    // The dashboard's own requests (same origin) pass.
+    let origin = format!("Origin: http://{}", t.http);
+    let own = request(
+        t.http,
+        "POST",
+        "/api/v1/clients/victim/disconnect",
+        &[&origin],
+        "",
+    )
+    .await;
+    assert_eq!(own.status, 200, "{}", own.body);
 }

@@ -1,7 +1,8 @@
 //! The dashboard in headless Chromium (Debian package `chromium`, driven by playwright-core
 //! from interop/browser/node_modules, which `scripts/test` installs with `npm ci`): it loads,
-//! its chart of messages in moves while clients publish, it lists a connected client, a trace
-//! shows that client's PUBLISH, and its Disconnect button disconnects the client.
+//! its chart of messages in moves while clients publish, it lists a connected client, its
+//! topic tree shows a retained message (JSON pretty-printed) and a topic seen live, a trace
+//! shows a client's PUBLISH, and its Disconnect button disconnects the client.
 //!
 //! `TERN_DASHBOARD_SCREENSHOT=docs/dashboard.png` also saves a picture of the overview.
 
@@ -24,6 +25,15 @@ async fn the_dashboard_shows_clients_charts_and_traces_and_disconnects_a_client(
     let t = start().await;
     let (dash, mut dash_events) = client(&t, "dash-client").await;
     dash.subscribe("dash/#", QoS::AtMostOnce).await.unwrap();
+    dash.publish_with(
+        "dash/retained/temp",
+        "{\"t\":21}",
+        tern_client::PublishOptions::new()
+            .qos(QoS::AtLeastOnce)
+            .retain(true),
+    )
+    .await
+    .unwrap();
     let (tracer, _te) = client(&t, "dash-tracer").await;
     let load = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -57,6 +67,7 @@ async fn the_dashboard_shows_clients_charts_and_traces_and_disconnects_a_client(
         "loaded",
         "chart changed",
         "client shown",
+        "topics shown",
         "trace shows PUBLISH",
         "kicked",
     ] {

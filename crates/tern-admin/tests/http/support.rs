@@ -84,10 +84,13 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str
             body: String::new(),
         };
     };
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut req = format!("{method} {path} HTTP/1.0\r\nContent-Length: {}\r\n", body.len());
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     if !body.is_empty() {
         req.push_str("Content-Type: application/json\r\n");
     }

@@ -14,7 +14,7 @@ async fn open_trace(
     client_id: &str,
 ) -> tokio::io::Lines<BufReader<tokio::net::TcpStream>> {
     let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
-    s.write_all(format!("GET /api/v1/trace/{client_id} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET /api/v1/trace/{client_id} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut lines = BufReader::new(s).lines();
@@ -82,7 +82,7 @@ async fn a_watch_streams_the_messages_on_matching_topics() {
     assert_eq!(get(t.http, "/api/v1/watch?filter=%24share/g/a").await.status, 400);
     assert_eq!(get(t.http, "/api/v1/watch").await.status, 400);
     let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
-    s.write_all(b"GET /api/v1/watch?filter=w/%2B HTTP/1.0\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /api/v1/watch?filter=w/%2B HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut lines = BufReader::new(s).lines();
