@@ -425,6 +425,87 @@ pub async fn kick_post(
     do_kick(&st, &who, &id, discard)
 }
 
+/// A ban as the ban file writes it: `clientid X`, `username X` or `address A/N`.
+fn ban_target(t: &tern_broker::security::ban::BanTarget) -> String {
+    use tern_broker::security::ban::BanTarget;
+    match t {
+        BanTarget::ClientId(c) => format!("clientid {c}"),
+        BanTarget::Username(u) => format!("username {u}"),
+        BanTarget::Network { addr, prefix } => format!("address {addr}/{prefix}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// `GET /api/v1/bans`: the bans in force (from the ban file and the API), with their expiry
+/// (seconds since 1970, `null`: until removed).
+pub async fn bans(State(st): S) -> ApiResult {
+    let list: Vec<Value> = st
+        .admin
+        .security()
+        .bans()
+        .iter()
+        .map(|b| {
+            let until = b
+                .until
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            json!({ "ban": ban_target(&b.target), "until": until })
+        })
+        .collect();
+    ok(json!({ "bans": list }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanBody {
+    /// A line of the ban file: `clientid X`, `username X` or `address A[/N]`, then an optional
+    /// expiry (RFC 3339 UTC or seconds since 1970).
+    ban: String,
+}
+
+/// `POST /api/v1/bans` with `{"ban": "clientid X [UNTIL]"}`: ban at once; matching clients
+/// that are connected are disconnected. Lasts until removed, expired, or the ban file's next
+/// reload replaces the list.
+pub async fn ban_add(
+    State(st): S,
+    Extension(who): Extension<Who>,
+    body: Result<Json<BanBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body.map_err(|e| ApiError::bad(format!("body: {}", e.body_text())))?;
+    let ban =
+        tern_broker::security::ban::Ban::parse(&body.ban).map_err(|e| ApiError::bad(format!("ban: {e}")))?;
+    let target = ban_target(&ban.target);
+    tracing::info!(who = %who.0, ban = %body.ban, "admin API: ban");
+    st.admin.security().ban(ban);
+    Ok((StatusCode::CREATED, Json(json!({ "banned": target }))).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct UnbanQuery {
+    /// `clientid X`, `username X` or `address A[/N]`.
+    ban: String,
+}
+
+/// `DELETE /api/v1/bans?ban=clientid%20X`: remove every ban of that target; 404 when none.
+pub async fn ban_remove(
+    State(st): S,
+    Extension(who): Extension<Who>,
+    q: Result<Query<UnbanQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let ban =
+        tern_broker::security::ban::Ban::parse(&q.ban).map_err(|e| ApiError::bad(format!("ban: {e}")))?;
+    if ban.until.is_some() {
+        return Err(ApiError::bad("ban: name the target only, without an expiry"));
+    }
+    let removed = st.admin.security().unban(&ban.target);
+    tracing::info!(who = %who.0, ban = %q.ban, removed, "admin API: unban");
+    if removed == 0 {
+        return Err(ApiError::not_found(format!("no ban of `{}`", q.ban)));
+    }
+    ok(json!({ "removed": removed }))
+}
+
 /// `GET /api/v1/subscriptions[?client_id=PREFIX][&filter=F]`: one row per subscription;
 /// `filter` keeps the subscriptions whose filter is exactly F.
 pub async fn subscriptions(State(st): S, q: Result<Query<ListQuery>, QueryRejection>) -> ApiResult {

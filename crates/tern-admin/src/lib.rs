@@ -143,6 +143,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/config", get(api::config))
         .route("/stats", get(api::stats))
         .route("/reload", post(api::reload))
+        .route("/bans", get(api::bans).post(api::ban_add).delete(api::ban_remove))
         .route("/clients", get(api::clients))
         .route("/clients/{id}", get(api::client).delete(api::kick))
         .route("/clients/{id}/disconnect", post(api::kick_post))

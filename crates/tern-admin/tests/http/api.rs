@@ -443,3 +443,61 @@ async fn requests_a_web_page_of_another_site_could_send_are_refused() {
     .await;
     assert_eq!(own.status, 200, "{}", own.body);
 }
+
+/// The ban list at run time (the access-control issue: "editable at run time ... and the admin
+/// API where it exists"): a ban disconnects a connected client and refuses its next CONNECT;
+/// removing it lets the client back in.
+#[tokio::test]
+async fn bans_are_listed_added_and_removed() {
+    let t = start().await;
+    let (_rogue, mut events) = client(&t, "rogue").await;
+    let added = request(
+        t.http,
+        "POST",
+        "/api/v1/bans",
+        &[],
+        r#"{"ban": "clientid rogue"}"#,
+    )
+    .await;
+    assert_eq!(added.status, 201, "{}", added.body);
+    eventually(5, "the banned client to be disconnected", || {
+        let next = events.try_recv();
+        async move { matches!(next, Some(Event::Disconnected { .. })).then_some(()) }
+    })
+    .await;
+    let list = get(t.http, "/api/v1/bans").await.json();
+    assert_eq!(list["bans"][0]["ban"], "clientid rogue");
+    assert!(list["bans"][0]["until"].is_null());
+    let refused = tern_client::Client::connect(
+        tern_client::Options::new(format!("mqtt://{}", t.mqtt()))
+            .client_id("rogue")
+            .connect_timeout(Duration::from_secs(3))
+            .reconnect(tern_client::Reconnect::disabled()),
+    )
+    .await;
+    assert!(refused.is_err(), "a banned client id connected");
+    // Bad input: 400, never a panic; an unknown target: 404.
+    for body in [
+        r#"{"ban": "nonsense x"}"#,
+        r#"{"ban": "address 300.1.1.1"}"#,
+        "{",
+        r#"{"x": 1}"#,
+    ] {
+        let r = request(t.http, "POST", "/api/v1/bans", &[], body).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+    }
+    let none = request(t.http, "DELETE", "/api/v1/bans?ban=clientid%20nobody", &[], "").await;
+    assert_eq!(none.status, 404);
+    let removed = request(t.http, "DELETE", "/api/v1/bans?ban=clientid%20rogue", &[], "").await;
+    assert_eq!(
+        (removed.status, removed.json()["removed"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        removed.body
+    );
+    assert_eq!(
+        get(t.http, "/api/v1/bans").await.json()["bans"],
+        serde_json::json!([])
+    );
+    let (_back, _) = client(&t, "rogue").await;
+}
