@@ -243,10 +243,63 @@ impl Collector for BrokerCollector {
                 ("queue_full", queue_full),
                 ("queued_bytes_total", s.dropped_over_budget),
                 ("no_subscribers", m.no_subscribers),
+                ("expired", m.dropped_expired),
+                ("too_large_for_client", m.dropped_too_large),
+                ("acl_receive", m.dropped_acl_receive),
+                ("acl_publish", m.dropped_acl_publish),
             ] {
                 ConstCounter::new(n).encode(enc.encode_family(&[("reason", reason)])?)?;
             }
         }
+        for (name, help, unit, values) in [
+            (
+                "tern_client_messages_received",
+                "PUBLISH packets received from clients, by QoS",
+                None,
+                m.received_by_qos.map(|(n, _)| n),
+            ),
+            (
+                "tern_client_payload_received",
+                "Payload bytes of the PUBLISH packets received from clients, by QoS",
+                Some(&Unit::Bytes),
+                m.received_by_qos.map(|(_, b)| b),
+            ),
+            (
+                "tern_messages_sent_by_qos",
+                "PUBLISH packets sent, by QoS",
+                None,
+                m.sent_by_qos.map(|(n, _)| n),
+            ),
+            (
+                "tern_payload_sent",
+                "Payload bytes of the PUBLISH packets sent, by QoS",
+                Some(&Unit::Bytes),
+                m.sent_by_qos.map(|(_, b)| b),
+            ),
+        ] {
+            let mut enc = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
+            for (qos, n) in ["0", "1", "2"].into_iter().zip(values) {
+                ConstCounter::new(n).encode(enc.encode_family(&[("qos", qos)])?)?;
+            }
+        }
+        {
+            let mut enc = e.encode_descriptor(
+                "tern_connects",
+                "Connections accepted after CONNECT since start, by protocol version",
+                None,
+                MetricType::Counter,
+            )?;
+            for (version, n) in m.connects_by_version {
+                ConstCounter::new(n).encode(enc.encode_family(&[("version", version)])?)?;
+            }
+        }
+        histogram(
+            e,
+            "tern_delivery_latency",
+            "From a client's PUBLISH being decoded to a copy of it being written to a subscriber (sampled: the first such message of each write batch)",
+            Some(&Unit::Seconds),
+            &m.delivery_latency,
+        )?;
         counter(
             e,
             "tern_publisher_slowdowns",

@@ -63,6 +63,22 @@ pub struct MetricsSnapshot {
     pub bytes_sent: u64,
     /// Store commits, changes committed and commit durations, with the embedded store.
     pub store: Option<StoreSnapshot>,
+    /// PUBLISH packets received from clients by QoS 0, 1, 2: (messages, payload bytes).
+    pub received_by_qos: [(u64, u64); 3],
+    /// PUBLISH packets sent by QoS 0, 1, 2: (messages, payload bytes).
+    pub sent_by_qos: [(u64, u64); 3],
+    /// Deliveries dropped because the message expired in the queue.
+    pub dropped_expired: u64,
+    /// Deliveries dropped because they exceed the client's Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Deliveries the ACL did not let the client receive.
+    pub dropped_acl_receive: u64,
+    /// PUBLISH packets the ACL refused.
+    pub dropped_acl_publish: u64,
+    /// Connections accepted after CONNECT since start, by protocol version.
+    pub connects_by_version: [(&'static str, u64); 3],
+    /// From a client's PUBLISH being decoded to a copy being written (sampled per write batch).
+    pub delivery_latency: HistogramSnapshot,
 }
 
 /// The embedded store's figures.
@@ -242,8 +258,21 @@ impl Admin {
             publisher_slowdowns: m.slowdowns.load(Ordering::Relaxed),
             bytes_received: c.bytes_in.load(Ordering::Relaxed),
             bytes_sent: c.bytes_out.load(Ordering::Relaxed),
+            dropped_expired: m.dropped_expired.load(Ordering::Relaxed),
+            dropped_too_large: m.dropped_too_large.load(Ordering::Relaxed),
+            dropped_acl_receive: m.dropped_acl_receive.load(Ordering::Relaxed),
+            dropped_acl_publish: m.dropped_acl_publish.load(Ordering::Relaxed),
+            delivery_latency: m.delivery_latency.snapshot(),
             ..MetricsSnapshot::default()
         };
+        for i in 0..3 {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            s.received_by_qos[i] = (load(&m.received_by_qos[i]), load(&m.received_bytes_by_qos[i]));
+            s.sent_by_qos[i] = (load(&m.sent_by_qos[i]), load(&m.sent_bytes_by_qos[i]));
+        }
+        for (i, version) in ["3.1", "3.1.1", "5.0"].into_iter().enumerate() {
+            s.connects_by_version[i] = (version, m.connections_by_version[i].load(Ordering::Relaxed));
+        }
         s.accepted = m
             .accepted
             .lock()

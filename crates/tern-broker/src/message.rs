@@ -27,6 +27,9 @@ pub struct Message {
     pub publisher: Option<Arc<str>>,
     /// Its id in durable storage, once a persistent session queued it.
     pub(crate) stored: StoredId,
+    /// When a client's PUBLISH of it was decoded (the delivery-latency metric); `None` for
+    /// messages from elsewhere (wills, the API, the store).
+    pub(crate) received_at: Option<Instant>,
 }
 
 /// The id of a message's payload record in the store (0: not stored): every session that
@@ -71,6 +74,7 @@ impl Message {
             expires_at: None,
             publisher: None,
             stored: StoredId::default(),
+            received_at: None,
         }
     }
 
@@ -91,6 +95,7 @@ impl Message {
             expires_at,
             publisher,
             stored: StoredId::default(),
+            received_at: Some(now),
         }
     }
 
@@ -108,6 +113,7 @@ impl Message {
             expires_at: self.expires_at,
             publisher: self.publisher.clone(),
             stored: StoredId::default(),
+            received_at: None,
         }
     }
 

@@ -11,8 +11,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Counters kept by the broker core for the metrics endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Metrics {
+    /// PUBLISH packets received from clients, by QoS, and their payload bytes: counted per
+    /// thread while a read is decoded, added here once per read (see `connection::link`).
+    pub received_by_qos: [AtomicU64; 3],
+    pub received_bytes_by_qos: [AtomicU64; 3],
+    /// PUBLISH packets sent, by QoS, and their payload bytes: added once per write batch.
+    pub sent_by_qos: [AtomicU64; 3],
+    pub sent_bytes_by_qos: [AtomicU64; 3],
+    /// Deliveries dropped because the message expired in the queue ([MQTT-3.3.2-5]).
+    pub dropped_expired: AtomicU64,
+    /// Deliveries dropped because they exceed the client's Maximum Packet Size ([MQTT-3.1.2-25]).
+    pub dropped_too_large: AtomicU64,
+    /// Deliveries the ACL does not let the client receive.
+    pub dropped_acl_receive: AtomicU64,
+    /// PUBLISH packets the ACL refused ([MQTT-3.3.5-2]).
+    pub dropped_acl_publish: AtomicU64,
+    /// Connections accepted after CONNECT since start, by protocol version (3.1, 3.1.1, 5.0).
+    pub connections_by_version: [AtomicU64; 3],
+    /// From a client's PUBLISH being decoded to a copy of it being written to a subscriber,
+    /// sampled: the first delivery of each write batch that carries a client's message.
+    pub delivery_latency: AtomicHistogram,
     /// Connections refused by the listener: `max_connect_rate`.
     pub refused_rate: AtomicU64,
     /// Connections refused by the listener: `max_connections`.
@@ -26,7 +46,59 @@ pub(crate) struct Metrics {
     pub accepted: Mutex<Vec<(String, Arc<AtomicU64>)>>,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            received_by_qos: Default::default(),
+            received_bytes_by_qos: Default::default(),
+            sent_by_qos: Default::default(),
+            sent_bytes_by_qos: Default::default(),
+            dropped_expired: AtomicU64::new(0),
+            dropped_too_large: AtomicU64::new(0),
+            dropped_acl_receive: AtomicU64::new(0),
+            dropped_acl_publish: AtomicU64::new(0),
+            connections_by_version: Default::default(),
+            delivery_latency: AtomicHistogram::new(&LATENCY_BUCKETS),
+            refused_rate: AtomicU64::new(0),
+            refused_busy: AtomicU64::new(0),
+            no_subscribers: AtomicU64::new(0),
+            slowdowns: AtomicU64::new(0),
+            accepted: Mutex::default(),
+        }
+    }
+}
+
+/// Upper bounds of the delivery-latency histogram, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1.0,
+];
+
+/// Index of a QoS in the per-QoS arrays.
+pub(crate) fn qos_index(qos: tern_proto::QoS) -> usize {
+    usize::from(qos.as_u8()).min(2)
+}
+
 impl Metrics {
+    /// Count a connection accepted after CONNECT.
+    pub fn connected(&self, version: tern_proto::ProtocolVersion) {
+        let i = match version {
+            tern_proto::ProtocolVersion::V3_1 => 0,
+            tern_proto::ProtocolVersion::V3_1_1 => 1,
+            tern_proto::ProtocolVersion::V5 => 2,
+        };
+        self.connections_by_version[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Add the counts of PUBLISH packets sent in one write batch.
+    pub fn sent(&self, counts: &[(u64, u64); 3]) {
+        for (i, &(n, bytes)) in counts.iter().enumerate() {
+            if n > 0 {
+                self.sent_by_qos[i].fetch_add(n, Ordering::Relaxed);
+                self.sent_bytes_by_qos[i].fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The counter of accepted connections of listener `name`, created on first use.
     pub fn listener(&self, name: &str) -> Arc<AtomicU64> {
         let mut all = self.accepted.lock().unwrap_or_else(|e| e.into_inner());

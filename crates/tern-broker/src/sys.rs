@@ -58,6 +58,7 @@ pub(crate) fn publish_once(core: &Core) {
             expires_at: None,
             publisher: None,
             stored: Default::default(),
+            received_at: None,
         });
         core.retain(&msg);
         core.publish_internal(&msg);

@@ -148,6 +148,17 @@ async fn metrics_text_names_and_values() {
         line("tern_messages_dropped_total{reason=\"no_subscribers\"}"),
         2.0
     );
+    // By QoS, on the connection path: three QoS 1 messages in (5 + 1 + 4 payload bytes), the
+    // one to s/1 delivered back to the subscriber at QoS 1; one 5.0 CONNECT.
+    assert_eq!(line("tern_client_messages_received_total{qos=\"1\"}"), 3.0);
+    assert_eq!(line("tern_client_messages_received_total{qos=\"0\"}"), 0.0);
+    assert_eq!(line("tern_client_payload_received_bytes_total{qos=\"1\"}"), 10.0);
+    assert_eq!(line("tern_messages_sent_by_qos_total{qos=\"1\"}"), 1.0);
+    assert_eq!(line("tern_payload_sent_bytes_total{qos=\"1\"}"), 5.0);
+    assert_eq!(line("tern_connects_total{version=\"5.0\"}"), 1.0);
+    assert_eq!(line("tern_messages_dropped_total{reason=\"expired\"}"), 0.0);
+    assert_eq!(line("tern_delivery_latency_seconds_count"), 1.0);
+    assert!(line("tern_delivery_latency_seconds_sum") >= 0.0);
     assert_eq!(line("tern_subscriptions"), 1.0);
     assert_eq!(line("tern_retained_messages"), 1.0);
     assert_eq!(line("tern_retained_bytes"), 4.0);

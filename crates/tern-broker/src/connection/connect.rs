@@ -325,6 +325,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     core.counters
         .connected
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    core.metrics.connected(v);
     let session = ServerSession::new(v, core.rules.clone(), limits, auth_method, now);
     let link = Link {
         core: core.clone(),

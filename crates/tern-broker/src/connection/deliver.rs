@@ -43,6 +43,9 @@ impl Conn {
             take_batch(link, session, &mut st, now)
         };
         let mut sent = 0u64;
+        // By QoS: messages and payload bytes, added to the shared counters once per batch.
+        let mut by_qos = [(0u64, 0u64); 3];
+        let mut sampled = false;
         // A dropped QoS 1/2 message frees its in-flight slot, and no acknowledgement
         // will come for it: the caller must pump again rather than wait.
         let mut freed = false;
@@ -59,6 +62,10 @@ impl Conn {
                 link.out.truncate(mark);
                 session.unsent(new_alias);
                 tracing::debug!(client_id = %link.client_id, "message dropped: larger than the client's maximum packet size");
+                link.core
+                    .metrics
+                    .dropped_too_large
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut st = cell.lock();
                 if let Some(id) = packet_id {
                     freed |= st.proto.abandon(id).is_some();
@@ -67,14 +74,28 @@ impl Conn {
                 continue;
             }
             sent += 1;
+            let q = &mut by_qos[crate::metrics::qos_index(out.qos)];
+            q.0 += 1;
+            q.1 += out.msg.payload.len() as u64;
+            // The delivery latency, sampled: the first message of a client's in this batch.
+            if let (false, Some(at)) = (sampled, out.msg.received_at) {
+                sampled = true;
+                link.core
+                    .metrics
+                    .delivery_latency
+                    .observe(now.saturating_duration_since(at));
+            }
         }
         if batch.capacity() <= MAX_KEPT_BATCH {
             BATCH.with(|b| b.set(batch));
         }
-        link.core
-            .counters
-            .messages_out
-            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        if sent > 0 {
+            link.core
+                .counters
+                .messages_out
+                .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+            link.core.metrics.sent(&by_qos);
+        }
         Ok(more || freed)
     }
 }
@@ -120,6 +141,13 @@ fn take_batch(
             )
         });
         if refused || front.msg.is_expired(now) {
+            let m = &link.core.metrics;
+            let counter = if refused {
+                &m.dropped_acl_receive
+            } else {
+                &m.dropped_expired
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(gone) = st.pop_queued() {
                 link.changes(st.persistent).forget(gone.seq);
             }

@@ -20,6 +20,14 @@ use crate::router::SubEntry;
 use crate::security::Action;
 use crate::session::{Attached, SessionCell, SessionState, Takeover};
 
+thread_local! {
+    /// PUBLISH packets received by QoS (messages, payload bytes) since the last flush: counted
+    /// per thread while a read is decoded and added to the shared counters once per read
+    /// ([`Link::deliver_pending`]), so that the publish path touches no shared cache line per
+    /// message for them. Decoding a read never awaits, so a task stays on one thread meanwhile.
+    static RECEIVED: std::cell::Cell<[(u64, u64); 3]> = const { std::cell::Cell::new([(0, 0); 3]) };
+}
+
 /// The will of this connection.
 #[derive(Debug)]
 pub(crate) struct WillState {
@@ -158,6 +166,14 @@ impl Link {
             self.core.deliver_all(&mut self.pending, Some(&mut self.pressure));
         }
         self.pending_bytes = 0;
+        let received = RECEIVED.with(|r| r.replace([(0, 0); 3]));
+        if received != [(0, 0); 3] {
+            let m = &self.core.metrics;
+            for (i, (n, bytes)) in received.into_iter().enumerate() {
+                m.received_by_qos[i].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                m.received_bytes_by_qos[i].fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         if self.pending_messages > 0 {
             let n = std::mem::take(&mut self.pending_messages);
             self.core
@@ -205,6 +221,16 @@ impl ServerHost for Link {
     }
 
     fn route(&mut self, publish: Publish, topic: ByteString, now: Instant) -> usize {
+        let (i, bytes) = (
+            crate::metrics::qos_index(publish.qos),
+            publish.payload.len() as u64,
+        );
+        RECEIVED.with(|r| {
+            let mut counts = r.get();
+            counts[i].0 += 1;
+            counts[i].1 += bytes;
+            r.set(counts);
+        });
         let msg = Arc::new(Message::from_publish(
             publish,
             topic,
@@ -299,7 +325,13 @@ impl ServerHost for Link {
         let client_id = &*self.client_id;
         let cfg = &self.core.config;
         match note {
-            Note::PublishDenied(topic) => tracing::info!(client_id, %topic, "PUBLISH denied by the ACL"),
+            Note::PublishDenied(topic) => {
+                self.core
+                    .metrics
+                    .dropped_acl_publish
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(client_id, %topic, "PUBLISH denied by the ACL")
+            }
             Note::SubscribeDenied(filter) => {
                 tracing::info!(client_id, %filter, "SUBSCRIBE denied by the ACL")
             }

@@ -279,6 +279,7 @@ mod tests {
             expires_at: None,
             publisher: None,
             stored: Default::default(),
+            received_at: None,
         })
     }
 

@@ -155,6 +155,7 @@ fn get_message(b: &mut Bytes, now: Stamp) -> Result<Message, Corrupt> {
         expires_at: from_wall(expires, now),
         publisher: (!publisher.is_empty()).then(|| Arc::from(publisher.as_str())),
         stored: Default::default(),
+        received_at: None,
     })
 }
 
@@ -403,6 +404,7 @@ mod tests {
             expires_at: None,
             publisher: Some(Arc::from("pub")),
             stored: Default::default(),
+            received_at: None,
         }
     }
 
