@@ -265,11 +265,8 @@ impl Admin {
             delivery_latency: m.delivery_latency.snapshot(),
             ..MetricsSnapshot::default()
         };
-        for i in 0..3 {
-            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-            s.received_by_qos[i] = (load(&m.received_by_qos[i]), load(&m.received_bytes_by_qos[i]));
-            s.sent_by_qos[i] = (load(&m.sent_by_qos[i]), load(&m.sent_bytes_by_qos[i]));
-        }
+        s.received_by_qos = m.traffic.read(crate::metrics::RECEIVED);
+        s.sent_by_qos = m.traffic.read(crate::metrics::SENT);
         for (i, version) in ["3.1", "3.1.1", "5.0"].into_iter().enumerate() {
             s.connects_by_version[i] = (version, m.connections_by_version[i].load(Ordering::Relaxed));
         }

@@ -157,7 +157,8 @@ async fn metrics_text_names_and_values() {
     assert_eq!(line("tern_payload_sent_bytes_total{qos=\"1\"}"), 5.0);
     assert_eq!(line("tern_connects_total{version=\"5.0\"}"), 1.0);
     assert_eq!(line("tern_messages_dropped_total{reason=\"expired\"}"), 0.0);
-    assert_eq!(line("tern_delivery_latency_seconds_count"), 1.0);
+    // Sampled (one write batch in 16 per thread): present, at most the one delivery.
+    assert!(line("tern_delivery_latency_seconds_count") <= 1.0);
     assert!(line("tern_delivery_latency_seconds_sum") >= 0.0);
     assert_eq!(line("tern_subscriptions"), 1.0);
     assert_eq!(line("tern_retained_messages"), 1.0);

@@ -168,11 +168,7 @@ impl Link {
         self.pending_bytes = 0;
         let received = RECEIVED.with(|r| r.replace([(0, 0); 3]));
         if received != [(0, 0); 3] {
-            let m = &self.core.metrics;
-            for (i, (n, bytes)) in received.into_iter().enumerate() {
-                m.received_by_qos[i].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                m.received_bytes_by_qos[i].fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-            }
+            self.core.metrics.received(&received);
         }
         if self.pending_messages > 0 {
             let n = std::mem::take(&mut self.pending_messages);
