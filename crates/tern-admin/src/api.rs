@@ -250,21 +250,9 @@ fn stats_json(st: &AppState) -> Value {
         "partial_bytes": s.partial_bytes,
         "partial_evictions": s.partial_evictions,
         "auth_failures": st.admin.security().auth_failures(),
-        "resident_memory_bytes": resident_memory(),
+        "resident_memory_bytes": crate::metrics::resident_memory(),
         "uptime_seconds": st.admin.uptime().as_secs(),
     })
-}
-
-fn resident_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// `GET /api/v1/stats`: the broker's figures now (the dashboard polls it).

@@ -73,6 +73,19 @@ fn histogram(
     m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &h.buckets, None)
 }
 
+/// Resident bytes of this process (Linux), for `/metrics` and `/api/v1/stats`.
+pub(crate) fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// CPU seconds, resident bytes, open and maximum file descriptors of this process (Linux).
 fn process() -> Option<(f64, u64, u64, Option<u64>)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -82,14 +95,7 @@ fn process() -> Option<(f64, u64, u64, Option<u64>)> {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; clock
     // ticks of 1/100 s (USER_HZ is 100 on Linux).
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let rss = resident_memory()?;
     let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     let max_fds = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| {
         l.lines()
@@ -99,7 +105,7 @@ fn process() -> Option<(f64, u64, u64, Option<u64>)> {
             .parse()
             .ok()
     });
-    Some((ticks as f64 / 100.0, rss_kb * 1024, fds, max_fds))
+    Some((ticks as f64 / 100.0, rss, fds, max_fds))
 }
 
 impl Collector for BrokerCollector {

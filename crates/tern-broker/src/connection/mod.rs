@@ -131,7 +131,7 @@ impl Conn {
             // the buffer otherwise is a packet in progress: it may wait for its next byte
             // only so long, keep-alive or not.
             let deadline = if slowed.is_some() {
-                self.session.pause_keep_alive(clock.now());
+                self.session.handle_rx(clock.now());
                 None
             } else {
                 match (self.session.poll_timeout(), self.stall_deadline(buf)) {

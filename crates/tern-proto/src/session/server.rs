@@ -500,14 +500,9 @@ impl ServerSession {
         self.last_rx
     }
 
-    /// Bytes arrived at `now`: the client is alive.
+    /// Bytes arrived at `now`: the client is alive. Also called while the broker does not
+    /// read the client (slowed down for a subscriber): its keep-alive cannot be judged then.
     pub fn handle_rx(&mut self, now: Instant) {
-        self.last_rx = now;
-    }
-
-    /// The keep-alive clock stops while the broker does not read the client (it was slowed
-    /// down): it restarts at `now`.
-    pub fn pause_keep_alive(&mut self, now: Instant) {
         self.last_rx = now;
     }
 
@@ -1101,23 +1096,6 @@ impl ServerSession {
             self.send(host, p);
         }
         Ok(())
-    }
-
-    /// The reason code of a DISCONNECT the server sends for `close` (5.0, section 4.13), if any.
-    pub fn disconnect_for(&self, close: &SessionClose) -> Option<Disconnect> {
-        if !self.version.is_v5() {
-            return None;
-        }
-        let mut d = match close {
-            SessionClose::Violation(v) => Disconnect::with_reason(v.reason_code()),
-            SessionClose::KeepAliveTimeout => Disconnect::with_reason(ReasonCode::KeepAliveTimeout),
-            SessionClose::NotAuthorized => Disconnect::with_reason(ReasonCode::NotAuthorized),
-            SessionClose::Disconnect { .. } => return None,
-        };
-        if let SessionClose::Violation(v) = close {
-            d.properties.reason_string = Some(v.to_string().into());
-        }
-        Some(d)
     }
 }
 
