@@ -223,10 +223,12 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     // The will is published in the client's name: it needs the right to publish there.
     if let Some(w) = &c.will {
         let action = crate::security::Action::Publish;
-        if !core
-            .security
-            .allows(action, username.as_deref(), &client_id, &w.topic)
-        {
+        let (security, user) = (&core.security, username.as_deref());
+        let hook = match security.acl_hook() {
+            Some(h) => security.ask_hook(&h, action, user, &client_id, &w.topic).await,
+            None => None,
+        };
+        if !security.allows_given(action, user, &client_id, &w.topic, hook) {
             let why = format!("the ACL does not allow publishing the will on {:?}", &*w.topic);
             tracing::warn!(%peer, client_id = %client_id, "connection refused: {why}");
             return Err(refuse_with(io, &c, ReasonCode::NotAuthorized, why).await);
@@ -347,12 +349,14 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         group: None,
         reauth: None,
         partial: None,
+        acl_answers: Vec::new(),
     };
     let decoder = Decoder::new(v, core.config.max_packet_size);
     let conn = Conn {
         session,
         link,
         decoder,
+        held: None,
     };
     Ok(conn)
 }

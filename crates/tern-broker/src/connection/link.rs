@@ -112,6 +112,9 @@ pub(crate) struct Link {
     /// This connection's share of the budget for partial packets, while its packet in
     /// progress is large enough to count.
     pub partial: Option<crate::budget::Claim>,
+    /// The HTTP hook's answers for the packet being handled (`auth.http.acl_url`), asked
+    /// before the packet went to the session: (action, topic or filter, answer).
+    pub acl_answers: Vec<(Action, Box<str>, Option<bool>)>,
 }
 
 impl Link {
@@ -200,7 +203,20 @@ impl ServerHost for Link {
             Permission::Subscribe => Action::Subscribe,
         };
         let user = self.info.username.as_deref();
-        self.core.security.allows(action, user, &self.client_id, topic)
+        let security = &self.core.security;
+        if self.acl_answers.is_empty() {
+            return security.allows(action, user, &self.client_id, topic);
+        }
+        let answer = self
+            .acl_answers
+            .iter()
+            .find(|(a, t, _)| *a == action && **t == *topic)
+            .map(|(_, _, answer)| *answer);
+        match answer {
+            Some(answer) => security.allows_given(action, user, &self.client_id, topic, answer),
+            // Every question of the packet was asked; one not asked is not allowed.
+            None => false,
+        }
     }
 
     fn with_state<R>(

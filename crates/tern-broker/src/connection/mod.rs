@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tern_proto::codec::{Decoded, Decoder};
 use tern_proto::session::server::ServerSession;
-use tern_proto::Violation;
+use tern_proto::{Packet, Violation};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::clock::Wait;
@@ -35,6 +35,18 @@ pub(crate) struct Conn {
     session: ServerSession,
     link: Link,
     decoder: Decoder,
+    /// A PUBLISH or SUBSCRIBE waiting for the HTTP hook's ACL answers (`auth.http.acl_url`):
+    /// the socket is not read meanwhile.
+    held: Option<Box<Held>>,
+}
+
+/// The HTTP hook's answers for one packet: (action, topic or filter, answer).
+type Answers = Vec<(crate::security::Action, Box<str>, Option<bool>)>;
+
+/// A packet held while the HTTP hook is asked about it.
+struct Held {
+    packet: Packet,
+    answers: std::pin::Pin<Box<dyn std::future::Future<Output = Answers> + Send>>,
 }
 
 impl Conn {
@@ -130,7 +142,7 @@ impl Conn {
             // judged: the clock stops while it waits and starts again after. What is left in
             // the buffer otherwise is a packet in progress: it may wait for its next byte
             // only so long, keep-alive or not.
-            let deadline = if slowed.is_some() {
+            let deadline = if slowed.is_some() || self.held.is_some() {
                 self.session.handle_rx(clock.now());
                 None
             } else {
@@ -152,7 +164,7 @@ impl Conn {
             // store, is boxed when it is used).
             tokio::select! {
                 biased;
-                r = io.read_buf(buf), if slowed.is_none() => match r {
+                r = io.read_buf(buf), if slowed.is_none() && self.held.is_none() => match r {
                     Ok(0) => return Close::Transport("peer closed the connection".into()),
                     Ok(n) => {
                         // Double the next read when this one filled the space, shrink after small ones.
@@ -174,6 +186,13 @@ impl Conn {
                     }
                     if crate::budget::evicted(&self.link.partial) {
                         return Close::Evicted;
+                    }
+                }
+                answers = held_answers(&mut self.held), if self.held.is_some() => {
+                    if let Some(held) = self.held.take() {
+                        if let Err(c) = self.handle_held(held.packet, answers, buf) {
+                            return c;
+                        }
                     }
                 }
                 _ = wait_commit(&core.durability, self.link.seen_commit), if self.link.waiting_for_commit => {}
@@ -235,17 +254,102 @@ impl Conn {
     }
 
     fn decode_packets(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
-        while self.link.pressure.is_empty() {
+        while self.link.pressure.is_empty() && self.held.is_none() {
             match self.decoder.decode(buf) {
                 Ok(Decoded::Packet(p)) => {
+                    let p = match self.link.core.security.acl_hook() {
+                        None => p,
+                        Some(hook) => match self.ask_acl(hook, p) {
+                            Some(p) => p,
+                            None => return Ok(()),
+                        },
+                    };
                     let now = self.link.core.clock.now();
-                    self.session.handle_packet(now, p, &mut self.link)?
+                    let r = self.session.handle_packet(now, p, &mut self.link);
+                    self.link.acl_answers.clear();
+                    r?
                 }
                 Ok(Decoded::NeedMore(_)) => return Ok(()),
                 Err(e) => return Err(Close::Violation(e.into())),
             }
         }
         Ok(())
+    }
+}
+
+impl Conn {
+    /// Look up the HTTP hook's answers for a PUBLISH's topic or a SUBSCRIBE's filters. When
+    /// each is known (cached, or left to the client's own access list) they go to
+    /// `link.acl_answers` and the packet is returned, to be handled now; otherwise the
+    /// packet is held until the service answers (`None`).
+    fn ask_acl(&mut self, hook: Arc<crate::security::Hook>, packet: Packet) -> Option<Packet> {
+        use crate::security::Action;
+        let questions: Vec<(Action, Box<str>)> = match &packet {
+            Packet::Publish(p) => match self.session.publish_topic(p) {
+                Some(topic) => vec![(Action::Publish, topic.into())],
+                // No topic: the session refuses it.
+                None => return Some(packet),
+            },
+            // Filters as the session asks about them (without `$share/GROUP/`); one that does
+            // not parse is refused by the session without a question.
+            Packet::Subscribe(s) => s
+                .filters
+                .iter()
+                .filter_map(|(f, _)| tern_proto::topic::parse_filter(f).ok())
+                .map(|f| (Action::Subscribe, f.filter.into()))
+                .collect(),
+            _ => return Some(packet),
+        };
+        let (security, user) = (&self.link.core.security, self.link.info.username.clone());
+        let mut known = Vec::with_capacity(questions.len());
+        for (action, topic) in &questions {
+            match security.hook_known(&hook, *action, user.as_deref(), &self.link.client_id, topic) {
+                Some(answer) => known.push((*action, topic.clone(), answer)),
+                None => break,
+            }
+        }
+        if known.len() == questions.len() {
+            self.link.acl_answers = known;
+            return Some(packet);
+        }
+        let (core, client_id) = (self.link.core.clone(), self.link.client_id.clone());
+        let answers = Box::pin(async move {
+            let mut answers = Vec::with_capacity(questions.len());
+            for (action, topic) in questions {
+                let answer = core
+                    .security
+                    .ask_hook(&hook, action, user.as_deref(), &client_id, &topic)
+                    .await;
+                answers.push((action, topic, answer));
+            }
+            answers
+        });
+        self.held = Some(Box::new(Held { packet, answers }));
+        None
+    }
+
+    /// Handle a held packet with the hook's answers, then what was buffered behind it.
+    fn handle_held(&mut self, packet: Packet, answers: Answers, buf: &mut BytesMut) -> Result<(), Close> {
+        self.link.acl_answers = answers;
+        let now = self.link.core.clock.now();
+        let r = self.session.handle_packet(now, packet, &mut self.link);
+        self.link.acl_answers.clear();
+        match r {
+            Ok(()) => self.decode_all(buf),
+            Err(c) => {
+                self.link.deliver_pending();
+                let _ = self.session.flush_acks(&mut self.link);
+                Err(c)
+            }
+        }
+    }
+}
+
+/// The answers of the held packet, once the hook has given them all.
+async fn held_answers(held: &mut Option<Box<Held>>) -> Answers {
+    match held {
+        Some(h) => h.answers.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -136,11 +136,6 @@ impl Sources {
     pub fn new(auth: &AuthConfig, password_file: bool) -> Result<Sources, String> {
         let jwt = auth.jwt.as_ref().map(Jwt::new).transpose()?.map(Arc::new);
         let hook = auth.http.as_ref().map(Hook::new).transpose()?.map(Arc::new);
-        if hook.as_ref().is_some_and(|h| h.checks_acl()) {
-            return Err("`auth.http.acl_url`: ACL decisions by the hook need the connection to wait for them, \
-                        which it cannot yet; give the client's access list in the CONNECT answer (`acl`) instead"
-                .into());
-        }
         let configured = |s: Source| match s {
             Source::Jwt => jwt.is_some(),
             Source::Http => hook.as_ref().is_some_and(|h| h.checks_connect()),

@@ -20,14 +20,20 @@
 //!   `"deny"` (default; CONNACK 0x88 Server unavailable, 3.1.1: 0x03), `"allow"` or `"next"`.
 //!
 //! ## ACL
-//! `POST acl_url` with `{"clientid", "username", "action": "publish"|"subscribe"|"receive",
-//! "topic"}`; the answer as above (`allow` / `deny`). Answers are cached per (client id,
-//! user name, action, topic) for `cache_ttl_secs`, at most `cache_size` of them; errors are
-//! not cached and follow `on_error` (`next` means: the ACL file decides).
+//! `POST acl_url` with `{"clientid", "username", "action": "publish"|"subscribe", "topic"}`
+//! (for a subscription, `topic` is the filter without any `$share/GROUP/` prefix); the answer
+//! as above (`allow` / `deny`; `ignore`: the ACL file decides). Answers are cached per (client
+//! id, user name, action, topic) for `cache_ttl_secs`, at most `cache_size` of them; errors
+//! are not cached and follow `on_error` (`next` means: the ACL file decides). An access list
+//! that came with the client's credentials (JWT claims, the CONNECT answer's `acl`) decides
+//! before the hook; deliveries to subscribers (`receive`) are decided by the lists and the
+//! ACL file only, never by a request per message.
 //!
-//! Requests run on the connection's task with a timeout (`timeout_ms`), over a pool of
-//! keep-alive connections (`max_idle_connections`): a slow service slows the clients that
-//! wait for it, never the broker's other connections.
+//! CONNECT requests run on the connection's task with a timeout (`timeout_ms`), over a pool
+//! of keep-alive connections (`max_idle_connections`). For an ACL question the connection
+//! holds the PUBLISH or SUBSCRIBE and stops reading its socket until the answer comes (a
+//! cached answer is used at once); its deliveries go on meanwhile. A slow service slows the
+//! clients that wait for it, never the broker's other connections.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -134,10 +140,6 @@ pub(crate) struct Hook {
     url: Option<Target>,
     acl_url: Option<Target>,
     client: Arc<HttpClient>,
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "ACL decisions wait for the connection to await them")
-    )]
     cache: Mutex<HashMap<CacheKey, (bool, Instant)>>,
 }
 
@@ -264,10 +266,6 @@ impl Hook {
     }
 
     /// A cached ACL answer, if there is a fresh one.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "ACL decisions wait for the connection to await them")
-    )]
     pub fn cached(
         &self,
         action: Action,
@@ -286,10 +284,6 @@ impl Hook {
 
     /// Ask the service whether `client_id` may do `action` on `topic` (`None`: the service
     /// answered `ignore`, or failed with `on_error = "next"`).
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "ACL decisions wait for the connection to await them")
-    )]
     pub async fn acl(
         &self,
         action: Action,
@@ -349,10 +343,6 @@ impl Hook {
     }
 }
 
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "ACL decisions wait for the connection to await them")
-)]
 fn cache_key(action: Action, username: Option<&str>, client_id: &str, topic: &str) -> CacheKey {
     let a = match action {
         Action::Publish => 0,
@@ -466,19 +456,6 @@ mod tests {
         // Every request went over one keep-alive connection.
         assert_eq!(connections.load(Ordering::Relaxed), 1);
         assert_eq!(hook.idle_connections(), 1);
-    }
-
-    #[test]
-    fn acl_url_is_refused_until_the_connection_awaits_it() {
-        let auth = super::super::AuthConfig {
-            http: Some(HookConfig {
-                acl_url: Some("http://127.0.0.1:1/acl".into()),
-                ..HookConfig::default()
-            }),
-            ..super::super::AuthConfig::default()
-        };
-        let e = super::super::chain::Sources::new(&auth, false).unwrap_err();
-        assert!(e.contains("acl_url"), "{e}");
     }
 
     #[test]

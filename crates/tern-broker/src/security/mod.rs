@@ -66,6 +66,7 @@ pub use ban::{Ban, BanTarget, FlappingConfig};
 pub use chain::{AuthConfig, RateLimitConfig, Source};
 use chain::{Identity, Sources};
 use grants::{Decision, Grants};
+pub(crate) use hook::Hook;
 pub use hook::{HookConfig, OnError};
 pub use jwt::JwtConfig;
 use password::PasswordFile;
@@ -106,6 +107,9 @@ pub(crate) struct Security {
     sources_changed: tokio::sync::Notify,
     /// Whether credentials may come with access lists (JWT or hook configured at start, or since).
     grant_sources: std::sync::atomic::AtomicBool,
+    /// Whether the HTTP hook decides ACL questions (`auth.http.acl_url`): read once per
+    /// PUBLISH and SUBSCRIBE, so that without it no lock is taken.
+    acl_hook_on: std::sync::atomic::AtomicBool,
     grants: Arc<Grants>,
     bans: ban::BanList,
     flapping: ban::Flapping,
@@ -189,6 +193,7 @@ impl Security {
             acl: RwLock::new(acl),
             auth_failures: AtomicU64::new(0),
             grant_sources: (sources.jwt.is_some() || sources.hook.is_some()).into(),
+            acl_hook_on: sources.hook.as_ref().is_some_and(|h| h.checks_acl()).into(),
             sources: RwLock::new(Arc::new(sources)),
             sources_changed: tokio::sync::Notify::new(),
             grants: Arc::default(),
@@ -225,7 +230,9 @@ impl Security {
         if sources.jwt.is_some() || sources.hook.is_some() {
             self.grant_sources.store(true, Ordering::Release);
         }
+        let acl_hook = sources.hook.as_ref().is_some_and(|h| h.checks_acl());
         *self.sources.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sources);
+        self.acl_hook_on.store(acl_hook, Ordering::Release);
         self.sources_changed.notify_one();
         tracing::info!("authentication sources reloaded");
         Ok(())
@@ -315,11 +322,68 @@ impl Security {
     }
 
     /// Whether `client_id` may do `action` on `target` (always, without an ACL file and
-    /// access lists).
+    /// access lists). Not for a PUBLISH or SUBSCRIBE while the HTTP hook decides ACL
+    /// questions: see [`Security::acl_hook`].
     pub fn allows(&self, action: Action, username: Option<&str>, client_id: &str, target: &str) -> bool {
+        self.allows_given(action, username, client_id, target, None)
+    }
+
+    /// The HTTP hook, when it decides ACL questions (`auth.http.acl_url`). The connection
+    /// asks it ([`Security::ask_hook`], which awaits the service) before handing a PUBLISH or
+    /// SUBSCRIBE to its session, and passes the answers to [`Security::allows_given`].
+    pub(crate) fn acl_hook(&self) -> Option<Arc<hook::Hook>> {
+        if !self.acl_hook_on.load(Ordering::Acquire) {
+            return None;
+        }
+        self.sources().hook.clone().filter(|h| h.checks_acl())
+    }
+
+    /// The hook's answer about what the client's own access list leaves open (`None`: the
+    /// list decides, or the hook has no opinion and the ACL file decides).
+    pub(crate) async fn ask_hook(
+        &self,
+        hook: &hook::Hook,
+        action: Action,
+        username: Option<&str>,
+        client_id: &str,
+        target: &str,
+    ) -> Option<bool> {
+        if self.grants.decide(action, username, client_id, target) != Decision::NotMine {
+            return None;
+        }
+        hook.acl(action, username, client_id, target).await
+    }
+
+    /// What [`Security::ask_hook`] would answer, when that is known without asking: the
+    /// access list decides (`Some(None)`), or the hook's cache holds the answer.
+    pub(crate) fn hook_known(
+        &self,
+        hook: &hook::Hook,
+        action: Action,
+        username: Option<&str>,
+        client_id: &str,
+        target: &str,
+    ) -> Option<Option<bool>> {
+        if self.grants.decide(action, username, client_id, target) != Decision::NotMine {
+            return Some(None);
+        }
+        hook.cached(action, username, client_id, target).map(Some)
+    }
+
+    /// As [`Security::allows`], with the HTTP hook's answer: the access list that came with
+    /// the credentials decides first, then the hook, then the ACL file.
+    pub(crate) fn allows_given(
+        &self,
+        action: Action,
+        username: Option<&str>,
+        client_id: &str,
+        target: &str,
+        hook: Option<bool>,
+    ) -> bool {
         match self.grants.decide(action, username, client_id, target) {
             Decision::Allow => true,
             Decision::Deny => false,
+            Decision::NotMine if hook.is_some() => hook == Some(true),
             Decision::NotMine => {
                 if self.acl_path.is_none() {
                     return true;

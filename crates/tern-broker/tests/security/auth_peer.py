@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STATS = {"requests": 0, "connections": 0}
 LOCK = threading.Lock()
+# The ACL questions asked, in order: [action, topic].
+ACL_ASKED = []
 
 
 def keys(d):
@@ -116,6 +118,27 @@ def answer(body):
     return 200, json.dumps({"result": "ignore"})
 
 
+def acl_answer(body):
+    """The ACL hook's behaviour, chosen by the first level of the topic."""
+    first = (body.get("topic") or "").split("/")[0]
+    with LOCK:
+        ACL_ASKED.append([body.get("action"), body.get("topic")])
+    if first == "ok":
+        return 200, json.dumps({"result": "allow"})
+    if first == "no":
+        return 200, json.dumps({"result": "deny"})
+    if first == "ignore":
+        return 200, json.dumps({"result": "ignore"})
+    if first == "error":
+        return 500, "internal error"
+    if first == "garbage":
+        return 200, "<html>not json</html>"
+    if first == "slow":
+        time.sleep(5)
+        return 200, json.dumps({"result": "allow"})
+    return 403, ""
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -142,7 +165,7 @@ class Handler(BaseHTTPRequestHandler):
                 if not getattr(self, "stats_conn", False):
                     STATS["connections"] -= 1
                     self.stats_conn = True
-                return self.send(200, json.dumps(STATS))
+                return self.send(200, json.dumps(dict(STATS, acl=ACL_ASKED)))
         with LOCK:
             STATS["requests"] += 1
         if self.path == "/jwks.json":
@@ -157,7 +180,7 @@ class Handler(BaseHTTPRequestHandler):
             STATS["requests"] += 1
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length) or b"{}")
-        status, text = answer(body)
+        status, text = acl_answer(body) if self.path == "/acl" else answer(body)
         self.send(status, text)
 
 

@@ -273,3 +273,200 @@ async fn bad_auth_configuration_is_refused_at_start() {
     let e = Config::from_toml("[auth.jwt]\nalgorithm = [\"RS256\"]\n").unwrap_err();
     assert!(e.to_string().contains("algorithm"), "{e}");
 }
+
+/// A broker whose ACL questions go to the service's `/acl` (anonymous clients allowed).
+async fn acl_hook_broker(
+    service: &Service,
+    on_error: OnError,
+    cache_ttl_secs: u64,
+) -> tern_broker::BrokerHandle {
+    start_with(Config {
+        allow_anonymous: true,
+        auth: AuthConfig {
+            http: Some(HookConfig {
+                acl_url: Some(service.url("/acl")),
+                timeout_ms: 300,
+                retries: 1,
+                on_error,
+                cache_ttl_secs,
+                ..HookConfig::default()
+            }),
+            ..AuthConfig::default()
+        },
+        ..Config::default()
+    })
+    .await
+}
+
+/// `acl_url`: the service decides each PUBLISH topic and SUBSCRIBE filter. A denied filter
+/// gets SUBACK 0x87 (3.1.1: 0x80; v5 [MQTT-3.9.3-2] a reason code per filter); a denied
+/// PUBLISH is not delivered (v3.1.1 [MQTT-3.3.5-2]) and gets PUBACK 0x87 in 5.0. `ignore` hands over to the ACL file (none
+/// here: allowed); an error (500, garbage) follows `on_error = "deny"`.
+#[tokio::test]
+async fn acl_decisions_of_the_service() {
+    let dir = TempDir::new("hook-aclurl");
+    let service = Service::start(&dir.0);
+    let b = acl_hook_broker(&service, OnError::Deny, 60).await;
+    for v in [V5, V3] {
+        let id = format!("acl-{v:?}");
+        let (mut p, rc) = connect_tcp(b.addr(), v, &id, None, None).await;
+        assert_eq!(rc, ReasonCode::Success);
+        let denied_filter = if v == V5 {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::UnspecifiedError
+        };
+        for (filter, expected) in [
+            ("ok/#", ReasonCode::GrantedQoS1),
+            ("ignore/#", ReasonCode::GrantedQoS1),
+            ("no/#", denied_filter),
+            ("error/#", denied_filter),
+            ("garbage/#", denied_filter),
+            ("$share/g/ok/shared", ReasonCode::GrantedQoS1),
+        ] {
+            assert_eq!(subscribe(&mut p, filter).await, expected, "{filter} ({v:?})");
+        }
+        for (topic, allowed) in [
+            ("ok/1", true),
+            ("ignore/1", true),
+            ("no/1", false),
+            ("error/1", false),
+        ] {
+            let ack = publish(&mut p, topic, QoS::AtLeastOnce).await.unwrap();
+            if v == V5 {
+                let expected = if allowed {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NotAuthorized
+                };
+                assert_eq!(ack.reason_code, expected, "{topic}");
+            }
+            if allowed {
+                expect_message(&mut p, topic).await;
+            } else {
+                p.expect_silence(100).await;
+            }
+        }
+    }
+    let asked = service.acl_asked().await;
+    // The shared subscription's question is about the filter without `$share/g/`.
+    assert!(
+        asked.contains(&("subscribe".into(), "ok/shared".into())),
+        "{asked:?}"
+    );
+    // Answers are cached per client: each client asked once about ok/1; an error was asked
+    // 1 + retries times by each client and never cached.
+    let count = |a: &str, t: &str| asked.iter().filter(|q| q.0 == a && q.1 == t).count();
+    assert_eq!(count("publish", "ok/1"), 2, "{asked:?}");
+    assert_eq!(count("publish", "error/1"), 4, "{asked:?}");
+}
+
+/// The topic a Topic Alias stands for is the one asked about (v5 [MQTT-3.3.2-12]: the
+/// receiver substitutes the topic of the alias); a will's topic is asked at CONNECT.
+#[tokio::test]
+async fn acl_hook_sees_aliased_topics_and_wills() {
+    let dir = TempDir::new("hook-alias");
+    let service = Service::start(&dir.0);
+    let b = acl_hook_broker(&service, OnError::Deny, 0).await;
+    let (mut p, rc) = connect_tcp(b.addr(), V5, "alias", None, None).await;
+    assert_eq!(rc, ReasonCode::Success);
+    assert_eq!(subscribe(&mut p, "ok/#").await, ReasonCode::GrantedQoS1);
+    let aliased = |topic: &str, id: u16| {
+        let mut m = tern_proto::Publish::new(topic, "x");
+        m.qos = QoS::AtLeastOnce;
+        m.packet_id = tern_proto::PacketId::new(id);
+        m.properties.topic_alias = Some(1);
+        tern_proto::Packet::Publish(m)
+    };
+    for (set, expected) in [("ok/a", ReasonCode::Success), ("no/a", ReasonCode::NotAuthorized)] {
+        p.send(aliased(set, 1)).await;
+        let tern_proto::Packet::PubAck(a) = p.recv().await else {
+            panic!("PUBACK")
+        };
+        assert_eq!(a.reason_code, expected, "{set}");
+        if expected == ReasonCode::Success {
+            expect_message(&mut p, set).await;
+        }
+        // The same alias without a topic: the same decision, asked again (no cache).
+        p.send(aliased("", 2)).await;
+        let tern_proto::Packet::PubAck(a) = p.recv().await else {
+            panic!("PUBACK")
+        };
+        assert_eq!(a.reason_code, expected, "alias of {set}");
+        if expected == ReasonCode::Success {
+            expect_message(&mut p, set).await;
+        }
+    }
+    let asked = service.acl_asked().await;
+    let publishes: Vec<_> = asked
+        .iter()
+        .filter(|q| q.0 == "publish")
+        .map(|q| q.1.as_str())
+        .collect();
+    assert_eq!(publishes, ["ok/a", "ok/a", "no/a", "no/a"]);
+
+    // A will on a topic the service denies refuses the connection.
+    let mut c = connect(V5, "will", None, None);
+    c.will = Some(tern_proto::Will {
+        topic: "no/will".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let mut w = Peer::tcp(b.addr(), V5).await;
+    assert_eq!(w.connect(c).await.reason_code, ReasonCode::NotAuthorized);
+    let mut c = connect(V5, "will2", None, None);
+    c.will = Some(tern_proto::Will {
+        topic: "ok/will".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let mut w = Peer::tcp(b.addr(), V5).await;
+    assert_eq!(w.connect(c).await.reason_code, ReasonCode::Success);
+}
+
+/// While the service hangs on one client's PUBLISH, that client's later packets wait behind
+/// it (in order) and its deliveries go on; other clients are not slowed.
+#[tokio::test]
+async fn acl_hook_holds_only_the_asking_client() {
+    let dir = TempDir::new("hook-hold");
+    let service = Service::start(&dir.0);
+    let b = acl_hook_broker(&service, OnError::Deny, 60).await;
+    let (mut slow, _) = connect_tcp(b.addr(), V5, "slow", None, None).await;
+    assert_eq!(subscribe(&mut slow, "ok/#").await, ReasonCode::GrantedQoS1);
+    let (mut other, _) = connect_tcp(b.addr(), V5, "other", None, None).await;
+    assert_eq!(subscribe(&mut other, "ok/#").await, ReasonCode::GrantedQoS1);
+    // Held for 2 × 300 ms (timeout and one retry), then denied (on_error = deny).
+    let mut m = tern_proto::Publish::new("slow/x", "x");
+    m.qos = QoS::AtLeastOnce;
+    m.packet_id = tern_proto::PacketId::new(1);
+    slow.send(tern_proto::Packet::Publish(m)).await;
+    let mut m = tern_proto::Publish::new("ok/after", "x");
+    m.qos = QoS::AtLeastOnce;
+    m.packet_id = tern_proto::PacketId::new(2);
+    slow.send(tern_proto::Packet::Publish(m)).await;
+    // Meanwhile another client's round trips are fast, and the held client gets deliveries.
+    let t = Instant::now();
+    let ack = publish(&mut other, "ok/other", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    expect_message(&mut other, "ok/other").await;
+    expect_message(&mut slow, "ok/other").await;
+    let fast = t.elapsed();
+    assert!(
+        fast < Duration::from_millis(250),
+        "{fast:?} while the service hangs"
+    );
+    // The held PUBLISH is answered first, then the one behind it.
+    let tern_proto::Packet::PubAck(a) = slow.recv().await else {
+        panic!("PUBACK")
+    };
+    assert_eq!((a.packet_id.get(), a.reason_code), (1, ReasonCode::NotAuthorized));
+    let tern_proto::Packet::PubAck(a) = slow.recv().await else {
+        panic!("PUBACK")
+    };
+    assert_eq!((a.packet_id.get(), a.reason_code), (2, ReasonCode::Success));
+    expect_message(&mut slow, "ok/after").await;
+}

@@ -116,6 +116,30 @@ impl Service {
 
     /// `{"requests": n, "connections": n}` the service has seen.
     pub async fn stats(&self) -> (u64, u64) {
+        let v = self.stats_json().await;
+        (
+            v["requests"].as_u64().unwrap(),
+            v["connections"].as_u64().unwrap(),
+        )
+    }
+
+    /// The ACL questions the service was asked, in order: (action, topic).
+    pub async fn acl_asked(&self) -> Vec<(String, String)> {
+        let v = self.stats_json().await;
+        v["acl"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| {
+                (
+                    q[0].as_str().unwrap().to_string(),
+                    q[1].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    async fn stats_json(&self) -> serde_json::Value {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
@@ -126,11 +150,7 @@ impl Service {
         let mut text = String::new();
         s.read_to_string(&mut text).await.unwrap();
         let body = text.split("\r\n\r\n").nth(1).unwrap();
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        (
-            v["requests"].as_u64().unwrap(),
-            v["connections"].as_u64().unwrap(),
-        )
+        serde_json::from_str(body).unwrap()
     }
 
     /// Stop the service now.

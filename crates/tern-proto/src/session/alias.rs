@@ -36,6 +36,11 @@ impl InboundAliases {
         self.map.clear();
     }
 
+    /// The topic `alias` stands for now, without learning anything.
+    pub fn peek(&self, alias: u16) -> Option<&ByteString> {
+        self.map.get(&alias)
+    }
+
     /// The topic a PUBLISH stands for, learning a new mapping when the topic is given (a
     /// caller that keeps received packets' buffers short-lived passes a copy that owns its
     /// bytes: the mapping outlives the packet).

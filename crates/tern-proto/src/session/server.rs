@@ -520,6 +520,17 @@ impl ServerSession {
         }
     }
 
+    /// The topic a PUBLISH will be judged on: its own, or the one its Topic Alias stands
+    /// for now (`None` when it has neither; [`ServerSession::handle_packet`] then refuses
+    /// it). For a driver that looks an access decision up before handing the packet over.
+    pub fn publish_topic<'a>(&'a self, p: &'a Publish) -> Option<&'a str> {
+        if !p.topic.is_empty() {
+            return Some(&p.topic);
+        }
+        let alias = p.properties.topic_alias?;
+        self.aliases.as_ref()?.inbound.peek(alias).map(|t| &**t)
+    }
+
     /// Handle one packet from the client.
     // Always inlined into the driver's decode loop: the packet is then matched where it was
     // decoded instead of being copied into the call (a packet with a PUBLISH inside is large).
