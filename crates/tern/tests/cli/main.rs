@@ -574,3 +574,174 @@ fn sighup_reloads_the_auth_table() {
     assert!(broker.publish_as("dev", &two));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGHUP reloads a TLS listener's certificate and key: a new connection sees the new
+/// certificate, a connection made before keeps working, and a key that does not match its
+/// certificate keeps the pair in force (logged).
+#[test]
+fn sighup_reloads_tls_certificates() {
+    let dir = std::env::temp_dir().join(format!("tern-cli-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cli/certs.py");
+    let mut c = Command::new("python3");
+    c.arg(certs).arg(&dir).args(["a", "b", "c"]);
+    let out = run(c, None);
+    assert!(
+        out.status.success(),
+        "certs.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let install = |cert: &str, key: &str| {
+        std::fs::copy(dir.join(cert), dir.join("server.pem")).unwrap();
+        std::fs::copy(dir.join(key), dir.join("server.key")).unwrap();
+    };
+    install("a.pem", "a.key");
+    let config = dir.join("tern.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nkind = \"tls\"\naddress = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            path("server.pem"),
+            path("server.key")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("broker.log")).unwrap();
+    let mut child = Command::new(TERN)
+        .args([
+            "broker",
+            "--config",
+            &path("tern.toml"),
+            "--in-memory",
+            "--no-http",
+            "--log",
+            "info",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let broker = KillOnDrop(&mut child);
+    let stdout = broker.0.stdout.take().unwrap();
+    let port = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_suffix(" (tls)")
+                .map(|a| a.rsplit(':').next().unwrap().to_string())
+        })
+        .expect("tern broker prints its TLS address");
+    let url = format!("mqtts://127.0.0.1:{port}");
+    // Connects over TLS trusting only `ca` (each certificate is its own CA).
+    let publish = |ca: &str, m: &str| {
+        let mut c = Command::new(TERN);
+        c.args([
+            "pub",
+            "--url",
+            &url,
+            "--cafile",
+            &path(ca),
+            "-t",
+            "t",
+            "-m",
+            m,
+            "-q",
+            "1",
+        ])
+        .args(["--connect-timeout", "3"]);
+        run(c, None).status.success()
+    };
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &broker.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // A subscriber connected before the reload: once it has received a message, it is there.
+    let mut sub = Command::new(TERN)
+        .args([
+            "sub",
+            "--url",
+            &url,
+            "--cafile",
+            &path("a.pem"),
+            "-t",
+            "t",
+            "-q",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(sub.stdout.take().unwrap());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(publish("a.pem", "before"));
+        if lines.recv_timeout(Duration::from_millis(200)).as_deref() == Ok("before") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the subscriber never got a message");
+    }
+    assert!(!publish("b.pem", "x"), "b is not in force yet");
+    install("b.pem", "b.key");
+    hangup();
+    let deadline = Instant::now() + WAIT;
+    while !publish("b.pem", "probe") {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate never came into force"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!publish("a.pem", "x"), "new connections see the new certificate");
+    // The connection made before the reload gets the message over its old TLS session.
+    let deadline = Instant::now() + WAIT;
+    while lines
+        .recv_timeout(WAIT)
+        .expect("the old connection still receives")
+        != "probe"
+    {
+        assert!(Instant::now() < deadline);
+    }
+    let _ = sub.kill();
+    let _ = sub.wait();
+    // A key that does not match its certificate: b stays in force, and the reason is logged.
+    install("a.pem", "c.key");
+    hangup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(publish("b.pem", "still b"));
+    assert!(!publish("a.pem", "x"));
+    let text = std::fs::read_to_string(dir.join("broker.log")).unwrap();
+    assert!(
+        text.contains("KeyMismatch") && text.contains("keeps its certificate"),
+        "{text}"
+    );
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The lines a child writes, through a channel.
+fn lines_of(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Kills the child process on drop.
+struct KillOnDrop<'a>(&'a mut Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
