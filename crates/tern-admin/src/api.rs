@@ -106,8 +106,10 @@ pub struct ListQuery {
     address: Option<String>,
     /// Sessions: only connected (`true`) or only offline (`false`).
     online: Option<bool>,
-    /// Subscriptions and retained messages: a topic filter.
+    /// Subscriptions, retained messages and topics: a topic filter.
     filter: Option<String>,
+    /// Topics: only those seen in the last N seconds.
+    within_secs: Option<u64>,
 }
 
 impl ListQuery {
@@ -571,6 +573,41 @@ pub async fn retained_list(State(st): S, q: Result<Query<ListQuery>, QueryReject
         .retained(&filter)
         .map_err(|e| ApiError::bad(format!("`filter` {filter:?}: {e}")))?;
     let items: Vec<Value> = all.iter().map(|m| retained_json(m, PREVIEW)).collect();
+    page(items, &q)
+}
+
+/// `GET /api/v1/topics?filter=F&within_secs=N`: topics published on recently, by topic, paged.
+pub async fn topics(State(st): S, q: Result<Query<ListQuery>, QueryRejection>) -> ApiResult {
+    let Query(q) = q?;
+    q.limit()?;
+    let filter = q.filter.clone().unwrap_or_else(|| "#".into());
+    let within = std::time::Duration::from_secs(q.within_secs.unwrap_or(3600));
+    let seen = st
+        .admin
+        .recent_topics(&filter, within)
+        .map_err(|e| ApiError::bad(format!("`filter` {filter:?}: {e}")))?;
+    let items: Vec<Value> = seen
+        .iter()
+        .map(|s| {
+            // The sample is cut at a byte count: a character it splits at the end is left out.
+            let preview = match std::str::from_utf8(&s.preview) {
+                Err(e) if e.error_len().is_none() => &s.preview[..e.valid_up_to()],
+                _ => &s.preview[..],
+            };
+            let mut v = payload_json(preview, PREVIEW);
+            v["payload_size"] = json!(s.payload_size);
+            v["truncated"] = json!(preview.len() < s.payload_size);
+            v["topic"] = Value::String(s.topic.to_string());
+            v["qos"] = json!(s.qos);
+            v["retain"] = json!(s.retain);
+            let ms = s
+                .last_seen
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            v["last_seen"] = json!(ms);
+            v
+        })
+        .collect();
     page(items, &q)
 }
 

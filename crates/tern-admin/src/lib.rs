@@ -152,6 +152,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/subscriptions", get(api::subscriptions))
         .route("/shared-groups", get(api::shared_groups))
         .route("/retained", get(api::retained_list))
+        .route("/topics", get(api::topics))
         .route(
             "/retained/{*topic}",
             get(api::retained_get).delete(api::retained_delete),

@@ -166,8 +166,9 @@ async function loadSubscriptions() {
   } catch (e) { showError(e.message); }
 }
 
-// ---- topics: retained messages, and topics seen live, as a tree ----
-// Node keys: "\u0000" holds a retained message's summary, "\u0001" the last message seen live.
+// ---- topics: retained messages, topics seen recently, and topics seen live, as a tree ----
+// Node keys: "\u0000" holds a retained message's summary, "\u0001" the last message seen (the
+// broker's record of topics seen recently, then the live watch).
 let topicRoot = {};
 let topicsLive = null;
 function topicNode(topic) {
@@ -178,9 +179,12 @@ function topicNode(topic) {
 async function loadTopics() {
   const filter = $("#topics-filter").value.trim() || "#";
   try {
-    const page = await api(`/retained?limit=1000&filter=${encodeURIComponent(filter)}`);
+    const f = encodeURIComponent(filter);
+    const [page, recent] = await Promise.all([api(`/retained?limit=1000&filter=${f}`), api(`/topics?limit=1000&filter=${f}`)]);
     topicRoot = {};
     for (const m of page.items) topicNode(m.topic)["\u0000"] = m;
+    for (const m of recent.items) topicNode(m.topic)["\u0001"] = { ...m, at: m.last_seen, recent: true };
+    $("#topics-status").textContent = `${page.total} retained, ${recent.total} seen in the last hour`;
     drawTopics();
   } catch (e) { showError(e.message); }
 }
@@ -189,14 +193,14 @@ function treeItems(node) {
   return Object.keys(node).filter((k) => k !== "\u0000" && k !== "\u0001").sort().map((k) => {
     const child = node[k], msg = child["\u0000"], seen = child["\u0001"];
     const click = msg ? () => showRetained(msg.topic) : seen ? () => showSeen(seen) : null;
-    const li = el("li", {}, el("span", { class: msg || seen ? "leaf" : "node", onclick: click, title: seen && !msg ? "seen live" : "" }, (k || "(empty)") + (seen && !msg ? " \u2022" : "")));
+    const li = el("li", {}, el("span", { class: msg || seen ? "leaf" : "node", onclick: click, title: seen && !msg ? (seen.recent ? "seen recently" : "seen live") : "" }, (k || "(empty)") + (seen && !msg ? " \u2022" : "")));
     const sub = treeItems(child);
     if (sub.length) li.append(el("ul", {}, ...sub));
     return li;
   });
 }
 function showSeen(m) {
-  $("#topic-name").textContent = `${m.topic} (seen live ${new Date(m.at).toLocaleTimeString()}, QoS ${m.qos}, ${m.payload_size} bytes)`;
+  $("#topic-name").textContent = `${m.topic} (seen ${m.recent ? "at" : "live"} ${new Date(m.at).toLocaleTimeString()}, QoS ${m.qos}, ${m.payload_size} bytes)`;
   $("#topic-payload").textContent = preview(m.payload, m.payload_encoding);
   $("#topic-delete").hidden = true;
 }

@@ -56,8 +56,10 @@ try {
   await page.click('nav a[data-view="topics"]');
   await page.click("#topic-tree >> text=temp");
   await page.waitForFunction(() => document.getElementById("topic-payload").textContent.includes('"t": 21'), null, { timeout: STEP_MS });
+  // dash/load, published before the page opened: in the broker's record of topics seen recently.
+  await page.waitForSelector('#topic-tree span[title="seen recently"] >> text=load \u2022', { timeout: STEP_MS });
   await page.click("#topics-live");
-  await page.waitForSelector("#topic-tree >> text=load \u2022", { timeout: STEP_MS });
+  await page.waitForSelector('#topic-tree span[title="seen live"] >> text=load \u2022', { timeout: STEP_MS });
   console.log("topics shown");
 
   await page.click('nav a[data-view="trace"]');

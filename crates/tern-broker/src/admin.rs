@@ -196,6 +196,24 @@ impl Admin {
         Ok(all)
     }
 
+    /// The topics clients published on recently that match `filter`, sorted by topic, with
+    /// when each was last seen and a sample of its traffic; those not seen for `within` are
+    /// left out. Empty when the broker keeps none (`http.recent_topics = 0`, or no HTTP
+    /// endpoint).
+    pub fn recent_topics(
+        &self,
+        filter: &str,
+        within: std::time::Duration,
+    ) -> Result<Vec<crate::SeenTopic>, TopicError> {
+        tern_proto::topic::parse_filter(filter)?;
+        Ok(self
+            .core
+            .recent
+            .as_ref()
+            .map(|r| r.matching(filter, within))
+            .unwrap_or_default())
+    }
+
     /// The retained message of `topic`.
     pub fn retained_message(&self, topic: &str) -> Option<Arc<Message>> {
         self.core.retained_get(topic)

@@ -93,6 +93,9 @@ pub(crate) struct Core {
     pub backplane: Option<Arc<dyn crate::backplane::Backplane>>,
     /// Figures for the metrics endpoint beyond `counters` (see `metrics.rs`).
     pub metrics: crate::metrics::Metrics,
+    /// Topics seen recently, for the admin API (only with an HTTP endpoint and
+    /// `http.recent_topics` > 0).
+    pub recent: Option<crate::recent::RecentTopics>,
     /// The embedded store's commit figures, when the broker uses it.
     pub store_metrics: Option<Arc<crate::metrics::StoreMetrics>>,
     /// Live traces of clients' packets (see `trace.rs`).
@@ -125,6 +128,10 @@ impl Core {
     ) -> Core {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let deliver_batch = (config.max_queued_messages / (2 * workers)).clamp(1, 256);
+        let recent = match (config.http.listen, config.http.recent_topics) {
+            (Some(_), n) if n > 0 => Some(crate::recent::RecentTopics::new(n, recent_seed())),
+            _ => None,
+        };
         Core {
             security,
             authenticators,
@@ -147,6 +154,7 @@ impl Core {
             next_conn_id: AtomicU64::new(1),
             counters: Counters::default(),
             metrics: crate::metrics::Metrics::default(),
+            recent,
             store_metrics: None,
             trace: Arc::default(),
             watch: Arc::default(),
@@ -675,4 +683,10 @@ impl Core {
             self.deliver(&cell, out);
         }
     }
+}
+
+/// A seed that tells apart the brokers of one process (tests run several).
+fn recent_seed() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
 }

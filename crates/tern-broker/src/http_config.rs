@@ -8,6 +8,7 @@
 //! tokens_file = "/etc/tern/tokens"  # bearer tokens, one SHA-256 hex digest a line
 //! cert = "/etc/tern/server.pem"     # TLS, as for listeners
 //! key = "/etc/tern/server.key"
+//! recent_topics = 10000             # topics seen recently kept for the topic tree (0: none)
 //! ```
 
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ pub struct HttpConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key for `cert`.
     pub key: Option<PathBuf>,
+    /// Topics seen recently that the broker keeps for the admin API's topic tree (default
+    /// 10,000; 0: none). Kept only while there is an HTTP endpoint.
+    pub recent_topics: usize,
 }
 
 impl Default for HttpConfig {
@@ -44,9 +48,13 @@ impl Default for HttpConfig {
             tokens_file: None,
             cert: None,
             key: None,
+            recent_topics: DEFAULT_RECENT_TOPICS,
         }
     }
 }
+
+/// Default of [`HttpConfig::recent_topics`].
+const DEFAULT_RECENT_TOPICS: usize = 10_000;
 
 impl HttpConfig {
     /// Serve on `addr` (`None`: off).
@@ -73,6 +81,12 @@ struct Table {
     cert: Option<PathBuf>,
     #[serde(default)]
     key: Option<PathBuf>,
+    #[serde(default = "default_recent_topics")]
+    recent_topics: usize,
+}
+
+fn default_recent_topics() -> usize {
+    DEFAULT_RECENT_TOPICS
 }
 
 #[derive(Deserialize)]
@@ -109,6 +123,7 @@ impl<'de> Deserialize<'de> for HttpConfig {
                 tokens_file: t.tokens_file,
                 cert: t.cert,
                 key: t.key,
+                recent_topics: t.recent_topics,
             },
         })
     }
@@ -129,6 +144,9 @@ mod tests {
         let c = Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\nadmins = [\"alice\"]").unwrap();
         assert_eq!(c.http.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(c.http.admins, vec!["alice".to_string()]);
+        assert_eq!(c.http.recent_topics, 10_000);
+        let c = Config::from_toml("[http]\nrecent_topics = 0").unwrap();
+        assert_eq!(c.http.recent_topics, 0);
         assert!(Config::from_toml("http = \"nonsense\"").is_err());
         assert!(Config::from_toml("[http]\nlistn = \"127.0.0.1:0\"").is_err());
     }

@@ -42,6 +42,7 @@ mod inspect;
 mod listener;
 mod message;
 mod metrics;
+mod recent;
 mod restore;
 mod retained;
 mod router;
@@ -75,6 +76,7 @@ pub use http_config::{HttpConfig, DEFAULT_HTTP};
 pub use inspect::{BrokerStats, ConnectionInfo, SessionInfo, SubscriptionInfo};
 pub use message::Message;
 pub use metrics::HistogramSnapshot;
+pub use recent::SeenTopic;
 pub use security::SecurityHandle;
 pub use store::SyncPolicy;
 

@@ -501,3 +501,67 @@ async fn bans_are_listed_added_and_removed() {
     );
     let (_back, _) = client(&t, "rogue").await;
 }
+
+/// `GET /api/v1/topics`: the topics clients published on, with a sample of their traffic,
+/// filtered and paged; none when `http.recent_topics = 0`.
+#[tokio::test]
+async fn topics_seen_recently() {
+    let t = start().await;
+    let (c, _events) = client(&t, "recent-publisher").await;
+    c.publish("recent/a", "21.5".to_string(), QoS::AtMostOnce)
+        .await
+        .unwrap();
+    c.publish("recent/b/c", vec![0u8, 159, 146, 150], QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    c.publish("other/x", "x".repeat(1000), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let list = eventually(5, "two topics seen", || async {
+        let l = get(t.http, "/api/v1/topics?filter=recent/%23").await.json();
+        (l["total"] == 2).then_some(l)
+    })
+    .await;
+    let items = &list["items"];
+    assert_eq!(items[0]["topic"], "recent/a");
+    assert_eq!(
+        (items[0]["payload"].as_str(), items[0]["qos"].as_u64()),
+        (Some("21.5"), Some(0))
+    );
+    assert_eq!(items[1]["topic"], "recent/b/c");
+    assert_eq!(items[1]["payload_encoding"], "base64");
+    assert_eq!(items[1]["qos"], 1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let seen = items[0]["last_seen"].as_u64().unwrap();
+    assert!(seen <= now && now - seen < 60_000, "{seen} {now}");
+    // A long payload: its first 256 bytes, and its size.
+    let all = get(t.http, "/api/v1/topics").await.json();
+    assert_eq!(all["total"], 3);
+    let other = &all["items"][0];
+    assert_eq!(
+        (other["topic"].as_str(), other["payload_size"].as_u64()),
+        (Some("other/x"), Some(1000))
+    );
+    assert_eq!(
+        (
+            other["payload"].as_str().unwrap().len(),
+            other["truncated"].as_bool()
+        ),
+        (256, Some(true))
+    );
+    assert_eq!(
+        get(t.http, "/api/v1/topics?limit=1&offset=1").await.json()["items"][0]["topic"],
+        "recent/a"
+    );
+    assert_eq!(get(t.http, "/api/v1/topics?filter=a/%23/b").await.status, 400);
+
+    let off = start_with(|c, _| c.http.recent_topics = 0).await;
+    let (c, _events) = client(&off, "unrecorded").await;
+    c.publish("recent/a", "x".to_string(), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(get(off.http, "/api/v1/topics").await.json()["total"], 0);
+}

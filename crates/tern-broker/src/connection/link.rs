@@ -172,6 +172,9 @@ impl Link {
         let received = RECEIVED.with(|r| r.replace([(0, 0); 3]));
         if received != [(0, 0); 3] {
             self.core.metrics.received(&received);
+            if let Some(recent) = &self.core.recent {
+                recent.flush();
+            }
         }
         if self.pending_messages > 0 {
             let n = std::mem::take(&mut self.pending_messages);
@@ -249,6 +252,9 @@ impl ServerHost for Link {
             Some(self.client_id.clone()),
             now,
         ));
+        if let Some(recent) = &self.core.recent {
+            recent.note(&msg, now);
+        }
         self.route_message(&msg)
     }
 

@@ -1,10 +1,13 @@
 //! `tern trace CLIENT_ID`: a client's packets in and out, live, from the broker's HTTP
 //! endpoint (`GET /api/v1/trace/CLIENT_ID`, server-sent events), one line per packet,
-//! until Ctrl-C. The trace stops when this command does.
+//! until Ctrl-C. The trace stops when this command does. `--http` may be an `https://` URL
+//! (the broker's `[http]` with `cert` and `key`); `--cafile` names the CA to trust.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
+
+use tern_client::transport::{Connector, Endpoint, Scheme, TlsConnector, TlsOptions, Transport};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use base64::Engine as _;
 
@@ -13,9 +16,12 @@ use base64::Engine as _;
 pub struct Args {
     /// The client identifier to trace (it need not be connected yet).
     client_id: String,
-    /// The broker's HTTP endpoint.
+    /// The broker's HTTP endpoint (http:// or https://).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:18083")]
     http: String,
+    /// HTTPS: trust the CA certificates of this PEM file (default: the system's).
+    #[arg(long, value_name = "FILE")]
+    cafile: Option<std::path::PathBuf>,
     /// Bearer token (or TERN_HTTP_TOKEN).
     #[arg(long, env = "TERN_HTTP_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -88,18 +94,68 @@ pub fn format_event(v: &serde_json::Value) -> String {
 
 /// Run until the stream ends or the process is interrupted.
 pub fn run(args: Args) -> Result<(), String> {
-    let rest = args.http.strip_prefix("http://").ok_or_else(|| {
-        format!(
-            "--http {}: give an http:// URL (for https, use a local proxy)",
-            args.http
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(trace(args))
+}
+
+/// Open the connection `url` names: (stream, `host:port` for the Host header).
+async fn open(url: &str, cafile: Option<&std::path::Path>) -> Result<(Box<dyn Transport>, String), String> {
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (false, r),
+        (_, Some(r)) => (true, r),
+        _ => return Err(format!("--http {url}: give an http:// or https:// URL")),
+    };
+    let hostport = rest.split('/').next().unwrap_or_default().to_string();
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => {
+            (h, p.parse().map_err(|_| format!("--http {url}: bad port {p:?}"))?)
+        }
+        _ => (hostport.as_str(), if tls { 443 } else { 80 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let unreachable =
+        |e: std::io::Error| format!("cannot reach the broker's HTTP endpoint at {hostport}: {e}");
+    let stream: Box<dyn Transport> = if tls {
+        let mut options = TlsOptions::new().alpn(&["http/1.1"]);
+        if let Some(ca) = cafile {
+            options = options.ca_file(ca);
+        }
+        let connector = TlsConnector::new(&options).map_err(|e| e.to_string())?;
+        let endpoint = Endpoint {
+            scheme: Scheme::Mqtts,
+            host,
+            port,
+            path: "/".into(),
+            username: None,
+            password: None,
+        };
+        connector.connect(&endpoint).await.map_err(unreachable)?
+    } else {
+        Box::new(
+            tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(unreachable)?,
         )
-    })?;
-    let hostport = rest.trim_end_matches('/');
-    let mut stream = TcpStream::connect(hostport)
-        .map_err(|e| format!("cannot reach the broker's HTTP endpoint at {hostport}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
+    };
+    Ok((stream, hostport))
+}
+
+type Lines = tokio::io::Lines<BufReader<Box<dyn Transport>>>;
+
+/// The next line of the stream. The keep-alive comes every 10 s: a minute of silence is a
+/// dead connection.
+async fn next(lines: &mut Lines) -> Result<Option<String>, String> {
+    match tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await {
+        Ok(r) => r.map_err(|e| format!("trace stream: {e}")),
+        Err(_) => Err("trace stream: nothing for 60 s".to_string()),
+    }
+}
+
+async fn trace(args: Args) -> Result<(), String> {
+    let (mut stream, hostport) = open(&args.http, args.cafile.as_deref()).await?;
     let auth = match (&args.token, &args.user, &args.password) {
         (Some(t), _, _) => format!("Authorization: Bearer {t}\r\n"),
         (None, Some(u), Some(p)) => format!(
@@ -113,29 +169,24 @@ pub fn run(args: Args) -> Result<(), String> {
         "GET /api/v1/trace/{} HTTP/1.0\r\nHost: {hostport}\r\nAccept: text/event-stream\r\n{auth}\r\n",
         encode_segment(&args.client_id)
     );
-    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status).map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| format!("trace stream: {e}");
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let mut lines = BufReader::new(stream).lines();
+    let status = next(&mut lines).await?.unwrap_or_default();
     let code = status.split_whitespace().nth(1).unwrap_or("");
     if code != "200" {
         return Err(format!("the broker answered {}", status.trim()));
     }
     // Skip the headers.
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).map_err(|e| e.to_string())? == 0 || h.trim().is_empty() {
+    while let Some(h) = next(&mut lines).await? {
+        if h.trim().is_empty() {
             break;
         }
     }
     let stdout = std::io::stdout();
     let mut event = String::new();
-    for line in reader.lines() {
-        let line = match line {
-            Ok(l) => l,
-            // The keep-alive comes every 10 s; a minute of silence is a dead connection.
-            Err(e) => return Err(format!("trace stream: {e}")),
-        };
+    while let Some(line) = next(&mut lines).await? {
         if let Some(name) = line.strip_prefix("event:") {
             event = name.trim().to_string();
         } else if let Some(data) = line.strip_prefix("data:") {

@@ -115,3 +115,59 @@ fn a_public_http_address_without_credentials_stops_the_broker() {
         "{err}"
     );
 }
+
+/// `tern trace --http https://... --cafile CA` against an HTTPS endpoint (`[http]` with `cert`
+/// and `key`); a CA that did not sign the endpoint's certificate is a one-line error.
+#[test]
+fn tern_trace_over_https() {
+    let dir = std::env::temp_dir().join(format!("tern-cli-trace-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cli/certs.py");
+    let mut c = Command::new("python3");
+    c.arg(certs).arg(&dir).args(["http", "other"]);
+    let out = run(c, None);
+    assert!(
+        out.status.success(),
+        "certs.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    std::fs::write(
+        dir.join("tern.toml"),
+        format!(
+            "listen = [\"127.0.0.1:0\"]\n[http]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            path("http.pem"),
+            path("http.key")
+        ),
+    )
+    .unwrap();
+    let config = path("tern.toml");
+    let (_broker, lines) = spawn_lines(&["broker", "--in-memory", "--config", &config, "--log", "warn"]);
+    let mqtt = until(&lines, "tern broker listening on");
+    let port = mqtt.rsplit(':').next().unwrap().trim().to_string();
+    let http = until(&lines, "tern http listening on https://127.0.0.1:");
+    let url = http.rsplit(' ').next().unwrap().to_string();
+
+    let mut c = Command::new(TERN);
+    c.args(["trace", "x", "--http", &url, "--cafile", &path("other.pem")]);
+    let out = run(c, None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+
+    let (_trace, traced) = spawn_lines(&["trace", "cli-tls", "--http", &url, "--cafile", &path("http.pem")]);
+    until(&traced, "tracing cli-tls");
+    let mut c = Command::new(TERN);
+    c.args([
+        "pub", "-p", &port, "-i", "cli-tls", "-t", "cli/tls", "-m", "over tls", "-q", "1",
+    ]);
+    let out = run(c, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = until(&traced, "PUBLISH");
+    assert!(line.contains("topic=cli/tls"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
