@@ -520,7 +520,7 @@ impl Router {
     pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(Match<'a>)) {
         // [MQTT-4.7.2-1]: wildcards at the first level do not match topics beginning with `$`.
         let mut wild_ok = !topic.starts_with('$');
-        let mut levels = topic.split('/');
+        let mut levels = tern_proto::topic::levels(topic);
         // While the walk follows a single path (no `+` child to take as well), it needs no
         // list of nodes: most publishes end here.
         let mut i = ROOT;

@@ -253,7 +253,7 @@ impl ServerHost for Link {
             now,
         ));
         if let Some(recent) = &self.core.recent {
-            recent.note(&msg, now);
+            recent.note(&msg);
         }
         self.route_message(&msg)
     }

@@ -256,19 +256,15 @@ impl Conn {
     fn decode_packets(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
         while self.link.pressure.is_empty() && self.held.is_none() {
             match self.decoder.decode(buf) {
-                Ok(Decoded::Packet(p)) => {
-                    let p = match self.link.core.security.acl_hook() {
-                        None => p,
-                        Some(hook) => match self.ask_acl(hook, p) {
-                            Some(p) => p,
-                            None => return Ok(()),
-                        },
-                    };
-                    let now = self.link.core.clock.now();
-                    let r = self.session.handle_packet(now, p, &mut self.link);
-                    self.link.acl_answers.clear();
-                    r?
-                }
+                // The packet goes straight from the decoder to the session: a packet is large,
+                // and each move of it on this path is a copy.
+                Ok(Decoded::Packet(p)) => match self.link.core.security.acl_hook() {
+                    None => {
+                        let now = self.link.core.clock.now();
+                        self.session.handle_packet(now, p, &mut self.link)?
+                    }
+                    Some(hook) => self.handle_asking(hook, p)?,
+                },
                 Ok(Decoded::NeedMore(_)) => return Ok(()),
                 Err(e) => return Err(Close::Violation(e.into())),
             }
@@ -326,6 +322,19 @@ impl Conn {
         });
         self.held = Some(Box::new(Held { packet, answers }));
         None
+    }
+
+    /// With the HTTP hook deciding ACL questions: handle `packet` now if its answers are
+    /// known, else hold it (see [`Conn::ask_acl`]).
+    #[inline(never)]
+    fn handle_asking(&mut self, hook: Arc<crate::security::Hook>, packet: Packet) -> Result<(), Close> {
+        let Some(packet) = self.ask_acl(hook, packet) else {
+            return Ok(());
+        };
+        let now = self.link.core.clock.now();
+        let r = self.session.handle_packet(now, packet, &mut self.link);
+        self.link.acl_answers.clear();
+        r
     }
 
     /// Handle a held packet with the hook's answers, then what was buffered behind it.

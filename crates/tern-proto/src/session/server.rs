@@ -640,11 +640,13 @@ impl ServerSession {
                 return Err(violation(Violation::ResponseTopicInvalid(e)));
             }
         }
-        let levels = topic.split('/').count();
-        if topic.len() > rules.max_topic_length || levels > rules.max_topic_levels {
+        // A topic has at most one level more than it has bytes: short ones need no count.
+        if topic.len() > rules.max_topic_length
+            || (topic.len() >= rules.max_topic_levels && topic::level_count(&topic) > rules.max_topic_levels)
+        {
             return Err(violation(Violation::TopicAboveLimits {
                 length: topic.len(),
-                levels,
+                levels: topic::level_count(&topic),
                 max_length: rules.max_topic_length,
                 max_levels: rules.max_topic_levels,
             }));
@@ -853,7 +855,7 @@ impl ServerSession {
         for (filter, opts) in &s.filters {
             let parsed = match topic::parse_filter(filter) {
                 Ok(p)
-                    if p.filter.split('/').count() <= rules.max_topic_levels
+                    if topic::level_count(p.filter) <= rules.max_topic_levels
                         && filter.len() <= rules.max_topic_length =>
                 {
                     p

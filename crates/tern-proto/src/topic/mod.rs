@@ -114,9 +114,56 @@ pub fn has_wildcards(filter: &str) -> bool {
     filter.contains(['+', '#'])
 }
 
+/// The levels of a topic name or filter, as `s.split('/')` gives them (an empty string is
+/// one empty level), found by a plain byte loop: faster than `split` for the few short
+/// levels of a typical topic, which every publish walks.
+pub fn levels(s: &str) -> Levels<'_> {
+    Levels { rest: Some(s) }
+}
+
+/// Iterator of [`levels`].
+#[derive(Debug, Clone)]
+pub struct Levels<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Levels<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match rest.bytes().position(|b| b == b'/') {
+            Some(i) => {
+                // `/` is one byte: both sides of it are on character boundaries.
+                self.rest = rest.get(i + 1..);
+                rest.get(..i)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+/// The number of levels of a topic name or filter (`s.split('/').count()`).
+pub fn level_count(s: &str) -> usize {
+    1 + s.bytes().filter(|&b| b == b'/').count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn levels_are_those_of_split(s in "[a-c/+#\u{e9}\u{1F600}]{0,24}") {
+            let split: Vec<&str> = s.split('/').collect();
+            proptest::prop_assert_eq!(levels(&s).collect::<Vec<_>>(), split.clone());
+            proptest::prop_assert_eq!(level_count(&s), split.len());
+        }
+    }
 
     #[test]
     fn topic_names() {
