@@ -176,6 +176,8 @@ fn session_json(s: &SessionInfo, full: bool) -> Value {
         "inflight": s.inflight,
         "queued": s.queued,
         "queued_bytes": s.queued_bytes,
+        "queued_on_disk": s.on_disk.0,
+        "queued_on_disk_bytes": s.on_disk.1,
         "dropped": s.dropped,
         "will_pending": s.will_pending,
     });

@@ -579,6 +579,85 @@ impl Core {
         }
     }
 
+    /// Read messages that `cell` keeps on disk (see [`crate::session::Spill`]) into its
+    /// queue while the queue is under half its limits, a batch at a time. Returns the durable
+    /// ticket seen when the next ones are not durable yet (the connection then waits for a
+    /// commit past it).
+    pub fn refill(&self, cell: &SessionCell, now: Instant) -> Option<u64> {
+        if !cell.is_streaming() {
+            return None;
+        }
+        let cfg = &self.config;
+        let (after, max) = {
+            let st = cell.lock();
+            let spill = st.spill.as_deref()?;
+            let room = (cfg.max_queued_messages / 2).saturating_sub(st.queue.len());
+            if room == 0 || st.queued_bytes >= cfg.max_queued_bytes / 2 {
+                return None;
+            }
+            let count = usize::try_from(spill.count).unwrap_or(usize::MAX);
+            (spill.after, room.min(count).min(REFILL_BATCH))
+        };
+        // What is durable before the read is visible to it.
+        let observed = self.durability.committed();
+        let read = match self.durability.read_queued(&cell.client_id, after, max) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(client_id = %cell.client_id, "cannot read queued messages back from the store: {e}");
+                return None;
+            }
+        };
+        let mut guard = cell.lock();
+        let st = &mut *guard;
+        let spill = st.spill.as_deref_mut()?;
+        if spill.after != after || st.ended {
+            // Another turn read them meanwhile.
+            return None;
+        }
+        if read.is_empty() {
+            if observed >= spill.ticket {
+                tracing::warn!(client_id = %cell.client_id, missing = spill.count, "queued messages expected in the store are not there; going on without them");
+                st.spill = None;
+                cell.note_streaming(st);
+                return None;
+            }
+            return Some(observed);
+        }
+        let mut expired = 0;
+        for d in read {
+            let size = d.message.payload.len();
+            spill.count = spill.count.saturating_sub(1);
+            spill.bytes = spill.bytes.saturating_sub(size as u64);
+            spill.after = d.seq;
+            if d.message.is_expired(now) {
+                // [MQTT-3.3.2-5]: not delivered once expired.
+                self.durability.forget_delivery(true, &cell.client_id, d.seq);
+                expired += 1;
+                continue;
+            }
+            st.queued_bytes += size;
+            self.queued.grew(size);
+            st.queue.push_back(Outgoing {
+                msg: d.message,
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids: d.subscription_ids,
+                shared: d.shared,
+                seq: d.seq,
+                commit_seq: 0,
+            });
+        }
+        if spill.count == 0 {
+            st.spill = None;
+        }
+        if expired > 0 {
+            self.metrics.dropped_expired.fetch_add(expired, Ordering::Relaxed);
+        }
+        cell.note_streaming(st);
+        cell.note_fullness(st, cfg);
+        None
+    }
+
     /// End a session: remove its subscriptions and registry entry; messages it held
     /// through shared subscriptions go to another member of their group.
     pub fn end_session(&self, cell: &Arc<SessionCell>) {
@@ -690,3 +769,6 @@ fn recent_seed() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Most messages read back from the store for one session at a time.
+const REFILL_BATCH: usize = 256;

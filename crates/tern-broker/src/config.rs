@@ -120,6 +120,17 @@ pub struct Config {
     /// queued (dropped, logged and counted in `$SYS/broker/messages/dropped_over_budget`),
     /// whatever their QoS; connected clients' queues keep their own limits.
     pub max_queued_bytes_total: usize,
+    /// With a data directory: messages kept for one session beyond what its queue holds in
+    /// memory (`max_queued_messages`, `max_queued_bytes`) while its client is away, on disk
+    /// only (default 100,000; 0 keeps none beyond the memory queue). They are read back in
+    /// order as its queue drains after the client returns. Beyond it, messages for the
+    /// session are dropped and counted.
+    pub max_offline_messages: u64,
+    /// Payload bytes of those (default 64 MiB).
+    pub max_offline_bytes: u64,
+    /// With a data directory: beyond this size of the store file, no more messages are kept
+    /// on disk for sessions that are away (dropped and counted; default 8 GiB).
+    pub max_store_bytes: u64,
     /// Longest topic name or filter, in bytes (default 65,535).
     pub max_topic_length: usize,
     /// Most new connections accepted per second (default 50,000); more get CONNACK
@@ -145,6 +156,10 @@ pub struct Config {
     /// With `sync = "interval"`, milliseconds between syncs (default 100): a power
     /// loss can lose up to this much acknowledged data; a crash of the process alone loses none.
     pub sync_interval_ms: u64,
+    /// Memory the store may use to cache its file's pages (default 32 MiB): what is on disk
+    /// beyond it (retained messages, queues of sessions that are away) is read from the file
+    /// when needed, not held in memory.
+    pub store_cache_bytes: usize,
     /// Prefix of the Response Information returned to 5.0 clients that request it;
     /// the client identifier is appended (default `"response/"`).
     pub response_information_prefix: String,
@@ -377,6 +392,9 @@ impl Default for Config {
             denied_subscription_reason: DeniedSubscription::NotAuthorized,
             max_queued_bytes: 16 * 1024 * 1024,
             max_queued_bytes_total: 1 << 30,
+            max_offline_messages: 100_000,
+            max_offline_bytes: 64 << 20,
+            max_store_bytes: 8 << 30,
             max_topic_length: 65_535,
             max_connect_rate: 50_000,
             sys_interval_secs: 10,
@@ -386,6 +404,7 @@ impl Default for Config {
             data_dir: None,
             sync: crate::store::SyncPolicy::Always,
             sync_interval_ms: 100,
+            store_cache_bytes: 32 << 20,
             log_format: LogFormat::Text,
             http: crate::http_config::HttpConfig::default(),
         }

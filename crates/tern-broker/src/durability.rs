@@ -173,6 +173,28 @@ pub struct Stored {
     pub deliveries: Vec<(Arc<str>, StoredDelivery)>,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub qos2: Vec<(Arc<str>, u16)>,
+    /// Queued deliveries left on disk, by client identifier (only from an implementation that
+    /// [reads back](Durability::reads_back)): `deliveries` then holds, per session, its
+    /// deliveries in flight and the first queued ones, and these are read when the queue
+    /// drains.
+    pub spilled: Vec<(Arc<str>, Spilled)>,
+    /// The highest message id a stored delivery refers to, those left on disk included (new
+    /// messages get higher ids); 0 when only `deliveries` tell.
+    pub max_message_id: u64,
+}
+
+/// Queued deliveries of one session kept on disk and not in memory (see
+/// [`Durability::read_queued`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spilled {
+    /// How many.
+    pub count: u64,
+    /// Their payload bytes (as stored).
+    pub bytes: u64,
+    /// Every one has a sequence number above this one.
+    pub after: u64,
+    /// The highest sequence number among them.
+    pub last: u64,
 }
 
 /// Durable storage for the broker's state. See the module documentation for the contract.
@@ -203,6 +225,30 @@ pub trait Durability: Send + Sync + std::fmt::Debug {
 
     /// Make everything submitted durable and release the storage (blocking; at shutdown).
     fn close(&self);
+
+    /// Whether queued deliveries can be read back while the broker runs
+    /// ([`Durability::read_queued`]): then a session that is away keeps only a window of its
+    /// queue in memory, and the rest waits on disk. `false` by default.
+    fn reads_back(&self) -> bool {
+        false
+    }
+
+    /// Up to `max` queued (not sent) deliveries of `client` whose sequence number is above
+    /// `after`, in order, from what is durable. Blocking, and short: the broker asks for a
+    /// few hundred at a time as a queue drains. Needed only where
+    /// [`Durability::reads_back`] is `true`.
+    fn read_queued(&self, client: &str, after: u64, max: usize) -> Result<Vec<StoredDelivery>, StoreError> {
+        let _ = (client, after, max);
+        Err(StoreError(
+            "this storage does not read queued messages back".into(),
+        ))
+    }
+
+    /// Bytes the storage takes on disk now, as far as it knows (0: unknown). The broker
+    /// stops keeping messages for sessions that are away beyond `max_store_bytes`.
+    fn disk_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// What the protocol handling asks of durable storage, in its own terms: keep a queued message,
@@ -229,6 +275,30 @@ impl Persistence {
     /// Whether anything is kept at all.
     pub fn enabled(&self) -> bool {
         self.store.is_some()
+    }
+
+    /// Whether queued messages can be read back (offline queues beyond memory then stay on
+    /// disk; see [`Durability::reads_back`]).
+    pub fn reads_back(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.reads_back())
+    }
+
+    /// See [`Durability::read_queued`].
+    pub fn read_queued(
+        &self,
+        client: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        match &self.store {
+            Some(s) => s.read_queued(client, after, max),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// See [`Durability::disk_bytes`].
+    pub fn disk_bytes(&self) -> u64 {
+        self.store.as_ref().map_or(0, |s| s.disk_bytes())
     }
 
     /// Whether storing has failed (then QoS 1/2 messages must be refused).
@@ -550,6 +620,8 @@ impl InMemory {
                 .map(|((c, _), d)| (c.clone(), d.clone()))
                 .collect(),
             qos2: st.qos2.iter().cloned().collect(),
+            spilled: Vec::new(),
+            max_message_id: 0,
         }
     }
 }

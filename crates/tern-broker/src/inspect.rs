@@ -42,6 +42,10 @@ pub struct SessionInfo {
     pub queued: usize,
     /// Payload bytes of the queued messages.
     pub queued_bytes: usize,
+    /// Of the queued messages, those kept on disk only (a session whose client is away,
+    /// beyond its memory limits; see `max_offline_messages`), and their payload bytes. Not
+    /// counted in `queued` and `queued_bytes`.
+    pub on_disk: (u64, u64),
     /// Messages dropped because its queue was full, since the session began.
     pub dropped: u64,
     /// Whether a will waits for its delay (offline sessions only).
@@ -230,6 +234,7 @@ fn info(cell: &SessionCell) -> Option<SessionInfo> {
         inflight: st.proto.inflight_len(),
         queued: st.queue.len(),
         queued_bytes: st.queued_bytes,
+        on_disk: st.spill.as_deref().map_or((0, 0), |s| (s.count, s.bytes)),
         dropped: st.dropped,
         will_pending: st.pending_will.is_some(),
     })

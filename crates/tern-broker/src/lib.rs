@@ -220,8 +220,15 @@ impl BrokerBuilder {
                 (Some((d, stored)), _) => (Some(d), Some(stored)),
                 (None, Some(dir)) => {
                     let interval = Duration::from_millis(self.config.sync_interval_ms);
-                    let (s, l) = store::Store::open(dir, self.config.sync, interval, self.clock.clone())
-                        .map_err(|e| BrokerError::Store(format!("data directory {}: {e}", dir.display())))?;
+                    let (s, l) = store::Store::open(
+                        dir,
+                        self.config.sync,
+                        interval,
+                        self.clock.clone(),
+                        self.config.max_queued_messages,
+                        self.config.store_cache_bytes,
+                    )
+                    .map_err(|e| BrokerError::Store(format!("data directory {}: {e}", dir.display())))?;
                     store_metrics = Some(s.metrics.clone());
                     (Some(s), Some(l))
                 }
@@ -230,7 +237,10 @@ impl BrokerBuilder {
         // Message ids go on after the highest stored (an implementation stores a message once per id).
         let first_id = stored
             .as_ref()
-            .and_then(|s| s.deliveries.iter().map(|(_, d)| d.message_id).max())
+            .map(|s| {
+                let read = s.deliveries.iter().map(|(_, d)| d.message_id).max();
+                read.unwrap_or(0).max(s.max_message_id)
+            })
             .map_or(1, |m| m + 1);
         let mut core = broker_core::Core::new(
             self.config,

@@ -145,6 +145,21 @@ impl Core {
             }
             r.messages += 1;
         }
+        for (client, spilled) in stored.spilled {
+            let Some(cell) = cells.get(&client) else {
+                continue;
+            };
+            let mut st = cell.lock();
+            st.next_seq = st.next_seq.max(spilled.last + 1);
+            st.spill = Some(Box::new(crate::session::Spill {
+                count: spilled.count,
+                bytes: spilled.bytes,
+                after: spilled.after,
+                ticket: 0,
+            }));
+            cell.note_streaming(&st);
+            r.messages += usize::try_from(spilled.count).unwrap_or(usize::MAX);
+        }
         for (client, id) in stored.qos2 {
             match (cells.get(&client), PacketId::new(id)) {
                 (Some(cell), Some(id)) => {

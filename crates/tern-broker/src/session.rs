@@ -70,6 +70,9 @@ pub(crate) struct SessionState {
         reason = "one pointer in every session; the deque only while streaming"
     )]
     pub retained: Option<Box<VecDeque<RetainedItem>>>,
+    /// Queued messages kept on disk only, after those in `queue` (see [`Spill`]). Allocated
+    /// only while there are some.
+    pub spill: Option<Box<Spill>>,
     /// Session Expiry Interval in seconds (`u32::MAX`: never).
     pub expiry_interval: u32,
     /// Messages dropped because the queue was full.
@@ -97,6 +100,26 @@ pub(crate) struct SessionState {
     pub next_seq: u64,
     /// Since when the queue is over its limits (publishers are being slowed).
     pub full_since: Option<std::time::Instant>,
+}
+
+/// Messages queued for a persistent session that are on disk and not in memory: while its
+/// client is away and its queue is at its memory limits (`max_queued_messages`,
+/// `max_queued_bytes`), further QoS 1/2 messages for it are only written to the store (as
+/// every queued message of a persistent session is), up to `max_offline_messages` /
+/// `max_offline_bytes`. Once some are on disk, every later QoS 1/2 message goes there too
+/// (their order is kept), until the queue has drained them all: `Core::refill` reads them
+/// back, a batch at a time, as the queue drains.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Spill {
+    /// How many.
+    pub count: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Each has a sequence number above this one (the queue's last, when the spill began or
+    /// was last read from).
+    pub after: u64,
+    /// The store ticket of the last one kept (0: all were durable at start-up).
+    pub ticket: u64,
 }
 
 /// A retained message waiting to enter a session's queue (see [`SessionState::retained`]).
@@ -143,6 +166,7 @@ impl SessionCell {
                 proto: Protocol::new(receive_maximum),
                 queue: VecDeque::new(),
                 retained: None,
+                spill: None,
                 expiry_interval: 0,
                 dropped: 0,
                 queued_bytes: 0,
@@ -178,14 +202,15 @@ impl SessionCell {
         self.connected.store(v, Ordering::Relaxed)
     }
 
-    /// Whether retained messages are waiting to enter the queue (a hint, read without the lock).
+    /// Whether retained messages, or messages kept on disk, are waiting to enter the queue
+    /// (a hint, read without the lock).
     pub fn is_streaming(&self) -> bool {
         self.streaming.load(Ordering::Relaxed)
     }
 
     /// Refresh [`SessionCell::is_streaming`] from the locked state.
     pub fn note_streaming(&self, st: &SessionState) {
-        let streaming = st.retained.as_ref().is_some_and(|r| !r.is_empty());
+        let streaming = st.retained.as_ref().is_some_and(|r| !r.is_empty()) || st.spill.is_some();
         self.streaming.store(streaming, Ordering::Relaxed)
     }
 
@@ -277,6 +302,19 @@ impl SessionCell {
             return Enqueued::Dropped;
         }
         let size = out.msg.payload.len();
+        // A persistent session whose client is away keeps at most its memory limits in
+        // memory; the rest of its QoS 1/2 messages only on disk (and, once some are there, all
+        // later ones too, to keep their order).
+        if out.qos != QoS::AtMostOnce
+            && st.persistent
+            && q.durability.reads_back()
+            && (st.spill.is_some()
+                || (st.conn_id.is_none()
+                    && (st.queue.len() >= cfg.max_queued_messages
+                        || st.queued_bytes + size > cfg.max_queued_bytes)))
+        {
+            return self.spill_locked(st, out, q);
+        }
         // The broker-wide budget stops what piles up for clients that are away; a connected
         // client's queue drains and stays under its own limits (and backpressure), so live
         // traffic is never cut because offline sessions filled the budget.
@@ -318,6 +356,41 @@ impl SessionCell {
         } else {
             Enqueued::Queued
         }
+    }
+
+    /// Keep `out` on disk only (see [`Spill`]), within the offline limits.
+    fn spill_locked(&self, st: &mut SessionState, mut out: Outgoing, q: &Queueing<'_>) -> Enqueued {
+        let cfg = q.config;
+        let size = out.msg.payload.len() as u64;
+        let spill = st.spill.as_deref().copied().unwrap_or_default();
+        if spill.count >= cfg.max_offline_messages
+            || spill.bytes + size > cfg.max_offline_bytes
+            || q.durability.disk_bytes() >= cfg.max_store_bytes
+        {
+            st.dropped += 1;
+            if st.dropped.is_power_of_two() {
+                tracing::warn!(
+                    client_id = %self.client_id,
+                    dropped = st.dropped,
+                    on_disk = spill.count,
+                    "offline session: max_offline_messages, max_offline_bytes or max_store_bytes reached; dropping messages"
+                );
+            }
+            return Enqueued::Dropped;
+        }
+        q.durability.put_queued(st, &self.client_id, &mut out);
+        let after = match st.spill.as_deref() {
+            Some(s) => s.after,
+            None => out.seq.saturating_sub(1),
+        };
+        st.spill = Some(Box::new(Spill {
+            count: spill.count + 1,
+            bytes: spill.bytes + size,
+            after,
+            ticket: out.commit_seq,
+        }));
+        self.note_streaming(st);
+        Enqueued::Queued
     }
 
     /// Whether a publisher slowed down for this session may go on: its queue is

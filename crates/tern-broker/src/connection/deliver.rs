@@ -39,11 +39,18 @@ impl Conn {
         let cell = link.cell.clone();
         // Retained messages a SUBSCRIBE matched enter the queue as it drains.
         link.core.stream_retained(&cell, now);
+        // So do messages kept on disk while the client was away.
+        let not_durable = link.core.refill(&cell, now);
         let (mut batch, more) = {
             let mut st = cell.lock();
             link.check_attached(&st)?;
             take_batch(link, session, &mut st, now)
         };
+        if let Some(seen) = not_durable {
+            // The next ones on disk are not durable yet: come back after the next commit.
+            link.waiting_for_commit = true;
+            link.seen_commit = link.seen_commit.min(seen);
+        }
         let mut sent = 0u64;
         // By QoS: messages and payload bytes, added to the shared counters once per batch.
         let mut by_qos = [(0u64, 0u64); 3];

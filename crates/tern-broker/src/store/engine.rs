@@ -32,6 +32,71 @@ fn corrupt(table: &str, key: &str, e: Corrupt) -> StoreError {
     ))
 }
 
+/// Reads queued deliveries back from committed transactions, beside the writer.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    db: Arc<Database>,
+    clock: crate::clock::Clock,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reader(redb)")
+    }
+}
+
+impl Reader {
+    /// Up to `max` queued deliveries of `client` with a sequence number above `after`, in
+    /// order, from what is committed.
+    pub fn read_queued(
+        &self,
+        client: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<crate::durability::StoredDelivery>, StoreError> {
+        let stamp = self.clock.stamp();
+        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
+        let messages = txn.open_table(MESSAGES).map_err(|e| err("open messages", e))?;
+        let payloads = txn.open_table(PAYLOADS).map_err(|e| err("open payloads", e))?;
+        let from = record::message_key(client, after.saturating_add(1));
+        let end = client_range(client).end;
+        let mut out = Vec::new();
+        for row in messages
+            .range(&from[..]..&end[..])
+            .map_err(|e| err("read messages", e))?
+        {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = row.map_err(|e| err("read messages", e))?;
+            let (_, seq) = record::split_key(k.value()).map_err(|e| corrupt("messages", "key", e))?;
+            let mut missing = None;
+            let d = record::read_queued(v.value(), seq, stamp, |id| {
+                let raw = match payloads.get(id) {
+                    Ok(Some(raw)) => raw,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        missing = Some(err("read payloads", e));
+                        return None;
+                    }
+                };
+                let mut msg = record::read_payload(raw.value(), stamp).ok()?;
+                msg.stored = crate::message::StoredId::known(id);
+                Some(Arc::new(msg))
+            });
+            if let Some(e) = missing {
+                return Err(e);
+            }
+            let d = d.map_err(|e| corrupt("messages", client, e))?;
+            // Deliveries in flight were in memory from the start: only queued ones are read.
+            if d.stage.is_none() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Keys of one client: `client_id 0 ..` up to `client_id 1`.
 fn client_range(client: &str) -> Range<Vec<u8>> {
     let mut lo = client.as_bytes().to_vec();
@@ -42,7 +107,7 @@ fn client_range(client: &str) -> Range<Vec<u8>> {
 }
 
 pub(crate) struct Engine {
-    db: Database,
+    db: Arc<Database>,
     /// For the wall-clock expiry times of payload records.
     clock: crate::clock::Clock,
     /// Payload id -> number of queued records referring to it. Kept by the writer alone, in
@@ -58,9 +123,13 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    pub fn open(dir: &Path, clock: crate::clock::Clock) -> Result<Engine, StoreError> {
+    /// Open (or create) the database in `dir`, with a page cache of `cache_bytes`.
+    pub fn open(dir: &Path, clock: crate::clock::Clock, cache_bytes: usize) -> Result<Engine, StoreError> {
         let path = dir.join("tern.redb");
-        let db = Database::create(&path).map_err(|e| err(&format!("cannot open {}", path.display()), e))?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|e| err(&format!("cannot open {}", path.display()), e))?;
         // Create the tables so that reads never find them missing.
         let txn = db.begin_write().map_err(|e| err("begin", e))?;
         {
@@ -72,15 +141,25 @@ impl Engine {
         }
         txn.commit().map_err(|e| err("commit", e))?;
         Ok(Engine {
-            db,
+            db: Arc::new(db),
             clock,
             refs: Default::default(),
         })
     }
 
+    /// A handle that reads queued deliveries back while the writer runs.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            db: self.db.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     /// Read everything back, count the references to each payload, and delete the payloads
     /// nothing refers to. A record that does not read back is an error (never guessed at).
-    pub fn load(&mut self) -> Result<Stored, StoreError> {
+    /// Of each session's queued (not sent) deliveries only the first `keep` are read; the
+    /// others are counted in `Stored::spilled` and stay on disk.
+    pub fn load(&mut self, keep: usize) -> Result<Stored, StoreError> {
         let stamp = self.clock.stamp();
         let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
         let mut l = Stored::default();
@@ -98,18 +177,76 @@ impl Engine {
                 record::read_session(v.value(), stamp).map_err(|e| corrupt("sessions", k.value(), e))?;
             l.sessions.push((Arc::from(k.value()), rec));
         }
-        // References first: only payloads something refers to are read (each once, shared by
-        // the deliveries that refer to it); the others are deleted below.
+        // References first: only payloads that a delivery read now refers to are read (each
+        // once, shared by the deliveries that refer to it); of the others only the size is
+        // taken, and those nothing refers to are deleted below.
         self.refs.clear();
         let mut rows = Vec::new();
+        // Per client: (queued deliveries read, spilled summary, payload ids spilled).
+        let mut client: Option<(Vec<u8>, usize)> = None;
+        let mut spilled_ids: Vec<(usize, u64)> = Vec::new();
+        let placeholder = Arc::new(crate::message::Message::new(
+            "",
+            bytes::Bytes::new(),
+            tern_proto::QoS::AtMostOnce,
+            false,
+        ));
         let t = txn.open_table(MESSAGES).map_err(|e| err("open messages", e))?;
         for row in t.iter().map_err(|e| err("read messages", e))? {
             let (k, v) = row.map_err(|e| err("read messages", e))?;
-            if let Some(id) = record::queued_payload_id(v.value()) {
+            let payload_id = record::queued_payload_id(v.value());
+            if let Some(id) = payload_id {
                 *self.refs.entry(id).or_insert(0) += 1;
             }
-            rows.push((k.value().to_vec(), v.value().to_vec()));
+            let (name, seq) = record::split_key(k.value()).map_err(|e| corrupt("messages", "key", e))?;
+            let key_client = name.as_bytes().to_vec();
+            let read = match &mut client {
+                Some((c, n)) if *c == key_client => n,
+                _ => &mut client.insert((key_client, 0)).1,
+            };
+            // Whether it is queued, read without its payload.
+            let queued = record::read_queued(v.value(), seq, stamp, |_| Some(placeholder.clone()))
+                .map_err(|e| corrupt("messages", &name, e))?
+                .stage
+                .is_none();
+            match (queued, payload_id) {
+                (true, Some(id)) if *read >= keep => {
+                    let c: Arc<str> = Arc::from(&*name);
+                    let i = match l.spilled.last_mut() {
+                        Some((last, s)) if *last == c => {
+                            s.count += 1;
+                            s.last = seq;
+                            l.spilled.len() - 1
+                        }
+                        _ => {
+                            let s = crate::durability::Spilled {
+                                count: 1,
+                                bytes: 0,
+                                after: seq - 1,
+                                last: seq,
+                            };
+                            l.spilled.push((c, s));
+                            l.spilled.len() - 1
+                        }
+                    };
+                    spilled_ids.push((i, id));
+                }
+                _ => {
+                    if queued {
+                        *read += 1;
+                    }
+                    rows.push((k.value().to_vec(), v.value().to_vec()));
+                }
+            }
         }
+        drop(placeholder);
+        l.max_message_id = self.refs.keys().copied().max().unwrap_or(0);
+        let needed: rustc_hash::FxHashSet<u64> = rows
+            .iter()
+            .filter_map(|(_, v)| record::queued_payload_id(v))
+            .collect();
+        let spilled_set: rustc_hash::FxHashSet<u64> = spilled_ids.iter().map(|(_, id)| *id).collect();
+        let mut sizes: rustc_hash::FxHashMap<u64, u64> = rustc_hash::FxHashMap::default();
         let mut payloads = rustc_hash::FxHashMap::default();
         let mut orphans = Vec::new();
         let t = txn.open_table(PAYLOADS).map_err(|e| err("open payloads", e))?;
@@ -120,10 +257,21 @@ impl Engine {
                 orphans.push(id);
                 continue;
             }
+            if spilled_set.contains(&id) {
+                sizes.insert(id, v.value().len() as u64);
+            }
+            if !needed.contains(&id) {
+                continue;
+            }
             let mut msg = record::read_payload(v.value(), stamp)
                 .map_err(|e| corrupt("payloads", &id.to_string(), e))?;
             msg.stored = crate::message::StoredId::known(id);
             payloads.insert(id, Arc::new(msg));
+        }
+        for (i, id) in spilled_ids {
+            if let Some((_, s)) = l.spilled.get_mut(i) {
+                s.bytes += sizes.get(&id).copied().unwrap_or(0);
+            }
         }
         for (k, v) in rows {
             let (client, seq) = record::split_key(&k).map_err(|e| corrupt("messages", "key", e))?;
@@ -307,8 +455,8 @@ mod tests {
     fn a_payload_is_stored_once_and_deleted_with_its_last_reference() {
         let d = dir("refs");
         let clock = crate::clock::Clock::system();
-        let mut e = Engine::open(&d.0, clock.clone()).unwrap();
-        e.load().unwrap();
+        let mut e = Engine::open(&d.0, clock.clone(), 1 << 20).unwrap();
+        e.load(usize::MAX).unwrap();
         let o = message(b"shared payload");
         let ops: Vec<Change> = ["a", "b", "c"].iter().map(|c| put(c, 1, &o, 7, None)).collect();
         e.apply(&ops, false).unwrap();
@@ -327,8 +475,8 @@ mod tests {
         e.apply(&[put("a", 2, &o2, 8, None), put("b", 2, &o2, 8, None)], true)
             .unwrap();
         drop(e);
-        let mut e = Engine::open(&d.0, clock).unwrap();
-        let l = e.load().unwrap();
+        let mut e = Engine::open(&d.0, clock, 1 << 20).unwrap();
+        let l = e.load(usize::MAX).unwrap();
         assert_eq!(l.deliveries.len(), 2);
         assert!(
             Arc::ptr_eq(&l.deliveries[0].1.message, &l.deliveries[1].1.message),
@@ -344,15 +492,15 @@ mod tests {
     fn payloads_nothing_refers_to_are_deleted_at_start() {
         let d = dir("orphans");
         let clock = crate::clock::Clock::system();
-        let mut e = Engine::open(&d.0, clock.clone()).unwrap();
-        e.load().unwrap();
+        let mut e = Engine::open(&d.0, clock.clone(), 1 << 20).unwrap();
+        e.load(usize::MAX).unwrap();
         // A payload without references, as a crash of an older writer could leave.
         let txn = e.db.begin_write().unwrap();
         txn.open_table(PAYLOADS).unwrap().insert(3, &b"x"[..]).unwrap();
         txn.commit().unwrap();
         drop(e);
-        let mut e = Engine::open(&d.0, clock).unwrap();
-        assert!(e.load().unwrap().deliveries.is_empty());
+        let mut e = Engine::open(&d.0, clock, 1 << 20).unwrap();
+        assert!(e.load(usize::MAX).unwrap().deliveries.is_empty());
         assert_eq!(payload_rows(&e), 0);
     }
 }

@@ -69,15 +69,24 @@ pub(crate) struct Store {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Commits, changes per commit and commit time, for the metrics endpoint.
     pub metrics: Arc<crate::metrics::StoreMetrics>,
+    /// Reads queued deliveries back (offline sessions' queues beyond their window).
+    reader: engine::Reader,
+    /// The database file, and its size after the last commit.
+    file: std::path::PathBuf,
+    file_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
-    /// Open (or create) the store in `dir`, load its content, and start the writer thread.
+    /// Open (or create) the store in `dir` with a page cache of `cache_bytes`, load its
+    /// content (of each session's queue, the first `keep` messages), and start the writer
+    /// thread.
     pub fn open(
         dir: &Path,
         sync: SyncPolicy,
         interval: Duration,
         clock: crate::clock::Clock,
+        keep: usize,
+        cache_bytes: usize,
     ) -> Result<(Arc<Store>, Stored), StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
@@ -86,9 +95,13 @@ impl Store {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
-        let mut engine = Engine::open(dir, clock)?;
-        let loaded = engine.load()?;
+        let mut engine = Engine::open(dir, clock, cache_bytes)?;
+        let loaded = engine.load(keep)?;
+        let file = dir.join("tern.redb");
         let store = Arc::new(Store {
+            reader: engine.reader(),
+            file_bytes: std::sync::atomic::AtomicU64::new(std::fs::metadata(&file).map_or(0, |m| m.len())),
+            file,
             pending: Mutex::new(Pending::default()),
             wake: std::sync::Condvar::new(),
             committed: crate::durability::Progress::default(),
@@ -173,6 +186,11 @@ impl Store {
                     } else {
                         unsynced = true;
                     }
+                    if !ops.is_empty() {
+                        if let Ok(m) = std::fs::metadata(&self.file) {
+                            self.file_bytes.store(m.len(), Ordering::Relaxed);
+                        }
+                    }
                     self.committed.advance(upto);
                 }
                 Err(e) => {
@@ -231,6 +249,23 @@ impl Durability for Store {
         }
         let e = self.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Some(e.unwrap_or_else(|| StoreError("unknown".into())))
+    }
+
+    fn reads_back(&self) -> bool {
+        true
+    }
+
+    fn read_queued(
+        &self,
+        client: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<crate::durability::StoredDelivery>, StoreError> {
+        self.reader.read_queued(client, after, max)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.file_bytes.load(Ordering::Relaxed)
     }
 
     /// Commit and sync what is pending, then close the database (blocking).

@@ -466,3 +466,108 @@ async fn qos2_deliveries_to_a_persistent_session_stay_exactly_once_across_crashe
     dev.send(Packet::PubComp(Ack::new(id))).await;
     dev.expect_silence(200).await;
 }
+
+/// A broker on `dir` whose sessions keep `window` messages in memory and at most
+/// `on_disk` more on disk while their client is away.
+async fn start_spilling(dir: &TempDir, window: usize, on_disk: u64) -> BrokerHandle {
+    let dir = dir.0.clone();
+    BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(move |c| {
+            c.data_dir = Some(dir);
+            // Commits are released without waiting for fsync: the test is about order and
+            // memory, not power loss.
+            c.sync = tern_broker::SyncPolicy::Interval;
+            c.max_queued_messages = window;
+            c.max_offline_messages = on_disk;
+        })
+        .bind()
+        .await
+        .expect("bind")
+        .spawn()
+}
+
+/// v3.1.1 [MQTT-4.6.0-6] / v5 [MQTT-4.6.0-6]: the messages queued for a session whose client
+/// is away beyond what its queue holds in memory (`max_queued_messages`) wait on disk
+/// (`max_offline_messages`), survive a restart (which reads only the window back), and all
+/// arrive in the order they were published once the client returns.
+#[tokio::test]
+async fn an_offline_queue_beyond_memory_waits_on_disk_and_arrives_in_order() {
+    const WINDOW: usize = 50;
+    const TOTAL: usize = 600;
+    for v in [V3, V5] {
+        let dir = TempDir::new("spill");
+        let b = start_spilling(&dir, WINDOW, 10_000).await;
+        let (mut sub, _) = Raw::connect_with(b.addr(), persistent(v, "away")).await;
+        sub.subscribe("spill/#", QoS::AtLeastOnce).await;
+        sub.disconnect().await;
+        let mut publ = Raw::connect(b.addr(), v, "ctl").await;
+        for i in 0..TOTAL / 2 {
+            publ.publish("spill/n", &i.to_string(), QoS::AtLeastOnce, false)
+                .await;
+        }
+        let info = b.session("away").unwrap();
+        assert_eq!(
+            (info.queued, info.on_disk.0),
+            (WINDOW, (TOTAL / 2 - WINDOW) as u64)
+        );
+        assert_eq!(info.dropped, 0);
+        drop(publ);
+        b.shutdown().await;
+
+        // After a restart only the window is in memory; the rest stays on disk.
+        let b = start_spilling(&dir, WINDOW, 10_000).await;
+        let info = b.session("away").unwrap();
+        assert_eq!(
+            (info.queued, info.on_disk.0),
+            (WINDOW, (TOTAL / 2 - WINDOW) as u64)
+        );
+        let mut publ = Raw::connect(b.addr(), v, "ctl").await;
+        for i in TOTAL / 2..TOTAL {
+            publ.publish("spill/n", &i.to_string(), QoS::AtLeastOnce, false)
+                .await;
+        }
+        let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(v, "away")).await;
+        assert!(ack.session_present);
+        for i in 0..TOTAL {
+            let p = sub.recv_publish().await;
+            assert_eq!(
+                std::str::from_utf8(&p.payload).unwrap(),
+                i.to_string(),
+                "message {i}"
+            );
+            sub.ack(&p).await;
+        }
+        // Live messages go on as before once the disk is drained.
+        publ.publish("spill/n", "live", QoS::AtLeastOnce, false).await;
+        assert_eq!(&sub.recv_publish().await.payload[..], b"live");
+        let info = b.session("away").unwrap();
+        assert_eq!(info.on_disk, (0, 0));
+        b.shutdown().await;
+    }
+}
+
+/// `max_offline_messages`: beyond the memory window and that many on disk, messages for a
+/// session whose client is away are dropped and counted; the first ones arrive.
+#[tokio::test]
+async fn max_offline_messages_bounds_what_waits_on_disk() {
+    let dir = TempDir::new("spill-limit");
+    let b = start_spilling(&dir, 20, 30).await;
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    sub.subscribe("spill/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publ = Raw::connect(b.addr(), V5, "ctl").await;
+    for i in 0..100 {
+        publ.publish("spill/n", &i.to_string(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    let info = b.session("away").unwrap();
+    assert_eq!((info.queued, info.on_disk.0, info.dropped), (20, 30, 50));
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    for i in 0..50 {
+        let p = sub.recv_publish().await;
+        assert_eq!(std::str::from_utf8(&p.payload).unwrap(), i.to_string());
+        sub.ack(&p).await;
+    }
+    sub.expect_silence(200).await;
+}

@@ -1,6 +1,7 @@
 //! Crash tests: the real `tern broker` binary is killed with SIGKILL at random
 //! points while a publisher sends numbered QoS 1 and QoS 2 messages to an
-//! offline persistent session; after the last restart the subscriber must
+//! offline persistent session (most of its queue on disk only, beyond a memory window
+//! of 100); after the last restart the subscriber must
 //! receive every message the publisher saw acknowledged, QoS 2 exactly once
 //! (RELIABILITY.md section 4, v5 [MQTT-4.3.3-10], v5 [MQTT-4.4.0-1]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -30,7 +31,13 @@ struct Broker {
 impl Broker {
     fn start(dir: &Path, sync: &str) -> Broker {
         let config = dir.with_extension("toml");
-        std::fs::write(&config, format!("sync = \"{sync}\"\nsys_interval_secs = 0\n")).unwrap();
+        // A small memory queue: most of what waits for the offline subscriber is kept on
+        // disk only (max_offline_messages) and read back after each restart.
+        std::fs::write(
+            &config,
+            format!("sync = \"{sync}\"\nsys_interval_secs = 0\nmax_queued_messages = 100\n"),
+        )
+        .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(["broker", "--listen", "127.0.0.1:0", "--log", "warn", "--config"])
             .arg(&config)
