@@ -637,15 +637,7 @@ impl Core {
             }
             st.queued_bytes += size;
             self.queued.grew(size);
-            st.queue.push_back(Outgoing {
-                msg: d.message,
-                qos: d.qos,
-                retain: d.retain,
-                sub_ids: d.subscription_ids,
-                shared: d.shared,
-                seq: d.seq,
-                commit_seq: 0,
-            });
+            st.queue.push_back(Outgoing::from_stored(d));
         }
         if spill.count == 0 {
             st.spill = None;

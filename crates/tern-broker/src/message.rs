@@ -141,6 +141,19 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
+    /// A delivery read back from the store (queued, or at the stage it records).
+    pub fn from_stored(d: crate::durability::StoredDelivery) -> Outgoing {
+        Outgoing {
+            msg: d.message,
+            qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.subscription_ids,
+            shared: d.shared,
+            seq: d.seq,
+            commit_seq: 0,
+        }
+    }
+
     /// The PUBLISH for a subscriber speaking `version`.
     ///
     /// For a 3.x subscriber the 5.0 properties are dropped (the one place where

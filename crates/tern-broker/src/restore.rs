@@ -112,28 +112,21 @@ impl Core {
                 submit(Change::DelDelivery(client, d.seq));
                 continue;
             };
-            let out = Outgoing {
-                msg: d.message,
-                qos: d.qos,
-                retain: d.retain,
-                sub_ids: d.subscription_ids,
-                shared: d.shared,
-                seq: d.seq,
-                commit_seq: 0,
-            };
+            let (seq, stage) = (d.seq, d.stage);
+            let out = Outgoing::from_stored(d);
             let mut st = cell.lock();
-            st.next_seq = st.next_seq.max(d.seq + 1);
-            match d.stage {
+            st.next_seq = st.next_seq.max(seq + 1);
+            match stage {
                 Some((stage, packet_id)) => {
                     if !st.proto.restore(packet_id, stage, out) {
                         // Two stored deliveries with one packet id cannot both be resent.
                         tracing::warn!(client_id = %client, id = packet_id.get(), "stored delivery dropped: its packet id is taken");
-                        submit(Change::DelDelivery(client, d.seq));
+                        submit(Change::DelDelivery(client, seq));
                         continue;
                     }
                 }
                 None if out.msg.is_expired(now) => {
-                    submit(Change::DelDelivery(client, d.seq));
+                    submit(Change::DelDelivery(client, seq));
                     r.expired_messages += 1;
                     continue;
                 }

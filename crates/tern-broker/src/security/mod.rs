@@ -348,10 +348,10 @@ impl Security {
         client_id: &str,
         target: &str,
     ) -> Option<bool> {
-        if self.grants.decide(action, username, client_id, target) != Decision::NotMine {
-            return None;
+        match self.hook_known(hook, action, username, client_id, target) {
+            Some(known) => known,
+            None => hook.acl(action, username, client_id, target).await,
         }
-        hook.acl(action, username, client_id, target).await
     }
 
     /// What [`Security::ask_hook`] would answer, when that is known without asking: the

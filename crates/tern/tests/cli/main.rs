@@ -583,15 +583,7 @@ fn sighup_reloads_tls_certificates() {
     let dir = std::env::temp_dir().join(format!("tern-cli-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cli/certs.py");
-    let mut c = Command::new("python3");
-    c.arg(certs).arg(&dir).args(["a", "b", "c"]);
-    let out = run(c, None);
-    assert!(
-        out.status.success(),
-        "certs.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    certificates(&dir, &["a", "b", "c"]);
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let install = |cert: &str, key: &str| {
         std::fs::copy(dir.join(cert), dir.join("server.pem")).unwrap();
@@ -723,6 +715,20 @@ fn sighup_reloads_tls_certificates() {
     );
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Self-signed certificates for localhost and 127.0.0.1 (`certs.py`): DIR/NAME.pem and
+/// DIR/NAME.key for each name.
+fn certificates(dir: &std::path::Path, names: &[&str]) {
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cli/certs.py");
+    let mut c = Command::new("python3");
+    c.arg(certs).arg(dir).args(names);
+    let out = run(c, None);
+    assert!(
+        out.status.success(),
+        "certs.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The lines a child writes, through a channel.

@@ -123,15 +123,7 @@ fn tern_trace_over_https() {
     let dir = std::env::temp_dir().join(format!("tern-cli-trace-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cli/certs.py");
-    let mut c = Command::new("python3");
-    c.arg(certs).arg(&dir).args(["http", "other"]);
-    let out = run(c, None);
-    assert!(
-        out.status.success(),
-        "certs.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    super::certificates(&dir, &["http", "other"]);
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     std::fs::write(
         dir.join("tern.toml"),
