@@ -570,12 +570,13 @@ pub async fn retained_list(State(st): S, q: Result<Query<ListQuery>, QueryReject
     let Query(q) = q?;
     q.limit()?;
     let filter = q.filter.clone().unwrap_or_else(|| "#".into());
-    let all = st
+    let limit = q.limit()?;
+    let (total, messages) = st
         .admin
-        .retained(&filter)
+        .retained(&filter, q.offset, limit)
         .map_err(|e| ApiError::bad(format!("`filter` {filter:?}: {e}")))?;
-    let items: Vec<Value> = all.iter().map(|m| retained_json(m, PREVIEW)).collect();
-    page(items, &q)
+    let items: Vec<Value> = messages.iter().map(|m| retained_json(m, PREVIEW)).collect();
+    ok(json!({ "total": total, "offset": q.offset, "limit": limit, "items": items }))
 }
 
 /// `GET /api/v1/topics?filter=F&within_secs=N`: topics published on recently, by topic, paged.

@@ -209,6 +209,13 @@ impl Collector for BrokerCollector {
             Some(&Unit::Bytes),
             m.retained_bytes,
         )?;
+        gauge(
+            e,
+            "tern_retained_resident",
+            "Payload bytes of the retained messages held in memory (retained_cache_bytes)",
+            Some(&Unit::Bytes),
+            m.retained_resident_bytes,
+        )?;
         counter(
             e,
             "tern_messages_received",

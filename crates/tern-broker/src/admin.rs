@@ -47,6 +47,8 @@ pub struct MetricsSnapshot {
     pub shared_groups: u64,
     /// Payload bytes of the retained messages.
     pub retained_bytes: u64,
+    /// Of those, the bytes held in memory (`retained_cache_bytes` bounds them with a store).
+    pub retained_resident_bytes: u64,
     /// Connections refused by the listeners at `max_connect_rate`.
     pub refused_rate: u64,
     /// Connections refused by the listeners at `max_connections`.
@@ -188,12 +190,24 @@ impl Admin {
         self.core.publish_from_outside(message)
     }
 
-    /// The retained messages whose topic matches `filter`, sorted by topic.
-    pub fn retained(&self, filter: &str) -> Result<Vec<Arc<Message>>, TopicError> {
+    /// The retained messages whose topic matches `filter`, sorted by topic: how many there
+    /// are, and those from `offset`, at most `limit` (messages kept on disk only are read for
+    /// the page alone).
+    pub fn retained(
+        &self,
+        filter: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<Arc<Message>>), TopicError> {
         tern_proto::topic::parse_filter(filter)?;
-        let mut all = self.core.retained_matching(filter);
-        all.sort_by(|a, b| a.topic.cmp(&b.topic));
-        Ok(all)
+        let topics = self.core.retained_topics(filter);
+        let page = topics
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|t| self.core.retained_get(t))
+            .collect();
+        Ok((topics.len(), page))
     }
 
     /// The topics clients published on recently that match `filter`, sorted by topic, with
@@ -320,11 +334,9 @@ impl Admin {
         }
         s.shared_groups = groups.len() as u64;
         // `#` does not match topics beginning with `$` ([MQTT-4.7.2-1]); `$SYS` apart.
-        s.retained_bytes = ["#", "$SYS/#"]
-            .iter()
-            .flat_map(|f| core.retained_matching(f))
-            .map(|m| m.payload.len() as u64)
-            .sum();
+        let ((all, resident), (sys, _)) = (core.retained_bytes("#"), core.retained_bytes("$SYS/#"));
+        s.retained_bytes = all + sys;
+        s.retained_resident_bytes = resident;
         s.store = core.store_metrics.as_ref().map(|st| StoreSnapshot {
             commits: st.commits.load(Ordering::Relaxed),
             changes: st.changes.load(Ordering::Relaxed),

@@ -13,7 +13,7 @@ use tern_proto::QoS;
 
 use crate::durability::{Change, SessionSnapshot};
 use crate::message::{Message, Outgoing};
-use crate::retained::RetainedStore;
+use crate::retained_cache::{Retained, RetainedIndex};
 use crate::router::{Match, Router, SubEntry, TrieFull};
 use crate::session::{Enqueued, Queueing, Registry, RetainedItem, SessionCell};
 use crate::store::record;
@@ -63,7 +63,7 @@ pub(crate) struct Core {
     /// The rules of the CONNECT phase, read off `config` once.
     pub connect_rules: tern_proto::session::server::ConnectRules,
     router: RwLock<Router>,
-    retained: RwLock<RetainedStore<Arc<Message>>>,
+    retained: RwLock<RetainedIndex>,
     pub sessions: Registry,
     /// Serializes attaching connections to sessions (see `connect::attach_session`).
     pub attach_lock: std::sync::Mutex<()>,
@@ -187,27 +187,59 @@ impl Core {
             }
             return true;
         }
-        if r.len() >= self.config.max_retained && !r.contains(&msg.topic) {
+        if r.store.len() >= self.config.max_retained && !r.store.contains(&msg.topic) {
             return false;
         }
         // Kept for long: a copy that owns its bytes, the same for memory and the store.
         let kept = Arc::new(msg.detached());
-        if durable {
-            self.durability.submit(Change::PutRetained(kept.clone()));
+        let ticket = match durable {
+            true => self.durability.submit(Change::PutRetained(kept.clone())),
+            false => None,
+        };
+        let version = r.version();
+        r.insert(Retained::resident(kept, version), ticket);
+        // With a store that reads back, what passes the cache's budget leaves memory.
+        if self.durability.reads_back() {
+            r.evict(self.config.retained_cache_bytes, self.durability.committed());
         }
-        r.insert(&msg.topic, kept);
         true
     }
 
     /// Put a retained message back at start (it is already in the store).
     pub fn restore_retained(&self, msg: Arc<Message>) {
-        let topic = msg.topic.clone();
-        write(&self.retained).insert(&topic, msg);
+        let mut r = write(&self.retained);
+        let version = r.version();
+        // Durable already: ticket 0.
+        r.insert(Retained::resident(msg, version), Some(0));
+    }
+
+    /// Put back at start a retained message that stays on disk.
+    pub fn restore_retained_on_disk(&self, d: crate::durability::RetainedOnDisk) {
+        let mut r = write(&self.retained);
+        let version = r.version();
+        r.insert(Retained::on_disk(d, version), None);
+    }
+
+    /// The message of an index entry: its own, or read from the store.
+    fn load_retained(&self, e: &Retained) -> Option<Arc<Message>> {
+        if let Some(m) = &e.msg {
+            return Some(m.clone());
+        }
+        match self.durability.read_retained(e.topic()) {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::error!(
+                    topic = e.topic(),
+                    "cannot read a retained message from the store: {err}"
+                );
+                None
+            }
+        }
     }
 
     /// Number of subscriptions and of retained messages.
     pub fn sizes(&self) -> (usize, usize) {
-        (read(&self.router).len(), read(&self.retained).len())
+        (read(&self.router).len(), read(&self.retained).store.len())
     }
 
     /// Route a message to every matching session; returns how many sessions it reached.
@@ -246,14 +278,30 @@ impl Core {
         }
     }
 
-    /// The retained messages whose topic matches `filter` (a valid filter).
-    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        read(&self.retained).matching(filter)
+    /// The topics of the retained messages matching `filter` (a valid filter), sorted.
+    pub fn retained_topics(&self, filter: &str) -> Vec<String> {
+        let mut topics: Vec<String> = read(&self.retained)
+            .store
+            .matching(filter)
+            .iter()
+            .map(|e| e.topic().to_string())
+            .collect();
+        topics.sort();
+        topics
     }
 
-    /// The retained message of `topic`.
+    /// Payload bytes of the retained messages matching `filter`, and of those resident.
+    pub fn retained_bytes(&self, filter: &str) -> (u64, u64) {
+        let r = read(&self.retained);
+        let mut total = 0;
+        r.store.for_each_match(filter, |e| total += e.size as u64);
+        (total, r.resident_bytes() as u64)
+    }
+
+    /// The retained message of `topic` (read from the store if it is not in memory).
     pub fn retained_get(&self, topic: &str) -> Option<Arc<Message>> {
-        read(&self.retained).get(topic).cloned()
+        let entry = read(&self.retained).store.get(topic).cloned()?;
+        self.load_retained(&entry)
     }
 
     /// Tell every attached connection to close with v5 0x8B Server shutting down:
@@ -482,8 +530,8 @@ impl Core {
         now: Instant,
     ) {
         // The index walks only the branches that `filter` matches.
-        let mut matching = read(&self.retained).matching(filter);
-        matching.retain(|m| !m.is_expired(now));
+        let mut matching = read(&self.retained).store.matching(filter);
+        matching.retain(|e| !e.is_expired(now));
         if matching.is_empty() {
             return;
         }
@@ -497,9 +545,9 @@ impl Core {
             // stop adding once the backlog holds `max_retained` messages.
             let room = self.config.max_retained.saturating_sub(backlog.len());
             let dropped = matching.len().saturating_sub(room);
-            backlog.extend(matching.into_iter().take(room).map(|msg| RetainedItem {
-                qos: msg.qos.min(qos),
-                msg,
+            backlog.extend(matching.into_iter().take(room).map(|entry| RetainedItem {
+                qos: entry.qos.min(qos),
+                entry,
                 sub_id,
             }));
             if dropped > 0 {
@@ -536,7 +584,7 @@ impl Core {
             };
             let (mut bytes, mut n) = (0, 0);
             while n < room.min(backlog.len()) && bytes_room > 0 {
-                let size = backlog[n].msg.payload.len();
+                let size = backlog[n].entry.size;
                 // At least one message goes, however large, once there is room at all.
                 if n > 0 && bytes + size > bytes_room {
                     break;
@@ -554,21 +602,26 @@ impl Core {
         if batch.is_empty() {
             return;
         }
+        // Messages no longer in memory are read from the store before the index is locked.
+        let loaded: Vec<Option<Arc<Message>>> = batch.iter().map(|r| self.load_retained(&r.entry)).collect();
         let retained = read(&self.retained);
         let outs = batch
             .into_iter()
-            .filter(|r| {
-                let current = retained.get(&r.msg.topic);
-                current.is_some_and(|c| Arc::ptr_eq(c, &r.msg)) && !r.msg.is_expired(now)
+            .zip(loaded)
+            .filter(|(r, _)| {
+                let current = retained.store.get(r.entry.topic());
+                current.is_some_and(|c| c.version == r.entry.version) && !r.entry.is_expired(now)
             })
-            .map(|r| Outgoing {
-                qos: r.qos,
-                msg: r.msg,
-                retain: true,
-                sub_ids: r.sub_id.into_iter().collect(),
-                shared: None,
-                seq: 0,
-                commit_seq: 0,
+            .filter_map(|(r, msg)| {
+                Some(Outgoing {
+                    qos: r.qos,
+                    msg: msg?,
+                    retain: true,
+                    sub_ids: r.sub_id.into_iter().collect(),
+                    shared: None,
+                    seq: 0,
+                    commit_seq: 0,
+                })
             });
         let (_, dropped) = cell.enqueue_all(outs, &self.queueing());
         drop(retained);

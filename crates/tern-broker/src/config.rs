@@ -160,6 +160,10 @@ pub struct Config {
     /// beyond it (retained messages, queues of sessions that are away) is read from the file
     /// when needed, not held in memory.
     pub store_cache_bytes: usize,
+    /// With a data directory: payload bytes of retained messages kept in memory (default
+    /// 64 MiB); the others are read from the store when a subscription or the admin API
+    /// needs them.
+    pub retained_cache_bytes: usize,
     /// Prefix of the Response Information returned to 5.0 clients that request it;
     /// the client identifier is appended (default `"response/"`).
     pub response_information_prefix: String,
@@ -405,6 +409,7 @@ impl Default for Config {
             sync: crate::store::SyncPolicy::Always,
             sync_interval_ms: 100,
             store_cache_bytes: 32 << 20,
+            retained_cache_bytes: 64 << 20,
             log_format: LogFormat::Text,
             http: crate::http_config::HttpConfig::default(),
         }

@@ -178,9 +178,27 @@ pub struct Stored {
     /// deliveries in flight and the first queued ones, and these are read when the queue
     /// drains.
     pub spilled: Vec<(Arc<str>, Spilled)>,
+    /// Retained messages left on disk (only from an implementation that
+    /// [reads back](Durability::reads_back)): `retained` then holds the first ones up to the
+    /// retained cache's budget, and these are read with [`Durability::read_retained`] when
+    /// needed.
+    pub retained_on_disk: Vec<RetainedOnDisk>,
     /// The highest message id a stored delivery refers to, those left on disk included (new
     /// messages get higher ids); 0 when only `deliveries` tell.
     pub max_message_id: u64,
+}
+
+/// A retained message kept on disk and not in memory: what the index needs of it.
+#[derive(Debug, Clone)]
+pub struct RetainedOnDisk {
+    /// Its topic.
+    pub topic: String,
+    /// The QoS it was published with.
+    pub qos: QoS,
+    /// Payload bytes.
+    pub size: usize,
+    /// When its Message Expiry Interval runs out.
+    pub expires_at: Option<std::time::Instant>,
 }
 
 /// Queued deliveries of one session kept on disk and not in memory (see
@@ -244,6 +262,15 @@ pub trait Durability: Send + Sync + std::fmt::Debug {
         ))
     }
 
+    /// The retained message of `topic`, from what is durable. Blocking and short. Needed only
+    /// where [`Durability::reads_back`] is `true`.
+    fn read_retained(&self, topic: &str) -> Result<Option<Arc<Message>>, StoreError> {
+        let _ = topic;
+        Err(StoreError(
+            "this storage does not read retained messages back".into(),
+        ))
+    }
+
     /// Bytes the storage takes on disk now, as far as it knows (0: unknown). The broker
     /// stops keeping messages for sessions that are away beyond `max_store_bytes`.
     fn disk_bytes(&self) -> u64 {
@@ -293,6 +320,14 @@ impl Persistence {
         match &self.store {
             Some(s) => s.read_queued(client, after, max),
             None => Ok(Vec::new()),
+        }
+    }
+
+    /// See [`Durability::read_retained`].
+    pub fn read_retained(&self, topic: &str) -> Result<Option<Arc<Message>>, StoreError> {
+        match &self.store {
+            Some(s) => s.read_retained(topic),
+            None => Ok(None),
         }
     }
 
@@ -621,6 +656,7 @@ impl InMemory {
                 .collect(),
             qos2: st.qos2.iter().cloned().collect(),
             spilled: Vec::new(),
+            retained_on_disk: Vec::new(),
             max_message_id: 0,
         }
     }

@@ -45,6 +45,7 @@ mod metrics;
 mod recent;
 mod restore;
 mod retained;
+mod retained_cache;
 mod router;
 mod scheduler;
 pub mod security;
@@ -227,6 +228,7 @@ impl BrokerBuilder {
                         self.clock.clone(),
                         self.config.max_queued_messages,
                         self.config.store_cache_bytes,
+                        self.config.retained_cache_bytes,
                     )
                     .map_err(|e| BrokerError::Store(format!("data directory {}: {e}", dir.display())))?;
                     store_metrics = Some(s.metrics.clone());

@@ -42,6 +42,14 @@ impl Core {
             self.restore_retained(msg);
             r.retained += 1;
         }
+        for d in stored.retained_on_disk {
+            if d.expires_at.is_some_and(|t| now >= t) {
+                submit(Change::DelRetained(d.topic));
+                continue;
+            }
+            self.restore_retained_on_disk(d);
+            r.retained += 1;
+        }
         let mut cells: HashMap<Arc<str>, Arc<SessionCell>> = HashMap::new();
         for (client_id, rec) in stored.sessions {
             // A session that was connected at the crash counts as disconnected now.

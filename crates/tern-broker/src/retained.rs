@@ -98,6 +98,11 @@ impl<V> RetainedStore<V> {
         node.value.as_ref()
     }
 
+    /// The value retained for exactly `topic`, to change in place.
+    pub fn get_mut(&mut self, topic: &str) -> Option<&mut V> {
+        self.root.find_mut(topic)?.value.as_mut()
+    }
+
     /// Whether a value is retained for exactly `topic`.
     pub fn contains(&self, topic: &str) -> bool {
         self.get(topic).is_some()

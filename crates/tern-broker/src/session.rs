@@ -125,7 +125,8 @@ pub(crate) struct Spill {
 /// A retained message waiting to enter a session's queue (see [`SessionState::retained`]).
 #[derive(Debug)]
 pub(crate) struct RetainedItem {
-    pub msg: Arc<crate::message::Message>,
+    /// The index's entry when the SUBSCRIBE matched it (its message may be on disk only).
+    pub entry: crate::retained_cache::Retained,
     /// The QoS of the delivery (the lower of the message's and the subscription's).
     pub qos: QoS,
     pub sub_id: Option<u32>,

@@ -46,6 +46,18 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
+    /// The retained message of `topic`, from what is committed.
+    pub fn read_retained(&self, topic: &str) -> Result<Option<Arc<crate::message::Message>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
+        let t = txn.open_table(RETAINED).map_err(|e| err("open retained", e))?;
+        let Some(raw) = t.get(topic).map_err(|e| err("read retained", e))? else {
+            return Ok(None);
+        };
+        let msg = record::read_retained(raw.value(), self.clock.stamp())
+            .map_err(|e| corrupt("retained", topic, e))?;
+        Ok(Some(Arc::new(msg)))
+    }
+
     /// Up to `max` queued deliveries of `client` with a sequence number above `after`, in
     /// order, from what is committed.
     pub fn read_queued(
@@ -159,16 +171,29 @@ impl Engine {
     /// nothing refers to. A record that does not read back is an error (never guessed at).
     /// Of each session's queued (not sent) deliveries only the first `keep` are read; the
     /// others are counted in `Stored::spilled` and stay on disk.
-    pub fn load(&mut self, keep: usize) -> Result<Stored, StoreError> {
+    /// Retained messages beyond `retained_bytes` of payload are only described
+    /// (`Stored::retained_on_disk`).
+    pub fn load(&mut self, keep: usize, retained_bytes: usize) -> Result<Stored, StoreError> {
         let stamp = self.clock.stamp();
         let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
         let mut l = Stored::default();
         let t = txn.open_table(RETAINED).map_err(|e| err("open retained", e))?;
+        let mut resident = 0;
         for row in t.iter().map_err(|e| err("read retained", e))? {
             let (k, v) = row.map_err(|e| err("read retained", e))?;
             let msg =
                 record::read_retained(v.value(), stamp).map_err(|e| corrupt("retained", k.value(), e))?;
-            l.retained.push(Arc::new(msg));
+            if resident + msg.payload.len() <= retained_bytes {
+                resident += msg.payload.len();
+                l.retained.push(Arc::new(msg));
+            } else {
+                l.retained_on_disk.push(crate::durability::RetainedOnDisk {
+                    topic: k.value().to_string(),
+                    qos: msg.qos,
+                    size: msg.payload.len(),
+                    expires_at: msg.expires_at,
+                });
+            }
         }
         let t = txn.open_table(SESSIONS).map_err(|e| err("open sessions", e))?;
         for row in t.iter().map_err(|e| err("read sessions", e))? {
@@ -456,7 +481,7 @@ mod tests {
         let d = dir("refs");
         let clock = crate::clock::Clock::system();
         let mut e = Engine::open(&d.0, clock.clone(), 1 << 20).unwrap();
-        e.load(usize::MAX).unwrap();
+        e.load(usize::MAX, usize::MAX).unwrap();
         let o = message(b"shared payload");
         let ops: Vec<Change> = ["a", "b", "c"].iter().map(|c| put(c, 1, &o, 7, None)).collect();
         e.apply(&ops, false).unwrap();
@@ -476,7 +501,7 @@ mod tests {
             .unwrap();
         drop(e);
         let mut e = Engine::open(&d.0, clock, 1 << 20).unwrap();
-        let l = e.load(usize::MAX).unwrap();
+        let l = e.load(usize::MAX, usize::MAX).unwrap();
         assert_eq!(l.deliveries.len(), 2);
         assert!(
             Arc::ptr_eq(&l.deliveries[0].1.message, &l.deliveries[1].1.message),
@@ -493,14 +518,14 @@ mod tests {
         let d = dir("orphans");
         let clock = crate::clock::Clock::system();
         let mut e = Engine::open(&d.0, clock.clone(), 1 << 20).unwrap();
-        e.load(usize::MAX).unwrap();
+        e.load(usize::MAX, usize::MAX).unwrap();
         // A payload without references, as a crash of an older writer could leave.
         let txn = e.db.begin_write().unwrap();
         txn.open_table(PAYLOADS).unwrap().insert(3, &b"x"[..]).unwrap();
         txn.commit().unwrap();
         drop(e);
         let mut e = Engine::open(&d.0, clock, 1 << 20).unwrap();
-        assert!(e.load(usize::MAX).unwrap().deliveries.is_empty());
+        assert!(e.load(usize::MAX, usize::MAX).unwrap().deliveries.is_empty());
         assert_eq!(payload_rows(&e), 0);
     }
 }

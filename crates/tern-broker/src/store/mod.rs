@@ -78,8 +78,8 @@ pub(crate) struct Store {
 
 impl Store {
     /// Open (or create) the store in `dir` with a page cache of `cache_bytes`, load its
-    /// content (of each session's queue, the first `keep` messages), and start the writer
-    /// thread.
+    /// content (of each session's queue, the first `keep` messages; of the retained messages,
+    /// the first `retained_bytes` of payload), and start the writer thread.
     pub fn open(
         dir: &Path,
         sync: SyncPolicy,
@@ -87,6 +87,7 @@ impl Store {
         clock: crate::clock::Clock,
         keep: usize,
         cache_bytes: usize,
+        retained_bytes: usize,
     ) -> Result<(Arc<Store>, Stored), StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
@@ -96,7 +97,7 @@ impl Store {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         let mut engine = Engine::open(dir, clock, cache_bytes)?;
-        let loaded = engine.load(keep)?;
+        let loaded = engine.load(keep, retained_bytes)?;
         let file = dir.join("tern.redb");
         let store = Arc::new(Store {
             reader: engine.reader(),
@@ -262,6 +263,10 @@ impl Durability for Store {
         max: usize,
     ) -> Result<Vec<crate::durability::StoredDelivery>, StoreError> {
         self.reader.read_queued(client, after, max)
+    }
+
+    fn read_retained(&self, topic: &str) -> Result<Option<Arc<crate::message::Message>>, StoreError> {
+        self.reader.read_retained(topic)
     }
 
     fn disk_bytes(&self) -> u64 {

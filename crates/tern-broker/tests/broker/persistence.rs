@@ -571,3 +571,89 @@ async fn max_offline_messages_bounds_what_waits_on_disk() {
     }
     sub.expect_silence(200).await;
 }
+
+/// v3.1.1 [MQTT-3.3.1-6] / v5 [MQTT-3.3.1-9]: every retained message reaches a new
+/// subscription, also when most of them are kept on disk only (`retained_cache_bytes` far
+/// below their size): they are read from the store as the subscriber's queue drains, across a
+/// restart too (which reads only the cache's worth back), and the admin figures tell the
+/// resident bytes apart.
+#[tokio::test]
+async fn retained_messages_beyond_the_cache_are_read_from_disk() {
+    const N: usize = 600;
+    let dir = TempDir::new("retained-disk");
+    let start = |dir: &TempDir| {
+        let d = dir.0.clone();
+        BrokerBuilder::new()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .configure(move |c| {
+                c.data_dir = Some(d);
+                c.sync = tern_broker::SyncPolicy::Interval;
+                c.retained_cache_bytes = 10_000;
+                c.max_queued_messages = 50;
+                c.sys_interval_secs = 0;
+            })
+            .bind()
+    };
+    let b = start(&dir).await.unwrap().spawn();
+    let mut publ = Raw::connect(b.addr(), V5, "retainer").await;
+    let payload = |i: usize| format!("{i:0>100}");
+    for i in 0..N {
+        publ.publish(&format!("r/{i:04}"), &payload(i), QoS::AtLeastOnce, true)
+            .await;
+    }
+    // Retained again: its newer state is what a subscriber gets.
+    publ.publish("r/0000", "newer", QoS::AtLeastOnce, true).await;
+    // The puts become durable within the sync interval; the cache then lets the rest go.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publ.publish("r/last", &payload(0), QoS::AtLeastOnce, true).await;
+    let m = b.admin().metrics();
+    assert!(
+        m.retained_resident_bytes <= 10_100,
+        "{} bytes resident",
+        m.retained_resident_bytes
+    );
+    assert_eq!(m.retained_bytes, (N * 100 + 100 - 100 + 5) as u64);
+    assert_eq!(
+        &b.admin().retained_message("r/0300").unwrap().payload[..],
+        payload(300).as_bytes()
+    );
+    drop(publ);
+    let mut sub = Raw::connect(b.addr(), V5, "reader").await;
+    sub.subscribe("r/#", QoS::AtLeastOnce).await;
+    let mut got = std::collections::BTreeMap::new();
+    for _ in 0..N + 1 {
+        let p = sub.recv_publish().await;
+        assert!(p.retain, "[MQTT-3.3.1-9] sent with RETAIN");
+        got.insert(
+            p.topic.to_string(),
+            String::from_utf8(p.payload.to_vec()).unwrap(),
+        );
+        sub.ack(&p).await;
+    }
+    sub.expect_silence(200).await;
+    assert_eq!(got.len(), N + 1);
+    assert_eq!(got["r/0000"], "newer");
+    assert_eq!(got["r/0599"], payload(599));
+    drop(sub);
+    b.shutdown().await;
+    let b = start(&dir).await.unwrap().spawn();
+    assert!(b.admin().metrics().retained_resident_bytes <= 10_000);
+    retained_after_restart(b, N).await;
+}
+
+async fn retained_after_restart(b: BrokerHandle, n: usize) {
+    let mut sub = Raw::connect(b.addr(), V3, "reader-after").await;
+    sub.subscribe("r/#", QoS::AtLeastOnce).await;
+    let mut count = 0;
+    for _ in 0..n + 1 {
+        let p = sub.recv_publish().await;
+        if &*p.topic == "r/0000" {
+            assert_eq!(&p.payload[..], b"newer");
+        }
+        count += 1;
+        sub.ack(&p).await;
+    }
+    sub.expect_silence(200).await;
+    assert_eq!(count, n + 1);
+    b.shutdown().await;
+}

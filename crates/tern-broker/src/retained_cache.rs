@@ -1,0 +1,224 @@
+//! Retained messages in memory up to `retained_cache_bytes`, the rest on disk only.
+//!
+//! The index ([`crate::retained::RetainedStore`]) keeps an entry per retained topic: its QoS,
+//! size, expiry and a version, and the message itself while it is *resident*. With a store
+//! that [reads back](crate::Durability::reads_back), resident payloads are bounded: once they
+//! pass the budget, the oldest resident messages whose put is durable leave memory (their entry
+//! keeps the topic), and whoever needs one later (a SUBSCRIBE's stream, the admin API) reads it
+//! from the store. Without such a store every message stays resident, as before.
+//!
+//! A version, not the `Arc`, tells whether a retained message is still the current one: a
+//! SUBSCRIBE's backlog may hold an entry that has left memory since.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_proto::{ByteString, QoS};
+
+use crate::message::Message;
+use crate::retained::RetainedStore;
+
+/// A retained message as the index holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct Retained {
+    /// Unique per retained message (a new message on the same topic gets a new version).
+    pub version: u64,
+    pub qos: QoS,
+    /// Payload bytes.
+    pub size: usize,
+    pub expires_at: Option<Instant>,
+    /// The message while resident; `None` while only the store has it.
+    pub msg: Option<Arc<Message>>,
+    /// The topic while the message is not resident.
+    pub topic: Option<ByteString>,
+}
+
+impl Retained {
+    /// A resident entry for `msg`.
+    pub fn resident(msg: Arc<Message>, version: u64) -> Retained {
+        Retained {
+            version,
+            qos: msg.qos,
+            size: msg.payload.len(),
+            expires_at: msg.expires_at,
+            msg: Some(msg),
+            topic: None,
+        }
+    }
+
+    /// An entry whose message only the store holds.
+    pub fn on_disk(d: crate::durability::RetainedOnDisk, version: u64) -> Retained {
+        Retained {
+            version,
+            qos: d.qos,
+            size: d.size,
+            expires_at: d.expires_at,
+            msg: None,
+            topic: Some(ByteString::from(d.topic)),
+        }
+    }
+
+    /// Its topic.
+    pub fn topic(&self) -> &str {
+        match (&self.msg, &self.topic) {
+            (Some(m), _) => &m.topic,
+            (None, Some(t)) => t,
+            (None, None) => "",
+        }
+    }
+
+    /// Whether its Message Expiry Interval has run out ([MQTT-3.3.2-5]).
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| now >= t)
+    }
+}
+
+/// The retained index and what of it is resident.
+#[derive(Debug, Default)]
+pub(crate) struct RetainedIndex {
+    pub store: RetainedStore<Retained>,
+    /// Resident entries that may leave memory, oldest first: (topic, version, store ticket
+    /// of its put). Entries replaced since stay until they reach the front or a compaction.
+    order: VecDeque<(ByteString, u64, u64)>,
+    /// Payload bytes resident.
+    resident: usize,
+    next_version: u64,
+}
+
+impl RetainedIndex {
+    /// A new version number.
+    pub fn version(&mut self) -> u64 {
+        self.next_version += 1;
+        self.next_version
+    }
+
+    /// Payload bytes of the resident messages.
+    pub fn resident_bytes(&self) -> usize {
+        self.resident
+    }
+
+    /// Put `entry` for its topic; `ticket` is the store ticket of its put (`None`: not kept
+    /// in the store, never leaves memory). Returns the entry it replaces.
+    pub fn insert(&mut self, entry: Retained, ticket: Option<u64>) -> Option<Retained> {
+        let topic = match &entry.msg {
+            Some(m) => m.topic.clone(),
+            None => entry.topic.clone().unwrap_or_default(),
+        };
+        if entry.msg.is_some() {
+            self.resident += entry.size;
+            if let Some(t) = ticket {
+                self.order.push_back((topic.clone(), entry.version, t));
+            }
+        }
+        let old = self.store.insert(&topic, entry);
+        self.forget(old.as_ref());
+        self.compact();
+        old
+    }
+
+    /// Remove the entry of `topic`.
+    pub fn remove(&mut self, topic: &str) -> Option<Retained> {
+        let old = self.store.remove(topic);
+        self.forget(old.as_ref());
+        old
+    }
+
+    fn forget(&mut self, old: Option<&Retained>) {
+        if let Some(old) = old.filter(|o| o.msg.is_some()) {
+            self.resident = self.resident.saturating_sub(old.size);
+        }
+    }
+
+    /// Drop entries of `order` that no longer stand for a resident entry, once they are
+    /// many (a topic retained again and again while under the budget).
+    fn compact(&mut self) {
+        if self.order.len() <= 2 * self.store.len() + 1024 {
+            return;
+        }
+        let store = &self.store;
+        self.order.retain(|(topic, version, _)| {
+            store
+                .get(topic)
+                .is_some_and(|e| e.version == *version && e.msg.is_some())
+        });
+    }
+
+    /// Let the oldest resident messages whose put is durable (ticket at most `durable`) leave
+    /// memory until at most `budget` bytes are resident.
+    pub fn evict(&mut self, budget: usize, durable: u64) {
+        while self.resident > budget {
+            match self.order.front() {
+                Some((_, _, ticket)) if *ticket <= durable => {}
+                // The oldest is not durable yet: a later call goes on.
+                _ => return,
+            }
+            let Some((topic, version, _)) = self.order.pop_front() else {
+                return;
+            };
+            if let Some(e) = self.store.get_mut(&topic) {
+                if e.version == version {
+                    if let Some(m) = e.msg.take() {
+                        e.topic = Some(m.topic.clone());
+                        self.resident = self.resident.saturating_sub(e.size);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, size: usize) -> Arc<Message> {
+        Arc::new(Message::new(
+            topic.to_string(),
+            vec![7u8; size],
+            QoS::AtLeastOnce,
+            true,
+        ))
+    }
+
+    #[test]
+    fn the_oldest_durable_messages_leave_memory_past_the_budget() {
+        let mut ix = RetainedIndex::default();
+        for i in 0..10 {
+            let v = ix.version();
+            ix.insert(Retained::resident(msg(&format!("t/{i}"), 100), v), Some(i));
+        }
+        assert_eq!(ix.resident_bytes(), 1000);
+        // Only what is durable may go: puts 0..=3.
+        ix.evict(500, 3);
+        assert_eq!(ix.resident_bytes(), 600);
+        assert!(ix.store.get("t/0").unwrap().msg.is_none());
+        assert_eq!(ix.store.get("t/0").unwrap().topic(), "t/0");
+        assert!(ix.store.get("t/4").unwrap().msg.is_some());
+        ix.evict(500, 100);
+        assert_eq!(ix.resident_bytes(), 500);
+        // A replaced entry's bytes are forgotten; its stale place in the order is skipped.
+        let v = ix.version();
+        ix.insert(Retained::resident(msg("t/9", 50), v), Some(11));
+        assert_eq!(ix.resident_bytes(), 450);
+        ix.remove("t/8");
+        assert_eq!(ix.resident_bytes(), 350);
+        ix.evict(0, 100);
+        assert_eq!(ix.resident_bytes(), 0);
+        // Never durable (no ticket): stays.
+        let v = ix.version();
+        ix.insert(Retained::resident(msg("$SYS/x", 10), v), None);
+        ix.evict(0, u64::MAX);
+        assert_eq!(ix.resident_bytes(), 10);
+    }
+
+    #[test]
+    fn the_order_stays_bounded_when_one_topic_is_retained_again_and_again() {
+        let mut ix = RetainedIndex::default();
+        for i in 0..100_000 {
+            let v = ix.version();
+            ix.insert(Retained::resident(msg("same", 1), v), Some(i));
+        }
+        assert!(ix.order.len() <= 2 * ix.store.len() + 1025, "{}", ix.order.len());
+    }
+}
