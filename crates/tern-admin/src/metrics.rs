@@ -212,7 +212,7 @@ impl Collector for BrokerCollector {
         gauge(
             e,
             "tern_retained_resident",
-            "Payload bytes of the retained messages held in memory (retained_cache_bytes)",
+            "Memory of the retained messages held in memory: payloads, topics, structures (retained_cache_bytes)",
             Some(&Unit::Bytes),
             m.retained_resident_bytes,
         )?;

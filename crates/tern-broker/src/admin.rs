@@ -47,7 +47,8 @@ pub struct MetricsSnapshot {
     pub shared_groups: u64,
     /// Payload bytes of the retained messages.
     pub retained_bytes: u64,
-    /// Of those, the bytes held in memory (`retained_cache_bytes` bounds them with a store).
+    /// Memory of the retained messages held in memory (payloads, topics and the messages'
+    /// structures; `retained_cache_bytes` bounds it with a store).
     pub retained_resident_bytes: u64,
     /// Connections refused by the listeners at `max_connect_rate`.
     pub refused_rate: u64,

@@ -160,9 +160,9 @@ pub struct Config {
     /// beyond it (retained messages, queues of sessions that are away) is read from the file
     /// when needed, not held in memory.
     pub store_cache_bytes: usize,
-    /// With a data directory: payload bytes of retained messages kept in memory (default
-    /// 64 MiB); the others are read from the store when a subscription or the admin API
-    /// needs them.
+    /// With a data directory: memory for retained messages (payload, topic and the message's
+    /// own structure, about 300 bytes; default 64 MiB); the others are read from the store
+    /// when a subscription or the admin API needs them.
     pub retained_cache_bytes: usize,
     /// Prefix of the Response Information returned to 5.0 clients that request it;
     /// the client identifier is appended (default `"response/"`).

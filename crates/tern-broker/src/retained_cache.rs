@@ -19,6 +19,13 @@ use tern_proto::{ByteString, QoS};
 use crate::message::Message;
 use crate::retained::RetainedStore;
 
+/// What a resident retained message costs in memory, as the budget counts it: the message
+/// (its struct, with the `Arc`'s counts), its topic and its payload. For small payloads the
+/// struct is most of it.
+pub(crate) fn resident_cost(topic: usize, payload: usize) -> usize {
+    std::mem::size_of::<Message>() + 16 + topic + payload
+}
+
 /// A retained message as the index holds it.
 #[derive(Debug, Clone)]
 pub(crate) struct Retained {
@@ -59,6 +66,11 @@ impl Retained {
         }
     }
 
+    /// What it costs in memory while resident (see [`resident_cost`]).
+    pub fn cost(&self) -> usize {
+        resident_cost(self.topic().len(), self.size)
+    }
+
     /// Its topic.
     pub fn topic(&self) -> &str {
         match (&self.msg, &self.topic) {
@@ -81,7 +93,7 @@ pub(crate) struct RetainedIndex {
     /// Resident entries that may leave memory, oldest first: (topic, version, store ticket
     /// of its put). Entries replaced since stay until they reach the front or a compaction.
     order: VecDeque<(ByteString, u64, u64)>,
-    /// Payload bytes resident.
+    /// Memory of the resident messages ([`resident_cost`]).
     resident: usize,
     next_version: u64,
 }
@@ -93,7 +105,7 @@ impl RetainedIndex {
         self.next_version
     }
 
-    /// Payload bytes of the resident messages.
+    /// Memory of the resident messages ([`resident_cost`]).
     pub fn resident_bytes(&self) -> usize {
         self.resident
     }
@@ -106,7 +118,7 @@ impl RetainedIndex {
             None => entry.topic.clone().unwrap_or_default(),
         };
         if entry.msg.is_some() {
-            self.resident += entry.size;
+            self.resident += entry.cost();
             if let Some(t) = ticket {
                 self.order.push_back((topic.clone(), entry.version, t));
             }
@@ -126,7 +138,7 @@ impl RetainedIndex {
 
     fn forget(&mut self, old: Option<&Retained>) {
         if let Some(old) = old.filter(|o| o.msg.is_some()) {
-            self.resident = self.resident.saturating_sub(old.size);
+            self.resident = self.resident.saturating_sub(old.cost());
         }
     }
 
@@ -158,9 +170,12 @@ impl RetainedIndex {
             };
             if let Some(e) = self.store.get_mut(&topic) {
                 if e.version == version {
-                    if let Some(m) = e.msg.take() {
-                        e.topic = Some(m.topic.clone());
-                        self.resident = self.resident.saturating_sub(e.size);
+                    if e.msg.is_some() {
+                        let cost = e.cost();
+                        if let Some(m) = e.msg.take() {
+                            e.topic = Some(m.topic.clone());
+                        }
+                        self.resident = self.resident.saturating_sub(cost);
                     }
                 }
             }
@@ -184,32 +199,33 @@ mod tests {
     #[test]
     fn the_oldest_durable_messages_leave_memory_past_the_budget() {
         let mut ix = RetainedIndex::default();
+        let c = resident_cost(3, 100);
         for i in 0..10 {
             let v = ix.version();
             ix.insert(Retained::resident(msg(&format!("t/{i}"), 100), v), Some(i));
         }
-        assert_eq!(ix.resident_bytes(), 1000);
+        assert_eq!(ix.resident_bytes(), 10 * c);
         // Only what is durable may go: puts 0..=3.
-        ix.evict(500, 3);
-        assert_eq!(ix.resident_bytes(), 600);
+        ix.evict(5 * c, 3);
+        assert_eq!(ix.resident_bytes(), 6 * c);
         assert!(ix.store.get("t/0").unwrap().msg.is_none());
         assert_eq!(ix.store.get("t/0").unwrap().topic(), "t/0");
         assert!(ix.store.get("t/4").unwrap().msg.is_some());
-        ix.evict(500, 100);
-        assert_eq!(ix.resident_bytes(), 500);
-        // A replaced entry's bytes are forgotten; its stale place in the order is skipped.
+        ix.evict(5 * c, 100);
+        assert_eq!(ix.resident_bytes(), 5 * c);
+        // A replaced entry's cost is forgotten; its stale place in the order is skipped.
         let v = ix.version();
         ix.insert(Retained::resident(msg("t/9", 50), v), Some(11));
-        assert_eq!(ix.resident_bytes(), 450);
+        assert_eq!(ix.resident_bytes(), 4 * c + resident_cost(3, 50));
         ix.remove("t/8");
-        assert_eq!(ix.resident_bytes(), 350);
+        assert_eq!(ix.resident_bytes(), 3 * c + resident_cost(3, 50));
         ix.evict(0, 100);
         assert_eq!(ix.resident_bytes(), 0);
         // Never durable (no ticket): stays.
         let v = ix.version();
         ix.insert(Retained::resident(msg("$SYS/x", 10), v), None);
         ix.evict(0, u64::MAX);
-        assert_eq!(ix.resident_bytes(), 10);
+        assert_eq!(ix.resident_bytes(), resident_cost(6, 10));
     }
 
     #[test]

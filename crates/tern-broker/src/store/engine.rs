@@ -171,7 +171,7 @@ impl Engine {
     /// nothing refers to. A record that does not read back is an error (never guessed at).
     /// Of each session's queued (not sent) deliveries only the first `keep` are read; the
     /// others are counted in `Stored::spilled` and stay on disk.
-    /// Retained messages beyond `retained_bytes` of payload are only described
+    /// Retained messages beyond `retained_bytes` of memory (`resident_cost`) are only described
     /// (`Stored::retained_on_disk`).
     pub fn load(&mut self, keep: usize, retained_bytes: usize) -> Result<Stored, StoreError> {
         let stamp = self.clock.stamp();
@@ -183,8 +183,9 @@ impl Engine {
             let (k, v) = row.map_err(|e| err("read retained", e))?;
             let msg =
                 record::read_retained(v.value(), stamp).map_err(|e| corrupt("retained", k.value(), e))?;
-            if resident + msg.payload.len() <= retained_bytes {
-                resident += msg.payload.len();
+            let cost = crate::retained_cache::resident_cost(msg.topic.len(), msg.payload.len());
+            if resident + cost <= retained_bytes {
+                resident += cost;
                 l.retained.push(Arc::new(msg));
             } else {
                 l.retained_on_disk.push(crate::durability::RetainedOnDisk {
