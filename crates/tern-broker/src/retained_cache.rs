@@ -169,14 +169,12 @@ impl RetainedIndex {
                 return;
             };
             if let Some(e) = self.store.get_mut(&topic) {
-                if e.version == version {
-                    if e.msg.is_some() {
-                        let cost = e.cost();
-                        if let Some(m) = e.msg.take() {
-                            e.topic = Some(m.topic.clone());
-                        }
-                        self.resident = self.resident.saturating_sub(cost);
+                if e.version == version && e.msg.is_some() {
+                    let cost = e.cost();
+                    if let Some(m) = e.msg.take() {
+                        e.topic = Some(m.topic.clone());
                     }
+                    self.resident = self.resident.saturating_sub(cost);
                 }
             }
         }
