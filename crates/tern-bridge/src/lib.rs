@@ -1,0 +1,191 @@
+//! # tern-bridge
+//!
+//! Bridges: topics forwarded from this broker to another MQTT broker and back, each a
+//! `[[bridge]]` table of the broker's configuration ([`tern_broker::BridgeConfig`]; see
+//! `docs/bridge.md`). `tern broker` starts them with [`Bridges::start`].
+//!
+//! A bridge has two sides:
+//! - local (`local.rs`): a persistent session of this broker, `$bridge/NAME`, over an
+//!   in-process pipe ([`tern_broker::Internal`]). It subscribes to the `out` filters, so its
+//!   session queue, written to the store with the publisher's PUBACK, is the durable
+//!   outbox: a message leaves it only when the remote acknowledged it.
+//! - remote (`remote.rs`): a [`tern_client::Client`] (reconnection with backoff and jitter,
+//!   session resume) that publishes what goes out and subscribes to the `in` filters.
+//!
+//! The broker knows nothing of bridges beyond checking their tables: without `[[bridge]]`
+//! it runs exactly as before, and with them a bridge costs what one subscriber costs.
+//!
+//! `rules.rs` maps topics between the two sides.
+
+mod local;
+mod remote;
+mod rules;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tern_broker::{BridgeConfig, Internal};
+use tokio::sync::mpsc;
+
+/// What can stop a bridge.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// A setting cannot be used; the message names the bridge and the key.
+    #[error("{0}")]
+    Config(String),
+    /// The bridge's session on this broker failed.
+    #[error("local session: {0}")]
+    Local(String),
+}
+
+/// Counters and state of one bridge, updated by its tasks.
+#[derive(Debug, Default)]
+struct Status {
+    connected: AtomicBool,
+    forwarded: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Status {
+    fn set_error(&self, e: String) {
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+    }
+}
+
+/// What the tasks of one bridge share.
+#[derive(Debug)]
+struct Shared {
+    config: BridgeConfig,
+    status: Status,
+    client: Mutex<Option<tern_client::Client>>,
+}
+
+/// A snapshot of one bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgeState {
+    /// The bridge's name.
+    pub name: String,
+    /// The remote's URL.
+    pub remote: String,
+    /// Whether it is connected to the remote now.
+    pub connected: bool,
+    /// Messages the remote acknowledged (QoS 1/2) or was sent (QoS 0), since start.
+    pub forwarded: u64,
+    /// Messages from the remote published locally, since start.
+    pub received: u64,
+    /// Messages the remote refused (acknowledged with an error code) or no rule matched.
+    pub dropped: u64,
+    /// Messages in the outbox now: queued for the bridge's session plus in flight to it.
+    pub outbox_messages: usize,
+    /// Payload bytes of the queued ones.
+    pub outbox_bytes: usize,
+    /// Messages the broker did not queue for the bridge's session because the outbox was
+    /// full (`max_queued_messages` / `max_queued_bytes`), since the session began.
+    pub outbox_dropped: u64,
+    /// The last error (connection, refusal), if any.
+    pub last_error: Option<String>,
+}
+
+/// The running bridges of a broker.
+#[derive(Debug)]
+pub struct Bridges {
+    internal: Internal,
+    bridges: Vec<Arc<Shared>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Bridges {
+    /// Start every bridge of `configs` on the current runtime. Fails only on settings that
+    /// cannot work (a password file that cannot be read); an unreachable remote is retried.
+    pub fn start(internal: Internal, configs: &[BridgeConfig]) -> Result<Bridges, BridgeError> {
+        let mut bridges = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for config in configs {
+            let shared = Arc::new(Shared {
+                config: config.clone(),
+                status: Status::default(),
+                client: Mutex::new(None),
+            });
+            let options = remote::options(&shared)?;
+            tasks.spawn(run(shared.clone(), internal.clone(), options));
+            bridges.push(shared);
+        }
+        Ok(Bridges {
+            internal,
+            bridges,
+            tasks,
+        })
+    }
+
+    /// A snapshot of each bridge, in configuration order.
+    pub fn states(&self) -> Vec<BridgeState> {
+        self.bridges
+            .iter()
+            .map(|b| {
+                let s = &b.status;
+                let session = self.internal.session(&b.config.local_client_id());
+                BridgeState {
+                    name: b.config.name.clone(),
+                    remote: b.config.remote.clone(),
+                    connected: s.connected.load(Ordering::Relaxed),
+                    forwarded: s.forwarded.load(Ordering::Relaxed),
+                    received: s.received.load(Ordering::Relaxed),
+                    dropped: s.dropped.load(Ordering::Relaxed),
+                    outbox_messages: session.as_ref().map_or(0, |i| i.queued + i.inflight),
+                    outbox_bytes: session.as_ref().map_or(0, |i| i.queued_bytes),
+                    outbox_dropped: session.as_ref().map_or(0, |i| i.dropped),
+                    last_error: s
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Disconnect from every remote (the remote keeps the bridge's session for
+    /// `session_expiry_secs`) and stop. What is in the outboxes stays in the store.
+    pub async fn stop(mut self) {
+        for b in &self.bridges {
+            let client = b.client.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(c) = client {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), c.disconnect()).await;
+            }
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One bridge: open the local session, connect to the remote, then move messages until
+/// either side ends.
+async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Options) {
+    let c = &shared.config;
+    let rules = rules::Rules::new(c);
+    let (local, deliveries) =
+        match local::LocalLink::open(&internal, &c.local_client_id(), &rules, c.max_inflight).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(bridge = %c.name, "cannot start: {e}");
+                shared.status.set_error(e.to_string());
+                return;
+            }
+        };
+    let (client, events) = remote::connect(&shared, options).await;
+    tracing::info!(bridge = %c.name, remote = %c.remote, "connected to the remote");
+    *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(remote::receive(shared.clone(), events, rules.clone(), local.clone()));
+    let subscriber = client.clone();
+    let (s, r) = (shared.clone(), rules.clone());
+    tasks.spawn(async move { remote::subscribe(&s, &subscriber, &r).await });
+    let (acks_tx, acks_rx) = mpsc::channel(usize::from(c.max_inflight));
+    tasks.spawn(remote::acknowledge(shared.clone(), acks_rx, local.clone()));
+    tasks.spawn(remote::forward(shared.clone(), client, rules, deliveries, local, acks_tx));
+    while tasks.join_next().await.is_some() {}
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the bridges: real remotes (the Mosquitto broker, another Tern broker
+//! in process), loopback only, ephemeral ports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod loops;
+mod mosquitto;
+mod outage;
+mod support;
