@@ -46,6 +46,7 @@ struct Status {
     forwarded: AtomicU64,
     received: AtomicU64,
     dropped: AtomicU64,
+    hops_exceeded: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -79,6 +80,8 @@ pub struct BridgeState {
     pub received: u64,
     /// Messages the remote refused (acknowledged with an error code) or no rule matched.
     pub dropped: u64,
+    /// Messages not sent because they had crossed `max_hops` bridges already.
+    pub hops_exceeded: u64,
     /// Messages in the outbox now: queued for the bridge's session plus in flight to it.
     pub outbox_messages: usize,
     /// Payload bytes of the queued ones.
@@ -135,6 +138,7 @@ impl Bridges {
                     forwarded: s.forwarded.load(Ordering::Relaxed),
                     received: s.received.load(Ordering::Relaxed),
                     dropped: s.dropped.load(Ordering::Relaxed),
+                    hops_exceeded: s.hops_exceeded.load(Ordering::Relaxed),
                     outbox_messages: session.as_ref().map_or(0, |i| i.queued + i.inflight),
                     outbox_bytes: session.as_ref().map_or(0, |i| i.queued_bytes),
                     outbox_dropped: session.as_ref().map_or(0, |i| i.dropped),

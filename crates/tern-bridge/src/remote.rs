@@ -151,11 +151,23 @@ pub(crate) async fn forward(
             }
             continue;
         };
+        let hops = hops(&p);
+        if hops >= shared.config.max_hops {
+            // It came over as many bridges as allowed (a loop of bridges, or a chain longer
+            // than configured).
+            shared.status.hops_exceeded.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = p.packet_id {
+                if local.done(id, p.qos).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
         let mut o = PublishOptions::new()
             .qos(p.qos.min(route.qos))
             .retain(p.retain);
         if v5 {
-            o = with_properties(o, &p);
+            o = with_properties(o, &p).user_property(HOPS, (hops + 1).to_string());
         }
         let outcome = match client.start_publish(route.topic, p.payload, o).await {
             Ok(outcome) => outcome,
@@ -179,6 +191,20 @@ pub(crate) async fn forward(
     }
 }
 
+/// The User Property that counts the bridges a message crossed.
+pub(crate) const HOPS: &str = "tern-bridge-hops";
+
+/// How many bridges `p` crossed (its [`HOPS`] property; 0 without one).
+fn hops(p: &Publish) -> u8 {
+    p.properties
+        .user_properties
+        .iter()
+        .rev()
+        .find(|(k, _)| &**k == HOPS)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The 5.0 properties a forwarded message keeps (not the Topic Alias nor Subscription
 /// Identifiers, which belong to one connection).
 fn with_properties(mut o: PublishOptions, p: &Publish) -> PublishOptions {
@@ -198,7 +224,7 @@ fn with_properties(mut o: PublishOptions, p: &Publish) -> PublishOptions {
     if let Some(d) = &props.correlation_data {
         o = o.correlation_data(d.clone());
     }
-    for (k, v) in &props.user_properties {
+    for (k, v) in props.user_properties.iter().filter(|(k, _)| &**k != HOPS) {
         o = o.user_property(k.clone(), v.clone());
     }
     o

@@ -165,6 +165,13 @@ pub struct BridgeConfig {
     /// Messages taken from the outbox and not yet acknowledged by the remote (default 100).
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
+    /// 5.0 remotes: how many bridges a message may have crossed and still go out through
+    /// this one (default 1: a message that came over a bridge does not go over another).
+    /// Each bridge counts itself in the User Property `tern-bridge-hops` of what it sends,
+    /// so two brokers with bridges pointing at each other do not pass a message back and
+    /// forth.
+    #[serde(default = "default_max_hops")]
+    pub max_hops: u8,
     /// The topic rules, `[[bridge.topic]]` tables.
     #[serde(default, rename = "topic")]
     pub topics: Vec<BridgeTopic>,
@@ -188,6 +195,9 @@ fn default_reconnect_max() -> u64 {
 fn default_inflight() -> u16 {
     100
 }
+fn default_max_hops() -> u8 {
+    1
+}
 
 impl BridgeConfig {
     /// A bridge named `name` to `remote` with default settings and no topic rules.
@@ -210,6 +220,7 @@ impl BridgeConfig {
             reconnect_min_ms: default_reconnect_min(),
             reconnect_max_ms: default_reconnect_max(),
             max_inflight: default_inflight(),
+            max_hops: default_max_hops(),
             topics: Vec::new(),
         }
     }
@@ -303,6 +314,9 @@ impl BridgeConfig {
         }
         if self.server_name.is_some() && !tls {
             return bad("server_name", "only mqtts:// and wss:// remotes take it".into());
+        }
+        if self.max_hops == 0 {
+            return bad("max_hops", "must be at least 1".into());
         }
         if self.max_inflight == 0 {
             return bad("max_inflight", "must be between 1 and 65535".into());

@@ -48,10 +48,13 @@ impl Mosquitto {
     /// Start it (again) on its port; sessions saved at the last stop are restored.
     pub async fn restart(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
+        // Run as root, Mosquitto would switch to the user `mosquitto`, which cannot write
+        // its database in our directory: stay the user we are.
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
         std::fs::write(
             &conf,
             format!(
-                "allow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} 127.0.0.1\n",
+                "user {user}\nallow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} 127.0.0.1\n",
                 self.dir.display(),
                 self.port
             ),
