@@ -184,12 +184,24 @@ async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Opti
     tracing::info!(bridge = %c.name, remote = %c.remote, "connected to the remote");
     *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(remote::receive(shared.clone(), events, rules.clone(), local.clone()));
+    tasks.spawn(remote::receive(
+        shared.clone(),
+        events,
+        rules.clone(),
+        local.clone(),
+    ));
     let subscriber = client.clone();
     let (s, r) = (shared.clone(), rules.clone());
     tasks.spawn(async move { remote::subscribe(&s, &subscriber, &r).await });
     let (acks_tx, acks_rx) = mpsc::channel(usize::from(c.max_inflight));
     tasks.spawn(remote::acknowledge(shared.clone(), acks_rx, local.clone()));
-    tasks.spawn(remote::forward(shared.clone(), client, rules, deliveries, local, acks_tx));
+    tasks.spawn(remote::forward(
+        shared.clone(),
+        client,
+        rules,
+        deliveries,
+        local,
+        acks_tx,
+    ));
     while tasks.join_next().await.is_some() {}
 }

@@ -139,7 +139,14 @@ impl LocalLink {
             .collect();
         let (deliveries, rx) = mpsc::channel(usize::from(max_inflight).max(16));
         tokio::spawn(write_loop(wr, write_rx));
-        tokio::spawn(read_loop(rd, decoder, buf, link.clone(), deliveries, client_id.to_string()));
+        tokio::spawn(read_loop(
+            rd,
+            decoder,
+            buf,
+            link.clone(),
+            deliveries,
+            client_id.to_string(),
+        ));
         if let Some(packet_id) = PacketId::new(SUBSCRIBE_ID).filter(|_| !filters.is_empty()) {
             let subscribe = Subscribe {
                 packet_id,
@@ -191,12 +198,7 @@ impl LocalLink {
 
     /// Our publish `id` is complete: its id and its place in the window are free again.
     fn completed(&self, id: PacketId) {
-        if self
-            .ids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .free(id)
-        {
+        if self.ids.lock().unwrap_or_else(PoisonError::into_inner).free(id) {
             self.window.add_permits(1);
         }
     }

@@ -112,7 +112,9 @@ pub(crate) async fn subscribe(shared: &Shared, client: &Client, rules: &Rules) {
             Ok(ack) => {
                 if let Some(code) = ack.reason_codes.iter().find(|c| c.is_error()) {
                     tracing::error!(bridge = %shared.config.name, %filter, "the remote refused the subscription: {code}");
-                    shared.status.set_error(format!("subscription to {filter:?} refused: {code}"));
+                    shared
+                        .status
+                        .set_error(format!("subscription to {filter:?} refused: {code}"));
                 }
             }
             Err(e) => {
@@ -163,9 +165,7 @@ pub(crate) async fn forward(
             }
             continue;
         }
-        let mut o = PublishOptions::new()
-            .qos(p.qos.min(route.qos))
-            .retain(p.retain);
+        let mut o = PublishOptions::new().qos(p.qos.min(route.qos)).retain(p.retain);
         if v5 {
             o = with_properties(o, &p).user_property(HOPS, (hops + 1).to_string());
         }
@@ -342,7 +342,8 @@ mod tests {
         };
         for attempt in 1..30 {
             let d = b.delay(attempt);
-            let base = (Duration::from_millis(100) * (1 << (attempt - 1).min(20))).min(Duration::from_secs(1));
+            let base =
+                (Duration::from_millis(100) * (1 << (attempt - 1).min(20))).min(Duration::from_secs(1));
             assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
         }
     }

@@ -127,7 +127,10 @@ mod tests {
     #[test]
     fn in_rules_map_remote_topics_to_local_ones() {
         let r = rules();
-        assert_eq!(r.inbound("site1/cmd/reboot").map(|r| r.topic), Some("cmd/reboot".into()));
+        assert_eq!(
+            r.inbound("site1/cmd/reboot").map(|r| r.topic),
+            Some("cmd/reboot".into())
+        );
         assert_eq!(r.inbound("site1/edge/a"), None, "an out rule does not bring in");
         assert_eq!(r.inbound("r/x/1").map(|r| r.topic), Some("l/x/1".into()));
         assert_eq!(r.inbound("cmd/reboot"), None, "without the remote prefix");

@@ -263,7 +263,10 @@ impl BridgeConfig {
         };
         let bad = |key: &str, fix: String| Err(BrokerError::Config(format!("{at}: `{key}`: {fix}")));
         if self.name.is_empty() || self.name.contains(['/', '+', '#']) {
-            return bad("name", "give a name without '/', '+' or '#', e.g. name = \"cloud\"".into());
+            return bad(
+                "name",
+                "give a name without '/', '+' or '#', e.g. name = \"cloud\"".into(),
+            );
         }
         let Some((scheme, rest)) = self.remote.split_once("://") else {
             return bad(
@@ -285,13 +288,13 @@ impl BridgeConfig {
             return bad("remote", format!("{:?} has no host", self.remote));
         }
         if !self.is_v5() && self.version != "3.1.1" {
-            return bad(
-                "version",
-                format!("{:?}: use \"5\" or \"3.1.1\"", self.version),
-            );
+            return bad("version", format!("{:?}: use \"5\" or \"3.1.1\"", self.version));
         }
         if self.password.is_some() && self.password_file.is_some() {
-            return bad("password_file", "give `password` or `password_file`, not both".into());
+            return bad(
+                "password_file",
+                "give `password` or `password_file`, not both".into(),
+            );
         }
         let files = [
             ("password_file", &self.password_file),
@@ -339,9 +342,15 @@ impl BridgeConfig {
                 return bad(&key("filter"), format!("{:?}: {e}", t.filter));
             }
             if t.filter.starts_with("$share/") {
-                return bad(&key("filter"), "a bridge rule cannot be a shared subscription".into());
+                return bad(
+                    &key("filter"),
+                    "a bridge rule cannot be a shared subscription".into(),
+                );
             }
-            for (k, prefix) in [("local_prefix", &t.local_prefix), ("remote_prefix", &t.remote_prefix)] {
+            for (k, prefix) in [
+                ("local_prefix", &t.local_prefix),
+                ("remote_prefix", &t.remote_prefix),
+            ] {
                 if prefix.contains(['+', '#']) {
                     return bad(&key(k), format!("{prefix:?}: a prefix cannot hold '+' or '#'"));
                 }
@@ -415,14 +424,23 @@ remote_prefix = "site1/"
     #[test]
     fn errors_name_the_bridge_and_the_key() {
         let e = error(&EXAMPLE.replace("mqtts://", "amqp://"));
-        assert!(e.contains("bridge \"cloud\": `remote`: unknown scheme `amqp`"), "{e}");
+        assert!(
+            e.contains("bridge \"cloud\": `remote`: unknown scheme `amqp`"),
+            "{e}"
+        );
         let e = error(&EXAMPLE.replace("\"edge/#\"", "\"edge/#/x\""));
         assert!(e.contains("bridge \"cloud\": `topic[0].filter`"), "{e}");
         let e = error(&EXAMPLE.replace("version = \"5\"", "version = \"4\""));
         assert!(e.contains("`version`"), "{e}");
-        let e = error(&EXAMPLE.replace("version = \"5\"", "version = \"5\"\nca_file = \"/nonexistent/ca.pem\""));
+        let e = error(&EXAMPLE.replace(
+            "version = \"5\"",
+            "version = \"5\"\nca_file = \"/nonexistent/ca.pem\"",
+        ));
         assert!(e.contains("`ca_file`: cannot read /nonexistent/ca.pem"), "{e}");
-        let e = error(&EXAMPLE.replace("qos = 1\nremote_prefix = \"site1/\"\n\n", "qos = 3\nremote_prefix = \"site1/\"\n\n"));
+        let e = error(&EXAMPLE.replace(
+            "qos = 1\nremote_prefix = \"site1/\"\n\n",
+            "qos = 3\nremote_prefix = \"site1/\"\n\n",
+        ));
         assert!(e.contains("`topic[0].qos`"), "{e}");
         let e = error(&format!("{EXAMPLE}\n[[bridge]]\nname = \"cloud\"\nremote = \"mqtt://h\"\n[[bridge.topic]]\nfilter = \"a\"\ndirection = \"in\"\n"));
         assert!(e.contains("two bridges have this name"), "{e}");

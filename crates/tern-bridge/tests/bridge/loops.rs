@@ -25,6 +25,7 @@ fn once(topic: &str, payload: &str) -> Vec<(String, String)> {
 /// One bridge from A to B with direction `both` on `#`.
 #[tokio::test]
 async fn one_bridge_both_ways_on_everything_delivers_once_on_each_side() {
+    // Both sides of the bridge subscribe with No Local: v5 [MQTT-3.8.3-3].
     let (a, b) = (tern().await, tern().await);
     let bridges = start_bridge(
         &a,

@@ -20,8 +20,16 @@ async fn both_directions_with_prefixes(version: &str) {
     // As in the issue: local edge/... goes out as site1/edge/..., remote site1/cmd/... comes
     // in as cmd/...; QoS 2 allowed.
     let config = bridge(&format!("cloud{tag}"), &mosquitto.url(), version)
-        .topic(BridgeTopic::new("edge/#", BridgeDirection::Out).prefixes("", "site1/").qos(2))
-        .topic(BridgeTopic::new("cmd/#", BridgeDirection::In).prefixes("", "site1/").qos(2));
+        .topic(
+            BridgeTopic::new("edge/#", BridgeDirection::Out)
+                .prefixes("", "site1/")
+                .qos(2),
+        )
+        .topic(
+            BridgeTopic::new("cmd/#", BridgeDirection::In)
+                .prefixes("", "site1/")
+                .qos(2),
+        );
     let bridges = start_bridge(&broker, config).await;
 
     let (remote_sub, mut remote_events) = client(&mosquitto.url(), &format!("rsub{tag}"), v).await;
@@ -34,7 +42,10 @@ async fn both_directions_with_prefixes(version: &str) {
     // Out: each QoS, topic remapped, QoS kept.
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         let payload = format!("out {qos:?}");
-        local_pub.publish("edge/line1/temp", payload.clone(), qos).await.unwrap();
+        local_pub
+            .publish("edge/line1/temp", payload.clone(), qos)
+            .await
+            .unwrap();
         let m = next(&mut remote_events).await;
         assert_eq!(&*m.topic, "site1/edge/line1/temp");
         assert_eq!(m.payload_str(), Some(payload.as_str()));
@@ -45,7 +56,10 @@ async fn both_directions_with_prefixes(version: &str) {
     // In: each QoS, prefix removed.
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         let payload = format!("in {qos:?}");
-        remote_pub.publish("site1/cmd/reboot", payload.clone(), qos).await.unwrap();
+        remote_pub
+            .publish("site1/cmd/reboot", payload.clone(), qos)
+            .await
+            .unwrap();
         let m = next(&mut local_events).await;
         assert_eq!(&*m.topic, "cmd/reboot");
         assert_eq!(m.payload_str(), Some(payload.as_str()));
@@ -54,9 +68,18 @@ async fn both_directions_with_prefixes(version: &str) {
         assert_eq!(&*m.topic, "site1/cmd/reboot", "the remote subscriber's own copy");
     }
     // Topics outside the rules stay where they are.
-    local_pub.publish("cmd/local-only", "x", QoS::AtLeastOnce).await.unwrap();
-    remote_pub.publish("site1/edge/remote-only", "y", QoS::AtLeastOnce).await.unwrap();
-    remote_pub.publish("other/z", "z", QoS::AtLeastOnce).await.unwrap();
+    local_pub
+        .publish("cmd/local-only", "x", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    remote_pub
+        .publish("site1/edge/remote-only", "y", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    remote_pub
+        .publish("other/z", "z", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let local: Vec<_> = drain(&mut local_events, Duration::from_millis(300)).await;
     assert_eq!(
         local.iter().map(|m| m.topic.to_string()).collect::<Vec<_>>(),
@@ -73,13 +96,19 @@ async fn both_directions_with_prefixes(version: &str) {
     // Retained messages are forwarded as retained: a new remote subscriber gets it
     // (v5 [MQTT-3.3.1-13]: the bridge's local subscription is Retain As Published).
     local_pub
-        .publish_with("edge/state", "on", PublishOptions::new().qos(QoS::AtLeastOnce).retain(true))
+        .publish_with(
+            "edge/state",
+            "on",
+            PublishOptions::new().qos(QoS::AtLeastOnce).retain(true),
+        )
         .await
         .unwrap();
     let m = next(&mut remote_events).await;
     assert_eq!(&*m.topic, "site1/edge/state");
     let (late, mut late_events) = client(&mosquitto.url(), &format!("late{tag}"), v).await;
-    late.subscribe("site1/edge/state", QoS::AtLeastOnce).await.unwrap();
+    late.subscribe("site1/edge/state", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let m = next(&mut late_events).await;
     assert!(m.retain, "kept as a retained message by the remote");
     assert_eq!(m.payload_str(), Some("on"));
@@ -94,6 +123,7 @@ async fn both_directions_with_prefixes(version: &str) {
 
 #[tokio::test]
 async fn mosquitto_remote_both_directions_with_prefixes_v5() {
+    // Retained messages reach the remote as retained: v5 [MQTT-3.3.1-13].
     both_directions_with_prefixes("5").await;
 }
 

@@ -16,6 +16,7 @@ const HALF: usize = 100;
 
 #[tokio::test]
 async fn a_remote_outage_loses_no_acknowledged_message() {
+    // In order, v5 [MQTT-4.6.0-6]; the bridge resends on reconnection, v5 [MQTT-4.4.0-1].
     let rounds: usize = std::env::var("TERN_BRIDGE_OUTAGE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

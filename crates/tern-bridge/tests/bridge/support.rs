@@ -72,7 +72,10 @@ impl Mosquitto {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
         while TcpStream::connect(addr).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "mosquitto did not listen on {addr}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not listen on {addr}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -80,7 +83,10 @@ impl Mosquitto {
     /// Stop it with SIGTERM (it saves its sessions) and wait until it has exited.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let _ = child.wait();
         }
     }
@@ -150,7 +156,10 @@ pub fn state(bridges: &Bridges) -> BridgeState {
 pub async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !ready() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -161,7 +170,10 @@ pub async fn client(url: &str, id: &str, version: ProtocolVersion) -> (Client, E
         .client_id(id)
         .version(version)
         .clean_start(false)
-        .reconnect(Reconnect::with_delays(Duration::from_millis(50), Duration::from_millis(300)))
+        .reconnect(Reconnect::with_delays(
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+        ))
         .event_capacity(1024);
     if version == ProtocolVersion::V5 {
         o = o.session_expiry(600);

@@ -147,6 +147,7 @@ async fn publish_until_killed(addr: SocketAddr, first: usize, limit: usize) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_loses_no_acknowledged_message_across_kill_9() {
+    // The bridge's session resumes its deliveries after each restart: v5 [MQTT-4.4.0-1].
     let rounds: usize = std::env::var("TERN_BRIDGE_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -167,12 +168,18 @@ async fn bridge_loses_no_acknowledged_message_across_kill_9() {
             .client_id("crash-collector")
             .version(ProtocolVersion::V3_1_1)
             .clean_start(false)
-            .reconnect(Reconnect::with_delays(Duration::from_millis(50), Duration::from_millis(300)))
+            .reconnect(Reconnect::with_delays(
+                Duration::from_millis(50),
+                Duration::from_millis(300),
+            ))
             .event_capacity(1024),
     )
     .await
     .unwrap();
-    collector.subscribe("site1/edge/#", QoS::AtLeastOnce).await.unwrap();
+    collector
+        .subscribe("site1/edge/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
 
     let mut rng = seed();
     eprintln!("bridge crash test seed {rng} (set TERN_CRASH_SEED to repeat)");
