@@ -55,18 +55,25 @@ pub(crate) struct LocalLink {
     ids: Arc<Mutex<Ids>>,
 }
 
-/// Packet ids of our publishes in flight.
-#[derive(Debug, Default)]
+/// Packet ids of our publishes in flight, taken from `1..=window` only (the broker's
+/// Receive Maximum), so that the ids a previous run of the bridge may have left awaiting
+/// PUBREL in the broker's store are known: [`LocalLink::open`] releases them all.
+#[derive(Debug)]
 struct Ids {
+    window: u16,
     next: u16,
     used: HashSet<u16>,
 }
 
 impl Ids {
-    /// A free id; there is one, since fewer than 65,535 are in flight (the window).
+    /// A free id; there is one, since fewer than `window` are in flight (the semaphore).
     fn take(&mut self) -> Option<PacketId> {
-        for _ in 0..=u16::MAX {
-            self.next = self.next.wrapping_add(1).max(1);
+        for _ in 0..self.window {
+            self.next = if self.next >= self.window {
+                1
+            } else {
+                self.next + 1
+            };
             if self.used.insert(self.next) {
                 return PacketId::new(self.next);
             }
@@ -121,11 +128,23 @@ impl LocalLink {
             )));
         }
         let window = connack.properties.receive_maximum.unwrap_or(u16::MAX);
+        // A resumed session may hold QoS 2 ids of ours awaiting PUBREL (a crash in the middle
+        // of a handshake): a new message under such an id would be taken for a duplicate
+        // and dropped (v5 [MQTT-4.3.3-10]). So every id we may use starts in flight, is
+        // released with PUBREL, and becomes free when its PUBCOMP (0x92 when unknown) comes.
+        let stale: HashSet<u16> = match connack.session_present {
+            true => (1..=window).collect(),
+            false => HashSet::new(),
+        };
         let (writer, write_rx) = mpsc::channel(WRITE_QUEUE);
         let link = LocalLink {
             writer,
-            window: Arc::new(Semaphore::new(usize::from(window))),
-            ids: Arc::new(Mutex::new(Ids::default())),
+            window: Arc::new(Semaphore::new(usize::from(window) - stale.len())),
+            ids: Arc::new(Mutex::new(Ids {
+                window,
+                next: 0,
+                used: stale.clone(),
+            })),
         };
         let filters: Vec<_> = rules
             .out_filters()
@@ -154,6 +173,11 @@ impl LocalLink {
                 filters,
             };
             link.send(Packet::Subscribe(subscribe)).await?;
+        }
+        let mut stale: Vec<u16> = stale.into_iter().collect();
+        stale.sort_unstable();
+        for id in stale.into_iter().filter_map(PacketId::new) {
+            link.send(Packet::PubRel(Ack::new(id))).await?;
         }
         Ok((link, rx))
     }

@@ -35,7 +35,7 @@ pub(crate) fn options(shared: &Shared) -> Result<Options, BridgeError> {
             ProtocolVersion::V3_1_1
         })
         .keep_alive(Duration::from_secs(u64::from(c.keep_alive_secs)))
-        .clean_start(c.clean_start)
+        .clean_start(c.clean_start || qos2_out(c))
         .reconnect(Reconnect::with_delays(
             Duration::from_millis(c.reconnect_min_ms),
             Duration::from_millis(c.reconnect_max_ms),
@@ -74,6 +74,14 @@ pub(crate) fn options(shared: &Shared) -> Result<Options, BridgeError> {
         o = o.tls(tls);
     }
     Ok(o)
+}
+
+/// Whether an `out` rule forwards QoS 2. The client keeps its QoS 2 state in memory only:
+/// a session the remote kept from an earlier run may hold ids of ours awaiting PUBREL, and a
+/// new message under such an id would be taken for a duplicate and dropped. So such a bridge
+/// starts each run with a clean session on the remote (and resumes it on reconnections).
+fn qos2_out(c: &tern_broker::BridgeConfig) -> bool {
+    c.topics.iter().any(|t| t.direction.is_out() && t.qos == 2)
 }
 
 /// Connect to the remote, retrying with backoff and jitter until it accepts; every failure

@@ -2,7 +2,9 @@
 //! in process), loopback only, ephemeral ports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod limits;
 mod loops;
 mod mosquitto;
 mod outage;
+mod restart;
 mod support;
