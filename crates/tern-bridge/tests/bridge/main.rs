@@ -8,3 +8,4 @@ mod mosquitto;
 mod outage;
 mod restart;
 mod support;
+mod transports;
