@@ -15,11 +15,13 @@
 //! The broker knows nothing of bridges beyond checking their tables: without `[[bridge]]`
 //! it runs exactly as before, and with them a bridge costs what one subscriber costs.
 //!
-//! `rules.rs` maps topics between the two sides.
+//! `rules.rs` maps topics between the two sides; `status.rs` publishes each bridge's state
+//! under `$SYS/broker/bridge/NAME/`.
 
 mod local;
 mod remote;
 mod rules;
+mod status;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -62,6 +64,31 @@ struct Shared {
     config: BridgeConfig,
     status: Status,
     client: Mutex<Option<tern_client::Client>>,
+}
+
+impl Shared {
+    /// A snapshot of this bridge; the outbox is read from the broker's session.
+    fn state(&self, internal: &Internal) -> BridgeState {
+        let s = &self.status;
+        let session = internal.session(&self.config.local_client_id());
+        BridgeState {
+            name: self.config.name.clone(),
+            remote: self.config.remote.clone(),
+            connected: s.connected.load(Ordering::Relaxed),
+            forwarded: s.forwarded.load(Ordering::Relaxed),
+            received: s.received.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            hops_exceeded: s.hops_exceeded.load(Ordering::Relaxed),
+            outbox_messages: session.as_ref().map_or(0, |i| i.queued + i.inflight),
+            outbox_bytes: session.as_ref().map_or(0, |i| i.queued_bytes),
+            outbox_dropped: session.as_ref().map_or(0, |i| i.dropped),
+            last_error: s
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
 }
 
 /// A snapshot of one bridge.
@@ -117,6 +144,9 @@ impl Bridges {
             tasks.spawn(run(shared.clone(), internal.clone(), options));
             bridges.push(shared);
         }
+        if internal.sys_interval_secs() > 0 && !bridges.is_empty() {
+            tasks.spawn(status::publish_loop(internal.clone(), bridges.clone()));
+        }
         Ok(Bridges {
             internal,
             bridges,
@@ -126,30 +156,7 @@ impl Bridges {
 
     /// A snapshot of each bridge, in configuration order.
     pub fn states(&self) -> Vec<BridgeState> {
-        self.bridges
-            .iter()
-            .map(|b| {
-                let s = &b.status;
-                let session = self.internal.session(&b.config.local_client_id());
-                BridgeState {
-                    name: b.config.name.clone(),
-                    remote: b.config.remote.clone(),
-                    connected: s.connected.load(Ordering::Relaxed),
-                    forwarded: s.forwarded.load(Ordering::Relaxed),
-                    received: s.received.load(Ordering::Relaxed),
-                    dropped: s.dropped.load(Ordering::Relaxed),
-                    hops_exceeded: s.hops_exceeded.load(Ordering::Relaxed),
-                    outbox_messages: session.as_ref().map_or(0, |i| i.queued + i.inflight),
-                    outbox_bytes: session.as_ref().map_or(0, |i| i.queued_bytes),
-                    outbox_dropped: session.as_ref().map_or(0, |i| i.dropped),
-                    last_error: s
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clone(),
-                }
-            })
-            .collect()
+        self.bridges.iter().map(|b| b.state(&self.internal)).collect()
     }
 
     /// Disconnect from every remote (the remote keeps the bridge's session for

@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::BytesMut;
 use tern_proto::codec::{Decoded, Decoder, MAX_PACKET_SIZE};
 use tern_proto::{
-    Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, RetainHandling, Subscribe,
-    SubscriptionOptions,
+    Ack, ByteString, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, RetainHandling, Subscribe,
+    SubscriptionOptions, Unsubscribe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Semaphore};
@@ -36,8 +36,12 @@ use crate::BridgeError;
 const PIPE_BYTES: usize = 64 * 1024;
 /// Packets waiting for the writer.
 const WRITE_QUEUE: usize = 256;
-/// The packet id of the one SUBSCRIBE.
-const SUBSCRIBE_ID: u16 = 1;
+/// The most QoS 1/2 publishes of ours in flight (ids `1..=` this), whatever the broker's
+/// Receive Maximum: the ids a resumed session is released of.
+const MAX_OWN_INFLIGHT: u16 = 1024;
+/// The packet ids of the SUBSCRIBE and the UNSUBSCRIBE, above those of publishes.
+const SUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 1;
+const UNSUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 2;
 
 /// A message the broker delivered to the bridge's session.
 #[derive(Debug)]
@@ -127,7 +131,11 @@ impl LocalLink {
                     .unwrap_or_default()
             )));
         }
-        let window = connack.properties.receive_maximum.unwrap_or(u16::MAX);
+        let window = connack
+            .properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(MAX_OWN_INFLIGHT);
         // A resumed session may hold QoS 2 ids of ours awaiting PUBREL (a crash in the middle
         // of a handshake): a new message under such an id would be taken for a duplicate
         // and dropped (v5 [MQTT-4.3.3-10]). So every id we may use starts in flight, is
@@ -146,7 +154,7 @@ impl LocalLink {
                 used: stale.clone(),
             })),
         };
-        let filters: Vec<_> = rules
+        let filters: Vec<(ByteString, SubscriptionOptions)> = rules
             .out_filters()
             .map(|(f, qos)| {
                 let mut o = SubscriptionOptions::qos(qos);
@@ -156,6 +164,18 @@ impl LocalLink {
                 (f.into(), o)
             })
             .collect();
+        // Filters of an earlier configuration that the resumed session still has.
+        let dropped_filters: Vec<ByteString> = match connack.session_present {
+            true => internal
+                .session(client_id)
+                .map(|s| s.subscriptions)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| !filters.iter().any(|(f, _)| &**f == s.filter.as_str()))
+                .map(|s| s.filter.into())
+                .collect(),
+            false => Vec::new(),
+        };
         let (deliveries, rx) = mpsc::channel(usize::from(max_inflight).max(16));
         tokio::spawn(write_loop(wr, write_rx));
         tokio::spawn(read_loop(
@@ -173,6 +193,15 @@ impl LocalLink {
                 filters,
             };
             link.send(Packet::Subscribe(subscribe)).await?;
+        }
+        if let Some(packet_id) = PacketId::new(UNSUBSCRIBE_ID).filter(|_| !dropped_filters.is_empty()) {
+            tracing::info!(bridge = %client_id, filters = ?dropped_filters, "no longer forwarding these filters");
+            let unsubscribe = Unsubscribe {
+                packet_id,
+                properties: Default::default(),
+                filters: dropped_filters,
+            };
+            link.send(Packet::Unsubscribe(unsubscribe)).await?;
         }
         let mut stale: Vec<u16> = stale.into_iter().collect();
         stale.sort_unstable();

@@ -531,6 +531,17 @@ impl Internal {
     pub fn session(&self, client_id: &str) -> Option<SessionInfo> {
         self.core.session_info(client_id)
     }
+
+    /// Publish a message of the broker itself (a `$SYS` statistic of a bridge, say) to this
+    /// broker's sessions, retained if it says so, as [`BrokerHandle::publish`] does.
+    pub fn publish(&self, message: Message) -> Result<usize, tern_proto::topic::TopicError> {
+        self.core.publish_from_outside(message)
+    }
+
+    /// Seconds between `$SYS` updates (`sys_interval_secs`; 0: none).
+    pub fn sys_interval_secs(&self) -> u64 {
+        self.core.config.sys_interval_secs
+    }
 }
 
 /// Bind a listening socket with room for `backlog` connections waiting to be

@@ -7,5 +7,6 @@ mod loops;
 mod mosquitto;
 mod outage;
 mod restart;
+mod status;
 mod support;
 mod transports;

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use tern_bridge::Bridges;
 use tern_broker::durability::InMemory;
 use tern_broker::{BridgeDirection, BridgeTopic, BrokerBuilder, BrokerHandle};
 use tern_client::{ProtocolVersion, QoS};
@@ -74,5 +75,15 @@ async fn a_restarted_broker_resumes_its_bridge_with_qos2_both_ways() {
     exchange(&a, &b, "2").await;
     let s = state(&bridges);
     assert_eq!((s.forwarded, s.received, s.dropped), (1, 1, 0), "{s:?}");
+    bridges.stop().await;
+
+    // Started with other rules, the session drops the filters of the old ones.
+    let changed = bridge("r", &url_of(&b), "5").topic(BridgeTopic::new("other/#", BridgeDirection::Out));
+    let bridges = Bridges::start(a.internal(), std::slice::from_ref(&changed)).unwrap();
+    wait_for("the old filter to go", || {
+        a.session(&changed.local_client_id())
+            .is_some_and(|s| s.subscriptions.iter().map(|s| s.filter.as_str()).eq(["other/#"]))
+    })
+    .await;
     bridges.stop().await;
 }
