@@ -127,10 +127,10 @@ pub struct BridgeConfig {
     #[serde(default)]
     pub username: Option<String>,
     /// Password on the remote (prefer `password_file`).
-    #[serde(default)]
+    #[serde(default, serialize_with = "masked")]
     pub password: Option<String>,
     /// A file whose first line is the password on the remote.
-    #[serde(default)]
+    #[serde(default, serialize_with = "masked")]
     pub password_file: Option<PathBuf>,
     /// PEM CA certificates that the remote's certificate must chain to (mqtts/wss; default:
     /// the system's).
@@ -140,7 +140,7 @@ pub struct BridgeConfig {
     #[serde(default)]
     pub cert_file: Option<PathBuf>,
     /// PEM private key of `cert_file`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "masked")]
     pub key_file: Option<PathBuf>,
     /// The name the remote's certificate must carry, when not the URL's host.
     #[serde(default)]
@@ -175,6 +175,14 @@ pub struct BridgeConfig {
     /// The topic rules, `[[bridge.topic]]` tables.
     #[serde(default, rename = "topic")]
     pub topics: Vec<BridgeTopic>,
+}
+
+/// Secrets and paths to them are written as `***` (the admin API shows the configuration).
+fn masked<T, S: serde::Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some("***"),
+        None => s.serialize_none(),
+    }
 }
 
 fn default_version() -> String {
@@ -415,6 +423,17 @@ remote_prefix = "site1/"
         assert_eq!(b.topics[0].remote_filter(), "site1/edge/#");
         assert_eq!(b.topics[1].local_filter(), "cmd/#");
         assert!(b.topics[1].direction.is_in() && !b.topics[1].direction.is_out());
+    }
+
+    #[test]
+    fn secrets_are_not_serialized() {
+        let c = Config::from_toml(&EXAMPLE.replace(
+            "version = \"5\"",
+            "version = \"5\"\nusername = \"u\"\npassword = \"hunter2\"",
+        ))
+        .expect("valid");
+        let json = serde_json::to_string(&c).expect("serializable");
+        assert!(!json.contains("hunter2") && json.contains("\"password\":\"***\""), "{json}");
     }
 
     fn error(text: &str) -> String {
