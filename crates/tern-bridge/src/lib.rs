@@ -129,9 +129,12 @@ pub struct Bridges {
 }
 
 impl Bridges {
-    /// Start every bridge of `configs` on the current runtime. Fails only on settings that
-    /// cannot work (a password file that cannot be read); an unreachable remote is retried.
-    pub fn start(internal: Internal, configs: &[BridgeConfig]) -> Result<Bridges, BridgeError> {
+    /// Start every bridge of `configs` on the current runtime; returns once each bridge's
+    /// local session is open and subscribed, so that a broker that accepts clients only then
+    /// forwards everything published from its start. Fails on settings that cannot work (a
+    /// password file that cannot be read) and when a local session cannot be opened; an
+    /// unreachable remote is retried.
+    pub async fn start(internal: Internal, configs: &[BridgeConfig]) -> Result<Bridges, BridgeError> {
         let mut bridges = Vec::new();
         let mut tasks = tokio::task::JoinSet::new();
         for config in configs {
@@ -141,7 +144,12 @@ impl Bridges {
                 client: Mutex::new(None),
             });
             let options = remote::options(&shared)?;
-            tasks.spawn(run(shared.clone(), internal.clone(), options));
+            let rules = rules::Rules::new(config);
+            let opened =
+                local::LocalLink::open(&internal, &config.local_client_id(), &rules, config.max_inflight)
+                    .await
+                    .map_err(|e| BridgeError::Local(format!("bridge \"{}\": {e}", config.name)))?;
+            tasks.spawn(run(shared.clone(), internal.clone(), options, opened));
             bridges.push(shared);
         }
         if internal.sys_interval_secs() > 0 && !bridges.is_empty() {
@@ -173,42 +181,61 @@ impl Bridges {
     }
 }
 
-/// One bridge: open the local session, connect to the remote, then move messages until
-/// either side ends.
-async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Options) {
+/// How long to wait before opening the local session again after it ended or failed.
+const LOCAL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One bridge: open the local session, connect to the remote, then move messages until the
+/// remote client stops; a local session that ends (an administrator disconnected it) is
+/// opened again, the remote connection kept.
+async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Options, first: local::Opened) {
     let c = &shared.config;
     let rules = rules::Rules::new(c);
-    let (local, deliveries) =
-        match local::LocalLink::open(&internal, &c.local_client_id(), &rules, c.max_inflight).await {
-            Ok(pair) => pair,
+    let mut remote: Option<(tern_client::Client, tern_client::Events)> = None;
+    let mut first = Some(first);
+    loop {
+        let opened = match first.take() {
+            Some(opened) => Ok(opened),
+            None => local::LocalLink::open(&internal, &c.local_client_id(), &rules, c.max_inflight).await,
+        };
+        let (local, deliveries, closed) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
-                tracing::error!(bridge = %c.name, "cannot start: {e}");
+                tracing::error!(bridge = %c.name, "cannot open the local session: {e}");
                 shared.status.set_error(e.to_string());
-                return;
+                tokio::time::sleep(LOCAL_RETRY).await;
+                continue;
             }
         };
-    let (client, events) = remote::connect(&shared, options).await;
-    tracing::info!(bridge = %c.name, remote = %c.remote, "connected to the remote");
-    *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(remote::receive(
-        shared.clone(),
-        events,
-        rules.clone(),
-        local.clone(),
-    ));
-    let subscriber = client.clone();
-    let (s, r) = (shared.clone(), rules.clone());
-    tasks.spawn(async move { remote::subscribe(&s, &subscriber, &r).await });
-    let (acks_tx, acks_rx) = mpsc::channel(usize::from(c.max_inflight));
-    tasks.spawn(remote::acknowledge(shared.clone(), acks_rx, local.clone()));
-    tasks.spawn(remote::forward(
-        shared.clone(),
-        client,
-        rules,
-        deliveries,
-        local,
-        acks_tx,
-    ));
-    while tasks.join_next().await.is_some() {}
+        let (client, events) = match &mut remote {
+            Some(r) => r,
+            None => {
+                let (client, events) = remote::connect(&shared, options.clone()).await;
+                tracing::info!(bridge = %c.name, remote = %c.remote, "connected to the remote");
+                shared.status.connected.store(true, Ordering::Relaxed);
+                *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
+                let (s, r, subscriber) = (shared.clone(), rules.clone(), client.clone());
+                tokio::spawn(async move { remote::subscribe(&s, &subscriber, &r).await });
+                remote.insert((client, events))
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        let (acks_tx, acks_rx) = mpsc::channel(usize::from(c.max_inflight));
+        tasks.spawn(remote::acknowledge(shared.clone(), acks_rx, local.clone()));
+        tasks.spawn(remote::forward(
+            shared.clone(),
+            client.clone(),
+            rules.clone(),
+            deliveries,
+            local.clone(),
+            acks_tx,
+        ));
+        let ended = remote::receive(&shared, events, &rules, &local, closed).await;
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        if ended == remote::Ended::Remote {
+            return;
+        }
+        tracing::warn!(bridge = %c.name, "the local session ended; opening it again");
+        tokio::time::sleep(LOCAL_RETRY).await;
+    }
 }

@@ -15,7 +15,8 @@
 //!
 //! Tasks: a reader (decodes what the broker sends; deliveries go to the forwarder through a
 //! bounded channel) and a writer (encodes packets from a bounded channel), so that neither
-//! direction of the pipe waits for the other.
+//! direction of the pipe waits for the other. When the broker ends the session's connection (an
+//! administrator's disconnect), the reader's end is signalled and the bridge opens it again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,7 +28,7 @@ use tern_proto::{
     SubscriptionOptions, Unsubscribe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::rules::Rules;
 use crate::BridgeError;
@@ -39,6 +40,8 @@ const WRITE_QUEUE: usize = 256;
 /// The most QoS 1/2 publishes of ours in flight (ids `1..=` this), whatever the broker's
 /// Receive Maximum: the ids a resumed session is released of.
 const MAX_OWN_INFLIGHT: u16 = 1024;
+/// How long the broker may take to answer the SUBSCRIBE.
+const SUBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The packet ids of the SUBSCRIBE and the UNSUBSCRIBE, above those of publishes.
 const SUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 1;
 const UNSUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 2;
@@ -49,6 +52,9 @@ pub(crate) struct Delivery {
     /// As delivered (QoS, packet id, RETAIN as published, properties).
     pub publish: Publish,
 }
+
+/// An open local session: the link, its deliveries, and the signal that it ended.
+pub(crate) type Opened = (LocalLink, mpsc::Receiver<Delivery>, oneshot::Receiver<()>);
 
 /// The handle the other tasks use to write to the local session.
 #[derive(Debug, Clone)]
@@ -92,14 +98,14 @@ impl Ids {
 
 impl LocalLink {
     /// Connect to the broker as `client_id` (a persistent session), subscribe to the `out`
-    /// filters, and start the reader and the writer. Deliveries come out of the returned
+    /// filters (returns once the broker has answered), and start the reader and the writer. Deliveries come out of the returned
     /// receiver, at most `max_inflight` unacknowledged at once.
     pub(crate) async fn open(
         internal: &tern_broker::Internal,
         client_id: &str,
         rules: &Rules,
         max_inflight: u16,
-    ) -> Result<(LocalLink, mpsc::Receiver<Delivery>), BridgeError> {
+    ) -> Result<Opened, BridgeError> {
         let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
         internal.serve(theirs, client_id);
         let (mut rd, mut wr) = tokio::io::split(ours);
@@ -177,15 +183,23 @@ impl LocalLink {
             false => Vec::new(),
         };
         let (deliveries, rx) = mpsc::channel(usize::from(max_inflight).max(16));
+        let (link_for_reader, id_for_reader) = (link.clone(), client_id.to_string());
         tokio::spawn(write_loop(wr, write_rx));
-        tokio::spawn(read_loop(
-            rd,
-            decoder,
-            buf,
-            link.clone(),
-            deliveries,
-            client_id.to_string(),
-        ));
+        let (closed_tx, closed) = oneshot::channel();
+        let (subscribed_tx, subscribed) = oneshot::channel();
+        tokio::spawn(async move {
+            let r = read_loop(
+                rd,
+                decoder,
+                buf,
+                link_for_reader,
+                deliveries,
+                id_for_reader,
+                Some(subscribed_tx),
+            );
+            r.await;
+            let _ = closed_tx.send(());
+        });
         if let Some(packet_id) = PacketId::new(SUBSCRIBE_ID).filter(|_| !filters.is_empty()) {
             let subscribe = Subscribe {
                 packet_id,
@@ -193,6 +207,16 @@ impl LocalLink {
                 filters,
             };
             link.send(Packet::Subscribe(subscribe)).await?;
+            // Subscribed before anything else goes on: `tern broker` accepts clients only then,
+            // so nothing published after its start misses the outbox.
+            match tokio::time::timeout(SUBACK_TIMEOUT, subscribed).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(BridgeError::Local(
+                        "the broker did not answer the bridge's SUBSCRIBE".into(),
+                    ))
+                }
+            }
         }
         if let Some(packet_id) = PacketId::new(UNSUBSCRIBE_ID).filter(|_| !dropped_filters.is_empty()) {
             tracing::info!(bridge = %client_id, filters = ?dropped_filters, "no longer forwarding these filters");
@@ -208,7 +232,7 @@ impl LocalLink {
         for id in stale.into_iter().filter_map(PacketId::new) {
             link.send(Packet::PubRel(Ack::new(id))).await?;
         }
-        Ok((link, rx))
+        Ok((link, rx, closed))
     }
 
     async fn send(&self, packet: Packet) -> Result<(), BridgeError> {
@@ -265,6 +289,7 @@ async fn read_loop(
     link: LocalLink,
     deliveries: mpsc::Sender<Delivery>,
     client_id: String,
+    mut subscribed: Option<oneshot::Sender<()>>,
 ) {
     loop {
         let packet = match read_packet(&mut rd, &decoder, &mut buf).await {
@@ -290,6 +315,9 @@ async fn read_loop(
             Packet::SubAck(s) => {
                 for code in s.reason_codes.iter().filter(|c| c.is_error()) {
                     tracing::error!(bridge = %client_id, "the broker refused an `out` filter of the bridge: {code} (check the ACL for user {client_id})");
+                }
+                if let Some(tx) = subscribed.take() {
+                    let _ = tx.send(());
                 }
                 true
             }

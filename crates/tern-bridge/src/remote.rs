@@ -17,7 +17,7 @@ use tern_client::{
     Client, ClientError, Event, Events, Options, PendingPublish, PublishOptions, Reconnect, Subscription,
 };
 use tern_proto::{PacketId, ProtocolVersion, Publish, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::local::{Delivery, LocalLink};
 use crate::rules::Rules;
@@ -259,13 +259,35 @@ pub(crate) async fn acknowledge(shared: Arc<Shared>, mut acks: mpsc::Receiver<Pe
     }
 }
 
-/// Follow the remote client's events: connection state, and messages of `in` rules,
-/// published locally.
-pub(crate) async fn receive(shared: Arc<Shared>, mut events: Events, rules: Rules, local: LocalLink) {
+/// How [`receive`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The local session ended (the broker closed it): open it again.
+    Local,
+    /// The remote client stopped.
+    Remote,
+}
+
+/// Follow the remote client's events (connection state; messages of `in` rules, published
+/// locally) until the local session ends (`closed`) or the client stops.
+pub(crate) async fn receive(
+    shared: &Shared,
+    events: &mut Events,
+    rules: &Rules,
+    local: &LocalLink,
+    mut closed: oneshot::Receiver<()>,
+) -> Ended {
     let name = &shared.config.name;
     let status = &shared.status;
-    status.connected.store(true, Ordering::Relaxed);
-    while let Some(event) = events.recv().await {
+    loop {
+        let event = tokio::select! {
+            _ = &mut closed => return Ended::Local,
+            event = events.recv() => event,
+        };
+        let Some(event) = event else {
+            status.connected.store(false, Ordering::Relaxed);
+            return Ended::Remote;
+        };
         match event {
             Event::Message(m) => {
                 let Some(route) = rules.inbound(&m.topic) else {
@@ -279,7 +301,7 @@ pub(crate) async fn receive(shared: Arc<Shared>, mut events: Events, rules: Rule
                 p.properties.subscription_identifiers.clear();
                 p.properties.topic_alias = None;
                 if local.publish(p).await.is_err() {
-                    return;
+                    return Ended::Local;
                 }
                 status.received.fetch_add(1, Ordering::Relaxed);
             }
@@ -303,7 +325,6 @@ pub(crate) async fn receive(shared: Arc<Shared>, mut events: Events, rules: Rule
             _ => {}
         }
     }
-    status.connected.store(false, Ordering::Relaxed);
 }
 
 /// Delays before connection attempts: `min × 2^(n-1)` capped at `max`, a random time

@@ -247,7 +247,7 @@ impl BridgeConfig {
 
     /// The client identifier of the bridge's local session on this broker.
     pub fn local_client_id(&self) -> String {
-        format!("$bridge/{}", self.name)
+        format!("{}{}", crate::BRIDGE_CLIENT_PREFIX, self.name)
     }
 
     /// The client identifier on the remote.
@@ -433,7 +433,10 @@ remote_prefix = "site1/"
         ))
         .expect("valid");
         let json = serde_json::to_string(&c).expect("serializable");
-        assert!(!json.contains("hunter2") && json.contains("\"password\":\"***\""), "{json}");
+        assert!(
+            !json.contains("hunter2") && json.contains("\"password\":\"***\""),
+            "{json}"
+        );
     }
 
     fn error(text: &str) -> String {

@@ -494,6 +494,14 @@ impl Drop for BrokerHandle {
     }
 }
 
+/// Client identifiers that only [`Internal`] clients may use: bridges' sessions are
+/// `$bridge/NAME`, and a client from a listener is refused such an identifier (CONNACK 0x85,
+/// 3.1.1: 0x02), so it cannot take over a bridge's outbox.
+pub const BRIDGE_CLIENT_PREFIX: &str = "$bridge/";
+
+/// The listener name of [`Internal`] connections (in logs and the admin API).
+pub(crate) const INTERNAL_ORIGIN: &str = "internal";
+
 /// Serves MQTT to clients that run inside the broker's program (a bridge's local side): no
 /// listener, no password; the user name is the one given to [`Internal::serve`], so the ACL
 /// applies to it as to any user. Everything else (sessions, the store, limits, No Local) is
@@ -512,7 +520,7 @@ impl Internal {
     {
         let origin = security::Origin {
             policy: Arc::new(security::ListenerPolicy {
-                name: "internal".into(),
+                name: INTERNAL_ORIGIN.into(),
                 allow_anonymous: false,
                 identity_as_username: true,
             }),

@@ -37,7 +37,7 @@ async fn a_full_outbox_drops_the_newest_messages_and_counts_them() {
         .topic(BridgeTopic::new("#", BridgeDirection::Out).prefixes("", "edge/"))
         .with(|c| c.max_inflight = INFLIGHT);
     let local_id = config.local_client_id();
-    let bridges = Bridges::start(broker.internal(), &[config]).unwrap();
+    let bridges = Bridges::start(broker.internal(), &[config]).await.unwrap();
     wait_for("the bridge's local session", || {
         broker
             .session(&local_id)

@@ -2,6 +2,7 @@
 //! in process), loopback only, ephemeral ports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod limits;
 mod loops;
 mod mosquitto;

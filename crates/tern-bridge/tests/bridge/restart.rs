@@ -79,7 +79,9 @@ async fn a_restarted_broker_resumes_its_bridge_with_qos2_both_ways() {
 
     // Started with other rules, the session drops the filters of the old ones.
     let changed = bridge("r", &url_of(&b), "5").topic(BridgeTopic::new("other/#", BridgeDirection::Out));
-    let bridges = Bridges::start(a.internal(), std::slice::from_ref(&changed)).unwrap();
+    let bridges = Bridges::start(a.internal(), std::slice::from_ref(&changed))
+        .await
+        .unwrap();
     wait_for("the old filter to go", || {
         a.session(&changed.local_client_id())
             .is_some_and(|s| s.subscriptions.iter().map(|s| s.filter.as_str()).eq(["other/#"]))

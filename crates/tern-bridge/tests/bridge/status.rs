@@ -79,7 +79,7 @@ async fn a_refusing_remote_is_retried_with_backoff() {
             c.reconnect_min_ms = 100;
             c.reconnect_max_ms = 400;
         });
-    let bridges = Bridges::start(a.internal(), &[config]).unwrap();
+    let bridges = Bridges::start(a.internal(), &[config]).await.unwrap();
     wait_for("a refusal", || state(&bridges).last_error.is_some()).await;
     let before = b.stats().connections_total;
     tokio::time::sleep(Duration::from_secs(2)).await;

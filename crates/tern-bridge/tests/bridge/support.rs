@@ -136,7 +136,7 @@ pub fn bridge(name: &str, remote: &str, version: &str) -> BridgeConfig {
 pub async fn start_bridge(broker: &BrokerHandle, config: BridgeConfig) -> Bridges {
     let local_id = config.local_client_id();
     let subscriptions = config.topics.iter().filter(|t| t.direction.is_out()).count();
-    let bridges = Bridges::start(broker.internal(), &[config]).unwrap();
+    let bridges = Bridges::start(broker.internal(), &[config]).await.unwrap();
     wait_for("the bridge to connect", || {
         let s = &bridges.states()[0];
         s.connected

@@ -174,11 +174,13 @@ pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerErr
         if let Some(http) = start_http(&broker, &config_http).await? {
             tokio::spawn(http.run());
         }
-        // `[[bridge]]` tables: each bridge is a client of this broker and of its remote.
+        // `[[bridge]]` tables: each bridge is a client of this broker and of its remote. Their
+        // sessions subscribe before the listeners accept anyone, so the outbox misses nothing.
         let bridges = match bridge_configs.is_empty() {
             true => None,
             false => Some(
                 tern_bridge::Bridges::start(broker.internal(), &bridge_configs)
+                    .await
                     .map_err(|e| BrokerError::Config(e.to_string()))?,
             ),
         };
