@@ -18,6 +18,7 @@
 //! `rules.rs` maps topics between the two sides; `status.rs` publishes each bridge's state
 //! under `$SYS/broker/bridge/NAME/`.
 
+mod echo;
 mod local;
 mod remote;
 mod rules;
@@ -49,6 +50,7 @@ struct Status {
     received: AtomicU64,
     dropped: AtomicU64,
     hops_exceeded: AtomicU64,
+    echoes: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -64,6 +66,8 @@ struct Shared {
     config: BridgeConfig,
     status: Status,
     client: Mutex<Option<tern_client::Client>>,
+    /// 3.1.1 remotes: what went out and may come back.
+    echoes: echo::Echoes,
 }
 
 impl Shared {
@@ -79,6 +83,7 @@ impl Shared {
             received: s.received.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             hops_exceeded: s.hops_exceeded.load(Ordering::Relaxed),
+            echoes: s.echoes.load(Ordering::Relaxed),
             outbox_messages: session.as_ref().map_or(0, |i| i.queued + i.inflight),
             outbox_bytes: session.as_ref().map_or(0, |i| i.queued_bytes),
             outbox_dropped: session.as_ref().map_or(0, |i| i.dropped),
@@ -109,6 +114,9 @@ pub struct BridgeState {
     pub dropped: u64,
     /// Messages not sent because they had crossed `max_hops` bridges already.
     pub hops_exceeded: u64,
+    /// 3.1.1 remotes: messages from the remote taken for the echo of one the bridge sent
+    /// (see `docs/bridge.md`), not published locally.
+    pub echoes: u64,
     /// Messages in the outbox now: queued for the bridge's session plus in flight to it.
     pub outbox_messages: usize,
     /// Payload bytes of the queued ones.
@@ -142,6 +150,7 @@ impl Bridges {
                 config: config.clone(),
                 status: Status::default(),
                 client: Mutex::new(None),
+                echoes: echo::Echoes::default(),
             });
             let options = remote::options(&shared)?;
             let rules = rules::Rules::new(config);

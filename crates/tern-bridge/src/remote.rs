@@ -177,6 +177,9 @@ pub(crate) async fn forward(
         if v5 {
             o = with_properties(o, &p).user_property(HOPS, (hops + 1).to_string());
         }
+        if !v5 && rules.inbound(&route.topic).is_some() {
+            shared.echoes.sent(&route.topic, &p.payload);
+        }
         let outcome = match client.start_publish(route.topic, p.payload, o).await {
             Ok(outcome) => outcome,
             Err(_) => return,
@@ -294,6 +297,10 @@ pub(crate) async fn receive(
                     status.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
+                if !shared.config.is_v5() && shared.echoes.is_echo(&m.topic, &m.payload) {
+                    status.echoes.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let mut p = Publish::new(route.topic, m.payload);
                 p.qos = m.qos.min(route.qos);
                 p.retain = m.retain;

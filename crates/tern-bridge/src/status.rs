@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `state` | `connected` or `disconnected` |
 //! | `last_error` | the last connection error or refusal (empty: none) |
-//! | `messages/forwarded`, `messages/received`, `messages/dropped`, `messages/hops_exceeded` | counts since start |
+//! | `messages/forwarded`, `messages/received`, `messages/dropped`, `messages/hops_exceeded`, `messages/echoes` | counts since start |
 //! | `outbox/messages`, `outbox/bytes`, `outbox/dropped` | the outbox now; what it dropped while full |
 
 use std::sync::Arc;
@@ -32,6 +32,7 @@ pub(crate) async fn publish_loop(internal: Internal, bridges: Vec<Arc<Shared>>) 
                 ("messages/received", s.received.to_string()),
                 ("messages/dropped", s.dropped.to_string()),
                 ("messages/hops_exceeded", s.hops_exceeded.to_string()),
+                ("messages/echoes", s.echoes.to_string()),
                 ("outbox/messages", s.outbox_messages.to_string()),
                 ("outbox/bytes", s.outbox_bytes.to_string()),
                 ("outbox/dropped", s.outbox_dropped.to_string()),

@@ -22,14 +22,12 @@ fn once(topic: &str, payload: &str) -> Vec<(String, String)> {
     vec![(topic.to_string(), payload.to_string())]
 }
 
-/// One bridge from A to B with direction `both` on `#`.
-#[tokio::test]
-async fn one_bridge_both_ways_on_everything_delivers_once_on_each_side() {
-    // Both sides of the bridge subscribe with No Local: v5 [MQTT-3.8.3-3].
+/// One bridge from A to B with direction `both` on `#`, over `version`.
+async fn one_bridge_both_ways(version: &str) {
     let (a, b) = (tern().await, tern().await);
     let bridges = start_bridge(
         &a,
-        bridge("b", &url_of(&b), "5").topic(BridgeTopic::new("#", BridgeDirection::Both).qos(2)),
+        bridge("b", &url_of(&b), version).topic(BridgeTopic::new("#", BridgeDirection::Both).qos(2)),
     )
     .await;
     let v5 = ProtocolVersion::V5;
@@ -49,7 +47,20 @@ async fn one_bridge_both_ways_on_everything_delivers_once_on_each_side() {
     }
     let s = state(&bridges);
     assert_eq!((s.forwarded, s.received), (3, 3), "{s:?}");
+    // 3.1.1: the remote sent the bridge its own three messages back, recognised as echoes.
+    assert_eq!(s.echoes, if version == "5" { 0 } else { 3 }, "{s:?}");
     bridges.stop().await;
+}
+
+#[tokio::test]
+async fn one_bridge_both_ways_on_everything_delivers_once_on_each_side() {
+    // Both sides of the bridge subscribe with No Local: v5 [MQTT-3.8.3-3].
+    one_bridge_both_ways("5").await;
+}
+
+#[tokio::test]
+async fn one_bridge_both_ways_to_a_v311_remote_delivers_once_on_each_side() {
+    one_bridge_both_ways("3.1.1").await;
 }
 
 /// A bridge on each broker towards the other, both `out` on `#`: the second does not send back
