@@ -61,12 +61,20 @@ async fn bridge_state_is_published_under_sys() {
 }
 
 #[tokio::test]
-async fn a_refusing_remote_is_retried_with_backoff() {
+async fn a_refusing_remote_is_retried_with_backoff_and_a_password_file_is_read() {
+    use tern_broker::security::password::{PasswordFile, MIN_ITERATIONS};
+    let dir = std::env::temp_dir().join(format!("tern-bridge-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut passwords = PasswordFile::default();
+    passwords.add("edge", b"s3cret", MIN_ITERATIONS).unwrap();
+    let password_file = dir.join("passwd");
+    std::fs::write(&password_file, passwords.to_text()).unwrap();
     let b = BrokerBuilder::new()
         .listen("127.0.0.1:0".parse().unwrap())
         .configure(|c| {
             c.sys_interval_secs = 0;
             c.allow_anonymous = false;
+            c.password_file = Some(password_file.clone());
         })
         .bind()
         .await
@@ -76,6 +84,8 @@ async fn a_refusing_remote_is_retried_with_backoff() {
     let config = bridge("refused", &url_of(&b), "5")
         .topic(BridgeTopic::new("r/#", BridgeDirection::Out))
         .with(|c| {
+            c.username = Some("edge".into());
+            c.password = Some("wrong".into());
             c.reconnect_min_ms = 100;
             c.reconnect_max_ms = 400;
         });
@@ -87,11 +97,22 @@ async fn a_refusing_remote_is_retried_with_backoff() {
     let s = state(&bridges);
     assert!(!s.connected);
     let error = s.last_error.unwrap();
-    assert!(
-        error.contains("refused") && error.contains("authorized"),
-        "{error}"
-    );
+    assert!(error.contains("refused the connection"), "{error}");
     // Waits of 50-100, 100-200 then 200-400 ms: at most about ten attempts in two seconds.
     assert!((2..=12).contains(&attempts), "{attempts} attempts in 2 s");
     bridges.stop().await;
+
+    // The right password, from a file.
+    let secret = dir.join("bridge-password");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let config = bridge("accepted", &url_of(&b), "5")
+        .topic(BridgeTopic::new("r/#", BridgeDirection::Out))
+        .with(|c| {
+            c.username = Some("edge".into());
+            c.password_file = Some(secret.clone());
+        });
+    let bridges = start_bridge(&a, config).await;
+    assert_eq!(state(&bridges).last_error, None);
+    bridges.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
