@@ -6,6 +6,7 @@
 # on B alone (no bridge) for reference.
 #
 #   bench/bridge.sh [DURATION]      (default 5)
+#   MAX_INFLIGHT=1000 bench/bridge.sh   the bridge's max_inflight (default 100)
 #
 # Needs a release build of tern: TERN=path/to/tern, or target/release/tern.
 set -euo pipefail
@@ -37,6 +38,7 @@ max_queued_messages = 100000
 name = "bench"
 remote = "mqtt://127.0.0.1:$b"
 version = "$version"
+max_inflight = ${MAX_INFLIGHT:-100}
 
 [[bridge.topic]]
 filter = "bench/#"
