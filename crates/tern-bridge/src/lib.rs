@@ -40,6 +40,14 @@ pub enum BridgeError {
     /// The bridge's session on this broker failed.
     #[error("local session: {0}")]
     Local(String),
+    /// A bridge could not start.
+    #[error("bridge \"{name}\": {source}")]
+    Start {
+        /// The bridge's name.
+        name: String,
+        /// Why.
+        source: Box<BridgeError>,
+    },
 }
 
 /// Counters and state of one bridge, updated by its tasks.
@@ -157,7 +165,10 @@ impl Bridges {
             let opened =
                 local::LocalLink::open(&internal, &config.local_client_id(), &rules, config.max_inflight)
                     .await
-                    .map_err(|e| BridgeError::Local(format!("bridge \"{}\": {e}", config.name)))?;
+                    .map_err(|e| BridgeError::Start {
+                        name: config.name.clone(),
+                        source: Box::new(e),
+                    })?;
             tasks.spawn(run(shared.clone(), internal.clone(), options, opened));
             bridges.push(shared);
         }
