@@ -141,7 +141,10 @@ pub struct BridgeState {
 pub struct Bridges {
     internal: Internal,
     bridges: Vec<Arc<Shared>>,
-    tasks: tokio::task::JoinSet<()>,
+    /// Each bridge's task, in the order of `bridges`.
+    runs: Vec<tokio::task::JoinHandle<()>>,
+    /// The `$SYS` publisher.
+    status: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Bridges {
@@ -152,7 +155,7 @@ impl Bridges {
     /// unreachable remote is retried.
     pub async fn start(internal: Internal, configs: &[BridgeConfig]) -> Result<Bridges, BridgeError> {
         let mut bridges = Vec::new();
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut runs = Vec::new();
         for config in configs {
             let shared = Arc::new(Shared {
                 config: config.clone(),
@@ -169,16 +172,21 @@ impl Bridges {
                         name: config.name.clone(),
                         source: Box::new(e),
                     })?;
-            tasks.spawn(run(shared.clone(), internal.clone(), options, opened));
+            runs.push(tokio::spawn(run(
+                shared.clone(),
+                internal.clone(),
+                options,
+                opened,
+            )));
             bridges.push(shared);
         }
-        if internal.sys_interval_secs() > 0 && !bridges.is_empty() {
-            tasks.spawn(status::publish_loop(internal.clone(), bridges.clone()));
-        }
+        let status = (internal.sys_interval_secs() > 0 && !bridges.is_empty())
+            .then(|| tokio::spawn(status::publish_loop(internal.clone(), bridges.clone())));
         Ok(Bridges {
             internal,
             bridges,
-            tasks,
+            runs,
+            status,
         })
     }
 
@@ -188,18 +196,45 @@ impl Bridges {
     }
 
     /// Disconnect from every remote (the remote keeps the bridge's session for
-    /// `session_expiry_secs`) and stop. What is in the outboxes stays in the store.
+    /// `session_expiry_secs`), publish locally what the client had received (for at most
+    /// [`STOP_TIMEOUT`]), and stop. What is in the outboxes stays in the store.
     pub async fn stop(mut self) {
-        for b in &self.bridges {
+        if let Some(s) = self.status.take() {
+            s.abort();
+        }
+        let runs = std::mem::take(&mut self.runs);
+        for (b, run) in self.bridges.iter().zip(runs) {
             let client = b.client.lock().unwrap_or_else(PoisonError::into_inner).take();
-            if let Some(c) = client {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), c.disconnect()).await;
+            let Some(c) = client else {
+                // Not connected yet: nothing received to hand over.
+                run.abort();
+                continue;
+            };
+            let _ = tokio::time::timeout(STOP_TIMEOUT, c.disconnect()).await;
+            // The events end once the client has stopped and what it received was read.
+            let abort = run.abort_handle();
+            if tokio::time::timeout(STOP_TIMEOUT, run).await.is_err() {
+                abort.abort();
             }
         }
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
     }
 }
+
+impl Drop for Bridges {
+    /// Dropped without [`Bridges::stop`]: the bridges stop at once.
+    fn drop(&mut self) {
+        for run in &self.runs {
+            run.abort();
+        }
+        if let Some(s) = &self.status {
+            s.abort();
+        }
+    }
+}
+
+/// How long [`Bridges::stop`] waits for each bridge: its DISCONNECT, then the local publishing
+/// of what its client had received.
+pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long to wait before opening the local session again after it ended or failed.
 const LOCAL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
