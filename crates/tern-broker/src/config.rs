@@ -174,6 +174,9 @@ pub struct Config {
     /// The HTTP endpoint of `tern broker`: metrics, admin API, dashboard (`[http]`, or
     /// `http = "ADDR:PORT"`; `http = ""` turns it off). The library does not serve it.
     pub http: crate::http_config::HttpConfig,
+    /// Links to other MQTT brokers, `[[bridge]]` tables (see `docs/bridge.md`); the library
+    /// only checks them, `tern broker` runs them (the `tern-bridge` crate).
+    pub bridge: Vec<crate::bridge_config::BridgeConfig>,
 }
 
 /// The SUBACK code of a subscription the ACL refuses (see [`Config::denied_subscription_reason`]).
@@ -412,6 +415,7 @@ impl Default for Config {
             retained_cache_bytes: 64 << 20,
             log_format: LogFormat::Text,
             http: crate::http_config::HttpConfig::default(),
+            bridge: Vec::new(),
         }
     }
 }
@@ -531,6 +535,7 @@ impl Config {
         if self.max_client_id_len < 23 {
             return bad("max_client_id_len", "must be at least 23 ([MQTT-3.1.3-5])");
         }
+        crate::bridge_config::validate_all(&self.bridge)?;
         Ok(())
     }
 

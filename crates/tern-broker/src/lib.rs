@@ -30,6 +30,7 @@
 mod admin;
 mod auth;
 pub mod backplane;
+mod bridge_config;
 mod broker_core;
 mod budget;
 mod clock;
@@ -69,6 +70,7 @@ use tokio::net::TcpListener;
 
 pub use admin::{Admin, MetricsSnapshot, NotReady, StoreSnapshot};
 pub use auth::{AuthExchange, AuthStep, Authenticator};
+pub use bridge_config::{BridgeConfig, BridgeDirection, BridgeTopic};
 pub use clock::{Clock, ManualClock};
 pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFormat};
 pub use durability::{Durability, Stored};
@@ -322,6 +324,13 @@ impl Broker {
         Admin::new(self.core.clone(), self.limits.clone(), self.listeners())
     }
 
+    /// The way in for clients that are part of the broker program (a bridge's local side).
+    pub fn internal(&self) -> Internal {
+        Internal {
+            core: self.core.clone(),
+        }
+    }
+
     /// Serve until the task is dropped.
     pub async fn run(self) {
         self.run_until(std::future::pending()).await
@@ -446,6 +455,13 @@ impl BrokerHandle {
         self.core.publish_from_outside(message)
     }
 
+    /// The way in for clients that are part of the broker program (a bridge's local side).
+    pub fn internal(&self) -> Internal {
+        Internal {
+            core: self.core.clone(),
+        }
+    }
+
     /// Operator access (admin API, metrics, traces) to this broker.
     pub fn admin(&self) -> Admin {
         Admin::new(self.core.clone(), self.limits.clone(), self.listeners.clone())
@@ -489,6 +505,64 @@ impl Drop for BrokerHandle {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// Client identifiers that only [`Internal`] clients may use: bridges' sessions are
+/// `$bridge/NAME`, and a client from a listener is refused such an identifier (CONNACK 0x85,
+/// 3.1.1: 0x02), so it cannot take over a bridge's outbox.
+pub const BRIDGE_CLIENT_PREFIX: &str = "$bridge/";
+
+/// The listener name of [`Internal`] connections (in logs and the admin API).
+pub(crate) const INTERNAL_ORIGIN: &str = "internal";
+
+/// Serves MQTT to clients that run inside the broker's program (a bridge's local side): no
+/// listener, no password; the user name is the one given to [`Internal::serve`], so the ACL
+/// applies to it as to any user. Everything else (sessions, the store, limits, No Local) is
+/// what a client over TCP gets. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Internal {
+    core: Arc<broker_core::Core>,
+}
+
+impl Internal {
+    /// Serve MQTT on `io` (one end of an in-process pipe) as user `user`, on the current
+    /// runtime, until the stream ends or the broker shuts down.
+    pub fn serve<S>(&self, io: S, user: &str)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let origin = security::Origin {
+            policy: Arc::new(security::ListenerPolicy {
+                name: INTERNAL_ORIGIN.into(),
+                allow_anonymous: false,
+                identity_as_username: true,
+            }),
+            cert_name: Some(Some(user.to_string())),
+        };
+        let core = self.core.clone();
+        core.counters
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        tokio::spawn(connection::serve(io, peer, core, origin));
+    }
+
+    /// A snapshot of the session of `client_id` (its queued and in-flight messages, what it
+    /// dropped), if it has one.
+    pub fn session(&self, client_id: &str) -> Option<SessionInfo> {
+        self.core.session_info(client_id)
+    }
+
+    /// Publish a message of the broker itself (a `$SYS` statistic of a bridge, say) to this
+    /// broker's sessions, retained if it says so, as [`BrokerHandle::publish`] does.
+    pub fn publish(&self, message: Message) -> Result<usize, tern_proto::topic::TopicError> {
+        self.core.publish_from_outside(message)
+    }
+
+    /// Seconds between `$SYS` updates (`sys_interval_secs`; 0: none).
+    pub fn sys_interval_secs(&self) -> u64 {
+        self.core.config.sys_interval_secs
     }
 }
 

@@ -147,6 +147,19 @@ impl Subscription {
     }
 }
 
+/// A publish queued by [`Client::start_publish`], not yet acknowledged as its QoS promises.
+#[derive(Debug)]
+pub struct PendingPublish {
+    rx: oneshot::Receiver<Result<PublishOutcome, ClientError>>,
+}
+
+impl PendingPublish {
+    /// Wait until the message is delivered as its QoS promises (see [`Client::publish`]).
+    pub async fn outcome(self) -> Result<PublishOutcome, ClientError> {
+        self.rx.await.map_err(|_| ClientError::Closed)?
+    }
+}
+
 /// The channels to the driver task, shared by all clones.
 #[derive(Debug)]
 struct Inner {
@@ -258,6 +271,29 @@ impl Client {
         publish.retain = options.retain;
         publish.properties = options.properties;
         Client::call(&self.inner.publish, |reply| PublishCommand { publish, reply }).await
+    }
+
+    /// Hand a publish to the client and return once it is queued, in call order, without
+    /// waiting for the server: await [`PendingPublish::outcome`] for that. Successive calls
+    /// from one task keep their order on the wire, and several can be in flight at once
+    /// (a bridge forwarding a stream). Waits while the client's queue is full.
+    pub async fn start_publish(
+        &self,
+        topic: impl Into<ByteString>,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<PendingPublish, ClientError> {
+        let mut publish = Publish::new(topic, payload);
+        publish.qos = options.qos;
+        publish.retain = options.retain;
+        publish.properties = options.properties;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .publish
+            .send(PublishCommand { publish, reply })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(PendingPublish { rx })
     }
 
     /// Subscribe to one filter; returns the QoS the server granted, or

@@ -70,7 +70,7 @@ mod scram;
 pub mod transport;
 
 pub use backoff::Reconnect;
-pub use client::{Client, PublishOptions, Subscription};
+pub use client::{Client, PendingPublish, PublishOptions, Subscription};
 pub use error::ClientError;
 pub use event::{Event, Events, Message};
 pub use options::{LastWill, Options};

@@ -189,6 +189,14 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         Arc::from(&*c.client_id)
     };
+    // A bridge's session ($bridge/NAME) holds its outbox: no client from a listener may take it over.
+    if client_id.starts_with(crate::BRIDGE_CLIENT_PREFIX) && &*origin.policy.name != crate::INTERNAL_ORIGIN {
+        let why = format!(
+            "client identifiers beginning with {} are the bridges'",
+            crate::BRIDGE_CLIENT_PREFIX
+        );
+        return Err(refuse_with(io, &c, ReasonCode::ClientIdentifierNotValid, why).await);
+    }
 
     // Enhanced authentication (v5 section 4.12) before the session is touched.
     let mut enhanced_identity = None;

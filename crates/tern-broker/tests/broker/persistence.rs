@@ -623,7 +623,7 @@ async fn retained_messages_beyond_the_cache_are_read_from_disk() {
     let mut got = std::collections::BTreeMap::new();
     for _ in 0..N + 1 {
         let p = sub.recv_publish().await;
-        assert!(p.retain, "[MQTT-3.3.1-9] sent with RETAIN");
+        assert!(p.retain, "v5 [MQTT-3.3.1-9] sent with RETAIN");
         got.insert(
             p.topic.to_string(),
             String::from_utf8(p.payload.to_vec()).unwrap(),

@@ -31,6 +31,10 @@ pub struct Args {
     /// Broker port.
     #[arg(long, short, default_value_t = 1883)]
     port: u16,
+    /// Port the subscribers connect to, when not --port: another broker on the same host
+    /// that gets the messages through a bridge.
+    #[arg(long = "sub-port")]
+    sub_port: Option<u16>,
     /// What to run.
     #[arg(long, short, value_enum, default_value = "fan-in")]
     scenario: Scenario,
@@ -514,6 +518,7 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
     if args.scenario == Scenario::Conn {
         return connection_storm(addr, &args).await;
     }
+    let sub_addr = SocketAddr::new(addr.ip(), args.sub_port.unwrap_or(args.port));
     let qos = QoS::from_bits(args.qos).unwrap_or(QoS::AtMostOnce);
     let run_id = std::process::id();
     let epoch = Instant::now();
@@ -536,7 +541,7 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
     let mut subs = Vec::new();
     for i in 0..nsub {
         let mut c = Conn::open(
-            addr,
+            sub_addr,
             args.version,
             &format!("bench-{run_id}-sub-{i}"),
             KEEP_ALIVE,

@@ -159,6 +159,7 @@ pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerErr
         .build()
         .map_err(|e| BrokerError::Config(format!("cannot start the runtime: {e}")))?;
     let config_http = config.http.clone();
+    let bridge_configs = config.bridge.clone();
     rt.block_on(async {
         let broker = Broker::bind(config).await?;
         for (kind, addr) in broker.listeners() {
@@ -173,8 +174,26 @@ pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerErr
         if let Some(http) = start_http(&broker, &config_http).await? {
             tokio::spawn(http.run());
         }
-        // SIGINT/SIGTERM: graceful shutdown (5.0 clients get DISCONNECT 0x8B).
-        broker.run_until(shutdown_signal()).await;
+        // `[[bridge]]` tables: each bridge is a client of this broker and of its remote. Their
+        // sessions subscribe before the listeners accept anyone, so the outbox misses nothing.
+        let bridges = match bridge_configs.is_empty() {
+            true => None,
+            false => Some(
+                tern_bridge::Bridges::start(broker.internal(), &bridge_configs)
+                    .await
+                    .map_err(|e| BrokerError::Config(e.to_string()))?,
+            ),
+        };
+        // SIGINT/SIGTERM: graceful shutdown (5.0 clients get DISCONNECT 0x8B); the bridges
+        // leave their remotes first.
+        broker
+            .run_until(async move {
+                shutdown_signal().await;
+                if let Some(b) = bridges {
+                    b.stop().await;
+                }
+            })
+            .await;
         Ok(())
     })
 }

@@ -751,3 +751,47 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.wait();
     }
 }
+
+/// A bad `[[bridge]]` table stops `tern broker` at start with one line naming the bridge and
+/// the key.
+#[test]
+fn a_bad_bridge_table_stops_the_broker_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("tern-cli-bridge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: [(&str, &str); 3] = [
+        ("remote = \"amqp://h:1\"", "`remote`: unknown scheme `amqp`"),
+        (
+            "remote = \"mqtts://h:1\"\nca_file = \"/nonexistent/ca.pem\"",
+            "`ca_file`: cannot read",
+        ),
+        (
+            "remote = \"mqtt://h:1\"\n[[bridge.topic]]\nfilter = \"a/#/b\"\ndirection = \"out\"",
+            "`topic[0].filter`",
+        ),
+    ];
+    for (i, (table, expected)) in cases.iter().enumerate() {
+        let config = dir.join(format!("bad{i}.toml"));
+        let rule = if table.contains("[[bridge.topic]]") {
+            ""
+        } else {
+            "\n[[bridge.topic]]\nfilter = \"a/#\"\ndirection = \"out\"\n"
+        };
+        std::fs::write(
+            &config,
+            format!("http = \"\"\n[[bridge]]\nname = \"cloud\"\n{table}\n{rule}"),
+        )
+        .unwrap();
+        let mut c = Command::new(TERN);
+        c.args(["broker", "--listen", "127.0.0.1:0", "--in-memory", "--config"])
+            .arg(&config);
+        let out = run(c, None);
+        assert!(!out.status.success(), "{table}: the broker started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("bridge \"cloud\"") && stderr.contains(expected),
+            "{table}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,6 +6,8 @@
 //! (RELIABILITY.md section 4, v5 [MQTT-4.3.3-10], v5 [MQTT-4.4.0-1]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bridge;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -38,9 +40,14 @@ impl Broker {
             format!("sync = \"{sync}\"\nsys_interval_secs = 0\nmax_queued_messages = 100\n"),
         )
         .unwrap();
+        Broker::start_with_config(dir, &config)
+    }
+
+    /// `tern broker` with the configuration file `config` and the data directory `dir`.
+    fn start_with_config(dir: &Path, config: &Path) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(["broker", "--listen", "127.0.0.1:0", "--log", "warn", "--config"])
-            .arg(&config)
+            .arg(config)
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::piped())

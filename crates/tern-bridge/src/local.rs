@@ -1,0 +1,388 @@
+//! The bridge's local side: an MQTT 5.0 client of this broker over an in-process pipe
+//! ([`tern_broker::Internal::serve`]), with the persistent session `$bridge/NAME`.
+//!
+//! That session is the durable outbox. It subscribes to the `out` filters (No Local, Retain
+//! As Published), so the broker queues the matching QoS 1/2 messages for it and writes them
+//! to its store in the same group commit as the publisher's PUBACK. A delivery is
+//! acknowledged here ([`LocalLink::done`]: PUBACK, or PUBREC then PUBCOMP) only once the
+//! remote has acknowledged it; until then the broker keeps it, across restarts, and sends
+//! it again (with its packet id) when the session resumes. At most `max_inflight` deliveries
+//! are unacknowledged (our Receive Maximum); the rest wait in the broker's session queue,
+//! within its `max_queued_messages` / `max_queued_bytes`.
+//!
+//! Messages from the remote are published on the same connection ([`LocalLink::publish`]),
+//! so No Local keeps them from going back out through this bridge.
+//!
+//! Tasks: a reader (decodes what the broker sends; deliveries go to the forwarder through a
+//! bounded channel) and a writer (encodes packets from a bounded channel), so that neither
+//! direction of the pipe waits for the other. When the broker ends the session's connection (an
+//! administrator's disconnect), the reader's end is signalled and the bridge opens it again.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::BytesMut;
+use tern_proto::codec::{Decoded, Decoder, MAX_PACKET_SIZE};
+use tern_proto::{
+    Ack, ByteString, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, RetainHandling, Subscribe,
+    SubscriptionOptions, Unsubscribe,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::rules::Rules;
+use crate::BridgeError;
+
+/// Bytes buffered in each direction of the pipe.
+const PIPE_BYTES: usize = 64 * 1024;
+/// Packets waiting for the writer.
+const WRITE_QUEUE: usize = 256;
+/// The most QoS 1/2 publishes of ours in flight (ids `1..=` this), whatever the broker's
+/// Receive Maximum: the ids a resumed session is released of.
+const MAX_OWN_INFLIGHT: u16 = 1024;
+/// How long the broker may take to answer the SUBSCRIBE.
+const SUBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The packet ids of the SUBSCRIBE and the UNSUBSCRIBE, above those of publishes.
+const SUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 1;
+const UNSUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 2;
+
+/// A message the broker delivered to the bridge's session.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    /// As delivered (QoS, packet id, RETAIN as published, properties).
+    pub publish: Publish,
+}
+
+/// An open local session: the link, its deliveries, and the signal that it ended.
+pub(crate) type Opened = (LocalLink, mpsc::Receiver<Delivery>, oneshot::Receiver<()>);
+
+/// The handle the other tasks use to write to the local session.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalLink {
+    writer: mpsc::Sender<Packet>,
+    /// Room in the broker's Receive Maximum for our QoS 1/2 publishes.
+    window: Arc<Semaphore>,
+    ids: Arc<Mutex<Ids>>,
+}
+
+/// Packet ids of our publishes in flight, taken from `1..=window` only (the broker's
+/// Receive Maximum), so that the ids a previous run of the bridge may have left awaiting
+/// PUBREL in the broker's store are known: [`LocalLink::open`] releases them all.
+#[derive(Debug)]
+struct Ids {
+    window: u16,
+    next: u16,
+    used: HashSet<u16>,
+}
+
+impl Ids {
+    /// A free id; there is one, since fewer than `window` are in flight (the semaphore).
+    fn take(&mut self) -> Option<PacketId> {
+        for _ in 0..self.window {
+            self.next = if self.next >= self.window {
+                1
+            } else {
+                self.next + 1
+            };
+            if self.used.insert(self.next) {
+                return PacketId::new(self.next);
+            }
+        }
+        None
+    }
+
+    fn free(&mut self, id: PacketId) -> bool {
+        self.used.remove(&id.get())
+    }
+}
+
+impl LocalLink {
+    /// Connect to the broker as `client_id` (a persistent session), subscribe to the `out`
+    /// filters (returns once the broker has answered), and start the reader and the writer. Deliveries come out of the returned
+    /// receiver, at most `max_inflight` unacknowledged at once.
+    pub(crate) async fn open(
+        internal: &tern_broker::Internal,
+        client_id: &str,
+        rules: &Rules,
+        max_inflight: u16,
+    ) -> Result<Opened, BridgeError> {
+        let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+        internal.serve(theirs, client_id);
+        let (mut rd, mut wr) = tokio::io::split(ours);
+        let mut connect = Connect::new(ProtocolVersion::V5, client_id.to_string());
+        connect.clean_start = false;
+        connect.keep_alive = 0;
+        connect.properties.session_expiry_interval = Some(u32::MAX);
+        connect.properties.receive_maximum = Some(max_inflight);
+        write(&mut wr, &Packet::Connect(Box::new(connect))).await?;
+        let decoder = Decoder::new(ProtocolVersion::V5, MAX_PACKET_SIZE);
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let connack = match read_packet(&mut rd, &decoder, &mut buf).await? {
+            Some(Packet::ConnAck(c)) => c,
+            other => {
+                return Err(BridgeError::Local(format!(
+                    "expected CONNACK from the broker, got {other:?}"
+                )))
+            }
+        };
+        if connack.reason_code.is_error() {
+            return Err(BridgeError::Local(format!(
+                "the broker refused the bridge's session {client_id}: {}{}",
+                connack.reason_code,
+                connack
+                    .properties
+                    .reason_string
+                    .as_ref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
+            )));
+        }
+        let window = connack
+            .properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(MAX_OWN_INFLIGHT);
+        // A resumed session may hold QoS 2 ids of ours awaiting PUBREL (a crash in the middle
+        // of a handshake): a new message under such an id would be taken for a duplicate
+        // and dropped (v5 [MQTT-4.3.3-10]). So every id we may use starts in flight, is
+        // released with PUBREL, and becomes free when its PUBCOMP (0x92 when unknown) comes.
+        let stale: HashSet<u16> = match connack.session_present {
+            true => (1..=window).collect(),
+            false => HashSet::new(),
+        };
+        let (writer, write_rx) = mpsc::channel(WRITE_QUEUE);
+        let link = LocalLink {
+            writer,
+            window: Arc::new(Semaphore::new(usize::from(window) - stale.len())),
+            ids: Arc::new(Mutex::new(Ids {
+                window,
+                next: 0,
+                used: stale.clone(),
+            })),
+        };
+        let filters: Vec<(ByteString, SubscriptionOptions)> = rules
+            .out_filters()
+            .map(|(f, qos)| {
+                let mut o = SubscriptionOptions::qos(qos);
+                o.no_local = true;
+                o.retain_as_published = true;
+                o.retain_handling = RetainHandling::SendIfNew;
+                (f.into(), o)
+            })
+            .collect();
+        // Filters of an earlier configuration that the resumed session still has.
+        let dropped_filters: Vec<ByteString> = match connack.session_present {
+            true => internal
+                .session(client_id)
+                .map(|s| s.subscriptions)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| !filters.iter().any(|(f, _)| &**f == s.filter.as_str()))
+                .map(|s| s.filter.into())
+                .collect(),
+            false => Vec::new(),
+        };
+        let (deliveries, rx) = mpsc::channel(usize::from(max_inflight).max(16));
+        let (link_for_reader, id_for_reader) = (link.clone(), client_id.to_string());
+        tokio::spawn(write_loop(wr, write_rx));
+        let (closed_tx, closed) = oneshot::channel();
+        let (subscribed_tx, subscribed) = oneshot::channel();
+        tokio::spawn(async move {
+            let r = read_loop(
+                rd,
+                decoder,
+                buf,
+                link_for_reader,
+                deliveries,
+                id_for_reader,
+                Some(subscribed_tx),
+            );
+            r.await;
+            let _ = closed_tx.send(());
+        });
+        if let Some(packet_id) = PacketId::new(SUBSCRIBE_ID).filter(|_| !filters.is_empty()) {
+            let subscribe = Subscribe {
+                packet_id,
+                properties: Default::default(),
+                filters,
+            };
+            link.send(Packet::Subscribe(subscribe)).await?;
+            // Subscribed before anything else goes on: `tern broker` accepts clients only then,
+            // so nothing published after its start misses the outbox.
+            match tokio::time::timeout(SUBACK_TIMEOUT, subscribed).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(BridgeError::Local(
+                        "the broker did not answer the bridge's SUBSCRIBE".into(),
+                    ))
+                }
+            }
+        }
+        if let Some(packet_id) = PacketId::new(UNSUBSCRIBE_ID).filter(|_| !dropped_filters.is_empty()) {
+            tracing::info!(bridge = %client_id, filters = ?dropped_filters, "no longer forwarding these filters");
+            let unsubscribe = Unsubscribe {
+                packet_id,
+                properties: Default::default(),
+                filters: dropped_filters,
+            };
+            link.send(Packet::Unsubscribe(unsubscribe)).await?;
+        }
+        let mut stale: Vec<u16> = stale.into_iter().collect();
+        stale.sort_unstable();
+        for id in stale.into_iter().filter_map(PacketId::new) {
+            link.send(Packet::PubRel(Ack::new(id))).await?;
+        }
+        Ok((link, rx, closed))
+    }
+
+    async fn send(&self, packet: Packet) -> Result<(), BridgeError> {
+        self.writer
+            .send(packet)
+            .await
+            .map_err(|_| BridgeError::Local("the connection to the broker ended".into()))
+    }
+
+    /// The remote has the message delivered with `id` at `qos`: acknowledge it here, so the
+    /// broker removes it from the outbox (QoS 2: PUBREC now, PUBCOMP when PUBREL comes).
+    pub(crate) async fn done(&self, id: PacketId, qos: QoS) -> Result<(), BridgeError> {
+        match qos {
+            QoS::AtMostOnce => Ok(()),
+            QoS::AtLeastOnce => self.send(Packet::PubAck(Ack::new(id))).await,
+            QoS::ExactlyOnce => self.send(Packet::PubRec(Ack::new(id))).await,
+        }
+    }
+
+    /// Publish a message from the remote to this broker; waits while the broker's Receive
+    /// Maximum is used up.
+    pub(crate) async fn publish(&self, mut publish: Publish) -> Result<(), BridgeError> {
+        if publish.qos != QoS::AtMostOnce {
+            let permit = self
+                .window
+                .acquire()
+                .await
+                .map_err(|_| BridgeError::Local("the connection to the broker ended".into()))?;
+            permit.forget();
+            let id = self
+                .ids
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .ok_or_else(|| BridgeError::Local("no free packet id".into()))?;
+            publish.packet_id = Some(id);
+        }
+        self.send(Packet::Publish(publish)).await
+    }
+
+    /// Our publish `id` is complete: its id and its place in the window are free again.
+    fn completed(&self, id: PacketId) {
+        if self.ids.lock().unwrap_or_else(PoisonError::into_inner).free(id) {
+            self.window.add_permits(1);
+        }
+    }
+}
+
+/// Decode what the broker sends until the pipe closes.
+async fn read_loop(
+    mut rd: ReadHalf<DuplexStream>,
+    decoder: Decoder,
+    mut buf: BytesMut,
+    link: LocalLink,
+    deliveries: mpsc::Sender<Delivery>,
+    client_id: String,
+    mut subscribed: Option<oneshot::Sender<()>>,
+) {
+    loop {
+        let packet = match read_packet(&mut rd, &decoder, &mut buf).await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(bridge = %client_id, "local session: {e}");
+                break;
+            }
+        };
+        let ok = match packet {
+            Packet::Publish(publish) => deliveries.send(Delivery { publish }).await.is_ok(),
+            Packet::PubRel(a) => link.send(Packet::PubComp(Ack::new(a.packet_id))).await.is_ok(),
+            Packet::PubRec(a) if a.reason_code.is_error() => {
+                link.completed(a.packet_id);
+                true
+            }
+            Packet::PubRec(a) => link.send(Packet::PubRel(Ack::new(a.packet_id))).await.is_ok(),
+            Packet::PubAck(a) | Packet::PubComp(a) => {
+                link.completed(a.packet_id);
+                true
+            }
+            Packet::SubAck(s) => {
+                for code in s.reason_codes.iter().filter(|c| c.is_error()) {
+                    tracing::error!(bridge = %client_id, "the broker refused an `out` filter of the bridge: {code} (check the ACL for user {client_id})");
+                }
+                if let Some(tx) = subscribed.take() {
+                    let _ = tx.send(());
+                }
+                true
+            }
+            Packet::Disconnect(d) => {
+                tracing::info!(bridge = %client_id, reason = ?d.reason_code, "the broker closed the bridge's local session");
+                false
+            }
+            _ => true,
+        };
+        if !ok {
+            break;
+        }
+    }
+    link.window.close();
+}
+
+/// Write packets from `rx` in order, a batch per write, until every sender is gone.
+async fn write_loop(mut wr: WriteHalf<DuplexStream>, mut rx: mpsc::Receiver<Packet>) {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(p) = next {
+            if let Err(e) = p.encode(ProtocolVersion::V5, &mut buf) {
+                tracing::warn!("bridge: cannot encode a packet for the broker: {e}");
+            }
+            next = if buf.len() < 64 * 1024 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn write(wr: &mut WriteHalf<DuplexStream>, packet: &Packet) -> Result<(), BridgeError> {
+    let mut buf = BytesMut::new();
+    packet
+        .encode(ProtocolVersion::V5, &mut buf)
+        .map_err(|e| BridgeError::Local(format!("cannot encode {:?}: {e}", packet.packet_type())))?;
+    wr.write_all(&buf)
+        .await
+        .map_err(|e| BridgeError::Local(format!("cannot write to the broker: {e}")))
+}
+
+/// The next packet, `None` at the end of the stream.
+async fn read_packet(
+    rd: &mut ReadHalf<DuplexStream>,
+    decoder: &Decoder,
+    buf: &mut BytesMut,
+) -> Result<Option<Packet>, BridgeError> {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Decoded::Packet(p)) => return Ok(Some(p)),
+            Ok(Decoded::NeedMore(n)) => buf.reserve(n.max(4096)),
+            Err(e) => return Err(BridgeError::Local(format!("bad packet from the broker: {e}"))),
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(BridgeError::Local(format!("cannot read from the broker: {e}"))),
+        }
+    }
+}

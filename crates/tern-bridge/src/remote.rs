@@ -1,0 +1,386 @@
+//! The bridge's remote side and the tasks that move messages between the two sides.
+//!
+//! - `forward`: takes deliveries from the local session in order, maps their topics, hands
+//!   them to the remote client ([`tern_client::Client::start_publish`], order kept, many in
+//!   flight) and passes each pending acknowledgement to `acknowledge`.
+//! - `acknowledge`: waits for the remote's PUBACK/PUBCOMP of each message in order, then
+//!   acknowledges the delivery locally (the broker removes it from the outbox). A message
+//!   the remote refuses (reason code 0x80 or above, a topic or size it does not take) is
+//!   acknowledged too, logged and counted as dropped: sending it again would not help.
+//! - `receive`: the remote client's events; messages of `in` rules are published locally.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_client::{
+    Client, ClientError, Event, Events, Options, PendingPublish, PublishOptions, Reconnect, Subscription,
+};
+use tern_proto::{PacketId, ProtocolVersion, Publish, QoS};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::local::{Delivery, LocalLink};
+use crate::rules::Rules;
+use crate::{BridgeError, Shared};
+
+/// The client options for the remote, from the bridge's table.
+pub(crate) fn options(shared: &Shared) -> Result<Options, BridgeError> {
+    let c = &shared.config;
+    let bad = |key: &str, why: String| BridgeError::Config(format!("bridge \"{}\": `{key}`: {why}", c.name));
+    let mut o = Options::new(c.remote.clone())
+        .client_id(c.remote_client_id())
+        .version(if c.is_v5() {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V3_1_1
+        })
+        .keep_alive(Duration::from_secs(u64::from(c.keep_alive_secs)))
+        .clean_start(c.clean_start || qos2_out(c))
+        .reconnect(Reconnect::with_delays(
+            Duration::from_millis(c.reconnect_min_ms),
+            Duration::from_millis(c.reconnect_max_ms),
+        ))
+        // Every delivery the local window lets through fits: taking one never waits long.
+        .max_queued(usize::from(c.max_inflight) + 16);
+    if c.is_v5() {
+        o = o.session_expiry(c.session_expiry_secs);
+    }
+    let password = match (&c.password, &c.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad("password_file", format!("cannot read {}: {e}", path.display())))?;
+            Some(text.lines().next().unwrap_or("").to_string())
+        }
+        (None, None) => None,
+    };
+    match (&c.username, password) {
+        (Some(u), Some(p)) => o = o.credentials(u.clone(), p.into_bytes()),
+        (Some(u), None) => o = o.username(u.clone()),
+        (None, Some(_)) => return Err(bad("username", "a password needs a user name".into())),
+        (None, None) => {}
+    }
+    if c.ca_file.is_some() || c.cert_file.is_some() || c.server_name.is_some() {
+        let mut tls = tern_client::transport::TlsOptions::new();
+        if let Some(ca) = &c.ca_file {
+            tls = tls.ca_file(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&c.cert_file, &c.key_file) {
+            tls = tls.client_auth_files(cert.clone(), key.clone());
+        }
+        if let Some(name) = &c.server_name {
+            tls = tls.server_name(name.clone());
+        }
+        o = o.tls(tls);
+    }
+    Ok(o)
+}
+
+/// Whether an `out` rule forwards QoS 2. The client keeps its QoS 2 state in memory only:
+/// a session the remote kept from an earlier run may hold ids of ours awaiting PUBREL, and a
+/// new message under such an id would be taken for a duplicate and dropped. So such a bridge
+/// starts each run with a clean session on the remote (and resumes it on reconnections).
+fn qos2_out(c: &tern_broker::BridgeConfig) -> bool {
+    c.topics.iter().any(|t| t.direction.is_out() && t.qos == 2)
+}
+
+/// Connect to the remote, retrying with backoff and jitter until it accepts; every failure
+/// (a refusal with its reason code included) is logged and kept as the last error.
+pub(crate) async fn connect(shared: &Shared, options: Options) -> (Client, Events) {
+    let c = &shared.config;
+    let reconnect = Backoff {
+        min: Duration::from_millis(c.reconnect_min_ms),
+        max: Duration::from_millis(c.reconnect_max_ms),
+    };
+    let mut attempt = 0u32;
+    loop {
+        match Client::connect(options.clone()).await {
+            Ok(pair) => return pair,
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                let delay = reconnect.delay(attempt);
+                tracing::warn!(bridge = %c.name, remote = %c.remote, "cannot connect: {e}; next attempt in {delay:?}");
+                shared.status.set_error(e.to_string());
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Subscribe on the remote to the `in` filters (5.0: No Local, so what this bridge sends does
+/// not come back; Retain As Published, so retained messages stay retained).
+pub(crate) async fn subscribe(shared: &Shared, client: &Client, rules: &Rules) {
+    let v5 = shared.config.is_v5();
+    for (filter, qos) in rules.in_filters() {
+        let mut s = Subscription::new(filter.to_string(), qos);
+        if v5 {
+            s = s.no_local(true).retain_as_published(true);
+        }
+        match client.subscribe_with(s).await {
+            Ok(ack) => {
+                if let Some(code) = ack.reason_codes.iter().find(|c| c.is_error()) {
+                    tracing::error!(bridge = %shared.config.name, %filter, "the remote refused the subscription: {code}");
+                    shared
+                        .status
+                        .set_error(format!("subscription to {filter:?} refused: {code}"));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(bridge = %shared.config.name, %filter, "cannot subscribe on the remote: {e}");
+                shared.status.set_error(e.to_string());
+            }
+        }
+    }
+}
+
+/// A delivery handed to the remote client, waiting for its acknowledgement.
+pub(crate) struct Pending {
+    id: PacketId,
+    local_qos: QoS,
+    outcome: PendingPublish,
+}
+
+/// Hand each local delivery to the remote, in order, until either side ends.
+pub(crate) async fn forward(
+    shared: Arc<Shared>,
+    client: Client,
+    rules: Rules,
+    mut deliveries: mpsc::Receiver<Delivery>,
+    local: LocalLink,
+    acks: mpsc::Sender<Pending>,
+) {
+    let v5 = shared.config.is_v5();
+    while let Some(Delivery { publish: p }) = deliveries.recv().await {
+        let Some(route) = rules.outbound(&p.topic) else {
+            // A subscription left by an earlier configuration of this bridge.
+            shared.status.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = p.packet_id {
+                if local.done(id, p.qos).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        };
+        let hops = hops(&p);
+        if hops >= shared.config.max_hops {
+            // It came over as many bridges as allowed (a loop of bridges, or a chain longer
+            // than configured).
+            shared.status.hops_exceeded.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = p.packet_id {
+                if local.done(id, p.qos).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
+        let mut o = PublishOptions::new().qos(p.qos.min(route.qos)).retain(p.retain);
+        if v5 {
+            o = with_properties(o, &p).user_property(HOPS, (hops + 1).to_string());
+        }
+        if !v5 && rules.inbound(&route.topic).is_some() {
+            shared.echoes.sent(&route.topic, &p.payload);
+        }
+        let outcome = match client.start_publish(route.topic, p.payload, o).await {
+            Ok(outcome) => outcome,
+            Err(_) => return,
+        };
+        match p.packet_id {
+            Some(id) => {
+                let pending = Pending {
+                    id,
+                    local_qos: p.qos,
+                    outcome,
+                };
+                if acks.send(pending).await.is_err() {
+                    return;
+                }
+            }
+            None => {
+                shared.status.forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The User Property that counts the bridges a message crossed.
+pub(crate) const HOPS: &str = "tern-bridge-hops";
+
+/// How many bridges `p` crossed (its [`HOPS`] property; 0 without one).
+fn hops(p: &Publish) -> u8 {
+    p.properties
+        .user_properties
+        .iter()
+        .rev()
+        .find(|(k, _)| &**k == HOPS)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The 5.0 properties a forwarded message keeps (not the Topic Alias nor Subscription
+/// Identifiers, which belong to one connection).
+fn with_properties(mut o: PublishOptions, p: &Publish) -> PublishOptions {
+    let props = &p.properties;
+    if let Some(s) = props.message_expiry_interval {
+        o = o.message_expiry(s);
+    }
+    if let Some(f) = props.payload_format_indicator {
+        o = o.utf8_payload(f == 1);
+    }
+    if let Some(t) = &props.content_type {
+        o = o.content_type(t.clone());
+    }
+    if let Some(t) = &props.response_topic {
+        o = o.response_topic(t.clone());
+    }
+    if let Some(d) = &props.correlation_data {
+        o = o.correlation_data(d.clone());
+    }
+    for (k, v) in props.user_properties.iter().filter(|(k, _)| &**k != HOPS) {
+        o = o.user_property(k.clone(), v.clone());
+    }
+    o
+}
+
+/// Acknowledge each delivery locally once the remote has it, in the order they were sent.
+pub(crate) async fn acknowledge(shared: Arc<Shared>, mut acks: mpsc::Receiver<Pending>, local: LocalLink) {
+    while let Some(p) = acks.recv().await {
+        match p.outcome.outcome().await {
+            Ok(_) => {
+                shared.status.forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ClientError::Publish(e)) => {
+                tracing::warn!(bridge = %shared.config.name, "the remote did not take a message: {e}; dropped");
+                shared.status.dropped.fetch_add(1, Ordering::Relaxed);
+                shared.status.set_error(e.to_string());
+            }
+            // The client stopped: the message stays in the outbox for the next start.
+            Err(_) => return,
+        }
+        if local.done(p.id, p.local_qos).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How [`receive`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The local session ended (the broker closed it): open it again.
+    Local,
+    /// The remote client stopped.
+    Remote,
+}
+
+/// Follow the remote client's events (connection state; messages of `in` rules, published
+/// locally) until the local session ends (`closed`) or the client stops.
+pub(crate) async fn receive(
+    shared: &Shared,
+    events: &mut Events,
+    rules: &Rules,
+    local: &LocalLink,
+    mut closed: oneshot::Receiver<()>,
+) -> Ended {
+    let name = &shared.config.name;
+    let status = &shared.status;
+    loop {
+        let event = tokio::select! {
+            _ = &mut closed => return Ended::Local,
+            event = events.recv() => event,
+        };
+        let Some(event) = event else {
+            status.connected.store(false, Ordering::Relaxed);
+            return Ended::Remote;
+        };
+        match event {
+            Event::Message(m) => {
+                let Some(route) = rules.inbound(&m.topic) else {
+                    status.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if !shared.config.is_v5() && shared.echoes.is_echo(&m.topic, &m.payload) {
+                    status.echoes.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let mut p = Publish::new(route.topic, m.payload);
+                p.qos = m.qos.min(route.qos);
+                p.retain = m.retain;
+                p.properties = m.properties;
+                p.properties.subscription_identifiers.clear();
+                p.properties.topic_alias = None;
+                if local.publish(p).await.is_err() {
+                    return Ended::Local;
+                }
+                status.received.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Connected { session_present, .. } => {
+                tracing::info!(bridge = %name, session_present, "connected to the remote");
+                status.connected.store(true, Ordering::Relaxed);
+            }
+            Event::Disconnected { reason } => {
+                tracing::warn!(bridge = %name, "disconnected from the remote: {reason}");
+                status.connected.store(false, Ordering::Relaxed);
+                status.set_error(reason.to_string());
+            }
+            Event::ReconnectFailed { error } => {
+                tracing::warn!(bridge = %name, "cannot reconnect to the remote: {error}");
+                status.set_error(error.to_string());
+            }
+            Event::ResubscribeFailed { filter, reason_code } => {
+                tracing::error!(bridge = %name, %filter, "the remote refused the subscription again: {reason_code}");
+                status.set_error(format!("subscription to {filter:?} refused: {reason_code}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Delays before connection attempts: `min × 2^(n-1)` capped at `max`, a random time
+/// between half and all of it.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .min
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.max);
+        let half = base / 2;
+        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(if nanos == 0 { 0 } else { random() % (nanos + 1) })
+    }
+}
+
+/// A random number from the standard library's per-process hashing keys.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap() {
+        let b = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        for attempt in 1..30 {
+            let d = b.delay(attempt);
+            let base =
+                (Duration::from_millis(100) * (1 << (attempt - 1).min(20))).min(Duration::from_secs(1));
+            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The remote reached over TLS with a client certificate, and over WebSocket: another Tern
+//! broker with those listeners.
+
+use std::path::PathBuf;
+
+use tern_broker::{
+    BridgeConfig, BridgeDirection, BridgeTopic, BrokerBuilder, BrokerHandle, ListenerConfig, ListenerKind,
+};
+use tern_client::{ProtocolVersion, QoS};
+
+use crate::support::*;
+
+/// One message each way through the bridge of `a` to `b`.
+/// `remote_user`: the user name the remote must know the bridge by.
+async fn round_trip(a: &BrokerHandle, b: &BrokerHandle, bridge: BridgeConfig, remote_user: Option<&str>) {
+    let config = bridge
+        .topic(BridgeTopic::new("up/#", BridgeDirection::Out))
+        .topic(BridgeTopic::new("down/#", BridgeDirection::In));
+    let name = config.name.clone();
+    let bridges_remote_id = config.remote_client_id();
+    let bridges = start_bridge(a, config).await;
+    let v5 = ProtocolVersion::V5;
+    let (sa, mut ea) = client(&url_of(a), &format!("{name}-sub-a"), v5).await;
+    sa.subscribe("down/#", QoS::AtLeastOnce).await.unwrap();
+    let (sb, mut eb) = client(&url_of(b), &format!("{name}-sub-b"), v5).await;
+    sb.subscribe("up/#", QoS::AtLeastOnce).await.unwrap();
+    let (pa, _) = client(&url_of(a), &format!("{name}-pub-a"), v5).await;
+    let (pb, _) = client(&url_of(b), &format!("{name}-pub-b"), v5).await;
+    // The remote's in-filter subscription may still be on its way: publish until it arrives.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        pb.publish("down/cmd", "go", QoS::AtLeastOnce).await.unwrap();
+        if let Ok(Some(m)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), ea.next_message()).await
+        {
+            assert_eq!(&*m.topic, "down/cmd");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing came in");
+    }
+    pa.publish("up/reading", "42", QoS::AtLeastOnce).await.unwrap();
+    let m = next(&mut eb).await;
+    assert_eq!((&*m.topic, m.payload_str()), ("up/reading", Some("42")));
+    let session = b.session(&bridges_remote_id).unwrap();
+    assert_eq!(
+        session.connection.and_then(|c| c.username).as_deref(),
+        remote_user
+    );
+    bridges.stop().await;
+}
+
+#[tokio::test]
+async fn over_websocket_to_tern() {
+    let b = BrokerBuilder::new()
+        .listener(ListenerConfig::new(
+            ListenerKind::Ws,
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(|c| c.sys_interval_secs = 0)
+        .bind()
+        .await
+        .unwrap()
+        .spawn();
+    let ws = b.addr_of(ListenerKind::Ws).unwrap();
+    let a = tern().await;
+    round_trip(&a, &b, bridge("ws", &format!("ws://{ws}/mqtt"), "5"), None).await;
+}
+
+struct Files(PathBuf);
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate_to_tern() {
+    let dir = Files(std::env::temp_dir().join(format!("tern-bridge-tls-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    // A CA, the remote's certificate for localhost, the bridge's client certificate.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "bridge test CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let mut sp = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    sp.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let server = sp.signed_by(&server_key, &issuer).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    cp.distinguished_name
+        .push(rcgen::DnType::CommonName, "edge-site-1");
+    cp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = cp.signed_by(&client_key, &issuer).unwrap();
+    let ca_file = write("ca.pem", &ca_cert.pem());
+
+    let mut tls = ListenerConfig::new(ListenerKind::Tls, "127.0.0.1:0".parse().unwrap());
+    tls.cert = Some(write("server.pem", &server.pem()));
+    tls.key = Some(write("server.key", &server_key.serialize_pem()));
+    tls.client_ca = Some(ca_file.clone());
+    tls.use_identity_as_username = true;
+    let b = BrokerBuilder::new()
+        .listener(tls)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(|c| c.sys_interval_secs = 0)
+        .bind()
+        .await
+        .unwrap()
+        .spawn();
+    let port = b.addr_of(ListenerKind::Tls).unwrap().port();
+    let a = tern().await;
+    let (cert_file, key_file) = (
+        write("client.pem", &client_cert.pem()),
+        write("client.key", &client_key.serialize_pem()),
+    );
+    let config = bridge("tls", &format!("mqtts://localhost:{port}"), "5").with(|c| {
+        c.ca_file = Some(ca_file);
+        c.cert_file = Some(cert_file);
+        c.key_file = Some(key_file);
+        c.client_id = Some("edge-tls".into());
+    });
+    // The remote knows the bridge by its certificate's CN.
+    round_trip(&a, &b, config, Some("edge-site-1")).await;
+}
