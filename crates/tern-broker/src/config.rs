@@ -155,6 +155,9 @@ pub struct Config {
     /// The HTTP endpoint of `tern broker`: metrics, admin API, dashboard (`[http]`, or
     /// `http = "ADDR:PORT"`; `http = ""` turns it off). The library does not serve it.
     pub http: crate::http_config::HttpConfig,
+    /// Cluster mode (`[cluster]`): the NATS servers this node shares its state through.
+    /// Absent: a single node. The library only carries it (the `tern-cluster` crate acts on it).
+    pub cluster: Option<crate::cluster_config::ClusterConfig>,
 }
 
 /// The SUBACK code of a subscription the ACL refuses (see [`Config::denied_subscription_reason`]).
@@ -388,6 +391,7 @@ impl Default for Config {
             sync_interval_ms: 100,
             log_format: LogFormat::Text,
             http: crate::http_config::HttpConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -436,6 +440,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), BrokerError> {
         fn bad(field: &str, fix: &str) -> Result<(), BrokerError> {
             Err(BrokerError::Config(format!("`{field}`: {fix}")))
+        }
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(BrokerError::Config)?;
         }
         if self.listen.is_empty() && self.listeners.is_empty() {
             return bad(

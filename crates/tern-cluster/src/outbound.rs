@@ -1,0 +1,219 @@
+//! What this node's clients publish, on its way to NATS: QoS 0 as core NATS messages on
+//! `<prefix>.t.<topic>`, QoS 1/2 stored once in their publisher's shard stream. Stored
+//! messages are numbered (tickets); [`Outbound::progress`] says up to which ticket all are
+//! stored, and the broker holds each publisher's PUBACK/PUBREC until then.
+//!
+//! ### Queues
+//! - QoS 0: a bounded channel (`QOS0_QUEUE`); when it is full the message is dropped and
+//!   counted, as QoS 0 allows.
+//! - QoS 1/2: never dropped. The hand-over channel has no fixed capacity, but its depth is
+//!   bounded by the broker's flow control: a connection hands over at most one read's worth
+//!   of messages (64 KiB of packets) and then waits for their acknowledgement before it reads
+//!   again. Messages in flight to JetStream are capped at `cluster.max_ack_inflight` (the
+//!   JetStream context waits for a permit).
+//! - A publish without an answer (a stream leader died, no quorum) is retried with the same
+//!   `Nats-Msg-Id`, so JetStream stores it once (within its duplicate window).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use tern_broker::durability::{Progress, Ticket};
+use tern_broker::Message;
+use tern_proto::QoS;
+use tokio::sync::mpsc;
+
+use crate::{codec, streams, topic};
+
+/// QoS 0 messages waiting to be handed to NATS, at most.
+pub const QOS0_QUEUE: usize = 65_536;
+
+/// Longest pause between two attempts to store a message.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A message to publish: its subject, headers and payload.
+pub(crate) struct Outgoing {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// Counters of the outbound side.
+#[derive(Debug, Default)]
+pub struct OutboundCounters {
+    /// QoS 0 messages published on core NATS.
+    pub qos0_sent: AtomicU64,
+    /// QoS 0 messages dropped because the queue to NATS was full.
+    pub qos0_dropped: AtomicU64,
+    /// QoS 1/2 messages stored (acknowledged by JetStream).
+    pub stored: AtomicU64,
+    /// Attempts to store that failed and were retried.
+    pub retries: AtomicU64,
+}
+
+/// The node's outbound half, shared by the backplane and its tasks.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub node: String,
+    pub prefix: String,
+    pub shards: u16,
+    /// This run of the node (wall ms at start): with `counter`, a unique `Nats-Msg-Id`.
+    incarnation: u64,
+    counter: AtomicU64,
+    submitted: AtomicU64,
+    pub progress: Progress,
+    settled: Mutex<Settled>,
+    stored_tx: mpsc::UnboundedSender<(Ticket, Outgoing)>,
+    qos0_tx: mpsc::Sender<Outgoing>,
+    pub ack_timeout: Duration,
+    pub counters: OutboundCounters,
+}
+
+/// Tickets stored out of order, waiting for the ones before them.
+#[derive(Debug, Default)]
+struct Settled {
+    done: BTreeSet<Ticket>,
+}
+
+/// The receiving ends, for [`run`].
+pub(crate) struct Receivers {
+    stored: mpsc::UnboundedReceiver<(Ticket, Outgoing)>,
+    qos0: mpsc::Receiver<Outgoing>,
+}
+
+impl Outbound {
+    pub fn new(node: String, prefix: String, shards: u16, ack_timeout: Duration) -> (Outbound, Receivers) {
+        let (stored_tx, stored) = mpsc::unbounded_channel();
+        let (qos0_tx, qos0) = mpsc::channel(QOS0_QUEUE);
+        let out = Outbound {
+            node,
+            prefix,
+            shards,
+            incarnation: codec::wall_ms(),
+            counter: AtomicU64::new(0),
+            submitted: AtomicU64::new(0),
+            progress: Progress::default(),
+            settled: Mutex::default(),
+            stored_tx,
+            qos0_tx,
+            ack_timeout,
+            counters: OutboundCounters::default(),
+        };
+        (out, Receivers { stored, qos0 })
+    }
+
+    /// The ticket of the last stored message handed over.
+    pub fn submitted(&self) -> Ticket {
+        self.submitted.load(Ordering::Acquire)
+    }
+
+    /// Hand `msg`, published by a client of this node, to NATS (never blocks).
+    pub fn publish(&self, msg: &Arc<Message>) {
+        let mut headers = codec::headers(msg, &self.node);
+        if msg.qos == QoS::AtMostOnce {
+            let out = Outgoing {
+                subject: topic::encode_topic(&format!("{}.t", self.prefix), &msg.topic),
+                headers,
+                payload: msg.payload.clone(),
+            };
+            if self.qos0_tx.try_send(out).is_err() {
+                self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let k = streams::shard_of(msg.publisher.as_deref(), self.shards);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}:{}:{n}", self.node, self.incarnation).as_str(),
+        );
+        let out = Outgoing {
+            subject: topic::encode_topic(&streams::shard_subject(&self.prefix, k), &msg.topic),
+            headers,
+            payload: msg.payload.clone(),
+        };
+        // The ticket is taken and sent under one lock so that tickets enter the channel in
+        // order (the JetStream publishes then go out in the order of the clients' PUBLISHes).
+        let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = self.submitted.load(Ordering::Relaxed) + 1;
+        if self.stored_tx.send((ticket, out)).is_ok() {
+            self.submitted.store(ticket, Ordering::Release);
+        }
+        drop(settled);
+    }
+
+    /// `ticket` is stored: advance the progress over every ticket stored without a gap.
+    fn settle(&self, ticket: Ticket) {
+        let mut s = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        let mut upto = self.progress.get();
+        s.done.insert(ticket);
+        while s.done.first() == Some(&(upto + 1)) {
+            s.done.pop_first();
+            upto += 1;
+        }
+        drop(s);
+        self.progress.advance(upto);
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Publish what the node hands over until the node is dropped.
+pub(crate) async fn run(
+    out: Arc<Outbound>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    rx: Receivers,
+) {
+    let Receivers { mut stored, mut qos0 } = rx;
+    let qos0_task = {
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(m) = qos0.recv().await {
+                match client.publish_with_headers(m.subject, m.headers, m.payload).await {
+                    Ok(()) => out.counters.qos0_sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => out.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    while let Some((ticket, m)) = stored.recv().await {
+        // The first attempt goes out here, in order; waiting for its answer (and retrying)
+        // happens apart, so that up to `max_ack_inflight` are in flight.
+        let first = send(&js, &m).await;
+        let (out, js) = (out.clone(), js.clone());
+        tokio::spawn(async move {
+            let mut attempt = first;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let r = match attempt {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let n = out.counters.retries.fetch_add(1, Ordering::Relaxed);
+                        if n.is_power_of_two() {
+                            tracing::warn!(subject = %m.subject, retries = n + 1, "JetStream did not store a message, retrying: {e}");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        attempt = send(&js, &m).await;
+                    }
+                }
+            }
+            out.settle(ticket);
+        });
+    }
+    qos0_task.abort();
+}
+
+async fn send(js: &jetstream::Context, m: &Outgoing) -> Result<jetstream::context::PublishAckFuture, String> {
+    js.publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone())
+        .await
+        .map_err(|e| e.to_string())
+}
