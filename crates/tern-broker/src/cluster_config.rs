@@ -71,11 +71,9 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// Check the values on their own (the NATS side is checked by `tern-cluster` at start).
+    /// Check the values on their own (the NATS side is checked by `tern-cluster` at start;
+    /// `nats` may still come from `tern broker --cluster`).
     pub fn validate(&self) -> Result<(), String> {
-        if self.nats.is_empty() {
-            return Err("cluster.nats: at least one NATS URL is needed".into());
-        }
         if self.shards == 0 || self.shards > 64 {
             return Err(format!("cluster.shards = {}: must be 1 to 64", self.shards));
         }

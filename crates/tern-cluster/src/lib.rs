@@ -109,6 +109,11 @@ impl Cluster {
     /// broker before [`Cluster::attach`].
     pub async fn start(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         config.validate().map_err(ClusterError::Config)?;
+        if config.nats.is_empty() {
+            return Err(ClusterError::Config(
+                "no NATS server: give `cluster.nats` or `tern broker --cluster URLS`".into(),
+            ));
+        }
         let mut config = config.clone();
         if config.node_name.is_empty() {
             config.node_name = default_node_name();

@@ -32,6 +32,9 @@ use crate::{codec, streams, topic};
 /// QoS 0 messages waiting to be handed to NATS, at most.
 pub const QOS0_QUEUE: usize = 65_536;
 
+/// Longest wait for the NATS client to take a message.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Longest pause between two attempts to store a message.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -197,7 +200,7 @@ pub(crate) async fn run(
                     Ok(()) => break,
                     Err(e) => {
                         let n = out.counters.retries.fetch_add(1, Ordering::Relaxed);
-                        if n.is_power_of_two() {
+                        if (n + 1).is_power_of_two() {
                             tracing::warn!(subject = %m.subject, retries = n + 1, "JetStream did not store a message, retrying: {e}");
                         }
                         tokio::time::sleep(backoff).await;
@@ -212,8 +215,14 @@ pub(crate) async fn run(
     qos0_task.abort();
 }
 
+/// Hand one attempt to the client. Bounded in time: while the client reconnects its queue
+/// can be full, and a publish that waits for it holds up every message behind it.
 async fn send(js: &jetstream::Context, m: &Outgoing) -> Result<jetstream::context::PublishAckFuture, String> {
-    js.publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone())
-        .await
-        .map_err(|e| e.to_string())
+    let publish = js.publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone());
+    match tokio::time::timeout(SEND_TIMEOUT, publish).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the NATS client did not take the message within {SEND_TIMEOUT:?}"
+        )),
+    }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use tern_proto::{Ack, Packet, ProtocolVersion, Publish, QoS, ReasonCode};
 use tern_testkit::raw::{pid, Raw, V3, V5};
 
-use crate::nats::Nats;
 use crate::node;
+use tern_testkit::nats::Nats;
 
 /// Receive `n` PUBLISH packets, answering each as its QoS asks (and PUBREL with PUBCOMP).
 async fn collect(sub: &mut Raw, n: usize, within: Duration) -> Vec<Publish> {

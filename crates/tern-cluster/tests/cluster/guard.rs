@@ -3,8 +3,8 @@
 
 use tern_cluster::{Cluster, ClusterError};
 
-use crate::nats::Nats;
 use crate::node;
+use tern_testkit::nats::Nats;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refuses_nats_without_sync_always_and_names_the_setting() {

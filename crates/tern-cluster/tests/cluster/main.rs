@@ -3,13 +3,5 @@
 
 mod delivery;
 mod guard;
-mod nats;
 mod node;
 mod topic;
-
-/// A number no other call in this process returns.
-pub fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}

