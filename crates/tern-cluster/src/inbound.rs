@@ -10,6 +10,10 @@
 //!   last sequence at the node's start; it sees every stored message once, in stream order
 //!   (an ordered consumer re-creates itself after a gap).
 //!
+//! - Retained messages: one ordered consumer on the retained bucket's stream, from the last
+//!   value of every key at start, then every change, applied to the local retained store in
+//!   the bucket's order (so every node ends with the bucket's value, whichever node set it).
+//!
 //! Messages this node published are skipped (`Tern-N`): they reached its sessions already.
 
 use std::collections::HashMap;
@@ -112,7 +116,9 @@ impl Inbound {
         match codec::decode(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
             Ok(msg) => {
                 self.counters.received.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.admin.publish(msg) {
+                // Retained state comes from the retained bucket (`follow_retained`), in one
+                // order for every node; here the message is only delivered.
+                if let Err(e) = self.admin.route(msg) {
                     tracing::warn!(subject = %m.subject, "message from the cluster not delivered: {e}");
                 }
             }
@@ -216,4 +222,123 @@ async fn tail_from(
         inbound.deliver(prefix, &m.message);
     }
     Ok(())
+}
+
+/// Keep the local retained messages in step with the retained bucket, until aborted; `loaded`
+/// is sent once the values present at start are applied.
+pub(crate) async fn follow_retained(
+    inbound: Arc<Inbound>,
+    js: jetstream::Context,
+    mut loaded: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let name = format!("KV_{}", streams::retain_bucket(&inbound.prefix));
+    let prefix = streams::retain_subject(&inbound.prefix);
+    let mut next = 0;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match retained_from(&inbound, &js, &name, &prefix, &mut next, &mut loaded).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(stream = %name, next, "retained-message follower restarts: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn retained_from(
+    inbound: &Inbound,
+    js: &jetstream::Context,
+    name: &str,
+    prefix: &str,
+    next: &mut u64,
+    loaded: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), async_nats::Error> {
+    let mut stream = js.get_stream(name).await?;
+    if stream.info().await?.state.messages == 0 {
+        if let Some(l) = loaded.take() {
+            let _ = l.send(());
+        }
+    }
+    let deliver_policy = match *next {
+        0 => consumer::DeliverPolicy::LastPerSubject,
+        n => consumer::DeliverPolicy::ByStartSequence { start_sequence: n },
+    };
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy,
+            // JetStream wants a filter with "last per subject".
+            filter_subject: format!("{prefix}.>"),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        let info = m.info()?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        if seq >= *next {
+            *next = seq + 1;
+            inbound.apply_retained(prefix, &m.message);
+        }
+        if pending == 0 {
+            if let Some(l) = loaded.take() {
+                let _ = l.send(());
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Inbound {
+    /// Set (or delete) the local retained message from a change of the retained bucket.
+    fn apply_retained(&self, prefix: &str, m: &async_nats::Message) {
+        let deleted = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| op.as_str() == "PURGE" || op.as_str() == "DEL");
+        let topic = match topic::decode_subject(prefix, &m.subject) {
+            Ok(t) => t,
+            Err(e) => {
+                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %m.subject, "not a retained message: {e}");
+                return;
+            }
+        };
+        tracing::debug!(node = %self.node, topic, deleted, "retained message from the bucket");
+        if deleted {
+            self.admin.delete_retained(&topic);
+            return;
+        }
+        match codec::decode(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
+            Ok(mut msg) => {
+                msg.retain = true;
+                // This node's own message is there already: keep that one (replacing it with
+                // an equal copy would make subscribers streaming retained messages skip it).
+                let own = codec::node_of(m.headers.as_ref()) == Some(self.node.as_str());
+                if own
+                    && self
+                        .admin
+                        .retained_message(&topic)
+                        .is_some_and(|cur| cur.payload == msg.payload && cur.qos == msg.qos)
+                {
+                    return;
+                }
+                match self.admin.set_retained(msg) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        topic,
+                        "retained message from the cluster not kept: max_retained reached"
+                    ),
+                    Err(e) => tracing::warn!(topic, "retained message from the cluster not kept: {e}"),
+                }
+            }
+            Err(e) => {
+                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %m.subject, "not a retained message: {e}");
+            }
+        }
+    }
 }

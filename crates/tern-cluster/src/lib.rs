@@ -14,7 +14,7 @@
 //!     .backplane(cluster.backplane())
 //!     .bind()
 //!     .await?;
-//! cluster.attach(broker.admin());
+//! cluster.attach(broker.admin()).await?;
 //! broker.run().await;
 //! # Ok(()) }
 //! ```
@@ -27,7 +27,7 @@
 //! - `outbound.rs`: this node's clients' messages on their way to NATS; the tickets that hold
 //!   acknowledgements back until JetStream has stored the message.
 //! - `inbound.rs`: other nodes' messages into this node (QoS 0 subscriptions that follow the
-//!   local filters, one ordered consumer per shard).
+//!   local filters, one ordered consumer per shard, the retained bucket followed in order).
 
 mod codec;
 mod error;
@@ -50,6 +50,9 @@ pub use error::ClusterError;
 pub use inbound::InboundCounters;
 pub use monitor::version_ok;
 pub use outbound::OutboundCounters;
+
+/// Longest wait for the retained messages at start.
+const RETAINED_LOAD: Duration = Duration::from_secs(60);
 
 /// Bytes of NATS headers Tern adds to a message at most, besides the 5.0 properties.
 const HEADER_ROOM: usize = 1024;
@@ -145,6 +148,7 @@ impl Cluster {
             .backpressure_on_inflight(true)
             .build(client.clone());
         let start_seqs = streams::ensure(&js, &config).await?;
+        streams::ensure_retain(&js, &config).await?;
         let (outbound, receivers) = outbound::Outbound::new(
             node.clone(),
             config.prefix.clone(),
@@ -192,8 +196,10 @@ impl Cluster {
         })
     }
 
-    /// Start delivering other nodes' messages into the broker behind `admin`.
-    pub fn attach(&self, admin: Admin) {
+    /// Start delivering other nodes' messages into the broker behind `admin`, after loading
+    /// the cluster's retained messages into it (so that a client of this node sees them from
+    /// its first SUBSCRIBE). Call it before the broker serves.
+    pub async fn attach(&self, admin: Admin) -> Result<(), ClusterError> {
         let inbound = Arc::new(inbound::Inbound {
             node: self.node.clone(),
             prefix: self.config.prefix.clone(),
@@ -201,19 +207,35 @@ impl Cluster {
             counters: self.inbound_counters.clone(),
             subscribed: self.subscribed.clone(),
         });
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.push(tokio::spawn(inbound::follow_interest(
-            inbound.clone(),
-            self.client.clone(),
-            self.interest.clone(),
-        )));
-        for (k, last) in self.start_seqs.iter().enumerate() {
-            tasks.push(tokio::spawn(inbound::tail(
+        let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
+        {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.push(tokio::spawn(inbound::follow_retained(
                 inbound.clone(),
                 self.js.clone(),
-                k as u16,
-                last + 1,
+                Some(loaded_tx),
             )));
+            tasks.push(tokio::spawn(inbound::follow_interest(
+                inbound.clone(),
+                self.client.clone(),
+                self.interest.clone(),
+            )));
+            for (k, last) in self.start_seqs.iter().enumerate() {
+                tasks.push(tokio::spawn(inbound::tail(
+                    inbound.clone(),
+                    self.js.clone(),
+                    k as u16,
+                    last + 1,
+                )));
+            }
+        }
+        let stream = format!("KV_{}", streams::retain_bucket(&self.config.prefix));
+        match tokio::time::timeout(RETAINED_LOAD, loaded).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(ClusterError::Stream {
+                stream,
+                why: format!("the retained messages were not loaded within {RETAINED_LOAD:?}"),
+            }),
         }
     }
 

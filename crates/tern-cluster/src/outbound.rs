@@ -5,7 +5,8 @@
 //!
 //! ### Queues
 //! - QoS 0: a bounded channel (`QOS0_QUEUE`); when it is full the message is dropped and
-//!   counted, as QoS 0 allows.
+//!   counted, as QoS 0 allows. A retained QoS 0 message is also written to the retained
+//!   bucket, unless `QOS0_QUEUE` writes wait already (dropped, counted, logged).
 //! - QoS 1/2: never dropped. The hand-over channel has no fixed capacity, but its depth is
 //!   bounded by the broker's flow control: a connection hands over at most one read's worth
 //!   of messages (64 KiB of packets) and then waits for their acknowledgement before it reads
@@ -116,8 +117,32 @@ impl Outbound {
 
     /// Hand `msg`, published by a client of this node, to NATS (never blocks).
     pub fn publish(&self, msg: &Arc<Message>) {
-        let mut headers = codec::headers(msg, &self.node);
-        if msg.qos == QoS::AtMostOnce {
+        let headers = codec::headers(msg, &self.node);
+        let qos0 = msg.qos == QoS::AtMostOnce;
+        // Kept in the retained bucket (key: the encoded topic), in the same order of tickets:
+        // a QoS 1/2 PUBACK waits for both writes.
+        if msg.retain {
+            let mut h = headers.clone();
+            if msg.payload.is_empty() {
+                h.insert("KV-Operation", "PURGE");
+                h.insert(async_nats::header::NATS_ROLLUP, "sub");
+            }
+            let out = Outgoing {
+                subject: topic::encode_topic(&streams::retain_subject(&self.prefix), &msg.topic),
+                headers: self.with_id(h),
+                payload: msg.payload.clone(),
+            };
+            // A QoS 0 publisher does not wait for its message to be stored, so nothing slows
+            // it down: its retained writes are dropped beyond QOS0_QUEUE waiting ones.
+            let waiting = self.submitted().saturating_sub(self.progress.get());
+            if qos0 && waiting >= QOS0_QUEUE as u64 {
+                self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic = %msg.topic, "retained QoS 0 message not stored in the cluster: {QOS0_QUEUE} writes wait already");
+            } else {
+                self.submit(out);
+            }
+        }
+        if qos0 {
             let out = Outgoing {
                 subject: topic::encode_topic(&format!("{}.t", self.prefix), &msg.topic),
                 headers,
@@ -129,16 +154,25 @@ impl Outbound {
             return;
         }
         let k = streams::shard_of(msg.publisher.as_deref(), self.shards);
+        self.submit(Outgoing {
+            subject: topic::encode_topic(&streams::shard_subject(&self.prefix, k), &msg.topic),
+            headers: self.with_id(headers),
+            payload: msg.payload.clone(),
+        });
+    }
+
+    /// `headers` with a `Nats-Msg-Id` unique to this message: a retried publish is stored once.
+    fn with_id(&self, mut headers: HeaderMap) -> HeaderMap {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
             format!("{}:{}:{n}", self.node, self.incarnation).as_str(),
         );
-        let out = Outgoing {
-            subject: topic::encode_topic(&streams::shard_subject(&self.prefix, k), &msg.topic),
-            headers,
-            payload: msg.payload.clone(),
-        };
+        headers
+    }
+
+    /// Number `out` and hand it to the task that stores it.
+    fn submit(&self, out: Outgoing) {
         // The ticket is taken and sent under one lock so that tickets enter the channel in
         // order (the JetStream publishes then go out in the order of the clients' PUBLISHes).
         let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,7 @@
 //! The JetStream streams of a Tern cluster, created or checked at start (never lazily on a
 //! client's path): `<prefix>_msgs_<k>`, one per shard, holding every QoS 1/2 message once
-//! under `<prefix>.s.<k>.<encoded topic>`.
+//! under `<prefix>.s.<k>.<encoded topic>`; and the key-value bucket `<prefix>_retain`, one
+//! retained message per encoded topic (the key), with the same headers as a message.
 
 use std::time::Duration;
 
@@ -22,6 +23,51 @@ pub fn stream_name(prefix: &str, k: u16) -> String {
 /// The subject prefix of shard `k` (the encoded topic follows).
 pub fn shard_subject(prefix: &str, k: u16) -> String {
     format!("{prefix}.s.{k}")
+}
+
+/// The retained messages' bucket.
+pub fn retain_bucket(prefix: &str) -> String {
+    format!("{prefix}_retain")
+}
+
+/// The subject a KV put of `bucket` is a publish to (the encoded topic follows).
+pub fn retain_subject(prefix: &str) -> String {
+    format!("$KV.{}", retain_bucket(prefix))
+}
+
+/// Create the retained messages' bucket, or check the one there.
+pub async fn ensure_retain(js: &jetstream::Context, config: &ClusterConfig) -> Result<(), ClusterError> {
+    let bucket = retain_bucket(&config.prefix);
+    let fail = |why: String| ClusterError::Stream {
+        stream: format!("KV_{bucket}"),
+        why,
+    };
+    let store = match js.get_key_value(&bucket).await {
+        Ok(s) => s,
+        Err(_) => js
+            .create_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                description: "Tern cluster: retained messages by encoded topic".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas.into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(format!("cannot create it: {e}")))?,
+    };
+    let info = store
+        .status()
+        .await
+        .map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let replicas = info.info.config.num_replicas;
+    if replicas != usize::from(config.replicas) {
+        return Err(fail(format!(
+            "exists with {replicas} replicas, `cluster.replicas` is {}",
+            config.replicas
+        )));
+    }
+    Ok(())
 }
 
 /// The shard of a publisher: FNV-1a of its client id (stable across builds and nodes), so

@@ -4,4 +4,5 @@
 mod delivery;
 mod guard;
 mod node;
+mod retained;
 mod topic;

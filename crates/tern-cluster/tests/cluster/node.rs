@@ -32,6 +32,11 @@ pub fn config(nats: &Nats, name: &str) -> ClusterConfig {
 
 /// Start a node with `config`.
 pub async fn start(config: &ClusterConfig) -> Node {
+    // RUST_LOG=tern_cluster=debug shows what the nodes do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let cluster = Cluster::start(config).await.expect("cluster start");
     let max = cluster.max_packet_size();
     let broker = BrokerBuilder::new()
@@ -44,7 +49,7 @@ pub async fn start(config: &ClusterConfig) -> Node {
         .bind()
         .await
         .expect("bind");
-    cluster.attach(broker.admin());
+    cluster.attach(broker.admin()).await.expect("attach");
     Node {
         broker: broker.spawn(),
         cluster,

@@ -224,7 +224,10 @@ async fn bind(mut config: Config) -> Result<(Broker, Option<tern_cluster::Cluste
         .backplane(cluster.backplane())
         .bind()
         .await?;
-    cluster.attach(broker.admin());
+    cluster
+        .attach(broker.admin())
+        .await
+        .map_err(|e| BrokerError::Config(e.to_string()))?;
     println!("tern cluster node {} joined", cluster.node_name());
     Ok((broker, Some(cluster)))
 }
