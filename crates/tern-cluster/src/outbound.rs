@@ -77,9 +77,10 @@ pub(crate) struct Outbound {
     pub counters: OutboundCounters,
 }
 
-/// Tickets stored out of order, waiting for the ones before them.
+/// How far tickets are stored: every one up to `upto`, and those in `done` after a gap.
 #[derive(Debug, Default)]
 struct Settled {
+    upto: Ticket,
     done: BTreeSet<Ticket>,
 }
 
@@ -177,6 +178,7 @@ impl Outbound {
         // order (the JetStream publishes then go out in the order of the clients' PUBLISHes).
         let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = self.submitted.load(Ordering::Relaxed) + 1;
+        tracing::trace!(ticket, subject = %out.subject, "to store");
         if self.stored_tx.send((ticket, out)).is_ok() {
             self.submitted.store(ticket, Ordering::Release);
         }
@@ -186,13 +188,17 @@ impl Outbound {
     /// `ticket` is stored: advance the progress over every ticket stored without a gap.
     fn settle(&self, ticket: Ticket) {
         let mut s = self.settled.lock().unwrap_or_else(|e| e.into_inner());
-        let mut upto = self.progress.get();
+        // The gap-free prefix is read and moved under the lock: read from `progress`, which
+        // another settle advances after its unlock, it could be behind, and a ticket right
+        // after it would wait in `done` for ever (found by the kill loop).
         s.done.insert(ticket);
-        while s.done.first() == Some(&(upto + 1)) {
+        while s.done.first() == Some(&(s.upto + 1)) {
             s.done.pop_first();
-            upto += 1;
+            s.upto += 1;
         }
+        let upto = s.upto;
         drop(s);
+        tracing::trace!(ticket, upto, "stored");
         self.progress.advance(upto);
         self.counters.stored.fetch_add(1, Ordering::Relaxed);
     }
@@ -225,6 +231,7 @@ pub(crate) async fn run(
         tokio::spawn(async move {
             let mut attempt = first;
             let mut backoff = Duration::from_millis(50);
+            let mut tries: u32 = 0;
             loop {
                 let r = match attempt {
                     Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
@@ -233,9 +240,11 @@ pub(crate) async fn run(
                 match r {
                     Ok(()) => break,
                     Err(e) => {
-                        let n = out.counters.retries.fetch_add(1, Ordering::Relaxed);
-                        if (n + 1).is_power_of_two() {
-                            tracing::warn!(subject = %m.subject, retries = n + 1, "JetStream did not store a message, retrying: {e}");
+                        out.counters.retries.fetch_add(1, Ordering::Relaxed);
+                        tries += 1;
+                        // Logged at its 1st, 2nd, 4th, 8th... attempt.
+                        if tries.is_power_of_two() {
+                            tracing::warn!(subject = %m.subject, ticket, tries, "JetStream did not store a message, retrying: {e}");
                         }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -258,5 +267,44 @@ async fn send(js: &jetstream::Context, m: &Outgoing) -> Result<jetstream::contex
         Err(_) => Err(format!(
             "the NATS client did not take the message within {SEND_TIMEOUT:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reaches_the_last_ticket_when_neighbours_are_stored_at_the_same_moment() {
+        let (out, _rx) = Outbound::new("n".into(), "tern".into(), 2, Duration::from_secs(1));
+        let out = Arc::new(out);
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        const ROUNDS: u64 = 20_000;
+        let threads: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (out, barrier) = (out.clone(), barrier.clone());
+                // In round r, tickets 2r+1 and 2r+2 are stored on two threads at once (the
+                // order in which two JetStream acks can come); after both, progress must be
+                // at 2r+2 with nothing more to come.
+                std::thread::spawn(move || {
+                    for r in 0..ROUNDS {
+                        barrier.wait();
+                        out.settle(2 * r + 1 + t);
+                        barrier.wait();
+                        if t == 0 {
+                            assert_eq!(out.progress.get(), 2 * r + 2, "round {r}");
+                        }
+                        barrier.wait();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        out.settle(2 * ROUNDS + 2);
+        assert_eq!(out.progress.get(), 2 * ROUNDS, "a gap holds progress back");
+        out.settle(2 * ROUNDS + 1);
+        assert_eq!(out.progress.get(), 2 * ROUNDS + 2);
     }
 }

@@ -273,8 +273,9 @@ async fn backplane_commit(core: Arc<Core>) -> Result<(), Close> {
         .is_err()
     {
         return Err(Close::Busy(format!(
-            "the cluster did not store its messages within {:?} (publish_timeout)",
-            b.ack_timeout()
+            "the cluster did not store its messages within {:?} (publish_timeout; stored up to {} of {target})",
+            b.ack_timeout(),
+            progress.get()
         )));
     }
     if progress.get() < target {
