@@ -46,7 +46,16 @@ pub enum ClusterError {
         /// What went wrong.
         why: String,
     },
-    /// A stream could not be created, or exists with other settings.
+    /// JetStream did not answer about a stream (no leader yet, no quorum); retried at start
+    /// for a while before it is returned.
+    #[error("JetStream stream {stream} is not available: {why}")]
+    Unavailable {
+        /// The stream's name.
+        stream: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// A stream exists with other settings.
     #[error("JetStream stream {stream}: {why}")]
     Stream {
         /// The stream's name.

@@ -51,6 +51,9 @@ pub use inbound::InboundCounters;
 pub use monitor::version_ok;
 pub use outbound::OutboundCounters;
 
+/// How long start-up retries streams JetStream does not answer about.
+const START_RETRY: Duration = Duration::from_secs(30);
+
 /// Longest wait for the retained messages at start.
 const RETAINED_LOAD: Duration = Duration::from_secs(60);
 
@@ -147,8 +150,21 @@ impl Cluster {
             .max_ack_inflight(config.max_ack_inflight)
             .backpressure_on_inflight(true)
             .build(client.clone());
-        let start_seqs = streams::ensure(&js, &config).await?;
-        streams::ensure_retain(&js, &config).await?;
+        // Right after a NATS server restarted, streams may have no leader for some seconds.
+        let deadline = tokio::time::Instant::now() + START_RETRY;
+        let start_seqs = loop {
+            let r = match streams::ensure(&js, &config).await {
+                Ok(seqs) => streams::ensure_retain(&js, &config).await.map(|()| seqs),
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e @ ClusterError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("cluster start: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                r => break r?,
+            }
+        };
         let (outbound, receivers) = outbound::Outbound::new(
             node.clone(),
             config.prefix.clone(),

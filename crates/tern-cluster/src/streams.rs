@@ -42,6 +42,10 @@ pub async fn ensure_retain(js: &jetstream::Context, config: &ClusterConfig) -> R
         stream: format!("KV_{bucket}"),
         why,
     };
+    let unavailable = |why: String| ClusterError::Unavailable {
+        stream: format!("KV_{bucket}"),
+        why,
+    };
     let store = match js.get_key_value(&bucket).await {
         Ok(s) => s,
         Err(_) => js
@@ -54,12 +58,12 @@ pub async fn ensure_retain(js: &jetstream::Context, config: &ClusterConfig) -> R
                 ..Default::default()
             })
             .await
-            .map_err(|e| fail(format!("cannot create it: {e}")))?,
+            .map_err(|e| unavailable(format!("cannot create it: {e}")))?,
     };
     let info = store
         .status()
         .await
-        .map_err(|e| fail(format!("cannot read it: {e}")))?;
+        .map_err(|e| unavailable(format!("cannot read it: {e}")))?;
     let replicas = info.info.config.num_replicas;
     if replicas != usize::from(config.replicas) {
         return Err(fail(format!(
@@ -92,6 +96,10 @@ pub async fn ensure(js: &jetstream::Context, config: &ClusterConfig) -> Result<V
             stream: name.clone(),
             why,
         };
+        let unavailable = |why: String| ClusterError::Unavailable {
+            stream: name.clone(),
+            why,
+        };
         let want = stream::Config {
             name: name.clone(),
             subjects: subjects.clone(),
@@ -108,8 +116,11 @@ pub async fn ensure(js: &jetstream::Context, config: &ClusterConfig) -> Result<V
         let mut s = js
             .get_or_create_stream(want)
             .await
-            .map_err(|e| fail(format!("cannot create or read it: {e}")))?;
-        let info = s.info().await.map_err(|e| fail(format!("cannot read it: {e}")))?;
+            .map_err(|e| unavailable(format!("cannot create or read it: {e}")))?;
+        let info = s
+            .info()
+            .await
+            .map_err(|e| unavailable(format!("cannot read it: {e}")))?;
         let have = &info.config;
         if have.subjects != subjects {
             return Err(fail(format!(
