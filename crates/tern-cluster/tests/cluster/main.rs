@@ -1,5 +1,6 @@
-//! Cluster mode against real NATS servers (see nats.rs): nodes are in-process brokers with a
+//! Cluster mode against real NATS servers (`tern_testkit::nats`): nodes are in-process brokers with a
 //! `tern_cluster::Cluster` backplane; clients are raw MQTT peers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod delivery;
 mod guard;

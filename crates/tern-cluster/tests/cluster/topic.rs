@@ -1,6 +1,7 @@
 //! The topic encoding (design §3.1): every MQTT topic round-trips through its NATS subject,
 //! and an MQTT filter matches a topic exactly when NATS matches one of the filter's subjects
-//! against the topic's subject ([MQTT-4.7.1-1], [MQTT-4.7.1-2], [MQTT-4.7.2-1]).
+//! against the topic's subject (`#` and `+`: v3.1.1 [MQTT-4.7.1-2], v5 [MQTT-4.7.1-1],
+//! v5 [MQTT-4.7.1-2]; `$` topics: v3.1.1+v5 [MQTT-4.7.2-1]).
 
 use proptest::prelude::*;
 use tern_cluster::topic::{decode_subject, encode_filter, encode_topic};

@@ -25,7 +25,7 @@ struct Node {
 
 impl Node {
     fn start(config: &Path, nats: &Nats, name: &str) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .args([
                 "broker",
                 "--listen",
@@ -44,7 +44,12 @@ impl Node {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start tern broker");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
+        // Owned by a Node at once: its Drop kills the process if an assertion fails.
+        let mut node = Node {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let mut out = BufReader::new(node.child.stdout.take().unwrap());
         let mut joined = false;
         loop {
             let mut line = String::new();
@@ -55,8 +60,8 @@ impl Node {
             joined |= line.starts_with(&format!("tern cluster node {name} joined"));
             if let Some(addr) = line.trim().strip_prefix("tern broker listening on ") {
                 assert!(joined, "the node joins the cluster before it listens");
-                let addr = addr.parse().expect("address");
-                return Node { child, addr };
+                node.addr = addr.parse().expect("address");
+                return node;
             }
         }
     }
