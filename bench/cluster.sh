@@ -61,5 +61,9 @@ for s in "pairs -q 0" "pairs -q 1" "fan-out -q 0" "latency -q 1 --rate 1000"; do
   # shellcheck disable=SC2086
   bench -p "$A" --sub-port "$B" -s $s
 done
-echo "== JetStream objects (n1 /jsz)"
-curl -s "http://127.0.0.1:${HP[1]}/jsz" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("streams", d["streams"], "consumers", d["consumers"], "messages", d["messages"])'
+echo "== JetStream objects per server (/jsz; a replicated stream counts on each server holding it)"
+python3 - "${HP[1]}" "${HP[2]}" "${HP[3]}" <<'PY'
+import json, sys, urllib.request
+ds = [json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/jsz")) for p in sys.argv[1:]]
+print("streams", [d["streams"] for d in ds], "consumers", [d["consumers"] for d in ds])
+PY
