@@ -12,7 +12,7 @@ SECS="${1:-5}"
 TERN="${TERN:-${CARGO_TARGET_DIR:-target}/release/tern}"
 RUN="$(mktemp -d)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$RUN"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; if [ -n "${KEEP_RUN:-}" ]; then echo "logs in $RUN"; else rm -rf "$RUN"; fi; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
