@@ -203,9 +203,12 @@ impl Conn {
             self.link.out.clear();
             return Err(Close::Violation(Violation::StorageFailed(e.to_string())));
         }
-        if let Err(c) = backplane_commit(self.link.core.clone()).await {
-            self.link.out.clear();
-            return Err(c);
+        // One branch on a single node (no backplane).
+        if self.link.core.backplane.is_some() {
+            if let Err(c) = backplane_commit(self.link.core.clone()).await {
+                self.link.out.clear();
+                return Err(c);
+            }
         }
         // A newer connection may have taken the session over meanwhile: then nothing of it
         // goes out here any more (its deliveries are resent there) [MQTT-3.1.4-3].
