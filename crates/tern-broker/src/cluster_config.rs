@@ -109,3 +109,42 @@ impl ClusterConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn the_cluster_table_is_read_with_defaults_and_checked() {
+        let c = Config::from_toml(
+            "[cluster]\nnats = [\"nats://10.0.0.1:4222\"]\nnode_name = \"tern-a\"\nshards = 4\nunsafe_lazy_fsync = true\n",
+        )
+        .expect("valid");
+        let cluster = c.cluster.expect("[cluster]");
+        assert_eq!(cluster.nats, vec!["nats://10.0.0.1:4222".to_string()]);
+        assert_eq!(
+            (cluster.node_name.as_str(), cluster.shards, cluster.replicas),
+            ("tern-a", 4, 3)
+        );
+        assert_eq!(
+            (cluster.publish_timeout_ms, cluster.prefix.as_str()),
+            (10_000, "tern")
+        );
+        assert!(cluster.unsafe_lazy_fsync && !cluster.nats_sync_always);
+        assert!(
+            Config::from_toml("").expect("empty").cluster.is_none(),
+            "no table: one node"
+        );
+
+        for (bad, names) in [
+            ("[cluster]\nshards = 0\n", "cluster.shards"),
+            ("[cluster]\nreplicas = 7\n", "cluster.replicas"),
+            ("[cluster]\nnode_name = \"a.b\"\n", "cluster.node_name"),
+            ("[cluster]\nprefix = \"\"\n", "cluster.prefix"),
+            ("[cluster]\nnatz = []\n", "natz"),
+        ] {
+            let err = Config::from_toml(bad).expect_err(bad).to_string();
+            assert!(err.contains(names), "{bad}: {err}");
+        }
+    }
+}
