@@ -191,6 +191,20 @@ impl Admin {
         self.core.publish_from_outside(message)
     }
 
+    /// Deliver a message from elsewhere to this broker's sessions like [`Admin::publish`],
+    /// but without keeping it as the retained message of its topic even if RETAIN is set:
+    /// for a cluster, whose retained messages arrive apart ([`Admin::set_retained`]).
+    pub fn route(&self, message: Message) -> Result<usize, TopicError> {
+        self.core.route_from_outside(message)
+    }
+
+    /// Keep `message` as the retained message of its topic (an empty payload deletes it)
+    /// without delivering it to anyone; returns `false` when `max_retained` is reached.
+    pub fn set_retained(&self, message: Message) -> Result<bool, TopicError> {
+        tern_proto::topic::validate_topic_name(&message.topic)?;
+        Ok(self.core.retain(&Arc::new(message)))
+    }
+
     /// The retained messages whose topic matches `filter`, sorted by topic: how many there
     /// are, and those from `offset`, at most `limit` (messages kept on disk only are read for
     /// the page alone).
@@ -358,5 +372,12 @@ impl Core {
             tracing::warn!(topic = %msg.topic, "retained store full (max_retained); message not retained");
         }
         Ok(self.publish_internal(&msg))
+    }
+
+    /// Like [`Core::publish_from_outside`], but never kept as retained.
+    pub(crate) fn route_from_outside(&self, message: Message) -> Result<usize, TopicError> {
+        tern_proto::topic::validate_topic_name(&message.topic)?;
+        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        Ok(self.publish_internal(&Arc::new(message)))
     }
 }

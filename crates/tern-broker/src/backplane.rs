@@ -5,9 +5,18 @@
 //! One node has none (the publish path then pays one branch). A cluster backend forwards
 //! published messages to the other nodes and follows subscription interest to receive only
 //! what local sessions want; a bridge does the same towards a remote broker.
+//!
+//! A backplane that stores QoS 1/2 messages (a cluster) holds their acknowledgements back
+//! the way a [`Durability`](crate::Durability) does: it numbers what it was handed
+//! ([`Backplane::submitted`]) and says how far that is stored ([`Backplane::progress`]); a
+//! publisher's PUBACK/PUBREC goes out only once progress reaches the ticket taken after its
+//! message was handed over, or the connection is closed (5.0: DISCONNECT 0x89 Server busy)
+//! after [`Backplane::ack_timeout`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::durability::{Progress, Ticket};
 use crate::message::Message;
 
 /// Where messages and subscriptions go beyond this broker. Called synchronously, on the
@@ -26,4 +35,21 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// A session of this broker no longer subscribes to `filter` (unsubscribed, or its
     /// session ended).
     fn unsubscribed(&self, filter: &str);
+
+    /// How far the QoS 1/2 messages handed to [`Backplane::published`] are stored, when
+    /// acknowledgements must wait for it (default `None`: they do not).
+    fn progress(&self) -> Option<&Progress> {
+        None
+    }
+
+    /// The ticket of the last message handed over so far, in the numbering of
+    /// [`Backplane::progress`]; it never goes down.
+    fn submitted(&self) -> Ticket {
+        0
+    }
+
+    /// Longest wait for [`Backplane::progress`] before the publisher is disconnected.
+    fn ack_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
 }

@@ -177,6 +177,9 @@ pub struct Config {
     /// Links to other MQTT brokers, `[[bridge]]` tables (see `docs/bridge.md`); the library
     /// only checks them, `tern broker` runs them (the `tern-bridge` crate).
     pub bridge: Vec<crate::bridge_config::BridgeConfig>,
+    /// Cluster mode (`[cluster]`): the NATS servers this node shares its state through.
+    /// Absent: a single node. The library only carries it (the `tern-cluster` crate acts on it).
+    pub cluster: Option<crate::cluster_config::ClusterConfig>,
 }
 
 /// The SUBACK code of a subscription the ACL refuses (see [`Config::denied_subscription_reason`]).
@@ -416,6 +419,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             http: crate::http_config::HttpConfig::default(),
             bridge: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -464,6 +468,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), BrokerError> {
         fn bad(field: &str, fix: &str) -> Result<(), BrokerError> {
             Err(BrokerError::Config(format!("`{field}`: {fix}")))
+        }
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(BrokerError::Config)?;
         }
         if self.listen.is_empty() && self.listeners.is_empty() {
             return bad(

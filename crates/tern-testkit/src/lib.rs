@@ -6,6 +6,8 @@
 //! - [`raw`]: a raw MQTT peer over TCP that sends exact packets or bytes and
 //!   expects exact packets, bytes or a close, as a client of a broker or as a
 //!   scripted fake server for a client.
+//! - [`nats`]: a NATS JetStream cluster of 1 or 3 `nats-server` processes on free loopback
+//!   ports, stopped by PID, for the cluster-mode tests.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,4 +15,5 @@
 )]
 
 pub mod conformance;
+pub mod nats;
 pub mod raw;

@@ -23,6 +23,7 @@ impl Conn {
             // 0x87 when the client's credentials expired, else 0x98 Administrative action.
             Close::Kicked { .. } => Some(self.link.core.security.kick_reason(&self.link.client_id)),
             Close::Evicted => Some(ReasonCode::QuotaExceeded),
+            Close::Busy(_) => Some(ReasonCode::ServerBusy),
             _ => None,
         };
         // Acknowledgements already encoded go out first, then the DISCONNECT.
@@ -68,6 +69,7 @@ impl Conn {
             Close::NotAuthorized => event!(warn, "re-authentication failed"),
             Close::Kicked { discard } => event!(info, discard, "disconnected by an administrator"),
             Close::Stalled => event!(warn, "closing connection: a packet in progress stalled"),
+            Close::Busy(why) => event!(warn, "closing connection (server busy): {why}"),
             Close::Evicted => event!(
                 warn,
                 "closing connection: the budget for partial packets (max_partial_bytes) ran out and its packet in progress was among the oldest"

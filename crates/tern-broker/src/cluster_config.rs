@@ -1,0 +1,150 @@
+//! The `[cluster]` table: the NATS servers a `tern broker` node shares its state through, and
+//! how. The broker library only carries it; the `tern-cluster` crate acts on it (see
+//! docs/cluster.md). Absent, the broker is a single node.
+//!
+//! ```toml
+//! [cluster]
+//! nats = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"]
+//! monitor = ["http://10.0.0.1:8222", "http://10.0.0.2:8222", "http://10.0.0.3:8222"]
+//! node_name = "tern-a"
+//! shards = 3
+//! replicas = 3
+//! publish_timeout_ms = 10000
+//! # nats_sync_always = true     # assert the fsync setting when there is no monitor URL
+//! # unsafe_lazy_fsync = false
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Cluster settings (see the module documentation).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://HOST:PORT`); at least one.
+    pub nats: Vec<String>,
+    /// The NATS servers' monitoring endpoints (`http://HOST:PORT`): read at start to check
+    /// the version and that JetStream fsyncs before acknowledging (`sync_interval: always`).
+    pub monitor: Vec<String>,
+    /// This node's name, unique in the cluster (default: the host name).
+    pub node_name: String,
+    /// Prefix of every subject, stream and bucket name (default `"tern"`): two Tern clusters
+    /// can share one NATS account.
+    pub prefix: String,
+    /// Streams the QoS 1/2 messages are spread over, by publisher (default 3). Fixed once the
+    /// cluster has run: a node refuses to start if the streams on NATS say otherwise.
+    pub shards: u16,
+    /// Copies JetStream keeps of each stream (default 3; 1 for a single NATS server).
+    pub replicas: u16,
+    /// Milliseconds a QoS 1/2 PUBLISH may wait for JetStream's acknowledgement before its
+    /// publisher is disconnected (default 10,000; 5.0: DISCONNECT 0x89 Server busy).
+    pub publish_timeout_ms: u64,
+    /// QoS 1/2 messages handed to JetStream and not yet acknowledged, at most (default 4,096);
+    /// beyond it publishers wait.
+    pub max_ack_inflight: usize,
+    /// Seconds a stored QoS 1/2 message is kept in its stream (default 86,400).
+    pub retention_secs: u64,
+    /// The operator asserts that every NATS server runs `jetstream { sync_interval: always }`
+    /// (needed when `monitor` is empty: a NATS client cannot read that setting).
+    pub nats_sync_always: bool,
+    /// Start even if JetStream does not fsync before acknowledging: an acknowledged message
+    /// can then be lost when NATS servers lose power together (default false).
+    pub unsafe_lazy_fsync: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            nats: Vec::new(),
+            monitor: Vec::new(),
+            node_name: String::new(),
+            prefix: "tern".into(),
+            shards: 3,
+            replicas: 3,
+            publish_timeout_ms: 10_000,
+            max_ack_inflight: 4096,
+            retention_secs: 86_400,
+            nats_sync_always: false,
+            unsafe_lazy_fsync: false,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Check the values on their own (the NATS side is checked by `tern-cluster` at start;
+    /// `nats` may still come from `tern broker --cluster`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shards == 0 || self.shards > 64 {
+            return Err(format!("cluster.shards = {}: must be 1 to 64", self.shards));
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err(format!(
+                "cluster.replicas = {}: must be 1 to 5 (JetStream's limit)",
+                self.replicas
+            ));
+        }
+        if self.publish_timeout_ms == 0 {
+            return Err("cluster.publish_timeout_ms must be above 0".into());
+        }
+        if self.max_ack_inflight == 0 {
+            return Err("cluster.max_ack_inflight must be above 0".into());
+        }
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !token(&self.prefix) {
+            return Err(format!(
+                "cluster.prefix = {:?}: letters, digits, '-' and '_' only",
+                self.prefix
+            ));
+        }
+        if !self.node_name.is_empty() && !token(&self.node_name) {
+            return Err(format!(
+                "cluster.node_name = {:?}: letters, digits, '-' and '_' only",
+                self.node_name
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn the_cluster_table_is_read_with_defaults_and_checked() {
+        let c = Config::from_toml(
+            "[cluster]\nnats = [\"nats://10.0.0.1:4222\"]\nnode_name = \"tern-a\"\nshards = 4\nunsafe_lazy_fsync = true\n",
+        )
+        .expect("valid");
+        let cluster = c.cluster.expect("[cluster]");
+        assert_eq!(cluster.nats, vec!["nats://10.0.0.1:4222".to_string()]);
+        assert_eq!(
+            (cluster.node_name.as_str(), cluster.shards, cluster.replicas),
+            ("tern-a", 4, 3)
+        );
+        assert_eq!(
+            (cluster.publish_timeout_ms, cluster.prefix.as_str()),
+            (10_000, "tern")
+        );
+        assert!(cluster.unsafe_lazy_fsync && !cluster.nats_sync_always);
+        assert!(
+            Config::from_toml("").expect("empty").cluster.is_none(),
+            "no table: one node"
+        );
+
+        for (bad, names) in [
+            ("[cluster]\nshards = 0\n", "cluster.shards"),
+            ("[cluster]\nreplicas = 7\n", "cluster.replicas"),
+            ("[cluster]\nnode_name = \"a.b\"\n", "cluster.node_name"),
+            ("[cluster]\nprefix = \"\"\n", "cluster.prefix"),
+            ("[cluster]\nnatz = []\n", "natz"),
+        ] {
+            let err = Config::from_toml(bad).expect_err(bad).to_string();
+            assert!(err.contains(names), "{bad}: {err}");
+        }
+    }
+}

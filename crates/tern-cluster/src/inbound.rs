@@ -1,0 +1,353 @@
+//! Messages from the other nodes, into this node's sessions (through [`Admin::publish`]).
+//!
+//! - QoS 0: one core NATS subscription per distinct subject the local filters need, all in
+//!   one queue group named after the node. NATS gives a queue group one copy of a message
+//!   however many of its subscriptions match, so overlapping filters (`a/#` and `a/b`) bring
+//!   a message in once; the broker then routes it to every local session that matches.
+//!   Subscriptions follow the local filters (reference-counted) and are made by one task,
+//!   so `Backplane::subscribed` never waits.
+//! - QoS 1/2: one ordered consumer per shard stream (a tailer), started after the stream's
+//!   last sequence at the node's start; it sees every stored message once, in stream order
+//!   (an ordered consumer re-creates itself after a gap).
+//!
+//! - Retained messages: one ordered consumer on the retained bucket's stream, from the last
+//!   value of every key at start, then every change, applied to the local retained store in
+//!   the bucket's order (so every node ends with the bucket's value, whichever node set it).
+//!
+//! Messages this node published are skipped (`Tern-N`): they reached its sessions already.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use tern_broker::Admin;
+use tokio::sync::Notify;
+
+use crate::{codec, streams, topic};
+
+/// Longest a pull request of a tailer waits on the server. The client follows it with its idle
+/// heartbeat (half of it) and re-creates an ordered consumer after two missed heartbeats: with
+/// async-nats' defaults (30 s, 15 s) a tailer whose stream changed leader stayed silent for up
+/// to 30 s (measured: a message delivered 27.9 s after its PUBACK); with 2 s it resumes within
+/// a few seconds, for one pull request per shard every 2 s on an idle node.
+const PULL_EXPIRY: Duration = Duration::from_secs(2);
+
+/// Counters of the inbound side.
+#[derive(Debug, Default)]
+pub struct InboundCounters {
+    /// Messages from other nodes delivered into this node.
+    pub received: AtomicU64,
+    /// NATS messages that were not Tern messages (logged).
+    pub undecodable: AtomicU64,
+}
+
+/// The subjects this node's local filters need, with how many filters need each.
+#[derive(Debug, Default)]
+pub(crate) struct Interest {
+    wanted: Mutex<HashMap<String, usize>>,
+    changed: Notify,
+}
+
+impl Interest {
+    fn subjects(prefix: &str, full_filter: &str) -> Vec<String> {
+        let filter = match tern_proto::topic::parse_filter(full_filter) {
+            Ok(p) => p.filter,
+            Err(_) => return Vec::new(),
+        };
+        topic::encode_filter(&format!("{prefix}.t"), filter)
+    }
+
+    /// A local session subscribed to `full_filter`.
+    pub fn add(&self, prefix: &str, full_filter: &str) {
+        let mut w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut new = false;
+        for s in Self::subjects(prefix, full_filter) {
+            let n = w.entry(s).or_insert(0);
+            *n += 1;
+            new |= *n == 1;
+        }
+        drop(w);
+        if new {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A local session no longer subscribes to `full_filter`.
+    pub fn remove(&self, prefix: &str, full_filter: &str) {
+        let mut w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone = false;
+        for s in Self::subjects(prefix, full_filter) {
+            if let Some(n) = w.get_mut(&s) {
+                *n -= 1;
+                if *n == 0 {
+                    w.remove(&s);
+                    gone = true;
+                }
+            }
+        }
+        drop(w);
+        if gone {
+            self.changed.notify_one();
+        }
+    }
+
+    fn snapshot(&self) -> std::collections::HashSet<String> {
+        let w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        w.keys().cloned().collect()
+    }
+
+    /// How many distinct subjects are wanted.
+    pub fn len(&self) -> usize {
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// What the inbound tasks share.
+pub(crate) struct Inbound {
+    pub node: String,
+    pub prefix: String,
+    pub admin: Admin,
+    pub counters: Arc<InboundCounters>,
+    /// Subjects subscribed on NATS now.
+    pub subscribed: Arc<AtomicU64>,
+}
+
+impl Inbound {
+    fn deliver(&self, prefix: &str, m: &async_nats::Message) {
+        if codec::node_of(m.headers.as_ref()) == Some(self.node.as_str()) {
+            return;
+        }
+        match codec::decode(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
+            Ok(msg) => {
+                self.counters.received.fetch_add(1, Ordering::Relaxed);
+                // Retained state comes from the retained bucket (`follow_retained`), in one
+                // order for every node; here the message is only delivered.
+                if let Err(e) = self.admin.route(msg) {
+                    tracing::warn!(subject = %m.subject, "message from the cluster not delivered: {e}");
+                }
+            }
+            Err(e) => {
+                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
+            }
+        }
+    }
+}
+
+/// Keep the NATS subscriptions in step with `interest` until aborted.
+pub(crate) async fn follow_interest(
+    inbound: Arc<Inbound>,
+    client: async_nats::Client,
+    interest: Arc<Interest>,
+) {
+    let queue = format!("{}.node.{}", inbound.prefix, inbound.node);
+    let prefix = format!("{}.t", inbound.prefix);
+    let mut have: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        let changed = interest.changed.notified();
+        let wanted = interest.snapshot();
+        have.retain(|s, task| {
+            let keep = wanted.contains(s);
+            if !keep {
+                // Dropping the subscriber unsubscribes.
+                task.abort();
+            }
+            keep
+        });
+        for s in wanted {
+            if have.contains_key(&s) {
+                continue;
+            }
+            match client.queue_subscribe(s.clone(), queue.clone()).await {
+                Ok(mut sub) => {
+                    let (inbound, prefix) = (inbound.clone(), prefix.clone());
+                    have.insert(
+                        s,
+                        tokio::spawn(async move {
+                            while let Some(m) = sub.next().await {
+                                inbound.deliver(&prefix, &m);
+                            }
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(subject = %s, "cannot subscribe on NATS (retried on the next change): {e}")
+                }
+            }
+        }
+        inbound.subscribed.store(have.len() as u64, Ordering::Relaxed);
+        // A failed subscription is retried within a second even without a change.
+        let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+    }
+}
+
+/// Deliver shard `k`'s stored messages from `start` on, until aborted.
+pub(crate) async fn tail(inbound: Arc<Inbound>, js: jetstream::Context, k: u16, start: u64) {
+    let name = streams::stream_name(&inbound.prefix, k);
+    let prefix = streams::shard_subject(&inbound.prefix, k);
+    let mut next = start;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match tail_from(&inbound, &js, &name, &prefix, &mut next).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(stream = %name, next, "tailer restarts: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn tail_from(
+    inbound: &Inbound,
+    js: &jetstream::Context,
+    name: &str,
+    prefix: &str,
+    next: &mut u64,
+) -> Result<(), async_nats::Error> {
+    let stream = js.get_stream(name).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: (*next).max(1),
+            },
+            max_expires: PULL_EXPIRY,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        let seq = m.info()?.stream_sequence;
+        if seq < *next {
+            continue;
+        }
+        *next = seq + 1;
+        inbound.deliver(prefix, &m.message);
+    }
+    Ok(())
+}
+
+/// Keep the local retained messages in step with the retained bucket, until aborted; `loaded`
+/// is sent once the values present at start are applied.
+pub(crate) async fn follow_retained(
+    inbound: Arc<Inbound>,
+    js: jetstream::Context,
+    mut loaded: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let name = format!("KV_{}", streams::retain_bucket(&inbound.prefix));
+    let prefix = streams::retain_subject(&inbound.prefix);
+    let mut next = 0;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match retained_from(&inbound, &js, &name, &prefix, &mut next, &mut loaded).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(stream = %name, next, "retained-message follower restarts: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn retained_from(
+    inbound: &Inbound,
+    js: &jetstream::Context,
+    name: &str,
+    prefix: &str,
+    next: &mut u64,
+    loaded: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), async_nats::Error> {
+    let mut stream = js.get_stream(name).await?;
+    if stream.info().await?.state.messages == 0 {
+        if let Some(l) = loaded.take() {
+            let _ = l.send(());
+        }
+    }
+    let deliver_policy = match *next {
+        0 => consumer::DeliverPolicy::LastPerSubject,
+        n => consumer::DeliverPolicy::ByStartSequence { start_sequence: n },
+    };
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy,
+            // JetStream wants a filter with "last per subject".
+            filter_subject: format!("{prefix}.>"),
+            max_expires: PULL_EXPIRY,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        let info = m.info()?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        if seq >= *next {
+            *next = seq + 1;
+            inbound.apply_retained(prefix, &m.message);
+        }
+        if pending == 0 {
+            if let Some(l) = loaded.take() {
+                let _ = l.send(());
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Inbound {
+    /// Set (or delete) the local retained message from a change of the retained bucket.
+    fn apply_retained(&self, prefix: &str, m: &async_nats::Message) {
+        let deleted = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| op.as_str() == "PURGE" || op.as_str() == "DEL");
+        let topic = match topic::decode_subject(prefix, &m.subject) {
+            Ok(t) => t,
+            Err(e) => {
+                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %m.subject, "not a retained message: {e}");
+                return;
+            }
+        };
+        tracing::debug!(node = %self.node, topic, deleted, "retained message from the bucket");
+        if deleted {
+            self.admin.delete_retained(&topic);
+            return;
+        }
+        match codec::decode(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
+            Ok(mut msg) => {
+                msg.retain = true;
+                // This node's own message is there already: keep that one (replacing it with
+                // an equal copy would make subscribers streaming retained messages skip it).
+                let own = codec::node_of(m.headers.as_ref()) == Some(self.node.as_str());
+                if own
+                    && self
+                        .admin
+                        .retained_message(&topic)
+                        .is_some_and(|cur| cur.payload == msg.payload && cur.qos == msg.qos)
+                {
+                    return;
+                }
+                match self.admin.set_retained(msg) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        topic,
+                        "retained message from the cluster not kept: max_retained reached"
+                    ),
+                    Err(e) => tracing::warn!(topic, "retained message from the cluster not kept: {e}"),
+                }
+            }
+            Err(e) => {
+                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %m.subject, "not a retained message: {e}");
+            }
+        }
+    }
+}

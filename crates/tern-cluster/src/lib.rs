@@ -1,0 +1,351 @@
+//! # tern-cluster
+//!
+//! Cluster mode for the Tern broker: several `tern broker` nodes share their clients' messages
+//! through NATS (core subjects for QoS 0, JetStream streams for QoS 1/2), so that a client on
+//! one node reaches subscribers on every node, and a QoS 1/2 message is acknowledged to its
+//! publisher only once JetStream has stored it on a quorum of NATS servers. See
+//! docs/cluster.md for the design as built and what is not built yet.
+//!
+//! ```no_run
+//! # async fn run(config: tern_broker::Config) -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster_config = config.cluster.clone().expect("a [cluster] table");
+//! let cluster = tern_cluster::Cluster::start(&cluster_config).await?;
+//! let broker = tern_broker::BrokerBuilder::from_config(config)
+//!     .backplane(cluster.backplane())
+//!     .bind()
+//!     .await?;
+//! cluster.attach(broker.admin()).await?;
+//! broker.run().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! - `topic.rs`: MQTT topics and filters as NATS subjects (total and reversible).
+//! - `codec.rs`: a broker message as NATS headers and payload, and back.
+//! - `monitor.rs`: the start-up guard (NATS version, JetStream fsync setting).
+//! - `streams.rs`: the shard streams, created or checked at start.
+//! - `outbound.rs`: this node's clients' messages on their way to NATS; the tickets that hold
+//!   acknowledgements back until JetStream has stored the message.
+//! - `inbound.rs`: other nodes' messages into this node (QoS 0 subscriptions that follow the
+//!   local filters, one ordered consumer per shard, the retained bucket followed in order).
+
+mod codec;
+mod error;
+mod inbound;
+mod monitor;
+mod outbound;
+mod streams;
+pub mod topic;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tern_broker::backplane::Backplane;
+use tern_broker::durability::{Progress, Ticket};
+use tern_broker::{Admin, ClusterConfig, Message};
+
+pub use error::ClusterError;
+pub use inbound::InboundCounters;
+pub use monitor::version_ok;
+pub use outbound::OutboundCounters;
+
+/// How long start-up retries streams JetStream does not answer about.
+const START_RETRY: Duration = Duration::from_secs(30);
+
+/// Longest wait for the retained messages at start.
+const RETAINED_LOAD: Duration = Duration::from_secs(60);
+
+/// Bytes of NATS headers Tern adds to a message at most, besides the 5.0 properties.
+const HEADER_ROOM: usize = 1024;
+
+/// A node of a Tern cluster, connected to NATS.
+pub struct Cluster {
+    config: ClusterConfig,
+    node: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// Each shard stream's last sequence at start: the tailers begin after it.
+    start_seqs: Vec<u64>,
+    fsync_always: bool,
+    outbound: Arc<outbound::Outbound>,
+    interest: Arc<inbound::Interest>,
+    inbound_counters: Arc<InboundCounters>,
+    subscribed: Arc<AtomicU64>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("nats", &self.config.nats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The host name, made a valid node name (letters, digits, `-`, `_`).
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "tern".into()
+    } else {
+        name
+    }
+}
+
+impl Cluster {
+    /// Connect to NATS, check that it keeps what it acknowledges (version, fsync; see
+    /// [`ClusterError`]), and create or check the streams. Nothing is delivered into the
+    /// broker before [`Cluster::attach`].
+    pub async fn start(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+        config.validate().map_err(ClusterError::Config)?;
+        if config.nats.is_empty() {
+            return Err(ClusterError::Config(
+                "no NATS server: give `cluster.nats` or `tern broker --cluster URLS`".into(),
+            ));
+        }
+        let mut config = config.clone();
+        if config.node_name.is_empty() {
+            config.node_name = default_node_name();
+        }
+        let node = config.node_name.clone();
+        let urls = config.nats.join(",");
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("tern {node}"))
+            // This node's own QoS 0 messages reached its sessions already.
+            .no_echo()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(config.nats.as_slice())
+            .await
+            .map_err(|source| ClusterError::Connect {
+                urls: urls.clone(),
+                source,
+            })?;
+        let info = client.server_info();
+        let fsync_always = monitor::check(&config, &info.version, &info.server_name).await?;
+        if !fsync_always {
+            tracing::warn!(
+                "cluster.unsafe_lazy_fsync: JetStream may acknowledge messages before they reach the disk"
+            );
+        }
+        let timeout = Duration::from_millis(config.publish_timeout_ms).min(Duration::from_secs(5));
+        let js = jetstream::ContextBuilder::new()
+            .timeout(timeout)
+            .max_ack_inflight(config.max_ack_inflight)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        // Right after a NATS server restarted, streams may have no leader for some seconds.
+        let deadline = tokio::time::Instant::now() + START_RETRY;
+        let start_seqs = loop {
+            let r = match streams::ensure(&js, &config).await {
+                Ok(seqs) => streams::ensure_retain(&js, &config).await.map(|()| seqs),
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e @ ClusterError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("cluster start: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                r => break r?,
+            }
+        };
+        let (outbound, receivers) = outbound::Outbound::new(
+            node.clone(),
+            config.prefix.clone(),
+            config.shards,
+            Duration::from_millis(config.publish_timeout_ms),
+        );
+        let outbound = Arc::new(outbound);
+        let run = tokio::spawn(outbound::run(
+            outbound.clone(),
+            client.clone(),
+            js.clone(),
+            receivers,
+        ));
+        tracing::info!(node = %node, nats = %urls, server = %info.server_name, version = %info.version, shards = config.shards, replicas = config.replicas, fsync_always, "cluster mode: connected to NATS");
+        Ok(Cluster {
+            config,
+            node,
+            client,
+            js,
+            start_seqs,
+            fsync_always,
+            outbound,
+            interest: Arc::default(),
+            inbound_counters: Arc::default(),
+            subscribed: Arc::default(),
+            tasks: Mutex::new(vec![run]),
+        })
+    }
+
+    /// The largest MQTT packet this cluster can carry: NATS' `max_payload` less room for
+    /// Tern's headers, the 5.0 properties counted as their base64 text. `tern broker` lowers
+    /// its `max_packet_size` to it.
+    pub fn max_packet_size(&self) -> u32 {
+        let payload = self.client.server_info().max_payload;
+        let usable = payload.saturating_sub(HEADER_ROOM) * 3 / 4;
+        u32::try_from(usable).unwrap_or(u32::MAX)
+    }
+
+    /// The backplane to give [`tern_broker::BrokerBuilder::backplane`].
+    pub fn backplane(&self) -> Arc<dyn Backplane> {
+        Arc::new(NodeBackplane {
+            outbound: self.outbound.clone(),
+            interest: self.interest.clone(),
+            prefix: self.config.prefix.clone(),
+        })
+    }
+
+    /// Start delivering other nodes' messages into the broker behind `admin`, after loading
+    /// the cluster's retained messages into it (so that a client of this node sees them from
+    /// its first SUBSCRIBE). Call it before the broker serves.
+    pub async fn attach(&self, admin: Admin) -> Result<(), ClusterError> {
+        let inbound = Arc::new(inbound::Inbound {
+            node: self.node.clone(),
+            prefix: self.config.prefix.clone(),
+            admin,
+            counters: self.inbound_counters.clone(),
+            subscribed: self.subscribed.clone(),
+        });
+        let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
+        {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.push(tokio::spawn(inbound::follow_retained(
+                inbound.clone(),
+                self.js.clone(),
+                Some(loaded_tx),
+            )));
+            tasks.push(tokio::spawn(inbound::follow_interest(
+                inbound.clone(),
+                self.client.clone(),
+                self.interest.clone(),
+            )));
+            for (k, last) in self.start_seqs.iter().enumerate() {
+                tasks.push(tokio::spawn(inbound::tail(
+                    inbound.clone(),
+                    self.js.clone(),
+                    k as u16,
+                    last + 1,
+                )));
+            }
+        }
+        let stream = format!("KV_{}", streams::retain_bucket(&self.config.prefix));
+        match tokio::time::timeout(RETAINED_LOAD, loaded).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(ClusterError::Stream {
+                stream,
+                why: format!("the retained messages were not loaded within {RETAINED_LOAD:?}"),
+            }),
+        }
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the NATS servers were seen (or asserted) to fsync before acknowledging.
+    pub fn fsync_always(&self) -> bool {
+        self.fsync_always
+    }
+
+    /// What the node has counted.
+    pub fn stats(&self) -> ClusterStats {
+        let o = &self.outbound.counters;
+        ClusterStats {
+            qos0_sent: o.qos0_sent.load(Ordering::Relaxed),
+            qos0_dropped: o.qos0_dropped.load(Ordering::Relaxed),
+            stored: o.stored.load(Ordering::Relaxed),
+            store_retries: o.retries.load(Ordering::Relaxed),
+            received: self.inbound_counters.received.load(Ordering::Relaxed),
+            undecodable: self.inbound_counters.undecodable.load(Ordering::Relaxed),
+            wanted_subjects: self.interest.len() as u64,
+            subscribed_subjects: self.subscribed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// What a node has counted since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// QoS 0 messages published on core NATS.
+    pub qos0_sent: u64,
+    /// QoS 0 messages dropped because the queue to NATS was full.
+    pub qos0_dropped: u64,
+    /// QoS 1/2 messages JetStream acknowledged.
+    pub stored: u64,
+    /// Attempts to store a message that failed and were retried.
+    pub store_retries: u64,
+    /// Messages from other nodes delivered to this node.
+    pub received: u64,
+    /// NATS messages on Tern's subjects that were not Tern messages.
+    pub undecodable: u64,
+    /// Distinct NATS subjects the local filters need.
+    pub wanted_subjects: u64,
+    /// Of those, the ones subscribed on NATS now.
+    pub subscribed_subjects: u64,
+}
+
+/// The [`Backplane`] of a node: hands its clients' messages to NATS and follows its
+/// sessions' filters.
+#[derive(Debug)]
+struct NodeBackplane {
+    outbound: Arc<outbound::Outbound>,
+    interest: Arc<inbound::Interest>,
+    prefix: String,
+}
+
+impl Backplane for NodeBackplane {
+    fn published(&self, message: &Arc<Message>) {
+        // `$SYS` is per node.
+        if message.topic.starts_with("$SYS/") {
+            return;
+        }
+        self.outbound.publish(message);
+    }
+
+    fn subscribed(&self, filter: &str) {
+        self.interest.add(&self.prefix, filter);
+    }
+
+    fn unsubscribed(&self, filter: &str) {
+        self.interest.remove(&self.prefix, filter);
+    }
+
+    fn progress(&self) -> Option<&Progress> {
+        Some(&self.outbound.progress)
+    }
+
+    fn submitted(&self) -> Ticket {
+        self.outbound.submitted()
+    }
+
+    fn ack_timeout(&self) -> Duration {
+        self.outbound.ack_timeout
+    }
+}

@@ -1,0 +1,310 @@
+//! What this node's clients publish, on its way to NATS: QoS 0 as core NATS messages on
+//! `<prefix>.t.<topic>`, QoS 1/2 stored once in their publisher's shard stream. Stored
+//! messages are numbered (tickets); [`Outbound::progress`] says up to which ticket all are
+//! stored, and the broker holds each publisher's PUBACK/PUBREC until then.
+//!
+//! ### Queues
+//! - QoS 0: a bounded channel (`QOS0_QUEUE`); when it is full the message is dropped and
+//!   counted, as QoS 0 allows. A retained QoS 0 message is also written to the retained
+//!   bucket, unless `QOS0_QUEUE` writes wait already (dropped, counted, logged).
+//! - QoS 1/2: never dropped. The hand-over channel has no fixed capacity, but its depth is
+//!   bounded by the broker's flow control: a connection hands over at most one read's worth
+//!   of messages (64 KiB of packets) and then waits for their acknowledgement before it reads
+//!   again. Messages in flight to JetStream are capped at `cluster.max_ack_inflight` (the
+//!   JetStream context waits for a permit).
+//! - A publish without an answer (a stream leader died, no quorum) is retried with the same
+//!   `Nats-Msg-Id`, so JetStream stores it once (within its duplicate window).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use tern_broker::durability::{Progress, Ticket};
+use tern_broker::Message;
+use tern_proto::QoS;
+use tokio::sync::mpsc;
+
+use crate::{codec, streams, topic};
+
+/// QoS 0 messages waiting to be handed to NATS, at most.
+pub const QOS0_QUEUE: usize = 65_536;
+
+/// Longest wait for the NATS client to take a message.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest pause between two attempts to store a message.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A message to publish: its subject, headers and payload.
+pub(crate) struct Outgoing {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// Counters of the outbound side.
+#[derive(Debug, Default)]
+pub struct OutboundCounters {
+    /// QoS 0 messages published on core NATS.
+    pub qos0_sent: AtomicU64,
+    /// QoS 0 messages dropped because the queue to NATS was full.
+    pub qos0_dropped: AtomicU64,
+    /// QoS 1/2 messages stored (acknowledged by JetStream).
+    pub stored: AtomicU64,
+    /// Attempts to store that failed and were retried.
+    pub retries: AtomicU64,
+}
+
+/// The node's outbound half, shared by the backplane and its tasks.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub node: String,
+    pub prefix: String,
+    pub shards: u16,
+    /// This run of the node (wall ms at start): with `counter`, a unique `Nats-Msg-Id`.
+    incarnation: u64,
+    counter: AtomicU64,
+    submitted: AtomicU64,
+    pub progress: Progress,
+    settled: Mutex<Settled>,
+    stored_tx: mpsc::UnboundedSender<(Ticket, Outgoing)>,
+    qos0_tx: mpsc::Sender<Outgoing>,
+    pub ack_timeout: Duration,
+    pub counters: OutboundCounters,
+}
+
+/// How far tickets are stored: every one up to `upto`, and those in `done` after a gap.
+#[derive(Debug, Default)]
+struct Settled {
+    upto: Ticket,
+    done: BTreeSet<Ticket>,
+}
+
+/// The receiving ends, for [`run`].
+pub(crate) struct Receivers {
+    stored: mpsc::UnboundedReceiver<(Ticket, Outgoing)>,
+    qos0: mpsc::Receiver<Outgoing>,
+}
+
+impl Outbound {
+    pub fn new(node: String, prefix: String, shards: u16, ack_timeout: Duration) -> (Outbound, Receivers) {
+        let (stored_tx, stored) = mpsc::unbounded_channel();
+        let (qos0_tx, qos0) = mpsc::channel(QOS0_QUEUE);
+        let out = Outbound {
+            node,
+            prefix,
+            shards,
+            incarnation: codec::wall_ms(),
+            counter: AtomicU64::new(0),
+            submitted: AtomicU64::new(0),
+            progress: Progress::default(),
+            settled: Mutex::default(),
+            stored_tx,
+            qos0_tx,
+            ack_timeout,
+            counters: OutboundCounters::default(),
+        };
+        (out, Receivers { stored, qos0 })
+    }
+
+    /// The ticket of the last stored message handed over.
+    pub fn submitted(&self) -> Ticket {
+        self.submitted.load(Ordering::Acquire)
+    }
+
+    /// Hand `msg`, published by a client of this node, to NATS (never blocks).
+    pub fn publish(&self, msg: &Arc<Message>) {
+        let headers = codec::headers(msg, &self.node);
+        let qos0 = msg.qos == QoS::AtMostOnce;
+        // Kept in the retained bucket (key: the encoded topic), in the same order of tickets:
+        // a QoS 1/2 PUBACK waits for both writes.
+        if msg.retain {
+            let mut h = headers.clone();
+            if msg.payload.is_empty() {
+                h.insert("KV-Operation", "PURGE");
+                h.insert(async_nats::header::NATS_ROLLUP, "sub");
+            }
+            let out = Outgoing {
+                subject: topic::encode_topic(&streams::retain_subject(&self.prefix), &msg.topic),
+                headers: self.with_id(h),
+                payload: msg.payload.clone(),
+            };
+            // A QoS 0 publisher does not wait for its message to be stored, so nothing slows
+            // it down: its retained writes are dropped beyond QOS0_QUEUE waiting ones.
+            let waiting = self.submitted().saturating_sub(self.progress.get());
+            if qos0 && waiting >= QOS0_QUEUE as u64 {
+                self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic = %msg.topic, "retained QoS 0 message not stored in the cluster: {QOS0_QUEUE} writes wait already");
+            } else {
+                self.submit(out);
+            }
+        }
+        if qos0 {
+            let out = Outgoing {
+                subject: topic::encode_topic(&format!("{}.t", self.prefix), &msg.topic),
+                headers,
+                payload: msg.payload.clone(),
+            };
+            if self.qos0_tx.try_send(out).is_err() {
+                self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let k = streams::shard_of(msg.publisher.as_deref(), self.shards);
+        self.submit(Outgoing {
+            subject: topic::encode_topic(&streams::shard_subject(&self.prefix, k), &msg.topic),
+            headers: self.with_id(headers),
+            payload: msg.payload.clone(),
+        });
+    }
+
+    /// `headers` with a `Nats-Msg-Id` unique to this message: a retried publish is stored once.
+    fn with_id(&self, mut headers: HeaderMap) -> HeaderMap {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}:{}:{n}", self.node, self.incarnation).as_str(),
+        );
+        headers
+    }
+
+    /// Number `out` and hand it to the task that stores it.
+    fn submit(&self, out: Outgoing) {
+        // The ticket is taken and sent under one lock so that tickets enter the channel in
+        // order (the JetStream publishes then go out in the order of the clients' PUBLISHes).
+        let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = self.submitted.load(Ordering::Relaxed) + 1;
+        tracing::trace!(ticket, subject = %out.subject, "to store");
+        if self.stored_tx.send((ticket, out)).is_ok() {
+            self.submitted.store(ticket, Ordering::Release);
+        }
+        drop(settled);
+    }
+
+    /// `ticket` is stored: advance the progress over every ticket stored without a gap.
+    fn settle(&self, ticket: Ticket) {
+        let mut s = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        // The gap-free prefix is read and moved under the lock: read from `progress`, which
+        // another settle advances after its unlock, it could be behind, and a ticket right
+        // after it would wait in `done` for ever (found by the kill loop).
+        s.done.insert(ticket);
+        while s.done.first() == Some(&(s.upto + 1)) {
+            s.done.pop_first();
+            s.upto += 1;
+        }
+        let upto = s.upto;
+        drop(s);
+        tracing::trace!(ticket, upto, "stored");
+        self.progress.advance(upto);
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Publish what the node hands over until the node is dropped.
+pub(crate) async fn run(
+    out: Arc<Outbound>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    rx: Receivers,
+) {
+    let Receivers { mut stored, mut qos0 } = rx;
+    let qos0_task = {
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(m) = qos0.recv().await {
+                match client.publish_with_headers(m.subject, m.headers, m.payload).await {
+                    Ok(()) => out.counters.qos0_sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => out.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    while let Some((ticket, m)) = stored.recv().await {
+        // The first attempt goes out here, in order; waiting for its answer (and retrying)
+        // happens apart, so that up to `max_ack_inflight` are in flight.
+        let first = send(&js, &m).await;
+        let (out, js) = (out.clone(), js.clone());
+        tokio::spawn(async move {
+            let mut attempt = first;
+            let mut backoff = Duration::from_millis(50);
+            let mut tries: u32 = 0;
+            loop {
+                let r = match attempt {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => break,
+                    Err(e) => {
+                        out.counters.retries.fetch_add(1, Ordering::Relaxed);
+                        tries += 1;
+                        // Logged at its 1st, 2nd, 4th, 8th... attempt.
+                        if tries.is_power_of_two() {
+                            tracing::warn!(subject = %m.subject, ticket, tries, "JetStream did not store a message, retrying: {e}");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        attempt = send(&js, &m).await;
+                    }
+                }
+            }
+            out.settle(ticket);
+        });
+    }
+    qos0_task.abort();
+}
+
+/// Hand one attempt to the client. Bounded in time: while the client reconnects its queue
+/// can be full, and a publish that waits for it holds up every message behind it.
+async fn send(js: &jetstream::Context, m: &Outgoing) -> Result<jetstream::context::PublishAckFuture, String> {
+    let publish = js.publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone());
+    match tokio::time::timeout(SEND_TIMEOUT, publish).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the NATS client did not take the message within {SEND_TIMEOUT:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reaches_the_last_ticket_when_neighbours_are_stored_at_the_same_moment() {
+        let (out, _rx) = Outbound::new("n".into(), "tern".into(), 2, Duration::from_secs(1));
+        let out = Arc::new(out);
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        const ROUNDS: u64 = 20_000;
+        let threads: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (out, barrier) = (out.clone(), barrier.clone());
+                // In round r, tickets 2r+1 and 2r+2 are stored on two threads at once (the
+                // order in which two JetStream acks can come); after both, progress must be
+                // at 2r+2 with nothing more to come.
+                std::thread::spawn(move || {
+                    for r in 0..ROUNDS {
+                        barrier.wait();
+                        out.settle(2 * r + 1 + t);
+                        barrier.wait();
+                        if t == 0 {
+                            assert_eq!(out.progress.get(), 2 * r + 2, "round {r}");
+                        }
+                        barrier.wait();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        out.settle(2 * ROUNDS + 2);
+        assert_eq!(out.progress.get(), 2 * ROUNDS, "a gap holds progress back");
+        out.settle(2 * ROUNDS + 1);
+        assert_eq!(out.progress.get(), 2 * ROUNDS + 2);
+    }
+}

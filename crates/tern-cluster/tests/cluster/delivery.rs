@@ -1,0 +1,262 @@
+//! Cross-node delivery (issue #15, design §4): clients on different nodes of one NATS
+//! cluster exchange QoS 0/1/2 messages in 3.1.1 and 5.0, each publisher's order kept, and a
+//! QoS 1/2 message is acknowledged only once JetStream has stored it.
+
+use std::time::{Duration, Instant};
+
+use tern_proto::{Ack, Packet, ProtocolVersion, Publish, QoS, ReasonCode};
+use tern_testkit::raw::{pid, Raw, V3, V5};
+
+use crate::node;
+use tern_testkit::nats::Nats;
+
+/// Receive `n` PUBLISH packets, answering each as its QoS asks (and PUBREL with PUBCOMP).
+async fn collect(sub: &mut Raw, n: usize, within: Duration) -> Vec<Publish> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let p = match sub.next_within(left).await {
+            Ok(Some(p)) => p,
+            other => panic!("{} of {n} messages, then {other:?}", got.len()),
+        };
+        match p {
+            Packet::Publish(p) => {
+                match (p.qos, p.packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => sub.send(Packet::PubAck(Ack::new(id))).await,
+                    (QoS::ExactlyOnce, Some(id)) => sub.send(Packet::PubRec(Ack::new(id))).await,
+                    _ => {}
+                }
+                got.push(p);
+            }
+            Packet::PubRel(a) => sub.send(Packet::PubComp(Ack::new(a.packet_id))).await,
+            p => panic!("unexpected {p:?}"),
+        }
+    }
+    got
+}
+
+/// Publish QoS 0 probes on `topic` until `sub` receives one: the other node's NATS
+/// subscription for the filter is then in place (it is made after the SUBACK).
+async fn wait_for_interest(publisher: &mut Raw, sub: &mut Raw, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        publisher.publish(topic, "probe", QoS::AtMostOnce, false).await;
+        if let Ok(Some(Packet::Publish(p))) = sub.next_within(Duration::from_millis(100)).await {
+            assert_eq!(&p.payload[..], b"probe");
+            // Probes sent meanwhile may still arrive: drain them.
+            while let Ok(Some(Packet::Publish(_))) = sub.next_within(Duration::from_millis(200)).await {}
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no NATS interest for {topic} within 5 s"
+        );
+    }
+}
+
+async fn exchange_all_qos(a: &node::Node, b: &node::Node, version: ProtocolVersion) {
+    let tag = if version == V5 { "v5" } else { "v3" };
+    let mut sub = Raw::connect(b.addr(), version, &format!("sub-{tag}")).await;
+    let ack = sub.subscribe(&format!("x/{tag}/#"), QoS::ExactlyOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQoS2]);
+    let mut publisher = Raw::connect(a.addr(), version, &format!("pub-{tag}")).await;
+    wait_for_interest(&mut publisher, &mut sub, &format!("x/{tag}/probe")).await;
+
+    // 30 messages, QoS 0, 1, 2 in turn, each waiting for its acknowledgement.
+    for i in 0..30u32 {
+        let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][(i % 3) as usize];
+        publisher
+            .publish(&format!("x/{tag}/{i}"), &i.to_string(), qos, false)
+            .await;
+    }
+    let got = collect(&mut sub, 30, Duration::from_secs(10)).await;
+    // QoS 0 and QoS 1/2 take different paths (core NATS, the stream): each keeps its order;
+    // v3.1.1+v5 [MQTT-4.6.0-6] orders messages of one topic, here every message has its own.
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let seq: Vec<u32> = got
+            .iter()
+            .filter(|p| p.qos == qos)
+            .map(|p| {
+                std::str::from_utf8(&p.payload)
+                    .expect("utf8")
+                    .parse()
+                    .expect("number")
+            })
+            .collect();
+        let want: Vec<u32> = (0..30).filter(|i| (i % 3) as usize == qos as usize).collect();
+        assert_eq!(seq, want, "{tag} QoS {qos:?}");
+    }
+    for p in &got {
+        let i: u32 = std::str::from_utf8(&p.payload)
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        assert_eq!(&*p.topic, format!("x/{tag}/{i}"));
+        assert!(!p.retain);
+    }
+    // Nothing more: no duplicate; the last PUBRELs answered.
+    while let Ok(Some(p)) = sub.next_within(Duration::from_millis(300)).await {
+        match p {
+            Packet::PubRel(a) => sub.send(Packet::PubComp(Ack::new(a.packet_id))).await,
+            p => panic!("{tag}: unexpected {p:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_nodes_exchange_qos_0_1_2_in_both_versions() {
+    let nats = Nats::start(3, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    exchange_all_qos(&a, &b, V3).await;
+    exchange_all_qos(&b, &a, V5).await;
+    assert!(a.cluster.stats().stored >= 20, "{:?}", a.cluster.stats());
+    assert!(b.cluster.stats().received >= 20, "{:?}", b.cluster.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_order_holds_across_nodes_with_acknowledgements_pipelined() {
+    let nats = Nats::start(3, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let mut local = Raw::connect(a.addr(), V3, "local").await;
+    local.subscribe("o/#", QoS::AtLeastOnce).await;
+    let mut remote = Raw::connect(b.addr(), V5, "remote").await;
+    remote.subscribe("o/#", QoS::AtLeastOnce).await;
+    // QoS 1 needs no NATS interest (every node tails every shard); two publishers, 300 each,
+    // 100 in flight at a time (the broker's Receive Maximum).
+    let mut p1 = Raw::connect(a.addr(), V3, "p1").await;
+    let mut p2 = Raw::connect(a.addr(), V3, "p2").await;
+    for batch in 0..3u16 {
+        for p in [&mut p1, &mut p2] {
+            for i in 0..100u16 {
+                let mut m = Publish::new(format!("o/{}", i % 7), format!("{}", batch * 100 + i));
+                m.qos = QoS::AtLeastOnce;
+                m.packet_id = Some(pid(i + 1));
+                p.send(Packet::Publish(m)).await;
+            }
+        }
+        for p in [&mut p1, &mut p2] {
+            for i in 0..100u16 {
+                match p.recv().await {
+                    Packet::PubAck(a) => assert_eq!(a.packet_id, pid(i + 1)),
+                    other => panic!("expected PUBACK, got {other:?}"),
+                }
+            }
+        }
+    }
+    for sub in [&mut local, &mut remote] {
+        let got = collect(sub, 600, Duration::from_secs(20)).await;
+        // Split by publisher: the payload numbers of p1 and p2 interleave, but each runs 0..300.
+        let mut seen = std::collections::HashMap::<u32, u32>::new();
+        for p in &got {
+            let n: u32 = std::str::from_utf8(&p.payload)
+                .expect("utf8")
+                .parse()
+                .expect("number");
+            *seen.entry(n).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 300);
+        assert!(
+            seen.values().all(|&c| c == 2),
+            "each number twice, once per publisher"
+        );
+        // Per topic, and per publisher, order holds: the k-th copy of n comes after the
+        // k-th copy of n-1 (two publishers with identical sequences).
+        let mut firsts = Vec::new();
+        let mut seconds = Vec::new();
+        let mut count = std::collections::HashMap::<u32, u32>::new();
+        for p in &got {
+            let n: u32 = std::str::from_utf8(&p.payload)
+                .expect("utf8")
+                .parse()
+                .expect("number");
+            let c = count.entry(n).or_default();
+            *c += 1;
+            if *c == 1 {
+                firsts.push(n)
+            } else {
+                seconds.push(n)
+            }
+        }
+        assert!(firsts.windows(2).all(|w| w[0] < w[1]), "order of first copies");
+        assert!(seconds.windows(2).all(|w| w[0] < w[1]), "order of second copies");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_jetstream_quorum_nothing_is_acknowledged_and_the_publisher_is_told_server_busy() {
+    let mut nats = Nats::start(3, true);
+    let mut c = node::config(&nats, "a");
+    c.publish_timeout_ms = 1500;
+    let a = node::start(&c).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let mut sub = Raw::connect(b.addr(), V5, "s").await;
+    sub.subscribe("q", QoS::AtLeastOnce).await;
+    let mut publisher = Raw::connect(a.addr(), V5, "p").await;
+    publisher.publish("q", "before", QoS::AtLeastOnce, false).await;
+    assert_eq!(
+        &collect(&mut sub, 1, Duration::from_secs(5)).await[0].payload[..],
+        b"before"
+    );
+
+    // Two of three servers gone: no quorum for any stream.
+    nats.kill(1);
+    nats.kill(2);
+    let mut m = Publish::new("q", "during");
+    m.qos = QoS::AtLeastOnce;
+    m.packet_id = Some(pid(9));
+    let sent = Instant::now();
+    publisher.send(Packet::Publish(m)).await;
+    // No PUBACK; after publish_timeout, DISCONNECT 0x89 Server busy (v5 section 3.14.2.1).
+    let code = publisher.expect_closed().await;
+    assert_eq!(code, Some(ReasonCode::ServerBusy));
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        sent.elapsed()
+    );
+
+    nats.restart(1);
+    nats.restart(2);
+    nats.wait_healthy();
+    // Once JetStream has a quorum again, publishing works: the next PUBACK comes.
+    let mut publisher = Raw::connect(a.addr(), V5, "p").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut m = Publish::new("q", "after");
+        m.qos = QoS::AtLeastOnce;
+        m.packet_id = Some(pid(10));
+        publisher.send(Packet::Publish(m)).await;
+        match publisher.next_within(Duration::from_secs(3)).await {
+            Ok(Some(Packet::PubAck(a))) if a.packet_id == pid(10) => break,
+            // Not stored within publish_timeout yet (streams still electing leaders): 0x89
+            // again, or no answer; try on a new connection.
+            Ok(None | Some(Packet::Disconnect(_))) | Err(()) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no PUBACK 30 s after the quorum returned"
+                );
+                publisher = Raw::connect(a.addr(), V5, "p").await;
+            }
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+    // The message published while there was no quorum may be stored later (the node keeps
+    // retrying with the same Nats-Msg-Id): "during" is allowed, "after" must come, once the
+    // other node's tailer has found the stream's new leader.
+    let acked = Instant::now();
+    let deadline = acked + Duration::from_secs(10);
+    loop {
+        let p = collect(&mut sub, 1, deadline.saturating_duration_since(Instant::now())).await;
+        if &p[0].payload[..] == b"after" {
+            eprintln!(
+                "delivered on the other node {:?} after its PUBACK",
+                acked.elapsed()
+            );
+            break;
+        }
+        assert_eq!(&p[0].payload[..], b"during");
+    }
+}

@@ -1,0 +1,9 @@
+//! Cluster mode against real NATS servers (`tern_testkit::nats`): nodes are in-process brokers with a
+//! `tern_cluster::Cluster` backplane; clients are raw MQTT peers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod delivery;
+mod guard;
+mod node;
+mod retained;
+mod topic;

@@ -1,0 +1,57 @@
+//! A Tern node in-process: a broker on a free port whose backplane is a cluster node.
+
+use tern_broker::{BrokerBuilder, BrokerHandle, ClusterConfig};
+use tern_cluster::Cluster;
+
+use tern_testkit::nats::Nats;
+
+/// A running node.
+pub struct Node {
+    pub broker: BrokerHandle,
+    pub cluster: Cluster,
+}
+
+impl Node {
+    /// The node's MQTT address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.broker.addr()
+    }
+}
+
+/// The `[cluster]` table for a node named `name` on `nats`.
+pub fn config(nats: &Nats, name: &str) -> ClusterConfig {
+    let mut c = ClusterConfig::default();
+    c.nats = nats.urls();
+    c.monitor = nats.monitors();
+    c.node_name = name.to_string();
+    c.replicas = nats.urls().len().min(3) as u16;
+    c.shards = 2;
+    c.publish_timeout_ms = 5000;
+    c
+}
+
+/// Start a node with `config`.
+pub async fn start(config: &ClusterConfig) -> Node {
+    // RUST_LOG=tern_cluster=debug shows what the nodes do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let cluster = Cluster::start(config).await.expect("cluster start");
+    let max = cluster.max_packet_size();
+    let broker = BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .configure(|c| {
+            c.data_dir = None;
+            c.max_packet_size = c.max_packet_size.min(max);
+        })
+        .backplane(cluster.backplane())
+        .bind()
+        .await
+        .expect("bind");
+    cluster.attach(broker.admin()).await.expect("attach");
+    Node {
+        broker: broker.spawn(),
+        cluster,
+    }
+}

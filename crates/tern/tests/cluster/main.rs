@@ -1,0 +1,250 @@
+//! `tern broker --cluster` as a process (issue #15, design §9 T6/T7 at small scale): two
+//! nodes on a 3-server NATS JetStream cluster; a publisher on node A sends sequence-numbered
+//! QoS 1 messages while node A is killed with SIGKILL and restarted, or a NATS server is
+//! killed and restarted; a subscriber on node B must receive every message whose PUBACK the
+//! publisher saw, in order. Rounds: `TERN_CLUSTER_KILL_ROUNDS` (default 6).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tern_proto::{Ack, Packet, Publish, QoS, ReasonCode};
+use tern_testkit::nats::Nats;
+use tern_testkit::raw::{pid, Raw, V3, V5};
+
+/// A `tern broker` process in cluster mode.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn start(config: &Path, nats: &Nats, name: &str) -> Node {
+        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args([
+                "broker",
+                "--listen",
+                "127.0.0.1:0",
+                "--in-memory",
+                "--no-http",
+                "--log",
+            ])
+            .arg(std::env::var("TERN_CLUSTER_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .arg("--config")
+            .arg(config)
+            .arg("--cluster")
+            .arg(nats.urls().join(","))
+            .args(["--node-name", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tern broker");
+        // Owned by a Node at once: its Drop kills the process if an assertion fails.
+        let mut node = Node {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let mut out = BufReader::new(node.child.stdout.take().unwrap());
+        let mut joined = false;
+        loop {
+            let mut line = String::new();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "tern broker exited before listening"
+            );
+            joined |= line.starts_with(&format!("tern cluster node {name} joined"));
+            if let Some(addr) = line.trim().strip_prefix("tern broker listening on ") {
+                assert!(joined, "the node joins the cluster before it listens");
+                node.addr = addr.parse().expect("address");
+                return node;
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_file(nats: &Nats) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("tern-cluster-{}.toml", std::process::id()));
+    let monitors: Vec<String> = nats.monitors().iter().map(|m| format!("{m:?}")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "sys_interval_secs = 0\n[cluster]\nmonitor = [{}]\nshards = 2\nreplicas = 3\npublish_timeout_ms = 20000\n",
+            monitors.join(", ")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Receive for ever, acknowledging; the payload numbers go to `got` in order of arrival.
+async fn subscriber(mut sub: Raw, got: Arc<Mutex<Vec<u64>>>) {
+    loop {
+        match sub.next_within(Duration::from_secs(60)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                if let Some(id) = p.packet_id {
+                    sub.send(Packet::PubAck(Ack::new(id))).await;
+                }
+                let n = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+                got.lock().unwrap().push(n);
+            }
+            Ok(Some(other)) => panic!("subscriber: unexpected {other:?}"),
+            Ok(None) => panic!("the subscriber's node closed its connection"),
+            Err(()) => {}
+        }
+    }
+}
+
+/// A publisher of numbered QoS 1 messages that remembers what was acknowledged.
+struct Publisher {
+    next: u64,
+    acked: BTreeSet<u64>,
+}
+
+impl Publisher {
+    /// Send `n` messages (ids 1..=n) and read their PUBACKs; `false` when the connection
+    /// closed (node killed) or an acknowledgement did not come within `wait`.
+    async fn batch(&mut self, p: &mut Raw, n: u16, wait: Duration, then: impl FnOnce()) -> bool {
+        let mut inflight = HashMap::new();
+        for i in 1..=n {
+            let mut m = Publish::new("k/seq", self.next.to_string());
+            m.qos = QoS::AtLeastOnce;
+            m.packet_id = Some(pid(i));
+            inflight.insert(pid(i), self.next);
+            self.next += 1;
+            p.send(Packet::Publish(m)).await;
+        }
+        then();
+        while !inflight.is_empty() {
+            match p.next_within(wait).await {
+                Ok(Some(Packet::PubAck(a))) => {
+                    assert_eq!(a.reason_code, ReasonCode::Success, "{a:?}");
+                    let n = inflight
+                        .remove(&a.packet_id)
+                        .expect("PUBACK for a message in flight");
+                    self.acked.insert(n);
+                }
+                Ok(Some(Packet::Disconnect(_)) | None) | Err(()) => return false,
+                Ok(Some(other)) => panic!("publisher: unexpected {other:?}"),
+            }
+        }
+        true
+    }
+}
+
+fn rounds() -> usize {
+    std::env::var("TERN_CLUSTER_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_message_is_lost_when_a_tern_node_or_a_nats_server_is_killed() {
+    let mut nats = Nats::start(3, true);
+    let config = config_file(&nats);
+    let mut a = Node::start(&config, &nats, "a");
+    let b = Node::start(&config, &nats, "b");
+    let mut sub = Raw::connect(b.addr, V5, "sub").await;
+    sub.subscribe("k/#", QoS::AtLeastOnce).await;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let receiving = tokio::spawn(subscriber(sub, got.clone()));
+
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("cluster kill loop seed {rng}");
+    let mut rand = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut publisher = Publisher {
+        next: 0,
+        acked: BTreeSet::new(),
+    };
+    let started = Instant::now();
+    let (mut tern_kills, mut nats_kills) = (0, 0);
+    for round in 0..rounds() {
+        let mut p = Raw::connect(a.addr, V3, "pub").await;
+        // Some traffic, then a batch during which the fault happens.
+        for _ in 0..rand(20) + 5 {
+            let ok = publisher.batch(&mut p, 10, Duration::from_secs(30), || ()).await;
+            assert!(ok, "round {round}: PUBACKs come when nothing fails");
+        }
+        if round % 2 == 0 {
+            let mut victim = Some(a);
+            publisher
+                .batch(&mut p, 10, Duration::from_secs(5), || {
+                    if let Some(v) = victim.take() {
+                        v.kill9()
+                    }
+                })
+                .await;
+            a = Node::start(&config, &nats, "a");
+            tern_kills += 1;
+        } else {
+            let i = rand(nats.len() as u64) as usize;
+            let nats_ref = &mut nats;
+            let ok = publisher
+                .batch(&mut p, 10, Duration::from_secs(30), || nats_ref.kill(i))
+                .await;
+            assert!(ok, "round {round}: PUBACKs come while 2 of 3 NATS servers run");
+            nats.restart(i);
+            nats.wait_healthy();
+            nats_kills += 1;
+        }
+    }
+    // A last message after all the others, from the same publisher (same shard): once the
+    // subscriber has it, every earlier message that was stored has been delivered too.
+    let mut p = Raw::connect(a.addr, V3, "pub").await;
+    assert!(publisher.batch(&mut p, 1, Duration::from_secs(30), || ()).await);
+    let marker = publisher.next - 1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !got.lock().unwrap().contains(&marker) {
+        assert!(
+            Instant::now() < deadline,
+            "the last message did not arrive within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiving.abort();
+    let got = got.lock().unwrap().clone();
+    let received: BTreeSet<u64> = got.iter().copied().collect();
+    let lost: Vec<u64> = publisher.acked.difference(&received).copied().collect();
+    let duplicates = got.len() - received.len();
+    let order_violations = got.windows(2).filter(|w| w[1] <= w[0]).count();
+    eprintln!(
+        "cluster kill loop: {} rounds ({tern_kills} tern node kills, {nats_kills} NATS server kills) in {:.1?}: \
+         acknowledged {}, received {}, lost {}, duplicates {duplicates}, order violations {order_violations}",
+        rounds(),
+        started.elapsed(),
+        publisher.acked.len(),
+        received.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    assert_eq!(order_violations, 0, "per-publisher order");
+    drop(b);
+}
