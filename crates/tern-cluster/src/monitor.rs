@@ -22,7 +22,8 @@ pub fn version_ok(version: &str) -> bool {
     (major, minor) >= (2, 11)
 }
 
-/// Check what `config` says about fsync, against the monitoring endpoints when it names any.
+/// Check what `config` says about fsync, against the monitoring endpoints when it names any:
+/// every endpoint that answers must say `sync_always`, and more than half must answer.
 /// Returns whether JetStream is known to fsync before acknowledging.
 pub async fn check(
     config: &ClusterConfig,
@@ -43,8 +44,18 @@ pub async fn check(
         };
     }
     let mut always = true;
+    // A server may be down while a node starts (a rolling restart): the servers that answer
+    // must all fsync, and a majority must answer.
+    let mut unanswered = Vec::new();
     for url in &config.monitor {
-        let varz = get_json(url, "/varz").await?;
+        let varz = match get_json(url, "/varz").await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("cluster start: {e}; checking the other servers");
+                unanswered.push(e);
+                continue;
+            }
+        };
         let version = varz["version"].as_str().unwrap_or("");
         if !version_ok(version) {
             return Err(ClusterError::Version {
@@ -60,6 +71,12 @@ pub async fn check(
                 return Err(ClusterError::LazyFsync(format!("NATS server at {url}")));
             }
             always = false;
+        }
+    }
+    if unanswered.len() * 2 >= config.monitor.len() {
+        // Fewer than a majority answered: report the first that did not.
+        if let Some(e) = unanswered.into_iter().next() {
+            return Err(e);
         }
     }
     Ok(always)

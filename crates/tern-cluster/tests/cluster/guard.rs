@@ -49,3 +49,21 @@ async fn a_node_accepts_nats_with_sync_always_and_refuses_streams_made_for_other
     let err = Cluster::start(&wrong).await.expect_err("replicas differ");
     assert!(err.to_string().contains("cluster.replicas"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_with_one_nats_server_of_three_down_but_not_with_two() {
+    let mut nats = Nats::start(3, true);
+    let c = node::config(&nats, "a");
+    // Streams are made while all run.
+    drop(Cluster::start(&c).await.expect("starts"));
+    nats.kill(2);
+    let cluster = Cluster::start(&c).await.expect("a majority answers and fsyncs");
+    assert!(cluster.fsync_always());
+    drop(cluster);
+    nats.kill(1);
+    let err = Cluster::start(&c)
+        .await
+        .expect_err("one of three cannot be checked");
+    assert!(matches!(err, ClusterError::Monitor { .. }), "{err:?}");
+    assert!(err.to_string().contains("cluster.monitor"), "{err}");
+}
