@@ -88,17 +88,17 @@ fn qos2_out(c: &tern_broker::BridgeConfig) -> bool {
 /// (a refusal with its reason code included) is logged and kept as the last error.
 pub(crate) async fn connect(shared: &Shared, options: Options) -> (Client, Events) {
     let c = &shared.config;
-    let reconnect = Backoff {
-        min: Duration::from_millis(c.reconnect_min_ms),
-        max: Duration::from_millis(c.reconnect_max_ms),
-    };
+    let reconnect = tern_client::Reconnect::with_delays(
+        Duration::from_millis(c.reconnect_min_ms),
+        Duration::from_millis(c.reconnect_max_ms),
+    );
     let mut attempt = 0u32;
     loop {
         match Client::connect(options.clone()).await {
             Ok(pair) => return pair,
             Err(e) => {
                 attempt = attempt.saturating_add(1);
-                let delay = reconnect.delay(attempt);
+                let delay = reconnect.delay_before(attempt);
                 tracing::warn!(bridge = %c.name, remote = %c.remote, "cannot connect: {e}; next attempt in {delay:?}");
                 shared.status.set_error(e.to_string());
                 tokio::time::sleep(delay).await;
@@ -330,57 +330,6 @@ pub(crate) async fn receive(
                 status.set_error(format!("subscription to {filter:?} refused: {reason_code}"));
             }
             _ => {}
-        }
-    }
-}
-
-/// Delays before connection attempts: `min × 2^(n-1)` capped at `max`, a random time
-/// between half and all of it.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.max);
-        let half = base / 2;
-        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(if nanos == 0 { 0 } else { random() % (nanos + 1) })
-    }
-}
-
-/// A random number from the standard library's per-process hashing keys.
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_up_to_the_cap() {
-        let b = Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        for attempt in 1..30 {
-            let d = b.delay(attempt);
-            let base =
-                (Duration::from_millis(100) * (1 << (attempt - 1).min(20))).min(Duration::from_secs(1));
-            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
         }
     }
 }

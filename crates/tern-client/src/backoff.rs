@@ -47,6 +47,12 @@ impl Reconnect {
         self.enabled
     }
 
+    /// The delay before attempt `attempt` (1-based) in a row, jitter included: for a
+    /// program that retries a first connection itself (a bridge does).
+    pub fn delay_before(&self, attempt: u32) -> Duration {
+        self.delay(attempt, random())
+    }
+
     /// The delay before attempt `attempt` (1-based), with `random` in `0..=u64::MAX`
     /// choosing the jitter.
     pub(crate) fn delay(&self, attempt: u32, random: u64) -> Duration {
