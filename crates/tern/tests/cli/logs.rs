@@ -2,30 +2,17 @@
 //! that has no colour codes off a terminal, JSON lines on request, and configuration
 //! errors that point at the line and column of the bad value.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::{run, TERN, WAIT};
+use super::{lines_of, run, TERN, WAIT};
 
 /// A `tern broker` whose stdout and stderr are read line by line; killed on drop.
 struct Logged {
     child: Child,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
-}
-
-fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 impl Logged {

@@ -601,7 +601,7 @@ fn sighup_reloads_tls_certificates() {
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("broker.log")).unwrap();
-    let mut child = Command::new(TERN)
+    let child = Command::new(TERN)
         .args([
             "broker",
             "--config",
@@ -616,7 +616,7 @@ fn sighup_reloads_tls_certificates() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let broker = KillOnDrop(&mut child);
+    let mut broker = Killed(child);
     let stdout = broker.0.stdout.take().unwrap();
     let port = BufReader::new(stdout)
         .lines()
@@ -731,21 +731,23 @@ fn certificates(dir: &std::path::Path, names: &[&str]) {
     );
 }
 
-/// The lines a child writes, through a channel.
-fn lines_of(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
+/// The lines `r` gives, through a channel (a thread reads them).
+fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
         }
     });
     rx
 }
 
-/// Kills the child process on drop.
-struct KillOnDrop<'a>(&'a mut Child);
+/// A child process, killed on drop.
+struct Killed(Child);
 
-impl Drop for KillOnDrop<'_> {
+impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();

@@ -1,21 +1,11 @@
 //! `tern broker`'s HTTP endpoint from the command line: the address it prints, the refusal
 //! of a public address without credentials, and `tern trace`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::{run, TERN, WAIT};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use super::{lines_of, run, Killed, TERN, WAIT};
 
 /// Spawn `tern ARGS` and hand its stdout lines to a channel.
 fn spawn_lines(args: &[&str]) -> (Killed, mpsc::Receiver<String>) {
@@ -26,13 +16,7 @@ fn spawn_lines(args: &[&str]) -> (Killed, mpsc::Receiver<String>) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stdout.take().unwrap());
     (Killed(child), rx)
 }
 
