@@ -147,7 +147,9 @@ fn get_message(b: &mut Bytes, now: Stamp) -> Result<Message, Corrupt> {
         _ => return Err(Corrupt("stored PUBLISH does not decode")),
     };
     Ok(Message {
-        topic: p.topic,
+        // Its own bytes: a slice would keep the whole record (the payload with it) alive for
+        // as long as the topic is held, e.g. by a retained entry whose message left memory.
+        topic: ByteString::from(p.topic.to_string()),
         payload: p.payload,
         qos,
         retain: p.retain,
