@@ -80,8 +80,13 @@ impl Drop for Node {
     }
 }
 
+/// Numbers the configuration files of one test process: the tests run in parallel, each with
+/// its own NATS cluster, and a node restarted by one must not read the other's file.
+static NEXT_CONFIG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn config_file(nats: &Nats) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("tern-cluster-{}.toml", std::process::id()));
+    let n = NEXT_CONFIG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("tern-cluster-{}-{n}.toml", std::process::id()));
     let monitors: Vec<String> = nats.monitors().iter().map(|m| format!("{m:?}")).collect();
     std::fs::write(
         &path,
@@ -281,4 +286,5 @@ async fn kill_loop(qos: QoS) {
         assert_eq!(duplicates, 0, "QoS 2 received once");
     }
     drop(b);
+    let _ = std::fs::remove_file(&config);
 }
