@@ -128,6 +128,12 @@ pub struct Config {
     pub max_offline_messages: u64,
     /// Payload bytes of those (default 64 MiB).
     pub max_offline_bytes: u64,
+    /// With a data directory: memory for the queues of persistent sessions whose client is
+    /// away, all together (payload bytes, default 64 MiB). While the queues of all sessions
+    /// hold more than this, further messages for a session that is away are kept on disk only
+    /// (within `max_offline_messages`/`max_offline_bytes`), and start-up reads at most this
+    /// much of the stored queues; the rest is read back as the sessions return.
+    pub offline_cache_bytes: usize,
     /// With a data directory: beyond this size of the store file, no more messages are kept
     /// on disk for sessions that are away (dropped and counted; default 8 GiB).
     pub max_store_bytes: u64,
@@ -416,6 +422,7 @@ impl Default for Config {
             sync_interval_ms: 100,
             store_cache_bytes: 32 << 20,
             retained_cache_bytes: 64 << 20,
+            offline_cache_bytes: 64 << 20,
             log_format: LogFormat::Text,
             http: crate::http_config::HttpConfig::default(),
             bridge: Vec::new(),

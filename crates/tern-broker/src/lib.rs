@@ -230,9 +230,12 @@ impl BrokerBuilder {
                         self.config.sync,
                         interval,
                         self.clock.clone(),
-                        self.config.max_queued_messages,
                         self.config.store_cache_bytes,
-                        self.config.retained_cache_bytes,
+                        store::Resident {
+                            per_session: self.config.max_queued_messages,
+                            queued_bytes: self.config.offline_cache_bytes,
+                            retained_bytes: self.config.retained_cache_bytes,
+                        },
                     )
                     .map_err(|e| BrokerError::Store(format!("data directory {}: {e}", dir.display())))?;
                     store_metrics = Some(s.metrics.clone());

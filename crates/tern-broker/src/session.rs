@@ -304,15 +304,19 @@ impl SessionCell {
         }
         let size = out.msg.payload.len();
         // A persistent session whose client is away keeps at most its memory limits in
-        // memory; the rest of its QoS 1/2 messages only on disk (and, once some are there, all
-        // later ones too, to keep their order).
+        // memory, and only while all queues together are within `offline_cache_bytes`; the
+        // rest of its QoS 1/2 messages only on disk (and, once some are there, all later ones
+        // too, to keep their order). `room` is what the broker-wide budget has left, so the
+        // bytes queued in memory now are its limit minus `room`.
         if out.qos != QoS::AtMostOnce
             && st.persistent
             && q.durability.reads_back()
             && (st.spill.is_some()
                 || (st.conn_id.is_none()
                     && (st.queue.len() >= cfg.max_queued_messages
-                        || st.queued_bytes + size > cfg.max_queued_bytes)))
+                        || st.queued_bytes + size > cfg.max_queued_bytes
+                        || cfg.max_queued_bytes_total.saturating_sub(*room) + size
+                            > cfg.offline_cache_bytes)))
         {
             return self.spill_locked(st, out, q);
         }

@@ -134,6 +134,40 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// What start-up reads into memory; the rest stays on disk and is read when needed.
+#[derive(Debug, Clone, Copy)]
+pub struct Resident {
+    /// Queued (not sent) deliveries read per session (`max_queued_messages`).
+    pub per_session: usize,
+    /// Payload bytes of the queued deliveries read, all sessions together
+    /// (`offline_cache_bytes`).
+    pub queued_bytes: usize,
+    /// Memory for retained messages, as `retained_cache::resident_cost` counts it
+    /// (`retained_cache_bytes`).
+    pub retained_bytes: usize,
+}
+
+#[cfg(test)]
+impl Resident {
+    /// Everything.
+    pub const ALL: Resident = Resident {
+        per_session: usize::MAX,
+        queued_bytes: usize::MAX,
+        retained_bytes: usize::MAX,
+    };
+}
+
+/// A stored delivery read at start-up, before its payload is.
+struct Row {
+    client: Arc<str>,
+    seq: u64,
+    value: Vec<u8>,
+    /// Queued, not sent.
+    queued: bool,
+    /// The payload record it refers to.
+    payload: Option<u64>,
+}
+
 impl Engine {
     /// Open (or create) the database in `dir`, with a page cache of `cache_bytes`.
     pub fn open(dir: &Path, clock: crate::clock::Clock, cache_bytes: usize) -> Result<Engine, StoreError> {
@@ -169,23 +203,24 @@ impl Engine {
 
     /// Read everything back, count the references to each payload, and delete the payloads
     /// nothing refers to. A record that does not read back is an error (never guessed at).
-    /// Of each session's queued (not sent) deliveries only the first `keep` are read; the
-    /// others are counted in `Stored::spilled` and stay on disk.
-    /// Retained messages beyond `retained_bytes` of memory (`resident_cost`) are only described
+    /// Of the queued (not sent) deliveries, each session's first `resident.per_session` are
+    /// read, as long as all of them together stay within `resident.queued_bytes` of payload;
+    /// the others are counted in `Stored::spilled` and stay on disk. Retained messages beyond
+    /// `resident.retained_bytes` of memory (`resident_cost`) are only described
     /// (`Stored::retained_on_disk`).
-    pub fn load(&mut self, keep: usize, retained_bytes: usize) -> Result<Stored, StoreError> {
+    pub fn load(&mut self, resident: Resident) -> Result<Stored, StoreError> {
         let stamp = self.clock.stamp();
         let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
         let mut l = Stored::default();
         let t = txn.open_table(RETAINED).map_err(|e| err("open retained", e))?;
-        let mut resident = 0;
+        let mut retained_cost = 0;
         for row in t.iter().map_err(|e| err("read retained", e))? {
             let (k, v) = row.map_err(|e| err("read retained", e))?;
             let msg =
                 record::read_retained(v.value(), stamp).map_err(|e| corrupt("retained", k.value(), e))?;
             let cost = crate::retained_cache::resident_cost(msg.topic.len(), msg.payload.len());
-            if resident + cost <= retained_bytes {
-                resident += cost;
+            if retained_cost + cost <= resident.retained_bytes {
+                retained_cost += cost;
                 l.retained.push(Arc::new(msg));
             } else {
                 l.retained_on_disk.push(crate::durability::RetainedOnDisk {
@@ -207,10 +242,11 @@ impl Engine {
         // once, shared by the deliveries that refer to it); of the others only the size is
         // taken, and those nothing refers to are deleted below.
         self.refs.clear();
-        let mut rows = Vec::new();
-        // Per client: (queued deliveries read, spilled summary, payload ids spilled).
+        let mut rows: Vec<Row> = Vec::new();
+        // Queued deliveries left on disk: (client, sequence number, payload id), in order.
+        let mut left: Vec<(Arc<str>, u64, u64)> = Vec::new();
+        // The client of the last row and how many of its queued deliveries were kept.
         let mut client: Option<(Vec<u8>, usize)> = None;
-        let mut spilled_ids: Vec<(usize, u64)> = Vec::new();
         let placeholder = Arc::new(crate::message::Message::new(
             "",
             bytes::Bytes::new(),
@@ -236,74 +272,96 @@ impl Engine {
                 .stage
                 .is_none();
             match (queued, payload_id) {
-                (true, Some(id)) if *read >= keep => {
-                    let c: Arc<str> = Arc::from(&*name);
-                    let i = match l.spilled.last_mut() {
-                        Some((last, s)) if *last == c => {
-                            s.count += 1;
-                            s.last = seq;
-                            l.spilled.len() - 1
-                        }
-                        _ => {
-                            let s = crate::durability::Spilled {
-                                count: 1,
-                                bytes: 0,
-                                after: seq - 1,
-                                last: seq,
-                            };
-                            l.spilled.push((c, s));
-                            l.spilled.len() - 1
-                        }
-                    };
-                    spilled_ids.push((i, id));
-                }
+                (true, Some(id)) if *read >= resident.per_session => left.push((Arc::from(&*name), seq, id)),
                 _ => {
                     if queued {
                         *read += 1;
                     }
-                    rows.push((k.value().to_vec(), v.value().to_vec()));
+                    rows.push(Row {
+                        client: Arc::from(&*name),
+                        seq,
+                        value: v.value().to_vec(),
+                        queued,
+                        payload: payload_id,
+                    });
                 }
             }
         }
         drop(placeholder);
         l.max_message_id = self.refs.keys().copied().max().unwrap_or(0);
-        let needed: rustc_hash::FxHashSet<u64> = rows
-            .iter()
-            .filter_map(|(_, v)| record::queued_payload_id(v))
-            .collect();
-        let spilled_set: rustc_hash::FxHashSet<u64> = spilled_ids.iter().map(|(_, id)| *id).collect();
+        // The size of every payload a delivery refers to (not its contents yet), and the
+        // payloads nothing refers to.
         let mut sizes: rustc_hash::FxHashMap<u64, u64> = rustc_hash::FxHashMap::default();
-        let mut payloads = rustc_hash::FxHashMap::default();
         let mut orphans = Vec::new();
-        let t = txn.open_table(PAYLOADS).map_err(|e| err("open payloads", e))?;
-        for row in t.iter().map_err(|e| err("read payloads", e))? {
+        let payloads_table = txn.open_table(PAYLOADS).map_err(|e| err("open payloads", e))?;
+        for row in payloads_table.iter().map_err(|e| err("read payloads", e))? {
             let (k, v) = row.map_err(|e| err("read payloads", e))?;
             let id = k.value();
-            if !self.refs.contains_key(&id) {
-                orphans.push(id);
-                continue;
-            }
-            if spilled_set.contains(&id) {
+            if self.refs.contains_key(&id) {
                 sizes.insert(id, v.value().len() as u64);
+            } else {
+                orphans.push(id);
             }
-            if !needed.contains(&id) {
+        }
+        // Within the memory for queued messages: once a session's queued delivery does not
+        // fit, it and the session's later ones stay on disk (in order, before those beyond
+        // `per_session`).
+        let mut used = 0u64;
+        let mut kept = Vec::with_capacity(rows.len());
+        let mut spilling: Option<Arc<str>> = None;
+        for row in rows {
+            if let (true, Some(id)) = (row.queued, row.payload) {
+                let size = sizes.get(&id).copied().unwrap_or(0);
+                let full = used + size > resident.queued_bytes as u64;
+                if full || spilling.as_ref().is_some_and(|c| *c == row.client) {
+                    spilling = Some(row.client.clone());
+                    left.push((row.client, row.seq, id));
+                    continue;
+                }
+                used += size;
+            }
+            kept.push(row);
+        }
+        // `left` in the order of client and sequence number, summed per client.
+        left.sort_unstable_by(|a, b| (&*a.0, a.1).cmp(&(&*b.0, b.1)));
+        for (c, seq, id) in left {
+            let size = sizes.get(&id).copied().unwrap_or(0);
+            match l.spilled.last_mut() {
+                Some((last, s)) if *last == c => {
+                    s.count += 1;
+                    s.bytes += size;
+                    s.last = seq;
+                }
+                _ => l.spilled.push((
+                    c,
+                    crate::durability::Spilled {
+                        count: 1,
+                        bytes: size,
+                        after: seq.saturating_sub(1),
+                        last: seq,
+                    },
+                )),
+            }
+        }
+        // The payloads of the deliveries kept, each read once.
+        let mut payloads = rustc_hash::FxHashMap::default();
+        for id in kept.iter().filter_map(|r| r.payload) {
+            if payloads.contains_key(&id) {
                 continue;
             }
+            let Some(v) = payloads_table.get(id).map_err(|e| err("read payloads", e))? else {
+                continue;
+            };
             let mut msg = record::read_payload(v.value(), stamp)
                 .map_err(|e| corrupt("payloads", &id.to_string(), e))?;
             msg.stored = crate::message::StoredId::known(id);
             payloads.insert(id, Arc::new(msg));
         }
-        for (i, id) in spilled_ids {
-            if let Some((_, s)) = l.spilled.get_mut(i) {
-                s.bytes += sizes.get(&id).copied().unwrap_or(0);
-            }
-        }
-        for (k, v) in rows {
-            let (client, seq) = record::split_key(&k).map_err(|e| corrupt("messages", "key", e))?;
-            let d = record::read_queued(&v, seq, stamp, |id| payloads.get(&id).cloned())
-                .map_err(|e| corrupt("messages", &client, e))?;
-            l.deliveries.push((Arc::from(&client[..]), d));
+        drop(payloads_table);
+        for row in kept {
+            let d = record::read_queued(&row.value, row.seq, stamp, |id| payloads.get(&id).cloned())
+                .map_err(|e| corrupt("messages", &row.client, e))?;
+            l.deliveries.push((row.client, d));
         }
         let t = txn.open_table(QOS2).map_err(|e| err("open qos2", e))?;
         for row in t.iter().map_err(|e| err("read qos2", e))? {
@@ -482,7 +540,7 @@ mod tests {
         let d = dir("refs");
         let clock = crate::clock::Clock::system();
         let mut e = Engine::open(&d.0, clock.clone(), 1 << 20).unwrap();
-        e.load(usize::MAX, usize::MAX).unwrap();
+        e.load(Resident::ALL).unwrap();
         let o = message(b"shared payload");
         let ops: Vec<Change> = ["a", "b", "c"].iter().map(|c| put(c, 1, &o, 7, None)).collect();
         e.apply(&ops, false).unwrap();
@@ -502,7 +560,7 @@ mod tests {
             .unwrap();
         drop(e);
         let mut e = Engine::open(&d.0, clock, 1 << 20).unwrap();
-        let l = e.load(usize::MAX, usize::MAX).unwrap();
+        let l = e.load(Resident::ALL).unwrap();
         assert_eq!(l.deliveries.len(), 2);
         assert!(
             Arc::ptr_eq(&l.deliveries[0].1.message, &l.deliveries[1].1.message),
@@ -519,14 +577,14 @@ mod tests {
         let d = dir("orphans");
         let clock = crate::clock::Clock::system();
         let mut e = Engine::open(&d.0, clock.clone(), 1 << 20).unwrap();
-        e.load(usize::MAX, usize::MAX).unwrap();
+        e.load(Resident::ALL).unwrap();
         // A payload without references, as a crash of an older writer could leave.
         let txn = e.db.begin_write().unwrap();
         txn.open_table(PAYLOADS).unwrap().insert(3, &b"x"[..]).unwrap();
         txn.commit().unwrap();
         drop(e);
         let mut e = Engine::open(&d.0, clock, 1 << 20).unwrap();
-        assert!(e.load(usize::MAX, usize::MAX).unwrap().deliveries.is_empty());
+        assert!(e.load(Resident::ALL).unwrap().deliveries.is_empty());
         assert_eq!(payload_rows(&e), 0);
     }
 }

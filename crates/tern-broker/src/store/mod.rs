@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub(crate) use engine::Engine;
+pub use engine::Resident;
 
 use crate::durability::{Change, Durability, Group, Stored, Ticket};
 
@@ -77,17 +78,16 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// Open (or create) the store in `dir` with a page cache of `cache_bytes`, load its
-    /// content (of each session's queue, the first `keep` messages; of the retained messages,
-    /// the first `retained_bytes` of payload), and start the writer thread.
+    /// Open (or create) the store in `dir` with a page cache of `cache_bytes`, load what of
+    /// its content `resident` allows into memory (the rest is described, and read when
+    /// needed), and start the writer thread.
     pub fn open(
         dir: &Path,
         sync: SyncPolicy,
         interval: Duration,
         clock: crate::clock::Clock,
-        keep: usize,
         cache_bytes: usize,
-        retained_bytes: usize,
+        resident: engine::Resident,
     ) -> Result<(Arc<Store>, Stored), StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
@@ -97,7 +97,7 @@ impl Store {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         let mut engine = Engine::open(dir, clock, cache_bytes)?;
-        let loaded = engine.load(keep, retained_bytes)?;
+        let loaded = engine.load(resident)?;
         let file = dir.join("tern.redb");
         let store = Arc::new(Store {
             reader: engine.reader(),

@@ -547,6 +547,89 @@ async fn an_offline_queue_beyond_memory_waits_on_disk_and_arrives_in_order() {
     }
 }
 
+/// `offline_cache_bytes`: the queues of all sessions that are away hold at most that much in
+/// memory together, the rest waits on disk; a restart reads no more than that back; and every
+/// session still gets all its messages in order when it returns (v3.1.1 [MQTT-4.6.0-6] /
+/// v5 [MQTT-4.6.0-6]).
+#[tokio::test]
+async fn all_offline_queues_together_stay_within_offline_cache_bytes() {
+    const SESSIONS: usize = 10;
+    const EACH: usize = 40;
+    const SIZE: usize = 1000;
+    const CACHE: usize = 20 * SIZE;
+    let dir = TempDir::new("offline-cache");
+    let start = |dir: &TempDir| {
+        let d = dir.0.clone();
+        BrokerBuilder::new()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .configure(move |c| {
+                c.data_dir = Some(d);
+                c.sync = tern_broker::SyncPolicy::Interval;
+                c.offline_cache_bytes = CACHE;
+            })
+            .bind()
+    };
+    let in_memory = |b: &BrokerHandle| {
+        (0..SESSIONS)
+            .map(|i| {
+                let info = b.session(&format!("away{i}")).unwrap();
+                (info.queued_bytes, info.queued as u64 + info.on_disk.0)
+            })
+            .fold((0, 0), |(m, n), (a, c)| (m + a, n + c))
+    };
+    let b = start(&dir).await.expect("bind").spawn();
+    for i in 0..SESSIONS {
+        let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, &format!("away{i}"))).await;
+        sub.subscribe(&format!("fleet/{i}"), QoS::AtLeastOnce).await;
+        sub.disconnect().await;
+    }
+    let mut publ = Raw::connect(b.addr(), V5, "ctl").await;
+    for n in 0..EACH {
+        for i in 0..SESSIONS {
+            let payload = format!("{n}-{}", "x".repeat(SIZE - 1 - n.to_string().len()));
+            publ.publish(&format!("fleet/{i}"), &payload, QoS::AtLeastOnce, false)
+                .await;
+        }
+    }
+    drop(publ);
+    let (bytes, all) = in_memory(&b);
+    assert_eq!(
+        all,
+        (SESSIONS * EACH) as u64,
+        "every message kept, in memory or on disk"
+    );
+    assert!(
+        bytes <= CACHE,
+        "{bytes} bytes of queues in memory, offline_cache_bytes {CACHE}"
+    );
+    b.shutdown().await;
+
+    let b = start(&dir).await.expect("bind").spawn();
+    let (bytes, all) = in_memory(&b);
+    assert_eq!(all, (SESSIONS * EACH) as u64, "every message restored");
+    assert!(
+        bytes <= CACHE,
+        "after a restart: {bytes} bytes in memory, offline_cache_bytes {CACHE}"
+    );
+    for i in 0..SESSIONS {
+        let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(V5, &format!("away{i}"))).await;
+        assert!(ack.session_present);
+        for n in 0..EACH {
+            let p = sub.recv_publish().await;
+            let text = std::str::from_utf8(&p.payload).unwrap();
+            assert_eq!(
+                text.split('-').next(),
+                Some(&*n.to_string()),
+                "session {i}, message {n}"
+            );
+            assert_eq!(p.payload.len(), SIZE);
+            sub.ack(&p).await;
+        }
+        sub.expect_silence(100).await;
+    }
+    b.shutdown().await;
+}
+
 /// `max_offline_messages`: beyond the memory window and that many on disk, messages for a
 /// session whose client is away are dropped and counted; the first ones arrive.
 #[tokio::test]
