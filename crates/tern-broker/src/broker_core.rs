@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use tern_proto::session::server::Routed;
 use tern_proto::topic;
 use tern_proto::QoS;
 
@@ -245,14 +246,20 @@ impl Core {
     /// Route a message to every matching session; returns how many sessions it reached.
     /// Sessions whose queues are over their limits are added to `pressure`: the
     /// publisher should wait until they have room.
-    pub fn publish(&self, msg: &Arc<Message>, pressure: &mut Vec<Arc<SessionCell>>) -> usize {
+    ///
+    /// [`Routed::OverQuota`] when every session it matched dropped it for a limit of what it
+    /// keeps while its client is away (5.0 PUBACK 0x97).
+    pub fn publish(&self, msg: &Arc<Message>, pressure: &mut Vec<Arc<SessionCell>>) -> Routed {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        let n = self.route(msg, Some(pressure));
+        let (n, over_limit) = self.route(msg, Some(pressure));
         self.count_unrouted(n);
         if let Some(b) = &self.backplane {
             b.published(msg);
         }
-        n
+        match n.saturating_sub(over_limit) {
+            0 if n > 0 => Routed::OverQuota,
+            reached => Routed::Reached(reached),
+        }
     }
 
     /// Route a message into `pending` without queueing it yet: a publisher's
@@ -324,37 +331,46 @@ impl Core {
 
     /// Route without counting the message as received and without backpressure (`$SYS`, wills).
     pub fn publish_internal(&self, msg: &Arc<Message>) -> usize {
-        self.route(msg, None)
+        self.route(msg, None).0
     }
 
-    fn route(&self, msg: &Arc<Message>, pressure: Option<&mut Vec<Arc<SessionCell>>>) -> usize {
+    /// How many sessions `msg` matched, and how many of them dropped it for their offline
+    /// limits.
+    fn route(&self, msg: &Arc<Message>, pressure: Option<&mut Vec<Arc<SessionCell>>>) -> (usize, usize) {
         let mut deliveries = ROUTE_SCRATCH.with(|s| s.take());
         let n = self.collect(msg, &mut deliveries);
-        self.deliver_all(&mut deliveries, pressure);
+        let over_limit = self.deliver_all(&mut deliveries, pressure);
         if deliveries.capacity() <= MAX_KEPT_SCRATCH {
             ROUTE_SCRATCH.with(|s| s.set(deliveries));
         }
-        n
+        (n, usize::try_from(over_limit).unwrap_or(usize::MAX))
     }
 
     /// Queue `pending` (emptied), each session's messages under one lock and in
     /// the order they were routed; sessions over their limits are added to `pressure`.
-    pub fn deliver_all(&self, pending: &mut Deliveries, mut pressure: Option<&mut Vec<Arc<SessionCell>>>) {
+    /// Returns how many messages sessions dropped for their offline limits.
+    pub fn deliver_all(
+        &self,
+        pending: &mut Deliveries,
+        mut pressure: Option<&mut Vec<Arc<SessionCell>>>,
+    ) -> u64 {
         if pending.len() > 1 {
             // Stable: each session keeps its messages in routing order.
             pending.sort_by_key(|(c, _)| c.order);
         }
         let q = self.queueing();
         let mut it = pending.drain(..).peekable();
+        let mut over_limit = 0;
         while let Some((cell, first)) = it.next() {
             let rest = std::iter::from_fn(|| it.next_if(|(c, _)| Arc::ptr_eq(c, &cell)).map(|(_, o)| o));
-            let (over, dropped) = cell.enqueue_all(std::iter::once(first).chain(rest), &q);
-            if dropped > 0 {
+            let offered = cell.enqueue_all(std::iter::once(first).chain(rest), &q);
+            if offered.dropped > 0 {
                 self.counters
                     .messages_dropped
-                    .fetch_add(dropped, Ordering::Relaxed);
+                    .fetch_add(offered.dropped, Ordering::Relaxed);
+                over_limit += offered.over_limit;
             }
-            if over {
+            if offered.pressure {
                 if let Some(p) = pressure.as_deref_mut() {
                     if !p.iter().any(|c| Arc::ptr_eq(c, &cell)) {
                         p.push(cell);
@@ -363,6 +379,7 @@ impl Core {
                 }
             }
         }
+        over_limit
     }
 
     /// Append to `out` one delivery per matching session (shared subscriptions last);
@@ -483,7 +500,7 @@ impl Core {
 
     fn deliver(&self, cell: &SessionCell, out: Outgoing) -> Enqueued {
         let r = cell.enqueue(out, &self.queueing());
-        if r == Enqueued::Dropped {
+        if matches!(r, Enqueued::Dropped | Enqueued::OverLimit) {
             self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
         r
@@ -623,7 +640,7 @@ impl Core {
                     commit_seq: 0,
                 })
             });
-        let (_, dropped) = cell.enqueue_all(outs, &self.queueing());
+        let dropped = cell.enqueue_all(outs, &self.queueing()).dropped;
         drop(retained);
         if dropped > 0 {
             self.counters

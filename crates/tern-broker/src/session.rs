@@ -239,16 +239,15 @@ impl SessionCell {
     /// newest is dropped, so what was queued first is delivered first).
     pub fn enqueue(&self, out: Outgoing, q: &Queueing<'_>) -> Enqueued {
         match self.enqueue_all(std::iter::once(out), q) {
-            (_, 1..) => Enqueued::Dropped,
-            (true, _) => Enqueued::Pressure,
-            (false, _) => Enqueued::Queued,
+            Offered { over_limit: 1.., .. } => Enqueued::OverLimit,
+            Offered { dropped: 1.., .. } => Enqueued::Dropped,
+            Offered { pressure: true, .. } => Enqueued::Pressure,
+            _ => Enqueued::Queued,
         }
     }
 
-    /// Queue several messages under one lock, in order. Returns whether any went
-    /// beyond the limits (the publisher should wait for [`SessionCell::has_room`])
-    /// and how many were dropped.
-    pub fn enqueue_all(&self, outs: impl Iterator<Item = Outgoing>, q: &Queueing<'_>) -> (bool, u64) {
+    /// Queue several messages under one lock, in order.
+    pub fn enqueue_all(&self, outs: impl Iterator<Item = Outgoing>, q: &Queueing<'_>) -> Offered {
         let cfg = q.config;
         let mut st = self.lock();
         let before = st.queued_bytes;
@@ -259,16 +258,19 @@ impl SessionCell {
         // (a full in-flight window, a full write buffer, a store commit to wait for).
         // Waking it for every message of a fan-out made it spin on a full window.
         let was_empty = st.queue.is_empty();
-        let mut pressure = false;
-        let mut dropped = 0;
+        let mut offered = Offered::default();
         for out in outs {
             match self.enqueue_locked(&mut st, out, q, &mut room) {
-                Enqueued::Dropped => dropped += 1,
+                Enqueued::Dropped => offered.dropped += 1,
+                Enqueued::OverLimit => {
+                    offered.dropped += 1;
+                    offered.over_limit += 1;
+                }
                 Enqueued::OverBudget => {
-                    dropped += 1;
+                    offered.dropped += 1;
                     refused += 1;
                 }
-                Enqueued::Pressure => pressure = true,
+                Enqueued::Pressure => offered.pressure = true,
                 Enqueued::Queued => {}
             }
         }
@@ -284,7 +286,7 @@ impl SessionCell {
         if let Some(w) = waker {
             w.notify_one();
         }
-        (pressure, dropped)
+        offered
     }
 
     /// Queue one message; `room` is what is left of the broker-wide budget.
@@ -381,7 +383,7 @@ impl SessionCell {
                     "offline session: max_offline_messages, max_offline_bytes or max_store_bytes reached; dropping messages"
                 );
             }
-            return Enqueued::Dropped;
+            return Enqueued::OverLimit;
         }
         q.durability.put_queued(st, &self.client_id, &mut out);
         let after = match st.spill.as_deref() {
@@ -420,8 +422,22 @@ pub(crate) enum Enqueued {
     Pressure,
     /// Dropped (counted).
     Dropped,
+    /// Dropped (counted): the session's client is away and the session keeps no more
+    /// (`max_offline_messages`, `max_offline_bytes`, `max_store_bytes`).
+    OverLimit,
     /// Dropped: the broker-wide budget for queued bytes is exhausted (counted).
     OverBudget,
+}
+
+/// What became of messages offered to a session ([`SessionCell::enqueue_all`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Offered {
+    /// Some went beyond the limits: the publisher should wait for [`SessionCell::has_room`].
+    pub pressure: bool,
+    /// How many were dropped (counted).
+    pub dropped: u64,
+    /// How many of those because the session keeps no more while its client is away.
+    pub over_limit: u64,
 }
 
 /// What queueing a message for a session depends on.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tern_proto::session::server::{
-    AuthAnswer, Note, Permission, Persist, Refused, ServerHost, ServerState, SessionClose,
+    AuthAnswer, Note, Permission, Persist, Refused, Routed, ServerHost, ServerState, SessionClose,
 };
 use tern_proto::{ByteString, Packet, ProtocolVersion, Publish, QoS, SubscriptionOptions, Violation};
 use tokio::sync::Notify;
@@ -142,7 +142,7 @@ impl Link {
         }
     }
 
-    fn route_message(&mut self, msg: &Arc<Message>) -> usize {
+    fn route_message(&mut self, msg: &Arc<Message>) -> Routed {
         if msg.retain && !self.core.retain(msg) {
             tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "retained store full (max_retained); message not retained");
         }
@@ -162,7 +162,9 @@ impl Link {
         if full {
             self.deliver_pending();
         }
-        n
+        // Deferred only without a store, where no session keeps messages on disk and none
+        // drops one for its offline limits.
+        Routed::Reached(n)
     }
 
     /// Queue the deliveries collected from the packets decoded so far (before any
@@ -238,7 +240,7 @@ impl ServerHost for Link {
         Ok(f(proto, &mut self.changes(*persistent)))
     }
 
-    fn route(&mut self, publish: Publish, topic: ByteString, now: Instant) -> usize {
+    fn route(&mut self, publish: Publish, topic: ByteString, now: Instant) -> Routed {
         let (i, bytes) = (
             crate::metrics::qos_index(publish.qos),
             publish.payload.len() as u64,

@@ -157,17 +157,6 @@ impl Resident {
     };
 }
 
-/// A stored delivery read at start-up, before its payload is.
-struct Row {
-    client: Arc<str>,
-    seq: u64,
-    value: Vec<u8>,
-    /// Queued, not sent.
-    queued: bool,
-    /// The payload record it refers to.
-    payload: Option<u64>,
-}
-
 impl Engine {
     /// Open (or create) the database in `dir`, with a page cache of `cache_bytes`.
     pub fn open(dir: &Path, clock: crate::clock::Clock, cache_bytes: usize) -> Result<Engine, StoreError> {
@@ -238,15 +227,24 @@ impl Engine {
                 record::read_session(v.value(), stamp).map_err(|e| corrupt("sessions", k.value(), e))?;
             l.sessions.push((Arc::from(k.value()), rec));
         }
-        // References first: only payloads that a delivery read now refers to are read (each
-        // once, shared by the deliveries that refer to it); of the others only the size is
-        // taken, and those nothing refers to are deleted below.
+        // The size of every payload first (not its contents): what a queued delivery costs
+        // in memory is known before it is kept or left on disk.
+        let mut sizes: rustc_hash::FxHashMap<u64, u32> = rustc_hash::FxHashMap::default();
+        let payloads_table = txn.open_table(PAYLOADS).map_err(|e| err("open payloads", e))?;
+        for row in payloads_table.iter().map_err(|e| err("read payloads", e))? {
+            let (k, v) = row.map_err(|e| err("read payloads", e))?;
+            sizes.insert(k.value(), u32::try_from(v.value().len()).unwrap_or(u32::MAX));
+        }
+        // Then the deliveries, counting the references to each payload. Of each session's
+        // queued deliveries, the first `per_session` are kept while all kept together stay
+        // within `queued_bytes`; once one is left on disk, so are the session's later ones (in
+        // order). Only the rows kept are held until their payloads are read.
         self.refs.clear();
-        let mut rows: Vec<Row> = Vec::new();
-        // Queued deliveries left on disk: (client, sequence number, payload id), in order.
-        let mut left: Vec<(Arc<str>, u64, u64)> = Vec::new();
-        // The client of the last row and how many of its queued deliveries were kept.
-        let mut client: Option<(Vec<u8>, usize)> = None;
+        let mut kept: Vec<(Arc<str>, u64, Vec<u8>)> = Vec::new();
+        let mut used = 0u64;
+        // The client of the last row, how many of its queued deliveries were kept, and
+        // whether the rest of them stays on disk.
+        let mut client: Option<(Arc<str>, usize, bool)> = None;
         let placeholder = Arc::new(crate::message::Message::new(
             "",
             bytes::Bytes::new(),
@@ -261,91 +259,53 @@ impl Engine {
                 *self.refs.entry(id).or_insert(0) += 1;
             }
             let (name, seq) = record::split_key(k.value()).map_err(|e| corrupt("messages", "key", e))?;
-            let key_client = name.as_bytes().to_vec();
-            let read = match &mut client {
-                Some((c, n)) if *c == key_client => n,
-                _ => &mut client.insert((key_client, 0)).1,
-            };
+            if client.as_ref().is_some_and(|(c, _, _)| **c != *name) {
+                client = None;
+            }
+            let (c, read, spilling) = client.get_or_insert_with(|| (Arc::from(&*name), 0, false));
             // Whether it is queued, read without its payload.
             let queued = record::read_queued(v.value(), seq, stamp, |_| Some(placeholder.clone()))
-                .map_err(|e| corrupt("messages", &name, e))?
+                .map_err(|e| corrupt("messages", &**c, e))?
                 .stage
                 .is_none();
-            match (queued, payload_id) {
-                (true, Some(id)) if *read >= resident.per_session => left.push((Arc::from(&*name), seq, id)),
-                _ => {
-                    if queued {
-                        *read += 1;
+            if let (true, Some(id)) = (queued, payload_id) {
+                let size = u64::from(sizes.get(&id).copied().unwrap_or(0));
+                *spilling |= *read >= resident.per_session || used + size > resident.queued_bytes as u64;
+                if *spilling {
+                    match l.spilled.last_mut() {
+                        Some((last, s)) if Arc::ptr_eq(last, c) => {
+                            s.count += 1;
+                            s.bytes += size;
+                            s.last = seq;
+                        }
+                        _ => l.spilled.push((
+                            c.clone(),
+                            crate::durability::Spilled {
+                                count: 1,
+                                bytes: size,
+                                after: seq.saturating_sub(1),
+                                last: seq,
+                            },
+                        )),
                     }
-                    rows.push(Row {
-                        client: Arc::from(&*name),
-                        seq,
-                        value: v.value().to_vec(),
-                        queued,
-                        payload: payload_id,
-                    });
+                    continue;
                 }
+                *read += 1;
+                used += size;
             }
+            kept.push((c.clone(), seq, v.value().to_vec()));
         }
         drop(placeholder);
         l.max_message_id = self.refs.keys().copied().max().unwrap_or(0);
-        // The size of every payload a delivery refers to (not its contents yet), and the
-        // payloads nothing refers to.
-        let mut sizes: rustc_hash::FxHashMap<u64, u64> = rustc_hash::FxHashMap::default();
-        let mut orphans = Vec::new();
-        let payloads_table = txn.open_table(PAYLOADS).map_err(|e| err("open payloads", e))?;
-        for row in payloads_table.iter().map_err(|e| err("read payloads", e))? {
-            let (k, v) = row.map_err(|e| err("read payloads", e))?;
-            let id = k.value();
-            if self.refs.contains_key(&id) {
-                sizes.insert(id, v.value().len() as u64);
-            } else {
-                orphans.push(id);
-            }
-        }
-        // Within the memory for queued messages: once a session's queued delivery does not
-        // fit, it and the session's later ones stay on disk (in order, before those beyond
-        // `per_session`).
-        let mut used = 0u64;
-        let mut kept = Vec::with_capacity(rows.len());
-        let mut spilling: Option<Arc<str>> = None;
-        for row in rows {
-            if let (true, Some(id)) = (row.queued, row.payload) {
-                let size = sizes.get(&id).copied().unwrap_or(0);
-                let full = used + size > resident.queued_bytes as u64;
-                if full || spilling.as_ref().is_some_and(|c| *c == row.client) {
-                    spilling = Some(row.client.clone());
-                    left.push((row.client, row.seq, id));
-                    continue;
-                }
-                used += size;
-            }
-            kept.push(row);
-        }
-        // `left` in the order of client and sequence number, summed per client.
-        left.sort_unstable_by(|a, b| (&*a.0, a.1).cmp(&(&*b.0, b.1)));
-        for (c, seq, id) in left {
-            let size = sizes.get(&id).copied().unwrap_or(0);
-            match l.spilled.last_mut() {
-                Some((last, s)) if *last == c => {
-                    s.count += 1;
-                    s.bytes += size;
-                    s.last = seq;
-                }
-                _ => l.spilled.push((
-                    c,
-                    crate::durability::Spilled {
-                        count: 1,
-                        bytes: size,
-                        after: seq.saturating_sub(1),
-                        last: seq,
-                    },
-                )),
-            }
-        }
+        let orphans: Vec<u64> = sizes
+            .keys()
+            .copied()
+            .filter(|id| !self.refs.contains_key(id))
+            .collect();
+        drop(sizes);
         // The payloads of the deliveries kept, each read once.
         let mut payloads = rustc_hash::FxHashMap::default();
-        for id in kept.iter().filter_map(|r| r.payload) {
+        for id in kept.iter().filter_map(|(_, _, v)| record::queued_payload_id(v)) {
             if payloads.contains_key(&id) {
                 continue;
             }
@@ -358,10 +318,10 @@ impl Engine {
             payloads.insert(id, Arc::new(msg));
         }
         drop(payloads_table);
-        for row in kept {
-            let d = record::read_queued(&row.value, row.seq, stamp, |id| payloads.get(&id).cloned())
-                .map_err(|e| corrupt("messages", &row.client, e))?;
-            l.deliveries.push((row.client, d));
+        for (client, seq, value) in kept {
+            let d = record::read_queued(&value, seq, stamp, |id| payloads.get(&id).cloned())
+                .map_err(|e| corrupt("messages", &client, e))?;
+            l.deliveries.push((client, d));
         }
         let t = txn.open_table(QOS2).map_err(|e| err("open qos2", e))?;
         for row in t.iter().map_err(|e| err("read qos2", e))? {

@@ -630,8 +630,31 @@ async fn all_offline_queues_together_stay_within_offline_cache_bytes() {
     b.shutdown().await;
 }
 
+/// Publish QoS `qos` message `payload` to `topic` with packet id 1 and return the reason code
+/// of its PUBACK or PUBREC (a QoS 2 exchange is completed after a success PUBREC).
+async fn publish_reason(c: &mut Raw, topic: &str, payload: &str, qos: QoS) -> ReasonCode {
+    let mut p = Publish::new(topic, payload.to_string());
+    p.qos = qos;
+    p.packet_id = Some(pid(1));
+    c.send(Packet::Publish(p)).await;
+    match c.recv().await {
+        Packet::PubAck(a) => a.reason_code,
+        Packet::PubRec(a) => {
+            if !a.reason_code.is_error() {
+                c.send(Packet::PubRel(Ack::new(pid(1)))).await;
+                assert!(matches!(c.recv().await, Packet::PubComp(_)));
+            }
+            a.reason_code
+        }
+        other => panic!("expected PUBACK or PUBREC, got {other:?}"),
+    }
+}
+
 /// `max_offline_messages`: beyond the memory window and that many on disk, messages for a
-/// session whose client is away are dropped and counted; the first ones arrive.
+/// session whose client is away are dropped and counted; the first ones arrive. A 5.0
+/// publisher whose message every matching session dropped so is told: PUBACK (or PUBREC)
+/// 0x97 Quota exceeded; after the error PUBREC its identifier starts a new message
+/// (v5 [MQTT-4.3.3-9]). A 3.1.1 publisher's PUBACK cannot say so.
 #[tokio::test]
 async fn max_offline_messages_bounds_what_waits_on_disk() {
     let dir = TempDir::new("spill-limit");
@@ -640,12 +663,39 @@ async fn max_offline_messages_bounds_what_waits_on_disk() {
     sub.subscribe("spill/#", QoS::AtLeastOnce).await;
     sub.disconnect().await;
     let mut publ = Raw::connect(b.addr(), V5, "ctl").await;
+    let mut reasons = Vec::new();
     for i in 0..100 {
-        publ.publish("spill/n", &i.to_string(), QoS::AtLeastOnce, false)
-            .await;
+        reasons.push(publish_reason(&mut publ, "spill/n", &i.to_string(), QoS::AtLeastOnce).await);
     }
+    assert!(
+        reasons[..50].iter().all(|r| *r == ReasonCode::Success),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[50..].iter().all(|r| *r == ReasonCode::QuotaExceeded),
+        "{reasons:?}"
+    );
     let info = b.session("away").unwrap();
     assert_eq!((info.queued, info.on_disk.0, info.dropped), (20, 30, 50));
+    // QoS 2: PUBREC 0x97, and the same identifier is a new message at once.
+    for _ in 0..2 {
+        let r = publish_reason(&mut publ, "spill/n", "q2", QoS::ExactlyOnce).await;
+        assert_eq!(r, ReasonCode::QuotaExceeded, "v5 [MQTT-4.3.3-9]");
+    }
+    let mut v3 = Raw::connect(b.addr(), V3, "ctl3").await;
+    assert_eq!(
+        publish_reason(&mut v3, "spill/n", "v3", QoS::AtLeastOnce).await,
+        ReasonCode::Success,
+        "3.1.1 has no reason code"
+    );
+    // Another session that has room: the message reached someone, a success.
+    let (mut other, _) = Raw::connect_with(b.addr(), persistent(V5, "other")).await;
+    other.subscribe("spill/#", QoS::AtLeastOnce).await;
+    other.disconnect().await;
+    let r = publish_reason(&mut publ, "spill/n", "both", QoS::AtLeastOnce).await;
+    assert_eq!(r, ReasonCode::Success);
+    let info = b.session("away").unwrap();
+    assert_eq!((info.queued, info.on_disk.0, info.dropped), (20, 30, 54));
     let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
     for i in 0..50 {
         let p = sub.recv_publish().await;

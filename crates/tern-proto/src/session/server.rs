@@ -218,6 +218,17 @@ pub trait Persist<M> {
     fn persistent(&self) -> bool;
 }
 
+/// What became of a routed message, as far as its publisher's acknowledgement says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// It reached this many subscriptions; 0: none matched (5.0: 0x10 No matching
+    /// subscribers, a success).
+    Reached(usize),
+    /// Every subscription it matched belongs to a session over a limit of what it may keep
+    /// (for a client that is away), which dropped it (5.0: 0x97 Quota exceeded).
+    OverQuota,
+}
+
 /// What a [`ServerSession`] asks of the broker. Implemented by the connection's driver over
 /// the broker's core; a test implements it over plain collections.
 pub trait ServerHost {
@@ -238,8 +249,8 @@ pub trait ServerHost {
         f: impl FnOnce(&mut ServerState<Self::Message>, &mut dyn Persist<Self::Message>) -> R,
     ) -> Result<R, Self::Close>;
     /// Route an accepted message (its topic resolved from any alias) to the subscribers and
-    /// the retained store; how many subscriptions matched.
-    fn route(&mut self, publish: Publish, topic: ByteString, now: Instant) -> usize;
+    /// the retained store; what became of it, as the publisher's acknowledgement tells it.
+    fn route(&mut self, publish: Publish, topic: ByteString, now: Instant) -> Routed;
     /// What is routed and stored until [`ServerHost::end_group`] is durable together or not
     /// at all (a QoS 2 identifier with the copies routed for it).
     fn begin_group(&mut self);
@@ -688,8 +699,8 @@ impl ServerSession {
             return Ok(());
         }
         if qos == QoS::AtLeastOnce {
-            let matched = host.route(p, topic, now);
-            let ack = self.pub_ack(id, matched);
+            let routed = host.route(p, topic, now);
+            let ack = self.pub_ack(id, routed);
             self.send(host, Packet::PubAck(ack));
             return Ok(());
         }
@@ -707,8 +718,17 @@ impl ServerSession {
             Err(c) => Err(c),
             // [MQTT-4.3.3-10] (v5) / 3.1.1 method B: deliver once, until PUBREL.
             Ok(Qos2Arrival::Deliver) => {
-                let matched = host.route(p, topic, now);
-                let ack = self.pub_ack(id, matched);
+                let routed = host.route(p, topic, now);
+                let ack = self.pub_ack(id, routed);
+                if ack.reason_code.is_error() {
+                    // v5 [MQTT-4.3.3-9]: after an error PUBREC the identifier starts a new
+                    // message (the client sends no PUBREL): free it at once.
+                    host.with_state(|st, persist| {
+                        if st.inbound.on_pubrel(id) {
+                            persist.qos2_released(id);
+                        }
+                    })?;
+                }
                 self.send(host, Packet::PubRec(ack));
                 Ok(())
             }
@@ -757,11 +777,12 @@ impl ServerSession {
         self.ack_publish(qos, ack, host);
     }
 
-    fn pub_ack(&self, id: PacketId, matched: usize) -> Ack {
-        if matched == 0 && self.version.is_v5() {
-            Ack::with_reason(id, ReasonCode::NoMatchingSubscribers)
-        } else {
-            Ack::new(id)
+    fn pub_ack(&self, id: PacketId, routed: Routed) -> Ack {
+        match routed {
+            _ if !self.version.is_v5() => Ack::new(id),
+            Routed::Reached(0) => Ack::with_reason(id, ReasonCode::NoMatchingSubscribers),
+            Routed::Reached(_) => Ack::new(id),
+            Routed::OverQuota => Ack::with_reason(id, ReasonCode::QuotaExceeded),
         }
     }
 

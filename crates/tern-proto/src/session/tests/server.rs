@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::codec::PublishProperties;
 use crate::codec::SubscribeProperties;
+use crate::session::server::Routed;
 use crate::SubscriptionOptions;
 
 /// A delivery: its QoS and topic.
@@ -71,6 +72,8 @@ struct Host {
     sent: Vec<Packet>,
     routed: Vec<(String, QoS)>,
     subscribers: usize,
+    /// What `route` answers instead of `Reached(subscribers)`.
+    routed_as: Option<Routed>,
     state: ServerState<Msg>,
     log: Log,
     denied: Vec<&'static str>,
@@ -89,6 +92,7 @@ impl Host {
             sent: Vec::new(),
             routed: Vec::new(),
             subscribers: 1,
+            routed_as: None,
             state: ServerState::new(4),
             log: Log::default(),
             denied: Vec::new(),
@@ -123,9 +127,9 @@ impl ServerHost for Host {
         }
         Ok(f(&mut self.state, &mut self.log))
     }
-    fn route(&mut self, publish: Publish, topic: ByteString, _: Instant) -> usize {
+    fn route(&mut self, publish: Publish, topic: ByteString, _: Instant) -> Routed {
         self.routed.push((topic.to_string(), publish.qos));
-        self.subscribers
+        self.routed_as.unwrap_or(Routed::Reached(self.subscribers))
     }
     fn begin_group(&mut self) {
         self.groups.push("begin");
@@ -234,6 +238,39 @@ fn qos1_is_routed_then_acknowledged_once_durable_mqtt_4_3_2_2() {
     s.handle_packet(t0, publish("a", QoS::AtLeastOnce, Some(2), false), &mut h)
         .unwrap();
     assert_eq!(reason(&h.take()[0]), ReasonCode::NoMatchingSubscribers);
+}
+
+/// A message that every matching session dropped for a limit of what it keeps while its
+/// client is away: 5.0 PUBACK/PUBREC 0x97 Quota exceeded (3.1.1 cannot say so); after the error
+/// PUBREC the identifier starts a new message (v5 [MQTT-4.3.3-9]).
+#[test]
+fn a_message_dropped_for_a_quota_gets_0x97_in_v5() {
+    let (mut s, t0) = session(ProtocolVersion::V5);
+    let mut h = Host::new();
+    h.routed_as = Some(Routed::OverQuota);
+    s.handle_packet(t0, publish("a", QoS::AtLeastOnce, Some(1), false), &mut h)
+        .unwrap();
+    assert_eq!(reason(&h.take()[0]), ReasonCode::QuotaExceeded);
+    s.handle_packet(t0, publish("a", QoS::ExactlyOnce, Some(2), false), &mut h)
+        .unwrap();
+    assert_eq!(reason(&h.take()[0]), ReasonCode::QuotaExceeded);
+    assert!(h.log.changes.iter().any(|c| c == "qos2-2"), "{:?}", h.log.changes);
+    h.routed_as = None;
+    s.handle_packet(t0, publish("a", QoS::ExactlyOnce, Some(2), false), &mut h)
+        .unwrap();
+    assert_eq!(reason(&h.take()[0]), ReasonCode::Success);
+    assert_eq!(
+        h.routed.len(),
+        3,
+        "v5 [MQTT-4.3.3-9]: routed again as a new message"
+    );
+
+    let (mut s, t0) = session(ProtocolVersion::V3_1_1);
+    let mut h = Host::new();
+    h.routed_as = Some(Routed::OverQuota);
+    s.handle_packet(t0, publish("a", QoS::AtLeastOnce, Some(1), false), &mut h)
+        .unwrap();
+    assert!(matches!(&h.take()[..], [Packet::PubAck(a)] if a.reason_code == ReasonCode::Success));
 }
 
 #[test]
