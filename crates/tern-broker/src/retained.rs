@@ -35,10 +35,11 @@
 //!   explicit stacks on the heap.
 //!
 //! ### Memory
-//! A node is 24 bytes on 64-bit targets (`Option<Arc<_>>` 8, children 16) and
+//! A node is 24 bytes on 64-bit targets (the boxed value 8, children 16) and
 //! lives with its level name (a 16-byte `Box<str>` plus the name's bytes on the
 //! heap) in its parent's slice or map. A retained topic of `k` levels that shares
-//! no prefix with others costs `k` such entries; shared prefixes are stored once.
+//! no prefix with others costs `k` such entries; shared prefixes are stored once,
+//! and its value a box of its own.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -51,8 +52,10 @@ type Entry<V> = (Box<str>, Node<V>);
 
 /// One topic level.
 struct Node<V> {
-    /// The value retained for the topic that ends at this node.
-    value: Option<V>,
+    /// The value retained for the topic that ends at this node, boxed: most nodes of a
+    /// large index are levels on the way to a value, and an unboxed `V` larger than a pointer
+    /// (the broker's entry is about 80 bytes) would be paid by each of them.
+    value: Option<Box<V>>,
     children: Children<V>,
 }
 
@@ -95,12 +98,12 @@ impl<V> RetainedStore<V> {
         for level in topic.split('/') {
             node = node.children.get(level)?;
         }
-        node.value.as_ref()
+        node.value.as_deref()
     }
 
     /// The value retained for exactly `topic`, to change in place.
     pub fn get_mut(&mut self, topic: &str) -> Option<&mut V> {
-        self.root.find_mut(topic)?.value.as_mut()
+        self.root.find_mut(topic)?.value.as_deref_mut()
     }
 
     /// Whether a value is retained for exactly `topic`.
@@ -112,7 +115,13 @@ impl<V> RetainedStore<V> {
     pub fn insert(&mut self, topic: &str, value: V) -> Option<V> {
         // The common case, a topic retained again, allocates nothing.
         if let Some(node) = self.root.find_mut(topic) {
-            let old = node.value.replace(value);
+            let old = match &mut node.value {
+                Some(v) => Some(std::mem::replace(&mut **v, value)),
+                None => {
+                    node.value = Some(Box::new(value));
+                    None
+                }
+            };
             if old.is_none() {
                 self.len += 1;
             }
@@ -123,7 +132,7 @@ impl<V> RetainedStore<V> {
             node = node.children.get_or_insert(level);
         }
         self.len += 1;
-        node.value.replace(value)
+        node.value.replace(Box::new(value)).map(|b| *b)
     }
 
     /// Forget the value retained for `topic` and prune the nodes left empty.
@@ -139,7 +148,7 @@ impl<V> RetainedStore<V> {
             }
             node = node.children.get_mut(level)?;
         }
-        let value = node.value.take()?;
+        let value = *node.value.take()?;
         self.len -= 1;
         if node.children.is_empty() {
             let mut levels = topic.split('/');
@@ -164,13 +173,13 @@ impl<V> RetainedStore<V> {
         let mut stack = vec![(&self.root, filter.split('/'), true)];
         while let Some((node, mut levels, root)) = stack.pop() {
             match levels.next() {
-                None => node.value.iter().for_each(&mut f),
+                None => node.value.as_deref().into_iter().for_each(&mut f),
                 Some("#") => {
                     // The parent level, then everything below.
-                    node.value.iter().for_each(&mut f);
+                    node.value.as_deref().into_iter().for_each(&mut f);
                     let mut below: Vec<&Node<V>> = node.children_visible(root).collect();
                     while let Some(n) = below.pop() {
-                        n.value.iter().for_each(&mut f);
+                        n.value.as_deref().into_iter().for_each(&mut f);
                         below.extend(n.children.iter().map(|(_, c)| c));
                     }
                 }
@@ -511,6 +520,8 @@ mod tests {
         // The memory figures of the module doc.
         assert_eq!(size_of::<Node<Arc<()>>>(), 24);
         assert_eq!(size_of::<Entry<Arc<()>>>(), 40);
+        // Whatever the value: it is boxed.
+        assert_eq!(size_of::<Node<[u8; 80]>>(), 24);
     }
 
     #[test]
