@@ -24,7 +24,7 @@ use libfuzzer_sys::fuzz_target;
 use tern_proto::codec::SubscribeProperties;
 use tern_proto::session::server::{
     AuthAnswer, ClientLimits, Delivery, Note, Permission, Persist, Refused, ServerHost, ServerRules,
-    ServerSession, ServerState, SessionClose,
+    Routed, ServerSession, ServerState, SessionClose,
 };
 use tern_proto::session::{Deliverable, InFlight};
 use tern_proto::{
@@ -114,13 +114,13 @@ impl ServerHost for Host {
         }
         Ok(f(&mut self.state, &mut Changes))
     }
-    fn route(&mut self, p: Publish, _: ByteString, _: Instant) -> usize {
+    fn route(&mut self, p: Publish, _: ByteString, _: Instant) -> Routed {
         if p.qos == QoS::ExactlyOnce {
             let id = p.packet_id.expect("QoS 2 has an identifier").get();
             assert!(self.routed_qos2.insert(id), "QoS 2 message {id} routed twice before PUBREL");
             self.current_qos2 = Some(id);
         }
-        1
+        Routed::Reached(1)
     }
     fn begin_group(&mut self) {}
     fn end_group(&mut self) {}

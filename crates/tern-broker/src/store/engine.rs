@@ -265,7 +265,7 @@ impl Engine {
             let (c, read, spilling) = client.get_or_insert_with(|| (Arc::from(&*name), 0, false));
             // Whether it is queued, read without its payload.
             let queued = record::read_queued(v.value(), seq, stamp, |_| Some(placeholder.clone()))
-                .map_err(|e| corrupt("messages", &**c, e))?
+                .map_err(|e| corrupt("messages", c, e))?
                 .stage
                 .is_none();
             if let (true, Some(id)) = (queued, payload_id) {
