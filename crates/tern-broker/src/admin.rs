@@ -215,14 +215,9 @@ impl Admin {
         limit: usize,
     ) -> Result<(usize, Vec<Arc<Message>>), TopicError> {
         tern_proto::topic::parse_filter(filter)?;
-        let topics = self.core.retained_topics(filter);
-        let page = topics
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .filter_map(|t| self.core.retained_get(t))
-            .collect();
-        Ok((topics.len(), page))
+        let (total, topics) = self.core.retained_topics(filter, offset, limit);
+        let page = topics.iter().filter_map(|t| self.core.retained_get(t)).collect();
+        Ok((total, page))
     }
 
     /// The topics clients published on recently that match `filter`, sorted by topic, with

@@ -16,7 +16,7 @@ use crate::durability::{Change, SessionSnapshot};
 use crate::message::{Message, Outgoing};
 use crate::retained_cache::{Retained, RetainedIndex};
 use crate::router::{Match, Router, SubEntry, TrieFull};
-use crate::session::{Enqueued, Queueing, Registry, RetainedItem, SessionCell};
+use crate::session::{Enqueued, Queueing, Registry, RetainedCursor, SessionCell};
 use crate::store::record;
 use crate::Config;
 
@@ -198,7 +198,7 @@ impl Core {
             false => None,
         };
         let version = r.version();
-        r.insert(Retained::resident(kept, version), ticket);
+        r.insert(&msg.topic, Retained::resident(kept, version), ticket);
         // With a store that reads back, what passes the cache's budget leaves memory.
         if self.durability.reads_back() {
             r.evict(self.config.retained_cache_bytes, self.durability.committed());
@@ -210,29 +210,28 @@ impl Core {
     pub fn restore_retained(&self, msg: Arc<Message>) {
         let mut r = write(&self.retained);
         let version = r.version();
+        let topic = msg.topic.clone();
         // Durable already: ticket 0.
-        r.insert(Retained::resident(msg, version), Some(0));
+        r.insert(&topic, Retained::resident(msg, version), Some(0));
     }
 
     /// Put back at start a retained message that stays on disk.
     pub fn restore_retained_on_disk(&self, d: crate::durability::RetainedOnDisk) {
         let mut r = write(&self.retained);
         let version = r.version();
-        r.insert(Retained::on_disk(d, version), None);
+        let entry = Retained::on_disk(&d, version);
+        r.insert_on_disk(d.topic.into_boxed_str(), entry);
     }
 
-    /// The message of an index entry: its own, or read from the store.
-    fn load_retained(&self, e: &Retained) -> Option<Arc<Message>> {
+    /// The message of the index entry `e` of `topic`: its own, or read from the store.
+    fn load_retained(&self, topic: &str, e: &Retained) -> Option<Arc<Message>> {
         if let Some(m) = &e.msg {
             return Some(m.clone());
         }
-        match self.durability.read_retained(e.topic()) {
+        match self.durability.read_retained(topic) {
             Ok(m) => m,
             Err(err) => {
-                tracing::error!(
-                    topic = e.topic(),
-                    "cannot read a retained message from the store: {err}"
-                );
+                tracing::error!(topic, "cannot read a retained message from the store: {err}");
                 None
             }
         }
@@ -285,30 +284,32 @@ impl Core {
         }
     }
 
-    /// The topics of the retained messages matching `filter` (a valid filter), sorted.
-    pub fn retained_topics(&self, filter: &str) -> Vec<String> {
-        let mut topics: Vec<String> = read(&self.retained)
-            .store
-            .matching(filter)
-            .iter()
-            .map(|e| e.topic().to_string())
-            .collect();
-        topics.sort();
-        topics
+    /// How many retained messages match `filter` (a valid filter), and the topics of those
+    /// from `offset` on (at most `limit`), in topic order.
+    pub fn retained_topics(&self, filter: &str, offset: usize, limit: usize) -> (usize, Vec<String>) {
+        let mut total = 0;
+        let mut page = Vec::new();
+        read(&self.retained).store.for_each_match(filter, |t, _| {
+            if total >= offset && page.len() < limit {
+                page.push(t.to_string());
+            }
+            total += 1;
+        });
+        (total, page)
     }
 
     /// Payload bytes of the retained messages matching `filter`, and of those resident.
     pub fn retained_bytes(&self, filter: &str) -> (u64, u64) {
         let r = read(&self.retained);
         let mut total = 0;
-        r.store.for_each_match(filter, |e| total += e.size as u64);
+        r.store.for_each_match(filter, |_, e| total += u64::from(e.size));
         (total, r.resident_bytes() as u64)
     }
 
     /// The retained message of `topic` (read from the store if it is not in memory).
     pub fn retained_get(&self, topic: &str) -> Option<Arc<Message>> {
         let entry = read(&self.retained).store.get(topic).cloned()?;
-        self.load_retained(&entry)
+        self.load_retained(topic, &entry)
     }
 
     /// Tell every attached connection to close with v5 0x8B Server shutting down:
@@ -537,7 +538,9 @@ impl Core {
     }
 
     /// Queue the retained messages matching `filter` for `cell` (always with RETAIN set,
-    /// [MQTT-3.3.1-8]).
+    /// [MQTT-3.3.1-8]): a cursor of the session reads them from the index in topic order, a
+    /// batch at a time, as its queue drains ([`Core::stream_retained`]). A new SUBSCRIBE of
+    /// a filter whose messages are still being sent starts that filter over.
     pub fn send_retained(
         &self,
         filter: &str,
@@ -546,33 +549,30 @@ impl Core {
         sub_id: Option<u32>,
         now: Instant,
     ) {
-        // The index walks only the branches that `filter` matches.
-        let mut matching = read(&self.retained).store.matching(filter);
-        matching.retain(|e| !e.is_expired(now));
-        if matching.is_empty() {
-            return;
-        }
+        let up_to = {
+            let r = read(&self.retained);
+            if r.store.len() == 0 {
+                return;
+            }
+            r.last_version()
+        };
         {
             let mut st = cell.lock();
             if st.ended {
                 return;
             }
-            let backlog = st.retained.get_or_insert_with(Default::default);
-            // Bounded: one SUBSCRIBE adds at most what is retained, and repeated SUBSCRIBEs
-            // stop adding once the backlog holds `max_retained` messages.
-            let room = self.config.max_retained.saturating_sub(backlog.len());
-            let dropped = matching.len().saturating_sub(room);
-            backlog.extend(matching.into_iter().take(room).map(|entry| RetainedItem {
-                qos: entry.qos.min(qos),
-                entry,
-                sub_id,
-            }));
-            if dropped > 0 {
-                st.dropped += dropped as u64;
-                self.counters
-                    .messages_dropped
-                    .fetch_add(dropped as u64, Ordering::Relaxed);
-                tracing::warn!(client_id = %cell.client_id, dropped, "retained messages not sent: the session's backlog of retained messages is full (max_retained)");
+            let cursors = st.retained.get_or_insert_with(Default::default);
+            cursors.retain(|c| *c.filter != *filter);
+            if cursors.len() >= MAX_RETAINED_CURSORS {
+                tracing::warn!(client_id = %cell.client_id, filter, "retained messages not sent: the session is still sending those of {MAX_RETAINED_CURSORS} other subscriptions");
+            } else {
+                cursors.push_back(RetainedCursor {
+                    filter: filter.into(),
+                    after: None,
+                    up_to,
+                    qos,
+                    sub_id,
+                });
             }
             cell.note_streaming(&st);
         }
@@ -583,58 +583,97 @@ impl Core {
     /// its limits. Called when a SUBSCRIBE adds them and by the session's connection each time
     /// it looks at the queue, so that they flow at the pace the client acknowledges.
     ///
-    /// A retained message replaced or cleared since the SUBSCRIBE is not sent: its newer state
-    /// was published after the subscription and reached the client as a live message. The
-    /// retained index is read-locked while the messages are queued (lock order: retained, then
-    /// session), so a newer retained message cannot be queued between the check and the queueing.
+    /// A retained message retained, replaced or cleared since the SUBSCRIBE is not sent: its
+    /// newer state was published after the subscription and reached the client as a live
+    /// message. The retained index is read-locked while the messages are queued (lock order:
+    /// retained, then session), so a newer retained message cannot be queued between the
+    /// check and the queueing.
     pub fn stream_retained(&self, cell: &SessionCell, now: Instant) {
         if !cell.is_streaming() {
             return;
         }
         let cfg = &self.config;
-        let batch: Vec<RetainedItem> = {
+        // The first cursor that still has messages, and a batch of its entries.
+        let (batch, qos, sub_id) = loop {
+            let (room, bytes_room, filter, after, up_to, qos, sub_id) = {
+                let st = cell.lock();
+                let room = (cfg.max_queued_messages / 2).saturating_sub(st.queue.len());
+                let bytes_room = (cfg.max_queued_bytes / 2).saturating_sub(st.queued_bytes);
+                let Some(c) = st.retained.as_ref().and_then(|r| r.front()) else {
+                    return;
+                };
+                if room == 0 || bytes_room == 0 {
+                    return;
+                }
+                (
+                    room,
+                    bytes_room,
+                    c.filter.clone(),
+                    c.after.clone(),
+                    c.up_to,
+                    c.qos,
+                    c.sub_id,
+                )
+            };
+            let mut batch: Vec<(Box<str>, Retained)> = Vec::new();
+            let (done, last) = {
+                let r = read(&self.retained);
+                let mut bytes = 0;
+                let mut last: Option<&str> = None;
+                let done = r.store.scan(&filter, after.as_deref(), |t, e| {
+                    if e.version <= up_to && !e.is_expired(now) {
+                        let size = e.size as usize;
+                        // At least one message goes, however large, once there is room at all.
+                        if !batch.is_empty() && (batch.len() >= room || bytes + size > bytes_room) {
+                            return false;
+                        }
+                        bytes += size;
+                        batch.push((Box::from(t), e.clone()));
+                    }
+                    last = Some(t);
+                    true
+                });
+                (done, last.map(Box::<str>::from))
+            };
             let mut st = cell.lock();
-            let room = (cfg.max_queued_messages / 2).saturating_sub(st.queue.len());
-            let bytes_room = (cfg.max_queued_bytes / 2).saturating_sub(st.queued_bytes);
-            let Some(backlog) = st.retained.as_mut() else {
+            let Some(cursors) = st.retained.as_mut() else {
                 return;
             };
-            let (mut bytes, mut n) = (0, 0);
-            while n < room.min(backlog.len()) && bytes_room > 0 {
-                let size = backlog[n].entry.size;
-                // At least one message goes, however large, once there is room at all.
-                if n > 0 && bytes + size > bytes_room {
-                    break;
+            match cursors.front_mut() {
+                // Still this SUBSCRIBE's cursor (not started over meanwhile).
+                Some(c) if c.up_to == up_to && c.filter == filter && c.after == after => {
+                    if done {
+                        cursors.pop_front();
+                    } else if last.is_some() {
+                        c.after = last;
+                    }
                 }
-                bytes += size;
-                n += 1;
+                _ => return,
             }
-            let batch = backlog.drain(..n).collect();
-            if backlog.is_empty() {
+            if cursors.is_empty() {
                 st.retained = None;
             }
             cell.note_streaming(&st);
-            batch
+            if !batch.is_empty() {
+                break (batch, qos, sub_id);
+            }
+            if st.retained.is_none() {
+                return;
+            }
         };
-        if batch.is_empty() {
-            return;
-        }
         // Messages no longer in memory are read from the store before the index is locked.
-        let loaded: Vec<Option<Arc<Message>>> = batch.iter().map(|r| self.load_retained(&r.entry)).collect();
+        let loaded: Vec<Option<Arc<Message>>> = batch.iter().map(|(t, e)| self.load_retained(t, e)).collect();
         let retained = read(&self.retained);
         let outs = batch
             .into_iter()
             .zip(loaded)
-            .filter(|(r, _)| {
-                let current = retained.store.get(r.entry.topic());
-                current.is_some_and(|c| c.version == r.entry.version) && !r.entry.is_expired(now)
-            })
-            .filter_map(|(r, msg)| {
+            .filter(|((t, e), _)| retained.store.get(t).is_some_and(|c| c.version == e.version))
+            .filter_map(|((_, e), msg)| {
                 Some(Outgoing {
-                    qos: r.qos,
+                    qos: e.qos.min(qos),
                     msg: msg?,
                     retain: true,
-                    sub_ids: r.sub_id.into_iter().collect(),
+                    sub_ids: sub_id.into_iter().collect(),
                     shared: None,
                     seq: 0,
                     commit_seq: 0,
@@ -831,6 +870,10 @@ fn recent_seed() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Most SUBSCRIBEs of one session whose retained messages are being sent at once (a cursor
+/// each); beyond, a new filter's retained messages are not sent (logged).
+const MAX_RETAINED_CURSORS: usize = 1024;
 
 /// Most messages read back from the store for one session at a time.
 const REFILL_BATCH: usize = 256;

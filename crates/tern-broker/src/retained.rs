@@ -1,17 +1,19 @@
-//! The retained-message index: a trie over topic levels, so that a SUBSCRIBE
-//! finds the retained messages its filter matches by walking only the matching
-//! branches instead of testing every retained topic.
+//! The retained-message index: topics in order, so that a SUBSCRIBE finds the retained
+//! messages its filter matches by scanning only the topics that begin with the filter's
+//! levels before its first wildcard, and so that a long scan can stop and resume after the
+//! last topic it gave (a subscription streams a large retained set a batch at a time).
 //!
-//! A topic is split on `/`, and an empty level is a level like any other (`a//b`
-//! has three levels, `/a` two). A lookup by filter follows, level by level, the
-//! named child for a literal level, every child for `+`, and for `#` takes the
-//! node itself (the parent level: `sport/#` matches `sport`, section 4.7.1.2)
-//! and everything below it. A filter that begins with `+` or `#` skips the
-//! first-level children whose name begins with `$` (v5 [MQTT-4.7.2-1] / v3.1.1
-//! [MQTT-4.7.2-1]). The result is the set of values whose topic
-//! [`tern_proto::topic::matches`] the filter, in no particular order; the unit
-//! tests, the property test and the `retained_trie` fuzz target check exactly
-//! that against the one-topic matcher.
+//! A lookup by filter takes the literal levels before the first `+` or `#` (`site/+/state`:
+//! `site`) and scans the topics that begin with them, in order, testing each with
+//! [`tern_proto::topic::matches`] (which also keeps `$` topics from filters that begin with a
+//! wildcard, v5 [MQTT-4.7.2-1] / v3.1.1 [MQTT-4.7.2-1]); a filter without wildcards is one
+//! lookup. The unit tests, the property test and the `retained_trie` fuzz target check the
+//! results against the one-topic matcher.
+//!
+//! ### Cost
+//! A lookup costs `O(log n)` plus the topics that share the filter's literal prefix: a filter
+//! that begins with a wildcard (`+/device/state`, `#`) scans every retained topic. That is
+//! the price of the memory below; SUBSCRIBE, not PUBLISH, pays it.
 //!
 //! ### Contract
 //! - Keys are valid topic names, and lookups take valid topic filters without a
@@ -19,191 +21,135 @@
 //!   PUBLISH and SUBSCRIBE). Other strings never panic; what they match is
 //!   unspecified.
 //! - The store only indexes: limits (`max_retained`), expiry and persistence are
-//!   the caller's (`Core::retain`, `Core::send_retained`).
-//!
-//! ### Invariants
-//! - Every node but the root holds a value or has children: `remove` prunes the
-//!   chain of nodes it leaves empty, so memory follows the values present, not
-//!   every topic ever retained.
-//! - `len` is the number of nodes holding a value.
-//! - Up to [`FEW`] children live in a boxed slice sorted by level (no children:
-//!   no allocation; one child: one allocation, no hash map); more live in a hash
-//!   map, which goes back to a slice when it falls to `FEW / 2` children and is
-//!   shrunk when it is mostly empty.
-//! - Nothing recurses on the depth of a topic: a client may retain a topic of
-//!   65,536 levels (`/` repeated 65,535 times), so lookups, removal and drop use
-//!   explicit stacks on the heap.
+//!   the caller's (`Core::retain`, `Core::stream_retained`).
 //!
 //! ### Memory
-//! A node is 24 bytes on 64-bit targets (the boxed value 8, children 16) and
-//! lives with its level name (a 16-byte `Box<str>` plus the name's bytes on the
-//! heap) in its parent's slice or map. A retained topic of `k` levels that shares
-//! no prefix with others costs `k` such entries; shared prefixes are stored once,
-//! and its value a box of its own.
+//! One B-tree element per retained topic: the topic as a `Box<str>` (16 bytes, and its bytes
+//! on the heap) and the value inline, in nodes of up to 11 elements. Nothing recurses on the
+//! depth of a topic (a valid topic may have 65,536 levels).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound;
 
-/// Most children a node keeps in a sorted slice before it moves them to a hash map.
-const FEW: usize = 8;
+use tern_proto::topic::matches;
 
-/// A child: its level name and its node.
-type Entry<V> = (Box<str>, Node<V>);
-
-/// One topic level.
-struct Node<V> {
-    /// The value retained for the topic that ends at this node, boxed: most nodes of a
-    /// large index are levels on the way to a value, and an unboxed `V` larger than a pointer
-    /// (the broker's entry is about 80 bytes) would be paid by each of them.
-    value: Option<Box<V>>,
-    children: Children<V>,
-}
-
-/// A node's children, by level name.
-enum Children<V> {
-    /// At most [`FEW`], sorted by name.
-    Few(Box<[Entry<V>]>),
-    /// More than `FEW / 2`. Level names are chosen by clients, so the map keeps the
-    /// standard library's keyed hasher rather than a fast unkeyed one.
-    #[allow(
-        clippy::box_collection,
-        reason = "a 48-byte map inline would double every node"
-    )]
-    Many(Box<HashMap<Box<str>, Node<V>>>),
-}
-
-/// Retained values (the broker's are `Arc<Message>`) indexed by topic name.
+/// Retained values (the broker's are `retained_cache::Retained`) indexed by topic name.
 pub(crate) struct RetainedStore<V> {
-    root: Node<V>,
-    len: usize,
+    map: BTreeMap<Box<str>, V>,
+}
+
+/// The levels of `filter` before its first wildcard level (without the `/` after them, so
+/// that `a/#` finds `a`), or `None` when it has no wildcard level.
+fn literal_prefix(filter: &str) -> Option<&str> {
+    // The end of the literal levels so far, and where the next level starts.
+    let (mut end, mut at) = (0, 0);
+    for level in filter.split('/') {
+        if level == "+" || level == "#" {
+            return Some(&filter[..end]);
+        }
+        end = at + level.len();
+        at = end + 1;
+    }
+    None
 }
 
 impl<V> RetainedStore<V> {
     /// An empty store.
     pub fn new() -> RetainedStore<V> {
-        RetainedStore {
-            root: Node::default(),
-            len: 0,
-        }
+        RetainedStore { map: BTreeMap::new() }
     }
 
     /// Number of retained values.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// The value retained for exactly `topic`.
     pub fn get(&self, topic: &str) -> Option<&V> {
-        let mut node = &self.root;
-        for level in topic.split('/') {
-            node = node.children.get(level)?;
-        }
-        node.value.as_deref()
+        self.map.get(topic)
     }
 
     /// The value retained for exactly `topic`, to change in place.
     pub fn get_mut(&mut self, topic: &str) -> Option<&mut V> {
-        self.root.find_mut(topic)?.value.as_deref_mut()
+        self.map.get_mut(topic)
     }
 
     /// Whether a value is retained for exactly `topic`.
     pub fn contains(&self, topic: &str) -> bool {
-        self.get(topic).is_some()
+        self.map.contains_key(topic)
     }
 
     /// Retain `value` for `topic`; returns the value it replaces.
     pub fn insert(&mut self, topic: &str, value: V) -> Option<V> {
         // The common case, a topic retained again, allocates nothing.
-        if let Some(node) = self.root.find_mut(topic) {
-            let old = match &mut node.value {
-                Some(v) => Some(std::mem::replace(&mut **v, value)),
-                None => {
-                    node.value = Some(Box::new(value));
-                    None
-                }
-            };
-            if old.is_none() {
-                self.len += 1;
-            }
-            return old;
+        if let Some(v) = self.map.get_mut(topic) {
+            return Some(std::mem::replace(v, value));
         }
-        let mut node = &mut self.root;
-        for level in topic.split('/') {
-            node = node.children.get_or_insert(level);
-        }
-        self.len += 1;
-        node.value.replace(Box::new(value)).map(|b| *b)
+        self.map.insert(Box::from(topic), value)
     }
 
-    /// Forget the value retained for `topic` and prune the nodes left empty.
+    /// Retain `value` for `topic`, owned already (no copy of the topic); returns the value
+    /// it replaces.
+    pub fn insert_owned(&mut self, topic: Box<str>, value: V) -> Option<V> {
+        self.map.insert(topic, value)
+    }
+
+    /// Forget the value retained for `topic`.
     pub fn remove(&mut self, topic: &str) -> Option<V> {
-        // `keep`: depth of the deepest node on the path that must stay (the root, a
-        // node with a value or with other children). Everything below it on the
-        // path exists only for this topic when the target has no children.
-        let mut keep = 0;
-        let mut node = &mut self.root;
-        for (depth, level) in topic.split('/').enumerate() {
-            if depth > 0 && (node.value.is_some() || node.children.len() > 1) {
-                keep = depth;
-            }
-            node = node.children.get_mut(level)?;
-        }
-        let value = *node.value.take()?;
-        self.len -= 1;
-        if node.children.is_empty() {
-            let mut levels = topic.split('/');
-            let mut node = &mut self.root;
-            for level in levels.by_ref().take(keep) {
-                let Some(child) = node.children.get_mut(level) else {
-                    return Some(value);
-                };
-                node = child;
-            }
-            if let Some(level) = levels.next() {
-                // Dropped without recursion (see `Drop for Node`).
-                drop(node.children.remove(level));
-            }
-        }
-        Some(value)
+        self.map.remove(topic)
     }
 
-    /// Call `f` with every value whose topic matches `filter`, in no particular order.
-    pub fn for_each_match<'a>(&'a self, filter: &str, mut f: impl FnMut(&'a V)) {
-        // (node, the filter levels left after it, whether it is the root).
-        let mut stack = vec![(&self.root, filter.split('/'), true)];
-        while let Some((node, mut levels, root)) = stack.pop() {
-            match levels.next() {
-                None => node.value.as_deref().into_iter().for_each(&mut f),
-                Some("#") => {
-                    // The parent level, then everything below.
-                    node.value.as_deref().into_iter().for_each(&mut f);
-                    let mut below: Vec<&Node<V>> = node.children_visible(root).collect();
-                    while let Some(n) = below.pop() {
-                        n.value.as_deref().into_iter().for_each(&mut f);
-                        below.extend(n.children.iter().map(|(_, c)| c));
-                    }
+    /// Call `f` with each topic that matches `filter` and comes after `after` (from the first
+    /// when `None`), in topic order, with its value, while `f` returns `true`. Returns `true`
+    /// when the scan went to the end, `false` when `f` stopped it.
+    pub fn scan<'a>(
+        &'a self,
+        filter: &str,
+        after: Option<&str>,
+        mut f: impl FnMut(&'a str, &'a V) -> bool,
+    ) -> bool {
+        let Some(prefix) = literal_prefix(filter) else {
+            // No wildcard: the topic itself.
+            return match self.map.get_key_value(filter) {
+                Some((t, v)) if after.is_none_or(|a| a < &**t) => {
+                    f(t, v);
+                    true
                 }
-                Some("+") => {
-                    for child in node.children_visible(root) {
-                        stack.push((child, levels.clone(), false));
-                    }
-                }
-                Some(level) => {
-                    if let Some(child) = node.children.get(level) {
-                        stack.push((child, levels, false));
-                    }
-                }
+                _ => true,
+            };
+        };
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        for (t, v) in self.map.range::<str, _>((start, Bound::Unbounded)) {
+            if !t.starts_with(prefix) {
+                break;
+            }
+            if matches(t, filter) && !f(t, v) {
+                return false;
             }
         }
+        true
     }
 
-    /// The values whose topic matches `filter`, in no particular order.
+    /// Call `f` with every topic that matches `filter` and its value, in topic order.
+    pub fn for_each_match<'a>(&'a self, filter: &str, mut f: impl FnMut(&'a str, &'a V)) {
+        self.scan(filter, None, |t, v| {
+            f(t, v);
+            true
+        });
+    }
+
+    /// The values whose topic matches `filter`, in topic order.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn matching(&self, filter: &str) -> Vec<V>
     where
         V: Clone,
     {
         let mut out = Vec::new();
-        self.for_each_match(filter, |v| out.push(v.clone()));
+        self.for_each_match(filter, |_, v| out.push(v.clone()));
         out
     }
 }
@@ -217,161 +163,14 @@ impl<V> Default for RetainedStore<V> {
 impl<V> fmt::Debug for RetainedStore<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetainedStore")
-            .field("len", &self.len)
+            .field("len", &self.map.len())
             .finish_non_exhaustive()
-    }
-}
-
-impl<V> Default for Node<V> {
-    fn default() -> Self {
-        Node {
-            value: None,
-            children: Children::default(),
-        }
-    }
-}
-
-impl<V> Node<V> {
-    fn find_mut(&mut self, topic: &str) -> Option<&mut Node<V>> {
-        let mut node = self;
-        for level in topic.split('/') {
-            node = node.children.get_mut(level)?;
-        }
-        Some(node)
-    }
-
-    /// The children a wildcard level may match: at the root, not the `$` topics
-    /// (v5 [MQTT-4.7.2-1] / v3.1.1 [MQTT-4.7.2-1]).
-    fn children_visible(&self, root: bool) -> impl Iterator<Item = &Node<V>> + '_ {
-        self.children
-            .iter()
-            .filter(move |(level, _)| !(root && level.starts_with('$')))
-            .map(|(_, child)| child)
-    }
-}
-
-impl<V> Drop for Node<V> {
-    /// Drops the subtree with a heap stack: the derived drop would recurse once per level.
-    fn drop(&mut self) {
-        if self.children.is_empty() {
-            return;
-        }
-        let mut stack = Vec::new();
-        self.children.drain_into(&mut stack);
-        while let Some(mut node) = stack.pop() {
-            node.children.drain_into(&mut stack);
-        }
-    }
-}
-
-impl<V> Default for Children<V> {
-    fn default() -> Self {
-        Children::Few(Box::default())
-    }
-}
-
-impl<V> Children<V> {
-    fn len(&self) -> usize {
-        match self {
-            Children::Few(few) => few.len(),
-            Children::Many(map) => map.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn get(&self, level: &str) -> Option<&Node<V>> {
-        match self {
-            Children::Few(few) => few
-                .binary_search_by(|(k, _)| (**k).cmp(level))
-                .ok()
-                .map(|i| &few[i].1),
-            Children::Many(map) => map.get(level),
-        }
-    }
-
-    fn get_mut(&mut self, level: &str) -> Option<&mut Node<V>> {
-        match self {
-            Children::Few(few) => few
-                .binary_search_by(|(k, _)| (**k).cmp(level))
-                .ok()
-                .map(|i| &mut few[i].1),
-            Children::Many(map) => map.get_mut(level),
-        }
-    }
-
-    fn get_or_insert(&mut self, level: &str) -> &mut Node<V> {
-        if let Children::Few(few) = self {
-            if few.len() >= FEW && few.binary_search_by(|(k, _)| (**k).cmp(level)).is_err() {
-                let entries = std::mem::take(few).into_vec();
-                *self = Children::Many(Box::new(entries.into_iter().collect()));
-            }
-        }
-        match self {
-            Children::Few(few) => {
-                let i = match few.binary_search_by(|(k, _)| (**k).cmp(level)) {
-                    Ok(i) => i,
-                    Err(i) => {
-                        let mut entries = std::mem::take(few).into_vec();
-                        entries.insert(i, (level.into(), Node::default()));
-                        *few = entries.into_boxed_slice();
-                        i
-                    }
-                };
-                &mut few[i].1
-            }
-            Children::Many(map) => map.entry(level.into()).or_default(),
-        }
-    }
-
-    fn remove(&mut self, level: &str) -> Option<Node<V>> {
-        match self {
-            Children::Few(few) => {
-                let i = few.binary_search_by(|(k, _)| (**k).cmp(level)).ok()?;
-                let mut entries = std::mem::take(few).into_vec();
-                let (_, node) = entries.remove(i);
-                *few = entries.into_boxed_slice();
-                Some(node)
-            }
-            Children::Many(map) => {
-                let node = map.remove(level)?;
-                if map.len() <= FEW / 2 {
-                    let mut entries: Vec<Entry<V>> = std::mem::take(&mut **map).into_iter().collect();
-                    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                    *self = Children::Few(entries.into_boxed_slice());
-                } else if map.capacity() > 4 * map.len() {
-                    map.shrink_to_fit();
-                }
-                Some(node)
-            }
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&str, &Node<V>)> + '_ {
-        let (few, many) = match self {
-            Children::Few(few) => (&few[..], None),
-            Children::Many(map) => (&[][..], Some(map.iter())),
-        };
-        few.iter()
-            .map(|(k, n)| (&**k, n))
-            .chain(many.into_iter().flatten().map(|(k, n)| (&**k, n)))
-    }
-
-    /// Move every child node into `out`, leaving no children.
-    fn drain_into(&mut self, out: &mut Vec<Node<V>>) {
-        match std::mem::take(self) {
-            Children::Few(few) => out.extend(few.into_vec().into_iter().map(|(_, n)| n)),
-            Children::Many(map) => out.extend(map.into_values()),
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     use proptest::prelude::*;
     use tern_proto::topic::matches;
@@ -390,17 +189,6 @@ mod tests {
         let mut v = s.matching(filter);
         v.sort();
         v
-    }
-
-    /// Nodes other than the root, counted with an explicit stack.
-    fn nodes<V>(s: &RetainedStore<V>) -> usize {
-        let mut stack: Vec<&Node<V>> = s.root.children.iter().map(|(_, n)| n).collect();
-        let mut n = 0;
-        while let Some(node) = stack.pop() {
-            n += 1;
-            stack.extend(node.children.iter().map(|(_, c)| c));
-        }
-        n
     }
 
     #[test]
@@ -473,55 +261,29 @@ mod tests {
     }
 
     #[test]
-    fn remove_prunes_the_nodes_it_empties() {
-        let mut s = store(&["a/b/c/d", "a/x"]);
-        assert_eq!(nodes(&s), 5);
-        s.insert("a/b", "a/b".into());
-        s.remove("a/b/c/d");
-        // `a/b` keeps its value; `c` and `d` are gone.
-        assert_eq!(nodes(&s), 3);
-        s.remove("a/b");
-        s.remove("a/x");
-        assert_eq!(nodes(&s), 0);
-        assert_eq!(s.len(), 0);
-        // A node that still has children stays, without its value.
-        let mut s = store(&["a", "a/b"]);
-        s.remove("a");
-        assert_eq!(nodes(&s), 2);
-        assert_eq!(found(&s, "a/#"), ["a/b"]);
-    }
-
-    #[test]
-    fn wide_levels_move_to_a_map_and_back() {
-        let topics: Vec<String> = (0..100).map(|i| format!("dev/{i}/state")).collect();
-        let mut s = RetainedStore::new();
-        for t in &topics {
-            s.insert(t, t.clone());
-        }
-        assert!(matches!(
-            s.root.children.get("dev").map(|n| &n.children),
-            Some(Children::Many(_))
-        ));
-        assert_eq!(s.matching("dev/+/state").len(), 100);
-        assert_eq!(s.matching("dev/42/#"), ["dev/42/state"]);
-        for t in &topics[3..] {
-            assert!(s.remove(t).is_some());
-        }
-        assert!(matches!(
-            s.root.children.get("dev").map(|n| &n.children),
-            Some(Children::Few(_))
-        ));
-        assert_eq!(found(&s, "dev/#"), ["dev/0/state", "dev/1/state", "dev/2/state"]);
-        assert_eq!(nodes(&s), 7);
-    }
-
-    #[test]
-    fn node_sizes() {
-        // The memory figures of the module doc.
-        assert_eq!(size_of::<Node<Arc<()>>>(), 24);
-        assert_eq!(size_of::<Entry<Arc<()>>>(), 40);
-        // Whatever the value: it is boxed.
-        assert_eq!(size_of::<Node<[u8; 80]>>(), 24);
+    fn scans_go_in_topic_order_and_resume_after_a_topic() {
+        let s = store(&["a/2", "a", "a/1/x", "ab/1", "b/1", "a/3"]);
+        let mut seen = Vec::new();
+        assert!(s.scan("a/#", None, |t, _| {
+            seen.push(t.to_string());
+            true
+        }));
+        assert_eq!(seen, ["a", "a/1/x", "a/2", "a/3"]);
+        seen.clear();
+        assert!(!s.scan("a/+", Some("a/1/x"), |t, _| {
+            seen.push(t.to_string());
+            false
+        }));
+        assert_eq!(seen, ["a/2"]);
+        // After a topic the filter does not match, and after the last one.
+        assert_eq!(s.matching("+/1").len(), 2);
+        let mut n = 0;
+        assert!(s.scan("+/1", Some("ab/1"), |_, _| {
+            n += 1;
+            true
+        }));
+        assert_eq!(n, 1);
+        assert!(s.scan("a/3", Some("a/3"), |_, _| unreachable!()));
     }
 
     #[test]
@@ -534,7 +296,7 @@ mod tests {
             assert_eq!(s.matching(&deep), std::slice::from_ref(&deep));
             assert_eq!(s.matching(&format!("{deep}/#")), std::slice::from_ref(&deep));
             assert_eq!(s.remove(&deep), Some(deep.clone()));
-            assert_eq!(nodes(&s), 1);
+            assert_eq!(s.len(), 1);
             s.insert(&deep, String::new());
             drop(s);
         });
@@ -549,8 +311,7 @@ mod tests {
         Query(String),
     }
 
-    /// A level: a few special ones, or one of a dozen names (enough for a node to
-    /// outgrow its slice of [`FEW`] children).
+    /// A level: a few special ones, or one of a dozen names.
     fn level(special: &'static [&'static str]) -> impl Strategy<Value = String> {
         prop_oneof![
             prop::sample::select(special).prop_map(str::to_owned),
@@ -607,7 +368,28 @@ mod tests {
                             .filter(|(t, _)| matches(t, f))
                             .map(|(t, j)| (t.clone(), *j))
                             .collect();
-                        prop_assert_eq!(got, want, "filter {:?}", f);
+                        prop_assert_eq!(&got, &want, "filter {:?}", f);
+                        // In topic order, and resumable after any topic, 3 at a time.
+                        let mut resumed = Vec::new();
+                        let mut after: Option<String> = None;
+                        loop {
+                            let mut n = 0;
+                            let mut last = None;
+                            let done = s.scan(f, after.as_deref(), |t, v| {
+                                if n == 3 {
+                                    return false;
+                                }
+                                n += 1;
+                                last = Some(t.to_string());
+                                resumed.push(v.clone());
+                                true
+                            });
+                            if done {
+                                break;
+                            }
+                            after = last;
+                        }
+                        prop_assert_eq!(resumed, want, "filter {:?} resumed", f);
                     }
                 }
                 prop_assert_eq!(s.len(), model.len());
@@ -617,7 +399,6 @@ mod tests {
                 prop_assert!(s.remove(t).is_some());
             }
             prop_assert_eq!(s.len(), 0);
-            prop_assert_eq!(nodes(&s), 0);
         }
     }
 }

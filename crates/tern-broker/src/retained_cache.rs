@@ -4,11 +4,12 @@
 //! size, expiry and a version, and the message itself while it is *resident*. With a store
 //! that [reads back](crate::Durability::reads_back), resident payloads are bounded: once they
 //! pass the budget, the oldest resident messages whose put is durable leave memory (their entry
-//! keeps the topic), and whoever needs one later (a SUBSCRIBE's stream, the admin API) reads it
+//! stays, under its topic), and whoever needs one later (a SUBSCRIBE's stream, the admin API) reads it
 //! from the store. Without such a store every message stays resident, as before.
 //!
 //! A version, not the `Arc`, tells whether a retained message is still the current one: a
-//! SUBSCRIBE's backlog may hold an entry that has left memory since.
+//! SUBSCRIBE's stream may have taken an entry that has left memory since, and skips the
+//! entries retained after it began (they reached the subscriber as live messages).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,19 +27,17 @@ pub(crate) fn resident_cost(topic: usize, payload: usize) -> usize {
     std::mem::size_of::<Message>() + 16 + topic + payload
 }
 
-/// A retained message as the index holds it.
+/// A retained message as the index holds it (its topic is the index's key).
 #[derive(Debug, Clone)]
 pub(crate) struct Retained {
     /// Unique per retained message (a new message on the same topic gets a new version).
     pub version: u64,
-    pub qos: QoS,
     /// Payload bytes.
-    pub size: usize,
+    pub size: u32,
+    pub qos: QoS,
     pub expires_at: Option<Instant>,
     /// The message while resident; `None` while only the store has it.
     pub msg: Option<Arc<Message>>,
-    /// The topic while the message is not resident.
-    pub topic: Option<ByteString>,
 }
 
 impl Retained {
@@ -47,37 +46,26 @@ impl Retained {
         Retained {
             version,
             qos: msg.qos,
-            size: msg.payload.len(),
+            size: u32::try_from(msg.payload.len()).unwrap_or(u32::MAX),
             expires_at: msg.expires_at,
             msg: Some(msg),
-            topic: None,
         }
     }
 
     /// An entry whose message only the store holds.
-    pub fn on_disk(d: crate::durability::RetainedOnDisk, version: u64) -> Retained {
+    pub fn on_disk(d: &crate::durability::RetainedOnDisk, version: u64) -> Retained {
         Retained {
             version,
             qos: d.qos,
-            size: d.size,
+            size: u32::try_from(d.size).unwrap_or(u32::MAX),
             expires_at: d.expires_at,
             msg: None,
-            topic: Some(ByteString::from(d.topic)),
         }
     }
 
-    /// What it costs in memory while resident (see [`resident_cost`]).
-    pub fn cost(&self) -> usize {
-        resident_cost(self.topic().len(), self.size)
-    }
-
-    /// Its topic.
-    pub fn topic(&self) -> &str {
-        match (&self.msg, &self.topic) {
-            (Some(m), _) => &m.topic,
-            (None, Some(t)) => t,
-            (None, None) => "",
-        }
+    /// What it costs in memory while resident on `topic` (see [`resident_cost`]).
+    pub fn cost(&self, topic: &str) -> usize {
+        resident_cost(topic.len(), self.size as usize)
     }
 
     /// Whether its Message Expiry Interval has run out ([MQTT-3.3.2-5]).
@@ -105,40 +93,52 @@ impl RetainedIndex {
         self.next_version
     }
 
+    /// The last version given: every entry in the index has this one or an older one.
+    pub fn last_version(&self) -> u64 {
+        self.next_version
+    }
+
     /// Memory of the resident messages ([`resident_cost`]).
     pub fn resident_bytes(&self) -> usize {
         self.resident
     }
 
-    /// Put `entry` for its topic; `ticket` is the store ticket of its put (`None`: not kept
+    /// Put `entry` for `topic`; `ticket` is the store ticket of its put (`None`: not kept
     /// in the store, never leaves memory). Returns the entry it replaces.
-    pub fn insert(&mut self, entry: Retained, ticket: Option<u64>) -> Option<Retained> {
-        let topic = match &entry.msg {
-            Some(m) => m.topic.clone(),
-            None => entry.topic.clone().unwrap_or_default(),
-        };
-        if entry.msg.is_some() {
-            self.resident += entry.cost();
+    pub fn insert(&mut self, topic: &str, entry: Retained, ticket: Option<u64>) -> Option<Retained> {
+        if let Some(m) = &entry.msg {
+            self.resident += entry.cost(topic);
             if let Some(t) = ticket {
-                self.order.push_back((topic.clone(), entry.version, t));
+                self.order.push_back((m.topic.clone(), entry.version, t));
             }
         }
-        let old = self.store.insert(&topic, entry);
-        self.forget(old.as_ref());
+        let old = self.store.insert(topic, entry);
+        self.forget(topic, old.as_ref());
         self.compact();
         old
+    }
+
+    /// Put an entry whose message only the store has (at start).
+    pub fn insert_on_disk(&mut self, topic: Box<str>, entry: Retained) {
+        debug_assert!(entry.msg.is_none());
+        if let Some(old) = self.store.insert_owned(topic, entry) {
+            if old.msg.is_some() {
+                // Not at start; never expected, but the budget stays true.
+                self.resident = self.resident.saturating_sub(resident_cost(0, old.size as usize));
+            }
+        }
     }
 
     /// Remove the entry of `topic`.
     pub fn remove(&mut self, topic: &str) -> Option<Retained> {
         let old = self.store.remove(topic);
-        self.forget(old.as_ref());
+        self.forget(topic, old.as_ref());
         old
     }
 
-    fn forget(&mut self, old: Option<&Retained>) {
+    fn forget(&mut self, topic: &str, old: Option<&Retained>) {
         if let Some(old) = old.filter(|o| o.msg.is_some()) {
-            self.resident = self.resident.saturating_sub(old.cost());
+            self.resident = self.resident.saturating_sub(old.cost(topic));
         }
     }
 
@@ -169,12 +169,8 @@ impl RetainedIndex {
                 return;
             };
             if let Some(e) = self.store.get_mut(&topic) {
-                if e.version == version && e.msg.is_some() {
-                    let cost = e.cost();
-                    if let Some(m) = e.msg.take() {
-                        e.topic = Some(m.topic.clone());
-                    }
-                    self.resident = self.resident.saturating_sub(cost);
+                if e.version == version && e.msg.take().is_some() {
+                    self.resident = self.resident.saturating_sub(e.cost(&topic));
                 }
             }
         }
@@ -200,20 +196,20 @@ mod tests {
         let c = resident_cost(3, 100);
         for i in 0..10 {
             let v = ix.version();
-            ix.insert(Retained::resident(msg(&format!("t/{i}"), 100), v), Some(i));
+            let t = format!("t/{i}");
+            ix.insert(&t, Retained::resident(msg(&t, 100), v), Some(i));
         }
         assert_eq!(ix.resident_bytes(), 10 * c);
         // Only what is durable may go: puts 0..=3.
         ix.evict(5 * c, 3);
         assert_eq!(ix.resident_bytes(), 6 * c);
         assert!(ix.store.get("t/0").unwrap().msg.is_none());
-        assert_eq!(ix.store.get("t/0").unwrap().topic(), "t/0");
         assert!(ix.store.get("t/4").unwrap().msg.is_some());
         ix.evict(5 * c, 100);
         assert_eq!(ix.resident_bytes(), 5 * c);
         // A replaced entry's cost is forgotten; its stale place in the order is skipped.
         let v = ix.version();
-        ix.insert(Retained::resident(msg("t/9", 50), v), Some(11));
+        ix.insert("t/9", Retained::resident(msg("t/9", 50), v), Some(11));
         assert_eq!(ix.resident_bytes(), 4 * c + resident_cost(3, 50));
         ix.remove("t/8");
         assert_eq!(ix.resident_bytes(), 3 * c + resident_cost(3, 50));
@@ -221,7 +217,7 @@ mod tests {
         assert_eq!(ix.resident_bytes(), 0);
         // Never durable (no ticket): stays.
         let v = ix.version();
-        ix.insert(Retained::resident(msg("$SYS/x", 10), v), None);
+        ix.insert("$SYS/x", Retained::resident(msg("$SYS/x", 10), v), None);
         ix.evict(0, u64::MAX);
         assert_eq!(ix.resident_bytes(), resident_cost(6, 10));
     }
@@ -231,7 +227,7 @@ mod tests {
         let mut ix = RetainedIndex::default();
         for i in 0..100_000 {
             let v = ix.version();
-            ix.insert(Retained::resident(msg("same", 1), v), Some(i));
+            ix.insert("same", Retained::resident(msg("same", 1), v), Some(i));
         }
         assert!(ix.order.len() <= 2 * ix.store.len() + 1025, "{}", ix.order.len());
     }

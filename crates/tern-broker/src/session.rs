@@ -61,15 +61,16 @@ pub(crate) struct SessionState {
     pub proto: Protocol,
     /// Messages waiting for the in-flight window or for the client to come back.
     pub queue: VecDeque<Outgoing>,
-    /// Retained messages a SUBSCRIBE matched that have not entered the queue yet: they are
-    /// moved into it as it drains (`Core::stream_retained`), so that a filter matching more
-    /// retained messages than the queue holds gets every one of them under flow control
-    /// instead of losing the rest to the queue's limits. Allocated only while streaming.
+    /// The SUBSCRIBEs whose matching retained messages have not all entered the queue yet,
+    /// oldest first: they are moved into it as it drains (`Core::stream_retained`), so that a
+    /// filter matching more retained messages than the queue holds gets every one of them
+    /// under flow control instead of losing the rest to the queue's limits. A cursor each,
+    /// whatever the number of messages; allocated only while streaming.
     #[allow(
         clippy::box_collection,
         reason = "one pointer in every session; the deque only while streaming"
     )]
-    pub retained: Option<Box<VecDeque<RetainedItem>>>,
+    pub retained: Option<Box<VecDeque<RetainedCursor>>>,
     /// Queued messages kept on disk only, after those in `queue` (see [`Spill`]). Allocated
     /// only while there are some.
     pub spill: Option<Box<Spill>>,
@@ -122,12 +123,18 @@ pub(crate) struct Spill {
     pub ticket: u64,
 }
 
-/// A retained message waiting to enter a session's queue (see [`SessionState::retained`]).
+/// Where a SUBSCRIBE is in sending the retained messages its filter matches (see
+/// [`SessionState::retained`]): the index is read in topic order, a batch at a time.
 #[derive(Debug)]
-pub(crate) struct RetainedItem {
-    /// The index's entry when the SUBSCRIBE matched it (its message may be on disk only).
-    pub entry: crate::retained_cache::Retained,
-    /// The QoS of the delivery (the lower of the message's and the subscription's).
+pub(crate) struct RetainedCursor {
+    /// The filter, without a `$share/` prefix (valid).
+    pub filter: Box<str>,
+    /// The last topic taken; the next batch starts after it.
+    pub after: Option<Box<str>>,
+    /// The index's last version when the SUBSCRIBE was made: an entry with a later one was
+    /// retained since, and reached the subscription as a live message.
+    pub up_to: u64,
+    /// The subscription's maximum QoS.
     pub qos: QoS,
     pub sub_id: Option<u32>,
 }

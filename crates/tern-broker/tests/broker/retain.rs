@@ -183,3 +183,37 @@ async fn retained_messages_replaced_during_streaming_are_not_sent_stale() {
         );
     }
 }
+
+/// A topic retained for the first time while a subscription is still being streamed the
+/// retained set, on a topic the stream has not reached yet: it reaches the subscriber once, as
+/// a live message (RETAIN 0 to an established subscription, v3.1.1 [MQTT-3.3.1-9]), and not a
+/// second time from the stream.
+#[tokio::test]
+async fn topics_retained_during_streaming_arrive_once() {
+    const N: usize = 300;
+    let b = start_with(|c| {
+        c.max_queued_messages = 20;
+        c.max_inflight = 2;
+    })
+    .await;
+    let mut publ = Raw::connect(b.addr(), V3, "p").await;
+    retain_many(&mut publ, "s", N, "old").await;
+    let mut sub = Raw::connect(b.addr(), V3, "s").await;
+    sub.subscribe("s/#", QoS::AtLeastOnce).await;
+    let first = sub.recv_publish().await;
+    // `s/zzz` sorts after every `s/N`: the stream is far from it.
+    publ.publish("s/zzz", "late", QoS::AtLeastOnce, true).await;
+    sub.ack(&first).await;
+    let mut late = Vec::new();
+    let mut topics = std::collections::HashSet::from([first.topic.to_string()]);
+    while let Ok(Some(Packet::Publish(p))) = sub.next_within(Duration::from_millis(300)).await {
+        if &*p.topic == "s/zzz" {
+            late.push(p.retain);
+        } else {
+            topics.insert(p.topic.to_string());
+        }
+        sub.ack(&p).await;
+    }
+    assert_eq!(topics.len(), N, "every retained topic was sent");
+    assert_eq!(late, [false], "v3.1.1 [MQTT-3.3.1-9]: once, live, RETAIN 0");
+}
