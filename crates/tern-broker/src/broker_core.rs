@@ -206,21 +206,22 @@ impl Core {
         true
     }
 
-    /// Put a retained message back at start (it is already in the store).
-    pub fn restore_retained(&self, msg: Arc<Message>) {
+    /// Put the retained messages back at start (they are in the store already).
+    pub(crate) fn restore_retained(&self, entries: Vec<RestoredRetained>) {
         let mut r = write(&self.retained);
-        let version = r.version();
-        let topic = msg.topic.clone();
-        // Durable already: ticket 0.
-        r.insert(&topic, Retained::resident(msg, version), Some(0));
-    }
-
-    /// Put back at start a retained message that stays on disk.
-    pub fn restore_retained_on_disk(&self, d: crate::durability::RetainedOnDisk) {
-        let mut r = write(&self.retained);
-        let version = r.version();
-        let entry = Retained::on_disk(&d, version);
-        r.insert_on_disk(d.topic.into_boxed_str(), entry);
+        let entries = entries.into_iter().map(|e| match e {
+            RestoredRetained::Resident(msg) => {
+                let version = r.version();
+                (Box::from(&*msg.topic), Retained::resident(msg, version))
+            }
+            RestoredRetained::OnDisk(d) => {
+                let version = r.version();
+                let entry = Retained::on_disk(&d, version);
+                (d.topic.into_boxed_str(), entry)
+            }
+        });
+        let entries: Vec<(Box<str>, Retained)> = entries.collect();
+        r.restore(entries);
     }
 
     /// The message of the index entry `e` of `topic`: its own, or read from the store.
@@ -869,6 +870,14 @@ impl Core {
 fn recent_seed() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A retained message read back at start.
+pub(crate) enum RestoredRetained {
+    /// In memory.
+    Resident(Arc<Message>),
+    /// Only the store has it.
+    OnDisk(crate::durability::RetainedOnDisk),
 }
 
 /// Most SUBSCRIBEs of one session whose retained messages are being sent at once (a cursor

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tern_proto::PacketId;
 
-use crate::broker_core::Core;
+use crate::broker_core::{Core, RestoredRetained};
 use crate::durability::{Change, Stored};
 use crate::message::Outgoing;
 use crate::router::SubEntry;
@@ -34,22 +34,25 @@ impl Core {
             self.durability.submit(c);
         };
         let mut r = Restored::default();
+        // Retained messages: resident or on disk, built into the index at once (in topic
+        // order, so that its nodes are full).
+        let mut retained = Vec::with_capacity(stored.retained.len() + stored.retained_on_disk.len());
         for msg in stored.retained {
             if msg.is_expired(now) {
                 submit(Change::DelRetained(msg.topic.to_string()));
                 continue;
             }
-            self.restore_retained(msg);
-            r.retained += 1;
+            retained.push(RestoredRetained::Resident(msg));
         }
         for d in stored.retained_on_disk {
             if d.expires_at.is_some_and(|t| now >= t) {
                 submit(Change::DelRetained(d.topic));
                 continue;
             }
-            self.restore_retained_on_disk(d);
-            r.retained += 1;
+            retained.push(RestoredRetained::OnDisk(d));
         }
+        r.retained = retained.len();
+        self.restore_retained(retained);
         let mut cells: HashMap<Arc<str>, Arc<SessionCell>> = HashMap::new();
         for (client_id, rec) in stored.sessions {
             // A session that was connected at the crash counts as disconnected now.

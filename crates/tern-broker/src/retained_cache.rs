@@ -118,15 +118,16 @@ impl RetainedIndex {
         old
     }
 
-    /// Put an entry whose message only the store has (at start).
-    pub fn insert_on_disk(&mut self, topic: Box<str>, entry: Retained) {
-        debug_assert!(entry.msg.is_none());
-        if let Some(old) = self.store.insert_owned(topic, entry) {
-            if old.msg.is_some() {
-                // Not at start; never expected, but the budget stays true.
-                self.resident = self.resident.saturating_sub(resident_cost(0, old.size as usize));
+    /// Put back the entries read at start (their messages are durable), into an empty index.
+    pub fn restore(&mut self, entries: Vec<(Box<str>, Retained)>) {
+        for (topic, e) in &entries {
+            if let Some(m) = &e.msg {
+                self.resident += e.cost(topic);
+                // Durable already: ticket 0.
+                self.order.push_back((m.topic.clone(), e.version, 0));
             }
         }
+        self.store.extend(entries);
     }
 
     /// Remove the entry of `topic`.
