@@ -163,7 +163,9 @@ class Broker:
                         f"persistence_location {self.work}/\nautosave_interval 0\n{self.extra}\n")
             cmd = [self.binary, "-c", conf]
         t0 = time.time()
-        self.p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # BROKER_STDERR (environment): a file for the broker's standard error, appended to.
+        err = open(os.environ["BROKER_STDERR"], "ab") if os.environ.get("BROKER_STDERR") else subprocess.DEVNULL
+        self.p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         # Started once a CONNECT gets its CONNACK (the listening socket may accept before).
         while time.time() - t0 < 300:
             try:

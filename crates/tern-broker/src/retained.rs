@@ -37,7 +37,13 @@ use tern_proto::topic::matches;
 /// Retained values (the broker's are `retained_cache::Retained`) indexed by topic name.
 pub(crate) struct RetainedStore<V> {
     map: BTreeMap<Box<str>, V>,
+    /// Topics added since the map was last built with full nodes ([`RetainedStore::rebuild`]).
+    added: usize,
 }
+
+/// The map is rebuilt once this many topics, or a quarter of its size if more, were added
+/// since it was last built.
+const REBUILD_AFTER: usize = 65_536;
 
 /// The levels of `filter` before its first wildcard level (without the `/` after them, so
 /// that `a/#` finds `a`), or `None` when it has no wildcard level.
@@ -57,7 +63,10 @@ fn literal_prefix(filter: &str) -> Option<&str> {
 impl<V> RetainedStore<V> {
     /// An empty store.
     pub fn new() -> RetainedStore<V> {
-        RetainedStore { map: BTreeMap::new() }
+        RetainedStore {
+            map: BTreeMap::new(),
+            added: 0,
+        }
     }
 
     /// Number of retained values.
@@ -86,7 +95,26 @@ impl<V> RetainedStore<V> {
         if let Some(v) = self.map.get_mut(topic) {
             return Some(std::mem::replace(v, value));
         }
-        self.map.insert(Box::from(topic), value)
+        self.map.insert(Box::from(topic), value);
+        self.added += 1;
+        if self.added >= REBUILD_AFTER.max(self.map.len() / 4) {
+            self.rebuild();
+        }
+        None
+    }
+
+    /// Rebuild the map with full nodes. A B-tree grown by inserts keeps its nodes between
+    /// half and fully used (topics added in order leave them half full): for a million
+    /// retained topics that is tens of megabytes. `append` merges in one pass that frees the
+    /// old nodes as it fills new ones, without a copy of the whole map: `O(n)`, once per
+    /// quarter of growth.
+    fn rebuild(&mut self) {
+        self.added = 0;
+        let mut old = std::mem::take(&mut self.map);
+        if let Some((t, v)) = old.pop_first() {
+            self.map.insert(t, v);
+            self.map.append(&mut old);
+        }
     }
 
     /// Retain each value for its topic (owned already). Into an empty store they are built
@@ -96,6 +124,7 @@ impl<V> RetainedStore<V> {
             self.map = entries.into_iter().collect();
         } else {
             self.map.extend(entries);
+            self.rebuild();
         }
     }
 
@@ -288,6 +317,21 @@ mod tests {
         }));
         assert_eq!(n, 1);
         assert!(s.scan("a/3", Some("a/3"), |_, _| unreachable!()));
+    }
+
+    #[test]
+    fn rebuilding_keeps_every_topic_in_order() {
+        let mut s = RetainedStore::new();
+        let n = REBUILD_AFTER + 10;
+        for i in (0..n).rev() {
+            s.insert(&format!("t/{i:06}"), i);
+        }
+        assert_eq!(s.added, 10, "rebuilt once the map had grown by REBUILD_AFTER");
+        assert_eq!(s.len(), n);
+        assert_eq!(s.matching("t/#"), (0..n).collect::<Vec<_>>());
+        assert_eq!(s.insert("t/000005", 99), Some(5));
+        assert_eq!(s.remove("t/000006"), Some(6));
+        assert_eq!(s.len(), n - 1);
     }
 
     #[test]
