@@ -9,6 +9,7 @@
 #   CONNECTIONS=15000             size of the idle-connection storm per variant (0: skip it)
 #   ONLY=qos1                     only the scenarios whose name matches (grep -E)
 #   PROTOCOL=5                    MQTT 5.0 instead of 3.1.1
+#   DURABLE=1                     brokers with a data directory (sync = "always") instead of --in-memory
 #
 # Prints per scenario the median delivered msg/s of each variant and its ratio to the first, and
 # the broker's CPU seconds per million delivered messages (from /proc, the generator not counted);
@@ -48,7 +49,9 @@ wait_port() {
 start() {
   local envname="ENV_$1"
   # shellcheck disable=SC2086 # the variant's environment is a list of assignments
-  env ${!envname:-} "${BIN[$1]}" broker --in-memory --listen "127.0.0.1:$2" --log warn >"$WORK/$1-$2.log" 2>&1 &
+  local store=(--in-memory)
+  if [ -n "${DURABLE:-}" ]; then store=(--data-dir "$WORK/data-$1-$2"); fi
+  env ${!envname:-} "${BIN[$1]}" broker "${store[@]}" --listen "127.0.0.1:$2" --log warn >"$WORK/$1-$2.log" 2>&1 &
   STARTED_PID=$!
   PIDS+=("$STARTED_PID")
   wait_port "$2"

@@ -458,6 +458,14 @@ pub(crate) struct Queueing<'a> {
 }
 
 impl SessionState {
+    /// Give back the memory the queue and the protocol state grew to while a client was
+    /// connected (called when it leaves: thousands of sessions that are away would each keep
+    /// a window's and a queue's worth of capacity).
+    pub fn shrink(&mut self) {
+        self.queue.shrink_to_fit();
+        self.proto.shrink();
+    }
+
     /// Take the next queued message.
     pub fn pop_queued(&mut self) -> Option<Outgoing> {
         let out = self.queue.pop_front()?;

@@ -96,6 +96,7 @@ impl Conn {
                 st.conn_id = None;
                 st.waker = None;
                 st.attached = None;
+                st.shrink();
             }
             self.link.core.persist_session(&self.link.cell, true);
             return;
@@ -123,6 +124,7 @@ impl Conn {
             st.waker = None;
             st.attached = None;
             st.generation += 1;
+            st.shrink();
             (st.expiry_interval, st.generation)
         };
         self.link.cell.set_connected(false);

@@ -36,6 +36,11 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
+    /// Give back the memory the set grew to.
+    pub(crate) fn shrink(&mut self) {
+        self.awaiting_rel.shrink_to_fit();
+    }
+
     /// Hold at most `limit` unreleased identifiers.
     pub(crate) fn new(limit: u16) -> Inbound {
         Inbound {

@@ -105,6 +105,11 @@ impl<M> Default for Window<M> {
 }
 
 impl<M: Deliverable> Window<M> {
+    /// Give back the memory the window grew to beyond what is in flight.
+    pub fn shrink(&mut self) {
+        self.inflight.shrink_to_fit();
+    }
+
     /// Unacknowledged messages.
     pub fn len(&self) -> usize {
         self.inflight.len()

@@ -46,6 +46,15 @@ impl std::fmt::Debug for PacketIds {
     }
 }
 
+impl PacketIds {
+    /// Give back the memory of the set when no identifier is in use (the cursor stays).
+    pub(crate) fn shrink(&mut self) {
+        if self.in_use == 0 {
+            self.used = Used::Few(Default::default());
+        }
+    }
+}
+
 impl Default for PacketIds {
     fn default() -> Self {
         PacketIds {

@@ -378,6 +378,15 @@ impl<M: Delivery> ServerState<M> {
         }
     }
 
+    /// Give back the memory its collections grew to beyond what they hold: a session whose
+    /// client has left is kept for long (persistent sessions), and its window and identifier
+    /// sets grew while the client was connected.
+    pub fn shrink(&mut self) {
+        self.window.shrink();
+        self.ids.shrink();
+        self.inbound.shrink();
+    }
+
     /// Deliveries in flight.
     pub fn inflight_len(&self) -> usize {
         self.window.len()
