@@ -72,21 +72,19 @@ def publish_packet(topic, pid, payload, retain=False):
     return bytes([0x32 | (1 if retain else 0)]) + varint(len(body)) + body
 
 
-class Conn:
-    """An MQTT 3.1.1 connection (keep-alive off)."""
+def connect_packet(client_id, clean):
+    """An MQTT 3.1.1 CONNECT (keep-alive off)."""
+    body = s16(b"MQTT") + bytes([4, 2 if clean else 0]) + struct.pack(">H", 0) + s16(client_id.encode())
+    return b"\x10" + varint(len(body)) + body
 
-    def __init__(self, port, client_id, clean, timeout=60):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-        body = s16(b"MQTT") + bytes([4, 2 if clean else 0]) + struct.pack(">H", 0) + s16(client_id.encode())
-        self.s.sendall(b"\x10" + varint(len(body)) + body)
-        t, b = self.packet()
-        assert t == 2 and b[1] == 0, (t, b)
-        self.present = b[0] & 1
+
+class Reader:
+    """Packets from a socket: (type, body); for a PUBLISH (3, (first byte, body))."""
+
+    def __init__(self, sock):
+        self.s, self.buf = sock, b""
 
     def packet(self):
-        """(type, body); for a PUBLISH (3, (first byte, body))."""
         while True:
             if len(self.buf) >= 2:
                 mult, length, i = 1, 0, 1
@@ -107,6 +105,23 @@ class Conn:
             if not chunk:
                 raise EOFError
             self.buf += chunk
+
+
+class Conn:
+    """An MQTT 3.1.1 connection (keep-alive off)."""
+
+    def __init__(self, port, client_id, clean, timeout=60):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = Reader(self.s)
+        self.s.sendall(connect_packet(client_id, clean))
+        t, b = self.packet()
+        assert t == 2 and b[1] == 0, (t, b)
+        self.present = b[0] & 1
+
+    def packet(self):
+        """(type, body); for a PUBLISH (3, (first byte, body))."""
+        return self.reader.packet()
 
     def subscribe(self, f, qos=1):
         body = struct.pack(">H", 1) + s16(f.encode()) + bytes([qos])
@@ -141,10 +156,10 @@ class Conn:
 
 class Broker:
     """`kind` ("tern" or "mosquitto") at `binary`, on a free port, its data in `work`; `extra` is
-    appended to its configuration file."""
+    appended to its configuration file; `log` is Tern's log level."""
 
-    def __init__(self, kind, binary, work, extra=""):
-        self.kind, self.binary, self.work, self.extra = kind, binary, work, extra
+    def __init__(self, kind, binary, work, extra="", log="warn"):
+        self.kind, self.binary, self.work, self.extra, self.log = kind, binary, work, extra, log
         self.port = free_port()
         self.p = None
 
@@ -155,7 +170,7 @@ class Broker:
             with open(conf, "w") as f:
                 f.write(f'listen = ["127.0.0.1:{self.port}"]\nhttp = ""\ndata_dir = "{self.work}/data"\n'
                         f"sys_interval_secs = 0\n{self.extra}\n")
-            cmd = [self.binary, "broker", "--config", conf, "--log", "warn"]
+            cmd = [self.binary, "broker", "--config", conf, "--log", self.log]
         else:
             conf = os.path.join(self.work, "mosquitto.conf")
             with open(conf, "w") as f:

@@ -9,7 +9,10 @@ distinct topics; QUEUED QoS 1 messages of SIZE bytes for one more session that i
 broker's RSS, restarts it (SIGTERM, start again) and prints the time until a CONNECT is answered, the
 RSS then, and the start-up line the broker logs. Every wait is bounded.
 """
-import os, shutil, signal, socket, struct, subprocess, sys, tempfile, time
+import os, shutil, socket, struct, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rawmqtt import Broker, Conn, Reader, connect_packet, disk_mib, s16, varint  # noqa: E402
 
 binary = sys.argv[1]
 sessions = int(sys.argv[2]) if len(sys.argv) > 2 else 100000
@@ -17,92 +20,18 @@ retained = int(sys.argv[3]) if len(sys.argv) > 3 else 1000000
 queued = int(sys.argv[4]) if len(sys.argv) > 4 else 1000000
 size = int(sys.argv[5]) if len(sys.argv) > 5 else 64
 work = tempfile.mkdtemp(prefix="tern-startup-")
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-port = s.getsockname()[1]
-s.close()
-conf = os.path.join(work, "tern.toml")
-with open(conf, "w") as f:
-    f.write(f'listen = ["127.0.0.1:{port}"]\nhttp = ""\ndata_dir = "{work}/data"\nsys_interval_secs = 0\n'
-            f'max_retained = {retained + 10}\nmax_offline_messages = {queued + 10}\n'
-            f'max_offline_bytes = {(queued + 10) * (size + 64)}\nmax_sessions = {sessions + 100}\n'
-            'max_connect_rate = 1000000\n')
-
-
-def varint(x):
-    out = b""
-    while True:
-        b, x = x % 128, x // 128
-        out += bytes([b | (0x80 if x else 0)])
-        if not x:
-            return out
-
-
-def s16(b):
-    return struct.pack(">H", len(b)) + b
-
-
-def connect_packet(cid, clean):
-    body = s16(b"MQTT") + bytes([4, 2 if clean else 0]) + struct.pack(">H", 0) + s16(cid.encode())
-    return b"\x10" + varint(len(body)) + body
-
-
-class Reader:
-    def __init__(self, sock):
-        self.s, self.buf = sock, b""
-
-    def packet(self):
-        while True:
-            if len(self.buf) >= 2:
-                mult, length, i = 1, 0, 1
-                while i < len(self.buf):
-                    length += (self.buf[i] & 127) * mult
-                    mult *= 128
-                    if self.buf[i] & 128 == 0:
-                        break
-                    i += 1
-                else:
-                    i = None
-                if i is not None and len(self.buf) >= i + 1 + length:
-                    t = self.buf[0] >> 4
-                    body = self.buf[i + 1:i + 1 + length]
-                    self.buf = self.buf[i + 1 + length:]
-                    return t, body
-            chunk = self.s.recv(1 << 20)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
+# The broker's log, for the line it writes once its state is restored.
+os.environ["BROKER_STDERR"] = os.path.join(work, "log")
+broker = Broker("tern", binary, work,
+                f"max_retained = {retained + 10}\nmax_offline_messages = {queued + 10}\n"
+                f"max_offline_bytes = {(queued + 10) * (size + 64)}\nmax_sessions = {sessions + 100}\n"
+                "max_connect_rate = 1000000\n", log="info")
+port = broker.port
 
 
 def open_conn(cid, clean=True):
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(connect_packet(cid, clean))
-    r = Reader(sock)
-    t, b = r.packet()
-    assert t == 2 and b[1] == 0, (t, b)
-    return sock, r
-
-
-def start():
-    t0 = time.time()
-    p = subprocess.Popen([binary, "broker", "--config", conf, "--log", "info"],
-                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "log"), "a"))
-    while time.time() - t0 < 300:
-        try:
-            sock, _ = open_conn("probe")
-            sock.close()
-            return p, time.time() - t0
-        except (OSError, EOFError, AssertionError):
-            time.sleep(0.02)
-    p.kill()
-    sys.exit("broker did not start")
-
-
-def rss_mib(p):
-    for line in open(f"/proc/{p.pid}/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) // 1024
+    c = Conn(port, cid, clean)
+    return c.s, c.reader
 
 
 def publish_many(sock, r, n, topic_of, retain):
@@ -121,7 +50,7 @@ def publish_many(sock, r, n, topic_of, retain):
             acked += 1
 
 
-broker, _ = start()
+broker.start()
 t0 = time.time()
 # Sessions: CONNECT (clean session 0), SUBSCRIBE, DISCONNECT, 200 connections at a time.
 batch = 200
@@ -154,23 +83,14 @@ print(f"{queued} messages of {size} B queued for a session that is away in {time
 pub.sendall(b"\xe0\x00")
 pub.close()
 time.sleep(1)
-du = sum(os.stat(os.path.join(d, f)).st_blocks * 512 for d, _, fs in os.walk(work) for f in fs) / 2**20
-print(f"broker RSS {rss_mib(broker)} MiB, data on disk {du:.0f} MiB")
-broker.send_signal(signal.SIGTERM)
-try:
-    broker.wait(timeout=300)
-except subprocess.TimeoutExpired:
-    broker.kill()
-broker, took = start()
+print(f"broker RSS {broker.rss()} MiB, data on disk {disk_mib(work):.0f} MiB")
+broker.stop()
+took = broker.start()
 time.sleep(1)
-print(f"restart: first CONNACK after {took:.2f} s; RSS {rss_mib(broker)} MiB")
+print(f"restart: first CONNACK after {took:.2f} s; RSS {broker.rss()} MiB")
 for line in open(os.path.join(work, "log")):
     if "restored" in line:
         last = line.strip()
 print("broker said:", last[last.find("restored") - 20:] if "last" in dir() else "?")
-broker.send_signal(signal.SIGTERM)
-try:
-    broker.wait(timeout=120)
-except subprocess.TimeoutExpired:
-    broker.kill()
+broker.stop()
 shutil.rmtree(work, ignore_errors=True)

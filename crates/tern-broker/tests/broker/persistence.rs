@@ -470,21 +470,33 @@ async fn qos2_deliveries_to_a_persistent_session_stay_exactly_once_across_crashe
 /// A broker on `dir` whose sessions keep `window` messages in memory and at most
 /// `on_disk` more on disk while their client is away.
 async fn start_spilling(dir: &TempDir, window: usize, on_disk: u64) -> BrokerHandle {
+    start_unsynced(dir, move |c| {
+        c.max_queued_messages = window;
+        c.max_offline_messages = on_disk;
+    })
+    .await
+}
+
+/// A broker on the data directory `dir`, configured by `f`, whose commits are released
+/// without waiting for fsync: the tests that use it are about order and memory, not power loss.
+fn start_unsynced(
+    dir: &TempDir,
+    f: impl FnOnce(&mut tern_broker::Config) + 'static,
+) -> impl std::future::Future<Output = BrokerHandle> + 'static {
     let dir = dir.0.clone();
-    BrokerBuilder::new()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .configure(move |c| {
-            c.data_dir = Some(dir);
-            // Commits are released without waiting for fsync: the test is about order and
-            // memory, not power loss.
-            c.sync = tern_broker::SyncPolicy::Interval;
-            c.max_queued_messages = window;
-            c.max_offline_messages = on_disk;
-        })
-        .bind()
-        .await
-        .expect("bind")
-        .spawn()
+    async move {
+        BrokerBuilder::new()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .configure(move |c| {
+                c.data_dir = Some(dir);
+                c.sync = tern_broker::SyncPolicy::Interval;
+                f(c);
+            })
+            .bind()
+            .await
+            .expect("bind")
+            .spawn()
+    }
 }
 
 /// v3.1.1 [MQTT-4.6.0-6] / v5 [MQTT-4.6.0-6]: the messages queued for a session whose client
@@ -558,17 +570,7 @@ async fn all_offline_queues_together_stay_within_offline_cache_bytes() {
     const SIZE: usize = 1000;
     const CACHE: usize = 20 * SIZE;
     let dir = TempDir::new("offline-cache");
-    let start = |dir: &TempDir| {
-        let d = dir.0.clone();
-        BrokerBuilder::new()
-            .listen("127.0.0.1:0".parse().unwrap())
-            .configure(move |c| {
-                c.data_dir = Some(d);
-                c.sync = tern_broker::SyncPolicy::Interval;
-                c.offline_cache_bytes = CACHE;
-            })
-            .bind()
-    };
+    let start = |dir: &TempDir| start_unsynced(dir, |c| c.offline_cache_bytes = CACHE);
     let in_memory = |b: &BrokerHandle| {
         (0..SESSIONS)
             .map(|i| {
@@ -577,7 +579,7 @@ async fn all_offline_queues_together_stay_within_offline_cache_bytes() {
             })
             .fold((0, 0), |(m, n), (a, c)| (m + a, n + c))
     };
-    let b = start(&dir).await.expect("bind").spawn();
+    let b = start(&dir).await;
     for i in 0..SESSIONS {
         let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, &format!("away{i}"))).await;
         sub.subscribe(&format!("fleet/{i}"), QoS::AtLeastOnce).await;
@@ -604,7 +606,7 @@ async fn all_offline_queues_together_stay_within_offline_cache_bytes() {
     );
     b.shutdown().await;
 
-    let b = start(&dir).await.expect("bind").spawn();
+    let b = start(&dir).await;
     let (bytes, all) = in_memory(&b);
     assert_eq!(all, (SESSIONS * EACH) as u64, "every message restored");
     assert!(
@@ -715,19 +717,13 @@ async fn retained_messages_beyond_the_cache_are_read_from_disk() {
     const N: usize = 600;
     let dir = TempDir::new("retained-disk");
     let start = |dir: &TempDir| {
-        let d = dir.0.clone();
-        BrokerBuilder::new()
-            .listen("127.0.0.1:0".parse().unwrap())
-            .configure(move |c| {
-                c.data_dir = Some(d);
-                c.sync = tern_broker::SyncPolicy::Interval;
-                c.retained_cache_bytes = 10_000;
-                c.max_queued_messages = 50;
-                c.sys_interval_secs = 0;
-            })
-            .bind()
+        start_unsynced(dir, |c| {
+            c.retained_cache_bytes = 10_000;
+            c.max_queued_messages = 50;
+            c.sys_interval_secs = 0;
+        })
     };
-    let b = start(&dir).await.unwrap().spawn();
+    let b = start(&dir).await;
     let mut publ = Raw::connect(b.addr(), V5, "retainer").await;
     let payload = |i: usize| format!("{i:0>100}");
     for i in 0..N {
@@ -769,7 +765,7 @@ async fn retained_messages_beyond_the_cache_are_read_from_disk() {
     assert_eq!(got["r/0599"], payload(599));
     drop(sub);
     b.shutdown().await;
-    let b = start(&dir).await.unwrap().spawn();
+    let b = start(&dir).await;
     assert!(b.admin().metrics().retained_resident_bytes <= 10_000);
     retained_after_restart(b, N).await;
 }

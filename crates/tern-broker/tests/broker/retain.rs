@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use tern_broker::BrokerHandle;
 use tern_proto::{Packet, Publish, QoS, RetainHandling, SubscriptionOptions};
 
 use crate::harness::*;
@@ -143,22 +144,30 @@ async fn a_large_retained_set_streams_to_a_qos1_subscriber_under_flow_control() 
     sub.expect_silence(100).await;
 }
 
-/// Retained messages replaced while the subscriber is still being streamed the retained set:
-/// the newer state arrives live, and an older one is never sent after it.
-#[tokio::test]
-async fn retained_messages_replaced_during_streaming_are_not_sent_stale() {
-    const N: usize = 300;
+const N: usize = 300;
+
+/// `n` retained messages `s/{i}` ("old") and a subscriber to `s/#` on a broker whose queues hold
+/// 20 and whose window is 2: the first delivery is in, most of the set still waits to be
+/// streamed. The broker, the publisher, the subscriber and that first PUBLISH.
+async fn streaming(n: usize) -> (BrokerHandle, Raw, Raw, Publish) {
     let b = start_with(|c| {
         c.max_queued_messages = 20;
         c.max_inflight = 2;
     })
     .await;
     let mut publ = Raw::connect(b.addr(), V3, "p").await;
-    retain_many(&mut publ, "s", N, "old").await;
+    retain_many(&mut publ, "s", n, "old").await;
     let mut sub = Raw::connect(b.addr(), V3, "s").await;
     sub.subscribe("s/#", QoS::AtLeastOnce).await;
-    // The first delivery is in; most of the set still waits in the session's backlog.
     let first = sub.recv_publish().await;
+    (b, publ, sub, first)
+}
+
+/// Retained messages replaced while the subscriber is still being streamed the retained set:
+/// the newer state arrives live, and an older one is never sent after it.
+#[tokio::test]
+async fn retained_messages_replaced_during_streaming_are_not_sent_stale() {
+    let (_b, mut publ, mut sub, first) = streaming(N).await;
     // Fewer than the queue holds: the live messages are not slowed down or dropped.
     const REPLACED: usize = 8;
     retain_many(&mut publ, "s", REPLACED, "new").await;
@@ -190,17 +199,7 @@ async fn retained_messages_replaced_during_streaming_are_not_sent_stale() {
 /// second time from the stream.
 #[tokio::test]
 async fn topics_retained_during_streaming_arrive_once() {
-    const N: usize = 300;
-    let b = start_with(|c| {
-        c.max_queued_messages = 20;
-        c.max_inflight = 2;
-    })
-    .await;
-    let mut publ = Raw::connect(b.addr(), V3, "p").await;
-    retain_many(&mut publ, "s", N, "old").await;
-    let mut sub = Raw::connect(b.addr(), V3, "s").await;
-    sub.subscribe("s/#", QoS::AtLeastOnce).await;
-    let first = sub.recv_publish().await;
+    let (_b, mut publ, mut sub, first) = streaming(N).await;
     // `s/zzz` sorts after every `s/N`: the stream is far from it.
     publ.publish("s/zzz", "late", QoS::AtLeastOnce, true).await;
     sub.ack(&first).await;
