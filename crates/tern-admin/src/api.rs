@@ -267,6 +267,14 @@ pub async fn stats(State(st): S) -> ApiResult {
     ok(v)
 }
 
+/// `GET /api/v1/bridges`: each bridge's state, outbox and counts.
+pub async fn bridges(State(st): S) -> ApiResult {
+    let items = tokio::task::spawn_blocking(move || st.bridges.reports())
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bridges failed"))?;
+    ok(json!({ "items": items }))
+}
+
 /// `GET /api/v1/broker`: version, uptime, listeners, stats.
 pub async fn broker(State(st): S) -> ApiResult {
     let listeners: Vec<Value> = st

@@ -25,6 +25,7 @@
 
 mod api;
 mod auth;
+mod bridges;
 mod dashboard;
 mod metrics;
 mod tls;
@@ -38,6 +39,7 @@ use axum::Router;
 use tern_broker::{Admin, HttpConfig};
 
 pub use auth::{hash_token, FAILURE_WINDOW, MAX_FAILURES};
+pub use bridges::{BridgeReport, BridgeSlot};
 
 /// Why the HTTP endpoint cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,7 @@ pub(crate) struct AppState {
     pub admin: Admin,
     pub auth: auth::Auth,
     pub http_metrics: metrics::HttpCounters,
+    pub bridges: BridgeSlot,
 }
 
 /// A bound HTTP endpoint; [`HttpServer::run`] serves it.
@@ -71,6 +74,7 @@ pub struct HttpServer {
     tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
     addr: SocketAddr,
+    bridges: BridgeSlot,
 }
 
 impl HttpServer {
@@ -96,22 +100,30 @@ impl HttpServer {
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
+        let bridges = BridgeSlot::default();
         let state = Arc::new(AppState {
             admin,
             auth,
             http_metrics: metrics::HttpCounters::default(),
+            bridges: bridges.clone(),
         });
         Ok(HttpServer {
             listener,
             tls,
             router: router(state),
             addr,
+            bridges,
         })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where to hand over the bridges' reports once they run (`/metrics`, `/api/v1/bridges`).
+    pub fn bridges(&self) -> BridgeSlot {
+        self.bridges.clone()
     }
 
     /// Whether it serves HTTPS.
@@ -142,6 +154,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/broker", get(api::broker))
         .route("/config", get(api::config))
         .route("/stats", get(api::stats))
+        .route("/bridges", get(api::bridges))
         .route("/reload", post(api::reload))
         .route("/bans", get(api::bans).post(api::ban_add).delete(api::ban_remove))
         .route("/clients", get(api::clients))

@@ -418,8 +418,74 @@ impl Collector for BrokerCollector {
                 gauge(e, "process_max_fds", "Limit of open file descriptors", None, max)?;
             }
         }
+        bridge_metrics(e, &self.state.bridges.reports())?;
         Ok(())
     }
+}
+
+/// One family per figure of the bridges, labelled by bridge (nothing without bridges).
+fn bridge_metrics(e: &mut DescriptorEncoder, bridges: &[crate::BridgeReport]) -> std::fmt::Result {
+    if bridges.is_empty() {
+        return Ok(());
+    }
+    type Figure = fn(&crate::BridgeReport) -> u64;
+    let families: [(&str, &str, MetricType, Figure); 7] = [
+        (
+            "tern_bridge_connected",
+            "1 while the bridge is connected to its remote",
+            MetricType::Gauge,
+            |b| u64::from(b.connected),
+        ),
+        (
+            "tern_bridge_messages_forwarded",
+            "Messages forwarded to the remote (acknowledged by it at QoS 1/2)",
+            MetricType::Counter,
+            |b| b.forwarded,
+        ),
+        (
+            "tern_bridge_messages_received",
+            "Messages from the remote published locally",
+            MetricType::Counter,
+            |b| b.received,
+        ),
+        (
+            "tern_bridge_messages_dropped",
+            "Messages the remote refused or no rule matched",
+            MetricType::Counter,
+            |b| b.dropped,
+        ),
+        (
+            "tern_bridge_outbox_messages",
+            "Messages waiting in the bridge's outbox (queued and in flight)",
+            MetricType::Gauge,
+            |b| b.outbox_messages,
+        ),
+        (
+            "tern_bridge_outbox_bytes",
+            "Payload bytes waiting in the bridge's outbox",
+            MetricType::Gauge,
+            |b| b.outbox_bytes,
+        ),
+        (
+            "tern_bridge_outbox_dropped",
+            "Messages the bridge's outbox dropped while full",
+            MetricType::Counter,
+            |b| b.outbox_dropped,
+        ),
+    ];
+    for (name, help, ty, figure) in families {
+        let mut enc = e.encode_descriptor(name, help, None, ty)?;
+        for b in bridges {
+            let labels = [("bridge", b.name.as_str())];
+            let v = figure(b);
+            match ty {
+                MetricType::Counter => ConstCounter::new(v).encode(enc.encode_family(&labels)?)?,
+                _ => ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+                    .encode(enc.encode_family(&labels)?)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The text of `/metrics` now.

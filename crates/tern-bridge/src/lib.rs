@@ -195,6 +195,13 @@ impl Bridges {
         self.bridges.iter().map(|b| b.state(&self.internal)).collect()
     }
 
+    /// What [`Bridges::states`] gives, callable from elsewhere for as long as the caller
+    /// keeps it (the HTTP endpoint's `/metrics` and `/api/v1/bridges`).
+    pub fn reporter(&self) -> impl Fn() -> Vec<BridgeState> + Send + Sync + 'static {
+        let (internal, bridges) = (self.internal.clone(), self.bridges.clone());
+        move || bridges.iter().map(|b| b.state(&internal)).collect()
+    }
+
     /// Disconnect from every remote (the remote keeps the bridge's session for
     /// `session_expiry_secs`), publish locally what the client had received (for at most
     /// [`STOP_TIMEOUT`]), and stop. What is in the outboxes stays in the store.

@@ -193,7 +193,9 @@ pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerErr
             }
         }
         reload_on_hangup(broker.security(), config_file);
+        let mut http_bridges = None;
         if let Some(http) = start_http(&broker, &config_http).await? {
+            http_bridges = Some(http.bridges());
             tokio::spawn(http.run());
         }
         // `[[bridge]]` tables: each bridge is a client of this broker and of its remote. Their
@@ -206,6 +208,10 @@ pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerErr
                     .map_err(|e| BrokerError::Config(e.to_string()))?,
             ),
         };
+        if let (Some(slot), Some(b)) = (&http_bridges, &bridges) {
+            let states = b.reporter();
+            slot.set(move || states().into_iter().map(bridge_report).collect());
+        }
         // SIGINT/SIGTERM: graceful shutdown (5.0 clients get DISCONNECT 0x8B); the bridges
         // leave their remotes first.
         broker
@@ -218,6 +224,22 @@ pub fn run(config: Config, config_file: Option<PathBuf>) -> Result<(), BrokerErr
             .await;
         Ok(())
     })
+}
+
+/// A bridge's state as the HTTP endpoint shows it.
+fn bridge_report(s: tern_bridge::BridgeState) -> tern_admin::BridgeReport {
+    tern_admin::BridgeReport {
+        name: s.name,
+        remote: s.remote,
+        connected: s.connected,
+        last_error: s.last_error,
+        forwarded: s.forwarded,
+        received: s.received,
+        dropped: s.dropped,
+        outbox_messages: s.outbox_messages as u64,
+        outbox_bytes: s.outbox_bytes as u64,
+        outbox_dropped: s.outbox_dropped,
+    }
 }
 
 /// Bind the broker; in cluster mode, join the cluster first (its start-up checks refuse NATS

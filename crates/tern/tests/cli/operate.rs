@@ -147,3 +147,90 @@ fn tern_trace_over_https() {
     assert!(line.contains("topic=cli/tls"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// GET `path` from the HTTP endpoint at `url` (`http://127.0.0.1:PORT`); the body.
+fn http_get(url: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{path}: {out}"
+    );
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// A bridge's state in `/metrics` and `GET /api/v1/bridges` (#16: "in the metrics/admin API
+/// where those exist"): connected to a second `tern broker`, one QoS 1 message forwarded.
+#[test]
+fn bridge_state_is_in_the_metrics_and_the_admin_api() {
+    let (_remote, remote_lines) =
+        spawn_lines(&["broker", "--in-memory", "--listen", "127.0.0.1:0", "--no-http"]);
+    let remote = until(&remote_lines, "tern broker listening on");
+    let remote_port = remote.rsplit(':').next().unwrap().trim().to_string();
+    let dir = std::env::temp_dir().join(format!("tern-cli-bridge-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[bridge]]\nname = \"cloud\"\nremote = \"mqtt://127.0.0.1:{remote_port}\"\nclient_id = \"edge-1\"\n\
+             [[bridge.topic]]\nfilter = \"edge/#\"\ndirection = \"out\"\nqos = 1\n"
+        ),
+    )
+    .unwrap();
+    let (_edge, lines) = spawn_lines(&[
+        "broker",
+        "--in-memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--log",
+        "warn",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let mqtt = until(&lines, "tern broker listening on");
+    let port = mqtt.rsplit(':').next().unwrap().trim().to_string();
+    let http = until(&lines, "tern http listening on http://127.0.0.1:");
+    let url = http.rsplit(' ').next().unwrap().to_string();
+
+    let mut c = Command::new(TERN);
+    c.args(["pub", "-p", &port, "-t", "edge/t", "-m", "up", "-q", "1"]);
+    let out = run(c, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let m = http_get(&url, "/metrics");
+        if m.contains("tern_bridge_messages_forwarded_total{bridge=\"cloud\"} 1") {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bridge did not forward within {WAIT:?}:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        metrics.contains("tern_bridge_connected{bridge=\"cloud\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tern_bridge_outbox_messages{bridge=\"cloud\"} 0"),
+        "{metrics}"
+    );
+    let api: serde_json::Value = serde_json::from_str(&http_get(&url, "/api/v1/bridges")).unwrap();
+    let b = &api["items"][0];
+    assert_eq!(b["name"], "cloud");
+    assert_eq!(b["connected"], true);
+    assert_eq!(b["forwarded"], 1);
+    assert_eq!(b["remote"], format!("mqtt://127.0.0.1:{remote_port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
