@@ -33,9 +33,10 @@ fn until(rx: &mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
-#[test]
-fn broker_prints_its_http_address_and_tern_trace_shows_a_clients_packets() {
-    let (_broker, lines) = spawn_lines(&[
+/// `tern broker` in memory with its HTTP endpoint on free ports, and `extra` arguments; the
+/// process, its MQTT port and its HTTP URL (`http://127.0.0.1:PORT`).
+fn broker_with_http(extra: &[&str]) -> (Killed, String, String) {
+    let mut args = vec![
         "broker",
         "--in-memory",
         "--listen",
@@ -44,11 +45,19 @@ fn broker_prints_its_http_address_and_tern_trace_shows_a_clients_packets() {
         "127.0.0.1:0",
         "--log",
         "warn",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (broker, lines) = spawn_lines(&args);
     let mqtt = until(&lines, "tern broker listening on");
     let port = mqtt.rsplit(':').next().unwrap().trim().to_string();
     let http = until(&lines, "tern http listening on http://127.0.0.1:");
     let url = http.rsplit(' ').next().unwrap().to_string();
+    (broker, port, url)
+}
+
+#[test]
+fn broker_prints_its_http_address_and_tern_trace_shows_a_clients_packets() {
+    let (_broker, port, url) = broker_with_http(&[]);
 
     let (_trace, traced) = spawn_lines(&["trace", "cli-traced", "--http", &url]);
     until(&traced, "tracing cli-traced");
@@ -185,22 +194,7 @@ fn bridge_state_is_in_the_metrics_and_the_admin_api() {
         ),
     )
     .unwrap();
-    let (_edge, lines) = spawn_lines(&[
-        "broker",
-        "--in-memory",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--log",
-        "warn",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    let mqtt = until(&lines, "tern broker listening on");
-    let port = mqtt.rsplit(':').next().unwrap().trim().to_string();
-    let http = until(&lines, "tern http listening on http://127.0.0.1:");
-    let url = http.rsplit(' ').next().unwrap().to_string();
+    let (_edge, port, url) = broker_with_http(&["--config", config.to_str().unwrap()]);
 
     let mut c = Command::new(TERN);
     c.args(["pub", "-p", &port, "-t", "edge/t", "-m", "up", "-q", "1"]);
