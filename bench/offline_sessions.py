@@ -11,6 +11,10 @@ receives. Bounded: every wait gives up after 60 s.
 """
 import os, socket, struct, sys, threading, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rawmqtt  # noqa: E402
+from rawmqtt import s16, varint  # noqa: E402
+
 port, pid, data_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 n = int(sys.argv[4]) if len(sys.argv) > 4 else 10000
 pubs = int(sys.argv[5]) if len(sys.argv) > 5 else 20
@@ -18,32 +22,11 @@ size = int(sys.argv[6]) if len(sys.argv) > 6 else 1024
 
 
 def rss_mib():
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) // 1024
+    return rawmqtt.rss_mib(pid)
 
 
 def disk_mib():
-    if data_dir == "-":
-        return 0
-    total = 0
-    for root, _, files in os.walk(data_dir):
-        for f in files:
-            total += os.stat(os.path.join(root, f)).st_blocks * 512
-    return total / 2**20
-
-
-def varint(x):
-    out = b""
-    while True:
-        b, x = x % 128, x // 128
-        out += bytes([b | (0x80 if x else 0)])
-        if not x:
-            return out
-
-
-def s16(b):
-    return struct.pack(">H", len(b)) + b
+    return 0 if data_dir == "-" else rawmqtt.disk_mib(data_dir)
 
 
 def connect(cid, clean):

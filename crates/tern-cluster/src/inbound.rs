@@ -189,14 +189,34 @@ pub(crate) async fn tail(inbound: Arc<Inbound>, js: jetstream::Context, k: u16, 
     let name = streams::stream_name(&inbound.prefix, k);
     let prefix = streams::shard_subject(&inbound.prefix, k);
     let mut next = start;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
-        match tail_from(&inbound, &js, &name, &prefix, &mut next).await {
-            Ok(()) => backoff = Duration::from_millis(100),
-            Err(e) => {
-                tracing::warn!(stream = %name, next, "tailer restarts: {e}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+        let result = tail_from(&inbound, &js, &name, &prefix, &mut next).await;
+        if let Err(e) = &result {
+            tracing::warn!(stream = %name, next, "tailer restarts: {e}");
+        }
+        backoff.after(result).await;
+    }
+}
+
+/// The wait before a follower of a stream starts again: 100 ms after a failure, doubling up
+/// to 2 s while failures follow each other, back to 100 ms after a run that ended well.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    /// Wait as `result` (the run that just ended) asks.
+    async fn after<E>(&mut self, result: Result<(), E>) {
+        match result {
+            Ok(()) => *self = Backoff::default(),
+            Err(_) => {
+                tokio::time::sleep(self.0).await;
+                self.0 = (self.0 * 2).min(Duration::from_secs(2));
             }
         }
     }
@@ -242,16 +262,13 @@ pub(crate) async fn follow_retained(
     let name = format!("KV_{}", streams::retain_bucket(&inbound.prefix));
     let prefix = streams::retain_subject(&inbound.prefix);
     let mut next = 0;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
-        match retained_from(&inbound, &js, &name, &prefix, &mut next, &mut loaded).await {
-            Ok(()) => backoff = Duration::from_millis(100),
-            Err(e) => {
-                tracing::warn!(stream = %name, next, "retained-message follower restarts: {e}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+        let result = retained_from(&inbound, &js, &name, &prefix, &mut next, &mut loaded).await;
+        if let Err(e) = &result {
+            tracing::warn!(stream = %name, next, "retained-message follower restarts: {e}");
         }
+        backoff.after(result).await;
     }
 }
 
