@@ -163,15 +163,17 @@ impl Bridges {
                 client: Mutex::new(None),
                 echoes: echo::Echoes::default(),
             });
-            let options = remote::options(&shared)?;
+            // The settings are checked before the session is opened, and the remote session
+            // is resumed only if the local one was.
+            remote::options(&shared, false)?;
             let rules = rules::Rules::new(config);
-            let opened =
-                local::LocalLink::open(&internal, &config.local_client_id(), &rules, config.max_inflight)
-                    .await
-                    .map_err(|e| BridgeError::Start {
-                        name: config.name.clone(),
-                        source: Box::new(e),
-                    })?;
+            let opened = local::LocalLink::open(&internal, config, &rules)
+                .await
+                .map_err(|e| BridgeError::Start {
+                    name: config.name.clone(),
+                    source: Box::new(e),
+                })?;
+            let options = remote::options(&shared, opened.session_present)?;
             runs.push(tokio::spawn(run(
                 shared.clone(),
                 internal.clone(),
@@ -257,9 +259,15 @@ async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Opti
     loop {
         let opened = match first.take() {
             Some(opened) => Ok(opened),
-            None => local::LocalLink::open(&internal, &c.local_client_id(), &rules, c.max_inflight).await,
+            None => local::LocalLink::open(&internal, c, &rules).await,
         };
-        let (local, deliveries, closed) = match opened {
+        let local::Opened {
+            link: local,
+            deliveries,
+            releases,
+            closed,
+            ..
+        } = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 tracing::error!(bridge = %c.name, "cannot open the local session: {e}");
@@ -283,6 +291,9 @@ async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Opti
         let mut tasks = tokio::task::JoinSet::new();
         let (acks_tx, acks_rx) = mpsc::channel(usize::from(c.max_inflight));
         tasks.spawn(remote::acknowledge(shared.clone(), acks_rx, local.clone()));
+        tasks.spawn(remote::release(shared.clone(), client.clone(), releases, local.clone()));
+        let (in_tx, in_rx) = mpsc::channel(usize::from(c.max_inflight) + 16);
+        tasks.spawn(remote::acknowledge_in(shared.clone(), client.clone(), in_rx));
         tasks.spawn(remote::forward(
             shared.clone(),
             client.clone(),
@@ -291,7 +302,7 @@ async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Opti
             local.clone(),
             acks_tx,
         ));
-        let ended = remote::receive(&shared, events, &rules, &local, closed).await;
+        let ended = remote::receive(&shared, events, &rules, &local, closed, in_tx).await;
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         if ended == remote::Ended::Remote {

@@ -18,7 +18,7 @@
 //! direction of the pipe waits for the other. When the broker ends the session's connection (an
 //! administrator's disconnect), the reader's end is signalled and the bridge opens it again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::BytesMut;
@@ -53,8 +53,20 @@ pub(crate) struct Delivery {
     pub publish: Publish,
 }
 
-/// An open local session: the link, its deliveries, and the signal that it ended.
-pub(crate) type Opened = (LocalLink, mpsc::Receiver<Delivery>, oneshot::Receiver<()>);
+/// An open local session.
+pub(crate) struct Opened {
+    pub link: LocalLink,
+    /// What the broker delivers to the bridge's session, in order.
+    pub deliveries: mpsc::Receiver<Delivery>,
+    /// Deliveries the broker released (PUBREL; it has recorded their PUBREC): their PUBCOMP
+    /// waits until the remote has completed them too.
+    pub releases: mpsc::Receiver<PacketId>,
+    /// Fires when the broker ended the session's connection.
+    pub closed: oneshot::Receiver<()>,
+    /// Whether the broker had the session already (else the outbox starts empty, and so
+    /// does the session on the remote).
+    pub session_present: bool,
+}
 
 /// The handle the other tasks use to write to the local session.
 #[derive(Debug, Clone)]
@@ -63,6 +75,11 @@ pub(crate) struct LocalLink {
     /// Room in the broker's Receive Maximum for our QoS 1/2 publishes.
     window: Arc<Semaphore>,
     ids: Arc<Mutex<Ids>>,
+    /// Our publishes waiting for the broker's PUBACK / PUBREC: told whether it took them.
+    waiters: Arc<Mutex<HashMap<u16, oneshot::Sender<bool>>>>,
+    /// QoS 2 deliveries whose remote side is finished without a PUBREL to the remote
+    /// (forwarded with QoS 0 or 1, or refused): the broker's PUBREL is completed at once.
+    local_only: Arc<Mutex<HashSet<u16>>>,
 }
 
 /// Packet ids of our publishes in flight, taken from `1..=window` only (the broker's
@@ -102,10 +119,11 @@ impl LocalLink {
     /// receiver, at most `max_inflight` unacknowledged at once.
     pub(crate) async fn open(
         internal: &tern_broker::Internal,
-        client_id: &str,
+        config: &tern_broker::BridgeConfig,
         rules: &Rules,
-        max_inflight: u16,
     ) -> Result<Opened, BridgeError> {
+        let client_id = &config.local_client_id();
+        let max_inflight = config.max_inflight;
         let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
         internal.serve(theirs, client_id);
         let (mut rd, mut wr) = tokio::io::split(ours);
@@ -137,6 +155,19 @@ impl LocalLink {
                     .unwrap_or_default()
             )));
         }
+        // The outbox's limits and what it does when full, instead of the broker's per-session
+        // ones.
+        internal.set_queue_limits(
+            client_id,
+            tern_broker::QueueLimits {
+                max_messages: config.max_outbox_messages,
+                max_bytes: config.max_outbox_bytes,
+                when_full: match config.outbox_full {
+                    tern_broker::OutboxFull::DropOldest => tern_broker::WhenFull::DropOldest,
+                    _ => tern_broker::WhenFull::Block,
+                },
+            },
+        );
         let window = connack
             .properties
             .receive_maximum
@@ -159,6 +190,8 @@ impl LocalLink {
                 next: 0,
                 used: stale.clone(),
             })),
+            waiters: Arc::default(),
+            local_only: Arc::default(),
         };
         let filters: Vec<(ByteString, SubscriptionOptions)> = rules
             .out_filters()
@@ -183,6 +216,7 @@ impl LocalLink {
             false => Vec::new(),
         };
         let (deliveries, rx) = mpsc::channel(usize::from(max_inflight).max(16));
+        let (releases_tx, releases) = mpsc::channel(usize::from(max_inflight).max(16));
         let (link_for_reader, id_for_reader) = (link.clone(), client_id.to_string());
         tokio::spawn(write_loop(wr, write_rx));
         let (closed_tx, closed) = oneshot::channel();
@@ -194,6 +228,7 @@ impl LocalLink {
                 buf,
                 link_for_reader,
                 deliveries,
+                releases_tx,
                 id_for_reader,
                 Some(subscribed_tx),
             );
@@ -232,7 +267,13 @@ impl LocalLink {
         for id in stale.into_iter().filter_map(PacketId::new) {
             link.send(Packet::PubRel(Ack::new(id))).await?;
         }
-        Ok((link, rx, closed))
+        Ok(Opened {
+            link,
+            deliveries: rx,
+            releases,
+            closed,
+            session_present: connack.session_present,
+        })
     }
 
     async fn send(&self, packet: Packet) -> Result<(), BridgeError> {
@@ -252,9 +293,27 @@ impl LocalLink {
         }
     }
 
+    /// The QoS 2 delivery `id` is finished on the remote's side without a PUBREL there:
+    /// the broker's PUBREL for it is completed at once.
+    pub(crate) fn local_only(&self, id: PacketId) {
+        self.local_only
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.get());
+    }
+
+    /// The remote has completed the QoS 2 delivery `id` that the broker released: complete
+    /// it here (PUBCOMP), so the broker removes it from the outbox.
+    pub(crate) async fn completed_release(&self, id: PacketId) -> Result<(), BridgeError> {
+        self.send(Packet::PubComp(Ack::new(id))).await
+    }
+
     /// Publish a message from the remote to this broker; waits while the broker's Receive
-    /// Maximum is used up.
-    pub(crate) async fn publish(&self, mut publish: Publish) -> Result<(), BridgeError> {
+    /// Maximum is used up. For QoS 1/2, the returned receiver tells whether the broker took
+    /// the message (PUBACK / PUBREC, written to its store first when it keeps one), or is
+    /// dropped when the session ended first.
+    pub(crate) async fn publish(&self, mut publish: Publish) -> Result<Option<oneshot::Receiver<bool>>, BridgeError> {
+        let mut taken = None;
         if publish.qos != QoS::AtMostOnce {
             let permit = self
                 .window
@@ -269,8 +328,27 @@ impl LocalLink {
                 .take()
                 .ok_or_else(|| BridgeError::Local("no free packet id".into()))?;
             publish.packet_id = Some(id);
+            let (tx, rx) = oneshot::channel();
+            self.waiters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id.get(), tx);
+            taken = Some(rx);
         }
-        self.send(Packet::Publish(publish)).await
+        self.send(Packet::Publish(publish)).await?;
+        Ok(taken)
+    }
+
+    /// The broker answered our publish `id`: tell its waiter whether it took the message.
+    fn answered(&self, id: PacketId, took: bool) {
+        let waiter = self
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id.get());
+        if let Some(w) = waiter {
+            let _ = w.send(took);
+        }
     }
 
     /// Our publish `id` is complete: its id and its place in the window are free again.
@@ -288,6 +366,7 @@ async fn read_loop(
     mut buf: BytesMut,
     link: LocalLink,
     deliveries: mpsc::Sender<Delivery>,
+    releases: mpsc::Sender<PacketId>,
     client_id: String,
     mut subscribed: Option<oneshot::Sender<()>>,
 ) {
@@ -302,13 +381,36 @@ async fn read_loop(
         };
         let ok = match packet {
             Packet::Publish(publish) => deliveries.send(Delivery { publish }).await.is_ok(),
-            Packet::PubRel(a) => link.send(Packet::PubComp(Ack::new(a.packet_id))).await.is_ok(),
+            // A delivery the broker released: completed at once when the remote has nothing
+            // to release, otherwise once the remote has completed it (PUBREL goes to the
+            // remote only now that the broker has recorded the PUBREC, so that after a crash
+            // the broker resends PUBREL, never the PUBLISH the remote would take for new).
+            Packet::PubRel(a) => {
+                let here = link
+                    .local_only
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&a.packet_id.get());
+                match here {
+                    true => link.send(Packet::PubComp(Ack::new(a.packet_id))).await.is_ok(),
+                    false => releases.send(a.packet_id).await.is_ok(),
+                }
+            }
             Packet::PubRec(a) if a.reason_code.is_error() => {
                 link.completed(a.packet_id);
+                link.answered(a.packet_id, false);
                 true
             }
-            Packet::PubRec(a) => link.send(Packet::PubRel(Ack::new(a.packet_id))).await.is_ok(),
-            Packet::PubAck(a) | Packet::PubComp(a) => {
+            Packet::PubRec(a) => {
+                link.answered(a.packet_id, true);
+                link.send(Packet::PubRel(Ack::new(a.packet_id))).await.is_ok()
+            }
+            Packet::PubAck(a) => {
+                link.completed(a.packet_id);
+                link.answered(a.packet_id, !a.reason_code.is_error());
+                true
+            }
+            Packet::PubComp(a) => {
                 link.completed(a.packet_id);
                 true
             }
@@ -332,6 +434,8 @@ async fn read_loop(
         }
     }
     link.window.close();
+    // Publishes the broker did not answer: their waiters learn that nothing was taken.
+    link.waiters.lock().unwrap_or_else(PoisonError::into_inner).clear();
 }
 
 /// Write packets from `rx` in order, a batch per write, until every sender is gone.

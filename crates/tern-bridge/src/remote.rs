@@ -7,7 +7,21 @@
 //!   acknowledges the delivery locally (the broker removes it from the outbox). A message
 //!   the remote refuses (reason code 0x80 or above, a topic or size it does not take) is
 //!   acknowledged too, logged and counted as dropped: sending it again would not help.
-//! - `receive`: the remote client's events; messages of `in` rules are published locally.
+//! - `release`: the broker's PUBREL of a QoS 2 delivery goes to the remote as PUBREL (under
+//!   the same packet id), and its PUBCOMP back to the broker.
+//! - `receive`: the remote client's events; messages of `in` rules are published locally,
+//!   and `acknowledge_in` acknowledges each to the remote once the broker has taken it.
+//!
+//! ### Packet ids
+//! A delivery goes to the remote under the packet id the broker gave it
+//! ([`PublishOptions::packet_id`]), DUP included. The broker keeps each delivery and its
+//! stage (sent, or PUBREC recorded) in its store until the bridge completes it, and resends
+//! it with its id after a restart ([MQTT-4.4.0-1]); the remote's session, resumed, holds the
+//! same ids. So a QoS 2 message the remote had received before a crash comes to it again
+//! under its id, and the remote takes it for the duplicate it is (v5 [MQTT-4.3.3-10]); and
+//! the remote gets PUBREL only after the broker has recorded the PUBREC (the client holds
+//! PUBREL until [`Client::release`]), so the broker never resends a PUBLISH the remote has
+//! already released.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +30,7 @@ use std::time::Duration;
 use tern_client::{
     Client, ClientError, Event, Events, Options, PendingPublish, PublishOptions, Reconnect, Subscription,
 };
+use tern_proto::session::PublishError;
 use tern_proto::{PacketId, ProtocolVersion, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,7 +39,7 @@ use crate::rules::Rules;
 use crate::{BridgeError, Shared};
 
 /// The client options for the remote, from the bridge's table.
-pub(crate) fn options(shared: &Shared) -> Result<Options, BridgeError> {
+pub(crate) fn options(shared: &Shared, local_session_present: bool) -> Result<Options, BridgeError> {
     let c = &shared.config;
     let bad = |key: &str, why: String| BridgeError::Config(format!("bridge \"{}\": `{key}`: {why}", c.name));
     let mut o = Options::new(c.remote.clone())
@@ -35,7 +50,11 @@ pub(crate) fn options(shared: &Shared) -> Result<Options, BridgeError> {
             ProtocolVersion::V3_1_1
         })
         .keep_alive(Duration::from_secs(u64::from(c.keep_alive_secs)))
-        .clean_start(c.clean_start || qos2_out(c))
+        // Resume the remote session only with the outbox it belongs with: the ids of
+        // deliveries in flight are the same on both sides.
+        .clean_start(c.clean_start || !local_session_present)
+        // A message from the remote is acknowledged once the broker has taken it.
+        .manual_acks(true)
         .reconnect(Reconnect::with_delays(
             Duration::from_millis(c.reconnect_min_ms),
             Duration::from_millis(c.reconnect_max_ms),
@@ -74,14 +93,6 @@ pub(crate) fn options(shared: &Shared) -> Result<Options, BridgeError> {
         o = o.tls(tls);
     }
     Ok(o)
-}
-
-/// Whether an `out` rule forwards QoS 2. The client keeps its QoS 2 state in memory only:
-/// a session the remote kept from an earlier run may hold ids of ours awaiting PUBREL, and a
-/// new message under such an id would be taken for a duplicate and dropped. So such a bridge
-/// starts each run with a clean session on the remote (and resumes it on reconnections).
-fn qos2_out(c: &tern_broker::BridgeConfig) -> bool {
-    c.topics.iter().any(|t| t.direction.is_out() && t.qos == 2)
 }
 
 /// Connect to the remote, retrying with backoff and jitter until it accepts; every failure
@@ -137,6 +148,7 @@ pub(crate) async fn subscribe(shared: &Shared, client: &Client, rules: &Rules) {
 pub(crate) struct Pending {
     id: PacketId,
     local_qos: QoS,
+    remote_qos: QoS,
     outcome: PendingPublish,
 }
 
@@ -173,7 +185,11 @@ pub(crate) async fn forward(
             }
             continue;
         }
-        let mut o = PublishOptions::new().qos(p.qos.min(route.qos)).retain(p.retain);
+        let remote_qos = p.qos.min(route.qos);
+        let mut o = PublishOptions::new().qos(remote_qos).retain(p.retain);
+        if let (Some(id), true) = (p.packet_id, remote_qos != QoS::AtMostOnce) {
+            o = o.packet_id(id, p.dup);
+        }
         if v5 {
             o = with_properties(o, &p).user_property(HOPS, (hops + 1).to_string());
         }
@@ -189,6 +205,7 @@ pub(crate) async fn forward(
                 let pending = Pending {
                     id,
                     local_qos: p.qos,
+                    remote_qos,
                     outcome,
                 };
                 if acks.send(pending).await.is_err() {
@@ -244,19 +261,108 @@ fn with_properties(mut o: PublishOptions, p: &Publish) -> PublishOptions {
 /// Acknowledge each delivery locally once the remote has it, in the order they were sent.
 pub(crate) async fn acknowledge(shared: Arc<Shared>, mut acks: mpsc::Receiver<Pending>, local: LocalLink) {
     while let Some(p) = acks.recv().await {
+        // A QoS 2 delivery forwarded with QoS 2 and received by the remote (PUBREC) has a
+        // PUBREL to pass on (`release`); otherwise the broker's PUBREL is completed here.
+        let mut remote_release = p.remote_qos == QoS::ExactlyOnce;
         match p.outcome.outcome().await {
             Ok(_) => {
-                shared.status.forwarded.fetch_add(1, Ordering::Relaxed);
+                if !remote_release {
+                    shared.status.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Err(ClientError::Publish(e)) => {
                 tracing::warn!(bridge = %shared.config.name, "the remote did not take a message: {e}; dropped");
                 shared.status.dropped.fetch_add(1, Ordering::Relaxed);
                 shared.status.set_error(e.to_string());
+                remote_release = false;
             }
             // The client stopped: the message stays in the outbox for the next start.
             Err(_) => return,
         }
+        if p.local_qos == QoS::ExactlyOnce && !remote_release {
+            local.local_only(p.id);
+        }
         if local.done(p.id, p.local_qos).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Pass each PUBREL of the broker on to the remote, and each PUBCOMP back, in order (the
+/// next PUBREL goes out without waiting for the previous PUBCOMP).
+pub(crate) async fn release(
+    shared: Arc<Shared>,
+    client: Client,
+    mut releases: mpsc::Receiver<PacketId>,
+    local: LocalLink,
+) {
+    let (done_tx, mut done_rx) = mpsc::channel::<(PacketId, PendingPublish)>(usize::from(shared.config.max_inflight));
+    let complete = {
+        let (shared, local, client) = (shared.clone(), local.clone(), client.clone());
+        async move {
+            while let Some((id, mut pending)) = done_rx.recv().await {
+                let mut outcome = pending.outcome().await;
+                // The id is held for a moment by a SUBSCRIBE of the client: release it once
+                // that is answered (completing it here would leave it held on the remote).
+                while let Err(ClientError::Publish(PublishError::NotReceived(_))) = outcome {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let Ok(again) = client.release(id).await else { return };
+                    pending = again;
+                    outcome = pending.outcome().await;
+                }
+                match outcome {
+                    Ok(_) => {
+                        shared.status.forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // 0x92 (the remote completed it before a restart of ours), or the remote
+                    // lost its session: either way nothing more can be done for it.
+                    Err(ClientError::Publish(e)) => {
+                        tracing::debug!(bridge = %shared.config.name, %id, "release: {e}");
+                    }
+                    Err(_) => return,
+                }
+                if local.completed_release(id).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let send = async move {
+        while let Some(id) = releases.recv().await {
+            let Ok(pending) = client.release(id).await else { return };
+            if done_tx.send((id, pending)).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(send, complete);
+}
+
+/// A message from the remote waiting for the broker to take it, then acknowledged to the
+/// remote (in the order they came, [MQTT-4.6.0-2]).
+pub(crate) struct Incoming {
+    message: tern_client::Message,
+    /// `None`: nothing to wait for (QoS 0 here, or not published here at all).
+    taken: Option<oneshot::Receiver<bool>>,
+}
+
+/// Acknowledge each message from the remote once the broker has it (its PUBACK / PUBREC
+/// came, after its store commit): a crash before that leaves it unacknowledged on the
+/// remote, which sends it again.
+pub(crate) async fn acknowledge_in(shared: Arc<Shared>, client: Client, mut incoming: mpsc::Receiver<Incoming>) {
+    while let Some(i) = incoming.recv().await {
+        if let Some(taken) = i.taken {
+            match taken.await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(bridge = %shared.config.name, topic = %i.message.topic, "the broker refused a message from the remote; dropped");
+                    shared.status.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                // The local session ended first: the remote sends it again.
+                Err(_) => return,
+            }
+        }
+        if client.ack(&i.message).await.is_err() {
             return;
         }
     }
@@ -279,6 +385,7 @@ pub(crate) async fn receive(
     rules: &Rules,
     local: &LocalLink,
     mut closed: oneshot::Receiver<()>,
+    acks: mpsc::Sender<Incoming>,
 ) -> Ended {
     let name = &shared.config.name;
     let status = &shared.status;
@@ -295,19 +402,29 @@ pub(crate) async fn receive(
             Event::Message(m) => {
                 let Some(route) = rules.inbound(&m.topic) else {
                     status.dropped.fetch_add(1, Ordering::Relaxed);
+                    if acks.send(Incoming { message: m, taken: None }).await.is_err() {
+                        return Ended::Local;
+                    }
                     continue;
                 };
                 if !shared.config.is_v5() && shared.echoes.is_echo(&m.topic, &m.payload) {
                     status.echoes.fetch_add(1, Ordering::Relaxed);
+                    if acks.send(Incoming { message: m, taken: None }).await.is_err() {
+                        return Ended::Local;
+                    }
                     continue;
                 }
-                let mut p = Publish::new(route.topic, m.payload);
+                let mut p = Publish::new(route.topic, m.payload.clone());
                 p.qos = m.qos.min(route.qos);
                 p.retain = m.retain;
-                p.properties = m.properties;
+                p.properties = m.properties.clone();
                 p.properties.subscription_identifiers.clear();
                 p.properties.topic_alias = None;
-                if local.publish(p).await.is_err() {
+                let taken = match local.publish(p).await {
+                    Ok(taken) => taken,
+                    Err(_) => return Ended::Local,
+                };
+                if acks.send(Incoming { message: m, taken }).await.is_err() {
                     return Ended::Local;
                 }
                 status.received.fetch_add(1, Ordering::Relaxed);

@@ -46,6 +46,19 @@ impl BridgeDirection {
     }
 }
 
+/// What a message for a bridge's outbox does when the outbox is full (`outbox_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OutboxFull {
+    /// Local publishers of the bridge's topics wait (their PUBACK withheld, their connection
+    /// not read) until the outbox is down to half its limits (default): nothing is lost.
+    #[default]
+    Block,
+    /// The oldest message in the outbox is dropped (counted) to make room for the new one.
+    DropOldest,
+}
+
 /// One `[[bridge.topic]]` rule, as Mosquitto's `topic PATTERN DIRECTION QOS LOCAL REMOTE`:
 /// the local topics are `local_prefix` + what `filter` matches, the remote ones `remote_prefix`
 /// + the same.
@@ -172,6 +185,15 @@ pub struct BridgeConfig {
     /// forth.
     #[serde(default = "default_max_hops")]
     pub max_hops: u8,
+    /// Most messages waiting in the outbox beyond those in flight (default 100,000).
+    #[serde(default = "default_outbox_messages")]
+    pub max_outbox_messages: usize,
+    /// Most payload bytes waiting in the outbox (default 64 MiB).
+    #[serde(default = "default_outbox_bytes")]
+    pub max_outbox_bytes: usize,
+    /// When the outbox is full: `block` (default) or `drop_oldest`.
+    #[serde(default)]
+    pub outbox_full: OutboxFull,
     /// The topic rules, `[[bridge.topic]]` tables.
     #[serde(default, rename = "topic")]
     pub topics: Vec<BridgeTopic>,
@@ -206,6 +228,12 @@ fn default_inflight() -> u16 {
 fn default_max_hops() -> u8 {
     1
 }
+fn default_outbox_messages() -> usize {
+    100_000
+}
+fn default_outbox_bytes() -> usize {
+    64 * 1024 * 1024
+}
 
 impl BridgeConfig {
     /// A bridge named `name` to `remote` with default settings and no topic rules.
@@ -229,6 +257,9 @@ impl BridgeConfig {
             reconnect_max_ms: default_reconnect_max(),
             max_inflight: default_inflight(),
             max_hops: default_max_hops(),
+            max_outbox_messages: default_outbox_messages(),
+            max_outbox_bytes: default_outbox_bytes(),
+            outbox_full: OutboxFull::Block,
             topics: Vec::new(),
         }
     }
@@ -328,6 +359,12 @@ impl BridgeConfig {
         }
         if self.max_hops == 0 {
             return bad("max_hops", "must be at least 1".into());
+        }
+        if self.max_outbox_messages == 0 {
+            return bad("max_outbox_messages", "must be at least 1".into());
+        }
+        if self.max_outbox_bytes == 0 {
+            return bad("max_outbox_bytes", "must be at least 1".into());
         }
         if self.max_inflight == 0 {
             return bad("max_inflight", "must be between 1 and 65535".into());

@@ -52,6 +52,7 @@ mod router;
 mod scheduler;
 pub mod security;
 mod session;
+pub use session::{QueueLimits, WhenFull};
 mod store;
 mod sys;
 pub mod trace;
@@ -71,7 +72,7 @@ use tokio::net::TcpListener;
 
 pub use admin::{Admin, MetricsSnapshot, NotReady, StoreSnapshot};
 pub use auth::{AuthExchange, AuthStep, Authenticator};
-pub use bridge_config::{BridgeConfig, BridgeDirection, BridgeTopic};
+pub use bridge_config::{BridgeConfig, BridgeDirection, BridgeTopic, OutboxFull};
 pub use clock::{Clock, ManualClock};
 pub use cluster_config::ClusterConfig;
 pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFormat};
@@ -551,6 +552,19 @@ impl Internal {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let peer = SocketAddr::from(([127, 0, 0, 1], 0));
         tokio::spawn(connection::serve(io, peer, core, origin));
+    }
+
+    /// Give the session of `client_id` its own queue limits and policy when full, in place
+    /// of `max_queued_messages` / `max_queued_bytes` and the backpressure timeout (a
+    /// bridge's outbox), for as long as the broker runs; `false` when it has no session.
+    pub fn set_queue_limits(&self, client_id: &str, limits: QueueLimits) -> bool {
+        let Some(cell) = self.core.sessions.get(client_id) else {
+            return false;
+        };
+        let mut st = cell.lock();
+        st.limits = Some(Box::new(limits));
+        cell.note_fullness(&st, &self.core.config);
+        true
     }
 
     /// A snapshot of the session of `client_id` (its queued and in-flight messages, what it

@@ -101,6 +101,42 @@ pub(crate) struct SessionState {
     pub next_seq: u64,
     /// Since when the queue is over its limits (publishers are being slowed).
     pub full_since: Option<std::time::Instant>,
+    /// Limits of this session's queue in place of `max_queued_messages` /
+    /// `max_queued_bytes` and the backpressure timeout (a bridge's outbox); kept while the
+    /// broker runs.
+    pub limits: Option<Box<QueueLimits>>,
+}
+
+/// A session's own queue limits ([`crate::Internal::set_queue_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most messages queued (in memory, while its client is connected).
+    pub max_messages: usize,
+    /// Most payload bytes queued.
+    pub max_bytes: usize,
+    /// What a message that finds the queue full does.
+    pub when_full: WhenFull,
+}
+
+/// What a message does that finds a session's queue full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Its publisher waits (no PUBACK, its socket not read) until the queue is down to half,
+    /// however long that takes; QoS 0 messages are dropped unless `backpressure_qos0`.
+    Block,
+    /// The oldest queued message is dropped (counted) to make room.
+    DropOldest,
+}
+
+impl SessionState {
+    /// The queue's limits: the session's own, or the broker's; `None` for the broker's
+    /// backpressure policy.
+    fn queue_limits(&self, cfg: &crate::Config) -> (usize, usize, Option<WhenFull>) {
+        match self.limits.as_deref() {
+            Some(l) => (l.max_messages, l.max_bytes, Some(l.when_full)),
+            None => (cfg.max_queued_messages, cfg.max_queued_bytes, None),
+        }
+    }
 }
 
 /// Messages queued for a persistent session that are on disk and not in memory: while its
@@ -188,6 +224,7 @@ impl SessionCell {
                 persistent: false,
                 next_seq: 1,
                 full_since: None,
+                limits: None,
             }),
             connected: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
@@ -230,9 +267,10 @@ impl SessionCell {
 
     /// Refresh the [`SessionCell::is_near_full`] hint from the locked state.
     pub fn note_fullness(&self, st: &SessionState, cfg: &crate::Config) {
+        let (max_messages, max_bytes, _) = st.queue_limits(cfg);
         let near = st.full_since.is_some()
-            || st.queue.len() >= cfg.max_queued_messages / 2
-            || st.queued_bytes >= cfg.max_queued_bytes / 2;
+            || st.queue.len() >= max_messages / 2
+            || st.queued_bytes >= max_bytes / 2;
         self.near_full.store(near, Ordering::Relaxed)
     }
 
@@ -282,6 +320,8 @@ impl SessionCell {
             }
         }
         q.budget.grew(st.queued_bytes.saturating_sub(before));
+        // Dropping the oldest can leave less queued than before.
+        q.budget.shrank(before.saturating_sub(st.queued_bytes));
         q.budget.refused(refused, &self.client_id);
         self.note_fullness(&st, cfg);
         let waker = if was_empty && !st.queue.is_empty() {
@@ -337,20 +377,37 @@ impl SessionCell {
             return Enqueued::OverBudget;
         }
         let mut pressure = false;
-        if st.queue.len() >= cfg.max_queued_messages || st.queued_bytes + size > cfg.max_queued_bytes {
+        let (max_messages, max_bytes, own) = st.queue_limits(cfg);
+        if own == Some(WhenFull::DropOldest) && st.conn_id.is_some() {
+            // Make room by dropping the oldest (their store records too), then queue.
+            while !st.queue.is_empty()
+                && (st.queue.len() >= max_messages || st.queued_bytes + size > max_bytes)
+            {
+                if let Some(gone) = st.pop_queued() {
+                    q.durability.forget_delivery(st.persistent, &self.client_id, gone.seq);
+                    *room = room.saturating_add(gone.msg.payload.len());
+                }
+                st.dropped += 1;
+                if st.dropped.is_power_of_two() {
+                    tracing::warn!(client_id = %self.client_id, dropped = st.dropped, "session queue full: dropping the oldest messages");
+                }
+            }
+        } else if st.queue.len() >= max_messages || st.queued_bytes + size > max_bytes {
             // To a connected client that is draining: queue beyond the limit (up to twice
             // it) and tell the publisher to slow down, rather than drop what QoS 1/2
             // publishers were told is accepted (and, with backpressure_qos0, what QoS 0
             // publishers send faster than the subscriber reads). A client that does not
             // drain for backpressure_timeout_ms is treated as stalled: its messages are
             // dropped and nobody waits for it.
+            // A session with `WhenFull::Block` waits as long as it takes.
             let patient = (out.qos != QoS::AtMostOnce || cfg.backpressure_qos0)
                 && st.conn_id.is_some()
-                && st.queue.len() < 2 * cfg.max_queued_messages
-                && st.queued_bytes + size <= 2 * cfg.max_queued_bytes
-                && st
-                    .full_since
-                    .is_none_or(|t| clock.now().saturating_duration_since(t) < cfg.backpressure_timeout());
+                && st.queue.len() < 2 * max_messages
+                && st.queued_bytes + size <= 2 * max_bytes
+                && (own == Some(WhenFull::Block)
+                    || st.full_since.is_none_or(|t| {
+                        clock.now().saturating_duration_since(t) < cfg.backpressure_timeout()
+                    }));
             if !patient {
                 st.dropped += 1;
                 if st.dropped.is_power_of_two() {
@@ -411,12 +468,15 @@ impl SessionCell {
     /// below half the limits, or it is gone, offline or stalled.
     pub fn has_room(&self, cfg: &crate::Config, clock: &Clock) -> bool {
         let st = self.lock();
+        let (max_messages, max_bytes, own) = st.queue_limits(cfg);
         st.ended
             || st.conn_id.is_none()
-            || st
-                .full_since
-                .is_none_or(|t| clock.now().saturating_duration_since(t) >= cfg.backpressure_timeout())
-            || (st.queue.len() <= cfg.max_queued_messages / 2 && st.queued_bytes <= cfg.max_queued_bytes / 2)
+            || st.full_since.is_none()
+            || (own != Some(WhenFull::Block)
+                && st
+                    .full_since
+                    .is_some_and(|t| clock.now().saturating_duration_since(t) >= cfg.backpressure_timeout()))
+            || (st.queue.len() <= max_messages / 2 && st.queued_bytes <= max_bytes / 2)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tern_proto::codec::{PublishProperties, SubscribeProperties, UnsubscribeProperties};
 use tern_proto::session::PublishOutcome;
 use tern_proto::{
-    ByteString, Bytes, Disconnect, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling, SubAck,
+    ByteString, Bytes, Disconnect, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     SubscriptionOptions, UnsubAck,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,12 +22,25 @@ pub struct PublishOptions {
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
     pub(crate) properties: PublishProperties,
+    pub(crate) relay: Option<(PacketId, bool)>,
 }
 
 impl PublishOptions {
     /// QoS 0, not retained, no properties.
     pub fn new() -> PublishOptions {
         PublishOptions::default()
+    }
+
+    /// Send a QoS 1/2 message under this packet identifier and DUP flag rather than one
+    /// the client picks: for a program relaying messages it keeps in its own store, which
+    /// sends a message again after its own restart under the identifier it used before, so
+    /// that the server recognises a QoS 2 message it already has (v5 [MQTT-4.3.3-10]). The
+    /// message waits while the identifier is held by another packet of this client. A QoS 2
+    /// message sent so resolves at PUBREC: the client sends PUBREL only when
+    /// [`Client::release`] is called for it.
+    pub fn packet_id(mut self, id: PacketId, dup: bool) -> PublishOptions {
+        self.relay = Some((id, dup));
+        self
     }
 
     /// Quality of service.
@@ -270,7 +283,12 @@ impl Client {
         publish.qos = options.qos;
         publish.retain = options.retain;
         publish.properties = options.properties;
-        Client::call(&self.inner.publish, |reply| PublishCommand { publish, reply }).await
+        if let Some((id, dup)) = options.relay {
+            publish.packet_id = Some(id);
+            publish.dup = dup;
+        }
+        let relay = options.relay.is_some();
+        Client::call(&self.inner.publish, |reply| PublishCommand { publish, reply, relay }).await
     }
 
     /// Hand a publish to the client and return once it is queued, in call order, without
@@ -287,13 +305,44 @@ impl Client {
         publish.qos = options.qos;
         publish.retain = options.retain;
         publish.properties = options.properties;
+        if let Some((id, dup)) = options.relay {
+            publish.packet_id = Some(id);
+            publish.dup = dup;
+        }
+        let relay = options.relay.is_some();
         let (reply, rx) = oneshot::channel();
         self.inner
             .publish
-            .send(PublishCommand { publish, reply })
+            .send(PublishCommand { publish, reply, relay })
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(PendingPublish { rx })
+    }
+
+    /// Send PUBREL for the QoS 2 message sent with [`PublishOptions::packet_id`] under `id`
+    /// whose PUBREC came; the returned publish resolves at PUBCOMP. An identifier the client
+    /// does not know (the program restarted after it recorded the PUBREC) is released too;
+    /// a 5.0 server that has completed it already answers 0x92 Packet Identifier not found
+    /// ([`ClientError::Publish`] with [`tern_proto::session::PublishError::Rejected`]).
+    pub async fn release(&self, id: PacketId) -> Result<PendingPublish, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .control
+            .send(ControlCommand::Release { id, reply })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(PendingPublish { rx })
+    }
+
+    /// With [`Options::manual_acks`]: acknowledge `message` (PUBACK for QoS 1, PUBREC for
+    /// QoS 2; nothing for QoS 0). Call in the order the messages came.
+    pub async fn ack(&self, message: &crate::Message) -> Result<(), ClientError> {
+        let Some(id) = message.packet_id else { return Ok(()) };
+        self.inner
+            .control
+            .send(ControlCommand::Ack { id, qos: message.qos })
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Subscribe to one filter; returns the QoS the server granted, or

@@ -3,7 +3,7 @@
 
 use tern_proto::codec::{SubscribeProperties, UnsubscribeProperties};
 use tern_proto::session::PublishOutcome;
-use tern_proto::{ByteString, Bytes, Disconnect, Publish, SubAck, SubscriptionOptions, UnsubAck};
+use tern_proto::{ByteString, Bytes, Disconnect, PacketId, Publish, QoS, SubAck, SubscriptionOptions, UnsubAck};
 use tokio::sync::oneshot;
 
 use crate::{ClientError, Message};
@@ -17,6 +17,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 pub(crate) struct PublishCommand {
     pub publish: Publish,
     pub reply: Reply<PublishOutcome>,
+    /// Sent under its own packet id and DUP (`PublishOptions::packet_id`).
+    pub relay: bool,
 }
 
 /// SUBSCRIBE / UNSUBSCRIBE.
@@ -41,6 +43,10 @@ pub(crate) enum ControlCommand {
         disconnect: Disconnect,
         reply: oneshot::Sender<()>,
     },
+    /// Acknowledge an incoming message (manual acknowledgements).
+    Ack { id: PacketId, qos: QoS },
+    /// Send PUBREL for a relayed QoS 2 message; `reply` at PUBCOMP.
+    Release { id: PacketId, reply: Reply<PublishOutcome> },
     /// Route the message with this correlation data on `topic` to `reply`.
     ExpectResponse {
         topic: ByteString,

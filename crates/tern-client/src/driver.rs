@@ -276,7 +276,10 @@ impl Driver {
 
     fn on_command(&mut self, now: Instant, input: Input) {
         match input {
-            Input::Publish(Some(cmd)) => match self.session.publish(now, cmd.publish) {
+            Input::Publish(Some(cmd)) => match match cmd.relay {
+                true => self.session.publish_as(now, cmd.publish),
+                false => self.session.publish(now, cmd.publish),
+            } {
                 Ok(token) => {
                     self.publishes.insert(token, cmd.reply);
                 }
@@ -313,6 +316,15 @@ impl Driver {
                 self.stopping = true;
                 self.session.disconnect(now, disconnect);
             }
+            Input::Control(Some(ControlCommand::Ack { id, qos })) => self.session.ack(now, id, qos),
+            Input::Control(Some(ControlCommand::Release { id, reply })) => match self.session.release(now, id) {
+                Ok(token) => {
+                    self.publishes.insert(token, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
             Input::Control(Some(ControlCommand::ExpectResponse {
                 topic,
                 correlation,
@@ -403,6 +415,11 @@ impl Driver {
                     }
                 }
                 self.push_app(Event::Message(Message::from_publish(p)));
+            }
+            SessionEvent::PublishReceived { token } => {
+                if let Some(r) = self.publishes.remove(&token) {
+                    let _ = r.send(Ok(PublishOutcome::default()));
+                }
             }
             SessionEvent::PublishDone { token, result } => {
                 if let Some(r) = self.publishes.remove(&token) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tern_proto::codec::PublishProperties;
 use tern_proto::session::CloseReason;
-use tern_proto::{ByteString, Bytes, ConnAck, Publish, QoS, ReasonCode};
+use tern_proto::{ByteString, Bytes, ConnAck, PacketId, Publish, QoS, ReasonCode};
 use tokio::sync::mpsc;
 
 use crate::ClientError;
@@ -26,11 +26,14 @@ pub struct Message {
     /// 5.0 properties: message expiry, content type, payload format, response
     /// topic, correlation data, user properties, subscription identifiers.
     pub properties: PublishProperties,
+    /// The packet identifier it came with (QoS 1/2): what [`crate::Client::ack`] answers.
+    pub packet_id: Option<PacketId>,
 }
 
 impl Message {
     pub(crate) fn from_publish(p: Publish) -> Message {
         Message {
+            packet_id: p.packet_id,
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,

@@ -125,6 +125,7 @@ pub struct Options {
     pub(crate) max_queued: usize,
     pub(crate) max_inflight: u16,
     pub(crate) topic_aliases: bool,
+    pub(crate) manual_acks: bool,
     pub(crate) event_capacity: usize,
     pub(crate) connector: Option<Arc<dyn Connector>>,
     pub(crate) tls: Option<TlsOptions>,
@@ -148,6 +149,7 @@ impl std::fmt::Debug for Options {
             .field("max_queued", &self.max_queued)
             .field("max_inflight", &self.max_inflight)
             .field("topic_aliases", &self.topic_aliases)
+            .field("manual_acks", &self.manual_acks)
             .field("event_capacity", &self.event_capacity)
             .field("tls", &self.tls)
             .field("scram", &self.scram.as_ref().map(|(u, _)| u))
@@ -177,6 +179,7 @@ impl Options {
             max_queued: 1000,
             max_inflight: u16::MAX,
             topic_aliases: false,
+            manual_acks: false,
             event_capacity: 64,
             connector: None,
             tls: None,
@@ -299,6 +302,15 @@ impl Options {
     /// Use topic aliases automatically (5.0, up to the server's Topic Alias Maximum).
     pub fn auto_topic_alias(mut self, on: bool) -> Options {
         self.topic_aliases = on;
+        self
+    }
+
+    /// Acknowledge incoming QoS 1/2 messages only when [`crate::Client::ack`] is called
+    /// for them (default off: PUBACK or PUBREC as each arrives). The server keeps a message
+    /// until then, and sends it again after a reconnection: a program that stores what it
+    /// receives acknowledges once it is stored, and loses nothing if it crashes before.
+    pub fn manual_acks(mut self, on: bool) -> Options {
+        self.manual_acks = on;
         self
     }
 
@@ -478,6 +490,7 @@ impl Options {
         config.max_queued = self.max_queued;
         config.max_inflight = self.max_inflight;
         config.topic_aliases = self.topic_aliases && v.is_v5();
+        config.manual_acks = self.manual_acks;
         Ok(config)
     }
 }

@@ -1,41 +1,45 @@
-//! The outbox is bounded by the broker's session queue limits: while the remote is down and
-//! the outbox is full, local publishers are slowed down for `backpressure_timeout_ms`, then
-//! new messages are dropped and counted; what was queued first reaches the remote.
+//! The outbox has its own limits (`max_outbox_messages`, `max_outbox_bytes`) and policy when
+//! full (`outbox_full`): `block` holds local publishers back for as long as the remote is
+//! away, losing nothing; `drop_oldest` keeps the newest and counts what it dropped.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tern_bridge::Bridges;
-use tern_broker::{BridgeDirection, BridgeTopic, BrokerBuilder};
+use tern_broker::{BridgeConfig, BridgeDirection, BridgeTopic, BrokerBuilder, BrokerHandle, OutboxFull};
 use tern_client::{ProtocolVersion, QoS};
 
 use crate::support::*;
 
 /// Messages published while the remote is down.
 const SENT: usize = 100;
-const MAX_QUEUED: usize = 20;
+const MAX_OUTBOX: usize = 20;
 const INFLIGHT: u16 = 5;
 
-#[tokio::test]
-async fn a_full_outbox_drops_the_newest_messages_and_counts_them() {
-    let mut mosquitto = Mosquitto::start().await;
-    let (collector, mut events) = client(&mosquitto.url(), "limits-collector", ProtocolVersion::V3_1_1).await;
-    collector.subscribe("edge/#", QoS::AtLeastOnce).await.unwrap();
-    mosquitto.stop();
-
+/// A broker whose own per-session limits and backpressure timeout are small, so that a
+/// bridge that kept to them would drop after 200 ms; and a bridge with an outbox of
+/// `MAX_OUTBOX` messages towards the stopped `mosquitto`.
+async fn broker_and_bridge(name: &str, remote: &str, full: OutboxFull) -> (BrokerHandle, Bridges) {
     let broker = BrokerBuilder::new()
         .listen("127.0.0.1:0".parse().unwrap())
         .configure(|c| {
             c.sys_interval_secs = 0;
-            c.max_queued_messages = MAX_QUEUED;
+            c.max_queued_messages = 1000;
             c.backpressure_timeout_ms = 200;
         })
         .bind()
         .await
         .unwrap()
         .spawn();
-    let config = bridge("limits", &mosquitto.url(), "5")
+    let config: BridgeConfig = bridge(name, remote, "5")
         .topic(BridgeTopic::new("#", BridgeDirection::Out).prefixes("", "edge/"))
-        .with(|c| c.max_inflight = INFLIGHT);
+        .with(|c| {
+            c.max_inflight = INFLIGHT;
+            c.max_outbox_messages = MAX_OUTBOX;
+            c.outbox_full = full;
+        });
     let local_id = config.local_client_id();
     let bridges = Bridges::start(broker.internal(), &[config]).await.unwrap();
     wait_for("the bridge's local session", || {
@@ -44,8 +48,19 @@ async fn a_full_outbox_drops_the_newest_messages_and_counts_them() {
             .is_some_and(|s| s.subscriptions.len() == 1)
     })
     .await;
+    (broker, bridges)
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_newest_messages_and_counts_the_others() {
+    let mut mosquitto = Mosquitto::start().await;
+    let (collector, mut events) = client(&mosquitto.url(), "limits-collector", ProtocolVersion::V3_1_1).await;
+    collector.subscribe("edge/#", QoS::AtLeastOnce).await.unwrap();
+    mosquitto.stop();
+    let (broker, bridges) = broker_and_bridge("drop", &mosquitto.url(), OutboxFull::DropOldest).await;
 
     let (publisher, _p) = client(&url_of(&broker), "limits-publisher", ProtocolVersion::V5).await;
+    // Never held back: every PUBACK comes while the remote is down.
     for n in 0..SENT {
         publisher
             .publish("seq", n.to_string(), QoS::AtLeastOnce)
@@ -55,10 +70,9 @@ async fn a_full_outbox_drops_the_newest_messages_and_counts_them() {
     let s = state(&bridges);
     assert!(!s.connected);
     assert_eq!(s.outbox_messages + s.outbox_dropped as usize, SENT, "{s:?}");
-    assert!(s.outbox_dropped > 0, "{s:?}");
     assert!(
-        s.outbox_messages <= 2 * MAX_QUEUED + usize::from(INFLIGHT),
-        "queued beyond the limits only while publishers were slowed down: {s:?}"
+        s.outbox_messages <= MAX_OUTBOX + usize::from(INFLIGHT),
+        "at most max_outbox_messages wait beyond those in flight: {s:?}"
     );
     let kept = s.outbox_messages;
 
@@ -68,15 +82,65 @@ async fn a_full_outbox_drops_the_newest_messages_and_counts_them() {
         let m = next(&mut events).await;
         seen.insert(m.payload_str().unwrap().parse::<usize>().unwrap());
     }
-    assert_eq!(
-        seen,
-        (0..kept).collect(),
-        "the oldest are kept, the newest dropped"
-    );
+    // The first few had gone to the bridge (in flight) before the outbox filled; of the
+    // others, the newest are kept.
+    let queued: Vec<usize> = seen.iter().copied().filter(|&n| n >= usize::from(INFLIGHT)).collect();
+    let newest: Vec<usize> = (SENT - queued.len()..SENT).collect();
+    assert_eq!(queued, newest, "the oldest are dropped, the newest kept");
     wait_for("the outbox to empty", || state(&bridges).outbox_messages == 0).await;
     eprintln!(
-        "{SENT} sent while the remote was down: {kept} kept and forwarded, {} dropped",
+        "drop_oldest: {SENT} sent while the remote was down, {kept} kept and forwarded, {} dropped",
         SENT - kept
     );
+    bridges.stop().await;
+}
+
+#[tokio::test]
+async fn block_holds_publishers_back_until_the_remote_returns_and_loses_nothing() {
+    let mut mosquitto = Mosquitto::start().await;
+    let (collector, mut events) = client(&mosquitto.url(), "block-collector", ProtocolVersion::V3_1_1).await;
+    collector.subscribe("edge/#", QoS::AtLeastOnce).await.unwrap();
+    mosquitto.stop();
+    let (broker, bridges) = broker_and_bridge("block", &mosquitto.url(), OutboxFull::Block).await;
+
+    let (publisher, _p) = client(&url_of(&broker), "block-publisher", ProtocolVersion::V5).await;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let task = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            for n in 0..SENT {
+                publisher
+                    .publish("seq", n.to_string(), QoS::AtLeastOnce)
+                    .await
+                    .unwrap();
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Far beyond the broker's backpressure timeout (200 ms): still held back, nothing dropped.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = acked.load(Ordering::Relaxed);
+    let s = state(&bridges);
+    assert!(held < SENT, "the publisher is held back while the outbox is full: {held} acknowledged");
+    assert!(held >= MAX_OUTBOX, "up to the limit it is not: {held} acknowledged");
+    assert_eq!(s.outbox_dropped, 0, "block drops nothing: {s:?}");
+    assert!(
+        s.outbox_messages <= 2 * MAX_OUTBOX + usize::from(INFLIGHT),
+        "the outbox stays bounded: {s:?}"
+    );
+
+    mosquitto.restart().await;
+    let mut seen = Vec::new();
+    while seen.len() < SENT {
+        let m = next(&mut events).await;
+        let n: usize = m.payload_str().unwrap().parse().unwrap();
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+    }
+    task.await.unwrap();
+    assert_eq!(seen, (0..SENT).collect::<Vec<_>>(), "all of them, in order");
+    assert_eq!(state(&bridges).outbox_dropped, 0);
+    eprintln!("block: publisher held at {held} of {SENT} while the remote was down; all {SENT} forwarded");
     bridges.stop().await;
 }

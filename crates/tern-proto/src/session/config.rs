@@ -25,6 +25,11 @@ pub struct ClientConfig {
     /// Assign topic aliases to outgoing messages, up to the server's Topic
     /// Alias Maximum (5.0; default off).
     pub topic_aliases: bool,
+    /// Acknowledge incoming QoS 1/2 messages only when the application calls
+    /// [`super::ClientSession::ack`] (default off: PUBACK / PUBREC as each arrives). For a
+    /// program that must keep a message somewhere before the server may forget it (a bridge
+    /// writing it to its own store).
+    pub manual_acks: bool,
 }
 
 impl ClientConfig {
@@ -37,6 +42,7 @@ impl ClientConfig {
             max_queued: 1000,
             max_requests: 64,
             topic_aliases: false,
+            manual_acks: false,
         }
     }
 

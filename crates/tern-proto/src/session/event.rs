@@ -95,6 +95,13 @@ pub enum PublishError {
     /// The session ended before the message completed.
     #[error("the session closed before the message was acknowledged")]
     Closed,
+    /// [`super::ClientSession::publish_as`] without a packet identifier, or with QoS 0.
+    #[error("a relayed publish needs QoS 1 or 2 and its packet identifier")]
+    NoPacketId,
+    /// [`super::ClientSession::release`] of an identifier whose PUBLISH is still waiting
+    /// for PUBREC, or that a SUBSCRIBE or UNSUBSCRIBE holds.
+    #[error("packet identifier {0} is not waiting for release")]
+    NotReceived(u16),
 }
 
 /// Why a subscribe or unsubscribe did not complete.
@@ -194,6 +201,14 @@ pub enum Event {
     /// An application message from the server: topic resolved from its alias,
     /// Topic Alias property removed. QoS 2 messages appear once.
     Message(Publish),
+    /// A QoS 2 message sent with [`super::ClientSession::publish_as`] was received by the
+    /// server (PUBREC): the session sends PUBREL only when
+    /// [`super::ClientSession::release`] is called, and then [`Event::PublishDone`] comes
+    /// with the same token at PUBCOMP.
+    PublishReceived {
+        /// The command's token.
+        token: Token,
+    },
     /// A publish finished.
     PublishDone {
         /// The command's token.

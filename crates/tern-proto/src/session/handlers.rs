@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::alias::AliasError;
 use super::inbound::Qos2Arrival;
-use super::outbound::{AckMatch, InFlight, Queued};
+use super::outbound::{AckMatch, InFlight, PubRec, Queued};
 use super::{ClientSession, CloseReason, Event, PublishError, PublishOutcome, RequestError};
 use crate::codec::AckProperties;
 use crate::packet::PacketType;
@@ -67,16 +67,24 @@ impl ClientSession {
         };
         match p.qos {
             QoS::AtMostOnce => self.events.push_back(Event::Message(p)),
+            // With manual acknowledgements, PUBACK / PUBREC wait for `ack`.
+            QoS::AtLeastOnce if self.config.manual_acks => self.events.push_back(Event::Message(p)),
             QoS::AtLeastOnce => {
                 // [MQTT-4.3.2-4], [MQTT-4.6.0-2]: PUBACK in the order of arrival.
                 self.events.push_back(Event::Message(p));
                 self.send(now, Packet::PubAck(Ack::new(id)));
             }
             QoS::ExactlyOnce => match self.inbound.on_publish(id, p.dup) {
+                Qos2Arrival::Deliver if self.config.manual_acks => {
+                    self.held_acks.insert(id.get());
+                    self.events.push_back(Event::Message(p));
+                }
                 Qos2Arrival::Deliver => {
                     self.events.push_back(Event::Message(p));
                     self.send(now, Packet::PubRec(Ack::new(id)));
                 }
+                // Delivered and not acknowledged by the application yet: PUBREC comes then.
+                Qos2Arrival::Duplicate if self.held_acks.contains(&id.get()) => {}
                 Qos2Arrival::Duplicate => self.send(now, Packet::PubRec(Ack::new(id))),
                 Qos2Arrival::IdInUse => {
                     let ack = if self.version.is_v5() {
@@ -129,24 +137,38 @@ impl ClientSession {
         if !self.problem_information_ok(now, &a.properties, PacketType::PubRec) {
             return;
         }
-        match self
-            .outbound
-            .window()
-            .on_pubrec(a.packet_id, a.reason_code.is_error())
-        {
+        let (mut relayed, mut done) = (None, None);
+        let matched = self.outbound.window().on_pubrec_with(
+            a.packet_id,
+            a.reason_code.is_error(),
+            |f| relayed = f.message.relay.then_some(f.message.token),
+            |f| done = Some(f),
+        );
+        let id = a.packet_id;
+        match matched {
             // [MQTT-4.4.0-2]: a failure code ends the flow.
-            AckMatch::Completed(f) => self.complete(f, a.reason_code, a.properties),
-            // [MQTT-4.3.3-4]
-            AckMatch::Released | AckMatch::AlreadyReleased => {
-                self.send(now, Packet::PubRel(Ack::new(a.packet_id)))
+            PubRec::Completed => {
+                if let Some(f) = done {
+                    self.complete(f, a.reason_code, a.properties);
+                }
             }
+            // A relayed message: PUBREL waits for `release`.
+            PubRec::Released if relayed.is_some() => {
+                self.held_releases.insert(id.get());
+                if let Some(token) = relayed {
+                    self.events.push_back(Event::PublishReceived { token });
+                }
+            }
+            PubRec::AlreadyReleased if self.held_releases.contains(&id.get()) => {}
+            // [MQTT-4.3.3-4]
+            PubRec::Released | PubRec::AlreadyReleased => self.send(now, Packet::PubRel(Ack::new(id))),
             // Only QoS 1 and 2 messages are in flight.
-            AckMatch::WrongQoS => self.violation(now, Violation::PubRecForQoS1(a.packet_id)),
-            AckMatch::Unknown => {
+            PubRec::WrongQoS => self.violation(now, Violation::PubRecForQoS1(id)),
+            PubRec::Unknown => {
                 let rel = if self.version.is_v5() {
-                    Ack::with_reason(a.packet_id, ReasonCode::PacketIdentifierNotFound)
+                    Ack::with_reason(id, ReasonCode::PacketIdentifierNotFound)
                 } else {
-                    Ack::new(a.packet_id)
+                    Ack::new(id)
                 };
                 self.send(now, Packet::PubRel(rel));
             }

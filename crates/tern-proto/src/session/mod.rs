@@ -114,6 +114,12 @@ pub struct ClientSession {
     next_token: u64,
     /// The enhanced authentication method, if any (5.0).
     auth: Option<Box<dyn AuthMethod>>,
+    /// Relayed QoS 2 publishes the server received (PUBREC) whose PUBREL waits for
+    /// [`ClientSession::release`].
+    held_releases: rustc_hash::FxHashSet<u16>,
+    /// With `manual_acks`: incoming QoS 2 messages delivered whose PUBREC waits for
+    /// [`ClientSession::ack`].
+    held_acks: rustc_hash::FxHashSet<u16>,
 }
 
 impl ClientSession {
@@ -144,6 +150,8 @@ impl ClientSession {
             events: VecDeque::new(),
             next_token: 0,
             auth: None,
+            held_releases: Default::default(),
+            held_acks: Default::default(),
             config,
         }
     }
@@ -337,15 +345,92 @@ impl ClientSession {
         }
         publish.dup = false;
         publish.packet_id = None;
+        self.enqueue(now, publish, false)
+    }
+
+    fn enqueue(&mut self, now: Instant, mut publish: Publish, relay: bool) -> Result<Token, PublishError> {
         publish.properties.topic_alias = None;
         self.check_publish(&publish)?;
         if !self.outbound.has_room() {
             return Err(PublishError::QueueFull);
         }
         let token = self.token();
-        self.outbound.enqueue(token, publish);
+        self.outbound.enqueue(token, publish, relay);
         self.pump(now);
         Ok(token)
+    }
+
+    /// Publish a QoS 1/2 message under the caller's packet identifier and DUP flag, for a
+    /// program that relays messages it keeps elsewhere (a bridge resending, after its own
+    /// restart, what it had sent before under the same identifier, so that the server takes
+    /// a QoS 2 message it has already received for a duplicate, v5 [MQTT-4.3.3-10]). The
+    /// message waits while the identifier is held by another packet. For QoS 2, the
+    /// session sends no PUBREL by itself: [`Event::PublishReceived`] reports the PUBREC and
+    /// [`ClientSession::release`] sends PUBREL, so that the caller can first record that
+    /// the message must never be sent again. Otherwise as [`ClientSession::publish`].
+    pub fn publish_as(&mut self, now: Instant, publish: Publish) -> Result<Token, PublishError> {
+        if publish.qos == QoS::AtMostOnce || publish.packet_id.is_none() {
+            return Err(PublishError::NoPacketId);
+        }
+        topic::validate_topic_name(&publish.topic).map_err(PublishError::InvalidTopic)?;
+        self.enqueue(now, publish, true)
+    }
+
+    /// Send PUBREL for the QoS 2 message with `id` (see [`ClientSession::publish_as`]);
+    /// [`Event::PublishDone`] comes with the returned token at PUBCOMP. An identifier the
+    /// session does not know (the caller restarted after it had recorded the PUBREC) is
+    /// released too: it takes a place in the window until PUBCOMP, and a 5.0 server that
+    /// has forgotten it answers 0x92 Packet Identifier not found. Sent at once when
+    /// connected, otherwise when the session is resumed ([MQTT-4.4.0-1]).
+    pub fn release(&mut self, now: Instant, id: PacketId) -> Result<Token, PublishError> {
+        if let Some(f) = self.outbound.window().get(id) {
+            if f.stage != Stage::Released {
+                return Err(PublishError::NotReceived(id.get()));
+            }
+            let token = f.message.token;
+            if self.held_releases.remove(&id.get()) && self.phase == Phase::Connected {
+                self.send(now, Packet::PubRel(Ack::new(id)));
+            }
+            return Ok(token);
+        }
+        if !self.ids.insert(id) {
+            return Err(PublishError::NotReceived(id.get()));
+        }
+        let token = self.token();
+        let mut publish = Publish::new("", bytes::Bytes::new());
+        publish.qos = QoS::ExactlyOnce;
+        publish.packet_id = Some(id);
+        self.outbound.push_inflight(InFlight {
+            id,
+            stage: Stage::Released,
+            message: outbound::Queued {
+                token,
+                publish,
+                relay: true,
+            },
+        });
+        if self.phase == Phase::Connected {
+            self.send(now, Packet::PubRel(Ack::new(id)));
+        }
+        Ok(token)
+    }
+
+    /// With [`ClientConfig::manual_acks`]: the application is done with the incoming
+    /// message `id` of `qos`; send its PUBACK (QoS 1) or PUBREC (QoS 2). Call in the order
+    /// the messages arrived ([MQTT-4.6.0-2]). While offline nothing is sent: the server
+    /// sends the message again when the session is resumed, and it is acknowledged then.
+    pub fn ack(&mut self, now: Instant, id: PacketId, qos: QoS) {
+        let connected = self.phase == Phase::Connected;
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce if connected => self.send(now, Packet::PubAck(Ack::new(id))),
+            QoS::AtLeastOnce => {}
+            QoS::ExactlyOnce => {
+                if self.held_acks.remove(&id.get()) && connected {
+                    self.send(now, Packet::PubRec(Ack::new(id)));
+                }
+            }
+        }
     }
 
     /// Check a message against the version and the server's limits (known after
@@ -635,6 +720,7 @@ impl ClientSession {
         let packets: Vec<Packet> = self
             .outbound
             .inflight()
+            .filter(|f| !(f.stage == Stage::Released && self.held_releases.contains(&f.id.get())))
             .map(|f| match f.stage {
                 Stage::Published => {
                     let mut p = f.message.publish.clone();
@@ -653,6 +739,8 @@ impl ClientSession {
     /// send unacknowledged messages again as new ones, and re-subscribe.
     fn session_lost(&mut self) {
         self.inbound.clear();
+        self.held_acks.clear();
+        self.held_releases.clear();
         let (ids, released) = self.outbound.requeue_unacknowledged();
         for id in ids {
             self.ids.release(id);
@@ -710,7 +798,13 @@ impl ClientSession {
                 });
                 continue;
             }
-            let Some(id) = self.ids.allocate() else {
+            let id = match (q.relay, q.publish.packet_id) {
+                (true, Some(id)) if self.ids.insert(id) => Some(id),
+                // The caller's identifier is held by another packet: wait for it.
+                (true, _) => None,
+                (false, _) => self.ids.allocate(),
+            };
+            let Some(id) = id else {
                 self.outbound.unsend(q);
                 break;
             };

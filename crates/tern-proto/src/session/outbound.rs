@@ -47,6 +47,10 @@ pub struct InFlight<M> {
 pub(crate) struct Queued {
     pub token: Token,
     pub publish: Publish,
+    /// Sent with [`super::ClientSession::publish_as`]: the packet identifier is the
+    /// caller's (kept when the message is sent again as new), and QoS 2 waits for
+    /// [`super::ClientSession::release`] before PUBREL.
+    pub relay: bool,
 }
 
 impl Deliverable for Queued {
@@ -263,8 +267,8 @@ impl Outbound {
     }
 
     /// Queue a message behind the others.
-    pub(crate) fn enqueue(&mut self, token: Token, publish: Publish) {
-        self.pending.push_back(Queued { token, publish });
+    pub(crate) fn enqueue(&mut self, token: Token, publish: Publish, relay: bool) {
+        self.pending.push_back(Queued { token, publish, relay });
     }
 
     /// Take the next message if the window allows it: QoS 0 always, QoS 1/2
@@ -311,7 +315,9 @@ impl Outbound {
             ids.push(f.id);
             match f.stage {
                 Stage::Published => {
-                    f.message.publish.packet_id = None;
+                    if !f.message.relay {
+                        f.message.publish.packet_id = None;
+                    }
                     f.message.publish.dup = false;
                     again.push(f.message);
                 }
@@ -364,9 +370,9 @@ mod tests {
     fn window_respects_quota_and_keeps_order_mqtt_3_3_4_7() {
         // v5 [MQTT-3.3.4-7], v5 [MQTT-4.9.0-2]: no QoS>0 PUBLISH beyond the quota.
         let mut o = Outbound::new(10);
-        o.enqueue(Token(1), publish(QoS::AtLeastOnce));
-        o.enqueue(Token(2), publish(QoS::AtLeastOnce));
-        o.enqueue(Token(3), publish(QoS::AtMostOnce));
+        o.enqueue(Token(1), publish(QoS::AtLeastOnce), false);
+        o.enqueue(Token(2), publish(QoS::AtLeastOnce), false);
+        o.enqueue(Token(3), publish(QoS::AtMostOnce), false);
         assert!(send(&mut o, 1, 1));
         // Quota 1 reached: the second QoS 1 waits and the QoS 0 behind it too.
         assert!(o.next_sendable(1).is_none());
@@ -380,8 +386,8 @@ mod tests {
     #[test]
     fn qos2_flow_and_mismatched_acknowledgements() {
         let mut o = Outbound::new(10);
-        o.enqueue(Token(1), publish(QoS::ExactlyOnce));
-        o.enqueue(Token(2), publish(QoS::AtLeastOnce));
+        o.enqueue(Token(1), publish(QoS::ExactlyOnce), false);
+        o.enqueue(Token(2), publish(QoS::AtLeastOnce), false);
         assert!(send(&mut o, 10, 1));
         assert!(send(&mut o, 10, 2));
         assert!(matches!(o.window().on_puback(pid(1)), AckMatch::WrongQoS));
@@ -400,7 +406,7 @@ mod tests {
     fn failed_pubrec_ends_the_flow_mqtt_4_4_0_2() {
         // v5 [MQTT-4.4.0-2]: a PUBREC of 0x80 or more ends the flow.
         let mut o = Outbound::new(10);
-        o.enqueue(Token(1), publish(QoS::ExactlyOnce));
+        o.enqueue(Token(1), publish(QoS::ExactlyOnce), false);
         assert!(send(&mut o, 10, 1));
         assert!(matches!(
             o.window().on_pubrec(pid(1), true),
@@ -413,13 +419,13 @@ mod tests {
     fn lost_session_requeues_in_order() {
         let mut o = Outbound::new(10);
         for t in 1..=3 {
-            o.enqueue(Token(t), publish(QoS::ExactlyOnce));
+            o.enqueue(Token(t), publish(QoS::ExactlyOnce), false);
         }
         for id in 1..=3 {
             assert!(send(&mut o, 10, id));
         }
         assert!(matches!(o.window().on_pubrec(pid(2), false), AckMatch::Released));
-        o.enqueue(Token(4), publish(QoS::AtMostOnce));
+        o.enqueue(Token(4), publish(QoS::AtMostOnce), false);
         let (ids, released) = o.requeue_unacknowledged();
         assert_eq!(ids.len(), 3);
         assert_eq!(released.len(), 1);

@@ -686,3 +686,124 @@ fn requests_made_offline_go_out_on_connect_and_abandon_fails_everything() {
         result: Err(RequestError::Closed)
     }));
 }
+
+// ----- relaying (publish_as / release) and manual acknowledgements -----
+
+fn relayed(topic: &str, qos: QoS, id: u16, dup: bool) -> Publish {
+    let mut p = qos_publish(topic, qos);
+    p.packet_id = Some(pid(id));
+    p.dup = dup;
+    p
+}
+
+#[test]
+fn a_relayed_qos2_keeps_its_id_and_waits_for_release_before_pubrel_mqtt_4_3_3_4() {
+    let mut h = Harness::v5();
+    h.connect();
+    let t = h.s.publish_as(h.now, relayed("a", QoS::ExactlyOnce, 700, true)).unwrap();
+    let sent = h.sent();
+    let p = publishes(&sent);
+    assert_eq!((p[0].packet_id, p[0].dup), (Some(pid(700)), true), "the caller's id and DUP");
+    h.recv(Packet::PubRec(Ack::new(pid(700))));
+    assert!(h.sent().is_empty(), "no PUBREL before release");
+    assert_eq!(h.events(), vec![Event::PublishReceived { token: t }]);
+    // A repeated PUBREC while held: still nothing.
+    h.recv(Packet::PubRec(Ack::new(pid(700))));
+    assert!(h.sent().is_empty());
+    // A reconnection does not send the held PUBREL either.
+    h.s.handle_connection_lost(h.now);
+    h.connect_with(ConnAck::new(ReasonCode::Success, true));
+    assert!(h.sent().is_empty(), "held PUBREL is not resent before release");
+    h.events();
+    // v5 [MQTT-4.3.3-4]: PUBREL with the same identifier once released; done at PUBCOMP.
+    assert_eq!(h.s.release(h.now, pid(700)), Ok(t));
+    assert_eq!(h.sent(), vec![Packet::PubRel(Ack::new(pid(700)))]);
+    h.recv(Packet::PubComp(Ack::new(pid(700))));
+    assert_eq!(done(&h.events()), vec![(t, Ok(PublishOutcome::default()))]);
+    // v5 [MQTT-2.2.1-3]: the identifier is free again.
+    assert!(h.s.publish_as(h.now, relayed("b", QoS::AtLeastOnce, 700, false)).is_ok());
+}
+
+#[test]
+fn releasing_an_unknown_id_sends_pubrel_and_0x92_completes_it_mqtt_4_3_3_4() {
+    // After a restart the caller knows only that it had received PUBREC for id 9.
+    let mut c = config(ProtocolVersion::V5);
+    c.connect.clean_start = false;
+    let mut h = Harness::new(c);
+    let t = h.s.release(h.now, pid(9)).unwrap();
+    h.connect_with(ConnAck::new(ReasonCode::Success, true));
+    let sent = h.sent();
+    assert_eq!(sent, vec![Packet::PubRel(Ack::new(pid(9)))], "PUBREL on the resumed session");
+    h.recv(Packet::PubComp(Ack::with_reason(
+        pid(9),
+        ReasonCode::PacketIdentifierNotFound,
+    )));
+    let d = done(&h.events());
+    assert!(
+        matches!(&d[..], [(tok, Err(PublishError::Rejected { reason_code: ReasonCode::PacketIdentifierNotFound, .. }))] if *tok == t),
+        "{d:?}"
+    );
+    // Releasing an id whose PUBLISH waits for PUBREC is refused.
+    h.s.publish_as(h.now, relayed("a", QoS::ExactlyOnce, 3, false)).unwrap();
+    assert_eq!(h.s.release(h.now, pid(3)), Err(PublishError::NotReceived(3)));
+}
+
+#[test]
+fn a_relayed_id_held_by_another_packet_waits_and_order_is_kept() {
+    let mut h = Harness::v5();
+    h.connect();
+    h.s.publish_as(h.now, relayed("a", QoS::AtLeastOnce, 5, false)).unwrap();
+    h.s.publish_as(h.now, relayed("b", QoS::AtLeastOnce, 5, false)).unwrap();
+    h.s.publish_as(h.now, relayed("c", QoS::AtLeastOnce, 6, false)).unwrap();
+    let sent = h.sent();
+    assert_eq!(publishes(&sent).len(), 1, "the second waits for id 5, the third behind it");
+    h.recv(Packet::PubAck(Ack::new(pid(5))));
+    let sent = h.sent();
+    let topics: Vec<&str> = publishes(&sent).iter().map(|p| &*p.topic).collect();
+    assert_eq!(topics, vec!["b", "c"]);
+    assert_eq!(
+        h.s.publish_as(h.now, qos_publish("d", QoS::AtLeastOnce)),
+        Err(PublishError::NoPacketId)
+    );
+}
+
+#[test]
+fn a_lost_session_sends_a_relayed_message_again_under_its_id_mqtt_3_2_2_5() {
+    let mut h = Harness::v5();
+    h.connect();
+    h.s.publish_as(h.now, relayed("a", QoS::ExactlyOnce, 40, true)).unwrap();
+    h.sent();
+    h.s.handle_connection_lost(h.now);
+    h.connect_with(ConnAck::new(ReasonCode::Success, false));
+    let sent = h.sent();
+    let p = publishes(&sent);
+    // v5 [MQTT-3.2.2-5]: a new message, so DUP 0, under the caller's identifier.
+    assert_eq!((p[0].packet_id, p[0].dup), (Some(pid(40)), false));
+}
+
+#[test]
+fn manual_acks_wait_for_the_application_mqtt_4_3_2_4() {
+    let mut c = config(ProtocolVersion::V5);
+    c.manual_acks = true;
+    let mut h = Harness::new(c);
+    h.connect();
+    h.recv(Packet::Publish(relayed("q1", QoS::AtLeastOnce, 1, false)));
+    h.recv(Packet::Publish(relayed("q2", QoS::ExactlyOnce, 2, false)));
+    assert!(h.sent().is_empty(), "nothing acknowledged before the application");
+    assert_eq!(h.events().len(), 2);
+    // v5 [MQTT-4.3.3-10]: a resent QoS 2 is not delivered twice, and its PUBREC still waits.
+    h.recv(Packet::Publish(relayed("q2", QoS::ExactlyOnce, 2, true)));
+    assert!(h.sent().is_empty() && h.events().is_empty());
+    // v5 [MQTT-4.3.2-4], [MQTT-4.3.3-9]: PUBACK / PUBREC when the application is done.
+    h.s.ack(h.now, pid(1), QoS::AtLeastOnce);
+    h.s.ack(h.now, pid(2), QoS::ExactlyOnce);
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubAck(Ack::new(pid(1))), Packet::PubRec(Ack::new(pid(2)))]
+    );
+    // Acknowledged: a resend now gets its PUBREC at once.
+    h.recv(Packet::Publish(relayed("q2", QoS::ExactlyOnce, 2, true)));
+    assert_eq!(h.sent(), vec![Packet::PubRec(Ack::new(pid(2)))]);
+    h.recv(Packet::PubRel(Ack::new(pid(2))));
+    assert_eq!(h.sent(), vec![Packet::PubComp(Ack::new(pid(2)))]);
+}
