@@ -200,6 +200,8 @@ fuzz_target!(|input: Input| {
         problem_information: true,
         keep_alive: u16::from(input.keep_alive),
         session_expiry: 0,
+        // A 3.x bridge: hop marking and forced No Local exercised too.
+        bridge: input.max_packet_size % 2 == 1,
     };
     let quota = usize::from(client.receive_maximum.min(rules.max_inflight));
     let receive_maximum = usize::from(rules.receive_maximum);

@@ -76,6 +76,17 @@ struct Shared {
     client: Mutex<Option<tern_client::Client>>,
     /// 3.1.1 remotes: what went out and may come back.
     echoes: echo::Echoes,
+    /// A 3.1.1 remote accepted the bridge protocol bit (`try_private`): it sends nothing
+    /// back, so there are no echoes to recognise.
+    private: AtomicBool,
+}
+
+impl Shared {
+    /// Whether what this bridge sends may come back from the remote (a 3.1.1 remote that
+    /// does not know bridges).
+    fn echoes_expected(&self) -> bool {
+        !self.config.is_v5() && !self.private.load(Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -162,6 +173,7 @@ impl Bridges {
                 status: Status::default(),
                 client: Mutex::new(None),
                 echoes: echo::Echoes::default(),
+                private: AtomicBool::new(false),
             });
             // The settings are checked before the session is opened, and the remote session
             // is resumed only if the local one was.
@@ -291,7 +303,12 @@ async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Opti
         let mut tasks = tokio::task::JoinSet::new();
         let (acks_tx, acks_rx) = mpsc::channel(usize::from(c.max_inflight));
         tasks.spawn(remote::acknowledge(shared.clone(), acks_rx, local.clone()));
-        tasks.spawn(remote::release(shared.clone(), client.clone(), releases, local.clone()));
+        tasks.spawn(remote::release(
+            shared.clone(),
+            client.clone(),
+            releases,
+            local.clone(),
+        ));
         let (in_tx, in_rx) = mpsc::channel(usize::from(c.max_inflight) + 16);
         tasks.spawn(remote::acknowledge_in(shared.clone(), client.clone(), in_rx));
         tasks.spawn(remote::forward(

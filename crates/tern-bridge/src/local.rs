@@ -222,16 +222,12 @@ impl LocalLink {
         let (closed_tx, closed) = oneshot::channel();
         let (subscribed_tx, subscribed) = oneshot::channel();
         tokio::spawn(async move {
-            let r = read_loop(
-                rd,
-                decoder,
-                buf,
-                link_for_reader,
+            let to = ReaderOutputs {
                 deliveries,
-                releases_tx,
-                id_for_reader,
-                Some(subscribed_tx),
-            );
+                releases: releases_tx,
+                subscribed: Some(subscribed_tx),
+            };
+            let r = read_loop(rd, decoder, buf, link_for_reader, to, id_for_reader);
             r.await;
             let _ = closed_tx.send(());
         });
@@ -312,7 +308,10 @@ impl LocalLink {
     /// Maximum is used up. For QoS 1/2, the returned receiver tells whether the broker took
     /// the message (PUBACK / PUBREC, written to its store first when it keeps one), or is
     /// dropped when the session ended first.
-    pub(crate) async fn publish(&self, mut publish: Publish) -> Result<Option<oneshot::Receiver<bool>>, BridgeError> {
+    pub(crate) async fn publish(
+        &self,
+        mut publish: Publish,
+    ) -> Result<Option<oneshot::Receiver<bool>>, BridgeError> {
         let mut taken = None;
         if publish.qos != QoS::AtMostOnce {
             let permit = self
@@ -359,17 +358,28 @@ impl LocalLink {
     }
 }
 
+/// Where the reader hands what the broker sends.
+struct ReaderOutputs {
+    deliveries: mpsc::Sender<Delivery>,
+    releases: mpsc::Sender<PacketId>,
+    /// Told when the SUBACK comes.
+    subscribed: Option<oneshot::Sender<()>>,
+}
+
 /// Decode what the broker sends until the pipe closes.
 async fn read_loop(
     mut rd: ReadHalf<DuplexStream>,
     decoder: Decoder,
     mut buf: BytesMut,
     link: LocalLink,
-    deliveries: mpsc::Sender<Delivery>,
-    releases: mpsc::Sender<PacketId>,
+    to: ReaderOutputs,
     client_id: String,
-    mut subscribed: Option<oneshot::Sender<()>>,
 ) {
+    let ReaderOutputs {
+        deliveries,
+        releases,
+        mut subscribed,
+    } = to;
     loop {
         let packet = match read_packet(&mut rd, &decoder, &mut buf).await {
             Ok(Some(p)) => p,
@@ -435,7 +445,10 @@ async fn read_loop(
     }
     link.window.close();
     // Publishes the broker did not answer: their waiters learn that nothing was taken.
-    link.waiters.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    link.waiters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
 }
 
 /// Write packets from `rx` in order, a batch per write, until every sender is gone.

@@ -55,6 +55,7 @@ pub(crate) fn options(shared: &Shared, local_session_present: bool) -> Result<Op
         .clean_start(c.clean_start || !local_session_present)
         // A message from the remote is acknowledged once the broker has taken it.
         .manual_acks(true)
+        .bridge_mode(c.try_private)
         .reconnect(Reconnect::with_delays(
             Duration::from_millis(c.reconnect_min_ms),
             Duration::from_millis(c.reconnect_max_ms),
@@ -97,16 +98,29 @@ pub(crate) fn options(shared: &Shared, local_session_present: bool) -> Result<Op
 
 /// Connect to the remote, retrying with backoff and jitter until it accepts; every failure
 /// (a refusal with its reason code included) is logged and kept as the last error.
-pub(crate) async fn connect(shared: &Shared, options: Options) -> (Client, Events) {
+pub(crate) async fn connect(shared: &Shared, mut options: Options) -> (Client, Events) {
     let c = &shared.config;
     let reconnect = tern_client::Reconnect::with_delays(
         Duration::from_millis(c.reconnect_min_ms),
         Duration::from_millis(c.reconnect_max_ms),
     );
     let mut attempt = 0u32;
+    // Announcing the bridge (3.1.1, `try_private`) until the remote refuses it.
+    let mut private = c.try_private && !c.is_v5();
     loop {
         match Client::connect(options.clone()).await {
-            Ok(pair) => return pair,
+            Ok(pair) => {
+                shared.private.store(private, Ordering::Relaxed);
+                return pair;
+            }
+            Err(ClientError::Refused {
+                reason_code: tern_proto::ReasonCode::UnsupportedProtocolVersion,
+                ..
+            }) if private => {
+                tracing::warn!(bridge = %c.name, remote = %c.remote, "the remote refuses the bridge protocol level (try_private); connecting as a plain 3.1.1 client");
+                options = options.bridge_mode(false);
+                private = false;
+            }
             Err(e) => {
                 attempt = attempt.saturating_add(1);
                 let delay = reconnect.delay_before(attempt);
@@ -193,7 +207,7 @@ pub(crate) async fn forward(
         if v5 {
             o = with_properties(o, &p).user_property(HOPS, (hops + 1).to_string());
         }
-        if !v5 && rules.inbound(&route.topic).is_some() {
+        if shared.echoes_expected() && rules.inbound(&route.topic).is_some() {
             shared.echoes.sent(&route.topic, &p.payload);
         }
         let outcome = match client.start_publish(route.topic, p.payload, o).await {
@@ -219,8 +233,9 @@ pub(crate) async fn forward(
     }
 }
 
-/// The User Property that counts the bridges a message crossed.
-pub(crate) const HOPS: &str = "tern-bridge-hops";
+/// The User Property that counts the bridges a message crossed (set by the broker too, on
+/// what a 3.1.1 bridge publishes to it).
+pub(crate) const HOPS: &str = tern_proto::session::server::BRIDGE_HOPS;
 
 /// How many bridges `p` crossed (its [`HOPS`] property; 0 without one).
 fn hops(p: &Publish) -> u8 {
@@ -296,7 +311,8 @@ pub(crate) async fn release(
     mut releases: mpsc::Receiver<PacketId>,
     local: LocalLink,
 ) {
-    let (done_tx, mut done_rx) = mpsc::channel::<(PacketId, PendingPublish)>(usize::from(shared.config.max_inflight));
+    let (done_tx, mut done_rx) =
+        mpsc::channel::<(PacketId, PendingPublish)>(usize::from(shared.config.max_inflight));
     let complete = {
         let (shared, local, client) = (shared.clone(), local.clone(), client.clone());
         async move {
@@ -306,7 +322,9 @@ pub(crate) async fn release(
                 // that is answered (completing it here would leave it held on the remote).
                 while let Err(ClientError::Publish(PublishError::NotReceived(_))) = outcome {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    let Ok(again) = client.release(id).await else { return };
+                    let Ok(again) = client.release(id).await else {
+                        return;
+                    };
                     pending = again;
                     outcome = pending.outcome().await;
                 }
@@ -329,7 +347,9 @@ pub(crate) async fn release(
     };
     let send = async move {
         while let Some(id) = releases.recv().await {
-            let Ok(pending) = client.release(id).await else { return };
+            let Ok(pending) = client.release(id).await else {
+                return;
+            };
             if done_tx.send((id, pending)).await.is_err() {
                 return;
             }
@@ -349,7 +369,11 @@ pub(crate) struct Incoming {
 /// Acknowledge each message from the remote once the broker has it (its PUBACK / PUBREC
 /// came, after its store commit): a crash before that leaves it unacknowledged on the
 /// remote, which sends it again.
-pub(crate) async fn acknowledge_in(shared: Arc<Shared>, client: Client, mut incoming: mpsc::Receiver<Incoming>) {
+pub(crate) async fn acknowledge_in(
+    shared: Arc<Shared>,
+    client: Client,
+    mut incoming: mpsc::Receiver<Incoming>,
+) {
     while let Some(i) = incoming.recv().await {
         if let Some(taken) = i.taken {
             match taken.await {
@@ -402,14 +426,28 @@ pub(crate) async fn receive(
             Event::Message(m) => {
                 let Some(route) = rules.inbound(&m.topic) else {
                     status.dropped.fetch_add(1, Ordering::Relaxed);
-                    if acks.send(Incoming { message: m, taken: None }).await.is_err() {
+                    if acks
+                        .send(Incoming {
+                            message: m,
+                            taken: None,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return Ended::Local;
                     }
                     continue;
                 };
-                if !shared.config.is_v5() && shared.echoes.is_echo(&m.topic, &m.payload) {
+                if shared.echoes_expected() && shared.echoes.is_echo(&m.topic, &m.payload) {
                     status.echoes.fetch_add(1, Ordering::Relaxed);
-                    if acks.send(Incoming { message: m, taken: None }).await.is_err() {
+                    if acks
+                        .send(Incoming {
+                            message: m,
+                            taken: None,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return Ended::Local;
                     }
                     continue;

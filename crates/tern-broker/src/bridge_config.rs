@@ -191,6 +191,12 @@ pub struct BridgeConfig {
     /// Most payload bytes waiting in the outbox (default 64 MiB).
     #[serde(default = "default_outbox_bytes")]
     pub max_outbox_bytes: usize,
+    /// 3.1.1 remotes: announce the bridge as Mosquitto's bridges do (protocol level 0x84), so
+    /// that a remote that knows the convention (Tern, Mosquitto) does not send back what the
+    /// bridge publishes and marks it as bridged (default true). A remote that refuses it is
+    /// connected to again without it.
+    #[serde(default = "default_true")]
+    pub try_private: bool,
     /// When the outbox is full: `block` (default) or `drop_oldest`.
     #[serde(default)]
     pub outbox_full: OutboxFull,
@@ -228,6 +234,9 @@ fn default_inflight() -> u16 {
 fn default_max_hops() -> u8 {
     1
 }
+fn default_true() -> bool {
+    true
+}
 fn default_outbox_messages() -> usize {
     100_000
 }
@@ -260,6 +269,7 @@ impl BridgeConfig {
             max_outbox_messages: default_outbox_messages(),
             max_outbox_bytes: default_outbox_bytes(),
             outbox_full: OutboxFull::Block,
+            try_private: true,
             topics: Vec::new(),
         }
     }

@@ -268,9 +268,8 @@ impl SessionCell {
     /// Refresh the [`SessionCell::is_near_full`] hint from the locked state.
     pub fn note_fullness(&self, st: &SessionState, cfg: &crate::Config) {
         let (max_messages, max_bytes, _) = st.queue_limits(cfg);
-        let near = st.full_since.is_some()
-            || st.queue.len() >= max_messages / 2
-            || st.queued_bytes >= max_bytes / 2;
+        let near =
+            st.full_since.is_some() || st.queue.len() >= max_messages / 2 || st.queued_bytes >= max_bytes / 2;
         self.near_full.store(near, Ordering::Relaxed)
     }
 
@@ -384,7 +383,8 @@ impl SessionCell {
                 && (st.queue.len() >= max_messages || st.queued_bytes + size > max_bytes)
             {
                 if let Some(gone) = st.pop_queued() {
-                    q.durability.forget_delivery(st.persistent, &self.client_id, gone.seq);
+                    q.durability
+                        .forget_delivery(st.persistent, &self.client_id, gone.seq);
                     *room = room.saturating_add(gone.msg.payload.len());
                 }
                 st.dropped += 1;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tern_proto::codec::{PublishProperties, SubscribeProperties, UnsubscribeProperties};
 use tern_proto::session::PublishOutcome;
 use tern_proto::{
-    ByteString, Bytes, Disconnect, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling, SubAck,
-    SubscriptionOptions, UnsubAck,
+    ByteString, Bytes, Disconnect, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, SubscriptionOptions, UnsubAck,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -288,7 +288,12 @@ impl Client {
             publish.dup = dup;
         }
         let relay = options.relay.is_some();
-        Client::call(&self.inner.publish, |reply| PublishCommand { publish, reply, relay }).await
+        Client::call(&self.inner.publish, |reply| PublishCommand {
+            publish,
+            reply,
+            relay,
+        })
+        .await
     }
 
     /// Hand a publish to the client and return once it is queued, in call order, without
@@ -313,7 +318,11 @@ impl Client {
         let (reply, rx) = oneshot::channel();
         self.inner
             .publish
-            .send(PublishCommand { publish, reply, relay })
+            .send(PublishCommand {
+                publish,
+                reply,
+                relay,
+            })
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(PendingPublish { rx })
@@ -337,7 +346,9 @@ impl Client {
     /// With [`Options::manual_acks`]: acknowledge `message` (PUBACK for QoS 1, PUBREC for
     /// QoS 2; nothing for QoS 0). Call in the order the messages came.
     pub async fn ack(&self, message: &crate::Message) -> Result<(), ClientError> {
-        let Some(id) = message.packet_id else { return Ok(()) };
+        let Some(id) = message.packet_id else {
+            return Ok(());
+        };
         self.inner
             .control
             .send(ControlCommand::Ack { id, qos: message.qos })

@@ -3,7 +3,9 @@
 
 use tern_proto::codec::{SubscribeProperties, UnsubscribeProperties};
 use tern_proto::session::PublishOutcome;
-use tern_proto::{ByteString, Bytes, Disconnect, PacketId, Publish, QoS, SubAck, SubscriptionOptions, UnsubAck};
+use tern_proto::{
+    ByteString, Bytes, Disconnect, PacketId, Publish, QoS, SubAck, SubscriptionOptions, UnsubAck,
+};
 use tokio::sync::oneshot;
 
 use crate::{ClientError, Message};
@@ -46,7 +48,10 @@ pub(crate) enum ControlCommand {
     /// Acknowledge an incoming message (manual acknowledgements).
     Ack { id: PacketId, qos: QoS },
     /// Send PUBREL for a relayed QoS 2 message; `reply` at PUBCOMP.
-    Release { id: PacketId, reply: Reply<PublishOutcome> },
+    Release {
+        id: PacketId,
+        reply: Reply<PublishOutcome>,
+    },
     /// Route the message with this correlation data on `topic` to `reply`.
     ExpectResponse {
         topic: ByteString,

@@ -317,14 +317,16 @@ impl Driver {
                 self.session.disconnect(now, disconnect);
             }
             Input::Control(Some(ControlCommand::Ack { id, qos })) => self.session.ack(now, id, qos),
-            Input::Control(Some(ControlCommand::Release { id, reply })) => match self.session.release(now, id) {
-                Ok(token) => {
-                    self.publishes.insert(token, reply);
+            Input::Control(Some(ControlCommand::Release { id, reply })) => {
+                match self.session.release(now, id) {
+                    Ok(token) => {
+                        self.publishes.insert(token, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            },
+            }
             Input::Control(Some(ControlCommand::ExpectResponse {
                 topic,
                 correlation,

@@ -126,6 +126,7 @@ pub struct Options {
     pub(crate) max_inflight: u16,
     pub(crate) topic_aliases: bool,
     pub(crate) manual_acks: bool,
+    pub(crate) bridge_mode: bool,
     pub(crate) event_capacity: usize,
     pub(crate) connector: Option<Arc<dyn Connector>>,
     pub(crate) tls: Option<TlsOptions>,
@@ -150,6 +151,7 @@ impl std::fmt::Debug for Options {
             .field("max_inflight", &self.max_inflight)
             .field("topic_aliases", &self.topic_aliases)
             .field("manual_acks", &self.manual_acks)
+            .field("bridge_mode", &self.bridge_mode)
             .field("event_capacity", &self.event_capacity)
             .field("tls", &self.tls)
             .field("scram", &self.scram.as_ref().map(|(u, _)| u))
@@ -180,6 +182,7 @@ impl Options {
             max_inflight: u16::MAX,
             topic_aliases: false,
             manual_acks: false,
+            bridge_mode: false,
             event_capacity: 64,
             connector: None,
             tls: None,
@@ -311,6 +314,16 @@ impl Options {
     /// receives acknowledges once it is stored, and loses nothing if it crashes before.
     pub fn manual_acks(mut self, on: bool) -> Options {
         self.manual_acks = on;
+        self
+    }
+
+    /// MQTT 3.1 / 3.1.1: announce a bridge, with the top bit of the protocol level set
+    /// (0x83 / 0x84, Mosquitto's `try_private`). A server that knows the convention (Tern,
+    /// Mosquitto) does not send the client back what it published and keeps RETAIN as
+    /// published; one that does not refuses the connection with 0x01 Unacceptable protocol
+    /// version. Ignored for 5.0, which has No Local and Retain As Published.
+    pub fn bridge_mode(mut self, on: bool) -> Options {
+        self.bridge_mode = on;
         self
     }
 
@@ -485,6 +498,7 @@ impl Options {
             return bad("credentials", "MQTT 3.1.1 needs a user name with a password");
         }
         connect.properties = self.properties.clone();
+        connect.bridge = self.bridge_mode && !v.is_v5();
         let mut config = ClientConfig::new(connect);
         config.connect_timeout = self.connect_timeout;
         config.max_queued = self.max_queued;

@@ -84,7 +84,11 @@ async fn drop_oldest_keeps_the_newest_messages_and_counts_the_others() {
     }
     // The first few had gone to the bridge (in flight) before the outbox filled; of the
     // others, the newest are kept.
-    let queued: Vec<usize> = seen.iter().copied().filter(|&n| n >= usize::from(INFLIGHT)).collect();
+    let queued: Vec<usize> = seen
+        .iter()
+        .copied()
+        .filter(|&n| n >= usize::from(INFLIGHT))
+        .collect();
     let newest: Vec<usize> = (SENT - queued.len()..SENT).collect();
     assert_eq!(queued, newest, "the oldest are dropped, the newest kept");
     wait_for("the outbox to empty", || state(&bridges).outbox_messages == 0).await;
@@ -121,8 +125,14 @@ async fn block_holds_publishers_back_until_the_remote_returns_and_loses_nothing(
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let held = acked.load(Ordering::Relaxed);
     let s = state(&bridges);
-    assert!(held < SENT, "the publisher is held back while the outbox is full: {held} acknowledged");
-    assert!(held >= MAX_OUTBOX, "up to the limit it is not: {held} acknowledged");
+    assert!(
+        held < SENT,
+        "the publisher is held back while the outbox is full: {held} acknowledged"
+    );
+    assert!(
+        held >= MAX_OUTBOX,
+        "up to the limit it is not: {held} acknowledged"
+    );
     assert_eq!(s.outbox_dropped, 0, "block drops nothing: {s:?}");
     assert!(
         s.outbox_messages <= 2 * MAX_OUTBOX + usize::from(INFLIGHT),

@@ -6,6 +6,7 @@ mod access;
 mod limits;
 mod loops;
 mod mosquitto;
+mod mosquitto_bridge;
 mod outage;
 mod restart;
 mod status;

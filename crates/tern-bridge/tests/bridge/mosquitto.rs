@@ -131,3 +131,51 @@ async fn mosquitto_remote_both_directions_with_prefixes_v5() {
 async fn mosquitto_remote_both_directions_with_prefixes_v311() {
     both_directions_with_prefixes("3.1.1").await;
 }
+
+/// A 3.1.1 bridge `both` on `site/#` to Mosquitto: a message published locally reaches the
+/// remote once and the local subscribers once. With `try_private` (the default) Mosquitto
+/// takes the client for a bridge (protocol level 0x84) and sends it nothing back; without,
+/// Mosquitto echoes it and the bridge recognises the echo.
+async fn both_ways_v311(try_private: bool) {
+    let mosquitto = Mosquitto::start().await;
+    let broker = tern().await;
+    let v = ProtocolVersion::V3_1_1;
+    let tag = if try_private { "p" } else { "n" };
+    let config = bridge(&format!("both{tag}"), &mosquitto.url(), "3.1.1")
+        .topic(BridgeTopic::new("site/#", BridgeDirection::Both).qos(1))
+        .with(|c| c.try_private = try_private);
+    let bridges = start_bridge(&broker, config).await;
+    let (remote_sub, mut remote_events) = client(&mosquitto.url(), &format!("bsub{tag}"), v).await;
+    remote_sub.subscribe("site/#", QoS::AtLeastOnce).await.unwrap();
+    let (local_sub, mut local_events) = client(&url_of(&broker), &format!("blsub{tag}"), v).await;
+    local_sub.subscribe("site/#", QoS::AtLeastOnce).await.unwrap();
+    let (local_pub, _lp) = client(&url_of(&broker), &format!("blpub{tag}"), v).await;
+    // The remote subscription of the bridge is in place once a remote message comes in.
+    let (remote_pub, _rp) = client(&mosquitto.url(), &format!("brpub{tag}"), v).await;
+    wait_for("the bridge's remote subscription", || state(&bridges).connected).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    remote_pub
+        .publish("site/in", "from remote", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut local_events).await.payload_str(), Some("from remote"));
+    drain(&mut remote_events, Duration::from_millis(300)).await;
+
+    local_pub
+        .publish("site/out", "from here", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let remote = drain(&mut remote_events, Duration::from_millis(700)).await;
+    let local = drain(&mut local_events, Duration::from_millis(300)).await;
+    assert_eq!(remote.len(), 1, "once at the remote: {remote:?}");
+    assert_eq!(local.len(), 1, "once here: {local:?}");
+    let s = state(&bridges);
+    assert_eq!(s.echoes, if try_private { 0 } else { 1 }, "{s:?}");
+    bridges.stop().await;
+}
+
+#[tokio::test]
+async fn mosquitto_takes_a_v311_bridge_for_one_and_sends_nothing_back() {
+    both_ways_v311(true).await;
+    both_ways_v311(false).await;
+}

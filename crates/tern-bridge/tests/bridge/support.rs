@@ -20,11 +20,18 @@ pub struct Mosquitto {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Lines added to its configuration (a bridge of its own).
+    extra: String,
 }
 
 impl Mosquitto {
     /// Start Mosquitto on a free port (found by binding port 0), or panic with how to install it.
     pub async fn start() -> Mosquitto {
+        Mosquitto::start_with("").await
+    }
+
+    /// Start Mosquitto with `extra` lines in its configuration.
+    pub async fn start_with(extra: &str) -> Mosquitto {
         assert!(
             std::path::Path::new(MOSQUITTO).exists(),
             "{MOSQUITTO} not found: install the Debian package `mosquitto`"
@@ -36,6 +43,7 @@ impl Mosquitto {
             child: None,
             port,
             dir,
+            extra: extra.to_string(),
         };
         m.restart().await;
         m
@@ -54,9 +62,10 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "user {user}\nallow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} 127.0.0.1\n",
+                "user {user}\nallow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} 127.0.0.1\n{}\n",
                 self.dir.display(),
-                self.port
+                self.port,
+                self.extra
             ),
         )
         .unwrap();

@@ -44,6 +44,11 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// CONNECT properties (5.0).
     pub properties: ConnectProperties,
+    /// A bridge connecting (3.1 and 3.1.1 only): the protocol level carries its top bit
+    /// (0x83, 0x84), as Mosquitto's bridges send with `try_private`. A server that knows
+    /// the convention does not send a bridge back what it published, keeps the RETAIN flag
+    /// as published, and can tell that its messages came over a bridge.
+    pub bridge: bool,
 }
 
 impl Connect {
@@ -58,12 +63,16 @@ impl Connect {
             username: None,
             password: None,
             properties: ConnectProperties::default(),
+            bridge: false,
         }
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<Connect, DecodeError> {
         let name = r.string("protocol name")?;
         let level = r.u8("protocol level")?;
+        // The bridge bit (see `Connect::bridge`), for the versions before 5.0.
+        let bridge = level & 0x80 != 0 && matches!(level & 0x7F, 3 | 4);
+        let level = if bridge { level & 0x7F } else { level };
         let protocol_version = match ProtocolVersion::from_name_and_level(&name, level) {
             Some(v) => v,
             None if &*name == "MQTT" || &*name == "MQIsdp" => {
@@ -137,6 +146,7 @@ impl Connect {
             username,
             password,
             properties,
+            bridge,
         })
     }
 
@@ -172,7 +182,7 @@ impl Connect {
     pub(crate) fn write(&self, buf: &mut BytesMut) {
         let v = self.protocol_version;
         put_field(buf, v.protocol_name().as_bytes());
-        buf.put_u8(v.level());
+        buf.put_u8(v.level() | if self.bridge && !v.is_v5() { 0x80 } else { 0 });
         let mut flags = 0u8;
         if self.username.is_some() {
             flags |= 0x80;

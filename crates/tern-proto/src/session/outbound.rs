@@ -268,7 +268,11 @@ impl Outbound {
 
     /// Queue a message behind the others.
     pub(crate) fn enqueue(&mut self, token: Token, publish: Publish, relay: bool) {
-        self.pending.push_back(Queued { token, publish, relay });
+        self.pending.push_back(Queued {
+            token,
+            publish,
+            relay,
+        });
     }
 
     /// Take the next message if the window allows it: QoS 0 always, QoS 1/2

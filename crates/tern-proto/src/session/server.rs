@@ -113,7 +113,16 @@ pub struct ClientLimits {
     pub keep_alive: u16,
     /// The Session Expiry Interval of CONNECT (the DISCONNECT rule of v5 3.14.2.2.2).
     pub session_expiry: u32,
+    /// A 3.1/3.1.1 bridge ([`crate::Connect::bridge`]): its subscriptions are No Local and
+    /// Retain As Published, and what it publishes carries the User Property
+    /// [`BRIDGE_HOPS`] (one bridge crossed), so that a bridge of this broker does not send it
+    /// on over more bridges than it allows.
+    pub bridge: bool,
 }
+
+/// The User Property that counts the bridges a message has crossed (Tern's bridges set it on
+/// what they send to 5.0 remotes; the server sets it on what 3.x bridges publish).
+pub const BRIDGE_HOPS: &str = "tern-bridge-hops";
 
 impl ClientLimits {
     /// From a CONNECT packet, with `keep_alive` as granted.
@@ -125,6 +134,7 @@ impl ClientLimits {
             problem_information: c.properties.request_problem_information != Some(0),
             keep_alive,
             session_expiry: c.properties.session_expiry_interval.unwrap_or(0),
+            bridge: c.bridge && !c.protocol_version.is_v5(),
         }
     }
 }
@@ -623,7 +633,18 @@ impl ServerSession {
         result
     }
 
-    fn on_publish<H: ServerHost>(&mut self, now: Instant, p: Publish, host: &mut H) -> Result<(), H::Close> {
+    fn on_publish<H: ServerHost>(
+        &mut self,
+        now: Instant,
+        mut p: Publish,
+        host: &mut H,
+    ) -> Result<(), H::Close> {
+        if self.client.bridge {
+            // It came over a bridge (3.x carries no properties of its own).
+            p.properties
+                .user_properties
+                .push((BRIDGE_HOPS.into(), "1".into()));
+        }
         // Topic alias (v5 section 3.3.2.3.4).
         let topic = match p.properties.topic_alias {
             Some(alias) => {
@@ -913,6 +934,12 @@ impl ServerSession {
             }
             let mut opts = *opts;
             opts.qos = opts.qos.min(rules.maximum_qos);
+            if self.client.bridge && parsed.share_group.is_none() {
+                // A bridge does not get back what it sent, and keeps RETAIN as published
+                // (the 5.0 options a 3.x bridge cannot ask for).
+                opts.no_local = true;
+                opts.retain_as_published = true;
+            }
             let (is_new, held, wildcards) = host.with_state(|st, _| {
                 let subs = &st.subscriptions;
                 (!subs.contains_key(filter), subs.len(), subs.wildcards())

@@ -336,9 +336,10 @@ fn connect() -> impl Strategy<Value = Packet> {
             option::of(text()),
             option::of(binary()),
             props_for(pv, connect_properties()),
+            any::<bool>(),
         )
             .prop_map(
-                move |(clean_start, keep_alive, client_id, will, username, password, properties)| {
+                move |(clean_start, keep_alive, client_id, will, username, password, properties, bridge)| {
                     // v3.1.1 [MQTT-3.1.2-22]: 3.x sends a password only with a user name.
                     let password = if pv.is_v5() || username.is_some() {
                         password
@@ -354,6 +355,8 @@ fn connect() -> impl Strategy<Value = Packet> {
                         username,
                         password,
                         properties,
+                        // The bridge bit of the protocol level exists before 5.0 only.
+                        bridge: bridge && !pv.is_v5(),
                     }))
                 },
             )

@@ -331,8 +331,30 @@ fn connect_3_1_1_with_will_user_name_and_password() {
         username: Some(s("u")),
         password: Some(b(b"pw")),
         properties: ConnectProperties::default(),
+        bridge: false,
     }));
     assert_vector(V3_1_1, &bytes, &expected);
+}
+
+/// A bridge's CONNECT (Mosquitto's `try_private`): the protocol level with its top bit set,
+/// 0x84 for 3.1.1 and 0x83 for 3.1; 5.0 has no such level (0x85 is refused).
+#[test]
+fn connect_of_a_bridge_sets_the_top_bit_of_the_level() {
+    let mut expected = Connect::new(V3_1_1, "a");
+    expected.bridge = true;
+    let bytes = h("10 0D 00 04 4D 51 54 54 84 02 00 3C 00 01 61");
+    assert_vector(V3_1_1, &bytes, &Packet::Connect(Box::new(expected)));
+    let mut expected = Connect::new(V3_1, "a");
+    expected.bridge = true;
+    let bytes = h("10 0F 00 06 4D 51 49 73 64 70 83 02 00 3C 00 01 61");
+    assert_vector(V3_1, &bytes, &Packet::Connect(Box::new(expected)));
+    let bytes = h("10 0D 00 04 4D 51 54 54 85 02 00 3C 00 01 61");
+    assert_rejected(
+        V5,
+        &bytes,
+        DecodeError::UnsupportedProtocolLevel(0x85),
+        ReasonCode::UnsupportedProtocolVersion,
+    );
 }
 
 /// MQTT 3.1: protocol name "MQIsdp", level 3.
@@ -381,6 +403,7 @@ fn connect_5_with_properties_and_will() {
             user_properties: vec![(s("k"), s("v"))],
             ..ConnectProperties::default()
         },
+        bridge: false,
     }));
     for v in [V3_1_1, V5] {
         assert_vector(v, &bytes, &expected);

@@ -193,10 +193,7 @@ async fn crash_loop(qos: QoS) {
     )
     .await
     .unwrap();
-    collector
-        .subscribe("site1/edge/#", qos)
-        .await
-        .unwrap();
+    collector.subscribe("site1/edge/#", qos).await.unwrap();
 
     let mut rng = seed();
     eprintln!("bridge crash test seed {rng} (set TERN_CRASH_SEED to repeat)");
@@ -257,7 +254,8 @@ async fn crash_loop(qos: QoS) {
     assert!(acknowledged.len() > rounds, "the publisher got acknowledgements");
     if qos == QoS::ExactlyOnce {
         // Duplicates sent late would arrive after the last missing one: wait a moment.
-        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), events.next_message()).await {
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), events.next_message()).await
+        {
             let n: usize = m.payload_str().unwrap().parse().unwrap();
             if !seen.insert(n) {
                 duplicates += 1;
@@ -357,11 +355,15 @@ async fn bridge_loses_no_message_from_the_remote_across_kill_9() {
             let mut n = 0usize;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let topic = format!("site1/cmd/dev{}", n % 5);
-                if publisher.publish(topic, n.to_string(), QoS::AtLeastOnce).await.is_ok() {
+                if publisher
+                    .publish(topic, n.to_string(), QoS::AtLeastOnce)
+                    .await
+                    .is_ok()
+                {
                     acked.push(n);
                 }
                 n += 1;
-                if n % 50 == 0 {
+                if n.is_multiple_of(50) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
@@ -395,7 +397,12 @@ async fn bridge_loses_no_message_from_the_remote_across_kill_9() {
     // subscriber had subscribed, were not for them: the count starts at the first message
     // that came through (the remote delivers in order, and so does the bridge).
     let first = *seen.first().expect("messages came in during the rounds");
-    let acknowledged: Vec<usize> = publishing.await.unwrap().into_iter().filter(|&n| n >= first).collect();
+    let acknowledged: Vec<usize> = publishing
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|&n| n >= first)
+        .collect();
     // The last start: the bridge takes what Mosquitto kept for it; the subscriber drains.
     let broker = Broker::start_with_config(&data.0, &config_path);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -409,7 +416,10 @@ async fn bridge_loses_no_message_from_the_remote_across_kill_9() {
         missing.len(),
         &missing[..missing.len().min(10)]
     );
-    assert!(acknowledged.len() > rounds, "the remote publisher got acknowledgements");
+    assert!(
+        acknowledged.len() > rounds,
+        "the remote publisher got acknowledgements"
+    );
     eprintln!(
         "in: {rounds} kill -9, {} messages from the remote, all at the local subscriber",
         acknowledged.len()

@@ -700,10 +700,16 @@ fn relayed(topic: &str, qos: QoS, id: u16, dup: bool) -> Publish {
 fn a_relayed_qos2_keeps_its_id_and_waits_for_release_before_pubrel_mqtt_4_3_3_4() {
     let mut h = Harness::v5();
     h.connect();
-    let t = h.s.publish_as(h.now, relayed("a", QoS::ExactlyOnce, 700, true)).unwrap();
+    let t =
+        h.s.publish_as(h.now, relayed("a", QoS::ExactlyOnce, 700, true))
+            .unwrap();
     let sent = h.sent();
     let p = publishes(&sent);
-    assert_eq!((p[0].packet_id, p[0].dup), (Some(pid(700)), true), "the caller's id and DUP");
+    assert_eq!(
+        (p[0].packet_id, p[0].dup),
+        (Some(pid(700)), true),
+        "the caller's id and DUP"
+    );
     h.recv(Packet::PubRec(Ack::new(pid(700))));
     assert!(h.sent().is_empty(), "no PUBREL before release");
     assert_eq!(h.events(), vec![Event::PublishReceived { token: t }]);
@@ -721,7 +727,10 @@ fn a_relayed_qos2_keeps_its_id_and_waits_for_release_before_pubrel_mqtt_4_3_3_4(
     h.recv(Packet::PubComp(Ack::new(pid(700))));
     assert_eq!(done(&h.events()), vec![(t, Ok(PublishOutcome::default()))]);
     // v5 [MQTT-2.2.1-3]: the identifier is free again.
-    assert!(h.s.publish_as(h.now, relayed("b", QoS::AtLeastOnce, 700, false)).is_ok());
+    assert!(h
+        .s
+        .publish_as(h.now, relayed("b", QoS::AtLeastOnce, 700, false))
+        .is_ok());
 }
 
 #[test]
@@ -733,7 +742,11 @@ fn releasing_an_unknown_id_sends_pubrel_and_0x92_completes_it_mqtt_4_3_3_4() {
     let t = h.s.release(h.now, pid(9)).unwrap();
     h.connect_with(ConnAck::new(ReasonCode::Success, true));
     let sent = h.sent();
-    assert_eq!(sent, vec![Packet::PubRel(Ack::new(pid(9)))], "PUBREL on the resumed session");
+    assert_eq!(
+        sent,
+        vec![Packet::PubRel(Ack::new(pid(9)))],
+        "PUBREL on the resumed session"
+    );
     h.recv(Packet::PubComp(Ack::with_reason(
         pid(9),
         ReasonCode::PacketIdentifierNotFound,
@@ -744,7 +757,8 @@ fn releasing_an_unknown_id_sends_pubrel_and_0x92_completes_it_mqtt_4_3_3_4() {
         "{d:?}"
     );
     // Releasing an id whose PUBLISH waits for PUBREC is refused.
-    h.s.publish_as(h.now, relayed("a", QoS::ExactlyOnce, 3, false)).unwrap();
+    h.s.publish_as(h.now, relayed("a", QoS::ExactlyOnce, 3, false))
+        .unwrap();
     assert_eq!(h.s.release(h.now, pid(3)), Err(PublishError::NotReceived(3)));
 }
 
@@ -752,11 +766,18 @@ fn releasing_an_unknown_id_sends_pubrel_and_0x92_completes_it_mqtt_4_3_3_4() {
 fn a_relayed_id_held_by_another_packet_waits_and_order_is_kept() {
     let mut h = Harness::v5();
     h.connect();
-    h.s.publish_as(h.now, relayed("a", QoS::AtLeastOnce, 5, false)).unwrap();
-    h.s.publish_as(h.now, relayed("b", QoS::AtLeastOnce, 5, false)).unwrap();
-    h.s.publish_as(h.now, relayed("c", QoS::AtLeastOnce, 6, false)).unwrap();
+    h.s.publish_as(h.now, relayed("a", QoS::AtLeastOnce, 5, false))
+        .unwrap();
+    h.s.publish_as(h.now, relayed("b", QoS::AtLeastOnce, 5, false))
+        .unwrap();
+    h.s.publish_as(h.now, relayed("c", QoS::AtLeastOnce, 6, false))
+        .unwrap();
     let sent = h.sent();
-    assert_eq!(publishes(&sent).len(), 1, "the second waits for id 5, the third behind it");
+    assert_eq!(
+        publishes(&sent).len(),
+        1,
+        "the second waits for id 5, the third behind it"
+    );
     h.recv(Packet::PubAck(Ack::new(pid(5))));
     let sent = h.sent();
     let topics: Vec<&str> = publishes(&sent).iter().map(|p| &*p.topic).collect();
@@ -771,7 +792,8 @@ fn a_relayed_id_held_by_another_packet_waits_and_order_is_kept() {
 fn a_lost_session_sends_a_relayed_message_again_under_its_id_mqtt_3_2_2_5() {
     let mut h = Harness::v5();
     h.connect();
-    h.s.publish_as(h.now, relayed("a", QoS::ExactlyOnce, 40, true)).unwrap();
+    h.s.publish_as(h.now, relayed("a", QoS::ExactlyOnce, 40, true))
+        .unwrap();
     h.sent();
     h.s.handle_connection_lost(h.now);
     h.connect_with(ConnAck::new(ReasonCode::Success, false));

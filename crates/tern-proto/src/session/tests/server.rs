@@ -194,6 +194,7 @@ fn session(v: ProtocolVersion) -> (ServerSession, Instant) {
         problem_information: true,
         keep_alive: 10,
         session_expiry: 0,
+        bridge: false,
     };
     let t0 = Instant::now();
     (
