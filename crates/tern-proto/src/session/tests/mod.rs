@@ -735,7 +735,8 @@ fn a_relayed_qos2_keeps_its_id_and_waits_for_release_before_pubrel_mqtt_4_3_3_4(
 
 #[test]
 fn releasing_an_unknown_id_sends_pubrel_and_0x92_completes_it_mqtt_4_3_3_4() {
-    // After a restart the caller knows only that it had received PUBREC for id 9.
+    // v5 [MQTT-4.3.3-4]: PUBREL for a PUBREC the caller recorded before it restarted (it knows
+    // only the id, 9).
     let mut c = config(ProtocolVersion::V5);
     c.connect.clean_start = false;
     let mut h = Harness::new(c);
@@ -816,7 +817,7 @@ fn manual_acks_wait_for_the_application_mqtt_4_3_2_4() {
     // v5 [MQTT-4.3.3-10]: a resent QoS 2 is not delivered twice, and its PUBREC still waits.
     h.recv(Packet::Publish(relayed("q2", QoS::ExactlyOnce, 2, true)));
     assert!(h.sent().is_empty() && h.events().is_empty());
-    // v5 [MQTT-4.3.2-4], [MQTT-4.3.3-9]: PUBACK / PUBREC when the application is done.
+    // v5 [MQTT-4.3.2-4], v5 [MQTT-4.3.3-8]: PUBACK / PUBREC once the application owns it.
     h.s.ack(h.now, pid(1), QoS::AtLeastOnce);
     h.s.ack(h.now, pid(2), QoS::ExactlyOnce);
     assert_eq!(
