@@ -18,6 +18,10 @@ pub struct BridgeReport {
     pub connected: bool,
     /// The last connection error or refusal, if any.
     pub last_error: Option<String>,
+    /// Connection attempts that failed since the last connection (0 while connected).
+    pub reconnect_attempts: u64,
+    /// While disconnected: milliseconds to wait before the next attempt (0 while connected).
+    pub backoff_ms: u64,
     /// Messages forwarded to the remote (acknowledged by it at QoS 1/2), since start.
     pub forwarded: u64,
     /// Messages from the remote published locally, since start.

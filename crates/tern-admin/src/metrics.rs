@@ -429,12 +429,18 @@ fn bridge_metrics(e: &mut DescriptorEncoder, bridges: &[crate::BridgeReport]) ->
         return Ok(());
     }
     type Figure = fn(&crate::BridgeReport) -> u64;
-    let families: [(&str, &str, MetricType, Figure); 7] = [
+    let families: [(&str, &str, MetricType, Figure); 8] = [
         (
             "tern_bridge_connected",
             "1 while the bridge is connected to its remote",
             MetricType::Gauge,
             |b| u64::from(b.connected),
+        ),
+        (
+            "tern_bridge_reconnect_attempts",
+            "Connection attempts to the remote that failed since the last connection",
+            MetricType::Gauge,
+            |b| b.reconnect_attempts,
         ),
         (
             "tern_bridge_messages_forwarded",

@@ -24,7 +24,7 @@ mod remote;
 mod rules;
 mod status;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tern_broker::{BridgeConfig, Internal};
@@ -59,12 +59,29 @@ struct Status {
     dropped: AtomicU64,
     hops_exceeded: AtomicU64,
     echoes: AtomicU64,
+    /// Failed connection attempts since the last connection.
+    attempts: AtomicU32,
+    /// The wait before the next attempt, while disconnected (ms; 0 while connected).
+    backoff_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
 impl Status {
     fn set_error(&self, e: String) {
         *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+    }
+
+    /// Attempt `attempt` failed (or the connection was lost); the next comes after `delay`.
+    fn backing_off(&self, attempt: u32, delay: std::time::Duration) {
+        self.attempts.store(attempt, Ordering::Relaxed);
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.backoff_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn now_connected(&self) {
+        self.connected.store(true, Ordering::Relaxed);
+        self.attempts.store(0, Ordering::Relaxed);
+        self.backoff_ms.store(0, Ordering::Relaxed);
     }
 }
 
@@ -103,6 +120,8 @@ impl Shared {
             dropped: s.dropped.load(Ordering::Relaxed),
             hops_exceeded: s.hops_exceeded.load(Ordering::Relaxed),
             echoes: s.echoes.load(Ordering::Relaxed),
+            reconnect_attempts: s.attempts.load(Ordering::Relaxed),
+            backoff_ms: s.backoff_ms.load(Ordering::Relaxed),
             outbox_messages: session.as_ref().map_or(0, |i| i.queued + i.inflight),
             outbox_bytes: session.as_ref().map_or(0, |i| i.queued_bytes),
             outbox_dropped: session.as_ref().map_or(0, |i| i.dropped),
@@ -136,6 +155,11 @@ pub struct BridgeState {
     /// 3.1.1 remotes: messages from the remote taken for the echo of one the bridge sent
     /// (see `docs/bridge.md`), not published locally.
     pub echoes: u64,
+    /// Connection attempts that failed since the last connection (0 while connected).
+    pub reconnect_attempts: u32,
+    /// While disconnected: the wait before the next attempt, in milliseconds (0 while
+    /// connected).
+    pub backoff_ms: u64,
     /// Messages in the outbox now: queued for the bridge's session plus in flight to it.
     pub outbox_messages: usize,
     /// Payload bytes of the queued ones.
@@ -293,7 +317,7 @@ async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Opti
             None => {
                 let (client, events) = remote::connect(&shared, options.clone()).await;
                 tracing::info!(bridge = %c.name, remote = %c.remote, "connected to the remote");
-                shared.status.connected.store(true, Ordering::Relaxed);
+                shared.status.now_connected();
                 *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
                 let (s, r, subscriber) = (shared.clone(), rules.clone(), client.clone());
                 tokio::spawn(async move { remote::subscribe(&s, &subscriber, &r).await });

@@ -289,6 +289,15 @@ impl LocalLink {
         }
     }
 
+    /// The delivery `id` does not go to the remote (no rule takes it, or it crossed too many
+    /// bridges): acknowledge it here at once, and complete its PUBREL here too.
+    pub(crate) async fn skip(&self, id: PacketId, qos: QoS) -> Result<(), BridgeError> {
+        if qos == QoS::ExactlyOnce {
+            self.local_only(id);
+        }
+        self.done(id, qos).await
+    }
+
     /// The QoS 2 delivery `id` is finished on the remote's side without a PUBREL there:
     /// the broker's PUBREL for it is completed at once.
     pub(crate) fn local_only(&self, id: PacketId) {

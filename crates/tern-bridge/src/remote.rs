@@ -126,6 +126,7 @@ pub(crate) async fn connect(shared: &Shared, mut options: Options) -> (Client, E
                 let delay = reconnect.delay_before(attempt);
                 tracing::warn!(bridge = %c.name, remote = %c.remote, "cannot connect: {e}; next attempt in {delay:?}");
                 shared.status.set_error(e.to_string());
+                shared.status.backing_off(attempt, delay);
                 tokio::time::sleep(delay).await;
             }
         }
@@ -181,7 +182,7 @@ pub(crate) async fn forward(
             // A subscription left by an earlier configuration of this bridge.
             shared.status.dropped.fetch_add(1, Ordering::Relaxed);
             if let Some(id) = p.packet_id {
-                if local.done(id, p.qos).await.is_err() {
+                if local.skip(id, p.qos).await.is_err() {
                     return;
                 }
             }
@@ -193,7 +194,7 @@ pub(crate) async fn forward(
             // than configured).
             shared.status.hops_exceeded.fetch_add(1, Ordering::Relaxed);
             if let Some(id) = p.packet_id {
-                if local.done(id, p.qos).await.is_err() {
+                if local.skip(id, p.qos).await.is_err() {
                     return;
                 }
             }
@@ -469,8 +470,9 @@ pub(crate) async fn receive(
             }
             Event::Connected { session_present, .. } => {
                 tracing::info!(bridge = %name, session_present, "connected to the remote");
-                status.connected.store(true, Ordering::Relaxed);
+                status.now_connected();
             }
+            Event::Reconnecting { attempt, delay } => status.backing_off(attempt, delay),
             Event::Disconnected { reason } => {
                 tracing::warn!(bridge = %name, "disconnected from the remote: {reason}");
                 status.connected.store(false, Ordering::Relaxed);

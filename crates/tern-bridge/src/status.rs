@@ -7,6 +7,7 @@
 //! | `last_error` | the last connection error or refusal (empty: none) |
 //! | `messages/forwarded`, `messages/received`, `messages/dropped`, `messages/hops_exceeded`, `messages/echoes` | counts since start |
 //! | `outbox/messages`, `outbox/bytes`, `outbox/dropped` | the outbox now; what it dropped while full |
+//! | `reconnect/attempts`, `reconnect/backoff_ms` | failed attempts since the last connection; the wait before the next (0 while connected) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub(crate) async fn publish_loop(internal: Internal, bridges: Vec<Arc<Shared>>) 
                 ("outbox/messages", s.outbox_messages.to_string()),
                 ("outbox/bytes", s.outbox_bytes.to_string()),
                 ("outbox/dropped", s.outbox_dropped.to_string()),
+                ("reconnect/attempts", s.reconnect_attempts.to_string()),
+                ("reconnect/backoff_ms", s.backoff_ms.to_string()),
             ];
             for (key, value) in values {
                 let topic = format!("$SYS/broker/bridge/{}/{key}", s.name);

@@ -96,10 +96,16 @@ async fn a_refusing_remote_is_retried_with_backoff_and_a_password_file_is_read()
     let attempts = b.stats().connections_total - before;
     let s = state(&bridges);
     assert!(!s.connected);
-    let error = s.last_error.unwrap();
+    let error = s.last_error.clone().unwrap();
     assert!(error.contains("refused the connection"), "{error}");
     // Waits of 50-100, 100-200 then 200-400 ms: at most about ten attempts in two seconds.
     assert!((2..=12).contains(&attempts), "{attempts} attempts in 2 s");
+    // The backoff is in the state: attempts so far and the wait before the next one.
+    assert!(s.reconnect_attempts >= 2, "{s:?}");
+    assert!(
+        (50..=400).contains(&s.backoff_ms),
+        "within reconnect_min_ms/2 and reconnect_max_ms: {s:?}"
+    );
     bridges.stop().await;
 
     // The right password, from a file.
@@ -112,7 +118,9 @@ async fn a_refusing_remote_is_retried_with_backoff_and_a_password_file_is_read()
             c.password_file = Some(secret.clone());
         });
     let bridges = start_bridge(&a, config).await;
-    assert_eq!(state(&bridges).last_error, None);
+    let s = state(&bridges);
+    assert_eq!(s.last_error, None);
+    assert_eq!((s.reconnect_attempts, s.backoff_ms), (0, 0), "{s:?}");
     bridges.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -233,6 +233,8 @@ fn bridge_report(s: tern_bridge::BridgeState) -> tern_admin::BridgeReport {
         remote: s.remote,
         connected: s.connected,
         last_error: s.last_error,
+        reconnect_attempts: u64::from(s.reconnect_attempts),
+        backoff_ms: s.backoff_ms,
         forwarded: s.forwarded,
         received: s.received,
         dropped: s.dropped,

@@ -224,6 +224,11 @@ fn bridge_state_is_in_the_metrics_and_the_admin_api() {
     let b = &api["items"][0];
     assert_eq!(b["name"], "cloud");
     assert_eq!(b["connected"], true);
+    assert_eq!(
+        (&b["reconnect_attempts"], &b["backoff_ms"]),
+        (&0.into(), &0.into()),
+        "{b}"
+    );
     assert_eq!(b["forwarded"], 1);
     assert_eq!(b["remote"], format!("mqtt://127.0.0.1:{remote_port}"));
     let _ = std::fs::remove_dir_all(&dir);
