@@ -44,6 +44,8 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
 /// Outstanding request/response exchanges.
 const MAX_RESPONDERS: usize = 1024;
+/// Publish commands taken at once when several wait.
+const PUBLISH_BATCH: usize = 64;
 /// Time allowed to flush DISCONNECT and close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -274,19 +276,38 @@ impl Driver {
         }
     }
 
+    /// Hand one publish command to the session.
+    fn publish(&mut self, now: Instant, cmd: PublishCommand) {
+        let queued = match cmd.relay {
+            true => self.session.publish_as(now, cmd.publish),
+            false => self.session.publish(now, cmd.publish),
+        };
+        match queued {
+            Ok(token) => {
+                self.publishes.insert(token, cmd.reply);
+            }
+            Err(e) => {
+                let _ = cmd.reply.send(Err(e.into()));
+            }
+        }
+    }
+
     fn on_command(&mut self, now: Instant, input: Input) {
         match input {
-            Input::Publish(Some(cmd)) => match match cmd.relay {
-                true => self.session.publish_as(now, cmd.publish),
-                false => self.session.publish(now, cmd.publish),
-            } {
-                Ok(token) => {
-                    self.publishes.insert(token, cmd.reply);
+            Input::Publish(Some(cmd)) => {
+                self.publish(now, cmd);
+                // Take the publishes already waiting too, so that they go out in one write
+                // rather than one write each (a program handing over a stream).
+                for _ in 1..PUBLISH_BATCH {
+                    if !self.session.can_publish() {
+                        break;
+                    }
+                    match self.ch.publish.try_recv() {
+                        Ok(cmd) => self.publish(now, cmd),
+                        Err(_) => break,
+                    }
                 }
-                Err(e) => {
-                    let _ = cmd.reply.send(Err(e.into()));
-                }
-            },
+            }
             Input::Request(Some(RequestCommand::Subscribe {
                 filters,
                 properties,
