@@ -425,34 +425,24 @@ pub(crate) async fn receive(
         };
         match event {
             Event::Message(m) => {
-                let Some(route) = rules.inbound(&m.topic) else {
-                    status.dropped.fetch_add(1, Ordering::Relaxed);
-                    if acks
-                        .send(Incoming {
-                            message: m,
-                            taken: None,
-                        })
-                        .await
-                        .is_err()
-                    {
+                let route = rules.inbound(&m.topic);
+                let echo = route.is_some()
+                    && shared.echoes_expected()
+                    && shared.echoes.is_echo(&m.topic, &m.payload);
+                let Some(route) = route.filter(|_| !echo) else {
+                    // Not for here (no rule takes it, or the echo of what this bridge sent):
+                    // acknowledged to the remote at once, in its turn.
+                    let counter = if echo { &status.echoes } else { &status.dropped };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let skipped = Incoming {
+                        message: m,
+                        taken: None,
+                    };
+                    if acks.send(skipped).await.is_err() {
                         return Ended::Local;
                     }
                     continue;
                 };
-                if shared.echoes_expected() && shared.echoes.is_echo(&m.topic, &m.payload) {
-                    status.echoes.fetch_add(1, Ordering::Relaxed);
-                    if acks
-                        .send(Incoming {
-                            message: m,
-                            taken: None,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return Ended::Local;
-                    }
-                    continue;
-                }
                 let mut p = Publish::new(route.topic, m.payload.clone());
                 p.qos = m.qos.min(route.qos);
                 p.retain = m.retain;

@@ -12,7 +12,14 @@
 //! publish_timeout_ms = 10000
 //! # nats_sync_always = true     # assert the fsync setting when there is no monitor URL
 //! # unsafe_lazy_fsync = false
+//! # user = "tern"                # NATS credentials: user and password (or password_file), or token
+//! # password_file = "/etc/tern/nats.password"
+//! # ca_file = "/etc/tern/nats-ca.pem"      # TLS to NATS (also with tls:// URLs)
+//! # cert_file = "/etc/tern/tern-a.pem"     # client certificate, when NATS verifies clients
+//! # key_file = "/etc/tern/tern-a.key"
 //! ```
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +57,35 @@ pub struct ClusterConfig {
     /// Start even if JetStream does not fsync before acknowledging: an acknowledged message
     /// can then be lost when NATS servers lose power together (default false).
     pub unsafe_lazy_fsync: bool,
+    /// User name on the NATS servers (with `password` or `password_file`).
+    pub user: Option<String>,
+    /// Its password.
+    #[serde(serialize_with = "masked")]
+    pub password: Option<String>,
+    /// A file whose first line is the password (instead of `password`).
+    #[serde(serialize_with = "masked")]
+    pub password_file: Option<PathBuf>,
+    /// A NATS authentication token (instead of a user name).
+    #[serde(serialize_with = "masked")]
+    pub token: Option<String>,
+    /// Use TLS to NATS (also implied by `ca_file`, `cert_file` and `tls://` URLs).
+    pub tls: bool,
+    /// PEM CA certificates the NATS servers' certificates must chain to (default: the
+    /// system's).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for NATS servers that verify their clients (`verify`).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key.
+    #[serde(serialize_with = "masked")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Secrets and paths to them are written as `***` (the admin API shows the configuration).
+fn masked<T, S: serde::Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some("***"),
+        None => s.serialize_none(),
+    }
 }
 
 impl Default for ClusterConfig {
@@ -66,6 +102,14 @@ impl Default for ClusterConfig {
             retention_secs: 86_400,
             nats_sync_always: false,
             unsafe_lazy_fsync: false,
+            user: None,
+            password: None,
+            password_file: None,
+            token: None,
+            tls: false,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -88,6 +132,19 @@ impl ClusterConfig {
         }
         if self.max_ack_inflight == 0 {
             return Err("cluster.max_ack_inflight must be above 0".into());
+        }
+        let has_password = self.password.is_some() || self.password_file.is_some();
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err("cluster.password and cluster.password_file: give one".into());
+        }
+        if self.user.is_some() != has_password {
+            return Err("cluster.user and cluster.password (or password_file) go together".into());
+        }
+        if self.token.is_some() && self.user.is_some() {
+            return Err("cluster.token and cluster.user: give one way to authenticate".into());
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("cluster.cert_file and cluster.key_file go together".into());
         }
         let token = |s: &str| {
             !s.is_empty()
@@ -142,6 +199,13 @@ mod tests {
             ("[cluster]\nnode_name = \"a.b\"\n", "cluster.node_name"),
             ("[cluster]\nprefix = \"\"\n", "cluster.prefix"),
             ("[cluster]\nnatz = []\n", "natz"),
+            ("[cluster]\nuser = \"tern\"\n", "cluster.password"),
+            ("[cluster]\npassword = \"x\"\n", "cluster.user"),
+            (
+                "[cluster]\nuser = \"t\"\npassword = \"x\"\ntoken = \"y\"\n",
+                "cluster.token",
+            ),
+            ("[cluster]\ncert_file = \"c.pem\"\n", "cluster.key_file"),
         ] {
             let err = Config::from_toml(bad).expect_err(bad).to_string();
             assert!(err.contains(names), "{bad}: {err}");

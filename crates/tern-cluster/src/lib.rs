@@ -109,6 +109,46 @@ fn default_node_name() -> String {
     }
 }
 
+/// Credentials and TLS towards NATS, from the `[cluster]` table.
+fn connect_options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions, ClusterError> {
+    let mut o = async_nats::ConnectOptions::new();
+    let password = match (&config.password, &config.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ClusterError::Config(format!(
+                    "cluster.password_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(text.lines().next().unwrap_or("").to_string())
+        }
+        (None, None) => None,
+    };
+    if let (Some(user), Some(password)) = (&config.user, password) {
+        o = o.user_and_password(user.clone(), password);
+    }
+    if let Some(token) = &config.token {
+        o = o.token(token.clone());
+    }
+    let readable = |key: &str, path: &std::path::Path| {
+        std::fs::metadata(path)
+            .map(|_| ())
+            .map_err(|e| ClusterError::Config(format!("cluster.{key}: cannot read {}: {e}", path.display())))
+    };
+    if let Some(ca) = &config.ca_file {
+        readable("ca_file", ca)?;
+        o = o.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+        readable("cert_file", cert)?;
+        readable("key_file", key)?;
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
+    let tls = config.tls || config.ca_file.is_some() || config.cert_file.is_some();
+    Ok(o.require_tls(tls))
+}
+
 impl Cluster {
     /// Connect to NATS, check that it keeps what it acknowledges (version, fsync; see
     /// [`ClusterError`]), and create or check the streams. Nothing is delivered into the
@@ -126,7 +166,7 @@ impl Cluster {
         }
         let node = config.node_name.clone();
         let urls = config.nats.join(",");
-        let client = async_nats::ConnectOptions::new()
+        let client = connect_options(&config)?
             .name(format!("tern {node}"))
             // This node's own QoS 0 messages reached its sessions already.
             .no_echo()

@@ -8,6 +8,7 @@
 //!   scripted fake server for a client.
 //! - [`nats`]: a NATS JetStream cluster of 1 or 3 `nats-server` processes on free loopback
 //!   ports, stopped by PID, for the cluster-mode tests.
+//! - [`pki`]: a test CA with a server certificate and a client certificate, as PEM files.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,4 +17,5 @@
 
 pub mod conformance;
 pub mod nats;
+pub mod pki;
 pub mod raw;

@@ -13,6 +13,8 @@ static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0)
 
 /// Longest wait for the servers to be healthy.
 const READY: Duration = Duration::from_secs(30);
+/// Starts of a fixture tried before giving up.
+const ATTEMPTS: usize = 3;
 
 /// One `nats-server` of the fixture.
 struct Server {
@@ -44,6 +46,32 @@ impl Nats {
     /// Start `n` servers (1, or 3 for a cluster with quorum) and wait until each is healthy.
     /// `sync_always`: `jetstream { sync_interval: always }` (false: NATS' default, 2 min).
     pub fn start(n: usize, sync_always: bool) -> Nats {
+        Nats::start_with(n, sync_always, "")
+    }
+
+    /// As [`Nats::start`], with `extra` added to each server's configuration (an
+    /// `authorization` or a `tls` block).
+    ///
+    /// Ports are found free just before the servers bind them, so a process of another test
+    /// may take one in between: a server that exits while starting makes the fixture start
+    /// the cluster again on new ports (at most [`ATTEMPTS`] times).
+    pub fn start_with(n: usize, sync_always: bool, extra: &str) -> Nats {
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let mut nats = Nats::configure(n, sync_always, extra);
+            for i in 0..n {
+                nats.spawn(i);
+            }
+            match nats.try_wait_healthy() {
+                Ok(()) => return nats,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    /// Directories and configuration files of `n` servers on free ports.
+    fn configure(n: usize, sync_always: bool, extra: &str) -> Nats {
         let dir = std::env::temp_dir().join(format!(
             "tern-nats-{}-{}",
             std::process::id(),
@@ -72,7 +100,7 @@ impl Nats {
                 &conf,
                 format!(
                     "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n\
-                     jetstream {{ store_dir: \"{}\", {sync} }}\n{cluster}\n",
+                     jetstream {{ store_dir: \"{}\", {sync} }}\n{cluster}\n{extra}\n",
                     store.display()
                 ),
             )
@@ -84,12 +112,7 @@ impl Nats {
                 child: None,
             });
         }
-        let mut nats = Nats { dir, servers };
-        for i in 0..n {
-            nats.spawn(i);
-        }
-        nats.wait_healthy();
-        nats
+        Nats { dir, servers }
     }
 
     fn spawn(&mut self, i: usize) {
@@ -107,21 +130,39 @@ impl Nats {
     }
 
     /// Wait until every running server says it is healthy (JetStream meta leader elected).
-    pub fn wait_healthy(&self) {
+    pub fn wait_healthy(&mut self) {
+        if let Err(e) = self.try_wait_healthy() {
+            panic!("{e}");
+        }
+    }
+
+    /// As [`Nats::wait_healthy`]; the error says which server did not become healthy (or
+    /// exited) and ends with its log.
+    fn try_wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY;
-        for s in self.servers.iter().filter(|s| s.child.is_some()) {
+        for s in self.servers.iter_mut().filter(|s| s.child.is_some()) {
             loop {
                 if http_get(s.http, "/healthz").is_some_and(|b| b.contains("\"ok\"")) {
                     break;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "nats-server on {} not healthy in {READY:?}",
-                    s.client
-                );
+                let exited = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                if exited.is_some() || Instant::now() >= deadline {
+                    let log = std::fs::read_to_string(s.conf.with_extension("log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    let what = match exited {
+                        Some(status) => format!("exited ({status})"),
+                        None => format!("not healthy in {READY:?}"),
+                    };
+                    return Err(format!(
+                        "nats-server on {} {what}; its log ends:\n{}",
+                        s.client,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        Ok(())
     }
 
     /// `nats://127.0.0.1:PORT` of every server.

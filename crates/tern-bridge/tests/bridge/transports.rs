@@ -1,8 +1,6 @@
 //! The remote reached over TLS with a client certificate, and over WebSocket: another Tern
 //! broker with those listeners.
 
-use std::path::PathBuf;
-
 use tern_broker::{
     BridgeConfig, BridgeDirection, BridgeTopic, BrokerBuilder, BrokerHandle, ListenerConfig, ListenerKind,
 };
@@ -67,50 +65,19 @@ async fn over_websocket_to_tern() {
     round_trip(&a, &b, bridge("ws", &format!("ws://{ws}/mqtt"), "5"), None).await;
 }
 
-struct Files(PathBuf);
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn over_tls_with_a_client_certificate_to_tern() {
-    let dir = Files(std::env::temp_dir().join(format!("tern-bridge-tls-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let write = |name: &str, text: &str| {
-        let p = dir.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
     // A CA, the remote's certificate for localhost, the bridge's client certificate.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "bridge test CA");
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let mut sp = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    sp.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
-    let server = sp.signed_by(&server_key, &issuer).unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    cp.distinguished_name
-        .push(rcgen::DnType::CommonName, "edge-site-1");
-    cp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = cp.signed_by(&client_key, &issuer).unwrap();
-    let ca_file = write("ca.pem", &ca_cert.pem());
+    let pki = tern_testkit::pki::Pki::new(
+        &std::env::temp_dir().join(format!("tern-bridge-tls-{}", std::process::id())),
+        &["localhost"],
+        "edge-site-1",
+    );
+    let ca_file = pki.ca.clone();
 
     let mut tls = ListenerConfig::new(ListenerKind::Tls, "127.0.0.1:0".parse().unwrap());
-    tls.cert = Some(write("server.pem", &server.pem()));
-    tls.key = Some(write("server.key", &server_key.serialize_pem()));
+    tls.cert = Some(pki.server_cert.clone());
+    tls.key = Some(pki.server_key.clone());
     tls.client_ca = Some(ca_file.clone());
     tls.use_identity_as_username = true;
     let b = BrokerBuilder::new()
@@ -123,10 +90,7 @@ async fn over_tls_with_a_client_certificate_to_tern() {
         .spawn();
     let port = b.addr_of(ListenerKind::Tls).unwrap().port();
     let a = tern().await;
-    let (cert_file, key_file) = (
-        write("client.pem", &client_cert.pem()),
-        write("client.key", &client_key.serialize_pem()),
-    );
+    let (cert_file, key_file) = (pki.client_cert.clone(), pki.client_key.clone());
     let config = bridge("tls", &format!("mqtts://localhost:{port}"), "5").with(|c| {
         c.ca_file = Some(ca_file);
         c.cert_file = Some(cert_file);

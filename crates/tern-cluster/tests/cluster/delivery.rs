@@ -55,7 +55,7 @@ async fn wait_for_interest(publisher: &mut Raw, sub: &mut Raw, topic: &str) {
     }
 }
 
-async fn exchange_all_qos(a: &node::Node, b: &node::Node, version: ProtocolVersion) {
+pub(crate) async fn exchange_all_qos(a: &node::Node, b: &node::Node, version: ProtocolVersion) {
     let tag = if version == V5 { "v5" } else { "v3" };
     let mut sub = Raw::connect(b.addr(), version, &format!("sub-{tag}")).await;
     let ack = sub.subscribe(&format!("x/{tag}/#"), QoS::ExactlyOnce).await;

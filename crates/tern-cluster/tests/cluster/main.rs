@@ -2,6 +2,7 @@
 //! `tern_cluster::Cluster` backplane; clients are raw MQTT peers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod delivery;
 mod guard;
 mod node;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tern_client::{Client, Options, ProtocolVersion, QoS, Reconnect};
 
-use crate::{seed, Broker, TempDir};
+use crate::{random, Broker, TempDir};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
@@ -195,14 +195,7 @@ async fn crash_loop(qos: QoS) {
     .unwrap();
     collector.subscribe("site1/edge/#", qos).await.unwrap();
 
-    let mut rng = seed();
-    eprintln!("bridge crash test seed {rng} (set TERN_CRASH_SEED to repeat)");
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = random("bridge crash test");
     let mut acknowledged = Vec::new();
     for round in 0..rounds {
         // Even rounds: the remote is down, everything waits in the outbox. Odd rounds: it is
@@ -371,14 +364,7 @@ async fn bridge_loses_no_message_from_the_remote_across_kill_9() {
         })
     };
 
-    let mut rng = seed();
-    eprintln!("bridge `in` crash test seed {rng} (set TERN_CRASH_SEED to repeat)");
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = random("bridge `in` crash test");
     let mut seen = BTreeSet::new();
     for round in 0..rounds {
         let broker = Broker::start_with_config(&data.0, &config_path);

@@ -247,6 +247,19 @@ async fn drain(sub: &mut Peer) -> HashMap<u16, (QoS, usize)> {
     seen
 }
 
+/// A xorshift generator started from [`seed`], after printing the seed for `what` (set
+/// `TERN_CRASH_SEED` to repeat a run).
+fn random(what: &str) -> impl FnMut() -> u64 {
+    let mut rng = seed();
+    eprintln!("{what} seed {rng} (set TERN_CRASH_SEED to repeat)");
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
+}
+
 fn seed() -> u64 {
     std::env::var("TERN_CRASH_SEED")
         .ok()
@@ -262,14 +275,7 @@ fn seed() -> u64 {
 async fn crash_test(sync: &str) {
     let dir = TempDir(std::env::temp_dir().join(format!("tern-crash-{}-{sync}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
-    let mut rng = seed();
-    eprintln!("crash test seed {rng} (set TERN_CRASH_SEED to repeat)");
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = random("crash test");
 
     // The subscriber makes its persistent session and goes away.
     let broker = Broker::start(&dir.0, sync);
@@ -422,14 +428,7 @@ async fn retained_messages_survive_kill_9_while_a_subscriber_reads_them_from_dis
         "sync = \"always\"\nsys_interval_secs = 0\nretained_cache_bytes = 65536\nmax_queued_messages = 100\n",
     )
     .unwrap();
-    let mut rng = seed();
-    eprintln!("retained crash test seed {rng} (set TERN_CRASH_SEED to repeat)");
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = random("retained crash test");
     // The last acknowledged version of each topic.
     let mut acked = vec![0u64; TOPICS];
     let mut version = 0u64;
