@@ -23,12 +23,14 @@
 //! - `topic.rs`: MQTT topics and filters as NATS subjects (total and reversible).
 //! - `codec.rs`: a broker message as NATS headers and payload, and back.
 //! - `monitor.rs`: the start-up guard (NATS version, JetStream fsync setting).
+//! - `check.rs`: `tern cluster check`, every requirement on the NATS side as a line.
 //! - `streams.rs`: the shard streams, created or checked at start.
 //! - `outbound.rs`: this node's clients' messages on their way to NATS; the tickets that hold
 //!   acknowledgements back until JetStream has stored the message.
 //! - `inbound.rs`: other nodes' messages into this node (QoS 0 subscriptions that follow the
 //!   local filters, one ordered consumer per shard, the retained bucket followed in order).
 
+mod check;
 mod codec;
 mod error;
 mod inbound;
@@ -46,6 +48,7 @@ use tern_broker::backplane::Backplane;
 use tern_broker::durability::{Progress, Ticket};
 use tern_broker::{Admin, ClusterConfig, Message};
 
+pub use check::{check, Finding};
 pub use error::ClusterError;
 pub use inbound::InboundCounters;
 pub use monitor::version_ok;

@@ -82,6 +82,16 @@ pub async fn check(
     Ok(always)
 }
 
+/// `/varz` of the monitoring endpoint `base` (`tern cluster check`).
+pub async fn varz(base: &str) -> Result<serde_json::Value, ClusterError> {
+    get_json(base, "/varz").await
+}
+
+/// `/jsz` of the monitoring endpoint `base` (`tern cluster check`: the JetStream cluster size).
+pub async fn jsz(base: &str) -> Result<serde_json::Value, ClusterError> {
+    get_json(base, "/jsz").await
+}
+
 /// GET `path` from the monitoring endpoint `base` (`http://HOST:PORT`) as JSON.
 async fn get_json(base: &str, path: &str) -> Result<serde_json::Value, ClusterError> {
     let fail = |why: String| ClusterError::Monitor {

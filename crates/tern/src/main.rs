@@ -43,6 +43,8 @@ enum Command {
     Passwd(cmd::passwd::Args),
     /// Show a client's packets in and out, live, from the broker's HTTP endpoint.
     Trace(cmd::trace::Args),
+    /// Cluster mode: `tern cluster check` says whether the NATS servers have what Tern needs.
+    Cluster(cmd::cluster::Args),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         }),
         Command::Passwd(args) => text().and_then(|()| cmd::passwd::run(args).map(|()| ExitCode::SUCCESS)),
         Command::Trace(args) => text().and_then(|()| cmd::trace::run(args).map(|()| ExitCode::SUCCESS)),
+        Command::Cluster(args) => text().and_then(|()| cmd::cluster::run(args)),
     };
     match result {
         Ok(code) => code,

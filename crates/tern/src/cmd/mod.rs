@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod broker;
+pub mod cluster;
 pub mod connect;
 pub mod passwd;
 pub mod publish;

@@ -288,3 +288,48 @@ async fn kill_loop(qos: QoS) {
     drop(b);
     let _ = std::fs::remove_file(&config);
 }
+
+/// `tern cluster check` against NATS servers: one line per requirement, `ok` or `FAIL`, and
+/// the exit status says whether all hold.
+fn cluster_check(nats: &Nats) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["cluster", "check", "--cluster"])
+        .arg(nats.urls().join(","))
+        .arg("--monitor")
+        .arg(nats.monitors().join(","))
+        .output()
+        .expect("run tern cluster check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn tern_cluster_check_says_what_nats_lacks() {
+    // NATS as Tern needs it: every line ok, exit 0; the streams are not there yet.
+    let nats = Nats::start(3, true);
+    let (ok, text) = cluster_check(&nats);
+    assert!(ok, "{text}");
+    assert!(
+        text.lines().all(|l| l.starts_with("ok ")),
+        "one line per requirement, all ok:\n{text}"
+    );
+    assert!(text.contains("sync_interval: always"), "{text}");
+    assert!(
+        text.contains("none yet"),
+        "no stream is created by the check:\n{text}"
+    );
+    drop(nats);
+
+    // NATS' default fsync: that line fails, naming the setting, and the exit status is 1.
+    let nats = Nats::start(1, false);
+    let (ok, text) = cluster_check(&nats);
+    assert!(!ok, "{text}");
+    let fail: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(fail.iter().any(|l| l.contains("sync_interval: always")), "{text}");
+    // One server cannot keep 3 copies (cluster.replicas defaults to 3).
+    assert!(fail.iter().any(|l| l.contains("cluster.replicas = 3")), "{text}");
+    assert_eq!(fail.len(), 2, "{text}");
+    assert!(text.contains("ok   NATS 2.11 or later"), "{text}");
+}
