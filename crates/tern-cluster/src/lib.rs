@@ -24,6 +24,7 @@
 //! - `codec.rs`: a broker message as NATS headers and payload, and back.
 //! - `monitor.rs`: the start-up guard (NATS version, JetStream fsync setting).
 //! - `check.rs`: `tern cluster check`, every requirement on the NATS side as a line.
+//! - `sys.rs`: `$SYS/cluster/...`, the cluster's totals and each node's figures.
 //! - `streams.rs`: the shard streams, created or checked at start.
 //! - `outbound.rs`: this node's clients' messages on their way to NATS; the tickets that hold
 //!   acknowledgements back until JetStream has stored the message.
@@ -37,6 +38,7 @@ mod inbound;
 mod monitor;
 mod outbound;
 mod streams;
+mod sys;
 pub mod topic;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -259,6 +261,17 @@ impl Cluster {
     /// the cluster's retained messages into it (so that a client of this node sees them from
     /// its first SUBSCRIBE). Call it before the broker serves.
     pub async fn attach(&self, admin: Admin) -> Result<(), ClusterError> {
+        let sys_interval = admin.config().sys_interval_secs;
+        if sys_interval > 0 {
+            let task = tokio::spawn(sys::run(
+                self.node.clone(),
+                self.config.prefix.clone(),
+                self.client.clone(),
+                admin.clone(),
+                Duration::from_secs(sys_interval),
+            ));
+            self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        }
         let inbound = Arc::new(inbound::Inbound {
             node: self.node.clone(),
             prefix: self.config.prefix.clone(),

@@ -7,4 +7,5 @@ mod delivery;
 mod guard;
 mod node;
 mod retained;
+mod sys;
 mod topic;

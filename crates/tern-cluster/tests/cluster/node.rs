@@ -32,6 +32,11 @@ pub fn config(nats: &Nats, name: &str) -> ClusterConfig {
 
 /// Start a node with `config`.
 pub async fn start(config: &ClusterConfig) -> Node {
+    start_configured(config, |_| {}).await
+}
+
+/// Start a node with `config`, its broker's settings changed by `f`.
+pub async fn start_configured(config: &ClusterConfig, f: impl FnOnce(&mut tern_broker::Config)) -> Node {
     // RUST_LOG=tern_cluster=debug shows what the nodes do.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -44,6 +49,7 @@ pub async fn start(config: &ClusterConfig) -> Node {
         .configure(|c| {
             c.data_dir = None;
             c.max_packet_size = c.max_packet_size.min(max);
+            f(c);
         })
         .backplane(cluster.backplane())
         .bind()
