@@ -52,4 +52,18 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     fn ack_timeout(&self) -> Duration {
         Duration::from_secs(10)
     }
+
+    /// The connection `conn_id` of `client_id` has a will (`delay_secs`: its Will Delay
+    /// Interval): kept elsewhere, another node can publish it if this broker dies with the
+    /// connection open (default: nothing).
+    fn will_armed(&self, client_id: &str, conn_id: u64, will: &Arc<Message>, delay_secs: u32) {
+        let _ = (client_id, conn_id, will, delay_secs);
+    }
+
+    /// The will of connection `conn_id` of `client_id` no longer waits on this broker's
+    /// death: the connection ended and this broker published it, scheduled it or discarded
+    /// it (not called when the broker shuts down with the connection open).
+    fn will_disarmed(&self, client_id: &str, conn_id: u64) {
+        let _ = (client_id, conn_id);
+    }
 }

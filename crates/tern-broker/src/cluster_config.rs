@@ -57,6 +57,10 @@ pub struct ClusterConfig {
     /// Start even if JetStream does not fsync before acknowledging: an acknowledged message
     /// can then be lost when NATS servers lose power together (default false).
     pub unsafe_lazy_fsync: bool,
+    /// Milliseconds without news of a node after which it is taken for gone and another node
+    /// publishes the wills of its clients (default 10,000); each node says it is alive every
+    /// fifth of it.
+    pub node_timeout_ms: u64,
     /// User name on the NATS servers (with `password` or `password_file`).
     pub user: Option<String>,
     /// Its password.
@@ -102,6 +106,7 @@ impl Default for ClusterConfig {
             retention_secs: 86_400,
             nats_sync_always: false,
             unsafe_lazy_fsync: false,
+            node_timeout_ms: 10_000,
             user: None,
             password: None,
             password_file: None,
@@ -132,6 +137,12 @@ impl ClusterConfig {
         }
         if self.max_ack_inflight == 0 {
             return Err("cluster.max_ack_inflight must be above 0".into());
+        }
+        if self.node_timeout_ms < 500 {
+            return Err(format!(
+                "cluster.node_timeout_ms = {}: at least 500",
+                self.node_timeout_ms
+            ));
         }
         let has_password = self.password.is_some() || self.password_file.is_some();
         if self.password.is_some() && self.password_file.is_some() {

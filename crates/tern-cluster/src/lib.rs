@@ -25,6 +25,8 @@
 //! - `monitor.rs`: the start-up guard (NATS version, JetStream fsync setting).
 //! - `check.rs`: `tern cluster check`, every requirement on the NATS side as a line.
 //! - `sys.rs`: `$SYS/cluster/...`, the cluster's totals and each node's figures.
+//! - `wills.rs`: the wills of each node's connections in a bucket, node liveness, and the
+//!   wills of a node that dies published by another.
 //! - `streams.rs`: the shard streams, created or checked at start.
 //! - `outbound.rs`: this node's clients' messages on their way to NATS; the tickets that hold
 //!   acknowledgements back until JetStream has stored the message.
@@ -40,6 +42,7 @@ mod outbound;
 mod streams;
 mod sys;
 pub mod topic;
+mod wills;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +82,9 @@ pub struct Cluster {
     inbound_counters: Arc<InboundCounters>,
     subscribed: Arc<AtomicU64>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// To the will keeper (`wills.rs`), which [`Cluster::attach`] starts.
+    wills: tokio::sync::mpsc::Sender<wills::WillOp>,
+    wills_rx: Mutex<Option<tokio::sync::mpsc::Receiver<wills::WillOp>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -199,7 +205,12 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + START_RETRY;
         let start_seqs = loop {
             let r = match streams::ensure(&js, &config).await {
-                Ok(seqs) => streams::ensure_retain(&js, &config).await.map(|()| seqs),
+                Ok(seqs) => match streams::ensure_retain(&js, &config).await {
+                    Ok(()) => wills::ensure(&js, &config.prefix, config.replicas)
+                        .await
+                        .map(|()| seqs),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match r {
@@ -224,7 +235,10 @@ impl Cluster {
             receivers,
         ));
         tracing::info!(node = %node, nats = %urls, server = %info.server_name, version = %info.version, shards = config.shards, replicas = config.replicas, fsync_always, "cluster mode: connected to NATS");
+        let (wills_tx, wills_rx) = tokio::sync::mpsc::channel(wills::QUEUE);
         Ok(Cluster {
+            wills: wills_tx,
+            wills_rx: Mutex::new(Some(wills_rx)),
             config,
             node,
             client,
@@ -254,6 +268,7 @@ impl Cluster {
             outbound: self.outbound.clone(),
             interest: self.interest.clone(),
             prefix: self.config.prefix.clone(),
+            wills: self.wills.clone(),
         })
     }
 
@@ -261,6 +276,30 @@ impl Cluster {
     /// the cluster's retained messages into it (so that a client of this node sees them from
     /// its first SUBSCRIBE). Call it before the broker serves.
     pub async fn attach(&self, admin: Admin) -> Result<(), ClusterError> {
+        // The wills this node's previous run left (its connections died with it) go out
+        // before it takes clients, whose wills use the same keys.
+        let keeper = wills::Keeper {
+            node: self.node.clone(),
+            prefix: self.config.prefix.clone(),
+            js: self.js.clone(),
+            client: self.client.clone(),
+            admin: admin.clone(),
+            outbound: self.outbound.clone(),
+            timeout: Duration::from_millis(self.config.node_timeout_ms),
+        };
+        match keeper.reap(&self.node).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                wills = n,
+                "cluster: published the wills this node's previous run left"
+            ),
+            Err(e) => tracing::warn!("cluster: cannot read the wills this node's previous run left: {e}"),
+        }
+        let rx = self.wills_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(rx) = rx {
+            let task = tokio::spawn(wills::run(keeper, rx));
+            self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        }
         let sys_interval = admin.config().sys_interval_secs;
         if sys_interval > 0 {
             let task = tokio::spawn(sys::run(
@@ -374,6 +413,15 @@ struct NodeBackplane {
     outbound: Arc<outbound::Outbound>,
     interest: Arc<inbound::Interest>,
     prefix: String,
+    wills: tokio::sync::mpsc::Sender<wills::WillOp>,
+}
+
+impl NodeBackplane {
+    fn to_keeper(&self, op: wills::WillOp) {
+        if let Err(e) = self.wills.try_send(op) {
+            tracing::warn!("cluster wills: the keeper is behind; a will change is dropped: {e}");
+        }
+    }
 }
 
 impl Backplane for NodeBackplane {
@@ -403,5 +451,21 @@ impl Backplane for NodeBackplane {
 
     fn ack_timeout(&self) -> Duration {
         self.outbound.ack_timeout
+    }
+
+    fn will_armed(&self, client_id: &str, conn_id: u64, will: &Arc<Message>, delay_secs: u32) {
+        self.to_keeper(wills::WillOp::Arm {
+            client: client_id.into(),
+            conn: conn_id,
+            will: will.clone(),
+            delay: delay_secs,
+        });
+    }
+
+    fn will_disarmed(&self, client_id: &str, conn_id: u64) {
+        self.to_keeper(wills::WillOp::Disarm {
+            client: client_id.into(),
+            conn: conn_id,
+        });
     }
 }

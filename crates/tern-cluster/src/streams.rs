@@ -30,6 +30,11 @@ pub fn retain_bucket(prefix: &str) -> String {
     format!("{prefix}_retain")
 }
 
+/// The bucket of the wills of connected clients, by node (`wills.rs`).
+pub fn wills_bucket(prefix: &str) -> String {
+    format!("{prefix}_wills")
+}
+
 /// The subject a KV put of `bucket` is a publish to (the encoded topic follows).
 pub fn retain_subject(prefix: &str) -> String {
     format!("$KV.{}", retain_bucket(prefix))

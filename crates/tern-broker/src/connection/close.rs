@@ -85,6 +85,14 @@ impl Conn {
             .connected
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let will = self.link.will.take();
+        if let (Some(b), true, false) = (
+            &self.link.core.backplane,
+            will.is_some(),
+            matches!(close, Close::Shutdown),
+        ) {
+            // Decided here from now on (a shutdown leaves it to the other nodes).
+            b.will_disarmed(&self.link.client_id, self.link.conn_id);
+        }
         if matches!(close, Close::Shutdown) {
             // Nobody is left to receive the will; a persistent session is written
             // as disconnected now, so that its expiry runs from here after a restart.

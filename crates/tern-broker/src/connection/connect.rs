@@ -336,6 +336,9 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         .connected
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     core.metrics.connected(v);
+    if let (Some(b), Some(w)) = (&core.backplane, &will) {
+        b.will_armed(&client_id, conn_id, &w.message, w.delay);
+    }
     let session = ServerSession::new(v, core.rules.clone(), limits, auth_method, now);
     let link = Link {
         core: core.clone(),

@@ -9,3 +9,4 @@ mod node;
 mod retained;
 mod sys;
 mod topic;
+mod wills;

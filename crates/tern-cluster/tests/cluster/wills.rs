@@ -1,0 +1,98 @@
+//! Wills of a node that dies (issue #15, design §3.2 "Wills"): a client on node B with a will,
+//! B killed with its connection open: the will reaches a subscriber on node A, once, after
+//! `node_timeout_ms`; a client that disconnected normally before has no will published; a
+//! node that restarts under its name publishes the wills its previous run left.
+
+use std::time::{Duration, Instant};
+
+use tern_proto::{Connect, Packet, QoS, Will};
+use tern_testkit::nats::Nats;
+use tern_testkit::raw::{Raw, V5};
+
+use crate::node;
+
+/// Connect `id` to `addr` with a QoS 1 will on `will/ID`.
+async fn with_will(addr: std::net::SocketAddr, id: &str) -> Raw {
+    let mut c = Connect::new(V5, id);
+    c.will = Some(Will {
+        topic: format!("will/{id}").into(),
+        payload: format!("{id} is gone").into_bytes().into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (raw, ack) = Raw::connect_with(addr, c).await;
+    assert!(!ack.reason_code.is_error(), "{ack:?}");
+    raw
+}
+
+/// The node dies: nothing more of it reaches NATS (its cluster tasks stop first), then its
+/// broker stops.
+fn kill(n: node::Node) {
+    let node::Node { broker, cluster } = n;
+    drop(cluster);
+    drop(broker);
+}
+
+/// The wills `sub` receives within `wait`, acknowledged.
+async fn wills(sub: &mut Raw, wait: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + wait;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match sub.next_within(left).await {
+            Ok(Some(Packet::Publish(p))) => {
+                sub.ack(&p).await;
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wills_of_a_killed_node_are_published_once_by_another() {
+    let nats = Nats::start(1, true);
+    let config = |name: &str| {
+        let mut c = node::config(&nats, name);
+        c.node_timeout_ms = 1500;
+        c
+    };
+    let a = node::start(&config("a")).await;
+    let b = node::start(&config("b")).await;
+    let mut sub = Raw::connect(a.addr(), V5, "watcher").await;
+    sub.subscribe("will/#", QoS::AtLeastOnce).await;
+
+    // On B: one client that leaves normally (no will, v5 [MQTT-3.1.2-10]: DISCONNECT 0x00
+    // deletes it), one that is still connected when B dies.
+    let leaving = with_will(b.addr(), "leaving").await;
+    let _staying = with_will(b.addr(), "staying").await;
+    leaving.disconnect().await;
+    // The keeper has written both wills and deleted one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill(b);
+    // v5 [MQTT-3.1.2-8]: the network connection closed without DISCONNECT: the will is
+    // published, here by node A, once.
+    let got = wills(&mut sub, Duration::from_secs(8)).await;
+    assert_eq!(
+        got,
+        vec!["staying is gone".to_string()],
+        "A published B's will once"
+    );
+
+    // B restarts under its name before anyone reaps: it publishes what its previous run left.
+    let b = node::start(&config("b")).await;
+    let _again = with_will(b.addr(), "again").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill(b);
+    let b = node::start(&config("b")).await;
+    let got = wills(&mut sub, Duration::from_secs(4)).await;
+    assert_eq!(
+        got,
+        vec!["again is gone".to_string()],
+        "the restarted B published it, once"
+    );
+    drop(b);
+    drop(a);
+}
