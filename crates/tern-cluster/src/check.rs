@@ -183,10 +183,10 @@ pub async fn check(config: &ClusterConfig) -> Vec<Finding> {
     let mut wrong = Vec::new();
     let names: Vec<String> = (0..config.shards)
         .map(|k| streams::stream_name(&config.prefix, k))
-        .chain(std::iter::once(format!(
-            "KV_{}",
-            streams::retain_bucket(&config.prefix)
-        )))
+        .chain([
+            format!("KV_{}", streams::retain_bucket(&config.prefix)),
+            format!("KV_{}", streams::wills_bucket(&config.prefix)),
+        ])
         .collect();
     for name in &names {
         if let Ok(mut s) = js.get_stream(name).await {
