@@ -53,6 +53,14 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         Duration::from_secs(10)
     }
 
+    /// Whether what is handed over waits beyond what the backplane can keep up with (its
+    /// queue to other brokers nearly full): a connection that has just published a QoS 0
+    /// message stops reading its client while this holds, as it does for a full
+    /// subscriber's queue, rather than have the backplane drop messages (default `false`).
+    fn congested(&self) -> bool {
+        false
+    }
+
     /// The connection `conn_id` of `client_id` has a will (`delay_secs`: its Will Delay
     /// Interval): kept elsewhere, another node can publish it if this broker dies with the
     /// connection open (default: nothing).

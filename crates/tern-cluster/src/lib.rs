@@ -453,6 +453,10 @@ impl Backplane for NodeBackplane {
         self.outbound.ack_timeout
     }
 
+    fn congested(&self) -> bool {
+        self.outbound.congested()
+    }
+
     fn will_armed(&self, client_id: &str, conn_id: u64, will: &Arc<Message>, delay_secs: u32) {
         self.to_keeper(wills::WillOp::Arm {
             client: client_id.into(),

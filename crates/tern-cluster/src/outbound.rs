@@ -111,6 +111,14 @@ impl Outbound {
         (out, Receivers { stored, qos0 })
     }
 
+    /// Whether QoS 0 messages handed over now would soon be dropped: the core NATS queue is
+    /// three quarters full, or the stored writes waiting approach [`QOS0_QUEUE`] (a retained
+    /// QoS 0 message needs one). Publishers of QoS 0 wait while it holds.
+    pub fn congested(&self) -> bool {
+        self.qos0_tx.capacity() < QOS0_QUEUE / 4
+            || self.submitted().saturating_sub(self.progress.get()) >= (QOS0_QUEUE as u64) * 3 / 4
+    }
+
     /// The ticket of the last stored message handed over.
     pub fn submitted(&self) -> Ticket {
         self.submitted.load(Ordering::Acquire)

@@ -354,6 +354,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         waiting_for_commit: false,
         seen_commit: 0,
         pressure: Vec::new(),
+        backplane_slowed: false,
         pending: Vec::new(),
         pending_bytes: 0,
         pending_messages: 0,

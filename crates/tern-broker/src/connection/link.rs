@@ -101,6 +101,9 @@ pub(crate) struct Link {
     /// Subscriber sessions over their queue limits: this client's socket is not
     /// read until they have room (backpressure instead of loss for QoS 1/2).
     pub pressure: Vec<Arc<SessionCell>>,
+    /// The backplane was congested after this connection's last QoS 0 publish: it is not
+    /// read until the backplane has room ([`crate::backplane::Backplane::congested`]).
+    pub backplane_slowed: bool,
     /// Messages routed from the packets being decoded, not yet queued (see
     /// [`crate::broker_core::Core::publish_deferred`]).
     pub pending: crate::broker_core::Deliveries,
@@ -143,6 +146,10 @@ impl Link {
     }
 
     fn route_message(&mut self, msg: &Arc<Message>) -> Routed {
+        if let (Some(b), QoS::AtMostOnce) = (&self.core.backplane, msg.qos) {
+            // QoS 0 is not held by acknowledgements: the backplane's queue slows the client.
+            self.backplane_slowed |= b.congested();
+        }
         if msg.retain && !self.core.retain(msg) {
             tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "retained store full (max_retained); message not retained");
         }

@@ -111,7 +111,10 @@ impl Conn {
             }
             reserve_for_read(buf, read_hint);
             self.link.pressure.retain(|c| !c.has_room(&core.config, clock));
-            if self.link.pressure.is_empty() && !buf.is_empty() {
+            if self.link.backplane_slowed {
+                self.link.backplane_slowed = core.backplane.as_ref().is_some_and(|b| b.congested());
+            }
+            if self.link.pressure.is_empty() && !self.link.backplane_slowed && !buf.is_empty() {
                 // Packets left buffered while this client was slowed down. If any were
                 // handled (acknowledgements may have opened the in-flight window), go
                 // round again to pump; a partial packet alone waits for more bytes.
@@ -138,11 +141,12 @@ impl Conn {
                 }
             }
             let slowed = self.link.pressure.first().cloned();
+            let backplane_slowed = self.link.backplane_slowed;
             // A slowed-down client's socket is not read, so its keep-alive cannot be
             // judged: the clock stops while it waits and starts again after. What is left in
             // the buffer otherwise is a packet in progress: it may wait for its next byte
             // only so long, keep-alive or not.
-            let deadline = if slowed.is_some() || self.held.is_some() {
+            let deadline = if slowed.is_some() || backplane_slowed || self.held.is_some() {
                 self.session.handle_rx(clock.now());
                 None
             } else {
@@ -156,6 +160,8 @@ impl Conn {
             // wait for the deadline on the broker's clock.
             let wait = match (&slowed, deadline) {
                 (Some(_), _) => Wait::Until(tokio::time::Instant::now() + ROOM_POLL),
+                // The backplane signals no room: look again every ROOM_POLL.
+                (None, _) if backplane_slowed => Wait::Until(tokio::time::Instant::now() + ROOM_POLL),
                 (None, Some(d)) => clock.wait_until(d),
                 (None, None) => Wait::Never,
             };
@@ -164,7 +170,7 @@ impl Conn {
             // store, is boxed when it is used).
             tokio::select! {
                 biased;
-                r = io.read_buf(buf), if slowed.is_none() && self.held.is_none() => match r {
+                r = io.read_buf(buf), if slowed.is_none() && !backplane_slowed && self.held.is_none() => match r {
                     Ok(0) => return Close::Transport("peer closed the connection".into()),
                     Ok(n) => {
                         // Double the next read when this one filled the space, shrink after small ones.
@@ -261,7 +267,7 @@ impl Conn {
     }
 
     fn decode_packets(&mut self, buf: &mut BytesMut) -> Result<(), Close> {
-        while self.link.pressure.is_empty() && self.held.is_none() {
+        while self.link.pressure.is_empty() && !self.link.backplane_slowed && self.held.is_none() {
             match self.decoder.decode(buf) {
                 // The packet goes straight from the decoder to the session: a packet is large,
                 // and each move of it on this path is a copy.

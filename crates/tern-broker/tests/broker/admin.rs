@@ -1,7 +1,7 @@
 //! The broker's public face for an embedding program or an admin API: listing sessions
 //! and disconnecting clients through `BrokerHandle`.
 
-use tern_proto::{Connect, QoS, ReasonCode, RetainHandling, SubscriptionOptions, Will};
+use tern_proto::{Connect, Packet, QoS, ReasonCode, RetainHandling, SubscriptionOptions, Will};
 
 use crate::harness::*;
 
@@ -182,4 +182,52 @@ async fn a_backplane_hears_publishes_and_subscriptions_and_brings_messages_in() 
         ],
         "{seen:#?}"
     );
+}
+
+/// A backplane that says it is congested while `full` is set.
+#[derive(Debug, Default)]
+struct Congested {
+    full: std::sync::atomic::AtomicBool,
+    heard: std::sync::atomic::AtomicUsize,
+}
+
+impl tern_broker::backplane::Backplane for Congested {
+    fn published(&self, _: &std::sync::Arc<tern_broker::Message>) {
+        self.heard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn subscribed(&self, _: &str) {}
+    fn unsubscribed(&self, _: &str) {}
+    fn congested(&self) -> bool {
+        self.full.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[tokio::test]
+async fn a_congested_backplane_slows_qos0_publishers_down() {
+    use std::sync::atomic::Ordering;
+    let bp = std::sync::Arc::new(Congested::default());
+    let b = tern_broker::BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .backplane(bp.clone())
+        .bind()
+        .await
+        .unwrap()
+        .spawn();
+    let mut publ = Raw::connect(b.addr(), V5, "fast").await;
+    bp.full.store(true, Ordering::Relaxed);
+    // The first QoS 0 message is taken; then the connection is not read: the next message
+    // and the PINGREQ behind it wait.
+    publ.publish("t", "1", QoS::AtMostOnce, false).await;
+    publ.publish("t", "2", QoS::AtMostOnce, false).await;
+    publ.send(Packet::PingReq).await;
+    publ.expect_silence(300).await;
+    assert_eq!(bp.heard.load(Ordering::Relaxed), 1, "only the first was read");
+    // Another client is not held back.
+    let mut other = Raw::connect(b.addr(), V5, "other").await;
+    other.send(Packet::PingReq).await;
+    assert_eq!(other.recv().await, Packet::PingResp);
+    // Room again: the rest is read and answered.
+    bp.full.store(false, Ordering::Relaxed);
+    assert_eq!(publ.recv().await, Packet::PingResp);
+    assert_eq!(bp.heard.load(Ordering::Relaxed), 2);
 }
