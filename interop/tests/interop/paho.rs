@@ -61,33 +61,6 @@ async fn paho_retained_and_no_local_v5() {
     paho_scenario("retain_nolocal_v5").await;
 }
 
-/// A CA file and a server certificate for localhost / 127.0.0.1, in `dir`:
-/// (CA file, certificate file, key file).
-fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "paho interop CA");
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    p.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let files = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
-    std::fs::write(&files.0, ca_pem).unwrap();
-    std::fs::write(&files.1, cert.pem()).unwrap();
-    std::fs::write(&files.2, key.serialize_pem()).unwrap();
-    files
-}
-
 /// paho-mqtt over TLS, WebSocket and WebSocket over TLS, both protocol versions.
 #[tokio::test]
 async fn paho_over_tls_ws_and_wss() {
@@ -97,7 +70,9 @@ async fn paho_over_tls_ws_and_wss() {
         "paho-mqtt is not installed; .ci/run installs it (pip install paho-mqtt)"
     );
     let dir = std::env::temp_dir().join(format!("tern-interop-paho-tls-{}", std::process::id()));
-    let (ca, cert, key) = certificates(&dir);
+    // A CA file and a server certificate for localhost / 127.0.0.1.
+    let pki = tern_testkit::pki::Pki::new(&dir, &["localhost", "127.0.0.1"], "paho");
+    let (ca, cert, key) = (pki.ca.clone(), pki.server_cert.clone(), pki.server_key.clone());
     let any = "127.0.0.1:0".parse().unwrap();
     let tls = |kind| {
         let mut l = ListenerConfig::new(kind, any);
