@@ -209,13 +209,7 @@ impl Bridges {
                     name: config.name.clone(),
                     source: Box::new(e),
                 })?;
-            let options = remote::options(&shared, opened.session_present)?;
-            runs.push(tokio::spawn(run(
-                shared.clone(),
-                internal.clone(),
-                options,
-                opened,
-            )));
+            runs.push(tokio::spawn(run(shared.clone(), internal.clone(), opened)));
             bridges.push(shared);
         }
         let status = (internal.sys_interval_secs() > 0 && !bridges.is_empty())
@@ -285,9 +279,11 @@ pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 const LOCAL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One bridge: open the local session, connect to the remote, then move messages until the
-/// remote client stops; a local session that ends (an administrator disconnected it) is
-/// opened again, the remote connection kept.
-async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Options, first: local::Opened) {
+/// remote client stops. A local session that ends (an administrator disconnected it) is
+/// opened again, and so is the remote connection: the remote client's state belongs with the
+/// local session's (the same packet ids on both sides), so it starts again from what the
+/// remote session holds, as after a restart.
+async fn run(shared: Arc<Shared>, internal: Internal, first: local::Opened) {
     let c = &shared.config;
     let rules = rules::Rules::new(c);
     let mut remote: Option<(tern_client::Client, tern_client::Events)> = None;
@@ -302,7 +298,7 @@ async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Opti
             deliveries,
             releases,
             closed,
-            ..
+            session_present,
         } = match opened {
             Ok(opened) => opened,
             Err(e) => {
@@ -315,7 +311,19 @@ async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Opti
         let (client, events) = match &mut remote {
             Some(r) => r,
             None => {
-                let (client, events) = remote::connect(&shared, options.clone()).await;
+                let options = match remote::options(&shared, session_present) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(bridge = %c.name, "{e}");
+                        shared.status.set_error(e.to_string());
+                        tokio::time::sleep(LOCAL_RETRY).await;
+                        continue;
+                    }
+                };
+                // A 3.1.1 remote resumes a session only with Clean Session 0 on every
+                // connection: a new outbox starts the remote session afresh once, first.
+                let wipe = !session_present && !c.is_v5() && !c.clean_start;
+                let (client, events) = remote::connect(&shared, options, wipe).await;
                 tracing::info!(bridge = %c.name, remote = %c.remote, "connected to the remote");
                 shared.status.now_connected();
                 *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
@@ -349,7 +357,16 @@ async fn run(shared: Arc<Shared>, internal: Internal, options: tern_client::Opti
         if ended == remote::Ended::Remote {
             return;
         }
-        tracing::warn!(bridge = %c.name, "the local session ended; opening it again");
+        tracing::warn!(bridge = %c.name, "the local session ended; opening it again, and the remote connection");
+        if let Some((client, _)) = remote.take() {
+            shared
+                .client
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let _ = tokio::time::timeout(STOP_TIMEOUT, client.disconnect()).await;
+        }
+        shared.status.connected.store(false, Ordering::Relaxed);
         tokio::time::sleep(LOCAL_RETRY).await;
     }
 }

@@ -51,8 +51,9 @@ pub(crate) fn options(shared: &Shared, local_session_present: bool) -> Result<Op
         })
         .keep_alive(Duration::from_secs(u64::from(c.keep_alive_secs)))
         // Resume the remote session only with the outbox it belongs with: the ids of
-        // deliveries in flight are the same on both sides.
-        .clean_start(c.clean_start || !local_session_present)
+        // deliveries in flight are the same on both sides. (5.0: on the first connection only;
+        // a 3.1.1 remote is started afresh apart, see `connect`.)
+        .clean_start(c.clean_start || (c.is_v5() && !local_session_present))
         // A message from the remote is acknowledged once the broker has taken it.
         .manual_acks(true)
         .bridge_mode(c.try_private)
@@ -98,7 +99,10 @@ pub(crate) fn options(shared: &Shared, local_session_present: bool) -> Result<Op
 
 /// Connect to the remote, retrying with backoff and jitter until it accepts; every failure
 /// (a refusal with its reason code included) is logged and kept as the last error.
-pub(crate) async fn connect(shared: &Shared, mut options: Options) -> (Client, Events) {
+/// With `wipe` (a 3.1.1 remote and a new outbox), a first connection with Clean Session 1
+/// ends the session the remote may hold for the bridge, and the real one uses Clean Session 0
+/// on every connection.
+pub(crate) async fn connect(shared: &Shared, mut options: Options, mut wipe: bool) -> (Client, Events) {
     let c = &shared.config;
     let reconnect = tern_client::Reconnect::with_delays(
         Duration::from_millis(c.reconnect_min_ms),
@@ -108,7 +112,21 @@ pub(crate) async fn connect(shared: &Shared, mut options: Options) -> (Client, E
     // Announcing the bridge (3.1.1, `try_private`) until the remote refuses it.
     let mut private = c.try_private && !c.is_v5();
     loop {
-        match Client::connect(options.clone()).await {
+        let result = if wipe {
+            let once = options.clone().clean_start(true).reconnect(Reconnect::disabled());
+            match Client::connect(once).await {
+                Ok((client, _events)) => {
+                    let _ = client.disconnect().await;
+                    wipe = false;
+                    Client::connect(options.clone()).await
+                }
+                // Handled as a failed connection (a refused 0x84 included).
+                Err(e) => Err(e),
+            }
+        } else {
+            Client::connect(options.clone()).await
+        };
+        match result {
             Ok(pair) => {
                 shared.private.store(private, Ordering::Relaxed);
                 return pair;
@@ -286,6 +304,9 @@ pub(crate) async fn acknowledge(shared: Arc<Shared>, mut acks: mpsc::Receiver<Pe
                     shared.status.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            // The client stopped (a stop, or the local session opened again): the message
+            // stays in the outbox for the next connection.
+            Err(ClientError::Publish(PublishError::Closed)) => return,
             Err(ClientError::Publish(e)) => {
                 tracing::warn!(bridge = %shared.config.name, "the remote did not take a message: {e}; dropped");
                 shared.status.dropped.fetch_add(1, Ordering::Relaxed);
@@ -335,6 +356,8 @@ pub(crate) async fn release(
                     }
                     // 0x92 (the remote completed it before a restart of ours), or the remote
                     // lost its session: either way nothing more can be done for it.
+                    // The client stopped: the broker sends PUBREL again next time.
+                    Err(ClientError::Publish(PublishError::Closed)) => return,
                     Err(ClientError::Publish(e)) => {
                         tracing::debug!(bridge = %shared.config.name, %id, "release: {e}");
                     }

@@ -122,7 +122,10 @@ pub(crate) async fn run(
                         keep(&admin, &key, String::new());
                     }
                 }
-                let sum = |f: fn(&Figures) -> u64| heard.values().map(|(x, _)| f(x)).sum::<u64>().to_string();
+                // Saturating: figures come from whoever publishes on the subject.
+                let sum = |f: fn(&Figures) -> u64| {
+                    heard.values().fold(0u64, |a, (x, _)| a.saturating_add(f(x))).to_string()
+                };
                 keep(&admin, "nodes", heard.len().to_string());
                 keep(&admin, "clients/connected", sum(|f| f.clients_connected));
                 keep(&admin, "messages/received", sum(|f| f.messages_received));

@@ -208,8 +208,24 @@ pub(crate) async fn run(keeper: Keeper, mut ops: mpsc::Receiver<WillOp>) {
             return;
         }
     };
+    // Said from a task of its own, so that the keeper's JetStream round trips (a burst of
+    // wills, a long reap) never make this node look gone.
+    let heartbeat = {
+        let (client, subject) = (keeper.client.clone(), format!("{alive}.{}", keeper.node));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(beat);
+            loop {
+                tick.tick().await;
+                let _ = client.publish(subject.clone(), "".into()).await;
+            }
+        })
+    };
+    let _heartbeat = AbortOnDrop(heartbeat);
     let started = Instant::now();
     let mut looked_at_start = false;
+    // Gone nodes whose wills are not known to be published yet: looked at again at each tick
+    // by whichever node is the reaper then (one may die while it reaps).
+    let mut unreaped: std::collections::BTreeSet<String> = Default::default();
     let mut seen: HashMap<String, Instant> = HashMap::new();
     let mut armed: HashMap<Arc<str>, u64> = HashMap::new();
     let mut tick = tokio::time::interval(beat);
@@ -243,35 +259,51 @@ pub(crate) async fn run(keeper: Keeper, mut ops: mpsc::Receiver<WillOp>) {
                 }
             }
             _ = tick.tick() => {
-                let _ = keeper.client.publish(format!("{alive}.{}", keeper.node), "".into()).await;
                 let now = Instant::now();
-                let mut silent: Vec<String> = seen
+                let silent: Vec<String> = seen
                     .iter()
                     .filter(|(_, at)| now.duration_since(**at) > keeper.timeout)
                     .map(|(n, _)| n.clone())
                     .collect();
-                for n in &silent {
-                    seen.remove(n);
+                for n in silent {
+                    seen.remove(&n);
                     tracing::warn!(node = %n, "cluster: node not heard for {:?}; taken for gone", keeper.timeout);
+                    unreaped.insert(n);
                 }
                 // Nodes that were gone before this one started: found once, after a timeout.
                 if !looked_at_start && now.duration_since(started) > keeper.timeout {
                     looked_at_start = true;
-                    silent.extend(nodes_with_wills(&keeper).await.into_iter().filter(|n| *n != keeper.node && !seen.contains_key(n)));
+                    unreaped.extend(nodes_with_wills(&keeper).await.into_iter().filter(|n| *n != keeper.node && !seen.contains_key(n)));
                 }
+                // A node heard again is not gone.
+                unreaped.retain(|n| !seen.contains_key(n));
                 // The live node with the smallest name reaps.
                 let reaper = seen.keys().map(String::as_str).chain(std::iter::once(keeper.node.as_str())).min();
                 if reaper == Some(keeper.node.as_str()) {
-                    for n in silent {
+                    let gone: Vec<String> = unreaped.iter().cloned().collect();
+                    for n in gone {
                         match keeper.reap(&n).await {
-                            Ok(0) => {}
-                            Ok(k) => tracing::info!(node = %n, wills = k, "cluster: published the wills of a node that is gone"),
-                            Err(e) => tracing::warn!(node = %n, "cluster: cannot read the wills of a node that is gone: {e}"),
+                            Ok(k) => {
+                                if k > 0 {
+                                    tracing::info!(node = %n, wills = k, "cluster: published the wills of a node that is gone");
+                                }
+                                unreaped.remove(&n);
+                            }
+                            Err(e) => tracing::warn!(node = %n, "cluster: cannot read the wills of a node that is gone (trying again): {e}"),
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

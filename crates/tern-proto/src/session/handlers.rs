@@ -105,6 +105,7 @@ impl ClientSession {
 
     fn complete(&mut self, f: InFlight<Queued>, reason_code: ReasonCode, properties: AckProperties) {
         self.ids.release(f.id);
+        self.held_releases.remove(&f.id.get());
         let result = if reason_code.is_error() {
             Err(PublishError::Rejected {
                 reason_code,
