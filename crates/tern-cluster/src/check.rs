@@ -105,15 +105,12 @@ pub async fn check(config: &ClusterConfig) -> Vec<Finding> {
         let mut all_versions = true;
         let mut answered = 0usize;
         for url in &config.monitor {
-            match monitor::varz(url).await {
-                Ok(v) => {
+            match monitor::server(url).await {
+                Ok(s) => {
                     answered += 1;
-                    let name = v["server_name"].as_str().unwrap_or("?").to_string();
-                    let version = v["version"].as_str().unwrap_or("").to_string();
-                    let sync = v["jetstream"]["config"]["sync_always"].as_bool().unwrap_or(false);
-                    all_sync &= sync;
-                    all_versions &= monitor::version_ok(&version);
-                    servers.push(format!("{name} {version} sync_always={sync}"));
+                    all_sync &= s.sync_always;
+                    all_versions &= monitor::version_ok(&s.version);
+                    servers.push(format!("{} {} sync_always={}", s.name, s.version, s.sync_always));
                 }
                 Err(e) => servers.push(format!("{url}: {e}")),
             }

@@ -48,25 +48,21 @@ pub async fn check(
     // must all fsync, and a majority must answer.
     let mut unanswered = Vec::new();
     for url in &config.monitor {
-        let varz = match get_json(url, "/varz").await {
-            Ok(v) => v,
+        let s = match server(url).await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!("cluster start: {e}; checking the other servers");
                 unanswered.push(e);
                 continue;
             }
         };
-        let version = varz["version"].as_str().unwrap_or("");
-        if !version_ok(version) {
+        if !version_ok(&s.version) {
             return Err(ClusterError::Version {
                 server: url.clone(),
-                version: version.to_string(),
+                version: s.version,
             });
         }
-        let sync_always = varz["jetstream"]["config"]["sync_always"]
-            .as_bool()
-            .unwrap_or(false);
-        if !sync_always {
+        if !s.sync_always {
             if !config.unsafe_lazy_fsync {
                 return Err(ClusterError::LazyFsync(format!("NATS server at {url}")));
             }
@@ -82,9 +78,26 @@ pub async fn check(
     Ok(always)
 }
 
-/// `/varz` of the monitoring endpoint `base` (`tern cluster check`).
-pub async fn varz(base: &str) -> Result<serde_json::Value, ClusterError> {
-    get_json(base, "/varz").await
+/// What a NATS server's `/varz` says of what Tern needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Its `server_name`.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Whether JetStream fsyncs before acknowledging (`sync_interval: always`).
+    pub sync_always: bool,
+}
+
+/// Read [`Server`] from the monitoring endpoint `base` (the start-up guard and `tern cluster
+/// check`).
+pub async fn server(base: &str) -> Result<Server, ClusterError> {
+    let v = get_json(base, "/varz").await?;
+    Ok(Server {
+        name: v["server_name"].as_str().unwrap_or("?").to_string(),
+        version: v["version"].as_str().unwrap_or("").to_string(),
+        sync_always: v["jetstream"]["config"]["sync_always"].as_bool().unwrap_or(false),
+    })
 }
 
 /// `/jsz` of the monitoring endpoint `base` (`tern cluster check`: the JetStream cluster size).

@@ -17,6 +17,7 @@
 //! until a node starts and finds them (see docs/cluster.md).
 
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,7 @@ fn key(node: &str, client: &str) -> String {
     k.push_str(node);
     k.push('.');
     for b in client.bytes() {
-        k.push_str(&format!("{b:02x}"));
+        let _ = write!(k, "{b:02x}");
     }
     k
 }
