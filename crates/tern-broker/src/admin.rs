@@ -186,6 +186,20 @@ impl Admin {
         self.core.disconnect_client(client_id, discard_session)
     }
 
+    /// Give the session of `client_id` up to another broker, which a client reconnected to
+    /// (see [`HandOff`](crate::HandOff)); its connection here, if any, is told it was taken
+    /// over (5.0: DISCONNECT 0x8E Session taken over).
+    pub fn hand_over(&self, client_id: &str, clean_start: bool) -> crate::HandOff {
+        self.core.hand_over(client_id, clean_start)
+    }
+
+    /// The deliveries that reached a session given up by [`Admin::hand_over`] since then, and
+    /// the session removed from this broker for good (quietly: no will; it lives on
+    /// elsewhere). `None` when no such offline session is here.
+    pub fn hand_over_rest(&self, client_id: &str) -> Option<bytes::Bytes> {
+        self.core.hand_over_rest(client_id)
+    }
+
     /// See [`crate::BrokerHandle::publish`].
     pub fn publish(&self, message: Message) -> Result<usize, TopicError> {
         self.core.publish_from_outside(message)

@@ -13,11 +13,18 @@
 //! message was handed over, or the connection is closed (5.0: DISCONNECT 0x89 Server busy)
 //! after [`Backplane::ack_timeout`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::durability::{Progress, Ticket};
 use crate::message::Message;
+
+/// A claim on a client's session ([`Backplane::claim`]): the session handed over by the
+/// broker that held it ([`crate::HandOff::Moved`]), `None` when it starts here, or why the
+/// client cannot connect now.
+pub type Claim = Pin<Box<dyn Future<Output = Result<Option<bytes::Bytes>, String>> + Send>>;
 
 /// Where messages and subscriptions go beyond this broker. Called synchronously, on the
 /// publishing or subscribing connection's task: an implementation hands the work to its own
@@ -73,5 +80,30 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// it (not called when the broker shuts down with the connection open).
     fn will_disarmed(&self, client_id: &str, conn_id: u64) {
         let _ = (client_id, conn_id);
+    }
+
+    /// A client connects with `client_id` (after authentication, before its session is
+    /// attached): make this broker the one that holds its session, taking it from whichever
+    /// broker held it, whose connection is told it was taken over. `None` (the default): the
+    /// session is this broker's alone. The CONNACK waits for the claim; an error refuses the
+    /// connection (5.0: 0x88 Server unavailable).
+    fn claim(&self, client_id: &str, clean_start: bool) -> Option<Claim> {
+        let _ = (client_id, clean_start);
+        None
+    }
+
+    /// The session [`Backplane::claim`] brought is installed here (and in this broker's
+    /// store): the broker that handed it over removes it and sends what reached it there
+    /// meanwhile ([`crate::Admin::hand_over_rest`]), which goes into its queue after what
+    /// came first. Default: nothing more.
+    fn claimed(&self, client_id: &str) -> Option<Claim> {
+        let _ = client_id;
+        None
+    }
+
+    /// The session of `client_id` ended on this broker (expired, clean start, or with its
+    /// connection when its expiry is 0); not called when it was handed to another broker.
+    fn session_ended(&self, client_id: &str) {
+        let _ = client_id;
     }
 }

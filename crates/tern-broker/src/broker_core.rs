@@ -793,6 +793,9 @@ impl Core {
         }
         self.sessions.remove_if_same(cell);
         self.durability.submit(Change::DelSession(cell.client_id.clone()));
+        if let Some(b) = &self.backplane {
+            b.session_ended(&cell.client_id);
+        }
         for out in orphans {
             if let Some(filter) = out.shared.clone() {
                 self.redeliver_shared(&filter, out);

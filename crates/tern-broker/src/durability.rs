@@ -161,6 +161,20 @@ pub struct StoredDelivery {
     pub message_id: u64,
 }
 
+/// A session on its way from one broker to another (a cluster node handing a session to the
+/// node its client reconnected to): its durable part, its deliveries (in flight with their
+/// stage and packet id, then queued, in order) and its incoming QoS 2 packet ids.
+#[derive(Debug, Clone)]
+pub struct Handover {
+    /// Subscriptions, expiry and protocol version (no pending will: the reconnection cancels
+    /// it, v5 [MQTT-3.1.3-9]).
+    pub snapshot: SessionSnapshot,
+    /// In flight first (in the order they were sent), then queued.
+    pub deliveries: Vec<StoredDelivery>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL.
+    pub qos2: Vec<u16>,
+}
+
 /// What an implementation holds when the broker starts.
 #[derive(Debug, Default)]
 pub struct Stored {

@@ -29,7 +29,7 @@ impl Core {
     /// QoS 2 ids) and retained messages; drop what expired while the broker was down.
     pub(crate) fn restore(self: &Arc<Self>, stored: Stored) -> Restored {
         let stamp = self.clock.stamp();
-        let (now, wall) = (stamp.now, stamp.wall_ms);
+        let now = stamp.now;
         let submit = |c: Change| {
             self.durability.submit(c);
         };
@@ -55,68 +55,14 @@ impl Core {
         self.restore_retained(retained);
         let mut cells: HashMap<Arc<str>, Arc<SessionCell>> = HashMap::new();
         for (client_id, rec) in stored.sessions {
-            // A session that was connected at the crash counts as disconnected now.
-            let gone_at = if rec.disconnected_at == 0 {
-                wall
-            } else {
-                rec.disconnected_at
-            };
-            let expires_at = gone_at.saturating_add(u64::from(rec.expiry_interval) * 1000);
-            if rec.expiry_interval != u32::MAX && expires_at <= wall {
-                // It ended while we were down: its delayed will is due now, once.
-                if let Some((_, will)) = &rec.pending_will {
-                    self.publish_will(will);
+            match self.install_session(&client_id, &rec, stamp) {
+                Some(cell) => {
+                    cell.lock().persistent = true;
+                    cells.insert(client_id, cell);
+                    r.sessions += 1;
                 }
-                submit(Change::DelSession(client_id));
-                r.expired_sessions += 1;
-                continue;
+                None => r.expired_sessions += 1,
             }
-            let cell = Arc::new(SessionCell::new(
-                client_id.clone(),
-                rec.version,
-                self.config.receive_maximum,
-            ));
-            {
-                let mut st = cell.lock();
-                st.expiry_interval = rec.expiry_interval;
-                st.persistent = true;
-                st.generation = 1;
-                for (filter, options, id) in &rec.subscriptions {
-                    st.proto.subscriptions.insert(filter.clone(), (*options, *id));
-                }
-                if let Some((at, will)) = &rec.pending_will {
-                    st.pending_will = Some(will.clone());
-                    st.pending_will_at = record::from_wall(*at, stamp);
-                }
-            }
-            for (filter, options, id) in &rec.subscriptions {
-                let shared = filter.starts_with("$share/").then(|| Arc::from(filter.as_str()));
-                let entry = SubEntry {
-                    options: *options,
-                    id: *id,
-                    session: cell.clone(),
-                    shared,
-                };
-                if let Err(e) = self.subscribe(filter, &cell, entry) {
-                    // The session must not list a subscription the router does not hold.
-                    cell.lock().proto.subscriptions.remove(filter);
-                    tracing::warn!(client_id = %cell.client_id, %filter, "stored subscription not restored: {e}");
-                }
-            }
-            let (will_at, generation) = {
-                let st = cell.lock();
-                (st.pending_will_at, st.generation)
-            };
-            if let Some(at) = will_at {
-                self.scheduler.schedule(at, Due::Will, &cell, generation);
-            }
-            if rec.expiry_interval != u32::MAX {
-                let at = now + Duration::from_millis(expires_at.saturating_sub(wall));
-                self.scheduler.schedule(at, Due::Expiry, &cell, generation);
-            }
-            self.sessions.insert(cell.clone());
-            cells.insert(client_id, cell);
-            r.sessions += 1;
         }
         for (client, d) in stored.deliveries {
             let Some(cell) = cells.get(&client) else {
@@ -173,5 +119,76 @@ impl Core {
             }
         }
         r
+    }
+
+    /// Create an offline session from its durable part, with its subscriptions in the
+    /// router and its expiry and delayed will scheduled; `None` (and the record deleted, its
+    /// delayed will published) when it expired meanwhile.
+    pub(crate) fn install_session(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        rec: &crate::durability::SessionSnapshot,
+        stamp: crate::clock::Stamp,
+    ) -> Option<Arc<SessionCell>> {
+        let (now, wall) = (stamp.now, stamp.wall_ms);
+        // A session that was connected at the crash counts as disconnected now.
+        let gone_at = if rec.disconnected_at == 0 {
+            wall
+        } else {
+            rec.disconnected_at
+        };
+        let expires_at = gone_at.saturating_add(u64::from(rec.expiry_interval) * 1000);
+        if rec.expiry_interval != u32::MAX && expires_at <= wall {
+            // It ended while we were down: its delayed will is due now, once.
+            if let Some((_, will)) = &rec.pending_will {
+                self.publish_will(will);
+            }
+            self.durability.submit(Change::DelSession(client_id.clone()));
+            return None;
+        }
+        let cell = Arc::new(SessionCell::new(
+            client_id.clone(),
+            rec.version,
+            self.config.receive_maximum,
+        ));
+        {
+            let mut st = cell.lock();
+            st.expiry_interval = rec.expiry_interval;
+            st.generation = 1;
+            for (filter, options, id) in &rec.subscriptions {
+                st.proto.subscriptions.insert(filter.clone(), (*options, *id));
+            }
+            if let Some((at, will)) = &rec.pending_will {
+                st.pending_will = Some(will.clone());
+                st.pending_will_at = record::from_wall(*at, stamp);
+            }
+        }
+        for (filter, options, id) in &rec.subscriptions {
+            let shared = filter.starts_with("$share/").then(|| Arc::from(filter.as_str()));
+            let entry = SubEntry {
+                options: *options,
+                id: *id,
+                session: cell.clone(),
+                shared,
+            };
+            if let Err(e) = self.subscribe(filter, &cell, entry) {
+                // The session must not list a subscription the router does not hold.
+                cell.lock().proto.subscriptions.remove(filter);
+                tracing::warn!(client_id = %cell.client_id, %filter, "stored subscription not restored: {e}");
+            }
+        }
+        let (will_at, generation) = {
+            let st = cell.lock();
+            (st.pending_will_at, st.generation)
+        };
+        if let Some(at) = will_at {
+            self.scheduler.schedule(at, Due::Will, &cell, generation);
+        }
+        if rec.expiry_interval != u32::MAX {
+            let at = now + Duration::from_millis(expires_at.saturating_sub(wall));
+            self.scheduler.schedule(at, Due::Expiry, &cell, generation);
+        }
+        self.sessions.insert(cell.clone());
+        Some(cell)
     }
 }

@@ -183,6 +183,7 @@ pub async fn check(config: &ClusterConfig) -> Vec<Finding> {
         .chain([
             format!("KV_{}", streams::retain_bucket(&config.prefix)),
             format!("KV_{}", streams::wills_bucket(&config.prefix)),
+            format!("KV_{}", streams::sessions_bucket(&config.prefix)),
         ])
         .collect();
     for name in &names {

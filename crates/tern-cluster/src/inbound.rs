@@ -113,6 +113,9 @@ pub(crate) struct Inbound {
     pub counters: Arc<InboundCounters>,
     /// Subjects subscribed on NATS now.
     pub subscribed: Arc<AtomicU64>,
+    /// Per shard, the last stream sequence its tailer has handled (`sessions.rs` waits on it
+    /// before a session leaves this node).
+    pub positions: Arc<[AtomicU64]>,
 }
 
 impl Inbound {
@@ -191,7 +194,7 @@ pub(crate) async fn tail(inbound: Arc<Inbound>, js: jetstream::Context, k: u16, 
     let mut next = start;
     let mut backoff = Backoff::default();
     loop {
-        let result = tail_from(&inbound, &js, &name, &prefix, &mut next).await;
+        let result = tail_from(&inbound, &js, &name, &prefix, k, &mut next).await;
         if let Err(e) = &result {
             tracing::warn!(stream = %name, next, "tailer restarts: {e}");
         }
@@ -227,6 +230,7 @@ async fn tail_from(
     js: &jetstream::Context,
     name: &str,
     prefix: &str,
+    k: u16,
     next: &mut u64,
 ) -> Result<(), async_nats::Error> {
     let stream = js.get_stream(name).await?;
@@ -248,6 +252,9 @@ async fn tail_from(
         }
         *next = seq + 1;
         inbound.deliver(prefix, &m.message);
+        if let Some(p) = inbound.positions.get(usize::from(k)) {
+            p.store(seq, Ordering::Release);
+        }
     }
     Ok(())
 }

@@ -25,6 +25,8 @@
 //! - `monitor.rs`: the start-up guard (NATS version, JetStream fsync setting).
 //! - `check.rs`: `tern cluster check`, every requirement on the NATS side as a line.
 //! - `sys.rs`: `$SYS/cluster/...`, the cluster's totals and each node's figures.
+//! - `sessions.rs`: which node holds each client's session, and sessions handed from node to
+//!   node when their client reconnects elsewhere (takeover across nodes).
 //! - `wills.rs`: the wills of each node's connections in a bucket, node liveness, and the
 //!   wills of a node that dies published by another.
 //! - `streams.rs`: the shard streams, created or checked at start.
@@ -39,6 +41,7 @@ mod error;
 mod inbound;
 mod monitor;
 mod outbound;
+mod sessions;
 mod streams;
 mod sys;
 pub mod topic;
@@ -85,6 +88,12 @@ pub struct Cluster {
     /// To the will keeper (`wills.rs`), which [`Cluster::attach`] starts.
     wills: tokio::sync::mpsc::Sender<wills::WillOp>,
     wills_rx: Mutex<Option<tokio::sync::mpsc::Receiver<wills::WillOp>>>,
+    /// The session directory (`sessions.rs`) and, until [`Cluster::attach`], the ends of
+    /// sessions it is told of.
+    directory: Arc<sessions::Directory>,
+    ended_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Arc<str>>>>,
+    /// Per shard, the last stream sequence this node's tailer handled.
+    positions: Arc<[AtomicU64]>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -203,16 +212,15 @@ impl Cluster {
             .build(client.clone());
         // Right after a NATS server restarted, streams may have no leader for some seconds.
         let deadline = tokio::time::Instant::now() + START_RETRY;
-        let start_seqs = loop {
-            let r = match streams::ensure(&js, &config).await {
-                Ok(seqs) => match streams::ensure_retain(&js, &config).await {
-                    Ok(()) => wills::ensure(&js, &config.prefix, config.replicas)
-                        .await
-                        .map(|()| seqs),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
+        let (start_seqs, sessions_kv) = loop {
+            let r = async {
+                let seqs = streams::ensure(&js, &config).await?;
+                streams::ensure_retain(&js, &config).await?;
+                wills::ensure(&js, &config.prefix, config.replicas).await?;
+                let kv = sessions::ensure(&js, &config.prefix, config.replicas).await?;
+                Ok::<_, ClusterError>((seqs, kv))
+            }
+            .await;
             match r {
                 Err(e @ ClusterError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!("cluster start: {e}; trying again");
@@ -236,7 +244,20 @@ impl Cluster {
         ));
         tracing::info!(node = %node, nats = %urls, server = %info.server_name, version = %info.version, shards = config.shards, replicas = config.replicas, fsync_always, "cluster mode: connected to NATS");
         let (wills_tx, wills_rx) = tokio::sync::mpsc::channel(wills::QUEUE);
+        let positions: Arc<[AtomicU64]> = start_seqs.iter().map(|&s| AtomicU64::new(s)).collect();
+        let (directory, ended_rx) = sessions::Directory::new(sessions::Parts {
+            node: node.clone(),
+            prefix: config.prefix.clone(),
+            client: client.clone(),
+            js: js.clone(),
+            kv: sessions_kv,
+            outbound: outbound.clone(),
+            positions: positions.clone(),
+        });
         Ok(Cluster {
+            positions,
+            directory: Arc::new(directory),
+            ended_rx: Mutex::new(Some(ended_rx)),
             wills: wills_tx,
             wills_rx: Mutex::new(Some(wills_rx)),
             config,
@@ -269,6 +290,7 @@ impl Cluster {
             interest: self.interest.clone(),
             prefix: self.config.prefix.clone(),
             wills: self.wills.clone(),
+            directory: self.directory.clone(),
         })
     }
 
@@ -300,6 +322,13 @@ impl Cluster {
             let task = tokio::spawn(wills::run(keeper, rx));
             self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
         }
+        // Sessions this node restored from its store that another node took meanwhile go.
+        self.directory.reconcile(&admin).await;
+        let ended = self.ended_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(ended) = ended {
+            let task = tokio::spawn(sessions::run(self.directory.clone(), admin.clone(), ended));
+            self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        }
         let sys_interval = admin.config().sys_interval_secs;
         if sys_interval > 0 {
             let task = tokio::spawn(sys::run(
@@ -317,6 +346,7 @@ impl Cluster {
             admin,
             counters: self.inbound_counters.clone(),
             subscribed: self.subscribed.clone(),
+            positions: self.positions.clone(),
         });
         let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
         {
@@ -414,6 +444,7 @@ struct NodeBackplane {
     interest: Arc<inbound::Interest>,
     prefix: String,
     wills: tokio::sync::mpsc::Sender<wills::WillOp>,
+    directory: Arc<sessions::Directory>,
 }
 
 impl NodeBackplane {
@@ -471,5 +502,23 @@ impl Backplane for NodeBackplane {
             client: client_id.into(),
             conn: conn_id,
         });
+    }
+
+    fn claim(&self, client_id: &str, clean_start: bool) -> Option<tern_broker::backplane::Claim> {
+        let directory = self.directory.clone();
+        let client: Arc<str> = client_id.into();
+        Some(Box::pin(
+            async move { directory.claim(client, clean_start).await },
+        ))
+    }
+
+    fn claimed(&self, client_id: &str) -> Option<tern_broker::backplane::Claim> {
+        let directory = self.directory.clone();
+        let client: Arc<str> = client_id.into();
+        Some(Box::pin(async move { directory.claimed(client).await }))
+    }
+
+    fn session_ended(&self, client_id: &str) {
+        self.directory.ended(client_id);
     }
 }

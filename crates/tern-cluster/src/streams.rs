@@ -35,6 +35,11 @@ pub fn wills_bucket(prefix: &str) -> String {
     format!("{prefix}_wills")
 }
 
+/// The bucket naming the node that holds each client's session.
+pub fn sessions_bucket(prefix: &str) -> String {
+    format!("{prefix}_sessions")
+}
+
 /// The subject a KV put of `bucket` is a publish to (the encoded topic follows).
 pub fn retain_subject(prefix: &str) -> String {
     format!("$KV.{}", retain_bucket(prefix))

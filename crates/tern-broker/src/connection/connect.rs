@@ -243,6 +243,64 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 
+    // Cluster mode: the session may be held by another node, which hands it over (and tells
+    // its connection it was taken over) before this one is attached.
+    let claim = match &core.backplane {
+        Some(b) if !client_id.starts_with(crate::BRIDGE_CLIENT_PREFIX) => b.claim(&client_id, c.clean_start),
+        _ => None,
+    };
+    if let Some(claim) = claim {
+        let taken = match claim.await {
+            Ok(None) => Ok(None),
+            Ok(Some(raw)) => match core.take_in(&client_id, &raw) {
+                Ok(at) => core
+                    .durability
+                    .wait_submitted()
+                    .await
+                    .map(|()| Some(at))
+                    .map_err(|e| format!("the session handed over was not stored: {e}")),
+                Err(e) => Err(format!("the session handed over cannot be read: {e}")),
+            },
+            Err(why) => Err(why),
+        };
+        match taken {
+            Ok(Some(at)) => {
+                let rest = core.backplane.as_ref().and_then(|b| b.claimed(&client_id));
+                if let Some(rest) = rest {
+                    let added = match rest.await {
+                        Ok(Some(raw)) => core.take_in_rest(&client_id, &raw, at).map_err(|e| e.to_string()),
+                        Ok(None) => Ok(0),
+                        Err(why) => Err(why),
+                    };
+                    match added {
+                        Ok(_) => {
+                            if let Err(e) = core.durability.wait_submitted().await {
+                                tracing::warn!(
+                                    client_id = &*client_id,
+                                    "the rest of the session handed over was not stored: {e}"
+                                );
+                            }
+                        }
+                        Err(why) => {
+                            tracing::warn!(
+                                client_id = &*client_id,
+                                "the rest of the session handed over did not come: {why}"
+                            )
+                        }
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(why) => {
+                // 3.1.1: 0x03 Server unavailable.
+                let rc = ReasonCode::ServerUnavailable;
+                let why = format!("the session could not be claimed in the cluster: {why}");
+                tracing::warn!(%peer, client_id = &*client_id, "connection refused: {why}");
+                return Err(refuse_with(io, &c, rc, why).await);
+            }
+        }
+    }
+
     let (expiry, keep_alive) = (granted.session_expiry, granted.keep_alive);
     let conn_id = core.next_conn_id();
     let waker = Arc::new(Notify::new());

@@ -17,7 +17,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tern_proto::codec::{Decoded, Decoder, MAX_PACKET_SIZE};
 use tern_proto::{ByteString, Packet, PacketId, ProtocolVersion, Publish, QoS, SubscriptionOptions};
 
-use crate::durability::{SessionSnapshot, StoredDelivery};
+use crate::durability::{Handover, SessionSnapshot, StoredDelivery};
 use crate::message::Message;
 use crate::session::InflightState;
 
@@ -354,6 +354,86 @@ pub fn read_session(raw: &[u8], now: Stamp) -> Result<SessionSnapshot, Corrupt> 
         subscriptions,
         pending_will,
     })
+}
+
+/// Encode a session handed to another broker: the session record, the messages (each
+/// once), the deliveries referring to them by index, the QoS 2 packet ids.
+pub fn handover(h: &Handover, now: Stamp) -> Bytes {
+    let mut b = BytesMut::new();
+    let session = session(&h.snapshot, now);
+    b.put_u32(session.len() as u32);
+    b.extend_from_slice(&session);
+    // One copy of each message, in order of first use.
+    let mut index: std::collections::HashMap<*const Message, u64> = std::collections::HashMap::new();
+    let mut messages: Vec<&Arc<Message>> = Vec::new();
+    let mut deliveries = Vec::with_capacity(h.deliveries.len());
+    for d in &h.deliveries {
+        let i = *index.entry(Arc::as_ptr(&d.message)).or_insert_with(|| {
+            messages.push(&d.message);
+            messages.len() as u64 - 1
+        });
+        let mut by_index = d.clone();
+        by_index.message_id = i;
+        deliveries.push(by_index);
+    }
+    b.put_u32(messages.len() as u32);
+    for m in messages {
+        let raw = payload(m, now);
+        b.put_u32(raw.len() as u32);
+        b.extend_from_slice(&raw);
+    }
+    b.put_u32(deliveries.len() as u32);
+    for d in &deliveries {
+        b.put_u64(d.seq);
+        let raw = queued(d);
+        b.put_u32(raw.len() as u32);
+        b.extend_from_slice(&raw);
+    }
+    b.put_u32(h.qos2.len() as u32);
+    for id in &h.qos2 {
+        b.put_u16(*id);
+    }
+    seal(b)
+}
+
+/// Read a session written by [`handover`].
+pub fn read_handover(raw: &[u8], now: Stamp) -> Result<Handover, Corrupt> {
+    let mut b = open(raw)?;
+    let snapshot = read_session(&get_chunk(&mut b)?, now)?;
+    let n = get_u32(&mut b)?;
+    let mut messages = Vec::with_capacity((n as usize).min(b.remaining()));
+    for _ in 0..n {
+        messages.push(Arc::new(read_payload(&get_chunk(&mut b)?, now)?));
+    }
+    let n = get_u32(&mut b)?;
+    let mut deliveries = Vec::with_capacity((n as usize).min(b.remaining()));
+    for _ in 0..n {
+        let seq = get_u64(&mut b)?;
+        let raw = get_chunk(&mut b)?;
+        let d = read_queued(&raw, seq, now, |i| {
+            usize::try_from(i).ok().and_then(|i| messages.get(i)).cloned()
+        })?;
+        deliveries.push(d);
+    }
+    let n = get_u32(&mut b)?;
+    let mut qos2 = Vec::with_capacity((n as usize).min(b.remaining()));
+    for _ in 0..n {
+        qos2.push(get_u16(&mut b)?);
+    }
+    Ok(Handover {
+        snapshot,
+        deliveries,
+        qos2,
+    })
+}
+
+/// A length-prefixed part of a record.
+fn get_chunk(b: &mut Bytes) -> Result<Bytes, Corrupt> {
+    let n = get_u32(b)? as usize;
+    if b.remaining() < n {
+        return Err(Corrupt("truncated"));
+    }
+    Ok(b.split_to(n))
 }
 
 /// The key of a message: client id, a zero byte (never part of an MQTT string), and the sequence number.

@@ -7,6 +7,7 @@ mod delivery;
 mod guard;
 mod node;
 mod retained;
+mod sessions;
 mod sys;
 mod topic;
 mod wills;

@@ -81,6 +81,13 @@ impl Inbound {
         self.awaiting_rel.clear();
     }
 
+    /// The identifiers held, in increasing order.
+    pub(crate) fn ids(&self) -> Vec<PacketId> {
+        let mut ids: Vec<PacketId> = self.awaiting_rel.iter().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// How many identifiers are held.
     pub(crate) fn len(&self) -> usize {
         self.awaiting_rel.len()

@@ -450,6 +450,12 @@ impl<M: Delivery> ServerState<M> {
         self.inbound.restore(id);
     }
 
+    /// The incoming QoS 2 identifiers awaiting PUBREL, in increasing order (to hand the
+    /// session to another server).
+    pub fn qos2_ids(&self) -> Vec<PacketId> {
+        self.inbound.ids()
+    }
+
     /// Incoming QoS 2 identifiers awaiting PUBREL.
     pub fn qos2_len(&self) -> usize {
         self.inbound.len()

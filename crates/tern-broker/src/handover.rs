@@ -1,0 +1,278 @@
+//! Handing a session to another broker and taking one in (cluster mode): when a client
+//! reconnects to another node, the node that held its session gives it up here, whole
+//! (subscriptions, deliveries in flight with their packet ids, the queue, incoming QoS 2
+//! packet ids), and the new node installs it before it answers the CONNECT.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tern_proto::PacketId;
+
+use crate::broker_core::Core;
+use crate::durability::{Change, Handover, SessionSnapshot, StoredDelivery};
+use crate::message::Outgoing;
+use crate::session::{SessionCell, Takeover};
+use crate::store::record;
+
+/// What became of a session another broker asked for.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HandOff {
+    /// This broker holds no session for the client.
+    Absent,
+    /// The new connection starts clean (or the session ended with its connection): the
+    /// session ended here, as on one broker, its connection told it was taken over.
+    Ended,
+    /// The session left this broker: its connection was told it was taken over, and this is
+    /// the session, encoded, for the other broker's [`crate::Admin::take_in`].
+    Moved(Bytes),
+}
+
+impl Core {
+    /// Give up the session of `client_id` to another broker (see [`HandOff`]). The attached
+    /// connection, if any, is closed as by a takeover (5.0: DISCONNECT 0x8E), and its will
+    /// treated as on one broker.
+    pub(crate) fn hand_over(self: &Arc<Self>, client_id: &str, clean_start: bool) -> HandOff {
+        let _attaching = self.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(cell) = self.sessions.get(client_id) else {
+            return HandOff::Absent;
+        };
+        let resumable = {
+            let st = cell.lock();
+            !st.ended && st.expiry_interval > 0
+        };
+        let ends = clean_start || !resumable;
+        let waker = {
+            let mut st = cell.lock();
+            let waker = st.conn_id.and_then(|old_conn| {
+                st.takeover = Some(Takeover {
+                    old_conn,
+                    session_ended: ends,
+                });
+                st.waker.take()
+            });
+            st.conn_id = None;
+            st.kicked = None;
+            // A pending delayed will: cancelled by the reconnection, sent if the session ends
+            // (end_session below).
+            if !ends {
+                st.pending_will = None;
+            }
+            waker
+        };
+        if let Some(w) = waker {
+            w.notify_one();
+        }
+        cell.set_connected(false);
+        if ends {
+            self.end_session(&cell);
+            return HandOff::Ended;
+        }
+        // Its deliveries leave now; the session stays subscribed here until the other broker
+        // has installed it and asks for the rest ([`Core::hand_over_rest`]), so that what
+        // is published meanwhile reaches it on one broker or the other (or both).
+        let handover = self.export(&cell);
+        tracing::info!(
+            client_id,
+            deliveries = handover.deliveries.len(),
+            "session handed to another node"
+        );
+        HandOff::Moved(record::handover(&handover, self.clock.stamp()))
+    }
+
+    /// The deliveries that reached a session handed out by [`Core::hand_over`] since, and the
+    /// session removed from this broker (no will, no shared redelivery: it continues on the
+    /// other broker). `None` when no such session is here.
+    pub(crate) fn hand_over_rest(self: &Arc<Self>, client_id: &str) -> Option<Bytes> {
+        let _attaching = self.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = self.sessions.get(client_id)?;
+        if cell.lock().conn_id.is_some() {
+            // The client came back here meanwhile: the session is this broker's again.
+            return None;
+        }
+        let rest = self.take_out(&cell);
+        Some(record::handover(&rest, self.clock.stamp()))
+    }
+
+    /// Take a session's deliveries out (in flight first, then queued, then those on disk),
+    /// with its durable part and its incoming QoS 2 packet ids.
+    fn export(&self, cell: &Arc<SessionCell>) -> Handover {
+        let (snapshot, mut deliveries, qos2, spill) = {
+            let mut st = cell.lock();
+            let snapshot = SessionSnapshot {
+                version: st.version,
+                expiry_interval: st.expiry_interval,
+                disconnected_at: self.clock.wall_ms(),
+                subscriptions: st
+                    .proto
+                    .subscriptions
+                    .iter()
+                    .map(|(f, (o, id))| (f.clone(), *o, *id))
+                    .collect(),
+                pending_will: None,
+            };
+            let qos2: Vec<u16> = st.proto.qos2_ids().into_iter().map(PacketId::get).collect();
+            let mut deliveries: Vec<StoredDelivery> = st
+                .proto
+                .drain_inflight()
+                .into_iter()
+                .map(|i| stored(i.message, Some((i.stage, i.id))))
+                .collect();
+            deliveries.extend(st.queue.drain(..).map(|o| stored(o, None)));
+            st.retained = None;
+            cell.note_streaming(&st);
+            self.queued.shrank(st.queued_bytes);
+            st.queued_bytes = 0;
+            let spill = st.spill.take().map(|s| s.after);
+            cell.note_streaming(&st);
+            (snapshot, deliveries, qos2, spill)
+        };
+        if let Some(after) = spill {
+            // Queued messages kept on disk only: read back in order, after those in memory.
+            match self.durability.read_queued(&cell.client_id, after, usize::MAX) {
+                Ok(more) => deliveries.extend(more),
+                Err(e) => {
+                    tracing::error!(client_id = %cell.client_id, "queued messages on disk not handed over: {e}")
+                }
+            }
+        }
+        Handover {
+            snapshot,
+            deliveries,
+            qos2,
+        }
+    }
+
+    /// Remove `cell` from this broker without ending the session (no will, no shared
+    /// redelivery: it continues elsewhere), returning what it held.
+    fn take_out(self: &Arc<Self>, cell: &Arc<SessionCell>) -> Handover {
+        let handover = self.export(cell);
+        let subs: Vec<String> = {
+            let mut st = cell.lock();
+            st.ended = true;
+            st.proto.subscriptions.drain().map(|(f, _)| f).collect()
+        };
+        self.scheduler.cancel(cell);
+        for f in &subs {
+            self.unsubscribe(f, cell);
+        }
+        self.sessions.remove_if_same(cell);
+        self.durability.submit(Change::DelSession(cell.client_id.clone()));
+        handover
+    }
+
+    /// Install a session handed over by another broker ([`Core::hand_over`] there) as an
+    /// offline session of this one, replacing any copy this broker still held; the CONNECT
+    /// that asked for it then resumes it (after what was written to this broker's store is
+    /// durable: `Persistence::wait_submitted`). Returns the length of its queue then: where
+    /// the rest ([`Core::take_in_rest`]) goes.
+    pub(crate) fn take_in(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        raw: &[u8],
+    ) -> Result<usize, record::Corrupt> {
+        let stamp = self.clock.stamp();
+        let h = record::read_handover(raw, stamp)?;
+        // A copy left here from before is stale: the other broker held the session since.
+        if let HandOff::Moved(_) = self.hand_over(client_id, false) {
+            self.hand_over_rest(client_id);
+            tracing::warn!(client_id = %client_id, "a stale copy of the session was replaced by the one handed over");
+        }
+        let _attaching = self.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(cell) = self.install_session(client_id, &h.snapshot, stamp) else {
+            return Ok(0);
+        };
+        let persistent = self.durability.enabled() && h.snapshot.expiry_interval > 0;
+        let mut st = cell.lock();
+        st.persistent = persistent;
+        if persistent {
+            self.durability
+                .submit(Change::PutSession(client_id.clone(), h.snapshot.clone()));
+        }
+        for d in h.deliveries {
+            let stage = d.stage;
+            let mut out = Outgoing::from_stored(d);
+            // Numbered in this broker's order for its store.
+            out.seq = 0;
+            match stage {
+                Some((stage, id)) => {
+                    if persistent {
+                        out.seq = st.next_seq;
+                        st.next_seq += 1;
+                        self.durability.put_delivery(true, client_id, &out, stage, id);
+                    }
+                    if !st.proto.restore(id, stage, out) {
+                        tracing::warn!(client_id = %client_id, id = id.get(), "handed-over delivery dropped: its packet id is taken");
+                    }
+                }
+                None if out.msg.is_expired(stamp.now) => {}
+                None => {
+                    self.durability.put_queued(&mut st, client_id, &mut out);
+                    st.queued_bytes += out.msg.payload.len();
+                    self.queued.grew(out.msg.payload.len());
+                    st.queue.push_back(out);
+                }
+            }
+        }
+        for id in h.qos2.into_iter().filter_map(PacketId::new) {
+            st.proto.restore_qos2(id);
+            if persistent {
+                self.durability
+                    .submit(Change::PutQos2(client_id.clone(), id.get()));
+            }
+        }
+        Ok(st.queue.len())
+    }
+
+    /// Put the deliveries that reached the session on the other broker while it was being
+    /// installed here ([`Core::hand_over_rest`] there) into its queue at `at`: after those
+    /// handed over first, before those routed here since. Messages routed to both brokers in
+    /// that moment arrive twice.
+    pub(crate) fn take_in_rest(
+        self: &Arc<Self>,
+        client_id: &str,
+        raw: &[u8],
+        at: usize,
+    ) -> Result<usize, record::Corrupt> {
+        let stamp = self.clock.stamp();
+        let rest = record::read_handover(raw, stamp)?;
+        let Some(cell) = self.sessions.get(client_id) else {
+            return Ok(0);
+        };
+        let mut guard = cell.lock();
+        let st = &mut *guard;
+        if st.ended {
+            return Ok(0);
+        }
+        let mut at = at.min(st.queue.len());
+        let mut n = 0;
+        for d in rest.deliveries {
+            let mut out = Outgoing::from_stored(d);
+            out.seq = 0;
+            if out.msg.is_expired(stamp.now) {
+                continue;
+            }
+            self.durability.put_queued(st, &cell.client_id, &mut out);
+            st.queued_bytes += out.msg.payload.len();
+            self.queued.grew(out.msg.payload.len());
+            st.queue.insert(at, out);
+            at += 1;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// A delivery as it is handed over.
+fn stored(o: Outgoing, stage: Option<(crate::session::InflightState, PacketId)>) -> StoredDelivery {
+    StoredDelivery {
+        seq: o.seq,
+        stage,
+        qos: o.qos,
+        retain: o.retain,
+        subscription_ids: o.sub_ids,
+        shared: o.shared,
+        message: o.msg,
+        message_id: 0,
+    }
+}

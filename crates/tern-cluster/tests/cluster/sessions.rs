@@ -1,0 +1,316 @@
+//! Sessions across nodes (issue #15): a persistent session that disconnects from node A and
+//! reconnects to node B finds its subscriptions and queued messages there, in order; a
+//! client that connects to another node while connected takes its session over (the old
+//! connection gets DISCONNECT 0x8E in 5.0); Clean Start on another node ends the session.
+
+use std::time::{Duration, Instant};
+
+use tern_proto::{Ack, Connect, Packet, ProtocolVersion, Publish, QoS, ReasonCode};
+use tern_testkit::nats::Nats;
+use tern_testkit::raw::{pid, Raw, V3, V5};
+
+use crate::node;
+
+/// Connect `id` to `addr` keeping its session (5.0: expiry 300 s); the CONNACK.
+async fn connect(
+    addr: std::net::SocketAddr,
+    version: ProtocolVersion,
+    id: &str,
+    clean: bool,
+) -> (Raw, tern_proto::ConnAck) {
+    let mut c = Connect::new(version, id);
+    c.keep_alive = 0;
+    c.clean_start = clean;
+    if version == V5 {
+        c.properties.session_expiry_interval = Some(300);
+    }
+    Raw::connect_with(addr, c).await
+}
+
+/// Publish `n` numbered QoS 1 messages on `topic/<i>`, 100 in flight at a time.
+async fn publish_numbered(p: &mut Raw, topic: &str, n: u32) {
+    let mut sent = 0u32;
+    while sent < n {
+        let batch = (n - sent).min(100);
+        for i in 0..batch {
+            let mut m = Publish::new(format!("{topic}/{}", (sent + i) % 5), format!("{}", sent + i));
+            m.qos = QoS::AtLeastOnce;
+            m.packet_id = Some(pid(i as u16 + 1));
+            p.send(Packet::Publish(m)).await;
+        }
+        for _ in 0..batch {
+            match p.recv().await {
+                // 5.0: 0x10 when no session of the publisher's node matches; stored all the same.
+                Packet::PubAck(a) => assert!(
+                    matches!(
+                        a.reason_code,
+                        ReasonCode::Success | ReasonCode::NoMatchingSubscribers
+                    ),
+                    "{a:?}"
+                ),
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+        sent += batch;
+    }
+}
+
+/// Wait until the session of `id` on `node` holds `n` messages (queued or in flight).
+async fn wait_held(node: &node::Node, id: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = node
+            .broker
+            .admin()
+            .session(id)
+            .map(|s| s.queued + s.inflight)
+            .unwrap_or(0);
+        if held >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} of {n} messages reached the session of {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Receive `n` numbered messages in order (0..n), acknowledging each.
+async fn receive_in_order(sub: &mut Raw, n: u32) {
+    for want in 0..n {
+        let p = match sub.next_within(Duration::from_secs(20)).await {
+            Ok(Some(Packet::Publish(p))) => p,
+            other => panic!("message {want} of {n}: got {other:?}"),
+        };
+        let got: u32 = std::str::from_utf8(&p.payload)
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        assert_eq!(
+            got, want,
+            "per-publisher order ([MQTT-4.6.0-6]) after the session moved"
+        );
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        sub.ack(&p).await;
+    }
+}
+
+async fn backlog_moves(version: ProtocolVersion, n: u32) {
+    let nats = Nats::start(1, true);
+    let queue = |c: &mut tern_broker::Config| c.max_queued_messages = 20_000;
+    let a = node::start_configured(&node::config(&nats, "a"), queue).await;
+    let b = node::start_configured(&node::config(&nats, "b"), queue).await;
+    let tag = if version == V5 { "v5" } else { "v3" };
+    let id = format!("mover-{tag}");
+
+    let (mut sub, ack) = connect(a.addr(), version, &id, true).await;
+    assert!(!ack.session_present);
+    if version != V5 {
+        // 3.1.1: Clean Session 0 keeps the session; the first connection cleaned any old one.
+        sub.disconnect().await;
+        let (again, ack) = connect(a.addr(), version, &id, false).await;
+        assert!(!ack.session_present);
+        sub = again;
+    }
+    sub.subscribe(&format!("bk/{tag}/#"), QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+
+    // The backlog is published on B and reaches the offline session on A through JetStream.
+    let mut publisher = Raw::connect(b.addr(), version, &format!("bk-pub-{tag}")).await;
+    publish_numbered(&mut publisher, &format!("bk/{tag}"), n).await;
+    wait_held(&a, &id, n as usize).await;
+
+    // The client comes back on B: v5 [MQTT-3.2.2-2] / v3.1.1 [MQTT-3.2.2-2] session present.
+    let (mut sub, ack) = connect(b.addr(), version, &id, false).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(
+        ack.session_present,
+        "the session held by node A is present on node B"
+    );
+    assert!(
+        a.broker.admin().session(&id).is_none(),
+        "node A gave the session up"
+    );
+    receive_in_order(&mut sub, n).await;
+
+    // Its subscription came along: a new message reaches it on B.
+    publisher
+        .publish(&format!("bk/{tag}/x"), "after", QoS::AtLeastOnce, false)
+        .await;
+    let p = sub.recv_publish().await;
+    assert_eq!(&p.payload[..], b"after");
+    sub.ack(&p).await;
+    sub.disconnect().await;
+
+    // And back to A, with what was queued meanwhile.
+    publisher
+        .publish(&format!("bk/{tag}/y"), "while away", QoS::AtLeastOnce, false)
+        .await;
+    wait_held(&b, &id, 1).await;
+    let (mut sub, ack) = connect(a.addr(), version, &id, false).await;
+    assert!(ack.session_present);
+    let p = sub.recv_publish().await;
+    assert_eq!(&p.payload[..], b"while away");
+    sub.ack(&p).await;
+    assert!(b.broker.admin().session(&id).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_sessions_backlog_of_10000_follows_it_to_another_node_in_order_v5() {
+    backlog_moves(V5, 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_sessions_backlog_follows_it_to_another_node_in_order_v311() {
+    backlog_moves(V3, 2_000).await;
+}
+
+async fn takeover(version: ProtocolVersion) {
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let tag = if version == V5 { "v5" } else { "v3" };
+    let id = format!("taken-{tag}");
+    let (mut old, _) = connect(a.addr(), version, &id, version == V5).await;
+    old.subscribe(&format!("tk/{tag}/#"), QoS::AtLeastOnce).await;
+    // Five messages reach the old connection, which does not acknowledge them.
+    let mut publisher = Raw::connect(a.addr(), version, &format!("tk-pub-{tag}")).await;
+    publish_numbered(&mut publisher, &format!("tk/{tag}"), 5).await;
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        first.push(old.recv_publish().await);
+    }
+
+    let (mut new, ack) = connect(b.addr(), version, &id, false).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(ack.session_present);
+    if version == V5 {
+        // v5 [MQTT-3.1.4-3]: the existing connection is sent DISCONNECT 0x8E, then closed.
+        assert_eq!(old.expect_closed().await, Some(ReasonCode::SessionTakenOver));
+    } else {
+        // v3.1.1 [MQTT-3.1.4-2]: the existing connection is closed.
+        old.expect_closed_silently().await;
+    }
+    // The unacknowledged messages are sent again with their packet ids and DUP set
+    // (v5 [MQTT-4.4.0-1], v3.1.1 [MQTT-4.4.0-1]).
+    for p in &first {
+        let again = new.recv_publish().await;
+        assert!(again.dup, "resent with DUP");
+        assert_eq!(again.packet_id, p.packet_id);
+        assert_eq!(again.payload, p.payload);
+        new.send(Packet::PubAck(Ack::new(again.packet_id.expect("id"))))
+            .await;
+    }
+    assert!(a.broker.admin().session(&id).is_none());
+    let info = b.broker.admin().session(&id).expect("the session is on B");
+    assert_eq!(info.subscriptions.len(), 1);
+    assert!(info.connection.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connecting_to_another_node_takes_its_session_over_v5() {
+    takeover(V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connecting_to_another_node_takes_its_session_over_v311() {
+    takeover(V3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_start_on_another_node_ends_the_session_on_the_first() {
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let (mut old, _) = connect(a.addr(), V5, "cleaner", true).await;
+    old.subscribe("cl/#", QoS::AtLeastOnce).await;
+    old.disconnect().await;
+    assert!(a.broker.admin().session("cleaner").is_some());
+    // v5 [MQTT-3.1.2-4]: Clean Start discards any existing session.
+    let (mut new, ack) = connect(b.addr(), V5, "cleaner", true).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(
+        !ack.session_present,
+        "v5 [MQTT-3.2.2-2]: no session present after Clean Start"
+    );
+    assert!(a.broker.admin().session("cleaner").is_none());
+    let info = b.broker.admin().session("cleaner").expect("a new session on B");
+    assert!(info.subscriptions.is_empty());
+    // The old subscription is gone everywhere.
+    let mut publisher = Raw::connect(a.addr(), V5, "cl-pub").await;
+    publisher.publish("cl/x", "nobody", QoS::AtLeastOnce, false).await;
+    new.expect_silence(500).await;
+    // The same client id, now on B, is taken over from A's side too: the directory follows.
+    new.disconnect().await;
+    let (_back, ack) = connect(a.addr(), V5, "cleaner", false).await;
+    assert!(ack.session_present, "the session moved back from B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_a_session_moves_are_not_lost() {
+    let nats = Nats::start(1, true);
+    let queue = |c: &mut tern_broker::Config| c.max_queued_messages = 20_000;
+    let a = node::start_configured(&node::config(&nats, "a"), queue).await;
+    let b = node::start_configured(&node::config(&nats, "b"), queue).await;
+    let (mut sub, _) = connect(a.addr(), V5, "moving", false).await;
+    sub.subscribe("mv/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    // Publishers on both nodes keep publishing while the session moves from A to B.
+    let total = 3_000u32;
+    let mut publishers = Vec::new();
+    for (name, addr) in [("pa", a.addr()), ("pb", b.addr())] {
+        publishers.push(tokio::spawn(async move {
+            let mut p = Raw::connect(addr, V5, &format!("mv-{name}")).await;
+            for chunk in 0..(total / 100) {
+                for i in 0..100u32 {
+                    let n = chunk * 100 + i;
+                    let mut m = Publish::new(format!("mv/{name}"), format!("{name}:{n}"));
+                    m.qos = QoS::AtLeastOnce;
+                    m.packet_id = Some(pid(i as u16 + 1));
+                    p.send(Packet::Publish(m)).await;
+                }
+                for _ in 0..100 {
+                    match p.recv().await {
+                        Packet::PubAck(_) => {}
+                        other => panic!("expected PUBACK, got {other:?}"),
+                    }
+                }
+            }
+        }));
+    }
+    wait_held(&a, "moving", 200).await;
+    let (mut sub, ack) = connect(b.addr(), V5, "moving", false).await;
+    assert!(ack.session_present);
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+    // Every acknowledged message reaches the session once it moved (duplicates allowed for
+    // QoS 1, v5 [MQTT-4.3.2-1]); each publisher's messages in order apart from those.
+    let mut seen = std::collections::HashMap::<String, Vec<u32>>::new();
+    let mut distinct = std::collections::HashSet::new();
+    while distinct.len() < 2 * total as usize {
+        let p = match sub.next_within(Duration::from_secs(20)).await {
+            Ok(Some(Packet::Publish(p))) => p,
+            other => panic!("{} of {} messages, then {other:?}", distinct.len(), 2 * total),
+        };
+        sub.ack(&p).await;
+        let text = String::from_utf8(p.payload.to_vec()).expect("utf8");
+        let (name, n) = text.split_once(':').expect("name:n");
+        let n: u32 = n.parse().expect("number");
+        seen.entry(name.to_string()).or_default().push(n);
+        distinct.insert(text);
+    }
+    for (name, ns) in &seen {
+        let mut highest = None;
+        for &n in ns {
+            if let Some(h) = highest {
+                assert!(
+                    n > h || ns.iter().filter(|&&m| m == n).count() > 1,
+                    "{name}: {n} after {h}, not a duplicate"
+                );
+            }
+            highest = highest.max(Some(n));
+        }
+    }
+}
