@@ -231,6 +231,9 @@ impl Directory {
         let _claiming = Claiming(self, client.clone());
         let key = key(&client);
         let me = Bytes::from(self.parts.node.clone().into_bytes());
+        // Every write is a compare-and-swap; one that fails (another node, or this node's
+        // own deletion of an ended session's entry, wrote meanwhile) reads again.
+        let mut failed = String::new();
         for _ in 0..MAX_TRIES {
             let entry = self
                 .parts
@@ -242,34 +245,32 @@ impl Directory {
                 Some(e) if e.operation == kv::Operation::Put => Some((e.value, e.revision)),
                 _ => None,
             };
-            match holder {
-                None => match self.parts.kv.create(&key, me.clone()).await {
-                    Ok(_) => return Ok(None),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(format!("the session directory cannot be written: {e}")),
-                },
-                Some((owner, revision)) if owner == me => {
-                    // Written again (a new revision), so that the deletion of an entry this
-                    // node's session left a moment ago, which expects the old revision, fails.
-                    match self.parts.kv.update(&key, me.clone(), revision).await {
-                        Ok(_) => return Ok(None),
-                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                        Err(e) => return Err(format!("the session directory cannot be written: {e}")),
-                    }
-                }
-                Some((owner, revision)) => {
-                    match self.parts.kv.update(&key, me.clone(), revision).await {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                        Err(e) => return Err(format!("the session directory cannot be written: {e}")),
-                    }
-                    let owner = String::from_utf8_lossy(&owner).into_owned();
-                    return self.fetch(&owner, &client, clean_start).await;
-                }
+            let written = match &holder {
+                None => self.parts.kv.create(&key, me.clone()).await.map_err(|e| e.to_string()),
+                // Its own name is written again (a new revision), so that the deletion of an
+                // entry this node's session left a moment ago, which expects the old
+                // revision, fails.
+                Some((_, revision)) => self
+                    .parts
+                    .kv
+                    .update(&key, me.clone(), *revision)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = written {
+                failed = e;
+                continue;
             }
+            return match holder {
+                Some((owner, _)) if owner != me => {
+                    let owner = String::from_utf8_lossy(&owner).into_owned();
+                    self.fetch(&owner, &client, clean_start).await
+                }
+                _ => Ok(None),
+            };
         }
         Err(format!(
-            "the session directory changed {MAX_TRIES} times while this node claimed the session"
+            "the session directory could not be written ({MAX_TRIES} tries, last: {failed})"
         ))
     }
 
