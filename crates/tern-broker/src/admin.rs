@@ -200,6 +200,12 @@ impl Admin {
         self.core.hand_over_rest(client_id)
     }
 
+    /// How far back the messages held by each connected session that outlives its
+    /// connection go (queued, or sent and not acknowledged).
+    pub fn held_by_connected(&self) -> Vec<(Arc<str>, crate::backplane::Held)> {
+        self.core.held_by_connected()
+    }
+
     /// See [`crate::BrokerHandle::publish`].
     pub fn publish(&self, message: Message) -> Result<usize, TopicError> {
         self.core.publish_from_outside(message)

@@ -26,6 +26,17 @@ use crate::message::Message;
 /// client cannot connect now.
 pub type Claim = Pin<Box<dyn Future<Output = Result<Option<bytes::Bytes>, String>> + Send>>;
 
+/// How far back the messages a session holds (queued, or sent and not acknowledged) go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// It holds none.
+    Nothing,
+    /// The oldest reached this broker then ([`Message::arrived`], or a client's PUBLISH).
+    Since(std::time::Instant),
+    /// Some of them have no time (they came from the store or from another broker).
+    Unknown,
+}
+
 /// Where messages and subscriptions go beyond this broker. Called synchronously, on the
 /// publishing or subscribing connection's task: an implementation hands the work to its own
 /// tasks (through a bounded queue) and never blocks.
@@ -105,5 +116,19 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// connection when its expiry is 0); not called when it was handed to another broker.
     fn session_ended(&self, client_id: &str) {
         let _ = client_id;
+    }
+
+    /// The durable part of the session of `client_id`, which outlives its connection, as it
+    /// stands now (at CONNECT, when its subscriptions change, and when its connection ends:
+    /// `offline`), and how far back the messages it holds undelivered or unacknowledged go.
+    /// Not called for sessions that end with their connection.
+    fn session_saved(
+        &self,
+        client_id: &str,
+        snapshot: &crate::durability::SessionSnapshot,
+        offline: bool,
+        held: Held,
+    ) {
+        let _ = (client_id, snapshot, offline, held);
     }
 }

@@ -811,11 +811,13 @@ impl Core {
     /// Write the session's durable part (when persistence is on and the session outlives its
     /// connection).
     pub fn persist_session(&self, cell: &SessionCell, disconnected: bool) {
-        if !self.durability.enabled() {
+        let to_store = self.durability.enabled();
+        let to_backplane = self.backplane.is_some();
+        if !to_store && !to_backplane {
             return;
         }
         let st = cell.lock();
-        if !st.persistent || st.ended {
+        if st.ended || st.expiry_interval == 0 || (!st.persistent && !to_backplane) {
             return;
         }
         let snapshot = SessionSnapshot {
@@ -833,9 +835,27 @@ impl Core {
                 .as_ref()
                 .map(|w| (record::to_wall(st.pending_will_at, self.clock.stamp()), w.clone())),
         };
-        // Submitted under the session lock, which orders it with the session's other changes.
-        self.durability
-            .submit(Change::PutSession(cell.client_id.clone(), snapshot));
+        if let Some(b) = &self.backplane {
+            b.session_saved(&cell.client_id, &snapshot, disconnected, held(&st));
+        }
+        if to_store && st.persistent {
+            // Submitted under the session lock, which orders it with the session's other changes.
+            self.durability
+                .submit(Change::PutSession(cell.client_id.clone(), snapshot));
+        }
+    }
+
+    /// How far back the messages of each connected session that outlives its connection go
+    /// (for a cluster node's periodic record of where to recover them from).
+    pub fn held_by_connected(&self) -> Vec<(Arc<str>, crate::backplane::Held)> {
+        let mut out = Vec::new();
+        for cell in self.sessions.all() {
+            let st = cell.lock();
+            if st.conn_id.is_some() && st.expiry_interval > 0 && !st.ended {
+                out.push((cell.client_id.clone(), held(&st)));
+            }
+        }
+        out
     }
 
     /// Publish a will message (retained if it asked to be).
@@ -889,3 +909,29 @@ const MAX_RETAINED_CURSORS: usize = 1024;
 
 /// Most messages read back from the store for one session at a time.
 const REFILL_BATCH: usize = 256;
+
+/// How far back the messages `st` holds in flight or queued go (the queue is in arrival
+/// order but for retained messages; its first 1,000 are looked at, and a session with more
+/// on disk counts as unknown).
+fn held(st: &crate::session::SessionState) -> crate::backplane::Held {
+    use crate::backplane::Held;
+    if st.spill.is_some() {
+        return Held::Unknown;
+    }
+    let mut oldest: Option<Instant> = None;
+    for o in st
+        .proto
+        .inflight()
+        .map(|i| &i.message)
+        .chain(st.queue.iter().take(1000))
+    {
+        match o.msg.received_at {
+            Some(t) => oldest = Some(oldest.map_or(t, |x| x.min(t))),
+            None => return Held::Unknown,
+        }
+    }
+    match oldest {
+        Some(t) => Held::Since(t),
+        None => Held::Nothing,
+    }
+}

@@ -175,6 +175,14 @@ pub struct Handover {
     pub qos2: Vec<u16>,
 }
 
+impl Handover {
+    /// The handover as [`crate::Admin::hand_over`] gives it and a claim brings it in
+    /// ([`crate::backplane::Backplane::claim`]): checksummed records.
+    pub fn encode(&self) -> bytes::Bytes {
+        crate::store::record::handover(self, crate::Clock::system().stamp())
+    }
+}
+
 /// What an implementation holds when the broker starts.
 #[derive(Debug, Default)]
 pub struct Stored {

@@ -62,6 +62,20 @@ impl StoredId {
 }
 
 impl Message {
+    /// The message as it reached this broker at `at` (from another node of a cluster, say):
+    /// the delivery-latency metric runs from there, and a cluster tells from it how far back
+    /// a session's unacknowledged messages go.
+    pub fn arrived(mut self, at: Instant) -> Message {
+        self.received_at = Some(at);
+        self
+    }
+
+    /// When a client's PUBLISH of it was decoded, or [`Message::arrived`] said it reached
+    /// this broker.
+    pub fn received_at(&self) -> Option<Instant> {
+        self.received_at
+    }
+
     /// A message to `topic` with `payload`, no properties, no expiry and no publisher (for
     /// [`BrokerHandle::publish`](crate::BrokerHandle::publish)).
     pub fn new(topic: impl Into<ByteString>, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> Message {

@@ -128,7 +128,9 @@ impl Inbound {
                 self.counters.received.fetch_add(1, Ordering::Relaxed);
                 // Retained state comes from the retained bucket (`follow_retained`), in one
                 // order for every node; here the message is only delivered.
-                if let Err(e) = self.admin.route(msg) {
+                // Its arrival time tells how far back a session's unacknowledged messages go
+                // (`sessions.rs`, the floor of a session's record).
+                if let Err(e) = self.admin.route(msg.arrived(std::time::Instant::now())) {
                     tracing::warn!(subject = %m.subject, "message from the cluster not delivered: {e}");
                 }
             }

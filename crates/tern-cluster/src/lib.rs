@@ -91,7 +91,7 @@ pub struct Cluster {
     /// The session directory (`sessions.rs`) and, until [`Cluster::attach`], the ends of
     /// sessions it is told of.
     directory: Arc<sessions::Directory>,
-    ended_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Arc<str>>>>,
+    ended_rx: Mutex<Option<tokio::sync::mpsc::Receiver<sessions::Op>>>,
     /// Per shard, the last stream sequence this node's tailer handled.
     positions: Arc<[AtomicU64]>,
 }
@@ -327,7 +327,11 @@ impl Cluster {
         let ended = self.ended_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(ended) = ended {
             let task = tokio::spawn(sessions::run(self.directory.clone(), admin.clone(), ended));
-            self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+            let floors = tokio::spawn(sessions::refresh_floors(self.directory.clone(), admin.clone()));
+            self.tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend([task, floors]);
         }
         let sys_interval = admin.config().sys_interval_secs;
         if sys_interval > 0 {
@@ -520,5 +524,15 @@ impl Backplane for NodeBackplane {
 
     fn session_ended(&self, client_id: &str) {
         self.directory.ended(client_id);
+    }
+
+    fn session_saved(
+        &self,
+        client_id: &str,
+        snapshot: &tern_broker::durability::SessionSnapshot,
+        offline: bool,
+        held: tern_broker::backplane::Held,
+    ) {
+        self.directory.saved(client_id, snapshot, offline, held);
     }
 }

@@ -28,7 +28,7 @@
 //! session starts empty on the claimant (its queued messages stayed with the dead node;
 //! see docs/cluster.md). The entry is deleted when the session ends on its node.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tern_broker::backplane::Held;
+use tern_broker::durability::{Handover, SessionSnapshot, StoredDelivery};
 use tern_broker::{Admin, HandOff};
+use tern_proto::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 use tokio::sync::mpsc;
 
 use crate::outbound::Outbound;
@@ -45,6 +49,8 @@ use crate::{streams, ClusterError};
 
 /// Claims that keep meeting a changed entry give up after this many reads.
 const MAX_TRIES: usize = 8;
+/// How long a claim waits for the directory (JetStream) to answer.
+const CLAIM_WAIT: Duration = Duration::from_secs(15);
 /// How long a claimant waits for an answer from the node holding the session.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a claimant asks again a node that is busy claiming the same client.
@@ -53,6 +59,8 @@ const BUSY_RETRIES: usize = 50;
 const CHUNK: usize = 256 * 1024;
 /// How long a session handed out waits for its claimant to fetch it.
 const KEEP_GIVEN: Duration = Duration::from_secs(60);
+/// Longest silence of a stream read while recovering a session before it counts as read.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 /// Longest wait for stored messages and tailers while a session moves.
 const WAIT_CAUGHT_UP: Duration = Duration::from_secs(5);
 /// Session ends waiting for the directory task at most (beyond, dropped and logged).
@@ -102,6 +110,93 @@ pub(crate) async fn ensure(
     .map_err(|e| unavailable(format!("cannot create it: {e}")))
 }
 
+/// How often the floors of connected sessions are written.
+const FLOOR_EVERY: Duration = Duration::from_secs(10);
+/// Position snapshots kept (one every [`SNAPSHOT_EVERY`]: ten minutes).
+const SNAPSHOTS: usize = 2400;
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
+
+/// A client's entry in the directory (JSON).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Record {
+    /// The node holding the session.
+    pub node: String,
+    /// Protocol level of its last connection; 0 until the session was first saved.
+    #[serde(default)]
+    pub version: u8,
+    /// Session Expiry Interval.
+    #[serde(default)]
+    pub expiry: u32,
+    /// Subscriptions: filter, options byte, subscription identifier (0: none).
+    #[serde(default)]
+    pub subs: Vec<(String, u8, u32)>,
+    /// Per shard, a stream sequence such that every message the session may still need
+    /// (not yet received, or unacknowledged) is after it: where a node recovering the session
+    /// of a dead node reads from.
+    #[serde(default)]
+    pub floor: Vec<u64>,
+    /// Whether its client was away when it was saved.
+    #[serde(default)]
+    pub offline: bool,
+    /// When it was saved (wall ms).
+    #[serde(default)]
+    pub saved_ms: u64,
+}
+
+impl Record {
+    fn parse(raw: &[u8]) -> Record {
+        serde_json::from_slice(raw).unwrap_or_else(|_| Record {
+            node: String::from_utf8_lossy(raw).into_owned(),
+            ..Record::default()
+        })
+    }
+
+    fn bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+fn options_byte(o: &SubscriptionOptions) -> u8 {
+    o.qos.as_u8()
+        | u8::from(o.no_local) << 2
+        | u8::from(o.retain_as_published) << 3
+        | (o.retain_handling as u8) << 4
+}
+
+fn options_from(b: u8) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::from_bits(b & 3).unwrap_or(QoS::AtMostOnce),
+        no_local: b & 4 != 0,
+        retain_as_published: b & 8 != 0,
+        retain_handling: match (b >> 4) & 3 {
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => RetainHandling::SendAtSubscribe,
+        },
+    }
+}
+
+/// What the directory task is told.
+pub(crate) enum Op {
+    /// A session ended on this node.
+    Ended(Arc<str>),
+    /// A session's durable part changed; `floor` is where its messages go back to, when
+    /// known.
+    Saved {
+        client: Arc<str>,
+        record: Option<Record>,
+        floor: Option<Vec<u64>>,
+    },
+}
+
+/// How a session fetched for a claim came.
+enum Fetched {
+    /// From the node that held it (its token there).
+    From { owner: String, token: String },
+    /// Recovered from its entry and the streams, read up to `upto`.
+    Recovered { record: Record, upto: Vec<u64> },
+}
+
 /// A session handed out, waiting for its claimant.
 struct Given {
     client: String,
@@ -128,11 +223,15 @@ pub(crate) struct Directory {
     claiming: Mutex<HashSet<Arc<str>>>,
     /// Sessions handed out, by token.
     given: Mutex<HashMap<String, Given>>,
-    /// Sessions fetched and not yet installed: the node that gave each and its token.
-    fetched: Mutex<HashMap<Arc<str>, (String, String)>>,
+    /// Sessions fetched and not yet installed.
+    fetched: Mutex<HashMap<Arc<str>, Fetched>>,
     next_token: AtomicU64,
-    /// Session ends, for [`run`].
-    ended: mpsc::Sender<Arc<str>>,
+    /// Session changes, for [`run`].
+    ops: mpsc::Sender<Op>,
+    /// The tailers' positions over the last minutes, newest last; `start` when the node
+    /// started (the tailers began there).
+    snapshots: Mutex<VecDeque<(Instant, Vec<u64>)>>,
+    start: (Instant, Vec<u64>),
 }
 
 impl std::fmt::Debug for Directory {
@@ -157,17 +256,113 @@ impl Drop for Claiming<'_> {
 }
 
 impl Directory {
-    pub(crate) fn new(parts: Parts) -> (Directory, mpsc::Receiver<Arc<str>>) {
-        let (ended, rx) = mpsc::channel(QUEUE);
+    pub(crate) fn new(parts: Parts) -> (Directory, mpsc::Receiver<Op>) {
+        let (ops, rx) = mpsc::channel(QUEUE);
+        let start = (Instant::now(), positions(&parts.positions));
         let d = Directory {
             parts,
             claiming: Mutex::default(),
             given: Mutex::default(),
             fetched: Mutex::default(),
             next_token: AtomicU64::new(1),
-            ended,
+            ops,
+            snapshots: Mutex::default(),
+            start,
         };
         (d, rx)
+    }
+
+    /// Where the tailers stood at `t` (the latest snapshot taken at or before it); `None`
+    /// when `t` is before this node started.
+    fn positions_at(&self, t: Instant) -> Option<Vec<u64>> {
+        let snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, p)) = snapshots.iter().rev().find(|(at, _)| *at <= t) {
+            return Some(p.clone());
+        }
+        (t >= self.start.0).then(|| self.start.1.clone())
+    }
+
+    /// The floor of a session holding `held`: what it may still need is after it.
+    fn floor(&self, held: Held) -> Option<Vec<u64>> {
+        match held {
+            Held::Nothing => Some(positions(&self.parts.positions)),
+            Held::Since(t) => self.positions_at(t),
+            Held::Unknown => None,
+        }
+    }
+
+    /// A session of this node was saved (see [`Backplane::session_saved`]).
+    ///
+    /// [`Backplane::session_saved`]: tern_broker::backplane::Backplane::session_saved
+    pub(crate) fn saved(&self, client: &str, snapshot: &SessionSnapshot, offline: bool, held: Held) {
+        let record = Record {
+            node: self.parts.node.clone(),
+            version: snapshot.version.level(),
+            expiry: snapshot.expiry_interval,
+            subs: snapshot
+                .subscriptions
+                .iter()
+                .map(|(f, o, id)| (f.clone(), options_byte(o), id.unwrap_or(0)))
+                .collect(),
+            floor: Vec::new(),
+            offline,
+            saved_ms: wall_ms(),
+        };
+        let op = Op::Saved {
+            client: client.into(),
+            record: Some(record),
+            floor: self.floor(held),
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.ops.try_send(op) {
+            tracing::warn!(
+                client_id = client,
+                "cluster sessions: the directory task is behind; a session's entry is not updated"
+            );
+        }
+    }
+
+    /// Write a saved session's entry, if it is still this node's (`record` `None`: only its
+    /// floor).
+    async fn save(
+        &self,
+        client: &str,
+        record: Option<Record>,
+        floor: Option<Vec<u64>>,
+    ) -> Result<(), String> {
+        let key = key(client);
+        for _ in 0..3 {
+            let Some(e) = self
+                .parts
+                .kv
+                .entry(key.clone())
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(());
+            };
+            if e.operation != kv::Operation::Put {
+                return Ok(());
+            }
+            let old = Record::parse(&e.value);
+            if old.node != self.parts.node {
+                return Ok(());
+            }
+            let mut record = record.clone().unwrap_or_else(|| old.clone());
+            // The floor only rises: each one was safe when written, and stays so.
+            record.floor = match floor.as_ref() {
+                Some(f) if old.floor.len() == f.len() => {
+                    old.floor.iter().zip(f).map(|(a, b)| (*a).max(*b)).collect()
+                }
+                Some(f) if old.floor.is_empty() => f.clone(),
+                _ => old.floor.clone(),
+            };
+            match self.parts.kv.update(&key, record.bytes(), e.revision).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("the entry kept changing".into())
     }
 
     /// Wait until every QoS 1/2 message this node's clients published so far is stored in
@@ -190,13 +385,17 @@ impl Directory {
 
     /// Wait until this node's tailers have handled every message stored so far, so that a
     /// session leaving it has received all of them here.
-    async fn tailers_caught_up(&self) {
+    async fn tailers_caught_up(&self) -> Vec<u64> {
         let deadline = tokio::time::Instant::now() + WAIT_CAUGHT_UP;
+        let mut ends = positions(&self.parts.positions);
         for (k, position) in self.parts.positions.iter().enumerate() {
             let name = streams::stream_name(&self.parts.prefix, k as u16);
             let last = match self.parts.js.get_stream(&name).await {
                 Ok(mut s) => match s.info().await {
-                    Ok(i) => i.state.last_sequence,
+                    Ok(i) => {
+                        ends[k] = ends[k].max(i.state.last_sequence);
+                        i.state.last_sequence
+                    }
                     Err(e) => {
                         tracing::warn!(stream = %name, "cluster sessions: cannot read the stream's end: {e}");
                         continue;
@@ -210,11 +409,12 @@ impl Directory {
             while position.load(Ordering::Acquire) < last {
                 if tokio::time::Instant::now() >= deadline {
                     tracing::warn!(stream = %name, last, at = position.load(Ordering::Acquire), "cluster sessions: the tailer is behind; a message may miss a session leaving this node");
-                    return;
+                    return ends;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
+        ends
     }
 
     fn control(&self, node: &str, verb: &str) -> String {
@@ -230,41 +430,72 @@ impl Directory {
             .insert(client.clone());
         let _claiming = Claiming(self, client.clone());
         let key = key(&client);
-        let me = Bytes::from(self.parts.node.clone().into_bytes());
         // Every write is a compare-and-swap; one that fails (another node, or this node's
         // own deletion of an ended session's entry, wrote meanwhile) reads again.
+        // JetStream may be electing the bucket's leader (a NATS server just restarted): reads
+        // and writes that fail for another reason than a changed entry are tried again for
+        // up to CLAIM_WAIT, and the CONNECT waits.
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         let mut failed = String::new();
-        for _ in 0..MAX_TRIES {
-            let entry = self
-                .parts
-                .kv
-                .entry(key.clone())
-                .await
-                .map_err(|e| format!("the session directory cannot be read: {e}"))?;
+        let mut tries = 0;
+        while tries < MAX_TRIES {
+            let entry = match self.parts.kv.entry(key.clone()).await {
+                Ok(e) => e,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(client_id = %client, "the session directory cannot be read ({e}); trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(e) => return Err(format!("the session directory cannot be read: {e}")),
+            };
             let holder = match entry {
-                Some(e) if e.operation == kv::Operation::Put => Some((e.value, e.revision)),
+                Some(e) if e.operation == kv::Operation::Put => Some((Record::parse(&e.value), e.revision)),
                 _ => None,
             };
             let written = match &holder {
-                None => self.parts.kv.create(&key, me.clone()).await.map_err(|e| e.to_string()),
+                None => {
+                    let fresh = Record {
+                        node: self.parts.node.clone(),
+                        floor: positions(&self.parts.positions),
+                        saved_ms: wall_ms(),
+                        ..Record::default()
+                    };
+                    self.parts
+                        .kv
+                        .create(&key, fresh.bytes())
+                        .await
+                        .map_err(|e| e.to_string())
+                }
                 // Its own name is written again (a new revision), so that the deletion of an
                 // entry this node's session left a moment ago, which expects the old
-                // revision, fails.
-                Some((_, revision)) => self
-                    .parts
-                    .kv
-                    .update(&key, me.clone(), *revision)
-                    .await
-                    .map_err(|e| e.to_string()),
+                // revision, fails. What the entry says of the session stays until saved.
+                Some((old, revision)) => {
+                    let mine = Record {
+                        node: self.parts.node.clone(),
+                        offline: false,
+                        ..old.clone()
+                    };
+                    self.parts
+                        .kv
+                        .update(&key, mine.bytes(), *revision)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
             };
             if let Err(e) = written {
+                if !e.contains("wrong last sequence") && tokio::time::Instant::now() < deadline {
+                    tracing::debug!(client_id = %client, "the session directory cannot be written ({e}); trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                } else {
+                    tries += 1;
+                }
                 failed = e;
                 continue;
             }
             return match holder {
-                Some((owner, _)) if owner != me => {
-                    let owner = String::from_utf8_lossy(&owner).into_owned();
-                    self.fetch(&owner, &client, clean_start).await
+                Some((old, _)) if old.node != self.parts.node => {
+                    let owner = old.node.clone();
+                    self.fetch(&owner, &client, clean_start, old).await
                 }
                 _ => Ok(None),
             };
@@ -280,6 +511,7 @@ impl Directory {
         owner: &str,
         client: &Arc<str>,
         clean_start: bool,
+        record: Record,
     ) -> Result<Option<Bytes>, String> {
         let mut ask = Vec::with_capacity(1 + client.len());
         ask.push(u8::from(clean_start));
@@ -294,20 +526,27 @@ impl Directory {
                     break;
                 }
                 Err(why) => {
-                    tracing::warn!(client_id = %client, node = owner, "the node that held the session does not answer ({why}); the session starts empty here");
-                    return Ok(None);
+                    tracing::warn!(client_id = %client, node = owner, "the node that held the session does not answer ({why}); recovering it from its entry and the streams");
+                    return self.recover(client, clean_start, record).await;
                 }
             }
         }
         let Some(answer) = answer else {
             return Err(format!("node {owner} stayed busy claiming the same client"));
         };
+        if &answer[..] == b"none" {
+            // The node runs but has no such session (it restarted without it).
+            return self.recover(client, clean_start, record).await;
+        }
         match self.download(owner, &answer).await? {
             Some((token, raw)) => {
-                self.fetched
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(client.clone(), (owner.to_string(), token));
+                self.fetched.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    client.clone(),
+                    Fetched::From {
+                        owner: owner.to_string(),
+                        token,
+                    },
+                );
                 tracing::info!(client_id = %client, from = owner, bytes = raw.len(), "session taken over from another node");
                 Ok(Some(raw))
             }
@@ -371,8 +610,20 @@ impl Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&client);
-        let Some((owner, token)) = fetched else {
-            return Ok(None);
+        let (owner, token) = match fetched {
+            None => return Ok(None),
+            Some(Fetched::From { owner, token }) => (owner, token),
+            Some(Fetched::Recovered { record, upto }) => {
+                // What was stored since the first read, up to where the tailers (which now
+                // route to the installed session) have certainly passed.
+                self.own_messages_stored().await;
+                let ends = self.tailers_caught_up().await;
+                let deliveries = self.catch_up(&client, &record, &upto, &ends).await?;
+                if deliveries.is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(handover(&record, deliveries).encode()));
+            }
         };
         self.own_messages_stored().await;
         let answer = self.request(&owner, "rest", Bytes::from(token)).await?;
@@ -391,9 +642,126 @@ impl Directory {
         Ok(Some(raw))
     }
 
+    /// Rebuild the session of a node that is gone from its entry: its subscriptions, and the
+    /// messages stored after its floor that they match, read from the streams.
+    async fn recover(
+        &self,
+        client: &Arc<str>,
+        clean_start: bool,
+        record: Record,
+    ) -> Result<Option<Bytes>, String> {
+        let expired = record.offline
+            && record.expiry != u32::MAX
+            && record.saved_ms.saturating_add(u64::from(record.expiry) * 1000) < wall_ms();
+        if clean_start || record.version == 0 || record.expiry == 0 || expired {
+            return Ok(None);
+        }
+        let shards = self.parts.positions.len();
+        let floor = if record.floor.len() == shards {
+            record.floor.clone()
+        } else {
+            vec![0; shards]
+        };
+        let ends = self.stream_ends().await?;
+        let deliveries = self.catch_up(client, &record, &floor, &ends).await?;
+        tracing::info!(client_id = %client, node = %record.node, subscriptions = record.subs.len(), messages = deliveries.len(), "session of a node that is gone recovered from the directory and the streams");
+        let raw = handover(&record, deliveries).encode();
+        self.fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client.clone(), Fetched::Recovered { record, upto: ends });
+        Ok(Some(raw))
+    }
+
+    /// Each shard stream's last sequence.
+    async fn stream_ends(&self) -> Result<Vec<u64>, String> {
+        let mut ends = Vec::with_capacity(self.parts.positions.len());
+        for k in 0..self.parts.positions.len() {
+            let name = streams::stream_name(&self.parts.prefix, k as u16);
+            let mut stream = self
+                .parts
+                .js
+                .get_stream(&name)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            let info = stream.info().await.map_err(|e| format!("{name}: {e}"))?;
+            ends.push(info.state.last_sequence);
+        }
+        Ok(ends)
+    }
+
+    /// The messages in each shard after `from` up to `to` that the session's subscriptions
+    /// match, as its deliveries (shard after shard: one publisher's messages are in one
+    /// shard, in order).
+    async fn catch_up(
+        &self,
+        client: &str,
+        record: &Record,
+        from: &[u64],
+        to: &[u64],
+    ) -> Result<Vec<StoredDelivery>, String> {
+        let subs: Vec<(String, SubscriptionOptions, u32)> = record
+            .subs
+            .iter()
+            .filter(|(f, _, _)| !f.starts_with("$share/"))
+            .map(|(f, o, id)| (f.clone(), options_from(*o), *id))
+            .collect();
+        let mut out = Vec::new();
+        if subs.is_empty() {
+            return Ok(out);
+        }
+        let now = Instant::now();
+        for (k, (&from, &to)) in from.iter().zip(to).enumerate() {
+            if from >= to {
+                continue;
+            }
+            let name = streams::stream_name(&self.parts.prefix, k as u16);
+            let prefix = streams::shard_subject(&self.parts.prefix, k as u16);
+            let stream = self
+                .parts
+                .js
+                .get_stream(&name)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            let consumer = stream
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: from + 1,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            let mut messages = consumer.messages().await.map_err(|e| format!("{name}: {e}"))?;
+            loop {
+                let m = match tokio::time::timeout(CATCH_UP_WAIT, messages.next()).await {
+                    Ok(Some(Ok(m))) => m,
+                    Ok(Some(Err(e))) => return Err(format!("{name}: {e}")),
+                    // The stream ends before `to` (messages removed by its limits).
+                    Ok(None) | Err(_) => break,
+                };
+                let seq = m.info().map_err(|e| format!("{name}: {e}"))?.stream_sequence;
+                if seq > to {
+                    break;
+                }
+                if let Ok(msg) =
+                    crate::codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone())
+                {
+                    if let Some(d) = delivery(client, &subs, msg, now) {
+                        out.push(d);
+                    }
+                }
+                if seq >= to {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The session of `client` ended on this node.
     pub(crate) fn ended(&self, client: &str) {
-        match self.ended.try_send(client.into()) {
+        match self.ops.try_send(Op::Ended(client.into())) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(
@@ -468,7 +836,7 @@ impl Directory {
                 let Some(first) = first else {
                     return Bytes::from_static(b"none");
                 };
-                self.tailers_caught_up().await;
+                let _ = self.tailers_caught_up().await;
                 match admin.hand_over_rest(&first.client) {
                     Some(raw) => self.give(first.client, raw),
                     None => Bytes::from_static(b"none"),
@@ -506,7 +874,7 @@ impl Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(client);
-        if e.value != self.parts.node.as_bytes() || claiming || admin.session(client).is_some() {
+        if Record::parse(&e.value).node != self.parts.node || claiming || admin.session(client).is_some() {
             return Ok(());
         }
         self.parts
@@ -522,7 +890,7 @@ impl Directory {
         for s in admin.sessions() {
             let key = key(&s.client_id);
             let holder = match self.parts.kv.entry(key.clone()).await {
-                Ok(Some(e)) if e.operation == kv::Operation::Put => Some(e.value),
+                Ok(Some(e)) if e.operation == kv::Operation::Put => Some(Record::parse(&e.value).node),
                 Ok(_) => None,
                 Err(e) => {
                     tracing::warn!(client_id = %s.client_id, "cluster sessions: the directory cannot be read: {e}");
@@ -530,19 +898,20 @@ impl Directory {
                 }
             };
             match holder {
-                Some(owner) if owner == self.parts.node.as_bytes() => {}
+                Some(owner) if owner == self.parts.node => {}
                 Some(owner) => {
                     // Quietly: the session lives on the other node.
                     let _ = admin.hand_over_rest(&s.client_id);
-                    tracing::info!(client_id = %s.client_id, node = %String::from_utf8_lossy(&owner), "stored session dropped: another node holds it now");
+                    tracing::info!(client_id = %s.client_id, node = %owner, "stored session dropped: another node holds it now");
                 }
                 None => {
-                    if let Err(e) = self
-                        .parts
-                        .kv
-                        .create(&key, Bytes::from(self.parts.node.clone().into_bytes()))
-                        .await
-                    {
+                    let mine = Record {
+                        node: self.parts.node.clone(),
+                        floor: positions(&self.parts.positions),
+                        saved_ms: wall_ms(),
+                        ..Record::default()
+                    };
+                    if let Err(e) = self.parts.kv.create(&key, mine.bytes()).await {
                         tracing::warn!(client_id = %s.client_id, "cluster sessions: the stored session is not entered in the directory: {e}");
                     }
                 }
@@ -553,7 +922,7 @@ impl Directory {
 
 /// Answer other nodes' requests, forget the entries of ended sessions, and drop sessions
 /// handed out that nobody fetched.
-pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut ended: mpsc::Receiver<Arc<str>>) {
+pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut ops: mpsc::Receiver<Op>) {
     let subject = directory.control(&directory.parts.node, "*");
     let mut requests = loop {
         match directory.parts.client.subscribe(subject.clone()).await {
@@ -565,6 +934,7 @@ pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut ended: mpsc
         }
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut snapshot = tokio::time::interval(SNAPSHOT_EVERY);
     loop {
         tokio::select! {
             m = requests.next() => {
@@ -577,11 +947,26 @@ pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut ended: mpsc
                     }
                 }
             }
-            c = ended.recv() => {
-                let Some(c) = c else { return };
-                if let Err(e) = directory.forget(&admin, &c).await {
-                    tracing::warn!(client_id = %c, "cluster sessions: the ended session's entry stays: {e}");
+            op = ops.recv() => match op {
+                None => return,
+                Some(Op::Ended(c)) => {
+                    if let Err(e) = directory.forget(&admin, &c).await {
+                        tracing::warn!(client_id = %c, "cluster sessions: the ended session's entry stays: {e}");
+                    }
                 }
+                Some(Op::Saved { client, record, floor }) => {
+                    if let Err(e) = directory.save(&client, record, floor).await {
+                        tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
+                    }
+                }
+            },
+            _ = snapshot.tick() => {
+                let now = positions(&directory.parts.positions);
+                let mut s = directory.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+                if s.len() >= SNAPSHOTS {
+                    s.pop_front();
+                }
+                s.push_back((Instant::now(), now));
             }
             _ = sweep.tick() => {
                 let mut given = directory.given.lock().unwrap_or_else(|e| e.into_inner());
@@ -594,5 +979,109 @@ pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut ended: mpsc
                 });
             }
         }
+    }
+}
+
+/// The tailers' positions now.
+fn positions(p: &[AtomicU64]) -> Vec<u64> {
+    p.iter().map(|a| a.load(Ordering::Acquire)).collect()
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A session rebuilt from its entry, with `deliveries` queued.
+fn handover(record: &Record, deliveries: Vec<StoredDelivery>) -> Handover {
+    let version = match record.version {
+        3 => ProtocolVersion::V3_1,
+        4 => ProtocolVersion::V3_1_1,
+        _ => ProtocolVersion::V5,
+    };
+    Handover {
+        snapshot: SessionSnapshot {
+            version,
+            expiry_interval: record.expiry,
+            disconnected_at: if record.offline {
+                record.saved_ms
+            } else {
+                wall_ms()
+            },
+            subscriptions: record
+                .subs
+                .iter()
+                .map(|(f, o, id)| (f.clone(), options_from(*o), (*id != 0).then_some(*id)))
+                .collect(),
+            pending_will: None,
+        },
+        deliveries,
+        qos2: Vec::new(),
+    }
+}
+
+/// The delivery of `msg` to the session of `client` with `subs`, as the broker's router
+/// makes it: the highest QoS of the matching subscriptions (capped by the message's), every
+/// matching subscription identifier, RETAIN kept only with Retain As Published; none when
+/// nothing matches, No Local excludes it, or it expired.
+fn delivery(
+    client: &str,
+    subs: &[(String, SubscriptionOptions, u32)],
+    msg: tern_broker::Message,
+    now: Instant,
+) -> Option<StoredDelivery> {
+    if msg.is_expired(now) {
+        return None;
+    }
+    let own = msg.publisher.as_deref() == Some(client);
+    let mut qos: Option<QoS> = None;
+    let mut ids = Vec::new();
+    let mut retain = false;
+    for (filter, o, id) in subs {
+        if !tern_proto::topic::matches(&msg.topic, filter) || (o.no_local && own) {
+            continue;
+        }
+        let q = o.qos.min(msg.qos);
+        qos = Some(qos.map_or(q, |x| x.max(q)));
+        if *id != 0 {
+            ids.push(*id);
+        }
+        retain |= o.retain_as_published && msg.retain;
+    }
+    let qos = qos?;
+    Some(StoredDelivery {
+        seq: 0,
+        stage: None,
+        qos,
+        retain,
+        subscription_ids: ids,
+        shared: None,
+        message: Arc::new(msg),
+        message_id: 0,
+    })
+}
+
+/// Write the floors of this node's connected sessions every [`FLOOR_EVERY`] (those that
+/// rose): a floor rises as the client acknowledges, and recovering the session after this
+/// node died re-reads the streams from it.
+pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
+    let mut refresh = tokio::time::interval(FLOOR_EVERY);
+    let mut written: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+    loop {
+        refresh.tick().await;
+        let mut now = HashMap::new();
+        for (client, held) in admin.held_by_connected() {
+            let Some(floor) = directory.floor(held) else {
+                continue;
+            };
+            if written.get(&client) != Some(&floor) {
+                if let Err(e) = directory.save(&client, None, Some(floor.clone())).await {
+                    tracing::debug!(client_id = %client, "cluster sessions: floor not written: {e}");
+                }
+            }
+            now.insert(client, floor);
+        }
+        written = now;
     }
 }
