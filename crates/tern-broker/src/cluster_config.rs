@@ -222,4 +222,14 @@ mod tests {
             assert!(err.contains(names), "{bad}: {err}");
         }
     }
+
+    #[test]
+    fn the_docker_compose_example_is_a_valid_configuration() {
+        let text = include_str!("../../../deploy/cluster.toml");
+        let c = Config::from_toml(text).expect("deploy/cluster.toml is valid");
+        let cluster = c.cluster.expect("[cluster]");
+        assert_eq!(cluster.nats.len(), 3);
+        assert_eq!(cluster.monitor.len(), 3);
+        assert!(cluster.validate().is_ok());
+    }
 }

@@ -96,6 +96,10 @@ pub enum Scenario {
     Latency,
     /// Many idle connections: connects per second and broker memory.
     Conn,
+    /// Reconnect storm: --connections persistent sessions made on --port (one subscription
+    /// each), then all reconnected to --sub-port (another node of a cluster): reconnects per
+    /// second, and how many found their session.
+    Move,
 }
 
 fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
@@ -138,6 +142,8 @@ struct Conn {
     version: ProtocolVersion,
     /// When a packet was last sent (PINGREQ after half the keep-alive of silence).
     last_tx: Instant,
+    /// Session Present of its CONNACK.
+    present: bool,
 }
 
 /// Keep-alive of the bench's connections, in seconds (some brokers refuse 0).
@@ -193,6 +199,7 @@ impl Conn {
             decoder: Decoder::new(version, 1 << 24),
             version,
             last_tx: Instant::now(),
+            present: false,
         };
         let mut connect = Connect::new(version, id);
         connect.keep_alive = keep_alive;
@@ -208,7 +215,10 @@ impl Conn {
         c.push(&Packet::Connect(Box::new(connect)));
         c.flush().await?;
         match c.read_packet().await? {
-            Packet::ConnAck(a) if !a.reason_code.is_error() => Ok(c),
+            Packet::ConnAck(a) if !a.reason_code.is_error() => {
+                c.present = a.session_present;
+                Ok(c)
+            }
             p => Err(BenchError::Protocol(format!("connect refused: {p:?}"))),
         }
     }
@@ -518,6 +528,9 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
     if args.scenario == Scenario::Conn {
         return connection_storm(addr, &args).await;
     }
+    if args.scenario == Scenario::Move {
+        return session_move(addr, &args).await;
+    }
     let qos = QoS::from_bits(args.qos).unwrap_or(QoS::AtMostOnce);
     let run_id = std::process::id();
     let epoch = Instant::now();
@@ -534,7 +547,7 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
                 .collect(),
         ),
         Scenario::Latency => (1, 1, vec![format!("bench/{run_id}/latency")]),
-        Scenario::Conn => unreachable!("handled above"),
+        Scenario::Conn | Scenario::Move => unreachable!("handled above"),
     };
     let sub_addr = SocketAddr::new(addr.ip(), args.sub_port.unwrap_or(addr.port()));
     // Subscribers first.
@@ -642,6 +655,77 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         percentile(&lat, 0.999),
+    );
+    Ok(())
+}
+
+/// Open `n` persistent connections to `addr`, 256 at a time, each running `then` on its
+/// connection; the number of them whose CONNACK said Session Present, and the failures.
+async fn persistent_wave<F, Fut>(addr: SocketAddr, args: &Args, then: F) -> Result<(usize, usize), BenchError>
+where
+    F: Fn(Conn, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<bool, BenchError>> + Send,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| BenchError::Protocol(e.to_string()))?;
+        let (v, then) = (args.version, then.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("bench-move-{}-{i}", std::process::id());
+            let r = match Conn::open(addr, v, &id, STORM_KEEP_ALIVE, true).await {
+                Ok(c) => then(c, i).await,
+                Err(e) => Err(e),
+            };
+            drop(permit);
+            r
+        }));
+    }
+    let (mut present, mut failed) = (0, 0);
+    for t in tasks {
+        match t.await.map_err(|e| BenchError::Protocol(e.to_string()))? {
+            Ok(p) => present += usize::from(p),
+            Err(e) => {
+                if failed == 0 {
+                    eprintln!("connection failed: {e}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    Ok((present, failed))
+}
+
+/// The reconnect storm of [`Scenario::Move`].
+async fn session_move(addr: SocketAddr, args: &Args) -> Result<(), BenchError> {
+    let to = SocketAddr::new(addr.ip(), args.sub_port.unwrap_or(args.port));
+    let run = std::process::id();
+    let made = Instant::now();
+    let (_, failed) = persistent_wave(addr, args, move |mut c, i| async move {
+        c.subscribe(&format!("bench/{run}/move/{i}"), QoS::AtLeastOnce).await?;
+        c.push(&Packet::Disconnect(tern_proto::Disconnect::default()));
+        c.flush().await?;
+        Ok(false)
+    })
+    .await?;
+    let made = made.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let (present, failed_move) = persistent_wave(to, args, |mut c, _| async move {
+        c.push(&Packet::Disconnect(tern_proto::Disconnect::default()));
+        c.flush().await?;
+        Ok(c.present)
+    })
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "result scenario=Move protocol={} sessions={} made_seconds={made:.2} made_failed={failed} moved_seconds={secs:.2} rate={:.0} present={present} failed={failed_move}",
+        args.version,
+        args.connections,
+        args.connections as f64 / secs
     );
     Ok(())
 }
