@@ -195,9 +195,10 @@ impl Admin {
 
     /// The deliveries that reached a session given up by [`Admin::hand_over`] since then, and
     /// the session removed from this broker for good (quietly: no will; it lives on
-    /// elsewhere). `None` when no such offline session is here.
-    pub fn hand_over_rest(&self, client_id: &str) -> Option<bytes::Bytes> {
-        self.core.hand_over_rest(client_id)
+    /// elsewhere). `generation`: the one [`HandOff::Moved`](crate::HandOff::Moved) gave
+    /// (`None`: any offline session of the client). `None` when no such session is here.
+    pub fn hand_over_rest(&self, client_id: &str, generation: Option<u64>) -> Option<bytes::Bytes> {
+        self.core.hand_over_rest(client_id, generation)
     }
 
     /// How far back the messages held by each connected session that outlives its

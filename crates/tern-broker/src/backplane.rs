@@ -103,8 +103,9 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// The session [`Backplane::claim`] brought is installed here (and in this broker's
-    /// store): the broker that handed it over removes it and sends what reached it there
+    /// The claim [`Backplane::claim`] started is over: called once for every claim, after the
+    /// session is attached here or when the connection is refused. After a handover the
+    /// broker that handed the session over removes it and sends what reached it there
     /// meanwhile ([`crate::Admin::hand_over_rest`]), which goes into its queue after what
     /// came first. Default: nothing more.
     fn claimed(&self, client_id: &str) -> Option<Claim> {

@@ -23,9 +23,15 @@ pub enum HandOff {
     /// The new connection starts clean (or the session ended with its connection): the
     /// session ended here, as on one broker, its connection told it was taken over.
     Ended,
-    /// The session left this broker: its connection was told it was taken over, and this is
-    /// the session, encoded, for the other broker's [`crate::Admin::take_in`].
-    Moved(Bytes),
+    /// The session's state left this broker: its connection was told it was taken over, and
+    /// this is that state, encoded, for the other broker; the session stays subscribed here
+    /// until [`crate::Admin::hand_over_rest`] with this `generation` removes it.
+    Moved {
+        /// The encoded session.
+        raw: Bytes,
+        /// Which attachment of the session was handed over.
+        generation: u64,
+    },
 }
 
 impl Core {
@@ -42,8 +48,10 @@ impl Core {
             !st.ended && st.expiry_interval > 0
         };
         let ends = clean_start || !resumable;
-        let waker = {
+        let (waker, generation) = {
             let mut st = cell.lock();
+            // Its timers (expiry, delayed will) no longer act on it.
+            st.generation += 1;
             let waker = st.conn_id.and_then(|old_conn| {
                 st.takeover = Some(Takeover {
                     old_conn,
@@ -58,11 +66,12 @@ impl Core {
             if !ends {
                 st.pending_will = None;
             }
-            waker
+            (waker, st.generation)
         };
         if let Some(w) = waker {
             w.notify_one();
         }
+        self.scheduler.cancel(&cell);
         cell.set_connected(false);
         if ends {
             self.end_session(&cell);
@@ -77,18 +86,29 @@ impl Core {
             deliveries = handover.deliveries.len(),
             "session handed to another node"
         );
-        HandOff::Moved(record::handover(&handover, self.clock.stamp()))
+        HandOff::Moved {
+            raw: record::handover(&handover, self.clock.stamp()),
+            generation,
+        }
     }
 
     /// The deliveries that reached a session handed out by [`Core::hand_over`] since, and the
     /// session removed from this broker (no will, no shared redelivery: it continues on the
-    /// other broker). `None` when no such session is here.
-    pub(crate) fn hand_over_rest(self: &Arc<Self>, client_id: &str) -> Option<Bytes> {
+    /// other broker). `None` when that session is no longer here as it was handed out
+    /// (`generation`: from [`HandOff::Moved`]; `None` takes any offline one).
+    pub(crate) fn hand_over_rest(
+        self: &Arc<Self>,
+        client_id: &str,
+        generation: Option<u64>,
+    ) -> Option<Bytes> {
         let _attaching = self.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
         let cell = self.sessions.get(client_id)?;
-        if cell.lock().conn_id.is_some() {
+        {
+            let st = cell.lock();
             // The client came back here meanwhile: the session is this broker's again.
-            return None;
+            if st.conn_id.is_some() || st.ended || generation.is_some_and(|g| g != st.generation) {
+                return None;
+            }
         }
         let rest = self.take_out(&cell);
         Some(record::handover(&rest, self.clock.stamp()))
@@ -174,8 +194,8 @@ impl Core {
         let stamp = self.clock.stamp();
         let h = record::read_handover(raw, stamp)?;
         // A copy left here from before is stale: the other broker held the session since.
-        if let HandOff::Moved(_) = self.hand_over(client_id, false) {
-            self.hand_over_rest(client_id);
+        if let HandOff::Moved { generation, .. } = self.hand_over(client_id, false) {
+            self.hand_over_rest(client_id, Some(generation));
             tracing::warn!(client_id = %client_id, "a stale copy of the session was replaced by the one handed over");
         }
         let _attaching = self.attach_lock.lock().unwrap_or_else(|e| e.into_inner());

@@ -517,9 +517,7 @@ impl Backplane for NodeBackplane {
     }
 
     fn claimed(&self, client_id: &str) -> Option<tern_broker::backplane::Claim> {
-        let directory = self.directory.clone();
-        let client: Arc<str> = client_id.into();
-        Some(Box::pin(async move { directory.claimed(client).await }))
+        Some(self.directory.claimed(client_id.into()))
     }
 
     fn session_ended(&self, client_id: &str) {

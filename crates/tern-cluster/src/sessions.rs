@@ -23,12 +23,14 @@
 //!   that moment arrives twice. With Clean Start the old session ends there instead, as on
 //!   one node.
 //!
-//! A node answers `busy` for a client whose claim it is making itself; the claimant asks
-//! again. A node that does not answer (dead, or gone from NATS) holds nothing any more: the
-//! session starts empty on the claimant (its queued messages stayed with the dead node;
-//! see docs/cluster.md). The entry is deleted when the session ends on its node.
+//! A node answers `busy` for a client whose claim it is making itself (from the claim until
+//! the session is attached there); the claimant asks again. A node that is gone from NATS
+//! (no responders) is dead: the claimant recovers the session from the entry (subscriptions,
+//! a floor per shard) and the shard streams. A node that does not answer in time may still
+//! run: the claim fails, the entry is put back, and the client tries again. The entry is
+//! deleted when the session ends on its node. See docs/cluster.md.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,12 +59,19 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 const BUSY_RETRIES: usize = 50;
 /// Bytes of a session sent in one NATS message.
 const CHUNK: usize = 256 * 1024;
+/// How long a claimant waits for the rest of a session: the giver first waits for its
+/// tailers (up to WAIT_CAUGHT_UP).
+const REST_TIMEOUT: Duration = Duration::from_secs(12);
 /// How long a session handed out waits for its claimant to fetch it.
 const KEEP_GIVEN: Duration = Duration::from_secs(60);
-/// Longest silence of a stream read while recovering a session before it counts as read.
+/// Silence of a stream read while recovering a session after which the stream is looked at.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+/// Longest read of one shard while recovering a session.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(20);
 /// Longest wait for stored messages and tailers while a session moves.
 const WAIT_CAUGHT_UP: Duration = Duration::from_secs(5);
+/// Requests of other nodes answered at once at most.
+const MAX_ANSWERING: usize = 64;
 /// Session ends waiting for the directory task at most (beyond, dropped and logged).
 pub(crate) const QUEUE: usize = 4096;
 
@@ -202,6 +211,10 @@ struct Given {
     client: String,
     raw: Bytes,
     at: Instant,
+    /// For the first part of a handover: the session's generation, whose rest is to come.
+    generation: Option<u64>,
+    /// For the first part: the token of the rest, once sent.
+    rest: Option<String>,
 }
 
 /// What a [`Directory`] is made of.
@@ -219,13 +232,14 @@ pub(crate) struct Parts {
 /// This node's side of the directory.
 pub(crate) struct Directory {
     parts: Parts,
-    /// Clients whose claim this node is making.
-    claiming: Mutex<HashSet<Arc<str>>>,
+    /// Clients whose claim this node is making (how many at once, since when): from the
+    /// claim until the session is attached here, another node asking for the session is
+    /// told to wait.
+    claiming: Mutex<HashMap<Arc<str>, (usize, Instant)>>,
     /// Sessions handed out, by token.
     given: Mutex<HashMap<String, Given>>,
     /// Sessions fetched and not yet installed.
     fetched: Mutex<HashMap<Arc<str>, Fetched>>,
-    next_token: AtomicU64,
     /// Session changes, for [`run`].
     ops: mpsc::Sender<Op>,
     /// The tailers' positions over the last minutes, newest last; `start` when the node
@@ -242,16 +256,42 @@ impl std::fmt::Debug for Directory {
     }
 }
 
-/// Removes a client from the claims in progress when its claim ends, however it ends.
-struct Claiming<'a>(&'a Directory, Arc<str>);
+/// Ends a claim of this node when dropped, however the claim ends (see
+/// [`Directory::claimed`]).
+pub(crate) struct ClaimGuard(Arc<Directory>, Arc<str>);
 
-impl Drop for Claiming<'_> {
+impl ClaimGuard {
+    pub(crate) fn new(directory: Arc<Directory>, client: Arc<str>) -> ClaimGuard {
+        ClaimGuard(directory, client)
+    }
+}
+
+impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        self.0
-            .claiming
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.1);
+        let mut claiming = self.0.claiming.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, _)) = claiming.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                claiming.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Why a request to another node got no answer.
+enum Ask {
+    /// Nobody listens on the node's subject: the node is gone from NATS.
+    NoResponders,
+    /// A timeout or another failure: the node may still run.
+    Failed(String),
+}
+
+impl std::fmt::Display for Ask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ask::NoResponders => f.write_str("no responders"),
+            Ask::Failed(why) => f.write_str(why),
+        }
     }
 }
 
@@ -264,12 +304,20 @@ impl Directory {
             claiming: Mutex::default(),
             given: Mutex::default(),
             fetched: Mutex::default(),
-            next_token: AtomicU64::new(1),
             ops,
             snapshots: Mutex::default(),
             start,
         };
         (d, rx)
+    }
+
+    /// Whether this node is claiming `client`'s session now (a claim older than a minute is
+    /// taken as abandoned).
+    fn is_claiming(&self, client: &str) -> bool {
+        let claiming = self.claiming.lock().unwrap_or_else(|e| e.into_inner());
+        claiming
+            .get(client)
+            .is_some_and(|(n, since)| *n > 0 && since.elapsed() < Duration::from_secs(60))
     }
 
     /// Where the tailers stood at `t` (the latest snapshot taken at or before it); `None`
@@ -424,11 +472,12 @@ impl Directory {
     /// Make this node the holder of `client`'s session; the session the previous holder
     /// handed over, if any (see the module documentation).
     pub(crate) async fn claim(&self, client: Arc<str>, clean_start: bool) -> Result<Option<Bytes>, String> {
-        self.claiming
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(client.clone());
-        let _claiming = Claiming(self, client.clone());
+        {
+            let mut claiming = self.claiming.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = claiming.entry(client.clone()).or_insert((0, Instant::now()));
+            entry.0 += 1;
+            entry.1 = Instant::now();
+        }
         let key = key(&client);
         // Every write is a compare-and-swap; one that fails (another node, or this node's
         // own deletion of an ended session's entry, wrote meanwhile) reads again.
@@ -452,7 +501,7 @@ impl Directory {
                 Some(e) if e.operation == kv::Operation::Put => Some((Record::parse(&e.value), e.revision)),
                 _ => None,
             };
-            let written = match &holder {
+            let written: Result<u64, String> = match &holder {
                 None => {
                     let fresh = Record {
                         node: self.parts.node.clone(),
@@ -482,20 +531,32 @@ impl Directory {
                         .map_err(|e| e.to_string())
                 }
             };
-            if let Err(e) = written {
-                if !e.contains("wrong last sequence") && tokio::time::Instant::now() < deadline {
-                    tracing::debug!(client_id = %client, "the session directory cannot be written ({e}); trying again");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                } else {
-                    tries += 1;
+            let revision = match written {
+                Ok(r) => r,
+                Err(e) => {
+                    let raced = e.contains("wrong last sequence") || e.contains("already exists");
+                    if !raced && tokio::time::Instant::now() < deadline {
+                        tracing::debug!(client_id = %client, "the session directory cannot be written ({e}); trying again");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    } else {
+                        tries += 1;
+                    }
+                    failed = e;
+                    continue;
                 }
-                failed = e;
-                continue;
-            }
+            };
             return match holder {
                 Some((old, _)) if old.node != self.parts.node => {
                     let owner = old.node.clone();
-                    self.fetch(&owner, &client, clean_start, old).await
+                    let fetched = self.fetch(&owner, &client, clean_start, old.clone()).await;
+                    if fetched.is_err() {
+                        // The session stayed where it was: the entry says so again, so that
+                        // the client's next attempt asks that node.
+                        if let Err(e) = self.parts.kv.update(&key, old.bytes(), revision).await {
+                            tracing::warn!(client_id = %client, "cluster sessions: the entry was not put back: {e}");
+                        }
+                    }
+                    fetched
                 }
                 _ => Ok(None),
             };
@@ -525,10 +586,12 @@ impl Directory {
                     answer = Some(a);
                     break;
                 }
-                Err(why) => {
-                    tracing::warn!(client_id = %client, node = owner, "the node that held the session does not answer ({why}); recovering it from its entry and the streams");
+                Err(Ask::NoResponders) => {
+                    tracing::warn!(client_id = %client, node = owner, "the node that held the session is gone from NATS; recovering the session from its entry and the streams");
                     return self.recover(client, clean_start, record).await;
                 }
+                // It may still run (busy, or cut off): the client tries again.
+                Err(Ask::Failed(why)) => return Err(format!("node {owner} did not answer: {why}")),
             }
         }
         let Some(answer) = answer else {
@@ -589,27 +652,47 @@ impl Directory {
         }
     }
 
-    async fn request(&self, node: &str, verb: &str, body: Bytes) -> Result<Bytes, String> {
-        match tokio::time::timeout(
-            ASK_TIMEOUT,
-            self.parts.client.request(self.control(node, verb), body),
-        )
-        .await
-        {
+    async fn request(&self, node: &str, verb: &str, body: Bytes) -> Result<Bytes, Ask> {
+        self.request_within(node, verb, body, ASK_TIMEOUT).await
+    }
+
+    async fn request_within(
+        &self,
+        node: &str,
+        verb: &str,
+        body: Bytes,
+        wait: Duration,
+    ) -> Result<Bytes, Ask> {
+        match tokio::time::timeout(wait, self.parts.client.request(self.control(node, verb), body)).await {
             Ok(Ok(m)) => Ok(m.payload),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {ASK_TIMEOUT:?}")),
+            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                Err(Ask::NoResponders)
+            }
+            Ok(Err(e)) => Err(Ask::Failed(e.to_string())),
+            Err(_) => Err(Ask::Failed(format!("no answer within {wait:?}"))),
         }
     }
 
-    /// The session fetched for `client` is installed: its giver removes it and sends what
-    /// reached it since (then forgets it all).
-    pub(crate) async fn claimed(&self, client: Arc<str>) -> Result<Option<Bytes>, String> {
+    /// The claim of `client` is over (see [`Backplane::claimed`]): what it fetched is taken
+    /// out at once (so nothing is left behind if the future is dropped unpolled); the future
+    /// fetches the rest of a handover, and the claim ends when it completes or is dropped.
+    ///
+    /// [`Backplane::claimed`]: tern_broker::backplane::Backplane::claimed
+    pub(crate) fn claimed(self: &Arc<Self>, client: Arc<str>) -> tern_broker::backplane::Claim {
+        let guard = ClaimGuard::new(self.clone(), client.clone());
         let fetched = self
             .fetched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&client);
+        let directory = self.clone();
+        Box::pin(async move {
+            let _guard = guard;
+            directory.rest(client, fetched).await
+        })
+    }
+
+    async fn rest(&self, client: Arc<str>, fetched: Option<Fetched>) -> Result<Option<Bytes>, String> {
         let (owner, token) = match fetched {
             None => return Ok(None),
             Some(Fetched::From { owner, token }) => (owner, token),
@@ -626,11 +709,18 @@ impl Directory {
             }
         };
         self.own_messages_stored().await;
-        let answer = self.request(&owner, "rest", Bytes::from(token)).await?;
-        let rest = self.download(&owner, &answer).await?;
-        let Some((token, raw)) = rest else {
-            return Ok(None);
-        };
+        // The giver answers the same rest when asked again.
+        let mut answer = Err(Ask::Failed(String::new()));
+        for _ in 0..2 {
+            answer = self
+                .request_within(&owner, "rest", Bytes::from(token.clone()), REST_TIMEOUT)
+                .await;
+            if answer.is_ok() {
+                break;
+            }
+        }
+        let answer = answer.map_err(|e| e.to_string())?;
+        let rest = self.download(&owner, &answer).await;
         if let Err(e) = self
             .parts
             .client
@@ -639,7 +729,7 @@ impl Directory {
         {
             tracing::debug!("cluster sessions: done not sent: {e}");
         }
-        Ok(Some(raw))
+        Ok(rest?.map(|(_, raw)| raw))
     }
 
     /// Rebuild the session of a node that is gone from its entry: its subscriptions, and the
@@ -733,12 +823,32 @@ impl Directory {
                 .await
                 .map_err(|e| format!("{name}: {e}"))?;
             let mut messages = consumer.messages().await.map_err(|e| format!("{name}: {e}"))?;
+            let deadline = Instant::now() + CATCH_UP_DEADLINE;
             loop {
                 let m = match tokio::time::timeout(CATCH_UP_WAIT, messages.next()).await {
                     Ok(Some(Ok(m))) => m,
                     Ok(Some(Err(e))) => return Err(format!("{name}: {e}")),
-                    // The stream ends before `to` (messages removed by its limits).
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => return Err(format!("{name}: the read ended before sequence {to}")),
+                    Err(_) => {
+                        // Silence: done only if what is left up to `to` is gone from the
+                        // stream (removed by its limits); otherwise JetStream is slow.
+                        let mut stream = self
+                            .parts
+                            .js
+                            .get_stream(&name)
+                            .await
+                            .map_err(|e| format!("{name}: {e}"))?;
+                        let info = stream.info().await.map_err(|e| format!("{name}: {e}"))?;
+                        if info.state.first_sequence > to || info.state.last_sequence < from + 1 {
+                            break;
+                        }
+                        if Instant::now() >= deadline {
+                            return Err(format!(
+                                "{name}: not read up to sequence {to} within {CATCH_UP_DEADLINE:?}"
+                            ));
+                        }
+                        continue;
+                    }
                 };
                 let seq = m.info().map_err(|e| format!("{name}: {e}"))?.stream_sequence;
                 if seq > to {
@@ -773,10 +883,13 @@ impl Directory {
         }
     }
 
-    /// Keep `raw` for its claimant to fetch; the answer that says so.
-    fn give(&self, client: String, raw: Bytes) -> Bytes {
-        let n = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let token = format!("{}-{n}", std::process::id());
+    /// Keep `raw` for its claimant to fetch; the answer that says so. `generation`: the
+    /// session handed out (its first part), whose rest is still to come.
+    fn give(&self, client: String, raw: Bytes, generation: Option<u64>) -> (String, Bytes) {
+        // Unique across nodes and restarts (a NUID), so that a claimant's token can only
+        // name what was given to it.
+        let inbox = self.parts.client.new_inbox();
+        let token = inbox.rsplit('.').next().unwrap_or(&inbox).to_string();
         let len = raw.len();
         self.given.lock().unwrap_or_else(|e| e.into_inner()).insert(
             token.clone(),
@@ -784,9 +897,12 @@ impl Directory {
                 client,
                 raw,
                 at: Instant::now(),
+                generation,
+                rest: None,
             },
         );
-        Bytes::from(format!("moved {token} {len}"))
+        let answer = Bytes::from(format!("moved {token} {len}"));
+        (token, answer)
     }
 
     /// Answer a request of another node.
@@ -799,17 +915,14 @@ impl Directory {
                 ) else {
                     return Bytes::from_static(b"bad request");
                 };
-                if self
-                    .claiming
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains(client)
-                {
+                if self.is_claiming(client) {
                     return Bytes::from_static(b"busy");
                 }
                 match admin.hand_over(client, flag != 0) {
                     HandOff::Absent => Bytes::from_static(b"none"),
-                    HandOff::Moved(raw) => self.give(client.to_string(), raw),
+                    HandOff::Moved { raw, generation } => {
+                        self.give(client.to_string(), raw, Some(generation)).1
+                    }
                     _ => Bytes::from_static(b"ended"),
                 }
             }
@@ -827,27 +940,41 @@ impl Directory {
                 }
             }
             "rest" => {
-                let token = String::from_utf8_lossy(body);
-                let first = self
+                let token = String::from_utf8_lossy(body).into_owned();
+                // Asked again (the first answer was lost): the same rest.
+                let (client, generation) = {
+                    let given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some(first) = given.get(&token) else {
+                        return Bytes::from_static(b"none");
+                    };
+                    if let Some(rest) = first.rest.as_ref().and_then(|t| given.get(t).map(|g| (t, g))) {
+                        return Bytes::from(format!("moved {} {}", rest.0, rest.1.raw.len()));
+                    }
+                    (first.client.clone(), first.generation)
+                };
+                let _ = self.tailers_caught_up().await;
+                let Some(raw) = admin.hand_over_rest(&client, generation) else {
+                    return Bytes::from_static(b"none");
+                };
+                let (rest_token, answer) = self.give(client, raw, None);
+                if let Some(first) = self
                     .given
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .remove(&*token);
-                let Some(first) = first else {
-                    return Bytes::from_static(b"none");
-                };
-                let _ = self.tailers_caught_up().await;
-                match admin.hand_over_rest(&first.client) {
-                    Some(raw) => self.give(first.client, raw),
-                    None => Bytes::from_static(b"none"),
+                    .get_mut(&token)
+                {
+                    first.rest = Some(rest_token);
                 }
+                answer
             }
             "done" => {
                 let token = String::from_utf8_lossy(body);
-                self.given
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&*token);
+                let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(first) = given.remove(&*token) {
+                    if let Some(rest) = first.rest {
+                        given.remove(&rest);
+                    }
+                }
                 Bytes::new()
             }
             _ => Bytes::from_static(b"unknown request"),
@@ -869,11 +996,7 @@ impl Directory {
         };
         // A claim of this node for the client writes a new revision, so the deletion below
         // fails if the client came back meanwhile.
-        let claiming = self
-            .claiming
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(client);
+        let claiming = self.is_claiming(client);
         if Record::parse(&e.value).node != self.parts.node || claiming || admin.session(client).is_some() {
             return Ok(());
         }
@@ -901,15 +1024,31 @@ impl Directory {
                 Some(owner) if owner == self.parts.node => {}
                 Some(owner) => {
                     // Quietly: the session lives on the other node.
-                    let _ = admin.hand_over_rest(&s.client_id);
+                    let _ = admin.hand_over_rest(&s.client_id, None);
                     tracing::info!(client_id = %s.client_id, node = %owner, "stored session dropped: another node holds it now");
                 }
                 None => {
+                    // Entered whole, so that it can be recovered if this node dies: its
+                    // stored messages are older than this run, so the floor is where this
+                    // run's tailers began.
                     let mine = Record {
                         node: self.parts.node.clone(),
-                        floor: positions(&self.parts.positions),
+                        version: s.protocol_version.level(),
+                        expiry: s.expiry_interval,
+                        subs: s
+                            .subscriptions
+                            .iter()
+                            .map(|x| {
+                                (
+                                    x.filter.clone(),
+                                    options_byte(&x.options),
+                                    x.identifier.unwrap_or(0),
+                                )
+                            })
+                            .collect(),
+                        floor: self.start.1.clone(),
+                        offline: s.connection.is_none(),
                         saved_ms: wall_ms(),
-                        ..Record::default()
                     };
                     if let Err(e) = self.parts.kv.create(&key, mine.bytes()).await {
                         tracing::warn!(client_id = %s.client_id, "cluster sessions: the stored session is not entered in the directory: {e}");
@@ -922,7 +1061,7 @@ impl Directory {
 
 /// Answer other nodes' requests, forget the entries of ended sessions, and drop sessions
 /// handed out that nobody fetched.
-pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut ops: mpsc::Receiver<Op>) {
+pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, ops: mpsc::Receiver<Op>) {
     let subject = directory.control(&directory.parts.node, "*");
     let mut requests = loop {
         match directory.parts.client.subscribe(subject.clone()).await {
@@ -933,33 +1072,30 @@ pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut ops: mpsc::
             }
         }
     };
+    // Session changes on their own task, in order: their KV writes do not hold up answers.
+    let _ops_task = AbortOnDrop(tokio::spawn(process_ops(directory.clone(), admin.clone(), ops)));
+    let answering = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     let mut snapshot = tokio::time::interval(SNAPSHOT_EVERY);
     loop {
         tokio::select! {
             m = requests.next() => {
                 let Some(m) = m else { return };
-                let verb = m.subject.rsplit('.').next().unwrap_or("").to_string();
-                let answer = directory.answer(&admin, &verb, &m.payload).await;
-                if let Some(reply) = m.reply {
-                    if let Err(e) = directory.parts.client.publish(reply, answer).await {
-                        tracing::debug!("cluster sessions: answer not sent: {e}");
+                // Each answered on its own task (a `rest` waits for the tailers), at most
+                // MAX_ANSWERING at once; beyond, the next request waits here.
+                let Ok(permit) = answering.clone().acquire_owned().await else { return };
+                let (directory, admin) = (directory.clone(), admin.clone());
+                tokio::spawn(async move {
+                    let verb = m.subject.rsplit('.').next().unwrap_or("").to_string();
+                    let answer = directory.answer(&admin, &verb, &m.payload).await;
+                    if let Some(reply) = m.reply {
+                        if let Err(e) = directory.parts.client.publish(reply, answer).await {
+                            tracing::debug!("cluster sessions: answer not sent: {e}");
+                        }
                     }
-                }
+                    drop(permit);
+                });
             }
-            op = ops.recv() => match op {
-                None => return,
-                Some(Op::Ended(c)) => {
-                    if let Err(e) = directory.forget(&admin, &c).await {
-                        tracing::warn!(client_id = %c, "cluster sessions: the ended session's entry stays: {e}");
-                    }
-                }
-                Some(Op::Saved { client, record, floor }) => {
-                    if let Err(e) = directory.save(&client, record, floor).await {
-                        tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
-                    }
-                }
-            },
             _ = snapshot.tick() => {
                 let now = positions(&directory.parts.positions);
                 let mut s = directory.snapshots.lock().unwrap_or_else(|e| e.into_inner());
@@ -969,14 +1105,55 @@ pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut ops: mpsc::
                 s.push_back((Instant::now(), now));
             }
             _ = sweep.tick() => {
-                let mut given = directory.given.lock().unwrap_or_else(|e| e.into_inner());
-                given.retain(|_, g| {
-                    let keep = g.at.elapsed() < KEEP_GIVEN;
-                    if !keep {
-                        tracing::warn!(client_id = %g.client, "a session handed out was never fetched; dropped");
+                let mut abandoned = Vec::new();
+                {
+                    let mut given = directory.given.lock().unwrap_or_else(|e| e.into_inner());
+                    given.retain(|_, g| {
+                        let keep = g.at.elapsed() < KEEP_GIVEN;
+                        if let (false, Some(generation), None) = (keep, g.generation, &g.rest) {
+                            abandoned.push((g.client.clone(), generation));
+                        }
+                        keep
+                    });
+                }
+                // A handover whose claimant never asked for the rest (it failed or died): the
+                // session, still subscribed here, goes (the entry names the claimant).
+                for (client, generation) in abandoned {
+                    if admin.hand_over_rest(&client, Some(generation)).is_some() {
+                        tracing::warn!(client_id = %client, "a session handed out was never completed by its claimant; its copy here is dropped");
                     }
-                    keep
-                });
+                }
+            }
+        }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Write the entries of saved sessions and delete those of ended ones, in order.
+async fn process_ops(directory: Arc<Directory>, admin: Admin, mut ops: mpsc::Receiver<Op>) {
+    while let Some(op) = ops.recv().await {
+        match op {
+            Op::Ended(c) => {
+                if let Err(e) = directory.forget(&admin, &c).await {
+                    tracing::warn!(client_id = %c, "cluster sessions: the ended session's entry stays: {e}");
+                }
+            }
+            Op::Saved {
+                client,
+                record,
+                floor,
+            } => {
+                if let Err(e) = directory.save(&client, record, floor).await {
+                    tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
+                }
             }
         }
     }
@@ -1071,8 +1248,15 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
     loop {
         refresh.tick().await;
         let mut now = HashMap::new();
+        // Read before the sessions are looked at: a session that held nothing then has had
+        // every message up to here delivered and acknowledged.
+        let before = positions(&directory.parts.positions);
         for (client, held) in admin.held_by_connected() {
-            let Some(floor) = directory.floor(held) else {
+            let floor = match held {
+                Held::Nothing => Some(before.clone()),
+                held => directory.floor(held),
+            };
+            let Some(floor) = floor else {
                 continue;
             };
             if written.get(&client) != Some(&floor) {

@@ -245,61 +245,30 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 
     // Cluster mode: the session may be held by another node, which hands it over (and tells
     // its connection it was taken over) before this one is attached.
-    let claim = match &core.backplane {
+    let claiming = match &core.backplane {
         Some(b) if !client_id.starts_with(crate::BRIDGE_CLIENT_PREFIX) => b.claim(&client_id, c.clean_start),
         _ => None,
     };
-    if let Some(claim) = claim {
-        let taken = match claim.await {
-            Ok(None) => Ok(None),
-            Ok(Some(raw)) => match core.take_in(&client_id, &raw) {
-                Ok(at) => core
-                    .durability
-                    .wait_submitted()
-                    .await
-                    .map(|()| Some(at))
-                    .map_err(|e| format!("the session handed over was not stored: {e}")),
-                Err(e) => Err(format!("the session handed over cannot be read: {e}")),
-            },
-            Err(why) => Err(why),
-        };
-        match taken {
-            Ok(Some(at)) => {
-                let rest = core.backplane.as_ref().and_then(|b| b.claimed(&client_id));
-                if let Some(rest) = rest {
-                    let added = match rest.await {
-                        Ok(Some(raw)) => core.take_in_rest(&client_id, &raw, at).map_err(|e| e.to_string()),
-                        Ok(None) => Ok(0),
-                        Err(why) => Err(why),
+    let claimed = match claiming {
+        None => None,
+        Some(claim) => {
+            match tokio::time::timeout(CLAIM_DEADLINE, claim_session(core, &client_id, claim)).await {
+                Ok(Ok(at)) => Some(at),
+                failed => {
+                    let why = match failed {
+                        Ok(Err(why)) => why,
+                        _ => format!("no answer within {CLAIM_DEADLINE:?}"),
                     };
-                    match added {
-                        Ok(_) => {
-                            if let Err(e) = core.durability.wait_submitted().await {
-                                tracing::warn!(
-                                    client_id = &*client_id,
-                                    "the rest of the session handed over was not stored: {e}"
-                                );
-                            }
-                        }
-                        Err(why) => {
-                            tracing::warn!(
-                                client_id = &*client_id,
-                                "the rest of the session handed over did not come: {why}"
-                            )
-                        }
-                    }
+                    end_claim(core, &client_id);
+                    // 3.1.1: 0x03 Server unavailable.
+                    let rc = ReasonCode::ServerUnavailable;
+                    let why = format!("the session could not be claimed in the cluster: {why}");
+                    tracing::warn!(%peer, client_id = &*client_id, "connection refused: {why}");
+                    return Err(refuse_with(io, &c, rc, why).await);
                 }
             }
-            Ok(None) => {}
-            Err(why) => {
-                // 3.1.1: 0x03 Server unavailable.
-                let rc = ReasonCode::ServerUnavailable;
-                let why = format!("the session could not be claimed in the cluster: {why}");
-                tracing::warn!(%peer, client_id = &*client_id, "connection refused: {why}");
-                return Err(refuse_with(io, &c, rc, why).await);
-            }
         }
-    }
+    };
 
     let (expiry, keep_alive) = (granted.session_expiry, granted.keep_alive);
     let conn_id = core.next_conn_id();
@@ -315,6 +284,9 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     });
     let Some((cell, session_present)) = attach_session(core, &client_id, v, c.clean_start, expiry, conn_id)
     else {
+        if claimed.is_some() {
+            end_claim(core, &client_id);
+        }
         // A new client identifier beyond max_sessions: nothing was attached or ended.
         let rc = if v.is_v5() {
             ReasonCode::QuotaExceeded
@@ -333,6 +305,12 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         st.waker = Some(waker.clone());
     }
     core.persist_session(&cell, false);
+    if let Some(at) = claimed {
+        // The claim ends once the session is attached here (until then another node asking
+        // for it is told to wait); with a handover, what reached the session on the other
+        // node meanwhile comes now, before the CONNACK.
+        finish_claim(core, &client_id, at).await;
+    }
 
     if v.is_v5() && c.properties.request_response_information == Some(1) {
         props.response_information = Some(format!("{}{}", cfg.response_information_prefix, client_id).into());
@@ -429,6 +407,67 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         held: None,
     };
     Ok(conn)
+}
+
+/// Longest wait of a CONNECT for the cluster to hand its session over.
+const CLAIM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Await a claim ([`crate::backplane::Backplane::claim`]) and install the session it brought;
+/// `Some(queue length)` when one was handed over (where the rest goes).
+async fn claim_session(
+    core: &Arc<Core>,
+    client_id: &Arc<str>,
+    claim: crate::backplane::Claim,
+) -> Result<Option<usize>, String> {
+    let Some(raw) = claim.await? else {
+        return Ok(None);
+    };
+    let at = core
+        .take_in(client_id, &raw)
+        .map_err(|e| format!("the session handed over cannot be read: {e}"))?;
+    core.durability
+        .wait_submitted()
+        .await
+        .map_err(|e| format!("the session handed over was not stored: {e}"))?;
+    Ok(Some(at))
+}
+
+/// End a claim that failed (nothing more comes of it).
+fn end_claim(core: &Arc<Core>, client_id: &str) {
+    if let Some(rest) = core.backplane.as_ref().and_then(|b| b.claimed(client_id)) {
+        drop(rest);
+    }
+}
+
+/// End a claim whose session is attached: take in the rest of a handover (`at`: where).
+async fn finish_claim(core: &Arc<Core>, client_id: &str, at: Option<usize>) {
+    let Some(rest) = core.backplane.as_ref().and_then(|b| b.claimed(client_id)) else {
+        return;
+    };
+    let added = match tokio::time::timeout(CLAIM_DEADLINE, rest).await {
+        Ok(Ok(Some(raw))) => match at {
+            Some(at) => core.take_in_rest(client_id, &raw, at).map_err(|e| e.to_string()),
+            None => Ok(0),
+        },
+        Ok(Ok(None)) => Ok(0),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err(format!("no answer within {CLAIM_DEADLINE:?}")),
+    };
+    match added {
+        Ok(0) => {}
+        Ok(_) => {
+            if let Err(e) = core.durability.wait_submitted().await {
+                tracing::warn!(
+                    client_id,
+                    "the rest of the session handed over was not stored: {e}"
+                );
+            }
+        }
+        Err(why) => tracing::warn!(
+            client_id,
+            "the rest of the session handed over did not come: {why}"
+        ),
+    }
 }
 
 /// Run the AUTH exchange of a CONNECT; on success the final Authentication Data

@@ -314,3 +314,47 @@ async fn messages_published_while_a_session_moves_are_not_lost() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_id_connecting_to_two_nodes_at_once_ends_with_one_session() {
+    // v5 [MQTT-3.1.4-3]: the server takes the session over from the existing connection;
+    // across nodes that must leave one session, on one node, whatever the timing.
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    for round in 0..10 {
+        let id = format!("twice-{round}");
+        let (ra, rb) = tokio::join!(
+            connect(a.addr(), V5, &id, false),
+            connect(b.addr(), V5, &id, false)
+        );
+        let mut live = Vec::new();
+        for (mut raw, ack) in [ra, rb] {
+            if ack.reason_code == ReasonCode::Success {
+                live.push(tokio::spawn(async move { raw.expect_closed().await }));
+            } else {
+                assert_eq!(ack.reason_code, ReasonCode::ServerUnavailable, "round {round}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let on_a = a.broker.admin().session(&id).is_some();
+        let on_b = b.broker.admin().session(&id).is_some();
+        assert!(on_a ^ on_b, "round {round}: one session (a: {on_a}, b: {on_b})");
+        let connected = [&a, &b]
+            .iter()
+            .filter(|n| {
+                n.broker
+                    .admin()
+                    .session(&id)
+                    .is_some_and(|s| s.connection.is_some())
+            })
+            .count();
+        assert_eq!(connected, 1, "round {round}: one connection holds it");
+        // At most one of the two connections is still open: the other was taken over.
+        let open = live.iter().filter(|t| !t.is_finished()).count();
+        assert_eq!(open, 1, "round {round}: the other connection was closed");
+        for t in live {
+            t.abort();
+        }
+    }
+}

@@ -706,7 +706,8 @@ async fn session_move(addr: SocketAddr, args: &Args) -> Result<(), BenchError> {
     let run = std::process::id();
     let made = Instant::now();
     let (_, failed) = persistent_wave(addr, args, move |mut c, i| async move {
-        c.subscribe(&format!("bench/{run}/move/{i}"), QoS::AtLeastOnce).await?;
+        c.subscribe(&format!("bench/{run}/move/{i}"), QoS::AtLeastOnce)
+            .await?;
         c.push(&Packet::Disconnect(tern_proto::Disconnect::default()));
         c.flush().await?;
         Ok(false)
