@@ -89,7 +89,7 @@ async fn receive_in_order(sub: &mut Raw, n: u32) {
             .expect("number");
         assert_eq!(
             got, want,
-            "per-publisher order ([MQTT-4.6.0-6]) after the session moved"
+            "per-publisher order (v3.1.1+v5 [MQTT-4.6.0-6]) after the session moved"
         );
         assert_eq!(p.qos, QoS::AtLeastOnce);
         sub.ack(&p).await;
