@@ -820,21 +820,10 @@ impl Core {
         if st.ended || st.expiry_interval == 0 || (!st.persistent && !to_backplane) {
             return;
         }
-        let snapshot = SessionSnapshot {
-            version: st.version,
-            expiry_interval: st.expiry_interval,
-            disconnected_at: if disconnected { self.clock.wall_ms() } else { 0 },
-            subscriptions: st
-                .proto
-                .subscriptions
-                .iter()
-                .map(|(f, (o, id))| (f.clone(), *o, *id))
-                .collect(),
-            pending_will: st
-                .pending_will
-                .as_ref()
-                .map(|w| (record::to_wall(st.pending_will_at, self.clock.stamp()), w.clone())),
-        };
+        let mut snapshot = self.snapshot(&st);
+        if !disconnected {
+            snapshot.disconnected_at = 0;
+        }
         if let Some(b) = &self.backplane {
             b.session_saved(&cell.client_id, &snapshot, disconnected, held(&st));
         }
@@ -856,6 +845,25 @@ impl Core {
             }
         }
         out
+    }
+
+    /// The durable part of a session as it stands, gone now (`disconnected_at`).
+    pub(crate) fn snapshot(&self, st: &crate::session::SessionState) -> SessionSnapshot {
+        SessionSnapshot {
+            version: st.version,
+            expiry_interval: st.expiry_interval,
+            disconnected_at: self.clock.wall_ms(),
+            subscriptions: st
+                .proto
+                .subscriptions
+                .iter()
+                .map(|(f, (o, id))| (f.clone(), *o, *id))
+                .collect(),
+            pending_will: st
+                .pending_will
+                .as_ref()
+                .map(|w| (record::to_wall(st.pending_will_at, self.clock.stamp()), w.clone())),
+        }
     }
 
     /// Publish a will message (retained if it asked to be).

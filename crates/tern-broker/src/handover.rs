@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tern_proto::PacketId;
 
 use crate::broker_core::Core;
-use crate::durability::{Change, Handover, SessionSnapshot, StoredDelivery};
+use crate::durability::{Change, Handover, StoredDelivery};
 use crate::message::Outgoing;
 use crate::session::{SessionCell, Takeover};
 use crate::store::record;
@@ -119,18 +119,9 @@ impl Core {
     fn export(&self, cell: &Arc<SessionCell>) -> Handover {
         let (snapshot, mut deliveries, qos2, spill) = {
             let mut st = cell.lock();
-            let snapshot = SessionSnapshot {
-                version: st.version,
-                expiry_interval: st.expiry_interval,
-                disconnected_at: self.clock.wall_ms(),
-                subscriptions: st
-                    .proto
-                    .subscriptions
-                    .iter()
-                    .map(|(f, (o, id))| (f.clone(), *o, *id))
-                    .collect(),
-                pending_will: None,
-            };
+            let mut snapshot = self.snapshot(&st);
+            // The reconnection that asked for it cancels a delayed will (v5 [MQTT-3.1.3-9]).
+            snapshot.pending_will = None;
             let qos2: Vec<u16> = st.proto.qos2_ids().into_iter().map(PacketId::get).collect();
             let mut deliveries: Vec<StoredDelivery> = st
                 .proto

@@ -438,22 +438,14 @@ impl Directory {
         let mut ends = positions(&self.parts.positions);
         for (k, position) in self.parts.positions.iter().enumerate() {
             let name = streams::stream_name(&self.parts.prefix, k as u16);
-            let last = match self.parts.js.get_stream(&name).await {
-                Ok(mut s) => match s.info().await {
-                    Ok(i) => {
-                        ends[k] = ends[k].max(i.state.last_sequence);
-                        i.state.last_sequence
-                    }
-                    Err(e) => {
-                        tracing::warn!(stream = %name, "cluster sessions: cannot read the stream's end: {e}");
-                        continue;
-                    }
-                },
+            let last = match self.stream_state(k).await {
+                Ok(state) => state.last_sequence,
                 Err(e) => {
                     tracing::warn!(stream = %name, "cluster sessions: cannot read the stream's end: {e}");
                     continue;
                 }
             };
+            ends[k] = ends[k].max(last);
             while position.load(Ordering::Acquire) < last {
                 if tokio::time::Instant::now() >= deadline {
                     tracing::warn!(stream = %name, last, at = position.load(Ordering::Acquire), "cluster sessions: the tailer is behind; a message may miss a session leaving this node");
@@ -767,17 +759,22 @@ impl Directory {
     async fn stream_ends(&self) -> Result<Vec<u64>, String> {
         let mut ends = Vec::with_capacity(self.parts.positions.len());
         for k in 0..self.parts.positions.len() {
-            let name = streams::stream_name(&self.parts.prefix, k as u16);
-            let mut stream = self
-                .parts
-                .js
-                .get_stream(&name)
-                .await
-                .map_err(|e| format!("{name}: {e}"))?;
-            let info = stream.info().await.map_err(|e| format!("{name}: {e}"))?;
-            ends.push(info.state.last_sequence);
+            ends.push(self.stream_state(k).await?.last_sequence);
         }
         Ok(ends)
+    }
+
+    /// The state (first and last sequence) of shard `k`'s stream.
+    async fn stream_state(&self, k: usize) -> Result<jetstream::stream::State, String> {
+        let name = streams::stream_name(&self.parts.prefix, k as u16);
+        let mut stream = self
+            .parts
+            .js
+            .get_stream(&name)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        let info = stream.info().await.map_err(|e| format!("{name}: {e}"))?;
+        Ok(info.state.clone())
     }
 
     /// The messages in each shard after `from` up to `to` that the session's subscriptions
@@ -832,14 +829,8 @@ impl Directory {
                     Err(_) => {
                         // Silence: done only if what is left up to `to` is gone from the
                         // stream (removed by its limits); otherwise JetStream is slow.
-                        let mut stream = self
-                            .parts
-                            .js
-                            .get_stream(&name)
-                            .await
-                            .map_err(|e| format!("{name}: {e}"))?;
-                        let info = stream.info().await.map_err(|e| format!("{name}: {e}"))?;
-                        if info.state.first_sequence > to || info.state.last_sequence < from + 1 {
+                        let state = self.stream_state(k).await?;
+                        if state.first_sequence > to || state.last_sequence < from + 1 {
                             break;
                         }
                         if Instant::now() >= deadline {

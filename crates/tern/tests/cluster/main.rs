@@ -173,6 +173,35 @@ fn order_violations(seq: &[u64], excused: &BTreeSet<u64>) -> usize {
     kept.windows(2).filter(|w| w[1] <= w[0]).count()
 }
 
+/// Publish a last message on `p` and wait up to 60 s until the subscriber has it (same
+/// publisher, same shard: every earlier stored message was delivered by then); stop the
+/// subscriber. What it got in order, the distinct numbers, the acknowledged ones it lacks,
+/// and how many arrived more than once.
+async fn finish(
+    publisher: &mut Publisher,
+    mut p: Raw,
+    got: &Arc<Mutex<Vec<u64>>>,
+    receiving: tokio::task::JoinHandle<()>,
+) -> (Vec<u64>, BTreeSet<u64>, Vec<u64>, usize) {
+    assert!(publisher.batch(&mut p, 1, Duration::from_secs(30), || ()).await);
+    let marker = publisher.next - 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !got.lock().unwrap().contains(&marker) {
+        assert!(
+            Instant::now() < deadline,
+            "the last message did not arrive within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiving.abort();
+    let got = got.lock().unwrap().clone();
+    let received: BTreeSet<u64> = got.iter().copied().collect();
+    let lost: Vec<u64> = publisher.acked.difference(&received).copied().collect();
+    let duplicates = got.len() - received.len();
+    (got, received, lost, duplicates)
+}
+
 fn rounds() -> usize {
     std::env::var("TERN_CLUSTER_KILL_ROUNDS")
         .ok()
@@ -264,23 +293,8 @@ async fn kill_loop(qos: QoS) {
     }
     // A last message after all the others, from the same publisher (same shard): once the
     // subscriber has it, every earlier message that was stored has been delivered too.
-    let mut p = connect_within(a.addr, V3, "pub").await;
-    assert!(publisher.batch(&mut p, 1, Duration::from_secs(30), || ()).await);
-    let marker = publisher.next - 1;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !got.lock().unwrap().contains(&marker) {
-        assert!(
-            Instant::now() < deadline,
-            "the last message did not arrive within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    receiving.abort();
-    let got = got.lock().unwrap().clone();
-    let received: BTreeSet<u64> = got.iter().copied().collect();
-    let lost: Vec<u64> = publisher.acked.difference(&received).copied().collect();
-    let duplicates = got.len() - received.len();
+    let p = connect_within(a.addr, V3, "pub").await;
+    let (got, received, lost, duplicates) = finish(&mut publisher, p, &got, receiving).await;
     let order_violations = order_violations(&got, &excused);
     let all_order = order_violations;
     let whole = got.windows(2).filter(|w| w[1] <= w[0]).count();
@@ -449,23 +463,8 @@ async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
         nodes[victim] = Some(Node::start(&config, &nats, names[victim]));
     }
     // A last message after all the others (same publisher, same shard).
-    let mut p = connect_within(addr(&nodes, on), V3, "pub").await;
-    assert!(publisher.batch(&mut p, 1, Duration::from_secs(30), || ()).await);
-    let marker = publisher.next - 1;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !got.lock().unwrap().contains(&marker) {
-        assert!(
-            Instant::now() < deadline,
-            "the last message did not arrive within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    receiving.abort();
-    let got = got.lock().unwrap().clone();
-    let received: BTreeSet<u64> = got.iter().copied().collect();
-    let lost: Vec<u64> = publisher.acked.difference(&received).copied().collect();
-    let duplicates = got.len() - received.len();
+    let p = connect_within(addr(&nodes, on), V3, "pub").await;
+    let (got, received, lost, duplicates) = finish(&mut publisher, p, &got, receiving).await;
     // First arrivals in the publisher's order.
     let mut seen = BTreeSet::new();
     let firsts: Vec<u64> = got.iter().copied().filter(|n| seen.insert(*n)).collect();
