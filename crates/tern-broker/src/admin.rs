@@ -207,6 +207,22 @@ impl Admin {
         self.core.held_by_connected()
     }
 
+    /// Queue the deliveries of `raw` (a [`Handover`](crate::durability::Handover)) for the
+    /// session of `client_id`, after what it holds, and wait until they are in the store; how
+    /// many were added (expired ones are left out).
+    pub async fn add_deliveries(&self, client_id: &str, raw: &[u8]) -> Result<usize, String> {
+        let n = self
+            .core
+            .take_in_rest(client_id, raw, usize::MAX)
+            .map_err(|e| format!("deliveries for {client_id:?} not added: {e}"))?;
+        self.core
+            .durability
+            .wait_submitted()
+            .await
+            .map_err(|e| format!("deliveries for {client_id:?} not stored: {e}"))?;
+        Ok(n)
+    }
+
     /// See [`crate::BrokerHandle::publish`].
     pub fn publish(&self, message: Message) -> Result<usize, TopicError> {
         self.core.publish_from_outside(message)

@@ -1004,24 +1004,53 @@ impl Directory {
         for s in admin.sessions() {
             let key = key(&s.client_id);
             let holder = match self.parts.kv.entry(key.clone()).await {
-                Ok(Some(e)) if e.operation == kv::Operation::Put => Some(Record::parse(&e.value).node),
+                Ok(Some(e)) if e.operation == kv::Operation::Put => Some(Record::parse(&e.value)),
                 Ok(_) => None,
                 Err(e) => {
                     tracing::warn!(client_id = %s.client_id, "cluster sessions: the directory cannot be read: {e}");
                     continue;
                 }
             };
-            match holder {
-                Some(owner) if owner == self.parts.node => {}
-                Some(owner) => {
+            match holder.map(|r| (r.node.clone(), r)) {
+                Some((owner, record)) if owner == self.parts.node => {
+                    // Still this node's: what was stored in the streams for it while this node
+                    // was down (after its floor, up to where this run's tailers begin) joins
+                    // its queue, after what the store kept (duplicates possible).
+                    let shards = self.parts.positions.len();
+                    if record.version == 0 || record.floor.len() != shards {
+                        continue;
+                    }
+                    match self
+                        .catch_up(&s.client_id, &record, &record.floor, &self.start.1)
+                        .await
+                    {
+                        Ok(d) if d.is_empty() => {}
+                        Ok(d) => {
+                            let n = d.len();
+                            match admin
+                                .add_deliveries(&s.client_id, &handover(&record, d).encode())
+                                .await
+                            {
+                                Ok(_) => {
+                                    tracing::info!(client_id = %s.client_id, messages = n, "stored session: messages stored in the cluster while this node was down added")
+                                }
+                                Err(e) => tracing::warn!(client_id = %s.client_id, "stored session: {e}"),
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(client_id = %s.client_id, "stored session: the streams cannot be read: {e}")
+                        }
+                    }
+                }
+                Some((owner, _)) => {
                     // Quietly: the session lives on the other node.
                     let _ = admin.hand_over_rest(&s.client_id, None);
                     tracing::info!(client_id = %s.client_id, node = %owner, "stored session dropped: another node holds it now");
                 }
                 None => {
-                    // Entered whole, so that it can be recovered if this node dies: its
-                    // stored messages are older than this run, so the floor is where this
-                    // run's tailers began.
+                    // Entered whole, so that it can be recovered if this node dies; where its
+                    // stored messages lie in the streams is not known, so its floor is their
+                    // start (a recovery would re-read them all).
                     let mine = Record {
                         node: self.parts.node.clone(),
                         version: s.protocol_version.level(),
@@ -1037,7 +1066,7 @@ impl Directory {
                                 )
                             })
                             .collect(),
-                        floor: self.start.1.clone(),
+                        floor: vec![0; self.start.1.len()],
                         offline: s.connection.is_none(),
                         saved_ms: wall_ms(),
                     };

@@ -25,15 +25,19 @@ struct Node {
 
 impl Node {
     fn start(config: &Path, nats: &Nats, name: &str) -> Node {
+        Node::start_in(config, nats, name, None)
+    }
+
+    /// Started with its store in `data_dir` (`None`: in memory).
+    fn start_in(config: &Path, nats: &Nats, name: &str, data_dir: Option<&Path>) -> Node {
+        let store: Vec<std::ffi::OsString> = match data_dir {
+            Some(d) => vec!["--data-dir".into(), d.into()],
+            None => vec!["--in-memory".into()],
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args([
-                "broker",
-                "--listen",
-                "127.0.0.1:0",
-                "--in-memory",
-                "--no-http",
-                "--log",
-            ])
+            .args(["broker", "--listen", "127.0.0.1:0"])
+            .args(store)
+            .args(["--no-http", "--log"])
             .arg(std::env::var("TERN_CLUSTER_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .arg("--config")
             .arg(config)
@@ -482,6 +486,51 @@ async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
     );
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
     assert_eq!(order_violations, 0, "first arrivals in the publisher's order");
+    let _ = std::fs::remove_file(&config);
+}
+
+/// A node restarted from its own store after SIGKILL: the persistent session it held, offline,
+/// gets what its store kept and what other nodes' publishers sent while the node was down
+/// (read from the streams from the session's floor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_from_its_store_delivers_what_was_published_while_it_was_down() {
+    let nats = Nats::start(3, true);
+    let config = config_file(&nats);
+    let dir = std::env::temp_dir().join(format!("tern-cluster-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = Node::start_in(&config, &nats, "a", Some(&dir));
+    let b = Node::start(&config, &nats, "b");
+    let (mut sub, _) = connect_persistent(a.addr).await;
+    sub.subscribe("k/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = Publisher {
+        qos: QoS::AtLeastOnce,
+        next: 0,
+        acked: BTreeSet::new(),
+    };
+    // Some while node a runs (queued in its store), some while it is down.
+    let mut p = connect_within(b.addr, V3, "pub").await;
+    assert!(publisher.batch(&mut p, 20, Duration::from_secs(30), || ()).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.kill9();
+    for _ in 0..5 {
+        assert!(publisher.batch(&mut p, 10, Duration::from_secs(30), || ()).await);
+    }
+    let a = Node::start_in(&config, &nats, "a", Some(&dir));
+    let (sub, present) = connect_persistent(a.addr).await;
+    assert!(present, "the stored session is still node a's");
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let receiving = tokio::spawn(persistent_subscriber(sub, got.clone()));
+    let (_, received, lost, duplicates) = finish(&mut publisher, p, &got, receiving).await;
+    eprintln!(
+        "node restarted from its store: acknowledged {}, received {}, lost {}, duplicates {duplicates}",
+        publisher.acked.len(),
+        received.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&config);
 }
 
