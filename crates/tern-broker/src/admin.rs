@@ -208,12 +208,13 @@ impl Admin {
     }
 
     /// Queue the deliveries of `raw` (a [`Handover`](crate::durability::Handover)) for the
-    /// session of `client_id`, after what it holds, and wait until they are in the store; how
-    /// many were added (expired ones are left out).
-    pub async fn add_deliveries(&self, client_id: &str, raw: &[u8]) -> Result<usize, String> {
+    /// session of `client_id`, after what it holds (`front`: before), and wait until they are
+    /// in the store; how many were added (expired ones are left out).
+    pub async fn add_deliveries(&self, client_id: &str, raw: &[u8], front: bool) -> Result<usize, String> {
+        let at = if front { 0 } else { usize::MAX };
         let n = self
             .core
-            .take_in_rest(client_id, raw, usize::MAX)
+            .take_in_rest(client_id, raw, at)
             .map_err(|e| format!("deliveries for {client_id:?} not added: {e}"))?;
         self.core
             .durability

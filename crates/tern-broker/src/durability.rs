@@ -181,6 +181,11 @@ impl Handover {
     pub fn encode(&self) -> bytes::Bytes {
         crate::store::record::handover(self, crate::Clock::system().stamp())
     }
+
+    /// Read a handover written by [`Handover::encode`].
+    pub fn decode(raw: &[u8]) -> Result<Handover, String> {
+        crate::store::record::read_handover(raw, crate::Clock::system().stamp()).map_err(|e| e.to_string())
+    }
 }
 
 /// What an implementation holds when the broker starts.

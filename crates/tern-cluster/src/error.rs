@@ -46,6 +46,14 @@ pub enum ClusterError {
         /// What went wrong.
         why: String,
     },
+    /// A core NATS subscription the node needs could not be made.
+    #[error("cannot subscribe to NATS subject {subject}: {why}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// What NATS said.
+        why: String,
+    },
     /// JetStream did not answer about a stream (no leader yet, no quorum); retried at start
     /// for a while before it is returned.
     #[error("JetStream stream {stream} is not available: {why}")]

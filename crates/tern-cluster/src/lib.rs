@@ -323,10 +323,16 @@ impl Cluster {
             self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
         }
         // Sessions this node restored from its store that another node took meanwhile go.
+        let requests = sessions::subscribe(&self.directory).await?;
         self.directory.reconcile(&admin).await;
         let ended = self.ended_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(ended) = ended {
-            let task = tokio::spawn(sessions::run(self.directory.clone(), admin.clone(), ended));
+            let task = tokio::spawn(sessions::run(
+                self.directory.clone(),
+                admin.clone(),
+                ended,
+                requests,
+            ));
             let floors = tokio::spawn(sessions::refresh_floors(self.directory.clone(), admin.clone()));
             self.tasks
                 .lock()

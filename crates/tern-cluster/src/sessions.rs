@@ -66,8 +66,12 @@ const REST_TIMEOUT: Duration = Duration::from_secs(12);
 const KEEP_GIVEN: Duration = Duration::from_secs(60);
 /// Silence of a stream read while recovering a session after which the stream is looked at.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
-/// Longest read of one shard while recovering a session.
-const CATCH_UP_DEADLINE: Duration = Duration::from_secs(20);
+/// Longest a claim takes on this node (the CONNECT's own deadline is longer, so that a claim
+/// that runs out fails through its own path and puts the entry back).
+const CLAIM_BUDGET: Duration = Duration::from_secs(25);
+/// How long a node that "no responders" answers for is asked again before it counts as dead
+/// (a node moving to another NATS server is missing for a moment).
+const NO_RESPONDERS_GRACE: Duration = Duration::from_secs(3);
 /// Longest wait for stored messages and tailers while a session moves.
 const WAIT_CAUGHT_UP: Duration = Duration::from_secs(5);
 /// Requests of other nodes answered at once at most.
@@ -215,6 +219,8 @@ struct Given {
     generation: Option<u64>,
     /// For the first part: the token of the rest, once sent.
     rest: Option<String>,
+    /// For the first part: its rest is being made (the giver waits for its tailers).
+    resting: bool,
 }
 
 /// What a [`Directory`] is made of.
@@ -242,6 +248,8 @@ pub(crate) struct Directory {
     fetched: Mutex<HashMap<Arc<str>, Fetched>>,
     /// Session changes, for [`run`].
     ops: mpsc::Sender<Op>,
+    /// The broker, once attached (to keep a local copy rather than recover over it).
+    admin: std::sync::OnceLock<Admin>,
     /// The tailers' positions over the last minutes, newest last; `start` when the node
     /// started (the tailers began there).
     snapshots: Mutex<VecDeque<(Instant, Vec<u64>)>>,
@@ -305,10 +313,16 @@ impl Directory {
             given: Mutex::default(),
             fetched: Mutex::default(),
             ops,
+            admin: std::sync::OnceLock::new(),
             snapshots: Mutex::default(),
             start,
         };
         (d, rx)
+    }
+
+    /// Whether this node's broker holds a session of `client`.
+    fn holds(&self, client: &str) -> bool {
+        self.admin.get().is_some_and(|a| a.session(client).is_some())
     }
 
     /// Whether this node is claiming `client`'s session now (a claim older than a minute is
@@ -464,11 +478,20 @@ impl Directory {
     /// Make this node the holder of `client`'s session; the session the previous holder
     /// handed over, if any (see the module documentation).
     pub(crate) async fn claim(&self, client: Arc<str>, clean_start: bool) -> Result<Option<Bytes>, String> {
-        {
-            let mut claiming = self.claiming.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = claiming.entry(client.clone()).or_insert((0, Instant::now()));
-            entry.0 += 1;
-            entry.1 = Instant::now();
+        // One claim of a client at a time on this node (a client retrying its CONNECT while
+        // the first is still claiming): the later one waits for the first to end.
+        let budget = Instant::now() + CLAIM_BUDGET;
+        loop {
+            {
+                let mut claiming = self.claiming.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = claiming.entry(client.clone()).or_insert((0, Instant::now()));
+                if entry.0 == 0 || entry.1.elapsed() >= Duration::from_secs(60) || Instant::now() >= budget {
+                    entry.0 += 1;
+                    entry.1 = Instant::now();
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let key = key(&client);
         // Every write is a compare-and-swap; one that fails (another node, or this node's
@@ -540,13 +563,20 @@ impl Directory {
             return match holder {
                 Some((old, _)) if old.node != self.parts.node => {
                     let owner = old.node.clone();
-                    let fetched = self.fetch(&owner, &client, clean_start, old.clone()).await;
+                    let fetched = self
+                        .fetch(&owner, &client, clean_start, old.clone(), budget)
+                        .await;
                     if fetched.is_err() {
                         // The session stayed where it was: the entry says so again, so that
                         // the client's next attempt asks that node.
                         if let Err(e) = self.parts.kv.update(&key, old.bytes(), revision).await {
                             tracing::warn!(client_id = %client, "cluster sessions: the entry was not put back: {e}");
                         }
+                    } else {
+                        // Another node's claim may have written over this one meanwhile and
+                        // then given the session up to this node: the entry names this node,
+                        // which holds the session from here on.
+                        self.own_entry(&key, &client).await;
                     }
                     fetched
                 }
@@ -558,6 +588,53 @@ impl Directory {
         ))
     }
 
+    /// Make the entry name this node, keeping what it says of the session.
+    async fn own_entry(&self, key: &str, client: &str) {
+        for _ in 0..MAX_TRIES {
+            let (old, revision) = match self.parts.kv.entry(key.to_string()).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put => (Record::parse(&e.value), e.revision),
+                Ok(_) => (Record::default(), 0),
+                Err(e) => {
+                    tracing::warn!(
+                        client_id = client,
+                        "cluster sessions: the entry cannot be read: {e}"
+                    );
+                    return;
+                }
+            };
+            if old.node == self.parts.node {
+                return;
+            }
+            let mine = Record {
+                node: self.parts.node.clone(),
+                offline: false,
+                ..old
+            };
+            let written = if revision == 0 {
+                self.parts
+                    .kv
+                    .create(key, mine.bytes())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                self.parts
+                    .kv
+                    .update(key, mine.bytes(), revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            if written.is_ok() {
+                return;
+            }
+        }
+        tracing::warn!(
+            client_id = client,
+            "cluster sessions: the entry could not be made to name this node"
+        );
+    }
+
     /// Ask `owner` for `client`'s session.
     async fn fetch(
         &self,
@@ -565,22 +642,40 @@ impl Directory {
         client: &Arc<str>,
         clean_start: bool,
         record: Record,
+        budget: Instant,
     ) -> Result<Option<Bytes>, String> {
-        let mut ask = Vec::with_capacity(1 + client.len());
+        // The Clean Start flag, this node's name and a newline (names have none), the client.
+        let mut ask = Vec::with_capacity(2 + self.parts.node.len() + client.len());
         ask.push(u8::from(clean_start));
+        ask.extend_from_slice(self.parts.node.as_bytes());
+        ask.push(b'\n');
         ask.extend_from_slice(client.as_bytes());
         let ask = Bytes::from(ask);
         let mut answer = None;
+        let mut silent_since: Option<Instant> = None;
         for _ in 0..BUSY_RETRIES {
+            if Instant::now() >= budget {
+                break;
+            }
             match self.request(owner, "take", ask.clone()).await {
                 Ok(a) if &a[..] == b"busy" => tokio::time::sleep(Duration::from_millis(100)).await,
                 Ok(a) => {
                     answer = Some(a);
                     break;
                 }
+                // Gone from NATS, or moving to another NATS server (its subscription is then
+                // missing for a moment): asked again for a while before it counts as dead.
+                Err(Ask::NoResponders)
+                    if silent_since.get_or_insert_with(Instant::now).elapsed() < NO_RESPONDERS_GRACE =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
                 Err(Ask::NoResponders) => {
+                    if self.holds(client) {
+                        return Ok(None);
+                    }
                     tracing::warn!(client_id = %client, node = owner, "the node that held the session is gone from NATS; recovering the session from its entry and the streams");
-                    return self.recover(client, clean_start, record).await;
+                    return self.recover(client, clean_start, record, budget).await;
                 }
                 // It may still run (busy, or cut off): the client tries again.
                 Err(Ask::Failed(why)) => return Err(format!("node {owner} did not answer: {why}")),
@@ -590,8 +685,12 @@ impl Directory {
             return Err(format!("node {owner} stayed busy claiming the same client"));
         };
         if &answer[..] == b"none" {
-            // The node runs but has no such session (it restarted without it).
-            return self.recover(client, clean_start, record).await;
+            // The node runs but has no such session (it restarted without it, or gave it up to
+            // this node in a race): a copy held here is kept, else it is recovered.
+            if self.holds(client) {
+                return Ok(None);
+            }
+            return self.recover(client, clean_start, record, budget).await;
         }
         match self.download(owner, &answer).await? {
             Some((token, raw)) => {
@@ -693,7 +792,9 @@ impl Directory {
                 // route to the installed session) have certainly passed.
                 self.own_messages_stored().await;
                 let ends = self.tailers_caught_up().await;
-                let deliveries = self.catch_up(&client, &record, &upto, &ends).await?;
+                let deliveries = self
+                    .catch_up(&client, &record, &upto, &ends, Instant::now() + CLAIM_BUDGET)
+                    .await?;
                 if deliveries.is_empty() {
                     return Ok(None);
                 }
@@ -731,6 +832,7 @@ impl Directory {
         client: &Arc<str>,
         clean_start: bool,
         record: Record,
+        budget: Instant,
     ) -> Result<Option<Bytes>, String> {
         let expired = record.offline
             && record.expiry != u32::MAX
@@ -745,7 +847,7 @@ impl Directory {
             vec![0; shards]
         };
         let ends = self.stream_ends().await?;
-        let deliveries = self.catch_up(client, &record, &floor, &ends).await?;
+        let deliveries = self.catch_up(client, &record, &floor, &ends, budget).await?;
         tracing::info!(client_id = %client, node = %record.node, subscriptions = record.subs.len(), messages = deliveries.len(), "session of a node that is gone recovered from the directory and the streams");
         let raw = handover(&record, deliveries).encode();
         self.fetched
@@ -786,6 +888,7 @@ impl Directory {
         record: &Record,
         from: &[u64],
         to: &[u64],
+        deadline: Instant,
     ) -> Result<Vec<StoredDelivery>, String> {
         let subs: Vec<(String, SubscriptionOptions, u32)> = record
             .subs
@@ -820,7 +923,6 @@ impl Directory {
                 .await
                 .map_err(|e| format!("{name}: {e}"))?;
             let mut messages = consumer.messages().await.map_err(|e| format!("{name}: {e}"))?;
-            let deadline = Instant::now() + CATCH_UP_DEADLINE;
             loop {
                 let m = match tokio::time::timeout(CATCH_UP_WAIT, messages.next()).await {
                     Ok(Some(Ok(m))) => m,
@@ -834,9 +936,7 @@ impl Directory {
                             break;
                         }
                         if Instant::now() >= deadline {
-                            return Err(format!(
-                                "{name}: not read up to sequence {to} within {CATCH_UP_DEADLINE:?}"
-                            ));
+                            return Err(format!("{name}: not read up to sequence {to} in time"));
                         }
                         continue;
                     }
@@ -890,6 +990,7 @@ impl Directory {
                 at: Instant::now(),
                 generation,
                 rest: None,
+                resting: false,
             },
         );
         let answer = Bytes::from(format!("moved {token} {len}"));
@@ -900,21 +1001,52 @@ impl Directory {
     async fn answer(&self, admin: &Admin, verb: &str, body: &[u8]) -> Bytes {
         match verb {
             "take" => {
-                let (Some(&flag), Ok(client)) = (
-                    body.first(),
-                    std::str::from_utf8(body.get(1..).unwrap_or_default()),
-                ) else {
+                let rest = std::str::from_utf8(body.get(1..).unwrap_or_default()).ok();
+                let (Some(&flag), Some((asker, client))) =
+                    (body.first(), rest.and_then(|r| r.split_once('\n')))
+                else {
                     return Bytes::from_static(b"bad request");
                 };
-                if self.is_claiming(client) {
+                // Claiming the same client here: the asker waits, unless both wait for each
+                // other: of two nodes claiming at once, the one with the smaller name goes
+                // first, the other hands over what it has (it asks again after).
+                if self.is_claiming(client) && self.parts.node.as_str() < asker {
                     return Bytes::from_static(b"busy");
                 }
+                // An earlier handout of this client that its claimant never completed (it gave
+                // up, and the client came again): its deliveries go first in this one.
+                let earlier: Vec<Bytes> = {
+                    let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+                    let tokens: Vec<String> = given
+                        .iter()
+                        .filter(|(_, g)| {
+                            g.client == client && g.generation.is_some() && g.rest.is_none() && !g.resting
+                        })
+                        .map(|(t, _)| t.clone())
+                        .collect();
+                    let mut old: Vec<(Instant, Bytes)> = tokens
+                        .iter()
+                        .filter_map(|t| given.remove(t))
+                        .map(|g| (g.at, g.raw))
+                        .collect();
+                    old.sort_by_key(|(at, _)| *at);
+                    old.into_iter().map(|(_, raw)| raw).collect()
+                };
                 match admin.hand_over(client, flag != 0) {
-                    HandOff::Absent => Bytes::from_static(b"none"),
+                    HandOff::Absent if earlier.is_empty() => Bytes::from_static(b"none"),
                     HandOff::Moved { raw, generation } => {
+                        let raw = merged(earlier, raw);
                         self.give(client.to_string(), raw, Some(generation)).1
                     }
-                    _ => Bytes::from_static(b"ended"),
+                    _ => {
+                        if !earlier.is_empty() {
+                            tracing::warn!(
+                                client_id = client,
+                                "messages of an abandoned handout dropped: the session ended"
+                            );
+                        }
+                        Bytes::from_static(b"ended")
+                    }
                 }
             }
             "chunk" => {
@@ -924,37 +1056,58 @@ impl Directory {
                 else {
                     return Bytes::new();
                 };
-                let given = self.given.lock().unwrap_or_else(|e| e.into_inner());
-                match given.get(token) {
-                    Some(g) if at < g.raw.len() => g.raw.slice(at..(at + CHUNK).min(g.raw.len())),
+                let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+                match given.get_mut(token) {
+                    Some(g) if at < g.raw.len() => {
+                        // Being fetched: not abandoned.
+                        g.at = Instant::now();
+                        g.raw.slice(at..(at + CHUNK).min(g.raw.len()))
+                    }
                     _ => Bytes::new(),
                 }
             }
             "rest" => {
                 let token = String::from_utf8_lossy(body).into_owned();
-                // Asked again (the first answer was lost): the same rest.
-                let (client, generation) = {
-                    let given = self.given.lock().unwrap_or_else(|e| e.into_inner());
-                    let Some(first) = given.get(&token) else {
-                        return Bytes::from_static(b"none");
-                    };
-                    if let Some(rest) = first.rest.as_ref().and_then(|t| given.get(t).map(|g| (t, g))) {
-                        return Bytes::from(format!("moved {} {}", rest.0, rest.1.raw.len()));
+                // Made once: a second request (the first answer was lost) gets the same rest,
+                // waiting for the first to make it.
+                let deadline = Instant::now() + REST_TIMEOUT;
+                let (client, generation) = loop {
+                    {
+                        let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+                        let Some(first) = given.get_mut(&token) else {
+                            return Bytes::from_static(b"none");
+                        };
+                        if !first.resting && first.rest.is_none() {
+                            first.resting = true;
+                            first.at = Instant::now();
+                            break (first.client.clone(), first.generation);
+                        }
+                        if let Some(t) = first.rest.clone() {
+                            return match given.get(&t) {
+                                Some(r) => Bytes::from(format!("moved {t} {}", r.raw.len())),
+                                None => Bytes::from_static(b"none"),
+                            };
+                        }
                     }
-                    (first.client.clone(), first.generation)
+                    if Instant::now() >= deadline {
+                        return Bytes::from_static(b"busy");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 };
                 let _ = self.tailers_caught_up().await;
-                let Some(raw) = admin.hand_over_rest(&client, generation) else {
-                    return Bytes::from_static(b"none");
+                let rest = admin.hand_over_rest(&client, generation);
+                let (rest_token, answer) = match rest {
+                    Some(raw) => {
+                        let (t, a) = self.give(client, raw, None);
+                        (Some(t), a)
+                    }
+                    None => (None, Bytes::from_static(b"none")),
                 };
-                let (rest_token, answer) = self.give(client, raw, None);
-                if let Some(first) = self
-                    .given
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_mut(&token)
-                {
-                    first.rest = Some(rest_token);
+                let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(first) = given.get_mut(&token) {
+                    first.resting = false;
+                    // `none` is kept as an empty rest: asked again, the same answer.
+                    first.rest = Some(rest_token.unwrap_or_default());
                 }
                 answer
             }
@@ -969,6 +1122,41 @@ impl Directory {
                 Bytes::new()
             }
             _ => Bytes::from_static(b"unknown request"),
+        }
+    }
+
+    /// A handout whose claimant never asked for the rest within [`KEEP_GIVEN`]. If the entry
+    /// names this node again (the claimant put it back), its deliveries go back to the front
+    /// of the session here; otherwise the claimant holds the session (or recovers it from the
+    /// entry and the streams) and the copy left here goes.
+    async fn abandoned(&self, admin: &Admin, client: &str, generation: u64, raw: Bytes) {
+        let names_me = match self.parts.kv.entry(key(client)).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                Record::parse(&e.value).node == self.parts.node
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(
+                    client_id = client,
+                    "cluster sessions: an abandoned handout is kept for now: {e}"
+                );
+                return;
+            }
+        };
+        if names_me && admin.session(client).is_some() {
+            match admin.add_deliveries(client, &raw, true).await {
+                Ok(n) => tracing::warn!(
+                    client_id = client,
+                    messages = n,
+                    "a handout its claimant gave up is back in the session here"
+                ),
+                Err(e) => tracing::warn!(client_id = client, "an abandoned handout is lost: {e}"),
+            }
+        } else if admin.hand_over_rest(client, Some(generation)).is_some() {
+            tracing::warn!(
+                client_id = client,
+                "a session handed out was never completed by its claimant; its copy here is dropped"
+            );
         }
     }
 
@@ -1001,6 +1189,7 @@ impl Directory {
     /// At start: a session this node restored from its store that another node took since
     /// (while this one was down) is dropped here; one nobody took is entered as this node's.
     pub(crate) async fn reconcile(&self, admin: &Admin) {
+        let _ = self.admin.set(admin.clone());
         for s in admin.sessions() {
             let key = key(&s.client_id);
             let holder = match self.parts.kv.entry(key.clone()).await {
@@ -1021,14 +1210,20 @@ impl Directory {
                         continue;
                     }
                     match self
-                        .catch_up(&s.client_id, &record, &record.floor, &self.start.1)
+                        .catch_up(
+                            &s.client_id,
+                            &record,
+                            &record.floor,
+                            &self.start.1,
+                            Instant::now() + Duration::from_secs(60),
+                        )
                         .await
                     {
                         Ok(d) if d.is_empty() => {}
                         Ok(d) => {
                             let n = d.len();
                             match admin
-                                .add_deliveries(&s.client_id, &handover(&record, d).encode())
+                                .add_deliveries(&s.client_id, &handover(&record, d).encode(), false)
                                 .await
                             {
                                 Ok(_) => {
@@ -1081,20 +1276,33 @@ impl Directory {
 
 /// Answer other nodes' requests, forget the entries of ended sessions, and drop sessions
 /// handed out that nobody fetched.
-pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, ops: mpsc::Receiver<Op>) {
+/// Subscribe to this node's control subject (before [`Directory::reconcile`], so that a
+/// node starting is never taken for dead by a claimant: NATS would answer "no responders").
+pub(crate) async fn subscribe(directory: &Directory) -> Result<async_nats::Subscriber, ClusterError> {
     let subject = directory.control(&directory.parts.node, "*");
-    let mut requests = loop {
-        match directory.parts.client.subscribe(subject.clone()).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!("cluster sessions: cannot subscribe to {subject}: {e}; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    directory
+        .parts
+        .client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| ClusterError::Subscribe {
+            subject,
+            why: e.to_string(),
+        })
+}
+
+pub(crate) async fn run(
+    directory: Arc<Directory>,
+    admin: Admin,
+    ops: mpsc::Receiver<Op>,
+    mut requests: async_nats::Subscriber,
+) {
     // Session changes on their own task, in order: their KV writes do not hold up answers.
     let _ops_task = AbortOnDrop(tokio::spawn(process_ops(directory.clone(), admin.clone(), ops)));
     let answering = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
+    // Rests wait for the tailers: their own permits, so that takes and chunks never wait
+    // behind them.
+    let resting = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     let mut snapshot = tokio::time::interval(SNAPSHOT_EVERY);
     loop {
@@ -1103,7 +1311,9 @@ pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, ops: mpsc::Rece
                 let Some(m) = m else { return };
                 // Each answered on its own task (a `rest` waits for the tailers), at most
                 // MAX_ANSWERING at once; beyond, the next request waits here.
-                let Ok(permit) = answering.clone().acquire_owned().await else { return };
+                let slow = m.subject.ends_with(".rest");
+                let pool = if slow { &resting } else { &answering };
+                let Ok(permit) = pool.clone().acquire_owned().await else { return };
                 let (directory, admin) = (directory.clone(), admin.clone());
                 tokio::spawn(async move {
                     let verb = m.subject.rsplit('.').next().unwrap_or("").to_string();
@@ -1129,19 +1339,16 @@ pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, ops: mpsc::Rece
                 {
                     let mut given = directory.given.lock().unwrap_or_else(|e| e.into_inner());
                     given.retain(|_, g| {
-                        let keep = g.at.elapsed() < KEEP_GIVEN;
+                        let keep = g.resting || g.at.elapsed() < KEEP_GIVEN;
                         if let (false, Some(generation), None) = (keep, g.generation, &g.rest) {
-                            abandoned.push((g.client.clone(), generation));
+                            abandoned.push((g.client.clone(), generation, g.raw.clone()));
                         }
                         keep
                     });
                 }
-                // A handover whose claimant never asked for the rest (it failed or died): the
-                // session, still subscribed here, goes (the entry names the claimant).
-                for (client, generation) in abandoned {
-                    if admin.hand_over_rest(&client, Some(generation)).is_some() {
-                        tracing::warn!(client_id = %client, "a session handed out was never completed by its claimant; its copy here is dropped");
-                    }
+                for (client, generation, raw) in abandoned {
+                    let (directory, admin) = (directory.clone(), admin.clone());
+                    tokio::spawn(async move { directory.abandoned(&admin, &client, generation, raw).await });
                 }
             }
         }
@@ -1177,6 +1384,29 @@ async fn process_ops(directory: Arc<Directory>, admin: Admin, mut ops: mpsc::Rec
             }
         }
     }
+}
+
+/// The deliveries of `earlier` handouts (oldest first), as queued, then `raw`'s.
+fn merged(earlier: Vec<Bytes>, raw: Bytes) -> Bytes {
+    if earlier.is_empty() {
+        return raw;
+    }
+    let Ok(mut h) = Handover::decode(&raw) else {
+        return raw;
+    };
+    let mut deliveries = Vec::new();
+    for old in earlier {
+        match Handover::decode(&old) {
+            Ok(o) => deliveries.extend(o.deliveries.into_iter().map(|mut d| {
+                d.stage = None;
+                d
+            })),
+            Err(e) => tracing::warn!("an abandoned handout cannot be read: {e}"),
+        }
+    }
+    deliveries.append(&mut h.deliveries);
+    h.deliveries = deliveries;
+    h.encode()
 }
 
 /// The tailers' positions now.

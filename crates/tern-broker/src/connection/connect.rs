@@ -409,8 +409,9 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(conn)
 }
 
-/// Longest wait of a CONNECT for the cluster to hand its session over.
-const CLAIM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest wait of a CONNECT for the cluster to hand its session over: a backstop beyond the
+/// backplane's own budget (the cluster's claims give up after 25 s and clean up).
+const CLAIM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Await a claim ([`crate::backplane::Backplane::claim`]) and install the session it brought;
 /// `Some(queue length)` when one was handed over (where the rest goes).

@@ -27,6 +27,21 @@ async fn connect(
     Raw::connect_with(addr, c).await
 }
 
+/// [`connect`] (5.0, Clean Start 0) waiting up to 30 s for the CONNACK: a claim can wait for
+/// another node's.
+async fn connect_patiently(addr: std::net::SocketAddr, id: &str) -> (Raw, tern_proto::ConnAck) {
+    let mut c = Connect::new(V5, id);
+    c.keep_alive = 0;
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(300);
+    let mut raw = Raw::open(addr, V5).await;
+    raw.send(Packet::Connect(Box::new(c))).await;
+    match raw.next_within(Duration::from_secs(30)).await {
+        Ok(Some(Packet::ConnAck(a))) => (raw, a),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
 /// Publish `n` numbered QoS 1 messages on `topic/<i>`, 100 in flight at a time.
 async fn publish_numbered(p: &mut Raw, topic: &str, n: u32) {
     let mut sent = 0u32;
@@ -318,43 +333,59 @@ async fn messages_published_while_a_session_moves_are_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_id_connecting_to_two_nodes_at_once_ends_with_one_session() {
     // v5 [MQTT-3.1.4-3]: the server takes the session over from the existing connection;
-    // across nodes that must leave one session, on one node, whatever the timing.
+    // across nodes that must leave one session, on one node, whatever the timing: with a new
+    // client id, and with a session that exists already (offline on node a).
     let nats = Nats::start(1, true);
     let a = node::start(&node::config(&nats, "a")).await;
     let b = node::start(&node::config(&nats, "b")).await;
     for round in 0..10 {
         let id = format!("twice-{round}");
-        let (ra, rb) = tokio::join!(
-            connect(a.addr(), V5, &id, false),
-            connect(b.addr(), V5, &id, false)
-        );
+        let existing = round % 2 == 1;
+        if existing {
+            let (mut first, _) = connect(a.addr(), V5, &id, false).await;
+            first.subscribe("tw/#", QoS::AtLeastOnce).await;
+            first.disconnect().await;
+        }
+        let (ra, rb) = tokio::join!(connect_patiently(a.addr(), &id), connect_patiently(b.addr(), &id));
         let mut live = Vec::new();
+        let mut accepted = 0;
         for (mut raw, ack) in [ra, rb] {
             if ack.reason_code == ReasonCode::Success {
+                accepted += 1;
                 live.push(tokio::spawn(async move { raw.expect_closed().await }));
             } else {
+                // Two claims that each wait for the other: one gives up (0x88), the client
+                // tries again.
                 assert_eq!(ack.reason_code, ReasonCode::ServerUnavailable, "round {round}");
             }
         }
+        assert!(accepted >= 1, "round {round}: one of the two is accepted");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let on_a = a.broker.admin().session(&id).is_some();
         let on_b = b.broker.admin().session(&id).is_some();
         assert!(on_a ^ on_b, "round {round}: one session (a: {on_a}, b: {on_b})");
-        let connected = [&a, &b]
-            .iter()
-            .filter(|n| {
-                n.broker
-                    .admin()
-                    .session(&id)
-                    .is_some_and(|s| s.connection.is_some())
-            })
-            .count();
-        assert_eq!(connected, 1, "round {round}: one connection holds it");
-        // At most one of the two connections is still open: the other was taken over.
+        let holder = if on_a { &a } else { &b };
+        let info = holder.broker.admin().session(&id).expect("session");
+        assert!(info.connection.is_some(), "round {round}: a connection holds it");
+        if existing {
+            assert_eq!(
+                info.subscriptions.len(),
+                1,
+                "round {round}: the existing session, not a new one"
+            );
+        }
+        // One of the connections is still open; a second accepted one was taken over.
         let open = live.iter().filter(|t| !t.is_finished()).count();
         assert_eq!(open, 1, "round {round}: the other connection was closed");
         for t in live {
             t.abort();
         }
+        // The directory agrees: connecting again through the other node finds the session.
+        let other = if on_a { &b } else { &a };
+        let (_again, ack) = connect(other.addr(), V5, &id, false).await;
+        assert!(
+            ack.session_present,
+            "round {round}: the directory names the node that holds it"
+        );
     }
 }

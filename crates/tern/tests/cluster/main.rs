@@ -426,7 +426,7 @@ async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
         // The victim dies during a batch; every third round a NATS server dies with it (both
         // fault classes at once).
         let mut victim_node = nodes[victim].take();
-        let nats_victim = (round % 3 == 2).then_some(round % 3);
+        let nats_victim = (round % 3 == 2).then_some((round / 3) % 3);
         if nats_victim.is_some() {
             excused.extend(publisher.next..publisher.next + 10);
         }
