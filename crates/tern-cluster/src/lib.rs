@@ -94,6 +94,8 @@ pub struct Cluster {
     ended_rx: Mutex<Option<tokio::sync::mpsc::Receiver<sessions::Op>>>,
     /// Per shard, the last stream sequence this node's tailer handled.
     positions: Arc<[AtomicU64]>,
+    /// Notified when the connection to NATS comes back.
+    reconnected: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -186,7 +188,18 @@ impl Cluster {
         }
         let node = config.node_name.clone();
         let urls = config.nats.join(",");
+        // Told when the connection to NATS comes back (sessions.rs looks at its sessions again).
+        let reconnected = Arc::new(tokio::sync::Notify::new());
+        let told = reconnected.clone();
         let client = connect_options(&config)?
+            .event_callback(move |event| {
+                let told = told.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        told.notify_one();
+                    }
+                }
+            })
             .name(format!("tern {node}"))
             // This node's own QoS 0 messages reached its sessions already.
             .no_echo()
@@ -255,6 +268,7 @@ impl Cluster {
             positions: positions.clone(),
         });
         Ok(Cluster {
+            reconnected,
             positions,
             directory: Arc::new(directory),
             ended_rx: Mutex::new(Some(ended_rx)),
@@ -334,10 +348,15 @@ impl Cluster {
                 requests,
             ));
             let floors = tokio::spawn(sessions::refresh_floors(self.directory.clone(), admin.clone()));
+            let reconnects = tokio::spawn(sessions::after_reconnects(
+                self.directory.clone(),
+                admin.clone(),
+                self.reconnected.clone(),
+            ));
             self.tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .extend([task, floors]);
+                .extend([task, floors, reconnects]);
         }
         let sys_interval = admin.config().sys_interval_secs;
         if sys_interval > 0 {

@@ -1160,6 +1160,41 @@ impl Directory {
         }
     }
 
+    /// Drop (quietly, its connection told it was taken over) every session of this node whose
+    /// entry names another node, apart from those being handed over or claimed here.
+    pub(crate) async fn drop_moved(&self, admin: &Admin) {
+        for s in admin.sessions() {
+            let client = s.client_id.as_str();
+            let handing = self
+                .given
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|g| g.client == client);
+            if handing || self.is_claiming(client) {
+                continue;
+            }
+            let owner = match self.parts.kv.entry(key(client)).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put => Record::parse(&e.value).node,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(
+                        client_id = client,
+                        "cluster sessions: the directory cannot be read: {e}"
+                    );
+                    continue;
+                }
+            };
+            if owner == self.parts.node {
+                continue;
+            }
+            if let HandOff::Moved { generation, .. } = admin.hand_over(client, false) {
+                admin.hand_over_rest(client, Some(generation));
+                tracing::warn!(client_id = client, node = %owner, "session dropped: another node took it while this node was away from NATS");
+            }
+        }
+    }
+
     /// Delete `client`'s entry if it still names this node and the session did not start
     /// again here meanwhile.
     async fn forget(&self, admin: &Admin, client: &str) -> Result<(), String> {
@@ -1487,6 +1522,21 @@ fn delivery(
         message: Arc::new(msg),
         message_id: 0,
     })
+}
+
+/// After the connection to NATS comes back, drop the sessions of this node that another node
+/// took meanwhile (it found this node gone from NATS and recovered them).
+pub(crate) async fn after_reconnects(
+    directory: Arc<Directory>,
+    admin: Admin,
+    reconnected: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        reconnected.notified().await;
+        // Other nodes' claims that were under way finish first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        directory.drop_moved(&admin).await;
+    }
 }
 
 /// Write the floors of this node's connected sessions every [`FLOOR_EVERY`] (those that

@@ -389,3 +389,36 @@ async fn one_client_id_connecting_to_two_nodes_at_once_ends_with_one_session() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_on_nats_drops_a_session_another_node_took_meanwhile() {
+    // While node a was away from NATS, another node found it gone and took the session (here:
+    // its entry is made to name node b). When a's connection comes back it lets the session go
+    // and tells its connection it was taken over (v5 [MQTT-3.1.4-3]).
+    let mut nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let (mut held, _) = connect(a.addr(), V5, "away", false).await;
+    held.subscribe("aw/#", QoS::AtLeastOnce).await;
+    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    let kv = async_nats::jetstream::new(nc)
+        .get_key_value("tern_sessions")
+        .await
+        .expect("bucket");
+    let key: String = std::iter::once("c".to_string())
+        .chain("away".bytes().map(|b| format!("{b:02x}")))
+        .collect();
+    kv.put(&key, r#"{"node":"b"}"#.into()).await.expect("put");
+    assert!(a.broker.admin().session("away").is_some());
+    nats.kill(0);
+    nats.restart(0);
+    nats.wait_healthy();
+    match held.next_within(Duration::from_secs(30)).await {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason(), ReasonCode::SessionTakenOver),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.broker.admin().session("away").is_some() {
+        assert!(Instant::now() < deadline, "node a kept the session");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
