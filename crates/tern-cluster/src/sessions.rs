@@ -74,6 +74,8 @@ const CLAIM_BUDGET: Duration = Duration::from_secs(25);
 const NO_RESPONDERS_GRACE: Duration = Duration::from_secs(3);
 /// Longest wait for stored messages and tailers while a session moves.
 const WAIT_CAUGHT_UP: Duration = Duration::from_secs(5);
+/// Tasks writing session entries.
+const OP_WORKERS: usize = 16;
 /// Requests of other nodes answered at once at most.
 const MAX_ANSWERING: usize = 64;
 /// Session ends waiting for the directory task at most (beyond, dropped and logged).
@@ -1111,6 +1113,11 @@ impl Directory {
                 }
                 answer
             }
+            "has" => {
+                let client = String::from_utf8_lossy(body);
+                let holds = admin.session(&client).is_some() && !self.is_claiming(&client);
+                Bytes::from_static(if holds { b"yes" } else { b"no" })
+            }
             "done" => {
                 let token = String::from_utf8_lossy(body);
                 let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
@@ -1187,6 +1194,12 @@ impl Directory {
             };
             if owner == self.parts.node {
                 continue;
+            }
+            // Only once that node says it holds the session (not while its claim is under
+            // way: its `take` will come here).
+            match self.request(&owner, "has", Bytes::from(client.to_string())).await {
+                Ok(a) if &a[..] == b"yes" => {}
+                _ => continue,
             }
             if let HandOff::Moved { generation, .. } = admin.hand_over(client, false) {
                 admin.hand_over_rest(client, Some(generation));
@@ -1399,26 +1412,50 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Write the entries of saved sessions and delete those of ended ones, in order.
+/// Write the entries of saved sessions and delete those of ended ones: on [`OP_WORKERS`]
+/// tasks, each client's always on the same one, in order (a KV write is a round trip; one
+/// task falls behind a reconnect storm).
 async fn process_ops(directory: Arc<Directory>, admin: Admin, mut ops: mpsc::Receiver<Op>) {
+    let mut workers = Vec::with_capacity(OP_WORKERS);
+    let mut tasks = Vec::with_capacity(OP_WORKERS);
+    for _ in 0..OP_WORKERS {
+        let (tx, mut rx) = mpsc::channel::<Op>(QUEUE / OP_WORKERS);
+        let (directory, admin) = (directory.clone(), admin.clone());
+        tasks.push(AbortOnDrop(tokio::spawn(async move {
+            while let Some(op) = rx.recv().await {
+                match op {
+                    Op::Ended(c) => {
+                        if let Err(e) = directory.forget(&admin, &c).await {
+                            tracing::warn!(client_id = %c, "cluster sessions: the ended session's entry stays: {e}");
+                        }
+                    }
+                    Op::Saved { client, record, floor } => {
+                        if let Err(e) = directory.save(&client, record, floor).await {
+                            tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
+                        }
+                    }
+                }
+            }
+        })));
+        workers.push(tx);
+    }
     while let Some(op) = ops.recv().await {
-        match op {
-            Op::Ended(c) => {
-                if let Err(e) = directory.forget(&admin, &c).await {
-                    tracing::warn!(client_id = %c, "cluster sessions: the ended session's entry stays: {e}");
-                }
-            }
-            Op::Saved {
-                client,
-                record,
-                floor,
-            } => {
-                if let Err(e) = directory.save(&client, record, floor).await {
-                    tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
-                }
-            }
+        let client = match &op {
+            Op::Ended(c) => c,
+            Op::Saved { client, .. } => client,
+        };
+        let i = usize::try_from(fnv(client.as_bytes()) % OP_WORKERS as u64).unwrap_or(0);
+        if workers[i].send(op).await.is_err() {
+            return;
         }
     }
+}
+
+/// FNV-1a of `bytes`.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The deliveries of `earlier` handouts (oldest first), as queued, then `raw`'s.
@@ -1531,6 +1568,8 @@ pub(crate) async fn after_reconnects(
     admin: Admin,
     reconnected: Arc<tokio::sync::Notify>,
 ) {
+    // The first connection, at start, was told too: nothing to look at.
+    let _ = tokio::time::timeout(Duration::ZERO, reconnected.notified()).await;
     loop {
         reconnected.notified().await;
         // Other nodes' claims that were under way finish first.

@@ -392,23 +392,35 @@ async fn one_client_id_connecting_to_two_nodes_at_once_ends_with_one_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_back_on_nats_drops_a_session_another_node_took_meanwhile() {
-    // While node a was away from NATS, another node found it gone and took the session (here:
-    // its entry is made to name node b). When a's connection comes back it lets the session go
-    // and tells its connection it was taken over (v5 [MQTT-3.1.4-3]).
+    // While node a was away from NATS another node, b, took a client's session (played here:
+    // the entry is made to name b, and the test answers b's `has` request). When a's
+    // connection comes back (NATS restarts), a asks b, lets its copy go and tells its
+    // connection it was taken over (v5 [MQTT-3.1.4-3]).
     let mut nats = Nats::start(1, true);
     let a = node::start(&node::config(&nats, "a")).await;
     let (mut held, _) = connect(a.addr(), V5, "away", false).await;
     held.subscribe("aw/#", QoS::AtLeastOnce).await;
+    let key: String = std::iter::once("c".to_string())
+        .chain("away".bytes().map(|b| format!("{b:02x}")))
+        .collect();
     let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
     let kv = async_nats::jetstream::new(nc)
         .get_key_value("tern_sessions")
         .await
         .expect("bucket");
-    let key: String = std::iter::once("c".to_string())
-        .chain("away".bytes().map(|b| format!("{b:02x}")))
-        .collect();
     kv.put(&key, r#"{"node":"b"}"#.into()).await.expect("put");
-    assert!(a.broker.admin().session("away").is_some());
+    // Node b, as far as node a can tell: it holds the session (the client subscribes again
+    // after the restart below).
+    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    let mut has = nc.subscribe("tern.ctl.b.has").await.expect("subscribe");
+    let answering = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(m) = has.next().await {
+            if let Some(reply) = m.reply {
+                let _ = nc.publish(reply, "yes".into()).await;
+            }
+        }
+    });
     nats.kill(0);
     nats.restart(0);
     nats.wait_healthy();
@@ -421,4 +433,5 @@ async fn a_node_back_on_nats_drops_a_session_another_node_took_meanwhile() {
         assert!(Instant::now() < deadline, "node a kept the session");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    answering.abort();
 }
