@@ -91,7 +91,6 @@ pub struct Cluster {
     /// The session directory (`sessions.rs`) and, until [`Cluster::attach`], the ends of
     /// sessions it is told of.
     directory: Arc<sessions::Directory>,
-    ended_rx: Mutex<Option<tokio::sync::mpsc::Receiver<sessions::Op>>>,
     /// Per shard, the last stream sequence this node's tailer handled.
     positions: Arc<[AtomicU64]>,
     /// Notified when the connection to NATS comes back.
@@ -258,7 +257,7 @@ impl Cluster {
         tracing::info!(node = %node, nats = %urls, server = %info.server_name, version = %info.version, shards = config.shards, replicas = config.replicas, fsync_always, "cluster mode: connected to NATS");
         let (wills_tx, wills_rx) = tokio::sync::mpsc::channel(wills::QUEUE);
         let positions: Arc<[AtomicU64]> = start_seqs.iter().map(|&s| AtomicU64::new(s)).collect();
-        let (directory, ended_rx) = sessions::Directory::new(sessions::Parts {
+        let directory = sessions::Directory::new(sessions::Parts {
             node: node.clone(),
             prefix: config.prefix.clone(),
             client: client.clone(),
@@ -271,7 +270,6 @@ impl Cluster {
             reconnected,
             positions,
             directory: Arc::new(directory),
-            ended_rx: Mutex::new(Some(ended_rx)),
             wills: wills_tx,
             wills_rx: Mutex::new(Some(wills_rx)),
             config,
@@ -339,25 +337,17 @@ impl Cluster {
         // Sessions this node restored from its store that another node took meanwhile go.
         let requests = sessions::subscribe(&self.directory).await?;
         self.directory.reconcile(&admin).await;
-        let ended = self.ended_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(ended) = ended {
-            let task = tokio::spawn(sessions::run(
-                self.directory.clone(),
-                admin.clone(),
-                ended,
-                requests,
-            ));
-            let floors = tokio::spawn(sessions::refresh_floors(self.directory.clone(), admin.clone()));
-            let reconnects = tokio::spawn(sessions::after_reconnects(
-                self.directory.clone(),
-                admin.clone(),
-                self.reconnected.clone(),
-            ));
-            self.tasks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend([task, floors, reconnects]);
-        }
+        let task = tokio::spawn(sessions::run(self.directory.clone(), admin.clone(), requests));
+        let floors = tokio::spawn(sessions::refresh_floors(self.directory.clone(), admin.clone()));
+        let reconnects = tokio::spawn(sessions::after_reconnects(
+            self.directory.clone(),
+            admin.clone(),
+            self.reconnected.clone(),
+        ));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([task, floors, reconnects]);
         let sys_interval = admin.config().sys_interval_secs;
         if sys_interval > 0 {
             let task = tokio::spawn(sys::run(

@@ -44,13 +44,12 @@ use tern_broker::backplane::Held;
 use tern_broker::durability::{Handover, SessionSnapshot, StoredDelivery};
 use tern_broker::{Admin, HandOff};
 use tern_proto::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
-use tokio::sync::mpsc;
 
 use crate::outbound::Outbound;
 use crate::{streams, ClusterError};
 
 /// Claims that keep meeting a changed entry give up after this many reads.
-const MAX_TRIES: usize = 8;
+const MAX_TRIES: usize = 32;
 /// How long a claim waits for the directory (JetStream) to answer.
 const CLAIM_WAIT: Duration = Duration::from_secs(15);
 /// How long a claimant waits for an answer from the node holding the session.
@@ -78,8 +77,6 @@ const WAIT_CAUGHT_UP: Duration = Duration::from_secs(5);
 const OP_WORKERS: usize = 16;
 /// Requests of other nodes answered at once at most.
 const MAX_ANSWERING: usize = 64;
-/// Session ends waiting for the directory task at most (beyond, dropped and logged).
-pub(crate) const QUEUE: usize = 4096;
 
 /// The bucket's key of `client`'s entry.
 pub(crate) fn key(client: &str) -> String {
@@ -204,6 +201,16 @@ pub(crate) enum Op {
     },
 }
 
+/// Changes of entries waiting to be written: the last of each client, in order of arrival.
+/// At most one per session of this node (and per session that ended lately).
+#[derive(Default)]
+pub(crate) struct Pending {
+    ops: HashMap<Arc<str>, Op>,
+    order: VecDeque<Arc<str>>,
+    /// Clients whose change a task is writing now.
+    busy: std::collections::HashSet<Arc<str>>,
+}
+
 /// How a session fetched for a claim came.
 enum Fetched {
     /// From the node that held it (its token there).
@@ -249,7 +256,9 @@ pub(crate) struct Directory {
     /// Sessions fetched and not yet installed.
     fetched: Mutex<HashMap<Arc<str>, Fetched>>,
     /// Session changes, for [`run`].
-    ops: mpsc::Sender<Op>,
+    ops: Mutex<Pending>,
+    /// Told when `ops` has more.
+    ops_added: tokio::sync::Notify,
     /// The broker, once attached (to keep a local copy rather than recover over it).
     admin: std::sync::OnceLock<Admin>,
     /// The tailers' positions over the last minutes, newest last; `start` when the node
@@ -306,20 +315,74 @@ impl std::fmt::Display for Ask {
 }
 
 impl Directory {
-    pub(crate) fn new(parts: Parts) -> (Directory, mpsc::Receiver<Op>) {
-        let (ops, rx) = mpsc::channel(QUEUE);
+    pub(crate) fn new(parts: Parts) -> Directory {
         let start = (Instant::now(), positions(&parts.positions));
-        let d = Directory {
+        Directory {
             parts,
             claiming: Mutex::default(),
             given: Mutex::default(),
             fetched: Mutex::default(),
-            ops,
+            ops: Mutex::default(),
+            ops_added: tokio::sync::Notify::new(),
             admin: std::sync::OnceLock::new(),
             snapshots: Mutex::default(),
             start,
+        }
+    }
+
+    /// Queue a change of `client`'s entry, merged with one still waiting for it (only the
+    /// last state is written; floors merged by their maximum, each being safe).
+    fn enqueue(&self, client: Arc<str>, op: Op) {
+        let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let merged = match (p.ops.remove(&client), op) {
+            (
+                Some(Op::Saved {
+                    record: r0,
+                    floor: f0,
+                    ..
+                }),
+                Op::Saved {
+                    client: c,
+                    record,
+                    floor,
+                },
+            ) => Op::Saved {
+                client: c,
+                record: record.or(r0),
+                floor: match (f0, floor) {
+                    (Some(a), Some(b)) if a.len() == b.len() => {
+                        Some(a.iter().zip(&b).map(|(x, y)| (*x).max(*y)).collect())
+                    }
+                    (a, b) => b.or(a),
+                },
+            },
+            (_, op) => op,
         };
-        (d, rx)
+        if !p.order.contains(&client) {
+            p.order.push_back(client.clone());
+        }
+        p.ops.insert(client, merged);
+        drop(p);
+        self.ops_added.notify_waiters();
+    }
+
+    /// The next change to write, of a client no other task is writing (marked as being
+    /// written).
+    fn next_op(&self) -> Option<(Arc<str>, Op)> {
+        let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let i = p.order.iter().position(|c| !p.busy.contains(c))?;
+        let client = p.order.remove(i)?;
+        let op = p.ops.remove(&client)?;
+        p.busy.insert(client.clone());
+        Some((client, op))
+    }
+
+    /// `client`'s change is written; one that came meanwhile is in the queue already.
+    fn op_done(&self, client: &Arc<str>) {
+        let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        p.busy.remove(client);
+        drop(p);
+        self.ops_added.notify_waiters();
     }
 
     /// Whether this node's broker holds a session of `client`.
@@ -377,12 +440,7 @@ impl Directory {
             record: Some(record),
             floor: self.floor(held),
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.ops.try_send(op) {
-            tracing::warn!(
-                client_id = client,
-                "cluster sessions: the directory task is behind; a session's entry is not updated"
-            );
-        }
+        self.enqueue(client.into(), op);
     }
 
     /// Write a saved session's entry, if it is still this node's (`record` `None`: only its
@@ -557,6 +615,15 @@ impl Directory {
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     } else {
                         tries += 1;
+                        // Another writer of the same entry (a node's save of the session, another
+                        // claim): a few milliseconds apart, so that one of them gets through.
+                        let jitter = u64::from(
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.subsec_nanos())
+                                % 20,
+                        );
+                        tokio::time::sleep(Duration::from_millis(jitter)).await;
                     }
                     failed = e;
                     continue;
@@ -964,16 +1031,8 @@ impl Directory {
 
     /// The session of `client` ended on this node.
     pub(crate) fn ended(&self, client: &str) {
-        match self.ops.try_send(Op::Ended(client.into())) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    "cluster sessions: the directory task is behind; an ended session's entry stays"
-                )
-            }
-            // Shutting down.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+        let client: Arc<str> = client.into();
+        self.enqueue(client.clone(), Op::Ended(client));
     }
 
     /// Keep `raw` for its claimant to fetch; the answer that says so. `generation`: the
@@ -1339,14 +1398,9 @@ pub(crate) async fn subscribe(directory: &Directory) -> Result<async_nats::Subsc
         })
 }
 
-pub(crate) async fn run(
-    directory: Arc<Directory>,
-    admin: Admin,
-    ops: mpsc::Receiver<Op>,
-    mut requests: async_nats::Subscriber,
-) {
+pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut requests: async_nats::Subscriber) {
     // Session changes on their own task, in order: their KV writes do not hold up answers.
-    let _ops_task = AbortOnDrop(tokio::spawn(process_ops(directory.clone(), admin.clone(), ops)));
+    let _writers = AbortOnDrop(tokio::spawn(write_entries(directory.clone(), admin.clone())));
     let answering = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
     // Rests wait for the tailers: their own permits, so that takes and chunks never wait
     // behind them.
@@ -1412,17 +1466,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Write the entries of saved sessions and delete those of ended ones: on [`OP_WORKERS`]
-/// tasks, each client's always on the same one, in order (a KV write is a round trip; one
-/// task falls behind a reconnect storm).
-async fn process_ops(directory: Arc<Directory>, admin: Admin, mut ops: mpsc::Receiver<Op>) {
-    let mut workers = Vec::with_capacity(OP_WORKERS);
+/// Write the entries of saved sessions and delete those of ended ones, on [`OP_WORKERS`]
+/// tasks (a KV write is a round trip), never two for one client at once; what waits is the
+/// last state of each client, so a reconnect storm makes about one write per session, not one
+/// per change.
+async fn write_entries(directory: Arc<Directory>, admin: Admin) {
     let mut tasks = Vec::with_capacity(OP_WORKERS);
     for _ in 0..OP_WORKERS {
-        let (tx, mut rx) = mpsc::channel::<Op>(QUEUE / OP_WORKERS);
         let (directory, admin) = (directory.clone(), admin.clone());
         tasks.push(AbortOnDrop(tokio::spawn(async move {
-            while let Some(op) = rx.recv().await {
+            loop {
+                let added = directory.ops_added.notified();
+                let mut added = std::pin::pin!(added);
+                // Registered before the queue is looked at: an op added in between is seen.
+                added.as_mut().enable();
+                let Some((client, op)) = directory.next_op() else {
+                    added.await;
+                    continue;
+                };
                 match op {
                     Op::Ended(c) => {
                         if let Err(e) = directory.forget(&admin, &c).await {
@@ -1435,27 +1496,11 @@ async fn process_ops(directory: Arc<Directory>, admin: Admin, mut ops: mpsc::Rec
                         }
                     }
                 }
+                directory.op_done(&client);
             }
         })));
-        workers.push(tx);
     }
-    while let Some(op) = ops.recv().await {
-        let client = match &op {
-            Op::Ended(c) => c,
-            Op::Saved { client, .. } => client,
-        };
-        let i = usize::try_from(fnv(client.as_bytes()) % OP_WORKERS as u64).unwrap_or(0);
-        if workers[i].send(op).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// FNV-1a of `bytes`.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    std::future::pending::<()>().await;
 }
 
 /// The deliveries of `earlier` handouts (oldest first), as queued, then `raw`'s.
