@@ -452,7 +452,7 @@ impl Directory {
         floor: Option<Vec<u64>>,
     ) -> Result<(), String> {
         let key = key(client);
-        for _ in 0..3 {
+        for _ in 0..MAX_TRIES {
             let Some(e) = self
                 .parts
                 .kv
@@ -480,7 +480,14 @@ impl Directory {
             };
             match self.parts.kv.update(&key, record.bytes(), e.revision).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                // Another writer in between (a claim, or the entry read from a replica behind):
+                // read again.
+                Err(e)
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision
+                        || e.to_string().contains("wrong last sequence") =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -1228,7 +1235,9 @@ impl Directory {
 
     /// Drop (quietly, its connection told it was taken over) every session of this node whose
     /// entry names another node, apart from those being handed over or claimed here.
-    pub(crate) async fn drop_moved(&self, admin: &Admin) {
+    /// Returns how many could not be looked at (the directory did not answer).
+    pub(crate) async fn drop_moved(&self, admin: &Admin) -> usize {
+        let mut unread = 0;
         for s in admin.sessions() {
             let client = s.client_id.as_str();
             let handing = self
@@ -1248,6 +1257,7 @@ impl Directory {
                         client_id = client,
                         "cluster sessions: the directory cannot be read: {e}"
                     );
+                    unread += 1;
                     continue;
                 }
             };
@@ -1265,6 +1275,7 @@ impl Directory {
                 tracing::warn!(client_id = client, node = %owner, "session dropped: another node took it while this node was away from NATS");
             }
         }
+        unread
     }
 
     /// Delete `client`'s entry if it still names this node and the session did not start
@@ -1619,7 +1630,14 @@ pub(crate) async fn after_reconnects(
         reconnected.notified().await;
         // Other nodes' claims that were under way finish first.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        directory.drop_moved(&admin).await;
+        // A stream whose leader was on the server that went may be electing one: the
+        // sessions whose entry could not be read are looked at again, for a while.
+        for _ in 0..30 {
+            if directory.drop_moved(&admin).await == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 

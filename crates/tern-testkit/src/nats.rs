@@ -28,14 +28,38 @@ struct Server {
 pub struct Nats {
     dir: PathBuf,
     servers: Vec<Server>,
+    /// Reserved for it (see [`free_ports`]).
+    ports: Vec<u16>,
 }
 
-/// Free loopback ports, found together (so none is handed out twice).
+/// Ports of the fixtures alive in this process, those of servers that are down included: a
+/// server killed and started again takes its ports back, so no other fixture may take them
+/// meanwhile (a node of one test then joined another test's NATS cluster).
+static RESERVED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// Free loopback ports, found together (so none is handed out twice), none reserved by
+/// another fixture of this process; reserved until [`release`].
 fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    ls.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+    for _ in 0..100 {
+        let ls: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+            .collect();
+        let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+        let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        if ports.iter().all(|p| !reserved.contains(p)) {
+            reserved.extend(&ports);
+            return ports;
+        }
+    }
+    panic!("no free ports outside the reserved ones after 100 tries");
+}
+
+/// Give back ports of [`free_ports`].
+fn release(ports: &[u16]) {
+    RESERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| !ports.contains(p));
 }
 
 fn nats_server() -> String {
@@ -112,7 +136,7 @@ impl Nats {
                 child: None,
             });
         }
-        Nats { dir, servers }
+        Nats { dir, servers, ports }
     }
 
     fn spawn(&mut self, i: usize) {
@@ -214,6 +238,7 @@ impl Drop for Nats {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        release(&self.ports);
     }
 }
 

@@ -42,8 +42,11 @@ async fn connect_patiently(addr: std::net::SocketAddr, id: &str) -> (Raw, tern_p
     }
 }
 
-/// Publish `n` numbered QoS 1 messages on `topic/<i>`, 100 in flight at a time.
-async fn publish_numbered(p: &mut Raw, topic: &str, n: u32) {
+/// Publish `n` numbered QoS 1 messages on `topic/<i>`, 100 in flight at a time. A
+/// publisher closed with 0x89 Server busy (the open stall of docs/cluster.md, "Found by the
+/// kill loop") connects again and resends the unacknowledged batch, as a client would: the
+/// subscriber may then get some twice.
+async fn publish_numbered(p: &mut Raw, (addr, id): (std::net::SocketAddr, &str), topic: &str, n: u32) {
     let mut sent = 0u32;
     while sent < n {
         let batch = (n - sent).min(100);
@@ -53,18 +56,28 @@ async fn publish_numbered(p: &mut Raw, topic: &str, n: u32) {
             m.packet_id = Some(pid(i as u16 + 1));
             p.send(Packet::Publish(m)).await;
         }
-        for _ in 0..batch {
-            match p.recv().await {
+        let mut acked = 0;
+        while acked < batch {
+            match p.next_within(Duration::from_secs(30)).await {
                 // 5.0: 0x10 when no session of the publisher's node matches; stored all the same.
-                Packet::PubAck(a) => assert!(
-                    matches!(
-                        a.reason_code,
-                        ReasonCode::Success | ReasonCode::NoMatchingSubscribers
-                    ),
-                    "{a:?}"
-                ),
+                Ok(Some(Packet::PubAck(a))) => {
+                    assert!(
+                        matches!(
+                            a.reason_code,
+                            ReasonCode::Success | ReasonCode::NoMatchingSubscribers
+                        ),
+                        "{a:?}"
+                    );
+                    acked += 1;
+                }
+                Ok(Some(Packet::Disconnect(d))) if d.reason() == ReasonCode::ServerBusy => break,
                 other => panic!("expected PUBACK, got {other:?}"),
             }
+        }
+        if acked < batch {
+            let version = p.version;
+            *p = Raw::connect(addr, version, id).await;
+            continue;
         }
         sent += batch;
     }
@@ -91,9 +104,11 @@ async fn wait_held(node: &node::Node, id: &str, n: usize) {
     }
 }
 
-/// Receive `n` numbered messages in order (0..n), acknowledging each.
+/// Receive `n` numbered messages in order (0..n), acknowledging each; a number again (the
+/// publisher resent after 0x89) is counted, never one out of order.
 async fn receive_in_order(sub: &mut Raw, n: u32) {
-    for want in 0..n {
+    let mut want = 0;
+    while want < n {
         let p = match sub.next_within(Duration::from_secs(20)).await {
             Ok(Some(Packet::Publish(p))) => p,
             other => panic!("message {want} of {n}: got {other:?}"),
@@ -102,10 +117,13 @@ async fn receive_in_order(sub: &mut Raw, n: u32) {
             .expect("utf8")
             .parse()
             .expect("number");
-        assert_eq!(
-            got, want,
-            "per-publisher order (v3.1.1+v5 [MQTT-4.6.0-6]) after the session moved"
+        assert!(
+            got <= want,
+            "per-publisher order (v3.1.1+v5 [MQTT-4.6.0-6]) after the session moved: {got} before {want}"
         );
+        if got == want {
+            want += 1;
+        }
         assert_eq!(p.qos, QoS::AtLeastOnce);
         sub.ack(&p).await;
     }
@@ -133,7 +151,8 @@ async fn backlog_moves(version: ProtocolVersion, n: u32) {
 
     // The backlog is published on B and reaches the offline session on A through JetStream.
     let mut publisher = Raw::connect(b.addr(), version, &format!("bk-pub-{tag}")).await;
-    publish_numbered(&mut publisher, &format!("bk/{tag}"), n).await;
+    let me = format!("bk-pub-{tag}");
+    publish_numbered(&mut publisher, (b.addr(), &me), &format!("bk/{tag}"), n).await;
     wait_held(&a, &id, n as usize).await;
 
     // The client comes back on B: v5 [MQTT-3.2.2-2] / v3.1.1 [MQTT-3.2.2-2] session present.
@@ -191,7 +210,8 @@ async fn takeover(version: ProtocolVersion) {
     old.subscribe(&format!("tk/{tag}/#"), QoS::AtLeastOnce).await;
     // Five messages reach the old connection, which does not acknowledge them.
     let mut publisher = Raw::connect(a.addr(), version, &format!("tk-pub-{tag}")).await;
-    publish_numbered(&mut publisher, &format!("tk/{tag}"), 5).await;
+    let me = format!("tk-pub-{tag}");
+    publish_numbered(&mut publisher, (a.addr(), &me), &format!("tk/{tag}"), 5).await;
     let mut first = Vec::new();
     for _ in 0..5 {
         first.push(old.recv_publish().await);
@@ -276,20 +296,31 @@ async fn messages_published_while_a_session_moves_are_not_lost() {
     let mut publishers = Vec::new();
     for (name, addr) in [("pa", a.addr()), ("pb", b.addr())] {
         publishers.push(tokio::spawn(async move {
-            let mut p = Raw::connect(addr, V5, &format!("mv-{name}")).await;
+            let me = format!("mv-{name}");
+            let mut p = Raw::connect(addr, V5, &me).await;
+            // The payloads carry the publisher's name: `publish_numbered` with its own text.
             for chunk in 0..(total / 100) {
-                for i in 0..100u32 {
-                    let n = chunk * 100 + i;
-                    let mut m = Publish::new(format!("mv/{name}"), format!("{name}:{n}"));
-                    m.qos = QoS::AtLeastOnce;
-                    m.packet_id = Some(pid(i as u16 + 1));
-                    p.send(Packet::Publish(m)).await;
-                }
-                for _ in 0..100 {
-                    match p.recv().await {
-                        Packet::PubAck(_) => {}
-                        other => panic!("expected PUBACK, got {other:?}"),
+                loop {
+                    for i in 0..100u32 {
+                        let n = chunk * 100 + i;
+                        let mut m = Publish::new(format!("mv/{name}"), format!("{name}:{n}"));
+                        m.qos = QoS::AtLeastOnce;
+                        m.packet_id = Some(pid(i as u16 + 1));
+                        p.send(Packet::Publish(m)).await;
                     }
+                    let mut acked = 0;
+                    while acked < 100 {
+                        match p.next_within(Duration::from_secs(30)).await {
+                            Ok(Some(Packet::PubAck(_))) => acked += 1,
+                            // 0x89 (the open stall): connect again and resend, as a client would.
+                            Ok(Some(Packet::Disconnect(d))) if d.reason() == ReasonCode::ServerBusy => break,
+                            other => panic!("expected PUBACK, got {other:?}"),
+                        }
+                    }
+                    if acked == 100 {
+                        break;
+                    }
+                    p = Raw::connect(addr, V5, &me).await;
                 }
             }
         }));
@@ -394,25 +425,28 @@ async fn one_client_id_connecting_to_two_nodes_at_once_ends_with_one_session() {
 async fn a_node_back_on_nats_drops_a_session_another_node_took_meanwhile() {
     // While node a was away from NATS another node, b, took a client's session (played here:
     // the entry is made to name b, and the test answers b's `has` request). When a's
-    // connection comes back (NATS restarts), a asks b, lets its copy go and tells its
-    // connection it was taken over (v5 [MQTT-3.1.4-3]).
-    let mut nats = Nats::start(1, true);
-    let a = node::start(&node::config(&nats, "a")).await;
+    // connection comes back (here: its NATS server dies and it connects to another of the
+    // cluster), a asks b, lets its copy go and tells its connection it was taken over
+    // (v5 [MQTT-3.1.4-3]). The dead server is not started again on its port, which another
+    // test's fixture may have taken meanwhile.
+    let mut nats = Nats::start(3, true);
+    let mut config = node::config(&nats, "a");
+    config.nats = vec![nats.urls()[0].clone()];
+    let a = node::start(&config).await;
     let (mut held, _) = connect(a.addr(), V5, "away", false).await;
     held.subscribe("aw/#", QoS::AtLeastOnce).await;
     let key: String = std::iter::once("c".to_string())
         .chain("away".bytes().map(|b| format!("{b:02x}")))
         .collect();
-    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
-    let kv = async_nats::jetstream::new(nc)
+    let nc = async_nats::connect(nats.urls()[1].as_str()).await.expect("nats");
+    let kv = async_nats::jetstream::new(nc.clone())
         .get_key_value("tern_sessions")
         .await
         .expect("bucket");
     kv.put(&key, r#"{"node":"b"}"#.into()).await.expect("put");
-    // Node b, as far as node a can tell: it holds the session (the client subscribes again
-    // after the restart below).
-    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    // Node b, as far as node a can tell: it holds the session.
     let mut has = nc.subscribe("tern.ctl.b.has").await.expect("subscribe");
+    nc.flush().await.expect("flush");
     let answering = tokio::spawn(async move {
         use futures_util::StreamExt;
         while let Some(m) = has.next().await {
@@ -422,8 +456,6 @@ async fn a_node_back_on_nats_drops_a_session_another_node_took_meanwhile() {
         }
     });
     nats.kill(0);
-    nats.restart(0);
-    nats.wait_healthy();
     match held.next_within(Duration::from_secs(30)).await {
         Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason(), ReasonCode::SessionTakenOver),
         other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
