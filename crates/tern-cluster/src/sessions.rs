@@ -500,8 +500,12 @@ impl Directory {
         let o = &self.parts.outbound;
         let target = o.submitted();
         let deadline = tokio::time::Instant::now() + WAIT_CAUGHT_UP;
-        while o.progress.get() < target && !o.progress.has_failed() {
+        loop {
+            // One reading for the test and the wait (see the broker's backplane_commit).
             let seen = o.progress.get();
+            if seen >= target || o.progress.has_failed() {
+                return;
+            }
             if tokio::time::timeout_at(deadline, o.progress.wait_past(seen))
                 .await
                 .is_err()

@@ -386,8 +386,15 @@ async fn backplane_commit(core: Arc<Core>) -> Result<(), Close> {
     };
     let target = b.submitted();
     let wait = async {
-        while progress.get() < target && !progress.has_failed() {
-            progress.wait_past(progress.get()).await;
+        loop {
+            // One reading for the test and the wait: read twice, progress could reach the
+            // target in between, and the wait would then be for a ticket past it that may
+            // never come ("stored up to N of N" after ack_timeout, found by the kill loops).
+            let seen = progress.get();
+            if seen >= target || progress.has_failed() {
+                break;
+            }
+            progress.wait_past(seen).await;
         }
     };
     if tokio::time::timeout(b.ack_timeout(), Box::pin(wait))
