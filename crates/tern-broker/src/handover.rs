@@ -11,7 +11,7 @@ use tern_proto::PacketId;
 use crate::broker_core::Core;
 use crate::durability::{Change, Handover, StoredDelivery};
 use crate::message::Outgoing;
-use crate::session::{SessionCell, Takeover};
+use crate::session::SessionCell;
 use crate::store::record;
 
 /// What became of a session another broker asked for.
@@ -52,14 +52,7 @@ impl Core {
             let mut st = cell.lock();
             // Its timers (expiry, delayed will) no longer act on it.
             st.generation += 1;
-            let waker = st.conn_id.and_then(|old_conn| {
-                st.takeover = Some(Takeover {
-                    old_conn,
-                    session_ended: ends,
-                });
-                st.waker.take()
-            });
-            st.conn_id = None;
+            let waker = st.take_over(ends);
             st.kicked = None;
             // A pending delayed will: cancelled by the reconnection, sent if the session ends
             // (end_session below).

@@ -129,6 +129,21 @@ pub enum WhenFull {
 }
 
 impl SessionState {
+    /// A newer connection (here or on another broker) replaces the attached one: that one is
+    /// told it was taken over (`session_ended`: the session ends with it) and is to be woken;
+    /// the session has no connection now.
+    pub fn take_over(&mut self, session_ended: bool) -> Option<Arc<Notify>> {
+        let waker = self.conn_id.and_then(|old_conn| {
+            self.takeover = Some(Takeover {
+                old_conn,
+                session_ended,
+            });
+            self.waker.take()
+        });
+        self.conn_id = None;
+        waker
+    }
+
     /// The queue's limits: the session's own, or the broker's; `None` for the broker's
     /// backpressure policy.
     fn queue_limits(&self, cfg: &crate::Config) -> (usize, usize, Option<WhenFull>) {

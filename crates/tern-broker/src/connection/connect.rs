@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use super::{Conn, Link, WillState};
 use crate::broker_core::Core;
 use crate::message::Message;
-use crate::session::{Attached, SessionCell, Takeover};
+use crate::session::{Attached, SessionCell};
 use crate::AuthStep;
 use tern_proto::session::server::{check_connect, continues_auth, ClientLimits, ServerSession};
 
@@ -583,13 +583,7 @@ fn attach_session(
         if !clean_start && resumable {
             let kicked = {
                 let mut st = old.lock();
-                let kicked = st.conn_id.map(|old_conn| {
-                    st.takeover = Some(Takeover {
-                        old_conn,
-                        session_ended: false,
-                    });
-                    st.waker.take()
-                });
+                let kicked = st.take_over(false);
                 st.conn_id = Some(conn_id);
                 // An administrator's disconnect was for the old connection.
                 st.kicked = None;
@@ -602,7 +596,7 @@ fn attach_session(
                 st.pending_will = None;
                 kicked
             };
-            if let Some(Some(w)) = kicked {
+            if let Some(w) = kicked {
                 w.notify_one();
             }
             // Attached again: its expiry and delayed will no longer run.
@@ -612,19 +606,8 @@ fn attach_session(
         }
         // Clean Start, or a session that ends with its connection: the old session ends (its
         // connection, if any, is told to go).
-        let kicked = {
-            let mut st = old.lock();
-            let kicked = st.conn_id.map(|old_conn| {
-                st.takeover = Some(Takeover {
-                    old_conn,
-                    session_ended: true,
-                });
-                st.waker.take()
-            });
-            st.conn_id = None;
-            kicked
-        };
-        if let Some(Some(w)) = kicked {
+        let kicked = old.lock().take_over(true);
+        if let Some(w) = kicked {
             w.notify_one();
         }
         core.end_session(&old);
