@@ -236,6 +236,25 @@ impl Admin {
         self.core.route_from_outside(message)
     }
 
+    /// Deliver `message`, which a backplane that delivers shared subscriptions itself
+    /// ([`Backplane::delivers_shared`](crate::backplane::Backplane::delivers_shared)) brought
+    /// for the shared subscription `full_filter` (`$share/GROUP/FILTER`), to one member of the
+    /// group on this broker: a connected member, or with `offline_ok` any member. `settle` is
+    /// told when the member has acknowledged it (at once for a member subscribed at QoS 0),
+    /// and dropped without being told when the delivery is abandoned.
+    pub fn deliver_shared(
+        &self,
+        full_filter: &str,
+        message: Message,
+        settle: Option<Arc<dyn crate::Settlement>>,
+        offline_ok: bool,
+    ) -> Result<crate::SharedDelivery, TopicError> {
+        tern_proto::topic::validate_topic_name(&message.topic)?;
+        Ok(self
+            .core
+            .deliver_shared(full_filter, Arc::new(message), settle, offline_ok))
+    }
+
     /// Keep `message` as the retained message of its topic (an empty payload deletes it)
     /// without delivering it to anyone; returns `false` when `max_retained` is reached.
     pub fn set_retained(&self, message: Message) -> Result<bool, TopicError> {

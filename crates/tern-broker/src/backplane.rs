@@ -66,6 +66,15 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         0
     }
 
+    /// Whether the backplane delivers the messages of shared subscriptions itself, so that a
+    /// group with members on several brokers gets each message once (default `false`: each
+    /// broker picks one of its own members). When `true`, the broker's routing leaves shared
+    /// subscriptions out, and the backplane hands each message to one member through
+    /// [`Admin::deliver_shared`](crate::Admin::deliver_shared).
+    fn delivers_shared(&self) -> bool {
+        false
+    }
+
     /// Longest wait for [`Backplane::progress`] before the publisher is disconnected.
     fn ack_timeout(&self) -> Duration {
         Duration::from_secs(10)

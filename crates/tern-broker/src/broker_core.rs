@@ -92,6 +92,9 @@ pub(crate) struct Core {
     pub queued: crate::budget::QueueBudget,
     /// Other brokers (a cluster's nodes, a bridge), when there are any.
     pub backplane: Option<Arc<dyn crate::backplane::Backplane>>,
+    /// The backplane delivers shared subscriptions' messages
+    /// ([`crate::backplane::Backplane::delivers_shared`]): routing leaves them out.
+    pub shared_elsewhere: bool,
     /// Figures for the metrics endpoint beyond `counters` (see `metrics.rs`).
     pub metrics: crate::metrics::Metrics,
     /// Topics seen recently, for the admin API (only with an HTTP endpoint and
@@ -143,6 +146,7 @@ impl Core {
             partial: crate::budget::PartialBudget::new(config.max_partial_bytes),
             queued: crate::budget::QueueBudget::new(config.max_queued_bytes_total),
             backplane: None,
+            shared_elsewhere: false,
             durability,
             rules: Arc::new(config.server_rules()),
             connect_rules: config.connect_rules(),
@@ -443,6 +447,7 @@ impl Core {
                                 shared: None,
                                 seq: 0,
                                 commit_seq: 0,
+                                settle: None,
                             },
                         ));
                         if let Some(index) = &mut seen {
@@ -457,6 +462,7 @@ impl Core {
                         slot.sub_ids.push(id);
                     }
                 }
+                Match::Shared(_) if self.shared_elsewhere => {}
                 Match::Shared(e) => {
                     let out = Outgoing {
                         msg: msg.clone(),
@@ -466,6 +472,7 @@ impl Core {
                         shared: e.shared.clone(),
                         seq: 0,
                         commit_seq: 0,
+                        settle: None,
                     };
                     shared
                         .get_or_insert_with(|| SHARED_SCRATCH.with(std::cell::Cell::take))
@@ -678,6 +685,7 @@ impl Core {
                     shared: None,
                     seq: 0,
                     commit_seq: 0,
+                    settle: None,
                 })
             });
         let dropped = cell.enqueue_all(outs, &self.queueing()).dropped;
@@ -771,13 +779,20 @@ impl Core {
             st.ended = true;
             let will = st.pending_will.take();
             let subs: Vec<String> = st.proto.subscriptions.drain().map(|(f, _)| f).collect();
-            // A QoS 2 delivery that had started is never passed to another member (v5 [MQTT-4.8.2-5]).
+            // A QoS 2 delivery that had started is never passed to another member (v5 [MQTT-4.8.2-5]):
+            // its source, when a backplane delivered it, is told it is finished.
             let mut orphans: Vec<Outgoing> = st
                 .proto
                 .drain_inflight()
                 .into_iter()
                 .map(|i| i.message)
-                .filter(|o| o.qos != QoS::ExactlyOnce)
+                .filter(|o| {
+                    let again = o.qos != QoS::ExactlyOnce;
+                    if let (false, Some(s)) = (again, &o.settle) {
+                        s.done();
+                    }
+                    again
+                })
                 .collect();
             orphans.extend(st.queue.drain(..));
             st.retained = None;
@@ -878,6 +893,65 @@ impl Core {
         }
     }
 
+    /// Deliver `msg`, which a backplane brought for the shared subscription `full_filter`
+    /// (`$share/GROUP/FILTER`), to one member of the group on this broker: a connected one,
+    /// or, with `offline_ok`, any. `settle` is told when the delivery is finished (at once for
+    /// a member subscribed at QoS 0) and dropped when it is abandoned.
+    pub fn deliver_shared(
+        &self,
+        full_filter: &str,
+        msg: Arc<Message>,
+        settle: Option<Arc<dyn crate::message::Settlement>>,
+        offline_ok: bool,
+    ) -> SharedDelivery {
+        if msg.is_expired(self.clock.now()) {
+            if let Some(s) = settle {
+                s.done();
+            }
+            return SharedDelivery::Expired;
+        }
+        let target = {
+            let router = read(&self.router);
+            let mut chosen = None;
+            router.for_each_match(&msg.topic, |m| {
+                if let Match::Shared(e) = m {
+                    if chosen.is_none() && e.shared.as_deref() == Some(full_filter) {
+                        chosen = Some((e.session.clone(), e.options, e.id, e.shared.clone()));
+                    }
+                }
+            });
+            chosen
+        };
+        let Some((cell, options, id, shared)) = target else {
+            return SharedDelivery::NoMember;
+        };
+        if !offline_ok && !cell.is_connected() {
+            return SharedDelivery::NoMember;
+        }
+        let qos = msg.qos.min(options.qos);
+        let settle = match (qos, settle) {
+            (QoS::AtMostOnce, Some(s)) => {
+                s.done();
+                None
+            }
+            (_, s) => s,
+        };
+        let out = Outgoing {
+            retain: msg.retain && options.retain_as_published,
+            msg,
+            qos,
+            sub_ids: id.into_iter().collect(),
+            shared,
+            seq: 0,
+            commit_seq: 0,
+            settle,
+        };
+        match self.deliver(&cell, out) {
+            Enqueued::Queued | Enqueued::Pressure => SharedDelivery::Delivered,
+            Enqueued::Dropped | Enqueued::OverLimit | Enqueued::OverBudget => SharedDelivery::Dropped,
+        }
+    }
+
     fn redeliver_shared(&self, full_filter: &str, out: Outgoing) {
         let target = {
             let router = read(&self.router);
@@ -895,6 +969,21 @@ impl Core {
             self.deliver(&cell, out);
         }
     }
+}
+
+/// What became of a message a backplane brought for a shared subscription
+/// ([`Core::deliver_shared`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SharedDelivery {
+    /// Queued for one member.
+    Delivered,
+    /// No member here can take it now (none, or none connected): offer it elsewhere.
+    NoMember,
+    /// The member chosen could not keep it (its limits): offer it elsewhere.
+    Dropped,
+    /// Its Message Expiry Interval ran out: it goes nowhere.
+    Expired,
 }
 
 /// A seed that tells apart the brokers of one process (tests run several).

@@ -61,6 +61,10 @@ pub struct ClusterConfig {
     /// publishes the wills of its clients (default 10,000); each node says it is alive every
     /// fifth of it.
     pub node_timeout_ms: u64,
+    /// Milliseconds a message of a shared subscription waits for the member it was given to
+    /// to acknowledge it (PUBACK, PUBCOMP) before it is offered to another member, when that
+    /// member's node died or kept it too long (default 30,000).
+    pub share_ack_wait_ms: u64,
     /// User name on the NATS servers (with `password` or `password_file`).
     pub user: Option<String>,
     /// Its password.
@@ -107,6 +111,7 @@ impl Default for ClusterConfig {
             nats_sync_always: false,
             unsafe_lazy_fsync: false,
             node_timeout_ms: 10_000,
+            share_ack_wait_ms: 30_000,
             user: None,
             password: None,
             password_file: None,
@@ -142,6 +147,12 @@ impl ClusterConfig {
             return Err(format!(
                 "cluster.node_timeout_ms = {}: at least 500",
                 self.node_timeout_ms
+            ));
+        }
+        if self.share_ack_wait_ms < 500 {
+            return Err(format!(
+                "cluster.share_ack_wait_ms = {}: at least 500",
+                self.share_ack_wait_ms
             ));
         }
         let has_password = self.password.is_some() || self.password_file.is_some();

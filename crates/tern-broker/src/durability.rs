@@ -536,6 +536,9 @@ impl tern_proto::session::server::Persist<Outgoing> for SessionChanges<'_> {
     }
 
     fn delivery_done(&mut self, message: &Outgoing) {
+        if let Some(s) = &message.settle {
+            s.done();
+        }
         self.persistence
             .forget_delivery(self.persistent, self.client, message.seq)
     }

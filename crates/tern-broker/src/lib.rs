@@ -74,6 +74,7 @@ use tokio::net::TcpListener;
 pub use admin::{Admin, MetricsSnapshot, NotReady, StoreSnapshot};
 pub use auth::{AuthExchange, AuthStep, Authenticator};
 pub use bridge_config::{BridgeConfig, BridgeDirection, BridgeTopic, OutboxFull};
+pub use broker_core::SharedDelivery;
 pub use clock::{Clock, ManualClock};
 pub use cluster_config::ClusterConfig;
 pub use config::{Config, DeniedSubscription, ListenerConfig, ListenerKind, LogFormat};
@@ -82,7 +83,7 @@ pub use error::BrokerError;
 pub use handover::HandOff;
 pub use http_config::{HttpConfig, DEFAULT_HTTP};
 pub use inspect::{BrokerStats, ConnectionInfo, SessionInfo, SubscriptionInfo};
-pub use message::Message;
+pub use message::{Message, Settlement};
 pub use metrics::HistogramSnapshot;
 pub use recent::SeenTopic;
 pub use security::SecurityHandle;
@@ -261,6 +262,7 @@ impl BrokerBuilder {
             security,
             self.clock,
         );
+        core.shared_elsewhere = self.backplane.as_ref().is_some_and(|b| b.delivers_shared());
         core.backplane = self.backplane;
         core.store_metrics = store_metrics;
         let core = Arc::new(core);

@@ -152,6 +152,20 @@ pub(crate) struct Outgoing {
     /// that change is committed, so a crash cannot make the broker deliver a QoS 2
     /// message twice (0: no wait).
     pub commit_seq: u64,
+    /// For a message a backplane delivered to one member of a shared subscription
+    /// ([`crate::Admin::deliver_shared`]): told when the delivery is finished.
+    pub settle: Option<Arc<dyn Settlement>>,
+}
+
+/// The source of a message delivered to one member of a shared subscription by a backplane
+/// ([`crate::backplane::Backplane::delivers_shared`]), waiting to hear that the delivery is
+/// finished: [`Settlement::done`] is called when the member acknowledged it (PUBACK, PUBCOMP)
+/// or, at QoS 0, when it was handed to the member. Dropped without `done` (the member's
+/// session ended and no other member here took it, the message expired or was dropped), the
+/// source should offer the message to another member.
+pub trait Settlement: Send + Sync + std::fmt::Debug {
+    /// The delivery is finished.
+    fn done(&self);
 }
 
 impl Outgoing {
@@ -165,6 +179,7 @@ impl Outgoing {
             shared: d.shared,
             seq: d.seq,
             commit_seq: 0,
+            settle: None,
         }
     }
 

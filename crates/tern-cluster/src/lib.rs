@@ -34,6 +34,8 @@
 //!   acknowledgements back until JetStream has stored the message.
 //! - `inbound.rs`: other nodes' messages into this node (QoS 0 subscriptions that follow the
 //!   local filters, one ordered consumer per shard, the retained bucket followed in order).
+//! - `shares.rs`: shared subscriptions, one member across the cluster per message (a durable
+//!   consumer per group and shard, a queue group for QoS 0).
 
 mod check;
 mod codec;
@@ -42,6 +44,7 @@ mod inbound;
 mod monitor;
 mod outbound;
 mod sessions;
+mod shares;
 mod streams;
 mod sys;
 pub mod topic;
@@ -82,6 +85,11 @@ pub struct Cluster {
     fsync_always: bool,
     outbound: Arc<outbound::Outbound>,
     interest: Arc<inbound::Interest>,
+    /// The shared subscriptions of this node's sessions (`shares.rs`).
+    shares: Arc<shares::Shares>,
+    /// A second connection to NATS, for shared subscriptions' QoS 0 messages (the first
+    /// does not receive what this node publishes).
+    share_client: async_nats::Client,
     inbound_counters: Arc<InboundCounters>,
     subscribed: Arc<AtomicU64>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -209,6 +217,15 @@ impl Cluster {
                 urls: urls.clone(),
                 source,
             })?;
+        let share_client = connect_options(&config)?
+            .name(format!("tern {node} shares"))
+            .connection_timeout(Duration::from_secs(5))
+            .connect(config.nats.as_slice())
+            .await
+            .map_err(|source| ClusterError::Connect {
+                urls: urls.clone(),
+                source,
+            })?;
         let info = client.server_info();
         let fsync_always = monitor::check(&config, &info.version, &info.server_name).await?;
         if !fsync_always {
@@ -280,6 +297,8 @@ impl Cluster {
             fsync_always,
             outbound,
             interest: Arc::default(),
+            shares: Arc::default(),
+            share_client,
             inbound_counters: Arc::default(),
             subscribed: Arc::default(),
             tasks: Mutex::new(vec![run]),
@@ -300,6 +319,7 @@ impl Cluster {
         Arc::new(NodeBackplane {
             outbound: self.outbound.clone(),
             interest: self.interest.clone(),
+            shares: self.shares.clone(),
             prefix: self.config.prefix.clone(),
             wills: self.wills.clone(),
             directory: self.directory.clone(),
@@ -359,6 +379,16 @@ impl Cluster {
             ));
             self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
         }
+        let shares = Arc::new(shares::Parts {
+            prefix: self.config.prefix.clone(),
+            shards: self.config.shards,
+            ack_wait: Duration::from_millis(self.config.share_ack_wait_ms),
+            admin: admin.clone(),
+            client: self.share_client.clone(),
+            js: self.js.clone(),
+        });
+        let task = tokio::spawn(shares::follow(shares, self.shares.clone()));
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
         let inbound = Arc::new(inbound::Inbound {
             node: self.node.clone(),
             prefix: self.config.prefix.clone(),
@@ -461,6 +491,7 @@ pub struct ClusterStats {
 struct NodeBackplane {
     outbound: Arc<outbound::Outbound>,
     interest: Arc<inbound::Interest>,
+    shares: Arc<shares::Shares>,
     prefix: String,
     wills: tokio::sync::mpsc::Sender<wills::WillOp>,
     directory: Arc<sessions::Directory>,
@@ -484,11 +515,23 @@ impl Backplane for NodeBackplane {
     }
 
     fn subscribed(&self, filter: &str) {
-        self.interest.add(&self.prefix, filter);
+        if filter.starts_with("$share/") {
+            self.shares.add(filter);
+        } else {
+            self.interest.add(&self.prefix, filter);
+        }
     }
 
     fn unsubscribed(&self, filter: &str) {
-        self.interest.remove(&self.prefix, filter);
+        if filter.starts_with("$share/") {
+            self.shares.remove(filter);
+        } else {
+            self.interest.remove(&self.prefix, filter);
+        }
+    }
+
+    fn delivers_shared(&self) -> bool {
+        true
     }
 
     fn progress(&self) -> Option<&Progress> {

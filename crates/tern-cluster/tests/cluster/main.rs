@@ -8,6 +8,7 @@ mod guard;
 mod node;
 mod retained;
 mod sessions;
+mod shares;
 mod sys;
 mod topic;
 mod wills;

@@ -89,13 +89,18 @@ impl Drop for Node {
 static NEXT_CONFIG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn config_file(nats: &Nats) -> PathBuf {
+    config_file_with(nats, "")
+}
+
+/// [`config_file`] with more lines of the `[cluster]` table.
+fn config_file_with(nats: &Nats, more: &str) -> PathBuf {
     let n = NEXT_CONFIG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("tern-cluster-{}-{n}.toml", std::process::id()));
     let monitors: Vec<String> = nats.monitors().iter().map(|m| format!("{m:?}")).collect();
     std::fs::write(
         &path,
         format!(
-            "sys_interval_secs = 0\n[cluster]\nmonitor = [{}]\nshards = 2\nreplicas = 3\npublish_timeout_ms = 20000\n",
+            "sys_interval_secs = 0\n[cluster]\nmonitor = [{}]\nshards = 2\nreplicas = 3\npublish_timeout_ms = 20000\n{more}",
             monitors.join(", ")
         ),
     )
@@ -338,6 +343,102 @@ async fn persistent_subscriber(mut sub: Raw, got: Arc<Mutex<Vec<u64>>>) {
             Err(()) => panic!("the subscriber heard nothing for 120 s"),
         }
     }
+}
+
+/// Issue #15: "shared subscriptions when a member's node is killed". A `$share` group has a
+/// member on each of two nodes; each round a publisher on one node sends numbered QoS 1
+/// messages while the other node is killed with SIGKILL, with its member's deliveries
+/// unacknowledged or not yet sent; the killed node is restarted and its member reconnects.
+/// Every message whose PUBACK the publisher saw reaches a member: those held by the killed
+/// node come back to the group after `share_ack_wait_ms` (design T10). Rounds:
+/// `TERN_CLUSTER_KILL_ROUNDS` (default 6), over two in three of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_loses_no_acknowledged_message_when_a_members_node_is_killed() {
+    let nats = Nats::start(3, true);
+    let config = config_file_with(&nats, "share_ack_wait_ms = 3000\n");
+    let mut nodes = [
+        Some(Node::start(&config, &nats, "a")),
+        Some(Node::start(&config, &nats, "b")),
+    ];
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut members = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let addr = n.as_ref().unwrap().addr;
+        members.push(Some(join_group(addr, i, got.clone()).await));
+    }
+    // The group's consumers are made after the SUBACKs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut publisher = Publisher {
+        qos: QoS::AtLeastOnce,
+        next: 0,
+        acked: BTreeSet::new(),
+    };
+    let started = Instant::now();
+    let rounds = (rounds() * 2 / 3).max(2);
+    for round in 0..rounds {
+        let victim = round % 2;
+        let survivor = 1 - victim;
+        let mut p = connect_within(nodes[survivor].as_ref().unwrap().addr, V3, "pub").await;
+        for _ in 0..5 {
+            assert!(publisher.batch(&mut p, 10, Duration::from_secs(30), || ()).await);
+        }
+        let mut dying = nodes[victim].take();
+        let ok = publisher
+            .batch(&mut p, 10, Duration::from_secs(30), || {
+                if let Some(v) = dying.take() {
+                    v.kill9()
+                }
+            })
+            .await;
+        assert!(ok, "round {round}: the publisher's node survives");
+        // The member on the killed node lost its connection: its task ends.
+        if let Some(m) = members[victim].take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
+        }
+        for _ in 0..3 {
+            assert!(publisher.batch(&mut p, 10, Duration::from_secs(30), || ()).await);
+        }
+        let node = Node::start(&config, &nats, if victim == 0 { "a" } else { "b" });
+        members[victim] = Some(join_group(node.addr, victim, got.clone()).await);
+        nodes[victim] = Some(node);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Everything acknowledged arrives within the ack wait (3 s) and the delay of a given-back
+    // message, with room for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lost = loop {
+        let received: BTreeSet<u64> = got.lock().unwrap().iter().copied().collect();
+        let lost: Vec<u64> = publisher.acked.difference(&received).copied().collect();
+        if lost.is_empty() || Instant::now() > deadline {
+            break lost;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let all = got.lock().unwrap().clone();
+    let received: BTreeSet<u64> = all.iter().copied().collect();
+    eprintln!(
+        "shared group kill loop: {rounds} rounds (tern node kills) in {:.1?}: acknowledged {}, received {}, lost {}, duplicates {}",
+        started.elapsed(),
+        publisher.acked.len(),
+        received.len(),
+        lost.len(),
+        all.len() - received.len()
+    );
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    for m in members.into_iter().flatten() {
+        m.abort();
+    }
+    drop(nodes);
+    let _ = std::fs::remove_file(&config);
+}
+
+/// Connect member `i` of the shared group `$share/g/k/#` (QoS 1, clean session) to `addr`;
+/// its task receives until the connection ends.
+async fn join_group(addr: SocketAddr, i: usize, got: Arc<Mutex<Vec<u64>>>) -> tokio::task::JoinHandle<()> {
+    let mut m = connect_within(addr, V5, &format!("member-{i}")).await;
+    let ack = m.subscribe("$share/g/k/#", QoS::AtLeastOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQoS1]);
+    tokio::spawn(persistent_subscriber(m, got))
 }
 
 /// Send `c` and wait for the CONNACK up to 30 s: a CONNECT in cluster mode waits for the

@@ -1,0 +1,300 @@
+//! Shared subscriptions across nodes: a `$share/GROUP/FILTER` group gets each message once,
+//! whichever nodes its members are on (the broker's own routing leaves shared subscriptions
+//! out in cluster mode, `Backplane::delivers_shared`).
+//!
+//! - QoS 1/2 messages: one durable pull consumer per group on each shard stream, named
+//!   `share_<hash of the full filter>`, filtered on the group's filter, created by the first
+//!   node that has a member and pulled by every node that has one. JetStream gives each
+//!   message to one puller; that node hands it to one of its members
+//!   ([`Admin::deliver_shared`]) and acknowledges it to JetStream only when the member has
+//!   acknowledged it (PUBACK, PUBCOMP; at once for a member subscribed at QoS 0). A message
+//!   no member here can take is given back (`nak`, after [`NAK_DELAY`]) for another node; one
+//!   whose member's node died comes back after `share_ack_wait_ms`. A consumer no node pulls
+//!   for [`SHARE_IDLE`] is removed by JetStream: the group has ended.
+//! - QoS 0 messages: a core NATS queue group per group on the filter's subjects, on a second
+//!   connection of the node (the first one does not receive what the node itself publishes):
+//!   NATS gives each message to one node, which hands it to one of its members.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures_util::StreamExt;
+use tern_broker::{Admin, SharedDelivery};
+use tokio::sync::Notify;
+
+use crate::{codec, streams, topic};
+
+/// A message given back because no member here could take it is offered again after this.
+pub const NAK_DELAY: Duration = Duration::from_millis(250);
+
+/// A group's consumer that no node pulls for this long is removed by JetStream.
+pub const SHARE_IDLE: Duration = Duration::from_secs(120);
+
+/// Messages of a group given to members and not acknowledged yet, per shard (JetStream stops
+/// giving more beyond it: a group whose members do not keep up does not fill their queues).
+const MAX_ACK_PENDING: i64 = 1024;
+
+/// From its third delivery, a message is queued for a member that is not connected (a
+/// persistent session) rather than given back again.
+const OFFLINE_AFTER: i64 = 3;
+
+/// Longest a pull request waits on the server (as the tailers').
+const PULL_EXPIRY: Duration = Duration::from_secs(2);
+
+/// The shared subscriptions of this node's sessions, with how many sessions have each.
+#[derive(Debug, Default)]
+pub(crate) struct Shares {
+    wanted: Mutex<HashMap<String, usize>>,
+    changed: Notify,
+}
+
+impl Shares {
+    /// A local session subscribed to `full_filter` (`$share/GROUP/FILTER`).
+    pub fn add(&self, full_filter: &str) {
+        let mut w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        let n = w.entry(full_filter.to_string()).or_insert(0);
+        *n += 1;
+        let new = *n == 1;
+        drop(w);
+        if new {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A local session no longer subscribes to `full_filter`.
+    pub fn remove(&self, full_filter: &str) {
+        let mut w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone = false;
+        if let Some(n) = w.get_mut(full_filter) {
+            *n -= 1;
+            if *n == 0 {
+                w.remove(full_filter);
+                gone = true;
+            }
+        }
+        drop(w);
+        if gone {
+            self.changed.notify_one();
+        }
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        let w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        w.keys().cloned().collect()
+    }
+}
+
+/// What the group tasks share.
+pub(crate) struct Parts {
+    pub prefix: String,
+    pub shards: u16,
+    pub ack_wait: Duration,
+    pub admin: Admin,
+    /// The node's second connection (it receives the node's own QoS 0 messages).
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+/// Keep one group task per shared subscription of this node's sessions, until aborted.
+pub(crate) async fn follow(parts: Arc<Parts>, shares: Arc<Shares>) {
+    let mut have: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+    loop {
+        let changed = shares.changed.notified();
+        let wanted = shares.snapshot();
+        have.retain(|f, tasks| {
+            let keep = wanted.contains(f);
+            if !keep {
+                tracing::debug!(filter = %f, "cluster: no member of the shared subscription here now");
+                for t in tasks.drain(..) {
+                    // Dropping the consumer's stream stops pulling; messages this node
+                    // pulled and not handed over come back after the ack wait.
+                    t.abort();
+                }
+            }
+            keep
+        });
+        for f in wanted {
+            if have.contains_key(&f) {
+                continue;
+            }
+            let Ok(parsed) = tern_proto::topic::parse_filter(&f) else {
+                continue;
+            };
+            let filter = parsed.filter.to_string();
+            let name = consumer_name(&f);
+            let mut tasks = Vec::with_capacity(usize::from(parts.shards) + 1);
+            tasks.push(tokio::spawn(qos0(
+                parts.clone(),
+                f.clone(),
+                filter.clone(),
+                name.clone(),
+            )));
+            for k in 0..parts.shards {
+                tasks.push(tokio::spawn(pull(
+                    parts.clone(),
+                    f.clone(),
+                    filter.clone(),
+                    name.clone(),
+                    k,
+                )));
+            }
+            tracing::debug!(filter = %f, consumer = %name, "cluster: following a shared subscription");
+            have.insert(f, tasks);
+        }
+        changed.await;
+    }
+}
+
+/// The group's consumer name (on every shard stream) and QoS 0 queue group: the same on
+/// every node, from the full filter.
+pub fn consumer_name(full_filter: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, full_filter.as_bytes());
+    let hex: String = digest.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("share_{hex}")
+}
+
+/// The group's QoS 0 messages: a queue subscription on each of the filter's subjects.
+async fn qos0(parts: Arc<Parts>, full: String, filter: String, name: String) {
+    let prefix = format!("{}.t", parts.prefix);
+    let queue = format!("{}_{name}", parts.prefix);
+    let mut subs = Vec::new();
+    for subject in topic::encode_filter(&prefix, &filter) {
+        loop {
+            match parts.client.queue_subscribe(subject.clone(), queue.clone()).await {
+                Ok(s) => {
+                    subs.push(s);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        subject,
+                        "cannot subscribe on NATS for a shared subscription; trying again: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+    let mut all = futures_util::stream::select_all(subs);
+    while let Some(m) = all.next().await {
+        match codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
+            Ok(msg) => {
+                if let Err(e) = parts.admin.deliver_shared(&full, msg, None, true) {
+                    tracing::warn!(subject = %m.subject, "message of a shared subscription not delivered: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(subject = %m.subject, "not a Tern message: {e}"),
+        }
+    }
+}
+
+/// The group's QoS 1/2 messages of shard `k`, until aborted.
+async fn pull(parts: Arc<Parts>, full: String, filter: String, name: String, k: u16) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match pull_from(&parts, &full, &filter, &name, k).await {
+            Ok(()) => wait = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(filter = %full, shard = k, "shared subscription's consumer restarts: {e}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn pull_from(
+    parts: &Parts,
+    full: &str,
+    filter: &str,
+    name: &str,
+    k: u16,
+) -> Result<(), async_nats::Error> {
+    let stream = parts
+        .js
+        .get_stream(streams::stream_name(&parts.prefix, k))
+        .await?;
+    let prefix = streams::shard_subject(&parts.prefix, k);
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            name,
+            consumer::pull::Config {
+                durable_name: Some(name.to_string()),
+                description: Some(format!("Tern shared subscription {full}")),
+                filter_subjects: topic::encode_filter(&prefix, filter),
+                deliver_policy: consumer::DeliverPolicy::New,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: parts.ack_wait,
+                max_ack_pending: MAX_ACK_PENDING,
+                inactive_threshold: SHARE_IDLE,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .expires(PULL_EXPIRY)
+        .heartbeat(PULL_EXPIRY / 2)
+        .messages()
+        .await?;
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+        let msg = match codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
+                let _ = m.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        let settle = Arc::new(Settle(Mutex::new(Some(m))));
+        match parts
+            .admin
+            .deliver_shared(full, msg, Some(settle), delivered >= OFFLINE_AFTER)
+        {
+            Ok(SharedDelivery::Delivered | SharedDelivery::Expired) => {}
+            // The settlement was dropped: the message is given back.
+            Ok(_) => tracing::trace!(filter = %full, "no member here for a shared message; given back"),
+            Err(e) => tracing::warn!(filter = %full, "message of a shared subscription not delivered: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// A JetStream message handed to a member: acknowledged when the member has acknowledged
+/// it, given back (`nak`) when the delivery is abandoned.
+#[derive(Debug)]
+struct Settle(Mutex<Option<jetstream::Message>>);
+
+impl Settle {
+    fn finish(&self, kind: AckKind) {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (Some(m), Ok(rt)) = (m, tokio::runtime::Handle::try_current()) else {
+            // Without a runtime (the node is going away) JetStream offers it again after the
+            // ack wait.
+            return;
+        };
+        rt.spawn(async move {
+            if let Err(e) = m.ack_with(kind).await {
+                tracing::debug!(
+                    "acknowledgement of a shared message to JetStream failed (it comes again): {e}"
+                );
+            }
+        });
+    }
+}
+
+impl tern_broker::Settlement for Settle {
+    fn done(&self) {
+        self.finish(AckKind::Ack);
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        self.finish(AckKind::Nak(Some(NAK_DELAY)));
+    }
+}

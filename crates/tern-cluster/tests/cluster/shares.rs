@@ -1,0 +1,193 @@
+//! Shared subscriptions across nodes (issue #15, design §5): a `$share` group with members on
+//! two nodes gets each message once, whichever node it was published on; a message its
+//! member on one node did not acknowledge goes to a member on the other node when the first
+//! member's session ends.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tern_proto::{Ack, Packet, Publish, QoS, ReasonCode};
+use tern_testkit::nats::Nats;
+use tern_testkit::raw::{Raw, V3, V5};
+
+use crate::node;
+
+/// Read what `sub` receives, answering as each QoS asks, until nothing came for `quiet`
+/// (at most `within`).
+async fn drain(sub: &mut Raw, quiet: Duration, within: Duration) -> Vec<Publish> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while Instant::now() < deadline {
+        match sub.next_within(quiet).await {
+            Ok(Some(Packet::Publish(p))) => {
+                match (p.qos, p.packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => sub.send(Packet::PubAck(Ack::new(id))).await,
+                    (QoS::ExactlyOnce, Some(id)) => sub.send(Packet::PubRec(Ack::new(id))).await,
+                    _ => {}
+                }
+                got.push(p);
+            }
+            Ok(Some(Packet::PubRel(a))) => sub.send(Packet::PubComp(Ack::new(a.packet_id))).await,
+            Ok(Some(p)) => panic!("unexpected {p:?}"),
+            Ok(None) => panic!("connection closed"),
+            Err(()) => break,
+        }
+    }
+    got
+}
+
+fn text(p: &Publish) -> String {
+    String::from_utf8_lossy(&p.payload).into_owned()
+}
+
+/// Publish QoS 0 and QoS 1 probes from each publisher until the group has received one of
+/// each from each (its consumers and queue subscriptions are made after the SUBACK), then
+/// drain the probes.
+async fn wait_for_group(publishers: &mut [&mut Raw], members: &mut [&mut Raw]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (i, publisher) in publishers.iter_mut().enumerate() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            'probe: loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "the shared group got no probe within 15 s"
+                );
+                publisher
+                    .publish("job/probe", &format!("probe {i}"), qos, false)
+                    .await;
+                for m in members.iter_mut() {
+                    let got = drain(m, Duration::from_millis(100), Duration::from_millis(300)).await;
+                    if got
+                        .iter()
+                        .any(|p| text(p) == format!("probe {i}") && p.qos == qos)
+                    {
+                        break 'probe;
+                    }
+                }
+            }
+        }
+    }
+    for m in members.iter_mut() {
+        drain(m, Duration::from_millis(500), Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_with_members_on_two_nodes_gets_each_message_once() {
+    let nats = Nats::start(3, true);
+    let mut config = node::config(&nats, "a");
+    // A message given to a node that stopped pulling comes back after this.
+    config.share_ack_wait_ms = 5_000;
+    let a = node::start(&config).await;
+    config.node_name = "b".into();
+    let b = node::start(&config).await;
+
+    // One member on each node, in each version.
+    let mut m1 = Raw::connect(a.addr(), V5, "member-a").await;
+    let mut m2 = Raw::connect(b.addr(), V3, "member-b").await;
+    for m in [&mut m1, &mut m2] {
+        let ack = m.subscribe("$share/workers/job/#", QoS::ExactlyOnce).await;
+        assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQoS2]);
+    }
+    let mut pa = Raw::connect(a.addr(), V5, "publisher-a").await;
+    let mut pb = Raw::connect(b.addr(), V3, "publisher-b").await;
+    wait_for_group(&mut [&mut pa, &mut pb], &mut [&mut m1, &mut m2]).await;
+
+    // 60 messages from each node, QoS 0, 1 and 2 in turn.
+    let mut sent = Vec::new();
+    for i in 0..60u32 {
+        let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][(i % 3) as usize];
+        for (name, p) in [("a", &mut pa), ("b", &mut pb)] {
+            let payload = format!("{name}-{i}");
+            p.publish(&format!("job/{i}"), &payload, qos, false).await;
+            sent.push(payload);
+        }
+    }
+    let (got1, got2) = tokio::join!(
+        drain(&mut m1, Duration::from_secs(2), Duration::from_secs(30)),
+        drain(&mut m2, Duration::from_secs(2), Duration::from_secs(30)),
+    );
+    let mut times: BTreeMap<String, usize> = BTreeMap::new();
+    for p in got1.iter().chain(&got2) {
+        *times.entry(text(p)).or_default() += 1;
+    }
+    println!(
+        "member on a: {} messages, member on b: {}",
+        got1.len(),
+        got2.len()
+    );
+    // v5 section 4.8.2: each message of a shared subscription goes to one member of the
+    // group, here whichever node the member and the publisher are on; v5 [MQTT-4.8.2-3]: at
+    // the QoS it was published with, which each member's grant (QoS 2) allows.
+    for p in got1.iter().chain(&got2) {
+        let i: usize = text(p)[2..].parse().expect("number");
+        assert_eq!(p.qos as usize, i % 3, "{}", text(p));
+    }
+    let doubled: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "delivered to more than one member: {doubled:?}"
+    );
+    let missing: Vec<_> = sent.iter().filter(|s| !times.contains_key(*s)).collect();
+    assert!(missing.is_empty(), "delivered to no member: {missing:?}");
+    assert_eq!(times.len(), sent.len());
+
+    // The member on b leaves: b no longer takes the group's messages. The member on a
+    // receives 10 QoS 1 messages and acknowledges none.
+    m2.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for i in 0..10 {
+        pb.publish(
+            &format!("job/held/{i}"),
+            &format!("held-{i}"),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    }
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.len() < 10 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match m1.next_within(left).await {
+            Ok(Some(Packet::Publish(p))) => held.push(text(&p)),
+            other => panic!("{} of 10 held messages, then {other:?}", held.len()),
+        }
+    }
+    // A member comes back on b; the member on a goes away without acknowledging: its
+    // session ends, and the messages it held go to the member on b (v5 section 4.8.2: the
+    // Server SHOULD send them to another member when the session ends).
+    let mut m3 = Raw::connect(b.addr(), V5, "member-b2").await;
+    m3.subscribe("$share/workers/job/#", QoS::AtLeastOnce).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(m1);
+    let mut again: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while again.len() < 10 && Instant::now() < deadline {
+        again.extend(
+            drain(&mut m3, Duration::from_millis(500), Duration::from_secs(2))
+                .await
+                .iter()
+                .map(text),
+        );
+    }
+    again.sort();
+    held.sort();
+    assert_eq!(again, held, "the unacknowledged messages of the member that left");
+
+    // The group's only member is on b now: what a publisher on a sends reaches it.
+    for i in 0..10 {
+        pa.publish(
+            &format!("job/late/{i}"),
+            &format!("late-{i}"),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    }
+    let late = drain(&mut m3, Duration::from_secs(1), Duration::from_secs(20)).await;
+    let mut late: Vec<String> = late.iter().map(text).collect();
+    late.sort();
+    let want: Vec<String> = (0..10).map(|i| format!("late-{i}")).collect();
+    assert_eq!(late, want);
+}
