@@ -12,8 +12,10 @@
 //! publish_timeout_ms = 10000
 //! # nats_sync_always = true     # assert the fsync setting when there is no monitor URL
 //! # unsafe_lazy_fsync = false
-//! # user = "tern"                # NATS credentials: user and password (or password_file), or token
+//! # user = "tern"                # NATS credentials: user and password (or password_file), token,
 //! # password_file = "/etc/tern/nats.password"
+//! # nkey_file = "/etc/tern/tern.nk"        # an NKey seed, or
+//! # credentials_file = "/etc/tern/tern.creds"  # a user JWT and its seed (NATS' .creds file)
 //! # ca_file = "/etc/tern/nats-ca.pem"      # TLS to NATS (also with tls:// URLs)
 //! # cert_file = "/etc/tern/tern-a.pem"     # client certificate, when NATS verifies clients
 //! # key_file = "/etc/tern/tern-a.key"
@@ -76,6 +78,14 @@ pub struct ClusterConfig {
     /// A NATS authentication token (instead of a user name).
     #[serde(serialize_with = "masked")]
     pub token: Option<String>,
+    /// A file holding an NKey seed (`SU...`, the first line that is not a comment): the node
+    /// signs NATS' challenge with it (instead of a user name or token).
+    #[serde(serialize_with = "masked")]
+    pub nkey_file: Option<PathBuf>,
+    /// A NATS credentials file (`.creds`: a user JWT and its NKey seed, as `nsc` writes
+    /// them), for NATS servers in operator mode.
+    #[serde(serialize_with = "masked")]
+    pub credentials_file: Option<PathBuf>,
     /// Use TLS to NATS (also implied by `ca_file`, `cert_file` and `tls://` URLs).
     pub tls: bool,
     /// PEM CA certificates the NATS servers' certificates must chain to (default: the
@@ -116,6 +126,8 @@ impl Default for ClusterConfig {
             password: None,
             password_file: None,
             token: None,
+            nkey_file: None,
+            credentials_file: None,
             tls: false,
             ca_file: None,
             cert_file: None,
@@ -162,8 +174,17 @@ impl ClusterConfig {
         if self.user.is_some() != has_password {
             return Err("cluster.user and cluster.password (or password_file) go together".into());
         }
-        if self.token.is_some() && self.user.is_some() {
-            return Err("cluster.token and cluster.user: give one way to authenticate".into());
+        let ways = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.nkey_file.is_some(),
+            self.credentials_file.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(
+                "cluster.user, cluster.token, cluster.nkey_file and cluster.credentials_file: give one way to authenticate"
+                    .into(),
+            );
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err("cluster.cert_file and cluster.key_file go together".into());
@@ -228,6 +249,15 @@ mod tests {
                 "cluster.token",
             ),
             ("[cluster]\ncert_file = \"c.pem\"\n", "cluster.key_file"),
+            (
+                "[cluster]\ntoken = \"y\"\nnkey_file = \"t.nk\"\n",
+                "cluster.nkey_file",
+            ),
+            (
+                "[cluster]\nnkey_file = \"t.nk\"\ncredentials_file = \"t.creds\"\n",
+                "cluster.credentials_file",
+            ),
+            ("[cluster]\nshare_ack_wait_ms = 10\n", "cluster.share_ack_wait_ms"),
         ] {
             let err = Config::from_toml(bad).expect_err(bad).to_string();
             assert!(err.contains(names), "{bad}: {err}");

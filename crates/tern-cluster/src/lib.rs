@@ -160,6 +160,38 @@ fn connect_options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions,
     if let Some(token) = &config.token {
         o = o.token(token.clone());
     }
+    if let Some(path) = &config.nkey_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClusterError::Config(format!("cluster.nkey_file: cannot read {}: {e}", path.display()))
+        })?;
+        // nsc writes the seed alone; a file may also have comment lines.
+        let seed = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("//"))
+            .unwrap_or("");
+        if !seed.starts_with("SU") {
+            return Err(ClusterError::Config(format!(
+                "cluster.nkey_file: {} holds no user NKey seed (a line starting with SU)",
+                path.display()
+            )));
+        }
+        o = o.nkey(seed.to_string());
+    }
+    if let Some(path) = &config.credentials_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClusterError::Config(format!(
+                "cluster.credentials_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        o = o.credentials(&text).map_err(|e| {
+            ClusterError::Config(format!(
+                "cluster.credentials_file: {} is not a NATS credentials file: {e}",
+                path.display()
+            ))
+        })?;
+    }
     let readable = |key: &str, path: &std::path::Path| {
         std::fs::metadata(path)
             .map(|_| ())
