@@ -226,7 +226,15 @@ impl Admin {
 
     /// See [`crate::BrokerHandle::publish`].
     pub fn publish(&self, message: Message) -> Result<usize, TopicError> {
-        self.core.publish_from_outside(message)
+        self.core.publish_from_outside(message, true)
+    }
+
+    /// Like [`Admin::publish`], for a message the caller also hands to the backplane (a
+    /// cluster publishing a dead node's will): shared subscriptions are left to a backplane
+    /// that delivers them ([`Backplane::delivers_shared`](crate::backplane::Backplane::delivers_shared)).
+    pub fn publish_beside_backplane(&self, message: Message) -> Result<usize, TopicError> {
+        let local_shared = !self.core.shared_elsewhere;
+        self.core.publish_from_outside(message, local_shared)
     }
 
     /// Deliver a message from elsewhere to this broker's sessions like [`Admin::publish`],
@@ -416,20 +424,29 @@ impl Admin {
 impl Core {
     /// A message from outside the MQTT listeners (a cluster, a bridge, the admin API):
     /// counted as received, kept if retained, routed, not handed to the backplane.
-    pub(crate) fn publish_from_outside(&self, message: Message) -> Result<usize, TopicError> {
+    pub(crate) fn publish_from_outside(
+        &self,
+        message: Message,
+        local_shared: bool,
+    ) -> Result<usize, TopicError> {
         tern_proto::topic::validate_topic_name(&message.topic)?;
         let msg = Arc::new(message);
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         if msg.retain && !self.retain(&msg) {
             tracing::warn!(topic = %msg.topic, "retained store full (max_retained); message not retained");
         }
-        Ok(self.publish_internal(&msg))
+        Ok(if local_shared {
+            self.publish_internal(&msg)
+        } else {
+            self.publish_beside_backplane(&msg)
+        })
     }
 
-    /// Like [`Core::publish_from_outside`], but never kept as retained.
+    /// Like [`Core::publish_from_outside`], but never kept as retained, and leaving shared
+    /// subscriptions to a backplane that delivers them.
     pub(crate) fn route_from_outside(&self, message: Message) -> Result<usize, TopicError> {
         tern_proto::topic::validate_topic_name(&message.topic)?;
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        Ok(self.publish_internal(&Arc::new(message)))
+        Ok(self.publish_beside_backplane(&Arc::new(message)))
     }
 }

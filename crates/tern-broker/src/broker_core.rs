@@ -255,7 +255,7 @@ impl Core {
     /// keeps while its client is away (5.0 PUBACK 0x97).
     pub fn publish(&self, msg: &Arc<Message>, pressure: &mut Vec<Arc<SessionCell>>) -> Routed {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        let (n, over_limit) = self.route(msg, Some(pressure));
+        let (n, over_limit) = self.route(msg, Some(pressure), !self.shared_elsewhere);
         self.count_unrouted(n);
         if let Some(b) = &self.backplane {
             b.published(msg);
@@ -273,7 +273,7 @@ impl Core {
     /// caller counts the messages in `messages_in` (once per batch: the counter is
     /// shared by every connection).
     pub fn publish_deferred(&self, msg: &Arc<Message>, pending: &mut Deliveries) -> usize {
-        let n = self.collect(msg, pending);
+        let n = self.collect(msg, pending, !self.shared_elsewhere);
         self.count_unrouted(n);
         if let Some(b) = &self.backplane {
             b.published(msg);
@@ -337,14 +337,25 @@ impl Core {
 
     /// Route without counting the message as received and without backpressure (`$SYS`, wills).
     pub fn publish_internal(&self, msg: &Arc<Message>) -> usize {
-        self.route(msg, None).0
+        self.route(msg, None, true).0
+    }
+
+    /// Like [`Core::publish_internal`], for a message the backplane also has: shared
+    /// subscriptions are left to it when it delivers them ([`Core::shared_elsewhere`]).
+    pub fn publish_beside_backplane(&self, msg: &Arc<Message>) -> usize {
+        self.route(msg, None, !self.shared_elsewhere).0
     }
 
     /// How many sessions `msg` matched, and how many of them dropped it for their offline
     /// limits.
-    fn route(&self, msg: &Arc<Message>, pressure: Option<&mut Vec<Arc<SessionCell>>>) -> (usize, usize) {
+    fn route(
+        &self,
+        msg: &Arc<Message>,
+        pressure: Option<&mut Vec<Arc<SessionCell>>>,
+        local_shared: bool,
+    ) -> (usize, usize) {
         let mut deliveries = ROUTE_SCRATCH.with(|s| s.take());
-        let n = self.collect(msg, &mut deliveries);
+        let n = self.collect(msg, &mut deliveries, local_shared);
         let over_limit = self.deliver_all(&mut deliveries, pressure);
         if deliveries.capacity() <= MAX_KEPT_SCRATCH {
             ROUTE_SCRATCH.with(|s| s.set(deliveries));
@@ -388,9 +399,9 @@ impl Core {
         over_limit
     }
 
-    /// Append to `out` one delivery per matching session (shared subscriptions last);
-    /// returns how many.
-    fn collect(&self, msg: &Arc<Message>, out: &mut Deliveries) -> usize {
+    /// Append to `out` one delivery per matching session (shared subscriptions last, and
+    /// only with `local_shared`); returns how many.
+    fn collect(&self, msg: &Arc<Message>, out: &mut Deliveries, local_shared: bool) -> usize {
         if self.watch.on() {
             self.watch.offer(msg);
         }
@@ -462,7 +473,7 @@ impl Core {
                         slot.sub_ids.push(id);
                     }
                 }
-                Match::Shared(_) if self.shared_elsewhere => {}
+                Match::Shared(_) if !local_shared => {}
                 Match::Shared(e) => {
                     let out = Outgoing {
                         msg: msg.clone(),
@@ -887,7 +898,7 @@ impl Core {
         if msg.retain {
             self.retain(msg);
         }
-        self.publish_internal(msg);
+        self.publish_beside_backplane(msg);
         if let Some(b) = &self.backplane {
             b.published(msg);
         }
@@ -925,12 +936,20 @@ impl Core {
         let Some((cell, options, id, shared)) = target else {
             return SharedDelivery::NoMember;
         };
-        if !offline_ok && !cell.is_connected() {
+        let connected = cell.is_connected();
+        if !offline_ok && !connected {
             return SharedDelivery::NoMember;
         }
         let qos = msg.qos.min(options.qos);
+        // The source hears at once for a member that takes it at QoS 0, and for one that is
+        // offline: its session keeps the message (on disk with a store) until the client is
+        // back, however long that is; offered again meanwhile, it would be queued again.
         let settle = match (qos, settle) {
             (QoS::AtMostOnce, Some(s)) => {
+                s.done();
+                None
+            }
+            (_, Some(s)) if !connected => {
                 s.done();
                 None
             }

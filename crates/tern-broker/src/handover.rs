@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tern_proto::PacketId;
+use tern_proto::{PacketId, QoS};
 
 use crate::broker_core::Core;
 use crate::durability::{Change, Handover, StoredDelivery};
@@ -120,9 +120,15 @@ impl Core {
                 .proto
                 .drain_inflight()
                 .into_iter()
+                .filter(|i| goes_along(&i.message, true))
                 .map(|i| stored(i.message, Some((i.stage, i.id))))
                 .collect();
-            deliveries.extend(st.queue.drain(..).map(|o| stored(o, None)));
+            deliveries.extend(
+                st.queue
+                    .drain(..)
+                    .filter(|o| goes_along(o, false))
+                    .map(|o| stored(o, None)),
+            );
             st.retained = None;
             cell.note_streaming(&st);
             self.queued.shrank(st.queued_bytes);
@@ -264,6 +270,22 @@ impl Core {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// Whether a delivery goes with its session to another broker. One that a backplane brought
+/// for a shared subscription ([`Outgoing::settle`]) stays behind and is given back to the
+/// backplane (its settlement dropped), which offers it to the group again, unless it is a
+/// QoS 2 delivery already started: that one is completed with the same member, there
+/// (v5 [MQTT-4.8.2-4]), and its source is told it is finished.
+fn goes_along(o: &Outgoing, in_flight: bool) -> bool {
+    match &o.settle {
+        None => true,
+        Some(s) if in_flight && o.qos == QoS::ExactlyOnce => {
+            s.done();
+            true
+        }
+        Some(_) => false,
     }
 }
 

@@ -462,7 +462,7 @@ impl BrokerHandle {
     /// [`Backplane`](backplane::Backplane). Returns how many sessions it reached, or why the
     /// topic is not a valid topic name.
     pub fn publish(&self, message: Message) -> Result<usize, tern_proto::topic::TopicError> {
-        self.core.publish_from_outside(message)
+        self.core.publish_from_outside(message, true)
     }
 
     /// The way in for clients that are part of the broker program (a bridge's local side).
@@ -580,7 +580,7 @@ impl Internal {
     /// Publish a message of the broker itself (a `$SYS` statistic of a bridge, say) to this
     /// broker's sessions, retained if it says so, as [`BrokerHandle::publish`] does.
     pub fn publish(&self, message: Message) -> Result<usize, tern_proto::topic::TopicError> {
-        self.core.publish_from_outside(message)
+        self.core.publish_from_outside(message, true)
     }
 
     /// Seconds between `$SYS` updates (`sys_interval_secs`; 0: none).

@@ -446,6 +446,12 @@ impl SessionCell {
 
     /// Keep `out` on disk only (see [`Spill`]), within the offline limits.
     fn spill_locked(&self, st: &mut SessionState, mut out: Outgoing, q: &Queueing<'_>) -> Enqueued {
+        if out.settle.is_some() {
+            // A message a backplane brought for a shared subscription waits for its member's
+            // acknowledgement in memory; on disk it would be given back (its settlement
+            // dropped) and come again. Given back now, for another member.
+            return Enqueued::Dropped;
+        }
         let cfg = q.config;
         let size = out.msg.payload.len() as u64;
         let spill = st.spill.as_deref().copied().unwrap_or_default();

@@ -150,18 +150,12 @@ pub(crate) async fn follow_interest(
 ) {
     let queue = format!("{}.node.{}", inbound.prefix, inbound.node);
     let prefix = format!("{}.t", inbound.prefix);
-    let mut have: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Dropped with this task: the subscriptions' tasks are aborted, which unsubscribes.
+    let mut have: HashMap<String, crate::Aborting> = HashMap::new();
     loop {
         let changed = interest.changed.notified();
         let wanted = interest.snapshot();
-        have.retain(|s, task| {
-            let keep = wanted.contains(s);
-            if !keep {
-                // Dropping the subscriber unsubscribes.
-                task.abort();
-            }
-            keep
-        });
+        have.retain(|s, _| wanted.contains(s));
         for s in wanted {
             if have.contains_key(&s) {
                 continue;
@@ -171,11 +165,11 @@ pub(crate) async fn follow_interest(
                     let (inbound, prefix) = (inbound.clone(), prefix.clone());
                     have.insert(
                         s,
-                        tokio::spawn(async move {
+                        crate::Aborting(tokio::spawn(async move {
                             while let Some(m) = sub.next().await {
                                 inbound.deliver(&prefix, &m);
                             }
-                        }),
+                        })),
                     );
                 }
                 Err(e) => {

@@ -495,6 +495,17 @@ impl Drop for Cluster {
     }
 }
 
+/// A task aborted when this is dropped (the tasks of a shared subscription or of a NATS
+/// subscription, held by the task that follows them: aborting that one ends them too).
+#[derive(Debug)]
+pub(crate) struct Aborting(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a node has counted since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

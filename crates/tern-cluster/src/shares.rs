@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures_util::StreamExt;
@@ -46,7 +46,8 @@ const PULL_EXPIRY: Duration = Duration::from_secs(2);
 /// The shared subscriptions of this node's sessions, with how many sessions have each.
 #[derive(Debug, Default)]
 pub(crate) struct Shares {
-    wanted: Mutex<HashMap<String, usize>>,
+    /// Sessions with each, and when the first of them subscribed.
+    wanted: Mutex<HashMap<String, (usize, SystemTime)>>,
     changed: Notify,
 }
 
@@ -54,7 +55,7 @@ impl Shares {
     /// A local session subscribed to `full_filter` (`$share/GROUP/FILTER`).
     pub fn add(&self, full_filter: &str) {
         let mut w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
-        let n = w.entry(full_filter.to_string()).or_insert(0);
+        let (n, _) = w.entry(full_filter.to_string()).or_insert((0, SystemTime::now()));
         *n += 1;
         let new = *n == 1;
         drop(w);
@@ -67,7 +68,7 @@ impl Shares {
     pub fn remove(&self, full_filter: &str) {
         let mut w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
         let mut gone = false;
-        if let Some(n) = w.get_mut(full_filter) {
+        if let Some((n, _)) = w.get_mut(full_filter) {
             *n -= 1;
             if *n == 0 {
                 w.remove(full_filter);
@@ -80,9 +81,9 @@ impl Shares {
         }
     }
 
-    fn snapshot(&self) -> Vec<String> {
+    fn snapshot(&self) -> HashMap<String, SystemTime> {
         let w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
-        w.keys().cloned().collect()
+        w.iter().map(|(f, (_, since))| (f.clone(), *since)).collect()
     }
 }
 
@@ -99,23 +100,21 @@ pub(crate) struct Parts {
 
 /// Keep one group task per shared subscription of this node's sessions, until aborted.
 pub(crate) async fn follow(parts: Arc<Parts>, shares: Arc<Shares>) {
-    let mut have: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+    // Dropped with this task (the node goes away): the group tasks are aborted.
+    let mut have: HashMap<String, Vec<crate::Aborting>> = HashMap::new();
     loop {
         let changed = shares.changed.notified();
         let wanted = shares.snapshot();
-        have.retain(|f, tasks| {
-            let keep = wanted.contains(f);
+        // Aborted when dropped: the consumer's stream stops pulling; messages this node pulled
+        // and did not hand over come back after the ack wait.
+        have.retain(|f, _| {
+            let keep = wanted.contains_key(f);
             if !keep {
                 tracing::debug!(filter = %f, "cluster: no member of the shared subscription here now");
-                for t in tasks.drain(..) {
-                    // Dropping the consumer's stream stops pulling; messages this node
-                    // pulled and not handed over come back after the ack wait.
-                    t.abort();
-                }
             }
             keep
         });
-        for f in wanted {
+        for (f, since) in wanted {
             if have.contains_key(&f) {
                 continue;
             }
@@ -125,20 +124,24 @@ pub(crate) async fn follow(parts: Arc<Parts>, shares: Arc<Shares>) {
             let filter = parsed.filter.to_string();
             let name = consumer_name(&f);
             let mut tasks = Vec::with_capacity(usize::from(parts.shards) + 1);
-            tasks.push(tokio::spawn(qos0(
+            tasks.push(crate::Aborting(tokio::spawn(qos0(
                 parts.clone(),
                 f.clone(),
                 filter.clone(),
                 name.clone(),
-            )));
+            ))));
+            let group = Arc::new(Group {
+                full: f.clone(),
+                filter,
+                name: name.clone(),
+                since,
+            });
             for k in 0..parts.shards {
-                tasks.push(tokio::spawn(pull(
+                tasks.push(crate::Aborting(tokio::spawn(pull(
                     parts.clone(),
-                    f.clone(),
-                    filter.clone(),
-                    name.clone(),
+                    group.clone(),
                     k,
-                )));
+                ))));
             }
             tracing::debug!(filter = %f, consumer = %name, "cluster: following a shared subscription");
             have.insert(f, tasks);
@@ -190,14 +193,31 @@ async fn qos0(parts: Arc<Parts>, full: String, filter: String, name: String) {
     }
 }
 
+/// A shared subscription followed by this node.
+struct Group {
+    /// `$share/GROUP/FILTER`.
+    full: String,
+    filter: String,
+    /// Its consumers' name.
+    name: String,
+    /// When its first member here subscribed: a consumer made now starts there (a message
+    /// stored between the SUBACK and the consumer is the group's too).
+    since: SystemTime,
+}
+
+/// How far before a group's first SUBSCRIBE its new consumer starts: room for the clocks of
+/// the node and of the NATS servers to differ (an earlier message delivered to the group is
+/// harmless; a later one missed would be lost).
+const START_MARGIN: Duration = Duration::from_secs(2);
+
 /// The group's QoS 1/2 messages of shard `k`, until aborted.
-async fn pull(parts: Arc<Parts>, full: String, filter: String, name: String, k: u16) {
+async fn pull(parts: Arc<Parts>, group: Arc<Group>, k: u16) {
     let mut wait = Duration::from_millis(100);
     loop {
-        match pull_from(&parts, &full, &filter, &name, k).await {
+        match pull_from(&parts, &group, k).await {
             Ok(()) => wait = Duration::from_millis(100),
             Err(e) => {
-                tracing::warn!(filter = %full, shard = k, "shared subscription's consumer restarts: {e}");
+                tracing::warn!(filter = %group.full, shard = k, "shared subscription's consumer restarts: {e}");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
             }
@@ -205,18 +225,20 @@ async fn pull(parts: Arc<Parts>, full: String, filter: String, name: String, k: 
     }
 }
 
-async fn pull_from(
-    parts: &Parts,
-    full: &str,
-    filter: &str,
-    name: &str,
-    k: u16,
-) -> Result<(), async_nats::Error> {
+async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nats::Error> {
+    let (full, filter, name) = (group.full.as_str(), group.filter.as_str(), group.name.as_str());
     let stream = parts
         .js
         .get_stream(streams::stream_name(&parts.prefix, k))
         .await?;
     let prefix = streams::shard_subject(&parts.prefix, k);
+    let start = group
+        .since
+        .checked_sub(START_MARGIN)
+        .unwrap_or(group.since)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let start_time = async_nats::datetime::from_nanos(start.as_nanos() as i128)?;
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             name,
@@ -224,7 +246,7 @@ async fn pull_from(
                 durable_name: Some(name.to_string()),
                 description: Some(format!("Tern shared subscription {full}")),
                 filter_subjects: topic::encode_filter(&prefix, filter),
-                deliver_policy: consumer::DeliverPolicy::New,
+                deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: parts.ack_wait,
                 max_ack_pending: MAX_ACK_PENDING,

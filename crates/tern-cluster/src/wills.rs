@@ -191,7 +191,7 @@ impl Keeper {
                 tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
             }
             tracing::info!(topic = %will.topic, "publishing the will of a client of a node that is gone");
-            let _ = admin.publish(will.detached());
+            let _ = admin.publish_beside_backplane(will.detached());
             outbound.publish(&Arc::new(will));
         });
     }

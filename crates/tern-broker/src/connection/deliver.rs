@@ -71,6 +71,10 @@ impl Conn {
                 link.out.truncate(mark);
                 session.unsent(new_alias);
                 tracing::debug!(client_id = %link.client_id, "message dropped: larger than the client's maximum packet size");
+                // Dropped for good: a backplane's shared message is not offered again.
+                if let Some(s) = &out.settle {
+                    s.done();
+                }
                 link.core
                     .metrics
                     .dropped_too_large
@@ -163,6 +167,9 @@ fn take_batch(
                 &m.dropped_expired
             };
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(s) = &front.settle {
+                s.done();
+            }
             if let Some(gone) = st.pop_queued() {
                 link.changes(st.persistent).forget(gone.seq);
             }

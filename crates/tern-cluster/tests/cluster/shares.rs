@@ -132,6 +132,30 @@ async fn a_shared_group_with_members_on_two_nodes_gets_each_message_once() {
     assert!(missing.is_empty(), "delivered to no member: {missing:?}");
     assert_eq!(times.len(), sent.len());
 
+    // A message published through the admin API of node a (not sent to the cluster) reaches
+    // the group's member there.
+    a.broker
+        .admin()
+        .publish(tern_broker::Message::new(
+            "job/api",
+            "from the API",
+            QoS::AtLeastOnce,
+            false,
+        ))
+        .expect("valid topic");
+    let api = drain(&mut m1, Duration::from_millis(500), Duration::from_secs(5)).await;
+    assert_eq!(api.iter().map(text).collect::<Vec<_>>(), vec!["from the API"]);
+
+    // A new group gets what is published right after its SUBACK, before its consumers are
+    // made.
+    let mut fresh = Raw::connect(b.addr(), V5, "fresh").await;
+    fresh.subscribe("$share/fresh/first/#", QoS::AtLeastOnce).await;
+    pa.publish("first/1", "right after", QoS::AtLeastOnce, false)
+        .await;
+    let first = drain(&mut fresh, Duration::from_secs(1), Duration::from_secs(10)).await;
+    assert_eq!(first.iter().map(text).collect::<Vec<_>>(), vec!["right after"]);
+    fresh.disconnect().await;
+
     // The member on b leaves: b no longer takes the group's messages. The member on a
     // receives 10 QoS 1 messages and acknowledges none.
     m2.disconnect().await;
@@ -190,4 +214,58 @@ async fn a_shared_group_with_members_on_two_nodes_gets_each_message_once() {
     late.sort();
     let want: Vec<String> = (0..10).map(|i| format!("late-{i}")).collect();
     assert_eq!(late, want);
+}
+
+/// A persistent member that moves to another node with shared messages it has not
+/// acknowledged gets each of them once there: they are given back to the group rather than
+/// handed over with the session (which would deliver them twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moving_to_another_node_gets_its_unacknowledged_shared_messages_once() {
+    let nats = Nats::start(3, true);
+    let mut config = node::config(&nats, "a");
+    let a = node::start(&config).await;
+    config.node_name = "b".into();
+    let b = node::start(&config).await;
+
+    let persistent = || {
+        let mut c = tern_proto::Connect::new(V5, "mover");
+        c.keep_alive = 0;
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    let (mut member, ack) = Raw::connect_with(a.addr(), persistent()).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    member.subscribe("$share/movers/m/#", QoS::AtLeastOnce).await;
+    let mut publisher = Raw::connect(b.addr(), V5, "publisher").await;
+    for i in 0..5 {
+        publisher
+            .publish(&format!("m/{i}"), &format!("m-{i}"), QoS::AtLeastOnce, false)
+            .await;
+    }
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.len() < 5 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match member.next_within(left).await {
+            Ok(Some(Packet::Publish(p))) => held.push(text(&p)),
+            other => panic!("{} of 5, then {other:?}", held.len()),
+        }
+    }
+    // The same client connects to b: its session moves there (Session Present).
+    let (mut moved, ack) = Raw::connect_with(b.addr(), persistent()).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(ack.session_present);
+    let got = drain(&mut moved, Duration::from_secs(2), Duration::from_secs(30)).await;
+    let mut got: Vec<String> = got.iter().map(text).collect();
+    got.sort();
+    held.sort();
+    assert_eq!(
+        got, held,
+        "each unacknowledged shared message once on the new node"
+    );
+    // Its shared subscription works there.
+    publisher.publish("m/late", "late", QoS::AtLeastOnce, false).await;
+    let late = drain(&mut moved, Duration::from_secs(1), Duration::from_secs(10)).await;
+    assert_eq!(late.iter().map(text).collect::<Vec<_>>(), vec!["late"]);
 }
