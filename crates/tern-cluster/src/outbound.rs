@@ -12,8 +12,10 @@
 //!   of messages (64 KiB of packets) and then waits for their acknowledgement before it reads
 //!   again. Messages in flight to JetStream are capped at `cluster.max_ack_inflight` (the
 //!   JetStream context waits for a permit).
-//! - A publish without an answer (a stream leader died, no quorum) is retried with the same
-//!   `Nats-Msg-Id`, so JetStream stores it once (within its duplicate window).
+//! - A publish without an answer (a stream leader died, no quorum) is retried. A QoS 2
+//!   message and a retained write carry a `Nats-Msg-Id`, so JetStream stores them once
+//!   (within its duplicate window); a QoS 1 message does not (a retry after a lost answer can
+//!   store it twice: a duplicate, which QoS 1 allows).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tern_broker::durability::{Progress, Ticket};
 use tern_broker::Message;
 use tern_proto::QoS;
@@ -163,9 +166,18 @@ impl Outbound {
             return;
         }
         let k = streams::shard_of(msg.publisher.as_deref(), self.shards);
+        // Only a QoS 2 message needs JetStream's deduplication (a retried publish stored
+        // once): a QoS 1 message stored twice after a lost answer is a duplicate QoS 1
+        // allows, and the `Nats-Msg-Id` costs each NATS server a map entry per message
+        // for the duplicate window (measured: about a fifth of the cross-node QoS 1 rate).
+        let headers = if msg.qos == QoS::ExactlyOnce {
+            self.with_id(headers)
+        } else {
+            headers
+        };
         self.submit(Outgoing {
             subject: topic::encode_topic(&streams::shard_subject(&self.prefix, k), &msg.topic),
-            headers: self.with_id(headers),
+            headers,
             payload: msg.payload.clone(),
         });
     }
@@ -231,39 +243,58 @@ pub(crate) async fn run(
             }
         })
     };
-    while let Some((ticket, m)) = stored.recv().await {
-        // The first attempt goes out here, in order; waiting for its answer (and retrying)
-        // happens apart, so that up to `max_ack_inflight` are in flight.
-        let first = send(&js, &m).await;
-        let (out, js) = (out.clone(), js.clone());
-        tokio::spawn(async move {
-            let mut attempt = first;
-            let mut backoff = Duration::from_millis(50);
-            let mut tries: u32 = 0;
-            loop {
-                let r = match attempt {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                };
-                match r {
-                    Ok(()) => break,
-                    Err(e) => {
-                        out.counters.retries.fetch_add(1, Ordering::Relaxed);
-                        tries += 1;
-                        // Logged at its 1st, 2nd, 4th, 8th... attempt.
-                        if tries.is_power_of_two() {
-                            tracing::warn!(subject = %m.subject, ticket, tries, "JetStream did not store a message, retrying: {e}");
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        attempt = send(&js, &m).await;
-                    }
-                }
+    // The answers awaited (and the retries), in this task: a task per message cost more
+    // than the wait itself.
+    let mut waiting = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = waiting.next(), if !waiting.is_empty() => {}
+            next = stored.recv() => {
+                let Some((ticket, m)) = next else { break };
+                // The first attempt goes out here, in order; waiting for its answer (and
+                // retrying) happens apart, so that up to `max_ack_inflight` are in flight.
+                let first = send(&js, &m).await;
+                waiting.push(confirm(&out, &js, ticket, m, first));
             }
-            out.settle(ticket);
-        });
+        }
     }
     qos0_task.abort();
+}
+
+/// Wait for JetStream's answer to `first`, the first attempt to store `m`, retrying until it
+/// is stored; then settle `ticket`.
+async fn confirm(
+    out: &Outbound,
+    js: &jetstream::Context,
+    ticket: Ticket,
+    m: Outgoing,
+    first: Result<jetstream::context::PublishAckFuture, String>,
+) {
+    let mut attempt = first;
+    let mut backoff = Duration::from_millis(50);
+    let mut tries: u32 = 0;
+    loop {
+        let r = match attempt {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => break,
+            Err(e) => {
+                out.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tries += 1;
+                // Logged at its 1st, 2nd, 4th, 8th... attempt.
+                if tries.is_power_of_two() {
+                    tracing::warn!(subject = %m.subject, ticket, tries, "JetStream did not store a message, retrying: {e}");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                attempt = send(js, &m).await;
+            }
+        }
+    }
+    out.settle(ticket);
 }
 
 /// Hand one attempt to the client. Bounded in time: while the client reconnects its queue
