@@ -72,6 +72,15 @@ jsz() {
 import json, sys, urllib.request
 ds = [json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/jsz")) for p in sys.argv[1:]]
 print("streams", [d["streams"] for d in ds], "consumers", [d["consumers"] for d in ds])
+# The session directory's size on each server (every one holds a replica): entries kept, bytes.
+sizes = []
+for p in sys.argv[1:]:
+    d = json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/jsz?streams=true&accounts=true"))
+    for acc in d.get("account_details", []):
+        for st in acc.get("stream_detail", []):
+            if st["name"].endswith("_sessions"):
+                sizes.append((st["state"]["messages"], st["state"]["bytes"]))
+print("session bucket (entries, bytes) per server", sizes)
 PY
 }
 jsz "after the runs above"
