@@ -262,7 +262,17 @@ impl Core {
         }
         match n.saturating_sub(over_limit) {
             0 if n > 0 => Routed::OverQuota,
-            reached => Routed::Reached(reached),
+            reached => self.reached(reached),
+        }
+    }
+
+    /// What `n` local deliveries say to the publisher: with a backplane, none here is not
+    /// "no matching subscribers" (v5 0x10), as other servers may have some.
+    #[inline]
+    pub fn reached(&self, n: usize) -> Routed {
+        match n {
+            0 if self.backplane.is_some() => Routed::Elsewhere,
+            n => Routed::Reached(n),
         }
     }
 

@@ -171,7 +171,7 @@ impl Link {
         }
         // Deferred only without a store, where no session keeps messages on disk and none
         // drops one for its offline limits.
-        Routed::Reached(n)
+        self.core.reached(n)
     }
 
     /// Queue the deliveries collected from the packets decoded so far (before any

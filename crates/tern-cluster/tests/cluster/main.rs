@@ -6,6 +6,7 @@ mod auth;
 mod delivery;
 mod guard;
 mod node;
+mod options;
 mod retained;
 mod sessions;
 mod shares;

@@ -237,6 +237,9 @@ pub enum Routed {
     /// Every subscription it matched belongs to a session over a limit of what it may keep
     /// (for a client that is away), which dropped it (5.0: 0x97 Quota exceeded).
     OverQuota,
+    /// It reached no subscription here but went on to other servers (a cluster's nodes, a
+    /// bridge), whose subscribers this one does not know: a plain success (no 0x10).
+    Elsewhere,
 }
 
 /// What a [`ServerSession`] asks of the broker. Implemented by the connection's driver over
@@ -817,7 +820,7 @@ impl ServerSession {
         match routed {
             _ if !self.version.is_v5() => Ack::new(id),
             Routed::Reached(0) => Ack::with_reason(id, ReasonCode::NoMatchingSubscribers),
-            Routed::Reached(_) => Ack::new(id),
+            Routed::Reached(_) | Routed::Elsewhere => Ack::new(id),
             Routed::OverQuota => Ack::with_reason(id, ReasonCode::QuotaExceeded),
         }
     }

@@ -241,6 +241,21 @@ fn qos1_is_routed_then_acknowledged_once_durable_mqtt_4_3_2_2() {
     assert_eq!(reason(&h.take()[0]), ReasonCode::NoMatchingSubscribers);
 }
 
+/// A message that reached no subscription here but went on to other servers (a cluster):
+/// a plain success, not 0x10 No matching subscribers, which would say there is none anywhere.
+#[test]
+fn a_message_that_went_to_other_servers_is_not_answered_0x10() {
+    let (mut s, t0) = session(ProtocolVersion::V5);
+    let mut h = Host::new();
+    h.routed_as = Some(Routed::Elsewhere);
+    s.handle_packet(t0, publish("a", QoS::AtLeastOnce, Some(1), false), &mut h)
+        .unwrap();
+    assert_eq!(reason(&h.take()[0]), ReasonCode::Success);
+    s.handle_packet(t0, publish("a", QoS::ExactlyOnce, Some(2), false), &mut h)
+        .unwrap();
+    assert_eq!(reason(&h.take()[0]), ReasonCode::Success);
+}
+
 /// A message that every matching session dropped for a limit of what it keeps while its
 /// client is away: 5.0 PUBACK/PUBREC 0x97 Quota exceeded (3.1.1 cannot say so); after the error
 /// PUBREC the identifier starts a new message (v5 [MQTT-4.3.3-9]).
