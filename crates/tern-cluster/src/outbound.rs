@@ -254,7 +254,19 @@ pub(crate) async fn run(
                 let Some((ticket, m)) = next else { break };
                 // The first attempt goes out here, in order; waiting for its answer (and
                 // retrying) happens apart, so that up to `max_ack_inflight` are in flight.
-                let first = send(&js, &m).await;
+                // The answers are taken meanwhile: each holds one of those permits until it
+                // is taken, and the attempt may be waiting for one.
+                let first = {
+                    let attempt = send(&js, &m);
+                    tokio::pin!(attempt);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut attempt => break r,
+                            Some(()) = waiting.next(), if !waiting.is_empty() => {}
+                        }
+                    }
+                };
                 waiting.push(confirm(&out, &js, ticket, m, first));
             }
         }

@@ -118,7 +118,12 @@ async fn clients_on_two_nodes_exchange_qos_0_1_2_in_both_versions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publishers_order_holds_across_nodes_with_acknowledgements_pipelined() {
     let nats = Nats::start(3, true);
-    let a = node::start(&node::config(&nats, "a")).await;
+    // Node a may have 8 publishes to JetStream in flight: the 200 in flight here wait for
+    // permits, which the answers taken meanwhile give back (a node that stopped taking them
+    // while a publish waited for a permit stalled, then retried out of order).
+    let mut config = node::config(&nats, "a");
+    config.max_ack_inflight = 8;
+    let a = node::start(&config).await;
     let b = node::start(&node::config(&nats, "b")).await;
     let mut local = Raw::connect(a.addr(), V3, "local").await;
     local.subscribe("o/#", QoS::AtLeastOnce).await;
