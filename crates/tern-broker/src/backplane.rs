@@ -131,14 +131,25 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// The durable part of the session of `client_id`, which outlives its connection, as it
     /// stands now (at CONNECT, when its subscriptions change, and when its connection ends:
     /// `offline`), and how far back the messages it holds undelivered or unacknowledged go.
-    /// Not called for sessions that end with their connection.
+    /// Not called for sessions that end with their connection. `awaited`: an acknowledgement
+    /// (SUBACK, UNSUBACK) waits until it is kept; the backplane then returns a ticket, and
+    /// the acknowledgement goes out once [`Backplane::sessions_progress`] reaches it (or the
+    /// connection is closed, 5.0 0x89, after [`Backplane::ack_timeout`]).
     fn session_saved(
         &self,
         client_id: &str,
         snapshot: &crate::durability::SessionSnapshot,
         offline: bool,
         held: Held,
-    ) {
-        let _ = (client_id, snapshot, offline, held);
+        awaited: bool,
+    ) -> Option<Ticket> {
+        let _ = (client_id, snapshot, offline, held, awaited);
+        None
+    }
+
+    /// How far the session changes that [`Backplane::session_saved`] gave tickets for are
+    /// kept (default `None`: nothing waits for them).
+    fn sessions_progress(&self) -> Option<&Progress> {
+        None
     }
 }

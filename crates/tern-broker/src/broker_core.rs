@@ -847,27 +847,40 @@ impl Core {
     /// Write the session's durable part (when persistence is on and the session outlives its
     /// connection).
     pub fn persist_session(&self, cell: &SessionCell, disconnected: bool) {
+        self.save_session(cell, disconnected, false);
+    }
+
+    /// [`Core::persist_session`]; with `awaited` (a SUBACK or UNSUBACK waits for it), the
+    /// backplane's ticket for it, if it gives one.
+    pub fn save_session(
+        &self,
+        cell: &SessionCell,
+        disconnected: bool,
+        awaited: bool,
+    ) -> Option<crate::durability::Ticket> {
         let to_store = self.durability.enabled();
         let to_backplane = self.backplane.is_some();
         if !to_store && !to_backplane {
-            return;
+            return None;
         }
         let st = cell.lock();
         if st.ended || st.expiry_interval == 0 || (!st.persistent && !to_backplane) {
-            return;
+            return None;
         }
         let mut snapshot = self.snapshot(&st);
         if !disconnected {
             snapshot.disconnected_at = 0;
         }
-        if let Some(b) = &self.backplane {
-            b.session_saved(&cell.client_id, &snapshot, disconnected, held(&st));
-        }
+        let ticket = self
+            .backplane
+            .as_ref()
+            .and_then(|b| b.session_saved(&cell.client_id, &snapshot, disconnected, held(&st), awaited));
         if to_store && st.persistent {
             // Submitted under the session lock, which orders it with the session's other changes.
             self.durability
                 .submit(Change::PutSession(cell.client_id.clone(), snapshot));
         }
+        ticket
     }
 
     /// How far back the messages of each connected session that outlives its connection go

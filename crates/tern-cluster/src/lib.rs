@@ -631,7 +631,12 @@ impl Backplane for NodeBackplane {
         snapshot: &tern_broker::durability::SessionSnapshot,
         offline: bool,
         held: tern_broker::backplane::Held,
-    ) {
-        self.directory.saved(client_id, snapshot, offline, held);
+        awaited: bool,
+    ) -> Option<Ticket> {
+        self.directory.saved(client_id, snapshot, offline, held, awaited)
+    }
+
+    fn sessions_progress(&self) -> Option<&Progress> {
+        Some(&self.directory.written.progress)
     }
 }

@@ -87,6 +87,48 @@ struct Settled {
     done: BTreeSet<Ticket>,
 }
 
+impl Settled {
+    /// `ticket` is done: the last ticket of the gap-free prefix now. Read and moved under
+    /// the caller's lock: read from a `Progress`, which another caller advances after its
+    /// unlock, it could be behind, and a ticket right after it would wait in `done` for ever
+    /// (found by the kill loop).
+    fn record(&mut self, ticket: Ticket) -> Ticket {
+        self.done.insert(ticket);
+        while self.done.first() == Some(&(self.upto + 1)) {
+            self.done.pop_first();
+            self.upto += 1;
+        }
+        self.upto
+    }
+}
+
+/// A numbering of writes that are not messages (the session entries of `sessions.rs`) and how
+/// far they are done without a gap: an acknowledgement that waits for one (a SUBACK) waits
+/// for [`Tickets::progress`] to reach it.
+#[derive(Debug, Default)]
+pub(crate) struct Tickets {
+    reserved: AtomicU64,
+    pub progress: Progress,
+    settled: Mutex<Settled>,
+}
+
+impl Tickets {
+    /// A ticket for the next write.
+    pub fn reserve(&self) -> Ticket {
+        self.reserved.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The write of `ticket` is done (or given up).
+    pub fn release(&self, ticket: Ticket) {
+        let upto = self
+            .settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(ticket);
+        self.progress.advance(upto);
+    }
+}
+
 /// The receiving ends, for [`run`].
 pub(crate) struct Receivers {
     stored: mpsc::UnboundedReceiver<(Ticket, Outgoing)>,
@@ -205,41 +247,16 @@ impl Outbound {
         drop(settled);
     }
 
-    /// A ticket for a write that is not a message (a session's entry in the directory,
-    /// `sessions.rs`): acknowledgements that wait for the backplane (a SUBACK) wait for it
-    /// until [`Outbound::release`].
-    pub fn reserve(&self) -> Ticket {
-        let _settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
-        let ticket = self.submitted.load(Ordering::Relaxed) + 1;
-        self.submitted.store(ticket, Ordering::Release);
-        ticket
-    }
-
-    /// The write of a [`Outbound::reserve`]d ticket is done (or given up).
-    pub fn release(&self, ticket: Ticket) {
-        self.advance(ticket);
-    }
-
     /// `ticket` is stored: advance the progress over every ticket stored without a gap.
     fn settle(&self, ticket: Ticket) {
-        self.advance(ticket);
-        self.counters.stored.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn advance(&self, ticket: Ticket) {
-        let mut s = self.settled.lock().unwrap_or_else(|e| e.into_inner());
-        // The gap-free prefix is read and moved under the lock: read from `progress`, which
-        // another settle advances after its unlock, it could be behind, and a ticket right
-        // after it would wait in `done` for ever (found by the kill loop).
-        s.done.insert(ticket);
-        while s.done.first() == Some(&(s.upto + 1)) {
-            s.done.pop_first();
-            s.upto += 1;
-        }
-        let upto = s.upto;
-        drop(s);
+        let upto = self
+            .settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(ticket);
         tracing::trace!(ticket, upto, "stored");
         self.progress.advance(upto);
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -345,15 +362,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reserved_ticket_holds_progress_until_released_and_is_not_counted_as_stored() {
-        let (out, _rx) = Outbound::new("n".into(), "tern".into(), 2, Duration::from_secs(1));
-        let t = out.reserve();
-        assert_eq!((t, out.submitted()), (1, 1));
-        out.settle(2);
-        assert_eq!(out.progress.get(), 0, "ticket 1 is not written yet");
-        out.release(t);
-        assert_eq!(out.progress.get(), 2);
-        assert_eq!(out.counters.stored.load(Ordering::Relaxed), 1);
+    fn tickets_progress_over_the_gap_free_prefix_of_released_ones() {
+        let t = Tickets::default();
+        let (a, b) = (t.reserve(), t.reserve());
+        assert_eq!((a, b), (1, 2));
+        t.release(b);
+        assert_eq!(t.progress.get(), 0, "ticket 1 is not written yet");
+        t.release(a);
+        assert_eq!(t.progress.get(), 2);
     }
 
     #[test]

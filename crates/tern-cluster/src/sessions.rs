@@ -209,9 +209,9 @@ pub(crate) struct Pending {
     order: VecDeque<Arc<str>>,
     /// Clients whose change a task is writing now.
     busy: std::collections::HashSet<Arc<str>>,
-    /// Tickets of the outbound numbering (`Outbound::reserve`) released once the client's
-    /// change is written: a SUBACK waits for them, so a subscription acknowledged is in the
-    /// entry another node recovers the session from.
+    /// Tickets of [`Directory::written`] released once the client's change is written: a
+    /// SUBACK waits for its ticket, so a subscription acknowledged is in the entry another
+    /// node recovers the session from.
     tickets: HashMap<Arc<str>, Vec<u64>>,
 }
 
@@ -261,6 +261,8 @@ pub(crate) struct Directory {
     fetched: Mutex<HashMap<Arc<str>, Fetched>>,
     /// Session changes, for [`run`].
     ops: Mutex<Pending>,
+    /// The numbering of the entry writes a SUBACK waits for.
+    pub(crate) written: crate::outbound::Tickets,
     /// Told when `ops` has more.
     ops_added: tokio::sync::Notify,
     /// The broker, once attached (to keep a local copy rather than recover over it).
@@ -327,6 +329,7 @@ impl Directory {
             given: Mutex::default(),
             fetched: Mutex::default(),
             ops: Mutex::default(),
+            written: crate::outbound::Tickets::default(),
             ops_added: tokio::sync::Notify::new(),
             admin: std::sync::OnceLock::new(),
             snapshots: Mutex::default(),
@@ -345,6 +348,11 @@ impl Directory {
         let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = ticket {
             p.tickets.entry(client.clone()).or_default().push(t);
+            // Awaited by a connection: before the changes nobody waits for.
+            if let Some(i) = p.order.iter().position(|c| *c == client) {
+                p.order.remove(i);
+            }
+            p.order.push_front(client.clone());
         }
         let merged = match (p.ops.remove(&client), op) {
             (
@@ -434,7 +442,14 @@ impl Directory {
     /// A session of this node was saved (see [`Backplane::session_saved`]).
     ///
     /// [`Backplane::session_saved`]: tern_broker::backplane::Backplane::session_saved
-    pub(crate) fn saved(&self, client: &str, snapshot: &SessionSnapshot, offline: bool, held: Held) {
+    pub(crate) fn saved(
+        &self,
+        client: &str,
+        snapshot: &SessionSnapshot,
+        offline: bool,
+        held: Held,
+        awaited: bool,
+    ) -> Option<u64> {
         let record = Record {
             node: self.parts.node.clone(),
             version: snapshot.version.level(),
@@ -448,17 +463,16 @@ impl Directory {
             offline,
             saved_ms: wall_ms(),
         };
-        // A SUBACK waits for the entry that has the subscription (the connection waits for
-        // the backplane's tickets before it acknowledges): the session's subscriptions
-        // survive its node's death once acknowledged. Not for a session going offline, nor
-        // for one without subscriptions (a CONNECT of a new session).
-        let ticket = (!offline && !record.subs.is_empty()).then(|| self.parts.outbound.reserve());
+        // A SUBACK/UNSUBACK waits for the entry that has the change (`awaited`): the
+        // session's subscriptions survive its node's death once acknowledged.
+        let ticket = awaited.then(|| self.written.reserve());
         let op = Op::Saved {
             client: client.into(),
             record: Some(record),
             floor: self.floor(held),
         };
         self.enqueue_with(client.into(), op, ticket);
+        ticket
     }
 
     /// Write a saved session's entry, if it is still this node's (`record` `None`: only its
@@ -1517,6 +1531,9 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
                     added.await;
                     continue;
                 };
+                // Released when the write is done or given up (logged), and if this task
+                // ends on the way: what waits for them goes on either way.
+                let _release = Release(&directory.written, tickets);
                 match op {
                     Op::Ended(c) => {
                         if let Err(e) = directory.forget(&admin, &c).await {
@@ -1529,15 +1546,22 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
                         }
                     }
                 }
-                // Written, or given up (logged): what waits for it goes on either way.
-                for t in tickets {
-                    directory.parts.outbound.release(t);
-                }
                 directory.op_done(&client);
             }
         })));
     }
     std::future::pending::<()>().await;
+}
+
+/// Releases its tickets when dropped.
+struct Release<'a>(&'a crate::outbound::Tickets, Vec<u64>);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        for t in self.1.drain(..) {
+            self.0.release(t);
+        }
+    }
 }
 
 /// The deliveries of `earlier` handouts (oldest first), as queued, then `raw`'s.

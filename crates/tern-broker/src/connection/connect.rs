@@ -387,6 +387,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         will,
         out: BytesMut::new(),
         needs_commit: false,
+        session_ticket: None,
         waiting_for_commit: false,
         seen_commit: 0,
         pressure: Vec::new(),

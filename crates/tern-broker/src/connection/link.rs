@@ -94,6 +94,9 @@ pub(crate) struct Link {
     /// Store changes were made that must be committed before the next write
     /// (acknowledgements wait for them).
     pub needs_commit: bool,
+    /// The backplane's ticket for this session's entry after a SUBSCRIBE/UNSUBSCRIBE: the
+    /// SUBACK/UNSUBACK waits for it ([`crate::backplane::Backplane::sessions_progress`]).
+    pub session_ticket: Option<crate::durability::Ticket>,
     /// The queue's head waits for a store commit.
     pub waiting_for_commit: bool,
     /// The durable ticket when the queue was last looked at (a commit wait waits past it).
@@ -316,7 +319,9 @@ impl ServerHost for Link {
     }
 
     fn subscriptions_changed(&mut self) {
-        self.core.persist_session(&self.cell, false);
+        if let Some(t) = self.core.save_session(&self.cell, false, true) {
+            self.session_ticket = Some(self.session_ticket.map_or(t, |old| old.max(t)));
+        }
     }
 
     fn set_session_expiry(&mut self, secs: u32) {

@@ -234,6 +234,12 @@ impl Conn {
                 self.link.out.clear();
                 return Err(c);
             }
+            if let Some(t) = self.link.session_ticket.take() {
+                if let Err(c) = session_commit(self.link.core.clone(), t).await {
+                    self.link.out.clear();
+                    return Err(c);
+                }
+            }
         }
         // A newer connection may have taken the session over meanwhile: then nothing of it
         // goes out here any more (its deliveries are resent there) [MQTT-3.1.4-3].
@@ -410,6 +416,37 @@ async fn backplane_commit(core: Arc<Core>) -> Result<(), Close> {
     if progress.get() < target {
         return Err(Close::Violation(Violation::StorageFailed(
             "the cluster can no longer store messages".into(),
+        )));
+    }
+    Ok(())
+}
+
+/// Wait until the backplane has kept the session change of `ticket` (a SUBSCRIBE's), at most
+/// its `ack_timeout`.
+async fn session_commit(core: Arc<Core>, ticket: crate::durability::Ticket) -> Result<(), Close> {
+    let Some(b) = &core.backplane else {
+        return Ok(());
+    };
+    let Some(progress) = b.sessions_progress() else {
+        return Ok(());
+    };
+    let wait = async {
+        loop {
+            // One reading for the test and the wait (see `backplane_commit`).
+            let seen = progress.get();
+            if seen >= ticket {
+                break;
+            }
+            progress.wait_past(seen).await;
+        }
+    };
+    if tokio::time::timeout(b.ack_timeout(), Box::pin(wait))
+        .await
+        .is_err()
+    {
+        return Err(Close::Busy(format!(
+            "the cluster did not keep the session's subscriptions within {:?} (publish_timeout)",
+            b.ack_timeout()
         )));
     }
     Ok(())
