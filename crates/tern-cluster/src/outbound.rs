@@ -292,18 +292,39 @@ pub(crate) async fn run(
                 // retrying) happens apart, so that up to `max_ack_inflight` are in flight.
                 // The answers are taken meanwhile: each holds one of those permits until it
                 // is taken, and the attempt may be waiting for one.
-                let first = {
+                // A first attempt the client does not take (its queue full while it
+                // reconnects, no permit within the limit) is tried again here, before any
+                // later message: one that was never sent is not stored after later ones.
+                let mut backoff = Duration::from_millis(50);
+                let first = loop {
                     let attempt = send(&js, &m);
                     tokio::pin!(attempt);
-                    loop {
+                    let r = loop {
                         tokio::select! {
                             biased;
                             r = &mut attempt => break r,
                             Some(()) = waiting.next(), if !waiting.is_empty() => {}
                         }
+                    };
+                    match r {
+                        Ok(ack) => break ack,
+                        Err(e) => {
+                            out.counters.retries.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(subject = %m.subject, ticket, "a message was not handed to NATS, trying again in order: {e}");
+                            let pause = tokio::time::sleep(backoff);
+                            tokio::pin!(pause);
+                            loop {
+                                tokio::select! {
+                                    biased;
+                                    () = &mut pause => break,
+                                    Some(()) = waiting.next(), if !waiting.is_empty() => {}
+                                }
+                            }
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
                     }
                 };
-                waiting.push(confirm(&out, &js, ticket, m, first));
+                waiting.push(confirm(&out, &js, ticket, m, Ok(first)));
             }
         }
     }
