@@ -230,34 +230,33 @@ impl Cluster {
         // Told when the connection to NATS comes back (sessions.rs looks at its sessions again).
         let reconnected = Arc::new(tokio::sync::Notify::new());
         let told = reconnected.clone();
-        let client = connect_options(&config)?
-            .event_callback(move |event| {
-                let told = told.clone();
-                async move {
-                    if matches!(event, async_nats::Event::Connected) {
-                        told.notify_one();
+        let connect = |options: async_nats::ConnectOptions| {
+            let urls = urls.clone();
+            let servers = config.nats.clone();
+            async move {
+                options
+                    .connection_timeout(Duration::from_secs(5))
+                    .connect(servers.as_slice())
+                    .await
+                    .map_err(|source| ClusterError::Connect { urls, source })
+            }
+        };
+        let client = connect(
+            connect_options(&config)?
+                .event_callback(move |event| {
+                    let told = told.clone();
+                    async move {
+                        if matches!(event, async_nats::Event::Connected) {
+                            told.notify_one();
+                        }
                     }
-                }
-            })
-            .name(format!("tern {node}"))
-            // This node's own QoS 0 messages reached its sessions already.
-            .no_echo()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(config.nats.as_slice())
-            .await
-            .map_err(|source| ClusterError::Connect {
-                urls: urls.clone(),
-                source,
-            })?;
-        let share_client = connect_options(&config)?
-            .name(format!("tern {node} shares"))
-            .connection_timeout(Duration::from_secs(5))
-            .connect(config.nats.as_slice())
-            .await
-            .map_err(|source| ClusterError::Connect {
-                urls: urls.clone(),
-                source,
-            })?;
+                })
+                .name(format!("tern {node}"))
+                // This node's own QoS 0 messages reached its sessions already.
+                .no_echo(),
+        )
+        .await?;
+        let share_client = connect(connect_options(&config)?.name(format!("tern {node} shares"))).await?;
         let info = client.server_info();
         let fsync_always = monitor::check(&config, &info.version, &info.server_name).await?;
         if !fsync_always {

@@ -391,22 +391,7 @@ async fn backplane_commit(core: Arc<Core>) -> Result<(), Close> {
         return Ok(());
     };
     let target = b.submitted();
-    let wait = async {
-        loop {
-            // One reading for the test and the wait: read twice, progress could reach the
-            // target in between, and the wait would then be for a ticket past it that may
-            // never come ("stored up to N of N" after ack_timeout, found by the kill loops).
-            let seen = progress.get();
-            if seen >= target || progress.has_failed() {
-                break;
-            }
-            progress.wait_past(seen).await;
-        }
-    };
-    if tokio::time::timeout(b.ack_timeout(), Box::pin(wait))
-        .await
-        .is_err()
-    {
+    if !reached(progress, target, b.ack_timeout()).await {
         return Err(Close::Busy(format!(
             "the cluster did not store its messages within {:?} (publish_timeout; stored up to {} of {target})",
             b.ack_timeout(),
@@ -430,26 +415,35 @@ async fn session_commit(core: Arc<Core>, ticket: crate::durability::Ticket) -> R
     let Some(progress) = b.sessions_progress() else {
         return Ok(());
     };
-    let wait = async {
-        loop {
-            // One reading for the test and the wait (see `backplane_commit`).
-            let seen = progress.get();
-            if seen >= ticket {
-                break;
-            }
-            progress.wait_past(seen).await;
-        }
-    };
-    if tokio::time::timeout(b.ack_timeout(), Box::pin(wait))
-        .await
-        .is_err()
-    {
+    if !reached(progress, ticket, b.ack_timeout()).await {
         return Err(Close::Busy(format!(
             "the cluster did not keep the session's subscriptions within {:?} (publish_timeout)",
             b.ack_timeout()
         )));
     }
     Ok(())
+}
+
+/// Wait until `progress` reaches `target` or fails, at most `limit`; `false` when the limit
+/// ran out.
+async fn reached(
+    progress: &crate::durability::Progress,
+    target: crate::durability::Ticket,
+    limit: Duration,
+) -> bool {
+    let wait = async {
+        loop {
+            // One reading for the test and the wait: read twice, progress could reach the
+            // target in between, and the wait would then be for a ticket past it that may
+            // never come ("stored up to N of N" after ack_timeout, found by the kill loops).
+            let seen = progress.get();
+            if seen >= target || progress.has_failed() {
+                break;
+            }
+            progress.wait_past(seen).await;
+        }
+    };
+    tokio::time::timeout(limit, Box::pin(wait)).await.is_ok()
 }
 
 /// Longest wait before a publisher slowed down for a subscriber looks at its queue again.
