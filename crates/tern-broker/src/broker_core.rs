@@ -261,7 +261,9 @@ impl Core {
             b.published(msg);
         }
         match n.saturating_sub(over_limit) {
-            0 if n > 0 => Routed::OverQuota,
+            // With a backplane the message went on to other servers too: not 0x97.
+            0 if n > 0 && self.backplane.is_none() => Routed::OverQuota,
+            0 if n > 0 => Routed::Elsewhere,
             reached => self.reached(reached),
         }
     }

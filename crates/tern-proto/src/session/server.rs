@@ -237,8 +237,9 @@ pub enum Routed {
     /// Every subscription it matched belongs to a session over a limit of what it may keep
     /// (for a client that is away), which dropped it (5.0: 0x97 Quota exceeded).
     OverQuota,
-    /// It reached no subscription here but went on to other servers (a cluster's nodes, a
-    /// bridge), whose subscribers this one does not know: a plain success (no 0x10).
+    /// It went on to other servers (a cluster's nodes), whose subscribers this one does not
+    /// know, and no subscription here took it (none matched, or all dropped it for their
+    /// quotas): a plain success (no 0x10, no 0x97).
     Elsewhere,
 }
 
