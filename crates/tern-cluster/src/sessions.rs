@@ -1019,53 +1019,73 @@ impl Directory {
             }
             let name = streams::stream_name(&self.parts.prefix, k as u16);
             let prefix = streams::shard_subject(&self.parts.prefix, k as u16);
-            let stream = self
-                .parts
-                .js
-                .get_stream(&name)
-                .await
-                .map_err(|e| format!("{name}: {e}"))?;
-            let consumer = stream
-                .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: from + 1,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("{name}: {e}"))?;
-            let mut messages = consumer.messages().await.map_err(|e| format!("{name}: {e}"))?;
+            // The next sequence to read: a read that fails (a stream leader being elected
+            // after a NATS server died) starts again there, until the deadline.
+            let mut next = from + 1;
             loop {
-                let m = match tokio::time::timeout(CATCH_UP_WAIT, messages.next()).await {
-                    Ok(Some(Ok(m))) => m,
-                    Ok(Some(Err(e))) => return Err(format!("{name}: {e}")),
-                    Ok(None) => return Err(format!("{name}: the read ended before sequence {to}")),
-                    Err(_) => {
-                        // Silence: done only if what is left up to `to` is gone from the
-                        // stream (removed by its limits); otherwise JetStream is slow.
-                        let state = self.stream_state(k).await?;
-                        if state.first_sequence > to || state.last_sequence < from + 1 {
-                            break;
+                let attempt: Result<(), String> = async {
+                    let stream = self
+                        .parts
+                        .js
+                        .get_stream(&name)
+                        .await
+                        .map_err(|e| format!("{name}: {e}"))?;
+                    let consumer = stream
+                        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                                start_sequence: next,
+                            },
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| format!("{name}: {e}"))?;
+                    let mut messages = consumer.messages().await.map_err(|e| format!("{name}: {e}"))?;
+                    loop {
+                        let m = match tokio::time::timeout(CATCH_UP_WAIT, messages.next()).await {
+                            Ok(Some(Ok(m))) => m,
+                            Ok(Some(Err(e))) => return Err(format!("{name}: {e}")),
+                            Ok(None) => return Err(format!("{name}: the read ended before sequence {to}")),
+                            Err(_) => {
+                                // Silence: done only if what is left up to `to` is gone from the
+                                // stream (removed by its limits); otherwise JetStream is slow.
+                                let state = self.stream_state(k).await?;
+                                if state.first_sequence > to || state.last_sequence < next {
+                                    return Ok(());
+                                }
+                                if Instant::now() >= deadline {
+                                    return Err(format!("{name}: not read up to sequence {to} in time"));
+                                }
+                                continue;
+                            }
+                        };
+                        let seq = m.info().map_err(|e| format!("{name}: {e}"))?.stream_sequence;
+                        if seq > to {
+                            return Ok(());
                         }
-                        if Instant::now() >= deadline {
-                            return Err(format!("{name}: not read up to sequence {to} in time"));
+                        if seq < next {
+                            continue;
                         }
-                        continue;
+                        next = seq + 1;
+                        if let Ok(msg) =
+                            crate::codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone())
+                        {
+                            if let Some(d) = delivery(client, &subs, msg, now) {
+                                out.push(d);
+                            }
+                        }
+                        if seq >= to {
+                            return Ok(());
+                        }
                     }
-                };
-                let seq = m.info().map_err(|e| format!("{name}: {e}"))?.stream_sequence;
-                if seq > to {
-                    break;
                 }
-                if let Ok(msg) =
-                    crate::codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone())
-                {
-                    if let Some(d) = delivery(client, &subs, msg, now) {
-                        out.push(d);
+                .await;
+                match attempt {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!(client_id = %client, "cluster sessions: reading {name} again from {next}: {e}");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
-                }
-                if seq >= to {
-                    break;
+                    Err(e) => return Err(e),
                 }
             }
         }
