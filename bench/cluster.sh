@@ -99,6 +99,6 @@ done
 if [ -n "${RECOVERY:-}" ]; then
   echo "== recovery: $RECOVERY persistent sessions of a killed node a reconnect to node b"
   "$TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$RECOVERY" -V 5 \
-    --broker-pid "$A_PID" --kill-before-move 2>&1 | grep -E "^result|rror" || true
+    --broker-pid "$A_PID" --kill-before-move 2>&1 | grep -E "^result|rror|failed" || true
   jsz "after the recovery"
 fi
