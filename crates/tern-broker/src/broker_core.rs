@@ -946,26 +946,14 @@ impl Core {
             }
             return SharedDelivery::Expired;
         }
-        let target = {
-            let router = read(&self.router);
-            let mut chosen = None;
-            router.for_each_match(&msg.topic, |m| {
-                if let Match::Shared(e) = m {
-                    if chosen.is_none() && e.shared.as_deref() == Some(full_filter) {
-                        chosen = Some((e.session.clone(), e.options, e.id, e.shared.clone()));
-                    }
-                }
-            });
-            chosen
-        };
-        let Some((cell, options, id, shared)) = target else {
+        let Some(member) = self.shared_member(&msg.topic, full_filter) else {
             return SharedDelivery::NoMember;
         };
-        let connected = cell.is_connected();
+        let connected = member.session.is_connected();
         if !offline_ok && !connected {
             return SharedDelivery::NoMember;
         }
-        let qos = msg.qos.min(options.qos);
+        let qos = msg.qos.min(member.options.qos);
         // The source hears at once for a member that takes it at QoS 0, and for one that is
         // offline: its session keeps the message (on disk with a store) until the client is
         // back, however long that is; offered again meanwhile, it would be queued again.
@@ -981,37 +969,40 @@ impl Core {
             (_, s) => s,
         };
         let out = Outgoing {
-            retain: msg.retain && options.retain_as_published,
+            retain: msg.retain && member.options.retain_as_published,
             msg,
             qos,
-            sub_ids: id.into_iter().collect(),
-            shared,
+            sub_ids: member.id.into_iter().collect(),
+            shared: member.shared,
             seq: 0,
             commit_seq: 0,
             settle,
         };
-        match self.deliver(&cell, out) {
+        match self.deliver(&member.session, out) {
             Enqueued::Queued | Enqueued::Pressure => SharedDelivery::Delivered,
             Enqueued::Dropped | Enqueued::OverLimit | Enqueued::OverBudget => SharedDelivery::Dropped,
         }
     }
 
     fn redeliver_shared(&self, full_filter: &str, out: Outgoing) {
-        let target = {
-            let router = read(&self.router);
-            let mut chosen = None;
-            router.for_each_match(&out.msg.topic, |m| {
-                if let Match::Shared(e) = m {
-                    if chosen.is_none() && e.shared.as_deref() == Some(full_filter) {
-                        chosen = Some(e.session.clone());
-                    }
-                }
-            });
-            chosen
-        };
-        if let Some(cell) = target {
-            self.deliver(&cell, out);
+        if let Some(member) = self.shared_member(&out.msg.topic, full_filter) {
+            self.deliver(&member.session, out);
         }
+    }
+
+    /// The member of the shared subscription `full_filter` that a message on `topic` goes
+    /// to (the router's round-robin, connected members first).
+    fn shared_member(&self, topic: &str, full_filter: &str) -> Option<SubEntry> {
+        let router = read(&self.router);
+        let mut chosen = None;
+        router.for_each_match(topic, |m| {
+            if let Match::Shared(e) = m {
+                if chosen.is_none() && e.shared.as_deref() == Some(full_filter) {
+                    chosen = Some(e.clone());
+                }
+            }
+        });
+        chosen
     }
 }
 

@@ -494,8 +494,9 @@ impl Drop for Cluster {
     }
 }
 
-/// A task aborted when this is dropped (the tasks of a shared subscription or of a NATS
-/// subscription, held by the task that follows them: aborting that one ends them too).
+/// A task aborted when this is dropped: a task that holds others (a follower of shared
+/// subscriptions or of NATS subscriptions, the session directory's writers) ends them when it
+/// ends or is aborted.
 #[derive(Debug)]
 pub(crate) struct Aborting(pub tokio::task::JoinHandle<()>);
 

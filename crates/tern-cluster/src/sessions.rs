@@ -1478,7 +1478,7 @@ pub(crate) async fn subscribe(directory: &Directory) -> Result<async_nats::Subsc
 
 pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut requests: async_nats::Subscriber) {
     // Session changes on their own task, in order: their KV writes do not hold up answers.
-    let _writers = AbortOnDrop(tokio::spawn(write_entries(directory.clone(), admin.clone())));
+    let _writers = crate::Aborting(tokio::spawn(write_entries(directory.clone(), admin.clone())));
     let answering = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
     // Rests wait for the tailers: their own permits, so that takes and chunks never wait
     // behind them.
@@ -1535,15 +1535,6 @@ pub(crate) async fn run(directory: Arc<Directory>, admin: Admin, mut requests: a
     }
 }
 
-/// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Write the entries of saved sessions and delete those of ended ones, on [`OP_WORKERS`]
 /// tasks (a KV write is a round trip), never two for one client at once; what waits is the
 /// last state of each client, so a reconnect storm makes about one write per session, not one
@@ -1552,7 +1543,7 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
     let mut tasks = Vec::with_capacity(OP_WORKERS);
     for _ in 0..OP_WORKERS {
         let (directory, admin) = (directory.clone(), admin.clone());
-        tasks.push(AbortOnDrop(tokio::spawn(async move {
+        tasks.push(crate::Aborting(tokio::spawn(async move {
             loop {
                 let added = directory.ops_added.notified();
                 let mut added = std::pin::pin!(added);

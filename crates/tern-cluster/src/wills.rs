@@ -221,7 +221,7 @@ pub(crate) async fn run(keeper: Keeper, mut ops: mpsc::Receiver<WillOp>) {
             }
         })
     };
-    let _heartbeat = AbortOnDrop(heartbeat);
+    let _heartbeat = crate::Aborting(heartbeat);
     let started = Instant::now();
     let mut looked_at_start = false;
     // Gone nodes whose wills are not known to be published yet: looked at again at each tick
@@ -296,15 +296,6 @@ pub(crate) async fn run(keeper: Keeper, mut ops: mpsc::Receiver<WillOp>) {
                 }
             }
         }
-    }
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
