@@ -969,7 +969,7 @@ impl Directory {
         } else {
             vec![0; shards]
         };
-        let ends = self.stream_ends().await?;
+        let ends = self.stream_ends(budget).await?;
         let deliveries = self.catch_up(client, &record, &floor, &ends, budget).await?;
         tracing::info!(client_id = %client, node = %record.node, subscriptions = record.subs.len(), messages = deliveries.len(), "session of a node that is gone recovered from the directory and the streams");
         let raw = handover(&record, deliveries).encode();
@@ -980,11 +980,23 @@ impl Directory {
         Ok(Some(raw))
     }
 
-    /// Each shard stream's last sequence.
-    async fn stream_ends(&self) -> Result<Vec<u64>, String> {
+    /// Each shard stream's last sequence, asked again until `deadline` while JetStream does
+    /// not answer (a stream leader being elected after a NATS server died: seen in a
+    /// fresh-clone run of the persistent-session kill loop, the CONNECT refused with 0x88).
+    async fn stream_ends(&self, deadline: Instant) -> Result<Vec<u64>, String> {
         let mut ends = Vec::with_capacity(self.parts.positions.len());
         for k in 0..self.parts.positions.len() {
-            ends.push(self.stream_state(k).await?.last_sequence);
+            let state = loop {
+                match self.stream_state(k).await {
+                    Ok(state) => break state,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!("cluster sessions: shard {k}'s stream state, asking again: {e}");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            ends.push(state.last_sequence);
         }
         Ok(ends)
     }
