@@ -116,6 +116,7 @@ impl Core {
             // The reconnection that asked for it cancels a delayed will (v5 [MQTT-3.1.3-9]).
             snapshot.pending_will = None;
             let qos2: Vec<u16> = st.proto.qos2_ids().into_iter().map(PacketId::get).collect();
+            tracing::debug!(client_id = %cell.client_id, in_flight = st.proto.inflight_len(), queued = st.queue.len(), spilled = st.spill.is_some(), "session exported");
             let mut deliveries: Vec<StoredDelivery> = st
                 .proto
                 .drain_inflight()
@@ -189,49 +190,62 @@ impl Core {
             tracing::warn!(client_id = %client_id, "a stale copy of the session was replaced by the one handed over");
         }
         let _attaching = self.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(cell) = self.install_session(client_id, &h.snapshot, stamp) else {
-            return Ok(0);
-        };
-        let persistent = self.durability.enabled() && h.snapshot.expiry_interval > 0;
-        let mut st = cell.lock();
-        st.persistent = persistent;
-        if persistent {
-            self.durability
-                .submit(Change::PutSession(client_id.clone(), h.snapshot.clone()));
-        }
-        for d in h.deliveries {
-            let stage = d.stage;
-            let mut out = Outgoing::from_stored(d);
-            // Numbered in this broker's order for its store.
-            out.seq = 0;
-            match stage {
-                Some((stage, id)) => {
-                    if persistent {
-                        out.seq = st.next_seq;
-                        st.next_seq += 1;
-                        self.durability.put_delivery(true, client_id, &out, stage, id);
-                    }
-                    if !st.proto.restore(id, stage, out) {
-                        tracing::warn!(client_id = %client_id, id = id.get(), "handed-over delivery dropped: its packet id is taken");
-                    }
-                }
-                None if out.msg.is_expired(stamp.now) => {}
-                None => {
-                    self.durability.put_queued(&mut st, client_id, &mut out);
-                    st.queued_bytes += out.msg.payload.len();
-                    self.queued.grew(out.msg.payload.len());
-                    st.queue.push_back(out);
-                }
-            }
-        }
-        for id in h.qos2.into_iter().filter_map(PacketId::new) {
-            st.proto.restore_qos2(id);
+        let Handover {
+            snapshot,
+            deliveries,
+            qos2,
+        } = h;
+        let persistent = self.durability.enabled() && snapshot.expiry_interval > 0;
+        let mut queued = 0;
+        // Queued before its subscriptions route to it: a message routed here meanwhile goes
+        // after what the other broker held (found by a test: 52 messages published during a
+        // move overtook the first 200 of their publisher).
+        let fill = |cell: &Arc<SessionCell>| {
+            let mut st = cell.lock();
+            st.persistent = persistent;
             if persistent {
                 self.durability
-                    .submit(Change::PutQos2(client_id.clone(), id.get()));
+                    .submit(Change::PutSession(client_id.clone(), snapshot.clone()));
             }
+            for d in deliveries {
+                let stage = d.stage;
+                let mut out = Outgoing::from_stored(d);
+                // Numbered in this broker's order for its store.
+                out.seq = 0;
+                match stage {
+                    Some((stage, id)) => {
+                        if persistent {
+                            out.seq = st.next_seq;
+                            st.next_seq += 1;
+                            self.durability.put_delivery(true, client_id, &out, stage, id);
+                        }
+                        if !st.proto.restore(id, stage, out) {
+                            tracing::warn!(client_id = %client_id, id = id.get(), "handed-over delivery dropped: its packet id is taken");
+                        }
+                    }
+                    None if out.msg.is_expired(stamp.now) => {}
+                    None => {
+                        self.durability.put_queued(&mut st, client_id, &mut out);
+                        st.queued_bytes += out.msg.payload.len();
+                        self.queued.grew(out.msg.payload.len());
+                        st.queue.push_back(out);
+                    }
+                }
+            }
+            for id in qos2.into_iter().filter_map(PacketId::new) {
+                st.proto.restore_qos2(id);
+                if persistent {
+                    self.durability
+                        .submit(Change::PutQos2(client_id.clone(), id.get()));
+                }
+            }
+            queued = st.queue.len();
+            tracing::debug!(client_id = %client_id, queued, in_flight = st.proto.inflight_len(), "session taken in");
+        };
+        if self.install_session(client_id, &snapshot, stamp, fill).is_none() {
+            return Ok(0);
         }
-        Ok(st.queue.len())
+        Ok(queued)
     }
 
     /// Put the deliveries that reached the session on the other broker while it was being
@@ -254,6 +268,13 @@ impl Core {
         if st.ended {
             return Ok(0);
         }
+        tracing::debug!(
+            client_id,
+            at,
+            queued = st.queue.len(),
+            rest = rest.deliveries.len(),
+            "rest of a session taken in"
+        );
         let mut at = at.min(st.queue.len());
         let mut n = 0;
         for d in rest.deliveries {

@@ -55,7 +55,7 @@ impl Core {
         self.restore_retained(retained);
         let mut cells: HashMap<Arc<str>, Arc<SessionCell>> = HashMap::new();
         for (client_id, rec) in stored.sessions {
-            match self.install_session(&client_id, &rec, stamp) {
+            match self.install_session(&client_id, &rec, stamp, |_| {}) {
                 Some(cell) => {
                     cell.lock().persistent = true;
                     cells.insert(client_id, cell);
@@ -123,12 +123,15 @@ impl Core {
 
     /// Create an offline session from its durable part, with its subscriptions in the
     /// router and its expiry and delayed will scheduled; `None` (and the record deleted, its
-    /// delayed will published) when it expired meanwhile.
+    /// delayed will published) when it expired meanwhile. `fill` runs on the new session
+    /// before its subscriptions enter the router: what it queues comes before anything
+    /// routed to the session.
     pub(crate) fn install_session(
         self: &Arc<Self>,
         client_id: &Arc<str>,
         rec: &crate::durability::SessionSnapshot,
         stamp: crate::clock::Stamp,
+        fill: impl FnOnce(&Arc<SessionCell>),
     ) -> Option<Arc<SessionCell>> {
         let (now, wall) = (stamp.now, stamp.wall_ms);
         // A session that was connected at the crash counts as disconnected now.
@@ -163,6 +166,7 @@ impl Core {
                 st.pending_will_at = record::from_wall(*at, stamp);
             }
         }
+        fill(&cell);
         for (filter, options, id) in &rec.subscriptions {
             let shared = filter.starts_with("$share/").then(|| Arc::from(filter.as_str()));
             let entry = SubEntry {

@@ -328,7 +328,7 @@ async fn messages_published_while_a_session_moves_are_not_lost() {
     }
     // Every acknowledged message reaches the session once it moved (duplicates allowed for
     // QoS 1, v5 [MQTT-4.3.2-1]); each publisher's messages in order apart from those.
-    let mut seen = std::collections::HashMap::<String, Vec<u32>>::new();
+    let mut seen = std::collections::HashMap::<String, Vec<(u32, bool)>>::new();
     let mut distinct = std::collections::HashSet::new();
     while distinct.len() < 2 * total as usize {
         let p = match sub.next_within(Duration::from_secs(20)).await {
@@ -339,21 +339,43 @@ async fn messages_published_while_a_session_moves_are_not_lost() {
         let text = String::from_utf8(p.payload.to_vec()).expect("utf8");
         let (name, n) = text.split_once(':').expect("name:n");
         let n: u32 = n.parse().expect("number");
-        seen.entry(name.to_string()).or_default().push(n);
+        seen.entry(name.to_string()).or_default().push((n, p.dup));
         distinct.insert(text);
     }
     for (name, ns) in &seen {
         let mut highest = None;
-        for &n in ns {
+        for &(n, _) in ns {
             if let Some(h) = highest {
                 assert!(
-                    n > h || ns.iter().filter(|&&m| m == n).count() > 1,
-                    "{name}: {n} after {h}, not a duplicate"
+                    n > h || ns.iter().filter(|&&(m, _)| m == n).count() > 1,
+                    "{name}: {n} after {h}, not a duplicate; arrivals: {}",
+                    runs(ns)
                 );
             }
             highest = highest.max(Some(n));
         }
     }
+}
+
+/// Numbers in order of arrival as runs of consecutive ones (`3-9 DUP` for redeliveries).
+fn runs(ns: &[(u32, bool)]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ns.len() {
+        let (start, dup) = ns[i];
+        let mut j = i;
+        while j + 1 < ns.len() && ns[j + 1] == (ns[j].0 + 1, dup) {
+            j += 1;
+        }
+        let flag = if dup { " DUP" } else { "" };
+        out.push(if j == i {
+            format!("{start}{flag}")
+        } else {
+            format!("{start}-{}{flag}", ns[j].0)
+        });
+        i = j + 1;
+    }
+    out.join(", ")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
