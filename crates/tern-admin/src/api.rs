@@ -637,7 +637,7 @@ pub async fn retained_delete(
     Path(topic): Path<String>,
 ) -> ApiResult {
     tracing::info!(who = %who.0, topic, "admin API: delete a retained message");
-    if st.admin.delete_retained(&topic) {
+    if st.admin.delete_retained_everywhere(&topic) {
         ok(json!({ "topic": topic, "deleted": true }))
     } else {
         Err(ApiError::not_found(format!("no retained message on `{topic}`")))
@@ -706,10 +706,12 @@ pub async fn publish(
         msg.expires_at = Some(std::time::Instant::now() + std::time::Duration::from_secs(secs.into()));
     }
     tracing::info!(who = %who.0, topic = %b.topic, qos = b.qos, retain = b.retain, "admin API: publish");
-    let reached = st
-        .admin
-        .publish(msg)
-        .map_err(|e| ApiError::bad(format!("`topic` {:?}: {e}", b.topic)))?;
+    // As a client's publish: in a cluster it reaches every node, and a QoS 1/2 message is
+    // stored before the answer.
+    let reached = st.admin.publish_everywhere(msg).await.map_err(|e| match e {
+        tern_broker::PublishError::Topic(e) => ApiError::bad(format!("`topic` {:?}: {e}", b.topic)),
+        e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    })?;
     ok(json!({ "topic": b.topic, "sessions_reached": reached }))
 }
 

@@ -229,6 +229,24 @@ impl Admin {
         self.core.publish_from_outside(message, true)
     }
 
+    /// Publish as a client of this broker would (the admin API's publish): to this
+    /// broker's sessions, kept if retained, and handed to the backplane, so that in a
+    /// cluster it reaches every node. A QoS 1/2 message is stored by the backplane before
+    /// this returns, as a client's PUBACK waits for it. Returns how many sessions of this
+    /// broker it reached.
+    pub async fn publish_everywhere(&self, message: Message) -> Result<usize, PublishError> {
+        let (reached, ticket) = self.core.publish_from_api(message)?;
+        if let (Some(ticket), Some(b)) = (ticket, &self.core.backplane) {
+            if let Some(progress) = b.progress() {
+                let limit = b.ack_timeout();
+                if !crate::connection::reached(progress, ticket, limit).await || progress.has_failed() {
+                    return Err(PublishError::NotStored(limit));
+                }
+            }
+        }
+        Ok(reached)
+    }
+
     /// Like [`Admin::publish`], for a message the caller also hands to the backplane (a
     /// cluster publishing a dead node's will): shared subscriptions are left to a backplane
     /// that delivers them ([`Backplane::delivers_shared`](crate::backplane::Backplane::delivers_shared)).
@@ -321,6 +339,18 @@ impl Admin {
             true,
         ));
         self.core.retain(&empty);
+        true
+    }
+
+    /// [`Admin::delete_retained`] (the admin API's), and in a cluster on every node
+    /// ([`Backplane::retained_deleted`](crate::backplane::Backplane::retained_deleted)).
+    pub fn delete_retained_everywhere(&self, topic: &str) -> bool {
+        if !self.delete_retained(topic) {
+            return false;
+        }
+        if let Some(b) = &self.core.backplane {
+            b.retained_deleted(topic);
+        }
         true
     }
 
@@ -421,7 +451,41 @@ impl Admin {
     }
 }
 
+/// Why [`Admin::publish_everywhere`] did not publish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The topic is not a valid topic name.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// The backplane (a cluster) did not store the QoS 1/2 message in time; it may still be
+    /// stored later.
+    #[error("the cluster did not store the message within {0:?}")]
+    NotStored(Duration),
+}
+
 impl Core {
+    /// The admin API's publish ([`Admin::publish_everywhere`]): counted, kept if retained,
+    /// routed here (shared subscriptions left to a backplane that delivers them) and handed
+    /// to the backplane; with the backplane's ticket to wait for, for QoS 1/2.
+    fn publish_from_api(
+        &self,
+        message: Message,
+    ) -> Result<(usize, Option<crate::durability::Ticket>), TopicError> {
+        tern_proto::topic::validate_topic_name(&message.topic)?;
+        let msg = Arc::new(message);
+        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        if msg.retain && !self.retain(&msg) {
+            tracing::warn!(topic = %msg.topic, "retained store full (max_retained); message not retained");
+        }
+        let reached = self.publish_beside_backplane(&msg);
+        let ticket = self.backplane.as_ref().and_then(|b| {
+            b.published(&msg);
+            (msg.qos != tern_proto::QoS::AtMostOnce).then(|| b.submitted())
+        });
+        Ok((reached, ticket))
+    }
+
     /// A message from outside the MQTT listeners (a cluster, a bridge, the admin API):
     /// counted as received, kept if retained, routed, not handed to the backplane.
     pub(crate) fn publish_from_outside(

@@ -46,6 +46,12 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// [`BrokerHandle::publish`](crate::BrokerHandle::publish), nor for `$SYS` statistics.
     fn published(&self, message: &Arc<Message>);
 
+    /// The operator deleted the retained message of `topic` on this broker (the admin API):
+    /// delete it everywhere, without sending a message (default: nothing).
+    fn retained_deleted(&self, topic: &str) {
+        let _ = topic;
+    }
+
     /// A session of this broker subscribed to `filter` (the full filter, with the
     /// `$share/GROUP/` prefix of a shared subscription).
     fn subscribed(&self, filter: &str);

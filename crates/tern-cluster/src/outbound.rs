@@ -176,16 +176,7 @@ impl Outbound {
         // Kept in the retained bucket (key: the encoded topic), in the same order of tickets:
         // a QoS 1/2 PUBACK waits for both writes.
         if msg.retain {
-            let mut h = headers.clone();
-            if msg.payload.is_empty() {
-                h.insert("KV-Operation", "PURGE");
-                h.insert(async_nats::header::NATS_ROLLUP, "sub");
-            }
-            let out = Outgoing {
-                subject: topic::encode_topic(&streams::retain_subject(&self.prefix), &msg.topic),
-                headers: self.with_id(h),
-                payload: msg.payload.clone(),
-            };
+            let out = self.retained_write(msg, headers.clone());
             // A QoS 0 publisher does not wait for its message to be stored, so nothing slows
             // it down: its retained writes are dropped beyond QOS0_QUEUE waiting ones.
             let waiting = self.submitted().saturating_sub(self.progress.get());
@@ -222,6 +213,28 @@ impl Outbound {
             headers,
             payload: msg.payload.clone(),
         });
+    }
+
+    /// The write of `msg` (retained) into the retained bucket: an empty payload purges the key.
+    fn retained_write(&self, msg: &Message, mut headers: HeaderMap) -> Outgoing {
+        if msg.payload.is_empty() {
+            headers.insert("KV-Operation", "PURGE");
+            headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+        }
+        Outgoing {
+            subject: topic::encode_topic(&streams::retain_subject(&self.prefix), &msg.topic),
+            headers: self.with_id(headers),
+            payload: msg.payload.clone(),
+        }
+    }
+
+    /// Delete the retained message of `topic` from the retained bucket (the operator deleted
+    /// it on this node): the other nodes drop it too, and no message is sent.
+    pub fn delete_retained(&self, topic: &str) {
+        let empty = Message::new(topic.to_string(), Bytes::new(), QoS::AtMostOnce, true);
+        let headers = codec::headers(&empty, &self.node);
+        let out = self.retained_write(&empty, headers);
+        self.submit(out);
     }
 
     /// `headers` with a `Nats-Msg-Id` unique to this message: a retried publish is stored once.

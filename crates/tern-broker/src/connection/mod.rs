@@ -426,7 +426,7 @@ async fn session_commit(core: Arc<Core>, ticket: crate::durability::Ticket) -> R
 
 /// Wait until `progress` reaches `target` or fails, at most `limit`; `false` when the limit
 /// ran out.
-async fn reached(
+pub(crate) async fn reached(
     progress: &crate::durability::Progress,
     target: crate::durability::Ticket,
     limit: Duration,

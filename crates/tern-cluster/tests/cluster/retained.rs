@@ -89,3 +89,63 @@ async fn retained_messages_set_on_one_node_are_read_deleted_and_expire_on_others
     tokio::time::sleep((sent + Duration::from_millis(3100)).saturating_duration_since(Instant::now())).await;
     eventually(a.addr(), "r/#", &["2"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_apis_publish_and_retained_delete_reach_every_node() {
+    // The admin API publishes as a client would: a subscriber on another node gets it, a
+    // retained one is kept on every node, and deleting a retained message on one node
+    // deletes it on the others (without a message to subscribers).
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let mut sub = Raw::connect(b.addr(), V5, "api-sub").await;
+    sub.subscribe("api/#", QoS::AtLeastOnce).await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let m = tern_broker::Message::new(format!("api/{i}"), format!("m{i}"), qos, false);
+        // No session on A matches: 0 there; QoS 1/2 answer once the cluster stored it.
+        assert_eq!(
+            a.broker.admin().publish_everywhere(m).await.expect("published"),
+            0
+        );
+        // QoS 0 crosses on core NATS: wait for the node's subscription to be in place.
+        let p = loop {
+            match sub
+                .next_within(Duration::from_secs(if i == 0 { 1 } else { 10 }))
+                .await
+            {
+                // A late copy of the QoS 0 message sent again below.
+                Ok(Some(Packet::Publish(p))) if i > 0 && &p.payload[..] == b"m0" => {}
+                Ok(Some(Packet::Publish(p))) => break p,
+                other if i == 0 => {
+                    assert!(matches!(other, Err(())), "{other:?}");
+                    let m = tern_broker::Message::new(format!("api/{i}"), format!("m{i}"), qos, false);
+                    a.broker.admin().publish_everywhere(m).await.expect("published");
+                }
+                other => panic!("message {i} from A's admin API on B: {other:?}"),
+            }
+        };
+        sub.ack(&p).await;
+        assert_eq!(&p.payload[..], format!("m{i}").as_bytes());
+        assert_eq!(p.qos, qos.min(QoS::AtLeastOnce));
+    }
+    let kept = tern_broker::Message::new("api/kept", "k", QoS::AtLeastOnce, true);
+    a.broker
+        .admin()
+        .publish_everywhere(kept)
+        .await
+        .expect("published");
+    let p = match sub.next_within(Duration::from_secs(10)).await {
+        Ok(Some(Packet::Publish(p))) => p,
+        other => panic!("retained message from A's admin API on B: {other:?}"),
+    };
+    sub.ack(&p).await;
+    eventually(b.addr(), "api/kept", &["k"]).await;
+    // Deleted through B's admin API: gone from A too; the subscriber is not told.
+    assert!(b.broker.admin().delete_retained_everywhere("api/kept"));
+    eventually(a.addr(), "api/kept", &[]).await;
+    assert!(a.broker.admin().retained_message("api/kept").is_none());
+    sub.expect_silence(300).await;
+}
