@@ -63,9 +63,9 @@ pub struct ClusterConfig {
     /// publishes the wills of its clients (default 10,000); each node says it is alive every
     /// fifth of it.
     pub node_timeout_ms: u64,
-    /// Milliseconds a message of a shared subscription waits for the member it was given to
-    /// to acknowledge it (PUBACK, PUBCOMP) before it is offered to another member, when that
-    /// member's node died or kept it too long (default 30,000).
+    /// Milliseconds after which a message of a shared subscription whose member's node died
+    /// (or lost NATS) is offered to another member (default 30,000). While the member holds
+    /// it, its node says so to JetStream every third of this time.
     pub share_ack_wait_ms: u64,
     /// User name on the NATS servers (with `password` or `password_file`).
     pub user: Option<String>,

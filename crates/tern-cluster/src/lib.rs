@@ -417,6 +417,7 @@ impl Cluster {
             admin: admin.clone(),
             client: self.share_client.clone(),
             js: self.js.clone(),
+            held: Mutex::default(),
         });
         let task = tokio::spawn(shares::follow(shares, self.shares.clone()));
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
@@ -555,6 +556,12 @@ impl Backplane for NodeBackplane {
             return;
         }
         self.outbound.publish(message);
+    }
+
+    fn retained_deleted(&self, topic: &str) {
+        if !topic.starts_with("$SYS/") {
+            self.outbound.delete_retained(topic);
+        }
     }
 
     fn subscribed(&self, filter: &str) {

@@ -9,17 +9,20 @@
 //!   ([`Admin::deliver_shared`]) and acknowledges it to JetStream only when the member has
 //!   acknowledged it (PUBACK, PUBCOMP; at once for a member subscribed at QoS 0). A message
 //!   no member here can take is given back (`nak`, after [`NAK_DELAY`]) for another node; one
-//!   whose member's node died comes back after `share_ack_wait_ms`. A consumer no node pulls
-//!   for [`SHARE_IDLE`] is removed by JetStream: the group has ended.
+//!   whose member's node died comes back after `share_ack_wait_ms`; while a member holds it
+//!   (a slow client, or a session whose client is away), its node tells JetStream so every
+//!   third of that time (`+WPI`), so that it does not go to another member as well. A
+//!   consumer no node pulls for [`SHARE_IDLE`] is removed by JetStream: the group has ended.
 //! - QoS 0 messages: a core NATS queue group per group on the filter's subjects, on a second
 //!   connection of the node (the first one does not receive what the node itself publishes):
 //!   NATS gives each message to one node, which hands it to one of its members.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer, AckKind};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tern_broker::{Admin, SharedDelivery};
 use tokio::sync::Notify;
@@ -96,12 +99,37 @@ pub(crate) struct Parts {
     /// The node's second connection (it receives the node's own QoS 0 messages).
     pub client: async_nats::Client,
     pub js: jetstream::Context,
+    /// Messages handed to members here, with their acknowledgement subjects: while a member
+    /// holds one, JetStream is told it is in progress ([`keep_held`]).
+    pub held: Mutex<Vec<(Weak<Settle>, async_nats::Subject)>>,
+}
+
+/// Tell JetStream every third of the ack wait that the messages members here still hold are
+/// in progress, until aborted; forget those that were settled.
+async fn keep_held(parts: Arc<Parts>) {
+    let mut tick = tokio::time::interval(parts.ack_wait / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let replies: Vec<async_nats::Subject> = {
+            let mut held = parts.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.retain(|(settle, _)| settle.upgrade().is_some_and(|s| s.holds()));
+            held.iter().map(|(_, reply)| reply.clone()).collect()
+        };
+        for reply in replies {
+            if let Err(e) = parts.client.publish(reply, Bytes::from_static(b"+WPI")).await {
+                tracing::debug!("shared message still held, not told to JetStream: {e}");
+            }
+        }
+    }
 }
 
 /// Keep one group task per shared subscription of this node's sessions, until aborted.
 pub(crate) async fn follow(parts: Arc<Parts>, shares: Arc<Shares>) {
     // Dropped with this task (the node goes away): the group tasks are aborted.
     let mut have: HashMap<String, Vec<crate::Aborting>> = HashMap::new();
+    let _progress = crate::Aborting(tokio::spawn(keep_held(parts.clone())));
     loop {
         let changed = shares.changed.notified();
         let wanted = shares.snapshot();
@@ -272,7 +300,17 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
                 continue;
             }
         };
+        let reply = m.reply.clone();
         let settle = Arc::new(Settle(Mutex::new(Some(m))));
+        if let Some(reply) = reply {
+            let mut held = parts.held.lock().unwrap_or_else(|e| e.into_inner());
+            // Settled ones go when it is full, before it grows: it stays within about twice
+            // what members hold (bounded by MAX_ACK_PENDING per group and shard).
+            if held.len() >= held.capacity().max(1024) {
+                held.retain(|(settle, _)| settle.upgrade().is_some_and(|s| s.holds()));
+            }
+            held.push((Arc::downgrade(&settle), reply));
+        }
         match parts
             .admin
             .deliver_shared(full, msg, Some(settle), delivered >= OFFLINE_AFTER)
@@ -289,9 +327,14 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
 /// A JetStream message handed to a member: acknowledged when the member has acknowledged
 /// it, given back (`nak`) when the delivery is abandoned.
 #[derive(Debug)]
-struct Settle(Mutex<Option<jetstream::Message>>);
+pub(crate) struct Settle(Mutex<Option<jetstream::Message>>);
 
 impl Settle {
+    /// Not settled yet.
+    fn holds(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     fn finish(&self, kind: AckKind) {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         let (Some(m), Ok(rt)) = (m, tokio::runtime::Handle::try_current()) else {

@@ -132,8 +132,8 @@ async fn a_shared_group_with_members_on_two_nodes_gets_each_message_once() {
     assert!(missing.is_empty(), "delivered to no member: {missing:?}");
     assert_eq!(times.len(), sent.len());
 
-    // A message published through the admin API of node a (not sent to the cluster) reaches
-    // the group's member there.
+    // A message given to node a's broker alone (`Admin::publish`, as the cluster hands in
+    // what comes from other nodes; not sent to the cluster) reaches the group's member there.
     a.broker
         .admin()
         .publish(tern_broker::Message::new(
@@ -268,4 +268,67 @@ async fn a_member_moving_to_another_node_gets_its_unacknowledged_shared_messages
     publisher.publish("m/late", "late", QoS::AtLeastOnce, false).await;
     let late = drain(&mut moved, Duration::from_secs(1), Duration::from_secs(10)).await;
     assert_eq!(late.iter().map(text).collect::<Vec<_>>(), vec!["late"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_member_holds_beyond_the_ack_wait_goes_to_no_other_member() {
+    // v5 section 4.8.2: a message of a shared subscription goes to one member; a slow member
+    // that keeps it unacknowledged longer than `share_ack_wait_ms` still has it, so JetStream
+    // must not offer it again (its node says it is in progress).
+    let nats = Nats::start(1, true);
+    let mut config = node::config(&nats, "a");
+    config.share_ack_wait_ms = 1_000;
+    let a = node::start(&config).await;
+    config.node_name = "b".into();
+    let b = node::start(&config).await;
+    let mut slow = Raw::connect(a.addr(), V5, "slow-a").await;
+    let mut quick = Raw::connect(b.addr(), V5, "quick-b").await;
+    for m in [&mut slow, &mut quick] {
+        m.subscribe("$share/slow/job/#", QoS::AtLeastOnce).await;
+    }
+    let mut p = Raw::connect(a.addr(), V5, "slow-pub").await;
+    wait_for_group(&mut [&mut p], &mut [&mut slow, &mut quick]).await;
+    for i in 0..20 {
+        p.publish(&format!("job/s/{i}"), &format!("s-{i}"), QoS::AtLeastOnce, false)
+            .await;
+    }
+    // The slow member reads for 3.5 ack waits and acknowledges nothing meanwhile.
+    let reading = async {
+        let mut held = Vec::new();
+        let until = Instant::now() + Duration::from_millis(3_500);
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match slow.next_within(left).await {
+                Ok(Some(Packet::Publish(p))) => held.push(p),
+                Ok(other) => panic!("slow member: {other:?}"),
+                Err(()) => break,
+            }
+        }
+        held
+    };
+    let (held, quick_got) = tokio::join!(
+        reading,
+        drain(
+            &mut quick,
+            Duration::from_millis(3_500),
+            Duration::from_millis(3_500)
+        )
+    );
+    for m in &held {
+        slow.ack(m).await;
+    }
+    let after = drain(&mut slow, Duration::from_secs(2), Duration::from_secs(4)).await;
+    let quick_after = drain(&mut quick, Duration::from_millis(500), Duration::from_secs(2)).await;
+    let mut times: BTreeMap<String, usize> = BTreeMap::new();
+    for m in held.iter().chain(&after).chain(&quick_got).chain(&quick_after) {
+        *times.entry(text(m)).or_default() += 1;
+    }
+    println!(
+        "slow member held {}, quick member got {}",
+        held.len(),
+        quick_got.len() + quick_after.len()
+    );
+    assert!(!held.is_empty(), "the slow member got some of the messages");
+    let doubled: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "delivered twice: {doubled:?}");
+    assert_eq!(times.len(), 20, "each message reached a member: {times:?}");
 }
