@@ -73,6 +73,9 @@ jsz() {
 import json, sys, urllib.request
 ds = [json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/jsz")) for p in sys.argv[1:]]
 print("streams", [d["streams"] for d in ds], "consumers", [d["consumers"] for d in ds])
+# Messages NATS dropped for clients that did not read fast enough (core NATS has no flow control).
+vs = [json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/varz")) for p in sys.argv[1:]]
+print("slow consumers per server", [v.get("slow_consumers", 0) for v in vs])
 # The session directory's size on each server (every one holds a replica): entries kept, bytes.
 sizes = []
 for p in sys.argv[1:]:

@@ -375,6 +375,30 @@ impl Core {
         (n, usize::try_from(over_limit).unwrap_or(usize::MAX))
     }
 
+    /// Route several messages (tagged by the caller) like [`Core::publish_beside_backplane`],
+    /// queueing them together: each session's under one lock, in order. Returns each tag
+    /// with how many sessions its message reached.
+    /// The sessions whose queues went over their limits (slow subscribers) are added to
+    /// `pressure`, as for a client's publish.
+    pub(crate) fn route_batch<T>(
+        &self,
+        messages: impl Iterator<Item = (T, Arc<Message>)>,
+        pressure: &mut Vec<Arc<SessionCell>>,
+    ) -> Vec<(T, usize)> {
+        let mut deliveries = ROUTE_SCRATCH.with(|s| s.take());
+        let reached: Vec<(T, usize)> = messages
+            .map(|(tag, msg)| {
+                let n = self.collect(&msg, &mut deliveries, !self.shared_elsewhere);
+                (tag, n)
+            })
+            .collect();
+        self.deliver_all(&mut deliveries, Some(pressure));
+        if deliveries.capacity() <= MAX_KEPT_SCRATCH {
+            ROUTE_SCRATCH.with(|s| s.set(deliveries));
+        }
+        reached
+    }
+
     /// Queue `pending` (emptied), each session's messages under one lock and in
     /// the order they were routed; sessions over their limits are added to `pressure`.
     /// Returns how many messages sessions dropped for their offline limits.

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tern_broker::Admin;
 use tokio::sync::Notify;
 
@@ -119,28 +119,47 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
-    fn deliver(&self, prefix: &str, m: &async_nats::Message) {
-        if codec::node_of(m.headers.as_ref()) == Some(self.node.as_str()) {
-            return;
-        }
-        match codec::decode(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
-            Ok(msg) => {
-                self.counters.received.fetch_add(1, Ordering::Relaxed);
+    /// Deliver `ms` in order, queued together (each session locked and woken once); the
+    /// sessions that went over their queue limits with them.
+    fn deliver_all<'a>(
+        &self,
+        prefix: &str,
+        ms: impl IntoIterator<Item = &'a async_nats::Message>,
+    ) -> tern_broker::Slowed {
+        let now = std::time::Instant::now();
+        let decoded = ms.into_iter().filter_map(|m| {
+            if codec::node_of(m.headers.as_ref()) == Some(self.node.as_str()) {
+                return None;
+            }
+            match codec::decode(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
                 // Retained state comes from the retained bucket (`follow_retained`), in one
                 // order for every node; here the message is only delivered.
                 // Its arrival time tells how far back a session's unacknowledged messages go
                 // (`sessions.rs`, the floor of a session's record).
-                if let Err(e) = self.admin.route(msg.arrived(std::time::Instant::now())) {
-                    tracing::warn!(subject = %m.subject, "message from the cluster not delivered: {e}");
+                Ok(msg) => Some(msg.arrived(now)),
+                Err(e) => {
+                    self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
+                    None
                 }
             }
-            Err(e) => {
-                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
-            }
+        });
+        let (results, slowed) = self.admin.route_all(decoded);
+        for r in results {
+            match r {
+                Ok(_) => self.counters.received.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!("message from the cluster not delivered: {e}");
+                    0
+                }
+            };
         }
+        slowed
     }
 }
+
+/// Messages a QoS 0 subscription's task takes at once when more are waiting.
+const BATCH: usize = 256;
 
 /// Keep the NATS subscriptions in step with `interest` until aborted.
 pub(crate) async fn follow_interest(
@@ -166,8 +185,20 @@ pub(crate) async fn follow_interest(
                     have.insert(
                         s,
                         crate::Aborting(tokio::spawn(async move {
+                            let mut batch = Vec::with_capacity(BATCH);
                             while let Some(m) = sub.next().await {
-                                inbound.deliver(&prefix, &m);
+                                // With what is already waiting: one queueing per session.
+                                batch.push(m);
+                                while batch.len() < BATCH {
+                                    match sub.next().now_or_never() {
+                                        Some(Some(m)) => batch.push(m),
+                                        _ => break,
+                                    }
+                                }
+                                // QoS 0: what sessions here cannot take is dropped, as
+                                // QoS 0 allows (no flow control across nodes yet).
+                                let _ = inbound.deliver_all(&prefix, &batch);
+                                batch.clear();
                             }
                         })),
                     );
@@ -240,16 +271,53 @@ async fn tail_from(
         })
         .await?;
     let mut messages = consumer.messages().await?;
-    while let Some(m) = messages.next().await {
-        let m = m?;
-        let seq = m.info()?.stream_sequence;
-        if seq < *next {
-            continue;
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(first) = messages.next().await {
+        // With what is already waiting: one queueing per session. A failure ends the loop
+        // once what was taken before it is delivered (`next` is already past it).
+        let mut failed: Option<async_nats::Error> = None;
+        let mut item = Some(first);
+        while let Some(r) = item.take() {
+            let taken = match r {
+                Ok(m) => m.info().map(|i| i.stream_sequence).map(|seq| (m, seq)),
+                Err(e) => Err(e.into()),
+            };
+            match taken {
+                Ok((m, seq)) => {
+                    if seq >= *next {
+                        *next = seq + 1;
+                        batch.push(m.message);
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if batch.len() < BATCH {
+                item = messages.next().now_or_never().flatten();
+            }
         }
-        *next = seq + 1;
-        inbound.deliver(prefix, &m.message);
+        if batch.is_empty() {
+            match failed {
+                Some(e) => return Err(e),
+                None => continue,
+            }
+        }
+        let slowed = inbound.deliver_all(prefix, &batch);
+        batch.clear();
         if let Some(p) = inbound.positions.get(usize::from(k)) {
-            p.store(seq, Ordering::Release);
+            p.store(*next - 1, Ordering::Release);
+        }
+        // A subscriber here over its queue limits: read no further until it has room (or is
+        // treated as stalled), as a publisher on its node would be slowed down; the stream
+        // keeps the rest. Without this, a slow subscriber's QoS 1 messages beyond twice its
+        // queue limit were dropped.
+        if !slowed.is_empty() {
+            slowed.room().await;
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
     Ok(())

@@ -246,8 +246,18 @@ impl Cluster {
                 .event_callback(move |event| {
                     let told = told.clone();
                     async move {
-                        if matches!(event, async_nats::Event::Connected) {
-                            told.notify_one();
+                        match event {
+                            async_nats::Event::Connected => told.notify_one(),
+                            // The NATS client dropped messages of a subscription this node did
+                            // not take fast enough (QoS 0 from other nodes: core NATS has no
+                            // flow control).
+                            async_nats::Event::SlowConsumer(sid) => {
+                                tracing::warn!(
+                                    sid,
+                                    "cluster: a NATS subscription fell behind; its client dropped messages"
+                                )
+                            }
+                            _ => {}
                         }
                     }
                 })

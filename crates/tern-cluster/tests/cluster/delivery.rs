@@ -265,3 +265,55 @@ async fn without_a_jetstream_quorum_nothing_is_acknowledged_and_the_publisher_is
         assert_eq!(&p[0].payload[..], b"during");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_on_another_node_loses_no_qos1_message() {
+    // A subscriber that reads nothing for a second (slow, not stalled: under
+    // backpressure_timeout_ms) while a publisher on another node sends 3,000 QoS 1
+    // messages, far beyond its queue limit (200, so twice that before messages are
+    // dropped). On one broker the publisher is slowed down; across nodes the subscriber's
+    // node stops reading the stream until the queue has room. Before, the messages beyond
+    // twice the limit were dropped although their PUBACKs had gone out
+    // (v5 [MQTT-4.3.2-1]: a QoS 1 message is delivered at least once).
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start_configured(&node::config(&nats, "b"), |c| c.max_queued_messages = 200).await;
+    let mut sub = Raw::connect(b.addr(), V5, "slow").await;
+    sub.subscribe("slow/#", QoS::AtLeastOnce).await;
+    let total = 3_000u32;
+    let publisher = tokio::spawn(async move {
+        let mut p = Raw::connect(a.addr(), V3, "fast").await;
+        for window in 0..total / 100 {
+            for i in 0..100u16 {
+                let mut m = Publish::new("slow/x", format!("{}", window * 100 + u32::from(i)));
+                m.qos = QoS::AtLeastOnce;
+                m.packet_id = Some(pid(i + 1));
+                p.send(Packet::Publish(m)).await;
+            }
+            for _ in 0..100 {
+                match p.next_within(Duration::from_secs(30)).await {
+                    Ok(Some(Packet::PubAck(a))) => assert_eq!(a.reason_code, ReasonCode::Success),
+                    other => panic!("expected PUBACK, got {other:?}"),
+                }
+            }
+        }
+        a
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = collect(&mut sub, total as usize, Duration::from_secs(60)).await;
+    let numbers: Vec<u32> = got
+        .iter()
+        .map(|p| {
+            std::str::from_utf8(&p.payload)
+                .expect("utf8")
+                .parse()
+                .expect("number")
+        })
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "in order, each once");
+    let _a = publisher.await.expect("publisher");
+    println!(
+        "node b dropped {} messages",
+        b.broker.admin().stats().messages_dropped
+    );
+}
