@@ -264,20 +264,12 @@ impl Admin {
 
     /// [`Admin::route`] for several messages at once, in order: each session is locked, and
     /// its connection woken, once for all of them. A message whose topic is not a valid
-    /// topic name is left out (its error is in the result, by position). With the sessions
-    /// that went over their queue limits: whoever routes more should wait for
-    /// [`Slowed::room`] first, as a client's publisher would be slowed down.
-    pub fn route_all(
-        &self,
-        messages: impl IntoIterator<Item = Message>,
-    ) -> (Vec<Result<usize, TopicError>>, Slowed) {
-        let mut cells = Vec::new();
-        let results = self.core.route_all_from_outside(messages, &mut cells);
-        let slowed = Slowed {
-            cells,
-            core: self.core.clone(),
-        };
-        (results, slowed)
+    /// topic name is left out (its error is in the result, by position). The QoS 1/2
+    /// messages among them are taken as stored elsewhere (another node's): a slow subscriber,
+    /// whose publisher cannot be slowed down from here, gets them queued beyond twice its
+    /// limits, within the broker-wide `max_queued_bytes_total`, rather than dropped.
+    pub fn route_all(&self, messages: impl IntoIterator<Item = Message>) -> Vec<Result<usize, TopicError>> {
+        self.core.route_all_from_outside(messages)
     }
 
     /// Deliver `message`, which a backplane that delivers shared subscriptions itself
@@ -363,13 +355,12 @@ impl Admin {
     /// [`Admin::delete_retained`] (the admin API's), and in a cluster on every node
     /// ([`Backplane::retained_deleted`](crate::backplane::Backplane::retained_deleted)).
     pub fn delete_retained_everywhere(&self, topic: &str) -> bool {
-        if !self.delete_retained(topic) {
-            return false;
-        }
+        let here = self.delete_retained(topic);
+        // Deleted on the other nodes even when this one had no copy (its `max_retained` full).
         if let Some(b) = &self.core.backplane {
             b.retained_deleted(topic);
         }
-        true
+        here
     }
 
     /// Whether the broker serves: listeners bound (always, for an `Admin`), the store
@@ -469,43 +460,6 @@ impl Admin {
     }
 }
 
-/// Sessions that messages routed by [`Admin::route_all`] found over their queue limits (slow
-/// subscribers).
-pub struct Slowed {
-    cells: Vec<Arc<crate::session::SessionCell>>,
-    core: Arc<Core>,
-}
-
-impl std::fmt::Debug for Slowed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slowed")
-            .field("sessions", &self.cells.len())
-            .finish()
-    }
-}
-
-impl Slowed {
-    /// Whether no session went over its limits.
-    pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
-    }
-
-    /// Wait until each of those sessions has room again: its queue at half its limits, its
-    /// client gone, or treated as stalled after `backpressure_timeout_ms` (its messages are
-    /// dropped then, as on one broker).
-    pub async fn room(mut self) {
-        const ROOM_POLL: Duration = Duration::from_millis(20);
-        loop {
-            let (cfg, clock) = (&self.core.config, &self.core.clock);
-            self.cells.retain(|c| !c.has_room(cfg, clock));
-            let Some(first) = self.cells.first().cloned() else {
-                return;
-            };
-            let _ = tokio::time::timeout(ROOM_POLL, first.space.notified()).await;
-        }
-    }
-}
-
 /// Why [`Admin::publish_everywhere`] did not publish.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -573,30 +527,27 @@ impl Core {
     pub(crate) fn route_all_from_outside(
         &self,
         messages: impl IntoIterator<Item = Message>,
-        pressure: &mut Vec<Arc<crate::session::SessionCell>>,
     ) -> Vec<Result<usize, TopicError>> {
         let mut results = Vec::new();
-        let reached = self.route_batch(
-            messages.into_iter().filter_map(|message| {
-                match tern_proto::topic::validate_topic_name(&message.topic) {
-                    Ok(()) => {
-                        results.push(Ok(0));
-                        Some((results.len() - 1, Arc::new(message)))
-                    }
-                    Err(e) => {
-                        results.push(Err(e));
-                        None
-                    }
+        let reached = self.route_batch(messages.into_iter().filter_map(|message| {
+            match tern_proto::topic::validate_topic_name(&message.topic) {
+                Ok(()) => {
+                    results.push(Ok(0));
+                    Some((results.len() - 1, Arc::new(message)))
                 }
-            }),
-            pressure,
-        );
+                Err(e) => {
+                    results.push(Err(e));
+                    None
+                }
+            }
+        }));
         for (i, n) in reached {
             results[i] = Ok(n);
         }
+        let routed = results.iter().filter(|r| r.is_ok()).count();
         self.counters
             .messages_in
-            .fetch_add(results.len() as u64, Ordering::Relaxed);
+            .fetch_add(routed as u64, Ordering::Relaxed);
         results
     }
 }

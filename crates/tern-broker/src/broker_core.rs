@@ -173,6 +173,7 @@ impl Core {
             durability: &self.durability,
             clock: &self.clock,
             budget: &self.queued,
+            stored_elsewhere: false,
         }
     }
 
@@ -378,12 +379,11 @@ impl Core {
     /// Route several messages (tagged by the caller) like [`Core::publish_beside_backplane`],
     /// queueing them together: each session's under one lock, in order. Returns each tag
     /// with how many sessions its message reached.
-    /// The sessions whose queues went over their limits (slow subscribers) are added to
-    /// `pressure`, as for a client's publish.
+    /// Messages a backplane stored (QoS 1/2 of another node) are kept for a slow subscriber
+    /// beyond twice its queue limits ([`Queueing::stored_elsewhere`]).
     pub(crate) fn route_batch<T>(
         &self,
         messages: impl Iterator<Item = (T, Arc<Message>)>,
-        pressure: &mut Vec<Arc<SessionCell>>,
     ) -> Vec<(T, usize)> {
         let mut deliveries = ROUTE_SCRATCH.with(|s| s.take());
         let reached: Vec<(T, usize)> = messages
@@ -392,7 +392,11 @@ impl Core {
                 (tag, n)
             })
             .collect();
-        self.deliver_all(&mut deliveries, Some(pressure));
+        let q = Queueing {
+            stored_elsewhere: true,
+            ..self.queueing()
+        };
+        self.deliver_with(&mut deliveries, None, &q);
         if deliveries.capacity() <= MAX_KEPT_SCRATCH {
             ROUTE_SCRATCH.with(|s| s.set(deliveries));
         }
@@ -402,21 +406,25 @@ impl Core {
     /// Queue `pending` (emptied), each session's messages under one lock and in
     /// the order they were routed; sessions over their limits are added to `pressure`.
     /// Returns how many messages sessions dropped for their offline limits.
-    pub fn deliver_all(
+    pub fn deliver_all(&self, pending: &mut Deliveries, pressure: Option<&mut Vec<Arc<SessionCell>>>) -> u64 {
+        self.deliver_with(pending, pressure, &self.queueing())
+    }
+
+    fn deliver_with(
         &self,
         pending: &mut Deliveries,
         mut pressure: Option<&mut Vec<Arc<SessionCell>>>,
+        q: &Queueing<'_>,
     ) -> u64 {
         if pending.len() > 1 {
             // Stable: each session keeps its messages in routing order.
             pending.sort_by_key(|(c, _)| c.order);
         }
-        let q = self.queueing();
         let mut it = pending.drain(..).peekable();
         let mut over_limit = 0;
         while let Some((cell, first)) = it.next() {
             let rest = std::iter::from_fn(|| it.next_if(|(c, _)| Arc::ptr_eq(c, &cell)).map(|(_, o)| o));
-            let offered = cell.enqueue_all(std::iter::once(first).chain(rest), &q);
+            let offered = cell.enqueue_all(std::iter::once(first).chain(rest), q);
             if offered.dropped > 0 {
                 self.counters
                     .messages_dropped

@@ -415,10 +415,11 @@ impl SessionCell {
             // drain for backpressure_timeout_ms is treated as stalled: its messages are
             // dropped and nobody waits for it.
             // A session with `WhenFull::Block` waits as long as it takes.
+            let within = (st.queue.len() < 2 * max_messages && st.queued_bytes + size <= 2 * max_bytes)
+                || (q.stored_elsewhere && out.qos != QoS::AtMostOnce && size <= *room);
             let patient = (out.qos != QoS::AtMostOnce || cfg.backpressure_qos0)
                 && st.conn_id.is_some()
-                && st.queue.len() < 2 * max_messages
-                && st.queued_bytes + size <= 2 * max_bytes
+                && within
                 && (own == Some(WhenFull::Block)
                     || st.full_since.is_none_or(|t| {
                         clock.now().saturating_duration_since(t) < cfg.backpressure_timeout()
@@ -536,6 +537,11 @@ pub(crate) struct Queueing<'a> {
     pub clock: &'a Clock,
     /// Bytes queued for all sessions together.
     pub budget: &'a crate::budget::QueueBudget,
+    /// The messages come from a backplane that stored them (another node's QoS 1/2): their
+    /// publishers cannot be slowed down from here, so a connected subscriber that is slow
+    /// (not stalled) gets them queued beyond twice its limits, within the broker-wide budget,
+    /// rather than dropped.
+    pub stored_elsewhere: bool,
 }
 
 impl SessionState {

@@ -119,13 +119,8 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
-    /// Deliver `ms` in order, queued together (each session locked and woken once); the
-    /// sessions that went over their queue limits with them.
-    fn deliver_all<'a>(
-        &self,
-        prefix: &str,
-        ms: impl IntoIterator<Item = &'a async_nats::Message>,
-    ) -> tern_broker::Slowed {
+    /// Deliver `ms` in order, queued together (each session locked and woken once).
+    fn deliver_all<'a>(&self, prefix: &str, ms: impl IntoIterator<Item = &'a async_nats::Message>) {
         let now = std::time::Instant::now();
         let decoded = ms.into_iter().filter_map(|m| {
             if codec::node_of(m.headers.as_ref()) == Some(self.node.as_str()) {
@@ -144,8 +139,7 @@ impl Inbound {
                 }
             }
         });
-        let (results, slowed) = self.admin.route_all(decoded);
-        for r in results {
+        for r in self.admin.route_all(decoded) {
             match r {
                 Ok(_) => self.counters.received.fetch_add(1, Ordering::Relaxed),
                 Err(e) => {
@@ -154,7 +148,6 @@ impl Inbound {
                 }
             };
         }
-        slowed
     }
 }
 
@@ -197,7 +190,7 @@ pub(crate) async fn follow_interest(
                                 }
                                 // QoS 0: what sessions here cannot take is dropped, as
                                 // QoS 0 allows (no flow control across nodes yet).
-                                let _ = inbound.deliver_all(&prefix, &batch);
+                                inbound.deliver_all(&prefix, &batch);
                                 batch.clear();
                             }
                         })),
@@ -304,17 +297,13 @@ async fn tail_from(
                 None => continue,
             }
         }
-        let slowed = inbound.deliver_all(prefix, &batch);
+        // A slow subscriber here gets these beyond its queue limits (their publishers cannot
+        // be slowed down from this node): `Admin::route_all`. Before, what went beyond twice
+        // its limit was dropped although the PUBACKs had gone out.
+        inbound.deliver_all(prefix, &batch);
         batch.clear();
         if let Some(p) = inbound.positions.get(usize::from(k)) {
             p.store(*next - 1, Ordering::Release);
-        }
-        // A subscriber here over its queue limits: read no further until it has room (or is
-        // treated as stalled), as a publisher on its node would be slowed down; the stream
-        // keeps the rest. Without this, a slow subscriber's QoS 1 messages beyond twice its
-        // queue limit were dropped.
-        if !slowed.is_empty() {
-            slowed.room().await;
         }
         if let Some(e) = failed {
             return Err(e);

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer, AckKind};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tern_broker::{Admin, SharedDelivery};
 use tokio::sync::Notify;
@@ -99,9 +98,9 @@ pub(crate) struct Parts {
     /// The node's second connection (it receives the node's own QoS 0 messages).
     pub client: async_nats::Client,
     pub js: jetstream::Context,
-    /// Messages handed to members here, with their acknowledgement subjects: while a member
-    /// holds one, JetStream is told it is in progress ([`keep_held`]).
-    pub held: Mutex<Vec<(Weak<Settle>, async_nats::Subject)>>,
+    /// Messages handed to connected members here: while a member holds one, JetStream is
+    /// told it is in progress ([`keep_held`]).
+    pub held: Mutex<Vec<Weak<Settle>>>,
 }
 
 /// Tell JetStream every third of the ack wait that the messages members here still hold are
@@ -112,13 +111,19 @@ async fn keep_held(parts: Arc<Parts>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let replies: Vec<async_nats::Subject> = {
+        let held: Vec<Weak<Settle>> = {
             let mut held = parts.held.lock().unwrap_or_else(|e| e.into_inner());
-            held.retain(|(settle, _)| settle.upgrade().is_some_and(|s| s.holds()));
-            held.iter().map(|(_, reply)| reply.clone()).collect()
+            held.retain(|settle| settle.upgrade().is_some_and(|s| s.holds()));
+            held.clone()
         };
-        for reply in replies {
-            if let Err(e) = parts.client.publish(reply, Bytes::from_static(b"+WPI")).await {
+        for settle in held {
+            // Looked at again just before: one settled meanwhile (acknowledged, or given back
+            // with a nak) must not be renewed after it. Sent on the connection its
+            // acknowledgement goes on.
+            let Some(m) = settle.upgrade().and_then(|s| s.message()) else {
+                continue;
+            };
+            if let Err(e) = m.ack_with(AckKind::Progress).await {
                 tracing::debug!("shared message still held, not told to JetStream: {e}");
             }
         }
@@ -300,16 +305,18 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
                 continue;
             }
         };
-        let reply = m.reply.clone();
         let settle = Arc::new(Settle(Mutex::new(Some(m))));
-        if let Some(reply) = reply {
+        // Renewed while its member holds it, unless it may go to a member that is away (from
+        // its OFFLINE_AFTER-th delivery): the group's other members get it after the ack wait,
+        // and such messages cannot fill the group's MAX_ACK_PENDING for good.
+        if delivered < OFFLINE_AFTER {
             let mut held = parts.held.lock().unwrap_or_else(|e| e.into_inner());
             // Settled ones go when it is full, before it grows: it stays within about twice
             // what members hold (bounded by MAX_ACK_PENDING per group and shard).
             if held.len() >= held.capacity().max(1024) {
-                held.retain(|(settle, _)| settle.upgrade().is_some_and(|s| s.holds()));
+                held.retain(|settle| settle.upgrade().is_some_and(|s| s.holds()));
             }
-            held.push((Arc::downgrade(&settle), reply));
+            held.push(Arc::downgrade(&settle));
         }
         match parts
             .admin
@@ -333,6 +340,11 @@ impl Settle {
     /// Not settled yet.
     fn holds(&self) -> bool {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The message, while not settled.
+    fn message(&self) -> Option<jetstream::Message> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn finish(&self, kind: AckKind) {
