@@ -269,6 +269,7 @@ async fn tail_from(
         // With what is already waiting: one queueing per session. A failure ends the loop
         // once what was taken before it is delivered (`next` is already past it).
         let mut failed: Option<async_nats::Error> = None;
+        let mut ended = false;
         let mut item = Some(first);
         while let Some(r) = item.take() {
             let taken = match r {
@@ -288,12 +289,18 @@ async fn tail_from(
                 }
             }
             if batch.len() < BATCH {
-                item = messages.next().now_or_never().flatten();
+                match messages.next().now_or_never() {
+                    Some(Some(r)) => item = Some(r),
+                    // The stream ended: what was taken is delivered, then the tailer restarts.
+                    Some(None) => ended = true,
+                    None => {}
+                }
             }
         }
         if batch.is_empty() {
             match failed {
                 Some(e) => return Err(e),
+                None if ended => return Ok(()),
                 None => continue,
             }
         }
@@ -307,6 +314,9 @@ async fn tail_from(
         }
         if let Some(e) = failed {
             return Err(e);
+        }
+        if ended {
+            break;
         }
     }
     Ok(())

@@ -36,6 +36,14 @@ async fn collect(sub: &mut Raw, n: usize, within: Duration) -> Vec<Publish> {
     got
 }
 
+/// The number a test message carries as its payload.
+fn number(p: &Publish) -> u32 {
+    std::str::from_utf8(&p.payload)
+        .expect("utf8")
+        .parse()
+        .expect("number")
+}
+
 /// Publish QoS 0 probes on `topic` until `sub` receives one: the other node's NATS
 /// subscription for the filter is then in place (it is made after the SUBACK).
 async fn wait_for_interest(publisher: &mut Raw, sub: &mut Raw, topic: &str) {
@@ -74,16 +82,7 @@ pub(crate) async fn exchange_all_qos(a: &node::Node, b: &node::Node, version: Pr
     // QoS 0 and QoS 1/2 take different paths (core NATS, the stream): each keeps its order;
     // v3.1.1+v5 [MQTT-4.6.0-6] orders messages of one topic, here every message has its own.
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
-        let seq: Vec<u32> = got
-            .iter()
-            .filter(|p| p.qos == qos)
-            .map(|p| {
-                std::str::from_utf8(&p.payload)
-                    .expect("utf8")
-                    .parse()
-                    .expect("number")
-            })
-            .collect();
+        let seq: Vec<u32> = got.iter().filter(|p| p.qos == qos).map(number).collect();
         let want: Vec<u32> = (0..30).filter(|i| (i % 3) as usize == qos as usize).collect();
         assert_eq!(seq, want, "{tag} QoS {qos:?}");
     }
@@ -156,10 +155,7 @@ async fn a_publishers_order_holds_across_nodes_with_acknowledgements_pipelined()
         // Split by publisher: the payload numbers of p1 and p2 interleave, but each runs 0..300.
         let mut seen = std::collections::HashMap::<u32, u32>::new();
         for p in &got {
-            let n: u32 = std::str::from_utf8(&p.payload)
-                .expect("utf8")
-                .parse()
-                .expect("number");
+            let n = number(p);
             *seen.entry(n).or_default() += 1;
         }
         assert_eq!(seen.len(), 300);
@@ -173,10 +169,7 @@ async fn a_publishers_order_holds_across_nodes_with_acknowledgements_pipelined()
         let mut seconds = Vec::new();
         let mut count = std::collections::HashMap::<u32, u32>::new();
         for p in &got {
-            let n: u32 = std::str::from_utf8(&p.payload)
-                .expect("utf8")
-                .parse()
-                .expect("number");
+            let n = number(p);
             let c = count.entry(n).or_default();
             *c += 1;
             if *c == 1 {
@@ -301,15 +294,7 @@ async fn a_slow_subscriber_on_another_node_loses_no_qos1_message() {
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let got = collect(&mut sub, total as usize, Duration::from_secs(60)).await;
-    let numbers: Vec<u32> = got
-        .iter()
-        .map(|p| {
-            std::str::from_utf8(&p.payload)
-                .expect("utf8")
-                .parse()
-                .expect("number")
-        })
-        .collect();
+    let numbers: Vec<u32> = got.iter().map(number).collect();
     assert!(numbers.windows(2).all(|w| w[0] < w[1]), "in order, each once");
     let _a = publisher.await.expect("publisher");
     println!(
