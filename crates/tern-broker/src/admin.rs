@@ -239,7 +239,7 @@ impl Admin {
         if let (Some(ticket), Some(b)) = (ticket, &self.core.backplane) {
             if let Some(progress) = b.progress() {
                 let limit = b.ack_timeout();
-                if !crate::connection::reached(progress, ticket, limit).await || progress.has_failed() {
+                if !crate::connection::reached(progress, ticket, limit).await || progress.get() < ticket {
                     return Err(PublishError::NotStored(limit));
                 }
             }
@@ -481,12 +481,7 @@ impl Core {
         &self,
         message: Message,
     ) -> Result<(usize, Option<crate::durability::Ticket>), TopicError> {
-        tern_proto::topic::validate_topic_name(&message.topic)?;
-        let msg = Arc::new(message);
-        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        if msg.retain && !self.retain(&msg) {
-            tracing::warn!(topic = %msg.topic, "retained store full (max_retained); message not retained");
-        }
+        let msg = self.take_from_outside(message)?;
         let reached = self.publish_beside_backplane(&msg);
         let ticket = self.backplane.as_ref().and_then(|b| {
             b.published(&msg);
@@ -502,17 +497,24 @@ impl Core {
         message: Message,
         local_shared: bool,
     ) -> Result<usize, TopicError> {
+        let msg = self.take_from_outside(message)?;
+        Ok(if local_shared {
+            self.publish_internal(&msg)
+        } else {
+            self.publish_beside_backplane(&msg)
+        })
+    }
+
+    /// A message from outside the MQTT listeners, checked, counted as received and kept if
+    /// retained, ready to route.
+    fn take_from_outside(&self, message: Message) -> Result<Arc<Message>, TopicError> {
         tern_proto::topic::validate_topic_name(&message.topic)?;
         let msg = Arc::new(message);
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         if msg.retain && !self.retain(&msg) {
             tracing::warn!(topic = %msg.topic, "retained store full (max_retained); message not retained");
         }
-        Ok(if local_shared {
-            self.publish_internal(&msg)
-        } else {
-            self.publish_beside_backplane(&msg)
-        })
+        Ok(msg)
     }
 
     /// Like [`Core::publish_from_outside`], but never kept as retained, and leaving shared

@@ -10,8 +10,8 @@
 //!   acknowledged it (PUBACK, PUBCOMP; at once for a member subscribed at QoS 0). A message
 //!   no member here can take is given back (`nak`, after [`NAK_DELAY`]) for another node; one
 //!   whose member's node died comes back after `share_ack_wait_ms`; while a member holds it
-//!   (a slow client, or a session whose client is away), its node tells JetStream so every
-//!   third of that time (`+WPI`), so that it does not go to another member as well. A
+//!   (a slow client, or one that went away after it was given), its node tells JetStream so
+//!   every third of that time (`+WPI`), so that it does not go to another member as well. A
 //!   consumer no node pulls for [`SHARE_IDLE`] is removed by JetStream: the group has ended.
 //! - QoS 0 messages: a core NATS queue group per group on the filter's subjects, on a second
 //!   connection of the node (the first one does not receive what the node itself publishes):
@@ -306,10 +306,9 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
             }
         };
         let settle = Arc::new(Settle(Mutex::new(Some(m))));
-        // Renewed while its member holds it, unless it may go to a member that is away (from
-        // its OFFLINE_AFTER-th delivery): the group's other members get it after the ack wait,
-        // and such messages cannot fill the group's MAX_ACK_PENDING for good.
-        if delivered < OFFLINE_AFTER {
+        // Renewed while its member holds it (one queued for a member that is away is settled
+        // at once: its session keeps it).
+        {
             let mut held = parts.held.lock().unwrap_or_else(|e| e.into_inner());
             // Settled ones go when it is full, before it grows: it stays within about twice
             // what members hold (bounded by MAX_ACK_PENDING per group and shard).
