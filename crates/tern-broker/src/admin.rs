@@ -207,6 +207,12 @@ impl Admin {
         self.core.held_by_connected()
     }
 
+    /// How far back the messages the session of `client_id` holds go (`None`: it has no
+    /// session here).
+    pub fn held(&self, client_id: &str) -> Option<crate::backplane::Held> {
+        self.core.held_by(client_id)
+    }
+
     /// Queue the deliveries of `raw` (a [`Handover`](crate::durability::Handover)) for the
     /// session of `client_id`, after what it holds (`front`: before), and wait until they are
     /// in the store; how many were added (expired ones are left out).

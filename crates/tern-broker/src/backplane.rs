@@ -158,4 +158,45 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     fn sessions_progress(&self) -> Option<&Progress> {
         None
     }
+
+    /// Whether the backplane keeps the QoS 2 deliveries in flight of the sessions that
+    /// outlive their connection, so that another broker taking a session over resumes them
+    /// with their packet identifiers (default `false`; then the `qos2_*` methods are never
+    /// called).
+    fn keeps_qos2(&self) -> bool {
+        false
+    }
+
+    /// A QoS 2 delivery of `message` to the session of `client_id` reached a stage: sent
+    /// with `packet_id` (`released` false), or its PUBREL is about to go out (`released`).
+    /// Called under the session's lock, before the packet is written; the packet waits for
+    /// the returned ticket ([`Backplane::sessions_progress`]), so that a client never holds
+    /// a packet identifier the backplane does not know of: after this broker's death, the
+    /// broker that takes the session over resends the PUBLISH or PUBREL with that identifier
+    /// [MQTT-4.4.0-1], rather than use it for another message, which the client would take
+    /// for a duplicate and drop.
+    fn qos2_stage(
+        &self,
+        client_id: &str,
+        packet_id: u16,
+        released: bool,
+        message: &Arc<Message>,
+    ) -> Option<Ticket> {
+        let _ = (client_id, packet_id, released, message);
+        None
+    }
+
+    /// The QoS 2 delivery of `packet_id` to the session of `client_id` is finished (PUBCOMP
+    /// came, or it was given up); nothing waits for this.
+    fn qos2_done(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) {
+        let _ = (client_id, packet_id, message);
+    }
+
+    /// The session of `client_id` came to this broker (from another one, or from its store)
+    /// with these QoS 2 deliveries in flight (packet id, released, message): what the
+    /// backplane knew of its deliveries is replaced by them (before a claim of the session
+    /// ends, [`Backplane::claimed`], when it came with one).
+    fn qos2_resumed(&self, client_id: &str, in_flight: &[(u16, bool, Arc<Message>)]) {
+        let _ = (client_id, in_flight);
+    }
 }

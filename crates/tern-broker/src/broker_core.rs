@@ -95,6 +95,9 @@ pub(crate) struct Core {
     /// The backplane delivers shared subscriptions' messages
     /// ([`crate::backplane::Backplane::delivers_shared`]): routing leaves them out.
     pub shared_elsewhere: bool,
+    /// The backplane keeps the QoS 2 deliveries in flight of sessions that outlive their
+    /// connection ([`crate::backplane::Backplane::keeps_qos2`]).
+    pub qos2_elsewhere: bool,
     /// Figures for the metrics endpoint beyond `counters` (see `metrics.rs`).
     pub metrics: crate::metrics::Metrics,
     /// Topics seen recently, for the admin API (only with an HTTP endpoint and
@@ -146,6 +149,7 @@ impl Core {
             partial: crate::budget::PartialBudget::new(config.max_partial_bytes),
             queued: crate::budget::QueueBudget::new(config.max_queued_bytes_total),
             backplane: None,
+            qos2_elsewhere: false,
             shared_elsewhere: false,
             durability,
             rules: Arc::new(config.server_rules()),
@@ -915,6 +919,14 @@ impl Core {
                 .submit(Change::PutSession(cell.client_id.clone(), snapshot));
         }
         ticket
+    }
+
+    /// How far back the messages the session of `client_id` holds go (`None`: it has no
+    /// session here).
+    pub fn held_by(&self, client_id: &str) -> Option<crate::backplane::Held> {
+        let cell = self.sessions.get(client_id)?;
+        let st = cell.lock();
+        (!st.ended).then(|| held(&st))
     }
 
     /// How far back the messages of each connected session that outlives its connection go

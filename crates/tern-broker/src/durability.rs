@@ -504,13 +504,20 @@ impl Persistence {
 
 /// The store changes of one session's protocol state (`tern_proto`'s [`Persist`]), as
 /// [`Change`]s for the session of `client`; nothing is written for a session that is not
-/// kept in the store.
+/// kept in the store. With a backplane that keeps QoS 2 deliveries
+/// ([`Backplane::keeps_qos2`](crate::backplane::Backplane::keeps_qos2)), the stages of a
+/// session that outlives its connection go there too, and `ticket` is the last one the
+/// packet about to be written waits for.
 ///
 /// [`Persist`]: tern_proto::session::server::Persist
 pub(crate) struct SessionChanges<'a> {
     pub persistence: &'a Persistence,
     pub client: &'a Arc<str>,
     pub persistent: bool,
+    /// The backplane, when it keeps this session's QoS 2 deliveries.
+    pub qos2_elsewhere: Option<&'a Arc<dyn crate::backplane::Backplane>>,
+    /// The backplane's ticket the next write waits for.
+    pub ticket: Option<Ticket>,
 }
 
 impl SessionChanges<'_> {
@@ -518,6 +525,14 @@ impl SessionChanges<'_> {
     pub fn forget(&self, seq: u64) {
         self.persistence
             .forget_delivery(self.persistent, self.client, seq)
+    }
+
+    /// A QoS 2 delivery sent with `id` was given up before it went out.
+    pub fn abandoned(&self, id: PacketId, out: &Outgoing) {
+        self.forget(out.seq);
+        if let (Some(b), QoS::ExactlyOnce) = (self.qos2_elsewhere, out.qos) {
+            b.qos2_done(self.client, id.get(), &out.msg);
+        }
     }
 }
 
@@ -531,13 +546,23 @@ impl tern_proto::session::server::Persist<Outgoing> for SessionChanges<'_> {
     }
 
     fn delivery_stage(&mut self, f: &tern_proto::session::InFlight<Outgoing>) -> bool {
+        if let (Some(b), QoS::ExactlyOnce) = (self.qos2_elsewhere, f.message.qos) {
+            let released = f.stage == InflightState::Released;
+            if let Some(t) = b.qos2_stage(self.client, f.id.get(), released, &f.message.msg) {
+                self.ticket = Some(self.ticket.map_or(t, |old| old.max(t)));
+            }
+        }
         self.persistence
             .put_delivery(self.persistent, self.client, &f.message, f.stage, f.id)
     }
 
-    fn delivery_done(&mut self, message: &Outgoing) {
+    fn delivery_done(&mut self, f: &tern_proto::session::InFlight<Outgoing>) {
+        let message = &f.message;
         if let Some(s) = &message.settle {
             s.done();
+        }
+        if let (Some(b), QoS::ExactlyOnce) = (self.qos2_elsewhere, message.qos) {
+            b.qos2_done(self.client, f.id.get(), &message.msg);
         }
         self.persistence
             .forget_delivery(self.persistent, self.client, message.seq)

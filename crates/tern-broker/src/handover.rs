@@ -241,6 +241,7 @@ impl Core {
             }
             queued = st.queue.len();
             tracing::debug!(client_id = %client_id, queued, in_flight = st.proto.inflight_len(), "session taken in");
+            self.qos2_resumed(client_id, &st, snapshot.expiry_interval);
         };
         if self.install_session(client_id, &snapshot, stamp, fill).is_none() {
             return Ok(0);
@@ -251,7 +252,7 @@ impl Core {
     /// Put the deliveries that reached the session on the other broker while it was being
     /// installed here ([`Core::hand_over_rest`] there) into its queue at `at`: after those
     /// handed over first, before those routed here since. Messages routed to both brokers in
-    /// that moment arrive twice.
+    /// that moment arrive twice, but for QoS 2 messages with a backplane id.
     pub(crate) fn take_in_rest(
         self: &Arc<Self>,
         client_id: &str,
@@ -277,7 +278,25 @@ impl Core {
         );
         let mut at = at.min(st.queue.len());
         let mut n = 0;
+        // A QoS 2 message that reached the session on both brokers in that moment (or that a
+        // cluster read back from its streams and routed here as well) is taken once, by the
+        // id the backplane gave it: QoS 2 is exactly once (v5 section 4.3.3).
+        let mut have: Option<std::collections::HashSet<(u64, u64)>> = None;
         for d in rest.deliveries {
+            if let (QoS::ExactlyOnce, Some(id)) = (d.qos, d.message.backplane_id()) {
+                let have = have.get_or_insert_with(|| {
+                    st.proto
+                        .inflight()
+                        .map(|f| &f.message)
+                        .chain(st.queue.iter())
+                        .filter(|o| o.qos == QoS::ExactlyOnce)
+                        .filter_map(|o| o.msg.backplane_id())
+                        .collect()
+                });
+                if !have.insert(id) {
+                    continue;
+                }
+            }
             let mut out = Outgoing::from_stored(d);
             out.seq = 0;
             if out.msg.is_expired(stamp.now) {

@@ -263,6 +263,7 @@ impl BrokerBuilder {
             self.clock,
         );
         core.shared_elsewhere = self.backplane.as_ref().is_some_and(|b| b.delivers_shared());
+        core.qos2_elsewhere = self.backplane.as_ref().is_some_and(|b| b.keeps_qos2());
         core.backplane = self.backplane;
         core.store_metrics = store_metrics;
         let core = Arc::new(core);

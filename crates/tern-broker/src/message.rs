@@ -30,6 +30,19 @@ pub struct Message {
     /// When a client's PUBLISH of it was decoded (the delivery-latency metric); `None` for
     /// messages from elsewhere (wills, the API, the store).
     pub(crate) received_at: Option<Instant>,
+    /// What a backplane knows of it (its id there and where it keeps it).
+    pub(crate) mark: Mark,
+}
+
+/// A backplane's marks on a message: an id that is the same on every broker that has the
+/// message (a cluster gives QoS 2 messages one, so that a node taking over a session can
+/// tell which of the messages it reads back were delivered already), and where the
+/// backplane stores it (shard and sequence), once known. Unset on one broker.
+#[derive(Debug, Default)]
+pub(crate) struct Mark {
+    id: std::sync::OnceLock<(u64, u64)>,
+    /// `(shard + 1) << 48 | sequence`; 0 while unknown.
+    position: AtomicU64,
 }
 
 /// The id of a message's payload record in the store (0: not stored): every session that
@@ -89,6 +102,7 @@ impl Message {
             publisher: None,
             stored: StoredId::default(),
             received_at: None,
+            mark: Mark::default(),
         }
     }
 
@@ -110,6 +124,7 @@ impl Message {
             publisher,
             stored: StoredId::default(),
             received_at: Some(now),
+            mark: Mark::default(),
         }
     }
 
@@ -128,12 +143,47 @@ impl Message {
             publisher: self.publisher.clone(),
             stored: StoredId::default(),
             received_at: None,
+            mark: Mark::default(),
         }
     }
 
     /// Whether its Message Expiry Interval has run out at `now`.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// The id a backplane gave it ([`Message::backplane_id_or`]), if any.
+    pub fn backplane_id(&self) -> Option<(u64, u64)> {
+        self.mark.id.get().copied()
+    }
+
+    /// Its backplane id, given it by `fresh` if it has none yet (of two racing callers, one
+    /// gives it, and both get that one).
+    pub fn backplane_id_or(&self, fresh: impl FnOnce() -> (u64, u64)) -> (u64, u64) {
+        *self.mark.id.get_or_init(fresh)
+    }
+
+    /// The message with the backplane id it came with from another broker.
+    pub fn with_backplane_id(self, id: (u64, u64)) -> Message {
+        let _ = self.mark.id.set(id);
+        self
+    }
+
+    /// Where the backplane keeps it: shard (below 65,535) and sequence (below 2^48).
+    pub fn backplane_position(&self) -> Option<(u16, u64)> {
+        match self.mark.position.load(Ordering::Acquire) {
+            0 => None,
+            p => Some(((p >> 48) as u16 - 1, p & ((1 << 48) - 1))),
+        }
+    }
+
+    /// Say where the backplane keeps it (ignored beyond the ranges of
+    /// [`Message::backplane_position`]).
+    pub fn set_backplane_position(&self, shard: u16, sequence: u64) {
+        if shard < u16::MAX && sequence < 1 << 48 {
+            let p = (u64::from(shard) + 1) << 48 | sequence;
+            self.mark.position.store(p, Ordering::Release);
+        }
     }
 }
 

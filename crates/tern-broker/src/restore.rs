@@ -110,6 +110,10 @@ impl Core {
             cell.note_streaming(&st);
             r.messages += usize::try_from(spilled.count).unwrap_or(usize::MAX);
         }
+        for (client, cell) in &cells {
+            let st = cell.lock();
+            self.qos2_resumed(client, &st, st.expiry_interval);
+        }
         for (client, id) in stored.qos2 {
             match (cells.get(&client), PacketId::new(id)) {
                 (Some(cell), Some(id)) => {
@@ -119,6 +123,28 @@ impl Core {
             }
         }
         r
+    }
+
+    /// Tell the backplane (when it keeps them) the QoS 2 deliveries in flight of a session
+    /// that came to this broker with `st` (from another broker, or from the store).
+    pub(crate) fn qos2_resumed(&self, client_id: &str, st: &crate::session::SessionState, expiry: u32) {
+        let Some(b) = self
+            .backplane
+            .as_ref()
+            .filter(|_| self.qos2_elsewhere && expiry > 0)
+        else {
+            return;
+        };
+        let in_flight: Vec<(u16, bool, Arc<crate::Message>)> = st
+            .proto
+            .inflight()
+            .filter(|f| f.message.qos == tern_proto::QoS::ExactlyOnce)
+            .map(|f| {
+                let released = f.stage == crate::durability::InflightState::Released;
+                (f.id.get(), released, f.message.msg.clone())
+            })
+            .collect();
+        b.qos2_resumed(client_id, &in_flight);
     }
 
     /// Create an offline session from its durable part, with its subscriptions in the

@@ -59,6 +59,7 @@ pub(crate) fn publish_once(core: &Core) {
             publisher: None,
             stored: Default::default(),
             received_at: None,
+            mark: Default::default(),
         });
         core.retain(&msg);
         core.publish_internal(&msg);

@@ -9,7 +9,7 @@
 //! | `Tern-O` | the publisher's client id, base64 (5.0 No Local on other nodes) |
 //! | `Tern-X` | when the 5.0 Message Expiry Interval runs out, Unix milliseconds |
 //! | `Tern-P` | the other 5.0 PUBLISH properties, base64 of a 5.0 PUBLISH packet that carries only them |
-//! | `Nats-Msg-Id` | (stored messages) the node, its start time and a counter: a retried publish is stored once |
+//! | `Nats-Msg-Id` | (QoS 2 messages and retained writes) `node:run:count`, the run a random number the node drew at start: a retried publish is stored once, and a QoS 2 message's id ([`Message::backplane_id`]) is `(run, count)` on every node |
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -95,6 +95,21 @@ pub fn node_of(h: Option<&HeaderMap>) -> Option<&str> {
     h?.get(NODE).map(|v| v.as_str())
 }
 
+/// The `Nats-Msg-Id` of the message with `id` published on `node`.
+pub fn message_id(node: &str, id: (u64, u64)) -> String {
+    format!("{node}:{}:{}", id.0, id.1)
+}
+
+/// The message id a `Nats-Msg-Id` header carries (see [`message_id`]).
+pub fn id_of(h: Option<&HeaderMap>) -> Option<(u64, u64)> {
+    let v = h?.get(async_nats::header::NATS_MESSAGE_ID)?;
+    let mut parts = v.as_str().rsplitn(3, ':');
+    let count = parts.next()?.parse().ok()?;
+    let run = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some((run, count))
+}
+
 /// The message a node published as `subject` (under `prefix`) with `headers` and `payload`.
 pub fn decode(
     prefix: &str,
@@ -132,6 +147,11 @@ pub fn decode(
         msg.expires_at = Some(Instant::now() + left);
         // Delivery writes the interval that is left (from `expires_at`).
         msg.properties.message_expiry_interval = Some(left.as_secs() as u32);
+    }
+    if qos == QoS::ExactlyOnce {
+        if let Some(id) = id_of(Some(h)) {
+            msg = msg.with_backplane_id(id);
+        }
     }
     Ok(msg)
 }
@@ -171,6 +191,23 @@ mod tests {
         let left = back.properties.message_expiry_interval.expect("expiry");
         assert!((98..=100).contains(&left), "{left}");
         assert_eq!(node_of(Some(&h)), Some("n1"));
+    }
+
+    #[test]
+    fn a_qos2_message_keeps_its_id_on_every_node() {
+        let m = Message::new("t", Bytes::new(), QoS::ExactlyOnce, false);
+        let mut h = headers(&m, "node:with:colons");
+        let id = (u64::MAX, 7);
+        h.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            message_id("node:with:colons", id).as_str(),
+        );
+        let subject = crate::topic::encode_topic("tern.t", "t");
+        let back = decode("tern.t", &subject, Some(&h), Bytes::new()).expect("decodes");
+        assert_eq!(back.backplane_id(), Some(id));
+        h.insert(async_nats::header::NATS_MESSAGE_ID, "no id");
+        let back = decode("tern.t", &subject, Some(&h), Bytes::new()).expect("decodes");
+        assert_eq!(back.backplane_id(), None, "an id Tern did not write is no id");
     }
 
     #[test]

@@ -119,10 +119,15 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
-    /// Deliver `ms` in order, queued together (each session locked and woken once).
-    fn deliver_all<'a>(&self, prefix: &str, ms: impl IntoIterator<Item = &'a async_nats::Message>) {
+    /// Deliver `ms` in order, queued together (each session locked and woken once); with a
+    /// stored message, its shard and stream sequence.
+    fn deliver_all<'a>(
+        &self,
+        prefix: &str,
+        ms: impl IntoIterator<Item = (&'a async_nats::Message, Option<(u16, u64)>)>,
+    ) {
         let now = std::time::Instant::now();
-        let decoded = ms.into_iter().filter_map(|m| {
+        let decoded = ms.into_iter().filter_map(|(m, position)| {
             if codec::node_of(m.headers.as_ref()) == Some(self.node.as_str()) {
                 return None;
             }
@@ -131,7 +136,14 @@ impl Inbound {
                 // order for every node; here the message is only delivered.
                 // Its arrival time tells how far back a session's unacknowledged messages go
                 // (`sessions.rs`, the floor of a session's record).
-                Ok(msg) => Some(msg.arrived(now)),
+                Ok(msg) => {
+                    // Where a QoS 2 message is: a delivered one is left out of the session's
+                    // entry once its floor is past it.
+                    if let (Some((k, seq)), tern_proto::QoS::ExactlyOnce) = (position, msg.qos) {
+                        msg.set_backplane_position(k, seq);
+                    }
+                    Some(msg.arrived(now))
+                }
                 Err(e) => {
                     self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
@@ -190,7 +202,7 @@ pub(crate) async fn follow_interest(
                                 }
                                 // QoS 0: what sessions here cannot take is dropped, as
                                 // QoS 0 allows (no flow control across nodes yet).
-                                inbound.deliver_all(&prefix, &batch);
+                                inbound.deliver_all(&prefix, batch.iter().map(|m| (m, None)));
                                 batch.clear();
                             }
                         })),
@@ -280,7 +292,7 @@ async fn tail_from(
                 Ok((m, seq)) => {
                     if seq >= *next {
                         *next = seq + 1;
-                        batch.push(m.message);
+                        batch.push((m.message, seq));
                     }
                 }
                 Err(e) => {
@@ -307,7 +319,7 @@ async fn tail_from(
         // A slow subscriber here gets these beyond its queue limits (their publishers cannot
         // be slowed down from this node): `Admin::route_all`. Before, what went beyond twice
         // its limit was dropped although the PUBACKs had gone out.
-        inbound.deliver_all(prefix, &batch);
+        inbound.deliver_all(prefix, batch.iter().map(|(m, seq)| (m, Some((k, *seq)))));
         batch.clear();
         if let Some(p) = inbound.positions.get(usize::from(k)) {
             p.store(*next - 1, Ordering::Release);

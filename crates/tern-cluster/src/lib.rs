@@ -656,4 +656,26 @@ impl Backplane for NodeBackplane {
     fn sessions_progress(&self) -> Option<&Progress> {
         Some(&self.directory.written.progress)
     }
+
+    fn keeps_qos2(&self) -> bool {
+        true
+    }
+
+    fn qos2_stage(
+        &self,
+        client_id: &str,
+        packet_id: u16,
+        released: bool,
+        message: &Arc<Message>,
+    ) -> Option<Ticket> {
+        Some(self.directory.q2_stage(client_id, packet_id, released, message))
+    }
+
+    fn qos2_done(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) {
+        self.directory.q2_done(client_id, packet_id, message);
+    }
+
+    fn qos2_resumed(&self, client_id: &str, in_flight: &[(u16, bool, Arc<Message>)]) {
+        self.directory.q2_resumed(client_id, in_flight);
+    }
 }

@@ -47,6 +47,9 @@ pub(crate) struct Outgoing {
     pub subject: String,
     pub headers: HeaderMap,
     pub payload: Bytes,
+    /// A QoS 2 message and its shard: told where it is stored
+    /// ([`Message::set_backplane_position`]).
+    pub placed: Option<(Arc<Message>, u16)>,
 }
 
 /// Counters of the outbound side.
@@ -68,7 +71,8 @@ pub(crate) struct Outbound {
     pub node: String,
     pub prefix: String,
     pub shards: u16,
-    /// This run of the node (wall ms at start): with `counter`, a unique `Nats-Msg-Id`.
+    /// This run of the node (random): with `counter`, a unique `Nats-Msg-Id`, and the id
+    /// of a QoS 2 message ([`Message::backplane_id`]).
     incarnation: u64,
     counter: AtomicU64,
     submitted: AtomicU64,
@@ -143,7 +147,7 @@ impl Outbound {
             node,
             prefix,
             shards,
-            incarnation: codec::wall_ms(),
+            incarnation: random_u64(),
             counter: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             progress: Progress::default(),
@@ -192,6 +196,7 @@ impl Outbound {
                 subject: topic::encode_topic(&format!("{}.t", self.prefix), &msg.topic),
                 headers,
                 payload: msg.payload.clone(),
+                placed: None,
             };
             if self.qos0_tx.try_send(out).is_err() {
                 self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
@@ -203,15 +208,25 @@ impl Outbound {
         // once): a QoS 1 message stored twice after a lost answer is a duplicate QoS 1
         // allows, and the `Nats-Msg-Id` costs each NATS server a map entry per message
         // for the duplicate window (measured: about a fifth of the cross-node QoS 1 rate).
-        let headers = if msg.qos == QoS::ExactlyOnce {
-            self.with_id(headers)
+        // The id is the message's own (a QoS 2 delivery of it on this node may have given
+        // it one already): a node recovering a session finds by it which messages it read
+        // back were in flight or delivered.
+        let (headers, placed) = if msg.qos == QoS::ExactlyOnce {
+            let id = self.id_of(msg);
+            let mut headers = headers;
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                codec::message_id(&self.node, id).as_str(),
+            );
+            (headers, Some((msg.clone(), k)))
         } else {
-            headers
+            (headers, None)
         };
         self.submit(Outgoing {
             subject: topic::encode_topic(&streams::shard_subject(&self.prefix, k), &msg.topic),
             headers,
             payload: msg.payload.clone(),
+            placed,
         });
     }
 
@@ -225,6 +240,7 @@ impl Outbound {
             subject: topic::encode_topic(&streams::retain_subject(&self.prefix), &msg.topic),
             headers: self.with_id(headers),
             payload: msg.payload.clone(),
+            placed: None,
         }
     }
 
@@ -239,12 +255,22 @@ impl Outbound {
 
     /// `headers` with a `Nats-Msg-Id` unique to this message: a retried publish is stored once.
     fn with_id(&self, mut headers: HeaderMap) -> HeaderMap {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let id = self.fresh_id();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("{}:{}:{n}", self.node, self.incarnation).as_str(),
+            codec::message_id(&self.node, id).as_str(),
         );
         headers
+    }
+
+    /// An id no other message of the cluster has: this run of the node, and a count.
+    fn fresh_id(&self) -> (u64, u64) {
+        (self.incarnation, self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id of `msg` in the cluster, given one if it has none yet.
+    pub fn id_of(&self, msg: &Message) -> (u64, u64) {
+        msg.backplane_id_or(|| self.fresh_id())
     }
 
     /// Number `out` and hand it to the task that stores it.
@@ -271,6 +297,17 @@ impl Outbound {
         self.progress.advance(upto);
         self.counters.stored.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// 64 random bits (the run of a node).
+fn random_u64() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    // The clock and the process id if the system has no randomness to give.
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return codec::wall_ms() << 20 ^ u64::from(std::process::id());
+    }
+    u64::from_le_bytes(b)
 }
 
 /// Publish what the node hands over until the node is dropped.
@@ -358,11 +395,16 @@ async fn confirm(
     let mut tries: u32 = 0;
     loop {
         let r = match attempt {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(ack) => ack.await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         match r {
-            Ok(()) => break,
+            Ok(ack) => {
+                if let Some((msg, k)) = &m.placed {
+                    msg.set_backplane_position(*k, ack.sequence);
+                }
+                break;
+            }
             Err(e) => {
                 out.counters.retries.fetch_add(1, Ordering::Relaxed);
                 tries += 1;

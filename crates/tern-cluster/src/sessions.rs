@@ -30,7 +30,7 @@
 //! run: the claim fails, the entry is put back, and the client tries again. The entry is
 //! deleted when the session ends on its node. See docs/cluster.md.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,8 +41,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tern_broker::backplane::Held;
-use tern_broker::durability::{Handover, SessionSnapshot, StoredDelivery};
-use tern_broker::{Admin, HandOff};
+use tern_broker::durability::{Handover, InflightState, SessionSnapshot, StoredDelivery};
+use tern_broker::{Admin, HandOff, Message};
 use tern_proto::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 
 use crate::outbound::Outbound;
@@ -153,6 +153,56 @@ pub(crate) struct Record {
     /// When it was saved (wall ms).
     #[serde(default)]
     pub saved_ms: u64,
+    /// QoS 2 deliveries in flight, in the order they were sent (design: `TERN_OUT`): packet
+    /// id, 1 once its PUBREL goes out (0: the PUBLISH did), and the message's id (run,
+    /// count: [`Message::backplane_id`]). Written before the packet goes out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub q2: Vec<(u16, u8, u64, u64)>,
+    /// QoS 2 messages delivered (PUBCOMP came) that may be after the floor: id (run, count),
+    /// shard and stream sequence (shard 65,535: not known yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub q2done: Vec<(u64, u64, u16, u64)>,
+}
+
+/// Finished QoS 2 deliveries kept in a session's entry, at most; beyond, the oldest are left
+/// out (one of them could then arrive twice if the session's node died).
+const Q2_DONE_MAX: usize = 1024;
+
+/// A QoS 2 delivery in flight to a session of this node.
+struct Flight {
+    order: u64,
+    released: bool,
+    id: (u64, u64),
+}
+
+/// A finished QoS 2 delivery, kept in the entry until the session's floor is past it.
+struct Done {
+    id: (u64, u64),
+    message: Option<Arc<Message>>,
+    position: Option<(u16, u64)>,
+}
+
+impl Done {
+    /// Its shard and stream sequence, when known (a message of this node learns it when
+    /// JetStream stores it).
+    fn position(&self) -> Option<(u16, u64)> {
+        self.position
+            .or_else(|| self.message.as_ref()?.backplane_position())
+    }
+}
+
+/// What the entry of a session of this node is to say of its QoS 2 deliveries.
+#[derive(Default)]
+struct Q2 {
+    /// In flight, by packet id.
+    flight: HashMap<u16, Flight>,
+    /// Finished, oldest first.
+    done: VecDeque<Done>,
+    /// The order of the next delivery sent.
+    next: u64,
+    /// The session came from elsewhere: the finished deliveries its entry lists are still
+    /// to be taken in (at the next write).
+    inherit: bool,
 }
 
 impl Record {
@@ -271,6 +321,11 @@ pub(crate) struct Directory {
     /// started (the tailers began there).
     snapshots: Mutex<VecDeque<(Instant, Vec<u64>)>>,
     start: (Instant, Vec<u64>),
+    /// The QoS 2 deliveries of this node's sessions that outlive their connection.
+    q2: Mutex<HashMap<Arc<str>, Q2>>,
+    /// The write a claim waits for before its CONNACK: the QoS 2 deliveries the session came
+    /// with, in its entry.
+    resumed: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 impl std::fmt::Debug for Directory {
@@ -334,6 +389,8 @@ impl Directory {
             admin: std::sync::OnceLock::new(),
             snapshots: Mutex::default(),
             start,
+            q2: Mutex::default(),
+            resumed: Mutex::default(),
         }
     }
 
@@ -462,6 +519,9 @@ impl Directory {
             floor: Vec::new(),
             offline,
             saved_ms: wall_ms(),
+            // Filled in when written (`q2_into`).
+            q2: Vec::new(),
+            q2done: Vec::new(),
         };
         // A SUBACK/UNSUBACK waits for the entry that has the change (`awaited`): the
         // session's subscriptions survive its node's death once acknowledged.
@@ -475,6 +535,179 @@ impl Directory {
         ticket
     }
 
+    /// A QoS 2 delivery to `client`'s session reached a stage (see
+    /// [`Backplane::qos2_stage`]): its entry says so before the packet goes out; the ticket
+    /// of that write.
+    ///
+    /// [`Backplane::qos2_stage`]: tern_broker::backplane::Backplane::qos2_stage
+    pub(crate) fn q2_stage(
+        &self,
+        client: &str,
+        packet_id: u16,
+        released: bool,
+        message: &Arc<Message>,
+    ) -> u64 {
+        // The id a local message gets here is the one its stream copy carries.
+        let id = self.parts.outbound.id_of(message);
+        {
+            let mut all = self.q2.lock().unwrap_or_else(|e| e.into_inner());
+            let q = match all.get_mut(client) {
+                Some(q) => q,
+                None => all.entry(Arc::from(client)).or_default(),
+            };
+            let order = q.next;
+            q.next += 1;
+            match q.flight.get_mut(&packet_id) {
+                Some(f) if f.id == id => f.released = released,
+                _ => {
+                    q.flight.insert(packet_id, Flight { order, released, id });
+                }
+            }
+        }
+        let ticket = self.written.reserve();
+        let op = Op::Saved {
+            client: client.into(),
+            record: None,
+            floor: None,
+        };
+        self.enqueue_with(client.into(), op, Some(ticket));
+        ticket
+    }
+
+    /// A QoS 2 delivery to `client`'s session is finished: the entry lists its message among
+    /// the delivered ones (at its next write) until the floor is past it.
+    pub(crate) fn q2_done(&self, client: &str, packet_id: u16, message: &Arc<Message>) {
+        let mut all = self.q2.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = all.get_mut(client) else { return };
+        let Some(f) = q.flight.remove(&packet_id) else {
+            return;
+        };
+        q.done.push_back(Done {
+            id: f.id,
+            message: Some(message.clone()),
+            position: None,
+        });
+        if q.done.len() > Q2_DONE_MAX {
+            q.done.pop_front();
+        }
+    }
+
+    /// `client`'s session came to this node with these QoS 2 deliveries in flight (see
+    /// [`Backplane::qos2_resumed`]); the claim waits for the entry that says so.
+    ///
+    /// [`Backplane::qos2_resumed`]: tern_broker::backplane::Backplane::qos2_resumed
+    pub(crate) fn q2_resumed(&self, client: &str, in_flight: &[(u16, bool, Arc<Message>)]) {
+        let mut q = Q2 {
+            inherit: true,
+            ..Q2::default()
+        };
+        for (packet_id, released, message) in in_flight {
+            let id = self.parts.outbound.id_of(message);
+            let order = q.next;
+            q.next += 1;
+            q.flight.insert(
+                *packet_id,
+                Flight {
+                    order,
+                    released: *released,
+                    id,
+                },
+            );
+        }
+        let client: Arc<str> = client.into();
+        self.q2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client.clone(), q);
+        let ticket = self.written.reserve();
+        let op = Op::Saved {
+            client: client.clone(),
+            record: None,
+            floor: None,
+        };
+        self.enqueue_with(client.clone(), op, Some(ticket));
+        self.resumed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client, ticket);
+    }
+
+    /// The session of `client` is no longer this node's.
+    fn q2_forget(&self, client: &str) {
+        self.q2.lock().unwrap_or_else(|e| e.into_inner()).remove(client);
+        self.resumed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client);
+    }
+
+    /// The floor of a session with QoS 2 state, as it stands now (its entry is written at
+    /// every stage of a QoS 2 delivery: the floor keeps up, and the delivered messages it
+    /// lists stay few).
+    fn q2_floor(&self, client: &str) -> Option<Vec<u64>> {
+        if !self
+            .q2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(client)
+        {
+            return None;
+        }
+        // Read before the session is looked at (see `refresh_floors`).
+        let before = positions(&self.parts.positions);
+        match self.admin.get()?.held(client)? {
+            Held::Nothing => Some(before),
+            held => self.floor(held),
+        }
+    }
+
+    /// Put what this node knows of `client`'s QoS 2 deliveries into `record` (about to be
+    /// written over `old`); without QoS 2 state here, what `old` said stays.
+    fn q2_into(&self, client: &str, old: &Record, record: &mut Record) {
+        let mut all = self.q2.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = all.get_mut(client) else {
+            record.q2.clone_from(&old.q2);
+            record.q2done.clone_from(&old.q2done);
+            return;
+        };
+        if std::mem::take(&mut q.inherit) {
+            // What the node the session came from had delivered, before what was delivered here.
+            let mut inherited: VecDeque<Done> = old
+                .q2done
+                .iter()
+                .map(|&(run, count, k, seq)| Done {
+                    id: (run, count),
+                    message: None,
+                    position: (k != u16::MAX).then_some((k, seq)),
+                })
+                .collect();
+            inherited.append(&mut q.done);
+            q.done = inherited;
+        }
+        let floor = &record.floor;
+        q.done.retain(|d| match d.position() {
+            Some((k, seq)) => floor.get(usize::from(k)).is_none_or(|f| *f < seq),
+            None => true,
+        });
+        while q.done.len() > Q2_DONE_MAX {
+            q.done.pop_front();
+        }
+        let mut flight: Vec<(&u16, &Flight)> = q.flight.iter().collect();
+        flight.sort_by_key(|(_, f)| f.order);
+        record.q2 = flight
+            .into_iter()
+            .map(|(id, f)| (*id, u8::from(f.released), f.id.0, f.id.1))
+            .collect();
+        record.q2done = q
+            .done
+            .iter()
+            .map(|d| {
+                let (k, seq) = d.position().unwrap_or((u16::MAX, 0));
+                (d.id.0, d.id.1, k, seq)
+            })
+            .collect();
+    }
+
     /// Write a saved session's entry, if it is still this node's (`record` `None`: only its
     /// floor).
     async fn save(
@@ -484,14 +717,29 @@ impl Directory {
         floor: Option<Vec<u64>>,
     ) -> Result<(), String> {
         let key = key(client);
+        let floor = match (floor, self.q2_floor(client)) {
+            (Some(a), Some(b)) if a.len() == b.len() => {
+                Some(a.iter().zip(&b).map(|(x, y)| (*x).max(*y)).collect())
+            }
+            (a, b) => a.or(b),
+        };
+        // JetStream may be electing the bucket's leader: a QoS 2 delivery waits for this
+        // write, so it is tried again for a while.
+        let deadline = Instant::now() + WAIT_CAUGHT_UP;
         for _ in 0..MAX_TRIES {
-            let Some(e) = self
-                .parts
-                .kv
-                .entry(key.clone())
-                .await
-                .map_err(|e| e.to_string())?
-            else {
+            let e = match self.parts.kv.entry(key.clone()).await {
+                Ok(e) => e,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(
+                        client_id = client,
+                        "cluster sessions: the entry cannot be read ({e}); trying again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let Some(e) = e else {
                 return Ok(());
             };
             if e.operation != kv::Operation::Put {
@@ -510,6 +758,7 @@ impl Directory {
                 Some(f) if old.floor.is_empty() => f.clone(),
                 _ => old.floor.clone(),
             };
+            self.q2_into(client, &old, &mut record);
             match self.parts.kv.update(&key, record.bytes(), e.revision).await {
                 Ok(_) => return Ok(()),
                 // Another writer in between (a claim, or the entry read from a replica behind):
@@ -519,6 +768,13 @@ impl Directory {
                         || e.to_string().contains("wrong last sequence") =>
                 {
                     continue
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(
+                        client_id = client,
+                        "cluster sessions: the entry cannot be written ({e}); trying again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => return Err(e.to_string()),
             }
@@ -902,8 +1158,38 @@ impl Directory {
         let directory = self.clone();
         Box::pin(async move {
             let _guard = guard;
+            let resumed = directory
+                .resumed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&client);
+            if let Some(ticket) = resumed {
+                // The QoS 2 deliveries the session came with are in its entry before the
+                // client hears back: if this node died right after, the next one would
+                // otherwise not know the packet ids the client holds.
+                directory.written_past(ticket, WAIT_CAUGHT_UP).await;
+            }
             directory.rest(client, fetched).await
         })
+    }
+
+    /// Wait until the entry writes up to `ticket` are done, at most `limit`.
+    async fn written_past(&self, ticket: u64, limit: Duration) {
+        let progress = &self.written.progress;
+        let wait = async {
+            loop {
+                let seen = progress.get();
+                if seen >= ticket || progress.has_failed() {
+                    return;
+                }
+                progress.wait_past(seen).await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::warn!(
+                "cluster sessions: a session's entry was not written in time; connecting all the same"
+            );
+        }
     }
 
     async fn rest(&self, client: Arc<str>, fetched: Option<Fetched>) -> Result<Option<Bytes>, String> {
@@ -915,8 +1201,22 @@ impl Directory {
                 // route to the installed session) have certainly passed.
                 self.own_messages_stored().await;
                 let ends = self.tailers_caught_up().await;
+                // Only the delivered QoS 2 messages are skipped here: one in flight is resumed
+                // from the first read (or released, when it was not stored yet then).
+                let q2 = Q2Ids {
+                    flight: HashSet::new(),
+                    done: Q2Ids::of(&record).done,
+                };
                 let deliveries = self
-                    .catch_up(&client, &record, &upto, &ends, Instant::now() + CLAIM_BUDGET)
+                    .catch_up(
+                        &client,
+                        &record,
+                        &upto,
+                        &ends,
+                        Instant::now() + CLAIM_BUDGET,
+                        &q2,
+                        &mut HashMap::new(),
+                    )
                     .await?;
                 if deliveries.is_empty() {
                     return Ok(None);
@@ -970,8 +1270,16 @@ impl Directory {
             vec![0; shards]
         };
         let ends = self.stream_ends(budget).await?;
-        let deliveries = self.catch_up(client, &record, &floor, &ends, budget).await?;
-        tracing::info!(client_id = %client, node = %record.node, subscriptions = record.subs.len(), messages = deliveries.len(), "session of a node that is gone recovered from the directory and the streams");
+        let q2 = Q2Ids::of(&record);
+        let mut found = HashMap::new();
+        let queued = self
+            .catch_up(client, &record, &floor, &ends, budget, &q2, &mut found)
+            .await?;
+        // The QoS 2 deliveries in flight first, with their packet ids, then the queue.
+        let mut deliveries = resumed(client, &record, &found);
+        let in_flight = deliveries.len();
+        deliveries.extend(queued);
+        tracing::info!(client_id = %client, node = %record.node, subscriptions = record.subs.len(), messages = deliveries.len(), in_flight, "session of a node that is gone recovered from the directory and the streams");
         let raw = handover(&record, deliveries).encode();
         self.fetched
             .lock()
@@ -1016,7 +1324,9 @@ impl Directory {
 
     /// The messages in each shard after `from` up to `to` that the session's subscriptions
     /// match, as its deliveries (shard after shard: one publisher's messages are in one
-    /// shard, in order).
+    /// shard, in order). Those `q2` lists as delivered are left out; those it lists in
+    /// flight go to `found` instead.
+    #[allow(clippy::too_many_arguments)]
     async fn catch_up(
         &self,
         client: &str,
@@ -1024,6 +1334,8 @@ impl Directory {
         from: &[u64],
         to: &[u64],
         deadline: Instant,
+        q2: &Q2Ids,
+        found: &mut HashMap<(u64, u64), Arc<Message>>,
     ) -> Result<Vec<StoredDelivery>, String> {
         let subs: Vec<(String, SubscriptionOptions, u32)> = record
             .subs
@@ -1032,7 +1344,7 @@ impl Directory {
             .map(|(f, o, id)| (f.clone(), options_from(*o), *id))
             .collect();
         let mut out = Vec::new();
-        if subs.is_empty() {
+        if subs.is_empty() && q2.flight.is_empty() {
             return Ok(out);
         }
         let now = Instant::now();
@@ -1092,8 +1404,19 @@ impl Directory {
                         if let Ok(msg) =
                             crate::codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone())
                         {
-                            if let Some(d) = delivery(client, &subs, msg, now) {
-                                out.push(d);
+                            if msg.qos == QoS::ExactlyOnce {
+                                msg.set_backplane_position(k as u16, seq);
+                            }
+                            match msg.backplane_id() {
+                                Some(id) if q2.flight.contains(&id) => {
+                                    found.insert(id, Arc::new(msg));
+                                }
+                                Some(id) if q2.done.contains(&id) => {}
+                                _ => {
+                                    if let Some(d) = delivery(client, &subs, Arc::new(msg), now) {
+                                        out.push(d);
+                                    }
+                                }
                             }
                         }
                         if seq >= to {
@@ -1117,6 +1440,7 @@ impl Directory {
 
     /// The session of `client` ended on this node.
     pub(crate) fn ended(&self, client: &str) {
+        self.q2_forget(client);
         let client: Arc<str> = client.into();
         self.enqueue(client.clone(), Op::Ended(client));
     }
@@ -1182,6 +1506,8 @@ impl Directory {
                 match admin.hand_over(client, flag != 0) {
                     HandOff::Absent if earlier.is_empty() => Bytes::from_static(b"none"),
                     HandOff::Moved { raw, generation } => {
+                        // Its QoS 2 deliveries in flight go with it (the claimant writes them).
+                        self.q2_forget(client);
                         let raw = merged(earlier, raw);
                         self.give(client.to_string(), raw, Some(generation)).1
                     }
@@ -1406,6 +1732,13 @@ impl Directory {
                     if record.version == 0 || record.floor.len() != shards {
                         continue;
                     }
+                    // The store has its QoS 2 deliveries in flight: those, and the ones
+                    // delivered, are not read back.
+                    let ids = Q2Ids::of(&record);
+                    let q2 = Q2Ids {
+                        flight: HashSet::new(),
+                        done: ids.done.union(&ids.flight).copied().collect(),
+                    };
                     match self
                         .catch_up(
                             &s.client_id,
@@ -1413,6 +1746,8 @@ impl Directory {
                             &record.floor,
                             &self.start.1,
                             Instant::now() + Duration::from_secs(60),
+                            &q2,
+                            &mut HashMap::new(),
                         )
                         .await
                     {
@@ -1461,6 +1796,8 @@ impl Directory {
                         floor: vec![0; self.start.1.len()],
                         offline: s.connection.is_none(),
                         saved_ms: wall_ms(),
+                        q2: Vec::new(),
+                        q2done: Vec::new(),
                     };
                     if let Err(e) = self.parts.kv.create(&key, mine.bytes()).await {
                         tracing::warn!(client_id = %s.client_id, "cluster sessions: the stored session is not entered in the directory: {e}");
@@ -1667,7 +2004,7 @@ fn handover(record: &Record, deliveries: Vec<StoredDelivery>) -> Handover {
 fn delivery(
     client: &str,
     subs: &[(String, SubscriptionOptions, u32)],
-    msg: tern_broker::Message,
+    msg: Arc<Message>,
     now: Instant,
 ) -> Option<StoredDelivery> {
     if msg.is_expired(now) {
@@ -1696,9 +2033,77 @@ fn delivery(
         retain,
         subscription_ids: ids,
         shared: None,
-        message: Arc::new(msg),
+        message: msg,
         message_id: 0,
     })
+}
+
+/// The ids of the QoS 2 messages a session's entry lists in flight and delivered.
+struct Q2Ids {
+    flight: HashSet<(u64, u64)>,
+    done: HashSet<(u64, u64)>,
+}
+
+impl Q2Ids {
+    fn of(record: &Record) -> Q2Ids {
+        Q2Ids {
+            flight: record.q2.iter().map(|&(_, _, run, count)| (run, count)).collect(),
+            done: record
+                .q2done
+                .iter()
+                .map(|&(run, count, _, _)| (run, count))
+                .collect(),
+        }
+    }
+}
+
+/// The QoS 2 deliveries in flight of a session whose node is gone, from its entry, with
+/// their packet ids and stages [MQTT-4.4.0-1]: a PUBLISH is sent again (DUP) with its id, a
+/// PUBREL again. One whose message is not in the streams (not stored when the node died, or
+/// gone by the stream's limits) is released: its PUBREL frees the packet id the client may
+/// hold, so that no new message is sent with it and taken for a resend (v5 [MQTT-4.3.3-9]).
+fn resumed(client: &str, record: &Record, found: &HashMap<(u64, u64), Arc<Message>>) -> Vec<StoredDelivery> {
+    let subs: Vec<(String, SubscriptionOptions, u32)> = record
+        .subs
+        .iter()
+        .map(|(f, o, id)| (f.clone(), options_from(*o), *id))
+        .collect();
+    let now = Instant::now();
+    let mut out = Vec::with_capacity(record.q2.len());
+    let mut ids = HashSet::new();
+    for &(packet_id, stage, run, count) in &record.q2 {
+        let Some(id) = tern_proto::PacketId::new(packet_id).filter(|_| ids.insert(packet_id)) else {
+            continue;
+        };
+        let (message, stage) = match found.get(&(run, count)) {
+            Some(m) if stage == 0 => (m.clone(), InflightState::Published),
+            Some(m) => (m.clone(), InflightState::Released),
+            None => (
+                Arc::new(Message::new(
+                    "$tern/released",
+                    Bytes::new(),
+                    QoS::ExactlyOnce,
+                    false,
+                )),
+                InflightState::Released,
+            ),
+        };
+        // As the subscriptions deliver it (a shared one's message matches none of the others).
+        let mut d = delivery(client, &subs, message.clone(), now).unwrap_or(StoredDelivery {
+            seq: 0,
+            stage: None,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            shared: None,
+            message,
+            message_id: 0,
+        });
+        d.qos = QoS::ExactlyOnce;
+        d.stage = Some((stage, id));
+        out.push(d);
+    }
+    out
 }
 
 /// After the connection to NATS comes back, drop the sessions of this node that another node

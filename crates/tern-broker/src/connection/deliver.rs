@@ -80,10 +80,14 @@ impl Conn {
                     .dropped_too_large
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut st = cell.lock();
-                if let Some(id) = packet_id {
-                    freed |= st.proto.abandon(id).is_some();
+                let changes = link.changes(st.persistent, st.expiry_interval > 0);
+                match packet_id {
+                    Some(id) => {
+                        freed |= st.proto.abandon(id).is_some();
+                        changes.abandoned(id, &out);
+                    }
+                    None => changes.forget(out.seq),
                 }
-                link.changes(st.persistent).forget(out.seq);
                 continue;
             }
             sent += 1;
@@ -171,7 +175,7 @@ fn take_batch(
                 s.done();
             }
             if let Some(gone) = st.pop_queued() {
-                link.changes(st.persistent).forget(gone.seq);
+                link.changes(st.persistent, false).forget(gone.seq);
             }
             continue;
         }
@@ -184,11 +188,19 @@ fn take_batch(
         let mut packet_id = None;
         if needs_id {
             let SessionState {
-                proto, persistent, ..
+                proto,
+                persistent,
+                expiry_interval,
+                ..
             } = &mut *st;
-            if let Some((id, durable_first)) = proto.start(out.clone(), &mut link.changes(*persistent)) {
-                // A QoS 2 delivery goes out only once its packet id is durable: after a crash
-                // the broker must resend it with that id [MQTT-4.4.0-1], or the client, which
+            let mut changes = link.changes(*persistent, *expiry_interval > 0);
+            let started = proto.start(out.clone(), &mut changes);
+            let ticket = changes.ticket;
+            link.wait_for_session(ticket);
+            if let Some((id, durable_first)) = started {
+                // A QoS 2 delivery goes out only once its packet id is durable (in the store,
+                // and with a cluster in the session's entry: `ticket`): after a crash the
+                // broker must resend it with that id [MQTT-4.4.0-1], or the client, which
                 // deduplicates by packet id until PUBREL, takes it for a new message.
                 link.needs_commit |= durable_first;
                 packet_id = Some(id);

@@ -139,12 +139,26 @@ impl Link {
         })))
     }
 
-    /// The store changes of the locked session state.
-    pub fn changes<'a>(&'a self, persistent: bool) -> SessionChanges<'a> {
+    /// The store changes of the locked session state (`outlives`: the session outlives its
+    /// connection, a Session Expiry Interval above 0).
+    pub fn changes<'a>(&'a self, persistent: bool, outlives: bool) -> SessionChanges<'a> {
         SessionChanges {
             persistence: &self.core.durability,
             client: &self.client_id,
             persistent,
+            qos2_elsewhere: self
+                .core
+                .backplane
+                .as_ref()
+                .filter(|_| outlives && self.core.qos2_elsewhere),
+            ticket: None,
+        }
+    }
+
+    /// The packets about to be written wait for the backplane's `ticket` too.
+    pub fn wait_for_session(&mut self, ticket: Option<crate::durability::Ticket>) {
+        if let Some(t) = ticket {
+            self.session_ticket = Some(self.session_ticket.map_or(t, |old| old.max(t)));
         }
     }
 
@@ -245,9 +259,17 @@ impl ServerHost for Link {
         let mut st = cell.lock();
         self.check_attached(&st)?;
         let SessionState {
-            proto, persistent, ..
+            proto,
+            persistent,
+            expiry_interval,
+            ..
         } = &mut *st;
-        Ok(f(proto, &mut self.changes(*persistent)))
+        let mut changes = self.changes(*persistent, *expiry_interval > 0);
+        let r = f(proto, &mut changes);
+        let ticket = changes.ticket;
+        drop(st);
+        self.wait_for_session(ticket);
+        Ok(r)
     }
 
     fn route(&mut self, publish: Publish, topic: ByteString, now: Instant) -> Routed {
@@ -319,9 +341,8 @@ impl ServerHost for Link {
     }
 
     fn subscriptions_changed(&mut self) {
-        if let Some(t) = self.core.save_session(&self.cell, false, true) {
-            self.session_ticket = Some(self.session_ticket.map_or(t, |old| old.max(t)));
-        }
+        let ticket = self.core.save_session(&self.cell, false, true);
+        self.wait_for_session(ticket);
     }
 
     fn set_session_expiry(&mut self, secs: u32) {

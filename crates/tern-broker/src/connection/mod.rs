@@ -220,25 +220,31 @@ impl Conn {
     /// Wait until the store changes made so far are committed, so that the
     /// acknowledgements in `out` promise nothing the store does not hold.
     async fn commit(&mut self) -> Result<(), Close> {
-        if !std::mem::take(&mut self.link.needs_commit) {
+        let stored = std::mem::take(&mut self.link.needs_commit);
+        // A SUBACK, or a QoS 2 delivery's PUBLISH or PUBREL, waits for the session's entry
+        // in the cluster (`None` on a single node).
+        let session_ticket = self.link.session_ticket.take();
+        if !stored && session_ticket.is_none() {
             return Ok(());
         }
-        if let Err(e) = self.link.core.durability.wait_submitted().await {
-            // Nothing that is not stored is acknowledged: drop the pending acknowledgements.
-            self.link.out.clear();
-            return Err(Close::Violation(Violation::StorageFailed(e.to_string())));
-        }
-        // One branch on a single node (no backplane).
-        if self.link.core.backplane.is_some() {
-            if let Err(c) = backplane_commit(self.link.core.clone()).await {
+        if stored {
+            if let Err(e) = self.link.core.durability.wait_submitted().await {
+                // Nothing that is not stored is acknowledged: drop the pending acknowledgements.
                 self.link.out.clear();
-                return Err(c);
+                return Err(Close::Violation(Violation::StorageFailed(e.to_string())));
             }
-            if let Some(t) = self.link.session_ticket.take() {
-                if let Err(c) = session_commit(self.link.core.clone(), t).await {
+            // One branch on a single node (no backplane).
+            if self.link.core.backplane.is_some() {
+                if let Err(c) = backplane_commit(self.link.core.clone()).await {
                     self.link.out.clear();
                     return Err(c);
                 }
+            }
+        }
+        if let Some(t) = session_ticket {
+            if let Err(c) = session_commit(self.link.core.clone(), t).await {
+                self.link.out.clear();
+                return Err(c);
             }
         }
         // A newer connection may have taken the session over meanwhile: then nothing of it

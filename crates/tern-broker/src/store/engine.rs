@@ -472,6 +472,7 @@ mod tests {
             publisher: None,
             stored: Default::default(),
             received_at: None,
+            mark: Default::default(),
         })
     }
 

@@ -158,6 +158,7 @@ fn get_message(b: &mut Bytes, now: Stamp) -> Result<Message, Corrupt> {
         publisher: (!publisher.is_empty()).then(|| Arc::from(publisher.as_str())),
         stored: Default::default(),
         received_at: None,
+        mark: Default::default(),
     })
 }
 
@@ -377,7 +378,7 @@ pub fn handover(h: &Handover, now: Stamp) -> Bytes {
         deliveries.push(by_index);
     }
     b.put_u32(messages.len() as u32);
-    for m in messages {
+    for m in &messages {
         let raw = payload(m, now);
         b.put_u32(raw.len() as u32);
         b.extend_from_slice(&raw);
@@ -393,6 +394,15 @@ pub fn handover(h: &Handover, now: Stamp) -> Bytes {
     for id in &h.qos2 {
         b.put_u16(*id);
     }
+    // Added after the first version (a reader of that version stops before it): the
+    // messages' backplane ids, so that the broker taking the session in can tell the
+    // backplane which messages its deliveries in flight are.
+    b.put_u32(messages.len() as u32);
+    for m in &messages {
+        let (hi, lo) = m.backplane_id().unwrap_or((0, 0));
+        b.put_u64(hi);
+        b.put_u64(lo);
+    }
     seal(b)
 }
 
@@ -403,8 +413,36 @@ pub fn read_handover(raw: &[u8], now: Stamp) -> Result<Handover, Corrupt> {
     let n = get_u32(&mut b)?;
     let mut messages = Vec::with_capacity((n as usize).min(b.remaining()));
     for _ in 0..n {
-        messages.push(Arc::new(read_payload(&get_chunk(&mut b)?, now)?));
+        messages.push(read_payload(&get_chunk(&mut b)?, now)?);
     }
+    // The ids come last; the deliveries refer to the messages once they are shared.
+    let (sections, mut tail) = {
+        let mut rest = b.clone();
+        let skip = |r: &mut Bytes| -> Result<(), Corrupt> {
+            let n = get_u32(r)?;
+            for _ in 0..n {
+                get_u64(r)?;
+                get_chunk(r)?;
+            }
+            let n = get_u32(r)? as usize;
+            if r.remaining() < 2 * n {
+                return Err(Corrupt("truncated"));
+            }
+            r.advance(2 * n);
+            Ok(())
+        };
+        skip(&mut rest)?;
+        (b, rest)
+    };
+    b = sections;
+    if tail.remaining() >= 4 && get_u32(&mut tail)? as usize == messages.len() {
+        let taken = std::mem::take(&mut messages);
+        for m in taken {
+            let id = (get_u64(&mut tail)?, get_u64(&mut tail)?);
+            messages.push(if id == (0, 0) { m } else { m.with_backplane_id(id) });
+        }
+    }
+    let messages: Vec<Arc<Message>> = messages.into_iter().map(Arc::new).collect();
     let n = get_u32(&mut b)?;
     let mut deliveries = Vec::with_capacity((n as usize).min(b.remaining()));
     for _ in 0..n {
@@ -487,6 +525,7 @@ mod tests {
             publisher: Some(Arc::from("pub")),
             stored: Default::default(),
             received_at: None,
+            mark: Default::default(),
         }
     }
 
@@ -520,6 +559,58 @@ mod tests {
         assert_eq!(m.payload, d.message.payload);
         assert_eq!(m.properties, d.message.properties);
         assert_eq!(m.publisher.as_deref(), Some("pub"));
+    }
+
+    #[test]
+    fn a_handover_keeps_its_messages_backplane_ids_and_one_without_them_is_read() {
+        let now = crate::clock::Clock::system().stamp();
+        let tagged = Arc::new(msg().with_backplane_id((5, 77)));
+        let plain = Arc::new(msg());
+        let delivery = |seq: u64, message: &Arc<Message>, stage| StoredDelivery {
+            seq,
+            stage,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            shared: None,
+            message: message.clone(),
+            message_id: 0,
+        };
+        let h = Handover {
+            snapshot: SessionSnapshot {
+                version: ProtocolVersion::V5,
+                expiry_interval: 60,
+                disconnected_at: 0,
+                subscriptions: Vec::new(),
+                pending_will: None,
+            },
+            deliveries: vec![
+                delivery(
+                    1,
+                    &tagged,
+                    Some((InflightState::Published, PacketId::new(3).unwrap())),
+                ),
+                delivery(2, &plain, None),
+                delivery(3, &tagged, None),
+            ],
+            qos2: vec![9],
+        };
+        let raw = handover(&h, now);
+        let back = read_handover(&raw, now).unwrap();
+        let ids: Vec<_> = back.deliveries.iter().map(|d| d.message.backplane_id()).collect();
+        assert_eq!(ids, vec![Some((5, 77)), None, Some((5, 77))]);
+        assert!(Arc::ptr_eq(
+            &back.deliveries[0].message,
+            &back.deliveries[2].message
+        ));
+        assert_eq!(back.qos2, vec![9]);
+        // Written before the ids were added: the same without its last section.
+        let mut body = open(&raw).unwrap();
+        body.truncate(body.len() - 4 - 2 * 16);
+        let old = read_handover(&seal(BytesMut::from(&body[..])), now).unwrap();
+        assert_eq!(old.deliveries.len(), 3);
+        assert!(old.deliveries.iter().all(|d| d.message.backplane_id().is_none()));
+        assert_eq!(old.qos2, vec![9]);
     }
 
     #[test]

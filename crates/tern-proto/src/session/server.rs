@@ -222,8 +222,8 @@ pub trait Persist<M> {
     fn qos2_released(&mut self, id: PacketId) -> bool;
     /// A delivery reached a stage (sent with its identifier, or released).
     fn delivery_stage(&mut self, f: &InFlight<M>) -> bool;
-    /// A delivery is finished (acknowledged, refused by the client, or dropped).
-    fn delivery_done(&mut self, message: &M);
+    /// A delivery is finished (acknowledged, or refused by the client).
+    fn delivery_done(&mut self, f: &InFlight<M>);
     /// Whether the session's state is kept in a store at all.
     fn persistent(&self) -> bool;
 }
@@ -467,7 +467,7 @@ impl<M: Delivery> ServerState<M> {
 
     fn complete(&mut self, f: &InFlight<M>, persist: &mut dyn Persist<M>) {
         self.ids.release(f.id);
-        persist.delivery_done(&f.message);
+        persist.delivery_done(f);
     }
 }
 

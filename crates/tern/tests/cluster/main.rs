@@ -345,6 +345,40 @@ async fn persistent_subscriber(mut sub: Raw, got: Arc<Mutex<Vec<u64>>>) {
     }
 }
 
+/// A persistent subscriber's connection that keeps a client's QoS 2 state across
+/// connections, as a client does with its session (v5 section 4.3.3, "method B"): a PUBLISH
+/// whose packet id it holds (PUBREC sent, no PUBREL yet) is a resend, answered and not
+/// delivered again [MQTT-4.3.3-9]; a PUBREL frees the id. What it delivers goes to `got`.
+async fn qos2_subscriber(mut sub: Raw, got: Arc<Mutex<Vec<u64>>>, held: Arc<Mutex<BTreeSet<u16>>>) {
+    loop {
+        match sub.next_within(Duration::from_secs(120)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                let n: u64 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+                match (p.qos, p.packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        got.lock().unwrap().push(n);
+                        sub.send(Packet::PubAck(Ack::new(id))).await;
+                    }
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        if held.lock().unwrap().insert(id.get()) {
+                            got.lock().unwrap().push(n);
+                        }
+                        sub.send(Packet::PubRec(Ack::new(id))).await;
+                    }
+                    _ => got.lock().unwrap().push(n),
+                }
+            }
+            Ok(Some(Packet::PubRel(a))) => {
+                held.lock().unwrap().remove(&a.packet_id.get());
+                sub.send(Packet::PubComp(Ack::new(a.packet_id))).await;
+            }
+            Ok(Some(Packet::Disconnect(_)) | None) => return,
+            Ok(Some(other)) => panic!("subscriber: unexpected {other:?}"),
+            Err(()) => panic!("the subscriber heard nothing for 120 s"),
+        }
+    }
+}
+
 /// Issue #15: "shared subscriptions when a member's node is killed". A `$share` group has a
 /// member on each of two nodes; each round a publisher on one node sends numbered QoS 1
 /// messages while the other node is killed with SIGKILL, with its member's deliveries
@@ -544,6 +578,22 @@ async fn connect_persistent(addr: SocketAddr) -> (Raw, bool) {
 /// numbers keep the publisher's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
+    persistent_kill_loop(QoS::AtLeastOnce).await;
+}
+
+/// The same with QoS 2 (publisher and subscription), exactly once: every message whose
+/// PUBCOMP the publisher saw reaches the subscriber, none twice. The node recovering the
+/// session resumes the deliveries the killed node had in flight with their packet ids
+/// (v5 [MQTT-4.4.0-1]; the entry said which before each PUBLISH and PUBREL went out) and
+/// leaves out what the subscriber had received; without that, a new message sent with an id
+/// the client still held would be taken for a resend and lost (v5 [MQTT-4.3.3-9]), and the
+/// messages read back from the floor would arrive twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_persistent_session_on_a_killed_node_gets_every_message_once() {
+    persistent_kill_loop(QoS::ExactlyOnce).await;
+}
+
+async fn persistent_kill_loop(qos: QoS) {
     let mut nats = Nats::start(3, true);
     let config = config_file(&nats);
     let mut nodes = [
@@ -555,10 +605,12 @@ async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
     let got = Arc::new(Mutex::new(Vec::new()));
     // First connection: the subscription.
     let (mut sub, _) = connect_persistent(addr(&nodes, 0)).await;
-    sub.subscribe("k/#", QoS::AtLeastOnce).await;
-    let mut receiving = tokio::spawn(persistent_subscriber(sub, got.clone()));
+    sub.subscribe("k/#", qos).await;
+    // The client's QoS 2 packet ids awaiting PUBREL, kept across its connections.
+    let held = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut receiving = tokio::spawn(qos2_subscriber(sub, got.clone(), held.clone()));
     let mut publisher = Publisher {
-        qos: QoS::AtLeastOnce,
+        qos,
         next: 0,
         acked: BTreeSet::new(),
     };
@@ -574,7 +626,7 @@ async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
             let (sub, present) = connect_persistent(addr(&nodes, victim)).await;
             assert!(present, "round {round}: the session moved from the running node");
             let _ = tokio::time::timeout(Duration::from_secs(10), &mut receiving).await;
-            receiving = tokio::spawn(persistent_subscriber(sub, got.clone()));
+            receiving = tokio::spawn(qos2_subscriber(sub, got.clone(), held.clone()));
         }
         let mut p = connect_within(addr(&nodes, survivor), V3, "pub").await;
         for _ in 0..5 {
@@ -616,7 +668,7 @@ async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
             present,
             "round {round}: the session of the killed node is present on the other"
         );
-        receiving = tokio::spawn(persistent_subscriber(sub, got.clone()));
+        receiving = tokio::spawn(qos2_subscriber(sub, got.clone(), held.clone()));
         on = survivor;
         for _ in 0..3 {
             if !publisher.batch(&mut p, 10, Duration::from_secs(30), || ()).await {
@@ -635,7 +687,7 @@ async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
     let whole = order_violations(&firsts, &BTreeSet::new());
     let order_violations = order_violations(&firsts, &excused);
     eprintln!(
-        "persistent session kill loop: {} rounds (a node holding the session killed each round, with a NATS server {nats_kills} times) in {:.1?}: \
+        "persistent session kill loop, QoS {qos:?}: {} rounds (a node holding the session killed each round, with a NATS server {nats_kills} times) in {:.1?}: \
          acknowledged {}, received {}, lost {}, duplicates {duplicates}, order violations {order_violations} \
          ({whole} counting the messages in flight when a NATS server was killed), stalls {stalls}",
         rounds(),
@@ -646,6 +698,9 @@ async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
     );
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
     assert_eq!(order_violations, 0, "first arrivals in the publisher's order");
+    if qos == QoS::ExactlyOnce {
+        assert_eq!(duplicates, 0, "QoS 2 received once");
+    }
     let _ = std::fs::remove_file(&config);
 }
 

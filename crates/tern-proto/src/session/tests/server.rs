@@ -60,8 +60,8 @@ impl Persist<Msg> for Log {
         self.changes.push(format!("stage {} {:?}", f.id, f.stage));
         self.persistent
     }
-    fn delivery_done(&mut self, m: &Msg) {
-        self.changes.push(format!("done {}", m.1));
+    fn delivery_done(&mut self, f: &InFlight<Msg>) {
+        self.changes.push(format!("done {}", f.message.1));
     }
     fn persistent(&self) -> bool {
         self.persistent
