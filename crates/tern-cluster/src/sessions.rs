@@ -2061,7 +2061,7 @@ impl Q2Ids {
 /// their packet ids and stages [MQTT-4.4.0-1]: a PUBLISH is sent again (DUP) with its id, a
 /// PUBREL again. One whose message is not in the streams (not stored when the node died, or
 /// gone by the stream's limits) is released: its PUBREL frees the packet id the client may
-/// hold, so that no new message is sent with it and taken for a resend (v5 [MQTT-4.3.3-9]).
+/// hold, so that no new message is sent with it and taken for a resend (v5 [MQTT-4.3.3-10]).
 fn resumed(client: &str, record: &Record, found: &HashMap<(u64, u64), Arc<Message>>) -> Vec<StoredDelivery> {
     let subs: Vec<(String, SubscriptionOptions, u32)> = record
         .subs

@@ -348,7 +348,7 @@ async fn persistent_subscriber(mut sub: Raw, got: Arc<Mutex<Vec<u64>>>) {
 /// A persistent subscriber's connection that keeps a client's QoS 2 state across
 /// connections, as a client does with its session (v5 section 4.3.3, "method B"): a PUBLISH
 /// whose packet id it holds (PUBREC sent, no PUBREL yet) is a resend, answered and not
-/// delivered again [MQTT-4.3.3-9]; a PUBREL frees the id. What it delivers goes to `got`.
+/// delivered again v5 [MQTT-4.3.3-10]; a PUBREL frees the id. What it delivers goes to `got`.
 async fn qos2_subscriber(mut sub: Raw, got: Arc<Mutex<Vec<u64>>>, held: Arc<Mutex<BTreeSet<u16>>>) {
     loop {
         match sub.next_within(Duration::from_secs(120)).await {
@@ -586,7 +586,7 @@ async fn a_persistent_session_on_a_killed_node_loses_no_acknowledged_message() {
 /// session resumes the deliveries the killed node had in flight with their packet ids
 /// (v5 [MQTT-4.4.0-1]; the entry said which before each PUBLISH and PUBREL went out) and
 /// leaves out what the subscriber had received; without that, a new message sent with an id
-/// the client still held would be taken for a resend and lost (v5 [MQTT-4.3.3-9]), and the
+/// the client still held would be taken for a resend and lost (v5 [MQTT-4.3.3-10]), and the
 /// messages read back from the floor would arrive twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos2_persistent_session_on_a_killed_node_gets_every_message_once() {
