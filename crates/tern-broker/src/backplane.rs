@@ -159,6 +159,16 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether the change a ticket of [`Backplane::session_saved`] or
+    /// [`Backplane::qos2_stage`] stands for was kept, once [`Backplane::sessions_progress`]
+    /// reached it (it may have been given up: the backplane could not write it). Asked once
+    /// per ticket; when `false`, what waited for it is not sent and the connection is closed
+    /// (5.0: DISCONNECT 0x89 Server busy). Default `true`.
+    fn session_kept(&self, ticket: Ticket) -> bool {
+        let _ = ticket;
+        true
+    }
+
     /// Whether the backplane keeps the QoS 2 deliveries in flight of the sessions that
     /// outlive their connection, so that another broker taking a session over resumes them
     /// with their packet identifiers (default `false`; then the `qos2_*` methods are never

@@ -83,7 +83,7 @@ pub use error::BrokerError;
 pub use handover::HandOff;
 pub use http_config::{HttpConfig, DEFAULT_HTTP};
 pub use inspect::{BrokerStats, ConnectionInfo, SessionInfo, SubscriptionInfo};
-pub use message::{Message, Settlement};
+pub use message::{BackplaneMark, Message, Settlement};
 pub use metrics::HistogramSnapshot;
 pub use recent::SeenTopic;
 pub use security::SecurityHandle;

@@ -34,15 +34,64 @@ pub struct Message {
     pub(crate) mark: Mark,
 }
 
-/// A backplane's marks on a message: an id that is the same on every broker that has the
-/// message (a cluster gives QoS 2 messages one, so that a node taking over a session can
-/// tell which of the messages it reads back were delivered already), and where the
-/// backplane stores it (shard and sequence), once known. Unset on one broker.
+/// A backplane's marks on a message ([`BackplaneMark`]), made on first use and shared with
+/// the copies of the message ([`Message::detached`]).
 #[derive(Debug, Default)]
-pub(crate) struct Mark {
+pub(crate) struct Mark(std::sync::OnceLock<Arc<BackplaneMark>>);
+
+impl Mark {
+    fn get(&self) -> Option<&Arc<BackplaneMark>> {
+        self.0.get()
+    }
+
+    fn made(&self) -> &Arc<BackplaneMark> {
+        self.0.get_or_init(Arc::default)
+    }
+
+    /// The same marks, for a copy of the message (made now when the message is QoS 2, the
+    /// only messages a backplane marks, so that the copy and the original share them).
+    fn shared(&self, qos: QoS) -> Mark {
+        let m = Mark::default();
+        let mine = match qos {
+            QoS::ExactlyOnce => Some(self.made()),
+            _ => self.get(),
+        };
+        if let Some(mine) = mine {
+            let _ = m.0.set(mine.clone());
+        }
+        m
+    }
+}
+
+/// What a backplane knows of a message: an id that is the same on every broker that has the
+/// message (a cluster gives QoS 2 messages one, so that a node taking over a session can tell
+/// which of the messages it reads back were delivered already), and where the backplane
+/// stores it (shard and sequence), once known. Unset on one broker.
+#[derive(Debug, Default)]
+pub struct BackplaneMark {
     id: std::sync::OnceLock<(u64, u64)>,
     /// `(shard + 1) << 48 | sequence`; 0 while unknown.
     position: AtomicU64,
+}
+
+impl BackplaneMark {
+    /// The id a backplane gave the message, if any.
+    pub fn id(&self) -> Option<(u64, u64)> {
+        self.id.get().copied()
+    }
+
+    /// The id, given one by `fresh` if it has none yet.
+    pub fn id_or(&self, fresh: impl FnOnce() -> (u64, u64)) -> (u64, u64) {
+        *self.id.get_or_init(fresh)
+    }
+
+    /// Where the backplane keeps the message: shard (below 65,535) and sequence (below 2^48).
+    pub fn position(&self) -> Option<(u16, u64)> {
+        match self.position.load(Ordering::Acquire) {
+            0 => None,
+            p => Some(((p >> 48) as u16 - 1, p & ((1 << 48) - 1))),
+        }
+    }
 }
 
 /// The id of a message's payload record in the store (0: not stored): every session that
@@ -143,7 +192,8 @@ impl Message {
             publisher: self.publisher.clone(),
             stored: StoredId::default(),
             received_at: None,
-            mark: Mark::default(),
+            // A copy is the same message to a backplane (its id, where it is stored).
+            mark: self.mark.shared(self.qos),
         }
     }
 
@@ -154,40 +204,42 @@ impl Message {
 
     /// The id a backplane gave it ([`Message::backplane_id_or`]), if any.
     pub fn backplane_id(&self) -> Option<(u64, u64)> {
-        self.mark.id.get().copied()
+        self.mark.get()?.id()
     }
 
     /// Its backplane id, given it by `fresh` if it has none yet (of two racing callers, one
-    /// gives it, and both get that one).
+    /// gives it, and both get that one; its copies share it).
     pub fn backplane_id_or(&self, fresh: impl FnOnce() -> (u64, u64)) -> (u64, u64) {
-        *self.mark.id.get_or_init(fresh)
+        *self.mark.made().id.get_or_init(fresh)
     }
 
     /// The message with the backplane id it came with from another broker.
     pub fn with_backplane_id(self, id: (u64, u64)) -> Message {
-        let _ = self.mark.id.set(id);
+        let _ = self.mark.made().id.set(id);
         self
     }
 
     /// Where the backplane keeps it: shard (below 65,535) and sequence (below 2^48).
     pub fn backplane_position(&self) -> Option<(u16, u64)> {
-        match self.mark.position.load(Ordering::Acquire) {
-            0 => None,
-            p => Some(((p >> 48) as u16 - 1, p & ((1 << 48) - 1))),
-        }
+        self.mark.get()?.position()
     }
 
     /// Say where the backplane keeps it (ignored beyond the ranges of
-    /// [`Message::backplane_position`]).
+    /// [`Message::backplane_position`]); its copies see it too.
     pub fn set_backplane_position(&self, shard: u16, sequence: u64) {
         if shard < u16::MAX && sequence < 1 << 48 {
             let p = (u64::from(shard) + 1) << 48 | sequence;
-            self.mark.position.store(p, Ordering::Release);
+            self.mark.made().position.store(p, Ordering::Release);
         }
+    }
+
+    /// Its backplane marks (made now if it has none), to be read later without keeping the
+    /// message (its payload) alive.
+    pub fn backplane_mark(&self) -> Arc<BackplaneMark> {
+        self.mark.made().clone()
     }
 }
 
-/// One message on its way to one session, with the per-subscriber decisions.
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
     pub msg: Arc<Message>,
@@ -283,6 +335,23 @@ impl tern_proto::session::server::Delivery for Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_of_a_qos2_message_shares_its_backplane_marks() {
+        let m = Message::new("t", "p", QoS::ExactlyOnce, false);
+        let copy = m.detached();
+        // Given to the copy (a delivery to a session that is away), seen by the original (the
+        // backplane's stream write), and the other way round.
+        assert_eq!(copy.backplane_id_or(|| (1, 2)), (1, 2));
+        assert_eq!(m.backplane_id_or(|| (3, 4)), (1, 2));
+        m.set_backplane_position(2, 99);
+        assert_eq!(copy.backplane_position(), Some((2, 99)));
+        assert_eq!(copy.backplane_mark().position(), Some((2, 99)));
+        // QoS 0/1 messages get no marks of their own when copied.
+        let q1 = Message::new("t", "p", QoS::AtLeastOnce, false);
+        assert_eq!(q1.detached().backplane_id(), None);
+        assert!(q1.mark.get().is_none());
+    }
 
     #[test]
     fn a_detached_message_keeps_no_read_buffer_alive() {

@@ -110,9 +110,17 @@ impl Core {
             cell.note_streaming(&st);
             r.messages += usize::try_from(spilled.count).unwrap_or(usize::MAX);
         }
+        // A session without QoS 2 deliveries in flight has nothing to tell the backplane (and
+        // thousands of restored sessions would each cost it a write).
         for (client, cell) in &cells {
             let st = cell.lock();
-            self.qos2_resumed(client, &st, st.expiry_interval);
+            if st
+                .proto
+                .inflight()
+                .any(|f| f.message.qos == tern_proto::QoS::ExactlyOnce)
+            {
+                self.qos2_resumed(client, &st, st.expiry_interval);
+            }
         }
         for (client, id) in stored.qos2 {
             match (cells.get(&client), PacketId::new(id)) {

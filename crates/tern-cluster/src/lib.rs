@@ -657,6 +657,10 @@ impl Backplane for NodeBackplane {
         Some(&self.directory.written.progress)
     }
 
+    fn session_kept(&self, ticket: Ticket) -> bool {
+        self.directory.kept(ticket)
+    }
+
     fn keeps_qos2(&self) -> bool {
         true
     }
@@ -672,7 +676,8 @@ impl Backplane for NodeBackplane {
     }
 
     fn qos2_done(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) {
-        self.directory.q2_done(client_id, packet_id, message);
+        let _ = message;
+        self.directory.q2_done(client_id, packet_id);
     }
 
     fn qos2_resumed(&self, client_id: &str, in_flight: &[(u16, bool, Arc<Message>)]) {

@@ -264,7 +264,7 @@ impl Outbound {
     }
 
     /// An id no other message of the cluster has: this run of the node, and a count.
-    fn fresh_id(&self) -> (u64, u64) {
+    pub fn fresh_id(&self) -> (u64, u64) {
         (self.incarnation, self.counter.fetch_add(1, Ordering::Relaxed))
     }
 

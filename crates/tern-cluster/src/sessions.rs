@@ -42,7 +42,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tern_broker::backplane::Held;
 use tern_broker::durability::{Handover, InflightState, SessionSnapshot, StoredDelivery};
-use tern_broker::{Admin, HandOff, Message};
+use tern_broker::{Admin, BackplaneMark, HandOff, Message};
 use tern_proto::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 
 use crate::outbound::Outbound;
@@ -172,13 +172,16 @@ const Q2_DONE_MAX: usize = 1024;
 struct Flight {
     order: u64,
     released: bool,
-    id: (u64, u64),
+    /// Its message's marks; the id is given at the next write when the message came without
+    /// one (from this node's store: the entry's id for its packet id, if it has one).
+    mark: Arc<BackplaneMark>,
 }
 
 /// A finished QoS 2 delivery, kept in the entry until the session's floor is past it.
 struct Done {
     id: (u64, u64),
-    message: Option<Arc<Message>>,
+    /// Its message's marks (not the message: its payload is not kept for this).
+    mark: Option<Arc<BackplaneMark>>,
     position: Option<(u16, u64)>,
 }
 
@@ -186,8 +189,7 @@ impl Done {
     /// Its shard and stream sequence, when known (a message of this node learns it when
     /// JetStream stores it).
     fn position(&self) -> Option<(u16, u64)> {
-        self.position
-            .or_else(|| self.message.as_ref()?.backplane_position())
+        self.position.or_else(|| self.mark.as_ref()?.position())
     }
 }
 
@@ -257,6 +259,9 @@ pub(crate) enum Op {
 pub(crate) struct Pending {
     ops: HashMap<Arc<str>, Op>,
     order: VecDeque<Arc<str>>,
+    /// Clients whose change a connection waits for (a ticket), in the order they came: before
+    /// those of `order`.
+    urgent: VecDeque<Arc<str>>,
     /// Clients whose change a task is writing now.
     busy: std::collections::HashSet<Arc<str>>,
     /// Tickets of [`Directory::written`] released once the client's change is written: a
@@ -323,10 +328,14 @@ pub(crate) struct Directory {
     start: (Instant, Vec<u64>),
     /// The QoS 2 deliveries of this node's sessions that outlive their connection.
     q2: Mutex<HashMap<Arc<str>, Q2>>,
-    /// The write a claim waits for before its CONNACK: the QoS 2 deliveries the session came
-    /// with, in its entry.
-    resumed: Mutex<HashMap<Arc<str>, u64>>,
+    /// Tickets of [`Directory::written`] whose write failed or was not made (the entry names
+    /// another node): what waited for them must not go out. Checked once; the oldest are
+    /// forgotten beyond [`MAX_FAILED`].
+    failed: Mutex<std::collections::BTreeSet<u64>>,
 }
+
+/// Failed tickets remembered, at most.
+const MAX_FAILED: usize = 4096;
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -390,7 +399,7 @@ impl Directory {
             snapshots: Mutex::default(),
             start,
             q2: Mutex::default(),
-            resumed: Mutex::default(),
+            failed: Mutex::default(),
         }
     }
 
@@ -405,11 +414,14 @@ impl Directory {
         let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = ticket {
             p.tickets.entry(client.clone()).or_default().push(t);
-            // Awaited by a connection: before the changes nobody waits for.
+            // Awaited by a connection: before the changes nobody waits for, after those
+            // awaited already (first come, first written: the tickets' progress has no gap).
             if let Some(i) = p.order.iter().position(|c| *c == client) {
                 p.order.remove(i);
             }
-            p.order.push_front(client.clone());
+            if !p.urgent.contains(&client) {
+                p.urgent.push_back(client.clone());
+            }
         }
         let merged = match (p.ops.remove(&client), op) {
             (
@@ -435,7 +447,7 @@ impl Directory {
             },
             (_, op) => op,
         };
-        if !p.order.contains(&client) {
+        if !p.order.contains(&client) && !p.urgent.contains(&client) {
             p.order.push_back(client.clone());
         }
         p.ops.insert(client, merged);
@@ -447,8 +459,13 @@ impl Directory {
     /// written).
     fn next_op(&self) -> Option<(Arc<str>, Op, Vec<u64>)> {
         let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
-        let i = p.order.iter().position(|c| !p.busy.contains(c))?;
-        let client = p.order.remove(i)?;
+        let client = match p.urgent.iter().position(|c| !p.busy.contains(c)) {
+            Some(i) => p.urgent.remove(i)?,
+            None => {
+                let i = p.order.iter().position(|c| !p.busy.contains(c))?;
+                p.order.remove(i)?
+            }
+        };
         let op = p.ops.remove(&client)?;
         let tickets = p.tickets.remove(&client).unwrap_or_default();
         p.busy.insert(client.clone());
@@ -548,19 +565,31 @@ impl Directory {
         message: &Arc<Message>,
     ) -> u64 {
         // The id a local message gets here is the one its stream copy carries.
-        let id = self.parts.outbound.id_of(message);
+        self.parts.outbound.id_of(message);
+        let mark = message.backplane_mark();
         {
             let mut all = self.q2.lock().unwrap_or_else(|e| e.into_inner());
             let q = match all.get_mut(client) {
                 Some(q) => q,
-                None => all.entry(Arc::from(client)).or_default(),
+                // What the entry says of delivered messages is kept.
+                None => all.entry(Arc::from(client)).or_insert_with(|| Q2 {
+                    inherit: true,
+                    ..Q2::default()
+                }),
             };
             let order = q.next;
             q.next += 1;
             match q.flight.get_mut(&packet_id) {
-                Some(f) if f.id == id => f.released = released,
+                Some(f) if Arc::ptr_eq(&f.mark, &mark) => f.released = released,
                 _ => {
-                    q.flight.insert(packet_id, Flight { order, released, id });
+                    q.flight.insert(
+                        packet_id,
+                        Flight {
+                            order,
+                            released,
+                            mark,
+                        },
+                    );
                 }
             }
         }
@@ -576,15 +605,16 @@ impl Directory {
 
     /// A QoS 2 delivery to `client`'s session is finished: the entry lists its message among
     /// the delivered ones (at its next write) until the floor is past it.
-    pub(crate) fn q2_done(&self, client: &str, packet_id: u16, message: &Arc<Message>) {
+    pub(crate) fn q2_done(&self, client: &str, packet_id: u16) {
         let mut all = self.q2.lock().unwrap_or_else(|e| e.into_inner());
         let Some(q) = all.get_mut(client) else { return };
         let Some(f) = q.flight.remove(&packet_id) else {
             return;
         };
+        let Some(id) = f.mark.id() else { return };
         q.done.push_back(Done {
-            id: f.id,
-            message: Some(message.clone()),
+            id,
+            mark: Some(f.mark),
             position: None,
         });
         if q.done.len() > Q2_DONE_MAX {
@@ -593,7 +623,8 @@ impl Directory {
     }
 
     /// `client`'s session came to this node with these QoS 2 deliveries in flight (see
-    /// [`Backplane::qos2_resumed`]); the claim waits for the entry that says so.
+    /// [`Backplane::qos2_resumed`]): they replace what this node knew. Written at the next
+    /// change, and before the client's CONNACK ([`Directory::claimed`]).
     ///
     /// [`Backplane::qos2_resumed`]: tern_broker::backplane::Backplane::qos2_resumed
     pub(crate) fn q2_resumed(&self, client: &str, in_flight: &[(u16, bool, Arc<Message>)]) {
@@ -602,7 +633,6 @@ impl Directory {
             ..Q2::default()
         };
         for (packet_id, released, message) in in_flight {
-            let id = self.parts.outbound.id_of(message);
             let order = q.next;
             q.next += 1;
             q.flight.insert(
@@ -610,15 +640,32 @@ impl Directory {
                 Flight {
                     order,
                     released: *released,
-                    id,
+                    mark: message.backplane_mark(),
                 },
             );
         }
-        let client: Arc<str> = client.into();
         self.q2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(client.clone(), q);
+            .insert(client.into(), q);
+    }
+
+    /// The session of `client` is no longer this node's.
+    pub(crate) fn q2_forget(&self, client: &str) {
+        self.q2.lock().unwrap_or_else(|e| e.into_inner()).remove(client);
+    }
+
+    /// Write what this node knows of `client`'s QoS 2 deliveries to its entry, if anything,
+    /// and wait for it (at most `limit`); an error when it was not written.
+    async fn q2_written(&self, client: &Arc<str>, limit: Duration) -> Result<(), String> {
+        let known = self
+            .q2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(client);
+        if !known {
+            return Ok(());
+        }
         let ticket = self.written.reserve();
         let op = Op::Saved {
             client: client.clone(),
@@ -626,19 +673,41 @@ impl Directory {
             floor: None,
         };
         self.enqueue_with(client.clone(), op, Some(ticket));
-        self.resumed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(client, ticket);
+        let progress = &self.written.progress;
+        let wait = async {
+            loop {
+                let seen = progress.get();
+                if seen >= ticket || progress.has_failed() {
+                    return;
+                }
+                progress.wait_past(seen).await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() || !self.kept(ticket) {
+            return Err("the session's QoS 2 deliveries in flight could not be written to its entry".into());
+        }
+        Ok(())
     }
 
-    /// The session of `client` is no longer this node's.
-    fn q2_forget(&self, client: &str) {
-        self.q2.lock().unwrap_or_else(|e| e.into_inner()).remove(client);
-        self.resumed
+    /// Whether the entry write of `ticket` was made (see [`Directory::failed`]); asked once.
+    pub(crate) fn kept(&self, ticket: u64) -> bool {
+        !self
+            .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(client);
+            .remove(&ticket)
+    }
+
+    /// The entry writes of `tickets` failed or were not made.
+    fn not_kept(&self, tickets: &[u64]) {
+        if tickets.is_empty() {
+            return;
+        }
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.extend(tickets.iter().copied());
+        while failed.len() > MAX_FAILED {
+            failed.pop_first();
+        }
     }
 
     /// The floor of a session with QoS 2 state, as it stands now (its entry is written at
@@ -677,7 +746,7 @@ impl Directory {
                 .iter()
                 .map(|&(run, count, k, seq)| Done {
                     id: (run, count),
-                    message: None,
+                    mark: None,
                     position: (k != u16::MAX).then_some((k, seq)),
                 })
                 .collect();
@@ -694,9 +763,20 @@ impl Directory {
         }
         let mut flight: Vec<(&u16, &Flight)> = q.flight.iter().collect();
         flight.sort_by_key(|(_, f)| f.order);
+        let outbound = &self.parts.outbound;
         record.q2 = flight
             .into_iter()
-            .map(|(id, f)| (*id, u8::from(f.released), f.id.0, f.id.1))
+            .map(|(packet_id, f)| {
+                // A message from this node's store has no id: the entry's for its packet id
+                // is its (the store kept the deliveries the entry listed), or a new one.
+                let (run, count) = f.mark.id_or(|| {
+                    old.q2
+                        .iter()
+                        .find(|(p, ..)| p == packet_id)
+                        .map_or_else(|| outbound.fresh_id(), |&(_, _, run, count)| (run, count))
+                });
+                (*packet_id, u8::from(f.released), run, count)
+            })
             .collect();
         record.q2done = q
             .done
@@ -715,7 +795,7 @@ impl Directory {
         client: &str,
         record: Option<Record>,
         floor: Option<Vec<u64>>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let key = key(client);
         let floor = match (floor, self.q2_floor(client)) {
             (Some(a), Some(b)) if a.len() == b.len() => {
@@ -739,15 +819,17 @@ impl Directory {
                 }
                 Err(e) => return Err(e.to_string()),
             };
+            // No entry: the session ended (nothing to recover, nothing to keep).
             let Some(e) = e else {
-                return Ok(());
+                return Ok(true);
             };
             if e.operation != kv::Operation::Put {
-                return Ok(());
+                return Ok(true);
             }
             let old = Record::parse(&e.value);
             if old.node != self.parts.node {
-                return Ok(());
+                // Another node claimed the session: what this write says is not kept.
+                return Ok(false);
             }
             let mut record = record.clone().unwrap_or_else(|| old.clone());
             // The floor only rises: each one was safe when written, and stays so.
@@ -760,7 +842,7 @@ impl Directory {
             };
             self.q2_into(client, &old, &mut record);
             match self.parts.kv.update(&key, record.bytes(), e.revision).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 // Another writer in between (a claim, or the entry read from a replica behind):
                 // read again.
                 Err(e)
@@ -1158,38 +1240,14 @@ impl Directory {
         let directory = self.clone();
         Box::pin(async move {
             let _guard = guard;
-            let resumed = directory
-                .resumed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&client);
-            if let Some(ticket) = resumed {
-                // The QoS 2 deliveries the session came with are in its entry before the
-                // client hears back: if this node died right after, the next one would
-                // otherwise not know the packet ids the client holds.
-                directory.written_past(ticket, WAIT_CAUGHT_UP).await;
-            }
+            // The session resends its QoS 2 deliveries in flight once connected: the entry
+            // lists them first (those it came with from another node or the store, or one
+            // whose write the client's last connection here did not see through). If this
+            // node died right after, the next one would otherwise not know the packet ids
+            // the client holds.
+            directory.q2_written(&client, WAIT_CAUGHT_UP).await?;
             directory.rest(client, fetched).await
         })
-    }
-
-    /// Wait until the entry writes up to `ticket` are done, at most `limit`.
-    async fn written_past(&self, ticket: u64, limit: Duration) {
-        let progress = &self.written.progress;
-        let wait = async {
-            loop {
-                let seen = progress.get();
-                if seen >= ticket || progress.has_failed() {
-                    return;
-                }
-                progress.wait_past(seen).await;
-            }
-        };
-        if tokio::time::timeout(limit, wait).await.is_err() {
-            tracing::warn!(
-                "cluster sessions: a session's entry was not written in time; connecting all the same"
-            );
-        }
     }
 
     async fn rest(&self, client: Arc<str>, fetched: Option<Fetched>) -> Result<Option<Bytes>, String> {
@@ -1631,6 +1689,7 @@ impl Directory {
                 Err(e) => tracing::warn!(client_id = client, "an abandoned handout is lost: {e}"),
             }
         } else if admin.hand_over_rest(client, Some(generation)).is_some() {
+            self.q2_forget(client);
             tracing::warn!(
                 client_id = client,
                 "a session handed out was never completed by its claimant; its copy here is dropped"
@@ -1677,6 +1736,7 @@ impl Directory {
             }
             if let HandOff::Moved { generation, .. } = admin.hand_over(client, false) {
                 admin.hand_over_rest(client, Some(generation));
+                self.q2_forget(client);
                 tracing::warn!(client_id = client, node = %owner, "session dropped: another node took it while this node was away from NATS");
             }
         }
@@ -1772,6 +1832,7 @@ impl Directory {
                 Some((owner, _)) => {
                     // Quietly: the session lives on the other node.
                     let _ = admin.hand_over_rest(&s.client_id, None);
+                    self.q2_forget(&s.client_id);
                     tracing::info!(client_id = %s.client_id, node = %owner, "stored session dropped: another node holds it now");
                 }
                 None => {
@@ -1902,8 +1963,10 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
                     added.await;
                     continue;
                 };
-                // Released when the write is done or given up (logged), and if this task
-                // ends on the way: what waits for them goes on either way.
+                // Released when the write is done or given up (logged, and the tickets marked
+                // as not kept), and if this task ends on the way: what waits for them goes on
+                // either way.
+                let mine = tickets.clone();
                 let _release = Release(&directory.written, tickets);
                 match op {
                     Op::Ended(c) => {
@@ -1911,11 +1974,14 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
                             tracing::warn!(client_id = %c, "cluster sessions: the ended session's entry stays: {e}");
                         }
                     }
-                    Op::Saved { client, record, floor } => {
-                        if let Err(e) = directory.save(&client, record, floor).await {
+                    Op::Saved { client, record, floor } => match directory.save(&client, record, floor).await {
+                        Ok(true) => {}
+                        Ok(false) => directory.not_kept(&mine),
+                        Err(e) => {
+                            directory.not_kept(&mine);
                             tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
                         }
-                    }
+                    },
                 }
                 directory.op_done(&client);
             }

@@ -37,6 +37,12 @@ impl Conn {
             self.link.transmit(&p);
         }
         if !self.link.out.is_empty() && !matches!(close, Close::Transport(_)) {
+            // Only what the store (and a cluster) keeps: an acknowledgement or a QoS 2
+            // packet waiting for a commit goes out after it, or not at all.
+            let committed = tokio::time::timeout(Duration::from_secs(1), self.commit()).await;
+            if !matches!(committed, Ok(Ok(()))) {
+                self.link.out.clear();
+            }
             let _ = tokio::time::timeout(Duration::from_secs(1), write_flush(io, &self.link.out)).await;
         }
         // The peer may still be writing; whether to wait for it before closing (see

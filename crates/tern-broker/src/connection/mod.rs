@@ -423,9 +423,14 @@ async fn session_commit(core: Arc<Core>, ticket: crate::durability::Ticket) -> R
     };
     if !reached(progress, ticket, b.ack_timeout()).await {
         return Err(Close::Busy(format!(
-            "the cluster did not keep the session's subscriptions within {:?} (publish_timeout)",
+            "the cluster did not keep the session's state (subscriptions, QoS 2 deliveries) within {:?} (publish_timeout)",
             b.ack_timeout()
         )));
+    }
+    if !b.session_kept(ticket) {
+        return Err(Close::Busy(
+            "the cluster could not keep the session's state (subscriptions, QoS 2 deliveries)".into(),
+        ));
     }
     Ok(())
 }
