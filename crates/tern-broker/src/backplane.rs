@@ -169,6 +169,15 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         true
     }
 
+    /// A connection was attached to the session of `client_id` (after its claim): the
+    /// first packets written to it (the CONNACK and the deliveries it resends) wait for the
+    /// returned ticket ([`Backplane::sessions_progress`], [`Backplane::session_kept`]).
+    /// Default `None`.
+    fn session_attached(&self, client_id: &str) -> Option<Ticket> {
+        let _ = client_id;
+        None
+    }
+
     /// Whether the backplane keeps the QoS 2 deliveries in flight of the sessions that
     /// outlive their connection, so that another broker taking a session over resumes them
     /// with their packet identifiers (default `false`; then the `qos2_*` methods are never

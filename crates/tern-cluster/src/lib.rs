@@ -665,6 +665,10 @@ impl Backplane for NodeBackplane {
         true
     }
 
+    fn session_attached(&self, client_id: &str) -> Option<Ticket> {
+        self.directory.q2_write(client_id)
+    }
+
     fn qos2_stage(
         &self,
         client_id: &str,

@@ -331,7 +331,7 @@ pub(crate) struct Directory {
     /// Tickets of [`Directory::written`] whose write failed or was not made (the entry names
     /// another node): what waited for them must not go out. Checked once; the oldest are
     /// forgotten beyond [`MAX_FAILED`].
-    failed: Mutex<std::collections::BTreeSet<u64>>,
+    failed: Mutex<(HashSet<u64>, VecDeque<u64>)>,
 }
 
 /// Failed tickets remembered, at most.
@@ -446,6 +446,35 @@ impl Directory {
                 },
             },
             (_, op) => op,
+        };
+        if !p.order.contains(&client) && !p.urgent.contains(&client) {
+            p.order.push_back(client.clone());
+        }
+        p.ops.insert(client, merged);
+        drop(p);
+        self.ops_added.notify_waiters();
+    }
+
+    /// Put back a change whose write failed, under the one that may have come meanwhile
+    /// (whose record, newer, wins).
+    fn requeue(&self, client: Arc<str>, record: Option<Record>, floor: Option<Vec<u64>>) {
+        let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let merged = match p.ops.remove(&client) {
+            Some(Op::Saved {
+                client: c,
+                record: r1,
+                floor: f1,
+            }) => Op::Saved {
+                client: c,
+                record: r1.or(record),
+                floor: f1.or(floor),
+            },
+            Some(ended @ Op::Ended(_)) => ended,
+            None => Op::Saved {
+                client: client.clone(),
+                record,
+                floor,
+            },
         };
         if !p.order.contains(&client) && !p.urgent.contains(&client) {
             p.order.push_back(client.clone());
@@ -624,10 +653,15 @@ impl Directory {
 
     /// `client`'s session came to this node with these QoS 2 deliveries in flight (see
     /// [`Backplane::qos2_resumed`]): they replace what this node knew. Written at the next
-    /// change, and before the client's CONNACK ([`Directory::claimed`]).
+    /// change, and before they are resent ([`Directory::q2_write`]).
     ///
     /// [`Backplane::qos2_resumed`]: tern_broker::backplane::Backplane::qos2_resumed
     pub(crate) fn q2_resumed(&self, client: &str, in_flight: &[(u16, bool, Arc<Message>)]) {
+        if in_flight.is_empty() {
+            // What the entry says stays (nothing to write, nothing for a CONNACK to wait for).
+            self.q2_forget(client);
+            return;
+        }
         let mut q = Q2 {
             inherit: true,
             ..Q2::default()
@@ -655,38 +689,26 @@ impl Directory {
         self.q2.lock().unwrap_or_else(|e| e.into_inner()).remove(client);
     }
 
-    /// Write what this node knows of `client`'s QoS 2 deliveries to its entry, if anything,
-    /// and wait for it (at most `limit`); an error when it was not written.
-    async fn q2_written(&self, client: &Arc<str>, limit: Duration) -> Result<(), String> {
+    /// Write what this node knows of `client`'s QoS 2 deliveries to its entry, if anything:
+    /// the ticket of that write (a connection attached to the session waits for it before it
+    /// resends them).
+    pub(crate) fn q2_write(&self, client: &str) -> Option<u64> {
         let known = self
             .q2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(client);
         if !known {
-            return Ok(());
+            return None;
         }
         let ticket = self.written.reserve();
         let op = Op::Saved {
-            client: client.clone(),
+            client: client.into(),
             record: None,
             floor: None,
         };
-        self.enqueue_with(client.clone(), op, Some(ticket));
-        let progress = &self.written.progress;
-        let wait = async {
-            loop {
-                let seen = progress.get();
-                if seen >= ticket || progress.has_failed() {
-                    return;
-                }
-                progress.wait_past(seen).await;
-            }
-        };
-        if tokio::time::timeout(limit, wait).await.is_err() || !self.kept(ticket) {
-            return Err("the session's QoS 2 deliveries in flight could not be written to its entry".into());
-        }
-        Ok(())
+        self.enqueue_with(client.into(), op, Some(ticket));
+        Some(ticket)
     }
 
     /// Whether the entry write of `ticket` was made (see [`Directory::failed`]); asked once.
@@ -695,6 +717,7 @@ impl Directory {
             .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .remove(&ticket)
     }
 
@@ -704,9 +727,17 @@ impl Directory {
             return;
         }
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        failed.extend(tickets.iter().copied());
-        while failed.len() > MAX_FAILED {
-            failed.pop_first();
+        let (set, order) = &mut *failed;
+        for t in tickets {
+            set.insert(*t);
+            order.push_back(*t);
+        }
+        // The longest-failed are forgotten first (a ticket asked about already is gone
+        // from the set).
+        while order.len() > MAX_FAILED {
+            if let Some(t) = order.pop_front() {
+                set.remove(&t);
+            }
         }
     }
 
@@ -767,14 +798,10 @@ impl Directory {
         record.q2 = flight
             .into_iter()
             .map(|(packet_id, f)| {
-                // A message from this node's store has no id: the entry's for its packet id
-                // is its (the store kept the deliveries the entry listed), or a new one.
-                let (run, count) = f.mark.id_or(|| {
-                    old.q2
-                        .iter()
-                        .find(|(p, ..)| p == packet_id)
-                        .map_or_else(|| outbound.fresh_id(), |&(_, _, run, count)| (run, count))
-                });
+                // A message from this node's store has no id (the store does not keep it):
+                // a new one, which a recovery does not find; it releases the packet id and
+                // reads the message again (a duplicate at worst, never a message skipped).
+                let (run, count) = f.mark.id_or(|| outbound.fresh_id());
                 (*packet_id, u8::from(f.released), run, count)
             })
             .collect();
@@ -795,6 +822,7 @@ impl Directory {
         client: &str,
         record: Option<Record>,
         floor: Option<Vec<u64>>,
+        awaited: bool,
     ) -> Result<bool, String> {
         let key = key(client);
         let floor = match (floor, self.q2_floor(client)) {
@@ -806,6 +834,9 @@ impl Directory {
         // JetStream may be electing the bucket's leader: a QoS 2 delivery waits for this
         // write, so it is tried again for a while.
         let deadline = Instant::now() + WAIT_CAUGHT_UP;
+        // Reads that found another node's name, for a write a connection waits for: a read
+        // may come from a replica behind (a claim of this node just wrote the entry).
+        let mut elsewhere = 0;
         for _ in 0..MAX_TRIES {
             let e = match self.parts.kv.entry(key.clone()).await {
                 Ok(e) => e,
@@ -828,6 +859,11 @@ impl Directory {
             }
             let old = Record::parse(&e.value);
             if old.node != self.parts.node {
+                if awaited && elsewhere < 3 {
+                    elsewhere += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 // Another node claimed the session: what this write says is not kept.
                 return Ok(false);
             }
@@ -1240,12 +1276,6 @@ impl Directory {
         let directory = self.clone();
         Box::pin(async move {
             let _guard = guard;
-            // The session resends its QoS 2 deliveries in flight once connected: the entry
-            // lists them first (those it came with from another node or the store, or one
-            // whose write the client's last connection here did not see through). If this
-            // node died right after, the next one would otherwise not know the packet ids
-            // the client holds.
-            directory.q2_written(&client, WAIT_CAUGHT_UP).await?;
             directory.rest(client, fetched).await
         })
     }
@@ -1974,14 +2004,21 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
                             tracing::warn!(client_id = %c, "cluster sessions: the ended session's entry stays: {e}");
                         }
                     }
-                    Op::Saved { client, record, floor } => match directory.save(&client, record, floor).await {
-                        Ok(true) => {}
-                        Ok(false) => directory.not_kept(&mine),
-                        Err(e) => {
-                            directory.not_kept(&mine);
-                            tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
+                    Op::Saved { client, record, floor } => {
+                        let awaited = !mine.is_empty();
+                        match directory.save(&client, record.clone(), floor.clone(), awaited).await {
+                            Ok(true) => {}
+                            Ok(false) => directory.not_kept(&mine),
+                            Err(e) => {
+                                directory.not_kept(&mine);
+                                tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
+                                // Tried again with the next change (or on its own), so that a
+                                // later write, which a connection may wait for, does not
+                                // leave this one's subscriptions out.
+                                directory.requeue(client.clone(), record, floor);
+                            }
                         }
-                    },
+                    }
                 }
                 directory.op_done(&client);
             }
@@ -2217,7 +2254,7 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
                 continue;
             };
             if written.get(&client) != Some(&floor) {
-                if let Err(e) = directory.save(&client, None, Some(floor.clone())).await {
+                if let Err(e) = directory.save(&client, None, Some(floor.clone()), false).await {
                     tracing::debug!(client_id = %client, "cluster sessions: floor not written: {e}");
                 }
             }

@@ -26,7 +26,15 @@ impl Conn {
             Close::Busy(_) => Some(ReasonCode::ServerBusy),
             _ => None,
         };
-        // Acknowledgements already encoded go out first, then the DISCONNECT.
+        // Acknowledgements already encoded go out first, then the DISCONNECT; only what the
+        // store (and a cluster) keeps: one waiting for a commit goes out after it, or not at
+        // all.
+        if !self.link.out.is_empty() && !matches!(close, Close::Transport(_)) {
+            let committed = tokio::time::timeout(Duration::from_secs(1), self.commit()).await;
+            if !matches!(committed, Ok(Ok(()))) {
+                self.link.out.clear();
+            }
+        }
         if let (true, Some(rc)) = (self.link.version.is_v5(), code) {
             let mut d = Disconnect::with_reason(rc);
             if let Close::Violation(v) = &close {
@@ -37,12 +45,6 @@ impl Conn {
             self.link.transmit(&p);
         }
         if !self.link.out.is_empty() && !matches!(close, Close::Transport(_)) {
-            // Only what the store (and a cluster) keeps: an acknowledgement or a QoS 2
-            // packet waiting for a commit goes out after it, or not at all.
-            let committed = tokio::time::timeout(Duration::from_secs(1), self.commit()).await;
-            if !matches!(committed, Ok(Ok(()))) {
-                self.link.out.clear();
-            }
             let _ = tokio::time::timeout(Duration::from_secs(1), write_flush(io, &self.link.out)).await;
         }
         // The peer may still be writing; whether to wait for it before closing (see

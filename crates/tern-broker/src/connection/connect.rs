@@ -376,6 +376,12 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         b.will_armed(&client_id, conn_id, &w.message, w.delay);
     }
     let session = ServerSession::new(v, core.rules.clone(), limits, auth_method, now);
+    // A cluster keeps the QoS 2 deliveries this connection resends in the session's entry
+    // before they go out.
+    let session_ticket = core
+        .backplane
+        .as_ref()
+        .and_then(|b| b.session_attached(&client_id));
     let link = Link {
         core: core.clone(),
         cell,
@@ -387,7 +393,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         will,
         out: BytesMut::new(),
         needs_commit: false,
-        session_ticket: None,
+        session_ticket,
         waiting_for_commit: false,
         seen_commit: 0,
         pressure: Vec::new(),

@@ -704,6 +704,82 @@ async fn persistent_kill_loop(qos: QoS) {
     let _ = std::fs::remove_file(&config);
 }
 
+/// The QoS 2 deliveries a killed node had in flight are resumed on the node that recovers
+/// the session, with their packet ids: one the client never answered comes again as a
+/// PUBLISH with DUP set and the same id, one it answered with PUBREC comes as the PUBREL
+/// (v5 [MQTT-4.4.0-1]), and a message published meanwhile gets another id (one the client
+/// holds would make it take the message for a resend, v5 [MQTT-4.3.3-10]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_deliveries_in_flight_on_a_killed_node_resume_with_their_packet_ids() {
+    let nats = Nats::start(3, true);
+    let config = config_file(&nats);
+    let a = Node::start(&config, &nats, "a");
+    let b = Node::start(&config, &nats, "b");
+    let (mut sub, _) = connect_persistent(a.addr).await;
+    sub.subscribe("k/#", QoS::ExactlyOnce).await;
+    let mut p = connect_within(b.addr, V5, "pub").await;
+    p.publish("k/1", "1", QoS::ExactlyOnce, false).await;
+    p.publish("k/2", "2", QoS::ExactlyOnce, false).await;
+    // The first is answered (PUBREC), the second not; nothing more is read.
+    let mut ids = Vec::new();
+    for n in ["1", "2"] {
+        match sub.next_within(Duration::from_secs(20)).await {
+            Ok(Some(Packet::Publish(m))) => {
+                assert_eq!(&m.payload[..], n.as_bytes());
+                ids.push(m.packet_id.expect("QoS 2"));
+            }
+            other => panic!("expected message {n}, got {other:?}"),
+        }
+    }
+    sub.send(Packet::PubRec(Ack::new(ids[0]))).await;
+    // The PUBREL of the first goes out once the entry says so.
+    match sub.next_within(Duration::from_secs(20)).await {
+        Ok(Some(Packet::PubRel(r))) => assert_eq!(r.packet_id, ids[0]),
+        other => panic!("expected PUBREL {}, got {other:?}", ids[0]),
+    }
+    a.kill9();
+    p.publish("k/3", "3", QoS::ExactlyOnce, false).await;
+    drop(sub);
+    let (mut sub, present) = connect_persistent(b.addr).await;
+    assert!(present, "the session of the killed node is recovered");
+    // v5 [MQTT-4.4.0-1]: the PUBREL again, the PUBLISH again with DUP and its id, in the
+    // order they were sent.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match sub.next_within(Duration::from_secs(20)).await {
+            Ok(Some(Packet::PubRel(r))) => {
+                seen.push(format!("PUBREL {}", r.packet_id));
+                sub.send(Packet::PubComp(Ack::new(r.packet_id))).await;
+            }
+            Ok(Some(Packet::Publish(m))) => {
+                let id = m.packet_id.expect("QoS 2");
+                let n = std::str::from_utf8(&m.payload).unwrap().to_string();
+                seen.push(format!("PUBLISH {n} id {id} dup {}", m.dup));
+                if n == "3" {
+                    assert!(
+                        !ids.contains(&id),
+                        "a new message with an id the client holds: {seen:?}"
+                    );
+                }
+                sub.send(Packet::PubRec(Ack::new(id))).await;
+            }
+            other => panic!("after {seen:?}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            format!("PUBREL {}", ids[0]),
+            format!("PUBLISH 2 id {} dup true", ids[1]),
+            seen[2].clone()
+        ],
+        "resumed in order with their ids"
+    );
+    assert!(seen[2].starts_with("PUBLISH 3 "), "{seen:?}");
+    drop(b);
+    let _ = std::fs::remove_file(&config);
+}
+
 /// A node restarted from its own store after SIGKILL: the persistent session it held, offline,
 /// gets what its store kept and what other nodes' publishers sent while the node was down
 /// (read from the streams from the session's floor).
