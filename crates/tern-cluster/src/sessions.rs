@@ -262,6 +262,9 @@ pub(crate) struct Pending {
     /// Clients whose change a connection waits for (a ticket), in the order they came: before
     /// those of `order`.
     urgent: VecDeque<Arc<str>>,
+    /// The clients in `urgent` (a client with a change waiting is in `urgent` or `order`,
+    /// once: it has an entry in `ops`).
+    is_urgent: std::collections::HashSet<Arc<str>>,
     /// Clients whose change a task is writing now.
     busy: std::collections::HashSet<Arc<str>>,
     /// Tickets of [`Directory::written`] released once the client's change is written: a
@@ -412,16 +415,22 @@ impl Directory {
     /// [`Directory::enqueue`], with a ticket to release once written.
     fn enqueue_with(&self, client: Arc<str>, op: Op, ticket: Option<u64>) {
         let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = p.ops.contains_key(&client);
         if let Some(t) = ticket {
             p.tickets.entry(client.clone()).or_default().push(t);
             // Awaited by a connection: before the changes nobody waits for, after those
             // awaited already (first come, first written: the tickets' progress has no gap).
-            if let Some(i) = p.order.iter().position(|c| *c == client) {
-                p.order.remove(i);
-            }
-            if !p.urgent.contains(&client) {
+            if !p.is_urgent.contains(&client) {
+                if waiting {
+                    if let Some(i) = p.order.iter().position(|c| *c == client) {
+                        p.order.remove(i);
+                    }
+                }
                 p.urgent.push_back(client.clone());
+                p.is_urgent.insert(client.clone());
             }
+        } else if !waiting {
+            p.order.push_back(client.clone());
         }
         let merged = match (p.ops.remove(&client), op) {
             (
@@ -447,9 +456,6 @@ impl Directory {
             },
             (_, op) => op,
         };
-        if !p.order.contains(&client) && !p.urgent.contains(&client) {
-            p.order.push_back(client.clone());
-        }
         p.ops.insert(client, merged);
         drop(p);
         self.ops_added.notify_waiters();
@@ -459,6 +465,9 @@ impl Directory {
     /// (whose record, newer, wins).
     fn requeue(&self, client: Arc<str>, record: Option<Record>, floor: Option<Vec<u64>>) {
         let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        if !p.ops.contains_key(&client) {
+            p.order.push_back(client.clone());
+        }
         let merged = match p.ops.remove(&client) {
             Some(Op::Saved {
                 client: c,
@@ -476,9 +485,6 @@ impl Directory {
                 floor,
             },
         };
-        if !p.order.contains(&client) && !p.urgent.contains(&client) {
-            p.order.push_back(client.clone());
-        }
         p.ops.insert(client, merged);
         drop(p);
         self.ops_added.notify_waiters();
@@ -489,7 +495,11 @@ impl Directory {
     fn next_op(&self) -> Option<(Arc<str>, Op, Vec<u64>)> {
         let mut p = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         let client = match p.urgent.iter().position(|c| !p.busy.contains(c)) {
-            Some(i) => p.urgent.remove(i)?,
+            Some(i) => {
+                let c = p.urgent.remove(i)?;
+                p.is_urgent.remove(&c);
+                c
+            }
             None => {
                 let i = p.order.iter().position(|c| !p.busy.contains(c))?;
                 p.order.remove(i)?
