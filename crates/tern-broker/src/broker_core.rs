@@ -558,7 +558,13 @@ impl Core {
             !c.is_connected() && (out.qos != QoS::AtMostOnce || self.config.queue_qos0_offline)
         };
         if normal[start..].iter().any(kept_offline) {
-            let owned = Arc::new(msg.detached());
+            // It reached this broker when the original did: a cluster's floors and the
+            // delivery latency count from there for every delivery of it (without, a session
+            // holding such a copy could not say how far back its messages go, and its floor
+            // stayed where it was for as long as its subscriptions matched an offline session's).
+            let mut copy = msg.detached();
+            copy.received_at = msg.received_at;
+            let owned = Arc::new(copy);
             for (_, out) in &mut normal[start..] {
                 out.msg = owned.clone();
             }

@@ -632,6 +632,12 @@ impl Directory {
                 }
             }
         }
+        self.write_awaited(client)
+    }
+
+    /// Queue a write of `client`'s entry (what it holds, with this node's QoS 2 state) that a
+    /// connection waits for: its ticket.
+    fn write_awaited(&self, client: &str) -> u64 {
         let ticket = self.written.reserve();
         let op = Op::Saved {
             client: client.into(),
@@ -708,17 +714,7 @@ impl Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(client);
-        if !known {
-            return None;
-        }
-        let ticket = self.written.reserve();
-        let op = Op::Saved {
-            client: client.into(),
-            record: None,
-            floor: None,
-        };
-        self.enqueue_with(client.into(), op, Some(ticket));
-        Some(ticket)
+        known.then(|| self.write_awaited(client))
     }
 
     /// Whether the entry write of `ticket` was made (see [`Directory::failed`]); asked once.

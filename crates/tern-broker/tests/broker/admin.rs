@@ -231,3 +231,32 @@ async fn a_congested_backplane_slows_qos0_publishers_down() {
     assert_eq!(publ.recv().await, Packet::PingResp);
     assert_eq!(bp.heard.load(Ordering::Relaxed), 2);
 }
+
+/// How far back a session's unacknowledged messages go (what a cluster records as where to
+/// recover them from) is known also for a message that matched a session that is away (such a
+/// message is copied out of its read buffer for all its deliveries): before, the copy had no
+/// arrival time, and a session holding one could never say.
+#[tokio::test]
+async fn a_message_kept_for_an_offline_session_still_says_when_it_arrived() {
+    let b = start().await;
+    let (mut away, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    away.subscribe("t/#", QoS::AtLeastOnce).await;
+    away.disconnect().await;
+    let (mut here, _) = Raw::connect_with(b.addr(), persistent(V5, "here")).await;
+    here.subscribe("t/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connect(b.addr(), V5, "publisher").await;
+    let before = std::time::Instant::now();
+    publ.publish("t/1", "x", QoS::AtLeastOnce, false).await;
+    // Received and not acknowledged: held.
+    match here.recv().await {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"x"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    match b.admin().held("here") {
+        Some(tern_broker::backplane::Held::Since(t)) => {
+            assert!(t >= before, "arrived after {before:?}: {t:?}")
+        }
+        other => panic!("held since the message arrived, not {other:?}"),
+    }
+    assert_eq!(b.session("away").expect("kept").queued, 1);
+}
