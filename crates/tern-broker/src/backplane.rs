@@ -207,8 +207,8 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
 
     /// The QoS 2 delivery of `packet_id` to the session of `client_id` is finished (PUBCOMP
     /// came, or it was given up); nothing waits for this.
-    fn qos2_done(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) {
-        let _ = (client_id, packet_id, message);
+    fn qos2_done(&self, client_id: &str, packet_id: u16) {
+        let _ = (client_id, packet_id);
     }
 
     /// The session of `client_id` came to this broker (from another one, or from its store)

@@ -531,7 +531,7 @@ impl SessionChanges<'_> {
     pub fn abandoned(&self, id: PacketId, out: &Outgoing) {
         self.forget(out.seq);
         if let (Some(b), QoS::ExactlyOnce) = (self.qos2_elsewhere, out.qos) {
-            b.qos2_done(self.client, id.get(), &out.msg);
+            b.qos2_done(self.client, id.get());
         }
     }
 }
@@ -562,7 +562,7 @@ impl tern_proto::session::server::Persist<Outgoing> for SessionChanges<'_> {
             s.done();
         }
         if let (Some(b), QoS::ExactlyOnce) = (self.qos2_elsewhere, message.qos) {
-            b.qos2_done(self.client, f.id.get(), &message.msg);
+            b.qos2_done(self.client, f.id.get());
         }
         self.persistence
             .forget_delivery(self.persistent, self.client, message.seq)

@@ -210,7 +210,7 @@ impl Message {
     /// Its backplane id, given it by `fresh` if it has none yet (of two racing callers, one
     /// gives it, and both get that one; its copies share it).
     pub fn backplane_id_or(&self, fresh: impl FnOnce() -> (u64, u64)) -> (u64, u64) {
-        *self.mark.made().id.get_or_init(fresh)
+        self.mark.made().id_or(fresh)
     }
 
     /// The message with the backplane id it came with from another broker.
@@ -240,6 +240,7 @@ impl Message {
     }
 }
 
+/// One message on its way to one session, with the per-subscriber decisions.
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
     pub msg: Arc<Message>,

@@ -679,8 +679,7 @@ impl Backplane for NodeBackplane {
         Some(self.directory.q2_stage(client_id, packet_id, released, message))
     }
 
-    fn qos2_done(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) {
-        let _ = message;
+    fn qos2_done(&self, client_id: &str, packet_id: u16) {
         self.directory.q2_done(client_id, packet_id);
     }
 

@@ -212,13 +212,7 @@ impl Outbound {
         // it one already): a node recovering a session finds by it which messages it read
         // back were in flight or delivered.
         let (headers, placed) = if msg.qos == QoS::ExactlyOnce {
-            let id = self.id_of(msg);
-            let mut headers = headers;
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                codec::message_id(&self.node, id).as_str(),
-            );
-            (headers, Some((msg.clone(), k)))
+            (self.with_id(headers, self.id_of(msg)), Some((msg.clone(), k)))
         } else {
             (headers, None)
         };
@@ -238,7 +232,7 @@ impl Outbound {
         }
         Outgoing {
             subject: topic::encode_topic(&streams::retain_subject(&self.prefix), &msg.topic),
-            headers: self.with_id(headers),
+            headers: self.with_id(headers, self.fresh_id()),
             payload: msg.payload.clone(),
             placed: None,
         }
@@ -253,9 +247,9 @@ impl Outbound {
         self.submit(out);
     }
 
-    /// `headers` with a `Nats-Msg-Id` unique to this message: a retried publish is stored once.
-    fn with_id(&self, mut headers: HeaderMap) -> HeaderMap {
-        let id = self.fresh_id();
+    /// `headers` with the `Nats-Msg-Id` of the message with `id`: a retried publish is
+    /// stored once.
+    fn with_id(&self, mut headers: HeaderMap, id: (u64, u64)) -> HeaderMap {
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
             codec::message_id(&self.node, id).as_str(),

@@ -172,8 +172,8 @@ const Q2_DONE_MAX: usize = 1024;
 struct Flight {
     order: u64,
     released: bool,
-    /// Its message's marks; the id is given at the next write when the message came without
-    /// one (from this node's store: the entry's id for its packet id, if it has one).
+    /// Its message's marks; a message that came without an id (from this node's store) gets
+    /// a new one at the next write.
     mark: Arc<BackplaneMark>,
 }
 
@@ -264,9 +264,9 @@ pub(crate) struct Pending {
     urgent: VecDeque<Arc<str>>,
     /// The clients in `urgent` (a client with a change waiting is in `urgent` or `order`,
     /// once: it has an entry in `ops`).
-    is_urgent: std::collections::HashSet<Arc<str>>,
+    is_urgent: HashSet<Arc<str>>,
     /// Clients whose change a task is writing now.
-    busy: std::collections::HashSet<Arc<str>>,
+    busy: HashSet<Arc<str>>,
     /// Tickets of [`Directory::written`] released once the client's change is written: a
     /// SUBACK waits for its ticket, so a subscription acknowledged is in the entry another
     /// node recovers the session from.
