@@ -212,10 +212,31 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     }
 
     /// The session of `client_id` came to this broker (from another one, or from its store)
-    /// with these QoS 2 deliveries in flight (packet id, released, message): what the
-    /// backplane knew of its deliveries is replaced by them (before a claim of the session
-    /// ends, [`Backplane::claimed`], when it came with one).
-    fn qos2_resumed(&self, client_id: &str, in_flight: &[(u16, bool, Arc<Message>)]) {
-        let _ = (client_id, in_flight);
+    /// with these QoS 2 deliveries in flight (packet id, released, message) and these
+    /// incoming QoS 2 packet ids awaiting PUBREL: what the backplane knew of the session's
+    /// QoS 2 state is replaced by them (before a claim of the session ends,
+    /// [`Backplane::claimed`], when it came with one).
+    fn qos2_resumed(&self, client_id: &str, in_flight: &[(u16, bool, Arc<Message>)], incoming: &[u16]) {
+        let _ = (client_id, in_flight, incoming);
+    }
+
+    /// The client of `client_id`, whose session outlives its connection, published `message`
+    /// with QoS 2 and `packet_id`, which now awaits its PUBREL. Called before the message is
+    /// routed and handed to [`Backplane::published`]: the backplane can give the message its
+    /// id ([`Message::backplane_id_or`]) and keep the packet id with it before it stores the
+    /// message ([`crate::BackplaneMark::hold_until`]), so that after this broker's death the
+    /// broker taking the session over knows whether a resent PUBLISH is one it has (not
+    /// to be delivered twice, v5 [MQTT-4.3.3-10]) or one it must store.
+    fn qos2_received(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) {
+        let _ = (client_id, packet_id, message);
+    }
+
+    /// A PUBREL came for the incoming QoS 2 `packet_id` of the session of `client_id` (see
+    /// [`Backplane::qos2_received`]): the PUBCOMP waits for the returned ticket
+    /// ([`Backplane::sessions_progress`], [`Backplane::session_kept`]), so that the client
+    /// never uses the id for a new message that another broker would take for a resend.
+    fn qos2_released(&self, client_id: &str, packet_id: u16) -> Option<Ticket> {
+        let _ = (client_id, packet_id);
+        None
     }
 }

@@ -518,6 +518,10 @@ pub(crate) struct SessionChanges<'a> {
     pub qos2_elsewhere: Option<&'a Arc<dyn crate::backplane::Backplane>>,
     /// The backplane's ticket the next write waits for.
     pub ticket: Option<Ticket>,
+    /// An incoming QoS 2 packet id that now awaits PUBREL, for the backplane
+    /// ([`Backplane::qos2_received`](crate::backplane::Backplane::qos2_received), called
+    /// once its message is made).
+    pub received: Option<u16>,
 }
 
 impl SessionChanges<'_> {
@@ -538,10 +542,19 @@ impl SessionChanges<'_> {
 
 impl tern_proto::session::server::Persist<Outgoing> for SessionChanges<'_> {
     fn qos2_received(&mut self, id: PacketId) -> bool {
+        if self.qos2_elsewhere.is_some() {
+            self.received = Some(id.get());
+        }
         self.persistence.put_qos2(self.persistent, self.client, id)
     }
 
     fn qos2_released(&mut self, id: PacketId) -> bool {
+        if let Some(t) = self
+            .qos2_elsewhere
+            .and_then(|b| b.qos2_released(self.client, id.get()))
+        {
+            self.ticket = Some(self.ticket.map_or(t, |old| old.max(t)));
+        }
         self.persistence.forget_qos2(self.persistent, self.client, id)
     }
 

@@ -72,6 +72,9 @@ pub struct BackplaneMark {
     id: std::sync::OnceLock<(u64, u64)>,
     /// `(shard + 1) << 48 | sequence`; 0 while unknown.
     position: AtomicU64,
+    /// A ticket of the backplane's own that must be reached before it stores the message
+    /// (0: none).
+    hold: AtomicU64,
 }
 
 impl BackplaneMark {
@@ -83,6 +86,20 @@ impl BackplaneMark {
     /// The id, given one by `fresh` if it has none yet.
     pub fn id_or(&self, fresh: impl FnOnce() -> (u64, u64)) -> (u64, u64) {
         *self.id.get_or_init(fresh)
+    }
+
+    /// The backplane stores the message only once its own `ticket` is reached (the cluster:
+    /// the entry of the publisher's session lists the message's packet id first).
+    pub fn hold_until(&self, ticket: u64) {
+        self.hold.store(ticket, Ordering::Release);
+    }
+
+    /// The ticket set by [`BackplaneMark::hold_until`], if any.
+    pub fn held_until(&self) -> Option<u64> {
+        match self.hold.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
     }
 
     /// Where the backplane keeps the message: shard (below 65,535) and sequence (below 2^48).
@@ -217,6 +234,11 @@ impl Message {
     pub fn with_backplane_id(self, id: (u64, u64)) -> Message {
         let _ = self.mark.made().id.set(id);
         self
+    }
+
+    /// The backplane's ticket its store waits for ([`BackplaneMark::hold_until`]), if any.
+    pub fn backplane_hold(&self) -> Option<u64> {
+        self.mark.get()?.held_until()
     }
 
     /// Where the backplane keeps it: shard (below 65,535) and sequence (below 2^48).

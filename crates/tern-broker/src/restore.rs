@@ -110,18 +110,6 @@ impl Core {
             cell.note_streaming(&st);
             r.messages += usize::try_from(spilled.count).unwrap_or(usize::MAX);
         }
-        // A session without QoS 2 deliveries in flight has nothing to tell the backplane (and
-        // thousands of restored sessions would each cost it a write).
-        for (client, cell) in &cells {
-            let st = cell.lock();
-            if st
-                .proto
-                .inflight()
-                .any(|f| f.message.qos == tern_proto::QoS::ExactlyOnce)
-            {
-                self.qos2_resumed(client, &st, st.expiry_interval);
-            }
-        }
         for (client, id) in stored.qos2 {
             match (cells.get(&client), PacketId::new(id)) {
                 (Some(cell), Some(id)) => {
@@ -130,11 +118,25 @@ impl Core {
                 _ => submit(Change::DelQos2(client, id)),
             }
         }
+        // A session without QoS 2 deliveries in flight or incoming QoS 2 ids has nothing to
+        // tell the backplane (and thousands of restored sessions would each cost it a write).
+        for (client, cell) in &cells {
+            let st = cell.lock();
+            if st.proto.qos2_len() > 0
+                || st
+                    .proto
+                    .inflight()
+                    .any(|f| f.message.qos == tern_proto::QoS::ExactlyOnce)
+            {
+                self.qos2_resumed(client, &st, st.expiry_interval);
+            }
+        }
         r
     }
 
-    /// Tell the backplane (when it keeps them) the QoS 2 deliveries in flight of a session
-    /// that came to this broker with `st` (from another broker, or from the store).
+    /// Tell the backplane (when it keeps them) the QoS 2 deliveries in flight and the
+    /// incoming QoS 2 ids of a session that came to this broker with `st` (from another
+    /// broker, or from the store).
     pub(crate) fn qos2_resumed(&self, client_id: &str, st: &crate::session::SessionState, expiry: u32) {
         let Some(b) = self
             .backplane
@@ -152,7 +154,8 @@ impl Core {
                 (f.id.get(), released, f.message.msg.clone())
             })
             .collect();
-        b.qos2_resumed(client_id, &in_flight);
+        let incoming: Vec<u16> = st.proto.qos2_ids().into_iter().map(|id| id.get()).collect();
+        b.qos2_resumed(client_id, &in_flight, &incoming);
     }
 
     /// Create an offline session from its durable part, with its subscriptions in the

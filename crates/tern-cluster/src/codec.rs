@@ -34,6 +34,9 @@ pub const ORIGIN: &str = "Tern-O";
 pub const EXPIRY: &str = "Tern-X";
 /// The other 5.0 properties.
 pub const PROPS: &str = "Tern-P";
+/// A placeholder, not a message (stored to learn whether a message id is taken, see
+/// `sessions.rs`, `Directory::stored`): never delivered.
+pub const VOID: &str = "Tern-V";
 
 /// Why a NATS message is not a Tern message.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,9 @@ pub enum CodecError {
     /// The subject is not an encoded topic.
     #[error(transparent)]
     Subject(#[from] crate::topic::DecodeError),
+    /// A placeholder ([`VOID`]), not a message.
+    #[error("a placeholder, not a message")]
+    Void,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -117,9 +123,12 @@ pub fn decode(
     headers: Option<&HeaderMap>,
     payload: Bytes,
 ) -> Result<Message, CodecError> {
-    let topic = crate::topic::decode_subject(prefix, subject)?;
     let empty = HeaderMap::new();
     let h = headers.unwrap_or(&empty);
+    if h.get(VOID).is_some() {
+        return Err(CodecError::Void);
+    }
+    let topic = crate::topic::decode_subject(prefix, subject)?;
     let qos = match h.get(QOS).map(|v| v.as_str()) {
         Some("0") => QoS::AtMostOnce,
         Some("1") => QoS::AtLeastOnce,
@@ -208,6 +217,19 @@ mod tests {
         h.insert(async_nats::header::NATS_MESSAGE_ID, "no id");
         let back = decode("tern.t", &subject, Some(&h), Bytes::new()).expect("decodes");
         assert_eq!(back.backplane_id(), None, "an id Tern did not write is no id");
+    }
+
+    #[test]
+    fn a_placeholder_is_never_taken_for_a_message() {
+        // Even with every header of a message: the placeholder's mark wins.
+        let m = Message::new("t", Bytes::new(), QoS::ExactlyOnce, false);
+        let mut h = headers(&m, "n1");
+        h.insert(VOID, "1");
+        let subject = crate::topic::encode_topic("tern.t", "$tern/void");
+        assert!(matches!(
+            decode("tern.t", &subject, Some(&h), Bytes::new()),
+            Err(CodecError::Void)
+        ));
     }
 
     #[test]

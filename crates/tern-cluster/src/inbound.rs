@@ -144,6 +144,7 @@ impl Inbound {
                     }
                     Some(msg.arrived(now))
                 }
+                Err(codec::CodecError::Void) => None,
                 Err(e) => {
                     self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(subject = %m.subject, "not a Tern message: {e}");

@@ -683,7 +683,15 @@ impl Backplane for NodeBackplane {
         self.directory.q2_done(client_id, packet_id);
     }
 
-    fn qos2_resumed(&self, client_id: &str, in_flight: &[(u16, bool, Arc<Message>)]) {
-        self.directory.q2_resumed(client_id, in_flight);
+    fn qos2_resumed(&self, client_id: &str, in_flight: &[(u16, bool, Arc<Message>)], incoming: &[u16]) {
+        self.directory.q2_resumed(client_id, in_flight, incoming);
+    }
+
+    fn qos2_received(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) {
+        self.directory.q2_received(client_id, packet_id, message);
+    }
+
+    fn qos2_released(&self, client_id: &str, packet_id: u16) -> Option<Ticket> {
+        Some(self.directory.q2_released(client_id, packet_id))
     }
 }

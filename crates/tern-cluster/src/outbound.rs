@@ -17,7 +17,7 @@
 //!   (within its duplicate window); a QoS 1 message does not (a retry after a lost answer can
 //!   store it twice: a duplicate, which QoS 1 allows).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,6 +50,11 @@ pub(crate) struct Outgoing {
     /// A QoS 2 message and its shard: told where it is stored
     /// ([`Message::set_backplane_position`]).
     pub placed: Option<(Arc<Message>, u16)>,
+    /// Its publisher (a stored message): its messages are stored in order.
+    pub from: Option<Arc<str>>,
+    /// A ticket of [`Outbound::entries`] to wait for before it is stored (the entry of its
+    /// publisher's session lists its packet id: [`Message::backplane_hold`]).
+    pub hold: Option<Ticket>,
 }
 
 /// Counters of the outbound side.
@@ -82,6 +87,9 @@ pub(crate) struct Outbound {
     qos0_tx: mpsc::Sender<Outgoing>,
     pub ack_timeout: Duration,
     pub counters: OutboundCounters,
+    /// The numbering of the session entry writes (`sessions.rs`): a message held for one
+    /// ([`Outgoing::hold`]) is stored once it is written.
+    pub entries: Arc<Tickets>,
 }
 
 /// How far tickets are stored: every one up to `upto`, and those in `done` after a gap.
@@ -156,6 +164,7 @@ impl Outbound {
             qos0_tx,
             ack_timeout,
             counters: OutboundCounters::default(),
+            entries: Arc::default(),
         };
         (out, Receivers { stored, qos0 })
     }
@@ -197,6 +206,8 @@ impl Outbound {
                 headers,
                 payload: msg.payload.clone(),
                 placed: None,
+                from: None,
+                hold: None,
             };
             if self.qos0_tx.try_send(out).is_err() {
                 self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
@@ -211,16 +222,22 @@ impl Outbound {
         // The id is the message's own (a QoS 2 delivery of it on this node may have given
         // it one already): a node recovering a session finds by it which messages it read
         // back were in flight or delivered.
-        let (headers, placed) = if msg.qos == QoS::ExactlyOnce {
-            (self.with_id(headers, self.id_of(msg)), Some((msg.clone(), k)))
+        let (headers, placed, hold) = if msg.qos == QoS::ExactlyOnce {
+            (
+                self.with_id(headers, self.id_of(msg)),
+                Some((msg.clone(), k)),
+                msg.backplane_hold(),
+            )
         } else {
-            (headers, None)
+            (headers, None, None)
         };
         self.submit(Outgoing {
             subject: topic::encode_topic(&streams::shard_subject(&self.prefix, k), &msg.topic),
             headers,
             payload: msg.payload.clone(),
             placed,
+            from: msg.publisher.clone(),
+            hold,
         });
     }
 
@@ -235,6 +252,8 @@ impl Outbound {
             headers: self.with_id(headers, self.fresh_id()),
             payload: msg.payload.clone(),
             placed: None,
+            from: None,
+            hold: None,
         }
     }
 
@@ -326,50 +345,80 @@ pub(crate) async fn run(
     // The answers awaited (and the retries), in this task: a task per message cost more
     // than the wait itself.
     let mut waiting = FuturesUnordered::new();
+    let entries = out.entries.clone();
+    // Messages held for an entry write ([`Outgoing::hold`]), with those of the same publisher
+    // after them, by publisher (empty unless a publisher's session keeps QoS 2 state); and
+    // those to send now, in order.
+    let mut held: HashMap<Arc<str>, VecDeque<(Ticket, Outgoing)>> = HashMap::new();
+    let mut ready: VecDeque<(Ticket, Outgoing)> = VecDeque::new();
     loop {
-        tokio::select! {
-            biased;
-            Some(()) = waiting.next(), if !waiting.is_empty() => {}
-            next = stored.recv() => {
-                let Some((ticket, m)) = next else { break };
-                // The first attempt goes out here, in order; waiting for its answer (and
-                // retrying) happens apart, so that up to `max_ack_inflight` are in flight.
-                // The answers are taken meanwhile: each holds one of those permits until it
-                // is taken, and the attempt may be waiting for one.
-                // A first attempt the client does not take (its queue full while it
-                // reconnects, no permit within the limit) is tried again here, before any
-                // later message: one that was never sent is not stored after later ones.
-                let mut backoff = Duration::from_millis(50);
-                let first = loop {
-                    let attempt = send(&js, &m);
-                    tokio::pin!(attempt);
-                    let r = loop {
-                        tokio::select! {
-                            biased;
-                            r = &mut attempt => break r,
-                            Some(()) = waiting.next(), if !waiting.is_empty() => {}
+        // Read before the held messages are looked at: a write done after it wakes the wait.
+        let written = entries.progress.get();
+        if !held.is_empty() {
+            held.retain(|_, queue| {
+                while queue
+                    .front()
+                    .is_some_and(|(_, m)| m.hold.is_none_or(|t| t <= written))
+                {
+                    ready.extend(queue.pop_front());
+                }
+                !queue.is_empty()
+            });
+        }
+        if ready.is_empty() {
+            tokio::select! {
+                biased;
+                Some(()) = waiting.next(), if !waiting.is_empty() => {}
+                () = entries.progress.wait_past(written), if !held.is_empty() => {}
+                next = stored.recv() => {
+                    let Some((ticket, m)) = next else { break };
+                    match &m.from {
+                        Some(from) if held.contains_key(from) || m.hold.is_some_and(|t| t > written) => {
+                            held.entry(from.clone()).or_default().push_back((ticket, m));
                         }
-                    };
-                    match r {
-                        Ok(ack) => break ack,
-                        Err(e) => {
-                            out.counters.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(subject = %m.subject, ticket, "a message was not handed to NATS, trying again in order: {e}");
-                            let pause = tokio::time::sleep(backoff);
-                            tokio::pin!(pause);
-                            loop {
-                                tokio::select! {
-                                    biased;
-                                    () = &mut pause => break,
-                                    Some(()) = waiting.next(), if !waiting.is_empty() => {}
-                                }
-                            }
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                        }
+                        _ => ready.push_back((ticket, m)),
+                    }
+                }
+            }
+        }
+        while let Some((ticket, m)) = ready.pop_front() {
+            // The first attempt goes out here, in order; waiting for its answer (and
+            // retrying) happens apart, so that up to `max_ack_inflight` are in flight.
+            // The answers are taken meanwhile: each holds one of those permits until it
+            // is taken, and the attempt may be waiting for one.
+            // A first attempt the client does not take (its queue full while it
+            // reconnects, no permit within the limit) is tried again here, before any
+            // later message: one that was never sent is not stored after later ones.
+            let mut backoff = Duration::from_millis(50);
+            let first = loop {
+                let attempt = send(&js, &m);
+                tokio::pin!(attempt);
+                let r = loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut attempt => break r,
+                        Some(()) = waiting.next(), if !waiting.is_empty() => {}
                     }
                 };
-                waiting.push(confirm(&out, &js, ticket, m, Ok(first)));
-            }
+                match r {
+                    Ok(ack) => break ack,
+                    Err(e) => {
+                        out.counters.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(subject = %m.subject, ticket, "a message was not handed to NATS, trying again in order: {e}");
+                        let pause = tokio::time::sleep(backoff);
+                        tokio::pin!(pause);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                () = &mut pause => break,
+                                Some(()) = waiting.next(), if !waiting.is_empty() => {}
+                            }
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            };
+            waiting.push(confirm(&out, &js, ticket, m, Ok(first)));
         }
     }
     qos0_task.abort();

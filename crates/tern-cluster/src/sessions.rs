@@ -162,6 +162,13 @@ pub(crate) struct Record {
     /// shard and stream sequence (shard 65,535: not known yet).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub q2done: Vec<(u64, u64, u16, u64)>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL (design: `TERN_Q2IN`), with the id their
+    /// message is stored under: run, count, and the node whose `Nats-Msg-Id` it is. Written
+    /// before the message is stored; the node is "" once the message is known to be stored
+    /// (the id is then not needed). A node recovering the session asks JetStream about the
+    /// others ([`Directory::stored`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub q2in: Vec<(u16, u64, u64, String)>,
 }
 
 /// Finished QoS 2 deliveries kept in a session's entry, at most; beyond, the oldest are left
@@ -205,6 +212,10 @@ struct Q2 {
     /// The session came from elsewhere: the finished deliveries its entry lists are still
     /// to be taken in (at the next write).
     inherit: bool,
+    /// Incoming packet ids awaiting PUBREL: with the marks of a message received here
+    /// (stored once its position is known), `None` for one the session came with (its
+    /// message stored).
+    incoming: HashMap<u16, Option<Arc<BackplaneMark>>>,
 }
 
 impl Record {
@@ -319,8 +330,9 @@ pub(crate) struct Directory {
     fetched: Mutex<HashMap<Arc<str>, Fetched>>,
     /// Session changes, for [`run`].
     ops: Mutex<Pending>,
-    /// The numbering of the entry writes a SUBACK waits for.
-    pub(crate) written: crate::outbound::Tickets,
+    /// The numbering of the entry writes a SUBACK waits for (the outbound's: a QoS 2
+    /// message may wait for one before it is stored).
+    pub(crate) written: Arc<crate::outbound::Tickets>,
     /// Told when `ops` has more.
     ops_added: tokio::sync::Notify,
     /// The broker, once attached (to keep a local copy rather than recover over it).
@@ -390,13 +402,14 @@ impl std::fmt::Display for Ask {
 impl Directory {
     pub(crate) fn new(parts: Parts) -> Directory {
         let start = (Instant::now(), positions(&parts.positions));
+        let written = parts.outbound.entries.clone();
         Directory {
             parts,
             claiming: Mutex::default(),
             given: Mutex::default(),
             fetched: Mutex::default(),
             ops: Mutex::default(),
-            written: crate::outbound::Tickets::default(),
+            written,
             ops_added: tokio::sync::Notify::new(),
             admin: std::sync::OnceLock::new(),
             snapshots: Mutex::default(),
@@ -578,6 +591,7 @@ impl Directory {
             // Filled in when written (`q2_into`).
             q2: Vec::new(),
             q2done: Vec::new(),
+            q2in: Vec::new(),
         };
         // A SUBACK/UNSUBACK waits for the entry that has the change (`awaited`): the
         // session's subscriptions survive its node's death once acknowledged.
@@ -667,19 +681,54 @@ impl Directory {
         }
     }
 
+    /// `client`'s client published `message` with QoS 2 and `packet_id` (see
+    /// [`Backplane::qos2_received`]): the message gets its id, and is stored once the entry
+    /// lists the packet id with it, so that a node recovering the session knows whether a
+    /// resent PUBLISH with that id is stored already.
+    ///
+    /// [`Backplane::qos2_received`]: tern_broker::backplane::Backplane::qos2_received
+    pub(crate) fn q2_received(&self, client: &str, packet_id: u16, message: &Arc<Message>) {
+        self.parts.outbound.id_of(message);
+        let mark = message.backplane_mark();
+        {
+            let mut all = self.q2.lock().unwrap_or_else(|e| e.into_inner());
+            let q = all.entry(Arc::from(client)).or_insert_with(|| Q2 {
+                inherit: true,
+                ..Q2::default()
+            });
+            q.incoming.insert(packet_id, Some(mark.clone()));
+        }
+        mark.hold_until(self.write_awaited(client));
+    }
+
+    /// A PUBREL came for `client`'s incoming `packet_id` (see [`Backplane::qos2_released`]):
+    /// the ticket of the entry write without it, which the PUBCOMP waits for.
+    ///
+    /// [`Backplane::qos2_released`]: tern_broker::backplane::Backplane::qos2_released
+    pub(crate) fn q2_released(&self, client: &str, packet_id: u16) -> u64 {
+        if let Some(q) = self.q2.lock().unwrap_or_else(|e| e.into_inner()).get_mut(client) {
+            q.incoming.remove(&packet_id);
+        }
+        // Written even when this node did not know the id: the entry may list it (taken
+        // over by a claim), and the id must be gone from it before the client reuses it.
+        self.write_awaited(client)
+    }
+
     /// `client`'s session came to this node with these QoS 2 deliveries in flight (see
     /// [`Backplane::qos2_resumed`]): they replace what this node knew. Written at the next
     /// change, and before they are resent ([`Directory::q2_write`]).
     ///
     /// [`Backplane::qos2_resumed`]: tern_broker::backplane::Backplane::qos2_resumed
-    pub(crate) fn q2_resumed(&self, client: &str, in_flight: &[(u16, bool, Arc<Message>)]) {
-        if in_flight.is_empty() {
-            // What the entry says stays (nothing to write, nothing for a CONNACK to wait for).
+    pub(crate) fn q2_resumed(&self, client: &str, in_flight: &[(u16, bool, Arc<Message>)], incoming: &[u16]) {
+        if in_flight.is_empty() && incoming.is_empty() {
+            // What the entry says of deliveries stays (nothing to write, nothing for a
+            // CONNACK to wait for).
             self.q2_forget(client);
             return;
         }
         let mut q = Q2 {
             inherit: true,
+            incoming: incoming.iter().map(|id| (*id, None)).collect(),
             ..Q2::default()
         };
         for (packet_id, released, message) in in_flight {
@@ -774,6 +823,9 @@ impl Directory {
         let Some(q) = all.get_mut(client) else {
             record.q2.clone_from(&old.q2);
             record.q2done.clone_from(&old.q2done);
+            // A session here without QoS 2 state has no incoming id awaiting PUBREL (one it
+            // came with makes state, `q2_resumed`).
+            record.q2in.clear();
             return;
         };
         if std::mem::take(&mut q.inherit) {
@@ -819,6 +871,19 @@ impl Directory {
                 (d.id.0, d.id.1, k, seq)
             })
             .collect();
+        let node = &self.parts.node;
+        record.q2in = q
+            .incoming
+            .iter()
+            .map(
+                |(packet_id, mark)| match mark.as_ref().and_then(|m| Some((m.id()?, m.position()))) {
+                    // Received here, not known to be stored yet: the id it is stored under.
+                    Some(((run, count), None)) => (*packet_id, run, count, node.clone()),
+                    _ => (*packet_id, 0, 0, String::new()),
+                },
+            )
+            .collect();
+        record.q2in.sort_unstable_by_key(|e| e.0);
     }
 
     /// Write a saved session's entry, if it is still this node's (`record` `None`: only its
@@ -1373,13 +1438,92 @@ impl Directory {
         let mut deliveries = resumed(client, &record, &found);
         let in_flight = deliveries.len();
         deliveries.extend(queued);
-        tracing::info!(client_id = %client, node = %record.node, subscriptions = record.subs.len(), messages = deliveries.len(), in_flight, "session of a node that is gone recovered from the directory and the streams");
-        let raw = handover(&record, deliveries).encode();
+        let incoming = self.incoming(client, &record, budget).await?;
+        tracing::info!(client_id = %client, node = %record.node, subscriptions = record.subs.len(), messages = deliveries.len(), in_flight, incoming = incoming.len(), "session of a node that is gone recovered from the directory and the streams");
+        let mut recovered = handover(&record, deliveries);
+        recovered.qos2 = incoming;
+        let raw = recovered.encode();
         self.fetched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(client.clone(), Fetched::Recovered { record, upto: ends });
         Ok(Some(raw))
+    }
+
+    /// The incoming QoS 2 packet ids of a session whose node is gone that await their
+    /// PUBREL: those its entry lists whose message is stored. One whose message is not (the
+    /// node died before it stored it) is left out: the client resends that PUBLISH, and it is
+    /// stored then, under a new id (v5 [MQTT-4.3.3-10]: one known would be taken for a resend
+    /// of a message stored already, and not delivered).
+    async fn incoming(&self, client: &str, record: &Record, deadline: Instant) -> Result<Vec<u16>, String> {
+        let mut held = Vec::with_capacity(record.q2in.len());
+        for (packet_id, run, count, node) in &record.q2in {
+            if *packet_id == 0 || held.contains(packet_id) {
+                continue;
+            }
+            let stored = node.is_empty()
+                || {
+                    loop {
+                        match self.stored(client, node, (*run, *count)).await {
+                            Ok(stored) => break stored,
+                            Err(e) if Instant::now() < deadline => {
+                                tracing::debug!(client_id = %client, "cluster sessions: is a QoS 2 message stored? Asking again: {e}");
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                };
+            if stored {
+                held.push(*packet_id);
+            }
+        }
+        Ok(held)
+    }
+
+    /// Whether the QoS 2 message `client` published with `id` (the `Nats-Msg-Id` of `node`) is
+    /// stored in its publisher's shard stream. Asked by storing a placeholder under that id
+    /// in the stream: JetStream keeps one message per id within its duplicate window, so
+    /// the placeholder is either kept (the message was not stored, and a late store of it is
+    /// now a duplicate) or refused as a duplicate of the message, or of an earlier
+    /// placeholder (read at the sequence JetStream names). Placeholders carry
+    /// [`codec::VOID`]: nothing delivers them.
+    async fn stored(&self, client: &str, node: &str, id: (u64, u64)) -> Result<bool, String> {
+        let k = streams::shard_of(Some(client), self.parts.outbound.shards);
+        let subject =
+            crate::topic::encode_topic(&streams::shard_subject(&self.parts.prefix, k), "$tern/void");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            crate::codec::message_id(node, id).as_str(),
+        );
+        headers.insert(crate::codec::VOID, "1");
+        headers.insert(crate::codec::NODE, self.parts.node.as_str());
+        let ack = self
+            .parts
+            .js
+            .publish_with_headers(subject, headers, Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        if !ack.duplicate {
+            return Ok(false);
+        }
+        let name = streams::stream_name(&self.parts.prefix, k);
+        let stream = self
+            .parts
+            .js
+            .get_stream(&name)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        match stream.get_raw_message(ack.sequence).await {
+            Ok(m) => Ok(m.headers.get(crate::codec::VOID).is_none()),
+            // Gone by the stream's limits: what it was is not known; taken as not stored
+            // (a resend is then stored again: a duplicate, never a loss).
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(format!("{name}: {e}")),
+        }
     }
 
     /// Each shard stream's last sequence, asked again until `deadline` while JetStream does
@@ -1895,6 +2039,7 @@ impl Directory {
                         saved_ms: wall_ms(),
                         q2: Vec::new(),
                         q2done: Vec::new(),
+                        q2in: Vec::new(),
                     };
                     if let Err(e) = self.parts.kv.create(&key, mine.bytes()).await {
                         tracing::warn!(client_id = %s.client_id, "cluster sessions: the stored session is not entered in the directory: {e}");
@@ -2267,5 +2412,35 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
             now.insert(client, floor);
         }
         written = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_keeps_its_incoming_qos2_ids_and_one_written_before_them_reads_as_none() {
+        let mut r = Record {
+            node: "a".into(),
+            version: 5,
+            expiry: 600,
+            ..Record::default()
+        };
+        r.q2in = vec![(1, 7, 9, "a".into()), (2, 0, 0, String::new())];
+        let back = Record::parse(&r.bytes());
+        assert_eq!(back.q2in, r.q2in);
+        // Written before `q2in` existed: none awaits PUBREL.
+        let old =
+            br#"{"node":"a","version":5,"expiry":600,"subs":[],"floor":[3,4],"offline":false,"saved_ms":1}"#;
+        let back = Record::parse(old);
+        assert!(back.q2in.is_empty());
+        assert_eq!(back.floor, vec![3, 4]);
+        // None: the field is left out.
+        let plain = Record {
+            node: "a".into(),
+            ..Record::default()
+        };
+        assert!(!String::from_utf8_lossy(&plain.bytes()).contains("q2in"));
     }
 }

@@ -300,7 +300,9 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
         let msg = match codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
             Ok(msg) => msg,
             Err(e) => {
-                tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
+                if !matches!(e, codec::CodecError::Void) {
+                    tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
+                }
                 let _ = m.ack_with(AckKind::Term).await;
                 continue;
             }

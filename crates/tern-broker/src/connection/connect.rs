@@ -402,6 +402,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         pending_bytes: 0,
         pending_messages: 0,
         group: None,
+        qos2_received: None,
         reauth: None,
         partial: None,
         acl_answers: Vec::new(),

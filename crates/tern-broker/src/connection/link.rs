@@ -116,6 +116,9 @@ pub(crate) struct Link {
     pub pending_messages: u64,
     /// The store group of the QoS 2 PUBLISH being handled.
     pub group: Option<crate::durability::Group>,
+    /// The packet id of the QoS 2 PUBLISH being handled, when the backplane is to hear of
+    /// it ([`crate::backplane::Backplane::qos2_received`]).
+    pub qos2_received: Option<u16>,
     /// A re-authentication exchange in progress.
     pub reauth: Option<Box<dyn crate::AuthExchange>>,
     /// This connection's share of the budget for partial packets, while its packet in
@@ -152,6 +155,7 @@ impl Link {
                 .as_ref()
                 .filter(|_| outlives && self.core.qos2_elsewhere),
             ticket: None,
+            received: None,
         }
     }
 
@@ -266,9 +270,12 @@ impl ServerHost for Link {
         } = &mut *st;
         let mut changes = self.changes(*persistent, *expiry_interval > 0);
         let r = f(proto, &mut changes);
-        let ticket = changes.ticket;
+        let (ticket, received) = (changes.ticket, changes.received);
         drop(st);
         self.wait_for_session(ticket);
+        if received.is_some() {
+            self.qos2_received = received;
+        }
         Ok(r)
     }
 
@@ -283,6 +290,7 @@ impl ServerHost for Link {
             counts[i].1 += bytes;
             r.set(counts);
         });
+        let publish_id = publish.packet_id.map(|id| id.get());
         let msg = Arc::new(Message::from_publish(
             publish,
             topic,
@@ -291,6 +299,13 @@ impl ServerHost for Link {
         ));
         if let Some(recent) = &self.core.recent {
             recent.note(&msg);
+        }
+        // The QoS 2 packet id the session took for this message (it outlives its
+        // connection, and the backplane keeps its QoS 2 state).
+        if let Some(packet_id) = self.qos2_received.take() {
+            if let (Some(b), true) = (&self.core.backplane, publish_id == Some(packet_id)) {
+                b.qos2_received(&self.client_id, packet_id, &msg);
+            }
         }
         self.route_message(&msg)
     }

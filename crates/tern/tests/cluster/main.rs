@@ -780,6 +780,283 @@ async fn qos2_deliveries_in_flight_on_a_killed_node_resume_with_their_packet_ids
     let _ = std::fs::remove_file(&config);
 }
 
+/// A QoS 2 publisher that keeps its state across connections, as a client with a persistent
+/// session does (v5 section 4.3.3): a PUBLISH not answered yet is sent again with DUP and its
+/// packet id, a PUBREL again once its PUBREC came (v5 [MQTT-4.4.0-1]), in the order they were
+/// first sent [MQTT-4.6.0-1] [MQTT-4.6.0-3]. Messages are numbered; packet ids follow the
+/// numbers.
+struct ResendingPublisher {
+    next: u64,
+    /// Sent, no PUBREC yet: packet id → number.
+    unanswered: std::collections::BTreeMap<u16, u64>,
+    /// PUBREL sent, no PUBCOMP yet.
+    released: std::collections::BTreeMap<u16, u64>,
+    acked: BTreeSet<u64>,
+    /// PUBCOMPs with 0x92 Packet Identifier not found.
+    unknown: usize,
+}
+
+impl ResendingPublisher {
+    fn publish(n: u64, dup: bool) -> Packet {
+        let mut m = Publish::new("k/seq", n.to_string());
+        m.qos = QoS::ExactlyOnce;
+        m.packet_id = Some(pid((n % 65_535) as u16 + 1));
+        m.dup = dup;
+        Packet::Publish(m)
+    }
+
+    /// Send `n` new messages and read the answers until none is missing; with `kill`, its
+    /// node is killed when that many PUBRECs came (its other messages stored or not).
+    async fn batch(&mut self, p: &mut Raw, n: u64, kill: Option<(usize, Node)>) -> bool {
+        for _ in 0..n {
+            let m = Self::publish(self.next, false);
+            self.unanswered.insert((self.next % 65_535) as u16 + 1, self.next);
+            self.next += 1;
+            p.send(m).await;
+        }
+        self.answers_killing(p, kill).await
+    }
+
+    /// On a new connection: what is in flight, again.
+    async fn resume(&mut self, p: &mut Raw) -> bool {
+        for &n in self.unanswered.values() {
+            p.send(Self::publish(n, true)).await;
+        }
+        for &id in self.released.keys() {
+            p.send(Packet::PubRel(Ack::new(pid(id)))).await;
+        }
+        self.answers_killing(p, None).await
+    }
+
+    /// Read PUBRECs (answered with PUBREL) and PUBCOMPs until nothing is in flight; `false`
+    /// when the connection ended first (its node killed) or was silent for 30 s.
+    async fn answers_killing(&mut self, p: &mut Raw, mut kill: Option<(usize, Node)>) -> bool {
+        while !self.unanswered.is_empty() || !self.released.is_empty() {
+            match p.next_within(Duration::from_secs(30)).await {
+                Ok(Some(Packet::PubRec(a))) => {
+                    assert_eq!(a.reason_code, ReasonCode::Success, "{a:?}");
+                    if let Some((left, node)) = kill.take() {
+                        match left {
+                            0 | 1 => node.kill9(),
+                            _ => kill = Some((left - 1, node)),
+                        }
+                    }
+                    if let Some(n) = self.unanswered.remove(&a.packet_id.get()) {
+                        self.released.insert(a.packet_id.get(), n);
+                    }
+                    p.send(Packet::PubRel(Ack::new(a.packet_id))).await;
+                }
+                Ok(Some(Packet::PubComp(a))) => {
+                    // 0x92: the node did not know the id (counted; it must not happen).
+                    if a.reason_code != ReasonCode::Success {
+                        assert_eq!(a.reason_code, ReasonCode::PacketIdentifierNotFound);
+                        self.unknown += 1;
+                    }
+                    let n = self
+                        .released
+                        .remove(&a.packet_id.get())
+                        .expect("PUBCOMP of a released message");
+                    self.acked.insert(n);
+                }
+                Ok(Some(Packet::Disconnect(_)) | None) | Err(()) => return false,
+                Ok(Some(other)) => panic!("publisher: unexpected {other:?}"),
+            }
+        }
+        true
+    }
+}
+
+/// Connect the resending QoS 2 publisher (5.0, Session Expiry 600 s, Clean Start 0).
+async fn connect_resending(addr: SocketAddr) -> (Raw, bool) {
+    let mut c = tern_proto::Connect::new(V5, "qpub");
+    c.keep_alive = 0;
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    let (raw, ack) = connect_patiently(addr, c).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success, "{ack:?}");
+    (raw, ack.session_present)
+}
+
+/// The publisher's side of QoS 2 across a node's death. A QoS 2 publisher with a persistent
+/// session sends numbered messages to node a, which is killed with SIGKILL during a batch
+/// (once 1 to 10 of its PUBRECs came: some of the rest stored, some not, some PUBRECs out);
+/// the publisher reconnects to node b, which recovers its session, and resends what it had in
+/// flight (PUBLISH with DUP and the same packet id, or PUBREL). A subscriber on b must get
+/// every message exactly once: a resent message that node a had stored is not stored again
+/// (v5 [MQTT-4.3.3-10]: not delivered twice to onward recipients), one it had not stored is
+/// stored now, and no new message is taken for an old one. Rounds: `TERN_CLUSTER_KILL_ROUNDS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publisher_resending_after_its_node_was_killed_gets_each_message_delivered_once() {
+    let nats = Nats::start(3, true);
+    let config = config_file(&nats);
+    let mut a = Some(Node::start(&config, &nats, "a"));
+    let b = Node::start(&config, &nats, "b");
+    let mut sub = connect_within(b.addr, V5, "sub").await;
+    sub.subscribe("k/#", QoS::ExactlyOnce).await;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let receiving = tokio::spawn(subscriber(sub, got.clone()));
+    let mut publisher = ResendingPublisher {
+        next: 0,
+        unanswered: Default::default(),
+        released: Default::default(),
+        acked: BTreeSet::new(),
+        unknown: 0,
+    };
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("QoS 2 resending publisher loop seed {rng}");
+    let started = Instant::now();
+    let (mut resent, mut reconnects) = (0, 0);
+    for round in 0..rounds() {
+        // On node a (from b, a live handover, after the first round).
+        let (mut p, present) = connect_resending(a.as_ref().expect("running").addr).await;
+        assert!(
+            round == 0 || present,
+            "round {round}: the session moved to node a"
+        );
+        for _ in 0..5 {
+            assert!(publisher.batch(&mut p, 10, None).await, "round {round}");
+        }
+        // Killed once 1 to 10 of the batch's PUBRECs came: some of the rest stored, some
+        // PUBRELs on their way.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let victim = a.take().expect("running");
+        let done = publisher
+            .batch(&mut p, 20, Some((1 + (rng % 10) as usize, victim)))
+            .await;
+        assert!(!done, "round {round}: the node was killed during the batch");
+        // Whatever is in flight goes again to node b, until all of it is complete.
+        resent += publisher.unanswered.len() + publisher.released.len();
+        loop {
+            let (mut p, present) = connect_resending(b.addr).await;
+            assert!(
+                present,
+                "round {round}: the session of the killed node is on node b"
+            );
+            if publisher.resume(&mut p).await {
+                for _ in 0..3 {
+                    assert!(publisher.batch(&mut p, 10, None).await, "round {round}");
+                }
+                break;
+            }
+            reconnects += 1;
+        }
+        a = Some(Node::start(&config, &nats, "a"));
+    }
+    assert_eq!(
+        publisher.acked.len() as u64,
+        publisher.next,
+        "every message completed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.lock().unwrap().len() < publisher.next as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiving.abort();
+    let got = got.lock().unwrap().clone();
+    let received: BTreeSet<u64> = got.iter().copied().collect();
+    let lost: Vec<u64> = publisher.acked.difference(&received).copied().collect();
+    let duplicates = got.len() - received.len();
+    let order = order_violations(&got, &BTreeSet::new());
+    eprintln!(
+        "QoS 2 resending publisher loop: {} rounds in {:.1?}: acknowledged {}, resent after a kill {resent}, \
+         received {}, lost {}, duplicates {duplicates}, order violations {order}, reconnects {reconnects}, \
+         PUBCOMPs with 0x92 {}",
+        rounds(),
+        started.elapsed(),
+        publisher.acked.len(),
+        received.len(),
+        lost.len(),
+        publisher.unknown
+    );
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    assert_eq!(duplicates, 0, "QoS 2 received once");
+    assert_eq!(order, 0, "in the publisher's order");
+    assert_eq!(
+        publisher.unknown, 0,
+        "a resent PUBREL finds its packet id (v5 [MQTT-4.3.3-11]: PUBCOMP, 0x92 only for an id never received)"
+    );
+    drop(b);
+    let _ = std::fs::remove_file(&config);
+}
+
+/// The incoming QoS 2 packet ids a killed node held for a publisher are known to the node
+/// that recovers its session: a resent PUBLISH whose message is stored is answered and not
+/// delivered again (v5 [MQTT-4.3.3-10]), the resent PUBREL completes with 0x00 rather than
+/// 0x92 Packet Identifier not found (v5 [MQTT-4.3.3-11]), and an id released before the kill
+/// starts a new message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_ids_a_killed_node_held_for_a_publisher_are_known_where_its_session_is_recovered() {
+    let nats = Nats::start(3, true);
+    let config = config_file(&nats);
+    let a = Node::start(&config, &nats, "a");
+    let b = Node::start(&config, &nats, "b");
+    let mut sub = connect_within(b.addr, V5, "sub").await;
+    sub.subscribe("k/#", QoS::ExactlyOnce).await;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let receiving = tokio::spawn(subscriber(sub, got.clone()));
+    let (mut p, _) = connect_resending(a.addr).await;
+    let send = |n: u64, id: u16, dup: bool| {
+        let mut m = Publish::new("k/seq", n.to_string());
+        m.qos = QoS::ExactlyOnce;
+        m.packet_id = Some(pid(id));
+        m.dup = dup;
+        Packet::Publish(m)
+    };
+    let expect = |packet: Result<Option<Packet>, ()>, what: &str| -> Ack {
+        match packet {
+            Ok(Some(Packet::PubRec(a) | Packet::PubComp(a))) => a,
+            other => panic!("expected {what}, got {other:?}"),
+        }
+    };
+    // Message 1 (id 1): PUBREC, no PUBREL yet. Message 2 (id 2): complete.
+    p.send(send(1, 1, false)).await;
+    let rec = expect(p.next_within(Duration::from_secs(20)).await, "PUBREC 1");
+    assert_eq!((rec.packet_id, rec.reason_code), (pid(1), ReasonCode::Success));
+    p.send(send(2, 2, false)).await;
+    let rec = expect(p.next_within(Duration::from_secs(20)).await, "PUBREC 2");
+    assert_eq!(rec.packet_id, pid(2));
+    p.send(Packet::PubRel(Ack::new(pid(2)))).await;
+    let comp = expect(p.next_within(Duration::from_secs(20)).await, "PUBCOMP 2");
+    assert_eq!((comp.packet_id, comp.reason_code), (pid(2), ReasonCode::Success));
+    a.kill9();
+    drop(p);
+    let (mut p, present) = connect_resending(b.addr).await;
+    assert!(present, "the session of the killed node is recovered");
+    // The client resends PUBLISH 1 (it may not have seen the PUBREC), then its PUBREL.
+    p.send(send(1, 1, true)).await;
+    let rec = expect(p.next_within(Duration::from_secs(20)).await, "PUBREC 1 again");
+    assert_eq!((rec.packet_id, rec.reason_code), (pid(1), ReasonCode::Success));
+    p.send(Packet::PubRel(Ack::new(pid(1)))).await;
+    let comp = expect(p.next_within(Duration::from_secs(20)).await, "PUBCOMP 1");
+    assert_eq!(
+        (comp.packet_id, comp.reason_code),
+        (pid(1), ReasonCode::Success),
+        "the recovering node knew id 1"
+    );
+    // Id 2 was released before the kill: a new message.
+    p.send(send(3, 2, false)).await;
+    let rec = expect(p.next_within(Duration::from_secs(20)).await, "PUBREC 3");
+    assert_eq!((rec.packet_id, rec.reason_code), (pid(2), ReasonCode::Success));
+    p.send(Packet::PubRel(Ack::new(pid(2)))).await;
+    expect(p.next_within(Duration::from_secs(20)).await, "PUBCOMP 3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !got.lock().unwrap().contains(&3) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiving.abort();
+    assert_eq!(*got.lock().unwrap(), vec![1, 2, 3], "each message once, in order");
+    drop(b);
+    let _ = std::fs::remove_file(&config);
+}
+
 /// A node restarted from its own store after SIGKILL: the persistent session it held, offline,
 /// gets what its store kept and what other nodes' publishers sent while the node was down
 /// (read from the streams from the session's floor).
