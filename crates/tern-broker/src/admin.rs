@@ -213,6 +213,13 @@ impl Admin {
         self.core.held_by(client_id)
     }
 
+    /// Forget the incoming QoS 2 `packet_id` the session of `client_id` awaits a PUBREL for
+    /// (a cluster node restarted from its store learns that the message was never stored in
+    /// the cluster: the client's resend must be taken as new); whether it was there.
+    pub fn forget_incoming_qos2(&self, client_id: &str, packet_id: u16) -> bool {
+        self.core.forget_incoming_qos2(client_id, packet_id)
+    }
+
     /// Queue the deliveries of `raw` (a [`Handover`](crate::durability::Handover)) for the
     /// session of `client_id`, after what it holds (`front`: before), and wait until they are
     /// in the store; how many were added (expired ones are left out).

@@ -226,9 +226,12 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// id ([`Message::backplane_id_or`]) and keep the packet id with it before it stores the
     /// message ([`crate::BackplaneMark::hold_until`]), so that after this broker's death the
     /// broker taking the session over knows whether a resent PUBLISH is one it has (not
-    /// to be delivered twice, v5 [MQTT-4.3.3-10]) or one it must store.
-    fn qos2_received(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) {
+    /// to be delivered twice, v5 [MQTT-4.3.3-10]) or one it must store. The PUBREC waits for
+    /// the returned ticket too ([`Backplane::sessions_progress`]; when it was not kept,
+    /// [`Backplane::session_kept`], the connection is closed instead, 5.0: 0x89).
+    fn qos2_received(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) -> Option<Ticket> {
         let _ = (client_id, packet_id, message);
+        None
     }
 
     /// A PUBREL came for the incoming QoS 2 `packet_id` of the session of `client_id` (see

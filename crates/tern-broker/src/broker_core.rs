@@ -894,6 +894,21 @@ impl Core {
         self.save_session(cell, disconnected, false);
     }
 
+    /// Tell the backplane that the session of `cell`, resumed by a connection with Session
+    /// Expiry 0, now ends with that connection (its durable part with expiry 0: a broker
+    /// that recovers sessions of a dead one leaves it out). Nothing for the store, which
+    /// forgets the session when it ends. The backplane's ticket for the write.
+    pub fn save_session_ending(&self, cell: &SessionCell) -> Option<crate::durability::Ticket> {
+        let b = self.backplane.as_ref()?;
+        let st = cell.lock();
+        if st.ended || st.expiry_interval != 0 {
+            return None;
+        }
+        let mut snapshot = self.snapshot(&st);
+        snapshot.disconnected_at = 0;
+        b.session_saved(&cell.client_id, &snapshot, false, held(&st), true)
+    }
+
     /// [`Core::persist_session`]; with `awaited` (a SUBACK or UNSUBACK waits for it), the
     /// backplane's ticket for it, if it gives one.
     pub fn save_session(
@@ -933,6 +948,23 @@ impl Core {
         let cell = self.sessions.get(client_id)?;
         let st = cell.lock();
         (!st.ended).then(|| held(&st))
+    }
+
+    /// Forget the incoming QoS 2 `packet_id` the session of `client_id` awaits a PUBREL for
+    /// (and its stored record); whether it was there.
+    pub fn forget_incoming_qos2(&self, client_id: &str, packet_id: u16) -> bool {
+        let (Some(cell), Some(id)) = (self.sessions.get(client_id), tern_proto::PacketId::new(packet_id))
+        else {
+            return false;
+        };
+        let mut st = cell.lock();
+        if st.ended || !st.proto.forget_qos2(id) {
+            return false;
+        }
+        let persistent = st.persistent;
+        drop(st);
+        self.durability.forget_qos2(persistent, &cell.client_id, id);
+        true
     }
 
     /// How far back the messages of each connected session that outlives its connection go

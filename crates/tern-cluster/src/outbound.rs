@@ -122,12 +122,20 @@ pub(crate) struct Tickets {
     reserved: AtomicU64,
     pub progress: Progress,
     settled: Mutex<Settled>,
+    /// Told at every release (progress may stay behind an earlier ticket).
+    released: tokio::sync::Notify,
 }
 
 impl Tickets {
     /// A ticket for the next write.
     pub fn reserve(&self) -> Ticket {
         self.reserved.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether the write of `ticket` is done (or given up), whatever came before it.
+    pub fn is_released(&self, ticket: Ticket) -> bool {
+        let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        ticket <= settled.upto || settled.done.contains(&ticket)
     }
 
     /// The write of `ticket` is done (or given up).
@@ -138,6 +146,7 @@ impl Tickets {
             .unwrap_or_else(|e| e.into_inner())
             .record(ticket);
         self.progress.advance(upto);
+        self.released.notify_waiters();
     }
 }
 
@@ -352,13 +361,19 @@ pub(crate) async fn run(
     let mut held: HashMap<Arc<str>, VecDeque<(Ticket, Outgoing)>> = HashMap::new();
     let mut ready: VecDeque<(Ticket, Outgoing)> = VecDeque::new();
     loop {
-        // Read before the held messages are looked at: a write done after it wakes the wait.
+        // Registered before the held messages are looked at: a write done after it wakes the
+        // wait. A message waits for its own write only (one of another client may be slower).
+        let released = entries.released.notified();
+        let mut released = std::pin::pin!(released);
+        if !held.is_empty() {
+            released.as_mut().enable();
+        }
         let written = entries.progress.get();
         if !held.is_empty() {
             held.retain(|_, queue| {
                 while queue
                     .front()
-                    .is_some_and(|(_, m)| m.hold.is_none_or(|t| t <= written))
+                    .is_some_and(|(_, m)| m.hold.is_none_or(|t| t <= written || entries.is_released(t)))
                 {
                     ready.extend(queue.pop_front());
                 }
@@ -369,7 +384,7 @@ pub(crate) async fn run(
             tokio::select! {
                 biased;
                 Some(()) = waiting.next(), if !waiting.is_empty() => {}
-                () = entries.progress.wait_past(written), if !held.is_empty() => {}
+                () = &mut released, if !held.is_empty() => {}
                 next = stored.recv() => {
                     let Some((ticket, m)) = next else { break };
                     match &m.from {

@@ -216,6 +216,9 @@ struct Q2 {
     /// (stored once its position is known), `None` for one the session came with (its
     /// message stored).
     incoming: HashMap<u16, Option<Arc<BackplaneMark>>>,
+    /// Restored from this node's store with incoming ids, not yet checked against the
+    /// cluster (`Directory::unstored_forgotten`): a claim of the session waits.
+    unverified: bool,
 }
 
 impl Record {
@@ -687,7 +690,7 @@ impl Directory {
     /// resent PUBLISH with that id is stored already.
     ///
     /// [`Backplane::qos2_received`]: tern_broker::backplane::Backplane::qos2_received
-    pub(crate) fn q2_received(&self, client: &str, packet_id: u16, message: &Arc<Message>) {
+    pub(crate) fn q2_received(&self, client: &str, packet_id: u16, message: &Arc<Message>) -> u64 {
         self.parts.outbound.id_of(message);
         let mark = message.backplane_mark();
         {
@@ -698,7 +701,9 @@ impl Directory {
             });
             q.incoming.insert(packet_id, Some(mark.clone()));
         }
-        mark.hold_until(self.write_awaited(client));
+        let ticket = self.write_awaited(client);
+        mark.hold_until(ticket);
+        ticket
     }
 
     /// A PUBREL came for `client`'s incoming `packet_id` (see [`Backplane::qos2_released`]):
@@ -729,6 +734,8 @@ impl Directory {
         let mut q = Q2 {
             inherit: true,
             incoming: incoming.iter().map(|id| (*id, None)).collect(),
+            // Before the node is attached to its broker, sessions come from its store only.
+            unverified: !incoming.is_empty() && self.admin.get().is_none(),
             ..Q2::default()
         };
         for (packet_id, released, message) in in_flight {
@@ -875,13 +882,21 @@ impl Directory {
         record.q2in = q
             .incoming
             .iter()
-            .map(
-                |(packet_id, mark)| match mark.as_ref().and_then(|m| Some((m.id()?, m.position()))) {
+            .map(|(packet_id, mark)| match mark {
+                Some(m) => match (m.id(), m.position()) {
                     // Received here, not known to be stored yet: the id it is stored under.
-                    Some(((run, count), None)) => (*packet_id, run, count, node.clone()),
+                    (Some((run, count)), None) => (*packet_id, run, count, node.clone()),
                     _ => (*packet_id, 0, 0, String::new()),
                 },
-            )
+                // The session came with it: as the entry says (one not known to be stored
+                // stays so, for a recovery to ask about).
+                None => old.q2in.iter().find(|e| e.0 == *packet_id).cloned().unwrap_or((
+                    *packet_id,
+                    0,
+                    0,
+                    String::new(),
+                )),
+            })
             .collect();
         record.q2in.sort_unstable_by_key(|e| e.0);
     }
@@ -1029,6 +1044,11 @@ impl Directory {
         // One claim of a client at a time on this node (a client retrying its CONNECT while
         // the first is still claiming): the later one waits for the first to end.
         let budget = Instant::now() + CLAIM_BUDGET;
+        // A session restored from this node's store waits until the cluster said which of
+        // its incoming QoS 2 messages are stored (a resend of another one is new).
+        while self.unverified(&client) && Instant::now() < budget {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         loop {
             {
                 let mut claiming = self.claiming.lock().unwrap_or_else(|e| e.into_inner());
@@ -1482,48 +1502,10 @@ impl Directory {
     }
 
     /// Whether the QoS 2 message `client` published with `id` (the `Nats-Msg-Id` of `node`) is
-    /// stored in its publisher's shard stream. Asked by storing a placeholder under that id
-    /// in the stream: JetStream keeps one message per id within its duplicate window, so
-    /// the placeholder is either kept (the message was not stored, and a late store of it is
-    /// now a duplicate) or refused as a duplicate of the message, or of an earlier
-    /// placeholder (read at the sequence JetStream names). Placeholders carry
-    /// [`codec::VOID`]: nothing delivers them.
+    /// stored (see [`stored`]).
     async fn stored(&self, client: &str, node: &str, id: (u64, u64)) -> Result<bool, String> {
-        let k = streams::shard_of(Some(client), self.parts.outbound.shards);
-        let subject =
-            crate::topic::encode_topic(&streams::shard_subject(&self.parts.prefix, k), "$tern/void");
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            crate::codec::message_id(node, id).as_str(),
-        );
-        headers.insert(crate::codec::VOID, "1");
-        headers.insert(crate::codec::NODE, self.parts.node.as_str());
-        let ack = self
-            .parts
-            .js
-            .publish_with_headers(subject, headers, Bytes::new())
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        if !ack.duplicate {
-            return Ok(false);
-        }
-        let name = streams::stream_name(&self.parts.prefix, k);
-        let stream = self
-            .parts
-            .js
-            .get_stream(&name)
-            .await
-            .map_err(|e| format!("{name}: {e}"))?;
-        match stream.get_raw_message(ack.sequence).await {
-            Ok(m) => Ok(m.headers.get(crate::codec::VOID).is_none()),
-            // Gone by the stream's limits: what it was is not known; taken as not stored
-            // (a resend is then stored again: a duplicate, never a loss).
-            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(e) => Err(format!("{name}: {e}")),
-        }
+        let p = &self.parts;
+        stored(&p.js, &p.prefix, p.outbound.shards, &p.node, client, node, id).await
     }
 
     /// Each shard stream's last sequence, asked again until `deadline` while JetStream does
@@ -1746,6 +1728,9 @@ impl Directory {
                     HandOff::Moved { raw, generation } => {
                         // Its QoS 2 deliveries in flight go with it (the claimant writes them).
                         self.q2_forget(client);
+                        // Its incoming QoS 2 ids go too, and the claimant answers a resend of
+                        // one as a duplicate: what the client published here is stored first.
+                        self.own_messages_stored().await;
                         let raw = merged(earlier, raw);
                         self.give(client.to_string(), raw, Some(generation)).1
                     }
@@ -1949,11 +1934,57 @@ impl Directory {
             .map_err(|e| e.to_string())
     }
 
+    /// A session restored from this node's store keeps the incoming QoS 2 ids its store had,
+    /// but the store may have kept one whose message JetStream had not stored when the node
+    /// died (its entry lists the id before the message is stored, and the store keeps it
+    /// apart): ids the entry does not list, or lists with a message that is not stored
+    /// ([`Directory::incoming`]), are forgotten, so that the client's resend is stored rather
+    /// than answered as a duplicate.
+    async fn unstored_forgotten(&self, admin: &Admin, client: &str, record: &Record) {
+        let ids: Vec<u16> = match self.q2.lock().unwrap_or_else(|e| e.into_inner()).get(client) {
+            Some(q) => q.incoming.keys().copied().collect(),
+            None => return,
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let held = match self
+            .incoming(client, record, Instant::now() + WAIT_CAUGHT_UP)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(client_id = %client, "stored session: cannot tell whether its incoming QoS 2 messages are stored ({e}); kept as they are");
+                return;
+            }
+        };
+        for packet_id in ids.into_iter().filter(|id| !held.contains(id)) {
+            if let Some(q) = self.q2.lock().unwrap_or_else(|e| e.into_inner()).get_mut(client) {
+                q.incoming.remove(&packet_id);
+            }
+            if admin.forget_incoming_qos2(client, packet_id) {
+                tracing::info!(client_id = %client, packet_id, "stored session: an incoming QoS 2 message the cluster never stored is taken as new when it is resent");
+            }
+        }
+    }
+
+    /// Whether `client`'s session, restored from this node's store, awaits
+    /// [`Directory::unstored_forgotten`].
+    fn unverified(&self, client: &str) -> bool {
+        self.q2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client)
+            .is_some_and(|q| q.unverified)
+    }
+
     /// At start: a session this node restored from its store that another node took since
     /// (while this one was down) is dropped here; one nobody took is entered as this node's.
     pub(crate) async fn reconcile(&self, admin: &Admin) {
         let _ = self.admin.set(admin.clone());
         for s in admin.sessions() {
+            // Checked (or no longer this node's) once this iteration ends, whichever way.
+            let _verified = Verified(self, &s.client_id);
             let key = key(&s.client_id);
             let holder = match self.parts.kv.entry(key.clone()).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => Some(Record::parse(&e.value)),
@@ -1968,6 +1999,7 @@ impl Directory {
                     // Still this node's: what was stored in the streams for it while this node
                     // was down (after its floor, up to where this run's tailers begin) joins
                     // its queue, after what the store kept (duplicates possible).
+                    self.unstored_forgotten(admin, &s.client_id, &record).await;
                     let shards = self.parts.positions.len();
                     if record.version == 0 || record.floor.len() != shards {
                         continue;
@@ -2178,6 +2210,23 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
     std::future::pending::<()>().await;
 }
 
+/// Marks a restored session's incoming QoS 2 ids as checked when dropped.
+struct Verified<'a>(&'a Directory, &'a str);
+
+impl Drop for Verified<'_> {
+    fn drop(&mut self) {
+        if let Some(q) = self
+            .0
+            .q2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(self.1)
+        {
+            q.unverified = false;
+        }
+    }
+}
+
 /// Releases its tickets when dropped.
 struct Release<'a>(&'a crate::outbound::Tickets, Vec<u64>);
 
@@ -2248,6 +2297,51 @@ fn handover(record: &Record, deliveries: Vec<StoredDelivery>) -> Handover {
         },
         deliveries,
         qos2: Vec::new(),
+    }
+}
+
+/// Whether the QoS 2 message `client` published with `id` (the `Nats-Msg-Id` of `node`) is
+/// stored in its publisher's shard stream (of `shards`). Asked by storing a placeholder
+/// under that id in the stream (from node `me`): JetStream keeps one message per id within
+/// its duplicate window, so the placeholder is either kept (the message was not stored, and a
+/// late store of it is now a duplicate) or refused as a duplicate of the message, or of an
+/// earlier placeholder (read at the sequence JetStream names). Placeholders carry
+/// [`crate::codec::VOID`]: nothing delivers them.
+async fn stored(
+    js: &jetstream::Context,
+    prefix: &str,
+    shards: u16,
+    me: &str,
+    client: &str,
+    node: &str,
+    id: (u64, u64),
+) -> Result<bool, String> {
+    let k = streams::shard_of(Some(client), shards);
+    let subject = crate::topic::encode_topic(&streams::shard_subject(prefix, k), "$tern/void");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        crate::codec::message_id(node, id).as_str(),
+    );
+    headers.insert(crate::codec::VOID, "1");
+    headers.insert(crate::codec::NODE, me);
+    let ack = js
+        .publish_with_headers(subject, headers, Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    if !ack.duplicate {
+        return Ok(false);
+    }
+    let name = streams::stream_name(prefix, k);
+    let stream = js.get_stream(&name).await.map_err(|e| format!("{name}: {e}"))?;
+    match stream.get_raw_message(ack.sequence).await {
+        Ok(m) => Ok(m.headers.get(crate::codec::VOID).is_none()),
+        // Gone by the stream's limits: what it was is not known; taken as not stored (a
+        // resend is then stored again: a duplicate, never a loss).
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) => Err(format!("{name}: {e}")),
     }
 }
 
@@ -2418,6 +2512,52 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against a NATS server: a message stored under its id is found; an id never stored is
+    /// not, again not (its placeholder is recognised), and a late store of it is refused as
+    /// a duplicate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_qos2_message_is_found_stored_by_its_id_and_a_missing_one_stays_missing() {
+        let nats = tern_testkit::nats::Nats::start(1, true);
+        let client = async_nats::connect(nats.urls()[0].as_str())
+            .await
+            .expect("connect");
+        let js = jetstream::new(client);
+        let prefix = "probe";
+        for k in 0..2u16 {
+            js.create_stream(jetstream::stream::Config {
+                name: streams::stream_name(prefix, k),
+                subjects: vec![format!("{}.>", streams::shard_subject(prefix, k))],
+                duplicate_window: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        }
+        let k = streams::shard_of(Some("pub"), 2);
+        let subject = crate::topic::encode_topic(&streams::shard_subject(prefix, k), "t");
+        let publish = |id: (u64, u64)| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                crate::codec::message_id("a", id).as_str(),
+            );
+            h.insert(crate::codec::QOS, "2");
+            js.publish_with_headers(subject.clone(), h, Bytes::from_static(b"m"))
+        };
+        publish((7, 1)).await.expect("publish").await.expect("stored");
+        assert_eq!(stored(&js, prefix, 2, "b", "pub", "a", (7, 1)).await, Ok(true));
+        assert_eq!(stored(&js, prefix, 2, "b", "pub", "a", (7, 2)).await, Ok(false));
+        assert_eq!(
+            stored(&js, prefix, 2, "c", "pub", "a", (7, 2)).await,
+            Ok(false),
+            "asked again (another node recovering): still not stored"
+        );
+        let late = publish((7, 2)).await.expect("publish").await.expect("answered");
+        assert!(late.duplicate, "the dead node's late store is refused");
+        // The same id from another node is another message.
+        assert_eq!(stored(&js, prefix, 2, "b", "pub", "b", (7, 1)).await, Ok(false));
+    }
 
     #[test]
     fn an_entry_keeps_its_incoming_qos2_ids_and_one_written_before_them_reads_as_none() {

@@ -305,6 +305,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         st.waker = Some(waker.clone());
     }
     core.persist_session(&cell, false);
+    // A session resumed with Session Expiry 0 ends with this connection: a backplane that
+    // kept it as it was must not bring it back if this broker dies (the CONNACK waits).
+    let ending = (session_present && expiry == 0)
+        .then(|| core.save_session_ending(&cell))
+        .flatten();
     if let Some(at) = claimed {
         // The claim ends once the session is attached here (until then another node asking
         // for it is told to wait); with a handover, what reached the session on the other
@@ -381,7 +386,8 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let session_ticket = core
         .backplane
         .as_ref()
-        .and_then(|b| b.session_attached(&client_id));
+        .and_then(|b| b.session_attached(&client_id))
+        .max(ending);
     let link = Link {
         core: core.clone(),
         cell,

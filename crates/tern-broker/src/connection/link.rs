@@ -304,7 +304,8 @@ impl ServerHost for Link {
         // connection, and the backplane keeps its QoS 2 state).
         if let Some(packet_id) = self.qos2_received.take() {
             if let (Some(b), true) = (&self.core.backplane, publish_id == Some(packet_id)) {
-                b.qos2_received(&self.client_id, packet_id, &msg);
+                let ticket = b.qos2_received(&self.client_id, packet_id, &msg);
+                self.wait_for_session(ticket);
             }
         }
         self.route_message(&msg)

@@ -454,6 +454,12 @@ impl<M: Delivery> ServerState<M> {
         self.inbound.restore(id);
     }
 
+    /// Forget an incoming QoS 2 identifier awaiting PUBREL without a PUBREL (its message was
+    /// not kept after all: the sender's resend is then a new message); whether it was there.
+    pub fn forget_qos2(&mut self, id: PacketId) -> bool {
+        self.inbound.on_pubrel(id)
+    }
+
     /// The incoming QoS 2 identifiers awaiting PUBREL, in increasing order (to hand the
     /// session to another server).
     pub fn qos2_ids(&self) -> Vec<PacketId> {

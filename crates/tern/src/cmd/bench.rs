@@ -83,6 +83,10 @@ pub struct Args {
     /// broker with persistence stores every QoS 1/2 message for them.
     #[arg(long)]
     persistent: bool,
+    /// Publishers keep persistent sessions too (a cluster then keeps the incoming QoS 2
+    /// packet ids of each in its session's entry).
+    #[arg(long)]
+    persistent_publishers: bool,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
@@ -588,7 +592,7 @@ async fn run_async(args: Args) -> Result<(), BenchError> {
             args.version,
             &format!("bench-{run_id}-pub-{i}"),
             KEEP_ALIVE,
-            false,
+            args.persistent_publishers,
         )
         .await?;
         pubs.push(tokio::spawn(publisher(

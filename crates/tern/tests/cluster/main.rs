@@ -781,10 +781,9 @@ async fn qos2_deliveries_in_flight_on_a_killed_node_resume_with_their_packet_ids
 }
 
 /// A QoS 2 publisher that keeps its state across connections, as a client with a persistent
-/// session does (v5 section 4.3.3): a PUBLISH not answered yet is sent again with DUP and its
-/// packet id, a PUBREL again once its PUBREC came (v5 [MQTT-4.4.0-1]), in the order they were
-/// first sent [MQTT-4.6.0-1] [MQTT-4.6.0-3]. Messages are numbered; packet ids follow the
-/// numbers.
+/// session does (v5 sections 4.3.3, 4.4 and 4.6): a PUBLISH not answered yet is sent again
+/// with DUP and its packet id, a PUBREL again once its PUBREC came, in the order they were
+/// first sent. Messages are numbered; packet ids follow the numbers (`id_of`).
 struct ResendingPublisher {
     next: u64,
     /// Sent, no PUBREC yet: packet id → number.
@@ -797,10 +796,16 @@ struct ResendingPublisher {
 }
 
 impl ResendingPublisher {
+    /// The packet id of message `n`: ids come back every 40 messages (at most 20 are in
+    /// flight), so that an id released before a kill is soon used for a new message.
+    fn id_of(n: u64) -> tern_proto::PacketId {
+        pid((n % 40) as u16 + 1)
+    }
+
     fn publish(n: u64, dup: bool) -> Packet {
         let mut m = Publish::new("k/seq", n.to_string());
         m.qos = QoS::ExactlyOnce;
-        m.packet_id = Some(pid((n % 65_535) as u16 + 1));
+        m.packet_id = Some(Self::id_of(n));
         m.dup = dup;
         Packet::Publish(m)
     }
@@ -810,7 +815,7 @@ impl ResendingPublisher {
     async fn batch(&mut self, p: &mut Raw, n: u64, kill: Option<(usize, Node)>) -> bool {
         for _ in 0..n {
             let m = Self::publish(self.next, false);
-            self.unanswered.insert((self.next % 65_535) as u16 + 1, self.next);
+            self.unanswered.insert(Self::id_of(self.next).get(), self.next);
             self.next += 1;
             p.send(m).await;
         }
@@ -819,11 +824,16 @@ impl ResendingPublisher {
 
     /// On a new connection: what is in flight, again.
     async fn resume(&mut self, p: &mut Raw) -> bool {
-        for &n in self.unanswered.values() {
+        // In the order of the messages (ids come back, so not in the order of the ids).
+        let mut unanswered: Vec<u64> = self.unanswered.values().copied().collect();
+        unanswered.sort_unstable();
+        for n in unanswered {
             p.send(Self::publish(n, true)).await;
         }
-        for &id in self.released.keys() {
-            p.send(Packet::PubRel(Ack::new(pid(id)))).await;
+        let mut released: Vec<u64> = self.released.values().copied().collect();
+        released.sort_unstable();
+        for n in released {
+            p.send(Packet::PubRel(Ack::new(Self::id_of(n)))).await;
         }
         self.answers_killing(p, None).await
     }
@@ -884,12 +894,28 @@ async fn connect_resending(addr: SocketAddr) -> (Raw, bool) {
 /// flight (PUBLISH with DUP and the same packet id, or PUBREL). A subscriber on b must get
 /// every message exactly once: a resent message that node a had stored is not stored again
 /// (v5 [MQTT-4.3.3-10]: not delivered twice to onward recipients), one it had not stored is
-/// stored now, and no new message is taken for an old one. Rounds: `TERN_CLUSTER_KILL_ROUNDS`.
+/// stored now, and no new message is taken for an old one (packet ids come back every 40
+/// messages). Rounds: `TERN_CLUSTER_KILL_ROUNDS`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos2_publisher_resending_after_its_node_was_killed_gets_each_message_delivered_once() {
+    resending_loop(false).await;
+}
+
+/// The same with node a restarted from its store (`--data-dir`) and the publisher back on
+/// it: the store kept the packet ids of messages the cluster had not stored yet when the node
+/// was killed; the restarted node asks JetStream and takes their resends as new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publisher_resending_to_its_node_restarted_from_its_store_gets_each_message_delivered_once() {
+    resending_loop(true).await;
+}
+
+async fn resending_loop(from_store: bool) {
     let nats = Nats::start(3, true);
     let config = config_file(&nats);
-    let mut a = Some(Node::start(&config, &nats, "a"));
+    let dir = std::env::temp_dir().join(format!("tern-cluster-q2in-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = from_store.then_some(dir.as_path());
+    let mut a = Some(Node::start_in(&config, &nats, "a", data_dir));
     let b = Node::start(&config, &nats, "b");
     let mut sub = connect_within(b.addr, V5, "sub").await;
     sub.subscribe("k/#", QoS::ExactlyOnce).await;
@@ -930,14 +956,19 @@ async fn a_qos2_publisher_resending_after_its_node_was_killed_gets_each_message_
             .batch(&mut p, 20, Some((1 + (rng % 10) as usize, victim)))
             .await;
         assert!(!done, "round {round}: the node was killed during the batch");
-        // Whatever is in flight goes again to node b, until all of it is complete.
+        // Whatever is in flight goes again to node b (or to node a restarted from its
+        // store), until all of it is complete.
         resent += publisher.unanswered.len() + publisher.released.len();
+        if from_store {
+            a = Some(Node::start_in(&config, &nats, "a", data_dir));
+        }
+        let to = match &a {
+            Some(a) => a.addr,
+            None => b.addr,
+        };
         loop {
-            let (mut p, present) = connect_resending(b.addr).await;
-            assert!(
-                present,
-                "round {round}: the session of the killed node is on node b"
-            );
+            let (mut p, present) = connect_resending(to).await;
+            assert!(present, "round {round}: the session of the killed node is found");
             if publisher.resume(&mut p).await {
                 for _ in 0..3 {
                     assert!(publisher.batch(&mut p, 10, None).await, "round {round}");
@@ -946,7 +977,9 @@ async fn a_qos2_publisher_resending_after_its_node_was_killed_gets_each_message_
             }
             reconnects += 1;
         }
-        a = Some(Node::start(&config, &nats, "a"));
+        if !from_store {
+            a = Some(Node::start(&config, &nats, "a"));
+        }
     }
     assert_eq!(
         publisher.acked.len() as u64,
@@ -964,8 +997,21 @@ async fn a_qos2_publisher_resending_after_its_node_was_killed_gets_each_message_
     let lost: Vec<u64> = publisher.acked.difference(&received).copied().collect();
     let duplicates = got.len() - received.len();
     let order = order_violations(&got, &BTreeSet::new());
+    let out_of_order: Vec<(u64, u64)> = got
+        .windows(2)
+        .filter(|w| w[1] <= w[0])
+        .map(|w| (w[0], w[1]))
+        .take(10)
+        .collect();
+    if let Some((_, later)) = out_of_order.first() {
+        let at = got.iter().position(|n| n == later).unwrap_or(0);
+        eprintln!(
+            "out of order (number, then the next one received): {out_of_order:?}; around the first: {:?}",
+            &got[at.saturating_sub(25)..(at + 5).min(got.len())]
+        );
+    }
     eprintln!(
-        "QoS 2 resending publisher loop: {} rounds in {:.1?}: acknowledged {}, resent after a kill {resent}, \
+        "QoS 2 resending publisher loop (restarted from its store: {from_store}): {} rounds in {:.1?}: acknowledged {}, resent after a kill {resent}, \
          received {}, lost {}, duplicates {duplicates}, order violations {order}, reconnects {reconnects}, \
          PUBCOMPs with 0x92 {}",
         rounds(),
@@ -978,11 +1024,11 @@ async fn a_qos2_publisher_resending_after_its_node_was_killed_gets_each_message_
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
     assert_eq!(duplicates, 0, "QoS 2 received once");
     assert_eq!(order, 0, "in the publisher's order");
-    assert_eq!(
-        publisher.unknown, 0,
-        "a resent PUBREL finds its packet id (v5 [MQTT-4.3.3-11]: PUBCOMP, 0x92 only for an id never received)"
-    );
-    drop(b);
+    // A PUBCOMP with 0x92 is allowed (v5 [MQTT-4.3.3-11] asks for a PUBCOMP, whatever the
+    // id): a PUBREL resent after its release was written and the PUBCOMP lost with the node.
+    // A PUBREL of an id still awaited finds it (the deterministic test below).
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&config);
 }
 
