@@ -216,9 +216,8 @@ struct Q2 {
     /// (stored once its position is known), `None` for one the session came with (its
     /// message stored).
     incoming: HashMap<u16, Option<Arc<BackplaneMark>>>,
-    /// Restored from this node's store with incoming ids, not yet checked against the
-    /// cluster (`Directory::unstored_forgotten`): a claim of the session waits.
-    unverified: bool,
+    /// The entry as this node last wrote it, and its revision (`Directory::save`).
+    written: Option<(u64, Record)>,
 }
 
 impl Record {
@@ -734,8 +733,6 @@ impl Directory {
         let mut q = Q2 {
             inherit: true,
             incoming: incoming.iter().map(|id| (*id, None)).collect(),
-            // Before the node is attached to its broker, sessions come from its store only.
-            unverified: !incoming.is_empty() && self.admin.get().is_none(),
             ..Q2::default()
         };
         for (packet_id, released, message) in in_flight {
@@ -923,27 +920,41 @@ impl Directory {
         // Reads that found another node's name, for a write a connection waits for: a read
         // may come from a replica behind (a claim of this node just wrote the entry).
         let mut elsewhere = 0;
+        // The entry as this node last wrote it, for a session with QoS 2 state (written at
+        // every stage): written over without a read; if anyone wrote it since, the update
+        // fails and the entry is read.
+        let mut last = self
+            .q2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(client)
+            .and_then(|q| q.written.take());
         for _ in 0..MAX_TRIES {
-            let e = match self.parts.kv.entry(key.clone()).await {
-                Ok(e) => e,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!(
-                        client_id = client,
-                        "cluster sessions: the entry cannot be read ({e}); trying again"
-                    );
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    continue;
+            let (old, revision) = match last.take() {
+                Some((revision, old)) => (old, revision),
+                None => {
+                    let e = match self.parts.kv.entry(key.clone()).await {
+                        Ok(e) => e,
+                        Err(e) if Instant::now() < deadline => {
+                            tracing::debug!(
+                                client_id = client,
+                                "cluster sessions: the entry cannot be read ({e}); trying again"
+                            );
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                            continue;
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    };
+                    // No entry: the session ended (nothing to recover, nothing to keep).
+                    let Some(e) = e else {
+                        return Ok(true);
+                    };
+                    if e.operation != kv::Operation::Put {
+                        return Ok(true);
+                    }
+                    (Record::parse(&e.value), e.revision)
                 }
-                Err(e) => return Err(e.to_string()),
             };
-            // No entry: the session ended (nothing to recover, nothing to keep).
-            let Some(e) = e else {
-                return Ok(true);
-            };
-            if e.operation != kv::Operation::Put {
-                return Ok(true);
-            }
-            let old = Record::parse(&e.value);
             if old.node != self.parts.node {
                 if awaited && elsewhere < 3 {
                     elsewhere += 1;
@@ -963,8 +974,13 @@ impl Directory {
                 _ => old.floor.clone(),
             };
             self.q2_into(client, &old, &mut record);
-            match self.parts.kv.update(&key, record.bytes(), e.revision).await {
-                Ok(_) => return Ok(true),
+            match self.parts.kv.update(&key, record.bytes(), revision).await {
+                Ok(revision) => {
+                    if let Some(q) = self.q2.lock().unwrap_or_else(|e| e.into_inner()).get_mut(client) {
+                        q.written = Some((revision, record));
+                    }
+                    return Ok(true);
+                }
                 // Another writer in between (a claim, or the entry read from a replica behind):
                 // read again.
                 Err(e)
@@ -1044,11 +1060,6 @@ impl Directory {
         // One claim of a client at a time on this node (a client retrying its CONNECT while
         // the first is still claiming): the later one waits for the first to end.
         let budget = Instant::now() + CLAIM_BUDGET;
-        // A session restored from this node's store waits until the cluster said which of
-        // its incoming QoS 2 messages are stored (a resend of another one is new).
-        while self.unverified(&client) && Instant::now() < budget {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         loop {
             {
                 let mut claiming = self.claiming.lock().unwrap_or_else(|e| e.into_inner());
@@ -1728,9 +1739,6 @@ impl Directory {
                     HandOff::Moved { raw, generation } => {
                         // Its QoS 2 deliveries in flight go with it (the claimant writes them).
                         self.q2_forget(client);
-                        // Its incoming QoS 2 ids go too, and the claimant answers a resend of
-                        // one as a duplicate: what the client published here is stored first.
-                        self.own_messages_stored().await;
                         let raw = merged(earlier, raw);
                         self.give(client.to_string(), raw, Some(generation)).1
                     }
@@ -1790,6 +1798,10 @@ impl Directory {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 };
+                // The session's incoming QoS 2 ids went with it, and the claimant answers a
+                // resend of one as a duplicate once its CONNACK (which waits for this rest) is
+                // out: what the client published here is stored first.
+                self.own_messages_stored().await;
                 let _ = self.tailers_caught_up().await;
                 let rest = admin.hand_over_rest(&client, generation);
                 let (rest_token, answer) = match rest {
@@ -1937,10 +1949,12 @@ impl Directory {
     /// A session restored from this node's store keeps the incoming QoS 2 ids its store had,
     /// but the store may have kept one whose message JetStream had not stored when the node
     /// died (its entry lists the id before the message is stored, and the store keeps it
-    /// apart): ids the entry does not list, or lists with a message that is not stored
-    /// ([`Directory::incoming`]), are forgotten, so that the client's resend is stored rather
-    /// than answered as a duplicate.
-    async fn unstored_forgotten(&self, admin: &Admin, client: &str, record: &Record) {
+    /// apart): ids the entry (`None`: it could not be read) does not list, or lists with a
+    /// message that is not stored ([`Directory::incoming`]), are forgotten, so that the
+    /// client's resend is stored rather than answered as a duplicate. When the cluster cannot
+    /// say, all are forgotten: a resend stored twice is a duplicate, one never stored a loss.
+    /// Runs before the node serves clients (`Cluster::attach`).
+    async fn unstored_forgotten(&self, admin: &Admin, client: &str, record: Option<&Record>) {
         let ids: Vec<u16> = match self.q2.lock().unwrap_or_else(|e| e.into_inner()).get(client) {
             Some(q) => q.incoming.keys().copied().collect(),
             None => return,
@@ -1948,34 +1962,27 @@ impl Directory {
         if ids.is_empty() {
             return;
         }
-        let held = match self
-            .incoming(client, record, Instant::now() + WAIT_CAUGHT_UP)
-            .await
-        {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::warn!(client_id = %client, "stored session: cannot tell whether its incoming QoS 2 messages are stored ({e}); kept as they are");
-                return;
-            }
+        let held = match record {
+            Some(record) => match self
+                .incoming(client, record, Instant::now() + WAIT_CAUGHT_UP)
+                .await
+            {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(client_id = %client, "stored session: cannot tell whether its incoming QoS 2 messages are stored ({e}); their resends are taken as new");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
         };
         for packet_id in ids.into_iter().filter(|id| !held.contains(id)) {
             if let Some(q) = self.q2.lock().unwrap_or_else(|e| e.into_inner()).get_mut(client) {
                 q.incoming.remove(&packet_id);
             }
             if admin.forget_incoming_qos2(client, packet_id) {
-                tracing::info!(client_id = %client, packet_id, "stored session: an incoming QoS 2 message the cluster never stored is taken as new when it is resent");
+                tracing::info!(client_id = %client, packet_id, "stored session: an incoming QoS 2 message not known to be stored in the cluster is taken as new when it is resent");
             }
         }
-    }
-
-    /// Whether `client`'s session, restored from this node's store, awaits
-    /// [`Directory::unstored_forgotten`].
-    fn unverified(&self, client: &str) -> bool {
-        self.q2
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(client)
-            .is_some_and(|q| q.unverified)
     }
 
     /// At start: a session this node restored from its store that another node took since
@@ -1983,14 +1990,13 @@ impl Directory {
     pub(crate) async fn reconcile(&self, admin: &Admin) {
         let _ = self.admin.set(admin.clone());
         for s in admin.sessions() {
-            // Checked (or no longer this node's) once this iteration ends, whichever way.
-            let _verified = Verified(self, &s.client_id);
             let key = key(&s.client_id);
             let holder = match self.parts.kv.entry(key.clone()).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => Some(Record::parse(&e.value)),
                 Ok(_) => None,
                 Err(e) => {
                     tracing::warn!(client_id = %s.client_id, "cluster sessions: the directory cannot be read: {e}");
+                    self.unstored_forgotten(admin, &s.client_id, None).await;
                     continue;
                 }
             };
@@ -1999,7 +2005,7 @@ impl Directory {
                     // Still this node's: what was stored in the streams for it while this node
                     // was down (after its floor, up to where this run's tailers begin) joins
                     // its queue, after what the store kept (duplicates possible).
-                    self.unstored_forgotten(admin, &s.client_id, &record).await;
+                    self.unstored_forgotten(admin, &s.client_id, Some(&record)).await;
                     let shards = self.parts.positions.len();
                     if record.version == 0 || record.floor.len() != shards {
                         continue;
@@ -2048,6 +2054,7 @@ impl Directory {
                     tracing::info!(client_id = %s.client_id, node = %owner, "stored session dropped: another node holds it now");
                 }
                 None => {
+                    self.unstored_forgotten(admin, &s.client_id, None).await;
                     // Entered whole, so that it can be recovered if this node dies; where its
                     // stored messages lie in the streams is not known, so its floor is their
                     // start (a recovery would re-read them all).
@@ -2208,23 +2215,6 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
         })));
     }
     std::future::pending::<()>().await;
-}
-
-/// Marks a restored session's incoming QoS 2 ids as checked when dropped.
-struct Verified<'a>(&'a Directory, &'a str);
-
-impl Drop for Verified<'_> {
-    fn drop(&mut self) {
-        if let Some(q) = self
-            .0
-            .q2
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(self.1)
-        {
-            q.unverified = false;
-        }
-    }
 }
 
 /// Releases its tickets when dropped.

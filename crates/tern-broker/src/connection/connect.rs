@@ -306,7 +306,8 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
     core.persist_session(&cell, false);
     // A session resumed with Session Expiry 0 ends with this connection: a backplane that
-    // kept it as it was must not bring it back if this broker dies (the CONNACK waits).
+    // kept it as it was must not bring it back if this broker dies (the packets after the
+    // CONNACK wait for that write).
     let ending = (session_present && expiry == 0)
         .then(|| core.save_session_ending(&cell))
         .flatten();

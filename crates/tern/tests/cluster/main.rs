@@ -822,6 +822,16 @@ impl ResendingPublisher {
         self.answers_killing(p, kill).await
     }
 
+    /// Send `n` new messages and read nothing.
+    async fn send_only(&mut self, p: &mut Raw, n: u64) {
+        for _ in 0..n {
+            let m = Self::publish(self.next, false);
+            self.unanswered.insert(Self::id_of(self.next).get(), self.next);
+            self.next += 1;
+            p.send(m).await;
+        }
+    }
+
     /// On a new connection: what is in flight, again.
     async fn resume(&mut self, p: &mut Raw) -> bool {
         // In the order of the messages (ids come back, so not in the order of the ids).
@@ -895,7 +905,10 @@ async fn connect_resending(addr: SocketAddr) -> (Raw, bool) {
 /// every message exactly once: a resent message that node a had stored is not stored again
 /// (v5 [MQTT-4.3.3-10]: not delivered twice to onward recipients), one it had not stored is
 /// stored now, and no new message is taken for an old one (packet ids come back every 40
-/// messages). Rounds: `TERN_CLUSTER_KILL_ROUNDS`.
+/// messages). Each next round the session moves back to the restarted node a by a live
+/// handover while 10 messages just sent on b are unanswered (b hands their ids over once it
+/// stored them; their resends to a are answered, not stored again). Rounds:
+/// `TERN_CLUSTER_KILL_ROUNDS`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos2_publisher_resending_after_its_node_was_killed_gets_each_message_delivered_once() {
     resending_loop(false).await;
@@ -935,14 +948,33 @@ async fn resending_loop(from_store: bool) {
         | 1;
     eprintln!("QoS 2 resending publisher loop seed {rng}");
     let started = Instant::now();
-    let (mut resent, mut reconnects) = (0, 0);
+    let (mut resent, mut reconnects, mut moved_in_flight) = (0, 0, 0);
+    // The publisher's connection to node b after a recovery there.
+    let mut on_b: Option<Raw> = None;
     for round in 0..rounds() {
-        // On node a (from b, a live handover, after the first round).
+        // On node a: from b after the first round (a live handover, with 10 messages just
+        // sent on b whose answers are not read: b hands their ids over once it stored them,
+        // and the client resends them to a).
+        let leaving = match on_b.take() {
+            Some(mut pb) => {
+                publisher.send_only(&mut pb, 10).await;
+                moved_in_flight += 10;
+                Some(pb)
+            }
+            None => None,
+        };
         let (mut p, present) = connect_resending(a.as_ref().expect("running").addr).await;
+        drop(leaving);
         assert!(
             round == 0 || present,
-            "round {round}: the session moved to node a"
+            "round {round}: the session is found on node a"
         );
+        if !publisher.unanswered.is_empty() {
+            assert!(
+                publisher.resume(&mut p).await,
+                "round {round}: resent after the move"
+            );
+        }
         for _ in 0..5 {
             assert!(publisher.batch(&mut p, 10, None).await, "round {round}");
         }
@@ -966,18 +998,19 @@ async fn resending_loop(from_store: bool) {
             Some(a) => a.addr,
             None => b.addr,
         };
-        loop {
+        let p = loop {
             let (mut p, present) = connect_resending(to).await;
             assert!(present, "round {round}: the session of the killed node is found");
             if publisher.resume(&mut p).await {
                 for _ in 0..3 {
                     assert!(publisher.batch(&mut p, 10, None).await, "round {round}");
                 }
-                break;
+                break p;
             }
             reconnects += 1;
-        }
+        };
         if !from_store {
+            on_b = Some(p);
             a = Some(Node::start(&config, &nats, "a"));
         }
     }
@@ -1013,7 +1046,7 @@ async fn resending_loop(from_store: bool) {
     eprintln!(
         "QoS 2 resending publisher loop (restarted from its store: {from_store}): {} rounds in {:.1?}: acknowledged {}, resent after a kill {resent}, \
          received {}, lost {}, duplicates {duplicates}, order violations {order}, reconnects {reconnects}, \
-         PUBCOMPs with 0x92 {}",
+         PUBCOMPs with 0x92 {}, moved to node a unanswered {moved_in_flight}",
         rounds(),
         started.elapsed(),
         publisher.acked.len(),
