@@ -753,6 +753,54 @@ impl Directory {
             .insert(client.into(), q);
     }
 
+    /// The incoming QoS 2 ids of `client`'s session whose message is not stored yet (held
+    /// for the entry write, or on its way to JetStream), with their messages' marks.
+    fn q2_unstored(&self, client: &str) -> Vec<(u16, Arc<BackplaneMark>)> {
+        let all = self.q2.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = all.get(client) else {
+            return Vec::new();
+        };
+        q.incoming
+            .iter()
+            .filter_map(|(id, mark)| Some((*id, mark.as_ref()?.clone())))
+            .filter(|(_, mark)| mark.position().is_none())
+            .collect()
+    }
+
+    /// `raw`, the handout of `client`'s session, once the messages of `unstored` are stored:
+    /// the claimant answers a resend of one of those ids as a duplicate. Waited for briefly
+    /// (the asker gives up after `ASK_TIMEOUT`); an id whose message is still not stored
+    /// then leaves the handout, and its resend is stored again on the claimant (a duplicate,
+    /// never a loss).
+    async fn stored_first(
+        &self,
+        client: &str,
+        raw: Bytes,
+        unstored: Vec<(u16, Arc<BackplaneMark>)>,
+    ) -> Bytes {
+        if unstored.is_empty() {
+            return raw;
+        }
+        let deadline = Instant::now() + ASK_TIMEOUT / 2;
+        while unstored.iter().any(|(_, m)| m.position().is_none()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let late: Vec<u16> = unstored
+            .iter()
+            .filter(|(_, m)| m.position().is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if late.is_empty() {
+            return raw;
+        }
+        let Ok(mut h) = Handover::decode(&raw) else {
+            return raw;
+        };
+        h.qos2.retain(|id| !late.contains(id));
+        tracing::warn!(client_id = client, ids = ?late, "session handed over before its QoS 2 messages were stored: their resends are taken as new");
+        h.encode()
+    }
+
     /// The session of `client` is no longer this node's.
     pub(crate) fn q2_forget(&self, client: &str) {
         self.q2.lock().unwrap_or_else(|e| e.into_inner()).remove(client);
@@ -928,7 +976,7 @@ impl Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(client)
-            .and_then(|q| q.written.take());
+            .and_then(|q| q.written.take().filter(|_| !q.inherit));
         for _ in 0..MAX_TRIES {
             let (old, revision) = match last.take() {
                 Some((revision, old)) => (old, revision),
@@ -976,8 +1024,11 @@ impl Directory {
             self.q2_into(client, &old, &mut record);
             match self.parts.kv.update(&key, record.bytes(), revision).await {
                 Ok(revision) => {
+                    // Not for a session's QoS 2 state made anew meanwhile (it reads first).
                     if let Some(q) = self.q2.lock().unwrap_or_else(|e| e.into_inner()).get_mut(client) {
-                        q.written = Some((revision, record));
+                        if !q.inherit && !record.offline {
+                            q.written = Some((revision, record));
+                        }
                     }
                     return Ok(true);
                 }
@@ -1738,7 +1789,9 @@ impl Directory {
                     HandOff::Absent if earlier.is_empty() => Bytes::from_static(b"none"),
                     HandOff::Moved { raw, generation } => {
                         // Its QoS 2 deliveries in flight go with it (the claimant writes them).
+                        let unstored = self.q2_unstored(client);
                         self.q2_forget(client);
+                        let raw = self.stored_first(client, raw, unstored).await;
                         let raw = merged(earlier, raw);
                         self.give(client.to_string(), raw, Some(generation)).1
                     }
@@ -1798,10 +1851,6 @@ impl Directory {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 };
-                // The session's incoming QoS 2 ids went with it, and the claimant answers a
-                // resend of one as a duplicate once its CONNACK (which waits for this rest) is
-                // out: what the client published here is stored first.
-                self.own_messages_stored().await;
                 let _ = self.tailers_caught_up().await;
                 let rest = admin.hand_over_rest(&client, generation);
                 let (rest_token, answer) = match rest {
