@@ -558,7 +558,13 @@ async fn connect_within(addr: SocketAddr, version: tern_proto::ProtocolVersion, 
 
 /// Connect the persistent subscriber (5.0, Session Expiry 600 s, Clean Start 0) to `addr`.
 async fn connect_persistent(addr: SocketAddr) -> (Raw, bool) {
-    let mut c = tern_proto::Connect::new(V5, "psub");
+    connect_persistent_as(addr, "psub").await
+}
+
+/// Connect `id` with a persistent session (5.0, Session Expiry 600 s, Clean Start 0): the
+/// connection and Session Present.
+async fn connect_persistent_as(addr: SocketAddr, id: &str) -> (Raw, bool) {
+    let mut c = tern_proto::Connect::new(V5, id);
     c.keep_alive = 0;
     c.clean_start = false;
     c.properties.session_expiry_interval = Some(600);
@@ -888,13 +894,7 @@ impl ResendingPublisher {
 
 /// Connect the resending QoS 2 publisher (5.0, Session Expiry 600 s, Clean Start 0).
 async fn connect_resending(addr: SocketAddr) -> (Raw, bool) {
-    let mut c = tern_proto::Connect::new(V5, "qpub");
-    c.keep_alive = 0;
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(600);
-    let (raw, ack) = connect_patiently(addr, c).await;
-    assert_eq!(ack.reason_code, ReasonCode::Success, "{ack:?}");
-    (raw, ack.session_present)
+    connect_persistent_as(addr, "qpub").await
 }
 
 /// The publisher's side of QoS 2 across a node's death. A QoS 2 publisher with a persistent
