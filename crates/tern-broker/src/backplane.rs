@@ -220,17 +220,19 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         let _ = (client_id, in_flight, incoming);
     }
 
-    /// The client of `client_id`, whose session outlives its connection, published `message`
-    /// with QoS 2 and `packet_id`, which now awaits its PUBREL. Called before the message is
-    /// routed and handed to [`Backplane::published`]: the backplane can give the message its
-    /// id ([`Message::backplane_id_or`]) and keep the packet id with it before it stores the
-    /// message ([`crate::BackplaneMark::hold_until`]), so that after this broker's death the
-    /// broker taking the session over knows whether a resent PUBLISH is one it has (not
-    /// to be delivered twice, v5 [MQTT-4.3.3-10]) or one it must store. The PUBREC waits for
-    /// the returned ticket too ([`Backplane::sessions_progress`]; when it was not kept,
-    /// [`Backplane::session_kept`], the connection is closed instead, 5.0: 0x89).
-    fn qos2_received(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) -> Option<Ticket> {
-        let _ = (client_id, packet_id, message);
+    /// The client of `client_id`, whose session outlives its connection, published a QoS 2
+    /// message with `packet_id`, which now awaits its PUBREL. Called under the session's lock
+    /// (so that a handover of the session sees the id and the backplane's record of it
+    /// together), before the message is made: the backplane returns the marks the message
+    /// will carry ([`crate::BackplaneMark`]: its id, and the ticket its store waits for,
+    /// [`crate::BackplaneMark::hold_until`]) and a ticket the PUBREC waits for
+    /// ([`Backplane::sessions_progress`]; when it was not kept, [`Backplane::session_kept`],
+    /// the connection is closed instead, 5.0: 0x89). So the backplane keeps the packet id
+    /// with the message's id before it stores the message, and after this broker's death
+    /// the broker taking the session over knows whether a resent PUBLISH is one it has (not
+    /// to be delivered twice, v5 [MQTT-4.3.3-10]) or one it must store.
+    fn qos2_received(&self, client_id: &str, packet_id: u16) -> Option<(Arc<crate::BackplaneMark>, Ticket)> {
+        let _ = (client_id, packet_id);
         None
     }
 

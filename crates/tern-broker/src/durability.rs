@@ -518,10 +518,10 @@ pub(crate) struct SessionChanges<'a> {
     pub qos2_elsewhere: Option<&'a Arc<dyn crate::backplane::Backplane>>,
     /// The backplane's ticket the next write waits for.
     pub ticket: Option<Ticket>,
-    /// An incoming QoS 2 packet id that now awaits PUBREL, for the backplane
-    /// ([`Backplane::qos2_received`](crate::backplane::Backplane::qos2_received), called
-    /// once its message is made).
-    pub received: Option<u16>,
+    /// An incoming QoS 2 packet id that now awaits PUBREL, with the marks the backplane
+    /// made for its message and the ticket its PUBREC waits for
+    /// ([`Backplane::qos2_received`](crate::backplane::Backplane::qos2_received)).
+    pub received: Option<(u16, Arc<crate::BackplaneMark>, Ticket)>,
 }
 
 impl SessionChanges<'_> {
@@ -542,8 +542,10 @@ impl SessionChanges<'_> {
 
 impl tern_proto::session::server::Persist<Outgoing> for SessionChanges<'_> {
     fn qos2_received(&mut self, id: PacketId) -> bool {
-        if self.qos2_elsewhere.is_some() {
-            self.received = Some(id.get());
+        if let Some(b) = self.qos2_elsewhere {
+            self.received = b
+                .qos2_received(self.client, id.get())
+                .map(|(mark, ticket)| (id.get(), mark, ticket));
         }
         self.persistence.put_qos2(self.persistent, self.client, id)
     }

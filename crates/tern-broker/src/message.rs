@@ -230,6 +230,13 @@ impl Message {
         self.mark.made().id_or(fresh)
     }
 
+    /// The message with marks its backplane made for it before it existed
+    /// ([`crate::backplane::Backplane::qos2_received`]).
+    pub fn with_backplane_mark(self, mark: Arc<BackplaneMark>) -> Message {
+        let _ = self.mark.0.set(mark);
+        self
+    }
+
     /// The message with the backplane id it came with from another broker.
     pub fn with_backplane_id(self, id: (u64, u64)) -> Message {
         let _ = self.mark.made().id.set(id);

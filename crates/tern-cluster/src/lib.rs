@@ -687,8 +687,12 @@ impl Backplane for NodeBackplane {
         self.directory.q2_resumed(client_id, in_flight, incoming);
     }
 
-    fn qos2_received(&self, client_id: &str, packet_id: u16, message: &Arc<Message>) -> Option<Ticket> {
-        Some(self.directory.q2_received(client_id, packet_id, message))
+    fn qos2_received(
+        &self,
+        client_id: &str,
+        packet_id: u16,
+    ) -> Option<(Arc<tern_broker::BackplaneMark>, Ticket)> {
+        Some(self.directory.q2_received(client_id, packet_id))
     }
 
     fn qos2_released(&self, client_id: &str, packet_id: u16) -> Option<Ticket> {

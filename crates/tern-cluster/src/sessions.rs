@@ -213,8 +213,9 @@ struct Q2 {
     /// to be taken in (at the next write).
     inherit: bool,
     /// Incoming packet ids awaiting PUBREL: with the marks of a message received here
-    /// (stored once its position is known), `None` for one the session came with (its
-    /// message stored).
+    /// (stored once its position is known), `None` for one the session came with (written as
+    /// the entry says it; a restart from the store checks those with the cluster,
+    /// `Directory::unstored_forgotten`).
     incoming: HashMap<u16, Option<Arc<BackplaneMark>>>,
     /// The entry as this node last wrote it, and its revision (`Directory::save`).
     written: Option<(u64, Record)>,
@@ -683,15 +684,17 @@ impl Directory {
         }
     }
 
-    /// `client`'s client published `message` with QoS 2 and `packet_id` (see
-    /// [`Backplane::qos2_received`]): the message gets its id, and is stored once the entry
-    /// lists the packet id with it, so that a node recovering the session knows whether a
-    /// resent PUBLISH with that id is stored already.
+    /// `client`'s client published a QoS 2 message with `packet_id` (see
+    /// [`Backplane::qos2_received`]; under the session's lock): the marks of the message, with
+    /// its id, held until the entry lists the packet id with it (so that a node recovering
+    /// the session knows whether a resent PUBLISH with that id is stored already), and the
+    /// ticket of that write.
     ///
     /// [`Backplane::qos2_received`]: tern_broker::backplane::Backplane::qos2_received
-    pub(crate) fn q2_received(&self, client: &str, packet_id: u16, message: &Arc<Message>) -> u64 {
-        self.parts.outbound.id_of(message);
-        let mark = message.backplane_mark();
+    pub(crate) fn q2_received(&self, client: &str, packet_id: u16) -> (Arc<BackplaneMark>, u64) {
+        let mark = Arc::new(BackplaneMark::default());
+        let outbound = &self.parts.outbound;
+        mark.id_or(|| outbound.fresh_id());
         {
             let mut all = self.q2.lock().unwrap_or_else(|e| e.into_inner());
             let q = all.entry(Arc::from(client)).or_insert_with(|| Q2 {
@@ -702,7 +705,7 @@ impl Directory {
         }
         let ticket = self.write_awaited(client);
         mark.hold_until(ticket);
-        ticket
+        (mark, ticket)
     }
 
     /// A PUBREL came for `client`'s incoming `packet_id` (see [`Backplane::qos2_released`]):
@@ -713,8 +716,9 @@ impl Directory {
         if let Some(q) = self.q2.lock().unwrap_or_else(|e| e.into_inner()).get_mut(client) {
             q.incoming.remove(&packet_id);
         }
-        // Written even when this node did not know the id: the entry may list it (taken
-        // over by a claim), and the id must be gone from it before the client reuses it.
+        // Written even when this node's QoS 2 state did not list the id (a session that
+        // came with it before this node wrote its entry): the entry may list it, and the id
+        // must be gone from it before the client reuses it.
         self.write_awaited(client)
     }
 

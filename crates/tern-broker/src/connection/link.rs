@@ -116,9 +116,10 @@ pub(crate) struct Link {
     pub pending_messages: u64,
     /// The store group of the QoS 2 PUBLISH being handled.
     pub group: Option<crate::durability::Group>,
-    /// The packet id of the QoS 2 PUBLISH being handled, when the backplane is to hear of
-    /// it ([`crate::backplane::Backplane::qos2_received`]).
-    pub qos2_received: Option<u16>,
+    /// The packet id of the QoS 2 PUBLISH being handled, the marks the backplane made for
+    /// its message and the ticket its PUBREC waits for
+    /// ([`crate::backplane::Backplane::qos2_received`]).
+    pub qos2_received: Option<(u16, Arc<crate::BackplaneMark>, crate::durability::Ticket)>,
     /// A re-authentication exchange in progress.
     pub reauth: Option<Box<dyn crate::AuthExchange>>,
     /// This connection's share of the budget for partial packets, while its packet in
@@ -270,7 +271,7 @@ impl ServerHost for Link {
         } = &mut *st;
         let mut changes = self.changes(*persistent, *expiry_interval > 0);
         let r = f(proto, &mut changes);
-        let (ticket, received) = (changes.ticket, changes.received);
+        let (ticket, received) = (changes.ticket, changes.received.take());
         drop(st);
         self.wait_for_session(ticket);
         if received.is_some() {
@@ -291,22 +292,18 @@ impl ServerHost for Link {
             r.set(counts);
         });
         let publish_id = publish.packet_id.map(|id| id.get());
-        let msg = Arc::new(Message::from_publish(
-            publish,
-            topic,
-            Some(self.client_id.clone()),
-            now,
-        ));
+        let mut msg = Message::from_publish(publish, topic, Some(self.client_id.clone()), now);
+        // The QoS 2 packet id the session took for this message (it outlives its connection,
+        // and the backplane keeps its QoS 2 state): the message carries the backplane's marks.
+        if let Some((packet_id, mark, ticket)) = self.qos2_received.take() {
+            if publish_id == Some(packet_id) {
+                msg = msg.with_backplane_mark(mark);
+                self.wait_for_session(Some(ticket));
+            }
+        }
+        let msg = Arc::new(msg);
         if let Some(recent) = &self.core.recent {
             recent.note(&msg);
-        }
-        // The QoS 2 packet id the session took for this message (it outlives its
-        // connection, and the backplane keeps its QoS 2 state).
-        if let Some(packet_id) = self.qos2_received.take() {
-            if let (Some(b), true) = (&self.core.backplane, publish_id == Some(packet_id)) {
-                let ticket = b.qos2_received(&self.client_id, packet_id, &msg);
-                self.wait_for_session(ticket);
-            }
         }
         self.route_message(&msg)
     }
