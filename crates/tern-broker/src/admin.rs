@@ -224,7 +224,7 @@ impl Admin {
     /// session of `client_id`, after what it holds (`front`: before), and wait until they are
     /// in the store; how many were added (expired ones are left out).
     pub async fn add_deliveries(&self, client_id: &str, raw: &[u8], front: bool) -> Result<usize, String> {
-        let at = if front { 0 } else { usize::MAX };
+        let at = front.then_some(0);
         let n = self
             .core
             .take_in_rest(client_id, raw, at)

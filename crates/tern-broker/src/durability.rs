@@ -377,9 +377,24 @@ impl Persistence {
     /// Keep a QoS 1/2 message queued for `client`'s persistent session: it gets the session's
     /// next sequence number, and the ticket its delivery must wait for (`commit_seq`).
     pub fn put_queued(&self, st: &mut SessionState, client: &Arc<str>, out: &mut Outgoing) {
+        self.put_queued_numbered(st, client, out, None);
+    }
+
+    /// [`Durability::put_queued`] under the store number `seq` when given (one of
+    /// [`SessionState::numbers_between`]: for a message put before others in the queue)
+    /// rather than the session's next.
+    pub fn put_queued_numbered(
+        &self,
+        st: &mut SessionState,
+        client: &Arc<str>,
+        out: &mut Outgoing,
+        seq: Option<u64>,
+    ) {
         if let (Some(store), true, true) = (&self.store, st.persistent, out.qos != QoS::AtMostOnce) {
-            out.seq = st.next_seq;
-            st.next_seq += 1;
+            out.seq = seq.unwrap_or_else(|| {
+                st.next_seq += 1;
+                st.next_seq - 1
+            });
             out.commit_seq = store.submit(self.delivery(client, out, None));
         }
     }

@@ -34,6 +34,11 @@ pub enum HandOff {
     },
 }
 
+/// Store numbers left free after a session's handed-over messages ([`Core::take_in`]) for
+/// those that reached it on the other broker meanwhile ([`Core::take_in_rest`]), which go
+/// before what is routed here from then on; far more than a session's queue can hold.
+const REST_ROOM: u64 = 1 << 32;
+
 impl Core {
     /// Give up the session of `client_id` to another broker (see [`HandOff`]). The attached
     /// connection, if any, is closed as by a takeover (5.0: DISCONNECT 0x8E), and its will
@@ -232,6 +237,11 @@ impl Core {
                     }
                 }
             }
+            if persistent {
+                // Room in the store's order for the rest, which goes after these and before
+                // what is routed here from now on (see `take_in_rest`).
+                st.next_seq += REST_ROOM;
+            }
             for id in qos2.into_iter().filter_map(PacketId::new) {
                 st.proto.restore_qos2(id);
                 if persistent {
@@ -252,12 +262,13 @@ impl Core {
     /// Put the deliveries that reached the session on the other broker while it was being
     /// installed here ([`Core::hand_over_rest`] there) into its queue at `at`: after those
     /// handed over first, before those routed here since. Messages routed to both brokers in
-    /// that moment arrive twice, but for QoS 2 messages with a backplane id.
+    /// that moment arrive twice, but for QoS 2 messages with a backplane id. `at` `None`:
+    /// after everything the session holds, those on disk too.
     pub(crate) fn take_in_rest(
         self: &Arc<Self>,
         client_id: &str,
         raw: &[u8],
-        at: usize,
+        at: Option<usize>,
     ) -> Result<usize, record::Corrupt> {
         let stamp = self.clock.stamp();
         let rest = record::read_handover(raw, stamp)?;
@@ -276,8 +287,25 @@ impl Core {
             rest = rest.deliveries.len(),
             "rest of a session taken in"
         );
-        let mut at = at.min(st.queue.len());
+        // After messages on disk: these go there too, behind them.
+        let to_disk = at.is_none() && st.spill.is_some();
+        let mut at = at.unwrap_or(usize::MAX).min(st.queue.len());
         let mut n = 0;
+        // Their store numbers go between those of their neighbours: a restart from the store
+        // queues by number (before, they were numbered after what was routed here since, and
+        // such a restart delivered them after it).
+        let kept = rest
+            .deliveries
+            .iter()
+            .filter(|d| d.qos != QoS::AtMostOnce)
+            .count();
+        let mut numbers = None;
+        if self.durability.enabled() && st.persistent && kept > 0 && !to_disk && st.stored_after(at) {
+            numbers = st.numbers_between(at, kept as u64);
+            if numbers.is_none() {
+                tracing::warn!(client_id, at, kept, "no room in the store's order for messages put into a queue: a restart from the store may deliver them later");
+            }
+        }
         // A QoS 2 message that reached the session on both brokers in that moment (or that a
         // cluster read back from its streams and routed here as well) is taken once, by the
         // id the backplane gave it: QoS 2 is exactly once (v5 section 4.3.3).
@@ -302,7 +330,22 @@ impl Core {
             if out.msg.is_expired(stamp.now) {
                 continue;
             }
-            self.durability.put_queued(st, &cell.client_id, &mut out);
+            if to_disk && out.qos != QoS::AtMostOnce {
+                self.durability.put_queued(st, &cell.client_id, &mut out);
+                if let Some(spill) = st.spill.as_deref_mut() {
+                    spill.count += 1;
+                    spill.bytes += out.msg.payload.len() as u64;
+                    spill.ticket = out.commit_seq;
+                }
+                n += 1;
+                continue;
+            }
+            let seq = match out.qos {
+                QoS::AtMostOnce => None,
+                _ => numbers.as_mut().and_then(Iterator::next),
+            };
+            self.durability
+                .put_queued_numbered(st, &cell.client_id, &mut out, seq);
             st.queued_bytes += out.msg.payload.len();
             self.queued.grew(out.msg.payload.len());
             st.queue.insert(at, out);

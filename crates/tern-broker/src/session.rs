@@ -97,7 +97,8 @@ pub(crate) struct SessionState {
     pub pending_will_at: Option<std::time::Instant>,
     /// Whether the session is kept in the store (persistence on and expiry > 0).
     pub persistent: bool,
-    /// Next sequence number for a stored message.
+    /// Next sequence number for a stored message (the store keeps a session's queue in
+    /// this order; [`FIRST_SEQ`], then up).
     pub next_seq: u64,
     /// Since when the queue is over its limits (publishers are being slowed).
     pub full_since: Option<std::time::Instant>,
@@ -153,6 +154,12 @@ impl SessionState {
         }
     }
 }
+
+/// The store number of a new session's first message. The numbers below are room for
+/// messages put in front of its queue later ([`SessionState::numbers_between`]: a handout
+/// its claimant gave up goes back to the front) that must come back in that order when the
+/// broker restarts from its store, which queues a session's messages by number.
+pub(crate) const FIRST_SEQ: u64 = 1 << 32;
 
 /// Messages queued for a persistent session that are on disk and not in memory: while its
 /// client is away and its queue is at its memory limits (`max_queued_messages`,
@@ -237,7 +244,7 @@ impl SessionCell {
                 pending_will: None,
                 pending_will_at: None,
                 persistent: false,
-                next_seq: 1,
+                next_seq: FIRST_SEQ,
                 full_since: None,
                 limits: None,
             }),
@@ -551,6 +558,37 @@ impl SessionState {
     pub fn shrink(&mut self) {
         self.queue.shrink_to_fit();
         self.proto.shrink();
+    }
+
+    /// Store numbers for `n` messages put into the queue at `at`, before others: below
+    /// those of the messages after them (on disk too), above those before them and those in
+    /// flight, so that a restart from the store, which queues by number, keeps this order.
+    /// `None`: nothing stored comes after `at` (they are numbered as usual, from
+    /// `next_seq`), or there is no room between.
+    pub fn numbers_between(&self, at: usize, n: u64) -> Option<std::ops::Range<u64>> {
+        let above = self
+            .queue
+            .iter()
+            .skip(at)
+            .map(|o| o.seq)
+            .filter(|&s| s != 0)
+            .chain(self.spill.as_deref().map(|s| s.after.saturating_add(1)))
+            .min()?;
+        let below = self
+            .queue
+            .iter()
+            .take(at)
+            .map(|o| o.seq)
+            .chain(self.proto.inflight().map(|f| f.message.seq))
+            .filter(|&s| s < above)
+            .max()
+            .unwrap_or(0);
+        (above - below > n).then(|| above - n..above)
+    }
+
+    /// Whether anything stored comes after `at` in the queue (or on disk).
+    pub fn stored_after(&self, at: usize) -> bool {
+        self.spill.is_some() || self.queue.iter().skip(at).any(|o| o.seq != 0)
     }
 
     /// Take the next queued message.

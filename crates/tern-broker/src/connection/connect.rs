@@ -462,7 +462,9 @@ async fn finish_claim(core: &Arc<Core>, client_id: &str, at: Option<usize>) {
     };
     let added = match tokio::time::timeout(CLAIM_DEADLINE, rest).await {
         Ok(Ok(Some(raw))) => match at {
-            Some(at) => core.take_in_rest(client_id, &raw, at).map_err(|e| e.to_string()),
+            Some(at) => core
+                .take_in_rest(client_id, &raw, Some(at))
+                .map_err(|e| e.to_string()),
             None => Ok(0),
         },
         Ok(Ok(None)) => Ok(0),

@@ -786,3 +786,173 @@ async fn retained_after_restart(b: BrokerHandle, n: usize) {
     assert_eq!(count, n + 1);
     b.shutdown().await;
 }
+
+/// A backplane that moves sessions from another broker in this process as a cluster's claim
+/// does ([`tern_broker::Admin::hand_over`] there), and in the moment between the session's
+/// install here and the rest's handover (`claimed`) publishes `r0..r2` on the broker it
+/// leaves (what reaches it there meanwhile: the rest) and `b0..b2` here.
+#[derive(Debug)]
+struct Mover {
+    from: tern_broker::Admin,
+    /// Taken when used: a broker holds its backplane, which must not keep the broker (and
+    /// its store) alive after it stops.
+    here: std::sync::Mutex<Option<tern_broker::Admin>>,
+    generation: std::sync::Mutex<Option<u64>>,
+}
+
+impl tern_broker::backplane::Backplane for Mover {
+    fn published(&self, _: &std::sync::Arc<tern_broker::Message>) {}
+    fn subscribed(&self, _: &str) {}
+    fn unsubscribed(&self, _: &str) {}
+    fn claim(&self, client_id: &str, clean_start: bool) -> Option<tern_broker::backplane::Claim> {
+        match self.from.hand_over(client_id, clean_start) {
+            tern_broker::HandOff::Moved { raw, generation } => {
+                *self.generation.lock().unwrap() = Some(generation);
+                Some(Box::pin(async move { Ok(Some(raw)) }))
+            }
+            tern_broker::HandOff::Ended => Some(Box::pin(async { Ok(None) })),
+            _ => None,
+        }
+    }
+    fn claimed(&self, client_id: &str) -> Option<tern_broker::backplane::Claim> {
+        let generation = self.generation.lock().unwrap().take()?;
+        let here = self.here.lock().unwrap().take()?;
+        for (admin, name) in [(&self.from, "r"), (&here, "b")] {
+            for i in 0..3 {
+                let m = tern_broker::Message::new("mv/t", format!("{name}{i}"), QoS::AtLeastOnce, false);
+                assert_eq!(admin.publish(m), Ok(1));
+            }
+        }
+        let rest = self.from.hand_over_rest(client_id, Some(generation));
+        Some(Box::pin(async move { Ok(rest) }))
+    }
+}
+
+/// A broker on `dir` whose backplane moves sessions from `from` ([`Mover`]).
+async fn start_moving(dir: &TempDir, from: &BrokerHandle) -> BrokerHandle {
+    let mover = std::sync::Arc::new(Mover {
+        from: from.admin(),
+        here: std::sync::Mutex::new(None),
+        generation: std::sync::Mutex::new(None),
+    });
+    let dir = dir.0.clone();
+    let b = BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(move |c| c.data_dir = Some(dir))
+        .backplane(mover.clone())
+        .bind()
+        .await
+        .expect("bind")
+        .spawn();
+    *mover.here.lock().unwrap() = Some(b.admin());
+    b
+}
+
+/// Receive the payloads `want` in this order (with DUP set: `dup`), acknowledging each when
+/// `ack`.
+async fn expect_in_order(sub: &mut Raw, want: &[&str], dup: bool, ack: bool) {
+    let mut got = Vec::new();
+    for _ in want {
+        let p = sub.recv_publish().await;
+        assert_eq!(p.dup, dup, "{:?}", p.payload);
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        if ack {
+            sub.ack(&p).await;
+        }
+    }
+    assert_eq!(got, want);
+}
+
+/// A session moved to this broker by a backplane (a cluster's live handover): the messages
+/// that reached it on the other broker while it was being installed here (the rest) go after
+/// those handed over first and before those routed here since, also once this broker
+/// restarts from its store, which queues by store number (before, the rest was numbered
+/// after the messages routed here since: the restart sent h, b, r). v5 [MQTT-4.6.0-6]: the
+/// order of a publisher's messages holds.
+#[tokio::test]
+async fn messages_handed_over_in_two_parts_keep_their_order_across_a_restart_mqtt_4_6_0_6() {
+    let dir = TempDir::new("handover-order");
+    let a = start().await;
+    let (mut sub, _) = Raw::connect_with(a.addr(), persistent(V5, "mover")).await;
+    sub.subscribe("mv/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    for i in 0..3 {
+        let m = tern_broker::Message::new("mv/t", format!("h{i}"), QoS::AtLeastOnce, false);
+        assert_eq!(a.publish(m), Ok(1));
+    }
+    let b = start_moving(&dir, &a).await;
+    let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(V5, "mover")).await;
+    assert!(ack.session_present, "handed over from a");
+    assert!(a.session("mover").is_none(), "the rest left a");
+    let want = ["h0", "h1", "h2", "r0", "r1", "r2", "b0", "b1", "b2"];
+    // Sent, not acknowledged: in flight when b stops.
+    expect_in_order(&mut sub, &want, false, false).await;
+    drop(sub);
+    b.shutdown().await;
+
+    let b = start_in(&dir).await;
+    let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(V5, "mover")).await;
+    assert!(ack.session_present, "restored from b's store");
+    expect_in_order(&mut sub, &want, true, true).await;
+    sub.expect_silence(200).await;
+    b.shutdown().await;
+}
+
+/// Deliveries put back into a stored session's queue (a cluster node gives back to the front
+/// a handout its claimant gave up, and adds behind what its store kept the messages stored
+/// in the cluster while it was down): in that order in the queue, and after a restart from
+/// the store, also behind messages waiting on disk (v5 [MQTT-4.6.0-6]).
+#[tokio::test]
+async fn deliveries_added_to_a_stored_queue_keep_their_place_across_a_restart_mqtt_4_6_0_6() {
+    // A handout of `names` from another broker's session.
+    async fn handout(names: &[&str]) -> bytes::Bytes {
+        let a = start().await;
+        let (mut sub, _) = Raw::connect_with(a.addr(), persistent(V5, "q")).await;
+        sub.subscribe("q/#", QoS::AtLeastOnce).await;
+        sub.disconnect().await;
+        for n in names {
+            assert_eq!(
+                a.publish(tern_broker::Message::new(
+                    "q/t",
+                    n.to_string(),
+                    QoS::AtLeastOnce,
+                    false
+                )),
+                Ok(1)
+            );
+        }
+        match a.admin().hand_over("q", false) {
+            tern_broker::HandOff::Moved { raw, .. } => raw,
+            other => panic!("expected the session to move, got {other:?}"),
+        }
+    }
+    for (front, want) in [
+        (true, ["f0", "f1", "q0", "q1", "q2", "q3", "q4"]),
+        (false, ["q0", "q1", "q2", "q3", "q4", "f0", "f1"]),
+    ] {
+        let dir = TempDir::new("added");
+        // Two in memory, the others on disk while the client is away.
+        let start_b = || start_spilling(&dir, 2, 1_000);
+        let b = start_b().await;
+        let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "q")).await;
+        sub.subscribe("q/#", QoS::AtLeastOnce).await;
+        sub.disconnect().await;
+        for i in 0..5 {
+            let m = tern_broker::Message::new("q/t", format!("q{i}"), QoS::AtLeastOnce, false);
+            assert_eq!(b.publish(m), Ok(1));
+        }
+        assert_eq!(b.session("q").map(|s| s.on_disk.0), Some(3));
+        let raw = handout(&["f0", "f1"]).await;
+        assert_eq!(b.admin().add_deliveries("q", &raw, front).await, Ok(2));
+        let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "q")).await;
+        expect_in_order(&mut sub, &want, false, false).await;
+        drop(sub);
+        b.shutdown().await;
+        let b = start_b().await;
+        let (mut sub, ack) = Raw::connect_with(b.addr(), persistent(V5, "q")).await;
+        assert!(ack.session_present);
+        expect_in_order(&mut sub, &want, true, true).await;
+        sub.expect_silence(200).await;
+        b.shutdown().await;
+    }
+}
