@@ -27,13 +27,23 @@ use crate::message::Message;
 pub type Claim = Pin<Box<dyn Future<Output = Result<Option<bytes::Bytes>, String>> + Send>>;
 
 /// How far back the messages a session holds (queued, or sent and not acknowledged) go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Held {
     /// It holds none.
     Nothing,
     /// The oldest reached this broker then ([`Message::arrived`], or a client's PUBLISH).
     Since(std::time::Instant),
-    /// Some of them have no time (they came from the store or from another broker).
+    /// Some of them have no time but their place in the backplane's store
+    /// ([`Message::placed_at`]): the oldest arrival of the others (`since`), and for each
+    /// shard that holds some of them the lowest sequence (`lowest`, one entry per shard).
+    Placed {
+        /// When the oldest of those with an arrival time reached this broker.
+        since: Option<std::time::Instant>,
+        /// (shard, lowest sequence held).
+        lowest: Vec<(u16, u64)>,
+    },
+    /// Some of them have neither (they came from this broker's store, or from another
+    /// broker without a place).
     Unknown,
 }
 

@@ -1125,27 +1125,34 @@ const MAX_RETAINED_CURSORS: usize = 1024;
 const REFILL_BATCH: usize = 256;
 
 /// How far back the messages `st` holds in flight or queued go (the queue is in arrival
-/// order but for retained messages; its first 1,000 are looked at, and a session with more
-/// on disk counts as unknown).
+/// order but for retained messages; its first 1,000 are looked at, all of it once one has
+/// only a place in the backplane's store; a session with more on disk counts as unknown).
 fn held(st: &crate::session::SessionState) -> crate::backplane::Held {
     use crate::backplane::Held;
     if st.spill.is_some() {
         return Held::Unknown;
     }
     let mut oldest: Option<Instant> = None;
-    for o in st
-        .proto
-        .inflight()
-        .map(|i| &i.message)
-        .chain(st.queue.iter().take(1000))
-    {
-        match o.msg.received_at {
-            Some(t) => oldest = Some(oldest.map_or(t, |x| x.min(t))),
-            None => return Held::Unknown,
+    let mut lowest: Vec<(u16, u64)> = Vec::new();
+    let held = st.proto.inflight().map(|i| &i.message).chain(st.queue.iter());
+    for (i, o) in held.enumerate() {
+        // Placed messages (read back from a backplane's store) are in their shard's order,
+        // not in arrival order: each is looked at.
+        if i >= 1000 && lowest.is_empty() {
+            break;
+        }
+        match (o.msg.received_at, o.msg.backplane_position()) {
+            (Some(t), _) => oldest = Some(oldest.map_or(t, |x| x.min(t))),
+            (None, Some((k, seq))) => match lowest.iter_mut().find(|(shard, _)| *shard == k) {
+                Some((_, low)) => *low = (*low).min(seq),
+                None => lowest.push((k, seq)),
+            },
+            (None, None) => return Held::Unknown,
         }
     }
-    match oldest {
-        Some(t) => Held::Since(t),
-        None => Held::Nothing,
+    match (oldest, lowest.is_empty()) {
+        (since, false) => Held::Placed { since, lowest },
+        (Some(t), true) => Held::Since(t),
+        (None, true) => Held::Nothing,
     }
 }

@@ -32,6 +32,19 @@ pub struct Message {
     pub(crate) received_at: Option<Instant>,
     /// What a backplane knows of it (its id there and where it keeps it).
     pub(crate) mark: Mark,
+    /// Where a backplane that brought it keeps it ([`Message::placed_at`]), packed as in
+    /// [`BackplaneMark`]; 0: not known.
+    pub(crate) placed: u64,
+}
+
+/// `(shard + 1) << 48 | sequence`, `None` beyond those ranges.
+fn pack_position(shard: u16, sequence: u64) -> Option<u64> {
+    (shard < u16::MAX && sequence < 1 << 48).then(|| (u64::from(shard) + 1) << 48 | sequence)
+}
+
+/// The position packed by [`pack_position`] (0: none).
+fn unpack_position(p: u64) -> Option<(u16, u64)> {
+    (p != 0).then(|| ((p >> 48) as u16 - 1, p & ((1 << 48) - 1)))
 }
 
 /// A backplane's marks on a message ([`BackplaneMark`]), made on first use and shared with
@@ -104,10 +117,7 @@ impl BackplaneMark {
 
     /// Where the backplane keeps the message: shard (below 65,535) and sequence (below 2^48).
     pub fn position(&self) -> Option<(u16, u64)> {
-        match self.position.load(Ordering::Acquire) {
-            0 => None,
-            p => Some(((p >> 48) as u16 - 1, p & ((1 << 48) - 1))),
-        }
+        unpack_position(self.position.load(Ordering::Acquire))
     }
 }
 
@@ -169,6 +179,7 @@ impl Message {
             stored: StoredId::default(),
             received_at: None,
             mark: Mark::default(),
+            placed: 0,
         }
     }
 
@@ -191,6 +202,7 @@ impl Message {
             stored: StoredId::default(),
             received_at: Some(now),
             mark: Mark::default(),
+            placed: 0,
         }
     }
 
@@ -211,6 +223,7 @@ impl Message {
             received_at: None,
             // A copy is the same message to a backplane (its id, where it is stored).
             mark: self.mark.shared(self.qos),
+            placed: self.placed,
         }
     }
 
@@ -250,16 +263,28 @@ impl Message {
 
     /// Where the backplane keeps it: shard (below 65,535) and sequence (below 2^48).
     pub fn backplane_position(&self) -> Option<(u16, u64)> {
-        self.mark.get()?.position()
+        self.mark
+            .get()
+            .and_then(|m| m.position())
+            .or_else(|| unpack_position(self.placed))
     }
 
     /// Say where the backplane keeps it (ignored beyond the ranges of
     /// [`Message::backplane_position`]); its copies see it too.
     pub fn set_backplane_position(&self, shard: u16, sequence: u64) {
-        if shard < u16::MAX && sequence < 1 << 48 {
-            let p = (u64::from(shard) + 1) << 48 | sequence;
+        if let Some(p) = pack_position(shard, sequence) {
             self.mark.made().position.store(p, Ordering::Release);
         }
+    }
+
+    /// The message as a backplane brought it, from where it keeps it: shard (below 65,535)
+    /// and sequence (below 2^48; ignored beyond). Without marks of its own (no allocation):
+    /// a message read from a backplane's store has a place before anyone shares it. A
+    /// session that holds such a message without an arrival time can still say how far
+    /// back what it holds goes ([`crate::backplane::Held::Placed`]).
+    pub fn placed_at(mut self, shard: u16, sequence: u64) -> Message {
+        self.placed = pack_position(shard, sequence).unwrap_or(0);
+        self
     }
 
     /// Its backplane marks (made now if it has none), to be read later without keeping the
@@ -381,6 +406,12 @@ mod tests {
         let q1 = Message::new("t", "p", QoS::AtLeastOnce, false);
         assert_eq!(q1.detached().backplane_id(), None);
         assert!(q1.mark.get().is_none());
+        // A place given when it was read from the backplane's store stays with its copies,
+        // still without marks.
+        let placed = Message::new("t", "p", QoS::AtLeastOnce, false).placed_at(1, 42);
+        assert_eq!(placed.detached().backplane_position(), Some((1, 42)));
+        assert!(placed.mark.get().is_none());
+        assert_eq!(q1.placed_at(u16::MAX, 1).backplane_position(), None);
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub(crate) fn publish_once(core: &Core) {
             stored: Default::default(),
             received_at: None,
             mark: Default::default(),
+            placed: 0,
         });
         core.retain(&msg);
         core.publish_internal(&msg);

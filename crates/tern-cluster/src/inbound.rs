@@ -136,11 +136,16 @@ impl Inbound {
                 // order for every node; here the message is only delivered.
                 // Its arrival time tells how far back a session's unacknowledged messages go
                 // (`sessions.rs`, the floor of a session's record).
-                Ok(msg) => {
-                    // Where a QoS 2 message is: a delivered one is left out of the session's
-                    // entry once its floor is past it.
-                    if let (Some((k, seq)), tern_proto::QoS::ExactlyOnce) = (position, msg.qos) {
-                        msg.set_backplane_position(k, seq);
+                Ok(mut msg) => {
+                    if let Some((k, seq)) = position {
+                        // Where a QoS 2 message is: a delivered one is left out of the
+                        // session's entry once its floor is past it.
+                        if msg.qos == tern_proto::QoS::ExactlyOnce {
+                            msg.set_backplane_position(k, seq);
+                        }
+                        // A session it goes to with a live handover (which does not carry
+                        // arrival times) still says how far back it holds messages.
+                        msg = msg.placed_at(k, seq);
                     }
                     Some(msg.arrived(now))
                 }

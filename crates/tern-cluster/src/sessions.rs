@@ -559,11 +559,29 @@ impl Directory {
         (t >= self.start.0).then(|| self.start.1.clone())
     }
 
-    /// The floor of a session holding `held`: what it may still need is after it.
-    fn floor(&self, held: Held) -> Option<Vec<u64>> {
+    /// The floor of `client`'s session holding `held`: what it may still need is after it.
+    /// `before`: the tailers' positions read before the session was looked at (a session
+    /// that held nothing then has had everything up to there). None while this node claims
+    /// the session: what it came with may not all be there yet (the rest of a recovery, read
+    /// from the streams up to where the tailers are, comes after the session is installed).
+    fn floor(&self, client: &str, held: Held, before: Vec<u64>) -> Option<Vec<u64>> {
+        if self.is_claiming(client) {
+            return None;
+        }
         match held {
-            Held::Nothing => Some(positions(&self.parts.positions)),
+            Held::Nothing => Some(before),
             Held::Since(t) => self.positions_at(t),
+            Held::Placed { since, lowest } => {
+                let mut floor = match since {
+                    Some(t) => self.positions_at(t)?,
+                    None => before,
+                };
+                for (k, seq) in lowest {
+                    let f = floor.get_mut(usize::from(k))?;
+                    *f = (*f).min(seq.saturating_sub(1));
+                }
+                Some(floor)
+            }
             Held::Unknown => None,
         }
     }
@@ -602,7 +620,7 @@ impl Directory {
         let op = Op::Saved {
             client: client.into(),
             record: Some(record),
-            floor: self.floor(held),
+            floor: self.floor(client, held, positions(&self.parts.positions)),
         };
         self.enqueue_with(client.into(), op, ticket);
         ticket
@@ -866,10 +884,8 @@ impl Directory {
         }
         // Read before the session is looked at (see `refresh_floors`).
         let before = positions(&self.parts.positions);
-        match self.admin.get()?.held(client)? {
-            Held::Nothing => Some(before),
-            held => self.floor(held),
-        }
+        let held = self.admin.get()?.held(client)?;
+        self.floor(client, held, before)
     }
 
     /// Put what this node knows of `client`'s QoS 2 deliveries into `record` (about to be
@@ -1693,6 +1709,9 @@ impl Directory {
                             if msg.qos == QoS::ExactlyOnce {
                                 msg.set_backplane_position(k as u16, seq);
                             }
+                            // Its place lets the session's floor rise past it once the
+                            // client has it (it has no arrival time here).
+                            let msg = msg.placed_at(k as u16, seq);
                             match msg.backplane_id() {
                                 Some(id) if q2.flight.contains(&id) => {
                                     found.insert(id, Arc::new(msg));
@@ -2534,11 +2553,7 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
         // every message up to here delivered and acknowledged.
         let before = positions(&directory.parts.positions);
         for (client, held) in admin.held_by_connected() {
-            let floor = match held {
-                Held::Nothing => Some(before.clone()),
-                held => directory.floor(held),
-            };
-            let Some(floor) = floor else {
+            let Some(floor) = directory.floor(&client, held, before.clone()) else {
                 continue;
             };
             if written.get(&client) != Some(&floor) {

@@ -473,6 +473,7 @@ mod tests {
             stored: Default::default(),
             received_at: None,
             mark: Default::default(),
+            placed: 0,
         })
     }
 

@@ -159,6 +159,7 @@ fn get_message(b: &mut Bytes, now: Stamp) -> Result<Message, Corrupt> {
         stored: Default::default(),
         received_at: None,
         mark: Default::default(),
+        placed: 0,
     })
 }
 
@@ -403,6 +404,22 @@ pub fn handover(h: &Handover, now: Stamp) -> Bytes {
         b.put_u64(hi);
         b.put_u64(lo);
     }
+    // Added after the ids (a reader from before stops before it): where the backplane
+    // keeps each message (shard + 1, sequence; 0: not known), so that the broker taking the
+    // session in can say how far back its messages go without their arrival times.
+    b.put_u32(messages.len() as u32);
+    for m in &messages {
+        match m.backplane_position() {
+            Some((k, seq)) => {
+                b.put_u16(k + 1);
+                b.put_u64(seq);
+            }
+            None => {
+                b.put_u16(0);
+                b.put_u64(0);
+            }
+        }
+    }
     seal(b)
 }
 
@@ -440,6 +457,16 @@ pub fn read_handover(raw: &[u8], now: Stamp) -> Result<Handover, Corrupt> {
         for m in taken {
             let id = (get_u64(&mut tail)?, get_u64(&mut tail)?);
             messages.push(if id == (0, 0) { m } else { m.with_backplane_id(id) });
+        }
+        if tail.remaining() >= 4 && get_u32(&mut tail)? as usize == messages.len() {
+            let taken = std::mem::take(&mut messages);
+            for m in taken {
+                let (k, seq) = (get_u16(&mut tail)?, get_u64(&mut tail)?);
+                messages.push(match k {
+                    0 => m,
+                    k => m.placed_at(k - 1, seq),
+                });
+            }
         }
     }
     let messages: Vec<Arc<Message>> = messages.into_iter().map(Arc::new).collect();
@@ -526,6 +553,7 @@ mod tests {
             stored: Default::default(),
             received_at: None,
             mark: Default::default(),
+            placed: 0,
         }
     }
 
@@ -562,9 +590,9 @@ mod tests {
     }
 
     #[test]
-    fn a_handover_keeps_its_messages_backplane_ids_and_one_without_them_is_read() {
+    fn a_handover_keeps_its_messages_backplane_ids_and_places_and_one_without_them_is_read() {
         let now = crate::clock::Clock::system().stamp();
-        let tagged = Arc::new(msg().with_backplane_id((5, 77)));
+        let tagged = Arc::new(msg().with_backplane_id((5, 77)).placed_at(1, 300));
         let plain = Arc::new(msg());
         let delivery = |seq: u64, message: &Arc<Message>, stage| StoredDelivery {
             seq,
@@ -599,13 +627,27 @@ mod tests {
         let back = read_handover(&raw, now).unwrap();
         let ids: Vec<_> = back.deliveries.iter().map(|d| d.message.backplane_id()).collect();
         assert_eq!(ids, vec![Some((5, 77)), None, Some((5, 77))]);
+        let places: Vec<_> = back
+            .deliveries
+            .iter()
+            .map(|d| d.message.backplane_position())
+            .collect();
+        assert_eq!(places, vec![Some((1, 300)), None, Some((1, 300))]);
         assert!(Arc::ptr_eq(
             &back.deliveries[0].message,
             &back.deliveries[2].message
         ));
         assert_eq!(back.qos2, vec![9]);
-        // Written before the ids were added: the same without its last section.
+        // Written before the places were added: the same without its last section.
         let mut body = open(&raw).unwrap();
+        body.truncate(body.len() - 4 - 2 * 10);
+        let old = read_handover(&seal(BytesMut::from(&body[..])), now).unwrap();
+        assert_eq!(old.deliveries[0].message.backplane_id(), Some((5, 77)));
+        assert!(old
+            .deliveries
+            .iter()
+            .all(|d| d.message.backplane_position().is_none()));
+        // Written before the ids were added: without the two last sections.
         body.truncate(body.len() - 4 - 2 * 16);
         let old = read_handover(&seal(BytesMut::from(&body[..])), now).unwrap();
         assert_eq!(old.deliveries.len(), 3);

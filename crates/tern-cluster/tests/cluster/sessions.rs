@@ -484,3 +484,126 @@ async fn a_node_back_on_nats_drops_a_session_another_node_took_meanwhile() {
     }
     answering.abort();
 }
+
+/// A session recovered from the streams after its node died holds what it came with
+/// without arrival times (on the node that recovered it), but with their places in the
+/// streams: as its client acknowledges them, the floor in its entry rises to just below the
+/// first it still holds (before, the floor stayed where the dead node left it until all of
+/// them were delivered and the next floor write, and a second recovery soon after read them
+/// all again: duplicates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_sessions_floor_rises_past_what_its_client_acknowledged() {
+    floor_after_a_move(true).await;
+}
+
+/// The same for a session handed over by a live node: the handover carries the places its
+/// node's tailers gave the messages (not their arrival times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_sessions_floor_rises_past_what_its_client_acknowledged() {
+    floor_after_a_move(false).await;
+}
+
+/// 20 messages reach an offline session on node a from a publisher on node b; the session
+/// moves to b (`kill`: a dies and b recovers it, otherwise a hands it over); the client takes
+/// 10; the floor in its entry is then just below the 11th.
+async fn floor_after_a_move(kill: bool) {
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let (mut sub, _) = connect(a.addr(), V5, "floored", false).await;
+    sub.subscribe("fl/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    let js = async_nats::jetstream::new(nc);
+    let kv = js.get_key_value("tern_sessions").await.expect("bucket");
+    let key: String = std::iter::once("c".to_string())
+        .chain("floored".bytes().map(|b| format!("{b:02x}")))
+        .collect();
+    let floor = || async {
+        let raw = kv.get(&key).await.expect("read").expect("entry");
+        let v: serde_json::Value = serde_json::from_slice(&raw).expect("json");
+        v["floor"]
+            .as_array()
+            .expect("floor")
+            .iter()
+            .map(|f| f.as_u64().expect("number"))
+            .collect::<Vec<u64>>()
+    };
+    let before = floor().await;
+    let mut p = Raw::connect(b.addr(), V5, "fl-pub").await;
+    for i in 0..20 {
+        p.publish("fl/t", &i.to_string(), QoS::AtLeastOnce, false).await;
+    }
+    wait_held(&a, "floored", 20).await;
+    // The 20 are in one shard's stream (one publisher), the last at `last`.
+    let mut placed = None;
+    for k in 0..before.len() {
+        let mut stream = js.get_stream(format!("tern_msgs_{k}")).await.expect("stream");
+        let state = stream.info().await.expect("info").state.clone();
+        if state.messages > 0 {
+            assert!(placed.is_none(), "one shard has them");
+            placed = Some((k, state.last_sequence));
+        }
+    }
+    let (k, last) = placed.expect("stored");
+    assert!(before[k] <= last - 20, "{before:?}");
+    // Node a dies and node b recovers the session from its entry and the streams, or a
+    // hands it over.
+    let _alive = match kill {
+        true => {
+            let node::Node { broker, cluster } = a;
+            drop(cluster);
+            drop(broker);
+            None
+        }
+        false => Some(a),
+    };
+    let mut c = Connect::new(V5, "floored");
+    c.keep_alive = 0;
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(300);
+    c.properties.receive_maximum = Some(5);
+    let mut sub = Raw::open(b.addr(), V5).await;
+    sub.send(Packet::Connect(Box::new(c))).await;
+    match sub.next_within(Duration::from_secs(30)).await {
+        Ok(Some(Packet::ConnAck(a))) => assert!(a.session_present, "{a:?}"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // The client takes 10 and acknowledges them; 5 more come (Receive Maximum 5), 5 wait.
+    for i in 0..10 {
+        let m = sub.recv_publish().await;
+        assert_eq!(m.payload, i.to_string().as_bytes(), "message {i}");
+        sub.ack(&m).await;
+    }
+    // A SUBSCRIBE writes the entry (its SUBACK waits for that) with the floor as it stands:
+    // just below message 10, the first not acknowledged.
+    sub.send(Packet::Subscribe(tern_proto::Subscribe {
+        packet_id: pid(900),
+        properties: Default::default(),
+        filters: vec![(
+            "other/x".into(),
+            tern_proto::SubscriptionOptions::qos(QoS::AtLeastOnce),
+        )],
+    }))
+    .await;
+    let mut sent = Vec::new();
+    loop {
+        match sub.recv().await {
+            Packet::Publish(m) => sent.push(m),
+            Packet::SubAck(_) => break,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+    let after = floor().await;
+    assert_eq!(after[k], last - 10, "before {before:?}, after {after:?}");
+    // The rest still arrives.
+    for i in 10..20 {
+        let m = match sent.is_empty() {
+            true => sub.recv_publish().await,
+            false => sent.remove(0),
+        };
+        assert_eq!(m.payload, i.to_string().as_bytes(), "message {i}");
+        sub.ack(&m).await;
+    }
+    drop(b);
+}
