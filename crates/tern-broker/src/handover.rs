@@ -288,7 +288,7 @@ impl Core {
             "rest of a session taken in"
         );
         // After messages on disk: these go there too, behind them.
-        let to_disk = at.is_none() && st.spill.is_some();
+        let mut to_disk = at.is_none() && st.spill.is_some();
         let mut at = at.unwrap_or(usize::MAX).min(st.queue.len());
         let mut n = 0;
         // Their store numbers go between those of their neighbours: a restart from the store
@@ -301,9 +301,18 @@ impl Core {
             .count();
         let mut numbers = None;
         if self.durability.enabled() && st.persistent && kept > 0 && !to_disk && st.stored_after(at) {
-            numbers = st.numbers_between(at, kept as u64);
+            numbers = st.numbers_between(at, kept).map(Vec::into_iter);
             if numbers.is_none() {
-                tracing::warn!(client_id, at, kept, "no room in the store's order for messages put into a queue: a restart from the store may deliver them later");
+                // Numbered after everything: in memory they would come before messages on
+                // disk numbered below them, which a refill or an export reads again.
+                to_disk = st.spill.is_some();
+                tracing::warn!(
+                    client_id,
+                    at,
+                    kept,
+                    to_disk,
+                    "no room in the store's order for messages put into a queue: they come later"
+                );
             }
         }
         // A QoS 2 message that reached the session on both brokers in that moment (or that a
@@ -331,10 +340,20 @@ impl Core {
                 continue;
             }
             if to_disk && out.qos != QoS::AtMostOnce {
+                let size = out.msg.payload.len() as u64;
+                let cfg = &self.config;
+                let full = st.spill.as_deref().is_none_or(|s| {
+                    s.count >= cfg.max_offline_messages || s.bytes + size > cfg.max_offline_bytes
+                }) || self.durability.disk_bytes() >= cfg.max_store_bytes;
+                if full {
+                    st.dropped += 1;
+                    tracing::warn!(client_id, dropped = st.dropped, "max_offline_messages, max_offline_bytes or max_store_bytes reached: a message added behind those on disk is dropped");
+                    continue;
+                }
                 self.durability.put_queued(st, &cell.client_id, &mut out);
                 if let Some(spill) = st.spill.as_deref_mut() {
                     spill.count += 1;
-                    spill.bytes += out.msg.payload.len() as u64;
+                    spill.bytes += size;
                     spill.ticket = out.commit_seq;
                 }
                 n += 1;

@@ -560,12 +560,13 @@ impl SessionState {
         self.proto.shrink();
     }
 
-    /// Store numbers for `n` messages put into the queue at `at`, before others: below
-    /// those of the messages after them (on disk too), above those before them and those in
-    /// flight, so that a restart from the store, which queues by number, keeps this order.
-    /// `None`: nothing stored comes after `at` (they are numbered as usual, from
+    /// Store numbers, ascending, for `n` messages put into the queue at `at`, before
+    /// others: below those of the messages after them (on disk too), above those before
+    /// them, and none of those in flight (which a restart puts back in the window, apart
+    /// from the queue), so that a restart from the store, which queues by number, keeps this
+    /// order. `None`: nothing stored comes after `at` (they are numbered as usual, from
     /// `next_seq`), or there is no room between.
-    pub fn numbers_between(&self, at: usize, n: u64) -> Option<std::ops::Range<u64>> {
+    pub fn numbers_between(&self, at: usize, n: usize) -> Option<Vec<u64>> {
         let above = self
             .queue
             .iter()
@@ -579,11 +580,25 @@ impl SessionState {
             .iter()
             .take(at)
             .map(|o| o.seq)
-            .chain(self.proto.inflight().map(|f| f.message.seq))
             .filter(|&s| s < above)
             .max()
             .unwrap_or(0);
-        (above - below > n).then(|| above - n..above)
+        let taken: std::collections::HashSet<u64> = self
+            .proto
+            .inflight()
+            .map(|f| f.message.seq)
+            .filter(|&s| s > below && s < above)
+            .collect();
+        let mut numbers: Vec<u64> = (below + 1..above)
+            .rev()
+            .filter(|s| !taken.contains(s))
+            .take(n)
+            .collect();
+        if numbers.len() < n {
+            return None;
+        }
+        numbers.reverse();
+        Some(numbers)
     }
 
     /// Whether anything stored comes after `at` in the queue (or on disk).
