@@ -1124,12 +1124,17 @@ const MAX_RETAINED_CURSORS: usize = 1024;
 /// Most messages read back from the store for one session at a time.
 const REFILL_BATCH: usize = 256;
 
+/// Most messages of a session looked at for how far back what it holds goes (a QoS 2
+/// delivery asks at every stage): beyond, it is not known.
+const MAX_HELD_LOOK: usize = 10_000;
+
 /// How far back the messages `st` holds in flight or queued go (the queue is in arrival
-/// order but for retained messages; its first 1,000 are looked at, all of it once one has
-/// only a place in the backplane's store; a session with more on disk counts as unknown).
+/// order but for retained messages; its first 1,000 are looked at, up to
+/// [`MAX_HELD_LOOK`] once one has only a place in the backplane's store; a session with more
+/// on disk, or taken in from another broker without its rest yet, counts as unknown).
 fn held(st: &crate::session::SessionState) -> crate::backplane::Held {
     use crate::backplane::Held;
-    if st.spill.is_some() {
+    if st.spill.is_some() || st.arriving {
         return Held::Unknown;
     }
     let mut oldest: Option<Instant> = None;
@@ -1140,6 +1145,9 @@ fn held(st: &crate::session::SessionState) -> crate::backplane::Held {
         // not in arrival order: each is looked at.
         if i >= 1000 && lowest.is_empty() {
             break;
+        }
+        if i >= MAX_HELD_LOOK {
+            return Held::Unknown;
         }
         match (o.msg.received_at, o.msg.backplane_position()) {
             (Some(t), _) => oldest = Some(oldest.map_or(t, |x| x.min(t))),

@@ -208,6 +208,7 @@ impl Core {
         let fill = |cell: &Arc<SessionCell>| {
             let mut st = cell.lock();
             st.persistent = persistent;
+            st.arriving = true;
             if persistent {
                 self.durability
                     .submit(Change::PutSession(client_id.clone(), snapshot.clone()));
@@ -259,6 +260,14 @@ impl Core {
         Ok(queued)
     }
 
+    /// The session of `client_id` taken in ([`Core::take_in`]) has all it came with: no rest
+    /// followed.
+    pub(crate) fn rest_taken(&self, client_id: &str) {
+        if let Some(cell) = self.sessions.get(client_id) {
+            cell.lock().arriving = false;
+        }
+    }
+
     /// Put the deliveries that reached the session on the other broker while it was being
     /// installed here ([`Core::hand_over_rest`] there) into its queue at `at`: after those
     /// handed over first, before those routed here since. Messages routed to both brokers in
@@ -280,6 +289,7 @@ impl Core {
         if st.ended {
             return Ok(0);
         }
+        st.arriving = false;
         tracing::debug!(
             client_id,
             at,

@@ -97,6 +97,10 @@ pub(crate) struct SessionState {
     pub pending_will_at: Option<std::time::Instant>,
     /// Whether the session is kept in the store (persistence on and expiry > 0).
     pub persistent: bool,
+    /// Taken in from another broker ([`crate::Core`]'s `take_in`) whose rest has not come
+    /// yet (or never came): it may lack messages, so how far back what it holds goes is not
+    /// known (`Held::Unknown`).
+    pub arriving: bool,
     /// Next sequence number for a stored message (the store keeps a session's queue in
     /// this order; [`FIRST_SEQ`], then up).
     pub next_seq: u64,
@@ -244,6 +248,7 @@ impl SessionCell {
                 pending_will: None,
                 pending_will_at: None,
                 persistent: false,
+                arriving: false,
                 next_seq: FIRST_SEQ,
                 full_since: None,
                 limits: None,

@@ -350,6 +350,9 @@ pub(crate) struct Directory {
     /// another node): what waited for them must not go out. Checked once; the oldest are
     /// forgotten beyond [`MAX_FAILED`].
     failed: Mutex<(HashSet<u64>, VecDeque<u64>)>,
+    /// Sessions fetched here lately (since when): their floor is written once they hold no
+    /// message they came with ([`refresh_floors`]), rather than at the next full round.
+    settling: Mutex<HashMap<Arc<str>, Instant>>,
 }
 
 /// Failed tickets remembered, at most.
@@ -365,25 +368,48 @@ impl std::fmt::Debug for Directory {
 
 /// Ends a claim of this node when dropped, however the claim ends (see
 /// [`Directory::claimed`]).
-pub(crate) struct ClaimGuard(Arc<Directory>, Arc<str>);
+pub(crate) struct ClaimGuard(Arc<Directory>, Arc<str>, bool);
 
 impl ClaimGuard {
-    pub(crate) fn new(directory: Arc<Directory>, client: Arc<str>) -> ClaimGuard {
-        ClaimGuard(directory, client)
+    /// `received`: the claim fetched the session (handed over, or recovered).
+    pub(crate) fn new(directory: Arc<Directory>, client: Arc<str>, received: bool) -> ClaimGuard {
+        ClaimGuard(directory, client, received)
     }
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        let mut claiming = self.0.claiming.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((n, _)) = claiming.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                claiming.remove(&self.1);
+        {
+            let mut claiming = self.0.claiming.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((n, _)) = claiming.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    claiming.remove(&self.1);
+                }
             }
+        }
+        if !self.2 {
+            return;
+        }
+        // No floor was written while the session came: one is, soon (a claim that failed
+        // leaves no session here, and nothing is written for it).
+        let mut settling = self.0.settling.lock().unwrap_or_else(|e| e.into_inner());
+        if settling.len() < MAX_SETTLING {
+            settling.insert(self.1.clone(), Instant::now());
         }
     }
 }
+
+/// Sessions whose floor is awaited after their claim, at most (beyond, the full round
+/// every [`FLOOR_EVERY`] writes theirs).
+const MAX_SETTLING: usize = 100_000;
+
+/// How long a claimed session's floor is awaited before the full rounds take over.
+const SETTLE_WITHIN: Duration = Duration::from_secs(60);
+
+/// How often the floors of sessions claimed lately are looked at (a look is a lock and a
+/// look at the session's queue; each session is written once).
+const SETTLE_EVERY: Duration = Duration::from_millis(100);
 
 /// Why a request to another node got no answer.
 enum Ask {
@@ -418,6 +444,7 @@ impl Directory {
             snapshots: Mutex::default(),
             start,
             q2: Mutex::default(),
+            settling: Mutex::default(),
             failed: Mutex::default(),
         }
     }
@@ -561,11 +588,18 @@ impl Directory {
 
     /// The floor of `client`'s session holding `held`: what it may still need is after it.
     /// `before`: the tailers' positions read before the session was looked at (a session
-    /// that held nothing then has had everything up to there). None while this node claims
-    /// the session: what it came with may not all be there yet (the rest of a recovery, read
-    /// from the streams up to where the tailers are, comes after the session is installed).
+    /// that held nothing then has had everything up to there). None while a session fetched
+    /// from the directory (handed over, or recovered) is not installed yet: a copy this
+    /// node held from before says nothing of it. Once installed, until its rest is in, the
+    /// broker says `Held::Unknown` for it (the rest of a recovery, read from the streams up to
+    /// where the tailers are, comes after the session is installed).
     fn floor(&self, client: &str, held: Held, before: Vec<u64>) -> Option<Vec<u64>> {
-        if self.is_claiming(client) {
+        if self
+            .fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(client)
+        {
             return None;
         }
         match held {
@@ -1440,12 +1474,12 @@ impl Directory {
     ///
     /// [`Backplane::claimed`]: tern_broker::backplane::Backplane::claimed
     pub(crate) fn claimed(self: &Arc<Self>, client: Arc<str>) -> tern_broker::backplane::Claim {
-        let guard = ClaimGuard::new(self.clone(), client.clone());
         let fetched = self
             .fetched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&client);
+        let guard = ClaimGuard::new(self.clone(), client.clone(), fetched.is_some());
         let directory = self.clone();
         Box::pin(async move {
             let _guard = guard;
@@ -2542,12 +2576,24 @@ pub(crate) async fn after_reconnects(
 
 /// Write the floors of this node's connected sessions every [`FLOOR_EVERY`] (those that
 /// rose): a floor rises as the client acknowledges, and recovering the session after this
-/// node died re-reads the streams from it.
+/// node died re-reads the streams from it. A session claimed here lately gets its floor
+/// written within [`SETTLE_EVERY`] of holding no message it came with (an arrival time
+/// for each, or nothing): a session moved, recovered or reconnected has had no floor
+/// written since its claim, and one that moves on again (its node dies) within the full
+/// round would be read back from its old floor (the QoS 1 kill loop with rounds of 5 s:
+/// its duplicates).
 pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
-    let mut refresh = tokio::time::interval(FLOOR_EVERY);
+    let mut tick = tokio::time::interval(SETTLE_EVERY);
     let mut written: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+    let every = (FLOOR_EVERY.as_millis() / SETTLE_EVERY.as_millis()).max(1);
+    let mut ticks: u128 = 0;
     loop {
-        refresh.tick().await;
+        tick.tick().await;
+        ticks += 1;
+        if ticks % every != 1 {
+            settle_floors(&directory, &admin, &mut written).await;
+            continue;
+        }
         let mut now = HashMap::new();
         // Read before the sessions are looked at: a session that held nothing then has had
         // every message up to here delivered and acknowledged.
@@ -2564,6 +2610,52 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
             now.insert(client, floor);
         }
         written = now;
+    }
+}
+
+/// Write the floor of each session claimed lately that holds no message it came with
+/// (see [`refresh_floors`]); forget those gone from this node and those waited for longer
+/// than [`SETTLE_WITHIN`].
+async fn settle_floors(directory: &Directory, admin: &Admin, written: &mut HashMap<Arc<str>, Vec<u64>>) {
+    let waiting: Vec<(Arc<str>, Instant)> = {
+        let settling = directory.settling.lock().unwrap_or_else(|e| e.into_inner());
+        if settling.is_empty() {
+            return;
+        }
+        settling.iter().map(|(c, t)| (c.clone(), *t)).collect()
+    };
+    let before = positions(&directory.parts.positions);
+    let mut done = Vec::new();
+    for (client, since) in waiting {
+        let held = match admin.held(&client) {
+            Some(held @ (Held::Nothing | Held::Since(_))) => held,
+            Some(_) if since.elapsed() < SETTLE_WITHIN => continue,
+            _ => {
+                done.push((client, since));
+                continue;
+            }
+        };
+        // Coming here again (another claim): looked at after that one.
+        let Some(floor) = directory.floor(&client, held, before.clone()) else {
+            continue;
+        };
+        if written.get(&client) != Some(&floor) {
+            match directory.save(&client, None, Some(floor.clone()), false).await {
+                Ok(kept) => {
+                    tracing::debug!(client_id = %client, ?floor, kept, "cluster sessions: the floor of a session that came here written");
+                    written.insert(client.clone(), floor);
+                }
+                Err(e) => tracing::debug!(client_id = %client, "cluster sessions: floor not written: {e}"),
+            }
+        }
+        done.push((client, since));
+    }
+    let mut settling = directory.settling.lock().unwrap_or_else(|e| e.into_inner());
+    for (client, since) in done {
+        // A claim since then waits for its own turn.
+        if settling.get(&client) == Some(&since) {
+            settling.remove(&client);
+        }
     }
 }
 

@@ -467,7 +467,10 @@ async fn finish_claim(core: &Arc<Core>, client_id: &str, at: Option<usize>) {
                 .map_err(|e| e.to_string()),
             None => Ok(0),
         },
-        Ok(Ok(None)) => Ok(0),
+        Ok(Ok(None)) => {
+            core.rest_taken(client_id);
+            Ok(0)
+        }
         Ok(Err(why)) => Err(why),
         Err(_) => Err(format!("no answer within {CLAIM_DEADLINE:?}")),
     };
@@ -481,6 +484,9 @@ async fn finish_claim(core: &Arc<Core>, client_id: &str, at: Option<usize>) {
                 );
             }
         }
+        // The session goes on without it; a backplane is not told how far back what it
+        // holds goes (a cluster keeps its floor where it was: duplicates rather than losses
+        // if it is recovered elsewhere).
         Err(why) => tracing::warn!(
             client_id,
             "the rest of the session handed over did not come: {why}"

@@ -464,7 +464,14 @@ pub fn read_handover(raw: &[u8], now: Stamp) -> Result<Handover, Corrupt> {
                 let (k, seq) = (get_u16(&mut tail)?, get_u64(&mut tail)?);
                 messages.push(match k {
                     0 => m,
-                    k => m.placed_at(k - 1, seq),
+                    k => {
+                        // A QoS 2 message's marks say it too (a delivered one leaves the
+                        // cluster's entry once the floor is past it).
+                        if m.qos == tern_proto::QoS::ExactlyOnce {
+                            m.set_backplane_position(k - 1, seq);
+                        }
+                        m.placed_at(k - 1, seq)
+                    }
                 });
             }
         }

@@ -798,6 +798,8 @@ struct Mover {
     /// its store) alive after it stops.
     here: std::sync::Mutex<Option<tern_broker::Admin>>,
     generation: std::sync::Mutex<Option<u64>>,
+    /// How far back the session held messages here when its rest was asked for.
+    held_before_rest: std::sync::Mutex<Option<tern_broker::backplane::Held>>,
 }
 
 impl tern_broker::backplane::Backplane for Mover {
@@ -817,11 +819,14 @@ impl tern_broker::backplane::Backplane for Mover {
     fn claimed(&self, client_id: &str) -> Option<tern_broker::backplane::Claim> {
         let generation = self.generation.lock().unwrap().take()?;
         let here = self.here.lock().unwrap().take()?;
-        for (admin, name) in [(&self.from, "r"), (&here, "b")] {
-            for i in 0..3 {
-                let m = tern_broker::Message::new("mv/t", format!("{name}{i}"), QoS::AtLeastOnce, false);
-                assert_eq!(admin.publish(m), Ok(1));
-            }
+        *self.held_before_rest.lock().unwrap() = here.held(client_id);
+        for i in 0..3 {
+            // As a cluster's would be: read from its streams (a place), or from a client of
+            // this broker (an arrival time).
+            let m = tern_broker::Message::new("mv/t", format!("r{i}"), QoS::AtLeastOnce, false);
+            assert_eq!(self.from.publish(m.placed_at(0, 20 + i)), Ok(1));
+            let m = tern_broker::Message::new("mv/t", format!("b{i}"), QoS::AtLeastOnce, false);
+            assert_eq!(here.publish(m.arrived(std::time::Instant::now())), Ok(1));
         }
         let rest = self.from.hand_over_rest(client_id, Some(generation));
         Some(Box::pin(async move { Ok(rest) }))
@@ -829,11 +834,12 @@ impl tern_broker::backplane::Backplane for Mover {
 }
 
 /// A broker on `dir` whose backplane moves sessions from `from` ([`Mover`]).
-async fn start_moving(dir: &TempDir, from: &BrokerHandle) -> BrokerHandle {
+async fn start_moving(dir: &TempDir, from: &BrokerHandle) -> (BrokerHandle, std::sync::Arc<Mover>) {
     let mover = std::sync::Arc::new(Mover {
         from: from.admin(),
         here: std::sync::Mutex::new(None),
         generation: std::sync::Mutex::new(None),
+        held_before_rest: std::sync::Mutex::new(None),
     });
     let dir = dir.0.clone();
     let b = BrokerBuilder::new()
@@ -845,7 +851,7 @@ async fn start_moving(dir: &TempDir, from: &BrokerHandle) -> BrokerHandle {
         .expect("bind")
         .spawn();
     *mover.here.lock().unwrap() = Some(b.admin());
-    b
+    (b, mover)
 }
 
 /// Receive the payloads `want` in this order, the first `dups` with DUP set (resent) and
@@ -880,9 +886,9 @@ async fn messages_handed_over_in_two_parts_keep_their_order_across_a_restart_mqt
         sub.disconnect().await;
         for i in 0..3 {
             let m = tern_broker::Message::new("mv/t", format!("h{i}"), QoS::AtLeastOnce, false);
-            assert_eq!(a.publish(m), Ok(1));
+            assert_eq!(a.publish(m.placed_at(0, 10 + i)), Ok(1));
         }
-        let b = start_moving(&dir, &a).await;
+        let (b, mover) = start_moving(&dir, &a).await;
         // Either all are sent (in flight, not acknowledged, when b stops), or one (Receive
         // Maximum 1) and the others stay queued.
         let mut c = persistent(V5, "mover");
@@ -894,6 +900,20 @@ async fn messages_handed_over_in_two_parts_keep_their_order_across_a_restart_mqt
         assert!(a.session("mover").is_none(), "the rest left a");
         let sent = if all_sent { want.len() } else { 1 };
         expect_in_order(&mut sub, &want[..sent], 0, false).await;
+        // How far back the messages it holds go (what a cluster writes as the session's
+        // floor): not known until the rest is in (it could be older than what came first);
+        // then the lowest place of those without an arrival time, per shard, and the oldest
+        // arrival.
+        use tern_broker::backplane::Held;
+        let before_rest = mover.held_before_rest.lock().unwrap().clone();
+        assert_eq!(before_rest, Some(Held::Unknown));
+        match b.admin().held("mover") {
+            Some(Held::Placed {
+                since: Some(_),
+                lowest,
+            }) => assert_eq!(lowest, vec![(0, 10)]),
+            other => panic!("expected the places of h0 and the arrival of b0, got {other:?}"),
+        }
         drop(sub);
         b.shutdown().await;
 

@@ -607,3 +607,74 @@ async fn floor_after_a_move(kill: bool) {
     }
     drop(b);
 }
+
+/// Once a session recovered on another node holds nothing it came with (its client took
+/// and acknowledged it all), that node writes its floor within seconds, not at its next
+/// full round of floors (every 10 s): a node that dies soon after leaves a floor past what
+/// the client has (before, a kill loop with rounds of 5 s re-read 90 more messages each
+/// round: duplicates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_sessions_floor_is_written_soon_after_its_client_has_what_it_came_with() {
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let (mut sub, _) = connect(a.addr(), V5, "settled", false).await;
+    sub.subscribe("st/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut p = Raw::connect(b.addr(), V5, "st-pub").await;
+    for i in 0..20 {
+        p.publish("st/t", &i.to_string(), QoS::AtLeastOnce, false).await;
+    }
+    wait_held(&a, "settled", 20).await;
+    // Let b's full round of floors pass first (it writes none for a session it does not hold).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let node::Node { broker, cluster } = a;
+    drop(cluster);
+    drop(broker);
+    let mut sub = Raw::open(b.addr(), V5).await;
+    let mut c = Connect::new(V5, "settled");
+    c.keep_alive = 0;
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(300);
+    sub.send(Packet::Connect(Box::new(c))).await;
+    match sub.next_within(Duration::from_secs(30)).await {
+        Ok(Some(Packet::ConnAck(a))) => assert!(a.session_present, "{a:?}"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    for i in 0..20 {
+        let m = sub.recv_publish().await;
+        assert_eq!(m.payload, i.to_string().as_bytes(), "message {i}");
+        sub.ack(&m).await;
+    }
+    let acked = Instant::now();
+    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    let js = async_nats::jetstream::new(nc);
+    let kv = js.get_key_value("tern_sessions").await.expect("bucket");
+    let key: String = std::iter::once("c".to_string())
+        .chain("settled".bytes().map(|b| format!("{b:02x}")))
+        .collect();
+    let mut last = 0;
+    for k in 0..2 {
+        let mut stream = js.get_stream(format!("tern_msgs_{k}")).await.expect("stream");
+        last = last.max(stream.info().await.expect("info").state.last_sequence);
+    }
+    loop {
+        let raw = kv.get(&key).await.expect("read").expect("entry");
+        let v: serde_json::Value = serde_json::from_slice(&raw).expect("json");
+        let floor: Vec<u64> = v["floor"]
+            .as_array()
+            .expect("floor")
+            .iter()
+            .map(|f| f.as_u64().expect("number"))
+            .collect();
+        if floor.iter().max() >= Some(&last) {
+            break;
+        }
+        assert!(
+            acked.elapsed() < Duration::from_secs(5),
+            "the floor {floor:?} is not past {last} within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(b);
+}
