@@ -260,8 +260,8 @@ impl Core {
         Ok(queued)
     }
 
-    /// The session of `client_id` taken in ([`Core::take_in`]) has all it came with: no rest
-    /// followed.
+    /// The session of `client_id` taken in ([`Core::take_in`]) has all it came with: its
+    /// rest is in ([`Core::take_in_rest`]), or none followed.
     pub(crate) fn rest_taken(&self, client_id: &str) {
         if let Some(cell) = self.sessions.get(client_id) {
             cell.lock().arriving = false;
@@ -289,7 +289,6 @@ impl Core {
         if st.ended {
             return Ok(0);
         }
-        st.arriving = false;
         tracing::debug!(
             client_id,
             at,

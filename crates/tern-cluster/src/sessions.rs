@@ -350,9 +350,20 @@ pub(crate) struct Directory {
     /// another node): what waited for them must not go out. Checked once; the oldest are
     /// forgotten beyond [`MAX_FAILED`].
     failed: Mutex<(HashSet<u64>, VecDeque<u64>)>,
-    /// Sessions fetched here lately (since when): their floor is written once they hold no
-    /// message they came with ([`refresh_floors`]), rather than at the next full round.
-    settling: Mutex<HashMap<Arc<str>, Instant>>,
+    /// Sessions fetched here lately: their floor is written once they hold no message they
+    /// came with ([`refresh_floors`]), rather than at the next full round.
+    settling: Mutex<HashMap<Arc<str>, Settling>>,
+}
+
+/// A session whose floor is awaited after it came here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Settling {
+    /// When its claim ended.
+    since: Instant,
+    /// When it is looked at next.
+    next: Instant,
+    /// How long until the look after that (doubling up to [`SETTLE_AT_MOST`]).
+    wait: Duration,
 }
 
 /// Failed tickets remembered, at most.
@@ -395,7 +406,15 @@ impl Drop for ClaimGuard {
         // leaves no session here, and nothing is written for it).
         let mut settling = self.0.settling.lock().unwrap_or_else(|e| e.into_inner());
         if settling.len() < MAX_SETTLING {
-            settling.insert(self.1.clone(), Instant::now());
+            let now = Instant::now();
+            settling.insert(
+                self.1.clone(),
+                Settling {
+                    since: now,
+                    next: now,
+                    wait: SETTLE_EVERY,
+                },
+            );
         }
     }
 }
@@ -407,9 +426,12 @@ const MAX_SETTLING: usize = 100_000;
 /// How long a claimed session's floor is awaited before the full rounds take over.
 const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 
-/// How often the floors of sessions claimed lately are looked at (a look is a lock and a
-/// look at the session's queue; each session is written once).
+/// How often the floors of sessions claimed lately are looked at at first (a look is a
+/// lock and a look at the session's queue; each session is written once).
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The longest wait between two looks at a session that still holds what it came with.
+const SETTLE_AT_MOST: Duration = Duration::from_millis(3200);
 
 /// Why a request to another node got no answer.
 enum Ask {
@@ -588,17 +610,25 @@ impl Directory {
 
     /// The floor of `client`'s session holding `held`: what it may still need is after it.
     /// `before`: the tailers' positions read before the session was looked at (a session
-    /// that held nothing then has had everything up to there). None while a session fetched
-    /// from the directory (handed over, or recovered) is not installed yet: a copy this
-    /// node held from before says nothing of it. Once installed, until its rest is in, the
-    /// broker says `Held::Unknown` for it (the rest of a recovery, read from the streams up to
-    /// where the tailers are, comes after the session is installed).
+    /// that held nothing then has had everything up to there). None while this node claims
+    /// the session (whatever the claim's age), and while a session fetched from the
+    /// directory (handed over, or recovered) is not installed yet: a copy this node held
+    /// from before says nothing of it. Once installed, until its rest is in, the broker says
+    /// `Held::Unknown` for it (the rest of a recovery, read from the streams up to where the
+    /// tailers are, comes after the session is installed).
     fn floor(&self, client: &str, held: Held, before: Vec<u64>) -> Option<Vec<u64>> {
-        if self
-            .fetched
+        let claimed = self
+            .claiming
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(client)
+            .get(client)
+            .is_some_and(|(n, _)| *n > 0);
+        if claimed
+            || self
+                .fetched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(client)
         {
             return None;
         }
@@ -2614,47 +2644,73 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
 }
 
 /// Write the floor of each session claimed lately that holds no message it came with
-/// (see [`refresh_floors`]); forget those gone from this node and those waited for longer
-/// than [`SETTLE_WITHIN`].
+/// (see [`refresh_floors`]), through the directory's writers; look at one that still holds
+/// some again later (100 ms, doubling up to [`SETTLE_AT_MOST`]); forget those gone from
+/// this node and those waited for longer than [`SETTLE_WITHIN`].
 async fn settle_floors(directory: &Directory, admin: &Admin, written: &mut HashMap<Arc<str>, Vec<u64>>) {
-    let waiting: Vec<(Arc<str>, Instant)> = {
+    let now = Instant::now();
+    let due: Vec<(Arc<str>, Settling)> = {
         let settling = directory.settling.lock().unwrap_or_else(|e| e.into_inner());
         if settling.is_empty() {
             return;
         }
-        settling.iter().map(|(c, t)| (c.clone(), *t)).collect()
+        settling
+            .iter()
+            .filter(|(_, s)| s.next <= now)
+            .map(|(c, s)| (c.clone(), *s))
+            .collect()
     };
     let before = positions(&directory.parts.positions);
     let mut done = Vec::new();
-    for (client, since) in waiting {
+    let mut later = Vec::new();
+    for (i, (client, s)) in due.into_iter().enumerate() {
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+        if now.saturating_duration_since(s.since) >= SETTLE_WITHIN {
+            done.push((client, s));
+            continue;
+        }
         let held = match admin.held(&client) {
             Some(held @ (Held::Nothing | Held::Since(_))) => held,
-            Some(_) if since.elapsed() < SETTLE_WITHIN => continue,
-            _ => {
-                done.push((client, since));
+            Some(_) => {
+                later.push((client, s));
+                continue;
+            }
+            None => {
+                done.push((client, s));
                 continue;
             }
         };
-        // Coming here again (another claim): looked at after that one.
+        // Claimed here again meanwhile: looked at after that claim.
         let Some(floor) = directory.floor(&client, held, before.clone()) else {
+            later.push((client, s));
             continue;
         };
         if written.get(&client) != Some(&floor) {
-            match directory.save(&client, None, Some(floor.clone()), false).await {
-                Ok(kept) => {
-                    tracing::debug!(client_id = %client, ?floor, kept, "cluster sessions: the floor of a session that came here written");
-                    written.insert(client.clone(), floor);
-                }
-                Err(e) => tracing::debug!(client_id = %client, "cluster sessions: floor not written: {e}"),
-            }
+            written.insert(client.clone(), floor.clone());
+            directory.enqueue(
+                client.clone(),
+                Op::Saved {
+                    client: client.clone(),
+                    record: None,
+                    floor: Some(floor),
+                },
+            );
         }
-        done.push((client, since));
+        done.push((client, s));
     }
     let mut settling = directory.settling.lock().unwrap_or_else(|e| e.into_inner());
-    for (client, since) in done {
-        // A claim since then waits for its own turn.
-        if settling.get(&client) == Some(&since) {
+    // A claim since then (its entry changed) waits for its own turn.
+    for (client, s) in done {
+        if settling.get(&client) == Some(&s) {
             settling.remove(&client);
+        }
+    }
+    for (client, s) in later {
+        if let Some(e) = settling.get_mut(&client).filter(|e| **e == s) {
+            e.next = now + s.wait;
+            e.wait = (s.wait * 2).min(SETTLE_AT_MOST);
         }
     }
 }

@@ -467,13 +467,14 @@ async fn finish_claim(core: &Arc<Core>, client_id: &str, at: Option<usize>) {
                 .map_err(|e| e.to_string()),
             None => Ok(0),
         },
-        Ok(Ok(None)) => {
-            core.rest_taken(client_id);
-            Ok(0)
-        }
+        Ok(Ok(None)) => Ok(0),
         Ok(Err(why)) => Err(why),
         Err(_) => Err(format!("no answer within {CLAIM_DEADLINE:?}")),
     };
+    // A session taken in (`at`) has all it came with once its rest is in (or none came).
+    if at.is_some() && added.is_ok() {
+        core.rest_taken(client_id);
+    }
     match added {
         Ok(0) => {}
         Ok(_) => {
