@@ -30,16 +30,59 @@ async fn connect(
 /// [`connect`] (5.0, Clean Start 0) waiting up to 30 s for the CONNACK: a claim can wait for
 /// another node's.
 async fn connect_patiently(addr: std::net::SocketAddr, id: &str) -> (Raw, tern_proto::ConnAck) {
+    connect_patiently_with(addr, id, None).await
+}
+
+/// [`connect_patiently`] with a Receive Maximum.
+async fn connect_patiently_with(
+    addr: std::net::SocketAddr,
+    id: &str,
+    receive_maximum: Option<u16>,
+) -> (Raw, tern_proto::ConnAck) {
     let mut c = Connect::new(V5, id);
     c.keep_alive = 0;
     c.clean_start = false;
     c.properties.session_expiry_interval = Some(300);
+    c.properties.receive_maximum = receive_maximum;
     let mut raw = Raw::open(addr, V5).await;
     raw.send(Packet::Connect(Box::new(c))).await;
     match raw.next_within(Duration::from_secs(30)).await {
         Ok(Some(Packet::ConnAck(a))) => (raw, a),
         other => panic!("expected CONNACK, got {other:?}"),
     }
+}
+
+/// The floor in the entry of `client` (the `tern_sessions` bucket).
+async fn entry_floor(kv: &async_nats::jetstream::kv::Store, client: &str) -> Vec<u64> {
+    let key: String = std::iter::once("c".to_string())
+        .chain(client.bytes().map(|b| format!("{b:02x}")))
+        .collect();
+    let raw = kv.get(&key).await.expect("read").expect("entry");
+    let v: serde_json::Value = serde_json::from_slice(&raw).expect("json");
+    v["floor"]
+        .as_array()
+        .expect("floor")
+        .iter()
+        .map(|f| f.as_u64().expect("number"))
+        .collect()
+}
+
+/// The sessions bucket, and each of the `shards` shard streams' message count and last
+/// sequence, on `nats`.
+async fn entries_and_shards(
+    nats: &Nats,
+    shards: usize,
+) -> (async_nats::jetstream::kv::Store, Vec<(u64, u64)>) {
+    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    let js = async_nats::jetstream::new(nc);
+    let kv = js.get_key_value("tern_sessions").await.expect("bucket");
+    let mut states = Vec::new();
+    for k in 0..shards {
+        let mut stream = js.get_stream(format!("tern_msgs_{k}")).await.expect("stream");
+        let state = stream.info().await.expect("info").state.clone();
+        states.push((state.messages, state.last_sequence));
+    }
+    (kv, states)
 }
 
 /// Publish `n` numbered QoS 1 messages on `topic/<i>`, 100 in flight at a time. A
@@ -513,39 +556,21 @@ async fn floor_after_a_move(kill: bool) {
     let (mut sub, _) = connect(a.addr(), V5, "floored", false).await;
     sub.subscribe("fl/#", QoS::AtLeastOnce).await;
     sub.disconnect().await;
-    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
-    let js = async_nats::jetstream::new(nc);
-    let kv = js.get_key_value("tern_sessions").await.expect("bucket");
-    let key: String = std::iter::once("c".to_string())
-        .chain("floored".bytes().map(|b| format!("{b:02x}")))
-        .collect();
-    let floor = || async {
-        let raw = kv.get(&key).await.expect("read").expect("entry");
-        let v: serde_json::Value = serde_json::from_slice(&raw).expect("json");
-        v["floor"]
-            .as_array()
-            .expect("floor")
-            .iter()
-            .map(|f| f.as_u64().expect("number"))
-            .collect::<Vec<u64>>()
-    };
-    let before = floor().await;
+    let (kv, _) = entries_and_shards(&nats, 0).await;
+    let before = entry_floor(&kv, "floored").await;
     let mut p = Raw::connect(b.addr(), V5, "fl-pub").await;
     for i in 0..20 {
         p.publish("fl/t", &i.to_string(), QoS::AtLeastOnce, false).await;
     }
     wait_held(&a, "floored", 20).await;
     // The 20 are in one shard's stream (one publisher), the last at `last`.
-    let mut placed = None;
-    for k in 0..before.len() {
-        let mut stream = js.get_stream(format!("tern_msgs_{k}")).await.expect("stream");
-        let state = stream.info().await.expect("info").state.clone();
-        if state.messages > 0 {
-            assert!(placed.is_none(), "one shard has them");
-            placed = Some((k, state.last_sequence));
-        }
-    }
-    let (k, last) = placed.expect("stored");
+    let (_, shards) = entries_and_shards(&nats, before.len()).await;
+    let stored: Vec<(usize, u64)> = (0..shards.len())
+        .filter(|&k| shards[k].0 > 0)
+        .map(|k| (k, shards[k].1))
+        .collect();
+    assert_eq!(stored.len(), 1, "one shard has them: {shards:?}");
+    let (k, last) = stored[0];
     assert!(before[k] <= last - 20, "{before:?}");
     // Node a dies and node b recovers the session from its entry and the streams, or a
     // hands it over.
@@ -558,17 +583,8 @@ async fn floor_after_a_move(kill: bool) {
         }
         false => Some(a),
     };
-    let mut c = Connect::new(V5, "floored");
-    c.keep_alive = 0;
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(300);
-    c.properties.receive_maximum = Some(5);
-    let mut sub = Raw::open(b.addr(), V5).await;
-    sub.send(Packet::Connect(Box::new(c))).await;
-    match sub.next_within(Duration::from_secs(30)).await {
-        Ok(Some(Packet::ConnAck(a))) => assert!(a.session_present, "{a:?}"),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let (mut sub, ack) = connect_patiently_with(b.addr(), "floored", Some(5)).await;
+    assert!(ack.session_present, "{ack:?}");
     // The client takes 10 and acknowledges them; 5 more come (Receive Maximum 5), 5 wait.
     for i in 0..10 {
         let m = sub.recv_publish().await;
@@ -594,7 +610,7 @@ async fn floor_after_a_move(kill: bool) {
             other => panic!("expected SUBACK, got {other:?}"),
         }
     }
-    let after = floor().await;
+    let after = entry_floor(&kv, "floored").await;
     assert_eq!(after[k], last - 10, "before {before:?}, after {after:?}");
     // The rest still arrives.
     for i in 10..20 {
@@ -634,16 +650,8 @@ async fn a_recovered_sessions_floor_is_written_soon_after_its_client_has_what_it
     let node::Node { broker, cluster } = a;
     drop(cluster);
     drop(broker);
-    let mut sub = Raw::open(b.addr(), V5).await;
-    let mut c = Connect::new(V5, "settled");
-    c.keep_alive = 0;
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(300);
-    sub.send(Packet::Connect(Box::new(c))).await;
-    match sub.next_within(Duration::from_secs(30)).await {
-        Ok(Some(Packet::ConnAck(a))) => assert!(a.session_present, "{a:?}"),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let (mut sub, ack) = connect_patiently(b.addr(), "settled").await;
+    assert!(ack.session_present, "{ack:?}");
     for i in 0..20 {
         let m = sub.recv_publish().await;
         assert_eq!(m.payload, i.to_string().as_bytes(), "message {i}");
@@ -653,26 +661,10 @@ async fn a_recovered_sessions_floor_is_written_soon_after_its_client_has_what_it
         Instant::now() < round,
         "too slow to tell the settling look from b's next round"
     );
-    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
-    let js = async_nats::jetstream::new(nc);
-    let kv = js.get_key_value("tern_sessions").await.expect("bucket");
-    let key: String = std::iter::once("c".to_string())
-        .chain("settled".bytes().map(|b| format!("{b:02x}")))
-        .collect();
-    let mut last = 0;
-    for k in 0..2 {
-        let mut stream = js.get_stream(format!("tern_msgs_{k}")).await.expect("stream");
-        last = last.max(stream.info().await.expect("info").state.last_sequence);
-    }
+    let (kv, shards) = entries_and_shards(&nats, 2).await;
+    let last = shards.iter().map(|s| s.1).max().unwrap_or(0);
     loop {
-        let raw = kv.get(&key).await.expect("read").expect("entry");
-        let v: serde_json::Value = serde_json::from_slice(&raw).expect("json");
-        let floor: Vec<u64> = v["floor"]
-            .as_array()
-            .expect("floor")
-            .iter()
-            .map(|f| f.as_u64().expect("number"))
-            .collect();
+        let floor = entry_floor(&kv, "settled").await;
         if floor.iter().max() >= Some(&last) {
             break;
         }
