@@ -356,6 +356,9 @@ impl Core {
                 }) || self.durability.disk_bytes() >= cfg.max_store_bytes;
                 if full {
                     st.dropped += 1;
+                    self.counters
+                        .messages_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(client_id, dropped = st.dropped, "max_offline_messages, max_offline_bytes or max_store_bytes reached: a message added behind those on disk is dropped");
                     continue;
                 }

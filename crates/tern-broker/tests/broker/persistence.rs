@@ -927,6 +927,18 @@ async fn messages_handed_over_in_two_parts_keep_their_order_across_a_restart_mqt
     }
 }
 
+/// The persistent 5.0 session of client "q" on `b`, subscribed to `q/#`, with `q0..qN`
+/// (`n`) published to it while its client is away.
+async fn queued_while_away(b: &BrokerHandle, n: usize) {
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "q")).await;
+    sub.subscribe("q/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    for i in 0..n {
+        let m = tern_broker::Message::new("q/t", format!("q{i}"), QoS::AtLeastOnce, false);
+        assert_eq!(b.publish(m), Ok(1));
+    }
+}
+
 /// A handout of `names` from another broker's session of client "q".
 async fn handout(names: &[&str]) -> bytes::Bytes {
     let a = start().await;
@@ -961,13 +973,7 @@ async fn deliveries_added_to_a_stored_queue_keep_their_place_across_a_restart_mq
             // Two in memory, the others on disk while the client is away.
             let start_b = || start_spilling(&dir, 2, 1_000);
             let mut b = start_b().await;
-            let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "q")).await;
-            sub.subscribe("q/#", QoS::AtLeastOnce).await;
-            sub.disconnect().await;
-            for i in 0..5 {
-                let m = tern_broker::Message::new("q/t", format!("q{i}"), QoS::AtLeastOnce, false);
-                assert_eq!(b.publish(m), Ok(1));
-            }
+            queued_while_away(&b, 5).await;
             assert_eq!(b.session("q").map(|s| s.on_disk.0), Some(3));
             let raw = handout(&["f0", "f1"]).await;
             assert_eq!(b.admin().add_deliveries("q", &raw, front).await, Ok(2));
@@ -994,13 +1000,7 @@ async fn deliveries_added_to_a_stored_queue_keep_their_place_across_a_restart_mq
 async fn a_handout_given_back_with_a_delivery_in_flight_keeps_its_place_across_a_restart() {
     let dir = TempDir::new("front-in-flight");
     let b = start_in(&dir).await;
-    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "q")).await;
-    sub.subscribe("q/#", QoS::AtLeastOnce).await;
-    sub.disconnect().await;
-    for i in 0..3 {
-        let m = tern_broker::Message::new("q/t", format!("q{i}"), QoS::AtLeastOnce, false);
-        assert_eq!(b.publish(m), Ok(1));
-    }
+    queued_while_away(&b, 3).await;
     let mut c = persistent(V5, "q");
     c.properties.receive_maximum = Some(1);
     let (mut sub, _) = Raw::connect_with(b.addr(), c).await;
@@ -1012,6 +1012,26 @@ async fn a_handout_given_back_with_a_delivery_in_flight_keeps_its_place_across_a
     let b = start_in(&dir).await;
     let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "q")).await;
     expect_in_order(&mut sub, &["q0", "f0", "f1", "q1", "q2"], 1, true).await;
+    sub.expect_silence(200).await;
+    b.shutdown().await;
+}
+
+/// Deliveries added behind messages waiting on disk keep the offline limits: beyond
+/// `max_offline_messages` they are dropped and counted, as any message for a session that is
+/// away.
+#[tokio::test]
+async fn deliveries_added_behind_a_full_disk_queue_are_dropped_and_counted() {
+    let dir = TempDir::new("added-full");
+    // Two in memory, at most three on disk.
+    let b = start_spilling(&dir, 2, 3).await;
+    queued_while_away(&b, 5).await;
+    assert_eq!(b.session("q").map(|s| s.on_disk.0), Some(3));
+    let dropped = b.stats().messages_dropped;
+    let raw = handout(&["f0", "f1"]).await;
+    assert_eq!(b.admin().add_deliveries("q", &raw, false).await, Ok(0));
+    assert_eq!(b.stats().messages_dropped, dropped + 2);
+    let (mut sub, _) = Raw::connect_with(b.addr(), persistent(V5, "q")).await;
+    expect_in_order(&mut sub, &["q0", "q1", "q2", "q3", "q4"], 0, true).await;
     sub.expect_silence(200).await;
     b.shutdown().await;
 }
