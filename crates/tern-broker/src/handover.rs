@@ -350,11 +350,11 @@ impl Core {
             }
             if to_disk && out.qos != QoS::AtMostOnce {
                 let size = out.msg.payload.len() as u64;
-                let cfg = &self.config;
-                let full = st.spill.as_deref().is_none_or(|s| {
-                    s.count >= cfg.max_offline_messages || s.bytes + size > cfg.max_offline_bytes
-                }) || self.durability.disk_bytes() >= cfg.max_store_bytes;
-                if full {
+                let room = st
+                    .spill
+                    .as_deref()
+                    .is_some_and(|s| s.has_room(size, &self.config, &self.durability));
+                if !room {
                     st.dropped += 1;
                     self.counters
                         .messages_dropped

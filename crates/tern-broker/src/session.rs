@@ -185,6 +185,21 @@ pub(crate) struct Spill {
     pub ticket: u64,
 }
 
+impl Spill {
+    /// Whether one more message of `size` bytes may wait on disk: within
+    /// `max_offline_messages`, `max_offline_bytes` and `max_store_bytes`.
+    pub fn has_room(
+        &self,
+        size: u64,
+        cfg: &crate::Config,
+        durability: &crate::durability::Persistence,
+    ) -> bool {
+        self.count < cfg.max_offline_messages
+            && self.bytes + size <= cfg.max_offline_bytes
+            && durability.disk_bytes() < cfg.max_store_bytes
+    }
+}
+
 /// Where a SUBSCRIBE is in sending the retained messages its filter matches (see
 /// [`SessionState::retained`]): the index is read in topic order, a batch at a time.
 #[derive(Debug)]
@@ -468,10 +483,7 @@ impl SessionCell {
         let cfg = q.config;
         let size = out.msg.payload.len() as u64;
         let spill = st.spill.as_deref().copied().unwrap_or_default();
-        if spill.count >= cfg.max_offline_messages
-            || spill.bytes + size > cfg.max_offline_bytes
-            || q.durability.disk_bytes() >= cfg.max_store_bytes
-        {
+        if !spill.has_room(size, cfg, q.durability) {
             st.dropped += 1;
             if st.dropped.is_power_of_two() {
                 tracing::warn!(

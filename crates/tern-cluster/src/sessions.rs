@@ -2607,8 +2607,8 @@ pub(crate) async fn after_reconnects(
 /// Write the floors of this node's connected sessions every [`FLOOR_EVERY`] (those that
 /// rose): a floor rises as the client acknowledges, and recovering the session after this
 /// node died re-reads the streams from it. A session claimed here lately gets its floor
-/// written within [`SETTLE_EVERY`] of holding no message it came with (an arrival time
-/// for each, or nothing): a session moved, recovered or reconnected has had no floor
+/// written soon after it holds no message it came with (an arrival time for each, or
+/// nothing; looked at from [`SETTLE_EVERY`] on, see [`settle_floors`]): a session moved, recovered or reconnected has had no floor
 /// written since its claim, and one that moves on again (its node dies) within the full
 /// round would be read back from its old floor (the QoS 1 kill loop with rounds of 5 s:
 /// its duplicates).
