@@ -323,6 +323,18 @@ pub(crate) struct Outgoing {
 pub trait Settlement: Send + Sync + std::fmt::Debug {
     /// The delivery is finished.
     fn done(&self);
+
+    /// A QoS 2 delivery of it began (its PUBLISH is about to go out): the member keeps it
+    /// whatever happens to its connection, and no other member may get it (v5
+    /// [MQTT-4.8.2-4], [MQTT-4.8.2-5]). With `written`, the PUBLISH waits for that session
+    /// write of the backplane ([`Backplane::qos2_stage`]), after which the member's session
+    /// can be resumed elsewhere with it; without, it goes out now. `done` is still called
+    /// when the delivery is finished.
+    ///
+    /// [`Backplane::qos2_stage`]: crate::backplane::Backplane::qos2_stage
+    fn started(&self, written: Option<crate::durability::Ticket>) {
+        let _ = written;
+    }
 }
 
 impl Outgoing {

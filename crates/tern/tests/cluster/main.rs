@@ -786,6 +786,67 @@ async fn qos2_deliveries_in_flight_on_a_killed_node_resume_with_their_packet_ids
     let _ = std::fs::remove_file(&config);
 }
 
+/// v5 [MQTT-4.8.2-4]: a QoS 2 message of a shared subscription whose delivery to a member
+/// began is completed with that member, and is no other member's. When the member's node is killed, no other
+/// member gets it, however long after the group's ack wait (before: JetStream offered it
+/// again to the group, and a member on the other node got it); the member gets it again
+/// with its packet id where its session is recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_qos2_message_begun_on_a_killed_node_goes_to_no_other_member() {
+    let nats = Nats::start(3, true);
+    let config = config_file_with(&nats, "share_ack_wait_ms = 1000\n");
+    let a = Node::start(&config, &nats, "a");
+    let b = Node::start(&config, &nats, "b");
+    let (mut member, _) = connect_persistent_as(a.addr, "member-a").await;
+    let ack = member.subscribe("$share/g/k/#", QoS::ExactlyOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQoS2]);
+    let mut p = connect_within(b.addr, V5, "pub").await;
+    p.publish("k/1", "1", QoS::ExactlyOnce, false).await;
+    // The only member gets it and answers nothing.
+    let id = match member.next_within(Duration::from_secs(20)).await {
+        Ok(Some(Packet::Publish(m))) => {
+            assert_eq!(&m.payload[..], b"1");
+            m.packet_id.expect("QoS 2")
+        }
+        other => panic!("expected the message, got {other:?}"),
+    };
+    let mut other = connect_within(b.addr, V5, "member-b").await;
+    let ack = other.subscribe("$share/g/k/#", QoS::ExactlyOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQoS2]);
+    // The node tells JetStream a round trip after the member's entry lists the delivery.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill9();
+    // Four ack waits: long enough for JetStream to offer an unsettled message again.
+    match other.next_within(Duration::from_secs(4)).await {
+        Err(()) => {}
+        got => panic!("another member got the message: {got:?}"),
+    }
+    drop(member);
+    let (mut member, present) = connect_persistent_as(b.addr, "member-a").await;
+    assert!(present, "the member's session is recovered");
+    match member.next_within(Duration::from_secs(20)).await {
+        Ok(Some(Packet::Publish(m))) => {
+            assert_eq!(&m.payload[..], b"1");
+            assert_eq!(m.packet_id, Some(id), "resent with its packet id");
+            // v5 [MQTT-3.3.1-1]
+            assert!(m.dup, "resent with DUP");
+        }
+        other => panic!("expected the message again, got {other:?}"),
+    }
+    member.send(Packet::PubRec(Ack::new(id))).await;
+    match member.next_within(Duration::from_secs(20)).await {
+        Ok(Some(Packet::PubRel(r))) => assert_eq!(r.packet_id, id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    member.send(Packet::PubComp(Ack::new(id))).await;
+    match other.next_within(Duration::from_secs(2)).await {
+        Err(()) => {}
+        got => panic!("another member got the message: {got:?}"),
+    }
+    drop(b);
+    let _ = std::fs::remove_file(&config);
+}
+
 /// A QoS 2 publisher that keeps its state across connections, as a client with a persistent
 /// session does (v5 sections 4.3.3, 4.4 and 4.6): a PUBLISH not answered yet is sent again
 /// with DUP and its packet id, a PUBREL again once its PUBREC came, in the order they were
