@@ -576,17 +576,11 @@ impl tern_proto::session::server::Persist<Outgoing> for SessionChanges<'_> {
     }
 
     fn delivery_stage(&mut self, f: &tern_proto::session::InFlight<Outgoing>) -> bool {
-        let released = f.stage == InflightState::Released;
-        let mut written = None;
         if let (Some(b), QoS::ExactlyOnce) = (self.qos2_elsewhere, f.message.qos) {
+            let released = f.stage == InflightState::Released;
             if let Some(t) = b.qos2_stage(self.client, f.id.get(), released, &f.message.msg) {
-                written = Some(t);
                 self.ticket = Some(self.ticket.map_or(t, |old| old.max(t)));
             }
-        }
-        // A shared message's QoS 2 delivery begins: it is this member's now.
-        if let (Some(s), QoS::ExactlyOnce, false) = (&f.message.settle, f.message.qos, released) {
-            s.started(written);
         }
         self.persistence
             .put_delivery(self.persistent, self.client, &f.message, f.stage, f.id)

@@ -324,17 +324,15 @@ pub trait Settlement: Send + Sync + std::fmt::Debug {
     /// The delivery is finished.
     fn done(&self);
 
-    /// A QoS 2 delivery of it began (its PUBLISH is about to go out): the member keeps it
-    /// whatever happens to its connection, and no other member may get it (v5
-    /// [MQTT-4.8.2-4], [MQTT-4.8.2-5]). With `written`, the PUBLISH waits for that session
-    /// write of the backplane ([`Backplane::qos2_stage`]), after which the member's session
-    /// can be resumed elsewhere with it; without, it goes out now. `done` is still called
-    /// when the delivery is finished.
+    /// A QoS 2 delivery of it began: its PUBLISH goes out now, after everything it waits for
+    /// is kept (the store's commit, the backplane's session write:
+    /// [`Backplane::qos2_stage`]), so the member's session, wherever it is resumed, resends
+    /// it. The member keeps it whatever happens to its connection, and no other member may
+    /// get it (v5 [MQTT-4.8.2-4], [MQTT-4.8.2-5]). `done` is still called when the delivery
+    /// is finished.
     ///
     /// [`Backplane::qos2_stage`]: crate::backplane::Backplane::qos2_stage
-    fn started(&self, written: Option<crate::durability::Ticket>) {
-        let _ = written;
-    }
+    fn started(&self) {}
 }
 
 impl Outgoing {

@@ -428,7 +428,6 @@ impl Cluster {
             client: self.share_client.clone(),
             js: self.js.clone(),
             held: Mutex::default(),
-            directory: self.directory.clone(),
         });
         let task = tokio::spawn(shares::follow(shares, self.shares.clone()));
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);

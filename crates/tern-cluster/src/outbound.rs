@@ -132,19 +132,6 @@ impl Tickets {
         self.reserved.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// Wait until the write of `ticket` is done (or given up).
-    pub async fn wait_released(&self, ticket: Ticket) {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if self.is_released(ticket) {
-                return;
-            }
-            released.await;
-        }
-    }
-
     /// Whether the write of `ticket` is done (or given up), whatever came before it.
     pub fn is_released(&self, ticket: Ticket) -> bool {
         let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());

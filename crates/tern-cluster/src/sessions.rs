@@ -347,8 +347,8 @@ pub(crate) struct Directory {
     /// The QoS 2 deliveries of this node's sessions that outlive their connection.
     q2: Mutex<HashMap<Arc<str>, Q2>>,
     /// Tickets of [`Directory::written`] whose write failed or was not made (the entry names
-    /// another node): what waited for them must not go out. The oldest are forgotten beyond
-    /// [`MAX_FAILED`].
+    /// another node): what waited for them must not go out. Checked once; the oldest are
+    /// forgotten beyond [`MAX_FAILED`].
     failed: Mutex<(HashSet<u64>, VecDeque<u64>)>,
     /// Sessions fetched here lately: their floor is written once they hold no message they
     /// came with ([`refresh_floors`]), rather than at the next full round.
@@ -904,23 +904,14 @@ impl Directory {
         known.then(|| self.write_awaited(client))
     }
 
-    /// Whether the entry write of `ticket` was made (see [`Directory::failed`]), once it is
-    /// done: both the connection whose packet waits for it and a shared message's settlement
-    /// ([`crate::shares`]) ask.
+    /// Whether the entry write of `ticket` was made (see [`Directory::failed`]); asked once.
     pub(crate) fn kept(&self, ticket: u64) -> bool {
         !self
             .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .0
-            .contains(&ticket)
-    }
-
-    /// Wait until the entry write of `ticket` is done (made or given up, at most about
-    /// `publish_timeout` later): whether it was made.
-    pub(crate) async fn written_and_kept(&self, ticket: u64) -> bool {
-        self.written.wait_released(ticket).await;
-        self.kept(ticket)
+            .remove(&ticket)
     }
 
     /// The entry writes of `tickets` failed or were not made.

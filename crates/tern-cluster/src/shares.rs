@@ -8,7 +8,7 @@
 //!   message to one puller; that node hands it to one of its members
 //!   ([`Admin::deliver_shared`]) and acknowledges it to JetStream only when the member has
 //!   acknowledged it (PUBACK; at once for a member subscribed at QoS 0; at QoS 2 when the
-//!   delivery begins, once the member's session entry lists it: [`Settle::started`]). A message
+//!   delivery begins: [`Settle::started`]). A message
 //!   no member here can take is given back (`nak`, after [`NAK_DELAY`]) for another node; one
 //!   whose member's node died comes back after `share_ack_wait_ms`; while a member holds it
 //!   (a slow client, or one that went away after it was given), its node tells JetStream so
@@ -102,9 +102,6 @@ pub(crate) struct Parts {
     /// Messages handed to connected members here: while a member holds one, JetStream is
     /// told it is in progress ([`keep_held`]).
     pub held: Mutex<Vec<Weak<Settle>>>,
-    /// The session entries: a QoS 2 delivery to a member is acknowledged to JetStream once
-    /// the member's entry lists it ([`Settle::started`]).
-    pub directory: Arc<crate::sessions::Directory>,
 }
 
 /// Tell JetStream every third of the ack wait that the messages members here still hold are
@@ -311,10 +308,7 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
                 continue;
             }
         };
-        let settle = Arc::new(Settle {
-            message: Arc::new(Mutex::new(Some(m))),
-            directory: parts.directory.clone(),
-        });
+        let settle = Arc::new(Settle(Arc::new(Mutex::new(Some(m)))));
         // Renewed while its member holds it (one queued for a member that is away is settled
         // at once: its session keeps it).
         {
@@ -340,48 +334,37 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
 }
 
 /// A JetStream message handed to a member: acknowledged when the member has acknowledged
-/// it, or when its QoS 2 delivery to the member began and the member's session entry lists
-/// it; given back (`nak`) when the delivery is abandoned.
-pub(crate) struct Settle {
-    message: Arc<Mutex<Option<jetstream::Message>>>,
-    directory: Arc<crate::sessions::Directory>,
-}
-
-impl std::fmt::Debug for Settle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settle").field("holds", &self.holds()).finish()
-    }
-}
+/// it, or when its QoS 2 delivery to the member began; given back (`nak`) when the delivery
+/// is abandoned.
+#[derive(Debug)]
+pub(crate) struct Settle(Arc<Mutex<Option<jetstream::Message>>>);
 
 impl Settle {
     /// Not settled yet.
     fn holds(&self) -> bool {
-        self.message.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// The message, while not settled.
     fn message(&self) -> Option<jetstream::Message> {
-        self.message.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn finish(&self, kind: AckKind) {
-        finish(&self.message, kind);
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (Some(m), Ok(rt)) = (m, tokio::runtime::Handle::try_current()) else {
+            // Without a runtime (the node is going away) JetStream offers it again after the
+            // ack wait.
+            return;
+        };
+        rt.spawn(async move {
+            if let Err(e) = m.ack_with(kind).await {
+                tracing::debug!(
+                    "acknowledgement of a shared message to JetStream failed (it comes again): {e}"
+                );
+            }
+        });
     }
-}
-
-/// Settle the message in `cell` with JetStream, unless it is settled already.
-fn finish(cell: &Mutex<Option<jetstream::Message>>, kind: AckKind) {
-    let m = cell.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let (Some(m), Ok(rt)) = (m, tokio::runtime::Handle::try_current()) else {
-        // Without a runtime (the node is going away) JetStream offers it again after the
-        // ack wait.
-        return;
-    };
-    rt.spawn(async move {
-        if let Err(e) = m.ack_with(kind).await {
-            tracing::debug!("acknowledgement of a shared message to JetStream failed (it comes again): {e}");
-        }
-    });
 }
 
 impl tern_broker::Settlement for Settle {
@@ -389,24 +372,25 @@ impl tern_broker::Settlement for Settle {
         self.finish(AckKind::Ack);
     }
 
-    /// The QoS 2 delivery began: no other member may get the message (v5 [MQTT-4.8.2-4],
-    /// [MQTT-4.8.2-5]), so JetStream must not offer it again when this node dies. For a
-    /// session that outlives its connection, acknowledged once its entry lists the delivery
-    /// (a node that recovers the session resends it to the member); if that write is not
-    /// made, the PUBLISH does not go out and the message stays held until it is settled as
-    /// before. For a session that ends with its connection, acknowledged now.
-    fn started(&self, written: Option<tern_broker::durability::Ticket>) {
-        let Some(ticket) = written else {
-            self.finish(AckKind::Ack);
+    /// The QoS 2 delivery began (its PUBLISH goes out; a session that outlives its
+    /// connection lists it in its entry and in the node's store already, so a node that
+    /// resumes the session resends it): no other member may get the message (v5
+    /// [MQTT-4.8.2-4], [MQTT-4.8.2-5]), so JetStream must not offer it again if this node
+    /// dies. Acknowledged with JetStream's confirmation; without one (NATS cut off) the
+    /// message stays held (renewed, acknowledged again at the PUBCOMP).
+    fn started(&self) {
+        let (Some(m), Ok(rt)) = (self.message(), tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (cell, directory) = (self.message.clone(), self.directory.clone());
+        let cell = self.0.clone();
         rt.spawn(async move {
-            if directory.written_and_kept(ticket).await {
-                finish(&cell, AckKind::Ack);
+            match m.double_ack().await {
+                Ok(()) => {
+                    cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+                }
+                Err(e) => tracing::debug!(
+                    "a shared QoS 2 message whose delivery began is not settled with JetStream yet: {e}"
+                ),
             }
         });
     }

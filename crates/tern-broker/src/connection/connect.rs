@@ -401,6 +401,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         out: BytesMut::new(),
         needs_commit: false,
         session_ticket,
+        begun: Vec::new(),
         waiting_for_commit: false,
         seen_commit: 0,
         pressure: Vec::new(),

@@ -204,6 +204,11 @@ fn take_batch(
                 // deduplicates by packet id until PUBREL, takes it for a new message.
                 link.needs_commit |= durable_first;
                 packet_id = Some(id);
+                // A shared message's QoS 2 delivery begins: it is this member's once its
+                // PUBLISH may go out (told after the commit).
+                if let (Some(s), QoS::ExactlyOnce) = (&out.settle, out.qos) {
+                    link.begun.push(s.clone());
+                }
             }
         }
         batch.push((out, packet_id));

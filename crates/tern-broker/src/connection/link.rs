@@ -97,6 +97,9 @@ pub(crate) struct Link {
     /// The backplane's ticket for this session's entry after a SUBSCRIBE/UNSUBSCRIBE: the
     /// SUBACK/UNSUBACK waits for it ([`crate::backplane::Backplane::sessions_progress`]).
     pub session_ticket: Option<crate::durability::Ticket>,
+    /// Shared messages whose QoS 2 delivery began in `out`: told once it may be written
+    /// ([`crate::Settlement::started`]).
+    pub begun: Vec<Arc<dyn crate::Settlement>>,
     /// The queue's head waits for a store commit.
     pub waiting_for_commit: bool,
     /// The durable ticket when the queue was last looked at (a commit wait waits past it).

@@ -218,8 +218,20 @@ impl Conn {
     }
 
     /// Wait until the store changes made so far are committed, so that the
-    /// acknowledgements in `out` promise nothing the store does not hold.
+    /// acknowledgements in `out` promise nothing the store does not hold; then the shared
+    /// messages whose QoS 2 delivery began in `out` are their member's.
     async fn commit(&mut self) -> Result<(), Close> {
+        let r = self.commit_changes().await;
+        let begun = std::mem::take(&mut self.link.begun);
+        if r.is_ok() {
+            for s in begun {
+                s.started();
+            }
+        }
+        r
+    }
+
+    async fn commit_changes(&mut self) -> Result<(), Close> {
         let stored = std::mem::take(&mut self.link.needs_commit);
         // A SUBACK, or a QoS 2 delivery's PUBLISH or PUBREL, waits for the session's entry
         // in the cluster (`None` on a single node).
