@@ -353,6 +353,44 @@ pub(crate) struct Directory {
     /// Sessions fetched here lately: their floor is written once they hold no message they
     /// came with ([`refresh_floors`]), rather than at the next full round.
     settling: Mutex<HashMap<Arc<str>, Settling>>,
+    /// Nodes "no responders" is heard for, by any claim of this node.
+    silent: Mutex<Silences>,
+}
+
+/// The nodes "no responders" is heard for, by the claims of this node: when first and when
+/// last. A silence counts from the first claim that heard it, as long as claims keep hearing
+/// it (each asks every 250 ms); one not heard for [`NO_RESPONDERS_GRACE`] starts again, and
+/// an answer ends it. So when a node dies with many sessions, its clients reconnecting here
+/// wait for one grace together, not one each.
+#[derive(Debug, Default)]
+struct Silences(HashMap<String, (Instant, Instant)>);
+
+impl Silences {
+    /// Heard now for `node` by a claim that first heard it at `since`: how long it has been
+    /// silent.
+    fn silent_for(&mut self, node: &str, since: Instant, now: Instant) -> Duration {
+        let first = match self.0.get_mut(node) {
+            Some((first, last)) if now.saturating_duration_since(*last) < NO_RESPONDERS_GRACE => {
+                *last = now;
+                (*first).min(since)
+            }
+            _ => {
+                // Nodes come and go by name: only those heard lately are kept.
+                self.0
+                    .retain(|_, (_, last)| now.saturating_duration_since(*last) < NO_RESPONDERS_GRACE);
+                self.0.insert(node.to_string(), (since, now));
+                since
+            }
+        };
+        now.saturating_duration_since(first)
+    }
+
+    /// `node` answered.
+    fn heard(&mut self, node: &str) {
+        if !self.0.is_empty() {
+            self.0.remove(node);
+        }
+    }
 }
 
 /// A session whose floor is awaited after it came here.
@@ -467,6 +505,7 @@ impl Directory {
             start,
             q2: Mutex::default(),
             settling: Mutex::default(),
+            silent: Mutex::default(),
             failed: Mutex::default(),
         }
     }
@@ -1381,15 +1420,22 @@ impl Directory {
                 break;
             }
             match self.request(owner, "take", ask.clone()).await {
-                Ok(a) if &a[..] == b"busy" => tokio::time::sleep(Duration::from_millis(100)).await,
+                Ok(a) if &a[..] == b"busy" => {
+                    self.heard(owner);
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
                 Ok(a) => {
+                    self.heard(owner);
                     answer = Some(a);
                     break;
                 }
                 // Gone from NATS, or moving to another NATS server (its subscription is then
                 // missing for a moment): asked again for a while before it counts as dead.
+                // The silence other claims heard counts too: when a node dies with many
+                // sessions, its clients reconnecting here wait for one grace, not one each.
                 Err(Ask::NoResponders)
-                    if silent_since.get_or_insert_with(Instant::now).elapsed() < NO_RESPONDERS_GRACE =>
+                    if self.silent_for(owner, *silent_since.get_or_insert_with(Instant::now))
+                        < NO_RESPONDERS_GRACE =>
                 {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
@@ -1440,6 +1486,20 @@ impl Directory {
             }
             None => Ok(None),
         }
+    }
+
+    /// "No responders" was heard for `node`, by a claim that first heard it at `since`: for
+    /// how long the node has been silent, as far as this node knows ([`Silences`]).
+    fn silent_for(&self, node: &str, since: Instant) -> Duration {
+        self.silent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .silent_for(node, since, Instant::now())
+    }
+
+    /// `node` answered: it is not silent.
+    fn heard(&self, node: &str) {
+        self.silent.lock().unwrap_or_else(|e| e.into_inner()).heard(node);
     }
 
     /// Fetch, in pieces, what `owner` answered `moved TOKEN LEN` about; `None` for `none` or
@@ -2718,6 +2778,39 @@ async fn settle_floors(directory: &Directory, admin: &Admin, written: &mut HashM
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_nodes_silence_counts_once_for_every_claim_and_ends_with_an_answer() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = Silences::default();
+        assert_eq!(s.silent_for("a", at(0), at(0)), Duration::ZERO);
+        // Claims keep hearing it every 250 ms.
+        for ms in (250..=3_000).step_by(250) {
+            s.silent_for("a", at(0), at(ms));
+        }
+        // A claim that starts now counts the silence the first one heard: it need not wait.
+        assert_eq!(
+            s.silent_for("a", at(3_100), at(3_100)),
+            Duration::from_millis(3_100)
+        );
+        // Another node's silence is its own.
+        assert_eq!(s.silent_for("b", at(3_100), at(3_100)), Duration::ZERO);
+        // An answer ends the silence.
+        s.heard("a");
+        assert_eq!(s.silent_for("a", at(3_200), at(3_200)), Duration::ZERO);
+        // A silence nobody heard for a grace starts again (a node moving between NATS
+        // servers for a moment later on is not taken for dead).
+        assert_eq!(
+            s.silent_for(
+                "a",
+                at(3_200) + NO_RESPONDERS_GRACE,
+                at(3_200) + NO_RESPONDERS_GRACE
+            ),
+            Duration::ZERO
+        );
+        assert!(!s.0.contains_key("b"), "nodes not heard lately are forgotten");
+    }
 
     /// Against a NATS server: a message stored under its id is found; an id never stored is
     /// not, again not (its placeholder is recognised), and a late store of it is refused as
