@@ -359,27 +359,32 @@ pub(crate) struct Directory {
 
 /// The nodes "no responders" is heard for, by the claims of this node: when first and when
 /// last. A silence counts from the first claim that heard it, as long as claims keep hearing
-/// it (each asks every 250 ms); one not heard for [`NO_RESPONDERS_GRACE`] starts again, and
-/// an answer ends it. So when a node dies with many sessions, its clients reconnecting here
-/// wait for one grace together, not one each.
+/// it (each asks every 250 ms); one not heard for [`SILENCE_BRIDGE`] starts again, and an
+/// answer ends it. So when a node dies with many sessions, its clients reconnecting here wait
+/// for one grace together, not one each; and a node that answered in between is never taken
+/// for dead sooner than one that did not.
 #[derive(Debug, Default)]
 struct Silences(HashMap<String, (Instant, Instant)>);
 
+/// Longest gap between two claims hearing "no responders" from a node for its silence to go
+/// on (claims ask every 250 ms; one that waits for an answer asks again within 2.25 s, and
+/// then starts a new silence).
+const SILENCE_BRIDGE: Duration = Duration::from_secs(1);
+
 impl Silences {
-    /// Heard now for `node` by a claim that first heard it at `since`: how long it has been
-    /// silent.
-    fn silent_for(&mut self, node: &str, since: Instant, now: Instant) -> Duration {
+    /// "No responders" heard for `node` now: how long it has been silent.
+    fn silent_for(&mut self, node: &str, now: Instant) -> Duration {
         let first = match self.0.get_mut(node) {
-            Some((first, last)) if now.saturating_duration_since(*last) < NO_RESPONDERS_GRACE => {
+            Some((first, last)) if now.saturating_duration_since(*last) < SILENCE_BRIDGE => {
                 *last = now;
-                (*first).min(since)
+                *first
             }
             _ => {
                 // Nodes come and go by name: only those heard lately are kept.
                 self.0
-                    .retain(|_, (_, last)| now.saturating_duration_since(*last) < NO_RESPONDERS_GRACE);
-                self.0.insert(node.to_string(), (since, now));
-                since
+                    .retain(|_, (_, last)| now.saturating_duration_since(*last) < SILENCE_BRIDGE);
+                self.0.insert(node.to_string(), (now, now));
+                now
             }
         };
         now.saturating_duration_since(first)
@@ -1414,7 +1419,6 @@ impl Directory {
         ask.extend_from_slice(client.as_bytes());
         let ask = Bytes::from(ask);
         let mut answer = None;
-        let mut silent_since: Option<Instant> = None;
         for _ in 0..BUSY_RETRIES {
             if Instant::now() >= budget {
                 break;
@@ -1433,10 +1437,7 @@ impl Directory {
                 // missing for a moment): asked again for a while before it counts as dead.
                 // The silence other claims heard counts too: when a node dies with many
                 // sessions, its clients reconnecting here wait for one grace, not one each.
-                Err(Ask::NoResponders)
-                    if self.silent_for(owner, *silent_since.get_or_insert_with(Instant::now))
-                        < NO_RESPONDERS_GRACE =>
-                {
+                Err(Ask::NoResponders) if self.silent_for(owner) < NO_RESPONDERS_GRACE => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(Ask::NoResponders) => {
@@ -1488,13 +1489,13 @@ impl Directory {
         }
     }
 
-    /// "No responders" was heard for `node`, by a claim that first heard it at `since`: for
-    /// how long the node has been silent, as far as this node knows ([`Silences`]).
-    fn silent_for(&self, node: &str, since: Instant) -> Duration {
+    /// "No responders" was heard for `node` now: for how long the node has been silent, as
+    /// far as this node knows ([`Silences`]).
+    fn silent_for(&self, node: &str) -> Duration {
         self.silent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .silent_for(node, since, Instant::now())
+            .silent_for(node, Instant::now())
     }
 
     /// `node` answered: it is not silent.
@@ -2784,31 +2785,21 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut s = Silences::default();
-        assert_eq!(s.silent_for("a", at(0), at(0)), Duration::ZERO);
+        assert_eq!(s.silent_for("a", at(0)), Duration::ZERO);
         // Claims keep hearing it every 250 ms.
         for ms in (250..=3_000).step_by(250) {
-            s.silent_for("a", at(0), at(ms));
+            s.silent_for("a", at(ms));
         }
-        // A claim that starts now counts the silence the first one heard: it need not wait.
-        assert_eq!(
-            s.silent_for("a", at(3_100), at(3_100)),
-            Duration::from_millis(3_100)
-        );
+        // A claim that asks now counts the silence the first one heard: it need not wait.
+        assert_eq!(s.silent_for("a", at(3_100)), Duration::from_millis(3_100));
         // Another node's silence is its own.
-        assert_eq!(s.silent_for("b", at(3_100), at(3_100)), Duration::ZERO);
-        // An answer ends the silence.
+        assert_eq!(s.silent_for("b", at(3_100)), Duration::ZERO);
+        // An answer ends the silence: a claim that heard "no responders" long before that
+        // counts from now (a node moving between NATS servers twice is not taken for dead).
         s.heard("a");
-        assert_eq!(s.silent_for("a", at(3_200), at(3_200)), Duration::ZERO);
-        // A silence nobody heard for a grace starts again (a node moving between NATS
-        // servers for a moment later on is not taken for dead).
-        assert_eq!(
-            s.silent_for(
-                "a",
-                at(3_200) + NO_RESPONDERS_GRACE,
-                at(3_200) + NO_RESPONDERS_GRACE
-            ),
-            Duration::ZERO
-        );
+        assert_eq!(s.silent_for("a", at(3_200)), Duration::ZERO);
+        // A silence nobody heard for a while starts again, and such nodes are forgotten.
+        assert_eq!(s.silent_for("a", at(3_200) + SILENCE_BRIDGE), Duration::ZERO);
         assert!(!s.0.contains_key("b"), "nodes not heard lately are forgotten");
     }
 

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer, AckKind};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tern_broker::{Admin, SharedDelivery};
 use tokio::sync::Notify;
@@ -42,6 +43,10 @@ const MAX_ACK_PENDING: i64 = 1024;
 /// From its third delivery, a message is queued for a member that is not connected (a
 /// persistent session) rather than given back again.
 const OFFLINE_AFTER: i64 = 3;
+
+/// Longest wait for JetStream's answer to the acknowledgement of a shared QoS 2 message whose
+/// delivery began (without one it stays held, and is acknowledged again at the PUBCOMP).
+const START_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest a pull request waits on the server (as the tailers').
 const PULL_EXPIRY: Duration = Duration::from_secs(2);
@@ -382,14 +387,25 @@ impl tern_broker::Settlement for Settle {
         let (Some(m), Ok(rt)) = (self.message(), tokio::runtime::Handle::try_current()) else {
             return;
         };
+        let Some(reply) = m.reply.clone() else {
+            return;
+        };
         let cell = self.0.clone();
         rt.spawn(async move {
-            match m.double_ack().await {
-                Ok(()) => {
+            // JetStream answers an acknowledgement sent as a request once it has it. A request
+            // shares the client's one reply subscription (`double_ack` would subscribe and
+            // unsubscribe for each message).
+            let client = m.context.client();
+            let asked = client.request(reply, Bytes::from_static(b"+ACK"));
+            match tokio::time::timeout(START_ACK_TIMEOUT, asked).await {
+                Ok(Ok(_)) => {
                     cell.lock().unwrap_or_else(|e| e.into_inner()).take();
                 }
-                Err(e) => tracing::debug!(
+                Ok(Err(e)) => tracing::debug!(
                     "a shared QoS 2 message whose delivery began is not settled with JetStream yet: {e}"
+                ),
+                Err(_) => tracing::debug!(
+                    "a shared QoS 2 message whose delivery began is not settled with JetStream yet: no answer within {START_ACK_TIMEOUT:?}"
                 ),
             }
         });

@@ -389,6 +389,15 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         .as_ref()
         .and_then(|b| b.session_attached(&client_id))
         .max(ending);
+    // Shared messages whose QoS 2 delivery began on an earlier connection (whose commit may
+    // have failed): this one resends them, and they are their member's once it may.
+    let begun = cell
+        .lock()
+        .proto
+        .inflight()
+        .filter(|f| f.message.qos == tern_proto::QoS::ExactlyOnce)
+        .filter_map(|f| f.message.settle.clone())
+        .collect();
     let link = Link {
         core: core.clone(),
         cell,
@@ -401,7 +410,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         out: BytesMut::new(),
         needs_commit: false,
         session_ticket,
-        begun: Vec::new(),
+        begun,
         waiting_for_commit: false,
         seen_commit: 0,
         pressure: Vec::new(),
