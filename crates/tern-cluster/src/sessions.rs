@@ -1419,12 +1419,20 @@ impl Directory {
         ask.extend_from_slice(client.as_bytes());
         let ask = Bytes::from(ask);
         let mut answer = None;
+        // This claim's own unbroken run of "no responders" (it counts even when the node is
+        // too busy for claims to ask within the shared silence's bridge).
+        let mut run: Option<Instant> = None;
         for _ in 0..BUSY_RETRIES {
             if Instant::now() >= budget {
                 break;
             }
-            match self.request(owner, "take", ask.clone()).await {
+            let asked = self.request(owner, "take", ask.clone()).await;
+            if matches!(asked, Err(Ask::NoResponders)) {
+                run.get_or_insert_with(Instant::now);
+            }
+            match asked {
                 Ok(a) if &a[..] == b"busy" => {
+                    run = None;
                     self.heard(owner);
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
@@ -1437,7 +1445,12 @@ impl Directory {
                 // missing for a moment): asked again for a while before it counts as dead.
                 // The silence other claims heard counts too: when a node dies with many
                 // sessions, its clients reconnecting here wait for one grace, not one each.
-                Err(Ask::NoResponders) if self.silent_for(owner) < NO_RESPONDERS_GRACE => {
+                Err(Ask::NoResponders)
+                    if self
+                        .silent_for(owner)
+                        .max(run.map_or(Duration::ZERO, |r| r.elapsed()))
+                        < NO_RESPONDERS_GRACE =>
+                {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(Ask::NoResponders) => {
@@ -2792,14 +2805,20 @@ mod tests {
         }
         // A claim that asks now counts the silence the first one heard: it need not wait.
         assert_eq!(s.silent_for("a", at(3_100)), Duration::from_millis(3_100));
+        // Heard again just within the bridge: the silence goes on.
+        assert_eq!(
+            s.silent_for("a", at(3_100) + SILENCE_BRIDGE - Duration::from_millis(1)),
+            Duration::from_millis(3_099) + SILENCE_BRIDGE
+        );
         // Another node's silence is its own.
         assert_eq!(s.silent_for("b", at(3_100)), Duration::ZERO);
         // An answer ends the silence: a claim that heard "no responders" long before that
         // counts from now (a node moving between NATS servers twice is not taken for dead).
         s.heard("a");
-        assert_eq!(s.silent_for("a", at(3_200)), Duration::ZERO);
+        let t1 = at(5_000);
+        assert_eq!(s.silent_for("a", t1), Duration::ZERO);
         // A silence nobody heard for a while starts again, and such nodes are forgotten.
-        assert_eq!(s.silent_for("a", at(3_200) + SILENCE_BRIDGE), Duration::ZERO);
+        assert_eq!(s.silent_for("a", t1 + SILENCE_BRIDGE), Duration::ZERO);
         assert!(!s.0.contains_key("b"), "nodes not heard lately are forgotten");
     }
 
