@@ -787,10 +787,10 @@ async fn qos2_deliveries_in_flight_on_a_killed_node_resume_with_their_packet_ids
 }
 
 /// v5 [MQTT-4.8.2-4]: a QoS 2 message of a shared subscription whose delivery to a member
-/// began is completed with that member, and is no other member's. When the member's node is killed, no other
-/// member gets it, however long after the group's ack wait (before: JetStream offered it
-/// again to the group, and a member on the other node got it); the member gets it again
-/// with its packet id where its session is recovered.
+/// began is completed with that member, and is no other member's. When the member's node
+/// is killed, no other member gets it, however long after the group's ack wait (before:
+/// JetStream offered it again to the group, and a member on the other node got it); the
+/// member gets it again with its packet id where its session is recovered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_qos2_message_begun_on_a_killed_node_goes_to_no_other_member() {
     let nats = Nats::start(3, true);
