@@ -10,6 +10,7 @@
 //! shards = 3
 //! replicas = 3
 //! publish_timeout_ms = 10000
+//! qos0_pack = 64               # QoS 0 messages in one NATS message, at most (1: each alone)
 //! # nats_sync_always = true     # assert the fsync setting when there is no monitor URL
 //! # unsafe_lazy_fsync = false
 //! # user = "tern"                # NATS credentials: user and password (or password_file), token,
@@ -53,6 +54,12 @@ pub struct ClusterConfig {
     pub max_ack_inflight: usize,
     /// Seconds a stored QoS 1/2 message is kept in its stream (default 86,400).
     pub retention_secs: u64,
+    /// QoS 0 messages that may travel as one NATS message, at most (default 64, at most
+    /// 1,024): those waiting together to be handed to NATS from one publisher to one topic,
+    /// without properties. 1 sends each alone, as nodes older than packing expect (set it
+    /// on every node before a rolling upgrade from them, and for NATS applications that
+    /// read Tern's QoS 0 traffic).
+    pub qos0_pack: usize,
     /// The operator asserts that every NATS server runs `jetstream { sync_interval: always }`
     /// (needed when `monitor` is empty: a NATS client cannot read that setting).
     pub nats_sync_always: bool,
@@ -118,6 +125,7 @@ impl Default for ClusterConfig {
             publish_timeout_ms: 10_000,
             max_ack_inflight: 4096,
             retention_secs: 86_400,
+            qos0_pack: 64,
             nats_sync_always: false,
             unsafe_lazy_fsync: false,
             node_timeout_ms: 10_000,
@@ -154,6 +162,12 @@ impl ClusterConfig {
         }
         if self.max_ack_inflight == 0 {
             return Err("cluster.max_ack_inflight must be above 0".into());
+        }
+        if self.qos0_pack == 0 || self.qos0_pack > 1024 {
+            return Err(format!(
+                "cluster.qos0_pack = {}: must be 1 to 1024",
+                self.qos0_pack
+            ));
         }
         if self.node_timeout_ms < 500 {
             return Err(format!(
@@ -231,6 +245,7 @@ mod tests {
             (10_000, "tern")
         );
         assert!(cluster.unsafe_lazy_fsync && !cluster.nats_sync_always);
+        assert_eq!(cluster.qos0_pack, 64);
         assert!(
             Config::from_toml("").expect("empty").cluster.is_none(),
             "no table: one node"
@@ -258,6 +273,8 @@ mod tests {
                 "cluster.credentials_file",
             ),
             ("[cluster]\nshare_ack_wait_ms = 10\n", "cluster.share_ack_wait_ms"),
+            ("[cluster]\nqos0_pack = 0\n", "cluster.qos0_pack"),
+            ("[cluster]\nqos0_pack = 1025\n", "cluster.qos0_pack"),
         ] {
             let err = Config::from_toml(bad).expect_err(bad).to_string();
             assert!(err.contains(names), "{bad}: {err}");

@@ -1,6 +1,10 @@
 //! A broker [`Message`] as a NATS message and back: the payload is the MQTT payload as it is
 //! (NATS applications can read Tern's traffic); what else MQTT carries goes in headers.
 //!
+//! QoS 0 messages that wait together to be handed to NATS and differ only in their payload
+//! (one publisher, one topic, no properties) travel as one NATS message, a pack
+//! ([`pack`], header `Tern-K`): what core NATS costs is paid per NATS message, not per byte.
+//!
 //! | Header | Value |
 //! |---|---|
 //! | `Tern-Q` | the QoS it was published with (`0`, `1`, `2`) |
@@ -9,6 +13,7 @@
 //! | `Tern-O` | the publisher's client id, base64 (5.0 No Local on other nodes) |
 //! | `Tern-X` | when the 5.0 Message Expiry Interval runs out, Unix milliseconds |
 //! | `Tern-P` | the other 5.0 PUBLISH properties, base64 of a 5.0 PUBLISH packet that carries only them |
+//! | `Tern-K` | (QoS 0 only) the NATS message is a pack of this many messages ([`pack`]) |
 //! | `Nats-Msg-Id` | (QoS 2 messages and retained writes) `node:run:count`, the run a random number the node drew at start: a retried publish is stored once, and a QoS 2 message's id ([`Message::backplane_id`]) is `(run, count)` on every node |
 
 use std::sync::Arc;
@@ -38,6 +43,29 @@ pub const PROPS: &str = "Tern-P";
 /// `sessions.rs`, `Directory::stored`): never delivered.
 pub const VOID: &str = "Tern-V";
 
+/// The number of messages in a pack ([`pack`]).
+pub const PACK: &str = "Tern-K";
+/// Messages in one pack, at most (`cluster.qos0_pack` says how many a node packs).
+pub const PACK_MAX: usize = 1024;
+/// Payload bytes of one pack, at most (with the lengths; far below NATS' smallest usual
+/// `max_payload`): a larger message travels alone.
+pub const PACK_BYTES: usize = 64 * 1024;
+
+/// The header names as NATS header names, made without allocating (a `&str` name is copied
+/// into a new name at every `get` and `insert`).
+mod names {
+    use async_nats::header::HeaderName;
+
+    pub const QOS: HeaderName = HeaderName::from_static(super::QOS);
+    pub const RETAIN: HeaderName = HeaderName::from_static(super::RETAIN);
+    pub const NODE: HeaderName = HeaderName::from_static(super::NODE);
+    pub const ORIGIN: HeaderName = HeaderName::from_static(super::ORIGIN);
+    pub const EXPIRY: HeaderName = HeaderName::from_static(super::EXPIRY);
+    pub const PROPS: HeaderName = HeaderName::from_static(super::PROPS);
+    pub const VOID: HeaderName = HeaderName::from_static(super::VOID);
+    pub const PACK: HeaderName = HeaderName::from_static(super::PACK);
+}
+
 /// Why a NATS message is not a Tern message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +79,9 @@ pub enum CodecError {
     /// A placeholder ([`VOID`]), not a message.
     #[error("a placeholder, not a message")]
     Void,
+    /// A pack ([`PACK`]) whose payload does not hold as many messages as it says.
+    #[error("a pack whose payload does not hold the messages its header counts")]
+    Pack,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -63,17 +94,20 @@ pub fn wall_ms() -> u64 {
 /// The headers of `msg` published on `node`.
 pub fn headers(msg: &Message, node: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(QOS, qos_digit(msg.qos));
+    h.insert(names::QOS, qos_digit(msg.qos));
     if msg.retain {
-        h.insert(RETAIN, "1");
+        h.insert(names::RETAIN, "1");
     }
-    h.insert(NODE, node);
+    h.insert(names::NODE, node);
     if let Some(p) = &msg.publisher {
-        h.insert(ORIGIN, B64.encode(p.as_bytes()).as_str());
+        h.insert(names::ORIGIN, B64.encode(p.as_bytes()).as_str());
     }
     if let Some(at) = msg.expires_at {
         let left = at.saturating_duration_since(Instant::now());
-        h.insert(EXPIRY, (wall_ms() + left.as_millis() as u64).to_string().as_str());
+        h.insert(
+            names::EXPIRY,
+            (wall_ms() + left.as_millis() as u64).to_string().as_str(),
+        );
     }
     let mut props = msg.properties.clone();
     props.message_expiry_interval = None;
@@ -82,10 +116,57 @@ pub fn headers(msg: &Message, node: &str) -> HeaderMap {
         p.properties = props;
         let mut buf = BytesMut::new();
         if Packet::Publish(p).encode(ProtocolVersion::V5, &mut buf).is_ok() {
-            h.insert(PROPS, B64.encode(&buf).as_str());
+            h.insert(names::PROPS, B64.encode(&buf).as_str());
         }
     }
     h
+}
+
+/// Whether `next` may travel in one pack with `first`: both QoS 0 and not retained, from
+/// the same publisher to the same topic, without properties or expiry (the pack's headers
+/// say what holds for every message in it).
+pub fn packable(first: &Message, next: &Message) -> bool {
+    let plain = |m: &Message| {
+        m.qos == QoS::AtMostOnce && !m.retain && m.expires_at.is_none() && m.properties.is_empty()
+    };
+    plain(first) && plain(next) && first.topic == next.topic && first.publisher == next.publisher
+}
+
+/// The payload of a pack of `payloads`, written into `buf`: each payload after its length
+/// (4 bytes, big endian). The pack's headers are those of its first message ([`headers`])
+/// with [`PACK`] set to how many there are.
+pub fn pack<'a>(payloads: impl IntoIterator<Item = &'a Bytes>, buf: &mut BytesMut) -> Bytes {
+    for p in payloads {
+        buf.reserve(4 + p.len());
+        buf.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        buf.extend_from_slice(p);
+    }
+    buf.split().freeze()
+}
+
+/// The `n` payloads of a pack, in order, without copying them.
+pub fn unpack(payload: &Bytes, n: usize) -> Result<Vec<Bytes>, CodecError> {
+    let mut parts = Vec::with_capacity(n);
+    let mut at = 0;
+    while at < payload.len() {
+        let len = payload
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or(CodecError::Pack)?;
+        let end = (at + 4)
+            .checked_add(len)
+            .filter(|&e| e <= payload.len())
+            .ok_or(CodecError::Pack)?;
+        if parts.len() == n {
+            return Err(CodecError::Pack);
+        }
+        parts.push(payload.slice(at + 4..end));
+        at = end;
+    }
+    if parts.len() != n {
+        return Err(CodecError::Pack);
+    }
+    Ok(parts)
 }
 
 fn qos_digit(q: QoS) -> &'static str {
@@ -98,7 +179,7 @@ fn qos_digit(q: QoS) -> &'static str {
 
 /// The node a NATS message came from.
 pub fn node_of(h: Option<&HeaderMap>) -> Option<&str> {
-    h?.get(NODE).map(|v| v.as_str())
+    h?.get(names::NODE).map(|v| v.as_str())
 }
 
 /// The `Nats-Msg-Id` of the message with `id` published on `node`.
@@ -125,24 +206,24 @@ pub fn decode(
 ) -> Result<Message, CodecError> {
     let empty = HeaderMap::new();
     let h = headers.unwrap_or(&empty);
-    if h.get(VOID).is_some() {
+    if h.get(names::VOID).is_some() {
         return Err(CodecError::Void);
     }
     let topic = crate::topic::decode_subject(prefix, subject)?;
-    let qos = match h.get(QOS).map(|v| v.as_str()) {
+    let qos = match h.get(names::QOS).map(|v| v.as_str()) {
         Some("0") => QoS::AtMostOnce,
         Some("1") => QoS::AtLeastOnce,
         Some("2") => QoS::ExactlyOnce,
         _ => return Err(CodecError::Header(QOS)),
     };
-    let retain = h.get(RETAIN).is_some_and(|v| v.as_str() == "1");
+    let retain = h.get(names::RETAIN).is_some_and(|v| v.as_str() == "1");
     let mut msg = Message::new(topic, payload, qos, retain);
-    if let Some(o) = h.get(ORIGIN) {
+    if let Some(o) = h.get(names::ORIGIN) {
         let id = B64.decode(o.as_str()).map_err(|_| CodecError::Header(ORIGIN))?;
         let id = String::from_utf8(id).map_err(|_| CodecError::Header(ORIGIN))?;
         msg.publisher = Some(Arc::from(id));
     }
-    if let Some(p) = h.get(PROPS) {
+    if let Some(p) = h.get(names::PROPS) {
         let bytes = B64.decode(p.as_str()).map_err(|_| CodecError::Header(PROPS))?;
         let mut buf = BytesMut::from(&bytes[..]);
         match tern_proto::decode(&mut buf, ProtocolVersion::V5, u32::MAX) {
@@ -150,7 +231,7 @@ pub fn decode(
             _ => return Err(CodecError::Header(PROPS)),
         }
     }
-    if let Some(x) = h.get(EXPIRY) {
+    if let Some(x) = h.get(names::EXPIRY) {
         let at: u64 = x.as_str().parse().map_err(|_| CodecError::Header(EXPIRY))?;
         let left = Duration::from_millis(at.saturating_sub(wall_ms()));
         msg.expires_at = Some(Instant::now() + left);
@@ -163,6 +244,48 @@ pub fn decode(
         }
     }
     Ok(msg)
+}
+
+/// How many messages a NATS message carries, as its headers say (1 unless a pack says more;
+/// a pack's payload is checked when it is decoded).
+pub fn count(headers: Option<&HeaderMap>) -> usize {
+    headers
+        .and_then(|h| h.get(names::PACK))
+        .and_then(|n| n.as_str().parse().ok())
+        .map_or(1, |n: usize| n.clamp(1, PACK_MAX))
+}
+
+/// The messages a NATS message carries, in order: one, or a pack's ([`PACK`]), the first
+/// apart (a lone message costs no `Vec`).
+pub fn decode_all(
+    prefix: &str,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Result<(Message, Vec<Message>), CodecError> {
+    let Some(n) = headers.and_then(|h| h.get(names::PACK)) else {
+        return decode(prefix, subject, headers, payload).map(|m| (m, Vec::new()));
+    };
+    let n: usize = n
+        .as_str()
+        .parse()
+        .ok()
+        .filter(|n| (1..=PACK_MAX).contains(n))
+        .ok_or(CodecError::Header(PACK))?;
+    let first = decode(prefix, subject, headers, Bytes::new())?;
+    if first.qos != QoS::AtMostOnce || first.retain {
+        return Err(CodecError::Header(PACK));
+    }
+    let like = |payload: Bytes| {
+        let mut m = Message::new(first.topic.clone(), payload, first.qos, false);
+        m.publisher = first.publisher.clone();
+        m.properties = first.properties.clone();
+        m.expires_at = first.expires_at;
+        m
+    };
+    let mut parts = unpack(&payload, n)?.into_iter();
+    let head = like(parts.next().ok_or(CodecError::Pack)?);
+    Ok((head, parts.map(like).collect()))
 }
 
 #[cfg(test)]
@@ -230,6 +353,97 @@ mod tests {
             decode("tern.t", &subject, Some(&h), Bytes::new()),
             Err(CodecError::Void)
         ));
+    }
+
+    fn plain(topic: &str, payload: &'static [u8], publisher: &str) -> Message {
+        let mut m = Message::new(topic, Bytes::from_static(payload), QoS::AtMostOnce, false);
+        m.publisher = Some(Arc::from(publisher));
+        m
+    }
+
+    #[test]
+    fn only_plain_qos0_messages_of_one_publisher_to_one_topic_are_packed() {
+        let a = plain("t/1", b"a", "p");
+        assert!(packable(&a, &plain("t/1", b"other payload", "p")));
+        assert!(!packable(&a, &plain("t/2", b"a", "p")), "another topic");
+        assert!(!packable(&a, &plain("t/1", b"a", "q")), "another publisher");
+        let mut b = plain("t/1", b"a", "p");
+        b.qos = QoS::AtLeastOnce;
+        assert!(!packable(&a, &b), "QoS 1");
+        let mut b = plain("t/1", b"a", "p");
+        b.retain = true;
+        assert!(!packable(&a, &b), "retained");
+        let mut b = plain("t/1", b"a", "p");
+        b.properties.content_type = Some("text/plain".into());
+        assert!(!packable(&a, &b) && !packable(&b, &a), "properties");
+        let mut b = plain("t/1", b"a", "p");
+        b.expires_at = Some(Instant::now() + Duration::from_secs(5));
+        assert!(!packable(&a, &b) && !packable(&b, &a), "expiry");
+    }
+
+    #[test]
+    fn a_pack_comes_back_as_its_messages_in_order() {
+        let ms = [
+            plain("a b/$x", b"", "p"),
+            plain("a b/$x", b"\0\xff two", "p"),
+            plain("a b/$x", b"3", "p"),
+        ];
+        let mut h = headers(&ms[0], "n1");
+        h.insert(PACK, "3");
+        assert_eq!(count(Some(&h)), 3);
+        let payload = pack(ms.iter().map(|m| &m.payload), &mut BytesMut::new());
+        let subject = crate::topic::encode_topic("tern.t", "a b/$x");
+        let (first, rest) = decode_all("tern.t", &subject, Some(&h), payload).expect("decodes");
+        let back: Vec<Message> = std::iter::once(first).chain(rest).collect();
+        assert_eq!(back.len(), 3);
+        for (b, m) in back.iter().zip(&ms) {
+            assert_eq!(
+                (&b.topic, &b.payload, b.qos, b.retain),
+                (&m.topic, &m.payload, m.qos, m.retain)
+            );
+            assert_eq!(b.publisher, m.publisher);
+        }
+        // A lone message is not a pack: its payload is the message's.
+        let h = headers(&ms[1], "n1");
+        let (one, rest) = decode_all("tern.t", &subject, Some(&h), ms[1].payload.clone()).expect("decodes");
+        assert_eq!((one.payload, rest.len()), (ms[1].payload.clone(), 0));
+    }
+
+    #[test]
+    fn a_pack_that_does_not_hold_what_it_counts_is_refused() {
+        let m = plain("t", b"", "p");
+        let subject = crate::topic::encode_topic("tern.t", "t");
+        let two = pack(
+            [Bytes::from_static(b"ab"), Bytes::from_static(b"c")].iter(),
+            &mut BytesMut::new(),
+        );
+        let decode_as = |n: &str, payload: &Bytes| {
+            let mut h = headers(&m, "n1");
+            h.insert(PACK, n);
+            decode_all("tern.t", &subject, Some(&h), payload.clone()).map(|(_, rest)| rest.len() + 1)
+        };
+        assert_eq!(decode_as("2", &two).ok(), Some(2));
+        for n in ["1", "3", "0", "1025", "-1", "two", ""] {
+            assert!(decode_as(n, &two).is_err(), "count {n:?}");
+        }
+        for cut in [1, 3, 4, 5, two.len() - 1] {
+            assert!(decode_as("2", &two.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut long = BytesMut::from(&two[..]);
+        long.extend_from_slice(&[0, 0, 0]);
+        assert!(
+            decode_as("2", &long.freeze()).is_err(),
+            "bytes after the last message"
+        );
+        let huge = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1]);
+        assert!(decode_as("1", &huge).is_err(), "a length beyond the payload");
+        // Only QoS 0 messages that are not retained are packed.
+        for (qos, retain) in [(QoS::AtLeastOnce, false), (QoS::AtMostOnce, true)] {
+            let q = Message::new("t", Bytes::new(), qos, retain);
+            let mut h = headers(&q, "n1");
+            h.insert(PACK, "2");
+            assert!(decode_all("tern.t", &subject, Some(&h), two.clone()).is_err());
+        }
     }
 
     #[test]

@@ -131,12 +131,16 @@ impl Inbound {
             if codec::node_of(m.headers.as_ref()) == Some(self.node.as_str()) {
                 return None;
             }
-            match codec::decode(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
+            // A stored message, or from core NATS one message or a pack of QoS 0 messages.
+            let decoded = match position {
+                Some(_) => codec::decode(prefix, &m.subject, m.headers.as_ref(), m.payload.clone())
+                    .map(|m| (m, Vec::new())),
+                None => codec::decode_all(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()),
+            };
+            match decoded {
                 // Retained state comes from the retained bucket (`follow_retained`), in one
                 // order for every node; here the message is only delivered.
-                // Its arrival time tells how far back a session's unacknowledged messages go
-                // (`sessions.rs`, the floor of a session's record).
-                Ok(mut msg) => {
+                Ok((mut msg, rest)) => {
                     if let Some((k, seq)) = position {
                         // Where a QoS 2 message is: a delivered one is left out of the
                         // session's entry once its floor is past it.
@@ -147,7 +151,7 @@ impl Inbound {
                         // arrival times) still says how far back it holds messages.
                         msg = msg.placed_at(k, seq);
                     }
-                    Some(msg.arrived(now))
+                    Some(std::iter::once(msg).chain(rest))
                 }
                 Err(codec::CodecError::Void) => None,
                 Err(e) => {
@@ -157,6 +161,9 @@ impl Inbound {
                 }
             }
         });
+        // Its arrival time tells how far back a session's unacknowledged messages go
+        // (`sessions.rs`, the floor of a session's record).
+        let decoded = decoded.flatten().map(|m| m.arrived(now));
         for r in self.admin.route_all(decoded) {
             match r {
                 Ok(_) => self.counters.received.fetch_add(1, Ordering::Relaxed),
@@ -199,10 +206,15 @@ pub(crate) async fn follow_interest(
                             let mut batch = Vec::with_capacity(BATCH);
                             while let Some(m) = sub.next().await {
                                 // With what is already waiting: one queueing per session.
+                                // A pack counts as the messages it carries.
+                                let mut messages = codec::count(m.headers.as_ref());
                                 batch.push(m);
-                                while batch.len() < BATCH {
+                                while messages < BATCH {
                                     match sub.next().now_or_never() {
-                                        Some(Some(m)) => batch.push(m),
+                                        Some(Some(m)) => {
+                                            messages += codec::count(m.headers.as_ref());
+                                            batch.push(m);
+                                        }
                                         _ => break,
                                     }
                                 }

@@ -38,7 +38,7 @@
 //!   consumer per group and shard, a queue group for QoS 0).
 
 mod check;
-mod codec;
+pub mod codec;
 mod error;
 mod inbound;
 mod monitor;
@@ -304,6 +304,7 @@ impl Cluster {
             config.prefix.clone(),
             config.shards,
             Duration::from_millis(config.publish_timeout_ms),
+            config.qos0_pack,
         );
         let outbound = Arc::new(outbound);
         let run = tokio::spawn(outbound::run(
@@ -487,6 +488,7 @@ impl Cluster {
         ClusterStats {
             qos0_sent: o.qos0_sent.load(Ordering::Relaxed),
             qos0_dropped: o.qos0_dropped.load(Ordering::Relaxed),
+            qos0_packs: o.qos0_packs.load(Ordering::Relaxed),
             stored: o.stored.load(Ordering::Relaxed),
             store_retries: o.retries.load(Ordering::Relaxed),
             received: self.inbound_counters.received.load(Ordering::Relaxed),
@@ -525,6 +527,8 @@ pub struct ClusterStats {
     pub qos0_sent: u64,
     /// QoS 0 messages dropped because the queue to NATS was full.
     pub qos0_dropped: u64,
+    /// NATS messages that carried more than one QoS 0 message (`cluster.qos0_pack`).
+    pub qos0_packs: u64,
     /// QoS 1/2 messages JetStream acknowledged.
     pub stored: u64,
     /// Attempts to store a message that failed and were retried.

@@ -5,7 +5,8 @@
 //!
 //! ### Queues
 //! - QoS 0: a bounded channel (`QOS0_QUEUE`); when it is full the message is dropped and
-//!   counted, as QoS 0 allows. A retained QoS 0 message is also written to the retained
+//!   counted, as QoS 0 allows. Its task packs the messages that wait together and differ
+//!   only in their payload into one NATS message (`codec::pack`). A retained QoS 0 message is also written to the retained
 //!   bucket, unless `QOS0_QUEUE` writes wait already (dropped, counted, logged).
 //! - QoS 1/2: never dropped. The hand-over channel has no fixed capacity, but its depth is
 //!   bounded by the broker's flow control: a connection hands over at most one read's worth
@@ -64,6 +65,8 @@ pub struct OutboundCounters {
     pub qos0_sent: AtomicU64,
     /// QoS 0 messages dropped because the queue to NATS was full.
     pub qos0_dropped: AtomicU64,
+    /// NATS messages that carried more than one QoS 0 message.
+    pub qos0_packs: AtomicU64,
     /// QoS 1/2 messages stored (acknowledged by JetStream).
     pub stored: AtomicU64,
     /// Attempts to store that failed and were retried.
@@ -84,8 +87,10 @@ pub(crate) struct Outbound {
     pub progress: Progress,
     settled: Mutex<Settled>,
     stored_tx: mpsc::UnboundedSender<(Ticket, Outgoing)>,
-    qos0_tx: mpsc::Sender<Outgoing>,
+    qos0_tx: mpsc::Sender<Arc<Message>>,
     pub ack_timeout: Duration,
+    /// QoS 0 messages packed into one NATS message, at most (`cluster.qos0_pack`).
+    qos0_pack: usize,
     pub counters: OutboundCounters,
     /// The numbering of the session entry writes (`sessions.rs`): a message held for one
     /// ([`Outgoing::hold`]) is stored once it is written.
@@ -153,11 +158,17 @@ impl Tickets {
 /// The receiving ends, for [`run`].
 pub(crate) struct Receivers {
     stored: mpsc::UnboundedReceiver<(Ticket, Outgoing)>,
-    qos0: mpsc::Receiver<Outgoing>,
+    qos0: mpsc::Receiver<Arc<Message>>,
 }
 
 impl Outbound {
-    pub fn new(node: String, prefix: String, shards: u16, ack_timeout: Duration) -> (Outbound, Receivers) {
+    pub fn new(
+        node: String,
+        prefix: String,
+        shards: u16,
+        ack_timeout: Duration,
+        qos0_pack: usize,
+    ) -> (Outbound, Receivers) {
         let (stored_tx, stored) = mpsc::unbounded_channel();
         let (qos0_tx, qos0) = mpsc::channel(QOS0_QUEUE);
         let out = Outbound {
@@ -172,6 +183,7 @@ impl Outbound {
             stored_tx,
             qos0_tx,
             ack_timeout,
+            qos0_pack: qos0_pack.clamp(1, codec::PACK_MAX),
             counters: OutboundCounters::default(),
             entries: Arc::default(),
         };
@@ -193,8 +205,14 @@ impl Outbound {
 
     /// Hand `msg`, published by a client of this node, to NATS (never blocks).
     pub fn publish(&self, msg: &Arc<Message>) {
-        let headers = codec::headers(msg, &self.node);
         let qos0 = msg.qos == QoS::AtMostOnce;
+        // A QoS 0 message's headers are written by the task that publishes it (once for
+        // a pack of them).
+        let headers = if qos0 && !msg.retain {
+            HeaderMap::new()
+        } else {
+            codec::headers(msg, &self.node)
+        };
         // Kept in the retained bucket (key: the encoded topic), in the same order of tickets:
         // a QoS 1/2 PUBACK waits for both writes.
         if msg.retain {
@@ -210,15 +228,7 @@ impl Outbound {
             }
         }
         if qos0 {
-            let out = Outgoing {
-                subject: topic::encode_topic(&format!("{}.t", self.prefix), &msg.topic),
-                headers,
-                payload: msg.payload.clone(),
-                placed: None,
-                from: None,
-                hold: None,
-            };
-            if self.qos0_tx.try_send(out).is_err() {
+            if self.qos0_tx.try_send(msg.clone()).is_err() {
                 self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
             }
             return;
@@ -343,11 +353,40 @@ pub(crate) async fn run(
     let qos0_task = {
         let out = out.clone();
         tokio::spawn(async move {
-            while let Some(m) = qos0.recv().await {
-                match client.publish_with_headers(m.subject, m.headers, m.payload).await {
-                    Ok(()) => out.counters.qos0_sent.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => out.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed),
-                };
+            let subjects = format!("{}.t", out.prefix);
+            let mut waiting = Vec::with_capacity(out.qos0_pack);
+            let mut buf = bytes::BytesMut::new();
+            while qos0.recv_many(&mut waiting, out.qos0_pack).await > 0 {
+                let mut rest = &waiting[..];
+                while let Some(first) = rest.first() {
+                    // The messages after it that may share its NATS message.
+                    let mut n = 1;
+                    let mut bytes = 4 + first.payload.len();
+                    for m in &rest[1..] {
+                        bytes += 4 + m.payload.len();
+                        if bytes > codec::PACK_BYTES || !codec::packable(first, m) {
+                            break;
+                        }
+                        n += 1;
+                    }
+                    let (these, after) = rest.split_at(n);
+                    rest = after;
+                    let subject = topic::encode_topic(&subjects, &first.topic);
+                    let mut headers = codec::headers(first, &out.node);
+                    let payload = if n == 1 {
+                        first.payload.clone()
+                    } else {
+                        headers.insert(codec::PACK, n.to_string().as_str());
+                        out.counters.qos0_packs.fetch_add(1, Ordering::Relaxed);
+                        codec::pack(these.iter().map(|m| &m.payload), &mut buf)
+                    };
+                    let counter = match client.publish_with_headers(subject, headers, payload).await {
+                        Ok(()) => &out.counters.qos0_sent,
+                        Err(_) => &out.counters.qos0_dropped,
+                    };
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                waiting.clear();
             }
         })
     };
@@ -508,7 +547,7 @@ mod tests {
 
     #[test]
     fn progress_reaches_the_last_ticket_when_neighbours_are_stored_at_the_same_moment() {
-        let (out, _rx) = Outbound::new("n".into(), "tern".into(), 2, Duration::from_secs(1));
+        let (out, _rx) = Outbound::new("n".into(), "tern".into(), 2, Duration::from_secs(1), 64);
         let out = Arc::new(out);
         let barrier = Arc::new(std::sync::Barrier::new(2));
         const ROUNDS: u64 = 20_000;

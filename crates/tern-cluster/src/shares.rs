@@ -221,10 +221,13 @@ async fn qos0(parts: Arc<Parts>, full: String, filter: String, name: String) {
     }
     let mut all = futures_util::stream::select_all(subs);
     while let Some(m) = all.next().await {
-        match codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
-            Ok(msg) => {
-                if let Err(e) = parts.admin.deliver_shared(&full, msg, None, true) {
-                    tracing::warn!(subject = %m.subject, "message of a shared subscription not delivered: {e}");
+        // One message, or a pack of QoS 0 messages: all to members on this node.
+        match codec::decode_all(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
+            Ok((first, rest)) => {
+                for msg in std::iter::once(first).chain(rest) {
+                    if let Err(e) = parts.admin.deliver_shared(&full, msg, None, true) {
+                        tracing::warn!(subject = %m.subject, "message of a shared subscription not delivered: {e}");
+                    }
                 }
             }
             Err(e) => tracing::warn!(subject = %m.subject, "not a Tern message: {e}"),

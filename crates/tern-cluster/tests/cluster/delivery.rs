@@ -302,3 +302,53 @@ async fn a_slow_subscriber_on_another_node_loses_no_qos1_message() {
         b.broker.admin().stats().messages_dropped
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_qos0_messages_crosses_in_packs_each_message_whole_and_in_order() {
+    // One write of 600 QoS 0 PUBLISH packets: node a reads them together, and those that
+    // wait together to be handed to NATS and differ only in their payload travel as one NATS
+    // message (`cluster.qos0_pack`). Another topic, a message with a user property and an
+    // empty payload break the runs; every message must arrive whole, with its own
+    // properties, in its topic's order (v3.1.1+v5 [MQTT-4.6.0-6]).
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let mut sub = Raw::connect(b.addr(), V5, "packs-sub").await;
+    sub.subscribe("k/#", QoS::AtMostOnce).await;
+    let mut publisher = Raw::connect(a.addr(), V5, "packs-pub").await;
+    wait_for_interest(&mut publisher, &mut sub, "k/probe").await;
+
+    let mut burst = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..600u32 {
+        let topic = if i % 50 == 7 { "k/u" } else { "k/t" };
+        let payload = if i % 90 == 3 {
+            String::new()
+        } else {
+            format!("{i:06}")
+        };
+        let mut m = Publish::new(topic, payload.clone());
+        if i % 100 == 42 {
+            m.properties
+                .user_properties
+                .push(("i".into(), i.to_string().into()));
+        }
+        burst.extend(tern_testkit::raw::encode(&Packet::Publish(m.clone()), V5));
+        sent.push(m);
+    }
+    publisher.send_bytes(&burst).await;
+    let got = collect(&mut sub, sent.len(), Duration::from_secs(20)).await;
+    for topic in ["k/t", "k/u"] {
+        let want: Vec<&Publish> = sent.iter().filter(|m| &*m.topic == topic).collect();
+        let have: Vec<&Publish> = got.iter().filter(|m| &*m.topic == topic).collect();
+        assert_eq!(have.len(), want.len(), "{topic}");
+        for (h, w) in have.iter().zip(&want) {
+            assert_eq!(h.payload, w.payload, "{topic}: in order, whole");
+            assert_eq!(h.properties.user_properties, w.properties.user_properties);
+        }
+    }
+    let stats = a.cluster.stats();
+    assert!(stats.qos0_packs > 0, "nothing was packed: {stats:?}");
+    assert_eq!(b.cluster.stats().undecodable, 0);
+    sub.expect_silence(300).await;
+}
