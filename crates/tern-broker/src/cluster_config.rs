@@ -56,9 +56,9 @@ pub struct ClusterConfig {
     pub retention_secs: u64,
     /// QoS 0 messages that may travel as one NATS message, at most (default 64, at most
     /// 1,024): those waiting together to be handed to NATS from one publisher to one topic,
-    /// without properties. 1 sends each alone, as nodes older than packing expect (set it
-    /// on every node before a rolling upgrade from them, and for NATS applications that
-    /// read Tern's QoS 0 traffic).
+    /// without properties. 1 sends each alone: for NATS applications that read Tern's QoS 0
+    /// traffic, and on the upgraded nodes while nodes of a Tern without packs remain (they
+    /// would take a pack for one message).
     pub qos0_pack: usize,
     /// The operator asserts that every NATS server runs `jetstream { sync_interval: always }`
     /// (needed when `monitor` is empty: a NATS client cannot read that setting).

@@ -1,9 +1,11 @@
 //! A broker [`Message`] as a NATS message and back: the payload is the MQTT payload as it is
-//! (NATS applications can read Tern's traffic); what else MQTT carries goes in headers.
+//! (NATS applications can read Tern's traffic), except in a QoS 0 pack; what else MQTT carries
+//! goes in headers.
 //!
 //! QoS 0 messages that wait together to be handed to NATS and differ only in their payload
 //! (one publisher, one topic, no properties) travel as one NATS message, a pack
 //! ([`pack`], header `Tern-K`): what core NATS costs is paid per NATS message, not per byte.
+//! `cluster.qos0_pack = 1` turns packs off.
 //!
 //! | Header | Value |
 //! |---|---|
@@ -47,8 +49,8 @@ pub const VOID: &str = "Tern-V";
 pub const PACK: &str = "Tern-K";
 /// Messages in one pack, at most (`cluster.qos0_pack` says how many a node packs).
 pub const PACK_MAX: usize = 1024;
-/// Payload bytes of one pack, at most (with the lengths; far below NATS' smallest usual
-/// `max_payload`): a larger message travels alone.
+/// Payload bytes of one pack, at most (with the lengths; the sender also keeps a pack with
+/// its headers within NATS' `max_payload`, [`pack_room`]): a larger message travels alone.
 pub const PACK_BYTES: usize = 64 * 1024;
 
 /// The header names as NATS header names, made without allocating (a `&str` name is copied
@@ -130,6 +132,20 @@ pub fn packable(first: &Message, next: &Message) -> bool {
         m.qos == QoS::AtMostOnce && !m.retain && m.expires_at.is_none() && m.properties.is_empty()
     };
     plain(first) && plain(next) && first.topic == next.topic && first.publisher == next.publisher
+}
+
+/// The bytes a pack whose first message has `headers` may carry (with the lengths) within
+/// NATS' `max_payload`: [`PACK_BYTES`] at most, less what the headers (and the [`PACK`]
+/// header still to come) take on the wire.
+pub fn pack_room(headers: &HeaderMap, max_payload: usize) -> usize {
+    // As NATS writes them: "NATS/1.0\r\n", "<name>: <value>\r\n" each, "\r\n".
+    let mut wire = 12 + PACK.len() + 4 + 4;
+    for (name, values) in headers.iter() {
+        for v in values {
+            wire += AsRef::<str>::as_ref(name).len() + 4 + v.as_str().len();
+        }
+    }
+    max_payload.saturating_sub(wire).min(PACK_BYTES)
 }
 
 /// The payload of a pack of `payloads`, written into `buf`: each payload after its length
@@ -273,14 +289,19 @@ pub fn decode_all(
         .filter(|n| (1..=PACK_MAX).contains(n))
         .ok_or(CodecError::Header(PACK))?;
     let first = decode(prefix, subject, headers, Bytes::new())?;
-    if first.qos != QoS::AtMostOnce || first.retain {
+    // As Tern packs them (`packable`): QoS 0, not retained, without properties or expiry
+    // (properties copied to each of a pack's messages would multiply what one NATS
+    // message can make a node hold).
+    if first.qos != QoS::AtMostOnce
+        || first.retain
+        || !first.properties.is_empty()
+        || first.expires_at.is_some()
+    {
         return Err(CodecError::Header(PACK));
     }
     let like = |payload: Bytes| {
         let mut m = Message::new(first.topic.clone(), payload, first.qos, false);
         m.publisher = first.publisher.clone();
-        m.properties = first.properties.clone();
-        m.expires_at = first.expires_at;
         m
     };
     let mut parts = unpack(&payload, n)?.into_iter();
@@ -437,13 +458,45 @@ mod tests {
         );
         let huge = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1]);
         assert!(decode_as("1", &huge).is_err(), "a length beyond the payload");
-        // Only QoS 0 messages that are not retained are packed.
-        for (qos, retain) in [(QoS::AtLeastOnce, false), (QoS::AtMostOnce, true)] {
-            let q = Message::new("t", Bytes::new(), qos, retain);
+        // Only QoS 0 messages that are not retained, without properties or expiry, are
+        // packed: a pack with any of those in its headers is refused.
+        let mut props = Message::new("t", Bytes::new(), QoS::AtMostOnce, false);
+        props.properties.user_properties.push(("k".into(), "v".into()));
+        let mut expiring = Message::new("t", Bytes::new(), QoS::AtMostOnce, false);
+        expiring.expires_at = Some(Instant::now() + Duration::from_secs(60));
+        for q in [
+            Message::new("t", Bytes::new(), QoS::AtLeastOnce, false),
+            Message::new("t", Bytes::new(), QoS::AtMostOnce, true),
+            props,
+            expiring,
+        ] {
             let mut h = headers(&q, "n1");
             h.insert(PACK, "2");
             assert!(decode_all("tern.t", &subject, Some(&h), two.clone()).is_err());
         }
+    }
+
+    #[test]
+    fn a_pack_with_its_headers_stays_within_max_payload() {
+        let mut m = plain("t", b"", "a client id of some length");
+        m.publisher = Some(Arc::from("x".repeat(300)));
+        let h = headers(&m, "node-a");
+        assert_eq!(pack_room(&h, 1 << 20), PACK_BYTES);
+        let room = pack_room(&h, 4096);
+        let mut with_count = h.clone();
+        with_count.insert(PACK, PACK_MAX.to_string().as_str());
+        let wire: usize = 12
+            + with_count
+                .iter()
+                .map(|(n, vs)| {
+                    vs.iter()
+                        .map(|v| AsRef::<str>::as_ref(n).len() + 4 + v.as_str().len())
+                        .sum::<usize>()
+                })
+                .sum::<usize>();
+        assert!(room + wire <= 4096, "{room} + {wire}");
+        assert!(room > 3000, "{room}: the headers take about 450 bytes");
+        assert_eq!(pack_room(&h, 100), 0);
     }
 
     #[test]

@@ -429,6 +429,7 @@ impl Cluster {
             client: self.share_client.clone(),
             js: self.js.clone(),
             held: Mutex::default(),
+            counters: self.inbound_counters.clone(),
         });
         let task = tokio::spawn(shares::follow(shares, self.shares.clone()));
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
@@ -525,7 +526,7 @@ impl Drop for Aborting {
 pub struct ClusterStats {
     /// QoS 0 messages published on core NATS.
     pub qos0_sent: u64,
-    /// QoS 0 messages dropped because the queue to NATS was full.
+    /// QoS 0 messages dropped because the queue to NATS was full or NATS refused them.
     pub qos0_dropped: u64,
     /// NATS messages that carried more than one QoS 0 message (`cluster.qos0_pack`).
     pub qos0_packs: u64,

@@ -63,7 +63,7 @@ pub(crate) struct Outgoing {
 pub struct OutboundCounters {
     /// QoS 0 messages published on core NATS.
     pub qos0_sent: AtomicU64,
-    /// QoS 0 messages dropped because the queue to NATS was full.
+    /// QoS 0 messages dropped because the queue to NATS was full or NATS refused them.
     pub qos0_dropped: AtomicU64,
     /// NATS messages that carried more than one QoS 0 message.
     pub qos0_packs: AtomicU64,
@@ -342,6 +342,87 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Hand this node's QoS 0 messages to core NATS until the node is dropped: what waits
+/// together goes in packs (`codec::pack`), each within NATS' `max_payload`.
+async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mpsc::Receiver<Arc<Message>>) {
+    let subjects = format!("{}.t", out.prefix);
+    let mut waiting = Vec::with_capacity(out.qos0_pack);
+    let mut buf = bytes::BytesMut::new();
+    while qos0.recv_many(&mut waiting, out.qos0_pack).await > 0 {
+        let mut rest = &waiting[..];
+        while let Some(first) = rest.first() {
+            let subject = topic::encode_topic(&subjects, &first.topic);
+            let mut headers = codec::headers(first, &out.node);
+            // The messages after it that may share its NATS message.
+            let mut n = 1;
+            if rest.len() > 1 {
+                let room = codec::pack_room(&headers, client.max_payload());
+                let mut bytes = 4 + first.payload.len();
+                for m in &rest[1..] {
+                    bytes += 4 + m.payload.len();
+                    if bytes > room || !codec::packable(first, m) {
+                        break;
+                    }
+                    n += 1;
+                }
+            }
+            let (these, after) = rest.split_at(n);
+            rest = after;
+            if n == 1 {
+                qos0_publish(&out, &client, subject, headers, first.payload.clone(), 1).await;
+                continue;
+            }
+            headers.insert(codec::PACK, n.to_string().as_str());
+            let payload = codec::pack(these.iter().map(|m| &m.payload), &mut buf);
+            match client
+                .publish_with_headers(subject.clone(), headers, payload)
+                .await
+            {
+                Ok(()) => {
+                    out.counters.qos0_packs.fetch_add(1, Ordering::Relaxed);
+                    out.counters.qos0_sent.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                // NATS' `max_payload` became smaller (another server after a reconnect):
+                // each alone.
+                Err(e) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                    tracing::warn!(
+                        subject,
+                        messages = n,
+                        "a QoS 0 pack is refused ({e}); sending its messages one by one"
+                    );
+                    for m in these {
+                        let headers = codec::headers(m, &out.node);
+                        qos0_publish(&out, &client, subject.clone(), headers, m.payload.clone(), 1).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("a QoS 0 pack is dropped: {e}");
+                    out.counters.qos0_dropped.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        waiting.clear();
+    }
+}
+
+/// Publish `n` QoS 0 messages as one NATS message, counted as sent or dropped.
+async fn qos0_publish(
+    out: &Outbound,
+    client: &async_nats::Client,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    n: u64,
+) {
+    match client.publish_with_headers(subject, headers, payload).await {
+        Ok(()) => out.counters.qos0_sent.fetch_add(n, Ordering::Relaxed),
+        Err(e) => {
+            tracing::debug!("a QoS 0 message is dropped: {e}");
+            out.counters.qos0_dropped.fetch_add(n, Ordering::Relaxed)
+        }
+    };
+}
+
 /// Publish what the node hands over until the node is dropped.
 pub(crate) async fn run(
     out: Arc<Outbound>,
@@ -349,47 +430,8 @@ pub(crate) async fn run(
     js: jetstream::Context,
     rx: Receivers,
 ) {
-    let Receivers { mut stored, mut qos0 } = rx;
-    let qos0_task = {
-        let out = out.clone();
-        tokio::spawn(async move {
-            let subjects = format!("{}.t", out.prefix);
-            let mut waiting = Vec::with_capacity(out.qos0_pack);
-            let mut buf = bytes::BytesMut::new();
-            while qos0.recv_many(&mut waiting, out.qos0_pack).await > 0 {
-                let mut rest = &waiting[..];
-                while let Some(first) = rest.first() {
-                    // The messages after it that may share its NATS message.
-                    let mut n = 1;
-                    let mut bytes = 4 + first.payload.len();
-                    for m in &rest[1..] {
-                        bytes += 4 + m.payload.len();
-                        if bytes > codec::PACK_BYTES || !codec::packable(first, m) {
-                            break;
-                        }
-                        n += 1;
-                    }
-                    let (these, after) = rest.split_at(n);
-                    rest = after;
-                    let subject = topic::encode_topic(&subjects, &first.topic);
-                    let mut headers = codec::headers(first, &out.node);
-                    let payload = if n == 1 {
-                        first.payload.clone()
-                    } else {
-                        headers.insert(codec::PACK, n.to_string().as_str());
-                        out.counters.qos0_packs.fetch_add(1, Ordering::Relaxed);
-                        codec::pack(these.iter().map(|m| &m.payload), &mut buf)
-                    };
-                    let counter = match client.publish_with_headers(subject, headers, payload).await {
-                        Ok(()) => &out.counters.qos0_sent,
-                        Err(_) => &out.counters.qos0_dropped,
-                    };
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                waiting.clear();
-            }
-        })
-    };
+    let Receivers { mut stored, qos0 } = rx;
+    let qos0_task = tokio::spawn(send_qos0(out.clone(), client.clone(), qos0));
     // The answers awaited (and the retries), in this task: a task per message cost more
     // than the wait itself.
     let mut waiting = FuturesUnordered::new();

@@ -107,6 +107,8 @@ pub(crate) struct Parts {
     /// Messages handed to connected members here: while a member holds one, JetStream is
     /// told it is in progress ([`keep_held`]).
     pub held: Mutex<Vec<Weak<Settle>>>,
+    /// The node's inbound counters (NATS messages that are not Tern messages).
+    pub counters: Arc<crate::inbound::InboundCounters>,
 }
 
 /// Tell JetStream every third of the ack wait that the messages members here still hold are
@@ -230,7 +232,13 @@ async fn qos0(parts: Arc<Parts>, full: String, filter: String, name: String) {
                     }
                 }
             }
-            Err(e) => tracing::warn!(subject = %m.subject, "not a Tern message: {e}"),
+            Err(e) => {
+                parts
+                    .counters
+                    .undecodable
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
+            }
         }
     }
 }
