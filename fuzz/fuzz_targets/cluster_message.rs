@@ -23,6 +23,10 @@ const NAMES: [&str; 9] = [
 fuzz_target!(|input: Input| {
     let mut h = async_nats::HeaderMap::new();
     for (name, value) in &input.headers {
+        // A header value NATS delivers has no line break (the client would refuse it).
+        if value.contains(['\r', '\n']) {
+            continue;
+        }
         h.insert(NAMES[usize::from(*name) % NAMES.len()], value.as_str());
     }
     let payload = Bytes::from(input.payload);
