@@ -260,3 +260,96 @@ async fn a_message_kept_for_an_offline_session_still_says_when_it_arrived() {
     }
     assert_eq!(b.session("away").expect("kept").queued, 1);
 }
+
+/// A batch from outside (`Admin::route_all`, a cluster's QoS 0 pack) with runs of messages
+/// that go where the one before went: every session gets each message as routing it alone
+/// would give it (one copy for overlapping filters, with both subscription identifiers,
+/// v5 [MQTT-3.3.4-4]; No Local, v5 [MQTT-3.8.3-3]; RETAIN only
+/// with Retain As Published, v5 [MQTT-3.3.1-12]), runs broken by another topic, publisher or
+/// RETAIN, a shared subscription's member chosen per message, an away session's copy made per
+/// message; each session's order kept.
+#[tokio::test]
+async fn a_batch_from_outside_reaches_each_session_as_one_message_at_a_time_would() {
+    use tern_broker::Message;
+    let b = start_with(|c| c.queue_qos0_offline = true).await;
+    let opts = |qos, no_local, rap| SubscriptionOptions {
+        qos,
+        no_local,
+        retain_as_published: rap,
+        retain_handling: RetainHandling::DoNotSend,
+    };
+    let mut a = Raw::connect(b.addr(), V5, "a").await;
+    a.subscribe_with("r/#", opts(QoS::AtMostOnce, false, true), Some(7))
+        .await;
+    a.subscribe_with("r/t", opts(QoS::AtMostOnce, false, false), Some(9))
+        .await;
+    // `p1` itself, with No Local: none of its own messages.
+    let mut p1 = Raw::connect(b.addr(), V5, "p1").await;
+    p1.subscribe_with("r/t", opts(QoS::AtMostOnce, true, false), None)
+        .await;
+    let mut members = Vec::new();
+    for id in ["m1", "m2"] {
+        let mut m = Raw::connect(b.addr(), V5, id).await;
+        m.subscribe("$share/g/s/t", QoS::AtMostOnce).await;
+        members.push(m);
+    }
+    let (mut away, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    away.subscribe("s/t", QoS::AtLeastOnce).await;
+    away.disconnect().await;
+
+    let msg = |topic: &str, payload: &str, publisher: &str, retain: bool| {
+        let mut m = Message::new(topic, payload.to_string(), QoS::AtMostOnce, retain);
+        m.publisher = Some(publisher.into());
+        m
+    };
+    let batch = vec![
+        msg("r/t", "1", "p1", false),
+        msg("r/t", "2", "p1", false),
+        msg("r/t", "3", "p1", false),
+        msg("r/u", "4", "p1", false),
+        msg("r/t", "5", "p2", false),
+        msg("r/t", "6", "p2", false),
+        msg("r/t", "7", "p2", true),
+        msg("r/t", "8", "p2", true),
+        msg("s/t", "9", "p2", false),
+        msg("s/t", "10", "p2", false),
+        msg("s/t", "11", "p2", false),
+    ];
+    let routed = b.admin().route_all(batch);
+    assert!(routed.iter().all(|r| r.is_ok()), "{routed:?}");
+
+    // `a`: all 8, in order; r/t ones with both identifiers, RETAIN as published only
+    // through r/# (which has Retain As Published).
+    for n in 1..=8 {
+        let p = a.recv_publish().await;
+        assert_eq!(std::str::from_utf8(&p.payload).unwrap(), n.to_string());
+        let mut ids = p.properties.subscription_identifiers.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, if n == 4 { vec![7] } else { vec![7, 9] }, "message {n}");
+        assert_eq!(p.retain, n >= 7, "message {n}");
+    }
+    // `p1`: only the messages of others on r/t (No Local), never retained (no RAP).
+    for n in [5, 6, 7, 8] {
+        let p = p1.recv_publish().await;
+        assert_eq!(std::str::from_utf8(&p.payload).unwrap(), n.to_string());
+        assert!(!p.retain);
+    }
+    p1.expect_silence(200).await;
+    a.expect_silence(200).await;
+    // The group: each s/t message to one member.
+    let mut got = Vec::new();
+    for m in &mut members {
+        while let Ok(Some(Packet::Publish(p))) = m.next_within(std::time::Duration::from_millis(300)).await {
+            got.push(std::str::from_utf8(&p.payload).unwrap().parse::<u32>().unwrap());
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, [9, 10, 11]);
+    // The away session kept each of them (`queue_qos0_offline`), each its own copy.
+    let (mut back, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    let mut kept = Vec::new();
+    while let Ok(Some(Packet::Publish(p))) = back.next_within(std::time::Duration::from_millis(300)).await {
+        kept.push(std::str::from_utf8(&p.payload).unwrap().parse::<u32>().unwrap());
+    }
+    assert_eq!(kept, [9, 10, 11]);
+}
