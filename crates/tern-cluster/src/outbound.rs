@@ -355,7 +355,7 @@ async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mps
             let mut headers = codec::headers(first, &out.node);
             // The messages after it that may share its NATS message.
             let mut n = 1;
-            if rest.len() > 1 {
+            if rest.len() > 1 && codec::packable(first, &rest[1]) {
                 let room = codec::pack_room(&headers, client.max_payload());
                 let mut bytes = 4 + first.payload.len();
                 for m in &rest[1..] {
@@ -369,7 +369,7 @@ async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mps
             let (these, after) = rest.split_at(n);
             rest = after;
             if n == 1 {
-                qos0_publish(&out, &client, subject, headers, first.payload.clone(), 1).await;
+                qos0_publish(&out, &client, subject, headers, first.payload.clone()).await;
                 continue;
             }
             headers.insert(codec::PACK, n.to_string().as_str());
@@ -392,7 +392,7 @@ async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mps
                     );
                     for m in these {
                         let headers = codec::headers(m, &out.node);
-                        qos0_publish(&out, &client, subject.clone(), headers, m.payload.clone(), 1).await;
+                        qos0_publish(&out, &client, subject.clone(), headers, m.payload.clone()).await;
                     }
                 }
                 Err(e) => {
@@ -405,20 +405,19 @@ async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mps
     }
 }
 
-/// Publish `n` QoS 0 messages as one NATS message, counted as sent or dropped.
+/// Publish one QoS 0 message, counted as sent or dropped.
 async fn qos0_publish(
     out: &Outbound,
     client: &async_nats::Client,
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
-    n: u64,
 ) {
     match client.publish_with_headers(subject, headers, payload).await {
-        Ok(()) => out.counters.qos0_sent.fetch_add(n, Ordering::Relaxed),
+        Ok(()) => out.counters.qos0_sent.fetch_add(1, Ordering::Relaxed),
         Err(e) => {
             tracing::debug!("a QoS 0 message is dropped: {e}");
-            out.counters.qos0_dropped.fetch_add(n, Ordering::Relaxed)
+            out.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed)
         }
     };
 }
