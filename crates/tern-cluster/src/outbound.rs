@@ -206,17 +206,10 @@ impl Outbound {
     /// Hand `msg`, published by a client of this node, to NATS (never blocks).
     pub fn publish(&self, msg: &Arc<Message>) {
         let qos0 = msg.qos == QoS::AtMostOnce;
-        // A QoS 0 message's headers are written by the task that publishes it (once for
-        // a pack of them).
-        let headers = if qos0 && !msg.retain {
-            HeaderMap::new()
-        } else {
-            codec::headers(msg, &self.node)
-        };
         // Kept in the retained bucket (key: the encoded topic), in the same order of tickets:
         // a QoS 1/2 PUBACK waits for both writes.
         if msg.retain {
-            let out = self.retained_write(msg, headers.clone());
+            let out = self.retained_write(msg, codec::headers(msg, &self.node));
             // A QoS 0 publisher does not wait for its message to be stored, so nothing slows
             // it down: its retained writes are dropped beyond QOS0_QUEUE waiting ones.
             let waiting = self.submitted().saturating_sub(self.progress.get());
@@ -227,12 +220,15 @@ impl Outbound {
                 self.submit(out);
             }
         }
+        // A QoS 0 message's headers are written by the task that publishes it (once for a
+        // pack of them).
         if qos0 {
             if self.qos0_tx.try_send(msg.clone()).is_err() {
                 self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
+        let headers = codec::headers(msg, &self.node);
         let k = streams::shard_of(msg.publisher.as_deref(), self.shards);
         // Only a QoS 2 message needs JetStream's deduplication (a retried publish stored
         // once): a QoS 1 message stored twice after a lost answer is a duplicate QoS 1
