@@ -88,6 +88,8 @@ pub struct BackplaneMark {
     /// A ticket of the backplane's own that must be reached before it stores the message
     /// (0: none).
     hold: AtomicU64,
+    /// The backplane could not store it ([`BackplaneMark::refuse`]).
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl BackplaneMark {
@@ -118,6 +120,21 @@ impl BackplaneMark {
     /// Where the backplane keeps the message: shard (below 65,535) and sequence (below 2^48).
     pub fn position(&self) -> Option<(u16, u64)> {
         unpack_position(self.position.load(Ordering::Acquire))
+    }
+
+    /// The backplane could not store the message under its id, and never will: another
+    /// broker took the publisher's session meanwhile and decided that the message was not
+    /// stored (a cluster node taken for dead while cut off). Set before the backplane's
+    /// progress passes the message: its PUBREC is then not sent, its packet id is
+    /// forgotten, and the connection is closed (5.0: DISCONNECT 0x89), so that the client's
+    /// resend is stored as a new message.
+    pub fn refuse(&self) {
+        self.refused.store(true, Ordering::Release);
+    }
+
+    /// Whether [`BackplaneMark::refuse`] was called.
+    pub fn refused(&self) -> bool {
+        self.refused.load(Ordering::Acquire)
     }
 }
 

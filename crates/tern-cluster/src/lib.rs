@@ -492,6 +492,7 @@ impl Cluster {
             qos0_packs: o.qos0_packs.load(Ordering::Relaxed),
             stored: o.stored.load(Ordering::Relaxed),
             store_retries: o.retries.load(Ordering::Relaxed),
+            qos2_refused: o.refused.load(Ordering::Relaxed),
             received: self.inbound_counters.received.load(Ordering::Relaxed),
             undecodable: self.inbound_counters.undecodable.load(Ordering::Relaxed),
             wanted_subjects: self.interest.len() as u64,
@@ -534,6 +535,10 @@ pub struct ClusterStats {
     pub stored: u64,
     /// Attempts to store a message that failed and were retried.
     pub store_retries: u64,
+    /// QoS 2 messages of this node's clients that JetStream refused as duplicates of a
+    /// placeholder: another node had recovered the publisher's session and found them not
+    /// stored (this node was taken for dead). Not acknowledged; their resends are new.
+    pub qos2_refused: u64,
     /// Messages from other nodes delivered to this node.
     pub received: u64,
     /// NATS messages on Tern's subjects that were not Tern messages.

@@ -42,6 +42,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest pause between two attempts to store a message.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Reads of the message a QoS 2 duplicate names before it is taken as not stored (about 5 s
+/// with the backoff).
+const PLACED_TRIES: u32 = 6;
 
 /// A message to publish: its subject, headers and payload.
 pub(crate) struct Outgoing {
@@ -71,6 +74,8 @@ pub struct OutboundCounters {
     pub stored: AtomicU64,
     /// Attempts to store that failed and were retried.
     pub retries: AtomicU64,
+    /// QoS 2 messages refused as duplicates of a placeholder (`placed_before`).
+    pub refused: AtomicU64,
 }
 
 /// The node's outbound half, shared by the backplane and its tasks.
@@ -535,7 +540,13 @@ async fn confirm(
         match r {
             Ok(ack) => {
                 if let Some((msg, k)) = &m.placed {
-                    msg.set_backplane_position(*k, ack.sequence);
+                    if ack.duplicate && !placed_before(out, js, *k, ack.sequence).await {
+                        out.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(subject = %m.subject, ticket, client_id = ?m.from, "a QoS 2 message is refused by JetStream as a duplicate of a placeholder: a node recovering its publisher's session found it not stored; it is not acknowledged, and its resend is stored as new");
+                        msg.backplane_mark().refuse();
+                    } else {
+                        msg.set_backplane_position(*k, ack.sequence);
+                    }
                 }
                 break;
             }
@@ -555,6 +566,28 @@ async fn confirm(
     out.settle(ticket);
 }
 
+/// Whether the QoS 2 message JetStream answered as a duplicate, of the message at `sequence`
+/// of shard `k`'s stream, was stored before: by an earlier attempt of this node (a retry
+/// after a lost answer), or not, when a node that took its publisher's session for one of a
+/// dead node stored a placeholder under its id (a node cut off from NATS for longer than
+/// the claim's grace, then back: `sessions::stored`). Asked a few times while JetStream does
+/// not answer, then taken as not stored: its resend is stored again (a duplicate, never an
+/// acknowledged loss).
+async fn placed_before(out: &Outbound, js: &jetstream::Context, k: u16, sequence: u64) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    for tries in 1..=PLACED_TRIES {
+        match streams::message_at(js, &out.prefix, k, sequence).await {
+            Ok(found) => return found == Some(true),
+            Err(e) => {
+                tracing::debug!(tries, "is the message JetStream took for a duplicate stored? {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    false
+}
+
 /// Hand one attempt to the client. Bounded in time: while the client reconnects its queue
 /// can be full, and a publish that waits for it holds up every message behind it.
 async fn send(js: &jetstream::Context, m: &Outgoing) -> Result<jetstream::context::PublishAckFuture, String> {
@@ -570,6 +603,87 @@ async fn send(js: &jetstream::Context, m: &Outgoing) -> Result<jetstream::contex
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against a NATS server: a QoS 2 message of a node taken for dead, whose id a node
+    /// recovering its publisher's session found not stored (its placeholder took the id),
+    /// is refused: marked so (its PUBREC is not sent) and given no place. One answered as a
+    /// duplicate of its own earlier store (a retry after a lost answer) is placed there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_qos2_message_whose_id_a_placeholder_took_is_refused_and_a_retried_one_is_placed() {
+        let nats = tern_testkit::nats::Nats::start(1, true);
+        let client = async_nats::connect(nats.urls()[0].as_str())
+            .await
+            .expect("connect");
+        let js = jetstream::new(client.clone());
+        let prefix = "probe";
+        for k in 0..2u16 {
+            js.create_stream(jetstream::stream::Config {
+                name: streams::stream_name(prefix, k),
+                subjects: vec![format!("{}.>", streams::shard_subject(prefix, k))],
+                duplicate_window: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        }
+        let (out, rx) = Outbound::new("z".into(), prefix.into(), 2, Duration::from_secs(5), 1);
+        let out = Arc::new(out);
+        let task = tokio::spawn(run(out.clone(), client.clone(), js.clone(), rx));
+        let message = |payload: &'static str, id: (u64, u64)| {
+            let mut m = Message::new("q2/t", payload, QoS::ExactlyOnce, false).with_backplane_id(id);
+            m.publisher = Some("pub".into());
+            Arc::new(m)
+        };
+        let stored_all = |out: Arc<Outbound>| async move {
+            let target = out.submitted();
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while out.progress.get() < target {
+                    out.progress.wait_past(out.progress.get()).await;
+                }
+            })
+            .await
+            .expect("stored in time");
+        };
+        // Stored, then handed over again (as a retry after a lost answer would be).
+        let first = message("first", (9, 1));
+        out.publish(&first);
+        stored_all(out.clone()).await;
+        let place = first.backplane_position().expect("placed");
+        let again = message("first", (9, 1));
+        out.publish(&again);
+        stored_all(out.clone()).await;
+        assert_eq!(
+            again.backplane_position(),
+            Some(place),
+            "a retry is placed where its first store is"
+        );
+        assert!(!again.backplane_mark().refused());
+        // Node r recovering the session of `pub` asks whether (9, 2) of node z is stored: its
+        // placeholder takes the id. Node z, back, then stores the message late.
+        assert_eq!(
+            crate::sessions::stored(&js, prefix, 2, "r", "pub", "z", (9, 2)).await,
+            Ok(false)
+        );
+        let late = message("late", (9, 2));
+        out.publish(&late);
+        stored_all(out.clone()).await;
+        assert!(late.backplane_mark().refused(), "the late store is refused");
+        assert_eq!(late.backplane_position(), None, "and has no place");
+        assert_eq!(out.counters.refused.load(Ordering::Relaxed), 1);
+        // What the stream holds: the first message once, and the placeholder.
+        let k = streams::shard_of(Some("pub"), 2);
+        let state = js
+            .get_stream(streams::stream_name(prefix, k))
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .clone();
+        assert_eq!(state.messages, 2);
+        task.abort();
+    }
 
     #[test]
     fn tickets_progress_over_the_gap_free_prefix_of_released_ones() {

@@ -912,7 +912,11 @@ impl Directory {
             return raw;
         }
         let deadline = Instant::now() + ASK_TIMEOUT / 2;
-        while unstored.iter().any(|(_, m)| m.position().is_none()) && Instant::now() < deadline {
+        while unstored
+            .iter()
+            .any(|(_, m)| m.position().is_none() && !m.refused())
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let late: Vec<u16> = unstored
@@ -2507,7 +2511,7 @@ fn handover(record: &Record, deliveries: Vec<StoredDelivery>) -> Handover {
 /// late store of it is now a duplicate) or refused as a duplicate of the message, or of an
 /// earlier placeholder (read at the sequence JetStream names). Placeholders carry
 /// [`crate::codec::VOID`]: nothing delivers them.
-async fn stored(
+pub(crate) async fn stored(
     js: &jetstream::Context,
     prefix: &str,
     shards: u16,
@@ -2534,15 +2538,9 @@ async fn stored(
     if !ack.duplicate {
         return Ok(false);
     }
-    let name = streams::stream_name(prefix, k);
-    let stream = js.get_stream(&name).await.map_err(|e| format!("{name}: {e}"))?;
-    match stream.get_raw_message(ack.sequence).await {
-        Ok(m) => Ok(m.headers.get(crate::codec::VOID).is_none()),
-        // Gone by the stream's limits: what it was is not known; taken as not stored (a
-        // resend is then stored again: a duplicate, never a loss).
-        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
-        Err(e) => Err(format!("{name}: {e}")),
-    }
+    // Gone by the stream's limits: what it was is not known; taken as not stored (a resend
+    // is then stored again: a duplicate, never a loss).
+    Ok(streams::message_at(js, prefix, k, ack.sequence).await? == Some(true))
 }
 
 /// The delivery of `msg` to the session of `client` with `subs`, as the broker's router

@@ -25,6 +25,24 @@ pub fn shard_subject(prefix: &str, k: u16) -> String {
     format!("{prefix}.s.{k}")
 }
 
+/// What shard `k`'s stream holds at `sequence`: `Some(true)` a message, `Some(false)` a
+/// placeholder (a node recovering a session stored it to learn whether a QoS 2 message was
+/// stored, see `sessions::stored`), `None` nothing any more (removed by the stream's limits).
+pub async fn message_at(
+    js: &jetstream::Context,
+    prefix: &str,
+    k: u16,
+    sequence: u64,
+) -> Result<Option<bool>, String> {
+    let name = stream_name(prefix, k);
+    let stream = js.get_stream(&name).await.map_err(|e| format!("{name}: {e}"))?;
+    match stream.get_raw_message(sequence).await {
+        Ok(m) => Ok(Some(m.headers.get(crate::codec::VOID).is_none())),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(format!("{name}: {e}")),
+    }
+}
+
 /// The retained messages' bucket.
 pub fn retain_bucket(prefix: &str) -> String {
     format!("{prefix}_retain")

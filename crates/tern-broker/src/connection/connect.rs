@@ -420,6 +420,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         pending_messages: 0,
         group: None,
         qos2_received: None,
+        qos2_marked: Vec::new(),
         reauth: None,
         partial: None,
         acl_answers: Vec::new(),

@@ -123,6 +123,10 @@ pub(crate) struct Link {
     /// its message and the ticket its PUBREC waits for
     /// ([`crate::backplane::Backplane::qos2_received`]).
     pub qos2_received: Option<(u16, Arc<crate::BackplaneMark>, crate::durability::Ticket)>,
+    /// The incoming QoS 2 messages since the last commit that carry the backplane's marks,
+    /// by packet id: a PUBREC is not sent for one the backplane refused
+    /// ([`crate::BackplaneMark::refused`]).
+    pub qos2_marked: Vec<(u16, Arc<crate::BackplaneMark>)>,
     /// A re-authentication exchange in progress.
     pub reauth: Option<Box<dyn crate::AuthExchange>>,
     /// This connection's share of the budget for partial packets, while its packet in
@@ -300,6 +304,7 @@ impl ServerHost for Link {
         // and the backplane keeps its QoS 2 state): the message carries the backplane's marks.
         if let Some((packet_id, mark, ticket)) = self.qos2_received.take() {
             if publish_id == Some(packet_id) {
+                self.qos2_marked.push((packet_id, mark.clone()));
                 msg = msg.with_backplane_mark(mark);
                 self.wait_for_session(Some(ticket));
             }

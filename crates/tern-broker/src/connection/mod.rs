@@ -236,6 +236,7 @@ impl Conn {
         // A SUBACK, or a QoS 2 delivery's PUBLISH or PUBREL, waits for the session's entry
         // in the cluster (`None` on a single node).
         let session_ticket = self.link.session_ticket.take();
+        let marked = std::mem::take(&mut self.link.qos2_marked);
         if !stored && session_ticket.is_none() {
             return Ok(());
         }
@@ -250,6 +251,22 @@ impl Conn {
                 if let Err(c) = backplane_commit(self.link.core.clone()).await {
                     self.link.out.clear();
                     return Err(c);
+                }
+                // A QoS 2 message the backplane refused is not the session's: no PUBREC, and
+                // the client's resend is a new message.
+                let refused: Vec<u16> = marked
+                    .iter()
+                    .filter(|(_, m)| m.refused())
+                    .map(|(id, _)| *id)
+                    .collect();
+                if !refused.is_empty() {
+                    for id in &refused {
+                        self.link.core.forget_incoming_qos2(&self.link.client_id, *id);
+                    }
+                    self.link.out.clear();
+                    return Err(Close::Busy(format!(
+                        "the cluster did not store the QoS 2 messages {refused:?}: another node took this session meanwhile; resend them"
+                    )));
                 }
             }
         }

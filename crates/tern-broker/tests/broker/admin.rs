@@ -353,3 +353,104 @@ async fn a_batch_from_outside_reaches_each_session_as_one_message_at_a_time_woul
     }
     assert_eq!(kept, [9, 10, 11]);
 }
+
+/// A backplane that keeps QoS 2 state and stores every message at once, except the first
+/// QoS 2 message of a client, which it refuses as a cluster node does when another node
+/// recovered the publisher's session meanwhile and found the message not stored.
+#[derive(Debug, Default)]
+struct RefusesOnce {
+    progress: tern_broker::durability::Progress,
+    submitted: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicBool,
+}
+
+impl tern_broker::backplane::Backplane for RefusesOnce {
+    fn published(&self, m: &std::sync::Arc<tern_broker::Message>) {
+        use std::sync::atomic::Ordering;
+        if m.qos == QoS::ExactlyOnce && !self.refused.swap(true, Ordering::SeqCst) {
+            m.backplane_mark().refuse();
+        }
+        let t = self.submitted.fetch_add(1, Ordering::SeqCst) + 1;
+        self.progress.advance(t);
+    }
+    fn subscribed(&self, _: &str) {}
+    fn unsubscribed(&self, _: &str) {}
+    fn progress(&self) -> Option<&tern_broker::durability::Progress> {
+        Some(&self.progress)
+    }
+    fn submitted(&self) -> tern_broker::durability::Ticket {
+        self.submitted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn keeps_qos2(&self) -> bool {
+        true
+    }
+    fn qos2_received(
+        &self,
+        _: &str,
+        _: u16,
+    ) -> Option<(
+        std::sync::Arc<tern_broker::BackplaneMark>,
+        tern_broker::durability::Ticket,
+    )> {
+        Some((std::sync::Arc::default(), 0))
+    }
+}
+
+/// A QoS 2 message the backplane refused is not the broker's to acknowledge: no PUBREC
+/// (v5 [MQTT-4.3.3-8]: PUBREC once it owns the message), the connection is closed with 0x89,
+/// and the packet id is forgotten, so that the client's resend after reconnecting is taken
+/// as a new message, stored and acknowledged (rather than answered as a duplicate of one
+/// that was never stored: an acknowledged loss).
+#[tokio::test]
+async fn a_qos2_message_the_backplane_refused_gets_no_pubrec_and_its_resend_is_taken_as_new() {
+    use tern_proto::{Ack, Publish};
+    let bp = std::sync::Arc::new(RefusesOnce::default());
+    let b = tern_broker::BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .backplane(bp.clone())
+        .bind()
+        .await
+        .unwrap()
+        .spawn();
+    let mut sub = Raw::connect(b.addr(), V5, "sub").await;
+    sub.subscribe("q2/#", QoS::ExactlyOnce).await;
+    let publish = |dup: bool| {
+        let mut p = Publish::new("q2/t", "once");
+        p.qos = QoS::ExactlyOnce;
+        p.packet_id = Some(pid(5));
+        p.dup = dup;
+        Packet::Publish(p)
+    };
+    let (mut publ, _) = Raw::connect_with(b.addr(), persistent(V5, "publ")).await;
+    publ.send(publish(false)).await;
+    assert_eq!(
+        publ.expect_closed().await,
+        Some(ReasonCode::ServerBusy),
+        "closed, with no PUBREC"
+    );
+    assert!(bp.refused.load(std::sync::atomic::Ordering::SeqCst));
+    // Its own subscriber here had it already (routed as it came): the refusing node's
+    // subscribers are the ones that can get such a message twice (docs/cluster.md).
+    let first = sub.recv_publish().await;
+    assert_eq!(&first.payload[..], b"once");
+    sub.ack(&first).await;
+
+    let (mut publ, ack) = Raw::connect_with(b.addr(), persistent(V5, "publ")).await;
+    assert!(ack.session_present);
+    publ.send(publish(true)).await;
+    match publ.recv().await {
+        Packet::PubRec(a) if a.packet_id == pid(5) => {}
+        p => panic!("expected PUBREC 5, got {p:?}"),
+    }
+    // Taken as new: delivered onwards, which a repeat of a message owned would not be
+    // (v5 [MQTT-4.3.3-10]).
+    let again = sub.recv_publish().await;
+    assert_eq!(&again.payload[..], b"once");
+    sub.ack(&again).await;
+    publ.send(Packet::PubRel(Ack::new(pid(5)))).await;
+    match publ.recv().await {
+        Packet::PubComp(a) if a.packet_id == pid(5) => {}
+        p => panic!("expected PUBCOMP 5, got {p:?}"),
+    }
+    sub.expect_silence(100).await;
+}
