@@ -42,9 +42,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest pause between two attempts to store a message.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Reads of the message a QoS 2 duplicate names before it is taken as not stored (about 5 s
-/// with the backoff).
-const PLACED_TRIES: u32 = 6;
+/// How long the message a QoS 2 duplicate names is asked for before it is taken as not
+/// stored (`placed_before`).
+const PLACED_WAIT: Duration = Duration::from_secs(5);
 
 /// A message to publish: its subject, headers and payload.
 pub(crate) struct Outgoing {
@@ -540,7 +540,9 @@ async fn confirm(
         match r {
             Ok(ack) => {
                 if let Some((msg, k)) = &m.placed {
-                    if ack.duplicate && !placed_before(out, js, *k, ack.sequence).await {
+                    // Only a message its publisher's entry listed ([`Outgoing::hold`]) can
+                    // have had its id taken by a placeholder; any other duplicate is a retry.
+                    if ack.duplicate && m.hold.is_some() && !placed_before(out, js, *k, ack.sequence).await {
                         out.counters.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(subject = %m.subject, ticket, client_id = ?m.from, "a QoS 2 message is refused by JetStream as a duplicate of a placeholder: a node recovering its publisher's session found it not stored; it is not acknowledged, and its resend is stored as new");
                         msg.backplane_mark().refuse();
@@ -570,22 +572,25 @@ async fn confirm(
 /// of shard `k`'s stream, was stored before: by an earlier attempt of this node (a retry
 /// after a lost answer), or not, when a node that took its publisher's session for one of a
 /// dead node stored a placeholder under its id (a node cut off from NATS for longer than
-/// the claim's grace, then back: `sessions::stored`). Asked a few times while JetStream does
-/// not answer, then taken as not stored: its resend is stored again (a duplicate, never an
-/// acknowledged loss).
+/// the claim's grace, then back: `sessions::stored`). Asked again while JetStream does not
+/// answer, for at most [`PLACED_WAIT`] (every acknowledgement on this node waits meanwhile,
+/// for the gap-free progress of its stores), then taken as not stored: its resend is stored
+/// again (a duplicate, never an acknowledged loss).
 async fn placed_before(out: &Outbound, js: &jetstream::Context, k: u16, sequence: u64) -> bool {
-    let mut backoff = Duration::from_millis(50);
-    for tries in 1..=PLACED_TRIES {
-        match streams::message_at(js, &out.prefix, k, sequence).await {
-            Ok(found) => return found == Some(true),
-            Err(e) => {
-                tracing::debug!(tries, "is the message JetStream took for a duplicate stored? {e}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+    let ask = async {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match streams::message_at(js, &out.prefix, k, sequence).await {
+                Ok(found) => return found == Some(true),
+                Err(e) => {
+                    tracing::debug!("is the message JetStream took for a duplicate stored? {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         }
-    }
-    false
+    };
+    tokio::time::timeout(PLACED_WAIT, ask).await.unwrap_or(false)
 }
 
 /// Hand one attempt to the client. Bounded in time: while the client reconnects its queue
@@ -629,9 +634,16 @@ mod tests {
         let (out, rx) = Outbound::new("z".into(), prefix.into(), 2, Duration::from_secs(5), 1);
         let out = Arc::new(out);
         let task = tokio::spawn(run(out.clone(), client.clone(), js.clone(), rx));
-        let message = |payload: &'static str, id: (u64, u64)| {
+        // A message its publisher's entry lists (`listed`: its store waited for that write,
+        // made here), or one of a session that does not outlive its connection.
+        let message = |payload: &'static str, id: (u64, u64), listed: bool| {
             let mut m = Message::new("q2/t", payload, QoS::ExactlyOnce, false).with_backplane_id(id);
             m.publisher = Some("pub".into());
+            if listed {
+                let entry = out.entries.reserve();
+                out.entries.release(entry);
+                m.backplane_mark().hold_until(entry);
+            }
             Arc::new(m)
         };
         let stored_all = |out: Arc<Outbound>| async move {
@@ -645,11 +657,11 @@ mod tests {
             .expect("stored in time");
         };
         // Stored, then handed over again (as a retry after a lost answer would be).
-        let first = message("first", (9, 1));
+        let first = message("first", (9, 1), true);
         out.publish(&first);
         stored_all(out.clone()).await;
         let place = first.backplane_position().expect("placed");
-        let again = message("first", (9, 1));
+        let again = message("first", (9, 1), true);
         out.publish(&again);
         stored_all(out.clone()).await;
         assert_eq!(
@@ -664,11 +676,17 @@ mod tests {
             crate::sessions::stored(&js, prefix, 2, "r", "pub", "z", (9, 2)).await,
             Ok(false)
         );
-        let late = message("late", (9, 2));
+        let late = message("late", (9, 2), true);
         out.publish(&late);
         stored_all(out.clone()).await;
         assert!(late.backplane_mark().refused(), "the late store is refused");
         assert_eq!(late.backplane_position(), None, "and has no place");
+        assert_eq!(out.counters.refused.load(Ordering::Relaxed), 1);
+        // Not listed, its id was never asked about: a duplicate of it is a retry.
+        let unlisted = message("unlisted", (9, 1), false);
+        out.publish(&unlisted);
+        stored_all(out.clone()).await;
+        assert_eq!(unlisted.backplane_position(), Some(place));
         assert_eq!(out.counters.refused.load(Ordering::Relaxed), 1);
         // What the stream holds: the first message once, and the placeholder.
         let k = streams::shard_of(Some("pub"), 2);

@@ -35,7 +35,11 @@ pub async fn message_at(
     sequence: u64,
 ) -> Result<Option<bool>, String> {
     let name = stream_name(prefix, k);
-    let stream = js.get_stream(&name).await.map_err(|e| format!("{name}: {e}"))?;
+    // Read from the stream's leader (a direct get may ask a replica that is behind).
+    let stream = js
+        .get_stream_no_info(&name)
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
     match stream.get_raw_message(sequence).await {
         Ok(m) => Ok(Some(m.headers.get(crate::codec::VOID).is_none())),
         Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),

@@ -150,6 +150,32 @@ impl Link {
         })))
     }
 
+    /// Forget the incoming QoS 2 packet `ids` whose messages the backplane refused
+    /// ([`crate::BackplaneMark::refused`]), here and in the backplane's record, while this
+    /// connection still holds the session: a successor's ids are its own (one of them may
+    /// be the same message stored since, through another broker).
+    pub fn forget_refused(&self, ids: &[u16]) {
+        let (persistent, forgotten) = {
+            let mut st = self.cell.lock();
+            if st.ended || self.check_attached(&st).is_err() {
+                return;
+            }
+            let forgotten: Vec<tern_proto::PacketId> = ids
+                .iter()
+                .filter_map(|id| tern_proto::PacketId::new(*id))
+                .filter(|id| st.proto.forget_qos2(*id))
+                .collect();
+            (st.persistent, forgotten)
+        };
+        for id in forgotten {
+            self.core.durability.forget_qos2(persistent, &self.client_id, id);
+            // The id is free again, as after a PUBREL (nothing waits for the write).
+            if let Some(b) = self.core.backplane.as_ref().filter(|_| self.core.qos2_elsewhere) {
+                let _ = b.qos2_released(&self.client_id, id.get());
+            }
+        }
+    }
+
     /// The store changes of the locked session state (`outlives`: the session outlives its
     /// connection, a Session Expiry Interval above 0).
     pub fn changes<'a>(&'a self, persistent: bool, outlives: bool) -> SessionChanges<'a> {

@@ -260,9 +260,7 @@ impl Conn {
                     .map(|(id, _)| *id)
                     .collect();
                 if !refused.is_empty() {
-                    for id in &refused {
-                        self.link.core.forget_incoming_qos2(&self.link.client_id, *id);
-                    }
+                    self.link.forget_refused(&refused);
                     self.link.out.clear();
                     return Err(Close::Busy(format!(
                         "the cluster did not store the QoS 2 messages {refused:?}: another node took this session meanwhile; resend them"

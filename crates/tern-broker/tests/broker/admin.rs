@@ -362,6 +362,8 @@ struct RefusesOnce {
     progress: tern_broker::durability::Progress,
     submitted: std::sync::atomic::AtomicU64,
     refused: std::sync::atomic::AtomicBool,
+    /// The incoming QoS 2 ids whose release it was told of.
+    released: std::sync::Mutex<Vec<u16>>,
 }
 
 impl tern_broker::backplane::Backplane for RefusesOnce {
@@ -393,6 +395,10 @@ impl tern_broker::backplane::Backplane for RefusesOnce {
         tern_broker::durability::Ticket,
     )> {
         Some((std::sync::Arc::default(), 0))
+    }
+    fn qos2_released(&self, _: &str, packet_id: u16) -> Option<tern_broker::durability::Ticket> {
+        self.released.lock().unwrap().push(packet_id);
+        None
     }
 }
 
@@ -429,6 +435,11 @@ async fn a_qos2_message_the_backplane_refused_gets_no_pubrec_and_its_resend_is_t
         "closed, with no PUBREC"
     );
     assert!(bp.refused.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(
+        *bp.released.lock().unwrap(),
+        [5],
+        "the backplane's record lets the id go too"
+    );
     // Its own subscriber here had it already (routed as it came): the refusing node's
     // subscribers are the ones that can get such a message twice (docs/cluster.md).
     let first = sub.recv_publish().await;
@@ -442,8 +453,8 @@ async fn a_qos2_message_the_backplane_refused_gets_no_pubrec_and_its_resend_is_t
         Packet::PubRec(a) if a.packet_id == pid(5) => {}
         p => panic!("expected PUBREC 5, got {p:?}"),
     }
-    // Taken as new: delivered onwards, which a repeat of a message owned would not be
-    // (v5 [MQTT-4.3.3-10]).
+    // Taken as new: delivered onwards, which a repeat of a message the broker owned would
+    // not be.
     let again = sub.recv_publish().await;
     assert_eq!(&again.payload[..], b"once");
     sub.ack(&again).await;
@@ -452,5 +463,6 @@ async fn a_qos2_message_the_backplane_refused_gets_no_pubrec_and_its_resend_is_t
         Packet::PubComp(a) if a.packet_id == pid(5) => {}
         p => panic!("expected PUBCOMP 5, got {p:?}"),
     }
+    assert_eq!(*bp.released.lock().unwrap(), [5, 5]);
     sub.expect_silence(100).await;
 }
