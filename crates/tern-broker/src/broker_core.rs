@@ -670,12 +670,17 @@ impl Core {
         let (batch, qos, sub_id) = loop {
             let (room, bytes_room, filter, after, up_to, qos, sub_id) = {
                 let st = cell.lock();
-                let room = (cfg.max_queued_messages / 2).saturating_sub(st.queue.len());
+                // At least one at a time, and always into an empty queue (see `refill`: with
+                // the smallest limits half of them is 0, and a connection whose SUBSCRIBE
+                // matched retained messages spun for ever).
+                let room = (cfg.max_queued_messages / 2)
+                    .max(1)
+                    .saturating_sub(st.queue.len());
                 let bytes_room = (cfg.max_queued_bytes / 2).saturating_sub(st.queued_bytes);
                 let Some(c) = st.retained.as_ref().and_then(|r| r.front()) else {
                     return;
                 };
-                if room == 0 || bytes_room == 0 {
+                if room == 0 || (bytes_room == 0 && !st.queue.is_empty()) {
                     return;
                 }
                 (
@@ -774,8 +779,13 @@ impl Core {
         let (after, max) = {
             let st = cell.lock();
             let spill = st.spill.as_deref()?;
-            let room = (cfg.max_queued_messages / 2).saturating_sub(st.queue.len());
-            if room == 0 || st.queued_bytes >= cfg.max_queued_bytes / 2 {
+            // At least one at a time, and always into an empty queue: with
+            // `max_queued_messages = 1` (or a byte limit of 1) half the limit is 0, and the
+            // connection spun for ever without reading anything back.
+            let room = (cfg.max_queued_messages / 2)
+                .max(1)
+                .saturating_sub(st.queue.len());
+            if room == 0 || (!st.queue.is_empty() && st.queued_bytes >= cfg.max_queued_bytes / 2) {
                 return None;
             }
             let count = usize::try_from(spill.count).unwrap_or(usize::MAX);
@@ -1037,14 +1047,16 @@ impl Core {
         }
         let qos = msg.qos.min(member.options.qos);
         // The source hears at once for a member that takes it at QoS 0, and for one that is
-        // offline: its session keeps the message (on disk with a store) until the client is
-        // back, however long that is; offered again meanwhile, it would be queued again.
+        // offline unless it keeps the message until the member takes it
+        // (`Settlement::keep_while_away`): the session keeps it (on disk with a store) until
+        // the client is back, however long that is; offered again meanwhile, it would be
+        // queued again.
         let settle = match (qos, settle) {
             (QoS::AtMostOnce, Some(s)) => {
                 s.done();
                 None
             }
-            (_, Some(s)) if !connected => {
+            (_, Some(s)) if !connected && !s.keep_while_away() => {
                 s.done();
                 None
             }

@@ -350,6 +350,17 @@ pub trait Settlement: Send + Sync + std::fmt::Debug {
     ///
     /// [`Backplane::qos2_stage`]: crate::backplane::Backplane::qos2_stage
     fn started(&self) {}
+
+    /// The member it goes to is away (its session outlives its connection): whether the
+    /// source keeps the message unsettled (`done` when the member, back, has taken it; given
+    /// back if the session ends or moves first) rather than settled now, when the session
+    /// takes it. A source that offers the message to the group again if this broker dies
+    /// says yes while it can afford to hold it; then the message is not lost with the
+    /// broker. Default `false`. Asked once per message; a message the session can only keep
+    /// on disk is settled then.
+    fn keep_while_away(&self) -> bool {
+        false
+    }
 }
 
 impl Outgoing {

@@ -474,11 +474,16 @@ impl SessionCell {
 
     /// Keep `out` on disk only (see [`Spill`]), within the offline limits.
     fn spill_locked(&self, st: &mut SessionState, mut out: Outgoing, q: &Queueing<'_>) -> Enqueued {
-        if out.settle.is_some() {
+        if let Some(s) = &out.settle {
             // A message a backplane brought for a shared subscription waits for its member's
             // acknowledgement in memory; on disk it would be given back (its settlement
-            // dropped) and come again. Given back now, for another member.
-            return Enqueued::Dropped;
+            // dropped) and come again. Given back now, for another member; for a member that
+            // is away (the source kept it for it), settled now and kept on disk.
+            if st.conn_id.is_some() {
+                return Enqueued::Dropped;
+            }
+            s.done();
+            out.settle = None;
         }
         let cfg = q.config;
         let size = out.msg.payload.len() as u64;

@@ -19,6 +19,7 @@
 //!   NATS gives each message to one node, which hands it to one of its members.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -43,6 +44,11 @@ const MAX_ACK_PENDING: i64 = 1024;
 /// From its third delivery, a message is queued for a member that is not connected (a
 /// persistent session) rather than given back again.
 const OFFLINE_AFTER: i64 = 3;
+
+/// Messages of a group queued for members that are away and kept unacknowledged for them
+/// on this node, at most (they count against [`MAX_ACK_PENDING`] per shard meanwhile);
+/// beyond it they are acknowledged when queued (`Settlement::keep_while_away`).
+const AWAY_HELD: usize = (MAX_ACK_PENDING / 4) as usize;
 
 /// Longest wait for JetStream's answer to the acknowledgement of a shared QoS 2 message whose
 /// delivery began (without one it stays held, and is acknowledged again at the PUBCOMP).
@@ -176,6 +182,7 @@ pub(crate) async fn follow(parts: Arc<Parts>, shares: Arc<Shares>) {
                 filter,
                 name: name.clone(),
                 since,
+                away: Arc::default(),
             });
             for k in 0..parts.shards {
                 tasks.push(crate::Aborting(tokio::spawn(pull(
@@ -253,6 +260,8 @@ struct Group {
     /// When its first member here subscribed: a consumer made now starts there (a message
     /// stored between the SUBACK and the consumer is the group's too).
     since: SystemTime,
+    /// Its messages kept unacknowledged for members that are away ([`AWAY_HELD`]).
+    away: Arc<AtomicUsize>,
 }
 
 /// How far before a group's first SUBSCRIBE its new consumer starts: room for the clocks of
@@ -324,9 +333,13 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
                 continue;
             }
         };
-        let settle = Arc::new(Settle(Arc::new(Mutex::new(Some(m)))));
-        // Renewed while its member holds it (one queued for a member that is away is settled
-        // at once: its session keeps it).
+        let settle = Arc::new(Settle {
+            message: Arc::new(Mutex::new(Some(m))),
+            away: group.away.clone(),
+            kept_away: AtomicBool::new(false),
+        });
+        // Renewed while its member holds it, also one queued for a member that is away (up to
+        // AWAY_HELD of the group: if this node dies, JetStream offers it to the group again).
         {
             let mut held = parts.held.lock().unwrap_or_else(|e| e.into_inner());
             // Settled ones go when it is full, before it grows: it stays within about twice
@@ -353,21 +366,31 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
 /// it, or when its QoS 2 delivery to the member began; given back (`nak`) when the delivery
 /// is abandoned.
 #[derive(Debug)]
-pub(crate) struct Settle(Arc<Mutex<Option<jetstream::Message>>>);
+pub(crate) struct Settle {
+    /// The message, until it is settled.
+    message: Arc<Mutex<Option<jetstream::Message>>>,
+    /// The group's count of messages kept for members that are away.
+    away: Arc<AtomicUsize>,
+    /// Whether this one is in that count.
+    kept_away: AtomicBool,
+}
 
 impl Settle {
     /// Not settled yet.
     fn holds(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.message.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// The message, while not settled.
     fn message(&self) -> Option<jetstream::Message> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.message.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn finish(&self, kind: AckKind) {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if self.kept_away.swap(false, Ordering::AcqRel) {
+            self.away.fetch_sub(1, Ordering::AcqRel);
+        }
+        let m = self.message.lock().unwrap_or_else(|e| e.into_inner()).take();
         let (Some(m), Ok(rt)) = (m, tokio::runtime::Handle::try_current()) else {
             // Without a runtime (the node is going away) JetStream offers it again after the
             // ack wait.
@@ -388,6 +411,19 @@ impl tern_broker::Settlement for Settle {
         self.finish(AckKind::Ack);
     }
 
+    /// Kept for a member that is away, while the group has fewer than [`AWAY_HELD`] such
+    /// messages here: before, it was acknowledged when queued, and lost for the group when
+    /// this node died before the member came back and its session was recovered elsewhere.
+    fn keep_while_away(&self) -> bool {
+        let n = self.away.fetch_add(1, Ordering::AcqRel);
+        if n >= AWAY_HELD {
+            self.away.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        self.kept_away.store(true, Ordering::Release);
+        true
+    }
+
     /// The QoS 2 delivery began (its PUBLISH goes out; a session that outlives its
     /// connection lists it in its entry and in the node's store already, so a node that
     /// resumes the session resends it): no other member may get the message (v5
@@ -401,7 +437,7 @@ impl tern_broker::Settlement for Settle {
         let Some(reply) = m.reply.clone() else {
             return;
         };
-        let cell = self.0.clone();
+        let cell = self.message.clone();
         rt.spawn(async move {
             // JetStream answers an acknowledgement sent as a request once it has it. A request
             // shares the client's one reply subscription (`double_ack` would subscribe and
@@ -426,5 +462,34 @@ impl tern_broker::Settlement for Settle {
 impl Drop for Settle {
     fn drop(&mut self) {
         self.finish(AckKind::Nak(Some(NAK_DELAY)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_broker::Settlement;
+
+    #[test]
+    fn a_group_keeps_at_most_away_held_messages_for_members_that_are_away() {
+        let away = Arc::new(AtomicUsize::new(0));
+        let settle = || Settle {
+            message: Arc::new(Mutex::new(None)),
+            away: away.clone(),
+            kept_away: AtomicBool::new(false),
+        };
+        let kept: Vec<Settle> = (0..AWAY_HELD).map(|_| settle()).collect();
+        assert!(kept.iter().all(|s| s.keep_while_away()));
+        let over = settle();
+        assert!(!over.keep_while_away(), "beyond the limit: settled when queued");
+        assert_eq!(away.load(Ordering::Acquire), AWAY_HELD);
+        drop(over);
+        assert_eq!(away.load(Ordering::Acquire), AWAY_HELD);
+        // Settled (the member took it), then dropped: counted out once.
+        kept[0].done();
+        assert_eq!(away.load(Ordering::Acquire), AWAY_HELD - 1);
+        assert!(settle().keep_while_away(), "room again");
+        drop(kept);
+        assert_eq!(away.load(Ordering::Acquire), 0);
     }
 }

@@ -466,3 +466,65 @@ async fn a_qos2_message_the_backplane_refused_gets_no_pubrec_and_its_resend_is_t
     assert_eq!(*bp.released.lock().unwrap(), [5, 5]);
     sub.expect_silence(100).await;
 }
+
+/// A shared message's source that says whether it keeps the message for a member that is
+/// away, and counts what it is told.
+#[derive(Debug)]
+struct Source {
+    keeps: bool,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+impl tern_broker::Settlement for Source {
+    fn done(&self) {
+        self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn keep_while_away(&self) -> bool {
+        self.keeps
+    }
+}
+
+/// A message of a shared subscription queued for a member that is away is settled with its
+/// source when the member has taken it, if the source keeps it that long (a cluster node:
+/// the group gets it again if the node dies first); otherwise when it is queued.
+#[tokio::test]
+async fn a_shared_message_for_an_away_member_is_settled_when_taken_if_its_source_keeps_it() {
+    use std::sync::atomic::Ordering;
+    let b = start().await;
+    let (mut m, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    m.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
+    m.disconnect().await;
+    let admin = b.admin();
+    let source = |keeps| {
+        std::sync::Arc::new(Source {
+            keeps,
+            done: Default::default(),
+        })
+    };
+    let (kept, settled) = (source(true), source(false));
+    for (payload, s) in [("kept", &kept), ("settled", &settled)] {
+        let msg = tern_broker::Message::new("s/1", payload, QoS::AtLeastOnce, false);
+        let to = admin
+            .deliver_shared("$share/g/s/#", msg, Some(s.clone()), true)
+            .expect("topic");
+        assert!(matches!(to, tern_broker::SharedDelivery::Delivered), "{to:?}");
+    }
+    assert_eq!(
+        kept.done.load(Ordering::SeqCst),
+        0,
+        "kept until the member takes it"
+    );
+    assert_eq!(settled.done.load(Ordering::SeqCst), 1, "settled when queued");
+    let (mut m, ack) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    assert!(ack.session_present);
+    for want in ["kept", "settled"] {
+        let p = m.recv_publish().await;
+        assert_eq!(&p.payload[..], want.as_bytes());
+        m.ack(&p).await;
+    }
+    eventually("the member's PUBACK settles it", || {
+        kept.done.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(settled.done.load(Ordering::SeqCst), 1);
+}

@@ -579,3 +579,32 @@ async fn filters_beyond_max_subscriptions_per_client_get_quota_exceeded() {
     let codes = subscribe_all(&mut c, 1, &["a", "b/+", "c", "a"]).await;
     assert_eq!(codes, [ok, ok, ReasonCode::QuotaExceeded, ok]);
 }
+
+/// With the smallest queue limits, the retained messages a SUBSCRIBE matched still enter
+/// the queue, one at a time (before, half of `max_queued_messages = 1`, or of
+/// `max_queued_bytes = 1`, was 0: they never did, and the connection spun at 100% CPU).
+#[tokio::test]
+async fn retained_messages_flow_with_the_smallest_queue_limits() {
+    for bytes in [false, true] {
+        let b = start_with(|c| match bytes {
+            true => c.max_queued_bytes = 1,
+            false => c.max_queued_messages = 1,
+        })
+        .await;
+        let mut p = Raw::connect(b.addr(), V5, "p").await;
+        for i in 0..3 {
+            p.publish(&format!("r/{i}"), "x", QoS::AtLeastOnce, true).await;
+        }
+        let mut s = Raw::connect(b.addr(), V5, "s").await;
+        s.subscribe("r/#", QoS::AtLeastOnce).await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let m = s.recv_publish().await;
+            got.push(m.topic.to_string());
+            s.ack(&m).await;
+        }
+        got.sort();
+        assert_eq!(got, ["r/0", "r/1", "r/2"], "max_queued_bytes = 1: {bytes}");
+        s.disconnect().await;
+    }
+}

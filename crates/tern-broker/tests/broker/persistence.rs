@@ -1035,3 +1035,106 @@ async fn deliveries_added_behind_a_full_disk_queue_are_dropped_and_counted() {
     sub.expect_silence(200).await;
     b.shutdown().await;
 }
+
+/// Counts what a shared message's source is told; keeps messages for members that are away.
+#[derive(Debug, Default)]
+struct KeepingSource(std::sync::atomic::AtomicUsize);
+
+impl tern_broker::Settlement for KeepingSource {
+    fn done(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn keep_while_away(&self) -> bool {
+        true
+    }
+}
+
+/// A shared message kept unsettled for a member that is away stays in memory; one its
+/// session can only keep on disk (its queue spills) is settled then and kept there, rather
+/// than given back to the group again and again while the member is away.
+#[tokio::test]
+async fn a_shared_message_an_away_member_keeps_on_disk_is_settled_when_queued() {
+    use std::sync::atomic::Ordering;
+    let dir = TempDir::new("away-spill");
+    let d = dir.0.clone();
+    let b = BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(move |c| {
+            c.data_dir = Some(d);
+            c.max_queued_messages = 1;
+        })
+        .bind()
+        .await
+        .expect("bind")
+        .spawn();
+    let (mut m, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    m.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
+    m.disconnect().await;
+    let source = std::sync::Arc::new(KeepingSource::default());
+    for i in 0..3 {
+        let msg = tern_broker::Message::new("s/1", i.to_string(), QoS::AtLeastOnce, false);
+        let to = b
+            .admin()
+            .deliver_shared("$share/g/s/#", msg, Some(source.clone()), true)
+            .expect("topic");
+        assert!(matches!(to, tern_broker::SharedDelivery::Delivered), "{to:?}");
+    }
+    assert_eq!(
+        source.0.load(Ordering::SeqCst),
+        2,
+        "the first in memory, unsettled; two on disk"
+    );
+    let (mut m, ack) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    assert!(ack.session_present);
+    for i in 0..3 {
+        let p = m.recv_publish().await;
+        assert_eq!(p.payload, i.to_string().as_bytes(), "in order");
+        m.ack(&p).await;
+    }
+    eventually("the member's PUBACK settles the first", || {
+        source.0.load(Ordering::SeqCst) == 3
+    })
+    .await;
+}
+
+/// The smallest queue limits: an away session's messages beyond one go to disk and come
+/// back one at a time, in order (before, half of `max_queued_messages = 1` was 0, nothing was
+/// read back, and the connection spun at 100% CPU for ever; so with `max_queued_bytes = 1`).
+#[tokio::test]
+async fn an_away_session_with_the_smallest_queue_limits_gets_its_messages_back_from_disk() {
+    for bytes in [false, true] {
+        spilled_one_at_a_time(bytes).await;
+    }
+}
+
+async fn spilled_one_at_a_time(bytes: bool) {
+    let dir = TempDir::new("spill-one");
+    let d = dir.0.clone();
+    let b = BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(move |c| {
+            c.data_dir = Some(d);
+            match bytes {
+                true => c.max_queued_bytes = 1,
+                false => c.max_queued_messages = 1,
+            }
+        })
+        .bind()
+        .await
+        .expect("bind")
+        .spawn();
+    let (mut m, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    m.subscribe("s/#", QoS::AtLeastOnce).await;
+    m.disconnect().await;
+    let mut p = Raw::connect(b.addr(), V5, "p").await;
+    for i in 0..3 {
+        p.publish("s/1", &i.to_string(), QoS::AtLeastOnce, false).await;
+    }
+    let (mut m, ack) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
+    assert!(ack.session_present);
+    for i in 0..3 {
+        let p = m.recv_publish().await;
+        assert_eq!(p.payload, i.to_string().as_bytes(), "in order");
+        m.ack(&p).await;
+    }
+}

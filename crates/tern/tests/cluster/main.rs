@@ -847,6 +847,50 @@ async fn a_shared_qos2_message_begun_on_a_killed_node_goes_to_no_other_member() 
     let _ = std::fs::remove_file(&config);
 }
 
+/// A shared group's QoS 1 messages that no connected member could take are queued for a
+/// member that is away (v5 section 4.8.2: the Server may queue them for a disconnected
+/// member's session); its node is then killed with SIGKILL and its session recovered on the
+/// other node. Each acknowledged message still reaches the group: the node kept them
+/// unacknowledged to JetStream for the away member, so they are offered to the group again.
+/// Before, they were acknowledged when queued and lost with the node (0 of 5 arrived).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_messages_queued_for_an_away_member_survive_its_node_being_killed() {
+    let nats = Nats::start(3, true);
+    let config = config_file_with(&nats, "share_ack_wait_ms = 1000\n");
+    let a = Node::start(&config, &nats, "a");
+    let b = Node::start(&config, &nats, "b");
+    let (mut member, _) = connect_persistent_as(a.addr, "away-member").await;
+    let ack = member.subscribe("$share/away/w/#", QoS::AtLeastOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQoS1]);
+    // The member goes away; its session (with the shared subscription) stays on node a.
+    member.disconnect().await;
+    let mut p = connect_within(b.addr, V5, "away-pub").await;
+    for i in 0..5 {
+        p.publish(&format!("w/{i}"), &i.to_string(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    // No member is connected anywhere: from its third offer (250 ms apart) each message is
+    // queued for the away member on node a.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.kill9();
+    let (mut member, present) = connect_persistent_as(b.addr, "away-member").await;
+    assert!(present, "the member's session is recovered on node b");
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 5 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match member.next_within(left).await {
+            Ok(Some(Packet::Publish(m))) => {
+                member.ack(&m).await;
+                got.insert(String::from_utf8_lossy(&m.payload).into_owned());
+            }
+            other => panic!("{got:?} of the 5 acknowledged messages, then {other:?}"),
+        }
+    }
+    drop(b);
+    let _ = std::fs::remove_file(&config);
+}
+
 /// A QoS 2 publisher that keeps its state across connections, as a client with a persistent
 /// session does (v5 sections 4.3.3, 4.4 and 4.6): a PUBLISH not answered yet is sent again
 /// with DUP and its packet id, a PUBREL again once its PUBREC came, in the order they were
