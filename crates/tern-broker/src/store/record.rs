@@ -176,17 +176,73 @@ pub fn read_retained(raw: &[u8], now: Stamp) -> Result<Message, Corrupt> {
     get_message(&mut b, now)
 }
 
-/// A message stored once for every session that queues it.
+/// A message stored once for every session that queues it, with what a backplane knows of
+/// it (see [`read_payload`]).
 pub fn payload(m: &Message, now: Stamp) -> Bytes {
     let mut b = BytesMut::new();
     put_message(&mut b, m, now);
+    put_marks(&mut b, m);
     seal(b)
 }
 
-/// Read a payload record.
+/// Marks of [`put_marks`] that follow.
+const HAS_ID: u8 = 1;
+const HAS_PLACE: u8 = 2;
+
+/// Added after the first version (a reader from before stops before it): a byte saying
+/// which follow, then the message's backplane id and where the backplane keeps it (shard,
+/// sequence), when known. So a broker restarted from its store gives a QoS 2 delivery in
+/// flight the id it had, and a cluster node that recovers the session after that broker
+/// dies again finds its message by that id (before, it got a new one: a shared group's
+/// message was then lost, and any other one read again). One byte on a single broker.
+fn put_marks(b: &mut BytesMut, m: &Message) {
+    let id = m.backplane_id();
+    let place = m.backplane_position();
+    b.put_u8(if id.is_some() { HAS_ID } else { 0 } | if place.is_some() { HAS_PLACE } else { 0 });
+    if let Some((hi, lo)) = id {
+        b.put_u64(hi);
+        b.put_u64(lo);
+    }
+    if let Some((k, seq)) = place {
+        b.put_u16(k);
+        b.put_u64(seq);
+    }
+}
+
+/// `m` with the marks of [`put_marks`] read from `b`, if there are any.
+fn get_marks(b: &mut Bytes, m: Message) -> Result<Message, Corrupt> {
+    if !b.has_remaining() {
+        return Ok(m);
+    }
+    let which = get_u8(b)?;
+    let mut m = m;
+    if which & HAS_ID != 0 {
+        let id = (get_u64(b)?, get_u64(b)?);
+        m = m.with_backplane_id(id);
+    }
+    if which & HAS_PLACE != 0 {
+        let (k, seq) = (get_u16(b)?, get_u64(b)?);
+        // A QoS 2 message's marks say it too (as in a handover).
+        if m.qos == tern_proto::QoS::ExactlyOnce {
+            m.set_backplane_position(k, seq);
+        }
+        m = m.placed_at(k, seq);
+    }
+    Ok(m)
+}
+
+/// Read a payload record (one written before the marks were added has none).
 pub fn read_payload(raw: &[u8], now: Stamp) -> Result<Message, Corrupt> {
     let mut b = open(raw)?;
-    get_message(&mut b, now)
+    let m = get_message(&mut b, now)?;
+    get_marks(&mut b, m)
+}
+
+/// A message of a handover, without marks: a handover says them in sections of its own.
+fn handed_payload(m: &Message, now: Stamp) -> Bytes {
+    let mut b = BytesMut::new();
+    put_message(&mut b, m, now);
+    seal(b)
 }
 
 /// A message held for a session: where it stands, the delivery's own decisions, then the
@@ -380,7 +436,7 @@ pub fn handover(h: &Handover, now: Stamp) -> Bytes {
     }
     b.put_u32(messages.len() as u32);
     for m in &messages {
-        let raw = payload(m, now);
+        let raw = handed_payload(m, now);
         b.put_u32(raw.len() as u32);
         b.extend_from_slice(&raw);
     }
@@ -594,6 +650,41 @@ mod tests {
         assert_eq!(m.payload, d.message.payload);
         assert_eq!(m.properties, d.message.properties);
         assert_eq!(m.publisher.as_deref(), Some("pub"));
+    }
+
+    #[test]
+    fn a_payload_keeps_its_backplane_id_and_place_and_one_without_them_is_read() {
+        let now = crate::clock::Clock::system().stamp();
+        let mut q2 = msg();
+        q2.qos = QoS::ExactlyOnce;
+        let tagged = q2.with_backplane_id((5, 77)).placed_at(1, 300);
+        let back = read_payload(&payload(&tagged, now), now).unwrap();
+        assert_eq!(back.backplane_id(), Some((5, 77)));
+        assert_eq!(back.backplane_position(), Some((1, 300)));
+        assert_eq!(
+            back.backplane_mark().position(),
+            Some((1, 300)),
+            "a QoS 2 message's marks"
+        );
+        let id_only = read_payload(&payload(&msg().with_backplane_id((1, 2)), now), now).unwrap();
+        assert_eq!(
+            (id_only.backplane_id(), id_only.backplane_position()),
+            (Some((1, 2)), None)
+        );
+        // A single broker's: one byte more than before, and nothing known.
+        let plain = payload(&msg(), now);
+        assert_eq!(plain.len(), handed_payload(&msg(), now).len() + 1);
+        let back = read_payload(&plain, now).unwrap();
+        assert_eq!((back.backplane_id(), back.backplane_position()), (None, None));
+        // Written before the marks were added.
+        let old = read_payload(&handed_payload(&tagged, now), now).unwrap();
+        assert_eq!((old.backplane_id(), old.backplane_position()), (None, None));
+        assert_eq!(old.payload, tagged.payload);
+        // Cut marks are corrupt, not misread.
+        let raw = payload(&tagged, now);
+        let mut body = open(&raw).unwrap();
+        body.truncate(body.len() - 3);
+        assert!(read_payload(&seal(BytesMut::from(&body[..])), now).is_err());
     }
 
     #[test]

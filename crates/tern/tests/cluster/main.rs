@@ -891,6 +891,63 @@ async fn shared_messages_queued_for_an_away_member_survive_its_node_being_killed
     let _ = std::fs::remove_file(&config);
 }
 
+/// A shared group's QoS 2 delivery that began on node a, restored from a's store after a
+/// SIGKILL and resent there, is found again when a dies a second time and the member's session
+/// is recovered on node b: resent with its packet id and DUP, and completed. Before, the
+/// delivery restored from the store got a new id, b could not find its message, released the
+/// packet id with a PUBREL, and no member got the message (v5 [MQTT-4.8.2-4]: it is that
+/// member's once its delivery began).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_qos2_delivery_restored_from_a_store_survives_its_node_dying_again() {
+    let nats = Nats::start(3, true);
+    let config = config_file_with(&nats, "share_ack_wait_ms = 1000\n");
+    let dir = std::env::temp_dir().join(format!("tern-cluster-shared-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = Node::start_in(&config, &nats, "a", Some(&dir));
+    let b = Node::start(&config, &nats, "b");
+    let (mut member, _) = connect_persistent_as(a.addr, "member-s").await;
+    let ack = member.subscribe("$share/gs/ks/#", QoS::ExactlyOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQoS2]);
+    let mut p = connect_within(b.addr, V5, "pub-s").await;
+    p.publish("ks/1", "1", QoS::ExactlyOnce, false).await;
+    // The member gets it and answers nothing, through two deaths of node a.
+    let expect_resend = |got: Result<Option<Packet>, ()>, id: Option<tern_proto::PacketId>| match got {
+        Ok(Some(Packet::Publish(m))) => {
+            assert_eq!(&m.payload[..], b"1");
+            if let Some(id) = id {
+                assert_eq!(m.packet_id, Some(id), "resent with its packet id");
+                // v5 [MQTT-3.3.1-1]
+                assert!(m.dup, "resent with DUP");
+            }
+            m.packet_id.expect("QoS 2")
+        }
+        other => panic!("expected the message, got {other:?}"),
+    };
+    let id = expect_resend(member.next_within(Duration::from_secs(20)).await, None);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill9();
+    drop(member);
+    let a = Node::start_in(&config, &nats, "a", Some(&dir));
+    let (mut member, present) = connect_persistent_as(a.addr, "member-s").await;
+    assert!(present, "node a restored the session from its store");
+    expect_resend(member.next_within(Duration::from_secs(20)).await, Some(id));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill9();
+    drop(member);
+    let (mut member, present) = connect_persistent_as(b.addr, "member-s").await;
+    assert!(present, "node b recovered the session");
+    expect_resend(member.next_within(Duration::from_secs(20)).await, Some(id));
+    member.send(Packet::PubRec(Ack::new(id))).await;
+    match member.next_within(Duration::from_secs(20)).await {
+        Ok(Some(Packet::PubRel(r))) => assert_eq!(r.packet_id, id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    member.send(Packet::PubComp(Ack::new(id))).await;
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&config);
+}
+
 /// A QoS 2 publisher that keeps its state across connections, as a client with a persistent
 /// session does (v5 sections 4.3.3, 4.4 and 4.6): a PUBLISH not answered yet is sent again
 /// with DUP and its packet id, a PUBREL again once its PUBREC came, in the order they were
