@@ -1062,6 +1062,9 @@ impl Core {
             }
             (_, s) => s,
         };
+        // Kept for a member that is away: if its session cannot take it (its limits), it is
+        // settled and dropped as before, not given back to come to the same member again.
+        let kept = settle.clone().filter(|_| !connected);
         let out = Outgoing {
             retain: msg.retain && member.options.retain_as_published,
             msg,
@@ -1074,7 +1077,12 @@ impl Core {
         };
         match self.deliver(&member.session, out) {
             Enqueued::Queued | Enqueued::Pressure => SharedDelivery::Delivered,
-            Enqueued::Dropped | Enqueued::OverLimit | Enqueued::OverBudget => SharedDelivery::Dropped,
+            Enqueued::Dropped | Enqueued::OverLimit | Enqueued::OverBudget => {
+                if let Some(s) = kept {
+                    s.done();
+                }
+                SharedDelivery::Dropped
+            }
         }
     }
 

@@ -474,16 +474,12 @@ impl SessionCell {
 
     /// Keep `out` on disk only (see [`Spill`]), within the offline limits.
     fn spill_locked(&self, st: &mut SessionState, mut out: Outgoing, q: &Queueing<'_>) -> Enqueued {
-        if let Some(s) = &out.settle {
+        if out.settle.is_some() && st.conn_id.is_some() {
             // A message a backplane brought for a shared subscription waits for its member's
             // acknowledgement in memory; on disk it would be given back (its settlement
-            // dropped) and come again. Given back now, for another member; for a member that
-            // is away (the source kept it for it), settled now and kept on disk.
-            if st.conn_id.is_some() {
-                return Enqueued::Dropped;
-            }
-            s.done();
-            out.settle = None;
+            // dropped) and come again. Given back now, for another member. For a member that
+            // is away (the source kept it for it), settled and kept on disk below.
+            return Enqueued::Dropped;
         }
         let cfg = q.config;
         let size = out.msg.payload.len() as u64;
@@ -499,6 +495,9 @@ impl SessionCell {
                 );
             }
             return Enqueued::OverLimit;
+        }
+        if let Some(s) = out.settle.take() {
+            s.done();
         }
         q.durability.put_queued(st, &self.client_id, &mut out);
         let after = match st.spill.as_deref() {

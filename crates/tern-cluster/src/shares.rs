@@ -46,9 +46,17 @@ const MAX_ACK_PENDING: i64 = 1024;
 const OFFLINE_AFTER: i64 = 3;
 
 /// Messages of a group queued for members that are away and kept unacknowledged for them
-/// on this node, at most (they count against [`MAX_ACK_PENDING`] per shard meanwhile);
-/// beyond it they are acknowledged when queued (`Settlement::keep_while_away`).
+/// on this node, at most; beyond it they are acknowledged when queued
+/// (`Settlement::keep_while_away`).
 const AWAY_HELD: usize = (MAX_ACK_PENDING / 4) as usize;
+
+/// A message is kept for an away member only while the group's consumer on its shard has
+/// fewer than this many messages unacknowledged, all nodes together (they count against
+/// [`MAX_ACK_PENDING`]: members that stay away must not stall the group's other members).
+const AWAY_PENDING: usize = (MAX_ACK_PENDING / 2) as usize;
+
+/// How long the consumer's count of unacknowledged messages is taken as current.
+const PENDING_FRESH: Duration = Duration::from_secs(1);
 
 /// Longest wait for JetStream's answer to the acknowledgement of a shared QoS 2 message whose
 /// delivery began (without one it stays held, and is acknowledged again at the PUBCOMP).
@@ -320,9 +328,22 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
         .heartbeat(PULL_EXPIRY / 2)
         .messages()
         .await?;
+    // The consumer's messages unacknowledged on every node, and when that was asked: read
+    // only while messages are offered to members that are away.
+    let mut pending: Option<(std::time::Instant, usize)> = None;
     while let Some(m) = messages.next().await {
         let m = m?;
         let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+        let offline_ok = delivered >= OFFLINE_AFTER;
+        let may_keep = offline_ok && {
+            if pending.is_none_or(|(at, _)| at.elapsed() >= PENDING_FRESH) {
+                pending = match tokio::time::timeout(PULL_EXPIRY, consumer.get_info()).await {
+                    Ok(Ok(info)) => Some((std::time::Instant::now(), info.num_ack_pending)),
+                    _ => None,
+                };
+            }
+            pending.is_some_and(|(_, n)| n < AWAY_PENDING)
+        };
         let msg = match codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
             Ok(msg) => msg,
             Err(e) => {
@@ -337,9 +358,11 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
             message: Arc::new(Mutex::new(Some(m))),
             away: group.away.clone(),
             kept_away: AtomicBool::new(false),
+            may_keep,
         });
-        // Renewed while its member holds it, also one queued for a member that is away (up to
-        // AWAY_HELD of the group: if this node dies, JetStream offers it to the group again).
+        // Renewed while its member holds it, also one queued for a member that is away
+        // (within AWAY_HELD and AWAY_PENDING: if this node dies, JetStream offers it to the
+        // group again).
         {
             let mut held = parts.held.lock().unwrap_or_else(|e| e.into_inner());
             // Settled ones go when it is full, before it grows: it stays within about twice
@@ -349,10 +372,7 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
             }
             held.push(Arc::downgrade(&settle));
         }
-        match parts
-            .admin
-            .deliver_shared(full, msg, Some(settle), delivered >= OFFLINE_AFTER)
-        {
+        match parts.admin.deliver_shared(full, msg, Some(settle), offline_ok) {
             Ok(SharedDelivery::Delivered | SharedDelivery::Expired) => {}
             // The settlement was dropped: the message is given back.
             Ok(_) => tracing::trace!(filter = %full, "no member here for a shared message; given back"),
@@ -373,6 +393,9 @@ pub(crate) struct Settle {
     away: Arc<AtomicUsize>,
     /// Whether this one is in that count.
     kept_away: AtomicBool,
+    /// Whether the group's consumer had room for one more kept for an away member when the
+    /// message came ([`AWAY_PENDING`]).
+    may_keep: bool,
 }
 
 impl Settle {
@@ -412,9 +435,16 @@ impl tern_broker::Settlement for Settle {
     }
 
     /// Kept for a member that is away, while the group has fewer than [`AWAY_HELD`] such
-    /// messages here: before, it was acknowledged when queued, and lost for the group when
-    /// this node died before the member came back and its session was recovered elsewhere.
+    /// messages here and fewer than [`AWAY_PENDING`] unacknowledged on its shard: before, it
+    /// was acknowledged when queued, and lost for the group when this node died before the
+    /// member came back and its session was recovered elsewhere.
     fn keep_while_away(&self) -> bool {
+        if !self.may_keep {
+            return false;
+        }
+        if self.kept_away.load(Ordering::Acquire) {
+            return true;
+        }
         let n = self.away.fetch_add(1, Ordering::AcqRel);
         if n >= AWAY_HELD {
             self.away.fetch_sub(1, Ordering::AcqRel);
@@ -473,11 +503,13 @@ mod tests {
     #[test]
     fn a_group_keeps_at_most_away_held_messages_for_members_that_are_away() {
         let away = Arc::new(AtomicUsize::new(0));
-        let settle = || Settle {
+        let settle_with = |may_keep| Settle {
             message: Arc::new(Mutex::new(None)),
             away: away.clone(),
             kept_away: AtomicBool::new(false),
+            may_keep,
         };
+        let settle = || settle_with(true);
         let kept: Vec<Settle> = (0..AWAY_HELD).map(|_| settle()).collect();
         assert!(kept.iter().all(|s| s.keep_while_away()));
         let over = settle();
@@ -489,7 +521,16 @@ mod tests {
         kept[0].done();
         assert_eq!(away.load(Ordering::Acquire), AWAY_HELD - 1);
         assert!(settle().keep_while_away(), "room again");
+        // Asked twice, counted once.
+        let twice = settle();
+        assert!(twice.keep_while_away() && twice.keep_while_away());
+        assert_eq!(away.load(Ordering::Acquire), AWAY_HELD);
+        drop(twice);
         drop(kept);
+        assert_eq!(away.load(Ordering::Acquire), 0);
+        // The group's consumer had too many unacknowledged messages: not kept, not counted.
+        let full = settle_with(false);
+        assert!(!full.keep_while_away());
         assert_eq!(away.load(Ordering::Acquire), 0);
     }
 }

@@ -486,11 +486,13 @@ impl tern_broker::Settlement for Source {
 
 /// A message of a shared subscription queued for a member that is away is settled with its
 /// source when the member has taken it, if the source keeps it that long (a cluster node:
-/// the group gets it again if the node dies first); otherwise when it is queued.
+/// the group gets it again if the node dies first); otherwise when it is queued. One the
+/// away session has no room for is settled and dropped, not given back (it would come to
+/// the same member again and again).
 #[tokio::test]
 async fn a_shared_message_for_an_away_member_is_settled_when_taken_if_its_source_keeps_it() {
     use std::sync::atomic::Ordering;
-    let b = start().await;
+    let b = start_with(|c| c.max_queued_messages = 2).await;
     let (mut m, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
     m.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
     m.disconnect().await;
@@ -515,6 +517,13 @@ async fn a_shared_message_for_an_away_member_is_settled_when_taken_if_its_source
         "kept until the member takes it"
     );
     assert_eq!(settled.done.load(Ordering::SeqCst), 1, "settled when queued");
+    let full = source(true);
+    let msg = tern_broker::Message::new("s/1", "no room", QoS::AtLeastOnce, false);
+    let to = admin
+        .deliver_shared("$share/g/s/#", msg, Some(full.clone()), true)
+        .expect("topic");
+    assert!(matches!(to, tern_broker::SharedDelivery::Dropped), "{to:?}");
+    assert_eq!(full.done.load(Ordering::SeqCst), 1, "settled, not given back");
     let (mut m, ack) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
     assert!(ack.session_present);
     for want in ["kept", "settled"] {
