@@ -213,6 +213,12 @@ impl Admin {
         self.core.held_by(client_id)
     }
 
+    /// Where the backplane keeps the messages the session of `client_id` holds (shard,
+    /// sequence), those whose place is known: in flight, queued, and kept on disk.
+    pub fn places_held(&self, client_id: &str) -> std::collections::HashSet<(u16, u64)> {
+        self.core.places_held(client_id)
+    }
+
     /// Forget the incoming QoS 2 `packet_id` the session of `client_id` awaits a PUBREL for
     /// (a cluster node restarted from its store learns that the message was never stored in
     /// the cluster: the client's resend must be taken as new); whether it was there.

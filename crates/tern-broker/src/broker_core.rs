@@ -960,6 +960,40 @@ impl Core {
         (!st.ended).then(|| held(&st))
     }
 
+    /// Where a backplane keeps the messages the session of `client_id` holds, as far as
+    /// their marks say (in flight, queued, and kept on disk, read back in batches): a
+    /// cluster node restarted from its store does not read those again from its streams.
+    pub fn places_held(&self, client_id: &str) -> std::collections::HashSet<(u16, u64)> {
+        let mut out = std::collections::HashSet::new();
+        let Some(cell) = self.sessions.get(client_id) else {
+            return out;
+        };
+        let spill = {
+            let st = cell.lock();
+            if st.ended {
+                return out;
+            }
+            let held = st.proto.inflight().map(|i| &i.message).chain(st.queue.iter());
+            out.extend(held.filter_map(|o| o.msg.backplane_position()));
+            st.spill.as_deref().copied()
+        };
+        if let Some(spill) = spill {
+            let (mut after, mut left) = (spill.after, spill.count);
+            while left > 0 {
+                let read = match self.durability.read_queued(client_id, after, REFILL_BATCH) {
+                    Ok(read) if !read.is_empty() => read,
+                    _ => break,
+                };
+                for d in read {
+                    after = d.seq;
+                    left = left.saturating_sub(1);
+                    out.extend(d.message.backplane_position());
+                }
+            }
+        }
+        out
+    }
+
     /// Forget the incoming QoS 2 `packet_id` the session of `client_id` awaits a PUBREL for
     /// (and its stored record); whether it was there.
     pub fn forget_incoming_qos2(&self, client_id: &str, packet_id: u16) -> bool {
@@ -1078,8 +1112,16 @@ impl Core {
         match self.deliver(&member.session, out) {
             Enqueued::Queued | Enqueued::Pressure => SharedDelivery::Delivered,
             Enqueued::Dropped | Enqueued::OverLimit | Enqueued::OverBudget => {
+                // Settled only when the member is still away (its limits had no room):
+                // given back when its session ended or its client came back meanwhile.
                 if let Some(s) = kept {
-                    s.done();
+                    let away = {
+                        let st = member.session.lock();
+                        st.conn_id.is_none() && !st.ended
+                    };
+                    if away {
+                        s.done();
+                    }
                 }
                 SharedDelivery::Dropped
             }

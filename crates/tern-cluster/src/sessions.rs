@@ -1040,9 +1040,11 @@ impl Directory {
         record.q2 = flight
             .into_iter()
             .map(|(packet_id, f)| {
-                // A message from this node's store has no id (the store does not keep it):
-                // a new one, which a recovery does not find; it releases the packet id and
-                // reads the message again (a duplicate at worst, never a message skipped).
+                // A message from this node's store whose payload record was written before
+                // it had an id (one this node's client published without QoS 2 state kept in
+                // the cluster) has none: a new one, which a recovery does not find; it
+                // releases the packet id and reads the message again (a duplicate at worst,
+                // never a message skipped).
                 let (run, count) = f.mark.id_or(|| outbound.fresh_id());
                 (*packet_id, u8::from(f.released), run, count)
             })
@@ -1619,6 +1621,7 @@ impl Directory {
                         Instant::now() + CLAIM_BUDGET,
                         &q2,
                         &mut HashMap::new(),
+                        &HashSet::new(),
                     )
                     .await?;
                 if deliveries.is_empty() {
@@ -1676,7 +1679,16 @@ impl Directory {
         let q2 = Q2Ids::of(&record);
         let mut found = HashMap::new();
         let queued = self
-            .catch_up(client, &record, &floor, &ends, budget, &q2, &mut found)
+            .catch_up(
+                client,
+                &record,
+                &floor,
+                &ends,
+                budget,
+                &q2,
+                &mut found,
+                &HashSet::new(),
+            )
             .await?;
         // The QoS 2 deliveries in flight first, with their packet ids, then the queue.
         let mut deliveries = resumed(client, &record, &found);
@@ -1780,6 +1792,7 @@ impl Directory {
         deadline: Instant,
         q2: &Q2Ids,
         found: &mut HashMap<(u64, u64), Arc<Message>>,
+        has: &HashSet<(u16, u64)>,
     ) -> Result<Vec<StoredDelivery>, String> {
         let subs: Vec<(String, SubscriptionOptions, u32)> = record
             .subs
@@ -1845,6 +1858,13 @@ impl Directory {
                             continue;
                         }
                         next = seq + 1;
+                        // The session has it already (its node's store kept it).
+                        if has.contains(&(k as u16, seq)) {
+                            if seq >= to {
+                                return Ok(());
+                            }
+                            continue;
+                        }
                         if let Ok(msg) =
                             crate::codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone())
                         {
@@ -2218,7 +2238,9 @@ impl Directory {
                 Some((owner, record)) if owner == self.parts.node => {
                     // Still this node's: what was stored in the streams for it while this node
                     // was down (after its floor, up to where this run's tailers begin) joins
-                    // its queue, after what the store kept (duplicates possible).
+                    // its queue, after what the store kept. What the store kept is not read
+                    // again (its payload records say where each message lies in the streams);
+                    // what the client had taken since the floor is (duplicates possible).
                     self.unstored_forgotten(admin, &s.client_id, Some(&record)).await;
                     let shards = self.parts.positions.len();
                     if record.version == 0 || record.floor.len() != shards {
@@ -2240,6 +2262,7 @@ impl Directory {
                             Instant::now() + Duration::from_secs(60),
                             &q2,
                             &mut HashMap::new(),
+                            &admin.places_held(&s.client_id),
                         )
                         .await
                     {

@@ -47,16 +47,22 @@ const OFFLINE_AFTER: i64 = 3;
 
 /// Messages of a group queued for members that are away and kept unacknowledged for them
 /// on this node, at most; beyond it they are acknowledged when queued
-/// (`Settlement::keep_while_away`).
-const AWAY_HELD: usize = (MAX_ACK_PENDING / 4) as usize;
+/// (`Settlement::keep_while_away`). Small beside [`AWAY_PENDING`]'s room, so that nodes that
+/// read the consumer's count at the same moment cannot fill [`MAX_ACK_PENDING`] together
+/// unless there are eight of them.
+const AWAY_HELD: usize = (MAX_ACK_PENDING / 16) as usize;
 
 /// A message is kept for an away member only while the group's consumer on its shard has
 /// fewer than this many messages unacknowledged, all nodes together (they count against
 /// [`MAX_ACK_PENDING`]: members that stay away must not stall the group's other members).
 const AWAY_PENDING: usize = (MAX_ACK_PENDING / 2) as usize;
 
-/// How long the consumer's count of unacknowledged messages is taken as current.
+/// How long the consumer's count of unacknowledged messages is taken as current (a failed
+/// read too: it is not asked again before).
 const PENDING_FRESH: Duration = Duration::from_secs(1);
+
+/// Longest wait for the consumer's count (the pull loop waits meanwhile).
+const PENDING_ASK: Duration = Duration::from_millis(500);
 
 /// Longest wait for JetStream's answer to the acknowledgement of a shared QoS 2 message whose
 /// delivery began (without one it stays held, and is acknowledged again at the PUBCOMP).
@@ -337,10 +343,12 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
         let offline_ok = delivered >= OFFLINE_AFTER;
         let may_keep = offline_ok && {
             if pending.is_none_or(|(at, _)| at.elapsed() >= PENDING_FRESH) {
-                pending = match tokio::time::timeout(PULL_EXPIRY, consumer.get_info()).await {
-                    Ok(Ok(info)) => Some((std::time::Instant::now(), info.num_ack_pending)),
-                    _ => None,
+                // Not known: nothing is kept for away members until it is asked again.
+                let n = match tokio::time::timeout(PENDING_ASK, consumer.get_info()).await {
+                    Ok(Ok(info)) => info.num_ack_pending,
+                    _ => usize::MAX,
                 };
+                pending = Some((std::time::Instant::now(), n));
             }
             pending.is_some_and(|(_, n)| n < AWAY_PENDING)
         };
@@ -374,8 +382,9 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
         }
         match parts.admin.deliver_shared(full, msg, Some(settle), offline_ok) {
             Ok(SharedDelivery::Delivered | SharedDelivery::Expired) => {}
-            // The settlement was dropped: the message is given back.
-            Ok(_) => tracing::trace!(filter = %full, "no member here for a shared message; given back"),
+            // The settlement was dropped: the message is given back (or, kept for an away
+            // member that had no room for it, settled: `Admin::deliver_shared`).
+            Ok(_) => tracing::trace!(filter = %full, "no member here took a shared message"),
             Err(e) => tracing::warn!(filter = %full, "message of a shared subscription not delivered: {e}"),
         }
     }
