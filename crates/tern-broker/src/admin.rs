@@ -213,8 +213,9 @@ impl Admin {
         self.core.held_by(client_id)
     }
 
-    /// Where the backplane keeps the messages the session of `client_id` holds (shard,
-    /// sequence), those whose place is known: in flight, queued, and kept on disk.
+    /// Where the backplane keeps the messages the session of `client_id` holds through its
+    /// ordinary subscriptions (shard, sequence), those whose place is known: in flight,
+    /// queued, and kept on disk. Blocking: it reads the store.
     pub fn places_held(&self, client_id: &str) -> std::collections::HashSet<(u16, u64)> {
         self.core.places_held(client_id)
     }

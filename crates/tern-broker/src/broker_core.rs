@@ -960,9 +960,10 @@ impl Core {
         (!st.ended).then(|| held(&st))
     }
 
-    /// Where a backplane keeps the messages the session of `client_id` holds, as far as
-    /// their marks say (in flight, queued, and kept on disk, read back in batches): a
-    /// cluster node restarted from its store does not read those again from its streams.
+    /// Where a backplane keeps the messages the session of `client_id` holds through its
+    /// ordinary subscriptions, as far as their marks say (in flight, queued, and kept on
+    /// disk, read back in batches): a cluster node restarted from its store does not read
+    /// those again from its streams. Blocking (reads the store).
     pub fn places_held(&self, client_id: &str) -> std::collections::HashSet<(u16, u64)> {
         let mut out = std::collections::HashSet::new();
         let Some(cell) = self.sessions.get(client_id) else {
@@ -973,8 +974,12 @@ impl Core {
             if st.ended {
                 return out;
             }
+            // A shared subscription's copy stands for no ordinary one.
             let held = st.proto.inflight().map(|i| &i.message).chain(st.queue.iter());
-            out.extend(held.filter_map(|o| o.msg.backplane_position()));
+            out.extend(
+                held.filter(|o| o.shared.is_none())
+                    .filter_map(|o| o.msg.backplane_position()),
+            );
             st.spill.as_deref().copied()
         };
         if let Some(spill) = spill {
@@ -987,7 +992,9 @@ impl Core {
                 for d in read {
                     after = d.seq;
                     left = left.saturating_sub(1);
-                    out.extend(d.message.backplane_position());
+                    if d.shared.is_none() {
+                        out.extend(d.message.backplane_position());
+                    }
                 }
             }
         }

@@ -1858,7 +1858,8 @@ impl Directory {
                             continue;
                         }
                         next = seq + 1;
-                        // The session has it already (its node's store kept it).
+                        // The session has it already (its node's store kept it). Looked at
+                        // before `q2.flight`: a caller passes one or the other, not both.
                         if has.contains(&(k as u16, seq)) {
                             if seq >= to {
                                 return Ok(());
@@ -2253,6 +2254,18 @@ impl Directory {
                         flight: HashSet::new(),
                         done: ids.done.union(&ids.flight).copied().collect(),
                     };
+                    // Read only when there is something to read, off the runtime's threads.
+                    let reads =
+                        !record.subs.is_empty() && record.floor.iter().zip(&self.start.1).any(|(f, t)| f < t);
+                    let has = match reads {
+                        true => {
+                            let (admin, client) = (admin.clone(), s.client_id.clone());
+                            tokio::task::spawn_blocking(move || admin.places_held(&client))
+                                .await
+                                .unwrap_or_default()
+                        }
+                        false => HashSet::new(),
+                    };
                     match self
                         .catch_up(
                             &s.client_id,
@@ -2262,7 +2275,7 @@ impl Directory {
                             Instant::now() + Duration::from_secs(60),
                             &q2,
                             &mut HashMap::new(),
-                            &admin.places_held(&s.client_id),
+                            &has,
                         )
                         .await
                     {
