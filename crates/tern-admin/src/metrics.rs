@@ -419,6 +419,14 @@ impl Collector for BrokerCollector {
             }
         }
         bridge_metrics(e, &self.state.bridges.reports())?;
+        // A cluster node's own figures (nothing on a single broker).
+        for f in admin.backplane_figures() {
+            let name = format!("tern_{}", f.name);
+            match f.counter {
+                true => counter(e, &name, f.help, None, f.value)?,
+                false => gauge(e, &name, f.help, None, f.value)?,
+            }
+        }
         Ok(())
     }
 }

@@ -213,6 +213,16 @@ impl Admin {
         self.core.held_by(client_id)
     }
 
+    /// What the broker's backplane counts (a cluster node's figures), for the metrics
+    /// endpoint; empty without one.
+    pub fn backplane_figures(&self) -> Vec<crate::backplane::Figure> {
+        self.core
+            .backplane
+            .as_ref()
+            .map(|b| b.figures())
+            .unwrap_or_default()
+    }
+
     /// Where the backplane keeps the messages the session of `client_id` holds through its
     /// ordinary subscriptions (shard, sequence), those whose place is known: in flight,
     /// queued, and kept on disk. Blocking: it reads the store.

@@ -47,6 +47,20 @@ pub enum Held {
     Unknown,
 }
 
+/// A figure a backplane keeps, for the broker's metrics endpoint (`/metrics`, as
+/// `tern_<name>`, or `tern_<name>_total` for a counter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Figure {
+    /// The metric's name after `tern_`, in Prometheus' style (`cluster_stored`).
+    pub name: &'static str,
+    /// One line that says what it counts.
+    pub help: &'static str,
+    /// A counter (only rises) rather than a gauge.
+    pub counter: bool,
+    /// Its value now.
+    pub value: u64,
+}
+
 /// Where messages and subscriptions go beyond this broker. Called synchronously, on the
 /// publishing or subscribing connection's task: an implementation hands the work to its own
 /// tasks (through a bounded queue) and never blocks.
@@ -186,6 +200,12 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     fn session_attached(&self, client_id: &str) -> Option<Ticket> {
         let _ = client_id;
         None
+    }
+
+    /// What the backplane counts, for the metrics endpoint (default: nothing). Read when the
+    /// endpoint is scraped, off the publish path.
+    fn figures(&self) -> Vec<Figure> {
+        Vec::new()
     }
 
     /// Whether the backplane keeps the QoS 2 deliveries in flight of the sessions that

@@ -359,6 +359,7 @@ impl Cluster {
     /// The backplane to give [`tern_broker::BrokerBuilder::backplane`].
     pub fn backplane(&self) -> Arc<dyn Backplane> {
         Arc::new(NodeBackplane {
+            counted: self.counted(),
             outbound: self.outbound.clone(),
             interest: self.interest.clone(),
             shares: self.shares.clone(),
@@ -485,6 +486,30 @@ impl Cluster {
 
     /// What the node has counted.
     pub fn stats(&self) -> ClusterStats {
+        self.counted().stats()
+    }
+
+    fn counted(&self) -> Counted {
+        Counted {
+            outbound: self.outbound.clone(),
+            inbound: self.inbound_counters.clone(),
+            interest: self.interest.clone(),
+            subscribed: self.subscribed.clone(),
+        }
+    }
+}
+
+/// Where a node's figures are counted ([`ClusterStats`]).
+#[derive(Debug)]
+struct Counted {
+    outbound: Arc<outbound::Outbound>,
+    inbound: Arc<InboundCounters>,
+    interest: Arc<inbound::Interest>,
+    subscribed: Arc<AtomicU64>,
+}
+
+impl Counted {
+    fn stats(&self) -> ClusterStats {
         let o = &self.outbound.counters;
         ClusterStats {
             qos0_sent: o.qos0_sent.load(Ordering::Relaxed),
@@ -493,11 +518,82 @@ impl Cluster {
             stored: o.stored.load(Ordering::Relaxed),
             store_retries: o.retries.load(Ordering::Relaxed),
             qos2_refused: o.refused.load(Ordering::Relaxed),
-            received: self.inbound_counters.received.load(Ordering::Relaxed),
-            undecodable: self.inbound_counters.undecodable.load(Ordering::Relaxed),
+            received: self.inbound.received.load(Ordering::Relaxed),
+            undecodable: self.inbound.undecodable.load(Ordering::Relaxed),
             wanted_subjects: self.interest.len() as u64,
             subscribed_subjects: self.subscribed.load(Ordering::Relaxed),
         }
+    }
+}
+
+impl ClusterStats {
+    /// The figures as the metrics endpoint shows them (`tern_cluster_…`).
+    pub fn figures(&self) -> Vec<tern_broker::backplane::Figure> {
+        use tern_broker::backplane::Figure;
+        let c = |name, help, value| Figure {
+            name,
+            help,
+            counter: true,
+            value,
+        };
+        let g = |name, help, value| Figure {
+            name,
+            help,
+            counter: false,
+            value,
+        };
+        vec![
+            c(
+                "cluster_qos0_sent",
+                "QoS 0 messages this node published on core NATS",
+                self.qos0_sent,
+            ),
+            c(
+                "cluster_qos0_dropped",
+                "QoS 0 messages dropped on their way to NATS (its queue full, or refused)",
+                self.qos0_dropped,
+            ),
+            c(
+                "cluster_qos0_packs",
+                "NATS messages that carried more than one QoS 0 message",
+                self.qos0_packs,
+            ),
+            c(
+                "cluster_stored",
+                "QoS 1/2 messages and retained writes of this node that JetStream stored",
+                self.stored,
+            ),
+            c(
+                "cluster_store_retries",
+                "Attempts to store in JetStream that failed and were retried",
+                self.store_retries,
+            ),
+            c(
+                "cluster_qos2_refused",
+                "QoS 2 messages refused as duplicates of another node's placeholder (not acknowledged)",
+                self.qos2_refused,
+            ),
+            c(
+                "cluster_received",
+                "Messages from other nodes delivered to this node",
+                self.received,
+            ),
+            c(
+                "cluster_undecodable",
+                "NATS messages on Tern's subjects that were not Tern messages",
+                self.undecodable,
+            ),
+            g(
+                "cluster_wanted_subjects",
+                "Distinct NATS subjects this node's subscriptions need",
+                self.wanted_subjects,
+            ),
+            g(
+                "cluster_subscribed_subjects",
+                "NATS subjects this node is subscribed to now",
+                self.subscribed_subjects,
+            ),
+        ]
     }
 }
 
@@ -559,6 +655,8 @@ struct NodeBackplane {
     prefix: String,
     wills: tokio::sync::mpsc::Sender<wills::WillOp>,
     directory: Arc<sessions::Directory>,
+    /// The node's figures, for the metrics endpoint.
+    counted: Counted,
 }
 
 impl NodeBackplane {
@@ -570,6 +668,10 @@ impl NodeBackplane {
 }
 
 impl Backplane for NodeBackplane {
+    fn figures(&self) -> Vec<tern_broker::backplane::Figure> {
+        self.counted.stats().figures()
+    }
+
     fn published(&self, message: &Arc<Message>) {
         // `$SYS` is per node.
         if message.topic.starts_with("$SYS/") {

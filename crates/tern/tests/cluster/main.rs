@@ -30,14 +30,31 @@ impl Node {
 
     /// Started with its store in `data_dir` (`None`: in memory).
     fn start_in(config: &Path, nats: &Nats, name: &str, data_dir: Option<&Path>) -> Node {
+        Node::start_with(config, nats, name, data_dir, false).0
+    }
+
+    /// Started with its store in `data_dir` (`None`: in memory), and its HTTP endpoint on a
+    /// free loopback port when `http` (its address returned).
+    fn start_with(
+        config: &Path,
+        nats: &Nats,
+        name: &str,
+        data_dir: Option<&Path>,
+        http: bool,
+    ) -> (Node, Option<SocketAddr>) {
         let store: Vec<std::ffi::OsString> = match data_dir {
             Some(d) => vec!["--data-dir".into(), d.into()],
             None => vec!["--in-memory".into()],
         };
+        let endpoint: &[&str] = match http {
+            true => &["--http", "127.0.0.1:0"],
+            false => &["--no-http"],
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(["broker", "--listen", "127.0.0.1:0"])
             .args(store)
-            .args(["--no-http", "--log"])
+            .args(endpoint)
+            .arg("--log")
             .arg(std::env::var("TERN_CLUSTER_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .arg("--config")
             .arg(config)
@@ -65,7 +82,13 @@ impl Node {
             if let Some(addr) = line.trim().strip_prefix("tern broker listening on ") {
                 assert!(joined, "the node joins the cluster before it listens");
                 node.addr = addr.parse().expect("address");
-                return node;
+                if !http {
+                    return (node, None);
+                }
+            }
+            if let Some(addr) = line.trim().strip_prefix("tern http listening on http://") {
+                let addr = addr.parse().expect("http address");
+                return (node, Some(addr));
             }
         }
     }
@@ -945,6 +968,78 @@ async fn a_shared_qos2_delivery_restored_from_a_store_survives_its_node_dying_ag
     member.send(Packet::PubComp(Ack::new(id))).await;
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&config);
+}
+
+/// `GET path` on a loopback HTTP endpoint: the response's body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// A cluster node's `/metrics` shows its cluster figures (`ClusterStats`): the QoS 1 message
+/// its client published, stored in JetStream; the one another node's client published,
+/// delivered here; the NATS subjects its subscription needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_nodes_metrics_show_what_crosses_the_cluster() {
+    let nats = Nats::start(3, true);
+    let config = config_file(&nats);
+    let (a, http) = Node::start_with(&config, &nats, "a", None, true);
+    let http = http.expect("node a's HTTP endpoint");
+    let b = Node::start(&config, &nats, "b");
+    let mut sub = connect_within(a.addr, V5, "m-sub").await;
+    sub.subscribe("m/#", QoS::AtLeastOnce).await;
+    let mut from_b = connect_within(b.addr, V5, "m-pub-b").await;
+    let mut from_a = connect_within(a.addr, V5, "m-pub-a").await;
+    from_a.publish("m/a", "a", QoS::AtLeastOnce, false).await;
+    // The subscription reaches node b before its publisher's message does.
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !got.contains("b") {
+        from_b.publish("m/b", "b", QoS::AtLeastOnce, false).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        while let Ok(Some(Packet::Publish(m))) = sub.next_within(left.min(Duration::from_millis(300))).await {
+            sub.ack(&m).await;
+            got.insert(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node b's message never reached node a: {got:?}"
+        );
+    }
+    let body = tokio::task::spawn_blocking(move || http_get(http, "/metrics"))
+        .await
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    };
+    assert!(
+        value("tern_cluster_stored_total") >= 1,
+        "node a's client's message stored"
+    );
+    assert!(
+        value("tern_cluster_received_total") >= 1,
+        "node b's client's message delivered here"
+    );
+    assert!(value("tern_cluster_wanted_subjects") >= 1);
+    assert_eq!(value("tern_cluster_qos2_refused_total"), 0);
+    assert_eq!(value("tern_cluster_undecodable_total"), 0);
+    assert!(body.contains("# HELP tern_cluster_qos0_dropped"), "{body}");
+    drop((a, b));
     let _ = std::fs::remove_file(&config);
 }
 
