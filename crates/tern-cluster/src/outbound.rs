@@ -621,16 +621,7 @@ mod tests {
             .expect("connect");
         let js = jetstream::new(client.clone());
         let prefix = "probe";
-        for k in 0..2u16 {
-            js.create_stream(jetstream::stream::Config {
-                name: streams::stream_name(prefix, k),
-                subjects: vec![format!("{}.>", streams::shard_subject(prefix, k))],
-                duplicate_window: Duration::from_secs(60),
-                ..Default::default()
-            })
-            .await
-            .expect("stream");
-        }
+        streams::test_streams(&js, prefix, 2).await;
         let (out, rx) = Outbound::new("z".into(), prefix.into(), 2, Duration::from_secs(5), 1);
         let out = Arc::new(out);
         let task = tokio::spawn(run(out.clone(), client.clone(), js.clone(), rx));

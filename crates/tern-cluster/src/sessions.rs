@@ -2867,16 +2867,7 @@ mod tests {
             .expect("connect");
         let js = jetstream::new(client);
         let prefix = "probe";
-        for k in 0..2u16 {
-            js.create_stream(jetstream::stream::Config {
-                name: streams::stream_name(prefix, k),
-                subjects: vec![format!("{}.>", streams::shard_subject(prefix, k))],
-                duplicate_window: Duration::from_secs(60),
-                ..Default::default()
-            })
-            .await
-            .expect("stream");
-        }
+        streams::test_streams(&js, prefix, 2).await;
         let k = streams::shard_of(Some("pub"), 2);
         let subject = crate::topic::encode_topic(&streams::shard_subject(prefix, k), "t");
         let publish = |id: (u64, u64)| {

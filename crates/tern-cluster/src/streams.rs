@@ -176,6 +176,22 @@ pub async fn ensure(js: &jetstream::Context, config: &ClusterConfig) -> Result<V
     Ok(last)
 }
 
+/// For tests against a NATS server: shard streams `0..shards` of `prefix` with a 60 s
+/// duplicate window.
+#[cfg(test)]
+pub(crate) async fn test_streams(js: &jetstream::Context, prefix: &str, shards: u16) {
+    for k in 0..shards {
+        js.create_stream(stream::Config {
+            name: stream_name(prefix, k),
+            subjects: vec![format!("{}.>", shard_subject(prefix, k))],
+            duplicate_window: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::shard_of;

@@ -110,6 +110,19 @@ async fn an_administrator_disconnects_a_client_and_its_will_is_published() {
     assert!(!b.disconnect("nobody", true));
 }
 
+/// A broker on 127.0.0.1:0 with `backplane`.
+async fn start_on_backplane(
+    backplane: std::sync::Arc<dyn tern_broker::backplane::Backplane>,
+) -> tern_broker::BrokerHandle {
+    tern_broker::BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .backplane(backplane)
+        .bind()
+        .await
+        .unwrap()
+        .spawn()
+}
+
 /// A backplane that records what it hears.
 #[derive(Debug, Default)]
 struct Recorder(std::sync::Mutex<Vec<String>>);
@@ -130,13 +143,7 @@ impl tern_broker::backplane::Backplane for Recorder {
 #[tokio::test]
 async fn a_backplane_hears_publishes_and_subscriptions_and_brings_messages_in() {
     let rec = std::sync::Arc::new(Recorder::default());
-    let b = tern_broker::BrokerBuilder::new()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .backplane(rec.clone())
-        .bind()
-        .await
-        .unwrap()
-        .spawn();
+    let b = start_on_backplane(rec.clone()).await;
     let mut sub = Raw::connect(b.addr(), V5, "sub").await;
     sub.subscribe("a/#", QoS::AtLeastOnce).await;
     sub.subscribe("$share/g/b", QoS::AtMostOnce).await;
@@ -206,13 +213,7 @@ impl tern_broker::backplane::Backplane for Congested {
 async fn a_congested_backplane_slows_qos0_publishers_down() {
     use std::sync::atomic::Ordering;
     let bp = std::sync::Arc::new(Congested::default());
-    let b = tern_broker::BrokerBuilder::new()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .backplane(bp.clone())
-        .bind()
-        .await
-        .unwrap()
-        .spawn();
+    let b = start_on_backplane(bp.clone()).await;
     let mut publ = Raw::connect(b.addr(), V5, "fast").await;
     bp.full.store(true, Ordering::Relaxed);
     // The first QoS 0 message is taken; then the connection is not read: the next message
@@ -411,13 +412,7 @@ impl tern_broker::backplane::Backplane for RefusesOnce {
 async fn a_qos2_message_the_backplane_refused_gets_no_pubrec_and_its_resend_is_taken_as_new() {
     use tern_proto::{Ack, Publish};
     let bp = std::sync::Arc::new(RefusesOnce::default());
-    let b = tern_broker::BrokerBuilder::new()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .backplane(bp.clone())
-        .bind()
-        .await
-        .unwrap()
-        .spawn();
+    let b = start_on_backplane(bp.clone()).await;
     let mut sub = Raw::connect(b.addr(), V5, "sub").await;
     sub.subscribe("q2/#", QoS::ExactlyOnce).await;
     let publish = |dup: bool| {

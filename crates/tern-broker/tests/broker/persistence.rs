@@ -1036,6 +1036,43 @@ async fn deliveries_added_behind_a_full_disk_queue_are_dropped_and_counted() {
     b.shutdown().await;
 }
 
+/// A broker on the data directory `dir`, its settings changed by `f`.
+async fn start_in_configured(
+    dir: &TempDir,
+    f: impl FnOnce(&mut tern_broker::Config) + Send + 'static,
+) -> BrokerHandle {
+    let d = dir.0.clone();
+    BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .configure(move |c| {
+            c.data_dir = Some(d);
+            f(c);
+        })
+        .bind()
+        .await
+        .expect("bind")
+        .spawn()
+}
+
+/// The 5.0 client "away" subscribes to `filter` at QoS 1 with a persistent session and goes
+/// away.
+async fn away(addr: std::net::SocketAddr, filter: &str) {
+    let (mut m, _) = Raw::connect_with(addr, persistent(V5, "away")).await;
+    m.subscribe(filter, QoS::AtLeastOnce).await;
+    m.disconnect().await;
+}
+
+/// "away" comes back: messages "0" to `n - 1` arrive, in order, and are acknowledged.
+async fn back_for(addr: std::net::SocketAddr, n: usize) {
+    let (mut m, ack) = Raw::connect_with(addr, persistent(V5, "away")).await;
+    assert!(ack.session_present);
+    for i in 0..n {
+        let p = m.recv_publish().await;
+        assert_eq!(p.payload, i.to_string().as_bytes(), "in order");
+        m.ack(&p).await;
+    }
+}
+
 /// Counts what a shared message's source is told; keeps messages for members that are away.
 #[derive(Debug, Default)]
 struct KeepingSource(std::sync::atomic::AtomicUsize);
@@ -1056,20 +1093,8 @@ impl tern_broker::Settlement for KeepingSource {
 async fn a_shared_message_an_away_member_keeps_on_disk_is_settled_when_queued() {
     use std::sync::atomic::Ordering;
     let dir = TempDir::new("away-spill");
-    let d = dir.0.clone();
-    let b = BrokerBuilder::new()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .configure(move |c| {
-            c.data_dir = Some(d);
-            c.max_queued_messages = 1;
-        })
-        .bind()
-        .await
-        .expect("bind")
-        .spawn();
-    let (mut m, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
-    m.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
-    m.disconnect().await;
+    let b = start_in_configured(&dir, |c| c.max_queued_messages = 1).await;
+    away(b.addr(), "$share/g/s/#").await;
     let source = std::sync::Arc::new(KeepingSource::default());
     for i in 0..3 {
         let msg = tern_broker::Message::new("s/1", i.to_string(), QoS::AtLeastOnce, false);
@@ -1084,13 +1109,7 @@ async fn a_shared_message_an_away_member_keeps_on_disk_is_settled_when_queued() 
         2,
         "the first in memory, unsettled; two on disk"
     );
-    let (mut m, ack) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
-    assert!(ack.session_present);
-    for i in 0..3 {
-        let p = m.recv_publish().await;
-        assert_eq!(p.payload, i.to_string().as_bytes(), "in order");
-        m.ack(&p).await;
-    }
+    back_for(b.addr(), 3).await;
     eventually("the member's PUBACK settles the first", || {
         source.0.load(Ordering::SeqCst) == 3
     })
@@ -1109,32 +1128,15 @@ async fn an_away_session_with_the_smallest_queue_limits_gets_its_messages_back_f
 
 async fn spilled_one_at_a_time(bytes: bool) {
     let dir = TempDir::new("spill-one");
-    let d = dir.0.clone();
-    let b = BrokerBuilder::new()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .configure(move |c| {
-            c.data_dir = Some(d);
-            match bytes {
-                true => c.max_queued_bytes = 1,
-                false => c.max_queued_messages = 1,
-            }
-        })
-        .bind()
-        .await
-        .expect("bind")
-        .spawn();
-    let (mut m, _) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
-    m.subscribe("s/#", QoS::AtLeastOnce).await;
-    m.disconnect().await;
+    let b = start_in_configured(&dir, move |c| match bytes {
+        true => c.max_queued_bytes = 1,
+        false => c.max_queued_messages = 1,
+    })
+    .await;
+    away(b.addr(), "s/#").await;
     let mut p = Raw::connect(b.addr(), V5, "p").await;
     for i in 0..3 {
         p.publish("s/1", &i.to_string(), QoS::AtLeastOnce, false).await;
     }
-    let (mut m, ack) = Raw::connect_with(b.addr(), persistent(V5, "away")).await;
-    assert!(ack.session_present);
-    for i in 0..3 {
-        let p = m.recv_publish().await;
-        assert_eq!(p.payload, i.to_string().as_bytes(), "in order");
-        m.ack(&p).await;
-    }
+    back_for(b.addr(), 3).await;
 }
