@@ -53,7 +53,7 @@ pub enum Held {
 pub struct Figure {
     /// The metric's name after `tern_`, in Prometheus' style (`cluster_stored`).
     pub name: &'static str,
-    /// One line that says what it counts.
+    /// One line that says what it counts (written as it is: no `\` and no line break).
     pub help: &'static str,
     /// A counter (only rises) rather than a gauge.
     pub counter: bool,

@@ -550,7 +550,7 @@ impl ClusterStats {
             ),
             c(
                 "cluster_qos0_dropped",
-                "QoS 0 messages dropped on their way to NATS (its queue full, or refused)",
+                "QoS 0 messages, and retained QoS 0 writes, dropped on their way to NATS (queue full, or refused)",
                 self.qos0_dropped,
             ),
             c(

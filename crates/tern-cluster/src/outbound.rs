@@ -321,14 +321,21 @@ impl Outbound {
 
     /// `ticket` is stored: advance the progress over every ticket stored without a gap.
     fn settle(&self, ticket: Ticket) {
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
+        self.settle_uncounted(ticket);
+    }
+
+    /// `ticket` is done (stored, or refused: [`BackplaneMark::refuse`]), not counted as stored.
+    ///
+    /// [`BackplaneMark::refuse`]: tern_broker::BackplaneMark::refuse
+    fn settle_uncounted(&self, ticket: Ticket) {
         let upto = self
             .settled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(ticket);
-        tracing::trace!(ticket, upto, "stored");
+        tracing::trace!(ticket, upto, "settled");
         self.progress.advance(upto);
-        self.counters.stored.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -532,6 +539,7 @@ async fn confirm(
     let mut attempt = first;
     let mut backoff = Duration::from_millis(50);
     let mut tries: u32 = 0;
+    let mut refused = false;
     loop {
         let r = match attempt {
             Ok(ack) => ack.await.map_err(|e| e.to_string()),
@@ -546,6 +554,7 @@ async fn confirm(
                         out.counters.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(subject = %m.subject, ticket, client_id = ?m.from, "a QoS 2 message is refused by JetStream as a duplicate of a placeholder: a node recovering its publisher's session found it not stored; it is not acknowledged, and its resend is stored as new");
                         msg.backplane_mark().refuse();
+                        refused = true;
                     } else {
                         msg.set_backplane_position(*k, ack.sequence);
                     }
@@ -565,7 +574,10 @@ async fn confirm(
             }
         }
     }
-    out.settle(ticket);
+    match refused {
+        true => out.settle_uncounted(ticket),
+        false => out.settle(ticket),
+    }
 }
 
 /// Whether the QoS 2 message JetStream answered as a duplicate, of the message at `sequence`
@@ -673,6 +685,11 @@ mod tests {
         assert!(late.backplane_mark().refused(), "the late store is refused");
         assert_eq!(late.backplane_position(), None, "and has no place");
         assert_eq!(out.counters.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            out.counters.stored.load(Ordering::Relaxed),
+            2,
+            "the refused one is not counted as stored"
+        );
         // Not listed, its id was never asked about: a duplicate of it is a retry.
         let unlisted = message("unlisted", (9, 1), false);
         out.publish(&unlisted);

@@ -87,6 +87,7 @@ impl Node {
                 }
             }
             if let Some(addr) = line.trim().strip_prefix("tern http listening on http://") {
+                assert_ne!(node.addr.port(), 0, "the MQTT address comes first");
                 let addr = addr.parse().expect("http address");
                 return (node, Some(addr));
             }
