@@ -1105,7 +1105,7 @@ impl Core {
         };
         // Kept for a member that is away: if its session cannot take it (its limits), it is
         // settled and dropped as before, not given back to come to the same member again.
-        let kept = settle.clone().filter(|_| !connected);
+        let kept = if connected { None } else { settle.clone() };
         let out = Outgoing {
             retain: msg.retain && member.options.retain_as_published,
             msg,

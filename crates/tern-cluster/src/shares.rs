@@ -335,7 +335,7 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
         .messages()
         .await?;
     // The consumer's messages unacknowledged on every node, and when that was asked: read
-    // only while messages are offered to members that are away.
+    // only for messages offered the third time or more (those an away member may get).
     let mut pending: Option<(std::time::Instant, usize)> = None;
     while let Some(m) = messages.next().await {
         let m = m?;

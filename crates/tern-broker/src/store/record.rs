@@ -222,13 +222,19 @@ fn get_marks(b: &mut Bytes, m: Message) -> Result<Message, Corrupt> {
     }
     if which & HAS_PLACE != 0 {
         let (k, seq) = (get_u16(b)?, get_u64(b)?);
-        // A QoS 2 message's marks say it too (as in a handover).
-        if m.qos == tern_proto::QoS::ExactlyOnce {
-            m.set_backplane_position(k, seq);
-        }
-        m = m.placed_at(k, seq);
+        m = placed(m, k, seq);
     }
     Ok(m)
+}
+
+/// `m`, kept by the backplane at `seq` of shard `k` (a payload record's or a handover's
+/// place). A QoS 2 message's marks say it too: a delivered one leaves the cluster's entry
+/// once the floor is past it.
+fn placed(m: Message, k: u16, seq: u64) -> Message {
+    if m.qos == tern_proto::QoS::ExactlyOnce {
+        m.set_backplane_position(k, seq);
+    }
+    m.placed_at(k, seq)
 }
 
 /// Read a payload record (one written before the marks were added has none).
@@ -520,14 +526,7 @@ pub fn read_handover(raw: &[u8], now: Stamp) -> Result<Handover, Corrupt> {
                 let (k, seq) = (get_u16(&mut tail)?, get_u64(&mut tail)?);
                 messages.push(match k {
                     0 => m,
-                    k => {
-                        // A QoS 2 message's marks say it too (a delivered one leaves the
-                        // cluster's entry once the floor is past it).
-                        if m.qos == tern_proto::QoS::ExactlyOnce {
-                            m.set_backplane_position(k - 1, seq);
-                        }
-                        m.placed_at(k - 1, seq)
-                    }
+                    k => placed(m, k - 1, seq),
                 });
             }
         }
