@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tern_broker::{BridgeConfig, Internal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// What can stop a bridge.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +203,7 @@ impl Bridges {
             // is resumed only if the local one was.
             remote::options(&shared, false)?;
             let rules = rules::Rules::new(config);
-            let opened = local::LocalLink::open(&internal, config, &rules)
+            let opened = local::LocalLink::open(&internal, &shared, &rules)
                 .await
                 .map_err(|e| BridgeError::Start {
                     name: config.name.clone(),
@@ -286,12 +286,13 @@ const LOCAL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 async fn run(shared: Arc<Shared>, internal: Internal, first: local::Opened) {
     let c = &shared.config;
     let rules = rules::Rules::new(c);
-    let mut remote: Option<(tern_client::Client, tern_client::Events)> = None;
+    // The remote client, its events, and whether its SUBSCRIBE is answered.
+    let mut remote: Option<(tern_client::Client, tern_client::Events, watch::Receiver<bool>)> = None;
     let mut first = Some(first);
     loop {
         let opened = match first.take() {
             Some(opened) => Ok(opened),
-            None => local::LocalLink::open(&internal, c, &rules).await,
+            None => local::LocalLink::open(&internal, &shared, &rules).await,
         };
         let local::Opened {
             link: local,
@@ -308,7 +309,7 @@ async fn run(shared: Arc<Shared>, internal: Internal, first: local::Opened) {
                 continue;
             }
         };
-        let (client, events) = match &mut remote {
+        let (client, events, subscribed) = match &mut remote {
             Some(r) => r,
             None => {
                 let options = match remote::options(&shared, session_present) {
@@ -328,18 +329,23 @@ async fn run(shared: Arc<Shared>, internal: Internal, first: local::Opened) {
                 shared.status.now_connected();
                 *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
                 let (s, r, subscriber) = (shared.clone(), rules.clone(), client.clone());
-                tokio::spawn(async move { remote::subscribe(&s, &subscriber, &r).await });
-                remote.insert((client, events))
+                let (subscribed_tx, subscribed) = watch::channel(false);
+                tokio::spawn(async move {
+                    remote::subscribe(&s, &subscriber, &r).await;
+                    let _ = subscribed_tx.send(true);
+                });
+                remote.insert((client, events, subscribed))
             }
         };
         let mut tasks = tokio::task::JoinSet::new();
         let (acks_tx, acks_rx) = mpsc::channel(usize::from(c.max_inflight));
         tasks.spawn(remote::acknowledge(shared.clone(), acks_rx, local.clone()));
+        let (released_tx, released) = watch::channel(0u64);
         tasks.spawn(remote::release(
             shared.clone(),
             client.clone(),
             releases,
-            local.clone(),
+            (local.clone(), released_tx),
         ));
         let (in_tx, in_rx) = mpsc::channel(usize::from(c.max_inflight) + 16);
         tasks.spawn(remote::acknowledge_in(shared.clone(), client.clone(), in_rx));
@@ -349,7 +355,13 @@ async fn run(shared: Arc<Shared>, internal: Internal, first: local::Opened) {
             rules.clone(),
             deliveries,
             local.clone(),
-            acks_tx,
+            (
+                acks_tx,
+                remote::Gates {
+                    released,
+                    subscribed: subscribed.clone(),
+                },
+            ),
         ));
         let ended = remote::receive(&shared, events, &rules, &local, closed, in_tx).await;
         tasks.abort_all();
@@ -358,7 +370,7 @@ async fn run(shared: Arc<Shared>, internal: Internal, first: local::Opened) {
             return;
         }
         tracing::warn!(bridge = %c.name, "the local session ended; opening it again, and the remote connection");
-        if let Some((client, _)) = remote.take() {
+        if let Some((client, _, _)) = remote.take() {
             shared
                 .client
                 .lock()

@@ -13,12 +13,15 @@
 //! Messages from the remote are published on the same connection ([`LocalLink::publish`]),
 //! so No Local keeps them from going back out through this bridge.
 //!
-//! Tasks: a reader (decodes what the broker sends; deliveries go to the forwarder through a
-//! bounded channel) and a writer (encodes packets from a bounded channel), so that neither
-//! direction of the pipe waits for the other. When the broker ends the session's connection (an
+//! Tasks: a reader (decodes what the broker sends; deliveries and releases go to the
+//! forwarder and the releaser through bounded channels) and a writer (encodes packets from a
+//! bounded channel), so that neither direction of the pipe waits for the other. The reader
+//! never waits behind a QoS 0 message: a PUBREL the remote client needs to make room may come
+//! after it (see [`Delivery::after_releases`]). When the broker ends the session's connection (an
 //! administrator's disconnect), the reader's end is signalled and the bridge opens it again.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::BytesMut;
@@ -31,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::rules::Rules;
-use crate::BridgeError;
+use crate::{BridgeError, Shared};
 
 /// Bytes buffered in each direction of the pipe.
 const PIPE_BYTES: usize = 64 * 1024;
@@ -42,6 +45,9 @@ const WRITE_QUEUE: usize = 256;
 const MAX_OWN_INFLIGHT: u16 = 1024;
 /// How long the broker may take to answer the SUBSCRIBE.
 const SUBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Places in the deliveries channel for QoS 0 messages, beyond the `max_inflight` kept for
+/// QoS 1/2 deliveries.
+const QOS0_ROOM: usize = 64;
 /// The packet ids of the SUBSCRIBE and the UNSUBSCRIBE, above those of publishes.
 const SUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 1;
 const UNSUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 2;
@@ -51,6 +57,13 @@ const UNSUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 2;
 pub(crate) struct Delivery {
     /// As delivered (QoS, packet id, RETAIN as published, properties).
     pub publish: Publish,
+    /// How many of the broker's PUBRELs (to [`Opened::releases`]) came before it on this
+    /// session. After a restart the broker resends its deliveries in flight in the order they
+    /// were first sent, PUBREL for those whose PUBREC it recorded ([MQTT-4.4.0-1]), and the
+    /// remote counts the ones it holds awaiting PUBREL in its Receive Maximum: a QoS 1/2
+    /// message goes to the remote client only once those releases have (see
+    /// [`crate::remote::forward`]).
+    pub after_releases: u64,
 }
 
 /// An open local session.
@@ -119,9 +132,10 @@ impl LocalLink {
     /// receiver, at most `max_inflight` unacknowledged at once.
     pub(crate) async fn open(
         internal: &tern_broker::Internal,
-        config: &tern_broker::BridgeConfig,
+        shared: &Arc<Shared>,
         rules: &Rules,
     ) -> Result<Opened, BridgeError> {
+        let config = &shared.config;
         let client_id = &config.local_client_id();
         let max_inflight = config.max_inflight;
         let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
@@ -215,17 +229,22 @@ impl LocalLink {
                 .collect(),
             false => Vec::new(),
         };
-        let (deliveries, rx) = mpsc::channel(usize::from(max_inflight).max(16));
+        // At most `max_inflight` QoS 1/2 deliveries and releases are in flight: the reader
+        // never waits for room for them.
+        let (deliveries, rx) = mpsc::channel(usize::from(max_inflight) + QOS0_ROOM);
         let (releases_tx, releases) = mpsc::channel(usize::from(max_inflight).max(16));
         let (link_for_reader, id_for_reader) = (link.clone(), client_id.to_string());
+        let shared_for_reader = shared.clone();
         tokio::spawn(write_loop(wr, write_rx));
         let (closed_tx, closed) = oneshot::channel();
         let (subscribed_tx, subscribed) = oneshot::channel();
         tokio::spawn(async move {
             let to = ReaderOutputs {
                 deliveries,
+                reserved: usize::from(max_inflight),
                 releases: releases_tx,
                 subscribed: Some(subscribed_tx),
+                shared: shared_for_reader,
             };
             let r = read_loop(rd, decoder, buf, link_for_reader, to, id_for_reader);
             r.await;
@@ -370,9 +389,13 @@ impl LocalLink {
 /// Where the reader hands what the broker sends.
 struct ReaderOutputs {
     deliveries: mpsc::Sender<Delivery>,
+    /// Places of `deliveries` a QoS 0 message leaves free, for QoS 1/2 deliveries.
+    reserved: usize,
     releases: mpsc::Sender<PacketId>,
     /// Told when the SUBACK comes.
     subscribed: Option<oneshot::Sender<()>>,
+    /// Where QoS 0 messages dropped here are counted.
+    shared: Arc<Shared>,
 }
 
 /// Decode what the broker sends until the pipe closes.
@@ -386,9 +409,13 @@ async fn read_loop(
 ) {
     let ReaderOutputs {
         deliveries,
+        reserved,
         releases,
         mut subscribed,
+        shared,
     } = to;
+    // The broker's PUBRELs passed on so far.
+    let mut released = 0u64;
     loop {
         let packet = match read_packet(&mut rd, &decoder, &mut buf).await {
             Ok(Some(p)) => p,
@@ -399,7 +426,31 @@ async fn read_loop(
             }
         };
         let ok = match packet {
-            Packet::Publish(publish) => deliveries.send(Delivery { publish }).await.is_ok(),
+            Packet::Publish(publish) => {
+                let qos = publish.qos;
+                let d = Delivery {
+                    publish,
+                    after_releases: released,
+                };
+                match qos {
+                    // A QoS 0 message never makes the reader wait (a PUBREL behind it may be
+                    // what frees the remote client's window): while the forwarder is behind,
+                    // it is dropped (at most once), as the broker would drop it.
+                    QoS::AtMostOnce if deliveries.capacity() > reserved => match deliveries.try_send(d) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            shared.status.dropped.fetch_add(1, Ordering::Relaxed);
+                            true
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    },
+                    QoS::AtMostOnce => {
+                        shared.status.dropped.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    _ => deliveries.send(d).await.is_ok(),
+                }
+            }
             // A delivery the broker released: completed at once when the remote has nothing
             // to release, otherwise once the remote has completed it (PUBREL goes to the
             // remote only now that the broker has recorded the PUBREC, so that after a crash
@@ -412,7 +463,10 @@ async fn read_loop(
                     .remove(&a.packet_id.get());
                 match here {
                     true => link.send(Packet::PubComp(Ack::new(a.packet_id))).await.is_ok(),
-                    false => releases.send(a.packet_id).await.is_ok(),
+                    false => {
+                        released += 1;
+                        releases.send(a.packet_id).await.is_ok()
+                    }
                 }
             }
             Packet::PubRec(a) if a.reason_code.is_error() => {

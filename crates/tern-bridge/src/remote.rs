@@ -8,7 +8,9 @@
 //!   the remote refuses (reason code 0x80 or above, a topic or size it does not take) is
 //!   acknowledged too, logged and counted as dropped: sending it again would not help.
 //! - `release`: the broker's PUBREL of a QoS 2 delivery goes to the remote as PUBREL (under
-//!   the same packet id), and its PUBCOMP back to the broker.
+//!   the same packet id), and its PUBCOMP back to the broker. It never waits for `forward`,
+//!   whose messages may be waiting for the room these releases make in the remote client's
+//!   window.
 //! - `receive`: the remote client's events; messages of `in` rules are published locally,
 //!   and `acknowledge_in` acknowledges each to the remote once the broker has taken it.
 //!
@@ -22,6 +24,17 @@
 //! the remote gets PUBREL only after the broker has recorded the PUBREC (the client holds
 //! PUBREL until [`Client::release`]), so the broker never resends a PUBLISH the remote has
 //! already released.
+//!
+//! After a restart the broker resends its deliveries in flight in the order they were first
+//! sent, PUBREL for those whose PUBREC it had recorded, and the remote still counts the ones
+//! it holds awaiting PUBREL in its Receive Maximum. The client, started afresh, knows nothing
+//! of them: a released id takes its place in its window until PUBCOMP. So `forward` hands a
+//! QoS 1/2 message to the client only once `release` has handed over every PUBREL that came
+//! before it ([`Delivery::after_releases`]); otherwise the resent messages overtook the
+//! PUBRELs, the client went beyond the remote's quota, and Mosquitto refused one with 0x97
+//! (found by the kill -9 loop). For the same reason `forward` starts once the remote has
+//! answered the client's SUBSCRIBE: that SUBSCRIBE may hold a packet id that is also one of
+//! the broker's, and a release of it would have to wait.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,7 +45,7 @@ use tern_client::{
 };
 use tern_proto::session::PublishError;
 use tern_proto::{PacketId, ProtocolVersion, Publish, QoS};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::local::{Delivery, LocalLink};
 use crate::rules::Rules;
@@ -185,6 +198,17 @@ pub(crate) struct Pending {
     outcome: PendingPublish,
 }
 
+/// How long [`forward`] waits for the remote to answer the client's first SUBSCRIBE.
+const SUBSCRIBED_WAIT: Duration = Duration::from_secs(10);
+
+/// What [`forward`] waits for before it hands a message to the remote client.
+pub(crate) struct Gates {
+    /// The releases [`release`] has handed to the client so far.
+    pub released: watch::Receiver<u64>,
+    /// Whether the client's SUBSCRIBE of the `in` rules is answered (or given up).
+    pub subscribed: watch::Receiver<bool>,
+}
+
 /// Hand each local delivery to the remote, in order, until either side ends.
 pub(crate) async fn forward(
     shared: Arc<Shared>,
@@ -192,10 +216,19 @@ pub(crate) async fn forward(
     rules: Rules,
     mut deliveries: mpsc::Receiver<Delivery>,
     local: LocalLink,
-    acks: mpsc::Sender<Pending>,
+    (acks, gates): (mpsc::Sender<Pending>, Gates),
 ) {
     let v5 = shared.config.is_v5();
-    while let Some(Delivery { publish: p }) = deliveries.recv().await {
+    let Gates {
+        mut released,
+        mut subscribed,
+    } = gates;
+    let _ = tokio::time::timeout(SUBSCRIBED_WAIT, subscribed.wait_for(|s| *s)).await;
+    while let Some(Delivery {
+        publish: p,
+        after_releases,
+    }) = deliveries.recv().await
+    {
         let Some(route) = rules.outbound(&p.topic) else {
             // A subscription left by an earlier configuration of this bridge.
             shared.status.dropped.fetch_add(1, Ordering::Relaxed);
@@ -219,6 +252,11 @@ pub(crate) async fn forward(
             continue;
         }
         let remote_qos = p.qos.min(route.qos);
+        // The PUBRELs the broker sent before this message first take their places in the
+        // client's window (see the module documentation).
+        if remote_qos != QoS::AtMostOnce && released.wait_for(|n| *n >= after_releases).await.is_err() {
+            return;
+        }
         let mut o = PublishOptions::new().qos(remote_qos).retain(p.retain);
         if let (Some(id), true) = (p.packet_id, remote_qos != QoS::AtMostOnce) {
             o = o.packet_id(id, p.dup);
@@ -331,7 +369,7 @@ pub(crate) async fn release(
     shared: Arc<Shared>,
     client: Client,
     mut releases: mpsc::Receiver<PacketId>,
-    local: LocalLink,
+    (local, released): (LocalLink, watch::Sender<u64>),
 ) {
     let (done_tx, mut done_rx) =
         mpsc::channel::<(PacketId, PendingPublish)>(usize::from(shared.config.max_inflight));
@@ -374,6 +412,7 @@ pub(crate) async fn release(
             let Ok(pending) = client.release(id).await else {
                 return;
             };
+            released.send_modify(|n| *n += 1);
             if done_tx.send((id, pending)).await.is_err() {
                 return;
             }

@@ -333,6 +333,12 @@ impl Client {
     /// does not know (the program restarted after it recorded the PUBREC) is released too;
     /// a 5.0 server that has completed it already answers 0x92 Packet Identifier not found
     /// ([`ClientError::Publish`] with [`tern_proto::session::PublishError::Rejected`]).
+    ///
+    /// A release reaches the session before the publishes its task starts after it, and is
+    /// never held back by a full queue. A relaying program resuming after a restart should
+    /// hand over its releases and resends in the order the messages were first sent: an
+    /// identifier it releases takes a place in the window until PUBCOMP, as it does in the
+    /// server's Receive Maximum, so the messages after it stay within the server's quota.
     pub async fn release(&self, id: PacketId) -> Result<PendingPublish, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.inner

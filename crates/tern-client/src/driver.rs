@@ -292,9 +292,20 @@ impl Driver {
         }
     }
 
+    /// Handle the control commands already waiting, before a publish that was just taken:
+    /// one sent before that publish may have arrived after the driver looked at the control
+    /// channel, and goes first all the same. So a [`crate::Client::release`] keeps its place
+    /// before the publishes its task starts after it.
+    fn take_control(&mut self, now: Instant) {
+        while let Ok(c) = self.ch.control.try_recv() {
+            self.on_command(now, Input::Control(Some(c)));
+        }
+    }
+
     fn on_command(&mut self, now: Instant, input: Input) {
         match input {
             Input::Publish(Some(cmd)) => {
+                self.take_control(now);
                 self.publish(now, cmd);
                 // Take the publishes already waiting too, so that they go out in one write
                 // rather than one write each (a program handing over a stream).
@@ -303,7 +314,10 @@ impl Driver {
                         break;
                     }
                     match self.ch.publish.try_recv() {
-                        Ok(cmd) => self.publish(now, cmd),
+                        Ok(cmd) => {
+                            self.take_control(now);
+                            self.publish(now, cmd);
+                        }
                         Err(_) => break,
                     }
                 }

@@ -154,3 +154,70 @@ async fn block_holds_publishers_back_until_the_remote_returns_and_loses_nothing(
     eprintln!("block: publisher held at {held} of {SENT} while the remote was down; all {SENT} forwarded");
     bridges.stop().await;
 }
+
+/// QoS 0 messages between QoS 2 ones never stall the bridge. The remote (Receive Maximum 2)
+/// holds back the third QoS 2 message in the remote client's queue until a PUBCOMP, the QoS
+/// 0 messages behind it fill that queue, and the window is freed only by the PUBRELs the
+/// broker sends after them: the bridge must keep reading those. (When the bridge waited for
+/// room for each QoS 0 message, it stopped reading, and nothing moved again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_messages_behind_a_full_remote_window_do_not_stall_the_bridge() {
+    // v5 [MQTT-4.9.0-2]: at most Receive Maximum QoS 1/2 messages unacknowledged, the rest
+    // wait; QoS 0 messages may be dropped, QoS 2 ones all arrive exactly once.
+    use tern_proto::{Ack, ConnAck, Packet, ReasonCode};
+    use tern_testkit::raw::{FakeServer, WAIT};
+
+    let remote = FakeServer::start().await;
+    let broker = tern().await;
+    let config = bridge("flood", &format!("mqtt://{}", remote.addr()), "5")
+        .topic(BridgeTopic::new("f/#", BridgeDirection::Out).qos(2))
+        .with(|c| c.max_inflight = 4);
+    let bridges = Bridges::start(broker.internal(), &[config]).await.unwrap();
+    let mut ack = ConnAck::new(ReasonCode::Success, false);
+    ack.properties.receive_maximum = Some(2);
+    let (mut peer, _) = remote.accept_with(ack).await;
+
+    const ROUNDS: usize = 10;
+    let (publisher, _) = client(&url_of(&broker), "flood-publisher", ProtocolVersion::V5).await;
+    let publishing = tokio::spawn(async move {
+        for round in 0..ROUNDS {
+            for i in 0..4 {
+                publisher
+                    .publish("f/two", format!("{round}-{i}"), QoS::ExactlyOnce)
+                    .await
+                    .unwrap();
+            }
+            for _ in 0..100 {
+                publisher.publish("f/zero", "0", QoS::AtMostOnce).await.unwrap();
+            }
+        }
+    });
+    let mut held = 0usize;
+    let mut qos2 = Vec::new();
+    let deadline = tokio::time::Instant::now() + 4 * WAIT;
+    while qos2.len() < 4 * ROUNDS {
+        let packet = tokio::time::timeout_at(deadline, peer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the bridge stalled after {} QoS 2 messages", qos2.len()));
+        match packet {
+            Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
+                held += 1;
+                assert!(held <= 2, "beyond the Receive Maximum of 2");
+                qos2.push(String::from_utf8_lossy(&p.payload).into_owned());
+                peer.send(Packet::PubRec(Ack::new(p.packet_id.unwrap()))).await;
+            }
+            Packet::Publish(_) => {}
+            Packet::PubRel(r) => {
+                held -= 1;
+                peer.send(Packet::PubComp(Ack::new(r.packet_id))).await;
+            }
+            p => panic!("unexpected {p:?}"),
+        }
+    }
+    publishing.await.unwrap();
+    let expected: Vec<String> = (0..ROUNDS)
+        .flat_map(|r| (0..4).map(move |i| format!("{r}-{i}")))
+        .collect();
+    assert_eq!(qos2, expected, "every QoS 2 message once, in order");
+    bridges.stop().await;
+}

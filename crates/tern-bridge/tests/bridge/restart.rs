@@ -89,3 +89,109 @@ async fn a_restarted_broker_resumes_its_bridge_with_qos2_both_ways() {
     .await;
     bridges.stop().await;
 }
+
+/// A remote that counts the QoS 2 messages it holds awaiting PUBREL in its Receive Maximum,
+/// as Mosquitto does (it refuses a message beyond it with 0x97 Quota exceeded). The broker
+/// recorded the PUBREC of `MAX` deliveries and then stopped before the remote had their
+/// PUBREL: restarted, the bridge must release them before it sends the remote anything new.
+/// (Seen in a kill -9 loop: the resent PUBLISH packets overtook the broker's PUBRELs, which
+/// another task passes on, so one message got 0x97 and was lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_the_bridge_releases_what_the_remote_holds_before_it_sends_new_messages() {
+    // v5 [MQTT-4.9.0-2]: never more QoS 1/2 PUBLISH packets unacknowledged than the
+    // remote's Receive Maximum, which counts a QoS 2 message until its PUBCOMP.
+    // v5 [MQTT-4.4.0-1]: the deliveries in flight are resent in their order, PUBREL for
+    // those whose PUBREC came.
+    use std::collections::HashSet;
+    use tern_proto::{Ack, ConnAck, Packet, ReasonCode};
+    use tern_testkit::raw::{FakeServer, WAIT};
+
+    const MAX: u16 = 8;
+    let connack = |present: bool| {
+        let mut c = ConnAck::new(ReasonCode::Success, present);
+        c.properties.receive_maximum = Some(MAX);
+        c
+    };
+    let config = |remote: &FakeServer| {
+        bridge("held", &format!("mqtt://{}", remote.addr()), "5")
+            .topic(BridgeTopic::new("q/#", BridgeDirection::Out).qos(2))
+    };
+    let mem = InMemory::new();
+
+    // First run: 2 * MAX messages; the remote takes the first MAX (PUBREC) and the broker
+    // releases them, but the remote leaves their PUBRELs unanswered, as if they had been
+    // lost with the connection.
+    let remote = FakeServer::start().await;
+    let a = tern_on(&mem).await;
+    let bridges = Bridges::start(a.internal(), &[config(&remote)]).await.unwrap();
+    let (mut peer, _) = remote.accept_with(connack(false)).await;
+    let (publisher, _) = client(&url_of(&a), "held-publisher", ProtocolVersion::V5).await;
+    for n in 0..2 * MAX {
+        publisher
+            .publish("q/x", n.to_string(), QoS::ExactlyOnce)
+            .await
+            .unwrap();
+    }
+    let mut held = HashSet::new();
+    while held.len() < usize::from(MAX) {
+        let p = peer.recv_publish().await;
+        let id = p.packet_id.expect("QoS 2");
+        held.insert(id);
+        peer.send(Packet::PubRec(Ack::new(id))).await;
+    }
+    let mut released = HashSet::new();
+    while released.len() < usize::from(MAX) {
+        match peer.recv().await {
+            Packet::PubRel(r) => released.insert(r.packet_id),
+            p => panic!("expected PUBREL, got {p:?}"),
+        };
+    }
+    assert_eq!(released, held);
+    // The remote's window is full: nothing more comes.
+    peer.expect_silence(200).await;
+    bridges.stop().await;
+    a.shutdown().await;
+    drop(peer);
+
+    // Restarted: the remote holds MAX messages awaiting PUBREL, so it has no room for a new
+    // one until a PUBREL of the bridge completes one of them.
+    let remote = FakeServer::start().await;
+    let a = tern_on(&mem).await;
+    let bridges = Bridges::start(a.internal(), &[config(&remote)]).await.unwrap();
+    let (mut peer, _) = remote.accept_with(connack(true)).await;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.len() < usize::from(MAX) || !held.is_empty() {
+        let packet = tokio::time::timeout_at(deadline, peer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the rest in time; got {got:?}, holding {held:?}"));
+        match packet {
+            Packet::PubRel(r) => {
+                let code = match held.remove(&r.packet_id) {
+                    true => ReasonCode::Success,
+                    false => ReasonCode::PacketIdentifierNotFound,
+                };
+                peer.send(Packet::PubComp(Ack::with_reason(r.packet_id, code)))
+                    .await;
+            }
+            Packet::Publish(p) => {
+                let id = p.packet_id.expect("QoS 2");
+                if !held.contains(&id) {
+                    assert!(
+                        held.len() < usize::from(MAX),
+                        "a new message (id {id:?}, {:?}) while the remote holds {held:?}: beyond its Receive Maximum of {MAX}",
+                        p.payload
+                    );
+                    held.insert(id);
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                }
+                peer.send(Packet::PubRec(Ack::new(id))).await;
+            }
+            p => panic!("unexpected {p:?}"),
+        }
+    }
+    let expected: Vec<String> = (MAX..2 * MAX).map(|n| n.to_string()).collect();
+    assert_eq!(got, expected, "the second half, each once, in order");
+    bridges.stop().await;
+    a.shutdown().await;
+}

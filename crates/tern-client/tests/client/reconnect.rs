@@ -201,3 +201,60 @@ async fn keep_alive_detects_a_silent_server_within_one_and_a_half_intervals() {
     let dead = t0.elapsed();
     assert!(dead < Duration::from_millis(2500), "detected after {dead:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relays_releases_go_before_its_later_publishes_and_count_in_the_window_mqtt_4_9_0_2() {
+    // A relay resuming after its own restart releases the ids the server may still hold, then
+    // resends: v5 [MQTT-4.9.0-2], the server counts a QoS 2 message in its Receive Maximum
+    // until PUBCOMP, so the releases come first and hold their places in the window.
+    use tern_client::PublishOptions;
+    use tern_testkit::raw::pid;
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(
+        options(server.addr(), V5, "relay").session_expiry(300),
+    ));
+    let mut ack = ConnAck::new(ReasonCode::Success, false);
+    ack.properties.receive_maximum = Some(2);
+    let (mut peer, _) = server.accept_with(ack).await;
+    let (c, _events) = connecting.await.unwrap().unwrap();
+    let mut pending = Vec::new();
+    for round in 0..20u16 {
+        let base = round * 4 + 1;
+        // Two releases of ids the client does not know, then two messages of its own ids.
+        pending.push(c.release(pid(base)).await.unwrap());
+        pending.push(c.release(pid(base + 1)).await.unwrap());
+        for id in [base + 2, base + 3] {
+            let o = PublishOptions::new()
+                .qos(QoS::ExactlyOnce)
+                .packet_id(pid(id), true);
+            pending.push(c.start_publish("relayed", id.to_string(), o).await.unwrap());
+        }
+        assert_eq!(peer.recv().await, Packet::PubRel(Ack::new(pid(base))));
+        assert_eq!(peer.recv().await, Packet::PubRel(Ack::new(pid(base + 1))));
+        // The two releases fill the window of 2: no PUBLISH until a PUBCOMP.
+        peer.expect_silence(50).await;
+        peer.send(Packet::PubComp(Ack::new(pid(base)))).await;
+        let Packet::Publish(p) = peer.recv().await else {
+            panic!("expected the first relayed PUBLISH")
+        };
+        assert_eq!(p.packet_id, Some(pid(base + 2)));
+        peer.expect_silence(50).await;
+        peer.send(Packet::PubComp(Ack::new(pid(base + 1)))).await;
+        let Packet::Publish(p) = peer.recv().await else {
+            panic!("expected the second relayed PUBLISH")
+        };
+        assert_eq!(p.packet_id, Some(pid(base + 3)));
+        // PUBREL of a relayed message waits for `release`; complete both with error PUBRECs.
+        for id in [base + 2, base + 3] {
+            peer.send(Packet::PubRec(Ack::with_reason(
+                pid(id),
+                ReasonCode::QuotaExceeded,
+            )))
+            .await;
+        }
+    }
+    for p in pending {
+        let _ = p.outcome().await;
+    }
+    c.disconnect().await.unwrap();
+}

@@ -166,6 +166,13 @@ impl Peer {
         self.try_recv().await.expect("a packet, not a close")
     }
 
+    /// Nothing comes for `ms` milliseconds.
+    pub async fn expect_silence(&mut self, ms: u64) {
+        if let Ok(p) = tokio::time::timeout(Duration::from_millis(ms), self.try_recv()).await {
+            panic!("expected nothing, got {p:?}");
+        }
+    }
+
     pub async fn recv_connect(&mut self) -> Connect {
         match self.recv().await {
             Packet::Connect(c) => {
