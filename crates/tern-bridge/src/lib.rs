@@ -148,7 +148,8 @@ pub struct BridgeState {
     pub forwarded: u64,
     /// Messages from the remote published locally, since start.
     pub received: u64,
-    /// Messages the remote refused (acknowledged with an error code) or no rule matched.
+    /// Messages the remote refused (acknowledged with an error code), no rule matched, or
+    /// QoS 0 messages dropped while the bridge was behind and could not wait for room.
     pub dropped: u64,
     /// Messages not sent because they had crossed `max_hops` bridges already.
     pub hops_exceeded: u64,
@@ -345,7 +346,7 @@ async fn run(shared: Arc<Shared>, internal: Internal, first: local::Opened) {
             shared.clone(),
             client.clone(),
             releases,
-            (local.clone(), released_tx),
+            (local.clone(), released_tx, subscribed.clone()),
         ));
         let (in_tx, in_rx) = mpsc::channel(usize::from(c.max_inflight) + 16);
         tasks.spawn(remote::acknowledge_in(shared.clone(), client.clone(), in_rx));

@@ -14,11 +14,22 @@
 //! so No Local keeps them from going back out through this bridge.
 //!
 //! Tasks: a reader (decodes what the broker sends; deliveries and releases go to the
-//! forwarder and the releaser through bounded channels) and a writer (encodes packets from a
-//! bounded channel), so that neither direction of the pipe waits for the other. The reader
-//! never waits behind a QoS 0 message: a PUBREL the remote client needs to make room may come
-//! after it (see [`Delivery::after_releases`]). When the broker ends the session's connection (an
-//! administrator's disconnect), the reader's end is signalled and the bridge opens it again.
+//! forwarder and the releaser through bounded channels) and a writer (encodes the reader's
+//! own answers first, then packets from a bounded channel), so that neither direction of the
+//! pipe waits for the other.
+//!
+//! The reader is the only way in for what the broker sends the bridge: the PUBREL that frees
+//! a place in the remote client's window (a QoS 2 message the remote has received holds it
+//! until then, and the messages behind it hold the forwarder back), the SUBACK, and the
+//! answers to what the bridge publishes. So it never waits for the writer (its answers are
+//! bounded by the windows), never waits to pass on a QoS 1/2 delivery or a release (room for
+//! them is kept: at most `max_inflight` are in flight), and waits for room for a QoS 0
+//! message only after the SUBACK, while no PUBREL is awaited, and for at most the broker's
+//! `backpressure_timeout_ms`, as the broker itself waits for a slow subscriber. Past that,
+//! QoS 0 messages that find no room are dropped and counted until room frees up.
+//!
+//! When the broker ends the session's connection (an administrator's disconnect), the
+//! reader's end is signalled and the bridge opens it again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -31,7 +42,7 @@ use tern_proto::{
     SubscriptionOptions, Unsubscribe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::rules::Rules;
 use crate::{BridgeError, Shared};
@@ -57,6 +68,8 @@ const UNSUBSCRIBE_ID: u16 = MAX_OWN_INFLIGHT + 2;
 pub(crate) struct Delivery {
     /// As delivered (QoS, packet id, RETAIN as published, properties).
     pub publish: Publish,
+    /// A QoS 0 message's place in the channel, free again once the forwarder took it.
+    pub _room: Option<OwnedSemaphorePermit>,
     /// How many of the broker's PUBRELs (to [`Opened::releases`]) came before it on this
     /// session. After a restart the broker resends its deliveries in flight in the order they
     /// were first sent, PUBREL for those whose PUBREC it recorded ([MQTT-4.4.0-1]), and the
@@ -93,6 +106,14 @@ pub(crate) struct LocalLink {
     /// QoS 2 deliveries whose remote side is finished without a PUBREL to the remote
     /// (forwarded with QoS 0 or 1, or refused): the broker's PUBREL is completed at once.
     local_only: Arc<Mutex<HashSet<u16>>>,
+    /// QoS 2 deliveries the remote has received (PUBREC) whose PUBREL from the broker has
+    /// not been read yet: each holds a place in the remote client's window until then.
+    awaiting_release: Arc<Mutex<HashSet<u16>>>,
+    /// Woken when a delivery starts awaiting its PUBREL.
+    release_awaited: Arc<Notify>,
+    /// Packets of the reader itself (PUBREL for our publishes, PUBCOMP for `local_only`),
+    /// which the writer sends first; their number is bounded by the windows.
+    answers: mpsc::UnboundedSender<Packet>,
 }
 
 /// Packet ids of our publishes in flight, taken from `1..=window` only (the broker's
@@ -196,6 +217,7 @@ impl LocalLink {
             false => HashSet::new(),
         };
         let (writer, write_rx) = mpsc::channel(WRITE_QUEUE);
+        let (answers, answers_rx) = mpsc::unbounded_channel();
         let link = LocalLink {
             writer,
             window: Arc::new(Semaphore::new(usize::from(window) - stale.len())),
@@ -206,6 +228,9 @@ impl LocalLink {
             })),
             waiters: Arc::default(),
             local_only: Arc::default(),
+            awaiting_release: Arc::default(),
+            release_awaited: Arc::default(),
+            answers,
         };
         let filters: Vec<(ByteString, SubscriptionOptions)> = rules
             .out_filters()
@@ -235,13 +260,15 @@ impl LocalLink {
         let (releases_tx, releases) = mpsc::channel(usize::from(max_inflight).max(16));
         let (link_for_reader, id_for_reader) = (link.clone(), client_id.to_string());
         let shared_for_reader = shared.clone();
-        tokio::spawn(write_loop(wr, write_rx));
+        let patience = internal.backpressure_timeout();
+        tokio::spawn(write_loop(wr, answers_rx, write_rx));
         let (closed_tx, closed) = oneshot::channel();
         let (subscribed_tx, subscribed) = oneshot::channel();
         tokio::spawn(async move {
             let to = ReaderOutputs {
                 deliveries,
-                reserved: usize::from(max_inflight),
+                qos0_room: Arc::new(Semaphore::new(QOS0_ROOM)),
+                patience,
                 releases: releases_tx,
                 subscribed: Some(subscribed_tx),
                 shared: shared_for_reader,
@@ -317,6 +344,30 @@ impl LocalLink {
         self.done(id, qos).await
     }
 
+    /// The remote has received the QoS 2 delivery `id` (PUBREC), and the remote client holds
+    /// its place in the window until the broker's PUBREL, which the reader must now read.
+    pub(crate) fn awaits_release(&self, id: PacketId) {
+        self.awaiting_release
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.get());
+        self.release_awaited.notify_waiters();
+    }
+
+    /// Whether some PUBREL from the broker is awaited.
+    fn release_awaited(&self) -> bool {
+        !self
+            .awaiting_release
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// A packet of the reader's: never waits.
+    fn answer(&self, packet: Packet) -> bool {
+        self.answers.send(packet).is_ok()
+    }
+
     /// The QoS 2 delivery `id` is finished on the remote's side without a PUBREL there:
     /// the broker's PUBREL for it is completed at once.
     pub(crate) fn local_only(&self, id: PacketId) {
@@ -389,8 +440,10 @@ impl LocalLink {
 /// Where the reader hands what the broker sends.
 struct ReaderOutputs {
     deliveries: mpsc::Sender<Delivery>,
-    /// Places of `deliveries` a QoS 0 message leaves free, for QoS 1/2 deliveries.
-    reserved: usize,
+    /// Places of `deliveries` for QoS 0 messages (the rest is kept for QoS 1/2 ones).
+    qos0_room: Arc<Semaphore>,
+    /// How long a QoS 0 message may wait for a place (`backpressure_timeout_ms`).
+    patience: std::time::Duration,
     releases: mpsc::Sender<PacketId>,
     /// Told when the SUBACK comes.
     subscribed: Option<oneshot::Sender<()>>,
@@ -409,11 +462,14 @@ async fn read_loop(
 ) {
     let ReaderOutputs {
         deliveries,
-        reserved,
+        qos0_room,
+        patience,
         releases,
         mut subscribed,
         shared,
     } = to;
+    // A QoS 0 message waited `patience` for a place in vain: drop until one frees up.
+    let mut overflowing = false;
     // The broker's PUBRELs passed on so far.
     let mut released = 0u64;
     loop {
@@ -427,29 +483,31 @@ async fn read_loop(
         };
         let ok = match packet {
             Packet::Publish(publish) => {
-                let qos = publish.qos;
+                let room = match publish.qos {
+                    QoS::AtMostOnce => match qos0_place(
+                        &qos0_room,
+                        &link,
+                        &mut overflowing,
+                        subscribed.is_none().then_some(patience),
+                    )
+                    .await
+                    {
+                        Some(room) => Some(room),
+                        None => {
+                            shared.status.dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    },
+                    _ => None,
+                };
                 let d = Delivery {
                     publish,
+                    _room: room,
                     after_releases: released,
                 };
-                match qos {
-                    // A QoS 0 message never makes the reader wait (a PUBREL behind it may be
-                    // what frees the remote client's window): while the forwarder is behind,
-                    // it is dropped (at most once), as the broker would drop it.
-                    QoS::AtMostOnce if deliveries.capacity() > reserved => match deliveries.try_send(d) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            shared.status.dropped.fetch_add(1, Ordering::Relaxed);
-                            true
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    },
-                    QoS::AtMostOnce => {
-                        shared.status.dropped.fetch_add(1, Ordering::Relaxed);
-                        true
-                    }
-                    _ => deliveries.send(d).await.is_ok(),
-                }
+                // Never waits: there is room for every QoS 1/2 delivery in flight and for
+                // every QoS 0 message holding a place.
+                deliveries.send(d).await.is_ok()
             }
             // A delivery the broker released: completed at once when the remote has nothing
             // to release, otherwise once the remote has completed it (PUBREL goes to the
@@ -461,8 +519,12 @@ async fn read_loop(
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&a.packet_id.get());
+                link.awaiting_release
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&a.packet_id.get());
                 match here {
-                    true => link.send(Packet::PubComp(Ack::new(a.packet_id))).await.is_ok(),
+                    true => link.answer(Packet::PubComp(Ack::new(a.packet_id))),
                     false => {
                         released += 1;
                         releases.send(a.packet_id).await.is_ok()
@@ -476,7 +538,7 @@ async fn read_loop(
             }
             Packet::PubRec(a) => {
                 link.answered(a.packet_id, true);
-                link.send(Packet::PubRel(Ack::new(a.packet_id))).await.is_ok()
+                link.answer(Packet::PubRel(Ack::new(a.packet_id)))
             }
             Packet::PubAck(a) => {
                 link.completed(a.packet_id);
@@ -514,17 +576,66 @@ async fn read_loop(
         .clear();
 }
 
-/// Write packets from `rx` in order, a batch per write, until every sender is gone.
-async fn write_loop(mut wr: WriteHalf<DuplexStream>, mut rx: mpsc::Receiver<Packet>) {
+/// A place for a QoS 0 message in the deliveries channel; `None`: drop the message. While
+/// the forwarder is behind, the reader waits for a place for at most `patience` (the broker
+/// then holds its publishers back, as for any slow subscriber; `None` before the SUBACK),
+/// then drops until a place frees up (`overflowing`); it never waits while a PUBREL is
+/// awaited that may be behind this message.
+async fn qos0_place(
+    room: &Arc<Semaphore>,
+    link: &LocalLink,
+    overflowing: &mut bool,
+    patience: Option<std::time::Duration>,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(place) = room.clone().try_acquire_owned() {
+        *overflowing = false;
+        return Some(place);
+    }
+    let patience = patience.filter(|_| !*overflowing)?;
+    let give_up = tokio::time::sleep(patience);
+    tokio::pin!(give_up);
+    loop {
+        let awaited = link.release_awaited.notified();
+        tokio::pin!(awaited);
+        awaited.as_mut().enable();
+        if link.release_awaited() {
+            return None;
+        }
+        tokio::select! {
+            place = room.clone().acquire_owned() => return place.ok(),
+            _ = awaited => {}
+            _ = &mut give_up => {
+                *overflowing = true;
+                return None;
+            }
+        }
+    }
+}
+
+/// Write packets in order, a batch per write, until every sender is gone: the reader's
+/// `answers` first, then those of `rx`.
+async fn write_loop(
+    mut wr: WriteHalf<DuplexStream>,
+    mut answers: mpsc::UnboundedReceiver<Packet>,
+    mut rx: mpsc::Receiver<Packet>,
+) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(p) = answers.recv() => p,
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+        };
         let mut next = Some(first);
         while let Some(p) = next {
             if let Err(e) = p.encode(ProtocolVersion::V5, &mut buf) {
                 tracing::warn!("bridge: cannot encode a packet for the broker: {e}");
             }
             next = if buf.len() < 64 * 1024 {
-                rx.try_recv().ok()
+                answers.try_recv().or_else(|_| rx.try_recv()).ok()
             } else {
                 None
             };

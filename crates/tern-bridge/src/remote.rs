@@ -32,9 +32,10 @@
 //! QoS 1/2 message to the client only once `release` has handed over every PUBREL that came
 //! before it ([`Delivery::after_releases`]); otherwise the resent messages overtook the
 //! PUBRELs, the client went beyond the remote's quota, and Mosquitto refused one with 0x97
-//! (found by the kill -9 loop). For the same reason `forward` starts once the remote has
-//! answered the client's SUBSCRIBE: that SUBSCRIBE may hold a packet id that is also one of
-//! the broker's, and a release of it would have to wait.
+//! (found by the kill -9 loop). For the same reason `forward` and `release` start once the
+//! remote has answered the client's SUBSCRIBE packets (or after [`SUBSCRIBED_WAIT`]): one may
+//! hold a packet id that is also one of the broker's, and the client would refuse a release
+//! of that id until then.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -198,14 +199,15 @@ pub(crate) struct Pending {
     outcome: PendingPublish,
 }
 
-/// How long [`forward`] waits for the remote to answer the client's first SUBSCRIBE.
+/// How long [`forward`] and [`release`] wait for the remote to answer the client's
+/// SUBSCRIBE packets (one per `in` filter).
 const SUBSCRIBED_WAIT: Duration = Duration::from_secs(10);
 
 /// What [`forward`] waits for before it hands a message to the remote client.
 pub(crate) struct Gates {
     /// The releases [`release`] has handed to the client so far.
     pub released: watch::Receiver<u64>,
-    /// Whether the client's SUBSCRIBE of the `in` rules is answered (or given up).
+    /// Whether the client's SUBSCRIBE packets of the `in` rules are answered (or given up).
     pub subscribed: watch::Receiver<bool>,
 }
 
@@ -227,6 +229,7 @@ pub(crate) async fn forward(
     while let Some(Delivery {
         publish: p,
         after_releases,
+        ..
     }) = deliveries.recv().await
     {
         let Some(route) = rules.outbound(&p.topic) else {
@@ -357,6 +360,9 @@ pub(crate) async fn acknowledge(shared: Arc<Shared>, mut acks: mpsc::Receiver<Pe
         if p.local_qos == QoS::ExactlyOnce && !remote_release {
             local.local_only(p.id);
         }
+        if p.local_qos == QoS::ExactlyOnce && remote_release {
+            local.awaits_release(p.id);
+        }
         if local.done(p.id, p.local_qos).await.is_err() {
             return;
         }
@@ -369,8 +375,9 @@ pub(crate) async fn release(
     shared: Arc<Shared>,
     client: Client,
     mut releases: mpsc::Receiver<PacketId>,
-    (local, released): (LocalLink, watch::Sender<u64>),
+    (local, released, mut subscribed): (LocalLink, watch::Sender<u64>, watch::Receiver<bool>),
 ) {
+    let _ = tokio::time::timeout(SUBSCRIBED_WAIT, subscribed.wait_for(|s| *s)).await;
     let (done_tx, mut done_rx) =
         mpsc::channel::<(PacketId, PendingPublish)>(usize::from(shared.config.max_inflight));
     let complete = {

@@ -588,6 +588,12 @@ impl Internal {
     pub fn sys_interval_secs(&self) -> u64 {
         self.core.config.sys_interval_secs
     }
+
+    /// How long publishers wait for a subscriber that does not drain before its messages are
+    /// dropped (`backpressure_timeout_ms`).
+    pub fn backpressure_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.core.config.backpressure_timeout_ms)
+    }
 }
 
 /// Bind a listening socket with room for `backlog` connections waiting to be

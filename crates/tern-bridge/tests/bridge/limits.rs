@@ -221,3 +221,47 @@ async fn qos0_messages_behind_a_full_remote_window_do_not_stall_the_bridge() {
     assert_eq!(qos2, expected, "every QoS 2 message once, in order");
     bridges.stop().await;
 }
+
+/// QoS 0 messages wait for a remote that reads slowly, as for any slow subscriber (the broker
+/// holds the publisher back, `backpressure_qos0`), rather than being dropped in the bridge:
+/// no PUBREL is awaited, so the bridge may stop reading the broker meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_messages_wait_for_a_slow_remote_when_no_pubrel_is_awaited() {
+    use tern_proto::{ConnAck, Packet, ReasonCode};
+    use tern_testkit::raw::FakeServer;
+
+    let remote = FakeServer::start().await;
+    let broker = tern().await;
+    let config = bridge("slow", &format!("mqtt://{}", remote.addr()), "5")
+        .topic(BridgeTopic::new("s/#", BridgeDirection::Out).qos(0));
+    let bridges = Bridges::start(broker.internal(), &[config]).await.unwrap();
+    let (mut peer, _) = remote.accept_with(ConnAck::new(ReasonCode::Success, false)).await;
+    // 1,000 messages of 10 kB: far more than the socket buffers, the remote client's queue
+    // and the bridge's places for QoS 0 messages hold while the remote does not read.
+    const SENT: usize = 1000;
+    let (publisher, _) = client(&url_of(&broker), "slow-publisher", ProtocolVersion::V5).await;
+    let publishing = tokio::spawn(async move {
+        for n in 0..SENT {
+            let payload = format!("{n:>10000}");
+            publisher.publish("s/x", payload, QoS::AtMostOnce).await.unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got = Vec::new();
+    while got.len() < SENT {
+        match peer.recv().await {
+            Packet::Publish(p) => got.push(
+                String::from_utf8_lossy(&p.payload)
+                    .trim()
+                    .parse::<usize>()
+                    .unwrap(),
+            ),
+            Packet::PingReq => panic!("{} of {SENT} arrived, then nothing", got.len()),
+            p => panic!("unexpected {p:?}"),
+        }
+    }
+    publishing.await.unwrap();
+    assert_eq!(got, (0..SENT).collect::<Vec<_>>(), "every message, in order");
+    assert_eq!(state(&bridges).dropped, 0);
+    bridges.stop().await;
+}
