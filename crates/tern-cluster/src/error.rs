@@ -63,6 +63,17 @@ pub enum ClusterError {
         /// What went wrong.
         why: String,
     },
+    /// A session this node restored from its store could not be reconciled with the cluster
+    /// at start: the node does not serve it without what was stored for it meanwhile.
+    #[error(
+        "stored session {client_id:?}: {why}; not starting: start the node again once JetStream answers"
+    )]
+    StoredSession {
+        /// The session's client identifier.
+        client_id: String,
+        /// What could not be read.
+        why: String,
+    },
     /// A stream exists with other settings.
     #[error("JetStream stream {stream}: {why}")]
     Stream {

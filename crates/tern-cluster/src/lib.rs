@@ -399,7 +399,7 @@ impl Cluster {
         }
         // Sessions this node restored from its store that another node took meanwhile go.
         let requests = sessions::subscribe(&self.directory).await?;
-        self.directory.reconcile(&admin).await;
+        self.directory.reconcile(&admin).await?;
         let task = tokio::spawn(sessions::run(self.directory.clone(), admin.clone(), requests));
         let floors = tokio::spawn(sessions::refresh_floors(self.directory.clone(), admin.clone()));
         let reconnects = tokio::spawn(sessions::after_reconnects(

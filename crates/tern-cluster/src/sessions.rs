@@ -122,6 +122,8 @@ pub(crate) async fn ensure(
     .map_err(|e| unavailable(format!("cannot create it: {e}")))
 }
 
+/// How often a node starting tries to read a stored session's entry (every 0.5 s).
+const DIRECTORY_TRIES: u32 = 20;
 /// How often the floors of connected sessions are written.
 const FLOOR_EVERY: Duration = Duration::from_secs(10);
 /// Position snapshots kept (one every [`SNAPSHOT_EVERY`]: ten minutes).
@@ -2222,17 +2224,36 @@ impl Directory {
 
     /// At start: a session this node restored from its store that another node took since
     /// (while this one was down) is dropped here; one nobody took is entered as this node's.
-    pub(crate) async fn reconcile(&self, admin: &Admin) {
+    ///
+    /// When the directory or the streams do not answer (no quorum, a leader election), the
+    /// start fails: served without what was stored for it while this node was down, the
+    /// session would never get those messages, and its next floor would move past them
+    /// (acknowledged and lost). A node that cannot reach JetStream at all does not start
+    /// either (see `guard`).
+    pub(crate) async fn reconcile(&self, admin: &Admin) -> Result<(), ClusterError> {
         let _ = self.admin.set(admin.clone());
+        let failed = |client_id: &str, why: String| ClusterError::StoredSession {
+            client_id: client_id.to_string(),
+            why,
+        };
         for s in admin.sessions() {
             let key = key(&s.client_id);
-            let holder = match self.parts.kv.entry(key.clone()).await {
-                Ok(Some(e)) if e.operation == kv::Operation::Put => Some(Record::parse(&e.value)),
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::warn!(client_id = %s.client_id, "cluster sessions: the directory cannot be read: {e}");
-                    self.unstored_forgotten(admin, &s.client_id, None).await;
-                    continue;
+            // A leader election of the bucket's stream is waited out (for a few seconds).
+            let mut tries = 0;
+            let holder = loop {
+                match self.parts.kv.entry(key.clone()).await {
+                    Ok(Some(e)) if e.operation == kv::Operation::Put => break Some(Record::parse(&e.value)),
+                    Ok(_) => break None,
+                    Err(_) if tries < DIRECTORY_TRIES => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        return Err(failed(
+                            &s.client_id,
+                            format!("the session directory cannot be read ({e})"),
+                        ))
+                    }
                 }
             };
             match holder.map(|r| (r.node.clone(), r)) {
@@ -2293,7 +2314,12 @@ impl Directory {
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(client_id = %s.client_id, "stored session: the streams cannot be read: {e}")
+                            return Err(failed(
+                                &s.client_id,
+                                format!(
+                                    "what was stored for it while this node was down cannot be read ({e})"
+                                ),
+                            ))
                         }
                     }
                 }
@@ -2336,6 +2362,7 @@ impl Directory {
                 }
             }
         }
+        Ok(())
     }
 }
 

@@ -38,6 +38,31 @@ pub async fn start(config: &ClusterConfig) -> Node {
     start_configured(config, |_| {}).await
 }
 
+/// The broker of a node whose cluster part is `cluster` (started, not attached yet), with
+/// its state in `store`, restored from what `store` kept; attached, it is a running node.
+pub async fn start_stored(
+    cluster: Cluster,
+    store: &std::sync::Arc<tern_broker::durability::InMemory>,
+) -> Result<Node, tern_cluster::ClusterError> {
+    let max = cluster.max_packet_size();
+    let broker = BrokerBuilder::new()
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .configure(|c| {
+            c.data_dir = None;
+            c.max_packet_size = c.max_packet_size.min(max);
+        })
+        .durability(store.clone(), store.restart())
+        .backplane(cluster.backplane())
+        .bind()
+        .await
+        .expect("bind");
+    cluster.attach(broker.admin()).await?;
+    Ok(Node {
+        broker: broker.spawn(),
+        cluster,
+    })
+}
+
 /// Start a node with `config`, its broker's settings changed by `f`.
 pub async fn start_configured(config: &ClusterConfig, f: impl FnOnce(&mut tern_broker::Config)) -> Node {
     // RUST_LOG=tern_cluster=debug shows what the nodes do.

@@ -676,3 +676,58 @@ async fn a_recovered_sessions_floor_is_written_soon_after_its_client_has_what_it
     }
     drop(b);
 }
+
+/// A node restarted from its store while JetStream has no quorum cannot read what was stored
+/// for its sessions while it was down: it does not start, naming the session. Started again
+/// once there is a quorum, it delivers what the session missed. (Before, it started, the
+/// session never got those messages, and its floor moved past them: acknowledged and lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_from_its_store_without_a_quorum_does_not_start_and_loses_nothing() {
+    let mut nats = Nats::start(3, true);
+    let store = tern_broker::durability::InMemory::new();
+    let config_a = node::config(&nats, "a");
+    let start_a = || async {
+        let cluster = tern_cluster::Cluster::start(&config_a)
+            .await
+            .expect("cluster start");
+        node::start_stored(cluster, &store).await
+    };
+    let a = start_a().await.expect("attach");
+    let b = node::start(&node::config(&nats, "b")).await;
+    let (mut sub, _) = connect(a.addr(), V5, "behind", false).await;
+    sub.subscribe("k/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    // The session's entry, with its floor, is in the directory before node a goes.
+    let (kv, _) = entries_and_shards(&nats, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kv.get("c626568696e64").await.ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "the session's entry is written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(a);
+    let mut publisher = Raw::connect(b.addr(), V5, "pub").await;
+    publish_numbered(&mut publisher, (b.addr(), "pub"), "k", 20).await;
+
+    // Node a starts again on its store, and JetStream loses its quorum before the node reads
+    // what the session missed.
+    let cluster = tern_cluster::Cluster::start(&config_a)
+        .await
+        .expect("cluster start");
+    nats.kill(1);
+    nats.kill(2);
+    match node::start_stored(cluster, &store).await {
+        Err(e @ tern_cluster::ClusterError::StoredSession { .. }) => {
+            assert!(e.to_string().contains("\"behind\""), "{e}")
+        }
+        Err(e) => panic!("expected a stored session that cannot be reconciled, got {e}"),
+        Ok(_) => panic!("started without reading what the stored session missed"),
+    }
+    nats.restart(1);
+    nats.restart(2);
+    nats.wait_healthy();
+    let a = start_a().await.expect("started once there is a quorum");
+    let (mut sub, ack) = connect_patiently(a.addr(), "behind").await;
+    assert!(ack.session_present, "the stored session is still node a's");
+    receive_in_order(&mut sub, 20).await;
+    drop((a, b));
+}
