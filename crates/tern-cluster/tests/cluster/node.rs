@@ -44,23 +44,8 @@ pub async fn start_stored(
     cluster: Cluster,
     store: &std::sync::Arc<tern_broker::durability::InMemory>,
 ) -> Result<Node, tern_cluster::ClusterError> {
-    let max = cluster.max_packet_size();
-    let broker = BrokerBuilder::new()
-        .listen("127.0.0.1:0".parse().expect("addr"))
-        .configure(|c| {
-            c.data_dir = None;
-            c.max_packet_size = c.max_packet_size.min(max);
-        })
-        .durability(store.clone(), store.restart())
-        .backplane(cluster.backplane())
-        .bind()
-        .await
-        .expect("bind");
-    cluster.attach(broker.admin()).await?;
-    Ok(Node {
-        broker: broker.spawn(),
-        cluster,
-    })
+    let builder = broker_of(&cluster, |_| {}).durability(store.clone(), store.restart());
+    attach(cluster, builder).await
 }
 
 /// Start a node with `config`, its broker's settings changed by `f`.
@@ -71,8 +56,15 @@ pub async fn start_configured(config: &ClusterConfig, f: impl FnOnce(&mut tern_b
         .with_test_writer()
         .try_init();
     let cluster = Cluster::start(config).await.expect("cluster start");
+    let builder = broker_of(&cluster, f);
+    attach(cluster, builder).await.expect("attach")
+}
+
+/// A broker on a free port whose backplane is `cluster`, state in memory unless the caller
+/// gives it a store, its settings changed by `f`.
+fn broker_of(cluster: &Cluster, f: impl FnOnce(&mut tern_broker::Config)) -> BrokerBuilder {
     let max = cluster.max_packet_size();
-    let broker = BrokerBuilder::new()
+    BrokerBuilder::new()
         .listen("127.0.0.1:0".parse().expect("addr"))
         .configure(|c| {
             c.data_dir = None;
@@ -80,12 +72,14 @@ pub async fn start_configured(config: &ClusterConfig, f: impl FnOnce(&mut tern_b
             f(c);
         })
         .backplane(cluster.backplane())
-        .bind()
-        .await
-        .expect("bind");
-    cluster.attach(broker.admin()).await.expect("attach");
-    Node {
+}
+
+/// Bind the broker of `builder` and attach `cluster` to it: a running node.
+async fn attach(cluster: Cluster, builder: BrokerBuilder) -> Result<Node, tern_cluster::ClusterError> {
+    let broker = builder.bind().await.expect("bind");
+    cluster.attach(broker.admin()).await?;
+    Ok(Node {
         broker: broker.spawn(),
         cluster,
-    }
+    })
 }
