@@ -66,7 +66,7 @@ pub use monitor::version_ok;
 pub use outbound::OutboundCounters;
 
 /// How long start-up retries streams JetStream does not answer about.
-const START_RETRY: Duration = Duration::from_secs(30);
+pub(crate) const START_RETRY: Duration = Duration::from_secs(30);
 
 /// Longest wait for the retained messages at start.
 const RETAINED_LOAD: Duration = Duration::from_secs(60);

@@ -122,8 +122,6 @@ pub(crate) async fn ensure(
     .map_err(|e| unavailable(format!("cannot create it: {e}")))
 }
 
-/// How often a node starting tries to read a stored session's entry (every 0.5 s).
-const DIRECTORY_TRIES: u32 = 20;
 /// How often the floors of connected sessions are written.
 const FLOOR_EVERY: Duration = Duration::from_secs(10);
 /// Position snapshots kept (one every [`SNAPSHOT_EVERY`]: ten minutes).
@@ -2238,14 +2236,13 @@ impl Directory {
         };
         for s in admin.sessions() {
             let key = key(&s.client_id);
-            // A leader election of the bucket's stream is waited out (for a few seconds).
-            let mut tries = 0;
+            // A leader election of the bucket's stream is waited out, as at the start.
+            let deadline = Instant::now() + crate::START_RETRY;
             let holder = loop {
                 match self.parts.kv.entry(key.clone()).await {
                     Ok(Some(e)) if e.operation == kv::Operation::Put => break Some(Record::parse(&e.value)),
                     Ok(_) => break None,
-                    Err(_) if tries < DIRECTORY_TRIES => {
-                        tries += 1;
+                    Err(_) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     Err(e) => {
