@@ -29,6 +29,50 @@ pub struct Admin {
     listeners: Arc<[(ListenerKind, SocketAddr)]>,
 }
 
+/// A session of this broker that messages from outside took to half its queue limits or
+/// beyond ([`Admin::route_all_pressed`]). On one broker their publisher would now wait for it; a
+/// backplane whose publishers are elsewhere holds them back with [`PressedSession::room`].
+#[derive(Clone)]
+pub struct PressedSession {
+    cell: Arc<crate::session::SessionCell>,
+    core: Arc<Core>,
+}
+
+impl PressedSession {
+    /// How many more messages (of the size of those it has queued) it takes before new ones
+    /// for it are dropped, or `None` when no publisher need wait for it any more: it ended,
+    /// its client is away, it drops its oldest messages instead, or its client took nothing
+    /// for `backpressure_timeout_ms` (taken for stalled, and then dropped for, as on one
+    /// broker).
+    pub fn room(&self) -> Option<usize> {
+        self.cell.room(&self.core.config, &self.core.clock)
+    }
+
+    /// Whether its queue is back at half its limits or below (or [`PressedSession::room`]
+    /// is `None`): when one broker lets a publisher held for it go.
+    pub fn has_room(&self) -> bool {
+        self.cell.has_room(&self.core.config, &self.core.clock)
+    }
+
+    /// Whether `other` is the same session.
+    pub fn same(&self, other: &PressedSession) -> bool {
+        Arc::ptr_eq(&self.cell, &other.cell)
+    }
+
+    /// Its client identifier.
+    pub fn client_id(&self) -> &str {
+        &self.cell.client_id
+    }
+}
+
+impl std::fmt::Debug for PressedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PressedSession")
+            .field(&self.cell.client_id)
+            .finish()
+    }
+}
+
 /// The figures behind `/metrics`, read at one moment.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -299,7 +343,32 @@ impl Admin {
     /// whose publisher cannot be slowed down from here, gets them queued beyond twice its
     /// limits, within the broker-wide `max_queued_bytes_total`, rather than dropped.
     pub fn route_all(&self, messages: impl IntoIterator<Item = Message>) -> Vec<Result<usize, TopicError>> {
-        self.core.route_all_from_outside(messages)
+        self.core.route_all_from_outside(messages, None)
+    }
+
+    /// [`Admin::route_all`], and the sessions these messages took to half their queue
+    /// limits or beyond are added to `pressed`, each with the publisher
+    /// ([`Message::publisher`]) of the messages queued for it then, one pair each (at most
+    /// 1,024 pairs a call): whoever brought them holds those publishers back to the room
+    /// the sessions have ([`PressedSession::room`]), as one broker holds a publisher back
+    /// for a full queue.
+    pub fn route_all_pressed(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+        pressed: &mut Vec<(PressedSession, Arc<str>)>,
+    ) -> Vec<Result<usize, TopicError>> {
+        let mut cells = Vec::new();
+        let results = self.core.route_all_from_outside(messages, Some(&mut cells));
+        pressed.extend(cells.into_iter().map(|(cell, p)| {
+            (
+                PressedSession {
+                    cell,
+                    core: self.core.clone(),
+                },
+                p,
+            )
+        }));
+        results
     }
 
     /// Deliver `message`, which a backplane that delivers shared subscriptions itself
@@ -559,20 +628,24 @@ impl Core {
     pub(crate) fn route_all_from_outside(
         &self,
         messages: impl IntoIterator<Item = Message>,
+        pressed: Option<&mut Vec<(Arc<crate::session::SessionCell>, Arc<str>)>>,
     ) -> Vec<Result<usize, TopicError>> {
         let mut results = Vec::new();
-        let reached = self.route_batch(messages.into_iter().filter_map(|message| {
-            match tern_proto::topic::validate_topic_name(&message.topic) {
-                Ok(()) => {
-                    results.push(Ok(0));
-                    Some((results.len() - 1, Arc::new(message)))
+        let reached = self.route_batch(
+            messages.into_iter().filter_map(|message| {
+                match tern_proto::topic::validate_topic_name(&message.topic) {
+                    Ok(()) => {
+                        results.push(Ok(0));
+                        Some((results.len() - 1, Arc::new(message)))
+                    }
+                    Err(e) => {
+                        results.push(Err(e));
+                        None
+                    }
                 }
-                Err(e) => {
-                    results.push(Err(e));
-                    None
-                }
-            }
-        }));
+            }),
+            pressed,
+        );
         for (i, n) in reached {
             results[i] = Ok(n);
         }

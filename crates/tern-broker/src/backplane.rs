@@ -47,6 +47,15 @@ pub enum Held {
     Unknown,
 }
 
+/// Which QoS 0 message of which connection ([`Backplane::published_qos0`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// The connection's id on this broker (unique while the broker runs).
+    pub conn_id: u64,
+    /// How many QoS 0 messages the connection has handed over, this one included.
+    pub count: u64,
+}
+
 /// A figure a backplane keeps, for the broker's metrics endpoint (`/metrics`, as
 /// `tern_<name>`, or `tern_<name>_total` for a counter).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +78,24 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// to the local sessions. Not called for messages that came in through
     /// [`BrokerHandle::publish`](crate::BrokerHandle::publish), nor for `$SYS` statistics.
     fn published(&self, message: &Arc<Message>);
+
+    /// Like [`Backplane::published`], for a QoS 0 message of a client's connection, numbered
+    /// by `sent`: a backplane with flow control carries the number along, so that a broker
+    /// whose subscribers cannot keep up can say how far the connection may go
+    /// ([`Backplane::holds_back`]). Default: [`Backplane::published`].
+    fn published_qos0(&self, message: &Arc<Message>, sent: Sent) {
+        let _ = sent;
+        self.published(message);
+    }
+
+    /// Whether the connection that has handed over `sent` QoS 0 messages is to stop reading
+    /// its client for now, because subscribers of its messages elsewhere have no room for
+    /// more, as one broker holds a publisher back for a full queue (default `false`). Asked
+    /// after each of its QoS 0 messages, and every few milliseconds while it holds.
+    fn holds_back(&self, sent: Sent) -> bool {
+        let _ = sent;
+        false
+    }
 
     /// The operator deleted the retained message of `topic` on this broker (the admin API):
     /// delete it everywhere, without sending a message (default: nothing).

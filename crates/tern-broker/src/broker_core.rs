@@ -26,6 +26,9 @@ pub(crate) type Deliveries = Vec<(Arc<SessionCell>, Outgoing)>;
 /// Largest scratch capacity kept for reuse.
 const MAX_KEPT_SCRATCH: usize = 4096;
 
+/// (session, publisher) pairs one [`Core::route_batch`] reports as pressed, at most.
+pub(crate) const MAX_PRESSED: usize = 1024;
+
 /// Deliveries of one message looked through one by one; beyond, `SEEN_SCRATCH` indexes them.
 const FEW_DELIVERIES: usize = 8;
 
@@ -258,13 +261,18 @@ impl Core {
     ///
     /// [`Routed::OverQuota`] when every session it matched dropped it for a limit of what it
     /// keeps while its client is away (5.0 PUBACK 0x97).
-    pub fn publish(&self, msg: &Arc<Message>, pressure: &mut Vec<Arc<SessionCell>>) -> Routed {
+    /// `sent` numbers a client's QoS 0 message for the backplane
+    /// ([`Backplane::published_qos0`](crate::backplane::Backplane::published_qos0)).
+    pub fn publish(
+        &self,
+        msg: &Arc<Message>,
+        pressure: &mut Vec<Arc<SessionCell>>,
+        sent: Option<crate::backplane::Sent>,
+    ) -> Routed {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         let (n, over_limit) = self.route(msg, Some(pressure), !self.shared_elsewhere);
         self.count_unrouted(n);
-        if let Some(b) = &self.backplane {
-            b.published(msg);
-        }
+        self.to_backplane(msg, sent);
         match n.saturating_sub(over_limit) {
             // With a backplane the message went on to other servers too: not 0x97.
             0 if n > 0 && self.backplane.is_none() => Routed::OverQuota,
@@ -289,13 +297,26 @@ impl Core {
     /// rather than once per message. Returns how many sessions it reaches. The
     /// caller counts the messages in `messages_in` (once per batch: the counter is
     /// shared by every connection).
-    pub fn publish_deferred(&self, msg: &Arc<Message>, pending: &mut Deliveries) -> usize {
+    pub fn publish_deferred(
+        &self,
+        msg: &Arc<Message>,
+        pending: &mut Deliveries,
+        sent: Option<crate::backplane::Sent>,
+    ) -> usize {
         let n = self.collect(msg, pending, !self.shared_elsewhere);
         self.count_unrouted(n);
-        if let Some(b) = &self.backplane {
-            b.published(msg);
-        }
+        self.to_backplane(msg, sent);
         n
+    }
+
+    /// Hand a client's message to the backplane, if there is one.
+    #[inline]
+    fn to_backplane(&self, msg: &Arc<Message>, sent: Option<crate::backplane::Sent>) {
+        match (&self.backplane, sent) {
+            (Some(b), Some(sent)) if msg.qos == QoS::AtMostOnce => b.published_qos0(msg, sent),
+            (Some(b), _) => b.published(msg),
+            (None, _) => {}
+        }
     }
 
     /// Count a client's message that reached no session (one branch otherwise).
@@ -384,10 +405,14 @@ impl Core {
     /// queueing them together: each session's under one lock, in order. Returns each tag
     /// with how many sessions its message reached.
     /// Messages a backplane stored (QoS 1/2 of another node) are kept for a slow subscriber
-    /// beyond twice its queue limits ([`Queueing::stored_elsewhere`]).
+    /// beyond twice its queue limits ([`Queueing::stored_elsewhere`]). With `pressed`, the
+    /// sessions these messages took to half their limits or beyond are added to it, each
+    /// with the publishers whose messages were queued for it then ([`MAX_PRESSED`] pairs at
+    /// most).
     pub(crate) fn route_batch<T>(
         &self,
         messages: impl Iterator<Item = (T, Arc<Message>)>,
+        pressed: Option<&mut Vec<(Arc<SessionCell>, Arc<str>)>>,
     ) -> Vec<(T, usize)> {
         let mut deliveries = ROUTE_SCRATCH.with(|s| s.take());
         let reached: Vec<(T, usize)> = messages
@@ -400,7 +425,7 @@ impl Core {
             stored_elsewhere: true,
             ..self.queueing()
         };
-        self.deliver_with(&mut deliveries, None, &q);
+        self.deliver_with(&mut deliveries, None, pressed, &q);
         if deliveries.capacity() <= MAX_KEPT_SCRATCH {
             ROUTE_SCRATCH.with(|s| s.set(deliveries));
         }
@@ -411,13 +436,14 @@ impl Core {
     /// the order they were routed; sessions over their limits are added to `pressure`.
     /// Returns how many messages sessions dropped for their offline limits.
     pub fn deliver_all(&self, pending: &mut Deliveries, pressure: Option<&mut Vec<Arc<SessionCell>>>) -> u64 {
-        self.deliver_with(pending, pressure, &self.queueing())
+        self.deliver_with(pending, pressure, None, &self.queueing())
     }
 
     fn deliver_with(
         &self,
         pending: &mut Deliveries,
         mut pressure: Option<&mut Vec<Arc<SessionCell>>>,
+        mut pressed: Option<&mut Vec<(Arc<SessionCell>, Arc<str>)>>,
         q: &Queueing<'_>,
     ) -> u64 {
         if pending.len() > 1 {
@@ -426,9 +452,32 @@ impl Core {
         }
         let mut it = pending.drain(..).peekable();
         let mut over_limit = 0;
+        let track = pressed.is_some();
+        // The publishers of one session's run (only with `pressed`).
+        let mut publishers: Vec<Arc<str>> = Vec::new();
         while let Some((cell, first)) = it.next() {
             let rest = std::iter::from_fn(|| it.next_if(|(c, _)| Arc::ptr_eq(c, &cell)).map(|(_, o)| o));
-            let offered = cell.enqueue_all(std::iter::once(first).chain(rest), q);
+            let run = std::iter::once(first).chain(rest).inspect(|o| {
+                if let Some(p) = o.msg.publisher.as_ref().filter(|_| track) {
+                    if !publishers.iter().any(|q| q == p) {
+                        publishers.push(p.clone());
+                    }
+                }
+            });
+            let offered = cell.enqueue_all(run, q);
+            // Reported from half the limits on: a publisher elsewhere hears of it one round
+            // trip later, which the other half and more may take.
+            if let Some(by) = pressed
+                .as_deref_mut()
+                .filter(|_| offered.pressure || cell.is_near_full())
+            {
+                for p in publishers.drain(..) {
+                    if by.len() < MAX_PRESSED && !by.iter().any(|(c, q)| Arc::ptr_eq(c, &cell) && *q == p) {
+                        by.push((cell.clone(), p));
+                    }
+                }
+            }
+            publishers.clear();
             if offered.dropped > 0 {
                 self.counters
                     .messages_dropped

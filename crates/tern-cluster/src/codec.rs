@@ -16,6 +16,7 @@
 //! | `Tern-X` | when the 5.0 Message Expiry Interval runs out, Unix milliseconds |
 //! | `Tern-P` | the other 5.0 PUBLISH properties, base64 of a 5.0 PUBLISH packet that carries only them |
 //! | `Tern-K` | (QoS 0 only) the NATS message is a pack of this many messages ([`pack`]) |
+//! | `Tern-C` | (QoS 0 of a client) `conn.count`: the publishing connection's id on its node and how many QoS 0 messages it had published with this one (a pack's last), for flow control (`flow.rs`) |
 //! | `Nats-Msg-Id` | (QoS 2 messages and retained writes) `node:run:count`, the run a random number the node drew at start: a retried publish is stored once, and a QoS 2 message's id ([`Message::backplane_id`]) is `(run, count)` on every node |
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::HeaderMap;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
+use tern_broker::backplane::Sent;
 use tern_broker::Message;
 use tern_proto::{Packet, ProtocolVersion, Publish, QoS};
 
@@ -47,6 +49,8 @@ pub const VOID: &str = "Tern-V";
 
 /// The number of messages in a pack ([`pack`]).
 pub const PACK: &str = "Tern-K";
+/// A client's QoS 0 message's number among its connection's ([`set_sent`]).
+pub const SENT: &str = "Tern-C";
 /// Messages in one pack, at most (`cluster.qos0_pack` says how many a node packs).
 pub const PACK_MAX: usize = 1024;
 /// Payload bytes of one pack, at most (with the lengths; the sender also keeps a pack with
@@ -66,6 +70,7 @@ mod names {
     pub const PROPS: HeaderName = HeaderName::from_static(super::PROPS);
     pub const VOID: HeaderName = HeaderName::from_static(super::VOID);
     pub const PACK: HeaderName = HeaderName::from_static(super::PACK);
+    pub const SENT: HeaderName = HeaderName::from_static(super::SENT);
 }
 
 /// Why a NATS message is not a Tern message.
@@ -196,6 +201,25 @@ fn qos_digit(q: QoS) -> &'static str {
 /// The node a NATS message came from.
 pub fn node_of(h: Option<&HeaderMap>) -> Option<&str> {
     h?.get(names::NODE).map(|v| v.as_str())
+}
+
+/// The publisher of a NATS message as its `Tern-O` header has it (base64 of the client id).
+pub fn origin_of(h: &HeaderMap) -> Option<&str> {
+    h.get(names::ORIGIN).map(|v| v.as_str())
+}
+
+/// Say which of its connection's QoS 0 messages this one is (the last, for a pack).
+pub fn set_sent(h: &mut HeaderMap, sent: Sent) {
+    h.insert(names::SENT, format!("{}.{}", sent.conn_id, sent.count).as_str());
+}
+
+/// The number [`set_sent`] wrote, if it is one.
+pub fn sent_of(h: &HeaderMap) -> Option<Sent> {
+    let (conn, count) = h.get(names::SENT)?.as_str().split_once('.')?;
+    Some(Sent {
+        conn_id: conn.parse().ok()?,
+        count: count.parse().ok()?,
+    })
 }
 
 /// The `Nats-Msg-Id` of the message with `id` published on `node`.

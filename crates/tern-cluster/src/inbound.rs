@@ -116,15 +116,20 @@ pub(crate) struct Inbound {
     /// Per shard, the last stream sequence its tailer has handled (`sessions.rs` waits on it
     /// before a session leaves this node).
     pub positions: Arc<[AtomicU64]>,
+    /// Tells other nodes how far their QoS 0 publishers may go for this node's sessions
+    /// (`flow.rs`).
+    pub teller: Arc<crate::flow::Teller>,
 }
 
 impl Inbound {
     /// Deliver `ms` in order, queued together (each session locked and woken once); with a
-    /// stored message, its shard and stream sequence.
+    /// stored message, its shard and stream sequence. With `pressed`, the sessions that
+    /// went over their queue limits are added to it with their messages' publishers.
     fn deliver_all<'a>(
         &self,
         prefix: &str,
         ms: impl IntoIterator<Item = (&'a async_nats::Message, Option<(u16, u64)>)>,
+        pressed: Option<&mut Vec<(tern_broker::PressedSession, Arc<str>)>>,
     ) {
         let now = std::time::Instant::now();
         let decoded = ms.into_iter().filter_map(|(m, position)| {
@@ -164,7 +169,11 @@ impl Inbound {
         // Its arrival time tells how far back a session's unacknowledged messages go
         // (`sessions.rs`, the floor of a session's record).
         let decoded = decoded.flatten().map(|m| m.arrived(now));
-        for r in self.admin.route_all(decoded) {
+        let results = match pressed {
+            Some(p) => self.admin.route_all_pressed(decoded, p),
+            None => self.admin.route_all(decoded),
+        };
+        for r in results {
             match r {
                 Ok(_) => self.counters.received.fetch_add(1, Ordering::Relaxed),
                 Err(e) => {
@@ -199,11 +208,12 @@ pub(crate) async fn follow_interest(
             }
             match client.queue_subscribe(s.clone(), queue.clone()).await {
                 Ok(mut sub) => {
-                    let (inbound, prefix) = (inbound.clone(), prefix.clone());
+                    let (inbound, prefix, client) = (inbound.clone(), prefix.clone(), client.clone());
                     have.insert(
                         s,
                         crate::Aborting(tokio::spawn(async move {
                             let mut batch = Vec::with_capacity(BATCH);
+                            let mut pressed = Vec::new();
                             while let Some(m) = sub.next().await {
                                 // With what is already waiting: one queueing per session.
                                 // A pack counts as the messages it carries.
@@ -218,9 +228,20 @@ pub(crate) async fn follow_interest(
                                         _ => break,
                                     }
                                 }
-                                // QoS 0: what sessions here cannot take is dropped, as
-                                // QoS 0 allows (no flow control across nodes yet).
-                                inbound.deliver_all(&prefix, batch.iter().map(|m| (m, None)));
+                                // QoS 0: the publishers of messages that took sessions
+                                // over their limits are held back on their nodes
+                                // (`flow.rs`); what sessions cannot take beyond that is
+                                // dropped, as QoS 0 allows.
+                                inbound.deliver_all(
+                                    &prefix,
+                                    batch.iter().map(|m| (m, None)),
+                                    Some(&mut pressed),
+                                );
+                                let words = inbound.teller.routed(&batch, &pressed);
+                                if !words.is_empty() {
+                                    inbound.teller.say(&client, words).await;
+                                }
+                                pressed.clear();
                                 batch.clear();
                             }
                         })),
@@ -337,7 +358,7 @@ async fn tail_from(
         // A slow subscriber here gets these beyond its queue limits (their publishers cannot
         // be slowed down from this node): `Admin::route_all`. Before, what went beyond twice
         // its limit was dropped although the PUBACKs had gone out.
-        inbound.deliver_all(prefix, batch.iter().map(|(m, seq)| (m, Some((k, *seq)))));
+        inbound.deliver_all(prefix, batch.iter().map(|(m, seq)| (m, Some((k, *seq)))), None);
         batch.clear();
         if let Some(p) = inbound.positions.get(usize::from(k)) {
             p.store(*next - 1, Ordering::Release);

@@ -40,6 +40,7 @@
 mod check;
 pub mod codec;
 mod error;
+mod flow;
 mod inbound;
 mod monitor;
 mod outbound;
@@ -91,6 +92,9 @@ pub struct Cluster {
     /// does not receive what this node publishes).
     share_client: async_nats::Client,
     inbound_counters: Arc<InboundCounters>,
+    /// How far other nodes let this node's QoS 0 connections go (`flow.rs`).
+    holds: Arc<flow::Holds>,
+    flow_counters: Arc<flow::FlowCounters>,
     subscribed: Arc<AtomicU64>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// To the will keeper (`wills.rs`), which [`Cluster::attach`] starts.
@@ -342,6 +346,8 @@ impl Cluster {
             shares: Arc::default(),
             share_client,
             inbound_counters: Arc::default(),
+            holds: Arc::default(),
+            flow_counters: Arc::default(),
             subscribed: Arc::default(),
             tasks: Mutex::new(vec![run]),
         })
@@ -366,6 +372,7 @@ impl Cluster {
             prefix: self.config.prefix.clone(),
             wills: self.wills.clone(),
             directory: self.directory.clone(),
+            holds: self.holds.clone(),
         })
     }
 
@@ -441,6 +448,11 @@ impl Cluster {
             counters: self.inbound_counters.clone(),
             subscribed: self.subscribed.clone(),
             positions: self.positions.clone(),
+            teller: Arc::new(flow::Teller::new(
+                &self.config.prefix,
+                &self.node,
+                self.flow_counters.clone(),
+            )),
         });
         let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
         {
@@ -449,6 +461,16 @@ impl Cluster {
                 inbound.clone(),
                 self.js.clone(),
                 Some(loaded_tx),
+            )));
+            tasks.push(tokio::spawn(flow::watch(
+                inbound.teller.clone(),
+                self.client.clone(),
+            )));
+            tasks.push(tokio::spawn(flow::listen(
+                self.client.clone(),
+                flow::subject(&self.config.prefix, &self.node),
+                self.holds.clone(),
+                self.flow_counters.clone(),
             )));
             tasks.push(tokio::spawn(inbound::follow_interest(
                 inbound.clone(),
@@ -495,6 +517,7 @@ impl Cluster {
             inbound: self.inbound_counters.clone(),
             interest: self.interest.clone(),
             subscribed: self.subscribed.clone(),
+            flow: self.flow_counters.clone(),
         }
     }
 }
@@ -506,6 +529,7 @@ struct Counted {
     inbound: Arc<InboundCounters>,
     interest: Arc<inbound::Interest>,
     subscribed: Arc<AtomicU64>,
+    flow: Arc<flow::FlowCounters>,
 }
 
 impl Counted {
@@ -515,6 +539,8 @@ impl Counted {
             qos0_sent: o.qos0_sent.load(Ordering::Relaxed),
             qos0_dropped: o.qos0_dropped.load(Ordering::Relaxed),
             qos0_packs: o.qos0_packs.load(Ordering::Relaxed),
+            qos0_flow_told: self.flow.told.load(Ordering::Relaxed),
+            qos0_flow_heard: self.flow.heard.load(Ordering::Relaxed),
             stored: o.stored.load(Ordering::Relaxed),
             store_retries: o.retries.load(Ordering::Relaxed),
             qos2_refused: o.refused.load(Ordering::Relaxed),
@@ -557,6 +583,16 @@ impl ClusterStats {
                 "cluster_qos0_packs",
                 "NATS messages that carried more than one QoS 0 message",
                 self.qos0_packs,
+            ),
+            c(
+                "cluster_qos0_flow_told",
+                "Words to other nodes saying how far their QoS 0 publishers may go for this node's subscribers",
+                self.qos0_flow_told,
+            ),
+            c(
+                "cluster_qos0_flow_heard",
+                "Limits other nodes set on this node's QoS 0 publishers (one per connection named)",
+                self.qos0_flow_heard,
             ),
             c(
                 "cluster_stored",
@@ -627,6 +663,12 @@ pub struct ClusterStats {
     pub qos0_dropped: u64,
     /// NATS messages that carried more than one QoS 0 message (`cluster.qos0_pack`).
     pub qos0_packs: u64,
+    /// Words to other nodes saying how far their QoS 0 publishers may go for this node's
+    /// subscribers (flow control).
+    pub qos0_flow_told: u64,
+    /// Limits other nodes set on this node's QoS 0 publishers (each connection named
+    /// counted).
+    pub qos0_flow_heard: u64,
     /// QoS 1/2 messages JetStream acknowledged.
     pub stored: u64,
     /// Attempts to store a message that failed and were retried.
@@ -655,6 +697,7 @@ struct NodeBackplane {
     prefix: String,
     wills: tokio::sync::mpsc::Sender<wills::WillOp>,
     directory: Arc<sessions::Directory>,
+    holds: Arc<flow::Holds>,
     /// The node's figures, for the metrics endpoint.
     counted: Counted,
 }
@@ -678,6 +721,17 @@ impl Backplane for NodeBackplane {
             return;
         }
         self.outbound.publish(message);
+    }
+
+    fn published_qos0(&self, message: &Arc<Message>, sent: tern_broker::backplane::Sent) {
+        if message.topic.starts_with("$SYS/") {
+            return;
+        }
+        self.outbound.publish_counted(message, Some(sent));
+    }
+
+    fn holds_back(&self, sent: tern_broker::backplane::Sent) -> bool {
+        self.holds.holds_back(sent)
     }
 
     fn retained_deleted(&self, topic: &str) {

@@ -27,6 +27,7 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tern_broker::backplane::Sent;
 use tern_broker::durability::{Progress, Ticket};
 use tern_broker::Message;
 use tern_proto::QoS;
@@ -92,7 +93,7 @@ pub(crate) struct Outbound {
     pub progress: Progress,
     settled: Mutex<Settled>,
     stored_tx: mpsc::UnboundedSender<(Ticket, Outgoing)>,
-    qos0_tx: mpsc::Sender<Arc<Message>>,
+    qos0_tx: mpsc::Sender<Qos0>,
     pub ack_timeout: Duration,
     /// QoS 0 messages packed into one NATS message, at most (`cluster.qos0_pack`).
     qos0_pack: usize,
@@ -163,8 +164,12 @@ impl Tickets {
 /// The receiving ends, for [`run`].
 pub(crate) struct Receivers {
     stored: mpsc::UnboundedReceiver<(Ticket, Outgoing)>,
-    qos0: mpsc::Receiver<Arc<Message>>,
+    qos0: mpsc::Receiver<Qos0>,
 }
+
+/// A QoS 0 message for core NATS, with its number among its connection's when a client
+/// published it (flow control, `flow.rs`).
+type Qos0 = (Arc<Message>, Option<Sent>);
 
 impl Outbound {
     pub fn new(
@@ -210,6 +215,12 @@ impl Outbound {
 
     /// Hand `msg`, published by a client of this node, to NATS (never blocks).
     pub fn publish(&self, msg: &Arc<Message>) {
+        self.publish_counted(msg, None);
+    }
+
+    /// [`Outbound::publish`], with a QoS 0 message's number among its connection's
+    /// ([`Sent`]), which travels with it (`codec::SENT`).
+    pub fn publish_counted(&self, msg: &Arc<Message>, sent: Option<Sent>) {
         let qos0 = msg.qos == QoS::AtMostOnce;
         // Kept in the retained bucket (key: the encoded topic), in the same order of tickets:
         // a QoS 1/2 PUBACK waits for both writes.
@@ -228,7 +239,7 @@ impl Outbound {
         // A QoS 0 message's headers are written by the task that publishes it (once for a
         // pack of them).
         if qos0 {
-            if self.qos0_tx.try_send(msg.clone()).is_err() {
+            if self.qos0_tx.try_send((msg.clone(), sent)).is_err() {
                 self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
             }
             return;
@@ -352,23 +363,26 @@ fn random_u64() -> u64 {
 
 /// Hand this node's QoS 0 messages to core NATS until the node is dropped: what waits
 /// together goes in packs (`codec::pack`), each within NATS' `max_payload`.
-async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mpsc::Receiver<Arc<Message>>) {
+async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mpsc::Receiver<Qos0>) {
     let subjects = format!("{}.t", out.prefix);
     let mut waiting = Vec::with_capacity(out.qos0_pack);
     let mut buf = bytes::BytesMut::new();
     while qos0.recv_many(&mut waiting, out.qos0_pack).await > 0 {
         let mut rest = &waiting[..];
-        while let Some(first) = rest.first() {
+        while let Some((first, first_sent)) = rest.first() {
             let subject = topic::encode_topic(&subjects, &first.topic);
             let mut headers = codec::headers(first, &out.node);
-            // The messages after it that may share its NATS message.
+            // The messages after it that may share its NATS message: from the same
+            // connection too (one number says how far the pack goes).
             let mut n = 1;
-            if rest.len() > 1 && codec::packable(first, &rest[1]) {
+            let conn = first_sent.map(|s| s.conn_id);
+            let same = |(m, sent): &Qos0| codec::packable(first, m) && sent.map(|s| s.conn_id) == conn;
+            if rest.len() > 1 && same(&rest[1]) {
                 let room = codec::pack_room(&headers, client.max_payload());
                 let mut bytes = 4 + first.payload.len();
                 for m in &rest[1..] {
-                    bytes += 4 + m.payload.len();
-                    if bytes > room || !codec::packable(first, m) {
+                    bytes += 4 + m.0.payload.len();
+                    if bytes > room || !same(m) {
                         break;
                     }
                     n += 1;
@@ -376,12 +390,15 @@ async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mps
             }
             let (these, after) = rest.split_at(n);
             rest = after;
+            if let Some(last) = these[n - 1].1 {
+                codec::set_sent(&mut headers, last);
+            }
             if n == 1 {
                 qos0_publish(&out, &client, subject, headers, first.payload.clone()).await;
                 continue;
             }
             headers.insert(codec::PACK, n.to_string().as_str());
-            let payload = codec::pack(these.iter().map(|m| &m.payload), &mut buf);
+            let payload = codec::pack(these.iter().map(|(m, _)| &m.payload), &mut buf);
             match client
                 .publish_with_headers(subject.clone(), headers, payload)
                 .await
@@ -398,8 +415,11 @@ async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mps
                         messages = n,
                         "a QoS 0 pack is refused ({e}); sending its messages one by one"
                     );
-                    for m in these {
-                        let headers = codec::headers(m, &out.node);
+                    for (m, sent) in these {
+                        let mut headers = codec::headers(m, &out.node);
+                        if let Some(s) = sent {
+                            codec::set_sent(&mut headers, *s);
+                        }
                         qos0_publish(&out, &client, subject.clone(), headers, m.payload.clone()).await;
                     }
                 }

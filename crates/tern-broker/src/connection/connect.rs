@@ -415,6 +415,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         seen_commit: 0,
         pressure: Vec::new(),
         backplane_slowed: false,
+        qos0_sent: 0,
         pending: Vec::new(),
         pending_bytes: 0,
         pending_messages: 0,

@@ -110,6 +110,9 @@ pub(crate) struct Link {
     /// The backplane was congested after this connection's last QoS 0 publish: it is not
     /// read until the backplane has room ([`crate::backplane::Backplane::congested`]).
     pub backplane_slowed: bool,
+    /// QoS 0 messages this connection has handed to the backplane
+    /// ([`crate::backplane::Sent`]).
+    pub qos0_sent: u64,
     /// Messages routed from the packets being decoded, not yet queued (see
     /// [`crate::broker_core::Core::publish_deferred`]).
     pub pending: crate::broker_core::Deliveries,
@@ -201,9 +204,19 @@ impl Link {
     }
 
     fn route_message(&mut self, msg: &Arc<Message>) -> Routed {
+        let mut sent = None;
         if let (Some(b), QoS::AtMostOnce) = (&self.core.backplane, msg.qos) {
-            // QoS 0 is not held by acknowledgements: the backplane's queue slows the client.
-            self.backplane_slowed |= b.congested();
+            // QoS 0 is not held by acknowledgements: the backplane's queue slows the client,
+            // and so do subscribers elsewhere that have no room for more of its messages.
+            self.qos0_sent += 1;
+            let s = crate::backplane::Sent {
+                conn_id: self.conn_id,
+                count: self.qos0_sent,
+            };
+            if !self.backplane_slowed {
+                self.backplane_slowed = b.congested() || b.holds_back(s);
+            }
+            sent = Some(s);
         }
         if msg.retain && !self.core.retain(msg) {
             tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "retained store full (max_retained); message not retained");
@@ -211,10 +224,10 @@ impl Link {
         if self.core.durability.enabled() {
             // Queued at once: the store groups a QoS 2 packet id with the copies routed
             // for it, so they must be submitted inside the group.
-            return self.core.publish(msg, &mut self.pressure);
+            return self.core.publish(msg, &mut self.pressure, sent);
         }
         let start = self.pending.len();
-        let n = self.core.publish_deferred(msg, &mut self.pending);
+        let n = self.core.publish_deferred(msg, &mut self.pending, sent);
         self.pending_bytes += n * msg.payload.len();
         self.pending_messages += 1;
         let cfg = &self.core.config;

@@ -112,7 +112,14 @@ impl Conn {
             reserve_for_read(buf, read_hint);
             self.link.pressure.retain(|c| !c.has_room(&core.config, clock));
             if self.link.backplane_slowed {
-                self.link.backplane_slowed = core.backplane.as_ref().is_some_and(|b| b.congested());
+                let sent = crate::backplane::Sent {
+                    conn_id: self.link.conn_id,
+                    count: self.link.qos0_sent,
+                };
+                self.link.backplane_slowed = core
+                    .backplane
+                    .as_ref()
+                    .is_some_and(|b| b.congested() || b.holds_back(sent));
             }
             if self.link.pressure.is_empty() && !self.link.backplane_slowed && !buf.is_empty() {
                 // Packets left buffered while this client was slowed down. If any were
@@ -160,8 +167,10 @@ impl Conn {
             // wait for the deadline on the broker's clock.
             let wait = match (&slowed, deadline) {
                 (Some(_), _) => Wait::Until(tokio::time::Instant::now() + ROOM_POLL),
-                // The backplane signals no room: look again every ROOM_POLL.
-                (None, _) if backplane_slowed => Wait::Until(tokio::time::Instant::now() + ROOM_POLL),
+                // The backplane signals no room, or subscribers elsewhere have none (their
+                // broker's word comes through the backplane, which wakes nothing here): look
+                // again every BACKPLANE_POLL.
+                (None, _) if backplane_slowed => Wait::Until(tokio::time::Instant::now() + BACKPLANE_POLL),
                 (None, Some(d)) => clock.wait_until(d),
                 (None, None) => Wait::Never,
             };
@@ -486,6 +495,9 @@ pub(crate) async fn reached(
 
 /// Longest wait before a publisher slowed down for a subscriber looks at its queue again.
 const ROOM_POLL: Duration = Duration::from_millis(20);
+
+/// How often a publisher the backplane holds back looks whether it may go on.
+const BACKPLANE_POLL: Duration = Duration::from_millis(2);
 
 /// Wake when a slowed-for session may have room (re-checked by the caller, which
 /// also polls every [`ROOM_POLL`]).

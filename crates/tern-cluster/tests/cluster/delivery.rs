@@ -352,3 +352,127 @@ async fn a_burst_of_qos0_messages_crosses_in_packs_each_message_whole_and_in_ord
     assert_eq!(b.cluster.stats().undecodable, 0);
     sub.expect_silence(300).await;
 }
+
+/// Publish `total` numbered QoS 0 messages on `topic` (payload: the number, padded to `size`
+/// bytes), 500 PUBLISH packets a write, with `pause` after each write.
+fn spawn_burst(
+    mut publisher: Raw,
+    topic: &'static str,
+    total: u32,
+    size: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<Raw> {
+    tokio::spawn(async move {
+        for chunk in 0..total.div_ceil(500) {
+            let mut burst = Vec::new();
+            for i in chunk * 500..((chunk + 1) * 500).min(total) {
+                let m = Publish::new(topic, format!("{i:0size$}"));
+                burst.extend(tern_testkit::raw::encode(&Packet::Publish(m), V3));
+            }
+            publisher.send_bytes(&burst).await;
+            tokio::time::sleep(pause).await;
+        }
+        publisher
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_publisher_goes_only_as_far_as_a_slow_subscriber_on_another_node_has_room() {
+    // On one broker a QoS 0 publisher whose subscriber is over its queue limits is slowed
+    // down rather than have its messages dropped (`backpressure_qos0`). Across nodes the
+    // subscriber's node tells the publisher's node how far the publisher may go: what it
+    // has seen of it plus the room the subscriber has left (`flow.rs`). Without it, node a
+    // took the 30,000 messages at once and node b dropped nearly all of what its subscriber
+    // (limit 100, reading about 10,000 msg/s) could not take: 2,800 arrived. Here the
+    // publisher sends about ten times as fast as the subscriber reads (500 messages every
+    // 5 ms). What it sends before the first word comes back (one round trip) may still find
+    // no room; once it is watched nothing more is dropped: the last 20,000 arrive whole.
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start_configured(&node::config(&nats, "b"), |c| c.max_queued_messages = 100).await;
+    let mut sub = Raw::connect(b.addr(), V3, "held-sub").await;
+    sub.subscribe("held/#", QoS::AtMostOnce).await;
+    let mut publisher = Raw::connect(a.addr(), V3, "held-pub").await;
+    wait_for_interest(&mut publisher, &mut sub, "held/probe").await;
+    let (first, total) = (10_000u32, 30_000u32);
+    let sending = spawn_burst(publisher, "held/x", total, 1, Duration::from_millis(5));
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = sub.next_within(Duration::from_secs(2)).await {
+        let Packet::Publish(p) = p else {
+            panic!("unexpected {p:?}")
+        };
+        let n = number(&p);
+        assert!(
+            got.last().is_none_or(|&l| n > l),
+            "in order: {n} after {:?}",
+            got.last()
+        );
+        got.push(n);
+        if got.len().is_multiple_of(100) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let _publisher = sending.await.expect("publisher");
+    let (sa, sb) = (a.cluster.stats(), b.cluster.stats());
+    let dropped = b.broker.admin().stats().messages_dropped;
+    let second = got.iter().filter(|&&n| n >= first).count();
+    println!(
+        "received {} of {total} ({second} of the last {}), node b dropped {dropped}; node a {sa:?}; node b {sb:?}",
+        got.len(),
+        total - first
+    );
+    assert!(
+        sb.qos0_flow_told > 0 && sa.qos0_flow_heard > 0,
+        "nobody was held back"
+    );
+    assert_eq!(
+        second,
+        (total - first) as usize,
+        "the watched publisher lost messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_holds_a_publisher_on_another_node_back_only_for_a_while() {
+    // A subscriber that takes nothing for `backpressure_timeout_ms` is taken for stalled,
+    // on one broker as across nodes: its messages are dropped and its publisher goes on,
+    // so another subscriber of the same messages still gets them (all but what may find
+    // no room before the first word comes back) and the publisher is not held for good.
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start_configured(&node::config(&nats, "b"), |c| {
+        c.max_queued_messages = 100;
+        c.backpressure_timeout_ms = 300;
+    })
+    .await;
+    let mut stuck = Raw::connect(b.addr(), V3, "stuck-sub").await;
+    stuck.subscribe("st/#", QoS::AtMostOnce).await;
+    let mut live = Raw::connect(b.addr(), V3, "live-sub").await;
+    live.subscribe("st/#", QoS::AtMostOnce).await;
+    let mut publisher = Raw::connect(a.addr(), V3, "st-pub").await;
+    wait_for_interest(&mut publisher, &mut live, "st/probe").await;
+    // 1 kB messages: `stuck`'s socket buffers fill, and its queue after them.
+    let total = 20_000u32;
+    let sending = spawn_burst(publisher, "st/x", total, 1000, Duration::ZERO);
+    let (mut got, mut last) = (0u32, None);
+    while last != Some(total - 1) {
+        match live.next_within(Duration::from_secs(10)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                let n = number(&p);
+                assert!(last.is_none_or(|l| n > l), "in order: {n} after {last:?}");
+                last = Some(n);
+                got += 1;
+            }
+            other => panic!("{got} received, the last {last:?} of {total}: {other:?}"),
+        }
+    }
+    let _publisher = sending.await.expect("publisher");
+    let (sa, sb) = (a.cluster.stats(), b.cluster.stats());
+    println!("live received {got} of {total}; node a {sa:?}; node b {sb:?}");
+    assert!(sb.qos0_flow_told > 0, "the stalled subscriber was never watched");
+    assert!(
+        got >= total / 2,
+        "only {got} of {total} reached the live subscriber"
+    );
+    drop(stuck);
+}
