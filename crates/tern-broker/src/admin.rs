@@ -39,24 +39,23 @@ pub struct PressedSession {
 }
 
 impl PressedSession {
-    /// How many more messages (of the size of those it has queued) it takes before new ones
-    /// for it are dropped, or `None` when no publisher need wait for it any more: it ended,
-    /// its client is away, it drops its oldest messages instead, or its client took nothing
-    /// for `backpressure_timeout_ms` (taken for stalled, and then dropped for, as on one
-    /// broker).
+    /// How many more QoS 0 messages (of the size of those it has queued) it takes before
+    /// new ones for it are dropped, or `None` when no QoS 0 publisher need wait for it any
+    /// more: it ended, its client is away, it drops its oldest messages instead,
+    /// `backpressure_qos0` is off, or its client took nothing for `backpressure_timeout_ms`
+    /// (taken for stalled, and then dropped for, as on one broker).
     pub fn room(&self) -> Option<usize> {
         self.cell.room(&self.core.config, &self.core.clock)
-    }
-
-    /// Whether its queue is back at half its limits or below (or [`PressedSession::room`]
-    /// is `None`): when one broker lets a publisher held for it go.
-    pub fn has_room(&self) -> bool {
-        self.cell.has_room(&self.core.config, &self.core.clock)
     }
 
     /// Whether `other` is the same session.
     pub fn same(&self, other: &PressedSession) -> bool {
         Arc::ptr_eq(&self.cell, &other.cell)
+    }
+
+    /// A number that tells this session from the others while it is held (its address).
+    pub fn key(&self) -> usize {
+        Arc::as_ptr(&self.cell) as usize
     }
 
     /// Its client identifier.

@@ -457,14 +457,23 @@ impl Core {
         let mut publishers: Vec<Arc<str>> = Vec::new();
         while let Some((cell, first)) = it.next() {
             let rest = std::iter::from_fn(|| it.next_if(|(c, _)| Arc::ptr_eq(c, &cell)).map(|(_, o)| o));
-            let run = std::iter::once(first).chain(rest).inspect(|o| {
-                if let Some(p) = o.msg.publisher.as_ref().filter(|_| track) {
-                    if !publishers.iter().any(|q| q == p) {
-                        publishers.push(p.clone());
-                    }
-                }
-            });
-            let offered = cell.enqueue_all(run, q);
+            let run = std::iter::once(first).chain(rest);
+            // Two calls rather than one with a test per message: a connection's publish path
+            // (no `pressed`) stays as it was.
+            let offered = if track {
+                cell.enqueue_all(
+                    run.inspect(|o| {
+                        if let Some(p) = &o.msg.publisher {
+                            if !publishers.iter().any(|q| q == p) {
+                                publishers.push(p.clone());
+                            }
+                        }
+                    }),
+                    q,
+                )
+            } else {
+                cell.enqueue_all(run, q)
+            };
             // Reported from half the limits on: a publisher elsewhere hears of it one round
             // trip later, which the other half and more may take.
             if let Some(by) = pressed
@@ -477,7 +486,9 @@ impl Core {
                     }
                 }
             }
-            publishers.clear();
+            if track {
+                publishers.clear();
+            }
             if offered.dropped > 0 {
                 self.counters
                     .messages_dropped

@@ -529,13 +529,17 @@ impl SessionCell {
             || (st.queue.len() <= max_messages / 2 && st.queued_bytes <= max_bytes / 2)
     }
 
-    /// How many more messages of the size of those queued this session takes before new
-    /// ones for it are dropped (twice its queue limits, as [`SessionCell::enqueue`] queues
-    /// for a client that drains), or `None` when no publisher need wait for it: it ended,
-    /// its client is away, it drops its oldest messages instead, or its client took nothing
-    /// for `backpressure_timeout_ms` while it was full (taken for stalled, as in
+    /// How many more QoS 0 messages of the size of those queued this session takes before
+    /// new ones for it are dropped (twice its queue limits, as [`SessionCell::enqueue`]
+    /// queues for a client that drains), or `None` when no QoS 0 publisher need wait for
+    /// it: it ended, its client is away, it drops its oldest messages instead, QoS 0
+    /// publishers are not held back (`backpressure_qos0 = false`), or its client took
+    /// nothing for `backpressure_timeout_ms` while it was full (taken for stalled, as in
     /// [`SessionCell::has_room`]).
     pub fn room(&self, cfg: &crate::Config, clock: &Clock) -> Option<usize> {
+        if !cfg.backpressure_qos0 {
+            return None;
+        }
         let st = self.lock();
         let (max_messages, max_bytes, own) = st.queue_limits(cfg);
         let stalled = own != Some(WhenFull::Block)
@@ -545,9 +549,9 @@ impl SessionCell {
         if st.ended || st.conn_id.is_none() || own == Some(WhenFull::DropOldest) || stalled {
             return None;
         }
-        let by_count = (2 * max_messages).saturating_sub(st.queue.len());
+        let by_count = max_messages.saturating_mul(2).saturating_sub(st.queue.len());
         let size = st.queued_bytes.checked_div(st.queue.len()).unwrap_or(1).max(1);
-        let by_bytes = (2 * max_bytes).saturating_sub(st.queued_bytes) / size;
+        let by_bytes = max_bytes.saturating_mul(2).saturating_sub(st.queued_bytes) / size;
         Some(by_count.min(by_bytes))
     }
 }

@@ -16,7 +16,7 @@
 //! | `Tern-X` | when the 5.0 Message Expiry Interval runs out, Unix milliseconds |
 //! | `Tern-P` | the other 5.0 PUBLISH properties, base64 of a 5.0 PUBLISH packet that carries only them |
 //! | `Tern-K` | (QoS 0 only) the NATS message is a pack of this many messages ([`pack`]) |
-//! | `Tern-C` | (QoS 0 of a client) `conn.count`: the publishing connection's id on its node and how many QoS 0 messages it had published with this one (a pack's last), for flow control (`flow.rs`) |
+//! | `Tern-C` | (QoS 0 of a client) `run.conn.count`: the run of its node (a random number drawn at start), the publishing connection's id there and how many QoS 0 messages it had published with this one (a pack's last), for flow control (`flow.rs`) |
 //! | `Nats-Msg-Id` | (QoS 2 messages and retained writes) `node:run:count`, the run a random number the node drew at start: a retried publish is stored once, and a QoS 2 message's id ([`Message::backplane_id`]) is `(run, count)` on every node |
 
 use std::sync::Arc;
@@ -208,18 +208,24 @@ pub fn origin_of(h: &HeaderMap) -> Option<&str> {
     h.get(names::ORIGIN).map(|v| v.as_str())
 }
 
-/// Say which of its connection's QoS 0 messages this one is (the last, for a pack).
-pub fn set_sent(h: &mut HeaderMap, sent: Sent) {
-    h.insert(names::SENT, format!("{}.{}", sent.conn_id, sent.count).as_str());
+/// Say which of its connection's QoS 0 messages this one is (the last, for a pack), and
+/// the node's `run`.
+pub fn set_sent(h: &mut HeaderMap, run: u64, sent: Sent) {
+    h.insert(
+        names::SENT,
+        format!("{run}.{}.{}", sent.conn_id, sent.count).as_str(),
+    );
 }
 
-/// The number [`set_sent`] wrote, if it is one.
-pub fn sent_of(h: &HeaderMap) -> Option<Sent> {
-    let (conn, count) = h.get(names::SENT)?.as_str().split_once('.')?;
-    Some(Sent {
-        conn_id: conn.parse().ok()?,
-        count: count.parse().ok()?,
-    })
+/// The run and the number [`set_sent`] wrote, if they are.
+pub fn sent_of(h: &HeaderMap) -> Option<(u64, Sent)> {
+    let mut parts = h.get(names::SENT)?.as_str().split('.');
+    let run = parts.next()?.parse().ok()?;
+    let sent = Sent {
+        conn_id: parts.next()?.parse().ok()?,
+        count: parts.next()?.parse().ok()?,
+    };
+    parts.next().is_none().then_some((run, sent))
 }
 
 /// The `Nats-Msg-Id` of the message with `id` published on `node`.
@@ -336,6 +342,23 @@ pub fn decode_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_qos0_messages_number_comes_back_and_a_malformed_one_is_none() {
+        let mut h = HeaderMap::new();
+        let sent = Sent {
+            conn_id: 12,
+            count: u64::MAX,
+        };
+        set_sent(&mut h, 7, sent);
+        assert_eq!(sent_of(&h), Some((7, sent)));
+        for bad in ["", "1.2", "1.2.3.4", "a.2.3", "1..3", "-1.2.3"] {
+            let mut h = HeaderMap::new();
+            h.insert(SENT, bad);
+            assert_eq!(sent_of(&h), None, "{bad:?}");
+        }
+        assert_eq!(sent_of(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn a_message_with_every_property_comes_back_the_same() {

@@ -9,32 +9,33 @@
 //! thousands of messages from the publisher's socket (bench/RESULTS.md, the same section).
 //! So the receiving node gives credit instead, as a count:
 //!
-//! - Every QoS 0 message a client publishes carries its connection's id on its node and how
-//!   many QoS 0 messages that connection has published with it (`codec::SENT`,
-//!   [`Sent`]).
+//! - Every QoS 0 message a client publishes carries its node's run (a random number drawn
+//!   at start), its connection's id on the node and how many QoS 0 messages that
+//!   connection has published with it (`codec::SENT`, [`Sent`]).
 //! - A node whose sessions a publisher's messages take to half their queue limits watches
-//!   that publisher's connection ([`Teller`]): the last number it has seen, and the sessions
-//!   it pressed. It tells the publisher's node, on core NATS (`<prefix>.ctl.flow.<node>`),
-//!   how far the connection may go: the number seen plus the room the fullest of those
-//!   sessions has left before it drops messages ([`PressedSession::room`]). The messages
-//!   on their way are inside that count, so a word that comes late lets nothing more
-//!   through than there is room for. As the sessions drain it says a higher number (looked
-//!   at every [`LOOK_EVERY`], said at least every [`KEEP_TELLING`]).
+//!   that publisher's connection ([`Teller`]): the highest number it has seen, and the
+//!   sessions it pressed. It tells the publisher's node, on core NATS
+//!   (`<prefix>.ctl.flow.<node>`), how far the connection may go: the number seen plus the
+//!   room those sessions have left before they drop messages ([`PressedSession::room`]; a
+//!   session several watched connections share gives each its share). The messages on
+//!   their way are inside that count, so a word that comes late lets no more through than
+//!   there was room for when it was said. As the sessions drain it says a higher number
+//!   (looked at every [`LOOK_EVERY`], said at least every [`KEEP_TELLING`]).
 //! - The publisher's node stops reading a connection whose count has reached the lowest
-//!   number another node gave it ([`Holds::holds_back`],
+//!   number another node gave it for its run ([`Holds::holds_back`],
 //!   `Backplane::holds_back`), as it does for a full local queue; the connection looks again
 //!   every 2 ms.
-//! - The watch ends, and the node says so (`free`), once the sessions need no one to wait
+//! - The watch ends, and the node says so (`-`), once its sessions need no one to wait
 //!   (they ended, their clients are away, or taken for stalled after
 //!   `backpressure_timeout_ms`, whose messages are then dropped, as on one broker), or once
-//!   the publisher has sent nothing for [`IDLE`] with the sessions at half their limits. A
-//!   number not said again for [`HOLD_AT_MOST`] is forgotten (a node gone, a word lost).
+//!   the publisher has sent nothing for [`IDLE`]. A number not said again for
+//!   [`HOLD_AT_MOST`] is forgotten (a node gone, a word lost).
 //!
 //! Nothing is stored and nothing waits for an answer: a word lost is a publisher held a
 //! little longer, or not at all (its messages beyond the limits dropped, as QoS 0 allows).
-//! The first messages of a burst go before any word can come back (at most one round trip
-//! of them, which the sessions' slack up to twice their limits takes). Shared
-//! subscriptions, whose messages another path delivers, are not watched.
+//! The first messages of a burst go before any word can come back (one round trip of them;
+//! what does not fit twice the sessions' limits is dropped). Shared subscriptions, whose
+//! messages another path delivers, are not watched.
 //!
 //! [`PressedSession::room`]: tern_broker::PressedSession::room
 
@@ -59,17 +60,21 @@ pub const HOLD_AT_MOST: Duration = Duration::from_millis(500);
 /// [`HOLD_AT_MOST`]).
 pub const KEEP_TELLING: Duration = Duration::from_millis(100);
 
-/// How often a node looks at the room of the sessions it watches for.
+/// How often a node looks at the room of the sessions it watches for (while it watches
+/// any).
 pub const LOOK_EVERY: Duration = Duration::from_millis(2);
 
-/// A watch ends when its publisher has sent nothing for this long and its sessions are at
-/// half their limits (until then its next burst is held from its first message, not one
-/// round trip late).
+/// A watch ends when its publisher has sent nothing for this long (until then its next
+/// burst is held from its first message, not one round trip late).
 pub const IDLE: Duration = Duration::from_secs(10);
 
 /// Connections held, and connections watched, at most (beyond, a new one is left out: its
 /// messages are dropped where there is no room, as without flow control).
 const MAX_KEPT: usize = 4096;
+
+/// Nodes that may hold one connection back at once, at most (beyond, a new one is not
+/// heard for it).
+const MAX_NODES: usize = 16;
 
 /// Sessions one watch looks at, at most.
 const MAX_SESSIONS: usize = 32;
@@ -99,15 +104,29 @@ struct Limit {
     until: Instant,
 }
 
+/// What a word says of one connection: the run of its node, its id, and how far it may go
+/// (`None`: as far as it likes).
+type Line = (u64, u64, Option<u64>);
+
 /// This node's QoS 0 connections and how far other nodes let them go.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Holds {
+    /// This node's run: words for connections of an earlier run are not for these.
+    run: u64,
     limits: RwLock<HashMap<u64, Vec<Limit>>>,
     /// Whether `limits` has any (read on every QoS 0 publish).
     any: AtomicBool,
 }
 
 impl Holds {
+    pub fn new(run: u64) -> Holds {
+        Holds {
+            run,
+            limits: RwLock::default(),
+            any: AtomicBool::new(false),
+        }
+    }
+
     /// Whether the connection that has published `sent` QoS 0 messages is to stop reading
     /// its client now.
     #[inline]
@@ -123,11 +142,17 @@ impl Holds {
         of.iter().any(|l| sent.count >= l.up_to && now < l.until)
     }
 
-    /// What `node` said: per connection how far it may go, or `None`: as far as it likes.
-    fn apply(&self, node: &str, said: impl IntoIterator<Item = (u64, Option<u64>)>) {
+    /// What `node` said of this node's connections.
+    fn apply(&self, node: &str, said: impl IntoIterator<Item = Line>) {
         let now = Instant::now();
         let mut limits = self.limits.write().unwrap_or_else(|e| e.into_inner());
-        for (conn, up_to) in said {
+        if limits.len() >= MAX_KEPT {
+            forget_ended(&mut limits, now);
+        }
+        for (run, conn, up_to) in said {
+            if run != self.run {
+                continue;
+            }
             match up_to {
                 None => {
                     if let Some(of) = limits.get_mut(&conn) {
@@ -139,26 +164,19 @@ impl Holds {
                 }
                 Some(up_to) => {
                     if limits.len() >= MAX_KEPT && !limits.contains_key(&conn) {
-                        limits.retain(|_, of| {
-                            of.retain(|l| l.until > now);
-                            !of.is_empty()
-                        });
-                        if limits.len() >= MAX_KEPT {
-                            continue;
-                        }
+                        continue;
                     }
                     let of = limits.entry(conn).or_default();
                     let until = now + HOLD_AT_MOST;
-                    match of.iter_mut().find(|l| &*l.node == node) {
-                        Some(l) => {
-                            l.up_to = up_to;
-                            l.until = until;
-                        }
-                        None => of.push(Limit {
+                    if let Some(l) = of.iter_mut().find(|l| &*l.node == node) {
+                        l.up_to = up_to;
+                        l.until = until;
+                    } else if of.len() < MAX_NODES {
+                        of.push(Limit {
                             node: node.into(),
                             up_to,
                             until,
-                        }),
+                        });
                     }
                 }
             }
@@ -171,14 +189,18 @@ impl Holds {
         if !self.any.load(Ordering::Acquire) {
             return;
         }
-        let now = Instant::now();
         let mut limits = self.limits.write().unwrap_or_else(|e| e.into_inner());
-        limits.retain(|_, of| {
-            of.retain(|l| l.until > now);
-            !of.is_empty()
-        });
+        forget_ended(&mut limits, Instant::now());
         self.any.store(!limits.is_empty(), Ordering::Release);
     }
+}
+
+/// Forget the numbers of `limits` whose time is over.
+fn forget_ended(limits: &mut HashMap<u64, Vec<Limit>>, now: Instant) {
+    limits.retain(|_, of| {
+        of.retain(|l| l.until > now);
+        !of.is_empty()
+    });
 }
 
 /// A connection of another node whose messages took sessions here to half their limits.
@@ -193,19 +215,46 @@ struct Watch {
     told: Instant,
 }
 
-/// The watched connections, by node and connection id there.
+/// Per session watched ([`PressedSession::key`]): how many watches share it, and its room.
+type Rooms = HashMap<usize, (u64, Option<usize>)>;
+
+/// The watched connections, by node, and by run and connection id there.
 #[derive(Default)]
 struct Watched {
-    by_node: HashMap<Box<str>, HashMap<u64, Watch>>,
+    by_node: HashMap<Box<str>, HashMap<(u64, u64), Watch>>,
     /// How many there are.
     count: usize,
 }
 
-/// Per connection, how far it may go (`None`: as far as it likes).
-type Said = Vec<(u64, Option<u64>)>;
+impl Watched {
+    /// The [`Rooms`] of the sessions watched now (each session looked at once).
+    fn rooms(&self) -> Rooms {
+        let mut rooms = Rooms::new();
+        for w in self.by_node.values().flat_map(|of| of.values()) {
+            for s in &w.sessions {
+                rooms.entry(s.key()).or_insert_with(|| (0, s.room())).0 += 1;
+            }
+        }
+        rooms
+    }
+}
 
-/// What to say: per node, [`Said`].
-type Words = HashMap<Box<str>, Said>;
+/// How far `w`'s connection may go now: what it has sent plus the least share of room of
+/// its sessions; `None` when none of them needs anyone to wait.
+fn up_to(w: &Watch, rooms: &Rooms) -> Option<u64> {
+    let share = w
+        .sessions
+        .iter()
+        .filter_map(|s| match rooms.get(&s.key()) {
+            Some(&(n, Some(room))) => Some(room as u64 / n.max(1)),
+            _ => None,
+        })
+        .min()?;
+    Some(w.seen.saturating_add(share))
+}
+
+/// What to say: per node, [`Line`]s.
+type Words = HashMap<Box<str>, Vec<Line>>;
 
 /// The receiving side: how far the connections of other nodes may go, for the room of this
 /// node's sessions.
@@ -216,6 +265,8 @@ pub(crate) struct Teller {
     watched: Mutex<Watched>,
     /// Whether anything is watched (read for every batch of QoS 0 messages routed).
     any: AtomicBool,
+    /// Wakes the look ([`watch`]) when a first connection is watched.
+    wake: tokio::sync::Notify,
     counters: Arc<FlowCounters>,
 }
 
@@ -243,6 +294,7 @@ impl Teller {
             me: me.to_string(),
             watched: Mutex::default(),
             any: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
             counters,
         }
     }
@@ -265,31 +317,32 @@ impl Teller {
             }
         }
         let now = Instant::now();
-        let mut fresh: Vec<(Box<str>, u64)> = Vec::new();
+        let mut fresh: Vec<(Box<str>, (u64, u64))> = Vec::new();
         let mut guard = self.watched.lock().unwrap_or_else(|e| e.into_inner());
-        let Watched { by_node, count } = &mut *guard;
+        let watched = &mut *guard;
         for m in batch {
             let Some(h) = m.headers.as_ref() else { continue };
-            let (Some(node), Some(sent)) = (codec::node_of(Some(h)), codec::sent_of(h)) else {
+            let (Some(node), Some((run, sent))) = (codec::node_of(Some(h)), codec::sent_of(h)) else {
                 continue;
             };
+            let key = (run, sent.conn_id);
             let publisher = || {
                 codec::origin_of(h)
                     .and_then(|o| pressing.iter().find(|(b, _)| b == o))
                     .map(|(_, p)| *p)
             };
-            let watched = by_node.get(node).is_some_and(|of| of.contains_key(&sent.conn_id));
-            let publisher = match (watched, publisher()) {
+            let known = watched.by_node.get(node).is_some_and(|of| of.contains_key(&key));
+            let publisher = match (known, publisher()) {
                 (true, p) => p,
                 (false, None) => continue,
                 (false, Some(p)) => {
-                    if *count >= MAX_KEPT || node == self.me || !valid_node(node) {
+                    if watched.count >= MAX_KEPT || node == self.me || !valid_node(node) {
                         continue;
                     }
-                    *count += 1;
-                    fresh.push((node.into(), sent.conn_id));
-                    by_node.entry(node.into()).or_default().insert(
-                        sent.conn_id,
+                    watched.count += 1;
+                    fresh.push((node.into(), key));
+                    watched.by_node.entry(node.into()).or_default().insert(
+                        key,
                         Watch {
                             sessions: Vec::new(),
                             seen: 0,
@@ -301,7 +354,7 @@ impl Teller {
                     Some(p)
                 }
             };
-            let Some(w) = by_node.get_mut(node).and_then(|of| of.get_mut(&sent.conn_id)) else {
+            let Some(w) = watched.by_node.get_mut(node).and_then(|of| of.get_mut(&key)) else {
                 continue;
             };
             w.seen = w.seen.max(sent.count);
@@ -314,33 +367,34 @@ impl Teller {
                 }
             }
         }
-        // New watches say their first number at once.
-        for (node, conn) in fresh {
-            let Some(of) = by_node.get_mut(&node) else {
-                continue;
-            };
-            let Some(w) = of.get_mut(&conn) else { continue };
-            let up_to = Self::up_to(w);
-            w.said = up_to;
-            w.told = now;
-            if up_to.is_none() {
-                of.remove(&conn);
-                *count -= 1;
-                if of.is_empty() {
-                    by_node.remove(&node);
+        if !fresh.is_empty() {
+            // New watches say their first number at once; one whose sessions need nobody
+            // to wait (stalled, say) ends without a word.
+            let rooms = watched.rooms();
+            for (node, key) in fresh {
+                let Some(of) = watched.by_node.get_mut(&node) else {
+                    continue;
+                };
+                let Some(w) = of.get_mut(&key) else { continue };
+                match up_to(w, &rooms) {
+                    Some(n) => {
+                        w.said = Some(n);
+                        w.told = now;
+                        words.entry(node).or_default().push((key.0, key.1, Some(n)));
+                    }
+                    None => {
+                        of.remove(&key);
+                        watched.count -= 1;
+                        if of.is_empty() {
+                            watched.by_node.remove(&node);
+                        }
+                    }
                 }
             }
-            words.entry(node).or_default().push((conn, up_to));
+            self.wake.notify_one();
         }
-        self.any.store(*count > 0, Ordering::Release);
+        self.any.store(watched.count > 0, Ordering::Release);
         words
-    }
-
-    /// How far `w`'s connection may go now: what it has sent plus the least room of its
-    /// sessions; `None` when none of them needs anyone to wait.
-    fn up_to(w: &Watch) -> Option<u64> {
-        let room = w.sessions.iter().filter_map(|s| s.room()).min()?;
-        Some(w.seen.saturating_add(room as u64))
     }
 
     /// Say the new numbers of the watched connections, the unchanged ones every
@@ -352,40 +406,45 @@ impl Teller {
         }
         let now = Instant::now();
         let mut guard = self.watched.lock().unwrap_or_else(|e| e.into_inner());
-        let Watched { by_node, count } = &mut *guard;
-        by_node.retain(|node, of| {
-            of.retain(|conn, w| {
-                let up_to = Self::up_to(w);
-                let idle = now.saturating_duration_since(w.seen_at) >= IDLE
-                    && w.sessions.iter().all(|s| s.has_room());
-                if up_to.is_none() || idle {
-                    words.entry(node.clone()).or_default().push((*conn, None));
-                    *count -= 1;
+        let watched = &mut *guard;
+        let rooms = watched.rooms();
+        let mut ended = 0;
+        watched.by_node.retain(|node, of| {
+            of.retain(|&(run, conn), w| {
+                // Sessions that need nobody to wait any more are let go.
+                w.sessions
+                    .retain(|s| rooms.get(&s.key()).is_some_and(|(_, room)| room.is_some()));
+                let n = up_to(w, &rooms);
+                if n.is_none() || now.saturating_duration_since(w.seen_at) >= IDLE {
+                    words.entry(node.clone()).or_default().push((run, conn, None));
+                    ended += 1;
                     return false;
                 }
-                if up_to != w.said || now.saturating_duration_since(w.told) >= KEEP_TELLING {
-                    words.entry(node.clone()).or_default().push((*conn, up_to));
-                    w.said = up_to;
+                if n != w.said || now.saturating_duration_since(w.told) >= KEEP_TELLING {
+                    words.entry(node.clone()).or_default().push((run, conn, n));
+                    w.said = n;
                     w.told = now;
                 }
                 true
             });
             !of.is_empty()
         });
-        self.any.store(*count > 0, Ordering::Release);
+        watched.count -= ended;
+        self.any.store(watched.count > 0, Ordering::Release);
         words
     }
 
     /// Send `words`, one NATS message per node (per [`MAX_NAMED`] connections): this
-    /// node's name on the first line, then `conn up_to` or `conn -` (free) per line.
+    /// node's name on the first line, then `run conn up_to` or `run conn -` (as far as it
+    /// likes) per line.
     pub async fn say(&self, client: &async_nats::Client, words: Words) {
         for (node, said) in words {
             for chunk in said.chunks(MAX_NAMED) {
                 let mut word = self.me.clone();
-                for (conn, up_to) in chunk {
+                for (run, conn, up_to) in chunk {
                     let _ = match up_to {
-                        Some(n) => write!(word, "\n{conn} {n}"),
-                        None => write!(word, "\n{conn} -"),
+                        Some(n) => write!(word, "\n{run} {conn} {n}"),
+                        None => write!(word, "\n{run} {conn} -"),
                     };
                 }
                 match client
@@ -407,6 +466,10 @@ pub(crate) async fn watch(teller: Arc<Teller>, client: async_nats::Client) {
     let mut tick = tokio::time::interval(LOOK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if !teller.any.load(Ordering::Acquire) {
+            // `routed` leaves a permit when it starts a watch before this waits.
+            teller.wake.notified().await;
+        }
         tick.tick().await;
         let words = teller.look();
         if !words.is_empty() {
@@ -415,20 +478,22 @@ pub(crate) async fn watch(teller: Arc<Teller>, client: async_nats::Client) {
     }
 }
 
-/// Parse a word: the node that said it and, per connection, how far it may go.
-fn parse(word: &[u8]) -> Option<(&str, Said)> {
+/// Parse a word: the node that said it and what it says of each connection.
+fn parse(word: &[u8]) -> Option<(&str, Vec<Line>)> {
     let text = std::str::from_utf8(word).ok()?;
     let mut lines = text.lines();
     let node = lines.next().filter(|n| valid_node(n))?;
     let said = lines
         .take(MAX_NAMED)
         .filter_map(|l| {
-            let (conn, up_to) = l.split_once(' ')?;
-            let conn = conn.parse().ok()?;
-            match up_to {
-                "-" => Some((conn, None)),
-                n => Some((conn, Some(n.parse().ok()?))),
-            }
+            let mut parts = l.split(' ');
+            let run = parts.next()?.parse().ok()?;
+            let conn = parts.next()?.parse().ok()?;
+            let up_to = match parts.next()? {
+                "-" => None,
+                n => Some(n.parse().ok()?),
+            };
+            parts.next().is_none().then_some((run, conn, up_to))
         })
         .collect();
     Some((node, said))
@@ -476,24 +541,26 @@ pub(crate) async fn listen(
 mod tests {
     use super::*;
 
+    const RUN: u64 = 77;
+
     fn sent(conn_id: u64, count: u64) -> Sent {
         Sent { conn_id, count }
     }
 
     #[test]
     fn a_connection_goes_as_far_as_the_lowest_number_it_was_given_while_that_lasts() {
-        let holds = Holds::default();
+        let holds = Holds::new(RUN);
         assert!(!holds.holds_back(sent(1, 1_000_000)), "nothing said: free");
-        holds.apply("b", [(1, Some(100)), (2, Some(50))]);
+        holds.apply("b", [(RUN, 1, Some(100)), (RUN, 2, Some(50))]);
         assert!(!holds.holds_back(sent(1, 99)));
         assert!(holds.holds_back(sent(1, 100)), "at its number");
         assert!(holds.holds_back(sent(2, 60)));
         assert!(!holds.holds_back(sent(3, 60)), "only the connections named");
-        holds.apply("c", [(1, Some(80))]);
+        holds.apply("c", [(RUN, 1, Some(80))]);
         assert!(holds.holds_back(sent(1, 90)), "the lowest of two nodes");
-        holds.apply("c", [(1, None)]);
+        holds.apply("c", [(RUN, 1, None)]);
         assert!(!holds.holds_back(sent(1, 90)), "c let it go; b's 100 stays");
-        holds.apply("b", [(1, Some(200))]);
+        holds.apply("b", [(RUN, 1, Some(200))]);
         assert!(!holds.holds_back(sent(1, 150)), "a higher number lets it on");
         // A number not said again is forgotten after HOLD_AT_MOST.
         for of in holds.limits.write().expect("lock").values_mut() {
@@ -507,23 +574,37 @@ mod tests {
     }
 
     #[test]
-    fn held_connections_stay_bounded() {
-        let holds = Holds::default();
-        holds.apply("b", (0..MAX_KEPT as u64 + 10).map(|c| (c, Some(1))));
+    fn a_word_for_a_connection_of_an_earlier_run_of_the_node_holds_nothing_back() {
+        // Connection ids start again at 1 when a node restarts: a number said for the
+        // connection 5 of its previous run must not hold its new connection 5 back.
+        let holds = Holds::new(RUN);
+        holds.apply("b", [(RUN + 1, 5, Some(0))]);
+        assert!(!holds.holds_back(sent(5, 1)));
+        assert!(!holds.any.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn held_connections_and_the_nodes_holding_one_stay_bounded() {
+        let holds = Holds::new(RUN);
+        holds.apply("b", (0..MAX_KEPT as u64 + 10).map(|c| (RUN, c, Some(1))));
         assert_eq!(holds.limits.read().expect("lock").len(), MAX_KEPT);
         assert!(holds.holds_back(sent(0, 1)) && !holds.holds_back(sent(MAX_KEPT as u64 + 5, 1)));
+        for i in 0..2 * MAX_NODES {
+            holds.apply(&format!("n{i}"), [(RUN, 0, Some(5))]);
+        }
+        assert_eq!(holds.limits.read().expect("lock")[&0].len(), MAX_NODES);
     }
 
     #[test]
     fn words_parse_and_bad_ones_are_refused() {
-        let (node, said) = parse(b"tern-b\n7 120\n8 -\nbad line\n9 x").expect("a word");
+        let (node, said) = parse(b"tern-b\n9 7 120\n9 8 -\nbad line\n9 9 x\n1 2 3 4\n9 10").expect("a word");
         assert_eq!(node, "tern-b");
-        assert_eq!(said, vec![(7, Some(120)), (8, None)]);
+        assert_eq!(said, vec![(9, 7, Some(120)), (9, 8, None)]);
         assert!(parse(b"").is_none());
-        assert!(parse(b"a.b\n1 2").is_none(), "not a node name");
+        assert!(parse(b"a.b\n1 2 3").is_none(), "not a node name");
         assert!(parse(&[0xff, 0xfe]).is_none());
         let many: String = std::iter::once("b".to_string())
-            .chain((0..2 * MAX_NAMED).map(|i| format!("{i} 1")))
+            .chain((0..2 * MAX_NAMED).map(|i| format!("1 {i} 1")))
             .collect::<Vec<_>>()
             .join("\n");
         assert_eq!(parse(many.as_bytes()).expect("a word").1.len(), MAX_NAMED);

@@ -123,8 +123,8 @@ pub(crate) struct Inbound {
 
 impl Inbound {
     /// Deliver `ms` in order, queued together (each session locked and woken once); with a
-    /// stored message, its shard and stream sequence. With `pressed`, the sessions that
-    /// went over their queue limits are added to it with their messages' publishers.
+    /// stored message, its shard and stream sequence. With `pressed`, the sessions they took
+    /// to half their queue limits or beyond are added to it with their messages' publishers.
     fn deliver_all<'a>(
         &self,
         prefix: &str,

@@ -329,6 +329,7 @@ impl Cluster {
             outbound: outbound.clone(),
             positions: positions.clone(),
         });
+        let holds = Arc::new(flow::Holds::new(outbound.run()));
         Ok(Cluster {
             reconnected,
             positions,
@@ -346,7 +347,7 @@ impl Cluster {
             shares: Arc::default(),
             share_client,
             inbound_counters: Arc::default(),
-            holds: Arc::default(),
+            holds,
             flow_counters: Arc::default(),
             subscribed: Arc::default(),
             tasks: Mutex::new(vec![run]),

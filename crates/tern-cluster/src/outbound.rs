@@ -208,6 +208,11 @@ impl Outbound {
             || self.submitted().saturating_sub(self.progress.get()) >= (QOS0_QUEUE as u64) * 3 / 4
     }
 
+    /// This run of the node (random, drawn at start).
+    pub fn run(&self) -> u64 {
+        self.incarnation
+    }
+
     /// The ticket of the last stored message handed over.
     pub fn submitted(&self) -> Ticket {
         self.submitted.load(Ordering::Acquire)
@@ -391,7 +396,7 @@ async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mps
             let (these, after) = rest.split_at(n);
             rest = after;
             if let Some(last) = these[n - 1].1 {
-                codec::set_sent(&mut headers, last);
+                codec::set_sent(&mut headers, out.incarnation, last);
             }
             if n == 1 {
                 qos0_publish(&out, &client, subject, headers, first.payload.clone()).await;
@@ -418,7 +423,7 @@ async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mps
                     for (m, sent) in these {
                         let mut headers = codec::headers(m, &out.node);
                         if let Some(s) = sent {
-                            codec::set_sent(&mut headers, *s);
+                            codec::set_sent(&mut headers, out.incarnation, *s);
                         }
                         qos0_publish(&out, &client, subject.clone(), headers, m.payload.clone()).await;
                     }
