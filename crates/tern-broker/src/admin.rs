@@ -48,6 +48,13 @@ impl PressedSession {
         self.cell.room(&self.core.config, &self.core.clock)
     }
 
+    /// [`PressedSession::room`], and whether its queue is at half its limits or below (as
+    /// when one broker lets a publisher held for it go on; `true` with no room to give),
+    /// looked at once.
+    pub fn room_and_half(&self) -> (Option<usize>, bool) {
+        self.cell.room_and_half(&self.core.config, &self.core.clock)
+    }
+
     /// Whether `other` is the same session.
     pub fn same(&self, other: &PressedSession) -> bool {
         Arc::ptr_eq(&self.cell, &other.cell)

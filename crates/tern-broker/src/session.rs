@@ -537,8 +537,14 @@ impl SessionCell {
     /// nothing for `backpressure_timeout_ms` while it was full (taken for stalled, as in
     /// [`SessionCell::has_room`]).
     pub fn room(&self, cfg: &crate::Config, clock: &Clock) -> Option<usize> {
+        self.room_and_half(cfg, clock).0
+    }
+
+    /// [`SessionCell::room`], and whether its queue is at half its limits or below, under
+    /// one lock.
+    pub fn room_and_half(&self, cfg: &crate::Config, clock: &Clock) -> (Option<usize>, bool) {
         if !cfg.backpressure_qos0 {
-            return None;
+            return (None, true);
         }
         let st = self.lock();
         let (max_messages, max_bytes, own) = st.queue_limits(cfg);
@@ -547,12 +553,13 @@ impl SessionCell {
                 .full_since
                 .is_some_and(|t| clock.now().saturating_duration_since(t) >= cfg.backpressure_timeout());
         if st.ended || st.conn_id.is_none() || own == Some(WhenFull::DropOldest) || stalled {
-            return None;
+            return (None, true);
         }
         let by_count = max_messages.saturating_mul(2).saturating_sub(st.queue.len());
         let size = st.queued_bytes.checked_div(st.queue.len()).unwrap_or(1).max(1);
         let by_bytes = max_bytes.saturating_mul(2).saturating_sub(st.queued_bytes) / size;
-        Some(by_count.min(by_bytes))
+        let half = st.queue.len() <= max_messages / 2 && st.queued_bytes <= max_bytes / 2;
+        (Some(by_count.min(by_bytes)), half)
     }
 }
 

@@ -198,6 +198,60 @@ fn qos_digit(q: QoS) -> &'static str {
     }
 }
 
+/// What a flow control word says of one connection (`flow.rs`): the run of its node, its
+/// id there, and how far it may go (`None`: as far as it likes).
+pub type FlowLine = (u64, u64, Option<u64>);
+
+/// Connections one flow control word names at most (more lines are not read).
+pub const FLOW_LINES: usize = 512;
+
+/// A node's name as it may travel in a header or a word: a subject token (letters, digits,
+/// `-`, `_`, as `cluster.node_name` allows), 64 bytes at most.
+pub fn valid_node(node: &str) -> bool {
+    !node.is_empty()
+        && node.len() <= 64
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A flow control word from node `me`: its name on the first line, then per connection
+/// `run conn up_to`, or `run conn -` (as far as it likes).
+pub fn flow_word(me: &str, lines: &[FlowLine]) -> String {
+    use std::fmt::Write as _;
+    let mut word = String::from(me);
+    for (run, conn, up_to) in lines {
+        let _ = match up_to {
+            Some(n) => write!(word, "\n{run} {conn} {n}"),
+            None => write!(word, "\n{run} {conn} -"),
+        };
+    }
+    word
+}
+
+/// A flow control word ([`flow_word`]) as another node sent it: the node, and what it says
+/// of at most [`FLOW_LINES`] connections (lines that are not `run conn up_to` or
+/// `run conn -` left out); `None` when it does not start with a node's name.
+pub fn parse_flow_word(word: &[u8]) -> Option<(&str, Vec<FlowLine>)> {
+    let text = std::str::from_utf8(word).ok()?;
+    let mut lines = text.split('\n');
+    let node = lines.next().filter(|n| valid_node(n))?;
+    let said = lines
+        .take(FLOW_LINES)
+        .filter_map(|l| {
+            let mut parts = l.split(' ');
+            let run = parts.next()?.parse().ok()?;
+            let conn = parts.next()?.parse().ok()?;
+            let up_to = match parts.next()? {
+                "-" => None,
+                n => Some(n.parse().ok()?),
+            };
+            parts.next().is_none().then_some((run, conn, up_to))
+        })
+        .collect();
+    Some((node, said))
+}
+
 /// The node a NATS message came from.
 pub fn node_of(h: Option<&HeaderMap>) -> Option<&str> {
     h?.get(names::NODE).map(|v| v.as_str())
@@ -342,6 +396,31 @@ pub fn decode_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flow_words_come_back_and_bad_ones_are_refused() {
+        let lines = vec![(9, 7, Some(120)), (9, 8, None), (u64::MAX, 0, Some(u64::MAX))];
+        let word = flow_word("tern-b", &lines);
+        assert_eq!(parse_flow_word(word.as_bytes()), Some(("tern-b", lines)));
+        let (node, said) =
+            parse_flow_word(b"tern-b\n9 7 120\n9 8 -\nbad line\n9 9 x\n1 2 3 4\n9 10\n\n1 +2 3")
+                .expect("a word");
+        assert_eq!(node, "tern-b");
+        assert_eq!(said, vec![(9, 7, Some(120)), (9, 8, None), (1, 2, Some(3))]);
+        assert!(parse_flow_word(b"").is_none());
+        assert!(parse_flow_word(b"a.b\n1 2 3").is_none(), "not a node name");
+        assert!(parse_flow_word(&[0xff, 0xfe]).is_none());
+        let many = flow_word(
+            "b",
+            &(0..2 * FLOW_LINES as u64)
+                .map(|i| (1, i, Some(1)))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            parse_flow_word(many.as_bytes()).expect("a word").1.len(),
+            FLOW_LINES
+        );
+    }
 
     #[test]
     fn a_qos0_messages_number_comes_back_and_a_malformed_one_is_none() {

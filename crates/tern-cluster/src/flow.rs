@@ -27,8 +27,11 @@
 //!   every 2 ms.
 //! - The watch ends, and the node says so (`-`), once its sessions need no one to wait
 //!   (they ended, their clients are away, or taken for stalled after
-//!   `backpressure_timeout_ms`, whose messages are then dropped, as on one broker), or once
-//!   the publisher has sent nothing for [`IDLE`]. A number not said again for
+//!   `backpressure_timeout_ms`, whose messages are then dropped, as on one broker), once
+//!   for [`CALM`] they have been at half their limits or below and the publisher has not
+//!   reached the number said (they keep up with it unheld; this also ends a watch whose
+//!   number lags behind the publisher's count, which counts messages that never come here),
+//!   or once nothing of it arrived for [`IDLE`]. A number not said again for
 //!   [`HOLD_AT_MOST`] is forgotten (a node gone, a word lost).
 //!
 //! Nothing is stored and nothing waits for an answer: a word lost is a publisher held a
@@ -40,7 +43,6 @@
 //! [`PressedSession::room`]: tern_broker::PressedSession::room
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -64,9 +66,12 @@ pub const KEEP_TELLING: Duration = Duration::from_millis(100);
 /// any).
 pub const LOOK_EVERY: Duration = Duration::from_millis(2);
 
-/// A watch ends when its publisher has sent nothing for this long (until then its next
-/// burst is held from its first message, not one round trip late).
+/// A watch ends when nothing of its publisher arrived for this long.
 pub const IDLE: Duration = Duration::from_secs(10);
+
+/// A watch ends when its sessions have been at half their limits or below, and its
+/// publisher has not reached the number said, for this long: they keep up with it unheld.
+pub const CALM: Duration = Duration::from_secs(1);
 
 /// Connections held, and connections watched, at most (beyond, a new one is left out: its
 /// messages are dropped where there is no room, as without flow control).
@@ -80,7 +85,7 @@ const MAX_NODES: usize = 16;
 const MAX_SESSIONS: usize = 32;
 
 /// Connections one word names at most.
-const MAX_NAMED: usize = 512;
+const MAX_NAMED: usize = codec::FLOW_LINES;
 
 /// The subject on which `node` hears how far its connections may go.
 pub fn subject(prefix: &str, node: &str) -> String {
@@ -94,6 +99,9 @@ pub struct FlowCounters {
     pub told: AtomicU64,
     /// Numbers heard from other nodes (each connection named counted).
     pub heard: AtomicU64,
+    /// Times a connection of this node was found held back (after a QoS 0 message, and at
+    /// each look while it waits).
+    pub held: AtomicU64,
 }
 
 /// How far one connection may go, as one other node said.
@@ -104,24 +112,24 @@ struct Limit {
     until: Instant,
 }
 
-/// What a word says of one connection: the run of its node, its id, and how far it may go
-/// (`None`: as far as it likes).
-type Line = (u64, u64, Option<u64>);
+use codec::FlowLine as Line;
 
 /// This node's QoS 0 connections and how far other nodes let them go.
 #[derive(Debug)]
 pub(crate) struct Holds {
     /// This node's run: words for connections of an earlier run are not for these.
     run: u64,
+    counters: Arc<FlowCounters>,
     limits: RwLock<HashMap<u64, Vec<Limit>>>,
     /// Whether `limits` has any (read on every QoS 0 publish).
     any: AtomicBool,
 }
 
 impl Holds {
-    pub fn new(run: u64) -> Holds {
+    pub fn new(run: u64, counters: Arc<FlowCounters>) -> Holds {
         Holds {
             run,
+            counters,
             limits: RwLock::default(),
             any: AtomicBool::new(false),
         }
@@ -139,7 +147,11 @@ impl Holds {
             return false;
         };
         let now = Instant::now();
-        of.iter().any(|l| sent.count >= l.up_to && now < l.until)
+        let held = of.iter().any(|l| sent.count >= l.up_to && now < l.until);
+        if held {
+            self.counters.held.fetch_add(1, Ordering::Relaxed);
+        }
+        held
     }
 
     /// What `node` said of this node's connections.
@@ -210,13 +222,17 @@ struct Watch {
     /// The highest number of its messages seen here, and when.
     seen: u64,
     seen_at: Instant,
+    /// When its publisher last reached the number said, or a session was over half its
+    /// limits.
+    pressing_at: Instant,
     /// The last number said, and when.
     said: Option<u64>,
     told: Instant,
 }
 
-/// Per session watched ([`PressedSession::key`]): how many watches share it, and its room.
-type Rooms = HashMap<usize, (u64, Option<usize>)>;
+/// Per session watched ([`PressedSession::key`]): how many watches share it, its room, and
+/// whether it is at half its limits or below.
+type Rooms = HashMap<usize, (u64, Option<usize>, bool)>;
 
 /// The watched connections, by node, and by run and connection id there.
 #[derive(Default)]
@@ -232,7 +248,13 @@ impl Watched {
         let mut rooms = Rooms::new();
         for w in self.by_node.values().flat_map(|of| of.values()) {
             for s in &w.sessions {
-                rooms.entry(s.key()).or_insert_with(|| (0, s.room())).0 += 1;
+                rooms
+                    .entry(s.key())
+                    .or_insert_with(|| {
+                        let (room, half) = s.room_and_half();
+                        (0, room, half)
+                    })
+                    .0 += 1;
             }
         }
         rooms
@@ -246,7 +268,9 @@ fn up_to(w: &Watch, rooms: &Rooms) -> Option<u64> {
         .sessions
         .iter()
         .filter_map(|s| match rooms.get(&s.key()) {
-            Some(&(n, Some(room))) => Some(room as u64 / n.max(1)),
+            // At least one each: a share of 0 would hold every one of them back.
+            Some(&(n, Some(room), _)) if room > 0 => Some((room as u64 / n.max(1)).max(1)),
+            Some(&(_, Some(_), _)) => Some(0),
             _ => None,
         })
         .min()?;
@@ -276,15 +300,6 @@ impl std::fmt::Debug for Teller {
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
-}
-
-/// A node's name from a message's header: a subject token (as `cluster.node_name` allows).
-fn valid_node(node: &str) -> bool {
-    !node.is_empty()
-        && node.len() <= 64
-        && node
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Teller {
@@ -336,7 +351,7 @@ impl Teller {
                 (true, p) => p,
                 (false, None) => continue,
                 (false, Some(p)) => {
-                    if watched.count >= MAX_KEPT || node == self.me || !valid_node(node) {
+                    if watched.count >= MAX_KEPT || node == self.me || !codec::valid_node(node) {
                         continue;
                     }
                     watched.count += 1;
@@ -347,6 +362,7 @@ impl Teller {
                             sessions: Vec::new(),
                             seen: 0,
                             seen_at: now,
+                            pressing_at: now,
                             said: None,
                             told: now,
                         },
@@ -391,9 +407,12 @@ impl Teller {
                     }
                 }
             }
+        }
+        // Before the look is woken, under the lock: it must find `any` set.
+        self.any.store(watched.count > 0, Ordering::Release);
+        if watched.count > 0 {
             self.wake.notify_one();
         }
-        self.any.store(watched.count > 0, Ordering::Release);
         words
     }
 
@@ -413,9 +432,17 @@ impl Teller {
             of.retain(|&(run, conn), w| {
                 // Sessions that need nobody to wait any more are let go.
                 w.sessions
-                    .retain(|s| rooms.get(&s.key()).is_some_and(|(_, room)| room.is_some()));
+                    .retain(|s| rooms.get(&s.key()).is_some_and(|(_, room, _)| room.is_some()));
                 let n = up_to(w, &rooms);
-                if n.is_none() || now.saturating_duration_since(w.seen_at) >= IDLE {
+                let at_half = w
+                    .sessions
+                    .iter()
+                    .all(|s| rooms.get(&s.key()).is_none_or(|&(_, _, half)| half));
+                if !at_half || w.said.is_some_and(|said| w.seen >= said) {
+                    w.pressing_at = now;
+                }
+                let calm = now.saturating_duration_since(w.pressing_at) >= CALM;
+                if n.is_none() || calm || now.saturating_duration_since(w.seen_at) >= IDLE {
                     words.entry(node.clone()).or_default().push((run, conn, None));
                     ended += 1;
                     return false;
@@ -434,19 +461,12 @@ impl Teller {
         words
     }
 
-    /// Send `words`, one NATS message per node (per [`MAX_NAMED`] connections): this
-    /// node's name on the first line, then `run conn up_to` or `run conn -` (as far as it
-    /// likes) per line.
+    /// Send `words`, one NATS message per node (per [`MAX_NAMED`] connections,
+    /// `codec::flow_word`).
     pub async fn say(&self, client: &async_nats::Client, words: Words) {
         for (node, said) in words {
             for chunk in said.chunks(MAX_NAMED) {
-                let mut word = self.me.clone();
-                for (run, conn, up_to) in chunk {
-                    let _ = match up_to {
-                        Some(n) => write!(word, "\n{run} {conn} {n}"),
-                        None => write!(word, "\n{run} {conn} -"),
-                    };
-                }
+                let word = codec::flow_word(&self.me, chunk);
                 match client
                     .publish(subject(&self.prefix, &node), Bytes::from(word))
                     .await
@@ -478,27 +498,6 @@ pub(crate) async fn watch(teller: Arc<Teller>, client: async_nats::Client) {
     }
 }
 
-/// Parse a word: the node that said it and what it says of each connection.
-fn parse(word: &[u8]) -> Option<(&str, Vec<Line>)> {
-    let text = std::str::from_utf8(word).ok()?;
-    let mut lines = text.lines();
-    let node = lines.next().filter(|n| valid_node(n))?;
-    let said = lines
-        .take(MAX_NAMED)
-        .filter_map(|l| {
-            let mut parts = l.split(' ');
-            let run = parts.next()?.parse().ok()?;
-            let conn = parts.next()?.parse().ok()?;
-            let up_to = match parts.next()? {
-                "-" => None,
-                n => Some(n.parse().ok()?),
-            };
-            parts.next().is_none().then_some((run, conn, up_to))
-        })
-        .collect();
-    Some((node, said))
-}
-
 /// Hear how far this node's connections may go, until aborted.
 pub(crate) async fn listen(
     client: async_nats::Client,
@@ -523,7 +522,7 @@ pub(crate) async fn listen(
             tokio::select! {
                 m = sub.next() => {
                     let Some(m) = m else { break };
-                    match parse(&m.payload) {
+                    match codec::parse_flow_word(&m.payload) {
                         Some((node, said)) => {
                             counters.heard.fetch_add(said.len() as u64, Ordering::Relaxed);
                             holds.apply(node, said);
@@ -549,7 +548,7 @@ mod tests {
 
     #[test]
     fn a_connection_goes_as_far_as_the_lowest_number_it_was_given_while_that_lasts() {
-        let holds = Holds::new(RUN);
+        let holds = Holds::new(RUN, Arc::default());
         assert!(!holds.holds_back(sent(1, 1_000_000)), "nothing said: free");
         holds.apply("b", [(RUN, 1, Some(100)), (RUN, 2, Some(50))]);
         assert!(!holds.holds_back(sent(1, 99)));
@@ -577,7 +576,7 @@ mod tests {
     fn a_word_for_a_connection_of_an_earlier_run_of_the_node_holds_nothing_back() {
         // Connection ids start again at 1 when a node restarts: a number said for the
         // connection 5 of its previous run must not hold its new connection 5 back.
-        let holds = Holds::new(RUN);
+        let holds = Holds::new(RUN, Arc::default());
         holds.apply("b", [(RUN + 1, 5, Some(0))]);
         assert!(!holds.holds_back(sent(5, 1)));
         assert!(!holds.any.load(Ordering::Acquire));
@@ -585,7 +584,7 @@ mod tests {
 
     #[test]
     fn held_connections_and_the_nodes_holding_one_stay_bounded() {
-        let holds = Holds::new(RUN);
+        let holds = Holds::new(RUN, Arc::default());
         holds.apply("b", (0..MAX_KEPT as u64 + 10).map(|c| (RUN, c, Some(1))));
         assert_eq!(holds.limits.read().expect("lock").len(), MAX_KEPT);
         assert!(holds.holds_back(sent(0, 1)) && !holds.holds_back(sent(MAX_KEPT as u64 + 5, 1)));
@@ -593,20 +592,5 @@ mod tests {
             holds.apply(&format!("n{i}"), [(RUN, 0, Some(5))]);
         }
         assert_eq!(holds.limits.read().expect("lock")[&0].len(), MAX_NODES);
-    }
-
-    #[test]
-    fn words_parse_and_bad_ones_are_refused() {
-        let (node, said) = parse(b"tern-b\n9 7 120\n9 8 -\nbad line\n9 9 x\n1 2 3 4\n9 10").expect("a word");
-        assert_eq!(node, "tern-b");
-        assert_eq!(said, vec![(9, 7, Some(120)), (9, 8, None)]);
-        assert!(parse(b"").is_none());
-        assert!(parse(b"a.b\n1 2 3").is_none(), "not a node name");
-        assert!(parse(&[0xff, 0xfe]).is_none());
-        let many: String = std::iter::once("b".to_string())
-            .chain((0..2 * MAX_NAMED).map(|i| format!("1 {i} 1")))
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert_eq!(parse(many.as_bytes()).expect("a word").1.len(), MAX_NAMED);
     }
 }

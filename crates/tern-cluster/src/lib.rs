@@ -329,7 +329,8 @@ impl Cluster {
             outbound: outbound.clone(),
             positions: positions.clone(),
         });
-        let holds = Arc::new(flow::Holds::new(outbound.run()));
+        let flow_counters = Arc::new(flow::FlowCounters::default());
+        let holds = Arc::new(flow::Holds::new(outbound.run(), flow_counters.clone()));
         Ok(Cluster {
             reconnected,
             positions,
@@ -348,7 +349,7 @@ impl Cluster {
             share_client,
             inbound_counters: Arc::default(),
             holds,
-            flow_counters: Arc::default(),
+            flow_counters,
             subscribed: Arc::default(),
             tasks: Mutex::new(vec![run]),
         })
@@ -542,6 +543,7 @@ impl Counted {
             qos0_packs: o.qos0_packs.load(Ordering::Relaxed),
             qos0_flow_told: self.flow.told.load(Ordering::Relaxed),
             qos0_flow_heard: self.flow.heard.load(Ordering::Relaxed),
+            qos0_flow_held: self.flow.held.load(Ordering::Relaxed),
             stored: o.stored.load(Ordering::Relaxed),
             store_retries: o.retries.load(Ordering::Relaxed),
             qos2_refused: o.refused.load(Ordering::Relaxed),
@@ -594,6 +596,11 @@ impl ClusterStats {
                 "cluster_qos0_flow_heard",
                 "Limits other nodes set on this node's QoS 0 publishers (one per connection named)",
                 self.qos0_flow_heard,
+            ),
+            c(
+                "cluster_qos0_flow_held",
+                "Times a QoS 0 connection of this node was found held back for subscribers on other nodes",
+                self.qos0_flow_held,
             ),
             c(
                 "cluster_stored",
@@ -670,6 +677,9 @@ pub struct ClusterStats {
     /// Limits other nodes set on this node's QoS 0 publishers (each connection named
     /// counted).
     pub qos0_flow_heard: u64,
+    /// Times a QoS 0 connection of this node was found held back for subscribers on other
+    /// nodes (after a QoS 0 message, and at each look while it waits).
+    pub qos0_flow_held: u64,
     /// QoS 1/2 messages JetStream acknowledged.
     pub stored: u64,
     /// Attempts to store a message that failed and were retried.
