@@ -39,20 +39,9 @@ pub struct PressedSession {
 }
 
 impl PressedSession {
-    /// How many more QoS 0 messages (of the size of those it has queued) it takes before
-    /// new ones for it are dropped, or `None` when no QoS 0 publisher need wait for it any
-    /// more: it ended, its client is away, it drops its oldest messages instead,
-    /// `backpressure_qos0` is off, or its client took nothing for `backpressure_timeout_ms`
-    /// (taken for stalled, and then dropped for, as on one broker).
-    pub fn room(&self) -> Option<usize> {
+    /// Its [`Room`] now (looked at under the session's lock once).
+    pub fn room(&self) -> Room {
         self.cell.room(&self.core.config, &self.core.clock)
-    }
-
-    /// [`PressedSession::room`], and whether its queue is at half its limits or below (as
-    /// when one broker lets a publisher held for it go on; `true` with no room to give),
-    /// looked at once.
-    pub fn room_and_half(&self) -> (Option<usize>, bool) {
-        self.cell.room_and_half(&self.core.config, &self.core.clock)
     }
 
     /// Whether `other` is the same session.
@@ -64,11 +53,21 @@ impl PressedSession {
     pub fn key(&self) -> usize {
         Arc::as_ptr(&self.cell) as usize
     }
+}
 
-    /// Its client identifier.
-    pub fn client_id(&self) -> &str {
-        &self.cell.client_id
-    }
+/// What room a [`PressedSession`] has for more QoS 0 messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Room {
+    /// How many more (of the size of those it has queued) it takes before new ones for it
+    /// are dropped (twice its queue limits); `None` when no QoS 0 publisher need wait for it
+    /// any more: it ended, its client is away, it drops its oldest messages instead,
+    /// `backpressure_qos0` is off, or its client took nothing for `backpressure_timeout_ms`
+    /// (taken for stalled, and then dropped for, as on one broker).
+    pub left: Option<usize>,
+    /// Its queue is at half its limits or below (when one broker lets a publisher held for
+    /// it go on); `true` when `left` is `None`.
+    pub at_half: bool,
 }
 
 impl std::fmt::Debug for PressedSession {

@@ -309,12 +309,13 @@ impl Core {
         n
     }
 
-    /// Hand a client's message to the backplane, if there is one.
+    /// Hand a client's message to the backplane, if there is one (`sent`: a QoS 0
+    /// message's number among its connection's).
     #[inline]
     fn to_backplane(&self, msg: &Arc<Message>, sent: Option<crate::backplane::Sent>) {
         match (&self.backplane, sent) {
-            (Some(b), Some(sent)) if msg.qos == QoS::AtMostOnce => b.published_qos0(msg, sent),
-            (Some(b), _) => b.published(msg),
+            (Some(b), Some(sent)) => b.published_qos0(msg, sent),
+            (Some(b), None) => b.published(msg),
             (None, _) => {}
         }
     }

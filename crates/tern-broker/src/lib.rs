@@ -71,7 +71,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-pub use admin::{Admin, MetricsSnapshot, NotReady, PressedSession, PublishError, StoreSnapshot};
+pub use admin::{Admin, MetricsSnapshot, NotReady, PressedSession, PublishError, Room, StoreSnapshot};
 pub use auth::{AuthExchange, AuthStep, Authenticator};
 pub use bridge_config::{BridgeConfig, BridgeDirection, BridgeTopic, OutboxFull};
 pub use broker_core::SharedDelivery;

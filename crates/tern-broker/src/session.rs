@@ -157,6 +157,15 @@ impl SessionState {
             None => (cfg.max_queued_messages, cfg.max_queued_bytes, None),
         }
     }
+
+    /// Whether its client took nothing for `backpressure_timeout_ms` while its queue was
+    /// full (a session that blocks, `own`, never is): nobody waits for it any more.
+    fn stalled(&self, own: Option<WhenFull>, cfg: &crate::Config, clock: &Clock) -> bool {
+        own != Some(WhenFull::Block)
+            && self
+                .full_since
+                .is_some_and(|t| clock.now().saturating_duration_since(t) >= cfg.backpressure_timeout())
+    }
 }
 
 /// The store number of a new session's first message. The numbers below are room for
@@ -522,44 +531,38 @@ impl SessionCell {
         st.ended
             || st.conn_id.is_none()
             || st.full_since.is_none()
-            || (own != Some(WhenFull::Block)
-                && st
-                    .full_since
-                    .is_some_and(|t| clock.now().saturating_duration_since(t) >= cfg.backpressure_timeout()))
+            || st.stalled(own, cfg, clock)
             || (st.queue.len() <= max_messages / 2 && st.queued_bytes <= max_bytes / 2)
     }
 
     /// How many more QoS 0 messages of the size of those queued this session takes before
     /// new ones for it are dropped (twice its queue limits, as [`SessionCell::enqueue`]
-    /// queues for a client that drains), or `None` when no QoS 0 publisher need wait for
-    /// it: it ended, its client is away, it drops its oldest messages instead, QoS 0
-    /// publishers are not held back (`backpressure_qos0 = false`), or its client took
-    /// nothing for `backpressure_timeout_ms` while it was full (taken for stalled, as in
-    /// [`SessionCell::has_room`]).
-    pub fn room(&self, cfg: &crate::Config, clock: &Clock) -> Option<usize> {
-        self.room_and_half(cfg, clock).0
-    }
-
-    /// [`SessionCell::room`], and whether its queue is at half its limits or below, under
-    /// one lock.
-    pub fn room_and_half(&self, cfg: &crate::Config, clock: &Clock) -> (Option<usize>, bool) {
+    /// queues for a client that drains), and whether its queue is at half its limits or
+    /// below, under one lock ([`crate::Room`]).
+    pub fn room(&self, cfg: &crate::Config, clock: &Clock) -> crate::Room {
+        let none = crate::Room {
+            left: None,
+            at_half: true,
+        };
         if !cfg.backpressure_qos0 {
-            return (None, true);
+            return none;
         }
         let st = self.lock();
         let (max_messages, max_bytes, own) = st.queue_limits(cfg);
-        let stalled = own != Some(WhenFull::Block)
-            && st
-                .full_since
-                .is_some_and(|t| clock.now().saturating_duration_since(t) >= cfg.backpressure_timeout());
-        if st.ended || st.conn_id.is_none() || own == Some(WhenFull::DropOldest) || stalled {
-            return (None, true);
+        if st.ended
+            || st.conn_id.is_none()
+            || own == Some(WhenFull::DropOldest)
+            || st.stalled(own, cfg, clock)
+        {
+            return none;
         }
         let by_count = max_messages.saturating_mul(2).saturating_sub(st.queue.len());
         let size = st.queued_bytes.checked_div(st.queue.len()).unwrap_or(1).max(1);
         let by_bytes = max_bytes.saturating_mul(2).saturating_sub(st.queued_bytes) / size;
-        let half = st.queue.len() <= max_messages / 2 && st.queued_bytes <= max_bytes / 2;
-        (Some(by_count.min(by_bytes)), half)
+        crate::Room {
+            left: Some(by_count.min(by_bytes)),
+            at_half: st.queue.len() <= max_messages / 2 && st.queued_bytes <= max_bytes / 2,
+        }
     }
 }
 

@@ -54,9 +54,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tern_broker::backplane::Sent;
-use tern_broker::PressedSession;
+use tern_broker::{PressedSession, Room};
 
-use crate::codec;
+use crate::codec::{self, FlowLine as Line, FLOW_LINES};
 
 /// Longest a number is kept after the last word that said it. A word comes at least every
 /// [`KEEP_TELLING`]; with 500 ms, a node whose tasks were late under load let its
@@ -95,9 +95,6 @@ const MAX_NODES: usize = 16;
 /// Sessions one watch looks at, at most.
 const MAX_SESSIONS: usize = 32;
 
-/// Connections one word names at most.
-const MAX_NAMED: usize = codec::FLOW_LINES;
-
 /// The subject on which `node` hears how far its connections may go.
 pub fn subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.ctl.flow.{node}")
@@ -122,8 +119,6 @@ struct Limit {
     up_to: u64,
     until: Instant,
 }
-
-use codec::FlowLine as Line;
 
 /// This node's QoS 0 connections and how far other nodes let them go.
 #[derive(Debug)]
@@ -241,31 +236,27 @@ struct Watch {
     lags: u8,
 }
 
-/// Per session watched ([`PressedSession::key`]): how many watches share it, its room, and
-/// whether it is at half its limits or below.
-type Rooms = HashMap<usize, (u64, Option<usize>, bool)>;
+/// Per session watched ([`PressedSession::key`]): how many watches share it, and its room.
+type Rooms = HashMap<usize, (u64, Room)>;
 
 /// The watched connections, by node, and by run and connection id there.
 #[derive(Default)]
 struct Watched {
     by_node: HashMap<Box<str>, HashMap<(u64, u64), Watch>>,
-    /// How many there are.
-    count: usize,
 }
 
 impl Watched {
+    /// How many there are.
+    fn len(&self) -> usize {
+        self.by_node.values().map(HashMap::len).sum()
+    }
+
     /// The [`Rooms`] of the sessions watched now (each session looked at once).
     fn rooms(&self) -> Rooms {
         let mut rooms = Rooms::new();
         for w in self.by_node.values().flat_map(|of| of.values()) {
             for s in &w.sessions {
-                rooms
-                    .entry(s.key())
-                    .or_insert_with(|| {
-                        let (room, half) = s.room_and_half();
-                        (0, room, half)
-                    })
-                    .0 += 1;
+                rooms.entry(s.key()).or_insert_with(|| (0, s.room())).0 += 1;
             }
         }
         rooms
@@ -280,8 +271,8 @@ fn up_to(w: &Watch, rooms: &Rooms) -> Option<u64> {
         .iter()
         .filter_map(|s| match rooms.get(&s.key()) {
             // At least one each: a share of 0 would hold every one of them back.
-            Some(&(n, Some(room), _)) if room > 0 => Some((room as u64 / n.max(1)).max(1)),
-            Some(&(_, Some(_), _)) => Some(0),
+            Some(&(n, Room { left: Some(room), .. })) if room > 0 => Some((room as u64 / n.max(1)).max(1)),
+            Some((_, Room { left: Some(_), .. })) => Some(0),
             _ => None,
         })
         .min()?;
@@ -362,10 +353,9 @@ impl Teller {
                 (true, p) => p,
                 (false, None) => continue,
                 (false, Some(p)) => {
-                    if watched.count >= MAX_KEPT || node == self.me || !codec::valid_node(node) {
+                    if watched.len() >= MAX_KEPT || node == self.me || !codec::valid_node(node) {
                         continue;
                     }
-                    watched.count += 1;
                     fresh.push((node.into(), key));
                     watched.by_node.entry(node.into()).or_default().insert(
                         key,
@@ -413,7 +403,6 @@ impl Teller {
                     }
                     None => {
                         of.remove(&key);
-                        watched.count -= 1;
                         if of.is_empty() {
                             watched.by_node.remove(&node);
                         }
@@ -422,8 +411,9 @@ impl Teller {
             }
         }
         // Before the look is woken, under the lock: it must find `any` set.
-        self.any.store(watched.count > 0, Ordering::Release);
-        if watched.count > 0 {
+        let any = !watched.by_node.is_empty();
+        self.any.store(any, Ordering::Release);
+        if any {
             self.wake.notify_one();
         }
         words
@@ -440,17 +430,16 @@ impl Teller {
         let mut guard = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         let watched = &mut *guard;
         let rooms = watched.rooms();
-        let mut ended = 0;
         watched.by_node.retain(|node, of| {
             of.retain(|&(run, conn), w| {
                 // Sessions that need nobody to wait any more are let go.
                 w.sessions
-                    .retain(|s| rooms.get(&s.key()).is_some_and(|(_, room, _)| room.is_some()));
+                    .retain(|s| rooms.get(&s.key()).is_some_and(|(_, room)| room.left.is_some()));
                 let mut n = up_to(w, &rooms);
                 let at_half = w
                     .sessions
                     .iter()
-                    .all(|s| rooms.get(&s.key()).is_none_or(|&(_, _, half)| half));
+                    .all(|s| rooms.get(&s.key()).is_none_or(|(_, room)| room.at_half));
                 let quiet = now.saturating_duration_since(w.seen_at);
                 // Its sessions have room, yet nothing of it comes and its number stands:
                 // the number lags behind its count (messages that never come here). What
@@ -462,7 +451,6 @@ impl Teller {
                     && now.saturating_duration_since(w.said_at) >= QUIET;
                 if n.is_none() || quiet >= IDLE || (lagging && w.lags >= LAGS) {
                     words.entry(node.clone()).or_default().push((run, conn, None));
-                    ended += 1;
                     return false;
                 }
                 if lagging {
@@ -482,16 +470,15 @@ impl Teller {
             });
             !of.is_empty()
         });
-        watched.count -= ended;
-        self.any.store(watched.count > 0, Ordering::Release);
+        self.any.store(!watched.by_node.is_empty(), Ordering::Release);
         words
     }
 
-    /// Send `words`, one NATS message per node (per [`MAX_NAMED`] connections,
+    /// Send `words`, one NATS message per node (per [`FLOW_LINES`] connections,
     /// `codec::flow_word`).
     pub async fn say(&self, client: &async_nats::Client, words: Words) {
         for (node, said) in words {
-            for chunk in said.chunks(MAX_NAMED) {
+            for chunk in said.chunks(FLOW_LINES) {
                 let word = codec::flow_word(&self.me, chunk);
                 match client
                     .publish(subject(&self.prefix, &node), Bytes::from(word))

@@ -714,6 +714,14 @@ struct NodeBackplane {
 }
 
 impl NodeBackplane {
+    /// Hand a client's message to NATS (`sent`: a QoS 0 message's number, for flow control).
+    fn hand_over(&self, message: &Arc<Message>, sent: Option<tern_broker::backplane::Sent>) {
+        // `$SYS` is per node.
+        if !message.topic.starts_with("$SYS/") {
+            self.outbound.publish_counted(message, sent);
+        }
+    }
+
     fn to_keeper(&self, op: wills::WillOp) {
         if let Err(e) = self.wills.try_send(op) {
             tracing::warn!("cluster wills: the keeper is behind; a will change is dropped: {e}");
@@ -727,18 +735,11 @@ impl Backplane for NodeBackplane {
     }
 
     fn published(&self, message: &Arc<Message>) {
-        // `$SYS` is per node.
-        if message.topic.starts_with("$SYS/") {
-            return;
-        }
-        self.outbound.publish(message);
+        self.hand_over(message, None);
     }
 
     fn published_qos0(&self, message: &Arc<Message>, sent: tern_broker::backplane::Sent) {
-        if message.topic.starts_with("$SYS/") {
-            return;
-        }
-        self.outbound.publish_counted(message, Some(sent));
+        self.hand_over(message, Some(sent));
     }
 
     fn holds_back(&self, sent: tern_broker::backplane::Sent) -> bool {
