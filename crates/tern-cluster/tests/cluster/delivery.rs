@@ -353,6 +353,23 @@ async fn a_burst_of_qos0_messages_crosses_in_packs_each_message_whole_and_in_ord
     sub.expect_silence(300).await;
 }
 
+/// One NATS server and two nodes: on node b (queue limit 100) the client `sub.0`
+/// subscribed at QoS 0 to `sub.1/#`, and on node a the client `publisher`, whose QoS 0
+/// messages reach it (`wait_for_interest`).
+async fn slow_subscriber_across(
+    sub: (&str, &str),
+    publisher: &str,
+) -> (Nats, node::Node, node::Node, Raw, Raw) {
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start_configured(&node::config(&nats, "b"), |c| c.max_queued_messages = 100).await;
+    let mut s = Raw::connect(b.addr(), V3, sub.0).await;
+    s.subscribe(&format!("{}/#", sub.1), QoS::AtMostOnce).await;
+    let mut p = Raw::connect(a.addr(), V3, publisher).await;
+    wait_for_interest(&mut p, &mut s, &format!("{}/probe", sub.1)).await;
+    (nats, a, b, s, p)
+}
+
 /// Read QoS 0 messages at about 10,000 msg/s (10 ms after every 100) until none comes for
 /// 2 s: per topic, the numbers received, each topic's in order.
 async fn read_slowly(sub: &mut Raw) -> Vec<(String, Vec<u32>)> {
@@ -420,13 +437,7 @@ async fn a_qos0_publisher_goes_only_as_far_as_a_slow_subscriber_on_another_node_
     // round trip) may still find no room; once it is watched nothing more is dropped: the
     // last 10,000 arrive whole. Without flow control about 12,000 of the 30,000 arrived
     // (8,000 of the last 20,000).
-    let nats = Nats::start(1, true);
-    let a = node::start(&node::config(&nats, "a")).await;
-    let b = node::start_configured(&node::config(&nats, "b"), |c| c.max_queued_messages = 100).await;
-    let mut sub = Raw::connect(b.addr(), V3, "held-sub").await;
-    sub.subscribe("held/#", QoS::AtMostOnce).await;
-    let mut publisher = Raw::connect(a.addr(), V3, "held-pub").await;
-    wait_for_interest(&mut publisher, &mut sub, "held/probe").await;
+    let (_nats, a, b, mut sub, publisher) = slow_subscriber_across(("held-sub", "held"), "held-pub").await;
     let (first, total) = (20_000u32, 30_000u32);
     let sending = spawn_burst(publisher, "held/x", total, 1, Duration::from_millis(5));
     let got = read_slowly(&mut sub).await.remove(0).1;
@@ -503,14 +514,8 @@ async fn two_qos0_publishers_on_another_node_share_a_slow_subscribers_room() {
     // A session that two watched connections fill gives each of them half its room: given
     // all of it each, together they overran it and 400-1,000 of the last 10,000 of each
     // were dropped (without flow control, 6,500 of them).
-    let nats = Nats::start(1, true);
-    let a = node::start(&node::config(&nats, "a")).await;
-    let b = node::start_configured(&node::config(&nats, "b"), |c| c.max_queued_messages = 100).await;
-    let mut sub = Raw::connect(b.addr(), V3, "shared-sub").await;
-    sub.subscribe("two/#", QoS::AtMostOnce).await;
-    let mut p1 = Raw::connect(a.addr(), V3, "two-pub-1").await;
+    let (_nats, a, b, mut sub, p1) = slow_subscriber_across(("shared-sub", "two"), "two-pub-1").await;
     let p2 = Raw::connect(a.addr(), V3, "two-pub-2").await;
-    wait_for_interest(&mut p1, &mut sub, "two/probe").await;
     // Each about 50,000 msg/s, five times what the subscriber reads of both together.
     let (first, total) = (10_000u32, 20_000u32);
     let sending = [
@@ -552,13 +557,7 @@ async fn a_watched_publisher_whose_messages_go_elsewhere_is_not_held_back_for_lo
     // said is taken as seen, and after three times the watch ends, rather than hold the
     // publisher back until nothing of it has arrived for 10 s (the last message came after
     // 10.0 s without that rule, after about 0.45 s with it).
-    let nats = Nats::start(1, true);
-    let a = node::start(&node::config(&nats, "a")).await;
-    let b = node::start_configured(&node::config(&nats, "b"), |c| c.max_queued_messages = 100).await;
-    let mut sub = Raw::connect(b.addr(), V3, "lag-sub").await;
-    sub.subscribe("w/#", QoS::AtMostOnce).await;
-    let mut publisher = Raw::connect(a.addr(), V3, "lag-pub").await;
-    wait_for_interest(&mut publisher, &mut sub, "w/probe").await;
+    let (_nats, a, _b, mut sub, publisher) = slow_subscriber_across(("lag-sub", "w"), "lag-pub").await;
     // A burst the subscriber does not read at first, so that the publisher is watched and
     // held; right after it 5,000 messages nobody wants, and one the subscriber does.
     let start = Instant::now();
