@@ -122,8 +122,15 @@ pub(crate) async fn ensure(
     .map_err(|e| unavailable(format!("cannot create it: {e}")))
 }
 
-/// How often the floors of connected sessions are written.
-const FLOOR_EVERY: Duration = Duration::from_secs(10);
+/// How often the floors of connected sessions are looked at: one that rose since it was
+/// last written is written then (a recovery re-reads what arrived after it: duplicates).
+const FLOOR_EVERY: Duration = Duration::from_secs(1);
+/// Floors written per look at most, those written longest ago first (each write is a read
+/// and a replicated update of the session's entry); the others wait for the next look.
+const FLOOR_WRITES: usize = 256;
+/// Longest a look spends writing floors (one after another: a slow JetStream slows them
+/// down rather than piling them up); the others wait for the next look.
+const FLOOR_WRITING: Duration = Duration::from_millis(500);
 /// Position snapshots kept (one every [`SNAPSHOT_EVERY`]: ten minutes).
 const SNAPSHOTS: usize = 2400;
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
@@ -351,7 +358,7 @@ pub(crate) struct Directory {
     /// forgotten beyond [`MAX_FAILED`].
     failed: Mutex<(HashSet<u64>, VecDeque<u64>)>,
     /// Sessions fetched here lately: their floor is written once they hold no message they
-    /// came with ([`refresh_floors`]), rather than at the next full round.
+    /// came with ([`refresh_floors`]), rather than at the next look at every connected session.
     settling: Mutex<HashMap<Arc<str>, Settling>>,
     /// Nodes "no responders" is heard for, by any claim of this node.
     silent: Mutex<Silences>,
@@ -462,11 +469,11 @@ impl Drop for ClaimGuard {
     }
 }
 
-/// Sessions whose floor is awaited after their claim, at most (beyond, the full round
-/// every [`FLOOR_EVERY`] writes theirs).
+/// Sessions whose floor is awaited after their claim, at most (beyond, the looks every
+/// [`FLOOR_EVERY`] write theirs).
 const MAX_SETTLING: usize = 100_000;
 
-/// How long a claimed session's floor is awaited before the full rounds take over.
+/// How long a claimed session's floor is awaited before the looks at every connected session take over.
 const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 
 /// How often the floors of sessions claimed lately are looked at at first (a look is a
@@ -2736,17 +2743,18 @@ pub(crate) async fn after_reconnects(
     }
 }
 
-/// Write the floors of this node's connected sessions every [`FLOOR_EVERY`] (those that
-/// rose): a floor rises as the client acknowledges, and recovering the session after this
-/// node died re-reads the streams from it. A session claimed here lately gets its floor
-/// written soon after it holds no message it came with (an arrival time for each, or
-/// nothing; looked at from [`SETTLE_EVERY`] on, see [`settle_floors`]): a session moved, recovered or reconnected has had no floor
-/// written since its claim, and one that moves on again (its node dies) within the full
-/// round would be read back from its old floor (the QoS 1 kill loop with rounds of 5 s:
-/// its duplicates).
+/// Write the floors of this node's connected sessions that rose, looked at every
+/// [`FLOOR_EVERY`] ([`FLOOR_WRITES`] a look at most, those written longest ago first): a
+/// floor rises as the client acknowledges, and recovering the session after this node died
+/// re-reads the streams from it. A session claimed here lately gets its floor written soon
+/// after it holds no message it came with (an arrival time for each, or nothing; looked at
+/// from [`SETTLE_EVERY`] on, see [`settle_floors`]): a session moved, recovered or
+/// reconnected has had no floor written since its claim, and one that moves on again (its
+/// node dies) before the next look would be read back from its old floor.
 pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
     let mut tick = tokio::time::interval(SETTLE_EVERY);
-    let mut written: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written = Written::default();
     let every = (FLOOR_EVERY.as_millis() / SETTLE_EVERY.as_millis()).max(1);
     let mut ticks: u128 = 0;
     loop {
@@ -2756,30 +2764,66 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
             settle_floors(&directory, &admin, &mut written).await;
             continue;
         }
-        let mut now = HashMap::new();
+        written.looks += 1;
+        let mut now = HashMap::with_capacity(written.floors.len());
+        let mut rose = Vec::new();
         // Read before the sessions are looked at: a session that held nothing then has had
         // every message up to here delivered and acknowledged.
         let before = positions(&directory.parts.positions);
-        for (client, held) in admin.held_by_connected() {
-            let Some(floor) = directory.floor(&client, held, before.clone()) else {
-                continue;
-            };
-            if written.get(&client) != Some(&floor) {
-                if let Err(e) = directory.save(&client, None, Some(floor.clone()), false).await {
-                    tracing::debug!(client_id = %client, "cluster sessions: floor not written: {e}");
+        for (i, (client, held)) in admin.held_by_connected().into_iter().enumerate() {
+            if i % 256 == 255 {
+                tokio::task::yield_now().await;
+            }
+            let last = written.floors.remove(&client);
+            match (directory.floor(&client, held, before.clone()), last) {
+                (Some(floor), Some(last)) if floor == last.0 => {
+                    now.insert(client, last);
+                }
+                (Some(floor), last) => rose.push((last.as_ref().map_or(0, |l| l.1), client, floor, last)),
+                (None, Some(last)) => {
+                    now.insert(client, last);
+                }
+                (None, None) => {}
+            }
+        }
+        // Those written longest ago (or never) first.
+        rose.sort_by_key(|r| r.0);
+        let until = Instant::now() + FLOOR_WRITING;
+        for (k, (_, client, floor, last)) in rose.into_iter().enumerate() {
+            let due = k < FLOOR_WRITES && Instant::now() < until;
+            if due {
+                match directory.save(&client, None, Some(floor.clone()), false).await {
+                    Ok(_) => {
+                        now.insert(client, (floor, written.looks));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(client_id = %client, "cluster sessions: floor not written: {e}")
+                    }
                 }
             }
-            now.insert(client, floor);
+            if let Some(last) = last {
+                now.insert(client, last);
+            }
         }
-        written = now;
+        written.floors = now;
     }
+}
+
+/// The floors [`refresh_floors`] wrote, for this node's connected sessions.
+#[derive(Debug, Default)]
+struct Written {
+    /// Per session, the floor last written and the look it was written at.
+    floors: HashMap<Arc<str>, (Vec<u64>, u64)>,
+    /// Looks so far.
+    looks: u64,
 }
 
 /// Write the floor of each session claimed lately that holds no message it came with
 /// (see [`refresh_floors`]), through the directory's writers; look at one that still holds
 /// some again later (100 ms, doubling up to [`SETTLE_AT_MOST`]); forget those gone from
 /// this node and those waited for longer than [`SETTLE_WITHIN`].
-async fn settle_floors(directory: &Directory, admin: &Admin, written: &mut HashMap<Arc<str>, Vec<u64>>) {
+async fn settle_floors(directory: &Directory, admin: &Admin, written: &mut Written) {
     let now = Instant::now();
     let due: Vec<(Arc<str>, Settling)> = {
         let settling = directory.settling.lock().unwrap_or_else(|e| e.into_inner());
@@ -2819,8 +2863,10 @@ async fn settle_floors(directory: &Directory, admin: &Admin, written: &mut HashM
             later.push((client, s));
             continue;
         };
-        if written.get(&client) != Some(&floor) {
-            written.insert(client.clone(), floor.clone());
+        if written.floors.get(&client).map(|w| &w.0) != Some(&floor) {
+            written
+                .floors
+                .insert(client.clone(), (floor.clone(), written.looks));
             directory.enqueue(
                 client.clone(),
                 Op::Saved {

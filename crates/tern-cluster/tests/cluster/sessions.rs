@@ -625,18 +625,16 @@ async fn floor_after_a_move(kill: bool) {
 }
 
 /// Once a session recovered on another node holds nothing it came with (its client took
-/// and acknowledged it all), that node writes its floor within seconds, not at its next
-/// full round of floors (every 10 s): a node that dies soon after leaves a floor past what
-/// the client has (before, a kill loop with rounds of 5 s re-read 90 more messages each
+/// and acknowledged it all), that node writes its floor within seconds (the settling look
+/// after a claim, from 100 ms on; the look at every connected session each second): a node
+/// that dies soon after leaves a floor past what the client has (before either, when floors
+/// were written every 10 s, a kill loop with rounds of 5 s re-read 90 more messages each
 /// round: duplicates).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_sessions_floor_is_written_soon_after_its_client_has_what_it_came_with() {
     let nats = Nats::start(1, true);
     let a = node::start(&node::config(&nats, "a")).await;
     let b = node::start(&node::config(&nats, "b")).await;
-    // Node b writes the floors of all its sessions at its start and every 10 s after: the
-    // floor must be written before that round comes again.
-    let round = Instant::now() + Duration::from_millis(9500);
     let (mut sub, _) = connect(a.addr(), V5, "settled", false).await;
     sub.subscribe("st/#", QoS::AtLeastOnce).await;
     sub.disconnect().await;
@@ -645,8 +643,6 @@ async fn a_recovered_sessions_floor_is_written_soon_after_its_client_has_what_it
         p.publish("st/t", &i.to_string(), QoS::AtLeastOnce, false).await;
     }
     wait_held(&a, "settled", 20).await;
-    // Let b's full round of floors pass first (it writes none for a session it does not hold).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let node::Node { broker, cluster } = a;
     drop(cluster);
     drop(broker);
@@ -657,10 +653,7 @@ async fn a_recovered_sessions_floor_is_written_soon_after_its_client_has_what_it
         assert_eq!(m.payload, i.to_string().as_bytes(), "message {i}");
         sub.ack(&m).await;
     }
-    assert!(
-        Instant::now() < round,
-        "too slow to tell the settling look from b's next round"
-    );
+    let deadline = Instant::now() + Duration::from_secs(3);
     let (kv, shards) = entries_and_shards(&nats, 2).await;
     let last = shards.iter().map(|s| s.1).max().unwrap_or(0);
     loop {
@@ -669,12 +662,55 @@ async fn a_recovered_sessions_floor_is_written_soon_after_its_client_has_what_it
             break;
         }
         assert!(
-            Instant::now() < round,
-            "the floor {floor:?} is not past {last} before b's next round of floors"
+            Instant::now() < deadline,
+            "the floor {floor:?} is not past {last} within 3 s of the client's acknowledgements"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(b);
+}
+
+/// A connected persistent session's floor follows what its client acknowledged within
+/// seconds (a look every second writes the floors that rose), so that recovering the session
+/// after its node died re-reads little (before, the floors of connected sessions were
+/// written every 10 s: a node dying in between left its sessions' clients to get up to 10 s
+/// of messages again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_sessions_floor_follows_what_its_client_acknowledged_within_seconds() {
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    // The floors were written every 10 s from the node's start: this must come before.
+    let old_round = Instant::now() + Duration::from_millis(9500);
+    let b = node::start(&node::config(&nats, "b")).await;
+    let (mut sub, _) = connect(a.addr(), V5, "following", false).await;
+    sub.subscribe("fl/#", QoS::AtLeastOnce).await;
+    let mut p = Raw::connect(b.addr(), V5, "fl-pub").await;
+    for round in 0..2 {
+        for i in 0..20 {
+            p.publish("fl/t", &i.to_string(), QoS::AtLeastOnce, false).await;
+        }
+        for i in 0..20 {
+            let m = sub.recv_publish().await;
+            assert_eq!(m.payload, i.to_string().as_bytes(), "round {round}, message {i}");
+            sub.ack(&m).await;
+        }
+        let (kv, shards) = entries_and_shards(&nats, 2).await;
+        let last = shards.iter().map(|s| s.1).max().unwrap_or(0);
+        let deadline = (Instant::now() + Duration::from_secs(3)).min(old_round);
+        loop {
+            let floor = entry_floor(&kv, "following").await;
+            if floor.iter().max() >= Some(&last) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the floor {floor:?} is not past {last}, what the client acknowledged, within 3 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(sub);
+    drop((a, b));
 }
 
 /// A node restarted from its store while JetStream has no quorum cannot read what was stored
