@@ -251,8 +251,10 @@ impl Admin {
     }
 
     /// How far back the messages held by each connected session that outlives its
-    /// connection go (queued, or sent and not acknowledged).
-    pub fn held_by_connected(&self) -> Vec<(Arc<str>, crate::backplane::Held)> {
+    /// connection go (queued, or sent and not acknowledged), with how many messages were
+    /// queued for it so far (a wrapping count: one that changed got some since). Blocking:
+    /// it looks at every session under its lock.
+    pub fn held_by_connected(&self) -> Vec<(Arc<str>, crate::backplane::Held, u64)> {
         self.core.held_by_connected()
     }
 
@@ -393,6 +395,40 @@ impl Admin {
         Ok(self
             .core
             .deliver_shared(full_filter, Arc::new(message), settle, offline_ok))
+    }
+
+    /// [`Admin::deliver_shared`], adding to `pressed` the member with the message's
+    /// publisher when the message took the member to half its queue limits or beyond (see
+    /// [`Admin::route_all_pressed`]).
+    pub fn deliver_shared_pressed(
+        &self,
+        full_filter: &str,
+        message: Message,
+        settle: Option<Arc<dyn crate::Settlement>>,
+        offline_ok: bool,
+        pressed: &mut Vec<(PressedSession, Arc<str>)>,
+    ) -> Result<crate::SharedDelivery, TopicError> {
+        tern_proto::topic::validate_topic_name(&message.topic)?;
+        let mut cells = Vec::new();
+        let delivered = self.core.deliver_shared_with(
+            full_filter,
+            Arc::new(message),
+            settle,
+            offline_ok,
+            Some(&mut cells),
+        );
+        for (cell, p) in cells {
+            let s = PressedSession {
+                cell,
+                core: self.core.clone(),
+            };
+            if pressed.len() < crate::broker_core::MAX_PRESSED
+                && !pressed.iter().any(|(c, q)| c.same(&s) && *q == p)
+            {
+                pressed.push((s, p));
+            }
+        }
+        Ok(delivered)
     }
 
     /// Keep `message` as the retained message of its topic (an empty payload deletes it)

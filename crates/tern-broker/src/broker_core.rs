@@ -1080,13 +1080,14 @@ impl Core {
     }
 
     /// How far back the messages of each connected session that outlives its connection go
-    /// (for a cluster node's periodic record of where to recover them from).
-    pub fn held_by_connected(&self) -> Vec<(Arc<str>, crate::backplane::Held)> {
+    /// (for a cluster node's periodic record of where to recover them from), with its
+    /// `queued_total`.
+    pub fn held_by_connected(&self) -> Vec<(Arc<str>, crate::backplane::Held, u64)> {
         let mut out = Vec::new();
         for cell in self.sessions.all() {
             let st = cell.lock();
             if st.conn_id.is_some() && st.expiry_interval > 0 && !st.ended {
-                out.push((cell.client_id.clone(), held(&st)));
+                out.push((cell.client_id.clone(), held(&st), st.queued_total));
             }
         }
         out
@@ -1134,6 +1135,20 @@ impl Core {
         settle: Option<Arc<dyn crate::message::Settlement>>,
         offline_ok: bool,
     ) -> SharedDelivery {
+        self.deliver_shared_with(full_filter, msg, settle, offline_ok, None)
+    }
+
+    /// [`Core::deliver_shared`]; with `pressed`, the member with its message's publisher
+    /// when the message took the member to half its queue limits or beyond (as
+    /// [`Core::route_all_from_outside`] reports the sessions of ordinary subscriptions).
+    pub fn deliver_shared_with(
+        &self,
+        full_filter: &str,
+        msg: Arc<Message>,
+        settle: Option<Arc<dyn crate::message::Settlement>>,
+        offline_ok: bool,
+        pressed: Option<&mut Vec<(Arc<SessionCell>, Arc<str>)>>,
+    ) -> SharedDelivery {
         if msg.is_expired(self.clock.now()) {
             if let Some(s) = settle {
                 s.done();
@@ -1167,6 +1182,7 @@ impl Core {
         // Kept for a member that is away: if its session cannot take it (its limits), it is
         // settled and dropped as before, not given back to come to the same member again.
         let kept = if connected { None } else { settle.clone() };
+        let publisher = pressed.as_ref().and(msg.publisher.clone());
         let out = Outgoing {
             retain: msg.retain && member.options.retain_as_published,
             msg,
@@ -1178,7 +1194,18 @@ impl Core {
             settle,
         };
         match self.deliver(&member.session, out) {
-            Enqueued::Queued | Enqueued::Pressure => SharedDelivery::Delivered,
+            e @ (Enqueued::Queued | Enqueued::Pressure) => {
+                if let (Some(by), Some(p)) = (pressed, publisher) {
+                    let cell = member.session;
+                    if (e == Enqueued::Pressure || cell.is_near_full())
+                        && by.len() < MAX_PRESSED
+                        && !by.iter().any(|(c, q)| Arc::ptr_eq(c, &cell) && *q == p)
+                    {
+                        by.push((cell, p));
+                    }
+                }
+                SharedDelivery::Delivered
+            }
             Enqueued::Dropped | Enqueued::OverLimit | Enqueued::OverBudget => {
                 // Settled only when the member is still away (its limits had no room):
                 // given back when its session ended or its client came back meanwhile.

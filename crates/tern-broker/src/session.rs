@@ -104,6 +104,9 @@ pub(crate) struct SessionState {
     /// Next sequence number for a stored message (the store keeps a session's queue in
     /// this order; [`FIRST_SEQ`], then up).
     pub next_seq: u64,
+    /// Messages queued for the client so far (wrapping): a backplane tells by it which
+    /// sessions got any since it last looked ([`crate::Admin::held_by_connected`]).
+    pub queued_total: u64,
     /// Since when the queue is over its limits (publishers are being slowed).
     pub full_since: Option<std::time::Instant>,
     /// Limits of this session's queue in place of `max_queued_messages` /
@@ -274,6 +277,7 @@ impl SessionCell {
                 persistent: false,
                 arriving: false,
                 next_seq: FIRST_SEQ,
+                queued_total: 0,
                 full_since: None,
                 limits: None,
             }),
@@ -474,6 +478,7 @@ impl SessionCell {
         *room = room.saturating_sub(size);
         q.durability.put_queued(st, &self.client_id, &mut out);
         st.queue.push_back(out);
+        st.queued_total = st.queued_total.wrapping_add(1);
         if pressure {
             Enqueued::Pressure
         } else {

@@ -40,8 +40,9 @@
 //! Nothing is stored and nothing waits for an answer: a word lost is a publisher held a
 //! little longer, or not at all (its messages beyond the limits dropped, as QoS 0 allows).
 //! The first messages of a burst go before any word can come back (one round trip of them;
-//! what does not fit twice the sessions' limits is dropped). Shared subscriptions, whose
-//! messages another path delivers, are not watched.
+//! what does not fit twice the sessions' limits is dropped). Shared subscriptions' QoS 0
+//! messages, which come through a queue group (`shares.rs`), are watched the same way, this
+//! node's own publishers' too (their words go to this node's [`Holds`] directly).
 //!
 //! [`PressedSession::room`]: tern_broker::PressedSession::room
 
@@ -294,6 +295,9 @@ pub(crate) struct Teller {
     /// Wakes the look ([`watch`]) when a first connection is watched.
     wake: tokio::sync::Notify,
     counters: Arc<FlowCounters>,
+    /// This node's own connections' limits: what is said of them goes there directly (the
+    /// messages of shared subscriptions, see [`Teller::routed`]).
+    own: Arc<Holds>,
 }
 
 impl std::fmt::Debug for Teller {
@@ -305,7 +309,7 @@ impl std::fmt::Debug for Teller {
 }
 
 impl Teller {
-    pub fn new(prefix: &str, me: &str, counters: Arc<FlowCounters>) -> Teller {
+    pub fn new(prefix: &str, me: &str, counters: Arc<FlowCounters>, own: Arc<Holds>) -> Teller {
         Teller {
             prefix: prefix.to_string(),
             me: me.to_string(),
@@ -313,14 +317,22 @@ impl Teller {
             any: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             counters,
+            own,
         }
     }
 
     /// `batch` (core NATS, QoS 0) was routed, and `pressed` says which sessions it took to
     /// half their limits with which publisher's messages: watch those publishers'
     /// connections, and note how far the watched ones have come. Returns the first words
-    /// for the new watches (to [`Teller::say`]).
-    pub fn routed(&self, batch: &[async_nats::Message], pressed: &[(PressedSession, Arc<str>)]) -> Words {
+    /// for the new watches (to [`Teller::say`]). With `own`, this node's own connections
+    /// are watched too (the messages of shared subscriptions, which come back to this node
+    /// through NATS rather than through the broker's routing and its backpressure).
+    pub fn routed(
+        &self,
+        batch: &[async_nats::Message],
+        pressed: &[(PressedSession, Arc<str>)],
+        own: bool,
+    ) -> Words {
         let mut words = Words::new();
         if pressed.is_empty() && !self.any.load(Ordering::Acquire) {
             return words;
@@ -353,7 +365,7 @@ impl Teller {
                 (true, p) => p,
                 (false, None) => continue,
                 (false, Some(p)) => {
-                    if watched.len() >= MAX_KEPT || node == self.me || !codec::valid_node(node) {
+                    if watched.len() >= MAX_KEPT || (node == self.me && !own) || !codec::valid_node(node) {
                         continue;
                     }
                     fresh.push((node.into(), key));
@@ -478,6 +490,15 @@ impl Teller {
     /// `codec::flow_word`).
     pub async fn say(&self, client: &async_nats::Client, words: Words) {
         for (node, said) in words {
+            if *node == *self.me {
+                // Not through NATS: the node's connection to it does not hear itself.
+                self.counters.told.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .heard
+                    .fetch_add(said.len() as u64, Ordering::Relaxed);
+                self.own.apply(&node, said);
+                continue;
+            }
             for chunk in said.chunks(FLOW_LINES) {
                 let word = codec::flow_word(&self.me, chunk);
                 match client

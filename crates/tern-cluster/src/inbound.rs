@@ -186,7 +186,7 @@ impl Inbound {
 }
 
 /// Messages a QoS 0 subscription's task takes at once when more are waiting.
-const BATCH: usize = 256;
+pub(crate) const BATCH: usize = 256;
 
 /// Keep the NATS subscriptions in step with `interest` until aborted.
 pub(crate) async fn follow_interest(
@@ -237,7 +237,7 @@ pub(crate) async fn follow_interest(
                                     batch.iter().map(|m| (m, None)),
                                     Some(&mut pressed),
                                 );
-                                let words = inbound.teller.routed(&batch, &pressed);
+                                let words = inbound.teller.routed(&batch, &pressed, false);
                                 if !words.is_empty() {
                                     inbound.teller.say(&client, words).await;
                                 }

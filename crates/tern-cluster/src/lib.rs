@@ -431,6 +431,14 @@ impl Cluster {
             ));
             self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
         }
+        // One teller for the ordinary subscriptions' and the shared ones' QoS 0 messages: a
+        // publisher filling both is watched once.
+        let teller = Arc::new(flow::Teller::new(
+            &self.config.prefix,
+            &self.node,
+            self.flow_counters.clone(),
+            self.holds.clone(),
+        ));
         let shares = Arc::new(shares::Parts {
             prefix: self.config.prefix.clone(),
             shards: self.config.shards,
@@ -440,6 +448,7 @@ impl Cluster {
             js: self.js.clone(),
             held: Mutex::default(),
             counters: self.inbound_counters.clone(),
+            teller: teller.clone(),
         });
         let task = tokio::spawn(shares::follow(shares, self.shares.clone()));
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
@@ -450,11 +459,7 @@ impl Cluster {
             counters: self.inbound_counters.clone(),
             subscribed: self.subscribed.clone(),
             positions: self.positions.clone(),
-            teller: Arc::new(flow::Teller::new(
-                &self.config.prefix,
-                &self.node,
-                self.flow_counters.clone(),
-            )),
+            teller,
         });
         let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
         {

@@ -125,11 +125,12 @@ pub(crate) async fn ensure(
 /// How often the floors of connected sessions are looked at: one that rose since it was
 /// last written is written then (a recovery re-reads what arrived after it: duplicates).
 const FLOOR_EVERY: Duration = Duration::from_secs(1);
-/// Floors written per look at most, those written longest ago first (each write is a read
-/// and a replicated update of the session's entry); the others wait for the next look.
+/// Floors written per look at most (each write is a read and a replicated update of the
+/// session's entry); the others wait for later looks.
 const FLOOR_WRITES: usize = 256;
-/// Longest a look spends writing floors (one after another: a slow JetStream slows them
-/// down rather than piling them up); the others wait for the next look.
+/// No floor write starts later than this into a look (they go one after another: a slow
+/// JetStream slows them down rather than piling them up; one write may retry for up to
+/// [`WAIT_CAUGHT_UP`]); the others wait for later looks.
 const FLOOR_WRITING: Duration = Duration::from_millis(500);
 /// Position snapshots kept (one every [`SNAPSHOT_EVERY`]: ten minutes).
 const SNAPSHOTS: usize = 2400;
@@ -653,7 +654,9 @@ impl Directory {
     /// when `t` is before this node started.
     fn positions_at(&self, t: Instant) -> Option<Vec<u64>> {
         let snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, p)) = snapshots.iter().rev().find(|(at, _)| *at <= t) {
+        // Taken in time order: the last one at or before `t`.
+        let after = snapshots.partition_point(|(at, _)| *at <= t);
+        if let Some((_, p)) = after.checked_sub(1).and_then(|i| snapshots.get(i)) {
             return Some(p.clone());
         }
         (t >= self.start.0).then(|| self.start.1.clone())
@@ -2744,9 +2747,11 @@ pub(crate) async fn after_reconnects(
 }
 
 /// Write the floors of this node's connected sessions that rose, looked at every
-/// [`FLOOR_EVERY`] ([`FLOOR_WRITES`] a look at most, those written longest ago first): a
-/// floor rises as the client acknowledges, and recovering the session after this node died
-/// re-reads the streams from it. A session claimed here lately gets its floor written soon
+/// [`FLOOR_EVERY`] ([`FLOOR_WRITES`] a look at most: first those that got messages since
+/// their last write, then those written longest ago): a floor rises as the client
+/// acknowledges, and recovering the session after this node died re-reads the streams from
+/// it (what its client acknowledged after the floor comes again: duplicates). An idle
+/// session's floor rises too, with the streams. A session claimed here lately gets its floor written soon
 /// after it holds no message it came with (an arrival time for each, or nothing; looked at
 /// from [`SETTLE_EVERY`] on, see [`settle_floors`]): a session moved, recovered or
 /// reconnected has had no floor written since its claim, and one that moves on again (its
@@ -2765,36 +2770,53 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
             continue;
         }
         written.looks += 1;
+        // Off the runtime's workers: it looks at every session under its lock.
+        let looked = {
+            let admin = admin.clone();
+            tokio::task::spawn_blocking(move || admin.held_by_connected()).await
+        };
+        let Ok(looked) = looked else { continue };
         let mut now = HashMap::with_capacity(written.floors.len());
         let mut rose = Vec::new();
         // Read before the sessions are looked at: a session that held nothing then has had
         // every message up to here delivered and acknowledged.
         let before = positions(&directory.parts.positions);
-        for (i, (client, held)) in admin.held_by_connected().into_iter().enumerate() {
+        for (i, (client, held, queued)) in looked.into_iter().enumerate() {
             if i % 256 == 255 {
                 tokio::task::yield_now().await;
             }
             let last = written.floors.remove(&client);
+            let empty = held == Held::Nothing;
             match (directory.floor(&client, held, before.clone()), last) {
-                (Some(floor), Some(last)) if floor == last.0 => {
+                (Some(floor), Some(last)) if !above(&floor, &last.floor) => {
                     now.insert(client, last);
                 }
-                (Some(floor), last) => rose.push((last.as_ref().map_or(0, |l| l.1), client, floor, last)),
+                (Some(floor), last) => {
+                    let order = rank(last.as_ref(), queued, written.looks);
+                    let next = Last {
+                        floor,
+                        look: written.looks,
+                        queued: Some(queued),
+                        empty,
+                    };
+                    rose.push((order, client, next, last));
+                }
                 (None, Some(last)) => {
                     now.insert(client, last);
                 }
                 (None, None) => {}
             }
         }
-        // Those written longest ago (or never) first.
         rose.sort_by_key(|r| r.0);
         let until = Instant::now() + FLOOR_WRITING;
-        for (k, (_, client, floor, last)) in rose.into_iter().enumerate() {
-            let due = k < FLOOR_WRITES && Instant::now() < until;
-            if due {
-                match directory.save(&client, None, Some(floor.clone()), false).await {
+        for (k, (_, client, next, last)) in rose.into_iter().enumerate() {
+            if k < FLOOR_WRITES && Instant::now() < until {
+                match directory
+                    .save(&client, None, Some(next.floor.clone()), false)
+                    .await
+                {
                     Ok(_) => {
-                        now.insert(client, (floor, written.looks));
+                        now.insert(client, next);
                         continue;
                     }
                     Err(e) => {
@@ -2810,13 +2832,39 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
     }
 }
 
+/// Where a session whose floor rose comes among those to write at look `looks` (lowest
+/// first): first those that got messages since their floor was written (or held some then:
+/// their clients would get those again after a recovery; the others' floors rose only with
+/// the streams, that is with other sessions' messages), then those written longest ago (a
+/// session this look never wrote was written at its CONNECT: as if just now).
+fn rank(last: Option<&Last>, queued: u64, looks: u64) -> (bool, u64) {
+    let idle = last.is_some_and(|l| l.empty && l.queued == Some(queued));
+    (idle, last.map_or(looks, |l| l.look))
+}
+
+/// Whether `floor` is above `last` for some shard (or has other shards): worth writing.
+fn above(floor: &[u64], last: &[u64]) -> bool {
+    floor.len() != last.len() || floor.iter().zip(last).any(|(f, l)| f > l)
+}
+
 /// The floors [`refresh_floors`] wrote, for this node's connected sessions.
 #[derive(Debug, Default)]
 struct Written {
-    /// Per session, the floor last written and the look it was written at.
-    floors: HashMap<Arc<str>, (Vec<u64>, u64)>,
+    floors: HashMap<Arc<str>, Last>,
     /// Looks so far.
     looks: u64,
+}
+
+/// What [`refresh_floors`] last wrote of a session.
+#[derive(Debug)]
+struct Last {
+    floor: Vec<u64>,
+    /// The look it was written at.
+    look: u64,
+    /// How many messages had been queued for it then (`None`: not known).
+    queued: Option<u64>,
+    /// Whether it held none then.
+    empty: bool,
 }
 
 /// Write the floor of each session claimed lately that holds no message it came with
@@ -2863,10 +2911,20 @@ async fn settle_floors(directory: &Directory, admin: &Admin, written: &mut Writt
             later.push((client, s));
             continue;
         };
-        if written.floors.get(&client).map(|w| &w.0) != Some(&floor) {
-            written
-                .floors
-                .insert(client.clone(), (floor.clone(), written.looks));
+        if written
+            .floors
+            .get(&client)
+            .is_none_or(|w| above(&floor, &w.floor))
+        {
+            written.floors.insert(
+                client.clone(),
+                Last {
+                    floor: floor.clone(),
+                    look: written.looks,
+                    queued: None,
+                    empty: false,
+                },
+            );
             directory.enqueue(
                 client.clone(),
                 Op::Saved {
@@ -2896,6 +2954,59 @@ async fn settle_floors(directory: &Directory, admin: &Admin, written: &mut Writt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floors_of_sessions_that_got_messages_are_written_before_those_that_only_rose_with_the_streams() {
+        let last = |look, queued, empty| Last {
+            floor: vec![1],
+            look,
+            queued,
+            empty,
+        };
+        let looks = 50;
+        let mut order = [
+            (
+                "idle, written at look 1",
+                rank(Some(&last(1, Some(7), true)), 7, looks),
+            ),
+            (
+                "got messages, written at look 40",
+                rank(Some(&last(40, Some(7), true)), 9, looks),
+            ),
+            (
+                "held some, written at look 30",
+                rank(Some(&last(30, Some(7), false)), 7, looks),
+            ),
+            (
+                "written by a settling look",
+                rank(Some(&last(45, None, false)), 7, looks),
+            ),
+            ("never written by a look", rank(None, 3, looks)),
+            (
+                "idle, written at look 20",
+                rank(Some(&last(20, Some(2), true)), 2, looks),
+            ),
+        ];
+        order.sort_by_key(|(_, r)| *r);
+        let names: Vec<&str> = order.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "held some, written at look 30",
+                "got messages, written at look 40",
+                "written by a settling look",
+                "never written by a look",
+                "idle, written at look 1",
+                "idle, written at look 20",
+            ]
+        );
+        assert!(above(&[2, 0], &[1, 5]), "one shard above is enough");
+        assert!(
+            !above(&[1, 5], &[1, 5]) && !above(&[0, 5], &[1, 5]),
+            "equal or below: nothing to write"
+        );
+        assert!(above(&[0, 0, 0], &[1, 5]), "another number of shards");
+    }
 
     #[test]
     fn a_dead_nodes_silence_counts_once_for_every_claim_and_ends_with_an_answer() {

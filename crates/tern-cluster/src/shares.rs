@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tern_broker::{Admin, SharedDelivery};
 use tokio::sync::Notify;
 
@@ -129,6 +129,8 @@ pub(crate) struct Parts {
     pub held: Mutex<Vec<Weak<Settle>>>,
     /// The node's inbound counters (NATS messages that are not Tern messages).
     pub counters: Arc<crate::inbound::InboundCounters>,
+    /// Says how far the publishers of QoS 0 messages that fill members here may go.
+    pub teller: Arc<crate::flow::Teller>,
 }
 
 /// Tell JetStream every third of the ack wait that the messages members here still hold are
@@ -243,24 +245,54 @@ async fn qos0(parts: Arc<Parts>, full: String, filter: String, name: String) {
         }
     }
     let mut all = futures_util::stream::select_all(subs);
+    let mut batch = Vec::with_capacity(crate::inbound::BATCH);
+    let mut pressed = Vec::new();
     while let Some(m) = all.next().await {
-        // One message, or a pack of QoS 0 messages: all to members on this node.
-        match codec::decode_all(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
-            Ok((first, rest)) => {
-                for msg in std::iter::once(first).chain(rest) {
-                    if let Err(e) = parts.admin.deliver_shared(&full, msg, None, true) {
-                        tracing::warn!(subject = %m.subject, "message of a shared subscription not delivered: {e}");
-                    }
+        // With what is already waiting, as the ordinary subscriptions' messages are taken
+        // (a pack counts as the messages it carries).
+        let mut messages = codec::count(m.headers.as_ref());
+        batch.push(m);
+        while messages < crate::inbound::BATCH {
+            match all.next().now_or_never() {
+                Some(Some(m)) => {
+                    messages += codec::count(m.headers.as_ref());
+                    batch.push(m);
                 }
-            }
-            Err(e) => {
-                parts
-                    .counters
-                    .undecodable
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
+                _ => break,
             }
         }
+        for m in &batch {
+            // One message, or a pack of QoS 0 messages: all to members on this node.
+            match codec::decode_all(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
+                Ok((first, rest)) => {
+                    for msg in std::iter::once(first).chain(rest) {
+                        if let Err(e) =
+                            parts
+                                .admin
+                                .deliver_shared_pressed(&full, msg, None, true, &mut pressed)
+                        {
+                            tracing::warn!(subject = %m.subject, "message of a shared subscription not delivered: {e}");
+                        }
+                    }
+                }
+                Err(e) => {
+                    parts
+                        .counters
+                        .undecodable
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
+                }
+            }
+        }
+        // The publishers of messages that took members to half their limits are held back
+        // as for ordinary subscriptions (`flow.rs`), this node's own ones too: their
+        // messages to the group come back through NATS, past the broker's own backpressure.
+        let words = parts.teller.routed(&batch, &pressed, true);
+        if !words.is_empty() {
+            parts.teller.say(&parts.client, words).await;
+        }
+        pressed.clear();
+        batch.clear();
     }
 }
 

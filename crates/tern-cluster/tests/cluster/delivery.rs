@@ -354,18 +354,25 @@ async fn a_burst_of_qos0_messages_crosses_in_packs_each_message_whole_and_in_ord
 }
 
 /// One NATS server and two nodes: on node b (queue limit 100) the client `sub.0`
-/// subscribed at QoS 0 to `sub.1/#`, and on node a the client `publisher`, whose QoS 0
-/// messages reach it (`wait_for_interest`).
+/// subscribed at QoS 0 to `sub.1/#` (as the only member of the shared subscription
+/// `$share/GROUP/sub.1/#` with `group`), and on node a (on node b with `beside`) the client
+/// `publisher`, whose QoS 0 messages reach it (`wait_for_interest`).
 async fn slow_subscriber_across(
     sub: (&str, &str),
     publisher: &str,
+    group: Option<&str>,
+    beside: bool,
 ) -> (Nats, node::Node, node::Node, Raw, Raw) {
     let nats = Nats::start(1, true);
     let a = node::start(&node::config(&nats, "a")).await;
     let b = node::start_configured(&node::config(&nats, "b"), |c| c.max_queued_messages = 100).await;
     let mut s = Raw::connect(b.addr(), V3, sub.0).await;
-    s.subscribe(&format!("{}/#", sub.1), QoS::AtMostOnce).await;
-    let mut p = Raw::connect(a.addr(), V3, publisher).await;
+    let filter = match group {
+        Some(g) => format!("$share/{g}/{}/#", sub.1),
+        None => format!("{}/#", sub.1),
+    };
+    s.subscribe(&filter, QoS::AtMostOnce).await;
+    let mut p = Raw::connect(if beside { b.addr() } else { a.addr() }, V3, publisher).await;
     wait_for_interest(&mut p, &mut s, &format!("{}/probe", sub.1)).await;
     (nats, a, b, s, p)
 }
@@ -437,7 +444,33 @@ async fn a_qos0_publisher_goes_only_as_far_as_a_slow_subscriber_on_another_node_
     // round trip) may still find no room; once it is watched nothing more is dropped: the
     // last 10,000 arrive whole. Without flow control about 12,000 of the 30,000 arrived
     // (8,000 of the last 20,000).
-    let (_nats, a, b, mut sub, publisher) = slow_subscriber_across(("held-sub", "held"), "held-pub").await;
+    held_back_by_a_slow_subscriber(None, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_publisher_goes_only_as_far_as_a_slow_shared_member_on_another_node_has_room() {
+    // The same with the subscriber the only member of a shared subscription: its node
+    // gets the group's QoS 0 messages through a NATS queue group (`shares.rs`), not the
+    // ordinary subscriptions' path, and watches their publisher as well. Without it
+    // 12,000 of the 30,000 arrived (4,000 of the last 10,000).
+    held_back_by_a_slow_subscriber(Some("g"), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_publisher_goes_only_as_far_as_a_slow_shared_member_on_its_own_node_has_room() {
+    // Publisher and shared member on one node: in cluster mode the group's messages come
+    // back through NATS, past the broker's own backpressure, so the node watches its own
+    // publisher as it does another node's, and it is held back as on one broker. Without it
+    // 12,000 of the 30,000 arrived (4,000 of the last 10,000).
+    held_back_by_a_slow_subscriber(Some("g"), true).await;
+}
+
+/// A publisher sending 30,000 QoS 0 messages at about 100,000 msg/s to a subscriber
+/// (limit 100) reading about 10,000 msg/s (see [`slow_subscriber_across`] for `group` and
+/// `beside`): the subscriber's node held it back, and the last 10,000 arrive, in order.
+async fn held_back_by_a_slow_subscriber(group: Option<&str>, beside: bool) {
+    let (_nats, a, b, mut sub, publisher) =
+        slow_subscriber_across(("held-sub", "held"), "held-pub", group, beside).await;
     let (first, total) = (20_000u32, 30_000u32);
     let sending = spawn_burst(publisher, "held/x", total, 1, Duration::from_millis(5));
     let got = read_slowly(&mut sub).await.remove(0).1;
@@ -450,8 +483,9 @@ async fn a_qos0_publisher_goes_only_as_far_as_a_slow_subscriber_on_another_node_
         got.len(),
         total - first
     );
+    let publishers = if beside { &sb } else { &sa };
     assert!(
-        sb.qos0_flow_told > 0 && sa.qos0_flow_heard > 0 && sa.qos0_flow_held > 0,
+        sb.qos0_flow_told > 0 && publishers.qos0_flow_heard > 0 && publishers.qos0_flow_held > 0,
         "nobody was held back"
     );
     assert_eq!(
@@ -514,7 +548,8 @@ async fn two_qos0_publishers_on_another_node_share_a_slow_subscribers_room() {
     // A session that two watched connections fill gives each of them half its room: given
     // all of it each, together they overran it and 400-1,000 of the last 10,000 of each
     // were dropped (without flow control, 6,500 of them).
-    let (_nats, a, b, mut sub, p1) = slow_subscriber_across(("shared-sub", "two"), "two-pub-1").await;
+    let (_nats, a, b, mut sub, p1) =
+        slow_subscriber_across(("shared-sub", "two"), "two-pub-1", None, false).await;
     let p2 = Raw::connect(a.addr(), V3, "two-pub-2").await;
     // Each about 50,000 msg/s, five times what the subscriber reads of both together.
     let (first, total) = (10_000u32, 20_000u32);
@@ -557,7 +592,8 @@ async fn a_watched_publisher_whose_messages_go_elsewhere_is_not_held_back_for_lo
     // said is taken as seen, and after three times the watch ends, rather than hold the
     // publisher back until nothing of it has arrived for 10 s (the last message came after
     // 10.0 s without that rule, after about 0.45 s with it).
-    let (_nats, a, _b, mut sub, publisher) = slow_subscriber_across(("lag-sub", "w"), "lag-pub").await;
+    let (_nats, a, _b, mut sub, publisher) =
+        slow_subscriber_across(("lag-sub", "w"), "lag-pub", None, false).await;
     // A burst the subscriber does not read at first, so that the publisher is watched and
     // held; right after it 5,000 messages nobody wants, and one the subscriber does.
     let start = Instant::now();
