@@ -418,14 +418,13 @@ impl Admin {
             Some(&mut cells),
         );
         for (cell, p) in cells {
-            let s = PressedSession {
-                cell,
-                core: self.core.clone(),
-            };
             if pressed.len() < crate::broker_core::MAX_PRESSED
-                && !pressed.iter().any(|(c, q)| c.same(&s) && *q == p)
+                && !pressed
+                    .iter()
+                    .any(|(c, q)| Arc::ptr_eq(&c.cell, &cell) && *q == p)
             {
-                pressed.push((s, p));
+                let core = self.core.clone();
+                pressed.push((PressedSession { cell, core }, p));
             }
         }
         Ok(delivered)

@@ -1182,7 +1182,7 @@ impl Core {
         // Kept for a member that is away: if its session cannot take it (its limits), it is
         // settled and dropped as before, not given back to come to the same member again.
         let kept = if connected { None } else { settle.clone() };
-        let publisher = pressed.as_ref().and(msg.publisher.clone());
+        let publisher = pressed.as_ref().and_then(|_| msg.publisher.clone());
         let out = Outgoing {
             retain: msg.retain && member.options.retain_as_published,
             msg,
@@ -1197,10 +1197,7 @@ impl Core {
             e @ (Enqueued::Queued | Enqueued::Pressure) => {
                 if let (Some(by), Some(p)) = (pressed, publisher) {
                     let cell = member.session;
-                    if (e == Enqueued::Pressure || cell.is_near_full())
-                        && by.len() < MAX_PRESSED
-                        && !by.iter().any(|(c, q)| Arc::ptr_eq(c, &cell) && *q == p)
-                    {
+                    if (e == Enqueued::Pressure || cell.is_near_full()) && by.len() < MAX_PRESSED {
                         by.push((cell, p));
                     }
                 }

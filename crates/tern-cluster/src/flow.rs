@@ -104,9 +104,10 @@ pub fn subject(prefix: &str, node: &str) -> String {
 /// Counters of the flow control.
 #[derive(Debug, Default)]
 pub struct FlowCounters {
-    /// Words sent to other nodes (each naming one or more connections).
+    /// Words said to other nodes (each naming one or more connections), and to this one
+    /// for its own connections (shared subscriptions' members here: not through NATS).
     pub told: AtomicU64,
-    /// Numbers heard from other nodes (each connection named counted).
+    /// Numbers heard from other nodes, and from this one (each connection named counted).
     pub heard: AtomicU64,
     /// Times a connection of this node was found held back (after a QoS 0 message, and at
     /// each look while it waits).
@@ -222,7 +223,8 @@ fn forget_ended(limits: &mut HashMap<u64, Vec<Limit>>, now: Instant) {
     });
 }
 
-/// A connection of another node whose messages took sessions here to half their limits.
+/// A connection of another node (or of this one, for a shared subscription) whose messages
+/// took sessions here to half their limits.
 struct Watch {
     /// Those sessions.
     sessions: Vec<PressedSession>,
@@ -283,8 +285,8 @@ fn up_to(w: &Watch, rooms: &Rooms) -> Option<u64> {
 /// What to say: per node, [`Line`]s.
 type Words = HashMap<Box<str>, Vec<Line>>;
 
-/// The receiving side: how far the connections of other nodes may go, for the room of this
-/// node's sessions.
+/// The receiving side: how far the connections of other nodes (and this node's own, for
+/// shared subscriptions) may go, for the room of this node's sessions.
 pub(crate) struct Teller {
     prefix: String,
     /// This node's name.
@@ -492,7 +494,8 @@ impl Teller {
         for (node, said) in words {
             if *node == *self.me {
                 // Not through NATS: the node's connection to it does not hear itself.
-                self.counters.told.fetch_add(1, Ordering::Relaxed);
+                let words = said.len().div_ceil(FLOW_LINES) as u64;
+                self.counters.told.fetch_add(words, Ordering::Relaxed);
                 self.counters
                     .heard
                     .fetch_add(said.len() as u64, Ordering::Relaxed);

@@ -449,6 +449,7 @@ impl Cluster {
             held: Mutex::default(),
             counters: self.inbound_counters.clone(),
             teller: teller.clone(),
+            words: self.client.clone(),
         });
         let task = tokio::spawn(shares::follow(shares, self.shares.clone()));
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
@@ -594,17 +595,17 @@ impl ClusterStats {
             ),
             c(
                 "cluster_qos0_flow_told",
-                "Words to other nodes saying how far their QoS 0 publishers may go for this node's subscribers",
+                "Words saying how far other nodes' QoS 0 publishers may go for this node's subscribers (and this node's own, for shared subscriptions)",
                 self.qos0_flow_told,
             ),
             c(
                 "cluster_qos0_flow_heard",
-                "Limits other nodes set on this node's QoS 0 publishers (one per connection named)",
+                "Limits set on this node's QoS 0 publishers by other nodes, or by this one for shared subscriptions (one per connection named)",
                 self.qos0_flow_heard,
             ),
             c(
                 "cluster_qos0_flow_held",
-                "Times a QoS 0 connection of this node was found held back for subscribers on other nodes",
+                "Times a QoS 0 connection of this node was found held back for subscribers on other nodes (or shared subscriptions' members)",
                 self.qos0_flow_held,
             ),
             c(
@@ -676,14 +677,16 @@ pub struct ClusterStats {
     pub qos0_dropped: u64,
     /// NATS messages that carried more than one QoS 0 message (`cluster.qos0_pack`).
     pub qos0_packs: u64,
-    /// Words to other nodes saying how far their QoS 0 publishers may go for this node's
-    /// subscribers (flow control).
+    /// Words saying how far other nodes' QoS 0 publishers may go for this node's
+    /// subscribers (flow control), and this node's own for members of shared subscriptions
+    /// here.
     pub qos0_flow_told: u64,
-    /// Limits other nodes set on this node's QoS 0 publishers (each connection named
-    /// counted).
+    /// Limits set on this node's QoS 0 publishers by other nodes, or by this one for shared
+    /// subscriptions (each connection named counted).
     pub qos0_flow_heard: u64,
     /// Times a QoS 0 connection of this node was found held back for subscribers on other
-    /// nodes (after a QoS 0 message, and at each look while it waits).
+    /// nodes or members of shared subscriptions (after a QoS 0 message, and at each look
+    /// while it waits).
     pub qos0_flow_held: u64,
     /// QoS 1/2 messages JetStream acknowledged.
     pub stored: u64,

@@ -2770,6 +2770,11 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
             continue;
         }
         written.looks += 1;
+        // Read before the sessions are looked at: a session that held nothing then has had
+        // every message up to here delivered and acknowledged (read after, it could count a
+        // message the tailers brought meanwhile, still queued for the session: a recovery
+        // would start past it, and it would be lost).
+        let before = positions(&directory.parts.positions);
         // Off the runtime's workers: it looks at every session under its lock.
         let looked = {
             let admin = admin.clone();
@@ -2778,9 +2783,6 @@ pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
         let Ok(looked) = looked else { continue };
         let mut now = HashMap::with_capacity(written.floors.len());
         let mut rose = Vec::new();
-        // Read before the sessions are looked at: a session that held nothing then has had
-        // every message up to here delivered and acknowledged.
-        let before = positions(&directory.parts.positions);
         for (i, (client, held, queued)) in looked.into_iter().enumerate() {
             if i % 256 == 255 {
                 tokio::task::yield_now().await;

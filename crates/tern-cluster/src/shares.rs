@@ -131,6 +131,9 @@ pub(crate) struct Parts {
     pub counters: Arc<crate::inbound::InboundCounters>,
     /// Says how far the publishers of QoS 0 messages that fill members here may go.
     pub teller: Arc<crate::flow::Teller>,
+    /// The node's first connection, which the teller's later words go on too (NATS keeps
+    /// the order of one connection's messages only).
+    pub words: async_nats::Client,
 }
 
 /// Tell JetStream every third of the ack wait that the messages members here still hold are
@@ -289,7 +292,7 @@ async fn qos0(parts: Arc<Parts>, full: String, filter: String, name: String) {
         // messages to the group come back through NATS, past the broker's own backpressure.
         let words = parts.teller.routed(&batch, &pressed, true);
         if !words.is_empty() {
-            parts.teller.say(&parts.client, words).await;
+            parts.teller.say(&parts.words, words).await;
         }
         pressed.clear();
         batch.clear();
