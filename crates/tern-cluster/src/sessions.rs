@@ -2751,11 +2751,11 @@ pub(crate) async fn after_reconnects(
 /// their last write, then those written longest ago): a floor rises as the client
 /// acknowledges, and recovering the session after this node died re-reads the streams from
 /// it (what its client acknowledged after the floor comes again: duplicates). An idle
-/// session's floor rises too, with the streams. A session claimed here lately gets its floor written soon
-/// after it holds no message it came with (an arrival time for each, or nothing; looked at
-/// from [`SETTLE_EVERY`] on, see [`settle_floors`]): a session moved, recovered or
-/// reconnected has had no floor written since its claim, and one that moves on again (its
-/// node dies) before the next look would be read back from its old floor.
+/// session's floor rises too, with the streams. A session claimed here lately gets its
+/// floor written soon after it holds no message it came with (an arrival time for each, or
+/// nothing; looked at from [`SETTLE_EVERY`] on, see [`settle_floors`]): a session moved,
+/// recovered or reconnected has had no floor written since its claim, and one that moves on
+/// again (its node dies) before the next look would be read back from its old floor.
 pub(crate) async fn refresh_floors(directory: Arc<Directory>, admin: Admin) {
     let mut tick = tokio::time::interval(SETTLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

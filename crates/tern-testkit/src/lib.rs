@@ -19,3 +19,4 @@ pub mod conformance;
 pub mod nats;
 pub mod pki;
 pub mod raw;
+pub mod relay;

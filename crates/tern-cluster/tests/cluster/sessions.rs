@@ -12,7 +12,7 @@ use tern_testkit::raw::{pid, Raw, V3, V5};
 use crate::node;
 
 /// Connect `id` to `addr` keeping its session (5.0: expiry 300 s); the CONNACK.
-async fn connect(
+pub(crate) async fn connect(
     addr: std::net::SocketAddr,
     version: ProtocolVersion,
     id: &str,
@@ -29,7 +29,7 @@ async fn connect(
 
 /// [`connect`] (5.0, Clean Start 0) waiting up to 30 s for the CONNACK: a claim can wait for
 /// another node's.
-async fn connect_patiently(addr: std::net::SocketAddr, id: &str) -> (Raw, tern_proto::ConnAck) {
+pub(crate) async fn connect_patiently(addr: std::net::SocketAddr, id: &str) -> (Raw, tern_proto::ConnAck) {
     connect_patiently_with(addr, id, None).await
 }
 

@@ -1,0 +1,119 @@
+//! A node cut off from NATS while it runs: its connection goes through a relay that is cut
+//! (`tern_testkit::relay`), then restored. The node and its clients keep running.
+
+use std::time::{Duration, Instant};
+
+use tern_proto::{Packet, QoS, ReasonCode};
+use tern_testkit::nats::Nats;
+use tern_testkit::raw::{Raw, V5};
+use tern_testkit::relay::Relay;
+
+use crate::node;
+use crate::sessions::{connect, connect_patiently};
+
+/// Receive `range` in order on `sub`, acknowledging each (earlier numbers that come again,
+/// QoS 1 duplicates after a recovery, are skipped); at most 30 s.
+async fn receive_in_order(sub: &mut Raw, range: std::ops::Range<u32>, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next = range.start;
+    while next < range.end {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = match sub.next_within(left).await {
+            Ok(Some(Packet::Publish(m))) => m,
+            other => panic!("{who}: waiting for {next}, got {other:?}"),
+        };
+        sub.ack(&m).await;
+        let Some(n) = std::str::from_utf8(&m.payload)
+            .ok()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            panic!("{who}: waiting for {next}, got {m:?}");
+        };
+        if n < next {
+            continue;
+        }
+        assert_eq!(n, next, "{who}: {n} came before {next}");
+        next += 1;
+    }
+}
+
+/// A partition between a node and NATS: while node a is cut off, a QoS 1 message published
+/// on it gets no PUBACK (its client is disconnected with 0x89 after `publish_timeout_ms`);
+/// messages published on node b meanwhile are stored; a persistent session whose client
+/// stays connected to node a gets them once a is back (its tailers go on from where they
+/// were), and one whose client moves to node b during the cut finds its session there
+/// (node b takes node a for gone and recovers it from the entry and the streams), gets them
+/// there, and node a gives it up when it is back. Nothing acknowledged is lost, and each
+/// session is held by one node after the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_acknowledges_nothing_loses_nothing_and_gives_up_sessions_taken_meanwhile() {
+    let nats = Nats::start(1, true);
+    let port: u16 = nats.urls()[0].rsplit(':').next().unwrap().parse().unwrap();
+    let relay = Relay::start(port).await;
+    relay.set_up(true);
+    let mut config_a = node::config(&nats, "a");
+    config_a.nats = vec![format!("nats://127.0.0.1:{}", relay.port)];
+    config_a.publish_timeout_ms = 3_000;
+    let a = node::start(&config_a).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let (mut stays, _) = connect(a.addr(), V5, "stays", false).await;
+    stays.subscribe("cut/#", QoS::AtLeastOnce).await;
+    let (mut moves, _) = connect(a.addr(), V5, "moves", false).await;
+    moves.subscribe("cut/#", QoS::AtLeastOnce).await;
+    let mut p = Raw::connect(b.addr(), V5, "cut-pub").await;
+    for i in 0..10 {
+        p.publish("cut/t", &i.to_string(), QoS::AtLeastOnce, false).await;
+    }
+    receive_in_order(&mut stays, 0..10, "stays, before the cut").await;
+    receive_in_order(&mut moves, 0..10, "moves, before the cut").await;
+
+    let mut on_a = Raw::connect(a.addr(), V5, "cut-pub-a").await;
+    relay.set_up(false);
+    // A QoS 1 message published on the cut-off node is not acknowledged.
+    let mut m = tern_proto::Publish::new("elsewhere/a", "from a".to_string());
+    m.qos = QoS::AtLeastOnce;
+    m.packet_id = Some(tern_testkit::raw::pid(1));
+    on_a.send(Packet::Publish(m)).await;
+    match on_a.next_within(Duration::from_secs(10)).await {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason_code, Some(ReasonCode::ServerBusy), "{d:?}"),
+        Ok(None) => {}
+        other => panic!(
+            "a PUBLISH on a node cut off from NATS: expected no PUBACK and DISCONNECT 0x89, got {other:?}"
+        ),
+    }
+    // Stored by node b meanwhile.
+    for i in 10..30 {
+        p.publish("cut/t", &i.to_string(), QoS::AtLeastOnce, false).await;
+    }
+    // The client of `moves` goes to node b: node a does not answer, the session is
+    // recovered there with what was stored for it.
+    drop(moves);
+    let (mut moves, ack) = connect_patiently(b.addr(), "moves").await;
+    assert!(ack.session_present, "{ack:?}");
+    receive_in_order(&mut moves, 10..30, "moves, on node b during the cut").await;
+
+    relay.set_up(true);
+    // `stays` gets what was stored during the cut once node a is back.
+    receive_in_order(&mut stays, 10..30, "stays, after the cut").await;
+    // Node a gives up the session node b took meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.broker.admin().session("moves").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "node a still holds the session node b recovered during the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 30..40 {
+        p.publish("cut/t", &i.to_string(), QoS::AtLeastOnce, false).await;
+    }
+    receive_in_order(&mut stays, 30..40, "stays, later").await;
+    receive_in_order(&mut moves, 30..40, "moves, later").await;
+    // Each once: nothing else comes.
+    for (sub, who) in [(&mut stays, "stays"), (&mut moves, "moves")] {
+        if let Ok(Some(Packet::Publish(m))) = sub.next_within(Duration::from_millis(500)).await {
+            panic!("{who}: {:?} came again", m.payload);
+        }
+    }
+    drop((a, b));
+}
