@@ -9,6 +9,7 @@
 //! - [`nats`]: a NATS JetStream cluster of 1 or 3 `nats-server` processes on free loopback
 //!   ports, stopped by PID, for the cluster-mode tests.
 //! - [`pki`]: a test CA with a server certificate and a client certificate, as PEM files.
+//! - [`relay`]: a TCP relay that can be cut, to put a peer out of reach while it runs.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
