@@ -78,7 +78,7 @@ impl Nats {
     ///
     /// Ports are found free just before the servers bind them, so a process of another test
     /// may take one in between: a server that exits while starting makes the fixture start
-    /// the cluster again on new ports (at most [`ATTEMPTS`] times).
+    /// the cluster again on new ports (at most `ATTEMPTS` times).
     pub fn start_with(n: usize, sync_always: bool, extra: &str) -> Nats {
         let mut last = String::new();
         for _ in 0..ATTEMPTS {
