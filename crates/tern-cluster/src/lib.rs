@@ -329,12 +329,26 @@ impl Cluster {
             outbound: outbound.clone(),
             positions: positions.clone(),
         });
+        let directory = Arc::new(directory);
+        // Weak: the directory holds the outbound half.
+        let relisting = Arc::downgrade(&directory);
+        let _ = outbound
+            .relist
+            .set(outbound::Relist(Box::new(move |client: Arc<str>| {
+                let directory = relisting.clone();
+                Box::pin(async move {
+                    match directory.upgrade() {
+                        Some(d) => d.relist(&client).await,
+                        None => Err("the node is stopping".into()),
+                    }
+                })
+            })));
         let flow_counters = Arc::new(flow::FlowCounters::default());
         let holds = Arc::new(flow::Holds::new(outbound.run(), flow_counters.clone()));
         Ok(Cluster {
             reconnected,
             positions,
-            directory: Arc::new(directory),
+            directory,
             wills: wills_tx,
             wills_rx: Mutex::new(Some(wills_rx)),
             config,
@@ -620,7 +634,7 @@ impl ClusterStats {
             ),
             c(
                 "cluster_qos2_refused",
-                "QoS 2 messages refused as duplicates of another node's placeholder (not acknowledged)",
+                "QoS 2 messages not stored (not acknowledged): duplicates of another node's placeholder, or of a publisher whose session another node took before its entry listed them",
                 self.qos2_refused,
             ),
             c(
@@ -692,9 +706,11 @@ pub struct ClusterStats {
     pub stored: u64,
     /// Attempts to store a message that failed and were retried.
     pub store_retries: u64,
-    /// QoS 2 messages of this node's clients that JetStream refused as duplicates of a
-    /// placeholder: another node had recovered the publisher's session and found them not
-    /// stored (this node was taken for dead). Not acknowledged; their resends are new.
+    /// QoS 2 messages of this node's clients not stored: JetStream refused them as
+    /// duplicates of a placeholder (another node had recovered the publisher's session and
+    /// found them not stored: this node was taken for dead), or another node took the
+    /// publisher's session before its entry could list them. Not acknowledged; their
+    /// resends are new.
     pub qos2_refused: u64,
     /// Messages from other nodes delivered to this node.
     pub received: u64,

@@ -18,7 +18,7 @@
 //!   (within its duplicate window); a QoS 1 message does not (a retry after a lost answer can
 //!   store it twice: a duplicate, which QoS 1 allows).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,7 +75,9 @@ pub struct OutboundCounters {
     pub stored: AtomicU64,
     /// Attempts to store that failed and were retried.
     pub retries: AtomicU64,
-    /// QoS 2 messages refused as duplicates of a placeholder (`placed_before`).
+    /// QoS 2 messages not stored: refused as duplicates of a placeholder (`placed_before`),
+    /// or of a publisher whose session another node took before its entry listed them
+    /// (`relisted`).
     pub refused: AtomicU64,
 }
 
@@ -101,6 +103,22 @@ pub(crate) struct Outbound {
     /// The numbering of the session entry writes (`sessions.rs`): a message held for one
     /// ([`Outgoing::hold`]) is stored once it is written.
     pub entries: Arc<Tickets>,
+    /// Writes a publisher's session entry again, with the incoming QoS 2 ids it lists now
+    /// (`sessions.rs`, set once the directory exists): `Ok(false)` when the entry names
+    /// another node. Asked before storing a message whose own entry write failed.
+    pub relist: std::sync::OnceLock<Relist>,
+}
+
+/// See [`Outbound::relist`].
+pub(crate) struct Relist(pub Box<dyn Fn(Arc<str>) -> Relisting + Send + Sync>);
+
+/// One write of [`Outbound::relist`].
+pub(crate) type Relisting = futures_util::future::BoxFuture<'static, Result<bool, String>>;
+
+impl std::fmt::Debug for Relist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relist")
+    }
 }
 
 /// How far tickets are stored: every one up to `upto`, and those in `done` after a gap.
@@ -135,7 +153,14 @@ pub(crate) struct Tickets {
     settled: Mutex<Settled>,
     /// Told at every release (progress may stay behind an earlier ticket).
     released: tokio::sync::Notify,
+    /// Tickets whose write failed or was not made (the entry names another node): what
+    /// waited for them must not go out as if it was. The oldest are forgotten beyond
+    /// [`MAX_FAILED`] (a ticket never comes twice).
+    failed: Mutex<(HashSet<Ticket>, VecDeque<Ticket>)>,
 }
+
+/// Failed tickets remembered, at most.
+const MAX_FAILED: usize = 4096;
 
 impl Tickets {
     /// A ticket for the next write.
@@ -147,6 +172,35 @@ impl Tickets {
     pub fn is_released(&self, ticket: Ticket) -> bool {
         let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
         ticket <= settled.upto || settled.done.contains(&ticket)
+    }
+
+    /// The writes of `tickets` failed or were not made (before they are released).
+    pub fn fail(&self, tickets: &[Ticket]) {
+        if tickets.is_empty() {
+            return;
+        }
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let (set, order) = &mut *failed;
+        for t in tickets {
+            if set.insert(*t) {
+                order.push_back(*t);
+            }
+        }
+        while order.len() > MAX_FAILED {
+            if let Some(t) = order.pop_front() {
+                set.remove(&t);
+            }
+        }
+    }
+
+    /// Whether the write of `ticket`, released, was made ([`Tickets::fail`]).
+    pub fn was_kept(&self, ticket: Ticket) -> bool {
+        !self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .contains(&ticket)
     }
 
     /// The write of `ticket` is done (or given up).
@@ -196,6 +250,7 @@ impl Outbound {
             qos0_pack: qos0_pack.clamp(1, codec::PACK_MAX),
             counters: OutboundCounters::default(),
             entries: Arc::default(),
+            relist: std::sync::OnceLock::new(),
         };
         (out, Receivers { stored, qos0 })
     }
@@ -510,6 +565,19 @@ pub(crate) async fn run(
             }
         }
         while let Some((ticket, m)) = ready.pop_front() {
+            // A QoS 2 message whose publisher's entry could not list its packet id (its
+            // PUBREC was not sent): stored only once the entry lists it, and not at all when
+            // another node has the session now, which takes the client's resend as new (a
+            // node cut off from NATS, then back, would otherwise store it a second time).
+            if let (Some(t), Some((msg, _)), Some(from)) = (m.hold, &m.placed, &m.from) {
+                if !entries.was_kept(t) && !relisted(&out, from, &mut waiting).await {
+                    out.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(subject = %m.subject, ticket, client_id = %from, "a QoS 2 message whose packet id its publisher's entry could not list is not stored: another node has the session now and takes the client's resend as new");
+                    msg.backplane_mark().refuse();
+                    out.settle_uncounted(ticket);
+                    continue;
+                }
+            }
             // The first attempt goes out here, in order; waiting for its answer (and
             // retrying) happens apart, so that up to `max_ack_inflight` are in flight.
             // The answers are taken meanwhile: each holds one of those permits until it
@@ -550,6 +618,48 @@ pub(crate) async fn run(
         }
     }
     qos0_task.abort();
+}
+
+/// Write `client`'s entry again with the incoming QoS 2 ids its session lists now
+/// ([`Outbound::relist`]), trying again while JetStream does not answer (the answers to
+/// earlier stores are taken meanwhile): whether the entry is this node's (`true` without a
+/// hook).
+async fn relisted<F: std::future::Future<Output = ()>>(
+    out: &Outbound,
+    client: &Arc<str>,
+    waiting: &mut FuturesUnordered<F>,
+) -> bool {
+    let Some(relist) = out.relist.get() else {
+        return true;
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let attempt = (relist.0)(client.clone());
+        tokio::pin!(attempt);
+        let r = loop {
+            tokio::select! {
+                biased;
+                r = &mut attempt => break r,
+                Some(()) = waiting.next(), if !waiting.is_empty() => {}
+            }
+        };
+        match r {
+            Ok(mine) => return mine,
+            Err(e) => {
+                tracing::warn!(client_id = %client, "a QoS 2 message waits for its publisher's entry to list it: {e}");
+                let pause = tokio::time::sleep(backoff);
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut pause => break,
+                        Some(()) = waiting.next(), if !waiting.is_empty() => {}
+                    }
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
 }
 
 /// Wait for JetStream's answer to `first`, the first attempt to store `m`, retrying until it

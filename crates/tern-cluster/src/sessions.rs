@@ -354,10 +354,6 @@ pub(crate) struct Directory {
     start: (Instant, Vec<u64>),
     /// The QoS 2 deliveries of this node's sessions that outlive their connection.
     q2: Mutex<HashMap<Arc<str>, Q2>>,
-    /// Tickets of [`Directory::written`] whose write failed or was not made (the entry names
-    /// another node): what waited for them must not go out. Checked once; the oldest are
-    /// forgotten beyond [`MAX_FAILED`].
-    failed: Mutex<(HashSet<u64>, VecDeque<u64>)>,
     /// Sessions fetched here lately: their floor is written once they hold no message they
     /// came with ([`refresh_floors`]), rather than at the next look at every connected session.
     settling: Mutex<HashMap<Arc<str>, Settling>>,
@@ -416,9 +412,6 @@ struct Settling {
     /// How long until the look after that (doubling up to [`SETTLE_AT_MOST`]).
     wait: Duration,
 }
-
-/// Failed tickets remembered, at most.
-const MAX_FAILED: usize = 4096;
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -519,7 +512,6 @@ impl Directory {
             q2: Mutex::default(),
             settling: Mutex::default(),
             silent: Mutex::default(),
-            failed: Mutex::default(),
         }
     }
 
@@ -962,34 +954,21 @@ impl Directory {
         known.then(|| self.write_awaited(client))
     }
 
-    /// Whether the entry write of `ticket` was made (see [`Directory::failed`]); asked once.
+    /// Whether the entry write of `ticket` was made ([`crate::outbound::Tickets::fail`]).
     pub(crate) fn kept(&self, ticket: u64) -> bool {
-        !self
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .remove(&ticket)
+        self.written.was_kept(ticket)
     }
 
     /// The entry writes of `tickets` failed or were not made.
     fn not_kept(&self, tickets: &[u64]) {
-        if tickets.is_empty() {
-            return;
-        }
-        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        let (set, order) = &mut *failed;
-        for t in tickets {
-            set.insert(*t);
-            order.push_back(*t);
-        }
-        // The longest-failed are forgotten first (a ticket asked about already is gone
-        // from the set).
-        while order.len() > MAX_FAILED {
-            if let Some(t) = order.pop_front() {
-                set.remove(&t);
-            }
-        }
+        self.written.fail(tickets);
+    }
+
+    /// Write `client`'s entry again as its session stands here, with the incoming QoS 2 ids
+    /// it lists now (see [`crate::outbound::Outbound::relist`]): `Ok(false)` when the entry
+    /// names another node.
+    pub(crate) async fn relist(&self, client: &str) -> Result<bool, String> {
+        self.save(client, None, None, true).await
     }
 
     /// The floor of a session with QoS 2 state, as it stands now (its entry is written at

@@ -117,3 +117,104 @@ async fn a_node_cut_off_from_nats_acknowledges_nothing_loses_nothing_and_gives_u
     }
     drop((a, b));
 }
+
+/// A QoS 2 message published on a node cut off from NATS, by a client whose session keeps
+/// QoS 2 state: the entry write that lists its packet id cannot be made, so no PUBREC comes
+/// (DISCONNECT 0x89); the client resends it (DUP) to node b, which recovers the session and
+/// stores the resend. The message must reach a subscriber once, also after node a is back
+/// (before, node a stored its copy late once it was back: the subscriber got it twice; now
+/// node a writes the entry again before it stores the message, finds it names node b, and
+/// does not store it). v5 [MQTT-4.3.3-10]: a repeated PUBLISH is not delivered onwards again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_message_a_cut_off_node_could_not_list_is_delivered_once_after_its_resend_elsewhere() {
+    qos2_resent_after_a_cut(false).await;
+}
+
+/// The same with the client resending to node a once it is back, where its session still
+/// is: node a lists the id in the entry and stores the message, and answers the resend as a
+/// duplicate (the message once, not lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_message_a_cut_off_node_could_not_list_is_delivered_once_after_its_resend_there() {
+    qos2_resent_after_a_cut(true).await;
+}
+
+/// A QoS 2 publisher on node a (cut off from NATS through a relay) and a subscriber on
+/// node b; the client resends its unanswered message to node a once it is back (`to_a`) or
+/// to node b during the cut.
+async fn qos2_resent_after_a_cut(to_a: bool) {
+    let nats = Nats::start(1, true);
+    let port: u16 = nats.urls()[0].rsplit(':').next().unwrap().parse().unwrap();
+    let relay = Relay::start(port).await;
+    relay.set_up(true);
+    let mut config_a = node::config(&nats, "a");
+    config_a.nats = vec![format!("nats://127.0.0.1:{}", relay.port)];
+    config_a.publish_timeout_ms = 3_000;
+    let a = node::start(&config_a).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let mut sub = Raw::connect(b.addr(), V5, "q2-cut-sub").await;
+    sub.subscribe("q2cut/#", QoS::ExactlyOnce).await;
+    let (mut p, _) = connect(a.addr(), V5, "q2-cut-pub", false).await;
+    // A first message: the session keeps QoS 2 state from here on.
+    p.publish("q2cut/t", "0", QoS::ExactlyOnce, false).await;
+    let got = receive_qos2(&mut sub, Duration::from_secs(10)).await;
+    assert_eq!(got, vec!["0".to_string()]);
+
+    relay.set_up(false);
+    let mut m = tern_proto::Publish::new("q2cut/t", "1".to_string());
+    m.qos = QoS::ExactlyOnce;
+    m.packet_id = Some(tern_testkit::raw::pid(2));
+    p.send(Packet::Publish(m.clone())).await;
+    match p.next_within(Duration::from_secs(15)).await {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason_code, Some(ReasonCode::ServerBusy), "{d:?}"),
+        Ok(None) => {}
+        other => panic!("a QoS 2 PUBLISH on a node cut off from NATS: expected no PUBREC and DISCONNECT 0x89, got {other:?}"),
+    }
+    // The client resends it where its session is now.
+    if to_a {
+        relay.set_up(true);
+    }
+    let (mut p, ack) = connect_patiently(if to_a { a.addr() } else { b.addr() }, "q2-cut-pub").await;
+    assert!(ack.session_present, "{ack:?}");
+    m.dup = true;
+    p.send(Packet::Publish(m)).await;
+    match p.next_within(Duration::from_secs(10)).await {
+        Ok(Some(Packet::PubRec(r))) => assert_eq!(r.packet_id, tern_testkit::raw::pid(2)),
+        other => panic!("expected PUBREC 2 for the resend, got {other:?}"),
+    }
+    p.send(Packet::PubRel(tern_proto::Ack::new(tern_testkit::raw::pid(2))))
+        .await;
+    match p.next_within(Duration::from_secs(10)).await {
+        Ok(Some(Packet::PubComp(c))) => assert_eq!(c.packet_id, tern_testkit::raw::pid(2)),
+        other => panic!("expected PUBCOMP 2 for the resend, got {other:?}"),
+    }
+    relay.set_up(true);
+    // Node a is back (its stores are retried every 2 s at most): a last message after a
+    // while, then nothing more.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    p.publish("q2cut/t", "2", QoS::ExactlyOnce, false).await;
+    let got = receive_qos2(&mut sub, Duration::from_secs(3)).await;
+    assert_eq!(
+        got,
+        vec!["1".to_string(), "2".to_string()],
+        "each message once, in order"
+    );
+    drop((a, b));
+}
+
+/// The payloads of the QoS 2 messages `sub` receives (completing each) until none comes
+/// for `quiet`.
+async fn receive_qos2(sub: &mut Raw, quiet: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        match sub.next_within(quiet).await {
+            Ok(Some(Packet::Publish(m))) => {
+                let id = m.packet_id.expect("QoS 2");
+                sub.send(Packet::PubRec(tern_proto::Ack::new(id))).await;
+                got.push(String::from_utf8_lossy(&m.payload).into_owned());
+            }
+            Ok(Some(Packet::PubRel(r))) => sub.send(Packet::PubComp(tern_proto::Ack::new(r.packet_id))).await,
+            Err(()) => return got,
+            other => panic!("subscriber: unexpected {other:?}"),
+        }
+    }
+}
