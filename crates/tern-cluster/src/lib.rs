@@ -331,10 +331,12 @@ impl Cluster {
         });
         let directory = Arc::new(directory);
         // Weak: the directory holds the outbound half.
-        let relisting = Arc::downgrade(&directory);
-        let _ = outbound
-            .relist
-            .set(outbound::Relist(Box::new(move |client: Arc<str>| {
+        let (asking, relisting) = (Arc::downgrade(&directory), Arc::downgrade(&directory));
+        let _ = outbound.relist.set(outbound::Relist {
+            holds: Box::new(move |client: &str, mark: &Arc<tern_broker::BackplaneMark>| {
+                asking.upgrade().is_some_and(|d| d.holds_incoming(client, mark))
+            }),
+            write: Box::new(move |client: Arc<str>| {
                 let directory = relisting.clone();
                 Box::pin(async move {
                     match directory.upgrade() {
@@ -342,7 +344,8 @@ impl Cluster {
                         None => Err("the node is stopping".into()),
                     }
                 })
-            })));
+            }),
+        });
         let flow_counters = Arc::new(flow::FlowCounters::default());
         let holds = Arc::new(flow::Holds::new(outbound.run(), flow_counters.clone()));
         Ok(Cluster {

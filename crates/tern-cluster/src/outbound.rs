@@ -18,7 +18,7 @@
 //!   (within its duplicate window); a QoS 1 message does not (a retry after a lost answer can
 //!   store it twice: a duplicate, which QoS 1 allows).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tern_broker::backplane::Sent;
 use tern_broker::durability::{Progress, Ticket};
-use tern_broker::Message;
+use tern_broker::{BackplaneMark, Message};
 use tern_proto::QoS;
 use tokio::sync::mpsc;
 
@@ -103,17 +103,32 @@ pub(crate) struct Outbound {
     /// The numbering of the session entry writes (`sessions.rs`): a message held for one
     /// ([`Outgoing::hold`]) is stored once it is written.
     pub entries: Arc<Tickets>,
-    /// Writes a publisher's session entry again, with the incoming QoS 2 ids it lists now
-    /// (`sessions.rs`, set once the directory exists): `Ok(false)` when the entry names
-    /// another node. Asked before storing a message whose own entry write failed.
+    /// Asked before storing a QoS 2 message whose own entry write failed (`sessions.rs`,
+    /// set once the directory exists).
     pub relist: std::sync::OnceLock<Relist>,
 }
 
 /// See [`Outbound::relist`].
-pub(crate) struct Relist(pub Box<dyn Fn(Arc<str>) -> Relisting + Send + Sync>);
+pub(crate) struct Relist {
+    /// Whether the publisher's session here still awaits the PUBREL of the message with
+    /// this mark (its packet id is then listed by any entry write from now on).
+    pub holds: Box<Holding>,
+    /// Write the publisher's entry again, with the incoming ids its session holds now:
+    /// `Ok(false)` when the entry names another node.
+    pub write: Box<dyn Fn(Arc<str>) -> Relisting + Send + Sync>,
+}
 
-/// One write of [`Outbound::relist`].
+/// See [`Relist::holds`].
+pub(crate) type Holding = dyn Fn(&str, &Arc<BackplaneMark>) -> bool + Send + Sync;
+
+/// One write of [`Relist::write`].
 pub(crate) type Relisting = futures_util::future::BoxFuture<'static, Result<bool, String>>;
+
+/// How long a message waits for [`Relist::write`] while NATS is connected and the write
+/// fails (the sessions bucket electing a leader, say): then it is stored (a possible
+/// duplicate rather than a stall of every store on the node). While NATS is not connected
+/// nothing can be stored anyway, and it waits as long as that lasts.
+const RELIST_AT_MOST: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Relist {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,10 +168,10 @@ pub(crate) struct Tickets {
     settled: Mutex<Settled>,
     /// Told at every release (progress may stay behind an earlier ticket).
     released: tokio::sync::Notify,
-    /// Tickets whose write failed or was not made (the entry names another node): what
-    /// waited for them must not go out as if it was. The oldest are forgotten beyond
-    /// [`MAX_FAILED`] (a ticket never comes twice).
-    failed: Mutex<(HashSet<Ticket>, VecDeque<Ticket>)>,
+    /// Tickets whose write failed (`true`: JetStream did not answer) or was not made (the
+    /// entry names another node): what waited for them must not go out as if it was. The
+    /// oldest are forgotten beyond [`MAX_FAILED`] (a ticket never comes twice).
+    failed: Mutex<(HashMap<Ticket, bool>, VecDeque<Ticket>)>,
 }
 
 /// Failed tickets remembered, at most.
@@ -174,15 +189,16 @@ impl Tickets {
         ticket <= settled.upto || settled.done.contains(&ticket)
     }
 
-    /// The writes of `tickets` failed or were not made (before they are released).
-    pub fn fail(&self, tickets: &[Ticket]) {
+    /// The writes of `tickets` failed (`unanswered`: JetStream did not answer) or were not
+    /// made (before they are released).
+    pub fn fail(&self, tickets: &[Ticket], unanswered: bool) {
         if tickets.is_empty() {
             return;
         }
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         let (set, order) = &mut *failed;
         for t in tickets {
-            if set.insert(*t) {
+            if set.insert(*t, unanswered).is_none() {
                 order.push_back(*t);
             }
         }
@@ -200,7 +216,18 @@ impl Tickets {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .0
-            .contains(&ticket)
+            .contains_key(&ticket)
+    }
+
+    /// Whether the write of `ticket`, released, failed because JetStream did not answer.
+    pub fn was_unanswered(&self, ticket: Ticket) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .get(&ticket)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// The write of `ticket` is done (or given up).
@@ -527,7 +554,12 @@ pub(crate) async fn run(
     // after them, by publisher (empty unless a publisher's session keeps QoS 2 state); and
     // those to send now, in order.
     let mut held: HashMap<Arc<str>, VecDeque<(Ticket, Outgoing)>> = HashMap::new();
-    let mut ready: VecDeque<(Ticket, Outgoing)> = VecDeque::new();
+    // With each, whether its publisher's entry write failed for want of an answer from
+    // JetStream (asked as it is taken: the failed tickets are forgotten beyond a bound). One
+    // not made because another node claimed the session is stored as before: a live
+    // handover waits for it and passes its id on.
+    let mut ready: VecDeque<(Ticket, Outgoing, bool)> = VecDeque::new();
+    let unlisted = |m: &Outgoing| m.hold.is_some_and(|t| entries.was_unanswered(t));
     loop {
         // Registered before the held messages are looked at: a write done after it wakes the
         // wait. A message waits for its own write only (one of another client may be slower).
@@ -543,7 +575,10 @@ pub(crate) async fn run(
                     .front()
                     .is_some_and(|(_, m)| m.hold.is_none_or(|t| t <= written || entries.is_released(t)))
                 {
-                    ready.extend(queue.pop_front());
+                    if let Some((ticket, m)) = queue.pop_front() {
+                        let failed = unlisted(&m);
+                        ready.push_back((ticket, m, failed));
+                    }
                 }
                 !queue.is_empty()
             });
@@ -559,21 +594,40 @@ pub(crate) async fn run(
                         Some(from) if held.contains_key(from) || m.hold.is_some_and(|t| t > written) => {
                             held.entry(from.clone()).or_default().push_back((ticket, m));
                         }
-                        _ => ready.push_back((ticket, m)),
+                        _ => {
+                            let failed = unlisted(&m);
+                            ready.push_back((ticket, m, failed));
+                        }
                     }
                 }
             }
         }
-        while let Some((ticket, m)) = ready.pop_front() {
+        // The entry writes made for this round of messages, by publisher.
+        let mut written_again: HashMap<Arc<str>, bool> = HashMap::new();
+        while let Some((ticket, m, failed)) = ready.pop_front() {
             // A QoS 2 message whose publisher's entry could not list its packet id (its
-            // PUBREC was not sent): stored only once the entry lists it, and not at all when
-            // another node has the session now, which takes the client's resend as new (a
-            // node cut off from NATS, then back, would otherwise store it a second time).
-            if let (Some(t), Some((msg, _)), Some(from)) = (m.hold, &m.placed, &m.from) {
-                if !entries.was_kept(t) && !relisted(&out, from, &mut waiting).await {
+            // PUBREC was not sent): stored only once an entry lists it, and not at all when
+            // its session here no longer awaits its PUBREL or another node has the session
+            // now (which takes the client's resend as new): a node cut off from NATS, then
+            // back, would otherwise store it a second time.
+            if let (true, Some((msg, _)), Some(from)) = (failed, &m.placed, &m.from) {
+                let mark = msg.backplane_mark();
+                let listed = match out.relist.get() {
+                    None => true,
+                    Some(r) if !(r.holds)(from, &mark) => false,
+                    Some(r) => match written_again.get(from) {
+                        Some(&mine) => mine,
+                        None => {
+                            let mine = relisted(r, &client, from, &mut waiting).await;
+                            written_again.insert(from.clone(), mine);
+                            mine
+                        }
+                    },
+                };
+                if !listed {
                     out.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(subject = %m.subject, ticket, client_id = %from, "a QoS 2 message whose packet id its publisher's entry could not list is not stored: another node has the session now and takes the client's resend as new");
-                    msg.backplane_mark().refuse();
+                    tracing::warn!(subject = %m.subject, ticket, client_id = %from, "a QoS 2 message whose packet id its publisher's entry could not list is not stored: its session here no longer awaits it, or another node has the session now and takes the client's resend as new");
+                    mark.refuse();
                     out.settle_uncounted(ticket);
                     continue;
                 }
@@ -620,22 +674,22 @@ pub(crate) async fn run(
     qos0_task.abort();
 }
 
-/// Write `client`'s entry again with the incoming QoS 2 ids its session lists now
-/// ([`Outbound::relist`]), trying again while JetStream does not answer (the answers to
-/// earlier stores are taken meanwhile): whether the entry is this node's (`true` without a
-/// hook).
+/// Write `client`'s entry again with the incoming QoS 2 ids its session holds now
+/// ([`Relist::write`]), trying again while it fails (the answers to earlier stores are taken
+/// meanwhile): whether the entry is this node's. While NATS is connected, at most
+/// [`RELIST_AT_MOST`]; then `true` (stored: a possible duplicate, never a loss).
 async fn relisted<F: std::future::Future<Output = ()>>(
-    out: &Outbound,
+    relist: &Relist,
+    nats: &async_nats::Client,
     client: &Arc<str>,
     waiting: &mut FuturesUnordered<F>,
 ) -> bool {
-    let Some(relist) = out.relist.get() else {
-        return true;
-    };
     let mut backoff = Duration::from_millis(50);
+    let mut connected_for = Duration::ZERO;
     loop {
-        let attempt = (relist.0)(client.clone());
+        let attempt = (relist.write)(client.clone());
         tokio::pin!(attempt);
+        let started = tokio::time::Instant::now();
         let r = loop {
             tokio::select! {
                 biased;
@@ -646,6 +700,14 @@ async fn relisted<F: std::future::Future<Output = ()>>(
         match r {
             Ok(mine) => return mine,
             Err(e) => {
+                let connected = nats.connection_state() == async_nats::connection::State::Connected;
+                if connected {
+                    connected_for += started.elapsed() + backoff;
+                    if connected_for >= RELIST_AT_MOST {
+                        tracing::warn!(client_id = %client, "a QoS 2 message is stored although its publisher's entry could not list it ({e}): a duplicate is possible if another node has the session");
+                        return true;
+                    }
+                }
                 tracing::warn!(client_id = %client, "a QoS 2 message waits for its publisher's entry to list it: {e}");
                 let pause = tokio::time::sleep(backoff);
                 tokio::pin!(pause);

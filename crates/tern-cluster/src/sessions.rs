@@ -959,16 +959,31 @@ impl Directory {
         self.written.was_kept(ticket)
     }
 
-    /// The entry writes of `tickets` failed or were not made.
-    fn not_kept(&self, tickets: &[u64]) {
-        self.written.fail(tickets);
+    /// The entry writes of `tickets` failed (`unanswered`: JetStream did not answer) or were
+    /// not made (another node claimed the session).
+    fn not_kept(&self, tickets: &[u64], unanswered: bool) {
+        self.written.fail(tickets, unanswered);
     }
 
     /// Write `client`'s entry again as its session stands here, with the incoming QoS 2 ids
-    /// it lists now (see [`crate::outbound::Outbound::relist`]): `Ok(false)` when the entry
-    /// names another node.
+    /// it holds now (see [`crate::outbound::Outbound::relist`]): `Ok(false)` when the entry
+    /// names another node (read again for a while: a read may come from a replica behind).
     pub(crate) async fn relist(&self, client: &str) -> Result<bool, String> {
         self.save(client, None, None, true).await
+    }
+
+    /// Whether `client`'s session here awaits the PUBREL of the message marked `mark` (its
+    /// packet id is then in every entry this node writes for it).
+    pub(crate) fn holds_incoming(&self, client: &str, mark: &Arc<BackplaneMark>) -> bool {
+        self.q2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client)
+            .is_some_and(|q| {
+                q.incoming
+                    .values()
+                    .any(|m| m.as_ref().is_some_and(|m| Arc::ptr_eq(m, mark)))
+            })
     }
 
     /// The floor of a session with QoS 2 state, as it stands now (its entry is written at
@@ -2461,9 +2476,9 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
                         let awaited = !mine.is_empty();
                         match directory.save(&client, record.clone(), floor.clone(), awaited).await {
                             Ok(true) => {}
-                            Ok(false) => directory.not_kept(&mine),
+                            Ok(false) => directory.not_kept(&mine, false),
                             Err(e) => {
-                                directory.not_kept(&mine);
+                                directory.not_kept(&mine, true);
                                 tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
                                 // Tried again with the next change (or on its own), so that a
                                 // later write, which a connection may wait for, does not
