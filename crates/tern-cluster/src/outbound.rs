@@ -641,29 +641,12 @@ pub(crate) async fn run(
             // later message: one that was never sent is not stored after later ones.
             let mut backoff = Duration::from_millis(50);
             let first = loop {
-                let attempt = send(&js, &m);
-                tokio::pin!(attempt);
-                let r = loop {
-                    tokio::select! {
-                        biased;
-                        r = &mut attempt => break r,
-                        Some(()) = waiting.next(), if !waiting.is_empty() => {}
-                    }
-                };
-                match r {
+                match taking_answers(send(&js, &m), &mut waiting).await {
                     Ok(ack) => break ack,
                     Err(e) => {
                         out.counters.retries.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(subject = %m.subject, ticket, "a message was not handed to NATS, trying again in order: {e}");
-                        let pause = tokio::time::sleep(backoff);
-                        tokio::pin!(pause);
-                        loop {
-                            tokio::select! {
-                                biased;
-                                () = &mut pause => break,
-                                Some(()) = waiting.next(), if !waiting.is_empty() => {}
-                            }
-                        }
+                        taking_answers(tokio::time::sleep(backoff), &mut waiting).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
@@ -672,6 +655,22 @@ pub(crate) async fn run(
         }
     }
     qos0_task.abort();
+}
+
+/// Await `f`, taking the answers to earlier stores meanwhile (each holds one of the
+/// `max_ack_inflight` permits until it is taken, and `f` may be waiting for one).
+async fn taking_answers<T, F: std::future::Future<Output = ()>>(
+    f: impl std::future::Future<Output = T>,
+    waiting: &mut FuturesUnordered<F>,
+) -> T {
+    tokio::pin!(f);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut f => return r,
+            Some(()) = waiting.next(), if !waiting.is_empty() => {}
+        }
+    }
 }
 
 /// Write `client`'s entry again with the incoming QoS 2 ids its session holds now
@@ -687,17 +686,8 @@ async fn relisted<F: std::future::Future<Output = ()>>(
     let mut backoff = Duration::from_millis(50);
     let mut connected_for = Duration::ZERO;
     loop {
-        let attempt = (relist.write)(client.clone());
-        tokio::pin!(attempt);
         let started = tokio::time::Instant::now();
-        let r = loop {
-            tokio::select! {
-                biased;
-                r = &mut attempt => break r,
-                Some(()) = waiting.next(), if !waiting.is_empty() => {}
-            }
-        };
-        match r {
+        match taking_answers((relist.write)(client.clone()), waiting).await {
             Ok(mine) => return mine,
             Err(e) => {
                 let connected = nats.connection_state() == async_nats::connection::State::Connected;
@@ -709,15 +699,7 @@ async fn relisted<F: std::future::Future<Output = ()>>(
                     }
                 }
                 tracing::warn!(client_id = %client, "a QoS 2 message waits for its publisher's entry to list it: {e}");
-                let pause = tokio::time::sleep(backoff);
-                tokio::pin!(pause);
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = &mut pause => break,
-                        Some(()) = waiting.next(), if !waiting.is_empty() => {}
-                    }
-                }
+                taking_answers(tokio::time::sleep(backoff), waiting).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }

@@ -11,6 +11,21 @@ use tern_testkit::relay::Relay;
 use crate::node;
 use crate::sessions::{connect, connect_patiently};
 
+/// One NATS server; node a reaches it through a relay (carrying), with `publish_timeout_ms`;
+/// node b directly.
+async fn nodes_a_through_a_relay(publish_timeout_ms: u64) -> (Nats, Relay, node::Node, node::Node) {
+    let nats = Nats::start(1, true);
+    let port: u16 = nats.urls()[0].rsplit(':').next().unwrap().parse().unwrap();
+    let relay = Relay::start(port).await;
+    relay.set_up(true);
+    let mut config_a = node::config(&nats, "a");
+    config_a.nats = vec![format!("nats://127.0.0.1:{}", relay.port)];
+    config_a.publish_timeout_ms = publish_timeout_ms;
+    let a = node::start(&config_a).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    (nats, relay, a, b)
+}
+
 /// Receive `range` in order on `sub`, acknowledging each (earlier numbers that come again,
 /// QoS 1 duplicates after a recovery, are skipped); at most 30 s.
 async fn receive_in_order(sub: &mut Raw, range: std::ops::Range<u32>, who: &str) {
@@ -47,15 +62,7 @@ async fn receive_in_order(sub: &mut Raw, range: std::ops::Range<u32>, who: &str)
 /// session is held by one node after the cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_nats_acknowledges_nothing_loses_nothing_and_gives_up_sessions_taken_meanwhile() {
-    let nats = Nats::start(1, true);
-    let port: u16 = nats.urls()[0].rsplit(':').next().unwrap().parse().unwrap();
-    let relay = Relay::start(port).await;
-    relay.set_up(true);
-    let mut config_a = node::config(&nats, "a");
-    config_a.nats = vec![format!("nats://127.0.0.1:{}", relay.port)];
-    config_a.publish_timeout_ms = 3_000;
-    let a = node::start(&config_a).await;
-    let b = node::start(&node::config(&nats, "b")).await;
+    let (_nats, relay, a, b) = nodes_a_through_a_relay(3_000).await;
     let (mut stays, _) = connect(a.addr(), V5, "stays", false).await;
     stays.subscribe("cut/#", QoS::AtLeastOnce).await;
     let (mut moves, _) = connect(a.addr(), V5, "moves", false).await;
@@ -142,15 +149,7 @@ async fn a_qos2_message_a_cut_off_node_could_not_list_is_delivered_once_after_it
 /// node b; the client resends its unanswered message to node a once it is back (`to_a`) or
 /// to node b during the cut.
 async fn qos2_resent_after_a_cut(to_a: bool) {
-    let nats = Nats::start(1, true);
-    let port: u16 = nats.urls()[0].rsplit(':').next().unwrap().parse().unwrap();
-    let relay = Relay::start(port).await;
-    relay.set_up(true);
-    let mut config_a = node::config(&nats, "a");
-    config_a.nats = vec![format!("nats://127.0.0.1:{}", relay.port)];
-    config_a.publish_timeout_ms = 5_000;
-    let a = node::start(&config_a).await;
-    let b = node::start(&node::config(&nats, "b")).await;
+    let (_nats, relay, a, b) = nodes_a_through_a_relay(5_000).await;
     let mut sub = Raw::connect(b.addr(), V5, "q2-cut-sub").await;
     sub.subscribe("q2cut/#", QoS::ExactlyOnce).await;
     let (mut p, _) = connect(a.addr(), V5, "q2-cut-pub", false).await;
