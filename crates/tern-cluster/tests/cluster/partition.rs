@@ -58,8 +58,9 @@ async fn receive_in_order(sub: &mut Raw, range: std::ops::Range<u32>, who: &str)
 /// stays connected to node a gets them once a is back (its tailers go on from where they
 /// were), and one whose client moves to node b during the cut finds its session there
 /// (node b takes node a for gone and recovers it from the entry and the streams), gets them
-/// there, and node a gives it up when it is back. Nothing acknowledged is lost, and each
-/// session is held by one node after the cut.
+/// there, and node a gives it up when it is back (closing, with 0x8E, a connection of that
+/// client still open there). Nothing acknowledged is lost, and each session is held by one
+/// node after the cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_nats_acknowledges_nothing_loses_nothing_and_gives_up_sessions_taken_meanwhile() {
     let (_nats, relay, a, b) = nodes_a_through_a_relay(3_000).await;
@@ -67,6 +68,9 @@ async fn a_node_cut_off_from_nats_acknowledges_nothing_loses_nothing_and_gives_u
     stays.subscribe("cut/#", QoS::AtLeastOnce).await;
     let (mut moves, _) = connect(a.addr(), V5, "moves", false).await;
     moves.subscribe("cut/#", QoS::AtLeastOnce).await;
+    // A client whose old connection to node a stays open while it connects to node b.
+    let (mut twice, _) = connect(a.addr(), V5, "twice", false).await;
+    twice.subscribe("twice/#", QoS::AtLeastOnce).await;
     let mut p = Raw::connect(b.addr(), V5, "cut-pub").await;
     for i in 0..10 {
         p.publish("cut/t", &i.to_string(), QoS::AtLeastOnce, false).await;
@@ -98,6 +102,10 @@ async fn a_node_cut_off_from_nats_acknowledges_nothing_loses_nothing_and_gives_u
     let (mut moves, ack) = connect_patiently(b.addr(), "moves").await;
     assert!(ack.session_present, "{ack:?}");
     receive_in_order(&mut moves, 10..30, "moves, on node b during the cut").await;
+    // `twice` connects to node b while its connection to node a is open: node b cannot
+    // tell node a to close it during the cut.
+    let (_twice_on_b, ack) = connect_patiently(b.addr(), "twice").await;
+    assert!(ack.session_present, "{ack:?}");
 
     relay.set_up(true);
     // `stays` gets what was stored during the cut once node a is back.
@@ -110,6 +118,14 @@ async fn a_node_cut_off_from_nats_acknowledges_nothing_loses_nothing_and_gives_u
             "node a still holds the session node b recovered during the cut"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The old connection of `twice` is closed once node a is back, as a takeover closes it
+    // on one broker (v5 [MQTT-3.1.4-3]: DISCONNECT 0x8E Session taken over).
+    match twice.next_within(Duration::from_secs(30)).await {
+        Ok(Some(Packet::Disconnect(d))) => {
+            assert_eq!(d.reason_code, Some(ReasonCode::SessionTakenOver), "{d:?}")
+        }
+        other => panic!("the old connection of a session node b took during the cut: expected DISCONNECT 0x8E, got {other:?}"),
     }
     for i in 30..40 {
         p.publish("cut/t", &i.to_string(), QoS::AtLeastOnce, false).await;
