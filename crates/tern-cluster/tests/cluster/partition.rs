@@ -14,6 +14,14 @@ use crate::sessions::{connect, connect_patiently};
 /// One NATS server; node a reaches it through a relay (carrying), with `publish_timeout_ms`;
 /// node b directly.
 async fn nodes_a_through_a_relay(publish_timeout_ms: u64) -> (Nats, Relay, node::Node, node::Node) {
+    nodes_a_through_a_relay_with(publish_timeout_ms, 10_000).await
+}
+
+/// [`nodes_a_through_a_relay`], both nodes with `node_timeout_ms`.
+async fn nodes_a_through_a_relay_with(
+    publish_timeout_ms: u64,
+    node_timeout_ms: u64,
+) -> (Nats, Relay, node::Node, node::Node) {
     let nats = Nats::start(1, true);
     let port: u16 = nats.urls()[0].rsplit(':').next().unwrap().parse().unwrap();
     let relay = Relay::start(port).await;
@@ -21,8 +29,11 @@ async fn nodes_a_through_a_relay(publish_timeout_ms: u64) -> (Nats, Relay, node:
     let mut config_a = node::config(&nats, "a");
     config_a.nats = vec![format!("nats://127.0.0.1:{}", relay.port)];
     config_a.publish_timeout_ms = publish_timeout_ms;
+    config_a.node_timeout_ms = node_timeout_ms;
+    let mut config_b = node::config(&nats, "b");
+    config_b.node_timeout_ms = node_timeout_ms;
     let a = node::start(&config_a).await;
-    let b = node::start(&node::config(&nats, "b")).await;
+    let b = node::start(&config_b).await;
     (nats, relay, a, b)
 }
 
@@ -245,4 +256,41 @@ async fn receive_qos2(sub: &mut Raw, quiet: Duration) -> Vec<String> {
             other => panic!("subscriber: unexpected {other:?}"),
         }
     }
+}
+
+/// A node cut off from NATS for longer than `node_timeout_ms` cannot be told from a dead one:
+/// another node publishes the wills of its connections, although their clients are still
+/// connected to it. Once it is back, such a connection that ends without DISCONNECT has its
+/// will published again by its own node (a partition's cost, documented in docs/cluster.md,
+/// "Wills when a node dies"); one that ends normally has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_for_longer_than_the_node_timeout_has_its_connections_wills_published() {
+    let (_nats, relay, a, b) = nodes_a_through_a_relay_with(3_000, 1_500).await;
+    let mut sub = Raw::connect(b.addr(), V5, "cut-will-sub").await;
+    sub.subscribe("will/#", QoS::AtLeastOnce).await;
+    let stays = crate::wills::with_will(a.addr(), "cut-stays").await;
+    let leaves = crate::wills::with_will(a.addr(), "cut-leaves").await;
+    // Both wills are kept in the bucket before the cut.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.set_up(false);
+    let got = crate::wills::wills(&mut sub, Duration::from_secs(6)).await;
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["cut-leaves is gone", "cut-stays is gone"],
+        "node b took node a for dead and published its connections' wills"
+    );
+    relay.set_up(true);
+    // Node a is heard again; its clients were connected all along.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    leaves.disconnect().await;
+    drop(stays);
+    let again = crate::wills::wills(&mut sub, Duration::from_secs(4)).await;
+    assert_eq!(
+        again,
+        ["cut-stays is gone"],
+        "once back, node a publishes the will of a connection that ends without DISCONNECT"
+    );
+    drop((a, b));
 }

@@ -12,7 +12,7 @@ use tern_testkit::raw::{Raw, V5};
 use crate::node;
 
 /// Connect `id` to `addr` with a QoS 1 will on `will/ID`.
-async fn with_will(addr: std::net::SocketAddr, id: &str) -> Raw {
+pub(crate) async fn with_will(addr: std::net::SocketAddr, id: &str) -> Raw {
     let mut c = Connect::new(V5, id);
     c.will = Some(Will {
         topic: format!("will/{id}").into(),
@@ -35,7 +35,7 @@ fn kill(n: node::Node) {
 }
 
 /// The wills `sub` receives within `wait`, acknowledged.
-async fn wills(sub: &mut Raw, wait: Duration) -> Vec<String> {
+pub(crate) async fn wills(sub: &mut Raw, wait: Duration) -> Vec<String> {
     let mut got = Vec::new();
     let deadline = Instant::now() + wait;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
