@@ -331,11 +331,8 @@ impl Cluster {
         });
         let directory = Arc::new(directory);
         // Weak: the directory holds the outbound half.
-        let (asking, relisting) = (Arc::downgrade(&directory), Arc::downgrade(&directory));
+        let relisting = Arc::downgrade(&directory);
         let _ = outbound.relist.set(outbound::Relist {
-            holds: Box::new(move |client: &str, mark: &Arc<tern_broker::BackplaneMark>| {
-                asking.upgrade().is_some_and(|d| d.holds_incoming(client, mark))
-            }),
             write: Box::new(move |client: Arc<str>| {
                 let directory = relisting.clone();
                 Box::pin(async move {

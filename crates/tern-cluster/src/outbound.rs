@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tern_broker::backplane::Sent;
 use tern_broker::durability::{Progress, Ticket};
-use tern_broker::{BackplaneMark, Message};
+use tern_broker::Message;
 use tern_proto::QoS;
 use tokio::sync::mpsc;
 
@@ -110,22 +110,17 @@ pub(crate) struct Outbound {
 
 /// See [`Outbound::relist`].
 pub(crate) struct Relist {
-    /// Whether the publisher's session here still awaits the PUBREL of the message with
-    /// this mark (its packet id is then listed by any entry write from now on).
-    pub holds: Box<Holding>,
     /// Write the publisher's entry again, with the incoming ids its session holds now:
     /// `Ok(false)` when the entry names another node.
     pub write: Box<dyn Fn(Arc<str>) -> Relisting + Send + Sync>,
 }
 
-/// See [`Relist::holds`].
-pub(crate) type Holding = dyn Fn(&str, &Arc<BackplaneMark>) -> bool + Send + Sync;
-
 /// One write of [`Relist::write`].
 pub(crate) type Relisting = futures_util::future::BoxFuture<'static, Result<bool, String>>;
 
-/// How long a message waits for [`Relist::write`] while NATS is connected and the write
-/// fails (the sessions bucket electing a leader, say): then it is stored (a possible
+/// How long, about, a message waits for [`Relist::write`] while NATS is connected and the
+/// write fails (the sessions bucket electing a leader, say; counted over the attempts that
+/// fail while connected, one of which may itself retry for 5 s): then it is stored (a possible
 /// duplicate rather than a stall of every store on the node). While NATS is not connected
 /// nothing can be stored anyway, and it waits as long as that lasts.
 const RELIST_AT_MOST: Duration = Duration::from_secs(10);
@@ -607,14 +602,15 @@ pub(crate) async fn run(
         while let Some((ticket, m, failed)) = ready.pop_front() {
             // A QoS 2 message whose publisher's entry could not list its packet id (its
             // PUBREC was not sent): stored only once an entry lists it, and not at all when
-            // its session here no longer awaits its PUBREL or another node has the session
-            // now (which takes the client's resend as new): a node cut off from NATS, then
-            // back, would otherwise store it a second time.
+            // another node has the session now (which takes the client's resend as new): a
+            // node cut off from NATS, then back, would otherwise store it a second time.
+            // Whether the session here still awaits it is not asked: the cluster's copy of
+            // its ids can be emptier than the broker's (a handover that failed), and a
+            // resend the broker answers as a duplicate would then never be stored.
             if let (true, Some((msg, _)), Some(from)) = (failed, &m.placed, &m.from) {
                 let mark = msg.backplane_mark();
                 let listed = match out.relist.get() {
                     None => true,
-                    Some(r) if !(r.holds)(from, &mark) => false,
                     Some(r) => match written_again.get(from) {
                         Some(&mine) => mine,
                         None => {
@@ -626,7 +622,7 @@ pub(crate) async fn run(
                 };
                 if !listed {
                     out.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(subject = %m.subject, ticket, client_id = %from, "a QoS 2 message whose packet id its publisher's entry could not list is not stored: its session here no longer awaits it, or another node has the session now and takes the client's resend as new");
+                    tracing::warn!(subject = %m.subject, ticket, client_id = %from, "a QoS 2 message whose packet id its publisher's entry could not list is not stored: another node has the session now and takes the client's resend as new");
                     mark.refuse();
                     out.settle_uncounted(ticket);
                     continue;

@@ -972,20 +972,6 @@ impl Directory {
         self.save(client, None, None, true).await
     }
 
-    /// Whether `client`'s session here awaits the PUBREL of the message marked `mark` (its
-    /// packet id is then in every entry this node writes for it).
-    pub(crate) fn holds_incoming(&self, client: &str, mark: &Arc<BackplaneMark>) -> bool {
-        self.q2
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(client)
-            .is_some_and(|q| {
-                q.incoming
-                    .values()
-                    .any(|m| m.as_ref().is_some_and(|m| Arc::ptr_eq(m, mark)))
-            })
-    }
-
     /// The floor of a session with QoS 2 state, as it stands now (its entry is written at
     /// every stage of a QoS 2 delivery: the floor keeps up, and the delivered messages it
     /// lists stay few).

@@ -698,11 +698,13 @@ async fn a_connected_sessions_floor_follows_what_its_client_acknowledged_within_
         let last = shards.iter().map(|s| s.1).max().unwrap_or(0);
         // Round 0 must come before the old round; round 1 (which the old code never
         // reaches in time) just within seconds.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let deadline = if round == 0 {
-            deadline.min(old_round)
-        } else {
-            deadline
+        // (At least 2 s even so: a start slow enough to leave less cannot tell the old
+        // round apart anyway, and round 1 still can.)
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(5);
+        let deadline = match round {
+            0 => deadline.min(old_round).max(now + Duration::from_secs(2)),
+            _ => deadline,
         };
         loop {
             let floor = entry_floor(&kv, "following").await;
