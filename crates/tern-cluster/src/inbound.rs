@@ -186,7 +186,30 @@ impl Inbound {
 }
 
 /// Messages a QoS 0 subscription's task takes at once when more are waiting.
-pub(crate) const BATCH: usize = 256;
+const BATCH: usize = 256;
+
+/// `first` and the QoS 0 NATS messages already waiting on `stream` after it, into `batch`,
+/// up to [`BATCH`] messages (a pack counts as the messages it carries): one queueing per
+/// session for all of them.
+pub(crate) fn with_waiting<S>(
+    stream: &mut S,
+    first: async_nats::Message,
+    batch: &mut Vec<async_nats::Message>,
+) where
+    S: futures_util::Stream<Item = async_nats::Message> + Unpin,
+{
+    let mut messages = codec::count(first.headers.as_ref());
+    batch.push(first);
+    while messages < BATCH {
+        match stream.next().now_or_never() {
+            Some(Some(m)) => {
+                messages += codec::count(m.headers.as_ref());
+                batch.push(m);
+            }
+            _ => break,
+        }
+    }
+}
 
 /// Keep the NATS subscriptions in step with `interest` until aborted.
 pub(crate) async fn follow_interest(
@@ -215,19 +238,7 @@ pub(crate) async fn follow_interest(
                             let mut batch = Vec::with_capacity(BATCH);
                             let mut pressed = Vec::new();
                             while let Some(m) = sub.next().await {
-                                // With what is already waiting: one queueing per session.
-                                // A pack counts as the messages it carries.
-                                let mut messages = codec::count(m.headers.as_ref());
-                                batch.push(m);
-                                while messages < BATCH {
-                                    match sub.next().now_or_never() {
-                                        Some(Some(m)) => {
-                                            messages += codec::count(m.headers.as_ref());
-                                            batch.push(m);
-                                        }
-                                        _ => break,
-                                    }
-                                }
+                                with_waiting(&mut sub, m, &mut batch);
                                 // QoS 0: the publishers of messages that took sessions
                                 // over their limits are held back on their nodes
                                 // (`flow.rs`); what sessions cannot take beyond that is

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tern_broker::{Admin, SharedDelivery};
 use tokio::sync::Notify;
 
@@ -248,22 +248,11 @@ async fn qos0(parts: Arc<Parts>, full: String, filter: String, name: String) {
         }
     }
     let mut all = futures_util::stream::select_all(subs);
-    let mut batch = Vec::with_capacity(crate::inbound::BATCH);
+    let mut batch = Vec::new();
     let mut pressed = Vec::new();
     while let Some(m) = all.next().await {
-        // With what is already waiting, as the ordinary subscriptions' messages are taken
-        // (a pack counts as the messages it carries).
-        let mut messages = codec::count(m.headers.as_ref());
-        batch.push(m);
-        while messages < crate::inbound::BATCH {
-            match all.next().now_or_never() {
-                Some(Some(m)) => {
-                    messages += codec::count(m.headers.as_ref());
-                    batch.push(m);
-                }
-                _ => break,
-            }
-        }
+        // With what is already waiting, as the ordinary subscriptions' messages are taken.
+        crate::inbound::with_waiting(&mut all, m, &mut batch);
         for m in &batch {
             // One message, or a pack of QoS 0 messages: all to members on this node.
             match codec::decode_all(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
