@@ -235,6 +235,15 @@ impl Admin {
         self.core.disconnect_client(client_id, discard_session)
     }
 
+    /// Another broker published the will of the connection `conn_id` of `client_id` (a
+    /// cluster took this node for gone while it was cut off): that connection, if still
+    /// attached, is closed (5.0: DISCONNECT 0x89 Server busy, with a Reason String) and its
+    /// will is not published again when it ends. Its client may connect again, with a
+    /// will armed anew. Returns whether that connection was attached.
+    pub fn will_published_elsewhere(&self, client_id: &str, conn_id: u64) -> bool {
+        self.core.will_published_elsewhere(client_id, conn_id)
+    }
+
     /// Give the session of `client_id` up to another broker, which a client reconnected to
     /// (see [`HandOff`](crate::HandOff)); its connection here, if any, is told it was taken
     /// over (5.0: DISCONNECT 0x8E Session taken over).

@@ -68,7 +68,7 @@ pub struct ClusterConfig {
     pub unsafe_lazy_fsync: bool,
     /// Milliseconds without news of a node after which it is taken for gone and another node
     /// publishes the wills of its clients (default 10,000); each node says it is alive every
-    /// fifth of it.
+    /// fifth of it, and pings its NATS server as often (1 s to 60 s).
     pub node_timeout_ms: u64,
     /// Milliseconds after which a message of a shared subscription whose member's node died
     /// (or lost NATS) is offered to another member (default 30,000). While the member holds

@@ -200,6 +200,28 @@ impl Core {
         tracing::info!(client_id, discard_session, "disconnected by an administrator");
         true
     }
+
+    /// Another broker published the will of connection `conn_id` of `client_id`: that
+    /// connection, if it is still the one attached, closes and its will is not published
+    /// again. Returns whether it was attached.
+    pub(crate) fn will_published_elsewhere(&self, client_id: &str, conn_id: u64) -> bool {
+        let Some(cell) = self.sessions.get(client_id) else {
+            return false;
+        };
+        let waker = {
+            let mut st = cell.lock();
+            if st.ended || st.conn_id != Some(conn_id) {
+                return false;
+            }
+            st.will_gone = Some(conn_id);
+            st.waker.clone()
+        };
+        // One not woken yet sees the flag when its loop starts.
+        if let Some(w) = waker {
+            w.notify_one();
+        }
+        true
+    }
 }
 
 fn info(cell: &SessionCell) -> Option<SessionInfo> {

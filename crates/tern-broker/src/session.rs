@@ -91,6 +91,10 @@ pub(crate) struct SessionState {
     /// Set by an administrator's disconnect: the attached connection closes (5.0 DISCONNECT
     /// 0x98 Administrative action); `true` also ends the session.
     pub kicked: Option<bool>,
+    /// The connection (its id) whose will another broker published (a cluster took this one
+    /// for gone, [`crate::Admin::will_published_elsewhere`]): it closes, and its will is not
+    /// published again.
+    pub will_gone: Option<u64>,
     /// A will waiting for its Will Delay Interval (v5 section 3.1.3.2.2).
     pub pending_will: Option<Arc<crate::message::Message>>,
     /// When the pending will is due.
@@ -272,6 +276,7 @@ impl SessionCell {
                 waker: None,
                 attached: None,
                 kicked: None,
+                will_gone: None,
                 pending_will: None,
                 pending_will_at: None,
                 persistent: false,

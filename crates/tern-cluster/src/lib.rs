@@ -105,8 +105,10 @@ pub struct Cluster {
     directory: Arc<sessions::Directory>,
     /// Per shard, the last stream sequence this node's tailer handled.
     positions: Arc<[AtomicU64]>,
-    /// Notified when the connection to NATS comes back.
+    /// Notified when the connection to NATS comes back (the session directory's).
     reconnected: Arc<tokio::sync::Notify>,
+    /// How many times the connection to NATS came (the will keeper's).
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -211,7 +213,17 @@ fn connect_options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions,
         o = o.add_client_certificate(cert.clone(), key.clone());
     }
     let tls = config.tls || config.ca_file.is_some() || config.cert_file.is_some();
-    Ok(o.require_tls(tls))
+    // A server that stops answering (a partition that drops packets rather than closing the
+    // connection) is left after three pings without a word from it; NATS' default of one
+    // ping a minute would keep this node on a dead connection for minutes, much longer than
+    // the other nodes take to think it gone.
+    Ok(o.require_tls(tls)
+        .ping_interval(ping_interval(config.node_timeout_ms)))
+}
+
+/// How often a node pings its NATS server: a fifth of the node timeout, 1 s to 60 s.
+fn ping_interval(node_timeout_ms: u64) -> Duration {
+    Duration::from_millis(node_timeout_ms / 5).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 impl Cluster {
@@ -231,9 +243,11 @@ impl Cluster {
         }
         let node = config.node_name.clone();
         let urls = config.nats.join(",");
-        // Told when the connection to NATS comes back (sessions.rs looks at its sessions again).
+        // Told when the connection to NATS comes back (sessions.rs looks at its sessions again,
+        // wills.rs at its wills).
         let reconnected = Arc::new(tokio::sync::Notify::new());
-        let told = reconnected.clone();
+        let (connected, connections) = tokio::sync::watch::channel(0u64);
+        let told = (reconnected.clone(), Arc::new(connected));
         let connect = |options: async_nats::ConnectOptions| {
             let urls = urls.clone();
             let servers = config.nats.clone();
@@ -251,7 +265,10 @@ impl Cluster {
                     let told = told.clone();
                     async move {
                         match event {
-                            async_nats::Event::Connected => told.notify_one(),
+                            async_nats::Event::Connected => {
+                                told.0.notify_one();
+                                told.1.send_modify(|n| *n += 1);
+                            }
                             // The NATS client dropped messages of a subscription this node did
                             // not take fast enough (QoS 0 from other nodes: core NATS has no
                             // flow control).
@@ -347,6 +364,7 @@ impl Cluster {
         let holds = Arc::new(flow::Holds::new(outbound.run(), flow_counters.clone()));
         Ok(Cluster {
             reconnected,
+            connections,
             positions,
             directory,
             wills: wills_tx,
@@ -398,7 +416,7 @@ impl Cluster {
     pub async fn attach(&self, admin: Admin) -> Result<(), ClusterError> {
         // The wills this node's previous run left (its connections died with it) go out
         // before it takes clients, whose wills use the same keys.
-        let keeper = wills::Keeper {
+        let keeper = Arc::new(wills::Keeper {
             node: self.node.clone(),
             prefix: self.config.prefix.clone(),
             js: self.js.clone(),
@@ -406,7 +424,10 @@ impl Cluster {
             admin: admin.clone(),
             outbound: self.outbound.clone(),
             timeout: Duration::from_millis(self.config.node_timeout_ms),
-        };
+            heard: Default::default(),
+            connections: self.connections.clone(),
+            in_touch: Default::default(),
+        });
         match keeper.reap(&self.node).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(

@@ -10,6 +10,10 @@ use tokio::io::AsyncWrite;
 use super::{write_flush, Close, Conn};
 use crate::scheduler::Due;
 
+/// Why a connection whose will another broker published is closed (its DISCONNECT's Reason
+/// String, and the log's).
+const WILL_GONE: &str = "this node was taken for gone by its cluster, which published the connection's will";
+
 impl Conn {
     pub(super) async fn finish<S: AsyncWrite + Unpin>(mut self, io: &mut S, close: Close) -> bool {
         self.log_close(&close);
@@ -23,7 +27,7 @@ impl Conn {
             // 0x87 when the client's credentials expired, else 0x98 Administrative action.
             Close::Kicked { .. } => Some(self.link.core.security.kick_reason(&self.link.client_id)),
             Close::Evicted => Some(ReasonCode::QuotaExceeded),
-            Close::Busy(_) => Some(ReasonCode::ServerBusy),
+            Close::Busy(_) | Close::WillGone => Some(ReasonCode::ServerBusy),
             _ => None,
         };
         // Acknowledgements already encoded go out first, then the DISCONNECT; only what the
@@ -37,8 +41,10 @@ impl Conn {
         }
         if let (true, Some(rc)) = (self.link.version.is_v5(), code) {
             let mut d = Disconnect::with_reason(rc);
-            if let Close::Violation(v) = &close {
-                d.properties.reason_string = Some(v.to_string().into());
+            match &close {
+                Close::Violation(v) => d.properties.reason_string = Some(v.to_string().into()),
+                Close::WillGone => d.properties.reason_string = Some(WILL_GONE.into()),
+                _ => {}
             }
             let mut p = Packet::Disconnect(d);
             self.session.fit(&mut p);
@@ -78,6 +84,7 @@ impl Conn {
             Close::Kicked { discard } => event!(info, discard, "disconnected by an administrator"),
             Close::Stalled => event!(warn, "closing connection: a packet in progress stalled"),
             Close::Busy(why) => event!(warn, "closing connection (server busy): {why}"),
+            Close::WillGone => event!(warn, "closing connection: {WILL_GONE}"),
             Close::Evicted => event!(
                 warn,
                 "closing connection: the budget for partial packets (max_partial_bytes) ran out and its packet in progress was among the oldest"
@@ -92,7 +99,14 @@ impl Conn {
             .counters
             .connected
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let will = self.link.will.take();
+        let mut will = self.link.will.take();
+        {
+            let mut st = self.link.cell.lock();
+            if st.will_gone == Some(self.link.conn_id) {
+                st.will_gone = None;
+                will = None;
+            }
+        }
         if let (Some(b), true, false) = (
             &self.link.core.backplane,
             will.is_some(),

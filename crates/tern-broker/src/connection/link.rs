@@ -62,6 +62,9 @@ pub(crate) enum Close {
     /// Its packet in progress was among the oldest when the broker-wide budget for partial
     /// packets ran out (v5 DISCONNECT 0x97 Quota exceeded).
     Evicted,
+    /// Another broker published its will (a cluster took this one for gone; v5 DISCONNECT
+    /// 0x89 Server busy): the will is not published again.
+    WillGone,
     /// The backplane did not store its messages in time (v5 DISCONNECT 0x89 Server busy);
     /// the acknowledgements waiting for it are not sent.
     Busy(String),

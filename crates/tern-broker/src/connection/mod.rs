@@ -59,6 +59,11 @@ impl Conn {
         }
     }
 
+    /// Whether another broker published this connection's will (it is to close).
+    fn will_gone(&self) -> bool {
+        self.link.cell.lock().will_gone == Some(self.link.conn_id)
+    }
+
     /// When a packet in progress (what is left in `buf`) has waited too long for its next byte.
     fn stall_deadline(&self, buf: &BytesMut) -> Option<Instant> {
         match self.link.core.config.packet_stall_timeout() {
@@ -84,6 +89,9 @@ impl Conn {
         }
         if let Some(discard) = self.take_kick() {
             return Close::Kicked { discard };
+        }
+        if self.will_gone() {
+            return Close::WillGone;
         }
         // Bytes that arrived together with CONNECT.
         if let Err(c) = self.decode_all(buf) {
@@ -198,6 +206,9 @@ impl Conn {
                     }
                     if let Some(discard) = self.take_kick() {
                         return Close::Kicked { discard };
+                    }
+                    if self.will_gone() {
+                        return Close::WillGone;
                     }
                     if crate::budget::evicted(&self.link.partial) {
                         return Close::Evicted;

@@ -258,47 +258,132 @@ async fn receive_qos2(sub: &mut Raw, quiet: Duration) -> Vec<String> {
     }
 }
 
+/// How node a is cut off from NATS.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cut {
+    /// Its connection is closed, and new ones are refused.
+    Closed,
+    /// Its connection stays open and carries nothing (a partition that drops packets): node
+    /// a finds out by its pings going unanswered.
+    Paused,
+}
+
 /// A node cut off from NATS for longer than `node_timeout_ms` cannot be told from a dead one:
-/// another node publishes the wills of its connections, although their clients are still
-/// connected to it. Once it is back, such a connection that ends without DISCONNECT has its
-/// will published again by its own node (a partition's cost, documented in docs/cluster.md,
-/// "Wills when a node dies"); one that ends normally has none.
+/// node b publishes the wills of its connections, although their clients are still
+/// connected to it. Once back, node a finds them marked published in the bucket and closes
+/// those connections (DISCONNECT 0x89 Server busy, with a Reason String) without publishing
+/// the wills again: each will once. A client that connects again has its will armed anew,
+/// published once when that connection drops. A will whose Will Delay Interval was still
+/// running on node b is written again by node a, which cancels it there: that client stays
+/// connected and no will goes out. Node a, which heard nobody during the cut, reaps none of
+/// node b's wills when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_cut_off_for_longer_than_the_node_timeout_has_its_connections_wills_published() {
+async fn a_node_cut_off_for_longer_than_the_node_timeout_closes_the_connections_whose_wills_were_published() {
+    wills_across_a_cut(Cut::Closed).await;
+}
+
+/// The same across a partition that drops packets: node a's connection to NATS stays open,
+/// silent, and node a leaves it for a new one after three pings without an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_partition_that_drops_packets_closes_the_connections_whose_wills_were_published() {
+    wills_across_a_cut(Cut::Paused).await;
+}
+
+async fn wills_across_a_cut(cut: Cut) {
     let (nats, relay, a, b) = nodes_a_through_a_relay_with(3_000, 1_500).await;
     let mut sub = Raw::connect(b.addr(), V5, "cut-will-sub").await;
     sub.subscribe("will/#", QoS::AtLeastOnce).await;
-    let stays = crate::wills::with_will(a.addr(), "cut-stays").await;
-    let leaves = crate::wills::with_will(a.addr(), "cut-leaves").await;
+    let mut stays = crate::wills::with_will(a.addr(), "cut-stays").await;
+    let mut other = crate::wills::with_will(a.addr(), "cut-other").await;
+    let mut delayed = crate::wills::with_will_delayed(a.addr(), "cut-delayed", 12).await;
+    let mut on_b = crate::wills::with_will(b.addr(), "cut-on-b").await;
     // Both wills are kept in the bucket before the cut.
     let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
     let kv = async_nats::jetstream::new(nc)
         .get_key_value("tern_wills")
         .await
         .expect("bucket");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for id in ["cut-stays", "cut-leaves"] {
-        let key: String = std::iter::once("a.".to_string())
-            .chain(id.bytes().map(|b| format!("{b:02x}")))
-            .collect();
-        while kv.get(&key).await.ok().flatten().is_none() {
-            assert!(Instant::now() < deadline, "the will of {id} is not in the bucket");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    for id in ["cut-stays", "cut-other", "cut-delayed"] {
+        will_kept(&kv, id).await;
     }
-    relay.set_up(false);
+    match cut {
+        Cut::Closed => relay.set_up(false),
+        Cut::Paused => relay.pause(true),
+    }
     let got = wills_until(&mut sub, 2).await;
     let mut sorted = got.clone();
     sorted.sort();
     assert_eq!(
         sorted,
-        ["cut-leaves is gone", "cut-stays is gone"],
+        ["cut-other is gone", "cut-stays is gone"],
         "node b took node a for dead and published its connections' wills"
     );
+    // Node b took the delayed will too; it waits for its delay there.
+    let reaped = Instant::now();
+    match cut {
+        Cut::Closed => relay.set_up(true),
+        Cut::Paused => relay.pause(false),
+    }
+    // Once back, node a closes both connections: their wills went out.
+    for (c, id) in [(&mut stays, "cut-stays"), (&mut other, "cut-other")] {
+        match c.next_within(Duration::from_secs(30)).await {
+            Ok(Some(Packet::Disconnect(d))) => {
+                assert_eq!(d.reason_code, Some(ReasonCode::ServerBusy), "{d:?}");
+                let why = d.properties.reason_string.as_deref().unwrap_or_default();
+                assert!(why.contains("will"), "{id}: the Reason String says why: {d:?}");
+            }
+            other => panic!(
+                "{id}: a connection whose will node b published: expected DISCONNECT 0x89, got {other:?}"
+            ),
+        }
+    }
+    // The delayed will's client and node b's client stay connected, and no will goes out:
+    // not those published, not the delayed one (past its delay on node b), not node b's.
+    delayed.sync().await;
+    on_b.sync().await;
+    let quiet = (reaped + Duration::from_secs(15)).saturating_duration_since(Instant::now());
+    assert_eq!(
+        crate::wills::wills(&mut sub, quiet.max(Duration::from_secs(2))).await,
+        Vec::<String>::new(),
+        "no will goes out again"
+    );
+    delayed.sync().await;
+    on_b.sync().await;
+    // The client connects again: its will is armed anew, and goes out once when it drops.
+    let again = crate::wills::with_will(a.addr(), "cut-stays").await;
+    will_kept(&kv, "cut-stays").await;
+    drop(again);
+    assert_eq!(wills_until(&mut sub, 1).await, ["cut-stays is gone"]);
+    drop((a, b));
+}
+
+/// A client that ends its connection normally while its node is cut off from NATS (for less
+/// than the node timeout) has no will; the node cannot delete it from the bucket then, and
+/// does once it is back: when the node dies later, only the wills of the connections still
+/// open go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_a_cut_off_node_could_not_forget_is_not_published_when_the_node_dies_later() {
+    // The node timeout is longer than the cut and NATS' reconnection delays after it (up to
+    // 4 s).
+    let (nats, relay, a, b) = nodes_a_through_a_relay_with(3_000, 12_000).await;
+    let mut sub = Raw::connect(b.addr(), V5, "forget-sub").await;
+    sub.subscribe("will/#", QoS::AtLeastOnce).await;
+    let bye = crate::wills::with_will(a.addr(), "cut-bye").await;
+    let _open = crate::wills::with_will(a.addr(), "cut-open").await;
+    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    let kv = async_nats::jetstream::new(nc)
+        .get_key_value("tern_wills")
+        .await
+        .expect("bucket");
+    will_kept(&kv, "cut-bye").await;
+    will_kept(&kv, "cut-open").await;
+    relay.set_up(false);
+    bye.disconnect().await;
+    // Longer than the deletion is tried (3 s).
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
     relay.set_up(true);
-    // Node a is back once it stores a QoS 1 message again; its clients were connected all
-    // along.
-    let mut on_a = connect_patiently_clean(a.addr(), "cut-will-probe").await;
+    // Node a is back once it stores a QoS 1 message again.
+    let mut on_a = connect_patiently_clean(a.addr(), "forget-probe").await;
     let mut probe = tern_proto::Publish::new("elsewhere/probe", "back".to_string());
     probe.qos = QoS::AtLeastOnce;
     probe.packet_id = Some(tern_testkit::raw::pid(1));
@@ -307,17 +392,85 @@ async fn a_node_cut_off_for_longer_than_the_node_timeout_has_its_connections_wil
         Ok(Some(Packet::PubAck(_))) => {}
         other => panic!("node a back: expected a PUBACK, got {other:?}"),
     }
-    leaves.disconnect().await;
-    drop(stays);
-    let again = wills_until(&mut sub, 1).await;
+    // The will of `cut-bye` leaves the bucket.
+    let key: String = std::iter::once("a.".to_string())
+        .chain("cut-bye".bytes().map(|b| format!("{b:02x}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kv.get(&key).await.ok().flatten().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the will of cut-bye is still in the bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::wills::kill(a);
     assert_eq!(
-        again,
-        ["cut-stays is gone"],
-        "once back, node a publishes the will of a connection that ends without DISCONNECT"
+        wills_until(&mut sub, 1).await,
+        ["cut-open is gone"],
+        "only the will of the connection still open goes out"
     );
-    drop((a, b));
+    drop(b);
 }
 
+/// Wait until node a keeps `id`'s will in the bucket (at most 20 s).
+async fn will_kept(kv: &async_nats::jetstream::kv::Store, id: &str) {
+    let key: String = std::iter::once("a.".to_string())
+        .chain(id.bytes().map(|b| format!("{b:02x}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kv.get(&key).await.ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "the will of {id} is not in the bucket");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A node whose NATS server stops answering without closing the connection (a partition
+/// that drops packets) leaves it after three unanswered pings and goes on with another
+/// server of its list within seconds: it acknowledges QoS 1 messages again. (With NATS'
+/// default of one ping a minute it stayed on the dead connection for two minutes or more.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_nats_server_stops_answering_goes_on_with_another_within_seconds() {
+    let nats = Nats::start(3, true);
+    let port: u16 = nats.urls()[0].rsplit(':').next().unwrap().parse().unwrap();
+    let relay = Relay::start(port).await;
+    relay.set_up(true);
+    let mut config = node::config(&nats, "a");
+    // Only the relayed server: the others are learnt from it (NATS tells its clients the
+    // addresses of the servers of its cluster).
+    config.nats = vec![format!("nats://127.0.0.1:{}", relay.port)];
+    config.publish_timeout_ms = 3_000;
+    let a = node::start(&config).await;
+    let mut p = Raw::connect(a.addr(), V5, "stop-answering").await;
+    p.publish("answering/t", "before", QoS::AtLeastOnce, false).await;
+    relay.pause(true);
+    let paused = Instant::now();
+    let mut k = 0u16;
+    loop {
+        assert!(
+            paused.elapsed() < Duration::from_secs(40),
+            "node a still cannot store a QoS 1 message 40 s after its NATS server stopped answering"
+        );
+        k += 1;
+        let mut m = tern_proto::Publish::new("answering/t", "after".to_string());
+        m.qos = QoS::AtLeastOnce;
+        m.packet_id = Some(tern_testkit::raw::pid(k));
+        p.send(Packet::Publish(m)).await;
+        match p.next_within(Duration::from_secs(5)).await {
+            Ok(Some(Packet::PubAck(ack))) if !ack.reason_code.is_error() => break,
+            // Not answered yet: another message.
+            Err(()) => {}
+            // Not stored in time (DISCONNECT 0x89) or refused: again on a new connection.
+            _ => p = connect_patiently_clean(a.addr(), &format!("stop-answering-{k}")).await,
+        }
+    }
+    eprintln!(
+        "node a stored again {:?} after its NATS server stopped answering",
+        paused.elapsed()
+    );
+    relay.pause(false);
+    drop(a);
+}
 /// The wills `sub` receives until `n` came (at most 30 s), then any more within 1 s.
 async fn wills_until(sub: &mut Raw, n: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);

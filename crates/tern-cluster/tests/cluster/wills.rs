@@ -13,14 +13,25 @@ use crate::node;
 
 /// Connect `id` to `addr` with a QoS 1 will on `will/ID`.
 pub(crate) async fn with_will(addr: std::net::SocketAddr, id: &str) -> Raw {
+    with_will_delayed(addr, id, 0).await
+}
+
+/// [`with_will`] with a Will Delay Interval of `delay` seconds (and a session that outlives
+/// the connection by more, so that the delay counts).
+pub(crate) async fn with_will_delayed(addr: std::net::SocketAddr, id: &str, delay: u32) -> Raw {
     let mut c = Connect::new(V5, id);
-    c.will = Some(Will {
+    let mut will = Will {
         topic: format!("will/{id}").into(),
         payload: format!("{id} is gone").into_bytes().into(),
         qos: QoS::AtLeastOnce,
         retain: false,
         properties: Default::default(),
-    });
+    };
+    if delay > 0 {
+        will.properties.will_delay_interval = Some(delay);
+        c.properties.session_expiry_interval = Some(delay * 10);
+    }
+    c.will = Some(will);
     let (raw, ack) = Raw::connect_with(addr, c).await;
     assert!(!ack.reason_code.is_error(), "{ack:?}");
     raw
@@ -28,7 +39,7 @@ pub(crate) async fn with_will(addr: std::net::SocketAddr, id: &str) -> Raw {
 
 /// The node dies: nothing more of it reaches NATS (its cluster tasks stop first), then its
 /// broker stops.
-fn kill(n: node::Node) {
+pub(crate) fn kill(n: node::Node) {
     let node::Node { broker, cluster } = n;
     drop(cluster);
     drop(broker);
