@@ -308,7 +308,7 @@ impl Keeper {
         let mut reaped = Vec::new();
         let mut again = Vec::new();
         for (client, a) in &mine.armed {
-            let Some(at) = a.stored else { continue };
+            let Some(at) = a.at else { continue };
             match found.get(&key(&self.node, client)) {
                 Some((seq, _)) if *seq <= at => {}
                 Some((_, Entry::Will)) => {}
@@ -323,7 +323,7 @@ impl Keeper {
         }
         for client in again {
             if let Some(a) = mine.armed.get_mut(&client) {
-                a.stored = None;
+                a.unstored = true;
             }
         }
         self.retry(mine, usize::MAX).await;
@@ -334,14 +334,12 @@ impl Keeper {
     /// ended while that could not be done; at most `most` of each, stopping at the first
     /// failure (NATS is likely still out of reach).
     async fn retry(&self, mine: &mut Mine, most: usize) {
-        for (client, a) in mine
-            .armed
-            .iter_mut()
-            .filter(|(_, a)| a.stored.is_none())
-            .take(most)
-        {
+        for (client, a) in mine.armed.iter_mut().filter(|(_, a)| a.unstored).take(most) {
             match self.store(client, &a.will, a.delay).await {
-                Ok(seq) => a.stored = Some(seq),
+                Ok(seq) => {
+                    a.at = Some(seq);
+                    a.unstored = false;
+                }
                 Err(_) => break,
             }
         }
@@ -466,9 +464,11 @@ struct Armed {
     conn: u64,
     will: Arc<Message>,
     delay: u32,
-    /// The revision JetStream acknowledged; `None` until it did (written again at the next
-    /// beats).
-    stored: Option<u64>,
+    /// The last revision of it JetStream acknowledged (`None`: none yet).
+    at: Option<u64>,
+    /// To be written (again) at the next beats: JetStream did not acknowledge it, or another
+    /// node took it without publishing it, or the bucket lost it.
+    unstored: bool,
 }
 
 /// Keep this node's wills in the bucket, say this node is alive, and reap the wills of nodes
@@ -575,6 +575,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
     let mut look_until: Option<Instant> = None;
     let looking = keeper.timeout * 2;
     let mut tick = tokio::time::interval(beat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut look_now = false;
         tokio::select! {
@@ -597,7 +598,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                 let Some(op) = op else { return };
                 match op {
                     WillOp::Arm { client, conn, will, delay } => {
-                        let stored = match keeper.store(&client, &will, delay).await {
+                        let at = match keeper.store(&client, &will, delay).await {
                             Ok(seq) => Some(seq),
                             Err(e) => {
                                 tracing::warn!(client_id = %client, "cluster wills: cannot keep the will (trying again): {e}");
@@ -605,7 +606,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                             }
                         };
                         mine.unforgotten.remove(&client);
-                        mine.armed.insert(client, Armed { conn, will, delay, stored });
+                        mine.armed.insert(client, Armed { conn, will, delay, at, unstored: at.is_none() });
                     }
                     WillOp::Disarm { client, conn } => {
                         if mine.armed.get(&client).is_some_and(|a| a.conn == conn) {
@@ -675,7 +676,12 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                 if judging && reaper == Some(keeper.node.as_str()) {
                     let gone: Vec<String> = unreaped.iter().cloned().collect();
                     for n in gone {
-                        match keeper.reap(&n).await {
+                        // Bounded (a read that stalls while NATS is away again; a long one goes
+                        // on at the next beat, the wills taken so far being gone from it).
+                        let reaped = tokio::time::timeout(keeper.timeout, keeper.reap(&n))
+                            .await
+                            .unwrap_or_else(|_| Err("took longer than the node timeout".into()));
+                        match reaped {
                             Ok(k) => {
                                 if k > 0 {
                                     tracing::info!(node = %n, wills = k, "cluster: published the wills of a node that is gone");
@@ -695,7 +701,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
         }
         if look_now && !(mine.armed.is_empty() && mine.unforgotten.is_empty()) {
             // Bounded: a read that stalls (NATS gone again) is tried at a later beat.
-            match tokio::time::timeout(beat, keeper.look_back(&mut mine)).await {
+            match tokio::time::timeout(keeper.timeout, keeper.look_back(&mut mine)).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(k)) => tracing::warn!(
                     connections = k,
