@@ -95,6 +95,8 @@ pub struct Cluster {
     /// How far other nodes let this node's QoS 0 connections go (`flow.rs`).
     holds: Arc<flow::Holds>,
     flow_counters: Arc<flow::FlowCounters>,
+    /// What the will keeper counts.
+    will_counters: Arc<wills::WillCounters>,
     subscribed: Arc<AtomicU64>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// To the will keeper (`wills.rs`), which [`Cluster::attach`] starts.
@@ -382,6 +384,7 @@ impl Cluster {
             inbound_counters: Arc::default(),
             holds,
             flow_counters,
+            will_counters: Arc::default(),
             subscribed: Arc::default(),
             tasks: Mutex::new(vec![run]),
         })
@@ -427,6 +430,7 @@ impl Cluster {
             heard: Default::default(),
             connections: self.connections.clone(),
             in_touch: Default::default(),
+            counters: self.will_counters.clone(),
         });
         match keeper.reap(&self.node).await {
             Ok(0) => {}
@@ -561,6 +565,7 @@ impl Cluster {
             interest: self.interest.clone(),
             subscribed: self.subscribed.clone(),
             flow: self.flow_counters.clone(),
+            wills: self.will_counters.clone(),
         }
     }
 }
@@ -573,6 +578,7 @@ struct Counted {
     interest: Arc<inbound::Interest>,
     subscribed: Arc<AtomicU64>,
     flow: Arc<flow::FlowCounters>,
+    wills: Arc<wills::WillCounters>,
 }
 
 impl Counted {
@@ -592,6 +598,9 @@ impl Counted {
             undecodable: self.inbound.undecodable.load(Ordering::Relaxed),
             wanted_subjects: self.interest.len() as u64,
             subscribed_subjects: self.subscribed.load(Ordering::Relaxed),
+            wills_published: self.wills.published.load(Ordering::Relaxed),
+            wills_cancelled: self.wills.cancelled.load(Ordering::Relaxed),
+            wills_closed: self.wills.closed.load(Ordering::Relaxed),
         }
     }
 }
@@ -668,6 +677,21 @@ impl ClusterStats {
                 "NATS messages on Tern's subjects that were not Tern messages",
                 self.undecodable,
             ),
+            c(
+                "cluster_wills_published",
+                "Wills of other nodes' clients this node published, their node taken for gone",
+                self.wills_published,
+            ),
+            c(
+                "cluster_wills_cancelled",
+                "Wills of other nodes' clients this node took and did not publish: their node, back, wrote them again within their Will Delay Interval",
+                self.wills_cancelled,
+            ),
+            c(
+                "cluster_wills_closed",
+                "Connections of this node closed because another node published their wills while this node was out of touch",
+                self.wills_closed,
+            ),
             g(
                 "cluster_wanted_subjects",
                 "Distinct NATS subjects this node's subscriptions need",
@@ -741,6 +765,14 @@ pub struct ClusterStats {
     pub wanted_subjects: u64,
     /// Of those, the ones subscribed on NATS now.
     pub subscribed_subjects: u64,
+    /// Wills of other nodes' clients this node published (their node taken for gone).
+    pub wills_published: u64,
+    /// Wills this node took from a node taken for gone and did not publish: that node, back,
+    /// wrote them again within their Will Delay Interval (their clients were connected).
+    pub wills_cancelled: u64,
+    /// Connections of this node closed (v5 DISCONNECT 0x89) because another node published
+    /// their wills while this node was out of touch with NATS.
+    pub wills_closed: u64,
 }
 
 /// The [`Backplane`] of a node: hands its clients' messages to NATS and follows its

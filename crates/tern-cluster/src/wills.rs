@@ -22,6 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,18 @@ pub(crate) struct Keeper {
     /// the last one did not): a node is judged by its silence only after this node was in
     /// touch for a whole node timeout.
     pub in_touch: std::sync::Mutex<Touch>,
+    pub counters: Arc<WillCounters>,
+}
+
+/// What the will keeper counts ([`crate::ClusterStats`]).
+#[derive(Debug, Default)]
+pub(crate) struct WillCounters {
+    /// Wills of gone nodes published here.
+    pub published: AtomicU64,
+    /// Wills taken here and not published: their node wrote them again.
+    pub cancelled: AtomicU64,
+    /// Connections here closed: their wills were published elsewhere.
+    pub closed: AtomicU64,
 }
 
 /// This node's round trips to its NATS server, for [`Keeper::in_touch_long_enough`].
@@ -318,7 +331,9 @@ impl Keeper {
         }
         for client in &reaped {
             if let Some(a) = mine.armed.remove(client) {
-                self.admin.will_published_elsewhere(client, a.conn);
+                if self.admin.will_published_elsewhere(client, a.conn) {
+                    self.counters.closed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         for client in again {
@@ -382,11 +397,13 @@ impl Keeper {
             if let Ok((seq, _)) = keeper.last(&key).await {
                 if seq != taken {
                     tracing::info!(topic = %will.topic, "not publishing a will its node wrote again (its client is connected there)");
+                    keeper.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
             }
             tracing::info!(topic = %will.topic, "publishing the will of a client of a node that is gone");
             let qos0 = will.qos == tern_proto::QoS::AtMostOnce;
+            keeper.counters.published.fetch_add(1, Ordering::Relaxed);
             let _ = keeper.admin.publish_beside_backplane(will.detached());
             keeper.outbound.publish(&Arc::new(will));
             // Marked published once JetStream has stored it (a QoS 0 will, not stored, when

@@ -349,6 +349,17 @@ async fn wills_across_a_cut(cut: Cut) {
     );
     delayed.sync().await;
     on_b.sync().await;
+    let (sa, sb) = (a.cluster.stats(), b.cluster.stats());
+    assert_eq!(
+        (
+            sb.wills_published,
+            sb.wills_cancelled,
+            sa.wills_closed,
+            sa.wills_published
+        ),
+        (2, 1, 2, 0),
+        "counted: published and cancelled by node b, closed by node a"
+    );
     // The client connects again: its will is armed anew, and goes out once when it drops.
     let again = crate::wills::with_will(a.addr(), "cut-stays").await;
     will_kept(&kv, "cut-stays").await;
