@@ -130,6 +130,9 @@ pub(crate) struct Touch {
     since: Option<Instant>,
     /// The last answered one.
     last: Option<Instant>,
+    /// Long gaps between two answered ones so far: each time this node was out of touch (a
+    /// partition, or the process paused) and is back.
+    gaps: u64,
 }
 
 impl Keeper {
@@ -537,10 +540,13 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                 if answered {
                     let now = Instant::now();
                     let mut t = keeper.in_touch.lock().unwrap_or_else(|e| e.into_inner());
-                    if t.last
-                        .is_none_or(|last| now.duration_since(last) > keeper.touch_gap())
-                    {
-                        t.since = Some(now);
+                    match t.last {
+                        Some(last) if now.duration_since(last) > keeper.touch_gap() => {
+                            t.since = Some(now);
+                            t.gaps += 1;
+                        }
+                        Some(_) => {}
+                        None => t.since = Some(now),
                     }
                     t.last = Some(now);
                 }
@@ -591,6 +597,8 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
     // Until when to look for this node's wills published by another node.
     let mut look_until: Option<Instant> = None;
     let looking = keeper.timeout * 2;
+    // Gaps in this node's touch with NATS seen so far.
+    let mut gaps = 0;
     let mut tick = tokio::time::interval(beat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -684,6 +692,13 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                 }
                 // A node heard again is not gone.
                 unreaped.retain(|n| !seen.contains_key(n));
+                // Back in touch after a gap (also one its NATS connection outlived, such as
+                // the process paused): the others may have taken this node for gone.
+                let now_gaps = keeper.in_touch.lock().unwrap_or_else(|e| e.into_inner()).gaps;
+                if now_gaps != gaps {
+                    gaps = now_gaps;
+                    look_until = Some(now + looking);
+                }
                 look_now = look_until.is_some_and(|until| now < until);
                 if !look_now {
                     keeper.retry(&mut mine, RETRIES_PER_BEAT).await;

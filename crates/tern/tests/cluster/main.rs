@@ -1494,3 +1494,110 @@ fn tern_cluster_check_says_what_nats_lacks() {
     assert_eq!(fail.len(), 2, "{text}");
     assert!(text.contains("ok   NATS 2.11 or later"), "{text}");
 }
+
+/// Send `signal` (`STOP`, `CONT`) to the node's process.
+fn signal(node: &Node, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(node.child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal}");
+}
+
+/// A 5.0 connection of `id` to `addr` with a QoS 1 will `ID is gone` on `will/ID`.
+async fn connect_with_will(addr: SocketAddr, id: &str) -> Raw {
+    let mut c = tern_proto::Connect::new(V5, id);
+    c.keep_alive = 0;
+    c.will = Some(tern_proto::Will {
+        topic: format!("will/{id}").into(),
+        payload: format!("{id} is gone").into_bytes().into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (raw, ack) = connect_patiently(addr, c).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success, "{ack:?}");
+    raw
+}
+
+/// The payloads of the QoS 1 messages `sub` receives, acknowledged, until `n` came or
+/// `wait` passed, then any more within `quiet`.
+async fn payloads(sub: &mut Raw, n: usize, wait: Duration, quiet: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = match got.len() < n {
+            true => deadline.saturating_duration_since(Instant::now()),
+            false => quiet,
+        };
+        match sub.next_within(left).await {
+            Ok(Some(Packet::Publish(m))) => {
+                sub.ack(&m).await;
+                got.push(String::from_utf8_lossy(&m.payload).into_owned());
+            }
+            Ok(Some(_)) => {}
+            _ => return got,
+        }
+    }
+}
+
+/// Jepsen-style pause (../shared/RELIABILITY.md, "Network partition (cluster)"): node a is
+/// stopped with SIGSTOP for longer than `node_timeout_ms`, then resumed with SIGCONT. Node b
+/// takes it for gone and publishes its connection's will; QoS 1 messages acknowledged by b
+/// meanwhile reach a persistent subscriber on a, each once and in order, once a runs again;
+/// a then closes the connection whose will went out (DISCONNECT 0x89), publishes no will
+/// again, and reaps none of node b's wills (it was the one out of touch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_loses_nothing_acknowledged_and_each_will_goes_out_once() {
+    let nats = Nats::start(3, true);
+    let config = config_file_with(&nats, "node_timeout_ms = 1500\n");
+    let a = Node::start(&config, &nats, "a");
+    let b = Node::start(&config, &nats, "b");
+    let mut watch = connect_within(b.addr, V5, "pause-watch").await;
+    watch.subscribe("will/#", QoS::AtLeastOnce).await;
+    let mut on_a = connect_with_will(a.addr, "pause-a").await;
+    let mut on_b = connect_with_will(b.addr, "pause-b").await;
+    let (mut psub, _) = connect_persistent_as(a.addr, "pause-sub").await;
+    psub.subscribe("pause/t", QoS::AtLeastOnce).await;
+    let mut p = connect_within(b.addr, V5, "pause-pub").await;
+    for i in 0..10 {
+        p.publish("pause/t", &i.to_string(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    let before: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(
+        payloads(&mut psub, 10, Duration::from_secs(30), Duration::ZERO).await,
+        before
+    );
+
+    signal(&a, "STOP");
+    let wills = payloads(&mut watch, 1, Duration::from_secs(30), Duration::from_millis(500)).await;
+    assert_eq!(wills, ["pause-a is gone"], "node b took node a for gone");
+    // Acknowledged by node b while node a is stopped.
+    for i in 10..30 {
+        p.publish("pause/t", &i.to_string(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    signal(&a, "CONT");
+
+    let during: Vec<String> = (10..30).map(|i| i.to_string()).collect();
+    assert_eq!(
+        payloads(&mut psub, 20, Duration::from_secs(30), Duration::from_millis(500)).await,
+        during,
+        "what was acknowledged during the pause, once and in order"
+    );
+    match on_a.next_within(Duration::from_secs(30)).await {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason_code, Some(ReasonCode::ServerBusy), "{d:?}"),
+        other => {
+            panic!("the connection whose will node b published: expected DISCONNECT 0x89, got {other:?}")
+        }
+    }
+    assert_eq!(
+        payloads(&mut watch, 0, Duration::ZERO, Duration::from_secs(3)).await,
+        Vec::<String>::new(),
+        "no will again, and none of node b's"
+    );
+    on_b.sync().await;
+    drop((a, b));
+}
