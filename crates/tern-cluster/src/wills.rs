@@ -135,6 +135,31 @@ pub(crate) struct Touch {
     gaps: u64,
 }
 
+impl Touch {
+    /// A round trip answered at `now`; after a gap longer than `gap`, this node is back in
+    /// touch from then on.
+    fn answered(&mut self, now: Instant, gap: Duration) {
+        match self.last {
+            Some(last) if now.duration_since(last) > gap => {
+                self.since = Some(now);
+                self.gaps += 1;
+            }
+            Some(_) => {}
+            None => self.since = Some(now),
+        }
+        self.last = Some(now);
+    }
+
+    /// Whether, at `now`, the last round trip was answered within `gap` and the answers have
+    /// come without a longer gap for more than `timeout`.
+    fn long_enough(&self, now: Instant, gap: Duration, timeout: Duration) -> bool {
+        let (Some(since), Some(last)) = (self.since, self.last) else {
+            return false;
+        };
+        now.duration_since(last) <= gap && now.duration_since(since) > timeout
+    }
+}
+
 impl Keeper {
     fn subject(&self, key: &str) -> String {
         format!("$KV.{}.{key}", streams::wills_bucket(&self.prefix))
@@ -275,10 +300,7 @@ impl Keeper {
     /// silence of another node then says that node is gone, not this one.
     fn in_touch_long_enough(&self) -> bool {
         let touch = self.in_touch.lock().unwrap_or_else(|e| e.into_inner());
-        let (Some(since), Some(last)) = (touch.since, touch.last) else {
-            return false;
-        };
-        last.elapsed() <= self.touch_gap() && since.elapsed() > self.timeout
+        touch.long_enough(Instant::now(), self.touch_gap(), self.timeout)
     }
 
     /// The longest time between two answered round trips of a node in touch: a third of the
@@ -538,17 +560,8 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                     Err(_) => false,
                 };
                 if answered {
-                    let now = Instant::now();
                     let mut t = keeper.in_touch.lock().unwrap_or_else(|e| e.into_inner());
-                    match t.last {
-                        Some(last) if now.duration_since(last) > keeper.touch_gap() => {
-                            t.since = Some(now);
-                            t.gaps += 1;
-                        }
-                        Some(_) => {}
-                        None => t.since = Some(now),
-                    }
-                    t.last = Some(now);
+                    t.answered(Instant::now(), keeper.touch_gap());
                 }
             }
         })
@@ -769,7 +782,46 @@ async fn nodes_with_wills(keeper: &Keeper) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::key;
+    use super::{key, Touch};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_node_is_in_touch_after_answers_for_longer_than_the_timeout_and_back_after_a_gap() {
+        let (gap, timeout) = (Duration::from_secs(1), Duration::from_secs(3));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut t = Touch::default();
+        assert!(!t.long_enough(t0, gap, timeout), "no answer yet");
+        for ms in (0..=3_000).step_by(500) {
+            t.answered(at(ms), gap);
+        }
+        assert!(
+            !t.long_enough(at(3_000), gap, timeout),
+            "in touch for the timeout, not longer"
+        );
+        t.answered(at(3_500), gap);
+        assert!(t.long_enough(at(3_500), gap, timeout));
+        assert!(
+            t.long_enough(at(4_500), gap, timeout),
+            "the last answer is a gap old"
+        );
+        assert!(!t.long_enough(at(4_600), gap, timeout), "longer: out of touch");
+        assert_eq!(t.gaps, 0);
+        // A pause (or a cut its connection outlived): the next answer comes 5 s later.
+        t.answered(at(8_500), gap);
+        assert_eq!(t.gaps, 1, "back after a gap");
+        assert!(
+            !t.long_enough(at(8_500), gap, timeout),
+            "back, but not for long enough"
+        );
+        for ms in (9_000..=11_500).step_by(500) {
+            t.answered(at(ms), gap);
+        }
+        assert!(!t.long_enough(at(11_500), gap, timeout));
+        t.answered(at(12_000), gap);
+        assert!(t.long_enough(at(12_000), gap, timeout));
+        assert_eq!(t.gaps, 1);
+    }
 
     #[test]
     fn keys_are_the_node_and_the_client_id_in_hex() {
