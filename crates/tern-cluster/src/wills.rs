@@ -105,9 +105,9 @@ pub(crate) struct Keeper {
     /// How many times this node's connection to NATS came: a reap stops when it comes
     /// again (this node was the one out of touch).
     pub connections: tokio::sync::watch::Receiver<u64>,
-    /// Since when this node's heartbeats reach its NATS server, one after another (`None`:
-    /// the last one did not): a node is judged by its silence only after this node was in
-    /// touch for a whole node timeout.
+    /// This node's answered round trips to its NATS server: a node is judged by its silence
+    /// only after this node was in touch for a whole node timeout; a gap between them
+    /// ([`Keeper::back_gap`]) opens a look for its wills.
     pub in_touch: std::sync::Mutex<Touch>,
     pub counters: Arc<WillCounters>,
 }
@@ -307,6 +307,14 @@ impl Keeper {
     /// node timeout, at least 1 s (one slow answer under load is not a cut).
     fn touch_gap(&self) -> Duration {
         (self.timeout / 3).max(Duration::from_secs(1))
+    }
+
+    /// A gap between two answered round trips after which this node is back from out of
+    /// touch: [`Self::touch_gap`], at most half the node timeout (below 3 s, a pause shorter
+    /// than 1 s may have had this node taken for gone). Back, it looks for its wills
+    /// published elsewhere and judges nobody for a node timeout.
+    fn back_gap(&self) -> Duration {
+        self.touch_gap().min(self.timeout / 2)
     }
 
     /// Whether `node` (another one) was heard within the node timeout.
@@ -515,8 +523,9 @@ struct Armed {
 
 /// Keep this node's wills in the bucket, say this node is alive, and reap the wills of nodes
 /// that fall silent, until the task is aborted. After this node was out of touch (its
-/// connection to NATS came back, [`Keeper::connections`]; it hears again a node it had taken
-/// for gone; or a reaper says it reaped this node), it looks for its wills that another node published
+/// connection to NATS came back, [`Keeper::connections`]; its round trips are answered again
+/// after a gap, [`Keeper::back_gap`], as after a pause its connection outlived; it hears
+/// again a node it had taken for gone; or a reaper says it reaped this node), it looks for its wills that another node published
 /// meanwhile, at once and at each beat for twice the node timeout (a reap under way
 /// elsewhere finishes meanwhile).
 pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
@@ -561,7 +570,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                 };
                 if answered {
                     let mut t = keeper.in_touch.lock().unwrap_or_else(|e| e.into_inner());
-                    t.answered(Instant::now(), keeper.touch_gap());
+                    t.answered(Instant::now(), keeper.back_gap());
                 }
             }
         })
