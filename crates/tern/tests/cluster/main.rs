@@ -1599,5 +1599,11 @@ async fn a_paused_node_loses_nothing_acknowledged_and_each_will_goes_out_once() 
         "no will again, and none of node b's"
     );
     on_b.sync().await;
+    // Node b's client kept its will too: dropped without DISCONNECT, it goes out once.
+    drop(on_b);
+    assert_eq!(
+        payloads(&mut watch, 1, Duration::from_secs(30), Duration::from_secs(1)).await,
+        ["pause-b is gone"]
+    );
     drop((a, b));
 }
