@@ -545,8 +545,8 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
     };
     // Said from a task of its own, so that the keeper's JetStream round trips (a burst of
     // wills, a long reap) never make this node look gone.
-    // Each is followed by a round trip to the server (a flush): the node knows whether it
-    // is in touch.
+    // Each is followed by a round trip through the server (a request it answers itself):
+    // the node knows whether it is in touch ([`Touch`]).
     let heartbeat = {
         let (keeper, subject) = (keeper.clone(), format!("{alive}.{}", keeper.node));
         let touch = format!("{}.touch.{}", keeper.prefix, keeper.node);
@@ -579,14 +579,10 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
     // Heard from a task of its own too, for [`Keeper::heard_lately`] while this one waits.
     let listener = match keeper.client.subscribe(format!("{alive}.*")).await {
         Ok(mut heard) => {
-            let keeper = keeper.clone();
+            let (keeper, alive) = (keeper.clone(), format!("{alive}."));
             tokio::spawn(async move {
                 while let Some(m) = heard.next().await {
-                    if let Some(node) = m
-                        .subject
-                        .as_str()
-                        .strip_prefix(&format!("{}.alive.", keeper.prefix))
-                    {
+                    if let Some(node) = m.subject.as_str().strip_prefix(alive.as_str()) {
                         let mut h = keeper.heard.lock().unwrap_or_else(|e| e.into_inner());
                         // Bounded by the nodes of the cluster; a name not heard for a
                         // while goes.

@@ -50,18 +50,17 @@ struct Held {
 }
 
 impl Conn {
-    /// An administrator's disconnect aimed at this connection, if one came.
-    fn take_kick(&self) -> Option<bool> {
+    /// Why this connection is to close, told through its session (one lock): an
+    /// administrator's disconnect aimed at it, or its will published by another broker.
+    fn told_to_close(&self) -> Option<Close> {
         let mut st = self.link.cell.lock();
-        match st.conn_id == Some(self.link.conn_id) {
-            true => st.kicked.take(),
-            false => None,
+        if st.conn_id != Some(self.link.conn_id) {
+            return None;
         }
-    }
-
-    /// Whether another broker published this connection's will (it is to close).
-    fn will_gone(&self) -> bool {
-        self.link.cell.lock().will_gone == Some(self.link.conn_id)
+        if let Some(discard) = st.kicked.take() {
+            return Some(Close::Kicked { discard });
+        }
+        (st.will_gone == Some(self.link.conn_id)).then_some(Close::WillGone)
     }
 
     /// When a packet in progress (what is left in `buf`) has waited too long for its next byte.
@@ -87,11 +86,8 @@ impl Conn {
         if core.is_shutting_down() {
             return Close::Shutdown;
         }
-        if let Some(discard) = self.take_kick() {
-            return Close::Kicked { discard };
-        }
-        if self.will_gone() {
-            return Close::WillGone;
+        if let Some(close) = self.told_to_close() {
+            return close;
         }
         // Bytes that arrived together with CONNECT.
         if let Err(c) = self.decode_all(buf) {
@@ -204,11 +200,8 @@ impl Conn {
                     if core.is_shutting_down() {
                         return Close::Shutdown;
                     }
-                    if let Some(discard) = self.take_kick() {
-                        return Close::Kicked { discard };
-                    }
-                    if self.will_gone() {
-                        return Close::WillGone;
+                    if let Some(close) = self.told_to_close() {
+                        return close;
                     }
                     if crate::budget::evicted(&self.link.partial) {
                         return Close::Evicted;
