@@ -11,6 +11,7 @@
 //! replicas = 3
 //! publish_timeout_ms = 10000
 //! qos0_pack = 64               # QoS 0 messages in one NATS message, at most (1: each alone)
+//! qos1_pack = 32               # QoS 1 messages in one stored JetStream message, at most
 //! # nats_sync_always = true     # assert the fsync setting when there is no monitor URL
 //! # unsafe_lazy_fsync = false
 //! # user = "tern"                # NATS credentials: user and password (or password_file), token,
@@ -60,6 +61,13 @@ pub struct ClusterConfig {
     /// traffic, and on the upgraded nodes while nodes of a Tern without packs remain (they
     /// would take a pack for one message).
     pub qos0_pack: usize,
+    /// QoS 1 messages that may be stored as one JetStream message, at most (default 32, at
+    /// most 1,024): those of one publisher to one topic, without properties, expiry or
+    /// RETAIN, waiting together to be stored. JetStream's cost is per stored message, so
+    /// packs raise how many QoS 1 messages a cluster stores per second. A pack's messages
+    /// share one place in the stream: a session recovered elsewhere may get again those of
+    /// a pack it had partly acknowledged (duplicates, as QoS 1 allows). 1 stores each alone.
+    pub qos1_pack: usize,
     /// The operator asserts that every NATS server runs `jetstream { sync_interval: always }`
     /// (needed when `monitor` is empty: a NATS client cannot read that setting).
     pub nats_sync_always: bool,
@@ -126,6 +134,7 @@ impl Default for ClusterConfig {
             max_ack_inflight: 4096,
             retention_secs: 86_400,
             qos0_pack: 64,
+            qos1_pack: 32,
             nats_sync_always: false,
             unsafe_lazy_fsync: false,
             node_timeout_ms: 10_000,
@@ -167,6 +176,12 @@ impl ClusterConfig {
             return Err(format!(
                 "cluster.qos0_pack = {}: must be 1 to 1024",
                 self.qos0_pack
+            ));
+        }
+        if self.qos1_pack == 0 || self.qos1_pack > 1024 {
+            return Err(format!(
+                "cluster.qos1_pack = {}: must be 1 to 1024",
+                self.qos1_pack
             ));
         }
         if self.node_timeout_ms < 500 {
@@ -245,7 +260,7 @@ mod tests {
             (10_000, "tern")
         );
         assert!(cluster.unsafe_lazy_fsync && !cluster.nats_sync_always);
-        assert_eq!(cluster.qos0_pack, 64);
+        assert_eq!((cluster.qos0_pack, cluster.qos1_pack), (64, 32));
         assert!(
             Config::from_toml("").expect("empty").cluster.is_none(),
             "no table: one node"
@@ -275,6 +290,8 @@ mod tests {
             ("[cluster]\nshare_ack_wait_ms = 10\n", "cluster.share_ack_wait_ms"),
             ("[cluster]\nqos0_pack = 0\n", "cluster.qos0_pack"),
             ("[cluster]\nqos0_pack = 1025\n", "cluster.qos0_pack"),
+            ("[cluster]\nqos1_pack = 0\n", "cluster.qos1_pack"),
+            ("[cluster]\nqos1_pack = 1025\n", "cluster.qos1_pack"),
         ] {
             let err = Config::from_toml(bad).expect_err(bad).to_string();
             assert!(err.contains(names), "{bad}: {err}");

@@ -5,7 +5,10 @@
 //! QoS 0 messages that wait together to be handed to NATS and differ only in their payload
 //! (one publisher, one topic, no properties) travel as one NATS message, a pack
 //! ([`pack`], header `Tern-K`): what core NATS costs is paid per NATS message, not per byte.
-//! `cluster.qos0_pack = 1` turns packs off.
+//! `cluster.qos0_pack = 1` turns packs off. QoS 1 messages that wait together to be stored
+//! and differ only in their payload are stored as one pack in their publisher's shard stream
+//! ([`packable_stored`]; `cluster.qos1_pack = 1` turns those off): JetStream's cost is per
+//! stored message too. A stored pack's messages share its stream sequence.
 //!
 //! | Header | Value |
 //! |---|---|
@@ -15,7 +18,7 @@
 //! | `Tern-O` | the publisher's client id, base64 (5.0 No Local on other nodes) |
 //! | `Tern-X` | when the 5.0 Message Expiry Interval runs out, Unix milliseconds |
 //! | `Tern-P` | the other 5.0 PUBLISH properties, base64 of a 5.0 PUBLISH packet that carries only them |
-//! | `Tern-K` | (QoS 0 only) the NATS message is a pack of this many messages ([`pack`]) |
+//! | `Tern-K` | (QoS 0, and stored QoS 1) the NATS message is a pack of this many messages ([`pack`]) |
 //! | `Tern-C` | (QoS 0 of a client) `run.conn.count`: the run of its node (a random number drawn at start), the publishing connection's id there and how many QoS 0 messages it had published with this one (a pack's last), for flow control (`flow.rs`) |
 //! | `Nats-Msg-Id` | (QoS 2 messages and retained writes) `node:run:count`, the run a random number the node drew at start: a retried publish is stored once, and a QoS 2 message's id ([`Message::backplane_id`]) is `(run, count)` on every node |
 
@@ -137,6 +140,14 @@ pub fn packable(first: &Message, next: &Message) -> bool {
         m.qos == QoS::AtMostOnce && !m.retain && m.expires_at.is_none() && m.properties.is_empty()
     };
     plain(first) && plain(next) && first.topic == next.topic && first.publisher == next.publisher
+}
+
+/// Whether `msg` may be stored in one pack with others of its publisher to its topic (the
+/// store task checks those): QoS 1 and not retained, without properties or expiry, as
+/// [`packable`] has it for QoS 0. QoS 2 messages are stored alone: each has its own
+/// `Nats-Msg-Id` and place, which exactly-once delivery across nodes relies on.
+pub fn packable_stored(msg: &Message) -> bool {
+    msg.qos == QoS::AtLeastOnce && !msg.retain && msg.expires_at.is_none() && msg.properties.is_empty()
 }
 
 /// The bytes a pack whose first message has `headers` may carry (with the lengths) within
@@ -373,10 +384,10 @@ pub fn decode_all(
         .filter(|n| (1..=PACK_MAX).contains(n))
         .ok_or(CodecError::Header(PACK))?;
     let first = decode(prefix, subject, headers, Bytes::new())?;
-    // As Tern packs them (`packable`): QoS 0, not retained, without properties or expiry
-    // (properties copied to each of a pack's messages would multiply what one NATS
-    // message can make a node hold).
-    if first.qos != QoS::AtMostOnce
+    // As Tern packs them (`packable`, `packable_stored`): QoS 0 or 1, not retained, without
+    // properties or expiry (properties copied to each of a pack's messages would multiply
+    // what one NATS message can make a node hold).
+    if first.qos == QoS::ExactlyOnce
         || first.retain
         || !first.properties.is_empty()
         || first.expires_at.is_some()
@@ -526,6 +537,19 @@ mod tests {
         let mut b = plain("t/1", b"a", "p");
         b.expires_at = Some(Instant::now() + Duration::from_secs(5));
         assert!(!packable(&a, &b) && !packable(&b, &a), "expiry");
+        // Stored packs: plain QoS 1 only (the store task checks publisher and topic).
+        let q = |f: fn(&mut Message)| {
+            let mut m = plain("t/1", b"a", "p");
+            m.qos = QoS::AtLeastOnce;
+            f(&mut m);
+            packable_stored(&m)
+        };
+        assert!(q(|_| {}));
+        assert!(!q(|m| m.qos = QoS::ExactlyOnce), "QoS 2");
+        assert!(!q(|m| m.qos = QoS::AtMostOnce), "QoS 0");
+        assert!(!q(|m| m.retain = true), "retained");
+        assert!(!q(|m| m.properties.content_type = Some("x".into())), "properties");
+        assert!(!q(|m| m.expires_at = Some(Instant::now())), "expiry");
     }
 
     #[test]
@@ -550,6 +574,19 @@ mod tests {
             );
             assert_eq!(b.publisher, m.publisher);
         }
+        // A stored QoS 1 pack: its messages are QoS 1.
+        let mut q1 = plain("a b/$x", b"", "p");
+        q1.qos = QoS::AtLeastOnce;
+        assert!(packable_stored(&q1) && !packable_stored(&ms[0]));
+        let mut h1 = headers(&q1, "n1");
+        h1.insert(PACK, "3");
+        let payload = pack(ms.iter().map(|m| &m.payload), &mut BytesMut::new());
+        let (first, rest) = decode_all("tern.t", &subject, Some(&h1), payload).expect("decodes");
+        assert_eq!(rest.len(), 2);
+        assert!(std::iter::once(&first)
+            .chain(&rest)
+            .all(|m| m.qos == QoS::AtLeastOnce && m.publisher == q1.publisher));
+        assert_eq!(&rest[0].payload[..], b"\0\xff two");
         // A lone message is not a pack: its payload is the message's.
         let h = headers(&ms[1], "n1");
         let (one, rest) = decode_all("tern.t", &subject, Some(&h), ms[1].payload.clone()).expect("decodes");
@@ -584,14 +621,15 @@ mod tests {
         );
         let huge = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1]);
         assert!(decode_as("1", &huge).is_err(), "a length beyond the payload");
-        // Only QoS 0 messages that are not retained, without properties or expiry, are
+        // Only QoS 0 and 1 messages that are not retained, without properties or expiry, are
         // packed: a pack with any of those in its headers is refused.
         let mut props = Message::new("t", Bytes::new(), QoS::AtMostOnce, false);
         props.properties.user_properties.push(("k".into(), "v".into()));
         let mut expiring = Message::new("t", Bytes::new(), QoS::AtMostOnce, false);
         expiring.expires_at = Some(Instant::now() + Duration::from_secs(60));
         for q in [
-            Message::new("t", Bytes::new(), QoS::AtLeastOnce, false),
+            Message::new("t", Bytes::new(), QoS::ExactlyOnce, false),
+            Message::new("t", Bytes::new(), QoS::AtLeastOnce, true),
             Message::new("t", Bytes::new(), QoS::AtMostOnce, true),
             props,
             expiring,

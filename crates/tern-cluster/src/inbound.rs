@@ -136,16 +136,12 @@ impl Inbound {
             if codec::node_of(m.headers.as_ref()) == Some(self.node.as_str()) {
                 return None;
             }
-            // A stored message, or from core NATS one message or a pack of QoS 0 messages.
-            let decoded = match position {
-                Some(_) => codec::decode(prefix, &m.subject, m.headers.as_ref(), m.payload.clone())
-                    .map(|m| (m, Vec::new())),
-                None => codec::decode_all(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()),
-            };
-            match decoded {
+            // One message or a pack: of QoS 0 messages from core NATS, of QoS 1 messages
+            // stored (which share the pack's stream sequence).
+            match codec::decode_all(prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
                 // Retained state comes from the retained bucket (`follow_retained`), in one
                 // order for every node; here the message is only delivered.
-                Ok((mut msg, rest)) => {
+                Ok((mut msg, mut rest)) => {
                     if let Some((k, seq)) = position {
                         // Where a QoS 2 message is: a delivered one is left out of the
                         // session's entry once its floor is past it.
@@ -155,6 +151,7 @@ impl Inbound {
                         // A session it goes to with a live handover (which does not carry
                         // arrival times) still says how far back it holds messages.
                         msg = msg.placed_at(k, seq);
+                        rest = rest.into_iter().map(|m| m.placed_at(k, seq)).collect();
                     }
                     Some(std::iter::once(msg).chain(rest))
                 }

@@ -328,6 +328,7 @@ impl Cluster {
             config.shards,
             Duration::from_millis(config.publish_timeout_ms),
             config.qos0_pack,
+            config.qos1_pack,
         );
         let outbound = Arc::new(outbound);
         let run = tokio::spawn(outbound::run(
@@ -588,6 +589,7 @@ impl Counted {
             qos0_sent: o.qos0_sent.load(Ordering::Relaxed),
             qos0_dropped: o.qos0_dropped.load(Ordering::Relaxed),
             qos0_packs: o.qos0_packs.load(Ordering::Relaxed),
+            qos1_packs: o.qos1_packs.load(Ordering::Relaxed),
             qos0_flow_told: self.flow.told.load(Ordering::Relaxed),
             qos0_flow_heard: self.flow.heard.load(Ordering::Relaxed),
             qos0_flow_held: self.flow.held.load(Ordering::Relaxed),
@@ -636,6 +638,11 @@ impl ClusterStats {
                 "cluster_qos0_packs",
                 "NATS messages that carried more than one QoS 0 message",
                 self.qos0_packs,
+            ),
+            c(
+                "cluster_qos1_packs",
+                "JetStream messages stored that carried more than one QoS 1 message",
+                self.qos1_packs,
             ),
             c(
                 "cluster_qos0_flow_told",
@@ -736,6 +743,9 @@ pub struct ClusterStats {
     pub qos0_dropped: u64,
     /// NATS messages that carried more than one QoS 0 message (`cluster.qos0_pack`).
     pub qos0_packs: u64,
+    /// JetStream messages stored that carried more than one QoS 1 message
+    /// (`cluster.qos1_pack`).
+    pub qos1_packs: u64,
     /// Words saying how far other nodes' QoS 0 publishers may go for this node's
     /// subscribers (flow control), and this node's own for members of shared subscriptions
     /// here.

@@ -13,6 +13,11 @@
 //!   of messages (64 KiB of packets) and then waits for their acknowledgement before it reads
 //!   again. Messages in flight to JetStream are capped at `cluster.max_ack_inflight` (the
 //!   JetStream context waits for a permit).
+//! - QoS 1 messages of one publisher to one topic, without properties, expiry or RETAIN,
+//!   that wait together to be stored go as one pack (`codec::packable_stored`,
+//!   `cluster.qos1_pack` at most, within NATS' `max_payload`): JetStream's cost is per
+//!   stored message. Only what waits already is packed; nothing waits to make a pack.
+//!   A publisher's messages keep their order: anything else of it closes its open pack.
 //! - A publish without an answer (a stream leader died, no quorum) is retried. A QoS 2
 //!   message and a retained write carry a `Nats-Msg-Id`, so JetStream stores them once
 //!   (within its duplicate window); a QoS 1 message does not (a retry after a lost answer can
@@ -60,6 +65,9 @@ pub(crate) struct Outgoing {
     /// A ticket of [`Outbound::entries`] to wait for before it is stored (the entry of its
     /// publisher's session lists its packet id: [`Message::backplane_hold`]).
     pub hold: Option<Ticket>,
+    /// A QoS 1 message that may be stored in one pack with its publisher's next ones to its
+    /// topic (`codec::packable_stored`).
+    pub packable: bool,
 }
 
 /// Counters of the outbound side.
@@ -71,6 +79,8 @@ pub struct OutboundCounters {
     pub qos0_dropped: AtomicU64,
     /// NATS messages that carried more than one QoS 0 message.
     pub qos0_packs: AtomicU64,
+    /// JetStream messages stored that carried more than one QoS 1 message.
+    pub qos1_packs: AtomicU64,
     /// QoS 1/2 messages stored (acknowledged by JetStream).
     pub stored: AtomicU64,
     /// Attempts to store that failed and were retried.
@@ -99,6 +109,8 @@ pub(crate) struct Outbound {
     pub ack_timeout: Duration,
     /// QoS 0 messages packed into one NATS message, at most (`cluster.qos0_pack`).
     qos0_pack: usize,
+    /// QoS 1 messages stored as one JetStream message, at most (`cluster.qos1_pack`).
+    qos1_pack: usize,
     pub counters: OutboundCounters,
     /// The numbering of the session entry writes (`sessions.rs`): a message held for one
     /// ([`Outgoing::hold`]) is stored once it is written.
@@ -254,6 +266,7 @@ impl Outbound {
         shards: u16,
         ack_timeout: Duration,
         qos0_pack: usize,
+        qos1_pack: usize,
     ) -> (Outbound, Receivers) {
         let (stored_tx, stored) = mpsc::unbounded_channel();
         let (qos0_tx, qos0) = mpsc::channel(QOS0_QUEUE);
@@ -270,6 +283,7 @@ impl Outbound {
             qos0_tx,
             ack_timeout,
             qos0_pack: qos0_pack.clamp(1, codec::PACK_MAX),
+            qos1_pack: qos1_pack.clamp(1, codec::PACK_MAX),
             counters: OutboundCounters::default(),
             entries: Arc::default(),
             relist: std::sync::OnceLock::new(),
@@ -351,6 +365,7 @@ impl Outbound {
             placed,
             from: msg.publisher.clone(),
             hold,
+            packable: codec::packable_stored(msg),
         });
     }
 
@@ -367,6 +382,7 @@ impl Outbound {
             placed: None,
             from: None,
             hold: None,
+            packable: false,
         }
     }
 
@@ -555,6 +571,11 @@ pub(crate) async fn run(
     // handover waits for it and passes its id on.
     let mut ready: VecDeque<(Ticket, Outgoing, bool)> = VecDeque::new();
     let unlisted = |m: &Outgoing| m.hold.is_some_and(|t| entries.was_unanswered(t));
+    // What is to be sent this round, packed (reused); the open QoS 1 pack of each publisher
+    // while they are made; the buffer packs are written into.
+    let mut units: Vec<Unit> = Vec::new();
+    let mut open: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut buf = bytes::BytesMut::new();
     loop {
         // Registered before the held messages are looked at: a write done after it wakes the
         // wait. A message waits for its own write only (one of another client may be slower).
@@ -564,6 +585,19 @@ pub(crate) async fn run(
             released.as_mut().enable();
         }
         let written = entries.progress.get();
+        // A message held behind its publisher's earlier ones or its entry write, or ready.
+        let take = |ticket: Ticket,
+                    m: Outgoing,
+                    held: &mut HashMap<Arc<str>, VecDeque<(Ticket, Outgoing)>>,
+                    ready: &mut VecDeque<(Ticket, Outgoing, bool)>| match &m.from {
+            Some(from) if held.contains_key(from) || m.hold.is_some_and(|t| t > written) => {
+                held.entry(from.clone()).or_default().push_back((ticket, m));
+            }
+            _ => {
+                let failed = unlisted(&m);
+                ready.push_back((ticket, m, failed));
+            }
+        };
         if !held.is_empty() {
             held.retain(|_, queue| {
                 while queue
@@ -585,21 +619,38 @@ pub(crate) async fn run(
                 () = &mut released, if !held.is_empty() => {}
                 next = stored.recv() => {
                     let Some((ticket, m)) = next else { break };
-                    match &m.from {
-                        Some(from) if held.contains_key(from) || m.hold.is_some_and(|t| t > written) => {
-                            held.entry(from.clone()).or_default().push_back((ticket, m));
-                        }
-                        _ => {
-                            let failed = unlisted(&m);
-                            ready.push_back((ticket, m, failed));
-                        }
-                    }
+                    take(ticket, m, &mut held, &mut ready);
                 }
             }
         }
+        // What else waits already, so that QoS 1 messages can go in packs.
+        if out.qos1_pack > 1 {
+            for _ in 0..DRAIN {
+                let Ok((ticket, m)) = stored.try_recv() else { break };
+                take(ticket, m, &mut held, &mut ready);
+            }
+        }
+        units.extend(
+            ready
+                .drain(..)
+                .map(|(ticket, m, failed)| Unit::one(ticket, m, failed)),
+        );
+        if out.qos1_pack > 1 {
+            pack_units(&mut units, &mut open, out.qos1_pack, client.max_payload());
+        }
         // The entry writes made for this round of messages, by publisher.
         let mut written_again: HashMap<Arc<str>, bool> = HashMap::new();
-        while let Some((ticket, m, failed)) = ready.pop_front() {
+        for Unit {
+            ticket,
+            m,
+            failed,
+            more,
+        } in units.drain(..)
+        {
+            let (m, more) = match more {
+                None => (m, Vec::new()),
+                Some(pack) => (pack.outgoing(m, &mut buf), pack.tickets),
+            };
             // A QoS 2 message whose publisher's entry could not list its packet id (its
             // PUBREC was not sent): stored only once an entry lists it, and not at all when
             // another node has the session now (which takes the client's resend as new): a
@@ -647,10 +698,105 @@ pub(crate) async fn run(
                     }
                 }
             };
-            waiting.push(confirm(&out, &js, ticket, m, Ok(first)));
+            waiting.push(confirm(&out, &js, ticket, more, m, Ok(first)));
         }
     }
     qos0_task.abort();
+}
+
+/// Messages taken at once from the hand-over channel, at most, when QoS 1 packs are made.
+const DRAIN: usize = 1024;
+
+/// One JetStream publish of a round: a message, or the first of a QoS 1 pack with the rest.
+struct Unit {
+    ticket: Ticket,
+    m: Outgoing,
+    /// Whether its publisher's entry write failed for want of an answer (see `run`).
+    failed: bool,
+    more: Option<Pack>,
+}
+
+impl Unit {
+    fn one(ticket: Ticket, m: Outgoing, failed: bool) -> Unit {
+        Unit {
+            ticket,
+            m,
+            failed,
+            more: None,
+        }
+    }
+}
+
+/// The messages of a QoS 1 pack after its first: their tickets and payloads, in order.
+struct Pack {
+    tickets: Vec<Ticket>,
+    payloads: Vec<Bytes>,
+    /// What the pack's payload takes so far (each message with its length), and may take.
+    bytes: usize,
+    room: usize,
+}
+
+impl Pack {
+    /// The pack as one message: `first`'s subject and headers, with the count, and the
+    /// payloads packed (`codec::pack`).
+    fn outgoing(&self, first: Outgoing, buf: &mut bytes::BytesMut) -> Outgoing {
+        let mut headers = first.headers;
+        headers.insert(codec::PACK, (self.tickets.len() + 1).to_string().as_str());
+        let payload = codec::pack(std::iter::once(&first.payload).chain(&self.payloads), buf);
+        Outgoing {
+            subject: first.subject,
+            headers,
+            payload,
+            placed: None,
+            from: first.from,
+            hold: None,
+            packable: false,
+        }
+    }
+}
+
+/// Make QoS 1 packs of `units` (single messages, in the order they were handed over): a
+/// publisher's QoS 1 message joins its open pack when it goes to the same topic and the pack
+/// has fewer than `max` messages and room within `max_payload`; otherwise it opens a new
+/// one. Anything else of the publisher closes its open pack, so that its messages are
+/// stored in the order it sent them; other publishers' messages may come between.
+fn pack_units(units: &mut Vec<Unit>, open: &mut HashMap<Arc<str>, usize>, max: usize, max_payload: usize) {
+    if units.len() < 2 {
+        return;
+    }
+    open.clear();
+    for u in std::mem::take(units) {
+        let Some(from) = u.m.from.clone() else {
+            units.push(u);
+            continue;
+        };
+        if !u.m.packable || u.failed {
+            open.remove(&from);
+            units.push(u);
+            continue;
+        }
+        if let Some(head) = open.get(&from).and_then(|&at| units.get_mut(at)) {
+            let size = 4 + u.m.payload.len();
+            let pack = head.more.get_or_insert_with(|| Pack {
+                tickets: Vec::new(),
+                payloads: Vec::new(),
+                bytes: 4 + head.m.payload.len(),
+                room: codec::pack_room(&head.m.headers, max_payload),
+            });
+            if head.m.subject == u.m.subject && pack.tickets.len() + 1 < max && pack.bytes + size <= pack.room
+            {
+                pack.bytes += size;
+                pack.tickets.push(u.ticket);
+                pack.payloads.push(u.m.payload);
+                continue;
+            }
+            if pack.tickets.is_empty() {
+                head.more = None;
+            }
+        }
+        open.insert(from, units.len());
+        units.push(u);
+    }
 }
 
 /// Await `f`, taking the answers to earlier stores meanwhile (each holds one of the
@@ -703,11 +849,13 @@ async fn relisted<F: std::future::Future<Output = ()>>(
 }
 
 /// Wait for JetStream's answer to `first`, the first attempt to store `m`, retrying until it
-/// is stored; then settle `ticket`.
+/// is stored; then settle `ticket` and, for a QoS 1 pack, the tickets of its other messages
+/// (`more`).
 async fn confirm(
     out: &Outbound,
     js: &jetstream::Context,
     ticket: Ticket,
+    more: Vec<Ticket>,
     m: Outgoing,
     first: Result<jetstream::context::PublishAckFuture, String>,
 ) {
@@ -752,6 +900,13 @@ async fn confirm(
     match refused {
         true => out.settle_uncounted(ticket),
         false => out.settle(ticket),
+    }
+    // A QoS 1 pack's other messages (never refused: only a QoS 2 message is).
+    if !more.is_empty() {
+        out.counters.qos1_packs.fetch_add(1, Ordering::Relaxed);
+    }
+    for t in more {
+        out.settle(t);
     }
 }
 
@@ -809,7 +964,7 @@ mod tests {
         let js = jetstream::new(client.clone());
         let prefix = "probe";
         streams::test_streams(&js, prefix, 2).await;
-        let (out, rx) = Outbound::new("z".into(), prefix.into(), 2, Duration::from_secs(5), 1);
+        let (out, rx) = Outbound::new("z".into(), prefix.into(), 2, Duration::from_secs(5), 1, 32);
         let out = Arc::new(out);
         let task = tokio::spawn(run(out.clone(), client.clone(), js.clone(), rx));
         // A message its publisher's entry lists (`listed`: its store waited for that write,
@@ -899,7 +1054,7 @@ mod tests {
 
     #[test]
     fn progress_reaches_the_last_ticket_when_neighbours_are_stored_at_the_same_moment() {
-        let (out, _rx) = Outbound::new("n".into(), "tern".into(), 2, Duration::from_secs(1), 64);
+        let (out, _rx) = Outbound::new("n".into(), "tern".into(), 2, Duration::from_secs(1), 64, 32);
         let out = Arc::new(out);
         let barrier = Arc::new(std::sync::Barrier::new(2));
         const ROUNDS: u64 = 20_000;

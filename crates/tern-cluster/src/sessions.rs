@@ -1849,30 +1849,38 @@ impl Directory {
                         }
                         next = seq + 1;
                         // The session has it already (its node's store kept it). Looked at
-                        // before `q2.flight`: a caller passes one or the other, not both.
-                        if has.contains(&(k as u16, seq)) {
+                        // before `q2.flight`: a caller passes one or the other, not both. A
+                        // QoS 1 pack's messages share its place, and the store cannot say
+                        // which of them it holds: a pack is read again whole (duplicates, as
+                        // QoS 1 allows, never a loss).
+                        if crate::codec::count(m.headers.as_ref()) == 1 && has.contains(&(k as u16, seq)) {
                             if seq >= to {
                                 return Ok(());
                             }
                             continue;
                         }
-                        if let Ok(msg) =
-                            crate::codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone())
-                        {
-                            if msg.qos == QoS::ExactlyOnce {
-                                msg.set_backplane_position(k as u16, seq);
+                        if let Ok((first, rest)) = crate::codec::decode_all(
+                            &prefix,
+                            &m.subject,
+                            m.headers.as_ref(),
+                            m.payload.clone(),
+                        ) {
+                            if first.qos == QoS::ExactlyOnce {
+                                first.set_backplane_position(k as u16, seq);
                             }
-                            // Its place lets the session's floor rise past it once the
-                            // client has it (it has no arrival time here).
-                            let msg = msg.placed_at(k as u16, seq);
-                            match msg.backplane_id() {
-                                Some(id) if q2.flight.contains(&id) => {
-                                    found.insert(id, Arc::new(msg));
-                                }
-                                Some(id) if q2.done.contains(&id) => {}
-                                _ => {
-                                    if let Some(d) = delivery(client, &subs, Arc::new(msg), now) {
-                                        out.push(d);
+                            for msg in std::iter::once(first).chain(rest) {
+                                // Its place lets the session's floor rise past it once the
+                                // client has it (it has no arrival time here).
+                                let msg = msg.placed_at(k as u16, seq);
+                                match msg.backplane_id() {
+                                    Some(id) if q2.flight.contains(&id) => {
+                                        found.insert(id, Arc::new(msg));
+                                    }
+                                    Some(id) if q2.done.contains(&id) => {}
+                                    _ => {
+                                        if let Some(d) = delivery(client, &subs, Arc::new(msg), now) {
+                                            out.push(d);
+                                        }
                                     }
                                 }
                             }

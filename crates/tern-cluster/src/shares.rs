@@ -376,8 +376,9 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
             }
             pending.is_some_and(|(_, n)| n < AWAY_PENDING)
         };
-        let msg = match codec::decode(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone()) {
-            Ok(msg) => msg,
+        let (msg, rest) = match codec::decode_all(&prefix, &m.subject, m.headers.as_ref(), m.payload.clone())
+        {
+            Ok(decoded) => decoded,
             Err(e) => {
                 if !matches!(e, codec::CodecError::Void) {
                     tracing::warn!(subject = %m.subject, "not a Tern message: {e}");
@@ -391,6 +392,7 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
             away: group.away.clone(),
             kept_away: AtomicBool::new(false),
             may_keep,
+            parts: AtomicUsize::new(1 + rest.len()),
         });
         // Renewed while its member holds it, also one queued for a member that is away
         // (within AWAY_HELD and AWAY_PENDING: if this node dies, JetStream offers it to the
@@ -404,12 +406,26 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
             }
             held.push(Arc::downgrade(&settle));
         }
-        match parts.admin.deliver_shared(full, msg, Some(settle), offline_ok) {
-            Ok(SharedDelivery::Delivered | SharedDelivery::Expired) => {}
-            // The settlement was dropped: the message is given back (or, kept for an away
-            // member that had no room for it, settled: `Admin::deliver_shared`).
-            Ok(_) => tracing::trace!(filter = %full, "no member here took a shared message"),
-            Err(e) => tracing::warn!(filter = %full, "message of a shared subscription not delivered: {e}"),
+        // A QoS 1 pack's messages each go to a member, and the pack is acknowledged to
+        // JetStream once every one of them is settled ([`Part`]).
+        let packed = !rest.is_empty();
+        for msg in std::iter::once(msg).chain(rest) {
+            let settle: Arc<dyn tern_broker::Settlement> = match packed {
+                false => settle.clone(),
+                true => Arc::new(Part {
+                    whole: settle.clone(),
+                    done: AtomicBool::new(false),
+                }),
+            };
+            match parts.admin.deliver_shared(full, msg, Some(settle), offline_ok) {
+                Ok(SharedDelivery::Delivered | SharedDelivery::Expired) => {}
+                // The settlement was dropped: the message is given back (or, kept for an
+                // away member that had no room for it, settled: `Admin::deliver_shared`).
+                Ok(_) => tracing::trace!(filter = %full, "no member here took a shared message"),
+                Err(e) => {
+                    tracing::warn!(filter = %full, "message of a shared subscription not delivered: {e}")
+                }
+            }
         }
     }
     Ok(())
@@ -429,6 +445,41 @@ pub(crate) struct Settle {
     /// Whether the group's consumer had room for one more kept for an away member when the
     /// message came ([`AWAY_PENDING`]).
     may_keep: bool,
+    /// Its MQTT messages not settled yet: 1, or a QoS 1 pack's count ([`Part`]).
+    parts: AtomicUsize,
+}
+
+/// One message of a QoS 1 pack handed to a member: the pack is acknowledged to JetStream
+/// when all of its messages are settled, and given back (whole: the others come again,
+/// duplicates QoS 1 allows) as soon as one is dropped unsettled.
+#[derive(Debug)]
+struct Part {
+    whole: Arc<Settle>,
+    done: AtomicBool,
+}
+
+impl tern_broker::Settlement for Part {
+    fn done(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) && self.whole.parts.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.whole.finish(AckKind::Ack);
+        }
+    }
+
+    fn keep_while_away(&self) -> bool {
+        self.whole.keep_while_away()
+    }
+
+    fn started(&self) {
+        self.whole.started();
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.done.load(Ordering::Acquire) {
+            self.whole.finish(AckKind::Nak(Some(NAK_DELAY)));
+        }
+    }
 }
 
 impl Settle {
@@ -541,6 +592,7 @@ mod tests {
             away: away.clone(),
             kept_away: AtomicBool::new(false),
             may_keep,
+            parts: AtomicUsize::new(1),
         };
         let settle = || settle_with(true);
         let kept: Vec<Settle> = (0..AWAY_HELD).map(|_| settle()).collect();

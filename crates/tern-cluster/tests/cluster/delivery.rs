@@ -374,6 +374,99 @@ async fn a_burst_of_qos0_messages_crosses_in_packs_each_message_whole_and_in_ord
     sub.expect_silence(300).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_messages_stored_in_packs_reach_subscribers_and_a_shared_group_whole_and_in_order() {
+    // Three writes of 100 PUBLISH packets (the broker's Receive Maximum), mostly QoS 1 to
+    // one topic: node a reads each write together, and the QoS 1 messages of one publisher
+    // to one topic without properties that wait together to be stored go as one JetStream
+    // message (`cluster.qos1_pack`). Another topic, QoS 2 messages, user properties and
+    // empty payloads break the runs. Node b's subscriber and its shared group's only member
+    // get every message once, whole, with its own properties, in its topic's order
+    // (v5 [MQTT-4.6.0-6]); the group's consumer acknowledges a pack once all its messages
+    // are (nothing comes again).
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let mut config = node::config(&nats, "b");
+    config.share_ack_wait_ms = 1000;
+    let b = node::start(&config).await;
+    let mut sub = Raw::connect(b.addr(), V5, "q1packs-sub").await;
+    sub.subscribe("k/#", QoS::ExactlyOnce).await;
+    let mut member = Raw::connect(b.addr(), V5, "q1packs-member").await;
+    member.subscribe("$share/g/k/#", QoS::ExactlyOnce).await;
+    let mut publisher = Raw::connect(a.addr(), V5, "q1packs-pub").await;
+
+    let mut sent = Vec::new();
+    for round in 0..3u16 {
+        let mut burst = Vec::new();
+        for i in 0..100u16 {
+            let n = round * 100 + i;
+            let topic = if n % 25 == 7 { "k/u" } else { "k/t" };
+            let payload = if n % 45 == 3 {
+                String::new()
+            } else {
+                format!("{n:06}")
+            };
+            let mut m = Publish::new(topic, payload);
+            m.qos = if n % 40 == 11 {
+                QoS::ExactlyOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            m.packet_id = Some(pid(i + 1));
+            if n % 30 == 13 {
+                m.properties
+                    .user_properties
+                    .push(("n".into(), n.to_string().into()));
+            }
+            burst.extend(tern_testkit::raw::encode(&Packet::Publish(m.clone()), V5));
+            sent.push(m);
+        }
+        publisher.send_bytes(&burst).await;
+        let mut settled = 0;
+        while settled < 100 {
+            match publisher.recv().await {
+                Packet::PubAck(_) | Packet::PubComp(_) => settled += 1,
+                Packet::PubRec(r) => publisher.send(Packet::PubRel(Ack::new(r.packet_id))).await,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    for (who, client) in [("subscriber", &mut sub), ("member", &mut member)] {
+        let got = collect(client, sent.len(), Duration::from_secs(20)).await;
+        for topic in ["k/t", "k/u"] {
+            let want: Vec<&Publish> = sent.iter().filter(|m| &*m.topic == topic).collect();
+            let have: Vec<&Publish> = got.iter().filter(|m| &*m.topic == topic).collect();
+            assert_eq!(have.len(), want.len(), "{who}, {topic}");
+            for (h, w) in have.iter().zip(&want) {
+                assert_eq!(h.payload, w.payload, "{who}, {topic}: in order, whole");
+                assert_eq!(
+                    (h.qos, &h.properties.user_properties),
+                    (w.qos, &w.properties.user_properties)
+                );
+            }
+        }
+    }
+    let stats = a.cluster.stats();
+    assert!(stats.qos1_packs > 0, "nothing was packed: {stats:?}");
+    assert_eq!(stats.stored, 300, "{stats:?}");
+    assert_eq!(b.cluster.stats().undecodable, 0);
+    println!("node a {stats:?}");
+    // Beyond the group's ack wait (1 s) nothing comes again (the last QoS 2 deliveries'
+    // PUBRELs aside): every pack was acknowledged once all its messages were.
+    for (client, quiet) in [(&mut sub, 300), (&mut member, 2500)] {
+        let until = Instant::now() + Duration::from_millis(quiet);
+        while let Ok(Some(p)) = client
+            .next_within(until.saturating_duration_since(Instant::now()))
+            .await
+        {
+            match p {
+                Packet::PubRel(r) => client.send(Packet::PubComp(Ack::new(r.packet_id))).await,
+                other => panic!("expected nothing more, got {other:?}"),
+            }
+        }
+    }
+}
+
 /// One NATS server and two nodes: on node b (queue limit 100) the client `sub.0`
 /// subscribed at QoS 0 to `sub.1/#` (as the only member of the shared subscription
 /// `$share/GROUP/sub.1/#` with `group`), and on node a (on node b with `beside`) the client
