@@ -1611,7 +1611,7 @@ impl Directory {
                         Instant::now() + CLAIM_BUDGET,
                         &q2,
                         &mut HashMap::new(),
-                        &HashSet::new(),
+                        &HashMap::new(),
                     )
                     .await?;
                 if deliveries.is_empty() {
@@ -1677,7 +1677,7 @@ impl Directory {
                 budget,
                 &q2,
                 &mut found,
-                &HashSet::new(),
+                &HashMap::new(),
             )
             .await?;
         // The QoS 2 deliveries in flight first, with their packet ids, then the queue.
@@ -1782,7 +1782,7 @@ impl Directory {
         deadline: Instant,
         q2: &Q2Ids,
         found: &mut HashMap<(u64, u64), Arc<Message>>,
-        has: &HashSet<(u16, u64)>,
+        has: &HashMap<(u16, u64), usize>,
     ) -> Result<Vec<StoredDelivery>, String> {
         let subs: Vec<(String, SubscriptionOptions, u32)> = record
             .subs
@@ -1851,9 +1851,11 @@ impl Directory {
                         // The session has it already (its node's store kept it). Looked at
                         // before `q2.flight`: a caller passes one or the other, not both. A
                         // QoS 1 pack's messages share its place, and the store cannot say
-                        // which of them it holds: a pack is read again whole (duplicates, as
-                        // QoS 1 allows, never a loss).
-                        if crate::codec::count(m.headers.as_ref()) == 1 && has.contains(&(k as u16, seq)) {
+                        // which of them it holds: a pack is skipped only when the store holds
+                        // as many messages at its place as it carries, else read again whole
+                        // (duplicates, as QoS 1 allows, never a loss).
+                        let held = has.get(&(k as u16, seq)).copied().unwrap_or(0);
+                        if held > 0 && held >= crate::codec::count(m.headers.as_ref()) {
                             if seq >= to {
                                 return Ok(());
                             }
@@ -2280,7 +2282,7 @@ impl Directory {
                                 .await
                                 .unwrap_or_default()
                         }
-                        false => HashSet::new(),
+                        false => HashMap::new(),
                     };
                     match self
                         .catch_up(
