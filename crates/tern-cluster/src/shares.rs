@@ -418,7 +418,7 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
                 }),
             };
             match parts.admin.deliver_shared(full, msg, Some(settle), offline_ok) {
-                Ok(SharedDelivery::Delivered | SharedDelivery::Expired) => {}
+                Ok(SharedDelivery::Delivered | SharedDelivery::Expired) => continue,
                 // The settlement was dropped: the message is given back (or, kept for an
                 // away member that had no room for it, settled: `Admin::deliver_shared`).
                 Ok(_) => tracing::trace!(filter = %full, "no member here took a shared message"),
@@ -426,6 +426,10 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
                     tracing::warn!(filter = %full, "message of a shared subscription not delivered: {e}")
                 }
             }
+            // A pack is given back whole once one of its messages is (when the last part
+            // handed out goes, if none was): its rest comes again with it, so it is not
+            // handed to members now, which would only make more duplicates of it.
+            break;
         }
     }
     Ok(())
