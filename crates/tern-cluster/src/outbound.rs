@@ -573,7 +573,7 @@ pub(crate) async fn run(
     let unlisted = |m: &Outgoing| m.hold.is_some_and(|t| entries.was_unanswered(t));
     // What is to be sent this round, packed (reused); the open QoS 1 pack of each publisher
     // while they are made; the buffer packs are written into.
-    let mut units: Vec<Unit> = Vec::new();
+    let mut units: VecDeque<Unit> = VecDeque::new();
     let mut open: HashMap<Arc<str>, usize> = HashMap::new();
     let mut buf = bytes::BytesMut::new();
     loop {
@@ -640,16 +640,18 @@ pub(crate) async fn run(
         }
         // The entry writes made for this round of messages, by publisher.
         let mut written_again: HashMap<Arc<str>, bool> = HashMap::new();
-        for Unit {
+        'units: while let Some(Unit {
             ticket,
             m,
             failed,
             more,
-        } in units.drain(..)
+        }) = units.pop_front()
         {
-            let (m, more) = match more {
-                None => (m, Vec::new()),
-                Some(pack) => (pack.outgoing(m, &mut buf), pack.tickets),
+            // A pack goes as one message; its messages are kept until its first attempt, in
+            // case it has to go one by one.
+            let (m, more, mut whole) = match more {
+                None => (m, Vec::new(), None),
+                Some(pack) => (pack.outgoing(&m, &mut buf), pack.tickets.clone(), Some((m, pack))),
             };
             // A QoS 2 message whose publisher's entry could not list its packet id (its
             // PUBREC was not sent): stored only once an entry lists it, and not at all when
@@ -690,6 +692,17 @@ pub(crate) async fn run(
             let first = loop {
                 match taking_answers(send(&js, &m), &mut waiting).await {
                     Ok(ack) => break ack,
+                    // A server with a smaller `max_payload` than the one the pack was made
+                    // for: its messages go one by one, in order, before anything after it.
+                    Err(e) if e.too_large && whole.is_some() => {
+                        if let Some((first, pack)) = whole.take() {
+                            tracing::warn!(subject = %m.subject, messages = more.len() + 1, "a QoS 1 pack is refused ({e}); storing its messages one by one");
+                            for u in pack.alone(ticket, first).into_iter().rev() {
+                                units.push_front(u);
+                            }
+                        }
+                        continue 'units;
+                    }
                     Err(e) => {
                         out.counters.retries.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(subject = %m.subject, ticket, "a message was not handed to NATS, trying again in order: {e}");
@@ -739,19 +752,37 @@ struct Pack {
 impl Pack {
     /// The pack as one message: `first`'s subject and headers, with the count, and the
     /// payloads packed (`codec::pack`).
-    fn outgoing(&self, first: Outgoing, buf: &mut bytes::BytesMut) -> Outgoing {
-        let mut headers = first.headers;
+    fn outgoing(&self, first: &Outgoing, buf: &mut bytes::BytesMut) -> Outgoing {
+        let mut headers = first.headers.clone();
         headers.insert(codec::PACK, (self.tickets.len() + 1).to_string().as_str());
         let payload = codec::pack(std::iter::once(&first.payload).chain(&self.payloads), buf);
         Outgoing {
-            subject: first.subject,
+            subject: first.subject.clone(),
             headers,
             payload,
             placed: None,
-            from: first.from,
+            from: first.from.clone(),
             hold: None,
             packable: false,
         }
+    }
+
+    /// Its messages as units of their own, `first` (with `ticket`) first.
+    fn alone(self, ticket: Ticket, first: Outgoing) -> Vec<Unit> {
+        let like = |payload: Bytes| Outgoing {
+            subject: first.subject.clone(),
+            headers: first.headers.clone(),
+            payload,
+            placed: None,
+            from: first.from.clone(),
+            hold: None,
+            packable: false,
+        };
+        let rest = self.tickets.into_iter().zip(self.payloads);
+        std::iter::once((ticket, first.payload.clone()))
+            .chain(rest)
+            .map(|(t, payload)| Unit::one(t, like(payload), false))
+            .collect()
     }
 }
 
@@ -760,19 +791,24 @@ impl Pack {
 /// has fewer than `max` messages and room within `max_payload`; otherwise it opens a new
 /// one. Anything else of the publisher closes its open pack, so that its messages are
 /// stored in the order it sent them; other publishers' messages may come between.
-fn pack_units(units: &mut Vec<Unit>, open: &mut HashMap<Arc<str>, usize>, max: usize, max_payload: usize) {
+fn pack_units(
+    units: &mut VecDeque<Unit>,
+    open: &mut HashMap<Arc<str>, usize>,
+    max: usize,
+    max_payload: usize,
+) {
     if units.len() < 2 {
         return;
     }
     open.clear();
     for u in std::mem::take(units) {
         let Some(from) = u.m.from.clone() else {
-            units.push(u);
+            units.push_back(u);
             continue;
         };
         if !u.m.packable || u.failed {
             open.remove(&from);
-            units.push(u);
+            units.push_back(u);
             continue;
         }
         if let Some(head) = open.get(&from).and_then(|&at| units.get_mut(at)) {
@@ -795,7 +831,7 @@ fn pack_units(units: &mut Vec<Unit>, open: &mut HashMap<Arc<str>, usize>, max: u
             }
         }
         open.insert(from, units.len());
-        units.push(u);
+        units.push_back(u);
     }
 }
 
@@ -857,7 +893,7 @@ async fn confirm(
     ticket: Ticket,
     more: Vec<Ticket>,
     m: Outgoing,
-    first: Result<jetstream::context::PublishAckFuture, String>,
+    first: Result<jetstream::context::PublishAckFuture, SendError>,
 ) {
     let mut attempt = first;
     let mut backoff = Duration::from_millis(50);
@@ -865,7 +901,7 @@ async fn confirm(
     let mut refused = false;
     loop {
         let r = match attempt {
-            Ok(ack) => ack.await.map_err(|e| e.to_string()),
+            Ok(ack) => ack.await.map_err(|e| SendError::other(e.to_string())),
             Err(e) => Err(e),
         };
         match r {
@@ -882,6 +918,14 @@ async fn confirm(
                         msg.set_backplane_position(*k, ack.sequence);
                     }
                 }
+                break;
+            }
+            // A QoS 1 pack that a server with a smaller `max_payload` refuses when it is tried
+            // again: its messages are stored one by one (after later messages of its
+            // publisher, maybe: as for any message in flight when a NATS server fails).
+            Err(e) if e.too_large && codec::count(Some(&m.headers)) > 1 => {
+                tracing::warn!(subject = %m.subject, ticket, "a QoS 1 pack is refused ({e}); storing its messages one by one");
+                store_alone(out, js, &m).await;
                 break;
             }
             Err(e) => {
@@ -935,15 +979,89 @@ async fn placed_before(out: &Outbound, js: &jetstream::Context, k: u16, sequence
     tokio::time::timeout(PLACED_WAIT, ask).await.unwrap_or(false)
 }
 
+/// Store each message of the QoS 1 pack `m` alone, in order, each until it is stored.
+async fn store_alone(out: &Outbound, js: &jetstream::Context, m: &Outgoing) {
+    let n = codec::count(Some(&m.headers));
+    let Ok(parts) = codec::unpack(&m.payload, n) else {
+        // Not as this node packs: never the case.
+        tracing::error!(subject = %m.subject, "a QoS 1 pack of this node does not hold what it counts");
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    for (name, values) in m.headers.iter() {
+        if AsRef::<str>::as_ref(name) != codec::PACK {
+            for v in values {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+    }
+    for payload in parts {
+        let alone = Outgoing {
+            subject: m.subject.clone(),
+            headers: headers.clone(),
+            payload,
+            placed: None,
+            from: m.from.clone(),
+            hold: None,
+            packable: false,
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let stored = match send(js, &alone).await {
+                Ok(ack) => ack.await.map_err(|e| SendError::other(e.to_string())),
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(_) => break,
+                Err(e) => {
+                    out.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(subject = %alone.subject, "JetStream did not store a message of a pack, retrying: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Why an attempt to store a message was not handed to NATS, or not stored.
+#[derive(Debug)]
+struct SendError {
+    text: String,
+    /// Larger than the connected server's `max_payload` (nothing was sent).
+    too_large: bool,
+}
+
+impl SendError {
+    fn other(text: String) -> SendError {
+        SendError {
+            text,
+            too_large: false,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Hand one attempt to the client. Bounded in time: while the client reconnects its queue
 /// can be full, and a publish that waits for it holds up every message behind it.
-async fn send(js: &jetstream::Context, m: &Outgoing) -> Result<jetstream::context::PublishAckFuture, String> {
+async fn send(
+    js: &jetstream::Context,
+    m: &Outgoing,
+) -> Result<jetstream::context::PublishAckFuture, SendError> {
     let publish = js.publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone());
     match tokio::time::timeout(SEND_TIMEOUT, publish).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
+        Ok(r) => r.map_err(|e| SendError {
+            too_large: e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded,
+            text: e.to_string(),
+        }),
+        Err(_) => Err(SendError::other(format!(
             "the NATS client did not take the message within {SEND_TIMEOUT:?}"
-        )),
+        ))),
     }
 }
 
@@ -1039,6 +1157,104 @@ mod tests {
             .clone();
         assert_eq!(state.messages, 2);
         task.abort();
+    }
+
+    /// A stored message of `from` to `topic` as the store task gets it: QoS 1 (packable) or
+    /// QoS 2.
+    fn stored(from: &str, topic: &str, payload: &str, qos: QoS) -> Outgoing {
+        let mut msg = Message::new(topic, payload.to_string(), qos, false);
+        msg.publisher = Some(from.into());
+        Outgoing {
+            subject: topic::encode_topic("tern.m.0", topic),
+            headers: codec::headers(&msg, "n"),
+            payload: msg.payload.clone(),
+            placed: None,
+            from: msg.publisher.clone(),
+            hold: None,
+            packable: codec::packable_stored(&msg),
+        }
+    }
+
+    /// Each unit as (tickets, payloads) in the order it would be stored.
+    fn shapes(units: &VecDeque<Unit>) -> Vec<(Vec<Ticket>, Vec<String>)> {
+        let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+        units
+            .iter()
+            .map(|u| {
+                let mut tickets = vec![u.ticket];
+                let mut payloads = vec![text(&u.m.payload)];
+                if let Some(p) = &u.more {
+                    tickets.extend(&p.tickets);
+                    payloads.extend(p.payloads.iter().map(text));
+                }
+                (tickets, payloads)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn qos1_packs_keep_each_publishers_order_and_their_bounds() {
+        let q1 = QoS::AtLeastOnce;
+        let list = [
+            stored("a", "t", "a1", q1),
+            stored("b", "t", "b1", q1),
+            stored("a", "t", "a2", q1),
+            stored("b", "t", "b2", q1),
+            // Another topic: a new pack for a.
+            stored("a", "u", "a3", q1),
+            stored("a", "u", "a4", q1),
+            // A QoS 2 message of b closes b's pack: b3 is not stored before it.
+            stored("b", "t", "q2", QoS::ExactlyOnce),
+            stored("b", "t", "b3", q1),
+            stored("a", "u", "a5", q1),
+            stored("a", "u", "a6", q1),
+        ];
+        let mut units: VecDeque<Unit> = list
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| Unit::one(i as Ticket + 1, m, false))
+            .collect();
+        let mut open = HashMap::new();
+        pack_units(&mut units, &mut open, 3, 1 << 20);
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shapes(&units),
+            vec![
+                (vec![1, 3], s(&["a1", "a2"])),
+                (vec![2, 4], s(&["b1", "b2"])),
+                // At most 3 in a pack.
+                (vec![5, 6, 9], s(&["a3", "a4", "a5"])),
+                (vec![7], s(&["q2"])),
+                (vec![8], s(&["b3"])),
+                (vec![10], s(&["a6"])),
+            ]
+        );
+        // Within `max_payload` with the headers: two 3,000-byte payloads in 8,000 bytes.
+        let big = "x".repeat(3_000);
+        let mut units: VecDeque<Unit> = (0..5)
+            .map(|i| Unit::one(i + 1, stored("a", "t", &big, q1), false))
+            .collect();
+        pack_units(&mut units, &mut open, 32, 8_000);
+        let sizes: Vec<usize> = shapes(&units).iter().map(|(t, _)| t.len()).collect();
+        assert_eq!(
+            sizes,
+            vec![2, 2, 1],
+            "8,000 bytes hold two 3,000-byte payloads with headers"
+        );
+        // A pack refused by a server with a smaller `max_payload` goes one by one, in order.
+        let first = units.pop_front().expect("a pack");
+        let pack = first.more.expect("packed");
+        let alone = pack.alone(first.ticket, first.m);
+        assert_eq!(
+            alone
+                .iter()
+                .map(|u| (u.ticket, u.m.payload.len(), u.more.is_none()))
+                .collect::<Vec<_>>(),
+            vec![(1, 3_000, true), (2, 3_000, true)]
+        );
+        assert!(alone
+            .iter()
+            .all(|u| u.m.headers.get(codec::PACK).is_none() && !u.m.packable));
     }
 
     #[test]
