@@ -66,7 +66,9 @@ pub struct ClusterConfig {
     /// RETAIN, waiting together to be stored. JetStream's cost is per stored message, so
     /// packs raise how many QoS 1 messages a cluster stores per second. A pack's messages
     /// share one place in the stream: a session recovered elsewhere may get again those of
-    /// a pack it had partly acknowledged (duplicates, as QoS 1 allows). 1 stores each alone.
+    /// a pack it had partly acknowledged (duplicates, as QoS 1 allows). 1 stores each alone:
+    /// for NATS applications that read Tern's streams, and on the upgraded nodes while nodes
+    /// of a Tern without QoS 1 packs remain (they would take a pack for one message).
     pub qos1_pack: usize,
     /// The operator asserts that every NATS server runs `jetstream { sync_interval: always }`
     /// (needed when `monitor` is empty: a NATS client cannot read that setting).

@@ -1,5 +1,5 @@
 //! A broker [`Message`] as a NATS message and back: the payload is the MQTT payload as it is
-//! (NATS applications can read Tern's traffic), except in a QoS 0 pack; what else MQTT carries
+//! (NATS applications can read Tern's traffic), except in a pack; what else MQTT carries
 //! goes in headers.
 //!
 //! QoS 0 messages that wait together to be handed to NATS and differ only in their payload
