@@ -285,8 +285,8 @@ impl Admin {
 
     /// Where the backplane keeps the messages the session of `client_id` holds through its
     /// ordinary subscriptions (shard, sequence), those whose place is known: in flight,
-    /// queued, and kept on disk; how many of each. Blocking: it reads the store.
-    pub fn places_held(&self, client_id: &str) -> std::collections::HashMap<(u16, u64), usize> {
+    /// queued, and kept on disk. Blocking: it reads the store.
+    pub fn places_held(&self, client_id: &str) -> std::collections::HashSet<(u16, u64)> {
         self.core.places_held(client_id)
     }
 

@@ -1024,11 +1024,9 @@ impl Core {
     /// Where a backplane keeps the messages the session of `client_id` holds through its
     /// ordinary subscriptions, as far as their marks say (in flight, queued, and kept on
     /// disk, read back in batches): a cluster node restarted from its store does not read
-    /// those again from its streams. How many it holds of each place (a backplane may store
-    /// several messages at one place). Blocking (reads the store).
-    pub fn places_held(&self, client_id: &str) -> std::collections::HashMap<(u16, u64), usize> {
-        let mut out = std::collections::HashMap::new();
-        let mut count = |place: (u16, u64)| *out.entry(place).or_insert(0) += 1;
+    /// those again from its streams. Blocking (reads the store).
+    pub fn places_held(&self, client_id: &str) -> std::collections::HashSet<(u16, u64)> {
+        let mut out = std::collections::HashSet::new();
         let Some(cell) = self.sessions.get(client_id) else {
             return out;
         };
@@ -1039,9 +1037,10 @@ impl Core {
             }
             // A shared subscription's copy stands for no ordinary one.
             let held = st.proto.inflight().map(|i| &i.message).chain(st.queue.iter());
-            held.filter(|o| o.shared.is_none())
-                .filter_map(|o| o.msg.backplane_position())
-                .for_each(&mut count);
+            out.extend(
+                held.filter(|o| o.shared.is_none())
+                    .filter_map(|o| o.msg.backplane_position()),
+            );
             st.spill.as_deref().copied()
         };
         if let Some(spill) = spill {
@@ -1054,8 +1053,8 @@ impl Core {
                 for d in read {
                     after = d.seq;
                     left = left.saturating_sub(1);
-                    if let (None, Some(place)) = (&d.shared, d.message.backplane_position()) {
-                        count(place);
+                    if d.shared.is_none() {
+                        out.extend(d.message.backplane_position());
                     }
                 }
             }

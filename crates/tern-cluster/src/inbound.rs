@@ -182,7 +182,8 @@ impl Inbound {
     }
 }
 
-/// Messages a QoS 0 subscription's task takes at once when more are waiting.
+/// Messages a QoS 0 subscription's task, or a tailer, takes at once when more are waiting (a pack
+/// counts as the messages it carries).
 const BATCH: usize = 256;
 
 /// `first` and the QoS 0 NATS messages already waiting on `stream` after it, into `batch`,
@@ -330,6 +331,8 @@ async fn tail_from(
         let mut failed: Option<async_nats::Error> = None;
         let mut ended = false;
         let mut item = Some(first);
+        // MQTT messages taken (a QoS 1 pack counts as the messages it carries).
+        let mut taken_messages = 0;
         while let Some(r) = item.take() {
             let taken = match r {
                 Ok(m) => m.info().map(|i| i.stream_sequence).map(|seq| (m, seq)),
@@ -339,6 +342,7 @@ async fn tail_from(
                 Ok((m, seq)) => {
                     if seq >= *next {
                         *next = seq + 1;
+                        taken_messages += codec::count(m.message.headers.as_ref());
                         batch.push((m.message, seq));
                     }
                 }
@@ -347,7 +351,7 @@ async fn tail_from(
                     break;
                 }
             }
-            if batch.len() < BATCH {
+            if taken_messages < BATCH {
                 match messages.next().now_or_never() {
                     Some(Some(r)) => item = Some(r),
                     // The stream ended: what was taken is delivered, then the tailer restarts.

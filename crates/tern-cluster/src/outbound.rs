@@ -899,6 +899,8 @@ async fn confirm(
     let mut backoff = Duration::from_millis(50);
     let mut tries: u32 = 0;
     let mut refused = false;
+    // A pack stored one message at a time (`store_alone`).
+    let mut split = false;
     loop {
         let r = match attempt {
             Ok(ack) => ack.await.map_err(|e| SendError::other(e.to_string())),
@@ -920,15 +922,17 @@ async fn confirm(
                 }
                 break;
             }
-            // A QoS 1 pack that a server with a smaller `max_payload` refuses when it is tried
-            // again: its messages are stored one by one (after later messages of its
-            // publisher, maybe: as for any message in flight when a NATS server fails).
-            Err(e) if e.too_large && codec::count(Some(&m.headers)) > 1 => {
-                tracing::warn!(subject = %m.subject, ticket, "a QoS 1 pack is refused ({e}); storing its messages one by one");
-                store_alone(out, js, &m).await;
-                break;
-            }
             Err(e) => {
+                // A QoS 1 pack that a server with a smaller `max_payload` refuses when it is
+                // tried again: its messages are stored one by one (after later messages of
+                // its publisher, maybe: as for any message in flight when a NATS server fails).
+                if e.too_large && codec::count(Some(&m.headers)) > 1 {
+                    tracing::warn!(subject = %m.subject, ticket, "a QoS 1 pack is refused ({e}); storing its messages one by one");
+                    if store_alone(out, js, &m).await {
+                        split = true;
+                        break;
+                    }
+                }
                 out.counters.retries.fetch_add(1, Ordering::Relaxed);
                 tries += 1;
                 // Logged at its 1st, 2nd, 4th, 8th... attempt.
@@ -946,7 +950,7 @@ async fn confirm(
         false => out.settle(ticket),
     }
     // A QoS 1 pack's other messages (never refused: only a QoS 2 message is).
-    if !more.is_empty() {
+    if !more.is_empty() && !split {
         out.counters.qos1_packs.fetch_add(1, Ordering::Relaxed);
     }
     for t in more {
@@ -979,13 +983,13 @@ async fn placed_before(out: &Outbound, js: &jetstream::Context, k: u16, sequence
     tokio::time::timeout(PLACED_WAIT, ask).await.unwrap_or(false)
 }
 
-/// Store each message of the QoS 1 pack `m` alone, in order, each until it is stored.
-async fn store_alone(out: &Outbound, js: &jetstream::Context, m: &Outgoing) {
+/// Store each message of the QoS 1 pack `m` alone, in order, each until it is stored; `false`
+/// (nothing stored) if `m` is not a pack as this node makes them, which never happens.
+async fn store_alone(out: &Outbound, js: &jetstream::Context, m: &Outgoing) -> bool {
     let n = codec::count(Some(&m.headers));
     let Ok(parts) = codec::unpack(&m.payload, n) else {
-        // Not as this node packs: never the case.
         tracing::error!(subject = %m.subject, "a QoS 1 pack of this node does not hold what it counts");
-        return;
+        return false;
     };
     let mut headers = HeaderMap::new();
     for (name, values) in m.headers.iter() {
@@ -1022,6 +1026,7 @@ async fn store_alone(out: &Outbound, js: &jetstream::Context, m: &Outgoing) {
             }
         }
     }
+    true
 }
 
 /// Why an attempt to store a message was not handed to NATS, or not stored.

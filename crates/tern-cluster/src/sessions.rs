@@ -1611,7 +1611,7 @@ impl Directory {
                         Instant::now() + CLAIM_BUDGET,
                         &q2,
                         &mut HashMap::new(),
-                        &HashMap::new(),
+                        &HashSet::new(),
                     )
                     .await?;
                 if deliveries.is_empty() {
@@ -1677,7 +1677,7 @@ impl Directory {
                 budget,
                 &q2,
                 &mut found,
-                &HashMap::new(),
+                &HashSet::new(),
             )
             .await?;
         // The QoS 2 deliveries in flight first, with their packet ids, then the queue.
@@ -1782,7 +1782,7 @@ impl Directory {
         deadline: Instant,
         q2: &Q2Ids,
         found: &mut HashMap<(u64, u64), Arc<Message>>,
-        has: &HashMap<(u16, u64), usize>,
+        has: &HashSet<(u16, u64)>,
     ) -> Result<Vec<StoredDelivery>, String> {
         let subs: Vec<(String, SubscriptionOptions, u32)> = record
             .subs
@@ -1851,11 +1851,10 @@ impl Directory {
                         // The session has it already (its node's store kept it). Looked at
                         // before `q2.flight`: a caller passes one or the other, not both. A
                         // QoS 1 pack's messages share its place, and the store cannot say
-                        // which of them it holds: a pack is skipped only when the store holds
-                        // as many messages at its place as it carries, else read again whole
-                        // (duplicates, as QoS 1 allows, never a loss).
-                        let held = has.get(&(k as u16, seq)).copied().unwrap_or(0);
-                        if held > 0 && held >= crate::codec::count(m.headers.as_ref()) {
+                        // which of them it holds (a count would not do: a crash can leave part
+                        // of what was queued, and a second read adds copies): a pack is read
+                        // again whole (duplicates, as QoS 1 allows, never a loss).
+                        if crate::codec::count(m.headers.as_ref()) == 1 && has.contains(&(k as u16, seq)) {
                             if seq >= to {
                                 return Ok(());
                             }
@@ -2282,7 +2281,7 @@ impl Directory {
                                 .await
                                 .unwrap_or_default()
                         }
-                        false => HashMap::new(),
+                        false => HashSet::new(),
                     };
                     match self
                         .catch_up(

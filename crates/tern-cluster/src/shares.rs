@@ -410,14 +410,17 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
         // JetStream once every one of them is settled ([`Part`]).
         let packed = !rest.is_empty();
         for msg in std::iter::once(msg).chain(rest) {
-            let settle: Arc<dyn tern_broker::Settlement> = match packed {
-                false => settle.clone(),
-                true => Arc::new(Part {
+            let part = packed.then(|| {
+                Arc::new(Part {
                     whole: settle.clone(),
                     done: AtomicBool::new(false),
-                }),
+                })
+            });
+            let handed: Arc<dyn tern_broker::Settlement> = match &part {
+                None => settle.clone(),
+                Some(p) => p.clone(),
             };
-            match parts.admin.deliver_shared(full, msg, Some(settle), offline_ok) {
+            match parts.admin.deliver_shared(full, msg, Some(handed), offline_ok) {
                 Ok(SharedDelivery::Delivered | SharedDelivery::Expired) => continue,
                 // The settlement was dropped: the message is given back (or, kept for an
                 // away member that had no room for it, settled: `Admin::deliver_shared`).
@@ -426,9 +429,14 @@ async fn pull_from(parts: &Parts, group: &Group, k: u16) -> Result<(), async_nat
                     tracing::warn!(filter = %full, "message of a shared subscription not delivered: {e}")
                 }
             }
-            // A pack is given back whole once one of its messages is (when the last part
-            // handed out goes, if none was): its rest comes again with it, so it is not
-            // handed to members now, which would only make more duplicates of it.
+            // Settled all the same (queued for an away member that had no room: the session
+            // keeps it): the pack goes on.
+            if part.is_some_and(|p| p.done.load(Ordering::Acquire)) {
+                continue;
+            }
+            // A pack is given back whole once one of its messages is: its rest comes again
+            // with it, so it is not handed to members now, which would only make more
+            // duplicates of it.
             break;
         }
     }
