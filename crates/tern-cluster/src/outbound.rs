@@ -649,9 +649,9 @@ pub(crate) async fn run(
         {
             // A pack goes as one message; its messages are kept until its first attempt, in
             // case it has to go one by one.
-            let (m, more, mut whole) = match more {
-                None => (m, Vec::new(), None),
-                Some(pack) => (pack.outgoing(&m, &mut buf), pack.tickets.clone(), Some((m, pack))),
+            let (m, mut whole) = match more {
+                None => (m, None),
+                Some(pack) => (pack.outgoing(&m, &mut buf), Some((m, pack))),
             };
             // A QoS 2 message whose publisher's entry could not list its packet id (its
             // PUBREC was not sent): stored only once an entry lists it, and not at all when
@@ -696,7 +696,7 @@ pub(crate) async fn run(
                     // for: its messages go one by one, in order, before anything after it.
                     Err(e) if e.too_large && whole.is_some() => {
                         if let Some((first, pack)) = whole.take() {
-                            tracing::warn!(subject = %m.subject, messages = more.len() + 1, "a QoS 1 pack is refused ({e}); storing its messages one by one");
+                            tracing::warn!(subject = %m.subject, messages = pack.tickets.len() + 1, "a QoS 1 pack is refused ({e}); storing its messages one by one");
                             for u in pack.alone(ticket, first).into_iter().rev() {
                                 units.push_front(u);
                             }
@@ -711,6 +711,8 @@ pub(crate) async fn run(
                     }
                 }
             };
+            // A pack's other messages are settled with it.
+            let more = whole.map(|(_, pack)| pack.tickets).unwrap_or_default();
             waiting.push(confirm(&out, &js, ticket, more, m, Ok(first)));
         }
     }
