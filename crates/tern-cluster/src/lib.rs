@@ -322,6 +322,7 @@ impl Cluster {
                 r => break r?,
             }
         };
+        streams::await_leaders(&js, &config, deadline).await;
         let (outbound, receivers) = outbound::Outbound::new(
             node.clone(),
             config.prefix.clone(),
@@ -603,6 +604,7 @@ impl Counted {
             wills_published: self.wills.published.load(Ordering::Relaxed),
             wills_cancelled: self.wills.cancelled.load(Ordering::Relaxed),
             wills_closed: self.wills.closed.load(Ordering::Relaxed),
+            wills_stored: self.wills.stored.load(Ordering::Relaxed),
         }
     }
 }
@@ -699,6 +701,11 @@ impl ClusterStats {
                 "Connections of this node closed because another node published their wills while this node was out of touch",
                 self.wills_closed,
             ),
+            c(
+                "cluster_wills_stored",
+                "Writes of this node's clients' wills JetStream acknowledged (one per CONNECT with a will, more when one is written again)",
+                self.wills_stored,
+            ),
             g(
                 "cluster_wanted_subjects",
                 "Distinct NATS subjects this node's subscriptions need",
@@ -783,6 +790,9 @@ pub struct ClusterStats {
     /// Connections of this node closed (v5 DISCONNECT 0x89) because another node published
     /// their wills while this node was out of touch with NATS.
     pub wills_closed: u64,
+    /// Writes of this node's clients' wills JetStream acknowledged: one per CONNECT with a
+    /// will, more when one is written again (docs/cluster.md, "Wills when a node dies").
+    pub wills_stored: u64,
 }
 
 /// The [`Backplane`] of a node: hands its clients' messages to NATS and follows its

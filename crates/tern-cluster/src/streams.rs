@@ -176,6 +176,47 @@ pub async fn ensure(js: &jetstream::Context, config: &ClusterConfig) -> Result<V
     Ok(last)
 }
 
+/// Wait, until `deadline` at most, for each of the cluster's streams and buckets to have a
+/// leader. Right after a stream was created, or a NATS server restarted, its Raft group may
+/// have none for a moment, and a write to it fails meanwhile ("no stream found for given
+/// subject": nobody answers its subject). A node waits for this before it takes clients, so
+/// that their first writes (a will, a session entry) are not the ones retried. Past the
+/// deadline the node goes on (every write is retried); `false` then.
+pub async fn await_leaders(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let mut names: Vec<String> = (0..config.shards)
+        .map(|k| stream_name(&config.prefix, k))
+        .collect();
+    for bucket in [retain_bucket, wills_bucket, sessions_bucket] {
+        names.push(format!("KV_{}", bucket(&config.prefix)));
+    }
+    for name in names {
+        loop {
+            let led = match js.get_stream(&name).await {
+                // No cluster: one server, which leads.
+                Ok(s) => s
+                    .cached_info()
+                    .cluster
+                    .as_ref()
+                    .is_none_or(|c| c.leader.is_some()),
+                Err(_) => false,
+            };
+            if led {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(stream = %name, "cluster start: the stream has no leader yet; going on (its writes are retried)");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    true
+}
+
 /// For tests against a NATS server: shard streams `0..shards` of `prefix` with a 60 s
 /// duplicate window.
 #[cfg(test)]

@@ -121,6 +121,8 @@ pub(crate) struct WillCounters {
     pub cancelled: AtomicU64,
     /// Connections here closed: their wills were published elsewhere.
     pub closed: AtomicU64,
+    /// Writes of this node's wills JetStream acknowledged.
+    pub stored: AtomicU64,
 }
 
 /// This node's round trips to its NATS server, for [`Keeper::in_touch_long_enough`].
@@ -176,6 +178,7 @@ impl Keeper {
             .publish_with_headers(subject, h, will.payload.clone())
             .await?
             .await?;
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
         Ok(ack.sequence)
     }
 
@@ -508,6 +511,11 @@ const MAX_NODES: usize = 1024;
 const MAX_UNFORGOTTEN: usize = 65_536;
 /// Wills written again, and deletions made again, at each beat at most outside a look.
 const RETRIES_PER_BEAT: usize = 64;
+/// The first wait before a will JetStream did not acknowledge at its CONNECT is written
+/// again; it doubles up to a beat while writes keep failing. Its connection is open
+/// meanwhile, and a node dying before the write would take the will with it: a first
+/// write right after a stream's leader changed fails for a moment only ("no stream found").
+const SOON: Duration = Duration::from_millis(50);
 
 /// A will this node keeps for one of its connections.
 struct Armed {
@@ -619,8 +627,16 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
     let mut gaps = 0;
     let mut tick = tokio::time::interval(beat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When to write again the wills whose first write failed, before the next beat.
+    let (mut soon, mut soon_wait): (Option<tokio::time::Instant>, Duration) = (None, SOON);
     loop {
         let mut look_now = false;
+        let retry_soon = async {
+            match soon {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = reconnected.changed() => {
                 if changed.is_err() {
@@ -645,6 +661,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                             Ok(seq) => Some(seq),
                             Err(e) => {
                                 tracing::warn!(client_id = %client, "cluster wills: cannot keep the will (trying again): {e}");
+                                soon.get_or_insert_with(|| tokio::time::Instant::now() + soon_wait);
                                 None
                             }
                         };
@@ -678,6 +695,24 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                             look_now = true;
                         }
                     }
+                }
+            }
+            () = retry_soon => {
+                soon = None;
+                // During a look (also the one right after the node's start), a will another
+                // node reaped must not be written back blindly: the look reads what was
+                // reaped first, then writes the rest again.
+                if look_until.is_some_and(|until| Instant::now() < until) {
+                    look_now = true;
+                } else {
+                    keeper.retry(&mut mine, RETRIES_PER_BEAT).await;
+                }
+                // Up to a beat; from then on the beats write them.
+                if soon_wait < beat && mine.armed.values().any(|a| a.unstored) {
+                    soon_wait = (soon_wait * 2).min(beat);
+                    soon = Some(tokio::time::Instant::now() + soon_wait);
+                } else {
+                    soon_wait = SOON;
                 }
             }
             m = told.next() => {

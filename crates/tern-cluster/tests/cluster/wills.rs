@@ -107,3 +107,56 @@ async fn the_wills_of_a_killed_node_are_published_once_by_another() {
     drop(b);
     drop(a);
 }
+
+/// A will whose first write JetStream refused (here its bucket is gone for a moment; in CI,
+/// a bucket just created had no leader yet) is written again within moments, not a beat
+/// later: a node dying meanwhile would take it along. With a node timeout of 60 s the beat is
+/// 12 s, so only the quick retry can write it within the 6 s the test waits. Once written,
+/// the will goes out when its node dies (here: published by the node restarted under the
+/// same name, to a watcher on node b).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_whose_first_write_failed_is_written_again_within_moments() {
+    let nats = Nats::start(1, true);
+    let config = |name: &str| {
+        let mut c = node::config(&nats, name);
+        c.node_timeout_ms = 60_000;
+        c
+    };
+    let a = node::start(&config("a")).await;
+    let b = node::start(&config("b")).await;
+    let mut sub = Raw::connect(b.addr(), V5, "watcher").await;
+    sub.subscribe("will/#", QoS::AtLeastOnce).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.urls()[0].as_str()).await.expect("nats"));
+    js.delete_key_value("tern_wills")
+        .await
+        .expect("delete the wills' bucket");
+    let _early = with_will(a.addr(), "early").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(a.cluster.stats().wills_stored, 0, "no bucket, no will written");
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "tern_wills".into(),
+            history: 1,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .expect("the wills' bucket again");
+    let key: String = std::iter::once("a.".to_string())
+        .chain("early".bytes().map(|b| format!("{b:02x}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while kv.get(&key).await.ok().flatten().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the will was not written again before the next beat"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.cluster.stats().wills_stored, 1);
+    kill(a);
+    let _a = node::start(&config("a")).await;
+    let got = wills(&mut sub, Duration::from_secs(8)).await;
+    assert_eq!(got, vec!["early is gone".to_string()], "published once");
+    drop(b);
+}
