@@ -297,6 +297,14 @@ impl Admin {
         self.core.forget_incoming_qos2(client_id, packet_id)
     }
 
+    /// Await a PUBREL for the incoming QoS 2 `packet_id` of the session of `client_id` (a
+    /// cluster node restarted from its store learns that the cluster stored the message,
+    /// though the store had not kept the id yet when the node died: the client's resend must
+    /// be answered, not stored again); whether the session is there.
+    pub fn remember_incoming_qos2(&self, client_id: &str, packet_id: u16) -> bool {
+        self.core.remember_incoming_qos2(client_id, packet_id)
+    }
+
     /// Queue the deliveries of `raw` (a [`Handover`](crate::durability::Handover)) for the
     /// session of `client_id`, after what it holds (`front`: before), and wait until they are
     /// in the store; how many were added (expired ones are left out).

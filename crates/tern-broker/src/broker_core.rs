@@ -1079,6 +1079,25 @@ impl Core {
         true
     }
 
+    /// Await a PUBREL for the incoming QoS 2 `packet_id` of the session of `client_id`, and
+    /// keep it in the store; whether the session is there (see
+    /// [`Admin::remember_incoming_qos2`](crate::Admin::remember_incoming_qos2)).
+    pub fn remember_incoming_qos2(&self, client_id: &str, packet_id: u16) -> bool {
+        let (Some(cell), Some(id)) = (self.sessions.get(client_id), tern_proto::PacketId::new(packet_id))
+        else {
+            return false;
+        };
+        let mut st = cell.lock();
+        if st.ended {
+            return false;
+        }
+        st.proto.restore_qos2(id);
+        let persistent = st.persistent;
+        drop(st);
+        self.durability.put_qos2(persistent, &cell.client_id, id);
+        true
+    }
+
     /// How far back the messages of each connected session that outlives its connection go
     /// (for a cluster node's periodic record of where to recover them from), with its
     /// `queued_total`.

@@ -2187,13 +2187,30 @@ impl Directory {
     /// message that is not stored ([`Directory::incoming`]), are forgotten, so that the
     /// client's resend is stored rather than answered as a duplicate. When the cluster cannot
     /// say, all are forgotten: a resend stored twice is a duplicate, one never stored a loss.
+    ///
+    /// The other way round, the store may not have kept yet an id whose message JetStream
+    /// stored (its write was on its way when the node died): an id the entry lists with a
+    /// stored message is awaited again, so that the client's resend is answered rather than
+    /// stored twice (seen in the 40-round loop of the QoS 2 publisher resending to its node
+    /// restarted from its store: 7 messages delivered twice). The entry is safe to follow: a
+    /// PUBCOMP waits until the entry no longer lists its id (`Backplane::qos2_released`),
+    /// so a listed id is not free on the client's side.
     /// Runs before the node serves clients (`Cluster::attach`).
     async fn unstored_forgotten(&self, admin: &Admin, client: &str, record: Option<&Record>) {
         let ids: Vec<u16> = match self.q2.lock().unwrap_or_else(|e| e.into_inner()).get(client) {
             Some(q) => q.incoming.keys().copied().collect(),
-            None => return,
+            None => Vec::new(),
         };
-        if ids.is_empty() {
+        let unkept: Vec<u16> = record
+            .map(|r| {
+                r.q2in
+                    .iter()
+                    .map(|e| e.0)
+                    .filter(|id| *id != 0 && !ids.contains(id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.is_empty() && unkept.is_empty() {
             return;
         }
         let held = match record {
@@ -2215,6 +2232,21 @@ impl Directory {
             }
             if admin.forget_incoming_qos2(client, packet_id) {
                 tracing::info!(client_id = %client, packet_id, "stored session: an incoming QoS 2 message not known to be stored in the cluster is taken as new when it is resent");
+            }
+        }
+        for packet_id in unkept.into_iter().filter(|id| held.contains(id)) {
+            if admin.remember_incoming_qos2(client, packet_id) {
+                self.q2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(client.into())
+                    .or_insert_with(|| Q2 {
+                        inherit: true,
+                        ..Q2::default()
+                    })
+                    .incoming
+                    .insert(packet_id, None);
+                tracing::info!(client_id = %client, packet_id, "stored session: an incoming QoS 2 message the store had not kept yet is stored in the cluster; its resend is answered, not stored again");
             }
         }
     }

@@ -776,3 +776,72 @@ async fn a_node_restarted_from_its_store_without_a_quorum_does_not_start_and_los
     receive_in_order(&mut sub, 20).await;
     drop((a, b));
 }
+
+/// A QoS 2 message the cluster stored before the node's store kept its packet id (the
+/// store's write was on its way when the node died) is not stored a second time when its
+/// publisher resends it to the node restarted from that store: the restart learns the id
+/// from the session's entry, finds the message stored, and answers the resend with PUBREC
+/// (v5 [MQTT-4.3.3-10]: not delivered to onward recipients again). Before, the store
+/// alone said which ids awaited PUBREL, the resend was taken as new, and the subscriber got
+/// the message twice (7 messages in one run of the 40-round resending loop of
+/// `crates/tern/tests/cluster`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_message_stored_before_the_store_kept_its_id_is_not_stored_again_after_a_restart() {
+    let nats = Nats::start(1, true);
+    let store = tern_broker::durability::InMemory::new();
+    let config_a = node::config(&nats, "a");
+    let start_a = || async {
+        let cluster = tern_cluster::Cluster::start(&config_a)
+            .await
+            .expect("cluster start");
+        node::start_stored(cluster, &store).await.expect("attach")
+    };
+    let a = start_a().await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let mut sub = Raw::connect(b.addr(), V5, "q2-sub").await;
+    sub.subscribe("q2/#", QoS::ExactlyOnce).await;
+    let (mut p, ack) = connect(a.addr(), V5, "q2-pub", false).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let received = |m: Publish| String::from_utf8_lossy(&m.payload).into_owned();
+    p.publish("q2/t", "first", QoS::ExactlyOnce, false).await;
+    let m = sub.recv_publish().await;
+    sub.ack(&m).await;
+    assert_eq!(received(m), "first");
+
+    // Node a's store keeps nothing more; the message reaches the cluster all the same.
+    store.hold(true);
+    let mut second = Publish::new("q2/t", "second".to_string());
+    second.qos = QoS::ExactlyOnce;
+    second.packet_id = Some(pid(5));
+    p.send(Packet::Publish(second.clone())).await;
+    let m = sub.recv_publish().await;
+    sub.ack(&m).await;
+    assert_eq!(received(m), "second");
+    store.crash();
+    crate::wills::kill(a);
+    drop(p);
+
+    let a = start_a().await;
+    let (mut p, ack) = connect_patiently(a.addr(), "q2-pub").await;
+    assert!(ack.session_present, "the stored session is node a's");
+    second.dup = true;
+    p.send(Packet::Publish(second)).await;
+    match p.recv().await {
+        Packet::PubRec(r) => assert_eq!((r.packet_id, r.reason_code), (pid(5), ReasonCode::Success)),
+        other => panic!("expected PUBREC 5, got {other:?}"),
+    }
+    p.send(Packet::PubRel(Ack::new(pid(5)))).await;
+    match p.recv().await {
+        Packet::PubComp(c) => assert_eq!(
+            (c.packet_id, c.reason_code),
+            (pid(5), ReasonCode::Success),
+            "the id awaited its PUBREL"
+        ),
+        other => panic!("expected PUBCOMP 5, got {other:?}"),
+    }
+    p.publish("q2/t", "third", QoS::ExactlyOnce, false).await;
+    let m = sub.recv_publish().await;
+    assert_eq!(received(m.clone()), "third", "the resend was not stored again");
+    sub.ack(&m).await;
+    drop((a, b));
+}
