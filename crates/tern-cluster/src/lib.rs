@@ -591,6 +591,7 @@ impl Counted {
             qos0_dropped: o.qos0_dropped.load(Ordering::Relaxed),
             qos0_packs: o.qos0_packs.load(Ordering::Relaxed),
             qos1_packs: o.qos1_packs.load(Ordering::Relaxed),
+            qos1_packs_split: o.qos1_packs_split.load(Ordering::Relaxed),
             qos0_flow_told: self.flow.told.load(Ordering::Relaxed),
             qos0_flow_heard: self.flow.heard.load(Ordering::Relaxed),
             qos0_flow_held: self.flow.held.load(Ordering::Relaxed),
@@ -645,6 +646,11 @@ impl ClusterStats {
                 "cluster_qos1_packs",
                 "JetStream messages stored that carried more than one QoS 1 message",
                 self.qos1_packs,
+            ),
+            c(
+                "cluster_qos1_packs_split",
+                "QoS 1 packs a NATS server refused as larger than its max_payload, stored one message at a time instead",
+                self.qos1_packs_split,
             ),
             c(
                 "cluster_qos0_flow_told",
@@ -753,6 +759,9 @@ pub struct ClusterStats {
     /// JetStream messages stored that carried more than one QoS 1 message
     /// (`cluster.qos1_pack`).
     pub qos1_packs: u64,
+    /// QoS 1 packs a NATS server refused as larger than its `max_payload` (one with a smaller
+    /// setting than the server the pack was made for), stored one message at a time instead.
+    pub qos1_packs_split: u64,
     /// Words saying how far other nodes' QoS 0 publishers may go for this node's
     /// subscribers (flow control), and this node's own for members of shared subscriptions
     /// here.

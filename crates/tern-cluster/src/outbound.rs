@@ -81,6 +81,9 @@ pub struct OutboundCounters {
     pub qos0_packs: AtomicU64,
     /// JetStream messages stored that carried more than one QoS 1 message.
     pub qos1_packs: AtomicU64,
+    /// QoS 1 packs a server refused as larger than its `max_payload`, stored one message at
+    /// a time instead.
+    pub qos1_packs_split: AtomicU64,
     /// QoS 1/2 messages stored (acknowledged by JetStream).
     pub stored: AtomicU64,
     /// Attempts to store that failed and were retried.
@@ -696,6 +699,7 @@ pub(crate) async fn run(
                     // for: its messages go one by one, in order, before anything after it.
                     Err(e) if e.too_large && whole.is_some() => {
                         if let Some((first, pack)) = whole.take() {
+                            out.counters.qos1_packs_split.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(subject = %m.subject, messages = pack.tickets.len() + 1, "a QoS 1 pack is refused ({e}); storing its messages one by one");
                             for u in pack.alone(ticket, first).into_iter().rev() {
                                 units.push_front(u);
@@ -926,11 +930,12 @@ async fn confirm(
             }
             Err(e) => {
                 // A QoS 1 pack that a server with a smaller `max_payload` refuses when it is
-                // tried again: its messages are stored one by one (after later messages of
-                // its publisher, maybe: as for any message in flight when a NATS server fails).
+                // tried again: its messages are stored one by one (after every earlier
+                // message: it went again only then, below).
                 if e.too_large && codec::count(Some(&m.headers)) > 1 {
                     tracing::warn!(subject = %m.subject, ticket, "a QoS 1 pack is refused ({e}); storing its messages one by one");
                     if store_alone(out, js, &m).await {
+                        out.counters.qos1_packs_split.fetch_add(1, Ordering::Relaxed);
                         split = true;
                         break;
                     }
@@ -943,6 +948,16 @@ async fn confirm(
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                // Earlier messages first: a message goes again only once every earlier one
+                // is stored (those that failed too go again first, in their order), so that
+                // messages whose attempts all failed together (a server that stopped
+                // answering, packs it refuses as too large) are stored in the order they came.
+                // No acknowledgement passes an unstored earlier message anyway (progress is
+                // gap-free), so this holds up nothing that was not held up already.
+                let before = ticket.saturating_sub(1);
+                while out.progress.get() < before && !out.progress.has_failed() {
+                    out.progress.wait_past(out.progress.get()).await;
+                }
                 attempt = send(js, &m).await;
             }
         }

@@ -218,6 +218,31 @@ impl Nats {
         self.spawn(i);
     }
 
+    /// Stop server `i` with SIGSTOP (it holds its connections open and answers nothing)
+    /// until [`Nats::kill`] or a SIGCONT.
+    pub fn pause(&mut self, i: usize) {
+        if let Some(c) = &self.servers[i].child {
+            let status = Command::new("kill")
+                .arg("-STOP")
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill -STOP");
+            assert!(status.success(), "kill -STOP nats-server {i}");
+        }
+    }
+
+    /// Start server `i` again on its ports and store, with `extra` added to its
+    /// configuration from now on (a setting another server of a cluster may have, such as a
+    /// smaller `max_payload`).
+    pub fn restart_with(&mut self, i: usize, extra: &str) {
+        let conf = &self.servers[i].conf;
+        let mut text = std::fs::read_to_string(conf).expect("read the server's configuration");
+        text.push_str(extra);
+        text.push('\n');
+        std::fs::write(conf, text).expect("write the server's configuration");
+        self.spawn(i);
+    }
+
     /// How many servers the cluster has.
     pub fn len(&self) -> usize {
         self.servers.len()
