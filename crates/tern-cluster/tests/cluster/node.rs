@@ -48,6 +48,16 @@ pub async fn start_stored(
     attach(cluster, builder).await
 }
 
+/// Start a node with `config` whose broker keeps its state in `store`, restored from what
+/// `store` kept (a restart after [`InMemory::crash`](tern_broker::durability::InMemory::crash)).
+pub async fn start_on_store(
+    config: &ClusterConfig,
+    store: &std::sync::Arc<tern_broker::durability::InMemory>,
+) -> Result<Node, tern_cluster::ClusterError> {
+    let cluster = Cluster::start(config).await.expect("cluster start");
+    start_stored(cluster, store).await
+}
+
 /// Start a node with `config`, its broker's settings changed by `f`.
 pub async fn start_configured(config: &ClusterConfig, f: impl FnOnce(&mut tern_broker::Config)) -> Node {
     // RUST_LOG=tern_cluster=debug shows what the nodes do.

@@ -404,9 +404,7 @@ async fn a_will_a_cut_off_node_could_not_forget_is_not_published_when_the_node_d
         other => panic!("node a back: expected a PUBACK, got {other:?}"),
     }
     // The will of `cut-bye` leaves the bucket.
-    let key: String = std::iter::once("a.".to_string())
-        .chain("cut-bye".bytes().map(|b| format!("{b:02x}")))
-        .collect();
+    let key = crate::wills::will_key("a", "cut-bye");
     let deadline = Instant::now() + Duration::from_secs(20);
     while kv.get(&key).await.ok().flatten().is_some() {
         assert!(
@@ -426,9 +424,7 @@ async fn a_will_a_cut_off_node_could_not_forget_is_not_published_when_the_node_d
 
 /// Wait until node a keeps `id`'s will in the bucket (at most 20 s).
 async fn will_kept(kv: &async_nats::jetstream::kv::Store, id: &str) {
-    let key: String = std::iter::once("a.".to_string())
-        .chain(id.bytes().map(|b| format!("{b:02x}")))
-        .collect();
+    let key = crate::wills::will_key("a", id);
     let deadline = Instant::now() + Duration::from_secs(20);
     while kv.get(&key).await.ok().flatten().is_none() {
         assert!(Instant::now() < deadline, "the will of {id} is not in the bucket");

@@ -731,13 +731,7 @@ async fn a_node_restarted_from_its_store_without_a_quorum_does_not_start_and_los
     let mut nats = Nats::start(3, true);
     let store = tern_broker::durability::InMemory::new();
     let config_a = node::config(&nats, "a");
-    let start_a = || async {
-        let cluster = tern_cluster::Cluster::start(&config_a)
-            .await
-            .expect("cluster start");
-        node::start_stored(cluster, &store).await
-    };
-    let a = start_a().await.expect("attach");
+    let a = node::start_on_store(&config_a, &store).await.expect("attach");
     let b = node::start(&node::config(&nats, "b")).await;
     let (mut sub, _) = connect(a.addr(), V5, "behind", false).await;
     sub.subscribe("k/#", QoS::AtLeastOnce).await;
@@ -770,7 +764,9 @@ async fn a_node_restarted_from_its_store_without_a_quorum_does_not_start_and_los
     nats.restart(1);
     nats.restart(2);
     nats.wait_healthy();
-    let a = start_a().await.expect("started once there is a quorum");
+    let a = node::start_on_store(&config_a, &store)
+        .await
+        .expect("started once there is a quorum");
     let (mut sub, ack) = connect_patiently(a.addr(), "behind").await;
     assert!(ack.session_present, "the stored session is still node a's");
     receive_in_order(&mut sub, 20).await;
@@ -790,13 +786,7 @@ async fn a_qos2_message_stored_before_the_store_kept_its_id_is_not_stored_again_
     let nats = Nats::start(1, true);
     let store = tern_broker::durability::InMemory::new();
     let config_a = node::config(&nats, "a");
-    let start_a = || async {
-        let cluster = tern_cluster::Cluster::start(&config_a)
-            .await
-            .expect("cluster start");
-        node::start_stored(cluster, &store).await.expect("attach")
-    };
-    let a = start_a().await;
+    let a = node::start_on_store(&config_a, &store).await.expect("attach");
     let b = node::start(&node::config(&nats, "b")).await;
     let mut sub = Raw::connect(b.addr(), V5, "q2-sub").await;
     sub.subscribe("q2/#", QoS::ExactlyOnce).await;
@@ -821,7 +811,7 @@ async fn a_qos2_message_stored_before_the_store_kept_its_id_is_not_stored_again_
     crate::wills::kill(a);
     drop(p);
 
-    let a = start_a().await;
+    let a = node::start_on_store(&config_a, &store).await.expect("attach");
     let (mut p, ack) = connect_patiently(a.addr(), "q2-pub").await;
     assert!(ack.session_present, "the stored session is node a's");
     second.dup = true;

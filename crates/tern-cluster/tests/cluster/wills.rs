@@ -37,6 +37,13 @@ pub(crate) async fn with_will_delayed(addr: std::net::SocketAddr, id: &str, dela
     raw
 }
 
+/// The key of `client`'s will on `node` in the wills' bucket (`<node>.<client id in hex>`).
+pub(crate) fn will_key(node: &str, client: &str) -> String {
+    std::iter::once(format!("{node}."))
+        .chain(client.bytes().map(|b| format!("{b:02x}")))
+        .collect()
+}
+
 /// The node dies: nothing more of it reaches NATS (its cluster tasks stop first), then its
 /// broker stops.
 pub(crate) fn kill(n: node::Node) {
@@ -142,9 +149,7 @@ async fn a_will_whose_first_write_failed_is_written_again_within_moments() {
         })
         .await
         .expect("the wills' bucket again");
-    let key: String = std::iter::once("a.".to_string())
-        .chain("early".bytes().map(|b| format!("{b:02x}")))
-        .collect();
+    let key = will_key("a", "early");
     let deadline = Instant::now() + Duration::from_secs(6);
     while kv.get(&key).await.ok().flatten().is_none() {
         assert!(
