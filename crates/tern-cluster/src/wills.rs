@@ -512,9 +512,10 @@ const MAX_UNFORGOTTEN: usize = 65_536;
 /// Wills written again, and deletions made again, at each beat at most outside a look.
 const RETRIES_PER_BEAT: usize = 64;
 /// The first wait before a will JetStream did not acknowledge at its CONNECT is written
-/// again; it doubles up to a beat while writes keep failing. Its connection is open
-/// meanwhile, and a node dying before the write would take the will with it: a first
-/// write right after a stream's leader changed fails for a moment only ("no stream found").
+/// again (or one whose deletion failed when its connection ended is deleted again); it
+/// doubles up to a beat while writes keep failing. A node dying meanwhile would take the
+/// will with it (or leave one to be published): a write right after a stream's leader
+/// changed fails for a moment only ("no stream found").
 const SOON: Duration = Duration::from_millis(50);
 
 /// A will this node keeps for one of its connections.
@@ -674,6 +675,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                             if let Err(e) = keeper.forget(&client).await {
                                 if mine.unforgotten.len() < MAX_UNFORGOTTEN {
                                     tracing::warn!(client_id = %client, "cluster wills: cannot forget the will (trying again): {e}");
+                                    soon.get_or_insert_with(|| tokio::time::Instant::now() + soon_wait);
                                     mine.unforgotten.insert(client);
                                 } else {
                                     tracing::warn!(client_id = %client, "cluster wills: cannot forget the will: {e}");
@@ -708,7 +710,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, mut ops: mpsc::Receiver<WillOp>) {
                     keeper.retry(&mut mine, RETRIES_PER_BEAT).await;
                 }
                 // Up to a beat; from then on the beats write them.
-                if soon_wait < beat && mine.armed.values().any(|a| a.unstored) {
+                if soon_wait < beat && (!mine.unforgotten.is_empty() || mine.armed.values().any(|a| a.unstored)) {
                     soon_wait = (soon_wait * 2).min(beat);
                     soon = Some(tokio::time::Instant::now() + soon_wait);
                 } else {
