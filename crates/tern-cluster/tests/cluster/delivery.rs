@@ -487,7 +487,11 @@ async fn pubacks(publisher: &mut Raw, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_packs_a_server_with_a_smaller_max_payload_refuses_are_stored_one_by_one_in_order() {
     let mut nats = Nats::start(1, true);
-    let a = node::start(&node::config(&nats, "a")).await;
+    // The publisher waits about two answer timeouts (5 s each) for its PUBACKs: room for a
+    // slow machine before it would be disconnected (0x89).
+    let mut config = node::config(&nats, "a");
+    config.publish_timeout_ms = 60_000;
+    let a = node::start(&config).await;
     let b = node::start(&node::config(&nats, "b")).await;
     let mut sub = Raw::connect(b.addr(), V5, "split-sub").await;
     sub.subscribe("k/#", QoS::AtLeastOnce).await;
@@ -518,8 +522,17 @@ async fn qos1_packs_a_server_with_a_smaller_max_payload_refuses_are_stored_one_b
     // in packs (of up to 32: 2 KiB or more each), not answered.
     nats.pause(0);
     let (bytes, sent) = burst(3);
+    let retries = a.cluster.stats().store_retries;
     publisher.send_bytes(&bytes).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once an answer is overdue (5 s), the packs were sent: they were made for this server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.cluster.stats().store_retries == retries {
+        assert!(
+            Instant::now() < deadline,
+            "nothing was sent to the stopped server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     nats.kill(0);
     nats.restart_with(0, "max_payload: 1024");
     pubacks(&mut publisher, 100).await;
