@@ -181,12 +181,8 @@ pub async fn ensure(js: &jetstream::Context, config: &ClusterConfig) -> Result<V
 /// have none for a moment, and a write to it fails meanwhile ("no stream found for given
 /// subject": nobody answers its subject). A node waits for this before it takes clients, so
 /// that their first writes (a will, a session entry) are not the ones retried. Past the
-/// deadline the node goes on (every write is retried); `false` then.
-pub async fn await_leaders(
-    js: &jetstream::Context,
-    config: &ClusterConfig,
-    deadline: tokio::time::Instant,
-) -> bool {
+/// deadline the node goes on, saying so (every write is retried).
+pub async fn await_leaders(js: &jetstream::Context, config: &ClusterConfig, deadline: tokio::time::Instant) {
     let mut names: Vec<String> = (0..config.shards)
         .map(|k| stream_name(&config.prefix, k))
         .collect();
@@ -209,12 +205,11 @@ pub async fn await_leaders(
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(stream = %name, "cluster start: the stream has no leader yet; going on (its writes are retried)");
-                return false;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    true
 }
 
 /// For tests against a NATS server: shard streams `0..shards` of `prefix` with a 60 s
