@@ -46,6 +46,16 @@ fn number(p: &Publish) -> u32 {
         .expect("number")
 }
 
+/// Read `n` PUBACKs with Success.
+async fn pubacks(publisher: &mut Raw, n: usize) {
+    for k in 0..n {
+        match publisher.next_within(Duration::from_secs(30)).await {
+            Ok(Some(Packet::PubAck(r))) => assert_eq!(r.reason_code, ReasonCode::Success, "{r:?}"),
+            other => panic!("expected {n} PUBACKs, got {other:?} after {k}"),
+        }
+    }
+}
+
 /// Publish QoS 0 probes on `topic` until `sub` receives one: the other node's NATS
 /// subscription for the filter is then in place (it is made after the SUBACK).
 async fn wait_for_interest(publisher: &mut Raw, sub: &mut Raw, topic: &str) {
@@ -304,12 +314,7 @@ async fn a_slow_subscriber_on_another_node_loses_no_qos1_message() {
                 m.packet_id = Some(pid(i + 1));
                 p.send(Packet::Publish(m)).await;
             }
-            for _ in 0..100 {
-                match p.next_within(Duration::from_secs(30)).await {
-                    Ok(Some(Packet::PubAck(a))) => assert_eq!(a.reason_code, ReasonCode::Success),
-                    other => panic!("expected PUBACK, got {other:?}"),
-                }
-            }
+            pubacks(&mut p, 100).await;
         }
         a
     });
@@ -463,16 +468,6 @@ async fn qos1_messages_stored_in_packs_reach_subscribers_and_a_shared_group_whol
                 Packet::PubRel(r) => client.send(Packet::PubComp(Ack::new(r.packet_id))).await,
                 other => panic!("expected nothing more, got {other:?}"),
             }
-        }
-    }
-}
-
-/// Read `n` PUBACKs with Success.
-async fn pubacks(publisher: &mut Raw, n: usize) {
-    for k in 0..n {
-        match publisher.next_within(Duration::from_secs(30)).await {
-            Ok(Some(Packet::PubAck(r))) => assert_eq!(r.reason_code, ReasonCode::Success, "{r:?}"),
-            other => panic!("expected {n} PUBACKs, got {other:?} after {k}"),
         }
     }
 }
