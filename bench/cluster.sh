@@ -8,6 +8,7 @@
 #   SCENARIOS='pairs -q 1;latency -q 1 --rate 1000' runs only those (`tern bench -s` arguments);
 #   TERN=path runs that build's brokers (the load comes from this tree's build, BENCH_TERN);
 #   QOS1_PACK=N sets the nodes' cluster.qos1_pack (1: QoS 1 messages stored one by one);
+#   QOS0_PACK=N sets their cluster.qos0_pack (1: one NATS message per QoS 0 message);
 #   NO_STORM=1 skips the storm; RECOVERY=N ends with N sessions of a killed node a recovered on b;
 #   RESTART=N ends with a node restarted from its store (--data-dir) with N sessions.
 #
@@ -46,6 +47,7 @@ sys_interval_secs = 0
 [cluster]
 monitor = ["http://127.0.0.1:${HP[1]}", "http://127.0.0.1:${HP[2]}", "http://127.0.0.1:${HP[3]}"]
 ${QOS1_PACK:+qos1_pack = $QOS1_PACK}
+${QOS0_PACK:+qos0_pack = $QOS0_PACK}
 CONF
 
 start_tern() { # name port [cluster args...]
