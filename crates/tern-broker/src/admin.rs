@@ -688,10 +688,21 @@ impl Core {
         pressed: Option<&mut Vec<(Arc<crate::session::SessionCell>, Arc<str>)>>,
     ) -> Vec<Result<usize, TopicError>> {
         let mut results = Vec::new();
+        // The topic checked last: a run of messages to one topic (a pack's) is checked once.
+        let mut checked: Option<tern_proto::ByteString> = None;
         let reached = self.route_batch(
             messages.into_iter().filter_map(|message| {
-                match tern_proto::topic::validate_topic_name(&message.topic) {
+                let again = checked.as_ref() == Some(&message.topic);
+                let valid = if again {
+                    Ok(())
+                } else {
+                    tern_proto::topic::validate_topic_name(&message.topic)
+                };
+                match valid {
                     Ok(()) => {
+                        if !again {
+                            checked = Some(message.topic.clone());
+                        }
                         results.push(Ok(0));
                         Some((results.len() - 1, Arc::new(message)))
                     }

@@ -56,6 +56,10 @@ pub struct Sent {
     pub count: u64,
 }
 
+/// A connection asks whether the backplane is congested ([`Backplane::congested`]) after
+/// every this many of its QoS 0 messages: it goes fewer than this many past a full queue.
+pub const QOS0_ASK_EVERY: u64 = 8;
+
 /// A figure a backplane keeps, for the broker's metrics endpoint (`/metrics`, as
 /// `tern_<name>`, or `tern_<name>_total` for a counter).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,10 +95,26 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// Whether the connection that has handed over `sent` QoS 0 messages is to stop reading
     /// its client for now, because subscribers of its messages elsewhere have no room for
     /// more, as one broker holds a publisher back for a full queue (default `false`). Asked
-    /// after each of its QoS 0 messages, and every few milliseconds while it holds.
+    /// after each of its QoS 0 messages that reaches [`Backplane::holds_from`], and every
+    /// few milliseconds while it holds.
     fn holds_back(&self, sent: Sent) -> bool {
         let _ = sent;
         false
+    }
+
+    /// The lowest count at which [`Backplane::holds_back`] may hold connection `conn_id`
+    /// back, as far as is known now (`u64::MAX`: not at all). A connection keeps the answer
+    /// while [`Backplane::holds_epoch`] stays the same, and asks `holds_back` only from that
+    /// count (default 0: after every message).
+    fn holds_from(&self, conn_id: u64) -> u64 {
+        let _ = conn_id;
+        0
+    }
+
+    /// A number that changes whenever an answer of [`Backplane::holds_from`] may no longer
+    /// stand (default: never).
+    fn holds_epoch(&self) -> u64 {
+        0
     }
 
     /// The operator deleted the retained message of `topic` on this broker (the admin API):

@@ -131,6 +131,8 @@ pub(crate) struct Holds {
     limits: RwLock<HashMap<u64, Vec<Limit>>>,
     /// Whether `limits` has any (read on every QoS 0 publish).
     any: AtomicBool,
+    /// Raised after every change of `limits` ([`Holds::epoch`]).
+    epoch: AtomicU64,
 }
 
 impl Holds {
@@ -140,7 +142,32 @@ impl Holds {
             counters,
             limits: RwLock::default(),
             any: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// A number raised whenever the numbers kept change: what [`Holds::holds_from`]
+    /// answered stands while it stays the same.
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The lowest count at which [`Holds::holds_back`] holds connection `conn_id` back now
+    /// (`u64::MAX`: none).
+    pub fn holds_from(&self, conn_id: u64) -> u64 {
+        if !self.any.load(Ordering::Acquire) {
+            return u64::MAX;
+        }
+        let limits = self.limits.read().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        limits.get(&conn_id).map_or(u64::MAX, |of| {
+            of.iter()
+                .filter(|l| now < l.until)
+                .map(|l| l.up_to)
+                .min()
+                .unwrap_or(u64::MAX)
+        })
     }
 
     /// Whether the connection that has published `sent` QoS 0 messages is to stop reading
@@ -202,6 +229,7 @@ impl Holds {
             }
         }
         self.any.store(!limits.is_empty(), Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Forget the numbers not said again in time.
@@ -212,6 +240,7 @@ impl Holds {
         let mut limits = self.limits.write().unwrap_or_else(|e| e.into_inner());
         forget_ended(&mut limits, Instant::now());
         self.any.store(!limits.is_empty(), Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -607,6 +636,33 @@ mod tests {
         assert!(!holds.holds_back(sent(2, 60)), "over after HOLD_AT_MOST");
         holds.prune();
         assert!(!holds.any.load(Ordering::Acquire), "forgotten");
+    }
+
+    /// A connection asks `holds_back` only from the count `holds_from` gave while the epoch
+    /// stays: every change of the numbers raises it, and the answer agrees with `holds_back`.
+    #[test]
+    fn holds_from_names_the_count_holds_back_starts_at_and_each_change_raises_the_epoch() {
+        let holds = Holds::new(RUN, Arc::default());
+        assert_eq!(holds.holds_from(1), u64::MAX, "nothing said: never");
+        let e0 = holds.epoch();
+        holds.apply("b", [(RUN, 1, Some(100))]);
+        let e1 = holds.epoch();
+        assert_ne!(e0, e1);
+        assert_eq!(holds.holds_from(1), 100);
+        assert!(!holds.holds_back(sent(1, 99)) && holds.holds_back(sent(1, 100)));
+        assert_eq!(holds.holds_from(2), u64::MAX, "another connection");
+        holds.apply("c", [(RUN, 1, Some(80))]);
+        assert_ne!(holds.epoch(), e1, "a lower number from another node");
+        assert_eq!(holds.holds_from(1), 80, "the lowest");
+        let e2 = holds.epoch();
+        for of in holds.limits.write().expect("lock").values_mut() {
+            for l in of {
+                l.until = Instant::now();
+            }
+        }
+        assert_eq!(holds.holds_from(1), u64::MAX, "over after HOLD_AT_MOST");
+        holds.prune();
+        assert_ne!(holds.epoch(), e2, "forgetting is a change too");
     }
 
     #[test]

@@ -852,6 +852,14 @@ impl Backplane for NodeBackplane {
         self.holds.holds_back(sent)
     }
 
+    fn holds_from(&self, conn_id: u64) -> u64 {
+        self.holds.holds_from(conn_id)
+    }
+
+    fn holds_epoch(&self) -> u64 {
+        self.holds.epoch()
+    }
+
     fn retained_deleted(&self, topic: &str) {
         if !topic.starts_with("$SYS/") {
             self.outbound.delete_retained(topic);

@@ -415,6 +415,8 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         seen_commit: 0,
         pressure: Vec::new(),
         backplane_slowed: false,
+        holds_from: 0,
+        holds_epoch: u64::MAX,
         qos0_sent: 0,
         pending: Vec::new(),
         pending_bytes: 0,

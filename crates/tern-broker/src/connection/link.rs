@@ -113,6 +113,13 @@ pub(crate) struct Link {
     /// The backplane was congested after this connection's last QoS 0 publish: it is not
     /// read until the backplane has room ([`crate::backplane::Backplane::congested`]).
     pub backplane_slowed: bool,
+    /// What [`Backplane::holds_from`] answered for this connection, and the
+    /// [`Backplane::holds_epoch`] it stands for (`u64::MAX` before it was asked).
+    ///
+    /// [`Backplane::holds_from`]: crate::backplane::Backplane::holds_from
+    /// [`Backplane::holds_epoch`]: crate::backplane::Backplane::holds_epoch
+    pub holds_from: u64,
+    pub holds_epoch: u64,
     /// QoS 0 messages this connection has handed to the backplane
     /// ([`crate::backplane::Sent`]).
     pub qos0_sent: u64,
@@ -216,8 +223,17 @@ impl Link {
                 conn_id: self.conn_id,
                 count: self.qos0_sent,
             };
+            // Asked when it may hold: asking costs the cluster's QoS 0 publishers a lock, a map
+            // lookup and a clock read each, and the answer seldom changes.
             if !self.backplane_slowed {
-                self.backplane_slowed = b.congested() || b.holds_back(s);
+                let epoch = b.holds_epoch();
+                if epoch != self.holds_epoch {
+                    self.holds_from = b.holds_from(self.conn_id);
+                    self.holds_epoch = epoch;
+                }
+                self.backplane_slowed = (self.qos0_sent.is_multiple_of(crate::backplane::QOS0_ASK_EVERY)
+                    && b.congested())
+                    || (self.qos0_sent >= self.holds_from && b.holds_back(s));
             }
             sent = Some(s);
         }

@@ -216,13 +216,20 @@ async fn a_congested_backplane_slows_qos0_publishers_down() {
     let b = start_on_backplane(bp.clone()).await;
     let mut publ = Raw::connect(b.addr(), V5, "fast").await;
     bp.full.store(true, Ordering::Relaxed);
-    // The first QoS 0 message is taken; then the connection is not read: the next message
-    // and the PINGREQ behind it wait.
-    publ.publish("t", "1", QoS::AtMostOnce, false).await;
-    publ.publish("t", "2", QoS::AtMostOnce, false).await;
+    // The connection asks after every few QoS 0 messages: those up to the asking one are
+    // taken; then the connection is not read: the next message and the PINGREQ behind it
+    // wait.
+    let ask = tern_broker::backplane::QOS0_ASK_EVERY;
+    for i in 0..=ask {
+        publ.publish("t", &i.to_string(), QoS::AtMostOnce, false).await;
+    }
     publ.send(Packet::PingReq).await;
     publ.expect_silence(300).await;
-    assert_eq!(bp.heard.load(Ordering::Relaxed), 1, "only the first was read");
+    assert_eq!(
+        bp.heard.load(Ordering::Relaxed),
+        ask as usize,
+        "only those up to the one that asked were read"
+    );
     // Another client is not held back.
     let mut other = Raw::connect(b.addr(), V5, "other").await;
     other.send(Packet::PingReq).await;
@@ -230,7 +237,7 @@ async fn a_congested_backplane_slows_qos0_publishers_down() {
     // Room again: the rest is read and answered.
     bp.full.store(false, Ordering::Relaxed);
     assert_eq!(publ.recv().await, Packet::PingResp);
-    assert_eq!(bp.heard.load(Ordering::Relaxed), 2);
+    assert_eq!(bp.heard.load(Ordering::Relaxed), ask as usize + 1);
 }
 
 /// How far back a session's unacknowledged messages go (what a cluster records as where to
