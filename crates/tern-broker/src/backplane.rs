@@ -92,6 +92,15 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         self.published(message);
     }
 
+    /// [`Backplane::published_qos0`] for several messages at once, in their order (those a
+    /// connection decoded from one read, none of them retained); leaves `batch` empty.
+    /// Default: one call each.
+    fn published_qos0_all(&self, batch: &mut Vec<(Arc<Message>, Sent)>) {
+        for (message, sent) in batch.drain(..) {
+            self.published_qos0(&message, sent);
+        }
+    }
+
     /// Whether the connection that has handed over `sent` QoS 0 messages is to stop reading
     /// its client for now, because subscribers of its messages elsewhere have no room for
     /// more, as one broker holds a publisher back for a full queue (default `false`). Asked

@@ -297,16 +297,40 @@ impl Core {
     /// rather than once per message. Returns how many sessions it reaches. The
     /// caller counts the messages in `messages_in` (once per batch: the counter is
     /// shared by every connection).
+    ///
+    /// A numbered QoS 0 message (`sent`) that is not retained waits in `later` for the
+    /// backplane too ([`Core::hand_later`], with the deliveries); anything else for the
+    /// backplane goes at once, after what waits there, so that a connection's messages reach
+    /// the backplane in their order.
     pub fn publish_deferred(
         &self,
         msg: &Arc<Message>,
         pending: &mut Deliveries,
         sent: Option<crate::backplane::Sent>,
+        later: &mut Vec<(Arc<Message>, crate::backplane::Sent)>,
     ) -> usize {
         let n = self.collect(msg, pending, !self.shared_elsewhere);
         self.count_unrouted(n);
-        self.to_backplane(msg, sent);
+        match (&self.backplane, sent) {
+            (Some(_), Some(s)) if !msg.retain => later.push((msg.clone(), s)),
+            _ => {
+                self.hand_later(later);
+                self.to_backplane(msg, sent);
+            }
+        }
         n
+    }
+
+    /// Hand the QoS 0 messages [`Core::publish_deferred`] kept back to the backplane, in one
+    /// call ([`Backplane::published_qos0_all`](crate::backplane::Backplane::published_qos0_all)).
+    pub fn hand_later(&self, later: &mut Vec<(Arc<Message>, crate::backplane::Sent)>) {
+        if later.is_empty() {
+            return;
+        }
+        match &self.backplane {
+            Some(b) => b.published_qos0_all(later),
+            None => later.clear(),
+        }
     }
 
     /// Hand a client's message to the backplane, if there is one (`sent`: a QoS 0

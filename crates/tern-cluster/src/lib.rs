@@ -848,6 +848,12 @@ impl Backplane for NodeBackplane {
         self.hand_over(message, Some(sent));
     }
 
+    fn published_qos0_all(&self, batch: &mut Vec<(Arc<Message>, tern_broker::backplane::Sent)>) {
+        // `$SYS` is per node.
+        batch.retain(|(m, _)| !m.topic.starts_with("$SYS/"));
+        self.outbound.publish_qos0_all(batch);
+    }
+
     fn holds_back(&self, sent: tern_broker::backplane::Sent) -> bool {
         self.holds.holds_back(sent)
     }

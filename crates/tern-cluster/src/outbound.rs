@@ -24,7 +24,7 @@
 //!   store it twice: a duplicate, which QoS 1 allows).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,7 +108,9 @@ pub(crate) struct Outbound {
     pub progress: Progress,
     settled: Mutex<Settled>,
     stored_tx: mpsc::UnboundedSender<(Ticket, Outgoing)>,
-    qos0_tx: mpsc::Sender<Qos0>,
+    qos0_tx: mpsc::Sender<Qos0Out>,
+    /// QoS 0 messages in `qos0_tx`, at most [`QOS0_QUEUE`].
+    qos0_queued: AtomicUsize,
     pub ack_timeout: Duration,
     /// QoS 0 messages packed into one NATS message, at most (`cluster.qos0_pack`).
     qos0_pack: usize,
@@ -255,12 +257,19 @@ impl Tickets {
 /// The receiving ends, for [`run`].
 pub(crate) struct Receivers {
     stored: mpsc::UnboundedReceiver<(Ticket, Outgoing)>,
-    qos0: mpsc::Receiver<Qos0>,
+    qos0: mpsc::Receiver<Qos0Out>,
 }
 
 /// A QoS 0 message for core NATS, with its number among its connection's when a client
 /// published it (flow control, `flow.rs`).
 type Qos0 = (Arc<Message>, Option<Sent>);
+
+/// What the QoS 0 channel carries: a message, or those a connection decoded from one read
+/// ([`Outbound::publish_qos0_all`]).
+enum Qos0Out {
+    One(Qos0),
+    Many(Vec<Qos0>),
+}
 
 impl Outbound {
     pub fn new(
@@ -284,6 +293,7 @@ impl Outbound {
             settled: Mutex::default(),
             stored_tx,
             qos0_tx,
+            qos0_queued: AtomicUsize::new(0),
             ack_timeout,
             qos0_pack: qos0_pack.clamp(1, codec::PACK_MAX),
             qos1_pack: qos1_pack.clamp(1, codec::PACK_MAX),
@@ -298,7 +308,7 @@ impl Outbound {
     /// three quarters full, or the stored writes waiting approach [`QOS0_QUEUE`] (a retained
     /// QoS 0 message needs one). Publishers of QoS 0 wait while it holds.
     pub fn congested(&self) -> bool {
-        self.qos0_tx.capacity() < QOS0_QUEUE / 4
+        self.qos0_queued.load(Ordering::Relaxed) > QOS0_QUEUE * 3 / 4
             || self.submitted().saturating_sub(self.progress.get()) >= (QOS0_QUEUE as u64) * 3 / 4
     }
 
@@ -315,6 +325,27 @@ impl Outbound {
     /// Hand `msg`, published by a client of this node, to NATS (never blocks).
     pub fn publish(&self, msg: &Arc<Message>) {
         self.publish_counted(msg, None);
+    }
+
+    /// Hand `n` QoS 0 messages to the task that publishes them, or drop them (counted) if
+    /// [`QOS0_QUEUE`] would be exceeded.
+    fn send_qos0(&self, item: Qos0Out, n: usize) {
+        let queued = self.qos0_queued.fetch_add(n, Ordering::Relaxed);
+        if queued + n > QOS0_QUEUE || self.qos0_tx.try_send(item).is_err() {
+            self.qos0_queued.fetch_sub(n, Ordering::Relaxed);
+            self.counters.qos0_dropped.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// [`Outbound::publish_counted`] for QoS 0 messages of one connection that are not
+    /// retained, in their order, handed to the publishing task at once; leaves `batch`
+    /// empty.
+    pub fn publish_qos0_all(&self, batch: &mut Vec<(Arc<Message>, Sent)>) {
+        let many: Vec<Qos0> = batch.drain(..).map(|(m, sent)| (m, Some(sent))).collect();
+        let n = many.len();
+        if n > 0 {
+            self.send_qos0(Qos0Out::Many(many), n);
+        }
     }
 
     /// [`Outbound::publish`], with a QoS 0 message's number among its connection's
@@ -338,9 +369,7 @@ impl Outbound {
         // A QoS 0 message's headers are written by the task that publishes it (once for a
         // pack of them).
         if qos0 {
-            if self.qos0_tx.try_send((msg.clone(), sent)).is_err() {
-                self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            self.send_qos0(Qos0Out::One((msg.clone(), sent)), 1);
             return;
         }
         let headers = codec::headers(msg, &self.node);
@@ -464,27 +493,34 @@ fn random_u64() -> u64 {
 
 /// Hand this node's QoS 0 messages to core NATS until the node is dropped: what waits
 /// together goes in packs (`codec::pack`), each within NATS' `max_payload`.
-async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mpsc::Receiver<Qos0>) {
+async fn send_qos0(out: Arc<Outbound>, client: async_nats::Client, mut qos0: mpsc::Receiver<Qos0Out>) {
     let subjects = format!("{}.t", out.prefix);
     // Taken a few packs at a time: connections that run at once on different threads
     // interleave their messages in the channel, and a pack takes one connection's.
     let take = out.qos0_pack.saturating_mul(QOS0_TAKE_PACKS).min(QOS0_QUEUE);
     let mut waiting = Vec::with_capacity(take);
     let mut buf = bytes::BytesMut::new();
-    while qos0.recv_many(&mut waiting, take).await > 0 {
-        // Not full: once more after the tasks ready now had their turn. Connections hand
-        // their messages over one at a time as they read them; a task that took each as
-        // it came would mostly send them alone (measured: most QoS 0 messages went alone
-        // in cross-node pairs, and half the rate).
-        if waiting.len() < take {
-            tokio::task::yield_now().await;
+    let add = |waiting: &mut Vec<Qos0>, item: Qos0Out| match item {
+        Qos0Out::One(m) => waiting.push(m),
+        Qos0Out::Many(many) => waiting.extend(many),
+    };
+    while let Some(item) = qos0.recv().await {
+        add(&mut waiting, item);
+        // What else waits, and, not full, once more after the tasks ready now had their
+        // turn: a task that took each message as it came would mostly send them alone
+        // (measured: most QoS 0 messages went alone in cross-node pairs, at half the rate).
+        for again in [false, true] {
+            if again && waiting.len() < take {
+                tokio::task::yield_now().await;
+            }
             while waiting.len() < take {
                 match qos0.try_recv() {
-                    Ok(m) => waiting.push(m),
+                    Ok(item) => add(&mut waiting, item),
                     Err(_) => break,
                 }
             }
         }
+        out.qos0_queued.fetch_sub(waiting.len(), Ordering::Relaxed);
         group_by_connection(&mut waiting);
         let mut rest = &waiting[..];
         while let Some((first, first_sent)) = rest.first() {
@@ -1126,7 +1162,7 @@ mod tests {
     use super::*;
 
     /// A batch of QoS 0 messages is grouped by connection for packing: each connection's
-    /// messages keep their order ([MQTT-4.6.0-6]: order per publisher), and a message
+    /// messages keep their order (v5 [MQTT-4.6.0-6]: order per publisher), and a message
     /// without a number (a will) is passed by nothing.
     #[test]
     fn a_batch_is_grouped_by_connection_in_each_connections_order_and_wills_stay_put() {

@@ -419,6 +419,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         holds_epoch: u64::MAX,
         qos0_sent: 0,
         pending: Vec::new(),
+        qos0_later: Vec::new(),
         pending_bytes: 0,
         pending_messages: 0,
         group: None,

@@ -126,6 +126,9 @@ pub(crate) struct Link {
     /// Messages routed from the packets being decoded, not yet queued (see
     /// [`crate::broker_core::Core::publish_deferred`]).
     pub pending: crate::broker_core::Deliveries,
+    /// QoS 0 messages for the backplane, handed over with `pending`
+    /// ([`crate::broker_core::Core::hand_later`]).
+    pub qos0_later: Vec<(Arc<Message>, crate::backplane::Sent)>,
     /// Payload bytes in `pending`.
     pub pending_bytes: usize,
     /// Messages routed into `pending` (counted in `messages_in` when it is queued).
@@ -246,7 +249,9 @@ impl Link {
             return self.core.publish(msg, &mut self.pressure, sent);
         }
         let start = self.pending.len();
-        let n = self.core.publish_deferred(msg, &mut self.pending, sent);
+        let n = self
+            .core
+            .publish_deferred(msg, &mut self.pending, sent, &mut self.qos0_later);
         self.pending_bytes += n * msg.payload.len();
         self.pending_messages += 1;
         let cfg = &self.core.config;
@@ -267,6 +272,7 @@ impl Link {
         if !self.pending.is_empty() {
             self.core.deliver_all(&mut self.pending, Some(&mut self.pressure));
         }
+        self.core.hand_later(&mut self.qos0_later);
         self.pending_bytes = 0;
         let received = RECEIVED.with(|r| r.replace([(0, 0); 3]));
         if received != [(0, 0); 3] {
@@ -285,6 +291,9 @@ impl Link {
         // An idle connection keeps no batch space (a busy one allocates once per read).
         if self.pending.capacity() > 64 {
             self.pending = Vec::new();
+        }
+        if self.qos0_later.capacity() > 64 {
+            self.qos0_later = Vec::new();
         }
     }
 }

@@ -191,6 +191,88 @@ async fn a_backplane_hears_publishes_and_subscriptions_and_brings_messages_in() 
     );
 }
 
+/// A backplane that records how a connection's messages reach it: in a batch, one numbered
+/// QoS 0 message alone, or as any other message.
+#[derive(Debug, Default)]
+struct Batches(std::sync::Mutex<Vec<String>>);
+
+impl tern_broker::backplane::Backplane for Batches {
+    fn published(&self, m: &std::sync::Arc<tern_broker::Message>) {
+        let line = format!("pub {}", String::from_utf8_lossy(&m.payload));
+        self.0.lock().unwrap().push(line);
+    }
+    fn published_qos0(&self, m: &std::sync::Arc<tern_broker::Message>, _: tern_broker::backplane::Sent) {
+        let line = format!("one {}", String::from_utf8_lossy(&m.payload));
+        self.0.lock().unwrap().push(line);
+    }
+    fn published_qos0_all(
+        &self,
+        batch: &mut Vec<(std::sync::Arc<tern_broker::Message>, tern_broker::backplane::Sent)>,
+    ) {
+        let payloads: Vec<String> = batch
+            .drain(..)
+            .map(|(m, _)| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("batch {}", payloads.join(" ")));
+    }
+    fn subscribed(&self, _: &str) {}
+    fn unsubscribed(&self, _: &str) {}
+}
+
+/// A connection hands the QoS 0 messages of one read to the backplane in one call, after
+/// its local deliveries; a retained or QoS 1 message goes alone, after those before it, so
+/// the backplane hears the client's messages in their order (v5 [MQTT-4.6.0-6]).
+#[tokio::test]
+async fn a_backplane_hears_a_reads_qos0_messages_in_one_batch_in_the_clients_order() {
+    use tern_proto::Publish;
+    let rec = std::sync::Arc::new(Batches::default());
+    let b = start_on_backplane(rec.clone()).await;
+    let mut publ = Raw::connect(b.addr(), V5, "batching").await;
+    let mut bytes = Vec::new();
+    let mut add = |payload: &str, qos: QoS, retain: bool| {
+        let mut p = Publish::new("t", payload.to_owned());
+        p.qos = qos;
+        p.retain = retain;
+        p.packet_id = (qos != QoS::AtMostOnce).then(|| pid(1));
+        bytes.extend(tern_testkit::raw::encode(&Packet::Publish(p), V5));
+    };
+    for i in 1..=3 {
+        add(&i.to_string(), QoS::AtMostOnce, false);
+    }
+    add("4", QoS::AtMostOnce, true);
+    add("5", QoS::AtMostOnce, false);
+    add("6", QoS::AtLeastOnce, false);
+    add("7", QoS::AtMostOnce, false);
+    publ.send_bytes(&bytes).await;
+    assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let seen = loop {
+        let seen = rec.0.lock().unwrap().clone();
+        if seen.iter().any(|l| l.ends_with(" 7")) || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let order: Vec<&str> = seen.iter().flat_map(|l| l.split(' ').skip(1)).collect();
+    assert_eq!(order, ["1", "2", "3", "4", "5", "6", "7"], "{seen:?}");
+    assert!(
+        seen.contains(&"one 4".to_owned()),
+        "the retained one alone: {seen:?}"
+    );
+    assert!(
+        seen.contains(&"pub 6".to_owned()),
+        "the QoS 1 one alone: {seen:?}"
+    );
+    // One write of a few hundred bytes is one read on loopback.
+    assert!(
+        seen.contains(&"batch 1 2 3".to_owned()),
+        "the first three in one call: {seen:?}"
+    );
+}
+
 /// A backplane that says it is congested while `full` is set.
 #[derive(Debug, Default)]
 struct Congested {
