@@ -121,6 +121,67 @@ async fn the_wills_of_a_killed_node_are_published_once_by_another() {
 /// 12 s, so only the quick retry can write it within the 6 s the test waits. Once written,
 /// the will goes out when its node dies (here: published by the node restarted under the
 /// same name, to a watcher on node b).
+/// v5 [MQTT-3.1.2-10] and v5 [MQTT-3.14.4-3]: a will is discarded on DISCONNECT 0x00. Its
+/// deletion from the wills' bucket that failed (the bucket could not be written then) is
+/// made again within moments, as a failed write is, rather than at the next beat (12 s
+/// here): meanwhile its node dying would have it published. The test puts the will back
+/// as it was once the bucket is there again (as if the deletion had never reached it); the
+/// retry must delete it within 6 s, and the node restarted under the same name then
+/// publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_whose_deletion_failed_is_deleted_again_within_moments() {
+    let nats = Nats::start(1, true);
+    let config = |name: &str| {
+        let mut c = node::config(&nats, name);
+        c.node_timeout_ms = 60_000;
+        c
+    };
+    let a = node::start(&config("a")).await;
+    let b = node::start(&config("b")).await;
+    let mut sub = Raw::connect(b.addr(), V5, "watcher").await;
+    sub.subscribe("will/#", QoS::AtLeastOnce).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.urls()[0].as_str()).await.expect("nats"));
+    let leaving = with_will(a.addr(), "leaving").await;
+    let key = will_key("a", "leaving");
+    let kv = js.get_key_value("tern_wills").await.expect("the wills' bucket");
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let value = loop {
+        if let Some(v) = kv.get(&key).await.ok().flatten() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the will was not written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    js.delete_key_value("tern_wills")
+        .await
+        .expect("delete the wills' bucket");
+    leaving.disconnect().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "tern_wills".into(),
+            history: 1,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .expect("the wills' bucket again");
+    kv.put(&key, value).await.expect("the will back as it was");
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while kv.get(&key).await.ok().flatten().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the will was not deleted again before the next beat"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    kill(a);
+    let _a = node::start(&config("a")).await;
+    let got = wills(&mut sub, Duration::from_secs(8)).await;
+    assert!(got.is_empty(), "a will discarded on DISCONNECT went out: {got:?}");
+    drop(b);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_whose_first_write_failed_is_written_again_within_moments() {
     let nats = Nats::start(1, true);
