@@ -312,8 +312,9 @@ impl Core {
         let n = self.collect(msg, pending, !self.shared_elsewhere);
         self.count_unrouted(n);
         match (&self.backplane, sent) {
+            (None, _) => {}
             (Some(_), Some(s)) if !msg.retain => later.push((msg.clone(), s)),
-            _ => {
+            (Some(_), _) => {
                 self.hand_later(later);
                 self.to_backplane(msg, sent);
             }
