@@ -329,7 +329,7 @@ impl Outbound {
 
     /// Hand `n` QoS 0 messages to the task that publishes them, or drop them (counted) if
     /// [`QOS0_QUEUE`] would be exceeded.
-    fn send_qos0(&self, item: Qos0Out, n: usize) {
+    fn queue_qos0(&self, item: Qos0Out, n: usize) {
         let queued = self.qos0_queued.fetch_add(n, Ordering::Relaxed);
         if queued + n > QOS0_QUEUE || self.qos0_tx.try_send(item).is_err() {
             self.qos0_queued.fetch_sub(n, Ordering::Relaxed);
@@ -344,7 +344,7 @@ impl Outbound {
         let many: Vec<Qos0> = batch.drain(..).map(|(m, sent)| (m, Some(sent))).collect();
         let n = many.len();
         if n > 0 {
-            self.send_qos0(Qos0Out::Many(many), n);
+            self.queue_qos0(Qos0Out::Many(many), n);
         }
     }
 
@@ -369,7 +369,7 @@ impl Outbound {
         // A QoS 0 message's headers are written by the task that publishes it (once for a
         // pack of them).
         if qos0 {
-            self.send_qos0(Qos0Out::One((msg.clone(), sent)), 1);
+            self.queue_qos0(Qos0Out::One((msg.clone(), sent)), 1);
             return;
         }
         let headers = codec::headers(msg, &self.node);
