@@ -121,6 +121,57 @@ async fn the_wills_of_a_killed_node_are_published_once_by_another() {
 /// 12 s, so only the quick retry can write it within the 6 s the test waits. Once written,
 /// the will goes out when its node dies (here: published by the node restarted under the
 /// same name, to a watcher on node b).
+/// A node's configuration with a node timeout of 60 s: a beat of 12 s, longer than the
+/// tests of the quick retries wait.
+fn slow_beat(nats: &Nats, name: &str) -> tern_broker::ClusterConfig {
+    let mut c = node::config(nats, name);
+    c.node_timeout_ms = 60_000;
+    c
+}
+
+/// One NATS server; nodes a and b with [`slow_beat`]; a watcher of `will/#` on node b; a
+/// JetStream context.
+async fn slow_beat_nodes() -> (Nats, node::Node, node::Node, Raw, async_nats::jetstream::Context) {
+    let nats = Nats::start(1, true);
+    let a = node::start(&slow_beat(&nats, "a")).await;
+    let b = node::start(&slow_beat(&nats, "b")).await;
+    let mut sub = Raw::connect(b.addr(), V5, "watcher").await;
+    sub.subscribe("will/#", QoS::AtLeastOnce).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.urls()[0].as_str()).await.expect("nats"));
+    (nats, a, b, sub, js)
+}
+
+/// The wills' bucket made again (as a node makes it), after a test deleted it.
+async fn wills_bucket_again(js: &async_nats::jetstream::Context) -> async_nats::jetstream::kv::Store {
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "tern_wills".into(),
+        history: 1,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("the wills' bucket again")
+}
+
+/// Wait up to 6 s (half a [`slow_beat`]) until `key` is in the bucket (`present`) or not;
+/// its value, if it is. Panics with `late` after that.
+async fn within_moments(
+    kv: &async_nats::jetstream::kv::Store,
+    key: &str,
+    present: bool,
+    late: &str,
+) -> Option<bytes::Bytes> {
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let value = kv.get(key).await.ok().flatten();
+        if value.is_some() == present {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{late}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// v5 [MQTT-3.1.2-10] and v5 [MQTT-3.14.4-3]: a will is discarded on DISCONNECT 0x00. Its
 /// deletion from the wills' bucket that failed (the bucket could not be written then) is
 /// made again within moments, as a failed write is, rather than at the next beat (12 s
@@ -130,53 +181,29 @@ async fn the_wills_of_a_killed_node_are_published_once_by_another() {
 /// publishes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_whose_deletion_failed_is_deleted_again_within_moments() {
-    let nats = Nats::start(1, true);
-    let config = |name: &str| {
-        let mut c = node::config(&nats, name);
-        c.node_timeout_ms = 60_000;
-        c
-    };
-    let a = node::start(&config("a")).await;
-    let b = node::start(&config("b")).await;
-    let mut sub = Raw::connect(b.addr(), V5, "watcher").await;
-    sub.subscribe("will/#", QoS::AtLeastOnce).await;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.urls()[0].as_str()).await.expect("nats"));
+    let (nats, a, b, mut sub, js) = slow_beat_nodes().await;
     let leaving = with_will(a.addr(), "leaving").await;
     let key = will_key("a", "leaving");
     let kv = js.get_key_value("tern_wills").await.expect("the wills' bucket");
-    let deadline = Instant::now() + Duration::from_secs(6);
-    let value = loop {
-        if let Some(v) = kv.get(&key).await.ok().flatten() {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "the will was not written");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let value = within_moments(&kv, &key, true, "the will was not written").await;
     js.delete_key_value("tern_wills")
         .await
         .expect("delete the wills' bucket");
     leaving.disconnect().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let kv = js
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: "tern_wills".into(),
-            history: 1,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
+    let kv = wills_bucket_again(&js).await;
+    kv.put(&key, value.expect("a value"))
         .await
-        .expect("the wills' bucket again");
-    kv.put(&key, value).await.expect("the will back as it was");
-    let deadline = Instant::now() + Duration::from_secs(6);
-    while kv.get(&key).await.ok().flatten().is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "the will was not deleted again before the next beat"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .expect("the will back as it was");
+    within_moments(
+        &kv,
+        &key,
+        false,
+        "the will was not deleted again before the next beat",
+    )
+    .await;
     kill(a);
-    let _a = node::start(&config("a")).await;
+    let _a = node::start(&slow_beat(&nats, "a")).await;
     let got = wills(&mut sub, Duration::from_secs(8)).await;
     assert!(got.is_empty(), "a will discarded on DISCONNECT went out: {got:?}");
     drop(b);
@@ -184,44 +211,25 @@ async fn a_will_whose_deletion_failed_is_deleted_again_within_moments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_whose_first_write_failed_is_written_again_within_moments() {
-    let nats = Nats::start(1, true);
-    let config = |name: &str| {
-        let mut c = node::config(&nats, name);
-        c.node_timeout_ms = 60_000;
-        c
-    };
-    let a = node::start(&config("a")).await;
-    let b = node::start(&config("b")).await;
-    let mut sub = Raw::connect(b.addr(), V5, "watcher").await;
-    sub.subscribe("will/#", QoS::AtLeastOnce).await;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.urls()[0].as_str()).await.expect("nats"));
+    let (nats, a, b, mut sub, js) = slow_beat_nodes().await;
     js.delete_key_value("tern_wills")
         .await
         .expect("delete the wills' bucket");
     let _early = with_will(a.addr(), "early").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(a.cluster.stats().wills_stored, 0, "no bucket, no will written");
-    let kv = js
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: "tern_wills".into(),
-            history: 1,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .expect("the wills' bucket again");
+    let kv = wills_bucket_again(&js).await;
     let key = will_key("a", "early");
-    let deadline = Instant::now() + Duration::from_secs(6);
-    while kv.get(&key).await.ok().flatten().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the will was not written again before the next beat"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    within_moments(
+        &kv,
+        &key,
+        true,
+        "the will was not written again before the next beat",
+    )
+    .await;
     assert_eq!(a.cluster.stats().wills_stored, 1);
     kill(a);
-    let _a = node::start(&config("a")).await;
+    let _a = node::start(&slow_beat(&nats, "a")).await;
     let got = wills(&mut sub, Duration::from_secs(8)).await;
     assert_eq!(got, vec!["early is gone".to_string()], "published once");
     drop(b);
