@@ -9,6 +9,8 @@
 #   TERN=path runs that build's brokers (the load comes from this tree's build, BENCH_TERN);
 #   QOS1_PACK=N sets the nodes' cluster.qos1_pack (1: QoS 1 messages stored one by one);
 #   QOS0_PACK=N sets their cluster.qos0_pack (1: one NATS message per QoS 0 message);
+#   METRICS=1 serves the nodes' /metrics and prints node a's QoS 0 packing after each cluster
+#   scenario (messages sent to NATS, NATS messages carrying more than one);
 #   NO_STORM=1 skips the storm; RECOVERY=N ends with N sessions of a killed node a recovered on b;
 #   RESTART=N ends with a node restarted from its store (--data-dir) with N sessions.
 #
@@ -50,9 +52,12 @@ ${QOS1_PACK:+qos1_pack = $QOS1_PACK}
 ${QOS0_PACK:+qos0_pack = $QOS0_PACK}
 CONF
 
+declare -A HTTP_OF
 start_tern() { # name port [cluster args...]
   local name=$1 port=$2; shift 2
-  "$TERN" broker --listen "127.0.0.1:$port" --in-memory --no-http --log warn --config "$RUN/cluster.toml" "$@" \
+  local http=(--no-http)
+  if [ -n "${METRICS:-}" ]; then HTTP_OF[$name]=$(free_port); http=(--http "127.0.0.1:${HTTP_OF[$name]}"); fi
+  "$TERN" broker --listen "127.0.0.1:$port" --in-memory "${http[@]}" --log warn --config "$RUN/cluster.toml" "$@" \
     > "$RUN/$name.out" 2>"$RUN/$name.log" & pids+=($!)
   for _ in $(seq 100); do grep -q "listening on" "$RUN/$name.out" 2>/dev/null && return; sleep 0.1; done
   echo "tern $name did not start"; cat "$RUN/$name.log"; exit 1
@@ -65,6 +70,14 @@ A_PID=${pids[${#pids[@]}-1]}
 start_tern b "$B" --cluster "$URLS" --node-name b
 
 bench() { "$BENCH_TERN" bench --quiet -d "$SECS" "$@" 2>&1 | grep -E "^result|rror" || true; }
+qos0_packing() { # node a's counters since the last call, with METRICS=1
+  [ -n "${METRICS:-}" ] || return 0
+  local now; now=$(curl -fs "http://127.0.0.1:${HTTP_OF[a]}/metrics" \
+    | awk '/^tern_cluster_qos0_sent_total/ {s=$2} /^tern_cluster_qos0_packs_total/ {p=$2} END {print s+0, p+0}')
+  read -r sent packs <<< "$now"; read -r sent0 packs0 <<< "${LAST_PACKING:-0 0}"; LAST_PACKING=$now
+  local n=$((sent - sent0)) k=$((packs - packs0))
+  echo "node a: $n QoS 0 messages to NATS, $k packs of more than one ($((k > 0 ? n / k : 0)) messages a pack at most on average)"
+}
 IFS=';' read -ra SCENARIO_LIST <<< "${SCENARIOS:-pairs -q 0;pairs -q 1;fan-out -q 0;latency -q 1 --rate 1000}"
 for s in "${SCENARIO_LIST[@]}"; do
   [ -n "${STORM_ONLY:-}" ] && break
@@ -74,6 +87,7 @@ for s in "${SCENARIO_LIST[@]}"; do
   echo "== $s: cluster, publishers on node a, subscribers on node b"
   # shellcheck disable=SC2086
   bench -p "$A" --sub-port "$B" -s $s
+  qos0_packing
 done
 jsz() {
   echo "== JetStream objects per server, $1 (/jsz; a replicated stream counts on each server holding it)"
