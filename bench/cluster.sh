@@ -9,6 +9,7 @@
 #   TERN=path runs that build's brokers (the load comes from this tree's build, BENCH_TERN);
 #   QOS1_PACK=N sets the nodes' cluster.qos1_pack (1: QoS 1 messages stored one by one);
 #   QOS0_PACK=N sets their cluster.qos0_pack (1: one NATS message per QoS 0 message);
+#   SESSION_BUCKETS=N sets their cluster.session_buckets (the session entries' KV buckets);
 #   METRICS=1 serves the nodes' /metrics and prints node a's QoS 0 packing after each cluster
 #   scenario (messages sent to NATS, NATS messages carrying more than one);
 #   NO_STORM=1 skips the storm; RECOVERY=N ends with N sessions of a killed node a recovered on b;
@@ -50,6 +51,7 @@ sys_interval_secs = 0
 monitor = ["http://127.0.0.1:${HP[1]}", "http://127.0.0.1:${HP[2]}", "http://127.0.0.1:${HP[3]}"]
 ${QOS1_PACK:+qos1_pack = $QOS1_PACK}
 ${QOS0_PACK:+qos0_pack = $QOS0_PACK}
+${SESSION_BUCKETS:+session_buckets = $SESSION_BUCKETS}
 CONF
 
 declare -A HTTP_OF
@@ -98,15 +100,22 @@ print("streams", [d["streams"] for d in ds], "consumers", [d["consumers"] for d 
 # Messages NATS dropped for clients that did not read fast enough (core NATS has no flow control).
 vs = [json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/varz")) for p in sys.argv[1:]]
 print("slow consumers per server", [v.get("slow_consumers", 0) for v in vs])
-# The session directory's size on each server (every one holds a replica): entries kept, bytes.
-sizes = []
+# The session directory's size on each server (every one holds a replica of each bucket):
+# entries kept, bytes, summed over its buckets (`cluster.session_buckets`); and which server
+# leads each bucket.
+sizes, leaders = [], {}
 for p in sys.argv[1:]:
     d = json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/jsz?streams=true&accounts=true"))
+    n = b = 0
     for acc in d.get("account_details", []):
         for st in acc.get("stream_detail", []):
-            if st["name"].endswith("_sessions"):
-                sizes.append((st["state"]["messages"], st["state"]["bytes"]))
+            if "_sessions" in st["name"]:
+                n += st["state"]["messages"]
+                b += st["state"]["bytes"]
+                leaders[st["name"]] = st.get("cluster", {}).get("leader")
+    sizes.append((n, b))
 print("session bucket (entries, bytes) per server", sizes)
+print("session buckets' leaders", dict(sorted(leaders.items())))
 PY
 }
 jsz "after the runs above"

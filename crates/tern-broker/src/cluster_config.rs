@@ -8,6 +8,7 @@
 //! monitor = ["http://10.0.0.1:8222", "http://10.0.0.2:8222", "http://10.0.0.3:8222"]
 //! node_name = "tern-a"
 //! shards = 3
+//! session_buckets = 1          # key-value buckets of the session entries (8 for ~200,000+ sessions)
 //! replicas = 3
 //! publish_timeout_ms = 10000
 //! qos0_pack = 64               # QoS 0 messages in one NATS message, at most (1: each alone)
@@ -45,6 +46,11 @@ pub struct ClusterConfig {
     /// Streams the QoS 1/2 messages are spread over, by publisher (default 3). Fixed once the
     /// cluster has run: a node refuses to start if the streams on NATS say otherwise.
     pub shards: u16,
+    /// Key-value buckets the session entries are spread over, by client id (default 1, at
+    /// most 64). Each bucket is one Raft group with its own leader: more buckets spread a
+    /// reconnect storm's entry writes over more NATS servers. Fixed once the cluster has run:
+    /// a node refuses to start if the buckets on NATS say otherwise.
+    pub session_buckets: u16,
     /// Copies JetStream keeps of each stream (default 3; 1 for a single NATS server).
     pub replicas: u16,
     /// Milliseconds a QoS 1/2 PUBLISH may wait for JetStream's acknowledgement before its
@@ -131,6 +137,7 @@ impl Default for ClusterConfig {
             node_name: String::new(),
             prefix: "tern".into(),
             shards: 3,
+            session_buckets: 1,
             replicas: 3,
             publish_timeout_ms: 10_000,
             max_ack_inflight: 4096,
@@ -161,6 +168,12 @@ impl ClusterConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.shards == 0 || self.shards > 64 {
             return Err(format!("cluster.shards = {}: must be 1 to 64", self.shards));
+        }
+        if self.session_buckets == 0 || self.session_buckets > 64 {
+            return Err(format!(
+                "cluster.session_buckets = {}: must be 1 to 64",
+                self.session_buckets
+            ));
         }
         if self.replicas == 0 || self.replicas > 5 {
             return Err(format!(
@@ -263,6 +276,7 @@ mod tests {
         );
         assert!(cluster.unsafe_lazy_fsync && !cluster.nats_sync_always);
         assert_eq!((cluster.qos0_pack, cluster.qos1_pack), (64, 32));
+        assert_eq!(cluster.session_buckets, 1);
         assert!(
             Config::from_toml("").expect("empty").cluster.is_none(),
             "no table: one node"
@@ -270,6 +284,8 @@ mod tests {
 
         for (bad, names) in [
             ("[cluster]\nshards = 0\n", "cluster.shards"),
+            ("[cluster]\nsession_buckets = 0\n", "cluster.session_buckets"),
+            ("[cluster]\nsession_buckets = 65\n", "cluster.session_buckets"),
             ("[cluster]\nreplicas = 7\n", "cluster.replicas"),
             ("[cluster]\nnode_name = \"a.b\"\n", "cluster.node_name"),
             ("[cluster]\nprefix = \"\"\n", "cluster.prefix"),

@@ -183,8 +183,12 @@ pub async fn check(config: &ClusterConfig) -> Vec<Finding> {
         .chain([
             format!("KV_{}", streams::retain_bucket(&config.prefix)),
             format!("KV_{}", streams::wills_bucket(&config.prefix)),
-            format!("KV_{}", streams::sessions_bucket(&config.prefix)),
         ])
+        .chain(
+            streams::sessions_buckets(&config.prefix, config.session_buckets)
+                .into_iter()
+                .map(|b| format!("KV_{b}")),
+        )
         .collect();
     for name in &names {
         if let Ok(mut s) = js.get_stream(name).await {
@@ -194,6 +198,9 @@ pub async fn check(config: &ClusterConfig) -> Vec<Finding> {
                 Err(e) => wrong.push(format!("{name}: {e}")),
             }
         }
+    }
+    if let Err(e) = crate::sessions::check_layout(&js, &config.prefix, config.session_buckets).await {
+        wrong.push(e.to_string());
     }
     let found = match (existing.is_empty(), wrong.is_empty()) {
         (_, false) => format!("{}; cluster.replicas is {}", wrong.join(", "), config.replicas),
@@ -205,7 +212,7 @@ pub async fn check(config: &ClusterConfig) -> Vec<Finding> {
         (false, true) => format!("{} with {} replicas", existing.join(", "), config.replicas),
     };
     out.push(finding(
-        "the cluster's streams match cluster.shards and cluster.replicas",
+        "the cluster's streams match cluster.shards, cluster.session_buckets and cluster.replicas",
         wrong.is_empty(),
         found,
     ));

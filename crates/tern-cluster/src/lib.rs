@@ -310,7 +310,8 @@ impl Cluster {
                 let seqs = streams::ensure(&js, &config).await?;
                 streams::ensure_retain(&js, &config).await?;
                 wills::ensure(&js, &config.prefix, config.replicas).await?;
-                let kv = sessions::ensure(&js, &config.prefix, config.replicas).await?;
+                let kv =
+                    sessions::ensure(&js, &config.prefix, config.replicas, config.session_buckets).await?;
                 Ok::<_, ClusterError>((seqs, kv))
             }
             .await;

@@ -2,8 +2,10 @@
 //! reconnects to node B finds its subscriptions and its queued messages"; "session takeover
 //! across nodes").
 //!
-//! The key-value bucket `<prefix>_sessions` says which node holds each client's session
-//! (key: the client id in hex, or `s` and its SHA-256 for long ids; value: the node's name).
+//! The key-value bucket `<prefix>_sessions` (or, with `cluster.session_buckets` above 1, the
+//! one of `<prefix>_sessions_<j>` the key falls in: [`Buckets`]) says which node holds each
+//! client's session (key: the client id in hex, or `s` and its SHA-256 for long ids; value:
+//! the node's name).
 //! A node that a client connects to *claims* the session before it answers the CONNECT:
 //! - no entry: it creates one naming itself (`create`, which fails if another node got
 //!   there first: then it reads again);
@@ -96,30 +98,110 @@ pub(crate) fn key(client: &str) -> String {
     k
 }
 
-/// Create the sessions' bucket, or check the one there.
+/// The buckets of the session entries (`cluster.session_buckets`): each entry is in the one
+/// its key falls in ([`streams::session_bucket_of`]).
+#[derive(Clone)]
+pub(crate) struct Buckets(Arc<[kv::Store]>);
+
+impl Buckets {
+    /// The bucket of the entry whose key is `key`.
+    pub fn of(&self, key: &str) -> &kv::Store {
+        let n = u16::try_from(self.0.len()).unwrap_or(u16::MAX);
+        &self.0[streams::session_bucket_of(key, n)]
+    }
+}
+
+/// A session bucket's description, which says how many buckets there are: a node configured
+/// for another number would look for a client's entry in another bucket.
+fn description(j: usize, buckets: u16) -> String {
+    format!("Tern cluster: the node holding each client's session (bucket {j} of {buckets})")
+}
+
+/// The number of buckets a bucket's description says; one made before entries could be
+/// spread over several says none: 1.
+fn buckets_said(description: Option<&str>) -> u16 {
+    description
+        .and_then(|d| d.rsplit_once(" of "))
+        .and_then(|(_, tail)| tail.strip_suffix(')'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Check that the session entries on NATS are spread over `buckets` buckets, as this node
+/// would look for them: no bucket of the other layout (one bucket, or numbered ones) nor
+/// one past this layout's last exists, and those that exist say `buckets`. A node configured
+/// otherwise would look for a client's entry in another bucket: it refuses to start, naming
+/// the setting.
+pub(crate) async fn check_layout(
+    js: &jetstream::Context,
+    prefix: &str,
+    buckets: u16,
+) -> Result<(), ClusterError> {
+    let elsewhere: Vec<String> = match buckets {
+        1 => vec![format!("{prefix}_sessions_0")],
+        n => vec![format!("{prefix}_sessions"), format!("{prefix}_sessions_{n}")],
+    };
+    let mine = streams::sessions_buckets(prefix, buckets);
+    for bucket in elsewhere.iter().chain(&mine) {
+        let stream = format!("KV_{bucket}");
+        let said = match js.get_stream(&stream).await {
+            Ok(s) => buckets_said(s.cached_info().config.description.as_deref()),
+            Err(e) => match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    continue
+                }
+                _ => {
+                    return Err(ClusterError::Unavailable {
+                        stream,
+                        why: format!("cannot read it: {e}"),
+                    })
+                }
+            },
+        };
+        if elsewhere.contains(bucket) || said != buckets {
+            return Err(ClusterError::Stream {
+                stream,
+                why: format!(
+                    "holds session entries spread over {said} bucket(s), `cluster.session_buckets` is {buckets} (fixed once the cluster has run)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Create the sessions' buckets, or take those there ([`check_layout`] first).
 pub(crate) async fn ensure(
     js: &jetstream::Context,
     prefix: &str,
     replicas: u16,
-) -> Result<kv::Store, ClusterError> {
-    let bucket = streams::sessions_bucket(prefix);
-    let unavailable = |why: String| ClusterError::Unavailable {
-        stream: format!("KV_{bucket}"),
-        why,
-    };
-    if let Ok(kv) = js.get_key_value(&bucket).await {
-        return Ok(kv);
+    buckets: u16,
+) -> Result<Buckets, ClusterError> {
+    check_layout(js, prefix, buckets).await?;
+    let mut stores = Vec::with_capacity(buckets.into());
+    for (j, bucket) in streams::sessions_buckets(prefix, buckets).into_iter().enumerate() {
+        let store = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description: description(j, buckets),
+                    history: 1,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas.into(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| ClusterError::Unavailable {
+                    stream: format!("KV_{bucket}"),
+                    why: format!("cannot create it: {e}"),
+                })?,
+        };
+        stores.push(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: bucket.clone(),
-        description: "Tern cluster: the node holding each client's session".into(),
-        history: 1,
-        storage: jetstream::stream::StorageType::File,
-        num_replicas: replicas.into(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| unavailable(format!("cannot create it: {e}")))
+    Ok(Buckets(stores.into()))
 }
 
 /// How often the floors of connected sessions are looked at: one that rose since it was
@@ -322,7 +404,7 @@ pub(crate) struct Parts {
     pub prefix: String,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
-    pub kv: kv::Store,
+    pub kv: Buckets,
     pub outbound: Arc<Outbound>,
     /// Per shard, the last stream sequence this node's tailer handled.
     pub positions: Arc<[AtomicU64]>,
@@ -1105,7 +1187,7 @@ impl Directory {
             let (old, revision) = match last.take() {
                 Some((revision, old)) => (old, revision),
                 None => {
-                    let e = match self.parts.kv.entry(key.clone()).await {
+                    let e = match self.parts.kv.of(&key).entry(key.clone()).await {
                         Ok(e) => e,
                         Err(e) if Instant::now() < deadline => {
                             tracing::debug!(
@@ -1146,7 +1228,13 @@ impl Directory {
                 _ => old.floor.clone(),
             };
             self.q2_into(client, &old, &mut record);
-            match self.parts.kv.update(&key, record.bytes(), revision).await {
+            match self
+                .parts
+                .kv
+                .of(&key)
+                .update(&key, record.bytes(), revision)
+                .await
+            {
                 Ok(revision) => {
                     // Not for a session's QoS 2 state made anew meanwhile (it reads first).
                     if let Some(q) = self.q2.lock().unwrap_or_else(|e| e.into_inner()).get_mut(client) {
@@ -1257,7 +1345,7 @@ impl Directory {
         let mut failed = String::new();
         let mut tries = 0;
         while tries < MAX_TRIES {
-            let entry = match self.parts.kv.entry(key.clone()).await {
+            let entry = match self.parts.kv.of(&key).entry(key.clone()).await {
                 Ok(e) => e,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(client_id = %client, "the session directory cannot be read ({e}); trying again");
@@ -1280,6 +1368,7 @@ impl Directory {
                     };
                     self.parts
                         .kv
+                        .of(&key)
                         .create(&key, fresh.bytes())
                         .await
                         .map_err(|e| e.to_string())
@@ -1295,6 +1384,7 @@ impl Directory {
                     };
                     self.parts
                         .kv
+                        .of(&key)
                         .update(&key, mine.bytes(), *revision)
                         .await
                         .map_err(|e| e.to_string())
@@ -1332,7 +1422,7 @@ impl Directory {
                     if fetched.is_err() {
                         // The session stayed where it was: the entry says so again, so that
                         // the client's next attempt asks that node.
-                        if let Err(e) = self.parts.kv.update(&key, old.bytes(), revision).await {
+                        if let Err(e) = self.parts.kv.of(&key).update(&key, old.bytes(), revision).await {
                             tracing::warn!(client_id = %client, "cluster sessions: the entry was not put back: {e}");
                         }
                     } else {
@@ -1354,7 +1444,7 @@ impl Directory {
     /// Make the entry name this node, keeping what it says of the session.
     async fn own_entry(&self, key: &str, client: &str) {
         for _ in 0..MAX_TRIES {
-            let (old, revision) = match self.parts.kv.entry(key.to_string()).await {
+            let (old, revision) = match self.parts.kv.of(key).entry(key.to_string()).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => (Record::parse(&e.value), e.revision),
                 Ok(_) => (Record::default(), 0),
                 Err(e) => {
@@ -1376,6 +1466,7 @@ impl Directory {
             let written = if revision == 0 {
                 self.parts
                     .kv
+                    .of(key)
                     .create(key, mine.bytes())
                     .await
                     .map(|_| ())
@@ -1383,6 +1474,7 @@ impl Directory {
             } else {
                 self.parts
                     .kv
+                    .of(key)
                     .update(key, mine.bytes(), revision)
                     .await
                     .map(|_| ())
@@ -2077,7 +2169,8 @@ impl Directory {
     /// of the session here; otherwise the claimant holds the session (or recovers it from the
     /// entry and the streams) and the copy left here goes.
     async fn abandoned(&self, admin: &Admin, client: &str, generation: u64, raw: Bytes) {
-        let names_me = match self.parts.kv.entry(key(client)).await {
+        let key = key(client);
+        let names_me = match self.parts.kv.of(&key).entry(key.clone()).await {
             Ok(Some(e)) if e.operation == kv::Operation::Put => {
                 Record::parse(&e.value).node == self.parts.node
             }
@@ -2124,7 +2217,8 @@ impl Directory {
             if handing || self.is_claiming(client) {
                 continue;
             }
-            let owner = match self.parts.kv.entry(key(client)).await {
+            let key = key(client);
+            let owner = match self.parts.kv.of(&key).entry(key.clone()).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => Record::parse(&e.value).node,
                 Ok(_) => continue,
                 Err(e) => {
@@ -2161,6 +2255,7 @@ impl Directory {
         let entry = self
             .parts
             .kv
+            .of(&key)
             .entry(key.clone())
             .await
             .map_err(|e| e.to_string())?;
@@ -2175,6 +2270,7 @@ impl Directory {
         }
         self.parts
             .kv
+            .of(&key)
             .delete_expect_revision(&key, Some(e.revision))
             .await
             .map_err(|e| e.to_string())
@@ -2270,7 +2366,7 @@ impl Directory {
             // A leader election of the bucket's stream is waited out, as at the start.
             let deadline = Instant::now() + crate::START_RETRY;
             let holder = loop {
-                match self.parts.kv.entry(key.clone()).await {
+                match self.parts.kv.of(&key).entry(key.clone()).await {
                     Ok(Some(e)) if e.operation == kv::Operation::Put => break Some(Record::parse(&e.value)),
                     Ok(_) => break None,
                     Err(_) if Instant::now() < deadline => {
@@ -2384,7 +2480,7 @@ impl Directory {
                         q2done: Vec::new(),
                         q2in: Vec::new(),
                     };
-                    if let Err(e) = self.parts.kv.create(&key, mine.bytes()).await {
+                    if let Err(e) = self.parts.kv.of(&key).create(&key, mine.bytes()).await {
                         tracing::warn!(client_id = %s.client_id, "cluster sessions: the stored session is not entered in the directory: {e}");
                     }
                 }

@@ -57,9 +57,20 @@ pub fn wills_bucket(prefix: &str) -> String {
     format!("{prefix}_wills")
 }
 
-/// The bucket naming the node that holds each client's session.
-pub fn sessions_bucket(prefix: &str) -> String {
-    format!("{prefix}_sessions")
+/// The buckets naming the node that holds each client's session: `<prefix>_sessions` when
+/// there is one (`cluster.session_buckets = 1`), else `<prefix>_sessions_<j>` for each `j`
+/// below `buckets`.
+pub fn sessions_buckets(prefix: &str, buckets: u16) -> Vec<String> {
+    match buckets {
+        0 | 1 => vec![format!("{prefix}_sessions")],
+        n => (0..n).map(|j| format!("{prefix}_sessions_{j}")).collect(),
+    }
+}
+
+/// The bucket of the session entry whose key is `key`, of `buckets`: FNV-1a, as for shards
+/// (stable across builds and nodes: every node looks for a client's entry in one bucket).
+pub fn session_bucket_of(key: &str, buckets: u16) -> usize {
+    usize::from(shard_of(Some(key), buckets))
 }
 
 /// The subject a KV put of `bucket` is a publish to (the encoded topic follows).
@@ -186,8 +197,11 @@ pub async fn await_leaders(js: &jetstream::Context, config: &ClusterConfig, dead
     let mut names: Vec<String> = (0..config.shards)
         .map(|k| stream_name(&config.prefix, k))
         .collect();
-    for bucket in [retain_bucket, wills_bucket, sessions_bucket] {
+    for bucket in [retain_bucket, wills_bucket] {
         names.push(format!("KV_{}", bucket(&config.prefix)));
+    }
+    for bucket in sessions_buckets(&config.prefix, config.session_buckets) {
+        names.push(format!("KV_{bucket}"));
     }
     for name in names {
         loop {
@@ -241,5 +255,20 @@ mod tests {
         }
         assert_eq!(seen, [true; 3]);
         assert_eq!(shard_of(None, 1), 0);
+    }
+
+    #[test]
+    fn one_session_bucket_keeps_its_old_name_and_several_are_numbered() {
+        assert_eq!(super::sessions_buckets("tern", 1), ["tern_sessions"]);
+        assert_eq!(
+            super::sessions_buckets("t", 3),
+            ["t_sessions_0", "t_sessions_1", "t_sessions_2"]
+        );
+        assert_eq!(super::session_bucket_of("c6162", 1), 0);
+        let mut seen = [false; 8];
+        for i in 0..100 {
+            seen[super::session_bucket_of(&format!("c{i:02x}"), 8)] = true;
+        }
+        assert_eq!(seen, [true; 8], "every bucket is used");
     }
 }

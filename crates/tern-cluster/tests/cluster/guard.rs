@@ -67,3 +67,32 @@ async fn a_node_starts_with_one_nats_server_of_three_down_but_not_with_two() {
     assert!(matches!(err, ClusterError::Monitor { .. }), "{err:?}");
     assert!(err.to_string().contains("cluster.monitor"), "{err}");
 }
+
+/// `cluster.session_buckets` is fixed once the cluster has run: a node configured for
+/// another number of session buckets than NATS holds would look for a client's entry in
+/// another bucket (two nodes could then both hold one session), so it refuses to start,
+/// naming the setting; configured as before, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_session_buckets_other_than_those_on_nats_and_names_the_setting() {
+    let nats = Nats::start(1, true);
+    let one = node::config(&nats, "a");
+    drop(Cluster::start(&one).await.expect("one bucket, as before"));
+    let mut three = one.clone();
+    three.session_buckets = 3;
+    let err = Cluster::start(&three).await.expect_err("one bucket exists");
+    let text = err.to_string();
+    assert!(
+        text.contains("cluster.session_buckets") && text.contains("KV_tern_sessions"),
+        "{text}"
+    );
+    // Another prefix: three buckets made, then two and four refused, three taken.
+    three.prefix = "t3".into();
+    drop(Cluster::start(&three).await.expect("three buckets"));
+    for n in [1, 2, 4] {
+        let mut other = three.clone();
+        other.session_buckets = n;
+        let err = Cluster::start(&other).await.expect_err("another number");
+        assert!(err.to_string().contains("cluster.session_buckets"), "{n}: {err}");
+    }
+    drop(Cluster::start(&three).await.expect("the same three again"));
+}

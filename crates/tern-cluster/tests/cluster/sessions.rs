@@ -320,6 +320,85 @@ async fn clean_start_on_another_node_ends_the_session_on_the_first() {
     assert!(ack.session_present, "the session moved back from B");
 }
 
+/// `cluster.session_buckets = 3`: the session entries are spread over three key-value
+/// buckets by client id (`tern_sessions_0` to `_2`, each saying it is one of three; no
+/// `tern_sessions`), and sessions find their way through them as through one: half of 12
+/// offline sessions move to node b while node a runs (a live handover), the other half are
+/// recovered on b from their entries after node a dies; each comes with Session Present and
+/// the message queued for it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_entries_spread_over_buckets_follow_their_sessions_between_nodes() {
+    let nats = Nats::start(1, true);
+    let config = |name: &str| {
+        let mut c = node::config(&nats, name);
+        c.session_buckets = 3;
+        c
+    };
+    let a = node::start(&config("a")).await;
+    let b = node::start(&config("b")).await;
+    let ids: Vec<String> = (0..12).map(|i| format!("spread-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (mut c, _) = connect(a.addr(), V5, id, false).await;
+        c.subscribe(&format!("sp/{i}"), QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    let js = async_nats::jetstream::new(nc);
+    assert!(
+        js.get_stream("KV_tern_sessions").await.is_err(),
+        "no single bucket"
+    );
+    let mut entries = Vec::new();
+    for j in 0..3 {
+        let kv = js
+            .get_key_value(format!("tern_sessions_{j}"))
+            .await
+            .expect("bucket");
+        let status = kv.status().await.expect("status");
+        let said = status.info.config.description.unwrap_or_default();
+        assert!(said.ends_with(&format!("(bucket {j} of 3)")), "{said}");
+        let keys: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(kv.keys().await.expect("keys"))
+            .await
+            .into_iter()
+            .map(|k| k.expect("key"))
+            .collect();
+        entries.push(keys.len());
+    }
+    assert_eq!(entries.iter().sum::<usize>(), 12, "{entries:?}");
+    assert!(
+        entries.iter().all(|&n| n > 0),
+        "every bucket holds entries: {entries:?}"
+    );
+    let mut p = Raw::connect(b.addr(), V5, "sp-pub").await;
+    for i in 0..12 {
+        p.publish(&format!("sp/{i}"), &format!("for {i}"), QoS::AtLeastOnce, false)
+            .await;
+    }
+    for id in &ids {
+        wait_held(&a, id, 1).await;
+    }
+    let arrive = |i: usize, mut c: Raw, ack: tern_proto::ConnAck| async move {
+        assert!(ack.session_present, "{}: {ack:?}", i);
+        let m = c.recv_publish().await;
+        assert_eq!(m.payload, format!("for {i}").as_bytes());
+        c.ack(&m).await;
+    };
+    // Handed over while node a runs.
+    for (i, id) in ids.iter().enumerate().take(6) {
+        let (c, ack) = connect_patiently(b.addr(), id).await;
+        arrive(i, c, ack).await;
+    }
+    // Recovered from their entries once node a is gone.
+    let node::Node { broker, cluster } = a;
+    drop(cluster);
+    drop(broker);
+    for (i, id) in ids.iter().enumerate().skip(6) {
+        let (c, ack) = connect_patiently(b.addr(), id).await;
+        arrive(i, c, ack).await;
+    }
+    drop(b);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_a_session_moves_are_not_lost() {
     let nats = Nats::start(1, true);

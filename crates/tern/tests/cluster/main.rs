@@ -1478,11 +1478,17 @@ async fn restarted_from_its_store(more: &str, tag: &str) -> usize {
 /// `tern cluster check` against NATS servers: one line per requirement, `ok` or `FAIL`, and
 /// the exit status says whether all hold.
 fn cluster_check(nats: &Nats) -> (bool, String) {
+    cluster_check_with(nats, &[])
+}
+
+/// [`cluster_check`] with more arguments (`--config FILE`).
+fn cluster_check_with(nats: &Nats, more: &[&std::ffi::OsStr]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["cluster", "check", "--cluster"])
         .arg(nats.urls().join(","))
         .arg("--monitor")
         .arg(nats.monitors().join(","))
+        .args(more)
         .output()
         .expect("run tern cluster check");
     (
@@ -1506,6 +1512,19 @@ fn tern_cluster_check_says_what_nats_lacks() {
         text.contains("none yet"),
         "no stream is created by the check:\n{text}"
     );
+    // A node made one session bucket: a check for three says that line fails, naming the
+    // setting (a node would refuse to start).
+    let config = config_file(&nats);
+    drop(Node::start(&config, &nats, "a"));
+    let three = config.with_extension("three.toml");
+    std::fs::write(&three, "[cluster]\nsession_buckets = 3\n").unwrap();
+    let (ok, text) = cluster_check_with(&nats, &["--config".as_ref(), three.as_os_str()]);
+    assert!(!ok, "{text}");
+    let fail: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fail.len(), 1, "{text}");
+    assert!(fail[0].contains("cluster.session_buckets"), "{text}");
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&three);
     drop(nats);
 
     // NATS' default fsync: that line fails, naming the setting, and the exit status is 1.
