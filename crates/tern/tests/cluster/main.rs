@@ -2,7 +2,9 @@
 //! nodes on a 3-server NATS JetStream cluster; a publisher on node A sends sequence-numbered
 //! QoS 1 (or QoS 2) messages while node A is killed with SIGKILL and restarted, or a NATS server is
 //! killed and restarted; a subscriber on node B must receive every message whose PUBACK the
-//! publisher saw, in order. Rounds: `TERN_CLUSTER_KILL_ROUNDS` (default 6).
+//! publisher saw, in order; and with publishers and persistent subscribers on both nodes,
+//! the issue's three fault classes in turn (a Tern node, a NATS server, both at once).
+//! Rounds: `TERN_CLUSTER_KILL_ROUNDS` (default 6).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
@@ -486,6 +488,233 @@ async fn a_shared_group_loses_no_acknowledged_message_when_a_members_node_is_kil
     for m in members.into_iter().flatten() {
         m.abort();
     }
+    drop(nodes);
+    let _ = std::fs::remove_file(&config);
+}
+
+/// Issue #15's kill loops with "publishers and persistent subscribers spread over the
+/// nodes": a QoS 1 publisher and a persistent subscriber (of both publishers' messages) on
+/// each of the two nodes. Rounds go through the issue's three faults in turn: (a) kill -9 a
+/// random Tern node, (b) kill -9 a random NATS server, (c) both at once; each during a
+/// batch of a random publisher. The killed node's clients reconnect to the survivor (its
+/// subscriber's session is recovered there, Session Present), the node is restarted, and
+/// each client goes home at the next round (a live handover for the subscribers). Every
+/// message whose PUBACK its publisher saw reaches both subscribers; the first arrivals of
+/// each publisher's numbers keep its order (apart from the messages in flight at a NATS
+/// kill, as in the other loops); duplicates are counted (QoS 1). Rounds:
+/// `TERN_CLUSTER_KILL_ROUNDS` (default 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and_nats_servers_are_killed() {
+    let mut nats = Nats::start(3, true);
+    let config = config_file(&nats);
+    let names = ["a", "b"];
+    let mut nodes = [
+        Some(Node::start(&config, &nats, "a")),
+        Some(Node::start(&config, &nats, "b")),
+    ];
+    let addr = |nodes: &[Option<Node>; 2], i: usize| nodes[i].as_ref().expect("running").addr;
+    // Per node: its subscriber's arrivals, its receiving task, its publisher and connection.
+    let got: [Arc<Mutex<Vec<u64>>>; 2] = Default::default();
+    let sub_ids = ["spread-sub-a", "spread-sub-b"];
+    let mut receiving = Vec::new();
+    for i in 0..2 {
+        let (mut sub, _) = connect_persistent_as(addr(&nodes, i), sub_ids[i]).await;
+        sub.subscribe("k/#", QoS::AtLeastOnce).await;
+        receiving.push(tokio::spawn(persistent_subscriber(sub, got[i].clone())));
+    }
+    // Publisher b's numbers start at a million: each publisher's order is checked apart.
+    const B_FROM: u64 = 1_000_000;
+    let mut publishers = [
+        Publisher {
+            qos: QoS::AtLeastOnce,
+            next: 0,
+            acked: BTreeSet::new(),
+        },
+        Publisher {
+            qos: QoS::AtLeastOnce,
+            next: B_FROM,
+            acked: BTreeSet::new(),
+        },
+    ];
+    let pub_ids = ["spread-pub-a", "spread-pub-b"];
+    let mut conns = Vec::new();
+    for (i, id) in pub_ids.iter().enumerate() {
+        conns.push(connect_within(addr(&nodes, i), V3, id).await);
+    }
+    // Where each node's clients are now (they move to the survivor when their node dies).
+    let mut on = [0usize, 1];
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("spread kill loop seed {rng}");
+    let mut rand = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let started = Instant::now();
+    let (mut tern_kills, mut nats_kills, mut stalls) = (0, 0, 0);
+    let mut excused = BTreeSet::new();
+    for round in 0..rounds() {
+        // Each node's clients go home.
+        for i in 0..2 {
+            if on[i] != i {
+                let (sub, present) = connect_persistent_as(addr(&nodes, i), sub_ids[i]).await;
+                assert!(
+                    present,
+                    "round {round}: {} moves home with its session",
+                    sub_ids[i]
+                );
+                let old = std::mem::replace(
+                    &mut receiving[i],
+                    tokio::spawn(persistent_subscriber(sub, got[i].clone())),
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(10), old).await;
+                conns[i] = connect_within(addr(&nodes, i), V3, pub_ids[i]).await;
+                on[i] = i;
+            }
+        }
+        for _ in 0..rand(3) + 2 {
+            for i in 0..2 {
+                if !publishers[i]
+                    .batch(&mut conns[i], 10, Duration::from_secs(30), || ())
+                    .await
+                {
+                    stalls += 1;
+                    conns[i] = connect_within(addr(&nodes, on[i]), V3, pub_ids[i]).await;
+                }
+            }
+        }
+        // (a) a Tern node, (b) a NATS server, (c) both, during a batch of a random publisher.
+        let kind = round % 3;
+        let victim = (kind != 1).then(|| rand(2) as usize);
+        let nats_victim = (kind != 0).then(|| rand(nats.len() as u64) as usize);
+        let who = rand(2) as usize;
+        if nats_victim.is_some() {
+            for p in &publishers {
+                excused.extend(p.next..p.next + 20);
+            }
+        }
+        let mut dying = victim.and_then(|v| nodes[v].take());
+        let nats_ref = &mut nats;
+        let ok = publishers[who]
+            .batch(&mut conns[who], 10, Duration::from_secs(30), || {
+                if let Some(n) = dying.take() {
+                    n.kill9()
+                }
+                if let Some(i) = nats_victim {
+                    nats_ref.kill(i);
+                }
+            })
+            .await;
+        if !ok && victim != Some(on[who]) {
+            stalls += 1;
+        }
+        if let Some(i) = nats_victim {
+            nats.restart(i);
+            nats.wait_healthy();
+            nats_kills += 1;
+        }
+        if let Some(v) = victim {
+            tern_kills += 1;
+            let survivor = 1 - v;
+            // The killed node's clients reconnect to the survivor; its subscriber finds its
+            // session there, recovered from its entry and the streams.
+            for i in 0..2 {
+                if on[i] == v {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), &mut receiving[i]).await;
+                    let (sub, present) = connect_persistent_as(addr(&nodes, survivor), sub_ids[i]).await;
+                    assert!(
+                        present,
+                        "round {round}: the session of {} is recovered on the survivor",
+                        sub_ids[i]
+                    );
+                    receiving[i] = tokio::spawn(persistent_subscriber(sub, got[i].clone()));
+                    conns[i] = connect_within(addr(&nodes, survivor), V3, pub_ids[i]).await;
+                    on[i] = survivor;
+                }
+            }
+        }
+        // Traffic with the fault behind it, then the node back.
+        for i in 0..2 {
+            if !publishers[i]
+                .batch(&mut conns[i], 10, Duration::from_secs(30), || ())
+                .await
+            {
+                stalls += 1;
+                conns[i] = connect_within(addr(&nodes, on[i]), V3, pub_ids[i]).await;
+            }
+        }
+        if let Some(v) = victim {
+            nodes[v] = Some(Node::start(&config, &nats, names[v]));
+        }
+    }
+    // A last message from each publisher; once both subscribers have both, every earlier
+    // stored message of the two has been delivered (one publisher, one shard, in order).
+    for i in 0..2 {
+        assert!(
+            publishers[i]
+                .batch(&mut conns[i], 1, Duration::from_secs(30), || ())
+                .await
+        );
+    }
+    let markers = [publishers[0].next - 1, publishers[1].next - 1];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for g in &got {
+        while !markers.iter().all(|m| g.lock().unwrap().contains(m)) {
+            assert!(
+                Instant::now() < deadline,
+                "the last messages did not arrive within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for r in &receiving {
+        r.abort();
+    }
+    let mut failures = Vec::new();
+    for (s, g) in got.iter().enumerate() {
+        let g = g.lock().unwrap().clone();
+        let received: BTreeSet<u64> = g.iter().copied().collect();
+        for (p, publisher) in publishers.iter().enumerate() {
+            let lost: Vec<u64> = publisher.acked.difference(&received).copied().collect();
+            let range = |n: &u64| (*n >= B_FROM) == (p == 1);
+            let mut seen = BTreeSet::new();
+            let firsts: Vec<u64> = g
+                .iter()
+                .copied()
+                .filter(|n| range(n) && seen.insert(*n))
+                .collect();
+            let mine = g.iter().filter(|n| range(n)).count();
+            let whole = order_violations(&firsts, &BTreeSet::new());
+            let order = order_violations(&firsts, &excused);
+            eprintln!(
+                "spread kill loop, subscriber {} from publisher {}: acknowledged {}, received {}, lost {}, duplicates {}, order violations {order} ({whole} counting the messages in flight when a NATS server was killed)",
+                names[s],
+                names[p],
+                publisher.acked.len(),
+                firsts.len(),
+                lost.len(),
+                mine - firsts.len()
+            );
+            if !lost.is_empty() {
+                failures.push(format!("{} lost {lost:?} of {}", sub_ids[s], pub_ids[p]));
+            }
+            if order > 0 {
+                failures.push(format!("{} got {} out of order", sub_ids[s], pub_ids[p]));
+            }
+        }
+    }
+    eprintln!(
+        "spread kill loop: {} rounds ({tern_kills} tern node kills, {nats_kills} NATS server kills) in {:.1?}, stalls {stalls}",
+        rounds(),
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
     drop(nodes);
     let _ = std::fs::remove_file(&config);
 }
