@@ -1287,6 +1287,25 @@ impl Directory {
         }
     }
 
+    /// Wait, up to [`WAIT_CAUGHT_UP`], until this node's tailers have handled the messages up
+    /// to `ends` (a shard's last sequence each), before a session of a node that is gone is
+    /// read from the streams up to there and installed here: a tailer still behind would hand
+    /// the installed session what the read gave it already (a QoS 2 message twice; seen when
+    /// a NATS server died with the session's node and this node's tailer took seconds to
+    /// come back). Past the wait it goes on, saying so (duplicates possible, never a loss).
+    async fn tailers_past(&self, ends: &[u64]) {
+        let deadline = tokio::time::Instant::now() + WAIT_CAUGHT_UP;
+        for (position, &end) in self.parts.positions.iter().zip(ends) {
+            while position.load(Ordering::Acquire) < end {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(end, at = position.load(Ordering::Acquire), "cluster sessions: a tailer is behind the stream a recovered session is read from; the session may get some messages twice");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+
     /// Wait until this node's tailers have handled every message stored so far, so that a
     /// session leaving it has received all of them here.
     async fn tailers_caught_up(&self) -> Vec<u64> {
@@ -1758,6 +1777,7 @@ impl Directory {
             vec![0; shards]
         };
         let ends = self.stream_ends(budget).await?;
+        self.tailers_past(&ends).await;
         let q2 = Q2Ids::of(&record);
         let mut found = HashMap::new();
         let queued = self

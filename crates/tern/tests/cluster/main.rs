@@ -505,6 +505,18 @@ async fn a_shared_group_loses_no_acknowledged_message_when_a_members_node_is_kil
 /// `TERN_CLUSTER_KILL_ROUNDS` (default 6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and_nats_servers_are_killed() {
+    spread_kill_loop(QoS::AtLeastOnce).await;
+}
+
+/// The same with QoS 2 publishers and subscriptions: every message whose PUBCOMP came
+/// reaches both subscribers exactly once (each keeps its QoS 2 packet ids across its
+/// connections, as a client does with its session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_clients_spread_over_both_nodes_get_each_message_once_when_nodes_and_nats_servers_are_killed() {
+    spread_kill_loop(QoS::ExactlyOnce).await;
+}
+
+async fn spread_kill_loop(qos: QoS) {
     let mut nats = Nats::start(3, true);
     let config = config_file(&nats);
     let names = ["a", "b"];
@@ -516,22 +528,28 @@ async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and
     // Per node: its subscriber's arrivals, its receiving task, its publisher and connection.
     let got: [Arc<Mutex<Vec<u64>>>; 2] = Default::default();
     let sub_ids = ["spread-sub-a", "spread-sub-b"];
+    // Each subscriber's QoS 2 packet ids awaiting PUBREL, kept across its connections.
+    let held: [Arc<Mutex<BTreeSet<u16>>>; 2] = Default::default();
     let mut receiving = Vec::new();
     for i in 0..2 {
         let (mut sub, _) = connect_persistent_as(addr(&nodes, i), sub_ids[i]).await;
-        sub.subscribe("k/#", QoS::AtLeastOnce).await;
-        receiving.push(tokio::spawn(persistent_subscriber(sub, got[i].clone())));
+        sub.subscribe("k/#", qos).await;
+        receiving.push(tokio::spawn(qos2_subscriber(
+            sub,
+            got[i].clone(),
+            held[i].clone(),
+        )));
     }
     // Publisher b's numbers start at a million: each publisher's order is checked apart.
     const B_FROM: u64 = 1_000_000;
     let mut publishers = [
         Publisher {
-            qos: QoS::AtLeastOnce,
+            qos,
             next: 0,
             acked: BTreeSet::new(),
         },
         Publisher {
-            qos: QoS::AtLeastOnce,
+            qos,
             next: B_FROM,
             acked: BTreeSet::new(),
         },
@@ -556,9 +574,30 @@ async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and
         rng % n
     };
     let started = Instant::now();
-    let (mut tern_kills, mut nats_kills, mut stalls) = (0, 0, 0);
+    let (mut tern_kills, mut nats_kills, mut stalls, mut revived) = (0, 0, 0, 0);
+    // A subscriber whose connection its node closed while its node runs connects again, as
+    // a client would: with QoS 2, a node closes it (0x89) when the session's entry cannot be
+    // written before a PUBLISH or PUBREL goes out (a bucket electing a leader after a NATS
+    // server was killed, docs/cluster.md "Sessions across nodes").
+    macro_rules! revive {
+        ($i:expr) => {
+            if receiving[$i].is_finished() {
+                let (sub, present) = connect_persistent_as(addr(&nodes, on[$i]), sub_ids[$i]).await;
+                assert!(present, "{} reconnects to its session", sub_ids[$i]);
+                receiving[$i] = tokio::spawn(qos2_subscriber(sub, got[$i].clone(), held[$i].clone()));
+                revived += 1;
+            }
+        };
+    }
     let mut excused = BTreeSet::new();
     for round in 0..rounds() {
+        // Every other round: a subscriber also stays away a round, as a client may (its
+        // session then waits on its node, which may die meanwhile).
+        for i in 0..2 {
+            if on[i] == i && round % 2 == 0 {
+                revive!(i);
+            }
+        }
         // Each node's clients go home.
         for i in 0..2 {
             if on[i] != i {
@@ -568,11 +607,10 @@ async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and
                     "round {round}: {} moves home with its session",
                     sub_ids[i]
                 );
-                let old = std::mem::replace(
-                    &mut receiving[i],
-                    tokio::spawn(persistent_subscriber(sub, got[i].clone())),
-                );
-                let _ = tokio::time::timeout(Duration::from_secs(10), old).await;
+                // The old connection was taken over (0x8E): its task ends first, so that the
+                // two never hold the client's QoS 2 ids at once.
+                let _ = tokio::time::timeout(Duration::from_secs(10), &mut receiving[i]).await;
+                receiving[i] = tokio::spawn(qos2_subscriber(sub, got[i].clone(), held[i].clone()));
                 conns[i] = connect_within(addr(&nodes, i), V3, pub_ids[i]).await;
                 on[i] = i;
             }
@@ -593,6 +631,10 @@ async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and
         let victim = (kind != 1).then(|| rand(2) as usize);
         let nats_victim = (kind != 0).then(|| rand(nats.len() as u64) as usize);
         let who = rand(2) as usize;
+        eprintln!(
+            "spread round {round}: publisher {} at {}, node killed {victim:?}, NATS server killed {nats_victim:?}, clients on {on:?}",
+            names[who], publishers[who].next
+        );
         if nats_victim.is_some() {
             for p in &publishers {
                 excused.extend(p.next..p.next + 20);
@@ -632,7 +674,7 @@ async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and
                         "round {round}: the session of {} is recovered on the survivor",
                         sub_ids[i]
                     );
-                    receiving[i] = tokio::spawn(persistent_subscriber(sub, got[i].clone()));
+                    receiving[i] = tokio::spawn(qos2_subscriber(sub, got[i].clone(), held[i].clone()));
                     conns[i] = connect_within(addr(&nodes, survivor), V3, pub_ids[i]).await;
                     on[i] = survivor;
                 }
@@ -663,12 +705,13 @@ async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and
     }
     let markers = [publishers[0].next - 1, publishers[1].next - 1];
     let deadline = Instant::now() + Duration::from_secs(60);
-    for g in &got {
-        while !markers.iter().all(|m| g.lock().unwrap().contains(m)) {
+    for i in 0..2 {
+        while !markers.iter().all(|m| got[i].lock().unwrap().contains(m)) {
             assert!(
                 Instant::now() < deadline,
                 "the last messages did not arrive within 60 s"
             );
+            revive!(i);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -693,7 +736,7 @@ async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and
             let whole = order_violations(&firsts, &BTreeSet::new());
             let order = order_violations(&firsts, &excused);
             eprintln!(
-                "spread kill loop, subscriber {} from publisher {}: acknowledged {}, received {}, lost {}, duplicates {}, order violations {order} ({whole} counting the messages in flight when a NATS server was killed)",
+                "spread kill loop, QoS {qos:?}, subscriber {} from publisher {}: acknowledged {}, received {}, lost {}, duplicates {}, order violations {order} ({whole} counting the messages in flight when a NATS server was killed)",
                 names[s],
                 names[p],
                 publisher.acked.len(),
@@ -707,10 +750,22 @@ async fn clients_spread_over_both_nodes_lose_nothing_acknowledged_when_nodes_and
             if order > 0 {
                 failures.push(format!("{} got {} out of order", sub_ids[s], pub_ids[p]));
             }
+            if qos == QoS::ExactlyOnce && mine > firsts.len() {
+                let mut once = BTreeSet::new();
+                let twice: Vec<u64> = g
+                    .iter()
+                    .copied()
+                    .filter(|n| range(n) && !once.insert(*n))
+                    .collect();
+                failures.push(format!(
+                    "{} got some of {} twice (QoS 2): {twice:?}",
+                    sub_ids[s], pub_ids[p]
+                ));
+            }
         }
     }
     eprintln!(
-        "spread kill loop: {} rounds ({tern_kills} tern node kills, {nats_kills} NATS server kills) in {:.1?}, stalls {stalls}",
+        "spread kill loop, QoS {qos:?}: {} rounds ({tern_kills} tern node kills, {nats_kills} NATS server kills) in {:.1?}, stalls {stalls}, subscribers reconnected after their node closed them {revived}",
         rounds(),
         started.elapsed()
     );
