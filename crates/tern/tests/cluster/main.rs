@@ -237,6 +237,23 @@ async fn finish(
     (got, received, lost, duplicates)
 }
 
+/// A xorshift generator seeded from the clock, the seed printed with `what` (the loop's
+/// name): each call gives a number below its argument.
+fn seeded_random(what: &str) -> impl FnMut(u64) -> u64 {
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("{what} seed {rng}");
+    move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    }
+}
+
 fn rounds() -> usize {
     std::env::var("TERN_CLUSTER_KILL_ROUNDS")
         .ok()
@@ -267,18 +284,7 @@ async fn kill_loop(qos: QoS) {
     let got = Arc::new(Mutex::new(Vec::new()));
     let receiving = tokio::spawn(subscriber(sub, got.clone()));
 
-    let mut rng = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("cluster kill loop seed {rng}");
-    let mut rand = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rand = seeded_random("cluster kill loop");
     let mut publisher = Publisher {
         qos,
         next: 0,
@@ -561,18 +567,7 @@ async fn spread_kill_loop(qos: QoS) {
     }
     // Where each node's clients are now (they move to the survivor when their node dies).
     let mut on = [0usize, 1];
-    let mut rng = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("spread kill loop seed {rng}");
-    let mut rand = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rand = seeded_random("spread kill loop");
     let started = Instant::now();
     let (mut tern_kills, mut nats_kills, mut stalls, mut revived) = (0, 0, 0, 0);
     // A subscriber whose connection its node closed while its node runs connects again, as
@@ -1500,12 +1495,7 @@ async fn resending_loop(from_store: bool) {
         acked: BTreeSet::new(),
         unknown: 0,
     };
-    let mut rng = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("QoS 2 resending publisher loop seed {rng}");
+    let mut rand = seeded_random("QoS 2 resending publisher loop");
     let started = Instant::now();
     let (mut resent, mut reconnects, mut moved_in_flight) = (0, 0, 0);
     // The publisher's connection to node b after a recovery there.
@@ -1539,12 +1529,9 @@ async fn resending_loop(from_store: bool) {
         }
         // Killed once 1 to 10 of the batch's PUBRECs came: some of the rest stored, some
         // PUBRELs on their way.
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
         let victim = a.take().expect("running");
         let done = publisher
-            .batch(&mut p, 20, Some((1 + (rng % 10) as usize, victim)))
+            .batch(&mut p, 20, Some((1 + rand(10) as usize, victim)))
             .await;
         assert!(!done, "round {round}: the node was killed during the batch");
         // Whatever is in flight goes again to node b (or to node a restarted from its
