@@ -399,6 +399,60 @@ async fn session_entries_spread_over_buckets_follow_their_sessions_between_nodes
     drop(b);
 }
 
+/// A session of a dead node recovered while messages keep coming gets each QoS 2 message
+/// once: node b installs the session, then reads the streams a second time
+/// up to where its tailers are, while a publisher on node b sends all along (its messages
+/// reach the installed session at once, and are in the streams that read covers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_recovered_while_messages_keep_coming_gets_each_qos2_message_once() {
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let (mut sub, _) = connect(a.addr(), V5, "rq-sub", false).await;
+    sub.subscribe("rq/#", QoS::ExactlyOnce).await;
+    sub.disconnect().await;
+    const N: u32 = 400;
+    let b_addr = b.addr();
+    let publishing = tokio::spawn(async move {
+        let mut p = Raw::connect(b_addr, V5, "rq-pub").await;
+        for i in 0..N {
+            p.publish("rq/t", &i.to_string(), QoS::ExactlyOnce, false).await;
+        }
+    });
+    wait_held(&a, "rq-sub", 50).await;
+    let node::Node { broker, cluster } = a;
+    drop(cluster);
+    drop(broker);
+    // Receive Maximum 1: one QoS 2 delivery at a time.
+    let (mut sub, ack) = connect_patiently_with(b.addr(), "rq-sub", Some(1)).await;
+    assert!(ack.session_present, "{ack:?}");
+    let (mut got, mut once) = (Vec::new(), std::collections::BTreeSet::new());
+    loop {
+        match sub.next_within(Duration::from_secs(3)).await {
+            Ok(Some(Packet::Publish(m))) => {
+                let n: u32 = String::from_utf8_lossy(&m.payload).parse().expect("number");
+                got.push(n);
+                once.insert(n);
+                sub.ack(&m).await;
+            }
+            Err(()) if once.len() == N as usize => break,
+            other => panic!(
+                "after {} messages ({} distinct): {other:?}",
+                got.len(),
+                once.len()
+            ),
+        }
+    }
+    publishing.await.expect("publisher");
+    assert_eq!(
+        got.len(),
+        N as usize,
+        "each once: {} twice",
+        got.len() - once.len()
+    );
+    drop(b);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_a_session_moves_are_not_lost() {
     let nats = Nats::start(1, true);
