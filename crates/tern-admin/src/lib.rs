@@ -17,7 +17,7 @@
 //! ## Layout
 //! - `auth.rs`: who may call (loopback without credentials, HTTP Basic against the password
 //!   file's `admins`, bearer tokens stored hashed), failures counted and rate limited.
-//! - `api.rs`: the `/api/v1` handlers and their JSON shapes; errors are [`api::ApiError`].
+//! - `api.rs`: the `/api/v1` handlers and their JSON shapes; errors are `api::ApiError`.
 //! - `metrics.rs`: the `/metrics` collector (prometheus-client), read at scrape time.
 //! - `dashboard.rs`: the dashboard's files (`static/`), served from memory.
 //! - `trace.rs`: a client's packets, and the messages on a filter, as server-sent events.

@@ -1287,7 +1287,7 @@ impl Core {
 }
 
 /// What became of a message a backplane brought for a shared subscription
-/// ([`Core::deliver_shared`]).
+/// (`Core::deliver_shared`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SharedDelivery {

@@ -37,7 +37,7 @@ pub const PREVIEW_BYTES: usize = 256;
 pub struct SeenTopic {
     /// The topic name.
     pub topic: Arc<str>,
-    /// When it was last seen (to [`PERIOD_SECS`]).
+    /// When it was last seen (to `PERIOD_SECS`).
     pub last_seen: SystemTime,
     /// The sample's QoS (0, 1, 2).
     pub qos: u8,
@@ -45,7 +45,7 @@ pub struct SeenTopic {
     pub retain: bool,
     /// The sample's payload size in bytes.
     pub payload_size: usize,
-    /// Its first [`PREVIEW_BYTES`] bytes.
+    /// Its first `PREVIEW_BYTES` bytes.
     pub preview: bytes::Bytes,
 }
 

@@ -1,6 +1,6 @@
 //! Live trace of one client's packets, for the admin API's trace stream and `tern trace`.
 //!
-//! With no trace running, a connection pays one relaxed load of [`Tracer::on`] per read and
+//! With no trace running, a connection pays one relaxed load of `Tracer::on` per read and
 //! per batch written, never per packet, and the packets are not touched. While at least one
 //! trace runs, each read and write of every connection also looks its client id up in a small
 //! map behind a mutex; the bytes of the traced clients are decoded a second time, into
@@ -8,8 +8,8 @@
 //! written), sent on a bounded broadcast channel: a reader that falls behind loses events
 //! ([`TraceReceiver::recv`] says how many), never slows the client.
 //!
-//! The connection code calls [`before_decode`] / [`after_decode`] around decoding a read,
-//! and [`bytes_out`] before writing, nothing else.
+//! The connection code calls `before_decode` / `after_decode` around decoding a read,
+//! and `bytes_out` before writing, nothing else.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! Watching a topic filter: every message routed on a matching topic (from clients, wills,
 //! the admin API; `$SYS` too when the filter asks for it), for the dashboard's "watch" view.
 //!
-//! With no watch running, routing a message costs one relaxed load of [`Watcher::on`]. While
+//! With no watch running, routing a message costs one relaxed load of `Watcher::on`. While
 //! watches run, each routed message is matched against their filters and, where it matches,
 //! its `Arc` is sent on a bounded broadcast channel (a slow reader loses messages, counted).
 

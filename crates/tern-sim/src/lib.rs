@@ -3,7 +3,7 @@
 //! One run is one seed: the broker (its real connection code, router and sessions) runs on a
 //! current-thread tokio runtime with a paused clock, so time moves only when every task waits and
 //! the order of events depends on nothing but the seed. Its storage is
-//! [`InMemory`](tern_broker::durability::InMemory), which the simulation holds back, releases
+//! [`InMemory`], which the simulation holds back, releases
 //! and crashes at seeded moments (a power loss between any two changes). Clients reach the broker
 //! through in-memory byte pipes ([`BrokerHandle::serve_stream`]); the simulation resets their
 //! connections, reconnects them (sometimes leaving the old connection open, so that the new one

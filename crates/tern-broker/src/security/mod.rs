@@ -3,7 +3,7 @@
 //! a client gets from its TLS certificate or enhanced authentication.
 //!
 //! ## Layout
-//! - `mod.rs`: [`Security`] (what is in force, behind locks that a reload swaps),
+//! - `mod.rs`: `Security` (what is in force, behind locks that a reload swaps),
 //!   `authenticate` at CONNECT, `allows` for the ACL, reload, the background task.
 //! - `chain.rs`: `[auth]` settings and the chain of sources asked in order.
 //! - `jwt.rs`: token verification (key file, secret, JWKS) and the 5.0 method `JWT`.
