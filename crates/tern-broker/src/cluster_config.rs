@@ -8,7 +8,7 @@
 //! monitor = ["http://10.0.0.1:8222", "http://10.0.0.2:8222", "http://10.0.0.3:8222"]
 //! node_name = "tern-a"
 //! shards = 3
-//! session_buckets = 1          # key-value buckets of the session entries (8 for ~200,000+ sessions)
+//! session_buckets = 1          # key-value buckets the session entries are spread over (fixed once used)
 //! replicas = 3
 //! publish_timeout_ms = 10000
 //! qos0_pack = 64               # QoS 0 messages in one NATS message, at most (1: each alone)
