@@ -239,9 +239,20 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether the change of `ticket` is written or given up, whatever came before it: an
+    /// acknowledgement waits for its own connection's ticket, not for every earlier one of
+    /// the node (one client's slow write would hold up every other client's SUBACK). A
+    /// backplane whose writes of one client are made one after another, each with the
+    /// client's whole state, says so per ticket, and advances [`Backplane::sessions_progress`]
+    /// (or wakes its waiters) at each. Default: the progress reached it.
+    fn session_done(&self, ticket: Ticket) -> bool {
+        self.sessions_progress().is_none_or(|p| p.get() >= ticket)
+    }
+
     /// Whether the change a ticket of [`Backplane::session_saved`] or
     /// [`Backplane::qos2_stage`] stands for was kept, once [`Backplane::sessions_progress`]
-    /// reached it (it may have been given up: the backplane could not write it). Asked once
+    /// reached it, or [`Backplane::session_done`] says it is (it may have been given up: the
+    /// backplane could not write it). Asked once
     /// per ticket; when `false`, what waited for it is not sent and the connection is closed
     /// (5.0: DISCONNECT 0x89 Server busy). Default `true`.
     fn session_kept(&self, ticket: Ticket) -> bool {

@@ -69,6 +69,14 @@ impl Progress {
         self.failed.load(Ordering::Acquire)
     }
 
+    /// The next [`Progress::advance`] or [`Progress::fail`], whether or not it moves the
+    /// progress (a backplane that finishes tickets out of order advances at each, see
+    /// [`crate::backplane::Backplane::session_done`]). Enable it before looking at what it
+    /// guards, so that a change in between is not missed.
+    pub fn next_change(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
     /// Wait until durability goes beyond `seen` (or fails).
     pub async fn wait_past(&self, seen: Ticket) {
         loop {

@@ -569,6 +569,7 @@ impl Cluster {
             subscribed: self.subscribed.clone(),
             flow: self.flow_counters.clone(),
             wills: self.will_counters.clone(),
+            directory: self.directory.clone(),
         }
     }
 }
@@ -582,6 +583,7 @@ struct Counted {
     subscribed: Arc<AtomicU64>,
     flow: Arc<flow::FlowCounters>,
     wills: Arc<wills::WillCounters>,
+    directory: Arc<sessions::Directory>,
 }
 
 impl Counted {
@@ -607,6 +609,7 @@ impl Counted {
             wills_cancelled: self.wills.cancelled.load(Ordering::Relaxed),
             wills_closed: self.wills.closed.load(Ordering::Relaxed),
             wills_stored: self.wills.stored.load(Ordering::Relaxed),
+            session_writes_failed: self.directory.writes_failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -713,6 +716,11 @@ impl ClusterStats {
                 "Writes of this node's clients' wills JetStream acknowledged (one per CONNECT with a will, more when one is written again)",
                 self.wills_stored,
             ),
+            c(
+                "cluster_session_writes_failed",
+                "Writes of a session's entry given up because JetStream did not answer in time (the acknowledgements that waited for them were not sent; the next change writes the entry again)",
+                self.session_writes_failed,
+            ),
             g(
                 "cluster_wanted_subjects",
                 "Distinct NATS subjects this node's subscriptions need",
@@ -803,6 +811,10 @@ pub struct ClusterStats {
     /// Writes of this node's clients' wills JetStream acknowledged: one per CONNECT with a
     /// will, more when one is written again (docs/cluster.md, "Wills when a node dies").
     pub wills_stored: u64,
+    /// Writes of a session's entry given up because JetStream did not answer in time (a
+    /// SUBACK or QoS 2 packet that waited for one was not sent, its connection closed with
+    /// 0x89; the next change writes the entry again).
+    pub session_writes_failed: u64,
 }
 
 /// The [`Backplane`] of a node: hands its clients' messages to NATS and follows its
@@ -954,6 +966,10 @@ impl Backplane for NodeBackplane {
 
     fn sessions_progress(&self) -> Option<&Progress> {
         Some(&self.directory.written.progress)
+    }
+
+    fn session_done(&self, ticket: Ticket) -> bool {
+        self.directory.written.is_released(ticket)
     }
 
     fn session_kept(&self, ticket: Ticket) -> bool {

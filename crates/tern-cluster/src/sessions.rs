@@ -441,6 +441,8 @@ pub(crate) struct Directory {
     settling: Mutex<HashMap<Arc<str>, Settling>>,
     /// Nodes "no responders" is heard for, by any claim of this node.
     silent: Mutex<Silences>,
+    /// Entry writes given up because JetStream did not answer (`cluster_session_writes_failed`).
+    pub(crate) writes_failed: AtomicU64,
 }
 
 /// The nodes "no responders" is heard for, by the claims of this node: when first and when
@@ -594,6 +596,7 @@ impl Directory {
             q2: Mutex::default(),
             settling: Mutex::default(),
             silent: Mutex::default(),
+            writes_failed: AtomicU64::new(0),
         }
     }
 
@@ -2621,6 +2624,7 @@ async fn write_entries(directory: Arc<Directory>, admin: Admin) {
                             Ok(true) => {}
                             Ok(false) => directory.not_kept(&mine, false),
                             Err(e) => {
+                                directory.writes_failed.fetch_add(1, Ordering::Relaxed);
                                 directory.not_kept(&mine, true);
                                 tracing::warn!(client_id = %client, "cluster sessions: the session's entry is not updated: {e}");
                                 // Tried again with the next change (or on its own), so that a

@@ -453,7 +453,10 @@ async fn backplane_commit(core: Arc<Core>) -> Result<(), Close> {
 }
 
 /// Wait until the backplane has kept the session change of `ticket` (a SUBSCRIBE's), at most
-/// its `ack_timeout`.
+/// its `ack_timeout`: that ticket (the connection's latest), not every earlier one of the
+/// node ([`Backplane::session_done`]).
+///
+/// [`Backplane::session_done`]: crate::backplane::Backplane::session_done
 async fn session_commit(core: Arc<Core>, ticket: crate::durability::Ticket) -> Result<(), Close> {
     let Some(b) = &core.backplane else {
         return Ok(());
@@ -461,7 +464,22 @@ async fn session_commit(core: Arc<Core>, ticket: crate::durability::Ticket) -> R
     let Some(progress) = b.sessions_progress() else {
         return Ok(());
     };
-    if !reached(progress, ticket, b.ack_timeout()).await {
+    let done = async {
+        loop {
+            let changed = progress.next_change();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the test: a change in between wakes the wait.
+            changed.as_mut().enable();
+            if b.session_done(ticket) || progress.has_failed() {
+                break;
+            }
+            changed.await;
+        }
+    };
+    if tokio::time::timeout(b.ack_timeout(), Box::pin(done))
+        .await
+        .is_err()
+    {
         return Err(Close::Busy(format!(
             "the cluster did not keep the session's state (subscriptions, QoS 2 deliveries) within {:?} (publish_timeout)",
             b.ack_timeout()

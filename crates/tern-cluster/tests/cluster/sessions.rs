@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use tern_proto::{Ack, Connect, Packet, ProtocolVersion, Publish, QoS, ReasonCode};
+use tern_proto::{
+    Ack, Connect, Packet, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+};
 use tern_testkit::nats::Nats;
 use tern_testkit::raw::{pid, Raw, V3, V5};
 
@@ -318,6 +320,130 @@ async fn clean_start_on_another_node_ends_the_session_on_the_first() {
     new.disconnect().await;
     let (_back, ack) = connect(a.addr(), V5, "cleaner", false).await;
     assert!(ack.session_present, "the session moved back from B");
+}
+
+/// One client's entry write that JetStream does not answer holds up no other client's
+/// SUBACK: an acknowledgement waits for its own connection's entry write, not for every
+/// earlier one of the node. Buckets with one copy each, spread over three NATS servers; the
+/// server of client A's bucket is killed, A subscribes (its write is tried for a while),
+/// then client B, whose bucket is on a live server: B's SUBACK comes while A's write is still
+/// being tried; A's is then given up, counted, and A is closed with 0x89 (its SUBACK never
+/// sent). With one gap-free count of the entry writes, B's SUBACK came only once A's write
+/// was given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_entry_write_of_one_client_holds_up_no_other_clients_suback() {
+    const BUCKETS: usize = 8;
+    let mut nats = Nats::start(3, true);
+    let mut config = node::config(&nats, "a");
+    config.replicas = 1;
+    config.session_buckets = BUCKETS as u16;
+    // JetStream puts every bucket with one copy on the same server (seen: all eight on one).
+    // Each server gets a tag, and each bucket is made again, as the node made it, placed on
+    // server j % 3 by its tag.
+    for i in 0..3 {
+        nats.kill(i);
+        nats.restart_with(i, &format!("server_tags: [\"t{i}\"]"));
+    }
+    nats.wait_healthy();
+    let setup = node::start(&config).await;
+    drop(setup);
+    let servers: Vec<async_nats::ServerAddr> = nats
+        .urls()
+        .iter()
+        .map(|u| u.parse().expect("a NATS URL"))
+        .collect();
+    let nc = async_nats::connect(servers.as_slice()).await.expect("nats");
+    let js = async_nats::jetstream::new(nc);
+    for j in 0..BUCKETS {
+        let name = format!("KV_tern_sessions_{j}");
+        let mut made = js
+            .get_stream(&name)
+            .await
+            .expect("bucket")
+            .cached_info()
+            .config
+            .clone();
+        js.delete_stream(&name).await.expect("deleted");
+        made.placement = Some(async_nats::jetstream::stream::Placement {
+            tags: vec![format!("t{}", j % 3)],
+            ..Default::default()
+        });
+        js.create_stream(made).await.expect("made again");
+    }
+    let a = node::start(&config).await;
+    let ids: Vec<String> = (0..24).map(|i| format!("hol-{i}")).collect();
+    let mut clients = Vec::new();
+    for id in &ids {
+        let (mut c, _) = connect(a.addr(), V5, id, false).await;
+        c.subscribe("hol/first", QoS::AtLeastOnce).await;
+        clients.push(c);
+    }
+    // The server each bucket lives on, and so each client's entry.
+    let mut buckets = Vec::new();
+    for j in 0..BUCKETS {
+        let mut stream = js
+            .get_stream(format!("KV_tern_sessions_{j}"))
+            .await
+            .expect("bucket");
+        let info = stream.info().await.expect("bucket info");
+        let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+        let kv = js
+            .get_key_value(format!("tern_sessions_{j}"))
+            .await
+            .expect("bucket");
+        buckets.push((leader.expect("the bucket has a leader"), kv));
+    }
+    let mut server_of = Vec::new();
+    for id in &ids {
+        let key: String = std::iter::once("c".to_string())
+            .chain(id.bytes().map(|b| format!("{b:02x}")))
+            .collect();
+        let mut server = None;
+        for (leader, kv) in &buckets {
+            if kv.get(&key).await.expect("entry").is_some() {
+                server = Some(leader.clone());
+            }
+        }
+        server_of.push(server.expect("every client has an entry"));
+    }
+    let slow = 0;
+    let fast = (0..ids.len())
+        .find(|&i| server_of[i] != server_of[slow])
+        .expect("the buckets are on more than one server");
+    let victim: usize = server_of[slow]
+        .trim_start_matches('n')
+        .parse()
+        .expect("servers are named n<i>");
+    nats.kill(victim);
+    let failed = a.cluster.stats().session_writes_failed;
+    clients[slow]
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: pid(7),
+            properties: Default::default(),
+            filters: vec![("hol/second".into(), SubscriptionOptions::qos(QoS::AtLeastOnce))],
+        }))
+        .await;
+    // So that A's write is asked for first (the test passes either way; without the wait it
+    // might not show the old behaviour).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ack = tokio::time::timeout(
+        Duration::from_secs(30),
+        clients[fast].subscribe("hol/second", QoS::AtLeastOnce),
+    )
+    .await
+    .expect("B's SUBACK");
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQoS1]);
+    assert_eq!(
+        a.cluster.stats().session_writes_failed,
+        failed,
+        "B's SUBACK came before A's write was given up"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(60), clients[slow].expect_closed())
+        .await
+        .expect("A is answered");
+    assert_eq!(closed, Some(ReasonCode::ServerBusy), "A's SUBACK is not sent");
+    assert!(a.cluster.stats().session_writes_failed > failed);
+    nats.restart(victim);
 }
 
 /// `cluster.session_buckets = 3`: the session entries are spread over three key-value
