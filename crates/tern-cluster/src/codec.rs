@@ -19,6 +19,7 @@
 //! | `Tern-X` | when the 5.0 Message Expiry Interval runs out, Unix milliseconds |
 //! | `Tern-P` | the other 5.0 PUBLISH properties, base64 of a 5.0 PUBLISH packet that carries only them |
 //! | `Tern-K` | (QoS 0, and stored QoS 1) the NATS message is a pack of this many messages ([`pack`]) |
+//! | `Tern-S` | (stored QoS 1/2 messages and packs) `run.n`: the run of its node and its number among that run's first attempts to store in its shard, in the order they went out: readers put a run's messages back in that order where JetStream stored a later one first (`order.rs`) |
 //! | `Tern-C` | (QoS 0 of a client) `run.conn.count`: the run of its node (a random number drawn at start), the publishing connection's id there and how many QoS 0 messages it had published with this one (a pack's last), for flow control (`flow.rs`) |
 //! | `Nats-Msg-Id` | (QoS 2 messages and retained writes) `node:run:count`, the run a random number the node drew at start: a retried publish is stored once, and a QoS 2 message's id ([`Message::backplane_id`]) is `(run, count)` on every node |
 
@@ -54,6 +55,8 @@ pub const VOID: &str = "Tern-V";
 pub const PACK: &str = "Tern-K";
 /// A client's QoS 0 message's number among its connection's ([`set_sent`]).
 pub const SENT: &str = "Tern-C";
+/// A stored message's number among its node's first attempts to its shard ([`set_order`]).
+pub const ORDER: &str = "Tern-S";
 /// Messages in one pack, at most (`cluster.qos0_pack` says how many a node packs).
 pub const PACK_MAX: usize = 1024;
 /// Payload bytes of one pack, at most (with the lengths; the sender also keeps a pack with
@@ -74,6 +77,7 @@ mod names {
     pub const VOID: HeaderName = HeaderName::from_static(super::VOID);
     pub const PACK: HeaderName = HeaderName::from_static(super::PACK);
     pub const SENT: HeaderName = HeaderName::from_static(super::SENT);
+    pub const ORDER: HeaderName = HeaderName::from_static(super::ORDER);
 }
 
 /// Why a NATS message is not a Tern message.
@@ -293,6 +297,18 @@ pub fn sent_of(h: &HeaderMap) -> Option<(u64, Sent)> {
     parts.next().is_none().then_some((run, sent))
 }
 
+/// Say that this stored message is number `n` among the first attempts of the node's `run`
+/// to its shard (`order.rs`).
+pub fn set_order(h: &mut HeaderMap, run: u64, n: u64) {
+    h.insert(names::ORDER, format!("{run}.{n}").as_str());
+}
+
+/// The run and number [`set_order`] wrote, if they are.
+pub fn order_of(h: Option<&HeaderMap>) -> Option<(u64, u64)> {
+    let (run, n) = h?.get(names::ORDER)?.as_str().split_once('.')?;
+    Some((run.parse().ok()?, n.parse().ok()?))
+}
+
 /// The `Nats-Msg-Id` of the message with `id` published on `node`.
 pub fn message_id(node: &str, id: (u64, u64)) -> String {
     format!("{node}:{}:{}", id.0, id.1)
@@ -448,6 +464,20 @@ mod tests {
             assert_eq!(sent_of(&h), None, "{bad:?}");
         }
         assert_eq!(sent_of(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_stored_messages_order_comes_back_and_a_malformed_one_is_none() {
+        let mut h = HeaderMap::new();
+        set_order(&mut h, u64::MAX, 41);
+        assert_eq!(order_of(Some(&h)), Some((u64::MAX, 41)));
+        for bad in ["", "1", "1.2.3", "a.2", "1.", ".2", "-1.2"] {
+            let mut h = HeaderMap::new();
+            h.insert(ORDER, bad);
+            assert_eq!(order_of(Some(&h)), None, "{bad:?}");
+        }
+        assert_eq!(order_of(Some(&HeaderMap::new())), None);
+        assert_eq!(order_of(None), None);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!   so `Backplane::subscribed` never waits.
 //! - QoS 1/2: one ordered consumer per shard stream (a tailer), started after the stream's
 //!   last sequence at the node's start; it sees every stored message once, in stream order
-//!   (an ordered consumer re-creates itself after a gap).
+//!   (an ordered consumer re-creates itself after a gap), and delivers them with each
+//!   node's run's messages in the order they went out (`order.rs`: where JetStream stored a
+//!   later one first, it holds back until the earlier one comes).
 //!
 //! - Retained messages: one ordered consumer on the retained bucket's stream, from the last
 //!   value of every key at start, then every change, applied to the local retained store in
@@ -23,9 +25,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::{FutureExt, StreamExt};
+use std::time::Instant;
 use tern_broker::Admin;
 use tokio::sync::Notify;
 
+use crate::order::Reorder;
 use crate::{codec, streams, topic};
 
 /// Longest a pull request of a tailer waits on the server. The client follows it with its idle
@@ -42,6 +46,11 @@ pub struct InboundCounters {
     pub received: AtomicU64,
     /// NATS messages that were not Tern messages (logged).
     pub undecodable: AtomicU64,
+    /// Times a tailer held stored messages back because a later one of a node's run came
+    /// before an earlier one (`order.rs`).
+    pub order_holds: AtomicU64,
+    /// Holds given up with an earlier message still missing (logged).
+    pub order_given_up: AtomicU64,
 }
 
 /// The subjects this node's local filters need, with how many filters need each.
@@ -119,6 +128,8 @@ pub(crate) struct Inbound {
     /// Tells other nodes how far their QoS 0 publishers may go for this node's sessions
     /// (`flow.rs`).
     pub teller: Arc<crate::flow::Teller>,
+    /// Asks the tailers to give their holds up (`order.rs`).
+    pub give_up: Arc<crate::order::GiveUp>,
 }
 
 impl Inbound {
@@ -273,8 +284,10 @@ pub(crate) async fn tail(inbound: Arc<Inbound>, js: jetstream::Context, k: u16, 
     let prefix = streams::shard_subject(&inbound.prefix, k);
     let mut next = start;
     let mut backoff = Backoff::default();
+    // Kept across restarts of the consumer: what it holds comes before what it reads next.
+    let mut reorder = Reorder::default();
     loop {
-        let result = tail_from(&inbound, &js, &name, &prefix, k, &mut next).await;
+        let result = tail_from(&inbound, &js, &name, &prefix, k, &mut next, &mut reorder).await;
         if let Err(e) = &result {
             tracing::warn!(stream = %name, next, "tailer restarts: {e}");
         }
@@ -305,6 +318,44 @@ impl Backoff {
     }
 }
 
+/// What a tailer holds back: NATS messages with their stream sequences.
+type Held = Reorder<(async_nats::Message, u64)>;
+
+/// Deliver `batch` (what the tailer let go, in order) and say how far the tailer is: up to
+/// the message before the first it holds, or the last it read.
+fn deliver_tailed(
+    inbound: &Inbound,
+    prefix: &str,
+    k: u16,
+    batch: &mut Vec<(async_nats::Message, u64)>,
+    reorder: &Held,
+    next: u64,
+    seen: &mut (u64, u64),
+) {
+    if (reorder.holds, reorder.given_up) != *seen {
+        let c = &inbound.counters;
+        c.order_holds.fetch_add(reorder.holds - seen.0, Ordering::Relaxed);
+        if reorder.given_up > seen.1 {
+            c.order_given_up
+                .fetch_add(reorder.given_up - seen.1, Ordering::Relaxed);
+            tracing::warn!(shard = k, "a tailer let messages it held go without a node's earlier message (that node may have died before storing it; or the hold ran out, or a session moving could not wait): the later ones went out first");
+        }
+        *seen = (reorder.holds, reorder.given_up);
+    }
+    if batch.is_empty() {
+        return;
+    }
+    inbound.deliver_all(prefix, batch.iter().map(|(m, seq)| (m, Some((k, *seq)))), None);
+    batch.clear();
+    let position = match reorder.first_held() {
+        Some((_, seq)) => seq.saturating_sub(1),
+        None => next.saturating_sub(1),
+    };
+    if let Some(p) = inbound.positions.get(usize::from(k)) {
+        p.store(position, Ordering::Release);
+    }
+}
+
 async fn tail_from(
     inbound: &Inbound,
     js: &jetstream::Context,
@@ -312,6 +363,7 @@ async fn tail_from(
     prefix: &str,
     k: u16,
     next: &mut u64,
+    reorder: &mut Held,
 ) -> Result<(), async_nats::Error> {
     let stream = js.get_stream(name).await?;
     let consumer = stream
@@ -325,12 +377,34 @@ async fn tail_from(
         .await?;
     let mut messages = consumer.messages().await?;
     let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = messages.next().await {
+    let mut seen = (reorder.holds, reorder.given_up);
+    loop {
+        // A hold ends when its missing messages come, when it runs out, or when a session
+        // joining or leaving this node asks.
+        let told = inbound.give_up.told();
+        let mut told = std::pin::pin!(told);
+        told.as_mut().enable();
+        if inbound.give_up.take(usize::from(k)) {
+            reorder.give_up(&mut batch);
+        }
+        reorder.expire(Instant::now(), &mut batch);
+        deliver_tailed(inbound, prefix, k, &mut batch, reorder, *next, &mut seen);
+        let holding = reorder.deadline();
+        let wake = holding.unwrap_or_else(|| Instant::now() + PULL_EXPIRY);
+        let first = tokio::select! {
+            m = messages.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            () = &mut told => continue,
+            () = tokio::time::sleep_until(wake.into()), if holding.is_some() => continue,
+        };
         // With what is already waiting: one queueing per session. A failure ends the loop
         // once what was taken before it is delivered (`next` is already past it).
         let mut failed: Option<async_nats::Error> = None;
         let mut ended = false;
         let mut item = Some(first);
+        let now = Instant::now();
         // MQTT messages taken (a QoS 1 pack counts as the messages it carries).
         let mut taken_messages = 0;
         while let Some(r) = item.take() {
@@ -342,8 +416,14 @@ async fn tail_from(
                 Ok((m, seq)) => {
                     if seq >= *next {
                         *next = seq + 1;
-                        taken_messages += codec::count(m.message.headers.as_ref());
-                        batch.push((m.message, seq));
+                        let headers = m.message.headers.as_ref();
+                        taken_messages += codec::count(headers);
+                        // This node's own messages are not delivered here: never waited for.
+                        let order = match codec::node_of(headers) {
+                            Some(n) if n == inbound.node => None,
+                            _ => codec::order_of(headers),
+                        };
+                        reorder.take((m.message, seq), order, now, &mut batch);
                     }
                 }
                 Err(e) => {
@@ -370,11 +450,7 @@ async fn tail_from(
         // A slow subscriber here gets these beyond its queue limits (their publishers cannot
         // be slowed down from this node): `Admin::route_all`. Before, what went beyond twice
         // its limit was dropped although the PUBACKs had gone out.
-        inbound.deliver_all(prefix, batch.iter().map(|(m, seq)| (m, Some((k, *seq)))), None);
-        batch.clear();
-        if let Some(p) = inbound.positions.get(usize::from(k)) {
-            p.store(*next - 1, Ordering::Release);
-        }
+        deliver_tailed(inbound, prefix, k, &mut batch, reorder, *next, &mut seen);
         if let Some(e) = failed {
             return Err(e);
         }

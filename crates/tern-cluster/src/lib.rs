@@ -43,6 +43,7 @@ mod error;
 mod flow;
 mod inbound;
 mod monitor;
+mod order;
 mod outbound;
 mod sessions;
 mod shares;
@@ -107,6 +108,8 @@ pub struct Cluster {
     directory: Arc<sessions::Directory>,
     /// Per shard, the last stream sequence this node's tailer handled.
     positions: Arc<[AtomicU64]>,
+    /// Asks the tailers to give their holds up (`order.rs`).
+    give_up: Arc<order::GiveUp>,
     /// Notified when the connection to NATS comes back (the session directory's).
     reconnected: Arc<tokio::sync::Notify>,
     /// How many times the connection to NATS came (the will keeper's).
@@ -342,6 +345,7 @@ impl Cluster {
         tracing::info!(node = %node, nats = %urls, server = %info.server_name, version = %info.version, shards = config.shards, replicas = config.replicas, fsync_always, "cluster mode: connected to NATS");
         let (wills_tx, wills_rx) = tokio::sync::mpsc::channel(wills::QUEUE);
         let positions: Arc<[AtomicU64]> = start_seqs.iter().map(|&s| AtomicU64::new(s)).collect();
+        let give_up = Arc::new(order::GiveUp::new(start_seqs.len()));
         let directory = sessions::Directory::new(sessions::Parts {
             node: node.clone(),
             prefix: config.prefix.clone(),
@@ -350,6 +354,7 @@ impl Cluster {
             kv: sessions_kv,
             outbound: outbound.clone(),
             positions: positions.clone(),
+            give_up: give_up.clone(),
         });
         let directory = Arc::new(directory);
         // Weak: the directory holds the outbound half.
@@ -371,6 +376,7 @@ impl Cluster {
             reconnected,
             connections,
             positions,
+            give_up,
             directory,
             wills: wills_tx,
             wills_rx: Mutex::new(Some(wills_rx)),
@@ -503,6 +509,7 @@ impl Cluster {
             subscribed: self.subscribed.clone(),
             positions: self.positions.clone(),
             teller,
+            give_up: self.give_up.clone(),
         });
         let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
         {
@@ -603,6 +610,8 @@ impl Counted {
             qos2_refused: o.refused.load(Ordering::Relaxed),
             received: self.inbound.received.load(Ordering::Relaxed),
             undecodable: self.inbound.undecodable.load(Ordering::Relaxed),
+            order_holds: self.inbound.order_holds.load(Ordering::Relaxed),
+            order_given_up: self.inbound.order_given_up.load(Ordering::Relaxed),
             wanted_subjects: self.interest.len() as u64,
             subscribed_subjects: self.subscribed.load(Ordering::Relaxed),
             wills_published: self.wills.published.load(Ordering::Relaxed),
@@ -690,6 +699,16 @@ impl ClusterStats {
                 "cluster_received",
                 "Messages from other nodes delivered to this node",
                 self.received,
+            ),
+            c(
+                "cluster_order_holds",
+                "Times a tailer held stored messages back because a node's later message was stored before an earlier one (after a NATS failure), to deliver them in the order they were sent",
+                self.order_holds,
+            ),
+            c(
+                "cluster_order_given_up",
+                "Holds given up with the earlier message still missing (its node died before storing it, or the hold ran out): the later messages went out first",
+                self.order_given_up,
             ),
             c(
                 "cluster_undecodable",
@@ -811,6 +830,11 @@ pub struct ClusterStats {
     /// Writes of this node's clients' wills JetStream acknowledged: one per CONNECT with a
     /// will, more when one is written again (docs/cluster.md, "Wills when a node dies").
     pub wills_stored: u64,
+    /// Times a tailer held stored messages back because a node's later message was stored
+    /// before an earlier one, to deliver them in the order they were sent (docs/cluster.md).
+    pub order_holds: u64,
+    /// Holds given up with the earlier message still missing: the later ones went out first.
+    pub order_given_up: u64,
     /// Writes of a session's entry given up because JetStream did not answer in time (a
     /// SUBACK or QoS 2 packet that waited for one was not sent, its connection closed with
     /// 0x89; the next change writes the entry again).

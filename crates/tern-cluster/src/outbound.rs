@@ -18,6 +18,10 @@
 //!   `cluster.qos1_pack` at most, within NATS' `max_payload`): JetStream's cost is per
 //!   stored message. Only what waits already is packed; nothing waits to make a pack.
 //!   A publisher's messages keep their order: anything else of it closes its open pack.
+//! - Each first attempt to store in a shard is numbered (`Tern-S`: the node's run and a
+//!   count per shard, in the order they go out): where JetStream stores a later message
+//!   before an earlier one (the earlier one's attempt lost with a connection or a stream
+//!   leader, and tried again), readers put them back in order (`order.rs`).
 //! - A publish without an answer (a stream leader died, no quorum) is retried. A QoS 2
 //!   message and a retained write carry a `Nats-Msg-Id`, so JetStream stores them once
 //!   (within its duplicate window); a QoS 1 message does not (a retry after a lost answer can
@@ -68,6 +72,9 @@ pub(crate) struct Outgoing {
     /// A QoS 1 message that may be stored in one pack with its publisher's next ones to its
     /// topic (`codec::packable_stored`).
     pub packable: bool,
+    /// A message for a shard stream, and which: numbered among this run's first attempts
+    /// to that shard when it goes out (`codec::set_order`, `order.rs`).
+    pub shard: Option<u16>,
 }
 
 /// Counters of the outbound side.
@@ -398,6 +405,7 @@ impl Outbound {
             from: msg.publisher.clone(),
             hold,
             packable: codec::packable_stored(msg),
+            shard: Some(k),
         });
     }
 
@@ -415,6 +423,7 @@ impl Outbound {
             from: None,
             hold: None,
             packable: false,
+            shard: None,
         }
     }
 
@@ -648,6 +657,8 @@ pub(crate) async fn run(
     // while they are made; the buffer packs are written into.
     let mut units: VecDeque<Unit> = VecDeque::new();
     let mut open: HashMap<Arc<str>, usize> = HashMap::new();
+    // The number of the next first attempt to each shard (`codec::set_order`).
+    let mut numbers: Vec<u64> = vec![0; usize::from(out.shards)];
     let mut buf = bytes::BytesMut::new();
     loop {
         // Registered before the held messages are looked at: a write done after it wakes the
@@ -722,7 +733,7 @@ pub(crate) async fn run(
         {
             // A pack goes as one message; its messages are kept until its first attempt, in
             // case it has to go one by one.
-            let (m, mut whole) = match more {
+            let (mut m, mut whole) = match more {
                 None => (m, None),
                 Some(pack) => (pack.outgoing(&m, &mut buf), Some((m, pack))),
             };
@@ -761,6 +772,15 @@ pub(crate) async fn run(
             // A first attempt the client does not take (its queue full while it
             // reconnects, no permit within the limit) is tried again here, before any
             // later message: one that was never sent is not stored after later ones.
+            // Numbered in the order first attempts go out, which is the order JetStream
+            // stores them in unless one is lost while a later one is not (`order.rs`). A
+            // number is used once the NATS client took the message: one it did not take
+            // goes again with it, and a pack split before it went out leaves it to its first
+            // message.
+            let number = m.shard.and_then(|k| numbers.get_mut(usize::from(k))).map(|n| {
+                codec::set_order(&mut m.headers, out.incarnation, *n);
+                n
+            });
             let mut backoff = Duration::from_millis(50);
             let first = loop {
                 match taking_answers(send(&js, &m), &mut waiting).await {
@@ -785,6 +805,9 @@ pub(crate) async fn run(
                     }
                 }
             };
+            if let Some(n) = number {
+                *n += 1;
+            }
             // A pack's other messages are settled with it.
             let more = whole.map(|(_, pack)| pack.tickets).unwrap_or_default();
             waiting.push(confirm(&out, &js, ticket, more, m, Ok(first)));
@@ -840,6 +863,7 @@ impl Pack {
             from: first.from.clone(),
             hold: None,
             packable: false,
+            shard: first.shard,
         }
     }
 
@@ -853,6 +877,7 @@ impl Pack {
             from: first.from.clone(),
             hold: None,
             packable: false,
+            shard: first.shard,
         };
         let rest = self.tickets.into_iter().zip(self.payloads);
         std::iter::once((ticket, first.payload.clone()))
@@ -1095,6 +1120,9 @@ async fn store_alone(out: &Outbound, js: &jetstream::Context, m: &Outgoing) -> b
             from: m.from.clone(),
             hold: None,
             packable: false,
+            // Stored again with the pack's number (its headers have it): a number already
+            // past, which readers let through as it comes.
+            shard: None,
         };
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -1292,6 +1320,7 @@ mod tests {
             from: msg.publisher.clone(),
             hold: None,
             packable: codec::packable_stored(&msg),
+            shard: Some(0),
         }
     }
 

@@ -75,6 +75,9 @@ const CLAIM_BUDGET: Duration = Duration::from_secs(25);
 const NO_RESPONDERS_GRACE: Duration = Duration::from_secs(3);
 /// Longest wait for stored messages and tailers while a session moves.
 const WAIT_CAUGHT_UP: Duration = Duration::from_secs(5);
+/// How long a tailer that was asked to give its hold up (`order.rs`) is waited for, after
+/// [`WAIT_CAUGHT_UP`].
+const GIVE_UP_WAIT: Duration = Duration::from_secs(1);
 /// Tasks writing session entries.
 const OP_WORKERS: usize = 16;
 /// Requests of other nodes answered at once at most.
@@ -408,6 +411,8 @@ pub(crate) struct Parts {
     pub outbound: Arc<Outbound>,
     /// Per shard, the last stream sequence this node's tailer handled.
     pub positions: Arc<[AtomicU64]>,
+    /// Asks the tailers to give their holds up (`order.rs`).
+    pub give_up: Arc<crate::order::GiveUp>,
 }
 
 /// This node's side of the directory.
@@ -1298,15 +1303,37 @@ impl Directory {
     /// come back). Past the wait it goes on, saying so (duplicates possible, never a loss).
     async fn tailers_past(&self, ends: &[u64]) {
         let deadline = tokio::time::Instant::now() + WAIT_CAUGHT_UP;
-        for (position, &end) in self.parts.positions.iter().zip(ends) {
-            while position.load(Ordering::Acquire) < end {
-                if tokio::time::Instant::now() >= deadline {
-                    tracing::warn!(end, at = position.load(Ordering::Acquire), "cluster sessions: a tailer is behind the stream a recovered session is read from; the session may get some messages twice");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+        for (k, &end) in ends.iter().enumerate() {
+            if !self.tailer_reaches(k, end, deadline).await {
+                let at = self.parts.positions.get(k).map(|p| p.load(Ordering::Acquire));
+                tracing::warn!(end, at, "cluster sessions: a tailer is behind the stream a recovered session is read from; the session may get some messages twice");
+                return;
             }
         }
+    }
+
+    /// Wait until shard `k`'s tailer has handled the messages up to `end`, until `deadline`;
+    /// a tailer still short then may be holding messages back for an earlier one
+    /// (`order.rs`), which can take longer than a session that moves can wait: it is asked
+    /// to let them go, and waited for [`GIVE_UP_WAIT`] more. Whether it got there.
+    async fn tailer_reaches(&self, k: usize, end: u64, deadline: tokio::time::Instant) -> bool {
+        let Some(position) = self.parts.positions.get(k) else {
+            return true;
+        };
+        let mut deadline = deadline;
+        let mut asked = false;
+        while position.load(Ordering::Acquire) < end {
+            if tokio::time::Instant::now() >= deadline {
+                if asked {
+                    return false;
+                }
+                self.parts.give_up.ask(k);
+                asked = true;
+                deadline = tokio::time::Instant::now() + GIVE_UP_WAIT;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
     }
 
     /// Wait until this node's tailers have handled every message stored so far, so that a
@@ -1324,12 +1351,9 @@ impl Directory {
                 }
             };
             ends[k] = ends[k].max(last);
-            while position.load(Ordering::Acquire) < last {
-                if tokio::time::Instant::now() >= deadline {
-                    tracing::warn!(stream = %name, last, at = position.load(Ordering::Acquire), "cluster sessions: the tailer is behind; a message may miss a session leaving this node");
-                    return ends;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            if !self.tailer_reaches(k, last, deadline).await {
+                tracing::warn!(stream = %name, last, at = position.load(Ordering::Acquire), "cluster sessions: the tailer is behind; a message may miss a session leaving this node");
+                return ends;
             }
         }
         ends
@@ -1779,8 +1803,15 @@ impl Directory {
         } else {
             vec![0; shards]
         };
-        let ends = self.stream_ends(budget).await?;
+        let mut ends = self.stream_ends(budget).await?;
         self.tailers_past(&ends).await;
+        // The tailers may be further on (one that held messages back for an earlier one let
+        // them go with it): what they handed to the broker before the session is installed
+        // is read here too, so that each node's messages are put back in order together
+        // (`order.rs`).
+        for (end, at) in ends.iter_mut().zip(positions(&self.parts.positions)) {
+            *end = (*end).max(at);
+        }
         let q2 = Q2Ids::of(&record);
         let mut found = HashMap::new();
         let queued = self
@@ -1910,10 +1941,14 @@ impl Directory {
             return Ok(out);
         }
         let now = Instant::now();
+        // With each delivery of a shard, its node's run and number (`order.rs`).
+        let mut orders: Vec<Option<(u64, u64)>> = Vec::new();
         for (k, (&from, &to)) in from.iter().zip(to).enumerate() {
             if from >= to {
                 continue;
             }
+            let first = out.len();
+            orders.clear();
             let name = streams::stream_name(&self.parts.prefix, k as u16);
             let prefix = streams::shard_subject(&self.parts.prefix, k as u16);
             // The next sequence to read: a read that fails (a stream leader being elected
@@ -1975,6 +2010,7 @@ impl Directory {
                             }
                             continue;
                         }
+                        let order = crate::codec::order_of(m.headers.as_ref());
                         if let Ok((first, rest)) = crate::codec::decode_all(
                             &prefix,
                             &m.subject,
@@ -1996,6 +2032,7 @@ impl Directory {
                                     _ => {
                                         if let Some(d) = delivery(client, &subs, Arc::new(msg), now) {
                                             out.push(d);
+                                            orders.push(order);
                                         }
                                     }
                                 }
@@ -2015,6 +2052,11 @@ impl Directory {
                     }
                     Err(e) => return Err(e),
                 }
+            }
+            // Each node's messages in the order they were sent, where JetStream stored a
+            // later one first (`order.rs`).
+            if let Some(read) = out.get_mut(first..) {
+                crate::order::in_order(read, &orders);
             }
         }
         Ok(out)

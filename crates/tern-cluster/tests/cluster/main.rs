@@ -8,6 +8,7 @@ mod delivery;
 mod guard;
 mod node;
 mod options;
+mod order;
 mod partition;
 mod retained;
 mod sessions;

@@ -1,0 +1,98 @@
+//! Each publisher's order where JetStream stored a node's later message before an earlier one
+//! (the earlier one's first attempt lost with a NATS connection or a stream leader, and tried
+//! again once its answer was overdue: docs/cluster.md, "Found by the kill loop"). The stream
+//! is written here as such a node would leave it: messages of one run of a node "ghost", with
+//! their numbers (`Tern-S`) out of order.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_broker::Message;
+use tern_proto::{Packet, QoS};
+use tern_testkit::nats::Nats;
+use tern_testkit::raw::{Raw, V5};
+
+use crate::node;
+use crate::sessions::{connect, connect_patiently};
+
+/// Store the QoS 1 message `payload` to `topic` in shard 0's stream as node "ghost"'s run 77
+/// would, as its number `n`.
+async fn store_as_ghost(js: &async_nats::jetstream::Context, topic: &str, payload: &str, n: u64) {
+    let mut msg = Message::new(
+        topic.to_string(),
+        Bytes::from(payload.to_string()),
+        QoS::AtLeastOnce,
+        false,
+    );
+    msg.publisher = Some("ghost-publisher".into());
+    let mut headers = tern_cluster::codec::headers(&msg, "ghost");
+    tern_cluster::codec::set_order(&mut headers, 77, n);
+    let subject = tern_cluster::topic::encode_topic("tern.s.0", topic);
+    js.publish_with_headers(subject, headers, msg.payload.clone())
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+}
+
+/// The payloads of the next `n` PUBLISH packets, each acknowledged (each waited for up to
+/// 30 s: longer than a hold).
+async fn payloads(c: &mut Raw, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        match c.next_within(Duration::from_secs(30)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                c.ack(&p).await;
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+            other => panic!("expected a PUBLISH within 30 s, got {other:?}"),
+        }
+    }
+    got
+}
+
+/// Stored as 0, 2, 3, 1, 4: a subscriber on a node gets 0 to 4 in order, and so does a
+/// persistent session of a node that died, recovered on that node from the streams. A
+/// number that never comes (5) holds what follows it back for the hold's length only: 6
+/// arrives then, counted as given up, and 5 arrives late if it comes at all.
+/// v5 [MQTT-4.6.0-6]: every topic of a non-shared subscription is an ordered topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_stored_out_of_their_order_reach_subscribers_in_it() {
+    let nats = Nats::start(1, true);
+    let a = node::start(&node::config(&nats, "a")).await;
+    let b = node::start(&node::config(&nats, "b")).await;
+    let mut live = Raw::connect(a.addr(), V5, "order-live").await;
+    live.subscribe("ord/#", QoS::AtLeastOnce).await;
+    let (mut kept, _) = connect(b.addr(), V5, "order-kept", false).await;
+    kept.subscribe("ord/#", QoS::AtLeastOnce).await;
+    kept.disconnect().await;
+    // Node b dies with the session: it is recovered on node a from its entry and the streams.
+    drop(b);
+    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    let js = async_nats::jetstream::new(nc);
+    for n in [0, 2, 3, 1, 4] {
+        store_as_ghost(&js, "ord/x", &n.to_string(), n).await;
+    }
+    assert_eq!(
+        payloads(&mut live, 5).await,
+        ["0", "1", "2", "3", "4"],
+        "live, on node a"
+    );
+    let stats = a.cluster.stats();
+    assert!(stats.order_holds >= 1, "{stats:?}");
+    assert_eq!(stats.order_given_up, 0);
+    let (mut kept, ack) = connect_patiently(a.addr(), "order-kept").await;
+    assert!(ack.session_present);
+    assert_eq!(
+        payloads(&mut kept, 5).await,
+        ["0", "1", "2", "3", "4"],
+        "the recovered session"
+    );
+    // 5 never comes: 6 goes out once the hold runs out (12 s).
+    store_as_ghost(&js, "ord/x", "6", 6).await;
+    assert_eq!(payloads(&mut live, 1).await, ["6"]);
+    assert_eq!(payloads(&mut kept, 1).await, ["6"]);
+    assert_eq!(a.cluster.stats().order_given_up, 1);
+    store_as_ghost(&js, "ord/x", "5", 5).await;
+    assert_eq!(payloads(&mut live, 1).await, ["5"], "late, not lost");
+}
