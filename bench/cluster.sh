@@ -11,7 +11,8 @@
 #   QOS0_PACK=N sets their cluster.qos0_pack (1: one NATS message per QoS 0 message);
 #   SESSION_BUCKETS=N sets their cluster.session_buckets (the session entries' KV buckets);
 #   METRICS=1 serves the nodes' /metrics and prints node a's QoS 0 packing after each cluster
-#   scenario (messages sent to NATS, NATS messages carrying more than one);
+#   scenario (messages sent to NATS, NATS messages carrying more than one) and node b's order
+#   holds (docs/cluster.md, "Each publisher's order across a NATS failure");
 #   NO_STORM=1 skips the storm; RECOVERY=N ends with N sessions of a killed node a recovered on b;
 #   RESTART=N ends with a node restarted from its store (--data-dir) with N sessions.
 #
@@ -79,6 +80,10 @@ qos0_packing() { # node a's counters since the last call, with METRICS=1
   read -r sent packs <<< "$now"; read -r sent0 packs0 <<< "${LAST_PACKING:-0 0}"; LAST_PACKING=$now
   local n=$((sent - sent0)) k=$((packs - packs0))
   echo "node a: $n QoS 0 messages to NATS, $k packs of more than one ($((k > 0 ? n / k : 0)) messages a pack at most on average)"
+  # Node b's tailers: holds for a message JetStream stored after a later one (none expected
+  # without faults), and holds given up.
+  curl -fs "http://127.0.0.1:${HTTP_OF[b]}/metrics" \
+    | awk '/^tern_cluster_order_holds_total/ {h=$2} /^tern_cluster_order_given_up_total/ {g=$2} END {print "node b: order holds " h+0 ", given up " g+0 " (since it started)"}'
 }
 IFS=';' read -ra SCENARIO_LIST <<< "${SCENARIOS:-pairs -q 0;pairs -q 1;fan-out -q 0;latency -q 1 --rate 1000}"
 for s in "${SCENARIO_LIST[@]}"; do
