@@ -334,7 +334,10 @@ fn deliver_tailed(
 ) {
     if (reorder.holds, reorder.given_up) != *seen {
         let c = &inbound.counters;
-        c.order_holds.fetch_add(reorder.holds - seen.0, Ordering::Relaxed);
+        if reorder.holds > seen.0 {
+            c.order_holds.fetch_add(reorder.holds - seen.0, Ordering::Relaxed);
+            tracing::info!(shard = k, "a tailer holds messages back: a node's later message was stored before an earlier one, which it waits for");
+        }
         if reorder.given_up > seen.1 {
             c.order_given_up
                 .fetch_add(reorder.given_up - seen.1, Ordering::Relaxed);
