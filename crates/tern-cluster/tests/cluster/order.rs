@@ -96,3 +96,55 @@ async fn messages_stored_out_of_their_order_reach_subscribers_in_it() {
     store_as_ghost(&js, "ord/x", "5", 5).await;
     assert_eq!(payloads(&mut live, 1).await, ["5"], "late, not lost");
 }
+
+/// The numbers a node writes: its stored messages and packs (QoS 1 sent in a burst, so that
+/// packs form; QoS 2 one by one) of three publishers carry one run, and in each shard's
+/// stream the numbers go 0, 1, 2… without a gap, in stream order: a reader that waited for a
+/// missing one would wait only for one that was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_stored_messages_are_numbered_without_a_gap_in_each_shard() {
+    let nats = Nats::start(1, true);
+    let config = node::config(&nats, "a");
+    let a = node::start(&config).await;
+    for who in ["num-1", "num-2", "num-3"] {
+        let mut p = Raw::connect(a.addr(), V5, who).await;
+        for i in 1..=200u16 {
+            let mut m = tern_proto::Publish::new("num/x", format!("{who} {i}"));
+            m.qos = QoS::AtLeastOnce;
+            m.packet_id = Some(tern_testkit::raw::pid(i));
+            p.send(Packet::Publish(m)).await;
+        }
+        for _ in 1..=200 {
+            match p.next_within(Duration::from_secs(30)).await {
+                Ok(Some(Packet::PubAck(_))) => {}
+                other => panic!("expected a PUBACK, got {other:?}"),
+            }
+        }
+        for i in 0..5 {
+            p.publish("num/y", &format!("{who} q2 {i}"), QoS::ExactlyOnce, false)
+                .await;
+        }
+    }
+    let nc = async_nats::connect(nats.urls()[0].as_str()).await.expect("nats");
+    let js = async_nats::jetstream::new(nc);
+    let (mut runs, mut stored, mut used) = (std::collections::BTreeSet::new(), 0, 0);
+    for k in 0..config.shards {
+        let mut stream = js.get_stream(format!("tern_msgs_{k}")).await.expect("stream");
+        let last = stream.info().await.expect("info").state.last_sequence;
+        let mut numbers = Vec::new();
+        for seq in 1..=last {
+            let m = stream.get_raw_message(seq).await.expect("a stored message");
+            let (run, n) = tern_cluster::codec::order_of(Some(&m.headers)).expect("numbered");
+            runs.insert(run);
+            numbers.push(n);
+            stored += tern_cluster::codec::count(Some(&m.headers));
+        }
+        assert_eq!(numbers, (0..last).collect::<Vec<_>>(), "shard {k}");
+        used += usize::from(last > 0);
+    }
+    // A count per shard, not one for the node: the publishers' messages went to both.
+    assert!(used >= 2, "more than one shard holds messages: {used}");
+    assert_eq!(runs.len(), 1, "one run");
+    assert_eq!(stored, 3 * 205, "every message stored once");
+    assert!(a.cluster.stats().qos1_packs > 0, "packs formed");
+}
