@@ -1,12 +1,14 @@
 //! Fuzz target: a NATS message as a node receives it from another (`tern_cluster::codec`):
 //! any subject, headers and payload decode to messages or to an error, never a panic; a pack
-//! (`Tern-K`) yields exactly as many messages as it counts, each a slice of the payload.
+//! (`Tern-K`) yields exactly as many messages as it counts, each a slice of the payload; a
+//! stored message's number (`Tern-S`, `order_of`) is read or refused, never a panic, and one
+//! written by `set_order` reads back.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tern_cluster::codec::{count, decode_all, PACK};
+use tern_cluster::codec::{count, decode_all, order_of, set_order, ORDER, PACK};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -16,8 +18,8 @@ struct Input {
 }
 
 /// The header names a node reads, and one it does not.
-const NAMES: [&str; 9] = [
-    "Tern-Q", "Tern-R", "Tern-N", "Tern-O", "Tern-X", "Tern-P", "Tern-V", PACK, "Nats-Msg-Id",
+const NAMES: [&str; 10] = [
+    "Tern-Q", "Tern-R", "Tern-N", "Tern-O", "Tern-X", "Tern-P", "Tern-V", PACK, ORDER, "Nats-Msg-Id",
 ];
 
 fuzz_target!(|input: Input| {
@@ -28,6 +30,11 @@ fuzz_target!(|input: Input| {
             continue;
         }
         h.insert(NAMES[usize::from(*name) % NAMES.len()], value.as_str());
+    }
+    if let Some((run, n)) = order_of(Some(&h)) {
+        let mut again = async_nats::HeaderMap::new();
+        set_order(&mut again, run, n);
+        assert_eq!(order_of(Some(&again)), Some((run, n)));
     }
     let payload = Bytes::from(input.payload);
     let subject = format!("tern.t.{}", input.subject);

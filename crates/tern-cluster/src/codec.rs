@@ -480,6 +480,24 @@ mod tests {
         assert_eq!(order_of(None), None);
     }
 
+    proptest::proptest! {
+        /// Any value in a `Tern-S` header (from NATS: anyone may publish on Tern's subjects)
+        /// is read or refused, never a panic; what is read is written back the same.
+        #[test]
+        fn any_order_header_is_read_or_refused(value in "[ -~]{0,48}", run: u64, n: u64) {
+            let mut h = HeaderMap::new();
+            h.insert(ORDER, value.as_str());
+            if let Some((r, k)) = order_of(Some(&h)) {
+                let mut again = HeaderMap::new();
+                set_order(&mut again, r, k);
+                proptest::prop_assert_eq!(order_of(Some(&again)), Some((r, k)));
+            }
+            let mut h = HeaderMap::new();
+            set_order(&mut h, run, n);
+            proptest::prop_assert_eq!(order_of(Some(&h)), Some((run, n)));
+        }
+    }
+
     #[test]
     fn a_message_with_every_property_comes_back_the_same() {
         let mut m = Message::new(
