@@ -19,7 +19,16 @@ struct Input {
 
 /// The header names a node reads, and one it does not.
 const NAMES: [&str; 10] = [
-    "Tern-Q", "Tern-R", "Tern-N", "Tern-O", "Tern-X", "Tern-P", "Tern-V", PACK, ORDER, "Nats-Msg-Id",
+    "Tern-Q",
+    "Tern-R",
+    "Tern-N",
+    "Tern-O",
+    "Tern-X",
+    "Tern-P",
+    "Tern-V",
+    PACK,
+    ORDER,
+    "Nats-Msg-Id",
 ];
 
 fuzz_target!(|input: Input| {
@@ -41,7 +50,10 @@ fuzz_target!(|input: Input| {
     if let Ok((first, rest)) = decode_all("tern.t", &subject, Some(&h), payload.clone()) {
         if h.get(PACK).is_some() {
             assert_eq!(rest.len() + 1, count(Some(&h)));
-            let carried: usize = std::iter::once(&first).chain(&rest).map(|m| 4 + m.payload.len()).sum();
+            let carried: usize = std::iter::once(&first)
+                .chain(&rest)
+                .map(|m| 4 + m.payload.len())
+                .sum();
             assert_eq!(carried, payload.len(), "a pack's messages are its whole payload");
         } else {
             assert!(rest.is_empty());
