@@ -199,6 +199,13 @@ impl Publisher {
     }
 }
 
+/// The numbers of `arrivals` at their first arrival, in arrival order (a number that comes
+/// again later, a duplicate, is left out).
+fn first_arrivals(arrivals: impl Iterator<Item = u64>) -> Vec<u64> {
+    let mut seen = BTreeSet::new();
+    arrivals.filter(|n| seen.insert(*n)).collect()
+}
+
 /// Order violations in `seq` (numbers in arrival order), leaving out the numbers in
 /// `excused`: those sent while a NATS server was killed. JetStream can store a publish whose
 /// first attempt was lost after later ones of the same window (docs/cluster.md, "Found by
@@ -339,8 +346,7 @@ async fn kill_loop(qos: QoS) {
     let (got, received, lost, duplicates) = finish(&mut publisher, p, &got, receiving).await;
     // First arrivals in the publisher's order (a QoS 1 retry stored twice arrives again
     // later: a duplicate, which QoS 1 allows).
-    let mut seen = BTreeSet::new();
-    let firsts: Vec<u64> = got.iter().copied().filter(|n| seen.insert(*n)).collect();
+    let firsts = first_arrivals(got.iter().copied());
     let whole = order_violations(&firsts, &BTreeSet::new());
     let order_violations = order_violations(&firsts, &excused);
     eprintln!(
@@ -729,12 +735,7 @@ async fn spread_kill_loop(qos: QoS) {
         for (p, publisher) in publishers.iter().enumerate() {
             let lost: Vec<u64> = publisher.acked.difference(&received).copied().collect();
             let range = |n: &u64| (*n >= B_FROM) == (p == 1);
-            let mut seen = BTreeSet::new();
-            let firsts: Vec<u64> = g
-                .iter()
-                .copied()
-                .filter(|n| range(n) && seen.insert(*n))
-                .collect();
+            let firsts = first_arrivals(g.iter().copied().filter(range));
             let mine = g.iter().filter(|n| range(n)).count();
             let whole = order_violations(&firsts, &BTreeSet::new());
             let order = order_violations(&firsts, &excused);
@@ -1002,8 +1003,7 @@ async fn persistent_kill_loop(qos: QoS) {
     let p = connect_within(addr(&nodes, on), V3, "pub").await;
     let (got, received, lost, duplicates) = finish(&mut publisher, p, &got, receiving).await;
     // First arrivals in the publisher's order.
-    let mut seen = BTreeSet::new();
-    let firsts: Vec<u64> = got.iter().copied().filter(|n| seen.insert(*n)).collect();
+    let firsts = first_arrivals(got.iter().copied());
     let whole = order_violations(&firsts, &BTreeSet::new());
     let order_violations = order_violations(&firsts, &excused);
     eprintln!(
